@@ -1,0 +1,66 @@
+/**
+ * Shared plumbing of the vitreg command: one error type whose message is the single line printed on
+ * stderr, argument parsing on top of node:util parseArgs, and the command table type.
+ */
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+
+/** A user error: printed as one line on stderr, exit code 2. */
+export class CliError extends Error {
+  constructor(message: string, readonly exitCode = 2) {
+    super(message);
+    this.name = 'CliError';
+  }
+}
+
+export interface Command {
+  /** One line for `vitreg --help`. */
+  summary: string;
+  /** Full text for `vitreg <command> --help`. */
+  usage: string;
+  run(argv: string[]): Promise<number | void>;
+}
+
+type Options = NonNullable<ParseArgsConfig['options']>;
+
+/**
+ * parseArgs with errors turned into CliError naming the command and the flag. Returns the values and
+ * positionals; `help` is always accepted.
+ */
+export function parseCommandArgs<O extends Options>(command: string, argv: string[], options: O) {
+  try {
+    return parseArgs({
+      args: argv,
+      options: { ...options, help: { type: 'boolean', short: 'h' } },
+      allowPositionals: true,
+      strict: true,
+    });
+  } catch (err) {
+    throw new CliError(`${(err as Error).message.split("\n")[0]} (see vitreg ${command} --help)`);
+  }
+}
+
+/** Parse an integer flag, naming the flag in the error. */
+export function intFlag(name: string, value: string | undefined, fallback: number, min = 1): number {
+  if (value === undefined) return fallback;
+  if (!/^-?\d+$/.test(value) || Number(value) < min) {
+    throw new CliError(`--${name}: expected an integer >= ${min}, got "${value}"`);
+  }
+  return Number(value);
+}
+
+/** Parse a number flag, naming the flag in the error. */
+export function numberFlag(name: string, value: string | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n)) throw new CliError(`--${name}: expected a number, got "${value}"`);
+  return n;
+}
+
+/** Parse one of a fixed set of values, naming the flag and the allowed values in the error. */
+export function choiceFlag<T extends string>(name: string, value: string | undefined, allowed: readonly T[], fallback: T): T {
+  if (value === undefined) return fallback;
+  if (!(allowed as readonly string[]).includes(value)) {
+    throw new CliError(`--${name}: expected one of ${allowed.join(', ')}, got "${value}"`);
+  }
+  return value as T;
+}

@@ -1,0 +1,58 @@
+#!/usr/bin/env node
+/**
+ * The vitreg command. Each subcommand lives in ./commands/<name>.ts and is listed in ./commands/index.ts.
+ */
+import { CliError } from './cli.js';
+import { commands } from './commands/index.js';
+
+function help(): string {
+  const lines = ['Usage: vitreg <command> [options]', '', 'Commands:'];
+  const width = Math.max(...Object.keys(commands).map((k) => k.length));
+  for (const [name, cmd] of Object.entries(commands)) lines.push(`  ${name.padEnd(width)}  ${cmd.summary}`);
+  lines.push('', 'Run `vitreg <command> --help` for the options of one command.');
+  return lines.join('\n');
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(help() + '\n');
+    return name === undefined ? 2 : 0;
+  }
+  if (name === '--version') {
+    process.stdout.write('0.1.0\n');
+    return 0;
+  }
+  const cmd = commands[name];
+  if (!cmd) {
+    process.stderr.write(`vitreg: unknown command "${name}"; expected one of ${Object.keys(commands).join(', ')}\n`);
+    return 2;
+  }
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(cmd.usage.trim() + '\n');
+    return 0;
+  }
+  try {
+    const code = await cmd.run(rest);
+    return typeof code === 'number' ? code : 0;
+  } catch (err) {
+    if (err instanceof CliError) {
+      process.stderr.write(`vitreg ${name}: ${err.message}\n`);
+      return err.exitCode;
+    }
+    const e = err as Error;
+    process.stderr.write(`vitreg ${name}: ${e?.message ?? String(err)}\n`);
+    if (process.env.VITREG_DEBUG) process.stderr.write(`${e?.stack ?? ''}\n`);
+    return 1;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err) => {
+    process.stderr.write(`vitreg: ${(err as Error)?.message ?? String(err)}\n`);
+    process.exitCode = 1;
+  },
+);

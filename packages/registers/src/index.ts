@@ -1,0 +1,1 @@
+import { hello } from '@vitreg/core'; export const h2 = (): string => hello() + '2';
