@@ -1,1 +1,6 @@
-import { hello } from '@vitreg/core'; export const h2 = (): string => hello() + '2';
+export * from './config.js';
+export * from './interpolate.js';
+export * from './ops.js';
+export * from './model.js';
+export * from './weights.js';
+export * from './analysis.js';

@@ -1,0 +1,313 @@
+/**
+ * The DINOv2 Vision Transformer with register tokens, in one file.
+ *
+ *   image [B,H,W,3] -> patches (matMul over p x p x 3 pixels) -> (+ mask_token where masked)
+ *   -> [CLS + pos[0], registers (no pos), patches + pos[1:]] -> depth x pre-norm blocks
+ *      x = x + ls1 * attn(norm1(x));  x = x + ls2 * ffn(norm2(x))
+ *   -> final LayerNorm -> CLS, registers, patches.
+ *
+ * Parameters carry the official DINOv2 state-dict names. Linear weights are stored transposed, [in, out],
+ * and the patch embedding as a [p*p*3, D] matrix, so the forward pass is plain 2-D matMuls; weights.ts
+ * converts from and to PyTorch's layouts.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { Rng } from '@vitreg/core';
+import { ffnHiddenDim, posGrid, validateConfig, type ViTConfig } from './config.js';
+import { posEmbedMatrices } from './interpolate.js';
+import { attention, gelu, layerNorm, linear, matMul2d, silu } from './ops.js';
+
+export interface ForwardOptions {
+  /** Return the softmax attention of the last block, of every block, or none (default). */
+  attention?: 'none' | 'last' | 'all';
+  /** Return the tokens after every block (before the final norm). */
+  layers?: boolean;
+  /** Return the keys / values of the last block, [B, heads, N, head_dim]. */
+  keys?: boolean;
+  values?: boolean;
+  /** Training mode: enables drop path (stochastic depth) with `rng`. */
+  training?: boolean;
+  /** Random source of drop path in training mode (required when drop_path_rate > 0). */
+  rng?: Rng;
+  /** [B, P] with 1 where a patch is replaced by the mask token (iBOT). */
+  masks?: tf.Tensor2D;
+}
+
+export interface ViTOutput {
+  /** Normalised CLS token [B, D]. */
+  cls: tf.Tensor2D;
+  /** Normalised register tokens [B, R, D]. */
+  registers: tf.Tensor3D;
+  /** Normalised patch tokens [B, P, D], row-major over the patch grid. */
+  patches: tf.Tensor3D;
+  /** Last block's output before the final norm, [B, 1+R+P, D]. */
+  prenorm: tf.Tensor3D;
+  /** Patch rows and columns. */
+  grid: [number, number];
+  /** Patch embeddings before the positional embedding, [B, P, D]. */
+  embeddings: tf.Tensor3D;
+  /** Softmax attention [B, heads, N, N]: one entry for 'last', one per block for 'all'. */
+  attention?: tf.Tensor4D[];
+  /** Tokens after each block, [B, N, D], N = 1+R+P. */
+  layers?: tf.Tensor3D[];
+  keys?: tf.Tensor4D;
+  values?: tf.Tensor4D;
+}
+
+/** Names and PyTorch-independent shapes of every parameter of a config, in state-dict order. */
+export function parameterShapes(c: ViTConfig): Record<string, number[]> {
+  const D = c.embed_dim;
+  const p = c.patch_size;
+  const grid = posGrid(c);
+  const hidden = ffnHiddenDim(c);
+  const shapes: Record<string, number[]> = {
+    cls_token: [1, 1, D],
+    pos_embed: [1, 1 + grid * grid, D],
+  };
+  if (c.num_register_tokens > 0) shapes.register_tokens = [1, c.num_register_tokens, D];
+  shapes.mask_token = [1, D];
+  shapes['patch_embed.proj.weight'] = [p * p * 3, D];
+  shapes['patch_embed.proj.bias'] = [D];
+  for (let i = 0; i < c.depth; i++) {
+    const b = `blocks.${i}.`;
+    shapes[`${b}norm1.weight`] = [D];
+    shapes[`${b}norm1.bias`] = [D];
+    shapes[`${b}attn.qkv.weight`] = [D, 3 * D];
+    if (c.qkv_bias) shapes[`${b}attn.qkv.bias`] = [3 * D];
+    shapes[`${b}attn.proj.weight`] = [D, D];
+    if (c.proj_bias) shapes[`${b}attn.proj.bias`] = [D];
+    if (c.layerscale_init !== null) shapes[`${b}ls1.gamma`] = [D];
+    shapes[`${b}norm2.weight`] = [D];
+    shapes[`${b}norm2.bias`] = [D];
+    const [fc1, fc2] = c.ffn_layer === 'swiglu' ? ['w12', 'w3'] : ['fc1', 'fc2'];
+    const fc1Out = c.ffn_layer === 'swiglu' ? 2 * hidden : hidden;
+    shapes[`${b}mlp.${fc1}.weight`] = [D, fc1Out];
+    if (c.ffn_bias) shapes[`${b}mlp.${fc1}.bias`] = [fc1Out];
+    shapes[`${b}mlp.${fc2}.weight`] = [hidden, D];
+    if (c.ffn_bias) shapes[`${b}mlp.${fc2}.bias`] = [D];
+    if (c.layerscale_init !== null) shapes[`${b}ls2.gamma`] = [D];
+  }
+  shapes['norm.weight'] = [D];
+  shapes['norm.bias'] = [D];
+  return shapes;
+}
+
+/** DINOv2's initialisation (timm ViT init): trunc-normal .02 Linear/pos, tiny CLS/registers, LayerScale. */
+function initialValue(name: string, shape: number[], c: ViTConfig, rng: Rng): Float32Array {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const out = new Float32Array(n);
+  const normal = (std: number) => {
+    for (let i = 0; i < n; i++) {
+      let v: number;
+      do v = rng.normal(0, std);
+      while (v < -2 || v > 2);
+      out[i] = v;
+    }
+  };
+  if (name === 'mask_token' || (name.endsWith('.bias') && !name.startsWith('patch_embed'))) return out;
+  if (name.endsWith('ls1.gamma') || name.endsWith('ls2.gamma')) return out.fill(c.layerscale_init ?? 1);
+  if (/(^|\.)norm\d?\.weight$/.test(name)) return out.fill(1);
+  if (name === 'cls_token' || name === 'register_tokens') normal(1e-6);
+  else if (name === 'pos_embed') normal(0.02);
+  else if (name.startsWith('patch_embed')) {
+    // PyTorch's Conv2d default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
+    const bound = 1 / Math.sqrt(c.patch_size * c.patch_size * 3);
+    for (let i = 0; i < n; i++) out[i] = (rng.float() * 2 - 1) * bound;
+  } else normal(0.02);
+  return out;
+}
+
+export class VisionTransformer {
+  readonly config: ViTConfig;
+  /** Parameters by DINOv2 state-dict name (Linear weights [in, out]; patch_embed.proj.weight [p*p*3, D]). */
+  readonly params: Record<string, tf.Variable>;
+
+  /**
+   * A model with freshly initialised weights (seeded), or with `weights` given as Float32Arrays in this
+   * class's layouts (see `parameterShapes`); weights.ts builds models from checkpoint files.
+   */
+  constructor(config: ViTConfig, opts: { seed?: number; weights?: Record<string, Float32Array>; trainable?: boolean } = {}) {
+    this.config = validateConfig(config as unknown as Record<string, unknown>);
+    const rng = new Rng(opts.seed ?? 0);
+    this.params = {};
+    for (const [name, shape] of Object.entries(parameterShapes(this.config))) {
+      const given = opts.weights?.[name];
+      const values = given ?? initialValue(name, shape, this.config, rng);
+      const n = shape.reduce((a, b) => a * b, 1);
+      if (values.length !== n) throw new Error(`parameter ${name}: expected ${n} values for shape [${shape}], got ${values.length}`);
+      this.params[name] = tf.variable(tf.tensor(values, shape, 'float32'), opts.trainable ?? true, `vitreg/${name}/${nextId++}`);
+    }
+  }
+
+  /** Parameter by name; throws naming it when absent. */
+  param(name: string): tf.Variable {
+    const p = this.params[name];
+    if (!p) throw new Error(`model has no parameter "${name}"`);
+    return p;
+  }
+
+  /** Positional embedding for a gh x gw patch grid: [1, 1 + gh*gw, D], DINOv2's interpolation. */
+  positionalEmbedding(gh: number, gw: number): tf.Tensor3D {
+    const c = this.config;
+    const grid = posGrid(c);
+    const pos = this.param('pos_embed');
+    if (gh === grid && gw === grid) return pos as unknown as tf.Tensor3D;
+    const D = c.embed_dim;
+    const { rows, cols } = posEmbedMatrices(grid, gh, gw, { antialias: c.interpolate_antialias, offset: c.interpolate_offset });
+    const classPos = tf.slice(pos, [0, 0, 0], [1, 1, D]);
+    const patchPos = tf.reshape(tf.slice(pos, [0, 1, 0], [1, grid * grid, D]), [grid, grid * D]);
+    // rows: [gh, grid] @ [grid, grid*D] -> [gh, grid, D] -> [grid, gh*D]; cols: [gw, grid] @ -> [gw, gh, D].
+    const byRows = matMul2d(tf.tensor2d(Float32Array.from(rows), [gh, grid]), patchPos as tf.Tensor2D);
+    const swapped = tf.reshape(tf.transpose(tf.reshape(byRows, [gh, grid, D]), [1, 0, 2]), [grid, gh * D]);
+    const byCols = matMul2d(tf.tensor2d(Float32Array.from(cols), [gw, grid]), swapped as tf.Tensor2D);
+    const resized = tf.reshape(tf.transpose(tf.reshape(byCols, [gw, gh, D]), [1, 0, 2]), [1, gh * gw, D]);
+    return tf.concat([classPos, resized], 1) as tf.Tensor3D;
+  }
+
+  /** Patch embedding of NHWC images: [B, gh*gw, D] as a matMul over non-overlapping p x p x 3 patches. */
+  embedPatches(images: tf.Tensor4D): tf.Tensor3D {
+    const p = this.config.patch_size;
+    const [B, H, W, C] = images.shape;
+    const gh = H / p;
+    const gw = W / p;
+    // [B, gh, p, gw, p*3] -> [B, gh, gw, p, p*3]: rows of (kh, kw, c), the layout of patch_embed.proj.weight.
+    const x = tf.transpose(tf.reshape(images, [B * gh, p, gw, p * C]), [0, 2, 1, 3]);
+    const flat = tf.reshape(x, [B * gh * gw, p * p * C]) as tf.Tensor2D;
+    const emb = tf.add(matMul2d(flat, this.param('patch_embed.proj.weight') as unknown as tf.Tensor2D), this.param('patch_embed.proj.bias'));
+    return tf.reshape(emb, [B, gh * gw, this.config.embed_dim]);
+  }
+
+  /** The forward pass. `images` are normalised NHWC float32 with sides that are multiples of the patch size. */
+  forward(images: tf.Tensor4D, opts: ForwardOptions = {}): ViTOutput {
+    const c = this.config;
+    if (images.rank !== 4 || images.shape[3] !== 3) {
+      throw new Error(`images: expected a [batch, height, width, 3] tensor, got shape [${images.shape}]`);
+    }
+    const [B, H, W] = images.shape;
+    const p = c.patch_size;
+    if (H % p !== 0 || W % p !== 0 || H === 0 || W === 0) {
+      throw new Error(`images: height and width must be positive multiples of the patch size ${p}, got ${H}x${W}`);
+    }
+    const gh = H / p;
+    const gw = W / p;
+    const D = c.embed_dim;
+    const R = c.num_register_tokens;
+    const embeddings = this.embedPatches(images);
+    let x: tf.Tensor3D = embeddings;
+    if (opts.masks) {
+      if (opts.masks.shape[0] !== B || opts.masks.shape[1] !== gh * gw) {
+        throw new Error(`masks: expected shape [${B}, ${gh * gw}], got [${opts.masks.shape}]`);
+      }
+      const m = tf.expandDims(tf.cast(opts.masks, 'float32'), 2);
+      x = tf.add(tf.mul(x, tf.sub(1, m)), tf.mul(m, tf.reshape(this.param('mask_token'), [1, 1, D])));
+    }
+    const pos = this.positionalEmbedding(gh, gw);
+    const P = gh * gw;
+    const cls = tf.tile(tf.add(this.param('cls_token'), tf.slice(pos, [0, 0, 0], [1, 1, D])), [B, 1, 1]);
+    const parts: tf.Tensor[] = [cls];
+    if (R > 0) parts.push(tf.tile(this.param('register_tokens'), [B, 1, 1]));
+    parts.push(tf.add(x, tf.slice(pos, [0, 1, 0], [1, P, D])));
+    x = tf.concat(parts, 1) as tf.Tensor3D;
+
+    const want = opts.attention ?? 'none';
+    const attentions: tf.Tensor4D[] = [];
+    const layers: tf.Tensor3D[] = [];
+    let keys: tf.Tensor4D | undefined;
+    let values: tf.Tensor4D | undefined;
+    const dropRng = opts.training && c.drop_path_rate > 0 ? opts.rng : undefined;
+    if (opts.training && c.drop_path_rate > 0 && !opts.rng) throw new Error('forward: training with drop_path_rate > 0 needs opts.rng');
+    for (let i = 0; i < c.depth; i++) {
+      const last = i === c.depth - 1;
+      const dropRate = c.depth > 1 ? (c.drop_path_rate * i) / (c.depth - 1) : c.drop_path_rate;
+      const res = this.block(i, x, {
+        attention: want === 'all' || (want === 'last' && last),
+        kv: last && (opts.keys || opts.values),
+        dropRate: dropRng ? dropRate : 0,
+        rng: dropRng,
+      });
+      x = res.x;
+      if (res.attn) attentions.push(res.attn);
+      if (last) {
+        if (opts.keys) keys = res.k;
+        if (opts.values) values = res.v;
+      }
+      if (opts.layers) layers.push(x);
+    }
+    const normed = layerNorm(x, this.param('norm.weight'), this.param('norm.bias'), c.norm_eps);
+    const out: ViTOutput = {
+      cls: tf.reshape(tf.slice(normed, [0, 0, 0], [B, 1, D]), [B, D]),
+      registers: tf.slice(normed, [0, 1, 0], [B, R, D]),
+      patches: tf.slice(normed, [0, 1 + R, 0], [B, P, D]),
+      prenorm: x,
+      grid: [gh, gw],
+      embeddings,
+    };
+    if (want !== 'none') out.attention = attentions;
+    if (opts.layers) out.layers = layers;
+    if (keys) out.keys = keys;
+    if (values) out.values = values;
+    return out;
+  }
+
+  private block(
+    i: number,
+    x: tf.Tensor3D,
+    o: { attention: boolean; kv: boolean | undefined; dropRate: number; rng?: Rng },
+  ): { x: tf.Tensor3D; attn?: tf.Tensor4D; k?: tf.Tensor4D; v?: tf.Tensor4D } {
+    const c = this.config;
+    const b = `blocks.${i}.`;
+    const P = (n: string) => this.params[b + n];
+    const [B, N, D] = x.shape;
+    const H = c.num_heads;
+    const hd = D / H;
+
+    // Attention branch.
+    const h1 = layerNorm(x, P('norm1.weight'), P('norm1.bias'), c.norm_eps);
+    const qkv = linear(h1, P('attn.qkv.weight'), P('attn.qkv.bias'));
+    const [q, k, v] = tf.split(qkv, 3, 2).map((t) => tf.transpose(tf.reshape(t, [B, N, H, hd]), [0, 2, 1, 3]) as tf.Tensor4D);
+    const { out, attn } = attention(tf.mul(q, 1 / Math.sqrt(hd)), k, v);
+    const merged = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [B, N, D]);
+    let a = linear(merged, P('attn.proj.weight'), P('attn.proj.bias'));
+    if (P('ls1.gamma')) a = tf.mul(a, P('ls1.gamma'));
+    x = tf.add(x, this.dropPath(a, o.dropRate, o.rng));
+
+    // FFN branch.
+    const h2 = layerNorm(x, P('norm2.weight'), P('norm2.bias'), c.norm_eps);
+    let f: tf.Tensor3D;
+    if (c.ffn_layer === 'swiglu') {
+      const [x1, x2] = tf.split(linear(h2, P('mlp.w12.weight'), P('mlp.w12.bias')), 2, 2);
+      f = linear(tf.mul(silu(x1), x2) as tf.Tensor3D, P('mlp.w3.weight'), P('mlp.w3.bias'));
+    } else {
+      f = linear(gelu(linear(h2, P('mlp.fc1.weight'), P('mlp.fc1.bias'))), P('mlp.fc2.weight'), P('mlp.fc2.bias'));
+    }
+    if (P('ls2.gamma')) f = tf.mul(f, P('ls2.gamma'));
+    x = tf.add(x, this.dropPath(f, o.dropRate, o.rng));
+    return { x, attn: o.attention ? attn : undefined, k: o.kv ? k : undefined, v: o.kv ? v : undefined };
+  }
+
+  /** Stochastic depth: drop a residual branch per sample with probability `rate`, rescale the rest. */
+  private dropPath(branch: tf.Tensor3D, rate: number, rng?: Rng): tf.Tensor3D {
+    if (rate <= 0 || !rng) return branch;
+    const B = branch.shape[0];
+    const keep = new Float32Array(B);
+    for (let i = 0; i < B; i++) keep[i] = rng.float() < rate ? 0 : 1 / (1 - rate);
+    return tf.mul(branch, tf.tensor3d(keep, [B, 1, 1]));
+  }
+
+  /** Parameters as host Float32Arrays in this class's layouts (for saving and syncing). */
+  async weights(): Promise<Record<string, Float32Array>> {
+    const out: Record<string, Float32Array> = {};
+    for (const [name, v] of Object.entries(this.params)) out[name] = (await v.data()) as Float32Array;
+    return out;
+  }
+
+  /** Trainable variables in a stable (state-dict) order. */
+  variables(): tf.Variable[] {
+    return Object.values(this.params);
+  }
+
+  dispose(): void {
+    for (const v of Object.values(this.params)) v.dispose();
+  }
+}
+
+let nextId = 0;
