@@ -12,9 +12,11 @@
  * bimodal only if (a) the mixture beats a single Gaussian by BIC, (b) the two components are separated
  * by Ashman's D >= 2 (D = sqrt(2) |mu1 - mu2| / sqrt(s1^2 + s2^2); D > 2 is the usual criterion for a
  * clean split), and (c) the high component holds at most `maxFraction` of the tokens (artifacts are a
- * minority). The threshold is the point between the two means where the weighted component densities
- * are equal. Fewer than `minCount` tokens, or all equal, is never bimodal. A unimodal distribution
- * therefore yields no outliers at all, whatever its spread.
+ * minority), and (d) there is a valley: around the threshold t, which lies between the means equally
+ * many standard deviations from each, the density of values (within min(s1, s2) / 2 of t) is at most
+ * half that around the high mean (within s2); this rejects flat distributions, which a two-Gaussian
+ * fit also splits. Fewer than `minCount` tokens, or all equal, is never bimodal. A
+ * unimodal distribution therefore yields no outliers at all, whatever its spread.
  */
 import * as tf from '@tensorflow/tfjs-core';
 
@@ -49,7 +51,7 @@ export interface OutlierOptions {
   threshold?: 'auto' | number;
   /** Auto only: fewer values than this are never bimodal. Default 8. */
   minCount?: number;
-  /** Auto only: the high component may hold at most this fraction of tokens. Default 0.5. */
+  /** Auto only: the high component may hold at most this fraction of tokens (artifacts are a minority, ~2% in the paper). Default 0.2. */
   maxFraction?: number;
   /** Auto only: minimal Ashman's D between the two components. Default 2. */
   minSeparation?: number;
@@ -73,9 +75,9 @@ export interface Bimodality {
   separation: number;
   low: Component;
   high: Component;
-  /** Otsu's split of the log norms (the EM start). */
+  /** Otsu's split of the log norms (one of the EM starts). */
   otsu: number;
-  /** Decision point between the components (log space), null when not bimodal. */
+  /** Threshold between the components (log space), equally many stds from both means; null when not bimodal. */
   logThreshold: number | null;
 }
 
@@ -196,32 +198,13 @@ export function fitTwoGaussians(
   return { low, high, logLikelihood: ll };
 }
 
-/** Point in (low.mean, high.mean) where the weighted densities are equal; the midpoint if none. */
-function decisionPoint(low: Component, high: Component): number {
-  // log(w0) + logN(x; m0, s0) = log(w1) + logN(x; m1, s1) is a quadratic a x^2 + b x + c = 0.
-  const a = 1 / (2 * high.std ** 2) - 1 / (2 * low.std ** 2);
-  const b = low.mean / low.std ** 2 - high.mean / high.std ** 2;
-  const c =
-    low.mean ** 2 / (2 * low.std ** 2) - high.mean ** 2 / (2 * high.std ** 2) +
-    Math.log((high.weight * low.std) / (low.weight * high.std));
-  const roots: number[] = [];
-  if (Math.abs(a) < 1e-12) {
-    if (Math.abs(b) > 1e-12) roots.push(-c / b);
-  } else {
-    const d = b * b - 4 * a * c;
-    if (d >= 0) roots.push((-b - Math.sqrt(d)) / (2 * a), (-b + Math.sqrt(d)) / (2 * a));
-  }
-  const inside = roots.filter((x) => x > low.mean && x < high.mean);
-  return inside.length > 0 ? inside[0] : (low.mean + high.mean) / 2;
-}
-
 /**
  * The bimodality test on (natural-log) norms described at the top of this file. `logValues` need not
  * be sorted.
  */
 export function testBimodality(logValues: ArrayLike<number>, opts: OutlierOptions = {}): Bimodality {
   const minCount = opts.minCount ?? 8;
-  const maxFraction = opts.maxFraction ?? 0.5;
+  const maxFraction = opts.maxFraction ?? 0.2;
   const minSeparation = opts.minSeparation ?? 2;
   const n = logValues.length;
   const all = meanStd(logValues);
@@ -240,7 +223,19 @@ export function testBimodality(logValues: ArrayLike<number>, opts: OutlierOption
   if (!(all.std > 1e-12 * Math.max(1, Math.abs(all.mean)))) return none('all values equal');
   const otsu = otsuThreshold(logValues);
   const minStd = 0.05 * all.std;
-  const { low, high, logLikelihood } = fitTwoGaussians(logValues, otsu, minStd);
+  // EM from several starts, best likelihood wins: Otsu's split (balanced classes), the widest gap
+  // between sorted values, and upper quantiles (Otsu alone splits the bulk when outliers are few).
+  const sorted = Float64Array.from(logValues).sort();
+  let gap = 0;
+  for (let i = 1; i < n; i++) if (sorted[i] - sorted[i - 1] > sorted[gap + 1] - sorted[gap]) gap = i - 1;
+  const starts = [otsu, (sorted[gap] + sorted[gap + 1]) / 2, ...[0.5, 0.75, 0.9, 0.95, 0.98, 0.99].map((q) => sorted[Math.floor(q * (n - 1))])];
+  let best: ReturnType<typeof fitTwoGaussians> | null = null;
+  for (const split of starts) {
+    if (!(split >= sorted[0] && split < sorted[n - 1])) continue;
+    const f = fitTwoGaussians(sorted, split, minStd);
+    if (!best || f.logLikelihood > best.logLikelihood) best = f;
+  }
+  const { low, high, logLikelihood } = best!;
   let ll1 = 0;
   const single: Component = { mean: all.mean, std: all.std, weight: 1 };
   for (let i = 0; i < n; i++) ll1 += logGauss(logValues[i], single);
@@ -251,10 +246,23 @@ export function testBimodality(logValues: ArrayLike<number>, opts: OutlierOption
   if (separation < minSeparation) {
     return none(`components overlap (Ashman's D ${separation.toFixed(2)} < ${minSeparation})`, fit);
   }
+  // The threshold lies equally many standard deviations from both means.
+  const logThreshold = (low.mean * high.std + high.mean * low.std) / (low.std + high.std);
+  // Valley: the data must be sparse at the threshold. Compare the density of values within
+  // min(s1, s2) / 2 of the threshold with the density within s2 of the high mean.
+  const half = 0.5 * Math.min(low.std, high.std);
+  let mid = 0;
+  let top = 0;
+  for (let i = 0; i < n; i++) {
+    if (Math.abs(logValues[i] - logThreshold) <= half) mid++;
+    if (Math.abs(logValues[i] - high.mean) <= high.std) top++;
+  }
+  const valley = top > 0 ? (mid / half) / (top / high.std) : Infinity;
+  if (valley > 0.5) return none(`no valley between the components (density ratio ${valley.toFixed(2)})`, fit);
   if (high.weight > maxFraction) {
     return none(`high component holds ${(high.weight * 100).toFixed(1)}% of tokens (> ${maxFraction * 100}%)`, fit);
   }
-  return { bimodal: true, reason: `two components, D ${separation.toFixed(2)}, BIC difference ${deltaBic.toFixed(2)}`, ...fit, logThreshold: decisionPoint(low, high) };
+  return { bimodal: true, reason: `two components, D ${separation.toFixed(2)}, BIC difference ${deltaBic.toFixed(2)}, valley ${valley.toFixed(2)}`, ...fit, logThreshold };
 }
 
 /**

@@ -14,7 +14,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { Rng } from '@vitreg/core';
 import { ffnHiddenDim, posGrid, validateConfig, type ViTConfig } from './config.js';
 import { posEmbedMatrices } from './interpolate.js';
-import { attention, gelu, layerNorm, linear, matMul2d, silu } from './ops.js';
+import { gelu, layerNorm, linear, matMul2d, multiHeadAttention, silu } from './ops.js';
 
 export interface ForwardOptions {
   /** Return the softmax attention of the last block, of every block, or none (default). */
@@ -262,10 +262,21 @@ export class VisionTransformer {
 
     // Attention branch.
     const h1 = layerNorm(x, P('norm1.weight'), P('norm1.bias'), c.norm_eps);
-    const qkv = linear(h1, P('attn.qkv.weight'), P('attn.qkv.bias'));
-    const [q, k, v] = tf.split(qkv, 3, 2).map((t) => tf.transpose(tf.reshape(t, [B, N, H, hd]), [0, 2, 1, 3]) as tf.Tensor4D);
-    const { out, attn } = attention(tf.mul(q, 1 / Math.sqrt(hd)), k, v);
-    const merged = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [B, N, D]);
+    // [B, N, 3D] -> [3, H*B, N, hd]: q, k, v of every (head, batch) pair as row blocks (4-D transposes
+    // only: rank-5 ones are a slow generic loop on wasm).
+    const qkv = tf.reshape(
+      tf.transpose(tf.reshape(linear(h1, P('attn.qkv.weight'), P('attn.qkv.bias')), [B, N, 3 * H, hd]), [2, 0, 1, 3]),
+      [3, H * B, N, hd],
+    ) as tf.Tensor4D;
+    const sink: { attn?: tf.Tensor3D } = {};
+    const out = multiHeadAttention(qkv, 1 / Math.sqrt(hd), o.attention ? sink : undefined);
+    const merged = tf.reshape(tf.transpose(tf.reshape(out, [H, B, N, hd]), [1, 2, 0, 3]), [B, N, D]);
+    const part = (j: number) =>
+      tf.transpose(tf.reshape(tf.slice(tf.reshape(qkv, [3, H * B * N * hd]), [j, 0], [1, -1]), [H, B, N, hd]), [1, 0, 2, 3]) as tf.Tensor4D;
+    const k = o.kv ? part(1) : undefined;
+    const v = o.kv ? part(2) : undefined;
+    const attn = sink.attn ? (tf.transpose(tf.reshape(sink.attn, [H, B, N, N]), [1, 0, 2, 3]) as tf.Tensor4D) : undefined;
+    if (sink.attn) sink.attn.dispose();
     let a = linear(merged, P('attn.proj.weight'), P('attn.proj.bias'));
     if (P('ls1.gamma')) a = tf.mul(a, P('ls1.gamma'));
     x = tf.add(x, this.dropPath(a, o.dropRate, o.rng));
@@ -281,7 +292,7 @@ export class VisionTransformer {
     }
     if (P('ls2.gamma')) f = tf.mul(f, P('ls2.gamma'));
     x = tf.add(x, this.dropPath(f, o.dropRate, o.rng));
-    return { x, attn: o.attention ? attn : undefined, k: o.kv ? k : undefined, v: o.kv ? v : undefined };
+    return { x, attn, k, v };
   }
 
   /** Stochastic depth: drop a residual branch per sample with probability `rate`, rescale the rest. */

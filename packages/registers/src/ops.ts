@@ -54,19 +54,85 @@ export function silu<R extends tf.Rank>(x: tf.Tensor<R>): tf.Tensor<R> {
 }
 
 /**
- * Multi-head scaled dot-product attention on q, k, v of shape [B, H, N, hd] (q already scaled).
- * Every (batch, head) pair becomes two plain 2-D products, the fast path of the wasm backend.
- * Returns the output [B, H, N, hd] and the softmax attention [B, H, N, N].
+ * How attention splits its work. 'blocks': one plain 2-D matMul per (batch, head), the fast path of the
+ * wasm and cpu backends, whose batched matMul is a slow loop; the blocks are cut on the host, because
+ * their Slice/Split/Unpack/Gather kernels copy the whole input, or run element by element, for every
+ * block. 'batched': one batched matMul, for backends that run it natively (tfjs-node, GPUs).
+ * 'auto' picks by backend. Both compute the same numbers.
  */
-export function attention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D): { out: tf.Tensor4D; attn: tf.Tensor4D } {
-  const [B, H, N, hd] = q.shape;
-  const BH = B * H;
-  const qs = tf.unstack(tf.reshape(q, [BH, N, hd])) as tf.Tensor2D[];
-  const kts = tf.unstack(tf.transpose(tf.reshape(k, [BH, N, hd]), [0, 2, 1])) as tf.Tensor2D[];
-  const vs = tf.unstack(tf.reshape(v, [BH, N, hd])) as tf.Tensor2D[];
-  const logits = tf.stack(qs.map((qi, i) => matMul2d(qi, kts[i])));
-  const attn = tf.softmax(logits) as tf.Tensor3D;
-  const rows = tf.unstack(attn) as tf.Tensor2D[];
-  const out = tf.stack(rows.map((ai, i) => matMul2d(ai, vs[i])));
-  return { out: tf.reshape(out, [B, H, N, hd]), attn: tf.reshape(attn, [B, H, N, N]) };
+export type AttentionStrategy = 'auto' | 'blocks' | 'batched';
+let strategy: AttentionStrategy = 'auto';
+
+export function setAttentionStrategy(s: AttentionStrategy): void {
+  strategy = s;
+}
+
+function useBlocks(): boolean {
+  if (strategy !== 'auto') return strategy === 'blocks';
+  const b = tf.getBackend();
+  return b === 'wasm' || b === 'cpu';
+}
+
+/** Row blocks [from, from+count) of x [n, a, b] as tensors [a, b], cut from one host copy of x. */
+function blocks(x: tf.Tensor3D, from = 0, count = x.shape[0] - from): tf.Tensor2D[] {
+  const [, a, b] = x.shape;
+  const data = x.dataSync() as Float32Array;
+  const out: tf.Tensor2D[] = [];
+  for (let i = from; i < from + count; i++) out.push(tf.tensor2d(data.subarray(i * a * b, (i + 1) * a * b), [a, b]));
+  return out;
+}
+
+/** Per-block 2-D products x_i @ y_i of two lists, stacked. */
+function matMulEach(xs: tf.Tensor2D[], ys: tf.Tensor2D[]): tf.Tensor3D {
+  return tf.stack(xs.map((x, i) => tf.matMul(x, ys[i]))) as tf.Tensor3D;
+}
+
+const transposeEach = (xs: tf.Tensor2D[]): tf.Tensor2D[] => xs.map((x) => tf.transpose(x));
+
+/** Batched products a @ b with optional transposes, by strategy. */
+function bmm(a: tf.Tensor3D | tf.Tensor2D[], b: tf.Tensor3D | tf.Tensor2D[], ta = false, tb = false): tf.Tensor3D {
+  if (Array.isArray(a) && Array.isArray(b)) return matMulEach(ta ? transposeEach(a) : a, tb ? transposeEach(b) : b);
+  return tf.matMul(a as tf.Tensor3D, b as tf.Tensor3D, ta, tb);
+}
+
+/**
+ * Multi-head scaled dot-product attention, softmax(q k^T * scale) v, on the stacked projections
+ * qkv [3, B*H, N, hd] (the layout a qkv Linear gives after one transpose). Every (batch, head) pair is
+ * two plain 2-D products, and the gradient is written out by hand in the same form:
+ *   dV = A^T dO,  dA = dO V^T,  dS = A * (dA - rowsum(dA * A)),  dQ = scale * dS K,  dK = scale * dS^T Q.
+ * Returns the output [B*H, N, hd]; `attn`, when given, receives the softmax attention [B*H, N, N]
+ * (kept out of any tidy by the caller).
+ */
+export function multiHeadAttention(qkv: tf.Tensor4D, scale: number, sink?: { attn?: tf.Tensor3D }): tf.Tensor3D {
+  const split = useBlocks();
+  const op = tf.customGrad((x: tf.Tensor, save: tf.GradSaveFunc) => {
+    const [, BH, N, hd] = (x as tf.Tensor4D).shape;
+    const parts = (t: tf.Tensor): tf.Tensor3D[] | tf.Tensor2D[][] => {
+      const all = tf.reshape(t, [3 * BH, N, hd]) as tf.Tensor3D;
+      if (split) return [blocks(all, 0, BH), blocks(all, BH, BH), blocks(all, 2 * BH, BH)];
+      return tf.split(all, 3, 0) as tf.Tensor3D[];
+    };
+    const [q, k, v] = parts(x);
+    const attn = tf.softmax(tf.mul(bmm(q, k, false, true), scale)) as tf.Tensor3D;
+    const out = bmm(split ? blocks(attn) : attn, v);
+    save([x, attn]);
+    if (sink) sink.attn = tf.keep(attn);
+    return {
+      value: out,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [sx, a] = saved as [tf.Tensor4D, tf.Tensor3D];
+        const [qs, ks, vs] = parts(sx);
+        const dO = split ? blocks(dy as tf.Tensor3D) : (dy as tf.Tensor3D);
+        const as = split ? blocks(a) : a;
+        const dV = bmm(as, dO, true, false);
+        const dA = bmm(dO, vs, false, true);
+        const dS = tf.mul(tf.mul(a, tf.sub(dA, tf.sum(tf.mul(dA, a), -1, true))), scale) as tf.Tensor3D;
+        const dSs = split ? blocks(dS) : dS;
+        const dQ = bmm(dSs, ks);
+        const dK = bmm(dSs, qs, true, false);
+        return [tf.reshape(tf.concat([dQ, dK, dV], 0), sx.shape)];
+      },
+    };
+  });
+  return op(qkv) as tf.Tensor3D;
 }

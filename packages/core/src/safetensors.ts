@@ -1,0 +1,245 @@
+/**
+ * safetensors read/write (https://github.com/huggingface/safetensors, "Format"):
+ *
+ *   8 bytes  little-endian u64 N, the header length
+ *   N bytes  UTF-8 JSON: { name: { dtype, shape, data_offsets: [begin, end] }, "__metadata__": { str: str } }
+ *   rest     the data buffer; offsets are relative to its start
+ *
+ * The reader parses and validates the header once, then reads each tensor on demand with a
+ * positioned read, so large files are never loaded or parsed twice. Validation follows the
+ * reference implementation: tensors must lie inside the buffer, not overlap, and cover it with no
+ * holes, and each byte range must equal numel x dtype size.
+ */
+import { open, type FileHandle } from 'node:fs/promises';
+import { endianness } from 'node:os';
+import { readFully, writeFileAtomic } from './fs.js';
+import { DTYPE_SIZE, isDType, isShape, numel, toFloat32, type DType, type HostTensor } from './tensor.js';
+
+/** Dtype and shape of a stored tensor. */
+export interface TensorInfo {
+  dtype: DType;
+  shape: number[];
+}
+
+interface Entry extends TensorInfo {
+  name: string;
+  begin: number;
+  end: number;
+}
+
+/** Headers longer than this are refused as corrupt (the reference implementation's limit). */
+const MAX_HEADER_BYTES = 100_000_000;
+
+/** Lazily reads tensors from one safetensors file; call close() when done. */
+export class SafetensorsReader {
+  private constructor(
+    /** The file this reader holds open. */
+    readonly path: string,
+    private readonly fh: FileHandle,
+    private readonly entries: Map<string, Entry>,
+    /** The header's `__metadata__` (empty if absent). */
+    readonly metadata: Record<string, string>,
+    private readonly dataStart: number,
+  ) {}
+
+  /** Opens `path` and validates its header; throws an error naming the file on any corruption. */
+  static async open(path: string): Promise<SafetensorsReader> {
+    let fh: FileHandle;
+    try {
+      fh = await open(path, 'r');
+    } catch (err) {
+      throw new Error(`${path}: cannot open: ${(err as Error).message}`, { cause: err });
+    }
+    try {
+      const { entries, metadata, dataStart } = await readHeader(path, fh);
+      return new SafetensorsReader(path, fh, entries, metadata, dataStart);
+    } catch (err) {
+      await fh.close();
+      throw err;
+    }
+  }
+
+  /** Tensor names in file order. */
+  names(): string[] {
+    return [...this.entries.keys()];
+  }
+
+  has(name: string): boolean {
+    return this.entries.has(name);
+  }
+
+  /** Dtype and shape of `name` without reading its data. */
+  info(name: string): TensorInfo {
+    const e = this.entry(name);
+    return { dtype: e.dtype, shape: [...e.shape] };
+  }
+
+  /** Reads one tensor's bytes (a fresh, unshared buffer). */
+  async read(name: string): Promise<HostTensor> {
+    const e = this.entry(name);
+    const data = new Uint8Array(e.end - e.begin);
+    await readFully(this.fh, data, this.dataStart + e.begin, `${this.path}: tensor "${name}"`);
+    return { dtype: e.dtype, shape: [...e.shape], data };
+  }
+
+  /** Reads one tensor decoded to float32 (F32 data is used in place, not copied). */
+  async readFloat32(name: string): Promise<Float32Array> {
+    const t = await this.read(name);
+    if (t.dtype === 'F32' && endianness() === 'LE') return new Float32Array(t.data.buffer, t.data.byteOffset, t.data.byteLength / 4);
+    return toFloat32(t);
+  }
+
+  async close(): Promise<void> {
+    await this.fh.close();
+  }
+
+  private entry(name: string): Entry {
+    const e = this.entries.get(name);
+    if (!e) {
+      const names = this.names();
+      const some = names.slice(0, 10).map((n) => JSON.stringify(n)).join(', ') + (names.length > 10 ? `, ... (${names.length} in all)` : '');
+      throw new Error(`${this.path}: no tensor "${name}" (the file holds ${some || 'no tensors'})`);
+    }
+    return e;
+  }
+}
+
+/** Reads every tensor of a safetensors file, plus its metadata. */
+export async function readSafetensors(path: string): Promise<{ tensors: Record<string, HostTensor>; metadata: Record<string, string> }> {
+  const reader = await SafetensorsReader.open(path);
+  try {
+    const tensors: [string, HostTensor][] = [];
+    for (const name of reader.names()) tensors.push([name, await reader.read(name)]);
+    return { tensors: Object.fromEntries(tensors), metadata: { ...reader.metadata } };
+  } finally {
+    await reader.close();
+  }
+}
+
+/**
+ * Writes tensors (and optional string metadata) as a safetensors file, atomically. Tensors are laid
+ * out by decreasing element size, then by name, as the reference writer does, so every tensor is
+ * aligned to its element size; the header is padded with spaces to a multiple of 8 bytes.
+ */
+export async function writeSafetensors(path: string, tensors: Record<string, HostTensor>, metadata?: Record<string, string>): Promise<void> {
+  const names = Object.keys(tensors);
+  for (const name of names) checkTensorForWrite(path, name, tensors[name]);
+  names.sort((a, b) => DTYPE_SIZE[tensors[b]!.dtype] - DTYPE_SIZE[tensors[a]!.dtype] || (a < b ? -1 : a > b ? 1 : 0));
+
+  // Built by hand so keys keep this order (JS objects would move integer-like names first).
+  const fields: string[] = [];
+  if (metadata !== undefined) {
+    if (typeof metadata !== 'object' || metadata === null || Array.isArray(metadata)) throw new Error(`${path}: metadata must be an object of strings`);
+    for (const [k, v] of Object.entries(metadata)) {
+      if (typeof v !== 'string') throw new Error(`${path}: metadata "${k}" must be a string, got ${describe(v)}`);
+    }
+    fields.push(`"__metadata__":${JSON.stringify(metadata)}`);
+  }
+  let offset = 0;
+  for (const name of names) {
+    const t = tensors[name]!;
+    const end = offset + t.data.byteLength;
+    fields.push(`${JSON.stringify(name)}:${JSON.stringify({ dtype: t.dtype, shape: t.shape, data_offsets: [offset, end] })}`);
+    offset = end;
+  }
+  let json = Buffer.from(`{${fields.join(',')}}`, 'utf8');
+  const padded = Math.ceil(json.length / 8) * 8;
+  if (padded !== json.length) json = Buffer.concat([json, Buffer.alloc(padded - json.length, 0x20)]);
+  const prefix = Buffer.alloc(8);
+  prefix.writeBigUInt64LE(BigInt(json.length));
+  await writeFileAtomic(path, [prefix, json, ...names.map((n) => tensors[n]!.data)]);
+}
+
+function checkTensorForWrite(path: string, name: string, t: HostTensor | undefined): void {
+  const where = `${path}: tensor "${name}"`;
+  if (name === '__metadata__') throw new Error(`${path}: "__metadata__" is reserved and cannot name a tensor`);
+  if (!t || typeof t !== 'object') throw new Error(`${where}: expected a HostTensor, got ${describe(t)}`);
+  if (!isDType(t.dtype)) throw new Error(`${where}: unknown dtype ${JSON.stringify(t.dtype)}`);
+  if (!isShape(t.shape)) throw new Error(`${where}: shape must be an array of non-negative integers, got ${JSON.stringify(t.shape)}`);
+  if (!(t.data instanceof Uint8Array)) throw new Error(`${where}: data must be a Uint8Array, got ${describe(t.data)}`);
+  const need = numel(t.shape) * DTYPE_SIZE[t.dtype];
+  if (t.data.byteLength !== need) {
+    throw new Error(`${where}: ${t.dtype} shape [${t.shape.join(',')}] needs ${need} bytes, data has ${t.data.byteLength}`);
+  }
+}
+
+async function readHeader(path: string, fh: FileHandle): Promise<{ entries: Map<string, Entry>; metadata: Record<string, string>; dataStart: number }> {
+  const { size } = await fh.stat();
+  if (size < 8) throw new Error(`${path}: not a safetensors file: ${size} bytes, too short for the 8-byte header length`);
+  const lenBytes = new Uint8Array(8);
+  await readFully(fh, lenBytes, 0, path);
+  const n = Buffer.from(lenBytes.buffer).readBigUInt64LE(0);
+  if (n > BigInt(MAX_HEADER_BYTES)) throw new Error(`${path}: header length ${n} is absurd (limit ${MAX_HEADER_BYTES} bytes; file is ${size} bytes): not a safetensors file or corrupt`);
+  const headerLen = Number(n);
+  if (8 + headerLen > size) throw new Error(`${path}: header length ${headerLen} runs past the end of the file (${size} bytes): truncated or corrupt`);
+  const raw = new Uint8Array(headerLen);
+  await readFully(fh, raw, 8, path);
+
+  let text: string;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true }).decode(raw);
+  } catch {
+    throw new Error(`${path}: header is not valid UTF-8`);
+  }
+  let header: unknown;
+  try {
+    header = JSON.parse(text);
+  } catch (err) {
+    throw new Error(`${path}: header is not valid JSON: ${(err as Error).message}`);
+  }
+  if (typeof header !== 'object' || header === null || Array.isArray(header)) {
+    throw new Error(`${path}: header must be a JSON object, got ${describe(header)}`);
+  }
+
+  const bufferLen = size - 8 - headerLen;
+  const metadata: Record<string, string> = {};
+  const list: Entry[] = [];
+  for (const [name, value] of Object.entries(header as Record<string, unknown>)) {
+    if (name === '__metadata__') {
+      if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new Error(`${path}: __metadata__ must be an object of strings, got ${describe(value)}`);
+      for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
+        if (typeof v !== 'string') throw new Error(`${path}: __metadata__ "${k}" must be a string, got ${describe(v)}`);
+        Object.defineProperty(metadata, k, { value: v, enumerable: true, writable: true, configurable: true });
+      }
+      continue;
+    }
+    list.push(parseEntry(path, name, value, bufferLen));
+  }
+
+  // Sorted by position, each tensor must start exactly where the previous one ended.
+  const sorted = [...list].sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let pos = 0;
+  let prev: Entry | undefined;
+  for (const e of sorted) {
+    if (e.begin < pos) throw new Error(`${path}: tensor "${e.name}" bytes [${e.begin}, ${e.end}) overlap tensor "${prev!.name}" [${prev!.begin}, ${prev!.end})`);
+    if (e.begin > pos) throw new Error(`${path}: bytes [${pos}, ${e.begin}) of the data buffer belong to no tensor (a hole before tensor "${e.name}")`);
+    pos = e.end;
+    prev = e;
+  }
+  if (pos !== bufferLen) throw new Error(`${path}: the data buffer has ${bufferLen} bytes but its tensors cover only ${pos}: ${bufferLen - pos} trailing bytes belong to no tensor`);
+  return { entries: new Map(sorted.map((e) => [e.name, e])), metadata, dataStart: 8 + headerLen };
+}
+
+function parseEntry(path: string, name: string, value: unknown, bufferLen: number): Entry {
+  const where = `${path}: tensor "${name}"`;
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new Error(`${where}: expected an object {dtype, shape, data_offsets}, got ${describe(value)}`);
+  const { dtype, shape, data_offsets: offsets } = value as Record<string, unknown>;
+  if (!isDType(dtype)) throw new Error(`${where}: unknown dtype ${JSON.stringify(dtype)} (supported: ${Object.keys(DTYPE_SIZE).join(', ')})`);
+  if (!isShape(shape)) throw new Error(`${where}: shape must be an array of non-negative integers, got ${JSON.stringify(shape)}`);
+  if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o) && o >= 0)) {
+    throw new Error(`${where}: data_offsets must be [begin, end] with non-negative integers, got ${JSON.stringify(offsets)}`);
+  }
+  const [begin, end] = offsets as [number, number];
+  if (begin > end) throw new Error(`${where}: data_offsets [${begin}, ${end}] have begin > end`);
+  if (end > bufferLen) throw new Error(`${where}: data_offsets [${begin}, ${end}] run past the end of the data buffer (${bufferLen} bytes): truncated or corrupt`);
+  const need = numel(shape) * DTYPE_SIZE[dtype];
+  if (end - begin !== need) throw new Error(`${where}: data_offsets [${begin}, ${end}] hold ${end - begin} bytes but ${dtype} shape [${shape.join(',')}] needs ${need}`);
+  return { name, dtype, shape, begin, end };
+}
+
+function describe(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  if (v instanceof Uint8Array) return 'bytes';
+  return typeof v === 'object' ? 'an object' : `${typeof v} ${JSON.stringify(v)}`;
+}
