@@ -10,6 +10,7 @@
  * The environment variable VITREG_BACKEND, when set, replaces `auto`.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { ensureGradients } from './gradients.js';
 import { log as defaultLog } from './log.js';
 
 export type BackendName = 'auto' | 'tensorflow-gpu' | 'tensorflow' | 'wasm' | 'cpu';
@@ -65,7 +66,10 @@ export function getBackendName(): Exclude<BackendName, 'auto'> | null {
  * Calling again with the active name is a no-op; another name switches.
  */
 export function initBackend(name: BackendName = 'auto', opts: InitBackendOptions = {}): Promise<BackendInfo> {
-  const run = pending.then(() => select(name, opts.log ?? defaultLog));
+  const run = pending.then(async () => {
+    await ensureGradients();
+    return select(name, opts.log ?? defaultLog);
+  });
   pending = run.catch(() => undefined);
   return run;
 }

@@ -8,3 +8,4 @@ export * from './image.js';
 export * from './progress.js';
 export * from './log.js';
 export * from './data/index.js';
+export * from './gradients.js';

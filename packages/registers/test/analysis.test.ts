@@ -18,6 +18,7 @@ import {
   tokenNorms,
   type AnalysisSource,
 } from '../src/analysis.js';
+import { loadWeights } from '../src/weights.js';
 
 const FIX = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'dinov2-parity');
 
@@ -197,4 +198,47 @@ test('parity fixture: norms, outliers and attention from the reference tensors',
 test('attentionToPatches rejects malformed input', () => {
   assert.throws(() => attentionToPatches(new Float32Array(10), 2, 0, 1), /not 2 heads x N x N/);
   assert.throws(() => attentionToPatches(new Float32Array(2 * 9), 2, 3, 1), /out of range/);
+});
+
+test('model forward: analysis inputs match the reference and an independent patch embedding', async () => {
+  const ref = (await readSafetensors(join(FIX, 'reg4.reference.safetensors'))).tensors;
+  const w = (await readSafetensors(join(FIX, 'reg4.dinov2.safetensors'))).tensors;
+  const model = await loadWeights(join(FIX, 'reg4.dinov2.safetensors'), { config: { num_heads: 3 } });
+  const input = ref['sq224.input_nhwc'];
+  const x = tf.tensor4d(toFloat32(input), input.shape as [number, number, number, number]);
+  const out = model.forward(x, { attention: 'last', layers: true });
+  const [data] = await tokenDataFromOutput(out);
+  tf.dispose([x, out.cls, out.registers, out.patches, out.prenorm, out.embeddings, ...out.attention!, ...out.layers!]);
+  model.dispose();
+  const n = 261;
+  const d = 96;
+  const pre = refNorms(ref['sq224.prenorm']);
+  for (let i = 0; i < n; i++) close(data.prenormNorms[i], pre[i], `prenorm norm ${i}`, 1e-4, 1e-3);
+  const l1 = refNorms(ref['sq224.layer1.patches_prenorm']);
+  for (let i = 0; i < 256; i++) close(data.layerNorms![1][5 + i], l1[i], `layer 1 norm ${i}`, 1e-4, 1e-3);
+  // Patch embedding written out from the conv weights: emb[p, o] = b[o] + sum W[o, c, i, j] x[14r + i, 14c + j, c].
+  const W = toFloat32(w['patch_embed.proj.weight']);
+  const B = toFloat32(w['patch_embed.proj.bias']);
+  const px = toFloat32(input);
+  const emb = new Float64Array(256 * d);
+  for (let r = 0; r < 16; r++) {
+    for (let c = 0; c < 16; c++) {
+      for (let o = 0; o < d; o++) {
+        let s = B[o];
+        for (let ch = 0; ch < 3; ch++) {
+          for (let i = 0; i < 14; i++) for (let j = 0; j < 14; j++) s += W[((o * 3 + ch) * 14 + i) * 14 + j] * px[((14 * r + i) * 224 + 14 * c + j) * 3 + ch];
+        }
+        emb[(r * 16 + c) * d + o] = s;
+      }
+    }
+  }
+  for (let i = 0; i < emb.length; i += 97) close(data.embeddings![i], emb[i], `embedding ${i}`, 1e-4, 1e-4);
+  const simModel = neighbourSimilarity(data.embeddings!, [16, 16], d);
+  const simRef = neighbourSimilarity(emb, [16, 16], d);
+  for (let i = 0; i < 256; i++) close(simModel[i], simRef[i], `neighbour similarity ${i}`, 1e-4, 1e-4);
+  // The last attention rows of CLS against the reference.
+  const a = analyzeTokens(data);
+  const attn = toFloat32(ref['sq224.last_attn']);
+  for (let h = 0; h < 3; h++) for (let j = 0; j < 256; j += 5) close(a.cls!.heads[h][j], attn[(h * n) * n + 5 + j], `cls attention h${h} ${j}`, 1e-4, 2e-5);
+  assert.ok(a.redundancy && a.redundancy.normalMean > -1 && a.redundancy.normalMean < 1);
 });

@@ -1,0 +1,160 @@
+/**
+ * `vitreg features`: run a backbone on images or an image tensor and write its outputs as safetensors
+ * (cls, registers, patches, prenorm; optionally attention and per-block tokens).
+ */
+import { resolve } from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { loadImage, numel, Progress, writeSafetensors, hostTensor, type HostTensor } from '@vitreg/core';
+import type { VisionTransformer } from '@vitreg/registers';
+import { choiceFlag, CliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
+import { IMAGE_FLAGS, imageFiles, imageTransform, loadModel, MODEL_FLAGS, readTensorBatch, startBackend } from '../inputs.js';
+
+const usage = `
+Usage: vitreg features --weights FILE [--model NAME] [--config JSON|FILE.json]
+                       (IMAGE... | --tensor FILE.safetensors[:NAME]) --out OUT.safetensors
+                       [--attention last|all] [--layers all] [--size N | --keep-aspect [--max-side N]]
+                       [--backend auto|tensorflow-gpu|tensorflow|wasm|cpu] [--batch-size N]
+
+Runs the backbone and writes, for B images of P patches, R registers and N = 1+R+P tokens:
+  cls [B,D], registers [B,R,D], patches [B,P,D]   after the final LayerNorm
+  prenorm [B,N,D]                                 the last block's output before it
+  attention [B,H,N,N]                             with --attention last (all: attention.layerK)
+  layerK.prenorm [B,N,D]                          with --layers all
+Token order is [CLS, registers, patches]; patches are row-major over the patch grid. The file's
+__metadata__ holds the image list, the grid and the model config.
+
+  --weights FILE    .safetensors or .pth with DINOv2, timm or Hugging Face names (F32/F16/BF16)
+  --model NAME      use a named config (e.g. dinov2_vits14_reg) instead of the inferred one
+  --config JSON     override config fields, e.g. '{"num_heads": 3}', or a .json file
+  IMAGE...          image files, folders or globs, decoded as DINOv2 evaluates: shorter side to
+                    256, centre crop 224, ImageNet mean/std (--size N: crop N; --keep-aspect: keep
+                    the aspect ratio, sides rounded to the patch size; all images must then agree)
+  --tensor SPEC     an already-normalised NHWC float32 batch [B,H,W,3] from a safetensors file
+  --batch-size N    images per forward pass (default 8)
+`;
+
+type Batch = { data: Float32Array; shape: [number, number, number, number] };
+
+/** Appends per-batch host arrays of one output and stacks them at the end. */
+class Collector {
+  private parts = new Map<string, { shape: number[]; chunks: Float32Array[] }>();
+  add(name: string, t: tf.Tensor): void {
+    const entry = this.parts.get(name) ?? { shape: t.shape.slice(1), chunks: [] };
+    entry.chunks.push(t.dataSync() as Float32Array);
+    this.parts.set(name, entry);
+  }
+  tensors(batch: number): Record<string, HostTensor> {
+    const out: Record<string, HostTensor> = {};
+    for (const [name, { shape, chunks }] of this.parts) {
+      const data = new Float32Array(batch * numel(shape));
+      let off = 0;
+      for (const c of chunks) {
+        data.set(c, off);
+        off += c.length;
+      }
+      out[name] = hostTensor(data, [batch, ...shape]);
+    }
+    return out;
+  }
+}
+
+function runBatch(model: VisionTransformer, batch: Batch, collect: Collector, opts: { attention: 'none' | 'last' | 'all'; layers: boolean }): void {
+  tf.tidy(() => {
+    const out = model.forward(tf.tensor4d(batch.data, batch.shape), { attention: opts.attention, layers: opts.layers });
+    collect.add('cls', out.cls);
+    collect.add('registers', out.registers);
+    collect.add('patches', out.patches);
+    collect.add('prenorm', out.prenorm);
+    if (opts.attention === 'last') collect.add('attention', out.attention![0]);
+    if (opts.attention === 'all') out.attention!.forEach((a, k) => collect.add(`attention.layer${k}`, a));
+    if (opts.layers) out.layers!.forEach((l, k) => collect.add(`layer${k}.prenorm`, l));
+  });
+}
+
+export const features: Command = {
+  summary: 'run a backbone on images and write CLS, register, patch tokens (and attention) as safetensors',
+  usage,
+  async run(argv) {
+    const { values, positionals } = parseCommandArgs('features', argv, {
+      ...MODEL_FLAGS,
+      ...IMAGE_FLAGS,
+      tensor: { type: 'string' },
+      out: { type: 'string' },
+      attention: { type: 'string' },
+      layers: { type: 'string' },
+      'batch-size': { type: 'string' },
+    });
+    if (!values.out) throw new CliError('--out OUT.safetensors is required');
+    if (!values.out.endsWith('.safetensors')) throw new CliError(`--out: expected a .safetensors path, got ${values.out}`);
+    if (values.tensor !== undefined && positionals.length > 0) throw new CliError('give images or --tensor, not both');
+    if (values.tensor === undefined && positionals.length === 0) throw new CliError('no input: give IMAGE... or --tensor FILE.safetensors[:NAME]');
+    const attention = choiceFlag('attention', values.attention, ['none', 'last', 'all'] as const, 'none');
+    const layers = choiceFlag('layers', values.layers, ['none', 'all'] as const, 'none') === 'all';
+    const batchSize = intFlag('batch-size', values['batch-size'], 8);
+
+    const backend = await startBackend(values.backend);
+    const model = await loadModel(values);
+    const p = model.config.patch_size;
+
+    // Inputs: one tensor batch, or images decoded one at a time.
+    let count: number;
+    let labels: string[];
+    let batches: () => AsyncGenerator<Batch>;
+    if (values.tensor !== undefined) {
+      const t = await readTensorBatch(values.tensor, p);
+      const [B, H, W] = t.shape;
+      count = B;
+      labels = Array.from({ length: B }, (_, i) => `${t.file}:${t.name}[${i}]`);
+      batches = async function* () {
+        for (let i = 0; i < B; i += batchSize) {
+          const n = Math.min(batchSize, B - i);
+          yield { data: t.data.subarray(i * H * W * 3, (i + n) * H * W * 3), shape: [n, H, W, 3] };
+        }
+      };
+    } else {
+      const files = await imageFiles(positionals);
+      const transform = imageTransform(values, p);
+      count = files.length;
+      labels = files;
+      batches = async function* () {
+        let size: [number, number] | undefined;
+        for (let i = 0; i < files.length; i += batchSize) {
+          const imgs = [];
+          for (const f of files.slice(i, i + batchSize)) {
+            const img = await loadImage(f, transform).catch((err: Error) => {
+              throw new CliError(err.message);
+            });
+            size ??= [img.height, img.width];
+            if (img.height !== size[0] || img.width !== size[1]) {
+              throw new CliError(`${f}: becomes ${img.width}x${img.height} but ${files[0]} became ${size[1]}x${size[0]}; one output file needs one size (use --size)`);
+            }
+            imgs.push(img);
+          }
+          const data = new Float32Array(imgs.length * size![0] * size![1] * 3);
+          imgs.forEach((img, j) => data.set(img.data, j * img.data.length));
+          yield { data, shape: [imgs.length, size![0], size![1], 3] };
+        }
+      };
+    }
+
+    const collect = new Collector();
+    const progress = new Progress({ total: count, label: 'features', unit: 'img' });
+    let grid: [number, number] = [0, 0];
+    for await (const batch of batches()) {
+      grid = [batch.shape[1] / p, batch.shape[2] / p];
+      runBatch(model, batch, collect, { attention, layers });
+      progress.tick(batch.shape[0]);
+    }
+    progress.done();
+    const out = resolve(values.out);
+    await writeSafetensors(out, collect.tensors(count), {
+      vitreg_images: JSON.stringify(labels),
+      vitreg_grid: JSON.stringify(grid),
+      vitreg_config: JSON.stringify(model.config),
+      vitreg_weights: values.weights!,
+      vitreg_backend: backend.name,
+    });
+    process.stderr.write(`wrote ${count} image(s), grid ${grid[0]}x${grid[1]}, to ${values.out}\n`);
+    model.dispose();
+  },
+};

@@ -1,0 +1,159 @@
+/**
+ * Inputs every model command shares: --backend, --weights/--model/--config, --tensor FILE[:NAME],
+ * image files with --size / --keep-aspect. Each turns bad input into a one-line CliError naming the
+ * flag, file or tensor.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { basename, extname } from 'node:path';
+import {
+  BACKEND_NAMES, initBackend, listImageFiles, SafetensorsReader, toFloat32,
+  type BackendInfo, type BackendName, type ImageTransform,
+} from '@vitreg/core';
+import { CONFIG_FIELDS, loadWeights, type ViTConfig, type VisionTransformer } from '@vitreg/registers';
+import { choiceFlag, CliError, intFlag } from './cli.js';
+
+/** parseArgs options of the model flags. */
+export const MODEL_FLAGS = {
+  weights: { type: 'string' },
+  model: { type: 'string' },
+  config: { type: 'string' },
+  backend: { type: 'string' },
+} as const;
+
+/** --backend: start the backend (auto by default) and return what was chosen. */
+export async function startBackend(value: string | undefined): Promise<BackendInfo> {
+  const name = choiceFlag('backend', value, BACKEND_NAMES, 'auto') as BackendName;
+  try {
+    return await initBackend(name);
+  } catch (err) {
+    throw new CliError(`--backend: ${(err as Error).message}`);
+  }
+}
+
+/** --config: a JSON object, or a .json file holding one, of ViTConfig fields. */
+export function configFlag(value: string | undefined): Partial<ViTConfig> | undefined {
+  if (value === undefined) return undefined;
+  let text = value;
+  let where = '--config';
+  if (!value.trim().startsWith('{')) {
+    if (!existsSync(value)) throw new CliError(`--config: expected a JSON object such as '{"num_heads": 3}' or a .json file, got ${JSON.stringify(value)}`);
+    text = readFileSync(value, 'utf8');
+    where = `--config ${value}`;
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (err) {
+    throw new CliError(`${where}: not valid JSON: ${(err as Error).message}`);
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+    throw new CliError(`${where}: expected a JSON object of config fields, got ${JSON.stringify(parsed)}`);
+  }
+  for (const key of Object.keys(parsed)) {
+    if (!(CONFIG_FIELDS as string[]).includes(key)) {
+      throw new CliError(`${where}: unknown field "${key}"; expected one of ${CONFIG_FIELDS.join(', ')}`);
+    }
+  }
+  return parsed as Partial<ViTConfig>;
+}
+
+/** --weights with --model and --config: the loaded model, errors as one line naming the file. */
+export async function loadModel(values: { weights?: string; model?: string; config?: string }, flag = 'weights'): Promise<VisionTransformer> {
+  const path = values.weights;
+  if (!path) throw new CliError(`--${flag} FILE is required (.safetensors or .pth; DINOv2, timm or Hugging Face names)`);
+  if (!existsSync(path)) throw new CliError(`--${flag}: ${path} does not exist`);
+  const config = configFlag(values.config);
+  try {
+    return await loadWeights(path, { model: values.model, config });
+  } catch (err) {
+    throw new CliError((err as Error).message);
+  }
+}
+
+/** A batch of already-normalised NHWC images read from a safetensors file. */
+export interface TensorBatch {
+  file: string;
+  name: string;
+  data: Float32Array;
+  shape: [number, number, number, number];
+}
+
+/** --tensor FILE.safetensors[:NAME]: the named tensor, or the only one; must be [B, H, W, 3]. */
+export async function readTensorBatch(spec: string, patchSize?: number): Promise<TensorBatch> {
+  const m = /^(.*?\.safetensors)(?::(.+))?$/.exec(spec);
+  if (!m) throw new CliError(`--tensor: expected FILE.safetensors[:NAME], got ${spec}`);
+  const [, file, wanted] = m;
+  if (!existsSync(file)) throw new CliError(`--tensor: ${file} does not exist`);
+  const reader = await SafetensorsReader.open(file).catch((err: Error) => {
+    throw new CliError(`--tensor: ${err.message}`);
+  });
+  try {
+    const names = reader.names();
+    if (wanted === undefined && names.length !== 1) {
+      const list = `${names.slice(0, 5).join(', ')}${names.length > 5 ? ', ...' : ''}`;
+      throw new CliError(`--tensor ${file}: holds ${names.length} tensors; name one as ${file}:NAME (${list})`);
+    }
+    const name = wanted ?? names[0];
+    if (!reader.has(name)) throw new CliError(`--tensor ${file}: no tensor named "${name}"`);
+    const shape = reader.info(name).shape;
+    if (shape.length !== 4 || shape[3] !== 3) {
+      throw new CliError(`--tensor ${file}:${name}: expected an NHWC image batch [B, H, W, 3], got shape [${shape.join(', ')}]`);
+    }
+    const [, h, w] = shape;
+    if (patchSize && (h % patchSize !== 0 || w % patchSize !== 0)) {
+      throw new CliError(`--tensor ${file}:${name}: height ${h} and width ${w} must be multiples of the patch size ${patchSize}`);
+    }
+    return { file, name, data: toFloat32(await reader.read(name)), shape: shape as TensorBatch['shape'] };
+  } finally {
+    await reader.close();
+  }
+}
+
+/** parseArgs options of the image-geometry flags. */
+export const IMAGE_FLAGS = {
+  size: { type: 'string' },
+  'keep-aspect': { type: 'boolean' },
+  'max-side': { type: 'string' },
+} as const;
+
+/**
+ * --size N: DINOv2's evaluation transform at crop N (shorter side resized to N * 256/224, centre crop);
+ * --keep-aspect: keep the aspect ratio, sides rounded to multiples of the patch size (--max-side caps
+ * the longer side). Default: the 256 -> 224 evaluation transform.
+ */
+export function imageTransform(values: { size?: string; 'keep-aspect'?: boolean; 'max-side'?: string }, patchSize: number): ImageTransform {
+  if (values.size !== undefined && values['keep-aspect']) throw new CliError('--size and --keep-aspect exclude each other');
+  if (values['keep-aspect']) {
+    const maxSide = values['max-side'] === undefined ? undefined : intFlag('max-side', values['max-side'], 0, patchSize);
+    return { kind: 'keep-aspect', patchSize, maxSide };
+  }
+  const crop = intFlag('size', values.size, 224, patchSize);
+  if (crop % patchSize !== 0) throw new CliError(`--size: ${crop} is not a multiple of the patch size ${patchSize}`);
+  return { kind: 'eval', crop, resize: Math.round((crop * 256) / 224) };
+}
+
+/** Image files from files, folders and globs; an empty result is an error. */
+export async function imageFiles(patterns: string[]): Promise<string[]> {
+  let files: string[];
+  try {
+    files = await listImageFiles(patterns);
+  } catch (err) {
+    throw new CliError((err as Error).message);
+  }
+  if (files.length === 0) throw new CliError(`no images found in ${patterns.join(' ')}`);
+  return files;
+}
+
+/** File name without folder and extension. */
+export const stem = (path: string): string => basename(path, extname(path));
+
+/** Safe, unique names (for folders and tensor metadata) from labels. */
+export function uniqueNames(raw: string[]): string[] {
+  const used = new Map<string, number>();
+  return raw.map((r) => {
+    const base = r.replace(/[^\w.-]+/g, '_').replace(/^\.+/, '_') || 'image';
+    const k = (used.get(base) ?? 0) + 1;
+    used.set(base, k);
+    return k === 1 ? base : `${base}-${k}`;
+  });
+}
