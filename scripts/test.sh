@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 npx nx run-many -t build --outputStyle=static
 shopt -s nullglob
-files=(proto/test/*.test.ts packages/*/test/*.test.ts apps/*/test/*.test.ts)
+files=(test/*.test.ts proto/test/*.test.ts packages/*/test/*.test.ts apps/*/test/*.test.ts)
 exec node --conditions=vitreg-source --import tsx --test --test-concurrency=2 "${files[@]}"

@@ -1,1 +1,3 @@
-export {};
+/** @vitreg/proto: not written yet; see README.md. */
+export const name = '@vitreg/proto';
+export const version = '0.1.0';

@@ -21,16 +21,21 @@ export interface Command {
 }
 
 type Options = NonNullable<ParseArgsConfig['options']>;
+type WithHelp<O extends Options> = O & { help: { type: 'boolean'; short: 'h' } };
+/** What parseCommandArgs returns: typed values of the given options, and the positionals. */
+export type ParsedArgs<O extends Options> = ReturnType<
+  typeof parseArgs<{ args: string[]; options: WithHelp<O>; allowPositionals: true; strict: true }>
+>;
 
 /**
  * parseArgs with errors turned into CliError naming the command and the flag. Returns the values and
  * positionals; `help` is always accepted.
  */
-export function parseCommandArgs<O extends Options>(command: string, argv: string[], options: O) {
+export function parseCommandArgs<O extends Options>(command: string, argv: string[], options: O): ParsedArgs<O> {
   try {
     return parseArgs({
       args: argv,
-      options: { ...options, help: { type: 'boolean', short: 'h' } },
+      options: { ...options, help: { type: 'boolean', short: 'h' } } as WithHelp<O>,
       allowPositionals: true,
       strict: true,
     });

@@ -1,1 +1,10 @@
-export {};
+export * from './lost.js';
+export * from './corloc.js';
+export * from './features.js';
+export * from './linear.js';
+export * from './knn.js';
+export * from './extract.js';
+export * from './run.js';
+export * from './discover.js';
+export * from './draw.js';
+export * from './sweep.js';

@@ -3,20 +3,23 @@
  * ("artifact") detection, the layer where outliers appear, the redundancy of the patches they sit on
  * (paper Fig. 5a) and what the register tokens attend to.
  *
- * Everything below `tokenDataFromOutput` is a pure function on Float32Arrays, so it can be checked
- * against reference tensors without a model. Token order everywhere: [CLS, registers..., patches...];
+ * Everything but `tokenNorms` and `tokenDataFromOutput` is a pure function on plain arrays, so it can be
+ * checked against reference tensors without a model. Token order everywhere: [CLS, registers..., patches...];
  * patches are row-major over the patch grid.
  *
- * Automatic outlier threshold (the rule, see `testBimodality`): take log norms; split them with Otsu's
- * method; refine that split with a two-component 1-D Gaussian mixture (EM); call the distribution
- * bimodal only if (a) the mixture beats a single Gaussian by BIC, (b) the two components are separated
- * by Ashman's D >= 2 (D = sqrt(2) |mu1 - mu2| / sqrt(s1^2 + s2^2); D > 2 is the usual criterion for a
- * clean split), and (c) the high component holds at most `maxFraction` of the tokens (artifacts are a
- * minority), and (d) there is a valley: around the threshold t, which lies between the means equally
- * many standard deviations from each, the density of values (within min(s1, s2) / 2 of t) is at most
- * half that around the high mean (within s2); this rejects flat distributions, which a two-Gaussian
- * fit also splits. Fewer than `minCount` tokens, or all equal, is never bimodal. A
- * unimodal distribution therefore yields no outliers at all, whatever its spread.
+ * Automatic outlier threshold (the rule, see `testBimodality`): take log norms and fit a two-component
+ * 1-D Gaussian mixture by EM, started from Otsu's split, the widest gap and a few upper quantiles (best
+ * likelihood wins). Call the distribution bimodal only if
+ *   (a) the mixture beats a single Gaussian by BIC,
+ *   (b) the components are separated by Ashman's D >= 2, D = sqrt(2) |mu1 - mu2| / sqrt(s1^2 + s2^2),
+ *   (c) the high component holds at most `maxFraction` (default 20%) of the tokens: artifacts are a
+ *       minority (~2% in the paper), and
+ *   (d) there is a valley: around the threshold t (between the means, equally many standard
+ *       deviations from each) the density of values within min(s1, s2) / 2 of t is at most half the
+ *       density within s2 of the high mean. This rejects flat distributions, which a two-Gaussian fit
+ *       also splits.
+ * Outliers are the tokens with norm > exp(t). Fewer than `minCount` (8) tokens, or all equal, is never
+ * bimodal. A unimodal distribution therefore yields no outliers at all, whatever its spread or skew.
  */
 import * as tf from '@tensorflow/tfjs-core';
 
@@ -147,7 +150,7 @@ export function fitTwoGaussians(
   values: ArrayLike<number>,
   split: number,
   minStd: number,
-  maxIter = 500,
+  maxIter = 300,
 ): { low: Component; high: Component; logLikelihood: number } {
   const v = Float64Array.from(values).sort();
   const n = v.length;
@@ -171,7 +174,7 @@ export function fitTwoGaussians(
       r[i] = Math.exp(lb - lse);
       ll += lse;
     }
-    if (ll - prev < 1e-10 * n) break;
+    if (ll - prev < 1e-6 * n) break;
     prev = ll;
     let w1 = 0;
     let s1 = 0;
@@ -676,7 +679,7 @@ export function analysisToJson(a: TokenAnalysis): Record<string, unknown> {
   return {
     grid: a.grid,
     numRegisters: a.numRegisters,
-    source: a.source,
+    normSource: a.source,
     norms: {
       cls: { prenorm: round(a.norms.cls.prenorm), postnorm: round(a.norms.cls.postnorm) },
       registers: { prenorm: roundAll(a.norms.registers.prenorm), postnorm: roundAll(a.norms.registers.postnorm) },

@@ -176,8 +176,15 @@ export class VisionTransformer {
     return tf.reshape(emb, [B, gh * gw, this.config.embed_dim]);
   }
 
-  /** The forward pass. `images` are normalised NHWC float32 with sides that are multiples of the patch size. */
+  /**
+   * The forward pass. `images` are normalised NHWC float32 with sides that are multiples of the patch
+   * size. Intermediate tensors are freed; the caller owns (and disposes) the returned ones.
+   */
   forward(images: tf.Tensor4D, opts: ForwardOptions = {}): ViTOutput {
+    return tf.tidy(() => this.forwardTensors(images, opts) as unknown as tf.TensorContainer) as unknown as ViTOutput;
+  }
+
+  private forwardTensors(images: tf.Tensor4D, opts: ForwardOptions): ViTOutput {
     const c = this.config;
     if (images.rank !== 4 || images.shape[3] !== 3) {
       throw new Error(`images: expected a [batch, height, width, 3] tensor, got shape [${images.shape}]`);
@@ -218,12 +225,18 @@ export class VisionTransformer {
     for (let i = 0; i < c.depth; i++) {
       const last = i === c.depth - 1;
       const dropRate = c.depth > 1 ? (c.drop_path_rate * i) / (c.depth - 1) : c.drop_path_rate;
-      const res = this.block(i, x, {
-        attention: want === 'all' || (want === 'last' && last),
-        kv: last && (opts.keys || opts.values),
-        dropRate: dropRng ? dropRate : 0,
-        rng: dropRng,
-      });
+      // One tidy per block: intermediates are freed as soon as the block is done (a gradient tape keeps
+      // what it needs), so peak memory is one block's, not the whole network's.
+      const input = x;
+      const res = tf.tidy(() =>
+        this.block(i, input, {
+          attention: want === 'all' || (want === 'last' && last),
+          kv: last && (opts.keys || opts.values),
+          dropRate: dropRng ? dropRate : 0,
+          rng: dropRng,
+        }),
+      );
+      if (!opts.layers && i > 0) input.dispose();
       x = res.x;
       if (res.attn) attentions.push(res.attn);
       if (last) {
@@ -277,7 +290,7 @@ export class VisionTransformer {
     const v = o.kv ? part(2) : undefined;
     const attn = sink.attn ? (tf.transpose(tf.reshape(sink.attn, [H, B, N, N]), [1, 0, 2, 3]) as tf.Tensor4D) : undefined;
     if (sink.attn) sink.attn.dispose();
-    let a = linear(merged, P('attn.proj.weight'), P('attn.proj.bias'));
+    let a = linear(merged as tf.Tensor3D, P('attn.proj.weight'), P('attn.proj.bias'));
     if (P('ls1.gamma')) a = tf.mul(a, P('ls1.gamma'));
     x = tf.add(x, this.dropPath(a, o.dropRate, o.rng));
 

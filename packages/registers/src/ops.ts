@@ -8,7 +8,10 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 
-const matMul2dGrad = tf.customGrad((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
+/** tf.customGrad with the (inputs..., save) signature spelled out. */
+type GradFn<T extends tf.Tensor> = (...args: (tf.Tensor | tf.GradSaveFunc)[]) => { value: T; gradFunc: (dy: T, saved: tf.Tensor[]) => tf.Tensor | tf.Tensor[] };
+
+const matMul2dGrad = tf.customGrad(((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
   save([a, b]);
   return {
     value: tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D),
@@ -17,7 +20,7 @@ const matMul2dGrad = tf.customGrad((a: tf.Tensor, b: tf.Tensor, save: tf.GradSav
       return [tf.matMul(dy as tf.Tensor2D, tf.transpose(sb)), tf.matMul(tf.transpose(sa), dy as tf.Tensor2D)];
     },
   };
-}) as (a: tf.Tensor2D, b: tf.Tensor2D) => tf.Tensor2D;
+}) as GradFn<tf.Tensor2D>) as (a: tf.Tensor2D, b: tf.Tensor2D) => tf.Tensor2D;
 
 /** [m, k] x [k, n] -> [m, n], fast on every backend, with a gradient that stays on the fast path. */
 export function matMul2d(a: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
@@ -31,7 +34,7 @@ export function linear<R extends tf.Rank>(x: tf.Tensor<R>, w: tf.Tensor, b?: tf.
   const rows = x.size / inDim;
   let y: tf.Tensor = matMul2d(tf.reshape(x, [rows, inDim]) as tf.Tensor2D, w as tf.Tensor2D);
   if (b) y = tf.add(y, b);
-  return tf.reshape(y, [...shape.slice(0, -1), w.shape[1]!]) as tf.Tensor<R>;
+  return tf.reshape(y, [...shape.slice(0, -1), w.shape[1]!] as number[] as tf.ShapeMap[R]) as tf.Tensor<R>;
 }
 
 /** LayerNorm over the last axis (biased variance, as torch.nn.LayerNorm). */
@@ -105,7 +108,7 @@ function bmm(a: tf.Tensor3D | tf.Tensor2D[], b: tf.Tensor3D | tf.Tensor2D[], ta 
  */
 export function multiHeadAttention(qkv: tf.Tensor4D, scale: number, sink?: { attn?: tf.Tensor3D }): tf.Tensor3D {
   const split = useBlocks();
-  const op = tf.customGrad((x: tf.Tensor, save: tf.GradSaveFunc) => {
+  const op = tf.customGrad(((x: tf.Tensor, save: tf.GradSaveFunc) => {
     const [, BH, N, hd] = (x as tf.Tensor4D).shape;
     const parts = (t: tf.Tensor): tf.Tensor3D[] | tf.Tensor2D[][] => {
       const all = tf.reshape(t, [3 * BH, N, hd]) as tf.Tensor3D;
@@ -133,6 +136,6 @@ export function multiHeadAttention(qkv: tf.Tensor4D, scale: number, sink?: { att
         return [tf.reshape(tf.concat([dQ, dK, dV], 0), sx.shape)];
       },
     };
-  });
+  }) as GradFn<tf.Tensor3D>);
   return op(qkv) as tf.Tensor3D;
 }

@@ -1,4 +1,15 @@
 import type { Command } from '../cli.js';
+import { analyze } from './analyze.js';
+import { convert } from './convert.js';
+import { discover } from './discover.js';
+import { features } from './features.js';
+import { probe } from './probe.js';
 
 /** Every vitreg subcommand, in the order `vitreg --help` lists them. */
-export const commands: Record<string, Command> = {};
+export const commands: Record<string, Command> = {
+  features,
+  convert,
+  analyze,
+  discover,
+  probe,
+};

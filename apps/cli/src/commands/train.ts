@@ -1,0 +1,120 @@
+/**
+ * `vitreg train`: train a ViT with registers, supervised (DeiT-III style) or self-supervised
+ * (DINOv2: DINO + iBOT + KoLeo), from a preset or a JSON config, with exact resume.
+ */
+import { readFileSync, existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { openData, PRESET_NAMES, PRESETS, train, validateTrainConfig, type TrainConfig } from '@vitreg/trainer';
+import { CliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
+import { startBackend } from '../inputs.js';
+
+const usage = `
+Usage: vitreg train (--preset NAME | --config FILE.json) [--data DIR|synthetic] [--registers N]
+                    [--steps N] [--out DIR] [--resume] [--seed N]
+                    [--backend auto|tensorflow-gpu|tensorflow|wasm|cpu] [--no-progress]
+       vitreg train --list-presets
+       vitreg train --resume --out DIR          (continues with DIR/config.json)
+
+Trains a Vision Transformer with N register tokens and writes the run folder DIR:
+  config.json               the full, validated config
+  metrics.jsonl             one JSON line per step: loss parts, lr, wd, grad_norm, images_per_s,
+                            rss_mb, tf_tensors, tf_mb (and periodic {"step", "eval": {...}} lines)
+  checkpoints/step-N/       model.safetensors (loadable by vitreg features --weights), teacher.safetensors,
+                            heads.safetensors, optimizer.safetensors, state.json
+  eval.json                 num_classes and val_accuracy (supervised) or knn_accuracy (self-supervised)
+
+  --preset NAME      tiny-supervised, tiny-dino (CPU-sized, synthetic data, a few minutes), deit3-b16-reg4,
+                     deit3-b16, dinov2-l14-reg4, dinov2-l14 (the paper's recipes, for GPU clusters)
+  --config FILE      a JSON object with any of the sections objective, model, data, train, optim,
+                     supervised, dino, ibot, crops (and optionally "preset" to start from); the rest
+                     are defaults (see the @vitreg/trainer README)
+  --data DIR         "synthetic" (default) or a folder with train/ and val/ class folders, or class
+                     folders split by data.val_fraction
+  --registers N      register tokens, 0-16 (model.num_register_tokens)
+  --steps N          training steps (train.steps);  --seed N: train.seed
+  --out DIR          run folder (default runs/train-<preset>)
+  --resume           continue from the newest checkpoint in --out, with the same weights, optimiser,
+                     data order and random numbers as if never stopped
+`;
+
+function readConfigFile(path: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new CliError(`--config: cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new CliError(`--config: ${path} is not valid JSON (${(err as Error).message})`);
+  }
+}
+
+function listPresets(): string {
+  const width = Math.max(...PRESET_NAMES.map((n) => n.length));
+  return PRESET_NAMES.map((n) => `${n.padEnd(width)}  ${PRESETS[n]!.summary}`).join('\n');
+}
+
+export const trainCommand: Command = {
+  summary: 'train a ViT with registers (supervised or DINOv2 self-supervised) with exact resume',
+  usage,
+  async run(argv) {
+    const { values, positionals } = parseCommandArgs('train', argv, {
+      config: { type: 'string' },
+      preset: { type: 'string' },
+      data: { type: 'string' },
+      registers: { type: 'string' },
+      steps: { type: 'string' },
+      out: { type: 'string' },
+      resume: { type: 'boolean' },
+      seed: { type: 'string' },
+      backend: { type: 'string' },
+      'list-presets': { type: 'boolean' },
+      'no-progress': { type: 'boolean' },
+    });
+    if (positionals.length > 0) throw new CliError(`unexpected argument "${positionals[0]}" (see vitreg train --help)`);
+    if (values['list-presets']) {
+      process.stdout.write(listPresets() + '\n');
+      return 0;
+    }
+    if (values.config !== undefined && values.preset !== undefined) throw new CliError('give --config or --preset, not both');
+    if (values.preset !== undefined && !PRESETS[values.preset]) {
+      throw new CliError(`--preset: expected one of ${PRESET_NAMES.join(', ')}, got "${values.preset}"`);
+    }
+    const out = resolve(values.out ?? join('runs', `train-${values.preset ?? 'config'}`));
+    let raw: Record<string, unknown>;
+    let source: string;
+    if (values.config !== undefined) {
+      const parsed = readConfigFile(values.config);
+      if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new CliError(`${values.config}: expected a JSON object`);
+      raw = parsed as Record<string, unknown>;
+      source = values.config;
+    } else if (values.preset !== undefined) {
+      raw = { preset: values.preset };
+      source = `preset ${values.preset}`;
+    } else if (values.resume && existsSync(join(out, 'config.json'))) {
+      raw = readConfigFile(join(out, 'config.json')) as Record<string, unknown>;
+      source = join(out, 'config.json');
+    } else {
+      throw new CliError('expected --preset NAME or --config FILE.json (or --resume with an existing --out run folder); see vitreg train --list-presets');
+    }
+    const section = (k: string) => ({ ...((raw[k] as Record<string, unknown> | undefined) ?? {}) });
+    const patched: Record<string, unknown> = { ...raw };
+    if (values.data !== undefined) patched.data = { ...section('data'), source: values.data };
+    if (values.registers !== undefined) patched.model = { ...section('model'), num_register_tokens: intFlag('registers', values.registers, 0, 0) };
+    if (values.steps !== undefined) patched.train = { ...section('train'), steps: intFlag('steps', values.steps, 1) };
+    if (values.seed !== undefined) patched.train = { ...((patched.train as Record<string, unknown> | undefined) ?? {}), seed: intFlag('seed', values.seed, 0, 0) };
+    let config: TrainConfig;
+    try {
+      config = validateTrainConfig(patched, source);
+      openData(config);
+    } catch (err) {
+      throw new CliError((err as Error).message);
+    }
+    await startBackend(values.backend);
+    const result = await train(config, { outDir: out, resume: values.resume ?? false, progress: !values['no-progress'] });
+    process.stdout.write(JSON.stringify({ out, step: result.step, checkpoint: result.checkpoint, ...result.eval }) + '\n');
+    return 0;
+  },
+};
