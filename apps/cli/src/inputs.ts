@@ -6,7 +6,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { basename, extname } from 'node:path';
 import {
-  BACKEND_NAMES, initBackend, listImageFiles, SafetensorsReader, toFloat32,
+  BACKEND_NAMES, initBackend, listImageFiles, SafetensorsReader, SyntheticDataset, toFloat32,
   type BackendInfo, type BackendName, type ImageTransform,
 } from '@vitreg/core';
 import { CONFIG_FIELDS, loadWeights, type ViTConfig, type VisionTransformer } from '@vitreg/registers';
@@ -57,17 +57,32 @@ export function configFlag(value: string | undefined): Partial<ViTConfig> | unde
   return parsed as Partial<ViTConfig>;
 }
 
-/** --weights with --model and --config: the loaded model, errors as one line naming the file. */
-export async function loadModel(values: { weights?: string; model?: string; config?: string }, flag = 'weights'): Promise<VisionTransformer> {
-  const path = values.weights;
+/** A checkpoint with --model / --config applied; load errors become one line naming the file. */
+export async function loadModel(path: string | undefined, opts: { model?: string; config?: Partial<ViTConfig> } = {}, flag = 'weights'): Promise<VisionTransformer> {
   if (!path) throw new CliError(`--${flag} FILE is required (.safetensors or .pth; DINOv2, timm or Hugging Face names)`);
   if (!existsSync(path)) throw new CliError(`--${flag}: ${path} does not exist`);
-  const config = configFlag(values.config);
   try {
-    return await loadWeights(path, { model: values.model, config });
+    return await loadWeights(path, opts);
   } catch (err) {
     throw new CliError((err as Error).message);
   }
+}
+
+/** parseArgs options that describe the built-in synthetic data. */
+export const SYNTHETIC_FLAGS = {
+  count: { type: 'string' },
+  'synthetic-size': { type: 'string' },
+  seed: { type: 'string' },
+} as const;
+
+/** The built-in synthetic dataset from --count, --synthetic-size (default 224) and --seed. */
+export function syntheticDataset(values: { count?: string; 'synthetic-size'?: string; seed?: string }, split: 'train' | 'val', fallbackCount: number): SyntheticDataset {
+  return new SyntheticDataset({
+    seed: intFlag('seed', values.seed, 0, 0),
+    count: intFlag('count', values.count, fallbackCount),
+    size: intFlag('synthetic-size', values['synthetic-size'], 224, 16),
+    split,
+  });
 }
 
 /** A batch of already-normalised NHWC images read from a safetensors file. */

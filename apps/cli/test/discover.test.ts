@@ -134,7 +134,7 @@ test('discover errors are one stderr line with exit code 2', () => {
   const badTensor = vitreg('discover', '--weights', join(fixtures, 'reg4.dinov2.safetensors'), '--config', '{"num_heads":3}',
     '--tensor', `${join(fixtures, 'reg4.reference.safetensors')}:nope`, '--backend', 'wasm', '--out', join(tmp, 'y'));
   assert.equal(badTensor.code, 2);
-  assert.match(badTensor.stderr, /no tensor named 'nope'/);
+  assert.match(badTensor.stderr, /no tensor named "nope"/);
   assert.equal(badTensor.stderr.trim().split('\n').filter((l) => l.startsWith('vitreg')).length, 1);
   const badConfig = vitreg('discover', '--weights', 'w.safetensors', '--config', '{bad', '--data', 'synthetic', '--out', join(tmp, 'z'));
   assert.equal(badConfig.code, 2);

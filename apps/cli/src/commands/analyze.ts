@@ -10,11 +10,10 @@
  * Layout of OUT: report.html, summary.json, and per image OUT/<name>/{input,norms,attention,
  * registers,pca,histogram,layers}.png and stats.json for model A; model B's files go to OUT/<name>/b/.
  */
-import { basename, extname, join } from 'node:path';
-import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import {
-  ensureDir, listImageFiles, loadImage, log, Progress, SafetensorsReader, toFloat32, writeFileAtomic, writeJsonAtomic,
+  ensureDir, loadImage, log, Progress, writeFileAtomic, writeJsonAtomic,
   type ImageTransform,
 } from '@vitreg/core';
 import { analysisToJson, analyzeTokens, tokenDataFromOutput, type TokenAnalysis, type ViTOutput, type VisionTransformer } from '@vitreg/registers';
@@ -23,7 +22,7 @@ import {
   reportNumbers, savePng, type Canvas, type ReportEntry, type ReportImage,
 } from '@vitreg/viz';
 import { choiceFlag, CliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
-import { configFlag, loadModel, startBackend } from './discover.js';
+import { configFlag, imageFiles, loadModel, readTensorBatch, startBackend, stem, uniqueNames } from '../inputs.js';
 
 const USAGE = `
 Usage: vitreg analyze (IMAGE... | --tensor FILE.safetensors[:NAME]) --weights FILE [--weights-b FILE]
@@ -63,60 +62,20 @@ interface Input {
   load(): Promise<{ data: Float32Array; height: number; width: number }>;
 }
 
-/** Safe, unique folder names for the inputs. */
-function uniqueNames(raw: string[]): string[] {
-  const used = new Map<string, number>();
-  return raw.map((r) => {
-    const base = r.replace(/[^\w.-]+/g, '_').replace(/^\.+/, '_') || 'image';
-    const k = (used.get(base) ?? 0) + 1;
-    used.set(base, k);
-    return k === 1 ? base : `${base}-${k}`;
-  });
-}
-
 async function tensorInputs(spec: string, patchSize: number): Promise<Input[]> {
-  const m = /^(.*\.safetensors)(?::(.+))?$/.exec(spec);
-  if (!m) throw new CliError(`--tensor: expected FILE.safetensors[:NAME], got ${spec}`);
-  const [, file, wanted] = m;
-  if (!existsSync(file)) throw new CliError(`--tensor: ${file} does not exist`);
-  const reader = await SafetensorsReader.open(file).catch((err: Error) => {
-    throw new CliError(`--tensor: ${err.message}`);
-  });
-  try {
-    const names = reader.names();
-    if (wanted === undefined && names.length !== 1) {
-      throw new CliError(`--tensor ${file}: holds ${names.length} tensors; name one as ${file}:NAME (${names.slice(0, 5).join(', ')}${names.length > 5 ? ', ...' : ''})`);
-    }
-    const name = wanted ?? names[0];
-    if (!reader.has(name)) throw new CliError(`--tensor ${file}: no tensor named '${name}'`);
-    const shape = reader.info(name).shape;
-    if (shape.length !== 4 || shape[3] !== 3) {
-      throw new CliError(`--tensor ${file}:${name}: expected an NHWC image batch [B, H, W, 3], got shape [${shape.join(', ')}]`);
-    }
-    const [b, h, w] = shape;
-    if (h % patchSize !== 0 || w % patchSize !== 0) {
-      throw new CliError(`--tensor ${file}:${name}: height ${h} and width ${w} must be multiples of the patch size ${patchSize}`);
-    }
-    const data = toFloat32(await reader.read(name));
-    const names2 = uniqueNames(Array.from({ length: b }, (_, i) => `${name}-${i}`));
-    return names2.map((n, i) => ({
-      name: n,
-      source: `${file}:${name}[${i}]`,
-      load: async () => ({ data: data.subarray(i * h * w * 3, (i + 1) * h * w * 3), height: h, width: w }),
-    }));
-  } finally {
-    await reader.close();
-  }
+  const { file, name, data, shape } = await readTensorBatch(spec, patchSize);
+  const [b, h, w] = shape;
+  const names = uniqueNames(Array.from({ length: b }, (_, i) => `${name}-${i}`));
+  return names.map((n, i) => ({
+    name: n,
+    source: `${file}:${name}[${i}]`,
+    load: async () => ({ data: data.subarray(i * h * w * 3, (i + 1) * h * w * 3), height: h, width: w }),
+  }));
 }
 
 async function imageInputs(patterns: string[], transform: ImageTransform): Promise<Input[]> {
-  let files: string[];
-  try {
-    files = await listImageFiles(patterns);
-  } catch (err) {
-    throw new CliError((err as Error).message);
-  }
-  const names = uniqueNames(files.map((f) => basename(f, extname(f))));
+  const files = await imageFiles(patterns);
+  const names = uniqueNames(files.map(stem));
   return files.map((f, i) => ({ name: names[i], source: f, load: () => loadImage(f, transform) }));
 }
 

@@ -8,67 +8,18 @@ import { existsSync, statSync } from 'node:fs';
 import { appendFile, open, readFile, truncate } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import {
-  BACKEND_NAMES, CocoDataset, decodeImage, ensureDir, IMAGENET_MEAN, IMAGENET_STD, initBackend, listImageFiles, Progress,
-  SafetensorsReader, SyntheticDataset, toFloat32, VocDataset, writeFileAtomic, writeJsonAtomic, encodePng,
-  type BackendName, type Dataset,
+  BACKEND_NAMES, CocoDataset, decodeImage, ensureDir, IMAGENET_MEAN, IMAGENET_STD, listImageFiles, Progress,
+  SyntheticDataset, VocDataset, writeFileAtomic, writeJsonAtomic, encodePng,
+  type Dataset,
 } from '@vitreg/core';
-import { loadWeights, type ViTConfig, type VisionTransformer } from '@vitreg/registers';
+import { type VisionTransformer } from '@vitreg/registers';
 import {
   corloc, discoverBatch, discoveryRecord, drawDiscovery, prepareInput, writeSweep, type DiscoveryRecord, type InputGeometry,
   type ModelInput,
 } from '@vitreg/probe';
 import { choiceFlag, CliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
+import { configFlag, loadModel, readTensorBatch, startBackend, SYNTHETIC_FLAGS, syntheticDataset } from '../inputs.js';
 
-// ---------------------------------------------------------------------------------------------
-// Shared by `vitreg discover` and `vitreg probe`
-
-/** Parse --config: a JSON object of ViTConfig fields overriding the inferred config. */
-export function configFlag(value: string | undefined): Partial<ViTConfig> | undefined {
-  if (value === undefined) return undefined;
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(value);
-  } catch {
-    throw new CliError(`--config: expected a JSON object such as '{"num_heads": 3}', got ${JSON.stringify(value)}`);
-  }
-  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
-    throw new CliError(`--config: expected a JSON object of config fields, got ${JSON.stringify(value)}`);
-  }
-  return parsed as Partial<ViTConfig>;
-}
-
-/** Start the backend and load one checkpoint, turning load errors into one-line CLI errors. */
-export async function loadModel(path: string, opts: { model?: string; config?: Partial<ViTConfig> }): Promise<VisionTransformer> {
-  if (!existsSync(path)) throw new CliError(`--weights: ${path} does not exist`);
-  try {
-    return await loadWeights(path, { model: opts.model, config: opts.config });
-  } catch (err) {
-    throw new CliError(`--weights ${path}: ${(err as Error).message}`);
-  }
-}
-
-export async function startBackend(value: string | undefined): Promise<void> {
-  const name = choiceFlag('backend', value, BACKEND_NAMES, 'auto') as BackendName;
-  await initBackend(name);
-}
-
-/** Options that describe the built-in synthetic data. */
-export const SYNTHETIC_FLAGS = {
-  count: { type: 'string' },
-  'synthetic-size': { type: 'string' },
-  seed: { type: 'string' },
-} as const;
-
-export function syntheticDataset(values: { count?: string; 'synthetic-size'?: string; seed?: string }, split: 'train' | 'val', fallbackCount: number): SyntheticDataset {
-  return new SyntheticDataset({
-    seed: intFlag('seed', values.seed, 0, 0),
-    count: intFlag('count', values.count, fallbackCount),
-    size: intFlag('synthetic-size', values['synthetic-size'], 224, 16),
-    split,
-  });
-}
-
-/** A label for a checkpoint in a sweep: its file name. */
 function checkpointName(path: string): string {
   return basename(path).replace(/\.(safetensors|pth)$/, '');
 }
@@ -130,29 +81,7 @@ async function fileSource(inputs: string[], geometry: InputGeometry): Promise<So
 
 /** Images from an NHWC float32 tensor of already-normalised pixels (`FILE[:NAME]`). */
 async function tensorSource(spec: string, geometry: InputGeometry): Promise<Source> {
-  const m = /^(.*\.safetensors)(?::(.+))?$/.exec(spec);
-  if (!m) throw new CliError(`--tensor: expected FILE.safetensors[:NAME], got ${spec}`);
-  const [, file, wanted] = m;
-  if (!existsSync(file)) throw new CliError(`--tensor: ${file} does not exist`);
-  const reader = await SafetensorsReader.open(file);
-  let name: string;
-  let data: Float32Array;
-  let shape: number[];
-  try {
-    const names = reader.names();
-    if (wanted === undefined && names.length !== 1) {
-      throw new CliError(`--tensor ${file}: holds ${names.length} tensors; name one as ${file}:NAME (${names.slice(0, 5).join(', ')}${names.length > 5 ? ', ...' : ''})`);
-    }
-    name = wanted ?? names[0];
-    if (!reader.has(name)) throw new CliError(`--tensor ${file}: no tensor named '${name}'`);
-    shape = reader.info(name).shape;
-    if (shape.length !== 4 || shape[3] !== 3) {
-      throw new CliError(`--tensor ${file}:${name}: expected an NHWC image batch [B, H, W, 3], got shape [${shape.join(', ')}]`);
-    }
-    data = toFloat32(await reader.read(name));
-  } finally {
-    await reader.close();
-  }
+  const { file, name, data, shape } = await readTensorBatch(spec);
   const [b, h, w] = shape;
   if (geometry.kind !== 'native' || geometry.maxSide !== undefined) {
     throw new CliError('--tensor: the tensor is fed as is; --size and --max-side do not apply');

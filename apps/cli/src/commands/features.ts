@@ -7,7 +7,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { loadImage, numel, Progress, writeSafetensors, hostTensor, type HostTensor } from '@vitreg/core';
 import type { VisionTransformer } from '@vitreg/registers';
 import { choiceFlag, CliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
-import { IMAGE_FLAGS, imageFiles, imageTransform, loadModel, MODEL_FLAGS, readTensorBatch, startBackend } from '../inputs.js';
+import { configFlag, IMAGE_FLAGS, imageFiles, imageTransform, loadModel, MODEL_FLAGS, readTensorBatch, startBackend } from '../inputs.js';
 
 const usage = `
 Usage: vitreg features --weights FILE [--model NAME] [--config JSON|FILE.json]
@@ -93,7 +93,7 @@ export const features: Command = {
     const batchSize = intFlag('batch-size', values['batch-size'], 8);
 
     const backend = await startBackend(values.backend);
-    const model = await loadModel(values);
+    const model = await loadModel(values.weights, { model: values.model, config: configFlag(values.config) });
     const p = model.config.patch_size;
 
     // Inputs: one tensor batch, or images decoded one at a time.

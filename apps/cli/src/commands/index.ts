@@ -4,6 +4,7 @@ import { convert } from './convert.js';
 import { discover } from './discover.js';
 import { features } from './features.js';
 import { probe } from './probe.js';
+import { trainCommand } from './train.js';
 
 /** Every vitreg subcommand, in the order `vitreg --help` lists them. */
 export const commands: Record<string, Command> = {
@@ -12,4 +13,5 @@ export const commands: Record<string, Command> = {
   analyze,
   discover,
   probe,
+  train: trainCommand,
 };

@@ -7,7 +7,7 @@ import { basename, join } from 'node:path';
 import { BACKEND_NAMES, ensureDir, ImageFolderDataset, Progress, writeJsonAtomic } from '@vitreg/core';
 import { PROBE_TASKS, runProbe, splitIndices, TOKEN_CHOICES, writeSweep, type DataPart, type ProbeReport } from '@vitreg/probe';
 import { choiceFlag, CliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
-import { configFlag, loadModel, startBackend, SYNTHETIC_FLAGS, syntheticDataset } from './discover.js';
+import { configFlag, loadModel, startBackend, SYNTHETIC_FLAGS, syntheticDataset } from '../inputs.js';
 
 const USAGE = `
 Usage: vitreg probe --weights FILE [--weights FILE ...] --data DIR|synthetic
