@@ -44,7 +44,7 @@ export function configFlag(value: string | undefined): Partial<ViTConfig> | unde
   try {
     parsed = JSON.parse(text);
   } catch (err) {
-    throw new CliError(`${where}: not valid JSON: ${(err as Error).message}`);
+    throw new CliError(`${where}: expected a JSON object such as '{"num_heads": 3}' (${(err as Error).message})`);
   }
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
     throw new CliError(`${where}: expected a JSON object of config fields, got ${JSON.stringify(parsed)}`);
