@@ -15,10 +15,13 @@ const matMul2dGrad = tf.customGrad(((a: tf.Tensor, b: tf.Tensor, save: tf.GradSa
   save([a, b]);
   return {
     value: tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D),
-    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-      const [sa, sb] = saved as [tf.Tensor2D, tf.Tensor2D];
-      return [tf.matMul(dy as tf.Tensor2D, tf.transpose(sb)), tf.matMul(tf.transpose(sa), dy as tf.Tensor2D)];
-    },
+    // Backward temporaries live until the whole backward pass ends unless freed here (tfjs keeps what
+    // a custom gradient creates), so each gradient body runs in its own tidy.
+    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+      tf.tidy(() => {
+        const [sa, sb] = saved as [tf.Tensor2D, tf.Tensor2D];
+        return [tf.matMul(dy as tf.Tensor2D, tf.transpose(sb)), tf.matMul(tf.transpose(sa), dy as tf.Tensor2D)];
+      }),
   };
 }) as GradFn<tf.Tensor2D>) as (a: tf.Tensor2D, b: tf.Tensor2D) => tf.Tensor2D;
 
@@ -122,7 +125,7 @@ export function multiHeadAttention(qkv: tf.Tensor4D, scale: number, sink?: { att
     if (sink) sink.attn = tf.keep(attn);
     return {
       value: out,
-      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.tidy(() => {
         const [sx, a] = saved as [tf.Tensor4D, tf.Tensor3D];
         const [qs, ks, vs] = parts(sx);
         const dO = split ? blocks(dy as tf.Tensor3D) : (dy as tf.Tensor3D);
@@ -134,7 +137,7 @@ export function multiHeadAttention(qkv: tf.Tensor4D, scale: number, sink?: { att
         const dQ = bmm(dSs, ks);
         const dK = bmm(dSs, qs, true, false);
         return [tf.reshape(tf.concat([dQ, dK, dV], 0), sx.shape)];
-      },
+      }),
     };
   }) as GradFn<tf.Tensor3D>);
   return op(qkv) as tf.Tensor3D;
