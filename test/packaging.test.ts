@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -43,5 +43,35 @@ for (const ws of workspaces) {
     const esm = exportNames(pkg.name, 'esm');
     assert.ok(cjs.length > 0, 'exports something');
     assert.deepEqual(cjs, esm, 'CJS and ESM builds export the same names');
+  });
+}
+
+/** Bare module names a package's sources import (node: built-ins excluded). */
+function importedPackages(dir: string): Set<string> {
+  const names = new Set<string>();
+  const walk = (d: string) => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      const p = join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (e.name.endsWith('.ts')) {
+        const src = readFileSync(p, 'utf8');
+        for (const m of src.matchAll(/(?:from\s+|import\(\s*)['"]([^'"./][^'"]*)['"]/g)) {
+          if (m[1].startsWith('node:')) continue;
+          const parts = m[1].split('/');
+          names.add(m[1].startsWith('@') ? `${parts[0]}/${parts[1]}` : parts[0]);
+        }
+      }
+    }
+  };
+  walk(dir);
+  return names;
+}
+
+for (const ws of workspaces) {
+  const pkg = JSON.parse(readFileSync(join(ROOT, ws, 'package.json'), 'utf8'));
+  test(`${pkg.name} declares every package its sources import`, () => {
+    const declared = new Set([...Object.keys(pkg.dependencies ?? {}), ...Object.keys(pkg.peerDependencies ?? {})]);
+    const missing = [...importedPackages(join(ROOT, ws, 'src'))].filter((n) => !declared.has(n));
+    assert.deepEqual(missing, [], `${pkg.name}: imported but not in dependencies`);
   });
 }

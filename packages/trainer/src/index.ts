@@ -1,1 +1,12 @@
-export {};
+export * from './augment.js';
+export * from './checkpoint.js';
+export * from './config.js';
+export * from './data.js';
+export * from './heads.js';
+export * from './losses.js';
+export * from './masking.js';
+export * from './optim.js';
+export * from './param-groups.js';
+export * from './schedules.js';
+export * from './sync.js';
+export * from './trainer.js';

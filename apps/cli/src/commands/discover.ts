@@ -18,11 +18,8 @@ import {
   type ModelInput,
 } from '@vitreg/probe';
 import { choiceFlag, CliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
-import { configFlag, loadModel, readTensorBatch, startBackend, SYNTHETIC_FLAGS, syntheticDataset } from '../inputs.js';
+import { checkpointNames, configFlag, loadModel, readTensorBatch, startBackend, stem, SYNTHETIC_FLAGS, syntheticDataset } from '../inputs.js';
 
-function checkpointName(path: string): string {
-  return basename(path).replace(/\.(safetensors|pth)$/, '');
-}
 
 // ---------------------------------------------------------------------------------------------
 // Inputs of discover
@@ -162,7 +159,7 @@ async function discoverOne(model: VisionTransformer, source: Source, out: string
   const todo = source.names.map((n, i) => [n, i] as const).filter(([n]) => !done.has(n));
   const p = model.config.patch_size;
   if (opts.pictures) await ensureDir(join(out, 'pictures'));
-  const progress = new Progress({ total: todo.length, label: `discover ${checkpointName(s.weights)}`, unit: 'img' });
+  const progress = new Progress({ total: todo.length, label: `discover ${stem(s.weights)}`, unit: 'img' });
   let hits = records.filter((r) => r.hit).length;
   let scored = records.filter((r) => r.hit !== undefined).length;
   // Batches of consecutive images of equal padded size; an image that does not fit starts the next one.
@@ -293,13 +290,14 @@ export const discover: Command = {
         : datasetSource(await openDataset(values.data!, values), geometry);
     if (source.names.length === 0) throw new CliError('no images to process');
     const rows: Record<string, string | number | null>[] = [];
-    for (const w of weights) {
+    const dirs = checkpointNames(weights);
+    for (const [i, w] of weights.entries()) {
       const model = await loadModel(w, { model: values.model, config });
       try {
         if (geometry.kind === 'square' && geometry.size % model.config.patch_size !== 0) {
           throw new CliError(`--size ${geometry.size} is not a multiple of the patch size ${model.config.patch_size}`);
         }
-        const out = weights.length > 1 ? join(values.out, checkpointName(w)) : values.out;
+        const out = weights.length > 1 ? join(values.out, dirs[i]) : values.out;
         const c = await discoverOne(model, source, out, { weights: w, features, kPatches, geometry }, { batchSize, pictures: values.pictures === true });
         rows.push({ checkpoint: w, registers: model.config.num_register_tokens, corloc: c?.corloc ?? null, hits: c?.hits ?? null, images: source.names.length });
         if (c) process.stderr.write(`${w}: CorLoc ${(100 * c.corloc).toFixed(2)}% (${c.hits}/${c.images})\n`);

@@ -1,6 +1,7 @@
 import type { Command } from '../cli.js';
 import { analyze } from './analyze.js';
 import { convert } from './convert.js';
+import { demo } from './demo.js';
 import { discover } from './discover.js';
 import { features } from './features.js';
 import { probe } from './probe.js';
@@ -11,7 +12,8 @@ export const commands: Record<string, Command> = {
   features,
   convert,
   analyze,
-  discover,
-  probe,
   train: trainCommand,
+  probe,
+  discover,
+  demo,
 };

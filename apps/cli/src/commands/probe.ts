@@ -7,7 +7,7 @@ import { basename, join } from 'node:path';
 import { BACKEND_NAMES, ensureDir, ImageFolderDataset, Progress, writeJsonAtomic } from '@vitreg/core';
 import { PROBE_TASKS, runProbe, splitIndices, TOKEN_CHOICES, writeSweep, type DataPart, type ProbeReport } from '@vitreg/probe';
 import { choiceFlag, CliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
-import { configFlag, loadModel, startBackend, SYNTHETIC_FLAGS, syntheticDataset } from '../inputs.js';
+import { checkpointNames, configFlag, loadModel, startBackend, SYNTHETIC_FLAGS, syntheticDataset } from '../inputs.js';
 
 const USAGE = `
 Usage: vitreg probe --weights FILE [--weights FILE ...] --data DIR|synthetic
@@ -111,7 +111,8 @@ export const probe: Command = {
     const { train, test } = openData(values.data, values);
     await startBackend(values.backend);
     const rows: Record<string, string | number>[] = [];
-    for (const w of weights) {
+    const dirs = checkpointNames(weights);
+    for (const [i, w] of weights.entries()) {
       const model = await loadModel(w, { model: values.model, config });
       let report: ProbeReport;
       try {
@@ -130,7 +131,7 @@ export const probe: Command = {
           throw new CliError((err as Error).message);
         }
         progress.done();
-        const out = weights.length > 1 ? join(values.out, basename(w).replace(/\.(safetensors|pth)$/, '')) : values.out;
+        const out = weights.length > 1 ? join(values.out, dirs[i]) : values.out;
         await ensureDir(out);
         await writeJsonAtomic(join(out, 'results.json'), { weights: w, config: model.config, ...report });
         const metrics = {

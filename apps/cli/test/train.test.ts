@@ -1,0 +1,93 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { encodePng, readSafetensors, SyntheticDataset } from '@vitreg/core';
+import { lastLine, vitreg } from './helpers.js';
+
+test('train --list-presets names the CPU presets and the paper recipes', async () => {
+  const r = await vitreg(['train', '--list-presets']);
+  assert.equal(r.code, 0, r.stderr);
+  const names = r.stdout.trim().split('\n').map((l) => l.split(/\s+/)[0]);
+  assert.deepEqual(names, ['tiny-supervised', 'tiny-dino', 'deit3-b16-reg4', 'dinov2-l14-reg4', 'deit3-b16', 'dinov2-l14']);
+});
+
+test('train: bad configs and flags fail before any work, naming the field and the allowed values', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'vitreg-train-bad-'));
+  try {
+    const file = join(dir, 'run.json');
+    await writeFile(file, JSON.stringify({ objective: 'supervised', optim: { lr: 'fast' } }));
+    let r = await vitreg(['train', '--config', file, '--out', join(dir, 'out')]);
+    assert.equal(r.code, 2);
+    assert.match(lastLine(r.stderr), /run\.json: field "optim\.lr" must be a number >= 0, got "fast"/);
+    assert.doesNotMatch(r.stderr, /backend/, 'the backend must not start for a bad config');
+    assert.equal(existsSync(join(dir, 'out')), false);
+
+    await writeFile(file, JSON.stringify({ objective: 'mae' }));
+    r = await vitreg(['train', '--config', file]);
+    assert.match(lastLine(r.stderr), /field "objective" must be one of supervised, dino, got "mae"/);
+
+    await writeFile(file, '{"objective": ');
+    r = await vitreg(['train', '--config', file]);
+    assert.match(lastLine(r.stderr), /run\.json is not valid JSON/);
+
+    r = await vitreg(['train', '--preset', 'huge']);
+    assert.equal(r.code, 2);
+    assert.match(lastLine(r.stderr), /--preset: expected one of tiny-supervised, tiny-dino, deit3-b16-reg4/);
+
+    r = await vitreg(['train', '--preset', 'tiny-supervised', '--registers', '17']);
+    assert.equal(r.code, 2);
+    assert.match(lastLine(r.stderr), /num_register_tokens.*between 0 and 16/);
+
+    r = await vitreg(['train', '--preset', 'tiny-supervised', '--data', join(dir, 'nowhere')]);
+    assert.equal(r.code, 2);
+    assert.match(lastLine(r.stderr), /nowhere" is not a folder/);
+
+    r = await vitreg(['train']);
+    assert.equal(r.code, 2);
+    assert.match(lastLine(r.stderr), /expected --preset NAME or --config FILE\.json/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('train: a short run writes config, metrics, checkpoint and eval; vitreg features reads its weights', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'vitreg-train-run-'));
+  try {
+    const out = join(dir, 'run');
+    const cfg = join(dir, 'tiny.json');
+    await writeFile(cfg, JSON.stringify({ preset: 'tiny-supervised', data: { train_size: 16, val_size: 8 }, train: { batch_size: 4 } }));
+    const r = await vitreg(['train', '--config', cfg, '--steps', '3', '--registers', '2', '--seed', '7', '--out', out, '--backend', 'wasm', '--no-progress']);
+    assert.equal(r.code, 0, r.stderr);
+    const summary = JSON.parse(r.stdout.trim().split('\n').pop()!) as Record<string, unknown>;
+    assert.equal(summary.step, 3);
+    assert.equal(summary.num_classes, 5);
+    assert.equal(typeof summary.val_accuracy, 'number');
+    const config = JSON.parse(await readFile(join(out, 'config.json'), 'utf8'));
+    assert.deepEqual([config.train.steps, config.train.seed, config.model.num_register_tokens, config.data.source], [3, 7, 2, 'synthetic']);
+    const lines = (await readFile(join(out, 'metrics.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l));
+    assert.deepEqual(lines.map((l) => l.step), [1, 2, 3]);
+    for (const key of ['loss', 'lr', 'wd', 'grad_norm', 'images_per_s', 'rss_mb', 'tf_tensors', 'tf_mb']) assert.equal(typeof lines[2][key], 'number', key);
+    const evalJson = JSON.parse(await readFile(join(out, 'eval.json'), 'utf8'));
+    assert.equal(evalJson.num_classes, 5);
+    const weights = join(out, 'checkpoints', 'step-3', 'model.safetensors');
+    assert.ok(existsSync(join(out, 'checkpoints', 'step-3', 'state.json')));
+
+    const item = await new SyntheticDataset({ seed: 1, count: 1, size: 32 }).get(0);
+    const image = join(dir, 'shape.png');
+    await writeFile(image, await encodePng(item.image, item.width, item.height));
+    const f = await vitreg(['features', '--weights', weights, image, '--size', '32', '--out', join(dir, 'f.safetensors'), '--backend', 'wasm']);
+    assert.equal(f.code, 0, f.stderr);
+    const { tensors } = await readSafetensors(join(dir, 'f.safetensors'));
+    assert.deepEqual(tensors.registers!.shape, [1, 2, 64]);
+
+    // --resume with only --out continues the run from its config.json (here: already complete).
+    const again = await vitreg(['train', '--resume', '--out', out, '--backend', 'wasm', '--no-progress']);
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(JSON.parse(again.stdout.trim().split('\n').pop()!).step, 3);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});

@@ -1,0 +1,144 @@
+/**
+ * Checkpoints: `<run>/checkpoints/step-N/` with
+ *   model.safetensors      the student backbone (saveWeights: DINOv2 names, config in __metadata__,
+ *                          so `vitreg features --weights` and loadWeights read it as is)
+ *   teacher.safetensors    the EMA teacher backbone (self-supervised runs)
+ *   heads.safetensors      heads of student (`student.<head>.<param>`) and teacher, DINO/iBOT centres
+ *   optimizer.safetensors  AdamW moments (`<param>.exp_avg`, `<param>.exp_avg_sq`), step in __metadata__
+ *   state.json             step, epoch, sampler position, RNG states, config, world size
+ * A checkpoint is written into a temporary folder next to its final place, every file fsynced, then
+ * renamed: a crash leaves either the complete checkpoint or none.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fromFloat32, readSafetensors, toFloat32, writeJsonAtomic, writeSafetensors, type SamplerState } from '@vitreg/core';
+import { readWeights, saveWeights, type StateDict, type VisionTransformer } from '@vitreg/registers';
+import type { AdamWState } from './optim.js';
+import type { TrainConfig } from './config.js';
+
+export interface TrainState {
+  step: number;
+  epoch: number;
+  sampler: SamplerState;
+  /** getState() of every named Rng of the loop. */
+  rng: Record<string, number[]>;
+  config: TrainConfig;
+  world_size: number;
+}
+
+/** Named host tensors (heads, centres). */
+export type HostTensors = Record<string, { shape: number[]; data: Float32Array }>;
+
+export interface CheckpointContents {
+  student: VisionTransformer;
+  teacher?: VisionTransformer;
+  heads: HostTensors;
+  optimizer: AdamWState;
+  state: TrainState;
+}
+
+export interface LoadedCheckpoint {
+  dir: string;
+  /** Backbone state dicts (DINOv2 names, PyTorch layouts), ready for modelFromStateDict. */
+  student: StateDict;
+  teacher?: StateDict;
+  heads: HostTensors;
+  optimizer: AdamWState;
+  state: TrainState;
+}
+
+const STEP_DIR = /^step-(\d+)$/;
+
+async function fsyncDir(dir: string): Promise<void> {
+  const fh = await open(dir, 'r');
+  try {
+    await fh.sync();
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'EINVAL' && code !== 'EISDIR' && code !== 'EPERM' && code !== 'EBADF') throw err;
+  } finally {
+    await fh.close();
+  }
+}
+
+function encode(tensors: HostTensors): Record<string, ReturnType<typeof fromFloat32>> {
+  const out: Record<string, ReturnType<typeof fromFloat32>> = {};
+  for (const [k, v] of Object.entries(tensors)) out[k] = fromFloat32(v.data, v.shape, 'F32');
+  return out;
+}
+
+/** Writes `<runDir>/checkpoints/step-<state.step>/` atomically and returns its path. */
+export async function saveCheckpoint(runDir: string, c: CheckpointContents): Promise<string> {
+  const root = join(runDir, 'checkpoints');
+  await mkdir(root, { recursive: true });
+  const final = join(root, `step-${c.state.step}`);
+  const tmp = join(root, `.step-${c.state.step}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+  await mkdir(tmp);
+  try {
+    const meta = { step: String(c.state.step) };
+    await saveWeights(c.student, join(tmp, 'model.safetensors'), { dtype: 'F32', metadata: meta });
+    if (c.teacher) await saveWeights(c.teacher, join(tmp, 'teacher.safetensors'), { dtype: 'F32', metadata: meta });
+    await writeSafetensors(join(tmp, 'heads.safetensors'), encode(c.heads), meta);
+    await writeSafetensors(join(tmp, 'optimizer.safetensors'), encode(c.optimizer.moments), { ...meta, optimizer: 'AdamW', adamw_step: String(c.optimizer.step) });
+    await writeJsonAtomic(join(tmp, 'state.json'), c.state);
+    await fsyncDir(tmp);
+    // A checkpoint of the same step (a run resumed before it) is replaced.
+    if (await exists(final)) await rm(final, { recursive: true, force: true });
+    await rename(tmp, final);
+    await fsyncDir(root);
+  } catch (err) {
+    await rm(tmp, { recursive: true, force: true });
+    throw new Error(`checkpoint ${final}: cannot write: ${(err as Error).message}`, { cause: err });
+  }
+  return final;
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(() => true, () => false);
+}
+
+/** Complete checkpoints of a run (folders `step-N` holding state.json), by increasing step. */
+export async function listCheckpoints(runDir: string): Promise<{ step: number; dir: string }[]> {
+  const root = join(runDir, 'checkpoints');
+  const names = await readdir(root).catch(() => [] as string[]);
+  const out: { step: number; dir: string }[] = [];
+  for (const name of names) {
+    const m = STEP_DIR.exec(name);
+    if (m && (await exists(join(root, name, 'state.json')))) out.push({ step: Number(m[1]), dir: join(root, name) });
+  }
+  return out.sort((a, b) => a.step - b.step);
+}
+
+/** Deletes all but the newest `keep` checkpoints. */
+export async function pruneCheckpoints(runDir: string, keep: number): Promise<void> {
+  const all = await listCheckpoints(runDir);
+  for (const c of all.slice(0, Math.max(0, all.length - keep))) await rm(c.dir, { recursive: true, force: true });
+}
+
+/** Reads a checkpoint folder written by saveCheckpoint; errors name the file. */
+export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
+  const statePath = join(dir, 'state.json');
+  let state: TrainState;
+  try {
+    state = JSON.parse(await readFile(statePath, 'utf8')) as TrainState;
+  } catch (err) {
+    throw new Error(`${statePath}: cannot read the training state (${(err as Error).message})`);
+  }
+  for (const key of ['step', 'epoch', 'sampler', 'rng', 'config', 'world_size'] as const) {
+    if (state[key] === undefined) throw new Error(`${statePath}: missing field "${key}"`);
+  }
+  const student = (await readWeights(join(dir, 'model.safetensors'))).stateDict;
+  const teacherPath = join(dir, 'teacher.safetensors');
+  const teacher = (await exists(teacherPath)) ? (await readWeights(teacherPath)).stateDict : undefined;
+  const heads: HostTensors = {};
+  for (const [k, t] of Object.entries((await readSafetensors(join(dir, 'heads.safetensors'))).tensors)) {
+    heads[k] = { shape: t.shape, data: toFloat32(t) };
+  }
+  const opt = await readSafetensors(join(dir, 'optimizer.safetensors'));
+  const moments: AdamWState['moments'] = {};
+  for (const [k, t] of Object.entries(opt.tensors)) moments[k] = { shape: t.shape, data: toFloat32(t) };
+  const adamStep = Number(opt.metadata.adamw_step);
+  if (!Number.isInteger(adamStep)) throw new Error(`${join(dir, 'optimizer.safetensors')}: __metadata__.adamw_step missing or not an integer`);
+  return { dir, student, teacher, heads, optimizer: { step: adamStep, moments }, state };
+}

@@ -1,0 +1,406 @@
+/**
+ * Training configuration: one JSON object with sections `model`, `data`, `train`, `optim`,
+ * `supervised`, `dino`, `ibot`, `crops`. A file or preset gives some fields; the rest come from
+ * the defaults (DINOv2's and DeiT-III's values). `validateTrainConfig` checks every field, rejects
+ * unknown ones, and names the field and the allowed values in its error, before any work starts.
+ */
+import { CONFIG_FIELDS, MODEL_NAMES, getConfig, type ViTConfig } from '@vitreg/registers';
+
+export type Objective = 'supervised' | 'dino';
+export const OBJECTIVES: readonly Objective[] = ['supervised', 'dino'];
+
+export interface TrainConfig {
+  objective: Objective;
+  /** `arch`: a named model of @vitreg/registers; any ViTConfig field overrides it. */
+  model: { arch: string } & Partial<ViTConfig>;
+  data: {
+    /** 'synthetic' or a folder holding `train/<class>/...` and `val/<class>/...` (or only class folders). */
+    source: string;
+    /** Synthetic data: classes (5-8), items per split, image side. */
+    num_classes: number;
+    train_size: number;
+    val_size: number;
+    synthetic_size: number;
+    /** Seed of the synthetic images (independent of train.seed). */
+    synthetic_seed: number;
+    /** Image folder without a val/ sub-folder: fraction of the images held out for validation. */
+    val_fraction: number;
+  };
+  train: {
+    steps: number;
+    /** Images per step on this process. */
+    batch_size: number;
+    /**
+     * Supervised runs: images per forward / backward pass, gradients summed over the passes (0: the
+     * whole batch at once). Bounds memory: the wasm backend has a 4 GiB heap.
+     */
+    micro_batch_size: number;
+    seed: number;
+    log_every: number;
+    /** Steps between checkpoints (0: only the last one). */
+    checkpoint_every: number;
+    /** Steps between evaluations (val accuracy / k-NN) during training (0: only at the end). */
+    eval_every: number;
+    /** Training images used as the k-NN memory bank (self-supervised runs). */
+    knn_train_size: number;
+    knn_k: number;
+    knn_temperature: number;
+    /** Checkpoints kept on disk (older ones are deleted). */
+    keep_checkpoints: number;
+  };
+  optim: {
+    lr: number;
+    min_lr: number;
+    /** Linear warm-up of the learning rate from 0 (cut to train.steps when longer). */
+    warmup_steps: number;
+    weight_decay: number;
+    weight_decay_end: number;
+    beta1: number;
+    beta2: number;
+    eps: number;
+    /** Global gradient-norm clip (0: off). */
+    clip_grad: number;
+    layerwise_decay: number;
+    patch_embed_lr_mult: number;
+    /** Steps during which the DINO head's last layer does not move. */
+    freeze_last_layer_steps: number;
+  };
+  supervised: {
+    label_smoothing: number;
+    /** DeiT-III augmentation: horizontal flip probability, 3-Augment on/off, colour jitter strength. */
+    hflip: number;
+    three_augment: boolean;
+    color_jitter: number;
+    /** Mixup / CutMix Beta(alpha, alpha) parameters (0: off); `mix_prob` of the batches are mixed. */
+    mixup_alpha: number;
+    cutmix_alpha: number;
+    mix_prob: number;
+  };
+  dino: {
+    loss_weight: number;
+    koleo_loss_weight: number;
+    head_n_prototypes: number;
+    head_hidden_dim: number;
+    head_bottleneck_dim: number;
+    head_nlayers: number;
+    student_temp: number;
+    teacher_temp: number;
+    warmup_teacher_temp: number;
+    warmup_teacher_temp_steps: number;
+    center_momentum: number;
+    momentum_teacher: number;
+    final_momentum_teacher: number;
+  };
+  ibot: {
+    loss_weight: number;
+    /** false: the masked patches go through the DINO head and the head_* fields below are unused. */
+    separate_head: boolean;
+    head_n_prototypes: number;
+    head_hidden_dim: number;
+    head_bottleneck_dim: number;
+    head_nlayers: number;
+    mask_sample_probability: number;
+    mask_ratio_min_max: [number, number];
+  };
+  crops: {
+    /** Training resolution (the supervised crop, the DINO global crops), and its area range. */
+    global_crops_size: number;
+    global_crops_scale: [number, number];
+    local_crops_number: number;
+    local_crops_size: number;
+    local_crops_scale: [number, number];
+  };
+}
+
+type Section = Exclude<keyof TrainConfig, 'objective' | 'model'>;
+
+/** Defaults: DINOv2's ssl_default_config and DeiT-III's values, sized for a CPU where noted. */
+export const DEFAULT_CONFIG: TrainConfig = {
+  objective: 'supervised',
+  model: { arch: 'vit_micro_patch8_reg4' },
+  data: { source: 'synthetic', num_classes: 5, train_size: 2000, val_size: 500, synthetic_size: 32, synthetic_seed: 0, val_fraction: 0.1 },
+  train: {
+    steps: 1000, batch_size: 32, micro_batch_size: 0, seed: 0, log_every: 1, checkpoint_every: 0, eval_every: 0,
+    knn_train_size: 1000, knn_k: 20, knn_temperature: 0.07, keep_checkpoints: 2,
+  },
+  optim: {
+    lr: 1e-3, min_lr: 1e-6, warmup_steps: 100, weight_decay: 0.04, weight_decay_end: 0.2,
+    beta1: 0.9, beta2: 0.999, eps: 1e-8, clip_grad: 3.0, layerwise_decay: 1.0, patch_embed_lr_mult: 1.0,
+    freeze_last_layer_steps: 0,
+  },
+  supervised: { label_smoothing: 0.1, hflip: 0.5, three_augment: true, color_jitter: 0.3, mixup_alpha: 0, cutmix_alpha: 0, mix_prob: 1.0 },
+  dino: {
+    loss_weight: 1.0, koleo_loss_weight: 0.1, head_n_prototypes: 65536, head_hidden_dim: 2048, head_bottleneck_dim: 256,
+    head_nlayers: 3, student_temp: 0.1, teacher_temp: 0.07, warmup_teacher_temp: 0.04, warmup_teacher_temp_steps: 0,
+    center_momentum: 0.9, momentum_teacher: 0.992, final_momentum_teacher: 1.0,
+  },
+  ibot: {
+    loss_weight: 1.0, separate_head: false, head_n_prototypes: 65536, head_hidden_dim: 2048, head_bottleneck_dim: 256,
+    head_nlayers: 3, mask_sample_probability: 0.5, mask_ratio_min_max: [0.1, 0.5],
+  },
+  crops: {
+    global_crops_size: 32, global_crops_scale: [0.32, 1.0], local_crops_number: 8, local_crops_size: 16,
+    local_crops_scale: [0.05, 0.32],
+  },
+};
+
+/** A partial config: any subset of the fields, sections merged field by field over a base. */
+export type PartialTrainConfig = {
+  objective?: Objective;
+  model?: Partial<TrainConfig['model']>;
+  preset?: string;
+} & { [S in Section]?: Partial<TrainConfig[S]> };
+
+function merge(base: TrainConfig, over: PartialTrainConfig): TrainConfig {
+  const out = structuredClone(base) as unknown as Record<string, Record<string, unknown> | string>;
+  for (const [key, value] of Object.entries(over)) {
+    if (key === 'preset') continue;
+    const cur = out[key];
+    if (cur !== null && typeof cur === 'object' && value !== null && typeof value === 'object' && !Array.isArray(value)) {
+      out[key] = { ...cur, ...(value as Record<string, unknown>) };
+    } else out[key] = value as string;
+  }
+  return out as unknown as TrainConfig;
+}
+
+interface PresetDef {
+  summary: string;
+  config: PartialTrainConfig;
+}
+
+/**
+ * CPU-sized runs on the synthetic data, and the paper's recipes (for GPU clusters; batch sizes
+ * are per process: the global batch is batch_size x world size).
+ */
+export const PRESETS: Record<string, PresetDef> = {
+  'tiny-supervised': {
+    summary: 'ViT-micro/8 with 4 registers, supervised on 32 px synthetic shapes (about 3 CPU minutes)',
+    config: {
+      objective: 'supervised',
+      model: { arch: 'vit_micro_patch8_reg4', drop_path_rate: 0 },
+      train: { steps: 1500, batch_size: 32, eval_every: 500, checkpoint_every: 500 },
+      optim: { lr: 1e-3, min_lr: 1e-5, warmup_steps: 50, weight_decay: 0.05, weight_decay_end: 0.05, clip_grad: 0 },
+      // Light augmentation: a CPU-sized run sees each image ~25 times, not hundreds.
+      supervised: { label_smoothing: 0, three_augment: false, color_jitter: 0 },
+      crops: { global_crops_scale: [0.8, 1] },
+    },
+  },
+  'tiny-dino': {
+    summary: 'ViT-micro/8 with 4 registers, DINO + iBOT + KoLeo on 32 px synthetic shapes (1-2 CPU minutes)',
+    config: {
+      objective: 'dino',
+      // LayerScale 1 rather than 1e-5: a run of a few hundred steps cannot wait for the gammas to grow.
+      model: { arch: 'vit_micro_patch8_reg4', drop_path_rate: 0, layerscale_init: 1.0 },
+      train: { steps: 400, batch_size: 32, eval_every: 100, checkpoint_every: 100, knn_train_size: 1000 },
+      optim: { lr: 1e-3, min_lr: 1e-5, warmup_steps: 30, weight_decay: 0.04, weight_decay_end: 0.2, freeze_last_layer_steps: 10 },
+      dino: {
+        head_n_prototypes: 64, head_hidden_dim: 256, head_bottleneck_dim: 64, warmup_teacher_temp_steps: 100,
+        momentum_teacher: 0.95,
+      },
+      ibot: { head_n_prototypes: 64, head_hidden_dim: 256, head_bottleneck_dim: 64 },
+      crops: { global_crops_size: 32, local_crops_number: 2, local_crops_size: 16 },
+    },
+  },
+  'deit3-b16-reg4': {
+    summary: 'DeiT-III ViT-B/16 with 4 registers, ImageNet-1k supervised at 224 (GPU cluster; AdamW in place of LAMB)',
+    config: {
+      objective: 'supervised',
+      model: { arch: 'deit3_base_patch16_reg4', drop_path_rate: 0.2, layerscale_init: 1e-5 },
+      data: { num_classes: 8, synthetic_size: 256 },
+      train: { steps: 500_000, batch_size: 64, eval_every: 10_000, checkpoint_every: 5_000 },
+      optim: {
+        lr: 3e-3, min_lr: 1e-6, warmup_steps: 3_125, weight_decay: 0.05, weight_decay_end: 0.05, clip_grad: 1.0,
+        beta1: 0.9, beta2: 0.999,
+      },
+      supervised: { label_smoothing: 0.0, mixup_alpha: 0.8, cutmix_alpha: 1.0, mix_prob: 1.0 },
+      crops: { global_crops_size: 224, global_crops_scale: [0.08, 1.0] },
+    },
+  },
+  'dinov2-l14-reg4': {
+    summary: 'DINOv2 ViT-L/14 with 4 registers: DINO + iBOT (separate heads) + KoLeo at 224 (GPU cluster)',
+    config: {
+      objective: 'dino',
+      model: { arch: 'dinov2_vitl14_reg', img_size: 224, drop_path_rate: 0.4, layerscale_init: 1e-5 },
+      data: { num_classes: 8, synthetic_size: 256 },
+      train: { steps: 625_000, batch_size: 32, eval_every: 12_500, checkpoint_every: 3_750 },
+      optim: {
+        lr: 2e-4 * Math.sqrt(3072 / 1024), min_lr: 1e-6, warmup_steps: 100_000, weight_decay: 0.04, weight_decay_end: 0.2,
+        clip_grad: 3.0, layerwise_decay: 1.0, patch_embed_lr_mult: 0.2, freeze_last_layer_steps: 1_250,
+      },
+      dino: {
+        head_n_prototypes: 131072, head_bottleneck_dim: 384, momentum_teacher: 0.994,
+        warmup_teacher_temp_steps: 37_500,
+      },
+      ibot: { separate_head: true, head_n_prototypes: 131072, head_bottleneck_dim: 256 },
+      crops: { global_crops_size: 224, local_crops_number: 8, local_crops_size: 98, local_crops_scale: [0.05, 0.32] },
+    },
+  },
+};
+PRESETS['deit3-b16'] = {
+  summary: 'The same DeiT-III ViT-B/16 recipe without registers',
+  config: { ...PRESETS['deit3-b16-reg4']!.config, model: { ...PRESETS['deit3-b16-reg4']!.config.model, num_register_tokens: 0 } },
+};
+PRESETS['dinov2-l14'] = {
+  summary: 'The same DINOv2 ViT-L/14 recipe without registers',
+  config: { ...PRESETS['dinov2-l14-reg4']!.config, model: { ...PRESETS['dinov2-l14-reg4']!.config.model, num_register_tokens: 0 } },
+};
+
+export const PRESET_NAMES = Object.keys(PRESETS);
+
+/** A preset's full config. */
+export function presetConfig(name: string): TrainConfig {
+  const p = PRESETS[name];
+  if (!p) throw new Error(`unknown preset "${name}"; expected one of ${PRESET_NAMES.join(', ')}`);
+  return validateTrainConfig(p.config, `preset ${name}`);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Validation
+
+type Rule =
+  | { kind: 'int'; min: number; max?: number }
+  | { kind: 'number'; min?: number; max?: number; exclusiveMin?: boolean }
+  | { kind: 'bool' }
+  | { kind: 'range'; min: number; max: number };
+
+const int = (min: number, max?: number): Rule => ({ kind: 'int', min, max });
+const num = (min?: number, max?: number, exclusiveMin = false): Rule => ({ kind: 'number', min, max, exclusiveMin });
+const pos = num(0, undefined, true);
+const unit: Rule = num(0, 1);
+const bool: Rule = { kind: 'bool' };
+const range = (min: number, max: number): Rule => ({ kind: 'range', min, max });
+
+const RULES: { [S in Section]: Record<keyof TrainConfig[S], Rule | 'string'> } = {
+  data: {
+    source: 'string', num_classes: int(5, 8), train_size: int(1), val_size: int(1), synthetic_size: int(16),
+    synthetic_seed: int(0), val_fraction: num(0, 1, true),
+  },
+  train: {
+    steps: int(1), batch_size: int(2), micro_batch_size: int(0), seed: int(0), log_every: int(1), checkpoint_every: int(0), eval_every: int(0),
+    knn_train_size: int(1), knn_k: int(1), knn_temperature: pos, keep_checkpoints: int(1),
+  },
+  optim: {
+    lr: num(0), min_lr: num(0), warmup_steps: int(0), weight_decay: num(0), weight_decay_end: num(0),
+    beta1: num(0, 1), beta2: num(0, 1), eps: pos, clip_grad: num(0), layerwise_decay: num(0, 1, true),
+    patch_embed_lr_mult: num(0), freeze_last_layer_steps: int(0),
+  },
+  supervised: {
+    label_smoothing: num(0, 1), hflip: unit, three_augment: bool, color_jitter: num(0, 1), mixup_alpha: num(0), cutmix_alpha: num(0),
+    mix_prob: unit,
+  },
+  dino: {
+    loss_weight: num(0), koleo_loss_weight: num(0), head_n_prototypes: int(2), head_hidden_dim: int(1),
+    head_bottleneck_dim: int(1), head_nlayers: int(1, 8), student_temp: pos, teacher_temp: pos, warmup_teacher_temp: pos,
+    warmup_teacher_temp_steps: int(0), center_momentum: unit, momentum_teacher: unit, final_momentum_teacher: unit,
+  },
+  ibot: {
+    loss_weight: num(0), separate_head: bool, head_n_prototypes: int(2), head_hidden_dim: int(1), head_bottleneck_dim: int(1),
+    head_nlayers: int(1, 8), mask_sample_probability: unit, mask_ratio_min_max: range(0, 1),
+  },
+  crops: {
+    global_crops_size: int(8), global_crops_scale: range(0, 1), local_crops_number: int(0), local_crops_size: int(8),
+    local_crops_scale: range(0, 1),
+  },
+};
+
+function describe(rule: Rule | 'string'): string {
+  if (rule === 'string') return 'a string';
+  if (rule.kind === 'bool') return 'true or false';
+  if (rule.kind === 'range') return `a pair [min, max] with ${rule.min} <= min <= max <= ${rule.max}`;
+  const what = rule.kind === 'int' ? 'an integer' : 'a number';
+  const lo = rule.min === undefined ? '' : `${rule.kind === 'number' && rule.exclusiveMin ? '>' : '>='} ${rule.min}`;
+  const hi = rule.max === undefined ? '' : `<= ${rule.max}`;
+  const bounds = [lo, hi].filter(Boolean).join(' and ');
+  return bounds ? `${what} ${bounds}` : what;
+}
+
+function check(rule: Rule | 'string', v: unknown): boolean {
+  if (rule === 'string') return typeof v === 'string' && v.length > 0;
+  if (rule.kind === 'bool') return typeof v === 'boolean';
+  if (rule.kind === 'range') {
+    return Array.isArray(v) && v.length === 2 && v.every((x) => typeof x === 'number' && Number.isFinite(x)) &&
+      v[0] >= rule.min && v[0] <= v[1] && v[1] <= rule.max;
+  }
+  if (typeof v !== 'number' || !Number.isFinite(v)) return false;
+  if (rule.kind === 'int' && !Number.isInteger(v)) return false;
+  if (rule.min !== undefined && (rule.kind === 'number' && rule.exclusiveMin ? v <= rule.min : v < rule.min)) return false;
+  if (rule.max !== undefined && v > rule.max) return false;
+  return true;
+}
+
+/**
+ * Merges `raw` (a parsed JSON object: a `preset` name and/or any fields) over the preset or the
+ * defaults and checks every field. Errors read `<source>: field "optim.lr" must be ..., got ...`.
+ */
+export function validateTrainConfig(raw: unknown, source = 'config'): TrainConfig {
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new Error(`${source}: expected a JSON object`);
+  const obj = raw as Record<string, unknown>;
+  const sections = ['objective', 'model', 'preset', ...Object.keys(RULES)];
+  for (const key of Object.keys(obj)) {
+    if (!sections.includes(key)) throw new Error(`${source}: unknown field "${key}"; expected one of ${sections.join(', ')}`);
+  }
+  let base = DEFAULT_CONFIG;
+  if (obj.preset !== undefined) {
+    if (typeof obj.preset !== 'string' || !PRESETS[obj.preset]) {
+      throw new Error(`${source}: field "preset" must be one of ${PRESET_NAMES.join(', ')}, got ${JSON.stringify(obj.preset)}`);
+    }
+    base = merge(DEFAULT_CONFIG, PRESETS[obj.preset]!.config);
+  }
+  for (const key of ['model', ...Object.keys(RULES)]) {
+    const v = obj[key];
+    if (v !== undefined && (v === null || typeof v !== 'object' || Array.isArray(v))) {
+      throw new Error(`${source}: field "${key}" must be an object, got ${JSON.stringify(v)}`);
+    }
+  }
+  const cfg = merge(base, obj as PartialTrainConfig);
+  if (!OBJECTIVES.includes(cfg.objective)) {
+    throw new Error(`${source}: field "objective" must be one of ${OBJECTIVES.join(', ')}, got ${JSON.stringify(cfg.objective)}`);
+  }
+  for (const [section, rules] of Object.entries(RULES) as [Section, Record<string, Rule | 'string'>][]) {
+    const values = cfg[section] as unknown as Record<string, unknown>;
+    for (const key of Object.keys(values)) {
+      if (!(key in rules)) {
+        throw new Error(`${source}: unknown field "${section}.${key}"; expected one of ${Object.keys(rules).map((k) => `${section}.${k}`).join(', ')}`);
+      }
+    }
+    for (const [key, rule] of Object.entries(rules)) {
+      if (!check(rule, values[key])) {
+        throw new Error(`${source}: field "${section}.${key}" must be ${describe(rule)}, got ${JSON.stringify(values[key])}`);
+      }
+    }
+  }
+  const model = cfg.model as Record<string, unknown>;
+  for (const key of Object.keys(model)) {
+    if (key !== 'arch' && !(CONFIG_FIELDS as string[]).includes(key)) {
+      throw new Error(`${source}: unknown field "model.${key}"; expected model.arch or one of ${CONFIG_FIELDS.map((k) => `model.${k}`).join(', ')}`);
+    }
+  }
+  if (typeof model.arch !== 'string' || !MODEL_NAMES.includes(model.arch)) {
+    throw new Error(`${source}: field "model.arch" must be one of ${MODEL_NAMES.join(', ')}, got ${JSON.stringify(model.arch)}`);
+  }
+  const vit = modelConfig(cfg, source);
+  const relations: [boolean, string][] = [
+    [cfg.optim.min_lr <= cfg.optim.lr || cfg.optim.lr === 0, `field "optim.min_lr" (${cfg.optim.min_lr}) must not exceed optim.lr (${cfg.optim.lr})`],
+    [cfg.crops.global_crops_size % vit.patch_size === 0, `field "crops.global_crops_size" (${cfg.crops.global_crops_size}) must be a multiple of the patch size ${vit.patch_size}`],
+  ];
+  if (cfg.objective === 'dino') {
+    relations.push(
+      [cfg.train.micro_batch_size === 0, `field "train.micro_batch_size" must be 0 for objective dino (its losses and centres are per batch), got ${cfg.train.micro_batch_size}`],
+      [cfg.crops.local_crops_size % vit.patch_size === 0, `field "crops.local_crops_size" (${cfg.crops.local_crops_size}) must be a multiple of the patch size ${vit.patch_size}`],
+      [cfg.dino.loss_weight > 0 || cfg.ibot.loss_weight > 0, 'fields "dino.loss_weight" and "ibot.loss_weight" cannot both be 0'],
+      [cfg.ibot.loss_weight === 0 || (cfg.ibot.mask_sample_probability > 0 && cfg.ibot.mask_ratio_min_max[1] > 0), 'fields "ibot.mask_sample_probability" and "ibot.mask_ratio_min_max" must be positive when ibot.loss_weight > 0'],
+    );
+  }
+  for (const [ok, message] of relations) if (!ok) throw new Error(`${source}: ${message}`);
+  return cfg;
+}
+
+/** The backbone config of a training config (arch + overrides), with the field named on error. */
+export function modelConfig(cfg: TrainConfig, source = 'config'): ViTConfig {
+  const { arch, ...overrides } = cfg.model;
+  try {
+    return getConfig(arch, overrides);
+  } catch (err) {
+    throw new Error(`${source}: model: ${(err as Error).message}`);
+  }
+}

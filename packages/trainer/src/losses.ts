@@ -1,0 +1,138 @@
+/**
+ * Training objectives as pure tensor functions, with the formulas of DINOv2's `DINOLoss`,
+ * `iBOTPatchLoss.forward_masked` and `KoLeoLoss`, plus a soft-target cross-entropy for
+ * supervised training (label smoothing, mixup/cutmix targets).
+ */
+import * as tf from '@tensorflow/tfjs-core';
+
+/**
+ * Cross-entropy against soft targets [B, C] (one-hot labels or mixup/cutmix mixtures), with label
+ * smoothing: targets <- targets (1 - s) + s / C; loss = mean over the batch of -sum(t log softmax(z)).
+ */
+export function softTargetCrossEntropy(logits: tf.Tensor2D, targets: tf.Tensor2D, labelSmoothing = 0): tf.Scalar {
+  return tf.tidy(() => {
+    const c = logits.shape[1];
+    const t = labelSmoothing > 0 ? tf.add(tf.mul(targets, 1 - labelSmoothing), labelSmoothing / c) : targets;
+    return tf.neg(tf.mean(tf.sum(tf.mul(tf.logSoftmax(logits), t), 1))) as tf.Scalar;
+  });
+}
+
+/** One-hot targets [B, C] from integer labels. */
+export function oneHotTargets(labels: ArrayLike<number>, numClasses: number): tf.Tensor2D {
+  return tf.tidy(() => tf.cast(tf.oneHot(tf.tensor1d(Array.from(labels), 'int32'), numClasses), 'float32') as tf.Tensor2D);
+}
+
+/** Teacher centering and sharpening: softmax((teacher - center) / temperature) along the last axis. */
+export function teacherSoftmaxCenter(teacher: tf.Tensor, center: tf.Tensor, temperature: number): tf.Tensor {
+  return tf.tidy(() => tf.softmax(tf.div(tf.sub(teacher, center), temperature)));
+}
+
+/**
+ * DINOLoss.forward: -sum over student outputs s and teacher probabilities t of
+ * mean_rows(sum(t * log_softmax(s / studentTemp))). Every pair is taken; the caller leaves out the
+ * same-view pairs (see `dinoGlobalLocalLoss`).
+ */
+export function dinoCrossEntropy(students: tf.Tensor2D[], teachers: tf.Tensor2D[], studentTemp: number): tf.Scalar {
+  return tf.tidy(() => {
+    let total: tf.Tensor = tf.scalar(0);
+    for (const s of students) {
+      const lsm = tf.logSoftmax(tf.div(s, studentTemp));
+      for (const t of teachers) total = tf.sub(total, tf.mean(tf.sum(tf.mul(t, lsm), -1)));
+    }
+    return total as tf.Scalar;
+  });
+}
+
+/**
+ * The DINO terms of DINOv2's SSLMetaArch for 2 global crops. `studentGlobal` [2B, K] holds the
+ * student's head outputs for global crop 1 then 2; `teacherProbs` [2B, K] the centred, sharpened
+ * teacher outputs in SWAPPED order (crop 2 then crop 1) so that row i pairs the two different
+ * views; `studentLocal` the head outputs of each local crop [B, K]. Both terms are divided by the
+ * number of pairs (2 global-global + 2 * nLocal local-global).
+ */
+export function dinoGlobalLocalLoss(
+  studentGlobal: tf.Tensor2D,
+  teacherProbs: tf.Tensor2D,
+  studentLocal: tf.Tensor2D[],
+  studentTemp: number,
+): { global: tf.Scalar; local: tf.Scalar } {
+  if (teacherProbs.shape[0] % 2 !== 0) {
+    throw new Error(`dinoGlobalLocalLoss: teacher rows (${teacherProbs.shape[0]}) must be even (2 global crops)`);
+  }
+  return tf.tidy(() => {
+    const terms = 2 + Math.max(studentLocal.length * 2, 1);
+    // Each local crop is compared with both global views (order is irrelevant: all pairs are summed).
+    const teacherViews = tf.split(teacherProbs, 2, 0) as tf.Tensor2D[];
+    const local = studentLocal.length > 0
+      ? tf.div(dinoCrossEntropy(studentLocal, teacherViews, studentTemp), terms)
+      : tf.scalar(0);
+    const global = tf.div(tf.mul(dinoCrossEntropy([studentGlobal], [teacherProbs], studentTemp), 2), terms);
+    return { global: global as tf.Scalar, local: local as tf.Scalar };
+  });
+}
+
+/**
+ * iBOTPatchLoss.forward_masked: student head outputs of the masked patches [M, K], teacher
+ * probabilities of the same patches [M, K], weights [M] (1 / number of masked patches of the
+ * patch's image): -sum(w * sum(t * log_softmax(s / temp))) / nImages.
+ */
+export function ibotMaskedLoss(
+  student: tf.Tensor2D,
+  teacherProbs: tf.Tensor2D,
+  weights: tf.Tensor1D,
+  nImages: number,
+  studentTemp: number,
+): tf.Scalar {
+  return tf.tidy(() => {
+    const perPatch = tf.sum(tf.mul(teacherProbs, tf.logSoftmax(tf.div(student, studentTemp))), -1);
+    return tf.div(tf.neg(tf.sum(tf.mul(perPatch, weights))), nImages) as tf.Scalar;
+  });
+}
+
+/**
+ * KoLeo regulariser (Sablayrolles et al. 2018) on a batch of vectors [B, D]: L2-normalise, find
+ * each row's nearest other row by inner product, loss = -mean(log(||x_i - x_nn(i) + eps|| + eps)).
+ * The neighbour is picked by a one-hot matrix product so the gradient needs no gather.
+ */
+export function koleoLoss(x: tf.Tensor2D, eps = 1e-8): tf.Scalar {
+  return tf.tidy(() => {
+    const n = x.shape[0];
+    if (n < 2) throw new Error(`koleoLoss: expected at least 2 rows, got ${n}`);
+    const xn = tf.div(x, tf.maximum(tf.norm(x, 'euclidean', 1, true), eps)) as tf.Tensor2D;
+    const nearest = tf.tidy(() => {
+      const dots = tf.matMul(xn, xn, false, true);
+      const eye = tf.eye(n);
+      // Diagonal filled with -1 as DINOv2 does.
+      const masked = tf.sub(tf.mul(dots, tf.sub(1, eye)), eye);
+      return tf.cast(tf.oneHot(tf.argMax(masked, 1), n), 'float32');
+    });
+    const neighbours = tf.matMul(nearest, xn);
+    const dist = tf.sqrt(tf.sum(tf.square(tf.add(tf.sub(xn, neighbours), eps)), 1));
+    return tf.neg(tf.mean(tf.log(tf.add(dist, eps)))) as tf.Scalar;
+  });
+}
+
+/**
+ * Exponential moving average of the teacher's outputs (DINOv2 centering): after each step
+ * center <- center * m + batchMean * (1 - m). Kept on the host so it checkpoints as is.
+ */
+export class Center {
+  value: Float32Array;
+
+  constructor(readonly dim: number, readonly momentum = 0.9) {
+    this.value = new Float32Array(dim);
+  }
+
+  tensor(): tf.Tensor1D {
+    return tf.tensor1d(this.value);
+  }
+
+  /** Fold in the batch mean of the teacher outputs (already averaged over replicas). */
+  update(batchMean: Float32Array): void {
+    if (batchMean.length !== this.dim) throw new Error(`Center.update: expected ${this.dim} values, got ${batchMean.length}`);
+    const m = this.momentum;
+    const next = new Float32Array(this.dim);
+    for (let i = 0; i < this.dim; i++) next[i] = Math.fround(this.value[i]! * m) + Math.fround(batchMean[i]! * (1 - m));
+    this.value = next;
+  }
+}

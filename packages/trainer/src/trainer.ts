@@ -1,0 +1,680 @@
+/**
+ * The training loop. One step:
+ *   sampler(rank, world size, epoch, seed) -> items -> augmentations (seeded Rng)
+ *   -> forward / backward (supervised cross-entropy, or DINO + iBOT + KoLeo against the EMA teacher)
+ *   -> GradientSync.allReduce (every step, whatever the world size) -> clip -> AdamW
+ *   -> EMA teacher and centres -> metrics line -> periodic eval and atomic checkpoint.
+ * Every random choice (augmentations, mixup, masks, drop path) comes from Rngs whose state goes into
+ * the checkpoint, so a resumed run ends with the same weights as an uninterrupted one.
+ */
+import { appendFile, mkdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { DistributedSampler, ensureGradients, Progress, Rng, writeFileAtomic, writeJsonAtomic, type Dataset, type DatasetItem } from '@vitreg/core';
+import { VisionTransformer, matMul2d, modelFromStateDict, type ViTConfig } from '@vitreg/registers';
+import { evalTransform, mixupCutmix, multiCrop, smoothOneHot, supervisedAugment } from './augment.js';
+import { listCheckpoints, loadCheckpoint, pruneCheckpoints, saveCheckpoint, type HostTensors, type TrainState } from './checkpoint.js';
+import { modelConfig, type TrainConfig } from './config.js';
+import { openData, type TrainData } from './data.js';
+import { ClassifierHead, DinoHead } from './heads.js';
+import { knnClassify } from '@vitreg/probe';
+import { Center, dinoGlobalLocalLoss, ibotMaskedLoss, koleoLoss, softTargetCrossEntropy, teacherSoftmaxCenter } from './losses.js';
+import { collateMasks, MaskingGenerator } from './masking.js';
+import { AdamW, clipByGlobalNorm } from './optim.js';
+import { paramGroups, type ParamSpec } from './param-groups.js';
+import { cosineSchedule, type Schedule } from './schedules.js';
+import { LocalGradientSync, type GradientSync } from './sync.js';
+
+export interface TrainOptions {
+  /** Run folder: config.json, metrics.jsonl, checkpoints/, eval.json. */
+  outDir: string;
+  /** Continue from the newest checkpoint in outDir (a fresh start when there is none). */
+  resume?: boolean;
+  sync?: GradientSync;
+  /** Stop after this step with a checkpoint, as an interrupted run would (for tests and preemption). */
+  stopAfter?: number;
+  /** Draw a progress bar / progress lines on stderr (default true). */
+  progress?: boolean;
+}
+
+export interface EvalResult {
+  step: number;
+  num_classes: number;
+  /** Supervised: accuracy of the classifier on the val split. */
+  val_accuracy?: number;
+  /** Self-supervised: k-NN accuracy of the teacher's CLS on the val split. */
+  knn_accuracy?: number;
+  /** Self-supervised: teacher collapse indicators on the val split (nats). */
+  teacher_entropy?: number;
+  teacher_batch_entropy?: number;
+}
+
+export interface TrainResult {
+  outDir: string;
+  /** Last step run (equals config.train.steps unless stopped early). */
+  step: number;
+  /** Final evaluation (absent when stopped early). */
+  eval?: EvalResult;
+  checkpoint: string;
+}
+
+/** Rng streams derived from train.seed; each one's state is checkpointed. */
+const STREAMS = { init: 1, augment: 2, mix: 3, masks: 4, dropPath: 5 } as const;
+type RngName = Exclude<keyof typeof STREAMS, 'init'>;
+
+type Heads = { cls?: ClassifierHead; dino?: DinoHead; ibot?: DinoHead };
+
+/** The teacher's side of a DINO step: centred, sharpened probabilities and the batch means for the centres. */
+interface TeacherTargets {
+  [key: string]: tf.Tensor | undefined;
+  dinoProbs: tf.Tensor2D;
+  dinoMean: tf.Tensor;
+  ibotProbs?: tf.Tensor2D;
+  ibotMean?: tf.Tensor;
+}
+
+function headParams(heads: Heads): Record<string, tf.Variable> {
+  const out: Record<string, tf.Variable> = {};
+  for (const [name, head] of Object.entries(heads) as [string, ClassifierHead | DinoHead | undefined][]) {
+    if (!head) continue;
+    const prefix = name === 'cls' ? 'head' : `${name}_head`;
+    for (const [k, v] of Object.entries(head.params)) out[`${prefix}.${k}`] = v;
+  }
+  return out;
+}
+
+/** Mean entropy of the rows of p [N, K] and entropy of their mean (nats). */
+function entropies(p: tf.Tensor2D): { rows: number; batch: number } {
+  const [rows, batch] = tf.tidy(() => {
+    const h = (q: tf.Tensor) => tf.neg(tf.sum(tf.mul(q, tf.log(tf.add(q, 1e-12))), -1));
+    return [tf.mean(h(p)), h(tf.mean(p, 0))];
+  });
+  const out = { rows: rows!.dataSync()[0]!, batch: batch!.dataSync()[0]! };
+  rows!.dispose();
+  batch!.dispose();
+  return out;
+}
+
+async function loadItems(ds: Dataset, indices: number[]): Promise<DatasetItem[]> {
+  return Promise.all(indices.map((i) => ds.get(i)));
+}
+
+function stack(images: Float32Array[], size: number): tf.Tensor4D {
+  const per = size * size * 3;
+  const data = new Float32Array(images.length * per);
+  images.forEach((img, i) => data.set(img, i * per));
+  return tf.tensor4d(data, [images.length, size, size, 3]);
+}
+
+/** The first differing field path of two JSON values, or null when equal. */
+function firstDifference(a: unknown, b: unknown, path = ''): string | null {
+  if (a !== null && b !== null && typeof a === 'object' && typeof b === 'object') {
+    const keys = new Set([...Object.keys(a), ...Object.keys(b)]);
+    for (const k of keys) {
+      const d = firstDifference((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k], path ? `${path}.${k}` : k);
+      if (d) return d;
+    }
+    return null;
+  }
+  return a === b ? null : path || '(root)';
+}
+
+export class Trainer {
+  readonly vit: ViTConfig;
+  readonly data: TrainData;
+  readonly student: VisionTransformer;
+  readonly teacher?: VisionTransformer;
+  readonly heads: Heads = {};
+  readonly teacherHeads: Heads = {};
+  readonly centers: { dino?: Center; ibot?: Center } = {};
+  readonly optimizer: AdamW;
+  readonly sampler: DistributedSampler;
+  readonly rngs: Record<RngName, Rng>;
+  readonly sync: GradientSync;
+  step = 0;
+  private readonly params: ParamSpec[];
+  private readonly lr: Schedule;
+  private readonly wd: Schedule;
+  private readonly momentum: Schedule;
+  private readonly teacherTemp: Schedule;
+  private readonly maskGen?: MaskingGenerator;
+
+  constructor(readonly config: TrainConfig, opts: { sync?: GradientSync } = {}) {
+    const c = config;
+    this.sync = opts.sync ?? new LocalGradientSync();
+    this.vit = modelConfig(c);
+    this.data = openData(c);
+    if (c.objective === 'supervised' && this.data.numClasses < 2) {
+      throw new Error(`data: supervised training needs at least 2 classes, found ${this.data.numClasses}`);
+    }
+    const root = new Rng(c.train.seed);
+    const init = root.fork(STREAMS.init);
+    this.rngs = { augment: root.fork(STREAMS.augment), mix: root.fork(STREAMS.mix), masks: root.fork(STREAMS.masks), dropPath: root.fork(STREAMS.dropPath) };
+    // Different ranks augment differently; the weights start equal (broadcast in init()).
+    if (this.sync.rank > 0) {
+      for (const k of Object.keys(this.rngs) as RngName[]) this.rngs[k] = this.rngs[k].fork(1000 + this.sync.rank);
+    }
+    this.student = new VisionTransformer(this.vit, { seed: init.uint32() });
+    const D = this.vit.embed_dim;
+    if (c.objective === 'supervised') {
+      this.heads.cls = new ClassifierHead(D, this.data.numClasses, init.fork(1));
+    } else {
+      const d = c.dino;
+      const dinoCfg = { inDim: D, outDim: d.head_n_prototypes, hiddenDim: d.head_hidden_dim, bottleneckDim: d.head_bottleneck_dim, nlayers: d.head_nlayers };
+      this.heads.dino = new DinoHead(dinoCfg, init.fork(1));
+      this.teacherHeads.dino = new DinoHead(dinoCfg, init.fork(1));
+      this.centers.dino = new Center(d.head_n_prototypes, d.center_momentum);
+      if (c.ibot.loss_weight > 0) {
+        const b = c.ibot;
+        const ibotCfg = b.separate_head
+          ? { inDim: D, outDim: b.head_n_prototypes, hiddenDim: b.head_hidden_dim, bottleneckDim: b.head_bottleneck_dim, nlayers: b.head_nlayers }
+          : dinoCfg;
+        if (b.separate_head) {
+          this.heads.ibot = new DinoHead(ibotCfg, init.fork(2));
+          this.teacherHeads.ibot = new DinoHead(ibotCfg, init.fork(2));
+        }
+        this.centers.ibot = new Center(ibotCfg.outDim, d.center_momentum);
+        const grid = c.crops.global_crops_size / this.vit.patch_size;
+        this.maskGen = new MaskingGenerator(grid, grid, { maxNumPatches: 0.5 * grid * grid });
+      }
+      this.teacher = new VisionTransformer(this.vit, { seed: 0, trainable: false });
+    }
+    // Parameters the objective never uses get no optimiser state (the mask token outside iBOT).
+    const backbone = { ...this.student.params };
+    if (!this.maskGen) delete backbone.mask_token;
+    const groupOpts = { layerDecay: c.optim.layerwise_decay, patchEmbedLrMult: c.optim.patch_embed_lr_mult };
+    this.params = [...paramGroups('backbone', backbone, this.vit.depth, groupOpts)];
+    for (const [name, head] of Object.entries(this.heads) as [string, ClassifierHead | DinoHead][]) {
+      this.params.push(...paramGroups(name === 'cls' ? 'head' : `${name}_head`, head.params, 0, groupOpts));
+    }
+    this.optimizer = new AdamW(this.params, { beta1: c.optim.beta1, beta2: c.optim.beta2, eps: c.optim.eps });
+
+    const T = c.train.steps;
+    const o = c.optim;
+    // A warm-up longer than the run (a preset shortened with --steps) is cut to the run.
+    const warmup = Math.min(o.warmup_steps, T);
+    this.lr = cosineSchedule({ base: o.lr, final: o.min_lr, totalSteps: T, warmupSteps: warmup });
+    this.wd = cosineSchedule({ base: o.weight_decay, final: o.weight_decay_end, totalSteps: T });
+    this.momentum = cosineSchedule({ base: c.dino.momentum_teacher, final: c.dino.final_momentum_teacher, totalSteps: T });
+    const w = c.dino.warmup_teacher_temp_steps;
+    const temp = cosineSchedule({ base: c.dino.teacher_temp, final: c.dino.teacher_temp, totalSteps: w, warmupSteps: w, startWarmupValue: c.dino.warmup_teacher_temp });
+    this.teacherTemp = (s) => (s < w ? temp(s) : c.dino.teacher_temp);
+
+    this.sampler = new DistributedSampler({ length: this.data.train.length, rank: this.sync.rank, worldSize: this.sync.worldSize, seed: c.train.seed });
+  }
+
+  /** Student backbone + heads as named variables (`backbone.*`, `head.*`, `dino_head.*`, `ibot_head.*`). */
+  studentVariables(): Record<string, tf.Variable> {
+    const out: Record<string, tf.Variable> = {};
+    for (const [k, v] of Object.entries(this.student.params)) out[`backbone.${k}`] = v;
+    return { ...out, ...headParams(this.heads) };
+  }
+
+  private teacherVariables(): Record<string, tf.Variable> {
+    const out: Record<string, tf.Variable> = {};
+    if (this.teacher) for (const [k, v] of Object.entries(this.teacher.params)) out[`backbone.${k}`] = v;
+    return { ...out, ...headParams(this.teacherHeads) };
+  }
+
+  /** Broadcasts rank 0's student to every rank and copies it into the teacher (fresh runs). */
+  async initWeights(): Promise<void> {
+    const vars = this.studentVariables();
+    const host: Record<string, Float32Array> = {};
+    for (const [k, v] of Object.entries(vars)) host[k] = v.dataSync() as Float32Array;
+    const got = await this.sync.broadcast(host);
+    for (const [k, v] of Object.entries(vars)) {
+      const data = got[k];
+      if (!data || data.length !== v.size) throw new Error(`broadcast: missing or mis-sized tensor "${k}"`);
+      if (data !== host[k]) v.assign(tf.tensor(data, v.shape, 'float32'));
+    }
+    const tvars = this.teacherVariables();
+    for (const [k, v] of Object.entries(tvars)) v.assign(vars[k]!);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // One step
+
+  /** Runs step `this.step` and returns its metrics. */
+  async trainStep(): Promise<Record<string, number>> {
+    await ensureGradients();
+    const c = this.config;
+    const t0 = performance.now();
+    const step = this.step;
+    const epoch = this.sampler.state().epoch;
+    const indices = this.sampler.next(c.train.batch_size);
+    const items = await loadItems(this.data.train, indices);
+    const lr = this.lr(step);
+    const wd = this.wd(step);
+    const lastLayerLr = step < c.optim.freeze_last_layer_steps ? 0 : lr;
+    const varList = this.params.map((p) => p.variable);
+    const parts: Record<string, tf.Scalar> = {};
+    const extra: Record<string, number> = {};
+    // Loss functions of the micro-batches; their gradients are summed (each loss is pre-weighted).
+    let lossFns: (() => tf.Scalar)[];
+    let after: () => Promise<void> = async () => undefined;
+    const inputs: tf.Tensor[] = [];
+
+    if (c.objective === 'supervised') {
+      const S = c.crops.global_crops_size;
+      const s = c.supervised;
+      const imgs = items.map((it) => supervisedAugment(it.image, it.width, it.height, this.rngs.augment, {
+        size: S, scale: c.crops.global_crops_scale, hflip: s.hflip, threeAugment: s.three_augment, colorJitter: s.color_jitter,
+      }));
+      const labels = items.map((it) => it.label);
+      const C = this.data.numClasses;
+      const x = stack(imgs, S);
+      let images = x;
+      let targets: Float32Array;
+      if (s.mixup_alpha > 0 || s.cutmix_alpha > 0) {
+        const mixed = mixupCutmix(x.dataSync() as Float32Array, [imgs.length, S, S, 3], labels, C, this.rngs.mix, {
+          mixupAlpha: s.mixup_alpha, cutmixAlpha: s.cutmix_alpha, prob: s.mix_prob, labelSmoothing: s.label_smoothing,
+        });
+        images = tf.tensor4d(mixed.images, x.shape);
+        targets = mixed.targets;
+        extra.mix_lambda = mixed.lambda;
+      } else targets = smoothOneHot(labels, C, s.label_smoothing);
+      const y = tf.tensor2d(targets, [labels.length, C]);
+      inputs.push(x, images, y);
+      const B = labels.length;
+      const mb = c.train.micro_batch_size > 0 ? Math.min(c.train.micro_batch_size, B) : B;
+      lossFns = [];
+      for (let start = 0; start < B; start += mb) {
+        const n = Math.min(mb, B - start);
+        lossFns.push(() => {
+          const xi = n === B ? images : tf.slice(images, [start, 0, 0, 0], [n, -1, -1, -1]);
+          const yi = n === B ? y : (tf.slice(y, [start, 0], [n, -1]) as tf.Tensor2D);
+          const out = this.student.forward(xi, { training: true, rng: this.rngs.dropPath });
+          const loss = tf.mul(softTargetCrossEntropy(this.heads.cls!.forward(out.cls), yi), n / B) as tf.Scalar;
+          const prev = parts.loss_ce;
+          parts.loss_ce = tf.keep(prev ? tf.add(prev, loss) : tf.clone(loss)) as tf.Scalar;
+          prev?.dispose();
+          return loss;
+        });
+      }
+    } else {
+      const prepared = this.prepareDino(items, step, parts, extra, inputs);
+      lossFns = [prepared.lossFn];
+      after = prepared.after;
+    }
+
+    let value: tf.Scalar | null = null;
+    let sums: (tf.Tensor | null)[] = this.params.map(() => null);
+    for (const fn of lossFns) {
+      const r = tf.variableGrads(fn, varList);
+      const next = this.params.map((p, i) => {
+        const g = r.grads[p.variable.name];
+        const prev = sums[i]!;
+        return g && prev ? tf.add(prev, g) : (g ?? prev);
+      });
+      const total: tf.Scalar = value ? (tf.add(value, r.value) as tf.Scalar) : r.value;
+      tf.dispose([...sums, ...Object.values(r.grads), value, r.value].filter((t): t is tf.Tensor => !!t && !next.includes(t) && t !== total));
+      sums = next;
+      value = total;
+    }
+    // A parameter that no pass reached (e.g. the mask token in a step without masks) gets zeros.
+    const gradList = sums.map((g, i) => g ?? tf.zerosLike(this.params[i]!.variable));
+    const reduced = await this.sync.allReduce(gradList);
+    const { grads: clipped, norm } = clipByGlobalNorm(reduced, c.optim.clip_grad);
+    this.optimizer.apply(clipped, { lr, wd, lastLayerLr });
+    tf.dispose([...gradList, ...reduced, ...clipped]);
+    await after();
+    const loss = value!.dataSync()[0]!;
+    value!.dispose();
+    const metrics: Record<string, number> = { step: step + 1, epoch, loss };
+    for (const [k, t] of Object.entries(parts)) {
+      metrics[k] = t.dataSync()[0]!;
+      t.dispose();
+    }
+    tf.dispose(inputs);
+    Object.assign(metrics, extra, { lr, wd, grad_norm: norm });
+    if (!Number.isFinite(loss)) throw new Error(`step ${step + 1}: the loss is ${loss} (diverged); lower optim.lr or raise optim.warmup_steps`);
+    const seconds = (performance.now() - t0) / 1000;
+    const mem = tf.memory();
+    Object.assign(metrics, {
+      images_per_s: c.train.batch_size / seconds,
+      step_seconds: seconds,
+      rss_mb: process.memoryUsage().rss / 2 ** 20,
+      tf_tensors: mem.numTensors,
+      tf_mb: mem.numBytes / 2 ** 20,
+    });
+    this.step = step + 1;
+    return metrics;
+  }
+
+  /** Crops, masks and the loss function of a DINO step; `after` updates teacher and centres. */
+  private prepareDino(items: DatasetItem[], step: number, parts: Record<string, tf.Scalar>, extra: Record<string, number>, inputs: tf.Tensor[]) {
+    const c = this.config;
+    const B = items.length;
+    const cr = c.crops;
+    const crops = items.map((it) => multiCrop(it.image, it.width, it.height, this.rngs.augment, {
+      globalSize: cr.global_crops_size, localSize: cr.local_crops_size, localCrops: cr.local_crops_number,
+      globalScale: cr.global_crops_scale, localScale: cr.local_crops_scale,
+    }));
+    // DINOv2's collate order: crop k of every image, then crop k + 1.
+    const globals = stack([...crops.map((x) => x.global[0]!), ...crops.map((x) => x.global[1]!)], cr.global_crops_size);
+    const nLocal = cr.local_crops_number;
+    const locals = nLocal > 0
+      ? stack(Array.from({ length: nLocal }, (_, k) => crops.map((x) => x.local[k]!)).flat(), cr.local_crops_size)
+      : null;
+    inputs.push(globals);
+    if (locals) inputs.push(locals);
+    const doDino = c.dino.loss_weight > 0;
+    const grid = cr.global_crops_size / this.vit.patch_size;
+    const P = grid * grid;
+    const masks = this.maskGen
+      ? collateMasks(2 * B, this.maskGen, c.ibot.mask_ratio_min_max, c.ibot.mask_sample_probability, this.rngs.masks)
+      : null;
+    const M = masks ? masks.indices.length : 0;
+    const doIbot = M > 0;
+    let maskTensor: tf.Tensor2D | undefined;
+    let select: tf.Tensor2D | undefined;
+    let selectIdx: tf.Tensor1D | undefined;
+    let maskWeights: tf.Tensor1D | undefined;
+    if (masks && doIbot) {
+      maskTensor = tf.tensor2d(masks.masks, [2 * B, P]);
+      // One-hot rows picking the masked patches: a matMul whose gradient needs no gather kernel.
+      const sel = new Float32Array(M * 2 * B * P);
+      masks.indices.forEach((idx, r) => { sel[r * 2 * B * P + idx] = 1; });
+      select = tf.tensor2d(sel, [M, 2 * B * P]);
+      selectIdx = tf.tensor1d(masks.indices, 'int32');
+      maskWeights = tf.tensor1d(masks.weights);
+      inputs.push(maskTensor, select, selectIdx, maskWeights);
+    }
+    extra.masked_patches = M;
+    const temp = this.teacherTemp(step);
+    extra.teacher_temp = temp;
+    const sharedIbot = !c.ibot.separate_head;
+
+    // Teacher: no gradient, eval mode (no drop path), unmasked global crops.
+    const teacher = tf.tidy((): TeacherTargets => {
+      const out = this.teacher!.forward(globals);
+      const D = this.vit.embed_dim;
+      const cls = out.cls;
+      const swapped = tf.concat([tf.slice(cls, [B, 0], [B, D]), tf.slice(cls, [0, 0], [B, D])]) as tf.Tensor2D;
+      const patches = doIbot ? (tf.gather(tf.reshape(out.patches, [2 * B * P, D]), selectIdx!) as tf.Tensor2D) : undefined;
+      let dinoOut: tf.Tensor2D;
+      let ibotOut: tf.Tensor2D | undefined;
+      if (patches && sharedIbot) {
+        const both = this.teacherHeads.dino!.forward(tf.concat([swapped, patches]) as tf.Tensor2D);
+        dinoOut = tf.slice(both, [0, 0], [2 * B, -1]);
+        ibotOut = tf.slice(both, [2 * B, 0], [M, -1]);
+      } else {
+        dinoOut = this.teacherHeads.dino!.forward(swapped);
+        if (patches) ibotOut = this.teacherHeads.ibot!.forward(patches);
+      }
+      const dinoProbs = teacherSoftmaxCenter(dinoOut, this.centers.dino!.tensor(), temp) as tf.Tensor2D;
+      const ibotProbs = ibotOut ? (teacherSoftmaxCenter(ibotOut, this.centers.ibot!.tensor(), temp) as tf.Tensor2D) : undefined;
+      return {
+        dinoProbs, ibotProbs,
+        dinoMean: tf.mean(dinoOut, 0),
+        ibotMean: ibotOut ? tf.mean(ibotOut, 0) : undefined,
+      };
+    });
+    const ent = entropies(teacher.dinoProbs);
+    extra.teacher_entropy = ent.rows;
+    extra.teacher_batch_entropy = ent.batch;
+    inputs.push(teacher.dinoProbs, teacher.dinoMean);
+    if (teacher.ibotProbs) inputs.push(teacher.ibotProbs, teacher.ibotMean!);
+
+    const lossFn = (): tf.Scalar => {
+      const rng = this.rngs.dropPath;
+      const g = this.student.forward(globals, { training: true, rng, masks: maskTensor });
+      const l = locals ? this.student.forward(locals, { training: true, rng }) : null;
+      const D = this.vit.embed_dim;
+      // One pass of the DINO head over [local CLS, global CLS, masked patches (shared head)].
+      const headIn: tf.Tensor2D[] = [];
+      if (l) headIn.push(l.cls);
+      headIn.push(g.cls);
+      const maskedPatches = doIbot ? matMul2d(select!, tf.reshape(g.patches, [2 * B * P, D]) as tf.Tensor2D) : null;
+      if (maskedPatches && sharedIbot) headIn.push(maskedPatches);
+      const headOut = this.heads.dino!.forward(tf.concat(headIn) as tf.Tensor2D);
+      const nL = l ? l.cls.shape[0] : 0;
+      const localOut = nL > 0 ? tf.split(tf.slice(headOut, [0, 0], [nL, -1]), nLocal) as tf.Tensor2D[] : [];
+      const globalOut = tf.slice(headOut, [nL, 0], [2 * B, -1]) as tf.Tensor2D;
+      let total: tf.Scalar = tf.scalar(0);
+      const keep = (name: string, t: tf.Scalar) => { parts[name] = tf.keep(tf.clone(t)); };
+      if (doDino) {
+        const { global, local } = dinoGlobalLocalLoss(globalOut, teacher.dinoProbs, localOut, c.dino.student_temp);
+        keep('loss_dino_global', global);
+        keep('loss_dino_local', local);
+        total = tf.add(total, tf.mul(tf.add(global, local), c.dino.loss_weight));
+        if (c.dino.koleo_loss_weight > 0) {
+          const [c1, c2] = tf.split(g.cls, 2) as [tf.Tensor2D, tf.Tensor2D];
+          const koleo = tf.add(koleoLoss(c1), koleoLoss(c2)) as tf.Scalar;
+          keep('loss_koleo', koleo);
+          total = tf.add(total, tf.mul(koleo, c.dino.koleo_loss_weight));
+        }
+      }
+      if (doIbot) {
+        const studentMasked = sharedIbot ? (tf.slice(headOut, [nL + 2 * B, 0], [M, -1]) as tf.Tensor2D) : this.heads.ibot!.forward(maskedPatches!);
+        const ibot = ibotMaskedLoss(studentMasked, teacher.ibotProbs!, maskWeights!, 2 * B, c.dino.student_temp);
+        keep('loss_ibot', ibot);
+        total = tf.add(total, tf.mul(ibot, c.ibot.loss_weight));
+      }
+      return total;
+    };
+
+    const after = async () => {
+      // EMA teacher: t <- m t + (1 - m) s, backbone and heads.
+      const m = this.momentum(step);
+      extra.momentum = m;
+      const s = this.studentVariables();
+      const t = this.teacherVariables();
+      tf.tidy(() => {
+        for (const [k, tv] of Object.entries(t)) tv.assign(tf.add(tf.mul(tv, m), tf.mul(s[k]!, 1 - m)));
+      });
+      const means = [teacher.dinoMean, ...(teacher.ibotMean ? [teacher.ibotMean] : [])];
+      const reduced = await this.sync.allReduce(means);
+      this.centers.dino!.update(reduced[0]!.dataSync() as Float32Array);
+      if (teacher.ibotMean) this.centers.ibot!.update(reduced[1]!.dataSync() as Float32Array);
+      tf.dispose(reduced.filter((r) => !means.includes(r)));
+    };
+    return { lossFn, after };
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Evaluation
+
+  /** CLS features [n, D] of a dataset's items through `model`, eval transform at the training size. */
+  private async features(model: VisionTransformer, ds: Dataset, count: number, onBatch?: (cls: tf.Tensor2D, labels: number[]) => void): Promise<{ features: Float32Array; labels: number[] }> {
+    const S = this.config.crops.global_crops_size;
+    const n = Math.min(count, ds.length);
+    const D = this.vit.embed_dim;
+    const features = new Float32Array(n * D);
+    const labels: number[] = [];
+    const bs = 64;
+    for (let start = 0; start < n; start += bs) {
+      const idx = Array.from({ length: Math.min(bs, n - start) }, (_, i) => start + i);
+      const items = await loadItems(ds, idx);
+      const resize = Math.round(S / 0.875);
+      const x = stack(items.map((it) => evalTransform(it.image, it.width, it.height, { resize, crop: S })), S);
+      const cls = tf.tidy(() => model.forward(x).cls);
+      features.set(cls.dataSync(), start * D);
+      const ys = items.map((it) => it.label);
+      labels.push(...ys);
+      onBatch?.(cls, ys);
+      tf.dispose([x, cls]);
+    }
+    return { features, labels };
+  }
+
+  /** Val accuracy (supervised) or k-NN accuracy of the teacher's CLS (self-supervised). */
+  async evaluate(): Promise<EvalResult> {
+    const c = this.config;
+    const res: EvalResult = { step: this.step, num_classes: this.data.numClasses };
+    if (c.objective === 'supervised') {
+      let correct = 0;
+      let total = 0;
+      await this.features(this.student, this.data.val, this.data.val.length, (cls, labels) => {
+        const pred = tf.tidy(() => tf.argMax(this.heads.cls!.forward(cls), 1));
+        const p = pred.dataSync();
+        pred.dispose();
+        labels.forEach((y, i) => { if (p[i] === y) correct++; total++; });
+      });
+      res.val_accuracy = correct / total;
+      return res;
+    }
+    const model = this.teacher!;
+    const bank = await this.features(model, this.data.train, c.train.knn_train_size);
+    const probs: tf.Tensor2D[] = [];
+    const val = await this.features(model, this.data.val, this.data.val.length, (cls) => {
+      probs.push(tf.tidy(() => teacherSoftmaxCenter(this.teacherHeads.dino!.forward(cls), this.centers.dino!.tensor(), c.dino.teacher_temp) as tf.Tensor2D));
+    });
+    const dim = this.vit.embed_dim;
+    const rows = (f: { features: Float32Array; labels: ArrayLike<number> }) => ({ x: f.features, y: Int32Array.from(f.labels), n: f.labels.length, dim });
+    res.knn_accuracy = knnClassify(rows(bank), rows(val), { numClasses: this.data.numClasses, k: c.train.knn_k, temperature: c.train.knn_temperature }).top1;
+    const all = tf.concat(probs) as tf.Tensor2D;
+    const ent = entropies(all);
+    tf.dispose([all, ...probs]);
+    res.teacher_entropy = ent.rows;
+    res.teacher_batch_entropy = ent.batch;
+    return res;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // State
+
+  private hostHeads(): HostTensors {
+    const out: HostTensors = {};
+    const add = (prefix: string, vars: Record<string, tf.Variable>) => {
+      for (const [k, v] of Object.entries(vars)) out[`${prefix}.${k}`] = { shape: [...v.shape], data: v.dataSync() as Float32Array };
+    };
+    add('student', headParams(this.heads));
+    add('teacher', headParams(this.teacherHeads));
+    for (const [k, ctr] of Object.entries(this.centers)) if (ctr) out[`center.${k}`] = { shape: [ctr.dim], data: ctr.value };
+    return out;
+  }
+
+  trainState(): TrainState {
+    const rng: Record<string, number[]> = {};
+    for (const [k, r] of Object.entries(this.rngs)) rng[k] = r.getState();
+    return { step: this.step, epoch: this.sampler.state().epoch, sampler: this.sampler.state(), rng, config: this.config, world_size: this.sync.worldSize };
+  }
+
+  async save(outDir: string): Promise<string> {
+    return saveCheckpoint(outDir, {
+      student: this.student, teacher: this.teacher, heads: this.hostHeads(), optimizer: this.optimizer.getState(), state: this.trainState(),
+    });
+  }
+
+  /** Restores everything saved by `save` from a checkpoint folder. */
+  async restore(dir: string): Promise<void> {
+    const ck = await loadCheckpoint(dir);
+    const diff = firstDifference(ck.state.config, this.config);
+    if (diff) throw new Error(`${dir}/state.json: field "${diff}" of the checkpoint's config differs from this run's config; resume with the run's config.json`);
+    if (ck.state.world_size !== this.sync.worldSize) {
+      throw new Error(`${dir}/state.json: saved with world size ${ck.state.world_size}, this run has ${this.sync.worldSize}`);
+    }
+    const copy = (sd: typeof ck.student, into: VisionTransformer) => {
+      const m = modelFromStateDict(sd, this.vit);
+      for (const [k, v] of Object.entries(into.params)) v.assign(m.params[k]!);
+      m.dispose();
+    };
+    copy(ck.student, this.student);
+    if (this.teacher) {
+      if (!ck.teacher) throw new Error(`${dir}: teacher.safetensors is missing`);
+      copy(ck.teacher, this.teacher);
+    }
+    const setHeads = (prefix: string, vars: Record<string, tf.Variable>) => {
+      for (const [k, v] of Object.entries(vars)) {
+        const t = ck.heads[`${prefix}.${k}`];
+        if (!t || t.data.length !== v.size) throw new Error(`${dir}/heads.safetensors: missing or mis-sized tensor "${prefix}.${k}"`);
+        v.assign(tf.tensor(t.data, v.shape, 'float32'));
+      }
+    };
+    setHeads('student', headParams(this.heads));
+    setHeads('teacher', headParams(this.teacherHeads));
+    for (const [k, ctr] of Object.entries(this.centers)) {
+      const t = ck.heads[`center.${k}`];
+      if (!ctr) continue;
+      if (!t || t.data.length !== ctr.dim) throw new Error(`${dir}/heads.safetensors: missing or mis-sized tensor "center.${k}"`);
+      ctr.value = Float32Array.from(t.data);
+    }
+    this.optimizer.setState(ck.optimizer);
+    for (const [k, r] of Object.entries(this.rngs)) {
+      const s = ck.state.rng[k];
+      if (!s) throw new Error(`${dir}/state.json: missing rng state "${k}"`);
+      r.setState(s);
+    }
+    this.sampler.restore(ck.state.sampler);
+    this.step = ck.state.step;
+  }
+
+  dispose(): void {
+    this.student.dispose();
+    this.teacher?.dispose();
+    for (const h of [...Object.values(this.heads), ...Object.values(this.teacherHeads)]) h?.dispose();
+    this.optimizer.dispose();
+  }
+}
+
+function round(metrics: Record<string, number>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [k, v] of Object.entries(metrics)) out[k] = Number.isInteger(v) ? v : Number(v.toPrecision(6));
+  return out;
+}
+
+/** Keeps the metric lines up to `step` (a resumed run rewrites what came after its checkpoint). */
+async function truncateMetrics(path: string, step: number): Promise<void> {
+  const text = await readFile(path, 'utf8').catch(() => '');
+  const kept = text.split('\n').filter((line) => {
+    if (!line.trim()) return false;
+    try {
+      return (JSON.parse(line) as { step?: number }).step! <= step;
+    } catch {
+      return false;
+    }
+  });
+  await writeFileAtomic(path, kept.map((l) => l + '\n').join(''));
+}
+
+/**
+ * Trains `config` into `opts.outDir` (see the module comment); writes config.json, metrics.jsonl,
+ * checkpoints/step-N/ and eval.json.
+ */
+export async function train(config: TrainConfig, opts: TrainOptions): Promise<TrainResult> {
+  const c = config;
+  const out = opts.outDir;
+  await mkdir(out, { recursive: true });
+  const trainer = new Trainer(c, { sync: opts.sync });
+  const metricsPath = join(out, 'metrics.jsonl');
+  try {
+    const ckpts = opts.resume ? await listCheckpoints(out) : [];
+    if (ckpts.length > 0) {
+      await trainer.restore(ckpts[ckpts.length - 1]!.dir);
+      if (trainer.sync.rank === 0) await truncateMetrics(metricsPath, trainer.step);
+    } else {
+      await trainer.initWeights();
+      if (trainer.sync.rank === 0) await writeFileAtomic(metricsPath, '');
+    }
+    const rank0 = trainer.sync.rank === 0;
+    if (rank0) await writeJsonAtomic(join(out, 'config.json'), c);
+    const last = Math.min(c.train.steps, opts.stopAfter ?? c.train.steps);
+    const progress = opts.progress === false ? null : new Progress({ total: last - trainer.step, label: 'train', unit: 'step' });
+    let checkpoint = '';
+    const saveNow = async () => {
+      checkpoint = await trainer.save(out);
+      await pruneCheckpoints(out, c.train.keep_checkpoints);
+    };
+    while (trainer.step < last) {
+      const metrics = await trainer.trainStep();
+      const step = trainer.step;
+      if (rank0 && (step % c.train.log_every === 0 || step === last)) await appendFile(metricsPath, JSON.stringify(round(metrics)) + '\n');
+      progress?.tick(1, `loss ${metrics.loss!.toFixed(4)}`);
+      if (c.train.eval_every > 0 && step % c.train.eval_every === 0 && step < c.train.steps) {
+        const ev = await trainer.evaluate();
+        if (rank0) await appendFile(metricsPath, JSON.stringify({ step, eval: round(ev as unknown as Record<string, number>) }) + '\n');
+      }
+      const periodic = c.train.checkpoint_every > 0 && step % c.train.checkpoint_every === 0;
+      if (rank0 && (periodic || step === last)) await saveNow();
+    }
+    progress?.done();
+    if (!checkpoint && rank0) await saveNow();
+    if (last < c.train.steps) return { outDir: out, step: trainer.step, checkpoint };
+    const ev = await trainer.evaluate();
+    if (rank0) await writeJsonAtomic(join(out, 'eval.json'), ev);
+    return { outDir: out, step: trainer.step, eval: ev, checkpoint };
+  } finally {
+    trainer.dispose();
+  }
+}

@@ -1,0 +1,27 @@
+/** Test setup: the wasm backend (the one this machine runs), loaded once per test file. */
+import * as tf from '@tensorflow/tfjs-core';
+import '@tensorflow/tfjs-backend-wasm';
+import { ensureGradients } from '@vitreg/core';
+
+export async function useWasm(): Promise<void> {
+  if (tf.getBackend() !== 'wasm') await tf.setBackend('wasm');
+  await tf.ready();
+  await ensureGradients();
+}
+
+/** Plain-JS log-softmax of one row, the reference for the loss tests. */
+export function logSoftmaxRow(row: number[]): number[] {
+  const m = Math.max(...row);
+  const lse = m + Math.log(row.reduce((a, v) => a + Math.exp(v - m), 0));
+  return row.map((v) => v - lse);
+}
+
+export function softmaxRow(row: number[]): number[] {
+  return logSoftmaxRow(row).map(Math.exp);
+}
+
+export function assertClose(actual: number, expected: number, tol = 1e-5, what = 'value'): void {
+  if (!(Math.abs(actual - expected) <= tol * Math.max(1, Math.abs(expected)))) {
+    throw new Error(`${what}: expected ${expected}, got ${actual}`);
+  }
+}

@@ -1,0 +1,93 @@
+import { test, before } from 'node:test';
+import assert from 'node:assert/strict';
+import * as tf from '@tensorflow/tfjs-core';
+import { AdamW, clipByGlobalNorm } from '../src/optim.js';
+import { isNoDecay, layerId, paramGroups } from '../src/param-groups.js';
+import { assertClose, useWasm } from './helpers.js';
+
+before(useWasm);
+
+test('AdamW: two steps against the PyTorch formula computed by hand', () => {
+  const w0 = [0.5, -1.5, 2];
+  const grads = [[0.1, -0.2, 0.3], [-0.05, 0.4, 0.0]];
+  const variable = tf.variable(tf.tensor1d(w0));
+  const opt = new AdamW([{ name: 'w', variable, lrMult: 0.5, wdMult: 1, isLastLayer: false }], { beta1: 0.9, beta2: 0.99, eps: 1e-6 });
+  const lr = 0.1;
+  const wd = 0.05;
+  const w = [...w0];
+  const m = [0, 0, 0];
+  const v = [0, 0, 0];
+  grads.forEach((g, t) => {
+    opt.apply([tf.tensor1d(g)], { lr, wd });
+    const step = t + 1;
+    const elr = lr * 0.5;
+    for (let i = 0; i < 3; i++) {
+      w[i] = w[i]! * (1 - elr * wd);
+      m[i] = 0.9 * m[i]! + 0.1 * g[i]!;
+      v[i] = 0.99 * v[i]! + 0.01 * g[i]! * g[i]!;
+      const mh = m[i]! / (1 - 0.9 ** step);
+      const denom = Math.sqrt(v[i]!) / Math.sqrt(1 - 0.99 ** step) + 1e-6;
+      w[i] = w[i]! - elr * mh / denom;
+    }
+    const got = variable.dataSync();
+    w.forEach((e, i) => assertClose(got[i]!, e, 1e-6, `step ${step} w[${i}]`));
+  });
+  assert.equal(opt.step, 2);
+});
+
+test('AdamW: no-decay parameters, last-layer learning rate, state round trip', () => {
+  const a = tf.variable(tf.ones([2]));
+  const b = tf.variable(tf.ones([2]));
+  const specs = [
+    { name: 'a.bias', variable: a, lrMult: 1, wdMult: 0, isLastLayer: false },
+    { name: 'last_layer.weight_v', variable: b, lrMult: 1, wdMult: 1, isLastLayer: true },
+  ];
+  const opt = new AdamW(specs);
+  opt.apply([tf.zeros([2]), tf.zeros([2])], { lr: 1, wd: 0.5, lastLayerLr: 0 });
+  // zero gradient: only weight decay moves a weight; a has none, b has lr 0.
+  assert.deepEqual(Array.from(a.dataSync()), [1, 1]);
+  assert.deepEqual(Array.from(b.dataSync()), [1, 1]);
+  opt.apply([tf.tensor1d([1, -1]), tf.zeros([2])], { lr: 0.1, wd: 0.5 });
+  assertClose(b.dataSync()[0]!, 1 - 0.1 * 0.5);
+  const state = opt.getState();
+  const opt2 = new AdamW(specs.map((s) => ({ ...s, variable: tf.variable(s.variable.clone()) })));
+  opt2.setState(state);
+  assert.deepEqual(opt2.getState(), state);
+  assert.throws(() => opt2.setState({ step: 1, moments: {} }), /missing tensor "a.bias.exp_avg"/);
+  assert.throws(() => new AdamW([specs[0]!, specs[0]!]), /listed twice/);
+});
+
+test('clipping by global norm: scaled by max / (norm + 1e-6) only above the threshold', () => {
+  const g = [tf.tensor1d([3, 0]), tf.tensor2d([[0, 4]])];
+  const { grads, norm } = clipByGlobalNorm(g, 1);
+  assertClose(norm, 5);
+  const c = 1 / (5 + 1e-6);
+  assertClose(grads[0]!.dataSync()[0]!, 3 * c);
+  assertClose(grads[1]!.dataSync()[1]!, 4 * c);
+  const same = clipByGlobalNorm(g, 10);
+  assert.equal(same.grads[0], g[0]);
+  assertClose(same.norm, 5);
+});
+
+test('param groups: no decay on norms, biases, gammas and tokens; layer-wise decay by block', () => {
+  for (const n of ['cls_token', 'register_tokens', 'pos_embed', 'mask_token', 'norm.weight', 'blocks.0.norm1.weight', 'blocks.1.ls1.gamma', 'blocks.1.attn.qkv.bias', 'mlp.0.bias']) {
+    assert.ok(isNoDecay(n), n);
+  }
+  for (const n of ['blocks.0.attn.qkv.weight', 'patch_embed.proj.weight', 'last_layer.weight_v', 'head.weight']) assert.ok(!isNoDecay(n), n);
+  assert.equal(layerId('patch_embed.proj.weight', 4), 0);
+  assert.equal(layerId('register_tokens', 4), 0);
+  assert.equal(layerId('blocks.2.mlp.fc1.weight', 4), 3);
+  assert.equal(layerId('norm.weight', 4), 5);
+  const v = (s: number[]) => tf.variable(tf.zeros(s));
+  const specs = paramGroups('backbone', {
+    'patch_embed.proj.weight': v([2]), 'blocks.0.attn.qkv.weight': v([2]), 'blocks.1.attn.qkv.weight': v([2]), 'norm.bias': v([2]),
+  }, 2, { layerDecay: 0.5, patchEmbedLrMult: 0.2 });
+  assert.deepEqual(specs.map((s) => [s.name, s.lrMult, s.wdMult]), [
+    ['backbone.patch_embed.proj.weight', 0.5 ** 3 * 0.2, 1],
+    ['backbone.blocks.0.attn.qkv.weight', 0.5 ** 2, 1],
+    ['backbone.blocks.1.attn.qkv.weight', 0.5, 1],
+    ['backbone.norm.bias', 1, 0],
+  ]);
+  const head = paramGroups('dino_head', { 'last_layer.weight_v': v([2]) }, 0, { layerDecay: 0.5 });
+  assert.deepEqual([head[0]!.lrMult, head[0]!.isLastLayer], [1, true]);
+});
