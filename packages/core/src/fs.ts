@@ -65,7 +65,7 @@ export async function writeJsonAtomic(path: string, value: unknown): Promise<voi
 }
 
 /** fsyncs a folder so a rename in it is durable; platforms that cannot open folders skip this. */
-async function syncDir(dir: string): Promise<void> {
+export async function syncDir(dir: string): Promise<void> {
   let fh;
   try {
     fh = await open(dir, 'r');

@@ -22,6 +22,7 @@
  * bimodal. A unimodal distribution therefore yields no outliers at all, whatever its spread or skew.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import type { ViTOutput } from './model.js';
 
 // ---------------------------------------------------------------------------------------------
 // Norms
@@ -514,17 +515,8 @@ export interface TokenData {
   attention?: { heads: number; data: Float32Array };
 }
 
-/** The parts of a forward pass's output (`ViTOutput` of ./model.ts) that the analysis reads. */
-export interface AnalysisSource {
-  cls: tf.Tensor2D;
-  registers: tf.Tensor3D;
-  patches: tf.Tensor3D;
-  prenorm: tf.Tensor3D;
-  grid: [number, number];
-  embeddings: tf.Tensor3D;
-  attention?: tf.Tensor4D[];
-  layers?: tf.Tensor3D[];
-}
+/** The parts of a forward pass's output that the analysis reads. */
+export type AnalysisSource = Pick<ViTOutput, 'cls' | 'registers' | 'patches' | 'prenorm' | 'grid' | 'embeddings' | 'attention' | 'layers'>;
 
 /**
  * Pull what the analysis needs out of a forward pass (run with `attention: 'last'` and `layers: true`

@@ -10,9 +10,9 @@
  * renamed: a crash leaves either the complete checkpoint or none.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fromFloat32, readSafetensors, toFloat32, writeJsonAtomic, writeSafetensors, type SamplerState } from '@vitreg/core';
+import { fromFloat32, readSafetensors, syncDir, toFloat32, writeJsonAtomic, writeSafetensors, type SamplerState } from '@vitreg/core';
 import { readWeights, saveWeights, type StateDict, type VisionTransformer } from '@vitreg/registers';
 import type { AdamWState } from './optim.js';
 import type { TrainConfig } from './config.js';
@@ -50,18 +50,6 @@ export interface LoadedCheckpoint {
 
 const STEP_DIR = /^step-(\d+)$/;
 
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await open(dir, 'r');
-  try {
-    await fh.sync();
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code !== 'EINVAL' && code !== 'EISDIR' && code !== 'EPERM' && code !== 'EBADF') throw err;
-  } finally {
-    await fh.close();
-  }
-}
-
 function encode(tensors: HostTensors): Record<string, ReturnType<typeof fromFloat32>> {
   const out: Record<string, ReturnType<typeof fromFloat32>> = {};
   for (const [k, v] of Object.entries(tensors)) out[k] = fromFloat32(v.data, v.shape, 'F32');
@@ -82,11 +70,11 @@ export async function saveCheckpoint(runDir: string, c: CheckpointContents): Pro
     await writeSafetensors(join(tmp, 'heads.safetensors'), encode(c.heads), meta);
     await writeSafetensors(join(tmp, 'optimizer.safetensors'), encode(c.optimizer.moments), { ...meta, optimizer: 'AdamW', adamw_step: String(c.optimizer.step) });
     await writeJsonAtomic(join(tmp, 'state.json'), c.state);
-    await fsyncDir(tmp);
+    await syncDir(tmp);
     // A checkpoint of the same step (a run resumed before it) is replaced.
     if (await exists(final)) await rm(final, { recursive: true, force: true });
     await rename(tmp, final);
-    await fsyncDir(root);
+    await syncDir(root);
   } catch (err) {
     await rm(tmp, { recursive: true, force: true });
     throw new Error(`checkpoint ${final}: cannot write: ${(err as Error).message}`, { cause: err });
