@@ -86,6 +86,15 @@ export async function syncDir(dir: string): Promise<void> {
  * Fills `buf` from byte `position` of an open file (positioned reads, looping over short reads);
  * if the file ends first, throws "<what>: unexpected end of file at byte N".
  */
+/** Opens `path` for reading; the error names the file. */
+export async function openForReading(path: string): Promise<FileHandle> {
+  try {
+    return await open(path, 'r');
+  } catch (err) {
+    throw new Error(`${path}: cannot open: ${(err as Error).message}`, { cause: err });
+  }
+}
+
 export async function readFully(fh: FileHandle, buf: Uint8Array, position: number, what: string): Promise<void> {
   for (let off = 0; off < buf.byteLength;) {
     const { bytesRead } = await fh.read(buf, off, Math.min(buf.byteLength - off, MAX_IO), position + off);

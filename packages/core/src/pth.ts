@@ -10,9 +10,9 @@
  * requires_grad, backward_hooks[, metadata])`, where `storage` is a persistent id
  * `("storage", torch.<Type>Storage, key, location, numel)`.
  */
-import { open, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { inflateRawSync } from 'node:zlib';
-import { readFully } from './fs.js';
+import { openForReading, readFully } from './fs.js';
 import { DTYPE_SIZE, numel, swapBytes, type DType, type HostTensor } from './tensor.js';
 
 /**
@@ -21,12 +21,7 @@ import { DTYPE_SIZE, numel, swapBytes, type DType, type HostTensor } from './ten
  * are not tensors or dicts (step counters, config strings, lists) are skipped.
  */
 export async function readPth(path: string): Promise<Record<string, HostTensor>> {
-  let fh: FileHandle;
-  try {
-    fh = await open(path, 'r');
-  } catch (err) {
-    throw new Error(`${path}: cannot open: ${(err as Error).message}`, { cause: err });
-  }
+  const fh = await openForReading(path);
   try {
     const zip = await ZipReader.open(path, fh);
     const pkl = zip.names().find((n) => n === 'data.pkl' || /^[^/]+\/data\.pkl$/.test(n));

@@ -10,9 +10,9 @@
  * reference implementation: tensors must lie inside the buffer, not overlap, and cover it with no
  * holes, and each byte range must equal numel x dtype size.
  */
-import { open, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { endianness } from 'node:os';
-import { readFully, writeFileAtomic } from './fs.js';
+import { openForReading, readFully, writeFileAtomic } from './fs.js';
 import { DTYPE_SIZE, isDType, isShape, numel, toFloat32, type DType, type HostTensor } from './tensor.js';
 
 /** Dtype and shape of a stored tensor. */
@@ -44,12 +44,7 @@ export class SafetensorsReader {
 
   /** Opens `path` and validates its header; throws an error naming the file on any corruption. */
   static async open(path: string): Promise<SafetensorsReader> {
-    let fh: FileHandle;
-    try {
-      fh = await open(path, 'r');
-    } catch (err) {
-      throw new Error(`${path}: cannot open: ${(err as Error).message}`, { cause: err });
-    }
+    const fh = await openForReading(path);
     try {
       const { entries, metadata, dataStart } = await readHeader(path, fh);
       return new SafetensorsReader(path, fh, entries, metadata, dataStart);
