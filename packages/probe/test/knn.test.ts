@@ -1,6 +1,5 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import * as tf from '@tensorflow/tfjs-core';
 import { knnClassify, l2NormalizeRows, topK } from '../src/knn.js';
 import { initBackend, Rng } from '@vitreg/core';
 

@@ -1,6 +1,5 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import * as tf from '@tensorflow/tfjs-core';
 import {
   choleskySolve, classificationProbe, fitRidge, fitSoftmax, positionMetrics, regressionProbe, ridgePredict,
   regressionErrors, argmaxRows, softmaxLogits, accuracy,
