@@ -14,7 +14,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { Rng } from '@vitreg/core';
 import { ffnHiddenDim, posGrid, validateConfig, type ViTConfig } from './config.js';
 import { posEmbedMatrices } from './interpolate.js';
-import { gelu, layerNorm, linear, matMul2d, multiHeadAttention, silu } from './ops.js';
+import { geluLinear, layerNorm, linear, matMul2d, multiHeadAttention, reshape, residual, silu } from './ops.js';
 
 export interface ForwardOptions {
   /** Return the softmax attention of the last block, of every block, or none (default). */
@@ -171,9 +171,8 @@ export class VisionTransformer {
     const gw = W / p;
     // [B, gh, p, gw, p*3] -> [B, gh, gw, p, p*3]: rows of (kh, kw, c), the layout of patch_embed.proj.weight.
     const x = tf.transpose(tf.reshape(images, [B * gh, p, gw, p * C]), [0, 2, 1, 3]);
-    const flat = tf.reshape(x, [B * gh * gw, p * p * C]) as tf.Tensor2D;
-    const emb = tf.add(matMul2d(flat, this.param('patch_embed.proj.weight') as unknown as tf.Tensor2D), this.param('patch_embed.proj.bias'));
-    return tf.reshape(emb, [B, gh * gw, this.config.embed_dim]);
+    const rows = reshape<tf.Rank.R3>(x, [B, gh * gw, p * p * C]);
+    return linear(rows, this.param('patch_embed.proj.weight'), this.param('patch_embed.proj.bias'));
   }
 
   /**
@@ -277,22 +276,21 @@ export class VisionTransformer {
     const h1 = layerNorm(x, P('norm1.weight'), P('norm1.bias'), c.norm_eps);
     // [B, N, 3D] -> [3, H*B, N, hd]: q, k, v of every (head, batch) pair as row blocks (4-D transposes
     // only: rank-5 ones are a slow generic loop on wasm).
-    const qkv = tf.reshape(
-      tf.transpose(tf.reshape(linear(h1, P('attn.qkv.weight'), P('attn.qkv.bias')), [B, N, 3 * H, hd]), [2, 0, 1, 3]),
+    const qkv = reshape<tf.Rank.R4>(
+      tf.transpose(reshape(linear(h1, P('attn.qkv.weight'), P('attn.qkv.bias')), [B, N, 3 * H, hd]), [2, 0, 1, 3]),
       [3, H * B, N, hd],
-    ) as tf.Tensor4D;
+    );
     const sink: { attn?: tf.Tensor3D } = {};
     const out = multiHeadAttention(qkv, 1 / Math.sqrt(hd), o.attention ? sink : undefined);
-    const merged = tf.reshape(tf.transpose(tf.reshape(out, [H, B, N, hd]), [1, 2, 0, 3]), [B, N, D]);
+    const merged = reshape<tf.Rank.R3>(tf.transpose(reshape(out, [H, B, N, hd]), [1, 2, 0, 3]), [B, N, D]);
     const part = (j: number) =>
       tf.transpose(tf.reshape(tf.slice(tf.reshape(qkv, [3, H * B * N * hd]), [j, 0], [1, -1]), [H, B, N, hd]), [1, 0, 2, 3]) as tf.Tensor4D;
     const k = o.kv ? part(1) : undefined;
     const v = o.kv ? part(2) : undefined;
     const attn = sink.attn ? (tf.transpose(tf.reshape(sink.attn, [H, B, N, N]), [1, 0, 2, 3]) as tf.Tensor4D) : undefined;
     if (sink.attn) sink.attn.dispose();
-    let a = linear(merged as tf.Tensor3D, P('attn.proj.weight'), P('attn.proj.bias'));
-    if (P('ls1.gamma')) a = tf.mul(a, P('ls1.gamma'));
-    x = tf.add(x, this.dropPath(a, o.dropRate, o.rng));
+    const a = linear(merged, P('attn.proj.weight'), P('attn.proj.bias'));
+    x = residual(x, a, P('ls1.gamma'), this.dropPath(B, o.dropRate, o.rng));
 
     // FFN branch.
     const h2 = layerNorm(x, P('norm2.weight'), P('norm2.bias'), c.norm_eps);
@@ -301,20 +299,21 @@ export class VisionTransformer {
       const [x1, x2] = tf.split(linear(h2, P('mlp.w12.weight'), P('mlp.w12.bias')), 2, 2);
       f = linear(tf.mul(silu(x1), x2) as tf.Tensor3D, P('mlp.w3.weight'), P('mlp.w3.bias'));
     } else {
-      f = linear(gelu(linear(h2, P('mlp.fc1.weight'), P('mlp.fc1.bias'))), P('mlp.fc2.weight'), P('mlp.fc2.bias'));
+      f = geluLinear(linear(h2, P('mlp.fc1.weight'), P('mlp.fc1.bias')), P('mlp.fc2.weight'), P('mlp.fc2.bias'));
     }
-    if (P('ls2.gamma')) f = tf.mul(f, P('ls2.gamma'));
-    x = tf.add(x, this.dropPath(f, o.dropRate, o.rng));
+    x = residual(x, f, P('ls2.gamma'), this.dropPath(B, o.dropRate, o.rng));
     return { x, attn, k, v };
   }
 
-  /** Stochastic depth: drop a residual branch per sample with probability `rate`, rescale the rest. */
-  private dropPath(branch: tf.Tensor3D, rate: number, rng?: Rng): tf.Tensor3D {
-    if (rate <= 0 || !rng) return branch;
-    const B = branch.shape[0];
+  /**
+   * Stochastic depth: per-sample factors [B, 1, 1] for a residual branch, 0 with probability `rate`,
+   * else 1 / (1 - rate); undefined when nothing is dropped.
+   */
+  private dropPath(B: number, rate: number, rng?: Rng): tf.Tensor3D | undefined {
+    if (rate <= 0 || !rng) return undefined;
     const keep = new Float32Array(B);
     for (let i = 0; i < B; i++) keep[i] = rng.float() < rate ? 0 : 1 / (1 - rate);
-    return tf.mul(branch, tf.tensor3d(keep, [B, 1, 1]));
+    return tf.tensor3d(keep, [B, 1, 1]);
   }
 
   /** Parameters as host Float32Arrays in this class's layouts (for saving and syncing). */

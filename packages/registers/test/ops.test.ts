@@ -4,7 +4,10 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '@vitreg/core';
-import { bicubicMatrix, getConfig, loadWeights, matMul2d, multiHeadAttention, setAttentionStrategy, VisionTransformer } from '../src/index.ts';
+import {
+  bicubicMatrix, gelu, geluLinear, getConfig, layerNorm, linear, loadWeights, matMul2d, multiHeadAttention, reshape, residual,
+  setAttentionStrategy, VisionTransformer,
+} from '../src/index.ts';
 import { allclose, FIXTURES, reference } from './helpers.ts';
 
 after(() => setAttentionStrategy('auto'));
@@ -32,6 +35,98 @@ for (const backend of ['wasm', 'cpu'] as const) {
     });
   }
 }
+
+/** The plain tfjs formulas the fused ops replace, differentiated by tfjs' own autograd. */
+const plain = {
+  linear: (x: tf.Tensor, w: tf.Tensor, b?: tf.Tensor) => {
+    const y = tf.matMul(tf.reshape(x, [-1, w.shape[0]]) as tf.Tensor2D, w as tf.Tensor2D);
+    return tf.reshape(b ? tf.add(y, b) : y, [...x.shape.slice(0, -1), w.shape[1]!]);
+  },
+  layerNorm: (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor, eps: number) => {
+    const mean = tf.mean(x, -1, true);
+    const centered = tf.sub(x, mean);
+    const variance = tf.mean(tf.square(centered), -1, true);
+    return tf.add(tf.mul(tf.mul(centered, tf.rsqrt(tf.add(variance, eps))), w), b);
+  },
+  gelu: (x: tf.Tensor) => tf.mul(tf.mul(x, 0.5), tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1)),
+  residual: (x: tf.Tensor, branch: tf.Tensor, gamma?: tf.Tensor, keep?: tf.Tensor) => {
+    let y = gamma ? tf.mul(branch, gamma) : branch;
+    if (keep) y = tf.mul(y, keep);
+    return tf.add(x, y);
+  },
+};
+
+/**
+ * Checks a fused op against its plain formula: the same values bit for bit (the forward arithmetic is
+ * unchanged) and the same gradients of sum(out * r) for every input within float rounding.
+ */
+async function checkOp(fused: (...xs: tf.Tensor[]) => tf.Tensor, reference: (...xs: tf.Tensor[]) => tf.Tensor, inputs: tf.Tensor[]) {
+  const got = fused(...inputs);
+  const want = reference(...inputs);
+  assert.deepEqual(got.shape, want.shape);
+  assert.deepEqual(await got.data(), await want.data(), 'values differ');
+  const r = tf.randomNormal(want.shape, 0, 1, 'float32', 9);
+  const loss = (f: typeof fused) => (...xs: tf.Tensor[]) => tf.sum(tf.mul(f(...xs), r));
+  const g = tf.grads(loss(fused))(inputs);
+  const gw = tf.grads(loss(reference))(inputs);
+  for (let i = 0; i < inputs.length; i++) {
+    assert.deepEqual(g[i].shape, inputs[i].shape, `gradient ${i} shape`);
+    assert.equal(allclose(await g[i].data(), await gw[i].data(), 1e-5, 1e-4), null, `gradient of input ${i}`);
+  }
+}
+
+for (const backend of ['wasm', 'cpu'] as const) {
+  test(`fused ops on ${backend}: values equal the plain formulas, gradients equal autograd`, async () => {
+    await initBackend(backend, { log: () => {} });
+    let seed = 10;
+    const rand = (shape: number[], std = 1) => tf.randomNormal(shape, 0, std, 'float32', seed++);
+    const x = rand([2, 5, 6]);
+    const w = rand([6, 4]);
+    const b = rand([4]);
+    await checkOp((a, c, d) => linear(a, c, d), (a, c, d) => plain.linear(a, c, d), [x, w, b]);
+    await checkOp((a, c) => linear(a, c), (a, c) => plain.linear(a, c), [x, w]);
+    await checkOp((a, c) => linear(a, c), (a, c) => plain.linear(a, c), [rand([3, 6]), w]);
+    // Sides that are multiples of 8 take the blocked weight transpose.
+    await checkOp((a, c, d) => geluLinear(a, c, d), (a, c, d) => plain.linear(plain.gelu(a), c, d), [rand([3, 16]), rand([16, 24]), rand([24])]);
+    const lnW = rand([6]);
+    const lnB = rand([6]);
+    await checkOp((a, c, d) => layerNorm(a, c, d, 1e-6), (a, c, d) => plain.layerNorm(a, c, d, 1e-6), [tf.add(rand([2, 5, 6], 3), 2), lnW, lnB]);
+    await checkOp((a, c, d) => layerNorm(a, c, d, 1e-5), (a, c, d) => plain.layerNorm(a, c, d, 1e-5), [rand([4, 6]), lnW, lnB]);
+    await checkOp((a) => gelu(a), (a) => plain.gelu(a), [rand([3, 7], 2)]);
+    await checkOp((a, c, d) => geluLinear(a, c, d), (a, c, d) => plain.linear(plain.gelu(a), c, d), [rand([2, 5, 6], 2), w, b]);
+    await checkOp((a, c) => geluLinear(a, c), (a, c) => plain.linear(plain.gelu(a), c), [rand([5, 6], 2), w]);
+    const keep = tf.tensor3d([0, 1.25], [2, 1, 1]);
+    const branch = rand([2, 5, 6]);
+    const gamma = rand([6]);
+    await checkOp((a, c, d) => residual(a, c, d, keep), (a, c, d) => plain.residual(a, c, d, keep), [x, branch, gamma]);
+    await checkOp((a, c, d) => residual(a, c, d), (a, c, d) => plain.residual(a, c, d), [x, branch, gamma]);
+    await checkOp((a, c) => residual(a, c, null, keep), (a, c) => plain.residual(a, c, undefined, keep), [x, branch]);
+    await checkOp((a, c) => residual(a, c), (a, c) => plain.residual(a, c), [x, branch]);
+    await checkOp((a) => reshape(tf.transpose(reshape(a, [2, 3, 10])), [6, 10]), (a) => tf.reshape(tf.transpose(tf.reshape(a, [2, 3, 10])), [6, 10]), [x]);
+  });
+}
+
+test('fused ops keep fewer tensors for the backward pass than the plain formulas', async () => {
+  await initBackend('wasm', { log: () => {} });
+  const x = tf.variable(tf.randomNormal([2, 5, 6], 0, 1, 'float32', 20));
+  const w = tf.variable(tf.randomNormal([6, 6], 0, 1, 'float32', 21));
+  const g = tf.variable(tf.randomNormal([6], 0, 1, 'float32', 22));
+  const keep = tf.tensor3d([0, 1.25], [2, 1, 1]);
+  // Bytes the tape holds once the forward pass is done (freed when the backward pass ends).
+  const held = (f: () => tf.Tensor) => {
+    let bytes = 0;
+    tf.variableGrads(() => tf.tidy(() => {
+      const before = tf.memory().numBytes;
+      const y = tf.sum(f());
+      bytes = tf.memory().numBytes - before;
+      return y as tf.Scalar;
+    }));
+    return bytes;
+  };
+  const fused = held(() => residual(x, geluLinear(layerNorm(x, g, g, 1e-6), w, g), g, keep));
+  const unfused = held(() => plain.residual(x, plain.linear(plain.gelu(plain.layerNorm(x, g, g, 1e-6)), w, g), g, keep));
+  assert.ok(fused < unfused / 2, `fused keeps ${fused} bytes, plain ${unfused}`);
+});
 
 test('matMul2d gradient equals the transposed products', async () => {
   await initBackend('wasm', { log: () => {} });
