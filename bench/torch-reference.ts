@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- torch-reference [--case forward|train-step] [--batch N] [--size N] [--patch N]`
+ * `npm run bench -- torch-reference [--case forward|train-step] [--batch N] [--size N] [--patch N] [--threads N]`
  * The PyTorch CPU reference of the forward and train-step benchmarks, on this machine: runs
  * bench/reference/torch_vit.py with /usr/bin/python3 (Debian's python3-torch; a benchmark-only tool).
  * Without it, prints one JSON line saying how to install it.
@@ -18,6 +18,10 @@ export async function run(argv: string[]): Promise<void> {
     );
     return;
   }
-  const r = spawnSync(python, [script, ...argv], { stdio: ['ignore', 'inherit', 'inherit'] });
+  // PyTorch's own thread count does not bind Debian's OpenBLAS: pin both to --threads (default 1).
+  const i = argv.indexOf('--threads');
+  const threads = i >= 0 ? argv[i + 1]! : '1';
+  const env = { ...process.env, OPENBLAS_NUM_THREADS: threads, OMP_NUM_THREADS: threads };
+  const r = spawnSync(python, [script, ...argv], { stdio: ['ignore', 'inherit', 'inherit'], env });
   if (r.status !== 0) process.exitCode = r.status ?? 1;
 }
