@@ -48,6 +48,13 @@ test('train: bad configs and flags fail before any work, naming the field and th
     r = await vitreg(['train']);
     assert.equal(r.code, 2);
     assert.match(lastLine(r.stderr), /expected --preset NAME or --config FILE\.json/);
+
+    r = await vitreg(['train', '--preset', 'tiny-supervised', '--workers', '0']);
+    assert.equal(r.code, 2);
+    assert.match(lastLine(r.stderr), /--workers: expected an integer >= 1, got "0"/);
+    r = await vitreg(['train', '--preset', 'tiny-supervised', '--workers', '65']);
+    assert.equal(r.code, 2);
+    assert.match(lastLine(r.stderr), /--workers: expected an integer from 1 to 64, got "65"/);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
@@ -87,6 +94,28 @@ test('train: a short run writes config, metrics, checkpoint and eval; vitreg fea
     const again = await vitreg(['train', '--resume', '--out', out, '--backend', 'wasm', '--no-progress']);
     assert.equal(again.code, 0, again.stderr);
     assert.equal(JSON.parse(again.stdout.trim().split('\n').pop()!).step, 3);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('train --workers 2: two threads train one run; rank 0 writes metrics, eval and a checkpoint with both ranks\' state', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'vitreg-train-workers-'));
+  try {
+    const out = join(dir, 'run');
+    const cfg = join(dir, 'tiny.json');
+    await writeFile(cfg, JSON.stringify({ preset: 'tiny-supervised', data: { train_size: 16, val_size: 8 }, train: { batch_size: 2 } }));
+    const r = await vitreg(['train', '--config', cfg, '--steps', '2', '--workers', '2', '--out', out, '--backend', 'wasm', '--no-progress']);
+    assert.equal(r.code, 0, r.stderr);
+    const summary = JSON.parse(r.stdout.trim().split('\n').pop()!) as Record<string, unknown>;
+    assert.equal(summary.step, 2);
+    assert.equal(typeof summary.val_accuracy, 'number');
+    const lines = (await readFile(join(out, 'metrics.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l));
+    assert.deepEqual(lines.map((l) => l.step), [1, 2]);
+    const state = JSON.parse(await readFile(join(out, 'checkpoints', 'step-2', 'state.json'), 'utf8'));
+    assert.equal(state.world_size, 2);
+    assert.deepEqual(state.ranks.map((s: { sampler: unknown }) => s.sampler), [{ epoch: 0, position: 4 }, { epoch: 0, position: 4 }]);
+    assert.ok(existsSync(join(out, 'eval.json')));
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

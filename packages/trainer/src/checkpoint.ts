@@ -5,7 +5,8 @@
  *   teacher.safetensors    the EMA teacher backbone (self-supervised runs)
  *   heads.safetensors      heads of student (`student.<head>.<param>`) and teacher, DINO/iBOT centres
  *   optimizer.safetensors  AdamW moments (`<param>.exp_avg`, `<param>.exp_avg_sq`), step in __metadata__
- *   state.json             step, epoch, sampler position, RNG states, config, world size
+ *   state.json             step, epoch, sampler position, RNG states, config, world size, and with
+ *                          several ranks `ranks`: every rank's sampler position and RNG states
  * A checkpoint is written into a temporary folder next to its final place, every file fsynced, then
  * renamed: a crash leaves either the complete checkpoint or none.
  */
@@ -17,14 +18,23 @@ import { readWeights, saveWeights, type StateDict, type VisionTransformer } from
 import type { AdamWState } from './optim.js';
 import type { TrainConfig } from './config.js';
 
+/** One rank's loop state: its sampler position and the getState() of every named Rng. */
+export interface RankState {
+  sampler: SamplerState;
+  rng: Record<string, number[]>;
+}
+
 export interface TrainState {
   step: number;
   epoch: number;
+  /** Rank 0's sampler position and Rng states. */
   sampler: SamplerState;
   /** getState() of every named Rng of the loop. */
   rng: Record<string, number[]>;
   config: TrainConfig;
   world_size: number;
+  /** World size > 1: every rank's loop state, in rank order (absent in single-rank checkpoints). */
+  ranks?: RankState[];
 }
 
 /** Named host tensors (heads, centres). */

@@ -9,4 +9,5 @@ export * from './optim.js';
 export * from './param-groups.js';
 export * from './schedules.js';
 export * from './sync.js';
+export * from './threads.js';
 export * from './trainer.js';

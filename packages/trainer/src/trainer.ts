@@ -13,7 +13,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { DistributedSampler, ensureGradients, Progress, Rng, writeFileAtomic, writeJsonAtomic, type Dataset, type DatasetItem } from '@vitreg/core';
 import { VisionTransformer, matMul2d, modelFromStateDict, type ViTConfig } from '@vitreg/registers';
 import { evalTransform, mixupCutmix, multiCrop, smoothOneHot, supervisedAugment } from './augment.js';
-import { listCheckpoints, loadCheckpoint, pruneCheckpoints, saveCheckpoint, type HostTensors, type TrainState } from './checkpoint.js';
+import { listCheckpoints, loadCheckpoint, pruneCheckpoints, saveCheckpoint, type HostTensors, type RankState, type TrainState } from './checkpoint.js';
 import { modelConfig, type TrainConfig } from './config.js';
 import { openData, type TrainData } from './data.js';
 import { ClassifierHead, DinoHead } from './heads.js';
@@ -24,6 +24,7 @@ import { AdamW, clipByGlobalNorm } from './optim.js';
 import { paramGroups, type ParamSpec } from './param-groups.js';
 import { cosineSchedule, type Schedule } from './schedules.js';
 import { LocalGradientSync, type GradientSync } from './sync.js';
+import { weightsChecksum } from './threads.js';
 
 export interface TrainOptions {
   /** Run folder: config.json, metrics.jsonl, checkpoints/, eval.json. */
@@ -33,8 +34,10 @@ export interface TrainOptions {
   sync?: GradientSync;
   /** Stop after this step with a checkpoint, as an interrupted run would (for tests and preemption). */
   stopAfter?: number;
-  /** Draw a progress bar / progress lines on stderr (default true). */
+  /** Draw a progress bar / progress lines on stderr (default true; rank 0 only). */
   progress?: boolean;
+  /** Also return a SHA-256 of the final student weights (`TrainResult.checksum`), to compare ranks or runs. */
+  checksum?: boolean;
 }
 
 export interface EvalResult {
@@ -56,6 +59,17 @@ export interface TrainResult {
   /** Final evaluation (absent when stopped early). */
   eval?: EvalResult;
   checkpoint: string;
+  /** With `checksum: true`: SHA-256 (hex) of this rank's student backbone and heads. */
+  checksum?: string;
+}
+
+/** A sync that can also collect one small JSON value from every rank (SharedMemorySync does). */
+interface GatheringSync extends GradientSync {
+  gather(value: unknown): Promise<unknown[]>;
+}
+
+function canGather(sync: GradientSync): sync is GatheringSync {
+  return typeof (sync as Partial<GatheringSync>).gather === 'function';
 }
 
 /** Rng streams derived from train.seed; each one's state is checkpointed. */
@@ -545,16 +559,33 @@ export class Trainer {
     return out;
   }
 
-  trainState(): TrainState {
+  /** This rank's loop state: sampler position and Rng states. */
+  rankState(): RankState {
     const rng: Record<string, number[]> = {};
     for (const [k, r] of Object.entries(this.rngs)) rng[k] = r.getState();
-    return { step: this.step, epoch: this.sampler.state().epoch, sampler: this.sampler.state(), rng, config: this.config, world_size: this.sync.worldSize };
+    return { sampler: this.sampler.state(), rng };
   }
 
-  async save(outDir: string): Promise<string> {
+  /** The state.json of a checkpoint; `ranks` (every rank's loop state, rank order) when world size > 1. */
+  trainState(ranks?: RankState[]): TrainState {
+    const own = this.rankState();
+    const state: TrainState = { step: this.step, epoch: own.sampler.epoch, sampler: own.sampler, rng: own.rng, config: this.config, world_size: this.sync.worldSize };
+    if (ranks) state.ranks = ranks;
+    return state;
+  }
+
+  /** Writes a checkpoint (call on rank 0); `ranks` as in trainState. */
+  async save(outDir: string, ranks?: RankState[]): Promise<string> {
     return saveCheckpoint(outDir, {
-      student: this.student, teacher: this.teacher, heads: this.hostHeads(), optimizer: this.optimizer.getState(), state: this.trainState(),
+      student: this.student, teacher: this.teacher, heads: this.hostHeads(), optimizer: this.optimizer.getState(), state: this.trainState(ranks),
     });
+  }
+
+  /** SHA-256 of the student backbone and heads (see TrainResult.checksum). */
+  checksum(): string {
+    const host: Record<string, Float32Array> = {};
+    for (const [k, v] of Object.entries(this.studentVariables())) host[k] = v.dataSync() as Float32Array;
+    return weightsChecksum(host);
   }
 
   /** Restores everything saved by `save` from a checkpoint folder. */
@@ -591,12 +622,20 @@ export class Trainer {
       ctr.value = Float32Array.from(t.data);
     }
     this.optimizer.setState(ck.optimizer);
+    // Multi-rank checkpoints hold every rank's loop state; older ones (and world size 1) only rank 0's.
+    const ranks = ck.state.ranks;
+    if (ranks !== undefined && (!Array.isArray(ranks) || ranks.length !== this.sync.worldSize)) {
+      throw new Error(`${dir}/state.json: field "ranks" must be an array of ${this.sync.worldSize} rank states`);
+    }
+    const own: RankState = ranks?.[this.sync.rank] ?? { sampler: ck.state.sampler, rng: ck.state.rng };
+    const where = ranks ? `ranks[${this.sync.rank}].` : '';
     for (const [k, r] of Object.entries(this.rngs)) {
-      const s = ck.state.rng[k];
-      if (!s) throw new Error(`${dir}/state.json: missing rng state "${k}"`);
+      const s = own.rng?.[k];
+      if (!s) throw new Error(`${dir}/state.json: missing rng state "${where}rng.${k}"`);
       r.setState(s);
     }
-    this.sampler.restore(ck.state.sampler);
+    if (!own.sampler) throw new Error(`${dir}/state.json: missing field "${where}sampler"`);
+    this.sampler.restore(own.sampler);
     this.step = ck.state.step;
   }
 
@@ -650,10 +689,17 @@ export async function train(config: TrainConfig, opts: TrainOptions): Promise<Tr
     const rank0 = trainer.sync.rank === 0;
     if (rank0) await writeJsonAtomic(join(out, 'config.json'), c);
     const last = Math.min(c.train.steps, opts.stopAfter ?? c.train.steps);
-    const progress = opts.progress === false ? null : new Progress({ total: last - trainer.step, label: 'train', unit: 'step' });
+    const progress = opts.progress === false || !rank0 ? null : new Progress({ total: last - trainer.step, label: 'train', unit: 'step' });
     let checkpoint = '';
+    let saved = false;
+    // Every rank calls saveNow at the same steps: with several ranks their loop states are gathered
+    // into rank 0's checkpoint, so each rank resumes exactly.
     const saveNow = async () => {
-      checkpoint = await trainer.save(out);
+      saved = true;
+      const sync = trainer.sync;
+      const ranks = sync.worldSize > 1 && canGather(sync) ? (await sync.gather(trainer.rankState())) as RankState[] : undefined;
+      if (!rank0) return;
+      checkpoint = await trainer.save(out, ranks);
       await pruneCheckpoints(out, c.train.keep_checkpoints);
     };
     while (trainer.step < last) {
@@ -661,19 +707,22 @@ export async function train(config: TrainConfig, opts: TrainOptions): Promise<Tr
       const step = trainer.step;
       if (rank0 && (step % c.train.log_every === 0 || step === last)) await appendFile(metricsPath, JSON.stringify(round(metrics)) + '\n');
       progress?.tick(1, `loss ${metrics.loss!.toFixed(4)}`);
-      if (c.train.eval_every > 0 && step % c.train.eval_every === 0 && step < c.train.steps) {
+      // Evaluation reads no Rng and no sync: only rank 0 spends the time.
+      if (rank0 && c.train.eval_every > 0 && step % c.train.eval_every === 0 && step < c.train.steps) {
         const ev = await trainer.evaluate();
-        if (rank0) await appendFile(metricsPath, JSON.stringify({ step, eval: round(ev as unknown as Record<string, number>) }) + '\n');
+        await appendFile(metricsPath, JSON.stringify({ step, eval: round(ev as unknown as Record<string, number>) }) + '\n');
       }
       const periodic = c.train.checkpoint_every > 0 && step % c.train.checkpoint_every === 0;
-      if (rank0 && (periodic || step === last)) await saveNow();
+      if (periodic || step === last) await saveNow();
     }
     progress?.done();
-    if (!checkpoint && rank0) await saveNow();
-    if (last < c.train.steps) return { outDir: out, step: trainer.step, checkpoint };
-    const ev = await trainer.evaluate();
-    if (rank0) await writeJsonAtomic(join(out, 'eval.json'), ev);
-    return { outDir: out, step: trainer.step, eval: ev, checkpoint };
+    if (!saved) await saveNow();
+    const result: TrainResult = { outDir: out, step: trainer.step, checkpoint };
+    if (opts.checksum) result.checksum = trainer.checksum();
+    if (last < c.train.steps || !rank0) return result;
+    result.eval = await trainer.evaluate();
+    await writeJsonAtomic(join(out, 'eval.json'), result.eval);
+    return result;
   } finally {
     trainer.dispose();
   }

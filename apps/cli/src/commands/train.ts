@@ -4,13 +4,13 @@
  */
 import { readFileSync, existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { openData, PRESET_NAMES, PRESETS, train, validateTrainConfig, type TrainConfig } from '@vitreg/trainer';
+import { MAX_WORKERS, openData, PRESET_NAMES, PRESETS, train, trainThreads, validateTrainConfig, type TrainConfig } from '@vitreg/trainer';
 import { CliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
 import { startBackend } from '../inputs.js';
 
 const usage = `
 Usage: vitreg train (--preset NAME | --config FILE.json) [--data DIR|synthetic] [--registers N]
-                    [--steps N] [--out DIR] [--resume] [--seed N]
+                    [--steps N] [--out DIR] [--resume] [--seed N] [--workers N]
                     [--backend auto|tensorflow-gpu|tensorflow|wasm|cpu] [--no-progress]
        vitreg train --list-presets
        vitreg train --resume --out DIR          (continues with DIR/config.json)
@@ -35,6 +35,9 @@ Trains a Vision Transformer with N register tokens and writes the run folder DIR
   --out DIR          run folder (default runs/train-<preset>)
   --resume           continue from the newest checkpoint in --out, with the same weights, optimiser,
                      data order and random numbers as if never stopped
+  --workers N        data-parallel training over N worker threads, 1-64 (default 1: in this thread);
+                     use one per CPU core. train.batch_size is per worker: the global batch is
+                     batch_size x N. A run is resumed with the same N.
 `;
 
 function readConfigFile(path: string): unknown {
@@ -70,6 +73,7 @@ export const trainCommand: Command = {
       resume: { type: 'boolean' },
       seed: { type: 'string' },
       backend: { type: 'string' },
+      workers: { type: 'string' },
       'list-presets': { type: 'boolean' },
       'no-progress': { type: 'boolean' },
     });
@@ -82,6 +86,8 @@ export const trainCommand: Command = {
     if (values.preset !== undefined && !PRESETS[values.preset]) {
       throw new CliError(`--preset: expected one of ${PRESET_NAMES.join(', ')}, got "${values.preset}"`);
     }
+    const workers = intFlag('workers', values.workers, 1);
+    if (workers > MAX_WORKERS) throw new CliError(`--workers: expected an integer from 1 to ${MAX_WORKERS}, got "${values.workers}"`);
     const out = resolve(values.out ?? join('runs', `train-${values.preset ?? 'config'}`));
     let raw: Record<string, unknown>;
     let source: string;
@@ -113,7 +119,8 @@ export const trainCommand: Command = {
       throw new CliError((err as Error).message);
     }
     await startBackend(values.backend);
-    const result = await train(config, { outDir: out, resume: values.resume ?? false, progress: !values['no-progress'] });
+    const opts = { outDir: out, resume: values.resume ?? false, progress: !values['no-progress'] };
+    const result = workers === 1 ? await train(config, opts) : await trainThreads(config, { ...opts, workers });
     process.stdout.write(JSON.stringify({ out, step: result.step, checkpoint: result.checkpoint, ...result.eval }) + '\n');
     return 0;
   },

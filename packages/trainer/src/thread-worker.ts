@@ -1,0 +1,26 @@
+/**
+ * Entry of one training thread started by `trainThreads`: loads the backend, joins the shared
+ * buffer as rank `workerData.rank` and runs `train`; posts its TrainResult (with the weights
+ * checksum when asked) to the main thread. A failure aborts the shared barriers so the other
+ * ranks stop instead of waiting forever.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { initBackend } from '@vitreg/core';
+import { SharedMemorySync, type ThreadWorkerData } from './threads.js';
+import { train } from './trainer.js';
+
+const d = workerData as ThreadWorkerData;
+
+async function main(): Promise<void> {
+  await initBackend(d.backend, d.rank === 0 ? {} : { log: () => {} });
+  const sync = new SharedMemorySync(d.buffer, d.rank, d.worldSize);
+  const result = await train(d.config, { ...d.opts, sync, progress: d.rank === 0 && d.opts.progress !== false });
+  parentPort!.postMessage(result);
+}
+
+// No top-level await: the CommonJS build of this file must load too. The rethrown error reaches the
+// main thread as the Worker's 'error' event.
+main().catch((err: unknown) => {
+  SharedMemorySync.abort(d.buffer);
+  throw err;
+});

@@ -1,0 +1,290 @@
+/**
+ * Data-parallel training over worker threads on one machine.
+ *
+ * `SharedMemorySync` is a `GradientSync` over one SharedArrayBuffer shared by every thread:
+ *   control  Int32Array [count, generation, abort, unused, length of rank 0, ..., length of rank W-1]
+ *   slots    one Float32Array slot of `slotFloats` values per rank
+ * A barrier counts arrivals and bumps `generation` (Atomics.wait / notify). `allReduce` streams the
+ * flattened gradients through the slots in chunks of `slotFloats`: each rank writes its chunk,
+ * barrier, every rank sums all slots in rank order (so every rank gets bit-identical results) and
+ * divides by the world size, barrier again before the slots are reused. `broadcast` is the same
+ * with rank 0 writing and the others reading; `gather` collects one small JSON value per rank
+ * (the per-rank loop state of a checkpoint).
+ *
+ * `trainThreads(config, { workers })` starts `workers` worker threads, each running
+ * `initBackend(<the main thread's backend>)` and `train(config, { sync })` with rank = its index.
+ * `train.batch_size` is per thread: the global batch is batch_size x workers.
+ */
+import { createHash } from 'node:crypto';
+import { extname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import * as tf from '@tensorflow/tfjs-core';
+import { getBackendName, type BackendName } from '@vitreg/core';
+import type { TrainConfig } from './config.js';
+import type { GradientSync } from './sync.js';
+import type { TrainOptions, TrainResult } from './trainer.js';
+
+const COUNT = 0;
+const GENERATION = 1;
+const ABORT = 2;
+const HEADER = 4;
+
+/** Default slot: 4 Mi floats (16 MiB) per rank; larger gradients go through in several chunks. */
+export const DEFAULT_SLOT_FLOATS = 1 << 22;
+
+/** Most worker threads `trainThreads` starts. */
+export const MAX_WORKERS = 64;
+
+function controlInts(worldSize: number): number {
+  return HEADER + worldSize;
+}
+
+export class SharedMemorySync implements GradientSync {
+  readonly rank: number;
+  readonly worldSize: number;
+  /** Floats per rank slot. */
+  readonly slotFloats: number;
+  private readonly ctrl: Int32Array;
+  private readonly slots: Float32Array[];
+
+  /** A zeroed buffer for `worldSize` ranks; hand the same buffer to every rank's SharedMemorySync. */
+  static createBuffer(worldSize: number, slotFloats = DEFAULT_SLOT_FLOATS): SharedArrayBuffer {
+    if (!Number.isInteger(worldSize) || worldSize < 1) throw new Error(`SharedMemorySync: worldSize must be a positive integer, got ${worldSize}`);
+    if (!Number.isInteger(slotFloats) || slotFloats < 1024) throw new Error(`SharedMemorySync: slotFloats must be an integer >= 1024, got ${slotFloats}`);
+    return new SharedArrayBuffer(4 * controlInts(worldSize) + 4 * slotFloats * worldSize);
+  }
+
+  constructor(buffer: SharedArrayBuffer, rank: number, worldSize: number) {
+    if (!(buffer instanceof SharedArrayBuffer)) throw new Error('SharedMemorySync: expected a SharedArrayBuffer from SharedMemorySync.createBuffer');
+    if (!Number.isInteger(worldSize) || worldSize < 1) throw new Error(`SharedMemorySync: worldSize must be a positive integer, got ${worldSize}`);
+    if (!Number.isInteger(rank) || rank < 0 || rank >= worldSize) throw new Error(`SharedMemorySync: rank must be an integer in [0, ${worldSize}), got ${rank}`);
+    const ctrlBytes = 4 * controlInts(worldSize);
+    const slotFloats = (buffer.byteLength - ctrlBytes) / 4 / worldSize;
+    if (!Number.isInteger(slotFloats) || slotFloats < 1) {
+      throw new Error(`SharedMemorySync: a buffer of ${buffer.byteLength} bytes was not made by createBuffer(${worldSize})`);
+    }
+    this.rank = rank;
+    this.worldSize = worldSize;
+    this.slotFloats = slotFloats;
+    this.ctrl = new Int32Array(buffer, 0, controlInts(worldSize));
+    this.slots = Array.from({ length: worldSize }, (_, r) => new Float32Array(buffer, ctrlBytes + 4 * slotFloats * r, slotFloats));
+  }
+
+  /** Wakes every rank waiting in a barrier with an error (a thread failed); later barriers fail at once. */
+  static abort(buffer: SharedArrayBuffer): void {
+    const ctrl = new Int32Array(buffer, 0, HEADER);
+    Atomics.store(ctrl, ABORT, 1);
+    Atomics.add(ctrl, GENERATION, 1);
+    Atomics.notify(ctrl, GENERATION);
+  }
+
+  private checkAbort(): void {
+    if (Atomics.load(this.ctrl, ABORT) !== 0) throw new Error(`SharedMemorySync rank ${this.rank}: aborted because another rank failed`);
+  }
+
+  /** Blocks until every rank has arrived. */
+  private barrier(): void {
+    this.checkAbort();
+    const gen = Atomics.load(this.ctrl, GENERATION);
+    if (Atomics.add(this.ctrl, COUNT, 1) === this.worldSize - 1) {
+      Atomics.store(this.ctrl, COUNT, 0);
+      Atomics.add(this.ctrl, GENERATION, 1);
+      Atomics.notify(this.ctrl, GENERATION);
+    } else {
+      while (Atomics.load(this.ctrl, GENERATION) === gen) Atomics.wait(this.ctrl, GENERATION, gen);
+    }
+    this.checkAbort();
+  }
+
+  /** Publishes this rank's length, barrier, and checks every rank published the same one. */
+  private agreeOnLength(what: string, length: number): void {
+    Atomics.store(this.ctrl, HEADER + this.rank, length);
+    this.barrier();
+    for (let r = 0; r < this.worldSize; r++) {
+      const other = Atomics.load(this.ctrl, HEADER + r);
+      if (other !== length) {
+        throw new Error(`SharedMemorySync.${what}: rank ${this.rank} has ${length} values but rank ${r} has ${other}`);
+      }
+    }
+    this.barrier();
+  }
+
+  async allReduce(grads: tf.Tensor[]): Promise<tf.Tensor[]> {
+    if (this.worldSize === 1) return grads;
+    const total = grads.reduce((n, g) => n + g.size, 0);
+    const flat = new Float32Array(total);
+    let off = 0;
+    for (const g of grads) {
+      flat.set(g.dataSync() as Float32Array, off);
+      off += g.size;
+    }
+    this.agreeOnLength('allReduce', total);
+    const mean = new Float32Array(total);
+    const own = this.slots[this.rank]!;
+    const W = this.worldSize;
+    for (let start = 0; start < total; start += this.slotFloats) {
+      const n = Math.min(this.slotFloats, total - start);
+      own.set(flat.subarray(start, start + n));
+      this.barrier();
+      const first = this.slots[0]!;
+      for (let i = 0; i < n; i++) {
+        let s = first[i]!;
+        for (let r = 1; r < W; r++) s += this.slots[r]![i]!;
+        mean[start + i] = s / W;
+      }
+      this.barrier();
+    }
+    off = 0;
+    return grads.map((g) => {
+      const t = tf.tensor(mean.subarray(off, off + g.size), g.shape, 'float32');
+      off += g.size;
+      return t;
+    });
+  }
+
+  async broadcast(state: Record<string, Float32Array>): Promise<Record<string, Float32Array>> {
+    if (this.worldSize === 1) return state;
+    const entries = Object.entries(state);
+    const total = entries.reduce((n, [, v]) => n + v.length, 0);
+    this.agreeOnLength('broadcast', total);
+    const flat = new Float32Array(total);
+    if (this.rank === 0) {
+      let off = 0;
+      for (const [, v] of entries) {
+        flat.set(v, off);
+        off += v.length;
+      }
+    }
+    const slot = this.slots[0]!;
+    for (let start = 0; start < total; start += this.slotFloats) {
+      const n = Math.min(this.slotFloats, total - start);
+      if (this.rank === 0) slot.set(flat.subarray(start, start + n));
+      this.barrier();
+      if (this.rank !== 0) flat.set(slot.subarray(0, n), start);
+      this.barrier();
+    }
+    if (this.rank === 0) return state;
+    const out: Record<string, Float32Array> = {};
+    let off = 0;
+    for (const [k, v] of entries) {
+      out[k] = flat.slice(off, off + v.length);
+      off += v.length;
+    }
+    return out;
+  }
+
+  /** Every rank's `value` (JSON-serialisable, at most 4 x slotFloats bytes as JSON), in rank order. */
+  async gather(value: unknown): Promise<unknown[]> {
+    const bytes = new TextEncoder().encode(JSON.stringify(value));
+    const own = new Uint8Array(this.slots[this.rank]!.buffer, this.slots[this.rank]!.byteOffset, 4 * this.slotFloats);
+    if (bytes.length > own.length) {
+      SharedMemorySync.abort(this.ctrl.buffer as SharedArrayBuffer);
+      throw new Error(`SharedMemorySync.gather: rank ${this.rank}'s value is ${bytes.length} bytes of JSON, the slot holds ${own.length}`);
+    }
+    own.set(bytes);
+    Atomics.store(this.ctrl, HEADER + this.rank, bytes.length);
+    this.barrier();
+    const out: unknown[] = [];
+    const decoder = new TextDecoder();
+    for (let r = 0; r < this.worldSize; r++) {
+      const s = this.slots[r]!;
+      const len = Atomics.load(this.ctrl, HEADER + r);
+      out.push(JSON.parse(decoder.decode(new Uint8Array(s.buffer, s.byteOffset, len).slice())));
+    }
+    this.barrier();
+    return out;
+  }
+}
+
+/** What a training thread receives as workerData. */
+export interface ThreadWorkerData {
+  config: TrainConfig;
+  opts: Omit<TrainOptions, 'sync'>;
+  backend: BackendName;
+  rank: number;
+  worldSize: number;
+  buffer: SharedArrayBuffer;
+}
+
+export interface ThreadsOptions extends Omit<TrainOptions, 'sync'> {
+  /** Worker threads, 1-64 (one per core is the fastest). */
+  workers: number;
+  /** Backend of every thread (default: the one initBackend chose in this thread, else 'auto'). */
+  backend?: BackendName;
+  /** Floats per rank of the shared buffer (default DEFAULT_SLOT_FLOATS). */
+  slotFloats?: number;
+}
+
+export interface ThreadsResult extends TrainResult {
+  /** With `checksum: true`: every rank's weights checksum, in rank order (equal when the ranks agree). */
+  checksums?: string[];
+}
+
+/** SHA-256 (hex) of named float tensors, in the given order of names. */
+export function weightsChecksum(tensors: Record<string, Float32Array>): string {
+  const h = createHash('sha256');
+  for (const [k, v] of Object.entries(tensors)) {
+    h.update(k);
+    h.update(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
+  }
+  return h.digest('hex');
+}
+
+/**
+ * Starts one training thread on the worker entry next to this module: thread-worker.js / .cjs in
+ * dist; from source (`--import tsx`), thread-worker.ts behind a bootstrap that registers tsx's hooks,
+ * which a worker thread does not inherit (it does inherit execArgv, hence the export conditions).
+ */
+function startWorker(data: ThreadWorkerData): Worker {
+  const here = import.meta.url;
+  const ext = extname(fileURLToPath(here));
+  if (ext !== '.ts') return new Worker(new URL(`./thread-worker${ext}`, here), { workerData: data });
+  const entry = new URL('./thread-worker.ts', here).href;
+  // Source only (tsx is running): the ESM build of tsx's API, as this module's import would load it.
+  const tsx = import.meta.resolve('tsx/esm/api');
+  const boot = `import(${JSON.stringify(tsx)}).then((m) => { m.register(); return import(${JSON.stringify(entry)}); });`;
+  return new Worker(boot, { eval: true, workerData: data });
+}
+
+/**
+ * Trains `config` data-parallel over `opts.workers` threads (see the module comment) and returns
+ * rank 0's result. Only rank 0 draws progress and writes metrics, eval.json and checkpoints; the
+ * first thread to fail stops the others and its error is thrown with its rank named.
+ */
+export async function trainThreads(config: TrainConfig, opts: ThreadsOptions): Promise<ThreadsResult> {
+  const { workers, backend, slotFloats, ...trainOpts } = opts;
+  if (!Number.isInteger(workers) || workers < 1 || workers > MAX_WORKERS) {
+    throw new Error(`trainThreads: workers must be an integer in [1, ${MAX_WORKERS}], got ${workers}`);
+  }
+  const buffer = SharedMemorySync.createBuffer(workers, slotFloats);
+  const backendName: BackendName = backend ?? getBackendName() ?? 'auto';
+  const threads: Worker[] = [];
+  const results: Promise<TrainResult>[] = [];
+  for (let rank = 0; rank < workers; rank++) {
+    const data: ThreadWorkerData = { config, opts: trainOpts, backend: backendName, rank, worldSize: workers, buffer };
+    const w = startWorker(data);
+    threads.push(w);
+    results.push(new Promise((resolve, reject) => {
+      let result: TrainResult | undefined;
+      w.on('message', (m: TrainResult) => { result = m; });
+      w.on('error', (err) => reject(new Error(`training thread rank ${rank}: ${err.message}`, { cause: err })));
+      w.on('exit', (code) => {
+        if (result) resolve(result);
+        else reject(new Error(`training thread rank ${rank} exited with code ${code} before finishing`));
+      });
+    }));
+  }
+  try {
+    // The first failure wins; the others are woken from their barriers and stopped.
+    const all = await Promise.all(results.map((p) => p.catch((err: Error) => {
+      SharedMemorySync.abort(buffer);
+      throw err;
+    })));
+    const out: ThreadsResult = { ...all[0]! };
+    if (opts.checksum) out.checksums = all.map((r) => r.checksum!);
+    return out;
+  } finally {
+    await Promise.all(threads.map((w) => w.terminate()));
+  }
+}
