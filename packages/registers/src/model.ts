@@ -116,6 +116,9 @@ function initialValue(name: string, shape: number[], c: ViTConfig, rng: Rng): Fl
   return out;
 }
 
+/** Suffix that keeps tfjs variable names unique across models. */
+let nextId = 0;
+
 export class VisionTransformer {
   readonly config: ViTConfig;
   /** Parameters by DINOv2 state-dict name (Linear weights [in, out]; patch_embed.proj.weight [p*p*3, D]). */
@@ -333,4 +336,3 @@ export class VisionTransformer {
   }
 }
 
-let nextId = 0;

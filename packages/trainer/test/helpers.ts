@@ -1,7 +1,11 @@
 /** Test setup: the wasm backend (the one this machine runs), loaded once per test file. */
+import assert from 'node:assert/strict';
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-wasm';
 import { ensureGradients } from '@vitreg/core';
+import { listCheckpoints } from '../src/checkpoint.js';
 
 export async function useWasm(): Promise<void> {
   if (tf.getBackend() !== 'wasm') await tf.setBackend('wasm');
@@ -24,4 +28,13 @@ export function assertClose(actual: number, expected: number, tol = 1e-5, what =
   if (!(Math.abs(actual - expected) <= tol * Math.max(1, Math.abs(expected)))) {
     throw new Error(`${what}: expected ${expected}, got ${actual}`);
   }
+}
+
+/** Every file of the final checkpoint, byte for byte (state.json and safetensors). */
+export async function checkpointBytes(run: string): Promise<Record<string, Buffer>> {
+  const [last] = (await listCheckpoints(run)).slice(-1);
+  assert.ok(last, `no checkpoint in ${run}`);
+  const out: Record<string, Buffer> = {};
+  for (const f of (await readdir(last.dir)).sort()) out[f] = await readFile(join(last.dir, f));
+  return out;
 }

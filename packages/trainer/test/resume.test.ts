@@ -5,20 +5,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadWeights } from '@vitreg/registers';
 import { validateTrainConfig } from '../src/config.js';
-import { listCheckpoints, loadCheckpoint } from '../src/checkpoint.js';
+import { loadCheckpoint } from '../src/checkpoint.js';
 import { train } from '../src/trainer.js';
-import { useWasm } from './helpers.js';
+import { checkpointBytes, useWasm } from './helpers.js';
 
 before(useWasm);
-
-/** Every file of the final checkpoint, byte for byte (state.json and safetensors). */
-async function checkpointBytes(run: string): Promise<Record<string, Buffer>> {
-  const [last] = (await listCheckpoints(run)).slice(-1);
-  assert.ok(last, `no checkpoint in ${run}`);
-  const out: Record<string, Buffer> = {};
-  for (const f of (await readdir(last.dir)).sort()) out[f] = await readFile(join(last.dir, f));
-  return out;
-}
 
 async function stoppedAndResumed(raw: object, steps: number): Promise<void> {
   const root = await mkdtemp(join(tmpdir(), 'vitreg-resume-'));

@@ -1,13 +1,13 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { validateTrainConfig } from '../src/config.js';
-import { listCheckpoints, loadCheckpoint } from '../src/checkpoint.js';
+import { loadCheckpoint } from '../src/checkpoint.js';
 import { SharedMemorySync, trainThreads } from '../src/threads.js';
-import { useWasm } from './helpers.js';
+import { checkpointBytes, useWasm } from './helpers.js';
 
 before(useWasm);
 
@@ -86,14 +86,6 @@ const tiny = {
   train: { steps: 4, batch_size: 3, eval_every: 0, checkpoint_every: 0 },
   optim: { warmup_steps: 2 },
 };
-
-async function checkpointBytes(run: string): Promise<Record<string, Buffer>> {
-  const [last] = (await listCheckpoints(run)).slice(-1);
-  assert.ok(last, `no checkpoint in ${run}`);
-  const out: Record<string, Buffer> = {};
-  for (const f of (await readdir(last.dir)).sort()) out[f] = await readFile(join(last.dir, f));
-  return out;
-}
 
 test('2 threads: ranks end with identical weights, and a run stopped at N/2 and resumed equals N straight steps bit for bit', async () => {
   const root = await mkdtemp(join(tmpdir(), 'vitreg-threads-'));

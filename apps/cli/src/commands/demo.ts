@@ -27,7 +27,7 @@ and runs LOST object discovery on them. Writes into DIR (default runs/demo):
   discover/                  vitreg discover: results.jsonl and corloc.json per model, sweep.{csv,json,png}
   summary.json               the numbers printed at the end
 
-  --steps N     training steps per model (default: the preset's 1500, about 1.5 minutes each)
+  --steps N     training steps per model (default: the preset's 1500, about a minute each)
   --images N    synthetic images to analyse (default 6) and 4x as many for LOST
   --backend B   auto (default), tensorflow-gpu, tensorflow, wasm or cpu
 Interrupted? Run it again: training resumes from its last checkpoint.
@@ -107,7 +107,7 @@ export const demo: Command = {
     for (const r of rows) {
       process.stdout.write(`${String(r.registers).padStart(9)}  ${pct(r.val_accuracy).padStart(12)}  ${pct(r.outlier_fraction).padStart(15)}  ${pct(r.corloc).padStart(11)}\n`);
     }
-    process.stdout.write(`\n(chance accuracy ${pct(1 / data.numClasses)}; tiny models trained for minutes grow no artifacts:\n` +
-      ` the paper sees them in large ViTs after long training)\nreport: ${join(out, 'analysis', 'report.html')}\n`);
+    process.stdout.write(`\n(chance accuracy ${pct(1 / data.numClasses)}; at this toy scale these numbers are noise: the paper's\n` +
+      ` artifacts grow in large ViTs after long training)\nreport: ${join(out, 'analysis', 'report.html')}\n`);
   },
 };
