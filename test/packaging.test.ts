@@ -35,7 +35,8 @@ for (const ws of workspaces) {
     for (const f of [entry.import.default, entry.import.types, entry.require.default, entry.require.types]) {
       assert.ok(existsSync(join(ROOT, ws, f)), `${f} built`);
     }
-    assert.deepEqual(pkg.files, ['dist', 'README.md']);
+    // @vitreg/proto also ships its .proto files (PROTO_PATH points into vitreg/).
+    assert.deepEqual(pkg.files, pkg.name === '@vitreg/proto' ? ['dist', 'README.md', 'vitreg'] : ['dist', 'README.md']);
     for (const dep of Object.keys(pkg.dependencies ?? {})) {
       if (dep.startsWith('@vitreg/')) assert.ok(workspaces.some((w) => JSON.parse(readFileSync(join(ROOT, w, 'package.json'), 'utf8')).name === dep), dep);
     }
