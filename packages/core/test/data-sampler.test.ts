@@ -1,80 +1,64 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { DistributedSampler } from '../src/data/index.js';
+import { DistributedSampler, Rng } from '../src/index.js';
 
-function allRanks(length: number, worldSize: number, opts: { seed?: number; shuffle?: boolean; dropLast?: boolean; epoch?: number } = {}): number[][] {
-  return Array.from({ length: worldSize }, (_, rank) => {
-    const s = new DistributedSampler({ length, rank, worldSize, seed: opts.seed ?? 0, shuffle: opts.shuffle, dropLast: opts.dropLast });
-    s.setEpoch(opts.epoch ?? 0);
-    return s.indices();
-  });
+/** Items of `steps` steps of a world of `worldSize` ranks x `count` items, every rank's, from cursor 0. */
+function run(s: DistributedSampler, worldSizes: number[], count: number): { epoch: number; index: number }[] {
+  const out: { epoch: number; index: number }[] = [];
+  let cursor = 0;
+  for (const W of worldSizes) {
+    for (let r = 0; r < W; r++) out.push(...s.batch(cursor, r, W, count).map(({ epoch, index }) => ({ epoch, index })));
+    cursor += W * count;
+  }
+  return out;
 }
 
-test('ranks together cover every index exactly once when length % worldSize == 0', () => {
-  for (const worldSize of [1, 2, 4, 5]) {
-    for (const epoch of [0, 3]) {
-      const shards = allRanks(40, worldSize, { seed: 17, epoch });
-      for (const s of shards) assert.equal(s.length, 40 / worldSize);
-      const all = shards.flat().sort((a, b) => a - b);
-      assert.deepEqual(all, Array.from({ length: 40 }, (_, i) => i));
+test('a step of W ranks x B items is the step of one rank x W*B items: the same set', () => {
+  const s = new DistributedSampler({ length: 40, seed: 17 });
+  for (const W of [2, 3, 5]) {
+    for (const cursor of [0, 12, 38]) {
+      const split = Array.from({ length: W }, (_, r) => s.batch(cursor, r, W, 4)).flat().map((x) => x.position).sort((a, b) => a - b);
+      const whole = s.batch(cursor, 0, 1, 4 * W).map((x) => x.position);
+      assert.deepEqual(split, whole);
     }
   }
-});
-
-test('shuffle changes with the epoch and the seed, not with the rank count', () => {
-  const e0 = allRanks(50, 2, { seed: 1, epoch: 0 });
-  const e1 = allRanks(50, 2, { seed: 1, epoch: 1 });
-  const otherSeed = allRanks(50, 2, { seed: 2, epoch: 0 });
-  assert.notDeepEqual(e0[0], e1[0]);
-  assert.notDeepEqual(e0[0], otherSeed[0]);
-  assert.deepEqual(allRanks(50, 2, { seed: 1, epoch: 0 }), e0, 'deterministic');
   // PyTorch's layout: rank r takes positions r, r + W, ... of the shared permutation
-  const one = allRanks(50, 1, { seed: 1, epoch: 0 })[0];
-  assert.deepEqual(e0[0], one.filter((_, i) => i % 2 === 0));
-  assert.deepEqual(e0[1], one.filter((_, i) => i % 2 === 1));
+  const perm = new Rng(17).shuffle(Array.from({ length: 40 }, (_, i) => i));
+  assert.deepEqual(s.permutation(0), perm);
+  assert.deepEqual(s.batch(0, 1, 2, 3).map((x) => x.index), [perm[1], perm[3], perm[5]]);
 });
 
-test('without shuffle: padding repeats the start, dropLast truncates', () => {
-  assert.deepEqual(allRanks(10, 4, { shuffle: false }), [[0, 4, 8], [1, 5, 9], [2, 6, 0], [3, 7, 1]]);
-  assert.deepEqual(allRanks(10, 4, { shuffle: false, dropLast: true }), [[0, 4], [1, 5], [2, 6], [3, 7]]);
-  // padding longer than the data repeats it several times
-  assert.deepEqual(allRanks(2, 5, { shuffle: false }), [[0], [1], [0], [1], [0]]);
-  // with padding, every index still appears at least once
-  const padded = allRanks(37, 4, { seed: 5 }).flat();
-  assert.equal(padded.length, 40);
-  assert.equal(new Set(padded).size, 37);
+test('every item of an epoch exactly once, also when the world size changes mid-epoch; the last step runs into the next epoch', () => {
+  const s = new DistributedSampler({ length: 23, seed: 3 });
+  // 3 ranks x 2, then a worker leaves (2 ranks), then two join (4 ranks): 6 + 6 + 4 + 4 + 8 + 8 = 36 positions
+  const items = run(s, [3, 3, 2, 2, 4, 4], 2);
+  assert.equal(items.length, 36);
+  const epoch0 = items.filter((x) => x.epoch === 0).map((x) => x.index).sort((a, b) => a - b);
+  assert.deepEqual(epoch0, Array.from({ length: 23 }, (_, i) => i));
+  const epoch1 = items.filter((x) => x.epoch === 1).map((x) => x.index);
+  assert.equal(epoch1.length, 13);
+  assert.equal(new Set(epoch1).size, 13);
+  assert.deepEqual([...epoch1].sort((a, b) => a - b), s.permutation(1).slice(0, 13).sort((a, b) => a - b));
+  assert.equal(s.epochOf(22), 0);
+  assert.equal(s.epochOf(23), 1);
 });
 
-test('next() walks the epoch, rolls over, and resumes exactly from state()', () => {
-  const make = (): DistributedSampler => new DistributedSampler({ length: 23, rank: 1, worldSize: 3, seed: 9 });
-  const straight = make();
-  const stream: number[] = [];
-  for (let step = 0; step < 10; step++) stream.push(...straight.next(5));
-  // the stream is epoch 0's shard, then epoch 1's, ...
-  const ref = make();
-  const epochs: number[] = [];
-  for (let e = 0; e < 7; e++) {
-    ref.setEpoch(e);
-    epochs.push(...ref.indices());
-  }
-  assert.deepEqual(stream, epochs.slice(0, 50));
-  assert.equal(straight.state().epoch, Math.floor(50 / straight.numSamples));
-
-  const first = make();
-  const resumed: number[] = [];
-  for (let step = 0; step < 4; step++) resumed.push(...first.next(5));
-  const saved = JSON.parse(JSON.stringify(first.state()));
-  const second = make();
-  second.restore(saved);
-  for (let step = 4; step < 10; step++) resumed.push(...second.next(5));
-  assert.deepEqual(resumed, stream);
+test('shuffle changes with the epoch and the seed; without shuffle the order is 0..n-1', () => {
+  const a = new DistributedSampler({ length: 50, seed: 1 });
+  assert.notDeepEqual(a.permutation(0), a.permutation(1));
+  assert.notDeepEqual(a.permutation(0), new DistributedSampler({ length: 50, seed: 2 }).permutation(0));
+  assert.deepEqual(a.permutation(0), new DistributedSampler({ length: 50, seed: 1 }).permutation(0));
+  assert.deepEqual(new Rng(1 + 4).shuffle(Array.from({ length: 50 }, (_, i) => i)), a.permutation(4));
+  const plain = new DistributedSampler({ length: 5, seed: 0, shuffle: false });
+  assert.deepEqual(plain.batch(3, 0, 2, 3).map((x) => [x.epoch, x.index]), [[0, 3], [1, 0], [1, 2]]);
 });
 
 test('bad arguments name the field', () => {
-  assert.throws(() => new DistributedSampler({ length: 10, rank: 2, worldSize: 2, seed: 0 }), /rank/);
-  assert.throws(() => new DistributedSampler({ length: 0, rank: 0, worldSize: 1, seed: 0 }), /length/);
-  assert.throws(() => new DistributedSampler({ length: 3, rank: 0, worldSize: 4, seed: 0, dropLast: true }), /dropLast/);
-  const s = new DistributedSampler({ length: 10, rank: 0, worldSize: 2, seed: 0 });
-  assert.throws(() => s.restore({ epoch: 0, position: 6 }), /position/);
-  assert.throws(() => s.setEpoch(-1), /epoch/);
+  assert.throws(() => new DistributedSampler({ length: 0, seed: 0 }), /length/);
+  assert.throws(() => new DistributedSampler({ length: 3, seed: 0.5 }), /seed/);
+  const s = new DistributedSampler({ length: 10, seed: 0 });
+  assert.throws(() => s.batch(0, 2, 2, 1), /rank must be an integer in \[0, 2\), got 2/);
+  assert.throws(() => s.batch(-1, 0, 1, 1), /cursor/);
+  assert.throws(() => s.batch(0, 0, 0, 1), /worldSize/);
+  assert.throws(() => s.batch(0, 0, 1, 0), /count/);
 });

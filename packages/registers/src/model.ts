@@ -26,8 +26,11 @@ export interface ForwardOptions {
   values?: boolean;
   /** Training mode: enables drop path (stochastic depth) with `rng`. */
   training?: boolean;
-  /** Random source of drop path in training mode (required when drop_path_rate > 0). */
-  rng?: Rng;
+  /**
+   * Random source of drop path in training mode (required when drop_path_rate > 0): one Rng for the
+   * batch, or one per image (each image's draws then do not depend on the batch it is in).
+   */
+  rng?: Rng | Rng[];
   /** [B, P] with 1 where a patch is replaced by the mask token (iBOT). */
   masks?: tf.Tensor2D;
 }
@@ -266,7 +269,7 @@ export class VisionTransformer {
   private block(
     i: number,
     x: tf.Tensor3D,
-    o: { attention: boolean; kv: boolean | undefined; dropRate: number; rng?: Rng },
+    o: { attention: boolean; kv: boolean | undefined; dropRate: number; rng?: Rng | Rng[] },
   ): { x: tf.Tensor3D; attn?: tf.Tensor4D; k?: tf.Tensor4D; v?: tf.Tensor4D } {
     const c = this.config;
     const b = `blocks.${i}.`;
@@ -312,10 +315,11 @@ export class VisionTransformer {
    * Stochastic depth: per-sample factors [B, 1, 1] for a residual branch, 0 with probability `rate`,
    * else 1 / (1 - rate); undefined when nothing is dropped.
    */
-  private dropPath(B: number, rate: number, rng?: Rng): tf.Tensor3D | undefined {
+  private dropPath(B: number, rate: number, rng?: Rng | Rng[]): tf.Tensor3D | undefined {
     if (rate <= 0 || !rng) return undefined;
+    if (Array.isArray(rng) && rng.length !== B) throw new Error(`forward: opts.rng has ${rng.length} generators for a batch of ${B} images`);
     const keep = new Float32Array(B);
-    for (let i = 0; i < B; i++) keep[i] = rng.float() < rate ? 0 : 1 / (1 - rate);
+    for (let i = 0; i < B; i++) keep[i] = (Array.isArray(rng) ? rng[i]! : rng).float() < rate ? 0 : 1 / (1 - rate);
     return tf.tensor3d(keep, [B, 1, 1]);
   }
 

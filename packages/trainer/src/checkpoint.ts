@@ -5,36 +5,28 @@
  *   teacher.safetensors    the EMA teacher backbone (self-supervised runs)
  *   heads.safetensors      heads of student (`student.<head>.<param>`) and teacher, DINO/iBOT centres
  *   optimizer.safetensors  AdamW moments (`<param>.exp_avg`, `<param>.exp_avg_sq`), step in __metadata__
- *   state.json             step, epoch, sampler position, RNG states, config, world size, and with
- *                          several ranks `ranks`: every rank's sampler position and RNG states
+ *   state.json             step, epoch, cursor (the sampler's global position), config, world size
+ *                          (for the record: a run may resume with another world size)
  * A checkpoint is written into a temporary folder next to its final place, every file fsynced, then
  * renamed: a crash leaves either the complete checkpoint or none.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fromFloat32, readSafetensors, syncDir, toFloat32, writeJsonAtomic, writeSafetensors, type SamplerState } from '@vitreg/core';
+import { fromFloat32, readSafetensors, syncDir, toFloat32, writeJsonAtomic, writeSafetensors } from '@vitreg/core';
 import { readWeights, saveWeights, type StateDict, type VisionTransformer } from '@vitreg/registers';
 import type { AdamWState } from './optim.js';
 import type { TrainConfig } from './config.js';
 
-/** One rank's loop state: its sampler position and the getState() of every named Rng. */
-export interface RankState {
-  sampler: SamplerState;
-  rng: Record<string, number[]>;
-}
-
 export interface TrainState {
   step: number;
+  /** The data epoch the next step starts in. */
   epoch: number;
-  /** Rank 0's sampler position and Rng states. */
-  sampler: SamplerState;
-  /** getState() of every named Rng of the loop. */
-  rng: Record<string, number[]>;
+  /** Global sampler position: images the whole job consumed (see DistributedSampler). */
+  cursor: number;
   config: TrainConfig;
+  /** World size when saved (a run may resume with another). */
   world_size: number;
-  /** World size > 1: every rank's loop state, in rank order (absent in single-rank checkpoints). */
-  ranks?: RankState[];
 }
 
 /** Named host tensors (heads, centres). */
@@ -123,8 +115,11 @@ export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
   } catch (err) {
     throw new Error(`${statePath}: cannot read the training state (${(err as Error).message})`);
   }
-  for (const key of ['step', 'epoch', 'sampler', 'rng', 'config', 'world_size'] as const) {
+  for (const key of ['step', 'epoch', 'cursor', 'config', 'world_size'] as const) {
     if (state[key] === undefined) throw new Error(`${statePath}: missing field "${key}"`);
+  }
+  for (const key of ['step', 'cursor'] as const) {
+    if (!Number.isSafeInteger(state[key]) || state[key] < 0) throw new Error(`${statePath}: field "${key}" must be a non-negative integer, got ${JSON.stringify(state[key])}`);
   }
   const student = (await readWeights(join(dir, 'model.safetensors'))).stateDict;
   const teacherPath = join(dir, 'teacher.safetensors');

@@ -1,34 +1,67 @@
 /**
- * Gradient synchronisation between data-parallel replicas. The training loop calls `allReduce`
- * every step whatever the world size; a cluster worker plugs in its own implementation (ring
- * all-reduce over gRPC), a single process uses `LocalGradientSync`.
+ * Synchronisation between data-parallel replicas. The training loop calls, every step whatever the
+ * world size: `allReduce` (the mean of the gradients, and of any other per-rank statistic), then
+ * `commitStep` (every rank reached this point: the step may now change the state). It calls
+ * `broadcast` to start every rank from rank 0's state, and again after a cluster's membership
+ * changed (a worker left or joined: the calls above then throw `MembershipChanged`, the step is
+ * dropped, the ranks re-sync from the new rank 0 and go on).
+ *
+ * Implementations: `LocalGradientSync` (one process, one rank), `SharedMemorySync` (threads of one
+ * process), and the cluster's ring all-reduce in @vitreg/worker.
  */
 import type * as tf from '@tensorflow/tfjs-core';
 
 export interface GradientSync {
-  /** This replica's index in [0, worldSize). */
+  /** This replica's index in [0, worldSize); in a cluster it can change between membership epochs. */
   readonly rank: number;
   readonly worldSize: number;
+  /** A cluster's membership epoch (it grows each time workers leave or join); absent elsewhere. */
+  readonly membership?: number;
   /**
-   * Mean of each gradient over all replicas, in the same order. The returned tensors are new or
-   * the inputs themselves; the caller disposes the inputs and the outputs (disposing a tensor
-   * twice is harmless in tfjs).
+   * Mean of each tensor over all replicas, in the same order, bit-identical on every replica. The
+   * returned tensors are new or the inputs themselves; the caller disposes the inputs and the
+   * outputs (disposing a tensor twice is harmless in tfjs).
    */
-  allReduce(grads: tf.Tensor[]): Promise<tf.Tensor[]>;
-  /** Rank 0's state, delivered to every replica (used for initial weights). */
-  broadcast(state: Record<string, Float32Array>): Promise<Record<string, Float32Array>>;
+  allReduce(tensors: tf.Tensor[]): Promise<tf.Tensor[]>;
+  /** Rank 0's `state` and `meta` (JSON), delivered to every replica; the others' arguments are ignored. */
+  broadcast(state: Record<string, Float32Array>, meta?: unknown): Promise<{ state: Record<string, Float32Array>; meta: unknown }>;
+  /**
+   * Step barrier and commit: resolves once every replica reached step `step` (all its reductions
+   * done, nothing changed yet) to every replica's `values` in rank order. In a cluster it throws
+   * `MembershipChanged` when the membership changed first: then no replica applies the step.
+   */
+  commitStep(step: number, values: Record<string, number>): Promise<Record<string, number>[]>;
+  /** Rank 0 wrote a checkpoint of `step` at `path` (a cluster records it). */
+  checkpointWritten?(step: number, path: string): Promise<void>;
 }
 
-/** World size 1: the mean over one replica is the gradient itself. */
+/** Thrown by a cluster's collectives when workers left or joined: the step is dropped and the ranks re-sync. */
+export class MembershipChanged extends Error {
+  constructor(message: string, readonly membership: number) {
+    super(message);
+    this.name = 'MembershipChanged';
+  }
+}
+
+/** True for a MembershipChanged error (by name, so that it holds across module copies and threads). */
+export function isMembershipChanged(err: unknown): err is MembershipChanged {
+  return err instanceof Error && err.name === 'MembershipChanged';
+}
+
+/** World size 1: the mean over one replica is the value itself. */
 export class LocalGradientSync implements GradientSync {
   readonly rank = 0;
   readonly worldSize = 1;
 
-  async allReduce(grads: tf.Tensor[]): Promise<tf.Tensor[]> {
-    return grads;
+  async allReduce(tensors: tf.Tensor[]): Promise<tf.Tensor[]> {
+    return tensors;
   }
 
-  async broadcast(state: Record<string, Float32Array>): Promise<Record<string, Float32Array>> {
-    return state;
+  async broadcast(state: Record<string, Float32Array>, meta?: unknown): Promise<{ state: Record<string, Float32Array>; meta: unknown }> {
+    return { state, meta };
+  }
+
+  async commitStep(_step: number, values: Record<string, number>): Promise<Record<string, number>[]> {
+    return [values];
   }
 }

@@ -9,7 +9,7 @@
  * barrier, every rank sums all slots in rank order (so every rank gets bit-identical results) and
  * divides by the world size, barrier again before the slots are reused. `broadcast` is the same
  * with rank 0 writing and the others reading; `gather` collects one small JSON value per rank
- * (the per-rank loop state of a checkpoint).
+ * (each rank's step report for `commitStep`, rank 0's layout for `broadcast`).
  *
  * `trainThreads(config, { workers })` starts `workers` worker threads, each running
  * `initBackend(<the main thread's backend>)` and `train(config, { sync })` with rank = its index.
@@ -143,15 +143,16 @@ export class SharedMemorySync implements GradientSync {
     });
   }
 
-  async broadcast(state: Record<string, Float32Array>): Promise<Record<string, Float32Array>> {
-    if (this.worldSize === 1) return state;
-    const entries = Object.entries(state);
-    const total = entries.reduce((n, [, v]) => n + v.length, 0);
-    this.agreeOnLength('broadcast', total);
+  async broadcast(state: Record<string, Float32Array>, meta?: unknown): Promise<{ state: Record<string, Float32Array>; meta: unknown }> {
+    if (this.worldSize === 1) return { state, meta };
+    // Rank 0's names, sizes and meta first (as JSON), then the values through the slots.
+    const layout = (await this.gather(this.rank === 0 ? { names: Object.keys(state), sizes: Object.values(state).map((v) => v.length), meta: meta ?? null } : null))[0] as
+      { names: string[]; sizes: number[]; meta: unknown };
+    const total = layout.sizes.reduce((n, v) => n + v, 0);
     const flat = new Float32Array(total);
     if (this.rank === 0) {
       let off = 0;
-      for (const [, v] of entries) {
+      for (const v of Object.values(state)) {
         flat.set(v, off);
         off += v.length;
       }
@@ -164,14 +165,18 @@ export class SharedMemorySync implements GradientSync {
       if (this.rank !== 0) flat.set(slot.subarray(0, n), start);
       this.barrier();
     }
-    if (this.rank === 0) return state;
+    if (this.rank === 0) return { state, meta };
     const out: Record<string, Float32Array> = {};
     let off = 0;
-    for (const [k, v] of entries) {
-      out[k] = flat.slice(off, off + v.length);
-      off += v.length;
-    }
-    return out;
+    layout.names.forEach((k, i) => {
+      out[k] = flat.slice(off, off + layout.sizes[i]!);
+      off += layout.sizes[i]!;
+    });
+    return { state: out, meta: layout.meta };
+  }
+
+  async commitStep(_step: number, values: Record<string, number>): Promise<Record<string, number>[]> {
+    return (await this.gather(values)) as Record<string, number>[];
   }
 
   /** Every rank's `value` (JSON-serialisable, at most 4 x slotFloats bytes as JSON), in rank order. */

@@ -1,19 +1,25 @@
 /**
  * The training loop. One step:
- *   sampler(rank, world size, epoch, seed) -> items -> augmentations (seeded Rng)
- *   -> forward / backward (supervised cross-entropy, or DINO + iBOT + KoLeo against the EMA teacher)
- *   -> GradientSync.allReduce (every step, whatever the world size) -> clip -> AdamW
- *   -> EMA teacher and centres -> metrics line -> periodic eval and atomic checkpoint.
- * Every random choice (augmentations, mixup, masks, drop path) comes from Rngs whose state goes into
- * the checkpoint, so a resumed run ends with the same weights as an uninterrupted one.
+ *   sampler(cursor, rank, world size) -> items -> augmentations -> forward / backward (supervised
+ *   cross-entropy, or DINO + iBOT + KoLeo against the EMA teacher) -> GradientSync.allReduce (the
+ *   gradients and the teacher's batch means, every step whatever the world size) -> commitStep (every
+ *   rank got here) -> clip -> AdamW -> EMA teacher and centres -> metrics -> eval and checkpoint.
+ * Nothing changes the state before the commit, so a step dropped because a cluster's membership
+ * changed leaves every rank at the last committed step; they re-sync from rank 0 and go on.
+ *
+ * Randomness never depends on which rank handles an image: each image's augmentation and drop path
+ * are drawn from (seed, epoch, image index), batch-level draws (mixup, iBOT masks) from (seed, step,
+ * rank). With the sampler's global cursor, W ranks x B images give the weights of one rank x W*B
+ * images (up to float rounding), a resumed run equals an uninterrupted one bit for bit, and the
+ * checkpoint holds no generator state: only the step and the cursor.
  */
 import { appendFile, mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { DistributedSampler, ensureGradients, Progress, Rng, writeFileAtomic, writeJsonAtomic, type Dataset, type DatasetItem } from '@vitreg/core';
+import { DistributedSampler, ensureGradients, Progress, Rng, writeFileAtomic, writeJsonAtomic, type Dataset, type DatasetItem, type SampleRef } from '@vitreg/core';
 import { VisionTransformer, matMul2d, modelFromStateDict, type ViTConfig } from '@vitreg/registers';
 import { evalTransform, mixupCutmix, multiCrop, smoothOneHot, supervisedAugment } from './augment.js';
-import { listCheckpoints, loadCheckpoint, pruneCheckpoints, saveCheckpoint, type HostTensors, type RankState, type TrainState } from './checkpoint.js';
+import { listCheckpoints, loadCheckpoint, pruneCheckpoints, saveCheckpoint, type HostTensors, type TrainState } from './checkpoint.js';
 import { modelConfig, type TrainConfig } from './config.js';
 import { openData, type TrainData } from './data.js';
 import { ClassifierHead, DinoHead } from './heads.js';
@@ -23,7 +29,7 @@ import { collateMasks, MaskingGenerator } from './masking.js';
 import { AdamW, clipByGlobalNorm } from './optim.js';
 import { paramGroups, type ParamSpec } from './param-groups.js';
 import { cosineSchedule, type Schedule } from './schedules.js';
-import { LocalGradientSync, type GradientSync } from './sync.js';
+import { isMembershipChanged, LocalGradientSync, type GradientSync } from './sync.js';
 import { weightsChecksum } from './threads.js';
 
 export interface TrainOptions {
@@ -38,6 +44,15 @@ export interface TrainOptions {
   progress?: boolean;
   /** Also return a SHA-256 of the final student weights (`TrainResult.checksum`), to compare ranks or runs. */
   checksum?: boolean;
+  /**
+   * With several ranks, every rank appends one line per step to `<outDir>/ranks/<rankName>.jsonl`
+   * (its own loss, timings, rank, world size, membership); default `rank-<rank>`.
+   */
+  rankName?: string;
+  /** Also log the (epoch, index) of every image a rank trained on in its per-rank file. */
+  logSamples?: boolean;
+  /** Where a rank's notes go (membership changes); default stderr on rank 0. */
+  log?: (line: string) => void;
 }
 
 export interface EvalResult {
@@ -63,18 +78,8 @@ export interface TrainResult {
   checksum?: string;
 }
 
-/** A sync that can also collect one small JSON value from every rank (SharedMemorySync does). */
-interface GatheringSync extends GradientSync {
-  gather(value: unknown): Promise<unknown[]>;
-}
-
-function canGather(sync: GradientSync): sync is GatheringSync {
-  return typeof (sync as Partial<GatheringSync>).gather === 'function';
-}
-
-/** Rng streams derived from train.seed; each one's state is checkpointed. */
+/** Rng streams derived from train.seed: per image (augment, dropPath) or per step and rank (mix, masks). */
 const STREAMS = { init: 1, augment: 2, mix: 3, masks: 4, dropPath: 5 } as const;
-type RngName = Exclude<keyof typeof STREAMS, 'init'>;
 
 type Heads = { cls?: ClassifierHead; dino?: DinoHead; ibot?: DinoHead };
 
@@ -143,9 +148,12 @@ export class Trainer {
   readonly centers: { dino?: Center; ibot?: Center } = {};
   readonly optimizer: AdamW;
   readonly sampler: DistributedSampler;
-  readonly rngs: Record<RngName, Rng>;
   readonly sync: GradientSync;
+  /** Steps applied. */
   step = 0;
+  /** Global position of the sampler: images the whole job consumed (the next step starts here). */
+  cursor = 0;
+  private readonly root: Rng;
   private readonly params: ParamSpec[];
   private readonly lr: Schedule;
   private readonly wd: Schedule;
@@ -161,13 +169,8 @@ export class Trainer {
     if (c.objective === 'supervised' && this.data.numClasses < 2) {
       throw new Error(`data: supervised training needs at least 2 classes, found ${this.data.numClasses}`);
     }
-    const root = new Rng(c.train.seed);
-    const init = root.fork(STREAMS.init);
-    this.rngs = { augment: root.fork(STREAMS.augment), mix: root.fork(STREAMS.mix), masks: root.fork(STREAMS.masks), dropPath: root.fork(STREAMS.dropPath) };
-    // Different ranks augment differently; the weights start equal (broadcast in init()).
-    if (this.sync.rank > 0) {
-      for (const k of Object.keys(this.rngs) as RngName[]) this.rngs[k] = this.rngs[k].fork(1000 + this.sync.rank);
-    }
+    this.root = new Rng(c.train.seed);
+    const init = this.root.fork(STREAMS.init);
     this.student = new VisionTransformer(this.vit, { seed: init.uint32() });
     const D = this.vit.embed_dim;
     if (c.objective === 'supervised') {
@@ -214,7 +217,17 @@ export class Trainer {
     const temp = cosineSchedule({ base: c.dino.teacher_temp, final: c.dino.teacher_temp, totalSteps: w, warmupSteps: w, startWarmupValue: c.dino.warmup_teacher_temp });
     this.teacherTemp = (s) => (s < w ? temp(s) : c.dino.teacher_temp);
 
-    this.sampler = new DistributedSampler({ length: this.data.train.length, rank: this.sync.rank, worldSize: this.sync.worldSize, seed: c.train.seed });
+    this.sampler = new DistributedSampler({ length: this.data.train.length, seed: c.train.seed });
+  }
+
+  /** The generator of one image's draws of `stream` (augmentation, drop path): the same on any rank. */
+  private imageRng(stream: number, ref: SampleRef): Rng {
+    return this.root.fork(stream).fork(ref.epoch).fork(ref.index);
+  }
+
+  /** The generator of this rank's batch-level draws of `stream` (mixup, masks) at `step`. */
+  private stepRng(stream: number, step: number): Rng {
+    return this.root.fork(stream).fork(step).fork(this.sync.rank);
   }
 
   /** Student backbone + heads as named variables (`backbone.*`, `head.*`, `dino_head.*`, `ibot_head.*`). */
@@ -230,33 +243,71 @@ export class Trainer {
     return { ...out, ...headParams(this.teacherHeads) };
   }
 
-  /** Broadcasts rank 0's student to every rank and copies it into the teacher (fresh runs). */
-  async initWeights(): Promise<void> {
+  /** A fresh run's teacher starts as the student (rank 0 does this before the first syncState). */
+  initTeacher(): void {
     const vars = this.studentVariables();
-    const host: Record<string, Float32Array> = {};
-    for (const [k, v] of Object.entries(vars)) host[k] = v.dataSync() as Float32Array;
-    const got = await this.sync.broadcast(host);
-    for (const [k, v] of Object.entries(vars)) {
-      const data = got[k];
-      if (!data || data.length !== v.size) throw new Error(`broadcast: missing or mis-sized tensor "${k}"`);
-      if (data !== host[k]) v.assign(tf.tensor(data, v.shape, 'float32'));
-    }
-    const tvars = this.teacherVariables();
-    for (const [k, v] of Object.entries(tvars)) v.assign(vars[k]!);
+    for (const [k, v] of Object.entries(this.teacherVariables())) v.assign(vars[k]!);
+  }
+
+  /** Everything a rank needs to continue the run: weights, optimiser moments, centres, step, cursor. */
+  private exportState(): { state: Record<string, Float32Array>; meta: { step: number; cursor: number; adamw_step: number } } {
+    const state: Record<string, Float32Array> = {};
+    for (const [k, v] of Object.entries(this.studentVariables())) state[`student.${k}`] = v.dataSync() as Float32Array;
+    for (const [k, v] of Object.entries(this.teacherVariables())) state[`teacher.${k}`] = v.dataSync() as Float32Array;
+    for (const [k, ctr] of Object.entries(this.centers)) if (ctr) state[`center.${k}`] = ctr.value;
+    const opt = this.optimizer.getState();
+    for (const [k, m] of Object.entries(opt.moments)) state[`optimizer.${k}`] = m.data;
+    return { state, meta: { step: this.step, cursor: this.cursor, adamw_step: opt.step } };
+  }
+
+  private importState(state: Record<string, Float32Array>, meta: { step: number; cursor: number; adamw_step: number }): void {
+    const take = (name: string, size: number): Float32Array => {
+      const v = state[name];
+      if (!v || v.length !== size) throw new Error(`state from rank 0: missing or mis-sized tensor "${name}" (expected ${size} values, got ${v?.length ?? 'none'})`);
+      return v;
+    };
+    const setVars = (prefix: string, vars: Record<string, tf.Variable>) => {
+      for (const [k, v] of Object.entries(vars)) v.assign(tf.tensor(take(`${prefix}.${k}`, v.size), v.shape, 'float32'));
+    };
+    setVars('student', this.studentVariables());
+    setVars('teacher', this.teacherVariables());
+    for (const [k, ctr] of Object.entries(this.centers)) if (ctr) ctr.value = Float32Array.from(take(`center.${k}`, ctr.dim));
+    const own = this.optimizer.getState();
+    const moments: typeof own.moments = {};
+    for (const [k, m] of Object.entries(own.moments)) moments[k] = { shape: m.shape, data: Float32Array.from(take(`optimizer.${k}`, m.data.length)) };
+    this.optimizer.setState({ step: meta.adamw_step, moments });
+    this.step = meta.step;
+    this.cursor = meta.cursor;
+  }
+
+  /** Every rank takes rank 0's state (at the start, and after a cluster's membership changed). */
+  async syncState(): Promise<void> {
+    if (this.sync.worldSize === 1) return;
+    const own = this.sync.rank === 0 ? this.exportState() : { state: {}, meta: undefined };
+    const got = await this.sync.broadcast(own.state, own.meta);
+    if (this.sync.rank !== 0) this.importState(got.state, got.meta as { step: number; cursor: number; adamw_step: number });
   }
 
   // ---------------------------------------------------------------------------------------------
   // One step
 
-  /** Runs step `this.step` and returns its metrics. */
-  async trainStep(): Promise<Record<string, number>> {
+  /**
+   * Runs step `this.step` and returns its metrics (on rank 0 the global ones: loss means over the
+   * ranks, images/s of the whole job, the slowest rank). Throws MembershipChanged, with nothing
+   * changed, when a cluster's membership changed during the step.
+   */
+  async trainStep(stepLog?: (line: Record<string, unknown>) => Promise<void>): Promise<Record<string, number>> {
     await ensureGradients();
     const c = this.config;
     const t0 = performance.now();
     const step = this.step;
-    const epoch = this.sampler.state().epoch;
-    const indices = this.sampler.next(c.train.batch_size);
-    const items = await loadItems(this.data.train, indices);
+    const { rank, worldSize } = this.sync;
+    const B = c.train.batch_size;
+    const epoch = this.sampler.epochOf(this.cursor);
+    const refs = this.sampler.batch(this.cursor, rank, worldSize, B);
+    const items = await loadItems(this.data.train, refs.map((r) => r.index));
+    const augment = refs.map((r) => this.imageRng(STREAMS.augment, r));
+    const dropPath = refs.map((r) => this.imageRng(STREAMS.dropPath, r));
     const lr = this.lr(step);
     const wd = this.wd(step);
     const lastLayerLr = step < c.optim.freeze_last_layer_steps ? 0 : lr;
@@ -265,13 +316,15 @@ export class Trainer {
     const extra: Record<string, number> = {};
     // Loss functions of the micro-batches; their gradients are summed (each loss is pre-weighted).
     let lossFns: (() => tf.Scalar)[];
-    let after: () => Promise<void> = async () => undefined;
+    // Per-rank statistics averaged with the gradients (the teacher's batch means), and what uses them.
+    let means: tf.Tensor[] = [];
+    let after: (reducedMeans: tf.Tensor[]) => void = () => undefined;
     const inputs: tf.Tensor[] = [];
 
     if (c.objective === 'supervised') {
       const S = c.crops.global_crops_size;
       const s = c.supervised;
-      const imgs = items.map((it) => supervisedAugment(it.image, it.width, it.height, this.rngs.augment, {
+      const imgs = items.map((it, i) => supervisedAugment(it.image, it.width, it.height, augment[i]!, {
         size: S, scale: c.crops.global_crops_scale, hflip: s.hflip, threeAugment: s.three_augment, colorJitter: s.color_jitter,
       }));
       const labels = items.map((it) => it.label);
@@ -280,7 +333,7 @@ export class Trainer {
       let images = x;
       let targets: Float32Array;
       if (s.mixup_alpha > 0 || s.cutmix_alpha > 0) {
-        const mixed = mixupCutmix(x.dataSync() as Float32Array, [imgs.length, S, S, 3], labels, C, this.rngs.mix, {
+        const mixed = mixupCutmix(x.dataSync() as Float32Array, [imgs.length, S, S, 3], labels, C, this.stepRng(STREAMS.mix, step), {
           mixupAlpha: s.mixup_alpha, cutmixAlpha: s.cutmix_alpha, prob: s.mix_prob, labelSmoothing: s.label_smoothing,
         });
         images = tf.tensor4d(mixed.images, x.shape);
@@ -289,7 +342,6 @@ export class Trainer {
       } else targets = smoothOneHot(labels, C, s.label_smoothing);
       const y = tf.tensor2d(targets, [labels.length, C]);
       inputs.push(x, images, y);
-      const B = labels.length;
       const mb = c.train.micro_batch_size > 0 ? Math.min(c.train.micro_batch_size, B) : B;
       lossFns = [];
       for (let start = 0; start < B; start += mb) {
@@ -297,7 +349,7 @@ export class Trainer {
         lossFns.push(() => {
           const xi = n === B ? images : tf.slice(images, [start, 0, 0, 0], [n, -1, -1, -1]);
           const yi = n === B ? y : (tf.slice(y, [start, 0], [n, -1]) as tf.Tensor2D);
-          const out = this.student.forward(xi, { training: true, rng: this.rngs.dropPath });
+          const out = this.student.forward(xi, { training: true, rng: dropPath.slice(start, start + n) });
           const loss = tf.mul(softTargetCrossEntropy(this.heads.cls!.forward(out.cls), yi), n / B) as tf.Scalar;
           const prev = parts.loss_ce;
           parts.loss_ce = tf.keep(prev ? tf.add(prev, loss) : tf.clone(loss)) as tf.Scalar;
@@ -306,61 +358,96 @@ export class Trainer {
         });
       }
     } else {
-      const prepared = this.prepareDino(items, step, parts, extra, inputs);
+      const prepared = this.prepareDino(items, augment, dropPath, step, parts, extra, inputs);
       lossFns = [prepared.lossFn];
+      means = prepared.means;
       after = prepared.after;
     }
 
     let value: tf.Scalar | null = null;
     let sums: (tf.Tensor | null)[] = this.params.map(() => null);
-    for (const fn of lossFns) {
-      const r = tf.variableGrads(fn, varList);
-      const next = this.params.map((p, i) => {
-        const g = r.grads[p.variable.name];
-        const prev = sums[i]!;
-        return g && prev ? tf.add(prev, g) : (g ?? prev);
-      });
-      const total: tf.Scalar = value ? (tf.add(value, r.value) as tf.Scalar) : r.value;
-      tf.dispose([...sums, ...Object.values(r.grads), value, r.value].filter((t): t is tf.Tensor => !!t && !next.includes(t) && t !== total));
-      sums = next;
-      value = total;
+    try {
+      for (const fn of lossFns) {
+        const r = tf.variableGrads(fn, varList);
+        const next = this.params.map((p, i) => {
+          const g = r.grads[p.variable.name];
+          const prev = sums[i]!;
+          return g && prev ? tf.add(prev, g) : (g ?? prev);
+        });
+        const total: tf.Scalar = value ? (tf.add(value, r.value) as tf.Scalar) : r.value;
+        tf.dispose([...sums, ...Object.values(r.grads), value, r.value].filter((t): t is tf.Tensor => !!t && !next.includes(t) && t !== total));
+        sums = next;
+        value = total;
+      }
+      // A parameter that no pass reached (e.g. the mask token in a step without masks) gets zeros.
+      const gradList = sums.map((g, i) => g ?? tf.zerosLike(this.params[i]!.variable));
+      sums = gradList;
+      const loss = value!.dataSync()[0]!;
+      const own: Record<string, number> = { loss };
+      for (const [k, t] of Object.entries(parts)) own[k] = t.dataSync()[0]!;
+      const computeSeconds = (performance.now() - t0) / 1000;
+      const t1 = performance.now();
+      const reducedAll = await this.sync.allReduce([...gradList, ...means]);
+      const allreduceSeconds = (performance.now() - t1) / 1000;
+      const reduced = reducedAll.slice(0, gradList.length);
+      const reducedMeans = reducedAll.slice(gradList.length);
+      try {
+        own.compute_s = computeSeconds;
+        own.allreduce_s = allreduceSeconds;
+        await stepLog?.({ step: step + 1, epoch, ...own, samples: refs.map((r) => [r.epoch, r.index]) });
+        // Every rank got here: from now on the step changes the state.
+        const reports = await this.sync.commitStep(step + 1, own);
+        if (!Number.isFinite(loss)) throw new Error(`step ${step + 1}: the loss is ${loss} (diverged); lower optim.lr or raise optim.warmup_steps`);
+        const { grads: clipped, norm } = clipByGlobalNorm(reduced, c.optim.clip_grad);
+        this.optimizer.apply(clipped, { lr, wd, lastLayerLr });
+        tf.dispose(clipped.filter((t) => !reduced.includes(t)));
+        after(reducedMeans);
+        this.cursor += worldSize * B;
+        this.step = step + 1;
+        const metrics: Record<string, number> = { step: step + 1, epoch };
+        // Loss and its parts: the mean over the ranks (the global loss).
+        for (const k of Object.keys(own)) {
+          if (k !== 'compute_s' && k !== 'allreduce_s') metrics[k] = reports.reduce((a, r) => a + (r[k] ?? NaN), 0) / reports.length;
+        }
+        const seconds = (performance.now() - t0) / 1000;
+        const mem = tf.memory();
+        Object.assign(metrics, extra, {
+          lr, wd, grad_norm: norm,
+          images_per_s: (B * worldSize) / seconds,
+          step_seconds: seconds,
+          allreduce_s: allreduceSeconds,
+        });
+        if (worldSize > 1) {
+          // The straggler: the rank whose forward / backward took longest, and by how much over the fastest.
+          const times = reports.map((r) => r.compute_s ?? 0);
+          const slowest = times.indexOf(Math.max(...times));
+          Object.assign(metrics, {
+            world_size: worldSize,
+            straggler_rank: slowest,
+            straggler_s: times[slowest]! - Math.min(...times),
+          });
+          if (this.sync.membership !== undefined) metrics.membership = this.sync.membership;
+        }
+        Object.assign(metrics, { rss_mb: process.memoryUsage().rss / 2 ** 20, tf_tensors: mem.numTensors, tf_mb: mem.numBytes / 2 ** 20 });
+        return metrics;
+      } finally {
+        tf.dispose([...reducedAll.filter((t) => !gradList.includes(t) && !means.includes(t))]);
+      }
+    } finally {
+      tf.dispose([...sums.filter((t): t is tf.Tensor => !!t), ...means, ...Object.values(parts), ...inputs]);
+      value?.dispose();
     }
-    // A parameter that no pass reached (e.g. the mask token in a step without masks) gets zeros.
-    const gradList = sums.map((g, i) => g ?? tf.zerosLike(this.params[i]!.variable));
-    const reduced = await this.sync.allReduce(gradList);
-    const { grads: clipped, norm } = clipByGlobalNorm(reduced, c.optim.clip_grad);
-    this.optimizer.apply(clipped, { lr, wd, lastLayerLr });
-    tf.dispose([...gradList, ...reduced, ...clipped]);
-    await after();
-    const loss = value!.dataSync()[0]!;
-    value!.dispose();
-    const metrics: Record<string, number> = { step: step + 1, epoch, loss };
-    for (const [k, t] of Object.entries(parts)) {
-      metrics[k] = t.dataSync()[0]!;
-      t.dispose();
-    }
-    tf.dispose(inputs);
-    Object.assign(metrics, extra, { lr, wd, grad_norm: norm });
-    if (!Number.isFinite(loss)) throw new Error(`step ${step + 1}: the loss is ${loss} (diverged); lower optim.lr or raise optim.warmup_steps`);
-    const seconds = (performance.now() - t0) / 1000;
-    const mem = tf.memory();
-    Object.assign(metrics, {
-      images_per_s: c.train.batch_size / seconds,
-      step_seconds: seconds,
-      rss_mb: process.memoryUsage().rss / 2 ** 20,
-      tf_tensors: mem.numTensors,
-      tf_mb: mem.numBytes / 2 ** 20,
-    });
-    this.step = step + 1;
-    return metrics;
   }
 
-  /** Crops, masks and the loss function of a DINO step; `after` updates teacher and centres. */
-  private prepareDino(items: DatasetItem[], step: number, parts: Record<string, tf.Scalar>, extra: Record<string, number>, inputs: tf.Tensor[]) {
+  /**
+   * Crops, masks and the loss function of a DINO step; `means` (the teacher's batch means, averaged
+   * over the ranks with the gradients) and `after` (EMA teacher and centres, once the step commits).
+   */
+  private prepareDino(items: DatasetItem[], augment: Rng[], dropPath: Rng[], step: number, parts: Record<string, tf.Scalar>, extra: Record<string, number>, inputs: tf.Tensor[]) {
     const c = this.config;
     const B = items.length;
     const cr = c.crops;
-    const crops = items.map((it) => multiCrop(it.image, it.width, it.height, this.rngs.augment, {
+    const crops = items.map((it, i) => multiCrop(it.image, it.width, it.height, augment[i]!, {
       globalSize: cr.global_crops_size, localSize: cr.local_crops_size, localCrops: cr.local_crops_number,
       globalScale: cr.global_crops_scale, localScale: cr.local_crops_scale,
     }));
@@ -376,7 +463,7 @@ export class Trainer {
     const grid = cr.global_crops_size / this.vit.patch_size;
     const P = grid * grid;
     const masks = this.maskGen
-      ? collateMasks(2 * B, this.maskGen, c.ibot.mask_ratio_min_max, c.ibot.mask_sample_probability, this.rngs.masks)
+      ? collateMasks(2 * B, this.maskGen, c.ibot.mask_ratio_min_max, c.ibot.mask_sample_probability, this.stepRng(STREAMS.masks, step))
       : null;
     const M = masks ? masks.indices.length : 0;
     const doIbot = M > 0;
@@ -427,13 +514,14 @@ export class Trainer {
     const ent = entropies(teacher.dinoProbs);
     extra.teacher_entropy = ent.rows;
     extra.teacher_batch_entropy = ent.batch;
-    inputs.push(teacher.dinoProbs, teacher.dinoMean);
-    if (teacher.ibotProbs) inputs.push(teacher.ibotProbs, teacher.ibotMean!);
+    inputs.push(teacher.dinoProbs);
+    if (teacher.ibotProbs) inputs.push(teacher.ibotProbs);
 
     const lossFn = (): tf.Scalar => {
-      const rng = this.rngs.dropPath;
-      const g = this.student.forward(globals, { training: true, rng, masks: maskTensor });
-      const l = locals ? this.student.forward(locals, { training: true, rng }) : null;
+      // Each crop's drop path from its image's generator: global crops 0 and 1, then the local crops.
+      const crop = (k: number) => dropPath.map((r) => r.fork(k));
+      const g = this.student.forward(globals, { training: true, rng: [...crop(0), ...crop(1)], masks: maskTensor });
+      const l = locals ? this.student.forward(locals, { training: true, rng: Array.from({ length: nLocal }, (_, k) => crop(2 + k)).flat() }) : null;
       const D = this.vit.embed_dim;
       // One pass of the DINO head over [local CLS, global CLS, masked patches (shared head)].
       const headIn: tf.Tensor2D[] = [];
@@ -468,7 +556,7 @@ export class Trainer {
       return total;
     };
 
-    const after = async () => {
+    const after = (reduced: tf.Tensor[]) => {
       // EMA teacher: t <- m t + (1 - m) s, backbone and heads.
       const m = this.momentum(step);
       extra.momentum = m;
@@ -477,13 +565,11 @@ export class Trainer {
       tf.tidy(() => {
         for (const [k, tv] of Object.entries(t)) tv.assign(tf.add(tf.mul(tv, m), tf.mul(s[k]!, 1 - m)));
       });
-      const means = [teacher.dinoMean, ...(teacher.ibotMean ? [teacher.ibotMean] : [])];
-      const reduced = await this.sync.allReduce(means);
       this.centers.dino!.update(reduced[0]!.dataSync() as Float32Array);
       if (teacher.ibotMean) this.centers.ibot!.update(reduced[1]!.dataSync() as Float32Array);
-      tf.dispose(reduced.filter((r) => !means.includes(r)));
     };
-    return { lossFn, after };
+    const means = [teacher.dinoMean, ...(teacher.ibotMean ? [teacher.ibotMean] : [])];
+    return { lossFn, means, after };
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -559,25 +645,15 @@ export class Trainer {
     return out;
   }
 
-  /** This rank's loop state: sampler position and Rng states. */
-  rankState(): RankState {
-    const rng: Record<string, number[]> = {};
-    for (const [k, r] of Object.entries(this.rngs)) rng[k] = r.getState();
-    return { sampler: this.sampler.state(), rng };
+  /** The state.json of a checkpoint. */
+  trainState(): TrainState {
+    return { step: this.step, epoch: this.sampler.epochOf(this.cursor), cursor: this.cursor, config: this.config, world_size: this.sync.worldSize };
   }
 
-  /** The state.json of a checkpoint; `ranks` (every rank's loop state, rank order) when world size > 1. */
-  trainState(ranks?: RankState[]): TrainState {
-    const own = this.rankState();
-    const state: TrainState = { step: this.step, epoch: own.sampler.epoch, sampler: own.sampler, rng: own.rng, config: this.config, world_size: this.sync.worldSize };
-    if (ranks) state.ranks = ranks;
-    return state;
-  }
-
-  /** Writes a checkpoint (call on rank 0); `ranks` as in trainState. */
-  async save(outDir: string, ranks?: RankState[]): Promise<string> {
+  /** Writes a checkpoint (rank 0 does). */
+  async save(outDir: string): Promise<string> {
     return saveCheckpoint(outDir, {
-      student: this.student, teacher: this.teacher, heads: this.hostHeads(), optimizer: this.optimizer.getState(), state: this.trainState(ranks),
+      student: this.student, teacher: this.teacher, heads: this.hostHeads(), optimizer: this.optimizer.getState(), state: this.trainState(),
     });
   }
 
@@ -593,9 +669,6 @@ export class Trainer {
     const ck = await loadCheckpoint(dir);
     const diff = firstDifference(ck.state.config, this.config);
     if (diff) throw new Error(`${dir}/state.json: field "${diff}" of the checkpoint's config differs from this run's config; resume with the run's config.json`);
-    if (ck.state.world_size !== this.sync.worldSize) {
-      throw new Error(`${dir}/state.json: saved with world size ${ck.state.world_size}, this run has ${this.sync.worldSize}`);
-    }
     const copy = (sd: typeof ck.student, into: VisionTransformer) => {
       const m = modelFromStateDict(sd, this.vit);
       for (const [k, v] of Object.entries(into.params)) v.assign(m.params[k]!);
@@ -622,21 +695,8 @@ export class Trainer {
       ctr.value = Float32Array.from(t.data);
     }
     this.optimizer.setState(ck.optimizer);
-    // Multi-rank checkpoints hold every rank's loop state; older ones (and world size 1) only rank 0's.
-    const ranks = ck.state.ranks;
-    if (ranks !== undefined && (!Array.isArray(ranks) || ranks.length !== this.sync.worldSize)) {
-      throw new Error(`${dir}/state.json: field "ranks" must be an array of ${this.sync.worldSize} rank states`);
-    }
-    const own: RankState = ranks?.[this.sync.rank] ?? { sampler: ck.state.sampler, rng: ck.state.rng };
-    const where = ranks ? `ranks[${this.sync.rank}].` : '';
-    for (const [k, r] of Object.entries(this.rngs)) {
-      const s = own.rng?.[k];
-      if (!s) throw new Error(`${dir}/state.json: missing rng state "${where}rng.${k}"`);
-      r.setState(s);
-    }
-    if (!own.sampler) throw new Error(`${dir}/state.json: missing field "${where}sampler"`);
-    this.sampler.restore(own.sampler);
     this.step = ck.state.step;
+    this.cursor = ck.state.cursor;
   }
 
   dispose(): void {
@@ -676,39 +736,74 @@ export async function train(config: TrainConfig, opts: TrainOptions): Promise<Tr
   const out = opts.outDir;
   await mkdir(out, { recursive: true });
   const trainer = new Trainer(c, { sync: opts.sync });
+  const sync = trainer.sync;
   const metricsPath = join(out, 'metrics.jsonl');
-  try {
-    const ckpts = opts.resume ? await listCheckpoints(out) : [];
-    if (ckpts.length > 0) {
-      await trainer.restore(ckpts[ckpts.length - 1]!.dir);
-      if (trainer.sync.rank === 0) await truncateMetrics(metricsPath, trainer.step);
-    } else {
-      await trainer.initWeights();
-      if (trainer.sync.rank === 0) await writeFileAtomic(metricsPath, '');
+  const isRank0 = () => sync.rank === 0;
+  const log = opts.log ?? ((line: string) => { if (isRank0()) process.stderr.write(line + '\n'); });
+  // Rank 0 starts the run (fresh, or from the newest checkpoint on its disk); every rank then takes
+  // rank 0's state, and takes it again whenever a cluster's membership changes.
+  const resync = async () => {
+    for (;;) {
+      try {
+        return await trainer.syncState();
+      } catch (err) {
+        if (!isMembershipChanged(err)) throw err;
+      }
     }
-    const rank0 = trainer.sync.rank === 0;
-    if (rank0) await writeJsonAtomic(join(out, 'config.json'), c);
+  };
+  try {
+    const startRank0 = isRank0();
+    if (startRank0) {
+      const ckpts = opts.resume ? await listCheckpoints(out) : [];
+      if (ckpts.length > 0) {
+        await trainer.restore(ckpts[ckpts.length - 1]!.dir);
+        await truncateMetrics(metricsPath, trainer.step);
+      } else {
+        trainer.initTeacher();
+        await writeFileAtomic(metricsPath, '');
+      }
+      await writeJsonAtomic(join(out, 'config.json'), c);
+    }
+    await resync();
     const last = Math.min(c.train.steps, opts.stopAfter ?? c.train.steps);
-    const progress = opts.progress === false || !rank0 ? null : new Progress({ total: last - trainer.step, label: 'train', unit: 'step' });
+    const progress = opts.progress === false || !startRank0 ? null : new Progress({ total: last - trainer.step, label: 'train', unit: 'step' });
+    // Several ranks: each appends its own line per step (written before the commit, so a step a rank
+    // died in is there too: the committed steps are rank 0's metrics.jsonl lines).
+    let rankPath: string | null = null;
+    if (opts.rankName !== undefined || sync.worldSize > 1) {
+      rankPath = join(out, 'ranks', `${opts.rankName ?? `rank-${sync.rank}`}.jsonl`);
+      await mkdir(join(out, 'ranks'), { recursive: true });
+    }
+    const stepLog = rankPath === null ? undefined : async (line: Record<string, unknown>) => {
+      const { samples, ...rest } = line;
+      const entry = { ...round(rest as Record<string, number>), rank: sync.rank, world_size: sync.worldSize, membership: sync.membership, ...(opts.logSamples ? { samples } : {}) };
+      await appendFile(rankPath!, JSON.stringify(entry) + '\n');
+    };
     let checkpoint = '';
     let saved = false;
-    // Every rank calls saveNow at the same steps: with several ranks their loop states are gathered
-    // into rank 0's checkpoint, so each rank resumes exactly.
     const saveNow = async () => {
       saved = true;
-      const sync = trainer.sync;
-      const ranks = sync.worldSize > 1 && canGather(sync) ? (await sync.gather(trainer.rankState())) as RankState[] : undefined;
-      if (!rank0) return;
-      checkpoint = await trainer.save(out, ranks);
+      if (!isRank0()) return;
+      checkpoint = await trainer.save(out);
       await pruneCheckpoints(out, c.train.keep_checkpoints);
+      await sync.checkpointWritten?.(trainer.step, checkpoint);
     };
     while (trainer.step < last) {
-      const metrics = await trainer.trainStep();
+      let metrics: Record<string, number>;
+      try {
+        metrics = await trainer.trainStep(stepLog);
+      } catch (err) {
+        if (!isMembershipChanged(err)) throw err;
+        log(`step ${trainer.step + 1} dropped: ${err.message}; re-syncing from rank 0`);
+        await resync();
+        log(`continuing at step ${trainer.step + 1} as rank ${sync.rank} of ${sync.worldSize}`);
+        continue;
+      }
       const step = trainer.step;
-      if (rank0 && (step % c.train.log_every === 0 || step === last)) await appendFile(metricsPath, JSON.stringify(round(metrics)) + '\n');
+      if (isRank0() && (step % c.train.log_every === 0 || step === last)) await appendFile(metricsPath, JSON.stringify(round(metrics)) + '\n');
       progress?.tick(1, `loss ${metrics.loss!.toFixed(4)}`);
       // Evaluation reads no Rng and no sync: only rank 0 spends the time.
-      if (rank0 && c.train.eval_every > 0 && step % c.train.eval_every === 0 && step < c.train.steps) {
+      if (isRank0() && c.train.eval_every > 0 && step % c.train.eval_every === 0 && step < c.train.steps) {
         const ev = await trainer.evaluate();
         await appendFile(metricsPath, JSON.stringify({ step, eval: round(ev as unknown as Record<string, number>) }) + '\n');
       }
@@ -719,7 +814,7 @@ export async function train(config: TrainConfig, opts: TrainOptions): Promise<Tr
     if (!saved) await saveNow();
     const result: TrainResult = { outDir: out, step: trainer.step, checkpoint };
     if (opts.checksum) result.checksum = trainer.checksum();
-    if (last < c.train.steps || !rank0) return result;
+    if (last < c.train.steps || !isRank0()) return result;
     result.eval = await trainer.evaluate();
     await writeJsonAtomic(join(out, 'eval.json'), result.eval);
     return result;

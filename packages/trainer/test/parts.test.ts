@@ -55,13 +55,16 @@ test('iBOT masks: block masks, ratios within range for the masked fraction, weig
 });
 
 
-test('local gradient sync: world size 1, identity all-reduce and broadcast', async () => {
+test('local gradient sync: world size 1, identity all-reduce, broadcast and commit', async () => {
   const s = new LocalGradientSync();
   assert.deepEqual([s.rank, s.worldSize], [0, 1]);
   const g = [tf.tensor1d([1, 2])];
   assert.equal((await s.allReduce(g))[0], g[0]);
   const state = { a: new Float32Array([1]) };
-  assert.equal(await s.broadcast(state), state);
+  const got = await s.broadcast(state, { step: 3 });
+  assert.equal(got.state, state);
+  assert.deepEqual(got.meta, { step: 3 });
+  assert.deepEqual(await s.commitStep(1, { loss: 2 }), [{ loss: 2 }]);
 });
 
 test('data: synthetic splits, an image folder split by val_fraction, train/ + val/ folders, clear errors', async () => {

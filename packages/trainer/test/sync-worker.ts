@@ -27,8 +27,8 @@ async function main(): Promise<void> {
   } else if (j.op === 'broadcast') {
     const state: Record<string, Float32Array> = {};
     j.arrays.forEach((a, i) => { state[`t${i}`] = Float32Array.from(a.data); });
-    const out = await sync.broadcast(state);
-    parentPort!.postMessage(Object.entries(out).map(([k, v]) => ({ name: k, data: Array.from(v) })));
+    const out = await sync.broadcast(state, { from: j.rank });
+    parentPort!.postMessage({ meta: out.meta, state: Object.entries(out.state).map(([k, v]) => ({ name: k, data: Array.from(v) })) });
   } else if (j.op === 'gather') {
     parentPort!.postMessage(await sync.gather({ rank: j.rank, words: j.arrays[0]!.data }));
   } else {

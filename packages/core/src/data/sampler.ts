@@ -1,142 +1,96 @@
 /**
- * Shards a dataset over the ranks of a job, like PyTorch's `DistributedSampler`: every epoch the
- * indices are shuffled with `seed + epoch` (the same permutation on every rank), padded by repeating
- * the start to a multiple of the world size (or truncated when `dropLast`), and rank `r` takes
- * positions `r, r + worldSize, r + 2 * worldSize, ...`. Within an epoch the shards never overlap.
+ * Shards a dataset over the ranks of a data-parallel job, elastically.
  *
- * On top of PyTorch's sampler it keeps a read position so a run can resume mid-epoch: `next(n)`
- * hands out the next `n` indices of this rank (rolling into the following epoch when one ends),
- * and `state()` / `restore()` save and reload `{ epoch, position }`.
+ * The data is an endless sequence of epochs; epoch `e` is the items shuffled with `seed + e` (the
+ * same permutation on every rank). A global cursor counts the positions the whole job has consumed.
+ * A step of a world of W ranks taking B items each covers positions [cursor, cursor + W * B): rank r
+ * takes cursor + r, cursor + r + W, cursor + r + 2W, ... (PyTorch's `DistributedSampler` layout).
+ * Hence:
+ * - the union of a step over the ranks does not depend on W: W ranks x B items are the items of one
+ *   rank taking W * B, which is what makes a run on W processes equal to one process;
+ * - every item of an epoch is seen exactly once: an epoch's last step continues into the next epoch
+ *   instead of padding or dropping;
+ * - when the world size changes mid-epoch (a worker leaves or joins), the job goes on from the same
+ *   cursor with the new W, and still no item of the epoch is skipped or seen twice.
+ * The sampler itself holds no position: the cursor is the training state (one integer, in the
+ * checkpoint), so every rank computes its share from (cursor, rank, world size) alone.
  */
 import { Rng } from '../rng.js';
 
 export interface DistributedSamplerOptions {
   /** Number of items in the dataset. */
   length: number;
-  rank: number;
-  worldSize: number;
   seed: number;
   shuffle?: boolean;
-  /** Drop the tail so every rank gets the same count without padding (default false: pad by repetition). */
-  dropLast?: boolean;
 }
 
-/** Where a sampler stands: the epoch, and how many of this rank's indices of it were consumed. */
-export interface SamplerState {
+/** One drawn item: the dataset index, its epoch, and its global position in the stream. */
+export interface SampleRef {
   epoch: number;
+  index: number;
   position: number;
 }
 
 export class DistributedSampler {
   readonly length: number;
-  readonly rank: number;
-  readonly worldSize: number;
   readonly seed: number;
   readonly shuffle: boolean;
-  readonly dropLast: boolean;
-  /** Indices this rank gets per epoch. */
-  readonly numSamples: number;
-  /** Indices over all ranks per epoch (`numSamples * worldSize`). */
-  readonly totalSize: number;
-  private epoch = 0;
-  private position = 0;
-  private cache: { epoch: number; indices: number[] } | null = null;
+  private cache = new Map<number, number[]>();
 
   constructor(opts: DistributedSamplerOptions) {
-    const { length, rank, worldSize, seed } = opts;
+    const { length, seed } = opts;
     if (!Number.isInteger(length) || length < 1) {
       throw new Error(`DistributedSampler: length must be a positive integer, got ${length}`);
     }
-    if (!Number.isInteger(worldSize) || worldSize < 1) {
-      throw new Error(`DistributedSampler: worldSize must be a positive integer, got ${worldSize}`);
-    }
-    if (!Number.isInteger(rank) || rank < 0 || rank >= worldSize) {
-      throw new Error(`DistributedSampler: rank must be an integer in [0, ${worldSize}), got ${rank}`);
-    }
     if (!Number.isInteger(seed)) throw new Error(`DistributedSampler: seed must be an integer, got ${seed}`);
     this.length = length;
-    this.rank = rank;
-    this.worldSize = worldSize;
     this.seed = seed;
     this.shuffle = opts.shuffle ?? true;
-    this.dropLast = opts.dropLast ?? false;
-    if (this.dropLast && length % worldSize !== 0) {
-      this.numSamples = Math.ceil((length - worldSize) / worldSize);
-    } else {
-      this.numSamples = Math.ceil(length / worldSize);
-    }
-    if (this.numSamples < 1) {
-      throw new Error(`DistributedSampler: dropLast with length ${length} < worldSize ${worldSize} leaves no samples`);
-    }
-    this.totalSize = this.numSamples * worldSize;
   }
 
-  /** Starts epoch `epoch` from its beginning (a different shuffle per epoch). */
-  setEpoch(epoch: number): void {
-    if (!Number.isInteger(epoch) || epoch < 0) {
-      throw new Error(`DistributedSampler: epoch must be a non-negative integer, got ${epoch}`);
-    }
-    this.epoch = epoch;
-    this.position = 0;
+  /** The order of epoch `epoch` (a copy). */
+  permutation(epoch: number): number[] {
+    return this.order(epoch).slice();
   }
 
-  /** This rank's indices for the current epoch, in order (`numSamples` of them). */
-  indices(): number[] {
-    if (this.cache?.epoch !== this.epoch) {
-      this.cache = { epoch: this.epoch, indices: this.shard(this.epoch) };
-    }
-    return this.cache.indices.slice();
+  /** The epoch that global position `position` falls in. */
+  epochOf(position: number): number {
+    checkPosition(position, 'position');
+    return Math.floor(position / this.length);
+  }
+
+  /** The item at global position `position`. */
+  at(position: number): SampleRef {
+    const epoch = this.epochOf(position);
+    return { epoch, index: this.order(epoch)[position - epoch * this.length]!, position };
   }
 
   /**
-   * The next `count` indices of this rank, advancing the position; when the epoch runs out it
-   * continues with the next epoch, so the result always has exactly `count` entries.
+   * Rank `rank`'s `count` items of the step that starts at global position `cursor` in a world of
+   * `worldSize` ranks: positions cursor + rank + worldSize * j, j = 0 .. count - 1. The next step
+   * starts at cursor + worldSize * count.
    */
-  next(count: number): number[] {
-    if (!Number.isInteger(count) || count < 1) {
-      throw new Error(`DistributedSampler: count must be a positive integer, got ${count}`);
-    }
-    const out: number[] = [];
-    while (out.length < count) {
-      if (this.position >= this.numSamples) this.setEpoch(this.epoch + 1);
-      const epochIndices = this.indices();
-      const take = Math.min(count - out.length, this.numSamples - this.position);
-      out.push(...epochIndices.slice(this.position, this.position + take));
-      this.position += take;
-    }
-    return out;
+  batch(cursor: number, rank: number, worldSize: number, count: number): SampleRef[] {
+    checkPosition(cursor, 'cursor');
+    if (!Number.isInteger(worldSize) || worldSize < 1) throw new Error(`DistributedSampler: worldSize must be a positive integer, got ${worldSize}`);
+    if (!Number.isInteger(rank) || rank < 0 || rank >= worldSize) throw new Error(`DistributedSampler: rank must be an integer in [0, ${worldSize}), got ${rank}`);
+    if (!Number.isInteger(count) || count < 1) throw new Error(`DistributedSampler: count must be a positive integer, got ${count}`);
+    return Array.from({ length: count }, (_, j) => this.at(cursor + rank + worldSize * j));
   }
 
-  state(): SamplerState {
-    return { epoch: this.epoch, position: this.position };
+  private order(epoch: number): number[] {
+    let o = this.cache.get(epoch);
+    if (!o) {
+      const range = Array.from({ length: this.length }, (_, i) => i);
+      o = this.shuffle ? new Rng(this.seed + epoch).shuffle(range) : range;
+      // A step spans at most two epochs: keep the two newest orders.
+      if (this.cache.size >= 2) this.cache.delete(Math.min(...this.cache.keys()));
+      this.cache.set(epoch, o);
+    }
+    return o;
   }
+}
 
-  restore(state: SamplerState): void {
-    const { epoch, position } = state;
-    if (!Number.isInteger(epoch) || epoch < 0) {
-      throw new Error(`DistributedSampler.restore: epoch must be a non-negative integer, got ${epoch}`);
-    }
-    if (!Number.isInteger(position) || position < 0 || position > this.numSamples) {
-      throw new Error(`DistributedSampler.restore: position must be an integer in [0, ${this.numSamples}], got ${position}`);
-    }
-    this.epoch = epoch;
-    this.position = position;
-  }
-
-  private shard(epoch: number): number[] {
-    const range = Array.from({ length: this.length }, (_, i) => i);
-    const all = this.shuffle ? new Rng(this.seed + epoch).shuffle(range) : range;
-    let padded: number[];
-    if (this.dropLast) {
-      padded = all.slice(0, this.totalSize);
-    } else {
-      padded = all;
-      while (padded.length < this.totalSize) {
-        padded = padded.concat(all.slice(0, this.totalSize - padded.length));
-      }
-    }
-    const mine: number[] = [];
-    for (let i = this.rank; i < this.totalSize; i += this.worldSize) mine.push(padded[i]);
-    return mine;
-  }
+function checkPosition(p: number, what: string): void {
+  if (!Number.isSafeInteger(p) || p < 0) throw new Error(`DistributedSampler: ${what} must be a non-negative integer, got ${p}`);
 }
