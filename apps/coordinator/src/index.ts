@@ -1,3 +1,3 @@
-/** @vitreg/coordinator: not written yet; see README.md. */
-export const name = '@vitreg/coordinator';
-export const version = '0.1.0';
+/** @vitreg/coordinator: the gRPC coordinator of a vitreg training job; see README.md. */
+export { startCoordinator, SERVER_OPTIONS, type CoordinatorOptions, type CoordinatorHandle } from './coordinator.js';
+export { firstDifference, type ConfigDifference } from './config-diff.js';

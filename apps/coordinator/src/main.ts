@@ -1,0 +1,182 @@
+#!/usr/bin/env node
+/**
+ * vitreg-coordinator: runs the coordinator of one training job until it finishes (exit 0) or stops
+ * (exit 1). Prints one JSON line on stdout once listening: {"coordinator":"HOST:PORT","job":"..."}.
+ */
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { startCoordinator, type CoordinatorOptions } from './coordinator.js';
+
+const USAGE = `Usage: vitreg-coordinator [options]
+
+Runs the coordinator of one vitreg training job: admits workers, fixes the ring order, watches
+heartbeats, runs the step barrier, records checkpoints and metrics. Exits 0 when every worker
+finished, 1 when the job stopped (too few workers, a signal), 2 on a bad flag.
+
+Options:
+  --host HOST               bind address (default 0.0.0.0)
+  --port N                  TCP port, 0 = ephemeral (default $MASTER_PORT, else 29500)
+  --job-id ID               job id (default $VITREG_JOB_ID, $TORCHELASTIC_RUN_ID, $SLURM_JOB_ID, else vitreg)
+  --token SECRET            the job's shared token (or $VITREG_TOKEN)
+  --token-file FILE         read the token from FILE (or $VITREG_TOKEN_FILE); surrounding whitespace is dropped
+  --min-workers N           fewest workers the job runs with (default: --max-workers)
+  --max-workers N           most workers (default $WORLD_SIZE, else $SLURM_NTASKS)
+  --join-timeout-ms MS      start with >= --min-workers this long after start (default 60000)
+  --heartbeat-ms MS         heartbeat interval told to workers (default 1000)
+  --worker-timeout-ms MS    remove a worker silent this long (default 30000)
+  --transport tcp|grpc      data plane of the job (default tcp)
+  --tls-cert FILE           server certificate (PEM); with --tls-key enables TLS
+  --tls-key FILE            server private key (PEM)
+  --tls-ca FILE             CA of client certificates (PEM): mutual TLS, client certificates required
+  --events FILE             append a JSONL event log to FILE
+  --exit-with-stdin         exit when stdin closes (a launcher's pipe: the coordinator dies with it)
+  --help                    this text
+`;
+
+class UsageError extends Error {}
+
+function integer(flag: string, text: string | undefined, min: number): number | undefined {
+  if (text === undefined) return undefined;
+  if (!/^\d+$/.test(text.trim()) || Number(text) < min) throw new UsageError(`${flag}: expected an integer >= ${min}, got ${JSON.stringify(text)}`);
+  return Number(text);
+}
+
+function readFlagFile(flag: string, path: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (e) {
+    throw new UsageError(`${flag}: cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+}
+
+/** Options from argv and the environment. */
+export function parseCommandLine(argv: string[], env: NodeJS.ProcessEnv): (CoordinatorOptions & { exitWithStdin: boolean }) | 'help' {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        host: { type: 'string' },
+        port: { type: 'string' },
+        'job-id': { type: 'string' },
+        token: { type: 'string' },
+        'token-file': { type: 'string' },
+        'min-workers': { type: 'string' },
+        'max-workers': { type: 'string' },
+        'join-timeout-ms': { type: 'string' },
+        'heartbeat-ms': { type: 'string' },
+        'worker-timeout-ms': { type: 'string' },
+        transport: { type: 'string' },
+        'tls-cert': { type: 'string' },
+        'tls-key': { type: 'string' },
+        'tls-ca': { type: 'string' },
+        events: { type: 'string' },
+        'exit-with-stdin': { type: 'boolean' },
+        help: { type: 'boolean' },
+      },
+    }));
+  } catch (e) {
+    throw new UsageError((e as Error).message.split('\n')[0]);
+  }
+  if (values.help) return 'help';
+
+  const port = integer('--port', values.port ?? env.MASTER_PORT ?? '29500', 0)!;
+  if (port > 65535) throw new UsageError(`--port: expected 0..65535, got ${port}`);
+  const jobId = values['job-id'] ?? env.VITREG_JOB_ID ?? env.TORCHELASTIC_RUN_ID ?? env.SLURM_JOB_ID ?? 'vitreg';
+  if (!jobId) throw new UsageError('--job-id: must not be empty');
+
+  let token: string | undefined;
+  if (values.token !== undefined) token = values.token;
+  else if (values['token-file'] !== undefined) token = readFlagFile('--token-file', values['token-file']).toString('utf8').trim();
+  else if (env.VITREG_TOKEN) token = env.VITREG_TOKEN;
+  else if (env.VITREG_TOKEN_FILE) token = readFlagFile('$VITREG_TOKEN_FILE', env.VITREG_TOKEN_FILE).toString('utf8').trim();
+  if (!token)
+    throw new UsageError('--token: the job token is required (--token, --token-file, $VITREG_TOKEN or $VITREG_TOKEN_FILE) and must not be empty');
+
+  const maxText = values['max-workers'] ?? env.WORLD_SIZE ?? env.SLURM_NTASKS;
+  if (maxText === undefined) throw new UsageError('--max-workers: required (or $WORLD_SIZE / $SLURM_NTASKS)');
+  const maxWorkers = integer(values['max-workers'] !== undefined ? '--max-workers' : '--max-workers (from the environment)', maxText, 1)!;
+  const minWorkers = integer('--min-workers', values['min-workers'], 1) ?? maxWorkers;
+  if (minWorkers > maxWorkers) throw new UsageError(`--min-workers: ${minWorkers} is more than --max-workers ${maxWorkers}`);
+
+  const transport = values.transport ?? 'tcp';
+  if (transport !== 'tcp' && transport !== 'grpc') throw new UsageError(`--transport: expected tcp or grpc, got ${JSON.stringify(transport)}`);
+
+  let tls: CoordinatorOptions['tls'];
+  const cert = values['tls-cert'];
+  const key = values['tls-key'];
+  if ((cert === undefined) !== (key === undefined)) throw new UsageError(cert === undefined ? '--tls-cert: required with --tls-key' : '--tls-key: required with --tls-cert');
+  if (cert !== undefined && key !== undefined) {
+    tls = { cert: readFlagFile('--tls-cert', cert), key: readFlagFile('--tls-key', key) };
+    if (values['tls-ca'] !== undefined) tls.ca = readFlagFile('--tls-ca', values['tls-ca']);
+  } else if (values['tls-ca'] !== undefined) throw new UsageError('--tls-ca: needs --tls-cert and --tls-key');
+
+  return {
+    host: values.host ?? '0.0.0.0',
+    port,
+    jobId,
+    token,
+    minWorkers,
+    maxWorkers,
+    joinTimeoutMs: integer('--join-timeout-ms', values['join-timeout-ms'], 0),
+    heartbeatMs: integer('--heartbeat-ms', values['heartbeat-ms'], 1),
+    workerTimeoutMs: integer('--worker-timeout-ms', values['worker-timeout-ms'], 1),
+    transport,
+    tls,
+    eventsPath: values.events,
+    exitWithStdin: values['exit-with-stdin'] ?? false,
+  };
+}
+
+async function main(): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseCommandLine(process.argv.slice(2), process.env);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      process.stderr.write(`vitreg-coordinator: ${e.message}\n`);
+      return 2;
+    }
+    throw e;
+  }
+  if (parsed === 'help') {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const { exitWithStdin, ...opts } = parsed;
+  const handle = await startCoordinator({ ...opts, log: (line) => process.stderr.write(`[coordinator] ${line}\n`) });
+  process.stdout.write(JSON.stringify({ coordinator: handle.address, job: opts.jobId }) + '\n');
+
+  let signalled = false;
+  const stop = (why: string): void => {
+    if (signalled) return;
+    signalled = true;
+    process.stderr.write(`[coordinator] ${why}: closing\n`);
+    void handle.close();
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  if (exitWithStdin) {
+    process.stdin.on('end', () => stop('stdin closed'));
+    process.stdin.on('close', () => stop('stdin closed'));
+    process.stdin.on('error', () => stop('stdin closed'));
+    process.stdin.resume();
+  }
+  const result = await handle.done;
+  await handle.close();
+  return result.finished ? 0 : 1;
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+    // The gRPC server and stdin are closed; exit even if a client still holds a socket open.
+    setTimeout(() => process.exit(code), 100).unref();
+  },
+  (e: Error) => {
+    process.stderr.write(`vitreg-coordinator: ${e.message}\n`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,593 @@
+/**
+ * The coordinator against real grpc-js clients on 127.0.0.1 (ephemeral ports): admission and
+ * refusals, rendezvous, ring order, heartbeats, watch streams, the step barrier, late joiners,
+ * stopping and finishing, TLS and mutual TLS, and the vitreg-coordinator bin.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import {
+  CoordinatorClient,
+  METADATA_JOB,
+  METADATA_TOKEN,
+  PROTOCOL_VERSION,
+  type JoinReply,
+  type Membership,
+  type StepCommit,
+} from '@vitreg/proto';
+import { startCoordinator, type CoordinatorHandle, type CoordinatorOptions } from '../src/index.ts';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+const JOB = 'job-42';
+const TOKEN = 's3cret-token';
+const CONFIG = JSON.stringify({ model: 'tiny', train: { batch_size: 4, lr: 0.001 } });
+
+type Client = InstanceType<typeof CoordinatorClient>;
+
+function meta(token = TOKEN, job = JOB): grpc.Metadata {
+  const m = new grpc.Metadata();
+  m.set(METADATA_TOKEN, token);
+  m.set(METADATA_JOB, job);
+  return m;
+}
+
+/** One unary call as a promise (5 s deadline). */
+function rpc<Res>(client: Client, method: string, req: object, md = meta()): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    (client as any)[method](req, md, { deadline: Date.now() + 5000 }, (err: grpc.ServiceError | null, res: Res) =>
+      err ? reject(err) : resolve(res),
+    );
+  });
+}
+
+async function refused(p: Promise<unknown>, code: grpc.status, message: string | RegExp): Promise<void> {
+  await assert.rejects(p, (e: grpc.ServiceError) => {
+    assert.equal(e.code, code, `status ${grpc.status[e.code]} (${e.details}), expected ${grpc.status[code]}`);
+    if (typeof message === 'string') assert.equal(e.details, message);
+    else assert.match(e.details, message);
+    return true;
+  });
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls until `f` returns a value (not undefined) or fails after `ms`. */
+async function until<T>(what: string, f: () => T | undefined, ms = 4000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = f();
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+interface Job {
+  coord: CoordinatorHandle;
+  lines: string[];
+  clients: Client[];
+  client(creds?: grpc.ChannelCredentials): Client;
+}
+
+async function withJob(opts: Partial<CoordinatorOptions>, body: (job: Job) => Promise<void>): Promise<void> {
+  const lines: string[] = [];
+  const coord = await startCoordinator({
+    host: '127.0.0.1',
+    port: 0,
+    jobId: JOB,
+    token: TOKEN,
+    minWorkers: 1,
+    maxWorkers: 2,
+    log: (l) => lines.push(l),
+    ...opts,
+  });
+  const clients: Client[] = [];
+  const job: Job = {
+    coord,
+    lines,
+    clients,
+    client: (creds = grpc.credentials.createInsecure()) => {
+      // The server certificate names localhost (and 127.0.0.1): no TLS server name set to an IP.
+      const c = new CoordinatorClient(coord.address, creds, { 'grpc.ssl_target_name_override': 'localhost' });
+      clients.push(c);
+      return c;
+    },
+  };
+  try {
+    await body(job);
+  } finally {
+    for (const c of clients) c.close();
+    await coord.close();
+  }
+}
+
+let joinSeq = 0;
+function joinRequest(name: string, over: Record<string, unknown> = {}, caps: Record<string, unknown> = {}) {
+  joinSeq += 1;
+  return {
+    jobId: JOB,
+    protocolVersion: PROTOCOL_VERSION,
+    name,
+    launcherRank: -1,
+    peerAddress: `127.0.0.1:${40000 + joinSeq}`,
+    capabilities: { backend: 'cpu', device: 'cpu', hostname: 'test', pid: 1000 + joinSeq, localRank: -1, threads: 1, transports: ['tcp', 'grpc'], ...caps },
+    configJson: CONFIG,
+    ...over,
+  };
+}
+
+/** A watch stream that collects every Membership it receives. */
+function watch(client: Client, workerId: string) {
+  const got: Membership[] = [];
+  let error: grpc.ServiceError | undefined;
+  let ended = false;
+  const stream = client.watchMembership({ workerId }, meta());
+  stream.on('data', (m: Membership) => got.push(m));
+  stream.on('error', (e: grpc.ServiceError) => (error = e));
+  stream.on('end', () => (ended = true));
+  return {
+    got,
+    stream,
+    get error() {
+      return error;
+    },
+    get ended() {
+      return ended;
+    },
+    epoch: (n: number) => until(`membership epoch ${n}`, () => got.find((m) => m.epoch === n)),
+  };
+}
+
+async function joinAs(client: Client, name: string, over: Record<string, unknown> = {}, caps: Record<string, unknown> = {}) {
+  const r = await rpc<JoinReply>(client, 'join', joinRequest(name, over, caps));
+  return r.workerId;
+}
+
+test('refusals: wrong token, job id, protocol version, config, capabilities, name, capacity; the job is unaffected', async () => {
+  await withJob({ minWorkers: 2, maxWorkers: 2, heartbeatMs: 250, workerTimeoutMs: 5000 }, async ({ client, lines, coord }) => {
+    const c = client();
+    await refused(rpc(c, 'join', joinRequest('worker-0'), meta('wrong')), grpc.status.UNAUTHENTICATED, 'wrong job token');
+    await refused(rpc(c, 'heartbeat', { workerId: 'x' }, meta('')), grpc.status.UNAUTHENTICATED, 'wrong job token');
+    await refused(
+      rpc(c, 'join', joinRequest('worker-0'), meta(TOKEN, 'other-job')),
+      grpc.status.PERMISSION_DENIED,
+      `job id "other-job" is not this coordinator's job "${JOB}"`,
+    );
+    await refused(
+      rpc(c, 'join', joinRequest('worker-0', { protocolVersion: 2 })),
+      grpc.status.FAILED_PRECONDITION,
+      'protocol version 2; this coordinator speaks 1',
+    );
+    await refused(rpc(c, 'join', joinRequest('worker-0', { jobId: 'nope' })), grpc.status.PERMISSION_DENIED, /"nope".*"job-42"/);
+    await refused(rpc(c, 'join', joinRequest('worker-0', {}, { threads: 0 })), grpc.status.INVALID_ARGUMENT, /threads must be >= 1, got 0/);
+    await refused(rpc(c, 'join', joinRequest('worker-0', {}, { transports: ['grpc'] })), grpc.status.FAILED_PRECONDITION, /data plane is "tcp"/);
+    await refused(rpc(c, 'join', joinRequest('worker-0', { configJson: '{oops' })), grpc.status.INVALID_ARGUMENT, /config_json is not JSON/);
+    // Nothing of the above was admitted: the first admitted worker's config becomes the job's.
+    const w0 = await joinAs(c, 'worker-0');
+    const other = JSON.stringify({ train: { lr: 0.001, batch_size: 3 }, model: 'tiny' });
+    await refused(
+      rpc(c, 'join', joinRequest('worker-1', { configJson: other })),
+      grpc.status.FAILED_PRECONDITION,
+      'field "train.batch_size" differs: 3 here, 4 in the job',
+    );
+    await refused(rpc(c, 'join', joinRequest('worker-0')), grpc.status.ALREADY_EXISTS, /name "worker-0" is held by live worker/);
+    // Key order does not matter.
+    const w1 = await joinAs(c, 'worker-1', { configJson: JSON.stringify({ train: { lr: 0.001, batch_size: 4 }, model: 'tiny' }) });
+    await refused(rpc(c, 'join', joinRequest('worker-2')), grpc.status.RESOURCE_EXHAUSTED, /full: 2 of --max-workers 2/);
+    const seen = watch(c, w0);
+    const m = await seen.epoch(1);
+    assert.equal(m.reason, 'rendezvous');
+    assert.deepEqual(m.members.map((x) => x.workerId), [w0, w1]);
+    // Refusals after the rendezvous change nothing either.
+    await refused(rpc(c, 'commitStep', { workerId: w0, epoch: 1, step: 1, ranks: [] }, meta('bad')), grpc.status.UNAUTHENTICATED, 'wrong job token');
+    await refused(rpc(c, 'leave', { workerId: w0, finished: false }, meta(TOKEN, 'x')), grpc.status.PERMISSION_DENIED, /"x"/);
+    await refused(rpc(c, 'heartbeat', { workerId: 'w99-nobody' }), grpc.status.NOT_FOUND, 'unknown worker id "w99-nobody"');
+    assert.deepEqual(await rpc(c, 'heartbeat', { workerId: w0, epoch: 1, step: 0 }), { epoch: 1, member: true });
+    await sleep(50);
+    assert.equal(seen.got.length, 1);
+    // One log line per refusal, naming the peer and why.
+    const refusals = lines.filter((l) => l.startsWith('refused '));
+    assert.equal(refusals.length, 14, refusals.join('\n'));
+    assert.ok(refusals.some((l) => /^refused Join from .*127\.0\.0\.1.* \(worker-0\): wrong job token$/.test(l)), refusals.join('\n'));
+    let settled = false;
+    void coord.done.then(() => (settled = true));
+    await sleep(20);
+    assert.equal(settled, false);
+  });
+});
+
+test('rendezvous at maxWorkers: ring order by launcher rank, then join order; ranks and world size from threads', async () => {
+  await withJob({ minWorkers: 1, maxWorkers: 4, joinTimeoutMs: 60_000, transport: 'grpc' }, async ({ client }) => {
+    const c = client();
+    const a = await joinAs(c, 'a', {}, { threads: 2 }); // no launcher rank
+    const b = await joinAs(c, 'b', { launcherRank: 1 }, { threads: 1 });
+    const d = await joinAs(c, 'd', {}, { threads: 3 }); // no launcher rank, joined after a
+    const w = watch(c, a);
+    await sleep(50);
+    assert.equal(w.got.length, 0, 'no membership before maxWorkers joined (join timeout 60 s)');
+    const e = await joinAs(c, 'e', { launcherRank: 0 }, { threads: 2 });
+    const m = await w.epoch(1);
+    assert.deepEqual(
+      m.members.map((x) => [x.workerId, x.rank, x.firstRank, x.threads]),
+      [
+        [e, 0, 0, 2],
+        [b, 1, 2, 1],
+        [a, 2, 3, 2],
+        [d, 3, 5, 3],
+      ],
+    );
+    assert.equal(m.worldSize, 8);
+    assert.equal(m.transport, 'grpc');
+    assert.equal(m.committedStep, 0);
+    assert.equal(m.stop, false);
+    assert.equal(m.members[1].name, 'b');
+    assert.match(m.members[1].peerAddress, /^127\.0\.0\.1:\d+$/);
+  });
+});
+
+test('rendezvous at minWorkers once the join timeout passed', async () => {
+  const t0 = Date.now();
+  await withJob({ minWorkers: 2, maxWorkers: 4, joinTimeoutMs: 400 }, async ({ client }) => {
+    const c = client();
+    const a = await joinAs(c, 'a');
+    const w = watch(c, a);
+    await sleep(500);
+    assert.equal(w.got.length, 0, 'one worker is fewer than --min-workers 2');
+    const r = await rpc<JoinReply>(c, 'join', joinRequest('b'));
+    assert.equal(r.heartbeatMs, 1000);
+    assert.equal(r.workerTimeoutMs, 30000);
+    const m = await w.epoch(1);
+    assert.ok(Date.now() - t0 >= 400);
+    assert.deepEqual(m.members.map((x) => x.name), ['a', 'b']);
+    assert.equal(m.transport, 'tcp');
+  });
+});
+
+test('heartbeat eviction: a silent member is removed, the others renumbered in a new epoch; its heartbeats get member=false', async () => {
+  await withJob({ minWorkers: 2, maxWorkers: 3, workerTimeoutMs: 300 }, async ({ client, lines }) => {
+    const c = client();
+    const ids = [await joinAs(c, 'w0', { launcherRank: 0 }), await joinAs(c, 'w1', { launcherRank: 1 }), await joinAs(c, 'w2', { launcherRank: 2 })];
+    const w = watch(c, ids[0]);
+    await w.epoch(1);
+    const beat = setInterval(() => {
+      for (const id of [ids[0], ids[2]]) rpc(c, 'heartbeat', { workerId: id, epoch: 1, step: 0 }).catch(() => {});
+    }, 50);
+    try {
+      const m = await w.epoch(2);
+      assert.match(m.reason, /^w1 missed heartbeats for \d+ ms$/);
+      assert.deepEqual(m.members.map((x) => [x.name, x.rank, x.firstRank]), [
+        ['w0', 0, 0],
+        ['w2', 1, 1],
+      ]);
+      assert.equal(m.worldSize, 2);
+      assert.deepEqual(await rpc(c, 'heartbeat', { workerId: ids[1], epoch: 1, step: 0 }), { epoch: 2, member: false });
+      assert.deepEqual(await rpc(c, 'heartbeat', { workerId: ids[0], epoch: 2, step: 0 }), { epoch: 2, member: true });
+      assert.ok(lines.some((l) => /^removed w1 .*missed heartbeats/.test(l)));
+    } finally {
+      clearInterval(beat);
+    }
+  });
+});
+
+test('a cancelled watch stream removes its member; an unknown worker id is NOT_FOUND', async () => {
+  await withJob({ minWorkers: 1, maxWorkers: 2 }, async ({ client }) => {
+    const c = client();
+    const a = await joinAs(c, 'a');
+    const b = await joinAs(c, 'b');
+    const wa = watch(c, a);
+    const wb = watch(c, b);
+    await wa.epoch(1);
+    await wb.epoch(1);
+    wb.stream.cancel();
+    const m = await wa.epoch(2);
+    assert.match(m.reason, /^b disconnected/);
+    assert.deepEqual(m.members.map((x) => x.name), ['a']);
+    const unknown = watch(c, 'nobody');
+    await until('NOT_FOUND', () => unknown.error);
+    assert.equal(unknown.error!.code, grpc.status.NOT_FOUND);
+    assert.deepEqual(await rpc(c, 'heartbeat', { workerId: b }), { epoch: 2, member: false });
+  });
+});
+
+test('commit barrier: holds until every member reported, answers all with every rank in rank order; stale epochs, mismatched steps and non-members', async () => {
+  await withJob({ minWorkers: 3, maxWorkers: 3 }, async ({ client }) => {
+    const c = client();
+    const ids = [await joinAs(c, 'w0', { launcherRank: 0 }, { threads: 2 }), await joinAs(c, 'w1', { launcherRank: 1 }), await joinAs(c, 'w2', { launcherRank: 2 })];
+    const w = watch(c, ids[0]);
+    const m = await w.epoch(1);
+    assert.equal(m.worldSize, 4);
+    await refused(rpc(c, 'commitStep', { workerId: 'ghost', epoch: 1, step: 1, ranks: [] }), grpc.status.NOT_FOUND, /ghost/);
+    assert.deepEqual(await rpc(c, 'commitStep', { workerId: ids[1], epoch: 7, step: 1, ranks: [] }), { committed: false, epoch: 1, ranks: [] });
+    const results: (StepCommit | undefined)[] = [undefined, undefined, undefined];
+    const p2 = rpc<StepCommit>(c, 'commitStep', { workerId: ids[2], epoch: 1, step: 1, ranks: [{ rank: 3, values: { loss: 3.5 } }] }).then((r) => (results[2] = r));
+    const p0 = rpc<StepCommit>(c, 'commitStep', {
+      workerId: ids[0],
+      epoch: 1,
+      step: 1,
+      ranks: [
+        { rank: 1, values: { loss: 1.5, acc: 0.25 } },
+        { rank: 0, values: { loss: 0.5 } },
+      ],
+    }).then((r) => (results[0] = r));
+    await refused(
+      rpc(c, 'commitStep', { workerId: ids[1], epoch: 1, step: 2, ranks: [] }),
+      grpc.status.INVALID_ARGUMENT,
+      /step 2 reported, but w\d reported step 1 in epoch 1/,
+    );
+    await sleep(100);
+    assert.deepEqual(results, [undefined, undefined, undefined], 'held until every member reported');
+    const r1 = await rpc<StepCommit>(c, 'commitStep', { workerId: ids[1], epoch: 1, step: 1, ranks: [{ rank: 2, values: { loss: 2.5 } }] });
+    await Promise.all([p0, p2]);
+    const expected = {
+      committed: true,
+      epoch: 1,
+      ranks: [
+        { rank: 0, values: { loss: 0.5 } },
+        { rank: 1, values: { loss: 1.5, acc: 0.25 } },
+        { rank: 2, values: { loss: 2.5 } },
+        { rank: 3, values: { loss: 3.5 } },
+      ],
+    };
+    assert.deepEqual(r1, expected);
+    assert.deepEqual(results[0], expected);
+    assert.deepEqual(results[2], expected);
+    await refused(rpc(c, 'commitStep', { workerId: ids[1], epoch: 1, step: 1, ranks: [] }), grpc.status.INVALID_ARGUMENT, /not after the committed step 1/);
+    // A checkpoint of a committed step is recorded; of a later one refused.
+    assert.deepEqual(await rpc(c, 'commitCheckpoint', { workerId: ids[0], step: 1, path: '/ckpt/1' }), { lastCheckpointStep: 1 });
+    await refused(rpc(c, 'commitCheckpoint', { workerId: ids[0], step: 2, path: '/ckpt/2' }), grpc.status.FAILED_PRECONDITION, /last committed step is 1/);
+  });
+});
+
+test('a membership change answers held commits with committed=false and the new epoch; a removed worker is no member', async () => {
+  await withJob({ minWorkers: 2, maxWorkers: 3 }, async ({ client }) => {
+    const c = client();
+    const ids = [await joinAs(c, 'w0'), await joinAs(c, 'w1'), await joinAs(c, 'w2')];
+    const w = watch(c, ids[0]);
+    await w.epoch(1);
+    const held = [0, 1].map((i) => rpc<StepCommit>(c, 'commitStep', { workerId: ids[i], epoch: 1, step: 1, ranks: [{ rank: i, values: {} }] }));
+    await sleep(50);
+    await rpc(c, 'leave', { workerId: ids[2], reason: 'preempted', finished: false });
+    for (const r of await Promise.all(held)) assert.deepEqual(r, { committed: false, epoch: 2, ranks: [] });
+    const m = await w.epoch(2);
+    assert.equal(m.reason, 'w2 left: preempted');
+    assert.equal(m.committedStep, 0);
+    await refused(rpc(c, 'commitStep', { workerId: ids[2], epoch: 2, step: 1, ranks: [] }), grpc.status.FAILED_PRECONDITION, /w2 is not a member/);
+  });
+});
+
+test('a late joiner is pending until the next committed step, then enters the next epoch', async () => {
+  await withJob({ minWorkers: 2, maxWorkers: 3, joinTimeoutMs: 100 }, async ({ client }) => {
+    const c = client();
+    const a = await joinAs(c, 'a');
+    const b = await joinAs(c, 'b');
+    const w = watch(c, a);
+    await w.epoch(1);
+    const late = await joinAs(c, 'late', { launcherRank: 0 });
+    const wl = watch(c, late);
+    await refused(rpc(c, 'commitStep', { workerId: late, epoch: 1, step: 1, ranks: [] }), grpc.status.FAILED_PRECONDITION, /not a member yet/);
+    assert.deepEqual(await rpc(c, 'heartbeat', { workerId: late }), { epoch: 1, member: true });
+    await sleep(50);
+    assert.equal(wl.got.length, 0);
+    const [ra, rb] = await Promise.all(
+      [a, b].map((id, i) => rpc<StepCommit>(c, 'commitStep', { workerId: id, epoch: 1, step: 1, ranks: [{ rank: i, values: { loss: i } }] })),
+    );
+    assert.equal(ra.committed && rb.committed, true);
+    const m = await w.epoch(2);
+    assert.equal(m.reason, 'late joined');
+    assert.equal(m.committedStep, 1);
+    assert.deepEqual(m.members.map((x) => [x.name, x.rank]), [
+      ['a', 0],
+      ['b', 1],
+      ['late', 2],
+    ]);
+    assert.deepEqual((await wl.epoch(2)).epoch, 2);
+  });
+});
+
+test('fewer survivors than --min-workers: a final stop membership and done with finished=false', async () => {
+  await withJob({ minWorkers: 2, maxWorkers: 2 }, async ({ client, coord }) => {
+    const c = client();
+    const a = await joinAs(c, 'a');
+    const b = await joinAs(c, 'b');
+    const w = watch(c, a);
+    await w.epoch(1);
+    await rpc(c, 'leave', { workerId: b, finished: false });
+    const m = await w.epoch(2);
+    assert.equal(m.stop, true);
+    assert.equal(m.finished, false);
+    assert.equal(m.reason, '1 workers left, fewer than --min-workers 2');
+    assert.deepEqual(await coord.done, { finished: false, reason: 'b left; 1 workers left, fewer than --min-workers 2' });
+    await until('stream end', () => w.ended);
+    await refused(rpc(c, 'join', joinRequest('c')), grpc.status.FAILED_PRECONDITION, 'the job has ended');
+  });
+});
+
+test('every member leaving finished: stop with finished=true, done finished; events logged as JSONL', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'vitreg-coord-'));
+  const events = join(dir, 'events.jsonl');
+  try {
+    await withJob({ minWorkers: 2, maxWorkers: 2, eventsPath: events }, async ({ client, coord }) => {
+      const c = client();
+      const a = await joinAs(c, 'a');
+      const b = await joinAs(c, 'b');
+      const w = watch(c, a);
+      await w.epoch(1);
+      await Promise.all([a, b].map((id) => rpc(c, 'commitStep', { workerId: id, epoch: 1, step: 1, ranks: [] })));
+      await rpc(c, 'reportMetrics', { workerId: a, step: 1, json: '{"val_acc":0.5}' });
+      await refused(rpc(c, 'reportMetrics', { workerId: a, step: 1, json: 'nan' }), grpc.status.INVALID_ARGUMENT, /not JSON/);
+      await rpc(c, 'leave', { workerId: a, finished: true });
+      await sleep(30);
+      assert.equal(w.got.length, 1, 'one finished member is not the end');
+      await rpc(c, 'leave', { workerId: b, finished: true });
+      const m = await w.epoch(2);
+      assert.equal(m.stop, true);
+      assert.equal(m.finished, true);
+      assert.equal(m.committedStep, 1);
+      assert.deepEqual(await coord.done, { finished: true, reason: 'every worker finished' });
+    });
+    const lines = readFileSync(events, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    for (const l of lines) assert.ok(!Number.isNaN(Date.parse(l.time)));
+    assert.deepEqual(
+      lines.map((l) => l.event),
+      ['start', 'join', 'join', 'membership', 'commit', 'metrics', 'refused', 'leave', 'leave', 'membership', 'finish'],
+    );
+    assert.deepEqual(lines[5].metrics, { val_acc: 0.5 });
+    assert.equal(lines[10].finished, true);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+// ---- TLS ----
+
+const hasOpenssl = spawnSync('openssl', ['version']).status === 0;
+
+function makeCerts(dir: string) {
+  const run = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+  for (const ca of ['ca1', 'ca2']) run('req', '-x509', ...ec, '-keyout', `${ca}.key`, '-out', `${ca}.pem`, '-days', '2', '-subj', `/CN=${ca}`);
+  writeFileSync(join(dir, 'server.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
+  writeFileSync(join(dir, 'client.ext'), 'extendedKeyUsage=clientAuth\n');
+  const sign = (name: string, ca: string, ext: string) => {
+    run('req', ...ec, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`);
+    run('x509', '-req', '-in', `${name}.csr`, '-CA', `${ca}.pem`, '-CAkey', `${ca}.key`, '-CAcreateserial', '-out', `${name}.pem`, '-days', '2', '-extfile', ext);
+  };
+  sign('server', 'ca1', 'server.ext');
+  sign('client1', 'ca1', 'client.ext');
+  sign('client2', 'ca2', 'client.ext');
+  const f = (n: string) => readFileSync(join(dir, n));
+  return {
+    ca1: f('ca1.pem'),
+    server: { cert: f('server.pem'), key: f('server.key') },
+    client1: { cert: f('client1.pem'), key: f('client1.key') },
+    client2: { cert: f('client2.pem'), key: f('client2.key') },
+  };
+}
+
+test('TLS: a client trusting the CA works; a plaintext client is refused (UNAVAILABLE) and the refusal logged', { skip: hasOpenssl ? false : 'the openssl command is not installed' }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'vitreg-tls-'));
+  try {
+    const certs = makeCerts(dir);
+    await withJob({ tls: { ...certs.server } }, async ({ client, lines }) => {
+      const ok = client(grpc.credentials.createSsl(certs.ca1));
+      const id = await joinAs(ok, 'a');
+      assert.deepEqual(await rpc(ok, 'heartbeat', { workerId: id }), { epoch: 0, member: true });
+      const plain = client(grpc.credentials.createInsecure());
+      await refused(rpc(plain, 'heartbeat', { workerId: id }), grpc.status.UNAVAILABLE, /.*/);
+      await until('refused TLS log line', () => lines.find((l) => /^refused TLS connection from 127\.0\.0\.1:\d+: TLS handshake failed/.test(l)));
+    });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('mutual TLS: a client certificate from the CA works; one from another CA, or none, is refused and logged', { skip: hasOpenssl ? false : 'the openssl command is not installed' }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'vitreg-mtls-'));
+  try {
+    const certs = makeCerts(dir);
+    await withJob({ tls: { ...certs.server, ca: certs.ca1 } }, async ({ client, lines }) => {
+      const good = client(grpc.credentials.createSsl(certs.ca1, certs.client1.key, certs.client1.cert));
+      const id = await joinAs(good, 'a');
+      assert.deepEqual(await rpc(good, 'heartbeat', { workerId: id }), { epoch: 0, member: true });
+      const other = client(grpc.credentials.createSsl(certs.ca1, certs.client2.key, certs.client2.cert));
+      await refused(rpc(other, 'heartbeat', { workerId: id }), grpc.status.UNAVAILABLE, /.*/);
+      await until('refused client certificate log line', () =>
+        lines.find((l) => /^refused TLS connection from 127\.0\.0\.1:\d+: client certificate refused: \w+ \(subject CN=client2\)$/.test(l)),
+      );
+      const none = client(grpc.credentials.createSsl(certs.ca1));
+      await refused(rpc(none, 'heartbeat', { workerId: id }), grpc.status.UNAVAILABLE, /.*/);
+      await until('no client certificate log line', () => lines.find((l) => /client certificate refused: the client sent none/.test(l)));
+      assert.deepEqual(await rpc(good, 'heartbeat', { workerId: id }), { epoch: 0, member: true }, 'the job is unaffected');
+    });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+// ---- the bin ----
+
+const BIN = ['--conditions=vitreg-source', '--import', 'tsx', join('apps', 'coordinator', 'src', 'main.ts')];
+
+test('vitreg-coordinator: prints its address as one JSON line, serves, closes on SIGTERM with exit 1', async () => {
+  const child = spawn(process.execPath, [...BIN, '--host', '127.0.0.1', '--port', '0', '--max-workers', '2', '--job-id', JOB], {
+    cwd: ROOT,
+    env: { ...process.env, VITREG_TOKEN: TOKEN },
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (err += d));
+  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  try {
+    const line = await until('the JSON line', () => (out.includes('\n') ? out.split('\n')[0] : undefined), 15_000);
+    const info = JSON.parse(line);
+    assert.equal(info.job, JOB);
+    assert.match(info.coordinator, /^127\.0\.0\.1:\d+$/);
+    const c = new CoordinatorClient(info.coordinator, grpc.credentials.createInsecure());
+    try {
+      await joinAs(c, 'a');
+    } finally {
+      c.close();
+    }
+    child.kill('SIGTERM');
+    assert.equal(await exited, 1);
+    assert.match(err, /\[coordinator\] join a /);
+    assert.match(err, /\[coordinator\] SIGTERM: closing/);
+  } finally {
+    child.kill('SIGKILL');
+  }
+});
+
+test('vitreg-coordinator --exit-with-stdin: exits (1) when its stdin closes', async () => {
+  const child = spawn(process.execPath, [...BIN, '--host', '127.0.0.1', '--port', '0', '--max-workers', '1', '--token', TOKEN, '--exit-with-stdin'], {
+    cwd: ROOT,
+    env: Object.fromEntries(Object.entries(process.env).filter(([k]) => !['VITREG_JOB_ID', 'TORCHELASTIC_RUN_ID', 'SLURM_JOB_ID'].includes(k))),
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (err += d));
+  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  try {
+    const info = JSON.parse(await until('the JSON line', () => (out.includes('\n') ? out.split('\n')[0] : undefined), 15_000));
+    assert.equal(info.job, 'vitreg');
+    child.stdin.end();
+    assert.equal(await exited, 1);
+    assert.match(err, /\[coordinator\] stdin closed: closing/);
+  } finally {
+    child.kill('SIGKILL');
+  }
+});
+
+test('vitreg-coordinator: a missing token, a bad flag, --help', () => {
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  for (const k of ['VITREG_TOKEN', 'VITREG_TOKEN_FILE', 'WORLD_SIZE', 'SLURM_NTASKS']) delete env[k];
+  const run = (...args: string[]) => spawnSync(process.execPath, [...BIN, ...args], { cwd: ROOT, env, encoding: 'utf8', timeout: 20_000 });
+  const noToken = run('--max-workers', '2');
+  assert.equal(noToken.status, 2);
+  assert.match(noToken.stderr, /--token: the job token is required/);
+  assert.equal(noToken.stdout, '');
+  const bad = run('--token', 'x', '--max-workers', 'two');
+  assert.equal(bad.status, 2);
+  assert.equal(bad.stderr.trim().split('\n').length, 1);
+  assert.match(bad.stderr, /--max-workers: expected an integer >= 1, got "two"/);
+  const noMax = run('--token', 'x');
+  assert.equal(noMax.status, 2);
+  assert.match(noMax.stderr, /--max-workers: required/);
+  const unknown = run('--token', 'x', '--max-workers', '1', '--bogus');
+  assert.equal(unknown.status, 2);
+  assert.match(unknown.stderr, /--bogus/);
+  const missingFile = run('--token-file', '/nonexistent/token', '--max-workers', '1');
+  assert.equal(missingFile.status, 2);
+  assert.match(missingFile.stderr, /--token-file: cannot read \/nonexistent\/token: ENOENT/);
+  const help = run('--help');
+  assert.equal(help.status, 0);
+  assert.match(help.stdout, /Usage: vitreg-coordinator/);
+});
