@@ -1,0 +1,50 @@
+/**
+ * Every bin works from a clone right after `npm ci`: npm links node_modules/.bin/<name> only when its
+ * target (dist/main.js) exists, so the root `prepare` script builds every package and then relinks
+ * the bins (`npm rebuild --ignore-scripts`). Runs each bin through the link npm made, with --help, in
+ * plain Node (built dist, no TypeScript loader). Run after the build (`npm test` builds first).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, realpathSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
+const workspaces: string[] = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).workspaces;
+
+const bins: { name: string; ws: string; target: string }[] = [];
+for (const ws of workspaces) {
+  const pkg = JSON.parse(readFileSync(join(ROOT, ws, 'package.json'), 'utf8'));
+  const bin: Record<string, string> = typeof pkg.bin === 'string' ? { [pkg.name]: pkg.bin } : (pkg.bin ?? {});
+  for (const [name, target] of Object.entries(bin)) bins.push({ name, ws, target });
+}
+
+test('the expected bins are declared', () => {
+  assert.deepEqual(bins.map((b) => b.name).sort(), ['vitreg', 'vitreg-coordinator', 'vitreg-worker']);
+});
+
+for (const { name, ws, target } of bins) {
+  // The bin's source: dist/main.js is built from src/main.ts.
+  const source = join(ROOT, ws, target.replace(/^(\.\/)?dist\//, 'src/').replace(/\.js$/, '.ts'));
+  const skip = existsSync(source) ? false : `${ws}: ${source.slice(ROOT.length + 1)} is not written yet`;
+  test(`node_modules/.bin/${name} --help exits 0 with its usage`, { skip }, () => {
+    const link = join(ROOT, 'node_modules', '.bin', name);
+    assert.ok(
+      existsSync(link),
+      `${link} missing: npm links a bin only when its target exists; run npm ci (its prepare builds, then relinks) or npm rebuild --ignore-scripts after a build`,
+    );
+    assert.equal(realpathSync(link), realpathSync(join(ROOT, ws, target)), 'the link points at the package bin');
+    const r = spawnSync(link, ['--help'], {
+      cwd: ROOT,
+      encoding: 'utf8',
+      timeout: 60_000,
+      env: { ...process.env, NODE_OPTIONS: '' },
+    });
+    assert.equal(r.error, undefined, String(r.error));
+    assert.equal(r.status, 0, `exit ${r.status} ${r.signal ?? ''}\n${r.stderr}`);
+    assert.match(r.stdout, /^Usage: /m);
+    assert.ok(r.stdout.includes(name), `the usage names ${name}:\n${r.stdout}`);
+  });
+}
