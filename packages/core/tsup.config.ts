@@ -7,4 +7,9 @@ export default defineConfig({
   clean: true,
   sourcemap: true,
   target: 'node20',
+  // startThread calls import.meta.resolve only when running from source (.ts, under tsx), never in
+  // dist, so the CommonJS build's empty import.meta there is harmless.
+  esbuildOptions(options) {
+    options.logOverride = { ...options.logOverride, 'empty-import-meta': 'silent' };
+  },
 });

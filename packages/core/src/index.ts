@@ -9,3 +9,4 @@ export * from './progress.js';
 export * from './log.js';
 export * from './data/index.js';
 export * from './gradients.js';
+export * from './thread.js';

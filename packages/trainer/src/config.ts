@@ -4,6 +4,8 @@
  * the defaults (DINOv2's and DeiT-III's values). `validateTrainConfig` checks every field, rejects
  * unknown ones, and names the field and the allowed values in its error, before any work starts.
  */
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { CONFIG_FIELDS, MODEL_NAMES, getConfig, type ViTConfig } from '@vitreg/registers';
 
 export type Objective = 'supervised' | 'dino';
@@ -403,4 +405,69 @@ export function modelConfig(cfg: TrainConfig, source = 'config'): ViTConfig {
   } catch (err) {
     throw new Error(`${source}: model: ${(err as Error).message}`);
   }
+}
+
+/** What the command line says about a run's config (`vitreg train` and `vitreg-worker` share it). */
+export interface ConfigSources {
+  /** A JSON file with any of the sections (and optionally "preset"). */
+  configFile?: string;
+  preset?: string;
+  /** With neither: the run folder's config.json when resuming. */
+  resumeDir?: string;
+  /** Overrides of single fields. */
+  data?: string;
+  registers?: number;
+  steps?: number;
+  seed?: number;
+  batchSize?: number;
+}
+
+function readJsonObject(path: string, what: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new Error(`${what}: cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (err) {
+    throw new Error(`${what}: ${path} is not valid JSON (${(err as Error).message})`);
+  }
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error(`${what}: ${path}: expected a JSON object`);
+  return parsed as Record<string, unknown>;
+}
+
+/**
+ * The validated config of a run from a preset, a JSON file, or (resuming) the run folder's
+ * config.json, with single fields overridden. Errors name the flag or the field.
+ */
+export function resolveTrainConfig(src: ConfigSources): TrainConfig {
+  if (src.configFile !== undefined && src.preset !== undefined) throw new Error('give --config or --preset, not both');
+  if (src.preset !== undefined && !PRESETS[src.preset]) throw new Error(`--preset: expected one of ${PRESET_NAMES.join(', ')}, got "${src.preset}"`);
+  let raw: Record<string, unknown>;
+  let source: string;
+  if (src.configFile !== undefined) {
+    raw = readJsonObject(src.configFile, '--config');
+    source = src.configFile;
+  } else if (src.preset !== undefined) {
+    raw = { preset: src.preset };
+    source = `preset ${src.preset}`;
+  } else if (src.resumeDir !== undefined && existsSync(join(src.resumeDir, 'config.json'))) {
+    source = join(src.resumeDir, 'config.json');
+    raw = readJsonObject(source, '--resume');
+  } else {
+    throw new Error('expected --preset NAME or --config FILE.json (or --resume with an existing --out run folder); see vitreg train --list-presets');
+  }
+  const section = (k: string) => ({ ...((raw[k] as Record<string, unknown> | undefined) ?? {}) });
+  const patched: Record<string, unknown> = { ...raw };
+  if (src.data !== undefined) patched.data = { ...section('data'), source: src.data };
+  if (src.registers !== undefined) patched.model = { ...section('model'), num_register_tokens: src.registers };
+  const train: Record<string, unknown> = section('train');
+  if (src.steps !== undefined) train.steps = src.steps;
+  if (src.seed !== undefined) train.seed = src.seed;
+  if (src.batchSize !== undefined) train.batch_size = src.batchSize;
+  if (Object.keys(train).length > 0) patched.train = train;
+  return validateTrainConfig(patched, source);
 }

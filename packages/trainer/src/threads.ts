@@ -20,7 +20,7 @@ import { extname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import * as tf from '@tensorflow/tfjs-core';
-import { getBackendName, type BackendName } from '@vitreg/core';
+import { getBackendName, startThread, type BackendName } from '@vitreg/core';
 import type { TrainConfig } from './config.js';
 import type { GradientSync } from './sync.js';
 import type { TrainOptions, TrainResult } from './trainer.js';
@@ -236,20 +236,10 @@ export function weightsChecksum(tensors: Record<string, Float32Array>): string {
   return h.digest('hex');
 }
 
-/**
- * Starts one training thread on the worker entry next to this module: thread-worker.js / .cjs in
- * dist; from source (`--import tsx`), thread-worker.ts behind a bootstrap that registers tsx's hooks,
- * which a worker thread does not inherit (it does inherit execArgv, hence the export conditions).
- */
+/** Starts one training thread on the worker entry next to this module (thread-worker.js / .cjs / .ts). */
 function startWorker(data: ThreadWorkerData): Worker {
-  const here = import.meta.url;
-  const ext = extname(fileURLToPath(here));
-  if (ext !== '.ts') return new Worker(new URL(`./thread-worker${ext}`, here), { workerData: data });
-  const entry = new URL('./thread-worker.ts', here).href;
-  // Source only (tsx is running): the ESM build of tsx's API, as this module's import would load it.
-  const tsx = import.meta.resolve('tsx/esm/api');
-  const boot = `import(${JSON.stringify(tsx)}).then((m) => { m.register(); return import(${JSON.stringify(entry)}); });`;
-  return new Worker(boot, { eval: true, workerData: data });
+  const ext = extname(fileURLToPath(import.meta.url));
+  return startThread(new URL(`./thread-worker${ext}`, import.meta.url), data);
 }
 
 /**

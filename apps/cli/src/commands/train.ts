@@ -2,9 +2,8 @@
  * `vitreg train`: train a ViT with registers, supervised (DeiT-III style) or self-supervised
  * (DINOv2: DINO + iBOT + KoLeo), from a preset or a JSON config, with exact resume.
  */
-import { readFileSync, existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { MAX_WORKERS, openData, PRESET_NAMES, PRESETS, train, trainThreads, validateTrainConfig, type TrainConfig } from '@vitreg/trainer';
+import { MAX_WORKERS, openData, PRESET_NAMES, PRESETS, resolveTrainConfig, train, trainThreads, type TrainConfig } from '@vitreg/trainer';
 import { CliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
 import { startBackend } from '../inputs.js';
 
@@ -40,20 +39,6 @@ Trains a Vision Transformer with N register tokens and writes the run folder DIR
                      batch_size x N. A run is resumed with the same N.
 `;
 
-function readConfigFile(path: string): unknown {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (err) {
-    throw new CliError(`--config: cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
-  }
-  try {
-    return JSON.parse(text);
-  } catch (err) {
-    throw new CliError(`--config: ${path} is not valid JSON (${(err as Error).message})`);
-  }
-}
-
 function listPresets(): string {
   const width = Math.max(...PRESET_NAMES.map((n) => n.length));
   return PRESET_NAMES.map((n) => `${n.padEnd(width)}  ${PRESETS[n]!.summary}`).join('\n');
@@ -82,40 +67,20 @@ export const trainCommand: Command = {
       process.stdout.write(listPresets() + '\n');
       return 0;
     }
-    if (values.config !== undefined && values.preset !== undefined) throw new CliError('give --config or --preset, not both');
-    if (values.preset !== undefined && !PRESETS[values.preset]) {
-      throw new CliError(`--preset: expected one of ${PRESET_NAMES.join(', ')}, got "${values.preset}"`);
-    }
     const workers = intFlag('workers', values.workers, 1);
     if (workers > MAX_WORKERS) throw new CliError(`--workers: expected an integer from 1 to ${MAX_WORKERS}, got "${values.workers}"`);
     const out = resolve(values.out ?? join('runs', `train-${values.preset ?? 'config'}`));
-    let raw: Record<string, unknown>;
-    let source: string;
-    if (values.config !== undefined) {
-      const parsed = readConfigFile(values.config);
-      if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new CliError(`${values.config}: expected a JSON object`);
-      raw = parsed as Record<string, unknown>;
-      source = values.config;
-    } else if (values.preset !== undefined) {
-      raw = { preset: values.preset };
-      source = `preset ${values.preset}`;
-    } else if (values.resume && existsSync(join(out, 'config.json'))) {
-      raw = readConfigFile(join(out, 'config.json')) as Record<string, unknown>;
-      source = join(out, 'config.json');
-    } else {
-      throw new CliError('expected --preset NAME or --config FILE.json (or --resume with an existing --out run folder); see vitreg train --list-presets');
-    }
-    const section = (k: string) => ({ ...((raw[k] as Record<string, unknown> | undefined) ?? {}) });
-    const patched: Record<string, unknown> = { ...raw };
-    if (values.data !== undefined) patched.data = { ...section('data'), source: values.data };
-    if (values.registers !== undefined) patched.model = { ...section('model'), num_register_tokens: intFlag('registers', values.registers, 0, 0) };
-    if (values.steps !== undefined) patched.train = { ...section('train'), steps: intFlag('steps', values.steps, 1) };
-    if (values.seed !== undefined) patched.train = { ...((patched.train as Record<string, unknown> | undefined) ?? {}), seed: intFlag('seed', values.seed, 0, 0) };
     let config: TrainConfig;
     try {
-      config = validateTrainConfig(patched, source);
+      config = resolveTrainConfig({
+        configFile: values.config, preset: values.preset, resumeDir: values.resume ? out : undefined, data: values.data,
+        registers: values.registers === undefined ? undefined : intFlag('registers', values.registers, 0, 0),
+        steps: values.steps === undefined ? undefined : intFlag('steps', values.steps, 1),
+        seed: values.seed === undefined ? undefined : intFlag('seed', values.seed, 0, 0),
+      });
       openData(config);
     } catch (err) {
+      if (err instanceof CliError) throw err;
       throw new CliError((err as Error).message);
     }
     await startBackend(values.backend);

@@ -1,0 +1,189 @@
+/**
+ * The ring's data plane: frames, the queue a worker reads its predecessor's frames from, and the
+ * binary framing of the raw TCP/TLS link.
+ *
+ * A frame is one chunk of a collective, tagged like the protocol's `Chunk` message: membership epoch,
+ * collective number (`op`), training step, ring phase, chunk index and byte offset. On a TCP link a
+ * frame is a 32-byte little-endian header (magic "VRG1", epoch, op, step, phase, index, offset,
+ * payload bytes) followed by the payload.
+ */
+
+export interface FrameHeader {
+  epoch: number;
+  op: number;
+  step: number;
+  phase: number;
+  index: number;
+  offset: number;
+}
+
+export interface Frame extends FrameHeader {
+  /** 4-byte aligned (its own ArrayBuffer from offset 0) so that it can be viewed as float32. */
+  data: Uint8Array;
+}
+
+export const FRAME_MAGIC = 0x31475256; // "VRG1"
+export const HEADER_BYTES = 32;
+/** Default chunk: 1 MiB. */
+export const DEFAULT_CHUNK_BYTES = 1 << 20;
+
+/** A frame or link that breaks the protocol: refused, logged, and the link closed. */
+export class ProtocolError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ProtocolError';
+  }
+}
+
+/** Raised in waiting collectives when the membership epoch they belong to ended. */
+export class EpochEnded extends Error {
+  constructor(readonly epoch: number, reason: string) {
+    super(reason);
+    this.name = 'EpochEnded';
+  }
+}
+
+export function encodeHeader(h: FrameHeader, length: number): Buffer {
+  const b = Buffer.allocUnsafe(HEADER_BYTES);
+  b.writeUInt32LE(FRAME_MAGIC, 0);
+  b.writeUInt32LE(h.epoch, 4);
+  b.writeUInt32LE(h.op, 8);
+  b.writeUInt32LE(h.step, 12);
+  b.writeUInt32LE(h.phase, 16);
+  b.writeUInt32LE(h.index, 20);
+  b.writeUInt32LE(h.offset, 24);
+  b.writeUInt32LE(length, 28);
+  return b;
+}
+
+/** An aligned copy of `bytes` (a received Buffer may sit at any offset of a larger one). */
+export function alignedCopy(bytes: Uint8Array): Uint8Array {
+  const out = new Uint8Array(new ArrayBuffer(bytes.byteLength));
+  out.set(bytes);
+  return out;
+}
+
+/**
+ * Cuts a TCP byte stream into frames. Payloads are read into buffers of their own (aligned); a bad
+ * magic or a payload over `maxPayload` bytes is a ProtocolError.
+ */
+export class FrameParser {
+  private header = Buffer.alloc(HEADER_BYTES);
+  private headerFill = 0;
+  private current: { h: FrameHeader; data: Uint8Array; fill: number } | null = null;
+
+  constructor(private readonly onFrame: (f: Frame) => void, private readonly maxPayload: number) {}
+
+  push(chunk: Uint8Array): void {
+    let pos = 0;
+    while (pos < chunk.length) {
+      if (!this.current) {
+        const take = Math.min(HEADER_BYTES - this.headerFill, chunk.length - pos);
+        this.header.set(chunk.subarray(pos, pos + take), this.headerFill);
+        this.headerFill += take;
+        pos += take;
+        if (this.headerFill < HEADER_BYTES) return;
+        this.headerFill = 0;
+        const b = this.header;
+        if (b.readUInt32LE(0) !== FRAME_MAGIC) throw new ProtocolError(`frame without the VRG1 magic (got 0x${b.readUInt32LE(0).toString(16)})`);
+        const length = b.readUInt32LE(28);
+        if (length > this.maxPayload) throw new ProtocolError(`frame of ${length} bytes, more than the ${this.maxPayload} allowed`);
+        const h = { epoch: b.readUInt32LE(4), op: b.readUInt32LE(8), step: b.readUInt32LE(12), phase: b.readUInt32LE(16), index: b.readUInt32LE(20), offset: b.readUInt32LE(24) };
+        this.current = { h, data: new Uint8Array(new ArrayBuffer(length)), fill: 0 };
+        if (length === 0) this.emit();
+        continue;
+      }
+      const c = this.current;
+      const take = Math.min(c.data.length - c.fill, chunk.length - pos);
+      c.data.set(chunk.subarray(pos, pos + take), c.fill);
+      c.fill += take;
+      pos += take;
+      if (c.fill === c.data.length) this.emit();
+    }
+  }
+
+  private emit(): void {
+    const c = this.current!;
+    this.current = null;
+    this.onFrame({ ...c.h, data: c.data });
+  }
+}
+
+/**
+ * Frames from the predecessor, in arrival order. `next()` waits for the next one; `fail()` rejects
+ * the waiting and later calls (the link broke, or the epoch ended). Backpressure: above `high`
+ * queued bytes the link is paused, below `low` resumed.
+ */
+export class Inbox {
+  private queue: Frame[] = [];
+  private head = 0;
+  private waiter: { resolve: (f: Frame) => void; reject: (e: Error) => void } | null = null;
+  private error: Error | null = null;
+  private bytes = 0;
+  private paused = false;
+  pause: () => void = () => undefined;
+  resume: () => void = () => undefined;
+
+  constructor(private readonly high = 64 << 20, private readonly low = 16 << 20) {}
+
+  push(f: Frame): void {
+    if (this.error) return;
+    if (this.waiter) {
+      const w = this.waiter;
+      this.waiter = null;
+      w.resolve(f);
+      return;
+    }
+    this.queue.push(f);
+    this.bytes += f.data.byteLength;
+    if (!this.paused && this.bytes > this.high) {
+      this.paused = true;
+      this.pause();
+    }
+  }
+
+  next(): Promise<Frame> {
+    if (this.head < this.queue.length) {
+      const f = this.queue[this.head]!;
+      this.queue[this.head++] = undefined as unknown as Frame;
+      if (this.head > 1024 && this.head * 2 > this.queue.length) {
+        this.queue = this.queue.slice(this.head);
+        this.head = 0;
+      }
+      this.bytes -= f.data.byteLength;
+      if (this.paused && this.bytes < this.low) {
+        this.paused = false;
+        this.resume();
+      }
+      return Promise.resolve(f);
+    }
+    if (this.error) return Promise.reject(this.error);
+    return new Promise((resolve, reject) => { this.waiter = { resolve, reject }; });
+  }
+
+  fail(err: Error): void {
+    if (this.error) return;
+    this.error = err;
+    this.queue = [];
+    this.head = 0;
+    this.bytes = 0;
+    if (this.waiter) {
+      const w = this.waiter;
+      this.waiter = null;
+      w.reject(err);
+    }
+  }
+
+  get failed(): Error | null {
+    return this.error;
+  }
+}
+
+/** The sending side of a ring link. */
+export interface OutLink {
+  /** Queues a frame; resolves once its bytes left this process's buffers (the payload may then change). */
+  send(h: FrameHeader, data: Uint8Array): Promise<void>;
+  /** Resolves when the link can take more (backpressure). */
+  ready(): Promise<void>;
+  close(): void;
+}

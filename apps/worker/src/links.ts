@@ -1,0 +1,187 @@
+/**
+ * Ring links between worker processes: the outgoing side of a raw TCP/TLS link (negotiated through
+ * the Peer service's OpenLink, authenticated by an HMAC of the job token over a one-time nonce) and
+ * of a gRPC PushChunks stream. Both carry the same frames; the incoming sides live in the agent.
+ */
+import { createHmac, timingSafeEqual } from 'node:crypto';
+import net from 'node:net';
+import tls from 'node:tls';
+import type * as grpc from '@grpc/grpc-js';
+import { encodeHeader, ProtocolError, type FrameHeader, type OutLink } from './frames.js';
+
+export const HELLO_MAGIC = 0x48475256; // "VRGH"
+
+/** The MAC a sender proves the token with: HMAC-SHA256(token, nonce | epoch | worker id). */
+export function linkMac(token: string, nonce: Uint8Array, epoch: number, workerId: string): Buffer {
+  return createHmac('sha256', token).update(nonce).update(`|${epoch}|${workerId}`).digest();
+}
+
+export function macEquals(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+/** The hello frame: magic, JSON length, JSON {worker_id, epoch, nonce, mac} (hex). */
+export function encodeHello(workerId: string, epoch: number, nonce: Uint8Array, mac: Uint8Array): Buffer {
+  const json = Buffer.from(JSON.stringify({ worker_id: workerId, epoch, nonce: Buffer.from(nonce).toString('hex'), mac: Buffer.from(mac).toString('hex') }));
+  const head = Buffer.allocUnsafe(8);
+  head.writeUInt32LE(HELLO_MAGIC, 0);
+  head.writeUInt32LE(json.length, 4);
+  return Buffer.concat([head, json]);
+}
+
+export interface Hello {
+  worker_id: string;
+  epoch: number;
+  nonce: string;
+  mac: string;
+}
+
+/** Reads the hello from the first bytes of a socket; resolves with it and whatever followed. */
+export function readHello(socket: net.Socket, timeoutMs: number): Promise<{ hello: Hello; rest: Buffer }> {
+  return new Promise((resolve, reject) => {
+    let buf = Buffer.alloc(0);
+    const timer = setTimeout(() => done(new ProtocolError(`no hello within ${timeoutMs} ms`)), timeoutMs);
+    const done = (err: Error | null, value?: { hello: Hello; rest: Buffer }) => {
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.off('error', onError);
+      socket.off('close', onClose);
+      if (err) reject(err);
+      else resolve(value!);
+    };
+    const onError = (err: Error) => done(err);
+    const onClose = () => done(new ProtocolError('link closed before its hello'));
+    const onData = (chunk: Buffer) => {
+      buf = Buffer.concat([buf, chunk]);
+      if (buf.length < 8) return;
+      if (buf.readUInt32LE(0) !== HELLO_MAGIC) return done(new ProtocolError('link did not start with a VRGH hello'));
+      const len = buf.readUInt32LE(4);
+      if (len > 4096) return done(new ProtocolError(`hello of ${len} bytes`));
+      if (buf.length < 8 + len) return;
+      socket.pause();
+      try {
+        const hello = JSON.parse(buf.subarray(8, 8 + len).toString('utf8')) as Hello;
+        if (typeof hello.worker_id !== 'string' || typeof hello.nonce !== 'string' || typeof hello.mac !== 'string' || !Number.isInteger(hello.epoch)) {
+          throw new Error('fields missing');
+        }
+        done(null, { hello, rest: buf.subarray(8 + len) });
+      } catch (err) {
+        done(new ProtocolError(`malformed hello (${(err as Error).message})`));
+      }
+    };
+    socket.on('data', onData);
+    socket.on('error', onError);
+    socket.on('close', onClose);
+  });
+}
+
+export interface TlsFiles {
+  cert: Buffer;
+  key: Buffer;
+  ca?: Buffer;
+}
+
+/** Opens the TCP (TLS with `tls`) link to `host:port`, sends the hello and waits for the one-byte accept. */
+export async function connectTcpLink(host: string, port: number, hello: Buffer, tlsFiles: TlsFiles | undefined, timeoutMs: number): Promise<TcpOutLink> {
+  const socket: net.Socket = await new Promise((resolve, reject) => {
+    const onErr = (err: Error) => reject(err);
+    const s = tlsFiles
+      ? tls.connect({ host, port, ca: tlsFiles.ca, cert: tlsFiles.cert, key: tlsFiles.key, checkServerIdentity: () => undefined, rejectUnauthorized: !!tlsFiles.ca }, () => { s.off('error', onErr); resolve(s); })
+      : net.connect({ host, port }, () => { s.off('error', onErr); resolve(s); });
+    s.setTimeout(timeoutMs, () => s.destroy(new Error(`no answer from ${host}:${port} within ${timeoutMs} ms`)));
+    s.once('error', onErr);
+  });
+  socket.setNoDelay(true);
+  socket.write(hello);
+  await new Promise<void>((resolve, reject) => {
+    const onData = (b: Buffer) => {
+      cleanup();
+      if (b[0] === 1) resolve();
+      else reject(new ProtocolError(`${host}:${port} refused the link`));
+    };
+    const onClose = () => { cleanup(); reject(new ProtocolError(`${host}:${port} closed the link after the hello (refused)`)); };
+    const onError = (err: Error) => { cleanup(); reject(err); };
+    const cleanup = () => { socket.off('data', onData); socket.off('close', onClose); socket.off('error', onError); };
+    socket.on('data', onData);
+    socket.on('close', onClose);
+    socket.on('error', onError);
+  });
+  socket.setTimeout(0);
+  return new TcpOutLink(socket);
+}
+
+/** Frames as header + payload writes on a socket; completion from the write callbacks. */
+export class TcpOutLink implements OutLink {
+  private error: Error | null = null;
+  private drainWaiters: (() => void)[] = [];
+
+  constructor(readonly socket: net.Socket) {
+    socket.on('drain', () => this.wake());
+    socket.on('error', (err) => { this.error ??= err; this.wake(); });
+    socket.on('close', () => { this.error ??= new Error('ring link closed'); this.wake(); });
+    // Nothing is read from an outgoing link after the accept byte.
+    socket.on('data', () => undefined);
+  }
+
+  private wake(): void {
+    const ws = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const w of ws) w();
+  }
+
+  send(h: FrameHeader, data: Uint8Array): Promise<void> {
+    if (this.error) return Promise.reject(this.error);
+    return new Promise((resolve, reject) => {
+      this.socket.write(encodeHeader(h, data.byteLength));
+      this.socket.write(data, (err) => (err ? reject(err) : resolve()));
+    });
+  }
+
+  async ready(): Promise<void> {
+    while (!this.error && this.socket.writableNeedDrain) await new Promise<void>((r) => this.drainWaiters.push(r));
+    if (this.error) throw this.error;
+  }
+
+  close(): void {
+    this.error ??= new Error('ring link closed');
+    this.socket.destroy();
+    this.wake();
+  }
+}
+
+/** Frames as Chunk messages on a PushChunks client stream. */
+export class GrpcOutLink implements OutLink {
+  private error: Error | null = null;
+  private drainWaiters: (() => void)[] = [];
+  private needDrain = false;
+
+  constructor(private readonly call: grpc.ClientWritableStream<unknown>, private readonly workerId: string) {
+    call.on('drain', () => { this.needDrain = false; this.wake(); });
+    call.on('error', (err: Error) => { this.error ??= err; this.wake(); });
+  }
+
+  private wake(): void {
+    const ws = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const w of ws) w();
+  }
+
+  send(h: FrameHeader, data: Uint8Array): Promise<void> {
+    if (this.error) return Promise.reject(this.error);
+    // Serialisation copies the bytes at once: the payload may change right after.
+    const ok = this.call.write({ workerId: this.workerId, epoch: h.epoch, op: h.op, step: h.step, phase: h.phase, index: h.index, offset: h.offset, data });
+    if (!ok) this.needDrain = true;
+    return Promise.resolve();
+  }
+
+  async ready(): Promise<void> {
+    while (!this.error && this.needDrain) await new Promise<void>((r) => this.drainWaiters.push(r));
+    if (this.error) throw this.error;
+  }
+
+  close(): void {
+    this.error ??= new Error('ring link closed');
+    this.call.end();
+    this.wake();
+  }
+}

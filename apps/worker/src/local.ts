@@ -1,0 +1,146 @@
+/**
+ * `vitreg train --nodes N`: a whole cluster job on this machine, over loopback, through the same
+ * code as on a cluster: a coordinator process and N worker processes (vitreg-coordinator and
+ * vitreg-worker), a fresh random job token, the run folder shared. Worker 0's stderr (progress) is
+ * passed through; every process also logs to <out>/logs/. With --min-workers 1 (the default here)
+ * the job goes on when a worker process dies.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { createWriteStream, mkdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, extname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export interface LocalJobOptions {
+  /** Worker processes. */
+  nodes: number;
+  /** Training arguments passed to every worker (--preset/--config, --steps, ..., --out). */
+  trainArgs: string[];
+  outDir: string;
+  threads?: number;
+  minWorkers?: number;
+  transport?: 'tcp' | 'grpc';
+  heartbeatMs?: number;
+  workerTimeoutMs?: number;
+  coordinatorTimeoutMs?: number;
+  /** Extra arguments for every worker (tests: --log-samples, --checksum). */
+  workerArgs?: string[];
+  /** Pass worker 0's stderr through (default true). */
+  passThrough?: boolean;
+  /** Called with each started process (tests kill them). */
+  onSpawn?: (what: 'coordinator' | number, child: ChildProcess) => void;
+}
+
+export interface LocalJobResult {
+  /** The job finished (the coordinator exited 0). */
+  finished: boolean;
+  coordinatorCode: number | null;
+  workerCodes: (number | null)[];
+  /** Signals that ended processes, if any. */
+  workerSignals: (NodeJS.Signals | null)[];
+  /** Rank 0's result line (parsed), when it printed one. */
+  result?: Record<string, unknown>;
+}
+
+/** The entry script of a bin next to `moduleUrl`'s file (main.ts from the sources, main.js from dist). */
+function entryBeside(file: string): string {
+  const ext = extname(file);
+  return join(dirname(file), ext === '.ts' ? 'main.ts' : 'main.js');
+}
+
+function workerEntry(): string {
+  return entryBeside(fileURLToPath(import.meta.url));
+}
+
+function coordinatorEntry(): string {
+  return entryBeside(createRequire(import.meta.url).resolve('@vitreg/coordinator'));
+}
+
+function nodeArgs(entry: string): string[] {
+  // From the sources the children need the same loader and export conditions as this process.
+  return entry.endsWith('.ts') ? [...process.execArgv, entry] : [entry];
+}
+
+function exitOf(child: ChildProcess): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) resolve({ code: child.exitCode, signal: child.signalCode });
+    else child.once('exit', (code, signal) => resolve({ code, signal }));
+  });
+}
+
+export async function runLocalJob(o: LocalJobOptions): Promise<LocalJobResult> {
+  const logs = join(o.outDir, 'logs');
+  mkdirSync(logs, { recursive: true });
+  const token = randomBytes(32).toString('hex');
+  const env: NodeJS.ProcessEnv = { ...process.env, VITREG_TOKEN: token };
+  delete env.RANK;
+  delete env.WORLD_SIZE;
+  const jobId = `local-${randomBytes(4).toString('hex')}`;
+  const coordArgs = [
+    '--host', '127.0.0.1', '--port', '0', '--job-id', jobId, '--max-workers', String(o.nodes), '--min-workers', String(o.minWorkers ?? 1),
+    '--transport', o.transport ?? 'tcp', '--events', join(logs, 'coordinator.jsonl'), '--exit-with-stdin', '--join-timeout-ms', '120000',
+    ...(o.heartbeatMs ? ['--heartbeat-ms', String(o.heartbeatMs)] : []),
+    ...(o.workerTimeoutMs ? ['--worker-timeout-ms', String(o.workerTimeoutMs)] : []),
+  ];
+  const coordinator = spawn(process.execPath, [...nodeArgs(coordinatorEntry()), ...coordArgs], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+  o.onSpawn?.('coordinator', coordinator);
+  coordinator.stderr!.pipe(createWriteStream(join(logs, 'coordinator.log'), { flags: 'a' }));
+  const address = await new Promise<string>((resolve, reject) => {
+    let buf = '';
+    const onData = (b: Buffer) => {
+      buf += b.toString('utf8');
+      const nl = buf.indexOf('\n');
+      if (nl < 0) return;
+      coordinator.stdout!.off('data', onData);
+      try {
+        resolve((JSON.parse(buf.slice(0, nl)) as { coordinator: string }).coordinator);
+      } catch {
+        reject(new Error(`the coordinator printed "${buf.slice(0, nl)}" instead of its address`));
+      }
+    };
+    coordinator.stdout!.on('data', onData);
+    coordinator.once('exit', (code) => reject(new Error(`the coordinator exited with code ${code} before listening (see ${join(logs, 'coordinator.log')})`)));
+  });
+  const workers: ChildProcess[] = [];
+  const outputs: string[] = [];
+  for (let i = 0; i < o.nodes; i++) {
+    const args = [
+      ...nodeArgs(workerEntry()), ...o.trainArgs, '--out', o.outDir, '--coordinator', address, '--job-id', jobId, '--name', `worker-${i}`, '--rank', String(i),
+      '--threads', String(o.threads ?? 1), ...(o.coordinatorTimeoutMs ? ['--coordinator-timeout-ms', String(o.coordinatorTimeoutMs)] : []),
+      ...(i === 0 ? [] : ['--no-progress']), ...(o.workerArgs ?? []),
+    ];
+    const w = spawn(process.execPath, args, { env, stdio: ['pipe', 'pipe', i === 0 && o.passThrough !== false ? 'inherit' : 'pipe'] });
+    outputs.push('');
+    w.stdout!.on('data', (b: Buffer) => { outputs[i] += b.toString('utf8'); });
+    if (w.stderr) w.stderr.resume();
+    workers.push(w);
+    o.onSpawn?.(i, w);
+  }
+  const stop = () => {
+    for (const p of [...workers, coordinator]) if (p.exitCode === null) p.kill('SIGTERM');
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  try {
+    const ends = await Promise.all(workers.map(exitOf));
+    // Workers are gone: the coordinator ends when its stdin closes (it may already have).
+    coordinator.stdin!.end();
+    const c = await exitOf(coordinator);
+    let result: Record<string, unknown> | undefined;
+    for (const text of outputs) {
+      const line = text.trim().split('\n').filter(Boolean).pop();
+      if (!line) continue;
+      try {
+        result = JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        // not a result line
+      }
+    }
+    return { finished: c.code === 0, coordinatorCode: c.code, workerCodes: ends.map((e) => e.code), workerSignals: ends.map((e) => e.signal), result };
+  } finally {
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
+    stop();
+  }
+}

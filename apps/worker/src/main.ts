@@ -1,0 +1,180 @@
+#!/usr/bin/env node
+/**
+ * vitreg-worker: one process of a cluster training job (one per GPU). The cluster's launcher starts
+ * it (torchrun, srun, a Kubernetes Indexed Job) with the same arguments on every machine; see
+ * USAGE. Exits 0 when the job finished, 1 when it stopped (lost coordinator, removed, a failure),
+ * 2 on a bad flag.
+ */
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { BACKEND_NAMES, type BackendName } from '@vitreg/core';
+import { openData, resolveTrainConfig } from '@vitreg/trainer';
+import { startCoordinator, type CoordinatorHandle } from '@vitreg/coordinator';
+import { runWorker } from './agent.js';
+import { launchInfo, selectDevice } from './env.js';
+
+export const USAGE = `Usage: vitreg-worker (--preset NAME | --config FILE.json) [training options] [cluster options]
+
+One process of a data-parallel training job across processes and machines: it joins the job's
+coordinator, trains its share of every step in --threads training threads, and all-reduces the
+gradients with its ring neighbours. The launcher starts one per GPU with the same arguments.
+
+Training (as vitreg train): --preset NAME | --config FILE.json, --data DIR|synthetic, --registers N,
+  --steps N, --seed N, --batch-size N (per rank), --out DIR (default runs/train-<preset>), --resume,
+  --backend auto|tensorflow-gpu|tensorflow|wasm|cpu, --no-progress, --log-samples (per-rank files
+  list the (epoch, index) of every image trained on), --checksum (rank 0 prints a weights SHA-256)
+
+Cluster:
+  --coordinator HOST:PORT   an external vitreg-coordinator; without it the process with launcher
+                            rank 0 hosts the coordinator on MASTER_PORT (like torch's rendezvous
+                            store) and every process connects to MASTER_ADDR:MASTER_PORT
+  --token T | --token-file F  the job's shared secret ($VITREG_TOKEN, $VITREG_TOKEN_FILE); required
+  --job-id ID               ($VITREG_JOB_ID, else $TORCHELASTIC_RUN_ID, $SLURM_JOB_ID, else "vitreg")
+  --name NAME               this worker's name in logs and files (default worker-<launcher rank>, else host-pid)
+  --rank N                  launcher rank (default $RANK, $SLURM_PROCID, $JOB_COMPLETION_INDEX)
+  --world-size N            processes of the job (default $WORLD_SIZE, $SLURM_NTASKS)
+  --local-rank N            GPU index on this machine (default $LOCAL_RANK, $SLURM_LOCALID): sets
+                            CUDA_VISIBLE_DEVICES before the GPU backend loads
+  --threads N               training threads (ranks) in this process, reduced in shared memory
+                            before the ring (default 1)
+  --transport tcp|grpc      data plane of a hosted coordinator's job (default tcp)
+  --advertise HOST          host the other workers reach this one at (default: this host's name,
+                            127.0.0.1 when the coordinator is on loopback)
+  --bind HOST               address the Peer service and data links listen on (default 0.0.0.0)
+  --min-workers N --max-workers N   a hosted coordinator's elastic bounds (default: --world-size)
+  --join-timeout-ms MS --heartbeat-ms MS --worker-timeout-ms MS   a hosted coordinator's timings
+  --coordinator-timeout-ms MS  exit non-zero after this long without the coordinator (default 30000)
+  --tls-cert F --tls-key F [--tls-ca F]  TLS on every connection; with --tls-ca, mutual TLS
+`;
+
+class UsageError extends Error {}
+
+function int(flag: string, text: string | undefined, min = 0): number | undefined {
+  if (text === undefined) return undefined;
+  if (!/^\d+$/.test(text.trim()) || Number(text) < min) throw new UsageError(`${flag}: expected an integer >= ${min}, got ${JSON.stringify(text)}`);
+  return Number(text);
+}
+
+function readFile(flag: string, path: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (e) {
+    throw new UsageError(`${flag}: cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+}
+
+async function main(argv: string[]): Promise<number> {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: argv, strict: true, allowPositionals: false,
+      options: {
+        preset: { type: 'string' }, config: { type: 'string' }, data: { type: 'string' }, registers: { type: 'string' },
+        steps: { type: 'string' }, seed: { type: 'string' }, 'batch-size': { type: 'string' }, out: { type: 'string' },
+        resume: { type: 'boolean' }, backend: { type: 'string' }, 'no-progress': { type: 'boolean' }, 'log-samples': { type: 'boolean' },
+        checksum: { type: 'boolean' },
+        coordinator: { type: 'string' }, token: { type: 'string' }, 'token-file': { type: 'string' }, 'job-id': { type: 'string' },
+        name: { type: 'string' }, rank: { type: 'string' }, 'world-size': { type: 'string' }, 'local-rank': { type: 'string' },
+        threads: { type: 'string' }, transport: { type: 'string' }, advertise: { type: 'string' }, bind: { type: 'string' },
+        'min-workers': { type: 'string' }, 'max-workers': { type: 'string' }, 'join-timeout-ms': { type: 'string' },
+        'heartbeat-ms': { type: 'string' }, 'worker-timeout-ms': { type: 'string' }, 'coordinator-timeout-ms': { type: 'string' },
+        'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, 'tls-ca': { type: 'string' },
+        help: { type: 'boolean' },
+      },
+    }));
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const env = launchInfo();
+  const rank = int('--rank', values.rank) ?? env.rank;
+  const worldSize = int('--world-size', values['world-size'], 1) ?? (env.worldSize || undefined);
+  const localRank = int('--local-rank', values['local-rank']) ?? env.localRank;
+  const threads = int('--threads', values.threads, 1) ?? 1;
+  const transport = values.transport ?? 'tcp';
+  if (transport !== 'tcp' && transport !== 'grpc') throw new UsageError(`--transport: expected tcp or grpc, got "${transport}"`);
+  const backend = (values.backend ?? process.env.VITREG_BACKEND ?? 'auto') as BackendName;
+  if (!BACKEND_NAMES.includes(backend)) throw new UsageError(`--backend: expected one of ${BACKEND_NAMES.join(', ')}, got "${backend}"`);
+  let token = values.token ?? process.env.VITREG_TOKEN;
+  const tokenFile = values['token-file'] ?? process.env.VITREG_TOKEN_FILE;
+  if (token === undefined && tokenFile) token = readFile('--token-file', tokenFile).toString('utf8').trim();
+  if (!token) throw new UsageError('no job token: give --token, --token-file, $VITREG_TOKEN or $VITREG_TOKEN_FILE (the same secret on every worker)');
+  const jobId = values['job-id'] ?? process.env.VITREG_JOB_ID ?? (env.jobId || 'vitreg');
+  const tlsCert = values['tls-cert'];
+  const tlsKey = values['tls-key'];
+  if ((tlsCert === undefined) !== (tlsKey === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
+  if (values['tls-ca'] !== undefined && tlsCert === undefined) throw new UsageError('--tls-ca needs --tls-cert and --tls-key');
+  const tls = tlsCert ? { cert: readFile('--tls-cert', tlsCert), key: readFile('--tls-key', tlsKey!), ca: values['tls-ca'] ? readFile('--tls-ca', values['tls-ca']) : undefined } : undefined;
+  const out = resolve(values.out ?? `runs/train-${values.preset ?? 'config'}`);
+  let config;
+  try {
+    config = resolveTrainConfig({
+      configFile: values.config, preset: values.preset, resumeDir: values.resume ? out : undefined, data: values.data,
+      registers: int('--registers', values.registers), steps: int('--steps', values.steps, 1), seed: int('--seed', values.seed),
+      batchSize: int('--batch-size', values['batch-size'], 2),
+    });
+    openData(config);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+
+  // The coordinator: given, or hosted by launcher rank 0 on MASTER_PORT.
+  let coordinator = values.coordinator;
+  let hosted: CoordinatorHandle | null = null;
+  const log = (line: string) => process.stderr.write(line + '\n');
+  if (coordinator === undefined) {
+    if (!env.masterAddr && rank !== 0) throw new UsageError('no coordinator: give --coordinator HOST:PORT, or set MASTER_ADDR (and MASTER_PORT) as torchrun does');
+    const addr = env.masterAddr || '127.0.0.1';
+    coordinator = `${addr.includes(':') ? `[${addr}]` : addr}:${env.masterPort}`;
+    if (rank === 0) {
+      if (!worldSize) throw new UsageError('the worker hosting the coordinator needs the job size: --world-size or $WORLD_SIZE / $SLURM_NTASKS');
+      const maxWorkers = int('--max-workers', values['max-workers'], 1) ?? worldSize;
+      hosted = await startCoordinator({
+        host: values.bind ?? '0.0.0.0', port: env.masterPort, jobId, token, transport, tls,
+        minWorkers: int('--min-workers', values['min-workers'], 1) ?? maxWorkers, maxWorkers,
+        joinTimeoutMs: int('--join-timeout-ms', values['join-timeout-ms'], 1), heartbeatMs: int('--heartbeat-ms', values['heartbeat-ms'], 1),
+        workerTimeoutMs: int('--worker-timeout-ms', values['worker-timeout-ms'], 1),
+        log: (line) => log(`[coordinator] ${line}`),
+      });
+      log(`[coordinator] job "${jobId}" listening on port ${hosted.port} for ${maxWorkers} workers`);
+    }
+  }
+  const loopback = /^(127\.|localhost|\[?::1\]?)/.test(coordinator);
+  const device = selectDevice(localRank);
+  const name = values.name ?? (rank >= 0 ? `worker-${rank}` : `${hostname()}-${process.pid}`);
+  try {
+    const r = await runWorker({
+      coordinator, token, jobId, name, launcherRank: rank, localRank, device, threads, transport,
+      advertise: values.advertise ?? (loopback ? '127.0.0.1' : hostname()), bindHost: values.bind ?? (loopback ? '127.0.0.1' : '0.0.0.0'), peerPort: 0,
+      tls, config, outDir: out, resume: values.resume ?? false, backend, progress: !values['no-progress'],
+      logSamples: values['log-samples'] ?? false, checksum: values.checksum ?? false,
+      coordinatorTimeoutMs: int('--coordinator-timeout-ms', values['coordinator-timeout-ms'], 1) ?? 30_000,
+    });
+    if (r.rank0 && r.result) {
+      const res = r.result;
+      process.stdout.write(JSON.stringify({ out, step: res.step, checkpoint: res.checkpoint, ...(res.checksum ? { checksum: res.checksum } : {}), ...res.eval }) + '\n');
+    }
+    if (hosted) await hosted.done;
+    return r.finished ? 0 : 1;
+  } finally {
+    await hosted?.close();
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+    // Lingering handles (gRPC channels, worker threads) must not keep a finished worker alive.
+    setTimeout(() => process.exit(code), 2000).unref();
+  },
+  (err: Error) => {
+    process.stderr.write(`vitreg-worker: ${err.message}\n`);
+    if (process.env.VITREG_DEBUG && !(err instanceof UsageError)) process.stderr.write(`${err.stack ?? ''}\n`);
+    process.exit(err instanceof UsageError ? 2 : 1);
+  },
+);

@@ -1,0 +1,41 @@
+/** Messages between a worker's agent (main thread) and its training threads. */
+import type { BackendName } from '@vitreg/core';
+import type { TrainConfig, TrainResult } from '@vitreg/trainer';
+
+/** workerData of a training thread. */
+export interface ThreadData {
+  config: TrainConfig;
+  outDir: string;
+  resume: boolean;
+  backend: BackendName;
+  /** Index of the thread in its process. */
+  thread: number;
+  rank: number;
+  worldSize: number;
+  membership: number;
+  rankName: string;
+  logSamples: boolean;
+  progress: boolean;
+  checksum: boolean;
+}
+
+interface Collective {
+  thread: number;
+  /** Collective number within the membership epoch (the same on every rank). */
+  seq: number;
+  membership: number;
+  step: number;
+}
+
+export type ThreadToAgent =
+  | (Collective & { kind: 'allReduce'; data: Float32Array })
+  | (Collective & { kind: 'broadcast'; payload?: Uint8Array })
+  | (Collective & { kind: 'commit'; values: Record<string, number> })
+  | { kind: 'checkpoint'; thread: number; step: number; path: string }
+  | { kind: 'log'; thread: number; line: string }
+  | { kind: 'done'; thread: number; result: TrainResult };
+
+export type AgentToThread =
+  | { kind: 'result'; seq: number; data?: Float32Array; payload?: Uint8Array; reports?: Record<string, number>[] }
+  /** The collective was dropped: the membership changed (`next`: this thread's place in the new one, null while unknown). */
+  | { kind: 'aborted'; seq: number; reason: string; next: { membership: number; rank: number; worldSize: number } | null };
