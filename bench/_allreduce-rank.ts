@@ -1,0 +1,190 @@
+/**
+ * One process of `npm run bench -- allreduce` (forked by bench/allreduce.ts with the runner's execArgv,
+ * so tsx and the vitreg-source condition apply). Roles (argv[2]):
+ *  - `rank`: one ring member running the worker's real data plane (TcpOutLink / FrameParser / Inbox /
+ *    ringAllReduce, or GrpcOutLink + a PushChunks server on PeerService as the agent serves it);
+ *  - `sink` / `source`: the raw TCP ceiling (net, 1 MiB writes, one ack byte per round).
+ * Talks to the parent over the IPC channel.
+ */
+import net from 'node:net';
+import * as grpc from '@grpc/grpc-js';
+import { PeerClient, PeerService, type Chunk, type PeerHandlers } from '@vitreg/proto';
+import { alignedCopy, FrameParser, Inbox, type Frame, type OutLink } from '../apps/worker/src/frames.ts';
+import { connectTcpLink, encodeHello, GrpcOutLink, linkMac, readHello } from '../apps/worker/src/links.ts';
+import { ringAllReduce } from '../apps/worker/src/ring.ts';
+
+type Msg = Record<string, unknown> & { type: string };
+const send = (m: Msg) => process.send!(m);
+const inbox: Msg[] = [];
+let waiting: ((m: Msg) => void) | null = null;
+process.on('message', (m: Msg) => {
+  if (waiting) {
+    const w = waiting;
+    waiting = null;
+    w(m);
+  } else inbox.push(m);
+});
+const recv = (): Promise<Msg> => (inbox.length ? Promise.resolve(inbox.shift()!) : new Promise((r) => { waiting = r; }));
+
+const role = process.argv[2];
+const cfg = JSON.parse(process.argv[3]!) as {
+  rank: number; size: number; floats: number; transport: 'tcp' | 'grpc'; chunkBytes: number; bucketBytes: number; repeat: number;
+};
+
+/** Rank r's value at index i: multiples of 1/8 in [-128, 128), so any sum of up to 2^13 ranks is exact in float32. */
+export function valueOf(rank: number, i: number): number {
+  return (((i * 31 + rank * 1237) % 2048) - 1024) / 8;
+}
+
+async function rankMain(): Promise<void> {
+  const { rank, size, floats, transport, chunkBytes, bucketBytes } = cfg;
+  const token = 'bench';
+  const epoch = 1;
+  const workerId = `rank-${rank}`;
+  // Same queue limits as the agent's.
+  const ib = new Inbox(256 << 20, 64 << 20);
+  let accepted!: () => void;
+  const acceptedP = new Promise<void>((r) => { accepted = r; });
+  let port: number;
+  let closeServer: () => void;
+  if (transport === 'tcp') {
+    // The agent's acceptTcp without the nonce bookkeeping: hello, one-byte accept, FrameParser -> Inbox.
+    const server = net.createServer((socket) => {
+      socket.setNoDelay(true);
+      readHello(socket, 10_000).then(({ rest }) => {
+        socket.write(Buffer.from([1]));
+        ib.pause = () => socket.pause();
+        ib.resume = () => socket.resume();
+        const parser = new FrameParser((f: Frame) => ib.push(f), chunkBytes);
+        const feed = (b: Buffer) => {
+          try {
+            parser.push(b);
+          } catch (err) {
+            ib.fail(err as Error);
+            socket.destroy();
+          }
+        };
+        socket.on('data', feed);
+        socket.on('close', () => ib.fail(new Error('data link closed')));
+        socket.on('error', () => undefined);
+        if (rest.length) feed(rest);
+        socket.resume();
+        accepted();
+      }, (err: Error) => { send({ type: 'error', message: err.message }); });
+    });
+    port = await new Promise<number>((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as net.AddressInfo).port)));
+    closeServer = () => server.close();
+  } else {
+    // The agent's pushChunks handler without the auth and epoch checks: aligned copy into the Inbox.
+    const handlers: PeerHandlers = {
+      pushChunks: (call, callback) => {
+        let n = 0;
+        ib.pause = () => call.pause();
+        ib.resume = () => call.resume();
+        accepted();
+        call.on('data', (c: Chunk) => {
+          n++;
+          ib.push({ epoch: c.epoch, op: c.op, step: c.step, phase: c.phase, index: c.index, offset: c.offset, data: alignedCopy(c.data) });
+        });
+        call.on('error', () => ib.fail(new Error('the incoming gRPC link broke')));
+        call.on('end', () => callback(null, { chunks: n }));
+      },
+      openLink: (_call, callback) => callback({ code: grpc.status.UNIMPLEMENTED, details: 'bench' }),
+    };
+    const server = new grpc.Server({ 'grpc.max_receive_message_length': chunkBytes + 4096, 'grpc.max_send_message_length': 1 << 20 });
+    server.addService(PeerService, handlers);
+    port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+    closeServer = () => server.forceShutdown();
+  }
+  send({ type: 'port', port });
+  const { port: next } = (await recv()) as unknown as { port: number };
+  let out: OutLink;
+  if (transport === 'tcp') {
+    const nonce = Buffer.alloc(32, rank);
+    out = await connectTcpLink('127.0.0.1', next, encodeHello(workerId, epoch, nonce, linkMac(token, nonce, epoch, workerId)), undefined, 10_000);
+  } else {
+    const client = new PeerClient(`127.0.0.1:${next}`, grpc.credentials.createInsecure(), { 'grpc.max_receive_message_length': 8 << 20, 'grpc.max_send_message_length': 8 << 20 });
+    const call = client.pushChunks(new grpc.Metadata(), () => undefined);
+    out = new GrpcOutLink(call as unknown as grpc.ClientWritableStream<unknown>, workerId);
+  }
+  if (transport === 'tcp') await acceptedP;
+  send({ type: 'linked' });
+
+  const data = new Float32Array(floats);
+  for (;;) {
+    const m = await recv();
+    if (m.type === 'exit') break;
+    const iter = m.iter as number;
+    for (let i = 0; i < floats; i++) data[i] = valueOf(rank, i);
+    const t0 = performance.now();
+    await ringAllReduce({ out, inbox: ib, epoch, position: rank, size }, data, iter, iter, { chunkBytes, bucketBytes });
+    const seconds = (performance.now() - t0) / 1000;
+    // Every index against the closed form (exact: see valueOf).
+    let bad = 0;
+    let firstBad = -1;
+    for (let i = 0; i < floats; i++) {
+      let want = 0;
+      for (let r = 0; r < size; r++) want += valueOf(r, i);
+      if (data[i] !== want) {
+        if (bad++ === 0) firstBad = i;
+      }
+    }
+    send({ type: 'done', iter, seconds, bad, firstBad, got: firstBad >= 0 ? data[firstBad] : null });
+  }
+  out.close();
+  closeServer();
+}
+
+/** The ceiling: `floats * 4` bytes per round over one loopback socket, 1 MiB writes, an ack byte per round. */
+async function sinkMain(): Promise<void> {
+  const bytes = cfg.floats * 4;
+  const server = net.createServer((socket) => {
+    socket.setNoDelay(true);
+    let got = 0;
+    socket.on('data', (b: Buffer) => {
+      got += b.length;
+      while (got >= bytes) {
+        got -= bytes;
+        socket.write(Buffer.from([1]));
+      }
+    });
+    socket.on('error', () => undefined);
+  });
+  const port = await new Promise<number>((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as net.AddressInfo).port)));
+  send({ type: 'port', port });
+  await recv();
+  server.close();
+  process.exit(0);
+}
+
+async function sourceMain(): Promise<void> {
+  const bytes = cfg.floats * 4;
+  const { port } = (await recv()) as unknown as { port: number };
+  const socket = await new Promise<net.Socket>((resolve, reject) => {
+    const s = net.connect({ host: '127.0.0.1', port }, () => resolve(s));
+    s.once('error', reject);
+  });
+  socket.setNoDelay(true);
+  const buf = Buffer.alloc(bytes, 7);
+  let ack: (() => void) | null = null;
+  socket.on('data', (b: Buffer) => { for (let i = 0; i < b.length; i++) ack?.(); });
+  const times: number[] = [];
+  for (let round = 0; round <= cfg.repeat; round++) {
+    const acked = new Promise<void>((r) => { ack = r; });
+    const t0 = performance.now();
+    for (let off = 0; off < bytes; off += 1 << 20) {
+      if (!socket.write(buf.subarray(off, Math.min(bytes, off + (1 << 20))))) await new Promise((r) => socket.once('drain', r));
+    }
+    await acked;
+    if (round > 0) times.push((performance.now() - t0) / 1000);
+  }
+  send({ type: 'times', times });
+  socket.destroy();
+  process.exit(0);
+}
+
+const main = role === 'rank' ? rankMain : role === 'sink' ? sinkMain : sourceMain;
+main().then(() => process.exit(0), (err: Error) => {
+  send({ type: 'error', message: err.stack ?? err.message });
+  process.exit(1);
+});
