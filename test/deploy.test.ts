@@ -1,0 +1,145 @@
+/**
+ * deploy/: the Kubernetes manifest and the Slurm batch script hang together. No Kubernetes runtime
+ * can run here, so the manifest is parsed and its wiring checked: an Indexed Job whose pods reach
+ * pod 0 (the coordinator host) through a headless Service, with completions == parallelism ==
+ * WORLD_SIZE, the token from a Secret and one GPU per pod. The batch script is checked with `bash -n`
+ * and for its srun line (test/launchers.test.ts runs it under a real Slurm).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { readFileSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseAllDocuments } from 'yaml';
+import { PRESET_NAMES } from '@vitreg/trainer';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
+const MANIFEST = join(ROOT, 'deploy/kubernetes/vitreg-train.yaml');
+const SBATCH = join(ROOT, 'deploy/slurm/vitreg-train.sbatch');
+
+type Obj = any;
+
+function manifest(): Obj[] {
+  const docs = parseAllDocuments(readFileSync(MANIFEST, 'utf8'));
+  for (const d of docs) assert.deepEqual(d.errors, [], `${MANIFEST}: YAML errors`);
+  return docs.map((d) => d.toJS()).filter((d) => d !== null);
+}
+
+function envOf(container: Obj): Map<string, Obj> {
+  return new Map((container.env ?? []).map((e: Obj) => [e.name, e]));
+}
+
+test('deploy/kubernetes/vitreg-train.yaml: an Indexed Job of N one-GPU workers that reach pod 0 through a headless Service', () => {
+  const docs = manifest();
+  for (const d of docs) assert.ok(d.apiVersion && d.kind && d.metadata?.name, 'every document has apiVersion, kind and metadata.name');
+  const services = docs.filter((d) => d.kind === 'Service');
+  const jobs = docs.filter((d) => d.kind === 'Job');
+  assert.equal(jobs.length, 1, 'one Job');
+  assert.equal(services.length, 1, 'one Service');
+  const [job, svc] = [jobs[0], services[0]];
+  assert.equal(job.apiVersion, 'batch/v1');
+  assert.equal(svc.apiVersion, 'v1');
+
+  // The Job: Indexed, all workers at once.
+  const spec = job.spec;
+  assert.equal(spec.completionMode, 'Indexed');
+  assert.ok(Number.isInteger(spec.completions) && spec.completions >= 2, 'completions: the number of workers');
+  assert.equal(spec.parallelism, spec.completions, 'parallelism == completions: every worker runs at once');
+  assert.ok(Number.isInteger(spec.backoffLimit) && spec.backoffLimit >= 1, 'backoffLimit allows restarts');
+  const pod = spec.template.spec;
+  assert.ok(['OnFailure', 'Never'].includes(pod.restartPolicy), 'a Job pod restarts OnFailure or Never');
+
+  // The headless Service names the pods: subdomain == service name, selector matches the Job's pods.
+  assert.equal(svc.spec.clusterIP, 'None', 'headless Service');
+  assert.equal(pod.subdomain, svc.metadata.name, 'pod subdomain == the Service name');
+  const podLabels = { ...(spec.template.metadata?.labels ?? {}), 'job-name': job.metadata.name, 'batch.kubernetes.io/job-name': job.metadata.name };
+  for (const [k, v] of Object.entries(svc.spec.selector ?? {})) assert.equal(podLabels[k], v, `Service selector ${k}=${v} matches the Job's pods`);
+  assert.ok(Object.keys(svc.spec.selector ?? {}).length > 0, 'the Service selects pods');
+  if (job.metadata.namespace || svc.metadata.namespace) assert.equal(job.metadata.namespace, svc.metadata.namespace, 'same namespace');
+
+  // The worker container.
+  assert.equal(pod.containers.length, 1, 'one container per pod');
+  const c = pod.containers[0];
+  const argv: string[] = [...(c.command ?? []), ...(c.args ?? [])].map(String);
+  assert.equal(argv[0], 'vitreg-worker', 'the container runs vitreg-worker');
+  const flag = (name: string) => {
+    const i = argv.indexOf(name);
+    return i < 0 ? undefined : argv[i + 1];
+  };
+  const preset = flag('--preset');
+  assert.ok(preset !== undefined && PRESET_NAMES.includes(preset), `--preset ${preset} is a known preset`);
+  const out = flag('--out');
+  assert.ok(out !== undefined, '--out');
+  const mounts: Obj[] = c.volumeMounts ?? [];
+  const runsMount = mounts.find((m) => out === m.mountPath || out.startsWith(`${m.mountPath}/`));
+  assert.ok(runsMount && !runsMount.readOnly, `--out ${out} is on a writable volume mount`);
+  const runsVolume = (pod.volumes ?? []).find((v: Obj) => v.name === runsMount.name);
+  assert.ok(runsVolume?.persistentVolumeClaim?.claimName, 'the run folder is on a PersistentVolumeClaim (shared by every pod)');
+  assert.ok(argv.includes('--resume'), '--resume: a restarted worker continues from the last checkpoint');
+  assert.equal(flag('--coordinator'), undefined, 'no --coordinator: pod 0 hosts it');
+
+  const env = envOf(c);
+  const value = (name: string) => {
+    const e = env.get(name);
+    assert.ok(e, `env ${name}`);
+    assert.equal(typeof e.value, 'string', `env ${name} is a string value`);
+    return e.value as string;
+  };
+  assert.equal(Number(value('WORLD_SIZE')), spec.completions, 'WORLD_SIZE == completions');
+  const port = Number(value('MASTER_PORT'));
+  assert.ok(Number.isInteger(port) && port > 0 && port < 65536, 'MASTER_PORT is a port');
+  // Pod i of an Indexed Job has hostname <job>-<i>; with the subdomain it resolves as <job>-<i>.<service>.
+  const addr = value('MASTER_ADDR');
+  const fqdnTail = `.svc.cluster.local`;
+  const short = addr.endsWith(fqdnTail) ? addr.slice(0, -fqdnTail.length).split('.').slice(0, 2).join('.') : addr;
+  assert.equal(short, `${job.metadata.name}-0.${svc.metadata.name}`, 'MASTER_ADDR is pod 0 through the Service');
+  assert.ok(
+    (svc.spec.ports ?? []).some((p: Obj) => p.port === port && (p.targetPort ?? p.port) === port),
+    `the Service exposes MASTER_PORT ${port}`,
+  );
+  assert.ok(!env.has('JOB_COMPLETION_INDEX'), 'JOB_COMPLETION_INDEX is left to Kubernetes');
+  assert.ok(!env.has('RANK'), 'no RANK: the rank is JOB_COMPLETION_INDEX');
+
+  // The job's secret comes from a Secret, never inline.
+  const token = env.get('VITREG_TOKEN');
+  assert.ok(token, 'env VITREG_TOKEN');
+  assert.equal(token.value, undefined, 'VITREG_TOKEN is not written in the manifest');
+  const ref = token.valueFrom?.secretKeyRef;
+  assert.ok(ref?.name && ref?.key, 'VITREG_TOKEN comes from a secretKeyRef');
+  const secret = docs.find((d) => d.kind === 'Secret' && d.metadata.name === ref.name);
+  const text = readFileSync(MANIFEST, 'utf8');
+  assert.ok(
+    secret || new RegExp(`kubectl create secret generic ${ref.name} --from-literal=${ref.key}=`).test(text),
+    `the Secret ${ref.name} (key ${ref.key}) is in the manifest or its kubectl create command is`,
+  );
+
+  // --advertise $(VAR) must name a variable the container defines (Kubernetes expands $(VAR) in args).
+  for (const a of argv) {
+    for (const m of a.matchAll(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g)) assert.ok(env.has(m[1]!), `args use $(${m[1]}), defined in env`);
+  }
+
+  // One GPU per worker.
+  assert.equal(String(c.resources?.limits?.['nvidia.com/gpu']), '1', 'resources.limits nvidia.com/gpu: 1');
+});
+
+test('deploy/slurm/vitreg-train.sbatch: valid bash, one task per GPU, a generated token and srun vitreg-worker', () => {
+  execFileSync('bash', ['-n', SBATCH]); // throws (and fails the test) on a syntax error
+  assert.ok(statSync(SBATCH).mode & 0o100, 'executable');
+  const text = readFileSync(SBATCH, 'utf8');
+  const directives = new Map(
+    [...text.matchAll(/^#SBATCH\s+--([a-z-]+)(?:=(\S+))?/gm)].map((m) => [m[1]!, m[2] ?? '']),
+  );
+  assert.ok(Number(directives.get('ntasks-per-node')) >= 1, '#SBATCH --ntasks-per-node (one task per GPU)');
+  assert.equal(directives.get('gpus-per-task'), '1', '#SBATCH --gpus-per-task=1');
+  assert.match(text, /^set -euo pipefail$/m);
+  assert.match(text, /^export MASTER_PORT=/m, 'MASTER_PORT chosen in the script');
+  assert.match(text, /VITREG_TOKEN="\$\(openssl rand -hex 16/, 'VITREG_TOKEN generated once in the batch script');
+  assert.match(text, /^\s*export VITREG_TOKEN\b/m, 'and exported to the tasks');
+  const sruns = text.split('\n').filter((l) => /^\s*srun\b/.test(l));
+  assert.equal(sruns.length, 1, 'one srun line');
+  assert.match(sruns[0]!, /^\s*srun\b.*\svitreg-worker\s/, 'srun runs vitreg-worker');
+  assert.match(sruns[0]!, /--out\s+"\$RUN_DIR"/);
+  assert.match(sruns[0]!, /--resume/);
+  assert.doesNotMatch(sruns[0]!, /--coordinator/, 'task 0 hosts the coordinator');
+});
