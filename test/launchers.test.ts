@@ -220,10 +220,8 @@ describe('torchrun', () => {
     "torchrun's default static rendezvous (--master_port P) runs a 2-worker vitreg-worker job",
     {
       skip: torchrunSkip,
-      // Known: with the static rendezvous, torchrun's agent keeps its own TCPStore listening on
-      // MASTER_PORT for the whole run (TORCHELASTIC_USE_AGENT_STORE=True), so rank 0 cannot host the
-      // coordinator there (EADDRINUSE). Remove `todo` when vitreg-worker handles it.
-      todo: 'vitreg-worker rank 0 hosts the coordinator on MASTER_PORT, which torchrun\'s static rendezvous already holds (EADDRINUSE)',
+      // With the static rendezvous torchrun's agent keeps its own store on MASTER_PORT
+      // (TORCHELASTIC_USE_AGENT_STORE=True): vitreg's coordinator takes MASTER_PORT + 1.
       timeout: RUN_TIMEOUT_MS + 30_000,
     },
     async () => {

@@ -116,6 +116,7 @@ export class WorkerAgent {
   private tcpPort = 0;
   private workerId = '';
   private heartbeatMs = 1000;
+  private workerTimeoutMs = 30_000;
   private lastContact = Date.now();
   private timers: NodeJS.Timeout[] = [];
   private watch: grpc.ClientReadableStream<Membership> | null = null;
@@ -231,6 +232,7 @@ export class WorkerAgent {
         }, 10_000);
         this.workerId = reply.workerId;
         this.heartbeatMs = Math.max(100, reply.heartbeatMs || 1000);
+        this.workerTimeoutMs = reply.workerTimeoutMs || 30_000;
         this.log(`joined job "${this.o.jobId}" at ${this.o.coordinator} as ${this.workerId} (${this.o.threads} thread${this.o.threads > 1 ? 's' : ''}, peer ${this.o.advertise}:${this.peerPort})`);
         return;
       } catch (err) {
@@ -361,13 +363,18 @@ export class WorkerAgent {
     return st.m.members[(st.position - 1 + n) % n]!.workerId;
   }
 
-  /** Checks one chunk against the epoch in hand; a refusal names what was expected. */
-  private validateChunk(st: EpochState, c: { epoch: number; step: number; data: Uint8Array }): { code: grpc.status; details: string } | null {
+  /**
+   * Checks a chunk on arrival against the epoch in hand; a refusal names what was expected. The
+   * first chunk of a link is the epoch's first collective (rank 0's state broadcast), which carries
+   * the step the membership started at; later chunks are checked exactly (op, step, phase, index,
+   * size) by the ring as it consumes them.
+   */
+  private validateChunk(st: EpochState, c: { epoch: number; step: number; data: Uint8Array }, first: boolean): { code: grpc.status; details: string } | null {
     if (c.epoch !== st.epoch) return { code: grpc.status.FAILED_PRECONDITION, details: `chunk of membership epoch ${c.epoch}; this worker is in epoch ${st.epoch}` };
     if (c.data.byteLength % 4 !== 0 || c.data.byteLength > this.chunkBytes) {
       return { code: grpc.status.INVALID_ARGUMENT, details: `chunk of ${c.data.byteLength} bytes; expected a multiple of 4 up to ${this.chunkBytes}` };
     }
-    if (c.step + 1 < this.step || c.step > this.step + 1) return { code: grpc.status.FAILED_PRECONDITION, details: `chunk for step ${c.step}; this worker is at step ${this.step}` };
+    if (first && c.step !== st.m.committedStep) return { code: grpc.status.FAILED_PRECONDITION, details: `chunk for step ${c.step}; epoch ${st.epoch} starts at step ${st.m.committedStep}` };
     return null;
   }
 
@@ -405,9 +412,11 @@ export class WorkerAgent {
           if (!st) {
             const cur = this.current;
             if (!cur) return refuse({ code: grpc.status.FAILED_PRECONDITION, details: 'this worker has no membership yet' });
-            const v = this.validateChunk(cur, c);
+            if (c.epoch === cur.epoch && c.workerId !== this.predecessor(cur)) {
+              return refuse({ code: grpc.status.PERMISSION_DENIED, details: `worker "${c.workerId}" is not this worker's ring predecessor in epoch ${cur.epoch}` });
+            }
+            const v = this.validateChunk(cur, c, true);
             if (v) return refuse(v);
-            if (c.workerId !== this.predecessor(cur)) return refuse({ code: grpc.status.PERMISSION_DENIED, details: `worker "${c.workerId}" is not this worker's ring predecessor in epoch ${cur.epoch}` });
             if (cur.incoming) return refuse({ code: grpc.status.ALREADY_EXISTS, details: `epoch ${cur.epoch} already has its incoming link` });
             st = cur;
             cur.incoming = true;
@@ -419,7 +428,7 @@ export class WorkerAgent {
             });
           } else {
             if (st.aborted) return;
-            const v = this.validateChunk(st, c);
+            const v = this.validateChunk(st, c, false);
             if (v) {
               st.inbox.fail(new ProtocolError(v.details));
               return refuse(v);
@@ -478,8 +487,10 @@ export class WorkerAgent {
       st.inbox.pause = () => socket.pause();
       st.inbox.resume = () => socket.resume();
       st.closers.push(() => socket.destroy());
+      let first = true;
       const parser = new FrameParser((f: Frame) => {
-        const v = this.validateChunk(st, f);
+        const v = this.validateChunk(st, f, first);
+        first = false;
         if (v) throw new ProtocolError(v.details);
         st.inbox.push(f);
       }, this.chunkBytes);
@@ -602,7 +613,13 @@ export class WorkerAgent {
         op.msgs[t] = m as PendingOp['msgs'][number];
         if (op.msgs.filter(Boolean).length === this.o.threads) {
           this.ops.delete(key);
-          this.runOp(st, op).catch((err: Error) => {
+          this.runOp(st, op).catch(async (err: Error) => {
+            // A broken link usually means a neighbour died or hangs: the coordinator notices within
+            // its worker timeout and publishes a new membership, which aborts this collective.
+            if (!st.aborted && !(err instanceof Fatal)) {
+              this.log(`collective ${op!.kind} #${op!.seq} of epoch ${st.epoch}: ${err.message}; waiting for the coordinator's next membership`);
+              await this.waitForEpoch(st.epoch + 1, this.workerTimeoutMs + 5000).catch(() => undefined);
+            }
             if (st.aborted) {
               for (const msg of op!.msgs) this.abortThread(msg.thread, msg.seq);
             } else this.fail(err instanceof Fatal ? err : new Fatal(`collective ${op!.kind} #${op!.seq} of epoch ${st.epoch} failed: ${err.message}`));
@@ -658,17 +675,26 @@ export class WorkerAgent {
     const step = op.msgs[0]!.step;
     const ranks = op.msgs.map((m, t) => ({ rank: st.firstRank + t, values: (m as Extract<ThreadToAgent, { kind: 'commit' }>).values }));
     let reply: StepCommit;
-    try {
-      reply = await this.unary<object, StepCommit>('commitStep', { workerId: this.workerId, epoch: st.epoch, step, ranks }, 3_600_000);
-    } catch (err) {
-      throw new Fatal(`CommitStep of step ${step} failed: ${(err as grpc.ServiceError).details ?? (err as Error).message}`);
+    for (;;) {
+      try {
+        reply = await this.unary<object, StepCommit>('commitStep', { workerId: this.workerId, epoch: st.epoch, step, ranks }, 3_600_000);
+        break;
+      } catch (err) {
+        // Unreachable: retry until the watchdog gives up on the coordinator (the step is not applied).
+        if ((err as grpc.ServiceError).code === grpc.status.UNAVAILABLE && !this.finished) {
+          await new Promise((r) => setTimeout(r, 300));
+          continue;
+        }
+        throw new Fatal(`CommitStep of step ${step} failed: ${(err as grpc.ServiceError).details ?? (err as Error).message}`);
+      }
     }
     if (!reply.committed) {
       // The membership changed first: wait until the watch stream brings it, which aborts this op.
       await this.waitForEpoch(reply.epoch, this.o.coordinatorTimeoutMs).catch(() => undefined);
       throw st.aborted ?? new Fatal(`step ${step} was not committed and no new membership arrived`);
     }
-    if (st.aborted) throw st.aborted;
+    // Committed: every member applies the step, even when a new membership arrived meanwhile (the
+    // threads' next collective then finds the old epoch over and re-syncs).
     const reports = reply.ranks.map((r) => r.values);
     for (let t = 0; t < T; t++) this.post(t, { kind: 'result', seq: op.seq, reports });
   }

@@ -32,7 +32,10 @@ function intVar(env: NodeJS.ProcessEnv, name: string): number | undefined {
 
 /** Reads the launcher's variables (see the module comment). */
 export function launchInfo(env: NodeJS.ProcessEnv = process.env): LaunchInfo {
-  const port = intVar(env, 'MASTER_PORT') ?? DEFAULT_PORT;
+  // torchrun's static rendezvous keeps its own store listening on MASTER_PORT (it says so with
+  // TORCHELASTIC_USE_AGENT_STORE=True): the coordinator then takes the next port.
+  const given = intVar(env, 'MASTER_PORT') ?? DEFAULT_PORT;
+  const port = env.TORCHELASTIC_USE_AGENT_STORE === 'True' ? given + 1 : given;
   if (env.RANK !== undefined && env.RANK !== '') {
     return {
       launcher: 'torchrun', rank: intVar(env, 'RANK')!, worldSize: intVar(env, 'WORLD_SIZE') ?? 0, localRank: intVar(env, 'LOCAL_RANK') ?? -1,

@@ -89,7 +89,8 @@ export class FrameParser {
         const length = b.readUInt32LE(28);
         if (length > this.maxPayload) throw new ProtocolError(`frame of ${length} bytes, more than the ${this.maxPayload} allowed`);
         const h = { epoch: b.readUInt32LE(4), op: b.readUInt32LE(8), step: b.readUInt32LE(12), phase: b.readUInt32LE(16), index: b.readUInt32LE(20), offset: b.readUInt32LE(24) };
-        this.current = { h, data: new Uint8Array(new ArrayBuffer(length)), fill: 0 };
+        // Its own (aligned) memory, not zero-filled: every byte is written below.
+        this.current = { h, data: length === 0 ? new Uint8Array(0) : new Uint8Array(Buffer.allocUnsafeSlow(length).buffer, 0, length), fill: 0 };
         if (length === 0) this.emit();
         continue;
       }

@@ -132,8 +132,11 @@ export class TcpOutLink implements OutLink {
   send(h: FrameHeader, data: Uint8Array): Promise<void> {
     if (this.error) return Promise.reject(this.error);
     return new Promise((resolve, reject) => {
+      // Header and payload leave in one writev.
+      this.socket.cork();
       this.socket.write(encodeHeader(h, data.byteLength));
       this.socket.write(data, (err) => (err ? reject(err) : resolve()));
+      this.socket.uncork();
     });
   }
 

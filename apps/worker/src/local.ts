@@ -28,6 +28,14 @@ export interface LocalJobOptions {
   workerArgs?: string[];
   /** Pass worker 0's stderr through (default true). */
   passThrough?: boolean;
+  /** Rendezvous: start with >= minWorkers this long after the coordinator started (default 120 s). */
+  joinTimeoutMs?: number;
+  /** Start worker i once this resolves (a late joiner); undefined: at once. */
+  startWhen?: (i: number) => Promise<void> | undefined;
+  /** TLS files for every process (with ca: mutual TLS). */
+  tls?: { cert: string; key: string; ca?: string };
+  /** The job token (default: 32 random bytes, hex). */
+  token?: string;
   /** Called with each started process (tests kill them). */
   onSpawn?: (what: 'coordinator' | number, child: ChildProcess) => void;
 }
@@ -72,16 +80,18 @@ function exitOf(child: ChildProcess): Promise<{ code: number | null; signal: Nod
 export async function runLocalJob(o: LocalJobOptions): Promise<LocalJobResult> {
   const logs = join(o.outDir, 'logs');
   mkdirSync(logs, { recursive: true });
-  const token = randomBytes(32).toString('hex');
+  const token = o.token ?? randomBytes(32).toString('hex');
   const env: NodeJS.ProcessEnv = { ...process.env, VITREG_TOKEN: token };
   delete env.RANK;
   delete env.WORLD_SIZE;
   const jobId = `local-${randomBytes(4).toString('hex')}`;
+  const tlsArgs = o.tls ? ['--tls-cert', o.tls.cert, '--tls-key', o.tls.key, ...(o.tls.ca ? ['--tls-ca', o.tls.ca] : [])] : [];
   const coordArgs = [
     '--host', '127.0.0.1', '--port', '0', '--job-id', jobId, '--max-workers', String(o.nodes), '--min-workers', String(o.minWorkers ?? 1),
-    '--transport', o.transport ?? 'tcp', '--events', join(logs, 'coordinator.jsonl'), '--exit-with-stdin', '--join-timeout-ms', '120000',
+    '--transport', o.transport ?? 'tcp', '--events', join(logs, 'coordinator.jsonl'), '--exit-with-stdin', '--join-timeout-ms', String(o.joinTimeoutMs ?? 120_000),
     ...(o.heartbeatMs ? ['--heartbeat-ms', String(o.heartbeatMs)] : []),
     ...(o.workerTimeoutMs ? ['--worker-timeout-ms', String(o.workerTimeoutMs)] : []),
+    ...tlsArgs,
   ];
   const coordinator = spawn(process.execPath, [...nodeArgs(coordinatorEntry()), ...coordArgs], { env, stdio: ['pipe', 'pipe', 'pipe'] });
   o.onSpawn?.('coordinator', coordinator);
@@ -102,28 +112,32 @@ export async function runLocalJob(o: LocalJobOptions): Promise<LocalJobResult> {
     coordinator.stdout!.on('data', onData);
     coordinator.once('exit', (code) => reject(new Error(`the coordinator exited with code ${code} before listening (see ${join(logs, 'coordinator.log')})`)));
   });
-  const workers: ChildProcess[] = [];
-  const outputs: string[] = [];
-  for (let i = 0; i < o.nodes; i++) {
+  const start = (i: number) => {
     const args = [
       ...nodeArgs(workerEntry()), ...o.trainArgs, '--out', o.outDir, '--coordinator', address, '--job-id', jobId, '--name', `worker-${i}`, '--rank', String(i),
       '--threads', String(o.threads ?? 1), ...(o.coordinatorTimeoutMs ? ['--coordinator-timeout-ms', String(o.coordinatorTimeoutMs)] : []),
-      ...(i === 0 ? [] : ['--no-progress']), ...(o.workerArgs ?? []),
+      ...(i === 0 ? [] : ['--no-progress']), ...tlsArgs, ...(o.workerArgs ?? []),
     ];
     const w = spawn(process.execPath, args, { env, stdio: ['pipe', 'pipe', i === 0 && o.passThrough !== false ? 'inherit' : 'pipe'] });
-    outputs.push('');
     w.stdout!.on('data', (b: Buffer) => { outputs[i] += b.toString('utf8'); });
     if (w.stderr) w.stderr.resume();
-    workers.push(w);
+    workers[i] = w;
     o.onSpawn?.(i, w);
-  }
+    return exitOf(w);
+  };
+  const workers: ChildProcess[] = [];
+  const outputs: string[] = Array.from({ length: o.nodes }, () => '');
+  const exits = Array.from({ length: o.nodes }, (_, i) => {
+    const when = o.startWhen?.(i);
+    return when ? when.then(() => start(i)) : start(i);
+  });
   const stop = () => {
     for (const p of [...workers, coordinator]) if (p.exitCode === null) p.kill('SIGTERM');
   };
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
   try {
-    const ends = await Promise.all(workers.map(exitOf));
+    const ends = await Promise.all(exits);
     // Workers are gone: the coordinator ends when its stdin closes (it may already have).
     coordinator.stdin!.end();
     const c = await exitOf(coordinator);

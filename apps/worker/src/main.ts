@@ -5,7 +5,7 @@
  * USAGE. Exits 0 when the job finished, 1 when it stopped (lost coordinator, removed, a failure),
  * 2 on a bad flag.
  */
-import { readFileSync } from 'node:fs';
+import { appendFileSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -50,6 +50,9 @@ Cluster:
 `;
 
 class UsageError extends Error {}
+
+/** This worker's log file once known (a fatal error is written there too). */
+let logFile: string | null = null;
 
 function int(flag: string, text: string | undefined, min = 0): number | undefined {
   if (text === undefined) return undefined;
@@ -147,6 +150,7 @@ async function main(argv: string[]): Promise<number> {
   const loopback = /^(127\.|localhost|\[?::1\]?)/.test(coordinator);
   const device = selectDevice(localRank);
   const name = values.name ?? (rank >= 0 ? `worker-${rank}` : `${hostname()}-${process.pid}`);
+  logFile = `${out}/logs/${name}.log`;
   try {
     const r = await runWorker({
       coordinator, token, jobId, name, launcherRank: rank, localRank, device, threads, transport,
@@ -174,6 +178,13 @@ main(process.argv.slice(2)).then(
   },
   (err: Error) => {
     process.stderr.write(`vitreg-worker: ${err.message}\n`);
+    if (logFile) {
+      try {
+        appendFileSync(logFile, `${new Date().toISOString()} vitreg-worker: exiting: ${err.message}\n`);
+      } catch {
+        // stderr above is the record
+      }
+    }
     if (process.env.VITREG_DEBUG && !(err instanceof UsageError)) process.stderr.write(`${err.stack ?? ''}\n`);
     process.exit(err instanceof UsageError ? 2 : 1);
   },

@@ -12,7 +12,8 @@
  * of the previous phase arrived.
  *
  * Broadcast: position 0 sends its bytes (length first), every other position stores each chunk and
- * passes it on, pipelined the same way.
+ * passes it on, pipelined the same way; the last position passes only the length frame back to
+ * position 0, so that every link of an epoch starts with the same frame.
  */
 import { EpochEnded, ProtocolError, type Frame, type FrameHeader, type Inbox, type OutLink } from './frames.js';
 
@@ -71,6 +72,7 @@ function bytesOf(data: Float32Array, r: Range): Uint8Array {
   return new Uint8Array(data.buffer, data.byteOffset + 4 * r.start, 4 * (r.end - r.start));
 }
 
+/** A broadcast frame must be exactly the expected one (broadcast frames arrive in order). */
 function check(f: Frame, want: FrameHeader, bytes: number, what: string): void {
   for (const k of ['epoch', 'op', 'step', 'phase', 'index', 'offset'] as const) {
     if (f[k] !== want[k]) throw new ProtocolError(`${what}: expected ${k} ${want[k]}, got ${f[k]} (epoch ${f.epoch}, op ${f.op}, step ${f.step}, phase ${f.phase}, chunk ${f.index})`);
@@ -78,7 +80,17 @@ function check(f: Frame, want: FrameHeader, bytes: number, what: string): void {
   if (f.data.byteLength !== bytes) throw new ProtocolError(`${what}: chunk ${f.index} of phase ${f.phase} has ${f.data.byteLength} bytes, expected ${bytes} (do all workers train the same model?)`);
 }
 
-/** Sums `data` over the ring's processes, in place (see the module comment). */
+/** dst[off + j] += src[j]: its own small function so that V8 optimises the loop on its own. */
+function addInto(dst: Float32Array, off: number, src: Float32Array): void {
+  const n = src.length;
+  for (let j = 0; j < n; j++) dst[off + j] += src[j]!;
+}
+
+/**
+ * Sums `data` over the ring's processes, in place (see the module comment). Chunks are sent as soon
+ * as their data is ready, in every bucket at once (a bucket's first phase needs nothing received),
+ * and received chunks are placed by their (phase, index) tags, so buckets overlap on the wire.
+ */
 export async function ringAllReduce(io: RingIO, data: Float32Array, op: number, step: number, opts: RingOptions): Promise<void> {
   const P = io.size;
   if (P === 1) return;
@@ -87,63 +99,80 @@ export async function ringAllReduce(io: RingIO, data: Float32Array, op: number, 
   const p = io.position;
   const chunkFloats = Math.max(1, opts.chunkBytes >> 2);
   const bucketFloats = Math.max(P, opts.bucketBytes >> 2);
-  interface Stage { phase: number; send: Range[]; recv: Range[]; reduce: boolean; dep: number; guard: number }
+  interface Stage { send: Range[]; recv: Range[]; sendBase: number; recvBase: number; reduce: boolean; next: number; guard: number }
   const stages: Stage[] = [];
-  let phase = 0;
+  const firsts: number[] = [];
   for (let b = 0; b < data.length; b += bucketFloats) {
     const segs = split(b, Math.min(bucketFloats, data.length - b), P);
-    const first = stages.length;
     const seg = (i: number) => segs[((i % P) + P) % P]!;
-    for (let s = 0; s < P - 1; s++) {
-      stages.push({ phase: phase++, send: chunksOf(seg(p - s), chunkFloats), recv: chunksOf(seg(p - s - 1), chunkFloats), reduce: true, dep: s === 0 ? -1 : stages.length - 1, guard: -1 });
-    }
-    for (let s = 0; s < P - 1; s++) {
-      // All-gather phase s overwrites the segment reduce-scatter phase s sent: wait for that send.
-      stages.push({ phase: phase++, send: chunksOf(seg(p + 1 - s), chunkFloats), recv: chunksOf(seg(p - s), chunkFloats), reduce: false, dep: stages.length - 1, guard: first + s });
+    const first = stages.length;
+    firsts.push(first);
+    for (let k = 0; k < 2 * (P - 1); k++) {
+      const rs = k < P - 1;
+      const s = rs ? k : k - (P - 1);
+      const send = rs ? seg(p - s) : seg(p + 1 - s);
+      const recv = rs ? seg(p - s - 1) : seg(p - s);
+      // All-gather phase s overwrites the segment reduce-scatter phase s sent: it waits for that send.
+      stages.push({ send: chunksOf(send, chunkFloats), recv: chunksOf(recv, chunkFloats), sendBase: send.start, recvBase: recv.start, reduce: rs, next: k < 2 * (P - 1) - 1 ? stages.length + 1 : -1, guard: rs ? -1 : first + s });
     }
   }
-  const received = stages.map((st) => st.recv.map(() => new Deferred()));
+  // The chunk a phase receives is the chunk the next phase of its bucket sends.
   const sent = stages.map((st) => st.send.map(() => new Deferred()));
-  const header = (st: Stage, i: number, r: Range, seg: Range[]): FrameHeader => ({
-    epoch: io.epoch, op, step, phase: st.phase, index: i, offset: 4 * (r.start - seg[0]!.start),
-  });
+  const got = stages.map((st) => new Uint8Array(st.recv.length));
+  let remaining = stages.reduce((n, st) => n + st.recv.length, 0);
+  const queue: [number, number][] = [];
+  let wake: (() => void) | null = null;
+  const enqueue = (k: number, i: number) => {
+    queue.push([k, i]);
+    if (wake) { const w = wake; wake = null; w(); }
+  };
+  for (const f of firsts) for (let i = 0; i < stages[f]!.send.length; i++) queue.push([f, i]);
   let failed: Error | null = null;
+  const total = stages.reduce((n, st) => n + st.send.length, 0);
   const sender = async () => {
-    for (let k = 0; k < stages.length; k++) {
-      const st = stages[k]!;
-      for (let i = 0; i < st.send.length; i++) {
-        if (st.dep >= 0) await received[st.dep]![i]!.promise;
+    for (let done = 0; done < total; done++) {
+      while (queue.length === 0) {
         if (failed) return;
-        await out.ready();
-        const r = st.send[i]!;
-        out.send(header(st, i, r, st.send), bytesOf(data, r)).then(() => sent[k]![i]!.resolve(), (err: Error) => { failed ??= err; sent[k]![i]!.resolve(); });
+        await new Promise<void>((r) => { wake = r; });
       }
+      if (failed) return;
+      const [k, i] = queue.shift()!;
+      const st = stages[k]!;
+      const r = st.send[i]!;
+      await out.ready();
+      const h: FrameHeader = { epoch: io.epoch, op, step, phase: k, index: i, offset: 4 * (r.start - st.sendBase) };
+      out.send(h, bytesOf(data, r)).then(() => sent[k]![i]!.resolve(), (err: Error) => { failed ??= err; sent[k]![i]!.resolve(); });
     }
   };
   const receiver = async () => {
-    for (let k = 0; k < stages.length; k++) {
-      const st = stages[k]!;
-      for (let i = 0; i < st.recv.length; i++) {
-        const r = st.recv[i]!;
-        const f = await inbox.next();
-        check(f, header(st, i, r, st.recv), 4 * (r.end - r.start), 'all-reduce');
-        const src = new Float32Array(f.data.buffer, f.data.byteOffset, r.end - r.start);
-        if (st.reduce) {
-          for (let j = 0, o = r.start; j < src.length; j++, o++) data[o] += src[j]!;
-        } else {
-          await sent[st.guard]![i]!.promise;
-          data.set(src, r.start);
-        }
-        received[k]![i]!.resolve();
+    while (remaining > 0) {
+      const f = await inbox.next();
+      const k = f.phase;
+      const st = stages[k];
+      const r = st?.recv[f.index];
+      if (f.epoch !== io.epoch || f.op !== op || f.step !== step || !st || !r || got[k]![f.index]) {
+        throw new ProtocolError(`all-reduce: unexpected chunk (epoch ${f.epoch}, op ${f.op}, step ${f.step}, phase ${f.phase}, chunk ${f.index}); expected epoch ${io.epoch}, op ${op}, step ${step}, a chunk of phases 0-${stages.length - 1} not yet received`);
       }
+      const bytes = 4 * (r.end - r.start);
+      if (f.data.byteLength !== bytes || f.offset !== 4 * (r.start - st.recvBase)) {
+        throw new ProtocolError(`all-reduce: chunk ${f.index} of phase ${f.phase} has ${f.data.byteLength} bytes at offset ${f.offset}, expected ${bytes} at ${4 * (r.start - st.recvBase)} (do all workers train the same model?)`);
+      }
+      got[k]![f.index] = 1;
+      remaining--;
+      const src = new Float32Array(f.data.buffer, f.data.byteOffset, r.end - r.start);
+      if (st.reduce) addInto(data, r.start, src);
+      else {
+        await sent[st.guard]![f.index]!.promise;
+        data.set(src, r.start);
+      }
+      if (st.next >= 0) enqueue(st.next, f.index);
     }
   };
   try {
     await Promise.all([sender(), receiver()]);
   } catch (err) {
     failed ??= err as Error;
-    // Unblock the sender if the receiver failed.
-    for (const row of received) for (const d of row) d.resolve();
+    if (wake) (wake as () => void)();
     throw err;
   }
   await Promise.all(sent.flat().map((d) => d.promise));
@@ -171,6 +200,8 @@ export async function ringBroadcast(io: RingIO, bytes: Uint8Array | null, op: nu
     for (let i = 0, off = 0; off < bytes.byteLength; i++, off += opts.chunkBytes) {
       await send(head(1, i, off), bytes.subarray(off, Math.min(bytes.byteLength, off + opts.chunkBytes)));
     }
+    // The last position hands the length frame back: every link of the ring starts with it.
+    check(await inbox.next(), head(0, 0, 0), 8, 'broadcast');
     await Promise.all(sends);
     return bytes;
   }
@@ -178,7 +209,7 @@ export async function ringBroadcast(io: RingIO, bytes: Uint8Array | null, op: nu
   check(first, head(0, 0, 0), 8, 'broadcast');
   const total = new DataView(first.data.buffer, first.data.byteOffset, 8).getFloat64(0, true);
   if (!Number.isSafeInteger(total) || total < 0) throw new ProtocolError(`broadcast: bad length ${total}`);
-  if (forward) await send(head(0, 0, 0), first.data);
+  await send(head(0, 0, 0), first.data);
   const buf = new Uint8Array(total);
   for (let i = 0, off = 0; off < total; i++, off += opts.chunkBytes) {
     const n = Math.min(opts.chunkBytes, total - off);

@@ -417,7 +417,7 @@ export class Trainer {
           step_seconds: seconds,
           allreduce_s: allreduceSeconds,
         });
-        if (worldSize > 1) {
+        if (worldSize > 1 || this.sync.membership !== undefined) {
           // The straggler: the rank whose forward / backward took longest, and by how much over the fastest.
           const times = reports.map((r) => r.compute_s ?? 0);
           const slowest = times.indexOf(Math.max(...times));
@@ -426,6 +426,7 @@ export class Trainer {
             straggler_rank: slowest,
             straggler_s: times[slowest]! - Math.min(...times),
           });
+          // A cluster's membership epoch: which ranks took part in this step.
           if (this.sync.membership !== undefined) metrics.membership = this.sync.membership;
         }
         Object.assign(metrics, { rss_mb: process.memoryUsage().rss / 2 ** 20, tf_tensors: mem.numTensors, tf_mb: mem.numBytes / 2 ** 20 });
@@ -813,7 +814,10 @@ export async function train(config: TrainConfig, opts: TrainOptions): Promise<Tr
     progress?.done();
     if (!saved) await saveNow();
     const result: TrainResult = { outDir: out, step: trainer.step, checkpoint };
-    if (opts.checksum) result.checksum = trainer.checksum();
+    if (opts.checksum) {
+      result.checksum = trainer.checksum();
+      if (rankPath) await appendFile(rankPath, JSON.stringify({ final: true, step: trainer.step, rank: sync.rank, checksum: result.checksum }) + '\n');
+    }
     if (last < c.train.steps || !isRank0()) return result;
     result.eval = await trainer.evaluate();
     await writeJsonAtomic(join(out, 'eval.json'), result.eval);

@@ -8,7 +8,8 @@
 import { copyFile, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { encodePng, ensureDir, SyntheticDataset, writeFileAtomic, writeJsonAtomic } from '@vitreg/core';
-import { train, validateTrainConfig } from '@vitreg/trainer';
+import { validateTrainConfig } from '@vitreg/trainer';
+import { runLocalJob } from '@vitreg/worker';
 import { CliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
 import { startBackend } from '../inputs.js';
 import { analyze } from './analyze.js';
@@ -18,9 +19,11 @@ const usage = `
 Usage: vitreg demo [--out DIR] [--steps N] [--images N] [--backend B]
 
 Trains the tiny-supervised preset (ViT-micro/8 on 32 px synthetic shapes) twice, with 0 and with 4
-register tokens, then analyses both on synthetic images at 64 px (positional embedding interpolated)
+register tokens, each as a local cluster job of 2 worker processes (vitreg train --nodes 2: a
+coordinator, gRPC, a ring all-reduce; 16 images per worker and step), then analyses both on synthetic images at 64 px (positional embedding interpolated)
 and runs LOST object discovery on them. Writes into DIR (default runs/demo):
-  train-reg0/, train-reg4/   run folders of vitreg train (metrics.jsonl, checkpoints/, eval.json)
+  train-reg0/, train-reg4/   run folders of vitreg train (metrics.jsonl, checkpoints/, eval.json,
+                             logs/ of the coordinator and workers, ranks/ per-rank metrics)
   weights/reg{0,4}.safetensors  the two trained backbones (vitreg features --weights ...)
   images/                    the synthetic images analysed
   analysis/report.html       vitreg analyze, the two models side by side
@@ -57,18 +60,31 @@ export const demo: Command = {
 
     const evals: Record<string, unknown>[] = [];
     const weights: string[] = [];
+    // Training goes through a local cluster job of 2 worker processes (the code paths of a
+    // multi-machine job); the preset's batch of 32 is split into 16 per worker.
+    const preset = validateTrainConfig({ preset: 'tiny-supervised' });
     for (const registers of [0, 4]) {
-      process.stderr.write(`demo: training with ${registers} registers\n`);
+      process.stderr.write(`demo: training with ${registers} registers (2 worker processes)\n`);
+      const runDir = join(out, `train-reg${registers}`);
+      await ensureDir(runDir);
       const config = validateTrainConfig({
         preset: 'tiny-supervised',
         model: { num_register_tokens: registers },
-        ...(steps ? { train: { steps } } : {}),
+        train: { batch_size: preset.train.batch_size / 2, ...(steps ? { steps } : {}) },
       });
-      const result = await train(config, { outDir: join(out, `train-reg${registers}`), resume: true });
+      const configPath = join(runDir, 'demo-config.json');
+      await writeFileAtomic(configPath, JSON.stringify(config, null, 2) + '\n');
+      const job = await runLocalJob({
+        nodes: 2, outDir: runDir, trainArgs: ['--config', configPath, '--resume', '--backend', values.backend ?? 'auto'],
+      });
+      const result = job.result as { checkpoint?: string; num_classes?: number; val_accuracy?: number } | undefined;
+      if (!job.finished || !result?.checkpoint) {
+        throw new Error(`training with ${registers} registers stopped (see ${join(runDir, 'logs')}); run the demo again to resume it`);
+      }
       const w = join(out, 'weights', `reg${registers}.safetensors`);
       await copyFile(join(result.checkpoint, 'model.safetensors'), w);
       weights.push(w);
-      evals.push({ registers, ...result.eval });
+      evals.push({ registers, num_classes: result.num_classes, val_accuracy: result.val_accuracy });
     }
 
     // Fresh images of the validation split, at twice the training resolution.

@@ -6,10 +6,11 @@ import { join, resolve } from 'node:path';
 import { MAX_WORKERS, openData, PRESET_NAMES, PRESETS, resolveTrainConfig, train, trainThreads, type TrainConfig } from '@vitreg/trainer';
 import { CliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
 import { startBackend } from '../inputs.js';
+import { runLocalJob } from '@vitreg/worker';
 
 const usage = `
 Usage: vitreg train (--preset NAME | --config FILE.json) [--data DIR|synthetic] [--registers N]
-                    [--steps N] [--out DIR] [--resume] [--seed N] [--workers N]
+                    [--steps N] [--out DIR] [--resume] [--seed N] [--workers N] [--nodes N]
                     [--backend auto|tensorflow-gpu|tensorflow|wasm|cpu] [--no-progress]
        vitreg train --list-presets
        vitreg train --resume --out DIR          (continues with DIR/config.json)
@@ -36,7 +37,14 @@ Trains a Vision Transformer with N register tokens and writes the run folder DIR
                      data order and random numbers as if never stopped
   --workers N        data-parallel training over N worker threads, 1-64 (default 1: in this thread);
                      use one per CPU core. train.batch_size is per worker: the global batch is
-                     batch_size x N. A run is resumed with the same N.
+                     batch_size x N. A run may be resumed with another N.
+  --nodes N          a local cluster job: a coordinator and N worker processes on this machine over
+                     loopback (the code paths of a multi-machine job: gRPC, ring all-reduce, job
+                     token); with --workers T each process runs T threads. Logs in DIR/logs/,
+                     per-rank metrics in DIR/ranks/. The job goes on while --min-workers remain.
+  --min-workers N    with --nodes: fewest worker processes the job continues with (default 1)
+  --transport tcp|grpc  with --nodes: the ring's data plane (default tcp)
+On a cluster, start vitreg-worker (same options) with the cluster's launcher: see deploy/.
 `;
 
 function listPresets(): string {
@@ -59,6 +67,9 @@ export const trainCommand: Command = {
       seed: { type: 'string' },
       backend: { type: 'string' },
       workers: { type: 'string' },
+      nodes: { type: 'string' },
+      'min-workers': { type: 'string' },
+      transport: { type: 'string' },
       'list-presets': { type: 'boolean' },
       'no-progress': { type: 'boolean' },
     });
@@ -82,6 +93,26 @@ export const trainCommand: Command = {
     } catch (err) {
       if (err instanceof CliError) throw err;
       throw new CliError((err as Error).message);
+    }
+    if (values.nodes !== undefined) {
+      const nodes = intFlag('nodes', values.nodes, 1);
+      const transport = values.transport ?? 'tcp';
+      if (transport !== 'tcp' && transport !== 'grpc') throw new CliError(`--transport: expected tcp or grpc, got "${transport}"`);
+      const minWorkers = intFlag('min-workers', values['min-workers'], 1);
+      if (minWorkers > nodes) throw new CliError(`--min-workers: ${minWorkers} is more than --nodes ${nodes}`);
+      const pass: [string, string | boolean | undefined][] = [
+        ['--config', values.config], ['--preset', values.preset], ['--data', values.data], ['--registers', values.registers],
+        ['--steps', values.steps], ['--seed', values.seed], ['--backend', values.backend], ['--resume', values.resume], ['--no-progress', values['no-progress']],
+      ];
+      const trainArgs = pass.flatMap(([flag, v]) => (v === undefined || v === false ? [] : v === true ? [flag] : [flag, v]));
+      const r = await runLocalJob({ nodes, threads: workers, minWorkers, transport, outDir: out, trainArgs });
+      const failed = r.workerCodes.map((code, i) => [i, code, r.workerSignals[i]] as const).filter(([, code]) => code !== 0);
+      for (const [i, code, signal] of failed) process.stderr.write(`vitreg train: worker-${i} ended with ${signal ?? `code ${code}`} (log: ${join(out, 'logs', `worker-${i}.log`)})\n`);
+      if (!r.finished) {
+        throw new CliError(`the job stopped before finishing (coordinator exit code ${r.coordinatorCode}; see ${join(out, 'logs')}); run again with --resume to continue from the last checkpoint`);
+      }
+      process.stdout.write(JSON.stringify(r.result ?? { out }) + '\n');
+      return 0;
     }
     await startBackend(values.backend);
     const opts = { outDir: out, resume: values.resume ?? false, progress: !values['no-progress'] };

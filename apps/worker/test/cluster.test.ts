@@ -1,0 +1,280 @@
+/**
+ * Whole cluster jobs on this machine: a coordinator process and N vitreg-worker processes over
+ * loopback (runLocalJob, the code of `vitreg train --nodes N`), tiny models, a few steps.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import type { ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import '@tensorflow/tfjs-backend-wasm';
+import * as tf from '@tensorflow/tfjs-core';
+import { loadWeights } from '@vitreg/registers';
+import { METADATA_JOB, METADATA_TOKEN, PeerClient } from '@vitreg/proto';
+import { ensureGradients } from '@vitreg/core';
+import { train, validateTrainConfig } from '@vitreg/trainer';
+import { runLocalJob, type LocalJobOptions } from '../src/local.js';
+
+let root = '';
+before(async () => {
+  root = await mkdtemp(join(tmpdir(), 'vitreg-cluster-'));
+  await tf.setBackend('wasm');
+  await ensureGradients();
+});
+after(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+/** Supervised tiny run: drop path, flips, crops; 24 images, so 2 x 3 images a step cross epochs. */
+const base = {
+  objective: 'supervised',
+  model: { arch: 'vit_micro_patch8_reg4', drop_path_rate: 0.2 },
+  data: { train_size: 24, val_size: 8 },
+  train: { steps: 6, batch_size: 6, eval_every: 0, checkpoint_every: 2, keep_checkpoints: 10 },
+  optim: { warmup_steps: 2 },
+};
+
+async function configFile(name: string, batch: number, over: Record<string, unknown> = {}): Promise<string> {
+  const path = join(root, `${name}.json`);
+  await writeFile(path, JSON.stringify({ ...base, train: { ...base.train, batch_size: batch }, ...over }));
+  return path;
+}
+
+async function job(name: string, o: Partial<LocalJobOptions> & { nodes: number; config: string }) {
+  const outDir = join(root, name);
+  const r = await runLocalJob({
+    outDir, passThrough: false, trainArgs: ['--config', o.config, '--backend', 'wasm', '--no-progress'], workerArgs: ['--checksum', '--log-samples', ...(o.workerArgs ?? [])],
+    heartbeatMs: 200, coordinatorTimeoutMs: 3000, ...o,
+  });
+  return { ...r, outDir };
+}
+
+type Line = Record<string, number> & { samples?: [number, number][]; final?: boolean; checksum?: string };
+
+async function jsonl(path: string): Promise<Line[]> {
+  return (await readFile(path, 'utf8')).trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Line);
+}
+
+/** Final weights checksums of every rank, from the per-rank files. */
+async function rankChecksums(outDir: string, names: string[]): Promise<string[]> {
+  const out: string[] = [];
+  for (const n of names) {
+    const f = (await jsonl(join(outDir, 'ranks', `${n}.jsonl`))).filter((l) => l.final);
+    if (f.length) out.push(f[f.length - 1]!.checksum!);
+  }
+  return out;
+}
+
+async function weights(checkpoint: string): Promise<Record<string, Float32Array>> {
+  const m = await loadWeights(join(checkpoint, 'model.safetensors'));
+  const out: Record<string, Float32Array> = {};
+  for (const [k, v] of Object.entries(m.params)) out[k] = v.dataSync() as Float32Array;
+  m.dispose();
+  return out;
+}
+
+function maxDiff(a: Record<string, Float32Array>, b: Record<string, Float32Array>): number {
+  let d = 0;
+  for (const [k, x] of Object.entries(a)) {
+    const y = b[k]!;
+    for (let i = 0; i < x.length; i++) d = Math.max(d, Math.abs(x[i]! - y[i]!));
+  }
+  return d;
+}
+
+/** Waits until rank 0's metrics.jsonl has a line for step >= `step`. */
+async function untilStep(outDir: string, step: number, timeoutMs = 60_000): Promise<void> {
+  const t0 = Date.now();
+  for (;;) {
+    const path = join(outDir, 'metrics.jsonl');
+    if (existsSync(path) && (await jsonl(path)).some((l) => l.step >= step)) return;
+    if (Date.now() - t0 > timeoutMs) throw new Error(`no step ${step} in ${path} within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/**
+ * Every committed step's images, from the per-rank files: a step counts when rank 0's metrics.jsonl
+ * has it with the same membership (a step dropped by a membership change is logged but not counted).
+ */
+async function committedSamples(outDir: string): Promise<[number, number][]> {
+  const committed = new Map<number, number>();
+  for (const l of await jsonl(join(outDir, 'metrics.jsonl'))) if (l.membership !== undefined) committed.set(l.step, l.membership);
+  const { readdir } = await import('node:fs/promises');
+  const seen: [number, number][] = [];
+  for (const f of await readdir(join(outDir, 'ranks'))) {
+    for (const l of await jsonl(join(outDir, 'ranks', f))) {
+      if (l.samples && committed.get(l.step) === l.membership) seen.push(...l.samples);
+    }
+  }
+  return seen;
+}
+
+/** Each image of every complete epoch exactly once, no image twice in the last (partial) one. */
+function assertEpochsExact(samples: [number, number][], length: number): void {
+  const byEpoch = new Map<number, number[]>();
+  for (const [e, i] of samples) byEpoch.set(e, [...(byEpoch.get(e) ?? []), i]);
+  const last = Math.max(...byEpoch.keys());
+  for (const [e, idx] of byEpoch) {
+    assert.equal(new Set(idx).size, idx.length, `epoch ${e}: an image was trained on twice`);
+    if (e < last) assert.deepEqual([...idx].sort((a, b) => a - b), Array.from({ length }, (_, i) => i), `epoch ${e}: images missing`);
+  }
+}
+
+let straightTwo = ''; // checksum of the undisturbed 2-process run, shared by later tests
+
+test('2 and 3 worker processes train the weights of 1 process with the same global batch (max |diff| < 2e-5); every rank ends identical', async () => {
+  const one = await train(validateTrainConfig(JSON.parse(await readFile(await configFile('b6', 6), 'utf8'))), { outDir: join(root, 'one'), progress: false });
+  const w1 = await weights(one.checkpoint);
+  for (const [nodes, batch] of [[2, 3], [3, 2]] as const) {
+    const r = await job(`n${nodes}`, { nodes, config: await configFile(`b${batch}`, batch) });
+    assert.ok(r.finished, `the ${nodes}-process job did not finish: ${JSON.stringify(r)}`);
+    assert.deepEqual(r.workerCodes, Array(nodes).fill(0));
+    const sums = await rankChecksums(r.outDir, Array.from({ length: nodes }, (_, i) => `worker-${i}`));
+    assert.equal(sums.length, nodes);
+    assert.equal(new Set(sums).size, 1, `ranks ended with different weights: ${sums.join(' ')}`);
+    const d = maxDiff(w1, await weights(String(r.result!.checkpoint)));
+    assert.ok(d < 2e-5, `${nodes} processes: weights differ from 1 process by ${d}`);
+    // Rank 0 reports the global loss: the mean of the ranks' own losses.
+    const metrics = await jsonl(join(r.outDir, 'metrics.jsonl'));
+    const ranks = await Promise.all(Array.from({ length: nodes }, (_, i) => jsonl(join(r.outDir, 'ranks', `worker-${i}.jsonl`))));
+    for (const m of metrics) {
+      const own = ranks.map((ls) => ls.find((l) => l.step === m.step && !l.final)!.loss!);
+      assert.ok(Math.abs(m.loss! - own.reduce((a, b) => a + b, 0) / nodes) < 1e-5, `step ${m.step}: global loss ${m.loss} vs ranks ${own}`);
+      assert.equal(m.world_size, nodes);
+      assert.ok(m.straggler_rank! >= 0 && m.straggler_rank! < nodes);
+      assert.ok(m.allreduce_s! >= 0 && m.images_per_s! > 0);
+    }
+    assertEpochsExact(await committedSamples(r.outDir), 24);
+    if (nodes === 2) straightTwo = sums[0]!;
+  }
+});
+
+test('kill -9 of a worker mid-run: the others finish on a smaller ring; no image of an epoch lost or seen twice', async () => {
+  let victim: ChildProcess | undefined;
+  const outDir = join(root, 'kill');
+  const config = await configFile('kill', 2, { train: { ...base.train, batch_size: 2, steps: 14 } });
+  const running = job('kill', { nodes: 3, config, onSpawn: (w, c) => { if (w === 2) victim = c; } });
+  await untilStep(outDir, 3);
+  victim!.kill('SIGKILL');
+  const r = await running;
+  assert.ok(r.finished, JSON.stringify(r));
+  assert.deepEqual(r.workerCodes.slice(0, 2), [0, 0]);
+  assert.equal(r.workerSignals[2], 'SIGKILL');
+  const metrics = await jsonl(join(outDir, 'metrics.jsonl'));
+  assert.deepEqual(metrics.map((m) => m.step), Array.from({ length: 14 }, (_, i) => i + 1), 'every step committed once');
+  assert.equal(metrics[0]!.world_size, 3);
+  assert.equal(metrics[metrics.length - 1]!.world_size, 2);
+  assert.ok(metrics[metrics.length - 1]!.membership! > metrics[0]!.membership!);
+  assertEpochsExact(await committedSamples(outDir), 24);
+  const sums = await rankChecksums(outDir, ['worker-0', 'worker-1']);
+  assert.equal(sums.length, 2);
+  assert.equal(sums[0], sums[1]);
+});
+
+test('a worker stopped (SIGSTOP) past the deadline is removed, the job goes on; resumed, it learns it was removed and exits non-zero', async () => {
+  let victim: ChildProcess | undefined;
+  const outDir = join(root, 'stop');
+  const config = await configFile('stop', 3, { train: { ...base.train, batch_size: 3, steps: 10 } });
+  const running = job('stop', { nodes: 2, config, workerTimeoutMs: 1500, onSpawn: (w, c) => { if (w === 1) victim = c; } });
+  await untilStep(outDir, 3);
+  victim!.kill('SIGSTOP');
+  await untilStep(outDir, 6);
+  victim!.kill('SIGCONT');
+  const r = await running;
+  assert.ok(r.finished, JSON.stringify(r));
+  assert.equal(r.workerCodes[0], 0);
+  assert.equal(r.workerCodes[1], 1);
+  const log = await readFile(join(outDir, 'logs', 'worker-1.log'), 'utf8');
+  assert.match(log, /removed|no longer knows this worker|ended this worker's membership/);
+  const coord = await readFile(join(outDir, 'logs', 'coordinator.log'), 'utf8');
+  assert.match(coord, /missed heartbeats/);
+  assertEpochsExact(await committedSamples(outDir), 24);
+});
+
+test('the coordinator killed: workers exit non-zero; the relaunched job resumes from the last checkpoint and ends with the weights of an uninterrupted run', async () => {
+  assert.ok(straightTwo, 'needs the 2-process run of the first test');
+  let coordinator: ChildProcess | undefined;
+  const outDir = join(root, 'coordkill');
+  const config = await configFile('b3', 3);
+  const running = job('coordkill', { nodes: 2, config, onSpawn: (w, c) => { if (w === 'coordinator') coordinator = c; } });
+  await untilStep(outDir, 3);
+  coordinator!.kill('SIGKILL');
+  const r = await running;
+  assert.equal(r.finished, false);
+  assert.deepEqual(r.workerCodes, [1, 1]);
+  assert.match(await readFile(join(outDir, 'logs', 'worker-0.log'), 'utf8'), /lost the coordinator/);
+  const again = await runLocalJob({
+    nodes: 2, outDir, passThrough: false, trainArgs: ['--config', config, '--backend', 'wasm', '--no-progress', '--resume'], workerArgs: ['--checksum'],
+  });
+  assert.ok(again.finished, JSON.stringify(again));
+  assert.equal(again.result!.checksum, straightTwo);
+  const metrics = await jsonl(join(outDir, 'metrics.jsonl'));
+  assert.deepEqual(metrics.map((m) => m.step), [1, 2, 3, 4, 5, 6]);
+});
+
+test('a worker joining late enters at the next step, receives the state, and the ring grows', async () => {
+  const outDir = join(root, 'late');
+  // Long enough that the second worker (started once the first has committed step 2) joins before the end.
+  const config = await configFile('late', 3, { train: { ...base.train, batch_size: 3, steps: 80, checkpoint_every: 0 } });
+  const r = await job('late', { nodes: 2, config, joinTimeoutMs: 500, startWhen: (i) => (i === 1 ? untilStep(outDir, 2) : undefined) });
+  assert.ok(r.finished, JSON.stringify(r));
+  assert.match(await readFile(join(outDir, 'logs', 'coordinator.log'), 'utf8'), /worker-1 joined/);
+  assert.deepEqual(r.workerCodes, [0, 0]);
+  const metrics = await jsonl(join(outDir, 'metrics.jsonl'));
+  assert.equal(metrics[0]!.world_size, 1, 'starts alone');
+  assert.equal(metrics[metrics.length - 1]!.world_size, 2, 'ends with 2 ranks');
+  assertEpochsExact(await committedSamples(outDir), 24);
+  const sums = await rankChecksums(outDir, ['worker-0', 'worker-1']);
+  assert.equal(sums.length, 2);
+  assert.equal(sums[0], sums[1]);
+});
+
+test('security: wrong token or job id, stale epoch, wrong step, wrong size, oversized and foreign chunks are refused with their status; the job ends as if undisturbed', async () => {
+  assert.ok(straightTwo, 'needs the 2-process run of the first test');
+  const outDir = join(root, 'rogue');
+  const config = await configFile('b3', 3);
+  const token = 'rogue-test-token';
+  const running = job('rogue', { nodes: 2, config, token });
+  await untilStep(outDir, 1);
+  const events = await jsonl(join(outDir, 'logs', 'coordinator.jsonl')) as unknown as { event: string; epoch: number; members: { name: string; workerId: string; peerAddress: string }[] }[];
+  const m = events.find((e) => e.event === 'membership')!;
+  const target = m.members[1]!;
+  const pred = m.members[0]!.workerId;
+  const jobInfo = events.find((e) => e.event === 'start') as unknown as { job: string };
+  const client = new PeerClient(target.peerAddress, grpc.credentials.createInsecure(), { 'grpc.max_send_message_length': 8 << 20 });
+  const push = (meta: Record<string, string>, chunk: Record<string, unknown>) => new Promise<grpc.ServiceError | null>((resolve) => {
+    const md = new grpc.Metadata();
+    for (const [k, v] of Object.entries(meta)) md.set(k, v);
+    const call = (client as unknown as { pushChunks(m: grpc.Metadata, cb: (e: grpc.ServiceError | null) => void): grpc.ClientWritableStream<unknown> }).pushChunks(md, (err) => resolve(err));
+    call.on('error', () => undefined);
+    call.write(chunk);
+    call.end();
+  });
+  const ok = { [METADATA_TOKEN]: token, [METADATA_JOB]: jobInfo.job };
+  const chunk = { workerId: pred, epoch: m.epoch, op: 1, step: 1, phase: 0, index: 0, offset: 0, data: new Uint8Array(16) };
+  const cases: [string, Record<string, string>, Record<string, unknown>, grpc.status, RegExp][] = [
+    ['wrong token', { ...ok, [METADATA_TOKEN]: 'nope' }, chunk, grpc.status.UNAUTHENTICATED, /wrong job token/],
+    ['wrong job', { ...ok, [METADATA_JOB]: 'other' }, chunk, grpc.status.PERMISSION_DENIED, /job id "other"/],
+    ['stale epoch', ok, { ...chunk, epoch: m.epoch + 7 }, grpc.status.FAILED_PRECONDITION, /membership epoch/],
+    ['wrong step', ok, { ...chunk, step: 9999 }, grpc.status.FAILED_PRECONDITION, /chunk for step 9999; epoch \d+ starts at step 0/],
+    ['wrong size', ok, { ...chunk, data: new Uint8Array(6) }, grpc.status.INVALID_ARGUMENT, /6 bytes; expected a multiple of 4/],
+    ['oversized', ok, { ...chunk, data: new Uint8Array(3 << 20) }, grpc.status.RESOURCE_EXHAUSTED, /./],
+    ['not the predecessor', ok, { ...chunk, workerId: 'rogue' }, grpc.status.PERMISSION_DENIED, /not this worker's ring predecessor/],
+  ];
+  for (const [what, meta, c, code, msg] of cases) {
+    const err = await push(meta, c);
+    assert.ok(err, `${what}: accepted`);
+    assert.equal(err.code, code, `${what}: ${err.code} ${err.details}`);
+    assert.match(err.details, msg, what);
+  }
+  client.close();
+  const r = await running;
+  assert.ok(r.finished, JSON.stringify(r));
+  assert.equal(r.result!.checksum, straightTwo, 'the refused chunks changed the training');
+  const log = await readFile(join(outDir, 'logs', 'worker-1.log'), 'utf8');
+  assert.ok((log.match(/refused chunks from/g) ?? []).length >= 6, 'every refusal logged');
+});
