@@ -56,9 +56,31 @@ export function encodeHeader(h: FrameHeader, length: number): Buffer {
   return b;
 }
 
+/**
+ * Payload buffers are reused: a collective hands each frame's buffer back once it used it, so a
+ * steady stream of 1 MiB chunks allocates (and garbage-collects) nothing. Buffers are aligned
+ * (their own ArrayBuffer from offset 0) and not zero-filled (every byte is written before use).
+ */
+const pool = new Map<number, Uint8Array[]>();
+const POOL_MAX = 64;
+
+export function takeBuffer(length: number): Uint8Array {
+  const free = pool.get(length);
+  const b = free?.pop();
+  return b ?? (length === 0 ? new Uint8Array(0) : new Uint8Array(Buffer.allocUnsafeSlow(length).buffer, 0, length));
+}
+
+/** Returns a payload buffer for reuse; the caller must not touch it afterwards. */
+export function giveBack(b: Uint8Array): void {
+  if (b.byteOffset !== 0 || b.byteLength === 0) return;
+  let free = pool.get(b.byteLength);
+  if (!free) pool.set(b.byteLength, (free = []));
+  if (free.length < POOL_MAX) free.push(b);
+}
+
 /** An aligned copy of `bytes` (a received Buffer may sit at any offset of a larger one). */
 export function alignedCopy(bytes: Uint8Array): Uint8Array {
-  const out = new Uint8Array(new ArrayBuffer(bytes.byteLength));
+  const out = takeBuffer(bytes.byteLength);
   out.set(bytes);
   return out;
 }
@@ -89,8 +111,7 @@ export class FrameParser {
         const length = b.readUInt32LE(28);
         if (length > this.maxPayload) throw new ProtocolError(`frame of ${length} bytes, more than the ${this.maxPayload} allowed`);
         const h = { epoch: b.readUInt32LE(4), op: b.readUInt32LE(8), step: b.readUInt32LE(12), phase: b.readUInt32LE(16), index: b.readUInt32LE(20), offset: b.readUInt32LE(24) };
-        // Its own (aligned) memory, not zero-filled: every byte is written below.
-        this.current = { h, data: length === 0 ? new Uint8Array(0) : new Uint8Array(Buffer.allocUnsafeSlow(length).buffer, 0, length), fill: 0 };
+        this.current = { h, data: takeBuffer(length), fill: 0 };
         if (length === 0) this.emit();
         continue;
       }

@@ -15,7 +15,7 @@
  * passes it on, pipelined the same way; the last position passes only the length frame back to
  * position 0, so that every link of an epoch starts with the same frame.
  */
-import { EpochEnded, ProtocolError, type Frame, type FrameHeader, type Inbox, type OutLink } from './frames.js';
+import { EpochEnded, giveBack, ProtocolError, type Frame, type FrameHeader, type Inbox, type OutLink } from './frames.js';
 
 export interface RingIO {
   /** To the successor (absent when P = 1). */
@@ -165,6 +165,7 @@ export async function ringAllReduce(io: RingIO, data: Float32Array, op: number, 
         await sent[st.guard]![f.index]!.promise;
         data.set(src, r.start);
       }
+      giveBack(f.data);
       if (st.next >= 0) enqueue(st.next, f.index);
     }
   };
