@@ -4,8 +4,8 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import type { ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -285,4 +285,40 @@ test('security: wrong token or job id, stale epoch, wrong step, wrong size, over
   assert.equal(r.result!.checksum, straightTwo, 'the refused chunks changed the training');
   const log = await readFile(join(outDir, 'logs', 'worker-1.log'), 'utf8');
   assert.ok((log.match(/refused chunks from/g) ?? []).length >= 6, 'every refusal logged');
+});
+
+const hasOpenssl = spawnSync('openssl', ['version']).status === 0;
+
+test('mutual TLS on every connection (coordinator, Peer service, data links): the job gives the plaintext run\'s weights; a certificate from another CA is refused', { skip: hasOpenssl ? false : 'the openssl command is not installed (apt-get install openssl)' }, async () => {
+  assert.ok(straightTwo, 'needs the 2-process run of the first test');
+  const dir = join(root, 'certs');
+  mkdirSync(dir);
+  const run = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+  for (const ca of ['ca1', 'ca2']) run('req', '-x509', ...ec, '-keyout', `${ca}.key`, '-out', `${ca}.pem`, '-days', '2', '-subj', `/CN=${ca}`);
+  writeFileSync(join(dir, 'node.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n');
+  for (const [name, ca] of [['node', 'ca1'], ['rogue', 'ca2']]) {
+    run('req', ...ec, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`);
+    run('x509', '-req', '-in', `${name}.csr`, '-CA', `${ca}.pem`, '-CAkey', `${ca}.key`, '-CAcreateserial', '-out', `${name}.pem`, '-days', '2', '-extfile', 'node.ext');
+  }
+  const outDir = join(root, 'tls');
+  const running = job('tls', { nodes: 2, config: await configFile('b6', 6), tls: { cert: join(dir, 'node.pem'), key: join(dir, 'node.key'), ca: join(dir, 'ca1.pem') } });
+  const eventsPath = join(outDir, 'logs', 'coordinator.jsonl');
+  for (let t0 = Date.now(); !(existsSync(eventsPath) && (await readFile(eventsPath, 'utf8')).includes('"event":"membership"')); ) {
+    if (Date.now() - t0 > 60_000) throw new Error('no membership within 60 s');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const m = (await jsonl(eventsPath) as unknown as { event: string; members: { peerAddress: string }[] }[]).find((e) => e.event === 'membership')!;
+  // A client with a certificate from another CA cannot even reach the Peer service.
+  const rogue = new PeerClient(m.members[1]!.peerAddress, grpc.credentials.createSsl(readFileSync(join(dir, 'ca1.pem')), readFileSync(join(dir, 'rogue.key')), readFileSync(join(dir, 'rogue.pem'))));
+  const err = await new Promise<grpc.ServiceError | null>((resolve) => {
+    (rogue as unknown as { openLink(r: object, m: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null) => void): void })
+      .openLink({ workerId: 'x', epoch: 1 }, new grpc.Metadata(), { deadline: new Date(Date.now() + 5000) }, (e) => resolve(e));
+  });
+  rogue.close();
+  assert.ok(err, 'a foreign-CA client was served');
+  assert.equal(err.code, grpc.status.UNAVAILABLE);
+  const r = await running;
+  assert.ok(r.finished, JSON.stringify(r));
+  assert.equal(r.result!.checksum, straightTwo);
 });
