@@ -124,8 +124,12 @@ test('2 threads: ranks end with identical weights, and a run stopped at N/2 and 
     const lines = (await readFile(join(straight, 'metrics.jsonl'), 'utf8')).trim().split('\n');
     assert.deepEqual(lines.map((l) => (JSON.parse(l) as { step: number }).step), [1, 2, 3, 4]);
     // Each rank logged its own steps (rank, world size, the images it trained on) in ranks/.
-    const rankLines = await Promise.all([0, 1].map(async (r) => (await readFile(join(straight, 'ranks', `rank-${r}.jsonl`), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as { step: number; rank: number; world_size: number })));
-    for (const [r, ls] of rankLines.entries()) assert.deepEqual(ls.map((l) => [l.step, l.rank, l.world_size]), [1, 2, 3, 4].map((st) => [st, r, 2]));
+    const rankLines = await Promise.all([0, 1].map(async (r) => (await readFile(join(straight, 'ranks', `rank-${r}.jsonl`), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as { step: number; rank: number; world_size: number; final?: boolean; checksum?: string })));
+    for (const [r, ls] of rankLines.entries()) {
+      assert.deepEqual(ls.filter((l) => !l.final).map((l) => [l.step, l.rank, l.world_size]), [1, 2, 3, 4].map((st) => [st, r, 2]));
+      // With checksum: true, a last line with the rank's final weights checksum.
+      assert.deepEqual(ls.filter((l) => l.final).map((l) => l.checksum), [a.checksums![r]]);
+    }
   } finally {
     await rm(root, { recursive: true, force: true });
   }

@@ -109,7 +109,7 @@ export const trainCommand: Command = {
       const failed = r.workerCodes.map((code, i) => [i, code, r.workerSignals[i]] as const).filter(([, code]) => code !== 0);
       for (const [i, code, signal] of failed) process.stderr.write(`vitreg train: worker-${i} ended with ${signal ?? `code ${code}`} (log: ${join(out, 'logs', `worker-${i}.log`)})\n`);
       if (!r.finished) {
-        throw new CliError(`the job stopped before finishing (coordinator exit code ${r.coordinatorCode}; see ${join(out, 'logs')}); run again with --resume to continue from the last checkpoint`);
+        throw new CliError(`the job stopped before finishing (coordinator exit code ${r.coordinatorCode}; see ${join(out, 'logs')}); run again with --resume to continue from the last checkpoint`, 1);
       }
       process.stdout.write(JSON.stringify(r.result ?? { out }) + '\n');
       return 0;
