@@ -2,7 +2,7 @@
  * The worker process of a cluster job. Its main thread is the agent: it joins the coordinator,
  * sends heartbeats, follows the membership, serves the Peer service and the ring's data links, and
  * runs the collectives; the training itself runs in `threads` worker threads (thread.ts), each one
- * rank running @vitreg/trainer's `train` with a `ClusterSync`, so heartbeats and network I/O go on
+ * rank running @vitreg/trainer's `train` with a `GrpcRingSync`, so heartbeats and network I/O go on
  * while a thread computes.
  *
  * A collective of the threads (all-reduce, broadcast, step commit) is hierarchical: the agent waits

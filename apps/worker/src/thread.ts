@@ -1,17 +1,17 @@
 /**
  * A training thread of a cluster worker: one rank running @vitreg/trainer's `train` with a
- * `ClusterSync`, whose collectives the agent (the process's main thread) runs across the cluster.
+ * `GrpcRingSync`, whose collectives the agent (the process's main thread) runs across the cluster.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '@vitreg/core';
-import { MembershipChanged, train, type GradientSync } from '@vitreg/trainer';
+import { flattenTensors, MembershipChanged, train, unflattenLike, type GradientSync } from '@vitreg/trainer';
 import type { AgentToThread, ThreadData, ThreadToAgent } from './messages.js';
 
 const d = workerData as ThreadData;
 
 /** GradientSync of one training thread: each collective is a request to the agent. */
-export class ClusterSync implements GradientSync {
+export class GrpcRingSync implements GradientSync {
   rank: number;
   worldSize: number;
   membership: number;
@@ -50,21 +50,9 @@ export class ClusterSync implements GradientSync {
   }
 
   async allReduce(tensors: tf.Tensor[]): Promise<tf.Tensor[]> {
-    const total = tensors.reduce((n, t) => n + t.size, 0);
-    const flat = new Float32Array(total);
-    let off = 0;
-    for (const t of tensors) {
-      flat.set(t.dataSync() as Float32Array, off);
-      off += t.size;
-    }
-    const r = await this.request({ kind: 'allReduce', data: flat }, this.nextStep, [flat.buffer]);
-    const mean = r.data!;
-    off = 0;
-    return tensors.map((t) => {
-      const out = tf.tensor(mean.subarray(off, off + t.size), t.shape, 'float32');
-      off += t.size;
-      return out;
-    });
+    const flat = flattenTensors(tensors);
+    const r = await this.request({ kind: 'allReduce', data: flat }, this.nextStep, [flat.buffer as ArrayBuffer]);
+    return unflattenLike(r.data!, tensors);
   }
 
   async broadcast(state: Record<string, Float32Array>, meta?: unknown): Promise<{ state: Record<string, Float32Array>; meta: unknown }> {
@@ -124,7 +112,7 @@ export function decodeState(bytes: Uint8Array): { state: Record<string, Float32A
 async function main(): Promise<void> {
   const log = (line: string) => parentPort!.postMessage({ kind: 'log', thread: d.thread, line } as ThreadToAgent);
   await initBackend(d.backend, d.rank === 0 ? {} : { log: () => {} });
-  const sync = new ClusterSync(d.thread, d.rank, d.worldSize, d.membership);
+  const sync = new GrpcRingSync(d.thread, d.rank, d.worldSize, d.membership);
   const result = await train(d.config, {
     outDir: d.outDir, resume: d.resume, sync, progress: d.progress, checksum: d.checksum, rankName: d.rankName, logSamples: d.logSamples, log,
   });

@@ -9,7 +9,7 @@
  * Implementations: `LocalGradientSync` (one process, one rank), `SharedMemorySync` (threads of one
  * process), and the cluster's ring all-reduce in @vitreg/worker.
  */
-import type * as tf from '@tensorflow/tfjs-core';
+import * as tf from '@tensorflow/tfjs-core';
 
 export interface GradientSync {
   /** This replica's index in [0, worldSize); in a cluster it can change between membership epochs. */
@@ -64,4 +64,25 @@ export class LocalGradientSync implements GradientSync {
   async commitStep(_step: number, values: Record<string, number>): Promise<Record<string, number>[]> {
     return [values];
   }
+}
+
+/** The values of `tensors`, one after the other, in one new Float32Array (what a sync sends). */
+export function flattenTensors(tensors: tf.Tensor[]): Float32Array<ArrayBuffer> {
+  const flat = new Float32Array(tensors.reduce((n, t) => n + t.size, 0));
+  let off = 0;
+  for (const t of tensors) {
+    flat.set(t.dataSync() as Float32Array, off);
+    off += t.size;
+  }
+  return flat;
+}
+
+/** New tensors shaped like `like`, cut in order from `flat` (the inverse of flattenTensors). */
+export function unflattenLike(flat: Float32Array, like: tf.Tensor[]): tf.Tensor[] {
+  let off = 0;
+  return like.map((t) => {
+    const out = tf.tensor(flat.subarray(off, off + t.size), t.shape, 'float32');
+    off += t.size;
+    return out;
+  });
 }

@@ -22,7 +22,7 @@ import { Worker } from 'node:worker_threads';
 import * as tf from '@tensorflow/tfjs-core';
 import { getBackendName, startThread, type BackendName } from '@vitreg/core';
 import type { TrainConfig } from './config.js';
-import type { GradientSync } from './sync.js';
+import { flattenTensors, unflattenLike, type GradientSync } from './sync.js';
 import type { TrainOptions, TrainResult } from './trainer.js';
 
 const COUNT = 0;
@@ -112,13 +112,8 @@ export class SharedMemorySync implements GradientSync {
 
   async allReduce(grads: tf.Tensor[]): Promise<tf.Tensor[]> {
     if (this.worldSize === 1) return grads;
-    const total = grads.reduce((n, g) => n + g.size, 0);
-    const flat = new Float32Array(total);
-    let off = 0;
-    for (const g of grads) {
-      flat.set(g.dataSync() as Float32Array, off);
-      off += g.size;
-    }
+    const flat = flattenTensors(grads);
+    const total = flat.length;
     this.agreeOnLength('allReduce', total);
     const mean = new Float32Array(total);
     const own = this.slots[this.rank]!;
@@ -135,12 +130,7 @@ export class SharedMemorySync implements GradientSync {
       }
       this.barrier();
     }
-    off = 0;
-    return grads.map((g) => {
-      const t = tf.tensor(mean.subarray(off, off + g.size), g.shape, 'float32');
-      off += g.size;
-      return t;
-    });
+    return unflattenLike(mean, grads);
   }
 
   async broadcast(state: Record<string, Float32Array>, meta?: unknown): Promise<{ state: Record<string, Float32Array>; meta: unknown }> {

@@ -43,7 +43,10 @@ test('tiny DINO run: k-NN accuracy above chance, teacher outputs neither constan
     }
     assert.equal(first.teacher_temp, 0.04);
     assert.equal(last.teacher_temp, 0.07);
-    assert.ok(last.loss! < first.loss!, 'the DINO loss did not fall');
+    // The DINO loss is a cross-entropy against the teacher, whose temperature rises 0.04 -> 0.07 over
+    // the run: the targets get softer and the loss rises with their entropy, so it is no measure of
+    // learning here (the k-NN accuracy above is); it must stay finite.
+    assert.ok(lines.every((l) => l.loss === undefined || Number.isFinite(l.loss)), 'a non-finite loss');
   } finally {
     await rm(out, { recursive: true, force: true });
   }
