@@ -15,7 +15,7 @@
  * passes it on, pipelined the same way; the last position passes only the length frame back to
  * position 0, so that every link of an epoch starts with the same frame.
  */
-import { EpochEnded, giveBack, ProtocolError, type Frame, type FrameHeader, type Inbox, type OutLink } from './frames.js';
+import { giveBack, ProtocolError, type Frame, type FrameHeader, type Inbox, type OutLink } from './frames.js';
 
 export interface RingIO {
   /** To the successor (absent when P = 1). */
@@ -223,4 +223,3 @@ export async function ringBroadcast(io: RingIO, bytes: Uint8Array | null, op: nu
   return buf;
 }
 
-export { EpochEnded };
