@@ -156,24 +156,26 @@ test('2 and 3 worker processes, and 2 processes x 2 threads, train the weights o
   }
 });
 
-test('kill -9 of a worker mid-run: the others finish on a smaller ring; no image of an epoch lost or seen twice', async () => {
+for (const [victimIndex, who] of [[2, 'a worker'], [0, 'rank 0 (the others elect a new rank 0, which writes the rest of the run)']] as const) test(`kill -9 of ${who} mid-run: the others finish on a smaller ring; no image of an epoch lost or seen twice`, async () => {
   let victim: ChildProcess | undefined;
-  const outDir = join(root, 'kill');
+  const outDir = join(root, `kill${victimIndex}`);
   const config = await configFile('kill', 2, { train: { ...base.train, batch_size: 2, steps: 14 } });
-  const running = job('kill', { nodes: 3, config, onSpawn: (w, c) => { if (w === 2) victim = c; } });
+  const running = job(`kill${victimIndex}`, { nodes: 3, config, onSpawn: (w, c) => { if (w === victimIndex) victim = c; } });
   await untilStep(outDir, 3);
   victim!.kill('SIGKILL');
   const r = await running;
   assert.ok(r.finished, JSON.stringify(r));
-  assert.deepEqual(r.workerCodes.slice(0, 2), [0, 0]);
-  assert.equal(r.workerSignals[2], 'SIGKILL');
+  const survivors = [0, 1, 2].filter((i) => i !== victimIndex);
+  assert.deepEqual(survivors.map((i) => r.workerCodes[i]), [0, 0]);
+  assert.equal(r.workerSignals[victimIndex], 'SIGKILL');
+  assert.equal(r.result!.step, 14, 'the rank 0 at the end printed the result');
   const metrics = await jsonl(join(outDir, 'metrics.jsonl'));
   assert.deepEqual(metrics.map((m) => m.step), Array.from({ length: 14 }, (_, i) => i + 1), 'every step committed once');
   assert.equal(metrics[0]!.world_size, 3);
   assert.equal(metrics[metrics.length - 1]!.world_size, 2);
   assert.ok(metrics[metrics.length - 1]!.membership! > metrics[0]!.membership!);
   assertEpochsExact(await committedSamples(outDir), 24);
-  const sums = await rankChecksums(outDir, ['worker-0', 'worker-1']);
+  const sums = await rankChecksums(outDir, survivors.map((i) => `worker-${i}`));
   assert.equal(sums.length, 2);
   assert.equal(sums[0], sums[1]);
 });
