@@ -73,6 +73,9 @@ export interface WorkerResult {
   rank0: boolean;
 }
 
+/** Metadata of a PushChunks stream: `<nonce hex>:<HMAC hex>` from OpenLink (see checkLinkProof). */
+export const METADATA_LINK = 'x-vitreg-link';
+
 const CHANNEL_OPTIONS: grpc.ChannelOptions = {
   'grpc.max_receive_message_length': 8 << 20,
   'grpc.max_send_message_length': 8 << 20,
@@ -378,6 +381,20 @@ export class WorkerAgent {
     return null;
   }
 
+  /**
+   * Checks a link's proof: a nonce this worker issued through OpenLink for (epoch, sender) and not
+   * used yet, and HMAC-SHA256(token, nonce | epoch | sender). Returns why it fails, or null.
+   */
+  private checkLinkProof(epoch: number, workerId: string, nonceHex: string, macHex: string): string | null {
+    const issued = this.nonces.get(nonceHex);
+    this.nonces.delete(nonceHex);
+    if (!issued || issued.expires < Date.now()) return 'unknown or expired link nonce (a link starts with OpenLink)';
+    if (issued.epoch !== epoch || issued.workerId !== workerId) return 'the link does not match the nonce it was issued for';
+    const mac = linkMac(this.o.token, Buffer.from(nonceHex, 'hex'), epoch, workerId);
+    if (!macEquals(mac, Buffer.from(macHex, 'hex'))) return 'bad link MAC (wrong job token?)';
+    return null;
+  }
+
   private async startPeerServers(): Promise<void> {
     const handlers: PeerHandlers = {
       openLink: (call, callback) => {
@@ -417,6 +434,9 @@ export class WorkerAgent {
             }
             const v = this.validateChunk(cur, c, true);
             if (v) return refuse(v);
+            const [nonce = '', mac = ''] = String(call.metadata.get(METADATA_LINK)[0] ?? '').split(':');
+            const proof = this.checkLinkProof(c.epoch, c.workerId, nonce, mac);
+            if (proof) return refuse({ code: grpc.status.PERMISSION_DENIED, details: `link from "${c.workerId}" refused: ${proof}` });
             if (cur.incoming) return refuse({ code: grpc.status.ALREADY_EXISTS, details: `epoch ${cur.epoch} already has its incoming link` });
             st = cur;
             cur.incoming = true;
@@ -473,12 +493,8 @@ export class WorkerAgent {
     const who = `${socket.remoteAddress}:${socket.remotePort}`;
     try {
       const { hello, rest } = await readHello(socket, 10_000);
-      const issued = this.nonces.get(hello.nonce);
-      this.nonces.delete(hello.nonce);
-      if (!issued || issued.expires < Date.now()) throw new ProtocolError('unknown or expired link nonce');
-      const mac = linkMac(this.o.token, Buffer.from(hello.nonce, 'hex'), hello.epoch, hello.worker_id);
-      if (!macEquals(mac, Buffer.from(hello.mac, 'hex'))) throw new ProtocolError('bad link MAC (wrong job token?)');
-      if (issued.epoch !== hello.epoch || issued.workerId !== hello.worker_id) throw new ProtocolError('the hello does not match the nonce it was issued for');
+      const proof = this.checkLinkProof(hello.epoch, hello.worker_id, hello.nonce, hello.mac);
+      if (proof) throw new ProtocolError(proof);
       const st = this.current;
       if (!st || st.epoch !== hello.epoch || st.aborted) throw new ProtocolError(`link for epoch ${hello.epoch}; this worker is in epoch ${st?.epoch}`);
       if (st.incoming) throw new ProtocolError(`epoch ${st.epoch} already has its incoming link`);
@@ -524,19 +540,23 @@ export class WorkerAgent {
     for (;;) {
       if (st.aborted) throw st.aborted;
       try {
-        if (st.m.transport === 'grpc') {
-          const call = (peer as unknown as { pushChunks(m: grpc.Metadata, cb: (e: grpc.ServiceError | null) => void): grpc.ClientWritableStream<unknown> })
-            .pushChunks(this.metadata, (err) => { if (err && !st.aborted) this.log(`link to ${next.name} ended: ${err.details}`); });
-          const link = new GrpcOutLink(call, this.workerId);
-          st.closers.push(() => link.close());
-          return link;
-        }
+        // Both data planes start with OpenLink: a one-time nonce whose MAC proves the job token.
         const reply = await new Promise<{ port: number; nonce: Uint8Array }>((resolve, reject) => {
           (peer as unknown as { openLink(r: object, m: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, v: { port: number; nonce: Uint8Array }) => void): void })
             .openLink({ workerId: this.workerId, epoch: st.epoch }, this.metadata, { deadline: this.deadline(20_000) }, (err, v) => (err ? reject(err) : resolve(v)));
         });
+        const mac = linkMac(this.o.token, reply.nonce, st.epoch, this.workerId);
+        if (st.m.transport === 'grpc') {
+          const md = this.metadata.clone();
+          md.set(METADATA_LINK, `${Buffer.from(reply.nonce).toString('hex')}:${mac.toString('hex')}`);
+          const call = (peer as unknown as { pushChunks(m: grpc.Metadata, cb: (e: grpc.ServiceError | null) => void): grpc.ClientWritableStream<unknown> })
+            .pushChunks(md, (err) => { if (err && !st.aborted) this.log(`link to ${next.name} ended: ${err.details}`); });
+          const link = new GrpcOutLink(call, this.workerId);
+          st.closers.push(() => link.close());
+          return link;
+        }
         const host = next.peerAddress.slice(0, next.peerAddress.lastIndexOf(':')).replace(/^\[|\]$/g, '');
-        const hello = encodeHello(this.workerId, st.epoch, reply.nonce, linkMac(this.o.token, reply.nonce, st.epoch, this.workerId));
+        const hello = encodeHello(this.workerId, st.epoch, reply.nonce, mac);
         const link = await connectTcpLink(host, reply.port, hello, this.o.tls, 10_000);
         st.closers.push(() => link.close());
         if (st.aborted) link.close();

@@ -156,6 +156,14 @@ test('2 and 3 worker processes, and 2 processes x 2 threads, train the weights o
   }
 });
 
+test('the gRPC data plane (--transport grpc, PushChunks streams) gives the weights of the TCP data plane bit for bit', async () => {
+  assert.ok(straightTwo, 'needs the 2-process run of the first test');
+  const r = await job('grpc', { nodes: 2, config: await configFile('b6', 6), transport: 'grpc' });
+  assert.ok(r.finished, JSON.stringify(r));
+  assert.match(await readFile(join(r.outDir, 'logs', 'worker-0.log'), 'utf8'), /transport grpc/);
+  assert.equal(r.result!.checksum, straightTwo);
+});
+
 for (const [victimIndex, who] of [[2, 'a worker'], [0, 'rank 0 (the others elect a new rank 0, which writes the rest of the run)']] as const) test(`kill -9 of ${who} mid-run: the others finish on a smaller ring; no image of an epoch lost or seen twice`, async () => {
   let victim: ChildProcess | undefined;
   const outDir = join(root, `kill${victimIndex}`);
@@ -274,6 +282,7 @@ test('security: wrong token or job id, stale epoch, wrong step, wrong size, over
     ['wrong size', ok, { ...chunk, data: new Uint8Array(6) }, grpc.status.INVALID_ARGUMENT, /6 bytes; expected a multiple of 4/],
     ['oversized', ok, { ...chunk, data: new Uint8Array(3 << 20) }, grpc.status.RESOURCE_EXHAUSTED, /./],
     ['not the predecessor', ok, { ...chunk, workerId: 'rogue' }, grpc.status.PERMISSION_DENIED, /not this worker's ring predecessor/],
+    ['the predecessor\'s id without its link nonce', ok, { ...chunk, op: 0, step: 0 }, grpc.status.PERMISSION_DENIED, /link from ".*" refused: unknown or expired link nonce/],
   ];
   for (const [what, meta, c, code, msg] of cases) {
     const err = await push(meta, c);
@@ -286,7 +295,7 @@ test('security: wrong token or job id, stale epoch, wrong step, wrong size, over
   assert.ok(r.finished, JSON.stringify(r));
   assert.equal(r.result!.checksum, straightTwo, 'the refused chunks changed the training');
   const log = await readFile(join(outDir, 'logs', 'worker-1.log'), 'utf8');
-  assert.ok((log.match(/refused chunks from/g) ?? []).length >= 6, 'every refusal logged');
+  assert.ok((log.match(/refused chunks from/g) ?? []).length >= 7, 'every refusal logged');
 });
 
 const hasOpenssl = spawnSync('openssl', ['version']).status === 0;
