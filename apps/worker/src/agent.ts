@@ -436,7 +436,7 @@ export class WorkerAgent {
             if (v) return refuse(v);
             const [nonce = '', mac = ''] = String(call.metadata.get(METADATA_LINK)[0] ?? '').split(':');
             const proof = this.checkLinkProof(c.epoch, c.workerId, nonce, mac);
-            if (proof) return refuse({ code: grpc.status.PERMISSION_DENIED, details: `link from "${c.workerId}" refused: ${proof}` });
+            if (proof) return refuse({ code: grpc.status.PERMISSION_DENIED, details: `the link of worker "${c.workerId}" was refused: ${proof}` });
             if (cur.incoming) return refuse({ code: grpc.status.ALREADY_EXISTS, details: `epoch ${cur.epoch} already has its incoming link` });
             st = cur;
             cur.incoming = true;

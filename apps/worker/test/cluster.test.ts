@@ -282,7 +282,7 @@ test('security: wrong token or job id, stale epoch, wrong step, wrong size, over
     ['wrong size', ok, { ...chunk, data: new Uint8Array(6) }, grpc.status.INVALID_ARGUMENT, /6 bytes; expected a multiple of 4/],
     ['oversized', ok, { ...chunk, data: new Uint8Array(3 << 20) }, grpc.status.RESOURCE_EXHAUSTED, /./],
     ['not the predecessor', ok, { ...chunk, workerId: 'rogue' }, grpc.status.PERMISSION_DENIED, /not this worker's ring predecessor/],
-    ['the predecessor\'s id without its link nonce', ok, { ...chunk, op: 0, step: 0 }, grpc.status.PERMISSION_DENIED, /link from ".*" refused: unknown or expired link nonce/],
+    ['the predecessor\'s id without its link nonce', ok, { ...chunk, op: 0, step: 0 }, grpc.status.PERMISSION_DENIED, /the link of worker ".*" was refused: unknown or expired link nonce/],
   ];
   for (const [what, meta, c, code, msg] of cases) {
     const err = await push(meta, c);
