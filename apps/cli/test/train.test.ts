@@ -1,10 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { encodePng, readSafetensors, SyntheticDataset } from '@vitreg/core';
+import { validateTrainConfig } from '@vitreg/trainer';
 import { lastLine, vitreg } from './helpers.js';
 
 test('train --list-presets names the CPU presets and the paper recipes', async () => {
@@ -144,6 +145,35 @@ test('train --nodes 2: a local cluster job (coordinator + 2 worker processes) wr
     const many = await vitreg(['train', '--config', cfg, '--nodes', '2', '--min-workers', '3', '--out', out]);
     assert.equal(many.code, 2);
     assert.match(many.stderr, /--min-workers: 3 is more than --nodes 2/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('train --print-config: the resolved config, preset and flags applied, as JSON; nothing trained', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'vitreg-print-'));
+  try {
+    const r = await vitreg(['train', '--preset', 'dinov2-l14-reg4', '--steps', '7', '--registers', '2', '--print-config', '--out', join(dir, 'run')]);
+    assert.equal(r.code, 0, r.stderr);
+    const expected = validateTrainConfig({ preset: 'dinov2-l14-reg4', model: { num_register_tokens: 2 }, train: { steps: 7 } });
+    assert.deepEqual(JSON.parse(r.stdout), JSON.parse(JSON.stringify(expected)));
+    assert.ok(!existsSync(join(dir, 'run')), 'a run folder was created');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('train --resume over a run whose checkpoints cannot be listed is an error naming the folder, not a fresh start', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'vitreg-unreadable-'));
+  try {
+    const out = join(dir, 'run');
+    await mkdir(out);
+    // A file where the checkpoints folder should be: listing it fails (ENOTDIR), even as root.
+    await writeFile(join(out, 'checkpoints'), 'not a folder');
+    const r = await vitreg(['train', '--preset', 'tiny-supervised', '--steps', '1', '--resume', '--out', out, '--backend', 'wasm', '--no-progress']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /checkpoints: cannot list the checkpoints \(ENOTDIR\)/);
+    assert.ok(!existsSync(join(out, 'metrics.jsonl')), 'a fresh run started');
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -91,7 +91,15 @@ async function exists(path: string): Promise<boolean> {
 /** Complete checkpoints of a run (folders `step-N` holding state.json), by increasing step. */
 export async function listCheckpoints(runDir: string): Promise<{ step: number; dir: string }[]> {
   const root = join(runDir, 'checkpoints');
-  const names = await readdir(root).catch(() => [] as string[]);
+  let names: string[];
+  try {
+    names = await readdir(root);
+  } catch (err) {
+    // No checkpoints yet is a fresh run; a folder that exists but cannot be read is an error, not a
+    // silent fresh start over a run that has checkpoints.
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw new Error(`${root}: cannot list the checkpoints (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+  }
   const out: { step: number; dir: string }[] = [];
   for (const name of names) {
     const m = STEP_DIR.exec(name);

@@ -13,6 +13,7 @@ Usage: vitreg train (--preset NAME | --config FILE.json) [--data DIR|synthetic] 
                     [--steps N] [--out DIR] [--resume] [--seed N] [--workers N] [--nodes N]
                     [--backend auto|tensorflow-gpu|tensorflow|wasm|cpu] [--no-progress]
        vitreg train --list-presets
+       vitreg train (--preset NAME | --config FILE.json) [overrides] --print-config
        vitreg train --resume --out DIR          (continues with DIR/config.json)
 
 Trains a Vision Transformer with N register tokens and writes the run folder DIR:
@@ -33,6 +34,8 @@ Trains a Vision Transformer with N register tokens and writes the run folder DIR
   --registers N      register tokens, 0-16 (model.num_register_tokens)
   --steps N          training steps (train.steps);  --seed N: train.seed
   --out DIR          run folder (default runs/train-<preset>)
+  --print-config     print the resolved config (every field, after the preset, the file and the
+                     flags) as JSON and exit, to diff it against another recipe
   --resume           continue from the newest checkpoint in --out, with the same weights, optimiser,
                      data order and random numbers as if never stopped
   --workers N        data-parallel training over N worker threads, 1-64 (default 1: in this thread);
@@ -71,6 +74,7 @@ export const trainCommand: Command = {
       'min-workers': { type: 'string' },
       transport: { type: 'string' },
       'list-presets': { type: 'boolean' },
+      'print-config': { type: 'boolean' },
       'no-progress': { type: 'boolean' },
     });
     if (positionals.length > 0) throw new CliError(`unexpected argument "${positionals[0]}" (see vitreg train --help)`);
@@ -93,6 +97,10 @@ export const trainCommand: Command = {
     } catch (err) {
       if (err instanceof CliError) throw err;
       throw new CliError((err as Error).message);
+    }
+    if (values['print-config']) {
+      process.stdout.write(JSON.stringify(config, null, 2) + '\n');
+      return 0;
     }
     if (values.nodes !== undefined) {
       const nodes = intFlag('nodes', values.nodes, 1);
