@@ -196,9 +196,6 @@ export class Inbox {
     }
   }
 
-  get failed(): Error | null {
-    return this.error;
-  }
 }
 
 /** The sending side of a ring link. */

@@ -110,23 +110,44 @@ export async function connectTcpLink(host: string, port: number, hello: Buffer, 
   return new TcpOutLink(socket);
 }
 
-/** Frames as header + payload writes on a socket; completion from the write callbacks. */
-export class TcpOutLink implements OutLink {
-  private error: Error | null = null;
+/** What both outgoing links share: the first error sticks, and `ready()` waits out backpressure. */
+abstract class BackpressuredLink {
+  protected error: Error | null = null;
   private drainWaiters: (() => void)[] = [];
 
+  /** True while the transport asks the sender to wait for 'drain'. */
+  protected abstract needsDrain(): boolean;
+
+  protected wake(): void {
+    const ws = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const w of ws) w();
+  }
+
+  protected failWith(err: Error): void {
+    this.error ??= err;
+    this.wake();
+  }
+
+  async ready(): Promise<void> {
+    while (!this.error && this.needsDrain()) await new Promise<void>((r) => this.drainWaiters.push(r));
+    if (this.error) throw this.error;
+  }
+}
+
+/** Frames as header + payload writes on a socket; completion from the write callbacks. */
+export class TcpOutLink extends BackpressuredLink implements OutLink {
   constructor(readonly socket: net.Socket) {
+    super();
     socket.on('drain', () => this.wake());
-    socket.on('error', (err) => { this.error ??= err; this.wake(); });
-    socket.on('close', () => { this.error ??= new Error('ring link closed'); this.wake(); });
+    socket.on('error', (err) => this.failWith(err));
+    socket.on('close', () => this.failWith(new Error('ring link closed')));
     // Nothing is read from an outgoing link after the accept byte.
     socket.on('data', () => undefined);
   }
 
-  private wake(): void {
-    const ws = this.drainWaiters;
-    this.drainWaiters = [];
-    for (const w of ws) w();
+  protected needsDrain(): boolean {
+    return this.socket.writableNeedDrain;
   }
 
   send(h: FrameHeader, data: Uint8Array): Promise<void> {
@@ -140,33 +161,24 @@ export class TcpOutLink implements OutLink {
     });
   }
 
-  async ready(): Promise<void> {
-    while (!this.error && this.socket.writableNeedDrain) await new Promise<void>((r) => this.drainWaiters.push(r));
-    if (this.error) throw this.error;
-  }
-
   close(): void {
-    this.error ??= new Error('ring link closed');
+    this.failWith(new Error('ring link closed'));
     this.socket.destroy();
-    this.wake();
   }
 }
 
 /** Frames as Chunk messages on a PushChunks client stream. */
-export class GrpcOutLink implements OutLink {
-  private error: Error | null = null;
-  private drainWaiters: (() => void)[] = [];
+export class GrpcOutLink extends BackpressuredLink implements OutLink {
   private needDrain = false;
 
   constructor(private readonly call: grpc.ClientWritableStream<unknown>, private readonly workerId: string) {
+    super();
     call.on('drain', () => { this.needDrain = false; this.wake(); });
-    call.on('error', (err: Error) => { this.error ??= err; this.wake(); });
+    call.on('error', (err: Error) => this.failWith(err));
   }
 
-  private wake(): void {
-    const ws = this.drainWaiters;
-    this.drainWaiters = [];
-    for (const w of ws) w();
+  protected needsDrain(): boolean {
+    return this.needDrain;
   }
 
   send(h: FrameHeader, data: Uint8Array): Promise<void> {
@@ -177,14 +189,8 @@ export class GrpcOutLink implements OutLink {
     return Promise.resolve();
   }
 
-  async ready(): Promise<void> {
-    while (!this.error && this.needDrain) await new Promise<void>((r) => this.drainWaiters.push(r));
-    if (this.error) throw this.error;
-  }
-
   close(): void {
-    this.error ??= new Error('ring link closed');
+    this.failWith(new Error('ring link closed'));
     this.call.end();
-    this.wake();
   }
 }
