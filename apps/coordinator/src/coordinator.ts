@@ -140,7 +140,6 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
   }
 
   const tokenDigest = sha256(opts.token);
-  const startedAt = Date.now();
   let eventsFailed = false;
 
   const log = (line: string): void => opts.log?.(line);
@@ -283,8 +282,7 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
   /** Forms the first membership when the rendezvous condition holds. */
   const maybeRendezvous = (): void => {
     if (stopped || epoch > 0) return;
-    const timeUp = Date.now() - startedAt >= joinTimeoutMs;
-    if (pending.length >= maxWorkers || (timeUp && pending.length >= minWorkers)) {
+    if (pending.length >= maxWorkers || (joinWindowOver && pending.length >= minWorkers)) {
       members = [...pending].sort(ringOrder);
       pending = [];
       for (const w of members) w.state = 'member';
@@ -361,7 +359,13 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
   };
 
   // ---- timers ----
-  const joinTimer = setTimeout(maybeRendezvous, joinTimeoutMs);
+  // The timer itself marks the window as over: Node may fire it a millisecond before Date.now() agrees,
+  // and a clock comparison here would then never form the membership of workers already joined.
+  let joinWindowOver = false;
+  const joinTimer = setTimeout(() => {
+    joinWindowOver = true;
+    maybeRendezvous();
+  }, joinTimeoutMs);
   const livenessTimer = setInterval(
     () => {
       const now = Date.now();
