@@ -7,17 +7,23 @@
  * checked against reference tensors without a model. Token order everywhere: [CLS, registers..., patches...];
  * patches are row-major over the patch grid.
  *
- * Automatic outlier threshold (the rule, see `testBimodality`): take log norms and fit a two-component
- * 1-D Gaussian mixture by EM, started from Otsu's split, the widest gap and a few upper quantiles (best
- * likelihood wins). Call the distribution bimodal only if
+ * Automatic outlier threshold (the rule, see `testBimodality`; defaults in `DEFAULT_OUTLIER_RULE`):
+ * take log norms and fit a two-component 1-D Gaussian mixture by EM, started from Otsu's split, the
+ * widest gap and a few upper quantiles (best likelihood wins). Call the distribution bimodal only if
  *   (a) the mixture beats a single Gaussian by BIC,
- *   (b) the components are separated by Ashman's D >= 2, D = sqrt(2) |mu1 - mu2| / sqrt(s1^2 + s2^2),
- *   (c) the high component holds at most `maxFraction` (default 20%) of the tokens: artifacts are a
- *       minority (~2% in the paper), and
+ *   (b) the components are separated by Ashman's D >= `minSeparation` (2),
+ *       D = sqrt(2) |mu1 - mu2| / sqrt(s1^2 + s2^2),
+ *   (c) the high mode is at least `minRatio` (3) times the low one: exp(mu_high - mu_low) >= 3, the
+ *       ratio of the two modes' geometric-mean norms. D is scale-free, so two narrow clusters a few
+ *       percent apart pass (b); artifacts in the paper sit about an order of magnitude above the
+ *       normal tokens (norm > 150 against 0-100 for DINOv2-g), so 3 leaves a wide margin below them
+ *       while rejecting any split of one mode,
  *   (d) there is a valley: around the threshold t (between the means, equally many standard
- *       deviations from each) the density of values within min(s1, s2) / 2 of t is at most half the
- *       density within s2 of the high mean. This rejects flat distributions, which a two-Gaussian fit
- *       also splits.
+ *       deviations from each) the density of values within min(s1, s2) / 2 of t is at most
+ *       `maxValley` (0.5) times the density within s2 of the high mean. This rejects flat
+ *       distributions, which a two-Gaussian fit also splits, and
+ *   (e) the high component holds at most `maxFraction` (20%) of the tokens: artifacts are a
+ *       minority (~2% in the paper).
  * Outliers are the tokens with norm > exp(t). Fewer than `minCount` (8) tokens, or all equal, is never
  * bimodal. A unimodal distribution therefore yields no outliers at all, whatever its spread or skew.
  */
@@ -50,15 +56,52 @@ export function tokenNorms<T extends tf.Tensor>(tokens: T): tf.Tensor {
 // ---------------------------------------------------------------------------------------------
 // Outliers
 
-export interface OutlierOptions {
+/** The parameters of the automatic outlier rule (see the top of this file). */
+export interface BimodalityRule {
+  /** Fewer values than this are never bimodal. */
+  minCount: number;
+  /** The high component may hold at most this fraction of the tokens. */
+  maxFraction: number;
+  /** Minimal Ashman's D between the two components. */
+  minSeparation: number;
+  /** Minimal ratio of the modes' geometric-mean norms, exp(mu_high - mu_low). */
+  minRatio: number;
+  /** Maximal density at the threshold relative to the density at the high mode. */
+  maxValley: number;
+}
+
+/** The defaults of the automatic rule: at least 8 tokens, at most 20% outliers, D >= 2, modes >= 3x apart, valley <= 0.5. */
+export const DEFAULT_OUTLIER_RULE: Readonly<BimodalityRule> = Object.freeze({
+  minCount: 8,
+  maxFraction: 0.2,
+  minSeparation: 2,
+  minRatio: 3,
+  maxValley: 0.5,
+});
+
+export interface OutlierOptions extends Partial<BimodalityRule> {
   /** 'auto' (default): bimodality rule on log norms. A number: norms strictly above it (paper: 150 for DINOv2-g). */
   threshold?: 'auto' | number;
-  /** Auto only: fewer values than this are never bimodal. Default 8. */
-  minCount?: number;
-  /** Auto only: the high component may hold at most this fraction of tokens (artifacts are a minority, ~2% in the paper). Default 0.2. */
-  maxFraction?: number;
-  /** Auto only: minimal Ashman's D between the two components. Default 2. */
-  minSeparation?: number;
+}
+
+/** The automatic rule's parameters: `opts` over `DEFAULT_OUTLIER_RULE`, each checked. */
+export function outlierRule(opts: OutlierOptions = {}): BimodalityRule {
+  const r: BimodalityRule = {
+    minCount: opts.minCount ?? DEFAULT_OUTLIER_RULE.minCount,
+    maxFraction: opts.maxFraction ?? DEFAULT_OUTLIER_RULE.maxFraction,
+    minSeparation: opts.minSeparation ?? DEFAULT_OUTLIER_RULE.minSeparation,
+    minRatio: opts.minRatio ?? DEFAULT_OUTLIER_RULE.minRatio,
+    maxValley: opts.maxValley ?? DEFAULT_OUTLIER_RULE.maxValley,
+  };
+  const bad = (field: keyof BimodalityRule, expected: string) => {
+    throw new Error(`outlier options: ${field} must be ${expected}, got ${r[field]}`);
+  };
+  if (!Number.isInteger(r.minCount) || r.minCount < 2) bad('minCount', 'an integer >= 2');
+  if (!(r.maxFraction > 0 && r.maxFraction <= 1)) bad('maxFraction', 'in (0, 1]');
+  if (!(r.minSeparation >= 0 && Number.isFinite(r.minSeparation))) bad('minSeparation', 'a finite number >= 0');
+  if (!(r.minRatio >= 1 && Number.isFinite(r.minRatio))) bad('minRatio', 'a finite number >= 1');
+  if (!(r.maxValley >= 0 && Number.isFinite(r.maxValley))) bad('maxValley', 'a finite number >= 0');
+  return r;
 }
 
 /** One Gaussian component of a fit on log norms. */
@@ -77,12 +120,18 @@ export interface Bimodality {
   deltaBic: number;
   /** Ashman's D between the two fitted components. */
   separation: number;
+  /** Ratio of the modes' geometric-mean norms, exp(high.mean - low.mean) (1 without a fit). */
+  ratio: number;
+  /** Density near the threshold / density at the high mode (null when not measured). */
+  valley: number | null;
   low: Component;
   high: Component;
   /** Otsu's split of the log norms (one of the EM starts). */
   otsu: number;
   /** Threshold between the components (log space), equally many stds from both means; null when not bimodal. */
   logThreshold: number | null;
+  /** The rule's parameters this test used. */
+  rule: BimodalityRule;
 }
 
 export interface OutlierResult {
@@ -204,12 +253,10 @@ export function fitTwoGaussians(
 
 /**
  * The bimodality test on (natural-log) norms described at the top of this file. `logValues` need not
- * be sorted.
+ * be sorted. When the test fails, `reason` names every criterion that failed, with the measured value.
  */
 export function testBimodality(logValues: ArrayLike<number>, opts: OutlierOptions = {}): Bimodality {
-  const minCount = opts.minCount ?? 8;
-  const maxFraction = opts.maxFraction ?? 0.2;
-  const minSeparation = opts.minSeparation ?? 2;
+  const rule = outlierRule(opts);
   const n = logValues.length;
   const all = meanStd(logValues);
   const none = (reason: string, extra: Partial<Bimodality> = {}): Bimodality => ({
@@ -217,13 +264,16 @@ export function testBimodality(logValues: ArrayLike<number>, opts: OutlierOption
     reason,
     deltaBic: 0,
     separation: 0,
+    ratio: 1,
+    valley: null,
     low: { mean: all.mean, std: all.std, weight: 1 },
     high: { mean: all.mean, std: all.std, weight: 0 },
     otsu: all.mean,
     logThreshold: null,
+    rule,
     ...extra,
   });
-  if (n < minCount) return none(`only ${n} values (need ${minCount})`);
+  if (n < rule.minCount) return none(`only ${n} values (need ${rule.minCount})`);
   if (!(all.std > 1e-12 * Math.max(1, Math.abs(all.mean)))) return none('all values equal');
   const otsu = otsuThreshold(logValues);
   const minStd = 0.05 * all.std;
@@ -245,11 +295,7 @@ export function testBimodality(logValues: ArrayLike<number>, opts: OutlierOption
   for (let i = 0; i < n; i++) ll1 += logGauss(logValues[i], single);
   const deltaBic = -2 * ll1 + 2 * Math.log(n) - (-2 * logLikelihood + 5 * Math.log(n));
   const separation = (Math.SQRT2 * (high.mean - low.mean)) / Math.sqrt(low.std ** 2 + high.std ** 2);
-  const fit = { deltaBic, separation, low, high, otsu };
-  if (deltaBic <= 0) return none(`one Gaussian fits better (BIC difference ${deltaBic.toFixed(2)})`, fit);
-  if (separation < minSeparation) {
-    return none(`components overlap (Ashman's D ${separation.toFixed(2)} < ${minSeparation})`, fit);
-  }
+  const ratio = Math.exp(high.mean - low.mean);
   // The threshold lies equally many standard deviations from both means.
   const logThreshold = (low.mean * high.std + high.mean * low.std) / (low.std + high.std);
   // Valley: the data must be sparse at the threshold. Compare the density of values within
@@ -262,11 +308,37 @@ export function testBimodality(logValues: ArrayLike<number>, opts: OutlierOption
     if (Math.abs(logValues[i] - high.mean) <= high.std) top++;
   }
   const valley = top > 0 ? (mid / half) / (top / high.std) : Infinity;
-  if (valley > 0.5) return none(`no valley between the components (density ratio ${valley.toFixed(2)})`, fit);
-  if (high.weight > maxFraction) {
-    return none(`high component holds ${(high.weight * 100).toFixed(1)}% of tokens (> ${maxFraction * 100}%)`, fit);
+  const fit = { deltaBic, separation, ratio, valley, low, high, otsu };
+  const failed: string[] = [];
+  if (!(deltaBic > 0)) failed.push(`one Gaussian fits better (BIC difference ${deltaBic.toFixed(2)})`);
+  if (!(separation >= rule.minSeparation)) failed.push(`components overlap (Ashman's D ${separation.toFixed(2)} < ${rule.minSeparation})`);
+  if (!(ratio >= rule.minRatio)) failed.push(`modes too close (high/low mode ratio ${ratio.toFixed(3)} < ${rule.minRatio})`);
+  if (!(valley <= rule.maxValley)) failed.push(`no valley between the components (density ratio ${valley.toFixed(2)} > ${rule.maxValley})`);
+  if (!(high.weight <= rule.maxFraction)) {
+    failed.push(`high component holds ${(high.weight * 100).toFixed(1)}% of tokens (> ${rule.maxFraction * 100}%)`);
   }
-  return { bimodal: true, reason: `two components, D ${separation.toFixed(2)}, BIC difference ${deltaBic.toFixed(2)}, valley ${valley.toFixed(2)}`, ...fit, logThreshold };
+  if (failed.length > 0) return none(failed.join('; '), fit);
+  return {
+    bimodal: true,
+    reason: `two components: mode ratio ${ratio.toFixed(2)}, D ${separation.toFixed(2)}, BIC difference ${deltaBic.toFixed(2)}, valley ${valley.toFixed(2)}, high weight ${(high.weight * 100).toFixed(1)}%`,
+    ...fit,
+    logThreshold,
+    rule,
+  };
+}
+
+/**
+ * The outlier rule in words, with its parameters: "norm > T" for a fixed threshold, else the automatic
+ * rule's criteria (what stats.json and the report show).
+ */
+export function describeOutlierRule(o: Pick<OutlierResult, 'method' | 'threshold' | 'bimodality'>): string {
+  if (o.method === 'fixed' || !o.bimodality) return `fixed: norm > ${o.threshold}`;
+  const r = o.bimodality.rule;
+  return (
+    'auto: 2-Gaussian mixture on log norms; outliers only if BIC favours two components, ' +
+    `Ashman's D >= ${r.minSeparation}, high/low mode ratio >= ${r.minRatio}, valley <= ${r.maxValley}, ` +
+    `high component <= ${r.maxFraction * 100}% of tokens, >= ${r.minCount} tokens`
+  );
 }
 
 /**
@@ -679,6 +751,7 @@ export function analysisToJson(a: TokenAnalysis): Record<string, unknown> {
     },
     outliers: {
       method: o.method,
+      rule: describeOutlierRule(o),
       threshold: o.threshold === null ? null : round(o.threshold),
       count: o.indices.length,
       fraction: round(o.fraction),
@@ -689,8 +762,12 @@ export function analysisToJson(a: TokenAnalysis): Record<string, unknown> {
         reason: bm.reason,
         deltaBic: round(bm.deltaBic),
         separation: round(bm.separation),
+        ratio: round(bm.ratio),
+        valley: bm.valley === null ? null : Number.isFinite(bm.valley) ? round(bm.valley) : null,
+        logThreshold: bm.logThreshold === null ? null : round(bm.logThreshold),
         low: { mean: round(bm.low.mean), std: round(bm.low.std), weight: round(bm.low.weight) },
         high: { mean: round(bm.high.mean), std: round(bm.high.std), weight: round(bm.high.weight) },
+        rule: { ...bm.rule },
       },
     },
     layers: a.layers?.map((l) => ({
