@@ -4,7 +4,7 @@
  * attention maps, PCA map, plots and numbers, models side by side), a summary table first, and the
  * inputs that could not be read at the end.
  */
-import type { TokenAnalysis } from '@vitreg/registers';
+import { describeOutlierRule, type TokenAnalysis } from '@vitreg/registers';
 
 export interface ReportModel {
   /** Short name shown in headings, e.g. "A" or "without registers". */
@@ -64,10 +64,16 @@ export function reportNumbers(a: TokenAnalysis): Record<string, string | number 
   const norms = a.source === 'prenorm' ? a.norms.patches.prenorm : a.norms.patches.postnorm;
   const sorted = Float64Array.from(norms).sort();
   const o = a.outliers;
+  const bm = o.bimodality;
   return {
     outliers: o.indices.length,
     'outlier %': 100 * o.fraction,
     threshold: o.threshold,
+    // The automatic rule's measured separation and verdict ("no outliers" and why), and the rule itself.
+    'mode ratio (high/low)': bm ? bm.ratio : null,
+    "Ashman's D": bm ? bm.separation : null,
+    verdict: bm ? `${bm.bimodal ? 'outliers' : 'no outliers'}: ${bm.reason}` : null,
+    'outlier rule': describeOutlierRule(o),
     'median norm': sorted[sorted.length >> 1],
     'max norm': sorted[sorted.length - 1],
     'first outlier layer': a.firstOutlierLayer,
@@ -78,7 +84,7 @@ export function reportNumbers(a: TokenAnalysis): Record<string, string | number 
   };
 }
 
-const SUMMARY_KEYS = ['outliers', 'outlier %', 'threshold', 'max norm', 'first outlier layer', 'CLS attention on outliers %'];
+const SUMMARY_KEYS = ['outliers', 'outlier %', 'threshold', 'mode ratio (high/low)', 'max norm', 'first outlier layer', 'CLS attention on outliers %'];
 
 const CSS = `
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; }
