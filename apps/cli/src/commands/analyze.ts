@@ -40,7 +40,8 @@ Options:
   --model NAME          named config for the weights (default: inferred from the tensors)
   --config JSON         config fields overriding the inferred ones, e.g. '{"num_heads": 3}'
   --out DIR             output folder (created)
-  --threshold T         auto (default: bimodality of log norms, none when unimodal) or a number
+  --threshold T         auto (default: bimodality of log norms with the high mode >= 3x the low
+                        one, none otherwise; the rule is in stats.json and the report) or a number
                         (outliers have norm > T; the paper uses 150 for DINOv2-g output tokens)
   --source S            norms that decide outliers: postnorm (default, output tokens after the
                         final LayerNorm) or prenorm (last block's output)
@@ -267,7 +268,7 @@ export const analyze: Command = {
       models: models.map((m, k) => ({ label: labels[k], weights: weights[k], description: describe(m) })),
       images,
       failed,
-      notes: [`threshold: ${threshold === 'auto' ? 'automatic (bimodality of log norms)' : `norm > ${threshold}`}; norms: ${source}; input: ${values.tensor !== undefined ? 'tensor as is' : JSON.stringify(transform)}`],
+      notes: [`threshold: ${threshold === 'auto' ? 'automatic (bimodality of log norms, modes >= 3x apart; per image: mode ratio, verdict, rule)' : `norm > ${threshold}`}; norms: ${source}; input: ${values.tensor !== undefined ? 'tensor as is' : JSON.stringify(transform)}`],
     }));
     await writeJsonAtomic(join(out, 'summary.json'), {
       models: models.map((m, k) => ({ label: labels[k], weights: weights[k], config: m.config })),
