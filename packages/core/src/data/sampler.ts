@@ -14,6 +14,7 @@
  *   cursor with the new W, and still no item of the epoch is skipped or seen twice.
  * The sampler itself holds no position: the cursor is the training state (one integer, in the
  * checkpoint), so every rank computes its share from (cursor, rank, world size) alone.
+ * `RASampler` is the same over DeiT's repeated-augmentation list (each image R times in a row).
  */
 import { Rng } from '../rng.js';
 
@@ -29,9 +30,26 @@ export interface SampleRef {
   epoch: number;
   index: number;
   position: number;
+  /**
+   * Which copy of the image this is under repeated augmentation (`RASampler`): 0 .. repeats - 1.
+   * Absent for `DistributedSampler`, where (epoch, index) already names one draw.
+   */
+  repeat?: number;
 }
 
-export class DistributedSampler {
+/** What the trainer needs of a sampler driven by the global cursor (DistributedSampler, RASampler). */
+export interface CursorSampler {
+  /** Number of items in the dataset. */
+  readonly length: number;
+  /** Positions per epoch (the epoch of position p is floor(p / epochLength)). */
+  readonly epochLength: number;
+  permutation(epoch: number): number[];
+  epochOf(position: number): number;
+  at(position: number): SampleRef;
+  batch(cursor: number, rank: number, worldSize: number, count: number): SampleRef[];
+}
+
+export class DistributedSampler implements CursorSampler {
   readonly length: number;
   readonly seed: number;
   readonly shuffle: boolean;
@@ -48,6 +66,11 @@ export class DistributedSampler {
     this.shuffle = opts.shuffle ?? true;
   }
 
+  /** Positions per epoch: every item once. */
+  get epochLength(): number {
+    return this.length;
+  }
+
   /** The order of epoch `epoch` (a copy). */
   permutation(epoch: number): number[] {
     return this.order(epoch).slice();
@@ -55,7 +78,7 @@ export class DistributedSampler {
 
   /** The epoch that global position `position` falls in. */
   epochOf(position: number): number {
-    checkPosition(position, 'position');
+    checkPosition('DistributedSampler', position, 'position');
     return Math.floor(position / this.length);
   }
 
@@ -71,10 +94,7 @@ export class DistributedSampler {
    * starts at cursor + worldSize * count.
    */
   batch(cursor: number, rank: number, worldSize: number, count: number): SampleRef[] {
-    checkPosition(cursor, 'cursor');
-    if (!Number.isInteger(worldSize) || worldSize < 1) throw new Error(`DistributedSampler: worldSize must be a positive integer, got ${worldSize}`);
-    if (!Number.isInteger(rank) || rank < 0 || rank >= worldSize) throw new Error(`DistributedSampler: rank must be an integer in [0, ${worldSize}), got ${rank}`);
-    if (!Number.isInteger(count) || count < 1) throw new Error(`DistributedSampler: count must be a positive integer, got ${count}`);
+    checkBatch('DistributedSampler', cursor, rank, worldSize, count);
     return Array.from({ length: count }, (_, j) => this.at(cursor + rank + worldSize * j));
   }
 
@@ -91,6 +111,103 @@ export class DistributedSampler {
   }
 }
 
-function checkPosition(p: number, what: string): void {
-  if (!Number.isSafeInteger(p) || p < 0) throw new Error(`DistributedSampler: ${what} must be a non-negative integer, got ${p}`);
+function checkPosition(who: string, p: number, what: string): void {
+  if (!Number.isSafeInteger(p) || p < 0) throw new Error(`${who}: ${what} must be a non-negative integer, got ${p}`);
+}
+
+function checkBatch(who: string, cursor: number, rank: number, worldSize: number, count: number): void {
+  checkPosition(who, cursor, 'cursor');
+  if (!Number.isInteger(worldSize) || worldSize < 1) throw new Error(`${who}: worldSize must be a positive integer, got ${worldSize}`);
+  if (!Number.isInteger(rank) || rank < 0 || rank >= worldSize) throw new Error(`${who}: rank must be an integer in [0, ${worldSize}), got ${rank}`);
+  if (!Number.isInteger(count) || count < 1) throw new Error(`${who}: count must be a positive integer, got ${count}`);
+}
+
+export interface RASamplerOptions extends DistributedSamplerOptions {
+  /** Copies of each image (deit/samplers.py `num_repeats`, default 3). */
+  repeats?: number;
+  /**
+   * An epoch is floor(length / epochMultiple) * epochMultiple positions (default 256, the
+   * `len(dataset) // 256 * 256` of deit/samplers.py). 1 makes an epoch `length` positions.
+   */
+  epochMultiple?: number;
+}
+
+/**
+ * Repeated augmentation (Hoffer et al. 2020; Berman et al. 2019) as DeiT's `RASampler`
+ * (deit/samplers.py), on the global cursor of `DistributedSampler`.
+ *
+ * The official sampler, per epoch e with N items, R repeats and W ranks: perm = randperm(N) seeded
+ * with e; the list perm[0] x R, perm[1] x R, ... (repeat_interleave); rank r takes list[r::W] and
+ * keeps its first floor((N // 256) * 256 / W) entries (`num_selected_samples`). Together the ranks
+ * take list positions [0, W * floor(E / W)) with E = (N // 256) * 256, rank r the ones = r mod W,
+ * so the padding of the list (to a multiple of W) is never reached. That is exactly the
+ * `DistributedSampler` layout over the repeated list, cut at E:
+ * - here an epoch is E = floor(N / epochMultiple) * epochMultiple positions of the repeated list of
+ *   that epoch's permutation (the same permutation as DistributedSampler: Rng(seed + epoch), not
+ *   torch's randperm seeded with the epoch); position q of an epoch is copy q mod R of image
+ *   perm[floor(q / R)];
+ * - an epoch therefore shows ceil(E / R) distinct images (about N / R), each R times (the last one
+ *   fewer when E is not a multiple of R); the rest of the permutation is not seen that epoch;
+ * - the R copies of an image are consecutive positions, so in a step (positions c + r + W j) they go
+ *   to R different ranks (W >= R) at the same j, or straddle two steps when they wrap around rank
+ *   W - 1 -> 0, as with the official interleaving;
+ * - E does not depend on W, which keeps the job exact when the world size changes; it equals the
+ *   official epoch when W divides E (any power of two up to 256 when N >= 256). The official
+ *   DataLoader's drop_last also drops each rank's last partial batch of an epoch; here the epoch's
+ *   last step runs into the next epoch, as with DistributedSampler.
+ * Every SampleRef carries `repeat` (0 .. R - 1), so the copies of one image get different
+ * augmentations: fork the per-image generator with it.
+ */
+export class RASampler implements CursorSampler {
+  readonly length: number;
+  readonly seed: number;
+  readonly shuffle: boolean;
+  readonly repeats: number;
+  readonly epochMultiple: number;
+  readonly epochLength: number;
+  private readonly orders: DistributedSampler;
+
+  constructor(opts: RASamplerOptions) {
+    this.repeats = opts.repeats ?? 3;
+    this.epochMultiple = opts.epochMultiple ?? 256;
+    if (!Number.isInteger(this.repeats) || this.repeats < 1) {
+      throw new Error(`RASampler: repeats must be a positive integer, got ${this.repeats}`);
+    }
+    if (!Number.isInteger(this.epochMultiple) || this.epochMultiple < 1) {
+      throw new Error(`RASampler: epochMultiple must be a positive integer, got ${this.epochMultiple}`);
+    }
+    this.orders = new DistributedSampler(opts);
+    this.length = this.orders.length;
+    this.seed = this.orders.seed;
+    this.shuffle = this.orders.shuffle;
+    this.epochLength = Math.floor(this.length / this.epochMultiple) * this.epochMultiple;
+    if (this.epochLength === 0) {
+      throw new Error(`RASampler: length ${this.length} < epochMultiple ${this.epochMultiple} gives empty epochs (deit/samplers.py keeps len // 256 * 256 samples); lower epochMultiple`);
+    }
+  }
+
+  /** The image order of epoch `epoch` (a copy); the epoch shows its first ceil(epochLength / repeats) images. */
+  permutation(epoch: number): number[] {
+    return this.orders.permutation(epoch);
+  }
+
+  /** The epoch that global position `position` falls in. */
+  epochOf(position: number): number {
+    checkPosition('RASampler', position, 'position');
+    return Math.floor(position / this.epochLength);
+  }
+
+  /** The item at global position `position`: copy q mod R of image perm[floor(q / R)], q its place in the epoch. */
+  at(position: number): SampleRef {
+    const epoch = this.epochOf(position);
+    const q = position - epoch * this.epochLength;
+    const k = Math.floor(q / this.repeats);
+    return { epoch, index: this.orders.at(epoch * this.length + k).index, position, repeat: q - k * this.repeats };
+  }
+
+  /** As DistributedSampler.batch: positions cursor + rank + worldSize * j, j = 0 .. count - 1. */
+  batch(cursor: number, rank: number, worldSize: number, count: number): SampleRef[] {
+    checkBatch('RASampler', cursor, rank, worldSize, count);
+    return Array.from({ length: count }, (_, j) => this.at(cursor + rank + worldSize * j));
+  }
 }
