@@ -1,7 +1,9 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs-core';
-import { AdamW, clipByGlobalNorm } from '../src/optim.js';
+import { AdamW, Lamb, clipByGlobalNorm, type LambOptions } from '../src/optim.js';
+import type { ParamSpec } from '../src/param-groups.js';
 import { isNoDecay, layerId, paramGroups } from '../src/param-groups.js';
 import { assertClose, useWasm } from './helpers.js';
 
@@ -90,4 +92,91 @@ test('param groups: no decay on norms, biases, gammas and tokens; layer-wise dec
   ]);
   const head = paramGroups('dino_head', { 'last_layer.weight_v': v([2]) }, 0, { layerDecay: 0.5 });
   assert.deepEqual([head[0]!.lrMult, head[0]!.isLastLayer], [1, true]);
+});
+
+/** timm's Lamb run by fixtures/make_deit_reference.py (torch 1.13, float32). */
+interface LambCase {
+  name: string;
+  options: LambOptions;
+  params: { name: string; shape: number[]; data: number[]; lrMult: number; wdMult: number }[];
+  steps: { lr: number; wd: number; grad_norm: number; grads: number[][]; params: number[][] }[];
+  moments: Record<string, number[]>;
+}
+const deitRef = JSON.parse(readFileSync(new URL('./fixtures/deit-reference.json', import.meta.url), 'utf8')) as { lamb: LambCase[] };
+
+function lambSpecs(c: LambCase): ParamSpec[] {
+  return c.params.map((p) => ({
+    name: p.name, variable: tf.variable(tf.tensor(p.data, p.shape)), lrMult: p.lrMult, wdMult: p.wdMult, isLastLayer: false,
+  }));
+}
+
+/** Steps `from`..`to` of a fixture case, each parameter checked against torch after every step. */
+function runLambSteps(c: LambCase, opt: Lamb, specs: ParamSpec[], from: number, to: number): void {
+  for (let t = from; t < to; t++) {
+    const st = c.steps[t]!;
+    const before = specs.map((s) => Array.from(s.variable.dataSync()));
+    const grads = st.grads.map((g, i) => tf.tensor(g, c.params[i]!.shape));
+    const norm = opt.apply(grads, { lr: st.lr, wd: st.wd });
+    tf.dispose(grads);
+    assertClose(norm, st.grad_norm, 1e-5, `${c.name} step ${t + 1} grad norm`);
+    specs.forEach((s, i) => {
+      const got = s.variable.dataSync();
+      const want = st.params[i]!;
+      // The update itself (p_t - p_{t-1}) to 1e-4 of its largest entry, and the value to 1e-6.
+      const scale = Math.max(...want.map((w, k) => Math.abs(w - before[i]![k]!)));
+      want.forEach((w, k) => {
+        const what = `${c.name} step ${t + 1} ${s.name}[${k}]`;
+        assertClose(got[k]!, w, 1e-6, what);
+        const d = got[k]! - before[i]![k]!;
+        const dw = w - before[i]![k]!;
+        if (!(Math.abs(d - dw) <= 1e-4 * scale + 1e-9)) throw new Error(`${what}: update ${d}, torch ${dw}`);
+      });
+    });
+  }
+}
+
+test("Lamb: DeiT-III settings (eps 1e-8, clip 1.0, wd 0.05, lr multipliers) and timm's other switches, step by step against timm's Lamb", () => {
+  for (const c of deitRef.lamb) {
+    const specs = lambSpecs(c);
+    const opt = new Lamb(specs, c.options);
+    runLambSteps(c, opt, specs, 0, c.steps.length);
+    assert.equal(opt.step, c.steps.length);
+    const { moments } = opt.getState();
+    for (const [k, want] of Object.entries(c.moments)) {
+      const got = moments[k];
+      assert.ok(got, `${c.name}: state has ${k}`);
+      want.forEach((w, j) => assertClose(got.data[j]!, w, 1e-6, `${c.name} ${k}[${j}]`));
+    }
+    opt.dispose();
+  }
+  // The fixture exercises both sides of the clip (norm above and below max_grad_norm = 1).
+  const norms = deitRef.lamb[0]!.steps.map((s) => s.grad_norm);
+  assert.ok(norms.some((n) => n > 1) && norms.some((n) => n < 1), `grad norms ${norms}`);
+});
+
+test('Lamb: checkpoint state round trip mid-run continues exactly as the uninterrupted torch run', () => {
+  const c = deitRef.lamb[0]!;
+  const specs = lambSpecs(c);
+  const opt = new Lamb(specs, c.options);
+  runLambSteps(c, opt, specs, 0, 2);
+  const state = opt.getState();
+  assert.deepEqual(Object.keys(state.moments).slice(0, 2), ['blocks.0.attn.qkv.weight.exp_avg', 'blocks.0.attn.qkv.weight.exp_avg_sq']);
+  const specs2 = specs.map((s) => ({ ...s, variable: tf.variable(s.variable.clone()) }));
+  const opt2 = new Lamb(specs2, c.options);
+  opt2.setState(state);
+  assert.equal(opt2.step, 2);
+  runLambSteps(c, opt2, specs2, 2, c.steps.length);
+});
+
+test('Lamb: bad options and inputs name what is wrong', () => {
+  const v = tf.variable(tf.ones([2, 2]));
+  const spec = { name: 'w', variable: v, lrMult: 1, wdMult: 1, isLastLayer: false };
+  assert.throws(() => new Lamb([spec], { maxGradNorm: 0 }), /maxGradNorm must be > 0 or null/);
+  assert.throws(() => new Lamb([spec], { beta2: 1 }), /beta2 must be in \[0, 1\)/);
+  assert.throws(() => new Lamb([spec, spec]), /"w" listed twice/);
+  const opt = new Lamb([spec]);
+  assert.throws(() => opt.apply([], { lr: 1, wd: 0 }), /expected 1 gradients, got 0/);
+  assert.throws(() => opt.apply([tf.ones([4])], { lr: 1, wd: 0 }), /gradient 0 \("w"\) has shape \[4\], expected \[2,2\]/);
+  assert.equal(opt.step, 0);
+  assert.throws(() => opt.setState({ step: 1, moments: {} }), /missing tensor "w.exp_avg"/);
 });
