@@ -136,3 +136,32 @@ export class Center {
     this.value = next;
   }
 }
+
+/**
+ * DeiT-III's `--bce-loss` targets (deit/engine.py): `targets.gt(0.0)` as floats, so that every class
+ * with a positive weight in a mixup/cutmix mixture becomes a positive label (1) and the rest 0.
+ * With label smoothing > 0 every off value is positive too, so every target becomes 1: the DeiT-III
+ * ImageNet-1k recipe uses --smoothing 0.0 with --bce-loss.
+ */
+export function binaryCrossEntropyTargets(targets: tf.Tensor2D): tf.Tensor2D {
+  return tf.tidy(() => tf.cast(tf.greater(targets, 0), 'float32') as tf.Tensor2D);
+}
+
+/**
+ * torch.nn.BCEWithLogitsLoss() (reduction 'mean'): the mean over all B x C elements of
+ * max(z, 0) - z t + log(1 + exp(-|z|)), the stable form of -(t log sigmoid(z) + (1 - t) log(1 - sigmoid(z))).
+ */
+export function bceWithLogits(logits: tf.Tensor2D, targets: tf.Tensor2D): tf.Scalar {
+  if (logits.shape.join() !== targets.shape.join()) {
+    throw new Error(`bceWithLogits: logits [${logits.shape}] and targets [${targets.shape}] must have the same shape`);
+  }
+  return tf.tidy(() => tf.mean(tf.add(tf.sub(tf.relu(logits), tf.mul(logits, targets)), tf.log1p(tf.exp(tf.neg(tf.abs(logits)))))) as tf.Scalar);
+}
+
+/**
+ * DeiT-III's classification loss with `--bce-loss` (deit/engine.py + main.py): the mixup/cutmix
+ * targets [B, C] binarised by `binaryCrossEntropyTargets`, then `bceWithLogits` (BCEWithLogitsLoss, mean).
+ */
+export function binaryCrossEntropyLoss(logits: tf.Tensor2D, softTargets: tf.Tensor2D): tf.Scalar {
+  return tf.tidy(() => bceWithLogits(logits, binaryCrossEntropyTargets(softTargets)));
+}
