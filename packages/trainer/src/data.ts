@@ -1,11 +1,27 @@
 /**
- * The datasets of a training config: the built-in synthetic shapes (train / val splits), or an
- * image folder with `train/` and `val/` class folders, or one set of class folders split by a
- * seeded shuffle into train and val.
+ * The datasets of a training config (`data.source`):
+ * - `synthetic`: the built-in synthetic shapes (train / val splits);
+ * - a folder with `train/` and `val/` class folders, or one set of class folders split by a seeded
+ *   shuffle into train and val (`data.val_fraction`); folders are read through their cached index
+ *   (see ImageFolderDataset);
+ * - a file list (any file, e.g. `train.txt` or `train.csv`; see FileListDataset for the format):
+ *   val is the sibling file named with `train` replaced by `val` (`train.txt` -> `val.txt`,
+ *   `in22k_train.csv` -> `in22k_val.csv`) when it exists, else a `data.val_fraction` split of the
+ *   list. Class names come from a `classes.txt` next to the list when there is one (line k names
+ *   label k - 1), else they are the label numbers (as many as the largest label of both lists + 1).
  */
 import { existsSync, statSync } from 'node:fs';
-import { join } from 'node:path';
-import { ImageFolderDataset, Rng, SyntheticDataset, type Dataset, type DatasetItem } from '@vitreg/core';
+import { basename, dirname, join } from 'node:path';
+import {
+  FileListDataset,
+  ImageFolderDataset,
+  parseFileList,
+  Rng,
+  SyntheticDataset,
+  type Dataset,
+  type DatasetItem,
+  type ImageFolderOptions,
+} from '@vitreg/core';
 import type { TrainConfig } from './config.js';
 
 export interface TrainData {
@@ -14,6 +30,9 @@ export interface TrainData {
   numClasses: number;
   classNames: string[];
 }
+
+/** How image folders are opened: their index (`rebuildIndex` is the CLI's --rebuild-index) and messages. */
+export type OpenDataOptions = Pick<ImageFolderOptions, 'rebuildIndex' | 'indexCheck' | 'cacheDir' | 'concurrency' | 'log'>;
 
 /** A view of some items of a dataset. */
 export class SubsetDataset implements Dataset {
@@ -39,8 +58,74 @@ function isDir(path: string): boolean {
   return existsSync(path) && statSync(path).isDirectory();
 }
 
-/** Opens the data of `cfg.data`; errors name the folder and what was expected. */
-export function openData(cfg: TrainConfig): TrainData {
+function isFile(path: string): boolean {
+  return existsSync(path) && statSync(path).isFile();
+}
+
+/** The image folders a source reads (none for synthetic data and file lists). */
+function folders(cfg: TrainConfig): string[] {
+  const src = cfg.data.source;
+  if (src === 'synthetic' || !isDir(src)) return [];
+  const trainDir = join(src, 'train');
+  return isDir(trainDir) ? [trainDir, join(src, 'val')].filter(isDir) : [src];
+}
+
+/** The val list next to a train list: its name with the first `train` replaced by `val`, when that file exists. */
+export function siblingValList(trainList: string): string | null {
+  const name = basename(trainList);
+  if (!name.includes('train')) return null;
+  const val = join(dirname(trainList), name.replace('train', 'val'));
+  return isFile(val) ? val : null;
+}
+
+/**
+ * Opens the data of `cfg.data`; errors name the folder or the file (and line) and what was
+ * expected. Synchronous: a folder without a valid index is listed one class folder at a time, so
+ * for a large folder call `openDataAsync` first (it lists in parallel and writes the index).
+ */
+export function openData(cfg: TrainConfig, opts: OpenDataOptions = {}): TrainData {
+  return assemble(cfg, (dir) => new ImageFolderDataset(dir, opts));
+}
+
+/**
+ * `openData`, with image folders listed `opts.concurrency` class folders at a time (progress lines
+ * on long listings) and their index written, so a later `openData` of the same config only reads it.
+ */
+export async function openDataAsync(cfg: TrainConfig, opts: OpenDataOptions = {}): Promise<TrainData> {
+  const opened = new Map<string, ImageFolderDataset>();
+  for (const dir of folders(cfg)) opened.set(dir, await ImageFolderDataset.open(dir, opts));
+  return assemble(cfg, (dir) => opened.get(dir) ?? new ImageFolderDataset(dir, opts));
+}
+
+function splitByFraction(cfg: TrainConfig, all: Dataset, what: string): TrainData {
+  const d = cfg.data;
+  const order = new Rng(d.synthetic_seed).shuffle(Array.from({ length: all.length }, (_, i) => i));
+  const nVal = Math.max(1, Math.round(all.length * d.val_fraction));
+  if (all.length - nVal < 1) throw new Error(`data: ${what} holds ${all.length} images, too few to hold out ${nVal} for validation`);
+  return {
+    train: new SubsetDataset(all, order.slice(nVal)),
+    val: new SubsetDataset(all, order.slice(0, nVal)),
+    numClasses: all.numClasses,
+    classNames: all.classNames,
+  };
+}
+
+function openLists(cfg: TrainConfig): TrainData {
+  const trainFile = cfg.data.source;
+  const valFile = siblingValList(trainFile);
+  const classesFile = join(dirname(trainFile), 'classes.txt');
+  const trainList = parseFileList(trainFile);
+  const valList = valFile ? parseFileList(valFile) : null;
+  const classes = isFile(classesFile)
+    ? { classesFile }
+    : { numClasses: Math.max(trainList.maxLabel, valList?.maxLabel ?? -1) + 1 };
+  const train = new FileListDataset(trainList, classes);
+  if (!valList) return splitByFraction(cfg, train, `file list ${trainFile}`);
+  const val = new FileListDataset(valList, classes);
+  return { train, val, numClasses: train.numClasses, classNames: train.classNames };
+}
+
+function assemble(cfg: TrainConfig, openFolder: (dir: string) => ImageFolderDataset): TrainData {
   const d = cfg.data;
   if (d.source === 'synthetic') {
     const common = { seed: d.synthetic_seed, size: d.synthetic_size, numClasses: d.num_classes };
@@ -48,26 +133,23 @@ export function openData(cfg: TrainConfig): TrainData {
     const val = new SyntheticDataset({ ...common, count: d.val_size, split: 'val' });
     return { train, val, numClasses: train.numClasses, classNames: train.classNames };
   }
-  if (!isDir(d.source)) throw new Error(`data: "${d.source}" is not a folder (expected "synthetic" or a folder of class folders)`);
+  if (d.source === '') {
+    throw new Error('data: no data source given (data.source is empty): pass --data with an image folder or a file list, or --data synthetic for the built-in shapes');
+  }
+  if (isFile(d.source)) return openLists(cfg);
+  if (!isDir(d.source)) {
+    throw new Error(`data: "${d.source}" is not a folder or a file (expected "synthetic", a folder of class folders or of train/ and val/, or a file list such as train.txt)`);
+  }
   const trainDir = join(d.source, 'train');
   if (isDir(trainDir)) {
     const valDir = join(d.source, 'val');
     if (!isDir(valDir)) throw new Error(`data: ${d.source} has train/ but no val/ folder`);
-    const train = new ImageFolderDataset(trainDir);
-    const val = new ImageFolderDataset(valDir);
+    const train = openFolder(trainDir);
+    const val = openFolder(valDir);
     if (val.classNames.join('\n') !== train.classNames.join('\n')) {
       throw new Error(`data: ${valDir} has classes [${val.classNames}], expected the classes of ${trainDir} [${train.classNames}]`);
     }
     return { train, val, numClasses: train.numClasses, classNames: train.classNames };
   }
-  const all = new ImageFolderDataset(d.source);
-  const order = new Rng(d.synthetic_seed).shuffle(Array.from({ length: all.length }, (_, i) => i));
-  const nVal = Math.max(1, Math.round(all.length * d.val_fraction));
-  if (all.length - nVal < 1) throw new Error(`data: ${d.source} holds ${all.length} images, too few to hold out ${nVal} for validation`);
-  return {
-    train: new SubsetDataset(all, order.slice(nVal)),
-    val: new SubsetDataset(all, order.slice(0, nVal)),
-    numClasses: all.numClasses,
-    classNames: all.classNames,
-  };
+  return splitByFraction(cfg, openFolder(d.source), d.source);
 }

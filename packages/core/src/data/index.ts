@@ -1,6 +1,7 @@
 export * from './types.js';
 export * from './synthetic.js';
 export * from './image-folder.js';
+export * from './file-list.js';
 export * from './prefetch.js';
 export * from './sampler.js';
 export * from './voc.js';

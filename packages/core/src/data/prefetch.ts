@@ -2,6 +2,11 @@
  * Keeps the model fed: loads items ahead of the consumer with a bounded number of loads in flight.
  * Image decoding through sharp runs on libuv's thread pool, so several decodes proceed in parallel
  * with the training step on the main thread; results come back in the order of the indices.
+ *
+ * How many images decode at the same time is the size of libuv's thread pool, UV_THREADPOOL_SIZE
+ * (default 4, at most 1024), which must be set in the environment before Node starts; each decode
+ * uses up to `sharp.concurrency()` libvips threads (1 on glibc Linux without jemalloc). For many
+ * small JPEGs, many images at once with one thread each is the fast setting.
  */
 import type { Dataset, DatasetItem } from './types.js';
 
@@ -77,4 +82,168 @@ export async function* batches<T>(
     }
   }
   if (batch.length > 0 && keepLast) yield batch;
+}
+
+export interface BatchPrefetcherOptions {
+  /**
+   * Loads submitted and not yet finished, prefetched and direct together (default 256). Loads are
+   * started from the main thread, so one blocked by a long synchronous step starts no new load:
+   * keep this at least a step's batch so a whole batch is queued on libuv's pool at once (the pool
+   * works through it while the step computes). Decodes running at once: min(this, UV_THREADPOOL_SIZE).
+   */
+  concurrency?: number;
+  /** Prefetched batches waiting to be taken (default 2); prefetching one more drops the oldest. */
+  maxBatches?: number;
+}
+
+interface Job {
+  index: number;
+  started: boolean;
+  cancelled: boolean;
+  resolve(item: DatasetItem): void;
+  reject(err: unknown): void;
+}
+
+interface PrefetchedBatch {
+  jobs: Job[];
+  items: Promise<DatasetItem[]>;
+}
+
+/** The number of images sharp can decode at once: libuv's thread pool size (UV_THREADPOOL_SIZE, default 4). */
+export function uvThreadpoolSize(): number {
+  const n = Number.parseInt(process.env.UV_THREADPOOL_SIZE ?? '', 10);
+  return Number.isInteger(n) && n > 0 ? Math.min(n, 1024) : 4;
+}
+
+/**
+ * Loads the next step's batch while the current step computes, like a PyTorch DataLoader with
+ * workers and a prefetch queue. `prefetch(indices)` queues the items of a future batch; `take(indices)`
+ * returns the items of a batch in the order of `indices`: the prefetched ones when that exact batch
+ * was prefetched (its loads not yet started go first), else loaded now, ahead of every prefetch. At
+ * most `concurrency` loads are in flight; prefetched batches wait in a queue of `maxBatches` (oldest
+ * dropped first, their loads not yet started cancelled). An error of a load rejects the `take` of
+ * its batch (never a prefetch). Items are the dataset's own: equal to `ds.get(i)` for each index.
+ *
+ * ```ts
+ * const loader = new BatchPrefetcher(ds, { concurrency: 256 });
+ * for (let s = 0; s < steps; s++) {
+ *   loader.prefetch(indicesOf(s + 1)); // decoded on libuv's pool while step s computes
+ *   const items = await loader.take(indicesOf(s));
+ * }
+ * ```
+ */
+export class BatchPrefetcher {
+  readonly concurrency: number;
+  readonly maxBatches: number;
+  /** Batches taken from the queue (`hits`) and loaded on the spot (`misses`). */
+  readonly stats = { hits: 0, misses: 0 };
+  private readonly batches = new Map<string, PrefetchedBatch>();
+  private urgent: Job[] = [];
+  private background: Job[] = [];
+  private running = 0;
+
+  constructor(readonly dataset: Dataset, opts: BatchPrefetcherOptions | number = {}) {
+    const o = typeof opts === 'number' ? { concurrency: opts } : opts;
+    this.concurrency = o.concurrency ?? 256;
+    this.maxBatches = o.maxBatches ?? 2;
+    if (!Number.isInteger(this.concurrency) || this.concurrency < 1) {
+      throw new Error(`BatchPrefetcher: concurrency must be a positive integer, got ${this.concurrency}`);
+    }
+    if (!Number.isInteger(this.maxBatches) || this.maxBatches < 1) {
+      throw new Error(`BatchPrefetcher: maxBatches must be a positive integer, got ${this.maxBatches}`);
+    }
+  }
+
+  /** Loads in flight now. */
+  get inFlight(): number {
+    return this.running;
+  }
+
+  /** Batches prefetched and not yet taken. */
+  get queued(): number {
+    return this.batches.size;
+  }
+
+  /** Queues the loads of a batch that a later `take` with the same indices (same order) will get. */
+  prefetch(indices: readonly number[]): void {
+    const key = batchKey(indices);
+    if (this.batches.has(key)) return;
+    const jobs = indices.map((i) => this.job(i));
+    const items = Promise.all(jobs.map((j) => j.promise));
+    // Rejections surface in take(); this only keeps Node from reporting them as unhandled meanwhile.
+    items.catch(() => undefined);
+    this.batches.set(key, { jobs: jobs.map((j) => j.job), items });
+    while (this.batches.size > this.maxBatches) {
+      const [oldest, batch] = this.batches.entries().next().value as [string, PrefetchedBatch];
+      this.batches.delete(oldest);
+      for (const job of batch.jobs) if (!job.started) job.cancelled = true;
+    }
+    this.background.push(...jobs.map((j) => j.job));
+    this.pump();
+  }
+
+  /** The items of `indices`, in order: from the prefetched batch with these indices, else loaded now. */
+  take(indices: readonly number[]): Promise<DatasetItem[]> {
+    const key = batchKey(indices);
+    const batch = this.batches.get(key);
+    if (batch) {
+      this.batches.delete(key);
+      this.stats.hits++;
+      const waiting = batch.jobs.filter((j) => !j.started);
+      if (waiting.length > 0) {
+        const set = new Set(waiting);
+        this.background = this.background.filter((j) => !set.has(j));
+        this.urgent.push(...waiting);
+        this.pump();
+      }
+      return batch.items;
+    }
+    this.stats.misses++;
+    const jobs = indices.map((i) => this.job(i));
+    this.urgent.push(...jobs.map((j) => j.job));
+    this.pump();
+    return Promise.all(jobs.map((j) => j.promise));
+  }
+
+  /** Drops every prefetched batch (loads not yet started are cancelled), e.g. when the batches to come changed. */
+  clear(): void {
+    for (const batch of this.batches.values()) for (const job of batch.jobs) if (!job.started) job.cancelled = true;
+    this.batches.clear();
+    this.background = [];
+  }
+
+  private job(index: number): { job: Job; promise: Promise<DatasetItem> } {
+    let job!: Job;
+    const promise = new Promise<DatasetItem>((resolve, reject) => {
+      job = { index, started: false, cancelled: false, resolve, reject };
+    });
+    return { job, promise };
+  }
+
+  /** Starts queued loads, urgent ones first, while fewer than `concurrency` run. */
+  private pump(): void {
+    while (this.running < this.concurrency) {
+      const job = this.urgent.shift() ?? this.background.shift();
+      if (!job) return;
+      if (job.cancelled) continue;
+      job.started = true;
+      this.running++;
+      let load: Promise<DatasetItem>;
+      try {
+        // Called synchronously, so sharp queues its decode on libuv's pool right now.
+        load = this.dataset.get(job.index);
+      } catch (err) {
+        load = Promise.reject(err);
+      }
+      load.then(job.resolve, job.reject).finally(() => {
+        this.running--;
+        this.pump();
+      });
+    }
+  }
+}
+
+/** Identifies a batch by its indices in order. */
+function batchKey(indices: readonly number[]): string {
+  return indices.join(',');
 }
