@@ -134,7 +134,7 @@ function assemble(cfg: TrainConfig, openFolder: (dir: string) => ImageFolderData
     return { train, val, numClasses: train.numClasses, classNames: train.classNames };
   }
   if (d.source === '') {
-    throw new Error('data: no data source given (data.source is empty): pass --data with an image folder or a file list, or --data synthetic for the built-in shapes');
+    throw new Error('data: no data source; give --data FOLDER or a file list (data.source in a config file), or --data synthetic for the built-in shapes');
   }
   if (isFile(d.source)) return openLists(cfg);
   if (!isDir(d.source)) {
