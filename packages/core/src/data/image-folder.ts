@@ -111,11 +111,12 @@ interface ResolvedOptions {
   intervalMs: number;
 }
 
-/** An index that is not usable: `stale` ones are rebuilt, corrupt ones throw. */
+/** An index written for other options, another format version or another root: rebuilt (corrupt ones throw instead). */
 class StaleIndex {
   constructor(readonly reason: string) {}
 }
 
+/** torchvision's ImageFolder over `root/<class>/<image>`, its listing cached in an index file (see the module comment). */
 export class ImageFolderDataset implements Dataset {
   readonly root: string;
   readonly classNames: string[];
@@ -151,8 +152,7 @@ export class ImageFolderDataset implements Dataset {
    */
   static async open(root: string, opts: ImageFolderOptions = {}): Promise<ImageFolderDataset> {
     const built = await loadAsync(root, opts);
-    // The constructor then finds the index just validated or written; with indexFile false (or a
-    // failed write) hand it the listing directly instead of listing again.
+    // The constructor takes the listing as is: no second read of the index.
     return new ImageFolderDataset(root, { ...opts, [PRELOADED]: built } as ImageFolderOptions);
   }
 
