@@ -1,6 +1,12 @@
 /**
- * Number-for-number parity with the official DINOv2 code: every output of the fixtures (three models,
- * three namings, .pth and safetensors, F32/F16/BF16, two input sizes) within numpy.allclose(1e-4, 1e-4).
+ * Number-for-number parity with the official DINOv2 code: every output (CLS, registers, patches,
+ * pre-norm tokens, last attention, last keys, every block's patch tokens) within
+ * numpy.allclose(atol=1e-4, rtol=1e-4), for every weight file: three models (4 registers, none,
+ * SwiGLU), the DINOv2 / timm / Hugging Face namings, .pth and safetensors, and the F16 and BF16 timm
+ * files — those against the official model run with the same F16 / BF16 weights widened to float32
+ * (reg4.timm.lowp.reference.safetensors, written by make_lowp_reference.py).
+ * wasm: every file on both inputs (224x224 batch 2, 98x140). cpu (pure JS, ~10x slower): every file
+ * on the 98x140 input, and reg4.dinov2.safetensors on the 224x224 one too.
  */
 import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -38,33 +44,40 @@ function check(name: string, actual: ArrayLike<number>, expected: { data: Float3
   assert.equal(err, null, `${name}: ${err}`);
 }
 
-before(async () => {
-  await initBackend('auto', { log: () => {} });
-});
-
-const cases: [string, string][] = [
-  ['reg4', 'reg4.dinov2.safetensors'],
-  ['reg4', 'reg4.dinov2.pth'],
-  ['reg4', 'reg4.timm.safetensors'],
-  ['reg4', 'reg4.hf.safetensors'],
-  ['reg0', 'reg0.dinov2.safetensors'],
-  ['reg4_swiglu', 'reg4_swiglu.dinov2.safetensors'],
+/** [weights file, reference file stem, key prefix in it]; inputs always come from reg4.reference. */
+const cases: [string, string, string][] = [
+  ['reg4.dinov2.safetensors', 'reg4', ''],
+  ['reg4.dinov2.pth', 'reg4', ''],
+  ['reg4.timm.safetensors', 'reg4', ''],
+  ['reg4.hf.safetensors', 'reg4', ''],
+  ['reg0.dinov2.safetensors', 'reg0', ''],
+  ['reg4_swiglu.dinov2.safetensors', 'reg4_swiglu', ''],
+  ['reg4.timm.f16.safetensors', 'reg4.timm.lowp', 'f16.'],
+  ['reg4.timm.bf16.safetensors', 'reg4.timm.lowp', 'bf16.'],
 ];
 
-for (const [ref, file] of cases) {
-  describe(`parity ${file}`, () => {
-    for (const input of ['sq224', 'rect98x140']) {
-      test(input, async () => {
-        const r = await reference(ref);
+for (const backend of ['wasm', 'cpu'] as const) {
+  describe(`parity on ${backend}`, () => {
+    before(async () => {
+      await initBackend(backend, { log: () => {} });
+    });
+    for (const [file, refName, prefix] of cases) {
+      test(`${file}${backend === 'cpu' && file !== 'reg4.dinov2.safetensors' ? ' (98x140)' : ''}`, async () => {
+        const r = await reference(refName);
+        const inputs = refName === 'reg4' ? r : await reference('reg4');
         const model = await loadWeights(join(FIXTURES, file), { config: HEADS });
-        const o = await outputs(model, r[`${input}.input_nhwc`]);
-        check(`${input}.cls`, o.cls, r[`${input}.cls`]);
-        if (model.config.num_register_tokens > 0) check(`${input}.registers`, o.registers, r[`${input}.registers`]);
-        check(`${input}.patches`, o.patches, r[`${input}.patches`]);
-        check(`${input}.prenorm`, o.prenorm, r[`${input}.prenorm`]);
-        check(`${input}.last_attn`, o.last_attn, r[`${input}.last_attn`]);
-        check(`${input}.last_keys`, o.last_keys, r[`${input}.last_keys`]);
-        o.layers.forEach((l, k) => check(`${input}.layer${k}.patches_prenorm`, l, r[`${input}.layer${k}.patches_prenorm`]));
+        const both = backend === 'wasm' || file === 'reg4.dinov2.safetensors';
+        for (const input of both ? ['sq224', 'rect98x140'] : ['rect98x140']) {
+          const o = await outputs(model, inputs[`${input}.input_nhwc`]!);
+          const key = (name: string) => `${prefix}${input}.${name}`;
+          check(key('cls'), o.cls, r[key('cls')]);
+          if (model.config.num_register_tokens > 0) check(key('registers'), o.registers, r[key('registers')]);
+          check(key('patches'), o.patches, r[key('patches')]);
+          check(key('prenorm'), o.prenorm, r[key('prenorm')]);
+          check(key('last_attn'), o.last_attn, r[key('last_attn')]);
+          check(key('last_keys'), o.last_keys, r[key('last_keys')]);
+          o.layers.forEach((l, k) => check(key(`layer${k}.patches_prenorm`), l, r[key(`layer${k}.patches_prenorm`)]));
+        }
         model.dispose();
       });
     }
