@@ -12,17 +12,21 @@ test('train --list-presets names the CPU presets and the paper recipes', async (
   const r = await vitreg(['train', '--list-presets']);
   assert.equal(r.code, 0, r.stderr);
   const names = r.stdout.trim().split('\n').map((l) => l.split(/\s+/)[0]);
-  assert.deepEqual(names, ['tiny-supervised', 'tiny-dino', 'deit3-b16-reg4', 'dinov2-l14-reg4', 'deit3-b16', 'dinov2-l14']);
+  assert.deepEqual(names, [
+    'tiny-supervised', 'tiny-dino', 'dinov2-l14-reg4', 'deit3-b16-in1k-reg4', 'deit3-b16-in22k-reg4', 'dinov2-l14', 'deit3-b16-in1k', 'deit3-b16-in22k',
+    'deit3-b16-reg4', 'deit3-b16',
+  ]);
+  assert.match(r.stdout, /deit3-b16-reg4 +the same as deit3-b16-in1k-reg4/);
 });
 
 test('train: bad configs and flags fail before any work, naming the field and the allowed values', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'vitreg-train-bad-'));
   try {
     const file = join(dir, 'run.json');
-    await writeFile(file, JSON.stringify({ objective: 'supervised', optim: { lr: 'fast' } }));
+    await writeFile(file, JSON.stringify({ objective: 'supervised', optim: { base_lr: 'fast' } }));
     let r = await vitreg(['train', '--config', file, '--out', join(dir, 'out')]);
     assert.equal(r.code, 2);
-    assert.match(lastLine(r.stderr), /run\.json: field "optim\.lr" must be a number >= 0, got "fast"/);
+    assert.match(lastLine(r.stderr), /run\.json: field "optim\.base_lr" must be a number >= 0, got "fast"/);
     assert.doesNotMatch(r.stderr, /backend/, 'the backend must not start for a bad config');
     assert.equal(existsSync(join(dir, 'out')), false);
 
@@ -36,7 +40,12 @@ test('train: bad configs and flags fail before any work, naming the field and th
 
     r = await vitreg(['train', '--preset', 'huge']);
     assert.equal(r.code, 2);
-    assert.match(lastLine(r.stderr), /--preset: expected one of tiny-supervised, tiny-dino, deit3-b16-reg4/);
+    assert.match(lastLine(r.stderr), /--preset: expected one of tiny-supervised, tiny-dino, dinov2-l14-reg4/);
+
+    // A paper recipe names its data.
+    r = await vitreg(['train', '--preset', 'dinov2-l14-reg4', '--out', join(dir, 'paper')]);
+    assert.equal(r.code, 2);
+    assert.match(lastLine(r.stderr), /data: no data source; give --data FOLDER or a file list/);
 
     r = await vitreg(['train', '--preset', 'tiny-supervised', '--registers', '17']);
     assert.equal(r.code, 2);

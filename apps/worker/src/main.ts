@@ -10,7 +10,7 @@ import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { BACKEND_NAMES, type BackendName } from '@vitreg/core';
-import { openData, resolveTrainConfig } from '@vitreg/trainer';
+import { assertDataSource, openDataAsync, resolveTrainConfig } from '@vitreg/trainer';
 import { startCoordinator, type CoordinatorHandle } from '@vitreg/coordinator';
 import { runWorker } from './agent.js';
 import { launchInfo, selectDevice } from './env.js';
@@ -21,8 +21,9 @@ One process of a data-parallel training job across processes and machines: it jo
 coordinator, trains its share of every step in --threads training threads, and all-reduces the
 gradients with its ring neighbours. The launcher starts one per GPU with the same arguments.
 
-Training (as vitreg train): --preset NAME | --config FILE.json, --data DIR|synthetic, --registers N,
-  --steps N, --seed N, --batch-size N (per rank), --out DIR (default runs/train-<preset>), --resume,
+Training (as vitreg train): --preset NAME | --config FILE.json, --data DIR|FILE-LIST|synthetic,
+  --rebuild-index, --registers N, --steps N, --seed N, --batch-size N (per rank), --out DIR (default
+  runs/train-<preset>), --resume,
   --backend auto|tensorflow-gpu|tensorflow|wasm|cpu, --no-progress, --log-samples (per-rank files
   list the (epoch, index) of every image trained on), --checksum (rank 0 prints a weights SHA-256)
 
@@ -77,7 +78,7 @@ async function main(argv: string[]): Promise<number> {
         preset: { type: 'string' }, config: { type: 'string' }, data: { type: 'string' }, registers: { type: 'string' },
         steps: { type: 'string' }, seed: { type: 'string' }, 'batch-size': { type: 'string' }, out: { type: 'string' },
         resume: { type: 'boolean' }, backend: { type: 'string' }, 'no-progress': { type: 'boolean' }, 'log-samples': { type: 'boolean' },
-        checksum: { type: 'boolean' },
+        checksum: { type: 'boolean' }, 'rebuild-index': { type: 'boolean' },
         coordinator: { type: 'string' }, token: { type: 'string' }, 'token-file': { type: 'string' }, 'job-id': { type: 'string' },
         name: { type: 'string' }, rank: { type: 'string' }, 'world-size': { type: 'string' }, 'local-rank': { type: 'string' },
         threads: { type: 'string' }, transport: { type: 'string' }, advertise: { type: 'string' }, bind: { type: 'string' },
@@ -120,8 +121,10 @@ async function main(argv: string[]): Promise<number> {
       configFile: values.config, preset: values.preset, resumeDir: values.resume ? out : undefined, data: values.data,
       registers: int('--registers', values.registers), steps: int('--steps', values.steps, 1), seed: int('--seed', values.seed),
       batchSize: int('--batch-size', values['batch-size'], 2),
+      warn: (message) => process.stderr.write(`vitreg-worker: warning: ${message}\n`),
     });
-    openData(config);
+    assertDataSource(config);
+    await openDataAsync(config, { rebuildIndex: values['rebuild-index'] ?? false });
   } catch (e) {
     throw new UsageError((e as Error).message);
   }

@@ -30,8 +30,10 @@ after(async () => {
 
 /** Supervised tiny run: drop path, flips, crops; 24 images, so a global batch of 12 crosses epochs. */
 const base = {
+  preset: 'tiny-supervised',
   objective: 'supervised',
-  model: { arch: 'vit_micro_patch8_reg4', drop_path_rate: 0.2 },
+  // Per-image drop path (not DINOv2's batch subset, which depends on the batch): W ranks x B = 1 rank x W*B.
+  model: { arch: 'vit_micro_patch8_reg4', drop_path_rate: 0.2, drop_path_batch_subset: false },
   data: { train_size: 24, val_size: 8 },
   train: { steps: 5, batch_size: 12, eval_every: 0, checkpoint_every: 2, keep_checkpoints: 10 },
   optim: { warmup_steps: 2 },

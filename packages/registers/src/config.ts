@@ -30,8 +30,20 @@ export interface ViTConfig {
   qkv_bias: boolean;
   proj_bias: boolean;
   ffn_bias: boolean;
-  /** Stochastic depth rate of the last block (linearly increasing from 0), used when training. */
+  /**
+   * Stochastic depth rate, used when training: of the last block, increasing linearly from 0 over the
+   * blocks (timm's rule), or of every block with `drop_path_uniform`.
+   */
   drop_path_rate: number;
+  /** The same drop path rate in every block (DINOv2's `drop_path_uniform`, DeiT-III's models_v2). */
+  drop_path_uniform: boolean;
+  /**
+   * DINOv2's Block: where a block's rate exceeds 0.1, its residual branches run on a random subset of
+   * max(floor(B (1 - rate)), 1) images of the batch, scaled by B / subset (`drop_add_residual_stochastic_depth`),
+   * instead of dropping each image independently. Below 0.1 (and when false) each image is dropped
+   * with probability rate and the kept ones scaled by 1 / (1 - rate).
+   */
+  drop_path_batch_subset: boolean;
   /** LayerNorm epsilon (1e-6 in DINOv2). */
   norm_eps: number;
 }
@@ -46,6 +58,8 @@ const base = {
   proj_bias: true,
   ffn_bias: true,
   drop_path_rate: 0,
+  drop_path_uniform: false,
+  drop_path_batch_subset: true,
   norm_eps: 1e-6,
 } as const;
 
@@ -60,7 +74,11 @@ const sizes = {
   g: { embed_dim: 1536, depth: 40, num_heads: 24, ffn_layer: 'swiglu' },
 } as const;
 
-const deit3 = { ...base, patch_size: 16, img_size: 224, layerscale_init: 1e-6, ...reg4Interp, num_register_tokens: 0 } as const;
+// DeiT-III's models_v2: the same drop path rate in every block, each image dropped on its own.
+const deit3 = {
+  ...base, patch_size: 16, img_size: 224, layerscale_init: 1e-6, ...reg4Interp, num_register_tokens: 0,
+  drop_path_uniform: true, drop_path_batch_subset: false,
+} as const;
 const tiny = { ...base, ...reg4Interp, patch_size: 8, img_size: 64, embed_dim: 96, depth: 4, num_heads: 3, layerscale_init: 1e-5 } as const;
 
 export const CONFIGS: Record<string, ViTConfig> = {};
@@ -92,8 +110,12 @@ const FIELDS: Record<keyof ViTConfig, 'int' | 'number' | 'bool' | 'ffn' | 'ls'> 
   embed_dim: 'int', depth: 'int', num_heads: 'int', patch_size: 'int', num_register_tokens: 'int',
   mlp_ratio: 'number', ffn_layer: 'ffn', img_size: 'int', interpolate_antialias: 'bool',
   interpolate_offset: 'number', layerscale_init: 'ls', qkv_bias: 'bool', proj_bias: 'bool',
-  ffn_bias: 'bool', drop_path_rate: 'number', norm_eps: 'number',
+  ffn_bias: 'bool', drop_path_rate: 'number', drop_path_uniform: 'bool', drop_path_batch_subset: 'bool',
+  norm_eps: 'number',
 };
+
+/** Training-only fields that configs saved before they existed lack: filled with these values. */
+const TRAINING_DEFAULTS: Partial<ViTConfig> = { drop_path_uniform: false, drop_path_batch_subset: false };
 
 /** Field names of ViTConfig, for parsers of user-given overrides. */
 export const CONFIG_FIELDS = Object.keys(FIELDS) as (keyof ViTConfig)[];
@@ -102,7 +124,8 @@ export const CONFIG_FIELDS = Object.keys(FIELDS) as (keyof ViTConfig)[];
  * Checks every field (unknown fields too) and the relations between them. Errors name the field and
  * what was expected.
  */
-export function validateConfig(cfg: Record<string, unknown>, source = 'config'): ViTConfig {
+export function validateConfig(given: Record<string, unknown>, source = 'config'): ViTConfig {
+  const cfg: Record<string, unknown> = { ...TRAINING_DEFAULTS, ...given };
   for (const key of Object.keys(cfg)) {
     if (!(key in FIELDS)) throw new Error(`${source}: unknown field "${key}"; expected one of ${CONFIG_FIELDS.join(', ')}`);
   }

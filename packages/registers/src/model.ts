@@ -94,6 +94,34 @@ export function parameterShapes(c: ViTConfig): Record<string, number[]> {
   return shapes;
 }
 
+/** Drop path rate of block `i`: the same in every block, or linear from 0 to drop_path_rate (np.linspace). */
+export function blockDropRate(c: ViTConfig, i: number): number {
+  if (c.drop_path_uniform) return c.drop_path_rate;
+  return c.depth > 1 ? (c.drop_path_rate * i) / (c.depth - 1) : c.drop_path_rate;
+}
+
+/**
+ * The factors a residual branch is scaled by, one per image, from one uniform draw in [0, 1) per image.
+ * Independent drop: draw < rate -> 0, else 1 / (1 - rate). Batch subset (DINOv2, only for rate > 0.1):
+ * the S = max(floor(B (1 - rate)), 1) images with the smallest draws (ties by index) get B / S, the others 0.
+ * The branch is computed for the whole batch and multiplied by these factors: the official values and
+ * gradients, without the compute the official code saves by running the branch on the subset only. Which
+ * images form the subset depends on the batch, so (as in DINOv2) a run on W ranks of B images drops
+ * differently from one rank of W x B images.
+ */
+export function dropPathFactors(draws: number[], rate: number, batchSubset: boolean): Float32Array {
+  const B = draws.length;
+  const out = new Float32Array(B);
+  if (batchSubset && rate > 0.1) {
+    const S = Math.max(Math.floor(B * (1 - rate)), 1);
+    const order = draws.map((d, i) => [d, i] as const).sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+    for (let k = 0; k < S; k++) out[order[k]![1]] = B / S;
+    return out;
+  }
+  for (let i = 0; i < B; i++) out[i] = draws[i]! < rate ? 0 : 1 / (1 - rate);
+  return out;
+}
+
 /** DINOv2's initialisation (timm ViT init): trunc-normal .02 Linear/pos, tiny CLS/registers, LayerScale. */
 function initialValue(name: string, shape: number[], c: ViTConfig, rng: Rng): Float32Array {
   const n = shape.reduce((a, b) => a * b, 1);
@@ -229,7 +257,7 @@ export class VisionTransformer {
     if (opts.training && c.drop_path_rate > 0 && !opts.rng) throw new Error('forward: training with drop_path_rate > 0 needs opts.rng');
     for (let i = 0; i < c.depth; i++) {
       const last = i === c.depth - 1;
-      const dropRate = c.depth > 1 ? (c.drop_path_rate * i) / (c.depth - 1) : c.drop_path_rate;
+      const dropRate = blockDropRate(c, i);
       // One tidy per block: intermediates are freed as soon as the block is done (a gradient tape keeps
       // what it needs), so peak memory is one block's, not the whole network's.
       const input = x;
@@ -312,15 +340,17 @@ export class VisionTransformer {
   }
 
   /**
-   * Stochastic depth: per-sample factors [B, 1, 1] for a residual branch, 0 with probability `rate`,
-   * else 1 / (1 - rate); undefined when nothing is dropped.
+   * Stochastic depth of one residual branch: the per-image factors [B, 1, 1] it is scaled by, or
+   * undefined when nothing is dropped. Per image: 0 with probability `rate`, else 1 / (1 - rate).
+   * DINOv2's batch subset (`drop_path_batch_subset`, rate > 0.1): exactly S = max(floor(B (1 - rate)), 1)
+   * images keep the branch, scaled by B / S; they are the S images with the smallest draws, a uniformly
+   * random subset as torch.randperm(B)[:S] is.
    */
   private dropPath(B: number, rate: number, rng?: Rng | Rng[]): tf.Tensor3D | undefined {
     if (rate <= 0 || !rng) return undefined;
     if (Array.isArray(rng) && rng.length !== B) throw new Error(`forward: opts.rng has ${rng.length} generators for a batch of ${B} images`);
-    const keep = new Float32Array(B);
-    for (let i = 0; i < B; i++) keep[i] = (Array.isArray(rng) ? rng[i]! : rng).float() < rate ? 0 : 1 / (1 - rate);
-    return tf.tensor3d(keep, [B, 1, 1]);
+    const draws = Array.from({ length: B }, (_, i) => (Array.isArray(rng) ? rng[i]! : rng).float());
+    return tf.tensor3d(dropPathFactors(draws, rate, this.config.drop_path_batch_subset), [B, 1, 1]);
   }
 
   /** Parameters as host Float32Arrays in this class's layouts (for saving and syncing). */

@@ -1,7 +1,8 @@
 /**
  * Heads on top of the backbone: DINOv2's `DINOHead` (an MLP with GELU, L2 normalisation, then a
- * weight-normalised linear layer whose norm is fixed to 1) and a linear classifier for supervised
- * training. Weights are stored [in, out] like the backbone's, so every product is a plain 2-D matMul.
+ * weight-normalised linear layer, `weight_norm(nn.Linear(bottleneck, K, bias=False))` with its scale
+ * `weight_g` filled with 1 and trained, as dinov2/layers/dino_head.py) and a linear classifier for
+ * supervised training. Weights are stored [in, out] like the backbone's, so every product is a plain 2-D matMul.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { Rng } from '@vitreg/core';
@@ -47,10 +48,12 @@ export class DinoHead {
       this.params[`${name}.weight`] = variable(truncNormal(dims[i]! * dims[i + 1]!, 0.02, rng), [dims[i]!, dims[i + 1]!]);
       this.params[`${name}.bias`] = variable(new Float32Array(dims[i + 1]!), [dims[i + 1]!]);
     });
-    // nn.Linear's default init U(-1/sqrt(in), 1/sqrt(in)); only the direction matters (weight_g = 1).
+    // nn.Linear's default init U(-1/sqrt(in), 1/sqrt(in)) for the direction; the scale g starts at 1.
     const bound = 1 / Math.sqrt(bottleneckDim);
     const v = new Float32Array(bottleneckDim * outDim);
     for (let i = 0; i < v.length; i++) v[i] = (rng.float() * 2 - 1) * bound;
+    // Stored [in, out] like every weight here; torch's weight_g is [out, 1], weight_v [out, in].
+    this.params['last_layer.weight_g'] = variable(new Float32Array(outDim).fill(1), [1, outDim]);
     this.params['last_layer.weight_v'] = variable(v, [bottleneckDim, outDim]);
   }
 
@@ -64,8 +67,8 @@ export class DinoHead {
       });
       h = tf.div(h, tf.maximum(tf.norm(h, 'euclidean', 1, true), 1e-12)) as tf.Tensor2D;
       const v = this.params['last_layer.weight_v']!;
-      // weight_norm with g = 1: each output unit's weight vector (a column here) has unit norm.
-      const w = tf.div(v, tf.norm(v, 'euclidean', 0, true)) as tf.Tensor2D;
+      // weight_norm: each output unit's weight vector (a column here) is g * v / ||v||.
+      const w = tf.mul(tf.div(v, tf.norm(v, 'euclidean', 0, true)), this.params['last_layer.weight_g']!) as tf.Tensor2D;
       return matMul2d(h, w);
     });
   }

@@ -1,11 +1,21 @@
 /**
- * Per-parameter optimisation settings, following DINOv2's `get_params_groups_with_decay`:
- * layer-wise learning-rate decay by block index, a learning-rate multiplier for the patch
- * embedding, no weight decay on biases, norms, LayerScale gammas and the learned tokens
- * (cls_token, register_tokens, pos_embed, mask_token), and a flag on the DINO head's last layer
- * (frozen during the first steps).
+ * Per-parameter optimisation settings: layer-wise learning-rate decay by block index and a
+ * learning-rate multiplier for the patch embedding (DINOv2's `get_params_groups_with_decay` and
+ * `get_vit_lr_decay_rate`), the weight-decay exemptions of the recipe's code base (see `isNoDecay`),
+ * and a flag on the DINO head's last layer (frozen during the first steps).
  */
 import type * as tf from '@tensorflow/tfjs-core';
+import { clipByGlobalNorm } from './optim.js';
+
+/**
+ * Whose weight-decay exemptions: 'dinov2' (dinov2/utils/param_groups.py: names ending in `.bias` or
+ * containing `norm` or `gamma`; the tokens, pos_embed and the last layer's weight_g ARE decayed) or
+ * 'timm' (timm's `param_groups_weight_decay`, which DeiT-III's create_optimizer uses: tensors of at
+ * most one dimension, names ending in `.bias`, and the model's `no_weight_decay()` names pos_embed,
+ * cls_token, dist_token).
+ */
+export type WeightDecayRule = 'dinov2' | 'timm';
+export const WEIGHT_DECAY_RULES: readonly WeightDecayRule[] = ['dinov2', 'timm'];
 
 export interface ParamSpec {
   /** Full name, e.g. `backbone.blocks.3.attn.qkv.weight` or `dino_head.mlp.0.bias`. */
@@ -21,20 +31,21 @@ export interface ParamGroupOptions {
   layerDecay?: number;
   /** Extra learning-rate multiplier for `patch_embed.*`. */
   patchEmbedLrMult?: number;
+  /** Weight-decay exemptions (default 'dinov2'). */
+  weightDecayRule?: WeightDecayRule;
 }
 
 const TOKEN_PARAMS = new Set(['cls_token', 'register_tokens', 'pos_embed', 'mask_token']);
+/** timm's VisionTransformer.no_weight_decay(). */
+const TIMM_NO_WEIGHT_DECAY = new Set(['pos_embed', 'cls_token', 'dist_token']);
 
-/** True when the parameter gets no weight decay. `name` is relative to its module (no `backbone.`). */
-export function isNoDecay(name: string): boolean {
-  const parts = name.split('.');
-  const last = parts[parts.length - 1]!;
-  return (
-    last === 'bias' ||
-    last === 'gamma' ||
-    TOKEN_PARAMS.has(name) ||
-    parts.some((p) => p.startsWith('norm'))
-  );
+/**
+ * True when the parameter gets no weight decay under `rule`. `name` is relative to its module (no
+ * `backbone.` prefix), `shape` its shape in any layout (only its rank counts).
+ */
+export function isNoDecay(name: string, shape: readonly number[], rule: WeightDecayRule = 'dinov2'): boolean {
+  if (rule === 'timm') return shape.length <= 1 || name.endsWith('.bias') || TIMM_NO_WEIGHT_DECAY.has(name);
+  return name.endsWith('.bias') || name.includes('norm') || name.includes('gamma');
 }
 
 /**
@@ -60,6 +71,7 @@ export function paramGroups(
 ): ParamSpec[] {
   const decay = opts.layerDecay ?? 1;
   const patchMult = opts.patchEmbedLrMult ?? 1;
+  const rule = opts.weightDecayRule ?? 'dinov2';
   return Object.entries(params).map(([name, variable]) => {
     let lrMult = depth > 0 ? decay ** (depth + 1 - layerId(name, depth)) : 1;
     if (name.startsWith('patch_embed.')) lrMult *= patchMult;
@@ -67,8 +79,33 @@ export function paramGroups(
       name: `${prefix}.${name}`,
       variable,
       lrMult,
-      wdMult: isNoDecay(name) ? 0 : 1,
+      wdMult: isNoDecay(name, variable.shape, rule) ? 0 : 1,
       isLastLayer: name.startsWith('last_layer.'),
     };
   });
+}
+
+/**
+ * DINOv2's clipping (dinov2/train/train.py: `for v in model.student.values(): v.clip_grad_norm_(clip_grad)`):
+ * the gradients of each module, named by the part of `names[i]` before the first dot (`backbone`,
+ * `dino_head`, `ibot_head`), scaled by maxNorm / (norm + 1e-6) when their own L2 norm exceeds maxNorm.
+ * Returns the gradients (new tensors where clipped, the inputs elsewhere) and each module's norm before
+ * clipping; maxNorm <= 0 clips nothing.
+ */
+export function clipPerModule(names: readonly string[], grads: tf.Tensor[], maxNorm: number): { grads: tf.Tensor[]; norms: Record<string, number> } {
+  if (names.length !== grads.length) throw new Error(`clipPerModule: ${names.length} names for ${grads.length} gradients`);
+  const modules = new Map<string, number[]>();
+  names.forEach((name, i) => {
+    const dot = name.indexOf('.');
+    const m = dot < 0 ? name : name.slice(0, dot);
+    modules.set(m, [...(modules.get(m) ?? []), i]);
+  });
+  const out = [...grads];
+  const norms: Record<string, number> = {};
+  for (const [m, idx] of modules) {
+    const r = clipByGlobalNorm(idx.map((i) => grads[i]!), maxNorm);
+    idx.forEach((i, k) => { out[i] = r.grads[k]!; });
+    norms[m] = r.norm;
+  }
+  return { grads: out, norms };
 }

@@ -1,33 +1,38 @@
 /**
  * The training loop. One step:
  *   sampler(cursor, rank, world size) -> items -> augmentations -> forward / backward (supervised
- *   cross-entropy, or DINO + iBOT + KoLeo against the EMA teacher) -> GradientSync.allReduce (the
- *   gradients and the teacher's batch means, every step whatever the world size) -> commitStep (every
- *   rank got here) -> clip -> AdamW -> EMA teacher and centres -> metrics -> eval and checkpoint.
+ *   cross-entropy or BCE, or DINO + iBOT + KoLeo against the EMA teacher, its targets centred by an EMA
+ *   centre or by Sinkhorn-Knopp over every rank) -> GradientSync.allReduce (the gradients and the
+ *   teacher's batch means, every step whatever the world size) -> commitStep (every rank got here) ->
+ *   clip (per student module for DINO, as DINOv2) -> AdamW or LAMB -> EMA teacher and centres ->
+ *   metrics -> eval and checkpoint.
  * Nothing changes the state before the commit, so a step dropped because a cluster's membership
  * changed leaves every rank at the last committed step; they re-sync from rank 0 and go on.
  *
  * Randomness never depends on which rank handles an image: each image's augmentation and drop path
  * are drawn from (seed, epoch, image index), batch-level draws (mixup, iBOT masks) from (seed, step,
  * rank). With the sampler's global cursor, W ranks x B images give the weights of one rank x W*B
- * images (up to float rounding), a resumed run equals an uninterrupted one bit for bit, and the
- * checkpoint holds no generator state: only the step and the cursor.
+ * images (up to float rounding; not with DINOv2's batch-subset drop path, whose subset is per batch,
+ * nor with batch statistics such as Sinkhorn-Knopp's... which are global, so they do match), a resumed
+ * run equals an uninterrupted one bit for bit, and the checkpoint holds no generator state: only the
+ * step and the cursor. The learning rate follows the global batch (optim.scaling_rule) at every step.
  */
 import { appendFile, mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { DistributedSampler, ensureGradients, Progress, Rng, writeFileAtomic, writeJsonAtomic, type Dataset, type DatasetItem, type SampleRef } from '@vitreg/core';
+import { BatchPrefetcher, DistributedSampler, ensureGradients, RASampler, type CursorSampler, Progress, Rng, writeFileAtomic, writeJsonAtomic, type Dataset, type DatasetItem, type SampleRef } from '@vitreg/core';
 import { VisionTransformer, matMul2d, modelFromStateDict, type ViTConfig } from '@vitreg/registers';
 import { evalTransform, mixupCutmix, multiCrop, smoothOneHot, supervisedAugment } from './augment.js';
 import { listCheckpoints, loadCheckpoint, pruneCheckpoints, saveCheckpoint, type HostTensors, type TrainState } from './checkpoint.js';
-import { modelConfig, type TrainConfig } from './config.js';
+import { assertDataSource, modelConfig, scaledLr, type TrainConfig } from './config.js';
 import { openData, type TrainData } from './data.js';
 import { ClassifierHead, DinoHead } from './heads.js';
 import { knnClassify } from '@vitreg/probe';
-import { Center, dinoGlobalLocalLoss, ibotMaskedLoss, koleoLoss, softTargetCrossEntropy, teacherSoftmaxCenter } from './losses.js';
+import { reduceSumOf, sinkhornKnopp } from './centering.js';
+import { binaryCrossEntropyLoss, Center, dinoGlobalLocalLoss, ibotMaskedLoss, koleoLoss, softTargetCrossEntropy, teacherSoftmaxCenter } from './losses.js';
 import { collateMasks, MaskingGenerator } from './masking.js';
-import { AdamW, clipByGlobalNorm } from './optim.js';
-import { paramGroups, type ParamSpec } from './param-groups.js';
+import { AdamW, clipByGlobalNorm, Lamb } from './optim.js';
+import { clipPerModule, paramGroups, type ParamSpec } from './param-groups.js';
 import { cosineSchedule, type Schedule } from './schedules.js';
 import { isMembershipChanged, LocalGradientSync, type GradientSync } from './sync.js';
 import { weightsChecksum } from './threads.js';
@@ -146,8 +151,8 @@ export class Trainer {
   readonly heads: Heads = {};
   readonly teacherHeads: Heads = {};
   readonly centers: { dino?: Center; ibot?: Center } = {};
-  readonly optimizer: AdamW;
-  readonly sampler: DistributedSampler;
+  readonly optimizer: AdamW | Lamb;
+  readonly sampler: CursorSampler;
   readonly sync: GradientSync;
   /** Steps applied. */
   step = 0;
@@ -155,17 +160,22 @@ export class Trainer {
   cursor = 0;
   private readonly root: Rng;
   private readonly params: ParamSpec[];
-  private readonly lr: Schedule;
+  /** The learning-rate schedule of each world size met (the rate follows the global batch). */
+  private readonly lrSchedules = new Map<number, Schedule>();
   private readonly wd: Schedule;
   private readonly momentum: Schedule;
   private readonly teacherTemp: Schedule;
   private readonly maskGen?: MaskingGenerator;
+  /** Decodes the next step's images while this one computes. */
+  private readonly loader: BatchPrefetcher;
 
   constructor(readonly config: TrainConfig, opts: { sync?: GradientSync } = {}) {
     const c = config;
     this.sync = opts.sync ?? new LocalGradientSync();
     this.vit = modelConfig(c);
+    assertDataSource(c);
     this.data = openData(c);
+    this.loader = new BatchPrefetcher(this.data.train, { concurrency: Math.max(256, c.train.batch_size) });
     if (c.objective === 'supervised' && this.data.numClasses < 2) {
       throw new Error(`data: supervised training needs at least 2 classes, found ${this.data.numClasses}`);
     }
@@ -199,30 +209,47 @@ export class Trainer {
     // Parameters the objective never uses get no optimiser state (the mask token outside iBOT).
     const backbone = { ...this.student.params };
     if (!this.maskGen) delete backbone.mask_token;
-    const groupOpts = { layerDecay: c.optim.layerwise_decay, patchEmbedLrMult: c.optim.patch_embed_lr_mult };
+    const groupOpts = { layerDecay: c.optim.layerwise_decay, patchEmbedLrMult: c.optim.patch_embed_lr_mult, weightDecayRule: c.optim.weight_decay_rule };
     this.params = [...paramGroups('backbone', backbone, this.vit.depth, groupOpts)];
     for (const [name, head] of Object.entries(this.heads) as [string, ClassifierHead | DinoHead][]) {
       this.params.push(...paramGroups(name === 'cls' ? 'head' : `${name}_head`, head.params, 0, groupOpts));
     }
-    this.optimizer = new AdamW(this.params, { beta1: c.optim.beta1, beta2: c.optim.beta2, eps: c.optim.eps });
+    const betas = { beta1: c.optim.beta1, beta2: c.optim.beta2, eps: c.optim.eps };
+    this.optimizer = c.optim.optimizer === 'lamb' ? new Lamb(this.params, betas) : new AdamW(this.params, betas);
 
     const T = c.train.steps;
-    const o = c.optim;
-    // A warm-up longer than the run (a preset shortened with --steps) is cut to the run.
-    const warmup = Math.min(o.warmup_steps, T);
-    this.lr = cosineSchedule({ base: o.lr, final: o.min_lr, totalSteps: T, warmupSteps: warmup });
-    this.wd = cosineSchedule({ base: o.weight_decay, final: o.weight_decay_end, totalSteps: T });
+    this.wd = cosineSchedule({ base: c.optim.weight_decay, final: c.optim.weight_decay_end, totalSteps: T });
     this.momentum = cosineSchedule({ base: c.dino.momentum_teacher, final: c.dino.final_momentum_teacher, totalSteps: T });
     const w = c.dino.warmup_teacher_temp_steps;
     const temp = cosineSchedule({ base: c.dino.teacher_temp, final: c.dino.teacher_temp, totalSteps: w, warmupSteps: w, startWarmupValue: c.dino.warmup_teacher_temp });
     this.teacherTemp = (s) => (s < w ? temp(s) : c.dino.teacher_temp);
 
-    this.sampler = new DistributedSampler({ length: this.data.train.length, seed: c.train.seed });
+    // Repeated augmentation (DeiT's RASampler): every image 3 times an epoch, each copy its own augmentation.
+    this.sampler = c.train.repeated_aug
+      ? new RASampler({ length: this.data.train.length, seed: c.train.seed, repeats: 3 })
+      : new DistributedSampler({ length: this.data.train.length, seed: c.train.seed });
+  }
+
+  /**
+   * The learning rate at `step` for the current world size: a cosine from scaledLr(config, world size)
+   * to optim.min_lr after a linear warm-up from optim.warmup_lr (cut to the run when longer).
+   */
+  lrAt(step: number): number {
+    const W = this.sync.worldSize;
+    let schedule = this.lrSchedules.get(W);
+    if (!schedule) {
+      const o = this.config.optim;
+      const T = this.config.train.steps;
+      schedule = cosineSchedule({ base: scaledLr(this.config, W), final: o.min_lr, totalSteps: T, warmupSteps: Math.min(o.warmup_steps, T), startWarmupValue: o.warmup_lr });
+      this.lrSchedules.set(W, schedule);
+    }
+    return schedule(step);
   }
 
   /** The generator of one image's draws of `stream` (augmentation, drop path): the same on any rank. */
   private imageRng(stream: number, ref: SampleRef): Rng {
-    return this.root.fork(stream).fork(ref.epoch).fork(ref.index);
+    const base = this.root.fork(stream).fork(ref.epoch).fork(ref.index);
+    return ref.repeat === undefined ? base : base.fork(ref.repeat);
   }
 
   /** The generator of this rank's batch-level draws of `stream` (mixup, masks) at `step`. */
@@ -305,10 +332,12 @@ export class Trainer {
     const B = c.train.batch_size;
     const epoch = this.sampler.epochOf(this.cursor);
     const refs = this.sampler.batch(this.cursor, rank, worldSize, B);
-    const items = await loadItems(this.data.train, refs.map((r) => r.index));
+    // The next step's images decode (sharp, on libuv's threads) while this step computes.
+    if (step + 1 < c.train.steps) this.loader.prefetch(this.sampler.batch(this.cursor + worldSize * B, rank, worldSize, B).map((r) => r.index));
+    const items = await this.loader.take(refs.map((r) => r.index));
     const augment = refs.map((r) => this.imageRng(STREAMS.augment, r));
     const dropPath = refs.map((r) => this.imageRng(STREAMS.dropPath, r));
-    const lr = this.lr(step);
+    const lr = this.lrAt(step);
     const wd = this.wd(step);
     const lastLayerLr = step < c.optim.freeze_last_layer_steps ? 0 : lr;
     const varList = this.params.map((p) => p.variable);
@@ -350,15 +379,19 @@ export class Trainer {
           const xi = n === B ? images : tf.slice(images, [start, 0, 0, 0], [n, -1, -1, -1]);
           const yi = n === B ? y : (tf.slice(y, [start, 0], [n, -1]) as tf.Tensor2D);
           const out = this.student.forward(xi, { training: true, rng: dropPath.slice(start, start + n) });
-          const loss = tf.mul(softTargetCrossEntropy(this.heads.cls!.forward(out.cls), yi), n / B) as tf.Scalar;
-          const prev = parts.loss_ce;
-          parts.loss_ce = tf.keep(prev ? tf.add(prev, loss) : tf.clone(loss)) as tf.Scalar;
+          const logits = this.heads.cls!.forward(out.cls);
+          // Label smoothing is already in the targets (smoothOneHot / mixupCutmix).
+          const perBatch = s.bce_loss ? binaryCrossEntropyLoss(logits, yi) : softTargetCrossEntropy(logits, yi);
+          const loss = tf.mul(perBatch, n / B) as tf.Scalar;
+          const part = s.bce_loss ? 'loss_bce' : 'loss_ce';
+          const prev = parts[part];
+          parts[part] = tf.keep(prev ? tf.add(prev, loss) : tf.clone(loss)) as tf.Scalar;
           prev?.dispose();
           return loss;
         });
       }
     } else {
-      const prepared = this.prepareDino(items, augment, dropPath, step, parts, extra, inputs);
+      const prepared = await this.prepareDino(items, augment, dropPath, step, parts, extra, inputs);
       lossFns = [prepared.lossFn];
       means = prepared.means;
       after = prepared.after;
@@ -394,12 +427,12 @@ export class Trainer {
       try {
         own.compute_s = computeSeconds;
         own.allreduce_s = allreduceSeconds;
-        await stepLog?.({ step: step + 1, epoch, ...own, samples: refs.map((r) => [r.epoch, r.index]) });
+        await stepLog?.({ step: step + 1, epoch, ...own, samples: refs.map((r) => (r.repeat === undefined ? [r.epoch, r.index] : [r.epoch, r.index, r.repeat])) });
         // Every rank got here: from now on the step changes the state.
         const reports = await this.sync.commitStep(step + 1, own);
         if (!Number.isFinite(loss)) throw new Error(`step ${step + 1}: the loss is ${loss} (diverged); lower optim.lr or raise optim.warmup_steps`);
-        const { grads: clipped, norm } = clipByGlobalNorm(reduced, c.optim.clip_grad);
-        this.optimizer.apply(clipped, { lr, wd, lastLayerLr });
+        const { grads: clipped, norms } = this.clip(reduced);
+        const lambNorm = this.optimizer.apply(clipped, { lr, wd, lastLayerLr });
         tf.dispose(clipped.filter((t) => !reduced.includes(t)));
         after(reducedMeans);
         this.cursor += worldSize * B;
@@ -411,8 +444,8 @@ export class Trainer {
         }
         const seconds = (performance.now() - t0) / 1000;
         const mem = tf.memory();
-        Object.assign(metrics, extra, {
-          lr, wd, grad_norm: norm,
+        Object.assign(metrics, extra, norms, typeof lambNorm === 'number' && !('grad_norm' in norms) ? { grad_norm: lambNorm } : {}, {
+          lr, wd,
           images_per_s: (B * worldSize) / seconds,
           step_seconds: seconds,
           allreduce_s: allreduceSeconds,
@@ -441,10 +474,36 @@ export class Trainer {
   }
 
   /**
+   * Gradient clipping to optim.clip_grad: each student module (`backbone`, `dino_head`, `ibot_head`) by
+   * its own norm in a self-supervised run, as DINOv2's loop calls clip_grad_norm_ per module; all
+   * parameters by their global norm in a supervised run, as DeiT / timm. Returns the norms before
+   * clipping: `grad_norm` (all parameters) and `grad_norm_<module>` per module.
+   */
+  private clip(grads: tf.Tensor[]): { grads: tf.Tensor[]; norms: Record<string, number> } {
+    const max = this.config.optim.clip_grad;
+    if (this.config.objective !== 'dino') {
+      if (!(max > 0) && this.config.optim.optimizer === 'lamb') return { grads, norms: {} };
+      const { grads: out, norm } = clipByGlobalNorm(grads, max);
+      return { grads: out, norms: { grad_norm: norm } };
+    }
+    const r = clipPerModule(this.params.map((p) => p.name), grads, max);
+    const norms: Record<string, number> = {};
+    let total = 0;
+    for (const [m, n] of Object.entries(r.norms)) {
+      norms[`grad_norm_${m}`] = n;
+      total += n * n;
+    }
+    norms.grad_norm = Math.sqrt(total);
+    return { grads: r.grads, norms };
+  }
+
+  /**
    * Crops, masks and the loss function of a DINO step; `means` (the teacher's batch means, averaged
    * over the ranks with the gradients) and `after` (EMA teacher and centres, once the step commits).
+   * With Sinkhorn-Knopp centering the teacher's targets need sums over every rank: collectives of
+   * this step, before the loss (a membership change there drops the step like any other).
    */
-  private prepareDino(items: DatasetItem[], augment: Rng[], dropPath: Rng[], step: number, parts: Record<string, tf.Scalar>, extra: Record<string, number>, inputs: tf.Tensor[]) {
+  private async prepareDino(items: DatasetItem[], augment: Rng[], dropPath: Rng[], step: number, parts: Record<string, tf.Scalar>, extra: Record<string, number>, inputs: tf.Tensor[]) {
     const c = this.config;
     const B = items.length;
     const cr = c.crops;
@@ -488,7 +547,8 @@ export class Trainer {
     const sharedIbot = !c.ibot.separate_head;
 
     // Teacher: no gradient, eval mode (no drop path), unmasked global crops.
-    const teacher = tf.tidy((): TeacherTargets => {
+    const sinkhorn = c.train.centering === 'sinkhorn_knopp';
+    const raw = tf.tidy((): TeacherTargets => {
       const out = this.teacher!.forward(globals);
       const D = this.vit.embed_dim;
       const cls = out.cls;
@@ -504,6 +564,8 @@ export class Trainer {
         dinoOut = this.teacherHeads.dino!.forward(swapped);
         if (patches) ibotOut = this.teacherHeads.ibot!.forward(patches);
       }
+      // Sinkhorn-Knopp: the raw outputs here, the targets below (they need every rank's sums).
+      if (sinkhorn) return { dinoProbs: dinoOut, ibotProbs: ibotOut ?? (this.maskGen ? tf.zeros([0, this.centers.ibot!.dim]) as tf.Tensor2D : undefined), dinoMean: tf.mean(dinoOut, 0), ibotMean: ibotOut ? tf.mean(ibotOut, 0) : undefined };
       const dinoProbs = teacherSoftmaxCenter(dinoOut, this.centers.dino!.tensor(), temp) as tf.Tensor2D;
       const ibotProbs = ibotOut ? (teacherSoftmaxCenter(ibotOut, this.centers.ibot!.tensor(), temp) as tf.Tensor2D) : undefined;
       return {
@@ -512,6 +574,20 @@ export class Trainer {
         ibotMean: ibotOut ? tf.mean(ibotOut, 0) : undefined,
       };
     });
+    let teacher = raw;
+    if (sinkhorn) {
+      // Every rank runs the same collectives: the iBOT outputs are included even where this rank masked nothing.
+      const logits = [raw.dinoProbs, ...(raw.ibotProbs ? [raw.ibotProbs] : [])];
+      let targets: tf.Tensor2D[];
+      try {
+        targets = await sinkhornKnopp(logits.map((l) => ({ logits: l, temperature: temp })), reduceSumOf(this.sync));
+      } finally {
+        tf.dispose([...logits, raw.dinoMean, ...(raw.ibotMean ? [raw.ibotMean] : [])]);
+      }
+      // No centre to update: the means stay out of the reduction.
+      teacher = { dinoProbs: targets[0]!, ibotProbs: doIbot ? targets[1] : undefined, dinoMean: tf.zeros([0]) };
+      if (!doIbot && targets[1]) targets[1].dispose();
+    }
     const ent = entropies(teacher.dinoProbs);
     extra.teacher_entropy = ent.rows;
     extra.teacher_batch_entropy = ent.batch;
@@ -566,10 +642,12 @@ export class Trainer {
       tf.tidy(() => {
         for (const [k, tv] of Object.entries(t)) tv.assign(tf.add(tf.mul(tv, m), tf.mul(s[k]!, 1 - m)));
       });
+      if (sinkhorn) return;
       this.centers.dino!.update(reduced[0]!.dataSync() as Float32Array);
       if (teacher.ibotMean) this.centers.ibot!.update(reduced[1]!.dataSync() as Float32Array);
     };
-    const means = [teacher.dinoMean, ...(teacher.ibotMean ? [teacher.ibotMean] : [])];
+    if (sinkhorn) teacher.dinoMean.dispose();
+    const means = sinkhorn ? [] : [teacher.dinoMean, ...(teacher.ibotMean ? [teacher.ibotMean] : [])];
     return { lossFn, means, after };
   }
 
@@ -587,7 +665,7 @@ export class Trainer {
     for (let start = 0; start < n; start += bs) {
       const idx = Array.from({ length: Math.min(bs, n - start) }, (_, i) => start + i);
       const items = await loadItems(ds, idx);
-      const resize = Math.round(S / 0.875);
+      const resize = Math.round(S / this.config.crops.eval_crop_ratio);
       const x = stack(items.map((it) => evalTransform(it.image, it.width, it.height, { resize, crop: S })), S);
       const cls = tf.tidy(() => model.forward(x).cls);
       features.set(cls.dataSync(), start * D);

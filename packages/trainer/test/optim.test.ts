@@ -4,7 +4,6 @@ import { readFileSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs-core';
 import { AdamW, Lamb, clipByGlobalNorm, type LambOptions } from '../src/optim.js';
 import type { ParamSpec } from '../src/param-groups.js';
-import { isNoDecay, layerId, paramGroups } from '../src/param-groups.js';
 import { assertClose, useWasm } from './helpers.js';
 
 before(useWasm);
@@ -69,29 +68,6 @@ test('clipping by global norm: scaled by max / (norm + 1e-6) only above the thre
   const same = clipByGlobalNorm(g, 10);
   assert.equal(same.grads[0], g[0]);
   assertClose(same.norm, 5);
-});
-
-test('param groups: no decay on norms, biases, gammas and tokens; layer-wise decay by block', () => {
-  for (const n of ['cls_token', 'register_tokens', 'pos_embed', 'mask_token', 'norm.weight', 'blocks.0.norm1.weight', 'blocks.1.ls1.gamma', 'blocks.1.attn.qkv.bias', 'mlp.0.bias']) {
-    assert.ok(isNoDecay(n), n);
-  }
-  for (const n of ['blocks.0.attn.qkv.weight', 'patch_embed.proj.weight', 'last_layer.weight_v', 'head.weight']) assert.ok(!isNoDecay(n), n);
-  assert.equal(layerId('patch_embed.proj.weight', 4), 0);
-  assert.equal(layerId('register_tokens', 4), 0);
-  assert.equal(layerId('blocks.2.mlp.fc1.weight', 4), 3);
-  assert.equal(layerId('norm.weight', 4), 5);
-  const v = (s: number[]) => tf.variable(tf.zeros(s));
-  const specs = paramGroups('backbone', {
-    'patch_embed.proj.weight': v([2]), 'blocks.0.attn.qkv.weight': v([2]), 'blocks.1.attn.qkv.weight': v([2]), 'norm.bias': v([2]),
-  }, 2, { layerDecay: 0.5, patchEmbedLrMult: 0.2 });
-  assert.deepEqual(specs.map((s) => [s.name, s.lrMult, s.wdMult]), [
-    ['backbone.patch_embed.proj.weight', 0.5 ** 3 * 0.2, 1],
-    ['backbone.blocks.0.attn.qkv.weight', 0.5 ** 2, 1],
-    ['backbone.blocks.1.attn.qkv.weight', 0.5, 1],
-    ['backbone.norm.bias', 1, 0],
-  ]);
-  const head = paramGroups('dino_head', { 'last_layer.weight_v': v([2]) }, 0, { layerDecay: 0.5 });
-  assert.deepEqual([head[0]!.lrMult, head[0]!.isLastLayer], [1, true]);
 });
 
 /** timm's Lamb run by fixtures/make_deit_reference.py (torch 1.13, float32). */

@@ -9,9 +9,9 @@ import { assertClose, useWasm } from './helpers.js';
 
 before(useWasm);
 
-test('DINO head: MLP with exact GELU, L2 normalisation, last layer with unit-norm columns (weight_g = 1)', () => {
+test('DINO head: MLP with exact GELU, L2 normalisation, last layer with unit-norm columns (weight_g starts at 1)', () => {
   const head = new DinoHead({ inDim: 3, outDim: 4, hiddenDim: 5, bottleneckDim: 2, nlayers: 3 }, new Rng(1));
-  assert.deepEqual(Object.keys(head.params), ['mlp.0.weight', 'mlp.0.bias', 'mlp.2.weight', 'mlp.2.bias', 'mlp.4.weight', 'mlp.4.bias', 'last_layer.weight_v']);
+  assert.deepEqual(Object.keys(head.params), ['mlp.0.weight', 'mlp.0.bias', 'mlp.2.weight', 'mlp.2.bias', 'mlp.4.weight', 'mlp.4.bias', 'last_layer.weight_g', 'last_layer.weight_v']);
   assert.deepEqual(head.params['last_layer.weight_v']!.shape, [2, 4]);
   const x = [[0.5, -1, 2]];
   const get = (n: string) => head.params[n]!.arraySync() as number[][];
@@ -74,7 +74,7 @@ test('data: synthetic splits, an image folder split by val_fraction, train/ + va
   const { encodePng } = await import('@vitreg/core');
   const { openData } = await import('../src/data.js');
   const { validateTrainConfig } = await import('../src/config.js');
-  const syn = openData(validateTrainConfig({ data: { train_size: 10, val_size: 4, num_classes: 6 } }));
+  const syn = openData(validateTrainConfig({ data: { source: 'synthetic', train_size: 10, val_size: 4, num_classes: 6 } }));
   assert.deepEqual([syn.train.length, syn.val.length, syn.numClasses], [10, 4, 6]);
   assert.notDeepEqual((await syn.train.get(0)).image, (await syn.val.get(0)).image);
   const root = await mkdtemp(join(tmpdir(), 'vitreg-data-'));
@@ -97,6 +97,15 @@ test('data: synthetic splits, an image folder split by val_fraction, train/ + va
     await rm(join(root, 'split', 'val'), { recursive: true });
     assert.throws(() => openData(validateTrainConfig({ data: { source: join(root, 'split') } })), /has train\/ but no val\/ folder/);
     assert.throws(() => openData(validateTrainConfig({ data: { source: join(root, 'none') } })), /is not a folder/);
+    // A file list: val from the sibling val.txt, else a val_fraction split; labels past the class names are errors.
+    await writeFile(join(root, 'flat', 'train.txt'), 'cat/0.png 0\ncat/1.png 0\ndog/0.png 3\n');
+    const one = openData(validateTrainConfig({ data: { source: join(root, 'flat', 'train.txt'), val_fraction: 0.34 } }));
+    assert.deepEqual([one.train.length, one.val.length, one.numClasses], [2, 1, 4]);
+    await writeFile(join(root, 'flat', 'val.txt'), 'dog/1.png\t5\n');
+    const two = openData(validateTrainConfig({ data: { source: join(root, 'flat', 'train.txt') } }));
+    assert.deepEqual([two.train.length, two.val.length, two.numClasses, (await two.val.get(0)).label], [3, 1, 6, 5]);
+    await writeFile(join(root, 'flat', 'classes.txt'), 'a\nb\nc\nd\ne\n');
+    assert.throws(() => openData(validateTrainConfig({ data: { source: join(root, 'flat', 'train.txt') } })), /val\.txt:1: label 5 is out of range/);
   } finally {
     await rm(root, { recursive: true, force: true });
   }

@@ -43,6 +43,7 @@ async function stoppedAndResumed(raw: object, steps: number): Promise<void> {
 }
 
 const tiny = {
+  preset: 'tiny-supervised',
   model: { arch: 'vit_micro_patch8_reg4', drop_path_rate: 0.2 },
   data: { train_size: 24, val_size: 8 },
   train: { steps: 6, batch_size: 4, eval_every: 0, checkpoint_every: 0, knn_train_size: 8 },
@@ -56,6 +57,7 @@ test('supervised with mixup/cutmix and drop path: stopped at N/2 and resumed equ
 test('DINO + iBOT + KoLeo with multi-crop, masks, EMA teacher and centres: resume is exact', async () => {
   await stoppedAndResumed({
     ...tiny,
+    preset: 'tiny-dino',
     objective: 'dino',
     dino: { head_n_prototypes: 32, head_hidden_dim: 32, head_bottleneck_dim: 16, warmup_teacher_temp_steps: 3 },
     crops: { local_crops_number: 2, local_crops_size: 16 },

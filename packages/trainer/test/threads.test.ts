@@ -85,8 +85,10 @@ test('SharedMemorySync: a failed rank wakes the ranks waiting in a barrier with 
 });
 
 const tiny = {
+  preset: 'tiny-supervised',
   objective: 'supervised',
-  model: { arch: 'vit_micro_patch8_reg4', drop_path_rate: 0.2 },
+  // Per-image drop path (not DINOv2's batch subset, which depends on the batch): W ranks x B = 1 rank x W*B.
+  model: { arch: 'vit_micro_patch8_reg4', drop_path_rate: 0.2, drop_path_batch_subset: false },
   data: { train_size: 24, val_size: 8 },
   train: { steps: 4, batch_size: 3, eval_every: 0, checkpoint_every: 0 },
   optim: { warmup_steps: 2 },
@@ -139,11 +141,12 @@ test('2 threads: the training loss falls when fitting 8 images with a global bat
   const root = await mkdtemp(join(tmpdir(), 'vitreg-threads-fit-'));
   try {
     const cfg = validateTrainConfig({
+      preset: 'tiny-supervised',
       objective: 'supervised',
       model: { arch: 'vit_micro_patch8_reg4', drop_path_rate: 0 },
       data: { train_size: 8, val_size: 4 },
       train: { steps: 30, batch_size: 4, eval_every: 0, checkpoint_every: 0 },
-      optim: { lr: 2e-3, warmup_steps: 3, weight_decay: 0, weight_decay_end: 0, clip_grad: 0 },
+      optim: { base_lr: 2e-3, warmup_steps: 3, weight_decay: 0, weight_decay_end: 0, clip_grad: 0 },
       supervised: { label_smoothing: 0, hflip: 0, three_augment: false, color_jitter: 0 },
       crops: { global_crops_scale: [1, 1] },
     });

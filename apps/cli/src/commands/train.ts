@@ -3,13 +3,13 @@
  * (DINOv2: DINO + iBOT + KoLeo), from a preset or a JSON config, with exact resume.
  */
 import { join, resolve } from 'node:path';
-import { MAX_WORKERS, openData, PRESET_NAMES, PRESETS, resolveTrainConfig, train, trainThreads, type TrainConfig } from '@vitreg/trainer';
+import { assertDataSource, MAX_WORKERS, openDataAsync, PRESET_ALIASES, PRESET_NAMES, PRESETS, resolveTrainConfig, train, trainThreads, type TrainConfig } from '@vitreg/trainer';
 import { CliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
 import { startBackend } from '../inputs.js';
 import { runLocalJob } from '@vitreg/worker';
 
 const usage = `
-Usage: vitreg train (--preset NAME | --config FILE.json) [--data DIR|synthetic] [--registers N]
+Usage: vitreg train (--preset NAME | --config FILE.json) [--data DIR|FILE|synthetic] [--registers N]
                     [--steps N] [--out DIR] [--resume] [--seed N] [--workers N] [--nodes N]
                     [--backend auto|tensorflow-gpu|tensorflow|wasm|cpu] [--no-progress]
        vitreg train --list-presets
@@ -24,13 +24,18 @@ Trains a Vision Transformer with N register tokens and writes the run folder DIR
                             heads.safetensors, optimizer.safetensors, state.json
   eval.json                 num_classes and val_accuracy (supervised) or knn_accuracy (self-supervised)
 
-  --preset NAME      tiny-supervised, tiny-dino (CPU-sized, synthetic data, a few minutes), deit3-b16-reg4,
-                     deit3-b16, dinov2-l14-reg4, dinov2-l14 (the paper's recipes, for GPU clusters)
+  --preset NAME      tiny-supervised, tiny-dino (CPU-sized, synthetic data, a few minutes); the paper's
+                     recipes for GPU clusters, which need --data: dinov2-l14-reg4, dinov2-l14,
+                     deit3-b16-in1k-reg4, deit3-b16-in1k, deit3-b16-in22k-reg4, deit3-b16-in22k
+                     (see --list-presets; deit3-b16[-reg4] are the in1k ones)
   --config FILE      a JSON object with any of the sections objective, model, data, train, optim,
                      supervised, dino, ibot, crops (and optionally "preset" to start from); the rest
                      are defaults (see the @vitreg/trainer README)
-  --data DIR         "synthetic" (default) or a folder with train/ and val/ class folders, or class
-                     folders split by data.val_fraction
+  --data DIR|FILE    a folder with train/ and val/ class folders, or class folders split by
+                     data.val_fraction, or a file list (train.txt / train.csv: "path label" lines,
+                     val from the sibling val.txt); "synthetic": the built-in shapes (the CPU
+                     presets' data; a paper preset warns). Folders are indexed once in
+                     .vitreg-index.jsonl;  --rebuild-index lists them again
   --registers N      register tokens, 0-16 (model.num_register_tokens)
   --steps N          training steps (train.steps);  --seed N: train.seed
   --out DIR          run folder (default runs/train-<preset>)
@@ -52,7 +57,8 @@ On a cluster, start vitreg-worker (same options) with the cluster's launcher: se
 
 function listPresets(): string {
   const width = Math.max(...PRESET_NAMES.map((n) => n.length));
-  return PRESET_NAMES.map((n) => `${n.padEnd(width)}  ${PRESETS[n]!.summary}`).join('\n');
+  const aliases = Object.entries(PRESET_ALIASES).map(([a, to]) => `${a.padEnd(width)}  the same as ${to}`);
+  return [...PRESET_NAMES.map((n) => `${n.padEnd(width)}  ${PRESETS[n]!.summary}`), ...aliases].join('\n');
 }
 
 export const trainCommand: Command = {
@@ -75,6 +81,7 @@ export const trainCommand: Command = {
       transport: { type: 'string' },
       'list-presets': { type: 'boolean' },
       'print-config': { type: 'boolean' },
+      'rebuild-index': { type: 'boolean' },
       'no-progress': { type: 'boolean' },
     });
     if (positionals.length > 0) throw new CliError(`unexpected argument "${positionals[0]}" (see vitreg train --help)`);
@@ -92,15 +99,18 @@ export const trainCommand: Command = {
         registers: values.registers === undefined ? undefined : intFlag('registers', values.registers, 0, 0),
         steps: values.steps === undefined ? undefined : intFlag('steps', values.steps, 1),
         seed: values.seed === undefined ? undefined : intFlag('seed', values.seed, 0, 0),
+        warn: (message) => process.stderr.write(`vitreg train: warning: ${message}\n`),
       });
-      openData(config);
+      if (values['print-config']) {
+        process.stdout.write(JSON.stringify(config, null, 2) + '\n');
+        return 0;
+      }
+      assertDataSource(config);
+      // Lists an image folder once (in parallel) and writes its index; the training reads the index.
+      await openDataAsync(config, { rebuildIndex: values['rebuild-index'] ?? false });
     } catch (err) {
       if (err instanceof CliError) throw err;
       throw new CliError((err as Error).message);
-    }
-    if (values['print-config']) {
-      process.stdout.write(JSON.stringify(config, null, 2) + '\n');
-      return 0;
     }
     if (values.nodes !== undefined) {
       const nodes = intFlag('nodes', values.nodes, 1);
