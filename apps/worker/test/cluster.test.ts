@@ -166,6 +166,24 @@ test('the gRPC data plane (--transport grpc, PushChunks streams) gives the weigh
   assert.equal(r.result!.checksum, straightTwo);
 });
 
+test('Sinkhorn-Knopp centering across 2 processes x 2 threads: its sums over every rank run inside the step (thread sums, then the ring); every rank ends identical', async () => {
+  const heads = { head_n_prototypes: 32, head_hidden_dim: 32, head_bottleneck_dim: 16 };
+  const config = await configFile('sk', 3, {
+    preset: 'tiny-dino', objective: 'dino', model: { arch: 'vit_micro_patch8_reg4' },
+    train: { ...base.train, batch_size: 3, steps: 2, checkpoint_every: 0, knn_train_size: 8, centering: 'sinkhorn_knopp' },
+    dino: heads, ibot: { ...heads, separate_head: true, mask_sample_probability: 1 }, crops: { local_crops_number: 2 },
+  });
+  const r = await job('sk', { nodes: 2, threads: 2, config });
+  assert.ok(r.finished, JSON.stringify(r));
+  const names = ['worker-0.t0', 'worker-0.t1', 'worker-1.t0', 'worker-1.t1'];
+  const sums = await rankChecksums(r.outDir, names);
+  assert.equal(sums.length, 4);
+  assert.equal(new Set(sums).size, 1, `ranks ended with different weights: ${sums.join(' ')}`);
+  const metrics = await jsonl(join(r.outDir, 'metrics.jsonl'));
+  assert.deepEqual(metrics.map((m) => [m.step, m.world_size]), [[1, 4], [2, 4]]);
+  assert.ok(metrics.every((m) => Number.isFinite(m.loss_ibot) && Number.isFinite(m.loss_dino_global)));
+});
+
 for (const [victimIndex, who] of [[2, 'a worker'], [0, 'rank 0 (the others elect a new rank 0, which writes the rest of the run)']] as const) test(`kill -9 of ${who} mid-run: the others finish on a smaller ring; no image of an epoch lost or seen twice`, async () => {
   let victim: ChildProcess | undefined;
   const outDir = join(root, `kill${victimIndex}`);
