@@ -45,8 +45,8 @@ async function vocTree(): Promise<string> {
 test('VOC: split list, 1-based boxes shifted as LOST does, difficult objects, decoded images', async (t) => {
   const root = await vocTree();
   t.after(() => rm(root, { recursive: true, force: true }));
-  // no ImageSets: every annotation, sorted
-  const all = new VocDataset(root, { year: 2007 });
+  // split '*': every annotation, sorted
+  const all = new VocDataset(root, { year: 2007, split: '*' });
   assert.deepEqual(all.ids, ['000001', '000002']);
   assert.equal(all.numClasses, 20);
   assert.deepEqual(all.classNames, VOC_CLASSES);
@@ -62,7 +62,7 @@ test('VOC: split list, 1-based boxes shifted as LOST does, difficult objects, de
   const ann = await all.annotation(0);
   assert.deepEqual(ann.objects.map((o) => [o.name, o.difficult, o.truncated]), [['dog', false, true], ['person', true, false]]);
 
-  const noDifficult = new VocDataset(join(root, 'VOC2007'), { includeDifficult: false });
+  const noDifficult = new VocDataset(join(root, 'VOC2007'), { includeDifficult: false, split: '*' });
   assert.deepEqual((await noDifficult.get(0)).boxes, [[0, 0, 12, 8]]);
 
   await mkdir(join(root, 'VOC2007', 'ImageSets', 'Main'), { recursive: true });
@@ -96,10 +96,45 @@ test('VOC: malformed annotations name the file and field', async (t) => {
   const root = await vocTree();
   t.after(() => rm(root, { recursive: true, force: true }));
   await writeFile(join(root, 'VOC2007', 'Annotations', '000002.xml'), '<annotation><size>');
-  const ds = new VocDataset(join(root, 'VOC2007'));
+  const ds = new VocDataset(join(root, 'VOC2007'), { split: '*' });
   await assert.rejects(ds.get(1), (e: Error) => e.message.includes(join(root, 'VOC2007', 'Annotations', '000002.xml')));
   assert.throws(() => new VocDataset(join(root, 'missing')), /missing folder .*Annotations/);
 });
+
+test('VOC: a missing or empty split file is an error naming it, never a silent switch to every annotation', async (t) => {
+  const root = await vocTree();
+  t.after(() => rm(root, { recursive: true, force: true }));
+  const voc = join(root, 'VOC2007');
+  const annotations = join(voc, 'Annotations');
+  const main = join(voc, 'ImageSets', 'Main');
+  // no ImageSets folder at all
+  assert.throws(() => new VocDataset(voc), (e: Error) => {
+    assert.equal(e.message, `VOC dataset ${voc}: split file ${join(main, 'test.txt')} not found (${main} does not exist); pass split '*' to use every annotation in ${annotations}`);
+    return true;
+  });
+  await mkdir(main, { recursive: true });
+  assert.throws(() => new VocDataset(voc, { split: 'trainval' }), new RegExp(`${escape(join(main, 'trainval.txt'))} not found \\(${escape(main)} holds no \\.txt list\\)`));
+  await writeFile(join(main, 'train.txt'), '000001\n');
+  await writeFile(join(main, 'val.txt'), '000002\n');
+  assert.throws(() => new VocDataset(root, { year: 2007, split: 'trainval' }), (e: Error) => {
+    assert.equal(e.message, `VOC dataset ${voc}: split file ${join(main, 'trainval.txt')} not found (available splits: train, val); pass one of those, or split '*' to use every annotation in ${annotations}`);
+    return true;
+  });
+  assert.deepEqual(new VocDataset(voc, { split: 'val' }).ids, ['000002']);
+  await writeFile(join(main, 'empty.txt'), '\n  \n');
+  assert.throws(() => new VocDataset(voc, { split: 'empty' }), new RegExp(`split file ${escape(join(main, 'empty.txt'))} lists no image ids`));
+  // a split file that is a folder cannot be read: the error names it
+  await mkdir(join(main, 'odd.txt'));
+  assert.throws(() => new VocDataset(voc, { split: 'odd' }), new RegExp(`cannot read split file ${escape(join(main, 'odd.txt'))}`));
+  // '*' over an Annotations folder without .xml files
+  const bare = join(root, 'bare');
+  await mkdir(join(bare, 'Annotations'), { recursive: true });
+  assert.throws(() => new VocDataset(bare, { split: '*' }), /split '\*' but .*Annotations holds no \.xml file/);
+});
+
+function escape(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
 
 test('parseXml decodes entities and CDATA', () => {
   const el = parseXml('<a><b>x &amp; y &#65;</b><c><![CDATA[<raw>]]></c><d/></a>', 'f.xml');

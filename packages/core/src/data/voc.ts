@@ -1,6 +1,6 @@
 /**
- * Pascal VOC detection data: `ImageSets/Main/<split>.txt` (ids), `Annotations/<id>.xml`,
- * `JPEGImages/<id>.jpg`. Annotations are parsed lazily in `get` / `annotation`, so opening the
+ * Pascal VOC detection data: `ImageSets/Main/<split>.txt` (ids; a missing list is an error, split '*'
+ * takes every annotation), `Annotations/<id>.xml`, `JPEGImages/<id>.jpg`. Annotations are parsed lazily in `get` / `annotation`, so opening the
  * dataset only reads the id list.
  *
  * Coordinates follow LOST (valeoai/LOST, datasets.py, `extract_gt_VOC`): VOC boxes are 1-based
@@ -10,7 +10,7 @@
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { decodeImage } from '../image.js';
 import { checkIndex, type Box, type Dataset, type DatasetItem } from './types.js';
 import { childNamed, childrenNamed, parseXml, type XmlElement } from './xml.js';
@@ -41,12 +41,33 @@ export interface VocAnnotation {
 export interface VocOptions {
   /** With a VOCdevkit root, selects `root/VOC<year>`; ignored when root is already a year folder. */
   year?: string | number;
-  /** Image set: `ImageSets/Main/<split>.txt`; when that file is absent, every `Annotations/*.xml` is used. */
+  /**
+   * Image set: the ids of `ImageSets/Main/<split>.txt` (default 'test'); a missing list file is an error
+   * naming it. `'*'` takes every `Annotations/*.xml` instead (sorted), for trees without ImageSets.
+   */
   split?: string;
   /** Keep objects marked difficult (default true, as LOST's CorLoc evaluation does). */
   includeDifficult?: boolean;
   /** Class names (default VOC_CLASSES); an object with another name is an error. */
   classNames?: string[];
+}
+
+/** The `split` that takes every `Annotations/*.xml` instead of an `ImageSets/Main` list. */
+export const ALL_ANNOTATIONS = '*';
+
+/** Why a split file is missing, and what to pass instead: the .txt lists of its folder, or '*'. */
+function missingSplit(listFile: string, annotations: string): string {
+  const dir = dirname(listFile);
+  let names: string[] | null = null;
+  try {
+    names = readdirSync(dir).filter((f) => f.endsWith('.txt')).map((f) => basename(f, '.txt')).sort();
+  } catch {
+    // the folder itself is missing
+  }
+  const everything = `split '*' to use every annotation in ${annotations}`;
+  if (names === null) return `split file ${listFile} not found (${dir} does not exist); pass ${everything}`;
+  if (names.length === 0) return `split file ${listFile} not found (${dir} holds no .txt list); pass ${everything}`;
+  return `split file ${listFile} not found (available splits: ${names.join(', ')}); pass one of those, or ${everything}`;
 }
 
 export class VocDataset implements Dataset {
@@ -66,21 +87,28 @@ export class VocDataset implements Dataset {
     if (!existsSync(annotations)) {
       throw new Error(`VOC dataset ${this.root}: missing folder ${annotations}`);
     }
-    const listFile = join(this.root, 'ImageSets', 'Main', `${this.split}.txt`);
-    if (existsSync(listFile)) {
-      this.ids = readFileSync(listFile, 'utf8')
-        .split(/\r?\n/)
-        .map((line) => line.trim().split(/\s+/)[0])
-        .filter((id) => id !== undefined && id !== '');
-    } else {
+    if (this.split === ALL_ANNOTATIONS) {
       this.ids = readdirSync(annotations)
         .filter((f) => f.endsWith('.xml'))
         .map((f) => basename(f, '.xml'))
         .sort();
+      if (this.ids.length === 0) throw new Error(`VOC dataset ${this.root}: split '*' but ${annotations} holds no .xml file`);
+      return;
     }
-    if (this.ids.length === 0) {
-      throw new Error(`VOC dataset ${this.root}: no images (${existsSync(listFile) ? `${listFile} is empty` : `${annotations} holds no .xml and ${listFile} is absent`})`);
+    const listFile = join(this.root, 'ImageSets', 'Main', `${this.split}.txt`);
+    let text: string;
+    try {
+      text = readFileSync(listFile, 'utf8');
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT' && code !== 'ENOTDIR') throw new Error(`VOC dataset ${this.root}: cannot read split file ${listFile}: ${(err as Error).message}`, { cause: err });
+      throw new Error(`VOC dataset ${this.root}: ${missingSplit(listFile, annotations)}`);
     }
+    this.ids = text
+      .split(/\r?\n/)
+      .map((line) => line.trim().split(/\s+/)[0])
+      .filter((id): id is string => id !== undefined && id !== '');
+    if (this.ids.length === 0) throw new Error(`VOC dataset ${this.root}: split file ${listFile} lists no image ids`);
   }
 
   get length(): number {
