@@ -43,7 +43,7 @@ export async function run(argv: string[]): Promise<void> {
   const config = validateTrainConfig({
     objective: 'supervised',
     model: { arch: values.model!, img_size: size, drop_path_rate: 0.1, layerscale_init: 1e-5 },
-    data: { train_size: batch * workers * (steps + 1), val_size: 1, synthetic_size: size },
+    data: { source: 'synthetic', train_size: batch * workers * (steps + 1), val_size: 1, synthetic_size: size },
     train: { steps: steps + 1, batch_size: batch, micro_batch_size: micro },
     optim: { warmup_steps: 1 },
     crops: { global_crops_size: size },
@@ -51,7 +51,7 @@ export async function run(argv: string[]): Promise<void> {
   if (workers > 1) return runThreads(config, { batch, micro, steps, size, workers, model: values.model!, backend: values.backend as BackendName });
   await initBackend(values.backend as BackendName, { log: () => {} });
   const trainer = new Trainer(config);
-  await trainer.initWeights();
+  trainer.initTeacher();
   await trainer.trainStep(); // warm-up: kernel compilation, first allocations
   let seconds = 0;
   let last: Record<string, number> = {};
