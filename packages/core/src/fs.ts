@@ -1,6 +1,7 @@
 /**
  * Atomic file writes: data goes to a uniquely named temporary file in the target's folder, is
- * fsynced, then renamed over the target (and the folder fsynced), so readers see either the old
+ * fsynced, then renamed over the target (and the folder fsynced, best effort only where the file
+ * system refuses directory fsync: see `syncDir`), so readers see either the old
  * file or the complete new one, never a partial write. On failure the temporary file is removed
  * and the previous file is left as it was. Also: positioned reads that fill a buffer.
  */
@@ -64,22 +65,59 @@ export async function writeJsonAtomic(path: string, value: unknown): Promise<voi
   await writeFileAtomic(path, JSON.stringify(value, null, 2) + '\n');
 }
 
-/** fsyncs a folder so a rename in it is durable; platforms that cannot open folders skip this. */
-export async function syncDir(dir: string): Promise<void> {
+/**
+ * Error codes with which a platform or file system refuses to open or fsync a folder (Windows cannot
+ * open folders as files, EISDIR / EPERM; some network, FUSE and virtual file systems reject fsync of a
+ * folder, EINVAL; a few systems need a writable descriptor for it, EBADF). `syncDir` skips the fsync
+ * on these and only these.
+ */
+export const DIR_FSYNC_UNSUPPORTED: readonly string[] = ['EISDIR', 'EINVAL', 'EPERM', 'EBADF'];
+
+export interface SyncDirOptions {
+  /** Opens the folder (default `fs.promises.open`); a seam for tests and unusual file systems. */
+  open?: (path: string, flags: 'r') => Promise<Pick<FileHandle, 'sync' | 'close'>>;
+}
+
+/**
+ * fsyncs a folder so a rename in it is durable. Best effort only where the file system refuses
+ * directory fsync (`DIR_FSYNC_UNSUPPORTED`): then it returns false and the rename is as durable as the
+ * file system makes it. Any other failure (a missing folder, EACCES, EIO, ...) is thrown as
+ * "<dir>: cannot fsync folder: ..." with the system error's code. Returns true when the folder was synced.
+ */
+export async function syncDir(dir: string, opts: SyncDirOptions = {}): Promise<boolean> {
+  const openDir = opts.open ?? open;
+  const unsupported = (err: unknown) => DIR_FSYNC_UNSUPPORTED.includes((err as NodeJS.ErrnoException)?.code ?? '');
   let fh;
   try {
-    fh = await open(dir, 'r');
-  } catch {
-    return;
+    fh = await openDir(dir, 'r');
+  } catch (err) {
+    if (unsupported(err)) return false;
+    throw syncError(dir, err);
   }
+  let synced = true;
   try {
     await fh.sync();
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code !== 'EINVAL' && code !== 'EISDIR' && code !== 'EPERM' && code !== 'EBADF') throw err;
-  } finally {
-    await fh.close();
+    if (!unsupported(err)) {
+      await fh.close().catch(() => undefined);
+      throw syncError(dir, err);
+    }
+    synced = false;
   }
+  try {
+    await fh.close();
+  } catch (err) {
+    throw syncError(dir, err);
+  }
+  return synced;
+}
+
+/** "<dir>: cannot fsync folder: ..." keeping the system error's code and the original as cause. */
+function syncError(dir: string, err: unknown): Error {
+  const e = err as NodeJS.ErrnoException;
+  const out: NodeJS.ErrnoException = new Error(`${dir}: cannot fsync folder: ${e?.message ?? String(err)}`, { cause: err });
+  if (e?.code) out.code = e.code;
+  return out;
 }
 
 /**

@@ -3,7 +3,7 @@ import { mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/p
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { ensureDir, readFully, writeFileAtomic, writeJsonAtomic } from '../src/fs.js';
+import { DIR_FSYNC_UNSUPPORTED, ensureDir, readFully, syncDir, writeFileAtomic, writeJsonAtomic } from '../src/fs.js';
 
 const dir = await mkdtemp(join(tmpdir(), 'vitreg-fs-'));
 after(() => rm(dir, { recursive: true, force: true }));
@@ -67,4 +67,61 @@ test('readFully reads at a position and names what it read when the file ends ea
   } finally {
     await fh.close();
   }
+});
+
+/** An error as Node's fs gives it: a message and a code. */
+function sysError(code: string): NodeJS.ErrnoException {
+  return Object.assign(new Error(`${code}: refused`), { code });
+}
+
+/** A fake folder handle whose open / sync fail with the given codes; records what happened. */
+function fakeOpen(failOpen: string | null, failSync: string | null, log: string[]) {
+  return async (path: string) => {
+    log.push(`open ${path}`);
+    if (failOpen) throw sysError(failOpen);
+    return {
+      sync: async () => {
+        log.push('sync');
+        if (failSync) throw sysError(failSync);
+      },
+      close: async () => {
+        log.push('close');
+      },
+    };
+  };
+}
+
+test('syncDir fsyncs a real folder, and a missing folder is an error naming it', async () => {
+  assert.equal(await syncDir(dir), true);
+  const missing = join(dir, 'not-there');
+  await assert.rejects(syncDir(missing), (err: NodeJS.ErrnoException) => {
+    assert.equal(err.code, 'ENOENT');
+    assert.ok(err.message.startsWith(`${missing}: cannot fsync folder: `), err.message);
+    return true;
+  });
+});
+
+test('syncDir is best effort only for the codes of file systems that refuse directory fsync', async () => {
+  assert.deepEqual([...DIR_FSYNC_UNSUPPORTED].sort(), ['EBADF', 'EINVAL', 'EISDIR', 'EPERM']);
+  for (const code of DIR_FSYNC_UNSUPPORTED) {
+    const log: string[] = [];
+    assert.equal(await syncDir('/d', { open: fakeOpen(code, null, log) }), false, `open ${code}`);
+    assert.deepEqual(log, ['open /d']);
+    const log2: string[] = [];
+    assert.equal(await syncDir('/d', { open: fakeOpen(null, code, log2) }), false, `sync ${code}`);
+    assert.deepEqual(log2, ['open /d', 'sync', 'close'], 'the handle is closed');
+  }
+  for (const code of ['EACCES', 'EIO', 'ENOSPC', 'EMFILE']) {
+    const log: string[] = [];
+    await assert.rejects(syncDir('/d', { open: fakeOpen(null, code, log) }), (err: NodeJS.ErrnoException) => {
+      assert.equal(err.code, code);
+      assert.equal(err.message, `/d: cannot fsync folder: ${code}: refused`);
+      assert.equal((err.cause as NodeJS.ErrnoException).code, code);
+      return true;
+    });
+    assert.deepEqual(log, ['open /d', 'sync', 'close'], `sync ${code}: the handle is closed before the error`);
+    await assert.rejects(syncDir('/d', { open: fakeOpen(code, null, []) }), new RegExp(`^Error: /d: cannot fsync folder: ${code}`));
+  }
+  // Linux's /proc refuses fsync with EINVAL for real
+  if (process.platform === 'linux') assert.equal(await syncDir('/proc'), false);
 });
