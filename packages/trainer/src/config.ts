@@ -109,6 +109,8 @@ export interface TrainConfig {
     mix_prob: number;
     /** DeiT's `--bce-loss`: binary cross-entropy on the mixed targets binarised (> 0), else soft-target cross-entropy. */
     bce_loss: boolean;
+    /** DeiT-III's `--src`: resize + reflect-pad 4 + random crop instead of the random resized crop. */
+    simple_random_crop: boolean;
   };
   dino: {
     loss_weight: number;
@@ -189,7 +191,7 @@ export const DEFAULT_CONFIG: TrainConfig = {
   },
   supervised: {
     label_smoothing: 0, hflip: 0.5, three_augment: true, color_jitter: 0.3, mixup_alpha: 0.8, cutmix_alpha: 1.0, mix_prob: 1.0,
-    bce_loss: true,
+    bce_loss: true, simple_random_crop: false,
   },
   dino: {
     loss_weight: 1.0, koleo_loss_weight: 0.1, head_n_prototypes: 65536, head_hidden_dim: 2048, head_bottleneck_dim: 256,
@@ -339,7 +341,7 @@ export const PRESETS: Record<string, PresetDef> = {
         weight_decay: 0.02, weight_decay_end: 0.02, clip_grad: 0, weight_decay_rule: 'timm', layerwise_decay: 1.0, patch_embed_lr_mult: 1.0,
         freeze_last_layer_steps: 0,
       },
-      supervised: { label_smoothing: 0.1, three_augment: true, color_jitter: 0.3, mixup_alpha: 0, cutmix_alpha: 1.0, bce_loss: false },
+      supervised: { label_smoothing: 0.1, three_augment: true, color_jitter: 0.3, mixup_alpha: 0, cutmix_alpha: 1.0, bce_loss: false, simple_random_crop: true },
       crops: { global_crops_size: 224, global_crops_scale: [0.08, 1.0], eval_crop_ratio: 1.0 },
     },
   },
@@ -414,7 +416,7 @@ const RULES: { [S in Section]: Record<keyof TrainConfig[S], Rule | 'string'> } =
   },
   supervised: {
     label_smoothing: num(0, 1), hflip: unit, three_augment: bool, color_jitter: num(0, 1), mixup_alpha: num(0), cutmix_alpha: num(0),
-    mix_prob: unit, bce_loss: bool,
+    mix_prob: unit, bce_loss: bool, simple_random_crop: bool,
   },
   dino: {
     loss_weight: num(0), koleo_loss_weight: num(0), head_n_prototypes: int(2), head_hidden_dim: int(1),

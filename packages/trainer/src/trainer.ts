@@ -355,6 +355,7 @@ export class Trainer {
       const s = c.supervised;
       const imgs = items.map((it, i) => supervisedAugment(it.image, it.width, it.height, augment[i]!, {
         size: S, scale: c.crops.global_crops_scale, hflip: s.hflip, threeAugment: s.three_augment, colorJitter: s.color_jitter,
+        crop: s.simple_random_crop ? 'src' : 'rrc',
       }));
       const labels = items.map((it) => it.label);
       const C = this.data.numClasses;
@@ -665,8 +666,7 @@ export class Trainer {
     for (let start = 0; start < n; start += bs) {
       const idx = Array.from({ length: Math.min(bs, n - start) }, (_, i) => start + i);
       const items = await loadItems(ds, idx);
-      const resize = Math.round(S / this.config.crops.eval_crop_ratio);
-      const x = stack(items.map((it) => evalTransform(it.image, it.width, it.height, { resize, crop: S })), S);
+      const x = stack(items.map((it) => evalTransform(it.image, it.width, it.height, { cropRatio: this.config.crops.eval_crop_ratio, crop: S })), S);
       const cls = tf.tidy(() => model.forward(x).cls);
       features.set(cls.dataSync(), start * D);
       const ys = items.map((it) => it.label);

@@ -133,6 +133,8 @@ test('the DeiT-III presets hold the README_revenge.md ViT-B commands (ImageNet-1
     [in22k.train.batch_size * 32, in22k.optim.base_lr, in22k.optim.weight_decay, in22k.crops.global_crops_size, in22k.supervised.label_smoothing, in22k.supervised.mixup_alpha, in22k.supervised.cutmix_alpha, v22.drop_path_rate, in22k.train.repeated_aug, in22k.supervised.bce_loss],
     [2048, 1e-3, 0.02, 224, 0.1, 0, 1.0, 0.1, false, false],
   );
+  assert.equal(in22k.supervised.simple_random_crop, true, '--src');
+  assert.equal(in1k.supervised.simple_random_crop, false);
   assert.equal(in22k.train.steps, 240 * Math.floor(14197122 / 2048));
 });
 
