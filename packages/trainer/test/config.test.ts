@@ -133,6 +133,10 @@ test('the DeiT-III presets hold the README_revenge.md ViT-B commands (ImageNet-1
     [in22k.train.batch_size * 32, in22k.optim.base_lr, in22k.optim.weight_decay, in22k.crops.global_crops_size, in22k.supervised.label_smoothing, in22k.supervised.mixup_alpha, in22k.supervised.cutmix_alpha, v22.drop_path_rate, in22k.train.repeated_aug, in22k.supervised.bce_loss],
     [2048, 1e-3, 0.02, 224, 0.1, 0, 1.0, 0.1, false, false],
   );
+  assert.deepEqual([in22k.optim.warmup_steps, in22k.optim.warmup_lr, in22k.optim.min_lr, in22k.optim.optimizer], [5 * Math.floor(14197122 / 2048), 1e-6, 1e-5, 'lamb']);
+  for (const c of [in1k, in22k]) {
+    assert.deepEqual([c.optim.eps, c.optim.clip_grad, c.optim.weight_decay_end, c.crops.eval_crop_ratio, modelConfig(c).layerscale_init], [1e-8, 0, c.optim.weight_decay, 1, 1e-4]);
+  }
   assert.equal(in22k.supervised.simple_random_crop, true, '--src');
   assert.equal(in1k.supervised.simple_random_crop, false);
   assert.equal(in22k.train.steps, 240 * Math.floor(14197122 / 2048));
