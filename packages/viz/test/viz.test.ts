@@ -203,6 +203,14 @@ test('analysis figures and the report', async () => {
     const numbers = reportNumbers(a);
     assert.equal(numbers.outliers, 2);
     assert.equal(numbers['first outlier layer'], 1);
+    // The mode ratio the rule measured: the geometric means of the two planted groups, computed here.
+    const patchNorms = Array.from({ length: 16 }, (_, j) => 40 + (((1 + 2 + j) * 7) % 11));
+    const low = patchNorms.filter((_, j) => j !== 5 && j !== 10);
+    const geo = (xs: number[]) => Math.exp(xs.reduce((acc, x) => acc + Math.log(x), 0) / xs.length);
+    const ratio = numbers['mode ratio (high/low)'] as number;
+    assert.ok(Math.abs(ratio / (geo([500, 520]) / geo(low)) - 1) < 1e-3, `mode ratio ${ratio}`);
+    assert.match(String(numbers.verdict), /^outliers: /);
+    assert.match(String(numbers['outlier rule']), /high\/low mode ratio >= 3/);
     const html = renderReport({
       title: 'Analysis <test>',
       models: [{ label: 'A', weights: 'a.safetensors' }, { label: 'B', weights: 'b & c.safetensors' }],
