@@ -7,3 +7,7 @@ export * from './sampler.js';
 export * from './voc.js';
 export * from './coco.js';
 export { parseXml, type XmlElement } from './xml.js';
+export * from './dense.js';
+export * from './ade20k.js';
+export * from './nyu.js';
+export * from './synthetic-dense.js';
