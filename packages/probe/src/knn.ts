@@ -66,7 +66,8 @@ export function knnClassify(train: LabelledFeatures, test: LabelledFeatures, opt
         }
         const ranked = Array.from({ length: numClasses }, (_, c) => c).sort((a, b) => votes[b] - votes[a] || a - b);
         predictions[start + r] = ranked[0];
-        if (ranked.slice(0, 5).includes(test.y[start + r])) top5Hits++;
+        // DINO counts the first min(5, k) classes: with fewer than 5 neighbours, only the classes they voted for.
+        if (ranked.slice(0, Math.min(5, k)).includes(test.y[start + r])) top5Hits++;
       }
     }
   } finally {

@@ -22,7 +22,8 @@ function clusters(rng: Rng, centres: number[][], n: number, noise: number): Set 
 /**
  * DINO's eval_knn.py `knn_classifier`, written out naively in float64: cosine similarity to every
  * training row, the k most similar (ties: lower index) vote exp(sim / T) for their label, classes
- * ranked by summed vote (ties: lower class); top-1 / top-5 = the label among the first 1 / 5.
+ * ranked by summed vote (ties: lower class); top-1 / top-5 = the label among the first 1 / min(5, k)
+ * (DINO narrows its top-5 to k classes when k < 5).
  */
 function naiveKnn(train: Set, test: Set, numClasses: number, k: number, T: number) {
   const norm = (x: Float32Array, i: number, dim: number) => {
@@ -45,7 +46,7 @@ function naiveKnn(train: Set, test: Set, numClasses: number, k: number, T: numbe
     const ranked = votes.map((_, c) => c).sort((a, b) => votes[b]! - votes[a]! || a - b);
     predictions.push(ranked[0]!);
     if (ranked[0] === test.y[i]) top1++;
-    if (ranked.slice(0, 5).includes(test.y[i]!)) top5++;
+    if (ranked.slice(0, Math.min(5, k)).includes(test.y[i]!)) top5++;
   }
   return { predictions, top1: top1 / test.n, top5: top5 / test.n };
 }
@@ -56,7 +57,7 @@ test('k-NN equals a naive DINO weighted k-NN on 12 overlapping classes (top-1 an
   const centres = Array.from({ length: classes }, () => Array.from({ length: dim }, () => rng.normal()));
   const train = clusters(rng, centres, 240, 1.8);
   const query = clusters(rng, centres, 90, 1.8);
-  for (const [k, T, chunk] of [[20, 0.07, 256], [7, 0.5, 16], [50, 0.02, 37]] as const) {
+  for (const [k, T, chunk] of [[20, 0.07, 256], [7, 0.5, 16], [50, 0.02, 37], [3, 0.07, 64]] as const) {
     const got = knnClassify(train, query, { numClasses: classes, k, temperature: T, chunk });
     const want = naiveKnn(train, query, classes, k, T);
     assert.deepEqual(Array.from(got.predictions), want.predictions, `k ${k}, T ${T}`);
@@ -66,6 +67,9 @@ test('k-NN equals a naive DINO weighted k-NN on 12 overlapping classes (top-1 an
     assert.ok(want.top1 > 0.2 && want.top1 < 0.9, `top-1 ${want.top1}`);
     assert.ok(want.top5 > want.top1 && want.top5 < 1, `top-5 ${want.top5} (top-1 ${want.top1})`);
   }
+  // k = 1: one neighbour votes for one class, so "top-5" is top-1 (DINO's min(5, k)).
+  const one = knnClassify(train, query, { numClasses: classes, k: 1 });
+  assert.equal(one.top5, one.top1);
   // defaults: k = 20, T = 0.07
   assert.deepEqual(Array.from(knnClassify(train, query, { numClasses: classes }).predictions), naiveKnn(train, query, classes, 20, 0.07).predictions);
 });
