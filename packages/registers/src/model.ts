@@ -1,20 +1,33 @@
 /**
- * The DINOv2 Vision Transformer with register tokens, in one file.
+ * The DINOv2 Vision Transformer with register tokens, in one file, with the config fields that make it
+ * DINO, DeiT-III or a CLIP image tower (see config.ts):
  *
- *   image [B,H,W,3] -> patches (matMul over p x p x 3 pixels) -> (+ mask_token where masked)
- *   -> [CLS + pos[0], registers (no pos), patches + pos[1:]] -> depth x pre-norm blocks
- *      x = x + ls1 * attn(norm1(x));  x = x + ls2 * ffn(norm2(x))
- *   -> final LayerNorm -> CLS, registers, patches.
+ *   image [B,H,W,3] -> patches (matMul over p x p x 3 pixels, + bias unless !patch_bias)
+ *   -> (+ mask_token where masked)
+ *   -> [CLS + pos[0], registers (no pos), patches + pos[1:]]     (pos_embed_cls: DINOv2, DINO, CLIP)
+ *      [CLS, registers, patches + pos]                            (!pos_embed_cls: DeiT-III)
+ *   -> (norm_pre LayerNorm: pre_norm, CLIP's ln_pre)
+ *   -> depth x pre-norm blocks
+ *      x = x + ls1 * attn(norm1(x));  x = x + ls2 * ffn(norm2(x))   (no ls when layerscale_init is null)
+ *      ffn: fc2(act(fc1(x))), act = exact GELU or QuickGELU; or SwiGLU
+ *   -> final LayerNorm -> CLS, registers, patches (registers and patches unnormalised when !final_norm_tokens)
+ *   -> (pooled = CLS @ proj: proj_dim, CLIP's ln_post(x[:, 0]) @ proj).
  *
- * Parameters carry the official DINOv2 state-dict names. Linear weights are stored transposed, [in, out],
- * and the patch embedding as a [p*p*3, D] matrix, so the forward pass is plain 2-D matMuls; weights.ts
- * converts from and to PyTorch's layouts.
+ * Parameters carry the official DINOv2 state-dict names, plus `norm_pre.weight/bias` (timm's name) and
+ * `proj` [D, proj_dim] (CLIP's). Linear weights are stored transposed, [in, out], and the patch embedding
+ * as a [p*p*3, D] matrix, so the forward pass is plain 2-D matMuls; weights.ts converts from and to every
+ * family's names and PyTorch's layouts.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { Rng } from '@vitreg/core';
-import { ffnHiddenDim, posGrid, validateConfig, type ViTConfig } from './config.js';
+import { ffnHiddenDim, posGrid, posLength, validateConfig, type ViTConfig } from './config.js';
 import { posEmbedMatrices } from './interpolate.js';
 import { geluLinear, layerNorm, linear, matMul2d, multiHeadAttention, reshape, residual, silu } from './ops.js';
+
+/** QuickGELU, x * sigmoid(1.702 x), as open_clip's `QuickGELU` and OpenAI CLIP's (built-in gradients). */
+export function quickGelu<R extends tf.Rank>(x: tf.Tensor<R>): tf.Tensor<R> {
+  return tf.mul(x, tf.sigmoid(tf.mul(x, 1.702))) as tf.Tensor<R>;
+}
 
 export interface ForwardOptions {
   /** Return the softmax attention of the last block, of every block, or none (default). */
@@ -38,10 +51,12 @@ export interface ForwardOptions {
 export interface ViTOutput {
   /** Normalised CLS token [B, D]. */
   cls: tf.Tensor2D;
-  /** Normalised register tokens [B, R, D]. */
+  /** Register tokens [B, R, D], normalised (unless the config's final_norm_tokens is false). */
   registers: tf.Tensor3D;
-  /** Normalised patch tokens [B, P, D], row-major over the patch grid. */
+  /** Patch tokens [B, P, D], row-major over the patch grid, normalised (unless final_norm_tokens is false). */
   patches: tf.Tensor3D;
+  /** The projected CLS token [B, proj_dim], cls @ proj (CLIP's image embedding); only when proj_dim is set. */
+  pooled?: tf.Tensor2D;
   /** Last block's output before the final norm, [B, 1+R+P, D]. */
   prenorm: tf.Tensor3D;
   /** Patch rows and columns. */
@@ -60,16 +75,19 @@ export interface ViTOutput {
 export function parameterShapes(c: ViTConfig): Record<string, number[]> {
   const D = c.embed_dim;
   const p = c.patch_size;
-  const grid = posGrid(c);
   const hidden = ffnHiddenDim(c);
   const shapes: Record<string, number[]> = {
     cls_token: [1, 1, D],
-    pos_embed: [1, 1 + grid * grid, D],
+    pos_embed: [1, posLength(c), D],
   };
   if (c.num_register_tokens > 0) shapes.register_tokens = [1, c.num_register_tokens, D];
   shapes.mask_token = [1, D];
   shapes['patch_embed.proj.weight'] = [p * p * 3, D];
-  shapes['patch_embed.proj.bias'] = [D];
+  if (c.patch_bias) shapes['patch_embed.proj.bias'] = [D];
+  if (c.pre_norm) {
+    shapes['norm_pre.weight'] = [D];
+    shapes['norm_pre.bias'] = [D];
+  }
   for (let i = 0; i < c.depth; i++) {
     const b = `blocks.${i}.`;
     shapes[`${b}norm1.weight`] = [D];
@@ -91,6 +109,7 @@ export function parameterShapes(c: ViTConfig): Record<string, number[]> {
   }
   shapes['norm.weight'] = [D];
   shapes['norm.bias'] = [D];
+  if (c.proj_dim !== null) shapes.proj = [D, c.proj_dim];
   return shapes;
 }
 
@@ -122,7 +141,10 @@ export function dropPathFactors(draws: number[], rate: number, batchSubset: bool
   return out;
 }
 
-/** DINOv2's initialisation (timm ViT init): trunc-normal .02 Linear/pos, tiny CLS/registers, LayerScale. */
+/**
+ * DINOv2's initialisation (timm ViT init): trunc-normal .02 Linear/pos, tiny CLS/registers, LayerScale;
+ * CLIP's projection as open_clip's: normal with std D^-0.5.
+ */
 function initialValue(name: string, shape: number[], c: ViTConfig, rng: Rng): Float32Array {
   const n = shape.reduce((a, b) => a * b, 1);
   const out = new Float32Array(n);
@@ -136,8 +158,9 @@ function initialValue(name: string, shape: number[], c: ViTConfig, rng: Rng): Fl
   };
   if (name === 'mask_token' || (name.endsWith('.bias') && !name.startsWith('patch_embed'))) return out;
   if (name.endsWith('ls1.gamma') || name.endsWith('ls2.gamma')) return out.fill(c.layerscale_init ?? 1);
-  if (/(^|\.)norm\d?\.weight$/.test(name)) return out.fill(1);
+  if (/(^|\.)norm(\d|_pre)?\.weight$/.test(name)) return out.fill(1);
   if (name === 'cls_token' || name === 'register_tokens') normal(1e-6);
+  else if (name === 'proj') normal(c.embed_dim ** -0.5);
   else if (name === 'pos_embed') normal(0.02);
   else if (name.startsWith('patch_embed')) {
     // PyTorch's Conv2d default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
@@ -179,22 +202,27 @@ export class VisionTransformer {
     return p;
   }
 
-  /** Positional embedding for a gh x gw patch grid: [1, 1 + gh*gw, D], DINOv2's interpolation. */
+  /**
+   * Positional embedding for a gh x gw patch grid, laid out as `pos_embed`: [1, 1 + gh*gw, D] with the
+   * class slot first, or [1, gh*gw, D] without (pos_embed_cls false). The patch grid is resampled as the
+   * config says (DINOv2's / DINO's interpolate_pos_encoding, timm's resample_abs_pos_embed); the class
+   * slot is kept as is.
+   */
   positionalEmbedding(gh: number, gw: number): tf.Tensor3D {
     const c = this.config;
     const grid = posGrid(c);
     const pos = this.param('pos_embed');
     if (gh === grid && gw === grid) return pos as unknown as tf.Tensor3D;
     const D = c.embed_dim;
+    const first = c.pos_embed_cls ? 1 : 0;
     const { rows, cols } = posEmbedMatrices(grid, gh, gw, { antialias: c.interpolate_antialias, offset: c.interpolate_offset });
-    const classPos = tf.slice(pos, [0, 0, 0], [1, 1, D]);
-    const patchPos = tf.reshape(tf.slice(pos, [0, 1, 0], [1, grid * grid, D]), [grid, grid * D]);
+    const patchPos = tf.reshape(tf.slice(pos, [0, first, 0], [1, grid * grid, D]), [grid, grid * D]);
     // rows: [gh, grid] @ [grid, grid*D] -> [gh, grid, D] -> [grid, gh*D]; cols: [gw, grid] @ -> [gw, gh, D].
     const byRows = matMul2d(tf.tensor2d(Float32Array.from(rows), [gh, grid]), patchPos as tf.Tensor2D);
     const swapped = tf.reshape(tf.transpose(tf.reshape(byRows, [gh, grid, D]), [1, 0, 2]), [grid, gh * D]);
     const byCols = matMul2d(tf.tensor2d(Float32Array.from(cols), [gw, grid]), swapped as tf.Tensor2D);
-    const resized = tf.reshape(tf.transpose(tf.reshape(byCols, [gw, gh, D]), [1, 0, 2]), [1, gh * gw, D]);
-    return tf.concat([classPos, resized], 1) as tf.Tensor3D;
+    const resized = tf.reshape(tf.transpose(tf.reshape(byCols, [gw, gh, D]), [1, 0, 2]), [1, gh * gw, D]) as tf.Tensor3D;
+    return c.pos_embed_cls ? (tf.concat([tf.slice(pos, [0, 0, 0], [1, 1, D]), resized], 1) as tf.Tensor3D) : resized;
   }
 
   /** Patch embedding of NHWC images: [B, gh*gw, D] as a matMul over non-overlapping p x p x 3 patches. */
@@ -206,7 +234,7 @@ export class VisionTransformer {
     // [B, gh, p, gw, p*3] -> [B, gh, gw, p, p*3]: rows of (kh, kw, c), the layout of patch_embed.proj.weight.
     const x = tf.transpose(tf.reshape(images, [B * gh, p, gw, p * C]), [0, 2, 1, 3]);
     const rows = reshape<tf.Rank.R3>(x, [B, gh * gw, p * p * C]);
-    return linear(rows, this.param('patch_embed.proj.weight'), this.param('patch_embed.proj.bias'));
+    return linear(rows, this.param('patch_embed.proj.weight'), this.params['patch_embed.proj.bias']);
   }
 
   /**
@@ -242,11 +270,13 @@ export class VisionTransformer {
     }
     const pos = this.positionalEmbedding(gh, gw);
     const P = gh * gw;
-    const cls = tf.tile(tf.add(this.param('cls_token'), tf.slice(pos, [0, 0, 0], [1, 1, D])), [B, 1, 1]);
-    const parts: tf.Tensor[] = [cls];
+    const first = c.pos_embed_cls ? 1 : 0;
+    const clsToken = c.pos_embed_cls ? tf.add(this.param('cls_token'), tf.slice(pos, [0, 0, 0], [1, 1, D])) : this.param('cls_token');
+    const parts: tf.Tensor[] = [tf.tile(clsToken, [B, 1, 1])];
     if (R > 0) parts.push(tf.tile(this.param('register_tokens'), [B, 1, 1]));
-    parts.push(tf.add(x, tf.slice(pos, [0, 1, 0], [1, P, D])));
+    parts.push(tf.add(x, tf.slice(pos, [0, first, 0], [1, P, D])));
     x = tf.concat(parts, 1) as tf.Tensor3D;
+    if (c.pre_norm) x = layerNorm(x, this.param('norm_pre.weight'), this.param('norm_pre.bias'), c.norm_eps);
 
     const want = opts.attention ?? 'none';
     const attentions: tf.Tensor4D[] = [];
@@ -279,14 +309,17 @@ export class VisionTransformer {
       if (opts.layers) layers.push(x);
     }
     const normed = layerNorm(x, this.param('norm.weight'), this.param('norm.bias'), c.norm_eps);
+    const tokens = c.final_norm_tokens ? normed : x;
+    const cls = tf.reshape(tf.slice(normed, [0, 0, 0], [B, 1, D]), [B, D]) as tf.Tensor2D;
     const out: ViTOutput = {
-      cls: tf.reshape(tf.slice(normed, [0, 0, 0], [B, 1, D]), [B, D]),
-      registers: tf.slice(normed, [0, 1, 0], [B, R, D]),
-      patches: tf.slice(normed, [0, 1 + R, 0], [B, P, D]),
+      cls,
+      registers: tf.slice(tokens, [0, 1, 0], [B, R, D]),
+      patches: tf.slice(tokens, [0, 1 + R, 0], [B, P, D]),
       prenorm: x,
       grid: [gh, gw],
       embeddings,
     };
+    if (c.proj_dim !== null) out.pooled = matMul2d(cls, this.param('proj') as unknown as tf.Tensor2D);
     if (want !== 'none') out.attention = attentions;
     if (opts.layers) out.layers = layers;
     if (keys) out.keys = keys;
@@ -332,6 +365,8 @@ export class VisionTransformer {
     if (c.ffn_layer === 'swiglu') {
       const [x1, x2] = tf.split(linear(h2, P('mlp.w12.weight'), P('mlp.w12.bias')), 2, 2);
       f = linear(tf.mul(silu(x1), x2) as tf.Tensor3D, P('mlp.w3.weight'), P('mlp.w3.bias'));
+    } else if (c.act_layer === 'quick_gelu') {
+      f = linear(quickGelu(linear(h2, P('mlp.fc1.weight'), P('mlp.fc1.bias'))), P('mlp.fc2.weight'), P('mlp.fc2.bias'));
     } else {
       f = geluLinear(linear(h2, P('mlp.fc1.weight'), P('mlp.fc1.bias')), P('mlp.fc2.weight'), P('mlp.fc2.bias'));
     }
