@@ -1,7 +1,7 @@
 /**
  * Number-for-number parity with each model family's official code (fixtures in test/fixtures/families,
  * written by make_families.py): every output (CLS, registers, patches, pre-norm tokens, last attention,
- * last keys, every block's patch tokens, CLIP's pooled embedding) within numpy.allclose(atol=1e-4,
+ * last keys and values, every block's patch tokens, CLIP's pooled embedding) within numpy.allclose(atol=1e-4,
  * rtol=1e-4), the tolerance of the DINOv2 parity, for every weight file in every naming the family is
  * released in, on the wasm and the pure-JS cpu backends:
  * - DINO (facebookresearch/dino): 64x64 batch 2 (the training size), 96x96, 64x112 and 80x48 (its legacy
@@ -42,7 +42,7 @@ export async function familyReference(name: string): Promise<Ref> {
 
 async function outputs(model: VisionTransformer, input: { shape: number[]; data: Float32Array }) {
   const x = tf.tensor4d(input.data, input.shape as [number, number, number, number]);
-  const out = model.forward(x, { attention: 'last', layers: true, keys: true });
+  const out = model.forward(x, { attention: 'last', layers: true, keys: true, values: true });
   const R = model.config.num_register_tokens;
   const res = {
     cls: await out.cls.data(),
@@ -52,9 +52,10 @@ async function outputs(model: VisionTransformer, input: { shape: number[]; data:
     pooled: out.pooled ? await out.pooled.data() : undefined,
     last_attn: await out.attention![0].data(),
     last_keys: await out.keys!.data(),
+    last_values: await out.values!.data(),
     layers: await Promise.all(out.layers!.map((l) => tf.tidy(() => tf.slice(l, [0, 1 + R, 0], [l.shape[0], l.shape[1] - 1 - R, l.shape[2]])).data())),
   };
-  tf.dispose([x, out.cls, out.registers, out.patches, out.prenorm, out.embeddings, ...out.attention!, ...out.layers!, out.keys!]);
+  tf.dispose([x, out.cls, out.registers, out.patches, out.prenorm, out.embeddings, ...out.attention!, ...out.layers!, out.keys!, out.values!]);
   if (out.pooled) out.pooled.dispose();
   return res;
 }
@@ -108,7 +109,7 @@ for (const backend of ['wasm', 'cpu'] as const) {
         for (const input of c.inputs) {
           const o = await outputs(model, r[`${input}.input_nhwc`]!);
           const want = (name: string) => r[`${input}.${c.rename?.[name] ?? name}`];
-          for (const name of ['cls', 'registers', 'patches', 'prenorm', 'pooled', 'last_attn', 'last_keys'] as const) {
+          for (const name of ['cls', 'registers', 'patches', 'prenorm', 'pooled', 'last_attn', 'last_keys', 'last_values'] as const) {
             if (c.skip?.includes(name) || (name === 'registers' && model.config.num_register_tokens === 0)) continue;
             if (name === 'pooled' && !want('pooled')) {
               assert.equal(o.pooled, undefined, 'a pooled output without a projection');
