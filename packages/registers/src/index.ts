@@ -4,3 +4,7 @@ export * from './ops.js';
 export * from './model.js';
 export * from './weights.js';
 export * from './analysis.js';
+export * from './encoder.js';
+export * from './onnx-export.js';
+export * from './onnx-encoder.js';
+export { decodeModel, readOnnxInfo, type OnnxFileInfo } from './onnx-proto.js';

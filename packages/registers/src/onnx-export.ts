@@ -26,7 +26,7 @@ import { checkStateDict, type StateDict } from './weights.js';
  * What an exported graph can return, named as ViTOutput's fields: 'attention' is the last block's
  * softmax attention, 'attention:all' every block's; 'layers' every block's output tokens.
  */
-export const ONNX_OUTPUTS = ['cls', 'registers', 'patches', 'prenorm', 'embeddings', 'attention', 'attention:all', 'keys', 'values', 'layers'] as const;
+export const ONNX_OUTPUTS = ['cls', 'registers', 'patches', 'prenorm', 'pooled', 'embeddings', 'attention', 'attention:all', 'keys', 'values', 'layers'] as const;
 export type OnnxOutput = (typeof ONNX_OUTPUTS)[number];
 export const DEFAULT_ONNX_OUTPUTS: OnnxOutput[] = ['cls', 'registers', 'patches', 'prenorm'];
 
@@ -38,6 +38,8 @@ export interface OnnxExportOptions {
   outputs?: readonly OnnxOutput[];
   /** Weight storage: float32 (default) or float16 (cast to float32 in the graph; compute stays float32). */
   weightType?: 'float32' | 'float16';
+  /** Blocks whose attention, keys and values are not outputs use ONNX Runtime's com.microsoft.Attention. */
+  contribAttention?: boolean;
 }
 
 /** Metadata keys an export writes into ModelProto.metadata_props. */
@@ -51,7 +53,30 @@ const HANDLED = new Set([
   'embed_dim', 'depth', 'num_heads', 'patch_size', 'num_register_tokens', 'mlp_ratio', 'ffn_layer', 'img_size',
   'interpolate_antialias', 'interpolate_offset', 'layerscale_init', 'qkv_bias', 'proj_bias', 'ffn_bias',
   'drop_path_rate', 'drop_path_uniform', 'drop_path_batch_subset', 'norm_eps',
+  'act_layer', 'pos_embed_cls', 'patch_bias', 'pre_norm', 'proj_dim', 'final_norm_tokens',
 ]);
+
+/** The model-family fields (DINO, DeiT-III, CLIP), with DINOv2's values where a config lacks them. */
+interface Family {
+  act: 'gelu' | 'quick_gelu';
+  posCls: boolean;
+  patchBias: boolean;
+  preNorm: boolean;
+  projDim: number | null;
+  finalNormTokens: boolean;
+}
+
+function family(c: ViTConfig): Family {
+  const f = c as unknown as Record<string, unknown>;
+  return {
+    act: (f.act_layer ?? 'gelu') as Family['act'],
+    posCls: (f.pos_embed_cls ?? true) as boolean,
+    patchBias: (f.patch_bias ?? true) as boolean,
+    preNorm: (f.pre_norm ?? false) as boolean,
+    projDim: (f.proj_dim ?? null) as number | null,
+    finalNormTokens: (f.final_norm_tokens ?? true) as boolean,
+  };
+}
 
 /** Throws "ONNX export does not support <field>=<value> yet" for config values the graph cannot express. */
 export function checkExportable(c: ViTConfig): void {
@@ -62,6 +87,8 @@ export function checkExportable(c: ViTConfig): void {
     throw unsupported(k, v);
   }
   if (c.ffn_layer !== 'mlp' && c.ffn_layer !== 'swiglu') throw unsupported('ffn_layer', c.ffn_layer);
+  const act = family(c).act;
+  if (act !== 'gelu' && act !== 'quick_gelu') throw unsupported('act_layer', act);
 }
 
 /** The graph's output names and shapes for a config, size and output list (graph order). */
@@ -77,6 +104,8 @@ export function onnxOutputValues(c: ViTConfig, height: number, width: number, ou
   if (want.has('registers') && R > 0) out.push({ name: 'registers', dims: ['batch', R, D] });
   if (want.has('patches')) out.push({ name: 'patches', dims: ['batch', P, D] });
   if (want.has('prenorm')) out.push({ name: 'prenorm', dims: ['batch', N, D] });
+  const projDim = family(c).projDim;
+  if (want.has('pooled') && projDim !== null) out.push({ name: 'pooled', dims: ['batch', projDim] });
   if (want.has('embeddings')) out.push({ name: 'embeddings', dims: ['batch', P, D] });
   for (let i = 0; i < c.depth; i++) {
     if (want.has('attention:all') || (want.has('attention') && i === c.depth - 1)) out.push({ name: `attention.${i}`, dims: ['batch', H, N, N] });
@@ -94,11 +123,14 @@ function transposed(data: Float32Array, rows: number, cols: number): Float32Arra
   return out;
 }
 
-/** The positional embedding of the patches for a gh x gw grid, [gh * gw, D], resampled in float64. */
+/**
+ * The positional embedding of the patches for a gh x gw grid, [gh * gw, D], resampled in float64 with
+ * interpolate.ts's matrices (as model.ts's positionalEmbedding). `pos` is the whole pos_embed.
+ */
 export function resampledPatchPositions(c: ViTConfig, pos: Float32Array, gh: number, gw: number): Float32Array {
   const g = posGrid(c);
   const D = c.embed_dim;
-  const patchPos = pos.subarray(D); // pos_embed [1, 1 + g*g, D] without the class position
+  const patchPos = family(c).posCls ? pos.subarray(D) : pos; // without the class slot, if any
   if (gh === g && gw === g) return patchPos.slice();
   const { rows, cols } = posEmbedMatrices(g, gh, gw, { antialias: c.interpolate_antialias, offset: c.interpolate_offset });
   const byRows = new Float64Array(gh * g * D); // [gh, g(cols), D]
@@ -138,6 +170,7 @@ function checkOptions(c: ViTConfig, opts: OnnxExportOptions): OnnxOutput[] {
     if (!(ONNX_OUTPUTS as readonly string[]).includes(o)) throw new Error(`ONNX export: unknown output "${o}"; expected some of ${ONNX_OUTPUTS.join(', ')}`);
   }
   if (outputs.length === 0) throw new Error('ONNX export: no outputs requested');
+  if (outputs.includes('pooled') && family(c).projDim === null) throw new Error('ONNX export: output "pooled" needs a config with proj_dim (a CLIP image tower)');
   return outputs;
 }
 
@@ -162,6 +195,7 @@ export function buildOnnxGraph(c: ViTConfig, sd: StateDict, opts: OnnxExportOpti
   const N = 1 + R + P;
   const hidden = ffnHiddenDim(c);
   const fold = weightType === 'float32' && c.layerscale_init !== null;
+  const fam = family(c);
   const wantValues = onnxOutputValues(c, opts.height, opts.width, outputs);
   const wanted = new Set(wantValues.map((v) => v.name));
   /** A graph output keeps its public name; anything else gets a fresh internal one. */
@@ -185,17 +219,20 @@ export function buildOnnxGraph(c: ViTConfig, sd: StateDict, opts: OnnxExportOpti
 
   // Patch embedding: NHWC -> NCHW, Conv p x p stride p, [B, D, gh, gw] -> [B, P, D].
   const nchw = g.op('Transpose', ['images'], 'images_nchw', { perm: [0, 3, 1, 2] });
-  const conv = g.op('Conv', [nchw, g.weight('patch_embed.proj.weight', t('patch_embed.proj.weight'), [D, 3, p, p]), g.weight('patch_embed.proj.bias', t('patch_embed.proj.bias'), [D])], 'patch_conv', {
+  const convInputs = [nchw, g.weight('patch_embed.proj.weight', t('patch_embed.proj.weight'), [D, 3, p, p])];
+  if (fam.patchBias) convInputs.push(g.weight('patch_embed.proj.bias', t('patch_embed.proj.bias'), [D]));
+  const conv = g.op('Conv', convInputs, 'patch_conv', {
     kernel_shape: [p, p],
     strides: [p, p],
   });
   const flat = g.op('Reshape', [conv, g.int64([0, D, P])], 'patch_flat');
   const embeddings = g.op('Transpose', [flat], out('embeddings', 'embeddings_'), { perm: [0, 2, 1] });
 
-  // Tokens [CLS + pos[0], registers, patches + pos[1:]]: the prefix is one constant expanded over the batch.
+  // Tokens [CLS + pos[0], registers, patches + pos[1:]] (CLS without position when pos_embed has no
+  // class slot): the prefix is one constant expanded over the batch.
   const pos = t('pos_embed');
   const prefix = new Float32Array((1 + R) * D);
-  for (let d = 0; d < D; d++) prefix[d] = Math.fround(t('cls_token')[d]! + pos[d]!);
+  for (let d = 0; d < D; d++) prefix[d] = fam.posCls ? Math.fround(t('cls_token')[d]! + pos[d]!) : t('cls_token')[d]!;
   if (R > 0) prefix.set(t('register_tokens'), D);
   const batch = g.op('Slice', [g.op('Shape', ['images'], 'in_shape'), g.int64([0]), g.int64([1])], 'batch');
   const prefixShape = g.op('Concat', [batch, g.int64([1 + R, D])], 'prefix_shape', { axis: 0 });
@@ -203,15 +240,12 @@ export function buildOnnxGraph(c: ViTConfig, sd: StateDict, opts: OnnxExportOpti
   const patchPos = g.floats('patch_pos', resampledPatchPositions(c, pos, gh, gw), [1, P, D]);
   const patches0 = g.op('Add', [embeddings, patchPos], 'patch_tokens');
   let x = g.op('Concat', [prefixTokens, patches0], 'tokens', { axis: 1 });
+  if (fam.preNorm) x = layerNorm(x, 'norm_pre', 'tokens_pre_normed');
 
   const scale = new Float32Array([1 / Math.sqrt(hd)]);
-  for (let i = 0; i < c.depth; i++) {
-    const b = `blocks.${i}`;
-    const last = i === c.depth - 1;
-    const ls1 = c.layerscale_init !== null ? t(`${b}.ls1.gamma`) : undefined;
-    const ls2 = c.layerscale_init !== null ? t(`${b}.ls2.gamma`) : undefined;
-    // Attention: [B, N, 3D] -> [B, N, 3, H, hd] -> [3, B, H, N, hd] -> q, k, v [B, H, N, hd].
-    const qkv = linear(layerNorm(x, `${b}.norm1`), `${b}.attn.qkv`, D, 3 * D);
+  /** Attention as MatMul / Softmax / MatMul: [B, N, 3D] -> [B, N, 3, H, hd] -> [3, B, H, N, hd] -> q, k, v. */
+  const attention = (h1: string, b: string, i: number, last: boolean): string => {
+    const qkv = linear(h1, `${b}.attn.qkv`, D, 3 * D);
     const heads = g.op('Transpose', [g.op('Reshape', [qkv, g.int64([0, N, 3, H, hd])], `${b}.qkv5`)], `${b}.qkv_heads`, { perm: [2, 0, 3, 1, 4] });
     const part = (k: number, name: string) => g.op('Gather', [heads, g.int64([k], [])], last ? out(name, `${b}.${name}`) : `${b}.${name}`, { axis: 0 });
     const q = part(0, 'queries');
@@ -220,7 +254,22 @@ export function buildOnnxGraph(c: ViTConfig, sd: StateDict, opts: OnnxExportOpti
     const scores = g.op('MatMul', [g.op('Mul', [q, g.floats(`${b}.scale`, scale, [])], `${b}.q_scaled`), g.op('Transpose', [k], `${b}.keys_t`, { perm: [0, 1, 3, 2] })], `${b}.scores`);
     const attn = g.op('Softmax', [scores], out(`attention.${i}`, `${b}.attn`), { axis: -1 });
     const perToken = g.op('Transpose', [g.op('MatMul', [attn, v], `${b}.attn_v`)], `${b}.attn_t`, { perm: [0, 2, 1, 3] });
-    const merged = g.op('Reshape', [perToken, g.int64([0, N, D])], `${b}.attn_merged`);
+    return g.op('Reshape', [perToken, g.int64([0, N, D])], `${b}.attn_merged`);
+  };
+  /** ONNX Runtime's com.microsoft.Attention (qkv projection, softmax(q k^T / sqrt(hd)) v in one kernel). */
+  const contribAttention = (h1: string, b: string): string => {
+    const w = transposed(t(`${b}.attn.qkv.weight`), 3 * D, D);
+    const bias = sd[`${b}.attn.qkv.bias`]?.data ?? new Float32Array(3 * D);
+    return g.node('Attention', [h1, g.weight(`${b}.attn.qkv.weight`, w, [D, 3 * D]), g.weight(`${b}.attn.qkv.bias`, bias, [3 * D])], `${b}.attn_merged`, { num_heads: H }, 'com.microsoft')[0]!;
+  };
+  for (let i = 0; i < c.depth; i++) {
+    const b = `blocks.${i}`;
+    const last = i === c.depth - 1;
+    const ls1 = c.layerscale_init !== null ? t(`${b}.ls1.gamma`) : undefined;
+    const ls2 = c.layerscale_init !== null ? t(`${b}.ls2.gamma`) : undefined;
+    const h1 = layerNorm(x, `${b}.norm1`);
+    const needs = wanted.has(`attention.${i}`) || (last && (wanted.has('keys') || wanted.has('values')));
+    const merged = opts.contribAttention && !needs ? contribAttention(h1, b) : attention(h1, b, i, last);
     let a = linear(merged, `${b}.attn.proj`, D, D, fold ? ls1 : undefined);
     if (ls1 && !fold) a = g.op('Mul', [a, g.weight(`${b}.ls1.gamma`, ls1, [D])], `${b}.ls1`);
     x = g.op('Add', [x, a], `${b}.res1`);
@@ -233,6 +282,10 @@ export function buildOnnxGraph(c: ViTConfig, sd: StateDict, opts: OnnxExportOpti
       const [x1, x2] = g.node('Split', [x12, g.int64([hidden, hidden])], [`${b}.x1`, `${b}.x2`], { axis: -1 });
       const gated = g.op('Mul', [g.op('Mul', [x1!, g.op('Sigmoid', [x1!], `${b}.sig`)], `${b}.silu`), x2!], `${b}.gated`);
       f = linear(gated, `${b}.mlp.w3`, hidden, D, fold ? ls2 : undefined);
+    } else if (fam.act === 'quick_gelu') {
+      const h = linear(h2, `${b}.mlp.fc1`, D, hidden);
+      const sig = g.op('Sigmoid', [g.op('Mul', [h, g.floats(`${b}.qg`, new Float32Array([1.702]), [])], `${b}.qg_mul`)], `${b}.qg_sig`);
+      f = linear(g.op('Mul', [h, sig], `${b}.quick_gelu`), `${b}.mlp.fc2`, hidden, D, fold ? ls2 : undefined);
     } else {
       const h = linear(h2, `${b}.mlp.fc1`, D, hidden);
       const erf = g.op('Erf', [g.op('Div', [h, g.floats(`${b}.sqrt2`, new Float32Array([Math.SQRT2]), [])], `${b}.gelu_div`)], `${b}.gelu_erf`);
@@ -247,9 +300,11 @@ export function buildOnnxGraph(c: ViTConfig, sd: StateDict, opts: OnnxExportOpti
   }
 
   const normed = layerNorm(x, 'norm', 'normed');
-  if (wanted.has('cls')) g.op('Gather', [normed, g.int64([0], [])], '=cls', { axis: 1 });
-  if (wanted.has('registers')) g.op('Slice', [normed, g.int64([1]), g.int64([1 + R]), g.int64([1])], '=registers');
-  if (wanted.has('patches')) g.op('Slice', [normed, g.int64([1 + R]), g.int64([N]), g.int64([1])], '=patches');
+  const cls = g.op('Gather', [normed, g.int64([0], [])], out('cls', 'cls_'), { axis: 1 });
+  if (wanted.has('pooled')) g.op('MatMul', [cls, g.weight('proj', t('proj'), [D, fam.projDim!])], '=pooled');
+  const tokens = fam.finalNormTokens ? normed : x;
+  if (wanted.has('registers')) g.op('Slice', [tokens, g.int64([1]), g.int64([1 + R]), g.int64([1])], '=registers');
+  if (wanted.has('patches')) g.op('Slice', [tokens, g.int64([1 + R]), g.int64([N]), g.int64([1])], '=patches');
 
   const metadata = {
     [ONNX_METADATA.config]: JSON.stringify(c),

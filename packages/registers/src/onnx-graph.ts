@@ -142,7 +142,7 @@ export class GraphBuilder {
       ir_version: ONNX_IR_VERSION,
       producer_name: 'vitreg',
       producer_version: '0.1.0',
-      opset_import: [{ domain: '', version: ONNX_OPSET }],
+      opset_import: [{ domain: '', version: ONNX_OPSET }, ...(this.nodes.some((n) => n.domain === 'com.microsoft') ? [{ domain: 'com.microsoft', version: 1 }] : [])],
       graph: { name: 'vitreg_vit', node: this.nodes, initializer, input: inputs.map(valueInfo), output: outputs.map(valueInfo) },
       metadata_props: Object.entries(metadata).map(([key, value]) => ({ key, value })),
     };

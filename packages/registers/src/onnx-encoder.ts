@@ -1,0 +1,270 @@
+/**
+ * The ONNX Runtime engine (onnxruntime-node, an optional dependency): a forward-only Encoder that runs the
+ * graph of onnx-export.ts. Built from weights, it exports and caches one session per input size and
+ * output set (exporting takes milliseconds to seconds; nothing is written to disk unless the weights pass
+ * 1.8 GiB, which need ONNX's external data and so a file). Built from an exported .onnx file, it runs
+ * that file's one size and outputs.
+ *
+ * Devices: 'cpu' (the library inside the npm package), 'cuda' (ONNX Runtime's CUDA 12 provider, which
+ * onnxruntime-node's install script downloads on Linux x64 when allowed), 'webgpu' (bundled on Linux x64,
+ * Windows and macOS; needs a GPU driver that Dawn finds).
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { InferenceSession, Tensor } from 'onnxruntime-node';
+import { validateConfig, type ViTConfig } from './config.js';
+import { checkImageBatch, type EncodeOptions, type Encoder, type EncoderOutput, type HostArray, type ImageBatch } from './encoder.js';
+import { checkExportable, exportOnnx, onnxModelBytes, ONNX_METADATA, ONNX_OUTPUTS, type OnnxOutput } from './onnx-export.js';
+import { readOnnxInfo } from './onnx-proto.js';
+import { checkStateDict, type StateDict } from './weights.js';
+
+type Ort = typeof import('onnxruntime-node');
+
+export const ONNX_DEVICES = ['cpu', 'cuda', 'webgpu'] as const;
+export type OnnxDevice = (typeof ONNX_DEVICES)[number];
+
+export interface OnnxEncoderOptions {
+  /** Execution provider (default cpu). */
+  device?: OnnxDevice;
+  /** Intra-op threads (default: ONNX Runtime's, one per physical core). */
+  threads?: number;
+  /** Weight storage of graphs built from weights (default float32). */
+  weightType?: 'float32' | 'float16';
+}
+
+let ortPromise: Promise<Ort> | undefined;
+
+/**
+ * Loads onnxruntime-node. Throws one line saying how to install it when it is missing or its native
+ * library does not load on this machine.
+ */
+export async function loadOnnxRuntime(): Promise<Ort> {
+  ortPromise ??= (async () => {
+    const name = 'onnxruntime-node'; // a variable: bundlers leave the optional dependency out
+    try {
+      const mod = (await import(name)) as Ort & { default?: Ort };
+      const ort = (mod.InferenceSession ? mod : mod.default) as Ort;
+      if (!ort?.InferenceSession) throw new Error('no InferenceSession export');
+      ort.env.logLevel = 'fatal'; // its errors reach the caller as exceptions, worded by sessionError
+      return ort;
+    } catch (err) {
+      ortPromise = undefined;
+      throw new Error(`ONNX Runtime is not available: onnxruntime-node could not be loaded (${firstLine(err)}); install it with npm install onnxruntime-node (its install script is not needed for the CPU)`);
+    }
+  })();
+  return ortPromise;
+}
+
+/** Whether onnxruntime-node loads here (what engine 'auto' asks). */
+export async function onnxRuntimeAvailable(): Promise<boolean> {
+  return loadOnnxRuntime().then(() => true, () => false);
+}
+
+function firstLine(err: unknown): string {
+  return String((err as Error)?.message ?? err).split('\n')[0]!.trim();
+}
+
+/** Session options for a device and thread count. */
+function sessionOptions(device: OnnxDevice, threads: number | undefined): InferenceSession.SessionOptions {
+  return {
+    executionProviders: [device],
+    graphOptimizationLevel: 'all',
+    executionMode: 'sequential',
+    interOpNumThreads: 1,
+    ...(threads ? { intraOpNumThreads: threads } : {}),
+    logSeverityLevel: 3,
+  };
+}
+
+/** Turns ONNX Runtime's session errors into one line naming the device or file. */
+function sessionError(err: unknown, device: OnnxDevice, what: string): Error {
+  const msg = firstLine(err);
+  if (device !== 'cpu' && /provider|cuda|webgpu|dawn|adapter|libcu|\.so/i.test(msg)) {
+    const how = device === 'cuda'
+      ? "ONNX Runtime's CUDA 12 provider is not installed or finds no GPU (reinstall onnxruntime-node with its install script allowed: ONNXRUNTIME_NODE_INSTALL=cuda12)"
+      : 'no WebGPU adapter was found (a GPU driver Dawn can use, e.g. Vulkan, is needed)';
+    return new Error(`--device ${device}: not available here: ${how} (${msg})`);
+  }
+  return new Error(`${what}: ONNX Runtime cannot load it: ${msg}`);
+}
+
+/** Requested outputs of an encode call, in the exporter's names. */
+function wantedOutputs(opts: EncodeOptions, config: ViTConfig): OnnxOutput[] {
+  const out: OnnxOutput[] = ['cls', 'registers', 'patches', 'prenorm'];
+  if ((config as unknown as { proj_dim?: number | null }).proj_dim) out.push('pooled');
+  if (opts.embeddings) out.push('embeddings');
+  if (opts.attention === 'last') out.push('attention');
+  if (opts.attention === 'all') out.push('attention:all');
+  if (opts.keys) out.push('keys');
+  if (opts.values) out.push('values');
+  if (opts.layers) out.push('layers');
+  return out;
+}
+
+interface SessionEntry {
+  session: InferenceSession;
+  outputs: Set<OnnxOutput>;
+  size: [number, number];
+}
+
+export class OnnxEncoder implements Encoder {
+  readonly engine = 'onnxruntime' as const;
+  readonly description: string;
+  private sessions = new Map<string, Promise<SessionEntry>>();
+  private tempDirs: string[] = [];
+
+  private constructor(
+    private ort: Ort,
+    readonly config: ViTConfig,
+    private source: { stateDict: StateDict } | { file: string; entry: Promise<SessionEntry> },
+    private opts: OnnxEncoderOptions,
+  ) {
+    const threads = opts.threads ? `${opts.threads} thread${opts.threads === 1 ? '' : 's'}` : 'default threads';
+    this.description = `onnxruntime ${ort.env.versions?.common ?? ''} ${opts.device ?? 'cpu'}, ${threads}`.replace('  ', ' ');
+  }
+
+  /** An encoder that exports a graph per input size from a config and a DINOv2-named state dict. */
+  static async fromWeights(config: ViTConfig, stateDict: StateDict, opts: OnnxEncoderOptions = {}): Promise<OnnxEncoder> {
+    const ort = await loadOnnxRuntime();
+    const enc = new OnnxEncoder(ort, config, { stateDict }, opts);
+    // Fail now, not at the first batch, on a config the exporter cannot express or weights that do not fit.
+    checkExportable(config);
+    checkStateDict(stateDict, config, 'ONNX encoder');
+    await enc.probeDevice();
+    return enc;
+  }
+
+  /** An encoder on an .onnx file written by `exportOnnx` / `vitreg export` (one input size). */
+  static async fromFile(path: string, opts: OnnxEncoderOptions = {}): Promise<OnnxEncoder> {
+    const ort = await loadOnnxRuntime();
+    const info = await readOnnxInfo(path);
+    const meta = info.metadata;
+    if (!meta[ONNX_METADATA.config] || !meta[ONNX_METADATA.input] || !meta[ONNX_METADATA.outputs]) {
+      throw new Error(`${path}: not a vitreg ONNX export (producer "${info.producer}", no ${ONNX_METADATA.config} in its metadata); export one with vitreg export`);
+    }
+    let config: ViTConfig;
+    let size: [number, number];
+    let outputs: OnnxOutput[];
+    try {
+      config = validateConfig(JSON.parse(meta[ONNX_METADATA.config]!), `${path}: metadata ${ONNX_METADATA.config}`);
+      size = JSON.parse(meta[ONNX_METADATA.input]!);
+      outputs = JSON.parse(meta[ONNX_METADATA.outputs]!);
+    } catch (err) {
+      throw new Error(`${path}: bad vitreg metadata: ${firstLine(err)}`);
+    }
+    const device = opts.device ?? 'cpu';
+    const entry = ort.InferenceSession.create(path, sessionOptions(device, opts.threads)).then(
+      (session) => ({ session, outputs: new Set(outputs), size }),
+      (err) => {
+        throw sessionError(err, device, path);
+      },
+    );
+    const enc = new OnnxEncoder(ort, config, { file: path, entry }, opts);
+    await entry;
+    return enc;
+  }
+
+  /** Starts a session on a one-patch graph so that an unavailable device fails at once, in one line. */
+  private async probeDevice(): Promise<void> {
+    if ((this.opts.device ?? 'cpu') === 'cpu') return;
+    const p = this.config.patch_size;
+    const entry = await this.sessionFor(p, p, ['cls']);
+    this.sessions.clear();
+    await entry.session.release();
+  }
+
+  private async sessionFor(h: number, w: number, outputs: OnnxOutput[]): Promise<SessionEntry> {
+    const src = this.source;
+    if ('file' in src) {
+      const entry = await src.entry;
+      if (entry.size[0] !== h || entry.size[1] !== w) {
+        throw new Error(`${src.file} was exported for ${entry.size[0]}x${entry.size[1]} images, got ${h}x${w}: export one for this size (vitreg export --size ${h}x${w}) or give the weights file`);
+      }
+      const optional = (o: OnnxOutput) => o === 'pooled' || (o === 'registers' && this.config.num_register_tokens === 0);
+      const missing = outputs.filter((o) => !entry.outputs.has(o) && !optional(o));
+      const implied = missing.filter((o) => !(o === 'attention' && entry.outputs.has('attention:all')));
+      if (implied.length > 0) {
+        throw new Error(`${src.file} has no output ${implied.map((o) => `"${o}"`).join(', ')} (it has ${[...entry.outputs].join(', ')}); export it with --outputs ${[...new Set([...entry.outputs, ...implied])].join(',')}`);
+      }
+      return entry;
+    }
+    const key = `${h}x${w}:${[...outputs].sort().join(',')}`;
+    let entry = this.sessions.get(key);
+    if (!entry) {
+      entry = this.createSession(src.stateDict, h, w, outputs);
+      this.sessions.set(key, entry);
+      entry.catch(() => this.sessions.delete(key));
+    }
+    return entry;
+  }
+
+  private async createSession(sd: StateDict, h: number, w: number, outputs: OnnxOutput[]): Promise<SessionEntry> {
+    const device = this.opts.device ?? 'cpu';
+    const exportOpts = { height: h, width: w, outputs, weightType: this.opts.weightType, contribAttention: device !== 'webgpu' };
+    const options = sessionOptions(device, this.opts.threads);
+    let session: InferenceSession;
+    const bytes = Object.values(sd).reduce((s, t) => s + t.data.length * (this.opts.weightType === 'float16' ? 2 : 4), 0);
+    try {
+      if (bytes < 1.8 * 2 ** 30) session = await this.ort.InferenceSession.create(onnxModelBytes(this.config, sd, exportOpts), options);
+      else {
+        const dir = await mkdtemp(join(tmpdir(), 'vitreg-onnx-'));
+        this.tempDirs.push(dir);
+        const file = join(dir, `model-${h}x${w}.onnx`);
+        await exportOnnx(file, this.config, sd, { ...exportOpts, externalData: true });
+        session = await this.ort.InferenceSession.create(file, options);
+      }
+    } catch (err) {
+      throw sessionError(err, device, `ONNX graph for ${h}x${w}`);
+    }
+    return { session, outputs: new Set(outputs), size: [h, w] };
+  }
+
+  async encode(images: ImageBatch, opts: EncodeOptions = {}): Promise<EncoderOutput> {
+    const c = this.config;
+    checkImageBatch(images, c.patch_size);
+    const [B, H, W] = images.shape;
+    const wanted = wantedOutputs(opts, c);
+    const entry = await this.sessionFor(H, W, wanted);
+    const feeds = { images: new this.ort.Tensor('float32', images.data, images.shape) };
+    let res: Record<string, Tensor>;
+    try {
+      res = await entry.session.run(feeds);
+    } catch (err) {
+      throw new Error(`ONNX Runtime failed on a ${B}x${H}x${W} batch: ${firstLine(err)}`);
+    }
+    const get = (name: string): HostArray => {
+      const t = res[name];
+      if (!t) throw new Error(`ONNX graph returned no output "${name}"`);
+      return { data: t.data as Float32Array, shape: t.dims.map(Number) };
+    };
+    const gh = H / c.patch_size;
+    const gw = W / c.patch_size;
+    const R = c.num_register_tokens;
+    const out: EncoderOutput = {
+      cls: get('cls'),
+      registers: R > 0 ? get('registers') : { data: new Float32Array(0), shape: [B, 0, c.embed_dim] },
+      patches: get('patches'),
+      prenorm: get('prenorm'),
+      grid: [gh, gw],
+    };
+    if (res.pooled) out.pooled = get('pooled');
+    if (opts.embeddings) out.embeddings = get('embeddings');
+    if (opts.attention === 'last') out.attention = [get(`attention.${c.depth - 1}`)];
+    if (opts.attention === 'all') out.attention = Array.from({ length: c.depth }, (_, i) => get(`attention.${i}`));
+    if (opts.layers) out.layers = Array.from({ length: c.depth }, (_, i) => get(`layers.${i}`));
+    if (opts.keys) out.keys = get('keys');
+    if (opts.values) out.values = get('values');
+    return out;
+  }
+
+  async dispose(): Promise<void> {
+    const entries = 'file' in this.source ? [this.source.entry] : [...this.sessions.values()];
+    this.sessions.clear();
+    for (const e of entries) await e.then((s) => s.session.release(), () => {});
+    for (const d of this.tempDirs) await rm(d, { recursive: true, force: true });
+  }
+}
+
+/** Output names an exported file may hold (for --outputs help and errors). */
+export const ONNX_OUTPUT_CHOICES: readonly OnnxOutput[] = ONNX_OUTPUTS;
