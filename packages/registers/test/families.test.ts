@@ -16,29 +16,14 @@
  */
 import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { initBackend, readSafetensors, toFloat32 } from '@vitreg/core';
+import { initBackend } from '@vitreg/core';
 import { loadWeights, type ViTConfig, type VisionTransformer } from '../src/index.ts';
+import { FAMILIES, familyReference } from './family-helpers.ts';
 import { allclose } from './helpers.ts';
 
-export const FAMILIES = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'families');
 const HEADS = { num_heads: 3 }; // the fixtures use head dim 16
-
-type Ref = Record<string, { shape: number[]; data: Float32Array }>;
-const refs = new Map<string, Ref>();
-
-/** The tensors of one reference file as Float32Arrays with shapes. */
-export async function familyReference(name: string): Promise<Ref> {
-  const cached = refs.get(name);
-  if (cached) return cached;
-  const { tensors } = await readSafetensors(join(FAMILIES, `${name}.reference.safetensors`));
-  const out: Ref = {};
-  for (const [k, t] of Object.entries(tensors)) out[k] = { shape: t.shape, data: toFloat32(t) };
-  refs.set(name, out);
-  return out;
-}
 
 async function outputs(model: VisionTransformer, input: { shape: number[]; data: Float32Array }) {
   const x = tf.tensor4d(input.data, input.shape as [number, number, number, number]);
