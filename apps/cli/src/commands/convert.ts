@@ -1,4 +1,7 @@
-/** `vitreg convert`: rewrite a checkpoint in DINOv2, timm or Hugging Face names, in F32, F16 or BF16. */
+/**
+ * `vitreg convert`: rewrite a checkpoint of any family in any naming (its own by default), in F32, F16 or
+ * BF16, with the model config in __metadata__.
+ */
 import { existsSync } from 'node:fs';
 import { writeSafetensors } from '@vitreg/core';
 import { encodeStateDict, NAMINGS, readWeights } from '@vitreg/registers';
@@ -6,19 +9,29 @@ import { choiceFlag, CliError, parseCommandArgs, type Command } from '../cli.js'
 import { configFlag } from '../inputs.js';
 
 const usage = `
-Usage: vitreg convert IN --to dinov2|timm|hf [--dtype f32|f16|bf16] --out OUT.safetensors
+Usage: vitreg convert IN [--to ${NAMINGS.join('|')}] [--dtype f32|f16|bf16] --out OUT.safetensors
                       [--model NAME] [--config JSON|FILE.json]
 
-Reads IN (.safetensors or .pth, any of the three namings, F32/F16/BF16) and writes the same weights
-as OUT.safetensors in the requested naming and dtype, with the model config in __metadata__ so that
-vitreg reads it back without --config:
-  dinov2  the official state dict (cls_token, pos_embed with a class slot, register_tokens, qkv)
-  timm    vit_*_patch14_reg4_dinov2 (reg_token; cls position folded into cls_token; no mask_token)
+Reads IN (.safetensors or .pth, any naming below, F32/F16/BF16) and writes the same weights as
+OUT.safetensors in the requested naming (default: IN's own, so each family is written back to its own
+names) and dtype, with the model config in __metadata__ so that vitreg reads it back without --config:
+  dinov2  the official DINOv2 state dict (cls_token, pos_embed with a class slot, register_tokens, qkv)
+  timm    vit_*_reg4_dinov2 (reg_token; cls position folded into cls_token; no mask_token), deit3_*
+          (pos_embed without class slot, ls1.gamma), CLIP towers (norm_pre, head.weight = proj^T)
   hf      transformers Dinov2WithRegisters (embeddings.*, encoder.layer.N.attention.attention.query, ...)
+  dino    facebookresearch/dino ViTs (the DINOv2 names without mask_token)
+  deit3   facebookresearch/deit models_v2 (blocks.N.gamma_1/gamma_2, pos_embed without class slot)
+  clip    open_clip / OpenAI CLIP VisionTransformer (conv1, class_embedding, positional_embedding, ln_pre,
+          transformer.resblocks.N.attn.in_proj_weight, ln_post, proj)
+Input prefixes ("module.", "model.", "teacher.backbone.", "visual." of a whole CLIP model) are
+stripped; a classifier head and a CLIP text tower are not part of the backbone and are left out.
+A naming that has no name for a tensor of the model (e.g. hf for CLIP's ln_pre) is an error naming it.
+OpenAI CLIP's QuickGELU is not in the tensors: give --model clip_vitb16 (or another clip_* name) or
+--config '{"act_layer": "quick_gelu"}' so that the stored config says so.
 `;
 
 export const convert: Command = {
-  summary: 'convert weights between DINOv2, timm and Hugging Face names and F32/F16/BF16',
+  summary: 'convert weights between the DINOv2, timm, Hugging Face, DINO, DeiT-III and CLIP namings and F32/F16/BF16',
   usage,
   async run(argv) {
     const { values, positionals } = parseCommandArgs('convert', argv, {
@@ -31,8 +44,7 @@ export const convert: Command = {
     if (positionals.length !== 1) throw new CliError(`expected one input file, got ${positionals.length}`);
     const [input] = positionals;
     if (!existsSync(input)) throw new CliError(`${input} does not exist`);
-    if (!values.to) throw new CliError(`--to is required: one of ${NAMINGS.join(', ')}`);
-    const naming = choiceFlag('to', values.to, NAMINGS, 'dinov2');
+    const to = values.to === undefined ? undefined : choiceFlag('to', values.to, NAMINGS, 'dinov2');
     const dtype = choiceFlag('dtype', values.dtype?.toLowerCase(), ['f32', 'f16', 'bf16'] as const, 'f32').toUpperCase() as 'F32' | 'F16' | 'BF16';
     if (!values.out) throw new CliError('--out OUT.safetensors is required');
     if (!values.out.endsWith('.safetensors')) throw new CliError(`--out: expected a .safetensors path, got ${values.out}`);
@@ -42,8 +54,14 @@ export const convert: Command = {
     } catch (err) {
       throw new CliError((err as Error).message);
     }
-    const { tensors, metadata } = encodeStateDict(loaded.stateDict, loaded.config, { naming, dtype });
-    await writeSafetensors(values.out, tensors, metadata);
-    process.stderr.write(`${input} (${loaded.naming}) -> ${values.out} (${naming}, ${dtype}, ${Object.keys(tensors).length} tensors)\n`);
+    const naming = to ?? loaded.naming;
+    let encoded;
+    try {
+      encoded = encodeStateDict(loaded.stateDict, loaded.config, { naming, dtype });
+    } catch (err) {
+      throw new CliError(`--to ${naming}: ${(err as Error).message}`);
+    }
+    await writeSafetensors(values.out, encoded.tensors, encoded.metadata);
+    process.stderr.write(`${input} (${loaded.naming}) -> ${values.out} (${naming}, ${dtype}, ${Object.keys(encoded.tensors).length} tensors)\n`);
   },
 };
