@@ -8,3 +8,6 @@ export * from './run.js';
 export * from './discover.js';
 export * from './draw.js';
 export * from './sweep.js';
+export * from './dense-metrics.js';
+export * from './dense.js';
+export * from './dense-run.js';
