@@ -6,6 +6,7 @@ import { promisify } from 'node:util';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { BACKEND_NAMES, getBackendName, initBackend } from '../src/backend.js';
+import { findVulkanLoader, VULKAN_HINT } from '../src/webgpu.js';
 
 const require = createRequire(import.meta.url);
 function installed(pkg: string): boolean {
@@ -18,6 +19,12 @@ function installed(pkg: string): boolean {
 }
 const hasNodeGpu = installed('@tensorflow/tfjs-node-gpu');
 const hasNode = installed('@tensorflow/tfjs-node');
+const hasWebGpu = installed('webgpu') && installed('@tensorflow/tfjs-backend-webgpu');
+/** Why auto passes webgpu over on a machine with no Vulkan loader (the unit suite's machines). */
+const WEBGPU_SKIP = hasWebGpu
+  ? `no Vulkan loader (libvulkan.so.1) for Dawn: ${VULKAN_HINT}`
+  : 'the webgpu package (Dawn) is not installed: npm i webgpu @tensorflow/tfjs-backend-webgpu@4.22.0';
+const noVulkan = findVulkanLoader() === null;
 
 // These tests share the module's state and run in order: auto first.
 delete process.env.VITREG_BACKEND;
@@ -33,17 +40,33 @@ test('auto picks the first backend that loads and logs why the others were skipp
     assert.equal(info.tfBackend, 'tensorflow');
     return;
   }
-  // This machine: neither native package can install, so wasm wins.
+  if (!noVulkan) {
+    // A Vulkan loader: webgpu wins on a hardware adapter; a software one (or none) is passed over.
+    assert.ok(info.name === 'webgpu' || /software|no WebGPU adapter/.test(info.skipped.webgpu ?? ''), JSON.stringify(info.skipped));
+    return;
+  }
+  // This machine: neither native package can install and there is no Vulkan loader, so wasm wins.
   assert.equal(info.name, 'wasm');
   assert.deepEqual(info.skipped, {
     'tensorflow-gpu': '@tensorflow/tfjs-node-gpu is not installed: npm i @tensorflow/tfjs-node-gpu (Linux x64 with CUDA 11.2 and cuDNN 8.1)',
+    webgpu: WEBGPU_SKIP,
     tensorflow: '@tensorflow/tfjs-node is not installed: npm i @tensorflow/tfjs-node',
   });
   assert.equal(
     lines[0],
     'backend: wasm (auto; tensorflow-gpu: skipped (@tensorflow/tfjs-node-gpu is not installed: npm i @tensorflow/tfjs-node-gpu ' +
-      '(Linux x64 with CUDA 11.2 and cuDNN 8.1)); tensorflow: skipped (@tensorflow/tfjs-node is not installed: npm i @tensorflow/tfjs-node))',
+      `(Linux x64 with CUDA 11.2 and cuDNN 8.1)); webgpu: skipped (${WEBGPU_SKIP}); tensorflow: skipped (@tensorflow/tfjs-node is not installed: npm i @tensorflow/tfjs-node))`,
   );
+});
+
+test('webgpu asked for by name without a Vulkan loader is one line saying what to install', { skip: !noVulkan && 'a Vulkan loader is installed' }, async () => {
+  const before = tf.getBackend();
+  await assert.rejects(initBackend('webgpu', { log: () => {} }), (err: Error) => {
+    assert.equal(err.message, `backend 'webgpu' is not available: ${WEBGPU_SKIP}`);
+    assert.equal(err.message.includes('\n'), false);
+    return true;
+  });
+  assert.equal(tf.getBackend(), before);
 });
 
 test('a second call with the same name, or auto, changes nothing and logs nothing', async () => {
@@ -63,7 +86,7 @@ test('a requested backend that is not installed is an error saying how to instal
     /^Error: backend 'tensorflow' is not available: @tensorflow\/tfjs-node is not installed: npm i @tensorflow\/tfjs-node$/,
   );
   assert.equal(tf.getBackend(), before);
-  await assert.rejects(initBackend('bogus' as never), /unknown backend 'bogus': expected one of auto, tensorflow-gpu, tensorflow, wasm, cpu/);
+  await assert.rejects(initBackend('bogus' as never), /unknown backend 'bogus': expected one of auto, tensorflow-gpu, webgpu, tensorflow, wasm, cpu/);
 });
 
 test('switching between cpu and wasm; a small op gives the same numbers on both', async () => {
@@ -104,7 +127,7 @@ test('switching between cpu and wasm; a small op gives the same numbers on both'
 });
 
 test('BACKEND_NAMES lists auto and then the order auto tries', () => {
-  assert.deepEqual(BACKEND_NAMES, ['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu']);
+  assert.deepEqual(BACKEND_NAMES, ['auto', 'tensorflow-gpu', 'webgpu', 'tensorflow', 'wasm', 'cpu']);
 });
 
 test('VITREG_BACKEND replaces auto; a bad value is an error naming the variable', async () => {
@@ -124,7 +147,7 @@ test('VITREG_BACKEND replaces auto; a bad value is an error naming the variable'
     { cwd: fileURLToPath(new URL('..', import.meta.url)) },
   );
   assert.deepEqual(JSON.parse(stdout), {
-    bad: "VITREG_BACKEND='gpu' is not a backend: expected one of auto, tensorflow-gpu, tensorflow, wasm, cpu",
+    bad: "VITREG_BACKEND='gpu' is not a backend: expected one of auto, tensorflow-gpu, webgpu, tensorflow, wasm, cpu",
     name: 'cpu',
     lines: ['backend: cpu (from VITREG_BACKEND)'],
   });
