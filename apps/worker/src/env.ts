@@ -105,15 +105,36 @@ export function expandHostlist(list: string): string[] {
  * The GPU of this process: with LOCAL_RANK known, CUDA_VISIBLE_DEVICES becomes that device (the
  * LOCAL_RANK-th entry of a list the launcher set, or LOCAL_RANK itself), unless the launcher already
  * gave this process exactly one device. Must run before a CUDA backend loads.
+ *
+ * The WebGPU backend's adapter (VITREG_GPU, read by @vitreg/core) follows: Vulkan ignores
+ * CUDA_VISIBLE_DEVICES and lists every GPU the process can open, so VITREG_GPU is the chosen device's
+ * index (the CUDA_VISIBLE_DEVICES entry when numeric, else LOCAL_RANK). `gpu` (the worker's --gpu N)
+ * wins over both: CUDA_VISIBLE_DEVICES=N and VITREG_GPU=N. A VITREG_GPU already set is kept.
  */
-export function selectDevice(localRank: number, env: NodeJS.ProcessEnv = process.env): string {
+export function selectDevice(localRank: number, env: NodeJS.ProcessEnv = process.env, gpu?: number): string {
+  if (gpu !== undefined) {
+    if (!Number.isInteger(gpu) || gpu < 0) throw new Error(`--gpu: expected a GPU index >= 0, got ${gpu}`);
+    env.CUDA_VISIBLE_DEVICES = String(gpu);
+    env.VITREG_GPU = String(gpu);
+    return `cuda:${gpu}`;
+  }
   if (localRank < 0) return 'auto';
   const visible = env.CUDA_VISIBLE_DEVICES;
   if (visible !== undefined && visible !== '') {
     const list = visible.split(',').map((s) => s.trim()).filter(Boolean);
-    if (list.length === 1) return `cuda:${list[0]}`;
+    if (list.length === 1) {
+      adapterFollows(env, list[0]!, localRank);
+      return `cuda:${list[0]}`;
+    }
     if (localRank >= list.length) throw new Error(`LOCAL_RANK ${localRank} but CUDA_VISIBLE_DEVICES lists ${list.length} devices ("${visible}")`);
     env.CUDA_VISIBLE_DEVICES = list[localRank]!;
   } else env.CUDA_VISIBLE_DEVICES = String(localRank);
+  adapterFollows(env, env.CUDA_VISIBLE_DEVICES, localRank);
   return `cuda:${env.CUDA_VISIBLE_DEVICES}`;
+}
+
+/** VITREG_GPU from the chosen CUDA device (numeric entries; UUIDs fall back to LOCAL_RANK), unless set. */
+function adapterFollows(env: NodeJS.ProcessEnv, device: string, localRank: number): void {
+  if (env.VITREG_GPU !== undefined && env.VITREG_GPU !== '') return;
+  env.VITREG_GPU = /^\d+$/.test(device) ? device : String(localRank);
 }

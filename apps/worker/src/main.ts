@@ -24,7 +24,7 @@ gradients with its ring neighbours. The launcher starts one per GPU with the sam
 Training (as vitreg train): --preset NAME | --config FILE.json, --data DIR|FILE-LIST|synthetic,
   --rebuild-index, --registers N, --steps N, --seed N, --batch-size N (per rank), --out DIR (default
   runs/train-<preset>), --resume,
-  --backend auto|tensorflow-gpu|tensorflow|wasm|cpu, --no-progress, --log-samples (per-rank files
+  --backend auto|tensorflow-gpu|webgpu|tensorflow|wasm|cpu, --no-progress, --log-samples (per-rank files
   list the (epoch, index) of every image trained on), --checksum (rank 0 prints a weights SHA-256)
 
 Cluster:
@@ -37,7 +37,9 @@ Cluster:
   --rank N                  launcher rank (default $RANK, $SLURM_PROCID, $JOB_COMPLETION_INDEX)
   --world-size N            processes of the job (default $WORLD_SIZE, $SLURM_NTASKS)
   --local-rank N            GPU index on this machine (default $LOCAL_RANK, $SLURM_LOCALID): sets
-                            CUDA_VISIBLE_DEVICES before the GPU backend loads
+                            CUDA_VISIBLE_DEVICES before the GPU backend loads, and the WebGPU adapter
+                            ($VITREG_GPU: the chosen device's index) unless $VITREG_GPU is set
+  --gpu N                   this process's GPU outright: CUDA device N and WebGPU adapter N
   --threads N               training threads (ranks) in this process, reduced in shared memory
                             before the ring (default 1)
   --transport tcp|grpc      data plane of a hosted coordinator's job (default tcp)
@@ -81,6 +83,7 @@ async function main(argv: string[]): Promise<number> {
         checksum: { type: 'boolean' }, 'rebuild-index': { type: 'boolean' },
         coordinator: { type: 'string' }, token: { type: 'string' }, 'token-file': { type: 'string' }, 'job-id': { type: 'string' },
         name: { type: 'string' }, rank: { type: 'string' }, 'world-size': { type: 'string' }, 'local-rank': { type: 'string' },
+        gpu: { type: 'string' },
         threads: { type: 'string' }, transport: { type: 'string' }, advertise: { type: 'string' }, bind: { type: 'string' },
         'min-workers': { type: 'string' }, 'max-workers': { type: 'string' }, 'join-timeout-ms': { type: 'string' },
         'heartbeat-ms': { type: 'string' }, 'worker-timeout-ms': { type: 'string' }, 'coordinator-timeout-ms': { type: 'string' },
@@ -99,6 +102,7 @@ async function main(argv: string[]): Promise<number> {
   const rank = int('--rank', values.rank) ?? env.rank;
   const worldSize = int('--world-size', values['world-size'], 1) ?? (env.worldSize || undefined);
   const localRank = int('--local-rank', values['local-rank']) ?? env.localRank;
+  const gpu = int('--gpu', values.gpu);
   const threads = int('--threads', values.threads, 1) ?? 1;
   const transport = values.transport ?? 'tcp';
   if (transport !== 'tcp' && transport !== 'grpc') throw new UsageError(`--transport: expected tcp or grpc, got "${transport}"`);
@@ -151,7 +155,7 @@ async function main(argv: string[]): Promise<number> {
     }
   }
   const loopback = /^(127\.|localhost|\[?::1\]?)/.test(coordinator);
-  const device = selectDevice(localRank);
+  const device = selectDevice(localRank, process.env, gpu);
   const name = values.name ?? (rank >= 0 ? `worker-${rank}` : `${hostname()}-${process.pid}`);
   logFile = `${out}/logs/${name}.log`;
   try {
