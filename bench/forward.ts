@@ -1,11 +1,11 @@
 /**
- * `npm run bench -- forward [--model dinov2_vits14_reg] [--batch 8] [--size 224] [--iters 3] [--backend auto]`
+ * `npm run bench -- forward [--model dinov2_vits14_reg] [--batch 8] [--size 224] [--iters 3] [--backend auto] [--gpu N]`
  * Forward throughput of a randomly initialised model on random normalised images (weights do not change
  * the work done). Prints one JSON line. Peak memory: run under `/usr/bin/time -v`.
  */
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
-import { initBackend, type BackendName } from '@vitreg/core';
+import { describeAdapter, initBackend, type BackendName } from '@vitreg/core';
 import { getConfig, VisionTransformer } from '@vitreg/registers';
 
 export async function run(argv: string[]): Promise<void> {
@@ -17,10 +17,11 @@ export async function run(argv: string[]): Promise<void> {
       size: { type: 'string', default: '224' },
       iters: { type: 'string', default: '3' },
       backend: { type: 'string', default: 'auto' },
+      gpu: { type: 'string' },
       attention: { type: 'string', default: 'none' },
     },
   });
-  const info = await initBackend(values.backend as BackendName, { log: () => {} });
+  const info = await initBackend(values.backend as BackendName, { log: () => {}, gpu: values.gpu === undefined ? undefined : Number(values.gpu) });
   const batch = Number(values.batch);
   const size = Number(values.size);
   const iters = Number(values.iters);
@@ -47,6 +48,7 @@ export async function run(argv: string[]): Promise<void> {
       case: 'forward',
       model: values.model,
       backend: info.name,
+      ...(info.adapter ? { adapter: describeAdapter(info.adapter) } : {}),
       batch,
       size,
       input: [batch, size, size, 3],

@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- train-step [--batch 32] [--micro-batch 2] [--steps 1] [--model deit3_small_patch16_reg4] [--size 224] [--backend wasm] [--workers 1]`
+ * `npm run bench -- train-step [--batch 32] [--micro-batch 2] [--steps 1] [--model deit3_small_patch16_reg4] [--size 224] [--backend wasm] [--gpu N] [--workers 1]`
  * One supervised training step of the trainer as it runs in `vitreg train` (synthetic data, DeiT-III
  * augmentation, forward, backward, gradient sync, clipping, AdamW): ViT-S/16 with 4 registers at
  * 224 px, batch 32 by default, in micro-batches of 2 (gradients summed: a whole batch of 32 does not
@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
-import { getBackendName, initBackend, type BackendName } from '@vitreg/core';
+import { describeAdapter, getBackendName, initBackend, setupWebGpu, type BackendName } from '@vitreg/core';
 import { MAX_WORKERS, Trainer, trainThreads, validateTrainConfig, type TrainConfig } from '@vitreg/trainer';
 
 export async function run(argv: string[]): Promise<void> {
@@ -29,6 +29,7 @@ export async function run(argv: string[]): Promise<void> {
       model: { type: 'string', default: 'deit3_small_patch16_reg4' },
       size: { type: 'string', default: '224' },
       backend: { type: 'string', default: 'wasm' },
+      gpu: { type: 'string' },
       workers: { type: 'string', default: '1' },
     },
   });
@@ -48,8 +49,10 @@ export async function run(argv: string[]): Promise<void> {
     optim: { warmup_steps: 1 },
     crops: { global_crops_size: size },
   });
+  const gpu = values.gpu === undefined ? undefined : Number(values.gpu);
+  if (gpu !== undefined) process.env.VITREG_GPU = String(gpu); // the training threads read it
   if (workers > 1) return runThreads(config, { batch, micro, steps, size, workers, model: values.model!, backend: values.backend as BackendName });
-  await initBackend(values.backend as BackendName, { log: () => {} });
+  const info = await initBackend(values.backend as BackendName, { log: () => {}, gpu });
   const trainer = new Trainer(config);
   trainer.initTeacher();
   await trainer.trainStep(); // warm-up: kernel compilation, first allocations
@@ -70,6 +73,7 @@ export async function run(argv: string[]): Promise<void> {
     workers: 1,
     steps,
     backend: getBackendName(),
+    ...(info.adapter ? { adapter: describeAdapter(info.adapter) } : {}),
     images_per_s: Number(((batch * steps) / seconds).toFixed(3)),
     step_seconds: Number((seconds / steps).toFixed(3)),
     loss: Number(last.loss!.toFixed(4)),
@@ -98,6 +102,7 @@ async function runThreads(config: TrainConfig, o: { batch: number; micro: number
       global_batch: o.batch * o.workers,
       steps: o.steps,
       backend: o.backend,
+      ...(o.backend === 'webgpu' ? { adapter: describeAdapter(await setupWebGpu()) } : {}),
       images_per_s: Number(((o.batch * o.workers * timed.length) / seconds).toFixed(3)),
       step_seconds: Number((seconds / timed.length).toFixed(3)),
       loss: Number(last.loss!.toFixed(4)),
