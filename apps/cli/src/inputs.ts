@@ -1,7 +1,7 @@
 /**
- * Inputs every model command shares: --backend, --weights/--model/--config, --tensor FILE[:NAME],
- * image files with --size / --keep-aspect. Each turns bad input into a one-line CliError naming the
- * flag, file or tensor.
+ * Inputs every model command shares: --backend, --engine/--device/--threads, --weights/--model/--config,
+ * --tensor FILE[:NAME], image files with --size / --keep-aspect. Each turns bad input into a one-line
+ * CliError naming the flag, file or tensor.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { basename, extname, resolve, sep } from 'node:path';
@@ -9,7 +9,10 @@ import {
   BACKEND_NAMES, initBackend, listImageFiles, SafetensorsReader, SyntheticDataset, toFloat32,
   type BackendInfo, type BackendName, type ImageTransform,
 } from '@vitreg/core';
-import { CONFIG_FIELDS, loadWeights, type ViTConfig, type VisionTransformer } from '@vitreg/registers';
+import {
+  CONFIG_FIELDS, ENGINE_CHOICES, loadWeights, ONNX_DEVICES, OnnxEncoder, onnxRuntimeAvailable, readWeights, TfjsEncoder,
+  type Encoder, type EngineChoice, type EngineName, type OnnxDevice, type ViTConfig, type VisionTransformer,
+} from '@vitreg/registers';
 import { choiceFlag, CliError, intFlag } from './cli.js';
 
 /** parseArgs options of the model flags. */
@@ -18,15 +21,90 @@ export const MODEL_FLAGS = {
   model: { type: 'string' },
   config: { type: 'string' },
   backend: { type: 'string' },
+  gpu: { type: 'string' },
 } as const;
 
-/** --backend: start the backend (auto by default) and return what was chosen. */
-export async function startBackend(value: string | undefined): Promise<BackendInfo> {
+/**
+ * --backend: start the backend (auto by default) and return what was chosen. --gpu N: the WebGPU
+ * adapter (default $VITREG_GPU, else 0).
+ */
+export async function startBackend(value: string | undefined, gpu?: string): Promise<BackendInfo> {
   const name = choiceFlag('backend', value, BACKEND_NAMES, 'auto') as BackendName;
+  const index = gpu === undefined ? undefined : intFlag('gpu', gpu, 0, 0);
   try {
-    return await initBackend(name);
+    return await initBackend(name, index === undefined ? {} : { gpu: index });
   } catch (err) {
     throw new CliError(`--backend: ${(err as Error).message}`);
+  }
+}
+
+/** parseArgs options of the forward-engine flags. */
+export const ENGINE_FLAGS = {
+  engine: { type: 'string' },
+  device: { type: 'string' },
+  threads: { type: 'string' },
+} as const;
+
+/** Help text of the engine flags, for the commands' usage, descriptions starting at column `col`. */
+export function engineUsage(col = 20): string {
+  const rows: [string, string[]][] = [
+    ['--engine E', ['auto (default: onnxruntime when onnxruntime-node loads, else tfjs), tfjs or', 'onnxruntime; an .onnx --weights file (vitreg export) runs on onnxruntime']],
+    ['--device D', ["onnxruntime's execution provider: cpu (default), cuda or webgpu"]],
+    ['--threads N', ["onnxruntime's intra-op threads (default: one per physical core)"]],
+  ];
+  return rows
+    .flatMap(([flag, lines]) => lines.map((l, i) => (i === 0 ? `  ${flag}`.padEnd(col) : ' '.repeat(col)) + l))
+    .join('\n');
+}
+
+/** The parsed engine flags. */
+export interface EngineSettings {
+  engine: EngineChoice;
+  device: OnnxDevice;
+  threads?: number;
+}
+
+/** --engine, --device, --threads, validated (the engine is resolved when the model loads). */
+export function engineFlags(values: { engine?: string; device?: string; threads?: string }): EngineSettings {
+  const engine = choiceFlag('engine', values.engine, ENGINE_CHOICES, 'auto');
+  const device = choiceFlag('device', values.device, ONNX_DEVICES, 'cpu');
+  const threads = values.threads === undefined ? undefined : intFlag('threads', values.threads, 1);
+  if (engine === 'tfjs' && (values.device !== undefined || threads !== undefined)) {
+    throw new CliError(`--${values.device !== undefined ? 'device' : 'threads'} applies to --engine onnxruntime; tfjs picks its device with --backend`);
+  }
+  return { engine, device, threads };
+}
+
+/** The engine --engine names for these weights: auto is onnxruntime when it loads (always for .onnx files). */
+export async function resolveEngine(s: EngineSettings, path: string): Promise<EngineName> {
+  const onnxFile = path.toLowerCase().endsWith('.onnx');
+  if (s.engine === 'tfjs') {
+    if (onnxFile) throw new CliError(`--engine tfjs cannot run ${path}: give the .safetensors or .pth weights, or --engine onnxruntime`);
+    return 'tfjs';
+  }
+  if (s.engine === 'onnxruntime' || onnxFile || s.device !== 'cpu' || s.threads !== undefined) return 'onnxruntime';
+  return (await onnxRuntimeAvailable()) ? 'onnxruntime' : 'tfjs';
+}
+
+/**
+ * --weights as a forward-only Encoder on the engine the flags choose: a checkpoint (with --model /
+ * --config) on tfjs or onnxruntime, or an .onnx file from vitreg export on onnxruntime. Errors are one line.
+ */
+export async function loadEncoder(path: string | undefined, opts: { model?: string; config?: Partial<ViTConfig> }, s: EngineSettings, flag = 'weights'): Promise<Encoder> {
+  if (!path) throw new CliError(`--${flag} FILE is required (.safetensors, .pth or an .onnx from vitreg export)`);
+  if (!existsSync(path)) throw new CliError(`--${flag}: ${path} does not exist`);
+  const engine = await resolveEngine(s, path);
+  if (engine === 'tfjs') return new TfjsEncoder(await loadModel(path, opts, flag));
+  try {
+    if (path.toLowerCase().endsWith('.onnx')) {
+      if (opts.model || opts.config) throw new CliError(`--model and --config do not apply to ${path}: an .onnx file holds its config`);
+      return await OnnxEncoder.fromFile(path, { device: s.device, threads: s.threads });
+    }
+    const { config, stateDict } = await readWeights(path, opts);
+    return await OnnxEncoder.fromWeights(config, stateDict, { device: s.device, threads: s.threads });
+  } catch (err) {
+    if (err instanceof CliError) throw err;
+    throw new CliError((err as Error).message);
   }
 }
 

@@ -50,7 +50,8 @@ test('analyze: a folder and a glob, A/B models, a broken file skipped and named'
     await writeFile(join(dir, 'broken.png'), 'this is not an image');
     const out = join(dir, 'out');
     // A folder (one.png, two.png and broken.png inside) and a glob naming one of them again.
-    const r = vitreg([dir, join(dir, 'tw*.png'), ...MODEL, '--weights-b', join(FIX, 'reg0.dinov2.safetensors'), '--size', '56', '--out', out]);
+    // The tfjs engine here; the reference check below runs on the default (onnxruntime where it loads).
+    const r = vitreg([dir, join(dir, 'tw*.png'), ...MODEL, '--engine', 'tfjs', '--weights-b', join(FIX, 'reg0.dinov2.safetensors'), '--size', '56', '--out', out]);
     assert.equal(r.code, 1, r.stderr);
     assert.match(r.stderr, /skipped 1 unreadable input: .*broken\.png/);
     for (const name of ['one', 'two']) {

@@ -111,7 +111,8 @@ test('discover reads VOC (1-based inclusive boxes) and COCO (crowd dropped) grou
   const cocoJson = join(tmp, 'instances.json');
   await writeFile(cocoJson, JSON.stringify(coco));
   const base = ['--weights', weights, '--backend', 'wasm'];
-  const rv = vitreg('discover', ...base, '--data', voc, '--out', join(tmp, 'voc'));
+  // VOC on the tfjs engine, COCO on the default (onnxruntime where it loads): both engines end to end.
+  const rv = vitreg('discover', ...base, '--engine', 'tfjs', '--data', voc, '--split', '*', '--out', join(tmp, 'voc'));
   assert.equal(rv.code, 0, rv.stderr);
   const vocRecs = (await readFile(join(tmp, 'voc', 'results.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l));
   assert.deepEqual(vocRecs.map((r) => r.image), ['im0', 'im1']);

@@ -11,18 +11,19 @@
  * registers,pca,histogram,layers}.png and stats.json for model A; model B's files go to OUT/<name>/b/.
  */
 import { join } from 'node:path';
-import * as tf from '@tensorflow/tfjs-core';
 import {
   ensureDir, loadImage, log, Progress, writeFileAtomic, writeJsonAtomic,
   type ImageTransform,
 } from '@vitreg/core';
-import { analysisToJson, analyzeTokens, tokenDataFromOutput, type TokenAnalysis, type ViTOutput, type VisionTransformer } from '@vitreg/registers';
+import {
+  analysisToJson, analyzeTokens, disposeOutput, outputTensors, tokenDataFromOutput, type Encoder, type TokenAnalysis,
+} from '@vitreg/registers';
 import {
   attentionFigure, imageFromNormalized, layerFigure, normFigure, normHistogram, pcaColors, pcaFigure, registerFigure, renderReport,
   reportNumbers, savePng, type Canvas, type ReportEntry, type ReportImage,
 } from '@vitreg/viz';
 import { choiceFlag, CliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
-import { configFlag, imageFiles, loadModel, readTensorBatch, startBackend, stem, uniqueNames } from '../inputs.js';
+import { configFlag, ENGINE_FLAGS, engineUsage, engineFlags, imageFiles, loadEncoder, readTensorBatch, startBackend, stem, uniqueNames } from '../inputs.js';
 
 const USAGE = `
 Usage: vitreg analyze (IMAGE... | --tensor FILE.safetensors[:NAME]) --weights FILE [--weights-b FILE]
@@ -53,7 +54,9 @@ Options:
                         scaled first component, then PCA on the foreground only
   --tensor FILE[:NAME]  already-normalised NHWC float32 images [B, H, W, 3] from a safetensors
                         file (NAME may be left out when it holds one tensor); fed as is
-  --backend B           auto (default), tensorflow-gpu, tensorflow, wasm or cpu
+  --backend B           auto (default), tensorflow-gpu, tensorflow, wasm or cpu (tfjs: the engine
+                        with --engine tfjs, and the token analysis either way)
+${engineUsage(24)}
 `;
 
 /** One input: a display name, where it came from, and how to get its normalised pixels. */
@@ -80,16 +83,10 @@ async function imageInputs(patterns: string[], transform: ImageTransform): Promi
   return files.map((f, i) => ({ name: names[i], source: f, load: () => loadImage(f, transform) }));
 }
 
-function disposeOutput(out: ViTOutput): void {
-  tf.dispose([out.cls, out.registers, out.patches, out.prenorm, out.embeddings, ...(out.attention ?? []), ...(out.layers ?? [])]);
-  if (out.keys) out.keys.dispose();
-  if (out.values) out.values.dispose();
-}
-
 /** Forward one image through one model and analyse it; returns the analysis and the patch features. */
-async function analyzeOne(model: VisionTransformer, x: tf.Tensor4D, opts: Parameters<typeof analyzeTokens>[1]): Promise<{ analysis: TokenAnalysis; features: Float32Array }> {
-  // forward leaves its intermediates to the caller's scope: tidy keeps only the returned tensors.
-  const out = tf.tidy(() => model.forward(x, { attention: 'last', layers: true }) as unknown as tf.TensorContainerObject) as unknown as ViTOutput;
+async function analyzeOne(model: Encoder, img: { data: Float32Array; height: number; width: number }, opts: Parameters<typeof analyzeTokens>[1]): Promise<{ analysis: TokenAnalysis; features: Float32Array }> {
+  const encoded = await model.encode({ data: img.data, shape: [1, img.height, img.width, 3] }, { attention: 'last', layers: true, embeddings: true });
+  const out = outputTensors(encoded);
   try {
     const [data] = await tokenDataFromOutput(out);
     return { analysis: analyzeTokens(data, opts), features: data.patches! };
@@ -117,9 +114,9 @@ function summaryOf(a: TokenAnalysis, label: string): Record<string, unknown> {
   };
 }
 
-function describe(m: VisionTransformer): string {
+function describe(m: Encoder): string {
   const c = m.config;
-  return `dim ${c.embed_dim}, depth ${c.depth}, ${c.num_heads} heads, patch ${c.patch_size}, ${c.num_register_tokens} registers, ${c.ffn_layer}`;
+  return `dim ${c.embed_dim}, depth ${c.depth}, ${c.num_heads} heads, patch ${c.patch_size}, ${c.num_register_tokens} registers, ${c.ffn_layer}; ${m.description}`;
 }
 
 export const analyze: Command = {
@@ -139,6 +136,7 @@ export const analyze: Command = {
       'pca-foreground': { type: 'string' },
       tensor: { type: 'string' },
       backend: { type: 'string' },
+      ...ENGINE_FLAGS,
     });
     if (!values.weights) throw new CliError('--weights FILE is required (see vitreg analyze --help)');
     if (!values.out) throw new CliError('--out DIR is required');
@@ -158,11 +156,12 @@ export const analyze: Command = {
       throw new CliError(`--pca-foreground: expected a number in (0, 1), got "${values['pca-foreground']}"`);
     }
     const config = configFlag(values.config);
+    const engine = engineFlags(values);
 
     await startBackend(values.backend);
     const weights = [values.weights, ...(values['weights-b'] ? [values['weights-b']] : [])];
-    const models: VisionTransformer[] = [];
-    for (const w of weights) models.push(await loadModel(w, { model: values.model, config }));
+    const models: Encoder[] = [];
+    for (const [k, w] of weights.entries()) models.push(await loadEncoder(w, { model: values.model, config }, engine, k === 0 ? 'weights' : 'weights-b'));
     const patch = models[0].config.patch_size;
     if (models.some((m) => m.config.patch_size !== patch)) {
       throw new CliError(`--weights-b: patch size ${models[1].config.patch_size} differs from model A's ${patch}; A/B needs the same input grid`);
@@ -193,16 +192,13 @@ export const analyze: Command = {
         progress.tick(1, `skipped ${input.source}`);
         continue;
       }
-      const x = tf.tensor4d(img.data, [1, img.height, img.width, 3]);
       const analyses: TokenAnalysis[] = [];
-      try {
-        for (let k = 0; k < models.length; k++) {
-          const r = await analyzeOne(models[k], x, { threshold, source });
-          analyses.push(r.analysis);
-          features[k].push(r.features);
-        }
-      } finally {
-        x.dispose();
+      for (let k = 0; k < models.length; k++) {
+        const r = await analyzeOne(models[k], img, { threshold, source }).catch((err: Error) => {
+          throw new CliError(`${input.source}: ${err.message}`);
+        });
+        analyses.push(r.analysis);
+        features[k].push(r.features);
       }
       const image = imageFromNormalized(img.data, img.height, img.width);
       await ensureDir(join(out, input.name));
@@ -271,7 +267,7 @@ export const analyze: Command = {
       notes: [`threshold: ${threshold === 'auto' ? 'automatic (bimodality of log norms, modes >= 3x apart; per image: mode ratio, verdict, rule)' : `norm > ${threshold}`}; norms: ${source}; input: ${values.tensor !== undefined ? 'tensor as is' : JSON.stringify(transform)}`],
     }));
     await writeJsonAtomic(join(out, 'summary.json'), {
-      models: models.map((m, k) => ({ label: labels[k], weights: weights[k], config: m.config })),
+      models: models.map((m, k) => ({ label: labels[k], weights: weights[k], config: m.config, engine: m.description })),
       settings,
       images: done.map((d) => ({
         name: d.input.name,
@@ -282,7 +278,7 @@ export const analyze: Command = {
       failed,
       seconds: Number(((performance.now() - started) / 1000).toFixed(2)),
     });
-    models.forEach((m) => m.dispose());
+    for (const m of models) await m.dispose();
     log(`wrote ${join(out, 'report.html')} (${done.length} image${done.length === 1 ? '' : 's'})`);
     if (failed.length > 0) {
       process.stderr.write(`vitreg analyze: skipped ${failed.length} unreadable input${failed.length === 1 ? '' : 's'}: ${failed.map((f) => `${f.path} (${f.error})`).join('; ')}\n`);

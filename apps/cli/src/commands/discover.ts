@@ -12,13 +12,41 @@ import {
   SyntheticDataset, VocDataset, writeFileAtomic, writeJsonAtomic, encodePng,
   type Dataset,
 } from '@vitreg/core';
-import { type VisionTransformer } from '@vitreg/registers';
+import * as tf from '@tensorflow/tfjs-core';
+import { disposeOutput, outputTensors, type Encoder } from '@vitreg/registers';
 import {
-  corloc, discoverBatch, discoveryRecord, drawDiscovery, prepareInput, writeSweep, type DiscoveryRecord, type InputGeometry,
-  type ModelInput,
+  affinity, corloc, discoveryRecord, drawDiscovery, lostFeatures, lostFromAffinity, prepareInput, writeSweep,
+  type DiscoveryRecord, type InputGeometry, type LostResult, type ModelInput,
 } from '@vitreg/probe';
 import { choiceFlag, CliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
-import { checkpointNames, configFlag, loadModel, readTensorBatch, startBackend, stem, SYNTHETIC_FLAGS, syntheticDataset } from '../inputs.js';
+import {
+  checkpointNames, configFlag, ENGINE_FLAGS, engineUsage, engineFlags, loadEncoder, readTensorBatch, startBackend, stem, SYNTHETIC_FLAGS,
+  syntheticDataset,
+} from '../inputs.js';
+
+/**
+ * LOST on a batch of inputs of equal padded size, as @vitreg/probe's discoverBatch does, on any engine:
+ * the encoder returns the last block's keys (or values), LOST runs per image on tfjs.
+ */
+async function discoverEncoded(model: Encoder, inputs: ModelInput[], opts: { features: 'keys' | 'values'; kPatches: number }): Promise<LostResult[]> {
+  const { paddedHeight: h, paddedWidth: w } = inputs[0]!;
+  const data = new Float32Array(inputs.length * h * w * 3);
+  inputs.forEach((inp, i) => data.set(inp.data, i * h * w * 3));
+  const encoded = await model.encode({ data, shape: [inputs.length, h, w, 3] }, opts.features === 'keys' ? { keys: true } : { values: true });
+  const out = outputTensors(encoded);
+  const feats = lostFeatures(out, opts.features);
+  disposeOutput(out);
+  try {
+    return inputs.map((inp, i) => {
+      const a = tf.tidy(() => tf.squeeze(tf.slice(feats, [i, 0, 0], [1, -1, -1]), [0]) as tf.Tensor2D);
+      const sim = affinity(a);
+      a.dispose();
+      return lostFromAffinity(sim, encoded.grid, model.config.patch_size, { kPatches: opts.kPatches, imageSize: { width: inp.width, height: inp.height } });
+    });
+  } finally {
+    feats.dispose();
+  }
+}
 
 
 // ---------------------------------------------------------------------------------------------
@@ -140,7 +168,7 @@ interface RunSettings {
 }
 
 /** Run LOST over `source` for one checkpoint into `out`; returns CorLoc when boxes are known. */
-async function discoverOne(model: VisionTransformer, source: Source, out: string, s: RunSettings, opts: { batchSize: number; pictures: boolean }) {
+async function discoverOne(model: Encoder, source: Source, out: string, s: RunSettings, opts: { batchSize: number; pictures: boolean }) {
   await ensureDir(out);
   const runFile = join(out, 'run.json');
   const settings = { weights: resolve(s.weights), features: s.features, kPatches: s.kPatches, geometry: s.geometry, config: model.config };
@@ -182,7 +210,9 @@ async function discoverOne(model: VisionTransformer, source: Source, out: string
       inputs.push(input);
       names.push(name);
     }
-    const results = discoverBatch(model, inputs, { features: s.features, kPatches: s.kPatches });
+    const results = await discoverEncoded(model, inputs, { features: s.features, kPatches: s.kPatches }).catch((err: Error) => {
+      throw err instanceof CliError ? err : new CliError(err.message);
+    });
     const lines: string[] = [];
     for (const [j, r] of results.entries()) {
       const grid: [number, number] = [inputs[j].paddedHeight / p, inputs[j].paddedWidth / p];
@@ -243,7 +273,8 @@ Options:
   --k-patches N      LOST's k (default 100)
   --pictures         draw the result on every image
   --batch-size N     images per forward pass (default 1; only equal-size images are batched)
-  --backend B        ${BACKEND_NAMES.join(' | ')}
+  --backend B        ${BACKEND_NAMES.join(' | ')} (tfjs: the engine with --engine tfjs, and LOST itself)
+${engineUsage(21)}
   --out DIR          output folder
 `;
 
@@ -267,6 +298,7 @@ export const discover: Command = {
       pictures: { type: 'boolean' },
       'batch-size': { type: 'string' },
       backend: { type: 'string' },
+      ...ENGINE_FLAGS,
       out: { type: 'string' },
     });
     const weights = values.weights ?? [];
@@ -282,6 +314,7 @@ export const discover: Command = {
       ? { kind: 'square', size: intFlag('size', values.size, 224) }
       : values['max-side'] !== undefined ? { kind: 'native', maxSide: intFlag('max-side', values['max-side'], 0) } : { kind: 'native' };
     const config = configFlag(values.config);
+    const engine = engineFlags(values);
     await startBackend(values.backend);
     const source = values.tensor !== undefined
       ? await tensorSource(values.tensor, geometry)
@@ -292,7 +325,7 @@ export const discover: Command = {
     const rows: Record<string, string | number | null>[] = [];
     const dirs = checkpointNames(weights);
     for (const [i, w] of weights.entries()) {
-      const model = await loadModel(w, { model: values.model, config });
+      const model = await loadEncoder(w, { model: values.model, config }, engine);
       try {
         if (geometry.kind === 'square' && geometry.size % model.config.patch_size !== 0) {
           throw new CliError(`--size ${geometry.size} is not a multiple of the patch size ${model.config.patch_size}`);
@@ -302,7 +335,7 @@ export const discover: Command = {
         rows.push({ checkpoint: w, registers: model.config.num_register_tokens, corloc: c?.corloc ?? null, hits: c?.hits ?? null, images: source.names.length });
         if (c) process.stderr.write(`${w}: CorLoc ${(100 * c.corloc).toFixed(2)}% (${c.hits}/${c.images})\n`);
       } finally {
-        model.dispose();
+        await model.dispose();
       }
     }
     if (weights.length > 1 && rows.some((r) => r.corloc !== null)) {

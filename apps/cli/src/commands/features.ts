@@ -3,27 +3,32 @@
  * (cls, registers, patches, prenorm; optionally attention and per-block tokens).
  */
 import { resolve } from 'node:path';
-import * as tf from '@tensorflow/tfjs-core';
 import { loadImage, numel, Progress, writeSafetensors, hostTensor, type HostTensor } from '@vitreg/core';
-import type { VisionTransformer } from '@vitreg/registers';
+import type { Encoder, HostArray } from '@vitreg/registers';
 import { choiceFlag, CliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
-import { configFlag, IMAGE_FLAGS, imageFiles, imageTransform, loadModel, MODEL_FLAGS, readTensorBatch, startBackend } from '../inputs.js';
+import {
+  configFlag, ENGINE_FLAGS, engineUsage, engineFlags, IMAGE_FLAGS, imageFiles, imageTransform, loadEncoder, MODEL_FLAGS, readTensorBatch,
+  resolveEngine, startBackend,
+} from '../inputs.js';
 
 const usage = `
 Usage: vitreg features --weights FILE [--model NAME] [--config JSON|FILE.json]
                        (IMAGE... | --tensor FILE.safetensors[:NAME]) --out OUT.safetensors
                        [--attention last|all] [--layers all] [--size N | --keep-aspect [--max-side N]]
                        [--backend auto|tensorflow-gpu|tensorflow|wasm|cpu] [--batch-size N]
+                       [--engine auto|tfjs|onnxruntime] [--device cpu|cuda|webgpu] [--threads N]
 
 Runs the backbone and writes, for B images of P patches, R registers and N = 1+R+P tokens:
   cls [B,D], registers [B,R,D], patches [B,P,D]   after the final LayerNorm
   prenorm [B,N,D]                                 the last block's output before it
+  pooled [B,E]                                    the projected CLS (CLIP towers: configs with proj_dim)
   attention [B,H,N,N]                             with --attention last (all: attention.layerK)
   layerK.prenorm [B,N,D]                          with --layers all
 Token order is [CLS, registers, patches]; patches are row-major over the patch grid. The file's
 __metadata__ holds the image list, the grid and the model config.
 
-  --weights FILE    .safetensors or .pth with DINOv2, timm or Hugging Face names (F32/F16/BF16)
+  --weights FILE    .safetensors or .pth with DINOv2, timm or Hugging Face names (F32/F16/BF16), or
+                    an .onnx file from vitreg export (its size and outputs)
   --model NAME      use a named config (e.g. dinov2_vits14_reg) instead of the inferred one
   --config JSON     override config fields, e.g. '{"num_heads": 3}', or a .json file
   IMAGE...          image files, folders or globs, decoded as DINOv2 evaluates: shorter side to
@@ -31,6 +36,7 @@ __metadata__ holds the image list, the grid and the model config.
                     the aspect ratio, sides rounded to the patch size; all images must then agree)
   --tensor SPEC     an already-normalised NHWC float32 batch [B,H,W,3] from a safetensors file
   --batch-size N    images per forward pass (default 8)
+${engineUsage(20)}
 `;
 
 type Batch = { data: Float32Array; shape: [number, number, number, number] };
@@ -38,9 +44,9 @@ type Batch = { data: Float32Array; shape: [number, number, number, number] };
 /** Appends per-batch host arrays of one output and stacks them at the end. */
 class Collector {
   private parts = new Map<string, { shape: number[]; chunks: Float32Array[] }>();
-  add(name: string, t: tf.Tensor): void {
+  add(name: string, t: HostArray): void {
     const entry = this.parts.get(name) ?? { shape: t.shape.slice(1), chunks: [] };
-    entry.chunks.push(t.dataSync() as Float32Array);
+    entry.chunks.push(t.data);
     this.parts.set(name, entry);
   }
   tensors(batch: number): Record<string, HostTensor> {
@@ -58,17 +64,16 @@ class Collector {
   }
 }
 
-function runBatch(model: VisionTransformer, batch: Batch, collect: Collector, opts: { attention: 'none' | 'last' | 'all'; layers: boolean }): void {
-  tf.tidy(() => {
-    const out = model.forward(tf.tensor4d(batch.data, batch.shape), { attention: opts.attention, layers: opts.layers });
-    collect.add('cls', out.cls);
-    collect.add('registers', out.registers);
-    collect.add('patches', out.patches);
-    collect.add('prenorm', out.prenorm);
-    if (opts.attention === 'last') collect.add('attention', out.attention![0]);
-    if (opts.attention === 'all') out.attention!.forEach((a, k) => collect.add(`attention.layer${k}`, a));
-    if (opts.layers) out.layers!.forEach((l, k) => collect.add(`layer${k}.prenorm`, l));
-  });
+async function runBatch(encoder: Encoder, batch: Batch, collect: Collector, opts: { attention: 'none' | 'last' | 'all'; layers: boolean }): Promise<void> {
+  const out = await encoder.encode(batch, { attention: opts.attention, layers: opts.layers });
+  collect.add('cls', out.cls);
+  collect.add('registers', out.registers);
+  collect.add('patches', out.patches);
+  collect.add('prenorm', out.prenorm);
+  if (out.pooled) collect.add('pooled', out.pooled);
+  if (opts.attention === 'last') collect.add('attention', out.attention![0]!);
+  if (opts.attention === 'all') out.attention!.forEach((a, k) => collect.add(`attention.layer${k}`, a));
+  if (opts.layers) out.layers!.forEach((l, k) => collect.add(`layer${k}.prenorm`, l));
 }
 
 export const features: Command = {
@@ -78,6 +83,7 @@ export const features: Command = {
     const { values, positionals } = parseCommandArgs('features', argv, {
       ...MODEL_FLAGS,
       ...IMAGE_FLAGS,
+      ...ENGINE_FLAGS,
       tensor: { type: 'string' },
       out: { type: 'string' },
       attention: { type: 'string' },
@@ -91,9 +97,11 @@ export const features: Command = {
     const attention = choiceFlag('attention', values.attention, ['none', 'last', 'all'] as const, 'none');
     const layers = choiceFlag('layers', values.layers, ['none', 'all'] as const, 'none') === 'all';
     const batchSize = intFlag('batch-size', values['batch-size'], 8);
+    const engine = engineFlags(values);
 
-    const backend = await startBackend(values.backend);
-    const model = await loadModel(values.weights, { model: values.model, config: configFlag(values.config) });
+    // tfjs runs only when it is the engine: onnxruntime's outputs go straight to the file.
+    const backend = values.weights && (await resolveEngine(engine, values.weights)) === 'tfjs' ? (await startBackend(values.backend)).name : 'none';
+    const model = await loadEncoder(values.weights, { model: values.model, config: configFlag(values.config) }, engine);
     const p = model.config.patch_size;
 
     // Inputs: one tensor batch, or images decoded one at a time.
@@ -142,7 +150,11 @@ export const features: Command = {
     let grid: [number, number] = [0, 0];
     for await (const batch of batches()) {
       grid = [batch.shape[1] / p, batch.shape[2] / p];
-      runBatch(model, batch, collect, { attention, layers });
+      try {
+        await runBatch(model, batch, collect, { attention, layers });
+      } catch (err) {
+        throw err instanceof CliError ? err : new CliError((err as Error).message);
+      }
       progress.tick(batch.shape[0]);
     }
     progress.done();
@@ -152,9 +164,10 @@ export const features: Command = {
       vitreg_grid: JSON.stringify(grid),
       vitreg_config: JSON.stringify(model.config),
       vitreg_weights: values.weights!,
-      vitreg_backend: backend.name,
+      vitreg_backend: backend,
+      vitreg_engine: model.description,
     });
     process.stderr.write(`wrote ${count} image(s), grid ${grid[0]}x${grid[1]}, to ${values.out}\n`);
-    model.dispose();
+    await model.dispose();
   },
 };

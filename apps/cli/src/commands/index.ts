@@ -3,6 +3,7 @@ import { analyze } from './analyze.js';
 import { convert } from './convert.js';
 import { demo } from './demo.js';
 import { discover } from './discover.js';
+import { exportCommand } from './export.js';
 import { features } from './features.js';
 import { probe } from './probe.js';
 import { trainCommand } from './train.js';
@@ -11,6 +12,7 @@ import { trainCommand } from './train.js';
 export const commands: Record<string, Command> = {
   features,
   convert,
+  export: exportCommand,
   analyze,
   train: trainCommand,
   probe,

@@ -7,7 +7,10 @@ import { basename, join } from 'node:path';
 import { BACKEND_NAMES, ensureDir, ImageFolderDataset, Progress, writeJsonAtomic } from '@vitreg/core';
 import { PROBE_TASKS, runProbe, splitIndices, TOKEN_CHOICES, writeSweep, type DataPart, type ProbeReport } from '@vitreg/probe';
 import { choiceFlag, CliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
-import { checkpointNames, configFlag, loadModel, startBackend, SYNTHETIC_FLAGS, syntheticDataset } from '../inputs.js';
+import { TfjsEncoder } from '@vitreg/registers';
+import {
+  checkpointNames, configFlag, ENGINE_FLAGS, engineFlags, engineUsage, loadEncoder, startBackend, SYNTHETIC_FLAGS, syntheticDataset,
+} from '../inputs.js';
 
 const USAGE = `
 Usage: vitreg probe --weights FILE [--weights FILE ...] --data DIR|synthetic
@@ -37,6 +40,8 @@ Options:
   --weights FILE     .safetensors or .pth; --model NAME, --config JSON as for discover
   --batch-size N     images per forward pass (default 8)
   --backend B        ${BACKEND_NAMES.join(' | ')}
+${engineUsage(21)}
+                     (probe runs on tfjs for now: auto picks tfjs, onnxruntime is refused)
   --out DIR          output folder
 `;
 
@@ -85,6 +90,7 @@ export const probe: Command = {
       steps: { type: 'string' },
       'batch-size': { type: 'string' },
       backend: { type: 'string' },
+      ...ENGINE_FLAGS,
       out: { type: 'string' },
     });
     const weights = values.weights ?? [];
@@ -108,12 +114,18 @@ export const probe: Command = {
       seed: intFlag('seed', values.seed, 0, 0),
     } as const;
     const config = configFlag(values.config);
+    const engine = engineFlags(values);
+    // @vitreg/probe's runProbe drives a tfjs VisionTransformer: auto means tfjs here until it takes an Encoder.
+    if (engine.engine === 'onnxruntime' || engine.device !== 'cpu' || engine.threads !== undefined || weights.some((w) => w.toLowerCase().endsWith('.onnx'))) {
+      throw new CliError('vitreg probe runs on --engine tfjs only for now (@vitreg/probe\'s runProbe takes a tfjs model): give .safetensors or .pth weights without --device / --threads');
+    }
     const { train, test } = openData(values.data, values);
     await startBackend(values.backend);
     const rows: Record<string, string | number>[] = [];
     const dirs = checkpointNames(weights);
     for (const [i, w] of weights.entries()) {
-      const model = await loadModel(w, { model: values.model, config });
+      const encoder = await loadEncoder(w, { model: values.model, config }, { ...engine, engine: 'tfjs' });
+      const model = (encoder as TfjsEncoder).model;
       let report: ProbeReport;
       try {
         const total = (train.indices?.length ?? train.dataset.length) + (test.indices?.length ?? test.dataset.length);
