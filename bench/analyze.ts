@@ -1,9 +1,9 @@
 /**
- * `npm run bench -- analyze [--model dinov2_vits14_reg] [--images 10] [--size 224] [--backend wasm]`
+ * `npm run bench -- analyze [--model dinov2_vits14_reg] [--images 10] [--size 224] [--backend wasm] [--engine tfjs|onnxruntime]`
  * End-to-end `vitreg analyze` on generated images with a randomly initialised model (random weights
  * do the same work): decode, forward with last attention and every block's tokens, token analysis,
  * all figures, joint PCA, report. Prints one JSON line: total seconds (model load included),
- * analysis seconds and images/s, and the backend.
+ * analysis seconds and images/s, the engine (the forward pass) and the backend (tfjs: the token analysis).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -22,6 +22,7 @@ export async function run(argv: string[]): Promise<void> {
       images: { type: 'string', default: '10' },
       size: { type: 'string', default: '224' },
       backend: { type: 'string', default: 'wasm' },
+      engine: { type: 'string', default: 'tfjs' },
     },
   });
   const count = Number(values.images);
@@ -54,7 +55,7 @@ export async function run(argv: string[]): Promise<void> {
 
     setQuiet(true);
     const t0 = performance.now();
-    const code = await analyze.run([...files, '--weights', weights, '--out', join(dir, 'out'), '--size', String(size), '--backend', values.backend!]);
+    const code = await analyze.run([...files, '--weights', weights, '--out', join(dir, 'out'), '--size', String(size), '--backend', values.backend!, '--engine', values.engine!]);
     const seconds = (performance.now() - t0) / 1000;
     setQuiet(false);
     if (code !== 0) throw new Error(`analyze exited with ${code}`);
@@ -63,6 +64,7 @@ export async function run(argv: string[]): Promise<void> {
       model: values.model,
       images: count,
       size,
+      engine: values.engine,
       backend: getBackendName(),
       seconds: Number(seconds.toFixed(2)),
       images_per_s: Number((count / seconds).toFixed(3)),

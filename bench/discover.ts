@@ -1,14 +1,16 @@
 /**
- * `npm run bench -- discover [--model dinov2_vits14_reg] [--batch 4] [--size 224] [--iters 3] [--backend wasm]`
+ * `npm run bench -- discover [--model dinov2_vits14_reg] [--batch 4] [--size 224] [--iters 3] [--backend wasm]
+ *   [--engine tfjs|onnxruntime] [--threads N]`
  * LOST throughput: forward with the last block's keys, then LOST per image (similarity matMul on the
  * backend, degrees / expansion / component on the host), on random normalised images with a randomly
  * initialised model (weights do not change the work done). Prints one JSON line, with the share of
- * time spent in LOST itself after the forward pass.
+ * time spent in LOST itself after the forward pass. --engine onnxruntime runs the forward pass on
+ * vitreg's ONNX graph (the same weights), LOST stays on the tfjs backend.
  */
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend, type BackendName } from '@vitreg/core';
-import { getConfig, VisionTransformer } from '@vitreg/registers';
+import { disposeOutput, getConfig, OnnxEncoder, outputTensors, stateDictOf, VisionTransformer } from '@vitreg/registers';
 import { affinity, lostFeatures, lostFromAffinity } from '@vitreg/probe';
 
 export async function run(argv: string[]): Promise<void> {
@@ -20,6 +22,8 @@ export async function run(argv: string[]): Promise<void> {
       size: { type: 'string', default: '224' },
       iters: { type: 'string', default: '3' },
       backend: { type: 'string', default: 'wasm' },
+      engine: { type: 'string', default: 'tfjs' },
+      threads: { type: 'string' },
     },
   });
   const info = await initBackend(values.backend as BackendName, { log: () => {} });
@@ -29,12 +33,25 @@ export async function run(argv: string[]): Promise<void> {
   const model = new VisionTransformer(getConfig(values.model!), { seed: 0, trainable: false });
   const p = model.config.patch_size;
   const x = tf.randomNormal([batch, size, size, 3], 0, 1, 'float32', 0) as tf.Tensor4D;
+  const onnx = values.engine === 'onnxruntime'
+    ? await OnnxEncoder.fromWeights(model.config, await stateDictOf(model), { threads: values.threads ? Number(values.threads) : undefined })
+    : undefined;
+  const host = { data: x.dataSync() as Float32Array, shape: [batch, size, size, 3] as [number, number, number, number] };
+  const forward = async () => {
+    if (!onnx) {
+      return tf.tidy(() => {
+        const out = model.forward(x, { keys: true });
+        return { f: lostFeatures(out, 'keys'), grid: out.grid };
+      });
+    }
+    const out = outputTensors(await onnx.encode(host, { keys: true }));
+    const f = lostFeatures(out, 'keys');
+    disposeOutput(out);
+    return { f, grid: out.grid };
+  };
   const once = async () => {
     const t0 = performance.now();
-    const feats = tf.tidy(() => {
-      const out = model.forward(x, { keys: true });
-      return { f: lostFeatures(out, 'keys'), grid: out.grid };
-    });
+    const feats = await forward();
     await feats.f.data();
     const t1 = performance.now();
     for (let i = 0; i < batch; i++) {
@@ -56,6 +73,7 @@ export async function run(argv: string[]): Promise<void> {
     JSON.stringify({
       case: 'discover',
       model: values.model,
+      engine: onnx ? onnx.description : 'tfjs',
       backend: info.name,
       batch,
       size,
@@ -70,4 +88,5 @@ export async function run(argv: string[]): Promise<void> {
   );
   x.dispose();
   model.dispose();
+  await onnx?.dispose();
 }
