@@ -132,10 +132,11 @@ function withoutClassifier(sd: StateDict): StateDict {
 
 /**
  * timm -> DINOv2 names: reg_token, fc1/fc2 for SwiGLU (SwiGLUPacked), no mask token; `head.weight` is CLIP's
- * projection (transposed) in a tower with `norm_pre` (its bias must be zero) or when it has no bias, and a
- * classifier, left out, otherwise. `pos_embed` is kept as is, class slot or not (see fitPosEmbed).
+ * projection (transposed) when it has no bias, or a zero one in a tower with `norm_pre` (timm's conversion of
+ * CLIP), and a classifier, left out, otherwise (e.g. CLIP fine-tuned on ImageNet). `pos_embed` is kept as is,
+ * class slot or not (see fitPosEmbed).
  */
-function fromTimm(sd: StateDict, file: string): StateDict {
+function fromTimm(sd: StateDict): StateDict {
   let out = renamed(sd, [[/^reg_token$/, 'register_tokens']]);
   // timm packs SwiGLU as mlp.fc1 [2h, D] / mlp.fc2 [D, h] (SwiGLUPacked); DINOv2 calls them w12 / w3.
   for (const k of Object.keys(out)) {
@@ -155,10 +156,8 @@ function fromTimm(sd: StateDict, file: string): StateDict {
   }
   const head = out['head.weight'];
   const bias = out['head.bias'];
-  if (head && head.shape.length === 2 && (out['norm_pre.weight'] || !bias)) {
-    if (bias && bias.data.some((v) => v !== 0)) {
-      throw new Error(`${file}: tensor "head.bias" of a CLIP tower (norm_pre present) must be zero: "head.weight" is read as the projection \`proj\`, which has no bias`);
-    }
+  const zeroBias = !!bias && bias.data.every((v) => v === 0);
+  if (head && head.shape.length === 2 && (!bias || (zeroBias && out['norm_pre.weight']))) {
     out.proj = { shape: [head.shape[1], head.shape[0]], data: transpose2d(head.data, head.shape[0], head.shape[1]) };
   }
   out = withoutClassifier(out);
@@ -377,9 +376,9 @@ function unchunk(sd: StateDict): StateDict {
 }
 
 /** A state dict in any naming -> DINOv2 names (pos_embed as stored: see fitPosEmbed). */
-export function toDinov2Names(sd: StateDict, naming: Naming, file = 'state dict'): StateDict {
+export function toDinov2Names(sd: StateDict, naming: Naming): StateDict {
   if (naming === 'hf') return fromHf(sd);
-  if (naming === 'timm') return fromTimm(sd, file);
+  if (naming === 'timm') return fromTimm(sd);
   if (naming === 'deit3') return fromDeit3(sd);
   if (naming === 'clip') return fromClip(sd);
   const out = Object.keys(sd).some((k) => /^blocks\.\d+\.\d+\./.test(k)) ? unchunk(sd) : sd;
@@ -627,7 +626,7 @@ export async function readWeights(path: string, opts: LoadOptions = {}): Promise
     throw new Error(`${file}: __metadata__.${METADATA_NAMING} is "${stored}"; expected one of ${NAMINGS.join(', ')}`);
   }
   const naming = (stored as Naming | undefined) ?? detectNaming(Object.keys(stripped));
-  const sd = toDinov2Names(decode(stripped, file), naming, file);
+  const sd = toDinov2Names(decode(stripped, file), naming);
   let config: ViTConfig;
   if (opts.model) config = getConfig(opts.model);
   else if (metadata[METADATA_CONFIG]) {

@@ -153,6 +153,18 @@ test('a family file read through another naming\'s tensors alone infers the same
   model.dispose();
 });
 
+test("timm's CLIP head: a projection with a zero bias, a classifier (left out) with any other", async () => {
+  const { tensors } = await readCheckpoint(join(FAMILIES, 'clip.timm.safetensors'));
+  const bias = toFloat32(tensors['head.bias']!);
+  assert.ok(bias.every((v) => v === 0), "timm's conversion writes a zero bias");
+  const path = join(dir, 'clip.ft.safetensors');
+  await writeSafetensors(path, { ...tensors, 'head.bias': { dtype: 'F32', shape: [32], data: new Uint8Array(new Float32Array(32).fill(0.5).buffer) } }, { format: 'pt' });
+  const ft = await readWeights(path, { config: HEADS });
+  assert.equal(ft.config.proj_dim, null);
+  assert.ok(!ft.stateDict.proj && !ft.stateDict['head.weight']);
+  assert.equal((await read('clip.timm.safetensors')).config.proj_dim, 32);
+});
+
 test('what a naming cannot hold is an error naming it', async () => {
   const clip = await read('openclip.safetensors');
   assert.throws(() => encodeStateDict(clip.stateDict, clip.config, { naming: 'hf' }), /Hugging Face Dinov2 layout has no name for tensor "(norm_pre\.weight|proj)"/);
