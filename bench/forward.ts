@@ -1,6 +1,6 @@
 /**
  * `npm run bench -- forward [--engine tfjs|onnxruntime] [--model dinov2_vits14_reg] [--batch 8] [--size 224]
- *   [--iters 3] [--backend auto] [--threads N] [--torch-onnx auto|off]`
+ *   [--iters 3] [--backend auto] [--gpu N] [--threads N] [--torch-onnx auto|off]`
  * Forward throughput of a randomly initialised model on random normalised images (weights do not change
  * the work done). Prints one JSON line.
  *
@@ -19,7 +19,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
-import { initBackend, Rng, type BackendName } from '@vitreg/core';
+import { describeAdapter, initBackend, Rng, type BackendName } from '@vitreg/core';
 import { getConfig, loadOnnxRuntime, OnnxEncoder, torchShapes, VisionTransformer, type StateDict, type ViTConfig } from '@vitreg/registers';
 
 /** Random weights in PyTorch layouts (the work does not depend on the values). */
@@ -118,7 +118,7 @@ async function runOnnx(values: Record<string, string | undefined>, c: ViTConfig,
 }
 
 async function runTfjs(values: Record<string, string | undefined>, c: ViTConfig, batch: number, size: number, iters: number): Promise<void> {
-  const info = await initBackend(values.backend as BackendName, { log: () => {} });
+  const info = await initBackend(values.backend as BackendName, { log: () => {}, gpu: values.gpu === undefined ? undefined : Number(values.gpu) });
   const model = new VisionTransformer(c, { seed: 0, trainable: false });
   const x = tf.randomNormal([batch, size, size, 3], 0, 1, 'float32', 0) as tf.Tensor4D;
   const once = async () => {
@@ -137,6 +137,7 @@ async function runTfjs(values: Record<string, string | undefined>, c: ViTConfig,
     engine: `tfjs ${info.name}`,
     model: values.model,
     backend: info.name,
+    ...(info.adapter ? { adapter: describeAdapter(info.adapter) } : {}),
     batch,
     size,
     input: [batch, size, size, 3],
@@ -159,6 +160,7 @@ export async function run(argv: string[]): Promise<void> {
       size: { type: 'string', default: '224' },
       iters: { type: 'string', default: '3' },
       backend: { type: 'string', default: 'auto' },
+      gpu: { type: 'string' },
       attention: { type: 'string', default: 'none' },
       threads: { type: 'string' },
       'torch-onnx': { type: 'string', default: 'auto' },
