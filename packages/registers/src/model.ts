@@ -22,7 +22,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { Rng } from '@vitreg/core';
 import { ffnHiddenDim, posGrid, posLength, validateConfig, type ViTConfig } from './config.js';
 import { posEmbedMatrices } from './interpolate.js';
-import { geluLinear, layerNorm, linear, matMul2d, multiHeadAttention, reshape, residual, silu } from './ops.js';
+import { gelu, geluLinear, layerNorm, linear, matMul2d, multiHeadAttention, reshape, residual, silu } from './ops.js';
 
 /** QuickGELU, x * sigmoid(1.702 x), as open_clip's `QuickGELU` and OpenAI CLIP's (built-in gradients). */
 export function quickGelu<R extends tf.Rank>(x: tf.Tensor<R>): tf.Tensor<R> {
@@ -46,6 +46,18 @@ export interface ForwardOptions {
   rng?: Rng | Rng[];
   /** [B, P] with 1 where a patch is replaced by the mask token (iBOT). */
   masks?: tf.Tensor2D;
+  /**
+   * Test-time registers (Jiang et al. 2025, nickjiang2378/test-time-registers, shared/hook_fn.py
+   * `activate_on_registers`, normal_values "zero", scale 1): one extra token, zero and without positional
+   * embedding. In each listed layer, at the MLP activation (after the activation, before the second
+   * linear layer), per image, the listed neurons of that layer get on the extra token one signed maximum
+   * taken jointly over those neurons and all tokens (the minimum when its magnitude is larger), and 0 on
+   * the patch tokens (CLS and trained registers keep theirs). The token sits after the trained registers,
+   * so outputs keep the order [CLS, registers (trained, then test-time), patches] and `registers` has
+   * R + 1 rows; the blocks are token-permutation equivariant, so this equals the reference's token
+   * appended after the patches. Not for training (the edit has no gradient of its own).
+   */
+  testTimeRegisters?: { neurons: ReadonlyArray<{ layer: number; neuron: number }> };
 }
 
 export interface ViTOutput {
@@ -274,6 +286,9 @@ export class VisionTransformer {
     const clsToken = c.pos_embed_cls ? tf.add(this.param('cls_token'), tf.slice(pos, [0, 0, 0], [1, 1, D])) : this.param('cls_token');
     const parts: tf.Tensor[] = [tf.tile(clsToken, [B, 1, 1])];
     if (R > 0) parts.push(tf.tile(this.param('register_tokens'), [B, 1, 1]));
+    const ttr = opts.testTimeRegisters ? this.ttrLayers(opts.testTimeRegisters.neurons) : undefined;
+    if (ttr) parts.push(tf.zeros([B, 1, D]));
+    const T = ttr ? 1 : 0;
     parts.push(tf.add(x, tf.slice(pos, [0, first, 0], [1, P, D])));
     x = tf.concat(parts, 1) as tf.Tensor3D;
     if (c.pre_norm) x = layerNorm(x, this.param('norm_pre.weight'), this.param('norm_pre.bias'), c.norm_eps);
@@ -297,6 +312,7 @@ export class VisionTransformer {
           kv: last && (opts.keys || opts.values),
           dropRate: dropRng ? dropRate : 0,
           rng: dropRng,
+          ttr: ttr?.get(i) ? { neurons: ttr.get(i)!, register: 1 + R, patches: 1 + R + T } : undefined,
         }),
       );
       if (!opts.layers && i > 0) input.dispose();
@@ -313,8 +329,8 @@ export class VisionTransformer {
     const cls = tf.reshape(tf.slice(normed, [0, 0, 0], [B, 1, D]), [B, D]) as tf.Tensor2D;
     const out: ViTOutput = {
       cls,
-      registers: tf.slice(tokens, [0, 1, 0], [B, R, D]),
-      patches: tf.slice(tokens, [0, 1 + R, 0], [B, P, D]),
+      registers: tf.slice(tokens, [0, 1, 0], [B, R + T, D]),
+      patches: tf.slice(tokens, [0, 1 + R + T, 0], [B, P, D]),
       prenorm: x,
       grid: [gh, gw],
       embeddings,
@@ -330,7 +346,7 @@ export class VisionTransformer {
   private block(
     i: number,
     x: tf.Tensor3D,
-    o: { attention: boolean; kv: boolean | undefined; dropRate: number; rng?: Rng | Rng[] },
+    o: { attention: boolean; kv: boolean | undefined; dropRate: number; rng?: Rng | Rng[]; ttr?: { neurons: number[]; register: number; patches: number } },
   ): { x: tf.Tensor3D; attn?: tf.Tensor4D; k?: tf.Tensor4D; v?: tf.Tensor4D } {
     const c = this.config;
     const b = `blocks.${i}.`;
@@ -362,7 +378,16 @@ export class VisionTransformer {
     // FFN branch.
     const h2 = layerNorm(x, P('norm2.weight'), P('norm2.bias'), c.norm_eps);
     let f: tf.Tensor3D;
-    if (c.ffn_layer === 'swiglu') {
+    if (o.ttr) {
+      const h = linear(h2, P(c.ffn_layer === 'swiglu' ? 'mlp.w12.weight' : 'mlp.fc1.weight'), P(c.ffn_layer === 'swiglu' ? 'mlp.w12.bias' : 'mlp.fc1.bias'));
+      let act: tf.Tensor3D;
+      if (c.ffn_layer === 'swiglu') {
+        const [x1, x2] = tf.split(h, 2, 2);
+        act = tf.mul(silu(x1), x2) as tf.Tensor3D;
+      } else act = c.act_layer === 'quick_gelu' ? quickGelu(h) : gelu(h);
+      act = moveToRegister(act, o.ttr.neurons, o.ttr.register, o.ttr.patches);
+      f = linear(act, P(c.ffn_layer === 'swiglu' ? 'mlp.w3.weight' : 'mlp.fc2.weight'), P(c.ffn_layer === 'swiglu' ? 'mlp.w3.bias' : 'mlp.fc2.bias'));
+    } else if (c.ffn_layer === 'swiglu') {
       const [x1, x2] = tf.split(linear(h2, P('mlp.w12.weight'), P('mlp.w12.bias')), 2, 2);
       f = linear(tf.mul(silu(x1), x2) as tf.Tensor3D, P('mlp.w3.weight'), P('mlp.w3.bias'));
     } else if (c.act_layer === 'quick_gelu') {
@@ -388,6 +413,21 @@ export class VisionTransformer {
     return tf.tensor3d(dropPathFactors(draws, rate, this.config.drop_path_batch_subset), [B, 1, 1]);
   }
 
+  /** Test-time register neurons by layer, checked against the config (errors name the entry). */
+  private ttrLayers(neurons: ReadonlyArray<{ layer: number; neuron: number }>): Map<number, number[]> {
+    const c = this.config;
+    const hidden = ffnHiddenDim(c);
+    const byLayer = new Map<number, number[]>();
+    neurons.forEach((n, k) => {
+      if (!Number.isInteger(n.layer) || n.layer < 0 || n.layer >= c.depth) throw new Error(`testTimeRegisters.neurons[${k}].layer: expected an integer in [0, ${c.depth - 1}], got ${n.layer}`);
+      if (!Number.isInteger(n.neuron) || n.neuron < 0 || n.neuron >= hidden) throw new Error(`testTimeRegisters.neurons[${k}].neuron: expected an integer in [0, ${hidden - 1}], got ${n.neuron}`);
+      const list = byLayer.get(n.layer) ?? [];
+      if (!list.includes(n.neuron)) list.push(n.neuron);
+      byLayer.set(n.layer, list);
+    });
+    return byLayer;
+  }
+
   /** Parameters as host Float32Arrays in this class's layouts (for saving and syncing). */
   async weights(): Promise<Record<string, Float32Array>> {
     const out: Record<string, Float32Array> = {};
@@ -405,3 +445,28 @@ export class VisionTransformer {
   }
 }
 
+/**
+ * The test-time register edit of one layer's MLP activation `act` [B, N, hidden] (reference:
+ * test-time-registers shared/hook_fn.py `activate_on_registers` with shared/utils.py `sign_max`, done for
+ * every image instead of image 0): per image, v = max over all tokens and the given neurons, or the
+ * minimum when |min| >= |max|; the register row `register` gets v at those neurons, the patch rows from
+ * `firstPatch` on get 0 there.
+ */
+function moveToRegister(act: tf.Tensor3D, neurons: number[], register: number, firstPatch: number): tf.Tensor3D {
+  const [B, N, hidden] = act.shape;
+  const sel = tf.gather(act, neurons, 2);
+  const hi = tf.max(sel, [1, 2]);
+  const lo = tf.min(sel, [1, 2]);
+  const v = tf.reshape(tf.where(tf.greater(tf.abs(hi), tf.abs(lo)), hi, lo), [B, 1, 1]);
+  const cols = new Float32Array(hidden);
+  for (const n of neurons) cols[n] = 1;
+  const rows = new Float32Array(N);
+  const regRow = new Float32Array(N);
+  regRow[register] = 1;
+  rows[register] = 1;
+  for (let j = firstPatch; j < N; j++) rows[j] = 1;
+  const col = tf.tensor3d(cols, [1, 1, hidden]);
+  const cleared = tf.mul(col, tf.tensor3d(rows, [1, N, 1]));
+  const onRegister = tf.mul(tf.mul(col, tf.tensor3d(regRow, [1, N, 1])), v);
+  return tf.add(tf.mul(act, tf.sub(1, cleared)), onRegister) as tf.Tensor3D;
+}
