@@ -58,6 +58,12 @@ export interface ForwardOptions {
    * appended after the patches. Not for training (the edit has no gradient of its own).
    */
   testTimeRegisters?: { neurons: ReadonlyArray<{ layer: number; neuron: number }> };
+  /**
+   * Return every block's MLP activation [B, N, hidden] (after GELU / QuickGELU, or SwiGLU's silu(x1) x2:
+   * the input of the second linear layer; after the test-time register edit where there is one), as the
+   * reference's hooks on `mlp.act` log them (find_register_neurons).
+   */
+  mlpActivations?: boolean;
 }
 
 export interface ViTOutput {
@@ -81,6 +87,8 @@ export interface ViTOutput {
   layers?: tf.Tensor3D[];
   keys?: tf.Tensor4D;
   values?: tf.Tensor4D;
+  /** Each block's MLP activation [B, N, hidden] (opts.mlpActivations). */
+  mlpActivations?: tf.Tensor3D[];
 }
 
 /** Names and PyTorch-independent shapes of every parameter of a config, in state-dict order. */
@@ -296,6 +304,7 @@ export class VisionTransformer {
     const want = opts.attention ?? 'none';
     const attentions: tf.Tensor4D[] = [];
     const layers: tf.Tensor3D[] = [];
+    const acts: tf.Tensor3D[] = [];
     let keys: tf.Tensor4D | undefined;
     let values: tf.Tensor4D | undefined;
     const dropRng = opts.training && c.drop_path_rate > 0 ? opts.rng : undefined;
@@ -313,6 +322,7 @@ export class VisionTransformer {
           dropRate: dropRng ? dropRate : 0,
           rng: dropRng,
           ttr: ttr?.get(i) ? { neurons: ttr.get(i)!, register: 1 + R, patches: 1 + R + T } : undefined,
+          act: opts.mlpActivations,
         }),
       );
       if (!opts.layers && i > 0) input.dispose();
@@ -323,6 +333,7 @@ export class VisionTransformer {
         if (opts.values) values = res.v;
       }
       if (opts.layers) layers.push(x);
+      if (res.act) acts.push(res.act);
     }
     const normed = layerNorm(x, this.param('norm.weight'), this.param('norm.bias'), c.norm_eps);
     const tokens = c.final_norm_tokens ? normed : x;
@@ -338,6 +349,7 @@ export class VisionTransformer {
     if (c.proj_dim !== null) out.pooled = matMul2d(cls, this.param('proj') as unknown as tf.Tensor2D);
     if (want !== 'none') out.attention = attentions;
     if (opts.layers) out.layers = layers;
+    if (opts.mlpActivations) out.mlpActivations = acts;
     if (keys) out.keys = keys;
     if (values) out.values = values;
     return out;
@@ -346,8 +358,8 @@ export class VisionTransformer {
   private block(
     i: number,
     x: tf.Tensor3D,
-    o: { attention: boolean; kv: boolean | undefined; dropRate: number; rng?: Rng | Rng[]; ttr?: { neurons: number[]; register: number; patches: number } },
-  ): { x: tf.Tensor3D; attn?: tf.Tensor4D; k?: tf.Tensor4D; v?: tf.Tensor4D } {
+    o: { attention: boolean; kv: boolean | undefined; dropRate: number; rng?: Rng | Rng[]; ttr?: { neurons: number[]; register: number; patches: number }; act?: boolean },
+  ): { x: tf.Tensor3D; attn?: tf.Tensor4D; k?: tf.Tensor4D; v?: tf.Tensor4D; act?: tf.Tensor3D } {
     const c = this.config;
     const b = `blocks.${i}.`;
     const P = (n: string) => this.params[b + n];
@@ -378,14 +390,14 @@ export class VisionTransformer {
     // FFN branch.
     const h2 = layerNorm(x, P('norm2.weight'), P('norm2.bias'), c.norm_eps);
     let f: tf.Tensor3D;
-    if (o.ttr) {
+    let act: tf.Tensor3D | undefined;
+    if (o.ttr || o.act) {
       const h = linear(h2, P(c.ffn_layer === 'swiglu' ? 'mlp.w12.weight' : 'mlp.fc1.weight'), P(c.ffn_layer === 'swiglu' ? 'mlp.w12.bias' : 'mlp.fc1.bias'));
-      let act: tf.Tensor3D;
       if (c.ffn_layer === 'swiglu') {
         const [x1, x2] = tf.split(h, 2, 2);
         act = tf.mul(silu(x1), x2) as tf.Tensor3D;
       } else act = c.act_layer === 'quick_gelu' ? quickGelu(h) : gelu(h);
-      act = moveToRegister(act, o.ttr.neurons, o.ttr.register, o.ttr.patches);
+      if (o.ttr) act = moveToRegister(act, o.ttr.neurons, o.ttr.register, o.ttr.patches);
       f = linear(act, P(c.ffn_layer === 'swiglu' ? 'mlp.w3.weight' : 'mlp.fc2.weight'), P(c.ffn_layer === 'swiglu' ? 'mlp.w3.bias' : 'mlp.fc2.bias'));
     } else if (c.ffn_layer === 'swiglu') {
       const [x1, x2] = tf.split(linear(h2, P('mlp.w12.weight'), P('mlp.w12.bias')), 2, 2);
@@ -396,7 +408,7 @@ export class VisionTransformer {
       f = geluLinear(linear(h2, P('mlp.fc1.weight'), P('mlp.fc1.bias')), P('mlp.fc2.weight'), P('mlp.fc2.bias'));
     }
     x = residual(x, f, P('ls2.gamma'), this.dropPath(B, o.dropRate, o.rng));
-    return { x, attn, k, v };
+    return { x, attn, k, v, act: o.act ? act : undefined };
   }
 
   /**
