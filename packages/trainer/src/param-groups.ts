@@ -49,11 +49,12 @@ export function isNoDecay(name: string, shape: readonly number[], rule: WeightDe
 }
 
 /**
- * Layer index of a backbone parameter for layer-wise decay: 0 for the embeddings and tokens,
- * i + 1 for `blocks.i.*`, depth + 1 for everything after the blocks (final norm).
+ * Layer index of a backbone parameter for layer-wise decay: 0 for the embeddings, tokens and a norm
+ * before the blocks (CLIP's ln_pre, as open_clip's layer groups), i + 1 for `blocks.i.*`, depth + 1
+ * for everything after the blocks (final norm, projection).
  */
 export function layerId(name: string, depth: number): number {
-  if (TOKEN_PARAMS.has(name) || name.startsWith('patch_embed.')) return 0;
+  if (TOKEN_PARAMS.has(name) || name.startsWith('patch_embed.') || name.startsWith('norm_pre.')) return 0;
   const m = /^blocks\.(\d+)\./.exec(name);
   if (m) return Number(m[1]) + 1;
   return depth + 1;
