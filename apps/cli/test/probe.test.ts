@@ -73,9 +73,9 @@ test('probe rejects a token the task cannot read, and bad flags, with exit 2', (
   const r = vitreg('probe', '--weights', reg4, ...common, '--task', 'position', '--token', 'cls', '--out', join(tmp, 'bad'));
   assert.equal(r.code, 2);
   assert.match(r.stderr, /--token: task position reads one patch token/);
-  const t = vitreg('probe', '--weights', reg4, ...common, '--task', 'depth', '--out', join(tmp, 'bad'));
+  const t = vitreg('probe', '--weights', reg4, ...common, '--task', 'colour', '--out', join(tmp, 'bad'));
   assert.equal(t.code, 2);
-  assert.match(t.stderr, /--task: expected one of class, position, pixels/);
+  assert.match(t.stderr, /--task: expected one of class, position, pixels, segmentation, depth/);
   const w = vitreg('probe', '--weights', join(tmp, 'missing.safetensors'), ...common, '--out', join(tmp, 'bad'));
   assert.equal(w.code, 2);
   assert.match(w.stderr, /missing.safetensors does not exist/);

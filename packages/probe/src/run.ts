@@ -12,7 +12,7 @@
  * Images are resized to size x size (square geometry), so every image has the same grid.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { Rng, type Dataset } from '@vitreg/core';
+import { Rng, type Dataset, type DenseTask } from '@vitreg/core';
 import type { VisionTransformer } from '@vitreg/registers';
 import { batchTensor, imageTokens, patchPixels, prepareInput, selectToken, type TokenChoice } from './extract.js';
 import { knnClassify } from './knn.js';
@@ -20,6 +20,10 @@ import { classificationProbe, positionMetrics, regressionProbe, type Classificat
 
 export type ProbeTask = 'class' | 'position' | 'pixels';
 export const PROBE_TASKS: readonly ProbeTask[] = ['class', 'position', 'pixels'];
+
+/** Every task `vitreg probe` runs: the one-token probes above and the dense probes (dense-run.ts). */
+export type AnyProbeTask = ProbeTask | DenseTask;
+export const ALL_PROBE_TASKS: readonly AnyProbeTask[] = [...PROBE_TASKS, 'segmentation', 'depth'];
 
 /** Which items of a dataset to use. */
 export interface DataPart {

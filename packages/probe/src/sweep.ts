@@ -5,6 +5,30 @@
 import { join } from 'node:path';
 import { encodePng, ensureDir, writeFileAtomic, writeJsonAtomic } from '@vitreg/core';
 import { lineChart, SERIES_COLORS } from './draw.js';
+import type { DenseProbeReport } from './dense-run.js';
+import type { AnyProbeTask, ProbeReport } from './run.js';
+
+/**
+ * The table columns of one task's report in a sweep: class `accuracy`, `knn_top1`; position `top1`,
+ * `mean_distance`; pixels `mse`, `l2`; segmentation `miou`, `pixel_accuracy`; depth `rmse`, `delta1`,
+ * `abs_rel`. A run over several tasks puts them side by side, e.g. the paper's Table 2 (ImageNet linear
+ * top-1, ADE20k mIoU, NYUd RMSE): tasks class, segmentation and depth.
+ */
+export function sweepColumns(task: AnyProbeTask, report: ProbeReport | DenseProbeReport): Record<string, number> {
+  const r = report as Partial<ProbeReport> & Partial<DenseProbeReport>;
+  const cols: Record<string, number | undefined> =
+    task === 'class' ? { accuracy: r.accuracy, knn_top1: r.knn?.top1 }
+      : task === 'position' ? { top1: r.top1, mean_distance: r.meanDistance }
+        : task === 'pixels' ? { mse: r.mse, l2: r.l2 }
+          : task === 'segmentation' ? { miou: r.segmentation?.miou, pixel_accuracy: r.segmentation?.accuracy }
+            : { rmse: r.depth?.rmse, delta1: r.depth?.delta1, abs_rel: r.depth?.absRel };
+  return Object.fromEntries(Object.entries(cols).filter((e): e is [string, number] => typeof e[1] === 'number'));
+}
+
+/** The columns a sweep's chart plots for each task. */
+export const SWEEP_PLOT_METRICS: Record<AnyProbeTask, string[]> = {
+  class: ['accuracy', 'knn_top1'], position: ['top1'], pixels: ['l2'], segmentation: ['miou'], depth: ['rmse'],
+};
 
 /** One row of a sweep table: the checkpoint, its x value (e.g. registers) and its metrics. */
 export type SweepRow = Record<string, string | number | boolean | null>;

@@ -1,22 +1,27 @@
 /**
  * `vitreg probe`: linear probes of what one token holds (image class, patch position, patch pixels),
- * on frozen features of one or several checkpoints.
+ * and DINOv2's linear dense probes (semantic segmentation, monocular depth), on frozen features of one
+ * or several checkpoints; resumable, and several tasks side by side in a sweep (the paper's Table 2).
  */
 import { existsSync, statSync } from 'node:fs';
-import { basename, join } from 'node:path';
-import { BACKEND_NAMES, ensureDir, ImageFolderDataset, Progress, writeJsonAtomic } from '@vitreg/core';
-import { PROBE_TASKS, runProbe, splitIndices, TOKEN_CHOICES, writeSweep, type DataPart, type ProbeReport } from '@vitreg/probe';
+import { basename, join, resolve } from 'node:path';
+import { readFile, rm } from 'node:fs/promises';
+import { BACKEND_NAMES, DENSE_TASKS, ensureDir, ImageFolderDataset, Progress, writeJsonAtomic, writeSafetensors, type DenseTask } from '@vitreg/core';
+import { runProbe, splitIndices, TOKEN_CHOICES, writeSweep, type DataPart, type ProbeReport } from '@vitreg/probe';
+import {
+  ALL_PROBE_TASKS, openDenseSource, runDenseProbe, SWEEP_PLOT_METRICS, sweepColumns, type AnyProbeTask, type DenseProbeReport, type DensePart,
+} from '@vitreg/probe';
 import { choiceFlag, CliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
-import { TfjsEncoder } from '@vitreg/registers';
+import { TfjsEncoder, type VisionTransformer } from '@vitreg/registers';
 import {
   checkpointNames, configFlag, ENGINE_FLAGS, engineFlags, engineUsage, loadEncoder, startBackend, SYNTHETIC_FLAGS, syntheticDataset,
 } from '../inputs.js';
 
 const USAGE = `
-Usage: vitreg probe --weights FILE [--weights FILE ...] --data DIR|synthetic
-                    --task class|position|pixels --token cls|normal|outlier|register|cls+mean --out DIR
+Usage: vitreg probe --weights FILE [--weights FILE ...] --data SRC | --data TASK=SRC ...
+                    --task TASK[,TASK...] [--token cls|normal|outlier|register|cls+mean] --out DIR
 
-Linear probes on frozen output tokens (images resized to --size x --size):
+Linear probes on frozen features (images resized to --size x --size):
   class     the image class from one token: cls, a random normal patch, the outlier patch (the
             highest-norm patch the automatic outlier rule flags, else the max-norm patch), a register,
             or cls+mean (CLS concatenated with the mean patch token); softmax regression with a
@@ -24,19 +29,42 @@ Linear probes on frozen output tokens (images resized to --size x --size):
   position  the grid cell of a normal or outlier patch token: top-1 and mean distance in patches
   pixels    the patch_size x patch_size x 3 normalised input values under a normal or outlier patch
             token (ridge regression): mean squared error and mean L2 error per patch
-Writes DIR/results.json. Several --weights run a sweep: DIR/<checkpoint>/results.json and
-DIR/sweep.{csv,json,png} (the metric against the number of registers).
+  segmentation  DINOv2's linear segmentation: BatchNorm + 1x1 conv on the normalised patch tokens
+            (last block, or --layers 4: the last 4), logits resized bilinearly to the label size,
+            cross-entropy ignoring label 255, AdamW; mIoU (and pixel accuracy) at each label's size
+  depth     DINOv2's linear depth head: patch tokens + CLS before the final norm, upsampled 4x, 1x1
+            conv to 256 depth bins in [0.001, 10] m (--depth-head regression: one output), SigLoss,
+            AdamW; RMSE, delta < 1.25 and abs rel at each depth map's size (NYU: Eigen crop)
+Writes DIR/results.json (several tasks: DIR/results-<task>.json; dense tasks also head-<task>.safetensors
+with DINOv2's head names). Several --weights run a sweep: DIR/<checkpoint>/... and DIR/sweep.{csv,json,png}
+(one row per checkpoint, every task's metrics as columns, plotted against the number of registers; e.g.
+the paper's Table 2: --task class,segmentation,depth --data class=IMAGENET --data segmentation=ADE20K
+--data depth=NYU). Interrupted runs resume: finished checkpoint/task results with the same settings are
+kept (other settings in the same --out are an error), and dense feature extraction continues from
+DIR/cache-<task> (removed when the task is done).
 
 Options:
-  --data SRC         an image folder (one sub-folder per class; DIR/train and DIR/val when both exist,
-                     else a seeded 80/20 split), or 'synthetic' (--count N training images, default 200;
-                     --test-count N, default count/4; --synthetic-size N, default 224; --seed)
-  --task T           ${PROBE_TASKS.join(' | ')} (default class)
+  --data SRC         for class, position, pixels: an image folder (one sub-folder per class; DIR/train and
+                     DIR/val when both exist, else a seeded 80/20 split), or 'synthetic' (--count N training
+                     images, default 200; --test-count N, default count/4; --synthetic-size N, default 224;
+                     --seed). For segmentation: 'synthetic' (the shapes with per-pixel classes, background
+                     = 0) or an ADE20k folder (ADEChallengeData2016: images/ and annotations/, training /
+                     validation); for depth: 'synthetic' (a depth map per shape image) or an NYU Depth v2
+                     folder (nyu_train.txt / nyu_test.txt, or train/ and test/ with rgb_<id>.jpg +
+                     sync_depth_<id>.png in mm); ade20k:DIR / nyu:DIR name the layout. With ADE20k / NYU,
+                     --count / --test-count take seeded random subsets. TASK=SRC gives one task its data.
+  --task T[,T...]    ${ALL_PROBE_TASKS.join(' | ')} (default class)
   --token T          ${TOKEN_CHOICES.join(' | ')} (default cls; position and pixels: normal | outlier)
   --register N       register read by --token register (default 0)
   --threshold X      outlier rule: auto (default) or a norm
   --size N           input side in pixels (default 224)
-  --steps N          softmax-regression steps (default 300)
+  --steps N          softmax-regression steps (default 300); dense head steps (default 1000)
+  --layers 1|4       dense tasks: features of the last block (default) or of 4 blocks (segmentation: the
+                     last 4; depth: blocks 2, 5, 8, 11 of 12, as DINOv2's linear4 heads)
+  --depth-head H     bins (default, DINOv2's linear head) | regression
+  --head-batch-size N  images per dense head step (default 4)
+  --train-label-size N dense training targets resized (nearest) to N x N (default --size)
+  --lr X             dense head AdamW lr (default: segmentation 1e-3, depth 5e-3)
   --weights FILE     .safetensors or .pth; --model NAME, --config JSON as for discover
   --batch-size N     images per forward pass (default 8)
   --backend B        ${BACKEND_NAMES.join(' | ')}
@@ -44,9 +72,6 @@ ${engineUsage(21)}
                      (probe runs on tfjs for now: auto picks tfjs, onnxruntime is refused)
   --out DIR          output folder
 `;
-
-/** The metric a sweep plots for each task. */
-const SWEEP_METRICS: Record<string, string[]> = { class: ['accuracy', 'knn_top1'], position: ['top1'], pixels: ['l2'] };
 
 function openData(data: string, values: Parameters<typeof syntheticDataset>[0] & { 'test-count'?: string }): { train: DataPart; test: DataPart } {
   if (data === 'synthetic') {
@@ -71,15 +96,79 @@ function openData(data: string, values: Parameters<typeof syntheticDataset>[0] &
   }
 }
 
+/** --task: one task, or several comma-separated (their columns side by side in a sweep). */
+function parseTasks(value: string | undefined): AnyProbeTask[] {
+  const list = (value ?? 'class').split(',').map((t) => t.trim());
+  for (const t of list) {
+    if (!(ALL_PROBE_TASKS as readonly string[]).includes(t)) {
+      throw new CliError(`--task: expected one of ${ALL_PROBE_TASKS.join(', ')} (or several, comma-separated), got "${t}"`);
+    }
+  }
+  if (new Set(list).size !== list.length) throw new CliError(`--task: "${value}" names a task twice`);
+  return list as AnyProbeTask[];
+}
+
+const isDense = (t: AnyProbeTask): t is DenseTask => (DENSE_TASKS as readonly string[]).includes(t);
+
+/** --data (repeatable): a plain SRC used by every task, or TASK=SRC for one task. */
+function dataSources(values: string[], tasks: AnyProbeTask[]): Map<AnyProbeTask, string> {
+  const named = new Map<string, string>();
+  let plain: string | undefined;
+  for (const v of values) {
+    const m = /^([a-z]+)=(.+)$/.exec(v);
+    if (m && (ALL_PROBE_TASKS as readonly string[]).includes(m[1])) {
+      if (named.has(m[1])) throw new CliError(`--data: two sources for task ${m[1]}`);
+      named.set(m[1], m[2]);
+    } else {
+      if (plain !== undefined) throw new CliError(`--data: two sources for every task (${plain} and ${v}); give TASK=SRC for each task`);
+      plain = v;
+    }
+  }
+  const out = new Map<AnyProbeTask, string>();
+  for (const t of tasks) {
+    const src = named.get(t) ?? plain;
+    if (src === undefined) throw new CliError(`--data: no data for task ${t}; give --data ${t}=SRC or one --data SRC for every task`);
+    out.set(t, src);
+  }
+  for (const k of named.keys()) if (!tasks.includes(k as AnyProbeTask)) throw new CliError(`--data ${k}=...: task ${k} is not in --task ${tasks.join(',')}`);
+  return out;
+}
+
+/**
+ * A result already in `file` from a run with the same settings (resume: the task is skipped), or null;
+ * other settings are an error naming the fields that differ.
+ */
+async function previousResult<T>(file: string, settings: Record<string, unknown>): Promise<T | null> {
+  if (!existsSync(file)) return null;
+  const prev = JSON.parse(await readFile(file, 'utf8')) as { settings?: Record<string, unknown> } & T;
+  if (prev.settings === undefined) return null; // written before results recorded their settings: run again
+  const differ = Object.keys({ ...prev.settings, ...settings }).filter((k) => JSON.stringify(prev.settings![k]) !== JSON.stringify(settings[k]));
+  if (differ.length > 0) {
+    const what = differ.map((k) => `${k} ${JSON.stringify(prev.settings![k])}, not ${JSON.stringify(settings[k])}`).join('; ');
+    throw new CliError(`--out: ${file} holds the results of a run with other settings (${what}); use another --out or delete it`);
+  }
+  return prev;
+}
+
+function progressTicker(progress: Progress): (done: number) => void {
+  let seen = 0;
+  return (done) => {
+    progress.tick(done - seen);
+    seen = done;
+  };
+}
+
+const pct = (v: number | undefined) => `${(100 * (v ?? NaN)).toFixed(2)}%`;
+
 export const probe: Command = {
-  summary: 'linear probes (class, position, pixels) and k-NN on one token of frozen features',
+  summary: 'linear probes (class, position, pixels, segmentation, depth) and k-NN on frozen features',
   usage: USAGE,
   async run(argv) {
     const { values } = parseCommandArgs('probe', argv, {
       weights: { type: 'string', multiple: true },
       model: { type: 'string' },
       config: { type: 'string' },
-      data: { type: 'string' },
+      data: { type: 'string', multiple: true },
       ...SYNTHETIC_FLAGS,
       'test-count': { type: 'string' },
       task: { type: 'string' },
@@ -88,6 +177,11 @@ export const probe: Command = {
       threshold: { type: 'string' },
       size: { type: 'string' },
       steps: { type: 'string' },
+      layers: { type: 'string' },
+      'depth-head': { type: 'string' },
+      'head-batch-size': { type: 'string' },
+      'train-label-size': { type: 'string' },
+      lr: { type: 'string' },
       'batch-size': { type: 'string' },
       backend: { type: 'string' },
       ...ENGINE_FLAGS,
@@ -95,75 +189,165 @@ export const probe: Command = {
     });
     const weights = values.weights ?? [];
     if (weights.length === 0) throw new CliError('--weights FILE is required (see vitreg probe --help)');
-    if (!values.data) throw new CliError('--data DIR|synthetic is required (see vitreg probe --help)');
+    if (!values.data?.length) throw new CliError('--data DIR|synthetic is required (see vitreg probe --help)');
     if (!values.out) throw new CliError('--out DIR is required (see vitreg probe --help)');
-    const task = choiceFlag('task', values.task, PROBE_TASKS, 'class');
-    const token = choiceFlag('token', values.token, TOKEN_CHOICES, task === 'class' ? 'cls' : 'normal');
-    if (task !== 'class' && token !== 'normal' && token !== 'outlier') {
-      throw new CliError(`--token: task ${task} reads one patch token, expected normal or outlier, got ${token}`);
+    const tasks = parseTasks(values.task);
+    const tokenTasks = tasks.filter((t) => !isDense(t));
+    const token = choiceFlag('token', values.token, TOKEN_CHOICES, tokenTasks.includes('class') || tokenTasks.length === 0 ? 'cls' : 'normal');
+    for (const t of tokenTasks) {
+      if (t !== 'class' && token !== 'normal' && token !== 'outlier') {
+        throw new CliError(`--token: task ${t} reads one patch token, expected normal or outlier, got ${token}`);
+      }
     }
     const threshold = values.threshold === undefined || values.threshold === 'auto' ? 'auto' : numberFlag('threshold', values.threshold, 0);
     const opts = {
-      task,
       token,
       threshold,
       register: intFlag('register', values.register, 0, 0),
       size: intFlag('size', values.size, 224),
-      steps: intFlag('steps', values.steps, 300),
       batchSize: intFlag('batch-size', values['batch-size'], 8),
       seed: intFlag('seed', values.seed, 0, 0),
     } as const;
+    const dense = {
+      layers: choiceFlag('layers', values.layers, ['1', '4'] as const, '1') === '4' ? (4 as const) : (1 as const),
+      depthHead: choiceFlag('depth-head', values['depth-head'], ['bins', 'regression'] as const, 'bins'),
+      headBatchSize: intFlag('head-batch-size', values['head-batch-size'], 4),
+      trainLabelSize: intFlag('train-label-size', values['train-label-size'], opts.size),
+      lr: values.lr === undefined ? undefined : numberFlag('lr', values.lr, 0),
+    };
     const config = configFlag(values.config);
     const engine = engineFlags(values);
     // @vitreg/probe's runProbe drives a tfjs VisionTransformer: auto means tfjs here until it takes an Encoder.
     if (engine.engine === 'onnxruntime' || engine.device !== 'cpu' || engine.threads !== undefined || weights.some((w) => w.toLowerCase().endsWith('.onnx'))) {
       throw new CliError('vitreg probe runs on --engine tfjs only for now (@vitreg/probe\'s runProbe takes a tfjs model): give .safetensors or .pth weights without --device / --threads');
     }
-    const { train, test } = openData(values.data, values);
+    // Every task's data, opened before any model runs (bad paths fail fast).
+    const sources = dataSources(values.data, tasks);
+    const countFlags = {
+      count: values.count === undefined ? undefined : intFlag('count', values.count, 200, 1),
+      testCount: values['test-count'] === undefined ? undefined : intFlag('test-count', values['test-count'], 50, 1),
+      syntheticSize: intFlag('synthetic-size', values['synthetic-size'], 224, 16),
+      seed: opts.seed,
+    };
+    const parts = new Map<AnyProbeTask, { train: DataPart | DensePart; test: DataPart | DensePart }>();
+    for (const t of tasks) {
+      if (!isDense(t)) parts.set(t, openData(sources.get(t)!, values));
+      else {
+        try {
+          parts.set(t, openDenseSource(sources.get(t)!, t, countFlags));
+        } catch (err) {
+          throw new CliError(`--data ${sources.get(t)}: ${(err as Error).message}`);
+        }
+      }
+    }
     await startBackend(values.backend);
     const rows: Record<string, string | number>[] = [];
     const dirs = checkpointNames(weights);
     for (const [i, w] of weights.entries()) {
       const encoder = await loadEncoder(w, { model: values.model, config }, { ...engine, engine: 'tfjs' });
       const model = (encoder as TfjsEncoder).model;
-      let report: ProbeReport;
       try {
-        const total = (train.indices?.length ?? train.dataset.length) + (test.indices?.length ?? test.dataset.length);
-        const progress = new Progress({ total, label: `probe ${task}/${token} ${basename(w)}`, unit: 'img' });
-        let seen = 0;
-        try {
-          report = await runProbe(model, train, test, {
-            ...opts,
-            onProgress: (done) => {
-              progress.tick(done - seen);
-              seen = done;
-            },
-          });
-        } catch (err) {
-          throw new CliError((err as Error).message);
-        }
-        progress.done();
         const out = weights.length > 1 ? join(values.out, dirs[i]) : values.out;
         await ensureDir(out);
-        await writeJsonAtomic(join(out, 'results.json'), { weights: w, config: model.config, ...report });
-        const metrics = {
-          accuracy: report.accuracy, knn_top1: report.knn?.top1, top1: report.top1, mean_distance: report.meanDistance,
-          mse: report.mse, l2: report.l2,
-        };
-        rows.push({
-          checkpoint: w,
-          registers: model.config.num_register_tokens,
-          ...Object.fromEntries(Object.entries(metrics).filter((e): e is [string, number] => e[1] !== undefined)),
-        });
-        const headline = task === 'class'
-          ? `accuracy ${(100 * report.accuracy!).toFixed(2)}%, k-NN ${(100 * report.knn!.top1).toFixed(2)}%`
-          : task === 'position' ? `top-1 ${(100 * report.top1!).toFixed(2)}%, mean distance ${report.meanDistance!.toFixed(2)} patches`
-            : `MSE ${report.mse!.toFixed(4)}, L2 ${report.l2!.toFixed(4)}`;
-        process.stderr.write(`${w}: ${task}/${token}: ${headline}\n`);
+        const row: Record<string, string | number> = { checkpoint: w, registers: model.config.num_register_tokens };
+        for (const task of tasks) {
+          const file = join(out, tasks.length === 1 ? 'results.json' : `results-${task}.json`);
+          const { train, test } = parts.get(task)!;
+          const settings: Record<string, unknown> = {
+            weights: resolve(w), model: values.model ?? null, config: config ?? null, task, data: sources.get(task),
+            size: opts.size, seed: opts.seed, count: values.count ?? null, testCount: values['test-count'] ?? null,
+            syntheticSize: countFlags.syntheticSize,
+          };
+          let report: ProbeReport | DenseProbeReport;
+          if (!isDense(task)) {
+            Object.assign(settings, { token, threshold, register: opts.register, steps: intFlag('steps', values.steps, 300) });
+            const prev = await previousResult<ProbeReport>(file, settings);
+            if (prev) {
+              report = prev;
+              process.stderr.write(`${w}: ${task}: already done (${file})\n`);
+            } else {
+              const total = (train.indices?.length ?? train.dataset.length) + (test.indices?.length ?? test.dataset.length);
+              const progress = new Progress({ total, label: `probe ${task}/${token} ${basename(w)}`, unit: 'img' });
+              try {
+                report = await runProbe(model, train as DataPart, test as DataPart, {
+                  ...opts, task, steps: settings.steps as number, onProgress: progressTicker(progress),
+                });
+              } catch (err) {
+                throw new CliError((err as Error).message);
+              }
+              progress.done();
+              await writeJsonAtomic(file, { weights: w, config: model.config, settings, ...report });
+            }
+            const r = report as ProbeReport;
+            const headline = task === 'class'
+              ? `accuracy ${pct(r.accuracy)}, k-NN ${pct(r.knn?.top1)}`
+              : task === 'position' ? `top-1 ${pct(r.top1)}, mean distance ${r.meanDistance!.toFixed(2)} patches`
+                : `MSE ${r.mse!.toFixed(4)}, L2 ${r.l2!.toFixed(4)}`;
+            process.stderr.write(`${w}: ${task}/${token}: ${headline}\n`);
+          } else {
+            Object.assign(settings, {
+              layers: dense.layers, steps: intFlag('steps', values.steps, 1000), headBatchSize: dense.headBatchSize,
+              trainLabelSize: dense.trainLabelSize, lr: dense.lr ?? null, ...(task === 'depth' ? { depthHead: dense.depthHead } : {}),
+            });
+            const prev = await previousResult<DenseProbeReport>(file, settings);
+            if (prev) {
+              report = prev;
+              process.stderr.write(`${w}: ${task}: already done (${file})\n`);
+            } else {
+              report = await runDenseTask(model, w, task, train as DensePart, test as DensePart, { out, file, settings, ...opts, ...dense, steps: settings.steps as number });
+            }
+            const r = report as DenseProbeReport;
+            const headline = task === 'segmentation'
+              ? `mIoU ${pct(r.segmentation?.miou)}, pixel accuracy ${pct(r.segmentation?.accuracy)} (most frequent class everywhere: mIoU ${pct(r.baseline.miou)})`
+              : `RMSE ${r.depth!.rmse.toFixed(4)} m, delta<1.25 ${pct(r.depth!.delta1)}, abs rel ${r.depth!.absRel.toFixed(4)} (a constant depth: RMSE ${r.baseline.rmse!.toFixed(4)} m)`;
+            process.stderr.write(`${w}: ${task}: ${headline}\n`);
+          }
+          Object.assign(row, sweepColumns(task, report));
+        }
+        rows.push(row);
       } finally {
         model.dispose();
       }
     }
-    if (weights.length > 1) await writeSweep(values.out, rows, { x: 'registers', metrics: SWEEP_METRICS[task] });
+    if (weights.length > 1) await writeSweep(values.out, rows, { x: 'registers', metrics: tasks.flatMap((t) => SWEEP_PLOT_METRICS[t]) });
   },
 };
+
+/** One dense task on one checkpoint: resumable extraction in DIR/cache-<task>, results file, head weights. */
+async function runDenseTask(
+  model: VisionTransformer,
+  w: string,
+  task: DenseTask,
+  train: DensePart,
+  test: DensePart,
+  o: {
+    out: string; file: string; settings: Record<string, unknown>; size: number; batchSize: number; seed: number; steps: number;
+    layers: 1 | 4; depthHead: 'bins' | 'regression'; headBatchSize: number; trainLabelSize: number; lr?: number;
+  },
+): Promise<DenseProbeReport> {
+  const cacheDir = join(o.out, `cache-${task}`);
+  const nImages = (train.indices?.length ?? train.dataset.length) + (test.indices?.length ?? test.dataset.length);
+  const phases = {
+    extract: new Progress({ total: nImages, label: `probe ${task} features ${basename(w)}`, unit: 'img' }),
+    train: new Progress({ total: o.steps, label: `probe ${task} head`, unit: 'step' }),
+    evaluate: new Progress({ total: test.indices?.length ?? test.dataset.length, label: `probe ${task} evaluation`, unit: 'img' }),
+  };
+  const tickers = { extract: progressTicker(phases.extract), train: progressTicker(phases.train), evaluate: progressTicker(phases.evaluate) };
+  let result;
+  try {
+    result = await runDenseProbe(model, train, test, {
+      task, size: o.size, layers: o.layers, batchSize: o.batchSize, headBatchSize: o.headBatchSize, steps: o.steps,
+      depthHead: o.depthHead, trainLabelSize: o.trainLabelSize, seed: o.seed, cacheDir, cacheKey: o.settings,
+      ...(o.lr !== undefined ? { lr: o.lr } : {}),
+      onProgress: (phase, done) => tickers[phase](done),
+    });
+  } catch (err) {
+    throw new CliError((err as Error).message);
+  }
+  for (const p of Object.values(phases)) p.done();
+  const headFile = join(o.out, `head-${task}.safetensors`);
+  await writeSafetensors(headFile, result.tensors, { task, format: 'pt', source: 'vitreg probe (DINOv2 linear head names)' });
+  await writeJsonAtomic(o.file, { weights: w, config: model.config, settings: o.settings, head: basename(headFile), ...result.report });
+  await rm(cacheDir, { recursive: true, force: true });
+  return result.report;
+}
