@@ -1,9 +1,11 @@
 /**
  * `vitreg features`: run a backbone on images or an image tensor and write its outputs as safetensors
- * (cls, registers, patches, prenorm; optionally attention and per-block tokens).
+ * (cls, registers, patches, prenorm; optionally attention and per-block tokens), streamed to the file
+ * batch by batch, on the tfjs or the onnxruntime engine.
  */
 import { resolve } from 'node:path';
-import { loadImage, numel, Progress, writeSafetensors, hostTensor, type HostTensor } from '@vitreg/core';
+import { open, rename, rm, type FileHandle } from 'node:fs/promises';
+import { loadImage, numel, Progress } from '@vitreg/core';
 import type { Encoder, HostArray } from '@vitreg/registers';
 import { choiceFlag, CliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
 import {
@@ -41,39 +43,81 @@ ${engineUsage(20)}
 
 type Batch = { data: Float32Array; shape: [number, number, number, number] };
 
-/** Appends per-batch host arrays of one output and stacks them at the end. */
-class Collector {
-  private parts = new Map<string, { shape: number[]; chunks: Float32Array[] }>();
-  add(name: string, t: HostArray): void {
-    const entry = this.parts.get(name) ?? { shape: t.shape.slice(1), chunks: [] };
-    entry.chunks.push(t.data);
-    this.parts.set(name, entry);
+/**
+ * Writes the outputs as one safetensors file while the run goes, so memory stays one batch: at the first
+ * batch the header (every output as F32 [count, ...its per-image shape], laid out by name as
+ * writeSafetensors does) goes to a temporary file, each batch's rows are written at their offsets, and
+ * `finish` syncs and renames the file into place (a failed run leaves any earlier file intact).
+ */
+class FeatureWriter {
+  private fh?: FileHandle;
+  private tmp: string;
+  private layout = new Map<string, { offset: number; shape: number[] }>();
+  private rows = 0;
+
+  constructor(private path: string, private count: number, private metadata: () => Record<string, string>) {
+    this.tmp = `${path}.tmp-${process.pid}`;
   }
-  tensors(batch: number): Record<string, HostTensor> {
-    const out: Record<string, HostTensor> = {};
-    for (const [name, { shape, chunks }] of this.parts) {
-      const data = new Float32Array(batch * numel(shape));
-      let off = 0;
-      for (const c of chunks) {
-        data.set(c, off);
-        off += c.length;
-      }
-      out[name] = hostTensor(data, [batch, ...shape]);
+
+  private async open(outputs: Map<string, HostArray>): Promise<void> {
+    const names = [...outputs.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    const fields = [`"__metadata__":${JSON.stringify(this.metadata())}`];
+    let offset = 0;
+    for (const name of names) {
+      const shape = [this.count, ...outputs.get(name)!.shape.slice(1)];
+      const end = offset + numel(shape) * 4;
+      fields.push(`${JSON.stringify(name)}:${JSON.stringify({ dtype: 'F32', shape, data_offsets: [offset, end] })}`);
+      this.layout.set(name, { offset, shape });
+      offset = end;
     }
-    return out;
+    let json = Buffer.from(`{${fields.join(',')}}`, 'utf8');
+    const padded = Math.ceil(json.length / 8) * 8;
+    json = Buffer.concat([json, Buffer.alloc(padded - json.length, 0x20)]);
+    const prefix = Buffer.alloc(8);
+    prefix.writeBigUInt64LE(BigInt(json.length));
+    this.fh = await open(this.tmp, 'w');
+    await this.fh.write(Buffer.concat([prefix, json]), 0, 8 + json.length, 0);
+    const dataStart = 8 + json.length;
+    for (const l of this.layout.values()) l.offset += dataStart;
+    await this.fh.truncate(dataStart + offset);
+  }
+
+  /** One batch's outputs, by name, each [n, ...]. */
+  async add(outputs: Map<string, HostArray>, n: number): Promise<void> {
+    if (!this.fh) await this.open(outputs);
+    for (const [name, t] of outputs) {
+      const l = this.layout.get(name);
+      if (!l || l.shape.slice(1).join(',') !== t.shape.slice(1).join(',')) throw new CliError(`features: output ${name} changed shape between batches`);
+      const rowBytes = (numel(l.shape) / this.count) * 4;
+      const bytes = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+      await this.fh!.write(bytes, 0, bytes.length, l.offset + this.rows * rowBytes);
+    }
+    this.rows += n;
+  }
+
+  async finish(): Promise<void> {
+    if (this.rows !== this.count) throw new CliError(`features: wrote ${this.rows} of ${this.count} images`);
+    await this.fh!.sync();
+    await this.fh!.close();
+    this.fh = undefined;
+    await rename(this.tmp, this.path);
+  }
+
+  async abort(): Promise<void> {
+    await this.fh?.close().catch(() => {});
+    await rm(this.tmp, { force: true });
   }
 }
 
-async function runBatch(encoder: Encoder, batch: Batch, collect: Collector, opts: { attention: 'none' | 'last' | 'all'; layers: boolean }): Promise<void> {
+/** One batch through the encoder: its outputs under the file's tensor names. */
+async function runBatch(encoder: Encoder, batch: Batch, opts: { attention: 'none' | 'last' | 'all'; layers: boolean }): Promise<Map<string, HostArray>> {
   const out = await encoder.encode(batch, { attention: opts.attention, layers: opts.layers });
-  collect.add('cls', out.cls);
-  collect.add('registers', out.registers);
-  collect.add('patches', out.patches);
-  collect.add('prenorm', out.prenorm);
-  if (out.pooled) collect.add('pooled', out.pooled);
-  if (opts.attention === 'last') collect.add('attention', out.attention![0]!);
-  if (opts.attention === 'all') out.attention!.forEach((a, k) => collect.add(`attention.layer${k}`, a));
-  if (opts.layers) out.layers!.forEach((l, k) => collect.add(`layer${k}.prenorm`, l));
+  const named = new Map<string, HostArray>([['cls', out.cls], ['registers', out.registers], ['patches', out.patches], ['prenorm', out.prenorm]]);
+  if (out.pooled) named.set('pooled', out.pooled);
+  if (opts.attention === 'last') named.set('attention', out.attention![0]!);
+  if (opts.attention === 'all') out.attention!.forEach((a, k) => named.set(`attention.layer${k}`, a));
+  if (opts.layers) out.layers!.forEach((l, k) => named.set(`layer${k}.prenorm`, l));
+  return named;
 }
 
 export const features: Command = {
@@ -145,28 +189,28 @@ export const features: Command = {
       };
     }
 
-    const collect = new Collector();
-    const progress = new Progress({ total: count, label: 'features', unit: 'img' });
     let grid: [number, number] = [0, 0];
-    for await (const batch of batches()) {
-      grid = [batch.shape[1] / p, batch.shape[2] / p];
-      try {
-        await runBatch(model, batch, collect, { attention, layers });
-      } catch (err) {
-        throw err instanceof CliError ? err : new CliError((err as Error).message);
-      }
-      progress.tick(batch.shape[0]);
-    }
-    progress.done();
-    const out = resolve(values.out);
-    await writeSafetensors(out, collect.tensors(count), {
+    const writer = new FeatureWriter(resolve(values.out), count, () => ({
       vitreg_images: JSON.stringify(labels),
       vitreg_grid: JSON.stringify(grid),
       vitreg_config: JSON.stringify(model.config),
       vitreg_weights: values.weights!,
       vitreg_backend: backend,
       vitreg_engine: model.description,
-    });
+    }));
+    const progress = new Progress({ total: count, label: 'features', unit: 'img' });
+    try {
+      for await (const batch of batches()) {
+        grid = [batch.shape[1] / p, batch.shape[2] / p];
+        await writer.add(await runBatch(model, batch, { attention, layers }), batch.shape[0]);
+        progress.tick(batch.shape[0]);
+      }
+      await writer.finish();
+    } catch (err) {
+      await writer.abort();
+      throw err instanceof CliError ? err : new CliError((err as Error).message);
+    }
+    progress.done();
     process.stderr.write(`wrote ${count} image(s), grid ${grid[0]}x${grid[1]}, to ${values.out}\n`);
     await model.dispose();
   },
