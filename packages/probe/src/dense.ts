@@ -24,7 +24,8 @@
  * Training: prediction resized bilinearly to the label size, SigLoss (AdaBins; eps 1e-3, valid = gt > 0,
  * warm-up: sqrt(0.15 mean(g)^2) for its first steps), AdamW (weight decay 0.01), cosine schedule to
  * 1e-8 of the lr after a linear warm-up over the first third from 1e-3 of the lr, gradient-norm
- * clipping at 35 (the released dinov2_vit*14_nyu_linear_config.py). Its GradientLoss (weight 0.5) is
+ * clipping at 35 (the released dinov2_vitb14_nyu_linear_config.py as mirrored by Denoising-ViT's
+ * evaluation/configs/vitb_nyu_linear_config.py; the original is only on dl.fbaipublicfiles.com). Its GradientLoss (weight 0.5) is
  * left out: applied to [B, 1, H, W] tensors it indexes the batch and channel axes, and with the
  * config's 2 images per GPU it is identically 0. Evaluation: depth clamped to [min, max], resized to
  * the label size, the toolbox's metrics (dense-metrics.ts).

@@ -194,3 +194,10 @@ test("mmcv's poly and cosine schedules with linear warm-up", () => {
   assert.ok(Math.abs(cosineLr(50, 100, 5e-3, { warmupSteps: 0 }) - (end + (5e-3 - end) / 2)) < 1e-15);
   assert.ok(Math.abs(cosineLr(0, 100, 5e-3, { warmupSteps: 30 }) - 5e-3 * 1e-3) < 1e-15);
 });
+
+test("DINOv2's GradientLoss on [B, 1, H, W] is 0 for batches of 1 and 2 (why the depth head leaves it out)", () => {
+  const g = ref.gradient_loss_by_batch as Record<string, number>;
+  assert.equal(g['1'], 0);
+  assert.equal(g['2'], 0, 'the NYU linear config trains 2 images per GPU');
+  assert.ok(g['3'] > 0 && g['4'] > 0, 'larger batches: differences between images, not pixels');
+});
