@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
-# The whole test suite: build (tsup: ESM + CJS + .d.ts) and typecheck every package through nx,
-# then run every package's tests with node's test runner against the TypeScript sources. The runner
-# goes last so its "# pass N / # fail N" summary ends the output.
+# The whole test suite: build (tsup: ESM + CJS + .d.ts) and typecheck every package through nx, then
+# run every package's tests with node's test runner against the TypeScript sources (the unit suite), then
+# the WebGPU suite (scripts/test-webgpu.sh: the webgpu backend through SwiftShader, or one line saying
+# why it is skipped). Each runner ends with its "# pass N / # fail N" summary; the exit status fails
+# when either suite failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 npx nx run-many -t build typecheck --outputStyle=static
 shopt -s nullglob
 files=(test/*.test.ts proto/test/*.test.ts packages/*/test/*.test.ts apps/*/test/*.test.ts)
-exec node --conditions=vitreg-source --import tsx --test --test-concurrency=2 "${files[@]}"
+unit=0
+node --conditions=vitreg-source --import tsx --test --test-concurrency=2 "${files[@]}" || unit=$?
+webgpu=0
+bash scripts/test-webgpu.sh || webgpu=$?
+if ((unit != 0 || webgpu != 0)); then
+  echo "tests failed: unit suite exit $unit, webgpu suite exit $webgpu"
+  exit 1
+fi
