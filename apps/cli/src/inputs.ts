@@ -21,6 +21,11 @@ export const MODEL_FLAGS = {
   model: { type: 'string' },
   config: { type: 'string' },
   backend: { type: 'string' },
+} as const;
+
+/** parseArgs options of --backend and --gpu, for the commands that start a backend. */
+export const BACKEND_FLAGS = {
+  backend: { type: 'string' },
   gpu: { type: 'string' },
 } as const;
 
