@@ -8,3 +8,4 @@ export * from './encoder.js';
 export * from './onnx-export.js';
 export * from './onnx-encoder.js';
 export { decodeModel, readOnnxInfo, type OnnxFileInfo } from './onnx-proto.js';
+export * from './test-time-registers.js';
