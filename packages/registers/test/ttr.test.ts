@@ -57,9 +57,9 @@ const refNeurons = (variant: string) => (ref[variant].neurons as { layer: number
 async function perImage(m: VisionTransformer, x: tf.Tensor4D, neurons?: { layer: number; neuron: number }[]) {
   const out = m.forward(x, { layers: true, ...(neurons ? { testTimeRegisters: { neurons } } : {}) });
   const B = x.shape[0];
-  const layers = await Promise.all(out.layers!.map((l) => l.data()));
+  const layers = await Promise.all(out.layers!.map(async (l) => (await l.data()) as Float32Array));
   const normed = tf.tidy(() => tf.concat([tf.expandDims(out.cls, 1), out.registers, out.patches], 1));
-  const nd = await normed.data();
+  const nd = (await normed.data()) as Float32Array;
   const N = out.layers![0].shape[1];
   const D = out.layers![0].shape[2];
   tf.dispose([normed, out.cls, out.registers, out.patches, out.prenorm, out.embeddings, ...out.layers!]);
@@ -170,7 +170,7 @@ describe('test-time registers: the planted behaviour', () => {
     const ttr = await perImage(m, x, neurons);
     // Silent: every chosen neuron's activation below 1e-6 in magnitude on that token in the plain model.
     const out = m.forward(x, { mlpActivations: true });
-    const acts = await Promise.all(out.mlpActivations!.map((a) => a.data()));
+    const acts = await Promise.all(out.mlpActivations!.map(async (a) => (await a.data()) as Float32Array));
     const hidden = out.mlpActivations![0].shape[2];
     tf.dispose([out.cls, out.registers, out.patches, out.prenorm, out.embeddings, ...out.mlpActivations!]);
     let silentPatches = 0;
