@@ -174,14 +174,19 @@ function* batches(n: number, b: number, seed: number): Generator<number[]> {
   }
 }
 
-/** Bilinear resize of [B, h, w, C] to [B, H, W, C] with 1-D matrices my [H, h], mx [W, w] (differentiable). */
-export function resizeBilinearTf(x: tf.Tensor4D, my: tf.Tensor2D, mx: tf.Tensor2D): tf.Tensor4D {
+/**
+ * Bilinear resize of [B, h, w, C] to [B, H, W, C] with 1-D matrices my [H, h], mx [W, w]; with
+ * `columnsFirst` the result is left as [W, B, H, C] (one transpose of the large tensor fewer, for a
+ * loss that sums over pixels anyway). Matrices rather than tf.image.resizeBilinear: its values match
+ * PyTorch with halfPixelCenters, but tfjs's ResizeBilinearGrad ignores halfPixelCenters.
+ */
+export function resizeBilinearTf(x: tf.Tensor4D, my: tf.Tensor2D, mx: tf.Tensor2D, columnsFirst = false): tf.Tensor4D {
   return tf.tidy(() => {
     const [B, h, w, C] = x.shape;
     const H = my.shape[0], W = mx.shape[0];
     const rows = tf.reshape(tf.matMul(my, tf.reshape(tf.transpose(x, [1, 0, 2, 3]), [h, B * w * C])), [H, B, w, C]);
-    const cols = tf.reshape(tf.matMul(mx, tf.reshape(tf.transpose(rows, [2, 1, 0, 3]), [w, B * H * C])), [W, B, H, C]);
-    return tf.transpose(cols, [1, 2, 0, 3]) as tf.Tensor4D;
+    const cols = tf.reshape(tf.matMul(mx, tf.reshape(tf.transpose(rows, [2, 1, 0, 3]), [w, B * H * C])), [W, B, H, C]) as tf.Tensor4D;
+    return columnsFirst ? cols : (tf.transpose(cols, [1, 2, 0, 3]) as tf.Tensor4D);
   });
 }
 
@@ -215,30 +220,40 @@ export interface SegmentationTrainOptions {
   onStep?: (step: number, loss: number) => void;
 }
 
+/** Labels [b, H, W] reordered to [W, b, H] (the layout of resizeBilinearTf's columnsFirst output). */
+export function labelsColumnsFirst(labels: ArrayLike<number>, b: number, H: number, W: number): Int32Array {
+  const out = new Int32Array(b * H * W);
+  for (let k = 0; k < b; k++) for (let i = 0; i < H; i++) for (let j = 0; j < W; j++) out[(j * b + k) * H + i] = labels[(k * H + i) * W + j];
+  return out;
+}
+
 /**
  * The training loss of a segmentation head on one batch: BatchNorm with the batch's statistics over
  * all positions, the 1x1 conv (`weight` [D, C] = conv_seg.weight^T), logits resized bilinearly to the
- * label size, cross-entropy summed over pixels whose `onehot` row [b, H, W, C] is set (ignored pixels
- * have a zero row) and divided by all b * H * W pixels (mmseg's mean with avg_non_ignore=False).
- * `x` is [b * gh * gw, D]; `my` [H, gh], `mx` [W, gw] are bilinearMatrix resamplings.
+ * label size, cross-entropy summed over the pixels not labelled 255 and divided by all b * H * W
+ * pixels (mmseg's mean with avg_non_ignore=False). `x` is [b * gh * gw, D]; `labels` [b, H, W]
+ * reordered by labelsColumnsFirst; `my` [H, gh], `mx` [W, gw] are bilinearMatrix resamplings.
  */
 export function segmentationTrainLoss(
   p: { gamma: tf.Tensor1D; beta: tf.Tensor1D; weight: tf.Tensor2D; bias: tf.Tensor1D },
   x: tf.Tensor2D,
-  onehot: tf.Tensor4D,
+  labels: Int32Array,
   grid: [number, number],
   my: tf.Tensor2D,
   mx: tf.Tensor2D,
   eps = 1e-5,
 ): tf.Scalar {
   return tf.tidy(() => {
-    const [b, H, W, C] = onehot.shape;
+    const C = p.weight.shape[1];
+    const n = labels.length;
+    const b = x.shape[0] / (grid[0] * grid[1]);
     const { mean, variance } = tf.moments(x, 0);
     const xhat = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps)));
     const y = tf.add(tf.mul(xhat, p.gamma), p.beta);
     const logits = tf.reshape(tf.add(tf.matMul(y, p.weight), p.bias), [b, grid[0], grid[1], C]) as tf.Tensor4D;
-    const logp = tf.logSoftmax(tf.reshape(resizeBilinearTf(logits, my, mx), [b * H * W, C]));
-    return tf.div(tf.neg(tf.sum(tf.mul(logp, tf.reshape(onehot, [b * H * W, C])))), b * H * W) as tf.Scalar;
+    const logp = tf.logSoftmax(tf.reshape(resizeBilinearTf(logits, my, mx, true), [n, C]));
+    const onehot = tf.oneHot(tf.tensor1d(labels, 'int32'), C); // 255 (>= C): a zero row
+    return tf.div(tf.neg(tf.sum(tf.mul(logp, onehot))), n) as tf.Scalar;
   });
 }
 
@@ -282,7 +297,7 @@ export function trainSegmentationHead(train: DenseFeatures, labels: Uint8Array, 
       const xb = tf.tensor2d(denseBatch(train, idx, false), [b * gh * gw, D]);
       const lab = new Int32Array(b * H * W);
       idx.forEach((i, k) => lab.set(labels.subarray(i * H * W, (i + 1) * H * W), k * H * W));
-      const onehot = tf.tidy(() => tf.reshape(tf.oneHot(tf.tensor1d(lab, 'int32'), C), [b, H, W, C]) as tf.Tensor4D); // 255 -> zero row
+      const labCols = labelsColumnsFirst(lab, b, H, W);
       const { mean, variance } = tf.moments(xb, 0);
       const [bm, bv] = [mean.dataSync(), variance.dataSync()];
       tf.dispose([mean, variance]);
@@ -292,12 +307,12 @@ export function trainSegmentationHead(train: DenseFeatures, labels: Uint8Array, 
         runningVar[d] = (1 - momentum) * runningVar[d] + momentum * (bv[d] * N) / Math.max(1, N - 1);
       }
       const { value, grads } = tf.variableGrads(
-        () => segmentationTrainLoss({ gamma, beta, weight, bias }, xb, onehot, train.grid, my, mx),
+        () => segmentationTrainLoss({ gamma, beta, weight, bias }, xb, labCols, train.grid, my, mx),
         [gamma, beta, weight, bias],
       );
       opt.step([grads[gamma.name], grads[beta.name], grads[weight.name], grads[bias.name]], polyLr(step, steps, lr, { warmupSteps }));
       const loss = value.dataSync()[0];
-      tf.dispose([xb, onehot, value, ...Object.values(grads)]);
+      tf.dispose([xb, value, ...Object.values(grads)]);
       if (!Number.isFinite(loss)) throw new Error(`segmentation head: the loss became ${loss} at step ${step + 1}`);
       opts.onStep?.(step + 1, loss);
     }

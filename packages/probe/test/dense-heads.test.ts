@@ -11,7 +11,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { ensureGradients, initBackend } from '@vitreg/core';
 import {
   addSegmentation, bilinearMatrix, chainedBilinearMatrix, cosineLr, denseBatch, depthEvalMask, depthGrid, depthScores,
-  depthTrainLoss, meanDepthScores, polyLr, predictDepth, predictSegmentation, resampleMap, resizeNearest,
+  depthTrainLoss, labelsColumnsFirst, meanDepthScores, polyLr, predictDepth, predictSegmentation, resampleMap, resizeNearest,
   segmentationGridLogits, segmentationScores, segmentationTotals, segmentationTrainLoss, trainSegmentationHead,
   type DenseFeatures, type DepthHead, type SegmentationHead,
 } from '../src/index.js';
@@ -67,21 +67,22 @@ test('segmentation head: train-mode loss and gradients equal BatchNorm2d + Conv2
     bias: tf.variable(tf.tensor1d(s.init['conv_seg.bias'])),
   };
   const x = tf.tensor2d(s.x, [s.b * gh * gw, s.D]);
-  const onehot = tf.reshape(tf.oneHot(tf.tensor1d(s.labels, 'int32'), s.C), [s.b, H, W, s.C]) as tf.Tensor4D;
+  const labels = labelsColumnsFirst(s.labels, s.b, H, W);
   const my = tf.tensor2d(Float32Array.from(bilinearMatrix(H, gh)), [H, gh]);
   const mx = tf.tensor2d(Float32Array.from(bilinearMatrix(W, gw)), [W, gw]);
-  const { value, grads } = tf.variableGrads(() => segmentationTrainLoss(p as never, x, onehot, [gh, gw], my, mx), Object.values(p));
+  const { value, grads } = tf.variableGrads(() => segmentationTrainLoss(p as never, x, labels, [gh, gw], my, mx), Object.values(p));
   close([value.dataSync()[0]], [s.loss], 1e-5, 'loss');
   close(grads[p.gamma.name].dataSync(), s.grads['bn.weight'], 1e-4, 'd bn.weight');
   close(grads[p.beta.name].dataSync(), s.grads['bn.bias'], 1e-4, 'd bn.bias');
   close(grads[p.weight.name].dataSync(), transpose(s.grads['conv_seg.weight'], s.D, s.C), 1e-4, 'd conv_seg.weight');
   close(grads[p.bias.name].dataSync(), s.grads['conv_seg.bias'], 1e-4, 'd conv_seg.bias');
-  tf.dispose([...Object.values(p), x, onehot, my, mx, value, ...Object.values(grads)]);
+  tf.dispose([...Object.values(p), x, my, mx, value, ...Object.values(grads)]);
+  // the reordering: label (k, i, j) lands at ((j * b + k) * H + i)
+  assert.equal(labels[(5 * s.b + 1) * H + 7], s.labels[(1 * H + 7) * W + 5]);
 
   // one step with lr 0 on the whole batch: the running statistics move as BatchNorm2d's (momentum 0.1, unbiased var)
-  const labels = Uint8Array.from(s.labels);
   const f: DenseFeatures = { n: s.b, grid: [gh, gw], dim: s.D, x: Float32Array.from(s.x) };
-  const head = trainSegmentationHead(f, labels, [H, W], { numClasses: s.C, steps: 1, lr: 0, batchSize: s.b });
+  const head = trainSegmentationHead(f, Uint8Array.from(s.labels), [H, W], { numClasses: s.C, steps: 1, lr: 0, batchSize: s.b });
   close(head.bn.runningMean, s.running_mean, 1e-5, 'running_mean');
   close(head.bn.runningVar, s.running_var, 1e-5, 'running_var');
 });
