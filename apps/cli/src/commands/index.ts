@@ -6,6 +6,7 @@ import { discover } from './discover.js';
 import { exportCommand } from './export.js';
 import { features } from './features.js';
 import { probe } from './probe.js';
+import { registersCommand } from './registers.js';
 import { trainCommand } from './train.js';
 
 /** Every vitreg subcommand, in the order `vitreg --help` lists them. */
@@ -17,5 +18,6 @@ export const commands: Record<string, Command> = {
   train: trainCommand,
   probe,
   discover,
+  registers: registersCommand,
   demo,
 };

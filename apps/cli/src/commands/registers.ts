@@ -1,0 +1,267 @@
+/**
+ * `vitreg registers find`: rank the MLP "register neurons" of a model trained without registers
+ * (Jiang et al. 2025, "Vision Transformers Don't Need Trained Registers"; reference
+ * nickjiang2378/test-time-registers) and save them as a small JSON; and the shared
+ * `--test-time-registers neurons.json [--ttr-top-k K]` flags that features, analyze, probe and discover
+ * use to run the model with one test-time register.
+ */
+import { resolve } from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { loadImage, log } from '@vitreg/core';
+import {
+  findRegisterNeurons, loadTestTimeRegisters, saveTestTimeRegisters, TfjsEncoder, testTimeRegisterNeurons, testTimeRegistersFile,
+  TTR_PRESETS, withTestTimeRegisters, type Encoder, type EncodeOptions, type EncoderOutput, type ImageBatch, type RegisterNeuron,
+  type ViTConfig, type VisionTransformer,
+} from '@vitreg/registers';
+import { CliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
+import {
+  BACKEND_FLAGS, configFlag, IMAGE_FLAGS, imageFiles, imageTransform, loadModel, MODEL_FLAGS, readTensorBatch, startBackend, type EngineSettings,
+} from '../inputs.js';
+
+/** parseArgs options of the test-time register flags. */
+export const TTR_FLAGS = {
+  'test-time-registers': { type: 'string' },
+  'ttr-top-k': { type: 'string' },
+} as const;
+
+/** Help text of the test-time register flags, descriptions starting at column `col`. */
+export function ttrUsage(col = 20): string {
+  const rows: [string, string[]][] = [
+    ['--test-time-registers F', ['neurons.json from vitreg registers find: run with one test-time register', '(Jiang et al. 2025); tfjs engine only; refuses a file made for another model']],
+    ['--ttr-top-k K', ["use the K best neurons of the file's ranking instead of its selection"]],
+  ];
+  return rows.flatMap(([flag, lines]) => lines.map((l, i) => (i === 0 ? `  ${flag}`.padEnd(col) : ' '.repeat(col)) + l)).join('\n');
+}
+
+/** The parsed flags, or null without --test-time-registers. */
+export interface TtrSettings {
+  path: string;
+  topK?: number;
+}
+
+export function ttrFlags(values: { 'test-time-registers'?: string; 'ttr-top-k'?: string }): TtrSettings | null {
+  if (values['test-time-registers'] === undefined) {
+    if (values['ttr-top-k'] !== undefined) throw new CliError('--ttr-top-k applies with --test-time-registers neurons.json');
+    return null;
+  }
+  return { path: values['test-time-registers'], topK: values['ttr-top-k'] === undefined ? undefined : intFlag('ttr-top-k', values['ttr-top-k'], 1) };
+}
+
+/**
+ * The engine settings with test-time registers: tfjs (auto picks it); --engine onnxruntime and .onnx
+ * weights are refused in one line, as vitreg's ONNX graphs have no test-time register.
+ */
+export function ttrEngine(engine: EngineSettings, ttr: TtrSettings | null, weights: (string | undefined)[]): EngineSettings {
+  if (!ttr) return engine;
+  const onnx = weights.find((w) => w?.toLowerCase().endsWith('.onnx'));
+  if (engine.engine === 'onnxruntime' || onnx || engine.device !== 'cpu' || engine.threads !== undefined) {
+    throw new CliError(`--test-time-registers runs on the tfjs engine only (vitreg's ONNX graphs have no test-time register): ${onnx ? `give the .safetensors or .pth weights instead of ${onnx}` : 'drop --engine onnxruntime / --device / --threads'}`);
+  }
+  return { ...engine, engine: 'tfjs' };
+}
+
+/** An Encoder on tfjs whose forward adds the test-time register; `description` says so. */
+class TtrEncoder implements Encoder {
+  readonly engine = 'tfjs' as const;
+  readonly description: string;
+  private inner: TfjsEncoder;
+  constructor(model: VisionTransformer, neurons: RegisterNeuron[], file: string, owns: boolean) {
+    this.inner = new TfjsEncoder(withTestTimeRegisters(model, neurons), owns);
+    this.description = `${this.inner.description}, test-time register (${neurons.length} neurons from ${file})`;
+  }
+  get config() {
+    return this.inner.config;
+  }
+  encode(images: ImageBatch, opts?: EncodeOptions): Promise<EncoderOutput> {
+    return this.inner.encode(images, opts);
+  }
+  dispose(): Promise<void> {
+    return this.inner.dispose();
+  }
+}
+
+/** The neurons of --test-time-registers for `model` (fingerprint checked); errors are one line. */
+export async function ttrNeurons(ttr: TtrSettings, model: VisionTransformer): Promise<RegisterNeuron[]> {
+  try {
+    const file = await loadTestTimeRegisters(ttr.path);
+    return await testTimeRegisterNeurons(file, model, ttr.path, ttr.topK);
+  } catch (err) {
+    throw new CliError(`--test-time-registers: ${(err as Error).message}`);
+  }
+}
+
+/**
+ * An encoder with the test-time register: on `base` (a tfjs encoder of the same weights, shared and not
+ * disposed by this one), or on the model loaded from `weights`.
+ */
+export async function ttrEncoder(ttr: TtrSettings, from: Encoder | { weights: string | undefined; model?: string; config?: Partial<ViTConfig>; flag?: string }): Promise<Encoder> {
+  let model: VisionTransformer;
+  let owns = true;
+  if ('encode' in from) {
+    if (!(from instanceof TfjsEncoder)) throw new CliError('--test-time-registers runs on the tfjs engine only');
+    model = from.model;
+    owns = false;
+  } else model = await loadModel(from.weights, { model: from.model, config: from.config }, from.flag);
+  const neurons = await ttrNeurons(ttr, model);
+  return new TtrEncoder(model, neurons, ttr.path, owns);
+}
+
+const FIND_USAGE = `
+Usage: vitreg registers find --weights FILE [--model NAME] [--config JSON|FILE.json]
+                             (IMAGE... | --tensor FILE.safetensors[:NAME]) --out neurons.json
+                             [--preset NAME] [--layer L] [--threshold auto|N] [--highest-layer H]
+                             [--top-k K] [--sparsity] [--batch-size N] [--size N | --keep-aspect]
+                             [--backend B]
+
+Finds the MLP "register neurons" that create a model's high-norm outlier tokens, as the reference's
+find_register_neurons (Jiang et al. 2025, nickjiang2378/test-time-registers): per image, the L2 norm
+of every token (CLS included) at the output of block L before the final norm; outliers are the
+tokens above the threshold; every neuron of every block scores its mean |activation| (after the MLP
+activation) at the outliers; images without outliers are skipped; scores are averaged and sorted.
+The neurons of blocks <= H, top K, are the selection. neurons.json holds the whole ranking, the
+selection, the settings and the model's fingerprint (it refuses to apply to another model).
+
+  --preset NAME       the reference's settings: ${Object.entries(TTR_PRESETS).map(([k, v]) => `${k} (L ${v.layer}, N ${v.threshold}, H ${v.highestLayer}, K ${v.topK})`).join(',\n                      ')};
+                      flags given override it
+  --layer L           block whose output decides the outliers, negative from the end (default -1)
+  --threshold T       auto (default: vitreg's bimodality rule on each image's token norms) or a
+                      number: outliers have norm > T (reference: 150 for DINOv2-L, 30 for CLIP B/16)
+  --highest-layer H   keep neurons of blocks <= H (default -1: all)
+  --top-k K           neurons selected (default 50)
+  --sparsity          the reference's sparsity filter: a neuron keeps its score on an image only if
+                      its activation is < 0.5 on at least half of the tokens
+  IMAGE...            image files, folders or globs (DINOv2's evaluation transform; --size N,
+                      --keep-aspect as in vitreg features)
+  --tensor SPEC       an already-normalised NHWC float32 batch [B,H,W,3] from a safetensors file
+  --batch-size N      images per forward pass (default 8)
+
+Then: vitreg features|analyze|probe|discover ... --test-time-registers neurons.json [--ttr-top-k K]
+`;
+
+async function* imageBatches(files: string[], transform: ReturnType<typeof imageTransform>, batchSize: number): AsyncGenerator<tf.Tensor4D> {
+  let pending: { data: Float32Array; height: number; width: number }[] = [];
+  const flush = () => {
+    const [h, w] = [pending[0].height, pending[0].width];
+    const data = new Float32Array(pending.length * h * w * 3);
+    pending.forEach((img, j) => data.set(img.data, j * img.data.length));
+    const t = tf.tensor4d(data, [pending.length, h, w, 3]);
+    pending = [];
+    return t;
+  };
+  for (const f of files) {
+    const img = await loadImage(f, transform).catch((err: Error) => {
+      throw new CliError(err.message);
+    });
+    if (pending.length > 0 && (pending[0].height !== img.height || pending[0].width !== img.width || pending.length === batchSize)) {
+      const t = flush();
+      yield t;
+      t.dispose();
+    }
+    pending.push(img);
+  }
+  if (pending.length > 0) {
+    const t = flush();
+    yield t;
+    t.dispose();
+  }
+}
+
+/** `--layer -2` as `--layer=-2` (parseArgs takes a value starting with '-' only in the = form). */
+function joinNegative(argv: string[], flags: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    if (flags.includes(argv[i]) && /^-\d+$/.test(argv[i + 1] ?? '')) out.push(`${argv[i]}=${argv[++i]}`);
+    else out.push(argv[i]);
+  }
+  return out;
+}
+
+async function find(argv: string[]): Promise<number> {
+  const { values, positionals } = parseCommandArgs('registers find', joinNegative(argv, ['--layer', '--highest-layer']), {
+    ...MODEL_FLAGS,
+    ...IMAGE_FLAGS,
+    ...BACKEND_FLAGS,
+    tensor: { type: 'string' },
+    out: { type: 'string' },
+    preset: { type: 'string' },
+    layer: { type: 'string' },
+    threshold: { type: 'string' },
+    'highest-layer': { type: 'string' },
+    'top-k': { type: 'string' },
+    sparsity: { type: 'boolean' },
+    'batch-size': { type: 'string' },
+  });
+  if (values.help) {
+    process.stdout.write(FIND_USAGE.trimStart());
+    return 0;
+  }
+  if (!values.out) throw new CliError('--out neurons.json is required');
+  if (!values.out.endsWith('.json')) throw new CliError(`--out: expected a .json path, got ${values.out}`);
+  if ((positionals.length > 0) === (values.tensor !== undefined)) throw new CliError('give either IMAGE... or --tensor FILE.safetensors[:NAME] (not both)');
+  let preset: (typeof TTR_PRESETS)[string] | undefined;
+  if (values.preset !== undefined) {
+    preset = TTR_PRESETS[values.preset];
+    if (!preset) throw new CliError(`--preset: expected one of ${Object.keys(TTR_PRESETS).join(', ')}, got "${values.preset}"`);
+  }
+  const signedInt = (name: string, v: string | undefined): number | undefined => {
+    if (v === undefined) return undefined;
+    if (!/^-?\d+$/.test(v)) throw new CliError(`--${name}: expected an integer, got "${v}"`);
+    return Number(v);
+  };
+  const layer = signedInt('layer', values.layer) ?? preset?.layer ?? -1;
+  const highestLayer = signedInt('highest-layer', values['highest-layer']) ?? preset?.highestLayer ?? -1;
+  const topK = values['top-k'] !== undefined ? intFlag('top-k', values['top-k'], 50) : preset?.topK ?? 50;
+  let threshold: number | 'auto' = preset?.threshold ?? 'auto';
+  if (values.threshold !== undefined) {
+    threshold = values.threshold === 'auto' ? 'auto' : numberFlag('threshold', values.threshold, 0);
+    if (threshold !== 'auto' && threshold < 0) throw new CliError(`--threshold: expected auto or a number >= 0, got "${values.threshold}"`);
+  }
+  const batchSize = intFlag('batch-size', values['batch-size'], 8);
+
+  await startBackend(values.backend, values.gpu as string | undefined);
+  const model = await loadModel(values.weights, { model: values.model, config: configFlag(values.config) });
+  const p = model.config.patch_size;
+  let images: tf.Tensor4D | AsyncIterable<tf.Tensor4D>;
+  let count: number;
+  if (values.tensor !== undefined) {
+    const t = await readTensorBatch(values.tensor, p);
+    images = tf.tensor4d(t.data, t.shape);
+    count = t.shape[0];
+  } else {
+    const files = await imageFiles(positionals);
+    images = imageBatches(files, imageTransform(values, p), batchSize);
+    count = files.length;
+  }
+  let result;
+  try {
+    result = await findRegisterNeurons(model, images, { layer, threshold, highestLayer, topK, sparsity: values.sparsity ?? false, batchSize });
+  } catch (err) {
+    throw err instanceof CliError ? err : new CliError((err as Error).message);
+  } finally {
+    if (images instanceof tf.Tensor) images.dispose();
+  }
+  await saveTestTimeRegisters(resolve(values.out), await testTimeRegistersFile(model, result, values.weights));
+  const s = result.settings;
+  log(`${count} image(s): ${result.images.used} with outliers at block ${s.layer < 0 ? model.config.depth + s.layer : s.layer} (threshold ${s.threshold}), ${result.images.skipped} skipped`);
+  process.stdout.write(`layer\tneuron\tscore\n${result.neurons.slice(0, 10).map((n) => `${n.layer}\t${n.neuron}\t${n.score.toPrecision(5)}`).join('\n')}\n`);
+  if (result.neurons.length > 10) process.stdout.write(`... ${result.neurons.length - 10} more selected\n`);
+  log(`wrote ${values.out}: ${result.neurons.length} neurons selected (blocks <= ${s.highestLayer === -1 ? 'all' : s.highestLayer}), ranking of ${result.ranking.length}`);
+  model.dispose();
+  return 0;
+}
+
+export const registersCommand: Command = {
+  summary: 'test-time registers: find the register neurons of a model trained without registers',
+  usage: `
+Usage: vitreg registers find ...      (vitreg registers find --help)
+${FIND_USAGE}`,
+  async run(argv) {
+    const [sub, ...rest] = argv;
+    if (sub === 'find') return find(rest);
+    if (sub === undefined || sub === '--help' || sub === '-h') {
+      process.stdout.write(this.usage.trimStart());
+      return sub === undefined ? 2 : 0;
+    }
+    throw new CliError(`registers: unknown subcommand "${sub}"; expected find`);
+  },
+};
