@@ -12,6 +12,7 @@ import {
   configFlag, ENGINE_FLAGS, engineUsage, engineFlags, IMAGE_FLAGS, imageFiles, imageTransform, loadEncoder, MODEL_FLAGS, readTensorBatch,
   resolveEngine, startBackend,
 } from '../inputs.js';
+import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrUsage } from './registers.js';
 
 const usage = `
 Usage: vitreg features --weights FILE [--model NAME] [--config JSON|FILE.json]
@@ -19,6 +20,7 @@ Usage: vitreg features --weights FILE [--model NAME] [--config JSON|FILE.json]
                        [--attention last|all] [--layers all] [--size N | --keep-aspect [--max-side N]]
                        [--backend auto|tensorflow-gpu|tensorflow|wasm|cpu] [--batch-size N]
                        [--engine auto|tfjs|onnxruntime] [--device cpu|cuda|webgpu] [--threads N]
+                       [--test-time-registers neurons.json [--ttr-top-k K]]
 
 Runs the backbone and writes, for B images of P patches, R registers and N = 1+R+P tokens:
   cls [B,D], registers [B,R,D], patches [B,P,D]   after the final LayerNorm
@@ -39,6 +41,8 @@ __metadata__ holds the image list, the grid and the model config.
   --tensor SPEC     an already-normalised NHWC float32 batch [B,H,W,3] from a safetensors file
   --batch-size N    images per forward pass (default 8)
 ${engineUsage(20)}
+${ttrUsage(20)}
+                    (registers then has R+1 rows: the trained ones, then the test-time one)
 `;
 
 type Batch = { data: Float32Array; shape: [number, number, number, number] };
@@ -128,6 +132,7 @@ export const features: Command = {
       ...MODEL_FLAGS,
       ...IMAGE_FLAGS,
       ...ENGINE_FLAGS,
+      ...TTR_FLAGS,
       tensor: { type: 'string' },
       out: { type: 'string' },
       attention: { type: 'string' },
@@ -141,11 +146,14 @@ export const features: Command = {
     const attention = choiceFlag('attention', values.attention, ['none', 'last', 'all'] as const, 'none');
     const layers = choiceFlag('layers', values.layers, ['none', 'all'] as const, 'none') === 'all';
     const batchSize = intFlag('batch-size', values['batch-size'], 8);
-    const engine = engineFlags(values);
+    const ttr = ttrFlags(values);
+    const engine = ttrEngine(engineFlags(values), ttr, [values.weights]);
 
     // tfjs runs only when it is the engine: onnxruntime's outputs go straight to the file.
     const backend = values.weights && (await resolveEngine(engine, values.weights)) === 'tfjs' ? (await startBackend(values.backend)).name : 'none';
-    const model = await loadEncoder(values.weights, { model: values.model, config: configFlag(values.config) }, engine);
+    const model = ttr
+      ? await ttrEncoder(ttr, { weights: values.weights, model: values.model, config: configFlag(values.config) })
+      : await loadEncoder(values.weights, { model: values.model, config: configFlag(values.config) }, engine);
     const p = model.config.patch_size;
 
     // Inputs: one tensor batch, or images decoded one at a time.
@@ -197,6 +205,7 @@ export const features: Command = {
       vitreg_weights: values.weights!,
       vitreg_backend: backend,
       vitreg_engine: model.description,
+      ...(ttr ? { vitreg_test_time_registers: ttr.path } : {}),
     }));
     const progress = new Progress({ total: count, label: 'features', unit: 'img' });
     try {
