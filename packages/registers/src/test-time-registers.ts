@@ -326,15 +326,19 @@ export async function testTimeRegisterNeurons(file: TestTimeRegistersFile, model
 
 /**
  * A view of `model` whose forward always adds test-time registers with `neurons` (for code that takes a
- * model, e.g. TfjsEncoder, analysis, probes and LOST). Everything else is the model's own; disposing the
- * view disposes the model.
+ * model, e.g. TfjsEncoder, analysis, probes and LOST). Its `config` counts the test-time register in
+ * num_register_tokens (R + 1), so code that slices tokens by the config sees what the forward returns:
+ * [CLS, R + 1 registers, patches]. Everything else is the model's own; disposing the view disposes the
+ * model.
  */
 export function withTestTimeRegisters(model: VisionTransformer, neurons: readonly { layer: number; neuron: number }[]): VisionTransformer {
   const list = neurons.map((n) => ({ layer: n.layer, neuron: n.neuron }));
   const forward = (images: tf.Tensor4D, opts: ForwardOptions = {}): ViTOutput => model.forward(images, { ...opts, testTimeRegisters: { neurons: list } });
+  const config = Object.freeze({ ...model.config, num_register_tokens: model.config.num_register_tokens + 1 });
   return new Proxy(model, {
     get(target, prop) {
       if (prop === 'forward') return forward;
+      if (prop === 'config') return config;
       const v = Reflect.get(target, prop, target);
       return typeof v === 'function' ? v.bind(target) : v;
     },

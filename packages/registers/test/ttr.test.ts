@@ -214,9 +214,15 @@ describe('test-time registers: the planted behaviour', () => {
     const m = await model('planted');
     const x = images();
     const neurons = refNeurons('planted');
-    const a = await perImage(withTestTimeRegisters(m, neurons), x);
+    const view = withTestTimeRegisters(m, neurons);
+    const a = await perImage(view, x);
     const b = await perImage(m, x, neurons);
     a.forEach((img, i) => assert.deepEqual(img.normed, b[i]!.normed));
+    // Its config counts the test-time register, as code slicing [CLS, registers, patches] by it needs.
+    assert.equal(view.config.num_register_tokens, m.config.num_register_tokens + 1);
+    const out = view.forward(x);
+    assert.equal(out.registers.shape[1], view.config.num_register_tokens);
+    tf.dispose([out.cls, out.registers, out.patches, out.prenorm, out.embeddings]);
     x.dispose();
     m.dispose();
   });
