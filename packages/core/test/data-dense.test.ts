@@ -149,7 +149,7 @@ test('synthetic dense set: the shapes images, classes from the coverage masks, d
     const item = await dense.get(i);
     assert.deepEqual(Array.from(item.image), Array.from((await shapes.get(i)).image), 'same pixels as the shapes');
     const scene = shapes.scene(i);
-    const masks = shapes.masks(i);
+    const masks = (shapes as SyntheticDataset & { masks(i: number): Float32Array[] }).masks(i);
     const { segmentation: seg, depth } = item.target;
     const main = scene.objects[0];
     const mainDepth = 1.2 / ((2 * main.radius) / 40);
