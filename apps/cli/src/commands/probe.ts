@@ -12,7 +12,8 @@ import {
   ALL_PROBE_TASKS, openDenseSource, runDenseProbe, SWEEP_PLOT_METRICS, sweepColumns, type AnyProbeTask, type DenseProbeReport, type DensePart,
 } from '@vitreg/probe';
 import { choiceFlag, CliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
-import { TfjsEncoder, type VisionTransformer } from '@vitreg/registers';
+import { TfjsEncoder, withTestTimeRegisters, type VisionTransformer } from '@vitreg/registers';
+import { TTR_FLAGS, ttrFlags, ttrNeurons, ttrUsage } from './registers.js';
 import {
   checkpointNames, configFlag, ENGINE_FLAGS, engineFlags, engineUsage, loadEncoder, startBackend, SYNTHETIC_FLAGS, syntheticDataset,
 } from '../inputs.js';
@@ -70,6 +71,7 @@ Options:
   --backend B        ${BACKEND_NAMES.join(' | ')}
 ${engineUsage(21)}
                      (probe runs on tfjs for now: auto picks tfjs, onnxruntime is refused)
+${ttrUsage(21)}
   --out DIR          output folder
 `;
 
@@ -185,6 +187,7 @@ export const probe: Command = {
       'batch-size': { type: 'string' },
       backend: { type: 'string' },
       ...ENGINE_FLAGS,
+      ...TTR_FLAGS,
       out: { type: 'string' },
     });
     const weights = values.weights ?? [];
@@ -217,6 +220,7 @@ export const probe: Command = {
     };
     const config = configFlag(values.config);
     const engine = engineFlags(values);
+    const ttr = ttrFlags(values);
     // @vitreg/probe's runProbe drives a tfjs VisionTransformer: auto means tfjs here until it takes an Encoder.
     if (engine.engine === 'onnxruntime' || engine.device !== 'cpu' || engine.threads !== undefined || weights.some((w) => w.toLowerCase().endsWith('.onnx'))) {
       throw new CliError('vitreg probe runs on --engine tfjs only for now (@vitreg/probe\'s runProbe takes a tfjs model): give .safetensors or .pth weights without --device / --threads');
@@ -245,7 +249,9 @@ export const probe: Command = {
     const dirs = checkpointNames(weights);
     for (const [i, w] of weights.entries()) {
       const encoder = await loadEncoder(w, { model: values.model, config }, { ...engine, engine: 'tfjs' });
-      const model = (encoder as TfjsEncoder).model;
+      const base = (encoder as TfjsEncoder).model;
+      // With --test-time-registers: the view counts the test-time register among the registers (R + 1).
+      const model = ttr ? withTestTimeRegisters(base, await ttrNeurons(ttr, base)) : base;
       try {
         const out = weights.length > 1 ? join(values.out, dirs[i]) : values.out;
         await ensureDir(out);
@@ -257,6 +263,7 @@ export const probe: Command = {
             weights: resolve(w), model: values.model ?? null, config: config ?? null, task, data: sources.get(task),
             size: opts.size, seed: opts.seed, count: values.count ?? null, testCount: values['test-count'] ?? null,
             syntheticSize: countFlags.syntheticSize,
+            ...(ttr ? { testTimeRegisters: resolve(ttr.path), ttrTopK: ttr.topK ?? null } : {}),
           };
           let report: ProbeReport | DenseProbeReport;
           if (!isDense(task)) {
