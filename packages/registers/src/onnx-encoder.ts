@@ -1,9 +1,11 @@
 /**
  * The ONNX Runtime engine (onnxruntime-node, an optional dependency): a forward-only Encoder that runs the
- * graph of onnx-export.ts. Built from weights, it exports and caches one session per input size and
- * output set (exporting takes milliseconds to seconds; nothing is written to disk unless the weights pass
- * 1.8 GiB, which need ONNX's external data and so a file). Built from an exported .onnx file, it runs
- * that file's one size and outputs.
+ * graph of onnx-export.ts. Built from weights, it exports one size-independent graph per output set
+ * (images of any size, plus the positional embedding of their size as a second input, resampled on the
+ * host exactly as the tfjs model does and cached per size), so images of many sizes (LOST at native
+ * resolution) share one session; nothing is written to disk unless the weights pass 1.8 GiB, which need
+ * ONNX's external data and so a file. Built from an exported .onnx file, it runs that file's one size
+ * and outputs.
  *
  * Devices: 'cpu' (the library inside the npm package), 'cuda' (ONNX Runtime's CUDA 12 provider, which
  * onnxruntime-node's install script downloads on Linux x64 when allowed), 'webgpu' (bundled on Linux x64,
@@ -15,7 +17,7 @@ import { join } from 'node:path';
 import type { InferenceSession, Tensor } from 'onnxruntime-node';
 import { validateConfig, type ViTConfig } from './config.js';
 import { checkImageBatch, type EncodeOptions, type Encoder, type EncoderOutput, type HostArray, type ImageBatch } from './encoder.js';
-import { checkExportable, exportOnnx, onnxModelBytes, ONNX_METADATA, ONNX_OUTPUTS, type OnnxOutput } from './onnx-export.js';
+import { checkExportable, exportOnnx, onnxModelBytes, ONNX_METADATA, ONNX_OUTPUTS, resampledPatchPositions, type OnnxOutput } from './onnx-export.js';
 import { readOnnxInfo } from './onnx-proto.js';
 import { checkStateDict, type StateDict } from './weights.js';
 
@@ -112,6 +114,8 @@ export class OnnxEncoder implements Encoder {
   readonly engine = 'onnxruntime' as const;
   readonly description: string;
   private sessions = new Map<string, Promise<SessionEntry>>();
+  /** Resampled patch positions by input size (graphs built from weights take them as an input). */
+  private positions = new Map<string, Float32Array>();
   private tempDirs: string[] = [];
 
   private constructor(
@@ -189,19 +193,21 @@ export class OnnxEncoder implements Encoder {
       }
       return entry;
     }
-    const key = `${h}x${w}:${[...outputs].sort().join(',')}`;
+    const key = [...outputs].sort().join(',');
     let entry = this.sessions.get(key);
     if (!entry) {
-      entry = this.createSession(src.stateDict, h, w, outputs);
+      entry = this.createSession(src.stateDict, outputs);
       this.sessions.set(key, entry);
       entry.catch(() => this.sessions.delete(key));
     }
     return entry;
   }
 
-  private async createSession(sd: StateDict, h: number, w: number, outputs: OnnxOutput[]): Promise<SessionEntry> {
+  private async createSession(sd: StateDict, outputs: OnnxOutput[]): Promise<SessionEntry> {
     const device = this.opts.device ?? 'cpu';
-    const exportOpts = { height: h, width: w, outputs, weightType: this.opts.weightType, contribAttention: device !== 'webgpu' };
+    const p = this.config.patch_size;
+    const [h, w] = [p, p]; // a dynamic-size graph: the size only checks the config
+    const exportOpts = { height: h, width: w, outputs, weightType: this.opts.weightType, contribAttention: device !== 'webgpu', dynamicSize: true };
     const options = sessionOptions(device, this.opts.threads);
     let session: InferenceSession;
     const bytes = Object.values(sd).reduce((s, t) => s + t.data.length * (this.opts.weightType === 'float16' ? 2 : 4), 0);
@@ -210,12 +216,12 @@ export class OnnxEncoder implements Encoder {
       else {
         const dir = await mkdtemp(join(tmpdir(), 'vitreg-onnx-'));
         this.tempDirs.push(dir);
-        const file = join(dir, `model-${h}x${w}.onnx`);
+        const file = join(dir, `model-${this.sessions.size}.onnx`);
         await exportOnnx(file, this.config, sd, { ...exportOpts, externalData: true });
         session = await this.ort.InferenceSession.create(file, options);
       }
     } catch (err) {
-      throw sessionError(err, device, `ONNX graph for ${h}x${w}`);
+      throw sessionError(err, device, 'ONNX graph');
     }
     return { session, outputs: new Set(outputs), size: [h, w] };
   }
@@ -226,7 +232,17 @@ export class OnnxEncoder implements Encoder {
     const [B, H, W] = images.shape;
     const wanted = wantedOutputs(opts, c);
     const entry = await this.sessionFor(H, W, wanted);
-    const feeds = { images: new this.ort.Tensor('float32', images.data, images.shape) };
+    const feeds: Record<string, Tensor> = { images: new this.ort.Tensor('float32', images.data, images.shape) };
+    if ('stateDict' in this.source) {
+      const gh = H / c.patch_size;
+      const gw = W / c.patch_size;
+      let pos = this.positions.get(`${gh}x${gw}`);
+      if (!pos) {
+        pos = resampledPatchPositions(c, this.source.stateDict.pos_embed!.data, gh, gw);
+        this.positions.set(`${gh}x${gw}`, pos);
+      }
+      feeds.patch_pos = new this.ort.Tensor('float32', pos, [1, gh * gw, c.embed_dim]);
+    }
     let res: Record<string, Tensor>;
     try {
       res = await entry.session.run(feeds);

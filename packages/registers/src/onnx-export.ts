@@ -40,6 +40,13 @@ export interface OnnxExportOptions {
   weightType?: 'float32' | 'float16';
   /** Blocks whose attention, keys and values are not outputs use ONNX Runtime's com.microsoft.Attention. */
   contribAttention?: boolean;
+  /**
+   * One graph for every size (what the encoder runs): images [batch, height, width, 3] and a second input
+   * `patch_pos` [1, patches, D], the resampled positional embedding of that size
+   * (resampledPatchPositions), instead of the constant of `height` x `width`, which then only check
+   * the config.
+   */
+  dynamicSize?: boolean;
 }
 
 /** Metadata keys an export writes into ModelProto.metadata_props. */
@@ -92,10 +99,10 @@ export function checkExportable(c: ViTConfig): void {
 }
 
 /** The graph's output names and shapes for a config, size and output list (graph order). */
-export function onnxOutputValues(c: ViTConfig, height: number, width: number, outputs: readonly OnnxOutput[]): GraphValue[] {
-  const P = (height / c.patch_size) * (width / c.patch_size);
+export function onnxOutputValues(c: ViTConfig, height: number, width: number, outputs: readonly OnnxOutput[], dynamicSize = false): GraphValue[] {
   const R = c.num_register_tokens;
-  const N = 1 + R + P;
+  const P: number | string = dynamicSize ? 'patches' : (height / c.patch_size) * (width / c.patch_size);
+  const N: number | string = dynamicSize ? 'tokens' : 1 + R + (P as number);
   const D = c.embed_dim;
   const H = c.num_heads;
   const want = new Set(outputs);
@@ -192,11 +199,11 @@ export function buildOnnxGraph(c: ViTConfig, sd: StateDict, opts: OnnxExportOpti
   const gh = opts.height / p;
   const gw = opts.width / p;
   const P = gh * gw;
-  const N = 1 + R + P;
   const hidden = ffnHiddenDim(c);
   const fold = weightType === 'float32' && c.layerscale_init !== null;
   const fam = family(c);
-  const wantValues = onnxOutputValues(c, opts.height, opts.width, outputs);
+  const dyn = opts.dynamicSize ?? false;
+  const wantValues = onnxOutputValues(c, opts.height, opts.width, outputs, dyn);
   const wanted = new Set(wantValues.map((v) => v.name));
   /** A graph output keeps its public name; anything else gets a fresh internal one. */
   const out = (name: string, internal: string) => (wanted.has(name) ? `=${name}` : internal);
@@ -225,7 +232,7 @@ export function buildOnnxGraph(c: ViTConfig, sd: StateDict, opts: OnnxExportOpti
     kernel_shape: [p, p],
     strides: [p, p],
   });
-  const flat = g.op('Reshape', [conv, g.int64([0, D, P])], 'patch_flat');
+  const flat = g.op('Reshape', [conv, g.int64([0, D, -1])], 'patch_flat');
   const embeddings = g.op('Transpose', [flat], out('embeddings', 'embeddings_'), { perm: [0, 2, 1] });
 
   // Tokens [CLS + pos[0], registers, patches + pos[1:]] (CLS without position when pos_embed has no
@@ -237,7 +244,7 @@ export function buildOnnxGraph(c: ViTConfig, sd: StateDict, opts: OnnxExportOpti
   const batch = g.op('Slice', [g.op('Shape', ['images'], 'in_shape'), g.int64([0]), g.int64([1])], 'batch');
   const prefixShape = g.op('Concat', [batch, g.int64([1 + R, D])], 'prefix_shape', { axis: 0 });
   const prefixTokens = g.op('Expand', [g.floats('cls_registers', prefix, [1, 1 + R, D]), prefixShape], 'prefix');
-  const patchPos = g.floats('patch_pos', resampledPatchPositions(c, pos, gh, gw), [1, P, D]);
+  const patchPos = dyn ? 'patch_pos' : g.floats('patch_pos', resampledPatchPositions(c, pos, gh, gw), [1, P, D]);
   const patches0 = g.op('Add', [embeddings, patchPos], 'patch_tokens');
   let x = g.op('Concat', [prefixTokens, patches0], 'tokens', { axis: 1 });
   if (fam.preNorm) x = layerNorm(x, 'norm_pre', 'tokens_pre_normed');
@@ -246,7 +253,7 @@ export function buildOnnxGraph(c: ViTConfig, sd: StateDict, opts: OnnxExportOpti
   /** Attention as MatMul / Softmax / MatMul: [B, N, 3D] -> [B, N, 3, H, hd] -> [3, B, H, N, hd] -> q, k, v. */
   const attention = (h1: string, b: string, i: number, last: boolean): string => {
     const qkv = linear(h1, `${b}.attn.qkv`, D, 3 * D);
-    const heads = g.op('Transpose', [g.op('Reshape', [qkv, g.int64([0, N, 3, H, hd])], `${b}.qkv5`)], `${b}.qkv_heads`, { perm: [2, 0, 3, 1, 4] });
+    const heads = g.op('Transpose', [g.op('Reshape', [qkv, g.int64([0, -1, 3, H, hd])], `${b}.qkv5`)], `${b}.qkv_heads`, { perm: [2, 0, 3, 1, 4] });
     const part = (k: number, name: string) => g.op('Gather', [heads, g.int64([k], [])], last ? out(name, `${b}.${name}`) : `${b}.${name}`, { axis: 0 });
     const q = part(0, 'queries');
     const k = part(1, 'keys');
@@ -254,7 +261,7 @@ export function buildOnnxGraph(c: ViTConfig, sd: StateDict, opts: OnnxExportOpti
     const scores = g.op('MatMul', [g.op('Mul', [q, g.floats(`${b}.scale`, scale, [])], `${b}.q_scaled`), g.op('Transpose', [k], `${b}.keys_t`, { perm: [0, 1, 3, 2] })], `${b}.scores`);
     const attn = g.op('Softmax', [scores], out(`attention.${i}`, `${b}.attn`), { axis: -1 });
     const perToken = g.op('Transpose', [g.op('MatMul', [attn, v], `${b}.attn_v`)], `${b}.attn_t`, { perm: [0, 2, 1, 3] });
-    return g.op('Reshape', [perToken, g.int64([0, N, D])], `${b}.attn_merged`);
+    return g.op('Reshape', [perToken, g.int64([0, -1, D])], `${b}.attn_merged`);
   };
   /** ONNX Runtime's com.microsoft.Attention (qkv projection, softmax(q k^T / sqrt(hd)) v in one kernel). */
   const contribAttention = (h1: string, b: string): string => {
@@ -304,7 +311,7 @@ export function buildOnnxGraph(c: ViTConfig, sd: StateDict, opts: OnnxExportOpti
   if (wanted.has('pooled')) g.op('MatMul', [cls, g.weight('proj', t('proj'), [D, fam.projDim!])], '=pooled');
   const tokens = fam.finalNormTokens ? normed : x;
   if (wanted.has('registers')) g.op('Slice', [tokens, g.int64([1]), g.int64([1 + R]), g.int64([1])], '=registers');
-  if (wanted.has('patches')) g.op('Slice', [tokens, g.int64([1 + R]), g.int64([N]), g.int64([1])], '=patches');
+  if (wanted.has('patches')) g.op('Slice', [tokens, g.int64([1 + R]), g.int64([2 ** 53 - 1]), g.int64([1])], '=patches');
 
   const metadata = {
     [ONNX_METADATA.config]: JSON.stringify(c),
@@ -312,7 +319,11 @@ export function buildOnnxGraph(c: ViTConfig, sd: StateDict, opts: OnnxExportOpti
     [ONNX_METADATA.input]: JSON.stringify([opts.height, opts.width]),
     [ONNX_METADATA.weightType]: weightType,
   };
-  return { graph: g, inputs: [{ name: 'images', dims: ['batch', opts.height, opts.width, 3] }], outputs: wantValues, metadata };
+  const inputs: GraphValue[] = dyn
+    ? [{ name: 'images', dims: ['batch', 'height', 'width', 3] }, { name: 'patch_pos', dims: [1, 'patches', D] }]
+    : [{ name: 'images', dims: ['batch', opts.height, opts.width, 3] }];
+  if (dyn) metadata[ONNX_METADATA.input] = JSON.stringify('dynamic');
+  return { graph: g, inputs, outputs: wantValues, metadata };
 }
 
 /** The serialised model in memory (weights inside; protobuf limits it to 2 GiB). */
