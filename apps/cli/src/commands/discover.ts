@@ -23,6 +23,7 @@ import {
   checkpointNames, configFlag, ENGINE_FLAGS, engineUsage, engineFlags, loadEncoder, readTensorBatch, startBackend, stem, SYNTHETIC_FLAGS,
   syntheticDataset,
 } from '../inputs.js';
+import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrUsage } from './registers.js';
 
 /**
  * LOST on a batch of inputs of equal padded size, as @vitreg/probe's discoverBatch does, on any engine:
@@ -275,6 +276,7 @@ Options:
   --batch-size N     images per forward pass (default 1; only equal-size images are batched)
   --backend B        ${BACKEND_NAMES.join(' | ')} (tfjs: the engine with --engine tfjs, and LOST itself)
 ${engineUsage(21)}
+${ttrUsage(21)}
   --out DIR          output folder
 `;
 
@@ -299,6 +301,7 @@ export const discover: Command = {
       'batch-size': { type: 'string' },
       backend: { type: 'string' },
       ...ENGINE_FLAGS,
+      ...TTR_FLAGS,
       out: { type: 'string' },
     });
     const weights = values.weights ?? [];
@@ -314,7 +317,8 @@ export const discover: Command = {
       ? { kind: 'square', size: intFlag('size', values.size, 224) }
       : values['max-side'] !== undefined ? { kind: 'native', maxSide: intFlag('max-side', values['max-side'], 0) } : { kind: 'native' };
     const config = configFlag(values.config);
-    const engine = engineFlags(values);
+    const ttr = ttrFlags(values);
+    const engine = ttrEngine(engineFlags(values), ttr, weights);
     await startBackend(values.backend);
     const source = values.tensor !== undefined
       ? await tensorSource(values.tensor, geometry)
@@ -325,7 +329,7 @@ export const discover: Command = {
     const rows: Record<string, string | number | null>[] = [];
     const dirs = checkpointNames(weights);
     for (const [i, w] of weights.entries()) {
-      const model = await loadEncoder(w, { model: values.model, config }, engine);
+      const model = ttr ? await ttrEncoder(ttr, { weights: w, model: values.model, config }) : await loadEncoder(w, { model: values.model, config }, engine);
       try {
         if (geometry.kind === 'square' && geometry.size % model.config.patch_size !== 0) {
           throw new CliError(`--size ${geometry.size} is not a multiple of the patch size ${model.config.patch_size}`);
