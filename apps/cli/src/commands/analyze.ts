@@ -24,10 +24,11 @@ import {
 } from '@vitreg/viz';
 import { choiceFlag, CliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
 import { configFlag, ENGINE_FLAGS, engineUsage, engineFlags, imageFiles, loadEncoder, readTensorBatch, startBackend, stem, uniqueNames } from '../inputs.js';
+import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrUsage } from './registers.js';
 
 const USAGE = `
 Usage: vitreg analyze (IMAGE... | --tensor FILE.safetensors[:NAME]) --weights FILE [--weights-b FILE]
-                      --out DIR [options]
+                      [--test-time-registers neurons.json [--ttr-top-k K]] --out DIR [options]
 
 Finds high-norm outlier ("artifact") tokens and shows them: norm maps, CLS and register attention,
 PCA maps, norm histograms and per-layer curves, in OUT/report.html with numbers in OUT/summary.json
@@ -57,6 +58,9 @@ Options:
   --backend B           auto (default), tensorflow-gpu, tensorflow, wasm or cpu (tfjs: the engine
                         with --engine tfjs, and the token analysis either way)
 ${engineUsage(24)}
+${ttrUsage(24)}
+                        model A with its test-time register is shown beside A (and B): its
+                        files go to OUT/<image>/ttr/
 `;
 
 /** One input: a display name, where it came from, and how to get its normalised pixels. */
@@ -137,6 +141,7 @@ export const analyze: Command = {
       tensor: { type: 'string' },
       backend: { type: 'string' },
       ...ENGINE_FLAGS,
+      ...TTR_FLAGS,
     });
     if (!values.weights) throw new CliError('--weights FILE is required (see vitreg analyze --help)');
     if (!values.out) throw new CliError('--out DIR is required');
@@ -156,15 +161,20 @@ export const analyze: Command = {
       throw new CliError(`--pca-foreground: expected a number in (0, 1), got "${values['pca-foreground']}"`);
     }
     const config = configFlag(values.config);
-    const engine = engineFlags(values);
+    const ttr = ttrFlags(values);
+    const engine = ttrEngine(engineFlags(values), ttr, [values.weights, values['weights-b']]);
 
     await startBackend(values.backend);
-    const weights = [values.weights, ...(values['weights-b'] ? [values['weights-b']] : [])];
+    // Models: A, A with test-time registers (--test-time-registers), B (--weights-b).
+    const kinds = ['A', ...(ttr ? ['A+TTR'] : []), ...(values['weights-b'] ? ['B'] : [])];
+    const weights = kinds.map((kind) => (kind === 'B' ? values['weights-b']! : values.weights!));
     const models: Encoder[] = [];
-    for (const [k, w] of weights.entries()) models.push(await loadEncoder(w, { model: values.model, config }, engine, k === 0 ? 'weights' : 'weights-b'));
+    for (const [k, w] of weights.entries()) {
+      models.push(kinds[k] === 'A+TTR' ? await ttrEncoder(ttr!, models[0]) : await loadEncoder(w, { model: values.model, config }, engine, kinds[k] === 'B' ? 'weights-b' : 'weights'));
+    }
     const patch = models[0].config.patch_size;
     if (models.some((m) => m.config.patch_size !== patch)) {
-      throw new CliError(`--weights-b: patch size ${models[1].config.patch_size} differs from model A's ${patch}; A/B needs the same input grid`);
+      throw new CliError(`--weights-b: patch size ${models[models.length - 1].config.patch_size} differs from model A's ${patch}; A/B needs the same input grid`);
     }
     let transform: ImageTransform;
     if (values['keep-aspect']) transform = { kind: 'keep-aspect', patchSize: patch, maxSide: values.size === undefined ? undefined : size };
@@ -176,8 +186,8 @@ export const analyze: Command = {
 
     const out = values.out;
     await ensureDir(out);
-    const labels = models.length === 2 ? ['A', 'B'] : ['A'];
-    const subdir = (name: string, k: number) => (k === 0 ? name : `${name}/b`);
+    const labels = kinds;
+    const subdir = (name: string, k: number) => (k === 0 ? name : `${name}/${kinds[k] === 'B' ? 'b' : 'ttr'}`);
     const started = performance.now();
     const failed: { path: string; error: string }[] = [];
     const done: { input: Input; image: Canvas; grid: [number, number]; analyses: TokenAnalysis[] }[] = [];
@@ -254,6 +264,7 @@ export const analyze: Command = {
       }),
     }));
     const settings = {
+      ...(ttr ? { testTimeRegisters: ttr.path, ttrTopK: ttr.topK ?? null } : {}),
       threshold,
       source,
       transform: values.tensor !== undefined ? 'tensor as is' : transform,
