@@ -10,7 +10,9 @@ import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { readSafetensors, toFloat32 } from '@vitreg/core';
+import { initBackend, readSafetensors, toFloat32 } from '@vitreg/core';
+import { discoverBatch } from '@vitreg/probe';
+import { loadWeights, withTestTimeRegisters } from '@vitreg/registers';
 import { lastLine, ROOT, vitreg } from './helpers.ts';
 
 const FIX = join(ROOT, 'packages', 'registers', 'test', 'fixtures', 'ttr');
@@ -91,4 +93,31 @@ test('analyze shows the original, the test-time register and a trained-register 
   const stats = JSON.parse(await readFile(join(out, 'images-0', 'ttr', 'stats.json'), 'utf8'));
   assert.equal(stats.model, 'A+TTR');
   await readFile(join(out, 'images-0', 'b', 'stats.json'));
+});
+
+test('discover and probe run with the test-time register; discover equals LOST on the model with it', async () => {
+  const [d, p] = await Promise.all([
+    vitreg(['discover', '--weights', WEIGHTS, '--config', HEADS, '--tensor', `${REF}:images`, '--out', join(dir, 'd'), '--test-time-registers', neurons,
+      '--k-patches', '5', '--backend', 'wasm']),
+    vitreg(['probe', '--weights', WEIGHTS, '--config', HEADS, '--data', 'synthetic', '--count', '16', '--test-count', '8', '--synthetic-size', '24',
+      '--size', '24', '--steps', '10', '--out', join(dir, 'p'), '--test-time-registers', neurons, '--ttr-top-k', '2', '--backend', 'wasm']),
+  ]);
+  assert.equal(d.code, 0, d.stderr);
+  assert.equal(p.code, 0, p.stderr);
+  const probe = JSON.parse(await readFile(join(dir, 'p', 'results.json'), 'utf8'));
+  assert.equal(JSON.stringify(probe).includes(`"testTimeRegisters":${JSON.stringify(neurons)}`), true);
+  // LOST in this process on the model with the test-time register (the three neurons of neurons.json).
+  await initBackend('wasm', { log: () => {} });
+  const model = await loadWeights(WEIGHTS, { config: JSON.parse(HEADS) });
+  const f = JSON.parse(await readFile(neurons, 'utf8'));
+  const view = withTestTimeRegisters(model, f.neurons);
+  const t = toFloat32((await readSafetensors(REF)).tensors.images!);
+  const rows = (await readFile(join(dir, 'd', 'results.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l));
+  assert.equal(rows.length, 5);
+  for (let i = 0; i < 5; i++) {
+    const input = { data: t.slice(i * 24 * 24 * 3, (i + 1) * 24 * 24 * 3), paddedHeight: 24, paddedWidth: 24, width: 24, height: 24, rgb: new Uint8Array(24 * 24 * 3), boxes: [], scale: [1, 1] as [number, number] };
+    const [r] = discoverBatch(view, [input], { features: 'keys', kPatches: 5 });
+    assert.deepEqual([rows[i].seed, rows[i].box], [r!.seed, r!.box], `image ${i}`);
+  }
+  model.dispose();
 });
