@@ -267,3 +267,30 @@ describe('test-time registers: the planted behaviour', () => {
     m.dispose();
   });
 });
+
+describe('the explicit MLP activation route (test-time registers, mlpActivations) for every FFN', () => {
+  before(async () => {
+    await initBackend('wasm', { log: () => {} });
+  });
+  for (const [name, overrides] of [
+    ['gelu', {}],
+    ['quick_gelu', { act_layer: 'quick_gelu' }],
+    ['swiglu', { ffn_layer: 'swiglu' }],
+  ] as const) {
+    test(`${name}: outputs equal the default (fused) path; the activation has the FFN's width; the test-time register is one more register row`, async () => {
+      const { getConfig, VisionTransformer, ffnHiddenDim } = await import('../src/index.ts');
+      const c = getConfig('vit_micro_patch8', overrides);
+      const m = new VisionTransformer(c, { seed: 3 });
+      const x = tf.randomNormal([2, 32, 32, 3], 0, 1, 'float32', 1) as tf.Tensor4D;
+      const a = m.forward(x);
+      const b = m.forward(x, { mlpActivations: true });
+      const t = m.forward(x, { testTimeRegisters: { neurons: [] } });
+      close('patches', await b.patches.data(), await a.patches.data());
+      close('cls', await b.cls.data(), await a.cls.data());
+      assert.deepEqual(b.mlpActivations!.map((l) => l.shape), Array(c.depth).fill([2, 17, ffnHiddenDim(c)]));
+      assert.equal(t.registers.shape[1], 1);
+      tf.dispose([x, a.cls, a.registers, a.patches, a.prenorm, a.embeddings, b.cls, b.registers, b.patches, b.prenorm, b.embeddings, ...b.mlpActivations!, t.cls, t.registers, t.patches, t.prenorm, t.embeddings]);
+      m.dispose();
+    });
+  }
+});
