@@ -51,7 +51,7 @@ export interface ForwardOptions {
    * `activate_on_registers`, normal_values "zero", scale 1): one extra token, zero and without positional
    * embedding. In each listed layer, at the MLP activation (after the activation, before the second
    * linear layer), per image, the listed neurons of that layer get on the extra token one signed maximum
-   * taken jointly over those neurons and all tokens (the minimum when its magnitude is larger), and 0 on
+   * taken jointly over those neurons and all tokens (the minimum when its magnitude is as large or larger), and 0 on
    * the patch tokens (CLS and trained registers keep theirs). The token sits after the trained registers,
    * so outputs keep the order [CLS, registers (trained, then test-time), patches] and `registers` has
    * R + 1 rows; the blocks are token-permutation equivariant, so this equals the reference's token
