@@ -17,7 +17,7 @@ import { log as defaultLog } from './log.js';
 import { describeAdapter, setupWebGpu, type WebGpuAdapterInfo } from './webgpu.js';
 
 export {
-  adapterFlags, bindingLimitError, describeAdapter, findVulkanLoader, isSoftwareAdapter, parseAdapterList, setupWebGpu, VULKAN_HINT, WEBGPU_INSTALL,
+  adapterFlags, bindingLimitError, describeAdapter, findVulkanDrivers, findVulkanLoader, isSoftwareAdapter, parseAdapterList, setupWebGpu, VULKAN_HINT, WEBGPU_INSTALL,
   webGpuAdapter, type AdapterEntry, type WebGpuAdapterInfo, type WebGpuLimits, type WebGpuOptions,
 } from './webgpu.js';
 
@@ -152,7 +152,7 @@ async function activate(c: Candidate, opts: InitBackendOptions, auto: boolean): 
   if (c.name !== 'webgpu') return { failure: await activatePackage(c) };
   let adapter: WebGpuAdapterInfo;
   try {
-    adapter = await setupWebGpu({ gpu: opts.gpu, limits: opts.webgpuLimits });
+    adapter = await setupWebGpu({ gpu: opts.gpu, limits: opts.webgpuLimits, requireDriverFiles: auto });
   } catch (err) {
     return { failure: firstLine(err) };
   }

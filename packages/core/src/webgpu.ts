@@ -78,6 +78,12 @@ export interface WebGpuOptions {
    * 'default' keeps WebGPU's defaults (128 MiB per binding), to test the limit errors.
    */
   limits?: 'adapter' | 'default';
+  /**
+   * Refuse, with one line, when no Vulkan driver manifest is found, before Dawn looks (and prints its
+   * own warnings). `auto` sets it; a backend asked for by name lets Dawn search, in case a driver sits
+   * where findVulkanDrivers does not look.
+   */
+  requireDriverFiles?: boolean;
 }
 
 /** Minimal shapes of the WebGPU objects used here (no dependency on @webgpu/types). */
@@ -178,6 +184,38 @@ export function findVulkanLoader(env: NodeJS.ProcessEnv = process.env): string |
   return null;
 }
 
+/**
+ * The Vulkan driver manifests (ICD .json files) the Vulkan loader would read, as its Linux search goes:
+ * VK_DRIVER_FILES / VK_ICD_FILENAMES (files or folders) replace the search, VK_ADD_DRIVER_FILES adds to
+ * it; else the icd.d folders under the XDG config and data folders and /etc. Linux only (elsewhere '[]'
+ * is not meaningful and the check is skipped by returning null). Checked before Dawn creates an
+ * instance so that a machine without a driver gets one clear line instead of Dawn's warnings.
+ */
+export function findVulkanDrivers(env: NodeJS.ProcessEnv = process.env): string[] | null {
+  if (process.platform !== 'linux') return null;
+  const list = (v: string | undefined) => (v ?? '').split(':').filter(Boolean);
+  const jsonIn = (path: string): string[] => {
+    try {
+      if (path.endsWith('.json')) return existsSync(path) ? [path] : [];
+      return readdirSync(path).filter((f) => f.endsWith('.json')).map((f) => join(path, f));
+    } catch {
+      return [];
+    }
+  };
+  const given = list(env.VK_DRIVER_FILES ?? env.VK_ICD_FILENAMES);
+  const added = list(env.VK_ADD_DRIVER_FILES).flatMap(jsonIn);
+  if (given.length) return [...given.flatMap(jsonIn), ...added];
+  const home = env.HOME ?? '';
+  const dirs = [
+    env.XDG_CONFIG_HOME || join(home, '.config'),
+    ...(list(env.XDG_CONFIG_DIRS).length ? list(env.XDG_CONFIG_DIRS) : ['/etc/xdg']),
+    '/etc',
+    env.XDG_DATA_HOME || join(home, '.local/share'),
+    ...(list(env.XDG_DATA_DIRS).length ? list(env.XDG_DATA_DIRS) : ['/usr/local/share', '/usr/share']),
+  ];
+  return [...dirs.flatMap((d) => jsonIn(join(d, 'vulkan', 'icd.d'))), ...added];
+}
+
 let dawn: DawnModule | null = null;
 let chosen: { info: WebGpuAdapterInfo; key: string } | null = null;
 
@@ -250,8 +288,11 @@ export async function setupWebGpu(opts: WebGpuOptions = {}): Promise<WebGpuAdapt
   const { index, what } = gpuIndex(opts);
   const key = `${index}/${opts.limits ?? 'adapter'}`;
   if (chosen && chosen.key === key && tf.findBackendFactory('webgpu')) return chosen.info;
+  const mod = await loadDawn(); // loading dawn.node needs no Vulkan yet: creating an instance does
   if (findVulkanLoader() === null) throw new Error(`no Vulkan loader (libvulkan.so.1) for Dawn: ${VULKAN_HINT}`);
-  const mod = await loadDawn();
+  if (opts.requireDriverFiles && findVulkanDrivers()?.length === 0) {
+    throw new Error(`no Vulkan driver (no ICD .json in VK_ICD_FILENAMES or the vulkan/icd.d folders) for Dawn: ${VULKAN_HINT}`);
+  }
   const adapters = await listAdapters(mod);
   if (adapters.length === 0) throw new Error(`Dawn found no WebGPU adapter: ${VULKAN_HINT}`);
   const flags = adapterFlags(adapters, index, what);

@@ -4,12 +4,12 @@
  * search. The adapter itself is exercised by test/webgpu/ (scripts/test-webgpu.sh, SwiftShader).
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import {
-  adapterFlags, bindingLimitError, describeAdapter, findVulkanLoader, isSoftwareAdapter, parseAdapterList, type WebGpuAdapterInfo,
+  adapterFlags, bindingLimitError, describeAdapter, findVulkanDrivers, findVulkanLoader, isSoftwareAdapter, parseAdapterList, type WebGpuAdapterInfo,
 } from '../src/webgpu.js';
 
 // The message dawn.node (webgpu 0.6.2) rejects requestAdapter with when no adapter name matches the
@@ -107,4 +107,25 @@ test('describeAdapter: the adapter, its driver and the limits that matter in one
     'adapter 0 of 1: SwiftShader Device (Subzero) (google swiftshader, SwiftShader driver 5.0.0, vulkan), software; ' +
       'maxStorageBufferBindingSize 1 GiB, maxBufferSize 2 GiB, workgroup storage 32768 B, 256 invocations',
   );
+});
+
+test('findVulkanDrivers: VK_ICD_FILENAMES replaces the search (files or folders), VK_ADD_DRIVER_FILES adds', { skip: process.platform !== 'linux' && 'Linux only' }, async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'vitreg-icd-'));
+  try {
+    await writeFile(join(dir, 'a.json'), '{}');
+    await writeFile(join(dir, 'b.json'), '{}');
+    await writeFile(join(dir, 'notes.txt'), '');
+    assert.deepEqual(findVulkanDrivers({ VK_ICD_FILENAMES: join(dir, 'a.json') }), [join(dir, 'a.json')]);
+    assert.deepEqual(findVulkanDrivers({ VK_ICD_FILENAMES: dir })!.sort(), [join(dir, 'a.json'), join(dir, 'b.json')]);
+    assert.deepEqual(findVulkanDrivers({ VK_ICD_FILENAMES: '/nonexistent/x.json' }), []);
+    // The XDG folders: a data dir holding vulkan/icd.d/*.json.
+    const data = join(dir, 'share');
+    await mkdir(join(data, 'vulkan', 'icd.d'), { recursive: true });
+    await writeFile(join(data, 'vulkan', 'icd.d', 'nvidia_icd.json'), '{}');
+    const found = findVulkanDrivers({ HOME: dir, XDG_DATA_DIRS: data, XDG_CONFIG_DIRS: join(dir, 'none'), VK_ADD_DRIVER_FILES: join(dir, 'b.json') })!;
+    assert.ok(found.includes(join(data, 'vulkan', 'icd.d', 'nvidia_icd.json')), JSON.stringify(found));
+    assert.ok(found.includes(join(dir, 'b.json')), JSON.stringify(found));
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
