@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import type { InferenceSession, Tensor } from 'onnxruntime-node';
 import { validateConfig, type ViTConfig } from './config.js';
 import { checkImageBatch, type EncodeOptions, type Encoder, type EncoderOutput, type HostArray, type ImageBatch } from './encoder.js';
-import { checkExportable, exportOnnx, onnxModelBytes, ONNX_METADATA, ONNX_OUTPUTS, resampledPatchPositions, type OnnxOutput } from './onnx-export.js';
+import { checkExportable, exportOnnx, ttrNeuronsByLayer, onnxModelBytes, ONNX_METADATA, ONNX_OUTPUTS, resampledPatchPositions, type OnnxOutput } from './onnx-export.js';
 import { readOnnxInfo } from './onnx-proto.js';
 import { checkStateDict, type StateDict } from './weights.js';
 
@@ -33,6 +33,17 @@ export interface OnnxEncoderOptions {
   threads?: number;
   /** Weight storage of graphs built from weights (default float32). */
   weightType?: 'float32' | 'float16';
+  /**
+   * Test-time registers (graphs built from weights; onnx-export.ts's option of the same name): the
+   * encoder's `config` then counts the extra token in num_register_tokens (R + 1), as
+   * withTestTimeRegisters' view does on tfjs, and `registers` has R + 1 rows.
+   */
+  testTimeRegisters?: { neurons: ReadonlyArray<{ layer: number; neuron: number }> };
+}
+
+/** The config an encoder reports: with a test-time register, num_register_tokens counts it (R + 1). */
+function publicConfig(c: ViTConfig, ttr: boolean): ViTConfig {
+  return ttr ? Object.freeze({ ...c, num_register_tokens: c.num_register_tokens + 1 }) : c;
 }
 
 let ortPromise: Promise<Ort> | undefined;
@@ -117,24 +128,30 @@ export class OnnxEncoder implements Encoder {
   /** Resampled patch positions by input size (graphs built from weights take them as an input). */
   private positions = new Map<string, Float32Array>();
   private tempDirs: string[] = [];
+  /** The config as exported (without the test-time register); `config` is what encode returns. */
+  readonly config: ViTConfig;
 
   private constructor(
     private ort: Ort,
-    readonly config: ViTConfig,
+    private base: ViTConfig,
     private source: { stateDict: StateDict } | { file: string; entry: Promise<SessionEntry> },
     private opts: OnnxEncoderOptions,
+    ttrNeurons?: number,
   ) {
+    this.config = publicConfig(base, ttrNeurons !== undefined);
     const threads = opts.threads ? `${opts.threads} thread${opts.threads === 1 ? '' : 's'}` : 'default threads';
-    this.description = `onnxruntime ${ort.env.versions?.common ?? ''} ${opts.device ?? 'cpu'}, ${threads}`.replace('  ', ' ');
+    const ttr = ttrNeurons !== undefined ? `, test-time register (${ttrNeurons} neurons)` : '';
+    this.description = `onnxruntime ${ort.env.versions?.common ?? ''} ${opts.device ?? 'cpu'}, ${threads}${ttr}`.replace('  ', ' ');
   }
 
   /** An encoder that exports a graph per input size from a config and a DINOv2-named state dict. */
   static async fromWeights(config: ViTConfig, stateDict: StateDict, opts: OnnxEncoderOptions = {}): Promise<OnnxEncoder> {
     const ort = await loadOnnxRuntime();
-    const enc = new OnnxEncoder(ort, config, { stateDict }, opts);
     // Fail now, not at the first batch, on a config the exporter cannot express or weights that do not fit.
     checkExportable(config);
     checkStateDict(stateDict, config, 'ONNX encoder');
+    if (opts.testTimeRegisters) ttrNeuronsByLayer(config, opts.testTimeRegisters.neurons);
+    const enc = new OnnxEncoder(ort, config, { stateDict }, opts, opts.testTimeRegisters?.neurons.length);
     await enc.probeDevice();
     return enc;
   }
@@ -150,10 +167,12 @@ export class OnnxEncoder implements Encoder {
     let config: ViTConfig;
     let size: [number, number];
     let outputs: OnnxOutput[];
+    let ttr: unknown[] | undefined;
     try {
       config = validateConfig(JSON.parse(meta[ONNX_METADATA.config]!), `${path}: metadata ${ONNX_METADATA.config}`);
       size = JSON.parse(meta[ONNX_METADATA.input]!);
       outputs = JSON.parse(meta[ONNX_METADATA.outputs]!);
+      if (meta[ONNX_METADATA.testTimeRegisters]) ttr = JSON.parse(meta[ONNX_METADATA.testTimeRegisters]!);
     } catch (err) {
       throw new Error(`${path}: bad vitreg metadata: ${firstLine(err)}`);
     }
@@ -164,9 +183,19 @@ export class OnnxEncoder implements Encoder {
         throw sessionError(err, device, path);
       },
     );
-    const enc = new OnnxEncoder(ort, config, { file: path, entry }, opts);
+    if (opts.testTimeRegisters) throw new Error(`${path}: test-time registers are part of an exported graph (exportOnnx's testTimeRegisters option); give the weights file to add them here`);
+    const enc = new OnnxEncoder(ort, config, { file: path, entry }, opts, ttr?.length);
     await entry;
     return enc;
+  }
+
+  /**
+   * A second encoder on the same weights (shared, not copied) and options whose graphs add test-time
+   * registers with `neurons` (as withTestTimeRegisters on tfjs). Only for encoders built from weights.
+   */
+  async withTestTimeRegisters(neurons: ReadonlyArray<{ layer: number; neuron: number }>): Promise<OnnxEncoder> {
+    if ('file' in this.source) throw new Error(`${this.source.file}: test-time registers are part of an exported graph (exportOnnx's testTimeRegisters option); give the weights file to add them here`);
+    return OnnxEncoder.fromWeights(this.base, this.source.stateDict, { ...this.opts, testTimeRegisters: { neurons: neurons.map((n) => ({ layer: n.layer, neuron: n.neuron })) } });
   }
 
   /** Starts a session on a one-patch graph so that an unavailable device fails at once, in one line. */
@@ -207,17 +236,20 @@ export class OnnxEncoder implements Encoder {
     const device = this.opts.device ?? 'cpu';
     const p = this.config.patch_size;
     const [h, w] = [p, p]; // a dynamic-size graph: the size only checks the config
-    const exportOpts = { height: h, width: w, outputs, weightType: this.opts.weightType, contribAttention: device !== 'webgpu', dynamicSize: true };
+    const exportOpts = {
+      height: h, width: w, outputs, weightType: this.opts.weightType, contribAttention: device !== 'webgpu', dynamicSize: true,
+      testTimeRegisters: this.opts.testTimeRegisters,
+    };
     const options = sessionOptions(device, this.opts.threads);
     let session: InferenceSession;
     const bytes = Object.values(sd).reduce((s, t) => s + t.data.length * (this.opts.weightType === 'float16' ? 2 : 4), 0);
     try {
-      if (bytes < 1.8 * 2 ** 30) session = await this.ort.InferenceSession.create(onnxModelBytes(this.config, sd, exportOpts), options);
+      if (bytes < 1.8 * 2 ** 30) session = await this.ort.InferenceSession.create(onnxModelBytes(this.base, sd, exportOpts), options);
       else {
         const dir = await mkdtemp(join(tmpdir(), 'vitreg-onnx-'));
         this.tempDirs.push(dir);
         const file = join(dir, `model-${this.sessions.size}.onnx`);
-        await exportOnnx(file, this.config, sd, { ...exportOpts, externalData: true });
+        await exportOnnx(file, this.base, sd, { ...exportOpts, externalData: true });
         session = await this.ort.InferenceSession.create(file, options);
       }
     } catch (err) {

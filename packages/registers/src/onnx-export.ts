@@ -47,10 +47,40 @@ export interface OnnxExportOptions {
    * the config.
    */
   dynamicSize?: boolean;
+  /**
+   * Test-time registers (model.ts's forward option `testTimeRegisters`, Jiang et al. 2025): one extra
+   * zero token without positional embedding after the trained registers, and in each listed layer, at
+   * the MLP activation (after the activation, before the second linear layer), per image, one signed
+   * maximum taken jointly over that layer's listed neurons and all tokens (Gather, ReduceMax, ReduceMin,
+   * Where: the minimum when its magnitude is as large or larger) on the extra token at those neurons,
+   * and 0 there on the patch tokens (Mul / Add with constant masks). `registers` then has R + 1 rows.
+   */
+  testTimeRegisters?: { neurons: ReadonlyArray<{ layer: number; neuron: number }> };
 }
 
 /** Metadata keys an export writes into ModelProto.metadata_props. */
-export const ONNX_METADATA = { config: 'vitreg_config', outputs: 'vitreg_outputs', input: 'vitreg_input', weightType: 'vitreg_weight_type' } as const;
+export const ONNX_METADATA = {
+  config: 'vitreg_config',
+  outputs: 'vitreg_outputs',
+  input: 'vitreg_input',
+  weightType: 'vitreg_weight_type',
+  /** The test-time register neurons ([{layer, neuron}] JSON), only in graphs that have one. */
+  testTimeRegisters: 'vitreg_test_time_registers',
+} as const;
+
+/** Test-time register neurons by layer, checked against the config (errors name the entry, as model.ts). */
+export function ttrNeuronsByLayer(c: ViTConfig, neurons: ReadonlyArray<{ layer: number; neuron: number }>): Map<number, number[]> {
+  const hidden = ffnHiddenDim(c);
+  const byLayer = new Map<number, number[]>();
+  neurons.forEach((n, k) => {
+    if (!Number.isInteger(n.layer) || n.layer < 0 || n.layer >= c.depth) throw new Error(`testTimeRegisters.neurons[${k}].layer: expected an integer in [0, ${c.depth - 1}], got ${n.layer}`);
+    if (!Number.isInteger(n.neuron) || n.neuron < 0 || n.neuron >= hidden) throw new Error(`testTimeRegisters.neurons[${k}].neuron: expected an integer in [0, ${hidden - 1}], got ${n.neuron}`);
+    const list = byLayer.get(n.layer) ?? [];
+    if (!list.includes(n.neuron)) list.push(n.neuron);
+    byLayer.set(n.layer, list);
+  });
+  return byLayer;
+}
 
 /**
  * Config fields the exporter knows. Any other field (a later model family) must hold an "off" value
@@ -99,8 +129,8 @@ export function checkExportable(c: ViTConfig): void {
 }
 
 /** The graph's output names and shapes for a config, size and output list (graph order). */
-export function onnxOutputValues(c: ViTConfig, height: number, width: number, outputs: readonly OnnxOutput[], dynamicSize = false): GraphValue[] {
-  const R = c.num_register_tokens;
+export function onnxOutputValues(c: ViTConfig, height: number, width: number, outputs: readonly OnnxOutput[], dynamicSize = false, testTimeRegister = false): GraphValue[] {
+  const R = c.num_register_tokens + (testTimeRegister ? 1 : 0);
   const P: number | string = dynamicSize ? 'patches' : (height / c.patch_size) * (width / c.patch_size);
   const N: number | string = dynamicSize ? 'tokens' : 1 + R + (P as number);
   const D = c.embed_dim;
@@ -203,7 +233,9 @@ export function buildOnnxGraph(c: ViTConfig, sd: StateDict, opts: OnnxExportOpti
   const fold = weightType === 'float32' && c.layerscale_init !== null;
   const fam = family(c);
   const dyn = opts.dynamicSize ?? false;
-  const wantValues = onnxOutputValues(c, opts.height, opts.width, outputs, dyn);
+  const ttr = opts.testTimeRegisters ? ttrNeuronsByLayer(c, opts.testTimeRegisters.neurons) : undefined;
+  const T = ttr ? 1 : 0;
+  const wantValues = onnxOutputValues(c, opts.height, opts.width, outputs, dyn, !!ttr);
   const wanted = new Set(wantValues.map((v) => v.name));
   /** A graph output keeps its public name; anything else gets a fresh internal one. */
   const out = (name: string, internal: string) => (wanted.has(name) ? `=${name}` : internal);
@@ -235,15 +267,15 @@ export function buildOnnxGraph(c: ViTConfig, sd: StateDict, opts: OnnxExportOpti
   const flat = g.op('Reshape', [conv, g.int64([0, D, -1])], 'patch_flat');
   const embeddings = g.op('Transpose', [flat], out('embeddings', 'embeddings_'), { perm: [0, 2, 1] });
 
-  // Tokens [CLS + pos[0], registers, patches + pos[1:]] (CLS without position when pos_embed has no
-  // class slot): the prefix is one constant expanded over the batch.
+  // Tokens [CLS + pos[0], registers, (test-time register: zeros), patches + pos[1:]] (CLS without
+  // position when pos_embed has no class slot): the prefix is one constant expanded over the batch.
   const pos = t('pos_embed');
-  const prefix = new Float32Array((1 + R) * D);
+  const prefix = new Float32Array((1 + R + T) * D);
   for (let d = 0; d < D; d++) prefix[d] = fam.posCls ? Math.fround(t('cls_token')[d]! + pos[d]!) : t('cls_token')[d]!;
   if (R > 0) prefix.set(t('register_tokens'), D);
   const batch = g.op('Slice', [g.op('Shape', ['images'], 'in_shape'), g.int64([0]), g.int64([1])], 'batch');
-  const prefixShape = g.op('Concat', [batch, g.int64([1 + R, D])], 'prefix_shape', { axis: 0 });
-  const prefixTokens = g.op('Expand', [g.floats('cls_registers', prefix, [1, 1 + R, D]), prefixShape], 'prefix');
+  const prefixShape = g.op('Concat', [batch, g.int64([1 + R + T, D])], 'prefix_shape', { axis: 0 });
+  const prefixTokens = g.op('Expand', [g.floats('cls_registers', prefix, [1, 1 + R + T, D]), prefixShape], 'prefix');
   const patchPos = dyn ? 'patch_pos' : g.floats('patch_pos', resampledPatchPositions(c, pos, gh, gw), [1, P, D]);
   const patches0 = g.op('Add', [embeddings, patchPos], 'patch_tokens');
   let x = g.op('Concat', [prefixTokens, patches0], 'tokens', { axis: 1 });
@@ -269,6 +301,30 @@ export function buildOnnxGraph(c: ViTConfig, sd: StateDict, opts: OnnxExportOpti
     const bias = sd[`${b}.attn.qkv.bias`]?.data ?? new Float32Array(3 * D);
     return g.node('Attention', [h1, g.weight(`${b}.attn.qkv.weight`, w, [D, 3 * D]), g.weight(`${b}.attn.qkv.bias`, bias, [3 * D])], `${b}.attn_merged`, { num_heads: H }, 'com.microsoft')[0]!;
   };
+  /**
+   * The test-time register edit of one layer's MLP activation [B, N, hidden] (model.ts moveToRegister):
+   * v = ReduceMax or ReduceMin of the listed neurons over all tokens, per image; tokens [CLS, registers]
+   * keep theirs, the test-time register gets v at the neurons, the patches 0 there.
+   */
+  const moveToRegister = (act: string, b: string, neurons: number[]): string => {
+    const sel = g.op('Gather', [act, g.int64(neurons)], `${b}.ttr_sel`, { axis: 2 });
+    const hi = g.op('ReduceMax', [sel], `${b}.ttr_max`, { axes: [1, 2], keepdims: 1 });
+    const lo = g.op('ReduceMin', [sel], `${b}.ttr_min`, { axes: [1, 2], keepdims: 1 });
+    const bigger = g.op('Greater', [g.op('Abs', [hi], `${b}.ttr_abs_max`), g.op('Abs', [lo], `${b}.ttr_abs_min`)], `${b}.ttr_cmp`);
+    const v = g.op('Where', [bigger, hi, lo], `${b}.ttr_value`); // [B, 1, 1]
+    const cols = new Float32Array(hidden);
+    for (const n of neurons) cols[n] = 1;
+    const col = g.floats(`${b}.ttr_cols`, cols, [1, 1, hidden]);
+    const keep = g.floats(`${b}.ttr_keep`, cols.map((x) => 1 - x), [1, 1, hidden]);
+    const prefixAct = g.op('Slice', [act, g.int64([0]), g.int64([1 + R]), g.int64([1])], `${b}.ttr_prefix`);
+    const regAct = g.op('Slice', [act, g.int64([1 + R]), g.int64([2 + R]), g.int64([1])], `${b}.ttr_reg`);
+    const patchAct = g.op('Slice', [act, g.int64([2 + R]), g.int64([2 ** 53 - 1]), g.int64([1])], `${b}.ttr_patches`);
+    const reg = g.op('Add', [g.op('Mul', [regAct, keep], `${b}.ttr_reg_kept`), g.op('Mul', [col, v], `${b}.ttr_reg_value`)], `${b}.ttr_reg_new`);
+    const patches = g.op('Mul', [patchAct, keep], `${b}.ttr_patches_new`);
+    return g.op('Concat', [prefixAct, reg, patches], `${b}.ttr_act`, { axis: 1 });
+  };
+  const edit = (act: string, b: string, i: number): string => (ttr?.get(i) ? moveToRegister(act, b, ttr.get(i)!) : act);
+
   for (let i = 0; i < c.depth; i++) {
     const b = `blocks.${i}`;
     const last = i === c.depth - 1;
@@ -288,17 +344,17 @@ export function buildOnnxGraph(c: ViTConfig, sd: StateDict, opts: OnnxExportOpti
       const x12 = linear(h2, `${b}.mlp.w12`, D, 2 * hidden);
       const [x1, x2] = g.node('Split', [x12, g.int64([hidden, hidden])], [`${b}.x1`, `${b}.x2`], { axis: -1 });
       const gated = g.op('Mul', [g.op('Mul', [x1!, g.op('Sigmoid', [x1!], `${b}.sig`)], `${b}.silu`), x2!], `${b}.gated`);
-      f = linear(gated, `${b}.mlp.w3`, hidden, D, fold ? ls2 : undefined);
+      f = linear(edit(gated, b, i), `${b}.mlp.w3`, hidden, D, fold ? ls2 : undefined);
     } else if (fam.act === 'quick_gelu') {
       const h = linear(h2, `${b}.mlp.fc1`, D, hidden);
       const sig = g.op('Sigmoid', [g.op('Mul', [h, g.floats(`${b}.qg`, new Float32Array([1.702]), [])], `${b}.qg_mul`)], `${b}.qg_sig`);
-      f = linear(g.op('Mul', [h, sig], `${b}.quick_gelu`), `${b}.mlp.fc2`, hidden, D, fold ? ls2 : undefined);
+      f = linear(edit(g.op('Mul', [h, sig], `${b}.quick_gelu`), b, i), `${b}.mlp.fc2`, hidden, D, fold ? ls2 : undefined);
     } else {
       const h = linear(h2, `${b}.mlp.fc1`, D, hidden);
       const erf = g.op('Erf', [g.op('Div', [h, g.floats(`${b}.sqrt2`, new Float32Array([Math.SQRT2]), [])], `${b}.gelu_div`)], `${b}.gelu_erf`);
       const one = g.op('Add', [erf, g.floats(`${b}.one`, new Float32Array([1]), [])], `${b}.gelu_add`);
       const gelu = g.op('Mul', [g.op('Mul', [h, one], `${b}.gelu_mul`), g.floats(`${b}.half`, new Float32Array([0.5]), [])], `${b}.gelu`);
-      f = linear(gelu, `${b}.mlp.fc2`, hidden, D, fold ? ls2 : undefined);
+      f = linear(edit(gelu, b, i), `${b}.mlp.fc2`, hidden, D, fold ? ls2 : undefined);
     }
     if (ls2 && !fold) f = g.op('Mul', [f, g.weight(`${b}.ls2.gamma`, ls2, [D])], `${b}.ls2`);
     const layerOut = last ? out('prenorm', out(`layers.${i}`, `${b}.out`)) : out(`layers.${i}`, `${b}.out`);
@@ -310,15 +366,16 @@ export function buildOnnxGraph(c: ViTConfig, sd: StateDict, opts: OnnxExportOpti
   const cls = g.op('Gather', [normed, g.int64([0], [])], out('cls', 'cls_'), { axis: 1 });
   if (wanted.has('pooled')) g.op('MatMul', [cls, g.weight('proj', t('proj'), [D, fam.projDim!])], '=pooled');
   const tokens = fam.finalNormTokens ? normed : x;
-  if (wanted.has('registers')) g.op('Slice', [tokens, g.int64([1]), g.int64([1 + R]), g.int64([1])], '=registers');
-  if (wanted.has('patches')) g.op('Slice', [tokens, g.int64([1 + R]), g.int64([2 ** 53 - 1]), g.int64([1])], '=patches');
+  if (wanted.has('registers')) g.op('Slice', [tokens, g.int64([1]), g.int64([1 + R + T]), g.int64([1])], '=registers');
+  if (wanted.has('patches')) g.op('Slice', [tokens, g.int64([1 + R + T]), g.int64([2 ** 53 - 1]), g.int64([1])], '=patches');
 
-  const metadata = {
+  const metadata: Record<string, string> = {
     [ONNX_METADATA.config]: JSON.stringify(c),
     [ONNX_METADATA.outputs]: JSON.stringify(outputs),
     [ONNX_METADATA.input]: JSON.stringify([opts.height, opts.width]),
     [ONNX_METADATA.weightType]: weightType,
   };
+  if (opts.testTimeRegisters) metadata[ONNX_METADATA.testTimeRegisters] = JSON.stringify(opts.testTimeRegisters.neurons.map((n) => ({ layer: n.layer, neuron: n.neuron })));
   const inputs: GraphValue[] = dyn
     ? [{ name: 'images', dims: ['batch', 'height', 'width', 3] }, { name: 'patch_pos', dims: [1, 'patches', D] }]
     : [{ name: 'images', dims: ['batch', opts.height, opts.width, 3] }];
