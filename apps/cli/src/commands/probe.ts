@@ -15,7 +15,7 @@ import { choiceFlag, CliError, intFlag, numberFlag, parseCommandArgs, type Comma
 import { TfjsEncoder, withTestTimeRegisters, type VisionTransformer } from '@vitreg/registers';
 import { TTR_FLAGS, ttrFlags, ttrNeurons, ttrUsage } from './registers.js';
 import {
-  checkpointNames, configFlag, ENGINE_FLAGS, engineFlags, engineUsage, loadEncoder, startBackend, SYNTHETIC_FLAGS, syntheticDataset,
+  BACKEND_FLAGS, checkpointNames, configFlag, ENGINE_FLAGS, engineFlags, engineUsage, loadEncoder, startBackend, SYNTHETIC_FLAGS, syntheticDataset,
 } from '../inputs.js';
 
 const USAGE = `
@@ -66,9 +66,12 @@ Options:
   --head-batch-size N  images per dense head step (default 4)
   --train-label-size N dense training targets resized (nearest) to N x N (default --size)
   --lr X             dense head AdamW lr (default: segmentation 1e-3, depth 5e-3)
-  --weights FILE     .safetensors or .pth; --model NAME, --config JSON as for discover
+  --weights FILE     .safetensors or .pth (DINOv2, timm, HF, DINO, DeiT-III or CLIP names; OpenAI
+                     CLIP: --model clip_vitb16 or --config '{"act_layer":"quick_gelu"}'); --model
+                     NAME, --config JSON as for discover
   --batch-size N     images per forward pass (default 8)
   --backend B        ${BACKEND_NAMES.join(' | ')}
+  --gpu N            the webgpu backend's adapter (default $VITREG_GPU, else 0)
 ${engineUsage(21)}
                      (probe runs on tfjs for now: auto picks tfjs, onnxruntime is refused)
 ${ttrUsage(21)}
@@ -185,7 +188,7 @@ export const probe: Command = {
       'train-label-size': { type: 'string' },
       lr: { type: 'string' },
       'batch-size': { type: 'string' },
-      backend: { type: 'string' },
+      ...BACKEND_FLAGS,
       ...ENGINE_FLAGS,
       ...TTR_FLAGS,
       out: { type: 'string' },
@@ -244,7 +247,7 @@ export const probe: Command = {
         }
       }
     }
-    await startBackend(values.backend);
+    await startBackend(values.backend, values.gpu);
     const rows: Record<string, string | number>[] = [];
     const dirs = checkpointNames(weights);
     for (const [i, w] of weights.entries()) {
