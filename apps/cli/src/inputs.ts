@@ -91,12 +91,15 @@ export async function resolveEngine(s: EngineSettings, path: string): Promise<En
   return (await onnxRuntimeAvailable()) ? 'onnxruntime' : 'tfjs';
 }
 
+/** The weight namings vitreg reads, and how OpenAI CLIP's QuickGELU is named, for help and error texts. */
+export const WEIGHTS_NAMINGS = `DINOv2, timm, HF, DINO, DeiT-III or CLIP names; OpenAI CLIP: --model clip_vitb16 or --config '{"act_layer":"quick_gelu"}'`;
+
 /**
  * --weights as a forward-only Encoder on the engine the flags choose: a checkpoint (with --model /
  * --config) on tfjs or onnxruntime, or an .onnx file from vitreg export on onnxruntime. Errors are one line.
  */
 export async function loadEncoder(path: string | undefined, opts: { model?: string; config?: Partial<ViTConfig> }, s: EngineSettings, flag = 'weights'): Promise<Encoder> {
-  if (!path) throw new CliError(`--${flag} FILE is required (.safetensors, .pth or an .onnx from vitreg export)`);
+  if (!path) throw new CliError(`--${flag} FILE is required (.safetensors, .pth or an .onnx from vitreg export; ${WEIGHTS_NAMINGS})`);
   if (!existsSync(path)) throw new CliError(`--${flag}: ${path} does not exist`);
   const engine = await resolveEngine(s, path);
   if (engine === 'tfjs') return new TfjsEncoder(await loadModel(path, opts, flag));
@@ -142,7 +145,7 @@ export function configFlag(value: string | undefined): Partial<ViTConfig> | unde
 
 /** A checkpoint with --model / --config applied; load errors become one line naming the file. */
 export async function loadModel(path: string | undefined, opts: { model?: string; config?: Partial<ViTConfig> } = {}, flag = 'weights'): Promise<VisionTransformer> {
-  if (!path) throw new CliError(`--${flag} FILE is required (.safetensors or .pth; DINOv2, timm or Hugging Face names)`);
+  if (!path) throw new CliError(`--${flag} FILE is required (.safetensors or .pth; ${WEIGHTS_NAMINGS})`);
   if (!existsSync(path)) throw new CliError(`--${flag}: ${path} does not exist`);
   try {
     return await loadWeights(path, opts);

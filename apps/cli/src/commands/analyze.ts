@@ -23,7 +23,7 @@ import {
   reportNumbers, savePng, type Canvas, type ReportEntry, type ReportImage,
 } from '@vitreg/viz';
 import { choiceFlag, CliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
-import { configFlag, ENGINE_FLAGS, engineUsage, engineFlags, imageFiles, loadEncoder, readTensorBatch, startBackend, stem, uniqueNames } from '../inputs.js';
+import { BACKEND_FLAGS, configFlag, ENGINE_FLAGS, engineUsage, engineFlags, imageFiles, loadEncoder, readTensorBatch, startBackend, stem, uniqueNames } from '../inputs.js';
 import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrUsage } from './registers.js';
 
 const USAGE = `
@@ -36,7 +36,9 @@ and OUT/<image>/stats.json. Images are files, folders or glob patterns; an unrea
 reported and skipped, and the command then exits with code 1 naming it.
 
 Options:
-  --weights FILE        model A: .safetensors or .pth (DINOv2 / timm / Hugging Face names)
+  --weights FILE        model A: .safetensors, .pth or .onnx (DINOv2, timm, HF, DINO, DeiT-III or
+                        CLIP names; OpenAI CLIP: --model clip_vitb16 or
+                        --config '{"act_layer":"quick_gelu"}')
   --weights-b FILE      model B, shown side by side with A (e.g. the same model with registers);
                         its files go to OUT/<image>/b/
   --model NAME          named config for the weights (default: inferred from the tensors)
@@ -55,8 +57,9 @@ Options:
                         scaled first component, then PCA on the foreground only
   --tensor FILE[:NAME]  already-normalised NHWC float32 images [B, H, W, 3] from a safetensors
                         file (NAME may be left out when it holds one tensor); fed as is
-  --backend B           auto (default), tensorflow-gpu, tensorflow, wasm or cpu (tfjs: the engine
-                        with --engine tfjs, and the token analysis either way)
+  --backend B           auto (default), tensorflow-gpu, webgpu, tensorflow, wasm or cpu (tfjs: the
+                        engine with --engine tfjs, and the token analysis either way)
+  --gpu N               the webgpu backend's adapter (default $VITREG_GPU, else 0)
 ${engineUsage(24)}
 ${ttrUsage(24)}
                         model A with its test-time register is shown beside A (and B): its
@@ -139,7 +142,7 @@ export const analyze: Command = {
       'keep-aspect': { type: 'boolean' },
       'pca-foreground': { type: 'string' },
       tensor: { type: 'string' },
-      backend: { type: 'string' },
+      ...BACKEND_FLAGS,
       ...ENGINE_FLAGS,
       ...TTR_FLAGS,
     });
@@ -164,7 +167,7 @@ export const analyze: Command = {
     const ttr = ttrFlags(values);
     const engine = ttrEngine(engineFlags(values), ttr, [values.weights, values['weights-b']]);
 
-    await startBackend(values.backend);
+    await startBackend(values.backend, values.gpu);
     // Models: A, A with test-time registers (--test-time-registers), B (--weights-b).
     const kinds = ['A', ...(ttr ? ['A+TTR'] : []), ...(values['weights-b'] ? ['B'] : [])];
     const weights = kinds.map((kind) => (kind === 'B' ? values['weights-b']! : values.weights!));

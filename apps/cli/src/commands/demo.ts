@@ -11,12 +11,12 @@ import { encodePng, ensureDir, SyntheticDataset, writeFileAtomic, writeJsonAtomi
 import { validateTrainConfig } from '@vitreg/trainer';
 import { runLocalJob } from '@vitreg/worker';
 import { CliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
-import { startBackend } from '../inputs.js';
+import { BACKEND_FLAGS, startBackend } from '../inputs.js';
 import { analyze } from './analyze.js';
 import { discover } from './discover.js';
 
 const usage = `
-Usage: vitreg demo [--out DIR] [--steps N] [--images N] [--backend B]
+Usage: vitreg demo [--out DIR] [--steps N] [--images N] [--backend B] [--gpu N]
 
 Trains the tiny-supervised preset (ViT-micro/8 on 32 px synthetic shapes) twice, with 0 and with 4
 register tokens, each as a local cluster job of 2 worker processes (vitreg train --nodes 2: a
@@ -32,7 +32,9 @@ and runs LOST object discovery on them. Writes into DIR (default runs/demo):
 
   --steps N     training steps per model (default: the preset's 1500, about a minute each)
   --images N    synthetic images to analyse (default 6) and 4x as many for LOST
-  --backend B   auto (default), tensorflow-gpu, tensorflow, wasm or cpu
+  --backend B   auto (default), tensorflow-gpu, webgpu, tensorflow, wasm or cpu
+  --gpu N       the webgpu backend's adapter (default $VITREG_GPU, else 0); passed to the training
+                workers too (vitreg-worker --gpu N: CUDA device N and WebGPU adapter N)
 Interrupted? Run it again: training resumes from its last checkpoint.
 `;
 
@@ -50,12 +52,12 @@ export const demo: Command = {
       out: { type: 'string' },
       steps: { type: 'string' },
       images: { type: 'string' },
-      backend: { type: 'string' },
+      ...BACKEND_FLAGS,
     });
     const out = resolve(values.out ?? join('runs', 'demo'));
     const images = intFlag('images', values.images, 6);
     const steps = values.steps === undefined ? undefined : intFlag('steps', values.steps, 1);
-    await startBackend(values.backend);
+    await startBackend(values.backend, values.gpu);
     await ensureDir(join(out, 'weights'));
 
     const evals: Record<string, unknown>[] = [];
@@ -75,7 +77,7 @@ export const demo: Command = {
       const configPath = join(runDir, 'demo-config.json');
       await writeFileAtomic(configPath, JSON.stringify(config, null, 2) + '\n');
       const job = await runLocalJob({
-        nodes: 2, outDir: runDir, trainArgs: ['--config', configPath, '--resume', '--backend', values.backend ?? 'auto'],
+        nodes: 2, outDir: runDir, trainArgs: ['--config', configPath, '--resume', '--backend', values.backend ?? 'auto', ...(values.gpu === undefined ? [] : ['--gpu', values.gpu])],
       });
       const result = job.result as { checkpoint?: string; num_classes?: number; val_accuracy?: number } | undefined;
       if (!job.finished || !result?.checkpoint) {

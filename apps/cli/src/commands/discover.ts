@@ -20,7 +20,7 @@ import {
 } from '@vitreg/probe';
 import { choiceFlag, CliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
 import {
-  checkpointNames, configFlag, ENGINE_FLAGS, engineUsage, engineFlags, loadEncoder, readTensorBatch, startBackend, stem, SYNTHETIC_FLAGS,
+  BACKEND_FLAGS, checkpointNames, configFlag, ENGINE_FLAGS, engineUsage, engineFlags, loadEncoder, readTensorBatch, startBackend, stem, SYNTHETIC_FLAGS,
   syntheticDataset,
 } from '../inputs.js';
 import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrUsage } from './registers.js';
@@ -262,12 +262,15 @@ Input geometry (ground-truth boxes follow the same transform):
   --size N         resize to N x N (N a multiple of the patch size); allows batching
 
 Options:
-  --weights FILE     .safetensors or .pth (DINOv2 / timm / HF names); repeat for a sweep: one
-                     sub-folder per checkpoint and DIR/sweep.{csv,json,png} (CorLoc vs registers)
+  --weights FILE     .safetensors, .pth or .onnx (DINOv2, timm, HF, DINO, DeiT-III or CLIP names;
+                     OpenAI CLIP: --model clip_vitb16 or --config '{"act_layer":"quick_gelu"}');
+                     repeat for a sweep: one sub-folder per checkpoint and DIR/sweep.{csv,json,png}
+                     (CorLoc vs registers)
   --model NAME       use a named config instead of the inferred one
   --config JSON      override config fields, e.g. '{"num_heads": 3}'
-  --data SRC         a VOC folder (Annotations/, JPEGImages/; --split, default trainval), a COCO
-                     instances .json (--images DIR, default the json's folder; crowd boxes dropped),
+  --data SRC         a VOC folder (Annotations/, JPEGImages/, ImageSets/Main/SPLIT.txt; --split SPLIT,
+                     default trainval, a missing list file is an error; --split '*' = every
+                     annotation), a COCO instances .json (--images DIR, default the json's folder; crowd boxes dropped),
                      or 'synthetic' (--count N, default 100; --synthetic-size N, default 224; --seed)
   --tensor SPEC      already-normalised NHWC float32 images from a safetensors file
   --features F       keys (default) | values
@@ -275,6 +278,7 @@ Options:
   --pictures         draw the result on every image
   --batch-size N     images per forward pass (default 1; only equal-size images are batched)
   --backend B        ${BACKEND_NAMES.join(' | ')} (tfjs: the engine with --engine tfjs, and LOST itself)
+  --gpu N            the webgpu backend's adapter (default $VITREG_GPU, else 0)
 ${engineUsage(21)}
 ${ttrUsage(21)}
   --out DIR          output folder
@@ -299,7 +303,7 @@ export const discover: Command = {
       'max-side': { type: 'string' },
       pictures: { type: 'boolean' },
       'batch-size': { type: 'string' },
-      backend: { type: 'string' },
+      ...BACKEND_FLAGS,
       ...ENGINE_FLAGS,
       ...TTR_FLAGS,
       out: { type: 'string' },
@@ -319,7 +323,7 @@ export const discover: Command = {
     const config = configFlag(values.config);
     const ttr = ttrFlags(values);
     const engine = ttrEngine(engineFlags(values), ttr, weights);
-    await startBackend(values.backend);
+    await startBackend(values.backend, values.gpu);
     const source = values.tensor !== undefined
       ? await tensorSource(values.tensor, geometry)
       : positionals.length > 0

@@ -19,7 +19,8 @@ when exporting (exactly as the model does), so each size is its own file. The fi
 the config, the size and the outputs; vitreg features / analyze / probe / discover run it with
 --weights MODEL.onnx.
 
-  --weights FILE    .safetensors or .pth with DINOv2, timm or Hugging Face names
+  --weights FILE    .safetensors or .pth (DINOv2, timm, HF, DINO, DeiT-III or CLIP names; OpenAI
+                    CLIP: --model clip_vitb16 or --config '{"act_layer":"quick_gelu"}')
   --model NAME      a named config instead of the inferred one
   --config JSON     config fields overriding the inferred ones, e.g. '{"num_heads": 3}'
   --size HxW|N      input size in pixels, multiples of the patch size (default 224x224)

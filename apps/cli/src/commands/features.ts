@@ -9,7 +9,7 @@ import { loadImage, numel, Progress } from '@vitreg/core';
 import type { Encoder, HostArray } from '@vitreg/registers';
 import { choiceFlag, CliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
 import {
-  configFlag, ENGINE_FLAGS, engineUsage, engineFlags, IMAGE_FLAGS, imageFiles, imageTransform, loadEncoder, MODEL_FLAGS, readTensorBatch,
+  BACKEND_FLAGS, configFlag, ENGINE_FLAGS, engineUsage, engineFlags, IMAGE_FLAGS, imageFiles, imageTransform, loadEncoder, MODEL_FLAGS, readTensorBatch,
   resolveEngine, startBackend,
 } from '../inputs.js';
 import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrUsage } from './registers.js';
@@ -18,7 +18,7 @@ const usage = `
 Usage: vitreg features --weights FILE [--model NAME] [--config JSON|FILE.json]
                        (IMAGE... | --tensor FILE.safetensors[:NAME]) --out OUT.safetensors
                        [--attention last|all] [--layers all] [--size N | --keep-aspect [--max-side N]]
-                       [--backend auto|tensorflow-gpu|tensorflow|wasm|cpu] [--batch-size N]
+                       [--backend auto|tensorflow-gpu|webgpu|tensorflow|wasm|cpu] [--gpu N] [--batch-size N]
                        [--engine auto|tfjs|onnxruntime] [--device cpu|cuda|webgpu] [--threads N]
                        [--test-time-registers neurons.json [--ttr-top-k K]]
 
@@ -31,8 +31,9 @@ Runs the backbone and writes, for B images of P patches, R registers and N = 1+R
 Token order is [CLS, registers, patches]; patches are row-major over the patch grid. The file's
 __metadata__ holds the image list, the grid and the model config.
 
-  --weights FILE    .safetensors or .pth with DINOv2, timm or Hugging Face names (F32/F16/BF16), or
-                    an .onnx file from vitreg export (its size and outputs)
+  --weights FILE    .safetensors or .pth (F32/F16/BF16; DINOv2, timm, HF, DINO, DeiT-III or CLIP
+                    names; OpenAI CLIP: --model clip_vitb16 or --config '{"act_layer":"quick_gelu"}'),
+                    or an .onnx file from vitreg export (its size and outputs)
   --model NAME      use a named config (e.g. dinov2_vits14_reg) instead of the inferred one
   --config JSON     override config fields, e.g. '{"num_heads": 3}', or a .json file
   IMAGE...          image files, folders or globs, decoded as DINOv2 evaluates: shorter side to
@@ -40,6 +41,8 @@ __metadata__ holds the image list, the grid and the model config.
                     the aspect ratio, sides rounded to the patch size; all images must then agree)
   --tensor SPEC     an already-normalised NHWC float32 batch [B,H,W,3] from a safetensors file
   --batch-size N    images per forward pass (default 8)
+  --backend B       auto (default), tensorflow-gpu, webgpu, tensorflow, wasm or cpu (the tfjs engine)
+  --gpu N           the webgpu backend's adapter (default $VITREG_GPU, else 0)
 ${engineUsage(20)}
 ${ttrUsage(20)}
                     (registers then has R+1 rows: the trained ones, then the test-time one)
@@ -130,6 +133,7 @@ export const features: Command = {
   async run(argv) {
     const { values, positionals } = parseCommandArgs('features', argv, {
       ...MODEL_FLAGS,
+      ...BACKEND_FLAGS,
       ...IMAGE_FLAGS,
       ...ENGINE_FLAGS,
       ...TTR_FLAGS,
@@ -150,7 +154,7 @@ export const features: Command = {
     const engine = ttrEngine(engineFlags(values), ttr, [values.weights]);
 
     // tfjs runs only when it is the engine: onnxruntime's outputs go straight to the file.
-    const backend = values.weights && (await resolveEngine(engine, values.weights)) === 'tfjs' ? (await startBackend(values.backend)).name : 'none';
+    const backend = values.weights && (await resolveEngine(engine, values.weights)) === 'tfjs' ? (await startBackend(values.backend, values.gpu)).name : 'none';
     const model = ttr
       ? await ttrEncoder(ttr, { weights: values.weights, model: values.model, config: configFlag(values.config) })
       : await loadEncoder(values.weights, { model: values.model, config: configFlag(values.config) }, engine);

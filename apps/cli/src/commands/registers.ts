@@ -111,7 +111,7 @@ Usage: vitreg registers find --weights FILE [--model NAME] [--config JSON|FILE.j
                              (IMAGE... | --tensor FILE.safetensors[:NAME]) --out neurons.json
                              [--preset NAME] [--layer L] [--threshold auto|N] [--highest-layer H]
                              [--top-k K] [--sparsity] [--batch-size N] [--size N | --keep-aspect]
-                             [--backend B]
+                             [--backend B] [--gpu N]
 
 Finds the MLP "register neurons" that create a model's high-norm outlier tokens, as the reference's
 find_register_neurons (Jiang et al. 2025, nickjiang2378/test-time-registers): per image, the L2 norm
@@ -121,6 +121,9 @@ activation) at the outliers; images without outliers are skipped; scores are ave
 The neurons of blocks <= H, top K, are the selection. neurons.json holds the whole ranking, the
 selection, the settings and the model's fingerprint (it refuses to apply to another model).
 
+  --weights FILE      .safetensors or .pth (DINOv2, timm, HF, DINO, DeiT-III or CLIP names; OpenAI
+                      CLIP: --model clip_vitb16 or --config '{"act_layer":"quick_gelu"}'); --model NAME
+                      a named config, --config JSON|FILE.json config fields over the inferred ones
   --preset NAME       the reference's settings: ${Object.entries(TTR_PRESETS).map(([k, v]) => `${k} (L ${v.layer}, N ${v.threshold}, H ${v.highestLayer}, K ${v.topK})`).join(',\n                      ')};
                       flags given override it
   --layer L           block whose output decides the outliers, negative from the end (default -1)
@@ -134,6 +137,8 @@ selection, the settings and the model's fingerprint (it refuses to apply to anot
                       --keep-aspect as in vitreg features)
   --tensor SPEC       an already-normalised NHWC float32 batch [B,H,W,3] from a safetensors file
   --batch-size N      images per forward pass (default 8)
+  --backend B         auto (default), tensorflow-gpu, webgpu, tensorflow, wasm or cpu
+  --gpu N             the webgpu backend's adapter (default $VITREG_GPU, else 0)
 
 Then: vitreg features|analyze|probe|discover ... --test-time-registers neurons.json [--ttr-top-k K]
 `;

@@ -5,13 +5,13 @@
 import { join, resolve } from 'node:path';
 import { assertDataSource, MAX_WORKERS, openDataAsync, PRESET_ALIASES, PRESET_NAMES, PRESETS, resolveTrainConfig, train, trainThreads, type TrainConfig } from '@vitreg/trainer';
 import { CliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
-import { startBackend } from '../inputs.js';
+import { BACKEND_FLAGS, startBackend } from '../inputs.js';
 import { runLocalJob } from '@vitreg/worker';
 
 const usage = `
 Usage: vitreg train (--preset NAME | --config FILE.json) [--data DIR|FILE|synthetic] [--registers N]
                     [--steps N] [--out DIR] [--resume] [--seed N] [--workers N] [--nodes N]
-                    [--backend auto|tensorflow-gpu|tensorflow|wasm|cpu] [--no-progress]
+                    [--backend auto|tensorflow-gpu|webgpu|tensorflow|wasm|cpu] [--gpu N] [--no-progress]
        vitreg train --list-presets
        vitreg train (--preset NAME | --config FILE.json) [overrides] --print-config
        vitreg train --resume --out DIR          (continues with DIR/config.json)
@@ -52,6 +52,10 @@ Trains a Vision Transformer with N register tokens and writes the run folder DIR
                      per-rank metrics in DIR/ranks/. The job goes on while --min-workers remain.
   --min-workers N    with --nodes: fewest worker processes the job continues with (default 1)
   --transport tcp|grpc  with --nodes: the ring's data plane (default tcp)
+  --backend B        auto (default), tensorflow-gpu, webgpu, tensorflow, wasm or cpu; with --nodes
+                     passed to every worker process
+  --gpu N            the webgpu backend's adapter (default $VITREG_GPU, else 0); with --nodes passed
+                     to every worker process (vitreg-worker --gpu N: CUDA device N and WebGPU adapter N)
 On a cluster, start vitreg-worker (same options) with the cluster's launcher: see deploy/.
 `;
 
@@ -74,7 +78,7 @@ export const trainCommand: Command = {
       out: { type: 'string' },
       resume: { type: 'boolean' },
       seed: { type: 'string' },
-      backend: { type: 'string' },
+      ...BACKEND_FLAGS,
       workers: { type: 'string' },
       nodes: { type: 'string' },
       'min-workers': { type: 'string' },
@@ -90,6 +94,7 @@ export const trainCommand: Command = {
       return 0;
     }
     const workers = intFlag('workers', values.workers, 1);
+    if (values.gpu !== undefined) intFlag('gpu', values.gpu, 0, 0);
     if (workers > MAX_WORKERS) throw new CliError(`--workers: expected an integer from 1 to ${MAX_WORKERS}, got "${values.workers}"`);
     const out = resolve(values.out ?? join('runs', `train-${values.preset ?? 'config'}`));
     let config: TrainConfig;
@@ -120,7 +125,7 @@ export const trainCommand: Command = {
       if (minWorkers > nodes) throw new CliError(`--min-workers: ${minWorkers} is more than --nodes ${nodes}`);
       const pass: [string, string | boolean | undefined][] = [
         ['--config', values.config], ['--preset', values.preset], ['--data', values.data], ['--registers', values.registers],
-        ['--steps', values.steps], ['--seed', values.seed], ['--backend', values.backend], ['--resume', values.resume], ['--no-progress', values['no-progress']],
+        ['--steps', values.steps], ['--seed', values.seed], ['--backend', values.backend], ['--gpu', values.gpu], ['--resume', values.resume], ['--no-progress', values['no-progress']],
       ];
       const trainArgs = pass.flatMap(([flag, v]) => (v === undefined || v === false ? [] : v === true ? [flag] : [flag, v]));
       const r = await runLocalJob({ nodes, threads: workers, minWorkers, transport, outDir: out, trainArgs });
@@ -132,7 +137,7 @@ export const trainCommand: Command = {
       process.stdout.write(JSON.stringify(r.result ?? { out }) + '\n');
       return 0;
     }
-    await startBackend(values.backend);
+    await startBackend(values.backend, values.gpu);
     const opts = { outDir: out, resume: values.resume ?? false, progress: !values['no-progress'] };
     const result = workers === 1 ? await train(config, opts) : await trainThreads(config, { ...opts, workers });
     process.stdout.write(JSON.stringify({ out, step: result.step, checkpoint: result.checkpoint, ...result.eval }) + '\n');
