@@ -268,9 +268,10 @@ Options:
                      (CorLoc vs registers)
   --model NAME       use a named config instead of the inferred one
   --config JSON      override config fields, e.g. '{"num_heads": 3}'
-  --data SRC         a VOC folder (Annotations/, JPEGImages/, ImageSets/Main/SPLIT.txt; --split SPLIT,
+  --data SRC         a VOC folder (Annotations/, JPEGImages/, ImageSets/Main/SPLIT.txt: --split SPLIT,
                      default trainval, a missing list file is an error; --split '*' = every
-                     annotation), a COCO instances .json (--images DIR, default the json's folder; crowd boxes dropped),
+                     annotation), a COCO instances .json (--images DIR, default the json's folder;
+                     crowd boxes dropped),
                      or 'synthetic' (--count N, default 100; --synthetic-size N, default 224; --seed)
   --tensor SPEC      already-normalised NHWC float32 images from a safetensors file
   --features F       keys (default) | values
