@@ -40,7 +40,11 @@ export function parseCommandArgs<O extends Options>(command: string, argv: strin
       strict: true,
     });
   } catch (err) {
-    throw new CliError(`${(err as Error).message.split("\n")[0]} (see vitreg ${command} --help)`);
+    const msg = (err as Error).message;
+    // Node hides its hint ("use --gpu=-1") on a second line: say it in the one line.
+    const dash = /^Option '(--[\w-]+)' argument is ambiguous/.exec(msg);
+    if (dash) throw new CliError(`${dash[1]}: a value starting with '-' needs the = form, e.g. ${dash[1]}=-1 (see vitreg ${command} --help)`);
+    throw new CliError(`${msg.split('\n')[0]} (see vitreg ${command} --help)`);
   }
 }
 

@@ -19,11 +19,15 @@ function oneLine(stderr: string, command: string, message: string): void {
 test('a bad --gpu is one line naming it, before any work', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'vitreg-gpu-'));
   try {
-    const [features, analyze, train] = await Promise.all([
+    const [features, analyze, train, spaced] = await Promise.all([
       vitreg(['features', '--gpu', 'x', '--backend', 'cpu', '--engine', 'tfjs', '--weights', join(dir, 'missing.safetensors'), join(dir, 'a.png'), '--out', join(dir, 'o.safetensors')]),
       vitreg(['analyze', join(dir, 'a.png'), '--weights', join(dir, 'missing.safetensors'), '--out', join(dir, 'report'), '--gpu=-1']),
       vitreg(['train', '--preset', 'tiny-supervised', '--nodes', '2', '--gpu', '1.5', '--out', join(dir, 'run')]),
+      // Node's parser refuses "--gpu -1" with its hint on a second line: the one line says it.
+      vitreg(['features', '--gpu', '-1', join(dir, 'a.png')]),
     ]);
+    assert.equal(spaced.code, 2);
+    oneLine(spaced.stderr, 'features', "--gpu: a value starting with '-' needs the = form, e.g. --gpu=-1 (see vitreg features --help)");
     assert.equal(features.code, 2);
     oneLine(features.stderr, 'features', '--gpu: expected an integer >= 0, got "x"');
     assert.equal(analyze.code, 2);
