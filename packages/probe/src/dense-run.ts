@@ -22,8 +22,9 @@ import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import {
   Ade20kDataset, ensureDir, NyuDepthDataset, Rng, SyntheticDenseDataset, writeJsonAtomic, type HostTensor, type DenseDataset, type DenseItem, type DenseTarget, type DenseTask } from '@vitreg/core';
-import { layerNorm, type VisionTransformer } from '@vitreg/registers';
+import { layerNorm, outputTensors, type Encoder, type ViTConfig, type ViTOutput, type VisionTransformer } from '@vitreg/registers';
 import { batchTensor, prepareInput } from './extract.js';
+import { imageBatch, isEncoder, type ProbeModel } from './run.js';
 import {
   depthHeadTensors, evaluateDepth, evaluateSegmentation, segmentationHeadTensors, trainDepthHead, trainSegmentationHead,
   type DenseFeatures, type DepthHead,
@@ -117,6 +118,34 @@ export function extractDenseFeatures(model: VisionTransformer, images: tf.Tensor
   const c = model.config;
   const last = blocks.length === 1 && blocks[0] === c.depth - 1;
   const out = model.forward(images, { layers: !last });
+  return denseFeaturesOf(out, c, task, blocks, () => ({ weight: model.param('norm.weight'), bias: model.param('norm.bias') }));
+}
+
+/**
+ * extractDenseFeatures on an Encoder of any engine (async `encode`, with `{ layers: true }` where the
+ * heads read blocks before the last); segmentation over several blocks needs the encoder's finalNorm.
+ */
+export async function encodeDenseFeatures(encoder: Encoder, images: tf.Tensor4D | ReturnType<typeof imageBatch>, task: DenseTask, blocks: number[]): Promise<{ x: Float32Array; cls?: Float32Array; grid: [number, number] }> {
+  const c = encoder.config;
+  const last = blocks.length === 1 && blocks[0] === c.depth - 1;
+  const batch = images instanceof tf.Tensor ? { data: (await images.data()) as Float32Array, shape: images.shape as [number, number, number, number] } : images;
+  let norm: { weight: tf.Tensor1D; bias: tf.Tensor1D } | undefined;
+  if (task === 'segmentation' && !last) {
+    const n = await encoder.finalNorm?.();
+    if (!n) throw new Error(`dense probe: segmentation over blocks ${blocks.join(', ')} needs the final norm's weights, which ${encoder.description} does not hold (an .onnx file): give the .safetensors or .pth weights`);
+    norm = { weight: tf.tensor1d(n.weight), bias: tf.tensor1d(n.bias) };
+  }
+  const out = outputTensors(await encoder.encode(batch, { layers: !last }));
+  try {
+    return denseFeaturesOf(out, c, task, blocks, () => norm!);
+  } finally {
+    if (norm) tf.dispose([norm.weight, norm.bias]);
+  }
+}
+
+/** The features of one forward output (disposed here); `norm` gives the final LayerNorm's parameters. */
+function denseFeaturesOf(out: ViTOutput, c: ViTConfig, task: DenseTask, blocks: number[], norm: () => { weight: tf.Tensor; bias: tf.Tensor }): { x: Float32Array; cls?: Float32Array; grid: [number, number] } {
+  const last = blocks.length === 1 && blocks[0] === c.depth - 1;
   try {
     const R = c.num_register_tokens;
     const [B, P, D] = out.patches.shape;
@@ -125,7 +154,8 @@ export function extractDenseFeatures(model: VisionTransformer, images: tf.Tensor
         if (k < 0 || k >= c.depth) throw new Error(`dense probe: block ${k} is outside [0, ${c.depth})`);
         if (task === 'segmentation') {
           if (last) return { patches: out.patches, cls: out.cls };
-          const normed = layerNorm(out.layers![k], model.param('norm.weight'), model.param('norm.bias'), c.norm_eps);
+          const { weight, bias } = norm();
+          const normed = layerNorm(out.layers![k], weight, bias, c.norm_eps);
           return { patches: tf.slice(normed, [0, 1 + R, 0], [B, P, D]), cls: tf.reshape(tf.slice(normed, [0, 0, 0], [B, 1, D]), [B, D]) };
         }
         const raw = last ? out.prenorm : out.layers![k];
@@ -205,7 +235,7 @@ interface Extracted {
   resumed: number;
 }
 
-async function extract(model: VisionTransformer, part: DensePart, split: string, opts: DenseProbeOptions, blocks: number[], withTargets: boolean, tick: (n: number) => void): Promise<Extracted> {
+async function extract(model: ProbeModel, part: DensePart, split: string, opts: DenseProbeOptions, blocks: number[], withTargets: boolean, tick: (n: number) => void): Promise<Extracted> {
   const size = opts.size ?? 224;
   const p = model.config.patch_size;
   const g = size / p;
@@ -234,12 +264,16 @@ async function extract(model: VisionTransformer, part: DensePart, split: string,
   for (let start = done; start < n; start += batchSize) {
     const ids = indices.slice(start, start + batchSize);
     const items: DenseItem[] = await Promise.all(ids.map((i) => part.dataset.get(i)));
-    const images = batchTensor(items.map((it) => prepareInput(it, { kind: 'square', size }, p)));
+    const inputs = items.map((it) => prepareInput(it, { kind: 'square', size }, p));
     let f;
-    try {
-      f = extractDenseFeatures(model, images, opts.task, blocks);
-    } finally {
-      images.dispose();
+    if (isEncoder(model)) f = await encodeDenseFeatures(model, imageBatch(inputs), opts.task, blocks);
+    else {
+      const images = batchTensor(inputs);
+      try {
+        f = extractDenseFeatures(model, images, opts.task, blocks);
+      } finally {
+        images.dispose();
+      }
     }
     x.set(f.x, start * g * g * D);
     if (cls) cls.set(f.cls!, start * D);
@@ -265,8 +299,11 @@ function trainTarget(t: DenseTarget, task: DenseTask, L: number, id: string): Ui
   return resizeNearest(map, t.height, t.width, L, L);
 }
 
-/** Run one dense probe (see the module comment). The model is not disposed. */
-export async function runDenseProbe(model: VisionTransformer, train: DensePart, test: DensePart, opts: DenseProbeOptions): Promise<DenseProbeResult> {
+/**
+ * Run one dense probe (see the module comment) on a tfjs model or an Encoder of any engine. The model is
+ * not disposed.
+ */
+export async function runDenseProbe(model: ProbeModel, train: DensePart, test: DensePart, opts: DenseProbeOptions): Promise<DenseProbeResult> {
   const { task } = opts;
   const size = opts.size ?? 224;
   const p = model.config.patch_size;

@@ -13,12 +13,36 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { Rng, type Dataset, type DenseTask } from '@vitreg/core';
-import type { VisionTransformer } from '@vitreg/registers';
-import { batchTensor, imageTokens, patchPixels, prepareInput, selectToken, type TokenChoice } from './extract.js';
+import { type Encoder, type ImageBatch, type VisionTransformer } from '@vitreg/registers';
+import { batchTensor, imageTokens, patchPixels, prepareInput, selectToken, type ModelInput, type TokenChoice } from './extract.js';
 import { knnClassify } from './knn.js';
 import { classificationProbe, positionMetrics, regressionProbe, type ClassificationProbeResult, type RegressionProbeResult } from './linear.js';
 
 export type ProbeTask = 'class' | 'position' | 'pixels';
+
+/**
+ * What a probe runs: a tfjs VisionTransformer (forward), or any engine's Encoder (encoder.ts: tfjs or
+ * ONNX Runtime; its async `encode`).
+ */
+export type ProbeModel = VisionTransformer | Encoder;
+
+/** Whether a probe model is an Encoder (else a tfjs VisionTransformer). */
+export function isEncoder(model: ProbeModel): model is Encoder {
+  return typeof (model as Encoder).encode === 'function' && typeof (model as Encoder).engine === 'string';
+}
+
+/** Same-size model inputs as one normalised NHWC batch on the host (an Encoder's input). */
+export function imageBatch(inputs: ModelInput[]): ImageBatch {
+  const { paddedHeight: h, paddedWidth: w } = inputs[0]!;
+  const data = new Float32Array(inputs.length * h * w * 3);
+  inputs.forEach((inp, i) => {
+    if (inp.paddedHeight !== h || inp.paddedWidth !== w) {
+      throw new Error(`batch: input ${i} is ${inp.paddedWidth}x${inp.paddedHeight}, expected ${w}x${h} like the first`);
+    }
+    data.set(inp.data, i * h * w * 3);
+  });
+  return { data, shape: [inputs.length, h, w, 3] };
+}
 export const PROBE_TASKS: readonly ProbeTask[] = ['class', 'position', 'pixels'];
 
 /** Every task `vitreg probe` runs: the one-token probes above and the dense probes (dense-run.ts). */
@@ -87,7 +111,7 @@ interface Collected {
 }
 
 /** Forward every image of `part` and keep the token (and label / pixels) the task needs. */
-async function collect(model: VisionTransformer, part: DataPart, opts: ProbeRunOptions, rng: Rng, tick: (n: number) => void): Promise<Collected> {
+async function collect(model: ProbeModel, part: DataPart, opts: ProbeRunOptions, rng: Rng, tick: (n: number) => void): Promise<Collected> {
   const size = opts.size ?? 224;
   const p = model.config.patch_size;
   const batchSize = opts.batchSize ?? 8;
@@ -96,12 +120,19 @@ async function collect(model: VisionTransformer, part: DataPart, opts: ProbeRunO
   for (let start = 0; start < indices.length; start += batchSize) {
     const items = await Promise.all(indices.slice(start, start + batchSize).map((i) => part.dataset.get(i)));
     const inputs = items.map((it) => prepareInput(it, { kind: 'square', size }, p));
-    const images = batchTensor(inputs);
-    const fwd = tf.tidy(() => {
-      const o = model.forward(images);
-      return { cls: o.cls, registers: o.registers, patches: o.patches };
-    });
-    images.dispose();
+    let fwd: { cls: tf.Tensor2D; registers: tf.Tensor3D; patches: tf.Tensor3D };
+    if (isEncoder(model)) {
+      const o = await model.encode(imageBatch(inputs));
+      const t = <T extends tf.Tensor>(a: { data: Float32Array; shape: number[] }) => tf.tensor(a.data, a.shape, 'float32') as T;
+      fwd = { cls: t<tf.Tensor2D>(o.cls), registers: t<tf.Tensor3D>(o.registers), patches: t<tf.Tensor3D>(o.patches) };
+    } else {
+      const images = batchTensor(inputs);
+      fwd = tf.tidy(() => {
+        const o = model.forward(images);
+        return { cls: o.cls, registers: o.registers, patches: o.patches };
+      });
+      images.dispose();
+    }
     let tokens;
     try {
       tokens = await imageTokens({ ...fwd, grid: out.grid });
@@ -133,8 +164,11 @@ function stack(rows: Float32Array[]): Float32Array {
   return x;
 }
 
-/** Run one probe (see the module comment). The model is not disposed. */
-export async function runProbe(model: VisionTransformer, train: DataPart, test: DataPart, opts: ProbeRunOptions): Promise<ProbeReport> {
+/**
+ * Run one probe (see the module comment) on a tfjs model or an Encoder of any engine (the same tokens
+ * within the engines' parity). The model is not disposed.
+ */
+export async function runProbe(model: ProbeModel, train: DataPart, test: DataPart, opts: ProbeRunOptions): Promise<ProbeReport> {
   const size = opts.size ?? 224;
   const p = model.config.patch_size;
   if (!(Number.isInteger(size) && size > 0 && size % p === 0)) throw new Error(`probe: size ${size} must be a positive multiple of the patch size ${p}`);

@@ -59,6 +59,12 @@ export interface Encoder {
   /** Engine, device and threads in words, for logs and result files. */
   readonly description: string;
   encode(images: ImageBatch, opts?: EncodeOptions): Promise<EncoderOutput>;
+  /**
+   * The final LayerNorm's weight and bias [D] (config.norm_eps), for code that normalises intermediate
+   * blocks' tokens as DINOv2's get_intermediate_layers(norm=True) does; undefined where the engine does
+   * not hold them (an exported .onnx file).
+   */
+  finalNorm?(): Promise<{ weight: Float32Array; bias: Float32Array } | undefined>;
   /** Frees the model (and sessions); the encoder cannot be used afterwards. */
   dispose(): Promise<void>;
 }
@@ -114,6 +120,10 @@ export class TfjsEncoder implements Encoder {
     } finally {
       disposeOutput(out);
     }
+  }
+
+  async finalNorm(): Promise<{ weight: Float32Array; bias: Float32Array }> {
+    return { weight: (await this.model.param('norm.weight').data()) as Float32Array, bias: (await this.model.param('norm.bias').data()) as Float32Array };
   }
 
   async dispose(): Promise<void> {

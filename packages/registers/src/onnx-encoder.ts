@@ -19,7 +19,8 @@ import { validateConfig, type ViTConfig } from './config.js';
 import { checkImageBatch, type EncodeOptions, type Encoder, type EncoderOutput, type HostArray, type ImageBatch } from './encoder.js';
 import { checkExportable, exportOnnx, ttrNeuronsByLayer, onnxModelBytes, ONNX_METADATA, ONNX_OUTPUTS, resampledPatchPositions, type OnnxOutput } from './onnx-export.js';
 import { readOnnxInfo } from './onnx-proto.js';
-import { checkStateDict, type StateDict } from './weights.js';
+import { modelFingerprint } from './test-time-registers.js';
+import { checkStateDict, modelFromStateDict, type StateDict } from './weights.js';
 
 type Ort = typeof import('onnxruntime-node');
 
@@ -196,6 +197,26 @@ export class OnnxEncoder implements Encoder {
   async withTestTimeRegisters(neurons: ReadonlyArray<{ layer: number; neuron: number }>): Promise<OnnxEncoder> {
     if ('file' in this.source) throw new Error(`${this.source.file}: test-time registers are part of an exported graph (exportOnnx's testTimeRegisters option); give the weights file to add them here`);
     return OnnxEncoder.fromWeights(this.base, this.source.stateDict, { ...this.opts, testTimeRegisters: { neurons: neurons.map((n) => ({ layer: n.layer, neuron: n.neuron })) } });
+  }
+
+  /**
+   * modelFingerprint of the weights (encoders built from weights), as the tfjs model of the same weights
+   * computes it: what test-time register files are checked against. Builds that model for a moment.
+   */
+  async fingerprint(): Promise<string> {
+    if ('file' in this.source) throw new Error(`${this.source.file}: an exported graph has no model fingerprint; give the weights file`);
+    const model = modelFromStateDict(this.source.stateDict, this.base);
+    try {
+      return await modelFingerprint(model);
+    } finally {
+      model.dispose();
+    }
+  }
+
+  /** The final LayerNorm's weight and bias (encoders built from weights; undefined for .onnx files). */
+  async finalNorm(): Promise<{ weight: Float32Array; bias: Float32Array } | undefined> {
+    if ('file' in this.source) return undefined;
+    return { weight: this.source.stateDict['norm.weight']!.data, bias: this.source.stateDict['norm.bias']!.data };
   }
 
   /** Starts a session on a one-patch graph so that an unavailable device fails at once, in one line. */

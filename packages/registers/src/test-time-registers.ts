@@ -307,12 +307,18 @@ export async function loadTestTimeRegisters(path: string): Promise<TestTimeRegis
 }
 
 /**
- * The neurons to apply from a file to `model`: refuses (throws, naming the file) a model whose
+ * The neurons to apply from a file to `model` (a tfjs model, or anything that computes the same
+ * modelFingerprint, e.g. an OnnxEncoder built from weights): refuses (throws, naming the file) a model whose
  * fingerprint differs from the one searched. `topK` re-cuts the saved ranking (blocks <= the saved
  * highestLayer); without it, the saved selection.
  */
-export async function testTimeRegisterNeurons(file: TestTimeRegistersFile, model: VisionTransformer, source: string, topK?: number): Promise<RegisterNeuron[]> {
-  const fp = await modelFingerprint(model);
+export async function testTimeRegisterNeurons(
+  file: TestTimeRegistersFile,
+  model: VisionTransformer | { fingerprint(): Promise<string> },
+  source: string,
+  topK?: number,
+): Promise<RegisterNeuron[]> {
+  const fp = 'fingerprint' in model && typeof model.fingerprint === 'function' ? await model.fingerprint() : await modelFingerprint(model as VisionTransformer);
   if (fp !== file.model.fingerprint) {
     throw new Error(
       `${source}: made for another model (fingerprint ${file.model.fingerprint.slice(0, 19)}…${file.model.weights ? `, ${file.model.weights}` : ''}); this model's is ${fp.slice(0, 19)}…: run vitreg registers find on it`,

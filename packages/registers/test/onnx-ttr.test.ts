@@ -4,7 +4,8 @@
  * every block's output and the final normed tokens [CLS, registers, test-time register, patches] of the
  * reference's batch-1 forward, within numpy.allclose(atol=1e-4, rtol=1e-4), for OnnxEncoder at batch 1
  * and for the whole batch at once (per image), on the encoder's size-independent graph and on an .onnx
- * file written by exportOnnx; plus bad neurons refused by name.
+ * file written by exportOnnx; plus bad neurons refused by name, and the encoder's fingerprint accepting
+ * a neurons file made on the tfjs model of the same weights and refusing it for other weights.
  */
 import { before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -13,8 +14,10 @@ import { readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { readSafetensors, toFloat32 } from '@vitreg/core';
-import { exportOnnx, loadOnnxRuntime, OnnxEncoder, readWeights, type EncoderOutput, type ImageBatch } from '../src/index.ts';
+import { initBackend, readSafetensors, toFloat32 } from '@vitreg/core';
+import {
+  exportOnnx, loadOnnxRuntime, loadWeights, OnnxEncoder, readWeights, testTimeRegisterNeurons, testTimeRegistersFile, type EncoderOutput, type ImageBatch,
+} from '../src/index.ts';
 import { allclose } from './helpers.ts';
 
 const FIX = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'ttr');
@@ -111,4 +114,21 @@ test('neurons outside the model are refused by name', async () => {
     OnnxEncoder.fromWeights(config, stateDict, { testTimeRegisters: { neurons: [{ layer: 0, neuron: 1e6 }] } }),
     /testTimeRegisters\.neurons\[0\]\.neuron: expected an integer in \[0, \d+\]/,
   );
+});
+
+test('the encoder fingerprint checks a neurons file as the tfjs model does (another model refused)', async () => {
+  await initBackend('wasm', { log: () => {} });
+  const model = await loadWeights(join(FIX, 'planted.safetensors'), { config: HEADS });
+  const neurons = (ref.planted.neurons as { layer: number; neuron: number }[]).map((n) => ({ ...n, score: 1 }));
+  const file = await testTimeRegistersFile(model, { neurons, ranking: neurons, images: { used: 1, skipped: 0 }, settings: { layer: -2, threshold: 30, highestLayer: 2, topK: 3, sparsity: null } });
+  model.dispose();
+  const same = await readWeights(join(FIX, 'planted.safetensors'), { config: HEADS });
+  const other = await readWeights(join(FIX, 'planted_noattn.safetensors'), { config: HEADS });
+  const a = await OnnxEncoder.fromWeights(same.config, same.stateDict);
+  const b = await OnnxEncoder.fromWeights(other.config, other.stateDict);
+  assert.deepEqual((await testTimeRegisterNeurons(file, a, 'n.json')).map((n) => [n.layer, n.neuron]), neurons.map((n) => [n.layer, n.neuron]));
+  await assert.rejects(testTimeRegisterNeurons(file, b, 'n.json'), /n\.json: made for another model/);
+  const ttr = await a.withTestTimeRegisters(neurons);
+  assert.equal(ttr.config.num_register_tokens, 1);
+  await Promise.all([a.dispose(), b.dispose(), ttr.dispose()]);
 });

@@ -7,13 +7,13 @@ import { existsSync, statSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { readFile, rm } from 'node:fs/promises';
 import { BACKEND_NAMES, DENSE_TASKS, ensureDir, ImageFolderDataset, Progress, writeJsonAtomic, writeSafetensors, type DenseTask } from '@vitreg/core';
-import { runProbe, splitIndices, TOKEN_CHOICES, writeSweep, type DataPart, type ProbeReport } from '@vitreg/probe';
+import { runProbe, splitIndices, TOKEN_CHOICES, writeSweep, type DataPart, type ProbeModel, type ProbeReport } from '@vitreg/probe';
 import {
   ALL_PROBE_TASKS, openDenseSource, runDenseProbe, SWEEP_PLOT_METRICS, sweepColumns, type AnyProbeTask, type DenseProbeReport, type DensePart,
 } from '@vitreg/probe';
 import { choiceFlag, CliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
-import { TfjsEncoder, withTestTimeRegisters, type VisionTransformer } from '@vitreg/registers';
-import { TTR_FLAGS, ttrFlags, ttrNeurons, ttrUsage } from './registers.js';
+import { TfjsEncoder, withTestTimeRegisters, type Encoder } from '@vitreg/registers';
+import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrNeurons, ttrUsage } from './registers.js';
 import {
   BACKEND_FLAGS, checkpointNames, configFlag, ENGINE_FLAGS, engineFlags, engineUsage, loadEncoder, startBackend, SYNTHETIC_FLAGS, syntheticDataset,
 } from '../inputs.js';
@@ -73,7 +73,7 @@ Options:
   --backend B        ${BACKEND_NAMES.join(' | ')}
   --gpu N            the webgpu backend's adapter (default $VITREG_GPU, else 0)
 ${engineUsage(21)}
-                     (probe runs on tfjs for now: auto picks tfjs, onnxruntime is refused)
+                     (feature extraction; heads and probes train on tfjs)
 ${ttrUsage(21)}
   --out DIR          output folder
 `;
@@ -222,12 +222,9 @@ export const probe: Command = {
       lr: values.lr === undefined ? undefined : numberFlag('lr', values.lr, 0),
     };
     const config = configFlag(values.config);
-    const engine = engineFlags(values);
     const ttr = ttrFlags(values);
-    // @vitreg/probe's runProbe drives a tfjs VisionTransformer: auto means tfjs here until it takes an Encoder.
-    if (engine.engine === 'onnxruntime' || engine.device !== 'cpu' || engine.threads !== undefined || weights.some((w) => w.toLowerCase().endsWith('.onnx'))) {
-      throw new CliError('vitreg probe runs on --engine tfjs only for now (@vitreg/probe\'s runProbe takes a tfjs model): give .safetensors or .pth weights without --device / --threads');
-    }
+    // Features come from the engine --engine picks (auto: ONNX Runtime when it loads); heads train on tfjs.
+    const engine = ttrEngine(engineFlags(values), ttr, weights, { onnx: true });
     // Every task's data, opened before any model runs (bad paths fail fast).
     const sources = dataSources(values.data, tasks);
     const countFlags = {
@@ -251,10 +248,19 @@ export const probe: Command = {
     const rows: Record<string, string | number>[] = [];
     const dirs = checkpointNames(weights);
     for (const [i, w] of weights.entries()) {
-      const encoder = await loadEncoder(w, { model: values.model, config }, { ...engine, engine: 'tfjs' });
-      const base = (encoder as TfjsEncoder).model;
-      // With --test-time-registers: the view counts the test-time register among the registers (R + 1).
-      const model = ttr ? withTestTimeRegisters(base, await ttrNeurons(ttr, base)) : base;
+      const encoder = await loadEncoder(w, { model: values.model, config }, engine);
+      // With --test-time-registers: the model counts the test-time register among the registers (R + 1).
+      // On tfjs the probes drive the VisionTransformer itself, on ONNX Runtime the Encoder.
+      let ttrOnnx: Encoder | undefined;
+      let model: ProbeModel;
+      try {
+        if (encoder instanceof TfjsEncoder) model = ttr ? withTestTimeRegisters(encoder.model, await ttrNeurons(ttr, encoder.model)) : encoder.model;
+        else model = ttr ? (ttrOnnx = await ttrEncoder(ttr, encoder)) : encoder;
+      } catch (err) {
+        await encoder.dispose();
+        throw err;
+      }
+      if (i === 0) process.stderr.write(`probe features: ${ttrOnnx?.description ?? encoder.description}\n`);
       try {
         const out = weights.length > 1 ? join(values.out, dirs[i]) : values.out;
         await ensureDir(out);
@@ -316,7 +322,8 @@ export const probe: Command = {
         }
         rows.push(row);
       } finally {
-        model.dispose();
+        await ttrOnnx?.dispose();
+        await encoder.dispose();
       }
     }
     if (weights.length > 1) await writeSweep(values.out, rows, { x: 'registers', metrics: tasks.flatMap((t) => SWEEP_PLOT_METRICS[t]) });
@@ -325,7 +332,7 @@ export const probe: Command = {
 
 /** One dense task on one checkpoint: resumable extraction in DIR/cache-<task>, results file, head weights. */
 async function runDenseTask(
-  model: VisionTransformer,
+  model: ProbeModel,
   w: string,
   task: DenseTask,
   train: DensePart,
