@@ -71,7 +71,7 @@ function importedPackages(dir: string): Set<string> {
 for (const ws of workspaces) {
   const pkg = JSON.parse(readFileSync(join(ROOT, ws, 'package.json'), 'utf8'));
   test(`${pkg.name} declares every package its sources import`, () => {
-    const declared = new Set([...Object.keys(pkg.dependencies ?? {}), ...Object.keys(pkg.peerDependencies ?? {})]);
+    const declared = new Set([...Object.keys(pkg.dependencies ?? {}), ...Object.keys(pkg.optionalDependencies ?? {}), ...Object.keys(pkg.peerDependencies ?? {})]);
     const missing = [...importedPackages(join(ROOT, ws, 'src'))].filter((n) => !declared.has(n));
     assert.deepEqual(missing, [], `${pkg.name}: imported but not in dependencies`);
   });
