@@ -94,7 +94,7 @@ test('bad inputs: one CliError line each (run in-process; main prints it as the 
     [['features', '--weights', W, '--config', HEADS, '--engine', 'torch', '--tensor', t98, '--out', x('f.safetensors')], /--engine: expected one of auto, tfjs, onnxruntime/],
     [['features', '--weights', W, '--config', HEADS, '--engine', 'tfjs', '--threads', '2', '--tensor', t98, '--out', x('f.safetensors')], /--threads applies to --engine onnxruntime/],
     [['features', '--weights', W, '--config', HEADS, '--threads', '0', '--tensor', t98, '--out', x('f.safetensors')], /--threads: expected an integer >= 1/],
-    [['probe', '--weights', onnx, '--data', 'synthetic', '--out', x('p')], /vitreg probe runs on --engine tfjs only for now/],
+    [['probe', '--weights', onnx, '--data', 'synthetic', '--out', x('p')], /small\.onnx was exported for 98x140 images, got 224x224/],
   ];
   for (const [args, re] of cases) {
     await assert.rejects(commands[args[0]!]!.run(args.slice(1)), (err: Error) => {

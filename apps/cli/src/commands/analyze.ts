@@ -165,7 +165,7 @@ export const analyze: Command = {
     }
     const config = configFlag(values.config);
     const ttr = ttrFlags(values);
-    const engine = ttrEngine(engineFlags(values), ttr, [values.weights, values['weights-b']]);
+    const engine = ttrEngine(engineFlags(values), ttr, [values.weights, values['weights-b']], { onnx: true });
 
     await startBackend(values.backend, values.gpu);
     // Models: A, A with test-time registers (--test-time-registers), B (--weights-b).

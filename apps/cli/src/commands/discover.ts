@@ -323,7 +323,7 @@ export const discover: Command = {
       : values['max-side'] !== undefined ? { kind: 'native', maxSide: intFlag('max-side', values['max-side'], 0) } : { kind: 'native' };
     const config = configFlag(values.config);
     const ttr = ttrFlags(values);
-    const engine = ttrEngine(engineFlags(values), ttr, weights);
+    const engine = ttrEngine(engineFlags(values), ttr, weights, { onnx: true });
     await startBackend(values.backend, values.gpu);
     const source = values.tensor !== undefined
       ? await tensorSource(values.tensor, geometry)
@@ -334,7 +334,7 @@ export const discover: Command = {
     const rows: Record<string, string | number | null>[] = [];
     const dirs = checkpointNames(weights);
     for (const [i, w] of weights.entries()) {
-      const model = ttr ? await ttrEncoder(ttr, { weights: w, model: values.model, config }) : await loadEncoder(w, { model: values.model, config }, engine);
+      const model = ttr ? await ttrEncoder(ttr, { weights: w, model: values.model, config, engine }) : await loadEncoder(w, { model: values.model, config }, engine);
       try {
         if (geometry.kind === 'square' && geometry.size % model.config.patch_size !== 0) {
           throw new CliError(`--size ${geometry.size} is not a multiple of the patch size ${model.config.patch_size}`);

@@ -151,12 +151,14 @@ export const features: Command = {
     const layers = choiceFlag('layers', values.layers, ['none', 'all'] as const, 'none') === 'all';
     const batchSize = intFlag('batch-size', values['batch-size'], 8);
     const ttr = ttrFlags(values);
-    const engine = ttrEngine(engineFlags(values), ttr, [values.weights]);
+    const engine = ttrEngine(engineFlags(values), ttr, [values.weights], { onnx: true });
 
-    // tfjs runs only when it is the engine: onnxruntime's outputs go straight to the file.
-    const backend = values.weights && (await resolveEngine(engine, values.weights)) === 'tfjs' ? (await startBackend(values.backend, values.gpu)).name : 'none';
+    // tfjs runs only when it is the engine (or reads the weights for a test-time register's model
+    // fingerprint): onnxruntime's outputs go straight to the file.
+    const tfjs = values.weights && (ttr !== undefined || (await resolveEngine(engine, values.weights)) === 'tfjs');
+    const backend = tfjs ? (await startBackend(values.backend, values.gpu)).name : 'none';
     const model = ttr
-      ? await ttrEncoder(ttr, { weights: values.weights, model: values.model, config: configFlag(values.config) })
+      ? await ttrEncoder(ttr, { weights: values.weights, model: values.model, config: configFlag(values.config), engine })
       : await loadEncoder(values.weights, { model: values.model, config: configFlag(values.config) }, engine);
     const p = model.config.patch_size;
 
