@@ -146,7 +146,7 @@ test('2 threads: the training loss falls when fitting 8 images with a global bat
       model: { arch: 'vit_micro_patch8_reg4', drop_path_rate: 0 },
       data: { train_size: 8, val_size: 4 },
       train: { steps: 30, batch_size: 4, eval_every: 0, checkpoint_every: 0 },
-      optim: { base_lr: 2e-3, warmup_steps: 3, weight_decay: 0, weight_decay_end: 0, clip_grad: 0 },
+      optim: { base_lr: 5e-3, warmup_steps: 3, weight_decay: 0, weight_decay_end: 0, clip_grad: 0 },
       supervised: { label_smoothing: 0, hflip: 0, three_augment: false, color_jitter: 0 },
       crops: { global_crops_scale: [1, 1] },
     });
