@@ -5,21 +5,31 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { validateTrainConfig } from '../src/config.js';
 import { loadCheckpoint } from '../src/checkpoint.js';
-import { train } from '../src/trainer.js';
+import { train, Trainer } from '../src/trainer.js';
 import { useWasm } from './helpers.js';
 
 before(useWasm);
 
-test('tiny DINO run: k-NN accuracy above chance, teacher outputs neither constant nor uniform, centre sane', async () => {
+test('tiny DINO run: k-NN accuracy 0.5 and well above the untrained network, teacher neither constant nor uniform', async (t) => {
   const out = await mkdtemp(join(tmpdir(), 'vitreg-dino-'));
   try {
-    // The tiny-dino preset (DINO + iBOT + KoLeo, 2 global + 2 local crops), 300 val images.
-    const cfg = validateTrainConfig({ preset: 'tiny-dino', data: { val_size: 300 }, train: { eval_every: 0, checkpoint_every: 0 } });
+    // The tiny-dino preset (DINO + iBOT + KoLeo, 2 global + 2 local crops) cut from 300 to 100 steps;
+    // k-NN over a bank of 500 training images, 300 val images. Measured on wasm: 0.59, untrained
+    // 0.40 (the whole preset: 0.73); chance is 0.2 (standard deviation 0.023 on 300 images).
+    const cfg = validateTrainConfig({
+      preset: 'tiny-dino', data: { val_size: 300 }, train: { steps: 100, eval_every: 0, checkpoint_every: 0, knn_train_size: 500 },
+    });
+    // The same network before any step (same seed, teacher = student): what the features give untrained.
+    const untrained = new Trainer(cfg);
+    untrained.initTeacher();
+    const before = (await untrained.evaluate()).knn_accuracy!;
+    untrained.dispose();
     const res = await train(cfg, { outDir: out, progress: false });
     const ev = res.eval!;
-    const chance = 1 / ev.num_classes;
-    // 300 val images: chance accuracy has a standard deviation of about 0.023.
-    assert.ok(ev.knn_accuracy! >= chance + 0.05, `k-NN accuracy ${ev.knn_accuracy} is not above chance (${chance})`);
+    assert.equal(ev.num_classes, 5);
+    t.diagnostic(`k-NN accuracy ${ev.knn_accuracy} (untrained ${before}), teacher entropy ${ev.teacher_entropy} of ${Math.log(cfg.dino.head_n_prototypes)}, batch ${ev.teacher_batch_entropy}`);
+    assert.ok(ev.knn_accuracy! >= 0.5, `k-NN accuracy ${ev.knn_accuracy} is below 0.5 (chance 0.2)`);
+    assert.ok(ev.knn_accuracy! >= before + 0.1, `k-NN accuracy ${ev.knn_accuracy} gained less than 0.1 over the untrained ${before}`);
     const logK = Math.log(cfg.dino.head_n_prototypes);
     // Not collapsed onto a few prototypes: the batch-mean distribution of the teacher stays spread.
     assert.ok(ev.teacher_batch_entropy! > 0.8 * logK, `teacher batch entropy ${ev.teacher_batch_entropy} of ${logK}`);
@@ -36,16 +46,12 @@ test('tiny DINO run: k-NN accuracy above chance, teacher outputs neither constan
     assert.ok(spread > 0 && spread < 2, `centre spread ${spread} (teacher logits are cosines in [-1, 1])`);
     assert.ok(Math.abs(mean) < 1, `centre mean ${mean}`);
     const lines = (await readFile(join(out, 'metrics.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
-    const first = lines[0]!;
     const last = lines[lines.length - 1]!;
     for (const k of ['loss_dino_global', 'loss_dino_local', 'loss_koleo', 'loss_ibot', 'teacher_temp', 'momentum', 'masked_patches']) {
       assert.equal(typeof last[k], 'number', k);
     }
-    assert.equal(first.teacher_temp, 0.04);
-    assert.equal(last.teacher_temp, 0.07);
-    // The DINO loss is a cross-entropy against the teacher, whose temperature rises 0.04 -> 0.07 over
-    // the run: the targets get softer and the loss rises with their entropy, so it is no measure of
-    // learning here (the k-NN accuracy above is); it must stay finite.
+    // The preset keeps the teacher at 0.04 throughout (no 0.04 -> 0.07 warm-up).
+    assert.ok(lines.every((l) => l.teacher_temp === undefined || l.teacher_temp === 0.04), 'teacher temperature other than 0.04');
     assert.ok(lines.every((l) => l.loss === undefined || Number.isFinite(l.loss)), 'a non-finite loss');
   } finally {
     await rm(out, { recursive: true, force: true });
