@@ -266,33 +266,38 @@ const IN22K_EPOCH = 6932;
  */
 export const PRESETS: Record<string, PresetDef> = {
   'tiny-supervised': {
-    summary: 'ViT-micro/8 with 4 registers, supervised on 32 px synthetic shapes (about 3 CPU minutes)',
+    summary: 'ViT-micro/8 with 4 registers, supervised on 32 px synthetic shapes (about 2.5 CPU minutes, ~0.97 val accuracy)',
     cpu: true,
     config: {
       objective: 'supervised',
       model: { arch: 'vit_micro_patch8_reg4', drop_path_rate: 0 },
-      train: { steps: 1500, batch_size: 32, eval_every: 500, checkpoint_every: 500 },
+      train: { steps: 1200, batch_size: 32, eval_every: 400, checkpoint_every: 400 },
       optim: { base_lr: 1e-3, min_lr: 1e-5, warmup_steps: 50, weight_decay: 0.05, weight_decay_end: 0.05, clip_grad: 0 },
-      // Light augmentation: a CPU-sized run sees each image ~25 times, not hundreds.
+      // Light augmentation: a CPU-sized run sees each image ~20 times, not hundreds.
       supervised: { label_smoothing: 0, three_augment: false, color_jitter: 0 },
-      crops: { global_crops_scale: [0.8, 1] },
+      // Crops down to 60% of the area: their zoom covers the evaluation's (centre crop 0.875, 77% of the area).
+      crops: { global_crops_scale: [0.6, 1] },
     },
   },
   'tiny-dino': {
-    summary: 'ViT-micro/8 with 4 registers, DINO + iBOT + KoLeo on 32 px synthetic shapes (1-2 CPU minutes)',
+    summary: 'ViT-micro/8 with 4 registers, DINO + iBOT + KoLeo on 32 px synthetic shapes (about 2 CPU minutes, ~0.73 k-NN accuracy)',
     cpu: true,
     config: {
       objective: 'dino',
       // LayerScale 1 rather than 1e-5: a run of a few hundred steps cannot wait for the gammas to grow.
       model: { arch: 'vit_micro_patch8_reg4', drop_path_rate: 0, layerscale_init: 1.0 },
-      train: { steps: 400, batch_size: 32, eval_every: 100, checkpoint_every: 100, knn_train_size: 1000 },
+      train: { steps: 300, batch_size: 32, eval_every: 100, checkpoint_every: 100, knn_train_size: 1000 },
       optim: { base_lr: 1e-3, min_lr: 1e-5, warmup_steps: 30, weight_decay: 0.04, weight_decay_end: 0.2, freeze_last_layer_steps: 10 },
+      // The teacher stays at 0.04: with 64 prototypes, 0.07 lets its outputs drift to nearly uniform.
       dino: {
-        head_n_prototypes: 64, head_hidden_dim: 256, head_bottleneck_dim: 64, warmup_teacher_temp_steps: 100,
-        momentum_teacher: 0.95,
+        head_n_prototypes: 64, head_hidden_dim: 256, head_bottleneck_dim: 64, warmup_teacher_temp: 0.04, teacher_temp: 0.04,
+        warmup_teacher_temp_steps: 0, momentum_teacher: 0.95,
       },
       ibot: { head_n_prototypes: 64, head_hidden_dim: 256, head_bottleneck_dim: 64 },
-      crops: { global_crops_size: 32, local_crops_number: 2, local_crops_size: 16 },
+      // At 32 px the DINOv2 scales (0.32-1, 0.05-0.32) cut the shape away; these keep most of it in view.
+      crops: {
+        global_crops_size: 32, global_crops_scale: [0.5, 1], local_crops_number: 2, local_crops_size: 16, local_crops_scale: [0.15, 0.5],
+      },
     },
   },
   'dinov2-l14-reg4': {

@@ -30,7 +30,7 @@ and runs LOST object discovery on them. Writes into DIR (default runs/demo):
   discover/                  vitreg discover: results.jsonl and corloc.json per model, sweep.{csv,json,png}
   summary.json               the numbers printed at the end
 
-  --steps N     training steps per model (default: the preset's 1500, about a minute each)
+  --steps N     training steps per model (default: the preset's 1200, about two minutes each)
   --images N    synthetic images to analyse (default 6) and 4x as many for LOST
   --backend B   auto (default), tensorflow-gpu, webgpu, tensorflow, wasm or cpu
   --gpu N       the webgpu backend's adapter (default $VITREG_GPU, else 0); passed to the training
