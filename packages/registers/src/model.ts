@@ -133,6 +133,20 @@ export function parameterShapes(c: ViTConfig): Record<string, number[]> {
   return shapes;
 }
 
+/** Test-time register neurons by layer, checked against the config (errors name the entry); model and ONNX export share it. */
+export function ttrNeuronsByLayer(c: ViTConfig, neurons: ReadonlyArray<{ layer: number; neuron: number }>): Map<number, number[]> {
+  const hidden = ffnHiddenDim(c);
+  const byLayer = new Map<number, number[]>();
+  neurons.forEach((n, k) => {
+    if (!Number.isInteger(n.layer) || n.layer < 0 || n.layer >= c.depth) throw new Error(`testTimeRegisters.neurons[${k}].layer: expected an integer in [0, ${c.depth - 1}], got ${n.layer}`);
+    if (!Number.isInteger(n.neuron) || n.neuron < 0 || n.neuron >= hidden) throw new Error(`testTimeRegisters.neurons[${k}].neuron: expected an integer in [0, ${hidden - 1}], got ${n.neuron}`);
+    const list = byLayer.get(n.layer) ?? [];
+    if (!list.includes(n.neuron)) list.push(n.neuron);
+    byLayer.set(n.layer, list);
+  });
+  return byLayer;
+}
+
 /** Drop path rate of block `i`: the same in every block, or linear from 0 to drop_path_rate (np.linspace). */
 export function blockDropRate(c: ViTConfig, i: number): number {
   if (c.drop_path_uniform) return c.drop_path_rate;
@@ -294,7 +308,7 @@ export class VisionTransformer {
     const clsToken = c.pos_embed_cls ? tf.add(this.param('cls_token'), tf.slice(pos, [0, 0, 0], [1, 1, D])) : this.param('cls_token');
     const parts: tf.Tensor[] = [tf.tile(clsToken, [B, 1, 1])];
     if (R > 0) parts.push(tf.tile(this.param('register_tokens'), [B, 1, 1]));
-    const ttr = opts.testTimeRegisters ? this.ttrLayers(opts.testTimeRegisters.neurons) : undefined;
+    const ttr = opts.testTimeRegisters ? ttrNeuronsByLayer(this.config, opts.testTimeRegisters.neurons) : undefined;
     if (ttr) parts.push(tf.zeros([B, 1, D]));
     const T = ttr ? 1 : 0;
     parts.push(tf.add(x, tf.slice(pos, [0, first, 0], [1, P, D])));
@@ -425,20 +439,6 @@ export class VisionTransformer {
     return tf.tensor3d(dropPathFactors(draws, rate, this.config.drop_path_batch_subset), [B, 1, 1]);
   }
 
-  /** Test-time register neurons by layer, checked against the config (errors name the entry). */
-  private ttrLayers(neurons: ReadonlyArray<{ layer: number; neuron: number }>): Map<number, number[]> {
-    const c = this.config;
-    const hidden = ffnHiddenDim(c);
-    const byLayer = new Map<number, number[]>();
-    neurons.forEach((n, k) => {
-      if (!Number.isInteger(n.layer) || n.layer < 0 || n.layer >= c.depth) throw new Error(`testTimeRegisters.neurons[${k}].layer: expected an integer in [0, ${c.depth - 1}], got ${n.layer}`);
-      if (!Number.isInteger(n.neuron) || n.neuron < 0 || n.neuron >= hidden) throw new Error(`testTimeRegisters.neurons[${k}].neuron: expected an integer in [0, ${hidden - 1}], got ${n.neuron}`);
-      const list = byLayer.get(n.layer) ?? [];
-      if (!list.includes(n.neuron)) list.push(n.neuron);
-      byLayer.set(n.layer, list);
-    });
-    return byLayer;
-  }
 
   /** Parameters as host Float32Arrays in this class's layouts (for saving and syncing). */
   async weights(): Promise<Record<string, Float32Array>> {

@@ -18,6 +18,7 @@ import { mkdir, open, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
 import { ffnHiddenDim, posGrid, type ViTConfig } from './config.js';
 import { posEmbedMatrices } from './interpolate.js';
+import { ttrNeuronsByLayer } from './model.js';
 import { GraphBuilder, type GraphValue, type Initializer } from './onnx-graph.js';
 import { encodeModel } from './onnx-proto.js';
 import { checkStateDict, type StateDict } from './weights.js';
@@ -68,19 +69,6 @@ export const ONNX_METADATA = {
   testTimeRegisters: 'vitreg_test_time_registers',
 } as const;
 
-/** Test-time register neurons by layer, checked against the config (errors name the entry, as model.ts). */
-export function ttrNeuronsByLayer(c: ViTConfig, neurons: ReadonlyArray<{ layer: number; neuron: number }>): Map<number, number[]> {
-  const hidden = ffnHiddenDim(c);
-  const byLayer = new Map<number, number[]>();
-  neurons.forEach((n, k) => {
-    if (!Number.isInteger(n.layer) || n.layer < 0 || n.layer >= c.depth) throw new Error(`testTimeRegisters.neurons[${k}].layer: expected an integer in [0, ${c.depth - 1}], got ${n.layer}`);
-    if (!Number.isInteger(n.neuron) || n.neuron < 0 || n.neuron >= hidden) throw new Error(`testTimeRegisters.neurons[${k}].neuron: expected an integer in [0, ${hidden - 1}], got ${n.neuron}`);
-    const list = byLayer.get(n.layer) ?? [];
-    if (!list.includes(n.neuron)) list.push(n.neuron);
-    byLayer.set(n.layer, list);
-  });
-  return byLayer;
-}
 
 /**
  * Config fields the exporter knows. Any other field (a later model family) must hold an "off" value
