@@ -20,7 +20,7 @@ import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '@vitreg/core';
 import { loadWeights, type ViTConfig, type VisionTransformer } from '../src/index.ts';
-import { FAMILIES, familyReference } from './family-helpers.ts';
+import { FAMILIES, FAMILY_CASES as cases, familyReference, type FamilyCase as Case } from './family-helpers.ts';
 import { allclose } from './helpers.ts';
 
 const HEADS = { num_heads: 3 }; // the fixtures use head dim 16
@@ -51,33 +51,6 @@ function check(name: string, actual: ArrayLike<number> | undefined, expected: { 
   const err = allclose(actual, expected.data);
   assert.equal(err, null, `${name}: ${err}`);
 }
-
-interface Case {
-  file: string;
-  ref: string;
-  inputs: string[];
-  config?: Partial<ViTConfig>;
-  /** Reference keys this model's outputs are not compared with (what the official code does not return). */
-  skip?: string[];
-  /** Output -> reference key renames, e.g. open_clip v2.22.0's tokens. */
-  rename?: Record<string, string>;
-}
-
-const cases: Case[] = [
-  { file: 'dino.pth', ref: 'dino', inputs: ['sq64', 'sq96', 'rect64x112', 'rect80x48'] },
-  { file: 'deit3.models_v2.pth', ref: 'deit3', inputs: ['sq64', 'rect48x80'] },
-  { file: 'deit3.timm.safetensors', ref: 'deit3', inputs: ['sq64', 'rect48x80'] },
-  { file: 'deit3_reg4.timm.safetensors', ref: 'deit3_reg4', inputs: ['sq64', 'rect48x80'] },
-  { file: 'openclip.safetensors', ref: 'openclip', inputs: ['sq64', 'rect48x80'] },
-  {
-    file: 'openclip.safetensors', ref: 'openclip', inputs: ['sq64'], config: { final_norm_tokens: false },
-    skip: ['cls'], rename: { patches: 'tokens_v2_22', pooled: 'pooled_v2_22' },
-  },
-  { file: 'clip.timm.safetensors', ref: 'openclip', inputs: ['sq64', 'rect48x80'] },
-  { file: 'clip_reg4.timm.safetensors', ref: 'clip_reg4', inputs: ['sq64', 'rect48x80'] },
-  // OpenAI's code returns ln_post(CLS) @ proj only: the normalised patch tokens are not compared.
-  { file: 'clip_openai.pth', ref: 'clip_openai', inputs: ['sq64'], config: { act_layer: 'quick_gelu' }, skip: ['patches'] },
-];
 
 const label = (c: Case) => `${c.file}${c.config ? ` ${JSON.stringify(c.config)}` : ''}`;
 

@@ -10,35 +10,11 @@
 import { before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { loadOnnxRuntime, OnnxEncoder, readWeights, type HostArray, type ViTConfig } from '../src/index.ts';
-import { FAMILIES, familyReference } from './family-helpers.ts';
+import { loadOnnxRuntime, OnnxEncoder, readWeights, type HostArray } from '../src/index.ts';
+import { FAMILIES, FAMILY_CASES as cases, familyReference } from './family-helpers.ts';
 import { allclose } from './helpers.ts';
 
 const HEADS = { num_heads: 3 }; // the fixtures use head dim 16
-
-interface Case {
-  file: string;
-  ref: string;
-  inputs: string[];
-  config?: Partial<ViTConfig>;
-  skip?: string[];
-  rename?: Record<string, string>;
-}
-
-const cases: Case[] = [
-  { file: 'dino.pth', ref: 'dino', inputs: ['sq64', 'sq96', 'rect64x112', 'rect80x48'] },
-  { file: 'deit3.models_v2.pth', ref: 'deit3', inputs: ['sq64', 'rect48x80'] },
-  { file: 'deit3.timm.safetensors', ref: 'deit3', inputs: ['sq64', 'rect48x80'] },
-  { file: 'deit3_reg4.timm.safetensors', ref: 'deit3_reg4', inputs: ['sq64', 'rect48x80'] },
-  { file: 'openclip.safetensors', ref: 'openclip', inputs: ['sq64', 'rect48x80'] },
-  {
-    file: 'openclip.safetensors', ref: 'openclip', inputs: ['sq64'], config: { final_norm_tokens: false },
-    skip: ['cls'], rename: { patches: 'tokens_v2_22', pooled: 'pooled_v2_22' },
-  },
-  { file: 'clip.timm.safetensors', ref: 'openclip', inputs: ['sq64', 'rect48x80'] },
-  { file: 'clip_reg4.timm.safetensors', ref: 'clip_reg4', inputs: ['sq64', 'rect48x80'] },
-  { file: 'clip_openai.pth', ref: 'clip_openai', inputs: ['sq64'], config: { act_layer: 'quick_gelu' }, skip: ['patches'] },
-];
 
 /** Patch rows of a [B, N, D] token tensor, as the fixtures store every block's tokens. */
 function patchRows(t: HostArray, R: number): Float32Array {
