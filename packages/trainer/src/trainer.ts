@@ -12,8 +12,8 @@
  * Randomness never depends on which rank handles an image: each image's augmentation and drop path
  * are drawn from (seed, epoch, image index), batch-level draws (mixup, iBOT masks) from (seed, step,
  * rank). With the sampler's global cursor, W ranks x B images give the weights of one rank x W*B
- * images (up to float rounding; not with DINOv2's batch-subset drop path, whose subset is per batch,
- * nor with batch statistics such as Sinkhorn-Knopp's... which are global, so they do match), a resumed
+ * images (up to float rounding; not with DINOv2's batch-subset drop path, KoLeo or the iBOT masks, which
+ * depend on the batch a rank holds; Sinkhorn-Knopp's sums span every rank, so it matches), a resumed
  * run equals an uninterrupted one bit for bit, and the checkpoint holds no generator state: only the
  * step and the cursor. The learning rate follows the global batch (optim.scaling_rule) at every step.
  */
