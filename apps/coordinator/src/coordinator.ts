@@ -18,7 +18,7 @@ import {
   type RankValues,
   type StepCommit,
 } from '@vitreg/proto';
-import { firstDifference } from './config-diff.js';
+import { firstDifference } from '@vitreg/core';
 
 export interface CoordinatorOptions {
   /** Bind address, default '0.0.0.0'. */

@@ -1,3 +1,2 @@
 /** @vitreg/coordinator: the gRPC coordinator of a vitreg training job; see README.md. */
 export { startCoordinator, SERVER_OPTIONS, type CoordinatorOptions, type CoordinatorHandle } from './coordinator.js';
-export { firstDifference, type ConfigDifference } from './config-diff.js';

@@ -10,3 +10,4 @@ export * from './log.js';
 export * from './data/index.js';
 export * from './gradients.js';
 export * from './thread.js';
+export * from './json-diff.js';

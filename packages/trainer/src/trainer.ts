@@ -20,7 +20,7 @@
 import { appendFile, mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { BatchPrefetcher, DistributedSampler, ensureGradients, RASampler, type CursorSampler, Progress, Rng, writeFileAtomic, writeJsonAtomic, type Dataset, type DatasetItem, type SampleRef } from '@vitreg/core';
+import { BatchPrefetcher, DistributedSampler, ensureGradients, firstDifference, RASampler, type CursorSampler, Progress, Rng, writeFileAtomic, writeJsonAtomic, type Dataset, type DatasetItem, type SampleRef } from '@vitreg/core';
 import { VisionTransformer, matMul2d, modelFromStateDict, type ViTConfig } from '@vitreg/registers';
 import { evalTransform, mixupCutmix, multiCrop, smoothOneHot, supervisedAugment } from './augment.js';
 import { listCheckpoints, loadCheckpoint, pruneCheckpoints, saveCheckpoint, type HostTensors, type TrainState } from './checkpoint.js';
@@ -128,19 +128,6 @@ function stack(images: Float32Array[], size: number): tf.Tensor4D {
   const data = new Float32Array(images.length * per);
   images.forEach((img, i) => data.set(img, i * per));
   return tf.tensor4d(data, [images.length, size, size, 3]);
-}
-
-/** The first differing field path of two JSON values, or null when equal. */
-function firstDifference(a: unknown, b: unknown, path = ''): string | null {
-  if (a !== null && b !== null && typeof a === 'object' && typeof b === 'object') {
-    const keys = new Set([...Object.keys(a), ...Object.keys(b)]);
-    for (const k of keys) {
-      const d = firstDifference((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k], path ? `${path}.${k}` : k);
-      if (d) return d;
-    }
-    return null;
-  }
-  return a === b ? null : path || '(root)';
 }
 
 export class Trainer {
@@ -747,7 +734,7 @@ export class Trainer {
   async restore(dir: string): Promise<void> {
     const ck = await loadCheckpoint(dir);
     const diff = firstDifference(ck.state.config, this.config);
-    if (diff) throw new Error(`${dir}/state.json: field "${diff}" of the checkpoint's config differs from this run's config; resume with the run's config.json`);
+    if (diff) throw new Error(`${dir}/state.json: field "${diff.path || '(root)'}" of the checkpoint's config differs from this run's config; resume with the run's config.json`);
     const copy = (sd: typeof ck.student, into: VisionTransformer) => {
       const m = modelFromStateDict(sd, this.vit);
       for (const [k, v] of Object.entries(into.params)) v.assign(m.params[k]!);
