@@ -16,14 +16,16 @@ import type { GradientSync } from './sync.js';
 /** Sums each tensor over the ranks (in order, bit-identical on every rank), as new tensors. */
 export type ReduceSum = (tensors: tf.Tensor[]) => Promise<tf.Tensor[]>;
 
-/** A ReduceSum from a GradientSync (its allReduce is a mean: times the world size). */
+/**
+ * A ReduceSum from a GradientSync: each tensor's values go to the host, through the sync's in-place
+ * all-reduce (a mean), and come back as new tensors times the world size.
+ */
 export function reduceSumOf(sync: GradientSync): ReduceSum {
   return async (tensors) => {
     if (sync.worldSize === 1) return tensors.map((t) => tf.clone(t));
-    const means = await sync.allReduce(tensors);
-    const out = means.map((m) => tf.mul(m, sync.worldSize));
-    tf.dispose(means.filter((m) => !tensors.includes(m)));
-    return out;
+    const buffers = tensors.map((t) => Float32Array.from(t.dataSync()));
+    await sync.allReduce(buffers);
+    return buffers.map((b, i) => tf.tidy(() => tf.mul(tf.tensor(b, tensors[i]!.shape, 'float32'), sync.worldSize)));
   };
 }
 

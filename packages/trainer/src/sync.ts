@@ -9,8 +9,6 @@
  * Implementations: `LocalGradientSync` (one process, one rank), `SharedMemorySync` (threads of one
  * process), and the cluster's ring all-reduce in @vitreg/worker.
  */
-import * as tf from '@tensorflow/tfjs-core';
-
 export interface GradientSync {
   /** This replica's index in [0, worldSize); in a cluster it can change between membership epochs. */
   readonly rank: number;
@@ -18,11 +16,12 @@ export interface GradientSync {
   /** A cluster's membership epoch (it grows each time workers leave or join); absent elsewhere. */
   readonly membership?: number;
   /**
-   * Mean of each tensor over all replicas, in the same order, bit-identical on every replica. The
-   * returned tensors are new or the inputs themselves; the caller disposes the inputs and the
-   * outputs (disposing a tensor twice is harmless in tfjs).
+   * Replaces the values of each buffer, in place, by their mean over all replicas. Every replica
+   * passes the same number of buffers with the same lengths in the same order (gradients in the
+   * step engine's parameter order, then the per-rank statistics); afterwards the buffers hold
+   * bit-identical values on every replica. Resolves once the buffers hold the means.
    */
-  allReduce(tensors: tf.Tensor[]): Promise<tf.Tensor[]>;
+  allReduce(buffers: Float32Array[]): Promise<void>;
   /** Rank 0's `state` and `meta` (JSON), delivered to every replica; the others' arguments are ignored. */
   broadcast(state: Record<string, Float32Array>, meta?: unknown): Promise<{ state: Record<string, Float32Array>; meta: unknown }>;
   /**
@@ -53,8 +52,8 @@ export class LocalGradientSync implements GradientSync {
   readonly rank = 0;
   readonly worldSize = 1;
 
-  async allReduce(tensors: tf.Tensor[]): Promise<tf.Tensor[]> {
-    return tensors;
+  async allReduce(_buffers: Float32Array[]): Promise<void> {
+    // The mean over one replica is the values themselves.
   }
 
   async broadcast(state: Record<string, Float32Array>, meta?: unknown): Promise<{ state: Record<string, Float32Array>; meta: unknown }> {
@@ -66,23 +65,24 @@ export class LocalGradientSync implements GradientSync {
   }
 }
 
-/** The values of `tensors`, one after the other, in one new Float32Array (what a sync sends). */
-export function flattenTensors(tensors: tf.Tensor[]): Float32Array<ArrayBuffer> {
-  const flat = new Float32Array(tensors.reduce((n, t) => n + t.size, 0));
+/** The values of `buffers`, one after the other, in one new Float32Array (what a sync sends). */
+export function flattenBuffers(buffers: readonly Float32Array[]): Float32Array<ArrayBuffer> {
+  const flat = new Float32Array(buffers.reduce((n, b) => n + b.length, 0));
   let off = 0;
-  for (const t of tensors) {
-    flat.set(t.dataSync() as Float32Array, off);
-    off += t.size;
+  for (const b of buffers) {
+    flat.set(b, off);
+    off += b.length;
   }
   return flat;
 }
 
-/** New tensors shaped like `like`, cut in order from `flat` (the inverse of flattenTensors). */
-export function unflattenLike(flat: Float32Array, like: tf.Tensor[]): tf.Tensor[] {
+/** Copies `flat` back into `buffers`, in order (the inverse of flattenBuffers); the lengths must add up. */
+export function unflattenInto(flat: Float32Array, buffers: Float32Array[]): void {
+  const total = buffers.reduce((n, b) => n + b.length, 0);
+  if (flat.length !== total) throw new Error(`unflattenInto: ${flat.length} values for buffers of ${total} values in all`);
   let off = 0;
-  return like.map((t) => {
-    const out = tf.tensor(flat.subarray(off, off + t.size), t.shape, 'float32');
-    off += t.size;
-    return out;
-  });
+  for (const b of buffers) {
+    b.set(flat.subarray(off, off + b.length));
+    off += b.length;
+  }
 }

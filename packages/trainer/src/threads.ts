@@ -7,7 +7,8 @@
  * A barrier counts arrivals and bumps `generation` (Atomics.wait / notify). `allReduce` streams the
  * flattened gradients through the slots in chunks of `slotFloats`: each rank writes its chunk,
  * barrier, every rank sums all slots in rank order (so every rank gets bit-identical results) and
- * divides by the world size, barrier again before the slots are reused. `broadcast` is the same
+ * divides by the world size, barrier again before the slots are reused; the means go back into the
+ * caller's buffers. `broadcast` is the same
  * with rank 0 writing and the others reading; `gather` collects one small JSON value per rank
  * (each rank's step report for `commitStep`, rank 0's layout for `broadcast`).
  *
@@ -19,10 +20,9 @@ import { createHash } from 'node:crypto';
 import { extname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import * as tf from '@tensorflow/tfjs-core';
 import { getBackendName, startThread, type BackendName } from '@vitreg/core';
 import type { TrainConfig } from './config.js';
-import { flattenTensors, unflattenLike, type GradientSync } from './sync.js';
+import { flattenBuffers, unflattenInto, type GradientSync } from './sync.js';
 import type { TrainOptions, TrainResult } from './trainer.js';
 
 const COUNT = 0;
@@ -110,27 +110,27 @@ export class SharedMemorySync implements GradientSync {
     this.barrier();
   }
 
-  async allReduce(grads: tf.Tensor[]): Promise<tf.Tensor[]> {
-    if (this.worldSize === 1) return grads;
-    const flat = flattenTensors(grads);
+  async allReduce(buffers: Float32Array[]): Promise<void> {
+    if (this.worldSize === 1) return;
+    const flat = flattenBuffers(buffers);
     const total = flat.length;
     this.agreeOnLength('allReduce', total);
-    const mean = new Float32Array(total);
     const own = this.slots[this.rank]!;
     const W = this.worldSize;
     for (let start = 0; start < total; start += this.slotFloats) {
       const n = Math.min(this.slotFloats, total - start);
       own.set(flat.subarray(start, start + n));
       this.barrier();
+      // This rank's chunk is in its slot: `flat` takes the means in its place.
       const first = this.slots[0]!;
       for (let i = 0; i < n; i++) {
         let s = first[i]!;
         for (let r = 1; r < W; r++) s += this.slots[r]![i]!;
-        mean[start + i] = s / W;
+        flat[start + i] = s / W;
       }
       this.barrier();
     }
-    return unflattenLike(mean, grads);
+    unflattenInto(flat, buffers);
   }
 
   async broadcast(state: Record<string, Float32Array>, meta?: unknown): Promise<{ state: Record<string, Float32Array>; meta: unknown }> {

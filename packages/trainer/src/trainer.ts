@@ -408,7 +408,10 @@ export class Trainer {
       for (const [k, t] of Object.entries(parts)) own[k] = t.dataSync()[0]!;
       const computeSeconds = (performance.now() - t0) / 1000;
       const t1 = performance.now();
-      const reducedAll = await this.sync.allReduce([...gradList, ...means]);
+      const local = [...gradList, ...means];
+      const buffers = local.map((t) => Float32Array.from(t.dataSync()));
+      await this.sync.allReduce(buffers);
+      const reducedAll = buffers.map((b, i) => tf.tensor(b, local[i]!.shape, 'float32'));
       const allreduceSeconds = (performance.now() - t1) / 1000;
       const reduced = reducedAll.slice(0, gradList.length);
       const reducedMeans = reducedAll.slice(gradList.length);

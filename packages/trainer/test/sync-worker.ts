@@ -21,9 +21,9 @@ async function main(): Promise<void> {
   await tf.setBackend('cpu');
   const sync = new SharedMemorySync(j.buffer, j.rank, j.worldSize);
   if (j.op === 'allReduce') {
-    const grads = j.arrays.map((a) => tf.tensor(a.data, a.shape));
-    const out = await sync.allReduce(grads);
-    parentPort!.postMessage(out.map((t) => ({ shape: t.shape, data: Array.from(t.dataSync()) })));
+    const grads = j.arrays.map((a) => Float32Array.from(a.data));
+    await sync.allReduce(grads);
+    parentPort!.postMessage(grads.map((g, i) => ({ shape: j.arrays[i]!.shape, data: Array.from(g) })));
   } else if (j.op === 'broadcast') {
     const state: Record<string, Float32Array> = {};
     j.arrays.forEach((a, i) => { state[`t${i}`] = Float32Array.from(a.data); });
@@ -34,7 +34,7 @@ async function main(): Promise<void> {
   } else {
     // Rank 0 fails before the collective; the others wait in it until the main thread aborts.
     if (j.rank === 0) throw new Error('rank 0 failed on purpose');
-    await sync.allReduce([tf.tensor(j.arrays[0]!.data)]);
+    await sync.allReduce([Float32Array.from(j.arrays[0]!.data)]);
     parentPort!.postMessage('passed the barrier');
   }
 }
