@@ -8,9 +8,9 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import {
-  adapterFlags, bindingLimitError, describeAdapter, findVulkanDrivers, findVulkanLoader, isSoftwareAdapter, parseAdapterList, type WebGpuAdapterInfo,
-} from '../src/webgpu.js';
+import { adapterFlags, describeAdapter, isSoftwareAdapter, parseAdapterList, type WebGpuAdapterInfo } from '../src/webgpu-dawn.js';
+import { bindingLimitError } from '../src/webgpu-fixes.js';
+import { findVulkanDrivers, findVulkanLoader } from '../src/webgpu-vulkan.js';
 
 // The message dawn.node (webgpu 0.6.2) rejects requestAdapter with when no adapter name matches the
 // `adapter=` flag, with two SwiftShader ICDs and one NVIDIA-like name added by hand.

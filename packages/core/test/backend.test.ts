@@ -6,7 +6,7 @@ import { promisify } from 'node:util';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { BACKEND_NAMES, getBackendName, initBackend } from '../src/backend.js';
-import { findVulkanLoader, VULKAN_HINT } from '../src/webgpu.js';
+import { findVulkanLoader, VULKAN_HINT } from '../src/webgpu-vulkan.js';
 
 const require = createRequire(import.meta.url);
 function installed(pkg: string): boolean {
