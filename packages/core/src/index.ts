@@ -5,6 +5,7 @@ export * from './pth.js';
 export * from './rng.js';
 export * from './backend.js';
 export * from './image.js';
+export * from './image-files.js';
 export * from './progress.js';
 export * from './log.js';
 export * from './data/index.js';

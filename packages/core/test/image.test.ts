@@ -10,13 +10,13 @@ import {
   encodePng,
   IMAGENET_MEAN,
   IMAGENET_STD,
-  listImageFiles,
   loadImage,
   normalizeRgb,
   planTransform,
   resizeBicubic,
   stackImages,
 } from '../src/image.js';
+import { listImageFiles } from '../src/image-files.js';
 
 let dir: string;
 const file = (name: string) => path.join(dir, name);

@@ -7,7 +7,7 @@
 import { readdirSync, readFileSync, statSync, type Dirent } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { extname, join, resolve } from 'node:path';
-import { IMAGE_EXTENSIONS } from '../image.js';
+import { IMAGE_EXTENSIONS } from '../image-files.js';
 import { log as defaultLog } from '../log.js';
 import {
   cacheIndexFile, IMAGE_FOLDER_INDEX_NAME, parseIndex, StaleIndex, writeIndex, writeIndexSync, type ClassListing, type ImageFolderIndexCheck,
