@@ -12,3 +12,5 @@ export * from './data/index.js';
 export * from './gradients.js';
 export * from './thread.js';
 export * from './json-diff.js';
+export * from './safetensors-stream.js';
+export * from './names.js';

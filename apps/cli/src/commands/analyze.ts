@@ -12,7 +12,7 @@
  */
 import { join } from 'node:path';
 import {
-  ensureDir, loadImage, log, Progress, writeFileAtomic, writeJsonAtomic,
+  ensureDir, loadImage, log, Progress, stem, uniqueNames, writeFileAtomic, writeJsonAtomic,
   type ImageTransform,
 } from '@vitreg/core';
 import {
@@ -23,7 +23,7 @@ import {
   reportNumbers, savePng, type Canvas, type ReportEntry, type ReportImage,
 } from '@vitreg/viz';
 import { choiceFlag, CliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
-import { BACKEND_FLAGS, configFlag, ENGINE_FLAGS, engineUsage, engineFlags, imageFiles, loadEncoder, readTensorBatch, startBackend, stem, uniqueNames } from '../inputs.js';
+import { BACKEND_FLAGS, configFlag, ENGINE_FLAGS, engineUsage, engineFlags, imageFiles, loadEncoder, readTensorBatch, startBackend } from '../inputs.js';
 import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrUsage } from './registers.js';
 
 const USAGE = `

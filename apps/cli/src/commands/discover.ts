@@ -8,8 +8,8 @@ import { existsSync, statSync } from 'node:fs';
 import { appendFile, open, readFile, truncate } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import {
-  BACKEND_NAMES, CocoDataset, decodeImage, ensureDir, IMAGENET_MEAN, IMAGENET_STD, listImageFiles, Progress,
-  SyntheticDataset, VocDataset, writeFileAtomic, writeJsonAtomic, encodePng,
+  BACKEND_NAMES, checkpointNames, CocoDataset, decodeImage, ensureDir, IMAGENET_MEAN, IMAGENET_STD, listImageFiles, Progress,
+  stem, SyntheticDataset, VocDataset, writeFileAtomic, writeJsonAtomic, encodePng,
   type Dataset,
 } from '@vitreg/core';
 import * as tf from '@tensorflow/tfjs-core';
@@ -20,7 +20,7 @@ import {
 } from '@vitreg/probe';
 import { choiceFlag, CliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
 import {
-  BACKEND_FLAGS, checkpointNames, configFlag, ENGINE_FLAGS, engineUsage, engineFlags, loadEncoder, readTensorBatch, startBackend, stem, SYNTHETIC_FLAGS,
+  BACKEND_FLAGS, configFlag, ENGINE_FLAGS, engineUsage, engineFlags, loadEncoder, readTensorBatch, startBackend, SYNTHETIC_FLAGS,
   syntheticDataset,
 } from '../inputs.js';
 import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrUsage } from './registers.js';

@@ -4,8 +4,7 @@
  * batch by batch, on the tfjs or the onnxruntime engine.
  */
 import { resolve } from 'node:path';
-import { open, rename, rm, type FileHandle } from 'node:fs/promises';
-import { loadImage, numel, Progress } from '@vitreg/core';
+import { FeatureWriter, loadImage, Progress } from '@vitreg/core';
 import type { Encoder, HostArray } from '@vitreg/registers';
 import { choiceFlag, CliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
 import {
@@ -49,72 +48,6 @@ ${ttrUsage(20)}
 `;
 
 type Batch = { data: Float32Array; shape: [number, number, number, number] };
-
-/**
- * Writes the outputs as one safetensors file while the run goes, so memory stays one batch: at the first
- * batch the header (every output as F32 [count, ...its per-image shape], laid out by name as
- * writeSafetensors does) goes to a temporary file, each batch's rows are written at their offsets, and
- * `finish` syncs and renames the file into place (a failed run leaves any earlier file intact).
- */
-class FeatureWriter {
-  private fh?: FileHandle;
-  private tmp: string;
-  private layout = new Map<string, { offset: number; shape: number[] }>();
-  private rows = 0;
-
-  constructor(private path: string, private count: number, private metadata: () => Record<string, string>) {
-    this.tmp = `${path}.tmp-${process.pid}`;
-  }
-
-  private async open(outputs: Map<string, HostArray>): Promise<void> {
-    const names = [...outputs.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
-    const fields = [`"__metadata__":${JSON.stringify(this.metadata())}`];
-    let offset = 0;
-    for (const name of names) {
-      const shape = [this.count, ...outputs.get(name)!.shape.slice(1)];
-      const end = offset + numel(shape) * 4;
-      fields.push(`${JSON.stringify(name)}:${JSON.stringify({ dtype: 'F32', shape, data_offsets: [offset, end] })}`);
-      this.layout.set(name, { offset, shape });
-      offset = end;
-    }
-    let json = Buffer.from(`{${fields.join(',')}}`, 'utf8');
-    const padded = Math.ceil(json.length / 8) * 8;
-    json = Buffer.concat([json, Buffer.alloc(padded - json.length, 0x20)]);
-    const prefix = Buffer.alloc(8);
-    prefix.writeBigUInt64LE(BigInt(json.length));
-    this.fh = await open(this.tmp, 'w');
-    await this.fh.write(Buffer.concat([prefix, json]), 0, 8 + json.length, 0);
-    const dataStart = 8 + json.length;
-    for (const l of this.layout.values()) l.offset += dataStart;
-    await this.fh.truncate(dataStart + offset);
-  }
-
-  /** One batch's outputs, by name, each [n, ...]. */
-  async add(outputs: Map<string, HostArray>, n: number): Promise<void> {
-    if (!this.fh) await this.open(outputs);
-    for (const [name, t] of outputs) {
-      const l = this.layout.get(name);
-      if (!l || l.shape.slice(1).join(',') !== t.shape.slice(1).join(',')) throw new CliError(`features: output ${name} changed shape between batches`);
-      const rowBytes = (numel(l.shape) / this.count) * 4;
-      const bytes = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
-      await this.fh!.write(bytes, 0, bytes.length, l.offset + this.rows * rowBytes);
-    }
-    this.rows += n;
-  }
-
-  async finish(): Promise<void> {
-    if (this.rows !== this.count) throw new CliError(`features: wrote ${this.rows} of ${this.count} images`);
-    await this.fh!.sync();
-    await this.fh!.close();
-    this.fh = undefined;
-    await rename(this.tmp, this.path);
-  }
-
-  async abort(): Promise<void> {
-    await this.fh?.close().catch(() => {});
-    await rm(this.tmp, { force: true });
-  }
-}
 
 /** One batch through the encoder: its outputs under the file's tensor names. */
 async function runBatch(encoder: Encoder, batch: Batch, opts: { attention: 'none' | 'last' | 'all'; layers: boolean }): Promise<Map<string, HostArray>> {

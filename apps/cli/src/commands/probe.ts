@@ -6,7 +6,7 @@
 import { existsSync, statSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { readFile, rm } from 'node:fs/promises';
-import { BACKEND_NAMES, DENSE_TASKS, ensureDir, ImageFolderDataset, Progress, writeJsonAtomic, writeSafetensors, type DenseTask } from '@vitreg/core';
+import { BACKEND_NAMES, checkpointNames, DENSE_TASKS, ensureDir, ImageFolderDataset, Progress, writeJsonAtomic, writeSafetensors, type DenseTask } from '@vitreg/core';
 import { runProbe, splitIndices, TOKEN_CHOICES, writeSweep, type DataPart, type ProbeModel, type ProbeReport } from '@vitreg/probe';
 import {
   ALL_PROBE_TASKS, openDenseSource, runDenseProbe, SWEEP_PLOT_METRICS, sweepColumns, type AnyProbeTask, type DenseProbeReport, type DensePart,
@@ -15,7 +15,7 @@ import { choiceFlag, CliError, intFlag, numberFlag, parseCommandArgs, type Comma
 import { TfjsEncoder, withTestTimeRegisters, type Encoder } from '@vitreg/registers';
 import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrNeurons, ttrUsage } from './registers.js';
 import {
-  BACKEND_FLAGS, checkpointNames, configFlag, ENGINE_FLAGS, engineFlags, engineUsage, loadEncoder, startBackend, SYNTHETIC_FLAGS, syntheticDataset,
+  BACKEND_FLAGS, configFlag, ENGINE_FLAGS, engineFlags, engineUsage, loadEncoder, startBackend, SYNTHETIC_FLAGS, syntheticDataset,
 } from '../inputs.js';
 
 const USAGE = `
