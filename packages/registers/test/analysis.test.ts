@@ -5,21 +5,11 @@ import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import { readSafetensors, toFloat32, type HostTensor } from '@vitreg/core';
-import {
-  analyzeTokens,
-  analysisToJson,
-  attentionToPatches,
-  DEFAULT_OUTLIER_RULE,
-  detectOutliers,
-  l2Norms,
-  neighbourSimilarity,
-  otsuThreshold,
-  testBimodality,
-  tokenDataFromOutput,
-  tokenNorms,
-  type AnalysisSource,
-  type TokenData,
-} from '../src/analysis.js';
+import { analyzeTokens, analysisToJson, tokenDataFromOutput, type AnalysisSource, type TokenData } from '../src/analysis.js';
+import { attentionToPatches } from '../src/attention-maps.js';
+import { l2Norms, tokenNorms } from '../src/norms.js';
+import { DEFAULT_OUTLIER_RULE, detectOutliers, otsuThreshold, testBimodality } from '../src/outliers.js';
+import { neighbourSimilarity } from '../src/redundancy.js';
 import { loadWeights } from '../src/weights.js';
 
 const FIX = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'dinov2-parity');
