@@ -32,6 +32,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { IGNORE_LABEL, Rng, type HostTensor, hostTensor } from '@vitreg/core';
+import { AdamW, clipByGlobalNorm, cosineAnnealingSchedule, plainParams, polySchedule } from '@vitreg/trainer';
 import {
   addSegmentation, bilinearMatrix, chainedBilinearMatrix, depthEvalMask, depthScores, resampleMap, segmentationScores,
   segmentationTotals, type DepthScores, type SegmentationScores, type SegmentationTotals,
@@ -97,72 +98,11 @@ export function denseBatch(f: DenseFeatures, idx: ArrayLike<number>, withCls: bo
 }
 
 // ---------------------------------------------------------------------------------------------
-// Optimisation: AdamW and the mmcv schedules
+// Training: @vitreg/trainer's AdamW, clipping and mmcv schedules
 
-/** PyTorch's AdamW on tf variables (decoupled decay p *= 1 - lr wd, then the bias-corrected Adam step). */
-export class AdamW {
-  private readonly m: tf.Variable[];
-  private readonly v: tf.Variable[];
-  private t = 0;
-
-  constructor(
-    readonly params: tf.Variable[],
-    readonly opts: { weightDecay: number; beta1?: number; beta2?: number; eps?: number },
-  ) {
-    this.m = params.map((p) => tf.variable(tf.zerosLike(p), false));
-    this.v = params.map((p) => tf.variable(tf.zerosLike(p), false));
-  }
-
-  step(grads: tf.Tensor[], lr: number): void {
-    const b1 = this.opts.beta1 ?? 0.9, b2 = this.opts.beta2 ?? 0.999, eps = this.opts.eps ?? 1e-8;
-    this.t++;
-    const bc1 = 1 - b1 ** this.t, bc2 = 1 - b2 ** this.t;
-    tf.tidy(() => {
-      this.params.forEach((p, i) => {
-        const g = grads[i];
-        const m = tf.add(tf.mul(this.m[i], b1), tf.mul(g, 1 - b1));
-        const v = tf.add(tf.mul(this.v[i], b2), tf.mul(tf.square(g), 1 - b2));
-        const decayed = tf.mul(p, 1 - lr * this.opts.weightDecay);
-        const denom = tf.add(tf.div(tf.sqrt(v), Math.sqrt(bc2)), eps);
-        p.assign(tf.sub(decayed, tf.mul(tf.div(m, denom), lr / bc1)));
-        this.m[i].assign(m);
-        this.v[i].assign(v);
-      });
-    });
-  }
-
-  dispose(): void {
-    tf.dispose([...this.m, ...this.v]);
-  }
-}
-
-/** Scale gradients so their global L2 norm is at most `maxNorm` (torch.nn.utils.clip_grad_norm_). */
-export function clipGradNorm(grads: tf.Tensor[], maxNorm: number): { grads: tf.Tensor[]; norm: number } {
-  const norm = Math.sqrt(grads.reduce((s, g) => s + (tf.tidy(() => tf.sum(tf.square(g))).dataSync()[0] as number), 0));
-  const coef = maxNorm / (norm + 1e-6);
-  if (coef >= 1) return { grads, norm };
-  return { grads: grads.map((g) => tf.mul(g, coef)), norm };
-}
-
-/** mmcv's linear warm-up factor applied to a scheduled lr at iteration `t` (0-based). */
-function warmup(lr: number, t: number, warmupSteps: number, ratio: number): number {
-  if (t >= warmupSteps) return lr;
-  const k = (1 - t / warmupSteps) * (1 - ratio);
-  return lr * (1 - k);
-}
-
-/** mmcv 'poly' (power, min_lr) with linear warm-up, at iteration t of `total`. */
-export function polyLr(t: number, total: number, base: number, o: { warmupSteps: number; warmupRatio?: number; power?: number; minLr?: number }): number {
-  const minLr = o.minLr ?? 0;
-  const lr = (base - minLr) * (1 - t / total) ** (o.power ?? 1) + minLr;
-  return warmup(lr, t, o.warmupSteps, o.warmupRatio ?? 1e-6);
-}
-
-/** mmcv 'CosineAnnealing' (min_lr_ratio) with linear warm-up, at iteration t of `total`. */
-export function cosineLr(t: number, total: number, base: number, o: { warmupSteps: number; warmupRatio?: number; minLrRatio?: number }): number {
-  const end = base * (o.minLrRatio ?? 1e-8);
-  const lr = end + ((base - end) / 2) * (Math.cos((Math.PI * t) / total) + 1);
-  return warmup(lr, t, o.warmupSteps, o.warmupRatio ?? 1e-3);
+/** Every tensor of a head trained alike, as PyTorch's AdamW over `model.parameters()`: one lr, decay on all. */
+function headOptimizer(params: Record<string, tf.Variable>): AdamW {
+  return new AdamW(plainParams(params));
 }
 
 /** Seeded image order: a fresh permutation every epoch, cut into batches of `b`. */
@@ -288,7 +228,9 @@ export function trainSegmentationHead(train: DenseFeatures, labels: Uint8Array, 
   const runningVar = new Float64Array(D).fill(1);
   const my = f32matrix(bilinearMatrix(H, gh), H, gh);
   const mx = f32matrix(bilinearMatrix(W, gw), W, gw);
-  const opt = new AdamW([gamma, beta, weight, bias], { weightDecay: opts.weightDecay ?? 1e-4 });
+  const opt = headOptimizer({ gamma, beta, weight, bias });
+  const wd = opts.weightDecay ?? 1e-4;
+  const lrAt = polySchedule({ base: lr, totalSteps: steps, warmupSteps });
   const order = batches(train.n, B, seed);
   try {
     for (let step = 0; step < steps; step++) {
@@ -310,7 +252,7 @@ export function trainSegmentationHead(train: DenseFeatures, labels: Uint8Array, 
         () => segmentationTrainLoss({ gamma, beta, weight, bias }, xb, labCols, train.grid, my, mx),
         [gamma, beta, weight, bias],
       );
-      opt.step([grads[gamma.name], grads[beta.name], grads[weight.name], grads[bias.name]], polyLr(step, steps, lr, { warmupSteps }));
+      opt.apply([grads[gamma.name], grads[beta.name], grads[weight.name], grads[bias.name]], { lr: lrAt(step), wd });
       const loss = value.dataSync()[0];
       tf.dispose([xb, value, ...Object.values(grads)]);
       if (!Number.isFinite(loss)) throw new Error(`segmentation head: the loss became ${loss} at step ${step + 1}`);
@@ -525,7 +467,9 @@ export function trainDepthHead(train: DenseFeatures, depths: Float32Array, label
   const u = head.upsample;
   const [my4, mx4] = [f32matrix(bilinearMatrix(u * gh, gh), u * gh, gh), f32matrix(bilinearMatrix(u * gw, gw), u * gw, gw)];
   const [myL, mxL] = [f32matrix(bilinearMatrix(H, u * gh), H, u * gh), f32matrix(bilinearMatrix(W, u * gw), W, u * gw)];
-  const opt = new AdamW([weight, bias], { weightDecay: opts.weightDecay ?? 0.01 });
+  const opt = headOptimizer({ weight, bias });
+  const wd = opts.weightDecay ?? 0.01;
+  const lrAt = cosineAnnealingSchedule({ base: lr, totalSteps: steps, warmupSteps });
   const withCls = train.cls !== undefined;
   const order = batches(train.n, B, seed);
   try {
@@ -541,8 +485,9 @@ export function trainDepthHead(train: DenseFeatures, depths: Float32Array, label
       const gt = tf.tensor3d(gtHost, [b, H, W]);
       const { value, grads } = tf.variableGrads(() => depthTrainLoss(head, weight, bias, xb, gt, train.grid, [my4, mx4, myL, mxL], step < sigWarm), [weight, bias]);
       const raw = [grads[weight.name], grads[bias.name]];
-      const clipped = clip > 0 ? clipGradNorm(raw, clip).grads : raw;
-      opt.step(clipped, cosineLr(step, steps, lr, { warmupSteps }));
+      // torch's clip_grad_norm_: the norm summed in float64 over the tensors, scaled unless max / (norm + 1e-6) >= 1.
+      const clipped = clip > 0 ? clipByGlobalNorm(raw, clip, { sumOn: 'host', when: 'coef-below-one' }).grads : raw;
+      opt.apply(clipped, { lr: lrAt(step), wd });
       const loss = value.dataSync()[0];
       tf.dispose([xb, gt, value, ...raw, ...clipped]);
       if (!Number.isFinite(loss)) throw new Error(`depth head: the loss became ${loss} at step ${step + 1}`);

@@ -10,11 +10,16 @@ import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs-core';
 import { ensureGradients, initBackend } from '@vitreg/core';
 import {
-  addSegmentation, bilinearMatrix, chainedBilinearMatrix, cosineLr, denseBatch, depthEvalMask, depthGrid, depthScores,
-  depthTrainLoss, labelsColumnsFirst, meanDepthScores, polyLr, predictDepth, predictSegmentation, resampleMap, resizeNearest,
-  segmentationGridLogits, segmentationScores, segmentationTotals, segmentationTrainLoss, trainSegmentationHead,
+  addSegmentation, bilinearMatrix, chainedBilinearMatrix, denseBatch, depthEvalMask, depthGrid, depthScores,
+  depthTrainLoss, labelsColumnsFirst, meanDepthScores, predictDepth, predictSegmentation, resampleMap, resizeNearest,
+  segmentationGridLogits, segmentationScores, segmentationTotals, segmentationTrainLoss, trainDepthHead, trainSegmentationHead,
   type DenseFeatures, type DepthHead, type SegmentationHead,
 } from '../src/index.js';
+import { cosineAnnealingSchedule, polySchedule } from '@vitreg/trainer';
+import { optimiserCase } from './dense-optimiser-case.js';
+
+const polyLr = (t: number, total: number, base: number, o: { warmupSteps: number }) => polySchedule({ base, totalSteps: total, ...o })(t);
+const cosineLr = (t: number, total: number, base: number, o: { warmupSteps: number }) => cosineAnnealingSchedule({ base, totalSteps: total, ...o })(t);
 
 await initBackend('wasm', { log: () => {} });
 await ensureGradients();
@@ -201,4 +206,26 @@ test("DINOv2's GradientLoss on [B, 1, H, W] is 0 for batches of 1 and 2 (why the
   assert.equal(g['1'], 0);
   assert.equal(g['2'], 0, 'the NYU linear config trains 2 images per GPU');
   assert.ok(g['3'] > 0 && g['4'] > 0, 'larger batches: differences between images, not pixels');
+});
+
+test("the heads train with @vitreg/trainer's AdamW, clipping and mmcv schedules to the values of the probe's own before (bit for bit)", async () => {
+  const before = JSON.parse(await readFile(join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'dense', 'optimiser-before.json'), 'utf8'));
+  const c = optimiserCase();
+  const seg = trainSegmentationHead(c.features, c.labels, c.labelSize, c.segOpts);
+  assert.deepEqual(c.segLosses, before.segmentation.losses);
+  assert.deepEqual(Array.from(seg.weight), before.segmentation.weight);
+  assert.deepEqual(Array.from(seg.bias), before.segmentation.bias);
+  assert.deepEqual(Array.from(seg.bn.weight), before.segmentation.bn_weight);
+  assert.deepEqual(Array.from(seg.bn.bias), before.segmentation.bn_bias);
+  // Depth with a clip that scales most steps (torch's test and a float64 norm), and without clipping.
+  const depth = trainDepthHead(c.depthFeatures, c.depths, c.labelSize, c.depthOpts);
+  assert.deepEqual(c.depthLosses, before.depth.losses);
+  assert.deepEqual(Array.from(depth.weight), before.depth.weight);
+  assert.deepEqual(Array.from(depth.bias), before.depth.bias);
+  c.depthLosses.length = 0;
+  const plain = trainDepthHead(c.depthFeatures, c.depths, c.labelSize, { ...c.depthOpts, clip: 0 });
+  assert.deepEqual(c.depthLosses, before.depth_no_clip.losses);
+  assert.deepEqual(Array.from(plain.weight), before.depth_no_clip.weight);
+  assert.deepEqual(Array.from(plain.bias), before.depth_no_clip.bias);
+  assert.notDeepEqual(before.depth.weight, before.depth_no_clip.weight, 'the clip changed the training');
 });

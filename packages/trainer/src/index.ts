@@ -3,6 +3,7 @@ export * from './checkpoint.js';
 export * from './config.js';
 export * from './data.js';
 export * from './heads.js';
+export * from './knn.js';
 export * from './losses.js';
 export * from './masking.js';
 export * from './optim.js';

@@ -1,7 +1,10 @@
 /**
- * AdamW with decoupled weight decay (PyTorch's formula) and LAMB (timm's `Lamb`, the pure-PyTorch
- * twin of apex's FusedLAMB that DeiT-III's `--opt fusedlamb` uses) over a list of ParamSpecs, each
- * with its own learning-rate and weight-decay multipliers, plus gradient clipping by global norm.
+ * The optimisers and gradient clipping of every training in vitreg (the trainer's loop and the dense
+ * probes' heads): AdamW with decoupled weight decay (PyTorch's formula) and LAMB (timm's `Lamb`, the
+ * pure-PyTorch twin of apex's FusedLAMB that DeiT-III's `--opt fusedlamb` uses) over a list of
+ * ParamSpecs, each with its own learning-rate and weight-decay multipliers; clipping by global norm
+ * (`clipByGlobalNorm`) and per module (`clipPerModule`, DINOv2's loop). The schedules are in
+ * schedules.ts.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { ParamSpec } from './param-groups.js';
@@ -92,18 +95,71 @@ export class AdamW {
   }
 }
 
+/** How `clipByGlobalNorm` sums and when it scales (the defaults are the trainer's; the dense probes set both). */
+export interface ClipOptions {
+  /**
+   * Where the tensors' squared norms are added: 'device' (default: one float32 sum in tfjs) or 'host'
+   * (each tensor's float32 sum of squares read back and added in float64, as the dense probes do).
+   */
+  sumOn?: 'device' | 'host';
+  /**
+   * When the gradients are scaled: 'norm-above-max' (default: norm > maxNorm) or 'coef-below-one'
+   * (unless maxNorm / (norm + 1e-6) >= 1: torch's own test, which also scales a norm within 1e-6 below
+   * maxNorm).
+   */
+  when?: 'norm-above-max' | 'coef-below-one';
+}
+
 /**
  * Global L2 norm of a list of gradients and, when it exceeds `maxNorm`, the gradients scaled by
  * maxNorm / (norm + 1e-6) (torch.nn.utils.clip_grad_norm_). `maxNorm` <= 0 disables clipping.
  * Returns new tensors (the inputs when not clipped) and the norm before clipping.
  */
-export function clipByGlobalNorm(grads: tf.Tensor[], maxNorm: number): { grads: tf.Tensor[]; norm: number } {
-  const normT = tf.tidy(() => tf.sqrt(tf.addN(grads.map((g) => tf.sum(tf.square(g))))));
-  const norm = normT.dataSync()[0]!;
-  normT.dispose();
-  if (!(maxNorm > 0) || !(norm > maxNorm)) return { grads, norm };
+export function clipByGlobalNorm(grads: tf.Tensor[], maxNorm: number, opts: ClipOptions = {}): { grads: tf.Tensor[]; norm: number } {
+  let norm: number;
+  if (opts.sumOn === 'host') {
+    norm = 0;
+    for (const g of grads) {
+      const sq = tf.tidy(() => tf.sum(tf.square(g)));
+      norm += sq.dataSync()[0]!;
+      sq.dispose();
+    }
+    norm = Math.sqrt(norm);
+  } else {
+    const normT = tf.tidy(() => tf.sqrt(tf.addN(grads.map((g) => tf.sum(tf.square(g))))));
+    norm = normT.dataSync()[0]!;
+    normT.dispose();
+  }
+  if (!(maxNorm > 0)) return { grads, norm };
   const coef = maxNorm / (norm + 1e-6);
+  const scale = opts.when === 'coef-below-one' ? !(coef >= 1) : norm > maxNorm;
+  if (!scale) return { grads, norm };
   return { grads: grads.map((g) => tf.mul(g, coef)), norm };
+}
+
+/**
+ * DINOv2's clipping (dinov2/train/train.py: `for v in model.student.values(): v.clip_grad_norm_(clip_grad)`):
+ * the gradients of each module, named by the part of `names[i]` before the first dot (`backbone`,
+ * `dino_head`, `ibot_head`), scaled by maxNorm / (norm + 1e-6) when their own L2 norm exceeds maxNorm.
+ * Returns the gradients (new tensors where clipped, the inputs elsewhere) and each module's norm before
+ * clipping; maxNorm <= 0 clips nothing.
+ */
+export function clipPerModule(names: readonly string[], grads: tf.Tensor[], maxNorm: number): { grads: tf.Tensor[]; norms: Record<string, number> } {
+  if (names.length !== grads.length) throw new Error(`clipPerModule: ${names.length} names for ${grads.length} gradients`);
+  const modules = new Map<string, number[]>();
+  names.forEach((name, i) => {
+    const dot = name.indexOf('.');
+    const m = dot < 0 ? name : name.slice(0, dot);
+    modules.set(m, [...(modules.get(m) ?? []), i]);
+  });
+  const out = [...grads];
+  const norms: Record<string, number> = {};
+  for (const [m, idx] of modules) {
+    const r = clipByGlobalNorm(idx.map((i) => grads[i]!), maxNorm);
+    idx.forEach((i, k) => { out[i] = r.grads[k]!; });
+    norms[m] = r.norm;
+  }
+  return { grads: out, norms };
 }
 
 export interface LambOptions {

@@ -2,10 +2,9 @@
  * Per-parameter optimisation settings: layer-wise learning-rate decay by block index and a
  * learning-rate multiplier for the patch embedding (DINOv2's `get_params_groups_with_decay` and
  * `get_vit_lr_decay_rate`), the weight-decay exemptions of the recipe's code base (see `isNoDecay`),
- * and a flag on the DINO head's last layer (frozen during the first steps).
+ * and a flag on the DINO head's last layer (frozen during the first steps). Clipping is in optim.ts.
  */
 import type * as tf from '@tensorflow/tfjs-core';
-import { clipByGlobalNorm } from './optim.js';
 
 /**
  * Whose weight-decay exemptions: 'dinov2' (dinov2/utils/param_groups.py: names ending in `.bias` or
@@ -87,26 +86,10 @@ export function paramGroups(
 }
 
 /**
- * DINOv2's clipping (dinov2/train/train.py: `for v in model.student.values(): v.clip_grad_norm_(clip_grad)`):
- * the gradients of each module, named by the part of `names[i]` before the first dot (`backbone`,
- * `dino_head`, `ibot_head`), scaled by maxNorm / (norm + 1e-6) when their own L2 norm exceeds maxNorm.
- * Returns the gradients (new tensors where clipped, the inputs elsewhere) and each module's norm before
- * clipping; maxNorm <= 0 clips nothing.
+ * ParamSpecs that train every tensor alike: multipliers 1, weight decay on every tensor (biases and
+ * norms too), no last layer. The dense probes' heads train this way (PyTorch's AdamW over
+ * `model.parameters()` with one weight decay).
  */
-export function clipPerModule(names: readonly string[], grads: tf.Tensor[], maxNorm: number): { grads: tf.Tensor[]; norms: Record<string, number> } {
-  if (names.length !== grads.length) throw new Error(`clipPerModule: ${names.length} names for ${grads.length} gradients`);
-  const modules = new Map<string, number[]>();
-  names.forEach((name, i) => {
-    const dot = name.indexOf('.');
-    const m = dot < 0 ? name : name.slice(0, dot);
-    modules.set(m, [...(modules.get(m) ?? []), i]);
-  });
-  const out = [...grads];
-  const norms: Record<string, number> = {};
-  for (const [m, idx] of modules) {
-    const r = clipByGlobalNorm(idx.map((i) => grads[i]!), maxNorm);
-    idx.forEach((i, k) => { out[i] = r.grads[k]!; });
-    norms[m] = r.norm;
-  }
-  return { grads: out, norms };
+export function plainParams(params: Record<string, tf.Variable>): ParamSpec[] {
+  return Object.entries(params).map(([name, variable]) => ({ name, variable, lrMult: 1, wdMult: 1, isLastLayer: false }));
 }

@@ -1,7 +1,12 @@
 /**
- * Per-step schedules, with the semantics of DINOv2's `CosineScheduler`: an optional frozen start
- * (value 0), a linear warm-up from `startWarmupValue` to `base` (numpy linspace, both ends included),
- * then a half-cosine from `base` down (or up) to `final`; after `totalSteps` the value stays `final`.
+ * Per-step schedules of every training in vitreg, each a pure function of the step (0-based):
+ * - `cosineSchedule`, DINOv2's `CosineScheduler` (the trainer's learning rate, weight decay, teacher
+ *   momentum and temperature): an optional frozen start (value 0), a linear warm-up from
+ *   `startWarmupValue` to `base` (numpy linspace, both ends included), then a half-cosine from `base`
+ *   down (or up) to `final`; after `totalSteps` the value stays `final`;
+ * - `polySchedule` and `cosineAnnealingSchedule`, mmcv's `poly` and `CosineAnnealing` learning-rate
+ *   policies with its linear warm-up, which multiplies the scheduled value by a factor rising from
+ *   `warmupRatio` (the dense probes' heads, as DINOv2's mmseg / depth configs train them).
  */
 export interface CosineScheduleOptions {
   base: number;
@@ -40,4 +45,46 @@ export function cosineSchedule(opts: CosineScheduleOptions): Schedule {
 /** A constant schedule. */
 export function constantSchedule(value: number): Schedule {
   return () => value;
+}
+
+/** mmcv's linear warm-up: the scheduled `lr` times a factor rising from `ratio` at iteration 0 to 1 at `warmupSteps`. */
+function mmcvWarmup(lr: number, t: number, warmupSteps: number, ratio: number): number {
+  if (t >= warmupSteps) return lr;
+  const k = (1 - t / warmupSteps) * (1 - ratio);
+  return lr * (1 - k);
+}
+
+export interface PolyScheduleOptions {
+  base: number;
+  totalSteps: number;
+  /** Linear warm-up iterations (default 0) from `warmupRatio` (default 1e-6) of the scheduled value. */
+  warmupSteps?: number;
+  warmupRatio?: number;
+  /** Default 1. */
+  power?: number;
+  /** Default 0. */
+  minLr?: number;
+}
+
+/** mmcv's `poly` policy: (base - minLr) (1 - t / totalSteps)^power + minLr, with mmcv's linear warm-up. */
+export function polySchedule(o: PolyScheduleOptions): Schedule {
+  const minLr = o.minLr ?? 0;
+  const power = o.power ?? 1;
+  return (t) => mmcvWarmup((o.base - minLr) * (1 - t / o.totalSteps) ** power + minLr, t, o.warmupSteps ?? 0, o.warmupRatio ?? 1e-6);
+}
+
+export interface CosineAnnealingOptions {
+  base: number;
+  totalSteps: number;
+  /** Linear warm-up iterations (default 0) from `warmupRatio` (default 1e-3) of the scheduled value. */
+  warmupSteps?: number;
+  warmupRatio?: number;
+  /** The final value as a fraction of `base` (default 1e-8). */
+  minLrRatio?: number;
+}
+
+/** mmcv's `CosineAnnealing` policy: a half cosine from base to base x minLrRatio over totalSteps, with mmcv's linear warm-up. */
+export function cosineAnnealingSchedule(o: CosineAnnealingOptions): Schedule {
+  const end = o.base * (o.minLrRatio ?? 1e-8);
+  return (t) => mmcvWarmup(end + ((o.base - end) / 2) * (Math.cos((Math.PI * t) / o.totalSteps) + 1), t, o.warmupSteps ?? 0, o.warmupRatio ?? 1e-3);
 }

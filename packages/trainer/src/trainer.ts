@@ -27,12 +27,12 @@ import { listCheckpoints, loadCheckpoint, pruneCheckpoints, saveCheckpoint, type
 import { assertDataSource, modelConfig, scaledLr, type TrainConfig } from './config.js';
 import { openData, type TrainData } from './data.js';
 import { ClassifierHead, DinoHead } from './heads.js';
-import { knnClassify } from '@vitreg/probe';
+import { knnClassify } from './knn.js';
 import { reduceSumOf, sinkhornKnopp } from './centering.js';
 import { binaryCrossEntropyLoss, Center, dinoGlobalLocalLoss, ibotMaskedLoss, koleoLoss, softTargetCrossEntropy, teacherSoftmaxCenter } from './losses.js';
 import { collateMasks, MaskingGenerator } from './masking.js';
-import { AdamW, clipByGlobalNorm, Lamb } from './optim.js';
-import { clipPerModule, paramGroups, type ParamSpec } from './param-groups.js';
+import { AdamW, clipByGlobalNorm, clipPerModule, Lamb } from './optim.js';
+import { paramGroups, type ParamSpec } from './param-groups.js';
 import { cosineSchedule, type Schedule } from './schedules.js';
 import { isMembershipChanged, LocalGradientSync, type GradientSync } from './sync.js';
 import { weightsChecksum } from './threads.js';

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs-core';
 import { AdamW, Lamb, clipByGlobalNorm, type LambOptions } from '../src/optim.js';
-import type { ParamSpec } from '../src/param-groups.js';
+import { plainParams, type ParamSpec } from '../src/param-groups.js';
 import { assertClose, useWasm } from './helpers.js';
 
 before(useWasm);
@@ -68,6 +68,48 @@ test('clipping by global norm: scaled by max / (norm + 1e-6) only above the thre
   const same = clipByGlobalNorm(g, 10);
   assert.equal(same.grads[0], g[0]);
   assertClose(same.norm, 5);
+});
+
+test("clipping options of the dense probes: the norm summed in float64 on the host, torch's test max / (norm + 1e-6) < 1", () => {
+  // A norm 5e-7 below the maximum: the trainer's test (norm > max) leaves it, torch's coefficient test scales it.
+  const g = [tf.tensor1d([3, 0]), tf.tensor1d([0, 4])];
+  const max = 5 + 5e-7;
+  assert.equal(clipByGlobalNorm(g, max).grads[0], g[0]);
+  const torch = clipByGlobalNorm(g, max, { sumOn: 'host', when: 'coef-below-one' });
+  assert.equal(torch.norm, 5);
+  assert.notEqual(torch.grads[0], g[0]);
+  assert.equal(torch.grads[0]!.dataSync()[0], Math.fround(3 * Math.fround(max / (5 + 1e-6))));
+  const above = clipByGlobalNorm(g, 1, { sumOn: 'host', when: 'coef-below-one' });
+  assertClose(above.grads[1]!.dataSync()[1]!, 4 / (5 + 1e-6));
+  // The host sum is float64 over each tensor's float32 sum of squares.
+  const h = [tf.tensor1d([0.1, 0.2]), tf.tensor1d([0.3])];
+  const sq = [Math.fround(Math.fround(Math.fround(0.1) ** 2) + Math.fround(Math.fround(0.2) ** 2)), Math.fround(Math.fround(0.3) ** 2)];
+  assert.equal(clipByGlobalNorm(h, 0, { sumOn: 'host' }).norm, Math.sqrt(sq[0]! + sq[1]!));
+});
+
+test('AdamW over plainParams is the dense probes\' PyTorch AdamW: decay on every tensor, one lr', () => {
+  const w0 = [[0.5, -1.5], [2, 0.25]];
+  const vars = { weight: tf.variable(tf.tensor1d(w0[0]!)), bias: tf.variable(tf.tensor1d(w0[1]!)) };
+  const specs = plainParams(vars);
+  assert.deepEqual(specs.map((p) => [p.name, p.lrMult, p.wdMult, p.isLastLayer]), [['weight', 1, 1, false], ['bias', 1, 1, false]]);
+  const opt = new AdamW(specs);
+  const grads = [[[0.1, -0.2], [0.3, 0]], [[-0.05, 0.4], [0.2, -0.1]]];
+  const w = w0.map((r) => [...r]);
+  const m = w0.map((r) => r.map(() => 0));
+  const v = w0.map((r) => r.map(() => 0));
+  grads.forEach((g, t) => {
+    const lr = 0.01 * (t + 1);
+    opt.apply(g.map((x) => tf.tensor1d(x)), { lr, wd: 0.05 });
+    for (let p = 0; p < 2; p++) {
+      for (let i = 0; i < 2; i++) {
+        m[p]![i] = 0.9 * m[p]![i]! + 0.1 * g[p]![i]!;
+        v[p]![i] = 0.999 * v[p]![i]! + 0.001 * g[p]![i]! ** 2;
+        const denom = Math.sqrt(v[p]![i]!) / Math.sqrt(1 - 0.999 ** (t + 1)) + 1e-8;
+        w[p]![i] = w[p]![i]! * (1 - lr * 0.05) - (lr / (1 - 0.9 ** (t + 1))) * (m[p]![i]! / denom);
+      }
+    }
+    [vars.weight, vars.bias].forEach((x, p) => x.dataSync().forEach((got, i) => assertClose(got, w[p]![i]!, 1e-6, `step ${t + 1} ${p}[${i}]`)));
+  });
 });
 
 /** timm's Lamb run by fixtures/make_deit_reference.py (torch 1.13, float32). */

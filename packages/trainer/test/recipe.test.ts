@@ -13,7 +13,8 @@ import { VisionTransformer, dropPathFactors, getConfig } from '@vitreg/registers
 import { sinkhornKnopp, type ReduceSum } from '../src/centering.js';
 import { presetConfig, scaledLr, validateTrainConfig } from '../src/config.js';
 import { DinoHead } from '../src/heads.js';
-import { clipPerModule, isNoDecay, paramGroups } from '../src/param-groups.js';
+import { clipPerModule } from '../src/optim.js';
+import { isNoDecay, paramGroups } from '../src/param-groups.js';
 import { cosineSchedule } from '../src/schedules.js';
 import { assertClose, useWasm } from './helpers.js';
 

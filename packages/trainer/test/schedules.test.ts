@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { cosineSchedule } from '../src/schedules.js';
+import { cosineAnnealingSchedule, cosineSchedule, polySchedule } from '../src/schedules.js';
 import { assertClose } from './helpers.js';
 
 test('cosine schedule: linear warm-up (both ends included) then half cosine to the final value', () => {
@@ -31,4 +31,15 @@ test('cosine schedule: frozen start is 0 and bad lengths are rejected', () => {
   const s = cosineSchedule({ base: 2, final: 2, totalSteps: 5, freezeSteps: 2 });
   assert.deepEqual([0, 1, 2, 3, 4].map(s), [0, 0, 2, 2, 2]);
   assert.throws(() => cosineSchedule({ base: 1, final: 0, totalSteps: 3, warmupSteps: 4 }), /exceed totalSteps/);
+});
+
+test("mmcv's poly and cosine-annealing policies: the warm-up multiplies the scheduled value by a factor rising from warmupRatio", () => {
+  const poly = polySchedule({ base: 1e-3, totalSteps: 100, warmupSteps: 10, power: 2, minLr: 1e-5 });
+  assert.equal(poly(50), (1e-3 - 1e-5) * 0.5 ** 2 + 1e-5);
+  assertClose(poly(0), ((1e-3 - 1e-5) + 1e-5) * 1e-6, 1e-18);
+  assertClose(poly(4), ((1e-3 - 1e-5) * 0.96 ** 2 + 1e-5) * (1 - 0.6 * (1 - 1e-6)), 1e-18);
+  const cos = cosineAnnealingSchedule({ base: 2, totalSteps: 10, warmupSteps: 2, warmupRatio: 0.5, minLrRatio: 0.1 });
+  assert.equal(cos(10), 0.2);
+  assertClose(cos(1), (0.2 + 0.9 * (Math.cos(Math.PI / 10) + 1)) * 0.75);
+  assert.equal(cos(5), 0.2 + 0.9 * (Math.cos(Math.PI / 2) + 1));
 });
