@@ -3,9 +3,8 @@
  * `GrpcRingSync`, whose collectives the agent (the process's main thread) runs across the cluster.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '@vitreg/core';
-import { flattenTensors, MembershipChanged, train, unflattenLike, type GradientSync } from '@vitreg/trainer';
+import { flattenBuffers, MembershipChanged, train, unflattenInto, type GradientSync } from '@vitreg/trainer';
 import type { AgentToThread, ThreadData, ThreadToAgent } from './messages.js';
 
 const d = workerData as ThreadData;
@@ -49,10 +48,14 @@ export class GrpcRingSync implements GradientSync {
     });
   }
 
-  async allReduce(tensors: tf.Tensor[]): Promise<tf.Tensor[]> {
-    const flat = flattenTensors(tensors);
-    const r = await this.request({ kind: 'allReduce', data: flat }, this.nextStep, [flat.buffer as ArrayBuffer]);
-    return unflattenLike(r.data!, tensors);
+  /**
+   * The mean of each buffer over every rank, written into the buffer: the buffers are copied into one
+   * array handed to the agent (transferred, not cloned), and the agent's result is copied back.
+   */
+  async allReduce(buffers: Float32Array[]): Promise<void> {
+    const flat = flattenBuffers(buffers);
+    const r = await this.request({ kind: 'allReduce', data: flat }, this.nextStep, [flat.buffer]);
+    unflattenInto(r.data!, buffers);
   }
 
   async broadcast(state: Record<string, Float32Array>, meta?: unknown): Promise<{ state: Record<string, Float32Array>; meta: unknown }> {
