@@ -14,3 +14,4 @@ export * from './thread.js';
 export * from './json-diff.js';
 export * from './safetensors-stream.js';
 export * from './names.js';
+export * from './errors.js';

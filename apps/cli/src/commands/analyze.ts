@@ -24,7 +24,7 @@ import {
 } from '@vitreg/viz';
 import { choiceFlag, CliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
 import { BACKEND_FLAGS, configFlag, ENGINE_FLAGS, engineUsage, engineFlags, imageFiles, loadEncoder, readTensorBatch, startBackend } from '../inputs.js';
-import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrUsage } from './registers.js';
+import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrUsage } from '../ttr.js';
 
 const USAGE = `
 Usage: vitreg analyze (IMAGE... | --tensor FILE.safetensors[:NAME]) --weights FILE [--weights-b FILE]

@@ -23,7 +23,7 @@ import {
   BACKEND_FLAGS, configFlag, ENGINE_FLAGS, engineUsage, engineFlags, loadEncoder, readTensorBatch, startBackend, SYNTHETIC_FLAGS,
   syntheticDataset,
 } from '../inputs.js';
-import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrUsage } from './registers.js';
+import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrUsage } from '../ttr.js';
 
 /**
  * LOST on a batch of inputs of equal padded size, as @vitreg/probe's discoverBatch does, on any engine:

@@ -11,7 +11,7 @@ import {
   BACKEND_FLAGS, configFlag, ENGINE_FLAGS, engineUsage, engineFlags, IMAGE_FLAGS, imageFiles, imageTransform, loadEncoder, MODEL_FLAGS, readTensorBatch,
   resolveEngine, startBackend,
 } from '../inputs.js';
-import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrUsage } from './registers.js';
+import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrUsage } from '../ttr.js';
 
 const usage = `
 Usage: vitreg features --weights FILE [--model NAME] [--config JSON|FILE.json]

@@ -13,7 +13,7 @@ import {
 } from '@vitreg/probe';
 import { choiceFlag, CliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
 import { TfjsEncoder, withTestTimeRegisters, type Encoder } from '@vitreg/registers';
-import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrNeurons, ttrUsage } from './registers.js';
+import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrNeurons, ttrUsage } from '../ttr.js';
 import {
   BACKEND_FLAGS, configFlag, ENGINE_FLAGS, engineFlags, engineUsage, loadEncoder, startBackend, SYNTHETIC_FLAGS, syntheticDataset,
 } from '../inputs.js';

@@ -1,139 +1,15 @@
 /**
  * `vitreg registers find`: rank the MLP "register neurons" of a model trained without registers
  * (Jiang et al. 2025, "Vision Transformers Don't Need Trained Registers"; reference
- * nickjiang2378/test-time-registers) and save them as a small JSON; and the shared
- * `--test-time-registers neurons.json [--ttr-top-k K]` flags that features, analyze, probe and discover
- * use to run the model with one test-time register.
+ * nickjiang2378/test-time-registers) and save them as a small JSON. The `--test-time-registers` flags
+ * that use the file are in ../ttr.ts.
  */
 import { resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { loadImage, log } from '@vitreg/core';
-import {
-  findRegisterNeurons, loadTestTimeRegisters, OnnxEncoder, saveTestTimeRegisters, TfjsEncoder, testTimeRegisterNeurons, testTimeRegistersFile,
-  TTR_PRESETS, withTestTimeRegisters, type Encoder, type EncodeOptions, type EncoderOutput, type ImageBatch, type RegisterNeuron,
-  type ViTConfig, type VisionTransformer,
-} from '@vitreg/registers';
+import { findRegisterNeurons, saveTestTimeRegisters, testTimeRegistersFile, TTR_PRESETS } from '@vitreg/registers';
 import { CliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
-import {
-  BACKEND_FLAGS, configFlag, IMAGE_FLAGS, imageFiles, imageTransform, loadEncoder, loadModel, MODEL_FLAGS, readTensorBatch, startBackend, type EngineSettings,
-} from '../inputs.js';
-
-/** parseArgs options of the test-time register flags. */
-export const TTR_FLAGS = {
-  'test-time-registers': { type: 'string' },
-  'ttr-top-k': { type: 'string' },
-} as const;
-
-/** Help text of the test-time register flags, descriptions starting at column `col`. */
-export function ttrUsage(col = 20): string {
-  const rows: [string, string[]][] = [
-    ['--test-time-registers F', ['neurons.json from vitreg registers find: run with one test-time register', '(Jiang et al. 2025), on tfjs or ONNX Runtime (not on an exported .onnx file);', 'refuses a file made for another model']],
-    ['--ttr-top-k K', ["use the K best neurons of the file's ranking instead of its selection"]],
-  ];
-  return rows.flatMap(([flag, lines]) => lines.map((l, i) => (i === 0 ? `  ${flag}`.padEnd(col) : ' '.repeat(col)) + l)).join('\n');
-}
-
-/** The parsed flags, or null without --test-time-registers. */
-export interface TtrSettings {
-  path: string;
-  topK?: number;
-}
-
-export function ttrFlags(values: { 'test-time-registers'?: string; 'ttr-top-k'?: string }): TtrSettings | null {
-  if (values['test-time-registers'] === undefined) {
-    if (values['ttr-top-k'] !== undefined) throw new CliError('--ttr-top-k applies with --test-time-registers neurons.json');
-    return null;
-  }
-  return { path: values['test-time-registers'], topK: values['ttr-top-k'] === undefined ? undefined : intFlag('ttr-top-k', values['ttr-top-k'], 1) };
-}
-
-/**
- * The engine settings with test-time registers. .onnx weights are refused in one line (an exported
- * graph has no model fingerprint to check the file against). A command whose encoders take the engine
- * (`onnx: true`: ttrEncoder on an Encoder, or with `engine`) keeps the settings, so auto picks ONNX
- * Runtime when it loads; any other command runs tfjs (auto picks it; onnxruntime is refused).
- */
-export function ttrEngine(engine: EngineSettings, ttr: TtrSettings | null, weights: (string | undefined)[], opts: { onnx?: boolean } = {}): EngineSettings {
-  if (!ttr) return engine;
-  const onnx = weights.find((w) => w?.toLowerCase().endsWith('.onnx'));
-  if (onnx) throw new CliError(`--test-time-registers needs the .safetensors or .pth weights, not ${onnx} (an exported graph cannot be checked against the neurons file)`);
-  if (opts.onnx) return engine;
-  if (engine.engine === 'onnxruntime' || engine.device !== 'cpu' || engine.threads !== undefined) {
-    throw new CliError('--test-time-registers runs on the tfjs engine only in this command: drop --engine onnxruntime / --device / --threads');
-  }
-  return { ...engine, engine: 'tfjs' };
-}
-
-/** An Encoder on tfjs whose forward adds the test-time register; `description` says so. */
-class TtrEncoder implements Encoder {
-  readonly engine = 'tfjs' as const;
-  readonly description: string;
-  private inner: TfjsEncoder;
-  constructor(model: VisionTransformer, neurons: RegisterNeuron[], file: string, owns: boolean) {
-    this.inner = new TfjsEncoder(withTestTimeRegisters(model, neurons), owns);
-    this.description = `${this.inner.description}, test-time register (${neurons.length} neurons from ${file})`;
-  }
-  get config() {
-    return this.inner.config;
-  }
-  encode(images: ImageBatch, opts?: EncodeOptions): Promise<EncoderOutput> {
-    return this.inner.encode(images, opts);
-  }
-  dispose(): Promise<void> {
-    return this.inner.dispose();
-  }
-}
-
-/** The neurons of --test-time-registers for `model` (fingerprint checked); errors are one line. */
-export async function ttrNeurons(ttr: TtrSettings, model: VisionTransformer | OnnxEncoder): Promise<RegisterNeuron[]> {
-  try {
-    const file = await loadTestTimeRegisters(ttr.path);
-    return await testTimeRegisterNeurons(file, model, ttr.path, ttr.topK);
-  } catch (err) {
-    throw new CliError(`--test-time-registers: ${(err as Error).message}`);
-  }
-}
-
-/**
- * An encoder with the test-time register: on `base` (a tfjs or ONNX Runtime encoder of the same weights,
- * shared and not disposed by this one), or on the model loaded from `weights` (on `engine`'s engine;
- * tfjs without it).
- */
-export async function ttrEncoder(
-  ttr: TtrSettings,
-  from: Encoder | { weights: string | undefined; model?: string; config?: Partial<ViTConfig>; flag?: string; engine?: EngineSettings },
-): Promise<Encoder> {
-  let model: VisionTransformer;
-  let owns = true;
-  if ('encode' in from) {
-    if (from instanceof OnnxEncoder) return onnxTtrEncoder(ttr, from);
-    if (!(from instanceof TfjsEncoder)) throw new CliError(`--test-time-registers: not available on ${from.description}`);
-    model = from.model;
-    owns = false;
-  } else if (from.engine) {
-    const enc = await loadEncoder(from.weights, { model: from.model, config: from.config }, from.engine, from.flag);
-    if (enc instanceof OnnxEncoder) {
-      try {
-        return await onnxTtrEncoder(ttr, enc);
-      } finally {
-        await enc.dispose(); // the new encoder shares its weights, not its sessions
-      }
-    }
-    model = (enc as TfjsEncoder).model;
-  } else model = await loadModel(from.weights, { model: from.model, config: from.config }, from.flag);
-  const neurons = await ttrNeurons(ttr, model);
-  return new TtrEncoder(model, neurons, ttr.path, owns);
-}
-
-/** An ONNX Runtime encoder of `base`'s weights whose graphs add the test-time register (fingerprint checked). */
-async function onnxTtrEncoder(ttr: TtrSettings, base: OnnxEncoder): Promise<Encoder> {
-  const neurons = await ttrNeurons(ttr, base);
-  try {
-    return await base.withTestTimeRegisters(neurons);
-  } catch (err) {
-    throw new CliError(`--test-time-registers: ${(err as Error).message}`);
-  }
-}
+import { BACKEND_FLAGS, configFlag, IMAGE_FLAGS, imageFiles, imageTransform, loadModel, MODEL_FLAGS, readTensorBatch, startBackend } from '../inputs.js';
 
 const FIND_USAGE = `
 Usage: vitreg registers find --weights FILE [--model NAME] [--config JSON|FILE.json]
