@@ -17,7 +17,8 @@ import { capturePump, chunkAddN, guardLimits, syncReads, watchErrors } from './w
 import { findVulkanDrivers, findVulkanLoader, VULKAN_HINT } from './webgpu-vulkan.js';
 
 export {
-  adapterFlags, describeAdapter, isSoftwareAdapter, parseAdapterList, WEBGPU_INSTALL, type AdapterEntry, type WebGpuAdapterInfo, type WebGpuLimits,
+  adapterFlags, describeAdapter, isSoftwareAdapter, parseAdapterList, WEBGPU_INSTALL,
+  type AdapterEntry, type WebGpuAdapterInfo, type WebGpuLimits,
 } from './webgpu-dawn.js';
 export { bindingLimitError } from './webgpu-fixes.js';
 export { findVulkanDrivers, findVulkanLoader, VULKAN_HINT } from './webgpu-vulkan.js';

@@ -10,8 +10,8 @@ import { extname, join, resolve } from 'node:path';
 import { IMAGE_EXTENSIONS } from '../image-files.js';
 import { log as defaultLog } from '../log.js';
 import {
-  cacheIndexFile, IMAGE_FOLDER_INDEX_NAME, parseIndex, StaleIndex, writeIndex, writeIndexSync, type ClassListing, type ImageFolderIndexCheck,
-  type ResolvedOptions,
+  cacheIndexFile, IMAGE_FOLDER_INDEX_NAME, parseIndex, StaleIndex, writeIndex, writeIndexSync,
+  type ClassListing, type ImageFolderIndexCheck, type ResolvedOptions,
 } from './image-folder-index.js';
 
 export interface ImageFolderOptions {
