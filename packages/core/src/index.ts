@@ -15,3 +15,4 @@ export * from './json-diff.js';
 export * from './safetensors-stream.js';
 export * from './names.js';
 export * from './errors.js';
+export * from './resumable.js';

@@ -1,12 +1,15 @@
 /**
  * LOST on a model: forward a batch, take the last block's keys (or values) of the patch tokens, run
- * LOST per image, and score the boxes against ground truth when there is some.
+ * LOST per image, and score the boxes against ground truth when there is some. `discoverBatch` drives a
+ * tfjs VisionTransformer, `discoverEncoded` an Encoder of any engine (discover-run.ts runs it over a
+ * dataset, resumably).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { Box } from '@vitreg/core';
-import type { VisionTransformer } from '@vitreg/registers';
+import { disposeOutput, outputTensors, type Encoder, type VisionTransformer } from '@vitreg/registers';
 import { bestIou } from './corloc.js';
 import { batchTensor, lostFeatures, type ModelInput } from './extract.js';
+import { imageBatch } from './run.js';
 import { affinity, lostFromAffinity, LOST_K_PATCHES, type LostResult } from './lost.js';
 
 export type LostFeatureKind = 'keys' | 'values';
@@ -38,6 +41,31 @@ export function discoverBatch(model: VisionTransformer, inputs: ModelInput[], op
     });
   } finally {
     feats.f.dispose();
+  }
+}
+
+/**
+ * discoverBatch on an Encoder of any engine: the encoder returns the last block's keys (or values), LOST
+ * runs per image on tfjs. The inputs must have one padded size.
+ */
+export async function discoverEncoded(model: Encoder, inputs: ModelInput[], opts: DiscoverOptions = {}): Promise<LostResult[]> {
+  const which = opts.features ?? 'keys';
+  const encoded = await model.encode(imageBatch(inputs), which === 'keys' ? { keys: true } : { values: true });
+  const out = outputTensors(encoded);
+  const feats = lostFeatures(out, which);
+  disposeOutput(out);
+  try {
+    return inputs.map((inp, i) => {
+      const a = tf.tidy(() => tf.squeeze(tf.slice(feats, [i, 0, 0], [1, -1, -1]), [0]) as tf.Tensor2D);
+      const sim = affinity(a);
+      a.dispose();
+      return lostFromAffinity(sim, encoded.grid, model.config.patch_size, {
+        kPatches: opts.kPatches ?? LOST_K_PATCHES,
+        imageSize: { width: inp.width, height: inp.height },
+      });
+    });
+  } finally {
+    feats.dispose();
   }
 }
 

@@ -11,3 +11,4 @@ export * from './sweep.js';
 export * from './dense-metrics.js';
 export * from './dense.js';
 export * from './dense-run.js';
+export * from './discover-run.js';

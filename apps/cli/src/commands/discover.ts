@@ -1,76 +1,24 @@
 /**
  * `vitreg discover`: LOST object discovery over a dataset, image files or a tensor, with CorLoc when
- * ground-truth boxes are known. Results are appended to OUT/results.jsonl one image at a time, so a
- * rerun skips the images already there. Several --weights run a sweep (one sub-folder per checkpoint
- * plus OUT/sweep.{csv,json,png}).
+ * ground-truth boxes are known: @vitreg/probe's runDiscovery per checkpoint (results appended to
+ * OUT/results.jsonl one batch at a time, so a rerun skips the images already there). Several --weights
+ * run a sweep (one sub-folder per checkpoint plus OUT/sweep.{csv,json,png}).
  */
 import { existsSync, statSync } from 'node:fs';
-import { appendFile, open, readFile, truncate } from 'node:fs/promises';
-import { basename, dirname, join, resolve } from 'node:path';
+import { dirname, join } from 'node:path';
+import { BACKEND_NAMES, checkpointNames, CocoDataset, InputError, listImageFiles, SettingsMismatchError, VocDataset, type Dataset } from '@vitreg/core';
 import {
-  BACKEND_NAMES, checkpointNames, CocoDataset, decodeImage, ensureDir, IMAGENET_MEAN, IMAGENET_STD, listImageFiles, Progress,
-  stem, SyntheticDataset, VocDataset, writeFileAtomic, writeJsonAtomic, encodePng,
-  type Dataset,
-} from '@vitreg/core';
-import * as tf from '@tensorflow/tfjs-core';
-import { disposeOutput, outputTensors, type Encoder } from '@vitreg/registers';
-import {
-  affinity, corloc, discoveryRecord, drawDiscovery, lostFeatures, lostFromAffinity, prepareInput, writeSweep,
-  type DiscoveryRecord, type InputGeometry, type LostResult, type ModelInput,
+  datasetSource, fileSource, runDiscovery, tensorSource, writeSweep, type DiscoverSource, type DiscoveryRunOptions, type InputGeometry,
 } from '@vitreg/probe';
 import { choiceFlag, CliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
 import {
-  BACKEND_FLAGS, configFlag, ENGINE_FLAGS, engineUsage, engineFlags, loadEncoder, readTensorBatch, startBackend, SYNTHETIC_FLAGS,
-  syntheticDataset,
+  BACKEND_FLAGS, configFlag, ENGINE_FLAGS, engineUsage, engineFlags, loadEncoder, readTensorBatch, startBackend, SYNTHETIC_FLAGS, syntheticDataset,
 } from '../inputs.js';
+import type { Encoder } from '@vitreg/registers';
 import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrUsage } from '../ttr.js';
-
-/**
- * LOST on a batch of inputs of equal padded size, as @vitreg/probe's discoverBatch does, on any engine:
- * the encoder returns the last block's keys (or values), LOST runs per image on tfjs.
- */
-async function discoverEncoded(model: Encoder, inputs: ModelInput[], opts: { features: 'keys' | 'values'; kPatches: number }): Promise<LostResult[]> {
-  const { paddedHeight: h, paddedWidth: w } = inputs[0]!;
-  const data = new Float32Array(inputs.length * h * w * 3);
-  inputs.forEach((inp, i) => data.set(inp.data, i * h * w * 3));
-  const encoded = await model.encode({ data, shape: [inputs.length, h, w, 3] }, opts.features === 'keys' ? { keys: true } : { values: true });
-  const out = outputTensors(encoded);
-  const feats = lostFeatures(out, opts.features);
-  disposeOutput(out);
-  try {
-    return inputs.map((inp, i) => {
-      const a = tf.tidy(() => tf.squeeze(tf.slice(feats, [i, 0, 0], [1, -1, -1]), [0]) as tf.Tensor2D);
-      const sim = affinity(a);
-      a.dispose();
-      return lostFromAffinity(sim, encoded.grid, model.config.patch_size, { kPatches: opts.kPatches, imageSize: { width: inp.width, height: inp.height } });
-    });
-  } finally {
-    feats.dispose();
-  }
-}
-
 
 // ---------------------------------------------------------------------------------------------
 // Inputs of discover
-
-/** Where the images of a discover run come from: a name per image and a way to get it ready. */
-interface Source {
-  names: string[];
-  /** The model input of image i (boxes empty when there is no ground truth). */
-  load(i: number, patchSize: number): Promise<ModelInput>;
-}
-
-/** Stable item ids known without loading the items (the ids the datasets give their items). */
-function datasetNames(ds: Dataset): string[] {
-  if (ds instanceof VocDataset) return [...ds.ids];
-  if (ds instanceof CocoDataset) return ds.images.map((im) => String(im.id));
-  if (ds instanceof SyntheticDataset) return Array.from({ length: ds.length }, (_, i) => `synthetic-${ds.split}-${i}`);
-  return Array.from({ length: ds.length }, (_, i) => String(i));
-}
-
-function datasetSource(ds: Dataset, geometry: InputGeometry): Source {
-  return { names: datasetNames(ds), load: async (i, p) => prepareInput(await ds.get(i), geometry, p) };
-}
 
 async function openDataset(data: string, values: { split?: string; images?: string; count?: string; 'synthetic-size'?: string; seed?: string }): Promise<Dataset> {
   if (data === 'synthetic') return syntheticDataset(values, 'train', 100);
@@ -89,157 +37,36 @@ async function openDataset(data: string, values: { split?: string; images?: stri
   throw new CliError(`--data: expected a VOC folder, a COCO .json file or 'synthetic', got ${data}`);
 }
 
-async function fileSource(inputs: string[], geometry: InputGeometry): Promise<Source> {
+async function imageSource(inputs: string[], geometry: InputGeometry): Promise<DiscoverSource> {
   let files: string[];
   try {
     files = await listImageFiles(inputs);
   } catch (err) {
     throw new CliError((err as Error).message);
   }
-  return {
-    names: files,
-    load: async (i, p) => {
-      const img = await decodeImage(files[i]);
-      return prepareInput({ image: img.data, width: img.width, height: img.height, boxes: [] }, geometry, p);
-    },
-  };
+  return fileSource(files, geometry);
 }
 
-/** Images from an NHWC float32 tensor of already-normalised pixels (`FILE[:NAME]`). */
-async function tensorSource(spec: string, geometry: InputGeometry): Promise<Source> {
+/** --tensor FILE[:NAME]: images of already-normalised pixels, fed as is. */
+async function tensorInput(spec: string, geometry: InputGeometry): Promise<DiscoverSource> {
   const { file, name, data, shape } = await readTensorBatch(spec);
-  const [b, h, w] = shape;
   if (geometry.kind !== 'native' || geometry.maxSide !== undefined) {
     throw new CliError('--tensor: the tensor is fed as is; --size and --max-side do not apply');
   }
-  return {
-    names: Array.from({ length: b }, (_, i) => `${file}:${name}[${i}]`),
-    load: async (i, p) => {
-      const img = data.subarray(i * h * w * 3, (i + 1) * h * w * 3);
-      // Back to 8-bit RGB for pictures; the model reads the tensor itself.
-      const rgb = Uint8Array.from(img, (v, k) => Math.round((v * IMAGENET_STD[k % 3] + IMAGENET_MEAN[k % 3]) * 255));
-      const ph = Math.ceil(h / p) * p, pw = Math.ceil(w / p) * p;
-      const padded = new Float32Array(ph * pw * 3);
-      for (let y = 0; y < h; y++) padded.set(img.subarray(y * w * 3, (y + 1) * w * 3), y * pw * 3);
-      return { data: padded, paddedHeight: ph, paddedWidth: pw, width: w, height: h, rgb, boxes: [], scale: [1, 1] };
-    },
-  };
+  return tensorSource({ data, shape }, `${file}:${name}`);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Resumable results
-
-/** Records already in results.jsonl; a torn last line (interrupted write) is cut off. */
-async function readResults(path: string): Promise<DiscoveryRecord[]> {
-  if (!existsSync(path)) return [];
-  const text = await readFile(path, 'utf8');
-  const out: DiscoveryRecord[] = [];
-  let good = 0;
-  for (const line of text.split('\n')) {
-    if (line.trim() === '') {
-      good += line.length + 1;
-      continue;
-    }
-    try {
-      out.push(JSON.parse(line) as DiscoveryRecord);
-      good += Buffer.byteLength(line) + 1;
-    } catch {
-      break;
-    }
-  }
-  if (good < Buffer.byteLength(text)) await truncate(path, good);
-  return out;
-}
-
-async function appendLines(path: string, lines: string[]): Promise<void> {
-  await appendFile(path, lines.map((l) => l + '\n').join(''));
-  const fh = await open(path, 'r+');
+/** runDiscovery with its errors as one line: other settings in --out, bad input. */
+async function discoverInto(model: Encoder, source: DiscoverSource, out: string, opts: DiscoveryRunOptions) {
   try {
-    await fh.sync();
-  } finally {
-    await fh.close();
+    return await runDiscovery(model, source, out, opts);
+  } catch (err) {
+    if (err instanceof SettingsMismatchError) {
+      const c = err.changes[0]!;
+      throw new CliError(`--out ${out}: holds results of a run with ${c.key} ${JSON.stringify(c.before)}, not ${JSON.stringify(c.now)}; use another --out`);
+    }
+    throw err instanceof InputError ? new CliError(err.message) : err;
   }
-}
-
-interface RunSettings {
-  weights: string;
-  features: 'keys' | 'values';
-  kPatches: number;
-  geometry: InputGeometry;
-}
-
-/** Run LOST over `source` for one checkpoint into `out`; returns CorLoc when boxes are known. */
-async function discoverOne(model: Encoder, source: Source, out: string, s: RunSettings, opts: { batchSize: number; pictures: boolean }) {
-  await ensureDir(out);
-  const runFile = join(out, 'run.json');
-  const settings = { weights: resolve(s.weights), features: s.features, kPatches: s.kPatches, geometry: s.geometry, config: model.config };
-  if (existsSync(runFile)) {
-    const prev = JSON.parse(await readFile(runFile, 'utf8'));
-    for (const key of ['weights', 'features', 'kPatches', 'geometry'] as const) {
-      if (JSON.stringify(prev[key]) !== JSON.stringify(settings[key])) {
-        throw new CliError(`--out ${out}: holds results of a run with ${key} ${JSON.stringify(prev[key])}, not ${JSON.stringify(settings[key])}; use another --out`);
-      }
-    }
-  }
-  await writeJsonAtomic(runFile, settings);
-  const resultsFile = join(out, 'results.jsonl');
-  const records = await readResults(resultsFile);
-  const done = new Set(records.map((r) => r.image));
-  const todo = source.names.map((n, i) => [n, i] as const).filter(([n]) => !done.has(n));
-  const p = model.config.patch_size;
-  if (opts.pictures) await ensureDir(join(out, 'pictures'));
-  const progress = new Progress({ total: todo.length, label: `discover ${stem(s.weights)}`, unit: 'img' });
-  let hits = records.filter((r) => r.hit).length;
-  let scored = records.filter((r) => r.hit !== undefined).length;
-  // Batches of consecutive images of equal padded size; an image that does not fit starts the next one.
-  let carry: { input: ModelInput; name: string } | null = null;
-  for (let start = 0; start < todo.length || carry; ) {
-    const inputs: ModelInput[] = [];
-    const names: string[] = [];
-    if (carry) {
-      inputs.push(carry.input);
-      names.push(carry.name);
-      carry = null;
-    }
-    while (start < todo.length && inputs.length < opts.batchSize) {
-      const [name, i] = todo[start++];
-      const input = await source.load(i, p);
-      if (inputs.length > 0 && (input.paddedHeight !== inputs[0].paddedHeight || input.paddedWidth !== inputs[0].paddedWidth)) {
-        carry = { input, name };
-        break;
-      }
-      inputs.push(input);
-      names.push(name);
-    }
-    const results = await discoverEncoded(model, inputs, { features: s.features, kPatches: s.kPatches }).catch((err: Error) => {
-      throw err instanceof CliError ? err : new CliError(err.message);
-    });
-    const lines: string[] = [];
-    for (const [j, r] of results.entries()) {
-      const grid: [number, number] = [inputs[j].paddedHeight / p, inputs[j].paddedWidth / p];
-      const rec = discoveryRecord(names[j], inputs[j], r, grid);
-      lines.push(JSON.stringify(rec));
-      records.push(rec);
-      if (rec.hit !== undefined) {
-        scored++;
-        if (rec.hit) hits++;
-      }
-      if (opts.pictures) {
-        const c = drawDiscovery(inputs[j].rgb, inputs[j].width, inputs[j].height, r, grid, p, inputs[j].boxes);
-        const file = join(out, 'pictures', `${basename(names[j]).replace(/[^A-Za-z0-9._-]+/g, '_')}.png`);
-        await writeFileAtomic(file, await encodePng(c.data, c.width, c.height));
-      }
-    }
-    await appendLines(resultsFile, lines);
-    progress.tick(results.length, scored > 0 ? `CorLoc ${((100 * hits) / scored).toFixed(1)}%` : undefined);
-  }
-  progress.done();
-  const wanted = new Set(source.names);
-  const scoredRecords = records.filter((r) => r.hit !== undefined && wanted.has(r.image));
-  if (scoredRecords.length === 0) return null;
-  const c = corloc(scoredRecords.map((r) => r.hit === true));
-  await writeJsonAtomic(join(out, 'corloc.json'), { ...c, weights: s.weights, features: s.features, kPatches: s.kPatches, geometry: s.geometry });
-  return c;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -326,9 +153,9 @@ export const discover: Command = {
     const engine = ttrEngine(engineFlags(values), ttr, weights, { onnx: true });
     await startBackend(values.backend, values.gpu);
     const source = values.tensor !== undefined
-      ? await tensorSource(values.tensor, geometry)
+      ? await tensorInput(values.tensor, geometry)
       : positionals.length > 0
-        ? await fileSource(positionals, geometry)
+        ? await imageSource(positionals, geometry)
         : datasetSource(await openDataset(values.data!, values), geometry);
     if (source.names.length === 0) throw new CliError('no images to process');
     const rows: Record<string, string | number | null>[] = [];
@@ -340,7 +167,7 @@ export const discover: Command = {
           throw new CliError(`--size ${geometry.size} is not a multiple of the patch size ${model.config.patch_size}`);
         }
         const out = weights.length > 1 ? join(values.out, dirs[i]) : values.out;
-        const c = await discoverOne(model, source, out, { weights: w, features, kPatches, geometry }, { batchSize, pictures: values.pictures === true });
+        const c = await discoverInto(model, source, out, { weights: w, features, kPatches, batchSize, pictures: values.pictures === true });
         rows.push({ checkpoint: w, registers: model.config.num_register_tokens, corloc: c?.corloc ?? null, hits: c?.hits ?? null, images: source.names.length });
         if (c) process.stderr.write(`${w}: CorLoc ${(100 * c.corloc).toFixed(2)}% (${c.hits}/${c.images})\n`);
       } finally {
