@@ -1,2 +1,6 @@
-/** @vitreg/coordinator: the gRPC coordinator of a vitreg training job; see README.md. */
-export { startCoordinator, SERVER_OPTIONS, type CoordinatorOptions, type CoordinatorHandle } from './coordinator.js';
+/** @vitreg/coordinator: the gRPC coordinator of a vitreg training job and its transport-free job state; see README.md. */
+export { startCoordinator, SERVER_OPTIONS } from './coordinator.js';
+export type { CoordinatorOptions, CoordinatorHandle } from './coordinator.js';
+export { JobState } from './job-state.js';
+export { Refusal, resolveJobSettings } from './job-settings.js';
+export type { JobStateOptions, JobSettings, JobOutcome, MembershipSink, RefusalCode, WorkerState } from './job-settings.js';

@@ -39,7 +39,8 @@ function meta(token = TOKEN, job = JOB): grpc.Metadata {
 /** One unary call as a promise (5 s deadline). */
 function rpc<Res>(client: Client, method: string, req: object, md = meta()): Promise<Res> {
   return new Promise((resolve, reject) => {
-    (client as any)[method](req, md, { deadline: Date.now() + 5000 }, (err: grpc.ServiceError | null, res: Res) =>
+    type Unary = (req: object, md: grpc.Metadata, o: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: Res) => void) => void;
+    (client as unknown as Record<string, Unary>)[method]!(req, md, { deadline: Date.now() + 5000 }, (err, res) =>
       err ? reject(err) : resolve(res),
     );
   });
