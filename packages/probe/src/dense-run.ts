@@ -14,14 +14,11 @@
  * (nearest, as mmcv's imresize for maps); evaluation is at each image's own label resolution.
  *
  * Resumable: with `cacheDir`, features (and training targets) are appended to files there after every
- * batch, with a JSON record of how many images are done; a rerun with the same settings skips them.
+ * batch, with a JSON record of how many images are done (core's RowFiles); a rerun with the same
+ * settings skips them. Opening the dense datasets from a spec is in dense-source.ts.
  */
-import { appendFile, open, readFile, truncate } from 'node:fs/promises';
-import { existsSync, statSync } from 'node:fs';
-import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import {
-  Ade20kDataset, ensureDir, NyuDepthDataset, Rng, SyntheticDenseDataset, writeJsonAtomic, type HostTensor, type DenseDataset, type DenseItem, type DenseTarget, type DenseTask } from '@vitreg/core';
+import { RowFiles, type DenseDataset, type DenseItem, type DenseTarget, type DenseTask, type HostTensor } from '@vitreg/core';
 import { layerNorm, outputTensors, type Encoder, type ViTConfig, type ViTOutput, type VisionTransformer } from '@vitreg/registers';
 import { batchTensor, prepareInput } from './extract.js';
 import { imageBatch, isEncoder, type ProbeModel } from './run.js';
@@ -175,57 +172,6 @@ function denseFeaturesOf(out: ViTOutput, c: ViTConfig, task: DenseTask, blocks: 
   }
 }
 
-/** Append-only feature files of one split, with a JSON record of the images done. */
-class FeatureCache {
-  private readonly meta: string;
-  private readonly files: { x: string; cls: string; t: string };
-
-  constructor(readonly dir: string, readonly split: string, readonly settings: unknown) {
-    this.meta = join(dir, `${split}.json`);
-    this.files = { x: join(dir, `${split}.x.f32`), cls: join(dir, `${split}.cls.f32`), t: join(dir, `${split}.targets.bin`) };
-  }
-
-  /** Rows already done (files cut back to them), as arrays; throws if the cache holds other settings. */
-  async load(rowBytes: { x: number; cls: number; t: number }): Promise<{ count: number; x: Uint8Array; cls: Uint8Array; t: Uint8Array }> {
-    await ensureDir(this.dir);
-    let count = 0;
-    if (existsSync(this.meta)) {
-      const m = JSON.parse(await readFile(this.meta, 'utf8')) as { settings: unknown; count: number };
-      if (JSON.stringify(m.settings) !== JSON.stringify(this.settings)) {
-        throw new Error(`dense probe: the feature cache ${this.meta} was made with other settings (${JSON.stringify(m.settings)}); delete ${this.dir} or use another folder`);
-      }
-      count = m.count;
-    }
-    const read = async (file: string, bytes: number): Promise<Uint8Array> => {
-      const want = count * bytes;
-      if (want === 0) {
-        await truncate(file, 0).catch(() => undefined);
-        return new Uint8Array(0);
-      }
-      const buf = existsSync(file) ? new Uint8Array(await readFile(file)) : new Uint8Array(0);
-      if (buf.length < want) throw new Error(`dense probe: the feature cache ${file} holds ${buf.length} bytes, its record says ${count} images (${want} bytes); delete ${this.dir}`);
-      if (buf.length > want) await truncate(file, want);
-      return buf.subarray(0, want);
-    };
-    return { count, x: await read(this.files.x, rowBytes.x), cls: await read(this.files.cls, rowBytes.cls), t: await read(this.files.t, rowBytes.t) };
-  }
-
-  /** Append a batch's rows (fsynced), then record the new count. */
-  async append(rows: { x: Uint8Array; cls: Uint8Array; t: Uint8Array }, count: number): Promise<void> {
-    for (const [k, data] of Object.entries(rows) as [keyof typeof rows, Uint8Array][]) {
-      if (data.length === 0) continue;
-      await appendFile(this.files[k], data);
-      const fh = await open(this.files[k], 'r+');
-      try {
-        await fh.sync();
-      } finally {
-        await fh.close();
-      }
-    }
-    await writeJsonAtomic(this.meta, { settings: this.settings, count });
-  }
-}
-
 const bytesOf = (a: Float32Array | Uint8Array) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 
 interface Extracted {
@@ -249,14 +195,18 @@ async function extract(model: ProbeModel, part: DensePart, split: string, opts: 
   const cls = seg ? undefined : new Float32Array(n * D);
   const targets = withTargets ? (seg ? new Uint8Array(n * L * L) : new Float32Array(n * L * L)) : undefined;
   const settings = { task: opts.task, size, blocks, trainLabelSize: L, withTargets, items: indices, length: part.dataset.length, key: opts.cacheKey ?? null };
-  const cache = opts.cacheDir ? new FeatureCache(opts.cacheDir, split, settings) : undefined;
+  const cache = opts.cacheDir
+    ? new RowFiles({
+      dir: opts.cacheDir, name: split, settings, files: { x: 'x.f32', cls: 'cls.f32', t: 'targets.bin' }, label: 'dense probe: the feature cache', unit: 'images',
+    })
+    : undefined;
   let done = 0;
   if (cache) {
     const prev = await cache.load(rowBytes);
     done = prev.count;
-    bytesOf(x).set(prev.x);
-    if (cls) bytesOf(cls).set(prev.cls);
-    if (targets) bytesOf(targets).set(prev.t);
+    bytesOf(x).set(prev.rows.x);
+    if (cls) bytesOf(cls).set(prev.rows.cls);
+    if (targets) bytesOf(targets).set(prev.rows.t);
     if (done > 0) tick(done);
   }
   const resumed = done;
@@ -370,7 +320,12 @@ export async function runDenseProbe(model: ProbeModel, train: DensePart, test: D
     ...common, mode: opts.depthHead ?? 'bins', minDepth: range[0], maxDepth: range[1],
   });
   let logSum = 0, count = 0;
-  for (const v of depths) if (v > 0) (logSum += Math.log(v)), count++;
+  for (const v of depths) {
+    if (v > 0) {
+      logSum += Math.log(v);
+      count++;
+    }
+  }
   const constant = count > 0 ? Math.exp(logSum / count) : (range[0] + range[1]) / 2;
   const baseScores: DepthScores[] = [];
   const perImage = await evaluateDepth(head, te.features, range, async (i) => {
@@ -387,70 +342,4 @@ export async function runDenseProbe(model: ProbeModel, train: DensePart, test: D
     baseline: { rmse: b.rmse, delta1: b.delta1, absRel: b.absRel },
   };
   return { report, head, tensors: depthHeadTensors(head) };
-}
-
-export interface DenseSourceOptions {
-  /** Synthetic: training images (default 200). ADE20k / NYU: a seeded random subset of this many (default all). */
-  count?: number;
-  /** Synthetic: test images (default count / 4). ADE20k / NYU: a seeded random subset (default all). */
-  testCount?: number;
-  /** Side of the synthetic images (default 224). */
-  syntheticSize?: number;
-  seed?: number;
-}
-
-export type DenseSourceKind = 'synthetic' | 'ade20k' | 'nyu';
-
-/** Which dense dataset a folder holds, from its layout (null: neither). */
-export function detectDenseLayout(dir: string): 'ade20k' | 'nyu' | null {
-  const isDir = (p: string) => existsSync(p) && statSync(p).isDirectory();
-  if (isDir(join(dir, 'images', 'training')) || isDir(join(dir, 'images', 'validation'))) return 'ade20k';
-  if (existsSync(join(dir, 'nyu_train.txt')) || existsSync(join(dir, 'nyu_test.txt')) || (isDir(join(dir, 'train')) && isDir(join(dir, 'test')))) return 'nyu';
-  return null;
-}
-
-function subset(n: number, k: number | undefined, seed: number): number[] | undefined {
-  if (k === undefined || k >= n) return undefined;
-  return new Rng(seed).shuffle(Array.from({ length: n }, (_, i) => i)).slice(0, k).sort((a, b) => a - b);
-}
-
-/**
- * Training and test parts of a dense task from a spec: 'synthetic' (SyntheticDenseDataset, train and
- * val streams); 'ade20k:DIR' (training / validation); 'nyu:DIR' (train / test); or a DIR recognised by
- * its layout (detectDenseLayout). Errors name the spec and what was expected.
- */
-export function openDenseSource(spec: string, task: DenseTask, o: DenseSourceOptions = {}): { train: DensePart; test: DensePart; kind: DenseSourceKind } {
-  const seed = o.seed ?? 0;
-  if (spec === 'synthetic') {
-    const count = o.count ?? 200;
-    const testCount = o.testCount ?? Math.max(1, Math.ceil(count / 4));
-    const size = o.syntheticSize ?? 224;
-    return {
-      kind: 'synthetic',
-      train: { dataset: new SyntheticDenseDataset({ seed, count, size, split: 'train' }) },
-      test: { dataset: new SyntheticDenseDataset({ seed, count: testCount, size, split: 'val' }) },
-    };
-  }
-  const m = /^(ade20k|nyu):(.+)$/.exec(spec);
-  const dir = m ? m[2] : spec;
-  if (!existsSync(dir) || !statSync(dir).isDirectory()) {
-    throw new Error(`dense data ${spec}: expected 'synthetic', ade20k:DIR, nyu:DIR or a folder with the ADE20k or NYU layout; ${dir} is not a folder`);
-  }
-  const kind = (m?.[1] as 'ade20k' | 'nyu' | undefined) ?? detectDenseLayout(dir);
-  if (kind === null) {
-    throw new Error(
-      `dense data ${dir}: neither the ADE20k layout (images/training, annotations/training) nor the NYU one ` +
-        '(nyu_train.txt / nyu_test.txt, or train/ and test/ folders); prefix ade20k: or nyu: to say which',
-    );
-  }
-  const wants = kind === 'ade20k' ? 'segmentation' : 'depth';
-  if (task !== wants) throw new Error(`dense data ${spec}: ${kind === 'ade20k' ? 'ADE20k' : 'NYU Depth v2'} has ${wants} targets, not ${task}`);
-  const [train, test]: DenseDataset[] = kind === 'ade20k'
-    ? [new Ade20kDataset(dir, { split: 'training' }), new Ade20kDataset(dir, { split: 'validation' })]
-    : [new NyuDepthDataset(dir, { split: 'train' }), new NyuDepthDataset(dir, { split: 'test' })];
-  return {
-    kind,
-    train: { dataset: train, indices: subset(train.length, o.count, seed) },
-    test: { dataset: test, indices: subset(test.length, o.testCount, seed + 1) },
-  };
 }

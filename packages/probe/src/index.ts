@@ -12,3 +12,5 @@ export * from './dense-metrics.js';
 export * from './dense.js';
 export * from './dense-run.js';
 export * from './discover-run.js';
+export * from './dense-source.js';
+export * from './probe-task.js';

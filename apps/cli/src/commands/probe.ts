@@ -4,15 +4,14 @@
  * or several checkpoints; resumable, and several tasks side by side in a sweep (the paper's Table 2).
  */
 import { existsSync, statSync } from 'node:fs';
-import { basename, join, resolve } from 'node:path';
-import { readFile, rm } from 'node:fs/promises';
-import { BACKEND_NAMES, checkpointNames, DENSE_TASKS, ensureDir, ImageFolderDataset, Progress, writeJsonAtomic, writeSafetensors, type DenseTask } from '@vitreg/core';
-import { runProbe, splitIndices, TOKEN_CHOICES, writeSweep, type DataPart, type ProbeModel, type ProbeReport } from '@vitreg/probe';
+import { join, resolve } from 'node:path';
+import { BACKEND_NAMES, checkpointNames, ensureDir, ImageFolderDataset, InputError, SettingsMismatchError } from '@vitreg/core';
 import {
-  ALL_PROBE_TASKS, openDenseSource, runDenseProbe, SWEEP_PLOT_METRICS, sweepColumns, type AnyProbeTask, type DenseProbeReport, type DensePart,
+  ALL_PROBE_TASKS, isDenseTask, openDenseSource, runProbeTask, splitIndices, SWEEP_PLOT_METRICS, sweepColumns, TOKEN_CHOICES, writeSweep,
+  type AnyProbeTask, type DataPart, type DenseProbeReport, type DensePart, type ProbeModel, type ProbeReport, type ProbeTaskResult,
 } from '@vitreg/probe';
-import { choiceFlag, CliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
 import { TfjsEncoder, withTestTimeRegisters, type Encoder } from '@vitreg/registers';
+import { choiceFlag, CliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
 import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrNeurons, ttrUsage } from '../ttr.js';
 import {
   BACKEND_FLAGS, configFlag, ENGINE_FLAGS, engineFlags, engineUsage, loadEncoder, startBackend, SYNTHETIC_FLAGS, syntheticDataset,
@@ -113,8 +112,6 @@ function parseTasks(value: string | undefined): AnyProbeTask[] {
   return list as AnyProbeTask[];
 }
 
-const isDense = (t: AnyProbeTask): t is DenseTask => (DENSE_TASKS as readonly string[]).includes(t);
-
 /** --data (repeatable): a plain SRC used by every task, or TASK=SRC for one task. */
 function dataSources(values: string[], tasks: AnyProbeTask[]): Map<AnyProbeTask, string> {
   const named = new Map<string, string>();
@@ -139,31 +136,30 @@ function dataSources(values: string[], tasks: AnyProbeTask[]): Map<AnyProbeTask,
   return out;
 }
 
-/**
- * A result already in `file` from a run with the same settings (resume: the task is skipped), or null;
- * other settings are an error naming the fields that differ.
- */
-async function previousResult<T>(file: string, settings: Record<string, unknown>): Promise<T | null> {
-  if (!existsSync(file)) return null;
-  const prev = JSON.parse(await readFile(file, 'utf8')) as { settings?: Record<string, unknown> } & T;
-  if (prev.settings === undefined) return null; // written before results recorded their settings: run again
-  const differ = Object.keys({ ...prev.settings, ...settings }).filter((k) => JSON.stringify(prev.settings![k]) !== JSON.stringify(settings[k]));
-  if (differ.length > 0) {
-    const what = differ.map((k) => `${k} ${JSON.stringify(prev.settings![k])}, not ${JSON.stringify(settings[k])}`).join('; ');
-    throw new CliError(`--out: ${file} holds the results of a run with other settings (${what}); use another --out or delete it`);
+/** runProbeTask with its errors as one line: a results file of other settings in --out, bad input. */
+async function probeTask(...args: Parameters<typeof runProbeTask>): Promise<ProbeTaskResult> {
+  try {
+    return await runProbeTask(...args);
+  } catch (err) {
+    if (err instanceof SettingsMismatchError) throw new CliError(`--out: ${err.message}; use another --out or delete it`);
+    throw err instanceof InputError ? new CliError(err.message) : err;
   }
-  return prev;
-}
-
-function progressTicker(progress: Progress): (done: number) => void {
-  let seen = 0;
-  return (done) => {
-    progress.tick(done - seen);
-    seen = done;
-  };
 }
 
 const pct = (v: number | undefined) => `${(100 * (v ?? NaN)).toFixed(2)}%`;
+
+/** A task's result in one line. */
+function headline(task: AnyProbeTask, report: ProbeReport | DenseProbeReport): string {
+  if (!isDenseTask(task)) {
+    const r = report as ProbeReport;
+    if (task === 'class') return `accuracy ${pct(r.accuracy)}, k-NN ${pct(r.knn?.top1)}`;
+    return task === 'position' ? `top-1 ${pct(r.top1)}, mean distance ${r.meanDistance!.toFixed(2)} patches` : `MSE ${r.mse!.toFixed(4)}, L2 ${r.l2!.toFixed(4)}`;
+  }
+  const r = report as DenseProbeReport;
+  return task === 'segmentation'
+    ? `mIoU ${pct(r.segmentation?.miou)}, pixel accuracy ${pct(r.segmentation?.accuracy)} (most frequent class everywhere: mIoU ${pct(r.baseline.miou)})`
+    : `RMSE ${r.depth!.rmse.toFixed(4)} m, delta<1.25 ${pct(r.depth!.delta1)}, abs rel ${r.depth!.absRel.toFixed(4)} (a constant depth: RMSE ${r.baseline.rmse!.toFixed(4)} m)`;
+}
 
 export const probe: Command = {
   summary: 'linear probes (class, position, pixels, segmentation, depth) and k-NN on frozen features',
@@ -198,7 +194,7 @@ export const probe: Command = {
     if (!values.data?.length) throw new CliError('--data DIR|synthetic is required (see vitreg probe --help)');
     if (!values.out) throw new CliError('--out DIR is required (see vitreg probe --help)');
     const tasks = parseTasks(values.task);
-    const tokenTasks = tasks.filter((t) => !isDense(t));
+    const tokenTasks = tasks.filter((t) => !isDenseTask(t));
     const token = choiceFlag('token', values.token, TOKEN_CHOICES, tokenTasks.includes('class') || tokenTasks.length === 0 ? 'cls' : 'normal');
     for (const t of tokenTasks) {
       if (t !== 'class' && token !== 'normal' && token !== 'outlier') {
@@ -235,7 +231,7 @@ export const probe: Command = {
     };
     const parts = new Map<AnyProbeTask, { train: DataPart | DensePart; test: DataPart | DensePart }>();
     for (const t of tasks) {
-      if (!isDense(t)) parts.set(t, openData(sources.get(t)!, values));
+      if (!isDenseTask(t)) parts.set(t, openData(sources.get(t)!, values));
       else {
         try {
           parts.set(t, openDenseSource(sources.get(t)!, t, countFlags));
@@ -274,50 +270,10 @@ export const probe: Command = {
             syntheticSize: countFlags.syntheticSize,
             ...(ttr ? { testTimeRegisters: resolve(ttr.path), ttrTopK: ttr.topK ?? null } : {}),
           };
-          let report: ProbeReport | DenseProbeReport;
-          if (!isDense(task)) {
-            Object.assign(settings, { token, threshold, register: opts.register, steps: intFlag('steps', values.steps, 300) });
-            const prev = await previousResult<ProbeReport>(file, settings);
-            if (prev) {
-              report = prev;
-              process.stderr.write(`${w}: ${task}: already done (${file})\n`);
-            } else {
-              const total = (train.indices?.length ?? train.dataset.length) + (test.indices?.length ?? test.dataset.length);
-              const progress = new Progress({ total, label: `probe ${task}/${token} ${basename(w)}`, unit: 'img' });
-              try {
-                report = await runProbe(model, train as DataPart, test as DataPart, {
-                  ...opts, task, steps: settings.steps as number, onProgress: progressTicker(progress),
-                });
-              } catch (err) {
-                throw new CliError((err as Error).message);
-              }
-              progress.done();
-              await writeJsonAtomic(file, { weights: w, config: model.config, settings, ...report });
-            }
-            const r = report as ProbeReport;
-            const headline = task === 'class'
-              ? `accuracy ${pct(r.accuracy)}, k-NN ${pct(r.knn?.top1)}`
-              : task === 'position' ? `top-1 ${pct(r.top1)}, mean distance ${r.meanDistance!.toFixed(2)} patches`
-                : `MSE ${r.mse!.toFixed(4)}, L2 ${r.l2!.toFixed(4)}`;
-            process.stderr.write(`${w}: ${task}/${token}: ${headline}\n`);
-          } else {
-            Object.assign(settings, {
-              layers: dense.layers, steps: intFlag('steps', values.steps, 1000), headBatchSize: dense.headBatchSize,
-              trainLabelSize: dense.trainLabelSize, lr: dense.lr ?? null, ...(task === 'depth' ? { depthHead: dense.depthHead } : {}),
-            });
-            const prev = await previousResult<DenseProbeReport>(file, settings);
-            if (prev) {
-              report = prev;
-              process.stderr.write(`${w}: ${task}: already done (${file})\n`);
-            } else {
-              report = await runDenseTask(model, w, task, train as DensePart, test as DensePart, { out, file, settings, ...opts, ...dense, steps: settings.steps as number });
-            }
-            const r = report as DenseProbeReport;
-            const headline = task === 'segmentation'
-              ? `mIoU ${pct(r.segmentation?.miou)}, pixel accuracy ${pct(r.segmentation?.accuracy)} (most frequent class everywhere: mIoU ${pct(r.baseline.miou)})`
-              : `RMSE ${r.depth!.rmse.toFixed(4)} m, delta<1.25 ${pct(r.depth!.delta1)}, abs rel ${r.depth!.absRel.toFixed(4)} (a constant depth: RMSE ${r.baseline.rmse!.toFixed(4)} m)`;
-            process.stderr.write(`${w}: ${task}: ${headline}\n`);
-          }
+          const steps = intFlag('steps', values.steps, isDenseTask(task) ? 1000 : 300);
+          const { report, reused } = await probeTask(model, train, test, { task, file, weights: w, settings, ...opts, ...dense, steps });
+          if (reused) process.stderr.write(`${w}: ${task}: already done (${file})\n`);
+          process.stderr.write(`${w}: ${isDenseTask(task) ? task : `${task}/${token}`}: ${headline(task, report)}\n`);
           Object.assign(row, sweepColumns(task, report));
         }
         rows.push(row);
@@ -329,42 +285,3 @@ export const probe: Command = {
     if (weights.length > 1) await writeSweep(values.out, rows, { x: 'registers', metrics: tasks.flatMap((t) => SWEEP_PLOT_METRICS[t]) });
   },
 };
-
-/** One dense task on one checkpoint: resumable extraction in DIR/cache-<task>, results file, head weights. */
-async function runDenseTask(
-  model: ProbeModel,
-  w: string,
-  task: DenseTask,
-  train: DensePart,
-  test: DensePart,
-  o: {
-    out: string; file: string; settings: Record<string, unknown>; size: number; batchSize: number; seed: number; steps: number;
-    layers: 1 | 4; depthHead: 'bins' | 'regression'; headBatchSize: number; trainLabelSize: number; lr?: number;
-  },
-): Promise<DenseProbeReport> {
-  const cacheDir = join(o.out, `cache-${task}`);
-  const nImages = (train.indices?.length ?? train.dataset.length) + (test.indices?.length ?? test.dataset.length);
-  const phases = {
-    extract: new Progress({ total: nImages, label: `probe ${task} features ${basename(w)}`, unit: 'img' }),
-    train: new Progress({ total: o.steps, label: `probe ${task} head`, unit: 'step' }),
-    evaluate: new Progress({ total: test.indices?.length ?? test.dataset.length, label: `probe ${task} evaluation`, unit: 'img' }),
-  };
-  const tickers = { extract: progressTicker(phases.extract), train: progressTicker(phases.train), evaluate: progressTicker(phases.evaluate) };
-  let result;
-  try {
-    result = await runDenseProbe(model, train, test, {
-      task, size: o.size, layers: o.layers, batchSize: o.batchSize, headBatchSize: o.headBatchSize, steps: o.steps,
-      depthHead: o.depthHead, trainLabelSize: o.trainLabelSize, seed: o.seed, cacheDir, cacheKey: o.settings,
-      ...(o.lr !== undefined ? { lr: o.lr } : {}),
-      onProgress: (phase, done) => tickers[phase](done),
-    });
-  } catch (err) {
-    throw new CliError((err as Error).message);
-  }
-  for (const p of Object.values(phases)) p.done();
-  const headFile = join(o.out, `head-${task}.safetensors`);
-  await writeSafetensors(headFile, result.tensors, { task, format: 'pt', source: 'vitreg probe (DINOv2 linear head names)' });
-  await writeJsonAtomic(o.file, { weights: w, config: model.config, settings: o.settings, head: basename(headFile), ...result.report });
-  await rm(cacheDir, { recursive: true, force: true });
-  return result.report;
-}
