@@ -165,3 +165,18 @@ export function bceWithLogits(logits: tf.Tensor2D, targets: tf.Tensor2D): tf.Sca
 export function binaryCrossEntropyLoss(logits: tf.Tensor2D, softTargets: tf.Tensor2D): tf.Scalar {
   return tf.tidy(() => bceWithLogits(logits, binaryCrossEntropyTargets(softTargets)));
 }
+
+/**
+ * Collapse indicators of probabilities p [N, K] (nats): the mean entropy of the rows (0 when each row
+ * is one-hot) and the entropy of their mean (0 when every row picks the same prototype; ln K at best).
+ */
+export function entropies(p: tf.Tensor2D): { rows: number; batch: number } {
+  const [rows, batch] = tf.tidy(() => {
+    const h = (q: tf.Tensor) => tf.neg(tf.sum(tf.mul(q, tf.log(tf.add(q, 1e-12))), -1));
+    return [tf.mean(h(p)), h(tf.mean(p, 0))];
+  });
+  const out = { rows: rows!.dataSync()[0]!, batch: batch!.dataSync()[0]! };
+  rows!.dispose();
+  batch!.dispose();
+  return out;
+}

@@ -7,7 +7,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { initBackend } from '@vitreg/core';
 import { SharedMemorySync, type ThreadWorkerData } from './threads.js';
-import { train } from './trainer.js';
+import { train } from './loop.js';
 
 const d = workerData as ThreadWorkerData;
 

@@ -16,14 +16,13 @@
  * `initBackend(<the main thread's backend>)` and `train(config, { sync })` with rank = its index.
  * `train.batch_size` is per thread: the global batch is batch_size x workers.
  */
-import { createHash } from 'node:crypto';
 import { extname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { getBackendName, startThread, type BackendName } from '@vitreg/core';
 import type { TrainConfig } from './config.js';
 import { flattenBuffers, unflattenInto, type GradientSync } from './sync.js';
-import type { TrainOptions, TrainResult } from './trainer.js';
+import type { TrainOptions, TrainResult } from './loop.js';
 
 const COUNT = 0;
 const GENERATION = 1;
@@ -195,14 +194,14 @@ export class SharedMemorySync implements GradientSync {
 /** What a training thread receives as workerData. */
 export interface ThreadWorkerData {
   config: TrainConfig;
-  opts: Omit<TrainOptions, 'sync'>;
+  opts: Omit<TrainOptions, 'sync' | 'engine'>;
   backend: BackendName;
   rank: number;
   worldSize: number;
   buffer: SharedArrayBuffer;
 }
 
-export interface ThreadsOptions extends Omit<TrainOptions, 'sync'> {
+export interface ThreadsOptions extends Omit<TrainOptions, 'sync' | 'engine'> {
   /** Worker threads, 1-64 (one per core is the fastest). */
   workers: number;
   /** Backend of every thread (default: the one initBackend chose in this thread, else 'auto'). */
@@ -214,16 +213,6 @@ export interface ThreadsOptions extends Omit<TrainOptions, 'sync'> {
 export interface ThreadsResult extends TrainResult {
   /** With `checksum: true`: every rank's weights checksum, in rank order (equal when the ranks agree). */
   checksums?: string[];
-}
-
-/** SHA-256 (hex) of named float tensors, in the given order of names. */
-export function weightsChecksum(tensors: Record<string, Float32Array>): string {
-  const h = createHash('sha256');
-  for (const [k, v] of Object.entries(tensors)) {
-    h.update(k);
-    h.update(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
-  }
-  return h.digest('hex');
 }
 
 /** Starts one training thread on the worker entry next to this module (thread-worker.js / .cjs / .ts). */

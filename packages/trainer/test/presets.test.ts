@@ -9,10 +9,14 @@ import assert from 'node:assert/strict';
 import { RASampler } from '@vitreg/core';
 import { modelConfig, PRESET_NAMES, presetConfig, validateTrainConfig, type PartialTrainConfig } from '../src/config.js';
 import { AdamW, Lamb } from '../src/optim.js';
-import { Trainer } from '../src/trainer.js';
+import { Trainer } from '../src/loop.js';
+import type { TfjsEngine } from '../src/tfjs-engine.js';
 import { useWasm } from './helpers.js';
 
 before(useWasm);
+
+/** The tfjs engine of a Trainer (its models, heads, centres and optimiser). */
+const tfjs = (t: Trainer) => t.engine as TfjsEngine;
 
 /** The size fields of a preset, shrunk: everything else stays the preset's. */
 function tiny(name: string): PartialTrainConfig {
@@ -50,14 +54,14 @@ test('the presets tested here are every preset', () => {
 for (const name of ['dinov2-l14-reg4', 'dinov2-l14']) {
   test(`${name}: DINO + KoLeo + iBOT on its own head, Sinkhorn-Knopp targets (no centre), per-module clipping, AdamW`, async () => {
     const { trainer, metrics } = await twoSteps(name);
-    assert.ok(trainer.optimizer instanceof AdamW);
-    assert.ok(trainer.heads.ibot, 'a separate iBOT head');
+    assert.ok(tfjs(trainer).optimizer instanceof AdamW);
+    assert.ok(tfjs(trainer).heads.ibot, 'a separate iBOT head');
     const all = Object.assign({}, ...metrics);
     for (const k of ['loss_dino_global', 'loss_dino_local', 'loss_koleo', 'loss_ibot', 'grad_norm_backbone', 'grad_norm_dino_head', 'grad_norm_ibot_head']) {
       assert.ok(k in all, `${name}: ${k} in the step metrics`);
     }
     // Sinkhorn-Knopp replaces the EMA centres: they never move from zero.
-    for (const c of [trainer.centers.dino!, trainer.centers.ibot!]) assert.ok(c.value.every((v) => v === 0));
+    for (const c of [tfjs(trainer).centers.dino!, tfjs(trainer).centers.ibot!]) assert.ok(c.value.every((v) => v === 0));
     // The teacher's sharpened targets are assignments: every row sums to 1, so its mean row entropy is finite and positive.
     assert.ok(metrics[1]!.teacher_entropy! > 0);
     assert.equal(modelConfig(trainer.config).ffn_layer, 'swiglu');
@@ -68,7 +72,7 @@ for (const name of ['dinov2-l14-reg4', 'dinov2-l14']) {
 for (const name of ['deit3-b16-in1k-reg4', 'deit3-b16-in1k']) {
   test(`${name}: LAMB, BCE on binarised mixup/cutmix targets, repeated augmentation`, async () => {
     const { trainer, metrics } = await twoSteps(name);
-    assert.ok(trainer.optimizer instanceof Lamb);
+    assert.ok(tfjs(trainer).optimizer instanceof Lamb);
     assert.ok(trainer.sampler instanceof RASampler);
     // Three copies of each image, in a row of the epoch's positions: the first 4 are copies 0, 1, 2 of one image and copy 0 of the next.
     assert.deepEqual([0, 1, 2, 3].map((p) => trainer.sampler.at(p).repeat), [0, 1, 2, 0]);
@@ -81,7 +85,7 @@ for (const name of ['deit3-b16-in1k-reg4', 'deit3-b16-in1k']) {
 for (const name of ['deit3-b16-in22k-reg4', 'deit3-b16-in22k']) {
   test(`${name}: LAMB, soft-target cross-entropy with label smoothing and CutMix, no repeated augmentation`, async () => {
     const { trainer, metrics } = await twoSteps(name);
-    assert.ok(trainer.optimizer instanceof Lamb);
+    assert.ok(tfjs(trainer).optimizer instanceof Lamb);
     assert.ok(!(trainer.sampler instanceof RASampler));
     assert.ok(metrics.every((m) => 'loss_ce' in m && !('loss_bce' in m)));
     trainer.dispose();
@@ -90,16 +94,16 @@ for (const name of ['deit3-b16-in22k-reg4', 'deit3-b16-in22k']) {
 
 test('tiny-dino: DINO + KoLeo + iBOT through the DINO head, softmax centering (the centres move), AdamW', async () => {
   const { trainer, metrics } = await twoSteps('tiny-dino');
-  assert.ok(trainer.optimizer instanceof AdamW);
-  assert.equal(trainer.heads.ibot, undefined);
-  assert.ok(trainer.centers.dino!.value.some((v) => v !== 0), 'the EMA centre moved');
+  assert.ok(tfjs(trainer).optimizer instanceof AdamW);
+  assert.equal(tfjs(trainer).heads.ibot, undefined);
+  assert.ok(tfjs(trainer).centers.dino!.value.some((v) => v !== 0), 'the EMA centre moved');
   assert.ok(metrics.some((m) => 'loss_ibot' in m));
   trainer.dispose();
 });
 
 test('tiny-supervised: cross-entropy, AdamW', async () => {
   const { trainer, metrics } = await twoSteps('tiny-supervised');
-  assert.ok(trainer.optimizer instanceof AdamW);
+  assert.ok(tfjs(trainer).optimizer instanceof AdamW);
   assert.ok(metrics.every((m) => 'loss_ce' in m));
   trainer.dispose();
 });

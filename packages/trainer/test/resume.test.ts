@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { loadWeights } from '@vitreg/registers';
 import { validateTrainConfig } from '../src/config.js';
 import { loadCheckpoint } from '../src/checkpoint.js';
-import { train } from '../src/trainer.js';
+import { train } from '../src/loop.js';
 import { checkpointBytes, useWasm } from './helpers.js';
 
 before(useWasm);

@@ -7,7 +7,7 @@ import { Worker } from 'node:worker_threads';
 import { validateTrainConfig } from '../src/config.js';
 import { loadCheckpoint } from '../src/checkpoint.js';
 import { SharedMemorySync, trainThreads } from '../src/threads.js';
-import { train } from '../src/trainer.js';
+import { train } from '../src/loop.js';
 import { loadWeights } from '@vitreg/registers';
 import { checkpointBytes, useWasm } from './helpers.js';
 

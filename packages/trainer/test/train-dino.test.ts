@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { validateTrainConfig } from '../src/config.js';
 import { loadCheckpoint } from '../src/checkpoint.js';
-import { train, Trainer } from '../src/trainer.js';
+import { train, Trainer } from '../src/loop.js';
 import { useWasm } from './helpers.js';
 
 before(useWasm);

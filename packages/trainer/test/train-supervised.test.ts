@@ -4,7 +4,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { validateTrainConfig } from '../src/config.js';
-import { train } from '../src/trainer.js';
+import { train } from '../src/loop.js';
 import { useWasm } from './helpers.js';
 
 before(useWasm);
