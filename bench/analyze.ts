@@ -1,9 +1,10 @@
 /**
  * `npm run bench -- analyze [--model dinov2_vits14_reg] [--images 10] [--size 224] [--backend wasm] [--engine tfjs|onnxruntime]`
- * End-to-end `vitreg analyze` on generated images with a randomly initialised model (random weights
- * do the same work): decode, forward with last attention and every block's tokens, token analysis,
- * all figures, joint PCA, report. Prints one JSON line: total seconds (model load included),
- * analysis seconds and images/s, the engine (the forward pass) and the backend (tfjs: the token analysis).
+ * End-to-end analysis (what `vitreg analyze` runs: @vitreg/viz's analyzeImages) on generated images with
+ * a randomly initialised model (random weights do the same work): model load from its file, decode,
+ * forward with last attention and every block's tokens, token analysis, all figures, joint PCA, report.
+ * Prints one JSON line: total seconds (model load included) and images/s, the engine (the forward pass)
+ * and the backend (tfjs: the token analysis).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -11,8 +12,8 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import sharp from 'sharp';
 import { getBackendName, initBackend, Rng, setQuiet, type BackendName } from '@vitreg/core';
-import { getConfig, saveWeights, VisionTransformer } from '@vitreg/registers';
-import { analyze } from '../apps/cli/src/commands/analyze.js';
+import { getConfig, loadWeights, OnnxEncoder, readWeights, saveWeights, TfjsEncoder, VisionTransformer, type Encoder } from '@vitreg/registers';
+import { analyzeImages, imageFileInputs } from '@vitreg/viz';
 
 export async function run(argv: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -55,10 +56,17 @@ export async function run(argv: string[]): Promise<void> {
 
     setQuiet(true);
     const t0 = performance.now();
-    const code = await analyze.run([...files, '--weights', weights, '--out', join(dir, 'out'), '--size', String(size), '--backend', values.backend!, '--engine', values.engine!]);
+    let encoder: Encoder;
+    if (values.engine === 'onnxruntime') {
+      const { config, stateDict } = await readWeights(weights);
+      encoder = await OnnxEncoder.fromWeights(config, stateDict);
+    } else encoder = new TfjsEncoder(await loadWeights(weights));
+    const transform = { kind: 'eval', resize: size, crop: size } as const;
+    const r = await analyzeImages([{ label: 'A', weights, encoder }], imageFileInputs(files, transform), join(dir, 'out'), { transform });
+    await encoder.dispose();
     const seconds = (performance.now() - t0) / 1000;
     setQuiet(false);
-    if (code !== 0) throw new Error(`analyze exited with ${code}`);
+    if (r.failed.length > 0 || r.images !== count) throw new Error(`analyze: ${r.images} of ${count} images (${r.failed.map((f) => f.error).join('; ')})`);
     process.stdout.write(`${JSON.stringify({
       case: 'analyze',
       model: values.model,

@@ -6,3 +6,4 @@ export * from './pca.js';
 export * from './figures.js';
 export * from './png.js';
 export * from './report.js';
+export * from './analysis-run.js';
