@@ -98,7 +98,8 @@ export async function listCheckpoints(runDir: string): Promise<{ step: number; d
     // No checkpoints yet is a fresh run; a folder that exists but cannot be read is an error, not a
     // silent fresh start over a run that has checkpoints.
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
-    throw new Error(`${root}: cannot list the checkpoints (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    const why = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+    throw new Error(`${root}: cannot list the checkpoints (${why})`, { cause: err });
   }
   const out: { step: number; dir: string }[] = [];
   for (const name of names) {
@@ -121,7 +122,7 @@ export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
   try {
     state = JSON.parse(await readFile(statePath, 'utf8')) as TrainState;
   } catch (err) {
-    throw new Error(`${statePath}: cannot read the training state (${(err as Error).message})`);
+    throw new Error(`${statePath}: cannot read the training state (${(err as Error).message})`, { cause: err });
   }
   for (const key of ['step', 'epoch', 'cursor', 'config', 'world_size'] as const) {
     if (state[key] === undefined) throw new Error(`${statePath}: missing field "${key}"`);

@@ -2,6 +2,8 @@ export * from './augment.js';
 export * from './batch.js';
 export * from './checkpoint.js';
 export * from './config.js';
+export * from './config-presets.js';
+export * from './config-validate.js';
 export * from './data.js';
 export * from './engine.js';
 export * from './evaluate.js';

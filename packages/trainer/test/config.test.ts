@@ -2,7 +2,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { getConfig } from '@vitreg/registers';
-import { DEFAULT_CONFIG, PRESET_ALIASES, PRESET_NAMES, isPaperPreset, modelConfig, presetConfig, resolveTrainConfig, validateTrainConfig, type TrainConfig } from '../src/config.js';
+import { DEFAULT_CONFIG, modelConfig, type TrainConfig } from '../src/config.js';
+import { PRESET_ALIASES, PRESET_NAMES, isPaperPreset } from '../src/config-presets.js';
+import { presetConfig, resolveTrainConfig, validateTrainConfig } from '../src/config-validate.js';
 
 /** ssl_default_config.yaml and vitl14.yaml as the official repository holds them (fixtures/make_dinov2_reference.py). */
 const official = JSON.parse(readFileSync(new URL('./fixtures/dinov2_reference.json', import.meta.url), 'utf8')).configs;

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { validateTrainConfig } from '../src/config.js';
+import { validateTrainConfig } from '../src/config-validate.js';
 import type { EngineFactory, StepEngine } from '../src/engine.js';
 import { train, Trainer } from '../src/loop.js';
 import { LocalGradientSync, type GradientSync } from '../src/sync.js';
@@ -67,7 +67,7 @@ function recordingSync(calls: string[]): GradientSync {
   };
 }
 
-test('the loop drives any StepEngine: compute, all-reduce of the flat buffers, commit, then apply; the default engine\'s weights', async () => {
+test('the loop drives any StepEngine: compute, all-reduce of the host buffers, commit, apply; the tfjs weights', async () => {
   const out = await mkdtemp(join(tmpdir(), 'vitreg-engine-'));
   try {
     const cfg = validateTrainConfig(tiny);

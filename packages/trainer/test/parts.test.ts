@@ -74,7 +74,7 @@ test('data: synthetic splits, an image folder split by val_fraction, train/ + va
   const { join } = await import('node:path');
   const { encodePng } = await import('@vitreg/core');
   const { openData } = await import('../src/data.js');
-  const { validateTrainConfig } = await import('../src/config.js');
+  const { validateTrainConfig } = await import('../src/config-validate.js');
   const syn = openData(validateTrainConfig({ data: { source: 'synthetic', train_size: 10, val_size: 4, num_classes: 6 } }));
   assert.deepEqual([syn.train.length, syn.val.length, syn.numClasses], [10, 4, 6]);
   assert.notDeepEqual((await syn.train.get(0)).image, (await syn.val.get(0)).image);

@@ -7,7 +7,9 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { RASampler } from '@vitreg/core';
-import { modelConfig, PRESET_NAMES, presetConfig, validateTrainConfig, type PartialTrainConfig } from '../src/config.js';
+import { modelConfig, type PartialTrainConfig } from '../src/config.js';
+import { PRESET_NAMES } from '../src/config-presets.js';
+import { presetConfig, validateTrainConfig } from '../src/config-validate.js';
 import { AdamW, Lamb } from '../src/optim.js';
 import { Trainer } from '../src/loop.js';
 import type { TfjsEngine } from '../src/tfjs-engine.js';

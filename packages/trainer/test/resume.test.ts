@@ -4,7 +4,7 @@ import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadWeights } from '@vitreg/registers';
-import { validateTrainConfig } from '../src/config.js';
+import { validateTrainConfig } from '../src/config-validate.js';
 import { loadCheckpoint } from '../src/checkpoint.js';
 import { train } from '../src/loop.js';
 import { checkpointBytes, useWasm } from './helpers.js';

@@ -4,7 +4,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { validateTrainConfig } from '../src/config.js';
+import { validateTrainConfig } from '../src/config-validate.js';
 import { loadCheckpoint } from '../src/checkpoint.js';
 import { SharedMemorySync, trainThreads } from '../src/threads.js';
 import { train } from '../src/loop.js';

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { validateTrainConfig } from '../src/config.js';
+import { validateTrainConfig } from '../src/config-validate.js';
 import { train } from '../src/loop.js';
 import { useWasm } from './helpers.js';
 
