@@ -9,9 +9,10 @@
  * (mixup / cutmix, iBOT masks) from (seed, step, rank). So a checkpoint needs no generator state.
  */
 import { Rng, type DatasetItem, type SampleRef } from '@vitreg/core';
-import { mixupCutmix, multiCrop, smoothOneHot, supervisedAugment } from './augment.js';
+import { multiCrop, supervisedAugment } from './augment.js';
 import { modelConfig, type TrainConfig } from './config.js';
 import { collateMasks, MaskingGenerator, type MaskBatch } from './masking.js';
+import { mixupCutmix, smoothOneHot } from './mixup.js';
 
 /** Rng streams derived from train.seed: per image (augment, dropPath) or per step and rank (mix, masks). */
 export const STREAMS = { init: 1, augment: 2, mix: 3, masks: 4, dropPath: 5 } as const;

@@ -1,4 +1,7 @@
 export * from './augment.js';
+export * from './augment-blur.js';
+export * from './augment-colour.js';
+export * from './augment-geometry.js';
 export * from './batch.js';
 export * from './checkpoint.js';
 export * from './config.js';
@@ -12,6 +15,7 @@ export * from './knn.js';
 export * from './loop.js';
 export * from './losses.js';
 export * from './masking.js';
+export * from './mixup.js';
 export * from './optim.js';
 export * from './param-groups.js';
 export * from './schedules.js';

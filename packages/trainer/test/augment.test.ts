@@ -2,12 +2,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { Rng, IMAGENET_MEAN, IMAGENET_STD, resizeBicubic, type RgbImage } from '@vitreg/core';
-import {
-  DINOV2_BLUR_AS_RUN, DINOV2_BLUR_AS_WRITTEN,
-  adjustBrightness, adjustContrast, adjustHue, adjustSaturation, colorJitter, evalTransform, gaussianBlur, grayscale, hflip,
-  mixupCutmix, multiCrop, pilGaussianBlur, randomResizedCrop, randomResizedCropBox, reflectPad, resizedCrop, simpleRandomCrop,
-  smoothOneHot, solarize, supervisedAugment, normalize,
-} from '../src/augment.js';
+import { DINOV2_BLUR_AS_RUN, DINOV2_BLUR_AS_WRITTEN, evalTransform, multiCrop, supervisedAugment } from '../src/augment.js';
+import { gaussianBlur, pilGaussianBlur } from '../src/augment-blur.js';
+import { adjustBrightness, adjustContrast, adjustHue, adjustSaturation, colorJitter, grayscale, normalize, solarize } from '../src/augment-colour.js';
+import { hflip, randomResizedCrop, randomResizedCropBox, reflectPad, resizedCrop, simpleRandomCrop } from '../src/augment-geometry.js';
+import { mixupCutmix, smoothOneHot } from '../src/mixup.js';
 
 /** A w x h test image with varied colours. */
 function picture(w: number, h: number, seed = 1): Uint8Array {
