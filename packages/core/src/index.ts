@@ -16,3 +16,4 @@ export * from './safetensors-stream.js';
 export * from './names.js';
 export * from './errors.js';
 export * from './resumable.js';
+export * from './image-batches.js';

@@ -15,3 +15,4 @@ export * from './onnx-encoder.js';
 export { decodeModel, readOnnxInfo, type OnnxFileInfo } from './onnx-proto.js';
 export * from './test-time-registers.js';
 export * from './ttr-encoder.js';
+export * from './feature-file.js';

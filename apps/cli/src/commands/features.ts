@@ -1,11 +1,12 @@
 /**
  * `vitreg features`: run a backbone on images or an image tensor and write its outputs as safetensors
- * (cls, registers, patches, prenorm; optionally attention and per-block tokens), streamed to the file
- * batch by batch, on the tfjs or the onnxruntime engine.
+ * (cls, registers, patches, prenorm; optionally attention and per-block tokens), on the tfjs or the
+ * onnxruntime engine: flags, the model and the input batches, then @vitreg/registers' writeFeatureFile
+ * (streamed to the file batch by batch).
  */
 import { resolve } from 'node:path';
-import { FeatureWriter, loadImage, Progress } from '@vitreg/core';
-import type { Encoder, HostArray } from '@vitreg/registers';
+import { imageFileBatches, type ImageFileBatch } from '@vitreg/core';
+import { writeFeatureFile, type ImageBatch } from '@vitreg/registers';
 import { choiceFlag, CliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
 import {
   BACKEND_FLAGS, configFlag, ENGINE_FLAGS, engineUsage, engineFlags, IMAGE_FLAGS, imageFiles, imageTransform, loadEncoder, MODEL_FLAGS, readTensorBatch,
@@ -47,19 +48,6 @@ ${ttrUsage(20)}
                     (registers then has R+1 rows: the trained ones, then the test-time one)
 `;
 
-type Batch = { data: Float32Array; shape: [number, number, number, number] };
-
-/** One batch through the encoder: its outputs under the file's tensor names. */
-async function runBatch(encoder: Encoder, batch: Batch, opts: { attention: 'none' | 'last' | 'all'; layers: boolean }): Promise<Map<string, HostArray>> {
-  const out = await encoder.encode(batch, { attention: opts.attention, layers: opts.layers });
-  const named = new Map<string, HostArray>([['cls', out.cls], ['registers', out.registers], ['patches', out.patches], ['prenorm', out.prenorm]]);
-  if (out.pooled) named.set('pooled', out.pooled);
-  if (opts.attention === 'last') named.set('attention', out.attention![0]!);
-  if (opts.attention === 'all') out.attention!.forEach((a, k) => named.set(`attention.layer${k}`, a));
-  if (opts.layers) out.layers!.forEach((l, k) => named.set(`layer${k}.prenorm`, l));
-  return named;
-}
-
 export const features: Command = {
   summary: 'run a backbone on images and write CLS, register, patch tokens (and attention) as safetensors',
   usage,
@@ -95,10 +83,10 @@ export const features: Command = {
       : await loadEncoder(values.weights, { model: values.model, config: configFlag(values.config) }, engine);
     const p = model.config.patch_size;
 
-    // Inputs: one tensor batch, or images decoded one at a time.
+    // Inputs: one tensor batch, or images decoded one at a time (all of one size: one output file).
     let count: number;
     let labels: string[];
-    let batches: () => AsyncGenerator<Batch>;
+    let batches: () => AsyncGenerator<ImageBatch>;
     if (values.tensor !== undefined) {
       const t = await readTensorBatch(values.tensor, p);
       const [B, H, W] = t.shape;
@@ -116,49 +104,35 @@ export const features: Command = {
       count = files.length;
       labels = files;
       batches = async function* () {
-        let size: [number, number] | undefined;
-        for (let i = 0; i < files.length; i += batchSize) {
-          const imgs = [];
-          for (const f of files.slice(i, i + batchSize)) {
-            const img = await loadImage(f, transform).catch((err: Error) => {
-              throw new CliError(err.message);
-            });
-            size ??= [img.height, img.width];
-            if (img.height !== size[0] || img.width !== size[1]) {
-              throw new CliError(`${f}: becomes ${img.width}x${img.height} but ${files[0]} became ${size[1]}x${size[0]}; one output file needs one size (use --size)`);
-            }
-            imgs.push(img);
+        let first: ImageFileBatch | undefined;
+        for await (const b of imageFileBatches(files, transform, batchSize)) {
+          first ??= b;
+          const [, h, w] = b.shape;
+          if (h !== first.shape[1] || w !== first.shape[2]) {
+            throw new CliError(`${b.files[0]}: becomes ${w}x${h} but ${files[0]} became ${first.shape[2]}x${first.shape[1]}; one output file needs one size (use --size)`);
           }
-          const data = new Float32Array(imgs.length * size![0] * size![1] * 3);
-          imgs.forEach((img, j) => data.set(img.data, j * img.data.length));
-          yield { data, shape: [imgs.length, size![0], size![1], 3] };
+          yield b;
         }
       };
     }
 
-    let grid: [number, number] = [0, 0];
-    const writer = new FeatureWriter(resolve(values.out), count, () => ({
-      vitreg_images: JSON.stringify(labels),
-      vitreg_grid: JSON.stringify(grid),
-      vitreg_config: JSON.stringify(model.config),
-      vitreg_weights: values.weights!,
-      vitreg_backend: backend,
-      vitreg_engine: model.description,
-      ...(ttr ? { vitreg_test_time_registers: ttr.path } : {}),
-    }));
-    const progress = new Progress({ total: count, label: 'features', unit: 'img' });
+    let grid: [number, number];
     try {
-      for await (const batch of batches()) {
-        grid = [batch.shape[1] / p, batch.shape[2] / p];
-        await writer.add(await runBatch(model, batch, { attention, layers }), batch.shape[0]);
-        progress.tick(batch.shape[0]);
-      }
-      await writer.finish();
+      ({ grid } = await writeFeatureFile(model, batches(), resolve(values.out), {
+        count, attention, layers,
+        metadata: (g) => ({
+          vitreg_images: JSON.stringify(labels),
+          vitreg_grid: JSON.stringify(g),
+          vitreg_config: JSON.stringify(model.config),
+          vitreg_weights: values.weights!,
+          vitreg_backend: backend,
+          vitreg_engine: model.description,
+          ...(ttr ? { vitreg_test_time_registers: ttr.path } : {}),
+        }),
+      }));
     } catch (err) {
-      await writer.abort();
       throw err instanceof CliError ? err : new CliError((err as Error).message);
     }
-    progress.done();
     process.stderr.write(`wrote ${count} image(s), grid ${grid[0]}x${grid[1]}, to ${values.out}\n`);
     await model.dispose();
   },

@@ -6,7 +6,7 @@
  */
 import { resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { loadImage, log } from '@vitreg/core';
+import { imageFileBatches, log } from '@vitreg/core';
 import { findRegisterNeurons, saveTestTimeRegisters, testTimeRegistersFile, TTR_PRESETS } from '@vitreg/registers';
 import { CliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
 import { BACKEND_FLAGS, configFlag, IMAGE_FLAGS, imageFiles, imageTransform, loadModel, MODEL_FLAGS, readTensorBatch, startBackend } from '../inputs.js';
@@ -48,29 +48,10 @@ selection, the settings and the model's fingerprint (it refuses to apply to anot
 Then: vitreg features|analyze|probe|discover ... --test-time-registers neurons.json [--ttr-top-k K]
 `;
 
+/** Image files as tfjs batches (split where the size changes), each disposed once the next is asked for. */
 async function* imageBatches(files: string[], transform: ReturnType<typeof imageTransform>, batchSize: number): AsyncGenerator<tf.Tensor4D> {
-  let pending: { data: Float32Array; height: number; width: number }[] = [];
-  const flush = () => {
-    const [h, w] = [pending[0].height, pending[0].width];
-    const data = new Float32Array(pending.length * h * w * 3);
-    pending.forEach((img, j) => data.set(img.data, j * img.data.length));
-    const t = tf.tensor4d(data, [pending.length, h, w, 3]);
-    pending = [];
-    return t;
-  };
-  for (const f of files) {
-    const img = await loadImage(f, transform).catch((err: Error) => {
-      throw new CliError(err.message);
-    });
-    if (pending.length > 0 && (pending[0].height !== img.height || pending[0].width !== img.width || pending.length === batchSize)) {
-      const t = flush();
-      yield t;
-      t.dispose();
-    }
-    pending.push(img);
-  }
-  if (pending.length > 0) {
-    const t = flush();
+  for await (const b of imageFileBatches(files, transform, batchSize)) {
+    const t = tf.tensor4d(b.data, b.shape);
     yield t;
     t.dispose();
   }
