@@ -1,17 +1,27 @@
 /**
  * One process of `npm run bench -- allreduce` (forked by bench/allreduce.ts with the runner's execArgv,
  * so tsx and the vitreg-source condition apply). Roles (argv[2]):
- *  - `rank`: one ring member running the worker's real data plane (TcpOutLink / FrameParser / Inbox /
- *    ringAllReduce, or GrpcOutLink + a PushChunks server on PeerService as the agent serves it);
+ *  - `rank`: one ring member running the worker's real data plane from @vitreg/worker (connectTcpLink /
+ *    acceptTcpLink / Inbox / ringAllReduce, or GrpcOutLink + a PushChunks server on PeerService as the
+ *    worker's peer server serves it);
  *  - `sink` / `source`: the raw TCP ceiling (net, 1 MiB writes, one ack byte per round).
  * Talks to the parent over the IPC channel.
  */
 import net from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { PeerClient, PeerService, type Chunk, type PeerHandlers } from '@vitreg/proto';
-import { alignedCopy, FrameParser, Inbox, type Frame, type OutLink } from '../apps/worker/src/frames.ts';
-import { connectTcpLink, encodeHello, GrpcOutLink, linkMac, readHello } from '../apps/worker/src/links.ts';
-import { ringAllReduce } from '../apps/worker/src/ring.ts';
+import {
+  acceptTcpLink,
+  alignedCopy,
+  connectTcpLink,
+  encodeHello,
+  GrpcOutLink,
+  Inbox,
+  linkMac,
+  readHello,
+  ringAllReduce,
+  type OutLink,
+} from '@vitreg/worker';
 
 type Msg = Record<string, unknown> & { type: string };
 const send = (m: Msg) => process.send!(m);
@@ -48,34 +58,18 @@ async function rankMain(): Promise<void> {
   let port: number;
   let closeServer: () => void;
   if (transport === 'tcp') {
-    // The agent's acceptTcp without the nonce bookkeeping: hello, one-byte accept, FrameParser -> Inbox.
+    // The worker's incoming link without the nonce and epoch checks: hello, accept byte, frames into the Inbox.
     const server = net.createServer((socket) => {
       socket.setNoDelay(true);
       readHello(socket, 10_000).then(({ rest }) => {
-        socket.write(Buffer.from([1]));
-        ib.pause = () => socket.pause();
-        ib.resume = () => socket.resume();
-        const parser = new FrameParser((f: Frame) => ib.push(f), chunkBytes);
-        const feed = (b: Buffer) => {
-          try {
-            parser.push(b);
-          } catch (err) {
-            ib.fail(err as Error);
-            socket.destroy();
-          }
-        };
-        socket.on('data', feed);
-        socket.on('close', () => ib.fail(new Error('data link closed')));
-        socket.on('error', () => undefined);
-        if (rest.length) feed(rest);
-        socket.resume();
+        acceptTcpLink(socket, ib, { maxPayload: chunkBytes, rest, closedError: () => new Error('data link closed') });
         accepted();
       }, (err: Error) => { send({ type: 'error', message: err.message }); });
     });
     port = await new Promise<number>((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as net.AddressInfo).port)));
     closeServer = () => server.close();
   } else {
-    // The agent's pushChunks handler without the auth and epoch checks: aligned copy into the Inbox.
+    // The worker's pushChunks handler without the auth and epoch checks: aligned copy into the Inbox.
     const handlers: PeerHandlers = {
       pushChunks: (call, callback) => {
         let n = 0;

@@ -1,8 +1,8 @@
 /**
  * `npm run bench -- allreduce [--workers 2,4,8] [--mb 100] [--transport tcp|grpc|tcp,grpc] [--repeat 3]
  *   [--chunk-kb 1024] [--bucket-mb 25] [--cpu-prof DIR]`
- * Ring all-reduce between N processes on loopback with the worker's own data plane (apps/worker/src:
- * TcpOutLink + FrameParser + Inbox, or GrpcOutLink + a PushChunks server on PeerService; ringAllReduce),
+ * Ring all-reduce between N processes on loopback with the worker's own data plane (@vitreg/worker:
+ * connectTcpLink + acceptTcpLink + Inbox, or GrpcOutLink + a PushChunks server on PeerService; ringAllReduce),
  * `mb` MiB of float32 per process, different values per rank. One warm-up all-reduce, then `repeat`
  * timed ones; every result is checked exactly against the closed-form sum (bench/_allreduce-rank.ts).
  * The ceiling `tcp_gbps` is measured in the same run: `mb` MiB copied between two processes over one

@@ -1,8 +1,14 @@
-/** @vitreg/worker: one GPU's process of a vitreg cluster job; see README.md. */
-export { runWorker, WorkerAgent, type WorkerOptions, type WorkerResult } from './agent.js';
-export { ringAllReduce, ringBroadcast, DEFAULT_BUCKET_BYTES, type RingIO, type RingOptions } from './ring.js';
-export { Inbox, FrameParser, encodeHeader, ProtocolError, DEFAULT_CHUNK_BYTES, HEADER_BYTES, type Frame, type FrameHeader, type OutLink } from './frames.js';
-export { connectTcpLink, TcpOutLink, GrpcOutLink, encodeHello, readHello, linkMac } from './links.js';
-export { launchInfo, expandHostlist, selectDevice, DEFAULT_PORT, type LaunchInfo } from './env.js';
-export { encodeState, decodeState, GrpcRingSync } from './thread.js';
-export { runLocalJob, type LocalJobOptions, type LocalJobResult } from './local.js';
+/** @vitreg/worker: one GPU's process of a vitreg cluster job, its local launcher and its data plane; see README.md. */
+export { runWorker } from './agent.js';
+export type { WorkerOptions, WorkerResult } from './agent.js';
+export { runLocalJob } from './local.js';
+export type { LocalJobOptions, LocalJobResult } from './local.js';
+export { launchInfo, expandHostlist, selectDevice, DEFAULT_PORT } from './env.js';
+export type { LaunchInfo } from './env.js';
+export { ringAllReduce, ringBroadcast, DEFAULT_BUCKET_BYTES } from './ring.js';
+export type { RingIO, RingOptions } from './ring.js';
+export { Inbox, FrameParser, alignedCopy, ProtocolError, DEFAULT_CHUNK_BYTES } from './frames.js';
+export type { Frame, FrameHeader, OutLink } from './frames.js';
+export { connectTcpLink, acceptTcpLink, readHello, encodeHello, linkMac, TcpOutLink, GrpcOutLink } from './links.js';
+export type { Hello, IncomingLinkOptions, TlsFiles } from './links.js';
+export { GrpcRingSync } from './ring-sync.js';

@@ -1,13 +1,14 @@
 /**
- * Ring links between worker processes: the outgoing side of a raw TCP/TLS link (negotiated through
- * the Peer service's OpenLink, authenticated by an HMAC of the job token over a one-time nonce) and
- * of a gRPC PushChunks stream. Both carry the same frames; the incoming sides live in the agent.
+ * Ring links between worker processes: a raw TCP/TLS link (negotiated through the Peer service's
+ * OpenLink, authenticated by an HMAC of the job token over a one-time nonce: the hello), both its
+ * sides, and the outgoing side of a gRPC PushChunks stream. Both carry the same frames. What a worker
+ * checks before it accepts a link (the nonce, the epoch, each chunk) is in peer-server.ts.
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import net from 'node:net';
 import tls from 'node:tls';
 import type * as grpc from '@grpc/grpc-js';
-import { encodeHeader, ProtocolError, type FrameHeader, type OutLink } from './frames.js';
+import { encodeHeader, FrameParser, ProtocolError, type Frame, type FrameHeader, type Inbox, type OutLink } from './frames.js';
 
 export const HELLO_MAGIC = 0x48475256; // "VRGH"
 
@@ -108,6 +109,47 @@ export async function connectTcpLink(host: string, port: number, hello: Buffer, 
   });
   socket.setTimeout(0);
   return new TcpOutLink(socket);
+}
+
+export interface IncomingLinkOptions {
+  /** Largest frame payload accepted: a larger one is a ProtocolError. */
+  maxPayload: number;
+  /** The bytes that followed the hello (readHello's `rest`). */
+  rest?: Buffer;
+  /** Checks each frame before it is queued; throwing refuses it, as a protocol error. */
+  check?: (f: Frame) => void;
+  /** Told when the link broke the protocol; the link is then closed and the inbox failed with the error. */
+  onProtocolError?: (err: Error) => void;
+  /** The error the inbox fails with when the link closes (default: "the data link closed"). */
+  closedError?: () => Error;
+}
+
+/**
+ * The receiving side of a raw link whose hello was read and accepted: sends the one-byte accept,
+ * then queues every frame in `inbox`, pausing the socket while the inbox is over its limit.
+ */
+export function acceptTcpLink(socket: net.Socket, inbox: Inbox, o: IncomingLinkOptions): void {
+  socket.write(Buffer.from([1]));
+  inbox.pause = () => socket.pause();
+  inbox.resume = () => socket.resume();
+  const parser = new FrameParser((f: Frame) => {
+    o.check?.(f);
+    inbox.push(f);
+  }, o.maxPayload);
+  const feed = (b: Buffer) => {
+    try {
+      parser.push(b);
+    } catch (err) {
+      o.onProtocolError?.(err as Error);
+      inbox.fail(err as Error);
+      socket.destroy();
+    }
+  };
+  socket.on('data', feed);
+  socket.on('close', () => inbox.fail(o.closedError?.() ?? new ProtocolError('the data link closed')));
+  socket.on('error', () => undefined);
+  if (o.rest?.length) feed(o.rest);
+  socket.resume();
 }
 
 /** What both outgoing links share: the first error sticks, and `ready()` waits out backpressure. */

@@ -5,7 +5,7 @@ import { FrameParser, Inbox, ProtocolError, encodeHeader, type Frame } from '../
 import { TcpOutLink } from '../src/links.js';
 import { ringAllReduce, ringBroadcast, type RingIO } from '../src/ring.js';
 import { expandHostlist, launchInfo, selectDevice } from '../src/env.js';
-import { decodeState, encodeState } from '../src/thread.js';
+import { decodeState, encodeState } from '../src/state-codec.js';
 
 /** P ring positions in this process, linked by real loopback TCP sockets (position i -> i + 1). */
 async function ring(P: number, maxPayload = 1 << 20): Promise<{ io: RingIO[]; close: () => void }> {
