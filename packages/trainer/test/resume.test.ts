@@ -117,7 +117,10 @@ test('checkpoint layout: model.safetensors loads as a backbone with its config; 
     assert.equal(evalJson.num_classes, 5);
     assert.ok(evalJson.val_accuracy! >= 0 && evalJson.val_accuracy! <= 1);
     // A checkpoint from another config is refused with the differing field named.
-    const other = validateTrainConfig({ ...tiny, objective: 'supervised', model: { arch: 'vit_micro_patch8_reg4', num_register_tokens: 2 }, train: { ...tiny.train, steps: 2, seed: 5 } });
+    // The run's config with only the seed changed (the first difference is reported in sorted-key order).
+    const arch = { arch: 'vit_micro_patch8_reg4', num_register_tokens: 2 };
+    const train5 = { ...tiny.train, steps: 2, checkpoint_every: 1, keep_checkpoints: 1, seed: 5 };
+    const other = validateTrainConfig({ ...tiny, objective: 'supervised', model: arch, train: train5 });
     await assert.rejects(train(other, { outDir: root, progress: false, resume: true }), /field "train.seed" of the checkpoint's config differs/);
   } finally {
     await rm(root, { recursive: true, force: true });
