@@ -14,3 +14,4 @@ export * from './dense-run.js';
 export * from './discover-run.js';
 export * from './dense-source.js';
 export * from './probe-task.js';
+export * from './probe-source.js';

@@ -1,17 +1,18 @@
 /**
  * runProbeTask (probe-task.ts) without the CLI: a token task and a dense task into results files beside
  * each other, reused when their settings match, refused (SettingsMismatchError) when not; the dense
- * task's head file and its feature cache removed when done; probe errors as InputErrors.
+ * task's head file and its feature cache removed when done; probe errors as InputErrors. And
+ * openProbeSource's parts.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ensureGradients, initBackend, InputError, readSafetensors, SettingsMismatchError, SyntheticDataset, SyntheticDenseDataset } from '@vitreg/core';
+import { encodePng, ensureGradients, initBackend, InputError, readSafetensors, SettingsMismatchError, SyntheticDataset, SyntheticDenseDataset } from '@vitreg/core';
 import { getConfig, VisionTransformer } from '@vitreg/registers';
-import { isDenseTask, runProbe, runProbeTask, type ProbeReport } from '../src/index.js';
+import { isDenseTask, openProbeSource, runProbe, runProbeTask, type ProbeReport } from '../src/index.js';
 
 await initBackend('wasm', { log: () => {} });
 await ensureGradients();
@@ -69,6 +70,33 @@ test('a dense task: results, head-<task>.safetensors, the feature cache removed;
     assert.ok(!existsSync(join(dir, 'cache-segmentation')), 'the feature cache is removed when done');
     assert.equal((await runProbeTask(model, train, test, o)).reused, true);
     await assert.rejects(runProbeTask(model, train, test, { ...o, layers: 4 }), SettingsMismatchError);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('openProbeSource: synthetic train and val streams, an image folder split 80/20 or its train/ and val/', async () => {
+  const syn = openProbeSource('synthetic', { count: 10, syntheticSize: 32, seed: 2 });
+  assert.deepEqual([syn.train.dataset.length, syn.test.dataset.length, syn.train.indices], [10, 3, undefined]);
+  assert.equal((await syn.train.dataset.get(0)).width, 32);
+  const dir = await mkdtemp(join(tmpdir(), 'vitreg-probe-source-'));
+  try {
+    const png = await encodePng(new Uint8Array(8 * 8 * 3).fill(128), 8, 8);
+    for (const cls of ['cat', 'dog']) {
+      await mkdir(join(dir, 'all', cls), { recursive: true });
+      for (let i = 0; i < 5; i++) await writeFile(join(dir, 'all', cls, `${i}.png`), png);
+      for (const split of ['train', 'val']) {
+        await mkdir(join(dir, 'split', split, cls), { recursive: true });
+        await writeFile(join(dir, 'split', split, cls, 'a.png'), png);
+      }
+    }
+    const all = openProbeSource(join(dir, 'all'), { seed: 1 });
+    assert.equal(all.train.dataset, all.test.dataset);
+    assert.deepEqual([all.train.indices!.length, all.test.indices!.length], [8, 2]);
+    assert.deepEqual([...all.train.indices!, ...all.test.indices!].sort((a, b) => a - b), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    const split = openProbeSource(join(dir, 'split'));
+    assert.deepEqual([split.train.dataset.length, split.test.dataset.length, split.train.dataset.classNames], [2, 2, ['cat', 'dog']]);
+    assert.throws(() => openProbeSource(join(dir, 'none')));
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -5,16 +5,16 @@
  */
 import { existsSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { BACKEND_NAMES, checkpointNames, ensureDir, ImageFolderDataset, InputError, SettingsMismatchError } from '@vitreg/core';
+import { BACKEND_NAMES, checkpointNames, ensureDir, InputError, SettingsMismatchError } from '@vitreg/core';
 import {
-  ALL_PROBE_TASKS, isDenseTask, openDenseSource, runProbeTask, splitIndices, SWEEP_PLOT_METRICS, sweepColumns, TOKEN_CHOICES, writeSweep,
+  ALL_PROBE_TASKS, isDenseTask, openDenseSource, openProbeSource, runProbeTask, SWEEP_PLOT_METRICS, sweepColumns, TOKEN_CHOICES, writeSweep,
   type AnyProbeTask, type DataPart, type DenseProbeReport, type DensePart, type ProbeModel, type ProbeReport, type ProbeTaskResult,
 } from '@vitreg/probe';
 import { TfjsEncoder, withTestTimeRegisters, type Encoder } from '@vitreg/registers';
 import { choiceFlag, CliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
 import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrNeurons, ttrUsage } from '../ttr.js';
 import {
-  BACKEND_FLAGS, configFlag, ENGINE_FLAGS, engineFlags, engineUsage, loadEncoder, startBackend, SYNTHETIC_FLAGS, syntheticDataset,
+  BACKEND_FLAGS, configFlag, ENGINE_FLAGS, engineFlags, engineUsage, loadEncoder, startBackend, SYNTHETIC_FLAGS,
 } from '../inputs.js';
 
 const USAGE = `
@@ -77,25 +77,18 @@ ${ttrUsage(21)}
   --out DIR          output folder
 `;
 
-function openData(data: string, values: Parameters<typeof syntheticDataset>[0] & { 'test-count'?: string }): { train: DataPart; test: DataPart } {
+/** --data SRC of a one-token task (class, position, pixels), with --count, --test-count, --synthetic-size, --seed. */
+function openData(data: string, values: { count?: string; 'test-count'?: string; 'synthetic-size'?: string; seed?: string }): { train: DataPart; test: DataPart } {
+  const seed = intFlag('seed', values.seed, 0, 0);
   if (data === 'synthetic') {
     const count = intFlag('count', values.count, 200, 2);
     const testCount = intFlag('test-count', values['test-count'], Math.max(1, Math.ceil(count / 4)));
-    return {
-      train: { dataset: syntheticDataset({ ...values, count: String(count) }, 'train', count) },
-      test: { dataset: syntheticDataset({ ...values, count: String(testCount) }, 'val', testCount) },
-    };
+    return openProbeSource('synthetic', { count, testCount, seed, syntheticSize: intFlag('synthetic-size', values['synthetic-size'], 224, 16) });
   }
   if (!existsSync(data) || !statSync(data).isDirectory()) throw new CliError(`--data: expected an image folder or 'synthetic', got ${data}`);
   try {
-    if (existsSync(join(data, 'train')) && existsSync(join(data, 'val'))) {
-      return { train: { dataset: new ImageFolderDataset(join(data, 'train')) }, test: { dataset: new ImageFolderDataset(join(data, 'val')) } };
-    }
-    const ds = new ImageFolderDataset(data);
-    const { train, heldOut } = splitIndices(ds.length, 0.2, intFlag('seed', values.seed, 0, 0));
-    return { train: { dataset: ds, indices: Array.from(train) }, test: { dataset: ds, indices: Array.from(heldOut) } };
+    return openProbeSource(data, { seed });
   } catch (err) {
-    if (err instanceof CliError) throw err;
     throw new CliError(`--data ${data}: ${(err as Error).message}`);
   }
 }
