@@ -3,6 +3,7 @@
  * stderr, argument parsing on top of node:util parseArgs, and the command table type.
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { InputError } from '@vitreg/core';
 
 /** A user error: printed as one line on stderr, exit code 2. */
 export class CliError extends Error {
@@ -10,6 +11,14 @@ export class CliError extends Error {
     super(message);
     this.name = 'CliError';
   }
+}
+
+/**
+ * A package's InputError (an input it refused, named in the message) as a CliError with the same message
+ * (exit code 2); any other error as it is (a failure: exit code 1).
+ */
+export function inputAsCliError(err: unknown): unknown {
+  return err instanceof InputError ? new CliError(err.message) : err;
 }
 
 export interface Command {

@@ -2,6 +2,7 @@
 /**
  * The vitreg command. Each subcommand lives in ./commands/<name>.ts and is listed in ./commands/index.ts.
  */
+import { InputError } from '@vitreg/core';
 import { CliError } from './cli.js';
 import { commands } from './commands/index.js';
 
@@ -36,9 +37,11 @@ export async function main(argv: string[]): Promise<number> {
     const code = await cmd.run(rest);
     return typeof code === 'number' ? code : 0;
   } catch (err) {
-    if (err instanceof CliError) {
+    // A usage error: a flag, or an input a package refused (commands turn those into CliErrors; any
+    // InputError that gets here is one too).
+    if (err instanceof CliError || err instanceof InputError) {
       process.stderr.write(`vitreg ${name}: ${err.message}\n`);
-      return err.exitCode;
+      return err instanceof CliError ? err.exitCode : 2;
     }
     const e = err as Error;
     process.stderr.write(`vitreg ${name}: ${e?.message ?? String(err)}\n`);

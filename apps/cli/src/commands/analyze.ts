@@ -9,10 +9,10 @@
  * A with its test-time register's to OUT/<name>/ttr/.
  */
 import { join } from 'node:path';
-import { InputError, log, type ImageTransform } from '@vitreg/core';
+import { log, type ImageTransform } from '@vitreg/core';
 import type { Encoder } from '@vitreg/registers';
 import { analyzeImages, imageFileInputs, tensorInputs, type AnalysisInput } from '@vitreg/viz';
-import { choiceFlag, CliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
+import { choiceFlag, CliError, inputAsCliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
 import { BACKEND_FLAGS, configFlag, ENGINE_FLAGS, engineUsage, engineFlags, imageFiles, loadEncoder, readTensorBatch, startBackend } from '../inputs.js';
 import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrUsage } from '../ttr.js';
 
@@ -135,7 +135,7 @@ export const analyze: Command = {
         },
       );
     } catch (err) {
-      throw err instanceof InputError ? new CliError(err.message) : err;
+      throw inputAsCliError(err);
     }
     const { images: done, failed } = result;
     for (const m of models) await m.dispose();

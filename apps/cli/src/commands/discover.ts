@@ -6,11 +6,11 @@
  */
 import { existsSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { BACKEND_NAMES, checkpointNames, CocoDataset, InputError, listImageFiles, SettingsMismatchError, VocDataset, type Dataset } from '@vitreg/core';
+import { BACKEND_NAMES, checkpointNames, CocoDataset, listImageFiles, SettingsMismatchError, VocDataset, type Dataset } from '@vitreg/core';
 import {
   datasetSource, fileSource, runDiscovery, tensorSource, writeSweep, type DiscoverSource, type DiscoveryRunOptions, type InputGeometry,
 } from '@vitreg/probe';
-import { choiceFlag, CliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
+import { choiceFlag, CliError, inputAsCliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
 import {
   BACKEND_FLAGS, configFlag, ENGINE_FLAGS, engineUsage, engineFlags, loadEncoder, readTensorBatch, startBackend, SYNTHETIC_FLAGS, syntheticDataset,
 } from '../inputs.js';
@@ -65,7 +65,7 @@ async function discoverInto(model: Encoder, source: DiscoverSource, out: string,
       const c = err.changes[0]!;
       throw new CliError(`--out ${out}: holds results of a run with ${c.key} ${JSON.stringify(c.before)}, not ${JSON.stringify(c.now)}; use another --out`);
     }
-    throw err instanceof InputError ? new CliError(err.message) : err;
+    throw inputAsCliError(err);
   }
 }
 

@@ -5,13 +5,13 @@
  */
 import { existsSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { BACKEND_NAMES, checkpointNames, ensureDir, InputError, SettingsMismatchError } from '@vitreg/core';
+import { BACKEND_NAMES, checkpointNames, ensureDir, SettingsMismatchError } from '@vitreg/core';
 import {
   ALL_PROBE_TASKS, isDenseTask, openDenseSource, openProbeSource, runProbeTask, SWEEP_PLOT_METRICS, sweepColumns, TOKEN_CHOICES, writeSweep,
   type AnyProbeTask, type DataPart, type DenseProbeReport, type DensePart, type ProbeModel, type ProbeReport, type ProbeTaskResult,
 } from '@vitreg/probe';
 import { TfjsEncoder, withTestTimeRegisters, type Encoder } from '@vitreg/registers';
-import { choiceFlag, CliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
+import { choiceFlag, CliError, inputAsCliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
 import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrNeurons, ttrUsage } from '../ttr.js';
 import {
   BACKEND_FLAGS, configFlag, ENGINE_FLAGS, engineFlags, engineUsage, loadEncoder, startBackend, SYNTHETIC_FLAGS,
@@ -135,7 +135,7 @@ async function probeTask(...args: Parameters<typeof runProbeTask>): Promise<Prob
     return await runProbeTask(...args);
   } catch (err) {
     if (err instanceof SettingsMismatchError) throw new CliError(`--out: ${err.message}; use another --out or delete it`);
-    throw err instanceof InputError ? new CliError(err.message) : err;
+    throw inputAsCliError(err);
   }
 }
 
