@@ -12,7 +12,9 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import sharp from 'sharp';
 import { getBackendName, initBackend, Rng, setQuiet, type BackendName } from '@vitreg/core';
-import { getConfig, loadWeights, OnnxEncoder, readWeights, saveWeights, TfjsEncoder, VisionTransformer, type Encoder } from '@vitreg/registers';
+import {
+  getConfig, loadWeights, OnnxEncoder, readWeights, saveWeights, TfjsEncoder, VisionTransformer, type Encoder,
+} from '@vitreg/registers';
 import { analyzeImages, imageFileInputs } from '@vitreg/viz';
 
 export async function run(argv: string[]): Promise<void> {
@@ -66,7 +68,9 @@ export async function run(argv: string[]): Promise<void> {
     await encoder.dispose();
     const seconds = (performance.now() - t0) / 1000;
     setQuiet(false);
-    if (r.failed.length > 0 || r.images !== count) throw new Error(`analyze: ${r.images} of ${count} images (${r.failed.map((f) => f.error).join('; ')})`);
+    if (r.failed.length > 0 || r.images !== count) {
+      throw new Error(`analyze: ${r.images} of ${count} images (${r.failed.map((f) => f.error).join('; ')})`);
+    }
     process.stdout.write(`${JSON.stringify({
       case: 'analyze',
       model: values.model,

@@ -20,7 +20,14 @@ export const TTR_FLAGS = {
 /** Help text of the test-time register flags, descriptions starting at column `col`. */
 export function ttrUsage(col = 20): string {
   const rows: [string, string[]][] = [
-    ['--test-time-registers F', ['neurons.json from vitreg registers find: run with one test-time register', '(Jiang et al. 2025), on tfjs or ONNX Runtime (not on an exported .onnx file);', 'refuses a file made for another model']],
+    [
+      '--test-time-registers F',
+      [
+        'neurons.json from vitreg registers find: run with one test-time register',
+        '(Jiang et al. 2025), on tfjs or ONNX Runtime (not on an exported .onnx file);',
+        'refuses a file made for another model',
+      ],
+    ],
     ['--ttr-top-k K', ["use the K best neurons of the file's ranking instead of its selection"]],
   ];
   return rows.flatMap(([flag, lines]) => lines.map((l, i) => (i === 0 ? `  ${flag}`.padEnd(col) : ' '.repeat(col)) + l)).join('\n');
@@ -34,7 +41,8 @@ export function ttrFlags(values: { 'test-time-registers'?: string; 'ttr-top-k'?:
     if (values['ttr-top-k'] !== undefined) throw new CliError('--ttr-top-k applies with --test-time-registers neurons.json');
     return null;
   }
-  return { path: values['test-time-registers'], topK: values['ttr-top-k'] === undefined ? undefined : intFlag('ttr-top-k', values['ttr-top-k'], 1) };
+  const topK = values['ttr-top-k'] === undefined ? undefined : intFlag('ttr-top-k', values['ttr-top-k'], 1);
+  return { path: values['test-time-registers'], topK };
 }
 
 /**
@@ -43,13 +51,23 @@ export function ttrFlags(values: { 'test-time-registers'?: string; 'ttr-top-k'?:
  * (`onnx: true`: ttrEncoder on an Encoder, or with `engine`) keeps the settings, so auto picks ONNX
  * Runtime when it loads; any other command runs tfjs (auto picks it; onnxruntime is refused).
  */
-export function ttrEngine(engine: EngineSettings, ttr: TtrSettings | null, weights: (string | undefined)[], opts: { onnx?: boolean } = {}): EngineSettings {
+export function ttrEngine(
+  engine: EngineSettings,
+  ttr: TtrSettings | null,
+  weights: (string | undefined)[],
+  opts: { onnx?: boolean } = {},
+): EngineSettings {
   if (!ttr) return engine;
   const onnx = weights.find((w) => w?.toLowerCase().endsWith('.onnx'));
-  if (onnx) throw new CliError(`--test-time-registers needs the .safetensors or .pth weights, not ${onnx} (an exported graph cannot be checked against the neurons file)`);
+  if (onnx) {
+    const why = 'an exported graph cannot be checked against the neurons file';
+    throw new CliError(`--test-time-registers needs the .safetensors or .pth weights, not ${onnx} (${why})`);
+  }
   if (opts.onnx) return engine;
   if (engine.engine === 'onnxruntime' || engine.device !== 'cpu' || engine.threads !== undefined) {
-    throw new CliError('--test-time-registers runs on the tfjs engine only in this command: drop --engine onnxruntime / --device / --threads');
+    throw new CliError(
+      '--test-time-registers runs on the tfjs engine only in this command: drop --engine onnxruntime / --device / --threads',
+    );
   }
   return { ...engine, engine: 'tfjs' };
 }

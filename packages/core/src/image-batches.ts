@@ -18,8 +18,14 @@ export interface ImageFileBatch {
  * one size, every batch but the last holds `batchSize`). A file that cannot be read is an InputError
  * naming it.
  */
-export async function* imageFileBatches(files: readonly string[], transform: ImageTransform, batchSize: number): AsyncGenerator<ImageFileBatch> {
-  if (!(Number.isInteger(batchSize) && batchSize >= 1)) throw new Error(`imageFileBatches: batchSize must be an integer >= 1, got ${batchSize}`);
+export async function* imageFileBatches(
+  files: readonly string[],
+  transform: ImageTransform,
+  batchSize: number,
+): AsyncGenerator<ImageFileBatch> {
+  if (!(Number.isInteger(batchSize) && batchSize >= 1)) {
+    throw new Error(`imageFileBatches: batchSize must be an integer >= 1, got ${batchSize}`);
+  }
   let pending: { data: Float32Array; height: number; width: number; path: string }[] = [];
   const flush = (): ImageFileBatch => {
     const batch = { ...stackImages(pending), files: pending.map((p) => p.path) };
@@ -30,7 +36,8 @@ export async function* imageFileBatches(files: readonly string[], transform: Ima
     const img = await loadImage(f, transform).catch((err: Error) => {
       throw new InputError(err.message, { cause: err });
     });
-    if (pending.length > 0 && (pending[0].height !== img.height || pending[0].width !== img.width || pending.length === batchSize)) yield flush();
+    const otherSize = pending.length > 0 && (pending[0].height !== img.height || pending[0].width !== img.width);
+    if (otherSize || pending.length === batchSize) yield flush();
     pending.push({ data: img.data, height: img.height, width: img.width, path: f });
   }
   if (pending.length > 0) yield flush();

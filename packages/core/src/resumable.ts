@@ -55,7 +55,10 @@ const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'obj
  * same settings; null when there is no file, or it records no settings (written before results did: run
  * again). Other settings throw a SettingsMismatchError listing every key that differs.
  */
-export async function readFinishedResult<T>(file: string, settings: Record<string, unknown>): Promise<(T & { settings: Record<string, unknown> }) | null> {
+export async function readFinishedResult<T>(
+  file: string,
+  settings: Record<string, unknown>,
+): Promise<(T & { settings: Record<string, unknown> }) | null> {
   if (!existsSync(file)) return null;
   const prev = JSON.parse(await readFile(file, 'utf8')) as T & { settings?: Record<string, unknown> };
   if (prev.settings === undefined) return null;
@@ -152,7 +155,8 @@ export class RowFiles<K extends string> {
 
   constructor(private readonly o: RowFilesOptions<K>) {
     this.record = join(o.dir, `${o.name}.json`);
-    this.paths = Object.fromEntries(Object.entries<string>(o.files).map(([k, suffix]) => [k, join(o.dir, `${o.name}.${suffix}`)])) as Record<K, string>;
+    const entries = Object.entries<string>(o.files).map(([k, suffix]) => [k, join(o.dir, `${o.name}.${suffix}`)]);
+    this.paths = Object.fromEntries(entries) as Record<K, string>;
     this.label = o.label ?? 'the row files';
     this.unit = o.unit ?? 'rows';
   }
@@ -170,7 +174,8 @@ export class RowFiles<K extends string> {
         const changes = isRecord(m.settings) && isRecord(this.o.settings) ? settingsChanges(m.settings, this.o.settings) : [];
         throw new SettingsMismatchError(
           this.record, changes, m.settings,
-          `${this.label} ${this.record} was made with other settings (${JSON.stringify(m.settings)}); delete ${this.o.dir} or use another folder`,
+          `${this.label} ${this.record} was made with other settings (${JSON.stringify(m.settings)}); ` +
+            `delete ${this.o.dir} or use another folder`,
         );
       }
       count = m.count;
@@ -186,7 +191,8 @@ export class RowFiles<K extends string> {
       }
       const buf = existsSync(file) ? new Uint8Array(await readFile(file)) : new Uint8Array(0);
       if (buf.length < want) {
-        throw new Error(`${this.label} ${file} holds ${buf.length} bytes, its record says ${count} ${this.unit} (${want} bytes); delete ${this.o.dir}`);
+        const says = `its record says ${count} ${this.unit} (${want} bytes)`;
+        throw new Error(`${this.label} ${file} holds ${buf.length} bytes, ${says}; delete ${this.o.dir}`);
       }
       if (buf.length > want) await truncate(file, want);
       rows[k] = buf.subarray(0, want);

@@ -64,7 +64,9 @@ export class FeatureWriter {
     if (!this.fh) await this.open(outputs);
     for (const [name, t] of outputs) {
       const l = this.layout.get(name);
-      if (!l || l.shape.slice(1).join(',') !== t.shape.slice(1).join(',')) throw new Error(`${this.label}: output ${name} changed shape between batches`);
+      if (!l || l.shape.slice(1).join(',') !== t.shape.slice(1).join(',')) {
+        throw new Error(`${this.label}: output ${name} changed shape between batches`);
+      }
       const rowBytes = (numel(l.shape) / this.count) * 4;
       const bytes = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
       await this.fh!.write(bytes, 0, bytes.length, l.offset + this.rows * rowBytes);

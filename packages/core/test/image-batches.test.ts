@@ -18,7 +18,9 @@ async function png(name: string, w: number, h: number): Promise<string> {
 }
 
 test('imageFileBatches: batches of one size, in order, a new batch where the size changes; bad files named', async () => {
-  const files = [await png('a.png', 16, 8), await png('b.png', 16, 8), await png('c.png', 16, 8), await png('d.png', 8, 16), await png('e.png', 16, 8)];
+  const sizes = [['a.png', 16, 8], ['b.png', 16, 8], ['c.png', 16, 8], ['d.png', 8, 16], ['e.png', 16, 8]] as const;
+  const files: string[] = [];
+  for (const [name, w, h] of sizes) files.push(await png(name, w, h));
   const keep = { kind: 'keep-aspect', patchSize: 8 } as const;
   const got: ImageFileBatch[] = [];
   for await (const b of imageFileBatches(files, keep, 2)) got.push(b);
@@ -30,9 +32,9 @@ test('imageFileBatches: batches of one size, in order, a new batch where the siz
   ]);
   assert.deepEqual(got[0].data.subarray(8 * 16 * 3), (await loadImage(files[1], keep)).data);
   const eval16 = { kind: 'eval', resize: 16, crop: 16 } as const;
-  const sizes: number[] = [];
-  for await (const b of imageFileBatches(files, eval16, 2)) sizes.push(b.shape[0]);
-  assert.deepEqual(sizes, [2, 2, 1], 'one size: full batches');
+  const counts: number[] = [];
+  for await (const b of imageFileBatches(files, eval16, 2)) counts.push(b.shape[0]);
+  assert.deepEqual(counts, [2, 2, 1], 'one size: full batches');
   const bad = join(dir, 'bad.png');
   await writeFile(bad, 'not an image');
   await assert.rejects(async () => {

@@ -26,7 +26,8 @@ test('readFinishedResult: null without a file or without settings, the result wh
   await writeJsonAtomic(file, { accuracy: 0.5 });
   assert.equal(await readFinishedResult(file, { steps: 1 }), null, 'written before results recorded their settings');
   await writeJsonAtomic(file, { settings: { steps: 20, size: 56 }, accuracy: 0.5 });
-  assert.deepEqual(await readFinishedResult<{ accuracy: number }>(file, { steps: 20, size: 56 }), { settings: { steps: 20, size: 56 }, accuracy: 0.5 });
+  const same = await readFinishedResult<{ accuracy: number }>(file, { steps: 20, size: 56 });
+  assert.deepEqual(same, { settings: { steps: 20, size: 56 }, accuracy: 0.5 });
   await assert.rejects(readFinishedResult(file, { steps: 30, size: 56 }), (err: Error) => {
     assert.ok(err instanceof SettingsMismatchError && err instanceof InputError);
     assert.equal(err.file, file);
@@ -64,7 +65,8 @@ test('JsonLinesLog appends records and, read again, cuts off a torn last line', 
 
 test('RowFiles: rows appended per batch come back, extra bytes are cut, other settings and short files are errors', async () => {
   const sub = join(dir, 'cache');
-  const open = (settings: unknown) => new RowFiles({ dir: sub, name: 'train', settings, files: { x: 'x.f32', t: 'targets.bin' }, label: 'test: the cache', unit: 'images' });
+  const files = { x: 'x.f32', t: 'targets.bin' };
+  const open = (settings: unknown) => new RowFiles({ dir: sub, name: 'train', settings, files, label: 'test: the cache', unit: 'images' });
   const rowBytes = { x: 8, t: 2 };
   const rows = open({ size: 4 });
   assert.deepEqual((await rows.load(rowBytes)).count, 0);
@@ -82,10 +84,12 @@ test('RowFiles: rows appended per batch come back, extra bytes are cut, other se
   assert.equal((await open({ size: 4 }).load({ x: 8, t: 0 })).rows.t.length, 0);
   await assert.rejects(open({ size: 8 }).load(rowBytes), (err: Error) => {
     assert.ok(err instanceof SettingsMismatchError);
-    assert.equal(err.message, `test: the cache ${rows.record} was made with other settings ({"size":4}); delete ${sub} or use another folder`);
+    const want = `test: the cache ${rows.record} was made with other settings ({"size":4}); delete ${sub} or use another folder`;
+    assert.equal(err.message, want);
     return true;
   });
   await writeFile(rows.paths.x, new Uint8Array(4));
-  await assert.rejects(open({ size: 4 }).load(rowBytes), /test: the cache .*train\.x\.f32 holds 4 bytes, its record says 3 images \(24 bytes\)/);
+  const short = /test: the cache .*train\.x\.f32 holds 4 bytes, its record says 3 images \(24 bytes\)/;
+  await assert.rejects(open({ size: 4 }).load(rowBytes), short);
   assert.ok(existsSync(rows.record));
 });

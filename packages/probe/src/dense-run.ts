@@ -197,7 +197,12 @@ async function extract(model: ProbeModel, part: DensePart, split: string, opts: 
   const settings = { task: opts.task, size, blocks, trainLabelSize: L, withTargets, items: indices, length: part.dataset.length, key: opts.cacheKey ?? null };
   const cache = opts.cacheDir
     ? new RowFiles({
-      dir: opts.cacheDir, name: split, settings, files: { x: 'x.f32', cls: 'cls.f32', t: 'targets.bin' }, label: 'dense probe: the feature cache', unit: 'images',
+      dir: opts.cacheDir,
+      name: split,
+      settings,
+      files: { x: 'x.f32', cls: 'cls.f32', t: 'targets.bin' },
+      label: 'dense probe: the feature cache',
+      unit: 'images',
     })
     : undefined;
   let done = 0;

@@ -23,7 +23,8 @@ export type DenseSourceKind = 'synthetic' | 'ade20k' | 'nyu';
 export function detectDenseLayout(dir: string): 'ade20k' | 'nyu' | null {
   const isDir = (p: string) => existsSync(p) && statSync(p).isDirectory();
   if (isDir(join(dir, 'images', 'training')) || isDir(join(dir, 'images', 'validation'))) return 'ade20k';
-  if (existsSync(join(dir, 'nyu_train.txt')) || existsSync(join(dir, 'nyu_test.txt')) || (isDir(join(dir, 'train')) && isDir(join(dir, 'test')))) return 'nyu';
+  const nyuLists = existsSync(join(dir, 'nyu_train.txt')) || existsSync(join(dir, 'nyu_test.txt'));
+  if (nyuLists || (isDir(join(dir, 'train')) && isDir(join(dir, 'test')))) return 'nyu';
   return null;
 }
 
@@ -37,7 +38,11 @@ function subset(n: number, k: number | undefined, seed: number): number[] | unde
  * val streams); 'ade20k:DIR' (training / validation); 'nyu:DIR' (train / test); or a DIR recognised by
  * its layout (detectDenseLayout). Errors name the spec and what was expected.
  */
-export function openDenseSource(spec: string, task: DenseTask, o: DenseSourceOptions = {}): { train: DensePart; test: DensePart; kind: DenseSourceKind } {
+export function openDenseSource(
+  spec: string,
+  task: DenseTask,
+  o: DenseSourceOptions = {},
+): { train: DensePart; test: DensePart; kind: DenseSourceKind } {
   const seed = o.seed ?? 0;
   if (spec === 'synthetic') {
     const count = o.count ?? 200;
@@ -52,7 +57,8 @@ export function openDenseSource(spec: string, task: DenseTask, o: DenseSourceOpt
   const m = /^(ade20k|nyu):(.+)$/.exec(spec);
   const dir = m ? m[2] : spec;
   if (!existsSync(dir) || !statSync(dir).isDirectory()) {
-    throw new Error(`dense data ${spec}: expected 'synthetic', ade20k:DIR, nyu:DIR or a folder with the ADE20k or NYU layout; ${dir} is not a folder`);
+    const expected = "expected 'synthetic', ade20k:DIR, nyu:DIR or a folder with the ADE20k or NYU layout";
+    throw new Error(`dense data ${spec}: ${expected}; ${dir} is not a folder`);
   }
   const kind = (m?.[1] as 'ade20k' | 'nyu' | undefined) ?? detectDenseLayout(dir);
   if (kind === null) {
@@ -62,7 +68,9 @@ export function openDenseSource(spec: string, task: DenseTask, o: DenseSourceOpt
     );
   }
   const wants = kind === 'ade20k' ? 'segmentation' : 'depth';
-  if (task !== wants) throw new Error(`dense data ${spec}: ${kind === 'ade20k' ? 'ADE20k' : 'NYU Depth v2'} has ${wants} targets, not ${task}`);
+  if (task !== wants) {
+    throw new Error(`dense data ${spec}: ${kind === 'ade20k' ? 'ADE20k' : 'NYU Depth v2'} has ${wants} targets, not ${task}`);
+  }
   const [train, test]: DenseDataset[] = kind === 'ade20k'
     ? [new Ade20kDataset(dir, { split: 'training' }), new Ade20kDataset(dir, { split: 'validation' })]
     : [new NyuDepthDataset(dir, { split: 'train' }), new NyuDepthDataset(dir, { split: 'test' })];

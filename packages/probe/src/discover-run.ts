@@ -11,8 +11,8 @@
  */
 import { basename, join, resolve } from 'node:path';
 import {
-  CocoDataset, decodeImage, encodePng, ensureDir, IMAGENET_MEAN, IMAGENET_STD, JsonLinesLog, Progress, stampSettings, stem, SyntheticDataset,
-  VocDataset, writeFileAtomic, writeJsonAtomic, asInputError, type Dataset,
+  asInputError, CocoDataset, decodeImage, encodePng, ensureDir, IMAGENET_MEAN, IMAGENET_STD, JsonLinesLog, Progress, stampSettings, stem,
+  SyntheticDataset, VocDataset, writeFileAtomic, writeJsonAtomic, type Dataset,
 } from '@vitreg/core';
 import type { Encoder } from '@vitreg/registers';
 import { corloc, type CorLoc } from './corloc.js';
@@ -101,7 +101,9 @@ const RUN_KEYS = ['weights', 'features', 'kPatches', 'geometry'] as const;
  * folder made with other settings is a SettingsMismatchError. The model is not disposed.
  */
 export async function runDiscovery(model: Encoder, source: DiscoverSource, out: string, opts: DiscoveryRunOptions): Promise<CorLoc | null> {
-  const s = { weights: opts.weights, features: opts.features ?? 'keys', kPatches: opts.kPatches ?? LOST_K_PATCHES, geometry: source.geometry };
+  const s = {
+    weights: opts.weights, features: opts.features ?? 'keys', kPatches: opts.kPatches ?? LOST_K_PATCHES, geometry: source.geometry,
+  };
   const batchSize = opts.batchSize ?? 1;
   await ensureDir(out);
   await stampSettings(join(out, 'run.json'), { ...s, weights: resolve(s.weights), config: model.config }, RUN_KEYS);
@@ -111,7 +113,8 @@ export async function runDiscovery(model: Encoder, source: DiscoverSource, out: 
   const todo = source.names.map((n, i) => [n, i] as const).filter(([n]) => !done.has(n));
   const p = model.config.patch_size;
   if (opts.pictures) await ensureDir(join(out, 'pictures'));
-  const progress = opts.progress === false ? undefined : new Progress({ total: todo.length, label: `discover ${stem(s.weights)}`, unit: 'img' });
+  const label = `discover ${stem(s.weights)}`;
+  const progress = opts.progress === false ? undefined : new Progress({ total: todo.length, label, unit: 'img' });
   let hits = records.filter((r) => r.hit).length;
   let scored = records.filter((r) => r.hit !== undefined).length;
   // Batches of consecutive images of equal padded size; an image that does not fit starts the next one.
@@ -161,6 +164,6 @@ export async function runDiscovery(model: Encoder, source: DiscoverSource, out: 
   const scoredRecords = records.filter((r) => r.hit !== undefined && wanted.has(r.image));
   if (scoredRecords.length === 0) return null;
   const c = corloc(scoredRecords.map((r) => r.hit === true));
-  await writeJsonAtomic(join(out, 'corloc.json'), { ...c, weights: s.weights, features: s.features, kPatches: s.kPatches, geometry: s.geometry });
+  await writeJsonAtomic(join(out, 'corloc.json'), { ...c, ...s });
   return c;
 }

@@ -36,7 +36,10 @@ export function openProbeSource(spec: string, o: ProbeSourceOptions = {}): { tra
     };
   }
   if (existsSync(join(spec, 'train')) && existsSync(join(spec, 'val'))) {
-    return { train: { dataset: new ImageFolderDataset(join(spec, 'train')) }, test: { dataset: new ImageFolderDataset(join(spec, 'val')) } };
+    return {
+      train: { dataset: new ImageFolderDataset(join(spec, 'train')) },
+      test: { dataset: new ImageFolderDataset(join(spec, 'val')) },
+    };
   }
   const ds = new ImageFolderDataset(spec);
   const { train, heldOut } = splitIndices(ds.length, 0.2, seed);

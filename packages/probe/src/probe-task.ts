@@ -73,7 +73,12 @@ function ticker(progress: Progress | undefined): (done: number) => void {
  * a model that cannot take the images) are InputErrors; a results file of the same name made with other
  * settings is core's SettingsMismatchError (naming every setting that differs). The model is not disposed.
  */
-export async function runProbeTask(model: ProbeModel, train: DataPart | DensePart, test: DataPart | DensePart, o: ProbeTaskOptions): Promise<ProbeTaskResult> {
+export async function runProbeTask(
+  model: ProbeModel,
+  train: DataPart | DensePart,
+  test: DataPart | DensePart,
+  o: ProbeTaskOptions,
+): Promise<ProbeTaskResult> {
   const size = o.size ?? 224;
   const batchSize = o.batchSize ?? 8;
   const seed = o.seed ?? 0;
@@ -87,7 +92,8 @@ export async function runProbeTask(model: ProbeModel, train: DataPart | DensePar
     const settings = { ...o.settings, token, threshold, register, steps };
     const prev = await readFinishedResult<ProbeReport>(o.file, settings);
     if (prev) return { report: prev, reused: true, settings };
-    const progress = show ? new Progress({ total: count(train) + count(test), label: `probe ${o.task}/${token} ${basename(o.weights)}`, unit: 'img' }) : undefined;
+    const label = `probe ${o.task}/${token} ${basename(o.weights)}`;
+    const progress = show ? new Progress({ total: count(train) + count(test), label, unit: 'img' }) : undefined;
     let report: ProbeReport;
     try {
       report = await runProbe(model, train as DataPart, test as DataPart, {

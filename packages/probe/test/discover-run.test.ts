@@ -12,7 +12,8 @@ import { join } from 'node:path';
 import { encodePng, initBackend, InputError, SettingsMismatchError, SyntheticDataset } from '@vitreg/core';
 import { getConfig, TfjsEncoder, VisionTransformer } from '@vitreg/registers';
 import {
-  datasetItemNames, datasetSource, discoverBatch, discoverEncoded, fileSource, prepareInput, runDiscovery, tensorSource, type DiscoveryRecord,
+  datasetItemNames, datasetSource, discoverBatch, discoverEncoded, fileSource, prepareInput, runDiscovery, tensorSource,
+  type DiscoveryRecord,
 } from '../src/index.js';
 
 await initBackend('wasm', { log: () => {} });

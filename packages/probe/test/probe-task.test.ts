@@ -10,7 +10,9 @@ import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { encodePng, ensureGradients, initBackend, InputError, readSafetensors, SettingsMismatchError, SyntheticDataset, SyntheticDenseDataset } from '@vitreg/core';
+import {
+  encodePng, ensureGradients, initBackend, InputError, readSafetensors, SettingsMismatchError, SyntheticDataset, SyntheticDenseDataset,
+} from '@vitreg/core';
 import { getConfig, VisionTransformer } from '@vitreg/registers';
 import { isDenseTask, openProbeSource, runProbe, runProbeTask, type ProbeReport } from '../src/index.js';
 
@@ -24,7 +26,10 @@ test('a token task: the report of runProbe with its settings; reused, or refused
     const train = { dataset: new SyntheticDataset({ seed: 1, count: 8, size: 32 }) };
     const test = { dataset: new SyntheticDataset({ seed: 1, count: 4, size: 32, split: 'val' }) };
     const file = join(dir, 'results-class.json');
-    const o = { task: 'class' as const, file, weights: 'runs/micro.safetensors', settings: { data: 'synthetic' }, size: 32, steps: 20, progress: false };
+    const o = {
+      task: 'class' as const, file, weights: 'runs/micro.safetensors', settings: { data: 'synthetic' },
+      size: 32, steps: 20, progress: false,
+    };
     const r = await runProbeTask(model, train, test, o);
     assert.equal(r.reused, false);
     assert.deepEqual(r.settings, { data: 'synthetic', token: 'cls', threshold: 'auto', register: 0, steps: 20 });

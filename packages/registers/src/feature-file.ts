@@ -15,7 +15,12 @@ export type FeatureAttention = 'none' | 'last' | 'all';
  * towers), attention (`attention: 'last'`) or attention.layerK (`'all'`), and layerK.prenorm (`layers`).
  */
 export function featureTensors(out: EncoderOutput, opts: { attention: FeatureAttention; layers: boolean }): Map<string, HostArray> {
-  const named = new Map<string, HostArray>([['cls', out.cls], ['registers', out.registers], ['patches', out.patches], ['prenorm', out.prenorm]]);
+  const named = new Map<string, HostArray>([
+    ['cls', out.cls],
+    ['registers', out.registers],
+    ['patches', out.patches],
+    ['prenorm', out.prenorm],
+  ]);
   if (out.pooled) named.set('pooled', out.pooled);
   if (opts.attention === 'last') named.set('attention', out.attention![0]!);
   if (opts.attention === 'all') out.attention!.forEach((a, k) => named.set(`attention.layer${k}`, a));
@@ -41,7 +46,12 @@ export interface FeatureFileOptions {
  * (also one thrown by `batches`, passed on as it is) the partial file is removed and an earlier file at
  * `path` stays. Returns the patch grid of the last batch. The encoder is not disposed.
  */
-export async function writeFeatureFile(encoder: Encoder, batches: AsyncIterable<ImageBatch>, path: string, o: FeatureFileOptions): Promise<{ grid: [number, number] }> {
+export async function writeFeatureFile(
+  encoder: Encoder,
+  batches: AsyncIterable<ImageBatch>,
+  path: string,
+  o: FeatureFileOptions,
+): Promise<{ grid: [number, number] }> {
   const p = encoder.config.patch_size;
   const opts = { attention: o.attention ?? 'none', layers: o.layers ?? false };
   let grid: [number, number] = [0, 0];

@@ -25,7 +25,8 @@ test('writeFeatureFile streams every output of every batch; featureTensors names
       yield { data: all.data.subarray(2 * n), shape: [1, 16, 24, 3] } as ImageBatch;
     }
     const path = join(dir, 'f.safetensors');
-    const r = await writeFeatureFile(enc, batches(), path, { count: 3, attention: 'all', layers: true, metadata: (g) => ({ grid: JSON.stringify(g) }), progress: false });
+    const meta = (g: [number, number]) => ({ grid: JSON.stringify(g) });
+    const r = await writeFeatureFile(enc, batches(), path, { count: 3, attention: 'all', layers: true, metadata: meta, progress: false });
     assert.deepEqual(r.grid, [2, 3]);
     const { tensors, metadata } = await readSafetensors(path);
     assert.deepEqual(metadata, { grid: '[2,3]' });
@@ -43,7 +44,8 @@ test('writeFeatureFile streams every output of every batch; featureTensors names
       yield { data: all.data.subarray(0, n), shape: [1, 16, 24, 3] } as ImageBatch;
       throw new Error('the second batch is unreadable');
     }
-    await assert.rejects(writeFeatureFile(enc, failing(), join(dir, 'g.safetensors'), { count: 2, progress: false }), /the second batch is unreadable/);
+    const failed = writeFeatureFile(enc, failing(), join(dir, 'g.safetensors'), { count: 2, progress: false });
+    await assert.rejects(failed, /the second batch is unreadable/);
     assert.ok(!existsSync(join(dir, 'g.safetensors')));
     assert.deepEqual((await readdir(dir)).sort(), ['f.safetensors']);
     await enc.dispose();

@@ -14,7 +14,9 @@
  * registers), pca, histogram and layers .png, and stats.json.
  */
 import { join } from 'node:path';
-import { ensureDir, InputError, loadImage, Progress, stem, uniqueNames, writeFileAtomic, writeJsonAtomic, type ImageTransform } from '@vitreg/core';
+import {
+  ensureDir, InputError, loadImage, Progress, stem, uniqueNames, writeFileAtomic, writeJsonAtomic, type ImageTransform,
+} from '@vitreg/core';
 import {
   analysisToJson, analyzeTokens, disposeOutput, outputTensors, tokenDataFromOutput, type Encoder, type TokenAnalysis,
 } from '@vitreg/registers';
@@ -48,7 +50,10 @@ export function imageFileInputs(files: string[], transform: ImageTransform): Ana
  * The images of an already-normalised NHWC float32 batch [B, H, W, 3] (tensor `name` of `file`), fed as
  * is: named `<name>-<i>`, from `<file>:<name>[i]`.
  */
-export function tensorInputs(batch: { data: Float32Array; shape: readonly number[] }, from: { file: string; name: string }): AnalysisInput[] {
+export function tensorInputs(
+  batch: { data: Float32Array; shape: readonly number[] },
+  from: { file: string; name: string },
+): AnalysisInput[] {
   const [b, h, w] = batch.shape as [number, number, number, number];
   const names = uniqueNames(Array.from({ length: b }, (_, i) => `${from.name}-${i}`));
   return names.map((n, i) => ({
@@ -98,8 +103,13 @@ export interface AnalyzeImagesResult {
 }
 
 /** Forward one image through one model and analyse it; returns the analysis and the patch features. */
-async function analyzeOne(model: Encoder, img: AnalysisImage, opts: Parameters<typeof analyzeTokens>[1]): Promise<{ analysis: TokenAnalysis; features: Float32Array }> {
-  const encoded = await model.encode({ data: img.data, shape: [1, img.height, img.width, 3] }, { attention: 'last', layers: true, embeddings: true });
+async function analyzeOne(
+  model: Encoder,
+  img: AnalysisImage,
+  opts: Parameters<typeof analyzeTokens>[1],
+): Promise<{ analysis: TokenAnalysis; features: Float32Array }> {
+  const batch = { data: img.data, shape: [1, img.height, img.width, 3] as [number, number, number, number] };
+  const encoded = await model.encode(batch, { attention: 'last', layers: true, embeddings: true });
   const out = outputTensors(encoded);
   try {
     const [data] = await tokenDataFromOutput(out);
@@ -131,7 +141,8 @@ function summaryOf(a: TokenAnalysis, label: string): Record<string, unknown> {
 /** A model in one line: its config and engine. */
 export function describeEncoder(m: Encoder): string {
   const c = m.config;
-  return `dim ${c.embed_dim}, depth ${c.depth}, ${c.num_heads} heads, patch ${c.patch_size}, ${c.num_register_tokens} registers, ${c.ffn_layer}; ${m.description}`;
+  const shape = `dim ${c.embed_dim}, depth ${c.depth}, ${c.num_heads} heads, patch ${c.patch_size}`;
+  return `${shape}, ${c.num_register_tokens} registers, ${c.ffn_layer}; ${m.description}`;
 }
 
 /**
@@ -139,7 +150,12 @@ export function describeEncoder(m: Encoder): string {
  * read is skipped and listed in `failed`; a model that fails on an input is an InputError naming it. The
  * models must share one patch size (one input grid).
  */
-export async function analyzeImages(models: AnalysisModel[], inputs: AnalysisInput[], out: string, opts: AnalyzeImagesOptions): Promise<AnalyzeImagesResult> {
+export async function analyzeImages(
+  models: AnalysisModel[],
+  inputs: AnalysisInput[],
+  out: string,
+  opts: AnalyzeImagesOptions,
+): Promise<AnalyzeImagesResult> {
   const threshold = opts.threshold ?? 'auto';
   const source = opts.source ?? 'postnorm';
   const foreground = opts.pcaForeground;
@@ -222,7 +238,8 @@ export async function analyzeImages(models: AnalysisModel[], inputs: AnalysisInp
   }));
   const settings = { ...opts.settings, threshold, source, transform: opts.transform, pcaForeground: foreground ?? null };
   const input = typeof opts.transform === 'string' ? opts.transform : JSON.stringify(opts.transform);
-  const rule = threshold === 'auto' ? 'automatic (bimodality of log norms, modes >= 3x apart; per image: mode ratio, verdict, rule)' : `norm > ${threshold}`;
+  const auto = 'automatic (bimodality of log norms, modes >= 3x apart; per image: mode ratio, verdict, rule)';
+  const rule = threshold === 'auto' ? auto : `norm > ${threshold}`;
   const report = join(out, 'report.html');
   await writeFileAtomic(report, renderReport({
     title: opts.title ?? 'vitreg analyze: high-norm tokens',

@@ -26,19 +26,26 @@ test('two models on a tensor and image files: figures, stats, summary, report; a
     await writeFile(join(dir, 'shape.png'), await encodePng(item.image, item.width, item.height));
     await writeFile(join(dir, 'broken.png'), 'not an image');
     const transform = { kind: 'eval', resize: 32, crop: 32 } as const;
-    const inputs = [...tensorInputs(batch, { file: 'x.safetensors', name: 'images' }), ...imageFileInputs([join(dir, 'shape.png'), join(dir, 'broken.png')], transform)];
+    const inputs = [
+      ...tensorInputs(batch, { file: 'x.safetensors', name: 'images' }),
+      ...imageFileInputs([join(dir, 'shape.png'), join(dir, 'broken.png')], transform),
+    ];
     assert.deepEqual(inputs.map((i) => i.name), ['images-0', 'images-1', 'shape', 'broken']);
     assert.equal(inputs[1].source, 'x.safetensors:images[1]');
     const out = join(dir, 'out');
-    const r = await analyzeImages([{ label: 'A', weights: 'a.safetensors', encoder: a }, { label: 'B', weights: 'b.safetensors', encoder: b, subdir: 'b' }], inputs, out, {
-      transform, settings: { note: 1 }, progress: false,
-    });
+    const models = [
+      { label: 'A', weights: 'a.safetensors', encoder: a },
+      { label: 'B', weights: 'b.safetensors', encoder: b, subdir: 'b' },
+    ];
+    const r = await analyzeImages(models, inputs, out, { transform, settings: { note: 1 }, progress: false });
     assert.equal(r.images, 3);
     assert.deepEqual(r.failed.map((f) => f.path), [join(dir, 'broken.png')]);
     for (const name of ['images-0', 'images-1', 'shape']) {
       assert.ok(existsSync(join(out, name, 'input.png')));
       for (const sub of ['', 'b']) {
-        for (const f of ['norms', 'attention', 'pca', 'histogram', 'layers']) assert.ok(existsSync(join(out, name, sub, `${f}.png`)), `${name}/${sub}/${f}`);
+        for (const f of ['norms', 'attention', 'pca', 'histogram', 'layers']) {
+          assert.ok(existsSync(join(out, name, sub, `${f}.png`)), `${name}/${sub}/${f}`);
+        }
         const stats = JSON.parse(await readFile(join(out, name, sub, 'stats.json'), 'utf8'));
         assert.deepEqual([stats.image, stats.model, stats.grid, stats.registers.length], [name, sub ? 'B' : 'A', [4, 4], sub ? 0 : 4]);
       }
@@ -46,8 +53,10 @@ test('two models on a tensor and image files: figures, stats, summary, report; a
     }
     const summary = JSON.parse(await readFile(r.summary, 'utf8'));
     assert.deepEqual(summary.settings, { note: 1, threshold: 'auto', source: 'postnorm', transform, pcaForeground: null });
-    assert.deepEqual(summary.models.map((m: { label: string; engine: string }) => [m.label, m.engine]), [['A', 'tfjs wasm'], ['B', 'tfjs wasm']]);
-    assert.deepEqual(summary.images.map((i: { name: string; models: unknown[] }) => [i.name, i.models.length]), [['images-0', 2], ['images-1', 2], ['shape', 2]]);
+    const engines = summary.models.map((m: { label: string; engine: string }) => [m.label, m.engine]);
+    assert.deepEqual(engines, [['A', 'tfjs wasm'], ['B', 'tfjs wasm']]);
+    const perImage = summary.images.map((i: { name: string; models: unknown[] }) => [i.name, i.models.length]);
+    assert.deepEqual(perImage, [['images-0', 2], ['images-1', 2], ['shape', 2]]);
     assert.equal(summary.failed.length, 1);
     const html = await readFile(r.report, 'utf8');
     const links = [...html.matchAll(/src="([^"]+)"/g)].map((m) => decodeURIComponent(m[1]));
@@ -64,8 +73,11 @@ test('an input the model cannot take is an InputError naming it', async () => {
   try {
     const batch = { data: new Float32Array(30 * 30 * 3), shape: [1, 30, 30, 3] };
     await assert.rejects(
-      analyzeImages([{ label: 'A', weights: 'a', encoder: a }], tensorInputs(batch, { file: 'f.safetensors', name: 't' }), dir, { transform: 'tensor as is', progress: false }),
-      (err: Error) => err instanceof InputError && /^f\.safetensors:t\[0\]: images: height and width must be positive multiples of the patch size 8/.test(err.message),
+      analyzeImages([{ label: 'A', weights: 'a', encoder: a }], tensorInputs(batch, { file: 'f.safetensors', name: 't' }), dir, {
+        transform: 'tensor as is',
+        progress: false,
+      }),
+      (err: Error) => err instanceof InputError && /^f\.safetensors:t\[0\]: images: height and width must be positive/.test(err.message),
     );
   } finally {
     await rm(dir, { recursive: true, force: true });

@@ -13,7 +13,9 @@ import { log, type ImageTransform } from '@vitreg/core';
 import type { Encoder } from '@vitreg/registers';
 import { analyzeImages, imageFileInputs, tensorInputs, type AnalysisInput } from '@vitreg/viz';
 import { choiceFlag, CliError, inputAsCliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
-import { BACKEND_FLAGS, configFlag, ENGINE_FLAGS, engineUsage, engineFlags, imageFiles, loadEncoder, readTensorBatch, startBackend } from '../inputs.js';
+import {
+  BACKEND_FLAGS, configFlag, ENGINE_FLAGS, engineUsage, engineFlags, imageFiles, loadEncoder, readTensorBatch, startBackend,
+} from '../inputs.js';
 import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrUsage } from '../ttr.js';
 
 const USAGE = `

@@ -12,7 +12,8 @@ import {
 } from '@vitreg/probe';
 import { choiceFlag, CliError, inputAsCliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
 import {
-  BACKEND_FLAGS, configFlag, ENGINE_FLAGS, engineUsage, engineFlags, loadEncoder, readTensorBatch, startBackend, SYNTHETIC_FLAGS, syntheticDataset,
+  BACKEND_FLAGS, configFlag, ENGINE_FLAGS, engineUsage, engineFlags, loadEncoder, readTensorBatch, startBackend, SYNTHETIC_FLAGS,
+  syntheticDataset,
 } from '../inputs.js';
 import type { Encoder } from '@vitreg/registers';
 import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrUsage } from '../ttr.js';
@@ -63,7 +64,8 @@ async function discoverInto(model: Encoder, source: DiscoverSource, out: string,
   } catch (err) {
     if (err instanceof SettingsMismatchError) {
       const c = err.changes[0]!;
-      throw new CliError(`--out ${out}: holds results of a run with ${c.key} ${JSON.stringify(c.before)}, not ${JSON.stringify(c.now)}; use another --out`);
+      const was = `${c.key} ${JSON.stringify(c.before)}, not ${JSON.stringify(c.now)}`;
+      throw new CliError(`--out ${out}: holds results of a run with ${was}; use another --out`);
     }
     throw inputAsCliError(err);
   }

@@ -109,7 +109,8 @@ export const features: Command = {
           first ??= b;
           const [, h, w] = b.shape;
           if (h !== first.shape[1] || w !== first.shape[2]) {
-            throw new CliError(`${b.files[0]}: becomes ${w}x${h} but ${files[0]} became ${first.shape[2]}x${first.shape[1]}; one output file needs one size (use --size)`);
+            const became = `${files[0]} became ${first.shape[2]}x${first.shape[1]}`;
+            throw new CliError(`${b.files[0]}: becomes ${w}x${h} but ${became}; one output file needs one size (use --size)`);
           }
           yield b;
         }

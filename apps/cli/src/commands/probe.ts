@@ -78,14 +78,20 @@ ${ttrUsage(21)}
 `;
 
 /** --data SRC of a one-token task (class, position, pixels), with --count, --test-count, --synthetic-size, --seed. */
-function openData(data: string, values: { count?: string; 'test-count'?: string; 'synthetic-size'?: string; seed?: string }): { train: DataPart; test: DataPart } {
+function openData(
+  data: string,
+  values: { count?: string; 'test-count'?: string; 'synthetic-size'?: string; seed?: string },
+): { train: DataPart; test: DataPart } {
   const seed = intFlag('seed', values.seed, 0, 0);
   if (data === 'synthetic') {
     const count = intFlag('count', values.count, 200, 2);
     const testCount = intFlag('test-count', values['test-count'], Math.max(1, Math.ceil(count / 4)));
-    return openProbeSource('synthetic', { count, testCount, seed, syntheticSize: intFlag('synthetic-size', values['synthetic-size'], 224, 16) });
+    const syntheticSize = intFlag('synthetic-size', values['synthetic-size'], 224, 16);
+    return openProbeSource('synthetic', { count, testCount, seed, syntheticSize });
   }
-  if (!existsSync(data) || !statSync(data).isDirectory()) throw new CliError(`--data: expected an image folder or 'synthetic', got ${data}`);
+  if (!existsSync(data) || !statSync(data).isDirectory()) {
+    throw new CliError(`--data: expected an image folder or 'synthetic', got ${data}`);
+  }
   try {
     return openProbeSource(data, { seed });
   } catch (err) {
@@ -146,12 +152,16 @@ function headline(task: AnyProbeTask, report: ProbeReport | DenseProbeReport): s
   if (!isDenseTask(task)) {
     const r = report as ProbeReport;
     if (task === 'class') return `accuracy ${pct(r.accuracy)}, k-NN ${pct(r.knn?.top1)}`;
-    return task === 'position' ? `top-1 ${pct(r.top1)}, mean distance ${r.meanDistance!.toFixed(2)} patches` : `MSE ${r.mse!.toFixed(4)}, L2 ${r.l2!.toFixed(4)}`;
+    if (task === 'position') return `top-1 ${pct(r.top1)}, mean distance ${r.meanDistance!.toFixed(2)} patches`;
+    return `MSE ${r.mse!.toFixed(4)}, L2 ${r.l2!.toFixed(4)}`;
   }
   const r = report as DenseProbeReport;
-  return task === 'segmentation'
-    ? `mIoU ${pct(r.segmentation?.miou)}, pixel accuracy ${pct(r.segmentation?.accuracy)} (most frequent class everywhere: mIoU ${pct(r.baseline.miou)})`
-    : `RMSE ${r.depth!.rmse.toFixed(4)} m, delta<1.25 ${pct(r.depth!.delta1)}, abs rel ${r.depth!.absRel.toFixed(4)} (a constant depth: RMSE ${r.baseline.rmse!.toFixed(4)} m)`;
+  if (task === 'segmentation') {
+    const baseline = `most frequent class everywhere: mIoU ${pct(r.baseline.miou)}`;
+    return `mIoU ${pct(r.segmentation?.miou)}, pixel accuracy ${pct(r.segmentation?.accuracy)} (${baseline})`;
+  }
+  const baseline = `a constant depth: RMSE ${r.baseline.rmse!.toFixed(4)} m`;
+  return `RMSE ${r.depth!.rmse.toFixed(4)} m, delta<1.25 ${pct(r.depth!.delta1)}, abs rel ${r.depth!.absRel.toFixed(4)} (${baseline})`;
 }
 
 export const probe: Command = {

@@ -6,10 +6,12 @@
  */
 import { resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { imageFileBatches, log } from '@vitreg/core';
+import { imageFileBatches, log, type ImageTransform } from '@vitreg/core';
 import { findRegisterNeurons, saveTestTimeRegisters, testTimeRegistersFile, TTR_PRESETS } from '@vitreg/registers';
 import { CliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
-import { BACKEND_FLAGS, configFlag, IMAGE_FLAGS, imageFiles, imageTransform, loadModel, MODEL_FLAGS, readTensorBatch, startBackend } from '../inputs.js';
+import {
+  BACKEND_FLAGS, configFlag, IMAGE_FLAGS, imageFiles, imageTransform, loadModel, MODEL_FLAGS, readTensorBatch, startBackend,
+} from '../inputs.js';
 
 const FIND_USAGE = `
 Usage: vitreg registers find --weights FILE [--model NAME] [--config JSON|FILE.json]
@@ -49,7 +51,7 @@ Then: vitreg features|analyze|probe|discover ... --test-time-registers neurons.j
 `;
 
 /** Image files as tfjs batches (split where the size changes), each disposed once the next is asked for. */
-async function* imageBatches(files: string[], transform: ReturnType<typeof imageTransform>, batchSize: number): AsyncGenerator<tf.Tensor4D> {
+async function* imageBatches(files: string[], transform: ImageTransform, batchSize: number): AsyncGenerator<tf.Tensor4D> {
   for await (const b of imageFileBatches(files, transform, batchSize)) {
     const t = tf.tensor4d(b.data, b.shape);
     yield t;
