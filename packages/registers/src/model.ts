@@ -182,6 +182,31 @@ export function dropPathFactors(draws: number[], rate: number, batchSubset: bool
 }
 
 /**
+ * The drop-path factors of one training forward pass over a batch of `batch` images, drawn from `rng`
+ * exactly as `VisionTransformer.forward` draws them: block by block, for each block whose rate
+ * (`blockDropRate`) is above 0, the attention branch and then the FFN branch, one uniform draw per image
+ * in image order (from `rng[i]` with one generator per image, else `batch` draws from the one generator),
+ * turned into factors by `dropPathFactors` (DINOv2's batch-subset rule where the config asks for it).
+ * Returns [depth, 2, batch] (block, branch 0 attention / 1 FFN, image), 1 where nothing drops. The tfjs
+ * model and the ONNX Runtime training graphs both take these, so both engines drop the same paths.
+ */
+export function forwardDropPathFactors(c: ViTConfig, rng: Rng | Rng[], batch: number): Float32Array {
+  const out = new Float32Array(c.depth * 2 * batch).fill(1);
+  for (let i = 0; i < c.depth; i++) {
+    const rate = blockDropRate(c, i);
+    if (!(rate > 0)) continue;
+    if (Array.isArray(rng) && rng.length !== batch) {
+      throw new Error(`forward: opts.rng has ${rng.length} generators for a batch of ${batch} images`);
+    }
+    for (let branch = 0; branch < 2; branch++) {
+      const draws = Array.from({ length: batch }, (_, b) => (Array.isArray(rng) ? rng[b]! : rng).float());
+      out.set(dropPathFactors(draws, rate, c.drop_path_batch_subset), (i * 2 + branch) * batch);
+    }
+  }
+  return out;
+}
+
+/**
  * DINOv2's initialisation (timm ViT init): trunc-normal .02 Linear/pos, tiny CLS/registers, LayerScale;
  * CLIP's projection as open_clip's: normal with std D^-0.5.
  */
@@ -329,9 +354,11 @@ export class VisionTransformer {
     let values: tf.Tensor4D | undefined;
     const dropRng = opts.training && c.drop_path_rate > 0 ? opts.rng : undefined;
     if (opts.training && c.drop_path_rate > 0 && !opts.rng) throw new Error('forward: training with drop_path_rate > 0 needs opts.rng');
+    // Every block's factors up front, in the order the blocks would draw them.
+    const factors = dropRng ? forwardDropPathFactors(c, dropRng, B) : undefined;
     for (let i = 0; i < c.depth; i++) {
       const last = i === c.depth - 1;
-      const dropRate = blockDropRate(c, i);
+      const dropRate = factors ? blockDropRate(c, i) : 0;
       // One tidy per block: intermediates are freed as soon as the block is done (a gradient tape keeps
       // what it needs), so peak memory is one block's, not the whole network's.
       const input = x;
@@ -339,8 +366,7 @@ export class VisionTransformer {
         this.block(i, input, {
           attention: want === 'all' || (want === 'last' && last),
           kv: last && (opts.keys || opts.values),
-          dropRate: dropRng ? dropRate : 0,
-          rng: dropRng,
+          keep: factors && dropRate > 0 ? [0, 1].map((k) => factors.subarray((i * 2 + k) * B, (i * 2 + k + 1) * B)) : undefined,
           ttr: ttr?.get(i) ? { neurons: ttr.get(i)!, register: 1 + R, patches: 1 + R + T } : undefined,
           act: opts.mlpActivations,
         }),
@@ -378,7 +404,13 @@ export class VisionTransformer {
   private block(
     i: number,
     x: tf.Tensor3D,
-    o: { attention: boolean; kv: boolean | undefined; dropRate: number; rng?: Rng | Rng[]; ttr?: { neurons: number[]; register: number; patches: number }; act?: boolean },
+    o: {
+      attention: boolean;
+      kv: boolean | undefined;
+      keep?: Float32Array[];
+      ttr?: { neurons: number[]; register: number; patches: number };
+      act?: boolean;
+    },
   ): { x: tf.Tensor3D; attn?: tf.Tensor4D; k?: tf.Tensor4D; v?: tf.Tensor4D; act?: tf.Tensor3D } {
     const c = this.config;
     const b = `blocks.${i}.`;
@@ -405,7 +437,7 @@ export class VisionTransformer {
     const attn = sink.attn ? (tf.transpose(tf.reshape(sink.attn, [H, B, N, N]), [1, 0, 2, 3]) as tf.Tensor4D) : undefined;
     if (sink.attn) sink.attn.dispose();
     const a = linear(merged, P('attn.proj.weight'), P('attn.proj.bias'));
-    x = residual(x, a, P('ls1.gamma'), this.dropPath(B, o.dropRate, o.rng));
+    x = residual(x, a, P('ls1.gamma'), o.keep ? tf.tensor3d(o.keep[0]!, [B, 1, 1]) : undefined);
 
     // FFN branch.
     const h2 = layerNorm(x, P('norm2.weight'), P('norm2.bias'), c.norm_eps);
@@ -427,24 +459,9 @@ export class VisionTransformer {
     } else {
       f = geluLinear(linear(h2, P('mlp.fc1.weight'), P('mlp.fc1.bias')), P('mlp.fc2.weight'), P('mlp.fc2.bias'));
     }
-    x = residual(x, f, P('ls2.gamma'), this.dropPath(B, o.dropRate, o.rng));
+    x = residual(x, f, P('ls2.gamma'), o.keep ? tf.tensor3d(o.keep[1]!, [B, 1, 1]) : undefined);
     return { x, attn, k, v, act: o.act ? act : undefined };
   }
-
-  /**
-   * Stochastic depth of one residual branch: the per-image factors [B, 1, 1] it is scaled by, or
-   * undefined when nothing is dropped. Per image: 0 with probability `rate`, else 1 / (1 - rate).
-   * DINOv2's batch subset (`drop_path_batch_subset`, rate > 0.1): exactly S = max(floor(B (1 - rate)), 1)
-   * images keep the branch, scaled by B / S; they are the S images with the smallest draws, a uniformly
-   * random subset as torch.randperm(B)[:S] is.
-   */
-  private dropPath(B: number, rate: number, rng?: Rng | Rng[]): tf.Tensor3D | undefined {
-    if (rate <= 0 || !rng) return undefined;
-    if (Array.isArray(rng) && rng.length !== B) throw new Error(`forward: opts.rng has ${rng.length} generators for a batch of ${B} images`);
-    const draws = Array.from({ length: B }, (_, i) => (Array.isArray(rng) ? rng[i]! : rng).float());
-    return tf.tensor3d(dropPathFactors(draws, rate, this.config.drop_path_batch_subset), [B, 1, 1]);
-  }
-
 
   /** Parameters as host Float32Arrays in this class's layouts (for saving and syncing). */
   async weights(): Promise<Record<string, Float32Array>> {

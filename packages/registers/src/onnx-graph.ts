@@ -1,10 +1,11 @@
 /**
  * A small builder of ONNX graphs: named nodes with attributes, float initializers stored as float32 or
  * float16 (float16 ones are cast to float32 by a Cast node that ONNX Runtime folds at load time), int64
- * constants, and the ModelProto around it (opset 17, IR version 8).
+ * constants, and the ModelProto around it (opset 17, IR version 8), or its encoded bytes (`encode`).
+ * The inference export (onnx-export.ts) and @vitreg/trainer's training graphs are built with it.
  */
 import { fromFloat32 } from '@vitreg/core';
-import { ONNX_ATTR, ONNX_DTYPE, type ModelProtoObject } from './onnx-proto.js';
+import { encodeModel, ONNX_ATTR, ONNX_DTYPE, type ModelProtoObject } from './onnx-proto.js';
 
 export const ONNX_OPSET = 17;
 export const ONNX_IR_VERSION = 8;
@@ -23,6 +24,8 @@ export interface Initializer {
 export interface GraphValue {
   name: string;
   dims: (number | string)[];
+  /** Element type (default float32). */
+  dtype?: 'float32' | 'int64';
 }
 
 function attribute(name: string, v: AttrValue): Record<string, unknown> {
@@ -38,7 +41,8 @@ function attribute(name: string, v: AttrValue): Record<string, unknown> {
 
 function valueInfo(v: GraphValue): Record<string, unknown> {
   const dim = v.dims.map((d) => (typeof d === 'number' ? { dim_value: d } : { dim_param: d }));
-  return { name: v.name, type: { tensor_type: { elem_type: ONNX_DTYPE.FLOAT, shape: { dim } } } };
+  const elem_type = v.dtype === 'int64' ? ONNX_DTYPE.INT64 : ONNX_DTYPE.FLOAT;
+  return { name: v.name, type: { tensor_type: { elem_type, shape: { dim } } } };
 }
 
 export class GraphBuilder {
@@ -109,6 +113,11 @@ export class GraphBuilder {
     return n;
   }
 
+  /** Marks `name` as taken (a graph input's name), so that no node output reuses it. */
+  reserve(name: string): string {
+    return this.claim(name);
+  }
+
   /** Total bytes of all initializers. */
   weightBytes(): number {
     return this.initializers.reduce((s, t) => s + t.bytes.length, 0);
@@ -146,5 +155,10 @@ export class GraphBuilder {
       graph: { name: 'vitreg_vit', node: this.nodes, initializer, input: inputs.map(valueInfo), output: outputs.map(valueInfo) },
       metadata_props: Object.entries(metadata).map(([key, value]) => ({ key, value })),
     };
+  }
+
+  /** The encoded ModelProto (initializers inside; protobuf limits it to 2 GiB). */
+  encode(inputs: GraphValue[], outputs: GraphValue[], metadata: Record<string, string> = {}): Uint8Array {
+    return encodeModel(this.model(inputs, outputs, metadata));
   }
 }

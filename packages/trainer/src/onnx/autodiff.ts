@@ -1,0 +1,457 @@
+/**
+ * Reverse-mode differentiation of ONNX graphs built in TypeScript. A `TrainGraph` wraps
+ * @vitreg/registers' GraphBuilder: every differentiable op it emits is recorded on a tape with its
+ * vector-Jacobian product (VJP), written by hand as standard ONNX operators, and `gradients(loss, wrt)`
+ * appends the backward pass to the same graph. ONNX Runtime's release builds have no gradient operators,
+ * so every rule is made of ops every build has (the products use com.microsoft.FusedMatMul for transposed
+ * operands, nn-ops.ts).
+ *
+ * Shapes are static (one graph per batch and crop size): the rules need them to undo broadcasting, and
+ * ONNX Runtime plans memory better with them. Values carry their shape, dtype and whether a gradient
+ * flows back through them; ops on values that need no gradient are emitted without a tape entry.
+ *
+ * This file holds the tape, the graph's inputs and outputs, and the generic ops (shape, elementwise,
+ * reductions); nn-ops.ts the layers' ops (products, softmax, LayerNorm, GELU, gathers).
+ */
+import { GraphBuilder, type AttrValue } from '@vitreg/registers';
+
+export type DType = 'float32' | 'int64';
+
+/** A value of the graph: its name, static shape, element type, and whether a gradient flows back through it. */
+export interface Value {
+  readonly name: string;
+  readonly shape: readonly number[];
+  readonly dtype: DType;
+  readonly grad: boolean;
+}
+
+/** A graph input or output as the engine binds it. */
+export interface GraphIO {
+  name: string;
+  shape: number[];
+  dtype: DType;
+}
+
+/** Gradients of an op's inputs (null: none) from the gradients of its outputs (null: that output got none). */
+export type Vjp = (grads: (Value | null)[]) => (Value | null)[];
+
+interface TapeEntry {
+  outs: Value[];
+  ins: Value[];
+  vjp: Vjp;
+}
+
+export const numel = (s: readonly number[]): number => s.reduce((a, b) => a * b, 1);
+export const sameShape = (a: readonly number[], b: readonly number[]): boolean => a.length === b.length && a.every((v, i) => v === b[i]);
+const ONNX_FLOAT = 1;
+
+/** Numpy broadcasting of two shapes; throws naming `what` on a mismatch. */
+export function broadcastShapes(a: readonly number[], b: readonly number[], what = 'broadcast'): number[] {
+  const n = Math.max(a.length, b.length);
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const x = a[a.length - n + i] ?? 1;
+    const y = b[b.length - n + i] ?? 1;
+    if (x !== y && x !== 1 && y !== 1) throw new Error(`${what}: shapes [${a}] and [${b}] do not broadcast`);
+    out.push(x === 1 ? y : x);
+  }
+  return out;
+}
+
+export class TrainGraph {
+  readonly builder = new GraphBuilder('float32');
+  readonly inputs: GraphIO[] = [];
+  readonly outputs: GraphIO[] = [];
+  private readonly tape: TapeEntry[] = [];
+  private readonly scalars = new Map<number, Value>();
+  /** False while the backward pass is appended: the rules' own ops are not recorded. */
+  private recording = true;
+  private scopes: string[] = [];
+
+  // ---------------------------------------------------------------------------------------------
+  // Values, inputs, outputs
+
+  /** A graph input; `grad` for the values whose gradients can be asked for (parameters). */
+  input(name: string, shape: readonly number[], opts: { grad?: boolean; dtype?: DType } = {}): Value {
+    if (this.inputs.some((i) => i.name === name)) throw new Error(`training graph: input "${name}" declared twice`);
+    this.builder.reserve(name);
+    const dtype = opts.dtype ?? 'float32';
+    this.inputs.push({ name, shape: [...shape], dtype });
+    return { name, shape: [...shape], dtype, grad: !!opts.grad && dtype === 'float32' };
+  }
+
+  /** A float32 constant (stored in the graph). */
+  constant(name: string, data: Float32Array | number[], shape: readonly number[]): Value {
+    const d = data instanceof Float32Array ? data : Float32Array.from(data);
+    if (d.length !== numel(shape)) throw new Error(`training graph: constant ${name} has ${d.length} values for shape [${shape}]`);
+    return { name: this.builder.floats(this.scoped(name), d, [...shape]), shape: [...shape], dtype: 'float32', grad: false };
+  }
+
+  /** A float32 scalar constant, shared between uses of the same value. */
+  scalar(v: number): Value {
+    const known = this.scalars.get(v);
+    if (known) return known;
+    const s = {
+      name: this.builder.floats(`scalar_${String(v).replace(/[^0-9a-z]/gi, '_')}`, Float32Array.of(v), []),
+      shape: [],
+      dtype: 'float32' as const,
+      grad: false,
+    };
+    this.scalars.set(v, s);
+    return s;
+  }
+
+  /** An int64 constant (shapes, axes, indices), shared between uses of the same values. */
+  int64(values: number[], shape: readonly number[] = [values.length]): Value {
+    return { name: this.builder.int64(values, [...shape]), shape: [...shape], dtype: 'int64', grad: false };
+  }
+
+  /** Makes `x` a graph output named `name` (an Identity node when the value has another name). */
+  output(x: Value, name: string): Value {
+    if (this.outputs.some((o) => o.name === name)) throw new Error(`training graph: output "${name}" declared twice`);
+    if (x.name !== name) this.builder.node('Identity', [x.name], `=${name}`);
+    this.outputs.push({ name, shape: [...x.shape], dtype: x.dtype });
+    return { ...x, name };
+  }
+
+  /** Runs `fn` with node names prefixed by `scope` (readable names in profiles and errors). */
+  scope<T>(scope: string, fn: () => T): T {
+    this.scopes.push(scope);
+    try {
+      return fn();
+    } finally {
+      this.scopes.pop();
+    }
+  }
+
+  private scoped(base: string): string {
+    return this.scopes.length ? `${this.scopes.join('/')}/${base}` : base;
+  }
+
+  /** Nodes emitted so far. */
+  get nodeCount(): number {
+    return this.builder.nodes.length;
+  }
+
+  /** The encoded ModelProto with the declared inputs and outputs. */
+  encode(metadata: Record<string, string> = {}): Uint8Array {
+    const io = (v: GraphIO) => ({ name: v.name, dims: v.shape, dtype: v.dtype });
+    return this.builder.encode(this.inputs.map(io), this.outputs.map(io), metadata);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Emitting and recording
+
+  /**
+   * One node, not differentiated: its outputs need no gradient (the backward pass's own ops, integer
+   * ops, values of inputs without gradients). Differentiable ops wrap it with `record`.
+   */
+  emit(
+    op: string,
+    ins: Value[],
+    shape: readonly number[],
+    attrs: Record<string, AttrValue> = {},
+    opts: { domain?: string; dtype?: DType } = {},
+  ): Value {
+    const [n] = this.builder.node(
+      op,
+      ins.map((s) => s.name),
+      this.scoped(op.toLowerCase()),
+      attrs,
+      opts.domain,
+    );
+    return { name: n!, shape: [...shape], dtype: opts.dtype ?? 'float32', grad: false };
+  }
+
+  /** A node with several outputs, not differentiated (see `emit`). */
+  emitMany(
+    op: string,
+    ins: Value[],
+    shapes: (readonly number[])[],
+    attrs: Record<string, AttrValue> = {},
+    opts: { domain?: string } = {},
+  ): Value[] {
+    const names = shapes.map((_, i) => this.scoped(`${op.toLowerCase()}_${i}`));
+    const outs = this.builder.node(
+      op,
+      ins.map((s) => s.name),
+      names,
+      attrs,
+      opts.domain,
+    );
+    return outs.map((n, i) => ({ name: n, shape: [...shapes[i]!], dtype: 'float32' as const, grad: false }));
+  }
+
+  /**
+   * Records `outs` (values just emitted from `ins`) with their VJP. They need a gradient when an input
+   * does; nothing is recorded otherwise, nor while the backward pass is appended.
+   */
+  record(outs: Value[], ins: Value[], vjp: Vjp): Value[] {
+    const grad = this.recording && ins.some((s) => s.grad);
+    const marked = outs.map((o) => ({ ...o, grad: grad && o.dtype === 'float32' }));
+    if (grad) this.tape.push({ outs: marked, ins, vjp });
+    return marked;
+  }
+
+  /** `record` for an op with one output and a VJP of its one output gradient. */
+  record1(out: Value, ins: Value[], vjp: (g: Value) => (Value | null)[]): Value {
+    return this.record([out], ins, (gs) => vjp(gs[0]!))[0]!;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Backward
+
+  /**
+   * Appends the backward pass of the scalar `loss` (its gradient `seed`, 1 by default) and returns the
+   * gradient of each of `wrt`, or null where no path leads from it to the loss. Call once per graph.
+   */
+  gradients(loss: Value, wrt: Value[], seed?: Value): (Value | null)[] {
+    if (loss.shape.length !== 0) throw new Error(`gradients: the loss must be a scalar, got shape [${loss.shape}]`);
+    if (!this.recording) throw new Error('gradients: the backward pass is already appended');
+    this.recording = false;
+    const pending = new Map<string, Value[]>();
+    pending.set(loss.name, [seed ?? this.scalar(1)]);
+    const total = (s: Value): Value | null => {
+      const parts = pending.get(s.name);
+      if (!parts || parts.length === 0) return null;
+      if (parts.length === 1) return parts[0]!;
+      const sum = this.emit('Sum', parts, s.shape);
+      pending.set(s.name, [sum]);
+      return sum;
+    };
+    for (let i = this.tape.length - 1; i >= 0; i--) {
+      const e = this.tape[i]!;
+      const gs = e.outs.map(total);
+      if (gs.every((g) => g === null)) continue;
+      const grads = e.vjp(gs);
+      e.ins.forEach((inp, k) => {
+        const gi = grads[k];
+        if (!gi || !inp.grad) return;
+        if (!sameShape(gi.shape, inp.shape))
+          throw new Error(`gradients: the gradient of ${inp.name} has shape [${gi.shape}], the value [${inp.shape}]`);
+        const list = pending.get(inp.name) ?? [];
+        list.push(gi);
+        pending.set(inp.name, list);
+      });
+      for (const o of e.outs) pending.delete(o.name);
+    }
+    return wrt.map((w) => total(w));
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Shape ops
+
+  private axis(x: Value, axis: number): number {
+    const ax = axis < 0 ? x.shape.length + axis : axis;
+    if (!(ax >= 0 && ax < x.shape.length)) throw new Error(`axis ${axis} is out of range for shape [${x.shape}]`);
+    return ax;
+  }
+
+  reshape(x: Value, shape: readonly number[]): Value {
+    if (numel(shape) !== numel(x.shape)) throw new Error(`reshape [${x.shape}] -> [${shape}]: sizes differ`);
+    if (sameShape(shape, x.shape)) return x;
+    const y = this.emit('Reshape', [x, this.int64([...shape])], shape, {}, { dtype: x.dtype });
+    return this.record1(y, [x], (g) => [this.reshape(g, x.shape)]);
+  }
+
+  transpose(x: Value, perm: number[]): Value {
+    if (perm.every((p, i) => p === i)) return x;
+    const y = this.emit(
+      'Transpose',
+      [x],
+      perm.map((p) => x.shape[p]!),
+      { perm },
+    );
+    const inv = perm.map((_, i) => perm.indexOf(i));
+    return this.record1(y, [x], (g) => [this.transpose(g, inv)]);
+  }
+
+  /** x[..., start:end, ...] along `axis`; the gradient pads with zeros. */
+  slice(x: Value, axis: number, start: number, end: number): Value {
+    const ax = this.axis(x, axis);
+    if (start === 0 && end === x.shape[ax]) return x;
+    if (!(start >= 0 && end > start && end <= x.shape[ax]!)) throw new Error(`slice ${start}:${end} of axis ${ax} of [${x.shape}]`);
+    const shape = [...x.shape];
+    shape[ax] = end - start;
+    const y = this.emit('Slice', [x, this.int64([start]), this.int64([end]), this.int64([ax])], shape, {}, { dtype: x.dtype });
+    return this.record1(y, [x], (g) => {
+      const pads = new Array<number>(2 * x.shape.length).fill(0);
+      pads[ax] = start;
+      pads[x.shape.length + ax] = x.shape[ax]! - end;
+      return [this.emit('Pad', [g, this.int64(pads)], x.shape)];
+    });
+  }
+
+  /** Parts of `sizes` along `axis` (one Split node); the gradient concatenates, with zeros for parts without one. */
+  split(x: Value, axis: number, sizes: number[]): Value[] {
+    const ax = this.axis(x, axis);
+    if (sizes.reduce((a, b) => a + b, 0) !== x.shape[ax]) throw new Error(`split [${sizes}] of axis ${ax} of [${x.shape}]`);
+    const shapes = sizes.map((s) => x.shape.map((v, i) => (i === ax ? s : v)));
+    const outs = this.emitMany('Split', [x, this.int64(sizes)], shapes, { axis: ax });
+    return this.record(outs, [x], (gs) => [
+      this.concat(
+        gs.map((g, i) => g ?? this.zeros(shapes[i]!)),
+        ax,
+      ),
+    ]);
+  }
+
+  concat(xs: Value[], axis: number): Value {
+    if (xs.length === 1) return xs[0]!;
+    const ax = this.axis(xs[0]!, axis);
+    const shape = [...xs[0]!.shape];
+    shape[ax] = xs.reduce((s, x) => s + x.shape[ax]!, 0);
+    const y = this.emit('Concat', xs, shape, { axis: ax });
+    return this.record1(y, xs, (g) => {
+      const parts = this.split(
+        g,
+        ax,
+        xs.map((x) => x.shape[ax]!),
+      );
+      return parts.map((p, i) => (xs[i]!.grad ? p : null));
+    });
+  }
+
+  /** x broadcast to `shape` (Expand); the gradient sums over the broadcast axes. */
+  expand(x: Value, shape: readonly number[]): Value {
+    const full = broadcastShapes(x.shape, shape, 'expand');
+    if (sameShape(full, x.shape)) return x;
+    const y = this.emit('Expand', [x, this.int64(full)], full);
+    return this.record1(y, [x], (g) => [this.unbroadcast(g, x.shape)]);
+  }
+
+  /** Zeros of `shape` (a scalar 0 expanded). */
+  zeros(shape: readonly number[]): Value {
+    return shape.length === 0 ? this.scalar(0) : this.emit('Expand', [this.scalar(0), this.int64([...shape])], shape);
+  }
+
+  /** The gradient `g` of a broadcast result, summed back to the operand's `shape`. */
+  unbroadcast(g: Value, shape: readonly number[]): Value {
+    if (sameShape(g.shape, shape)) return g;
+    const n = g.shape.length;
+    const axes: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const s = shape[shape.length - n + i] ?? 1;
+      if (s === 1 && g.shape[i] !== 1) axes.push(i);
+    }
+    const kept = g.shape.map((v, i) => (axes.includes(i) ? 1 : v));
+    const r = axes.length ? this.emit('ReduceSum', [g, this.int64(axes)], kept, { keepdims: 1 }) : g;
+    return sameShape(r.shape, shape) ? r : this.emit('Reshape', [r, this.int64([...shape])], shape);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Elementwise
+
+  private binary(op: string, a: Value, b: Value, vjp: (g: Value, y: Value) => (Value | null)[]): Value {
+    const y = this.emit(op, [a, b], broadcastShapes(a.shape, b.shape, op));
+    return this.record1(y, [a, b], (g) => vjp(g, y));
+  }
+
+  add(a: Value, b: Value): Value {
+    return this.binary('Add', a, b, (g) => [a.grad ? this.unbroadcast(g, a.shape) : null, b.grad ? this.unbroadcast(g, b.shape) : null]);
+  }
+
+  sub(a: Value, b: Value): Value {
+    return this.binary('Sub', a, b, (g) => [
+      a.grad ? this.unbroadcast(g, a.shape) : null,
+      b.grad ? this.unbroadcast(this.neg(g), b.shape) : null,
+    ]);
+  }
+
+  mul(a: Value, b: Value): Value {
+    return this.binary('Mul', a, b, (g) => [
+      a.grad ? this.unbroadcast(this.mul(g, b), a.shape) : null,
+      b.grad ? this.unbroadcast(this.mul(g, a), b.shape) : null,
+    ]);
+  }
+
+  div(a: Value, b: Value): Value {
+    return this.binary('Div', a, b, (g, y) => [
+      a.grad ? this.unbroadcast(this.div(g, b), a.shape) : null,
+      b.grad ? this.unbroadcast(this.neg(this.div(this.mul(g, y), b)), b.shape) : null,
+    ]);
+  }
+
+  /** x times a constant. */
+  scale(x: Value, s: number): Value {
+    return s === 1 ? x : this.mul(x, this.scalar(s));
+  }
+
+  private unary(op: string, x: Value, vjp: (g: Value, y: Value) => Value): Value {
+    const y = this.emit(op, [x], x.shape);
+    return this.record1(y, [x], (g) => [vjp(g, y)]);
+  }
+
+  neg(x: Value): Value {
+    return this.unary('Neg', x, (g) => this.neg(g));
+  }
+
+  exp(x: Value): Value {
+    return this.unary('Exp', x, (g, y) => this.mul(g, y));
+  }
+
+  log(x: Value): Value {
+    return this.unary('Log', x, (g) => this.div(g, x));
+  }
+
+  sqrt(x: Value): Value {
+    return this.unary('Sqrt', x, (g, y) => this.div(this.scale(g, 0.5), y));
+  }
+
+  sigmoid(x: Value): Value {
+    return this.unary('Sigmoid', x, (g, y) => this.mul(g, this.mul(y, this.sub(this.scalar(1), y))));
+  }
+
+  /** 1 where x > 0, else 0 (no gradient). */
+  positive(x: Value): Value {
+    return this.emit('Cast', [this.emit('Greater', [x, this.scalar(0)], x.shape)], x.shape, { to: ONNX_FLOAT });
+  }
+
+  relu(x: Value): Value {
+    return this.unary('Relu', x, (g) => this.mul(g, this.positive(x)));
+  }
+
+  /** |x|; the gradient is sign(x) (0 at 0, as torch). */
+  abs(x: Value): Value {
+    return this.unary('Abs', x, (g) => this.mul(g, this.emit('Sign', [x], x.shape)));
+  }
+
+  /** max(x, c) for a constant c: the gradient goes where x >= c (as tfjs' maximum and torch's clamp_min). */
+  maxScalar(x: Value, c: number): Value {
+    const cs = this.scalar(c);
+    const y = this.emit('Max', [x, cs], x.shape);
+    return this.record1(y, [x], (g) => [
+      this.mul(g, this.emit('Cast', [this.emit('GreaterOrEqual', [x, cs], x.shape)], x.shape, { to: ONNX_FLOAT })),
+    ]);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Reductions
+
+  private axes(x: Value, axes: number[]): number[] {
+    return axes.map((a) => this.axis(x, a));
+  }
+
+  private reducedShape(x: Value, ax: number[], keepdims: boolean): number[] {
+    return x.shape.flatMap((s, i) => (ax.includes(i) ? (keepdims ? [1] : []) : [s]));
+  }
+
+  /** The gradient of a reduction: g (reduced shape) back to x's shape, times `factor`. */
+  private spread(g: Value, x: Value, ax: number[], keepdims: boolean, factor: number): Value {
+    const kept = keepdims ? g : this.reshape(g, this.reducedShape(x, ax, true));
+    return this.emit('Expand', [factor === 1 ? kept : this.scale(kept, factor), this.int64([...x.shape])], x.shape);
+  }
+
+  reduceSum(x: Value, axes: number[], keepdims = false): Value {
+    const ax = this.axes(x, axes);
+    const y = this.emit('ReduceSum', [x, this.int64(ax)], this.reducedShape(x, ax, keepdims), { keepdims: keepdims ? 1 : 0 });
+    return this.record1(y, [x], (g) => [this.spread(g, x, ax, keepdims, 1)]);
+  }
+
+  reduceMean(x: Value, axes: number[], keepdims = false): Value {
+    const ax = this.axes(x, axes);
+    const n = ax.reduce((p, a) => p * x.shape[a]!, 1);
+    const y = this.emit('ReduceMean', [x], this.reducedShape(x, ax, keepdims), { axes: ax, keepdims: keepdims ? 1 : 0 });
+    return this.record1(y, [x], (g) => [this.spread(g, x, ax, keepdims, 1 / n)]);
+  }
+}
