@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: build (tsup: ESM + CJS + .d.ts) and typecheck every package through nx, then
+# The whole test suite: build (tsup: ESM + CJS + .d.ts) and typecheck every package through nx, typecheck
+# the benches and root tests (tsconfig.tools.json), lint (ESLint and Prettier's check), then
 # run every package's tests with node's test runner against the TypeScript sources (the unit suite), then
 # the WebGPU suite (scripts/test-webgpu.sh: the webgpu backend through SwiftShader, or one line saying
 # why it is skipped). Each runner ends with its "# pass N / # fail N" summary; the exit status fails
@@ -7,6 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 npx nx run-many -t build typecheck --outputStyle=static
+# The benches and the root tests have no package of their own: typecheck them too, then lint the tree.
+npx tsc -p tsconfig.tools.json
+npm run lint
 shopt -s nullglob
 files=(test/*.test.ts proto/test/*.test.ts packages/*/test/*.test.ts apps/*/test/*.test.ts)
 unit=0

@@ -14,12 +14,9 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { ensureGradients } from './gradients.js';
 import { log as defaultLog } from './log.js';
-import { describeAdapter, setupWebGpu, type WebGpuAdapterInfo } from './webgpu.js';
-
-export {
-  adapterFlags, bindingLimitError, describeAdapter, findVulkanDrivers, findVulkanLoader, isSoftwareAdapter, parseAdapterList, setupWebGpu, VULKAN_HINT, WEBGPU_INSTALL,
-  webGpuAdapter, type AdapterEntry, type WebGpuAdapterInfo, type WebGpuLimits, type WebGpuOptions,
-} from './webgpu.js';
+import { setupWebGpu } from './webgpu.js';
+import { describeAdapter } from './webgpu-dawn.js';
+import { type WebGpuAdapterInfo } from './webgpu-dawn.js';
 
 export type BackendName = 'auto' | 'tensorflow-gpu' | 'webgpu' | 'tensorflow' | 'wasm' | 'cpu';
 

@@ -16,13 +16,6 @@ import type { AdapterLike, DeviceLike, GpuLike, WebGpuAdapterInfo } from './webg
 import { capturePump, chunkAddN, guardLimits, syncReads, watchErrors } from './webgpu-fixes.js';
 import { findVulkanDrivers, findVulkanLoader, VULKAN_HINT } from './webgpu-vulkan.js';
 
-export {
-  adapterFlags, describeAdapter, isSoftwareAdapter, parseAdapterList, WEBGPU_INSTALL,
-  type AdapterEntry, type WebGpuAdapterInfo, type WebGpuLimits,
-} from './webgpu-dawn.js';
-export { bindingLimitError } from './webgpu-fixes.js';
-export { findVulkanDrivers, findVulkanLoader, VULKAN_HINT } from './webgpu-vulkan.js';
-
 /** What setupWebGpu needs to know. */
 export interface WebGpuOptions {
   /** Adapter index (default: VITREG_GPU, else 0). */

@@ -5,10 +5,9 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
-import {
-  ADE20K_CLASSES, Ade20kDataset, encodeLabelPng, encodeUint16Png, IGNORE_LABEL, isDenseDataset, NYU_EIGEN_CROP,
-  NyuDepthDataset, readLabelPng, readUint16Png, reduceZeroLabel, SYNTHETIC_DEPTH, SyntheticDataset, SyntheticDenseDataset,
-} from '../src/index.js';
+import { ADE20K_CLASSES, Ade20kDataset, encodeLabelPng, encodeUint16Png, IGNORE_LABEL, NYU_EIGEN_CROP, NyuDepthDataset, readLabelPng, readUint16Png, SYNTHETIC_DEPTH, SyntheticDataset, SyntheticDenseDataset } from '../src/index.js';
+import { reduceZeroLabel } from '../src/data/ade20k.js';
+import { isDenseDataset } from '../src/data/dense.js';
 
 const fixtures = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'dense');
 const pil = JSON.parse(await readFile(join(fixtures, 'dense-fixtures.json'), 'utf8')) as {

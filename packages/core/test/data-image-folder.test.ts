@@ -6,15 +6,8 @@ import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import {
-  BatchPrefetcher,
-  IMAGE_FOLDER_INDEX_NAME,
-  ImageFolderDataset,
-  Prefetcher,
-  batches,
-  type Dataset,
-  type DatasetItem,
-} from '../src/data/index.js';
+import { BatchPrefetcher, ImageFolderDataset, Prefetcher, batches, type Dataset, type DatasetItem } from '../src/data/index.js';
+import { IMAGE_FOLDER_INDEX_NAME } from '../src/data/image-folder-index.js';
 
 /** A w x h RGB image whose pixel (x, y) is (seed, x, y). */
 function pattern(seed: number, w: number, h: number): Uint8Array {

@@ -4,7 +4,8 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { FeatureWriter, hostTensor, readSafetensors, toFloat32, writeSafetensors, type RowBatch } from '../src/index.js';
+import { FeatureWriter, hostTensor, readSafetensors, toFloat32, writeSafetensors } from '../src/index.js';
+import { type RowBatch } from '../src/safetensors-stream.js';
 
 const dir = await mkdtemp(join(tmpdir(), 'vitreg-stream-'));
 after(() => rm(dir, { recursive: true, force: true }));

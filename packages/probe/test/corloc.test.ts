@@ -1,6 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { area, bestIou, boxIou, corloc, isHit, scaleBox, type Box } from '../src/index.js';
+import { bestIou, boxIou, corloc, isHit, scaleBox } from '../src/index.js';
+import { area } from '../src/corloc.js';
+import { type Box } from '../src/lost.js';
 
 test('boxIou on constructed boxes (continuous coordinates, no +1)', () => {
   assert.equal(boxIou([0, 0, 10, 10], [0, 0, 10, 10]), 1);

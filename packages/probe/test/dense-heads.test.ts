@@ -9,14 +9,12 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs-core';
 import { ensureGradients, initBackend } from '@vitreg/core';
-import {
-  addSegmentation, bilinearMatrix, chainedBilinearMatrix, denseBatch, depthEvalMask, depthGrid, depthScores,
-  depthTrainLoss, labelsColumnsFirst, meanDepthScores, predictDepth, predictSegmentation, resampleMap, resizeNearest,
-  segmentationGridLogits, segmentationScores, segmentationTotals, segmentationTrainLoss, trainDepthHead, trainSegmentationHead,
-  type DenseFeatures, type DepthHead, type SegmentationHead,
-} from '../src/index.js';
+import { denseBatch, trainDepthHead, trainSegmentationHead, type DenseFeatures } from '../src/index.js';
 import { cosineAnnealingSchedule, polySchedule } from '@vitreg/trainer';
 import { optimiserCase } from './dense-optimiser-case.js';
+import { addSegmentation, bilinearMatrix, chainedBilinearMatrix, depthEvalMask, depthScores, meanDepthScores, resampleMap, resizeNearest, segmentationScores, segmentationTotals } from '../src/dense-metrics.js';
+import { depthGrid, depthTrainLoss, predictDepth, type DepthHead } from '../src/dense-depth.js';
+import { labelsColumnsFirst, predictSegmentation, segmentationGridLogits, segmentationTrainLoss, type SegmentationHead } from '../src/dense-segmentation.js';
 
 const polyLr = (t: number, total: number, base: number, o: { warmupSteps: number }) => polySchedule({ base, totalSteps: total, ...o })(t);
 const cosineLr = (t: number, total: number, base: number, o: { warmupSteps: number }) => cosineAnnealingSchedule({ base, totalSteps: total, ...o })(t);

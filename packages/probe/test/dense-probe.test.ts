@@ -11,10 +11,8 @@ import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { ensureGradients, initBackend, Rng, SyntheticDataset, SyntheticDenseDataset } from '@vitreg/core';
 import { getConfig, VisionTransformer } from '@vitreg/registers';
-import {
-  denseBlocks, evaluateDepth, evaluateSegmentation, extractDenseFeatures, meanDepthScores, runDenseProbe, trainDepthHead,
-  trainSegmentationHead, type DenseFeatures,
-} from '../src/index.js';
+import { denseBlocks, evaluateDepth, evaluateSegmentation, extractDenseFeatures, runDenseProbe, trainDepthHead, trainSegmentationHead, type DenseFeatures } from '../src/index.js';
+import { meanDepthScores } from '../src/dense-metrics.js';
 
 await initBackend('wasm', { log: () => {} });
 await ensureGradients();

@@ -3,10 +3,8 @@ import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend, Rng, SyntheticDataset } from '@vitreg/core';
 import { getConfig, VisionTransformer } from '@vitreg/registers';
-import {
-  affinityHost, discoverBatch, discoveryRecord, imageTokens, lostFeatures, lostFromAffinity, patchPixels, pickOutlier,
-  prepareInput, runProbe, selectToken, batchTensor, corloc,
-} from '../src/index.js';
+import { affinityHost, discoverBatch, discoveryRecord, lostFeatures, lostFromAffinity, prepareInput, runProbe, corloc } from '../src/index.js';
+import { imageTokens, patchPixels, pickOutlier, selectToken, batchTensor } from '../src/extract.js';
 
 await initBackend('wasm', { log: () => {} });
 

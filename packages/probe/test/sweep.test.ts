@@ -4,7 +4,10 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decodeImage } from '@vitreg/core';
-import { drawDiscovery, lineChart, niceTicks, SERIES_COLORS, toCsv, writeSweep, type LostResult } from '../src/index.js';
+import { drawDiscovery, lineChart, writeSweep } from '../src/index.js';
+import { niceTicks, SERIES_COLORS } from '../src/draw.js';
+import { toCsv } from '../src/sweep.js';
+import { type LostResult } from '../src/lost.js';
 
 test('toCsv quotes what needs quoting and unions the columns', () => {
   assert.equal(toCsv([{ a: 1, b: 'x,y' }, { a: 2, c: 'say "hi"' }, { a: null }]), 'a,b,c\n1,"x,y",\n2,,"say ""hi"""\n,,\n');

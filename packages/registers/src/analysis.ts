@@ -20,7 +20,6 @@ import { describeOutlierRule, detectOutliers, type OutlierOptions, type OutlierR
 import { neighbourSimilarity, redundancy, type Redundancy } from './redundancy.js';
 
 // Kept for test-time-registers.ts, which imports detectOutliers from here (issue 17 split; to be removed).
-export { detectOutliers } from './outliers.js';
 
 /** What the analysis needs from one image's forward pass, on the host. */
 export interface TokenData {

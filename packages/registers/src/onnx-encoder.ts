@@ -21,7 +21,9 @@ import { checkExportable, exportOnnx, onnxModelBytes, ONNX_METADATA, ONNX_OUTPUT
 import { ttrNeuronsByLayer } from './model.js';
 import { readOnnxInfo } from './onnx-proto.js';
 import { modelFingerprint } from './test-time-registers.js';
-import { checkStateDict, modelFromStateDict, type StateDict } from './weights.js';
+import { modelFromStateDict } from './weights.js';
+import { checkStateDict } from './torch-layout.js';
+import { type StateDict } from './state-dict.js';
 
 type Ort = typeof import('onnxruntime-node');
 

@@ -21,7 +21,9 @@ import { posEmbedMatrices } from './interpolate.js';
 import { ttrNeuronsByLayer } from './model.js';
 import { GraphBuilder, type GraphValue, type Initializer } from './onnx-graph.js';
 import { encodeModel } from './onnx-proto.js';
-import { checkStateDict, type StateDict } from './weights.js';
+
+import { checkStateDict } from './torch-layout.js';
+import { type StateDict } from './state-dict.js';
 
 /**
  * What an exported graph can return, named as ViTOutput's fields: 'attention' is the last block's
@@ -68,7 +70,6 @@ export const ONNX_METADATA = {
   /** The test-time register neurons ([{layer, neuron}] JSON), only in graphs that have one. */
   testTimeRegisters: 'vitreg_test_time_registers',
 } as const;
-
 
 /**
  * Config fields the exporter knows. Any other field (a later model family) must hold an "off" value

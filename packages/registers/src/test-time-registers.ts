@@ -13,9 +13,10 @@
 import { createHash } from 'node:crypto';
 import { readFile, rename, writeFile } from 'node:fs/promises';
 import * as tf from '@tensorflow/tfjs-core';
-import { detectOutliers } from './analysis.js';
+
 import { ffnHiddenDim, type ViTConfig } from './config.js';
 import type { ForwardOptions, ViTOutput, VisionTransformer } from './model.js';
+import { detectOutliers } from './outliers.js';
 
 /** One MLP hidden unit: block index (0-based) and neuron index in the block's hidden layer. */
 export interface RegisterNeuron {

@@ -33,10 +33,6 @@ import { detectNaming, NAMINGS, renameStateDict, toDinov2Names, type Naming } fr
 import { fitPosEmbed, type StateDict } from './state-dict.js';
 import { checkStateDict, fromModelLayout, toModelLayout, torchShapes } from './torch-layout.js';
 
-export { inferConfig } from './infer-config.js';
-export { detectNaming, NAMINGS, renameStateDict, toDinov2Names, type Naming } from './namings.js';
-export { fitPosEmbed, type StateDict } from './state-dict.js';
-export { checkStateDict, torchShapes } from './torch-layout.js';
 
 export type WeightDType = 'F32' | 'F16' | 'BF16';
 

@@ -11,12 +11,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend, readSafetensors, toFloat32, writeSafetensors } from '@vitreg/core';
-import {
-  CONFIGS, encodeStateDict, getConfig, loadWeights, NAMINGS, parameterShapes, readCheckpoint, readWeights, saveWeights,
-  stripPrefix, validateConfig, VisionTransformer, type Naming, type StateDict, type ViTConfig,
-} from '../src/index.ts';
+import { encodeStateDict, getConfig, loadWeights, NAMINGS, parameterShapes, readCheckpoint, readWeights, saveWeights, stripPrefix, VisionTransformer, type StateDict, type ViTConfig } from '../src/index.ts';
 import { allclose } from './helpers.ts';
 import { FAMILIES, familyReference } from './family-helpers.ts';
+import { CONFIGS, validateConfig } from '../src/config.ts';
+import { type Naming } from '../src/namings.ts';
 
 const HEADS = { num_heads: 3 };
 let dir: string;

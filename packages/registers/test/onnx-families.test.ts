@@ -10,9 +10,10 @@
 import { before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { loadOnnxRuntime, OnnxEncoder, readWeights, type HostArray } from '../src/index.ts';
+import { loadOnnxRuntime, OnnxEncoder, readWeights } from '../src/index.ts';
 import { FAMILIES, FAMILY_CASES as cases, familyReference } from './family-helpers.ts';
 import { allclose } from './helpers.ts';
+import { type HostArray } from '../src/encoder.ts';
 
 const HEADS = { num_heads: 3 }; // the fixtures use head dim 16
 

@@ -15,13 +15,12 @@ import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { initBackend } from '@vitreg/core';
-import {
-  decodeModel, exportOnnx, loadOnnxRuntime, modelFromStateDict, onnxModelBytes, OnnxEncoder, readWeights, TfjsEncoder,
-  type EncoderOutput, type HostArray,
-} from '../src/index.ts';
+import { exportOnnx, loadOnnxRuntime, modelFromStateDict, onnxModelBytes, OnnxEncoder, readWeights, TfjsEncoder, type EncoderOutput } from '../src/index.ts';
 import { GraphBuilder } from '../src/onnx-graph.ts';
 import { encodeModel } from '../src/onnx-proto.ts';
 import { allclose, FIXTURES, reference } from './helpers.ts';
+import { decodeModel } from '../src/onnx-proto.ts';
+import { type HostArray } from '../src/encoder.ts';
 
 const HEADS = { num_heads: 3 }; // the fixtures use head dim 32
 const FULL = { attention: 'last', layers: true, keys: true } as const;

@@ -4,11 +4,9 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '@vitreg/core';
-import {
-  bicubicMatrix, gelu, geluLinear, getConfig, layerNorm, linear, loadWeights, matMul2d, multiHeadAttention, reshape, residual,
-  setAttentionStrategy, VisionTransformer,
-} from '../src/index.ts';
+import { gelu, geluLinear, getConfig, layerNorm, linear, loadWeights, matMul2d, multiHeadAttention, reshape, residual, setAttentionStrategy, VisionTransformer } from '../src/index.ts';
 import { allclose, FIXTURES, reference } from './helpers.ts';
+import { bicubicMatrix } from '../src/interpolate.ts';
 
 after(() => setAttentionStrategy('auto'));
 

@@ -5,31 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { analyzeTokens, type TokenData } from '@vitreg/registers';
-import {
-  applyColormap,
-  attentionFigure,
-  Canvas,
-  canvasToPng,
-  colormap,
-  escapeHtml,
-  fitPca,
-  histogramPlot,
-  imageFromNormalized,
-  layerFigure,
-  linePlot,
-  niceTicks,
-  normFigure,
-  normHistogram,
-  pcaColors,
-  pcaFigure,
-  projectPca,
-  registerFigure,
-  renderReport,
-  reportNumbers,
-  savePng,
-  textWidth,
-  upsampleMap,
-} from '../src/index.js';
+import { applyColormap, attentionFigure, Canvas, canvasToPng, colormap, fitPca, histogramPlot, imageFromNormalized, layerFigure, linePlot, niceTicks, normFigure, normHistogram, pcaColors, pcaFigure, projectPca, registerFigure, renderReport, reportNumbers, savePng, textWidth, upsampleMap } from '../src/index.js';
+import { escapeHtml } from '../src/report.js';
 
 /** Decode a PNG and check its size and that it is not one flat colour. */
 async function checkPng(png: Buffer, width: number, height: number, what: string): Promise<void> {

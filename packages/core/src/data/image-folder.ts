@@ -17,8 +17,6 @@ import { decodeImage } from '../image.js';
 import { loadAsync, loadSync, PRELOADED, type ImageFolderIndexInfo, type ImageFolderOptions } from './image-folder-listing.js';
 import { checkIndex, type Dataset, type DatasetItem } from './types.js';
 
-export { IMAGE_FOLDER_INDEX_NAME, type ImageFolderIndexCheck } from './image-folder-index.js';
-export type { ImageFolderIndexInfo, ImageFolderOptions } from './image-folder-listing.js';
 
 /** torchvision's ImageFolder over `root/<class>/<image>`, its listing cached in an index file (see the module comment). */
 export class ImageFolderDataset implements Dataset {
