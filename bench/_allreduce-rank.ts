@@ -34,11 +34,22 @@ process.on('message', (m: Msg) => {
     w(m);
   } else inbox.push(m);
 });
-const recv = (): Promise<Msg> => (inbox.length ? Promise.resolve(inbox.shift()!) : new Promise((r) => { waiting = r; }));
+const recv = (): Promise<Msg> =>
+  inbox.length
+    ? Promise.resolve(inbox.shift()!)
+    : new Promise((r) => {
+        waiting = r;
+      });
 
 const role = process.argv[2];
 const cfg = JSON.parse(process.argv[3]!) as {
-  rank: number; size: number; floats: number; transport: 'tcp' | 'grpc'; chunkBytes: number; bucketBytes: number; repeat: number;
+  rank: number;
+  size: number;
+  floats: number;
+  transport: 'tcp' | 'grpc';
+  chunkBytes: number;
+  bucketBytes: number;
+  repeat: number;
 };
 
 /** Rank r's value at index i: multiples of 1/8 in [-128, 128), so any sum of up to 2^13 ranks is exact in float32. */
@@ -54,17 +65,24 @@ async function rankMain(): Promise<void> {
   // Same queue limits as the agent's.
   const ib = new Inbox(256 << 20, 64 << 20);
   let accepted!: () => void;
-  const acceptedP = new Promise<void>((r) => { accepted = r; });
+  const acceptedP = new Promise<void>((r) => {
+    accepted = r;
+  });
   let port: number;
   let closeServer: () => void;
   if (transport === 'tcp') {
     // The worker's incoming link without the nonce and epoch checks: hello, accept byte, frames into the Inbox.
     const server = net.createServer((socket) => {
       socket.setNoDelay(true);
-      readHello(socket, 10_000).then(({ rest }) => {
-        acceptTcpLink(socket, ib, { maxPayload: chunkBytes, rest, closedError: () => new Error('data link closed') });
-        accepted();
-      }, (err: Error) => { send({ type: 'error', message: err.message }); });
+      readHello(socket, 10_000).then(
+        ({ rest }) => {
+          acceptTcpLink(socket, ib, { maxPayload: chunkBytes, rest, closedError: () => new Error('data link closed') });
+          accepted();
+        },
+        (err: Error) => {
+          send({ type: 'error', message: err.message });
+        },
+      );
     });
     port = await new Promise<number>((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as net.AddressInfo).port)));
     closeServer = () => server.close();
@@ -87,7 +105,9 @@ async function rankMain(): Promise<void> {
     };
     const server = new grpc.Server({ 'grpc.max_receive_message_length': chunkBytes + 4096, 'grpc.max_send_message_length': 1 << 20 });
     server.addService(PeerService, handlers);
-    port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+    port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
+    );
     closeServer = () => server.forceShutdown();
   }
   send({ type: 'port', port });
@@ -95,9 +115,18 @@ async function rankMain(): Promise<void> {
   let out: OutLink;
   if (transport === 'tcp') {
     const nonce = Buffer.alloc(32, rank);
-    out = await connectTcpLink('127.0.0.1', next, encodeHello(workerId, epoch, nonce, linkMac(token, nonce, epoch, workerId)), undefined, 10_000);
+    out = await connectTcpLink(
+      '127.0.0.1',
+      next,
+      encodeHello(workerId, epoch, nonce, linkMac(token, nonce, epoch, workerId)),
+      undefined,
+      10_000,
+    );
   } else {
-    const client = new PeerClient(`127.0.0.1:${next}`, grpc.credentials.createInsecure(), { 'grpc.max_receive_message_length': 8 << 20, 'grpc.max_send_message_length': 8 << 20 });
+    const client = new PeerClient(`127.0.0.1:${next}`, grpc.credentials.createInsecure(), {
+      'grpc.max_receive_message_length': 8 << 20,
+      'grpc.max_send_message_length': 8 << 20,
+    });
     const call = client.pushChunks(new grpc.Metadata(), () => undefined);
     out = new GrpcOutLink(call as unknown as grpc.ClientWritableStream<unknown>, workerId);
   }
@@ -144,7 +173,9 @@ async function sinkMain(): Promise<void> {
     });
     socket.on('error', () => undefined);
   });
-  const port = await new Promise<number>((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as net.AddressInfo).port)));
+  const port = await new Promise<number>((resolve) =>
+    server.listen(0, '127.0.0.1', () => resolve((server.address() as net.AddressInfo).port)),
+  );
   send({ type: 'port', port });
   await recv();
   server.close();
@@ -161,10 +192,14 @@ async function sourceMain(): Promise<void> {
   socket.setNoDelay(true);
   const buf = Buffer.alloc(bytes, 7);
   let ack: (() => void) | null = null;
-  socket.on('data', (b: Buffer) => { for (let i = 0; i < b.length; i++) ack?.(); });
+  socket.on('data', (b: Buffer) => {
+    for (let i = 0; i < b.length; i++) ack?.();
+  });
   const times: number[] = [];
   for (let round = 0; round <= cfg.repeat; round++) {
-    const acked = new Promise<void>((r) => { ack = r; });
+    const acked = new Promise<void>((r) => {
+      ack = r;
+    });
     const t0 = performance.now();
     for (let off = 0; off < bytes; off += 1 << 20) {
       if (!socket.write(buf.subarray(off, Math.min(bytes, off + (1 << 20))))) await new Promise((r) => socket.once('drain', r));
@@ -178,7 +213,10 @@ async function sourceMain(): Promise<void> {
 }
 
 const main = role === 'rank' ? rankMain : role === 'sink' ? sinkMain : sourceMain;
-main().then(() => process.exit(0), (err: Error) => {
-  send({ type: 'error', message: err.stack ?? err.message });
-  process.exit(1);
-});
+main().then(
+  () => process.exit(0),
+  (err: Error) => {
+    send({ type: 'error', message: err.stack ?? err.message });
+    process.exit(1);
+  },
+);

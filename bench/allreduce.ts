@@ -19,7 +19,8 @@ import { parseArgs } from 'node:util';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const script = join(here, '_allreduce-rank.ts');
-const usage = ('Usage: npm run bench -- allreduce [--workers 2,4,8] [--mb 100] [--transport tcp|grpc|tcp,grpc] [--repeat 3] [--chunk-kb 1024] [--bucket-mb 25] [--cpu-prof DIR]\n');
+const usage =
+  'Usage: npm run bench -- allreduce [--workers 2,4,8] [--mb 100] [--transport tcp|grpc|tcp,grpc] [--repeat 3] [--chunk-kb 1024] [--bucket-mb 25] [--cpu-prof DIR]\n';
 
 type Msg = Record<string, unknown> & { type: string };
 
@@ -45,7 +46,11 @@ class Child {
     for (const w of this.waiters.splice(0)) w({ type: 'error', message: err.message });
   }
   async next(): Promise<Msg> {
-    const m = this.queue.length ? this.queue.shift()! : this.failure ? { type: 'error' } : await new Promise<Msg>((r) => this.waiters.push(r));
+    const m = this.queue.length
+      ? this.queue.shift()!
+      : this.failure
+        ? { type: 'error' }
+        : await new Promise<Msg>((r) => this.waiters.push(r));
     if (m.type === 'error') throw this.failure ?? new Error(String(m.message));
     return m;
   }
@@ -78,11 +83,25 @@ async function tcpCeiling(floats: number, repeat: number): Promise<number[]> {
   }
 }
 
-async function ring(o: { size: number; floats: number; transport: 'tcp' | 'grpc'; chunkBytes: number; bucketBytes: number; repeat: number; cpuProf?: string }): Promise<{ times: number[]; perRank: number[][] }> {
+async function ring(o: {
+  size: number;
+  floats: number;
+  transport: 'tcp' | 'grpc';
+  chunkBytes: number;
+  bucketBytes: number;
+  repeat: number;
+  cpuProf?: string;
+}): Promise<{ times: number[]; perRank: number[][] }> {
   const ranks: Child[] = [];
   for (let rank = 0; rank < o.size; rank++) {
     const execArgv = rank === 0 && o.cpuProf ? [...process.execArgv, '--cpu-prof', `--cpu-prof-dir=${o.cpuProf}`] : process.execArgv;
-    ranks.push(new Child('rank', { rank, size: o.size, floats: o.floats, transport: o.transport, chunkBytes: o.chunkBytes, bucketBytes: o.bucketBytes }, execArgv));
+    ranks.push(
+      new Child(
+        'rank',
+        { rank, size: o.size, floats: o.floats, transport: o.transport, chunkBytes: o.chunkBytes, bucketBytes: o.bucketBytes },
+        execArgv,
+      ),
+    );
   }
   try {
     const ports = (await Promise.all(ranks.map((c) => c.next()))).map((m) => m.port as number);
@@ -94,7 +113,10 @@ async function ring(o: { size: number; floats: number; transport: 'tcp' | 'grpc'
       for (const c of ranks) c.send({ type: 'run', iter });
       const done = await Promise.all(ranks.map((c) => c.next()));
       for (const [r, d] of done.entries()) {
-        if ((d.bad as number) > 0) throw new Error(`all-reduce ${iter}: rank ${r} has ${d.bad as number} wrong values (first at index ${d.firstBad as number}: ${d.got as number})`);
+        if ((d.bad as number) > 0)
+          throw new Error(
+            `all-reduce ${iter}: rank ${r} has ${d.bad as number} wrong values (first at index ${d.firstBad as number}: ${d.got as number})`,
+          );
       }
       if (iter > 0) {
         const s = done.map((d) => d.seconds as number);
@@ -142,7 +164,15 @@ export async function run(argv: string[]): Promise<void> {
   const tcpGbps = bytes / median(tcpTimes) / 1e9;
   for (const transport of transports) {
     for (const size of sizes) {
-      const { times } = await ring({ size, floats, transport, chunkBytes, bucketBytes, repeat, cpuProf: values['cpu-prof'] ? resolve(values['cpu-prof']) : undefined });
+      const { times } = await ring({
+        size,
+        floats,
+        transport,
+        chunkBytes,
+        bucketBytes,
+        repeat,
+        cpuProf: values['cpu-prof'] ? resolve(values['cpu-prof']) : undefined,
+      });
       const seconds = median(times);
       const algbw = bytes / seconds / 1e9;
       const bus = (algbw * 2 * (size - 1)) / size;

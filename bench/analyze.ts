@@ -13,7 +13,14 @@ import { parseArgs } from 'node:util';
 import sharp from 'sharp';
 import { getBackendName, initBackend, Rng, setQuiet, type BackendName } from '@vitreg/core';
 import {
-  getConfig, loadWeights, OnnxEncoder, readWeights, saveWeights, TfjsEncoder, VisionTransformer, type Encoder,
+  getConfig,
+  loadWeights,
+  OnnxEncoder,
+  readWeights,
+  saveWeights,
+  TfjsEncoder,
+  VisionTransformer,
+  type Encoder,
 } from '@vitreg/registers';
 import { analyzeImages, imageFileInputs } from '@vitreg/viz';
 
@@ -36,7 +43,14 @@ export async function run(argv: string[]): Promise<void> {
     const rng = new Rng(0);
     const files: string[] = [];
     for (let k = 0; k < count; k++) {
-      const blobs = Array.from({ length: 4 }, () => [rng.float() * size, rng.float() * size, 20 + rng.float() * 60, rng.int(256), rng.int(256), rng.int(256)]);
+      const blobs = Array.from({ length: 4 }, () => [
+        rng.float() * size,
+        rng.float() * size,
+        20 + rng.float() * 60,
+        rng.int(256),
+        rng.int(256),
+        rng.int(256),
+      ]);
       const px = Buffer.alloc(size * size * 3);
       for (let y = 0; y < size; y++) {
         for (let x = 0; x < size; x++) {
@@ -48,7 +62,9 @@ export async function run(argv: string[]): Promise<void> {
         }
       }
       files.push(join(dir, `img${k}.png`));
-      await sharp(px, { raw: { width: size, height: size, channels: 3 } }).png().toFile(files[k]);
+      await sharp(px, { raw: { width: size, height: size, channels: 3 } })
+        .png()
+        .toFile(files[k]);
     }
     await initBackend(values.backend as BackendName, { log: () => {} });
     const weights = join(dir, 'model.safetensors');
@@ -71,16 +87,18 @@ export async function run(argv: string[]): Promise<void> {
     if (r.failed.length > 0 || r.images !== count) {
       throw new Error(`analyze: ${r.images} of ${count} images (${r.failed.map((f) => f.error).join('; ')})`);
     }
-    process.stdout.write(`${JSON.stringify({
-      case: 'analyze',
-      model: values.model,
-      images: count,
-      size,
-      engine: values.engine,
-      backend: getBackendName(),
-      seconds: Number(seconds.toFixed(2)),
-      images_per_s: Number((count / seconds).toFixed(3)),
-    })}\n`);
+    process.stdout.write(
+      `${JSON.stringify({
+        case: 'analyze',
+        model: values.model,
+        images: count,
+        size,
+        engine: values.engine,
+        backend: getBackendName(),
+        seconds: Number(seconds.toFixed(2)),
+        images_per_s: Number((count / seconds).toFixed(3)),
+      })}\n`,
+    );
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -32,7 +32,7 @@ const list = (s: string, flag: string): number[] =>
 async function generate(dir: string, count: number, size: number, classes: number): Promise<void> {
   for (let c = 0; c < classes; c++) mkdirSync(join(dir, `class${String(c).padStart(3, '0')}`), { recursive: true });
   let seed = 12345;
-  const rand = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const rand = () => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
   const pixels = new Uint8Array(size * size * 3);
   for (let i = 0; i < count; i++) {
     const [a, b, c] = [rand() * 6, rand() * 6, rand() * 255];
@@ -45,7 +45,9 @@ async function generate(dir: string, count: number, size: number, classes: numbe
       }
     }
     const file = join(dir, `class${String(i % classes).padStart(3, '0')}`, `img${String(i).padStart(6, '0')}.jpg`);
-    await sharp(pixels, { raw: { width: size, height: size, channels: 3 } }).jpeg({ quality: 90 }).toFile(file);
+    await sharp(pixels, { raw: { width: size, height: size, channels: 3 } })
+      .jpeg({ quality: 90 })
+      .toFile(file);
   }
 }
 
@@ -98,7 +100,11 @@ async function decodeCases(dir: string, concurrencies: number[], batch: number, 
         if (s + 1 < batches.length) loader.prefetch(batches[s + 1]!);
         const items = await loader.take(batches[s]!);
         for (const it of items) pixels += it.width * it.height;
-        if (stepMs > 0) timed(() => { const end = performance.now() + stepMs; while (performance.now() < end); });
+        if (stepMs > 0)
+          timed(() => {
+            const end = performance.now() + stepMs;
+            while (performance.now() < end);
+          });
       }
     });
     if (pixels !== ds.length * size * size) throw new Error(`decoded ${pixels} pixels, expected ${ds.length * size * size}`);
@@ -154,8 +160,26 @@ export async function run(argv: string[]): Promise<void> {
     await indexCases(dir, images!);
     const main = fileURLToPath(new URL('./main.ts', import.meta.url));
     for (const threads of list(values.threads!, 'threads')) {
-      const args = [...process.execArgv, main, 'data', '--child', '--dir', dir, '--size', String(size), '--batch', String(batch), '--concurrency', values.concurrency!, '--step-ms', String(stepMs)];
-      const r = spawnSync(process.execPath, args, { env: { ...process.env, UV_THREADPOOL_SIZE: String(threads) }, stdio: ['ignore', 'inherit', 'inherit'] });
+      const args = [
+        ...process.execArgv,
+        main,
+        'data',
+        '--child',
+        '--dir',
+        dir,
+        '--size',
+        String(size),
+        '--batch',
+        String(batch),
+        '--concurrency',
+        values.concurrency!,
+        '--step-ms',
+        String(stepMs),
+      ];
+      const r = spawnSync(process.execPath, args, {
+        env: { ...process.env, UV_THREADPOOL_SIZE: String(threads) },
+        stdio: ['ignore', 'inherit', 'inherit'],
+      });
       if (r.status !== 0) throw new Error(`bench data: the child with UV_THREADPOOL_SIZE=${threads} failed (exit ${r.status})`);
     }
   } finally {

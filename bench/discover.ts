@@ -33,9 +33,12 @@ export async function run(argv: string[]): Promise<void> {
   const model = new VisionTransformer(getConfig(values.model!), { seed: 0, trainable: false });
   const p = model.config.patch_size;
   const x = tf.randomNormal([batch, size, size, 3], 0, 1, 'float32', 0) as tf.Tensor4D;
-  const onnx = values.engine === 'onnxruntime'
-    ? await OnnxEncoder.fromWeights(model.config, await stateDictOf(model), { threads: values.threads ? Number(values.threads) : undefined })
-    : undefined;
+  const onnx =
+    values.engine === 'onnxruntime'
+      ? await OnnxEncoder.fromWeights(model.config, await stateDictOf(model), {
+          threads: values.threads ? Number(values.threads) : undefined,
+        })
+      : undefined;
   const host = { data: x.dataSync() as Float32Array, shape: [batch, size, size, 3] as [number, number, number, number] };
   const forward = async () => {
     if (!onnx) {

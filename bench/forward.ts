@@ -59,18 +59,46 @@ const rate = (batch: number, t: Timing[]) => ({
 function torchOnnx(c: ViTConfig, size: number, file: string): { ok: true } | { ok: false; why: string } {
   const python = process.env.VITREG_PYTHON ?? '/usr/bin/python3';
   const script = join(dirname(fileURLToPath(import.meta.url)), 'reference', 'torch_vit.py');
-  if (c.ffn_layer !== 'mlp' || c.num_register_tokens !== 4) return { ok: false, why: 'the PyTorch reference is an MLP model with 4 registers' };
-  const args = [script, '--case', 'export-onnx', '--out', file, '--dim', String(c.embed_dim), '--depth', String(c.depth), '--heads', String(c.num_heads), '--patch', String(c.patch_size), '--size', String(size), '--batch', '1'];
+  if (c.ffn_layer !== 'mlp' || c.num_register_tokens !== 4)
+    return { ok: false, why: 'the PyTorch reference is an MLP model with 4 registers' };
+  const args = [
+    script,
+    '--case',
+    'export-onnx',
+    '--out',
+    file,
+    '--dim',
+    String(c.embed_dim),
+    '--depth',
+    String(c.depth),
+    '--heads',
+    String(c.num_heads),
+    '--patch',
+    String(c.patch_size),
+    '--size',
+    String(size),
+    '--batch',
+    '1',
+  ];
   const r = spawnSync(python, args, { encoding: 'utf8' });
   if (r.status !== 0) return { ok: false, why: `${python} ${r.error?.message ?? r.stderr.trim().split('\n').pop()}` };
   return { ok: true };
 }
 
-async function runOnnx(values: Record<string, string | undefined>, c: ViTConfig, batch: number, size: number, iters: number): Promise<void> {
+async function runOnnx(
+  values: Record<string, string | undefined>,
+  c: ViTConfig,
+  batch: number,
+  size: number,
+  iters: number,
+): Promise<void> {
   const ort = await loadOnnxRuntime();
   const threads = values.threads ? Number(values.threads) : undefined;
   const enc = await OnnxEncoder.fromWeights(c, randomStateDict(c), { threads });
-  const images = { data: new Float32Array(batch * size * size * 3).map((_, i) => Math.sin(i)), shape: [batch, size, size, 3] as [number, number, number, number] };
+  const images = {
+    data: new Float32Array(batch * size * size * 3).map((_, i) => Math.sin(i)),
+    shape: [batch, size, size, 3] as [number, number, number, number],
+  };
   const warm = await timed(() => enc.encode(images));
   const dir = await mkdtemp(join(tmpdir(), 'bench-forward-'));
   let torch: { run: () => Promise<unknown> } | undefined;
@@ -81,7 +109,10 @@ async function runOnnx(values: Record<string, string | undefined>, c: ViTConfig,
       const made = torchOnnx(c, size, file);
       if (made.ok) {
         const session = await ort.InferenceSession.create(file, {
-          executionProviders: ['cpu'], graphOptimizationLevel: 'all', executionMode: 'sequential', interOpNumThreads: 1,
+          executionProviders: ['cpu'],
+          graphOptimizationLevel: 'all',
+          executionMode: 'sequential',
+          interOpNumThreads: 1,
           ...(threads ? { intraOpNumThreads: threads } : {}),
         });
         const feeds = { images: new ort.Tensor('float32', images.data, [batch, 3, size, size]) };
@@ -97,28 +128,39 @@ async function runOnnx(values: Record<string, string | undefined>, c: ViTConfig,
     }
     const ratios = theirs.map((t, i) => t.seconds / ours[i]!.seconds);
     const cpuRatios = theirs.map((t, i) => t.cpuSeconds / ours[i]!.cpuSeconds);
-    process.stdout.write(`${JSON.stringify({
-      case: 'forward',
-      engine: enc.description,
-      model: values.model,
-      threads: threads ?? 'default',
-      batch,
-      size,
-      ...rate(batch, ours),
-      warmup_seconds: +warm.seconds.toFixed(3),
-      ...(torch
-        ? { torch_onnx: rate(batch, theirs), vs_torch_onnx: +median(ratios).toFixed(3), vs_torch_onnx_cpu: +median(cpuRatios).toFixed(3) }
-        : { torch_onnx: `skipped: ${skipped ?? '--torch-onnx off'}` }),
-      rss_mb: Math.round(process.memoryUsage().rss / 2 ** 20),
-    })}\n`);
+    process.stdout.write(
+      `${JSON.stringify({
+        case: 'forward',
+        engine: enc.description,
+        model: values.model,
+        threads: threads ?? 'default',
+        batch,
+        size,
+        ...rate(batch, ours),
+        warmup_seconds: +warm.seconds.toFixed(3),
+        ...(torch
+          ? { torch_onnx: rate(batch, theirs), vs_torch_onnx: +median(ratios).toFixed(3), vs_torch_onnx_cpu: +median(cpuRatios).toFixed(3) }
+          : { torch_onnx: `skipped: ${skipped ?? '--torch-onnx off'}` }),
+        rss_mb: Math.round(process.memoryUsage().rss / 2 ** 20),
+      })}\n`,
+    );
   } finally {
     await enc.dispose();
     await rm(dir, { recursive: true, force: true });
   }
 }
 
-async function runTfjs(values: Record<string, string | undefined>, c: ViTConfig, batch: number, size: number, iters: number): Promise<void> {
-  const info = await initBackend(values.backend as BackendName, { log: () => {}, gpu: values.gpu === undefined ? undefined : Number(values.gpu) });
+async function runTfjs(
+  values: Record<string, string | undefined>,
+  c: ViTConfig,
+  batch: number,
+  size: number,
+  iters: number,
+): Promise<void> {
+  const info = await initBackend(values.backend as BackendName, {
+    log: () => {},
+    gpu: values.gpu === undefined ? undefined : Number(values.gpu),
+  });
   const model = new VisionTransformer(c, { seed: 0, trainable: false });
   const x = tf.randomNormal([batch, size, size, 3], 0, 1, 'float32', 0) as tf.Tensor4D;
   const once = async () => {
@@ -132,20 +174,22 @@ async function runTfjs(values: Record<string, string | undefined>, c: ViTConfig,
   const warm = await timed(once);
   const times: Timing[] = [];
   for (let i = 0; i < iters; i++) times.push(await timed(once));
-  process.stdout.write(`${JSON.stringify({
-    case: 'forward',
-    engine: `tfjs ${info.name}`,
-    model: values.model,
-    backend: info.name,
-    ...(info.adapter ? { adapter: describeAdapter(info.adapter) } : {}),
-    batch,
-    size,
-    input: [batch, size, size, 3],
-    ...rate(batch, times),
-    seconds_per_batch: +mean(times.map((t) => t.seconds)).toFixed(3),
-    warmup_seconds: +warm.seconds.toFixed(3),
-    rss_mb: Math.round(process.memoryUsage().rss / 2 ** 20),
-  })}\n`);
+  process.stdout.write(
+    `${JSON.stringify({
+      case: 'forward',
+      engine: `tfjs ${info.name}`,
+      model: values.model,
+      backend: info.name,
+      ...(info.adapter ? { adapter: describeAdapter(info.adapter) } : {}),
+      batch,
+      size,
+      input: [batch, size, size, 3],
+      ...rate(batch, times),
+      seconds_per_batch: +mean(times.map((t) => t.seconds)).toFixed(3),
+      warmup_seconds: +warm.seconds.toFixed(3),
+      rss_mb: Math.round(process.memoryUsage().rss / 2 ** 20),
+    })}\n`,
+  );
   x.dispose();
   model.dispose();
 }

@@ -15,7 +15,8 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { runLocalJob } from '@vitreg/worker';
 
-const usage = 'Usage: npm run bench -- scaling [--nodes 1,2] [--steps 30] [--warmup 3] [--preset tiny-supervised | --config FILE.json] [--batch-size B] [--transport tcp|grpc] [--backend wasm] [--keep]\n';
+const usage =
+  'Usage: npm run bench -- scaling [--nodes 1,2] [--steps 30] [--warmup 3] [--preset tiny-supervised | --config FILE.json] [--batch-size B] [--transport tcp|grpc] [--backend wasm] [--keep]\n';
 
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -47,19 +48,38 @@ export async function run(argv: string[]): Promise<void> {
   for (const nodes of values.nodes!.split(',').map(Number)) {
     const out = mkdtempSync(join(tmpdir(), `vitreg-scaling-${nodes}-`));
     try {
-      const trainArgs = [...source, '--steps', values.steps!, '--no-progress', '--backend', values.backend!, ...(values['batch-size'] ? ['--batch-size', values['batch-size']] : [])];
+      const trainArgs = [
+        ...source,
+        '--steps',
+        values.steps!,
+        '--no-progress',
+        '--backend',
+        values.backend!,
+        ...(values['batch-size'] ? ['--batch-size', values['batch-size']] : []),
+      ];
       const t0 = performance.now();
       const res = await runLocalJob({ nodes, trainArgs, outDir: out, transport: values.transport as 'tcp' | 'grpc', passThrough: false });
       const wall = (performance.now() - t0) / 1000;
       if (!res.finished || res.workerCodes.some((c) => c !== 0)) {
-        throw new Error(`the ${nodes}-worker job failed (coordinator ${res.coordinatorCode}, workers ${res.workerCodes.join(',')}); logs in ${join(out, 'logs')}`);
+        throw new Error(
+          `the ${nodes}-worker job failed (coordinator ${res.coordinatorCode}, workers ${res.workerCodes.join(',')}); logs in ${join(out, 'logs')}`,
+        );
       }
-      const cfg = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')) as { model: { arch: string }; train: { batch_size: number }; crops: { global_crops_size: number } };
-      const rows = readFileSync(join(out, 'metrics.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, number>)
+      const cfg = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')) as {
+        model: { arch: string };
+        train: { batch_size: number };
+        crops: { global_crops_size: number };
+      };
+      const rows = readFileSync(join(out, 'metrics.jsonl'), 'utf8')
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Record<string, number>)
         .filter((r) => typeof r.step_seconds === 'number' && typeof r.images_per_s === 'number');
       const kept = rows.filter((r) => r.step! > warmup);
       if (!kept.length) throw new Error(`no step after the ${warmup} warm-up steps in ${join(out, 'metrics.jsonl')}`);
-      const model = values.config ? `${cfg.model.arch} @${cfg.crops.global_crops_size}` : `${values.preset ?? 'tiny-supervised'} (${cfg.model.arch} @${cfg.crops.global_crops_size})`;
+      const model = values.config
+        ? `${cfg.model.arch} @${cfg.crops.global_crops_size}`
+        : `${values.preset ?? 'tiny-supervised'} (${cfg.model.arch} @${cfg.crops.global_crops_size})`;
       process.stdout.write(
         JSON.stringify({
           case: 'scaling',

@@ -41,7 +41,9 @@ async function runPreset(name: (typeof PRESETS)[number]): Promise<Record<string,
       batch: config.train.batch_size,
       wall_s: Number(wall.toFixed(1)),
       cpu_s: Number(((cpu.user + cpu.system) / 1e6).toFixed(1)),
-      ...(ev.teacher_entropy !== undefined ? { teacher_entropy: Number(ev.teacher_entropy.toFixed(3)), teacher_batch_entropy: Number(ev.teacher_batch_entropy!.toFixed(3)) } : {}),
+      ...(ev.teacher_entropy !== undefined
+        ? { teacher_entropy: Number(ev.teacher_entropy.toFixed(3)), teacher_batch_entropy: Number(ev.teacher_batch_entropy!.toFixed(3)) }
+        : {}),
       backend: getBackendName(),
       machine: { cpu: cpus()[0]?.model.trim() ?? 'unknown', cores: cpus().length },
       load_1m_before: Number(load.toFixed(2)),

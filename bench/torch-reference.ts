@@ -14,7 +14,10 @@ export async function run(argv: string[]): Promise<void> {
   const probe = spawnSync(python, ['-c', 'import torch'], { encoding: 'utf8' });
   if (probe.status !== 0) {
     process.stdout.write(
-      JSON.stringify({ case: 'torch-reference', skipped: `${python} has no torch: apt-get install -y python3-torch libopenblas0-pthread` }) + '\n',
+      JSON.stringify({
+        case: 'torch-reference',
+        skipped: `${python} has no torch: apt-get install -y python3-torch libopenblas0-pthread`,
+      }) + '\n',
     );
     return;
   }

@@ -51,7 +51,8 @@ export async function run(argv: string[]): Promise<void> {
   });
   const gpu = values.gpu === undefined ? undefined : Number(values.gpu);
   if (gpu !== undefined) process.env.VITREG_GPU = String(gpu); // the training threads read it
-  if (workers > 1) return runThreads(config, { batch, micro, steps, size, workers, model: values.model!, backend: values.backend as BackendName });
+  if (workers > 1)
+    return runThreads(config, { batch, micro, steps, size, workers, model: values.model!, backend: values.backend as BackendName });
   const info = await initBackend(values.backend as BackendName, { log: () => {}, gpu });
   const trainer = new Trainer(config);
   trainer.initTeacher();
@@ -64,52 +65,62 @@ export async function run(argv: string[]): Promise<void> {
     seconds += (performance.now() - t0) / 1000;
   }
   const mem = tf.memory();
-  process.stdout.write(JSON.stringify({
-    case: 'train-step',
-    model: values.model,
-    size,
-    batch,
-    micro_batch: micro,
-    workers: 1,
-    steps,
-    backend: getBackendName(),
-    ...(info.adapter ? { adapter: describeAdapter(info.adapter) } : {}),
-    images_per_s: Number(((batch * steps) / seconds).toFixed(3)),
-    step_seconds: Number((seconds / steps).toFixed(3)),
-    loss: Number(last.loss!.toFixed(4)),
-    rss_mb: Math.round(process.memoryUsage().rss / 2 ** 20),
-    tf_mb: Math.round(mem.numBytes / 2 ** 20),
-  }) + '\n');
+  process.stdout.write(
+    JSON.stringify({
+      case: 'train-step',
+      model: values.model,
+      size,
+      batch,
+      micro_batch: micro,
+      workers: 1,
+      steps,
+      backend: getBackendName(),
+      ...(info.adapter ? { adapter: describeAdapter(info.adapter) } : {}),
+      images_per_s: Number(((batch * steps) / seconds).toFixed(3)),
+      step_seconds: Number((seconds / steps).toFixed(3)),
+      loss: Number(last.loss!.toFixed(4)),
+      rss_mb: Math.round(process.memoryUsage().rss / 2 ** 20),
+      tf_mb: Math.round(mem.numBytes / 2 ** 20),
+    }) + '\n',
+  );
   trainer.dispose();
 }
 
 /** `--workers N`: one trainThreads run of steps + 1 steps; the first (warm-up) step is not timed. */
-async function runThreads(config: TrainConfig, o: { batch: number; micro: number; steps: number; size: number; workers: number; model: string; backend: BackendName }): Promise<void> {
+async function runThreads(
+  config: TrainConfig,
+  o: { batch: number; micro: number; steps: number; size: number; workers: number; model: string; backend: BackendName },
+): Promise<void> {
   const out = await mkdtemp(join(tmpdir(), 'vitreg-bench-threads-'));
   try {
     await trainThreads(config, { outDir: out, progress: false, workers: o.workers, backend: o.backend });
-    const lines = (await readFile(join(out, 'metrics.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
+    const lines = (await readFile(join(out, 'metrics.jsonl'), 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, number>);
     const timed = lines.filter((m) => m.step! > 1 && m.step_seconds !== undefined);
     const seconds = timed.reduce((a, m) => a + m.step_seconds!, 0);
     const last = timed[timed.length - 1]!;
-    process.stdout.write(JSON.stringify({
-      case: 'train-step',
-      model: o.model,
-      size: o.size,
-      batch: o.batch,
-      micro_batch: o.micro,
-      workers: o.workers,
-      global_batch: o.batch * o.workers,
-      steps: o.steps,
-      backend: o.backend,
-      ...(o.backend === 'webgpu' ? { adapter: describeAdapter(await setupWebGpu()) } : {}),
-      images_per_s: Number(((o.batch * o.workers * timed.length) / seconds).toFixed(3)),
-      step_seconds: Number((seconds / timed.length).toFixed(3)),
-      loss: Number(last.loss!.toFixed(4)),
-      // Peak RSS of the process, every thread included (the threads have exited by now).
-      max_rss_mb: Math.round(process.resourceUsage().maxRSS / 1024),
-      rank0_tf_mb: Math.round(last.tf_mb!),
-    }) + '\n');
+    process.stdout.write(
+      JSON.stringify({
+        case: 'train-step',
+        model: o.model,
+        size: o.size,
+        batch: o.batch,
+        micro_batch: o.micro,
+        workers: o.workers,
+        global_batch: o.batch * o.workers,
+        steps: o.steps,
+        backend: o.backend,
+        ...(o.backend === 'webgpu' ? { adapter: describeAdapter(await setupWebGpu()) } : {}),
+        images_per_s: Number(((o.batch * o.workers * timed.length) / seconds).toFixed(3)),
+        step_seconds: Number((seconds / timed.length).toFixed(3)),
+        loss: Number(last.loss!.toFixed(4)),
+        // Peak RSS of the process, every thread included (the threads have exited by now).
+        max_rss_mb: Math.round(process.resourceUsage().maxRSS / 1024),
+        rank0_tf_mb: Math.round(last.tf_mb!),
+      }) + '\n',
+    );
   } finally {
     await rm(out, { recursive: true, force: true });
   }

@@ -32,14 +32,22 @@ export async function run(argv: string[]): Promise<void> {
     },
   });
   const c = getConfig(values.model!);
-  const [batch, size, iters, count, nLayers] = [values.batch, values.size, values.iters, values.neurons, values.layers].map(Number) as number[];
-  const info = await initBackend(values.backend as BackendName, { log: () => {}, gpu: values.gpu === undefined ? undefined : Number(values.gpu) });
+  const [batch, size, iters, count, nLayers] = [values.batch, values.size, values.iters, values.neurons, values.layers].map(
+    Number,
+  ) as number[];
+  const info = await initBackend(values.backend as BackendName, {
+    log: () => {},
+    gpu: values.gpu === undefined ? undefined : Number(values.gpu),
+  });
   const model = new VisionTransformer(c, { seed: 0, trainable: false });
   const hidden = ffnHiddenDim(c);
   const last = Math.max(0, Math.round((2 * c.depth) / 3) - 1);
   const blocks = Array.from({ length: Math.min(nLayers!, last + 1) }, (_, i) => last - i);
   const rng = new Rng(1);
-  const neurons = Array.from({ length: count! }, (_, i) => ({ layer: blocks[i % blocks.length]!, neuron: Math.floor(rng.float() * hidden) }));
+  const neurons = Array.from({ length: count! }, (_, i) => ({
+    layer: blocks[i % blocks.length]!,
+    neuron: Math.floor(rng.float() * hidden),
+  }));
   const x = tf.randomNormal([batch!, size!, size!, 3], 0, 1, 'float32', 0) as tf.Tensor4D;
   const once = async (ttr: boolean) => {
     const t0 = performance.now();
@@ -58,24 +66,26 @@ export async function run(argv: string[]): Promise<void> {
     plain.push(await once(false));
     ttr.push(await once(true));
   }
-  process.stdout.write(`${JSON.stringify({
-    case: 'ttr',
-    engine: `tfjs ${info.name}`,
-    model: values.model,
-    backend: info.name,
-    ...(info.adapter ? { adapter: describeAdapter(info.adapter) } : {}),
-    batch,
-    size,
-    neurons: count,
-    blocks: blocks.sort((a, b) => a - b),
-    plain_seconds_per_batch: +mean(plain).toFixed(4),
-    ttr_seconds_per_batch: +mean(ttr).toFixed(4),
-    plain_images_per_s: +(batch! / mean(plain)).toFixed(3),
-    ttr_images_per_s: +(batch! / mean(ttr)).toFixed(3),
-    ttr_over_plain: +median(plain.map((p, i) => ttr[i]! / p)).toFixed(3),
-    warmup_seconds: warm.map((w) => +w.toFixed(3)),
-    rss_mb: Math.round(process.memoryUsage().rss / 2 ** 20),
-  })}\n`);
+  process.stdout.write(
+    `${JSON.stringify({
+      case: 'ttr',
+      engine: `tfjs ${info.name}`,
+      model: values.model,
+      backend: info.name,
+      ...(info.adapter ? { adapter: describeAdapter(info.adapter) } : {}),
+      batch,
+      size,
+      neurons: count,
+      blocks: blocks.sort((a, b) => a - b),
+      plain_seconds_per_batch: +mean(plain).toFixed(4),
+      ttr_seconds_per_batch: +mean(ttr).toFixed(4),
+      plain_images_per_s: +(batch! / mean(plain)).toFixed(3),
+      ttr_images_per_s: +(batch! / mean(ttr)).toFixed(3),
+      ttr_over_plain: +median(plain.map((p, i) => ttr[i]! / p)).toFixed(3),
+      warmup_seconds: warm.map((w) => +w.toFixed(3)),
+      rss_mb: Math.round(process.memoryUsage().rss / 2 ** 20),
+    })}\n`,
+  );
   x.dispose();
   model.dispose();
 }

@@ -18,6 +18,8 @@ const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const MANIFEST = join(ROOT, 'deploy/kubernetes/vitreg-train.yaml');
 const SBATCH = join(ROOT, 'deploy/slurm/vitreg-train.sbatch');
 
+// Parsed YAML is navigated freely in these checks.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
 type Obj = any;
 
 function manifest(): Obj[] {
@@ -53,8 +55,13 @@ test('deploy/kubernetes/vitreg-train.yaml: an Indexed Job of N one-GPU workers t
   // The headless Service names the pods: subdomain == service name, selector matches the Job's pods.
   assert.equal(svc.spec.clusterIP, 'None', 'headless Service');
   assert.equal(pod.subdomain, svc.metadata.name, 'pod subdomain == the Service name');
-  const podLabels = { ...(spec.template.metadata?.labels ?? {}), 'job-name': job.metadata.name, 'batch.kubernetes.io/job-name': job.metadata.name };
-  for (const [k, v] of Object.entries(svc.spec.selector ?? {})) assert.equal(podLabels[k], v, `Service selector ${k}=${v} matches the Job's pods`);
+  const podLabels = {
+    ...(spec.template.metadata?.labels ?? {}),
+    'job-name': job.metadata.name,
+    'batch.kubernetes.io/job-name': job.metadata.name,
+  };
+  for (const [k, v] of Object.entries(svc.spec.selector ?? {}))
+    assert.equal(podLabels[k], v, `Service selector ${k}=${v} matches the Job's pods`);
   assert.ok(Object.keys(svc.spec.selector ?? {}).length > 0, 'the Service selects pods');
   if (job.metadata.namespace || svc.metadata.namespace) assert.equal(job.metadata.namespace, svc.metadata.namespace, 'same namespace');
 
@@ -127,9 +134,7 @@ test('deploy/slurm/vitreg-train.sbatch: valid bash, one task per GPU, a generate
   execFileSync('bash', ['-n', SBATCH]); // throws (and fails the test) on a syntax error
   assert.ok(statSync(SBATCH).mode & 0o100, 'executable');
   const text = readFileSync(SBATCH, 'utf8');
-  const directives = new Map(
-    [...text.matchAll(/^#SBATCH\s+--([a-z-]+)(?:=(\S+))?/gm)].map((m) => [m[1]!, m[2] ?? '']),
-  );
+  const directives = new Map([...text.matchAll(/^#SBATCH\s+--([a-z-]+)(?:=(\S+))?/gm)].map((m) => [m[1]!, m[2] ?? '']));
   assert.ok(Number(directives.get('ntasks-per-node')) >= 1, '#SBATCH --ntasks-per-node (one task per GPU)');
   assert.equal(directives.get('gpus-per-task'), '1', '#SBATCH --gpus-per-task=1');
   assert.match(text, /^set -euo pipefail$/m);

@@ -9,7 +9,18 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
-import { accessSync, chmodSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  accessSync,
+  chmodSync,
+  constants,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -122,7 +133,12 @@ function writeSmallConfig(dir: string): string {
 function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) {
-    if (/^(RANK|WORLD_SIZE|LOCAL_RANK|MASTER_ADDR|MASTER_PORT|JOB_COMPLETION_INDEX|VITREG_.*|SLURM_.*|TORCHELASTIC_.*|NODE_OPTIONS|NODE_TEST_CONTEXT)$/.test(k)) continue;
+    if (
+      /^(RANK|WORLD_SIZE|LOCAL_RANK|MASTER_ADDR|MASTER_PORT|JOB_COMPLETION_INDEX|VITREG_.*|SLURM_.*|TORCHELASTIC_.*|NODE_OPTIONS|NODE_TEST_CONTEXT)$/.test(
+        k,
+      )
+    )
+      continue;
     env[k] = v;
   }
   return { ...env, ...extra };
@@ -138,15 +154,29 @@ function checkRun(out: string, stdout: string, r: RunResult): void {
   assert.ok(existsSync(join(out, 'checkpoints/step-4/model.safetensors')), `checkpoints/step-4/model.safetensors missing\n${why}`);
   assert.ok(existsSync(join(out, 'checkpoints/step-2/model.safetensors')), `checkpoints/step-2 missing\n${why}`);
   for (const f of ['config.json', 'eval.json']) assert.ok(existsSync(join(out, f)), `${f} missing\n${why}`);
-  const metrics = readFileSync(join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
-  assert.deepEqual(metrics.map((m) => m.step), [1, 2, 3, 4], 'one metrics line per step');
+  const metrics = readFileSync(join(out, 'metrics.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
+  assert.deepEqual(
+    metrics.map((m) => m.step),
+    [1, 2, 3, 4],
+    'one metrics line per step',
+  );
   for (const m of metrics) assert.equal(m.world_size, 2, `world_size of step ${m.step}`);
   for (const rank of [0, 1]) {
     const log = readFileSync(join(out, 'logs', `worker-${rank}.log`), 'utf8');
     assert.match(log, new RegExp(`this worker is rank ${rank} of 2 processes`), `worker-${rank}.log`);
     assert.match(log, /finished/, `worker-${rank}.log`);
-    const lines = readFileSync(join(out, 'ranks', `worker-${rank}.jsonl`), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
-    assert.deepEqual(lines.map((l) => [l.step, l.rank, l.world_size]), [1, 2, 3, 4].map((s) => [s, rank, 2]), `ranks/worker-${rank}.jsonl`);
+    const lines = readFileSync(join(out, 'ranks', `worker-${rank}.jsonl`), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
+    assert.deepEqual(
+      lines.map((l) => [l.step, l.rank, l.world_size]),
+      [1, 2, 3, 4].map((s) => [s, rank, 2]),
+      `ranks/worker-${rank}.jsonl`,
+    );
   }
   const results = stdout.split('\n').filter((l) => l.includes('"checkpoint"'));
   assert.equal(results.length, 1, `exactly one result line (rank 0's) on stdout\n${why}`);
@@ -199,8 +229,19 @@ describe('torchrun', () => {
         const r = await run(
           which('torchrun')!,
           [
-            ...torchrunArgs(logDir), '--rdzv_backend', 'c10d', '--rdzv_endpoint', `127.0.0.1:${rdzvPort}`, '--rdzv_id', 'vitreg-launcher-test',
-            bin, '--config', writeSmallConfig(dir), '--out', out, '--no-progress',
+            ...torchrunArgs(logDir),
+            '--rdzv_backend',
+            'c10d',
+            '--rdzv_endpoint',
+            `127.0.0.1:${rdzvPort}`,
+            '--rdzv_id',
+            'vitreg-launcher-test',
+            bin,
+            '--config',
+            writeSmallConfig(dir),
+            '--out',
+            out,
+            '--no-progress',
           ],
           cleanEnv({ VITREG_TOKEN: 'launcher-test-token', OMP_NUM_THREADS: '1' }),
         );
@@ -209,7 +250,11 @@ describe('torchrun', () => {
         const logs = torchrunLogs(logDir);
         assert.deepEqual([...logs.keys()].sort(), [0, 1], 'torchrun started ranks 0 and 1');
         assert.match(logs.get(0)!, /"step":4/, "rank 0's stdout log holds the result line");
-        assert.match(readFileSync(join(out, 'logs/worker-0.log'), 'utf8'), /joined job "vitreg-launcher-test"/, 'job id from TORCHELASTIC_RUN_ID');
+        assert.match(
+          readFileSync(join(out, 'logs/worker-0.log'), 'utf8'),
+          /joined job "vitreg-launcher-test"/,
+          'job id from TORCHELASTIC_RUN_ID',
+        );
       } finally {
         rmSync(dir, { recursive: true, force: true });
       }
@@ -232,7 +277,17 @@ describe('torchrun', () => {
         const port = await freePort();
         const r = await run(
           which('torchrun')!,
-          [...torchrunArgs(join(dir, 'torchrun-logs')), '--master_port', String(port), bin, '--config', writeSmallConfig(dir), '--out', out, '--no-progress'],
+          [
+            ...torchrunArgs(join(dir, 'torchrun-logs')),
+            '--master_port',
+            String(port),
+            bin,
+            '--config',
+            writeSmallConfig(dir),
+            '--out',
+            out,
+            '--no-progress',
+          ],
           cleanEnv({ VITREG_TOKEN: 'launcher-test-token', OMP_NUM_THREADS: '1' }),
         );
         assert.equal(r.code, 0, tail(r));
@@ -331,7 +386,13 @@ async function startCluster(): Promise<Cluster> {
     const socket = join(sockDir, 'munge.socket');
     const mungePid = join(sockDir, 'munged.pid');
     pidFiles.push(mungePid);
-    sh(which('munged')!, [`--socket=${socket}`, `--pid-file=${mungePid}`, `--log-file=${join(sockDir, 'munged.log')}`, `--seed-file=${join(keyDir, 'munged.seed')}`, `--key-file=${key}`]);
+    sh(which('munged')!, [
+      `--socket=${socket}`,
+      `--pid-file=${mungePid}`,
+      `--log-file=${join(sockDir, 'munged.log')}`,
+      `--seed-file=${join(keyDir, 'munged.seed')}`,
+      `--key-file=${key}`,
+    ]);
 
     const host = sh('hostname', ['-s']).trim();
     const [ctldPort, slurmdPort] = [await freePort(), await freePort()];
@@ -398,7 +459,11 @@ async function startCluster(): Promise<Cluster> {
 const FINAL_JOB_STATES = /^(COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY|BOOT_FAIL|DEADLINE|PREEMPTED)$/;
 
 /** Waits for a batch job to end; its state and exit code from `scontrol show job` (exit code of the script). */
-async function waitForJob(jobId: string, env: NodeJS.ProcessEnv, timeoutMs: number): Promise<{ state: string; exitCode: number; line: string }> {
+async function waitForJob(
+  jobId: string,
+  env: NodeJS.ProcessEnv,
+  timeoutMs: number,
+): Promise<{ state: string; exitCode: number; line: string }> {
   const deadline = Date.now() + timeoutMs;
   let line = '';
   while (Date.now() < deadline) {
@@ -433,7 +498,22 @@ describe('slurm', { skip: slurmSkip }, () => {
       // Rank 0 (SLURM_PROCID 0) hosts the coordinator on the first node of SLURM_JOB_NODELIST at MASTER_PORT.
       const r = await run(
         which('srun')!,
-        ['-n', '2', '--ntasks-per-node', '2', '--overcommit', '--kill-on-bad-exit=1', '--time', '10', bin, '--config', writeSmallConfig(dir), '--out', out, '--no-progress'],
+        [
+          '-n',
+          '2',
+          '--ntasks-per-node',
+          '2',
+          '--overcommit',
+          '--kill-on-bad-exit=1',
+          '--time',
+          '10',
+          bin,
+          '--config',
+          writeSmallConfig(dir),
+          '--out',
+          out,
+          '--no-progress',
+        ],
         cleanEnv({ SLURM_CONF: c.conf, MASTER_PORT: String(await freePort()), VITREG_TOKEN: 'launcher-test-token' }),
       );
       assert.equal(r.code, 0, tail(r));
@@ -444,40 +524,59 @@ describe('slurm', { skip: slurmSkip }, () => {
     }
   });
 
-  test('sbatch deploy/slurm/vitreg-train.sbatch runs a 2-worker job to its step-4 checkpoint', { timeout: RUN_TIMEOUT_MS + 30_000 }, async () => {
-    const c = cluster!;
-    const dir = mkdtempSync(join(tmpdir(), 'vitreg-sbatch-'));
-    try {
-      const bin = workerBin(dir);
-      const out = join(dir, 'run');
-      const slurmOut = join(dir, 'slurm-%j.out');
-      // The script's own #SBATCH lines ask for 2 nodes x 8 GPUs; the command line sizes it to this node.
-      // No VITREG_TOKEN and no MASTER_PORT: the script makes both.
-      const env = cleanEnv({ SLURM_CONF: c.conf, VITREG_RUN_DIR: out, PATH: `${dirname(bin)}${delimiter}${process.env.PATH ?? ''}` });
-      const submit = await run(
-        which('sbatch')!,
-        [
-          '--parsable', '--nodes=1', '--ntasks-per-node=2', '--cpus-per-task=1', '--gpus-per-task=1', '--overcommit', '--time=10', '--no-requeue',
-          `--output=${slurmOut}`, '--chdir', dir, join(ROOT, 'deploy/slurm/vitreg-train.sbatch'), '--config', writeSmallConfig(dir),
-        ],
-        env,
-        30_000,
-      );
-      assert.equal(submit.code, 0, tail(submit));
-      const jobId = submit.stdout.trim().split(';')[0]!;
-      // sbatch --wait polls with growing pauses (~30 s lost on a 10 s job): ask scontrol every 250 ms.
-      const job = await waitForJob(jobId, env, RUN_TIMEOUT_MS);
-      const r: RunResult = { code: job.exitCode, signal: null, stdout: submit.stdout, stderr: `job ${jobId}: ${job.line}` };
-      const jobOut = readdirSync(dir).filter((f) => /^slurm-\d+\.out$/.test(f)).map((f) => readFileSync(join(dir, f), 'utf8')).join('\n');
-      const result = { ...r, stdout: `${r.stdout}\n${jobOut}` };
-      assert.equal(job.state, 'COMPLETED', tail(result));
-      assert.equal(r.code, 0, tail(result));
-      assert.match(jobOut, /vitreg-train: 2 workers on \S+, coordinator port \d+/, tail(result));
-      checkRun(out, jobOut, result);
-      // No token was in the environment (cleanEnv drops VITREG_*): the workers ran with the script's own.
-      assert.match(readFileSync(join(out, 'logs/worker-0.log'), 'utf8'), /this worker is rank 0 of 2 processes/);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  test(
+    'sbatch deploy/slurm/vitreg-train.sbatch runs a 2-worker job to its step-4 checkpoint',
+    { timeout: RUN_TIMEOUT_MS + 30_000 },
+    async () => {
+      const c = cluster!;
+      const dir = mkdtempSync(join(tmpdir(), 'vitreg-sbatch-'));
+      try {
+        const bin = workerBin(dir);
+        const out = join(dir, 'run');
+        const slurmOut = join(dir, 'slurm-%j.out');
+        // The script's own #SBATCH lines ask for 2 nodes x 8 GPUs; the command line sizes it to this node.
+        // No VITREG_TOKEN and no MASTER_PORT: the script makes both.
+        const env = cleanEnv({ SLURM_CONF: c.conf, VITREG_RUN_DIR: out, PATH: `${dirname(bin)}${delimiter}${process.env.PATH ?? ''}` });
+        const submit = await run(
+          which('sbatch')!,
+          [
+            '--parsable',
+            '--nodes=1',
+            '--ntasks-per-node=2',
+            '--cpus-per-task=1',
+            '--gpus-per-task=1',
+            '--overcommit',
+            '--time=10',
+            '--no-requeue',
+            `--output=${slurmOut}`,
+            '--chdir',
+            dir,
+            join(ROOT, 'deploy/slurm/vitreg-train.sbatch'),
+            '--config',
+            writeSmallConfig(dir),
+          ],
+          env,
+          30_000,
+        );
+        assert.equal(submit.code, 0, tail(submit));
+        const jobId = submit.stdout.trim().split(';')[0]!;
+        // sbatch --wait polls with growing pauses (~30 s lost on a 10 s job): ask scontrol every 250 ms.
+        const job = await waitForJob(jobId, env, RUN_TIMEOUT_MS);
+        const r: RunResult = { code: job.exitCode, signal: null, stdout: submit.stdout, stderr: `job ${jobId}: ${job.line}` };
+        const jobOut = readdirSync(dir)
+          .filter((f) => /^slurm-\d+\.out$/.test(f))
+          .map((f) => readFileSync(join(dir, f), 'utf8'))
+          .join('\n');
+        const result = { ...r, stdout: `${r.stdout}\n${jobOut}` };
+        assert.equal(job.state, 'COMPLETED', tail(result));
+        assert.equal(r.code, 0, tail(result));
+        assert.match(jobOut, /vitreg-train: 2 workers on \S+, coordinator port \d+/, tail(result));
+        checkRun(out, jobOut, result);
+        // No token was in the environment (cleanEnv drops VITREG_*): the workers ran with the script's own.
+        assert.match(readFileSync(join(out, 'logs/worker-0.log'), 'utf8'), /this worker is rank 0 of 2 processes/);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
 });

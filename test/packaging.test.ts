@@ -38,7 +38,11 @@ for (const ws of workspaces) {
     // @vitreg/proto also ships its .proto files (PROTO_PATH points into vitreg/).
     assert.deepEqual(pkg.files, pkg.name === '@vitreg/proto' ? ['dist', 'README.md', 'vitreg'] : ['dist', 'README.md']);
     for (const dep of Object.keys(pkg.dependencies ?? {})) {
-      if (dep.startsWith('@vitreg/')) assert.ok(workspaces.some((w) => JSON.parse(readFileSync(join(ROOT, w, 'package.json'), 'utf8')).name === dep), dep);
+      if (dep.startsWith('@vitreg/'))
+        assert.ok(
+          workspaces.some((w) => JSON.parse(readFileSync(join(ROOT, w, 'package.json'), 'utf8')).name === dep),
+          dep,
+        );
     }
     const cjs = exportNames(pkg.name, 'cjs');
     const esm = exportNames(pkg.name, 'esm');
@@ -71,7 +75,11 @@ function importedPackages(dir: string): Set<string> {
 for (const ws of workspaces) {
   const pkg = JSON.parse(readFileSync(join(ROOT, ws, 'package.json'), 'utf8'));
   test(`${pkg.name} declares every package its sources import`, () => {
-    const declared = new Set([...Object.keys(pkg.dependencies ?? {}), ...Object.keys(pkg.optionalDependencies ?? {}), ...Object.keys(pkg.peerDependencies ?? {})]);
+    const declared = new Set([
+      ...Object.keys(pkg.dependencies ?? {}),
+      ...Object.keys(pkg.optionalDependencies ?? {}),
+      ...Object.keys(pkg.peerDependencies ?? {}),
+    ]);
     const missing = [...importedPackages(join(ROOT, ws, 'src'))].filter((n) => !declared.has(n));
     assert.deepEqual(missing, [], `${pkg.name}: imported but not in dependencies`);
   });

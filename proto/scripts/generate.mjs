@@ -201,8 +201,7 @@ for (const type of messages) {
 for (const service of services) {
   const S = service.name;
   const methods = service.methodsArray;
-  const kind = (m) =>
-    m.requestStream ? (m.responseStream ? 'Bidi' : 'ClientStreaming') : m.responseStream ? 'ServerStreaming' : 'Unary';
+  const kind = (m) => (m.requestStream ? (m.responseStream ? 'Bidi' : 'ClientStreaming') : m.responseStream ? 'ServerStreaming' : 'Unary');
   const req = (m) => m.resolvedRequestType.name;
   const res = (m) => m.resolvedResponseType.name;
   out();
@@ -236,7 +235,12 @@ for (const service of services) {
   out(` * replies may be any $Properties object (unset fields are their defaults). */`);
   out(`export interface ${S}Handlers extends grpc.UntypedServiceImplementation {`);
   for (const m of methods) {
-    const h = { Unary: 'handleUnaryCall', ServerStreaming: 'handleServerStreamingCall', ClientStreaming: 'handleClientStreamingCall', Bidi: 'handleBidiStreamingCall' }[kind(m)];
+    const h = {
+      Unary: 'handleUnaryCall',
+      ServerStreaming: 'handleServerStreamingCall',
+      ClientStreaming: 'handleClientStreamingCall',
+      Bidi: 'handleBidiStreamingCall',
+    }[kind(m)];
     out(`  ${lowerCamel(m.name)}: grpc.${h}<${req(m)}, ${props(res(m))}>;`);
   }
   out(`}`);

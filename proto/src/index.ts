@@ -8,7 +8,38 @@ import { fileURLToPath } from 'node:url';
 export { vitreg } from './generated/cluster.js';
 // The generated services and message types (the .proto's messages, plain-object form), by name.
 export { CoordinatorClient, CoordinatorService, PeerClient, PeerService } from './generated/services.js';
-export type { Capabilities, CheckpointAck, CheckpointReport, Chunk, CoordinatorClientConstructor, CoordinatorHandlers, CoordinatorServiceDefinition, HeartbeatReply, HeartbeatRequest, JoinReply, JoinRequest, LeaveReply, LeaveRequest, LinkReply, LinkRequest, Member, Membership, MetricsAck, MetricsReport, PeerClientConstructor, PeerHandlers, PeerServiceDefinition, Plain, PlainValue, ProtoMethodDefinition, PushReply, RankValues, StepCommit, StepReport, WatchRequest } from './generated/services.js';
+export type {
+  Capabilities,
+  CheckpointAck,
+  CheckpointReport,
+  Chunk,
+  CoordinatorClientConstructor,
+  CoordinatorHandlers,
+  CoordinatorServiceDefinition,
+  HeartbeatReply,
+  HeartbeatRequest,
+  JoinReply,
+  JoinRequest,
+  LeaveReply,
+  LeaveRequest,
+  LinkReply,
+  LinkRequest,
+  Member,
+  Membership,
+  MetricsAck,
+  MetricsReport,
+  PeerClientConstructor,
+  PeerHandlers,
+  PeerServiceDefinition,
+  Plain,
+  PlainValue,
+  ProtoMethodDefinition,
+  PushReply,
+  RankValues,
+  StepCommit,
+  StepReport,
+  WatchRequest,
+} from './generated/services.js';
 
 /** The protocol version a worker sends in JoinRequest.protocol_version. */
 export const PROTOCOL_VERSION = 1;

@@ -93,7 +93,14 @@ test('serialize and deserialize of the service definitions: plain objects, every
   const commit = CoordinatorService.commitStep.responseDeserialize(
     CoordinatorService.commitStep.responseSerialize({ committed: true, epoch: 2, ranks: [{ rank: 1, values: { loss: 0.5 } }, {}] }),
   );
-  assert.deepEqual(commit, { committed: true, epoch: 2, ranks: [{ rank: 1, values: { loss: 0.5 } }, { rank: 0, values: {} }] });
+  assert.deepEqual(commit, {
+    committed: true,
+    epoch: 2,
+    ranks: [
+      { rank: 1, values: { loss: 0.5 } },
+      { rank: 0, values: {} },
+    ],
+  });
   const link = PeerService.openLink.responseDeserialize(PeerService.openLink.responseSerialize({ port: 1 }));
   assert.equal(link.nonce.length, 0);
 });
@@ -110,7 +117,15 @@ test('constants and the .proto file', () => {
   assert.equal(CoordinatorService.watchMembership.requestStream, false);
   assert.equal(PeerService.pushChunks.requestStream, true);
   assert.equal(PeerService.pushChunks.responseStream, false);
-  assert.deepEqual(Object.keys(CoordinatorService), ['join', 'heartbeat', 'watchMembership', 'commitStep', 'commitCheckpoint', 'reportMetrics', 'leave']);
+  assert.deepEqual(Object.keys(CoordinatorService), [
+    'join',
+    'heartbeat',
+    'watchMembership',
+    'commitStep',
+    'commitCheckpoint',
+    'reportMetrics',
+    'leave',
+  ]);
   assert.deepEqual(Object.keys(PeerService), ['pushChunks', 'openLink']);
 });
 
@@ -170,11 +185,14 @@ test('a grpc-js server and client: unary Heartbeat and client-streaming PushChun
       stream.end();
     });
     assert.equal(pushed, 3);
-    assert.deepEqual(received.map((c) => [c.index, c.data.length, c.data[0], c.data[c.data.length - 1]]), [
-      [0, 1024, 1, 1],
-      [1, 2048, 2, 2],
-      [2, 3072, 3, 3],
-    ]);
+    assert.deepEqual(
+      received.map((c) => [c.index, c.data.length, c.data[0], c.data[c.data.length - 1]]),
+      [
+        [0, 1024, 1, 1],
+        [1, 2048, 2, 2],
+        [2, 3072, 3, 3],
+      ],
+    );
     assert.equal(received[0].workerId, 'w0');
   } finally {
     client.close();

@@ -26,7 +26,16 @@ async function runAll(backend: 'wasm' | 'webgpu') {
   // redundancy, masses) have work to do: 12 of the 70 patches are above it.
   const analysis = analyzeTokens(data!, { threshold: 10.5 });
   const [, h, w] = input.shape as [number, number, number, number];
-  const modelInput: ModelInput = { data: input.data, paddedHeight: h, paddedWidth: w, width: w, height: h, rgb: new Uint8Array(0), boxes: [], scale: [1, 1] };
+  const modelInput: ModelInput = {
+    data: input.data,
+    paddedHeight: h,
+    paddedWidth: w,
+    width: w,
+    height: h,
+    rgb: new Uint8Array(0),
+    boxes: [],
+    scale: [1, 1],
+  };
   const [lost] = discoverBatch(model, [modelInput], { kPatches: 20 });
   model.dispose();
   return { analysis, lost: lost! };
@@ -36,7 +45,10 @@ async function runAll(backend: 'wasm' | 'webgpu') {
 function close(actual: unknown, expected: unknown, path: string): number {
   if (typeof expected === 'number') {
     assert.equal(typeof actual, 'number', path);
-    assert.ok(Math.abs((actual as number) - expected) <= 1e-4 + 1e-4 * Math.abs(expected) || (Number.isNaN(expected) && Number.isNaN(actual)), `${path}: webgpu ${actual} vs wasm ${expected}`);
+    assert.ok(
+      Math.abs((actual as number) - expected) <= 1e-4 + 1e-4 * Math.abs(expected) || (Number.isNaN(expected) && Number.isNaN(actual)),
+      `${path}: webgpu ${actual} vs wasm ${expected}`,
+    );
     return 1;
   }
   if (ArrayBuffer.isView(expected) || Array.isArray(expected)) {
@@ -58,7 +70,9 @@ test('analysis and LOST on webgpu equal wasm (reg4, 98x140)', async () => {
   const gpu = await runAll('webgpu');
   const numbers = close(gpu.analysis, wasm.analysis, 'analysis');
   assert.ok(numbers > 1000, `only ${numbers} numbers compared`);
-  console.log(`# ${numbers} numbers; outliers ${wasm.analysis.outliers.indices.length} of ${wasm.analysis.norms.patches.postnorm.length}; box ${wasm.lost.box}`);
+  console.log(
+    `# ${numbers} numbers; outliers ${wasm.analysis.outliers.indices.length} of ${wasm.analysis.norms.patches.postnorm.length}; box ${wasm.lost.box}`,
+  );
   assert.ok(wasm.analysis.outliers.indices.length > 0, 'no outliers at threshold 10.5: the outlier paths were not exercised');
   assert.deepEqual(gpu.lost.box, wasm.lost.box);
   assert.deepEqual(gpu.lost.seed, wasm.lost.seed);

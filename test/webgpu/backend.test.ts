@@ -19,11 +19,15 @@ const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
 /** Runs a module snippet in a fresh process (a fresh Vulkan loader) and returns its last stdout line as JSON. */
 async function inChild(script: string, env: NodeJS.ProcessEnv): Promise<Record<string, unknown>> {
-  const { stdout } = await promisify(execFile)(process.execPath, ['--conditions=vitreg-source', '--import', 'tsx', '--input-type=module', '-e', script], {
-    cwd: ROOT,
-    env,
-    timeout: 120_000,
-  });
+  const { stdout } = await promisify(execFile)(
+    process.execPath,
+    ['--conditions=vitreg-source', '--import', 'tsx', '--input-type=module', '-e', script],
+    {
+      cwd: ROOT,
+      env,
+      timeout: 120_000,
+    },
+  );
   return JSON.parse(stdout.trim().split('\n').pop()!) as Record<string, unknown>;
 }
 
@@ -33,15 +37,27 @@ test('--backend webgpu logs the adapter, its driver and limits in one line', asy
   assert.equal(tf.getBackend(), 'webgpu');
   assert.equal(lines.length, 1);
   const a = info.adapter!;
-  assert.match(lines[0]!, new RegExp(`^backend: webgpu; adapter 0 of ${a.adapters.length}: .+ \\(.+\\).*; maxStorageBufferBindingSize [\\d.]+ [MG]iB, maxBufferSize [\\d.]+ [MG]iB, workgroup storage \\d+ B, \\d+ invocations$`));
+  assert.match(
+    lines[0]!,
+    new RegExp(
+      `^backend: webgpu; adapter 0 of ${a.adapters.length}: .+ \\(.+\\).*; maxStorageBufferBindingSize [\\d.]+ [MG]iB, maxBufferSize [\\d.]+ [MG]iB, workgroup storage \\d+ B, \\d+ invocations$`,
+    ),
+  );
   assert.ok(a.name && a.backend && a.limits.maxStorageBufferBindingSize >= 128 * 2 ** 20, JSON.stringify(a));
   assert.ok(lines[0]!.includes(a.name));
 });
 
 test('dataSync and arraySync on webgpu: the bytes data() reads, and the right numbers', async () => {
   await initBackend('webgpu', { log: () => {} });
-  const a = [[1.5, -2, 0.25], [3, 0.5, -1]];
-  const b = [[2, -1], [0.5, 4], [-3, 1.5]];
+  const a = [
+    [1.5, -2, 0.25],
+    [3, 0.5, -1],
+  ];
+  const b = [
+    [2, -1],
+    [0.5, 4],
+    [-3, 1.5],
+  ];
   const want = a.map((row) => [0, 1].map((j) => row.reduce((s, v, k) => s + v * b[k]![j]!, 0)));
   const y = tf.matMul(tf.tensor2d(a), tf.tensor2d(b));
   assert.deepEqual(y.arraySync(), want); // small exact binary fractions: exact in float32
@@ -63,7 +79,7 @@ test('AddN over more inputs than one shader may bind equals the left-to-right su
   tf.dispose([...xs, sum]);
 });
 
-test('a tensor over the device\'s binding limit is an error naming it, its size and the limit', async () => {
+test("a tensor over the device's binding limit is an error naming it, its size and the limit", async () => {
   // WebGPU's default limits: 128 MiB per storage buffer binding.
   const info = await initBackend('webgpu', { log: () => {}, webgpuLimits: 'default' });
   try {
@@ -75,7 +91,10 @@ test('a tensor over the device\'s binding limit is an error naming it, its size 
       ),
     );
     const big = tf.tensor1d(new Float32Array(2 ** 25 + 1));
-    assert.throws(() => tf.sum(big), /^Error: webgpu: an uploaded tensor \[33554433\] float32 is 134217732 bytes, over the device's maxStorageBufferBindingSize of 134217728 bytes/);
+    assert.throws(
+      () => tf.sum(big),
+      /^Error: webgpu: an uploaded tensor \[33554433\] float32 is 134217732 bytes, over the device's maxStorageBufferBindingSize of 134217728 bytes/,
+    );
     big.dispose();
     // Just under the limit works.
     const ok = tf.fill([8192, 4096], 2);
@@ -86,7 +105,7 @@ test('a tensor over the device\'s binding limit is an error naming it, its size 
   }
 });
 
-test('a GPU error is thrown, with Dawn\'s message, by the next read', async () => {
+test("a GPU error is thrown, with Dawn's message, by the next read", async () => {
   await initBackend('webgpu', { log: () => {} });
   const device = (tf.backend() as unknown as { device: { createBuffer(d: object): unknown } }).device;
   device.createBuffer({ size: 4, usage: 0 }); // invalid: a buffer needs a usage
@@ -109,42 +128,60 @@ test('auto passes a software adapter over for wasm and says why', async () => {
 });
 
 test('Dawn picks a later adapter by the name adapterFlags gives', async () => {
-  const { create } = (await import('webgpu' as string)) as { create(flags: string[]): { requestAdapter(): Promise<{ info: { description: string } } | null> } };
+  const { create } = (await import('webgpu' as string)) as {
+    create(flags: string[]): { requestAdapter(): Promise<{ info: { description: string } } | null> };
+  };
   const info = (await initBackend('webgpu', { log: () => {} })).adapter!;
-  const flags = adapterFlags([{ backend: 'vulkan', name: 'Some Other GPU' }, { backend: info.backend, name: info.name }], 1);
+  const flags = adapterFlags(
+    [
+      { backend: 'vulkan', name: 'Some Other GPU' },
+      { backend: info.backend, name: info.name },
+    ],
+    1,
+  );
   assert.deepEqual(flags, [`adapter=${info.name}`]);
   const adapter = await create(flags).requestAdapter();
   assert.equal(adapter?.info.description, info.description);
 });
 
-test('--gpu N among two identical adapters: 0 works, 1 is an error saying why, 2 lists the adapters', { skip: !process.env.VK_ICD_FILENAMES && 'needs VK_ICD_FILENAMES (one ICD json)' }, async () => {
-  // Two copies of the same ICD, loaded from two paths: the loader lists two identical devices, as on a
-  // machine with several GPUs of one model.
-  const icd = process.env.VK_ICD_FILENAMES!.split(':')[0]!;
-  const json = JSON.parse(await readFile(icd, 'utf8')) as { ICD: { library_path: string } };
-  const lib = json.ICD.library_path.startsWith('/') ? json.ICD.library_path : join(icd, '..', json.ICD.library_path);
-  const dir = await mkdtemp(join(tmpdir(), 'vitreg-icd-'));
-  try {
-    await copyFile(lib, join(dir, 'second.so'));
-    await writeFile(join(dir, 'first.json'), JSON.stringify({ ...json, ICD: { ...json.ICD, library_path: lib } }));
-    await writeFile(join(dir, 'second.json'), JSON.stringify({ ...json, ICD: { ...json.ICD, library_path: join(dir, 'second.so') } }));
-    const env = { ...process.env, VK_ICD_FILENAMES: `${join(dir, 'first.json')}:${join(dir, 'second.json')}` };
-    const script = (gpu: number) => `
+test(
+  '--gpu N among two identical adapters: 0 works, 1 is an error saying why, 2 lists the adapters',
+  { skip: !process.env.VK_ICD_FILENAMES && 'needs VK_ICD_FILENAMES (one ICD json)' },
+  async () => {
+    // Two copies of the same ICD, loaded from two paths: the loader lists two identical devices, as on a
+    // machine with several GPUs of one model.
+    const icd = process.env.VK_ICD_FILENAMES!.split(':')[0]!;
+    const json = JSON.parse(await readFile(icd, 'utf8')) as { ICD: { library_path: string } };
+    const lib = json.ICD.library_path.startsWith('/') ? json.ICD.library_path : join(icd, '..', json.ICD.library_path);
+    const dir = await mkdtemp(join(tmpdir(), 'vitreg-icd-'));
+    try {
+      await copyFile(lib, join(dir, 'second.so'));
+      await writeFile(join(dir, 'first.json'), JSON.stringify({ ...json, ICD: { ...json.ICD, library_path: lib } }));
+      await writeFile(join(dir, 'second.json'), JSON.stringify({ ...json, ICD: { ...json.ICD, library_path: join(dir, 'second.so') } }));
+      const env = { ...process.env, VK_ICD_FILENAMES: `${join(dir, 'first.json')}:${join(dir, 'second.json')}` };
+      const script = (gpu: number) => `
       const { initBackend } = await import('@vitreg/core');
       const lines = [];
       const r = await initBackend('webgpu', { gpu: ${gpu}, log: (l) => lines.push(l) }).then((i) => ({ index: i.adapter.index, count: i.adapter.adapters.length, line: lines[0] }), (e) => ({ error: e.message }));
       console.log(JSON.stringify(r));`;
-    const first = await inChild(script(0), env);
-    assert.equal(first.index, 0);
-    assert.equal(first.count, 2);
-    assert.match(String(first.line), /^backend: webgpu; adapter 0 of 2: /);
-    const second = await inChild(script(1), env);
-    assert.match(String(second.error), /^backend 'webgpu' is not available: --gpu 1: adapter 1 \('.+'\) has the name of adapter 0, and Dawn's Node binding picks adapters by name only/);
-    const third = await inChild(script(2), env);
-    assert.match(String(third.error), /^backend 'webgpu' is not available: --gpu 2: Dawn lists 2 WebGPU adapters \(0: .+ \(vulkan\); 1: .+ \(vulkan\)\)$/);
-    const byEnv = await inChild(script(0).replace('gpu: 0, ', ''), { ...env, VITREG_GPU: '5' });
-    assert.match(String(byEnv.error), /VITREG_GPU=5: Dawn lists 2 WebGPU adapters/);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-});
+      const first = await inChild(script(0), env);
+      assert.equal(first.index, 0);
+      assert.equal(first.count, 2);
+      assert.match(String(first.line), /^backend: webgpu; adapter 0 of 2: /);
+      const second = await inChild(script(1), env);
+      assert.match(
+        String(second.error),
+        /^backend 'webgpu' is not available: --gpu 1: adapter 1 \('.+'\) has the name of adapter 0, and Dawn's Node binding picks adapters by name only/,
+      );
+      const third = await inChild(script(2), env);
+      assert.match(
+        String(third.error),
+        /^backend 'webgpu' is not available: --gpu 2: Dawn lists 2 WebGPU adapters \(0: .+ \(vulkan\); 1: .+ \(vulkan\)\)$/,
+      );
+      const byEnv = await inChild(script(0).replace('gpu: 0, ', ''), { ...env, VITREG_GPU: '5' });
+      assert.match(String(byEnv.error), /VITREG_GPU=5: Dawn lists 2 WebGPU adapters/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  },
+);

@@ -11,7 +11,18 @@ import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend, Rng } from '@vitreg/core';
-import { gelu, geluLinear, getConfig, layerNorm, linear, multiHeadAttention, reshape, residual, setAttentionStrategy, VisionTransformer } from '@vitreg/registers';
+import {
+  gelu,
+  geluLinear,
+  getConfig,
+  layerNorm,
+  linear,
+  multiHeadAttention,
+  reshape,
+  residual,
+  setAttentionStrategy,
+  VisionTransformer,
+} from '@vitreg/registers';
 import { allclose } from '../../packages/registers/test/helpers.ts';
 
 after(() => setAttentionStrategy('auto'));
@@ -35,13 +46,21 @@ const plain = {
   },
 };
 
-async function checkOp(name: string, fused: (...xs: tf.Tensor[]) => tf.Tensor, reference: (...xs: tf.Tensor[]) => tf.Tensor, inputs: tf.Tensor[]) {
+async function checkOp(
+  name: string,
+  fused: (...xs: tf.Tensor[]) => tf.Tensor,
+  reference: (...xs: tf.Tensor[]) => tf.Tensor,
+  inputs: tf.Tensor[],
+) {
   const got = fused(...inputs);
   const want = reference(...inputs);
   assert.deepEqual(got.shape, want.shape, name);
   assert.equal(allclose(await got.data(), await want.data(), 1e-5, 1e-4), null, `${name}: values`);
   const r = tf.randomNormal(want.shape, 0, 1, 'float32', 9);
-  const loss = (f: typeof fused) => (...xs: tf.Tensor[]) => tf.sum(tf.mul(f(...xs), r));
+  const loss =
+    (f: typeof fused) =>
+    (...xs: tf.Tensor[]) =>
+      tf.sum(tf.mul(f(...xs), r));
   const g = tf.grads(loss(fused))(inputs);
   const gw = tf.grads(loss(reference))(inputs);
   for (let i = 0; i < inputs.length; i++) {
@@ -57,17 +76,57 @@ test('fused ops on webgpu: values equal the plain formulas, gradients equal auto
   const x = rand([2, 5, 6]);
   const w = rand([6, 4]);
   const b = rand([4]);
-  await checkOp('linear', (a, c, d) => linear(a!, c!, d), (a, c, d) => plain.linear(a!, c!, d), [x, w, b]);
-  await checkOp('linear, no bias', (a, c) => linear(a!, c!), (a, c) => plain.linear(a!, c!), [rand([3, 6]), w]);
-  await checkOp('geluLinear, blocked transpose', (a, c, d) => geluLinear(a!, c!, d), (a, c, d) => plain.linear(plain.gelu(a!), c!, d), [rand([3, 16]), rand([16, 24]), rand([24])]);
+  await checkOp(
+    'linear',
+    (a, c, d) => linear(a!, c!, d),
+    (a, c, d) => plain.linear(a!, c!, d),
+    [x, w, b],
+  );
+  await checkOp(
+    'linear, no bias',
+    (a, c) => linear(a!, c!),
+    (a, c) => plain.linear(a!, c!),
+    [rand([3, 6]), w],
+  );
+  await checkOp(
+    'geluLinear, blocked transpose',
+    (a, c, d) => geluLinear(a!, c!, d),
+    (a, c, d) => plain.linear(plain.gelu(a!), c!, d),
+    [rand([3, 16]), rand([16, 24]), rand([24])],
+  );
   const lnW = rand([6]);
   const lnB = rand([6]);
-  await checkOp('layerNorm', (a, c, d) => layerNorm(a!, c!, d!, 1e-6), (a, c, d) => plain.layerNorm(a!, c!, d!, 1e-6), [tf.add(rand([2, 5, 6], 3), 2), lnW, lnB]);
-  await checkOp('gelu', (a) => gelu(a!), (a) => plain.gelu(a!), [rand([3, 7], 2)]);
+  await checkOp(
+    'layerNorm',
+    (a, c, d) => layerNorm(a!, c!, d!, 1e-6),
+    (a, c, d) => plain.layerNorm(a!, c!, d!, 1e-6),
+    [tf.add(rand([2, 5, 6], 3), 2), lnW, lnB],
+  );
+  await checkOp(
+    'gelu',
+    (a) => gelu(a!),
+    (a) => plain.gelu(a!),
+    [rand([3, 7], 2)],
+  );
   const keep = tf.tensor3d([0, 1.25], [2, 1, 1]);
-  await checkOp('residual, LayerScale, drop path', (a, c, d) => residual(a!, c!, d, keep), (a, c, d) => plain.residual(a!, c!, d, keep), [x, rand([2, 5, 6]), rand([6])]);
-  await checkOp('residual', (a, c) => residual(a!, c!), (a, c) => plain.residual(a!, c!), [x, rand([2, 5, 6])]);
-  await checkOp('reshape', (a) => reshape(tf.transpose(reshape(a!, [2, 3, 10])), [6, 10]), (a) => tf.reshape(tf.transpose(tf.reshape(a!, [2, 3, 10])), [6, 10]), [x]);
+  await checkOp(
+    'residual, LayerScale, drop path',
+    (a, c, d) => residual(a!, c!, d, keep),
+    (a, c, d) => plain.residual(a!, c!, d, keep),
+    [x, rand([2, 5, 6]), rand([6])],
+  );
+  await checkOp(
+    'residual',
+    (a, c) => residual(a!, c!),
+    (a, c) => plain.residual(a!, c!),
+    [x, rand([2, 5, 6])],
+  );
+  await checkOp(
+    'reshape',
+    (a) => reshape(tf.transpose(reshape(a!, [2, 3, 10])), [6, 10]),
+    (a) => tf.reshape(tf.transpose(tf.reshape(a!, [2, 3, 10])), [6, 10]),
+    [x],
+  );
 });
 
 for (const strategy of ['batched', 'blocks'] as const) {
@@ -92,7 +151,10 @@ test('the whole model differentiates on webgpu as on wasm (interpolated position
     await initBackend(backend, { log: () => {} });
     const model = new VisionTransformer(getConfig('vit_micro_patch8_reg4', { drop_path_rate: 0.2 }), { seed: 3 });
     const x = tf.randomNormal([2, 24, 16, 3], 0, 1, 'float32', 5) as tf.Tensor4D; // 3x2 grid from a 4x4 table
-    const masks = tf.tensor2d([[1, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0]]);
+    const masks = tf.tensor2d([
+      [1, 0, 0, 0, 0, 1],
+      [0, 0, 0, 0, 0, 0],
+    ]);
     const { value, grads } = tf.variableGrads(() => {
       const o = model.forward(x, { training: true, rng: new Rng(7), masks });
       return tf.add(tf.sum(tf.square(o.cls)), tf.mean(o.patches)) as tf.Scalar;

@@ -26,11 +26,13 @@ async function outputs(model: VisionTransformer, input: { shape: number[]; data:
     prenorm: await out.prenorm.data(),
     last_attn: await out.attention![0]!.data(),
     last_keys: await out.keys!.data(),
-    layers: await Promise.all(out.layers!.map((l) => {
-      const [B, N, D] = l.shape;
-      const patches = tf.slice(l, [0, 1 + R, 0], [B, N - 1 - R, D]);
-      return patches.data().finally(() => patches.dispose());
-    })),
+    layers: await Promise.all(
+      out.layers!.map((l) => {
+        const [B, N, D] = l.shape;
+        const patches = tf.slice(l, [0, 1 + R, 0], [B, N - 1 - R, D]);
+        return patches.data().finally(() => patches.dispose());
+      }),
+    ),
   };
   tf.dispose([x, out.cls, out.registers, out.patches, out.prenorm, out.embeddings, ...out.attention!, ...out.layers!, out.keys!]);
   return res;
@@ -46,7 +48,11 @@ describe('parity on webgpu', () => {
     const info = await initBackend('webgpu', { log: () => {} });
     console.log(`# webgpu adapter: ${info.adapter!.name} (${info.adapter!.description})`);
   });
-  for (const [file, refName] of [['reg4.dinov2.safetensors', 'reg4'], ['reg0.dinov2.safetensors', 'reg0'], ['reg4_swiglu.dinov2.safetensors', 'reg4_swiglu']] as const) {
+  for (const [file, refName] of [
+    ['reg4.dinov2.safetensors', 'reg4'],
+    ['reg0.dinov2.safetensors', 'reg0'],
+    ['reg4_swiglu.dinov2.safetensors', 'reg4_swiglu'],
+  ] as const) {
     test(file, async () => {
       const r = await reference(refName);
       const inputs = refName === 'reg4' ? r : await reference('reg4');

@@ -20,7 +20,8 @@ async function run(backend: 'wasm' | 'webgpu', cfg: TrainConfig) {
   const metrics: Record<string, number>[] = [];
   for (let i = 0; i < cfg.train.steps; i++) metrics.push(await trainer.trainStep());
   const weights: Record<string, Float32Array> = {};
-  for (const [k, v] of Object.entries(trainer.engine.exportState().tensors)) if (k.startsWith('student.')) weights[k.slice(8)] = Float32Array.from(v);
+  for (const [k, v] of Object.entries(trainer.engine.exportState().tensors))
+    if (k.startsWith('student.')) weights[k.slice(8)] = Float32Array.from(v);
   trainer.dispose();
   return { metrics, weights };
 }

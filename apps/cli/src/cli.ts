@@ -7,7 +7,10 @@ import { InputError } from '@vitreg/core';
 
 /** A user error: printed as one line on stderr, exit code 2. */
 export class CliError extends Error {
-  constructor(message: string, readonly exitCode = 2) {
+  constructor(
+    message: string,
+    readonly exitCode = 2,
+  ) {
     super(message);
     this.name = 'CliError';
   }
@@ -52,7 +55,8 @@ export function parseCommandArgs<O extends Options>(command: string, argv: strin
     const msg = (err as Error).message;
     // Node hides its hint ("use --gpu=-1") on a second line: say it in the one line.
     const dash = /^Option '(--[\w-]+)' argument is ambiguous/.exec(msg);
-    if (dash) throw new CliError(`${dash[1]}: a value starting with '-' needs the = form, e.g. ${dash[1]}=-1 (see vitreg ${command} --help)`);
+    if (dash)
+      throw new CliError(`${dash[1]}: a value starting with '-' needs the = form, e.g. ${dash[1]}=-1 (see vitreg ${command} --help)`);
     throw new CliError(`${msg.split('\n')[0]} (see vitreg ${command} --help)`);
   }
 }

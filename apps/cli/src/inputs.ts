@@ -5,12 +5,31 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import {
-  BACKEND_NAMES, initBackend, listImageFiles, SafetensorsReader, SyntheticDataset, toFloat32,
-  type BackendInfo, type BackendName, type ImageTransform,
+  BACKEND_NAMES,
+  initBackend,
+  listImageFiles,
+  SafetensorsReader,
+  SyntheticDataset,
+  toFloat32,
+  type BackendInfo,
+  type BackendName,
+  type ImageTransform,
 } from '@vitreg/core';
 import {
-  CONFIG_FIELDS, ENGINE_CHOICES, loadWeights, ONNX_DEVICES, OnnxEncoder, onnxRuntimeAvailable, readWeights, TfjsEncoder,
-  type Encoder, type EngineChoice, type EngineName, type OnnxDevice, type ViTConfig, type VisionTransformer,
+  CONFIG_FIELDS,
+  ENGINE_CHOICES,
+  loadWeights,
+  ONNX_DEVICES,
+  OnnxEncoder,
+  onnxRuntimeAvailable,
+  readWeights,
+  TfjsEncoder,
+  type Encoder,
+  type EngineChoice,
+  type EngineName,
+  type OnnxDevice,
+  type ViTConfig,
+  type VisionTransformer,
 } from '@vitreg/registers';
 import { choiceFlag, CliError, intFlag } from './cli.js';
 
@@ -52,13 +71,17 @@ export const ENGINE_FLAGS = {
 /** Help text of the engine flags, for the commands' usage, descriptions starting at column `col`. */
 export function engineUsage(col = 20): string {
   const rows: [string, string[]][] = [
-    ['--engine E', ['auto (default: onnxruntime when onnxruntime-node loads, else tfjs), tfjs or', 'onnxruntime; an .onnx --weights file (vitreg export) runs on onnxruntime']],
+    [
+      '--engine E',
+      [
+        'auto (default: onnxruntime when onnxruntime-node loads, else tfjs), tfjs or',
+        'onnxruntime; an .onnx --weights file (vitreg export) runs on onnxruntime',
+      ],
+    ],
     ['--device D', ["onnxruntime's execution provider: cpu (default), cuda or webgpu"]],
     ['--threads N', ["onnxruntime's intra-op threads (default: one per physical core)"]],
   ];
-  return rows
-    .flatMap(([flag, lines]) => lines.map((l, i) => (i === 0 ? `  ${flag}`.padEnd(col) : ' '.repeat(col)) + l))
-    .join('\n');
+  return rows.flatMap(([flag, lines]) => lines.map((l, i) => (i === 0 ? `  ${flag}`.padEnd(col) : ' '.repeat(col)) + l)).join('\n');
 }
 
 /** The parsed engine flags. */
@@ -74,7 +97,9 @@ export function engineFlags(values: { engine?: string; device?: string; threads?
   const device = choiceFlag('device', values.device, ONNX_DEVICES, 'cpu');
   const threads = values.threads === undefined ? undefined : intFlag('threads', values.threads, 1);
   if (engine === 'tfjs' && (values.device !== undefined || threads !== undefined)) {
-    throw new CliError(`--${values.device !== undefined ? 'device' : 'threads'} applies to --engine onnxruntime; tfjs picks its device with --backend`);
+    throw new CliError(
+      `--${values.device !== undefined ? 'device' : 'threads'} applies to --engine onnxruntime; tfjs picks its device with --backend`,
+    );
   }
   return { engine, device, threads };
 }
@@ -97,7 +122,12 @@ export const WEIGHTS_NAMINGS = `DINOv2, timm, HF, DINO, DeiT-III or CLIP names; 
  * --weights as a forward-only Encoder on the engine the flags choose: a checkpoint (with --model /
  * --config) on tfjs or onnxruntime, or an .onnx file from vitreg export on onnxruntime. Errors are one line.
  */
-export async function loadEncoder(path: string | undefined, opts: { model?: string; config?: Partial<ViTConfig> }, s: EngineSettings, flag = 'weights'): Promise<Encoder> {
+export async function loadEncoder(
+  path: string | undefined,
+  opts: { model?: string; config?: Partial<ViTConfig> },
+  s: EngineSettings,
+  flag = 'weights',
+): Promise<Encoder> {
   if (!path) throw new CliError(`--${flag} FILE is required (.safetensors, .pth or an .onnx from vitreg export; ${WEIGHTS_NAMINGS})`);
   if (!existsSync(path)) throw new CliError(`--${flag}: ${path} does not exist`);
   const engine = await resolveEngine(s, path);
@@ -121,7 +151,8 @@ export function configFlag(value: string | undefined): Partial<ViTConfig> | unde
   let text = value;
   let where = '--config';
   if (!value.trim().startsWith('{')) {
-    if (!existsSync(value)) throw new CliError(`--config: expected a JSON object such as '{"num_heads": 3}' or a .json file, got ${JSON.stringify(value)}`);
+    if (!existsSync(value))
+      throw new CliError(`--config: expected a JSON object such as '{"num_heads": 3}' or a .json file, got ${JSON.stringify(value)}`);
     text = readFileSync(value, 'utf8');
     where = `--config ${value}`;
   }
@@ -143,7 +174,11 @@ export function configFlag(value: string | undefined): Partial<ViTConfig> | unde
 }
 
 /** A checkpoint with --model / --config applied; load errors become one line naming the file. */
-export async function loadModel(path: string | undefined, opts: { model?: string; config?: Partial<ViTConfig> } = {}, flag = 'weights'): Promise<VisionTransformer> {
+export async function loadModel(
+  path: string | undefined,
+  opts: { model?: string; config?: Partial<ViTConfig> } = {},
+  flag = 'weights',
+): Promise<VisionTransformer> {
   if (!path) throw new CliError(`--${flag} FILE is required (.safetensors or .pth; ${WEIGHTS_NAMINGS})`);
   if (!existsSync(path)) throw new CliError(`--${flag}: ${path} does not exist`);
   try {
@@ -161,7 +196,11 @@ export const SYNTHETIC_FLAGS = {
 } as const;
 
 /** The built-in synthetic dataset from --count, --synthetic-size (default 224) and --seed. */
-export function syntheticDataset(values: { count?: string; 'synthetic-size'?: string; seed?: string }, split: 'train' | 'val', fallbackCount: number): SyntheticDataset {
+export function syntheticDataset(
+  values: { count?: string; 'synthetic-size'?: string; seed?: string },
+  split: 'train' | 'val',
+  fallbackCount: number,
+): SyntheticDataset {
   return new SyntheticDataset({
     seed: intFlag('seed', values.seed, 0, 0),
     count: intFlag('count', values.count, fallbackCount),

@@ -5,8 +5,15 @@
  */
 import { InputError } from '@vitreg/core';
 import {
-  OnnxEncoder, readRegisterNeurons, testTimeRegisterEncoder, type Encoder, type RegisterNeuron, type TestTimeRegisterSpec, type TfjsEncoder,
-  type ViTConfig, type VisionTransformer,
+  OnnxEncoder,
+  readRegisterNeurons,
+  testTimeRegisterEncoder,
+  type Encoder,
+  type RegisterNeuron,
+  type TestTimeRegisterSpec,
+  type TfjsEncoder,
+  type ViTConfig,
+  type VisionTransformer,
 } from '@vitreg/registers';
 import { CliError, intFlag } from './cli.js';
 import { loadEncoder, loadModel, type EngineSettings } from './inputs.js';

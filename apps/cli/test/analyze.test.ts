@@ -15,7 +15,11 @@ const FIX = join(ROOT, 'packages/registers/test/fixtures/dinov2-parity');
 const MODEL = ['--weights', join(FIX, 'reg4.dinov2.safetensors'), '--config', '{"num_heads":3}', '--backend', 'wasm'];
 
 function vitreg(args: string[]) {
-  const r = spawnSync(process.execPath, ['--conditions=vitreg-source', '--import', 'tsx', MAIN, 'analyze', ...args], { cwd: ROOT, encoding: 'utf8', timeout: 120_000 });
+  const r = spawnSync(process.execPath, ['--conditions=vitreg-source', '--import', 'tsx', MAIN, 'analyze', ...args], {
+    cwd: ROOT,
+    encoding: 'utf8',
+    timeout: 120_000,
+  });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -36,7 +40,10 @@ function norms(data: Float32Array, d: number): number[] {
 test('analyze: a folder and a glob, A/B models, a broken file skipped and named', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'analyze-'));
   try {
-    for (const [name, w, h] of [['one', 80, 60], ['two', 50, 70]] as const) {
+    for (const [name, w, h] of [
+      ['one', 80, 60],
+      ['two', 50, 70],
+    ] as const) {
       const px = Buffer.alloc(w * h * 3);
       for (let i = 0; i < w * h; i++) {
         const x = i % w;
@@ -45,13 +52,27 @@ test('analyze: a folder and a glob, A/B models, a broken file skipped and named'
         px[i * 3 + 1] = (y * 7) & 255;
         px[i * 3 + 2] = x > w / 2 ? 200 : 30;
       }
-      await sharp(px, { raw: { width: w, height: h, channels: 3 } }).png().toFile(join(dir, `${name}.png`));
+      await sharp(px, { raw: { width: w, height: h, channels: 3 } })
+        .png()
+        .toFile(join(dir, `${name}.png`));
     }
     await writeFile(join(dir, 'broken.png'), 'this is not an image');
     const out = join(dir, 'out');
     // A folder (one.png, two.png and broken.png inside) and a glob naming one of them again.
     // The tfjs engine here; the reference check below runs on the default (onnxruntime where it loads).
-    const r = vitreg([dir, join(dir, 'tw*.png'), ...MODEL, '--engine', 'tfjs', '--weights-b', join(FIX, 'reg0.dinov2.safetensors'), '--size', '56', '--out', out]);
+    const r = vitreg([
+      dir,
+      join(dir, 'tw*.png'),
+      ...MODEL,
+      '--engine',
+      'tfjs',
+      '--weights-b',
+      join(FIX, 'reg0.dinov2.safetensors'),
+      '--size',
+      '56',
+      '--out',
+      out,
+    ]);
     assert.equal(r.code, 1, r.stderr);
     assert.match(r.stderr, /skipped 1 unreadable input: .*broken\.png/);
     for (const name of ['one', 'two']) {
@@ -69,7 +90,10 @@ test('analyze: a folder and a glob, A/B models, a broken file skipped and named'
       assert.ok(!existsSync(join(out, name, 'b', 'registers.png')), 'model B has no registers');
     }
     const summary = JSON.parse(await readFile(join(out, 'summary.json'), 'utf8'));
-    assert.deepEqual(summary.images.map((i: { name: string }) => i.name), ['one', 'two']);
+    assert.deepEqual(
+      summary.images.map((i: { name: string }) => i.name),
+      ['one', 'two'],
+    );
     assert.equal(summary.images[0].models.length, 2);
     const statsA = JSON.parse(await readFile(join(out, 'one', 'stats.json'), 'utf8'));
     assert.equal(summary.images[0].models[0].outliers, statsA.outliers.count);
@@ -78,7 +102,7 @@ test('analyze: a folder and a glob, A/B models, a broken file skipped and named'
     assert.match(summary.failed[0].path, /broken\.png$/);
     const html = await readFile(join(out, 'report.html'), 'utf8');
     const links = [...html.matchAll(/src="([^"]+)"/g)].map((m) => decodeURIComponent(m[1]));
-    assert.equal(links.length, 2 * 12, "per image: input, 6 figures of A, 5 of B (no registers)");
+    assert.equal(links.length, 2 * 12, 'per image: input, 6 figures of A, 5 of B (no registers)');
     for (const l of links) assert.ok(existsSync(join(out, l)), `report links a missing file ${l}`);
     assert.match(html, /broken\.png/);
   } finally {
@@ -97,14 +121,27 @@ test('analyze --tensor: numbers match the reference tensors', async () => {
     // A fixed threshold halfway between two reference norms of image 0, away from any rounding.
     const sorted = patchNorms.slice(0, p).sort((a, b) => a - b);
     const threshold = (sorted[p - 20] + sorted[p - 21]) / 2;
-    const want = patchNorms.slice(0, p).map((v, i) => [v, i]).filter(([v]) => v > threshold).map(([, i]) => i);
+    const want = patchNorms
+      .slice(0, p)
+      .map((v, i) => [v, i])
+      .filter(([v]) => v > threshold)
+      .map(([, i]) => i);
     const out = join(dir, 'out');
-    const r = vitreg(['--tensor', `${join(FIX, 'reg4.reference.safetensors')}:sq224.input_nhwc`, ...MODEL, '--threshold', String(threshold), '--out', out]);
+    const r = vitreg([
+      '--tensor',
+      `${join(FIX, 'reg4.reference.safetensors')}:sq224.input_nhwc`,
+      ...MODEL,
+      '--threshold',
+      String(threshold),
+      '--out',
+      out,
+    ]);
     assert.equal(r.code, 0, r.stderr);
     for (let b = 0; b < 2; b++) {
       const stats = JSON.parse(await readFile(join(out, `sq224.input_nhwc-${b}`, 'stats.json'), 'utf8'));
       assert.deepEqual(stats.grid, [16, 16]);
-      const close = (a: number, e: number, what: string) => assert.ok(Math.abs(a - e) <= 1e-3 + 2e-4 * Math.abs(e), `${what}: ${a} vs ${e}`);
+      const close = (a: number, e: number, what: string) =>
+        assert.ok(Math.abs(a - e) <= 1e-3 + 2e-4 * Math.abs(e), `${what}: ${a} vs ${e}`);
       for (let i = 0; i < p; i++) {
         close(stats.norms.patches.postnorm[i], patchNorms[b * p + i], `image ${b} patch ${i} postnorm`);
         close(stats.norms.patches.prenorm[i], preNorms[b * 261 + 5 + i], `image ${b} patch ${i} prenorm`);
@@ -113,7 +150,10 @@ test('analyze --tensor: numbers match the reference tensors', async () => {
       if (b === 0) {
         assert.equal(stats.outliers.method, 'fixed');
         assert.deepEqual(stats.outliers.indices, want);
-        assert.deepEqual(stats.outliers.positions, want.map((i) => [Math.floor(i / 16), i % 16]));
+        assert.deepEqual(
+          stats.outliers.positions,
+          want.map((i) => [Math.floor(i / 16), i % 16]),
+        );
       }
       await checkPng(join(out, `sq224.input_nhwc-${b}`, 'norms.png'));
     }

@@ -34,29 +34,65 @@ function sameTensors(got: Record<string, HostTensor>, want: Record<string, HostT
     const a = toFloat32(got[k]!);
     const b = toFloat32(w);
     // Renames, reshapes and transposes only.
-    assert.ok(a.every((v, i) => Math.abs(v - b[i]!) <= 1e-6 * Math.max(1, Math.abs(b[i]!))), `${what}: ${k} values`);
+    assert.ok(
+      a.every((v, i) => Math.abs(v - b[i]!) <= 1e-6 * Math.max(1, Math.abs(b[i]!))),
+      `${what}: ${k} values`,
+    );
   }
 }
 
 const isHead = (k: string) => k === 'head.weight' || k === 'head.bias';
 
-test('convert writes each family back to its own names, and to timm\'s as timm converts them', async () => {
-  const runs: { args: string[]; out: string; naming: string; want: () => Promise<Record<string, HostTensor>>; config?: Record<string, unknown> }[] = [
+test("convert writes each family back to its own names, and to timm's as timm converts them", async () => {
+  const runs: {
+    args: string[];
+    out: string;
+    naming: string;
+    want: () => Promise<Record<string, HostTensor>>;
+    config?: Record<string, unknown>;
+  }[] = [
     { args: ['dino.pth'], out: 'dino.own', naming: 'dino', want: () => tensorsOf(join(FAMILIES, 'dino.pth')) },
-    { args: ['deit3.models_v2.pth'], out: 'deit3.own', naming: 'deit3', want: () => tensorsOf(join(FAMILIES, 'deit3.models_v2.pth'), isHead) },
     {
-      args: ['clip_openai.pth', '--config', '{"num_heads": 3, "act_layer": "quick_gelu"}'], out: 'openai.own', naming: 'clip',
-      want: () => tensorsOf(join(FAMILIES, 'clip_openai.pth')), config: { act_layer: 'quick_gelu', proj_dim: 32, pre_norm: true },
+      args: ['deit3.models_v2.pth'],
+      out: 'deit3.own',
+      naming: 'deit3',
+      want: () => tensorsOf(join(FAMILIES, 'deit3.models_v2.pth'), isHead),
+    },
+    {
+      args: ['clip_openai.pth', '--config', '{"num_heads": 3, "act_layer": "quick_gelu"}'],
+      out: 'openai.own',
+      naming: 'clip',
+      want: () => tensorsOf(join(FAMILIES, 'clip_openai.pth')),
+      config: { act_layer: 'quick_gelu', proj_dim: 32, pre_norm: true },
     },
     // timm's checkpoint_filter_fn(adapt_layer_scale=True) / _convert_openai_clip wrote these fixtures.
-    { args: ['deit3.models_v2.pth', '--to', 'timm'], out: 'deit3.timm', naming: 'timm', want: () => tensorsOf(join(FAMILIES, 'deit3.timm.safetensors'), isHead) },
-    { args: ['openclip.safetensors', '--to', 'timm'], out: 'openclip.timm', naming: 'timm', want: () => tensorsOf(join(FAMILIES, 'clip.timm.safetensors'), (k) => k === 'head.bias') },
+    {
+      args: ['deit3.models_v2.pth', '--to', 'timm'],
+      out: 'deit3.timm',
+      naming: 'timm',
+      want: () => tensorsOf(join(FAMILIES, 'deit3.timm.safetensors'), isHead),
+    },
+    {
+      args: ['openclip.safetensors', '--to', 'timm'],
+      out: 'openclip.timm',
+      naming: 'timm',
+      want: () => tensorsOf(join(FAMILIES, 'clip.timm.safetensors'), (k) => k === 'head.bias'),
+    },
   ];
-  const results = await Promise.all(runs.map((r) => {
-    const [file, ...rest] = r.args;
-    const args = ['convert', join(FAMILIES, file!), ...(rest.includes('--config') ? [] : ['--config', HEADS]), ...rest, '--out', join(dir, `${r.out}.safetensors`)];
-    return vitreg(args);
-  }));
+  const results = await Promise.all(
+    runs.map((r) => {
+      const [file, ...rest] = r.args;
+      const args = [
+        'convert',
+        join(FAMILIES, file!),
+        ...(rest.includes('--config') ? [] : ['--config', HEADS]),
+        ...rest,
+        '--out',
+        join(dir, `${r.out}.safetensors`),
+      ];
+      return vitreg(args);
+    }),
+  );
   for (const [i, r] of runs.entries()) {
     assert.equal(results[i]!.code, 0, results[i]!.stderr);
     assert.match(results[i]!.stderr, new RegExp(`-> .*${r.out}\\.safetensors \\(${r.naming}, F32`));
@@ -71,7 +107,16 @@ test('convert writes each family back to its own names, and to timm\'s as timm c
 
 test('convert: what the target naming cannot hold is one error line', async () => {
   // (unknown --to values: features.test.ts)
-  const r = await vitreg(['convert', join(FAMILIES, 'openclip.safetensors'), '--config', HEADS, '--to', 'hf', '--out', join(dir, 'no.safetensors')]);
+  const r = await vitreg([
+    'convert',
+    join(FAMILIES, 'openclip.safetensors'),
+    '--config',
+    HEADS,
+    '--to',
+    'hf',
+    '--out',
+    join(dir, 'no.safetensors'),
+  ]);
   assert.equal(r.code, 2);
   assert.match(lastLine(r.stderr), /--to hf: the Hugging Face Dinov2 layout has no name for tensor "(norm_pre\.weight|proj)"/);
 });

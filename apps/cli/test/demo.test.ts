@@ -19,7 +19,10 @@ test('demo trains both models, analyses them, runs LOST and summarises', async (
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /registers\s+val accuracy\s+outlier patches\s+LOST CorLoc/);
   const summary = JSON.parse(await readFile(join(dir, 'summary.json'), 'utf8'));
-  assert.deepEqual(summary.models.map((m: { registers: number }) => m.registers), [0, 4]);
+  assert.deepEqual(
+    summary.models.map((m: { registers: number }) => m.registers),
+    [0, 4],
+  );
   for (const m of summary.models) {
     assert.ok(m.val_accuracy >= 0 && m.val_accuracy <= 1);
     assert.ok(m.corloc >= 0 && m.corloc <= 1);

@@ -24,8 +24,19 @@ test.after(() => rm(tmp, { recursive: true, force: true }));
 
 test('discover on a tensor matches LOST on the PyTorch reference keys, and reruns skip done images', async () => {
   const out = join(tmp, 'tensor');
-  const args = ['discover', '--weights', join(fixtures, 'reg4.dinov2.safetensors'), '--config', '{"num_heads":3}',
-    '--tensor', `${join(fixtures, 'reg4.reference.safetensors')}:rect98x140.input_nhwc`, '--backend', 'wasm', '--out', out];
+  const args = [
+    'discover',
+    '--weights',
+    join(fixtures, 'reg4.dinov2.safetensors'),
+    '--config',
+    '{"num_heads":3}',
+    '--tensor',
+    `${join(fixtures, 'reg4.reference.safetensors')}:rect98x140.input_nhwc`,
+    '--backend',
+    'wasm',
+    '--out',
+    out,
+  ];
   const r = vitreg(...args);
   assert.equal(r.code, 0, r.stderr);
   const lines = (await readFile(join(out, 'results.jsonl'), 'utf8')).trim().split('\n');
@@ -37,7 +48,8 @@ test('discover on a tensor matches LOST on the PyTorch reference keys, and rerun
   await reader.close();
   const [H, N, hd, P] = [3, 75, 32, 70];
   const f = new Float32Array(P * H * hd);
-  for (let p = 0; p < P; p++) for (let h = 0; h < H; h++) for (let d = 0; d < hd; d++) f[p * H * hd + h * hd + d] = keys[(h * N + 5 + p) * hd + d];
+  for (let p = 0; p < P; p++)
+    for (let h = 0; h < H; h++) for (let d = 0; d < hd; d++) f[p * H * hd + h * hd + d] = keys[(h * N + 5 + p) * hd + d];
   const ref = lostFromAffinity(affinityHost(f, P, H * hd), [7, 10], 14, { imageSize: { width: 140, height: 98 } });
   assert.deepEqual(rec.box, ref.box);
   assert.deepEqual(rec.seed, ref.seed);
@@ -60,12 +72,34 @@ test('discover on synthetic data writes scored lines, CorLoc, pictures, and resu
   await saveWeights(model, weights);
   model.dispose();
   const out = join(tmp, 'synthetic');
-  const args = ['discover', '--weights', weights, '--data', 'synthetic', '--count', '4', '--synthetic-size', '36',
-    '--pictures', '--batch-size', '2', '--backend', 'wasm', '--out', out];
+  const args = [
+    'discover',
+    '--weights',
+    weights,
+    '--data',
+    'synthetic',
+    '--count',
+    '4',
+    '--synthetic-size',
+    '36',
+    '--pictures',
+    '--batch-size',
+    '2',
+    '--backend',
+    'wasm',
+    '--out',
+    out,
+  ];
   const r = vitreg(...args);
   assert.equal(r.code, 0, r.stderr);
-  const recs = (await readFile(join(out, 'results.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l));
-  assert.deepEqual(recs.map((x) => x.image), [0, 1, 2, 3].map((i) => `synthetic-train-${i}`));
+  const recs = (await readFile(join(out, 'results.jsonl'), 'utf8'))
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
+  assert.deepEqual(
+    recs.map((x) => x.image),
+    [0, 1, 2, 3].map((i) => `synthetic-train-${i}`),
+  );
   for (const x of recs) {
     assert.equal(x.box.length, 4);
     assert.ok(x.box[2] <= 36 && x.box[3] <= 36);
@@ -86,7 +120,10 @@ test('discover on synthetic data writes scored lines, CorLoc, pictures, and resu
   const kept = text.split('\n').slice(0, 2).join('\n') + '\n' + '{"image":"synthetic-tr';
   await writeFile(join(out, 'results.jsonl'), kept);
   assert.equal(vitreg(...args).code, 0);
-  const again = (await readFile(join(out, 'results.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l));
+  const again = (await readFile(join(out, 'results.jsonl'), 'utf8'))
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
   assert.deepEqual(again, recs);
 });
 
@@ -100,10 +137,13 @@ test('discover reads VOC (1-based inclusive boxes) and COCO (crowd dropped) grou
   for (let i = 0; i < 2; i++) {
     const it = await data.get(i);
     await writeFile(join(voc, 'JPEGImages', `im${i}.png`), await encodePng(it.image, 36, 36));
-    await writeFile(join(voc, 'Annotations', `im${i}.xml`), `<annotation><filename>im${i}.png</filename>
+    await writeFile(
+      join(voc, 'Annotations', `im${i}.xml`),
+      `<annotation><filename>im${i}.png</filename>
       <size><width>36</width><height>36</height><depth>3</depth></size>
       <object><name>cat</name><difficult>0</difficult><bndbox><xmin>3</xmin><ymin>5</ymin><xmax>20</xmax><ymax>30</ymax></bndbox></object>
-      </annotation>`);
+      </annotation>`,
+    );
     coco.images.push({ id: 10 + i, file_name: `im${i}.png`, width: 36, height: 36 });
     coco.annotations.push({ id: 2 * i, image_id: 10 + i, category_id: 7, bbox: [2, 4, 18, 26], iscrowd: 0, area: 1 });
     coco.annotations.push({ id: 2 * i + 1, image_id: 10 + i, category_id: 7, bbox: [0, 0, 36, 36], iscrowd: 1, area: 1 });
@@ -114,13 +154,36 @@ test('discover reads VOC (1-based inclusive boxes) and COCO (crowd dropped) grou
   // VOC on the tfjs engine, COCO on the default (onnxruntime where it loads): both engines end to end.
   const rv = vitreg('discover', ...base, '--engine', 'tfjs', '--data', voc, '--split', '*', '--out', join(tmp, 'voc'));
   assert.equal(rv.code, 0, rv.stderr);
-  const vocRecs = (await readFile(join(tmp, 'voc', 'results.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l));
-  assert.deepEqual(vocRecs.map((r) => r.image), ['im0', 'im1']);
+  const vocRecs = (await readFile(join(tmp, 'voc', 'results.jsonl'), 'utf8'))
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
+  assert.deepEqual(
+    vocRecs.map((r) => r.image),
+    ['im0', 'im1'],
+  );
   assert.deepEqual(vocRecs[0].gt, [[2, 4, 20, 30]]);
-  const rc = vitreg('discover', ...base, '--data', cocoJson, '--images', join(voc, 'JPEGImages'), '--size', '32', '--out', join(tmp, 'coco'));
+  const rc = vitreg(
+    'discover',
+    ...base,
+    '--data',
+    cocoJson,
+    '--images',
+    join(voc, 'JPEGImages'),
+    '--size',
+    '32',
+    '--out',
+    join(tmp, 'coco'),
+  );
   assert.equal(rc.code, 0, rc.stderr);
-  const cocoRecs = (await readFile(join(tmp, 'coco', 'results.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l));
-  assert.deepEqual(cocoRecs.map((r) => r.image), ['10', '11']);
+  const cocoRecs = (await readFile(join(tmp, 'coco', 'results.jsonl'), 'utf8'))
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
+  assert.deepEqual(
+    cocoRecs.map((r) => r.image),
+    ['10', '11'],
+  );
   // --size 32: boxes scaled by 32/36 into the model input, the crowd box gone
   const s = 32 / 36;
   assert.equal(cocoRecs[0].gt.length, 1);
@@ -132,11 +195,28 @@ test('discover errors are one stderr line with exit code 2', () => {
   const noWeights = vitreg('discover', '--data', 'synthetic', '--out', join(tmp, 'x'));
   assert.equal(noWeights.code, 2);
   assert.match(noWeights.stderr, /--weights FILE is required/);
-  const badTensor = vitreg('discover', '--weights', join(fixtures, 'reg4.dinov2.safetensors'), '--config', '{"num_heads":3}',
-    '--tensor', `${join(fixtures, 'reg4.reference.safetensors')}:nope`, '--backend', 'wasm', '--out', join(tmp, 'y'));
+  const badTensor = vitreg(
+    'discover',
+    '--weights',
+    join(fixtures, 'reg4.dinov2.safetensors'),
+    '--config',
+    '{"num_heads":3}',
+    '--tensor',
+    `${join(fixtures, 'reg4.reference.safetensors')}:nope`,
+    '--backend',
+    'wasm',
+    '--out',
+    join(tmp, 'y'),
+  );
   assert.equal(badTensor.code, 2);
   assert.match(badTensor.stderr, /no tensor named "nope"/);
-  assert.equal(badTensor.stderr.trim().split('\n').filter((l) => l.startsWith('vitreg')).length, 1);
+  assert.equal(
+    badTensor.stderr
+      .trim()
+      .split('\n')
+      .filter((l) => l.startsWith('vitreg')).length,
+    1,
+  );
   const badConfig = vitreg('discover', '--weights', 'w.safetensors', '--config', '{bad', '--data', 'synthetic', '--out', join(tmp, 'z'));
   assert.equal(badConfig.code, 2);
   assert.match(badConfig.stderr, /--config: expected a JSON object/);

@@ -26,7 +26,8 @@ after(async () => rm(dir, { recursive: true, force: true }));
 
 function allclose(a: Float32Array, b: Float32Array, atol = 1e-4, rtol = 1e-4): string | null {
   if (a.length !== b.length) return `length ${a.length} != ${b.length}`;
-  for (let i = 0; i < a.length; i++) if (!(Math.abs(a[i]! - b[i]!) <= atol + rtol * Math.abs(b[i]!))) return `element ${i}: ${a[i]} vs ${b[i]}`;
+  for (let i = 0; i < a.length; i++)
+    if (!(Math.abs(a[i]! - b[i]!) <= atol + rtol * Math.abs(b[i]!))) return `element ${i}: ${a[i]} vs ${b[i]}`;
   return null;
 }
 
@@ -46,7 +47,13 @@ test('export fp32 and fp16, then features on the .onnx reproduce the reference (
   const r = await vitreg(['features', '--weights', onnx, '--tensor', `${REF}:rect98x140.input_nhwc`, '--attention', 'last', '--out', out]);
   assert.equal(r.code, 0, r.stderr);
   const [{ tensors: got, metadata }, { tensors: ref }] = await Promise.all([readSafetensors(out), readSafetensors(REF)]);
-  for (const [mine, theirs] of [['cls', 'cls'], ['registers', 'registers'], ['patches', 'patches'], ['prenorm', 'prenorm'], ['attention', 'last_attn']]) {
+  for (const [mine, theirs] of [
+    ['cls', 'cls'],
+    ['registers', 'registers'],
+    ['patches', 'patches'],
+    ['prenorm', 'prenorm'],
+    ['attention', 'last_attn'],
+  ]) {
     assert.equal(allclose(toFloat32(got[mine]!), toFloat32(ref[`rect98x140.${theirs}`]!)), null, mine);
   }
   assert.match(metadata.vitreg_engine!, /^onnxruntime 1\.\d+\.\d+ cpu/);
@@ -55,8 +62,44 @@ test('export fp32 and fp16, then features on the .onnx reproduce the reference (
 test('features: --engine tfjs and --engine onnxruntime --threads 1 agree on a checkpoint (224x224, every block)', async () => {
   const outs = ['tfjs', 'onnxruntime'].map((e) => join(dir, `${e}.safetensors`));
   const runs = await Promise.all([
-    vitreg(['features', '--weights', W, '--config', HEADS, '--tensor', `${REF}:sq224.input_nhwc`, '--attention', 'all', '--layers', 'all', '--engine', 'tfjs', '--backend', 'wasm', '--out', outs[0]!]),
-    vitreg(['features', '--weights', W, '--config', HEADS, '--tensor', `${REF}:sq224.input_nhwc`, '--attention', 'all', '--layers', 'all', '--engine', 'onnxruntime', '--threads', '1', '--out', outs[1]!]),
+    vitreg([
+      'features',
+      '--weights',
+      W,
+      '--config',
+      HEADS,
+      '--tensor',
+      `${REF}:sq224.input_nhwc`,
+      '--attention',
+      'all',
+      '--layers',
+      'all',
+      '--engine',
+      'tfjs',
+      '--backend',
+      'wasm',
+      '--out',
+      outs[0]!,
+    ]),
+    vitreg([
+      'features',
+      '--weights',
+      W,
+      '--config',
+      HEADS,
+      '--tensor',
+      `${REF}:sq224.input_nhwc`,
+      '--attention',
+      'all',
+      '--layers',
+      'all',
+      '--engine',
+      'onnxruntime',
+      '--threads',
+      '1',
+      '--out',
+      outs[1]!,
+    ]),
   ]);
   runs.forEach((r) => assert.equal(r.code, 0, r.stderr));
   const [t, o] = await Promise.all(outs.map((f) => readSafetensors(f)));
@@ -66,7 +109,11 @@ test('features: --engine tfjs and --engine onnxruntime --threads 1 agree on a ch
     assert.equal(allclose(toFloat32(o!.tensors[name]!), toFloat32(t!.tensors[name]!)), null, name);
   }
   assert.equal(t!.metadata.vitreg_engine, 'tfjs wasm');
-  assert.equal(allclose(toFloat32(o!.tensors.cls!), toFloat32((await readSafetensors(REF)).tensors['sq224.cls']!)), null, 'cls vs reference');
+  assert.equal(
+    allclose(toFloat32(o!.tensors.cls!), toFloat32((await readSafetensors(REF)).tensors['sq224.cls']!)),
+    null,
+    'cls vs reference',
+  );
 });
 
 test('bad inputs: one CliError line each (run in-process; main prints it as the one stderr line)', async () => {
@@ -77,23 +124,56 @@ test('bad inputs: one CliError line each (run in-process; main prints it as the 
   const x = (name: string) => join(dir, name);
   const t98 = `${REF}:rect98x140.input_nhwc`;
   const cases: [string[], RegExp][] = [
-    [['export', '--weights', W, '--config', HEADS, '--size', '100x140', '--out', x('a.onnx')], /size 100x140 must be positive multiples of the patch size 14/],
+    [
+      ['export', '--weights', W, '--config', HEADS, '--size', '100x140', '--out', x('a.onnx')],
+      /size 100x140 must be positive multiples of the patch size 14/,
+    ],
     [['export', '--weights', W, '--config', HEADS, '--size', 'big', '--out', x('a.onnx')], /--size: expected HxW or N/],
     [['export', '--weights', W, '--config', HEADS, '--outputs', 'cls,tokens', '--out', x('a.onnx')], /--outputs: unknown output "tokens"/],
     [['export', '--weights', W, '--config', HEADS, '--out', x('a.safetensors')], /--out: expected a \.onnx path/],
     [['export', '--weights', W, '--config', HEADS, '--format', 'tflite', '--out', x('a.onnx')], /--format: expected one of onnx/],
-    [['export', '--weights', W, '--config', HEADS, '--outputs', 'pooled', '--out', x('a.onnx')], /output "pooled" needs a config with proj_dim/],
+    [
+      ['export', '--weights', W, '--config', HEADS, '--outputs', 'pooled', '--out', x('a.onnx')],
+      /output "pooled" needs a config with proj_dim/,
+    ],
     [['export', '--weights', x('none.pth'), '--out', x('a.onnx')], /none\.pth does not exist/],
-    [['features', '--weights', onnx, '--tensor', `${REF}:sq224.input_nhwc`, '--out', x('f.safetensors')], /small\.onnx was exported for 98x140 images, got 224x224/],
-    [['features', '--weights', onnx, '--tensor', t98, '--layers', 'all', '--out', x('f.safetensors')], /small\.onnx has no output "layers"/],
+    [
+      ['features', '--weights', onnx, '--tensor', `${REF}:sq224.input_nhwc`, '--out', x('f.safetensors')],
+      /small\.onnx was exported for 98x140 images, got 224x224/,
+    ],
+    [
+      ['features', '--weights', onnx, '--tensor', t98, '--layers', 'all', '--out', x('f.safetensors')],
+      /small\.onnx has no output "layers"/,
+    ],
     [['features', '--weights', junk, '--tensor', t98, '--out', x('f.safetensors')], /junk\.onnx: not an ONNX model file/],
-    [['features', '--weights', onnx, '--engine', 'tfjs', '--tensor', t98, '--out', x('f.safetensors')], /--engine tfjs cannot run .*small\.onnx/],
-    [['features', '--weights', onnx, '--config', HEADS, '--tensor', t98, '--out', x('f.safetensors')], /--model and --config do not apply to .*small\.onnx/],
-    [['features', '--weights', W, '--config', HEADS, '--device', 'cuda', '--tensor', t98, '--out', x('f.safetensors')], /--device cuda: not available here: /],
-    [['features', '--weights', W, '--config', HEADS, '--device', 'tpu', '--tensor', t98, '--out', x('f.safetensors')], /--device: expected one of cpu, cuda, webgpu/],
-    [['features', '--weights', W, '--config', HEADS, '--engine', 'torch', '--tensor', t98, '--out', x('f.safetensors')], /--engine: expected one of auto, tfjs, onnxruntime/],
-    [['features', '--weights', W, '--config', HEADS, '--engine', 'tfjs', '--threads', '2', '--tensor', t98, '--out', x('f.safetensors')], /--threads applies to --engine onnxruntime/],
-    [['features', '--weights', W, '--config', HEADS, '--threads', '0', '--tensor', t98, '--out', x('f.safetensors')], /--threads: expected an integer >= 1/],
+    [
+      ['features', '--weights', onnx, '--engine', 'tfjs', '--tensor', t98, '--out', x('f.safetensors')],
+      /--engine tfjs cannot run .*small\.onnx/,
+    ],
+    [
+      ['features', '--weights', onnx, '--config', HEADS, '--tensor', t98, '--out', x('f.safetensors')],
+      /--model and --config do not apply to .*small\.onnx/,
+    ],
+    [
+      ['features', '--weights', W, '--config', HEADS, '--device', 'cuda', '--tensor', t98, '--out', x('f.safetensors')],
+      /--device cuda: not available here: /,
+    ],
+    [
+      ['features', '--weights', W, '--config', HEADS, '--device', 'tpu', '--tensor', t98, '--out', x('f.safetensors')],
+      /--device: expected one of cpu, cuda, webgpu/,
+    ],
+    [
+      ['features', '--weights', W, '--config', HEADS, '--engine', 'torch', '--tensor', t98, '--out', x('f.safetensors')],
+      /--engine: expected one of auto, tfjs, onnxruntime/,
+    ],
+    [
+      ['features', '--weights', W, '--config', HEADS, '--engine', 'tfjs', '--threads', '2', '--tensor', t98, '--out', x('f.safetensors')],
+      /--threads applies to --engine onnxruntime/,
+    ],
+    [
+      ['features', '--weights', W, '--config', HEADS, '--threads', '0', '--tensor', t98, '--out', x('f.safetensors')],
+      /--threads: expected an integer >= 1/,
+    ],
     [['probe', '--weights', onnx, '--data', 'synthetic', '--out', x('p')], /small\.onnx was exported for 98x140 images, got 224x224/],
   ];
   for (const [args, re] of cases) {
@@ -107,6 +187,13 @@ test('bad inputs: one CliError line each (run in-process; main prints it as the 
   // As a user sees it: the line on stderr and exit code 2.
   const r = await vitreg(cases[7]![0]);
   assert.equal(r.code, 2);
-  assert.equal(r.stderr.trim().split('\n').filter((l) => l.startsWith('vitreg')).length, 1, r.stderr);
+  assert.equal(
+    r.stderr
+      .trim()
+      .split('\n')
+      .filter((l) => l.startsWith('vitreg')).length,
+    1,
+    r.stderr,
+  );
   assert.match(lastLine(r.stderr), cases[7]![1]);
 });

@@ -45,17 +45,30 @@ before(async () => {
 });
 after(async () => rm(dir, { recursive: true, force: true }));
 
-const norms = (data: Float32Array, d: number) => Array.from({ length: data.length / d }, (_, i) => Math.hypot(...data.subarray(i * d, (i + 1) * d)));
+const norms = (data: Float32Array, d: number) =>
+  Array.from({ length: data.length / d }, (_, i) => Math.hypot(...data.subarray(i * d, (i + 1) * d)));
 const near = (a: number, e: number, what: string) => assert.ok(Math.abs(a - e) <= 1e-3 + 2e-4 * Math.abs(e), `${what}: ${a} vs ${e}`);
 
 test('analyze on every family: output and pre-norm token norms as the official code computes them', async () => {
-  const runs = [['dino', 'deit3'], ['openclip', 'openai']].map(([a, b]) => ({
-    a: a!, b: b!, out: join(dir, `analyze-${a}`),
+  const runs = [
+    ['dino', 'deit3'],
+    ['openclip', 'openai'],
+  ].map(([a, b]) => ({
+    a: a!,
+    b: b!,
+    out: join(dir, `analyze-${a}`),
   }));
-  const results = await Promise.all(runs.map((r) => vitreg(['analyze', '--tensor', INPUT, '--weights', weights[r.a]!, '--weights-b', weights[r.b]!, '--backend', 'wasm', '--out', r.out])));
+  const results = await Promise.all(
+    runs.map((r) =>
+      vitreg(['analyze', '--tensor', INPUT, '--weights', weights[r.a]!, '--weights-b', weights[r.b]!, '--backend', 'wasm', '--out', r.out]),
+    ),
+  );
   for (const [i, r] of runs.entries()) {
     assert.equal(results[i]!.code, 0, results[i]!.stderr);
-    for (const [name, sub] of [[r.a, ''], [r.b, 'b']] as const) {
+    for (const [name, sub] of [
+      [r.a, ''],
+      [r.b, 'b'],
+    ] as const) {
       const ref = refs[name]!;
       const pre = norms(ref['sq64.prenorm']!.data, D);
       const post = ref['sq64.patches'] ? norms(ref['sq64.patches'].data, D) : undefined; // OpenAI returns no patch tokens
@@ -76,12 +89,33 @@ test('analyze on every family: output and pre-norm token norms as the official c
 test('discover (LOST) on every family, on keys and on values: the boxes LOST gives on the official ones', async () => {
   const kPatches = 4; // of 16 patches: a seed and a few similar patches, not the whole grid
   const runs = (['keys', 'values'] as const).map((features) => ({ features, out: join(dir, `discover-${features}`) }));
-  const results = await Promise.all(runs.map((r) => vitreg(['discover', '--tensor', INPUT, ...families.flatMap((f) => ['--weights', weights[f.name]!]),
-    '--features', r.features, '--k-patches', String(kPatches), '--batch-size', '2', '--backend', 'wasm', '--out', r.out])));
+  const results = await Promise.all(
+    runs.map((r) =>
+      vitreg([
+        'discover',
+        '--tensor',
+        INPUT,
+        ...families.flatMap((f) => ['--weights', weights[f.name]!]),
+        '--features',
+        r.features,
+        '--k-patches',
+        String(kPatches),
+        '--batch-size',
+        '2',
+        '--backend',
+        'wasm',
+        '--out',
+        r.out,
+      ]),
+    ),
+  );
   for (const [i, r] of runs.entries()) {
     assert.equal(results[i]!.code, 0, results[i]!.stderr);
     for (const f of families) {
-      const recs = (await readFile(join(r.out, f.name, 'results.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l));
+      const recs = (await readFile(join(r.out, f.name, 'results.jsonl'), 'utf8'))
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l));
       assert.equal(recs.length, B, `${f.name} ${r.features}`);
       const t = refs[f.name]![`sq64.last_${r.features}`]!.data; // [B, heads, 1 + P, hd]
       for (let b = 0; b < B; b++) {
@@ -100,8 +134,30 @@ test('discover (LOST) on every family, on keys and on values: the boxes LOST giv
 
 test('probe (linear classification on CLS) runs on every family', async () => {
   const out = join(dir, 'probe');
-  const r = await vitreg(['probe', ...families.flatMap((f) => ['--weights', weights[f.name]!]), '--data', 'synthetic', '--count', '12',
-    '--test-count', '4', '--synthetic-size', '64', '--size', '64', '--steps', '10', '--task', 'class', '--token', 'cls', '--backend', 'wasm', '--out', out]);
+  const r = await vitreg([
+    'probe',
+    ...families.flatMap((f) => ['--weights', weights[f.name]!]),
+    '--data',
+    'synthetic',
+    '--count',
+    '12',
+    '--test-count',
+    '4',
+    '--synthetic-size',
+    '64',
+    '--size',
+    '64',
+    '--steps',
+    '10',
+    '--task',
+    'class',
+    '--token',
+    'cls',
+    '--backend',
+    'wasm',
+    '--out',
+    out,
+  ]);
   assert.equal(r.code, 0, r.stderr);
   for (const f of families) {
     const res = JSON.parse(await readFile(join(out, f.name, 'results.json'), 'utf8'));

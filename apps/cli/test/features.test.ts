@@ -25,8 +25,23 @@ function allclose(a: Float32Array, b: Float32Array, atol = 1e-4, rtol = 1e-4): b
 
 test('features on a reference tensor reproduce every DINOv2 output (.pth weights)', async () => {
   const out = join(dir, 'f.safetensors');
-  const r = await vitreg(['features', '--weights', join(FIXTURES, 'reg4.dinov2.pth'), '--config', HEADS, '--tensor', `${REF}:sq224.input_nhwc`,
-    '--out', out, '--attention', 'last', '--layers', 'all', '--batch-size', '1']);
+  const r = await vitreg([
+    'features',
+    '--weights',
+    join(FIXTURES, 'reg4.dinov2.pth'),
+    '--config',
+    HEADS,
+    '--tensor',
+    `${REF}:sq224.input_nhwc`,
+    '--out',
+    out,
+    '--attention',
+    'last',
+    '--layers',
+    'all',
+    '--batch-size',
+    '1',
+  ]);
   assert.equal(r.code, 0, r.stderr);
   const [{ tensors: got, metadata }, { tensors: ref }] = await Promise.all([readSafetensors(out), readSafetensors(REF)]);
   assert.deepEqual(got.cls.shape, [2, 96]);
@@ -34,7 +49,13 @@ test('features on a reference tensor reproduce every DINOv2 output (.pth weights
   assert.deepEqual(got.patches.shape, [2, 256, 96]);
   assert.deepEqual(got.prenorm.shape, [2, 261, 96]);
   assert.deepEqual(got.attention.shape, [2, 3, 261, 261]);
-  for (const [mine, theirs] of [['cls', 'cls'], ['registers', 'registers'], ['patches', 'patches'], ['prenorm', 'prenorm'], ['attention', 'last_attn']]) {
+  for (const [mine, theirs] of [
+    ['cls', 'cls'],
+    ['registers', 'registers'],
+    ['patches', 'patches'],
+    ['prenorm', 'prenorm'],
+    ['attention', 'last_attn'],
+  ]) {
     assert.ok(allclose(toFloat32(got[mine]), toFloat32(ref[`sq224.${theirs}`])), mine);
   }
   // layerK.prenorm holds all tokens; the reference stores the patch part.
@@ -49,7 +70,18 @@ test('features on a reference tensor reproduce every DINOv2 output (.pth weights
 test('convert to timm BF16 and hf, then features still match within the rounding', async () => {
   const timm = join(dir, 'w.timm.bf16.safetensors');
   const hf = join(dir, 'w.hf.safetensors');
-  let r = await vitreg(['convert', join(FIXTURES, 'reg4.dinov2.safetensors'), '--config', HEADS, '--to', 'timm', '--dtype', 'bf16', '--out', timm]);
+  let r = await vitreg([
+    'convert',
+    join(FIXTURES, 'reg4.dinov2.safetensors'),
+    '--config',
+    HEADS,
+    '--to',
+    'timm',
+    '--dtype',
+    'bf16',
+    '--out',
+    timm,
+  ]);
   assert.equal(r.code, 0, r.stderr);
   r = await vitreg(['convert', timm, '--to', 'hf', '--out', hf]);
   assert.equal(r.code, 0, r.stderr);
@@ -67,14 +99,41 @@ test('convert to timm BF16 and hf, then features still match within the rounding
 test('features on image files: evaluation transform, shapes, and equal sizes enforced', async () => {
   const a = join(dir, 'a.png');
   const b = join(dir, 'b.jpg');
-  await sharp({ create: { width: 300, height: 200, channels: 3, background: { r: 200, g: 30, b: 40 } } }).png().toFile(a);
-  await sharp({ create: { width: 120, height: 160, channels: 4, background: { r: 10, g: 90, b: 240, alpha: 0.5 } } }).jpeg().toFile(b);
+  await sharp({ create: { width: 300, height: 200, channels: 3, background: { r: 200, g: 30, b: 40 } } })
+    .png()
+    .toFile(a);
+  await sharp({ create: { width: 120, height: 160, channels: 4, background: { r: 10, g: 90, b: 240, alpha: 0.5 } } })
+    .jpeg()
+    .toFile(b);
   const out = join(dir, 'img.safetensors');
-  const r = await vitreg(['features', '--weights', join(FIXTURES, 'reg4_swiglu.dinov2.safetensors'), '--config', HEADS, a, b, '--size', '112', '--out', out]);
+  const r = await vitreg([
+    'features',
+    '--weights',
+    join(FIXTURES, 'reg4_swiglu.dinov2.safetensors'),
+    '--config',
+    HEADS,
+    a,
+    b,
+    '--size',
+    '112',
+    '--out',
+    out,
+  ]);
   assert.equal(r.code, 0, r.stderr);
   const { tensors } = await readSafetensors(out);
   assert.deepEqual(tensors.patches.shape, [2, 64, 96]);
-  const keep = await vitreg(['features', '--weights', join(FIXTURES, 'reg4.dinov2.safetensors'), '--config', HEADS, a, b, '--keep-aspect', '--out', join(dir, 'k.safetensors')]);
+  const keep = await vitreg([
+    'features',
+    '--weights',
+    join(FIXTURES, 'reg4.dinov2.safetensors'),
+    '--config',
+    HEADS,
+    a,
+    b,
+    '--keep-aspect',
+    '--out',
+    join(dir, 'k.safetensors'),
+  ]);
   assert.equal(keep.code, 2);
   assert.match(lastLine(keep.stderr), /b\.jpg: becomes .* but .*a\.png became/);
 });
@@ -85,11 +144,32 @@ test('bad inputs: one line on stderr, non-zero exit', async () => {
   await writeFile(broken, Buffer.from([1, 2, 3]));
   const cases: [string[], RegExp][] = [
     [['features', '--weights', w, '--config', HEADS, '--tensor', REF, '--out', join(dir, 'x.safetensors')], /holds \d+ tensors; name one/],
-    [['features', '--weights', w, '--config', HEADS, '--tensor', `${REF}:sq224.cls`, '--out', join(dir, 'x.safetensors')], /sq224\.cls: expected an NHWC image batch/],
+    [
+      ['features', '--weights', w, '--config', HEADS, '--tensor', `${REF}:sq224.cls`, '--out', join(dir, 'x.safetensors')],
+      /sq224\.cls: expected an NHWC image batch/,
+    ],
     [['features', '--weights', w, '--tensor', `${REF}:sq224.input_nhwc`, '--out', join(dir, 'x.safetensors')], /cannot infer num_heads/],
-    [['features', '--weights', w, '--config', '{"heads": 3}', '--tensor', `${REF}:sq224.input_nhwc`, '--out', join(dir, 'x.safetensors')], /unknown field "heads"/],
+    [
+      ['features', '--weights', w, '--config', '{"heads": 3}', '--tensor', `${REF}:sq224.input_nhwc`, '--out', join(dir, 'x.safetensors')],
+      /unknown field "heads"/,
+    ],
     [['features', '--weights', broken, '--tensor', `${REF}:sq224.input_nhwc`, '--out', join(dir, 'x.safetensors')], /broken\.safetensors/],
-    [['features', '--weights', w, '--config', HEADS, '--tensor', `${REF}:sq224.input_nhwc`, '--out', join(dir, 'x.safetensors'), '--attention', 'some'], /--attention: expected one of none, last, all/],
+    [
+      [
+        'features',
+        '--weights',
+        w,
+        '--config',
+        HEADS,
+        '--tensor',
+        `${REF}:sq224.input_nhwc`,
+        '--out',
+        join(dir, 'x.safetensors'),
+        '--attention',
+        'some',
+      ],
+      /--attention: expected one of none, last, all/,
+    ],
     [['features', '--weights', w, '--config', HEADS, join(dir, 'missing.png'), '--out', join(dir, 'x.safetensors')], /missing\.png/],
     [['features', '--weights', w, '--config', HEADS, '--tensor', `${REF}:sq224.input_nhwc`], /--out OUT\.safetensors is required/],
     [['convert', w, '--to', 'keras', '--out', join(dir, 'y.safetensors')], /--to: expected one of dinov2, timm, hf/],
@@ -99,7 +179,14 @@ test('bad inputs: one line on stderr, non-zero exit', async () => {
   const results = await Promise.all(cases.map(([args]) => vitreg(args)));
   results.forEach((r, i) => {
     assert.notEqual(r.code, 0, cases[i][0].join(' '));
-    assert.equal(r.stderr.trim().split('\n').filter((l) => l.startsWith('vitreg')).length, 1, r.stderr);
+    assert.equal(
+      r.stderr
+        .trim()
+        .split('\n')
+        .filter((l) => l.startsWith('vitreg')).length,
+      1,
+      r.stderr,
+    );
     assert.match(lastLine(r.stderr), cases[i][1]);
   });
   const help = await vitreg(['features', '--help']);

@@ -20,7 +20,20 @@ test('a bad --gpu is one line naming it, before any work', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'vitreg-gpu-'));
   try {
     const [features, analyze, train, spaced] = await Promise.all([
-      vitreg(['features', '--gpu', 'x', '--backend', 'cpu', '--engine', 'tfjs', '--weights', join(dir, 'missing.safetensors'), join(dir, 'a.png'), '--out', join(dir, 'o.safetensors')]),
+      vitreg([
+        'features',
+        '--gpu',
+        'x',
+        '--backend',
+        'cpu',
+        '--engine',
+        'tfjs',
+        '--weights',
+        join(dir, 'missing.safetensors'),
+        join(dir, 'a.png'),
+        '--out',
+        join(dir, 'o.safetensors'),
+      ]),
       vitreg(['analyze', join(dir, 'a.png'), '--weights', join(dir, 'missing.safetensors'), '--out', join(dir, 'report'), '--gpu=-1']),
       vitreg(['train', '--preset', 'tiny-supervised', '--nodes', '2', '--gpu', '1.5', '--out', join(dir, 'run')]),
       // Node's parser refuses "--gpu -1" with its hint on a second line: the one line says it.

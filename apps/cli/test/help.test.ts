@@ -10,7 +10,8 @@ function assertBackendHelp(name: string, help: string): void {
   assert.match(help, /^ {2}--gpu N +the webgpu backend's adapter \(default \$VITREG_GPU, else 0\)/m, `${name}: --gpu N`);
   const backendLine = help.split('\n').find((l) => /^ {2}--backend B /.test(l));
   assert.ok(backendLine, `${name}: a --backend B line`);
-  for (const b of ['tensorflow-gpu', 'webgpu', 'tensorflow', 'wasm', 'cpu']) assert.match(backendLine, new RegExp(`\\b${b}\\b`), `${name}: --backend lists ${b}`);
+  for (const b of ['tensorflow-gpu', 'webgpu', 'tensorflow', 'wasm', 'cpu'])
+    assert.match(backendLine, new RegExp(`\\b${b}\\b`), `${name}: --backend lists ${b}`);
 }
 
 test('vitreg --help lists every command and each command has a usage', async () => {

@@ -15,7 +15,22 @@ const common = ['--config', '{"num_heads":3}', '--synthetic-size', '56', '--size
 
 test('probe --task segmentation,depth on the synthetic dense set: results, heads, resume, other settings refused', async () => {
   const out = join(tmp, 'both');
-  const args = ['probe', '--weights', reg4, ...common, '--data', 'synthetic', '--count', '8', '--test-count', '3', '--task', 'segmentation,depth', '--out', out];
+  const args = [
+    'probe',
+    '--weights',
+    reg4,
+    ...common,
+    '--data',
+    'synthetic',
+    '--count',
+    '8',
+    '--test-count',
+    '3',
+    '--task',
+    'segmentation,depth',
+    '--out',
+    out,
+  ];
   const r = await vitreg(args);
   assert.equal(r.code, 0, r.stderr);
   const seg = JSON.parse(await readFile(join(out, 'results-segmentation.json'), 'utf8'));
@@ -48,8 +63,24 @@ test('probe --task segmentation,depth on the synthetic dense set: results, heads
 test('probe sweep: class, segmentation and depth columns side by side (Table 2)', async () => {
   const out = join(tmp, 'table2');
   const r = await vitreg([
-    'probe', '--weights', reg4, '--weights', reg0, ...common, '--data', 'synthetic', '--count', '6', '--test-count', '2',
-    '--task', 'class,segmentation,depth', '--token', 'cls+mean', '--out', out,
+    'probe',
+    '--weights',
+    reg4,
+    '--weights',
+    reg0,
+    ...common,
+    '--data',
+    'synthetic',
+    '--count',
+    '6',
+    '--test-count',
+    '2',
+    '--task',
+    'class,segmentation,depth',
+    '--token',
+    'cls+mean',
+    '--out',
+    out,
   ]);
   assert.equal(r.code, 0, r.stderr);
   const csv = (await readFile(join(out, 'sweep.csv'), 'utf8')).trim().split('\n');
@@ -65,13 +96,23 @@ test('probe on ADE20k and NYU folders (official layouts), and dense errors', asy
   // ADE20k: 4 training and 2 validation images with annotations 0 (ignored) .. 150
   const ade = join(tmp, 'ADEChallengeData2016');
   const shapes = new SyntheticDataset({ seed: 4, count: 6, size: 28 });
-  for (const [split, n, prefix] of [['training', 4, 'ADE_train'], ['validation', 2, 'ADE_val']] as const) {
+  for (const [split, n, prefix] of [
+    ['training', 4, 'ADE_train'],
+    ['validation', 2, 'ADE_val'],
+  ] as const) {
     await mkdir(join(ade, 'images', split), { recursive: true });
     await mkdir(join(ade, 'annotations', split), { recursive: true });
     for (let i = 0; i < n; i++) {
       const stem = `${prefix}_0000000${i + 1}`;
       await writeFile(join(ade, 'images', split, `${stem}.png`), await encodePng((await shapes.get(i)).image, 28, 28));
-      await writeFile(join(ade, 'annotations', split, `${stem}.png`), await encodeLabelPng(Uint8Array.from({ length: 28 * 28 }, (_, k) => (k * 7 + i) % 151), 28, 28));
+      await writeFile(
+        join(ade, 'annotations', split, `${stem}.png`),
+        await encodeLabelPng(
+          Uint8Array.from({ length: 28 * 28 }, (_, k) => (k * 7 + i) % 151),
+          28,
+          28,
+        ),
+      );
     }
   }
   // NYU: split files with depth in millimetres
@@ -80,7 +121,14 @@ test('probe on ADE20k and NYU folders (official layouts), and dense errors', asy
   const lines: Record<string, string[]> = { train: [], test: [] };
   for (let i = 0; i < 5; i++) {
     await writeFile(join(nyu, 'office_0001', `rgb_0000${i}.jpg`), await encodePng((await shapes.get(i)).image, 28, 28));
-    await writeFile(join(nyu, 'office_0001', `sync_depth_0000${i}.png`), await encodeUint16Png(Uint16Array.from({ length: 28 * 28 }, (_, k) => 1000 + 30 * (k % 97)), 28, 28));
+    await writeFile(
+      join(nyu, 'office_0001', `sync_depth_0000${i}.png`),
+      await encodeUint16Png(
+        Uint16Array.from({ length: 28 * 28 }, (_, k) => 1000 + 30 * (k % 97)),
+        28,
+        28,
+      ),
+    );
     lines[i < 3 ? 'train' : 'test'].push(`/office_0001/rgb_0000${i}.jpg /office_0001/sync_depth_0000${i}.png 518.8579`);
   }
   await writeFile(join(nyu, 'nyu_train.txt'), lines.train.join('\n') + '\n');
@@ -91,7 +139,20 @@ test('probe on ADE20k and NYU folders (official layouts), and dense errors', asy
     vitreg(['probe', ...flags, '--task', 'segmentation', '--data', ade, '--count', '3', '--out', join(tmp, 'ade-out')]),
     vitreg(['probe', ...flags, '--task', 'depth', '--data', `nyu:${nyu}`, '--out', join(tmp, 'nyu-out')]),
     vitreg(['probe', ...flags, '--task', 'depth', '--data', ade, '--out', join(tmp, 'bad')]),
-    vitreg(['probe', ...flags, '--task', 'segmentation', '--layers', '4', '--data', 'synthetic', '--count', '2', '--out', join(tmp, 'bad4')]),
+    vitreg([
+      'probe',
+      ...flags,
+      '--task',
+      'segmentation',
+      '--layers',
+      '4',
+      '--data',
+      'synthetic',
+      '--count',
+      '2',
+      '--out',
+      join(tmp, 'bad4'),
+    ]),
   ]);
   assert.equal(s.code, 0, s.stderr);
   const seg = JSON.parse(await readFile(join(tmp, 'ade-out', 'results.json'), 'utf8'));

@@ -30,23 +30,53 @@ before(async () => {
   const model = await loadWeights(WEIGHTS, { config: { num_heads: 2 } });
   const chosen = (ref.planted.neurons as { layer: number; neuron: number }[]).map((n, i) => ({ ...n, score: 10 - i }));
   neurons = join(dir, 'neurons.json');
-  await saveTestTimeRegisters(neurons, await testTimeRegistersFile(model, {
-    neurons: chosen, ranking: chosen, images: { used: 1, skipped: 0 },
-    settings: { layer: -2, threshold: 30, highestLayer: 2, topK: 3, sparsity: null },
-  }, WEIGHTS));
+  await saveTestTimeRegisters(
+    neurons,
+    await testTimeRegistersFile(
+      model,
+      {
+        neurons: chosen,
+        ranking: chosen,
+        images: { used: 1, skipped: 0 },
+        settings: { layer: -2, threshold: 30, highestLayer: 2, topK: 3, sparsity: null },
+      },
+      WEIGHTS,
+    ),
+  );
   model.dispose();
 });
 after(async () => rm(dir, { recursive: true, force: true }));
 
 function allclose(a: number[], b: number[], atol = 1e-4, rtol = 1e-4): string | null {
   if (a.length !== b.length) return `length ${a.length} != ${b.length}`;
-  for (let i = 0; i < a.length; i++) if (!(Math.abs(a[i]! - b[i]!) <= atol + rtol * Math.abs(b[i]!))) return `element ${i}: ${a[i]} vs ${b[i]}`;
+  for (let i = 0; i < a.length; i++)
+    if (!(Math.abs(a[i]! - b[i]!) <= atol + rtol * Math.abs(b[i]!))) return `element ${i}: ${a[i]} vs ${b[i]}`;
   return null;
 }
 
 test('probe --test-time-registers --token register: onnxruntime equals tfjs within 1e-4; auto runs onnxruntime', async () => {
-  const common = ['--weights', WEIGHTS, '--config', HEADS, '--data', 'synthetic', '--count', '12', '--test-count', '6', '--synthetic-size', '24',
-    '--size', '24', '--steps', '30', '--batch-size', '5', '--task', 'class'];
+  const common = [
+    '--weights',
+    WEIGHTS,
+    '--config',
+    HEADS,
+    '--data',
+    'synthetic',
+    '--count',
+    '12',
+    '--test-count',
+    '6',
+    '--synthetic-size',
+    '24',
+    '--size',
+    '24',
+    '--steps',
+    '30',
+    '--batch-size',
+    '5',
+    '--task',
+    'class',
+  ];
   const ttr = ['--test-time-registers', neurons, '--token', 'register'];
   const [t, o, auto] = await Promise.all([
     vitreg(['probe', ...common, ...ttr, '--engine', 'tfjs', '--backend', 'wasm', '--out', join(dir, 'tfjs')]),
@@ -61,7 +91,11 @@ test('probe --test-time-registers --token register: onnxruntime equals tfjs with
   assert.equal(a.config.num_register_tokens, 1, 'the test-time register is counted');
   assert.equal(b.config.num_register_tokens, 1);
   assert.equal(b.featureDim, 32);
-  const nums = (r: { sweep: object[]; knn: { top1: number; top5: number } }) => [...r.sweep.flatMap((s) => Object.values(s) as number[]), r.knn.top1, r.knn.top5];
+  const nums = (r: { sweep: object[]; knn: { top1: number; top5: number } }) => [
+    ...r.sweep.flatMap((s) => Object.values(s) as number[]),
+    r.knn.top1,
+    r.knn.top5,
+  ];
   assert.equal(nums(a).length, 2 * 4 + 2);
   assert.equal(allclose(nums(b), nums(a)), null);
   assert.equal(b.accuracy, a.accuracy);

@@ -20,8 +20,24 @@ function vitreg(...args: string[]) {
 
 const tmp = await mkdtemp(join(tmpdir(), 'vitreg-probe-'));
 test.after(() => rm(tmp, { recursive: true, force: true }));
-const common = ['--config', '{"num_heads":3}', '--data', 'synthetic', '--count', '16', '--test-count', '6', '--synthetic-size', '56',
-  '--size', '56', '--steps', '40', '--backend', 'wasm'];
+const common = [
+  '--config',
+  '{"num_heads":3}',
+  '--data',
+  'synthetic',
+  '--count',
+  '16',
+  '--test-count',
+  '6',
+  '--synthetic-size',
+  '56',
+  '--size',
+  '56',
+  '--steps',
+  '40',
+  '--backend',
+  'wasm',
+];
 
 test('probe class/cls+mean writes results.json with accuracy and k-NN', async () => {
   const out = join(tmp, 'class');
@@ -61,8 +77,27 @@ test('probe on an image folder splits it 80/20 and probes patch positions', asyn
     await writeFile(join(dir, `${i}.png`), await encodePng((await data.get(i)).image, 28, 28));
   }
   const out = join(tmp, 'position');
-  const r = vitreg('probe', '--weights', reg4, '--config', '{"num_heads":3}', '--data', root, '--size', '28', '--steps', '20',
-    '--task', 'position', '--token', 'normal', '--backend', 'wasm', '--out', out);
+  const r = vitreg(
+    'probe',
+    '--weights',
+    reg4,
+    '--config',
+    '{"num_heads":3}',
+    '--data',
+    root,
+    '--size',
+    '28',
+    '--steps',
+    '20',
+    '--task',
+    'position',
+    '--token',
+    'normal',
+    '--backend',
+    'wasm',
+    '--out',
+    out,
+  );
   assert.equal(r.code, 0, r.stderr);
   const res = JSON.parse(await readFile(join(out, 'results.json'), 'utf8'));
   assert.deepEqual([res.train, res.test, res.grid, res.chance], [8, 2, [2, 2], 0.25]);

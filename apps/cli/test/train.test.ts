@@ -11,10 +11,21 @@ import { lastLine, vitreg } from './helpers.js';
 test('train --list-presets names the CPU presets and the paper recipes', async () => {
   const r = await vitreg(['train', '--list-presets']);
   assert.equal(r.code, 0, r.stderr);
-  const names = r.stdout.trim().split('\n').map((l) => l.split(/\s+/)[0]);
+  const names = r.stdout
+    .trim()
+    .split('\n')
+    .map((l) => l.split(/\s+/)[0]);
   assert.deepEqual(names, [
-    'tiny-supervised', 'tiny-dino', 'dinov2-l14-reg4', 'deit3-b16-in1k-reg4', 'deit3-b16-in22k-reg4', 'dinov2-l14', 'deit3-b16-in1k', 'deit3-b16-in22k',
-    'deit3-b16-reg4', 'deit3-b16',
+    'tiny-supervised',
+    'tiny-dino',
+    'dinov2-l14-reg4',
+    'deit3-b16-in1k-reg4',
+    'deit3-b16-in22k-reg4',
+    'dinov2-l14',
+    'deit3-b16-in1k',
+    'deit3-b16-in22k',
+    'deit3-b16-reg4',
+    'deit3-b16',
   ]);
   assert.match(r.stdout, /deit3-b16-reg4 +the same as deit3-b16-in1k-reg4/);
 });
@@ -76,7 +87,22 @@ test('train: a short run writes config, metrics, checkpoint and eval; vitreg fea
     const out = join(dir, 'run');
     const cfg = join(dir, 'tiny.json');
     await writeFile(cfg, JSON.stringify({ preset: 'tiny-supervised', data: { train_size: 16, val_size: 8 }, train: { batch_size: 4 } }));
-    const r = await vitreg(['train', '--config', cfg, '--steps', '3', '--registers', '2', '--seed', '7', '--out', out, '--backend', 'wasm', '--no-progress']);
+    const r = await vitreg([
+      'train',
+      '--config',
+      cfg,
+      '--steps',
+      '3',
+      '--registers',
+      '2',
+      '--seed',
+      '7',
+      '--out',
+      out,
+      '--backend',
+      'wasm',
+      '--no-progress',
+    ]);
     assert.equal(r.code, 0, r.stderr);
     const summary = JSON.parse(r.stdout.trim().split('\n').pop()!) as Record<string, unknown>;
     assert.equal(summary.step, 3);
@@ -84,9 +110,16 @@ test('train: a short run writes config, metrics, checkpoint and eval; vitreg fea
     assert.equal(typeof summary.val_accuracy, 'number');
     const config = JSON.parse(await readFile(join(out, 'config.json'), 'utf8'));
     assert.deepEqual([config.train.steps, config.train.seed, config.model.num_register_tokens, config.data.source], [3, 7, 2, 'synthetic']);
-    const lines = (await readFile(join(out, 'metrics.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l));
-    assert.deepEqual(lines.map((l) => l.step), [1, 2, 3]);
-    for (const key of ['loss', 'lr', 'wd', 'grad_norm', 'images_per_s', 'rss_mb', 'tf_tensors', 'tf_mb']) assert.equal(typeof lines[2][key], 'number', key);
+    const lines = (await readFile(join(out, 'metrics.jsonl'), 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
+    assert.deepEqual(
+      lines.map((l) => l.step),
+      [1, 2, 3],
+    );
+    for (const key of ['loss', 'lr', 'wd', 'grad_norm', 'images_per_s', 'rss_mb', 'tf_tensors', 'tf_mb'])
+      assert.equal(typeof lines[2][key], 'number', key);
     const evalJson = JSON.parse(await readFile(join(out, 'eval.json'), 'utf8'));
     assert.equal(evalJson.num_classes, 5);
     const weights = join(out, 'checkpoints', 'step-3', 'model.safetensors');
@@ -95,7 +128,18 @@ test('train: a short run writes config, metrics, checkpoint and eval; vitreg fea
     const item = await new SyntheticDataset({ seed: 1, count: 1, size: 32 }).get(0);
     const image = join(dir, 'shape.png');
     await writeFile(image, await encodePng(item.image, item.width, item.height));
-    const f = await vitreg(['features', '--weights', weights, image, '--size', '32', '--out', join(dir, 'f.safetensors'), '--backend', 'wasm']);
+    const f = await vitreg([
+      'features',
+      '--weights',
+      weights,
+      image,
+      '--size',
+      '32',
+      '--out',
+      join(dir, 'f.safetensors'),
+      '--backend',
+      'wasm',
+    ]);
     assert.equal(f.code, 0, f.stderr);
     const { tensors } = await readSafetensors(join(dir, 'f.safetensors'));
     assert.deepEqual(tensors.registers!.shape, [1, 2, 64]);
@@ -109,19 +153,38 @@ test('train: a short run writes config, metrics, checkpoint and eval; vitreg fea
   }
 });
 
-test('train --workers 2: two threads train one run; rank 0 writes metrics, eval and a checkpoint with the job\'s sampler position', async () => {
+test("train --workers 2: two threads train one run; rank 0 writes metrics, eval and a checkpoint with the job's sampler position", async () => {
   const dir = await mkdtemp(join(tmpdir(), 'vitreg-train-workers-'));
   try {
     const out = join(dir, 'run');
     const cfg = join(dir, 'tiny.json');
     await writeFile(cfg, JSON.stringify({ preset: 'tiny-supervised', data: { train_size: 16, val_size: 8 }, train: { batch_size: 2 } }));
-    const r = await vitreg(['train', '--config', cfg, '--steps', '2', '--workers', '2', '--out', out, '--backend', 'wasm', '--no-progress']);
+    const r = await vitreg([
+      'train',
+      '--config',
+      cfg,
+      '--steps',
+      '2',
+      '--workers',
+      '2',
+      '--out',
+      out,
+      '--backend',
+      'wasm',
+      '--no-progress',
+    ]);
     assert.equal(r.code, 0, r.stderr);
     const summary = JSON.parse(r.stdout.trim().split('\n').pop()!) as Record<string, unknown>;
     assert.equal(summary.step, 2);
     assert.equal(typeof summary.val_accuracy, 'number');
-    const lines = (await readFile(join(out, 'metrics.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l));
-    assert.deepEqual(lines.map((l) => l.step), [1, 2]);
+    const lines = (await readFile(join(out, 'metrics.jsonl'), 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
+    assert.deepEqual(
+      lines.map((l) => l.step),
+      [1, 2],
+    );
     const state = JSON.parse(await readFile(join(out, 'checkpoints', 'step-2', 'state.json'), 'utf8'));
     assert.equal(state.world_size, 2);
     // 2 steps x 2 ranks x 2 images.
@@ -137,15 +200,35 @@ test('train --nodes 2: a local cluster job (coordinator + 2 worker processes) wr
   try {
     const out = join(dir, 'run');
     const cfg = join(dir, 'tiny.json');
-    await writeFile(cfg, JSON.stringify({ preset: 'tiny-supervised', data: { train_size: 16, val_size: 8 }, train: { batch_size: 2, checkpoint_every: 0 } }));
+    await writeFile(
+      cfg,
+      JSON.stringify({ preset: 'tiny-supervised', data: { train_size: 16, val_size: 8 }, train: { batch_size: 2, checkpoint_every: 0 } }),
+    );
     const r = await vitreg(['train', '--config', cfg, '--steps', '2', '--nodes', '2', '--out', out, '--backend', 'wasm', '--no-progress']);
     assert.equal(r.code, 0, r.stderr);
     const summary = JSON.parse(r.stdout.trim().split('\n').pop()!) as Record<string, unknown>;
     assert.equal(summary.step, 2);
     assert.equal(typeof summary.val_accuracy, 'number');
-    const lines = (await readFile(join(out, 'metrics.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l));
-    assert.deepEqual(lines.map((l) => [l.step, l.world_size]), [[1, 2], [2, 2]]);
-    for (const f of ['logs/coordinator.log', 'logs/coordinator.jsonl', 'logs/worker-0.log', 'logs/worker-1.log', 'ranks/worker-0.jsonl', 'ranks/worker-1.jsonl', 'checkpoints/step-2/model.safetensors']) {
+    const lines = (await readFile(join(out, 'metrics.jsonl'), 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
+    assert.deepEqual(
+      lines.map((l) => [l.step, l.world_size]),
+      [
+        [1, 2],
+        [2, 2],
+      ],
+    );
+    for (const f of [
+      'logs/coordinator.log',
+      'logs/coordinator.jsonl',
+      'logs/worker-0.log',
+      'logs/worker-1.log',
+      'ranks/worker-0.jsonl',
+      'ranks/worker-1.jsonl',
+      'checkpoints/step-2/model.safetensors',
+    ]) {
       assert.ok(existsSync(join(out, f)), f);
     }
     const bad = await vitreg(['train', '--config', cfg, '--nodes', '2', '--transport', 'udp', '--out', out]);
@@ -162,7 +245,18 @@ test('train --nodes 2: a local cluster job (coordinator + 2 worker processes) wr
 test('train --print-config: the resolved config, preset and flags applied, as JSON; nothing trained', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'vitreg-print-'));
   try {
-    const r = await vitreg(['train', '--preset', 'dinov2-l14-reg4', '--steps', '7', '--registers', '2', '--print-config', '--out', join(dir, 'run')]);
+    const r = await vitreg([
+      'train',
+      '--preset',
+      'dinov2-l14-reg4',
+      '--steps',
+      '7',
+      '--registers',
+      '2',
+      '--print-config',
+      '--out',
+      join(dir, 'run'),
+    ]);
     assert.equal(r.code, 0, r.stderr);
     const expected = validateTrainConfig({ preset: 'dinov2-l14-reg4', model: { num_register_tokens: 2 }, train: { steps: 7 } });
     assert.deepEqual(JSON.parse(r.stdout), JSON.parse(JSON.stringify(expected)));
@@ -179,7 +273,19 @@ test('train --resume over a run whose checkpoints cannot be listed is an error n
     await mkdir(out);
     // A file where the checkpoints folder should be: listing it fails (ENOTDIR), even as root.
     await writeFile(join(out, 'checkpoints'), 'not a folder');
-    const r = await vitreg(['train', '--preset', 'tiny-supervised', '--steps', '1', '--resume', '--out', out, '--backend', 'wasm', '--no-progress']);
+    const r = await vitreg([
+      'train',
+      '--preset',
+      'tiny-supervised',
+      '--steps',
+      '1',
+      '--resume',
+      '--out',
+      out,
+      '--backend',
+      'wasm',
+      '--no-progress',
+    ]);
     assert.equal(r.code, 1);
     assert.match(r.stderr, /checkpoints: cannot list the checkpoints \(ENOTDIR\)/);
     assert.ok(!existsSync(join(out, 'metrics.jsonl')), 'a fresh run started');

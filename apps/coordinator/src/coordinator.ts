@@ -119,7 +119,9 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
     } else {
       const bindAddress = `${host.includes(':') ? `[${host}]` : host}:${opts.port ?? 0}`;
       const creds = grpc.ServerCredentials.createInsecure();
-      port = await new Promise<number>((resolve, reject) => server.bindAsync(bindAddress, creds, (err, p) => (err ? reject(err) : resolve(p))));
+      port = await new Promise<number>((resolve, reject) =>
+        server.bindAsync(bindAddress, creds, (err, p) => (err ? reject(err) : resolve(p))),
+      );
     }
   } catch (e) {
     stopTimers();

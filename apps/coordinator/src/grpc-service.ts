@@ -82,7 +82,11 @@ export function coordinatorHandlers(ctx: ServiceContext): CoordinatorHandlers {
   const nameOf = <R extends { workerId: string }>(r: R): string => job.describe(r.workerId);
 
   return {
-    join: unary('Join', (r) => r.name, (req, call, reply) => job.join(req, peerOf(call), reply)),
+    join: unary(
+      'Join',
+      (r) => r.name,
+      (req, call, reply) => job.join(req, peerOf(call), reply),
+    ),
 
     heartbeat: unary('Heartbeat', nameOf, (req, _call, reply) => reply(job.heartbeat(req.workerId))),
 

@@ -91,4 +91,3 @@ export function resolveJobSettings(opts: JobStateOptions): JobSettings {
   }
   return s;
 }
-

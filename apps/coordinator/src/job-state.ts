@@ -104,7 +104,11 @@ export class JobState {
    * rendezvous this join may complete is published.
    */
   join(req: JoinRequest, peer: string, reply: (r: { workerId: string; heartbeatMs: number; workerTimeoutMs: number }) => void): void {
-    const { threads, config, capabilities: caps } = checkJoin(req, {
+    const {
+      threads,
+      config,
+      capabilities: caps,
+    } = checkJoin(req, {
       settings: this.settings,
       stopped: this.stopped,
       config: this.jobConfig,

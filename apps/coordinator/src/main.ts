@@ -37,7 +37,8 @@ class UsageError extends Error {}
 
 function integer(flag: string, text: string | undefined, min: number): number | undefined {
   if (text === undefined) return undefined;
-  if (!/^\d+$/.test(text.trim()) || Number(text) < min) throw new UsageError(`${flag}: expected an integer >= ${min}, got ${JSON.stringify(text)}`);
+  if (!/^\d+$/.test(text.trim()) || Number(text) < min)
+    throw new UsageError(`${flag}: expected an integer >= ${min}, got ${JSON.stringify(text)}`);
   return Number(text);
 }
 
@@ -93,7 +94,9 @@ export function parseCommandLine(argv: string[], env: NodeJS.ProcessEnv): (Coord
   else if (env.VITREG_TOKEN) token = env.VITREG_TOKEN;
   else if (env.VITREG_TOKEN_FILE) token = readFlagFile('$VITREG_TOKEN_FILE', env.VITREG_TOKEN_FILE).toString('utf8').trim();
   if (!token)
-    throw new UsageError('--token: the job token is required (--token, --token-file, $VITREG_TOKEN or $VITREG_TOKEN_FILE) and must not be empty');
+    throw new UsageError(
+      '--token: the job token is required (--token, --token-file, $VITREG_TOKEN or $VITREG_TOKEN_FILE) and must not be empty',
+    );
 
   const maxText = values['max-workers'] ?? env.WORLD_SIZE ?? env.SLURM_NTASKS;
   if (maxText === undefined) throw new UsageError('--max-workers: required (or $WORLD_SIZE / $SLURM_NTASKS)');
@@ -102,12 +105,14 @@ export function parseCommandLine(argv: string[], env: NodeJS.ProcessEnv): (Coord
   if (minWorkers > maxWorkers) throw new UsageError(`--min-workers: ${minWorkers} is more than --max-workers ${maxWorkers}`);
 
   const transport = values.transport ?? 'tcp';
-  if (transport !== 'tcp' && transport !== 'grpc') throw new UsageError(`--transport: expected tcp or grpc, got ${JSON.stringify(transport)}`);
+  if (transport !== 'tcp' && transport !== 'grpc')
+    throw new UsageError(`--transport: expected tcp or grpc, got ${JSON.stringify(transport)}`);
 
   let tls: CoordinatorOptions['tls'];
   const cert = values['tls-cert'];
   const key = values['tls-key'];
-  if ((cert === undefined) !== (key === undefined)) throw new UsageError(cert === undefined ? '--tls-cert: required with --tls-key' : '--tls-key: required with --tls-cert');
+  if ((cert === undefined) !== (key === undefined))
+    throw new UsageError(cert === undefined ? '--tls-cert: required with --tls-key' : '--tls-key: required with --tls-cert');
   if (cert !== undefined && key !== undefined) {
     tls = { cert: readFlagFile('--tls-cert', cert), key: readFlagFile('--tls-key', key) };
     if (values['tls-ca'] !== undefined) tls.ca = readFlagFile('--tls-ca', values['tls-ca']);

@@ -41,11 +41,17 @@ test('vitreg-coordinator: prints its address as one JSON line, serves, closes on
 });
 
 test('vitreg-coordinator --exit-with-stdin: exits (1) when its stdin closes', async () => {
-  const child = spawn(process.execPath, [...BIN, '--host', '127.0.0.1', '--port', '0', '--max-workers', '1', '--token', TOKEN, '--exit-with-stdin'], {
-    cwd: ROOT,
-    env: Object.fromEntries(Object.entries(process.env).filter(([k]) => !['VITREG_JOB_ID', 'TORCHELASTIC_RUN_ID', 'SLURM_JOB_ID'].includes(k))),
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
+  const child = spawn(
+    process.execPath,
+    [...BIN, '--host', '127.0.0.1', '--port', '0', '--max-workers', '1', '--token', TOKEN, '--exit-with-stdin'],
+    {
+      cwd: ROOT,
+      env: Object.fromEntries(
+        Object.entries(process.env).filter(([k]) => !['VITREG_JOB_ID', 'TORCHELASTIC_RUN_ID', 'SLURM_JOB_ID'].includes(k)),
+      ),
+      stdio: ['pipe', 'pipe', 'pipe'],
+    },
+  );
   let out = '';
   let err = '';
   child.stdout.on('data', (d) => (out += d));

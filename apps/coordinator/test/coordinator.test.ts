@@ -29,8 +29,16 @@ test('refusals: wrong token, job id, protocol version, config, capabilities, nam
     );
     await refused(rpc(c, 'join', joinRequest('worker-0', { jobId: 'nope' })), grpc.status.PERMISSION_DENIED, /"nope".*"job-42"/);
     await refused(rpc(c, 'join', joinRequest('worker-0', {}, { threads: 0 })), grpc.status.INVALID_ARGUMENT, /threads must be >= 1, got 0/);
-    await refused(rpc(c, 'join', joinRequest('worker-0', {}, { transports: ['grpc'] })), grpc.status.FAILED_PRECONDITION, /data plane is "tcp"/);
-    await refused(rpc(c, 'join', joinRequest('worker-0', { configJson: '{oops' })), grpc.status.INVALID_ARGUMENT, /config_json is not JSON/);
+    await refused(
+      rpc(c, 'join', joinRequest('worker-0', {}, { transports: ['grpc'] })),
+      grpc.status.FAILED_PRECONDITION,
+      /data plane is "tcp"/,
+    );
+    await refused(
+      rpc(c, 'join', joinRequest('worker-0', { configJson: '{oops' })),
+      grpc.status.INVALID_ARGUMENT,
+      /config_json is not JSON/,
+    );
     // Nothing of the above was admitted: the first admitted worker's config becomes the job's.
     const w0 = await joinAs(c, 'worker-0');
     const other = JSON.stringify({ train: { lr: 0.001, batch_size: 3 }, model: 'tiny' });
@@ -46,9 +54,16 @@ test('refusals: wrong token, job id, protocol version, config, capabilities, nam
     const seen = watch(c, w0);
     const m = await seen.epoch(1);
     assert.equal(m.reason, 'rendezvous');
-    assert.deepEqual(m.members.map((x) => x.workerId), [w0, w1]);
+    assert.deepEqual(
+      m.members.map((x) => x.workerId),
+      [w0, w1],
+    );
     // Refusals after the rendezvous change nothing either.
-    await refused(rpc(c, 'commitStep', { workerId: w0, epoch: 1, step: 1, ranks: [] }, meta('bad')), grpc.status.UNAUTHENTICATED, 'wrong job token');
+    await refused(
+      rpc(c, 'commitStep', { workerId: w0, epoch: 1, step: 1, ranks: [] }, meta('bad')),
+      grpc.status.UNAUTHENTICATED,
+      'wrong job token',
+    );
     await refused(rpc(c, 'leave', { workerId: w0, finished: false }, meta(TOKEN, 'x')), grpc.status.PERMISSION_DENIED, /"x"/);
     await refused(rpc(c, 'heartbeat', { workerId: 'w99-nobody' }), grpc.status.NOT_FOUND, 'unknown worker id "w99-nobody"');
     assert.deepEqual(await rpc(c, 'heartbeat', { workerId: w0, epoch: 1, step: 0 }), { epoch: 1, member: true });
@@ -57,7 +72,10 @@ test('refusals: wrong token, job id, protocol version, config, capabilities, nam
     // One log line per refusal, naming the peer and why.
     const refusals = lines.filter((l) => l.startsWith('refused '));
     assert.equal(refusals.length, 14, refusals.join('\n'));
-    assert.ok(refusals.some((l) => /^refused Join from .*127\.0\.0\.1.* \(worker-0\): wrong job token$/.test(l)), refusals.join('\n'));
+    assert.ok(
+      refusals.some((l) => /^refused Join from .*127\.0\.0\.1.* \(worker-0\): wrong job token$/.test(l)),
+      refusals.join('\n'),
+    );
     let settled = false;
     void coord.done.then(() => (settled = true));
     await sleep(20);
@@ -107,7 +125,10 @@ test('rendezvous at minWorkers once the join timeout passed', async () => {
     assert.equal(r.workerTimeoutMs, 30000);
     const m = await w.epoch(1);
     assert.ok(Date.now() - t0 >= 400);
-    assert.deepEqual(m.members.map((x) => x.name), ['a', 'b']);
+    assert.deepEqual(
+      m.members.map((x) => x.name),
+      ['a', 'b'],
+    );
     assert.equal(m.transport, 'tcp');
   });
 });
@@ -115,7 +136,11 @@ test('rendezvous at minWorkers once the join timeout passed', async () => {
 test('heartbeat eviction: a silent member is removed, the others renumbered in a new epoch; its heartbeats get member=false', async () => {
   await withJob({ minWorkers: 2, maxWorkers: 3, workerTimeoutMs: 300 }, async ({ client, lines }) => {
     const c = client();
-    const ids = [await joinAs(c, 'w0', { launcherRank: 0 }), await joinAs(c, 'w1', { launcherRank: 1 }), await joinAs(c, 'w2', { launcherRank: 2 })];
+    const ids = [
+      await joinAs(c, 'w0', { launcherRank: 0 }),
+      await joinAs(c, 'w1', { launcherRank: 1 }),
+      await joinAs(c, 'w2', { launcherRank: 2 }),
+    ];
     const w = watch(c, ids[0]);
     await w.epoch(1);
     const beat = setInterval(() => {
@@ -124,10 +149,13 @@ test('heartbeat eviction: a silent member is removed, the others renumbered in a
     try {
       const m = await w.epoch(2);
       assert.match(m.reason, /^w1 missed heartbeats for \d+ ms$/);
-      assert.deepEqual(m.members.map((x) => [x.name, x.rank, x.firstRank]), [
-        ['w0', 0, 0],
-        ['w2', 1, 1],
-      ]);
+      assert.deepEqual(
+        m.members.map((x) => [x.name, x.rank, x.firstRank]),
+        [
+          ['w0', 0, 0],
+          ['w2', 1, 1],
+        ],
+      );
       assert.equal(m.worldSize, 2);
       assert.deepEqual(await rpc(c, 'heartbeat', { workerId: ids[1], epoch: 1, step: 0 }), { epoch: 2, member: false });
       assert.deepEqual(await rpc(c, 'heartbeat', { workerId: ids[0], epoch: 2, step: 0 }), { epoch: 2, member: true });
@@ -150,7 +178,10 @@ test('a cancelled watch stream removes its member; an unknown worker id is NOT_F
     wb.stream.cancel();
     const m = await wa.epoch(2);
     assert.match(m.reason, /^b disconnected/);
-    assert.deepEqual(m.members.map((x) => x.name), ['a']);
+    assert.deepEqual(
+      m.members.map((x) => x.name),
+      ['a'],
+    );
     const unknown = watch(c, 'nobody');
     await until('NOT_FOUND', () => unknown.error);
     assert.equal(unknown.error!.code, grpc.status.NOT_FOUND);
@@ -161,14 +192,24 @@ test('a cancelled watch stream removes its member; an unknown worker id is NOT_F
 test('commit barrier: holds until every member reported, answers all with every rank in rank order; stale epochs, mismatched steps and non-members', async () => {
   await withJob({ minWorkers: 3, maxWorkers: 3 }, async ({ client }) => {
     const c = client();
-    const ids = [await joinAs(c, 'w0', { launcherRank: 0 }, { threads: 2 }), await joinAs(c, 'w1', { launcherRank: 1 }), await joinAs(c, 'w2', { launcherRank: 2 })];
+    const ids = [
+      await joinAs(c, 'w0', { launcherRank: 0 }, { threads: 2 }),
+      await joinAs(c, 'w1', { launcherRank: 1 }),
+      await joinAs(c, 'w2', { launcherRank: 2 }),
+    ];
     const w = watch(c, ids[0]);
     const m = await w.epoch(1);
     assert.equal(m.worldSize, 4);
     await refused(rpc(c, 'commitStep', { workerId: 'ghost', epoch: 1, step: 1, ranks: [] }), grpc.status.NOT_FOUND, /ghost/);
-    assert.deepEqual(await rpc(c, 'commitStep', { workerId: ids[1], epoch: 7, step: 1, ranks: [] }), { committed: false, epoch: 1, ranks: [] });
+    assert.deepEqual(await rpc(c, 'commitStep', { workerId: ids[1], epoch: 7, step: 1, ranks: [] }), {
+      committed: false,
+      epoch: 1,
+      ranks: [],
+    });
     const results: (StepCommit | undefined)[] = [undefined, undefined, undefined];
-    const p2 = rpc<StepCommit>(c, 'commitStep', { workerId: ids[2], epoch: 1, step: 1, ranks: [{ rank: 3, values: { loss: 3.5 } }] }).then((r) => (results[2] = r));
+    const p2 = rpc<StepCommit>(c, 'commitStep', { workerId: ids[2], epoch: 1, step: 1, ranks: [{ rank: 3, values: { loss: 3.5 } }] }).then(
+      (r) => (results[2] = r),
+    );
     const p0 = rpc<StepCommit>(c, 'commitStep', {
       workerId: ids[0],
       epoch: 1,
@@ -200,10 +241,18 @@ test('commit barrier: holds until every member reported, answers all with every 
     assert.deepEqual(r1, expected);
     assert.deepEqual(results[0], expected);
     assert.deepEqual(results[2], expected);
-    await refused(rpc(c, 'commitStep', { workerId: ids[1], epoch: 1, step: 1, ranks: [] }), grpc.status.INVALID_ARGUMENT, /not after the committed step 1/);
+    await refused(
+      rpc(c, 'commitStep', { workerId: ids[1], epoch: 1, step: 1, ranks: [] }),
+      grpc.status.INVALID_ARGUMENT,
+      /not after the committed step 1/,
+    );
     // A checkpoint of a committed step is recorded; of a later one refused.
     assert.deepEqual(await rpc(c, 'commitCheckpoint', { workerId: ids[0], step: 1, path: '/ckpt/1' }), { lastCheckpointStep: 1 });
-    await refused(rpc(c, 'commitCheckpoint', { workerId: ids[0], step: 2, path: '/ckpt/2' }), grpc.status.FAILED_PRECONDITION, /last committed step is 1/);
+    await refused(
+      rpc(c, 'commitCheckpoint', { workerId: ids[0], step: 2, path: '/ckpt/2' }),
+      grpc.status.FAILED_PRECONDITION,
+      /last committed step is 1/,
+    );
   });
 });
 
@@ -213,14 +262,20 @@ test('a membership change answers held commits with committed=false and the new 
     const ids = [await joinAs(c, 'w0'), await joinAs(c, 'w1'), await joinAs(c, 'w2')];
     const w = watch(c, ids[0]);
     await w.epoch(1);
-    const held = [0, 1].map((i) => rpc<StepCommit>(c, 'commitStep', { workerId: ids[i], epoch: 1, step: 1, ranks: [{ rank: i, values: {} }] }));
+    const held = [0, 1].map((i) =>
+      rpc<StepCommit>(c, 'commitStep', { workerId: ids[i], epoch: 1, step: 1, ranks: [{ rank: i, values: {} }] }),
+    );
     await sleep(50);
     await rpc(c, 'leave', { workerId: ids[2], reason: 'preempted', finished: false });
     for (const r of await Promise.all(held)) assert.deepEqual(r, { committed: false, epoch: 2, ranks: [] });
     const m = await w.epoch(2);
     assert.equal(m.reason, 'w2 left: preempted');
     assert.equal(m.committedStep, 0);
-    await refused(rpc(c, 'commitStep', { workerId: ids[2], epoch: 2, step: 1, ranks: [] }), grpc.status.FAILED_PRECONDITION, /w2 is not a member/);
+    await refused(
+      rpc(c, 'commitStep', { workerId: ids[2], epoch: 2, step: 1, ranks: [] }),
+      grpc.status.FAILED_PRECONDITION,
+      /w2 is not a member/,
+    );
   });
 });
 
@@ -233,22 +288,31 @@ test('a late joiner is pending until the next committed step, then enters the ne
     await w.epoch(1);
     const late = await joinAs(c, 'late', { launcherRank: 0 });
     const wl = watch(c, late);
-    await refused(rpc(c, 'commitStep', { workerId: late, epoch: 1, step: 1, ranks: [] }), grpc.status.FAILED_PRECONDITION, /not a member yet/);
+    await refused(
+      rpc(c, 'commitStep', { workerId: late, epoch: 1, step: 1, ranks: [] }),
+      grpc.status.FAILED_PRECONDITION,
+      /not a member yet/,
+    );
     assert.deepEqual(await rpc(c, 'heartbeat', { workerId: late }), { epoch: 1, member: true });
     await sleep(50);
     assert.equal(wl.got.length, 0);
     const [ra, rb] = await Promise.all(
-      [a, b].map((id, i) => rpc<StepCommit>(c, 'commitStep', { workerId: id, epoch: 1, step: 1, ranks: [{ rank: i, values: { loss: i } }] })),
+      [a, b].map((id, i) =>
+        rpc<StepCommit>(c, 'commitStep', { workerId: id, epoch: 1, step: 1, ranks: [{ rank: i, values: { loss: i } }] }),
+      ),
     );
     assert.equal(ra.committed && rb.committed, true);
     const m = await w.epoch(2);
     assert.equal(m.reason, 'late joined');
     assert.equal(m.committedStep, 1);
-    assert.deepEqual(m.members.map((x) => [x.name, x.rank]), [
-      ['a', 0],
-      ['b', 1],
-      ['late', 2],
-    ]);
+    assert.deepEqual(
+      m.members.map((x) => [x.name, x.rank]),
+      [
+        ['a', 0],
+        ['b', 1],
+        ['late', 2],
+      ],
+    );
     assert.deepEqual((await wl.epoch(2)).epoch, 2);
   });
 });
@@ -294,7 +358,10 @@ test('every member leaving finished: stop with finished=true, done finished; eve
       assert.equal(m.committedStep, 1);
       assert.deepEqual(await coord.done, { finished: true, reason: 'every worker finished' });
     });
-    const lines = readFileSync(events, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const lines = readFileSync(events, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
     for (const l of lines) assert.ok(!Number.isNaN(Date.parse(l.time)));
     assert.deepEqual(
       lines.map((l) => l.event),

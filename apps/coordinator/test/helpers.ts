@@ -103,7 +103,16 @@ export function joinRequest(name: string, over: Record<string, unknown> = {}, ca
     name,
     launcherRank: -1,
     peerAddress: `127.0.0.1:${40000 + joinSeq}`,
-    capabilities: { backend: 'cpu', device: 'cpu', hostname: 'test', pid: 1000 + joinSeq, localRank: -1, threads: 1, transports: ['tcp', 'grpc'], ...caps },
+    capabilities: {
+      backend: 'cpu',
+      device: 'cpu',
+      hostname: 'test',
+      pid: 1000 + joinSeq,
+      localRank: -1,
+      threads: 1,
+      transports: ['tcp', 'grpc'],
+      ...caps,
+    },
     configJson: CONFIG,
     ...over,
   };

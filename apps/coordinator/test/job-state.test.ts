@@ -296,7 +296,10 @@ test('a late joiner is pending until the next committed step, then enters in rin
   const late1 = h.join('late1', { launcherRank: 3 });
   assert.equal(h.job.workerState(late1.id), 'pending');
   assert.equal(late1.sink.got.length, 0);
-  assert.match(h.lines.find((l) => l.startsWith('join late1'))!, /; pending until the next commit$/);
+  assert.match(
+    h.lines.find((l) => l.startsWith('join late1'))!,
+    /; pending until the next commit$/,
+  );
   refused(() => h.commit(late1.id, 1), 'FAILED_PRECONDITION', 'late1 is not a member yet (it enters after the next commit)');
   assert.deepEqual(h.job.heartbeat(late1.id), { epoch: 1, member: true });
   h.commit(a.id, 1);

@@ -38,21 +38,36 @@ export function launchInfo(env: NodeJS.ProcessEnv = process.env): LaunchInfo {
   const port = env.TORCHELASTIC_USE_AGENT_STORE === 'True' ? given + 1 : given;
   if (env.RANK !== undefined && env.RANK !== '') {
     return {
-      launcher: 'torchrun', rank: intVar(env, 'RANK')!, worldSize: intVar(env, 'WORLD_SIZE') ?? 0, localRank: intVar(env, 'LOCAL_RANK') ?? -1,
-      masterAddr: env.MASTER_ADDR ?? '', masterPort: port, jobId: env.TORCHELASTIC_RUN_ID ?? '',
+      launcher: 'torchrun',
+      rank: intVar(env, 'RANK')!,
+      worldSize: intVar(env, 'WORLD_SIZE') ?? 0,
+      localRank: intVar(env, 'LOCAL_RANK') ?? -1,
+      masterAddr: env.MASTER_ADDR ?? '',
+      masterPort: port,
+      jobId: env.TORCHELASTIC_RUN_ID ?? '',
     };
   }
   if (env.SLURM_PROCID !== undefined && env.SLURM_PROCID !== '') {
     const nodes = env.SLURM_JOB_NODELIST ?? env.SLURM_NODELIST ?? '';
     return {
-      launcher: 'slurm', rank: intVar(env, 'SLURM_PROCID')!, worldSize: intVar(env, 'SLURM_NTASKS') ?? 0, localRank: intVar(env, 'SLURM_LOCALID') ?? -1,
-      masterAddr: env.MASTER_ADDR || (nodes ? expandHostlist(nodes)[0]! : ''), masterPort: port, jobId: env.SLURM_JOB_ID ?? '',
+      launcher: 'slurm',
+      rank: intVar(env, 'SLURM_PROCID')!,
+      worldSize: intVar(env, 'SLURM_NTASKS') ?? 0,
+      localRank: intVar(env, 'SLURM_LOCALID') ?? -1,
+      masterAddr: env.MASTER_ADDR || (nodes ? expandHostlist(nodes)[0]! : ''),
+      masterPort: port,
+      jobId: env.SLURM_JOB_ID ?? '',
     };
   }
   if (env.JOB_COMPLETION_INDEX !== undefined && env.JOB_COMPLETION_INDEX !== '') {
     return {
-      launcher: 'kubernetes', rank: intVar(env, 'JOB_COMPLETION_INDEX')!, worldSize: intVar(env, 'WORLD_SIZE') ?? 0, localRank: intVar(env, 'LOCAL_RANK') ?? 0,
-      masterAddr: env.MASTER_ADDR ?? '', masterPort: port, jobId: env.VITREG_JOB_ID ?? '',
+      launcher: 'kubernetes',
+      rank: intVar(env, 'JOB_COMPLETION_INDEX')!,
+      worldSize: intVar(env, 'WORLD_SIZE') ?? 0,
+      localRank: intVar(env, 'LOCAL_RANK') ?? 0,
+      masterAddr: env.MASTER_ADDR ?? '',
+      masterPort: port,
+      jobId: env.VITREG_JOB_ID ?? '',
     };
   }
   return { launcher: 'none', rank: -1, worldSize: 0, localRank: -1, masterAddr: env.MASTER_ADDR ?? '', masterPort: port, jobId: '' };
@@ -121,12 +136,16 @@ export function selectDevice(localRank: number, env: NodeJS.ProcessEnv = process
   if (localRank < 0) return 'auto';
   const visible = env.CUDA_VISIBLE_DEVICES;
   if (visible !== undefined && visible !== '') {
-    const list = visible.split(',').map((s) => s.trim()).filter(Boolean);
+    const list = visible
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
     if (list.length === 1) {
       adapterFollows(env, list[0]!, localRank);
       return `cuda:${list[0]}`;
     }
-    if (localRank >= list.length) throw new Error(`LOCAL_RANK ${localRank} but CUDA_VISIBLE_DEVICES lists ${list.length} devices ("${visible}")`);
+    if (localRank >= list.length)
+      throw new Error(`LOCAL_RANK ${localRank} but CUDA_VISIBLE_DEVICES lists ${list.length} devices ("${visible}")`);
     env.CUDA_VISIBLE_DEVICES = list[localRank]!;
   } else env.CUDA_VISIBLE_DEVICES = String(localRank);
   adapterFollows(env, env.CUDA_VISIBLE_DEVICES, localRank);

@@ -37,7 +37,10 @@ export class ProtocolError extends Error {
 
 /** Raised in waiting collectives when the membership epoch they belong to ended. */
 export class EpochEnded extends Error {
-  constructor(readonly epoch: number, reason: string) {
+  constructor(
+    readonly epoch: number,
+    reason: string,
+  ) {
     super(reason);
     this.name = 'EpochEnded';
   }
@@ -94,7 +97,10 @@ export class FrameParser {
   private headerFill = 0;
   private current: { h: FrameHeader; data: Uint8Array; fill: number } | null = null;
 
-  constructor(private readonly onFrame: (f: Frame) => void, private readonly maxPayload: number) {}
+  constructor(
+    private readonly onFrame: (f: Frame) => void,
+    private readonly maxPayload: number,
+  ) {}
 
   push(chunk: Uint8Array): void {
     let pos = 0;
@@ -107,10 +113,18 @@ export class FrameParser {
         if (this.headerFill < HEADER_BYTES) return;
         this.headerFill = 0;
         const b = this.header;
-        if (b.readUInt32LE(0) !== FRAME_MAGIC) throw new ProtocolError(`frame without the VRG1 magic (got 0x${b.readUInt32LE(0).toString(16)})`);
+        if (b.readUInt32LE(0) !== FRAME_MAGIC)
+          throw new ProtocolError(`frame without the VRG1 magic (got 0x${b.readUInt32LE(0).toString(16)})`);
         const length = b.readUInt32LE(28);
         if (length > this.maxPayload) throw new ProtocolError(`frame of ${length} bytes, more than the ${this.maxPayload} allowed`);
-        const h = { epoch: b.readUInt32LE(4), op: b.readUInt32LE(8), step: b.readUInt32LE(12), phase: b.readUInt32LE(16), index: b.readUInt32LE(20), offset: b.readUInt32LE(24) };
+        const h = {
+          epoch: b.readUInt32LE(4),
+          op: b.readUInt32LE(8),
+          step: b.readUInt32LE(12),
+          phase: b.readUInt32LE(16),
+          index: b.readUInt32LE(20),
+          offset: b.readUInt32LE(24),
+        };
         this.current = { h, data: takeBuffer(length), fill: 0 };
         if (length === 0) this.emit();
         continue;
@@ -146,7 +160,10 @@ export class Inbox {
   pause: () => void = () => undefined;
   resume: () => void = () => undefined;
 
-  constructor(private readonly high = 64 << 20, private readonly low = 16 << 20) {}
+  constructor(
+    private readonly high = 64 << 20,
+    private readonly low = 16 << 20,
+  ) {}
 
   push(f: Frame): void {
     if (this.error) return;
@@ -180,7 +197,9 @@ export class Inbox {
       return Promise.resolve(f);
     }
     if (this.error) return Promise.reject(this.error);
-    return new Promise((resolve, reject) => { this.waiter = { resolve, reject }; });
+    return new Promise((resolve, reject) => {
+      this.waiter = { resolve, reject };
+    });
   }
 
   fail(err: Error): void {
@@ -195,7 +214,6 @@ export class Inbox {
       w.reject(err);
     }
   }
-
 }
 
 /** The sending side of a ring link. */

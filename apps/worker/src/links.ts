@@ -23,7 +23,9 @@ export function macEquals(a: Uint8Array, b: Uint8Array): boolean {
 
 /** The hello frame: magic, JSON length, JSON {worker_id, epoch, nonce, mac} (hex). */
 export function encodeHello(workerId: string, epoch: number, nonce: Uint8Array, mac: Uint8Array): Buffer {
-  const json = Buffer.from(JSON.stringify({ worker_id: workerId, epoch, nonce: Buffer.from(nonce).toString('hex'), mac: Buffer.from(mac).toString('hex') }));
+  const json = Buffer.from(
+    JSON.stringify({ worker_id: workerId, epoch, nonce: Buffer.from(nonce).toString('hex'), mac: Buffer.from(mac).toString('hex') }),
+  );
   const head = Buffer.allocUnsafe(8);
   head.writeUInt32LE(HELLO_MAGIC, 0);
   head.writeUInt32LE(json.length, 4);
@@ -62,7 +64,12 @@ export function readHello(socket: net.Socket, timeoutMs: number): Promise<{ hell
       socket.pause();
       try {
         const hello = JSON.parse(buf.subarray(8, 8 + len).toString('utf8')) as Hello;
-        if (typeof hello.worker_id !== 'string' || typeof hello.nonce !== 'string' || typeof hello.mac !== 'string' || !Number.isInteger(hello.epoch)) {
+        if (
+          typeof hello.worker_id !== 'string' ||
+          typeof hello.nonce !== 'string' ||
+          typeof hello.mac !== 'string' ||
+          !Number.isInteger(hello.epoch)
+        ) {
           throw new Error('fields missing');
         }
         done(null, { hello, rest: buf.subarray(8 + len) });
@@ -83,12 +90,35 @@ export interface TlsFiles {
 }
 
 /** Opens the TCP (TLS with `tls`) link to `host:port`, sends the hello and waits for the one-byte accept. */
-export async function connectTcpLink(host: string, port: number, hello: Buffer, tlsFiles: TlsFiles | undefined, timeoutMs: number): Promise<TcpOutLink> {
+export async function connectTcpLink(
+  host: string,
+  port: number,
+  hello: Buffer,
+  tlsFiles: TlsFiles | undefined,
+  timeoutMs: number,
+): Promise<TcpOutLink> {
   const socket: net.Socket = await new Promise((resolve, reject) => {
     const onErr = (err: Error) => reject(err);
     const s = tlsFiles
-      ? tls.connect({ host, port, ca: tlsFiles.ca, cert: tlsFiles.cert, key: tlsFiles.key, checkServerIdentity: () => undefined, rejectUnauthorized: !!tlsFiles.ca }, () => { s.off('error', onErr); resolve(s); })
-      : net.connect({ host, port }, () => { s.off('error', onErr); resolve(s); });
+      ? tls.connect(
+          {
+            host,
+            port,
+            ca: tlsFiles.ca,
+            cert: tlsFiles.cert,
+            key: tlsFiles.key,
+            checkServerIdentity: () => undefined,
+            rejectUnauthorized: !!tlsFiles.ca,
+          },
+          () => {
+            s.off('error', onErr);
+            resolve(s);
+          },
+        )
+      : net.connect({ host, port }, () => {
+          s.off('error', onErr);
+          resolve(s);
+        });
     s.setTimeout(timeoutMs, () => s.destroy(new Error(`no answer from ${host}:${port} within ${timeoutMs} ms`)));
     s.once('error', onErr);
   });
@@ -100,9 +130,19 @@ export async function connectTcpLink(host: string, port: number, hello: Buffer, 
       if (b[0] === 1) resolve();
       else reject(new ProtocolError(`${host}:${port} refused the link`));
     };
-    const onClose = () => { cleanup(); reject(new ProtocolError(`${host}:${port} closed the link after the hello (refused)`)); };
-    const onError = (err: Error) => { cleanup(); reject(err); };
-    const cleanup = () => { socket.off('data', onData); socket.off('close', onClose); socket.off('error', onError); };
+    const onClose = () => {
+      cleanup();
+      reject(new ProtocolError(`${host}:${port} closed the link after the hello (refused)`));
+    };
+    const onError = (err: Error) => {
+      cleanup();
+      reject(err);
+    };
+    const cleanup = () => {
+      socket.off('data', onData);
+      socket.off('close', onClose);
+      socket.off('error', onError);
+    };
     socket.on('data', onData);
     socket.on('close', onClose);
     socket.on('error', onError);
@@ -213,9 +253,15 @@ export class TcpOutLink extends BackpressuredLink implements OutLink {
 export class GrpcOutLink extends BackpressuredLink implements OutLink {
   private needDrain = false;
 
-  constructor(private readonly call: grpc.ClientWritableStream<unknown>, private readonly workerId: string) {
+  constructor(
+    private readonly call: grpc.ClientWritableStream<unknown>,
+    private readonly workerId: string,
+  ) {
     super();
-    call.on('drain', () => { this.needDrain = false; this.wake(); });
+    call.on('drain', () => {
+      this.needDrain = false;
+      this.wake();
+    });
     call.on('error', (err: Error) => this.failWith(err));
   }
 
@@ -226,7 +272,16 @@ export class GrpcOutLink extends BackpressuredLink implements OutLink {
   send(h: FrameHeader, data: Uint8Array): Promise<void> {
     if (this.error) return Promise.reject(this.error);
     // Serialisation copies the bytes at once: the payload may change right after.
-    const ok = this.call.write({ workerId: this.workerId, epoch: h.epoch, op: h.op, step: h.step, phase: h.phase, index: h.index, offset: h.offset, data });
+    const ok = this.call.write({
+      workerId: this.workerId,
+      epoch: h.epoch,
+      op: h.op,
+      step: h.step,
+      phase: h.phase,
+      index: h.index,
+      offset: h.offset,
+      data,
+    });
     if (!ok) this.needDrain = true;
     return Promise.resolve();
   }

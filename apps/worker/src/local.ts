@@ -87,8 +87,23 @@ export async function runLocalJob(o: LocalJobOptions): Promise<LocalJobResult> {
   const jobId = `local-${randomBytes(4).toString('hex')}`;
   const tlsArgs = o.tls ? ['--tls-cert', o.tls.cert, '--tls-key', o.tls.key, ...(o.tls.ca ? ['--tls-ca', o.tls.ca] : [])] : [];
   const coordArgs = [
-    '--host', '127.0.0.1', '--port', '0', '--job-id', jobId, '--max-workers', String(o.nodes), '--min-workers', String(o.minWorkers ?? 1),
-    '--transport', o.transport ?? 'tcp', '--events', join(logs, 'coordinator.jsonl'), '--exit-with-stdin', '--join-timeout-ms', String(o.joinTimeoutMs ?? 120_000),
+    '--host',
+    '127.0.0.1',
+    '--port',
+    '0',
+    '--job-id',
+    jobId,
+    '--max-workers',
+    String(o.nodes),
+    '--min-workers',
+    String(o.minWorkers ?? 1),
+    '--transport',
+    o.transport ?? 'tcp',
+    '--events',
+    join(logs, 'coordinator.jsonl'),
+    '--exit-with-stdin',
+    '--join-timeout-ms',
+    String(o.joinTimeoutMs ?? 120_000),
     ...(o.heartbeatMs ? ['--heartbeat-ms', String(o.heartbeatMs)] : []),
     ...(o.workerTimeoutMs ? ['--worker-timeout-ms', String(o.workerTimeoutMs)] : []),
     ...tlsArgs,
@@ -110,16 +125,35 @@ export async function runLocalJob(o: LocalJobOptions): Promise<LocalJobResult> {
       }
     };
     coordinator.stdout!.on('data', onData);
-    coordinator.once('exit', (code) => reject(new Error(`the coordinator exited with code ${code} before listening (see ${join(logs, 'coordinator.log')})`)));
+    coordinator.once('exit', (code) =>
+      reject(new Error(`the coordinator exited with code ${code} before listening (see ${join(logs, 'coordinator.log')})`)),
+    );
   });
   const start = (i: number) => {
     const args = [
-      ...nodeArgs(workerEntry()), ...o.trainArgs, '--out', o.outDir, '--coordinator', address, '--job-id', jobId, '--name', `worker-${i}`, '--rank', String(i),
-      '--threads', String(o.threads ?? 1), ...(o.coordinatorTimeoutMs ? ['--coordinator-timeout-ms', String(o.coordinatorTimeoutMs)] : []),
-      ...(i === 0 ? [] : ['--no-progress']), ...tlsArgs, ...(o.workerArgs ?? []),
+      ...nodeArgs(workerEntry()),
+      ...o.trainArgs,
+      '--out',
+      o.outDir,
+      '--coordinator',
+      address,
+      '--job-id',
+      jobId,
+      '--name',
+      `worker-${i}`,
+      '--rank',
+      String(i),
+      '--threads',
+      String(o.threads ?? 1),
+      ...(o.coordinatorTimeoutMs ? ['--coordinator-timeout-ms', String(o.coordinatorTimeoutMs)] : []),
+      ...(i === 0 ? [] : ['--no-progress']),
+      ...tlsArgs,
+      ...(o.workerArgs ?? []),
     ];
     const w = spawn(process.execPath, args, { env, stdio: ['pipe', 'pipe', i === 0 && o.passThrough !== false ? 'inherit' : 'pipe'] });
-    w.stdout!.on('data', (b: Buffer) => { outputs[i] += b.toString('utf8'); });
+    w.stdout!.on('data', (b: Buffer) => {
+      outputs[i] += b.toString('utf8');
+    });
     if (w.stderr) w.stderr.resume();
     workers[i] = w;
     o.onSpawn?.(i, w);
@@ -151,7 +185,13 @@ export async function runLocalJob(o: LocalJobOptions): Promise<LocalJobResult> {
         // not a result line
       }
     }
-    return { finished: c.code === 0, coordinatorCode: c.code, workerCodes: ends.map((e) => e.code), workerSignals: ends.map((e) => e.signal), result };
+    return {
+      finished: c.code === 0,
+      coordinatorCode: c.code,
+      workerCodes: ends.map((e) => e.code),
+      workerSignals: ends.map((e) => e.signal),
+      result,
+    };
   } finally {
     process.off('SIGINT', stop);
     process.off('SIGTERM', stop);

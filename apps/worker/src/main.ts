@@ -59,7 +59,8 @@ let logFile: string | null = null;
 
 function int(flag: string, text: string | undefined, min = 0): number | undefined {
   if (text === undefined) return undefined;
-  if (!/^\d+$/.test(text.trim()) || Number(text) < min) throw new UsageError(`${flag}: expected an integer >= ${min}, got ${JSON.stringify(text)}`);
+  if (!/^\d+$/.test(text.trim()) || Number(text) < min)
+    throw new UsageError(`${flag}: expected an integer >= ${min}, got ${JSON.stringify(text)}`);
   return Number(text);
 }
 
@@ -75,19 +76,46 @@ async function main(argv: string[]): Promise<number> {
   let values;
   try {
     ({ values } = parseArgs({
-      args: argv, strict: true, allowPositionals: false,
+      args: argv,
+      strict: true,
+      allowPositionals: false,
       options: {
-        preset: { type: 'string' }, config: { type: 'string' }, data: { type: 'string' }, registers: { type: 'string' },
-        steps: { type: 'string' }, seed: { type: 'string' }, 'batch-size': { type: 'string' }, out: { type: 'string' },
-        resume: { type: 'boolean' }, backend: { type: 'string' }, 'no-progress': { type: 'boolean' }, 'log-samples': { type: 'boolean' },
-        checksum: { type: 'boolean' }, 'rebuild-index': { type: 'boolean' },
-        coordinator: { type: 'string' }, token: { type: 'string' }, 'token-file': { type: 'string' }, 'job-id': { type: 'string' },
-        name: { type: 'string' }, rank: { type: 'string' }, 'world-size': { type: 'string' }, 'local-rank': { type: 'string' },
+        preset: { type: 'string' },
+        config: { type: 'string' },
+        data: { type: 'string' },
+        registers: { type: 'string' },
+        steps: { type: 'string' },
+        seed: { type: 'string' },
+        'batch-size': { type: 'string' },
+        out: { type: 'string' },
+        resume: { type: 'boolean' },
+        backend: { type: 'string' },
+        'no-progress': { type: 'boolean' },
+        'log-samples': { type: 'boolean' },
+        checksum: { type: 'boolean' },
+        'rebuild-index': { type: 'boolean' },
+        coordinator: { type: 'string' },
+        token: { type: 'string' },
+        'token-file': { type: 'string' },
+        'job-id': { type: 'string' },
+        name: { type: 'string' },
+        rank: { type: 'string' },
+        'world-size': { type: 'string' },
+        'local-rank': { type: 'string' },
         gpu: { type: 'string' },
-        threads: { type: 'string' }, transport: { type: 'string' }, advertise: { type: 'string' }, bind: { type: 'string' },
-        'min-workers': { type: 'string' }, 'max-workers': { type: 'string' }, 'join-timeout-ms': { type: 'string' },
-        'heartbeat-ms': { type: 'string' }, 'worker-timeout-ms': { type: 'string' }, 'coordinator-timeout-ms': { type: 'string' },
-        'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, 'tls-ca': { type: 'string' },
+        threads: { type: 'string' },
+        transport: { type: 'string' },
+        advertise: { type: 'string' },
+        bind: { type: 'string' },
+        'min-workers': { type: 'string' },
+        'max-workers': { type: 'string' },
+        'join-timeout-ms': { type: 'string' },
+        'heartbeat-ms': { type: 'string' },
+        'worker-timeout-ms': { type: 'string' },
+        'coordinator-timeout-ms': { type: 'string' },
+        'tls-cert': { type: 'string' },
+        'tls-key': { type: 'string' },
+        'tls-ca': { type: 'string' },
         help: { type: 'boolean' },
       },
     }));
@@ -111,19 +139,31 @@ async function main(argv: string[]): Promise<number> {
   let token = values.token ?? process.env.VITREG_TOKEN;
   const tokenFile = values['token-file'] ?? process.env.VITREG_TOKEN_FILE;
   if (token === undefined && tokenFile) token = readFile('--token-file', tokenFile).toString('utf8').trim();
-  if (!token) throw new UsageError('no job token: give --token, --token-file, $VITREG_TOKEN or $VITREG_TOKEN_FILE (the same secret on every worker)');
+  if (!token)
+    throw new UsageError('no job token: give --token, --token-file, $VITREG_TOKEN or $VITREG_TOKEN_FILE (the same secret on every worker)');
   const jobId = values['job-id'] ?? process.env.VITREG_JOB_ID ?? (env.jobId || 'vitreg');
   const tlsCert = values['tls-cert'];
   const tlsKey = values['tls-key'];
   if ((tlsCert === undefined) !== (tlsKey === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
   if (values['tls-ca'] !== undefined && tlsCert === undefined) throw new UsageError('--tls-ca needs --tls-cert and --tls-key');
-  const tls = tlsCert ? { cert: readFile('--tls-cert', tlsCert), key: readFile('--tls-key', tlsKey!), ca: values['tls-ca'] ? readFile('--tls-ca', values['tls-ca']) : undefined } : undefined;
+  const tls = tlsCert
+    ? {
+        cert: readFile('--tls-cert', tlsCert),
+        key: readFile('--tls-key', tlsKey!),
+        ca: values['tls-ca'] ? readFile('--tls-ca', values['tls-ca']) : undefined,
+      }
+    : undefined;
   const out = resolve(values.out ?? `runs/train-${values.preset ?? 'config'}`);
   let config;
   try {
     config = resolveTrainConfig({
-      configFile: values.config, preset: values.preset, resumeDir: values.resume ? out : undefined, data: values.data,
-      registers: int('--registers', values.registers), steps: int('--steps', values.steps, 1), seed: int('--seed', values.seed),
+      configFile: values.config,
+      preset: values.preset,
+      resumeDir: values.resume ? out : undefined,
+      data: values.data,
+      registers: int('--registers', values.registers),
+      steps: int('--steps', values.steps, 1),
+      seed: int('--seed', values.seed),
       batchSize: int('--batch-size', values['batch-size'], 2),
       warn: (message) => process.stderr.write(`vitreg-worker: warning: ${message}\n`),
     });
@@ -138,16 +178,25 @@ async function main(argv: string[]): Promise<number> {
   let hosted: CoordinatorHandle | null = null;
   const log = (line: string) => process.stderr.write(line + '\n');
   if (coordinator === undefined) {
-    if (!env.masterAddr && rank !== 0) throw new UsageError('no coordinator: give --coordinator HOST:PORT, or set MASTER_ADDR (and MASTER_PORT) as torchrun does');
+    if (!env.masterAddr && rank !== 0)
+      throw new UsageError('no coordinator: give --coordinator HOST:PORT, or set MASTER_ADDR (and MASTER_PORT) as torchrun does');
     const addr = env.masterAddr || '127.0.0.1';
     coordinator = `${addr.includes(':') ? `[${addr}]` : addr}:${env.masterPort}`;
     if (rank === 0) {
-      if (!worldSize) throw new UsageError('the worker hosting the coordinator needs the job size: --world-size or $WORLD_SIZE / $SLURM_NTASKS');
+      if (!worldSize)
+        throw new UsageError('the worker hosting the coordinator needs the job size: --world-size or $WORLD_SIZE / $SLURM_NTASKS');
       const maxWorkers = int('--max-workers', values['max-workers'], 1) ?? worldSize;
       hosted = await startCoordinator({
-        host: values.bind ?? '0.0.0.0', port: env.masterPort, jobId, token, transport, tls,
-        minWorkers: int('--min-workers', values['min-workers'], 1) ?? maxWorkers, maxWorkers,
-        joinTimeoutMs: int('--join-timeout-ms', values['join-timeout-ms'], 1), heartbeatMs: int('--heartbeat-ms', values['heartbeat-ms'], 1),
+        host: values.bind ?? '0.0.0.0',
+        port: env.masterPort,
+        jobId,
+        token,
+        transport,
+        tls,
+        minWorkers: int('--min-workers', values['min-workers'], 1) ?? maxWorkers,
+        maxWorkers,
+        joinTimeoutMs: int('--join-timeout-ms', values['join-timeout-ms'], 1),
+        heartbeatMs: int('--heartbeat-ms', values['heartbeat-ms'], 1),
         workerTimeoutMs: int('--worker-timeout-ms', values['worker-timeout-ms'], 1),
         log: (line) => log(`[coordinator] ${line}`),
       });
@@ -160,15 +209,39 @@ async function main(argv: string[]): Promise<number> {
   logFile = `${out}/logs/${name}.log`;
   try {
     const r = await runWorker({
-      coordinator, token, jobId, name, launcherRank: rank, localRank, device, threads, transport,
-      advertise: values.advertise ?? (loopback ? '127.0.0.1' : hostname()), bindHost: values.bind ?? (loopback ? '127.0.0.1' : '0.0.0.0'), peerPort: 0,
-      tls, config, outDir: out, resume: values.resume ?? false, backend, progress: !values['no-progress'],
-      logSamples: values['log-samples'] ?? false, checksum: values.checksum ?? false,
+      coordinator,
+      token,
+      jobId,
+      name,
+      launcherRank: rank,
+      localRank,
+      device,
+      threads,
+      transport,
+      advertise: values.advertise ?? (loopback ? '127.0.0.1' : hostname()),
+      bindHost: values.bind ?? (loopback ? '127.0.0.1' : '0.0.0.0'),
+      peerPort: 0,
+      tls,
+      config,
+      outDir: out,
+      resume: values.resume ?? false,
+      backend,
+      progress: !values['no-progress'],
+      logSamples: values['log-samples'] ?? false,
+      checksum: values.checksum ?? false,
       coordinatorTimeoutMs: int('--coordinator-timeout-ms', values['coordinator-timeout-ms'], 1) ?? 30_000,
     });
     if (r.rank0 && r.result) {
       const res = r.result;
-      process.stdout.write(JSON.stringify({ out, step: res.step, checkpoint: res.checkpoint, ...(res.checksum ? { checksum: res.checksum } : {}), ...res.eval }) + '\n');
+      process.stdout.write(
+        JSON.stringify({
+          out,
+          step: res.step,
+          checkpoint: res.checkpoint,
+          ...(res.checksum ? { checksum: res.checksum } : {}),
+          ...res.eval,
+        }) + '\n',
+      );
     }
     if (hosted) await hosted.done;
     return r.finished ? 0 : 1;

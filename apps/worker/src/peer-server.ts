@@ -71,8 +71,7 @@ export class PeerServer {
    * size) by the ring as it consumes them.
    */
   private validateChunk(st: EpochState, c: { epoch: number; step: number; data: Uint8Array }, first: boolean): Status | null {
-    if (c.epoch !== st.epoch)
-      return failed(`chunk of membership epoch ${c.epoch}; this worker is in epoch ${st.epoch}`);
+    if (c.epoch !== st.epoch) return failed(`chunk of membership epoch ${c.epoch}; this worker is in epoch ${st.epoch}`);
     if (c.data.byteLength % 4 !== 0 || c.data.byteLength > this.o.chunkBytes) {
       const details = `chunk of ${c.data.byteLength} bytes; expected a multiple of 4 up to ${this.o.chunkBytes}`;
       return { code: grpc.status.INVALID_ARGUMENT, details };
@@ -108,8 +107,7 @@ export class PeerServer {
         this.host.waitForEpoch(epoch, 15_000).then(
           () => {
             const st = this.host.current()!;
-            if (st.epoch !== epoch)
-              return callback(failed(`link for membership epoch ${epoch}; this worker is in epoch ${st.epoch}`));
+            if (st.epoch !== epoch) return callback(failed(`link for membership epoch ${epoch}; this worker is in epoch ${st.epoch}`));
             if (workerId !== predecessorId(st))
               return callback({
                 code: grpc.status.PERMISSION_DENIED,

@@ -19,7 +19,12 @@ export class GrpcRingSync implements GradientSync {
   private nextStep = 1;
   private waiting = new Map<number, { resolve: (m: Extract<AgentToThread, { kind: 'result' }>) => void; reject: (e: Error) => void }>();
 
-  constructor(private readonly thread: number, rank: number, worldSize: number, membership: number) {
+  constructor(
+    private readonly thread: number,
+    rank: number,
+    worldSize: number,
+    membership: number,
+  ) {
     this.rank = rank;
     this.worldSize = worldSize;
     this.membership = membership;

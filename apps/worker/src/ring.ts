@@ -44,7 +44,9 @@ class Deferred {
   promise: Promise<void>;
   resolve!: () => void;
   constructor() {
-    this.promise = new Promise((r) => { this.resolve = r; });
+    this.promise = new Promise((r) => {
+      this.resolve = r;
+    });
   }
 }
 
@@ -75,9 +77,15 @@ function bytesOf(data: Float32Array, r: Range): Uint8Array {
 /** A broadcast frame must be exactly the expected one (broadcast frames arrive in order). */
 function check(f: Frame, want: FrameHeader, bytes: number, what: string): void {
   for (const k of ['epoch', 'op', 'step', 'phase', 'index', 'offset'] as const) {
-    if (f[k] !== want[k]) throw new ProtocolError(`${what}: expected ${k} ${want[k]}, got ${f[k]} (epoch ${f.epoch}, op ${f.op}, step ${f.step}, phase ${f.phase}, chunk ${f.index})`);
+    if (f[k] !== want[k])
+      throw new ProtocolError(
+        `${what}: expected ${k} ${want[k]}, got ${f[k]} (epoch ${f.epoch}, op ${f.op}, step ${f.step}, phase ${f.phase}, chunk ${f.index})`,
+      );
   }
-  if (f.data.byteLength !== bytes) throw new ProtocolError(`${what}: chunk ${f.index} of phase ${f.phase} has ${f.data.byteLength} bytes, expected ${bytes} (do all workers train the same model?)`);
+  if (f.data.byteLength !== bytes)
+    throw new ProtocolError(
+      `${what}: chunk ${f.index} of phase ${f.phase} has ${f.data.byteLength} bytes, expected ${bytes} (do all workers train the same model?)`,
+    );
 }
 
 /** dst[off + j] += src[j]: its own small function so that V8 optimises the loop on its own. */
@@ -99,7 +107,15 @@ export async function ringAllReduce(io: RingIO, data: Float32Array, op: number, 
   const p = io.position;
   const chunkFloats = Math.max(1, opts.chunkBytes >> 2);
   const bucketFloats = Math.max(P, opts.bucketBytes >> 2);
-  interface Stage { send: Range[]; recv: Range[]; sendBase: number; recvBase: number; reduce: boolean; next: number; guard: number }
+  interface Stage {
+    send: Range[];
+    recv: Range[];
+    sendBase: number;
+    recvBase: number;
+    reduce: boolean;
+    next: number;
+    guard: number;
+  }
   const stages: Stage[] = [];
   const firsts: number[] = [];
   for (let b = 0; b < data.length; b += bucketFloats) {
@@ -113,7 +129,15 @@ export async function ringAllReduce(io: RingIO, data: Float32Array, op: number, 
       const send = rs ? seg(p - s) : seg(p + 1 - s);
       const recv = rs ? seg(p - s - 1) : seg(p - s);
       // All-gather phase s overwrites the segment reduce-scatter phase s sent: it waits for that send.
-      stages.push({ send: chunksOf(send, chunkFloats), recv: chunksOf(recv, chunkFloats), sendBase: send.start, recvBase: recv.start, reduce: rs, next: k < 2 * (P - 1) - 1 ? stages.length + 1 : -1, guard: rs ? -1 : first + s });
+      stages.push({
+        send: chunksOf(send, chunkFloats),
+        recv: chunksOf(recv, chunkFloats),
+        sendBase: send.start,
+        recvBase: recv.start,
+        reduce: rs,
+        next: k < 2 * (P - 1) - 1 ? stages.length + 1 : -1,
+        guard: rs ? -1 : first + s,
+      });
     }
   }
   // The chunk a phase receives is the chunk the next phase of its bucket sends.
@@ -124,7 +148,11 @@ export async function ringAllReduce(io: RingIO, data: Float32Array, op: number, 
   let wake: (() => void) | null = null;
   const enqueue = (k: number, i: number) => {
     queue.push([k, i]);
-    if (wake) { const w = wake; wake = null; w(); }
+    if (wake) {
+      const w = wake;
+      wake = null;
+      w();
+    }
   };
   for (const f of firsts) for (let i = 0; i < stages[f]!.send.length; i++) queue.push([f, i]);
   let failed: Error | null = null;
@@ -133,7 +161,9 @@ export async function ringAllReduce(io: RingIO, data: Float32Array, op: number, 
     for (let done = 0; done < total; done++) {
       while (queue.length === 0) {
         if (failed) return;
-        await new Promise<void>((r) => { wake = r; });
+        await new Promise<void>((r) => {
+          wake = r;
+        });
       }
       if (failed) return;
       const [k, i] = queue.shift()!;
@@ -141,7 +171,13 @@ export async function ringAllReduce(io: RingIO, data: Float32Array, op: number, 
       const r = st.send[i]!;
       await out.ready();
       const h: FrameHeader = { epoch: io.epoch, op, step, phase: k, index: i, offset: 4 * (r.start - st.sendBase) };
-      out.send(h, bytesOf(data, r)).then(() => sent[k]![i]!.resolve(), (err: Error) => { failed ??= err; sent[k]![i]!.resolve(); });
+      out.send(h, bytesOf(data, r)).then(
+        () => sent[k]![i]!.resolve(),
+        (err: Error) => {
+          failed ??= err;
+          sent[k]![i]!.resolve();
+        },
+      );
     }
   };
   const receiver = async () => {
@@ -151,11 +187,15 @@ export async function ringAllReduce(io: RingIO, data: Float32Array, op: number, 
       const st = stages[k];
       const r = st?.recv[f.index];
       if (f.epoch !== io.epoch || f.op !== op || f.step !== step || !st || !r || got[k]![f.index]) {
-        throw new ProtocolError(`all-reduce: unexpected chunk (epoch ${f.epoch}, op ${f.op}, step ${f.step}, phase ${f.phase}, chunk ${f.index}); expected epoch ${io.epoch}, op ${op}, step ${step}, a chunk of phases 0-${stages.length - 1} not yet received`);
+        throw new ProtocolError(
+          `all-reduce: unexpected chunk (epoch ${f.epoch}, op ${f.op}, step ${f.step}, phase ${f.phase}, chunk ${f.index}); expected epoch ${io.epoch}, op ${op}, step ${step}, a chunk of phases 0-${stages.length - 1} not yet received`,
+        );
       }
       const bytes = 4 * (r.end - r.start);
       if (f.data.byteLength !== bytes || f.offset !== 4 * (r.start - st.recvBase)) {
-        throw new ProtocolError(`all-reduce: chunk ${f.index} of phase ${f.phase} has ${f.data.byteLength} bytes at offset ${f.offset}, expected ${bytes} at ${4 * (r.start - st.recvBase)} (do all workers train the same model?)`);
+        throw new ProtocolError(
+          `all-reduce: chunk ${f.index} of phase ${f.phase} has ${f.data.byteLength} bytes at offset ${f.offset}, expected ${bytes} at ${4 * (r.start - st.recvBase)} (do all workers train the same model?)`,
+        );
       }
       got[k]![f.index] = 1;
       remaining--;
@@ -181,7 +221,13 @@ export async function ringAllReduce(io: RingIO, data: Float32Array, op: number, 
 }
 
 /** Position 0's `bytes`, delivered to every position (see the module comment). */
-export async function ringBroadcast(io: RingIO, bytes: Uint8Array | null, op: number, step: number, opts: RingOptions): Promise<Uint8Array> {
+export async function ringBroadcast(
+  io: RingIO,
+  bytes: Uint8Array | null,
+  op: number,
+  step: number,
+  opts: RingOptions,
+): Promise<Uint8Array> {
   const P = io.size;
   if (P === 1) return bytes!;
   const { out, inbox } = io;
@@ -222,4 +268,3 @@ export async function ringBroadcast(io: RingIO, bytes: Uint8Array | null, op: nu
   await Promise.all(sends);
   return buf;
 }
-

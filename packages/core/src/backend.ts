@@ -125,11 +125,15 @@ async function select(requested: BackendName, log: (line: string) => void, opts:
       continue;
     }
     current = { name: candidate.name, tfBackend: candidate.tfBackend, skipped, ...(adapter ? { adapter } : {}) };
-    const reasons = Object.entries(skipped).map(([n, why]) => `; ${n}: skipped (${why})`).join('');
+    const reasons = Object.entries(skipped)
+      .map(([n, why]) => `; ${n}: skipped (${why})`)
+      .join('');
     log(`backend: ${candidate.name} (auto${reasons})${adapter ? `; ${describeAdapter(adapter)}` : ''}`);
     return current;
   }
-  const reasons = Object.entries(skipped).map(([n, why]) => `${n}: ${why}`).join('; ');
+  const reasons = Object.entries(skipped)
+    .map(([n, why]) => `${n}: ${why}`)
+    .join('; ');
   throw new Error(`no TensorFlow.js backend could be loaded: ${reasons}`);
 }
 
@@ -145,7 +149,11 @@ function sameAdapter(info: BackendInfo, opts: InitBackendOptions): boolean {
  * Import the candidate's package and make it the active tfjs backend; returns why not (or null) and,
  * for webgpu, the adapter. `auto` passes a software WebGPU adapter over.
  */
-async function activate(c: Candidate, opts: InitBackendOptions, auto: boolean): Promise<{ failure: string | null; adapter?: WebGpuAdapterInfo }> {
+async function activate(
+  c: Candidate,
+  opts: InitBackendOptions,
+  auto: boolean,
+): Promise<{ failure: string | null; adapter?: WebGpuAdapterInfo }> {
   if (c.name !== 'webgpu') return { failure: await activatePackage(c) };
   let adapter: WebGpuAdapterInfo;
   try {

@@ -35,7 +35,8 @@ export async function listImageFiles(inputs: readonly string[]): Promise<string[
     if (info?.isDirectory()) found = await walk(input);
     else if (/[*?]/.test(input)) found = await expandGlob(input);
     else throw new Error(`${input}: no such file or folder`);
-    if (found.length === 0) throw new Error(`${input}: no image files (${IMAGE_EXTENSIONS.join(' ')}) ${info ? 'in this folder' : 'match this pattern'}`);
+    if (found.length === 0)
+      throw new Error(`${input}: no image files (${IMAGE_EXTENSIONS.join(' ')}) ${info ? 'in this folder' : 'match this pattern'}`);
     found.forEach(add);
   }
   return out;
@@ -95,7 +96,10 @@ async function matchSegments(dir: string, segments: string[], prefix: string, ou
 }
 
 function segmentRegExp(seg: string): RegExp {
-  const body = seg.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '[^/]*').replace(/\?/g, '[^/]');
+  const body = seg
+    .replace(/[.+^${}()|[\]\\]/g, '\\$&')
+    .replace(/\*/g, '[^/]*')
+    .replace(/\?/g, '[^/]');
   return new RegExp(`^${body}$`);
 }
 

@@ -61,7 +61,7 @@ export async function decodeImage(file: string): Promise<RgbImage> {
     if (info.channels !== 3) throw new Error(`decoded to ${info.channels} channels, expected 3`);
     return { data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength), width: info.width, height: info.height };
   } catch (err) {
-    throw new Error(`${file}: cannot decode image (truncated or not an image): ${(err as Error).message}`);
+    throw new Error(`${file}: cannot decode image (truncated or not an image): ${(err as Error).message}`, { cause: err });
   }
 }
 
@@ -161,7 +161,9 @@ export function resizeBicubic(image: RgbImage, width: number, height: number): R
         const min = horiz.bounds[2 * x];
         const n = horiz.bounds[2 * x + 1];
         const k = x * horiz.size;
-        let r = HALF, g = HALF, b = HALF;
+        let r = HALF,
+          g = HALF,
+          b = HALF;
         for (let i = 0; i < n; i++) {
           const w = horiz.weights[k + i];
           const p = inRow + (min + i) * 3;
@@ -272,9 +274,10 @@ export function normalizeRgb(rgb: Uint8Array, height: number, width: number): Fl
 }
 
 /** Stack equally sized images into one NHWC batch; an image of another size is an error naming it. */
-export function stackImages(
-  images: readonly { data: Float32Array; height: number; width: number; path?: string }[],
-): { data: Float32Array; shape: [number, number, number, number] } {
+export function stackImages(images: readonly { data: Float32Array; height: number; width: number; path?: string }[]): {
+  data: Float32Array;
+  shape: [number, number, number, number];
+} {
   if (images.length === 0) throw new Error('stackImages: no images to stack');
   const { height, width } = images[0];
   const size = height * width * 3;
@@ -283,9 +286,12 @@ export function stackImages(
     const name = img.path ?? `image ${i}`;
     if (img.height !== height || img.width !== width) {
       const first = images[0].path ?? 'image 0';
-      throw new Error(`stackImages: ${name} is ${img.height}x${img.width}, but ${first} is ${height}x${width}; use a transform that gives one size`);
+      throw new Error(
+        `stackImages: ${name} is ${img.height}x${img.width}, but ${first} is ${height}x${width}; use a transform that gives one size`,
+      );
     }
-    if (img.data.length !== size) throw new Error(`stackImages: ${name} has ${img.data.length} values, expected ${height}x${width}x3 = ${size}`);
+    if (img.data.length !== size)
+      throw new Error(`stackImages: ${name} has ${img.data.length} values, expected ${height}x${width}x3 = ${size}`);
     data.set(img.data, i * size);
   });
   return { data, shape: [images.length, height, width, 3] };

@@ -23,14 +23,35 @@ export { ensureGradients } from './gradients.js';
 export { imageFileBatches } from './image-batches.js';
 export type { ImageFileBatch } from './image-batches.js';
 export { IMAGE_EXTENSIONS, listImageFiles } from './image-files.js';
-export { applyPlan, cropRgb, decodeImage, encodePng, IMAGENET_MEAN, IMAGENET_STD, loadImage, normalizeRgb, planTransform, resizeBicubic, stackImages } from './image.js';
+export {
+  applyPlan,
+  cropRgb,
+  decodeImage,
+  encodePng,
+  IMAGENET_MEAN,
+  IMAGENET_STD,
+  loadImage,
+  normalizeRgb,
+  planTransform,
+  resizeBicubic,
+  stackImages,
+} from './image.js';
 export type { ImageTransform, RgbImage } from './image.js';
 export { firstDifference } from './json-diff.js';
 export { isQuiet, log, setQuiet } from './log.js';
 export { checkpointNames, stem, uniqueNames } from './names.js';
 export { Progress } from './progress.js';
 export { readPth } from './pth.js';
-export { appendDurably, describeSettingsChanges, JsonLinesLog, readFinishedResult, RowFiles, settingsChanges, SettingsMismatchError, stampSettings } from './resumable.js';
+export {
+  appendDurably,
+  describeSettingsChanges,
+  JsonLinesLog,
+  readFinishedResult,
+  RowFiles,
+  settingsChanges,
+  SettingsMismatchError,
+  stampSettings,
+} from './resumable.js';
 export { Rng } from './rng.js';
 export { FeatureWriter } from './safetensors-stream.js';
 export { readSafetensors, SafetensorsReader, writeSafetensors } from './safetensors.js';

@@ -24,7 +24,12 @@ export function uniqueNames(raw: string[]): string[] {
  * takes to tell them apart (".../reg0/checkpoints/step-300/model.safetensors" -> "reg0_..._model").
  */
 export function checkpointNames(paths: string[]): string[] {
-  const parts = paths.map((p) => resolve(p).split(sep).filter(Boolean).map((s, i, all) => (i === all.length - 1 ? stem(s) : s)));
+  const parts = paths.map((p) =>
+    resolve(p)
+      .split(sep)
+      .filter(Boolean)
+      .map((s, i, all) => (i === all.length - 1 ? stem(s) : s)),
+  );
   for (let k = 1; ; k++) {
     const names = parts.map((ps) => ps.slice(-k).join('_'));
     if (new Set(names).size === names.length || parts.every((ps) => ps.length <= k)) return uniqueNames(names);

@@ -13,7 +13,10 @@ export class PyDict {
 }
 
 class PyGlobal {
-  constructor(readonly module: string, readonly name: string) {}
+  constructor(
+    readonly module: string,
+    readonly name: string,
+  ) {}
   get fullName(): string {
     return `${this.module}.${this.name}`;
   }
@@ -35,16 +38,73 @@ const CALLABLES = new Set([
 
 /** Every pickle opcode by byte, so refused ones can be named. */
 const OPCODE_NAMES: Record<number, string> = {
-  0x28: 'MARK', 0x2e: 'STOP', 0x30: 'POP', 0x31: 'POP_MARK', 0x32: 'DUP', 0x46: 'FLOAT', 0x49: 'INT', 0x4a: 'BININT',
-  0x4b: 'BININT1', 0x4c: 'LONG', 0x4d: 'BININT2', 0x4e: 'NONE', 0x50: 'PERSID', 0x51: 'BINPERSID', 0x52: 'REDUCE',
-  0x53: 'STRING', 0x54: 'BINSTRING', 0x55: 'SHORT_BINSTRING', 0x56: 'UNICODE', 0x58: 'BINUNICODE', 0x61: 'APPEND',
-  0x62: 'BUILD', 0x63: 'GLOBAL', 0x64: 'DICT', 0x7d: 'EMPTY_DICT', 0x65: 'APPENDS', 0x67: 'GET', 0x68: 'BINGET',
-  0x69: 'INST', 0x6a: 'LONG_BINGET', 0x6c: 'LIST', 0x5d: 'EMPTY_LIST', 0x6f: 'OBJ', 0x70: 'PUT', 0x71: 'BINPUT',
-  0x72: 'LONG_BINPUT', 0x73: 'SETITEM', 0x74: 'TUPLE', 0x29: 'EMPTY_TUPLE', 0x75: 'SETITEMS', 0x47: 'BINFLOAT',
-  0x80: 'PROTO', 0x81: 'NEWOBJ', 0x82: 'EXT1', 0x83: 'EXT2', 0x84: 'EXT4', 0x85: 'TUPLE1', 0x86: 'TUPLE2', 0x87: 'TUPLE3',
-  0x88: 'NEWTRUE', 0x89: 'NEWFALSE', 0x8a: 'LONG1', 0x8b: 'LONG4', 0x42: 'BINBYTES', 0x43: 'SHORT_BINBYTES',
-  0x8c: 'SHORT_BINUNICODE', 0x8d: 'BINUNICODE8', 0x8e: 'BINBYTES8', 0x8f: 'EMPTY_SET', 0x90: 'ADDITEMS', 0x91: 'FROZENSET',
-  0x92: 'NEWOBJ_EX', 0x93: 'STACK_GLOBAL', 0x94: 'MEMOIZE', 0x95: 'FRAME', 0x96: 'BYTEARRAY8', 0x97: 'NEXT_BUFFER',
+  0x28: 'MARK',
+  0x2e: 'STOP',
+  0x30: 'POP',
+  0x31: 'POP_MARK',
+  0x32: 'DUP',
+  0x46: 'FLOAT',
+  0x49: 'INT',
+  0x4a: 'BININT',
+  0x4b: 'BININT1',
+  0x4c: 'LONG',
+  0x4d: 'BININT2',
+  0x4e: 'NONE',
+  0x50: 'PERSID',
+  0x51: 'BINPERSID',
+  0x52: 'REDUCE',
+  0x53: 'STRING',
+  0x54: 'BINSTRING',
+  0x55: 'SHORT_BINSTRING',
+  0x56: 'UNICODE',
+  0x58: 'BINUNICODE',
+  0x61: 'APPEND',
+  0x62: 'BUILD',
+  0x63: 'GLOBAL',
+  0x64: 'DICT',
+  0x7d: 'EMPTY_DICT',
+  0x65: 'APPENDS',
+  0x67: 'GET',
+  0x68: 'BINGET',
+  0x69: 'INST',
+  0x6a: 'LONG_BINGET',
+  0x6c: 'LIST',
+  0x5d: 'EMPTY_LIST',
+  0x6f: 'OBJ',
+  0x70: 'PUT',
+  0x71: 'BINPUT',
+  0x72: 'LONG_BINPUT',
+  0x73: 'SETITEM',
+  0x74: 'TUPLE',
+  0x29: 'EMPTY_TUPLE',
+  0x75: 'SETITEMS',
+  0x47: 'BINFLOAT',
+  0x80: 'PROTO',
+  0x81: 'NEWOBJ',
+  0x82: 'EXT1',
+  0x83: 'EXT2',
+  0x84: 'EXT4',
+  0x85: 'TUPLE1',
+  0x86: 'TUPLE2',
+  0x87: 'TUPLE3',
+  0x88: 'NEWTRUE',
+  0x89: 'NEWFALSE',
+  0x8a: 'LONG1',
+  0x8b: 'LONG4',
+  0x42: 'BINBYTES',
+  0x43: 'SHORT_BINBYTES',
+  0x8c: 'SHORT_BINUNICODE',
+  0x8d: 'BINUNICODE8',
+  0x8e: 'BINBYTES8',
+  0x8f: 'EMPTY_SET',
+  0x90: 'ADDITEMS',
+  0x91: 'FROZENSET',
+  0x92: 'NEWOBJ_EX',
+  0x93: 'STACK_GLOBAL',
+  0x94: 'MEMOIZE',
+  0x95: 'FRAME',
+  0x96: 'BYTEARRAY8',
+  0x97: 'NEXT_BUFFER',
   0x98: 'READONLY_BUFFER',
 };
 
@@ -57,7 +117,10 @@ export class Unpickler {
   private readonly memo = new Map<number, unknown>();
   private readonly view: DataView;
 
-  constructor(private readonly path: string, private readonly buf: Uint8Array) {
+  constructor(
+    private readonly path: string,
+    private readonly buf: Uint8Array,
+  ) {
     this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   }
 
@@ -66,92 +129,156 @@ export class Unpickler {
       const at = this.pos;
       const op = this.u8();
       switch (op) {
-        case 0x80: { // PROTO
+        case 0x80: {
+          // PROTO
           const v = this.u8();
           if (v > 5) throw this.error(`unsupported pickle protocol ${v}`, at);
           break;
         }
-        case 0x95: this.bytes(8); break; // FRAME: a length hint only
-        case 0x2e: { // STOP
+        case 0x95:
+          this.bytes(8);
+          break; // FRAME: a length hint only
+        case 0x2e: {
+          // STOP
           if (this.stack.length !== 1) throw this.error(`STOP with ${this.stack.length} values on the stack`, at);
           return this.stack[0];
         }
-        case 0x28: this.stack.push(MARK); break;
-        case 0x7d: this.stack.push(new PyDict()); break;
-        case 0x5d: this.stack.push([]); break;
-        case 0x29: this.stack.push(tuple([])); break;
-        case 0x74: this.stack.push(tuple(this.popMark(at))); break;
-        case 0x85: this.stack.push(tuple(this.popN(1, at))); break;
-        case 0x86: this.stack.push(tuple(this.popN(2, at))); break;
-        case 0x87: this.stack.push(tuple(this.popN(3, at))); break;
-        case 0x4e: this.stack.push(null); break;
-        case 0x88: this.stack.push(true); break;
-        case 0x89: this.stack.push(false); break;
-        case 0x4a: this.stack.push(this.view.getInt32(this.advance(4), true)); break; // BININT
-        case 0x4b: this.stack.push(this.u8()); break; // BININT1
-        case 0x4d: this.stack.push(this.view.getUint16(this.advance(2), true)); break; // BININT2
-        case 0x8a: this.stack.push(this.long(this.u8())); break; // LONG1
-        case 0x47: this.stack.push(this.view.getFloat64(this.advance(8), false)); break; // BINFLOAT (big-endian)
-        case 0x58: this.stack.push(this.utf8(this.view.getUint32(this.advance(4), true), at)); break; // BINUNICODE
-        case 0x8c: this.stack.push(this.utf8(this.u8(), at)); break; // SHORT_BINUNICODE
-        case 0x8d: this.stack.push(this.utf8(this.u64(at), at)); break; // BINUNICODE8
-        case 0x55: this.stack.push(this.latin1(this.u8())); break; // SHORT_BINSTRING
-        case 0x54: { // BINSTRING
+        case 0x28:
+          this.stack.push(MARK);
+          break;
+        case 0x7d:
+          this.stack.push(new PyDict());
+          break;
+        case 0x5d:
+          this.stack.push([]);
+          break;
+        case 0x29:
+          this.stack.push(tuple([]));
+          break;
+        case 0x74:
+          this.stack.push(tuple(this.popMark(at)));
+          break;
+        case 0x85:
+          this.stack.push(tuple(this.popN(1, at)));
+          break;
+        case 0x86:
+          this.stack.push(tuple(this.popN(2, at)));
+          break;
+        case 0x87:
+          this.stack.push(tuple(this.popN(3, at)));
+          break;
+        case 0x4e:
+          this.stack.push(null);
+          break;
+        case 0x88:
+          this.stack.push(true);
+          break;
+        case 0x89:
+          this.stack.push(false);
+          break;
+        case 0x4a:
+          this.stack.push(this.view.getInt32(this.advance(4), true));
+          break; // BININT
+        case 0x4b:
+          this.stack.push(this.u8());
+          break; // BININT1
+        case 0x4d:
+          this.stack.push(this.view.getUint16(this.advance(2), true));
+          break; // BININT2
+        case 0x8a:
+          this.stack.push(this.long(this.u8()));
+          break; // LONG1
+        case 0x47:
+          this.stack.push(this.view.getFloat64(this.advance(8), false));
+          break; // BINFLOAT (big-endian)
+        case 0x58:
+          this.stack.push(this.utf8(this.view.getUint32(this.advance(4), true), at));
+          break; // BINUNICODE
+        case 0x8c:
+          this.stack.push(this.utf8(this.u8(), at));
+          break; // SHORT_BINUNICODE
+        case 0x8d:
+          this.stack.push(this.utf8(this.u64(at), at));
+          break; // BINUNICODE8
+        case 0x55:
+          this.stack.push(this.latin1(this.u8()));
+          break; // SHORT_BINSTRING
+        case 0x54: {
+          // BINSTRING
           const n = this.view.getInt32(this.advance(4), true);
           if (n < 0) throw this.error(`BINSTRING with negative length ${n}`, at);
           this.stack.push(this.latin1(n));
           break;
         }
-        case 0x71: this.put(this.u8(), at); break; // BINPUT
-        case 0x72: this.put(this.view.getUint32(this.advance(4), true), at); break; // LONG_BINPUT
-        case 0x94: this.put(this.memo.size, at); break; // MEMOIZE
-        case 0x68: this.get(this.u8(), at); break; // BINGET
-        case 0x6a: this.get(this.view.getUint32(this.advance(4), true), at); break; // LONG_BINGET
-        case 0x73: { // SETITEM
+        case 0x71:
+          this.put(this.u8(), at);
+          break; // BINPUT
+        case 0x72:
+          this.put(this.view.getUint32(this.advance(4), true), at);
+          break; // LONG_BINPUT
+        case 0x94:
+          this.put(this.memo.size, at);
+          break; // MEMOIZE
+        case 0x68:
+          this.get(this.u8(), at);
+          break; // BINGET
+        case 0x6a:
+          this.get(this.view.getUint32(this.advance(4), true), at);
+          break; // LONG_BINGET
+        case 0x73: {
+          // SETITEM
           const [key, value] = this.popN(2, at);
           this.dictTarget(at).map.set(key, value);
           break;
         }
-        case 0x75: { // SETITEMS
+        case 0x75: {
+          // SETITEMS
           const items = this.popMark(at);
           if (items.length % 2) throw this.error('SETITEMS with an odd number of items', at);
           const dict = this.dictTarget(at);
           for (let i = 0; i < items.length; i += 2) dict.map.set(items[i], items[i + 1]);
           break;
         }
-        case 0x61: { // APPEND
+        case 0x61: {
+          // APPEND
           const [value] = this.popN(1, at);
           this.listTarget(at).push(value);
           break;
         }
-        case 0x65: { // APPENDS
+        case 0x65: {
+          // APPENDS
           const items = this.popMark(at);
           this.listTarget(at).push(...items);
           break;
         }
-        case 0x63: { // GLOBAL
+        case 0x63: {
+          // GLOBAL
           const module = this.line(at);
           const name = this.line(at);
           this.stack.push(this.global(module, name, at));
           break;
         }
-        case 0x93: { // STACK_GLOBAL
+        case 0x93: {
+          // STACK_GLOBAL
           const [module, name] = this.popN(2, at);
           if (typeof module !== 'string' || typeof name !== 'string') throw this.error('STACK_GLOBAL expects two strings', at);
           this.stack.push(this.global(module, name, at));
           break;
         }
-        case 0x52: { // REDUCE
+        case 0x52: {
+          // REDUCE
           const [fn, args] = this.popN(2, at);
           this.stack.push(this.call(fn, args, at));
           break;
         }
-        case 0x51: { // BINPERSID
+        case 0x51: {
+          // BINPERSID
           const [pid] = this.popN(1, at);
           this.stack.push(this.persistent(pid, at));
           break;
         }
-        case 0x62: { // BUILD: only an OrderedDict's attribute state (e.g. `_metadata`), which is dropped
+        case 0x62: {
+          // BUILD: only an OrderedDict's attribute state (e.g. `_metadata`), which is dropped
           this.popN(1, at);
           const target = this.stack[this.stack.length - 1];
           if (!(target instanceof PyDict)) throw this.error(`refusing pickle opcode BUILD on ${describe(target)}`, at);
@@ -272,7 +399,8 @@ export class Unpickler {
   }
 
   private call(fn: unknown, args: unknown, at: number): unknown {
-    if (!(fn instanceof PyGlobal) || !CALLABLES.has(fn.fullName)) throw this.error(`refusing to call ${fn instanceof PyGlobal ? `"${fn.fullName}"` : describe(fn)}`, at);
+    if (!(fn instanceof PyGlobal) || !CALLABLES.has(fn.fullName))
+      throw this.error(`refusing to call ${fn instanceof PyGlobal ? `"${fn.fullName}"` : describe(fn)}`, at);
     if (!isTuple(args)) throw this.error(`REDUCE arguments for "${fn.fullName}" must be a tuple`, at);
     switch (fn.fullName) {
       case 'collections.OrderedDict': {
@@ -288,12 +416,16 @@ export class Unpickler {
         const [storage, offset, size, stride] = args;
         if (args.length < 6 || args.length > 7) throw this.error(`_rebuild_tensor_v2 takes 6 or 7 arguments, got ${args.length}`, at);
         if (!(storage instanceof StorageRef)) throw this.error('_rebuild_tensor_v2: first argument is not a storage', at);
-        if (!isIndex(offset)) throw this.error(`_rebuild_tensor_v2: storage_offset must be a non-negative integer, got ${describe(offset)}`, at);
-        if (!isTuple(size) || !size.every(isIndex)) throw this.error('_rebuild_tensor_v2: size must be a tuple of non-negative integers', at);
-        if (!isTuple(stride) || stride.length !== size.length || !stride.every(isIndex)) throw this.error('_rebuild_tensor_v2: stride must be a tuple of non-negative integers, one per dimension', at);
+        if (!isIndex(offset))
+          throw this.error(`_rebuild_tensor_v2: storage_offset must be a non-negative integer, got ${describe(offset)}`, at);
+        if (!isTuple(size) || !size.every(isIndex))
+          throw this.error('_rebuild_tensor_v2: size must be a tuple of non-negative integers', at);
+        if (!isTuple(stride) || stride.length !== size.length || !stride.every(isIndex))
+          throw this.error('_rebuild_tensor_v2: stride must be a tuple of non-negative integers, one per dimension', at);
         return new TensorSpec(storage, offset, [...size] as number[], [...stride] as number[]);
       }
-      default: { // _rebuild_parameter(data, requires_grad, backward_hooks[, state]): the tensor itself
+      default: {
+        // _rebuild_parameter(data, requires_grad, backward_hooks[, state]): the tensor itself
         if (!(args[0] instanceof TensorSpec)) throw this.error(`${fn.fullName}: first argument is not a tensor`, at);
         return args[0];
       }
@@ -301,10 +433,13 @@ export class Unpickler {
   }
 
   private persistent(pid: unknown, at: number): StorageRef {
-    if (!isTuple(pid) || pid.length !== 5 || pid[0] !== 'storage') throw this.error(`unsupported persistent id ${describe(pid)}, expected ("storage", type, key, location, numel)`, at);
+    if (!isTuple(pid) || pid.length !== 5 || pid[0] !== 'storage')
+      throw this.error(`unsupported persistent id ${describe(pid)}, expected ("storage", type, key, location, numel)`, at);
     const [, type, key, , count] = pid;
-    if (!(type instanceof PyGlobal) || !(type.fullName in STORAGE_DTYPES)) throw this.error(`persistent id storage type ${describe(type)} is not a torch storage class`, at);
-    if (typeof key !== 'string' || !/^[A-Za-z0-9_.-]+$/.test(key)) throw this.error(`persistent id storage key ${describe(key)} is not a plain name`, at);
+    if (!(type instanceof PyGlobal) || !(type.fullName in STORAGE_DTYPES))
+      throw this.error(`persistent id storage type ${describe(type)} is not a torch storage class`, at);
+    if (typeof key !== 'string' || !/^[A-Za-z0-9_.-]+$/.test(key))
+      throw this.error(`persistent id storage key ${describe(key)} is not a plain name`, at);
     if (!isIndex(count)) throw this.error(`persistent id numel ${describe(count)} is not a non-negative integer`, at);
     return new StorageRef(STORAGE_DTYPES[type.fullName]!, key, count);
   }

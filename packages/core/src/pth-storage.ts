@@ -7,19 +7,35 @@ import { DTYPE_SIZE, numel, type DType, type HostTensor } from './tensor.js';
 
 /** A storage named by a persistent id: its element dtype, its zip entry key and element count. */
 export class StorageRef {
-  constructor(readonly dtype: DType, readonly key: string, readonly numel: number) {}
+  constructor(
+    readonly dtype: DType,
+    readonly key: string,
+    readonly numel: number,
+  ) {}
 }
 
 /** A tensor as pickled: a strided view into a storage, materialised after unpickling. */
 export class TensorSpec {
-  constructor(readonly storage: StorageRef, readonly offset: number, readonly shape: number[], readonly stride: number[]) {}
+  constructor(
+    readonly storage: StorageRef,
+    readonly offset: number,
+    readonly shape: number[],
+    readonly stride: number[],
+  ) {}
 }
 
 /** torch storage classes and the dtype of their elements. */
 export const STORAGE_DTYPES: Record<string, DType> = {
-  'torch.FloatStorage': 'F32', 'torch.DoubleStorage': 'F64', 'torch.HalfStorage': 'F16', 'torch.BFloat16Storage': 'BF16',
-  'torch.LongStorage': 'I64', 'torch.IntStorage': 'I32', 'torch.ShortStorage': 'I16', 'torch.CharStorage': 'I8',
-  'torch.ByteStorage': 'U8', 'torch.BoolStorage': 'BOOL',
+  'torch.FloatStorage': 'F32',
+  'torch.DoubleStorage': 'F64',
+  'torch.HalfStorage': 'F16',
+  'torch.BFloat16Storage': 'BF16',
+  'torch.LongStorage': 'I64',
+  'torch.IntStorage': 'I32',
+  'torch.ShortStorage': 'I16',
+  'torch.CharStorage': 'I8',
+  'torch.ByteStorage': 'U8',
+  'torch.BoolStorage': 'BOOL',
 };
 
 /** Copies a strided view out of its storage into contiguous bytes (no copy if already contiguous). */
@@ -32,7 +48,9 @@ export function materialize(path: string, name: string, spec: TensorSpec, storag
   let last = offset;
   for (let d = 0; d < shape.length; d++) last += (shape[d]! - 1) * stride[d]!;
   if (last >= spec.storage.numel) {
-    throw new Error(`${path}: tensor "${name}": view (offset ${offset}, shape [${shape.join(',')}], stride [${stride.join(',')}]) reaches element ${last} of a storage of ${spec.storage.numel}`);
+    throw new Error(
+      `${path}: tensor "${name}": view (offset ${offset}, shape [${shape.join(',')}], stride [${stride.join(',')}]) reaches element ${last} of a storage of ${spec.storage.numel}`,
+    );
   }
   let contiguous = true;
   for (let d = shape.length - 1, expect = 1; d >= 0; expect *= shape[d]!, d--) {

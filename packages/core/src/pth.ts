@@ -35,14 +35,16 @@ export async function readPth(path: string): Promise<Record<string, HostTensor>>
     let bigEndian = false;
     if (zip.has(`${prefix}byteorder`)) {
       const order = new TextDecoder().decode(await zip.read(`${prefix}byteorder`)).trim();
-      if (order !== 'little' && order !== 'big') throw new Error(`${path}: ${prefix}byteorder must be "little" or "big", got ${JSON.stringify(order)}`);
+      if (order !== 'little' && order !== 'big')
+        throw new Error(`${path}: ${prefix}byteorder must be "little" or "big", got ${JSON.stringify(order)}`);
       bigEndian = order === 'big';
     }
 
     const root = new Unpickler(path, await zip.read(pkl)).load();
     const found: [string, TensorSpec][] = [];
     if (root instanceof TensorSpec) throw new Error(`${path}: holds a single tensor, expected a dict of tensors (a state dict)`);
-    if (!(root instanceof PyDict)) throw new Error(`${path}: top-level object is ${describe(root)}, expected a dict of tensors (a state dict)`);
+    if (!(root instanceof PyDict))
+      throw new Error(`${path}: top-level object is ${describe(root)}, expected a dict of tensors (a state dict)`);
     collectTensors(root, '', found, new Set());
     if (found.length === 0) throw new Error(`${path}: holds no tensors`);
     const seen = new Set<string>();
@@ -62,7 +64,10 @@ export async function readPth(path: string): Promise<Record<string, HostTensor>>
         if (!zip.has(entry)) throw new Error(`${path}: tensor "${name}": storage entry ${entry} is missing from the archive`);
         bytes = await zip.read(entry);
         const need = s.numel * DTYPE_SIZE[s.dtype];
-        if (bytes.byteLength !== need) throw new Error(`${path}: tensor "${name}": storage ${entry} holds ${bytes.byteLength} bytes, expected ${s.numel} x ${s.dtype} = ${need}`);
+        if (bytes.byteLength !== need)
+          throw new Error(
+            `${path}: tensor "${name}": storage ${entry} holds ${bytes.byteLength} bytes, expected ${s.numel} x ${s.dtype} = ${need}`,
+          );
         if (bigEndian) bytes = swapBytes(bytes, DTYPE_SIZE[s.dtype]);
         storages.set(s.key, bytes);
       }

@@ -173,7 +173,9 @@ export class RowFiles<K extends string> {
       if (JSON.stringify(m.settings) !== JSON.stringify(this.o.settings)) {
         const changes = isRecord(m.settings) && isRecord(this.o.settings) ? settingsChanges(m.settings, this.o.settings) : [];
         throw new SettingsMismatchError(
-          this.record, changes, m.settings,
+          this.record,
+          changes,
+          m.settings,
           `${this.label} ${this.record} was made with other settings (${JSON.stringify(m.settings)}); ` +
             `delete ${this.o.dir} or use another folder`,
         );

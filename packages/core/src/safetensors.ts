@@ -92,7 +92,11 @@ export class SafetensorsReader {
     const e = this.entries.get(name);
     if (!e) {
       const names = this.names();
-      const some = names.slice(0, 10).map((n) => JSON.stringify(n)).join(', ') + (names.length > 10 ? `, ... (${names.length} in all)` : '');
+      const some =
+        names
+          .slice(0, 10)
+          .map((n) => JSON.stringify(n))
+          .join(', ') + (names.length > 10 ? `, ... (${names.length} in all)` : '');
       throw new Error(`${this.path}: no tensor "${name}" (the file holds ${some || 'no tensors'})`);
     }
     return e;
@@ -116,7 +120,11 @@ export async function readSafetensors(path: string): Promise<{ tensors: Record<s
  * out by decreasing element size, then by name, as the reference writer does, so every tensor is
  * aligned to its element size; the header is padded with spaces to a multiple of 8 bytes.
  */
-export async function writeSafetensors(path: string, tensors: Record<string, HostTensor>, metadata?: Record<string, string>): Promise<void> {
+export async function writeSafetensors(
+  path: string,
+  tensors: Record<string, HostTensor>,
+  metadata?: Record<string, string>,
+): Promise<void> {
   const names = Object.keys(tensors);
   for (const name of names) checkTensorForWrite(path, name, tensors[name]);
   names.sort((a, b) => DTYPE_SIZE[tensors[b]!.dtype] - DTYPE_SIZE[tensors[a]!.dtype] || (a < b ? -1 : a > b ? 1 : 0));
@@ -124,7 +132,8 @@ export async function writeSafetensors(path: string, tensors: Record<string, Hos
   // Built by hand so keys keep this order (JS objects would move integer-like names first).
   const fields: string[] = [];
   if (metadata !== undefined) {
-    if (typeof metadata !== 'object' || metadata === null || Array.isArray(metadata)) throw new Error(`${path}: metadata must be an object of strings`);
+    if (typeof metadata !== 'object' || metadata === null || Array.isArray(metadata))
+      throw new Error(`${path}: metadata must be an object of strings`);
     for (const [k, v] of Object.entries(metadata)) {
       if (typeof v !== 'string') throw new Error(`${path}: metadata "${k}" must be a string, got ${describe(v)}`);
     }
@@ -158,15 +167,22 @@ function checkTensorForWrite(path: string, name: string, t: HostTensor | undefin
   }
 }
 
-async function readHeader(path: string, fh: FileHandle): Promise<{ entries: Map<string, Entry>; metadata: Record<string, string>; dataStart: number }> {
+async function readHeader(
+  path: string,
+  fh: FileHandle,
+): Promise<{ entries: Map<string, Entry>; metadata: Record<string, string>; dataStart: number }> {
   const { size } = await fh.stat();
   if (size < 8) throw new Error(`${path}: not a safetensors file: ${size} bytes, too short for the 8-byte header length`);
   const lenBytes = new Uint8Array(8);
   await readFully(fh, lenBytes, 0, path);
   const n = Buffer.from(lenBytes.buffer).readBigUInt64LE(0);
-  if (n > BigInt(MAX_HEADER_BYTES)) throw new Error(`${path}: header length ${n} is absurd (limit ${MAX_HEADER_BYTES} bytes; file is ${size} bytes): not a safetensors file or corrupt`);
+  if (n > BigInt(MAX_HEADER_BYTES))
+    throw new Error(
+      `${path}: header length ${n} is absurd (limit ${MAX_HEADER_BYTES} bytes; file is ${size} bytes): not a safetensors file or corrupt`,
+    );
   const headerLen = Number(n);
-  if (8 + headerLen > size) throw new Error(`${path}: header length ${headerLen} runs past the end of the file (${size} bytes): truncated or corrupt`);
+  if (8 + headerLen > size)
+    throw new Error(`${path}: header length ${headerLen} runs past the end of the file (${size} bytes): truncated or corrupt`);
   const raw = new Uint8Array(headerLen);
   await readFully(fh, raw, 8, path);
 
@@ -180,7 +196,7 @@ async function readHeader(path: string, fh: FileHandle): Promise<{ entries: Map<
   try {
     header = JSON.parse(text);
   } catch (err) {
-    throw new Error(`${path}: header is not valid JSON: ${(err as Error).message}`);
+    throw new Error(`${path}: header is not valid JSON: ${(err as Error).message}`, { cause: err });
   }
   if (typeof header !== 'object' || header === null || Array.isArray(header)) {
     throw new Error(`${path}: header must be a JSON object, got ${describe(header)}`);
@@ -191,7 +207,8 @@ async function readHeader(path: string, fh: FileHandle): Promise<{ entries: Map<
   const list: Entry[] = [];
   for (const [name, value] of Object.entries(header as Record<string, unknown>)) {
     if (name === '__metadata__') {
-      if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new Error(`${path}: __metadata__ must be an object of strings, got ${describe(value)}`);
+      if (typeof value !== 'object' || value === null || Array.isArray(value))
+        throw new Error(`${path}: __metadata__ must be an object of strings, got ${describe(value)}`);
       for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
         if (typeof v !== 'string') throw new Error(`${path}: __metadata__ "${k}" must be a string, got ${describe(v)}`);
         Object.defineProperty(metadata, k, { value: v, enumerable: true, writable: true, configurable: true });
@@ -206,29 +223,44 @@ async function readHeader(path: string, fh: FileHandle): Promise<{ entries: Map<
   let pos = 0;
   let prev: Entry | undefined;
   for (const e of sorted) {
-    if (e.begin < pos) throw new Error(`${path}: tensor "${e.name}" bytes [${e.begin}, ${e.end}) overlap tensor "${prev!.name}" [${prev!.begin}, ${prev!.end})`);
-    if (e.begin > pos) throw new Error(`${path}: bytes [${pos}, ${e.begin}) of the data buffer belong to no tensor (a hole before tensor "${e.name}")`);
+    if (e.begin < pos)
+      throw new Error(
+        `${path}: tensor "${e.name}" bytes [${e.begin}, ${e.end}) overlap tensor "${prev!.name}" [${prev!.begin}, ${prev!.end})`,
+      );
+    if (e.begin > pos)
+      throw new Error(`${path}: bytes [${pos}, ${e.begin}) of the data buffer belong to no tensor (a hole before tensor "${e.name}")`);
     pos = e.end;
     prev = e;
   }
-  if (pos !== bufferLen) throw new Error(`${path}: the data buffer has ${bufferLen} bytes but its tensors cover only ${pos}: ${bufferLen - pos} trailing bytes belong to no tensor`);
+  if (pos !== bufferLen)
+    throw new Error(
+      `${path}: the data buffer has ${bufferLen} bytes but its tensors cover only ${pos}: ${bufferLen - pos} trailing bytes belong to no tensor`,
+    );
   return { entries: new Map(sorted.map((e) => [e.name, e])), metadata, dataStart: 8 + headerLen };
 }
 
 function parseEntry(path: string, name: string, value: unknown, bufferLen: number): Entry {
   const where = `${path}: tensor "${name}"`;
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new Error(`${where}: expected an object {dtype, shape, data_offsets}, got ${describe(value)}`);
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    throw new Error(`${where}: expected an object {dtype, shape, data_offsets}, got ${describe(value)}`);
   const { dtype, shape, data_offsets: offsets } = value as Record<string, unknown>;
-  if (!isDType(dtype)) throw new Error(`${where}: unknown dtype ${JSON.stringify(dtype)} (supported: ${Object.keys(DTYPE_SIZE).join(', ')})`);
+  if (!isDType(dtype))
+    throw new Error(`${where}: unknown dtype ${JSON.stringify(dtype)} (supported: ${Object.keys(DTYPE_SIZE).join(', ')})`);
   if (!isShape(shape)) throw new Error(`${where}: shape must be an array of non-negative integers, got ${JSON.stringify(shape)}`);
   if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o) && o >= 0)) {
     throw new Error(`${where}: data_offsets must be [begin, end] with non-negative integers, got ${JSON.stringify(offsets)}`);
   }
   const [begin, end] = offsets as [number, number];
   if (begin > end) throw new Error(`${where}: data_offsets [${begin}, ${end}] have begin > end`);
-  if (end > bufferLen) throw new Error(`${where}: data_offsets [${begin}, ${end}] run past the end of the data buffer (${bufferLen} bytes): truncated or corrupt`);
+  if (end > bufferLen)
+    throw new Error(
+      `${where}: data_offsets [${begin}, ${end}] run past the end of the data buffer (${bufferLen} bytes): truncated or corrupt`,
+    );
   const need = numel(shape) * DTYPE_SIZE[dtype];
-  if (end - begin !== need) throw new Error(`${where}: data_offsets [${begin}, ${end}] hold ${end - begin} bytes but ${dtype} shape [${shape.join(',')}] needs ${need}`);
+  if (end - begin !== need)
+    throw new Error(
+      `${where}: data_offsets [${begin}, ${end}] hold ${end - begin} bytes but ${dtype} shape [${shape.join(',')}] needs ${need}`,
+    );
   return { name, dtype, shape, begin, end };
 }
 

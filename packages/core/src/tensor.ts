@@ -3,17 +3,22 @@
  * .pth files hold. Conversions to and from Float32Array live here so every package decodes F16/BF16
  * the same way.
  */
-export type DType =
-  | 'F64' | 'F32' | 'F16' | 'BF16'
-  | 'I64' | 'I32' | 'I16' | 'I8'
-  | 'U64' | 'U32' | 'U16' | 'U8'
-  | 'BOOL';
+export type DType = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U64' | 'U32' | 'U16' | 'U8' | 'BOOL';
 
 /** Bytes per element of each dtype. */
 export const DTYPE_SIZE: Record<DType, number> = {
-  F64: 8, F32: 4, F16: 2, BF16: 2,
-  I64: 8, I32: 4, I16: 2, I8: 1,
-  U64: 8, U32: 4, U16: 2, U8: 1,
+  F64: 8,
+  F32: 4,
+  F16: 2,
+  BF16: 2,
+  I64: 8,
+  I32: 4,
+  I16: 2,
+  I8: 1,
+  U64: 8,
+  U32: 4,
+  U16: 2,
+  U8: 1,
   BOOL: 1,
 };
 
@@ -42,9 +47,16 @@ export function isShape(shape: unknown): shape is number[] {
 
 /** Every typed array `hostTensor` accepts, with the dtype it becomes. */
 export type HostTypedArray =
-  | Float64Array | Float32Array
-  | BigInt64Array | Int32Array | Int16Array | Int8Array
-  | BigUint64Array | Uint32Array | Uint16Array | Uint8Array;
+  | Float64Array
+  | Float32Array
+  | BigInt64Array
+  | Int32Array
+  | Int16Array
+  | Int8Array
+  | BigUint64Array
+  | Uint32Array
+  | Uint16Array
+  | Uint8Array;
 
 const HOST_LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
@@ -56,7 +68,9 @@ export function hostTensor(data: HostTypedArray, shape: readonly number[]): Host
   const dtype = typedArrayDType(data);
   if (!isShape(shape)) throw new Error(`hostTensor: shape ${JSON.stringify(shape)} is not an array of non-negative integers`);
   if (numel(shape) !== data.length) {
-    throw new Error(`hostTensor: ${data.constructor.name} of length ${data.length} does not match shape [${shape.join(',')}] (${numel(shape)} elements)`);
+    throw new Error(
+      `hostTensor: ${data.constructor.name} of length ${data.length} does not match shape [${shape.join(',')}] (${numel(shape)} elements)`,
+    );
   }
   return { dtype, shape: [...shape], data: littleEndianBytes(data) };
 }
@@ -122,7 +136,8 @@ function float16Table(): Uint32Array {
     const exp = (h >> 10) & 0x1f;
     const mant = h & 0x3ff;
     if (exp === 0x1f) table[h] = sign | 0x7f800000 | (mant << 13);
-    else if (exp === 0) f[h] = (sign ? -1 : 1) * mant * 2 ** -24; // zero and subnormals, exact in f32
+    else if (exp === 0)
+      f[h] = (sign ? -1 : 1) * mant * 2 ** -24; // zero and subnormals, exact in f32
     else table[h] = sign | ((exp + 112) << 23) | (mant << 13);
   }
   f16Table = table;
@@ -134,7 +149,8 @@ export function toFloat32(t: HostTensor): Float32Array {
   checkTensor(t, 'toFloat32');
   const n = numel(t.shape);
   switch (t.dtype) {
-    case 'F32': return nativeView(t, Float32Array).slice();
+    case 'F32':
+      return nativeView(t, Float32Array).slice();
     case 'F16': {
       const table = float16Table();
       const src = nativeView(t, Uint16Array);
@@ -148,16 +164,26 @@ export function toFloat32(t: HostTensor): Float32Array {
       for (let i = 0; i < n; i++) out[i] = src[i]! << 16;
       return new Float32Array(out.buffer);
     }
-    case 'F64': return new Float32Array(nativeView(t, Float64Array));
-    case 'I32': return new Float32Array(nativeView(t, Int32Array));
-    case 'I16': return new Float32Array(nativeView(t, Int16Array));
-    case 'I8': return new Float32Array(nativeView(t, Int8Array));
-    case 'U32': return new Float32Array(nativeView(t, Uint32Array));
-    case 'U16': return new Float32Array(nativeView(t, Uint16Array));
-    case 'U8': return new Float32Array(t.data);
-    case 'BOOL': return Float32Array.from(t.data, (b) => (b ? 1 : 0));
-    case 'I64': return Float32Array.from(nativeView(t, BigInt64Array), Number);
-    case 'U64': return Float32Array.from(nativeView(t, BigUint64Array), Number);
+    case 'F64':
+      return new Float32Array(nativeView(t, Float64Array));
+    case 'I32':
+      return new Float32Array(nativeView(t, Int32Array));
+    case 'I16':
+      return new Float32Array(nativeView(t, Int16Array));
+    case 'I8':
+      return new Float32Array(nativeView(t, Int8Array));
+    case 'U32':
+      return new Float32Array(nativeView(t, Uint32Array));
+    case 'U16':
+      return new Float32Array(nativeView(t, Uint16Array));
+    case 'U8':
+      return new Float32Array(t.data);
+    case 'BOOL':
+      return Float32Array.from(t.data, (b) => (b ? 1 : 0));
+    case 'I64':
+      return Float32Array.from(nativeView(t, BigInt64Array), Number);
+    case 'U64':
+      return Float32Array.from(nativeView(t, BigUint64Array), Number);
   }
 }
 

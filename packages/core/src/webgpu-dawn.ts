@@ -95,7 +95,9 @@ export function adapterFlags(adapters: AdapterEntry[], index: number, what = `--
   if (!Number.isInteger(index) || index < 0) throw new Error(`${what}: expected an adapter index >= 0`);
   const listing = adapters.map((a, i) => `${i}: ${a.name} (${a.backend})`).join('; ');
   if (index >= adapters.length) {
-    throw new Error(`${what}: Dawn lists ${adapters.length} WebGPU adapter${adapters.length === 1 ? '' : 's'}${adapters.length ? ` (${listing})` : ''}`);
+    throw new Error(
+      `${what}: Dawn lists ${adapters.length} WebGPU adapter${adapters.length === 1 ? '' : 's'}${adapters.length ? ` (${listing})` : ''}`,
+    );
   }
   if (index === 0) return [];
   const name = adapters[index]!.name;
@@ -111,7 +113,10 @@ export function adapterFlags(adapters: AdapterEntry[], index: number, what = `--
 }
 
 /** Whether an adapter is a CPU implementation: Dawn's fallback flag, or a known software driver's name. */
-export function isSoftwareAdapter(info: { isFallbackAdapter?: boolean; vendor?: string; architecture?: string; device?: string; description?: string }, name = ''): boolean {
+export function isSoftwareAdapter(
+  info: { isFallbackAdapter?: boolean; vendor?: string; architecture?: string; device?: string; description?: string },
+  name = '',
+): boolean {
   if (info.isFallbackAdapter === true) return true;
   const text = [info.vendor, info.architecture, info.device, info.description, name].join(' ');
   return /swiftshader|llvmpipe|lavapipe|softpipe/i.test(text);
@@ -130,9 +135,12 @@ export async function loadDawn(): Promise<DawnModule> {
     const code = (err as { code?: unknown })?.code;
     const message = err instanceof Error ? err.message : String(err);
     if ((code === 'ERR_MODULE_NOT_FOUND' || code === 'MODULE_NOT_FOUND') && message.includes("'webgpu'")) {
-      throw new Error(`the webgpu package (Dawn) is not installed: ${WEBGPU_INSTALL}`);
+      throw new Error(`the webgpu package (Dawn) is not installed: ${WEBGPU_INSTALL}`, { cause: err });
     }
-    throw new Error(`the webgpu package (Dawn) failed to load (${message.split('\n')[0]}); it ships Dawn for linux-x64/arm64, macOS and Windows: reinstall it: ${WEBGPU_INSTALL}`);
+    throw new Error(
+      `the webgpu package (Dawn) failed to load (${message.split('\n')[0]}); it ships Dawn for linux-x64/arm64, macOS and Windows: reinstall it: ${WEBGPU_INSTALL}`,
+      { cause: err },
+    );
   }
   Object.assign(globalThis, mod.globals);
   dawn = mod;
@@ -162,4 +170,3 @@ export function describeAdapter(a: WebGpuAdapterInfo): string {
     `${a.limits.maxComputeInvocationsPerWorkgroup} invocations`
   );
 }
-

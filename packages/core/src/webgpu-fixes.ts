@@ -24,7 +24,12 @@ import type { DeviceLike, WebGpuAdapterInfo, WebGpuLimits } from './webgpu-dawn.
 
 /** The part of tfjs' WebGPUBackend the limit guard wraps. */
 interface GuardedBackend {
-  runWebGPUProgram(program: { outputShape: number[]; constructor: { name: string } }, inputs: unknown[], outputDtype: string, ...rest: unknown[]): unknown;
+  runWebGPUProgram(
+    program: { outputShape: number[]; constructor: { name: string } },
+    inputs: unknown[],
+    outputDtype: string,
+    ...rest: unknown[]
+  ): unknown;
   uploadToGPU(dataId: object): void;
   tensorMap: { get(dataId: object): { shape: number[]; dtype: string; resource?: unknown } | undefined };
 }
@@ -36,7 +41,13 @@ const BYTES: Record<string, number> = { float32: 4, int32: 4, bool: 4, complex64
  * The error for a tensor of `shape` over the device's binding limit, or null when it fits. `what`
  * names the tensor (the op that makes it, or 'an uploaded tensor').
  */
-export function bindingLimitError(what: string, shape: number[], dtype: string, limits: Pick<WebGpuLimits, 'maxStorageBufferBindingSize' | 'maxBufferSize'>, adapter = ''): string | null {
+export function bindingLimitError(
+  what: string,
+  shape: number[],
+  dtype: string,
+  limits: Pick<WebGpuLimits, 'maxStorageBufferBindingSize' | 'maxBufferSize'>,
+  adapter = '',
+): string | null {
   const bytes = shape.reduce((a, b) => a * b, 1) * (BYTES[dtype] ?? 4);
   const limit = Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize);
   if (bytes <= limit) return null;
@@ -123,7 +134,10 @@ export function syncReads(backend: unknown, pump: (() => void) | null, check: ()
   b.readSync = (dataId) => {
     const t = b.tensorMap.get(dataId);
     if (!t || t.values != null || t.dtype === 'string' || t.dtype === 'complex64' || !t.resource) return original(dataId);
-    if (!pump) throw new Error("webgpu: synchronous reads (dataSync) need Dawn's event callback, which this webgpu package did not expose: use data()");
+    if (!pump)
+      throw new Error(
+        "webgpu: synchronous reads (dataSync) need Dawn's event callback, which this webgpu package did not expose: use data()",
+      );
     const source = t.resource as BufferLike;
     const staging = b.bufferManager.acquireBuffer(source.size, g.GPUBufferUsage.COPY_DST | g.GPUBufferUsage.MAP_READ);
     b.ensureCommandEncoderReady();
@@ -138,7 +152,8 @@ export function syncReads(backend: unknown, pump: (() => void) | null, check: ()
     while (staging.mapState !== 'mapped') {
       pump();
       if (staging.mapState === 'mapped') break;
-      if (staging.mapState === 'unmapped' || failure) throw new Error(`webgpu: reading a tensor back failed (${String(failure ?? 'mapping rejected')})`);
+      if (staging.mapState === 'unmapped' || failure)
+        throw new Error(`webgpu: reading a tensor back failed (${String(failure ?? 'mapping rejected')})`);
       Atomics.wait(sleeper, 0, 0, wait);
       wait = Math.min(wait * 2, 1);
     }
@@ -190,7 +205,10 @@ export function chunkAddN(): void {
   tf.registerKernel({
     kernelName: 'AddN',
     backendName: 'webgpu',
-    kernelFunc: ((args: { inputs: tf.TensorInfo[] | Record<string, tf.TensorInfo>; backend: { device: DeviceLike; disposeData(id: object): void } }) => {
+    kernelFunc: ((args: {
+      inputs: tf.TensorInfo[] | Record<string, tf.TensorInfo>;
+      backend: { device: DeviceLike; disposeData(id: object): void };
+    }) => {
       const inputs = Object.values(args.inputs) as tf.TensorInfo[];
       const max = Math.max(2, (args.backend.device.limits.maxStorageBuffersPerShaderStage ?? 8) - 1);
       if (inputs.length <= max) return original(args as never);

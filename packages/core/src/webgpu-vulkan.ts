@@ -21,14 +21,29 @@ export function findVulkanLoader(env: NodeJS.ProcessEnv = process.env): string |
   if (process.platform !== 'linux') return '';
   const dirs = (env.LD_LIBRARY_PATH ?? '').split(':').filter(Boolean);
   try {
-    const confs = ['/etc/ld.so.conf', ...readdirSync('/etc/ld.so.conf.d').filter((f) => f.endsWith('.conf')).map((f) => join('/etc/ld.so.conf.d', f))];
+    const confs = [
+      '/etc/ld.so.conf',
+      ...readdirSync('/etc/ld.so.conf.d')
+        .filter((f) => f.endsWith('.conf'))
+        .map((f) => join('/etc/ld.so.conf.d', f)),
+    ];
     for (const conf of confs) {
       for (const line of readFileSync(conf, 'utf8').split('\n')) if (line.startsWith('/')) dirs.push(line.trim());
     }
   } catch {
     // no ld.so.conf.d: the usual folders below
   }
-  dirs.push('/lib/x86_64-linux-gnu', '/usr/lib/x86_64-linux-gnu', '/lib/aarch64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/lib64', '/usr/lib64', '/lib', '/usr/lib', '/usr/local/lib');
+  dirs.push(
+    '/lib/x86_64-linux-gnu',
+    '/usr/lib/x86_64-linux-gnu',
+    '/lib/aarch64-linux-gnu',
+    '/usr/lib/aarch64-linux-gnu',
+    '/lib64',
+    '/usr/lib64',
+    '/lib',
+    '/usr/lib',
+    '/usr/local/lib',
+  );
   for (const dir of dirs) {
     const path = join(dir, 'libvulkan.so.1');
     if (existsSync(path)) return path;
@@ -49,7 +64,9 @@ export function findVulkanDrivers(env: NodeJS.ProcessEnv = process.env): string[
   const jsonIn = (path: string): string[] => {
     try {
       if (path.endsWith('.json')) return existsSync(path) ? [path] : [];
-      return readdirSync(path).filter((f) => f.endsWith('.json')).map((f) => join(path, f));
+      return readdirSync(path)
+        .filter((f) => f.endsWith('.json'))
+        .map((f) => join(path, f));
     } catch {
       return [];
     }

@@ -93,7 +93,9 @@ export async function setupWebGpu(opts: WebGpuOptions = {}): Promise<WebGpuAdapt
   // tfjs' backend registers itself on import only when navigator.gpu exists; its own factory is
   // replaced below, so navigator.gpu only has to be present (set to the same Dawn instance).
   setNavigatorGpu(gpu);
-  const { WebGPUBackend } = (await importBackendPackage()) as { WebGPUBackend: new (device: DeviceLike, info?: unknown) => tf.KernelBackend };
+  const { WebGPUBackend } = (await importBackendPackage()) as {
+    WebGPUBackend: new (device: DeviceLike, info?: unknown) => tf.KernelBackend;
+  };
   if (tf.findBackendFactory('webgpu')) tf.removeBackend('webgpu');
   chunkAddN();
   tf.registerBackend(
@@ -152,4 +154,3 @@ function importBackendPackage(): Promise<unknown> {
   });
   return backendPackage;
 }
-

@@ -23,12 +23,20 @@ const LOCAL_SIG = 0x04034b50;
 
 /** Reads the central directory of a zip (zip64 included), then entries on demand by positioned reads. */
 export class ZipReader {
-  private constructor(private readonly path: string, private readonly fh: FileHandle, private readonly size: number, private readonly entries: Map<string, ZipEntry>) {}
+  private constructor(
+    private readonly path: string,
+    private readonly fh: FileHandle,
+    private readonly size: number,
+    private readonly entries: Map<string, ZipEntry>,
+  ) {}
 
   static async open(path: string, fh: FileHandle): Promise<ZipReader> {
     const { size } = await fh.stat();
     const at = async (position: number, length: number): Promise<DataView> => {
-      if (position < 0 || position + length > size) throw new Error(`${path}: truncated or corrupt zip archive: a record at byte ${position} runs past the end of the file (${size} bytes)`);
+      if (position < 0 || position + length > size)
+        throw new Error(
+          `${path}: truncated or corrupt zip archive: a record at byte ${position} runs past the end of the file (${size} bytes)`,
+        );
       const b = new Uint8Array(length);
       await readFully(fh, b, position, path);
       return new DataView(b.buffer);
@@ -37,7 +45,8 @@ export class ZipReader {
     const magic = size >= 4 ? (await at(0, 4)).getUint32(0, true) : 0;
     if (magic !== LOCAL_SIG) {
       const first = size > 0 ? (await at(0, 1)).getUint8(0) : -1;
-      if (first === 0x80) throw new Error(`${path}: legacy (pre-1.6) torch.save format, not a zip archive; re-save it with a current PyTorch`);
+      if (first === 0x80)
+        throw new Error(`${path}: legacy (pre-1.6) torch.save format, not a zip archive; re-save it with a current PyTorch`);
       throw new Error(`${path}: not a zip archive (torch.save checkpoints are zip files)`);
     }
 
@@ -58,9 +67,11 @@ export class ZipReader {
     if (count === 0xffff || cdSize === 0xffffffff || cdOffset === 0xffffffff) {
       const locPos = size - tailLen + eocd - 20;
       const loc = await at(locPos, 20);
-      if (loc.getUint32(0, true) !== ZIP64_LOCATOR_SIG) throw new Error(`${path}: corrupt zip archive: zip64 end-of-central-directory locator not found`);
+      if (loc.getUint32(0, true) !== ZIP64_LOCATOR_SIG)
+        throw new Error(`${path}: corrupt zip archive: zip64 end-of-central-directory locator not found`);
       const z = await at(safeU64(path, loc, 8), 56);
-      if (z.getUint32(0, true) !== ZIP64_EOCD_SIG) throw new Error(`${path}: corrupt zip archive: bad zip64 end-of-central-directory record`);
+      if (z.getUint32(0, true) !== ZIP64_EOCD_SIG)
+        throw new Error(`${path}: corrupt zip archive: bad zip64 end-of-central-directory record`);
       count = safeU64(path, z, 32);
       cdSize = safeU64(path, z, 40);
       cdOffset = safeU64(path, z, 48);
@@ -69,11 +80,13 @@ export class ZipReader {
     const entries = new Map<string, ZipEntry>();
     let p = 0;
     for (let i = 0; i < count; i++) {
-      if (p + 46 > cdSize || cd.getUint32(p, true) !== CENTRAL_SIG) throw new Error(`${path}: corrupt zip archive: bad central directory entry ${i}`);
+      if (p + 46 > cdSize || cd.getUint32(p, true) !== CENTRAL_SIG)
+        throw new Error(`${path}: corrupt zip archive: bad central directory entry ${i}`);
       const nameLen = cd.getUint16(p + 28, true);
       const extraLen = cd.getUint16(p + 30, true);
       const commentLen = cd.getUint16(p + 32, true);
-      if (p + 46 + nameLen + extraLen > cdSize) throw new Error(`${path}: corrupt zip archive: central directory entry ${i} runs past the directory`);
+      if (p + 46 + nameLen + extraLen > cdSize)
+        throw new Error(`${path}: corrupt zip archive: central directory entry ${i} runs past the directory`);
       const name = new TextDecoder().decode(new Uint8Array(cd.buffer, p + 46, nameLen));
       const entry: ZipEntry = {
         name,
@@ -107,7 +120,8 @@ export class ZipReader {
     const hv = new DataView(head.buffer);
     if (hv.getUint32(0, true) !== LOCAL_SIG) throw new Error(`${where}: bad local header (corrupt archive)`);
     const start = e.localOffset + 30 + hv.getUint16(26, true) + hv.getUint16(28, true);
-    if (start + e.compressedSize > this.size) throw new Error(`${where}: data runs past the end of the file (${this.size} bytes): truncated archive`);
+    if (start + e.compressedSize > this.size)
+      throw new Error(`${where}: data runs past the end of the file (${this.size} bytes): truncated archive`);
     const raw = new Uint8Array(e.compressedSize);
     await readFully(this.fh, raw, start, where);
     let data: Uint8Array;
@@ -116,10 +130,11 @@ export class ZipReader {
       try {
         data = inflateRawSync(raw);
       } catch (err) {
-        throw new Error(`${where}: cannot inflate: ${(err as Error).message}`);
+        throw new Error(`${where}: cannot inflate: ${(err as Error).message}`, { cause: err });
       }
     } else throw new Error(`${where}: unsupported compression method ${e.method} (only stored and deflate)`);
-    if (data.byteLength !== e.size) throw new Error(`${where}: holds ${data.byteLength} bytes, the directory says ${e.size} (corrupt archive)`);
+    if (data.byteLength !== e.size)
+      throw new Error(`${where}: holds ${data.byteLength} bytes, the directory says ${e.size} (corrupt archive)`);
     return data;
   }
 }

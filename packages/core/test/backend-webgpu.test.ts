@@ -33,7 +33,10 @@ test('adapterFlags: none for the first adapter, adapter=<name> for a later one D
   assert.deepEqual(adapterFlags(list, 2), ['adapter=NVIDIA H100 80GB HBM3']);
   // Dawn takes the first adapter whose name contains the flag's value: a longer name after a shorter
   // one is reachable, a name contained in an earlier one is not.
-  const a100 = [{ backend: 'vulkan', name: 'NVIDIA A100' }, { backend: 'vulkan', name: 'NVIDIA A100 80GB' }];
+  const a100 = [
+    { backend: 'vulkan', name: 'NVIDIA A100' },
+    { backend: 'vulkan', name: 'NVIDIA A100 80GB' },
+  ];
   assert.deepEqual(adapterFlags(a100, 1), ['adapter=NVIDIA A100 80GB']);
   assert.throws(() => adapterFlags([...a100].reverse(), 1), /adapter 1 \('NVIDIA A100'\) has the name of adapter 0/);
 });
@@ -53,16 +56,25 @@ test('adapterFlags: identical GPUs after the first and indexes out of range are 
       return true;
     },
   );
-  assert.throws(() => adapterFlags(list.slice(0, 1), 1, 'VITREG_GPU=1'), /^Error: VITREG_GPU=1: Dawn lists 1 WebGPU adapter \(0: SwiftShader Device \(Subzero\) \(vulkan\)\)$/);
+  assert.throws(
+    () => adapterFlags(list.slice(0, 1), 1, 'VITREG_GPU=1'),
+    /^Error: VITREG_GPU=1: Dawn lists 1 WebGPU adapter \(0: SwiftShader Device \(Subzero\) \(vulkan\)\)$/,
+  );
   assert.throws(() => adapterFlags([], 0), /^Error: --gpu 0: Dawn lists 0 WebGPU adapters$/);
   assert.throws(() => adapterFlags(list, -1), /--gpu -1: expected an adapter index >= 0/);
 });
 
-test('isSoftwareAdapter: Dawn\'s fallback flag or a software driver\'s name; real GPUs are not', () => {
+test("isSoftwareAdapter: Dawn's fallback flag or a software driver's name; real GPUs are not", () => {
   assert.equal(isSoftwareAdapter({ vendor: 'google', architecture: 'swiftshader', isFallbackAdapter: true }), true);
   assert.equal(isSoftwareAdapter({ vendor: 'mesa', description: 'llvmpipe (LLVM 15.0.6, 256 bits)' }), true);
   assert.equal(isSoftwareAdapter({}, 'lavapipe'), true);
-  assert.equal(isSoftwareAdapter({ vendor: 'nvidia', architecture: 'hopper', description: 'NVIDIA 550.54', isFallbackAdapter: false }, 'NVIDIA H100 80GB HBM3'), false);
+  assert.equal(
+    isSoftwareAdapter(
+      { vendor: 'nvidia', architecture: 'hopper', description: 'NVIDIA 550.54', isFallbackAdapter: false },
+      'NVIDIA H100 80GB HBM3',
+    ),
+    false,
+  );
 });
 
 test('bindingLimitError: null up to the limit, then one line naming the tensor, its size and the limit', () => {
@@ -74,7 +86,10 @@ test('bindingLimitError: null up to the limit, then one line naming the tensor, 
       '(SwiftShader Device (Subzero)): use a smaller batch or image size, or another backend',
   );
   // maxBufferSize below the binding limit: that one is named.
-  assert.match(bindingLimitError('an uploaded tensor', [600], 'float32', { maxStorageBufferBindingSize: 4096, maxBufferSize: 2048 })!, /maxBufferSize of 2048 bytes/);
+  assert.match(
+    bindingLimitError('an uploaded tensor', [600], 'float32', { maxStorageBufferBindingSize: 4096, maxBufferSize: 2048 })!,
+    /maxBufferSize of 2048 bytes/,
+  );
 });
 
 test('findVulkanLoader finds libvulkan.so.1 on LD_LIBRARY_PATH', { skip: process.platform !== 'linux' && 'Linux only' }, async () => {
@@ -99,7 +114,12 @@ test('describeAdapter: the adapter, its driver and the limits that matter in one
     architecture: 'swiftshader',
     description: 'SwiftShader driver 5.0.0',
     software: true,
-    limits: { maxStorageBufferBindingSize: 2 ** 30, maxBufferSize: 2 ** 31, maxComputeWorkgroupStorageSize: 32768, maxComputeInvocationsPerWorkgroup: 256 },
+    limits: {
+      maxStorageBufferBindingSize: 2 ** 30,
+      maxBufferSize: 2 ** 31,
+      maxComputeWorkgroupStorageSize: 32768,
+      maxComputeInvocationsPerWorkgroup: 256,
+    },
     deviceLimits: 'adapter',
   };
   assert.equal(
@@ -109,23 +129,32 @@ test('describeAdapter: the adapter, its driver and the limits that matter in one
   );
 });
 
-test('findVulkanDrivers: VK_ICD_FILENAMES replaces the search (files or folders), VK_ADD_DRIVER_FILES adds', { skip: process.platform !== 'linux' && 'Linux only' }, async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'vitreg-icd-'));
-  try {
-    await writeFile(join(dir, 'a.json'), '{}');
-    await writeFile(join(dir, 'b.json'), '{}');
-    await writeFile(join(dir, 'notes.txt'), '');
-    assert.deepEqual(findVulkanDrivers({ VK_ICD_FILENAMES: join(dir, 'a.json') }), [join(dir, 'a.json')]);
-    assert.deepEqual(findVulkanDrivers({ VK_ICD_FILENAMES: dir })!.sort(), [join(dir, 'a.json'), join(dir, 'b.json')]);
-    assert.deepEqual(findVulkanDrivers({ VK_ICD_FILENAMES: '/nonexistent/x.json' }), []);
-    // The XDG folders: a data dir holding vulkan/icd.d/*.json.
-    const data = join(dir, 'share');
-    await mkdir(join(data, 'vulkan', 'icd.d'), { recursive: true });
-    await writeFile(join(data, 'vulkan', 'icd.d', 'nvidia_icd.json'), '{}');
-    const found = findVulkanDrivers({ HOME: dir, XDG_DATA_DIRS: data, XDG_CONFIG_DIRS: join(dir, 'none'), VK_ADD_DRIVER_FILES: join(dir, 'b.json') })!;
-    assert.ok(found.includes(join(data, 'vulkan', 'icd.d', 'nvidia_icd.json')), JSON.stringify(found));
-    assert.ok(found.includes(join(dir, 'b.json')), JSON.stringify(found));
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-});
+test(
+  'findVulkanDrivers: VK_ICD_FILENAMES replaces the search (files or folders), VK_ADD_DRIVER_FILES adds',
+  { skip: process.platform !== 'linux' && 'Linux only' },
+  async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'vitreg-icd-'));
+    try {
+      await writeFile(join(dir, 'a.json'), '{}');
+      await writeFile(join(dir, 'b.json'), '{}');
+      await writeFile(join(dir, 'notes.txt'), '');
+      assert.deepEqual(findVulkanDrivers({ VK_ICD_FILENAMES: join(dir, 'a.json') }), [join(dir, 'a.json')]);
+      assert.deepEqual(findVulkanDrivers({ VK_ICD_FILENAMES: dir })!.sort(), [join(dir, 'a.json'), join(dir, 'b.json')]);
+      assert.deepEqual(findVulkanDrivers({ VK_ICD_FILENAMES: '/nonexistent/x.json' }), []);
+      // The XDG folders: a data dir holding vulkan/icd.d/*.json.
+      const data = join(dir, 'share');
+      await mkdir(join(data, 'vulkan', 'icd.d'), { recursive: true });
+      await writeFile(join(data, 'vulkan', 'icd.d', 'nvidia_icd.json'), '{}');
+      const found = findVulkanDrivers({
+        HOME: dir,
+        XDG_DATA_DIRS: data,
+        XDG_CONFIG_DIRS: join(dir, 'none'),
+        VK_ADD_DRIVER_FILES: join(dir, 'b.json'),
+      })!;
+      assert.ok(found.includes(join(data, 'vulkan', 'icd.d', 'nvidia_icd.json')), JSON.stringify(found));
+      assert.ok(found.includes(join(dir, 'b.json')), JSON.stringify(found));
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  },
+);

@@ -42,13 +42,17 @@ test('auto picks the first backend that loads and logs why the others were skipp
   }
   if (!noVulkan) {
     // A Vulkan loader: webgpu wins on a hardware adapter; a software one (or none) is passed over.
-    assert.ok(info.name === 'webgpu' || /software|no WebGPU adapter|no Vulkan driver/.test(info.skipped.webgpu ?? ''), JSON.stringify(info.skipped));
+    assert.ok(
+      info.name === 'webgpu' || /software|no WebGPU adapter|no Vulkan driver/.test(info.skipped.webgpu ?? ''),
+      JSON.stringify(info.skipped),
+    );
     return;
   }
   // This machine: neither native package can install and there is no Vulkan loader, so wasm wins.
   assert.equal(info.name, 'wasm');
   assert.deepEqual(info.skipped, {
-    'tensorflow-gpu': '@tensorflow/tfjs-node-gpu is not installed: npm i @tensorflow/tfjs-node-gpu (Linux x64 with CUDA 11.2 and cuDNN 8.1)',
+    'tensorflow-gpu':
+      '@tensorflow/tfjs-node-gpu is not installed: npm i @tensorflow/tfjs-node-gpu (Linux x64 with CUDA 11.2 and cuDNN 8.1)',
     webgpu: WEBGPU_SKIP,
     tensorflow: '@tensorflow/tfjs-node is not installed: npm i @tensorflow/tfjs-node',
   });
@@ -59,15 +63,19 @@ test('auto picks the first backend that loads and logs why the others were skipp
   );
 });
 
-test('webgpu asked for by name without a Vulkan loader is one line saying what to install', { skip: !noVulkan && 'a Vulkan loader is installed' }, async () => {
-  const before = tf.getBackend();
-  await assert.rejects(initBackend('webgpu', { log: () => {} }), (err: Error) => {
-    assert.equal(err.message, `backend 'webgpu' is not available: ${WEBGPU_SKIP}`);
-    assert.equal(err.message.includes('\n'), false);
-    return true;
-  });
-  assert.equal(tf.getBackend(), before);
-});
+test(
+  'webgpu asked for by name without a Vulkan loader is one line saying what to install',
+  { skip: !noVulkan && 'a Vulkan loader is installed' },
+  async () => {
+    const before = tf.getBackend();
+    await assert.rejects(initBackend('webgpu', { log: () => {} }), (err: Error) => {
+      assert.equal(err.message, `backend 'webgpu' is not available: ${WEBGPU_SKIP}`);
+      assert.equal(err.message.includes('\n'), false);
+      return true;
+    });
+    assert.equal(tf.getBackend(), before);
+  },
+);
 
 test('a second call with the same name, or auto, changes nothing and logs nothing', async () => {
   const lines: string[] = [];
@@ -79,15 +87,22 @@ test('a second call with the same name, or auto, changes nothing and logs nothin
   assert.deepEqual(lines, []);
 });
 
-test('a requested backend that is not installed is an error saying how to install it', { skip: hasNode && 'tfjs-node is installed' }, async () => {
-  const before = tf.getBackend();
-  await assert.rejects(
-    initBackend('tensorflow', { log: () => {} }),
-    /^Error: backend 'tensorflow' is not available: @tensorflow\/tfjs-node is not installed: npm i @tensorflow\/tfjs-node$/,
-  );
-  assert.equal(tf.getBackend(), before);
-  await assert.rejects(initBackend('bogus' as never), /unknown backend 'bogus': expected one of auto, tensorflow-gpu, webgpu, tensorflow, wasm, cpu/);
-});
+test(
+  'a requested backend that is not installed is an error saying how to install it',
+  { skip: hasNode && 'tfjs-node is installed' },
+  async () => {
+    const before = tf.getBackend();
+    await assert.rejects(
+      initBackend('tensorflow', { log: () => {} }),
+      /^Error: backend 'tensorflow' is not available: @tensorflow\/tfjs-node is not installed: npm i @tensorflow\/tfjs-node$/,
+    );
+    assert.equal(tf.getBackend(), before);
+    await assert.rejects(
+      initBackend('bogus' as never),
+      /unknown backend 'bogus': expected one of auto, tensorflow-gpu, webgpu, tensorflow, wasm, cpu/,
+    );
+  },
+);
 
 test('switching between cpu and wasm; a small op gives the same numbers on both', async () => {
   const x = [0.3, -1.2, 2.5, 0.7, -0.4, 1.9, 0.05, -2.2, 1.1, 0.6, -0.9, 0.2];

@@ -12,7 +12,11 @@ const ANNOTATIONS = {
     { id: 7, file_name: 'b.png', width: 8, height: 8 },
     { id: 9, file_name: 'c.png', width: 8, height: 8 },
   ],
-  categories: [{ id: 18, name: 'dog' }, { id: 1, name: 'person' }, { id: 3, name: 'car' }],
+  categories: [
+    { id: 18, name: 'dog' },
+    { id: 1, name: 'person' },
+    { id: 3, name: 'car' },
+  ],
   annotations: [
     { id: 1, image_id: 42, category_id: 18, bbox: [1.4, 2, 5.2, 3.7], iscrowd: 0 },
     { id: 2, image_id: 42, category_id: 1, bbox: [0, 0, 16, 10], iscrowd: 1 },
@@ -25,8 +29,14 @@ const ANNOTATIONS = {
 async function cocoTree(annotations: unknown = ANNOTATIONS): Promise<string> {
   const root = await mkdtemp(join(tmpdir(), 'vitreg-coco-'));
   await mkdir(join(root, 'images'));
-  for (const [f, w, h] of [['a.png', 16, 10], ['b.png', 8, 8], ['c.png', 8, 8]] as const) {
-    await sharp({ create: { width: w, height: h, channels: 3, background: { r: 10, g: 20, b: 30 } } }).png().toFile(join(root, 'images', f));
+  for (const [f, w, h] of [
+    ['a.png', 16, 10],
+    ['b.png', 8, 8],
+    ['c.png', 8, 8],
+  ] as const) {
+    await sharp({ create: { width: w, height: h, channels: 3, background: { r: 10, g: 20, b: 30 } } })
+      .png()
+      .toFile(join(root, 'images', f));
   }
   await writeFile(join(root, 'instances.json'), JSON.stringify(annotations));
   return root;
@@ -45,7 +55,10 @@ test('COCO: xywh -> rounded xyxy, crowd boxes dropped, categories by id, empty i
   assert.equal(a.width, 16);
   assert.equal(a.height, 10);
   assert.deepEqual([a.image[0], a.image[1], a.image[2]], [10, 20, 30]);
-  assert.deepEqual(a.boxes, [[1, 2, 7, 6], [10, 1, 14, 5]]);
+  assert.deepEqual(a.boxes, [
+    [1, 2, 7, 6],
+    [10, 1, 14, 5],
+  ]);
   assert.equal(a.label, 2, 'first box is a dog');
   const c = await ds.get(1);
   assert.equal(c.id, '9');
@@ -67,7 +80,10 @@ test('COCO: malformed JSON and fields are errors naming the file and field', asy
   const cases: [unknown, RegExp][] = [
     [{ images: [], categories: [] }, /field annotations must be an array/],
     [{ ...ANNOTATIONS, images: [{ id: 1, width: 2, height: 2 }] }, /field images\[0\]\.file_name must be a string/],
-    [{ ...ANNOTATIONS, annotations: [{ image_id: 42, category_id: 18, bbox: [1, 2, 3] }] }, /field annotations\[0\]\.bbox must be 4 numbers/],
+    [
+      { ...ANNOTATIONS, annotations: [{ image_id: 42, category_id: 18, bbox: [1, 2, 3] }] },
+      /field annotations\[0\]\.bbox must be 4 numbers/,
+    ],
     [{ ...ANNOTATIONS, annotations: [{ image_id: 5, category_id: 18, bbox: [1, 2, 3, 4] }] }, /field annotations\[0\]\.image_id/],
     [{ ...ANNOTATIONS, annotations: [{ image_id: 42, category_id: 99, bbox: [1, 2, 3, 4] }] }, /field annotations\[0\]\.category_id/],
     [{ ...ANNOTATIONS, categories: [{ id: 'x', name: 'dog' }] }, /field categories\[0\]\.id must be an integer/],
@@ -82,6 +98,9 @@ test('COCO: malformed JSON and fields are errors naming the file and field', asy
   assert.throws(() => new CocoDataset(join(root, 'none.json'), root), /none\.json: cannot read/);
   // declared size disagrees with the file
   const only42 = ANNOTATIONS.annotations.filter((a) => a.image_id === 42);
-  await writeFile(file, JSON.stringify({ ...ANNOTATIONS, annotations: only42, images: [{ id: 42, file_name: 'b.png', width: 16, height: 10 }] }));
+  await writeFile(
+    file,
+    JSON.stringify({ ...ANNOTATIONS, annotations: only42, images: [{ id: 42, file_name: 'b.png', width: 16, height: 10 }] }),
+  );
   await assert.rejects(open().get(0), /b\.png is 8x8 but images\[id=42\] says 16x10/);
 });

@@ -5,7 +5,20 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
-import { ADE20K_CLASSES, Ade20kDataset, encodeLabelPng, encodeUint16Png, IGNORE_LABEL, NYU_EIGEN_CROP, NyuDepthDataset, readLabelPng, readUint16Png, SYNTHETIC_DEPTH, SyntheticDataset, SyntheticDenseDataset } from '../src/index.js';
+import {
+  ADE20K_CLASSES,
+  Ade20kDataset,
+  encodeLabelPng,
+  encodeUint16Png,
+  IGNORE_LABEL,
+  NYU_EIGEN_CROP,
+  NyuDepthDataset,
+  readLabelPng,
+  readUint16Png,
+  SYNTHETIC_DEPTH,
+  SyntheticDataset,
+  SyntheticDenseDataset,
+} from '../src/index.js';
 import { reduceZeroLabel } from '../src/data/ade20k.js';
 import { isDenseDataset } from '../src/data/dense.js';
 
@@ -18,7 +31,9 @@ const tmp = await mkdtemp(join(tmpdir(), 'vitreg-dense-'));
 test.after(() => rm(tmp, { recursive: true, force: true }));
 
 const jpeg = (w: number, h: number) =>
-  sharp(Buffer.alloc(w * h * 3, 128), { raw: { width: w, height: h, channels: 3 } }).jpeg().toBuffer();
+  sharp(Buffer.alloc(w * h * 3, 128), { raw: { width: w, height: h, channels: 3 } })
+    .jpeg()
+    .toBuffer();
 
 test('label and depth PNGs read the samples PIL reads; palette, RGB and 8-bit depth are errors naming the file', async () => {
   const l = await readLabelPng(join(fixtures, 'label-L.png'));
@@ -27,9 +42,15 @@ test('label and depth PNGs read the samples PIL reads; palette, RGB and 8-bit de
   const d = await readUint16Png(join(fixtures, 'depth-I16.png'));
   assert.deepEqual([d.width, d.height], [3, 4]);
   assert.deepEqual(Array.from(d.data), pil['depth-I16.png'].flat());
-  await assert.rejects(readLabelPng(join(fixtures, 'label-P.png')), /label-P\.png: expected an 8-bit single-channel .* got a palette image/);
+  await assert.rejects(
+    readLabelPng(join(fixtures, 'label-P.png')),
+    /label-P\.png: expected an 8-bit single-channel .* got a palette image/,
+  );
   await assert.rejects(readLabelPng(join(fixtures, 'label-RGB.png')), /label-RGB\.png: expected an 8-bit single-channel .* got 3 channel/);
-  await assert.rejects(readUint16Png(join(fixtures, 'label-L.png')), /label-L\.png: expected a 16-bit single-channel depth PNG, got 1 channel\(s\) of uchar/);
+  await assert.rejects(
+    readUint16Png(join(fixtures, 'label-L.png')),
+    /label-L\.png: expected a 16-bit single-channel depth PNG, got 1 channel\(s\) of uchar/,
+  );
   await assert.rejects(readLabelPng(join(tmp, 'nope.png')), /nope\.png: cannot read label image/);
   // the encoders write what the readers (and PIL, see the fixtures) read
   const u16 = Uint16Array.from([0, 1, 256, 65535, 1234, 40000]);
@@ -71,12 +92,18 @@ test('ADE20k: official layout, sorted images, reduced labels, clear errors', asy
   assert.deepEqual(Array.from(item.target.segmentation!.slice(0, 5)), [IGNORE_LABEL, 0, 149, 255, 6]);
   assert.equal(item.target.depth, undefined);
 
-  assert.throws(() => new Ade20kDataset(root, { split: 'training' }), /missing folder .*images\/training \(the images\); expected the ADEChallengeData2016 layout/);
+  assert.throws(
+    () => new Ade20kDataset(root, { split: 'training' }),
+    /missing folder .*images\/training \(the images\); expected the ADEChallengeData2016 layout/,
+  );
   assert.throws(() => new Ade20kDataset(root, { split: 'test' as 'val' }), /split must be training or validation/);
   await writeFile(join(root, 'images', 'validation', 'ADE_val_00000003.jpg'), await jpeg(6, 4));
   assert.throws(() => new Ade20kDataset(root), /1 image\(s\) of .* have no annotation .*ADE_val_00000003\.png/);
   // a bad value and a size mismatch name the file
-  await writeFile(join(root, 'annotations', 'validation', 'ADE_val_00000003.png'), await encodeLabelPng(new Uint8Array(24).fill(200), 6, 4));
+  await writeFile(
+    join(root, 'annotations', 'validation', 'ADE_val_00000003.png'),
+    await encodeLabelPng(new Uint8Array(24).fill(200), 6, 4),
+  );
   const bad = new Ade20kDataset(root);
   await assert.rejects(bad.target(2), /ADE_val_00000003\.png: pixel \(x 0, y 0\) holds 200/);
   await writeFile(join(root, 'annotations', 'validation', 'ADE_val_00000003.png'), await encodeLabelPng(new Uint8Array(12), 4, 3));
@@ -134,7 +161,10 @@ test('NYU: split-file layout (toolbox / BTS) with depth in mm, and the folder la
   await writeFile(join(root, 'bad.txt'), 'only_one_path.jpg\n');
   assert.throws(() => new NyuDepthDataset(root, { splitFile: 'bad.txt' }), /bad\.txt:1: expected '<rgb path> <depth path> \[focal\]'/);
   await writeFile(join(root, 'gone.txt'), 'a/rgb_1.jpg a/sync_depth_1.png\n');
-  assert.throws(() => new NyuDepthDataset(root, { splitFile: 'gone.txt' }), /2 file\(s\) listed in .*gone\.txt do not exist, e\.g\. .*rgb_1\.jpg/);
+  assert.throws(
+    () => new NyuDepthDataset(root, { splitFile: 'gone.txt' }),
+    /2 file\(s\) listed in .*gone\.txt do not exist, e\.g\. .*rgb_1\.jpg/,
+  );
   assert.throws(() => new NyuDepthDataset(root, { splitFile: 'missing.txt' }), /cannot read split file .*missing\.txt/);
 });
 

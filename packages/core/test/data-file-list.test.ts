@@ -14,7 +14,9 @@ function pattern(seed: number, w: number, h: number): Uint8Array {
 }
 
 async function writePng(path: string, seed: number, w: number, h: number): Promise<void> {
-  await sharp(Buffer.from(pattern(seed, w, h)), { raw: { width: w, height: h, channels: 3 } }).png().toFile(path);
+  await sharp(Buffer.from(pattern(seed, w, h)), { raw: { width: w, height: h, channels: 3 } })
+    .png()
+    .toFile(path);
 }
 
 async function folder(t: { after(fn: () => Promise<void>): void }): Promise<string> {
@@ -67,13 +69,25 @@ test('CSV lists: path,label without a header, quoted paths with commas and doubl
   ]);
   // a tab list read as CSV and a CSV with a header are errors naming file:line
   await writeFile(file, 'path,label\na.jpg,0\n');
-  assert.throws(() => parseFileList(file), (e: Error) => e.message.startsWith(`${file}:1: label "label" is not an integer >= 0 (CSV file lists have no header line)`));
+  assert.throws(
+    () => parseFileList(file),
+    (e: Error) => e.message.startsWith(`${file}:1: label "label" is not an integer >= 0 (CSV file lists have no header line)`),
+  );
   await writeFile(file, 'a.jpg,0\n"b.jpg,1\n');
-  assert.throws(() => parseFileList(file), (e: Error) => e.message.startsWith(`${file}:2: the quoted path has no closing quote`));
+  assert.throws(
+    () => parseFileList(file),
+    (e: Error) => e.message.startsWith(`${file}:2: the quoted path has no closing quote`),
+  );
   await writeFile(file, 'a.jpg,0\n"b"c.jpg",1\n');
-  assert.throws(() => parseFileList(file), (e: Error) => e.message.startsWith(`${file}:2: a quote inside a quoted path must be doubled`));
+  assert.throws(
+    () => parseFileList(file),
+    (e: Error) => e.message.startsWith(`${file}:2: a quote inside a quoted path must be doubled`),
+  );
   await writeFile(file, 'a.jpg\t0\n');
-  assert.throws(() => parseFileList(file), (e: Error) => e.message.startsWith(`${file}:1: expected "<path>,<label>"`));
+  assert.throws(
+    () => parseFileList(file),
+    (e: Error) => e.message.startsWith(`${file}:1: expected "<path>,<label>"`),
+  );
   assert.deepEqual(entries(new FileListDataset(parseFileList(file, { format: 'text' }))), [['a.jpg', 0]]);
 });
 
@@ -82,7 +96,11 @@ test('bad lines are errors naming file:line and the line', async (t) => {
   const file = join(dir, 'list.txt');
   const bad = async (text: string, message: string) => {
     await writeFile(file, text);
-    assert.throws(() => new FileListDataset(file), (e: Error) => e.message.startsWith(`${file}:${message}`), message);
+    assert.throws(
+      () => new FileListDataset(file),
+      (e: Error) => e.message.startsWith(`${file}:${message}`),
+      message,
+    );
   };
   await bad('a.jpg 0\n\nb.jpg\n', '3: expected "<path><TAB or space><label>", in line "b.jpg"');
   await bad('a.jpg 0\nb.jpg cat\n', '2: label "cat" is not an integer >= 0, in line "b.jpg cat"');
@@ -110,11 +128,20 @@ test('class names from a classes file or given; labels out of range name the lis
     () => new FileListDataset(file, { classNames: ['x', 'y'] }),
     (e: Error) => e.message.startsWith(`${file}:4: label 2 is out of range for the 2 class names given (expected 0..1)`),
   );
-  assert.throws(() => new FileListDataset(file, { numClasses: 2 }), (e: Error) => e.message.startsWith(`${file}:4: label 2 is out of range for numClasses 2`));
+  assert.throws(
+    () => new FileListDataset(file, { numClasses: 2 }),
+    (e: Error) => e.message.startsWith(`${file}:4: label 2 is out of range for numClasses 2`),
+  );
   await writeFile(classes, 'a\n\nb\n');
-  assert.throws(() => readClassNames(classes), (e: Error) => e.message.startsWith(`${classes}:2: empty class name`));
+  assert.throws(
+    () => readClassNames(classes),
+    (e: Error) => e.message.startsWith(`${classes}:2: empty class name`),
+  );
   await writeFile(classes, 'a\nb\na\n');
-  assert.throws(() => readClassNames(classes), (e: Error) => e.message.startsWith(`${classes}:3: class "a" is already on line 1`));
+  assert.throws(
+    () => readClassNames(classes),
+    (e: Error) => e.message.startsWith(`${classes}:3: class "a" is already on line 1`),
+  );
 });
 
 test('get decodes the listed image with its label; a missing image names the list line', async (t) => {

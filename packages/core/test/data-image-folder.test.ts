@@ -17,12 +17,18 @@ function pattern(seed: number, w: number, h: number): Uint8Array {
 }
 
 async function writePng(path: string, seed: number, w: number, h: number): Promise<void> {
-  await sharp(Buffer.from(pattern(seed, w, h)), { raw: { width: w, height: h, channels: 3 } }).png().toFile(path);
+  await sharp(Buffer.from(pattern(seed, w, h)), { raw: { width: w, height: h, channels: 3 } })
+    .png()
+    .toFile(path);
 }
 
 async function tree(): Promise<string> {
   const root = await mkdtemp(join(tmpdir(), 'vitreg-imgfolder-'));
-  for (const [cls, files] of [['dog', ['b.png', 'a.png']], ['cat', ['z.PNG']], ['emu', ['x.png', 'y.png']]] as const) {
+  for (const [cls, files] of [
+    ['dog', ['b.png', 'a.png']],
+    ['cat', ['z.PNG']],
+    ['emu', ['x.png', 'y.png']],
+  ] as const) {
     await mkdir(join(root, cls));
     let k = 0;
     for (const f of files) await writePng(join(root, cls, f), 10 * cls.length + k++, 5 + k, 4);
@@ -55,16 +61,25 @@ test('classes are sorted sub-folders, images are decoded RGB at their size', asy
   assert.equal(a.height, 4);
   assert.deepEqual(a.image, pattern(31, 7, 4));
   // with other extensions the cat folder is empty: an error naming it
-  assert.throws(() => new ImageFolderDataset(root, { extensions: ['txt'] }), (e: Error) => e.message.includes(join(root, 'cat')));
+  assert.throws(
+    () => new ImageFolderDataset(root, { extensions: ['txt'] }),
+    (e: Error) => e.message.includes(join(root, 'cat')),
+  );
 });
 
 test('missing root, no class folders and empty class folders are errors naming the folder', async (t) => {
   const root = await mkdtemp(join(tmpdir(), 'vitreg-imgfolder-'));
   t.after(() => rm(root, { recursive: true, force: true }));
-  assert.throws(() => new ImageFolderDataset(join(root, 'nope')), (e: Error) => e.message.includes(join(root, 'nope')));
+  assert.throws(
+    () => new ImageFolderDataset(join(root, 'nope')),
+    (e: Error) => e.message.includes(join(root, 'nope')),
+  );
   assert.throws(() => new ImageFolderDataset(root), /sub-folder per class/);
   await mkdir(join(root, 'cls'));
-  assert.throws(() => new ImageFolderDataset(root), (e: Error) => e.message.includes(join(root, 'cls')) && /no images/.test(e.message));
+  assert.throws(
+    () => new ImageFolderDataset(root),
+    (e: Error) => e.message.includes(join(root, 'cls')) && /no images/.test(e.message),
+  );
   await writeFile(join(root, 'cls', 'broken.png'), 'not a png');
   const ds = new ImageFolderDataset(root);
   await assert.rejects(ds.get(0), (e: Error) => e.message.includes('broken.png'));
@@ -112,9 +127,15 @@ const T0 = 1_700_000_000; // a fixed mtime (whole seconds) so a folder's mtime c
 
 /** Images of `root` listed independently of the dataset: [`<class>/<file>`, label], classes and files sorted. */
 function naiveListing(root: string): [string, number][] {
-  const classes = readdirSync(root, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => e.name).sort();
+  const classes = readdirSync(root, { withFileTypes: true })
+    .filter((e) => e.isDirectory())
+    .map((e) => e.name)
+    .sort();
   return classes.flatMap((c, label) =>
-    readdirSync(join(root, c)).filter((f) => /\.png$/i.test(f)).sort().map((f) => [`${c}/${f}`, label] as [string, number]),
+    readdirSync(join(root, c))
+      .filter((f) => /\.png$/i.test(f))
+      .sort()
+      .map((f) => [`${c}/${f}`, label] as [string, number]),
   );
 }
 
@@ -163,7 +184,10 @@ test('the first open writes <root>/.vitreg-index.jsonl; later opens read it with
   const fresh = new ImageFolderDataset(root, { log });
   assert.equal(fresh.index.source, 'built');
   assert.match(fresh.index.reason!, /class folders added: ant/);
-  assert.ok(lines.some((l) => l.includes('class folders added: ant')), 'the reason is logged');
+  assert.ok(
+    lines.some((l) => l.includes('class folders added: ant')),
+    'the reason is logged',
+  );
   assert.deepEqual(fresh.classNames, ['ant', 'cat', 'dog', 'emu']);
   assert.deepEqual(listing(fresh), naiveListing(root));
   assert.deepEqual((await fresh.get(0)).image, pattern(1, 2, 2));
@@ -201,7 +225,11 @@ test('a corrupt index is an error naming file:line; another version or other ext
   };
   corrupt('garbage\n', 1, /not JSON/);
   corrupt('{"hello":1}\n', 1, /format "vitreg-image-folder-index"/);
-  corrupt([lines[0], lines[1], lines[2]!.replace('"count":2', '"count":3'), lines[3]].join('\n'), 3, /count 3 does not match the 2 file names/);
+  corrupt(
+    [lines[0], lines[1], lines[2]!.replace('"count":2', '"count":3'), lines[3]].join('\n'),
+    3,
+    /count 3 does not match the 2 file names/,
+  );
   corrupt([lines[0], lines[2], lines[1], lines[3]].join('\n'), 3, /not after "dog"/);
   corrupt([lines[0], lines[1], lines[2]].join('\n'), 3, /promises 3 classes and 5 files, found 2 and 3/);
   corrupt([lines[0], lines[1], '{"name":"dog","mtimeMs":1,"count":2,"files":"a.png/b.png"', lines[3]].join('\n'), 3, /not JSON/);
@@ -257,8 +285,14 @@ test('ImageFolderDataset.open lists in parallel with progress lines and gives th
   const ds = await ImageFolderDataset.open(root, { concurrency: 3, progressIntervalMs: 0, log: (l) => lines.push(l) });
   assert.equal(ds.index.source, 'built');
   assert.deepEqual(listing(ds), naiveListing(root));
-  assert.ok(lines.some((l) => /listed \d+\/12 class folders/.test(l)), lines.join('\n'));
-  assert.ok(lines.some((l) => /listed 12 class folders, 30 images/.test(l)), lines.join('\n'));
+  assert.ok(
+    lines.some((l) => /listed \d+\/12 class folders/.test(l)),
+    lines.join('\n'),
+  );
+  assert.ok(
+    lines.some((l) => /listed 12 class folders, 30 images/.test(l)),
+    lines.join('\n'),
+  );
   const again = await ImageFolderDataset.open(root, { log: () => undefined });
   assert.equal(again.index.source, 'read');
   assert.deepEqual(listing(again), naiveListing(root));
@@ -274,7 +308,12 @@ test('BatchPrefetcher: taken batches equal ds.get item for item, prefetched or n
   const root = await tree();
   t.after(() => rm(root, { recursive: true, force: true }));
   const ds = new ImageFolderDataset(root, { log: () => undefined });
-  const steps = [[4, 0], [2, 1], [3, 3], [0, 4]];
+  const steps = [
+    [4, 0],
+    [2, 1],
+    [3, 3],
+    [0, 4],
+  ];
   const loader = new BatchPrefetcher(ds, { concurrency: 2 });
   const got: DatasetItem[][] = [];
   got.push(await loader.take(steps[0]!)); // nothing prefetched: loaded on the spot
@@ -327,7 +366,10 @@ test('BatchPrefetcher: at most `concurrency` loads, taken batches first, oldest 
   loader.prefetch([20, 21]);
   assert.equal(loader.queued, 1);
   await release(2);
-  assert.deepEqual((await taken).map((it) => it.id), ['1', '2']);
+  assert.deepEqual(
+    (await taken).map((it) => it.id),
+    ['1', '2'],
+  );
   await release(12);
   assert.deepEqual(started.slice(5), [20, 21]);
   await release(20, 21);
@@ -335,8 +377,14 @@ test('BatchPrefetcher: at most `concurrency` loads, taken batches first, oldest 
   const again = loader.take([10, 11, 12, 13]);
   await release(10, 11);
   await release(12, 13);
-  assert.deepEqual((await again).map((it) => it.id), ['10', '11', '12', '13']);
-  assert.deepEqual((await loader.take([20, 21])).map((it) => it.id), ['20', '21']);
+  assert.deepEqual(
+    (await again).map((it) => it.id),
+    ['10', '11', '12', '13'],
+  );
+  assert.deepEqual(
+    (await loader.take([20, 21])).map((it) => it.id),
+    ['20', '21'],
+  );
   assert.deepEqual(loader.stats, { hits: 1, misses: 2 });
   assert.equal(peak, 2);
   // a broken image rejects the take of its batch only (no unhandled rejection from prefetch)

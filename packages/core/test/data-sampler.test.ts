@@ -17,7 +17,10 @@ test('a step of W ranks x B items is the step of one rank x W*B items: the same 
   const s = new DistributedSampler({ length: 40, seed: 17 });
   for (const W of [2, 3, 5]) {
     for (const cursor of [0, 12, 38]) {
-      const split = Array.from({ length: W }, (_, r) => s.batch(cursor, r, W, 4)).flat().map((x) => x.position).sort((a, b) => a - b);
+      const split = Array.from({ length: W }, (_, r) => s.batch(cursor, r, W, 4))
+        .flat()
+        .map((x) => x.position)
+        .sort((a, b) => a - b);
       const whole = s.batch(cursor, 0, 1, 4 * W).map((x) => x.position);
       assert.deepEqual(split, whole);
     }
@@ -25,7 +28,10 @@ test('a step of W ranks x B items is the step of one rank x W*B items: the same 
   // PyTorch's layout: rank r takes positions r, r + W, ... of the shared permutation
   const perm = new Rng(17).shuffle(Array.from({ length: 40 }, (_, i) => i));
   assert.deepEqual(s.permutation(0), perm);
-  assert.deepEqual(s.batch(0, 1, 2, 3).map((x) => x.index), [perm[1], perm[3], perm[5]]);
+  assert.deepEqual(
+    s.batch(0, 1, 2, 3).map((x) => x.index),
+    [perm[1], perm[3], perm[5]],
+  );
 });
 
 test('every item of an epoch exactly once, also when the world size changes mid-epoch; the last step runs into the next epoch', () => {
@@ -33,12 +39,24 @@ test('every item of an epoch exactly once, also when the world size changes mid-
   // 3 ranks x 2, then a worker leaves (2 ranks), then two join (4 ranks): 6 + 6 + 4 + 4 + 8 + 8 = 36 positions
   const items = run(s, [3, 3, 2, 2, 4, 4], 2);
   assert.equal(items.length, 36);
-  const epoch0 = items.filter((x) => x.epoch === 0).map((x) => x.index).sort((a, b) => a - b);
-  assert.deepEqual(epoch0, Array.from({ length: 23 }, (_, i) => i));
+  const epoch0 = items
+    .filter((x) => x.epoch === 0)
+    .map((x) => x.index)
+    .sort((a, b) => a - b);
+  assert.deepEqual(
+    epoch0,
+    Array.from({ length: 23 }, (_, i) => i),
+  );
   const epoch1 = items.filter((x) => x.epoch === 1).map((x) => x.index);
   assert.equal(epoch1.length, 13);
   assert.equal(new Set(epoch1).size, 13);
-  assert.deepEqual([...epoch1].sort((a, b) => a - b), s.permutation(1).slice(0, 13).sort((a, b) => a - b));
+  assert.deepEqual(
+    [...epoch1].sort((a, b) => a - b),
+    s
+      .permutation(1)
+      .slice(0, 13)
+      .sort((a, b) => a - b),
+  );
   assert.equal(s.epochOf(22), 0);
   assert.equal(s.epochOf(23), 1);
 });
@@ -50,7 +68,14 @@ test('shuffle changes with the epoch and the seed; without shuffle the order is 
   assert.deepEqual(a.permutation(0), new DistributedSampler({ length: 50, seed: 1 }).permutation(0));
   assert.deepEqual(new Rng(1 + 4).shuffle(Array.from({ length: 50 }, (_, i) => i)), a.permutation(4));
   const plain = new DistributedSampler({ length: 5, seed: 0, shuffle: false });
-  assert.deepEqual(plain.batch(3, 0, 2, 3).map((x) => [x.epoch, x.index]), [[0, 3], [1, 0], [1, 2]]);
+  assert.deepEqual(
+    plain.batch(3, 0, 2, 3).map((x) => [x.epoch, x.index]),
+    [
+      [0, 3],
+      [1, 0],
+      [1, 2],
+    ],
+  );
 });
 
 test('bad arguments name the field', () => {
@@ -94,13 +119,23 @@ test("RASampler: an epoch of each rank equals deit/samplers.py's RASampler on th
   const N = 1000; // (1000 // 256) * 256 = 768 positions per epoch, 256 distinct images
   const s = new RASampler({ length: N, seed: 5 });
   assert.equal(s.epochLength, 768);
-  for (const [W, B] of [[1, 64], [2, 48], [4, 16], [8, 12], [8, 96]] as const) {
+  for (const [W, B] of [
+    [1, 64],
+    [2, 48],
+    [4, 16],
+    [8, 12],
+    [8, 96],
+  ] as const) {
     const steps = 768 / (W * B);
     for (const epoch of [0, 1]) {
       const got = perRank(s, epoch * 768, W, B, steps);
       for (let r = 0; r < W; r++) {
         const want = officialRA(s.permutation(epoch), W, r);
-        assert.deepEqual(got[r]!.map((x) => x.index), want, `W=${W} B=${B} rank ${r} epoch ${epoch}`);
+        assert.deepEqual(
+          got[r]!.map((x) => x.index),
+          want,
+          `W=${W} B=${B} rank ${r} epoch ${epoch}`,
+        );
         assert.ok(got[r]!.every((x) => x.epoch === epoch));
       }
     }
@@ -120,13 +155,18 @@ test('RASampler: each shown image R times with repeats 0..R-1, copies on differe
     const perm = s.permutation(epoch);
     const counts = new Map<number, number[]>();
     for (const x of inEpoch) counts.set(x.index, [...(counts.get(x.index) ?? []), x.repeat!]);
-    assert.deepEqual([...counts.keys()].sort((a, b) => a - b), perm.slice(0, 86).sort((a, b) => a - b));
+    assert.deepEqual(
+      [...counts.keys()].sort((a, b) => a - b),
+      perm.slice(0, 86).sort((a, b) => a - b),
+    );
     for (const [i, reps] of counts) assert.deepEqual(reps.sort(), i === perm[85] ? [0] : [0, 1, 2], `image ${i}`);
   }
   // In a step, the copies of an image sit on distinct ranks (W >= R).
   for (let t = 0; t < 13; t++) {
     const byImage = new Map<string, number[]>();
-    for (let r = 0; r < W; r++) for (const x of s.batch(t * W * B, r, W, B)) byImage.set(`${x.epoch}/${x.index}`, [...(byImage.get(`${x.epoch}/${x.index}`) ?? []), r]);
+    for (let r = 0; r < W; r++)
+      for (const x of s.batch(t * W * B, r, W, B))
+        byImage.set(`${x.epoch}/${x.index}`, [...(byImage.get(`${x.epoch}/${x.index}`) ?? []), r]);
     for (const [k, ranks] of byImage) assert.equal(new Set(ranks).size, ranks.length, `step ${t} image ${k} ranks ${ranks}`);
   }
   assert.equal(s.epochOf(255), 0);
@@ -142,12 +182,18 @@ test('RASampler: world-size changes mid-epoch skip and repeat nothing; 1 repeat 
     cursor += W * 16;
   }
   const positions = got.map((x) => x.position).sort((a, b) => a - b);
-  assert.deepEqual(positions, Array.from({ length: cursor }, (_, p) => p));
+  assert.deepEqual(
+    positions,
+    Array.from({ length: cursor }, (_, p) => p),
+  );
   const perm = s.permutation(0);
   for (const x of got.filter((y) => y.epoch === 0)) assert.equal(x.index, perm[Math.floor(x.position / 3)]);
   const plain = new RASampler({ length: 37, seed: 4, repeats: 1, epochMultiple: 1 });
   const ds = new DistributedSampler({ length: 37, seed: 4 });
-  assert.deepEqual(plain.batch(30, 1, 3, 9).map((x) => [x.epoch, x.index]), ds.batch(30, 1, 3, 9).map((x) => [x.epoch, x.index]));
+  assert.deepEqual(
+    plain.batch(30, 1, 3, 9).map((x) => [x.epoch, x.index]),
+    ds.batch(30, 1, 3, 9).map((x) => [x.epoch, x.index]),
+  );
   assert.equal(ds.epochLength, 37);
   // ImageNet-1k: 1281167 images -> 5004 * 256 = 1281024 positions, 427008 images an epoch
   assert.equal(new RASampler({ length: 1281167, seed: 0 }).epochLength, 1281024);

@@ -112,7 +112,10 @@ test('the labelled shape dominates: whole, by far the largest area, and high con
     // Whole (never cut by the border, never occluded): its mask holds the shape's geometric area.
     const expected = AREA[main.shape]! * main.radius ** 2;
     const area = sum(masks[0]!);
-    assert.ok(Math.abs(area - expected) <= 0.02 * expected, `item ${i} (${main.shape}): main area ${area.toFixed(1)} px, geometry ${expected.toFixed(1)} px`);
+    assert.ok(
+      Math.abs(area - expected) <= 0.02 * expected,
+      `item ${i} (${main.shape}): main area ${area.toFixed(1)} px, geometry ${expected.toFixed(1)} px`,
+    );
     // the thinnest shape (diamond, 1.24 r^2) at the smallest side (0.55): 9.4% of the image
     assert.ok(area >= 0.09 * size * size, `item ${i}: main shape covers ${(area / size ** 2).toFixed(3)} of the image`);
     // Every distractor shows under a third of the main shape's area (the worst case: a circle of 18% of the
@@ -126,8 +129,14 @@ test('the labelled shape dominates: whole, by far the largest area, and high con
     // Contrast, measured on the rendered pixels: the darkest pixel fully inside the main shape is at least
     // 90 luminance levels (of 255) above the brightest pure-background pixel (100 minus the pixel noise).
     const total = new Float32Array(size * size);
-    for (const m of masks) m.forEach((v, p) => { total[p] += v; });
-    let mainMin = Infinity, bgMax = -Infinity, bgSum = 0, bgCount = 0;
+    for (const m of masks)
+      m.forEach((v, p) => {
+        total[p] += v;
+      });
+    let mainMin = Infinity,
+      bgMax = -Infinity,
+      bgSum = 0,
+      bgCount = 0;
     for (let p = 0; p < size * size; p++) {
       const y = lumaAt(item.image, p);
       if (masks[0]![p] === 1) mainMin = Math.min(mainMin, y);
@@ -142,10 +151,15 @@ test('the labelled shape dominates: whole, by far the largest area, and high con
     const bgMean = bgSum / bgCount;
     for (let k = 1; k < masks.length; k++) {
       const inside: number[] = [];
-      masks[k]!.forEach((v, p) => { if (v === 1) inside.push(lumaAt(item.image, p)); });
+      masks[k]!.forEach((v, p) => {
+        if (v === 1) inside.push(lumaAt(item.image, p));
+      });
       if (inside.length < 4) continue;
       const contrast = Math.abs(inside.reduce((a, v) => a + v, 0) / inside.length - bgMean);
-      assert.ok(contrast <= 0.75 * (mainMin - bgMean), `item ${i}: distractor ${k} contrast ${contrast.toFixed(1)}, main ${(mainMin - bgMean).toFixed(1)}`);
+      assert.ok(
+        contrast <= 0.75 * (mainMin - bgMean),
+        `item ${i}: distractor ${k} contrast ${contrast.toFixed(1)}, main ${(mainMin - bgMean).toFixed(1)}`,
+      );
     }
   }
   assert.ok(distractorsSeen >= 20, `only ${distractorsSeen} distractors in ${ds.length} images`);
@@ -166,7 +180,10 @@ test('the masks add up to the rendered picture', () => {
       if (covered < 1 - 1e-6) continue;
       for (let c = 0; c < 3; c++) {
         const mix = masks.reduce((a, m, k) => a + m[p]! * objects[k]!.color[c]!, 0);
-        assert.ok(Math.abs(item.image[3 * p + c]! - mix) <= objects.length, `item ${i} pixel ${p} channel ${c}: ${item.image[3 * p + c]} vs ${mix.toFixed(2)}`);
+        assert.ok(
+          Math.abs(item.image[3 * p + c]! - mix) <= objects.length,
+          `item ${i} pixel ${p} channel ${c}: ${item.image[3 * p + c]} vs ${mix.toFixed(2)}`,
+        );
       }
     }
   }
@@ -175,7 +192,10 @@ test('the masks add up to the rendered picture', () => {
 test('variety: positions, scales, rotations, backgrounds, luminances and distractor counts vary', () => {
   const size = 64;
   const ds = new SyntheticDataset({ seed: 5, count: 300, size });
-  const cx: number[] = [], sides: number[] = [], angles: number[] = [], lumas: number[] = [];
+  const cx: number[] = [],
+    sides: number[] = [],
+    angles: number[] = [],
+    lumas: number[] = [];
   const backgrounds = new Set<string>();
   const distractors = [0, 0, 0];
   for (let i = 0; i < ds.length; i++) {
@@ -210,7 +230,8 @@ test('colours: greys by default, the drawn colours with saturation 1', () => {
   let chroma = 0;
   for (let i = 0; i < grey.length; i++) {
     const s = grey.scene(i);
-    for (const c of [...s.colors, ...s.objects.map((o) => o.color)]) assert.ok(c[0] === c[1] && c[1] === c[2], `item ${i}: colour ${c} is not grey`);
+    for (const c of [...s.colors, ...s.objects.map((o) => o.color)])
+      assert.ok(c[0] === c[1] && c[1] === c[2], `item ${i}: colour ${c} is not grey`);
     // only the background's pixel noise (6 levels either way, per channel) separates the channels
     const img = grey.generate(i).image;
     for (let p = 0; p < size * size; p++) {
@@ -233,12 +254,19 @@ test('the main box matches the pixels painted in the main colour', () => {
     assert.equal(item.label, main.label);
     assert.deepEqual(item.boxes[0], main.box);
     // fully covered pixels carry exactly the main colour: their extent is the main box
-    let bx0 = size, by0 = size, bx1 = 0, by1 = 0, n = 0;
+    let bx0 = size,
+      by0 = size,
+      bx1 = 0,
+      by1 = 0,
+      n = 0;
     for (let y = 0; y < size; y++) {
       for (let x = 0; x < size; x++) {
         const p = (y * size + x) * 3;
         if (item.image[p] === main.color[0] && item.image[p + 1] === main.color[1] && item.image[p + 2] === main.color[2]) {
-          bx0 = Math.min(bx0, x); by0 = Math.min(by0, y); bx1 = Math.max(bx1, x + 1); by1 = Math.max(by1, y + 1);
+          bx0 = Math.min(bx0, x);
+          by0 = Math.min(by0, y);
+          bx1 = Math.max(bx1, x + 1);
+          by1 = Math.max(by1, y + 1);
           n++;
         }
       }

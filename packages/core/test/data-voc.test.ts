@@ -34,7 +34,10 @@ async function vocTree(): Promise<string> {
   await mkdir(join(voc, 'JPEGImages'));
   await writeFile(join(voc, 'Annotations', '000001.xml'), XML_1);
   await writeFile(join(voc, 'Annotations', '000002.xml'), XML_2);
-  for (const [id, w, h] of [['000001', 12, 8], ['000002', 10, 6]] as const) {
+  for (const [id, w, h] of [
+    ['000001', 12, 8],
+    ['000002', 10, 6],
+  ] as const) {
     await sharp({ create: { width: w, height: h, channels: 3, background: { r: 200, g: 30, b: 90 } } })
       .jpeg()
       .toFile(join(voc, 'JPEGImages', `${id}.jpg`));
@@ -57,10 +60,19 @@ test('VOC: split list, 1-based boxes shifted as LOST does, difficult objects, de
   assert.ok(Math.abs(first.image[0] - 200) < 8 && Math.abs(first.image[1] - 30) < 8, 'JPEG colour');
   assert.equal(first.label, VOC_CLASSES.indexOf('dog'));
   // (1, 1, W, H) covers the whole image: [0, 0, W, H]; the part's bndbox is not an object
-  assert.deepEqual(first.boxes, [[0, 0, 12, 8], [2, 1, 5, 7]]);
+  assert.deepEqual(first.boxes, [
+    [0, 0, 12, 8],
+    [2, 1, 5, 7],
+  ]);
   assert.equal(first.id, '000001');
   const ann = await all.annotation(0);
-  assert.deepEqual(ann.objects.map((o) => [o.name, o.difficult, o.truncated]), [['dog', false, true], ['person', true, false]]);
+  assert.deepEqual(
+    ann.objects.map((o) => [o.name, o.difficult, o.truncated]),
+    [
+      ['dog', false, true],
+      ['person', true, false],
+    ],
+  );
 
   const noDifficult = new VocDataset(join(root, 'VOC2007'), { includeDifficult: false, split: '*' });
   assert.deepEqual((await noDifficult.get(0)).boxes, [[0, 0, 12, 8]]);
@@ -79,7 +91,8 @@ test('VOC: malformed annotations name the file and field', async (t) => {
   assert.throws(() => parseVocAnnotation('<annotation><size><width>3</width></size>', f, 'x'), /x\.xml: malformed XML.*not closed/);
   assert.throws(() => parseVocAnnotation('<annotation><a></b></annotation>', f, 'x'), /x\.xml: malformed XML/);
   assert.throws(() => parseVocAnnotation('<annotation></annotation>', f, 'x'), /x\.xml: missing field annotation\/size/);
-  const obj = (inner: string): string => `<annotation><size><width>4</width><height>4</height></size><object>${inner}</object></annotation>`;
+  const obj = (inner: string): string =>
+    `<annotation><size><width>4</width><height>4</height></size><object>${inner}</object></annotation>`;
   assert.throws(
     () => parseVocAnnotation(obj('<name>dog</name><bndbox><xmin>a</xmin><ymin>1</ymin><xmax>2</xmax><ymax>2</ymax></bndbox>'), f, 'x'),
     /x\.xml: field annotation\/object\[0\]\/bndbox\/xmin must be a number/,
@@ -90,7 +103,12 @@ test('VOC: malformed annotations name the file and field', async (t) => {
     /object\[0\]\/name is 'unicorn'/,
   );
   // a custom class list accepts other names
-  const custom = parseVocAnnotation(obj('<name>unicorn</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>2</xmax><ymax>2</ymax></bndbox>'), f, 'x', ['horse', 'unicorn']);
+  const custom = parseVocAnnotation(
+    obj('<name>unicorn</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>2</xmax><ymax>2</ymax></bndbox>'),
+    f,
+    'x',
+    ['horse', 'unicorn'],
+  );
   assert.equal(custom.objects[0].label, 1);
 
   const root = await vocTree();
@@ -108,21 +126,39 @@ test('VOC: a missing or empty split file is an error naming it, never a silent s
   const annotations = join(voc, 'Annotations');
   const main = join(voc, 'ImageSets', 'Main');
   // no ImageSets folder at all
-  assert.throws(() => new VocDataset(voc), (e: Error) => {
-    assert.equal(e.message, `VOC dataset ${voc}: split file ${join(main, 'test.txt')} not found (${main} does not exist); pass split '*' to use every annotation in ${annotations}`);
-    return true;
-  });
+  assert.throws(
+    () => new VocDataset(voc),
+    (e: Error) => {
+      assert.equal(
+        e.message,
+        `VOC dataset ${voc}: split file ${join(main, 'test.txt')} not found (${main} does not exist); pass split '*' to use every annotation in ${annotations}`,
+      );
+      return true;
+    },
+  );
   await mkdir(main, { recursive: true });
-  assert.throws(() => new VocDataset(voc, { split: 'trainval' }), new RegExp(`${escape(join(main, 'trainval.txt'))} not found \\(${escape(main)} holds no \\.txt list\\)`));
+  assert.throws(
+    () => new VocDataset(voc, { split: 'trainval' }),
+    new RegExp(`${escape(join(main, 'trainval.txt'))} not found \\(${escape(main)} holds no \\.txt list\\)`),
+  );
   await writeFile(join(main, 'train.txt'), '000001\n');
   await writeFile(join(main, 'val.txt'), '000002\n');
-  assert.throws(() => new VocDataset(root, { year: 2007, split: 'trainval' }), (e: Error) => {
-    assert.equal(e.message, `VOC dataset ${voc}: split file ${join(main, 'trainval.txt')} not found (available splits: train, val); pass one of those, or split '*' to use every annotation in ${annotations}`);
-    return true;
-  });
+  assert.throws(
+    () => new VocDataset(root, { year: 2007, split: 'trainval' }),
+    (e: Error) => {
+      assert.equal(
+        e.message,
+        `VOC dataset ${voc}: split file ${join(main, 'trainval.txt')} not found (available splits: train, val); pass one of those, or split '*' to use every annotation in ${annotations}`,
+      );
+      return true;
+    },
+  );
   assert.deepEqual(new VocDataset(voc, { split: 'val' }).ids, ['000002']);
   await writeFile(join(main, 'empty.txt'), '\n  \n');
-  assert.throws(() => new VocDataset(voc, { split: 'empty' }), new RegExp(`split file ${escape(join(main, 'empty.txt'))} lists no image ids`));
+  assert.throws(
+    () => new VocDataset(voc, { split: 'empty' }),
+    new RegExp(`split file ${escape(join(main, 'empty.txt'))} lists no image ids`),
+  );
   // a split file that is a folder cannot be read: the error names it
   await mkdir(join(main, 'odd.txt'));
   assert.throws(() => new VocDataset(voc, { split: 'odd' }), new RegExp(`cannot read split file ${escape(join(main, 'odd.txt'))}`));
@@ -138,5 +174,12 @@ function escape(s: string): string {
 
 test('parseXml decodes entities and CDATA', () => {
   const el = parseXml('<a><b>x &amp; y &#65;</b><c><![CDATA[<raw>]]></c><d/></a>', 'f.xml');
-  assert.deepEqual(el.children.map((c) => [c.name, c.text]), [['b', 'x & y A'], ['c', '<raw>'], ['d', '']]);
+  assert.deepEqual(
+    el.children.map((c) => [c.name, c.text]),
+    [
+      ['b', 'x & y A'],
+      ['c', '<raw>'],
+      ['d', ''],
+    ],
+  );
 });

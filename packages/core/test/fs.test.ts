@@ -40,7 +40,10 @@ test('a write that fails midway leaves the old file intact, removes the temporar
 
 test('writing into a missing folder is an error naming the target', async () => {
   const p = join(dir, 'no', 'such', 'folder', 'x.json');
-  await assert.rejects(writeFileAtomic(p, 'x'), (err: NodeJS.ErrnoException) => err.message.startsWith(`${p}: cannot write`) && err.code === 'ENOENT');
+  await assert.rejects(
+    writeFileAtomic(p, 'x'),
+    (err: NodeJS.ErrnoException) => err.message.startsWith(`${p}: cannot write`) && err.code === 'ENOENT',
+  );
 });
 
 test('writeJsonAtomic writes pretty JSON with a final newline; ensureDir makes parents', async () => {
@@ -63,7 +66,10 @@ test('readFully reads at a position and names what it read when the file ends ea
     const buf = new Uint8Array(3);
     await readFully(fh, buf, 4, 'r.bin');
     assert.deepEqual([...buf], [4, 5, 6]);
-    await assert.rejects(readFully(fh, new Uint8Array(4), 6, 'r.bin tensor "x"'), /^Error: r\.bin tensor "x": unexpected end of file at byte 8$/);
+    await assert.rejects(
+      readFully(fh, new Uint8Array(4), 6, 'r.bin tensor "x"'),
+      /^Error: r\.bin tensor "x": unexpected end of file at byte 8$/,
+    );
   } finally {
     await fh.close();
   }

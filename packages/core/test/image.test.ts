@@ -40,15 +40,27 @@ before(async () => {
   const raw = { raw: { width: 300, height: 200, channels: 3 as const } };
   await sharp(ramp(300, 200), raw).png().toFile(file('ramp.png'));
   await sharp(ramp(300, 200), raw).jpeg({ quality: 90 }).toFile(file('ramp.jpg'));
-  await sharp({ create: { width: 40, height: 30, channels: 3, background: { r: 10, g: 100, b: 200 } } }).png().toFile(file('solid.png'));
-  await sharp(Buffer.from([0, 60, 120, 255]), { raw: { width: 2, height: 2, channels: 1 } }).png().toFile(file('gray.png'));
-  await sharp(Buffer.from([10, 20, 30, 0, 40, 50, 60, 128]), { raw: { width: 2, height: 1, channels: 4 } }).png().toFile(file('rgba.png'));
+  await sharp({ create: { width: 40, height: 30, channels: 3, background: { r: 10, g: 100, b: 200 } } })
+    .png()
+    .toFile(file('solid.png'));
+  await sharp(Buffer.from([0, 60, 120, 255]), { raw: { width: 2, height: 2, channels: 1 } })
+    .png()
+    .toFile(file('gray.png'));
+  await sharp(Buffer.from([10, 20, 30, 0, 40, 50, 60, 128]), { raw: { width: 2, height: 1, channels: 4 } })
+    .png()
+    .toFile(file('rgba.png'));
   const deep = new Uint16Array([65535, 0, 257 * 100, 32768, 32768, 32768]);
-  await sharp(deep, { raw: { width: 2, height: 1, channels: 3 } }).toColourspace('rgb16').png().toFile(file('deep.png'));
+  await sharp(deep, { raw: { width: 2, height: 1, channels: 3 } })
+    .toColourspace('rgb16')
+    .png()
+    .toFile(file('deep.png'));
   const jpeg = await readFile(file('ramp.jpg'));
   await writeFile(file('truncated.jpg'), jpeg.subarray(0, Math.floor(jpeg.length / 2)));
   await writeFile(file('notes.jpg'), 'not an image');
-  await sharp(ramp(30, 20), { raw: { width: 30, height: 20, channels: 3 } }).withMetadata({ orientation: 6 }).jpeg().toFile(file('rotated.jpg'));
+  await sharp(ramp(30, 20), { raw: { width: 30, height: 20, channels: 3 } })
+    .withMetadata({ orientation: 6 })
+    .jpeg()
+    .toFile(file('rotated.jpg'));
 });
 
 after(async () => {
@@ -110,8 +122,14 @@ test('planTransform keep-aspect rounds each side to a multiple of the patch size
   assert.deepEqual([capped.resizeWidth, capped.resizeHeight], [224, 154]);
   const tiny = planTransform(5, 500, { kind: 'keep-aspect', patchSize: 16, maxSide: 100 });
   assert.deepEqual([tiny.resizeWidth, tiny.resizeHeight], [16, 96]);
-  assert.throws(() => planTransform(10, 10, { kind: 'keep-aspect', patchSize: 0 }), /keep-aspect transform: patchSize must be a positive integer, got 0/);
-  assert.throws(() => planTransform(10, 10, { kind: 'resize', height: 5, width: 2.5 }), /resize transform: width must be a positive integer, got 2.5/);
+  assert.throws(
+    () => planTransform(10, 10, { kind: 'keep-aspect', patchSize: 0 }),
+    /keep-aspect transform: patchSize must be a positive integer, got 0/,
+  );
+  assert.throws(
+    () => planTransform(10, 10, { kind: 'resize', height: 5, width: 2.5 }),
+    /resize transform: width must be a positive integer, got 2.5/,
+  );
   assert.throws(() => planTransform(10, 10, { kind: 'zoom' } as never), /unknown image transform kind 'zoom'/);
 });
 
@@ -211,7 +229,10 @@ test('listImageFiles expands files, folders and patterns', async () => {
   assert.deepEqual(await listImageFiles([`${tree}/b/**`]), [t('b/deep/y.webp'), t('b/deep/z.png'), t('b/x.JPG')]);
   assert.deepEqual(await listImageFiles([`${tree}/?/*`]), [t('b/x.JPG')]);
   const relative = path.relative(process.cwd(), tree);
-  assert.deepEqual(await listImageFiles([`${relative}/b/*/*`]), [path.join(relative, 'b/deep/y.webp'), path.join(relative, 'b/deep/z.png')]);
+  assert.deepEqual(await listImageFiles([`${relative}/b/*/*`]), [
+    path.join(relative, 'b/deep/y.webp'),
+    path.join(relative, 'b/deep/z.png'),
+  ]);
   await assert.rejects(listImageFiles([t('nope.jpg')]), new RegExp(`${t('nope.jpg')}: no such file or folder`));
   await assert.rejects(listImageFiles([t('empty')]), /empty: no image files \(.*\) in this folder/);
   await assert.rejects(listImageFiles([`${tree}/*.gif`]), /\*\.gif: no image files \(.*\) match this pattern/);

@@ -182,7 +182,8 @@ function checkpointEntries(opts: { deflate?: boolean; bigEndian?: boolean } = {}
   const w = f32Bytes([0, 1, 2, 3, 4, 5]);
   const h = new Uint8Array([0x00, 0x3c, 0x00, 0xc0]); // F16 1, -2
   const l = new Uint8Array(new BigInt64Array([7n, -9n]).buffer);
-  const swap = (b: Uint8Array, size: number) => (opts.bigEndian ? new Uint8Array(b).map((_, i) => b[i - (i % size) + size - 1 - (i % size)]!) : b);
+  const swap = (b: Uint8Array, size: number) =>
+    opts.bigEndian ? new Uint8Array(b).map((_, i) => b[i - (i % size) + size - 1 - (i % size)]!) : b;
   const entries: ZipInput[] = [
     { name: 'ckpt/data.pkl', data: checkpointPickle(), deflate: opts.deflate },
     { name: 'ckpt/data/0', data: swap(w, 4), deflate: opts.deflate },
@@ -201,7 +202,11 @@ async function writeZip(name: string, entries: ZipInput[], zip64 = false): Promi
 }
 
 /** A checkpoint whose data.pkl is `pkl`, with one float storage. */
-const withPickle = (name: string, pkl: Uint8Array) => writeZip(name, [{ name: 'x/data.pkl', data: pkl }, { name: 'x/data/0', data: f32Bytes([1]) }]);
+const withPickle = (name: string, pkl: Uint8Array) =>
+  writeZip(name, [
+    { name: 'x/data.pkl', data: pkl },
+    { name: 'x/data/0', data: f32Bytes([1]) },
+  ]);
 
 async function assertRefused(p: string, re: RegExp): Promise<void> {
   await assert.rejects(readPth(p), (err: Error) => {
@@ -264,7 +269,14 @@ test('a pickled os.system call is refused naming the global, before anything run
 });
 
 test('forbidden and unknown opcodes are refused naming them', async () => {
-  const inst = await withPickle('inst.pth', new Pickle().mark().str('x').raw(0x69, ...Buffer.from('os\nsystem\n')).stop());
+  const inst = await withPickle(
+    'inst.pth',
+    new Pickle()
+      .mark()
+      .str('x')
+      .raw(0x69, ...Buffer.from('os\nsystem\n'))
+      .stop(),
+  );
   await assertRefused(inst, /refusing pickle opcode INST \(0x69\) at byte 9 of data\.pkl/);
   const newobj = await withPickle('newobj.pth', new Pickle().global('collections', 'OrderedDict').raw(0x29, 0x81).stop());
   await assertRefused(newobj, /refusing pickle opcode NEWOBJ \(0x81\)/);
@@ -297,9 +309,15 @@ test('truncated, non-zip, legacy and incomplete checkpoints are errors naming th
   await assertRefused(legacy, /legacy \(pre-1\.6\) torch\.save format/);
   const noPkl = await writeZip('nopkl.pth', [{ name: 'x/data/0', data: f32Bytes([1]) }]);
   await assertRefused(noPkl, /no <archive>\/data\.pkl entry/);
-  const missing = await writeZip('missing.pth', checkpointEntries().filter((e) => e.name !== 'ckpt/data/1'));
+  const missing = await writeZip(
+    'missing.pth',
+    checkpointEntries().filter((e) => e.name !== 'ckpt/data/1'),
+  );
   await assertRefused(missing, /tensor "model\.h": storage entry ckpt\/data\/1 is missing/);
-  const short = await writeZip('short.pth', checkpointEntries().map((e) => (e.name === 'ckpt/data/0' ? { ...e, data: e.data.subarray(0, 20) } : e)));
+  const short = await writeZip(
+    'short.pth',
+    checkpointEntries().map((e) => (e.name === 'ckpt/data/0' ? { ...e, data: e.data.subarray(0, 20) } : e)),
+  );
   await assertRefused(short, /storage ckpt\/data\/0 holds 20 bytes, expected 6 x F32 = 24/);
   const pkl = new Pickle().dict().str('w').tensor('FloatStorage', '0', 1, 0, [2], [1]).raw(0x73).stop();
   const overrun = await withPickle('overrun.pth', pkl);

@@ -5,7 +5,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import {
-  describeSettingsChanges, InputError, JsonLinesLog, readFinishedResult, RowFiles, settingsChanges, SettingsMismatchError, stampSettings,
+  describeSettingsChanges,
+  InputError,
+  JsonLinesLog,
+  readFinishedResult,
+  RowFiles,
+  settingsChanges,
+  SettingsMismatchError,
+  stampSettings,
   writeJsonAtomic,
 } from '../src/index.js';
 
@@ -15,7 +22,10 @@ after(() => rm(dir, { recursive: true, force: true }));
 test('settingsChanges compares values as JSON, over the given keys or every key of either side', () => {
   const a = { steps: 20, size: 56, data: { a: [1, 2] }, only: 1 };
   const b = { steps: 30, size: 56, data: { a: [1, 2] }, extra: null };
-  assert.deepEqual(settingsChanges(a, b).map((c) => c.key), ['steps', 'only', 'extra']);
+  assert.deepEqual(
+    settingsChanges(a, b).map((c) => c.key),
+    ['steps', 'only', 'extra'],
+  );
   assert.deepEqual(settingsChanges(a, b, ['size', 'steps']), [{ key: 'steps', before: 20, now: 30 }]);
   assert.equal(describeSettingsChanges(settingsChanges(a, b, ['steps', 'only'])), 'steps 20, not 30; only 1, not undefined');
 });
@@ -54,13 +64,22 @@ test('JsonLinesLog appends records and, read again, cuts off a torn last line', 
   assert.deepEqual(await log.read(), []);
   await log.append([{ image: 'a', hit: true }, { image: 'b' }]);
   await log.append([{ image: 'c' }]);
-  assert.deepEqual((await log.read()).map((r) => r.image), ['a', 'b', 'c']);
+  assert.deepEqual(
+    (await log.read()).map((r) => r.image),
+    ['a', 'b', 'c'],
+  );
   const text = await readFile(log.path, 'utf8');
   await writeFile(log.path, text + '{"image":"d","hi');
-  assert.deepEqual((await log.read()).map((r) => r.image), ['a', 'b', 'c']);
+  assert.deepEqual(
+    (await log.read()).map((r) => r.image),
+    ['a', 'b', 'c'],
+  );
   assert.equal(await readFile(log.path, 'utf8'), text, 'the torn line is cut off');
   await log.append([{ image: 'd' }]);
-  assert.deepEqual((await log.read()).map((r) => r.image), ['a', 'b', 'c', 'd']);
+  assert.deepEqual(
+    (await log.read()).map((r) => r.image),
+    ['a', 'b', 'c', 'd'],
+  );
 });
 
 test('RowFiles: rows appended per batch come back, extra bytes are cut, other settings and short files are errors', async () => {

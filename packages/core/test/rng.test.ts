@@ -88,7 +88,10 @@ test('int is uniform and has no modulo bias', () => {
 test('shuffle permutes in place, deterministically, every order about equally often', () => {
   const a = Array.from({ length: 20 }, (_, i) => i);
   const shuffled = new Rng(5).shuffle([...a]);
-  assert.deepEqual([...shuffled].sort((x, y) => x - y), a);
+  assert.deepEqual(
+    [...shuffled].sort((x, y) => x - y),
+    a,
+  );
   assert.notDeepEqual(shuffled, a);
   assert.deepEqual(new Rng(5).shuffle([...a]), shuffled);
   const rng = new Rng(6);

@@ -18,14 +18,32 @@ const batch = (n: number, start: number, shape: number[]): RowBatch => {
 test('FeatureWriter streams batches into the file writeSafetensors writes for the whole tensors', async () => {
   const path = join(dir, 'f.safetensors');
   const w = new FeatureWriter(path, 3, () => ({ vitreg_images: '["a","b","c"]' }));
-  await w.add(new Map([['patches', batch(2, 0, [2, 3])], ['cls', batch(2, 100, [3])]]), 2);
-  await w.add(new Map([['patches', batch(1, 12, [2, 3])], ['cls', batch(1, 106, [3])]]), 1);
+  await w.add(
+    new Map([
+      ['patches', batch(2, 0, [2, 3])],
+      ['cls', batch(2, 100, [3])],
+    ]),
+    2,
+  );
+  await w.add(
+    new Map([
+      ['patches', batch(1, 12, [2, 3])],
+      ['cls', batch(1, 106, [3])],
+    ]),
+    1,
+  );
   await w.finish();
   const { tensors, metadata } = await readSafetensors(path);
   assert.deepEqual(metadata, { vitreg_images: '["a","b","c"]' });
   assert.deepEqual(tensors.patches.shape, [3, 2, 3]);
-  assert.deepEqual([...toFloat32(tensors.patches)], Array.from({ length: 18 }, (_, i) => i));
-  assert.deepEqual([...toFloat32(tensors.cls)], Array.from({ length: 9 }, (_, i) => 100 + i));
+  assert.deepEqual(
+    [...toFloat32(tensors.patches)],
+    Array.from({ length: 18 }, (_, i) => i),
+  );
+  assert.deepEqual(
+    [...toFloat32(tensors.cls)],
+    Array.from({ length: 9 }, (_, i) => 100 + i),
+  );
   const whole = join(dir, 'whole.safetensors');
   await writeSafetensors(
     whole,
@@ -44,6 +62,9 @@ test('FeatureWriter: a changed shape or a missing row is an error, and abort kee
   await assert.rejects(w.finish(), /features: wrote 1 of 2 images/);
   await w.abort();
   assert.equal(await readFile(path, 'utf8'), 'earlier');
-  assert.deepEqual((await readdir(dir)).filter((f) => f.startsWith('keep')), ['keep.safetensors']);
+  assert.deepEqual(
+    (await readdir(dir)).filter((f) => f.startsWith('keep')),
+    ['keep.safetensors'],
+  );
   assert.ok(!existsSync(`${path}.tmp-${process.pid}`));
 });

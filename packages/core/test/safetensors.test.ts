@@ -73,7 +73,9 @@ test('written files follow the format: padded header, tensors aligned, contiguou
   assert.match(text, /^\{.*\} *$/);
   const header = JSON.parse(text) as Record<string, { dtype: DType; data_offsets: [number, number] }>;
   assert.equal(header['__metadata__'], undefined, 'no metadata given, none written');
-  const spans = Object.values(header).map((e) => [...e.data_offsets, DTYPE_SIZE[e.dtype]] as const).sort((x, y) => x[0] - y[0]);
+  const spans = Object.values(header)
+    .map((e) => [...e.data_offsets, DTYPE_SIZE[e.dtype]] as const)
+    .sort((x, y) => x[0] - y[0]);
   let pos = 0;
   for (const [begin, end, size] of spans) {
     assert.equal(begin, pos);
@@ -95,7 +97,10 @@ test('the reader reads lazily: info without data, one tensor at a time, float32 
     assert.ok(r.has('h') && !r.has('y'));
     assert.deepEqual([...(await r.readFloat32('x'))], [...values]);
     assert.deepEqual([...(await r.readFloat32('h'))], [...toFloat32(fromFloat32(values, [4], 'F16'))]);
-    assert.throws(() => r.info('y'), (err: Error) => err.message === `${p}: no tensor "y" (the file holds "x", "h")`);
+    assert.throws(
+      () => r.info('y'),
+      (err: Error) => err.message === `${p}: no tensor "y" (the file holds "x", "h")`,
+    );
   } finally {
     await r.close();
   }
@@ -119,7 +124,10 @@ test('the DINOv2 fixture reads with the expected tensor shapes', async () => {
 
 test('F16 and BF16 fixtures decode to the F32 values within their rounding', async () => {
   const f32 = await readSafetensors(FIXTURES + 'reg4.timm.safetensors');
-  for (const [file, relErr] of [['reg4.timm.f16.safetensors', 2 ** -11], ['reg4.timm.bf16.safetensors', 2 ** -8]] as const) {
+  for (const [file, relErr] of [
+    ['reg4.timm.f16.safetensors', 2 ** -11],
+    ['reg4.timm.bf16.safetensors', 2 ** -8],
+  ] as const) {
     const half = await readSafetensors(FIXTURES + file);
     for (const [name, t] of Object.entries(f32.tensors)) {
       const want = toFloat32(t);
@@ -137,24 +145,64 @@ test('corrupt files get errors naming the file (and tensor) and the problem', as
   const ok = { dtype: 'F32', shape: [2], data_offsets: [0, 8] };
   const buf8 = new Uint8Array(8);
   const cases: [string, Promise<string>, RegExp][] = [
-    ['short', writeFile(join(dir, 'short'), new Uint8Array(5)).then(() => join(dir, 'short')), /5 bytes, too short for the 8-byte header length/],
+    [
+      'short',
+      writeFile(join(dir, 'short'), new Uint8Array(5)).then(() => join(dir, 'short')),
+      /5 bytes, too short for the 8-byte header length/,
+    ],
     ['past-end', rawFile('past-end', { x: ok }, buf8, 5000n), /header length 5000 runs past the end of the file \(\d+ bytes\)/],
     ['absurd', rawFile('absurd', { x: ok }, buf8, 1n << 50n), /header length 1125899906842624 is absurd/],
     ['bad-json', rawFile('bad-json', '{"x": {"dtype": "F32",', buf8), /header is not valid JSON/],
     ['not-utf8', rawFile('not-utf8', new Uint8Array([0x7b, 0xff, 0xfe, 0x7d]), buf8), /header is not valid UTF-8/],
     ['array', rawFile('array', [ok], buf8), /header must be a JSON object, got an array/],
     ['dtype', rawFile('dtype', { w: { ...ok, dtype: 'F8_E4M3' } }, buf8), /tensor "w": unknown dtype "F8_E4M3"/],
-    ['shape', rawFile('shape', { w: { ...ok, shape: [2, -1] } }, buf8), /tensor "w": shape must be an array of non-negative integers, got \[2,-1\]/],
-    ['shape-float', rawFile('shape-float', { w: { ...ok, shape: [1.5] } }, buf8), /tensor "w": shape must be an array of non-negative integers/],
+    [
+      'shape',
+      rawFile('shape', { w: { ...ok, shape: [2, -1] } }, buf8),
+      /tensor "w": shape must be an array of non-negative integers, got \[2,-1\]/,
+    ],
+    [
+      'shape-float',
+      rawFile('shape-float', { w: { ...ok, shape: [1.5] } }, buf8),
+      /tensor "w": shape must be an array of non-negative integers/,
+    ],
     ['offsets-form', rawFile('offsets-form', { w: { ...ok, data_offsets: [0] } }, buf8), /tensor "w": data_offsets must be \[begin, end\]/],
-    ['offsets-order', rawFile('offsets-order', { w: { ...ok, data_offsets: [8, 0] } }, buf8), /tensor "w": data_offsets \[8, 0\] have begin > end/],
-    ['offsets-range', rawFile('offsets-range', { w: { ...ok, data_offsets: [0, 16], shape: [4] } }, buf8), /tensor "w": data_offsets \[0, 16\] run past the end of the data buffer \(8 bytes\)/],
-    ['size', rawFile('size', { w: { ...ok, shape: [3] } }, buf8), /tensor "w": data_offsets \[0, 8\] hold 8 bytes but F32 shape \[3\] needs 12/],
-    ['overlap', rawFile('overlap', { a: ok, b: { dtype: 'F32', shape: [1], data_offsets: [4, 8] } }, buf8), /tensor "b" bytes \[4, 8\) overlap tensor "a" \[0, 8\)/],
-    ['hole', rawFile('hole', { a: { dtype: 'F32', shape: [1], data_offsets: [4, 8] } }, buf8), /bytes \[0, 4\) of the data buffer belong to no tensor \(a hole before tensor "a"\)/],
-    ['trailing', rawFile('trailing', { a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] } }, buf8), /4 trailing bytes belong to no tensor/],
+    [
+      'offsets-order',
+      rawFile('offsets-order', { w: { ...ok, data_offsets: [8, 0] } }, buf8),
+      /tensor "w": data_offsets \[8, 0\] have begin > end/,
+    ],
+    [
+      'offsets-range',
+      rawFile('offsets-range', { w: { ...ok, data_offsets: [0, 16], shape: [4] } }, buf8),
+      /tensor "w": data_offsets \[0, 16\] run past the end of the data buffer \(8 bytes\)/,
+    ],
+    [
+      'size',
+      rawFile('size', { w: { ...ok, shape: [3] } }, buf8),
+      /tensor "w": data_offsets \[0, 8\] hold 8 bytes but F32 shape \[3\] needs 12/,
+    ],
+    [
+      'overlap',
+      rawFile('overlap', { a: ok, b: { dtype: 'F32', shape: [1], data_offsets: [4, 8] } }, buf8),
+      /tensor "b" bytes \[4, 8\) overlap tensor "a" \[0, 8\)/,
+    ],
+    [
+      'hole',
+      rawFile('hole', { a: { dtype: 'F32', shape: [1], data_offsets: [4, 8] } }, buf8),
+      /bytes \[0, 4\) of the data buffer belong to no tensor \(a hole before tensor "a"\)/,
+    ],
+    [
+      'trailing',
+      rawFile('trailing', { a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] } }, buf8),
+      /4 trailing bytes belong to no tensor/,
+    ],
     ['entry', rawFile('entry', { a: 'F32' }, buf8), /tensor "a": expected an object \{dtype, shape, data_offsets\}/],
-    ['meta-value', rawFile('meta-value', { __metadata__: { epoch: 3 }, x: ok }, buf8), /__metadata__ "epoch" must be a string, got number 3/],
+    [
+      'meta-value',
+      rawFile('meta-value', { __metadata__: { epoch: 3 }, x: ok }, buf8),
+      /__metadata__ "epoch" must be a string, got number 3/,
+    ],
     ['meta-type', rawFile('meta-type', { __metadata__: ['a'], x: ok }, buf8), /__metadata__ must be an object of strings, got an array/],
   ];
   for (const [label, made, re] of cases) {
@@ -186,7 +234,11 @@ test('the writer refuses bad tensors and metadata naming them, and leaves an exi
   const bad: [Record<string, HostTensor>, Record<string, string> | undefined, RegExp][] = [
     [{ w: { dtype: 'F32', shape: [3], data: new Uint8Array(8) } }, undefined, /tensor "w": F32 shape \[3\] needs 12 bytes, data has 8/],
     [{ w: { dtype: 'Q4' as DType, shape: [1], data: new Uint8Array(1) } }, undefined, /tensor "w": unknown dtype "Q4"/],
-    [{ w: { dtype: 'U8', shape: [-1], data: new Uint8Array(0) } }, undefined, /tensor "w": shape must be an array of non-negative integers/],
+    [
+      { w: { dtype: 'U8', shape: [-1], data: new Uint8Array(0) } },
+      undefined,
+      /tensor "w": shape must be an array of non-negative integers/,
+    ],
     [{ w: { dtype: 'U8', shape: [1], data: [1] as unknown as Uint8Array } }, undefined, /tensor "w": data must be a Uint8Array/],
     [{ __metadata__: hostTensor(new Uint8Array(1), [1]) }, undefined, /"__metadata__" is reserved/],
     [{ a: hostTensor(new Uint8Array(1), [1]) }, { n: 1 as unknown as string }, /metadata "n" must be a string, got number 1/],

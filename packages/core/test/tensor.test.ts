@@ -52,7 +52,8 @@ test('F16 encode inverts decode for all 65536 bit patterns (NaN stays NaN)', () 
   const back = encode(decoded, 'F16');
   for (let h = 0; h < 65536; h++) {
     const isNaN16 = (h & 0x7c00) === 0x7c00 && (h & 0x3ff) !== 0;
-    if (isNaN16) assert.ok(Number.isNaN(decoded[h]!) && (back[h]! & 0x7c00) === 0x7c00 && (back[h]! & 0x3ff) !== 0, `NaN 0x${h.toString(16)}`);
+    if (isNaN16)
+      assert.ok(Number.isNaN(decoded[h]!) && (back[h]! & 0x7c00) === 0x7c00 && (back[h]! & 0x3ff) !== 0, `NaN 0x${h.toString(16)}`);
     else assert.equal(back[h], h, `0x${h.toString(16)} -> ${decoded[h]} -> 0x${back[h]!.toString(16)}`);
   }
 });
@@ -111,7 +112,10 @@ test('BF16 decodes as the high half of float32 and encodes with round-to-nearest
 
 test('F16 and BF16 encodings of the F32 fixture match the files PyTorch wrote byte for byte', async () => {
   const f32 = await readSafetensors(FIXTURES + 'reg4.timm.safetensors');
-  for (const [file, dtype] of [['reg4.timm.f16.safetensors', 'F16'], ['reg4.timm.bf16.safetensors', 'BF16']] as const) {
+  for (const [file, dtype] of [
+    ['reg4.timm.f16.safetensors', 'F16'],
+    ['reg4.timm.bf16.safetensors', 'BF16'],
+  ] as const) {
     const half = await readSafetensors(FIXTURES + file);
     assert.deepEqual(Object.keys(half.tensors).sort(), Object.keys(f32.tensors).sort());
     for (const [name, t] of Object.entries(f32.tensors)) {
@@ -137,7 +141,10 @@ test('integer, F64 and BOOL tensors decode to float32', () => {
     [{ dtype: 'BOOL', shape: [3], data: new Uint8Array([0, 1, 2]) }, [0, 1, 1]],
   ];
   for (const [t, want] of cases) assert.deepEqual([...toFloat32(t)], want, t.dtype);
-  assert.deepEqual(cases.map(([t]) => t.dtype), ['I32', 'I16', 'I8', 'U32', 'U16', 'U8', 'I64', 'U64', 'F64', 'BOOL']);
+  assert.deepEqual(
+    cases.map(([t]) => t.dtype),
+    ['I32', 'I16', 'I8', 'U32', 'U16', 'U8', 'I64', 'U64', 'F64', 'BOOL'],
+  );
 });
 
 test('toFloat32 reads unaligned bytes and returns a copy', () => {

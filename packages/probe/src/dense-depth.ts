@@ -71,7 +71,12 @@ export interface DepthTrainOptions extends DepthHeadOptions {
 }
 
 /** The depth map [B, u gh, u gw] of a depth head's conv output [B, gh, gw, K] (K bins or 1). */
-function depthFromLogits(head: Pick<DepthHead, 'mode' | 'nBins' | 'minDepth' | 'maxDepth'>, logits: tf.Tensor4D, my: tf.Tensor2D, mx: tf.Tensor2D): tf.Tensor3D {
+function depthFromLogits(
+  head: Pick<DepthHead, 'mode' | 'nBins' | 'minDepth' | 'maxDepth'>,
+  logits: tf.Tensor4D,
+  my: tf.Tensor2D,
+  mx: tf.Tensor2D,
+): tf.Tensor3D {
   return tf.tidy(() => {
     const up = resizeBilinearTf(logits, my, mx);
     const [B, H, W, K] = up.shape;
@@ -125,11 +130,17 @@ export function depthTrainLoss(
  * Train a linear depth head on `train` features (with CLS tokens when `train.cls` is set) and depth
  * maps `depths` [n, H, W] in metres (0 = none); see the module comment.
  */
-export function trainDepthHead(train: DenseFeatures, depths: Float32Array, labelSize: [number, number], opts: DepthTrainOptions = {}): DepthHead {
+export function trainDepthHead(
+  train: DenseFeatures,
+  depths: Float32Array,
+  labelSize: [number, number],
+  opts: DepthTrainOptions = {},
+): DepthHead {
   checkDenseFeatures('depth head training set', train);
   const [H, W] = labelSize;
   const [gh, gw] = train.grid;
-  if (depths.length !== train.n * H * W) throw new Error(`depth head: depth maps hold ${depths.length} values, expected n*H*W = ${train.n}*${H}*${W}`);
+  if (depths.length !== train.n * H * W)
+    throw new Error(`depth head: depth maps hold ${depths.length} values, expected n*H*W = ${train.n}*${H}*${W}`);
   if (train.n === 0) throw new Error('depth head: the training set is empty');
   const head = depthHeadShape(train, opts);
   const K = head.mode === 'bins' ? head.nBins : 1;
@@ -143,7 +154,12 @@ export function trainDepthHead(train: DenseFeatures, depths: Float32Array, label
   const seed = opts.seed ?? 0;
   const rng = new Rng(seed).fork(2);
   const bound = 1 / Math.sqrt(Cin); // PyTorch's Conv2d default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-  const weight = tf.variable(tf.tensor2d(Float32Array.from({ length: Cin * K }, () => (2 * rng.float() - 1) * bound), [Cin, K]));
+  const weight = tf.variable(
+    tf.tensor2d(
+      Float32Array.from({ length: Cin * K }, () => (2 * rng.float() - 1) * bound),
+      [Cin, K],
+    ),
+  );
   const bias = tf.variable(tf.tensor1d(Float32Array.from({ length: K }, () => (2 * rng.float() - 1) * bound)));
   const u = head.upsample;
   const [my4, mx4] = [f32matrix(bilinearMatrix(u * gh, gh), u * gh, gh), f32matrix(bilinearMatrix(u * gw, gw), u * gw, gw)];
@@ -164,7 +180,10 @@ export function trainDepthHead(train: DenseFeatures, depths: Float32Array, label
       if (valid < 2) continue; // SigLoss needs two valid pixels
       const xb = tf.tensor2d(denseBatch(train, idx, withCls), [b * gh * gw, Cin]);
       const gt = tf.tensor3d(gtHost, [b, H, W]);
-      const { value, grads } = tf.variableGrads(() => depthTrainLoss(head, weight, bias, xb, gt, train.grid, [my4, mx4, myL, mxL], step < sigWarm), [weight, bias]);
+      const { value, grads } = tf.variableGrads(
+        () => depthTrainLoss(head, weight, bias, xb, gt, train.grid, [my4, mx4, myL, mxL], step < sigWarm),
+        [weight, bias],
+      );
       const raw = [grads[weight.name], grads[bias.name]];
       // torch's clip_grad_norm_: the norm summed in float64 over the tensors, scaled unless max / (norm + 1e-6) >= 1.
       const clipped = clip > 0 ? clipByGlobalNorm(raw, clip, { sumOn: 'host', when: 'coef-below-one' }).grads : raw;
@@ -175,7 +194,11 @@ export function trainDepthHead(train: DenseFeatures, depths: Float32Array, label
       opts.onStep?.(step + 1, loss);
     }
     const wT = weight.arraySync() as number[][];
-    return { ...head, weight: Float32Array.from({ length: K * Cin }, (_, k) => wT[k % Cin][Math.floor(k / Cin)]), bias: bias.dataSync().slice() as Float32Array };
+    return {
+      ...head,
+      weight: Float32Array.from({ length: K * Cin }, (_, k) => wT[k % Cin][Math.floor(k / Cin)]),
+      bias: bias.dataSync().slice() as Float32Array,
+    };
   } finally {
     opt.dispose();
     tf.dispose([weight, bias, my4, mx4, myL, mxL]);
@@ -185,7 +208,8 @@ export function trainDepthHead(train: DenseFeatures, depths: Float32Array, label
 function depthHeadShape(f: DenseFeatures, o: DepthHeadOptions): Omit<DepthHead, 'weight' | 'bias'> {
   const mode = o.mode ?? 'bins';
   if (mode !== 'bins' && mode !== 'regression') throw new Error(`depth head: mode must be bins or regression, got '${mode as string}'`);
-  const minDepth = o.minDepth ?? 1e-3, maxDepth = o.maxDepth ?? 10;
+  const minDepth = o.minDepth ?? 1e-3,
+    maxDepth = o.maxDepth ?? 10;
   if (!(minDepth > 0 && maxDepth > minDepth)) throw new Error(`depth head: need 0 < minDepth < maxDepth, got ${minDepth}, ${maxDepth}`);
   const upsample = o.upsample ?? 4;
   if (!(Number.isInteger(upsample) && upsample >= 1)) throw new Error(`depth head: upsample must be a positive integer, got ${upsample}`);
@@ -201,13 +225,16 @@ export function depthGrid(head: DepthHead, f: DenseFeatures, i: number): Float32
   if (!withCls && head.dim !== f.dim) throw new Error(`depth head: features have dim ${f.dim}, the head reads ${head.dim} channels`);
   const K = head.mode === 'bins' ? head.nBins : 1;
   const u = head.upsample;
-  return tf.tidy(() => {
-    const x = tf.tensor2d(denseBatch(f, [i], withCls), [gh * gw, head.dim]);
-    const wT = tf.transpose(tf.tensor2d(head.weight, [K, head.dim]));
-    const logits = tf.reshape(tf.add(tf.matMul(x, wT), tf.tensor1d(head.bias)), [1, gh, gw, K]) as tf.Tensor4D;
-    const my = f32matrix(bilinearMatrix(u * gh, gh), u * gh, gh), mx = f32matrix(bilinearMatrix(u * gw, gw), u * gw, gw);
-    return tf.clipByValue(depthFromLogits(head, logits, my, mx), head.minDepth, head.maxDepth).dataSync() as Float32Array;
-  }).slice();
+  return tf
+    .tidy(() => {
+      const x = tf.tensor2d(denseBatch(f, [i], withCls), [gh * gw, head.dim]);
+      const wT = tf.transpose(tf.tensor2d(head.weight, [K, head.dim]));
+      const logits = tf.reshape(tf.add(tf.matMul(x, wT), tf.tensor1d(head.bias)), [1, gh, gw, K]) as tf.Tensor4D;
+      const my = f32matrix(bilinearMatrix(u * gh, gh), u * gh, gh),
+        mx = f32matrix(bilinearMatrix(u * gw, gw), u * gw, gw);
+      return tf.clipByValue(depthFromLogits(head, logits, my, mx), head.minDepth, head.maxDepth).dataSync() as Float32Array;
+    })
+    .slice();
 }
 
 /** Depth of image `i` at `labelSize` (the clamped head output resized bilinearly, as encode_decode). */

@@ -28,7 +28,12 @@ export function bilinearWeights(outSize: number, inSize: number): BilinearWeight
     throw new Error(`bilinear: sizes must be positive integers, got ${inSize} -> ${outSize}`);
   }
   const scale = inSize / outSize;
-  const w: BilinearWeights = { i0: new Int32Array(outSize), i1: new Int32Array(outSize), w0: new Float64Array(outSize), w1: new Float64Array(outSize) };
+  const w: BilinearWeights = {
+    i0: new Int32Array(outSize),
+    i1: new Int32Array(outSize),
+    w0: new Float64Array(outSize),
+    w1: new Float64Array(outSize),
+  };
   for (let o = 0; o < outSize; o++) {
     const src = Math.max(0, (o + 0.5) * scale - 0.5);
     const i0 = Math.min(Math.floor(src), inSize - 1);
@@ -79,7 +84,8 @@ export function chainedBilinearMatrix(sizes: number[]): Float64Array {
  * (bilinearMatrix / chainedBilinearMatrix): out = my . x . mx^T per channel.
  */
 export function resampleMap(x: Float32Array, h: number, w: number, c: number, my: Float64Array, mx: Float64Array): Float32Array {
-  const H = my.length / h, W = mx.length / w;
+  const H = my.length / h,
+    W = mx.length / w;
   if (x.length !== h * w * c) throw new Error(`resample: map holds ${x.length} values, expected ${h}x${w}x${c}`);
   // rows first: [H, w, c]
   const rows = new Float64Array(H * w * c);
@@ -87,7 +93,8 @@ export function resampleMap(x: Float32Array, h: number, w: number, c: number, my
     for (let r = 0; r < h; r++) {
       const a = my[i * h + r];
       if (a === 0) continue;
-      const src = r * w * c, dst = i * w * c;
+      const src = r * w * c,
+        dst = i * w * c;
       for (let k = 0; k < w * c; k++) rows[dst + k] += a * x[src + k];
     }
   }
@@ -136,14 +143,20 @@ export function segmentationTotals(numClasses: number): SegmentationTotals {
  * Add one image to `t`: `pred` and `label` per pixel; pixels labelled `ignore` (255) are skipped,
  * as are labels / predictions outside [0, numClasses) (mmseg's histc range). Returns `t`.
  */
-export function addSegmentation(t: SegmentationTotals, pred: ArrayLike<number>, label: ArrayLike<number>, ignore = IGNORE_LABEL): SegmentationTotals {
+export function addSegmentation(
+  t: SegmentationTotals,
+  pred: ArrayLike<number>,
+  label: ArrayLike<number>,
+  ignore = IGNORE_LABEL,
+): SegmentationTotals {
   if (pred.length !== label.length) throw new Error(`segmentation metrics: ${pred.length} predictions for ${label.length} labels`);
   const C = t.numClasses;
   for (let i = 0; i < label.length; i++) {
     const l = label[i];
     if (l === ignore) continue;
     const p = pred[i];
-    const pin = p >= 0 && p < C, lin = l >= 0 && l < C;
+    const pin = p >= 0 && p < C,
+      lin = l >= 0 && l < C;
     if (pin) t.predicted[p]++;
     if (lin) t.labelled[l]++;
     if (pin && p === l) t.intersect[p]++;
@@ -191,7 +204,17 @@ export interface DepthScores {
   silog: number;
 }
 
-export const DEPTH_METRICS: readonly (keyof DepthScores)[] = ['delta1', 'delta2', 'delta3', 'absRel', 'sqRel', 'rmse', 'rmseLog', 'log10', 'silog'];
+export const DEPTH_METRICS: readonly (keyof DepthScores)[] = [
+  'delta1',
+  'delta2',
+  'delta3',
+  'absRel',
+  'sqRel',
+  'rmse',
+  'rmseLog',
+  'log10',
+  'silog',
+];
 
 /**
  * The pixels a depth map is evaluated on: gt in (min, max) exclusive, inside the target's evalCrop
@@ -217,10 +240,21 @@ export function depthEvalMask(target: Pick<DenseTarget, 'width' | 'height' | 'de
  */
 export function depthScores(gt: ArrayLike<number>, pred: ArrayLike<number>, mask?: ArrayLike<number>): DepthScores {
   if (gt.length !== pred.length) throw new Error(`depth metrics: ${pred.length} predictions for ${gt.length} ground-truth pixels`);
-  let n = 0, a1 = 0, a2 = 0, a3 = 0, absRel = 0, sqRel = 0, se = 0, sle = 0, l10 = 0, e = 0, e2 = 0;
+  let n = 0,
+    a1 = 0,
+    a2 = 0,
+    a3 = 0,
+    absRel = 0,
+    sqRel = 0,
+    se = 0,
+    sle = 0,
+    l10 = 0,
+    e = 0,
+    e2 = 0;
   for (let i = 0; i < gt.length; i++) {
     if (mask && !mask[i]) continue;
-    const g = gt[i], p = pred[i];
+    const g = gt[i],
+      p = pred[i];
     n++;
     const t = Math.max(g / p, p / g);
     if (t < 1.25) a1++;
@@ -239,8 +273,15 @@ export function depthScores(gt: ArrayLike<number>, pred: ArrayLike<number>, mask
   if (n === 0) return Object.fromEntries(DEPTH_METRICS.map((k) => [k, NaN])) as unknown as DepthScores;
   const silog = Math.sqrt(e2 / n - (e / n) ** 2) * 100;
   return {
-    delta1: a1 / n, delta2: a2 / n, delta3: a3 / n, absRel: absRel / n, sqRel: sqRel / n, rmse: Math.sqrt(se / n),
-    rmseLog: Math.sqrt(sle / n), log10: l10 / n, silog: Number.isNaN(silog) ? 0 : silog,
+    delta1: a1 / n,
+    delta2: a2 / n,
+    delta3: a3 / n,
+    absRel: absRel / n,
+    sqRel: sqRel / n,
+    rmse: Math.sqrt(se / n),
+    rmseLog: Math.sqrt(sle / n),
+    log10: l10 / n,
+    silog: Number.isNaN(silog) ? 0 : silog,
   };
 }
 

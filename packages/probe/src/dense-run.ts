@@ -23,12 +23,25 @@ import { layerNorm, outputTensors, type Encoder, type ViTConfig, type ViTOutput,
 import { batchTensor, prepareInput } from './extract.js';
 import { imageBatch, isEncoder, type ProbeModel } from './run.js';
 import {
-  depthHeadTensors, evaluateDepth, evaluateSegmentation, segmentationHeadTensors, trainDepthHead, trainSegmentationHead,
-  type DenseFeatures, type DepthHead,
-  type DepthHeadMode, type SegmentationHead,
+  depthHeadTensors,
+  evaluateDepth,
+  evaluateSegmentation,
+  segmentationHeadTensors,
+  trainDepthHead,
+  trainSegmentationHead,
+  type DenseFeatures,
+  type DepthHead,
+  type DepthHeadMode,
+  type SegmentationHead,
 } from './dense.js';
 import {
-  addSegmentation, depthEvalMask, depthScores, meanDepthScores, resizeNearest, segmentationScores, segmentationTotals,
+  addSegmentation,
+  depthEvalMask,
+  depthScores,
+  meanDepthScores,
+  resizeNearest,
+  segmentationScores,
+  segmentationTotals,
   type DepthScores,
 } from './dense-metrics.js';
 
@@ -111,7 +124,12 @@ export function denseBlocks(depth: number, task: DenseTask, layers: 1 | 4): numb
  * The features of one batch of model inputs: x [B, gh, gw, L * D] (the blocks' patch tokens side by
  * side) and, for depth, cls [B, L * D].
  */
-export function extractDenseFeatures(model: VisionTransformer, images: tf.Tensor4D, task: DenseTask, blocks: number[]): { x: Float32Array; cls?: Float32Array; grid: [number, number] } {
+export function extractDenseFeatures(
+  model: VisionTransformer,
+  images: tf.Tensor4D,
+  task: DenseTask,
+  blocks: number[],
+): { x: Float32Array; cls?: Float32Array; grid: [number, number] } {
   const c = model.config;
   const last = blocks.length === 1 && blocks[0] === c.depth - 1;
   const out = model.forward(images, { layers: !last });
@@ -122,14 +140,25 @@ export function extractDenseFeatures(model: VisionTransformer, images: tf.Tensor
  * extractDenseFeatures on an Encoder of any engine (async `encode`, with `{ layers: true }` where the
  * heads read blocks before the last); segmentation over several blocks needs the encoder's finalNorm.
  */
-export async function encodeDenseFeatures(encoder: Encoder, images: tf.Tensor4D | ReturnType<typeof imageBatch>, task: DenseTask, blocks: number[]): Promise<{ x: Float32Array; cls?: Float32Array; grid: [number, number] }> {
+export async function encodeDenseFeatures(
+  encoder: Encoder,
+  images: tf.Tensor4D | ReturnType<typeof imageBatch>,
+  task: DenseTask,
+  blocks: number[],
+): Promise<{ x: Float32Array; cls?: Float32Array; grid: [number, number] }> {
   const c = encoder.config;
   const last = blocks.length === 1 && blocks[0] === c.depth - 1;
-  const batch = images instanceof tf.Tensor ? { data: (await images.data()) as Float32Array, shape: images.shape as [number, number, number, number] } : images;
+  const batch =
+    images instanceof tf.Tensor
+      ? { data: (await images.data()) as Float32Array, shape: images.shape as [number, number, number, number] }
+      : images;
   let norm: { weight: tf.Tensor1D; bias: tf.Tensor1D } | undefined;
   if (task === 'segmentation' && !last) {
     const n = await encoder.finalNorm?.();
-    if (!n) throw new Error(`dense probe: segmentation over blocks ${blocks.join(', ')} needs the final norm's weights, which ${encoder.description} does not hold (an .onnx file): give the .safetensors or .pth weights`);
+    if (!n)
+      throw new Error(
+        `dense probe: segmentation over blocks ${blocks.join(', ')} needs the final norm's weights, which ${encoder.description} does not hold (an .onnx file): give the .safetensors or .pth weights`,
+      );
     norm = { weight: tf.tensor1d(n.weight), bias: tf.tensor1d(n.bias) };
   }
   const out = outputTensors(await encoder.encode(batch, { layers: !last }));
@@ -141,7 +170,13 @@ export async function encodeDenseFeatures(encoder: Encoder, images: tf.Tensor4D 
 }
 
 /** The features of one forward output (disposed here); `norm` gives the final LayerNorm's parameters. */
-function denseFeaturesOf(out: ViTOutput, c: ViTConfig, task: DenseTask, blocks: number[], norm: () => { weight: tf.Tensor; bias: tf.Tensor }): { x: Float32Array; cls?: Float32Array; grid: [number, number] } {
+function denseFeaturesOf(
+  out: ViTOutput,
+  c: ViTConfig,
+  task: DenseTask,
+  blocks: number[],
+  norm: () => { weight: tf.Tensor; bias: tf.Tensor },
+): { x: Float32Array; cls?: Float32Array; grid: [number, number] } {
   const last = blocks.length === 1 && blocks[0] === c.depth - 1;
   try {
     const R = c.num_register_tokens;
@@ -159,8 +194,20 @@ function denseFeaturesOf(out: ViTOutput, c: ViTConfig, task: DenseTask, blocks: 
         return { patches: tf.slice(raw, [0, 1 + R, 0], [B, P, D]), cls: tf.reshape(tf.slice(raw, [0, 0, 0], [B, 1, D]), [B, D]) };
       });
       return {
-        x: perBlock.length === 1 ? tf.clone(perBlock[0].patches) : tf.concat(perBlock.map((p) => p.patches), 2),
-        cls: perBlock.length === 1 ? tf.clone(perBlock[0].cls) : tf.concat(perBlock.map((p) => p.cls), 1),
+        x:
+          perBlock.length === 1
+            ? tf.clone(perBlock[0].patches)
+            : tf.concat(
+                perBlock.map((p) => p.patches),
+                2,
+              ),
+        cls:
+          perBlock.length === 1
+            ? tf.clone(perBlock[0].cls)
+            : tf.concat(
+                perBlock.map((p) => p.cls),
+                1,
+              ),
       };
     });
     const x = feats.x.dataSync().slice() as Float32Array;
@@ -168,7 +215,11 @@ function denseFeaturesOf(out: ViTOutput, c: ViTConfig, task: DenseTask, blocks: 
     tf.dispose([feats.x, feats.cls]);
     return { x, cls, grid: out.grid };
   } finally {
-    tf.dispose(Object.values(out).flat().filter((v): v is tf.Tensor => v instanceof tf.Tensor));
+    tf.dispose(
+      Object.values(out)
+        .flat()
+        .filter((v): v is tf.Tensor => v instanceof tf.Tensor),
+    );
   }
 }
 
@@ -181,7 +232,15 @@ interface Extracted {
   resumed: number;
 }
 
-async function extract(model: ProbeModel, part: DensePart, split: string, opts: DenseProbeOptions, blocks: number[], withTargets: boolean, tick: (n: number) => void): Promise<Extracted> {
+async function extract(
+  model: ProbeModel,
+  part: DensePart,
+  split: string,
+  opts: DenseProbeOptions,
+  blocks: number[],
+  withTargets: boolean,
+  tick: (n: number) => void,
+): Promise<Extracted> {
   const size = opts.size ?? 224;
   const p = model.config.patch_size;
   const g = size / p;
@@ -194,16 +253,25 @@ async function extract(model: ProbeModel, part: DensePart, split: string, opts: 
   const x = new Float32Array(n * g * g * D);
   const cls = seg ? undefined : new Float32Array(n * D);
   const targets = withTargets ? (seg ? new Uint8Array(n * L * L) : new Float32Array(n * L * L)) : undefined;
-  const settings = { task: opts.task, size, blocks, trainLabelSize: L, withTargets, items: indices, length: part.dataset.length, key: opts.cacheKey ?? null };
+  const settings = {
+    task: opts.task,
+    size,
+    blocks,
+    trainLabelSize: L,
+    withTargets,
+    items: indices,
+    length: part.dataset.length,
+    key: opts.cacheKey ?? null,
+  };
   const cache = opts.cacheDir
     ? new RowFiles({
-      dir: opts.cacheDir,
-      name: split,
-      settings,
-      files: { x: 'x.f32', cls: 'cls.f32', t: 'targets.bin' },
-      label: 'dense probe: the feature cache',
-      unit: 'images',
-    })
+        dir: opts.cacheDir,
+        name: split,
+        settings,
+        files: { x: 'x.f32', cls: 'cls.f32', t: 'targets.bin' },
+        label: 'dense probe: the feature cache',
+        unit: 'images',
+      })
     : undefined;
   let done = 0;
   if (cache) {
@@ -258,14 +326,25 @@ function trainTarget(t: DenseTarget, task: DenseTask, L: number, id: string): Ui
  * Run one dense probe (see the module comment) on a tfjs model or an Encoder of any engine. The model is
  * not disposed.
  */
-export async function runDenseProbe(model: ProbeModel, train: DensePart, test: DensePart, opts: DenseProbeOptions): Promise<DenseProbeResult> {
+export async function runDenseProbe(
+  model: ProbeModel,
+  train: DensePart,
+  test: DensePart,
+  opts: DenseProbeOptions,
+): Promise<DenseProbeResult> {
   const { task } = opts;
   const size = opts.size ?? 224;
   const p = model.config.patch_size;
-  if (task !== 'segmentation' && task !== 'depth') throw new Error(`dense probe: task must be segmentation or depth, got '${task as string}'`);
-  if (!(Number.isInteger(size) && size > 0 && size % p === 0)) throw new Error(`dense probe: size ${size} must be a positive multiple of the patch size ${p}`);
-  for (const [name, part] of [['training', train], ['test', test]] as const) {
-    if (!part.dataset.tasks.includes(task)) throw new Error(`dense probe: the ${name} dataset has no ${task} targets (it has: ${part.dataset.tasks.join(', ') || 'none'})`);
+  if (task !== 'segmentation' && task !== 'depth')
+    throw new Error(`dense probe: task must be segmentation or depth, got '${task as string}'`);
+  if (!(Number.isInteger(size) && size > 0 && size % p === 0))
+    throw new Error(`dense probe: size ${size} must be a positive multiple of the patch size ${p}`);
+  for (const [name, part] of [
+    ['training', train],
+    ['test', test],
+  ] as const) {
+    if (!part.dataset.tasks.includes(task))
+      throw new Error(`dense probe: the ${name} dataset has no ${task} targets (it has: ${part.dataset.tasks.join(', ') || 'none'})`);
   }
   if (task === 'segmentation' && train.dataset.classNames.join('\n') !== test.dataset.classNames.join('\n')) {
     throw new Error('dense probe: the training and test datasets have different classes');
@@ -288,9 +367,24 @@ export async function runDenseProbe(model: ProbeModel, train: DensePart, test: D
   const testIndex = (i: number) => test.indices?.[i] ?? i;
   const evalTick = (k: number) => opts.onProgress?.('evaluate', k, nTest);
   const base = {
-    task, train: nTrain, test: nTest, size, grid: tr.features.grid, blocks, steps, trainLabelSize: L, resumed: tr.resumed + te.resumed,
+    task,
+    train: nTrain,
+    test: nTest,
+    size,
+    grid: tr.features.grid,
+    blocks,
+    steps,
+    trainLabelSize: L,
+    resumed: tr.resumed + te.resumed,
   };
-  const common = { steps, batchSize: opts.headBatchSize ?? 4, seed: opts.seed ?? 0, onStep: trainStep, ...(opts.lr !== undefined ? { lr: opts.lr } : {}), ...(opts.weightDecay !== undefined ? { weightDecay: opts.weightDecay } : {}) };
+  const common = {
+    steps,
+    batchSize: opts.headBatchSize ?? 4,
+    seed: opts.seed ?? 0,
+    onStep: trainStep,
+    ...(opts.lr !== undefined ? { lr: opts.lr } : {}),
+    ...(opts.weightDecay !== undefined ? { weightDecay: opts.weightDecay } : {}),
+  };
 
   if (task === 'segmentation') {
     const labels = tr.targets as Uint8Array;
@@ -301,18 +395,28 @@ export async function runDenseProbe(model: ProbeModel, train: DensePart, test: D
     for (const v of labels) if (v < C) freq[v]++;
     const majority = freq.indexOf(Math.max(...freq));
     const baseTotals = segmentationTotals(C);
-    const r = await evaluateSegmentation(head, te.features, [size, size], async (i) => {
-      const t = await test.dataset.target(testIndex(i));
-      if (!t.segmentation) throw new Error(`dense probe: test item ${testIndex(i)} has no segmentation`);
-      addSegmentation(baseTotals, new Uint8Array(t.segmentation.length).fill(majority), t.segmentation);
-      return { width: t.width, height: t.height, segmentation: t.segmentation };
-    }, evalTick);
+    const r = await evaluateSegmentation(
+      head,
+      te.features,
+      [size, size],
+      async (i) => {
+        const t = await test.dataset.target(testIndex(i));
+        if (!t.segmentation) throw new Error(`dense probe: test item ${testIndex(i)} has no segmentation`);
+        addSegmentation(baseTotals, new Uint8Array(t.segmentation.length).fill(majority), t.segmentation);
+        return { width: t.width, height: t.height, segmentation: t.segmentation };
+      },
+      evalTick,
+    );
     const b = segmentationScores(baseTotals);
     const report: DenseProbeReport = {
-      ...base, featureDim: tr.features.dim,
+      ...base,
+      featureDim: tr.features.dim,
       segmentation: {
-        miou: r.scores.miou, accuracy: r.scores.accuracy, meanAccuracy: r.scores.meanAccuracy,
-        iou: r.scores.iou.map((v) => (Number.isNaN(v) ? null : v)), classNames: train.dataset.classNames,
+        miou: r.scores.miou,
+        accuracy: r.scores.accuracy,
+        meanAccuracy: r.scores.meanAccuracy,
+        iou: r.scores.iou.map((v) => (Number.isNaN(v) ? null : v)),
+        classNames: train.dataset.classNames,
       },
       baseline: { miou: b.miou, accuracy: b.accuracy },
     };
@@ -322,9 +426,13 @@ export async function runDenseProbe(model: ProbeModel, train: DensePart, test: D
   const range = test.dataset.depthRange ?? [1e-3, 10];
   const depths = tr.targets as Float32Array;
   const head: DepthHead = trainDepthHead(tr.features, depths, [L, L], {
-    ...common, mode: opts.depthHead ?? 'bins', minDepth: range[0], maxDepth: range[1],
+    ...common,
+    mode: opts.depthHead ?? 'bins',
+    minDepth: range[0],
+    maxDepth: range[1],
   });
-  let logSum = 0, count = 0;
+  let logSum = 0,
+    count = 0;
   for (const v of depths) {
     if (v > 0) {
       logSum += Math.log(v);
@@ -333,16 +441,23 @@ export async function runDenseProbe(model: ProbeModel, train: DensePart, test: D
   }
   const constant = count > 0 ? Math.exp(logSum / count) : (range[0] + range[1]) / 2;
   const baseScores: DepthScores[] = [];
-  const perImage = await evaluateDepth(head, te.features, range, async (i) => {
-    const t = await test.dataset.target(testIndex(i));
-    if (!t.depth) throw new Error(`dense probe: test item ${testIndex(i)} has no depth map`);
-    baseScores.push(depthScores(t.depth, new Float32Array(t.depth.length).fill(constant), depthEvalMask(t, range)));
-    return { width: t.width, height: t.height, depth: t.depth, evalCrop: t.evalCrop };
-  }, evalTick);
+  const perImage = await evaluateDepth(
+    head,
+    te.features,
+    range,
+    async (i) => {
+      const t = await test.dataset.target(testIndex(i));
+      if (!t.depth) throw new Error(`dense probe: test item ${testIndex(i)} has no depth map`);
+      baseScores.push(depthScores(t.depth, new Float32Array(t.depth.length).fill(constant), depthEvalMask(t, range)));
+      return { width: t.width, height: t.height, depth: t.depth, evalCrop: t.evalCrop };
+    },
+    evalTick,
+  );
   const m = meanDepthScores(perImage);
   const b = meanDepthScores(baseScores);
   const report: DenseProbeReport = {
-    ...base, featureDim: head.dim,
+    ...base,
+    featureDim: head.dim,
     depth: { ...m, head: head.mode, images: perImage.filter((s) => !Number.isNaN(s.rmse)).length },
     baseline: { rmse: b.rmse, delta1: b.delta1, absRel: b.absRel },
   };

@@ -15,8 +15,14 @@ import * as tf from '@tensorflow/tfjs-core';
 import { IGNORE_LABEL, Rng, hostTensor, type HostTensor } from '@vitreg/core';
 import { polySchedule } from '@vitreg/trainer';
 import {
-  addSegmentation, bilinearMatrix, chainedBilinearMatrix, resampleMap, segmentationScores, segmentationTotals,
-  type SegmentationScores, type SegmentationTotals,
+  addSegmentation,
+  bilinearMatrix,
+  chainedBilinearMatrix,
+  resampleMap,
+  segmentationScores,
+  segmentationTotals,
+  type SegmentationScores,
+  type SegmentationTotals,
 } from './dense-metrics.js';
 import { checkDenseFeatures, denseBatch, resizeBilinearTf, type DenseFeatures } from './dense-features.js';
 import { batches, f32matrix, headOptimizer } from './dense-train.js';
@@ -49,7 +55,8 @@ export interface SegmentationTrainOptions {
 /** Labels [b, H, W] reordered to [W, b, H] (the layout of resizeBilinearTf's columnsFirst output). */
 export function labelsColumnsFirst(labels: ArrayLike<number>, b: number, H: number, W: number): Int32Array {
   const out = new Int32Array(b * H * W);
-  for (let k = 0; k < b; k++) for (let i = 0; i < H; i++) for (let j = 0; j < W; j++) out[(j * b + k) * H + i] = labels[(k * H + i) * W + j];
+  for (let k = 0; k < b; k++)
+    for (let i = 0; i < H; i++) for (let j = 0; j < W; j++) out[(j * b + k) * H + i] = labels[(k * H + i) * W + j];
   return out;
 }
 
@@ -87,16 +94,23 @@ export function segmentationTrainLoss(
  * Train a BN + 1x1 conv segmentation head on `train` features with per-pixel `labels`
  * [n, H, W] (labelSize = [H, W]; 255 ignored); see the module comment.
  */
-export function trainSegmentationHead(train: DenseFeatures, labels: Uint8Array, labelSize: [number, number], opts: SegmentationTrainOptions): SegmentationHead {
+export function trainSegmentationHead(
+  train: DenseFeatures,
+  labels: Uint8Array,
+  labelSize: [number, number],
+  opts: SegmentationTrainOptions,
+): SegmentationHead {
   checkDenseFeatures('segmentation head training set', train);
   const { numClasses: C } = opts;
   const [H, W] = labelSize;
   const [gh, gw] = train.grid;
   const D = train.dim;
   if (!(Number.isInteger(C) && C >= 2 && C < IGNORE_LABEL)) throw new Error(`segmentation head: numClasses must be in [2, 255), got ${C}`);
-  if (labels.length !== train.n * H * W) throw new Error(`segmentation head: labels hold ${labels.length} values, expected n*H*W = ${train.n}*${H}*${W}`);
+  if (labels.length !== train.n * H * W)
+    throw new Error(`segmentation head: labels hold ${labels.length} values, expected n*H*W = ${train.n}*${H}*${W}`);
   for (let i = 0; i < labels.length; i++) {
-    if (labels[i] >= C && labels[i] !== IGNORE_LABEL) throw new Error(`segmentation head: label ${labels[i]} is outside [0, ${C}) and not ${IGNORE_LABEL}`);
+    if (labels[i] >= C && labels[i] !== IGNORE_LABEL)
+      throw new Error(`segmentation head: label ${labels[i]} is outside [0, ${C}) and not ${IGNORE_LABEL}`);
   }
   if (train.n === 0) throw new Error('segmentation head: the training set is empty');
   const steps = opts.steps ?? 1000;
@@ -105,10 +119,16 @@ export function trainSegmentationHead(train: DenseFeatures, labels: Uint8Array, 
   const warmupSteps = Math.round(steps * (opts.warmupFraction ?? 1500 / 40000));
   const seed = opts.seed ?? 0;
   const rng = new Rng(seed).fork(1);
-  const eps = 1e-5, momentum = 0.1;
+  const eps = 1e-5,
+    momentum = 0.1;
   const gamma = tf.variable(tf.ones([D])) as tf.Variable<tf.Rank.R1>;
   const beta = tf.variable(tf.zeros([D])) as tf.Variable<tf.Rank.R1>;
-  const weight = tf.variable(tf.tensor2d(Float32Array.from({ length: D * C }, () => rng.normal(0, 0.01)), [D, C])); // conv_seg.weight^T
+  const weight = tf.variable(
+    tf.tensor2d(
+      Float32Array.from({ length: D * C }, () => rng.normal(0, 0.01)),
+      [D, C],
+    ),
+  ); // conv_seg.weight^T
   const bias = tf.variable(tf.zeros([C])) as tf.Variable<tf.Rank.R1>;
   const runningMean = new Float64Array(D);
   const runningVar = new Float64Array(D).fill(1);
@@ -132,7 +152,7 @@ export function trainSegmentationHead(train: DenseFeatures, labels: Uint8Array, 
       const N = b * gh * gw;
       for (let d = 0; d < D; d++) {
         runningMean[d] = (1 - momentum) * runningMean[d] + momentum * bm[d];
-        runningVar[d] = (1 - momentum) * runningVar[d] + momentum * (bv[d] * N) / Math.max(1, N - 1);
+        runningVar[d] = (1 - momentum) * runningVar[d] + (momentum * (bv[d] * N)) / Math.max(1, N - 1);
       }
       const { value, grads } = tf.variableGrads(
         () => segmentationTrainLoss({ gamma, beta, weight, bias }, xb, labCols, train.grid, my, mx),
@@ -149,8 +169,11 @@ export function trainSegmentationHead(train: DenseFeatures, labels: Uint8Array, 
       numClasses: C,
       dim: D,
       bn: {
-        weight: gamma.dataSync().slice() as Float32Array, bias: beta.dataSync().slice() as Float32Array,
-        runningMean: Float32Array.from(runningMean), runningVar: Float32Array.from(runningVar), eps,
+        weight: gamma.dataSync().slice() as Float32Array,
+        bias: beta.dataSync().slice() as Float32Array,
+        runningMean: Float32Array.from(runningMean),
+        runningVar: Float32Array.from(runningVar),
+        eps,
       },
       weight: Float32Array.from({ length: C * D }, (_, k) => wT[k % D][Math.floor(k / D)]),
       bias: bias.dataSync().slice() as Float32Array,
@@ -165,7 +188,8 @@ export function trainSegmentationHead(train: DenseFeatures, labels: Uint8Array, 
 export function segmentationGridLogits(head: SegmentationHead, f: DenseFeatures, i: number): Float32Array {
   if (f.dim !== head.dim) throw new Error(`segmentation head: features have dim ${f.dim}, the head was trained on dim ${head.dim}`);
   const [gh, gw] = f.grid;
-  const D = head.dim, C = head.numClasses;
+  const D = head.dim,
+    C = head.numClasses;
   const scale = Float32Array.from(head.bn.weight, (g, d) => g / Math.sqrt(head.bn.runningVar[d] + head.bn.eps));
   const shift = Float32Array.from(head.bn.bias, (b, d) => b - head.bn.runningMean[d] * scale[d]);
   // fold the BatchNorm into the convolution: W' = W diag(scale), b' = b + W shift
@@ -177,18 +201,33 @@ export function segmentationGridLogits(head: SegmentationHead, f: DenseFeatures,
       b[c] += head.weight[c * D + d] * shift[d];
     }
   }
-  return tf.tidy(() => {
-    const x = tf.tensor2d(f.x.subarray(i * gh * gw * D, (i + 1) * gh * gw * D), [gh * gw, D]);
-    return tf.add(tf.matMul(x, tf.tensor2d(w, [D, C])), tf.tensor1d(b)).dataSync() as Float32Array;
-  }).slice();
+  return tf
+    .tidy(() => {
+      const x = tf.tensor2d(f.x.subarray(i * gh * gw * D, (i + 1) * gh * gw * D), [gh * gw, D]);
+      return tf.add(tf.matMul(x, tf.tensor2d(w, [D, C])), tf.tensor1d(b)).dataSync() as Float32Array;
+    })
+    .slice();
 }
 
 /** Per-pixel classes of image `i` at `labelSize`, via the input size `inputSize` (mmseg's two resizes). */
-export function predictSegmentation(head: SegmentationHead, f: DenseFeatures, i: number, inputSize: [number, number], labelSize: [number, number]): Uint8Array {
+export function predictSegmentation(
+  head: SegmentationHead,
+  f: DenseFeatures,
+  i: number,
+  inputSize: [number, number],
+  labelSize: [number, number],
+): Uint8Array {
   const [gh, gw] = f.grid;
   const [H, W] = labelSize;
   const logits = segmentationGridLogits(head, f, i);
-  const up = resampleMap(logits, gh, gw, head.numClasses, chainedBilinearMatrix([gh, inputSize[0], H]), chainedBilinearMatrix([gw, inputSize[1], W]));
+  const up = resampleMap(
+    logits,
+    gh,
+    gw,
+    head.numClasses,
+    chainedBilinearMatrix([gh, inputSize[0], H]),
+    chainedBilinearMatrix([gw, inputSize[1], W]),
+  );
   const C = head.numClasses;
   const out = new Uint8Array(H * W);
   for (let p = 0; p < H * W; p++) {

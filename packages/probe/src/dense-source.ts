@@ -30,7 +30,10 @@ export function detectDenseLayout(dir: string): 'ade20k' | 'nyu' | null {
 
 function subset(n: number, k: number | undefined, seed: number): number[] | undefined {
   if (k === undefined || k >= n) return undefined;
-  return new Rng(seed).shuffle(Array.from({ length: n }, (_, i) => i)).slice(0, k).sort((a, b) => a - b);
+  return new Rng(seed)
+    .shuffle(Array.from({ length: n }, (_, i) => i))
+    .slice(0, k)
+    .sort((a, b) => a - b);
 }
 
 /**
@@ -71,9 +74,10 @@ export function openDenseSource(
   if (task !== wants) {
     throw new Error(`dense data ${spec}: ${kind === 'ade20k' ? 'ADE20k' : 'NYU Depth v2'} has ${wants} targets, not ${task}`);
   }
-  const [train, test]: DenseDataset[] = kind === 'ade20k'
-    ? [new Ade20kDataset(dir, { split: 'training' }), new Ade20kDataset(dir, { split: 'validation' })]
-    : [new NyuDepthDataset(dir, { split: 'train' }), new NyuDepthDataset(dir, { split: 'test' })];
+  const [train, test]: DenseDataset[] =
+    kind === 'ade20k'
+      ? [new Ade20kDataset(dir, { split: 'training' }), new Ade20kDataset(dir, { split: 'validation' })]
+      : [new NyuDepthDataset(dir, { split: 'train' }), new NyuDepthDataset(dir, { split: 'test' })];
   return {
     kind,
     train: { dataset: train, indices: subset(train.length, o.count, seed) },

@@ -11,8 +11,22 @@
  */
 import { basename, join, resolve } from 'node:path';
 import {
-  asInputError, CocoDataset, decodeImage, encodePng, ensureDir, IMAGENET_MEAN, IMAGENET_STD, JsonLinesLog, Progress, stampSettings, stem,
-  SyntheticDataset, VocDataset, writeFileAtomic, writeJsonAtomic, type Dataset,
+  asInputError,
+  CocoDataset,
+  decodeImage,
+  encodePng,
+  ensureDir,
+  IMAGENET_MEAN,
+  IMAGENET_STD,
+  JsonLinesLog,
+  Progress,
+  stampSettings,
+  stem,
+  SyntheticDataset,
+  VocDataset,
+  writeFileAtomic,
+  writeJsonAtomic,
+  type Dataset,
 } from '@vitreg/core';
 import type { Encoder } from '@vitreg/registers';
 import { corloc, type CorLoc } from './corloc.js';
@@ -69,7 +83,8 @@ export function tensorSource(batch: { data: Float32Array; shape: readonly number
       const img = batch.data.subarray(i * h * w * 3, (i + 1) * h * w * 3);
       // Back to 8-bit RGB for pictures; the model reads the tensor itself.
       const rgb = Uint8Array.from(img, (v, k) => Math.round((v * IMAGENET_STD[k % 3] + IMAGENET_MEAN[k % 3]) * 255));
-      const ph = Math.ceil(h / p) * p, pw = Math.ceil(w / p) * p;
+      const ph = Math.ceil(h / p) * p,
+        pw = Math.ceil(w / p) * p;
       const padded = new Float32Array(ph * pw * 3);
       for (let y = 0; y < h; y++) padded.set(img.subarray(y * w * 3, (y + 1) * w * 3), y * pw * 3);
       return { data: padded, paddedHeight: ph, paddedWidth: pw, width: w, height: h, rgb, boxes: [], scale: [1, 1] };
@@ -102,7 +117,10 @@ const RUN_KEYS = ['weights', 'features', 'kPatches', 'geometry'] as const;
  */
 export async function runDiscovery(model: Encoder, source: DiscoverSource, out: string, opts: DiscoveryRunOptions): Promise<CorLoc | null> {
   const s = {
-    weights: opts.weights, features: opts.features ?? 'keys', kPatches: opts.kPatches ?? LOST_K_PATCHES, geometry: source.geometry,
+    weights: opts.weights,
+    features: opts.features ?? 'keys',
+    kPatches: opts.kPatches ?? LOST_K_PATCHES,
+    geometry: source.geometry,
   };
   const batchSize = opts.batchSize ?? 1;
   await ensureDir(out);
@@ -119,7 +137,7 @@ export async function runDiscovery(model: Encoder, source: DiscoverSource, out: 
   let scored = records.filter((r) => r.hit !== undefined).length;
   // Batches of consecutive images of equal padded size; an image that does not fit starts the next one.
   let carry: { input: ModelInput; name: string } | null = null;
-  for (let start = 0; start < todo.length || carry; ) {
+  for (let start = 0; start < todo.length || carry;) {
     const inputs: ModelInput[] = [];
     const names: string[] = [];
     if (carry) {

@@ -50,7 +50,8 @@ export function line(c: Canvas, x0: number, y0: number, x1: number, y1: number, 
   const steps = Math.max(Math.abs(x1 - x0), Math.abs(y1 - y0), 1);
   const r = (thickness - 1) / 2;
   for (let s = 0; s <= steps; s++) {
-    const x = x0 + ((x1 - x0) * s) / steps, y = y0 + ((y1 - y0) * s) / steps;
+    const x = x0 + ((x1 - x0) * s) / steps,
+      y = y0 + ((y1 - y0) * s) / steps;
     fillRect(c, x - r, y - r, x + r + 1, y + r + 1, color);
   }
 }
@@ -60,15 +61,25 @@ export function line(c: Canvas, x0: number, y0: number, x1: number, y1: number, 
  * outside it tinted blue, the seed patch filled yellow, the box outlined red, ground-truth boxes
  * outlined white.
  */
-export function drawDiscovery(rgb: Uint8Array, width: number, height: number, r: LostResult, grid: [number, number], patchSize: number, truths: Box[] = []): Canvas {
+export function drawDiscovery(
+  rgb: Uint8Array,
+  width: number,
+  height: number,
+  r: LostResult,
+  grid: [number, number],
+  patchSize: number,
+  truths: Box[] = [],
+): Canvas {
   const c: Canvas = { data: Uint8Array.from(rgb), width, height };
   const cols = grid[1];
   for (let p = 0; p < grid[0] * grid[1]; p++) {
     if (!r.mask[p]) continue;
-    const x = (p % cols) * patchSize, y = Math.floor(p / cols) * patchSize;
+    const x = (p % cols) * patchSize,
+      y = Math.floor(p / cols) * patchSize;
     fillRect(c, x, y, x + patchSize, y + patchSize, r.component[p] ? [0, 200, 0] : [0, 90, 255], 0.35);
   }
-  const sx = r.seed[1] * patchSize, sy = r.seed[0] * patchSize;
+  const sx = r.seed[1] * patchSize,
+    sy = r.seed[0] * patchSize;
   fillRect(c, sx, sy, sx + patchSize, sy + patchSize, [255, 220, 0], 0.7);
   for (const t of truths) strokeRect(c, t, [255, 255, 255], 1);
   strokeRect(c, r.box, [230, 0, 0], 2);
@@ -77,10 +88,20 @@ export function drawDiscovery(rgb: Uint8Array, width: number, height: number, r:
 
 /** 3x5 glyphs of the characters tick labels need. */
 const GLYPHS: Record<string, string> = {
-  '0': '111101101101111', '1': '010110010010111', '2': '111001111100111', '3': '111001111001111',
-  '4': '101101111001001', '5': '111100111001111', '6': '111100111101111', '7': '111001001001001',
-  '8': '111101111101111', '9': '111101111001111', '.': '000000000000010', '-': '000000111000000',
-  'e': '000111101110011', '+': '000010111010000',
+  '0': '111101101101111',
+  '1': '010110010010111',
+  '2': '111001111100111',
+  '3': '111001111001111',
+  '4': '101101111001001',
+  '5': '111100111001111',
+  '6': '111100111101111',
+  '7': '111001001001001',
+  '8': '111101111101111',
+  '9': '111101111001111',
+  '.': '000000000000010',
+  '-': '000000111000000',
+  e: '000111101110011',
+  '+': '000010111010000',
 };
 
 /** Text in the 3x5 font, `scale` pixels per font pixel, top-left at (x, y). Unknown characters are skipped. */
@@ -89,7 +110,15 @@ export function text(c: Canvas, s: string, x: number, y: number, color: Rgb, sca
     const g = GLYPHS[ch];
     if (g) {
       for (let k = 0; k < 15; k++) {
-        if (g[k] === '1') fillRect(c, x + (k % 3) * scale, y + Math.floor(k / 3) * scale, x + (k % 3 + 1) * scale, y + (Math.floor(k / 3) + 1) * scale, color);
+        if (g[k] === '1')
+          fillRect(
+            c,
+            x + (k % 3) * scale,
+            y + Math.floor(k / 3) * scale,
+            x + ((k % 3) + 1) * scale,
+            y + (Math.floor(k / 3) + 1) * scale,
+            color,
+          );
       }
     }
     x += 4 * scale;
@@ -108,7 +137,14 @@ export interface Series {
 }
 
 /** Distinct colours of successive series. */
-export const SERIES_COLORS: Rgb[] = [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75]];
+export const SERIES_COLORS: Rgb[] = [
+  [31, 119, 180],
+  [255, 127, 14],
+  [44, 160, 44],
+  [214, 39, 40],
+  [148, 103, 189],
+  [140, 86, 75],
+];
 
 /** Compact tick label: up to 3 significant digits. */
 function tickLabel(v: number): string {
@@ -134,7 +170,8 @@ export function niceTicks(lo: number, hi: number, target = 5): number[] {
  * the data range with 5% margins.
  */
 export function lineChart(series: Series[], opts: { width?: number; height?: number } = {}): Canvas {
-  const width = opts.width ?? 640, height = opts.height ?? 400;
+  const width = opts.width ?? 640,
+    height = opts.height ?? 400;
   const c = canvas(width, height);
   const pts = series.flatMap((s) => s.points.filter((p) => Number.isFinite(p[0]) && Number.isFinite(p[1])));
   if (pts.length === 0) throw new Error('lineChart: no finite points to plot');
@@ -146,7 +183,10 @@ export function lineChart(series: Series[], opts: { width?: number; height?: num
     [y0, y1] = [y0 - m, y1 + m];
   }
   if (x1 === x0) [x0, x1] = [x0 - 1, x1 + 1];
-  const left = 60, right = 20, top = 20, bottom = 40;
+  const left = 60,
+    right = 20,
+    top = 20,
+    bottom = 40;
   const px = (x: number) => left + ((x - x0) / (x1 - x0)) * (width - left - right);
   const py = (y: number) => height - bottom - ((y - y0) / (y1 - y0)) * (height - top - bottom);
   const axis: Rgb = [60, 60, 60];

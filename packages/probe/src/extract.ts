@@ -35,7 +35,11 @@ export interface ModelInput {
 }
 
 /** Resize / pad an item as `geometry` says (see the module comment). */
-export function prepareInput(item: Pick<DatasetItem, 'image' | 'width' | 'height' | 'boxes'>, geometry: InputGeometry, patchSize: number): ModelInput {
+export function prepareInput(
+  item: Pick<DatasetItem, 'image' | 'width' | 'height' | 'boxes'>,
+  geometry: InputGeometry,
+  patchSize: number,
+): ModelInput {
   let w: number, h: number;
   if (geometry.kind === 'square') {
     w = h = geometry.size;
@@ -46,8 +50,10 @@ export function prepareInput(item: Pick<DatasetItem, 'image' | 'width' | 'height
     h = Math.max(1, Math.round(item.height * s));
   }
   const rgb = resizeBicubic({ data: item.image, width: item.width, height: item.height }, w, h).data;
-  const sx = w / item.width, sy = h / item.height;
-  const pw = Math.ceil(w / patchSize) * patchSize, ph = Math.ceil(h / patchSize) * patchSize;
+  const sx = w / item.width,
+    sy = h / item.height;
+  const pw = Math.ceil(w / patchSize) * patchSize,
+    ph = Math.ceil(h / patchSize) * patchSize;
   const norm = normalizeRgb(rgb, h, w);
   let data = norm;
   if (pw !== w || ph !== h) {
@@ -104,7 +110,12 @@ export async function imageTokens(out: Pick<ViTOutput, 'cls' | 'registers' | 'pa
   const [b, p, dim] = out.patches.shape;
   const r = out.registers.shape[1];
   const norms = tf.tidy(() => tf.sqrt(tf.sum(tf.square(out.patches), -1)));
-  const [cls, regs, patches, pn] = (await Promise.all([out.cls.data(), out.registers.data(), out.patches.data(), norms.data()])) as Float32Array[];
+  const [cls, regs, patches, pn] = (await Promise.all([
+    out.cls.data(),
+    out.registers.data(),
+    out.patches.data(),
+    norms.data(),
+  ])) as Float32Array[];
   norms.dispose();
   return Array.from({ length: b }, (_, i) => ({
     grid: out.grid,
@@ -203,7 +214,8 @@ export function selectToken(
  * patchSize x 3 values, row-major, the target of the pixel probe.
  */
 export function patchPixels(data: Float32Array, width: number, grid: [number, number], patchSize: number, index: number): Float32Array {
-  const r = Math.floor(index / grid[1]), c = index % grid[1];
+  const r = Math.floor(index / grid[1]),
+    c = index % grid[1];
   const out = new Float32Array(patchSize * patchSize * 3);
   for (let y = 0; y < patchSize; y++) {
     const from = ((r * patchSize + y) * width + c * patchSize) * 3;

@@ -18,7 +18,19 @@ export type { InputGeometry, ModelInput } from './extract.js';
 export { knnClassify, l2NormalizeRows, topK } from './knn.js';
 export type { KnnOptions, KnnResult } from './knn.js';
 export { accuracy, classificationProbe, positionMetrics, regressionErrors, regressionProbe } from './linear.js';
-export { affinity, affinityHost, componentBox, degrees, expandSeed, lost, lostFromAffinity, lowestDegreeOrder, scoreMask, seedComponent, seedScores } from './lost.js';
+export {
+  affinity,
+  affinityHost,
+  componentBox,
+  degrees,
+  expandSeed,
+  lost,
+  lostFromAffinity,
+  lowestDegreeOrder,
+  scoreMask,
+  seedComponent,
+  seedScores,
+} from './lost.js';
 export { openProbeSource } from './probe-source.js';
 export { isDenseTask, runProbeTask } from './probe-task.js';
 export type { ProbeTaskResult } from './probe-task.js';

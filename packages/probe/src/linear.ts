@@ -13,8 +13,18 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import {
-  checkFeatures, fitStandardizer, permutation, selectRows, splitIndices, standardize, subsetLabelled,
-  subsetRegression, type FeatureSet, type LabelledFeatures, type RegressionFeatures, type Standardizer,
+  checkFeatures,
+  fitStandardizer,
+  permutation,
+  selectRows,
+  splitIndices,
+  standardize,
+  subsetLabelled,
+  subsetRegression,
+  type FeatureSet,
+  type LabelledFeatures,
+  type RegressionFeatures,
+  type Standardizer,
 } from './features.js';
 
 /** A trained linear classifier: logits = ((x - mean) / std) W + b, W row-major [dim, classes]. */
@@ -73,7 +83,12 @@ export function fitSoftmax(train: LabelledFeatures, opts: SoftmaxOptions): Softm
         const idx = new Int32Array(batchSize);
         for (let i = 0; i < batchSize; i++) idx[i] = order[(cursor + i) % train.n];
         cursor = (cursor + batchSize) % train.n;
-        batch = makeBatch(selectRows(xs, train.dim, idx), Int32Array.from(idx, (i) => train.y[i]), train.dim, numClasses);
+        batch = makeBatch(
+          selectRows(xs, train.dim, idx),
+          Int32Array.from(idx, (i) => train.y[i]),
+          train.dim,
+          numClasses,
+        );
       }
       const { x, xT, onehot } = batch;
       const next = tf.tidy(() => {
@@ -301,7 +316,8 @@ export function ridgePredict(model: RidgeModel, f: FeatureSet): Float32Array {
 export function regressionErrors(pred: Float32Array, truth: Float32Array, targetDim: number): { mse: number; l2: number } {
   if (pred.length !== truth.length) throw new Error(`regression: ${pred.length} predictions for ${truth.length} targets`);
   const n = truth.length / targetDim;
-  let se = 0, l2 = 0;
+  let se = 0,
+    l2 = 0;
   for (let i = 0; i < n; i++) {
     let row = 0;
     for (let t = 0; t < targetDim; t++) {

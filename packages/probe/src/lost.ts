@@ -151,12 +151,18 @@ export function componentBox(
   imageSize?: { width: number; height: number },
 ): Box {
   checkLength('component', component, rows * cols, `[${rows}, ${cols}]`);
-  let rmin = Infinity, rmax = -1, cmin = Infinity, cmax = -1;
+  let rmin = Infinity,
+    rmax = -1,
+    cmin = Infinity,
+    cmax = -1;
   for (let p = 0; p < rows * cols; p++) {
     if (!component[p]) continue;
-    const r = Math.floor(p / cols), c = p % cols;
-    rmin = Math.min(rmin, r); rmax = Math.max(rmax, r);
-    cmin = Math.min(cmin, c); cmax = Math.max(cmax, c);
+    const r = Math.floor(p / cols),
+      c = p % cols;
+    rmin = Math.min(rmin, r);
+    rmax = Math.max(rmax, r);
+    cmin = Math.min(cmin, c);
+    cmax = Math.max(cmax, c);
   }
   if (rmax < 0) throw new Error('LOST: the component is empty, no box');
   let x1 = (cmax + 1) * patchSize;
@@ -194,12 +200,7 @@ export interface LostResult {
 /**
  * LOST on a precomputed similarity matrix A (row-major [P, P], P = rows * cols, patches row-major).
  */
-export function lostFromAffinity(
-  a: Float32Array,
-  grid: [number, number],
-  patchSize: number,
-  opts: LostOptions = {},
-): LostResult {
+export function lostFromAffinity(a: Float32Array, grid: [number, number], patchSize: number, opts: LostOptions = {}): LostResult {
   const [rows, cols] = grid;
   const n = rows * cols;
   const deg = degrees(a, n);

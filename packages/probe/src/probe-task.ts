@@ -97,7 +97,15 @@ export async function runProbeTask(
     let report: ProbeReport;
     try {
       report = await runProbe(model, train as DataPart, test as DataPart, {
-        token, threshold, register, size, batchSize, seed, task: o.task, steps, onProgress: ticker(progress),
+        token,
+        threshold,
+        register,
+        size,
+        batchSize,
+        seed,
+        task: o.task,
+        steps,
+        onProgress: ticker(progress),
       });
     } catch (err) {
       throw new InputError((err as Error).message, { cause: err });
@@ -114,7 +122,13 @@ export async function runProbeTask(
   const trainLabelSize = o.trainLabelSize ?? size;
   const depthHead = o.depthHead ?? 'bins';
   const settings = {
-    ...o.settings, layers, steps, headBatchSize, trainLabelSize, lr: o.lr ?? null, ...(task === 'depth' ? { depthHead } : {}),
+    ...o.settings,
+    layers,
+    steps,
+    headBatchSize,
+    trainLabelSize,
+    lr: o.lr ?? null,
+    ...(task === 'depth' ? { depthHead } : {}),
   };
   const prev = await readFinishedResult<DenseProbeReport>(o.file, settings);
   if (prev) return { report: prev, reused: true, settings };
@@ -130,7 +144,17 @@ export async function runProbeTask(
   let result;
   try {
     result = await runDenseProbe(model, train as DensePart, test as DensePart, {
-      task, size, layers, batchSize, headBatchSize, steps, depthHead, trainLabelSize, seed, cacheDir, cacheKey: settings,
+      task,
+      size,
+      layers,
+      batchSize,
+      headBatchSize,
+      steps,
+      depthHead,
+      trainLabelSize,
+      seed,
+      cacheDir,
+      cacheKey: settings,
       ...(o.lr !== undefined ? { lr: o.lr } : {}),
       onProgress: (p, done) => tickers[p](done),
     });

@@ -16,7 +16,13 @@ import { Rng, type Dataset, type DenseTask } from '@vitreg/core';
 import { type Encoder, type ImageBatch, type VisionTransformer } from '@vitreg/registers';
 import { batchTensor, imageTokens, patchPixels, prepareInput, selectToken, type ModelInput, type TokenChoice } from './extract.js';
 import { knnClassify } from './knn.js';
-import { classificationProbe, positionMetrics, regressionProbe, type ClassificationProbeResult, type RegressionProbeResult } from './linear.js';
+import {
+  classificationProbe,
+  positionMetrics,
+  regressionProbe,
+  type ClassificationProbeResult,
+  type RegressionProbeResult,
+} from './linear.js';
 
 export type ProbeTask = 'class' | 'position' | 'pixels';
 
@@ -171,12 +177,15 @@ function stack(rows: Float32Array[]): Float32Array {
 export async function runProbe(model: ProbeModel, train: DataPart, test: DataPart, opts: ProbeRunOptions): Promise<ProbeReport> {
   const size = opts.size ?? 224;
   const p = model.config.patch_size;
-  if (!(Number.isInteger(size) && size > 0 && size % p === 0)) throw new Error(`probe: size ${size} must be a positive multiple of the patch size ${p}`);
+  if (!(Number.isInteger(size) && size > 0 && size % p === 0))
+    throw new Error(`probe: size ${size} must be a positive multiple of the patch size ${p}`);
   if (opts.task !== 'class' && opts.token !== 'normal' && opts.token !== 'outlier') {
     throw new Error(`probe: task '${opts.task}' reads one patch token: token must be normal or outlier, got '${opts.token}'`);
   }
   if (opts.task === 'class' && train.dataset.classNames.join('\n') !== test.dataset.classNames.join('\n')) {
-    throw new Error(`probe: the training and test datasets have different classes (${train.dataset.classNames.join(', ')} vs ${test.dataset.classNames.join(', ')})`);
+    throw new Error(
+      `probe: the training and test datasets have different classes (${train.dataset.classNames.join(', ')} vs ${test.dataset.classNames.join(', ')})`,
+    );
   }
   const rng = new Rng(opts.seed ?? 0);
   const nTrain = train.indices?.length ?? train.dataset.length;
@@ -191,7 +200,13 @@ export async function runProbe(model: ProbeModel, train: DataPart, test: DataPar
   const te = await collect(model, test, opts, rng, tick);
   const dim = tr.x[0].length;
   const base = {
-    task: opts.task, token: opts.token, train: nTrain, test: nTest, size, grid: tr.grid, featureDim: dim,
+    task: opts.task,
+    token: opts.token,
+    train: nTrain,
+    test: nTest,
+    size,
+    grid: tr.grid,
+    featureDim: dim,
     ...(opts.token === 'outlier' ? { outlierFallbacks: tr.fallbacks + te.fallbacks } : {}),
   };
   const seed = opts.seed ?? 0;
@@ -214,7 +229,11 @@ export async function runProbe(model: ProbeModel, train: DataPart, test: DataPar
   }
   const knn = knnClassify(trainSet, testSet, { numClasses });
   return {
-    ...base, accuracy: r.accuracy, knn: { top1: knn.top1, top5: knn.top5 }, weightDecay: r.weightDecay, sweep: r.sweep,
+    ...base,
+    accuracy: r.accuracy,
+    knn: { top1: knn.top1, top5: knn.top5 },
+    weightDecay: r.weightDecay,
+    sweep: r.sweep,
     chance: 1 / train.dataset.numClasses,
   };
 }

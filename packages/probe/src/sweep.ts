@@ -17,17 +17,25 @@ import type { AnyProbeTask, ProbeReport } from './run.js';
 export function sweepColumns(task: AnyProbeTask, report: ProbeReport | DenseProbeReport): Record<string, number> {
   const r = report as Partial<ProbeReport> & Partial<DenseProbeReport>;
   const cols: Record<string, number | undefined> =
-    task === 'class' ? { accuracy: r.accuracy, knn_top1: r.knn?.top1 }
-      : task === 'position' ? { top1: r.top1, mean_distance: r.meanDistance }
-        : task === 'pixels' ? { mse: r.mse, l2: r.l2 }
-          : task === 'segmentation' ? { miou: r.segmentation?.miou, pixel_accuracy: r.segmentation?.accuracy }
+    task === 'class'
+      ? { accuracy: r.accuracy, knn_top1: r.knn?.top1 }
+      : task === 'position'
+        ? { top1: r.top1, mean_distance: r.meanDistance }
+        : task === 'pixels'
+          ? { mse: r.mse, l2: r.l2 }
+          : task === 'segmentation'
+            ? { miou: r.segmentation?.miou, pixel_accuracy: r.segmentation?.accuracy }
             : { rmse: r.depth?.rmse, delta1: r.depth?.delta1, abs_rel: r.depth?.absRel };
   return Object.fromEntries(Object.entries(cols).filter((e): e is [string, number] => typeof e[1] === 'number'));
 }
 
 /** The columns a sweep's chart plots for each task. */
 export const SWEEP_PLOT_METRICS: Record<AnyProbeTask, string[]> = {
-  class: ['accuracy', 'knn_top1'], position: ['top1'], pixels: ['l2'], segmentation: ['miou'], depth: ['rmse'],
+  class: ['accuracy', 'knn_top1'],
+  position: ['top1'],
+  pixels: ['l2'],
+  segmentation: ['miou'],
+  depth: ['rmse'],
 };
 
 /** One row of a sweep table: the checkpoint, its x value (e.g. registers) and its metrics. */
@@ -55,7 +63,11 @@ export interface SweepFiles {
  * Write `<dir>/<name>.csv`, `.json` ({ x, metrics, colors, rows }) and `.png` (one line per metric
  * against column `x`; series colours in order of `metrics`, listed in the JSON).
  */
-export async function writeSweep(dir: string, rows: SweepRow[], opts: { x: string; metrics: string[]; name?: string }): Promise<SweepFiles> {
+export async function writeSweep(
+  dir: string,
+  rows: SweepRow[],
+  opts: { x: string; metrics: string[]; name?: string },
+): Promise<SweepFiles> {
   if (rows.length === 0) throw new Error('sweep: no rows to write');
   for (const [i, r] of rows.entries()) {
     if (typeof r[opts.x] !== 'number') throw new Error(`sweep: row ${i} has no numeric '${opts.x}' column`);

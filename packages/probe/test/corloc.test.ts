@@ -15,7 +15,10 @@ test('boxIou on constructed boxes (continuous coordinates, no +1)', () => {
 
 test('CorLoc counts images with IoU >= 0.5 against any ground-truth box', () => {
   const gt: Box[][] = [
-    [[0, 0, 10, 10], [20, 20, 40, 40]],
+    [
+      [0, 0, 10, 10],
+      [20, 20, 40, 40],
+    ],
     [[0, 0, 10, 10]],
     [[0, 0, 10, 10]],
     [],
@@ -32,6 +35,9 @@ test('CorLoc counts images with IoU >= 0.5 against any ground-truth box', () => 
   assert.deepEqual(corloc(hits), { corloc: 0.5, hits: 2, images: 4 });
   assert.deepEqual(corloc([]), { corloc: 0, hits: 0, images: 0 });
   // boxes scaled into a resized input keep their IoU
-  const [a, b] = [[0, 0, 10, 10], [5, 0, 15, 10]] as Box[];
+  const [a, b] = [
+    [0, 0, 10, 10],
+    [5, 0, 15, 10],
+  ] as Box[];
   assert.ok(Math.abs(boxIou(scaleBox(a, 2.24, 1.5), scaleBox(b, 2.24, 1.5)) - boxIou(a, b)) < 1e-12);
 });

@@ -12,12 +12,30 @@ import { ensureGradients, initBackend } from '@vitreg/core';
 import { denseBatch, trainDepthHead, trainSegmentationHead, type DenseFeatures } from '../src/index.js';
 import { cosineAnnealingSchedule, polySchedule } from '@vitreg/trainer';
 import { optimiserCase } from './dense-optimiser-case.js';
-import { addSegmentation, bilinearMatrix, chainedBilinearMatrix, depthEvalMask, depthScores, meanDepthScores, resampleMap, resizeNearest, segmentationScores, segmentationTotals } from '../src/dense-metrics.js';
+import {
+  addSegmentation,
+  bilinearMatrix,
+  chainedBilinearMatrix,
+  depthEvalMask,
+  depthScores,
+  meanDepthScores,
+  resampleMap,
+  resizeNearest,
+  segmentationScores,
+  segmentationTotals,
+} from '../src/dense-metrics.js';
 import { depthGrid, depthTrainLoss, predictDepth, type DepthHead } from '../src/dense-depth.js';
-import { labelsColumnsFirst, predictSegmentation, segmentationGridLogits, segmentationTrainLoss, type SegmentationHead } from '../src/dense-segmentation.js';
+import {
+  labelsColumnsFirst,
+  predictSegmentation,
+  segmentationGridLogits,
+  segmentationTrainLoss,
+  type SegmentationHead,
+} from '../src/dense-segmentation.js';
 
 const polyLr = (t: number, total: number, base: number, o: { warmupSteps: number }) => polySchedule({ base, totalSteps: total, ...o })(t);
-const cosineLr = (t: number, total: number, base: number, o: { warmupSteps: number }) => cosineAnnealingSchedule({ base, totalSteps: total, ...o })(t);
+const cosineLr = (t: number, total: number, base: number, o: { warmupSteps: number }) =>
+  cosineAnnealingSchedule({ base, totalSteps: total, ...o })(t);
 
 await initBackend('wasm', { log: () => {} });
 await ensureGradients();
@@ -26,7 +44,8 @@ const ref = JSON.parse(await readFile(join(dirname(fileURLToPath(import.meta.url
 
 function close(actual: ArrayLike<number>, expected: ArrayLike<number>, tol: number, what: string): void {
   assert.equal(actual.length, expected.length, `${what}: length`);
-  let worst = 0, at = -1;
+  let worst = 0,
+    at = -1;
   for (let i = 0; i < expected.length; i++) {
     const e = Math.abs(actual[i] - expected[i]) / (1 + Math.abs(expected[i]));
     if (!(e <= worst)) {
@@ -38,7 +57,8 @@ function close(actual: ArrayLike<number>, expected: ArrayLike<number>, tol: numb
 }
 
 /** [cols, rows] (PyTorch conv layout [out, in], flat) -> [rows, cols]. */
-const transpose = (w: number[], rows: number, cols: number) => Float32Array.from({ length: rows * cols }, (_, k) => w[(k % cols) * rows + Math.floor(k / cols)]);
+const transpose = (w: number[], rows: number, cols: number) =>
+  Float32Array.from({ length: rows * cols }, (_, k) => w[(k % cols) * rows + Math.floor(k / cols)]);
 
 test('bilinear resampling equals torch F.interpolate(align_corners=False), one stage and two', () => {
   for (const c of ref.bilinear as { in: [number, number]; sizes: [number, number][]; x: number[]; y: number[] }[]) {
@@ -94,9 +114,17 @@ test('segmentation head at evaluation: running-statistics BatchNorm, conv, grid 
   const s = ref.segmentation;
   const e = s.eval;
   const head: SegmentationHead = {
-    numClasses: s.C, dim: s.D,
-    bn: { weight: Float32Array.from(s.init['bn.weight']), bias: Float32Array.from(s.init['bn.bias']), runningMean: Float32Array.from(e.running_mean), runningVar: Float32Array.from(e.running_var), eps: 1e-5 },
-    weight: Float32Array.from(s.init['conv_seg.weight']), bias: Float32Array.from(s.init['conv_seg.bias']),
+    numClasses: s.C,
+    dim: s.D,
+    bn: {
+      weight: Float32Array.from(s.init['bn.weight']),
+      bias: Float32Array.from(s.init['bn.bias']),
+      runningMean: Float32Array.from(e.running_mean),
+      runningVar: Float32Array.from(e.running_var),
+      eps: 1e-5,
+    },
+    weight: Float32Array.from(s.init['conv_seg.weight']),
+    bias: Float32Array.from(s.init['conv_seg.bias']),
   };
   const f: DenseFeatures = { n: s.b, grid: s.grid, dim: s.D, x: Float32Array.from(s.x) };
   const P = s.grid[0] * s.grid[1] * s.C;
@@ -113,16 +141,24 @@ test("depth head: DINOv2's BNHead output, SigLoss (and its warm-up) with gradien
     const [H, W] = c.label as [number, number];
     const K = c.mode === 'bins' ? c.nBins : 1;
     // features: x of each block side by side, cls likewise; denseBatch interleaves them as BNHead
-    const D = c.D * c.blocks, P = gh * gw;
-    const x = new Float32Array(c.b * P * D), cls = new Float32Array(c.b * D);
+    const D = c.D * c.blocks,
+      P = gh * gw;
+    const x = new Float32Array(c.b * P * D),
+      cls = new Float32Array(c.b * D);
     for (let k = 0; k < c.blocks; k++) {
       for (let i = 0; i < c.b * P; i++) for (let d = 0; d < c.D; d++) x[i * D + k * c.D + d] = c.x[k][i * c.D + d];
       for (let i = 0; i < c.b; i++) for (let d = 0; d < c.D; d++) cls[i * D + k * c.D + d] = c.cls[k][i * c.D + d];
     }
     const f: DenseFeatures = { n: c.b, grid: [gh, gw], dim: D, x, cls, groups: c.blocks };
     const head: DepthHead = {
-      mode: c.mode, dim: 2 * D, nBins: c.nBins, minDepth: 0.001, maxDepth: 10, upsample: 4,
-      weight: Float32Array.from(c.weight), bias: Float32Array.from(c.bias),
+      mode: c.mode,
+      dim: 2 * D,
+      nBins: c.nBins,
+      minDepth: 0.001,
+      maxDepth: 10,
+      upsample: 4,
+      weight: Float32Array.from(c.weight),
+      bias: Float32Array.from(c.bias),
     };
     const n4 = 16 * P;
     for (let i = 0; i < c.b; i++) {
@@ -134,7 +170,12 @@ test("depth head: DINOv2's BNHead output, SigLoss (and its warm-up) with gradien
     const b = tf.variable(tf.tensor1d(c.bias));
     const xb = tf.tensor2d(denseBatch(f, [0, 1], true), [c.b * P, 2 * D]);
     const gt = tf.tensor3d(c.gt, [c.b, H, W]);
-    const mats = [[4 * gh, gh], [4 * gw, gw], [H, 4 * gh], [W, 4 * gw]].map(([o, i]) => tf.tensor2d(Float32Array.from(bilinearMatrix(o, i)), [o, i]));
+    const mats = [
+      [4 * gh, gh],
+      [4 * gw, gw],
+      [H, 4 * gh],
+      [W, 4 * gw],
+    ].map(([o, i]) => tf.tensor2d(Float32Array.from(bilinearMatrix(o, i)), [o, i]));
     for (const warm of [false, true]) {
       const r = warm ? c.warm : c.full;
       const { value, grads } = tf.variableGrads(() => depthTrainLoss(head, w, b, xb, gt, [gh, gw], mats, warm), [w, b]);
@@ -179,7 +220,12 @@ test('depth metrics against hand-computed values (the toolbox calculate), masks 
   assert.ok(Math.abs(s.silog - 100 * Math.sqrt(le.reduce((a, b) => a + b * b, 0) / 4 - m * m)) < 1e-9);
   assert.ok(Math.abs(s.log10 - le.reduce((a, b) => a + Math.abs(b) / Math.LN10, 0) / 4) < 1e-12);
   // mask: gt in (min, max) and inside the crop [y0, y1, x0, x1)
-  const target = { width: 3, height: 2, depth: Float32Array.from([0, 5, 11, 2, 3, 4]), evalCrop: [0, 2, 1, 3] as [number, number, number, number] };
+  const target = {
+    width: 3,
+    height: 2,
+    depth: Float32Array.from([0, 5, 11, 2, 3, 4]),
+    evalCrop: [0, 2, 1, 3] as [number, number, number, number],
+  };
   assert.deepEqual(Array.from(depthEvalMask(target, [0.001, 10])), [0, 1, 0, 0, 1, 1]);
   const masked = depthScores(target.depth, Float32Array.from([9, 5, 9, 9, 3, 2]), depthEvalMask(target, [0.001, 10]));
   assert.ok(Math.abs(masked.rmse - Math.sqrt(4 / 3)) < 1e-12);
@@ -207,7 +253,9 @@ test("DINOv2's GradientLoss on [B, 1, H, W] is 0 for batches of 1 and 2 (why the
 });
 
 test("the heads train with @vitreg/trainer's AdamW, clipping and mmcv schedules to the values of the probe's own before (bit for bit)", async () => {
-  const before = JSON.parse(await readFile(join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'dense', 'optimiser-before.json'), 'utf8'));
+  const before = JSON.parse(
+    await readFile(join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'dense', 'optimiser-before.json'), 'utf8'),
+  );
   const c = optimiserCase();
   const seg = trainSegmentationHead(c.features, c.labels, c.labelSize, c.segOpts);
   assert.deepEqual(c.segLosses, before.segmentation.losses);

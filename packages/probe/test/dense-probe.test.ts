@@ -11,7 +11,16 @@ import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { ensureGradients, initBackend, Rng, SyntheticDataset, SyntheticDenseDataset } from '@vitreg/core';
 import { getConfig, VisionTransformer } from '@vitreg/registers';
-import { denseBlocks, evaluateDepth, evaluateSegmentation, extractDenseFeatures, runDenseProbe, trainDepthHead, trainSegmentationHead, type DenseFeatures } from '../src/index.js';
+import {
+  denseBlocks,
+  evaluateDepth,
+  evaluateSegmentation,
+  extractDenseFeatures,
+  runDenseProbe,
+  trainDepthHead,
+  trainSegmentationHead,
+  type DenseFeatures,
+} from '../src/index.js';
 import { meanDepthScores } from '../src/dense-metrics.js';
 
 await initBackend('wasm', { log: () => {} });
@@ -31,13 +40,18 @@ function torchBilinear(x: ArrayLike<number>, h: number, w: number, H: number, W:
     const [y0, y1, ly] = src(i, h, H);
     for (let j = 0; j < W; j++) {
       const [x0, x1, lx] = src(j, w, W);
-      out[i * W + j] = (1 - ly) * ((1 - lx) * x[y0 * w + x0] + lx * x[y0 * w + x1]) + ly * ((1 - lx) * x[y1 * w + x0] + lx * x[y1 * w + x1]);
+      out[i * W + j] =
+        (1 - ly) * ((1 - lx) * x[y0 * w + x0] + lx * x[y0 * w + x1]) + ly * ((1 - lx) * x[y1 * w + x0] + lx * x[y1 * w + x1]);
     }
   }
   return out;
 }
 
-const G = 4, PATCH = 4, S = G * PATCH, K = 4, D = 8;
+const G = 4,
+  PATCH = 4,
+  S = G * PATCH,
+  K = 4,
+  D = 8;
 
 /**
  * n images of a G x G grid whose classes come in 2 x 2-patch regions; the label of a pixel is the
@@ -49,25 +63,39 @@ function segSet(rng: Rng, n: number, random: boolean) {
   const classes = new Int32Array(n * G * G);
   for (let i = 0; i < n; i++) {
     const region = Array.from({ length: 4 }, () => rng.int(K));
-    for (let r = 0; r < G; r++) for (let c = 0; c < G; c++) classes[i * G * G + r * G + c] = region[Math.floor(r / 2) * 2 + Math.floor(c / 2)];
+    for (let r = 0; r < G; r++)
+      for (let c = 0; c < G; c++) classes[i * G * G + r * G + c] = region[Math.floor(r / 2) * 2 + Math.floor(c / 2)];
     for (let p = 0; p < G * G; p++) {
-      for (let d = 0; d < D; d++) x[(i * G * G + p) * D + d] = random ? rng.normal() : (d === classes[i * G * G + p] ? 3 : 0) + 0.3 * rng.normal();
+      for (let d = 0; d < D; d++)
+        x[(i * G * G + p) * D + d] = random ? rng.normal() : (d === classes[i * G * G + p] ? 3 : 0) + 0.3 * rng.normal();
     }
-    for (let y = 0; y < S; y++) for (let xx = 0; xx < S; xx++) labels[i * S * S + y * S + xx] = classes[i * G * G + Math.floor(y / PATCH) * G + Math.floor(xx / PATCH)];
+    for (let y = 0; y < S; y++)
+      for (let xx = 0; xx < S; xx++)
+        labels[i * S * S + y * S + xx] = classes[i * G * G + Math.floor(y / PATCH) * G + Math.floor(xx / PATCH)];
   }
   return { f: { n, grid: [G, G], dim: D, x } as DenseFeatures, labels, classes };
 }
 
 test('segmentation: features encoding each patch class give mIoU >= 0.95 (a perfect head tops out near 0.99 here)', async () => {
   const rng = new Rng(11);
-  const tr = segSet(rng, 32, false), te = segSet(rng, 48, false);
+  const tr = segSet(rng, 32, false),
+    te = segSet(rng, 48, false);
   const head = trainSegmentationHead(tr.f, tr.labels, [S, S], { numClasses: K, steps: 200, lr: 1e-2 });
   const label = async (i: number) => ({ width: S, height: S, segmentation: te.labels.subarray(i * S * S, (i + 1) * S * S) });
   const { scores } = await evaluateSegmentation(head, te.f, [S, S], label);
   // the ceiling: per-patch one-hot logits upsampled bilinearly (the naive resize above), argmax, per-class IoU
-  const inter = new Float64Array(K), union = new Float64Array(K);
+  const inter = new Float64Array(K),
+    union = new Float64Array(K);
   for (let i = 0; i < te.f.n; i++) {
-    const ups = Array.from({ length: K }, (_, c) => torchBilinear(Array.from(te.classes.subarray(i * G * G, (i + 1) * G * G), (v) => (v === c ? 1 : 0)), G, G, S, S));
+    const ups = Array.from({ length: K }, (_, c) =>
+      torchBilinear(
+        Array.from(te.classes.subarray(i * G * G, (i + 1) * G * G), (v) => (v === c ? 1 : 0)),
+        G,
+        G,
+        S,
+        S,
+      ),
+    );
     for (let q = 0; q < S * S; q++) {
       let best = 0;
       for (let c = 1; c < K; c++) if (ups[c][q] > ups[best][q]) best = c;
@@ -85,14 +113,21 @@ test('segmentation: features encoding each patch class give mIoU >= 0.95 (a perf
 
 test('segmentation: random features give chance, the mIoU of a prediction independent of the labels', async () => {
   const rng = new Rng(12);
-  const tr = segSet(rng, 32, true), te = segSet(rng, 96, true);
+  const tr = segSet(rng, 32, true),
+    te = segSet(rng, 96, true);
   const head = trainSegmentationHead(tr.f, tr.labels, [S, S], { numClasses: K, steps: 200, lr: 1e-2 });
-  const { scores, totals } = await evaluateSegmentation(head, te.f, [S, S], async (i) => ({ width: S, height: S, segmentation: te.labels.subarray(i * S * S, (i + 1) * S * S) }));
+  const { scores, totals } = await evaluateSegmentation(head, te.f, [S, S], async (i) => ({
+    width: S,
+    height: S,
+    segmentation: te.labels.subarray(i * S * S, (i + 1) * S * S),
+  }));
   // independent of the labels: expected intersection p_c q_c N, so IoU_c = p q / (p + q - p q)
   const N = te.labels.length;
-  let expected = 0, expectedAcc = 0;
+  let expected = 0,
+    expectedAcc = 0;
   for (let c = 0; c < K; c++) {
-    const p = totals.labelled[c] / N, q = totals.predicted[c] / N;
+    const p = totals.labelled[c] / N,
+      q = totals.predicted[c] / N;
     expected += (p * q) / (p + q - p * q) / K;
     expectedAcc += p * q;
   }
@@ -113,7 +148,8 @@ function depthSet(rng: Rng, n: number, L: number, random: boolean) {
   for (let i = 0; i < n; i++) {
     const d = Array.from({ length: G * G }, () => 1 + 8 * rng.float());
     for (let p = 0; p < G * G; p++) {
-      for (let k = 0; k < Dd; k++) x[(i * G * G + p) * Dd + k] = random ? rng.normal() : k === 0 ? d[p] : k === 1 ? -0.5 * d[p] + rng.normal() : rng.normal();
+      for (let k = 0; k < Dd; k++)
+        x[(i * G * G + p) * Dd + k] = random ? rng.normal() : k === 0 ? d[p] : k === 1 ? -0.5 * d[p] + rng.normal() : rng.normal();
     }
     depths.set(torchBilinear(torchBilinear(d, G, G, 4 * G, 4 * G), 4 * G, 4 * G, L, L), i * L * L);
   }
@@ -121,11 +157,16 @@ function depthSet(rng: Rng, n: number, L: number, random: boolean) {
 }
 
 const L = 24;
-const depthTarget = (depths: Float32Array) => async (i: number) => ({ width: L, height: L, depth: depths.subarray(i * L * L, (i + 1) * L * L) });
+const depthTarget = (depths: Float32Array) => async (i: number) => ({
+  width: L,
+  height: L,
+  depth: depths.subarray(i * L * L, (i + 1) * L * L),
+});
 
 test('depth: features encoding depth linearly give RMSE near 0 (regression head < 0.01 m; the 256-bin head < 0.2 m)', async () => {
   const rng = new Rng(13);
-  const tr = depthSet(rng, 16, L, false), te = depthSet(rng, 8, L, false);
+  const tr = depthSet(rng, 16, L, false),
+    te = depthSet(rng, 8, L, false);
   const reg = trainDepthHead(tr.f, tr.depths, [L, L], { mode: 'regression', steps: 200, lr: 5e-2 });
   const r = meanDepthScores(await evaluateDepth(reg, te.f, [1e-3, 10], depthTarget(te.depths)));
   assert.ok(r.rmse < 0.01, `regression RMSE ${r.rmse}`);
@@ -140,7 +181,8 @@ test('depth: features encoding depth linearly give RMSE near 0 (regression head 
 
 test('depth: random features give chance, the RMSE of the constant SigLoss prefers (training geometric mean)', async () => {
   const rng = new Rng(14);
-  const tr = depthSet(rng, 16, L, true), te = depthSet(rng, 16, L, true);
+  const tr = depthSet(rng, 16, L, true),
+    te = depthSet(rng, 16, L, true);
   const head = trainDepthHead(tr.f, tr.depths, [L, L], { steps: 150, lr: 5e-2 });
   const r = meanDepthScores(await evaluateDepth(head, te.f, [1e-3, 10], depthTarget(te.depths)));
   const geo = Math.exp(tr.depths.reduce((s, v) => s + Math.log(v), 0) / tr.depths.length);
@@ -167,16 +209,21 @@ const model = new VisionTransformer(getConfig('vit_micro_patch8_reg4', { depth: 
 
 test('features: normalised tokens for segmentation, raw tokens and CLS for depth, blocks side by side', async () => {
   const item = await new SyntheticDataset({ seed: 2, count: 2, size: 32 }).get(0);
-  const images = tf.tensor4d(Float32Array.from(item.image, (v) => v / 255 - 0.5), [1, 32, 32, 3]);
+  const images = tf.tensor4d(
+    Float32Array.from(item.image, (v) => v / 255 - 0.5),
+    [1, 32, 32, 3],
+  );
   const out = model.forward(images, { layers: true });
-  const R = 4, Dm = 64;
+  const R = 4,
+    Dm = 64;
   const layers = out.layers!.map((l) => l.arraySync()[0]);
   const seg1 = extractDenseFeatures(model, images, 'segmentation', [3]);
   assert.deepEqual(Array.from(seg1.x), Array.from(out.patches.dataSync()));
   assert.equal(seg1.cls, undefined);
   // 4 blocks: each block's tokens through the final LayerNorm (computed here by hand), concatenated
   const seg4 = extractDenseFeatures(model, images, 'segmentation', [0, 1, 2, 3]);
-  const w = model.param('norm.weight').dataSync(), b = model.param('norm.bias').dataSync();
+  const w = model.param('norm.weight').dataSync(),
+    b = model.param('norm.bias').dataSync();
   for (const [k, blk] of [0, 1, 2, 3].entries()) {
     for (const p of [0, 7, 15]) {
       const t = layers[blk][1 + R + p];
@@ -195,7 +242,12 @@ test('features: normalised tokens for segmentation, raw tokens and CLS for depth
       assert.ok(Math.abs(dep.x[5 * 2 * Dm + k * Dm + d] - layers[blk][1 + R + 5][d]) < 1e-6, 'raw patch');
     }
   }
-  tf.dispose([images, ...Object.values(out).flat().filter((v): v is tf.Tensor => v instanceof tf.Tensor)]);
+  tf.dispose([
+    images,
+    ...Object.values(out)
+      .flat()
+      .filter((v): v is tf.Tensor => v instanceof tf.Tensor),
+  ]);
 });
 
 test('runDenseProbe on the synthetic dense set: report, baseline, resumable feature cache, errors', async () => {
@@ -208,7 +260,14 @@ test('runDenseProbe on the synthetic dense set: report, baseline, resumable feat
   assert.equal(r.segmentation!.classNames.length, 6);
   assert.ok(r.segmentation!.miou >= 0 && r.segmentation!.miou <= 1);
   assert.ok(r.baseline.miou! > 0 && r.baseline.accuracy! > 0.3, 'the background is the majority class');
-  assert.deepEqual(Object.keys(fresh.tensors), ['bn.weight', 'bn.bias', 'bn.running_mean', 'bn.running_var', 'conv_seg.weight', 'conv_seg.bias']);
+  assert.deepEqual(Object.keys(fresh.tensors), [
+    'bn.weight',
+    'bn.bias',
+    'bn.running_mean',
+    'bn.running_var',
+    'conv_seg.weight',
+    'conv_seg.bias',
+  ]);
   assert.deepEqual(fresh.tensors['conv_seg.weight'].shape, [6, 64, 1, 1]);
 
   // interrupted after 4 training images: the rerun takes them from the cache, computes the rest, same result
@@ -221,7 +280,10 @@ test('runDenseProbe on the synthetic dense set: report, baseline, resumable feat
   const resumed = await runDenseProbe(model, train, test, { ...opts, cacheDir });
   assert.equal(resumed.report.resumed, 4);
   assert.deepEqual(resumed.report.segmentation, r.segmentation);
-  await assert.rejects(runDenseProbe(model, train, test, { ...opts, cacheDir, trainLabelSize: 16 }), /feature cache .*train\.json was made with other settings/);
+  await assert.rejects(
+    runDenseProbe(model, train, test, { ...opts, cacheDir, trainLabelSize: 16 }),
+    /feature cache .*train\.json was made with other settings/,
+  );
 
   const depth = await runDenseProbe(model, train, test, { task: 'depth', size: 32, steps: 10 });
   assert.equal(depth.report.featureDim, 128, 'patch and CLS channels');
@@ -229,7 +291,12 @@ test('runDenseProbe on the synthetic dense set: report, baseline, resumable feat
   assert.ok(depth.report.depth!.rmse > 0 && depth.report.baseline.rmse! > 0);
   assert.deepEqual(depth.tensors['conv_depth.weight'].shape, [256, 128, 1, 1]);
 
-  const classOnly = { dataset: Object.assign(new SyntheticDenseDataset({ seed: 3, count: 2, size: 32 }), { tasks: ['segmentation'] as const }) };
+  const classOnly = {
+    dataset: Object.assign(new SyntheticDenseDataset({ seed: 3, count: 2, size: 32 }), { tasks: ['segmentation'] as const }),
+  };
   await assert.rejects(runDenseProbe(model, classOnly, test, { task: 'depth', size: 32 }), /the training dataset has no depth targets/);
-  await assert.rejects(runDenseProbe(model, train, test, { task: 'segmentation', size: 30 }), /size 30 must be a positive multiple of the patch size 8/);
+  await assert.rejects(
+    runDenseProbe(model, train, test, { task: 'segmentation', size: 30 }),
+    /size 30 must be a positive multiple of the patch size 8/,
+  );
 });

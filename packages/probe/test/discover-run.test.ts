@@ -12,7 +12,14 @@ import { join } from 'node:path';
 import { encodePng, initBackend, InputError, SettingsMismatchError, SyntheticDataset } from '@vitreg/core';
 import { getConfig, TfjsEncoder, VisionTransformer } from '@vitreg/registers';
 import {
-  datasetItemNames, datasetSource, discoverBatch, discoverEncoded, fileSource, prepareInput, runDiscovery, tensorSource,
+  datasetItemNames,
+  datasetSource,
+  discoverBatch,
+  discoverEncoded,
+  fileSource,
+  prepareInput,
+  runDiscovery,
+  tensorSource,
   type DiscoveryRecord,
 } from '../src/index.js';
 
@@ -22,13 +29,19 @@ const model = new VisionTransformer(getConfig('vit_micro_patch8_reg4'), { seed: 
 const encoder = new TfjsEncoder(model, false);
 const data = new SyntheticDataset({ seed: 3, count: 5, size: 32 });
 const lines = async (dir: string): Promise<DiscoveryRecord[]> =>
-  (await readFile(join(dir, 'results.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l));
+  (await readFile(join(dir, 'results.jsonl'), 'utf8'))
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
 
 test('discoverEncoded on a TfjsEncoder gives discoverBatch boxes', async () => {
   const inputs = await Promise.all([0, 1, 2].map(async (i) => prepareInput(await data.get(i), { kind: 'native' }, 8)));
   const a = discoverBatch(model, inputs, { features: 'values', kPatches: 10 });
   const b = await discoverEncoded(encoder, inputs, { features: 'values', kPatches: 10 });
-  assert.deepEqual(b.map((r) => [r.seed, r.box]), a.map((r) => [r.seed, r.box]));
+  assert.deepEqual(
+    b.map((r) => [r.seed, r.box]),
+    a.map((r) => [r.seed, r.box]),
+  );
 });
 
 test('runDiscovery: results, CorLoc, pictures; a rerun skips done images, redoes a torn line, refuses other settings', async () => {
@@ -41,7 +54,10 @@ test('runDiscovery: results, CorLoc, pictures; a rerun skips done images, redoes
     const c = await runDiscovery(encoder, source, dir, opts);
     assert.ok(c && c.images === 5);
     const recs = await lines(dir);
-    assert.deepEqual(recs.map((r) => r.image), source.names);
+    assert.deepEqual(
+      recs.map((r) => r.image),
+      source.names,
+    );
     const inputs = await Promise.all(source.names.map((_, i) => source.load(i, 8)));
     const want = discoverBatch(model, inputs);
     recs.forEach((r, i) => assert.deepEqual([r.seed, r.box], [want[i].seed, want[i].box]));

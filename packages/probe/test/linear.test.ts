@@ -1,8 +1,17 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  choleskySolve, classificationProbe, fitRidge, fitSoftmax, positionMetrics, regressionProbe, ridgePredict,
-  regressionErrors, argmaxRows, softmaxLogits, accuracy,
+  choleskySolve,
+  classificationProbe,
+  fitRidge,
+  fitSoftmax,
+  positionMetrics,
+  regressionProbe,
+  ridgePredict,
+  regressionErrors,
+  argmaxRows,
+  softmaxLogits,
+  accuracy,
 } from '../src/linear.js';
 import { splitIndices } from '../src/features.js';
 import { initBackend, Rng } from '@vitreg/core';
@@ -22,7 +31,8 @@ function clusters(rng: Rng, n: number, dim: number, classes: number, centres: nu
 
 test('softmax probe separates linearly separable classes', () => {
   const rng = new Rng(1);
-  const dim = 8, classes = 4;
+  const dim = 8,
+    classes = 4;
   const centres = Array.from({ length: classes }, () => Array.from({ length: dim }, () => 2 * rng.normal()));
   const train = clusters(rng, 160, dim, classes, centres);
   const test = clusters(rng, 80, dim, classes, centres);
@@ -35,7 +45,8 @@ test('softmax probe separates linearly separable classes', () => {
 
 test('softmax probe on labels unrelated to the features stays near chance', () => {
   const rng = new Rng(2);
-  const n = 200, dim = 6;
+  const n = 200,
+    dim = 6;
   const x = Float32Array.from({ length: n * dim }, () => rng.normal());
   const y = Int32Array.from({ length: n }, () => rng.int(4));
   const m = fitSoftmax({ x: x.slice(0, 100 * dim), y: y.slice(0, 100), n: 100, dim }, { numClasses: 4, steps: 100 });
@@ -46,7 +57,10 @@ test('softmax probe on labels unrelated to the features stays near chance', () =
 test('weight decay shrinks the weights', () => {
   const rng = new Rng(3);
   const dim = 4;
-  const centres = [[2, 0, 0, 0], [-2, 0, 0, 0]];
+  const centres = [
+    [2, 0, 0, 0],
+    [-2, 0, 0, 0],
+  ];
   const train = clusters(rng, 60, dim, 2, centres);
   const norm = (w: Float32Array) => Math.sqrt(w.reduce((s, v) => s + v * v, 0));
   const free = fitSoftmax(train, { numClasses: 2, steps: 100 });
@@ -56,7 +70,8 @@ test('weight decay shrinks the weights', () => {
 
 test('mini-batch training reaches the same separation', () => {
   const rng = new Rng(4);
-  const dim = 5, classes = 3;
+  const dim = 5,
+    classes = 3;
   const centres = Array.from({ length: classes }, () => Array.from({ length: dim }, () => 2 * rng.normal()));
   const train = clusters(rng, 120, dim, classes, centres);
   const test = clusters(rng, 60, dim, classes, centres);
@@ -67,10 +82,13 @@ test('mini-batch training reaches the same separation', () => {
 
 test('position probe: features that encode the grid cell give top-1 ~1 and distance ~0', () => {
   const rng = new Rng(5);
-  const rows = 4, cols = 4, dim = 24;
+  const rows = 4,
+    cols = 4,
+    dim = 24;
   const embed = Array.from({ length: rows * cols }, () => Array.from({ length: dim }, () => rng.normal()));
   const make = (n: number, informative: boolean) => {
-    const x = new Float32Array(n * dim), y = new Int32Array(n);
+    const x = new Float32Array(n * dim),
+      y = new Int32Array(n);
     for (let i = 0; i < n; i++) {
       y[i] = rng.int(rows * cols);
       for (let d = 0; d < dim; d++) x[i * dim + d] = (informative ? embed[y[i]][d] : 0) + 0.3 * rng.normal();
@@ -105,20 +123,25 @@ test('choleskySolve solves a small SPD system', () => {
 
 test('ridge probe recovers a linear map (pixels-style regression)', () => {
   const rng = new Rng(6);
-  const n = 300, dim = 10, out = 12;
+  const n = 300,
+    dim = 10,
+    out = 12;
   const map = Array.from({ length: dim * out }, () => rng.normal());
   const x = Float32Array.from({ length: n * dim }, () => rng.normal());
   const targets = new Float32Array(n * out);
-  for (let i = 0; i < n; i++) for (let t = 0; t < out; t++) {
-    let s = 0.5;
-    for (let d = 0; d < dim; d++) s += x[i * dim + d] * map[d * out + t];
-    targets[i * out + t] = s + 0.05 * rng.normal();
-  }
+  for (let i = 0; i < n; i++)
+    for (let t = 0; t < out; t++) {
+      let s = 0.5;
+      for (let d = 0; d < dim; d++) s += x[i * dim + d] * map[d * out + t];
+      targets[i * out + t] = s + 0.05 * rng.normal();
+    }
   const { train, heldOut } = splitIndices(n, 0.3, 1);
   const pick = (idx: Int32Array) => ({
     x: Float32Array.from(Array.from(idx).flatMap((i) => Array.from(x.subarray(i * dim, (i + 1) * dim)))),
     targets: Float32Array.from(Array.from(idx).flatMap((i) => Array.from(targets.subarray(i * out, (i + 1) * out)))),
-    n: idx.length, dim, targetDim: out,
+    n: idx.length,
+    dim,
+    targetDim: out,
   });
   const r = regressionProbe(pick(train), pick(heldOut));
   assert.ok(r.mse < 0.01, `mse ${r.mse}`);

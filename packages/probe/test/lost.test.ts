@@ -2,8 +2,17 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import {
-  affinity, affinityHost, componentBox, degrees, expandSeed, lost, lostFromAffinity, lowestDegreeOrder,
-  scoreMask, seedComponent, seedScores,
+  affinity,
+  affinityHost,
+  componentBox,
+  degrees,
+  expandSeed,
+  lost,
+  lostFromAffinity,
+  lowestDegreeOrder,
+  scoreMask,
+  seedComponent,
+  seedScores,
 } from '../src/lost.js';
 import { initBackend, Rng } from '@vitreg/core';
 
@@ -16,7 +25,7 @@ function naiveLost(f: number[][], rows: number, cols: number, patch: number, k: 
   let seed = 0;
   for (let i = 1; i < n; i++) if (deg[i] < deg[seed]) seed = i;
   // potentials: the k smallest (degree, index) pairs
-  const pairs = deg.map((d, i) => [d, i]).sort((p, q) => (p[0] - q[0]) || (p[1] - q[1]));
+  const pairs = deg.map((d, i) => [d, i]).sort((p, q) => p[0] - q[0] || p[1] - q[1]);
   const potentials = pairs.slice(0, k).map((p) => p[1]);
   const similars = potentials.filter((j) => A[seed][j] > 0);
   const M = Array.from({ length: n }, (_, j) => similars.reduce((s, i) => s + A[i][j], 0));
@@ -26,20 +35,35 @@ function naiveLost(f: number[][], rows: number, cols: number, patch: number, k: 
   let changed = true;
   while (changed) {
     changed = false;
-    for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) {
-      const p = r * cols + c;
-      if (!label[p]) continue;
-      for (const [dr, dc] of [[1, 0], [-1, 0], [0, 1], [0, -1]]) {
-        const rr = r + dr, cc = c + dc;
-        if (rr < 0 || rr >= rows || cc < 0 || cc >= cols) continue;
-        const q = rr * cols + cc;
-        if (label[q] && label[q] < label[p]) { label[p] = label[q]; changed = true; }
+    for (let r = 0; r < rows; r++)
+      for (let c = 0; c < cols; c++) {
+        const p = r * cols + c;
+        if (!label[p]) continue;
+        for (const [dr, dc] of [
+          [1, 0],
+          [-1, 0],
+          [0, 1],
+          [0, -1],
+        ]) {
+          const rr = r + dr,
+            cc = c + dc;
+          if (rr < 0 || rr >= rows || cc < 0 || cc >= cols) continue;
+          const q = rr * cols + cc;
+          if (label[q] && label[q] < label[p]) {
+            label[p] = label[q];
+            changed = true;
+          }
+        }
       }
-    }
   }
   const comp = label.map((l) => l !== 0 && l === label[seed]);
-  const rs = [], cs = [];
-  for (let p = 0; p < n; p++) if (comp[p]) { rs.push(Math.floor(p / cols)); cs.push(p % cols); }
+  const rs = [],
+    cs = [];
+  for (let p = 0; p < n; p++)
+    if (comp[p]) {
+      rs.push(Math.floor(p / cols));
+      cs.push(p % cols);
+    }
   const box = [Math.min(...cs) * patch, Math.min(...rs) * patch, (Math.max(...cs) + 1) * patch, (Math.max(...rs) + 1) * patch];
   return { A, deg, seed, similars, M, mask, comp, box };
 }
@@ -51,7 +75,9 @@ function randomFeatures(rng: Rng, n: number, d: number, bias: number): number[][
 test('every LOST step matches the naive implementation on random feature sets', () => {
   const rng = new Rng(7);
   for (let trial = 0; trial < 30; trial++) {
-    const rows = 2 + rng.int(6), cols = 2 + rng.int(6), d = 1 + rng.int(5);
+    const rows = 2 + rng.int(6),
+      cols = 2 + rng.int(6),
+      d = 1 + rng.int(5);
     const f = randomFeatures(rng, rows * cols, d, trial % 2 ? 0.3 : 0);
     const k = 1 + rng.int(rows * cols + 2);
     const ref = naiveLost(f, rows, cols, 14, k);
@@ -77,7 +103,12 @@ test('every LOST step matches the naive implementation on random feature sets', 
 
 test('degree ties go to the lower patch index', () => {
   // four patches, mutually orthogonal except 0-1: degrees [1,1,0,0] -> seed is 2, not 3
-  const feats = [[1, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]];
+  const feats = [
+    [1, 0, 0, 0],
+    [1, 0, 0, 0],
+    [0, 1, 0, 0],
+    [0, 0, 1, 0],
+  ];
   const A = affinityHost(Float32Array.from(feats.flat()), 4, 4);
   assert.deepEqual(Array.from(degrees(A, 4)), [1, 1, 0, 0]);
   assert.deepEqual(Array.from(lowestDegreeOrder(degrees(A, 4))), [2, 3, 0, 1]);
@@ -90,7 +121,8 @@ test('degree ties go to the lower patch index', () => {
 test('expansion keeps only potentials similar to the seed, and the mask spans connected similar patches', () => {
   // 3x3 grid. An "object" feature o on patches 0,1,3 (top-left L), background b elsewhere, b . o < 0.
   // Background patches are many (5 others + themselves) so their degree is high; object patches low.
-  const o = [1, 0.2], b = [-0.2, 1];
+  const o = [1, 0.2],
+    b = [-0.2, 1];
   const layout = [o, o, b, o, b, b, b, b, b];
   const A = affinityHost(Float32Array.from(layout.flat()), 9, 2);
   const deg = degrees(A, 9);
@@ -116,7 +148,8 @@ test('the component is 4-connected: a diagonal neighbour is not joined', () => {
 
 test('box uses (max + 1) * patch and is clipped to the unpadded image', () => {
   const comp = new Uint8Array(12); // 3 rows x 4 cols
-  comp[1 * 4 + 2] = 1; comp[2 * 4 + 3] = 1;
+  comp[1 * 4 + 2] = 1;
+  comp[2 * 4 + 3] = 1;
   assert.deepEqual(componentBox(comp, 3, 4, 16), [32, 16, 64, 48]);
   assert.deepEqual(componentBox(comp, 3, 4, 16, { width: 60, height: 40 }), [32, 16, 60, 40]);
   assert.throws(() => componentBox(new Uint8Array(12), 3, 4, 16), /empty/);

@@ -3,7 +3,16 @@ import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend, Rng, SyntheticDataset } from '@vitreg/core';
 import { getConfig, VisionTransformer } from '@vitreg/registers';
-import { affinityHost, discoverBatch, discoveryRecord, lostFeatures, lostFromAffinity, prepareInput, runProbe, corloc } from '../src/index.js';
+import {
+  affinityHost,
+  discoverBatch,
+  discoveryRecord,
+  lostFeatures,
+  lostFromAffinity,
+  prepareInput,
+  runProbe,
+  corloc,
+} from '../src/index.js';
 import { imageTokens, patchPixels, pickOutlier, selectToken, batchTensor } from '../src/extract.js';
 
 await initBackend('wasm', { log: () => {} });
@@ -42,7 +51,8 @@ test('discoverBatch equals LOST on the keys taken by hand, and records score gro
   const [H, N, hd] = [keys[1].length, keys[1][0].length, keys[1][0][0].length];
   const P = 25;
   const feats = new Float32Array(P * H * hd);
-  for (let p = 0; p < P; p++) for (let h = 0; h < H; h++) for (let d = 0; d < hd; d++) feats[p * H * hd + h * hd + d] = keys[1][h][N - P + p][d];
+  for (let p = 0; p < P; p++)
+    for (let h = 0; h < H; h++) for (let d = 0; d < hd; d++) feats[p * H * hd + h * hd + d] = keys[1][h][N - P + p][d];
   const byHand = lostFromAffinity(affinityHost(feats, P, H * hd), [5, 5], 8, { imageSize: { width: 36, height: 36 } });
   assert.deepEqual(results[1].seed, byHand.seed);
   assert.deepEqual(results[1].box, byHand.box);
@@ -93,7 +103,14 @@ test('runProbe runs every task on a tiny model and reports sane numbers', async 
   const testPart = { dataset: new SyntheticDataset({ seed: 1, count: 6, size: 32, split: 'val' }) };
   const progress: number[] = [];
   const before = tf.memory().numTensors;
-  const cls = await runProbe(model, train, testPart, { task: 'class', token: 'cls', size: 32, steps: 30, weightDecays: [0, 1e-3], onProgress: (d) => progress.push(d) });
+  const cls = await runProbe(model, train, testPart, {
+    task: 'class',
+    token: 'cls',
+    size: 32,
+    steps: 30,
+    weightDecays: [0, 1e-3],
+    onProgress: (d) => progress.push(d),
+  });
   assert.equal(progress.at(-1), 18);
   assert.equal(tf.memory().numTensors, before, 'runProbe leaks no tensors');
   assert.ok(cls.accuracy! >= 0 && cls.accuracy! <= 1 && cls.knn!.top1 >= 0);

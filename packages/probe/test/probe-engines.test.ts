@@ -12,7 +12,15 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { initBackend, Rng, SyntheticDataset, SyntheticDenseDataset } from '@vitreg/core';
-import { getConfig, loadOnnxRuntime, modelFromStateDict, OnnxEncoder, stateDictOf, TfjsEncoder, VisionTransformer } from '@vitreg/registers';
+import {
+  getConfig,
+  loadOnnxRuntime,
+  modelFromStateDict,
+  OnnxEncoder,
+  stateDictOf,
+  TfjsEncoder,
+  VisionTransformer,
+} from '@vitreg/registers';
 import { runDenseProbe, runProbe, type ProbeModel } from '../src/index.js';
 
 await initBackend('wasm', { log: () => {} });
@@ -26,7 +34,11 @@ const rng = new Rng(5);
 const sd = await stateDictOf(init);
 for (const [name, t] of Object.entries(sd)) {
   const norm = /norm\d?\.weight$|gamma$/.test(name);
-  t.data = t.data.map(() => (norm ? 1 + 0.3 * rng.normal() : (name.includes('pos_embed') || name.endsWith('_token') || name.endsWith('tokens') ? 1 : 0.25) * rng.normal()));
+  t.data = t.data.map(() =>
+    norm
+      ? 1 + 0.3 * rng.normal()
+      : (name.includes('pos_embed') || name.endsWith('_token') || name.endsWith('tokens') ? 1 : 0.25) * rng.normal(),
+  );
 }
 const model = modelFromStateDict(sd, init.config);
 init.dispose();
@@ -54,7 +66,7 @@ const f32 = async (file: string) => {
   return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
 };
 
-test('one-token probes: TfjsEncoder reports equal the model\'s; ONNX Runtime\'s within 1e-4', async () => {
+test("one-token probes: TfjsEncoder reports equal the model's; ONNX Runtime's within 1e-4", async () => {
   const train = { dataset: new SyntheticDataset({ seed: 1, count: 10, size: 32 }) };
   const testPart = { dataset: new SyntheticDataset({ seed: 1, count: 5, size: 32, split: 'val' }) };
   const opts = { task: 'class' as const, token: 'register' as const, size: 32, steps: 20, weightDecays: [0, 1e-3], batchSize: 4 };
@@ -62,7 +74,8 @@ test('one-token probes: TfjsEncoder reports equal the model\'s; ONNX Runtime\'s 
   assert.deepEqual(await runProbe(tfjsEnc, train, testPart, opts), base);
   const onnx = await runProbe(onnxEnc, train, testPart, opts);
   assert.equal(onnx.featureDim, base.featureDim);
-  const sweep = (r: typeof base) => (r.sweep as object[]).flatMap((s) => Object.values(s).filter((v): v is number => typeof v === 'number'));
+  const sweep = (r: typeof base) =>
+    (r.sweep as object[]).flatMap((s) => Object.values(s).filter((v): v is number => typeof v === 'number'));
   assert.equal(sweep(base).length, 4, 'weight decay and held-out accuracy of 2 settings');
   assert.equal(allclose(sweep(onnx), sweep(base)), null);
   assert.deepEqual([onnx.accuracy, onnx.knn], [base.accuracy, base.knn]);
@@ -73,14 +86,22 @@ test('one-token probes: TfjsEncoder reports equal the model\'s; ONNX Runtime\'s 
   assert.equal(allclose([b.mse!, b.l2!], [a.mse!, a.l2!]), null);
 });
 
-for (const [task, layers] of [['segmentation', 1], ['segmentation', 4], ['depth', 4]] as const) {
+for (const [task, layers] of [
+  ['segmentation', 1],
+  ['segmentation', 4],
+  ['depth', 4],
+] as const) {
   test(`dense ${task}, ${layers} block(s): ONNX Runtime features within 1e-4 of tfjs, TfjsEncoder identical`, async () => {
     const train = { dataset: new SyntheticDenseDataset({ seed: 3, count: 5, size: 32 }) };
     const testPart = { dataset: new SyntheticDenseDataset({ seed: 3, count: 2, size: 32, split: 'val' }) };
     const feats = async (m: ProbeModel, name: string) => {
       const cacheDir = join(tmp, `${task}-${layers}-${name}`);
       const r = await runDenseProbe(m, train, testPart, { task, layers, size: 32, steps: 5, batchSize: 3, cacheDir });
-      return { r: r.report, x: await f32(join(cacheDir, 'train.x.f32')), cls: task === 'depth' ? await f32(join(cacheDir, 'train.cls.f32')) : undefined };
+      return {
+        r: r.report,
+        x: await f32(join(cacheDir, 'train.x.f32')),
+        cls: task === 'depth' ? await f32(join(cacheDir, 'train.cls.f32')) : undefined,
+      };
     };
     const base = await feats(model, 'model');
     const viaTfjs = await feats(tfjsEnc, 'tfjs');

@@ -11,7 +11,14 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  encodePng, ensureGradients, initBackend, InputError, readSafetensors, SettingsMismatchError, SyntheticDataset, SyntheticDenseDataset,
+  encodePng,
+  ensureGradients,
+  initBackend,
+  InputError,
+  readSafetensors,
+  SettingsMismatchError,
+  SyntheticDataset,
+  SyntheticDenseDataset,
 } from '@vitreg/core';
 import { getConfig, VisionTransformer } from '@vitreg/registers';
 import { isDenseTask, openProbeSource, runProbe, runProbeTask, type ProbeReport } from '../src/index.js';
@@ -27,8 +34,13 @@ test('a token task: the report of runProbe with its settings; reused, or refused
     const test = { dataset: new SyntheticDataset({ seed: 1, count: 4, size: 32, split: 'val' }) };
     const file = join(dir, 'results-class.json');
     const o = {
-      task: 'class' as const, file, weights: 'runs/micro.safetensors', settings: { data: 'synthetic' },
-      size: 32, steps: 20, progress: false,
+      task: 'class' as const,
+      file,
+      weights: 'runs/micro.safetensors',
+      settings: { data: 'synthetic' },
+      size: 32,
+      steps: 20,
+      progress: false,
     };
     const r = await runProbeTask(model, train, test, o);
     assert.equal(r.reused, false);
@@ -98,7 +110,10 @@ test('openProbeSource: synthetic train and val streams, an image folder split 80
     const all = openProbeSource(join(dir, 'all'), { seed: 1 });
     assert.equal(all.train.dataset, all.test.dataset);
     assert.deepEqual([all.train.indices!.length, all.test.indices!.length], [8, 2]);
-    assert.deepEqual([...all.train.indices!, ...all.test.indices!].sort((a, b) => a - b), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert.deepEqual(
+      [...all.train.indices!, ...all.test.indices!].sort((a, b) => a - b),
+      [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+    );
     const split = openProbeSource(join(dir, 'split'));
     assert.deepEqual([split.train.dataset.length, split.test.dataset.length, split.train.dataset.classNames], [2, 2, ['cat', 'dog']]);
     assert.throws(() => openProbeSource(join(dir, 'none')));

@@ -31,7 +31,8 @@ test('writeSweep writes CSV, JSON and a PNG chart with every series drawn', asyn
     assert.equal(png.width, 640);
     const count = (rgb: number[]) => {
       let n = 0;
-      for (let i = 0; i < png.data.length; i += 3) if (png.data[i] === rgb[0] && png.data[i + 1] === rgb[1] && png.data[i + 2] === rgb[2]) n++;
+      for (let i = 0; i < png.data.length; i += 3)
+        if (png.data[i] === rgb[0] && png.data[i + 1] === rgb[1] && png.data[i + 2] === rgb[2]) n++;
       return n;
     };
     assert.ok(count(SERIES_COLORS[0]) > 100 && count(SERIES_COLORS[1]) > 100);

@@ -72,7 +72,10 @@ export async function tokenDataFromOutput(out: AnalysisSource): Promise<TokenDat
       layerNorms: out.layers ? layerData.map((l) => l.slice(i * n, (i + 1) * n)) : undefined,
       embeddings: emb.slice(i * p * dim, (i + 1) * p * dim),
       patches: patches.slice(i * p * dim, (i + 1) * p * dim),
-      attention: attn && attnData ? { heads: attn.shape[1], data: attnData.slice(i * attn.shape[1] * n * n, (i + 1) * attn.shape[1] * n * n) } : undefined,
+      attention:
+        attn && attnData
+          ? { heads: attn.shape[1], data: attnData.slice(i * attn.shape[1] * n * n, (i + 1) * attn.shape[1] * n * n) }
+          : undefined,
     }));
   } finally {
     pre.dispose();
@@ -122,13 +125,21 @@ export function analyzeTokens(data: TokenData, opts: AnalysisOptions = {}): Toke
   const p = grid[0] * grid[1];
   const n = first + p;
   if (data.prenormNorms.length !== n || data.postnormNorms.length !== n) {
-    throw new Error(`analyzeTokens: expected ${n} token norms (1 + ${r} registers + ${grid[0]}x${grid[1]} patches), got ${data.prenormNorms.length} / ${data.postnormNorms.length}`);
+    throw new Error(
+      `analyzeTokens: expected ${n} token norms (1 + ${r} registers + ${grid[0]}x${grid[1]} patches), got ${data.prenormNorms.length} / ${data.postnormNorms.length}`,
+    );
   }
   const source = opts.source ?? 'postnorm';
   const prePatches = data.prenormNorms.slice(first);
   const postPatches = data.postnormNorms.slice(first);
   const outliers = detectOutliers(source === 'prenorm' ? prePatches : postPatches, grid, opts);
-  const layers = data.layerNorms ? layerSummaries(data.layerNorms.map((l) => l.slice(first)), outliers.indices, opts) : null;
+  const layers = data.layerNorms
+    ? layerSummaries(
+        data.layerNorms.map((l) => l.slice(first)),
+        outliers.indices,
+        opts,
+      )
+    : null;
   const red = data.embeddings ? redundancy(neighbourSimilarity(data.embeddings, grid, dim), outliers.indices) : null;
   let cls: TokenAnalysis['cls'] = null;
   const registers: RegisterStats[] = [];
@@ -223,22 +234,28 @@ export function analysisToJson(a: TokenAnalysis): Record<string, unknown> {
         rule: { ...bm.rule },
       },
     },
-    layers: a.layers?.map((l) => ({
-      layer: l.layer,
-      mean: round(l.mean),
-      median: round(l.median),
-      max: round(l.max),
-      outliers: l.outliers,
-      threshold: l.threshold === null ? null : round(l.threshold),
-      outlierMean: l.outlierMean === null ? null : round(l.outlierMean),
-      normalMean: round(l.normalMean),
-    })) ?? null,
+    layers:
+      a.layers?.map((l) => ({
+        layer: l.layer,
+        mean: round(l.mean),
+        median: round(l.median),
+        max: round(l.max),
+        outliers: l.outliers,
+        threshold: l.threshold === null ? null : round(l.threshold),
+        outlierMean: l.outlierMean === null ? null : round(l.outlierMean),
+        normalMean: round(l.normalMean),
+      })) ?? null,
     firstOutlierLayer: a.firstOutlierLayer,
     redundancy: a.redundancy && {
       outlierMean: a.redundancy.outlierMean === null ? null : round(a.redundancy.outlierMean),
       normalMean: round(a.redundancy.normalMean),
     },
     cls: a.cls && stats(a.cls.stats),
-    registers: a.registers.map((r) => ({ index: r.index, prenormNorm: round(r.prenormNorm), postnormNorm: round(r.postnormNorm), ...(a.cls ? stats(r) : {}) })),
+    registers: a.registers.map((r) => ({
+      index: r.index,
+      prenormNorm: round(r.prenormNorm),
+      postnormNorm: round(r.postnormNorm),
+      ...(a.cls ? stats(r) : {}),
+    })),
   };
 }

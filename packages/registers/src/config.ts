@@ -81,7 +81,12 @@ export interface ViTConfig {
 
 /** The DINOv2 architecture: the values of the family fields that DINOv2 does not vary. */
 const dinov2Arch = {
-  act_layer: 'gelu', pos_embed_cls: true, patch_bias: true, pre_norm: false, proj_dim: null, final_norm_tokens: true,
+  act_layer: 'gelu',
+  pos_embed_cls: true,
+  patch_bias: true,
+  pre_norm: false,
+  proj_dim: null,
+  final_norm_tokens: true,
 } as const;
 
 const base = {
@@ -115,19 +120,38 @@ const sizes = {
 
 // DINO (facebookresearch/dino vision_transformer.py): no LayerScale, legacy interpolation, timm's drop path.
 const dino = {
-  ...base, ...legacyInterp, patch_size: 16, img_size: 224, layerscale_init: null, drop_path_batch_subset: false,
+  ...base,
+  ...legacyInterp,
+  patch_size: 16,
+  img_size: 224,
+  layerscale_init: null,
+  drop_path_batch_subset: false,
 } as const;
 // DeiT-III's models_v2: no class slot in pos_embed, the same drop path rate in every block, each image
 // dropped on its own; other sizes interpolate as timm does.
 const deit3 = {
-  ...base, ...timmInterp, num_register_tokens: 0, patch_size: 16, img_size: 224, layerscale_init: 1e-6,
-  pos_embed_cls: false, drop_path_uniform: true, drop_path_batch_subset: false,
+  ...base,
+  ...timmInterp,
+  num_register_tokens: 0,
+  patch_size: 16,
+  img_size: 224,
+  layerscale_init: 1e-6,
+  pos_embed_cls: false,
+  drop_path_uniform: true,
+  drop_path_batch_subset: false,
 } as const;
 // CLIP's image tower (open_clip / OpenAI VisionTransformer): ln_pre, no conv bias, no LayerScale, eps 1e-5,
 // ln_post(CLS) @ proj; OpenAI's weights use QuickGELU, OpenCLIP's LAION ones exact GELU.
 const clip = {
-  ...base, ...timmInterp, num_register_tokens: 0, img_size: 224, layerscale_init: null, patch_bias: false,
-  pre_norm: true, norm_eps: 1e-5, drop_path_batch_subset: false,
+  ...base,
+  ...timmInterp,
+  num_register_tokens: 0,
+  img_size: 224,
+  layerscale_init: null,
+  patch_bias: false,
+  pre_norm: true,
+  norm_eps: 1e-5,
+  drop_path_batch_subset: false,
 } as const;
 const tiny = { ...base, ...reg4Interp, patch_size: 8, img_size: 64, embed_dim: 96, depth: 4, num_heads: 3, layerscale_init: 1e-5 } as const;
 
@@ -136,11 +160,19 @@ for (const [s, size] of Object.entries(sizes)) {
   CONFIGS[`dinov2_vit${s}14`] = { ...base, ...legacyInterp, ...size };
   CONFIGS[`dinov2_vit${s}14_reg`] = { ...base, ...reg4Interp, ...size };
 }
-for (const [name, size, patch] of [['s16', sizes.s, 16], ['s8', sizes.s, 8], ['b16', sizes.b, 16], ['b8', sizes.b, 8]] as const) {
+for (const [name, size, patch] of [
+  ['s16', sizes.s, 16],
+  ['s8', sizes.s, 8],
+  ['b16', sizes.b, 16],
+  ['b8', sizes.b, 8],
+] as const) {
   CONFIGS[`dino_vit${name}`] = { ...dino, ...size, patch_size: patch };
 }
 const deit3Sizes = {
-  small: sizes.s, medium: { embed_dim: 512, depth: 12, num_heads: 8 }, base: sizes.b, large: sizes.l,
+  small: sizes.s,
+  medium: { embed_dim: 512, depth: 12, num_heads: 8 },
+  base: sizes.b,
+  large: sizes.l,
 } as const;
 for (const [name, size] of Object.entries(deit3Sizes)) {
   CONFIGS[`deit3_${name}_patch16`] = { ...deit3, ...size };
@@ -181,11 +213,29 @@ export function getConfig(name: string, overrides: Partial<ViTConfig> = {}): ViT
 
 type FieldKind = 'int' | 'number' | 'bool' | 'ffn' | 'act' | 'ls' | 'dim';
 const FIELDS: Record<keyof ViTConfig, FieldKind> = {
-  embed_dim: 'int', depth: 'int', num_heads: 'int', patch_size: 'int', num_register_tokens: 'int',
-  mlp_ratio: 'number', ffn_layer: 'ffn', act_layer: 'act', img_size: 'int', pos_embed_cls: 'bool',
-  interpolate_antialias: 'bool', interpolate_offset: 'number', patch_bias: 'bool', pre_norm: 'bool',
-  layerscale_init: 'ls', qkv_bias: 'bool', proj_bias: 'bool', ffn_bias: 'bool', proj_dim: 'dim',
-  final_norm_tokens: 'bool', drop_path_rate: 'number', drop_path_uniform: 'bool', drop_path_batch_subset: 'bool',
+  embed_dim: 'int',
+  depth: 'int',
+  num_heads: 'int',
+  patch_size: 'int',
+  num_register_tokens: 'int',
+  mlp_ratio: 'number',
+  ffn_layer: 'ffn',
+  act_layer: 'act',
+  img_size: 'int',
+  pos_embed_cls: 'bool',
+  interpolate_antialias: 'bool',
+  interpolate_offset: 'number',
+  patch_bias: 'bool',
+  pre_norm: 'bool',
+  layerscale_init: 'ls',
+  qkv_bias: 'bool',
+  proj_bias: 'bool',
+  ffn_bias: 'bool',
+  proj_dim: 'dim',
+  final_norm_tokens: 'bool',
+  drop_path_rate: 'number',
+  drop_path_uniform: 'bool',
+  drop_path_batch_subset: 'bool',
   norm_eps: 'number',
 };
 
@@ -235,7 +285,9 @@ export function validateConfig(given: Record<string, unknown>, source = 'config'
   }
   if (c.mlp_ratio <= 0) throw new Error(`${source}: field "mlp_ratio" must be positive, got ${c.mlp_ratio}`);
   if (c.ffn_layer === 'swiglu' && c.act_layer !== 'gelu') {
-    throw new Error(`${source}: field "act_layer" must be "gelu" with ffn_layer "swiglu" (SwiGLU has its own SiLU gate), got ${JSON.stringify(c.act_layer)}`);
+    throw new Error(
+      `${source}: field "act_layer" must be "gelu" with ffn_layer "swiglu" (SwiGLU has its own SiLU gate), got ${JSON.stringify(c.act_layer)}`,
+    );
   }
   if (c.drop_path_rate < 0 || c.drop_path_rate >= 1) {
     throw new Error(`${source}: field "drop_path_rate" must be in [0, 1), got ${c.drop_path_rate}`);

@@ -72,7 +72,8 @@ export interface Encoder {
 /** Checks an image batch against a patch size; the error names what was expected. */
 export function checkImageBatch(images: ImageBatch, patchSize: number): void {
   const [B, H, W, C] = images.shape;
-  if (images.shape.length !== 4 || C !== 3) throw new Error(`images: expected a [batch, height, width, 3] batch, got shape [${images.shape}]`);
+  if (images.shape.length !== 4 || C !== 3)
+    throw new Error(`images: expected a [batch, height, width, 3] batch, got shape [${images.shape}]`);
   if (images.data.length !== B * H * W * 3) throw new Error(`images: ${images.data.length} values do not match shape [${images.shape}]`);
   if (!(H > 0 && W > 0 && H % patchSize === 0 && W % patchSize === 0)) {
     throw new Error(`images: height and width must be positive multiples of the patch size ${patchSize}, got ${H}x${W}`);
@@ -87,7 +88,10 @@ async function host(t: tf.Tensor): Promise<HostArray> {
 export class TfjsEncoder implements Encoder {
   readonly engine = 'tfjs' as const;
   readonly description: string;
-  constructor(readonly model: VisionTransformer, private owns = true) {
+  constructor(
+    readonly model: VisionTransformer,
+    private owns = true,
+  ) {
     this.description = `tfjs ${tf.getBackend()}`;
   }
 
@@ -123,7 +127,10 @@ export class TfjsEncoder implements Encoder {
   }
 
   async finalNorm(): Promise<{ weight: Float32Array; bias: Float32Array }> {
-    return { weight: (await this.model.param('norm.weight').data()) as Float32Array, bias: (await this.model.param('norm.bias').data()) as Float32Array };
+    return {
+      weight: (await this.model.param('norm.weight').data()) as Float32Array,
+      bias: (await this.model.param('norm.bias').data()) as Float32Array,
+    };
   }
 
   async dispose(): Promise<void> {

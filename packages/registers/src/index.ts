@@ -21,13 +21,39 @@ export type { OnnxOutput } from './onnx-export.js';
 export { GraphBuilder } from './onnx-graph.js';
 export type { AttrValue } from './onnx-graph.js';
 export { gelu, geluLinear, layerNorm, linear, matMul2d, multiHeadAttention, reshape, residual, setAttentionStrategy, silu } from './ops.js';
-export { DEFAULT_OUTLIER_RULE, describeOutlierRule, detectOutliers, fitTwoGaussians, otsuThreshold, outlierRule, testBimodality } from './outliers.js';
+export {
+  DEFAULT_OUTLIER_RULE,
+  describeOutlierRule,
+  detectOutliers,
+  fitTwoGaussians,
+  otsuThreshold,
+  outlierRule,
+  testBimodality,
+} from './outliers.js';
 export { neighbourSimilarity, redundancy } from './redundancy.js';
 export { fitPosEmbed } from './state-dict.js';
 export type { StateDict } from './state-dict.js';
-export { findRegisterNeurons, loadTestTimeRegisters, modelFingerprint, saveTestTimeRegisters, testTimeRegisterNeurons, testTimeRegistersFile, TTR_PRESETS, withTestTimeRegisters } from './test-time-registers.js';
+export {
+  findRegisterNeurons,
+  loadTestTimeRegisters,
+  modelFingerprint,
+  saveTestTimeRegisters,
+  testTimeRegisterNeurons,
+  testTimeRegistersFile,
+  TTR_PRESETS,
+  withTestTimeRegisters,
+} from './test-time-registers.js';
 export type { RegisterNeuron } from './test-time-registers.js';
 export { torchShapes } from './torch-layout.js';
 export { readRegisterNeurons, testTimeRegisterEncoder, TtrEncoder } from './ttr-encoder.js';
 export type { TestTimeRegisterSpec } from './ttr-encoder.js';
-export { encodeStateDict, loadWeights, modelFromStateDict, readCheckpoint, readWeights, saveWeights, stateDictOf, stripPrefix } from './weights.js';
+export {
+  encodeStateDict,
+  loadWeights,
+  modelFromStateDict,
+  readCheckpoint,
+  readWeights,
+  saveWeights,
+  stateDictOf,
+  stripPrefix,
+} from './weights.js';

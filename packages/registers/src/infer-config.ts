@@ -15,7 +15,13 @@ const HEADS_BY_WIDTH: Record<number, number> = { 1280: 16, 1408: 16, 1664: 16 };
 type Conventions = Pick<ViTConfig, 'interpolate_antialias' | 'interpolate_offset' | 'norm_eps' | 'pos_embed_cls'> & { layerscale: number };
 
 function conventions(naming: Naming, sd: StateDict, hasClassSlot: boolean, R: number): Conventions {
-  const dinov2 = { interpolate_antialias: R > 0, interpolate_offset: R > 0 ? 0 : 0.1, norm_eps: 1e-6, pos_embed_cls: hasClassSlot, layerscale: 1.0 };
+  const dinov2 = {
+    interpolate_antialias: R > 0,
+    interpolate_offset: R > 0 ? 0 : 0.1,
+    norm_eps: 1e-6,
+    pos_embed_cls: hasClassSlot,
+    layerscale: 1.0,
+  };
   const timm = { interpolate_antialias: true, interpolate_offset: 0 };
   switch (naming) {
     case 'clip':
@@ -70,29 +76,32 @@ export function inferConfig(sd: StateDict, file: string, overrides: Partial<ViTC
     throw new Error(`${file}: cannot infer num_heads: embed_dim ${D} is not a multiple of 64; give it, e.g. --config '{"num_heads": N}'`);
   }
   const conv = conventions(naming, sd, hasClassSlot, R);
-  return validateConfig({
-    embed_dim: D,
-    depth,
-    num_heads: Number.isInteger(heads) ? heads : 1,
-    patch_size: p,
-    num_register_tokens: R,
-    mlp_ratio: mlpRatio,
-    ffn_layer: swiglu ? 'swiglu' : 'mlp',
-    act_layer: 'gelu',
-    img_size: grid * p,
-    pos_embed_cls: conv.pos_embed_cls,
-    interpolate_antialias: conv.interpolate_antialias,
-    interpolate_offset: conv.interpolate_offset,
-    patch_bias: !!sd['patch_embed.proj.bias'],
-    pre_norm: !!sd['norm_pre.weight'],
-    layerscale_init: sd['blocks.0.ls1.gamma'] ? conv.layerscale : null,
-    qkv_bias: !!sd['blocks.0.attn.qkv.bias'],
-    proj_bias: !!sd['blocks.0.attn.proj.bias'],
-    ffn_bias: !!(sd['blocks.0.mlp.fc1.bias'] ?? sd['blocks.0.mlp.w12.bias']),
-    proj_dim: sd.proj?.shape.length === 2 ? sd.proj.shape[1] : null,
-    final_norm_tokens: true,
-    drop_path_rate: 0,
-    norm_eps: conv.norm_eps,
-    ...overrides,
-  }, file);
+  return validateConfig(
+    {
+      embed_dim: D,
+      depth,
+      num_heads: Number.isInteger(heads) ? heads : 1,
+      patch_size: p,
+      num_register_tokens: R,
+      mlp_ratio: mlpRatio,
+      ffn_layer: swiglu ? 'swiglu' : 'mlp',
+      act_layer: 'gelu',
+      img_size: grid * p,
+      pos_embed_cls: conv.pos_embed_cls,
+      interpolate_antialias: conv.interpolate_antialias,
+      interpolate_offset: conv.interpolate_offset,
+      patch_bias: !!sd['patch_embed.proj.bias'],
+      pre_norm: !!sd['norm_pre.weight'],
+      layerscale_init: sd['blocks.0.ls1.gamma'] ? conv.layerscale : null,
+      qkv_bias: !!sd['blocks.0.attn.qkv.bias'],
+      proj_bias: !!sd['blocks.0.attn.proj.bias'],
+      ffn_bias: !!(sd['blocks.0.mlp.fc1.bias'] ?? sd['blocks.0.mlp.w12.bias']),
+      proj_dim: sd.proj?.shape.length === 2 ? sd.proj.shape[1] : null,
+      final_norm_tokens: true,
+      drop_path_rate: 0,
+      norm_eps: conv.norm_eps,
+      ...overrides,
+    },
+    file,
+  );
 }

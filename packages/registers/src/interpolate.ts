@@ -86,7 +86,12 @@ export interface PosEmbedResize {
  * Weight matrices that map a [grid, grid] positional grid to [outH, outW] patches, for DINOv2's rule.
  * Throws if PyTorch's own size arithmetic would not land on the requested size (DINOv2 asserts the same).
  */
-export function posEmbedMatrices(grid: number, outH: number, outW: number, mode: PosEmbedResize): { rows: Float64Array; cols: Float64Array } {
+export function posEmbedMatrices(
+  grid: number,
+  outH: number,
+  outW: number,
+  mode: PosEmbedResize,
+): { rows: Float64Array; cols: Float64Array } {
   const axis = (out: number): Float64Array => {
     if (mode.offset) {
       const sf = (out + mode.offset) / grid;

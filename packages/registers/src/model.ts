@@ -144,8 +144,10 @@ export function ttrNeuronsByLayer(c: ViTConfig, neurons: ReadonlyArray<{ layer: 
   const hidden = ffnHiddenDim(c);
   const byLayer = new Map<number, number[]>();
   neurons.forEach((n, k) => {
-    if (!Number.isInteger(n.layer) || n.layer < 0 || n.layer >= c.depth) throw new Error(`testTimeRegisters.neurons[${k}].layer: expected an integer in [0, ${c.depth - 1}], got ${n.layer}`);
-    if (!Number.isInteger(n.neuron) || n.neuron < 0 || n.neuron >= hidden) throw new Error(`testTimeRegisters.neurons[${k}].neuron: expected an integer in [0, ${hidden - 1}], got ${n.neuron}`);
+    if (!Number.isInteger(n.layer) || n.layer < 0 || n.layer >= c.depth)
+      throw new Error(`testTimeRegisters.neurons[${k}].layer: expected an integer in [0, ${c.depth - 1}], got ${n.layer}`);
+    if (!Number.isInteger(n.neuron) || n.neuron < 0 || n.neuron >= hidden)
+      throw new Error(`testTimeRegisters.neurons[${k}].neuron: expected an integer in [0, ${hidden - 1}], got ${n.neuron}`);
     const list = byLayer.get(n.layer) ?? [];
     if (!list.includes(n.neuron)) list.push(n.neuron);
     byLayer.set(n.layer, list);
@@ -444,13 +446,21 @@ export class VisionTransformer {
     let f: tf.Tensor3D;
     let act: tf.Tensor3D | undefined;
     if (o.ttr || o.act) {
-      const h = linear(h2, P(c.ffn_layer === 'swiglu' ? 'mlp.w12.weight' : 'mlp.fc1.weight'), P(c.ffn_layer === 'swiglu' ? 'mlp.w12.bias' : 'mlp.fc1.bias'));
+      const h = linear(
+        h2,
+        P(c.ffn_layer === 'swiglu' ? 'mlp.w12.weight' : 'mlp.fc1.weight'),
+        P(c.ffn_layer === 'swiglu' ? 'mlp.w12.bias' : 'mlp.fc1.bias'),
+      );
       if (c.ffn_layer === 'swiglu') {
         const [x1, x2] = tf.split(h, 2, 2);
         act = tf.mul(silu(x1), x2) as tf.Tensor3D;
       } else act = c.act_layer === 'quick_gelu' ? quickGelu(h) : gelu(h);
       if (o.ttr) act = moveToRegister(act, o.ttr.neurons, o.ttr.register, o.ttr.patches);
-      f = linear(act, P(c.ffn_layer === 'swiglu' ? 'mlp.w3.weight' : 'mlp.fc2.weight'), P(c.ffn_layer === 'swiglu' ? 'mlp.w3.bias' : 'mlp.fc2.bias'));
+      f = linear(
+        act,
+        P(c.ffn_layer === 'swiglu' ? 'mlp.w3.weight' : 'mlp.fc2.weight'),
+        P(c.ffn_layer === 'swiglu' ? 'mlp.w3.bias' : 'mlp.fc2.bias'),
+      );
     } else if (c.ffn_layer === 'swiglu') {
       const [x1, x2] = tf.split(linear(h2, P('mlp.w12.weight'), P('mlp.w12.bias')), 2, 2);
       f = linear(tf.mul(silu(x1), x2) as tf.Tensor3D, P('mlp.w3.weight'), P('mlp.w3.bias'));

@@ -48,7 +48,8 @@ export function fromClip(sd: StateDict): StateDict {
     else if (top.has(k)) out[top.get(k)!] = v;
     else if (k === 'class_embedding' && v.shape.length === 1) out.cls_token = { shape: [1, 1, v.shape[0]], data: v.data };
     else if (k === 'positional_embedding' && v.shape.length === 2) out.pos_embed = { shape: [1, ...v.shape], data: v.data };
-    else if (k === 'register_embedding' && v.shape.length === 2 && v.shape[1] === D) out.register_tokens = { shape: [1, ...v.shape], data: v.data };
+    else if (k === 'register_embedding' && v.shape.length === 2 && v.shape[1] === D)
+      out.register_tokens = { shape: [1, ...v.shape], data: v.data };
     else out[`clip:${k}`] = v;
   }
   return withMaskToken(out);
@@ -56,7 +57,8 @@ export function fromClip(sd: StateDict): StateDict {
 
 /** DINOv2 names -> CLIP's (a class slot in the positional embedding, no mask token). */
 export function toClip(sd: StateDict, c: ViTConfig): StateDict {
-  if (c.ffn_layer === 'swiglu') throw new Error('the CLIP naming has no SwiGLU FFN (mlp.c_fc / mlp.c_proj are a plain MLP); write this model as dinov2 or timm');
+  if (c.ffn_layer === 'swiglu')
+    throw new Error('the CLIP naming has no SwiGLU FFN (mlp.c_fc / mlp.c_proj are a plain MLP); write this model as dinov2 or timm');
   const out: StateDict = {};
   const top = new Map(CLIP_TOP.map(([a, b]) => [b, a] as [string, string]));
   const block = new Map(CLIP_BLOCK.map(([a, b]) => [b, a] as [string, string]));

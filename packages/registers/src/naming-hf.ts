@@ -86,7 +86,10 @@ export function toHf(sd: StateDict, c: ViTConfig): StateDict {
       continue;
     }
     const m = /^blocks\.(\d+)\.(.+)$/.exec(k);
-    if (!m) throw new Error(`the Hugging Face Dinov2 layout has no name for tensor "${k}"; write this model as dinov2, timm or its family's naming`);
+    if (!m)
+      throw new Error(
+        `the Hugging Face Dinov2 layout has no name for tensor "${k}"; write this model as dinov2, timm or its family's naming`,
+      );
     const [, i, rest] = m;
     const qkv = /^attn\.qkv\.(weight|bias)$/.exec(rest);
     if (qkv) {

@@ -18,7 +18,10 @@ export function fromTimm(sd: StateDict): StateDict {
     const m = /^blocks\.(\d+)\.mlp\.fc1\.weight$/.exec(k);
     const fc2 = m && out[`blocks.${m[1]}.mlp.fc2.weight`];
     if (m && fc2 && out[k].shape[0] === 2 * fc2.shape[1]) {
-      for (const [a, b] of [['fc1', 'w12'], ['fc2', 'w3']]) {
+      for (const [a, b] of [
+        ['fc1', 'w12'],
+        ['fc2', 'w3'],
+      ]) {
         for (const s of ['weight', 'bias']) {
           const from = `blocks.${m[1]}.mlp.${a}.${s}`;
           if (out[from]) {

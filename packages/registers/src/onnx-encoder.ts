@@ -17,7 +17,15 @@ import { join } from 'node:path';
 import type { InferenceSession, Tensor } from 'onnxruntime-node';
 import { validateConfig, type ViTConfig } from './config.js';
 import { checkImageBatch, type EncodeOptions, type Encoder, type EncoderOutput, type HostArray, type ImageBatch } from './encoder.js';
-import { checkExportable, exportOnnx, onnxModelBytes, ONNX_METADATA, ONNX_OUTPUTS, resampledPatchPositions, type OnnxOutput } from './onnx-export.js';
+import {
+  checkExportable,
+  exportOnnx,
+  onnxModelBytes,
+  ONNX_METADATA,
+  ONNX_OUTPUTS,
+  resampledPatchPositions,
+  type OnnxOutput,
+} from './onnx-export.js';
 import { ttrNeuronsByLayer } from './model.js';
 import { readOnnxInfo } from './onnx-proto.js';
 import { modelFingerprint } from './test-time-registers.js';
@@ -67,7 +75,10 @@ export async function loadOnnxRuntime(): Promise<Ort> {
       return ort;
     } catch (err) {
       ortPromise = undefined;
-      throw new Error(`ONNX Runtime is not available: onnxruntime-node could not be loaded (${firstLine(err)}); install it with npm install onnxruntime-node (its install script is not needed for the CPU)`);
+      throw new Error(
+        `ONNX Runtime is not available: onnxruntime-node could not be loaded (${firstLine(err)}); install it with npm install onnxruntime-node (its install script is not needed for the CPU)`,
+        { cause: err },
+      );
     }
   })();
   return ortPromise;
@@ -75,11 +86,16 @@ export async function loadOnnxRuntime(): Promise<Ort> {
 
 /** Whether onnxruntime-node loads here (what engine 'auto' asks). */
 export async function onnxRuntimeAvailable(): Promise<boolean> {
-  return loadOnnxRuntime().then(() => true, () => false);
+  return loadOnnxRuntime().then(
+    () => true,
+    () => false,
+  );
 }
 
 function firstLine(err: unknown): string {
-  return String((err as Error)?.message ?? err).split('\n')[0]!.trim();
+  return String((err as Error)?.message ?? err)
+    .split('\n')[0]!
+    .trim();
 }
 
 /** Session options for a device and thread count. */
@@ -98,9 +114,10 @@ function sessionOptions(device: OnnxDevice, threads: number | undefined): Infere
 function sessionError(err: unknown, device: OnnxDevice, what: string): Error {
   const msg = firstLine(err);
   if (device !== 'cpu' && /provider|cuda|webgpu|dawn|adapter|libcu|\.so/i.test(msg)) {
-    const how = device === 'cuda'
-      ? "ONNX Runtime's CUDA 12 provider is not installed or finds no GPU (reinstall onnxruntime-node with its install script allowed: ONNXRUNTIME_NODE_INSTALL=cuda12)"
-      : 'no WebGPU adapter was found (a GPU driver Dawn can use, e.g. Vulkan, is needed)';
+    const how =
+      device === 'cuda'
+        ? "ONNX Runtime's CUDA 12 provider is not installed or finds no GPU (reinstall onnxruntime-node with its install script allowed: ONNXRUNTIME_NODE_INSTALL=cuda12)"
+        : 'no WebGPU adapter was found (a GPU driver Dawn can use, e.g. Vulkan, is needed)';
     return new Error(`--device ${device}: not available here: ${how} (${msg})`);
   }
   return new Error(`${what}: ONNX Runtime cannot load it: ${msg}`);
@@ -166,7 +183,9 @@ export class OnnxEncoder implements Encoder {
     const info = await readOnnxInfo(path);
     const meta = info.metadata;
     if (!meta[ONNX_METADATA.config] || !meta[ONNX_METADATA.input] || !meta[ONNX_METADATA.outputs]) {
-      throw new Error(`${path}: not a vitreg ONNX export (producer "${info.producer}", no ${ONNX_METADATA.config} in its metadata); export one with vitreg export`);
+      throw new Error(
+        `${path}: not a vitreg ONNX export (producer "${info.producer}", no ${ONNX_METADATA.config} in its metadata); export one with vitreg export`,
+      );
     }
     let config: ViTConfig;
     let size: [number, number];
@@ -178,7 +197,7 @@ export class OnnxEncoder implements Encoder {
       outputs = JSON.parse(meta[ONNX_METADATA.outputs]!);
       if (meta[ONNX_METADATA.testTimeRegisters]) ttr = JSON.parse(meta[ONNX_METADATA.testTimeRegisters]!);
     } catch (err) {
-      throw new Error(`${path}: bad vitreg metadata: ${firstLine(err)}`);
+      throw new Error(`${path}: bad vitreg metadata: ${firstLine(err)}`, { cause: err });
     }
     const device = opts.device ?? 'cpu';
     const entry = ort.InferenceSession.create(path, sessionOptions(device, opts.threads)).then(
@@ -187,7 +206,10 @@ export class OnnxEncoder implements Encoder {
         throw sessionError(err, device, path);
       },
     );
-    if (opts.testTimeRegisters) throw new Error(`${path}: test-time registers are part of an exported graph (exportOnnx's testTimeRegisters option); give the weights file to add them here`);
+    if (opts.testTimeRegisters)
+      throw new Error(
+        `${path}: test-time registers are part of an exported graph (exportOnnx's testTimeRegisters option); give the weights file to add them here`,
+      );
     const enc = new OnnxEncoder(ort, config, { file: path, entry }, opts, ttr?.length);
     await entry;
     return enc;
@@ -198,8 +220,14 @@ export class OnnxEncoder implements Encoder {
    * registers with `neurons` (as withTestTimeRegisters on tfjs). Only for encoders built from weights.
    */
   async withTestTimeRegisters(neurons: ReadonlyArray<{ layer: number; neuron: number }>): Promise<OnnxEncoder> {
-    if ('file' in this.source) throw new Error(`${this.source.file}: test-time registers are part of an exported graph (exportOnnx's testTimeRegisters option); give the weights file to add them here`);
-    return OnnxEncoder.fromWeights(this.base, this.source.stateDict, { ...this.opts, testTimeRegisters: { neurons: neurons.map((n) => ({ layer: n.layer, neuron: n.neuron })) } });
+    if ('file' in this.source)
+      throw new Error(
+        `${this.source.file}: test-time registers are part of an exported graph (exportOnnx's testTimeRegisters option); give the weights file to add them here`,
+      );
+    return OnnxEncoder.fromWeights(this.base, this.source.stateDict, {
+      ...this.opts,
+      testTimeRegisters: { neurons: neurons.map((n) => ({ layer: n.layer, neuron: n.neuron })) },
+    });
   }
 
   /**
@@ -236,13 +264,17 @@ export class OnnxEncoder implements Encoder {
     if ('file' in src) {
       const entry = await src.entry;
       if (entry.size[0] !== h || entry.size[1] !== w) {
-        throw new Error(`${src.file} was exported for ${entry.size[0]}x${entry.size[1]} images, got ${h}x${w}: export one for this size (vitreg export --size ${h}x${w}) or give the weights file`);
+        throw new Error(
+          `${src.file} was exported for ${entry.size[0]}x${entry.size[1]} images, got ${h}x${w}: export one for this size (vitreg export --size ${h}x${w}) or give the weights file`,
+        );
       }
       const optional = (o: OnnxOutput) => o === 'pooled' || (o === 'registers' && this.config.num_register_tokens === 0);
       const missing = outputs.filter((o) => !entry.outputs.has(o) && !optional(o));
       const implied = missing.filter((o) => !(o === 'attention' && entry.outputs.has('attention:all')));
       if (implied.length > 0) {
-        throw new Error(`${src.file} has no output ${implied.map((o) => `"${o}"`).join(', ')} (it has ${[...entry.outputs].join(', ')}); export it with --outputs ${[...new Set([...entry.outputs, ...implied])].join(',')}`);
+        throw new Error(
+          `${src.file} has no output ${implied.map((o) => `"${o}"`).join(', ')} (it has ${[...entry.outputs].join(', ')}); export it with --outputs ${[...new Set([...entry.outputs, ...implied])].join(',')}`,
+        );
       }
       return entry;
     }
@@ -261,7 +293,12 @@ export class OnnxEncoder implements Encoder {
     const p = this.config.patch_size;
     const [h, w] = [p, p]; // a dynamic-size graph: the size only checks the config
     const exportOpts = {
-      height: h, width: w, outputs, weightType: this.opts.weightType, contribAttention: device !== 'webgpu', dynamicSize: true,
+      height: h,
+      width: w,
+      outputs,
+      weightType: this.opts.weightType,
+      contribAttention: device !== 'webgpu',
+      dynamicSize: true,
       testTimeRegisters: this.opts.testTimeRegisters,
     };
     const options = sessionOptions(device, this.opts.threads);
@@ -303,7 +340,7 @@ export class OnnxEncoder implements Encoder {
     try {
       res = await entry.session.run(feeds);
     } catch (err) {
-      throw new Error(`ONNX Runtime failed on a ${B}x${H}x${W} batch: ${firstLine(err)}`);
+      throw new Error(`ONNX Runtime failed on a ${B}x${H}x${W} batch: ${firstLine(err)}`, { cause: err });
     }
     const get = (name: string): HostArray => {
       const t = res[name];
@@ -333,7 +370,11 @@ export class OnnxEncoder implements Encoder {
   async dispose(): Promise<void> {
     const entries = 'file' in this.source ? [this.source.entry] : [...this.sessions.values()];
     this.sessions.clear();
-    for (const e of entries) await e.then((s) => s.session.release(), () => {});
+    for (const e of entries)
+      await e.then(
+        (s) => s.session.release(),
+        () => {},
+      );
     for (const d of this.tempDirs) await rm(d, { recursive: true, force: true });
   }
 }

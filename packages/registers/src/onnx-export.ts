@@ -29,7 +29,19 @@ import { type StateDict } from './state-dict.js';
  * What an exported graph can return, named as ViTOutput's fields: 'attention' is the last block's
  * softmax attention, 'attention:all' every block's; 'layers' every block's output tokens.
  */
-export const ONNX_OUTPUTS = ['cls', 'registers', 'patches', 'prenorm', 'pooled', 'embeddings', 'attention', 'attention:all', 'keys', 'values', 'layers'] as const;
+export const ONNX_OUTPUTS = [
+  'cls',
+  'registers',
+  'patches',
+  'prenorm',
+  'pooled',
+  'embeddings',
+  'attention',
+  'attention:all',
+  'keys',
+  'values',
+  'layers',
+] as const;
 export type OnnxOutput = (typeof ONNX_OUTPUTS)[number];
 export const DEFAULT_ONNX_OUTPUTS: OnnxOutput[] = ['cls', 'registers', 'patches', 'prenorm'];
 
@@ -76,10 +88,30 @@ export const ONNX_METADATA = {
  * (false, null, 0, 'none' or absent), else export fails naming it.
  */
 const HANDLED = new Set([
-  'embed_dim', 'depth', 'num_heads', 'patch_size', 'num_register_tokens', 'mlp_ratio', 'ffn_layer', 'img_size',
-  'interpolate_antialias', 'interpolate_offset', 'layerscale_init', 'qkv_bias', 'proj_bias', 'ffn_bias',
-  'drop_path_rate', 'drop_path_uniform', 'drop_path_batch_subset', 'norm_eps',
-  'act_layer', 'pos_embed_cls', 'patch_bias', 'pre_norm', 'proj_dim', 'final_norm_tokens',
+  'embed_dim',
+  'depth',
+  'num_heads',
+  'patch_size',
+  'num_register_tokens',
+  'mlp_ratio',
+  'ffn_layer',
+  'img_size',
+  'interpolate_antialias',
+  'interpolate_offset',
+  'layerscale_init',
+  'qkv_bias',
+  'proj_bias',
+  'ffn_bias',
+  'drop_path_rate',
+  'drop_path_uniform',
+  'drop_path_batch_subset',
+  'norm_eps',
+  'act_layer',
+  'pos_embed_cls',
+  'patch_bias',
+  'pre_norm',
+  'proj_dim',
+  'final_norm_tokens',
 ]);
 
 /** The model-family fields (DINO, DeiT-III, CLIP), with DINOv2's values where a config lacks them. */
@@ -118,7 +150,14 @@ export function checkExportable(c: ViTConfig): void {
 }
 
 /** The graph's output names and shapes for a config, size and output list (graph order). */
-export function onnxOutputValues(c: ViTConfig, height: number, width: number, outputs: readonly OnnxOutput[], dynamicSize = false, testTimeRegister = false): GraphValue[] {
+export function onnxOutputValues(
+  c: ViTConfig,
+  height: number,
+  width: number,
+  outputs: readonly OnnxOutput[],
+  dynamicSize = false,
+  testTimeRegister = false,
+): GraphValue[] {
   const R = c.num_register_tokens + (testTimeRegister ? 1 : 0);
   const P: number | string = dynamicSize ? 'patches' : (height / c.patch_size) * (width / c.patch_size);
   const N: number | string = dynamicSize ? 'tokens' : 1 + R + (P as number);
@@ -134,7 +173,8 @@ export function onnxOutputValues(c: ViTConfig, height: number, width: number, ou
   if (want.has('pooled') && projDim !== null) out.push({ name: 'pooled', dims: ['batch', projDim] });
   if (want.has('embeddings')) out.push({ name: 'embeddings', dims: ['batch', P, D] });
   for (let i = 0; i < c.depth; i++) {
-    if (want.has('attention:all') || (want.has('attention') && i === c.depth - 1)) out.push({ name: `attention.${i}`, dims: ['batch', H, N, N] });
+    if (want.has('attention:all') || (want.has('attention') && i === c.depth - 1))
+      out.push({ name: `attention.${i}`, dims: ['batch', H, N, N] });
   }
   if (want.has('keys')) out.push({ name: 'keys', dims: ['batch', H, N, D / H] });
   if (want.has('values')) out.push({ name: 'values', dims: ['batch', H, N, D / H] });
@@ -193,10 +233,12 @@ function checkOptions(c: ViTConfig, opts: OnnxExportOptions): OnnxOutput[] {
   }
   const outputs = [...(opts.outputs ?? DEFAULT_ONNX_OUTPUTS)];
   for (const o of outputs) {
-    if (!(ONNX_OUTPUTS as readonly string[]).includes(o)) throw new Error(`ONNX export: unknown output "${o}"; expected some of ${ONNX_OUTPUTS.join(', ')}`);
+    if (!(ONNX_OUTPUTS as readonly string[]).includes(o))
+      throw new Error(`ONNX export: unknown output "${o}"; expected some of ${ONNX_OUTPUTS.join(', ')}`);
   }
   if (outputs.length === 0) throw new Error('ONNX export: no outputs requested');
-  if (outputs.includes('pooled') && family(c).projDim === null) throw new Error('ONNX export: output "pooled" needs a config with proj_dim (a CLIP image tower)');
+  if (outputs.includes('pooled') && family(c).projDim === null)
+    throw new Error('ONNX export: output "pooled" needs a config with proj_dim (a CLIP image tower)');
   return outputs;
 }
 
@@ -204,7 +246,11 @@ function checkOptions(c: ViTConfig, opts: OnnxExportOptions): OnnxOutput[] {
  * Builds the graph of a config and state dict (DINOv2 names, PyTorch layouts) for one input size.
  * Returns the builder (nodes and initializers) and the graph's inputs, outputs and metadata.
  */
-export function buildOnnxGraph(c: ViTConfig, sd: StateDict, opts: OnnxExportOptions): { graph: GraphBuilder; inputs: GraphValue[]; outputs: GraphValue[]; metadata: Record<string, string> } {
+export function buildOnnxGraph(
+  c: ViTConfig,
+  sd: StateDict,
+  opts: OnnxExportOptions,
+): { graph: GraphBuilder; inputs: GraphValue[]; outputs: GraphValue[]; metadata: Record<string, string> } {
   const outputs = checkOptions(c, opts);
   checkStateDict(sd, c, 'ONNX export');
   const weightType = opts.weightType ?? 'float32';
@@ -240,10 +286,15 @@ export function buildOnnxGraph(c: ViTConfig, sd: StateDict, opts: OnnxExportOpti
     return b ? g.op('Add', [y, g.weight(`${prefix}.bias`, b, [outDim])], output) : y;
   };
   const layerNorm = (x: string, prefix: string, output = 'ln') =>
-    g.node('LayerNormalization', [x, g.weight(`${prefix}.weight`, t(`${prefix}.weight`), [D]), g.weight(`${prefix}.bias`, t(`${prefix}.bias`), [D])], output, {
-      axis: -1,
-      epsilon: { float: c.norm_eps },
-    })[0]!;
+    g.node(
+      'LayerNormalization',
+      [x, g.weight(`${prefix}.weight`, t(`${prefix}.weight`), [D]), g.weight(`${prefix}.bias`, t(`${prefix}.bias`), [D])],
+      output,
+      {
+        axis: -1,
+        epsilon: { float: c.norm_eps },
+      },
+    )[0]!;
 
   // Patch embedding: NHWC -> NCHW, Conv p x p stride p, [B, D, gh, gw] -> [B, P, D].
   const nchw = g.op('Transpose', ['images'], 'images_nchw', { perm: [0, 3, 1, 2] });
@@ -274,12 +325,19 @@ export function buildOnnxGraph(c: ViTConfig, sd: StateDict, opts: OnnxExportOpti
   /** Attention as MatMul / Softmax / MatMul: [B, N, 3D] -> [B, N, 3, H, hd] -> [3, B, H, N, hd] -> q, k, v. */
   const attention = (h1: string, b: string, i: number, last: boolean): string => {
     const qkv = linear(h1, `${b}.attn.qkv`, D, 3 * D);
-    const heads = g.op('Transpose', [g.op('Reshape', [qkv, g.int64([0, -1, 3, H, hd])], `${b}.qkv5`)], `${b}.qkv_heads`, { perm: [2, 0, 3, 1, 4] });
-    const part = (k: number, name: string) => g.op('Gather', [heads, g.int64([k], [])], last ? out(name, `${b}.${name}`) : `${b}.${name}`, { axis: 0 });
+    const heads = g.op('Transpose', [g.op('Reshape', [qkv, g.int64([0, -1, 3, H, hd])], `${b}.qkv5`)], `${b}.qkv_heads`, {
+      perm: [2, 0, 3, 1, 4],
+    });
+    const part = (k: number, name: string) =>
+      g.op('Gather', [heads, g.int64([k], [])], last ? out(name, `${b}.${name}`) : `${b}.${name}`, { axis: 0 });
     const q = part(0, 'queries');
     const k = part(1, 'keys');
     const v = part(2, 'values');
-    const scores = g.op('MatMul', [g.op('Mul', [q, g.floats(`${b}.scale`, scale, [])], `${b}.q_scaled`), g.op('Transpose', [k], `${b}.keys_t`, { perm: [0, 1, 3, 2] })], `${b}.scores`);
+    const scores = g.op(
+      'MatMul',
+      [g.op('Mul', [q, g.floats(`${b}.scale`, scale, [])], `${b}.q_scaled`), g.op('Transpose', [k], `${b}.keys_t`, { perm: [0, 1, 3, 2] })],
+      `${b}.scores`,
+    );
     const attn = g.op('Softmax', [scores], out(`attention.${i}`, `${b}.attn`), { axis: -1 });
     const perToken = g.op('Transpose', [g.op('MatMul', [attn, v], `${b}.attn_v`)], `${b}.attn_t`, { perm: [0, 2, 1, 3] });
     return g.op('Reshape', [perToken, g.int64([0, -1, D])], `${b}.attn_merged`);
@@ -288,7 +346,13 @@ export function buildOnnxGraph(c: ViTConfig, sd: StateDict, opts: OnnxExportOpti
   const contribAttention = (h1: string, b: string): string => {
     const w = transposed(t(`${b}.attn.qkv.weight`), 3 * D, D);
     const bias = sd[`${b}.attn.qkv.bias`]?.data ?? new Float32Array(3 * D);
-    return g.node('Attention', [h1, g.weight(`${b}.attn.qkv.weight`, w, [D, 3 * D]), g.weight(`${b}.attn.qkv.bias`, bias, [3 * D])], `${b}.attn_merged`, { num_heads: H }, 'com.microsoft')[0]!;
+    return g.node(
+      'Attention',
+      [h1, g.weight(`${b}.attn.qkv.weight`, w, [D, 3 * D]), g.weight(`${b}.attn.qkv.bias`, bias, [3 * D])],
+      `${b}.attn_merged`,
+      { num_heads: H },
+      'com.microsoft',
+    )[0]!;
   };
   /**
    * The test-time register edit of one layer's MLP activation [B, N, hidden] (model.ts moveToRegister):
@@ -304,11 +368,19 @@ export function buildOnnxGraph(c: ViTConfig, sd: StateDict, opts: OnnxExportOpti
     const cols = new Float32Array(hidden);
     for (const n of neurons) cols[n] = 1;
     const col = g.floats(`${b}.ttr_cols`, cols, [1, 1, hidden]);
-    const keep = g.floats(`${b}.ttr_keep`, cols.map((x) => 1 - x), [1, 1, hidden]);
+    const keep = g.floats(
+      `${b}.ttr_keep`,
+      cols.map((x) => 1 - x),
+      [1, 1, hidden],
+    );
     const prefixAct = g.op('Slice', [act, g.int64([0]), g.int64([1 + R]), g.int64([1])], `${b}.ttr_prefix`);
     const regAct = g.op('Slice', [act, g.int64([1 + R]), g.int64([2 + R]), g.int64([1])], `${b}.ttr_reg`);
     const patchAct = g.op('Slice', [act, g.int64([2 + R]), g.int64([2 ** 53 - 1]), g.int64([1])], `${b}.ttr_patches`);
-    const reg = g.op('Add', [g.op('Mul', [regAct, keep], `${b}.ttr_reg_kept`), g.op('Mul', [col, v], `${b}.ttr_reg_value`)], `${b}.ttr_reg_new`);
+    const reg = g.op(
+      'Add',
+      [g.op('Mul', [regAct, keep], `${b}.ttr_reg_kept`), g.op('Mul', [col, v], `${b}.ttr_reg_value`)],
+      `${b}.ttr_reg_new`,
+    );
     const patches = g.op('Mul', [patchAct, keep], `${b}.ttr_patches_new`);
     return g.op('Concat', [prefixAct, reg, patches], `${b}.ttr_act`, { axis: 1 });
   };
@@ -340,7 +412,11 @@ export function buildOnnxGraph(c: ViTConfig, sd: StateDict, opts: OnnxExportOpti
       f = linear(edit(g.op('Mul', [h, sig], `${b}.quick_gelu`), b, i), `${b}.mlp.fc2`, hidden, D, fold ? ls2 : undefined);
     } else {
       const h = linear(h2, `${b}.mlp.fc1`, D, hidden);
-      const erf = g.op('Erf', [g.op('Div', [h, g.floats(`${b}.sqrt2`, new Float32Array([Math.SQRT2]), [])], `${b}.gelu_div`)], `${b}.gelu_erf`);
+      const erf = g.op(
+        'Erf',
+        [g.op('Div', [h, g.floats(`${b}.sqrt2`, new Float32Array([Math.SQRT2]), [])], `${b}.gelu_div`)],
+        `${b}.gelu_erf`,
+      );
       const one = g.op('Add', [erf, g.floats(`${b}.one`, new Float32Array([1]), [])], `${b}.gelu_add`);
       const gelu = g.op('Mul', [g.op('Mul', [h, one], `${b}.gelu_mul`), g.floats(`${b}.half`, new Float32Array([0.5]), [])], `${b}.gelu`);
       f = linear(edit(gelu, b, i), `${b}.mlp.fc2`, hidden, D, fold ? ls2 : undefined);
@@ -364,9 +440,15 @@ export function buildOnnxGraph(c: ViTConfig, sd: StateDict, opts: OnnxExportOpti
     [ONNX_METADATA.input]: JSON.stringify([opts.height, opts.width]),
     [ONNX_METADATA.weightType]: weightType,
   };
-  if (opts.testTimeRegisters) metadata[ONNX_METADATA.testTimeRegisters] = JSON.stringify(opts.testTimeRegisters.neurons.map((n) => ({ layer: n.layer, neuron: n.neuron })));
+  if (opts.testTimeRegisters)
+    metadata[ONNX_METADATA.testTimeRegisters] = JSON.stringify(
+      opts.testTimeRegisters.neurons.map((n) => ({ layer: n.layer, neuron: n.neuron })),
+    );
   const inputs: GraphValue[] = dyn
-    ? [{ name: 'images', dims: ['batch', 'height', 'width', 3] }, { name: 'patch_pos', dims: [1, 'patches', D] }]
+    ? [
+        { name: 'images', dims: ['batch', 'height', 'width', 3] },
+        { name: 'patch_pos', dims: [1, 'patches', D] },
+      ]
     : [{ name: 'images', dims: ['batch', opts.height, opts.width, 3] }];
   if (dyn) metadata[ONNX_METADATA.input] = JSON.stringify('dynamic');
   return { graph: g, inputs, outputs: wantValues, metadata };
@@ -376,7 +458,9 @@ export function buildOnnxGraph(c: ViTConfig, sd: StateDict, opts: OnnxExportOpti
 export function onnxModelBytes(c: ViTConfig, sd: StateDict, opts: OnnxExportOptions): Uint8Array {
   const { graph, inputs, outputs, metadata } = buildOnnxGraph(c, sd, opts);
   if (graph.weightBytes() > 2 ** 31 - 2 ** 24) {
-    throw new Error(`ONNX export: ${(graph.weightBytes() / 2 ** 30).toFixed(2)} GiB of weights do not fit in one protobuf (2 GiB): export to a file with external data`);
+    throw new Error(
+      `ONNX export: ${(graph.weightBytes() / 2 ** 30).toFixed(2)} GiB of weights do not fit in one protobuf (2 GiB): export to a file with external data`,
+    );
   }
   return encodeModel(graph.model(inputs, outputs, metadata));
 }

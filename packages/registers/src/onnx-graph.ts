@@ -66,7 +66,14 @@ export class GraphBuilder {
   node(op: string, inputs: string[], outputs: string[] | string, attrs: Record<string, AttrValue> = {}, domain?: string): string[] {
     const outs = (Array.isArray(outputs) ? outputs : [outputs]).map((o) => (o.startsWith('=') ? this.claim(o.slice(1)) : this.name(o)));
     const attribute_ = Object.entries(attrs).map(([k, v]) => attribute(k, v));
-    this.nodes.push({ op_type: op, input: inputs, output: outs, name: this.name(`${op}_${outs[0]}`), attribute: attribute_, ...(domain ? { domain } : {}) });
+    this.nodes.push({
+      op_type: op,
+      input: inputs,
+      output: outs,
+      name: this.name(`${op}_${outs[0]}`),
+      attribute: attribute_,
+      ...(domain ? { domain } : {}),
+    });
     return outs;
   }
 
@@ -151,7 +158,10 @@ export class GraphBuilder {
       ir_version: ONNX_IR_VERSION,
       producer_name: 'vitreg',
       producer_version: '0.1.0',
-      opset_import: [{ domain: '', version: ONNX_OPSET }, ...(this.nodes.some((n) => n.domain === 'com.microsoft') ? [{ domain: 'com.microsoft', version: 1 }] : [])],
+      opset_import: [
+        { domain: '', version: ONNX_OPSET },
+        ...(this.nodes.some((n) => n.domain === 'com.microsoft') ? [{ domain: 'com.microsoft', version: 1 }] : []),
+      ],
       graph: { name: 'vitreg_vit', node: this.nodes, initializer, input: inputs.map(valueInfo), output: outputs.map(valueInfo) },
       metadata_props: Object.entries(metadata).map(([key, value]) => ({ key, value })),
     };

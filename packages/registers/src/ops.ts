@@ -9,7 +9,10 @@
 import * as tf from '@tensorflow/tfjs-core';
 
 /** tf.customGrad with the (inputs..., save) signature spelled out. */
-type GradFn<T extends tf.Tensor> = (...args: (tf.Tensor | tf.GradSaveFunc)[]) => { value: T; gradFunc: (dy: T, saved: tf.Tensor[]) => tf.Tensor | tf.Tensor[] };
+type GradFn<T extends tf.Tensor> = (...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+  value: T;
+  gradFunc: (dy: T, saved: tf.Tensor[]) => tf.Tensor | tf.Tensor[];
+};
 
 const matMul2dGrad = tf.customGrad(((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
   save([a, b]);
@@ -164,7 +167,12 @@ export function geluLinear<R extends tf.Rank>(x: tf.Tensor<R>, w: tf.Tensor, b?:
  * A residual connection with optional LayerScale `gamma` [D] and per-sample drop-path factors `keep`
  * [B, 1, 1] (not differentiated): x + (branch gamma) keep, as one op keeping only branch, gamma, keep.
  */
-export function residual<R extends tf.Rank>(x: tf.Tensor<R>, branch: tf.Tensor<R>, gamma?: tf.Tensor | null, keep?: tf.Tensor | null): tf.Tensor<R> {
+export function residual<R extends tf.Rank>(
+  x: tf.Tensor<R>,
+  branch: tf.Tensor<R>,
+  gamma?: tf.Tensor | null,
+  keep?: tf.Tensor | null,
+): tf.Tensor<R> {
   const op = tf.customGrad(((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const [xi, bi, gi] = args as tf.Tensor[];
     const save = args[args.length - 1] as tf.GradSaveFunc;
@@ -261,19 +269,20 @@ export function multiHeadAttention(qkv: tf.Tensor4D, scale: number, sink?: { att
     if (sink) sink.attn = tf.keep(attn);
     return {
       value: out,
-      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.tidy(() => {
-        const [sx, a] = saved as [tf.Tensor4D, tf.Tensor3D];
-        const [qs, ks, vs] = parts(sx);
-        const dO = split ? blocks(dy as tf.Tensor3D) : (dy as tf.Tensor3D);
-        const as = split ? blocks(a) : a;
-        const dV = bmm(as, dO, true, false);
-        const dA = bmm(dO, vs, false, true);
-        const dS = tf.mul(tf.mul(a, tf.sub(dA, tf.sum(tf.mul(dA, a), -1, true))), scale) as tf.Tensor3D;
-        const dSs = split ? blocks(dS) : dS;
-        const dQ = bmm(dSs, ks);
-        const dK = bmm(dSs, qs, true, false);
-        return [tf.reshape(tf.concat([dQ, dK, dV], 0), sx.shape)];
-      }),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+        tf.tidy(() => {
+          const [sx, a] = saved as [tf.Tensor4D, tf.Tensor3D];
+          const [qs, ks, vs] = parts(sx);
+          const dO = split ? blocks(dy as tf.Tensor3D) : (dy as tf.Tensor3D);
+          const as = split ? blocks(a) : a;
+          const dV = bmm(as, dO, true, false);
+          const dA = bmm(dO, vs, false, true);
+          const dS = tf.mul(tf.mul(a, tf.sub(dA, tf.sum(tf.mul(dA, a), -1, true))), scale) as tf.Tensor3D;
+          const dSs = split ? blocks(dS) : dS;
+          const dQ = bmm(dSs, ks);
+          const dK = bmm(dSs, qs, true, false);
+          return [tf.reshape(tf.concat([dQ, dK, dV], 0), sx.shape)];
+        }),
     };
   }) as GradFn<tf.Tensor3D>);
   return op(qkv) as tf.Tensor3D;

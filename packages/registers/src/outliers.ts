@@ -249,7 +249,11 @@ export function testBimodality(logValues: ArrayLike<number>, opts: OutlierOption
   const sorted = Float64Array.from(logValues).sort();
   let gap = 0;
   for (let i = 1; i < n; i++) if (sorted[i] - sorted[i - 1] > sorted[gap + 1] - sorted[gap]) gap = i - 1;
-  const starts = [otsu, (sorted[gap] + sorted[gap + 1]) / 2, ...[0.5, 0.75, 0.9, 0.95, 0.98, 0.99].map((q) => sorted[Math.floor(q * (n - 1))])];
+  const starts = [
+    otsu,
+    (sorted[gap] + sorted[gap + 1]) / 2,
+    ...[0.5, 0.75, 0.9, 0.95, 0.98, 0.99].map((q) => sorted[Math.floor(q * (n - 1))]),
+  ];
   let best: ReturnType<typeof fitTwoGaussians> | null = null;
   for (const split of starts) {
     if (!(split >= sorted[0] && split < sorted[n - 1])) continue;
@@ -274,7 +278,7 @@ export function testBimodality(logValues: ArrayLike<number>, opts: OutlierOption
     if (Math.abs(logValues[i] - logThreshold) <= half) mid++;
     if (Math.abs(logValues[i] - high.mean) <= high.std) top++;
   }
-  const valley = top > 0 ? (mid / half) / (top / high.std) : Infinity;
+  const valley = top > 0 ? mid / half / (top / high.std) : Infinity;
   const fit = { deltaBic, separation, ratio, valley, low, high, otsu };
   const failed: string[] = [];
   if (!(deltaBic > 0)) failed.push(`one Gaussian fits better (BIC difference ${deltaBic.toFixed(2)})`);
@@ -318,7 +322,8 @@ export function detectOutliers(norms: ArrayLike<number>, grid: [number, number] 
     throw new Error(`detectOutliers: ${n} norms do not fill a ${grid[0]}x${grid[1]} grid`);
   }
   for (let i = 0; i < n; i++) {
-    if (!Number.isFinite(norms[i]) || norms[i] < 0) throw new Error(`detectOutliers: norm ${i} is ${norms[i]} (expected a finite value >= 0)`);
+    if (!Number.isFinite(norms[i]) || norms[i] < 0)
+      throw new Error(`detectOutliers: norm ${i} is ${norms[i]} (expected a finite value >= 0)`);
   }
   const mode = opts.threshold ?? 'auto';
   let threshold: number | null;
@@ -334,5 +339,12 @@ export function detectOutliers(norms: ArrayLike<number>, grid: [number, number] 
   const indices: number[] = [];
   if (threshold !== null) for (let i = 0; i < n; i++) if (norms[i] > threshold) indices.push(i);
   const positions = grid ? indices.map((i): [number, number] => [Math.floor(i / grid[1]), i % grid[1]]) : [];
-  return { method: mode === 'auto' ? 'auto' : 'fixed', threshold, indices, positions, fraction: n > 0 ? indices.length / n : 0, bimodality };
+  return {
+    method: mode === 'auto' ? 'auto' : 'fixed',
+    threshold,
+    indices,
+    positions,
+    fraction: n > 0 ? indices.length / n : 0,
+    bimodality,
+  };
 }

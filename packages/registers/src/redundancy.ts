@@ -27,7 +27,12 @@ export function neighbourSimilarity(embeddings: ArrayLike<number>, grid: [number
       const i = r * cols + c;
       let s = 0;
       let m = 0;
-      for (const [dr, dc] of [[-1, 0], [1, 0], [0, -1], [0, 1]]) {
+      for (const [dr, dc] of [
+        [-1, 0],
+        [1, 0],
+        [0, -1],
+        [0, 1],
+      ]) {
         const rr = r + dr;
         const cc = c + dc;
         if (rr < 0 || rr >= rows || cc < 0 || cc >= cols) continue;

@@ -91,7 +91,8 @@ export function registerNeuronSettings(config: ViTConfig, opts: FindRegisterNeur
   if (opts.sparsity) {
     const s = opts.sparsity === true ? {} : opts.sparsity;
     sparsity = { fraction: s.fraction ?? 0.5, activation: s.activation ?? 0.5 };
-    if (!(sparsity.fraction >= 0 && sparsity.fraction <= 1)) throw new Error(`sparsity.fraction: expected a number in [0, 1], got ${sparsity.fraction}`);
+    if (!(sparsity.fraction >= 0 && sparsity.fraction <= 1))
+      throw new Error(`sparsity.fraction: expected a number in [0, 1], got ${sparsity.fraction}`);
     if (!Number.isFinite(sparsity.activation)) throw new Error(`sparsity.activation: expected a finite number, got ${sparsity.activation}`);
   }
   return { layer, threshold, highestLayer, topK, sparsity };
@@ -126,7 +127,11 @@ async function* batchesOf(images: ImageInput, batchSize: number): AsyncGenerator
  * the caller owns; a single tensor is cut into `batchSize` batches). Throws when no image has outliers,
  * as the reference does.
  */
-export async function findRegisterNeurons(model: VisionTransformer, images: ImageInput, opts: FindRegisterNeuronsOptions = {}): Promise<RegisterNeuronResult> {
+export async function findRegisterNeurons(
+  model: VisionTransformer,
+  images: ImageInput,
+  opts: FindRegisterNeuronsOptions = {},
+): Promise<RegisterNeuronResult> {
   const c = model.config;
   const settings = registerNeuronSettings(c, opts);
   const batchSize = opts.batchSize ?? 8;
@@ -187,7 +192,11 @@ export async function findRegisterNeurons(model: VisionTransformer, images: Imag
       `findRegisterNeurons: no image has outlier tokens at block ${outLayer} (threshold ${settings.threshold}, ${skipped} images): lower the threshold or give more images`,
     );
   }
-  const ranking: RegisterNeuron[] = Array.from(sums, (s, j) => ({ layer: Math.floor(j / hidden), neuron: j % hidden, score: Math.fround(s / used) }));
+  const ranking: RegisterNeuron[] = Array.from(sums, (s, j) => ({
+    layer: Math.floor(j / hidden),
+    neuron: j % hidden,
+    score: Math.fround(s / used),
+  }));
   ranking.sort((a, b) => b.score - a.score || a.layer - b.layer || a.neuron - b.neuron);
   return { neurons: selectNeurons(ranking, settings.highestLayer, settings.topK), ranking, settings, images: { used, skipped } };
 }
@@ -205,7 +214,13 @@ export function selectNeurons(ranking: readonly RegisterNeuron[], highestLayer: 
 export async function modelFingerprint(model: VisionTransformer): Promise<string> {
   const h = createHash('sha256');
   const cfg = model.config as unknown as Record<string, unknown>;
-  h.update(JSON.stringify(Object.keys(cfg).sort().map((k) => [k, cfg[k]])));
+  h.update(
+    JSON.stringify(
+      Object.keys(cfg)
+        .sort()
+        .map((k) => [k, cfg[k]]),
+    ),
+  );
   for (const v of model.variables()) {
     const name = v.name.replace(/^vitreg\//, '').replace(/\/\d+$/, '');
     h.update(`${name}:${v.shape.join('x')};`);
@@ -235,7 +250,11 @@ export interface TestTimeRegistersFile {
 }
 
 /** The file contents for a result (no I/O but the fingerprint). */
-export async function testTimeRegistersFile(model: VisionTransformer, result: RegisterNeuronResult, weights?: string): Promise<TestTimeRegistersFile> {
+export async function testTimeRegistersFile(
+  model: VisionTransformer,
+  result: RegisterNeuronResult,
+  weights?: string,
+): Promise<TestTimeRegistersFile> {
   return {
     format: 'vitreg-test-time-registers',
     version: 1,
@@ -264,7 +283,7 @@ export function parseTestTimeRegisters(text: string, file: string): TestTimeRegi
   try {
     j = JSON.parse(text);
   } catch (e) {
-    throw new Error(`${file}: not valid JSON (${(e as Error).message})`);
+    throw new Error(`${file}: not valid JSON (${(e as Error).message})`, { cause: e });
   }
   const bad = (field: string, expected: string): never => {
     throw new Error(`${file}: ${field}: expected ${expected}`);
@@ -292,7 +311,8 @@ export function parseTestTimeRegisters(text: string, file: string): TestTimeRegi
     checkNeuron({ layer, neuron, score }, `ranking[${i}]`);
   });
   const s = j.settings as Record<string, unknown> | undefined;
-  if (!s || !isInt(s.highestLayer) || !isInt(s.topK) || !isInt(s.layer)) bad('settings', 'an object with integer layer, highestLayer and topK');
+  if (!s || !isInt(s.highestLayer) || !isInt(s.topK) || !isInt(s.layer))
+    bad('settings', 'an object with integer layer, highestLayer and topK');
   return j as unknown as TestTimeRegistersFile;
 }
 
@@ -302,7 +322,9 @@ export async function loadTestTimeRegisters(path: string): Promise<TestTimeRegis
   try {
     text = await readFile(path, 'utf8');
   } catch (e) {
-    throw new Error(`${path}: cannot read the test-time registers file (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    throw new Error(`${path}: cannot read the test-time registers file (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, {
+      cause: e,
+    });
   }
   return parseTestTimeRegisters(text, path);
 }
@@ -319,7 +341,10 @@ export async function testTimeRegisterNeurons(
   source: string,
   topK?: number,
 ): Promise<RegisterNeuron[]> {
-  const fp = 'fingerprint' in model && typeof model.fingerprint === 'function' ? await model.fingerprint() : await modelFingerprint(model as VisionTransformer);
+  const fp =
+    'fingerprint' in model && typeof model.fingerprint === 'function'
+      ? await model.fingerprint()
+      : await modelFingerprint(model as VisionTransformer);
   if (fp !== file.model.fingerprint) {
     throw new Error(
       `${source}: made for another model (fingerprint ${file.model.fingerprint.slice(0, 19)}…${file.model.weights ? `, ${file.model.weights}` : ''}); this model's is ${fp.slice(0, 19)}…: run vitreg registers find on it`,
@@ -340,7 +365,8 @@ export async function testTimeRegisterNeurons(
  */
 export function withTestTimeRegisters(model: VisionTransformer, neurons: readonly { layer: number; neuron: number }[]): VisionTransformer {
   const list = neurons.map((n) => ({ layer: n.layer, neuron: n.neuron }));
-  const forward = (images: tf.Tensor4D, opts: ForwardOptions = {}): ViTOutput => model.forward(images, { ...opts, testTimeRegisters: { neurons: list } });
+  const forward = (images: tf.Tensor4D, opts: ForwardOptions = {}): ViTOutput =>
+    model.forward(images, { ...opts, testTimeRegisters: { neurons: list } });
   const config = Object.freeze({ ...model.config, num_register_tokens: model.config.num_register_tokens + 1 });
   return new Proxy(model, {
     get(target, prop) {

@@ -57,7 +57,9 @@ export function fromModelLayout(name: string, data: Float32Array, c: ViTConfig, 
 export function checkStateDict(sd: StateDict, c: ViTConfig, file: string): void {
   const expected = torchShapes(c);
   const missing = Object.keys(expected).filter((k) => !sd[k]);
-  const unexpected = Object.keys(sd).filter((k) => !expected[k]).map((k) => k.replace(/^(hf|clip):/, ''));
+  const unexpected = Object.keys(sd)
+    .filter((k) => !expected[k])
+    .map((k) => k.replace(/^(hf|clip):/, ''));
   const wrong = Object.keys(expected)
     .filter((k) => sd[k] && sd[k].shape.join(',') !== expected[k].join(','))
     .map((k) => `${k} [${sd[k].shape}] (expected [${expected[k]}])`);
@@ -70,6 +72,10 @@ export function checkStateDict(sd: StateDict, c: ViTConfig, file: string): void 
 }
 
 function describe(c: ViTConfig): string {
-  const extras = [c.pos_embed_cls ? '' : 'no class position', c.pre_norm ? 'pre-norm' : '', c.proj_dim !== null ? `projection ${c.proj_dim}` : ''].filter(Boolean);
+  const extras = [
+    c.pos_embed_cls ? '' : 'no class position',
+    c.pre_norm ? 'pre-norm' : '',
+    c.proj_dim !== null ? `projection ${c.proj_dim}` : '',
+  ].filter(Boolean);
   return `dim ${c.embed_dim}, depth ${c.depth}, heads ${c.num_heads}, patch ${c.patch_size}, ${c.num_register_tokens} registers, ${c.ffn_layer}${extras.map((e) => `, ${e}`).join('')}`;
 }

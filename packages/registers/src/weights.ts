@@ -33,7 +33,6 @@ import { detectNaming, NAMINGS, renameStateDict, toDinov2Names, type Naming } fr
 import { fitPosEmbed, type StateDict } from './state-dict.js';
 import { checkStateDict, fromModelLayout, toModelLayout, torchShapes } from './torch-layout.js';
 
-
 export type WeightDType = 'F32' | 'F16' | 'BF16';
 
 const METADATA_CONFIG = 'vitreg_config';
@@ -50,7 +49,8 @@ export async function readCheckpoint(path: string): Promise<{ tensors: Record<st
 }
 
 /** Names of a first block's first norm weight in each naming: where a backbone's tensors are found. */
-const BLOCK_ANCHOR = /^(.*?)(blocks\.0\.norm1\.weight|blocks\.0\.0\.norm1\.weight|encoder\.layer\.0\.norm1\.weight|transformer\.resblocks\.0\.ln_1\.weight)$/;
+const BLOCK_ANCHOR =
+  /^(.*?)(blocks\.0\.norm1\.weight|blocks\.0\.0\.norm1\.weight|encoder\.layer\.0\.norm1\.weight|transformer\.resblocks\.0\.ln_1\.weight)$/;
 /** Patch embeddings in each naming: an image tower has one (CLIP's text tower has blocks but none). */
 const PATCH_EMBEDS = ['patch_embed.proj.weight', 'conv1.weight', 'embeddings.patch_embeddings.projection.weight'];
 
@@ -65,7 +65,9 @@ export function stripPrefix(tensors: Record<string, HostTensor>, file: string): 
     .map((k) => BLOCK_ANCHOR.exec(k)?.[1])
     .filter((p): p is string => p !== undefined);
   if (prefixes.length === 0) {
-    throw new Error(`${file}: no transformer blocks found (expected a tensor such as "blocks.0.norm1.weight", "encoder.layer.0.norm1.weight" or "transformer.resblocks.0.ln_1.weight")`);
+    throw new Error(
+      `${file}: no transformer blocks found (expected a tensor such as "blocks.0.norm1.weight", "encoder.layer.0.norm1.weight" or "transformer.resblocks.0.ln_1.weight")`,
+    );
   }
   const images = prefixes.filter((p) => PATCH_EMBEDS.some((e) => tensors[p + e] !== undefined));
   const pool = images.length > 0 ? images : prefixes;
@@ -166,7 +168,11 @@ export interface SaveOptions {
 }
 
 /** Encodes a DINOv2-named state dict in the given naming and dtype as safetensors tensors + metadata. */
-export function encodeStateDict(sd: StateDict, config: ViTConfig, opts: SaveOptions = {}): { tensors: Record<string, HostTensor>; metadata: Record<string, string> } {
+export function encodeStateDict(
+  sd: StateDict,
+  config: ViTConfig,
+  opts: SaveOptions = {},
+): { tensors: Record<string, HostTensor>; metadata: Record<string, string> } {
   const naming = opts.naming ?? 'dinov2';
   const dtype = opts.dtype ?? 'F32';
   const tensors: Record<string, HostTensor> = {};

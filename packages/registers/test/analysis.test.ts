@@ -79,9 +79,16 @@ function plantedSet(n: number, factor: number, seed: number, every = 50) {
  */
 async function fixtureNormSets(): Promise<{ name: string; norms: number[]; grid: [number, number] }[]> {
   const sets: { name: string; norms: number[]; grid: [number, number] }[] = [];
-  for (const [model, r] of [['reg4', 4], ['reg0', 0], ['reg4_swiglu', 4]] as const) {
+  for (const [model, r] of [
+    ['reg4', 4],
+    ['reg0', 0],
+    ['reg4_swiglu', 4],
+  ] as const) {
     const { tensors } = await readSafetensors(join(FIX, `${model}.reference.safetensors`));
-    for (const [input, grid] of [['sq224', [16, 16]], ['rect98x140', [7, 10]]] as const) {
+    for (const [input, grid] of [
+      ['sq224', [16, 16]],
+      ['rect98x140', [7, 10]],
+    ] as const) {
       const p = grid[0] * grid[1];
       const add = (key: string, skip: number) => {
         const all = refNorms(tensors[`${input}.${key}`]);
@@ -106,7 +113,9 @@ test('otsuThreshold: the hand-computed split and a brute-force search', () => {
   // [1, 2, 6]: split after 1 scores (1/3)(2/3)(1 - 4)^2 = 2, after 2 scores (2/3)(1/3)(1.5 - 6)^2 = 4.5.
   assert.equal(otsuThreshold([6, 1, 2]), 4);
   // Skewed data: the between-class variance of every split, written out, picks the same midpoint.
-  const v = normals(40, 11).map((x) => Math.exp(x)).sort((a, b) => a - b);
+  const v = normals(40, 11)
+    .map((x) => Math.exp(x))
+    .sort((a, b) => a - b);
   let best = -1;
   let want = NaN;
   for (let k = 1; k < v.length; k++) {
@@ -114,7 +123,7 @@ test('otsuThreshold: the hand-computed split and a brute-force search', () => {
     const b = v.slice(k);
     const ma = a.reduce((s, x) => s + x, 0) / a.length;
     const mb = b.reduce((s, x) => s + x, 0) / b.length;
-    const score = (a.length * b.length) / v.length ** 2 * (ma - mb) ** 2;
+    const score = ((a.length * b.length) / v.length ** 2) * (ma - mb) ** 2;
     if (score > best) [best, want] = [score, (v[k - 1] + v[k]) / 2];
   }
   close(otsuThreshold(v), want, 'brute-force Otsu', 1e-12, 0);
@@ -130,9 +139,16 @@ test('auto threshold: outliers 5x, 10x and 20x the median are all found, and not
         const r = detectOutliers(s.norms, [side, side]);
         assert.equal(r.method, 'auto');
         assert.deepEqual(r.indices, s.planted, what);
-        assert.deepEqual(r.positions, s.planted.map((i) => [Math.floor(i / side), i % side]), what);
+        assert.deepEqual(
+          r.positions,
+          s.planted.map((i) => [Math.floor(i / side), i % side]),
+          what,
+        );
         assert.equal(r.fraction, s.planted.length / n);
-        assert.ok(r.threshold! > s.maxNormal && r.threshold! < s.minOutlier, `${what}: threshold ${r.threshold} not in (${s.maxNormal}, ${s.minOutlier})`);
+        assert.ok(
+          r.threshold! > s.maxNormal && r.threshold! < s.minOutlier,
+          `${what}: threshold ${r.threshold} not in (${s.maxNormal}, ${s.minOutlier})`,
+        );
         // The measured separation is that of the planted classes (the fit's responsibilities are 0 or 1).
         const bm = r.bimodality!;
         close(bm.ratio, s.ratio, `${what}: mode ratio`, 1e-5, 0);
@@ -148,7 +164,7 @@ test('auto threshold: outliers 5x, 10x and 20x the median are all found, and not
   assert.deepEqual(detectOutliers(one, [10, 10]).indices, [37]);
 });
 
-test('auto threshold: the fixture models\' patch norms are unimodal, nothing is flagged', async () => {
+test("auto threshold: the fixture models' patch norms are unimodal, nothing is flagged", async () => {
   const sets = await fixtureNormSets();
   assert.equal(sets.length, 3 * (4 * 2 + 4 * 1));
   for (const { name, norms, grid } of sets) {
@@ -169,7 +185,7 @@ test('auto threshold: the fixture models\' patch norms are unimodal, nothing is 
   }
 });
 
-test('auto threshold: the demo\'s case, norms 7.97-8.17, has no outliers', () => {
+test("auto threshold: the demo's case, norms 7.97-8.17, has no outliers", () => {
   // 85% of the tokens around 7.99, 15% around 8.1: two tight clusters 1.4% apart. Without the ratio
   // criterion they pass every other test (D ~ 7, a deep valley) and 15% of the tokens were "outliers".
   const z = normals(256, 1);
@@ -181,7 +197,13 @@ test('auto threshold: the demo\'s case, norms 7.97-8.17, has no outliers', () =>
   assert.equal(r.bimodality!.bimodal, false);
   assert.match(r.bimodality!.reason, /^modes too close \(high\/low mode ratio 1\.01\d < 3\)$/);
   const upper = norms.map((_, i) => i).filter((i) => i % 7 === 3);
-  close(r.bimodality!.ratio, Math.exp(logStats(upper.map((i) => norms[i])).mean - logStats(norms.filter((_, i) => i % 7 !== 3)).mean), 'demo mode ratio', 1e-4, 0);
+  close(
+    r.bimodality!.ratio,
+    Math.exp(logStats(upper.map((i) => norms[i])).mean - logStats(norms.filter((_, i) => i % 7 !== 3)).mean),
+    'demo mode ratio',
+    1e-4,
+    0,
+  );
   // The same set with the ratio criterion switched off: the old behaviour, the upper cluster flagged.
   assert.deepEqual(detectOutliers(norms, [16, 16], { minRatio: 1 }).indices, upper);
 });
@@ -196,7 +218,12 @@ test('auto threshold: the boundary of the mode ratio', () => {
     let next = 0;
     return Array.from({ length: 500 }, (_, i) => (i % 50 === 25 ? hi[(i - 25) / 50] * ratio : lo[next++]));
   };
-  for (const [ratio, found] of [[2.97, false], [2.999, false], [3.001, true], [3.03, true]] as const) {
+  for (const [ratio, found] of [
+    [2.97, false],
+    [2.999, false],
+    [3.001, true],
+    [3.03, true],
+  ] as const) {
     const r = detectOutliers(build(ratio), null);
     close(r.bimodality!.ratio, ratio, `measured ratio at ${ratio}`, 1e-6, 0);
     if (found) {
@@ -273,14 +300,23 @@ test('stats JSON: threshold, measured separation and the rule; "no outliers" wit
   // Fixed threshold: the rule is the threshold.
   const fixed = JSON.parse(JSON.stringify(analysisToJson(analyzeTokens(data(s.norms), { threshold: 150 })))).outliers;
   assert.deepEqual([fixed.method, fixed.rule, fixed.threshold, fixed.bimodality], ['fixed', 'fixed: norm > 150', 150, null]);
-  assert.deepEqual(fixed.indices, s.norms.map((x, i) => [x, i]).filter(([x]) => x > 150).map(([, i]) => i));
+  assert.deepEqual(
+    fixed.indices,
+    s.norms
+      .map((x, i) => [x, i])
+      .filter(([x]) => x > 150)
+      .map(([, i]) => i),
+  );
 });
 
 test('fixed threshold: norms strictly above it', () => {
   const r = detectOutliers([10, 150, 151, 3000], [2, 2], { threshold: 150 });
   assert.equal(r.method, 'fixed');
   assert.deepEqual(r.indices, [2, 3]);
-  assert.deepEqual(r.positions, [[1, 0], [1, 1]]);
+  assert.deepEqual(r.positions, [
+    [1, 0],
+    [1, 1],
+  ]);
   assert.equal(r.fraction, 0.5);
   assert.throws(() => detectOutliers([1, 2, 3], [2, 2]), /3 norms do not fill a 2x2 grid/);
   assert.throws(() => detectOutliers([1, NaN], null), /norm 1 is NaN/);
@@ -355,11 +391,23 @@ test('parity fixture: norms, outliers and attention from the reference tensors',
     const mine = patchWant.slice(i * p, (i + 1) * p);
     assert.ok(Math.max(...mine) / Math.min(...mine) < 3);
     assert.deepEqual([a.outliers.indices, a.outliers.threshold, a.firstOutlierLayer], [[], null, null]);
-    assert.deepEqual(a.layers!.map((l) => [l.outliers, l.threshold]), [[0, null], [0, null]]);
+    assert.deepEqual(
+      a.layers!.map((l) => [l.outliers, l.threshold]),
+      [
+        [0, null],
+        [0, null],
+      ],
+    );
     // A fixed threshold between the 10th and 11th largest reference norms: exactly the 10 largest.
     const desc = mine.map((v, j) => [v, j]).sort((x, y) => y[0] - x[0]);
     const fixed = analyzeTokens(data[i], { threshold: (desc[9][0] + desc[10][0]) / 2 });
-    assert.deepEqual(fixed.outliers.indices, desc.slice(0, 10).map(([, j]) => j).sort((x, y) => x - y));
+    assert.deepEqual(
+      fixed.outliers.indices,
+      desc
+        .slice(0, 10)
+        .map(([, j]) => j)
+        .sort((x, y) => x - y),
+    );
     // Per-layer norms: mean of the reference layer tokens' norms.
     for (const k of [0, 1]) {
       const ln = refNorms(tensors[`sq224.layer${k}.patches_prenorm`]).slice(i * p, (i + 1) * p);
@@ -377,7 +425,7 @@ test('parity fixture: norms, outliers and attention from the reference tensors',
     // CLS map statistics, written out: mean over heads of the CLS row over the patches.
     const clsMap = Array.from({ length: p }, (_, j) => {
       let m = 0;
-      for (let h = 0; h < heads; h++) m += attn[((i * heads + h) * n) * n + 1 + r + j];
+      for (let h = 0; h < heads; h++) m += attn[(i * heads + h) * n * n + 1 + r + j];
       return m / heads;
     });
     const mass = clsMap.reduce((x, y) => x + y, 0);
@@ -389,7 +437,10 @@ test('parity fixture: norms, outliers and attention from the reference tensors',
     // stats.json's view: reference norms to 5 significant digits, no outliers and why.
     const json = JSON.parse(JSON.stringify(analysisToJson(a)));
     for (let j = 0; j < p; j++) close(json.norms.patches.postnorm[j], patchWant[i * p + j], `JSON patch norm ${j}`, 1e-4, 0);
-    assert.deepEqual(json.registers.map((x: { postnormNorm: number }) => x.postnormNorm), regWant.slice(i * r, (i + 1) * r).map((x) => Number(x.toPrecision(5))));
+    assert.deepEqual(
+      json.registers.map((x: { postnormNorm: number }) => x.postnormNorm),
+      regWant.slice(i * r, (i + 1) * r).map((x) => Number(x.toPrecision(5))),
+    );
     assert.deepEqual([json.outliers.count, json.outliers.threshold, json.outliers.bimodality.bimodal], [0, null, false]);
     assert.match(json.outliers.bimodality.reason, /modes too close \(high\/low mode ratio 1\.\d+ < 3\)/);
   }
@@ -427,7 +478,8 @@ test('model forward: analysis inputs match the reference and an independent patc
       for (let o = 0; o < d; o++) {
         let s = B[o];
         for (let ch = 0; ch < 3; ch++) {
-          for (let i = 0; i < 14; i++) for (let j = 0; j < 14; j++) s += W[((o * 3 + ch) * 14 + i) * 14 + j] * px[((14 * r + i) * 224 + 14 * c + j) * 3 + ch];
+          for (let i = 0; i < 14; i++)
+            for (let j = 0; j < 14; j++) s += W[((o * 3 + ch) * 14 + i) * 14 + j] * px[((14 * r + i) * 224 + 14 * c + j) * 3 + ch];
         }
         emb[(r * 16 + c) * d + o] = s;
       }
@@ -448,7 +500,12 @@ test('model forward: analysis inputs match the reference and an independent patc
   };
   const simRef = Array.from({ length: 256 }, (_, i) => {
     const [r, c] = [Math.floor(i / 16), i % 16];
-    const nb = [[r - 1, c], [r + 1, c], [r, c - 1], [r, c + 1]].filter(([y, x]) => y >= 0 && y < 16 && x >= 0 && x < 16);
+    const nb = [
+      [r - 1, c],
+      [r + 1, c],
+      [r, c - 1],
+      [r, c + 1],
+    ].filter(([y, x]) => y >= 0 && y < 16 && x >= 0 && x < 16);
     return nb.reduce((s, [y, x]) => s + cosine(i, y * 16 + x), 0) / nb.length;
   });
   const simModel = neighbourSimilarity(data.embeddings!, [16, 16], d);
@@ -456,7 +513,8 @@ test('model forward: analysis inputs match the reference and an independent patc
   // The last attention rows of CLS against the reference.
   const a = analyzeTokens(data);
   const attn = toFloat32(ref['sq224.last_attn']);
-  for (let h = 0; h < 3; h++) for (let j = 0; j < 256; j += 5) close(a.cls!.heads[h][j], attn[(h * n) * n + 5 + j], `cls attention h${h} ${j}`, 1e-4, 2e-5);
+  for (let h = 0; h < 3; h++)
+    for (let j = 0; j < 256; j += 5) close(a.cls!.heads[h][j], attn[h * n * n + 5 + j], `cls attention h${h} ${j}`, 1e-4, 2e-5);
   // No outliers here (unimodal norms), so every patch is "normal": the mean of all similarities.
   assert.equal(a.redundancy!.outlierMean, null);
   close(a.redundancy!.normalMean, simRef.reduce((s, x) => s + x, 0) / 256, 'redundancy normal mean', 1e-4, 1e-5);

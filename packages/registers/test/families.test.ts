@@ -38,9 +38,22 @@ async function outputs(model: VisionTransformer, input: { shape: number[]; data:
     last_attn: await out.attention![0].data(),
     last_keys: await out.keys!.data(),
     last_values: await out.values!.data(),
-    layers: await Promise.all(out.layers!.map((l) => tf.tidy(() => tf.slice(l, [0, 1 + R, 0], [l.shape[0], l.shape[1] - 1 - R, l.shape[2]])).data())),
+    layers: await Promise.all(
+      out.layers!.map((l) => tf.tidy(() => tf.slice(l, [0, 1 + R, 0], [l.shape[0], l.shape[1] - 1 - R, l.shape[2]])).data()),
+    ),
   };
-  tf.dispose([x, out.cls, out.registers, out.patches, out.prenorm, out.embeddings, ...out.attention!, ...out.layers!, out.keys!, out.values!]);
+  tf.dispose([
+    x,
+    out.cls,
+    out.registers,
+    out.patches,
+    out.prenorm,
+    out.embeddings,
+    ...out.attention!,
+    ...out.layers!,
+    out.keys!,
+    out.values!,
+  ]);
   if (out.pooled) out.pooled.dispose();
   return res;
 }

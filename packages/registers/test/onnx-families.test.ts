@@ -38,10 +38,19 @@ for (const c of cases) {
     try {
       for (const input of c.inputs) {
         const x = r[`${input}.input_nhwc`]!;
-        const o = await enc.encode({ data: x.data, shape: x.shape as [number, number, number, number] }, { attention: 'last', keys: true, values: true, layers: true });
+        const o = await enc.encode(
+          { data: x.data, shape: x.shape as [number, number, number, number] },
+          { attention: 'last', keys: true, values: true, layers: true },
+        );
         const got: Record<string, HostArray | undefined> = {
-          cls: o.cls, registers: o.registers, patches: o.patches, prenorm: o.prenorm, pooled: o.pooled,
-          last_attn: o.attention?.[0], last_keys: o.keys, last_values: o.values,
+          cls: o.cls,
+          registers: o.registers,
+          patches: o.patches,
+          prenorm: o.prenorm,
+          pooled: o.pooled,
+          last_attn: o.attention?.[0],
+          last_keys: o.keys,
+          last_values: o.values,
         };
         let compared = 0;
         for (const [name, actual] of Object.entries(got)) {

@@ -16,7 +16,15 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initBackend, readSafetensors, toFloat32 } from '@vitreg/core';
 import {
-  exportOnnx, loadOnnxRuntime, loadWeights, OnnxEncoder, readWeights, testTimeRegisterNeurons, testTimeRegistersFile, type EncoderOutput, type ImageBatch,
+  exportOnnx,
+  loadOnnxRuntime,
+  loadWeights,
+  OnnxEncoder,
+  readWeights,
+  testTimeRegisterNeurons,
+  testTimeRegistersFile,
+  type EncoderOutput,
+  type ImageBatch,
 } from '../src/index.ts';
 import { allclose } from './helpers.ts';
 
@@ -92,7 +100,12 @@ test('an exported .onnx file with test-time registers (fixed size, batch > 1) ma
   const dir = await mkdtemp(join(tmpdir(), 'vitreg-onnx-ttr-'));
   try {
     const file = join(dir, 'ttr.onnx');
-    await exportOnnx(file, config, stateDict, { height: H, width: W, outputs: ['cls', 'registers', 'patches', 'prenorm', 'layers'], testTimeRegisters: { neurons } });
+    await exportOnnx(file, config, stateDict, {
+      height: H,
+      width: W,
+      outputs: ['cls', 'registers', 'patches', 'prenorm', 'layers'],
+      testTimeRegisters: { neurons },
+    });
     const enc = await OnnxEncoder.fromFile(file, { threads: 1 });
     assert.equal(enc.config.num_register_tokens, config.num_register_tokens + 1);
     assert.match(enc.description, /test-time register \(3 neurons\)/);
@@ -120,13 +133,21 @@ test('the encoder fingerprint checks a neurons file as the tfjs model does (anot
   await initBackend('wasm', { log: () => {} });
   const model = await loadWeights(join(FIX, 'planted.safetensors'), { config: HEADS });
   const neurons = (ref.planted.neurons as { layer: number; neuron: number }[]).map((n) => ({ ...n, score: 1 }));
-  const file = await testTimeRegistersFile(model, { neurons, ranking: neurons, images: { used: 1, skipped: 0 }, settings: { layer: -2, threshold: 30, highestLayer: 2, topK: 3, sparsity: null } });
+  const file = await testTimeRegistersFile(model, {
+    neurons,
+    ranking: neurons,
+    images: { used: 1, skipped: 0 },
+    settings: { layer: -2, threshold: 30, highestLayer: 2, topK: 3, sparsity: null },
+  });
   model.dispose();
   const same = await readWeights(join(FIX, 'planted.safetensors'), { config: HEADS });
   const other = await readWeights(join(FIX, 'planted_noattn.safetensors'), { config: HEADS });
   const a = await OnnxEncoder.fromWeights(same.config, same.stateDict);
   const b = await OnnxEncoder.fromWeights(other.config, other.stateDict);
-  assert.deepEqual((await testTimeRegisterNeurons(file, a, 'n.json')).map((n) => [n.layer, n.neuron]), neurons.map((n) => [n.layer, n.neuron]));
+  assert.deepEqual(
+    (await testTimeRegisterNeurons(file, a, 'n.json')).map((n) => [n.layer, n.neuron]),
+    neurons.map((n) => [n.layer, n.neuron]),
+  );
   await assert.rejects(testTimeRegisterNeurons(file, b, 'n.json'), /n\.json: made for another model/);
   const ttr = await a.withTestTimeRegisters(neurons);
   assert.equal(ttr.config.num_register_tokens, 1);

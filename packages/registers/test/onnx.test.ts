@@ -15,7 +15,16 @@ import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { initBackend } from '@vitreg/core';
-import { exportOnnx, loadOnnxRuntime, modelFromStateDict, onnxModelBytes, OnnxEncoder, readWeights, TfjsEncoder, type EncoderOutput } from '../src/index.ts';
+import {
+  exportOnnx,
+  loadOnnxRuntime,
+  modelFromStateDict,
+  onnxModelBytes,
+  OnnxEncoder,
+  readWeights,
+  TfjsEncoder,
+  type EncoderOutput,
+} from '../src/index.ts';
 import { GraphBuilder } from '../src/onnx-graph.ts';
 import { encodeModel } from '../src/onnx-proto.ts';
 import { allclose, FIXTURES, reference } from './helpers.ts';
@@ -107,7 +116,10 @@ describe('ONNX Runtime outputs the fixtures lack, against the tfjs model', () =>
     await initBackend('wasm', { log: () => {} });
   });
   test('every block attention, values, patch embeddings (reg4, 98x140; SwiGLU, 224x224)', async () => {
-    for (const [file, input] of [['reg4.dinov2.safetensors', 'rect98x140'], ['reg4_swiglu.dinov2.safetensors', 'sq224']] as const) {
+    for (const [file, input] of [
+      ['reg4.dinov2.safetensors', 'rect98x140'],
+      ['reg4_swiglu.dinov2.safetensors', 'sq224'],
+    ] as const) {
       const x = (await reference('reg4'))[`${input}.input_nhwc`]!;
       const batch = { data: x.data, shape: x.shape as [number, number, number, number] };
       const { config, stateDict } = await readWeights(join(FIXTURES, file), { config: HEADS });
@@ -142,7 +154,12 @@ describe('exported files', () => {
       const x = (await reference('reg4'))['rect98x140.input_nhwc']!;
       const { config, stateDict } = await readWeights(join(FIXTURES, 'reg0.dinov2.safetensors'), { config: HEADS });
       const file = join(dir, `reg0-${externalData}.onnx`);
-      const files = await exportOnnx(file, config, stateDict, { height: 98, width: 140, outputs: ['cls', 'patches', 'prenorm', 'attention', 'keys', 'layers'], externalData });
+      const files = await exportOnnx(file, config, stateDict, {
+        height: 98,
+        width: 140,
+        outputs: ['cls', 'patches', 'prenorm', 'attention', 'keys', 'layers'],
+        externalData,
+      });
       assert.deepEqual(files, externalData ? [file, `${file}.data`] : [file]);
       if (externalData) assert.ok((await stat(file)).size < 20_000, 'graph without weights is small');
       const enc = await OnnxEncoder.fromFile(file, { threads: 1 });
@@ -150,8 +167,14 @@ describe('exported files', () => {
         assert.deepEqual(enc.config, config);
         const o = await enc.encode({ data: x.data, shape: [1, 98, 140, 3] }, FULL);
         checkAll(o, r, (n) => `rect98x140.${n}`, 0);
-        await assert.rejects(enc.encode({ data: new Float32Array(224 * 224 * 3), shape: [1, 224, 224, 3] }), /was exported for 98x140 images, got 224x224: export one for this size \(vitreg export --size 224x224\)/);
-        await assert.rejects(enc.encode({ data: x.data, shape: [1, 98, 140, 3] }, { values: true }), /has no output "values" \(it has cls, patches, prenorm, attention, keys, layers\); export it with --outputs cls,patches,prenorm,attention,keys,layers,values/);
+        await assert.rejects(
+          enc.encode({ data: new Float32Array(224 * 224 * 3), shape: [1, 224, 224, 3] }),
+          /was exported for 98x140 images, got 224x224: export one for this size \(vitreg export --size 224x224\)/,
+        );
+        await assert.rejects(
+          enc.encode({ data: x.data, shape: [1, 98, 140, 3] }, { values: true }),
+          /has no output "values" \(it has cls, patches, prenorm, attention, keys, layers\); export it with --outputs cls,patches,prenorm,attention,keys,layers,values/,
+        );
       } finally {
         await enc.dispose();
       }
@@ -168,33 +191,59 @@ describe('exported files', () => {
     };
     const oneLine = (re: RegExp) => (err: Error) => re.test(err.message) && !err.message.includes('\n');
     const truncated = await write('truncated.onnx', good.subarray(0, good.length >> 1));
-    await assert.rejects(OnnxEncoder.fromFile(truncated), oneLine(/truncated\.onnx: not an ONNX model file \(field 7 runs past the end of the file \(truncated\?\)\)/));
+    await assert.rejects(
+      OnnxEncoder.fromFile(truncated),
+      oneLine(/truncated\.onnx: not an ONNX model file \(field 7 runs past the end of the file \(truncated\?\)\)/),
+    );
     const text = await write('text.onnx', new TextEncoder().encode('{"not": "onnx"}\n'));
     await assert.rejects(OnnxEncoder.fromFile(text), oneLine(/text\.onnx: not an ONNX model file/));
-    await assert.rejects(OnnxEncoder.fromFile(await write('empty.onnx', new Uint8Array(0))), oneLine(/empty\.onnx: not an ONNX model file \(empty file\)/));
+    await assert.rejects(
+      OnnxEncoder.fromFile(await write('empty.onnx', new Uint8Array(0))),
+      oneLine(/empty\.onnx: not an ONNX model file \(empty file\)/),
+    );
     // A valid ONNX model from elsewhere: y = Identity(x), no vitreg metadata.
     const g = new GraphBuilder();
     g.op('Identity', ['x'], '=y');
     const foreign = await write('foreign.onnx', encodeModel(g.model([{ name: 'x', dims: [1] }], [{ name: 'y', dims: [1] }], {})));
-    await assert.rejects(OnnxEncoder.fromFile(foreign), oneLine(/foreign\.onnx: not a vitreg ONNX export \(producer "vitreg", no vitreg_config in its metadata\); export one with vitreg export/));
+    await assert.rejects(
+      OnnxEncoder.fromFile(foreign),
+      oneLine(
+        /foreign\.onnx: not a vitreg ONNX export \(producer "vitreg", no vitreg_config in its metadata\); export one with vitreg export/,
+      ),
+    );
     // Right header, garbage graph: ONNX Runtime's own parser rejects it, named by file.
     const broken = good.slice();
     for (let i = 200; i < 400; i++) broken[i] = 0xff;
     const bad = await write('broken.onnx', broken);
-    await assert.rejects(OnnxEncoder.fromFile(bad), oneLine(/broken\.onnx: (not an ONNX model file|not a vitreg ONNX export|ONNX Runtime cannot load it)/));
+    await assert.rejects(
+      OnnxEncoder.fromFile(bad),
+      oneLine(/broken\.onnx: (not an ONNX model file|not a vitreg ONNX export|ONNX Runtime cannot load it)/),
+    );
   });
 
   test('an unavailable device is one line naming it', async () => {
     const { config, stateDict } = await readWeights(join(FIXTURES, 'reg0.dinov2.safetensors'), { config: HEADS });
     // No machine that runs the tests has ONNX Runtime's CUDA provider (the install script that fetches it is denied).
-    await assert.rejects(OnnxEncoder.fromWeights(config, stateDict, { device: 'cuda' }), (err: Error) => /^--device cuda: not available here: /.test(err.message) && !err.message.includes('\n'));
+    await assert.rejects(
+      OnnxEncoder.fromWeights(config, stateDict, { device: 'cuda' }),
+      (err: Error) => /^--device cuda: not available here: /.test(err.message) && !err.message.includes('\n'),
+    );
   });
 
   test('config values the exporter does not handle are named', async () => {
     const { config, stateDict } = await readWeights(join(FIXTURES, 'reg0.dinov2.safetensors'), { config: HEADS });
     const future = { ...config, token_pooling: 'gem' } as typeof config;
-    assert.throws(() => onnxModelBytes(future, stateDict, { height: 98, width: 140 }), /^Error: ONNX export does not support token_pooling="gem" yet$/);
-    assert.throws(() => onnxModelBytes(config, stateDict, { height: 100, width: 140 }), /size 100x140 must be positive multiples of the patch size 14/);
-    assert.throws(() => onnxModelBytes(config, stateDict, { height: 98, width: 140, outputs: ['cls', 'tokens' as 'cls'] }), /unknown output "tokens"/);
+    assert.throws(
+      () => onnxModelBytes(future, stateDict, { height: 98, width: 140 }),
+      /^Error: ONNX export does not support token_pooling="gem" yet$/,
+    );
+    assert.throws(
+      () => onnxModelBytes(config, stateDict, { height: 100, width: 140 }),
+      /size 100x140 must be positive multiples of the patch size 14/,
+    );
+    assert.throws(
+      () => onnxModelBytes(config, stateDict, { height: 98, width: 140, outputs: ['cls', 'tokens' as 'cls'] }),
+      /unknown output "tokens"/,
+    );
   });
 });

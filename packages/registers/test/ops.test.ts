@@ -4,7 +4,20 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '@vitreg/core';
-import { gelu, geluLinear, getConfig, layerNorm, linear, loadWeights, matMul2d, multiHeadAttention, reshape, residual, setAttentionStrategy, VisionTransformer } from '../src/index.ts';
+import {
+  gelu,
+  geluLinear,
+  getConfig,
+  layerNorm,
+  linear,
+  loadWeights,
+  matMul2d,
+  multiHeadAttention,
+  reshape,
+  residual,
+  setAttentionStrategy,
+  VisionTransformer,
+} from '../src/index.ts';
 import { allclose, FIXTURES, reference } from './helpers.ts';
 import { bicubicMatrix } from '../src/interpolate.ts';
 
@@ -64,7 +77,10 @@ async function checkOp(fused: (...xs: tf.Tensor[]) => tf.Tensor, reference: (...
   assert.deepEqual(got.shape, want.shape);
   assert.deepEqual(await got.data(), await want.data(), 'values differ');
   const r = tf.randomNormal(want.shape, 0, 1, 'float32', 9);
-  const loss = (f: typeof fused) => (...xs: tf.Tensor[]) => tf.sum(tf.mul(f(...xs), r));
+  const loss =
+    (f: typeof fused) =>
+    (...xs: tf.Tensor[]) =>
+      tf.sum(tf.mul(f(...xs), r));
   const g = tf.grads(loss(fused))(inputs);
   const gw = tf.grads(loss(reference))(inputs);
   for (let i = 0; i < inputs.length; i++) {
@@ -81,26 +97,82 @@ for (const backend of ['wasm', 'cpu'] as const) {
     const x = rand([2, 5, 6]);
     const w = rand([6, 4]);
     const b = rand([4]);
-    await checkOp((a, c, d) => linear(a, c, d), (a, c, d) => plain.linear(a, c, d), [x, w, b]);
-    await checkOp((a, c) => linear(a, c), (a, c) => plain.linear(a, c), [x, w]);
-    await checkOp((a, c) => linear(a, c), (a, c) => plain.linear(a, c), [rand([3, 6]), w]);
+    await checkOp(
+      (a, c, d) => linear(a, c, d),
+      (a, c, d) => plain.linear(a, c, d),
+      [x, w, b],
+    );
+    await checkOp(
+      (a, c) => linear(a, c),
+      (a, c) => plain.linear(a, c),
+      [x, w],
+    );
+    await checkOp(
+      (a, c) => linear(a, c),
+      (a, c) => plain.linear(a, c),
+      [rand([3, 6]), w],
+    );
     // Sides that are multiples of 8 take the blocked weight transpose.
-    await checkOp((a, c, d) => geluLinear(a, c, d), (a, c, d) => plain.linear(plain.gelu(a), c, d), [rand([3, 16]), rand([16, 24]), rand([24])]);
+    await checkOp(
+      (a, c, d) => geluLinear(a, c, d),
+      (a, c, d) => plain.linear(plain.gelu(a), c, d),
+      [rand([3, 16]), rand([16, 24]), rand([24])],
+    );
     const lnW = rand([6]);
     const lnB = rand([6]);
-    await checkOp((a, c, d) => layerNorm(a, c, d, 1e-6), (a, c, d) => plain.layerNorm(a, c, d, 1e-6), [tf.add(rand([2, 5, 6], 3), 2), lnW, lnB]);
-    await checkOp((a, c, d) => layerNorm(a, c, d, 1e-5), (a, c, d) => plain.layerNorm(a, c, d, 1e-5), [rand([4, 6]), lnW, lnB]);
-    await checkOp((a) => gelu(a), (a) => plain.gelu(a), [rand([3, 7], 2)]);
-    await checkOp((a, c, d) => geluLinear(a, c, d), (a, c, d) => plain.linear(plain.gelu(a), c, d), [rand([2, 5, 6], 2), w, b]);
-    await checkOp((a, c) => geluLinear(a, c), (a, c) => plain.linear(plain.gelu(a), c), [rand([5, 6], 2), w]);
+    await checkOp(
+      (a, c, d) => layerNorm(a, c, d, 1e-6),
+      (a, c, d) => plain.layerNorm(a, c, d, 1e-6),
+      [tf.add(rand([2, 5, 6], 3), 2), lnW, lnB],
+    );
+    await checkOp(
+      (a, c, d) => layerNorm(a, c, d, 1e-5),
+      (a, c, d) => plain.layerNorm(a, c, d, 1e-5),
+      [rand([4, 6]), lnW, lnB],
+    );
+    await checkOp(
+      (a) => gelu(a),
+      (a) => plain.gelu(a),
+      [rand([3, 7], 2)],
+    );
+    await checkOp(
+      (a, c, d) => geluLinear(a, c, d),
+      (a, c, d) => plain.linear(plain.gelu(a), c, d),
+      [rand([2, 5, 6], 2), w, b],
+    );
+    await checkOp(
+      (a, c) => geluLinear(a, c),
+      (a, c) => plain.linear(plain.gelu(a), c),
+      [rand([5, 6], 2), w],
+    );
     const keep = tf.tensor3d([0, 1.25], [2, 1, 1]);
     const branch = rand([2, 5, 6]);
     const gamma = rand([6]);
-    await checkOp((a, c, d) => residual(a, c, d, keep), (a, c, d) => plain.residual(a, c, d, keep), [x, branch, gamma]);
-    await checkOp((a, c, d) => residual(a, c, d), (a, c, d) => plain.residual(a, c, d), [x, branch, gamma]);
-    await checkOp((a, c) => residual(a, c, null, keep), (a, c) => plain.residual(a, c, undefined, keep), [x, branch]);
-    await checkOp((a, c) => residual(a, c), (a, c) => plain.residual(a, c), [x, branch]);
-    await checkOp((a) => reshape(tf.transpose(reshape(a, [2, 3, 10])), [6, 10]), (a) => tf.reshape(tf.transpose(tf.reshape(a, [2, 3, 10])), [6, 10]), [x]);
+    await checkOp(
+      (a, c, d) => residual(a, c, d, keep),
+      (a, c, d) => plain.residual(a, c, d, keep),
+      [x, branch, gamma],
+    );
+    await checkOp(
+      (a, c, d) => residual(a, c, d),
+      (a, c, d) => plain.residual(a, c, d),
+      [x, branch, gamma],
+    );
+    await checkOp(
+      (a, c) => residual(a, c, null, keep),
+      (a, c) => plain.residual(a, c, undefined, keep),
+      [x, branch],
+    );
+    await checkOp(
+      (a, c) => residual(a, c),
+      (a, c) => plain.residual(a, c),
+      [x, branch],
+    );
+    await checkOp(
+      (a) => reshape(tf.transpose(reshape(a, [2, 3, 10])), [6, 10]),
+      (a) => tf.reshape(tf.transpose(tf.reshape(a, [2, 3, 10])), [6, 10]),
+      [x],
+    );
   });
 }
 
@@ -113,12 +185,14 @@ test('fused ops keep fewer tensors for the backward pass than the plain formulas
   // Bytes the tape holds once the forward pass is done (freed when the backward pass ends).
   const held = (f: () => tf.Tensor) => {
     let bytes = 0;
-    tf.variableGrads(() => tf.tidy(() => {
-      const before = tf.memory().numBytes;
-      const y = tf.sum(f());
-      bytes = tf.memory().numBytes - before;
-      return y as tf.Scalar;
-    }));
+    tf.variableGrads(() =>
+      tf.tidy(() => {
+        const before = tf.memory().numBytes;
+        const y = tf.sum(f());
+        bytes = tf.memory().numBytes - before;
+        return y as tf.Scalar;
+      }),
+    );
     return bytes;
   };
   const fused = held(() => residual(x, geluLinear(layerNorm(x, g, g, 1e-6), w, g), g, keep));
@@ -170,7 +244,10 @@ test('the whole model differentiates on wasm, including an interpolated position
   const model = new VisionTransformer(getConfig('vit_micro_patch8_reg4', { drop_path_rate: 0.2 }), { seed: 3 });
   const { Rng } = await import('@vitreg/core');
   const x = tf.randomNormal([2, 24, 16, 3], 0, 1, 'float32', 5) as tf.Tensor4D; // 3x2 grid: pos-embed interpolated from 4x4
-  const masks = tf.tensor2d([[1, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0]]);
+  const masks = tf.tensor2d([
+    [1, 0, 0, 0, 0, 1],
+    [0, 0, 0, 0, 0, 0],
+  ]);
   const loss = () => {
     const o = model.forward(x, { training: true, rng: new Rng(7), masks });
     return tf.add(tf.sum(tf.square(o.cls)), tf.mean(o.patches)) as tf.Scalar;

@@ -28,11 +28,13 @@ async function outputs(model: VisionTransformer, input: { shape: number[]; data:
     prenorm: await out.prenorm.data(),
     last_attn: await out.attention![0].data(),
     last_keys: await out.keys!.data(),
-    layers: await Promise.all(out.layers!.map(async (l) => {
-      const R = model.config.num_register_tokens;
-      const [B, N, D] = l.shape;
-      return tf.slice(l, [0, 1 + R, 0], [B, N - 1 - R, D]).data();
-    })),
+    layers: await Promise.all(
+      out.layers!.map(async (l) => {
+        const R = model.config.num_register_tokens;
+        const [B, N, D] = l.shape;
+        return tf.slice(l, [0, 1 + R, 0], [B, N - 1 - R, D]).data();
+      }),
+    ),
   };
   tf.dispose([x, out.cls, out.registers, out.patches, out.prenorm, out.embeddings, ...out.attention!, ...out.layers!, out.keys!]);
   return res;

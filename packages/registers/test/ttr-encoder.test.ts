@@ -13,8 +13,20 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initBackend, InputError, readSafetensors, toFloat32 } from '@vitreg/core';
 import {
-  findRegisterNeurons, loadOnnxRuntime, loadWeights, OnnxEncoder, readRegisterNeurons, readWeights, saveTestTimeRegisters,
-  testTimeRegisterEncoder, testTimeRegistersFile, TfjsEncoder, TtrEncoder, withTestTimeRegisters, type Encoder, type ImageBatch,
+  findRegisterNeurons,
+  loadOnnxRuntime,
+  loadWeights,
+  OnnxEncoder,
+  readRegisterNeurons,
+  readWeights,
+  saveTestTimeRegisters,
+  testTimeRegisterEncoder,
+  testTimeRegistersFile,
+  TfjsEncoder,
+  TtrEncoder,
+  withTestTimeRegisters,
+  type Encoder,
+  type ImageBatch,
 } from '../src/index.ts';
 import * as tf from '@tensorflow/tfjs-core';
 import { allclose } from './helpers.ts';

@@ -51,7 +51,7 @@ function close(name: string, actual: ArrayLike<number>, expected: ArrayLike<numb
 }
 
 const model = (variant: string) => loadWeights(join(FIX, `${variant}.safetensors`), { config: HEADS });
-const refNeurons = (variant: string) => (ref[variant].neurons as { layer: number; neuron: number }[]);
+const refNeurons = (variant: string) => ref[variant].neurons as { layer: number; neuron: number }[];
 
 /** Per image of a forward: every block's output and the final normed tokens [CLS, registers, patches]. */
 async function perImage(m: VisionTransformer, x: tf.Tensor4D, neurons?: { layer: number; neuron: number }[]) {
@@ -91,19 +91,37 @@ for (const backend of ['wasm', 'cpu'] as const) {
         const m = await model(variant);
         const x = images();
         for (const sparsity of [false, true]) {
-          const r = await findRegisterNeurons(m, x, { layer: S.layer, threshold: S.threshold, highestLayer: S.highest_layer, topK: S.top_k, sparsity, batchSize: 2 });
+          const r = await findRegisterNeurons(m, x, {
+            layer: S.layer,
+            threshold: S.threshold,
+            highestLayer: S.highest_layer,
+            topK: S.top_k,
+            sparsity,
+            batchSize: 2,
+          });
           const expected = ref[variant][sparsity ? 'ranking_sparsity' : 'ranking'] as [number, number, number][];
           assert.equal(r.ranking.length, expected.length);
           assert.deepEqual(r.images, { used: ref[variant].images_used, skipped: imageCount() - ref[variant].images_used });
           const byKey = new Map(r.ranking.map((e) => [`${e.layer}/${e.neuron}`, e.score]));
-          close(`scores (sparsity ${sparsity})`, expected.map(([l, n]) => byKey.get(`${l}/${n}`)!), expected.map(([, , s]) => s));
+          close(
+            `scores (sparsity ${sparsity})`,
+            expected.map(([l, n]) => byKey.get(`${l}/${n}`)!),
+            expected.map(([, , s]) => s),
+          );
           // The order wherever the reference's scores are apart by more than the tolerance.
           for (let i = 0; i < 10; i++) {
-            if (expected[i][2] - expected[i + 1][2] > 1e-3) assert.deepEqual([r.ranking[i].layer, r.ranking[i].neuron], expected[i].slice(0, 2), `rank ${i}`);
+            if (expected[i][2] - expected[i + 1][2] > 1e-3)
+              assert.deepEqual([r.ranking[i].layer, r.ranking[i].neuron], expected[i].slice(0, 2), `rank ${i}`);
           }
           if (!sparsity) {
-            assert.deepEqual(r.neurons.map((n) => ({ layer: n.layer, neuron: n.neuron })), refNeurons(variant));
-            assert.deepEqual(new Set(r.neurons.map((n) => `${n.layer}/${n.neuron}`)), new Set(ref.planted_neurons.map((p: { layer: number; neuron: number }) => `${p.layer}/${p.neuron}`)));
+            assert.deepEqual(
+              r.neurons.map((n) => ({ layer: n.layer, neuron: n.neuron })),
+              refNeurons(variant),
+            );
+            assert.deepEqual(
+              new Set(r.neurons.map((n) => `${n.layer}/${n.neuron}`)),
+              new Set(ref.planted_neurons.map((p: { layer: number; neuron: number }) => `${p.layer}/${p.neuron}`)),
+            );
           }
         }
         x.dispose();
@@ -144,16 +162,22 @@ describe('test-time registers: the planted behaviour', () => {
     const plain = await perImage(m, x);
     const ttr = await perImage(m, x, neurons);
     const layer = ref.config.depth + S.layer;
-    const norms = (v: Float32Array, N: number, D: number) => Array.from({ length: N }, (_, t) => Math.hypot(...v.subarray(t * D, (t + 1) * D)));
+    const norms = (v: Float32Array, N: number, D: number) =>
+      Array.from({ length: N }, (_, t) => Math.hypot(...v.subarray(t * D, (t + 1) * D)));
     ref.backgrounds.forEach((bg: number[], i: number) => {
       const p = norms(plain[i]!.layers[layer]!, plain[i]!.N, plain[i]!.D);
       const t = norms(ttr[i]!.layers[layer]!, ttr[i]!.N, ttr[i]!.D);
       const patchesPlain = p.slice(1);
       const patchesTtr = t.slice(2);
-      for (const b of bg) assert.ok(patchesPlain[b]! > 2 * S.threshold, `image ${i} patch ${b} is an outlier without registers (${patchesPlain[b]})`);
+      for (const b of bg)
+        assert.ok(patchesPlain[b]! > 2 * S.threshold, `image ${i} patch ${b} is an outlier without registers (${patchesPlain[b]})`);
       // Below the outlier threshold the neurons were found with, and at most 1/5 of the outlier norm.
-      assert.ok(Math.max(...patchesTtr) < S.threshold, `image ${i}: with a test-time register every patch norm is < ${S.threshold} (${Math.max(...patchesTtr)})`);
-      for (const b of bg) assert.ok(patchesTtr[b]! < patchesPlain[b]! / 5, `image ${i} patch ${b}: ${patchesTtr[b]} vs ${patchesPlain[b]} without`);
+      assert.ok(
+        Math.max(...patchesTtr) < S.threshold,
+        `image ${i}: with a test-time register every patch norm is < ${S.threshold} (${Math.max(...patchesTtr)})`,
+      );
+      for (const b of bg)
+        assert.ok(patchesTtr[b]! < patchesPlain[b]! / 5, `image ${i} patch ${b}: ${patchesTtr[b]} vs ${patchesPlain[b]} without`);
       const normal = Math.max(...patchesPlain.filter((_, k) => !bg.includes(k)));
       if (bg.length > 0) assert.ok(t[1]! > 2 * S.threshold, `image ${i}: the register's norm is high (${t[1]})`);
       else assert.ok(t[1]! < 2 * normal, `image ${i}: no outliers, the register stays low (${t[1]})`);
@@ -192,7 +216,10 @@ describe('test-time registers: the planted behaviour', () => {
       // ...and where they fired, the patch changed.
       for (const p of bg) {
         const last = plain[i]!.layers.length - 1;
-        assert.notEqual(allclose(ttr[i]!.layers[last]!.subarray((2 + p) * D, (3 + p) * D), plain[i]!.layers[last]!.subarray((1 + p) * D, (2 + p) * D)), null);
+        assert.notEqual(
+          allclose(ttr[i]!.layers[last]!.subarray((2 + p) * D, (3 + p) * D), plain[i]!.layers[last]!.subarray((1 + p) * D, (2 + p) * D)),
+          null,
+        );
       }
     });
     assert.ok(silentPatches > (imageCount() * 36) / 2, `most patches are silent (${silentPatches})`);
@@ -200,11 +227,14 @@ describe('test-time registers: the planted behaviour', () => {
     m.dispose();
   });
 
-  test("the automatic threshold finds the planted neurons first too", async () => {
+  test('the automatic threshold finds the planted neurons first too', async () => {
     const m = await model('planted');
     const x = images();
     const r = await findRegisterNeurons(m, x, { layer: S.layer, threshold: 'auto', highestLayer: S.highest_layer, topK: 3 });
-    assert.deepEqual(new Set(r.neurons.map((n) => `${n.layer}/${n.neuron}`)), new Set(ref.planted_neurons.map((p: { layer: number; neuron: number }) => `${p.layer}/${p.neuron}`)));
+    assert.deepEqual(
+      new Set(r.neurons.map((n) => `${n.layer}/${n.neuron}`)),
+      new Set(ref.planted_neurons.map((p: { layer: number; neuron: number }) => `${p.layer}/${p.neuron}`)),
+    );
     await assert.rejects(findRegisterNeurons(m, x, { layer: S.layer, threshold: 1e6 }), /no image has outlier tokens at block 2/);
     x.dispose();
     m.dispose();
@@ -238,8 +268,14 @@ describe('test-time registers: the planted behaviour', () => {
       await saveTestTimeRegisters(path, await testTimeRegistersFile(m, r, 'planted.safetensors'));
       const f = await loadTestTimeRegisters(path);
       assert.deepEqual(f.settings, { layer: -2, threshold: 30, highestLayer: 2, topK: 3, sparsity: null });
-      assert.deepEqual((await testTimeRegisterNeurons(f, m, path)).map((n) => [n.layer, n.neuron]), refNeurons('planted').map((n) => [n.layer, n.neuron]));
-      assert.deepEqual((await testTimeRegisterNeurons(f, m, path, 1)).map((n) => [n.layer, n.neuron]), [[refNeurons('planted')[0]!.layer, refNeurons('planted')[0]!.neuron]]);
+      assert.deepEqual(
+        (await testTimeRegisterNeurons(f, m, path)).map((n) => [n.layer, n.neuron]),
+        refNeurons('planted').map((n) => [n.layer, n.neuron]),
+      );
+      assert.deepEqual(
+        (await testTimeRegisterNeurons(f, m, path, 1)).map((n) => [n.layer, n.neuron]),
+        [[refNeurons('planted')[0]!.layer, refNeurons('planted')[0]!.neuron]],
+      );
       // A reloaded copy of the same weights is the same model.
       const again = await model('planted');
       assert.equal((await testTimeRegisterNeurons(f, again, path)).length, 3);
@@ -262,7 +298,10 @@ describe('test-time registers: the planted behaviour', () => {
     const x = images();
     await assert.rejects(findRegisterNeurons(m, x, { layer: 4 }), /layer: expected an integer in \[-4, 3\], got 4/);
     await assert.rejects(findRegisterNeurons(m, x, { highestLayer: 7 }), /highestLayer: expected -1 \(all\) or an integer in \[0, 3\]/);
-    assert.throws(() => m.forward(x, { testTimeRegisters: { neurons: [{ layer: 0, neuron: 128 }] } }), /testTimeRegisters\.neurons\[0\]\.neuron: expected an integer in \[0, 127\], got 128/);
+    assert.throws(
+      () => m.forward(x, { testTimeRegisters: { neurons: [{ layer: 0, neuron: 128 }] } }),
+      /testTimeRegisters\.neurons\[0\]\.neuron: expected an integer in \[0, 127\], got 128/,
+    );
     x.dispose();
     m.dispose();
   });
@@ -287,9 +326,30 @@ describe('the explicit MLP activation route (test-time registers, mlpActivations
       const t = m.forward(x, { testTimeRegisters: { neurons: [] } });
       close('patches', await b.patches.data(), await a.patches.data());
       close('cls', await b.cls.data(), await a.cls.data());
-      assert.deepEqual(b.mlpActivations!.map((l) => l.shape), Array(c.depth).fill([2, 17, ffnHiddenDim(c)]));
+      assert.deepEqual(
+        b.mlpActivations!.map((l) => l.shape),
+        Array(c.depth).fill([2, 17, ffnHiddenDim(c)]),
+      );
       assert.equal(t.registers.shape[1], 1);
-      tf.dispose([x, a.cls, a.registers, a.patches, a.prenorm, a.embeddings, b.cls, b.registers, b.patches, b.prenorm, b.embeddings, ...b.mlpActivations!, t.cls, t.registers, t.patches, t.prenorm, t.embeddings]);
+      tf.dispose([
+        x,
+        a.cls,
+        a.registers,
+        a.patches,
+        a.prenorm,
+        a.embeddings,
+        b.cls,
+        b.registers,
+        b.patches,
+        b.prenorm,
+        b.embeddings,
+        ...b.mlpActivations!,
+        t.cls,
+        t.registers,
+        t.patches,
+        t.prenorm,
+        t.embeddings,
+      ]);
       m.dispose();
     });
   }

@@ -72,7 +72,9 @@ test('the inferred config follows the official release conventions', async () =>
 
 test('the parity test can fail: the wrong interpolation is caught', async () => {
   const r = await reference('reg0');
-  const model = await loadWeights(join(FIXTURES, 'reg0.dinov2.safetensors'), { config: { ...HEADS, interpolate_antialias: true, interpolate_offset: 0 } });
+  const model = await loadWeights(join(FIXTURES, 'reg0.dinov2.safetensors'), {
+    config: { ...HEADS, interpolate_antialias: true, interpolate_offset: 0 },
+  });
   const got = await forwardCls(model, r['sq224.input_nhwc']);
   assert.notEqual(allclose(got, r['sq224.patches'].data), null);
   model.dispose();
@@ -92,7 +94,8 @@ test('save and reload in every naming and dtype', async () => {
       assert.equal(JSON.parse(metadata.vitreg_config).num_heads, 3, 'config travels in __metadata__');
       assert.ok(Object.values(tensors).every((t) => t.dtype === dtype));
       if (naming === 'timm') assert.ok(tensors.reg_token && tensors['blocks.0.mlp.fc1.weight'] && !tensors.mask_token);
-      if (naming === 'hf') assert.ok(tensors['encoder.layer.1.attention.attention.value.bias'] && tensors['encoder.layer.0.mlp.weights_in.weight']);
+      if (naming === 'hf')
+        assert.ok(tensors['encoder.layer.1.attention.attention.value.bias'] && tensors['encoder.layer.0.mlp.weights_in.weight']);
       // No --config needed: the stored config is used.
       const back = await readWeights(path);
       assert.equal(back.config.num_heads, 3);
@@ -146,8 +149,14 @@ test('a file that does not match lists every missing, unexpected and misshapen t
     assert.match(err.message, /wrong shape: blocks\.0\.attn\.proj\.bias \[95\] \(expected \[96\]\)/);
     return true;
   });
-  await assert.rejects(readWeights(join(FIXTURES, 'reg4.dinov2.safetensors'), { model: 'dinov2_vits14_reg' }), /wrong shape: cls_token \[1,1,96\] \(expected \[1,1,384\]\)/);
-  await assert.rejects(readWeights(join(FIXTURES, 'reg4.dinov2.safetensors'), { config: { num_heads: 5 } }), /"num_heads" \(5\) must divide embed_dim \(96\)/);
+  await assert.rejects(
+    readWeights(join(FIXTURES, 'reg4.dinov2.safetensors'), { model: 'dinov2_vits14_reg' }),
+    /wrong shape: cls_token \[1,1,96\] \(expected \[1,1,384\]\)/,
+  );
+  await assert.rejects(
+    readWeights(join(FIXTURES, 'reg4.dinov2.safetensors'), { config: { num_heads: 5 } }),
+    /"num_heads" \(5\) must divide embed_dim \(96\)/,
+  );
   await assert.rejects(readWeights(join(dir, 'nope.safetensors')), /nope\.safetensors/);
 });
 

@@ -31,16 +31,21 @@ export function gaussianBlur(img: RgbImage, sigma: number, kernelSize = 9): RgbI
   for (let k = 0; k < kernelSize; k++) kernel[k] = f32(kernel[k] / sum);
   const { width, height, data } = img;
   // source offsets of every tap, borders reflected
-  const xs = new Int32Array(width * kernelSize), ys = new Int32Array(height * kernelSize);
+  const xs = new Int32Array(width * kernelSize),
+    ys = new Int32Array(height * kernelSize);
   for (let x = 0; x < width; x++) for (let k = 0; k < kernelSize; k++) xs[x * kernelSize + k] = reflectIndex(x + k - radius, width) * 3;
-  for (let y = 0; y < height; y++) for (let k = 0; k < kernelSize; k++) ys[y * kernelSize + k] = reflectIndex(y + k - radius, height) * width * 3;
+  for (let y = 0; y < height; y++)
+    for (let k = 0; k < kernelSize; k++) ys[y * kernelSize + k] = reflectIndex(y + k - radius, height) * width * 3;
   const tmp = new Float64Array(data.length);
   for (let y = 0; y < height; y++) {
     const row = y * width * 3;
     for (let x = 0; x < width; x++) {
-      let r = 0, g = 0, b = 0;
+      let r = 0,
+        g = 0,
+        b = 0;
       for (let k = 0; k < kernelSize; k++) {
-        const w = kernel[k], p = row + xs[x * kernelSize + k];
+        const w = kernel[k],
+          p = row + xs[x * kernelSize + k];
         r += w * data[p];
         g += w * data[p + 1];
         b += w * data[p + 2];
@@ -107,7 +112,8 @@ export function pilGaussianBlur(img: RgbImage, radius: number, passes = 3): RgbI
   const r = boxRadius(f32(radius), passes);
   if (r === 0) return { data, width, height };
   const n = Math.max(width, height);
-  const line = new Uint8Array(n), out = new Uint8Array(n);
+  const line = new Uint8Array(n),
+    out = new Uint8Array(n);
   for (let c = 0; c < 3; c++) {
     for (let y = 0; y < height; y++) {
       for (let x = 0; x < width; x++) line[x] = data[(y * width + x) * 3 + c];

@@ -46,8 +46,14 @@ function pilBlend(img: RgbImage, factor: number, degenerate: (data: Uint8Array, 
   for (let p = 0; p < data.length; p += 3) {
     for (let c = 0; c < 3; c++) {
       const d = degenerate(data, p, c);
-      if (alpha === 0) { out[p + c] = d; continue; }
-      if (alpha === 1) { out[p + c] = data[p + c]; continue; }
+      if (alpha === 0) {
+        out[p + c] = d;
+        continue;
+      }
+      if (alpha === 1) {
+        out[p + c] = data[p + c];
+        continue;
+      }
       const t = f32(d + f32(alpha * (data[p + c] - d)));
       out[p + c] = interpolate ? Math.trunc(t) : t <= 0 ? 0 : t >= 255 ? 255 : Math.trunc(t);
     }
@@ -80,7 +86,8 @@ export function adjustSaturation(img: RgbImage, factor: number): RgbImage {
 
 /** PIL's RGB -> HSV (libImaging/Convert.c `rgb2hsv_row`): 8-bit H, S, V with its float32 steps. */
 function rgbToHsv(r: number, g: number, b: number, out: number[]): void {
-  const max = Math.max(r, g, b), min = Math.min(r, g, b);
+  const max = Math.max(r, g, b),
+    min = Math.min(r, g, b);
   out[2] = max;
   if (max === min) {
     out[0] = 0;
@@ -89,7 +96,9 @@ function rgbToHsv(r: number, g: number, b: number, out: number[]): void {
   }
   const cr = max - min;
   const s = f32(cr / max);
-  const rc = f32((max - r) / cr), gc = f32((max - g) / cr), bc = f32((max - b) / cr);
+  const rc = f32((max - r) / cr),
+    gc = f32((max - g) / cr),
+    bc = f32((max - b) / cr);
   let h: number;
   if (r === max) h = f32(bc - gc);
   else if (g === max) h = f32(2 + rc - bc);
@@ -122,12 +131,35 @@ function hsvToRgb(h: number, s: number, v: number, out: Uint8Array, at: number):
   const t = clip255(roundHalfAway(v * (1 - fs * (1 - f))));
   let r: number, g: number, b: number;
   switch (i % 6) {
-    case 0: r = v; g = t; b = p; break;
-    case 1: r = q; g = v; b = p; break;
-    case 2: r = p; g = v; b = t; break;
-    case 3: r = p; g = q; b = v; break;
-    case 4: r = t; g = p; b = v; break;
-    default: r = v; g = p; b = q;
+    case 0:
+      r = v;
+      g = t;
+      b = p;
+      break;
+    case 1:
+      r = q;
+      g = v;
+      b = p;
+      break;
+    case 2:
+      r = p;
+      g = v;
+      b = t;
+      break;
+    case 3:
+      r = p;
+      g = q;
+      b = v;
+      break;
+    case 4:
+      r = t;
+      g = p;
+      b = v;
+      break;
+    default:
+      r = v;
+      g = p;
+      b = q;
   }
   out[at] = r;
   out[at + 1] = g;
@@ -169,7 +201,8 @@ export function colorJitter(img: RgbImage, rng: Rng, opts: ColorJitterOptions): 
   const b = factor(opts.brightness);
   const c = factor(opts.contrast);
   const s = factor(opts.saturation);
-  if (opts.hue !== undefined && !(opts.hue >= 0 && opts.hue <= 0.5)) throw new Error(`colorJitter: hue must be in [0, 0.5], got ${opts.hue}`);
+  if (opts.hue !== undefined && !(opts.hue >= 0 && opts.hue <= 0.5))
+    throw new Error(`colorJitter: hue must be in [0, 0.5], got ${opts.hue}`);
   const h = opts.hue ? uniform(rng, -opts.hue, opts.hue) : null;
   let out = img;
   for (const k of order) {

@@ -25,8 +25,18 @@ export function resizedCrop(img: RgbImage, box: CropBox, outWidth: number, outHe
     throw new Error(`resizedCrop: output size must be positive integers, got ${outWidth}x${outHeight}`);
   }
   const { x, y, width, height } = box;
-  if (![x, y, width, height].every(Number.isInteger) || width < 1 || height < 1 || x < 0 || y < 0 || x + width > img.width || y + height > img.height) {
-    throw new Error(`resizedCrop: crop box must have integer edges inside the ${img.width}x${img.height} image and a positive size, got ${JSON.stringify(box)}`);
+  if (
+    ![x, y, width, height].every(Number.isInteger) ||
+    width < 1 ||
+    height < 1 ||
+    x < 0 ||
+    y < 0 ||
+    x + width > img.width ||
+    y + height > img.height
+  ) {
+    throw new Error(
+      `resizedCrop: crop box must have integer edges inside the ${img.width}x${img.height} image and a positive size, got ${JSON.stringify(box)}`,
+    );
   }
   return resizeBicubic(cropRgb(img, { left: x, top: y, width, height }), outWidth, outHeight);
 }
@@ -46,7 +56,8 @@ export interface ResizedCropOptions {
 export function randomResizedCropBox(width: number, height: number, rng: Rng, opts: ResizedCropOptions = {}): CropBox {
   const [sLo, sHi] = opts.scale ?? [0.08, 1];
   const [rLo, rHi] = opts.ratio ?? [3 / 4, 4 / 3];
-  if (!(sLo > 0 && sLo <= sHi && sHi <= 1)) throw new Error(`randomResizedCrop: scale must satisfy 0 < min <= max <= 1, got [${sLo}, ${sHi}]`);
+  if (!(sLo > 0 && sLo <= sHi && sHi <= 1))
+    throw new Error(`randomResizedCrop: scale must satisfy 0 < min <= max <= 1, got [${sLo}, ${sHi}]`);
   if (!(rLo > 0 && rLo <= rHi)) throw new Error(`randomResizedCrop: ratio must satisfy 0 < min <= max, got [${rLo}, ${rHi}]`);
   const area = width * height;
   for (let attempt = 0; attempt < 10; attempt++) {
@@ -61,7 +72,8 @@ export function randomResizedCropBox(width: number, height: number, rng: Rng, op
     }
   }
   const inRatio = width / height;
-  let w = width, h = height;
+  let w = width,
+    h = height;
   if (inRatio < rLo) {
     h = roundHalfEven(w / rLo);
   } else if (inRatio > rHi) {
@@ -86,7 +98,8 @@ export function hflip(img: RgbImage): RgbImage {
   const out = new Uint8Array(data.length);
   for (let y = 0; y < height; y++) {
     for (let x = 0; x < width; x++) {
-      const s = (y * width + x) * 3, d = (y * width + width - 1 - x) * 3;
+      const s = (y * width + x) * 3,
+        d = (y * width + width - 1 - x) * 3;
       out[d] = data[s];
       out[d + 1] = data[s + 1];
       out[d + 2] = data[s + 2];
@@ -100,12 +113,14 @@ export function reflectPad(img: RgbImage, pad: number): RgbImage {
   checkImage(img, 'reflectPad');
   if (!Number.isInteger(pad) || pad < 0) throw new Error(`reflectPad: pad must be a non-negative integer, got ${pad}`);
   const { width, height, data } = img;
-  const ow = width + 2 * pad, oh = height + 2 * pad;
+  const ow = width + 2 * pad,
+    oh = height + 2 * pad;
   const out = new Uint8Array(ow * oh * 3);
   for (let y = 0; y < oh; y++) {
     const sy = reflectIndex(y - pad, height);
     for (let x = 0; x < ow; x++) {
-      const s = (sy * width + reflectIndex(x - pad, width)) * 3, d = (y * ow + x) * 3;
+      const s = (sy * width + reflectIndex(x - pad, width)) * 3,
+        d = (y * ow + x) * 3;
       out[d] = data[s];
       out[d + 1] = data[s + 1];
       out[d + 2] = data[s + 2];

@@ -47,7 +47,13 @@ export interface SupervisedAugmentOptions extends ResizedCropOptions {
  * (or simple random crop), horizontal flip, 3-Augment (grayscale, solarize or PIL `GaussianBlur` with
  * radius in [0.1, 2]), `ColorJitter(cj, cj, cj)`, ImageNet normalisation. Float32 HWC `size`^2 x 3.
  */
-export function supervisedAugment(rgb: Uint8Array, width: number, height: number, rng: Rng, opts: SupervisedAugmentOptions = {}): Float32Array {
+export function supervisedAugment(
+  rgb: Uint8Array,
+  width: number,
+  height: number,
+  rng: Rng,
+  opts: SupervisedAugmentOptions = {},
+): Float32Array {
   const size = opts.size ?? 224;
   const source = { data: rgb, width, height };
   const crop = opts.crop ?? 'rrc';
@@ -139,7 +145,8 @@ export function multiCrop(rgb: Uint8Array, width: number, height: number, rng: R
   const globalSize = opts.globalSize ?? 224;
   const localSize = opts.localSize ?? 96;
   const localCrops = opts.localCrops ?? 8;
-  if (!Number.isInteger(localCrops) || localCrops < 0) throw new Error(`multiCrop: localCrops must be a non-negative integer, got ${localCrops}`);
+  if (!Number.isInteger(localCrops) || localCrops < 0)
+    throw new Error(`multiCrop: localCrops must be a non-negative integer, got ${localCrops}`);
   const blur = opts.blurProbabilities ?? DINOV2_BLUR_AS_RUN;
   if (blur.length !== 3 || !blur.every((p) => p >= 0 && p <= 1)) {
     throw new Error(`multiCrop: blurProbabilities must be 3 probabilities in [0, 1] (global 1, global 2, local), got [${blur.join(', ')}]`);

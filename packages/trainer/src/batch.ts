@@ -84,7 +84,10 @@ export class BatchPreparer {
   private readonly root: Rng;
   private readonly maskGen?: MaskingGenerator;
 
-  constructor(readonly config: TrainConfig, readonly numClasses: number) {
+  constructor(
+    readonly config: TrainConfig,
+    readonly numClasses: number,
+  ) {
     this.root = new Rng(config.train.seed);
     if (config.objective === 'dino' && config.ibot.loss_weight > 0) {
       const grid = config.crops.global_crops_size / modelConfig(config).patch_size;
@@ -117,10 +120,16 @@ export class BatchPreparer {
     const c = this.config;
     const S = c.crops.global_crops_size;
     const s = c.supervised;
-    const imgs = items.map((it, i) => supervisedAugment(it.image, it.width, it.height, augment[i]!, {
-      size: S, scale: c.crops.global_crops_scale, hflip: s.hflip, threeAugment: s.three_augment, colorJitter: s.color_jitter,
-      crop: s.simple_random_crop ? 'src' : 'rrc',
-    }));
+    const imgs = items.map((it, i) =>
+      supervisedAugment(it.image, it.width, it.height, augment[i]!, {
+        size: S,
+        scale: c.crops.global_crops_scale,
+        hflip: s.hflip,
+        threeAugment: s.three_augment,
+        colorJitter: s.color_jitter,
+        crop: s.simple_random_crop ? 'src' : 'rrc',
+      }),
+    );
     const labels = items.map((it) => it.label);
     const C = this.numClasses;
     let images = concat(imgs);
@@ -128,7 +137,10 @@ export class BatchPreparer {
     const metrics: Record<string, number> = {};
     if (s.mixup_alpha > 0 || s.cutmix_alpha > 0) {
       const mixed = mixupCutmix(images, [imgs.length, S, S, 3], labels, C, this.stepRng(STREAMS.mix, step, rank), {
-        mixupAlpha: s.mixup_alpha, cutmixAlpha: s.cutmix_alpha, prob: s.mix_prob, labelSmoothing: s.label_smoothing,
+        mixupAlpha: s.mixup_alpha,
+        cutmixAlpha: s.cutmix_alpha,
+        prob: s.mix_prob,
+        labelSmoothing: s.label_smoothing,
       });
       images = mixed.images;
       targets = mixed.targets;
@@ -141,21 +153,39 @@ export class BatchPreparer {
     const c = this.config;
     const B = items.length;
     const cr = c.crops;
-    const crops = items.map((it, i) => multiCrop(it.image, it.width, it.height, augment[i]!, {
-      globalSize: cr.global_crops_size, localSize: cr.local_crops_size, localCrops: cr.local_crops_number,
-      globalScale: cr.global_crops_scale, localScale: cr.local_crops_scale,
-    }));
+    const crops = items.map((it, i) =>
+      multiCrop(it.image, it.width, it.height, augment[i]!, {
+        globalSize: cr.global_crops_size,
+        localSize: cr.local_crops_size,
+        localCrops: cr.local_crops_number,
+        globalScale: cr.global_crops_scale,
+        localScale: cr.local_crops_scale,
+      }),
+    );
     // DINOv2's collate order: crop k of every image, then crop k + 1.
     const globals = concat([...crops.map((x) => x.global[0]!), ...crops.map((x) => x.global[1]!)]);
     const nLocal = cr.local_crops_number;
     const locals = nLocal > 0 ? concat(Array.from({ length: nLocal }, (_, k) => crops.map((x) => x.local[k]!)).flat()) : null;
     const masks = this.maskGen
-      ? collateMasks(2 * B, this.maskGen, c.ibot.mask_ratio_min_max, c.ibot.mask_sample_probability,
-        this.stepRng(STREAMS.masks, step, rank))
+      ? collateMasks(
+          2 * B,
+          this.maskGen,
+          c.ibot.mask_ratio_min_max,
+          c.ibot.mask_sample_probability,
+          this.stepRng(STREAMS.masks, step, rank),
+        )
       : null;
     return {
-      objective: 'dino', size: B, globalSize: cr.global_crops_size, localSize: cr.local_crops_size, localCrops: nLocal,
-      globals, locals, masks, dropPath, metrics: { masked_patches: masks ? masks.indices.length : 0 },
+      objective: 'dino',
+      size: B,
+      globalSize: cr.global_crops_size,
+      localSize: cr.local_crops_size,
+      localCrops: nLocal,
+      globals,
+      locals,
+      masks,
+      dropPath,
+      metrics: { masked_patches: masks ? masks.indices.length : 0 },
     };
   }
 }

@@ -43,27 +43,37 @@ export interface SinkhornInput {
  * total 0 over all ranks gives an empty [0, K] result.
  */
 export async function sinkhornKnopp(inputs: SinkhornInput[], reduceSum: ReduceSum, iterations = 3): Promise<tf.Tensor2D[]> {
-  if (!Number.isInteger(iterations) || iterations < 1) throw new Error(`sinkhornKnopp: iterations must be a positive integer, got ${iterations}`);
+  if (!Number.isInteger(iterations) || iterations < 1)
+    throw new Error(`sinkhornKnopp: iterations must be a positive integer, got ${iterations}`);
   const K = inputs.map((x) => x.logits.shape[1]);
   // Q: K x N per input, float32 as the official code casts.
   let qs = inputs.map((x) => tf.tidy(() => tf.transpose(tf.exp(tf.div(tf.cast(x.logits, 'float32'), x.temperature)))) as tf.Tensor2D);
   const owned: tf.Tensor[] = [];
   try {
-    const first = await reduceAndDispose(reduceSum, qs.flatMap((q) => [tf.sum(q), tf.scalar(q.shape[1])]));
+    const first = await reduceAndDispose(
+      reduceSum,
+      qs.flatMap((q) => [tf.sum(q), tf.scalar(q.shape[1])]),
+    );
     owned.push(...first);
     const sums = inputs.map((_, i) => first[2 * i]!.dataSync()[0]!);
     const counts = inputs.map((_, i) => first[2 * i + 1]!.dataSync()[0]!);
     const live = counts.map((n) => n > 0);
     qs = qs.map((q, i) => (live[i] ? swap(q, tf.div(q, sums[i]!)) : q));
     for (let it = 0; it < iterations; it++) {
-      const rows = await reduceAndDispose(reduceSum, qs.map((q) => tf.sum(q, 1, true)));
+      const rows = await reduceAndDispose(
+        reduceSum,
+        qs.map((q) => tf.sum(q, 1, true)),
+      );
       owned.push(...rows);
       qs = qs.map((q, i) => {
         if (!live[i]) return q;
-        return swap(q, tf.tidy(() => {
-          const byRow = tf.div(tf.div(q, rows[i]!), K[i]!);
-          return tf.div(tf.div(byRow, tf.sum(byRow, 0, true)), counts[i]!);
-        }));
+        return swap(
+          q,
+          tf.tidy(() => {
+            const byRow = tf.div(tf.div(q, rows[i]!), K[i]!);
+            return tf.div(tf.div(byRow, tf.sum(byRow, 0, true)), counts[i]!);
+          }),
+        );
       });
     }
     return qs.map((q, i) => tf.tidy(() => (live[i] ? tf.transpose(tf.mul(q, counts[i]!)) : tf.zeros([0, K[i]!]))) as tf.Tensor2D);

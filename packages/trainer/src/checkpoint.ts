@@ -70,7 +70,11 @@ export async function saveCheckpoint(runDir: string, c: CheckpointContents): Pro
     await saveWeights(c.student, join(tmp, 'model.safetensors'), { dtype: 'F32', metadata: meta });
     if (c.teacher) await saveWeights(c.teacher, join(tmp, 'teacher.safetensors'), { dtype: 'F32', metadata: meta });
     await writeSafetensors(join(tmp, 'heads.safetensors'), encode(c.heads), meta);
-    await writeSafetensors(join(tmp, 'optimizer.safetensors'), encode(c.optimizer.moments), { ...meta, optimizer: 'AdamW', adamw_step: String(c.optimizer.step) });
+    await writeSafetensors(join(tmp, 'optimizer.safetensors'), encode(c.optimizer.moments), {
+      ...meta,
+      optimizer: 'AdamW',
+      adamw_step: String(c.optimizer.step),
+    });
     await writeJsonAtomic(join(tmp, 'state.json'), c.state);
     await syncDir(tmp);
     // A checkpoint of the same step (a run resumed before it) is replaced.
@@ -85,7 +89,10 @@ export async function saveCheckpoint(runDir: string, c: CheckpointContents): Pro
 }
 
 async function exists(path: string): Promise<boolean> {
-  return stat(path).then(() => true, () => false);
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
 }
 
 /** Complete checkpoints of a run (folders `step-N` holding state.json), by increasing step. */
@@ -128,7 +135,8 @@ export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
     if (state[key] === undefined) throw new Error(`${statePath}: missing field "${key}"`);
   }
   for (const key of ['step', 'cursor'] as const) {
-    if (!Number.isSafeInteger(state[key]) || state[key] < 0) throw new Error(`${statePath}: field "${key}" must be a non-negative integer, got ${JSON.stringify(state[key])}`);
+    if (!Number.isSafeInteger(state[key]) || state[key] < 0)
+      throw new Error(`${statePath}: field "${key}" must be a non-negative integer, got ${JSON.stringify(state[key])}`);
   }
   const student = (await readWeights(join(dir, 'model.safetensors'))).stateDict;
   const teacherPath = join(dir, 'teacher.safetensors');
@@ -141,6 +149,7 @@ export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
   const moments: AdamWState['moments'] = {};
   for (const [k, t] of Object.entries(opt.tensors)) moments[k] = { shape: t.shape, data: toFloat32(t) };
   const adamStep = Number(opt.metadata.adamw_step);
-  if (!Number.isInteger(adamStep)) throw new Error(`${join(dir, 'optimizer.safetensors')}: __metadata__.adamw_step missing or not an integer`);
+  if (!Number.isInteger(adamStep))
+    throw new Error(`${join(dir, 'optimizer.safetensors')}: __metadata__.adamw_step missing or not an integer`);
   return { dir, student, teacher, heads, optimizer: { step: adamStep, moments }, state };
 }

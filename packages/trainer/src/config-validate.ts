@@ -8,8 +8,16 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CONFIG_FIELDS, MODEL_NAMES } from '@vitreg/registers';
 import {
-  DEFAULT_CONFIG, mergeTrainConfig, modelConfig, OBJECTIVES, type Centering, type OptimizerName, type PartialTrainConfig, type ScalingRule,
-  type TrainConfig, type TrainConfigSection,
+  DEFAULT_CONFIG,
+  mergeTrainConfig,
+  modelConfig,
+  OBJECTIVES,
+  type Centering,
+  type OptimizerName,
+  type PartialTrainConfig,
+  type ScalingRule,
+  type TrainConfig,
+  type TrainConfigSection,
 } from './config.js';
 import { isPaperPreset, PRESET_CHOICES, presetBase } from './config-presets.js';
 import { WEIGHT_DECAY_RULES } from './param-groups.js';
@@ -46,35 +54,90 @@ const source: Rule = { kind: 'source' };
 
 const RULES: { [S in Section]: Record<keyof TrainConfig[S], Rule | 'string'> } = {
   data: {
-    source, num_classes: int(5, 8), train_size: int(1), val_size: int(1), synthetic_size: int(16),
-    synthetic_seed: int(0), val_fraction: num(0, 1, true),
+    source,
+    num_classes: int(5, 8),
+    train_size: int(1),
+    val_size: int(1),
+    synthetic_size: int(16),
+    synthetic_seed: int(0),
+    val_fraction: num(0, 1, true),
   },
   train: {
-    steps: int(1), batch_size: int(2), micro_batch_size: int(0), seed: int(0), log_every: int(1), checkpoint_every: int(0), eval_every: int(0),
-    knn_train_size: int(1), knn_k: int(1), knn_temperature: pos, keep_checkpoints: int(1), centering: oneOf(CENTERINGS),
+    steps: int(1),
+    batch_size: int(2),
+    micro_batch_size: int(0),
+    seed: int(0),
+    log_every: int(1),
+    checkpoint_every: int(0),
+    eval_every: int(0),
+    knn_train_size: int(1),
+    knn_k: int(1),
+    knn_temperature: pos,
+    keep_checkpoints: int(1),
+    centering: oneOf(CENTERINGS),
     repeated_aug: bool,
   },
   optim: {
-    optimizer: oneOf(OPTIMIZERS), base_lr: num(0), scaling_rule: oneOf(SCALING_RULES), min_lr: num(0), warmup_steps: int(0),
-    warmup_lr: num(0), weight_decay: num(0), weight_decay_end: num(0), beta1: num(0, 1), beta2: num(0, 1), eps: pos, clip_grad: num(0),
-    weight_decay_rule: oneOf(WEIGHT_DECAY_RULES), layerwise_decay: num(0, 1, true), patch_embed_lr_mult: num(0), freeze_last_layer_steps: int(0),
+    optimizer: oneOf(OPTIMIZERS),
+    base_lr: num(0),
+    scaling_rule: oneOf(SCALING_RULES),
+    min_lr: num(0),
+    warmup_steps: int(0),
+    warmup_lr: num(0),
+    weight_decay: num(0),
+    weight_decay_end: num(0),
+    beta1: num(0, 1),
+    beta2: num(0, 1),
+    eps: pos,
+    clip_grad: num(0),
+    weight_decay_rule: oneOf(WEIGHT_DECAY_RULES),
+    layerwise_decay: num(0, 1, true),
+    patch_embed_lr_mult: num(0),
+    freeze_last_layer_steps: int(0),
   },
   supervised: {
-    label_smoothing: num(0, 1), hflip: unit, three_augment: bool, color_jitter: num(0, 1), mixup_alpha: num(0), cutmix_alpha: num(0),
-    mix_prob: unit, bce_loss: bool, simple_random_crop: bool,
+    label_smoothing: num(0, 1),
+    hflip: unit,
+    three_augment: bool,
+    color_jitter: num(0, 1),
+    mixup_alpha: num(0),
+    cutmix_alpha: num(0),
+    mix_prob: unit,
+    bce_loss: bool,
+    simple_random_crop: bool,
   },
   dino: {
-    loss_weight: num(0), koleo_loss_weight: num(0), head_n_prototypes: int(2), head_hidden_dim: int(1),
-    head_bottleneck_dim: int(1), head_nlayers: int(1, 8), student_temp: pos, teacher_temp: pos, warmup_teacher_temp: pos,
-    warmup_teacher_temp_steps: int(0), center_momentum: unit, momentum_teacher: unit, final_momentum_teacher: unit,
+    loss_weight: num(0),
+    koleo_loss_weight: num(0),
+    head_n_prototypes: int(2),
+    head_hidden_dim: int(1),
+    head_bottleneck_dim: int(1),
+    head_nlayers: int(1, 8),
+    student_temp: pos,
+    teacher_temp: pos,
+    warmup_teacher_temp: pos,
+    warmup_teacher_temp_steps: int(0),
+    center_momentum: unit,
+    momentum_teacher: unit,
+    final_momentum_teacher: unit,
   },
   ibot: {
-    loss_weight: num(0), separate_head: bool, head_n_prototypes: int(2), head_hidden_dim: int(1), head_bottleneck_dim: int(1),
-    head_nlayers: int(1, 8), mask_sample_probability: unit, mask_ratio_min_max: range(0, 1),
+    loss_weight: num(0),
+    separate_head: bool,
+    head_n_prototypes: int(2),
+    head_hidden_dim: int(1),
+    head_bottleneck_dim: int(1),
+    head_nlayers: int(1, 8),
+    mask_sample_probability: unit,
+    mask_ratio_min_max: range(0, 1),
   },
   crops: {
-    global_crops_size: int(8), global_crops_scale: range(0, 1), local_crops_number: int(0), local_crops_size: int(8),
-    local_crops_scale: range(0, 1), eval_crop_ratio: num(0, 1, true),
+    global_crops_size: int(8),
+    global_crops_scale: range(0, 1),
+    local_crops_number: int(0),
+    local_crops_size: int(8),
+    local_crops_scale: range(0, 1),
+    eval_crop_ratio: num(0, 1, true),
   },
 };
 
@@ -97,8 +160,14 @@ function check(rule: Rule | 'string', v: unknown): boolean {
   if (rule.kind === 'enum') return typeof v === 'string' && rule.values.includes(v);
   if (rule.kind === 'source') return typeof v === 'string';
   if (rule.kind === 'range') {
-    return Array.isArray(v) && v.length === 2 && v.every((x) => typeof x === 'number' && Number.isFinite(x)) &&
-      v[0] >= rule.min && v[0] <= v[1] && v[1] <= rule.max;
+    return (
+      Array.isArray(v) &&
+      v.length === 2 &&
+      v.every((x) => typeof x === 'number' && Number.isFinite(x)) &&
+      v[0] >= rule.min &&
+      v[0] <= v[1] &&
+      v[1] <= rule.max
+    );
   }
   if (typeof v !== 'number' || !Number.isFinite(v)) return false;
   if (rule.kind === 'int' && !Number.isInteger(v)) return false;
@@ -139,10 +208,16 @@ export function validateTrainConfig(raw: unknown, source = 'config'): TrainConfi
     const values = cfg[section] as unknown as Record<string, unknown>;
     for (const key of Object.keys(values)) {
       if (section === 'optim' && key === 'lr') {
-        throw new Error(`${source}: field "optim.lr" is now optim.base_lr, the rate for the reference batch of optim.scaling_rule ("none": the rate itself)`);
+        throw new Error(
+          `${source}: field "optim.lr" is now optim.base_lr, the rate for the reference batch of optim.scaling_rule ("none": the rate itself)`,
+        );
       }
       if (!(key in rules)) {
-        throw new Error(`${source}: unknown field "${section}.${key}"; expected one of ${Object.keys(rules).map((k) => `${section}.${k}`).join(', ')}`);
+        throw new Error(
+          `${source}: unknown field "${section}.${key}"; expected one of ${Object.keys(rules)
+            .map((k) => `${section}.${k}`)
+            .join(', ')}`,
+        );
       }
     }
     for (const [key, rule] of Object.entries(rules)) {
@@ -154,7 +229,9 @@ export function validateTrainConfig(raw: unknown, source = 'config'): TrainConfi
   const model = cfg.model as Record<string, unknown>;
   for (const key of Object.keys(model)) {
     if (key !== 'arch' && !(CONFIG_FIELDS as string[]).includes(key)) {
-      throw new Error(`${source}: unknown field "model.${key}"; expected model.arch or one of ${CONFIG_FIELDS.map((k) => `model.${k}`).join(', ')}`);
+      throw new Error(
+        `${source}: unknown field "model.${key}"; expected model.arch or one of ${CONFIG_FIELDS.map((k) => `model.${k}`).join(', ')}`,
+      );
     }
   }
   if (typeof model.arch !== 'string' || !MODEL_NAMES.includes(model.arch)) {
@@ -162,15 +239,30 @@ export function validateTrainConfig(raw: unknown, source = 'config'): TrainConfi
   }
   const vit = modelConfig(cfg, source);
   const relations: [boolean, string][] = [
-    [cfg.optim.min_lr <= cfg.optim.base_lr || cfg.optim.base_lr === 0, `field "optim.min_lr" (${cfg.optim.min_lr}) must not exceed optim.base_lr (${cfg.optim.base_lr})`],
-    [cfg.crops.global_crops_size % vit.patch_size === 0, `field "crops.global_crops_size" (${cfg.crops.global_crops_size}) must be a multiple of the patch size ${vit.patch_size}`],
+    [
+      cfg.optim.min_lr <= cfg.optim.base_lr || cfg.optim.base_lr === 0,
+      `field "optim.min_lr" (${cfg.optim.min_lr}) must not exceed optim.base_lr (${cfg.optim.base_lr})`,
+    ],
+    [
+      cfg.crops.global_crops_size % vit.patch_size === 0,
+      `field "crops.global_crops_size" (${cfg.crops.global_crops_size}) must be a multiple of the patch size ${vit.patch_size}`,
+    ],
   ];
   if (cfg.objective === 'dino') {
     relations.push(
-      [cfg.train.micro_batch_size === 0, `field "train.micro_batch_size" must be 0 for objective dino (its losses and centres are per batch), got ${cfg.train.micro_batch_size}`],
-      [cfg.crops.local_crops_size % vit.patch_size === 0, `field "crops.local_crops_size" (${cfg.crops.local_crops_size}) must be a multiple of the patch size ${vit.patch_size}`],
+      [
+        cfg.train.micro_batch_size === 0,
+        `field "train.micro_batch_size" must be 0 for objective dino (its losses and centres are per batch), got ${cfg.train.micro_batch_size}`,
+      ],
+      [
+        cfg.crops.local_crops_size % vit.patch_size === 0,
+        `field "crops.local_crops_size" (${cfg.crops.local_crops_size}) must be a multiple of the patch size ${vit.patch_size}`,
+      ],
       [cfg.dino.loss_weight > 0 || cfg.ibot.loss_weight > 0, 'fields "dino.loss_weight" and "ibot.loss_weight" cannot both be 0'],
-      [cfg.ibot.loss_weight === 0 || (cfg.ibot.mask_sample_probability > 0 && cfg.ibot.mask_ratio_min_max[1] > 0), 'fields "ibot.mask_sample_probability" and "ibot.mask_ratio_min_max" must be positive when ibot.loss_weight > 0'],
+      [
+        cfg.ibot.loss_weight === 0 || (cfg.ibot.mask_sample_probability > 0 && cfg.ibot.mask_ratio_min_max[1] > 0),
+        'fields "ibot.mask_sample_probability" and "ibot.mask_ratio_min_max" must be positive when ibot.loss_weight > 0',
+      ],
     );
   }
   for (const [ok, message] of relations) if (!ok) throw new Error(`${source}: ${message}`);
@@ -217,7 +309,8 @@ function readJsonObject(path: string, what: string): Record<string, unknown> {
  */
 export function resolveTrainConfig(src: ConfigSources): TrainConfig {
   if (src.configFile !== undefined && src.preset !== undefined) throw new Error('give --config or --preset, not both');
-  if (src.preset !== undefined && !PRESET_CHOICES.includes(src.preset)) throw new Error(`--preset: expected one of ${PRESET_CHOICES.join(', ')}, got "${src.preset}"`);
+  if (src.preset !== undefined && !PRESET_CHOICES.includes(src.preset))
+    throw new Error(`--preset: expected one of ${PRESET_CHOICES.join(', ')}, got "${src.preset}"`);
   let raw: Record<string, unknown>;
   let source: string;
   if (src.configFile !== undefined) {
@@ -230,7 +323,9 @@ export function resolveTrainConfig(src: ConfigSources): TrainConfig {
     source = join(src.resumeDir, 'config.json');
     raw = readJsonObject(source, '--resume');
   } else {
-    throw new Error('expected --preset NAME or --config FILE.json (or --resume with an existing --out run folder); see vitreg train --list-presets');
+    throw new Error(
+      'expected --preset NAME or --config FILE.json (or --resume with an existing --out run folder); see vitreg train --list-presets',
+    );
   }
   const section = (k: string) => ({ ...((raw[k] as Record<string, unknown> | undefined) ?? {}) });
   const patched: Record<string, unknown> = { ...raw };
@@ -244,7 +339,9 @@ export function resolveTrainConfig(src: ConfigSources): TrainConfig {
   const cfg = validateTrainConfig(patched, source);
   const preset = typeof raw.preset === 'string' ? raw.preset : undefined;
   if (preset && isPaperPreset(preset) && cfg.data.source === 'synthetic') {
-    src.warn?.(`preset ${preset} is a paper recipe for ImageNet on a GPU cluster; it now trains on the built-in synthetic shapes (${cfg.data.num_classes} classes at ${cfg.data.synthetic_size} px), which says nothing about the paper's numbers`);
+    src.warn?.(
+      `preset ${preset} is a paper recipe for ImageNet on a GPU cluster; it now trains on the built-in synthetic shapes (${cfg.data.num_classes} classes at ${cfg.data.synthetic_size} px), which says nothing about the paper's numbers`,
+    );
   }
   return cfg;
 }

@@ -40,7 +40,10 @@ export class SubsetDataset implements Dataset {
   readonly classNames: string[];
   readonly length: number;
 
-  constructor(readonly base: Dataset, readonly indices: readonly number[]) {
+  constructor(
+    readonly base: Dataset,
+    readonly indices: readonly number[],
+  ) {
     this.numClasses = base.numClasses;
     this.classNames = base.classNames;
     this.length = indices.length;
@@ -116,9 +119,7 @@ function openLists(cfg: TrainConfig): TrainData {
   const classesFile = join(dirname(trainFile), 'classes.txt');
   const trainList = parseFileList(trainFile);
   const valList = valFile ? parseFileList(valFile) : null;
-  const classes = isFile(classesFile)
-    ? { classesFile }
-    : { numClasses: Math.max(trainList.maxLabel, valList?.maxLabel ?? -1) + 1 };
+  const classes = isFile(classesFile) ? { classesFile } : { numClasses: Math.max(trainList.maxLabel, valList?.maxLabel ?? -1) + 1 };
   const train = new FileListDataset(trainList, classes);
   if (!valList) return splitByFraction(cfg, train, `file list ${trainFile}`);
   const val = new FileListDataset(valList, classes);
@@ -134,11 +135,15 @@ function assemble(cfg: TrainConfig, openFolder: (dir: string) => ImageFolderData
     return { train, val, numClasses: train.numClasses, classNames: train.classNames };
   }
   if (d.source === '') {
-    throw new Error('data: no data source; give --data FOLDER or a file list (data.source in a config file), or --data synthetic for the built-in shapes');
+    throw new Error(
+      'data: no data source; give --data FOLDER or a file list (data.source in a config file), or --data synthetic for the built-in shapes',
+    );
   }
   if (isFile(d.source)) return openLists(cfg);
   if (!isDir(d.source)) {
-    throw new Error(`data: "${d.source}" is not a folder or a file (expected "synthetic", a folder of class folders or of train/ and val/, or a file list such as train.txt)`);
+    throw new Error(
+      `data: "${d.source}" is not a folder or a file (expected "synthetic", a folder of class folders or of train/ and val/, or a file list such as train.txt)`,
+    );
   }
   const trainDir = join(d.source, 'train');
   if (isDir(trainDir)) {

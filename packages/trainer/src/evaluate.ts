@@ -89,7 +89,10 @@ export async function evaluate(engine: StepEngine, config: TrainConfig, data: Tr
     probs.push(await engine.teacherProbs(cls, labels.length));
   });
   const rows = (f: { features: Float32Array; labels: ArrayLike<number> }) => ({
-    x: f.features, y: Int32Array.from(f.labels), n: f.labels.length, dim,
+    x: f.features,
+    y: Int32Array.from(f.labels),
+    n: f.labels.length,
+    dim,
   });
   const t = config.train;
   res.knn_accuracy = knnClassify(rows(bank), rows(val), { numClasses: data.numClasses, k: t.knn_k, temperature: t.knn_temperature }).top1;

@@ -39,7 +39,10 @@ export class DinoHead {
   /** Names of the MLP's linear layers in order (`mlp.0`, `mlp.2`, ... as torch's Sequential; `mlp` for one layer). */
   private readonly layers: string[];
 
-  constructor(readonly config: DinoHeadConfig, rng: Rng) {
+  constructor(
+    readonly config: DinoHeadConfig,
+    rng: Rng,
+  ) {
     const { inDim, outDim, hiddenDim, bottleneckDim, nlayers } = config;
     if (!(Number.isInteger(nlayers) && nlayers >= 1)) throw new Error(`DinoHead: nlayers must be an integer >= 1, got ${nlayers}`);
     const dims = nlayers === 1 ? [inDim, bottleneckDim] : [inDim, ...Array(nlayers - 1).fill(hiddenDim), bottleneckDim];
@@ -82,7 +85,11 @@ export class DinoHead {
 export class ClassifierHead {
   readonly params: Record<string, tf.Variable>;
 
-  constructor(readonly inDim: number, readonly numClasses: number, rng: Rng) {
+  constructor(
+    readonly inDim: number,
+    readonly numClasses: number,
+    rng: Rng,
+  ) {
     this.params = {
       weight: variable(truncNormal(inDim * numClasses, 0.02, rng), [inDim, numClasses]),
       bias: variable(new Float32Array(numClasses), [numClasses]),

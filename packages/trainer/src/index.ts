@@ -1,6 +1,15 @@
 /** @vitreg/trainer: the public API (see README.md). */
 export { gaussianBlur, pilGaussianBlur, randomGaussianBlur, randomPilGaussianBlur } from './augment-blur.js';
-export { adjustBrightness, adjustContrast, adjustHue, adjustSaturation, colorJitter, grayscale, normalize, solarize } from './augment-colour.js';
+export {
+  adjustBrightness,
+  adjustContrast,
+  adjustHue,
+  adjustSaturation,
+  colorJitter,
+  grayscale,
+  normalize,
+  solarize,
+} from './augment-colour.js';
 export { hflip, randomResizedCrop, randomResizedCropBox, reflectPad, resizedCrop, simpleRandomCrop } from './augment-geometry.js';
 export { DINOV2_BLUR_AS_RUN, DINOV2_BLUR_AS_WRITTEN, evalTransform, multiCrop, supervisedAugment } from './augment.js';
 export { BatchPreparer, initRng, STREAMS } from './batch.js';
@@ -11,7 +20,18 @@ export { presetConfig, resolveTrainConfig, validateTrainConfig } from './config-
 export { assertDataSource, DEFAULT_CONFIG, mergeTrainConfig, modelConfig, scaledLr } from './config.js';
 export type { PartialTrainConfig, TrainConfig } from './config.js';
 export { openData, openDataAsync, SubsetDataset } from './data.js';
-export type { AppliedStep, ComputedStep, EngineContext, EngineFactory, EngineState, ParameterInfo, StateLayout, StepEngine, StepSettings, StepUpdate } from './engine.js';
+export type {
+  AppliedStep,
+  ComputedStep,
+  EngineContext,
+  EngineFactory,
+  EngineState,
+  ParameterInfo,
+  StateLayout,
+  StepEngine,
+  StepSettings,
+  StepUpdate,
+} from './engine.js';
 export { evaluate } from './evaluate.js';
 export type { EvalResult } from './evaluate.js';
 export { ClassifierHead, DinoHead } from './heads.js';
@@ -19,7 +39,19 @@ export { knnClassify, l2NormalizeRows, topK } from './knn.js';
 export type { KnnOptions, KnnResult } from './knn.js';
 export { train, Trainer } from './loop.js';
 export type { TrainOptions, TrainResult } from './loop.js';
-export { bceWithLogits, binaryCrossEntropyLoss, binaryCrossEntropyTargets, Center, dinoCrossEntropy, dinoGlobalLocalLoss, entropies, ibotMaskedLoss, koleoLoss, softTargetCrossEntropy, teacherSoftmaxCenter } from './losses.js';
+export {
+  bceWithLogits,
+  binaryCrossEntropyLoss,
+  binaryCrossEntropyTargets,
+  Center,
+  dinoCrossEntropy,
+  dinoGlobalLocalLoss,
+  entropies,
+  ibotMaskedLoss,
+  koleoLoss,
+  softTargetCrossEntropy,
+  teacherSoftmaxCenter,
+} from './losses.js';
 export { collateMasks, MaskingGenerator } from './masking.js';
 export { mixupCutmix, smoothOneHot } from './mixup.js';
 export { AdamW, clipByGlobalNorm, clipPerModule, Lamb } from './optim.js';

@@ -20,7 +20,13 @@
 import { appendFile, mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
-  BatchPrefetcher, DistributedSampler, Progress, RASampler, writeFileAtomic, writeJsonAtomic, type CursorSampler,
+  BatchPrefetcher,
+  DistributedSampler,
+  Progress,
+  RASampler,
+  writeFileAtomic,
+  writeJsonAtomic,
+  type CursorSampler,
 } from '@vitreg/core';
 import type { ViTConfig } from '@vitreg/registers';
 import { BatchPreparer } from './batch.js';
@@ -97,7 +103,10 @@ export class Trainer {
   /** Decodes the next step's images while this one computes. */
   private readonly loader: BatchPrefetcher;
 
-  constructor(readonly config: TrainConfig, opts: { sync?: GradientSync; engine?: EngineFactory } = {}) {
+  constructor(
+    readonly config: TrainConfig,
+    opts: { sync?: GradientSync; engine?: EngineFactory } = {},
+  ) {
     const c = config;
     this.sync = opts.sync ?? new LocalGradientSync();
     this.vit = modelConfig(c);
@@ -115,7 +124,11 @@ export class Trainer {
     this.momentum = cosineSchedule({ base: c.dino.momentum_teacher, final: c.dino.final_momentum_teacher, totalSteps: T });
     const w = c.dino.warmup_teacher_temp_steps;
     const temp = cosineSchedule({
-      base: c.dino.teacher_temp, final: c.dino.teacher_temp, totalSteps: w, warmupSteps: w, startWarmupValue: c.dino.warmup_teacher_temp,
+      base: c.dino.teacher_temp,
+      final: c.dino.teacher_temp,
+      totalSteps: w,
+      warmupSteps: w,
+      startWarmupValue: c.dino.warmup_teacher_temp,
     });
     this.teacherTemp = (s) => (s < w ? temp(s) : c.dino.teacher_temp);
 
@@ -136,8 +149,11 @@ export class Trainer {
       const o = this.config.optim;
       const T = this.config.train.steps;
       schedule = cosineSchedule({
-        base: scaledLr(this.config, W), final: o.min_lr, totalSteps: T,
-        warmupSteps: Math.min(o.warmup_steps, T), startWarmupValue: o.warmup_lr,
+        base: scaledLr(this.config, W),
+        final: o.min_lr,
+        totalSteps: T,
+        warmupSteps: Math.min(o.warmup_steps, T),
+        startWarmupValue: o.warmup_lr,
       });
       this.lrSchedules.set(W, schedule);
     }
@@ -148,7 +164,9 @@ export class Trainer {
   settingsAt(step: number): StepSettings {
     const lr = this.lrAt(step);
     return {
-      step, lr, wd: this.wd(step),
+      step,
+      lr,
+      wd: this.wd(step),
       lastLayerLr: step < this.config.optim.freeze_last_layer_steps ? 0 : lr,
       momentum: this.momentum(step),
       teacherTemp: this.teacherTemp(step),
@@ -223,7 +241,8 @@ export class Trainer {
     const seconds = (performance.now() - t0) / 1000;
     const momentum = computed.update.teacherMomentum;
     Object.assign(metrics, batch.metrics, computed.metrics, momentum === null ? {} : { momentum }, applied.norms, {
-      lr: settings.lr, wd: settings.wd,
+      lr: settings.lr,
+      wd: settings.wd,
       images_per_s: (B * worldSize) / seconds,
       step_seconds: seconds,
       allreduce_s: allreduceSeconds,
@@ -307,7 +326,11 @@ export async function train(config: TrainConfig, opts: TrainOptions): Promise<Tr
   const sync = trainer.sync;
   const metricsPath = join(out, 'metrics.jsonl');
   const isRank0 = () => sync.rank === 0;
-  const log = opts.log ?? ((line: string) => { if (isRank0()) process.stderr.write(line + '\n'); });
+  const log =
+    opts.log ??
+    ((line: string) => {
+      if (isRank0()) process.stderr.write(line + '\n');
+    });
   // Rank 0 starts the run (fresh, or from the newest checkpoint on its disk); every rank then takes
   // rank 0's state, and takes it again whenever a cluster's membership changes.
   const resync = async () => {
@@ -334,9 +357,8 @@ export async function train(config: TrainConfig, opts: TrainOptions): Promise<Tr
     }
     await resync();
     const last = Math.min(c.train.steps, opts.stopAfter ?? c.train.steps);
-    const progress = opts.progress === false || !startRank0
-      ? null
-      : new Progress({ total: last - trainer.step, label: 'train', unit: 'step' });
+    const progress =
+      opts.progress === false || !startRank0 ? null : new Progress({ total: last - trainer.step, label: 'train', unit: 'step' });
     // Several ranks: each appends its own line per step (written before the commit, so a step a rank
     // died in is there too: the committed steps are rank 0's metrics.jsonl lines).
     let rankPath: string | null = null;
@@ -344,14 +366,20 @@ export async function train(config: TrainConfig, opts: TrainOptions): Promise<Tr
       rankPath = join(out, 'ranks', `${opts.rankName ?? `rank-${sync.rank}`}.jsonl`);
       await mkdir(join(out, 'ranks'), { recursive: true });
     }
-    const stepLog = rankPath === null ? undefined : async (line: Record<string, unknown>) => {
-      const { samples, ...rest } = line;
-      const entry = {
-        ...round(rest as Record<string, number>), rank: sync.rank, world_size: sync.worldSize, membership: sync.membership,
-        ...(opts.logSamples ? { samples } : {}),
-      };
-      await appendFile(rankPath!, JSON.stringify(entry) + '\n');
-    };
+    const stepLog =
+      rankPath === null
+        ? undefined
+        : async (line: Record<string, unknown>) => {
+            const { samples, ...rest } = line;
+            const entry = {
+              ...round(rest as Record<string, number>),
+              rank: sync.rank,
+              world_size: sync.worldSize,
+              membership: sync.membership,
+              ...(opts.logSamples ? { samples } : {}),
+            };
+            await appendFile(rankPath!, JSON.stringify(entry) + '\n');
+          };
     let checkpoint = '';
     let saved = false;
     const saveNow = async () => {

@@ -63,9 +63,7 @@ export function dinoGlobalLocalLoss(
     const terms = 2 + Math.max(studentLocal.length * 2, 1);
     // Each local crop is compared with both global views (order is irrelevant: all pairs are summed).
     const teacherViews = tf.split(teacherProbs, 2, 0) as tf.Tensor2D[];
-    const local = studentLocal.length > 0
-      ? tf.div(dinoCrossEntropy(studentLocal, teacherViews, studentTemp), terms)
-      : tf.scalar(0);
+    const local = studentLocal.length > 0 ? tf.div(dinoCrossEntropy(studentLocal, teacherViews, studentTemp), terms) : tf.scalar(0);
     const global = tf.div(tf.mul(dinoCrossEntropy([studentGlobal], [teacherProbs], studentTemp), 2), terms);
     return { global: global as tf.Scalar, local: local as tf.Scalar };
   });
@@ -119,7 +117,10 @@ export function koleoLoss(x: tf.Tensor2D, eps = 1e-8): tf.Scalar {
 export class Center {
   value: Float32Array;
 
-  constructor(readonly dim: number, readonly momentum = 0.9) {
+  constructor(
+    readonly dim: number,
+    readonly momentum = 0.9,
+  ) {
     this.value = new Float32Array(dim);
   }
 
@@ -155,7 +156,9 @@ export function bceWithLogits(logits: tf.Tensor2D, targets: tf.Tensor2D): tf.Sca
   if (logits.shape.join() !== targets.shape.join()) {
     throw new Error(`bceWithLogits: logits [${logits.shape}] and targets [${targets.shape}] must have the same shape`);
   }
-  return tf.tidy(() => tf.mean(tf.add(tf.sub(tf.relu(logits), tf.mul(logits, targets)), tf.log1p(tf.exp(tf.neg(tf.abs(logits)))))) as tf.Scalar);
+  return tf.tidy(
+    () => tf.mean(tf.add(tf.sub(tf.relu(logits), tf.mul(logits, targets)), tf.log1p(tf.exp(tf.neg(tf.abs(logits)))))) as tf.Scalar,
+  );
 }
 
 /**

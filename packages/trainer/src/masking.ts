@@ -19,7 +19,11 @@ export class MaskingGenerator {
   private readonly maxNum: number;
   private readonly logAspect: [number, number];
 
-  constructor(readonly height: number, readonly width: number, opts: MaskingOptions = {}) {
+  constructor(
+    readonly height: number,
+    readonly width: number,
+    opts: MaskingOptions = {},
+  ) {
     this.numPatches = height * width;
     this.minNum = opts.minNumPatches ?? 4;
     this.maxNum = opts.maxNumPatches ?? 0.5 * this.numPatches;

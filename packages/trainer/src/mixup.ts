@@ -35,7 +35,8 @@ export function smoothOneHot(labels: ArrayLike<number>, numClasses: number, smoo
   const out = new Float32Array(labels.length * numClasses).fill(off);
   for (let i = 0; i < labels.length; i++) {
     const y = labels[i];
-    if (!Number.isInteger(y) || y < 0 || y >= numClasses) throw new Error(`smoothOneHot: label ${i} is ${y}, expected an integer in [0, ${numClasses})`);
+    if (!Number.isInteger(y) || y < 0 || y >= numClasses)
+      throw new Error(`smoothOneHot: label ${i} is ${y}, expected an integer in [0, ${numClasses})`);
     out[i * numClasses + y] = on;
   }
   return out;
@@ -80,7 +81,8 @@ export function mixupCutmix(
   opts: MixupCutmixOptions = {},
 ): MixedBatch {
   const [B, H, W, C] = shape;
-  if (images.length !== B * H * W * C) throw new Error(`mixupCutmix: images hold ${images.length} values, shape [${shape}] needs ${B * H * W * C}`);
+  if (images.length !== B * H * W * C)
+    throw new Error(`mixupCutmix: images hold ${images.length} values, shape [${shape}] needs ${B * H * W * C}`);
   if (labels.length !== B) throw new Error(`mixupCutmix: expected ${B} labels, got ${labels.length}`);
   const mixupAlpha = opts.mixupAlpha ?? 0.8;
   const cutmixAlpha = opts.cutmixAlpha ?? 1.0;
@@ -98,10 +100,14 @@ export function mixupCutmix(
   let box: MixedBatch['box'] = null;
   if (lambda < 1 && useCutmix) {
     const cutRatio = Math.sqrt(1 - lambda);
-    const cutH = Math.floor(H * cutRatio), cutW = Math.floor(W * cutRatio);
-    const cy = rng.int(H), cx = rng.int(W);
-    const y0 = Math.min(Math.max(cy - Math.floor(cutH / 2), 0), H), y1 = Math.min(Math.max(cy + Math.floor(cutH / 2), 0), H);
-    const x0 = Math.min(Math.max(cx - Math.floor(cutW / 2), 0), W), x1 = Math.min(Math.max(cx + Math.floor(cutW / 2), 0), W);
+    const cutH = Math.floor(H * cutRatio),
+      cutW = Math.floor(W * cutRatio);
+    const cy = rng.int(H),
+      cx = rng.int(W);
+    const y0 = Math.min(Math.max(cy - Math.floor(cutH / 2), 0), H),
+      y1 = Math.min(Math.max(cy + Math.floor(cutH / 2), 0), H);
+    const x0 = Math.min(Math.max(cx - Math.floor(cutW / 2), 0), W),
+      x1 = Math.min(Math.max(cx + Math.floor(cutW / 2), 0), W);
     box = [x0, y0, x1, y1];
     lambda = 1 - ((y1 - y0) * (x1 - x0)) / (H * W);
     for (let i = 0; i < B; i++) {
@@ -113,7 +119,8 @@ export function mixupCutmix(
     }
   } else if (lambda < 1) {
     for (let i = 0; i < B; i++) {
-      const a = i * imageSize, b = (B - 1 - i) * imageSize;
+      const a = i * imageSize,
+        b = (B - 1 - i) * imageSize;
       for (let k = 0; k < imageSize; k++) out[a + k] = lambda * images[a + k] + (1 - lambda) * images[b + k];
     }
   }

@@ -37,7 +37,10 @@ export class AdamW {
   private readonly m: tf.Variable[];
   private readonly v: tf.Variable[];
 
-  constructor(readonly params: ParamSpec[], opts: AdamWOptions = {}) {
+  constructor(
+    readonly params: ParamSpec[],
+    opts: AdamWOptions = {},
+  ) {
     this.beta1 = opts.beta1 ?? 0.9;
     this.beta2 = opts.beta2 ?? 0.999;
     this.eps = opts.eps ?? 1e-8;
@@ -144,7 +147,11 @@ export function clipByGlobalNorm(grads: tf.Tensor[], maxNorm: number, opts: Clip
  * Returns the gradients (new tensors where clipped, the inputs elsewhere) and each module's norm before
  * clipping; maxNorm <= 0 clips nothing.
  */
-export function clipPerModule(names: readonly string[], grads: tf.Tensor[], maxNorm: number): { grads: tf.Tensor[]; norms: Record<string, number> } {
+export function clipPerModule(
+  names: readonly string[],
+  grads: tf.Tensor[],
+  maxNorm: number,
+): { grads: tf.Tensor[]; norms: Record<string, number> } {
   if (names.length !== grads.length) throw new Error(`clipPerModule: ${names.length} names for ${grads.length} gradients`);
   const modules = new Map<string, number[]>();
   names.forEach((name, i) => {
@@ -155,8 +162,13 @@ export function clipPerModule(names: readonly string[], grads: tf.Tensor[], maxN
   const out = [...grads];
   const norms: Record<string, number> = {};
   for (const [m, idx] of modules) {
-    const r = clipByGlobalNorm(idx.map((i) => grads[i]!), maxNorm);
-    idx.forEach((i, k) => { out[i] = r.grads[k]!; });
+    const r = clipByGlobalNorm(
+      idx.map((i) => grads[i]!),
+      maxNorm,
+    );
+    idx.forEach((i, k) => {
+      out[i] = r.grads[k]!;
+    });
     norms[m] = r.norm;
   }
   return { grads: out, norms };
@@ -216,7 +228,10 @@ export class Lamb {
   private readonly m: tf.Variable[];
   private readonly v: tf.Variable[];
 
-  constructor(readonly params: ParamSpec[], opts: LambOptions = {}) {
+  constructor(
+    readonly params: ParamSpec[],
+    opts: LambOptions = {},
+  ) {
     this.beta1 = opts.beta1 ?? 0.9;
     this.beta2 = opts.beta2 ?? 0.999;
     this.eps = opts.eps ?? 1e-6;
@@ -225,7 +240,10 @@ export class Lamb {
     this.biasCorrection = opts.biasCorrection ?? true;
     this.alwaysAdapt = opts.alwaysAdapt ?? false;
     this.trustClip = opts.trustClip ?? false;
-    for (const [k, v] of [['beta1', this.beta1], ['beta2', this.beta2]] as const) {
+    for (const [k, v] of [
+      ['beta1', this.beta1],
+      ['beta2', this.beta2],
+    ] as const) {
       if (!(v >= 0 && v < 1)) throw new Error(`Lamb: ${k} must be in [0, 1), got ${v}`);
     }
     if (!(this.eps >= 0)) throw new Error(`Lamb: eps must be >= 0, got ${this.eps}`);
@@ -274,7 +292,11 @@ export class Lamb {
         if (wd !== 0 || this.alwaysAdapt) {
           const wNorm = tf.sqrt(tf.sum(tf.square(p.variable)));
           const uNorm = tf.sqrt(tf.sum(tf.square(u)));
-          let ratio: tf.Tensor = tf.where(tf.logicalAnd(tf.greater(wNorm, 0), tf.greater(uNorm, 0)), tf.div(wNorm, uNorm), tf.onesLike(wNorm));
+          let ratio: tf.Tensor = tf.where(
+            tf.logicalAnd(tf.greater(wNorm, 0), tf.greater(uNorm, 0)),
+            tf.div(wNorm, uNorm),
+            tf.onesLike(wNorm),
+          );
           if (this.trustClip) ratio = tf.minimum(ratio, 1);
           u = tf.mul(u, ratio);
         }
@@ -318,7 +340,10 @@ function restoreMoments(params: ParamSpec[], m: tf.Variable[], v: tf.Variable[],
     throw new Error(`optimizer state: step must be a non-negative integer, got ${state.step}`);
   }
   params.forEach((p, i) => {
-    for (const [suffix, vars] of [['exp_avg', m], ['exp_avg_sq', v]] as const) {
+    for (const [suffix, vars] of [
+      ['exp_avg', m],
+      ['exp_avg_sq', v],
+    ] as const) {
       const key = `${p.name}.${suffix}`;
       const t = state.moments[key];
       if (!t) throw new Error(`optimizer state: missing tensor "${key}"`);

@@ -63,12 +63,7 @@ export function layerId(name: string, depth: number): number {
  * ParamSpecs of one module. `prefix` is prepended to each name (`backbone`, `dino_head`, ...);
  * `depth` is the number of transformer blocks for the backbone and 0 for heads (no layer decay).
  */
-export function paramGroups(
-  prefix: string,
-  params: Record<string, tf.Variable>,
-  depth: number,
-  opts: ParamGroupOptions = {},
-): ParamSpec[] {
+export function paramGroups(prefix: string, params: Record<string, tf.Variable>, depth: number, opts: ParamGroupOptions = {}): ParamSpec[] {
   const decay = opts.layerDecay ?? 1;
   const patchMult = opts.patchEmbedLrMult ?? 1;
   const rule = opts.weightDecayRule ?? 'dinov2';

@@ -86,5 +86,6 @@ export interface CosineAnnealingOptions {
 /** mmcv's `CosineAnnealing` policy: a half cosine from base to base x minLrRatio over totalSteps, with mmcv's linear warm-up. */
 export function cosineAnnealingSchedule(o: CosineAnnealingOptions): Schedule {
   const end = o.base * (o.minLrRatio ?? 1e-8);
-  return (t) => mmcvWarmup(end + ((o.base - end) / 2) * (Math.cos((Math.PI * t) / o.totalSteps) + 1), t, o.warmupSteps ?? 0, o.warmupRatio ?? 1e-3);
+  return (t) =>
+    mmcvWarmup(end + ((o.base - end) / 2) * (Math.cos((Math.PI * t) / o.totalSteps) + 1), t, o.warmupSteps ?? 0, o.warmupRatio ?? 1e-3);
 }

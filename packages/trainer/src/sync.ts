@@ -36,7 +36,10 @@ export interface GradientSync {
 
 /** Thrown by a cluster's collectives when workers left or joined: the step is dropped and the ranks re-sync. */
 export class MembershipChanged extends Error {
-  constructor(message: string, readonly membership: number) {
+  constructor(
+    message: string,
+    readonly membership: number,
+  ) {
     super(message);
     this.name = 'MembershipChanged';
   }

@@ -10,7 +10,15 @@ import { ensureGradients } from '@vitreg/core';
 import { VisionTransformer } from '@vitreg/registers';
 import { initRng, type PreparedBatch } from './batch.js';
 import type {
-  AppliedStep, ComputedStep, EngineContext, EngineFactory, EngineState, ParameterInfo, StateLayout, StepEngine, StepSettings,
+  AppliedStep,
+  ComputedStep,
+  EngineContext,
+  EngineFactory,
+  EngineState,
+  ParameterInfo,
+  StateLayout,
+  StepEngine,
+  StepSettings,
 } from './engine.js';
 import { ClassifierHead, DinoHead } from './heads.js';
 import { Center, teacherSoftmaxCenter } from './losses.js';
@@ -70,7 +78,11 @@ export class TfjsEngine implements StepEngine {
     } else {
       const d = c.dino;
       const dinoCfg = {
-        inDim: D, outDim: d.head_n_prototypes, hiddenDim: d.head_hidden_dim, bottleneckDim: d.head_bottleneck_dim, nlayers: d.head_nlayers,
+        inDim: D,
+        outDim: d.head_n_prototypes,
+        hiddenDim: d.head_hidden_dim,
+        bottleneckDim: d.head_bottleneck_dim,
+        nlayers: d.head_nlayers,
       };
       this.heads.dino = new DinoHead(dinoCfg, init.fork(1));
       this.teacherHeads.dino = new DinoHead(dinoCfg, init.fork(1));
@@ -79,9 +91,12 @@ export class TfjsEngine implements StepEngine {
         const b = c.ibot;
         const ibotCfg = b.separate_head
           ? {
-            inDim: D, outDim: b.head_n_prototypes, hiddenDim: b.head_hidden_dim, bottleneckDim: b.head_bottleneck_dim,
-            nlayers: b.head_nlayers,
-          }
+              inDim: D,
+              outDim: b.head_n_prototypes,
+              hiddenDim: b.head_hidden_dim,
+              bottleneckDim: b.head_bottleneck_dim,
+              nlayers: b.head_nlayers,
+            }
           : dinoCfg;
         if (b.separate_head) {
           this.heads.ibot = new DinoHead(ibotCfg, init.fork(2));
@@ -128,9 +143,10 @@ export class TfjsEngine implements StepEngine {
     await ensureGradients();
     const c = this.ctx.config;
     const dino = { vit: this.ctx.vit, student: this.student, teacher: this.teacher!, heads: this.heads, teacherHeads: this.teacherHeads };
-    const record: StepRecord = batch.objective === 'supervised'
-      ? supervisedStep({ student: this.student, head: this.heads.cls! }, batch, c)
-      : await dinoStep({ ...dino, centers: this.centers }, batch, settings, c, sync);
+    const record: StepRecord =
+      batch.objective === 'supervised'
+        ? supervisedStep({ student: this.student, head: this.heads.cls! }, batch, c)
+        : await dinoStep({ ...dino, centers: this.centers }, batch, settings, c, sync);
     try {
       const { loss, parts, gradients } = this.gradients(record.losses);
       return { loss, parts, gradients, means: ownedValues(record.means), metrics: record.metrics, update: record.update };
@@ -206,7 +222,11 @@ export class TfjsEngine implements StepEngine {
       const { grads: out, norm } = clipByGlobalNorm(grads, o.clip_grad);
       return { grads: out, norms: { grad_norm: norm } };
     }
-    const r = clipPerModule(this.params.map((p) => p.name), grads, o.clip_grad);
+    const r = clipPerModule(
+      this.params.map((p) => p.name),
+      grads,
+      o.clip_grad,
+    );
     const norms: Record<string, number> = {};
     let total = 0;
     for (const [m, n] of Object.entries(r.norms)) {

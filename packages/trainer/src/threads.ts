@@ -49,15 +49,20 @@ export class SharedMemorySync implements GradientSync {
 
   /** A zeroed buffer for `worldSize` ranks; hand the same buffer to every rank's SharedMemorySync. */
   static createBuffer(worldSize: number, slotFloats = DEFAULT_SLOT_FLOATS): SharedArrayBuffer {
-    if (!Number.isInteger(worldSize) || worldSize < 1) throw new Error(`SharedMemorySync: worldSize must be a positive integer, got ${worldSize}`);
-    if (!Number.isInteger(slotFloats) || slotFloats < 1024) throw new Error(`SharedMemorySync: slotFloats must be an integer >= 1024, got ${slotFloats}`);
+    if (!Number.isInteger(worldSize) || worldSize < 1)
+      throw new Error(`SharedMemorySync: worldSize must be a positive integer, got ${worldSize}`);
+    if (!Number.isInteger(slotFloats) || slotFloats < 1024)
+      throw new Error(`SharedMemorySync: slotFloats must be an integer >= 1024, got ${slotFloats}`);
     return new SharedArrayBuffer(4 * controlInts(worldSize) + 4 * slotFloats * worldSize);
   }
 
   constructor(buffer: SharedArrayBuffer, rank: number, worldSize: number) {
-    if (!(buffer instanceof SharedArrayBuffer)) throw new Error('SharedMemorySync: expected a SharedArrayBuffer from SharedMemorySync.createBuffer');
-    if (!Number.isInteger(worldSize) || worldSize < 1) throw new Error(`SharedMemorySync: worldSize must be a positive integer, got ${worldSize}`);
-    if (!Number.isInteger(rank) || rank < 0 || rank >= worldSize) throw new Error(`SharedMemorySync: rank must be an integer in [0, ${worldSize}), got ${rank}`);
+    if (!(buffer instanceof SharedArrayBuffer))
+      throw new Error('SharedMemorySync: expected a SharedArrayBuffer from SharedMemorySync.createBuffer');
+    if (!Number.isInteger(worldSize) || worldSize < 1)
+      throw new Error(`SharedMemorySync: worldSize must be a positive integer, got ${worldSize}`);
+    if (!Number.isInteger(rank) || rank < 0 || rank >= worldSize)
+      throw new Error(`SharedMemorySync: rank must be an integer in [0, ${worldSize}), got ${rank}`);
     const ctrlBytes = 4 * controlInts(worldSize);
     const slotFloats = (buffer.byteLength - ctrlBytes) / 4 / worldSize;
     if (!Number.isInteger(slotFloats) || slotFloats < 1) {
@@ -135,8 +140,11 @@ export class SharedMemorySync implements GradientSync {
   async broadcast(state: Record<string, Float32Array>, meta?: unknown): Promise<{ state: Record<string, Float32Array>; meta: unknown }> {
     if (this.worldSize === 1) return { state, meta };
     // Rank 0's names, sizes and meta first (as JSON), then the values through the slots.
-    const layout = (await this.gather(this.rank === 0 ? { names: Object.keys(state), sizes: Object.values(state).map((v) => v.length), meta: meta ?? null } : null))[0] as
-      { names: string[]; sizes: number[]; meta: unknown };
+    const layout = (
+      await this.gather(
+        this.rank === 0 ? { names: Object.keys(state), sizes: Object.values(state).map((v) => v.length), meta: meta ?? null } : null,
+      )
+    )[0] as { names: string[]; sizes: number[]; meta: unknown };
     const total = layout.sizes.reduce((n, v) => n + v, 0);
     const flat = new Float32Array(total);
     if (this.rank === 0) {
@@ -239,22 +247,30 @@ export async function trainThreads(config: TrainConfig, opts: ThreadsOptions): P
     const data: ThreadWorkerData = { config, opts: trainOpts, backend: backendName, rank, worldSize: workers, buffer };
     const w = startWorker(data);
     threads.push(w);
-    results.push(new Promise((resolve, reject) => {
-      let result: TrainResult | undefined;
-      w.on('message', (m: TrainResult) => { result = m; });
-      w.on('error', (err) => reject(new Error(`training thread rank ${rank}: ${err.message}`, { cause: err })));
-      w.on('exit', (code) => {
-        if (result) resolve(result);
-        else reject(new Error(`training thread rank ${rank} exited with code ${code} before finishing`));
-      });
-    }));
+    results.push(
+      new Promise((resolve, reject) => {
+        let result: TrainResult | undefined;
+        w.on('message', (m: TrainResult) => {
+          result = m;
+        });
+        w.on('error', (err) => reject(new Error(`training thread rank ${rank}: ${err.message}`, { cause: err })));
+        w.on('exit', (code) => {
+          if (result) resolve(result);
+          else reject(new Error(`training thread rank ${rank} exited with code ${code} before finishing`));
+        });
+      }),
+    );
   }
   try {
     // The first failure wins; the others are woken from their barriers and stopped.
-    const all = await Promise.all(results.map((p) => p.catch((err: Error) => {
-      SharedMemorySync.abort(buffer);
-      throw err;
-    })));
+    const all = await Promise.all(
+      results.map((p) =>
+        p.catch((err: Error) => {
+          SharedMemorySync.abort(buffer);
+          throw err;
+        }),
+      ),
+    );
     const out: ThreadsResult = { ...all[0]! };
     if (opts.checksum) out.checksums = all.map((r) => r.checksum!);
     return out;

@@ -4,7 +4,16 @@ import { readFileSync } from 'node:fs';
 import { Rng, IMAGENET_MEAN, IMAGENET_STD, resizeBicubic, type RgbImage } from '@vitreg/core';
 import { DINOV2_BLUR_AS_RUN, DINOV2_BLUR_AS_WRITTEN, evalTransform, multiCrop, supervisedAugment } from '../src/augment.js';
 import { gaussianBlur, pilGaussianBlur } from '../src/augment-blur.js';
-import { adjustBrightness, adjustContrast, adjustHue, adjustSaturation, colorJitter, grayscale, normalize, solarize } from '../src/augment-colour.js';
+import {
+  adjustBrightness,
+  adjustContrast,
+  adjustHue,
+  adjustSaturation,
+  colorJitter,
+  grayscale,
+  normalize,
+  solarize,
+} from '../src/augment-colour.js';
 import { hflip, randomResizedCrop, randomResizedCropBox, reflectPad, resizedCrop, simpleRandomCrop } from '../src/augment-geometry.js';
 import { mixupCutmix, smoothOneHot } from '../src/mixup.js';
 
@@ -34,7 +43,13 @@ interface PilCase {
 const fixture = JSON.parse(readFileSync(new URL('./fixtures/pil-reference.json', import.meta.url), 'utf8')) as {
   images: Record<string, { width: number; height: number; data: number[] }>;
   cases: PilCase[];
-  rrc_fallbacks: { width: number; height: number; scale: [number, number]; ratio: [number, number]; expected: { x: number; y: number; width: number; height: number } }[];
+  rrc_fallbacks: {
+    width: number;
+    height: number;
+    scale: [number, number];
+    ratio: [number, number];
+    expected: { x: number; y: number; width: number; height: number };
+  }[];
 };
 const images: Record<string, RgbImage> = Object.fromEntries(
   Object.entries(fixture.images).map(([k, v]) => [k, { width: v.width, height: v.height, data: Uint8Array.from(v.data) }]),
@@ -42,21 +57,35 @@ const images: Record<string, RgbImage> = Object.fromEntries(
 
 /** What vitreg computes for one fixture case. */
 function run(c: PilCase): { data: ArrayLike<number>; width?: number; height?: number } {
-  const img = images[c.image]!, a = c.args;
+  const img = images[c.image]!,
+    a = c.args;
   switch (c.op) {
-    case 'grayscale': return grayscale(img);
-    case 'hflip': return hflip(img);
-    case 'solarize': return solarize(img, a.threshold);
-    case 'adjust_brightness': return adjustBrightness(img, a.factor!);
-    case 'adjust_contrast': return adjustContrast(img, a.factor!);
-    case 'adjust_saturation': return adjustSaturation(img, a.factor!);
-    case 'adjust_hue': return adjustHue(img, a.shift!);
-    case 'gaussian_blur': return gaussianBlur(img, a.sigma!, a.kernel_size);
-    case 'pil_gaussian_blur': return pilGaussianBlur(img, a.radius!);
-    case 'resized_crop': return resizedCrop(img, { x: a.x!, y: a.y!, width: a.width!, height: a.height! }, a.out_width!, a.out_height!);
-    case 'reflect_pad': return reflectPad(img, a.pad!);
-    case 'eval_transform': return { data: evalTransform(img.data, img.width, img.height, { resize: a.resize, crop: a.crop }) };
-    default: throw new Error(`fixture op ${c.op} has no counterpart`);
+    case 'grayscale':
+      return grayscale(img);
+    case 'hflip':
+      return hflip(img);
+    case 'solarize':
+      return solarize(img, a.threshold);
+    case 'adjust_brightness':
+      return adjustBrightness(img, a.factor!);
+    case 'adjust_contrast':
+      return adjustContrast(img, a.factor!);
+    case 'adjust_saturation':
+      return adjustSaturation(img, a.factor!);
+    case 'adjust_hue':
+      return adjustHue(img, a.shift!);
+    case 'gaussian_blur':
+      return gaussianBlur(img, a.sigma!, a.kernel_size);
+    case 'pil_gaussian_blur':
+      return pilGaussianBlur(img, a.radius!);
+    case 'resized_crop':
+      return resizedCrop(img, { x: a.x!, y: a.y!, width: a.width!, height: a.height! }, a.out_width!, a.out_height!);
+    case 'reflect_pad':
+      return reflectPad(img, a.pad!);
+    case 'eval_transform':
+      return { data: evalTransform(img.data, img.width, img.height, { resize: a.resize, crop: a.crop }) };
+    default:
+      throw new Error(`fixture op ${c.op} has no counterpart`);
   }
 }
 
@@ -85,7 +114,10 @@ test('PIL specifics the fixture pins down: blend truncates, hue goes through 8-b
   assert.deepEqual([...adjustBrightness(px, 0.5).data], [127, 5, 0]);
   assert.deepEqual([...adjustBrightness(px, 0.7).data], [178, 7, 0]);
   // a zero hue shift still quantises through PIL's 8-bit HSV: (10, 200, 128) -> (111, 242, 200) -> (10, 200, 126)
-  assert.deepEqual([...adjustHue({ data: Uint8Array.from([10, 200, 128, 200, 10, 128]), width: 2, height: 1 }, 0).data], [10, 200, 126, 200, 10, 131]);
+  assert.deepEqual(
+    [...adjustHue({ data: Uint8Array.from([10, 200, 128, 200, 10, 128]), width: 2, height: 1 }, 0).data],
+    [10, 200, 126, 200, 10, 131],
+  );
   const noise = images.noise16!;
   const fixtureCase = fixture.cases.find((c) => c.op === 'adjust_hue' && c.image === 'noise16' && c.args.shift === 0)!;
   assert.notDeepEqual(fixtureCase.expected, [...noise.data], 'PIL changes colours at shift 0 too');
@@ -103,7 +135,11 @@ test('randomResizedCropBox: inside the image; the no-fit fallback as torchvision
     assert.ok(ratio > 0.6 && ratio < 1.6, `ratio ${ratio}`);
   }
   for (const f of fixture.rrc_fallbacks) {
-    assert.deepEqual(randomResizedCropBox(f.width, f.height, new Rng(1), { scale: f.scale, ratio: f.ratio }), f.expected, JSON.stringify(f));
+    assert.deepEqual(
+      randomResizedCropBox(f.width, f.height, new Rng(1), { scale: f.scale, ratio: f.ratio }),
+      f.expected,
+      JSON.stringify(f),
+    );
   }
   assert.throws(() => randomResizedCropBox(10, 10, rng, { scale: [0.5, 0.2] }), /scale/);
   assert.throws(() => resizedCrop(images.noise8!, { x: 0.5, y: 0, width: 4, height: 4 }, 4, 4), /integer edges inside the 8x8 image/);
@@ -115,7 +151,8 @@ test('randomResizedCrop is PIL crop + bicubic resize of the drawn box', () => {
   for (const seed of [1, 2, 3]) {
     const box = randomResizedCropBox(40, 30, new Rng(seed), { scale: [0.2, 0.6] });
     const crop = new Uint8Array(box.width * box.height * 3);
-    for (let y = 0; y < box.height; y++) crop.set(img.data.subarray(((box.y + y) * 40 + box.x) * 3, ((box.y + y) * 40 + box.x + box.width) * 3), y * box.width * 3);
+    for (let y = 0; y < box.height; y++)
+      crop.set(img.data.subarray(((box.y + y) * 40 + box.x) * 3, ((box.y + y) * 40 + box.x + box.width) * 3), y * box.width * 3);
     const expected = resizeBicubic({ data: crop, width: box.width, height: box.height }, 12, 12);
     assert.deepEqual(randomResizedCrop(img, new Rng(seed), 12, { scale: [0.2, 0.6] }), expected);
   }
@@ -177,13 +214,15 @@ test('multi-crop blurs as the released DINOv2 code runs: global 1 never, global 
   // blur; after global crop 2's blur only the solarize draw follows when there are no local crops.
   const blurs = (seed: number, localCrops: number, blurProbabilities?: readonly [number, number, number]) => {
     const opts = { globalSize: 12, localSize: 6, localCrops };
-    const base = new CountingRng(seed), run = new CountingRng(seed);
+    const base = new CountingRng(seed),
+      run = new CountingRng(seed);
     const ref = multiCrop(rgb, 24, 20, base, { ...opts, blurProbabilities: noBlur });
     const out = multiCrop(rgb, 24, 20, run, { ...opts, blurProbabilities });
     return { n: run.floats - base.floats, out, ref };
   };
   const seeds = 300;
-  let g2 = 0, local = 0;
+  let g2 = 0,
+    local = 0;
   for (let seed = 0; seed < seeds; seed++) {
     const d = blurs(seed, 0);
     assert.ok(d.n === 0 || d.n === 1, `seed ${seed}: ${d.n} blurs with one crop that may blur`);
@@ -217,7 +256,11 @@ test('multiCrop replays as DataAugmentationDINO, step by step, with either set o
       if (rng.float() < 0.2) g2 = solarize(g2, 128);
       const l1 = blur(view(6, [0.05, 0.32]), probs[2]);
       const m = multiCrop(rgb, 30, 22, new Rng(seed), { globalSize: 14, localSize: 6, localCrops: 1, blurProbabilities: probs });
-      assert.deepEqual(m, { global: [normalize(g1), normalize(g2)], local: [normalize(l1)], globalSize: 14, localSize: 6 }, `seed ${seed}, [${probs}]`);
+      assert.deepEqual(
+        m,
+        { global: [normalize(g1), normalize(g2)], local: [normalize(l1)], globalSize: 14, localSize: 6 },
+        `seed ${seed}, [${probs}]`,
+      );
     }
   }
 });
@@ -293,7 +336,11 @@ test('evalTransform: bicubic resize + centre crop, cropRatio as DeiT (int(crop /
 });
 
 test('mixup / cutmix: soft targets sum to 1 and images mix with the flipped batch', () => {
-  const B = 4, H = 6, W = 5, C = 3, K = 10;
+  const B = 4,
+    H = 6,
+    W = 5,
+    C = 3,
+    K = 10;
   const images = new Float32Array(B * H * W * C);
   for (let i = 0; i < B; i++) images.fill(i, i * H * W * C, (i + 1) * H * W * C);
   const labels = [1, 7, 3, 7];
@@ -312,10 +359,11 @@ test('mixup / cutmix: soft targets sum to 1 and images mix with the flipped batc
   assert.ok(cut.box);
   const [x0, y0, x1, y1] = cut.box!;
   assert.ok(Math.abs(cut.lambda - (1 - ((x1 - x0) * (y1 - y0)) / (H * W))) < 1e-12);
-  for (let y = 0; y < H; y++) for (let x = 0; x < W; x++) {
-    const inside = x >= x0 && x < x1 && y >= y0 && y < y1;
-    assert.equal(cut.images[(y * W + x) * C], inside ? B - 1 : 0, `pixel (${x}, ${y}) of image 0`);
-  }
+  for (let y = 0; y < H; y++)
+    for (let x = 0; x < W; x++) {
+      const inside = x >= x0 && x < x1 && y >= y0 && y < y1;
+      assert.equal(cut.images[(y * W + x) * C], inside ? B - 1 : 0, `pixel (${x}, ${y}) of image 0`);
+    }
   for (let i = 0; i < B; i++) assert.ok(Math.abs(cut.targets.slice(i * K, (i + 1) * K).reduce((a, b) => a + b, 0) - 1) < 1e-6);
 
   // prob 0: no mixing, plain smoothed one-hot targets

@@ -84,7 +84,10 @@ test('the defaults equal ssl_default_config.yaml field by field', () => {
 });
 
 test('the dinov2-l14 presets equal dinov2/configs/train/vitl14.yaml (over the defaults) field by field, with and without registers', () => {
-  for (const [name, registers] of [['dinov2-l14-reg4', 4], ['dinov2-l14', 0]] as const) {
+  for (const [name, registers] of [
+    ['dinov2-l14-reg4', 4],
+    ['dinov2-l14', 0],
+  ] as const) {
     const c = presetConfig(name);
     for (const [field, want, got] of dinov2Fields(official.vitl14, c)) {
       // vitl14.yaml keeps the default checkpoint and evaluation periods.
@@ -96,10 +99,21 @@ test('the dinov2-l14 presets equal dinov2/configs/train/vitl14.yaml (over the de
 
 test('every preset validates; the register twins differ only in num_register_tokens; old names are aliases', () => {
   assert.deepEqual(PRESET_NAMES.slice().sort(), [
-    'deit3-b16-in1k', 'deit3-b16-in1k-reg4', 'deit3-b16-in22k', 'deit3-b16-in22k-reg4', 'dinov2-l14', 'dinov2-l14-reg4', 'tiny-dino', 'tiny-supervised',
+    'deit3-b16-in1k',
+    'deit3-b16-in1k-reg4',
+    'deit3-b16-in22k',
+    'deit3-b16-in22k-reg4',
+    'dinov2-l14',
+    'dinov2-l14-reg4',
+    'tiny-dino',
+    'tiny-supervised',
   ]);
   for (const name of PRESET_NAMES) presetConfig(name);
-  for (const [a, b] of [['deit3-b16-in1k-reg4', 'deit3-b16-in1k'], ['deit3-b16-in22k-reg4', 'deit3-b16-in22k'], ['dinov2-l14-reg4', 'dinov2-l14']] as const) {
+  for (const [a, b] of [
+    ['deit3-b16-in1k-reg4', 'deit3-b16-in1k'],
+    ['deit3-b16-in22k-reg4', 'deit3-b16-in22k'],
+    ['dinov2-l14-reg4', 'dinov2-l14'],
+  ] as const) {
     const x = presetConfig(a);
     const y = presetConfig(b);
     assert.equal(y.model.num_register_tokens, 0);
@@ -117,27 +131,72 @@ test('the DeiT-III presets hold the README_revenge.md ViT-B commands (ImageNet-1
   // --smoothing 0.0 --warmup-epochs 5 --opt fusedlamb --warmup-lr 1e-6 --mixup .8 --drop-path 0.2 --cutmix 1.0
   // --repeated-aug --bce-loss --color-jitter 0.3 --ThreeAugment; min-lr 1e-5 and LayerScale 1e-4 are defaults.
   assert.deepEqual(
-    [in1k.train.batch_size * 8, in1k.optim.base_lr, in1k.optim.scaling_rule, in1k.train.steps, in1k.optim.weight_decay, in1k.crops.global_crops_size, in1k.crops.eval_crop_ratio],
+    [
+      in1k.train.batch_size * 8,
+      in1k.optim.base_lr,
+      in1k.optim.scaling_rule,
+      in1k.train.steps,
+      in1k.optim.weight_decay,
+      in1k.crops.global_crops_size,
+      in1k.crops.eval_crop_ratio,
+    ],
     // 625 steps an epoch: RASampler keeps floor(1281167 / 256) * 256 / 8 images a GPU, 625 batches of 256 (drop_last).
-    [2048, 3e-3, 'none', 800 * Math.floor(Math.floor(1281167 / 256) * 256 / 8 / 256), 0.05, 192, 1.0],
+    [2048, 3e-3, 'none', 800 * Math.floor((Math.floor(1281167 / 256) * 256) / 8 / 256), 0.05, 192, 1.0],
   );
   assert.deepEqual(
-    [in1k.supervised.label_smoothing, in1k.optim.warmup_steps, in1k.optim.optimizer, in1k.optim.warmup_lr, in1k.optim.min_lr, in1k.supervised.mixup_alpha, in1k.supervised.cutmix_alpha],
+    [
+      in1k.supervised.label_smoothing,
+      in1k.optim.warmup_steps,
+      in1k.optim.optimizer,
+      in1k.optim.warmup_lr,
+      in1k.optim.min_lr,
+      in1k.supervised.mixup_alpha,
+      in1k.supervised.cutmix_alpha,
+    ],
     [0, 5 * 625, 'lamb', 1e-6, 1e-5, 0.8, 1.0],
   );
-  assert.deepEqual([v1.drop_path_rate, v1.drop_path_uniform, v1.drop_path_batch_subset, v1.layerscale_init, v1.img_size], [0.2, true, false, 1e-4, 192]);
-  assert.deepEqual([in1k.train.repeated_aug, in1k.supervised.bce_loss, in1k.supervised.color_jitter, in1k.supervised.three_augment, in1k.optim.weight_decay_rule], [true, true, 0.3, true, 'timm']);
+  assert.deepEqual(
+    [v1.drop_path_rate, v1.drop_path_uniform, v1.drop_path_batch_subset, v1.layerscale_init, v1.img_size],
+    [0.2, true, false, 1e-4, 192],
+  );
+  assert.deepEqual(
+    [
+      in1k.train.repeated_aug,
+      in1k.supervised.bce_loss,
+      in1k.supervised.color_jitter,
+      in1k.supervised.three_augment,
+      in1k.optim.weight_decay_rule,
+    ],
+    [true, true, 0.3, true, 'timm'],
+  );
   const in22k = presetConfig('deit3-b16-in22k-reg4');
   const v22 = modelConfig(in22k);
   // --batch 64 on 32 GPUs --lr 0.001 --epochs 240 --weight-decay 0.02 --input-size 224 --smoothing 0.1 --mixup 0
   // --drop-path 0.1 --cutmix 1.0 --no-repeated-aug (no --bce-loss).
   assert.deepEqual(
-    [in22k.train.batch_size * 32, in22k.optim.base_lr, in22k.optim.weight_decay, in22k.crops.global_crops_size, in22k.supervised.label_smoothing, in22k.supervised.mixup_alpha, in22k.supervised.cutmix_alpha, v22.drop_path_rate, in22k.train.repeated_aug, in22k.supervised.bce_loss],
+    [
+      in22k.train.batch_size * 32,
+      in22k.optim.base_lr,
+      in22k.optim.weight_decay,
+      in22k.crops.global_crops_size,
+      in22k.supervised.label_smoothing,
+      in22k.supervised.mixup_alpha,
+      in22k.supervised.cutmix_alpha,
+      v22.drop_path_rate,
+      in22k.train.repeated_aug,
+      in22k.supervised.bce_loss,
+    ],
     [2048, 1e-3, 0.02, 224, 0.1, 0, 1.0, 0.1, false, false],
   );
-  assert.deepEqual([in22k.optim.warmup_steps, in22k.optim.warmup_lr, in22k.optim.min_lr, in22k.optim.optimizer], [5 * Math.floor(14197122 / 2048), 1e-6, 1e-5, 'lamb']);
+  assert.deepEqual(
+    [in22k.optim.warmup_steps, in22k.optim.warmup_lr, in22k.optim.min_lr, in22k.optim.optimizer],
+    [5 * Math.floor(14197122 / 2048), 1e-6, 1e-5, 'lamb'],
+  );
   for (const c of [in1k, in22k]) {
-    assert.deepEqual([c.optim.eps, c.optim.clip_grad, c.optim.weight_decay_end, c.crops.eval_crop_ratio, modelConfig(c).layerscale_init], [1e-8, 0, c.optim.weight_decay, 1, 1e-4]);
+    assert.deepEqual(
+      [c.optim.eps, c.optim.clip_grad, c.optim.weight_decay_end, c.crops.eval_crop_ratio, modelConfig(c).layerscale_init],
+      [1e-8, 0, c.optim.weight_decay, 1, 1e-4],
+    );
   }
   assert.equal(in22k.supervised.simple_random_crop, true, '--src');
   assert.equal(in1k.supervised.simple_random_crop, false);
@@ -185,7 +244,10 @@ test('bad configs name the field and the allowed values', () => {
     [{ train: { centering: 'softmax' } }, /field "train.centering" must be one of "centering", "sinkhorn_knopp", got "softmax"/],
     [{ train: { steps: 2.5 } }, /field "train.steps" must be an integer >= 1, got 2.5/],
     [{ data: { num_classes: 3 } }, /field "data.num_classes" must be an integer >= 5 and <= 8, got 3/],
-    [{ crops: { global_crops_scale: [0.9, 0.2] } }, /field "crops.global_crops_scale" must be a pair \[min, max\] with 0 <= min <= max <= 1/],
+    [
+      { crops: { global_crops_scale: [0.9, 0.2] } },
+      /field "crops.global_crops_scale" must be a pair \[min, max\] with 0 <= min <= max <= 1/,
+    ],
     [{ crops: { eval_crop_ratio: 0 } }, /field "crops.eval_crop_ratio" must be a number > 0 and <= 1, got 0/],
     [{ ibot: { separate_head: 'yes' } }, /field "ibot.separate_head" must be true or false, got "yes"/],
     [{ dino: { student_temp: 0 } }, /field "dino.student_temp" must be a number > 0, got 0/],
@@ -193,8 +255,16 @@ test('bad configs name the field and the allowed values', () => {
     [{ model: { depthh: 3 } }, /unknown field "model.depthh"; expected model.arch or one of model.embed_dim/],
     [{ model: { num_register_tokens: 17 } }, /num_register_tokens.*between 0 and 16/],
     [{ preset: 'tiny' }, /field "preset" must be one of tiny-supervised, tiny-dino/],
-    [{ preset: 'tiny-supervised', crops: { global_crops_size: 36 } }, /"crops.global_crops_size" \(36\) must be a multiple of the patch size 8/],
+    [
+      { preset: 'tiny-supervised', crops: { global_crops_size: 36 } },
+      /"crops.global_crops_size" \(36\) must be a multiple of the patch size 8/,
+    ],
     [{ objective: 'dino', dino: { loss_weight: 0 }, ibot: { loss_weight: 0 } }, /cannot both be 0/],
   ];
-  for (const [raw, re] of bad) assert.throws(() => validateTrainConfig(raw, 'run.json'), (err: Error) => re.test(err.message) && err.message.startsWith('run.json'), JSON.stringify(raw));
+  for (const [raw, re] of bad)
+    assert.throws(
+      () => validateTrainConfig(raw, 'run.json'),
+      (err: Error) => re.test(err.message) && err.message.startsWith('run.json'),
+      JSON.stringify(raw),
+    );
 });

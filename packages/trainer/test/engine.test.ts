@@ -30,8 +30,13 @@ function recording(calls: string[]): EngineFactory {
     const inner = tfjsEngine(ctx);
     const engine: StepEngine = {
       name: 'recording',
-      get parameters() { return inner.parameters; },
-      initTeacher: () => { calls.push('initTeacher'); inner.initTeacher(); },
+      get parameters() {
+        return inner.parameters;
+      },
+      initTeacher: () => {
+        calls.push('initTeacher');
+        inner.initTeacher();
+      },
       computeStep: async (batch, settings, sync) => {
         calls.push(`compute ${settings.step}`);
         const r = await inner.computeStep(batch, settings, sync);
@@ -40,13 +45,22 @@ function recording(calls: string[]): EngineFactory {
         assert.deepEqual(r.update.centres, r.means.length === 2 ? ['dino', 'ibot'] : ['dino']);
         return r;
       },
-      applyStep: async (step, settings) => { calls.push(`apply ${settings.step}`); return inner.applyStep(step, settings); },
+      applyStep: async (step, settings) => {
+        calls.push(`apply ${settings.step}`);
+        return inner.applyStep(step, settings);
+      },
       encode: (...a) => inner.encode(...a),
       classify: (...a) => inner.classify(...a),
       teacherProbs: (...a) => inner.teacherProbs(...a),
       stateLayout: () => inner.stateLayout(),
-      exportState: () => { calls.push('export'); return inner.exportState(); },
-      importState: (s) => { calls.push('import'); inner.importState(s); },
+      exportState: () => {
+        calls.push('export');
+        return inner.exportState();
+      },
+      importState: (s) => {
+        calls.push('import');
+        inner.importState(s);
+      },
       checksum: () => inner.checksum(),
       memory: () => inner.memory(),
       dispose: () => inner.dispose(),
@@ -61,9 +75,15 @@ function recordingSync(calls: string[]): GradientSync {
   return {
     rank: 0,
     worldSize: 1,
-    allReduce: async (buffers) => { calls.push(`allReduce ${buffers.length}`); return local.allReduce(buffers); },
+    allReduce: async (buffers) => {
+      calls.push(`allReduce ${buffers.length}`);
+      return local.allReduce(buffers);
+    },
     broadcast: (s, m) => local.broadcast(s, m),
-    commitStep: async (step, values) => { calls.push(`commit ${step}`); return local.commitStep(step, values); },
+    commitStep: async (step, values) => {
+      calls.push(`commit ${step}`);
+      return local.commitStep(step, values);
+    },
   };
 }
 
@@ -105,9 +125,15 @@ test('engine state: documented names, and exported from one engine it loads into
     const layout = one.engine.stateLayout();
     const names = Object.keys(layout);
     for (const prefix of ['student.backbone.', 'student.dino_head.', 'teacher.backbone.', 'teacher.dino_head.', 'optimizer.backbone.']) {
-      assert.ok(names.some((n) => n.startsWith(prefix)), `a state name starts with ${prefix}`);
+      assert.ok(
+        names.some((n) => n.startsWith(prefix)),
+        `a state name starts with ${prefix}`,
+      );
     }
-    assert.deepEqual(names.filter((n) => n.startsWith('center.')), ['center.dino', 'center.ibot']);
+    assert.deepEqual(
+      names.filter((n) => n.startsWith('center.')),
+      ['center.dino', 'center.ibot'],
+    );
     assert.ok(names.includes('student.backbone.mask_token'));
     assert.ok(names.includes('optimizer.backbone.mask_token.exp_avg'), 'iBOT trains the mask token');
     assert.notEqual(two.checksum(), one.checksum());

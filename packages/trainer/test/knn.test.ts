@@ -5,12 +5,18 @@ import { initBackend, Rng } from '@vitreg/core';
 
 await initBackend('wasm', { log: () => {} });
 
-interface Set { x: Float32Array; y: Int32Array; n: number; dim: number }
+interface Set {
+  x: Float32Array;
+  y: Int32Array;
+  n: number;
+  dim: number;
+}
 
 /** `n` rows around `classes` random centres, noisy enough that neighbours often carry another label. */
 function clusters(rng: Rng, centres: number[][], n: number, noise: number): Set {
   const dim = centres[0]!.length;
-  const x = new Float32Array(n * dim), y = new Int32Array(n);
+  const x = new Float32Array(n * dim),
+    y = new Int32Array(n);
   for (let i = 0; i < n; i++) {
     y[i] = rng.int(centres.length);
     const scale = 0.5 + 3 * rng.float();
@@ -32,7 +38,8 @@ function naiveKnn(train: Set, test: Set, numClasses: number, k: number, T: numbe
     return Math.sqrt(s);
   };
   const predictions: number[] = [];
-  let top1 = 0, top5 = 0;
+  let top1 = 0,
+    top5 = 0;
   for (let i = 0; i < test.n; i++) {
     const sims: number[] = [];
     for (let j = 0; j < train.n; j++) {
@@ -40,7 +47,10 @@ function naiveKnn(train: Set, test: Set, numClasses: number, k: number, T: numbe
       for (let d = 0; d < test.dim; d++) dot += test.x[i * test.dim + d]! * train.x[j * train.dim + d]!;
       sims.push(dot / (norm(test.x, i, test.dim) * norm(train.x, j, train.dim)));
     }
-    const order = sims.map((_, j) => j).sort((a, b) => sims[b]! - sims[a]! || a - b).slice(0, k);
+    const order = sims
+      .map((_, j) => j)
+      .sort((a, b) => sims[b]! - sims[a]! || a - b)
+      .slice(0, k);
     const votes = new Array<number>(numClasses).fill(0);
     for (const j of order) votes[train.y[j]!] += Math.exp(sims[j]! / T);
     const ranked = votes.map((_, c) => c).sort((a, b) => votes[b]! - votes[a]! || a - b);
@@ -53,11 +63,17 @@ function naiveKnn(train: Set, test: Set, numClasses: number, k: number, T: numbe
 
 test('k-NN equals a naive DINO weighted k-NN on 12 overlapping classes (top-1 and top-5 both non-trivial)', () => {
   const rng = new Rng(11);
-  const dim = 8, classes = 12;
+  const dim = 8,
+    classes = 12;
   const centres = Array.from({ length: classes }, () => Array.from({ length: dim }, () => rng.normal()));
   const train = clusters(rng, centres, 240, 1.8);
   const query = clusters(rng, centres, 90, 1.8);
-  for (const [k, T, chunk] of [[20, 0.07, 256], [7, 0.5, 16], [50, 0.02, 37], [3, 0.07, 64]] as const) {
+  for (const [k, T, chunk] of [
+    [20, 0.07, 256],
+    [7, 0.5, 16],
+    [50, 0.02, 37],
+    [3, 0.07, 64],
+  ] as const) {
     const got = knnClassify(train, query, { numClasses: classes, k, temperature: T, chunk });
     const want = naiveKnn(train, query, classes, k, T);
     assert.deepEqual(Array.from(got.predictions), want.predictions, `k ${k}, T ${T}`);
@@ -71,13 +87,17 @@ test('k-NN equals a naive DINO weighted k-NN on 12 overlapping classes (top-1 an
   const one = knnClassify(train, query, { numClasses: classes, k: 1 });
   assert.equal(one.top5, one.top1);
   // defaults: k = 20, T = 0.07
-  assert.deepEqual(Array.from(knnClassify(train, query, { numClasses: classes }).predictions), naiveKnn(train, query, classes, 20, 0.07).predictions);
+  assert.deepEqual(
+    Array.from(knnClassify(train, query, { numClasses: classes }).predictions),
+    naiveKnn(train, query, classes, 20, 0.07).predictions,
+  );
 });
 
 test('row norms do not matter: similarity is cosine', () => {
   const rng = new Rng(3);
   const centres = Array.from({ length: 6 }, () => Array.from({ length: 5 }, () => rng.normal()));
-  const train = clusters(rng, centres, 60, 0.7), query = clusters(rng, centres, 30, 0.7);
+  const train = clusters(rng, centres, 60, 0.7),
+    query = clusters(rng, centres, 30, 0.7);
   const rescale = (s: Set): Set => {
     const x = s.x.slice();
     for (let i = 0; i < s.n; i++) {
@@ -106,7 +126,15 @@ test('votes are weighted by exp(similarity / T), not counted', () => {
 
 test('l2NormalizeRows leaves zero rows at zero; bad inputs are refused', () => {
   assert.deepEqual(Array.from(l2NormalizeRows(Float32Array.from([3, 4, 0, 0]), 2)), [0.6, 0.8, 0, 0].map(Math.fround));
-  assert.throws(() => knnClassify({ x: new Float32Array(4), y: new Int32Array(2), n: 2, dim: 2 }, { x: new Float32Array(3), y: new Int32Array(1), n: 1, dim: 3 }, { numClasses: 2 }), /dim/);
+  assert.throws(
+    () =>
+      knnClassify(
+        { x: new Float32Array(4), y: new Int32Array(2), n: 2, dim: 2 },
+        { x: new Float32Array(3), y: new Int32Array(1), n: 1, dim: 3 },
+        { numClasses: 2 },
+      ),
+    /dim/,
+  );
   const one = { x: Float32Array.from([1, 0]), y: Int32Array.from([2]), n: 1, dim: 2 };
   assert.throws(() => knnClassify(one, { ...one, y: Int32Array.from([0]) }, { numClasses: 2 }), /training label 2 is outside \[0, 2\)/);
 });

@@ -2,8 +2,14 @@ import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import {
-  Center, dinoCrossEntropy, dinoGlobalLocalLoss, ibotMaskedLoss, koleoLoss, oneHotTargets,
-  softTargetCrossEntropy, teacherSoftmaxCenter,
+  Center,
+  dinoCrossEntropy,
+  dinoGlobalLocalLoss,
+  ibotMaskedLoss,
+  koleoLoss,
+  oneHotTargets,
+  softTargetCrossEntropy,
+  teacherSoftmaxCenter,
 } from '../src/losses.js';
 import { assertClose, logSoftmaxRow, softmaxRow, useWasm } from './helpers.js';
 
@@ -17,21 +23,33 @@ const value = (t: tf.Tensor) => {
 
 test('cross-entropy: uniform logits give log(C); label smoothing and soft targets by hand', () => {
   assertClose(value(softTargetCrossEntropy(tf.zeros([2, 5]), oneHotTargets([1, 3], 5))), Math.log(5));
-  const logits = [[2, 0, -1], [0.5, 1.5, 0]];
+  const logits = [
+    [2, 0, -1],
+    [0.5, 1.5, 0],
+  ];
   const lsm = logits.map(logSoftmaxRow);
   // label smoothing 0.1 on labels [0, 1]: target = 0.9 * onehot + 0.1 / 3
   const s = 0.1;
-  const t = [[1 - s + s / 3, s / 3, s / 3], [s / 3, 1 - s + s / 3, s / 3]];
+  const t = [
+    [1 - s + s / 3, s / 3, s / 3],
+    [s / 3, 1 - s + s / 3, s / 3],
+  ];
   const expected = -(t[0]!.reduce((a, v, j) => a + v * lsm[0]![j]!, 0) + t[1]!.reduce((a, v, j) => a + v * lsm[1]![j]!, 0)) / 2;
   assertClose(value(softTargetCrossEntropy(tf.tensor2d(logits), oneHotTargets([0, 1], 3), s)), expected);
   // mixup target 0.7 / 0.3, no smoothing
-  const mix = [[0.7, 0.3, 0], [0, 0.3, 0.7]];
+  const mix = [
+    [0.7, 0.3, 0],
+    [0, 0.3, 0.7],
+  ];
   const expMix = -(0.7 * lsm[0]![0]! + 0.3 * lsm[0]![1]! + 0.3 * lsm[1]![1]! + 0.7 * lsm[1]![2]!) / 2;
   assertClose(value(softTargetCrossEntropy(tf.tensor2d(logits), tf.tensor2d(mix))), expMix);
 });
 
 test('teacher centering and sharpening: softmax((t - c) / temp)', () => {
-  const t = [[1, 2, 3], [0, 0, 1]];
+  const t = [
+    [1, 2, 3],
+    [0, 0, 1],
+  ];
   const c = [0.5, 1, 0];
   const out = teacherSoftmaxCenter(tf.tensor2d(t), tf.tensor1d(c), 0.04).arraySync() as number[][];
   t.forEach((row, i) => {
@@ -58,7 +76,10 @@ test('DINO loss: every student/teacher pair, -mean(sum(t log softmax(s / 0.1))),
   const views = [teacherProbs.slice(0, B), teacherProbs.slice(B)];
   const expLocal = local.reduce((a, l) => a + ce(l, views[0]!) + ce(l, views[1]!), 0) / terms;
   const { global, local: loc } = dinoGlobalLocalLoss(
-    tf.tensor2d(studentGlobal), tf.tensor2d(swapped), local.map((l) => tf.tensor2d(l)), 0.1,
+    tf.tensor2d(studentGlobal),
+    tf.tensor2d(swapped),
+    local.map((l) => tf.tensor2d(l)),
+    0.1,
   );
   assertClose(value(global), expGlobal, 1e-5, 'global');
   assertClose(value(loc), expLocal, 1e-5, 'local');
@@ -68,8 +89,16 @@ test('DINO loss: every student/teacher pair, -mean(sum(t log softmax(s / 0.1))),
 });
 
 test('iBOT masked-patch loss: weights 1/n_masked per image, divided by the number of images', () => {
-  const s = [[1, 0, 2], [0.3, -1, 0], [2, 2, 0]];
-  const t = [[0.2, 0.5, 0.3], [0.9, 0.05, 0.05], [1 / 3, 1 / 3, 1 / 3]];
+  const s = [
+    [1, 0, 2],
+    [0.3, -1, 0],
+    [2, 2, 0],
+  ];
+  const t = [
+    [0.2, 0.5, 0.3],
+    [0.9, 0.05, 0.05],
+    [1 / 3, 1 / 3, 1 / 3],
+  ];
   // image 0 has 2 masked patches (rows 0, 1), image 1 has 1 (row 2), image 2 none.
   const w = [0.5, 0.5, 1];
   const per = s.map((row, i) => logSoftmaxRow(row.map((v) => v / 0.1)).reduce((a, l, j) => a + t[i]![j]! * l, 0));
@@ -78,15 +107,32 @@ test('iBOT masked-patch loss: weights 1/n_masked per image, divided by the numbe
 });
 
 test('KoLeo: -mean log distance to the nearest other normalised vector', () => {
-  const x = [[1, 0], [0.8, 0.6], [0, 2], [-1, -1]];
-  const n = x.map((r) => { const l = Math.hypot(...r); return r.map((v) => v / l); });
-  const expected = -n.reduce((acc, a, i) => {
-    let best = -Infinity;
-    let bj = -1;
-    n.forEach((b, j) => { if (j !== i) { const d = a[0]! * b[0]! + a[1]! * b[1]!; if (d > best) { best = d; bj = j; } } });
-    const d = Math.hypot(a[0]! - n[bj]![0]! + 1e-8, a[1]! - n[bj]![1]! + 1e-8);
-    return acc + Math.log(d + 1e-8);
-  }, 0) / n.length;
+  const x = [
+    [1, 0],
+    [0.8, 0.6],
+    [0, 2],
+    [-1, -1],
+  ];
+  const n = x.map((r) => {
+    const l = Math.hypot(...r);
+    return r.map((v) => v / l);
+  });
+  const expected =
+    -n.reduce((acc, a, i) => {
+      let best = -Infinity;
+      let bj = -1;
+      n.forEach((b, j) => {
+        if (j !== i) {
+          const d = a[0]! * b[0]! + a[1]! * b[1]!;
+          if (d > best) {
+            best = d;
+            bj = j;
+          }
+        }
+      });
+      const d = Math.hypot(a[0]! - n[bj]![0]! + 1e-8, a[1]! - n[bj]![1]! + 1e-8);
+      return acc + Math.log(d + 1e-8);
+    }, 0) / n.length;
   assertClose(value(koleoLoss(tf.tensor2d(x))), expected, 1e-5);
   // Spreading points apart lowers the loss, and the gradient exists without gather.
   const g = tf.grad((v: tf.Tensor) => koleoLoss(v as tf.Tensor2D))(tf.tensor2d(x));

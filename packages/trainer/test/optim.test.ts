@@ -10,7 +10,10 @@ before(useWasm);
 
 test('AdamW: two steps against the PyTorch formula computed by hand', () => {
   const w0 = [0.5, -1.5, 2];
-  const grads = [[0.1, -0.2, 0.3], [-0.05, 0.4, 0.0]];
+  const grads = [
+    [0.1, -0.2, 0.3],
+    [-0.05, 0.4, 0.0],
+  ];
   const variable = tf.variable(tf.tensor1d(w0));
   const opt = new AdamW([{ name: 'w', variable, lrMult: 0.5, wdMult: 1, isLastLayer: false }], { beta1: 0.9, beta2: 0.99, eps: 1e-6 });
   const lr = 0.1;
@@ -28,7 +31,7 @@ test('AdamW: two steps against the PyTorch formula computed by hand', () => {
       v[i] = 0.99 * v[i]! + 0.01 * g[i]! * g[i]!;
       const mh = m[i]! / (1 - 0.9 ** step);
       const denom = Math.sqrt(v[i]!) / Math.sqrt(1 - 0.99 ** step) + 1e-6;
-      w[i] = w[i]! - elr * mh / denom;
+      w[i] = w[i]! - (elr * mh) / denom;
     }
     const got = variable.dataSync();
     w.forEach((e, i) => assertClose(got[i]!, e, 1e-6, `step ${step} w[${i}]`));
@@ -87,19 +90,40 @@ test("clipping options of the dense probes: the norm summed in float64 on the ho
   assert.equal(clipByGlobalNorm(h, 0, { sumOn: 'host' }).norm, Math.sqrt(sq[0]! + sq[1]!));
 });
 
-test('AdamW over plainParams is the dense probes\' PyTorch AdamW: decay on every tensor, one lr', () => {
-  const w0 = [[0.5, -1.5], [2, 0.25]];
+test("AdamW over plainParams is the dense probes' PyTorch AdamW: decay on every tensor, one lr", () => {
+  const w0 = [
+    [0.5, -1.5],
+    [2, 0.25],
+  ];
   const vars = { weight: tf.variable(tf.tensor1d(w0[0]!)), bias: tf.variable(tf.tensor1d(w0[1]!)) };
   const specs = plainParams(vars);
-  assert.deepEqual(specs.map((p) => [p.name, p.lrMult, p.wdMult, p.isLastLayer]), [['weight', 1, 1, false], ['bias', 1, 1, false]]);
+  assert.deepEqual(
+    specs.map((p) => [p.name, p.lrMult, p.wdMult, p.isLastLayer]),
+    [
+      ['weight', 1, 1, false],
+      ['bias', 1, 1, false],
+    ],
+  );
   const opt = new AdamW(specs);
-  const grads = [[[0.1, -0.2], [0.3, 0]], [[-0.05, 0.4], [0.2, -0.1]]];
+  const grads = [
+    [
+      [0.1, -0.2],
+      [0.3, 0],
+    ],
+    [
+      [-0.05, 0.4],
+      [0.2, -0.1],
+    ],
+  ];
   const w = w0.map((r) => [...r]);
   const m = w0.map((r) => r.map(() => 0));
   const v = w0.map((r) => r.map(() => 0));
   grads.forEach((g, t) => {
     const lr = 0.01 * (t + 1);
-    opt.apply(g.map((x) => tf.tensor1d(x)), { lr, wd: 0.05 });
+    opt.apply(
+      g.map((x) => tf.tensor1d(x)),
+      { lr, wd: 0.05 },
+    );
     for (let p = 0; p < 2; p++) {
       for (let i = 0; i < 2; i++) {
         m[p]![i] = 0.9 * m[p]![i]! + 0.1 * g[p]![i]!;
@@ -108,7 +132,9 @@ test('AdamW over plainParams is the dense probes\' PyTorch AdamW: decay on every
         w[p]![i] = w[p]![i]! * (1 - lr * 0.05) - (lr / (1 - 0.9 ** (t + 1))) * (m[p]![i]! / denom);
       }
     }
-    [vars.weight, vars.bias].forEach((x, p) => x.dataSync().forEach((got, i) => assertClose(got, w[p]![i]!, 1e-6, `step ${t + 1} ${p}[${i}]`)));
+    [vars.weight, vars.bias].forEach((x, p) =>
+      x.dataSync().forEach((got, i) => assertClose(got, w[p]![i]!, 1e-6, `step ${t + 1} ${p}[${i}]`)),
+    );
   });
 });
 
@@ -124,7 +150,11 @@ const deitRef = JSON.parse(readFileSync(new URL('./fixtures/deit-reference.json'
 
 function lambSpecs(c: LambCase): ParamSpec[] {
   return c.params.map((p) => ({
-    name: p.name, variable: tf.variable(tf.tensor(p.data, p.shape)), lrMult: p.lrMult, wdMult: p.wdMult, isLastLayer: false,
+    name: p.name,
+    variable: tf.variable(tf.tensor(p.data, p.shape)),
+    lrMult: p.lrMult,
+    wdMult: p.wdMult,
+    isLastLayer: false,
   }));
 }
 

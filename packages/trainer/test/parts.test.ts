@@ -11,15 +11,25 @@ before(useWasm);
 
 test('DINO head: MLP with exact GELU, L2 normalisation, last layer with unit-norm columns (weight_g starts at 1)', () => {
   const head = new DinoHead({ inDim: 3, outDim: 4, hiddenDim: 5, bottleneckDim: 2, nlayers: 3 }, new Rng(1));
-  assert.deepEqual(Object.keys(head.params), ['mlp.0.weight', 'mlp.0.bias', 'mlp.2.weight', 'mlp.2.bias', 'mlp.4.weight', 'mlp.4.bias', 'last_layer.weight_g', 'last_layer.weight_v']);
+  assert.deepEqual(Object.keys(head.params), [
+    'mlp.0.weight',
+    'mlp.0.bias',
+    'mlp.2.weight',
+    'mlp.2.bias',
+    'mlp.4.weight',
+    'mlp.4.bias',
+    'last_layer.weight_g',
+    'last_layer.weight_v',
+  ]);
   assert.deepEqual(head.params['last_layer.weight_v']!.shape, [2, 4]);
   const x = [[0.5, -1, 2]];
   const get = (n: string) => head.params[n]!.arraySync() as number[][];
   const getb = (n: string) => Array.from(head.params[n]!.dataSync());
   const lin = (v: number[], w: number[][], b: number[]) => b.map((bj, j) => bj + v.reduce((a, vi, i) => a + vi * w[i]![j]!, 0));
-  const erf = (z: number) => { // Abramowitz-Stegun 7.1.26, |error| < 1.5e-7
+  const erf = (z: number) => {
+    // Abramowitz-Stegun 7.1.26, |error| < 1.5e-7
     const t = 1 / (1 + 0.3275911 * Math.abs(z));
-    const y = 1 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * Math.exp(-z * z);
+    const y = 1 - ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * Math.exp(-z * z);
     return z >= 0 ? y : -y;
   };
   const gelu = (v: number[]) => v.map((z) => 0.5 * z * (1 + erf(z / Math.SQRT2)));
@@ -45,7 +55,10 @@ test('iBOT masks: block masks, ratios within range for the masked fraction, weig
   const counts = Array.from({ length: 10 }, (_, b) => batch.masks.slice(b * 64, b * 64 + 64).reduce((a, v) => a + v, 0));
   assert.equal(counts.filter((c) => c > 0).length, 5);
   for (const c of counts) assert.ok(c === 0 || (c >= 4 && c <= 0.5 * 64 + 8), `count ${c}`);
-  assert.equal(batch.indices.length, counts.reduce((a, b) => a + b, 0));
+  assert.equal(
+    batch.indices.length,
+    counts.reduce((a, b) => a + b, 0),
+  );
   batch.indices.forEach((idx, i) => {
     assert.equal(batch.masks[idx], 1);
     assertClose(batch.weights[i]!, 1 / counts[Math.floor(idx / 64)]!);
@@ -53,7 +66,6 @@ test('iBOT masks: block masks, ratios within range for the masked fraction, weig
   // Seeded: the same state gives the same masks.
   assert.deepEqual(collateMasks(10, gen, [0.1, 0.5], 0.5, new Rng(3)).masks, batch.masks);
 });
-
 
 test('local gradient sync: world size 1, identity all-reduce, broadcast and commit', async () => {
   const s = new LocalGradientSync();
@@ -106,7 +118,10 @@ test('data: synthetic splits, an image folder split by val_fraction, train/ + va
     const two = openData(validateTrainConfig({ data: { source: join(root, 'flat', 'train.txt') } }));
     assert.deepEqual([two.train.length, two.val.length, two.numClasses, (await two.val.get(0)).label], [3, 1, 6, 5]);
     await writeFile(join(root, 'flat', 'classes.txt'), 'a\nb\nc\nd\ne\n');
-    assert.throws(() => openData(validateTrainConfig({ data: { source: join(root, 'flat', 'train.txt') } })), /val\.txt:1: label 5 is out of range/);
+    assert.throws(
+      () => openData(validateTrainConfig({ data: { source: join(root, 'flat', 'train.txt') } })),
+      /val\.txt:1: label 5 is out of range/,
+    );
   } finally {
     await rm(root, { recursive: true, force: true });
   }

@@ -50,7 +50,16 @@ async function twoSteps(name: string): Promise<{ trainer: Trainer; metrics: Reco
 }
 
 test('the presets tested here are every preset', () => {
-  assert.deepEqual(PRESET_NAMES.slice().sort(), ['deit3-b16-in1k', 'deit3-b16-in1k-reg4', 'deit3-b16-in22k', 'deit3-b16-in22k-reg4', 'dinov2-l14', 'dinov2-l14-reg4', 'tiny-dino', 'tiny-supervised']);
+  assert.deepEqual(PRESET_NAMES.slice().sort(), [
+    'deit3-b16-in1k',
+    'deit3-b16-in1k-reg4',
+    'deit3-b16-in22k',
+    'deit3-b16-in22k-reg4',
+    'dinov2-l14',
+    'dinov2-l14-reg4',
+    'tiny-dino',
+    'tiny-supervised',
+  ]);
 });
 
 for (const name of ['dinov2-l14-reg4', 'dinov2-l14']) {
@@ -59,7 +68,15 @@ for (const name of ['dinov2-l14-reg4', 'dinov2-l14']) {
     assert.ok(tfjs(trainer).optimizer instanceof AdamW);
     assert.ok(tfjs(trainer).heads.ibot, 'a separate iBOT head');
     const all = Object.assign({}, ...metrics);
-    for (const k of ['loss_dino_global', 'loss_dino_local', 'loss_koleo', 'loss_ibot', 'grad_norm_backbone', 'grad_norm_dino_head', 'grad_norm_ibot_head']) {
+    for (const k of [
+      'loss_dino_global',
+      'loss_dino_local',
+      'loss_koleo',
+      'loss_ibot',
+      'grad_norm_backbone',
+      'grad_norm_dino_head',
+      'grad_norm_ibot_head',
+    ]) {
       assert.ok(k in all, `${name}: ${k} in the step metrics`);
     }
     // Sinkhorn-Knopp replaces the EMA centres: they never move from zero.
@@ -77,7 +94,10 @@ for (const name of ['deit3-b16-in1k-reg4', 'deit3-b16-in1k']) {
     assert.ok(tfjs(trainer).optimizer instanceof Lamb);
     assert.ok(trainer.sampler instanceof RASampler);
     // Three copies of each image, in a row of the epoch's positions: the first 4 are copies 0, 1, 2 of one image and copy 0 of the next.
-    assert.deepEqual([0, 1, 2, 3].map((p) => trainer.sampler.at(p).repeat), [0, 1, 2, 0]);
+    assert.deepEqual(
+      [0, 1, 2, 3].map((p) => trainer.sampler.at(p).repeat),
+      [0, 1, 2, 0],
+    );
     assert.ok(metrics.every((m) => 'loss_bce' in m && !('loss_ce' in m)));
     assert.ok(metrics.every((m) => m.mix_lambda! >= 0 && m.mix_lambda! <= 1));
     trainer.dispose();
@@ -98,7 +118,10 @@ test('tiny-dino: DINO + KoLeo + iBOT through the DINO head, softmax centering (t
   const { trainer, metrics } = await twoSteps('tiny-dino');
   assert.ok(tfjs(trainer).optimizer instanceof AdamW);
   assert.equal(tfjs(trainer).heads.ibot, undefined);
-  assert.ok(tfjs(trainer).centers.dino!.value.some((v) => v !== 0), 'the EMA centre moved');
+  assert.ok(
+    tfjs(trainer).centers.dino!.value.some((v) => v !== 0),
+    'the EMA centre moved',
+  );
   assert.ok(metrics.some((m) => 'loss_ibot' in m));
   trainer.dispose();
 });

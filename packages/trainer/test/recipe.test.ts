@@ -27,51 +27,73 @@ const ref = JSON.parse(readFileSync(new URL('./fixtures/dinov2_reference.json', 
 function assertMatrix(got: tf.Tensor, want: Matrix, tol: number, what: string): void {
   const g = got.arraySync() as Matrix;
   assert.equal(g.length, want.length, `${what}: rows`);
-  want.forEach((row, i) => row.forEach((w, j) => {
-    // Relative to the row's largest entry: Sinkhorn targets span 1e-19 .. 1.
-    const scale = Math.max(...row.map(Math.abs), 1e-30);
-    if (!(Math.abs(g[i]![j]! - w) <= tol * scale)) throw new Error(`${what}[${i}][${j}]: expected ${w}, got ${g[i]![j]}`);
-  }));
+  want.forEach((row, i) =>
+    row.forEach((w, j) => {
+      // Relative to the row's largest entry: Sinkhorn targets span 1e-19 .. 1.
+      const scale = Math.max(...row.map(Math.abs), 1e-30);
+      if (!(Math.abs(g[i]![j]! - w) <= tol * scale)) throw new Error(`${what}[${i}][${j}]: expected ${w}, got ${g[i]![j]}`);
+    }),
+  );
 }
 
 /** Sums over the given number of in-process "ranks": each call waits for the others' call, sums in rank order. */
 function inProcessRanks(n: number): ReduceSum[] {
   let pending: { tensors: tf.Tensor[]; resolve: (t: tf.Tensor[]) => void }[] = [];
-  return Array.from({ length: n }, (_, rank) => (tensors: tf.Tensor[]) => new Promise<tf.Tensor[]>((resolve) => {
-    pending[rank] = { tensors, resolve };
-    if (pending.filter(Boolean).length < n) return;
-    const all = pending;
-    pending = [];
-    const sums = all[0]!.tensors.map((_, k) => tf.tidy(() => all.slice(1).reduce((acc, p) => tf.add(acc, p.tensors[k]!), all[0]!.tensors[k]!)));
-    for (const p of all) p.resolve(sums.map((s) => tf.clone(s)));
-    tf.dispose(sums);
-  }));
+  return Array.from(
+    { length: n },
+    (_, rank) => (tensors: tf.Tensor[]) =>
+      new Promise<tf.Tensor[]>((resolve) => {
+        pending[rank] = { tensors, resolve };
+        if (pending.filter(Boolean).length < n) return;
+        const all = pending;
+        pending = [];
+        const sums = all[0]!.tensors.map((_, k) =>
+          tf.tidy(() => all.slice(1).reduce((acc, p) => tf.add(acc, p.tensors[k]!), all[0]!.tensors[k]!)),
+        );
+        for (const p of all) p.resolve(sums.map((s) => tf.clone(s)));
+        tf.dispose(sums);
+      }),
+  );
 }
 
 test('Sinkhorn-Knopp on one rank equals DINOLoss / iBOTPatchLoss.sinkhorn_knopp_teacher', async () => {
   const { temperature, dino_rows, ibot_rows } = ref.inputs;
   const [reduce] = inProcessRanks(1);
   const [dino, ibot] = await sinkhornKnopp(
-    [{ logits: tf.tensor2d(dino_rows), temperature }, { logits: tf.tensor2d(ibot_rows), temperature }],
+    [
+      { logits: tf.tensor2d(dino_rows), temperature },
+      { logits: tf.tensor2d(ibot_rows), temperature },
+    ],
     reduce!,
   );
   assertMatrix(dino!, ref.sinkhorn_1_rank.dino[0], 2e-5, 'DINO targets');
   assertMatrix(ibot!, ref.sinkhorn_1_rank.ibot[0], 2e-5, 'iBOT targets');
   // An assignment: every row sums to 1.
-  for (const row of dino!.arraySync() as Matrix) assertClose(row.reduce((a, b) => a + b, 0), 1, 1e-5, 'row sum');
+  for (const row of dino!.arraySync() as Matrix)
+    assertClose(
+      row.reduce((a, b) => a + b, 0),
+      1,
+      1e-5,
+      'row sum',
+    );
 });
 
 test('Sinkhorn-Knopp on two ranks (uneven iBOT rows) equals the official code under torch.distributed with 2 gloo ranks', async () => {
   const { temperature, dino_rows, ibot_rows, ibot_split } = ref.inputs;
   const reducers = inProcessRanks(2);
   const half = dino_rows.length / 2;
-  const results = await Promise.all([0, 1].map((rank) => {
-    const ibotStart = rank === 0 ? 0 : ibot_split[0];
-    return sinkhornKnopp([
-      { logits: tf.tensor2d(dino_rows.slice(rank * half, (rank + 1) * half)), temperature },
-      { logits: tf.tensor2d(ibot_rows.slice(ibotStart, ibotStart + ibot_split[rank])), temperature },
-    ], reducers[rank]!);
-  }));
+  const results = await Promise.all(
+    [0, 1].map((rank) => {
+      const ibotStart = rank === 0 ? 0 : ibot_split[0];
+      return sinkhornKnopp(
+        [
+          { logits: tf.tensor2d(dino_rows.slice(rank * half, (rank + 1) * half)), temperature },
+          { logits: tf.tensor2d(ibot_rows.slice(ibotStart, ibotStart + ibot_split[rank])), temperature },
+        ],
+        reducers[rank]!,
+      );
+    }),
+  );
   for (const rank of [0, 1]) {
     assertMatrix(results[rank]![0]!, ref.sinkhorn_2_ranks.dino[rank], 2e-5, `rank ${rank} DINO targets`);
     assertMatrix(results[rank]![1]!, ref.sinkhorn_2_ranks.ibot[rank], 2e-5, `rank ${rank} iBOT targets`);
@@ -99,13 +121,19 @@ test("DINO head: weight_g is a trained parameter; output and gradients equal din
   const x = tf.tensor2d(r.x);
   assertMatrix(head.forward(x), r.out, 1e-5, 'head output');
   const rr = tf.tensor2d(r.r);
-  const { grads } = tf.variableGrads(() => tf.sum(tf.mul(head.forward(x), rr)) as tf.Scalar, [head.params['last_layer.weight_g']!, head.params['last_layer.weight_v']!]);
+  const { grads } = tf.variableGrads(
+    () => tf.sum(tf.mul(head.forward(x), rr)) as tf.Scalar,
+    [head.params['last_layer.weight_g']!, head.params['last_layer.weight_v']!],
+  );
   assertMatrix(grads[head.params['last_layer.weight_g']!.name]!, t(r.grad_weight_g), 1e-4, 'grad weight_g');
   assertMatrix(grads[head.params['last_layer.weight_v']!.name]!, t(r.grad_weight_v), 1e-4, 'grad weight_v');
 });
 
 test('parameter groups: every lr / wd multiplier and last-layer flag equals get_params_groups_with_decay (layer decay 0.9, patch embed 0.2)', () => {
-  const vit = new VisionTransformer(getConfig('dinov2_vits14_reg', { embed_dim: 32, depth: 3, num_heads: 2, img_size: 28, num_register_tokens: 2 }), { seed: 0 });
+  const vit = new VisionTransformer(
+    getConfig('dinov2_vits14_reg', { embed_dim: 32, depth: 3, num_heads: 2, img_size: 28, num_register_tokens: 2 }),
+    { seed: 0 },
+  );
   const head = new DinoHead({ inDim: 32, outDim: 6, hiddenDim: 16, bottleneckDim: 4, nlayers: 3 }, new Rng(0));
   const opts = { layerDecay: 0.9, patchEmbedLrMult: 0.2, weightDecayRule: 'dinov2' as const };
   for (const [module, specs] of [
@@ -113,7 +141,11 @@ test('parameter groups: every lr / wd multiplier and last-layer flag equals get_
     ['dino_head', paramGroups('dino_head', head.params, 0, opts)],
   ] as const) {
     const want = ref.param_groups[module] as Record<string, { lr_multiplier: number; wd_multiplier: number; is_last_layer: boolean }>;
-    assert.deepEqual(specs.map((s) => s.name.slice(module.length + 1)).sort(), Object.keys(want).sort(), `${module}: the official parameter names`);
+    assert.deepEqual(
+      specs.map((s) => s.name.slice(module.length + 1)).sort(),
+      Object.keys(want).sort(),
+      `${module}: the official parameter names`,
+    );
     for (const s of specs) {
       const w = want[s.name.slice(module.length + 1)]!;
       assertClose(s.lrMult, w.lr_multiplier, 1e-12, `${s.name} lr multiplier`);
@@ -129,9 +161,16 @@ test('parameter groups: every lr / wd multiplier and last-layer flag equals get_
 
 test("parameter groups, timm's rule (DeiT-III): no decay for tensors of at most one dimension, biases, pos_embed and cls_token", () => {
   const cases: [string, number[], boolean][] = [
-    ['cls_token', [1, 1, 8], true], ['pos_embed', [1, 5, 8], true], ['register_tokens', [1, 4, 8], false],
-    ['blocks.0.ls1.gamma', [8], true], ['blocks.0.norm1.weight', [8], true], ['blocks.0.attn.qkv.bias', [24], true],
-    ['blocks.0.attn.qkv.weight', [8, 24], false], ['patch_embed.proj.weight', [768, 8], false], ['weight', [8, 5], false], ['bias', [5], true],
+    ['cls_token', [1, 1, 8], true],
+    ['pos_embed', [1, 5, 8], true],
+    ['register_tokens', [1, 4, 8], false],
+    ['blocks.0.ls1.gamma', [8], true],
+    ['blocks.0.norm1.weight', [8], true],
+    ['blocks.0.attn.qkv.bias', [24], true],
+    ['blocks.0.attn.qkv.weight', [8, 24], false],
+    ['patch_embed.proj.weight', [768, 8], false],
+    ['weight', [8, 5], false],
+    ['bias', [5], true],
   ];
   for (const [name, shape, exempt] of cases) assert.equal(isNoDecay(name, shape, 'timm'), exempt, name);
 });
@@ -141,7 +180,10 @@ test('per-module clipping equals clip_grad_norm_ applied to each module on its o
   const names: string[] = [];
   const grads: tf.Tensor[] = [];
   for (const [m, ts] of Object.entries(r.before as Record<string, (number[] | Matrix)[]>)) {
-    ts.forEach((v, i) => { names.push(`${m}.p${i}`); grads.push(tf.tensor(v as number[])); });
+    ts.forEach((v, i) => {
+      names.push(`${m}.p${i}`);
+      grads.push(tf.tensor(v as number[]));
+    });
   }
   const out = clipPerModule(names, grads, r.max_norm);
   let k = 0;
@@ -160,7 +202,9 @@ test("drop path: DINOv2's batch subset (drop_add_residual_stochastic_depth) and 
   const x = tf.tensor3d(r.x);
   const y = tf.add(x, tf.mul(tf.tensor3d(factors, [factors.length, 1, 1]), tf.add(tf.mul(x, 2), 1)));
   const got = y.arraySync() as number[][][];
-  r.y.forEach((img: Matrix, b: number) => img.forEach((row, i) => row.forEach((v, j) => assertClose(got[b]![i]![j]!, v, 1e-6, `y[${b}][${i}][${j}]`))));
+  r.y.forEach((img: Matrix, b: number) =>
+    img.forEach((row, i) => row.forEach((v, j) => assertClose(got[b]![i]![j]!, v, 1e-6, `y[${b}][${i}][${j}]`))),
+  );
   // Per image (rate <= 0.1 or no subset): 0 below the rate, 1 / (1 - rate) above; hand-computed.
   assert.deepEqual(Array.from(dropPathFactors([0.05, 0.5, 0.09, 0.1], 0.1, true)), [0, 1 / 0.9, 0, 1 / 0.9].map(Math.fround));
   assert.deepEqual(Array.from(dropPathFactors([0.3, 0.5], 0.4, false)), [0, 1 / 0.6].map(Math.fround));
@@ -178,7 +222,12 @@ test('learning-rate scaling: base_lr x sqrt(global batch / 1024) (DINOv2), x bat
   assert.equal(dino.optim.base_lr, 2e-4);
   assertClose(scaledLr(dino, 96), 2e-4 * Math.sqrt((32 * 96) / 1024), 1e-12, 'ViT-L/14 on 96 GPUs');
   assertClose(scaledLr(dino, 1), 2e-4 * Math.sqrt(32 / 1024), 1e-12, 'on one GPU');
-  assertClose(scaledLr(validateTrainConfig({ preset: 'tiny-supervised', optim: { scaling_rule: 'linear_wrt_512', base_lr: 5e-4 } }), 4), (5e-4 * 32 * 4) / 512, 1e-12, 'linear');
+  assertClose(
+    scaledLr(validateTrainConfig({ preset: 'tiny-supervised', optim: { scaling_rule: 'linear_wrt_512', base_lr: 5e-4 } }), 4),
+    (5e-4 * 32 * 4) / 512,
+    1e-12,
+    'linear',
+  );
   assert.equal(scaledLr(presetConfig('deit3-b16-in1k-reg4'), 8), 3e-3, 'DeiT-III: --unscale-lr');
   // ssl_default_config: 0.004 for a batch of 1024 = 64 x 16 GPUs.
   assertClose(scaledLr(validateTrainConfig({}), 16), 0.004, 1e-12, 'default');

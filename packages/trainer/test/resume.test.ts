@@ -31,12 +31,19 @@ async function stoppedAndResumed(raw: object, steps: number): Promise<void> {
     for (const f of Object.keys(x)) assert.ok(x[f]!.equals(y[f]!), `${f} differs between the straight and the resumed run`);
     assert.deepEqual(b.eval, a.eval);
     // The metric lines of the resumed run are those of the straight one (timings aside).
-    const strip = (t: string) => t.trim().split('\n').map((l) => {
-      const m = JSON.parse(l) as Record<string, unknown>;
-      for (const k of ['images_per_s', 'step_seconds', 'allreduce_s', 'rss_mb', 'tf_tensors', 'tf_mb']) delete m[k];
-      return m;
-    });
-    assert.deepEqual(strip(await readFile(join(resumed, 'metrics.jsonl'), 'utf8')), strip(await readFile(join(straight, 'metrics.jsonl'), 'utf8')));
+    const strip = (t: string) =>
+      t
+        .trim()
+        .split('\n')
+        .map((l) => {
+          const m = JSON.parse(l) as Record<string, unknown>;
+          for (const k of ['images_per_s', 'step_seconds', 'allreduce_s', 'rss_mb', 'tf_tensors', 'tf_mb']) delete m[k];
+          return m;
+        });
+    assert.deepEqual(
+      strip(await readFile(join(resumed, 'metrics.jsonl'), 'utf8')),
+      strip(await readFile(join(straight, 'metrics.jsonl'), 'utf8')),
+    );
   } finally {
     await rm(root, { recursive: true, force: true });
   }
@@ -55,23 +62,34 @@ test('supervised with mixup/cutmix and drop path: stopped at N/2 and resumed equ
 });
 
 test('DINO + iBOT + KoLeo with multi-crop, masks, EMA teacher and centres: resume is exact', async () => {
-  await stoppedAndResumed({
-    ...tiny,
-    preset: 'tiny-dino',
-    objective: 'dino',
-    dino: { head_n_prototypes: 32, head_hidden_dim: 32, head_bottleneck_dim: 16, warmup_teacher_temp_steps: 3 },
-    crops: { local_crops_number: 2, local_crops_size: 16 },
-    ibot: { mask_sample_probability: 1.0 },
-    optim: { warmup_steps: 2, freeze_last_layer_steps: 2 },
-  }, 6);
+  await stoppedAndResumed(
+    {
+      ...tiny,
+      preset: 'tiny-dino',
+      objective: 'dino',
+      dino: { head_n_prototypes: 32, head_hidden_dim: 32, head_bottleneck_dim: 16, warmup_teacher_temp_steps: 3 },
+      crops: { local_crops_number: 2, local_crops_size: 16 },
+      ibot: { mask_sample_probability: 1.0 },
+      optim: { warmup_steps: 2, freeze_last_layer_steps: 2 },
+    },
+    6,
+  );
 });
 
-test('micro-batches: gradients summed over the passes equal the whole batch\'s (up to float rounding)', async () => {
+test("micro-batches: gradients summed over the passes equal the whole batch's (up to float rounding)", async () => {
   const root = await mkdtemp(join(tmpdir(), 'vitreg-micro-'));
   try {
-    const base = { ...tiny, objective: 'supervised', model: { arch: 'vit_micro_patch8_reg4', drop_path_rate: 0 }, train: { ...tiny.train, steps: 2 } };
+    const base = {
+      ...tiny,
+      objective: 'supervised',
+      model: { arch: 'vit_micro_patch8_reg4', drop_path_rate: 0 },
+      train: { ...tiny.train, steps: 2 },
+    };
     const whole = await train(validateTrainConfig(base), { outDir: join(root, 'whole'), progress: false });
-    const micro = await train(validateTrainConfig({ ...base, train: { ...base.train, micro_batch_size: 3 } }), { outDir: join(root, 'micro'), progress: false });
+    const micro = await train(validateTrainConfig({ ...base, train: { ...base.train, micro_batch_size: 3 } }), {
+      outDir: join(root, 'micro'),
+      progress: false,
+    });
     const a = await loadWeights(join(whole.checkpoint, 'model.safetensors'));
     const b = await loadWeights(join(micro.checkpoint, 'model.safetensors'));
     let maxDiff = 0;
@@ -84,10 +102,17 @@ test('micro-batches: gradients summed over the passes equal the whole batch\'s (
     }
     assert.ok(moved > 0);
     assert.ok(maxDiff < 1e-4, `weights differ by ${maxDiff}`);
-    const losses = async (dir: string) => (await readFile(join(dir, 'metrics.jsonl'), 'utf8')).trim().split('\n').map((l) => (JSON.parse(l) as { loss: number }).loss);
+    const losses = async (dir: string) =>
+      (await readFile(join(dir, 'metrics.jsonl'), 'utf8'))
+        .trim()
+        .split('\n')
+        .map((l) => (JSON.parse(l) as { loss: number }).loss);
     const [la, lb] = [await losses(join(root, 'whole')), await losses(join(root, 'micro'))];
     la.forEach((l, i) => assert.ok(Math.abs(l - lb[i]!) < 1e-4, `step ${i + 1}: loss ${l} vs ${lb[i]}`));
-    assert.throws(() => validateTrainConfig({ objective: 'dino', train: { micro_batch_size: 2 } }), /"train.micro_batch_size" must be 0 for objective dino/);
+    assert.throws(
+      () => validateTrainConfig({ objective: 'dino', train: { micro_batch_size: 2 } }),
+      /"train.micro_batch_size" must be 0 for objective dino/,
+    );
   } finally {
     await rm(root, { recursive: true, force: true });
   }
@@ -96,7 +121,12 @@ test('micro-batches: gradients summed over the passes equal the whole batch\'s (
 test('checkpoint layout: model.safetensors loads as a backbone with its config; state holds the loop state', async () => {
   const root = await mkdtemp(join(tmpdir(), 'vitreg-ckpt-'));
   try {
-    const cfg = validateTrainConfig({ ...tiny, objective: 'supervised', model: { arch: 'vit_micro_patch8_reg4', num_register_tokens: 2 }, train: { ...tiny.train, steps: 2, checkpoint_every: 1, keep_checkpoints: 1 } });
+    const cfg = validateTrainConfig({
+      ...tiny,
+      objective: 'supervised',
+      model: { arch: 'vit_micro_patch8_reg4', num_register_tokens: 2 },
+      train: { ...tiny.train, steps: 2, checkpoint_every: 1, keep_checkpoints: 1 },
+    });
     await train(cfg, { outDir: root, progress: false });
     assert.deepEqual((await readdir(join(root, 'checkpoints'))).sort(), ['step-2']);
     const dir = join(root, 'checkpoints', 'step-2');
@@ -121,7 +151,10 @@ test('checkpoint layout: model.safetensors loads as a backbone with its config; 
     const arch = { arch: 'vit_micro_patch8_reg4', num_register_tokens: 2 };
     const train5 = { ...tiny.train, steps: 2, checkpoint_every: 1, keep_checkpoints: 1, seed: 5 };
     const other = validateTrainConfig({ ...tiny, objective: 'supervised', model: arch, train: train5 });
-    await assert.rejects(train(other, { outDir: root, progress: false, resume: true }), /field "train.seed" of the checkpoint's config differs/);
+    await assert.rejects(
+      train(other, { outDir: root, progress: false, resume: true }),
+      /field "train.seed" of the checkpoint's config differs/,
+    );
   } finally {
     await rm(root, { recursive: true, force: true });
   }

@@ -36,7 +36,7 @@ test('cosine schedule: frozen start is 0 and bad lengths are rejected', () => {
 test("mmcv's poly and cosine-annealing policies: the warm-up multiplies the scheduled value by a factor rising from warmupRatio", () => {
   const poly = polySchedule({ base: 1e-3, totalSteps: 100, warmupSteps: 10, power: 2, minLr: 1e-5 });
   assert.equal(poly(50), (1e-3 - 1e-5) * 0.5 ** 2 + 1e-5);
-  assertClose(poly(0), ((1e-3 - 1e-5) + 1e-5) * 1e-6, 1e-18);
+  assertClose(poly(0), (1e-3 - 1e-5 + 1e-5) * 1e-6, 1e-18);
   assertClose(poly(4), ((1e-3 - 1e-5) * 0.96 ** 2 + 1e-5) * (1 - 0.6 * (1 - 1e-6)), 1e-18);
   const cos = cosineAnnealingSchedule({ base: 2, totalSteps: 10, warmupSteps: 2, warmupRatio: 0.5, minLrRatio: 0.1 });
   assert.equal(cos(10), 0.2);

@@ -26,7 +26,9 @@ async function main(): Promise<void> {
     parentPort!.postMessage(grads.map((g, i) => ({ shape: j.arrays[i]!.shape, data: Array.from(g) })));
   } else if (j.op === 'broadcast') {
     const state: Record<string, Float32Array> = {};
-    j.arrays.forEach((a, i) => { state[`t${i}`] = Float32Array.from(a.data); });
+    j.arrays.forEach((a, i) => {
+      state[`t${i}`] = Float32Array.from(a.data);
+    });
     const out = await sync.broadcast(state, { from: j.rank });
     parentPort!.postMessage({ meta: out.meta, state: Object.entries(out.state).map(([k, v]) => ({ name: k, data: Array.from(v) })) });
   } else if (j.op === 'gather') {

@@ -23,14 +23,18 @@ async function collective(op: Op, worldSize: number, arrays: (rank: number) => A
   const tsx = import.meta.resolve('tsx/esm/api');
   const entry = new URL('./sync-worker.ts', import.meta.url).href;
   const boot = `import(${JSON.stringify(tsx)}).then((m) => { m.register(); return import(${JSON.stringify(entry)}); });`;
-  const runs = Array.from({ length: worldSize }, (_, rank) => new Promise((resolve, reject) => {
-    const w = new Worker(boot, { eval: true, workerData: { buffer, rank, worldSize, op, arrays: arrays(rank) } });
-    w.on('message', resolve);
-    w.on('error', (err) => {
-      SharedMemorySync.abort(buffer);
-      reject(err);
-    });
-  }));
+  const runs = Array.from(
+    { length: worldSize },
+    (_, rank) =>
+      new Promise((resolve, reject) => {
+        const w = new Worker(boot, { eval: true, workerData: { buffer, rank, worldSize, op, arrays: arrays(rank) } });
+        w.on('message', resolve);
+        w.on('error', (err) => {
+          SharedMemorySync.abort(buffer);
+          reject(err);
+        });
+      }),
+  );
   return Promise.allSettled(runs);
 }
 
@@ -53,17 +57,26 @@ test('SharedMemorySync.allReduce over 3 threads: the mean in rank order, bit-ide
     return inputs[0]!.map((_, i) => Math.fround((inputs[0]![i]! + inputs[1]![i]! + inputs[2]![i]!) / 3));
   });
   for (let r = 0; r < 3; r++) {
-    assert.deepEqual(got[r]!.map((a) => a.shape), [[2, 3], [big]]);
+    assert.deepEqual(
+      got[r]!.map((a) => a.shape),
+      [[2, 3], [big]],
+    );
     assert.deepEqual(got[r]![0]!.data, expected[0]);
     assert.deepEqual(got[r]![1]!.data, expected[1]);
   }
 });
 
-test('SharedMemorySync.broadcast: every rank gets rank 0\'s state; gather: every rank gets all values in rank order', async () => {
-  const state = (r: number): Arrays => [{ shape: [3], data: [r, r + 1, r + 2] }, { shape: [2000], data: Array.from({ length: 2000 }, (_, i) => i + 10 * r) }];
+test("SharedMemorySync.broadcast: every rank gets rank 0's state; gather: every rank gets all values in rank order", async () => {
+  const state = (r: number): Arrays => [
+    { shape: [3], data: [r, r + 1, r + 2] },
+    { shape: [2000], data: Array.from({ length: 2000 }, (_, i) => i + 10 * r) },
+  ];
   const got = values(await collective('broadcast', 2, state)) as { meta: unknown; state: { name: string; data: number[] }[] }[];
   for (const g of got) {
-    assert.deepEqual(g.state, [{ name: 't0', data: state(0)[0]!.data }, { name: 't1', data: state(0)[1]!.data }]);
+    assert.deepEqual(g.state, [
+      { name: 't0', data: state(0)[0]!.data },
+      { name: 't1', data: state(0)[1]!.data },
+    ]);
     assert.deepEqual(g.meta, { from: 0 });
   }
 
@@ -124,13 +137,29 @@ test('2 threads: ranks end with identical weights, and a run stopped at N/2 and 
     assert.deepEqual(b.eval, a.eval);
     // Only rank 0 writes metrics: one line per step.
     const lines = (await readFile(join(straight, 'metrics.jsonl'), 'utf8')).trim().split('\n');
-    assert.deepEqual(lines.map((l) => (JSON.parse(l) as { step: number }).step), [1, 2, 3, 4]);
+    assert.deepEqual(
+      lines.map((l) => (JSON.parse(l) as { step: number }).step),
+      [1, 2, 3, 4],
+    );
     // Each rank logged its own steps (rank, world size, the images it trained on) in ranks/.
-    const rankLines = await Promise.all([0, 1].map(async (r) => (await readFile(join(straight, 'ranks', `rank-${r}.jsonl`), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as { step: number; rank: number; world_size: number; final?: boolean; checksum?: string })));
+    const rankLines = await Promise.all(
+      [0, 1].map(async (r) =>
+        (await readFile(join(straight, 'ranks', `rank-${r}.jsonl`), 'utf8'))
+          .trim()
+          .split('\n')
+          .map((l) => JSON.parse(l) as { step: number; rank: number; world_size: number; final?: boolean; checksum?: string }),
+      ),
+    );
     for (const [r, ls] of rankLines.entries()) {
-      assert.deepEqual(ls.filter((l) => !l.final).map((l) => [l.step, l.rank, l.world_size]), [1, 2, 3, 4].map((st) => [st, r, 2]));
+      assert.deepEqual(
+        ls.filter((l) => !l.final).map((l) => [l.step, l.rank, l.world_size]),
+        [1, 2, 3, 4].map((st) => [st, r, 2]),
+      );
       // With checksum: true, a last line with the rank's final weights checksum.
-      assert.deepEqual(ls.filter((l) => l.final).map((l) => l.checksum), [a.checksums![r]]);
+      assert.deepEqual(
+        ls.filter((l) => l.final).map((l) => l.checksum),
+        [a.checksums![r]],
+      );
     }
   } finally {
     await rm(root, { recursive: true, force: true });
@@ -151,7 +180,10 @@ test('2 threads: the training loss falls when fitting 8 images with a global bat
       crops: { global_crops_scale: [1, 1] },
     });
     await trainThreads(cfg, { outDir: root, progress: false, workers: 2 });
-    const losses = (await readFile(join(root, 'metrics.jsonl'), 'utf8')).trim().split('\n').map((l) => (JSON.parse(l) as { loss: number }).loss);
+    const losses = (await readFile(join(root, 'metrics.jsonl'), 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => (JSON.parse(l) as { loss: number }).loss);
     assert.equal(losses.length, 30);
     const mean = (xs: number[]) => xs.reduce((s, v) => s + v, 0) / xs.length;
     assert.ok(mean(losses.slice(-5)) < 0.5 * mean(losses.slice(0, 5)), `loss did not fall: ${losses.map((l) => l.toFixed(3)).join(' ')}`);
@@ -172,7 +204,10 @@ test('W threads x batch B train the weights of 1 thread x batch W*B (drop path, 
     const cfg = (batch: number) => validateTrainConfig({ ...tiny, train: { ...tiny.train, steps: 3, batch_size: batch } });
     const weights = async (workers: number) => {
       const out = join(root, `w${workers}`);
-      const r = workers === 1 ? await train(cfg(6), { outDir: out, progress: false }) : await trainThreads(cfg(6 / workers), { outDir: out, progress: false, workers });
+      const r =
+        workers === 1
+          ? await train(cfg(6), { outDir: out, progress: false })
+          : await trainThreads(cfg(6 / workers), { outDir: out, progress: false, workers });
       return (await loadWeights(join(r.checkpoint, 'model.safetensors'))).params;
     };
     const one = await weights(1);

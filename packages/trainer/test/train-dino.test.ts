@@ -17,7 +17,9 @@ test('tiny DINO run: k-NN accuracy 0.5 and well above the untrained network, tea
     // k-NN over a bank of 500 training images, 300 val images. Measured on wasm: 0.59, untrained
     // 0.40 (the whole preset: 0.73); chance is 0.2 (standard deviation 0.023 on 300 images).
     const cfg = validateTrainConfig({
-      preset: 'tiny-dino', data: { val_size: 300 }, train: { steps: 100, eval_every: 0, checkpoint_every: 0, knn_train_size: 500 },
+      preset: 'tiny-dino',
+      data: { val_size: 300 },
+      train: { steps: 100, eval_every: 0, checkpoint_every: 0, knn_train_size: 500 },
     });
     // The same network before any step (same seed, teacher = student): what the features give untrained.
     const untrained = new Trainer(cfg);
@@ -27,7 +29,9 @@ test('tiny DINO run: k-NN accuracy 0.5 and well above the untrained network, tea
     const res = await train(cfg, { outDir: out, progress: false });
     const ev = res.eval!;
     assert.equal(ev.num_classes, 5);
-    t.diagnostic(`k-NN accuracy ${ev.knn_accuracy} (untrained ${before}), teacher entropy ${ev.teacher_entropy} of ${Math.log(cfg.dino.head_n_prototypes)}, batch ${ev.teacher_batch_entropy}`);
+    t.diagnostic(
+      `k-NN accuracy ${ev.knn_accuracy} (untrained ${before}), teacher entropy ${ev.teacher_entropy} of ${Math.log(cfg.dino.head_n_prototypes)}, batch ${ev.teacher_batch_entropy}`,
+    );
     assert.ok(ev.knn_accuracy! >= 0.5, `k-NN accuracy ${ev.knn_accuracy} is below 0.5 (chance 0.2)`);
     assert.ok(ev.knn_accuracy! >= before + 0.1, `k-NN accuracy ${ev.knn_accuracy} gained less than 0.1 over the untrained ${before}`);
     const logK = Math.log(cfg.dino.head_n_prototypes);
@@ -45,14 +49,23 @@ test('tiny DINO run: k-NN accuracy 0.5 and well above the untrained network, tea
     const spread = Math.max(...center) - Math.min(...center);
     assert.ok(spread > 0 && spread < 2, `centre spread ${spread} (teacher logits are cosines in [-1, 1])`);
     assert.ok(Math.abs(mean) < 1, `centre mean ${mean}`);
-    const lines = (await readFile(join(out, 'metrics.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
+    const lines = (await readFile(join(out, 'metrics.jsonl'), 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, number>);
     const last = lines[lines.length - 1]!;
     for (const k of ['loss_dino_global', 'loss_dino_local', 'loss_koleo', 'loss_ibot', 'teacher_temp', 'momentum', 'masked_patches']) {
       assert.equal(typeof last[k], 'number', k);
     }
     // The preset keeps the teacher at 0.04 throughout (no 0.04 -> 0.07 warm-up).
-    assert.ok(lines.every((l) => l.teacher_temp === undefined || l.teacher_temp === 0.04), 'teacher temperature other than 0.04');
-    assert.ok(lines.every((l) => l.loss === undefined || Number.isFinite(l.loss)), 'a non-finite loss');
+    assert.ok(
+      lines.every((l) => l.teacher_temp === undefined || l.teacher_temp === 0.04),
+      'teacher temperature other than 0.04',
+    );
+    assert.ok(
+      lines.every((l) => l.loss === undefined || Number.isFinite(l.loss)),
+      'a non-finite loss',
+    );
   } finally {
     await rm(out, { recursive: true, force: true });
   }

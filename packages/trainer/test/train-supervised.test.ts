@@ -15,13 +15,20 @@ test('tiny supervised run on the synthetic shapes: a quarter of the preset reach
     // The tiny-supervised preset (ViT-micro/8 with 4 registers, 32 px, batch 32) cut from 1200 to 300 steps,
     // validated on 300 images. Measured on wasm: 0.62 (the whole preset: 0.97); chance is 0.2 and
     // its standard deviation on 300 images 0.023, so 0.5 is far above it with a margin below the measure.
-    const cfg = validateTrainConfig({ preset: 'tiny-supervised', data: { val_size: 300 }, train: { steps: 300, eval_every: 0, checkpoint_every: 0 } });
+    const cfg = validateTrainConfig({
+      preset: 'tiny-supervised',
+      data: { val_size: 300 },
+      train: { steps: 300, eval_every: 0, checkpoint_every: 0 },
+    });
     const res = await train(cfg, { outDir: out, progress: false });
     const acc = res.eval!.val_accuracy!;
     assert.equal(res.eval!.num_classes, 5);
     t.diagnostic(`val accuracy ${acc}`);
     assert.ok(acc >= 0.5, `val accuracy ${acc} is below 0.5 (chance 0.2)`);
-    const lines = (await readFile(join(out, 'metrics.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
+    const lines = (await readFile(join(out, 'metrics.jsonl'), 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, number>);
     const mean = (xs: Record<string, number>[]) => xs.reduce((a, m) => a + m.loss!, 0) / xs.length;
     // ln 5 = 1.61 at the start; measured 0.80 over the last 50 steps
     assert.ok(mean(lines.slice(-50)) < mean(lines.slice(0, 50)) - 0.4, 'the training loss did not fall');

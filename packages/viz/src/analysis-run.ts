@@ -15,10 +15,24 @@
  */
 import { join } from 'node:path';
 import {
-  ensureDir, InputError, loadImage, Progress, stem, uniqueNames, writeFileAtomic, writeJsonAtomic, type ImageTransform,
+  ensureDir,
+  InputError,
+  loadImage,
+  Progress,
+  stem,
+  uniqueNames,
+  writeFileAtomic,
+  writeJsonAtomic,
+  type ImageTransform,
 } from '@vitreg/core';
 import {
-  analysisToJson, analyzeTokens, disposeOutput, outputTensors, tokenDataFromOutput, type Encoder, type TokenAnalysis,
+  analysisToJson,
+  analyzeTokens,
+  disposeOutput,
+  outputTensors,
+  tokenDataFromOutput,
+  type Encoder,
+  type TokenAnalysis,
 } from '@vitreg/registers';
 import type { Canvas } from './canvas.js';
 import { attentionFigure, imageFromNormalized, layerFigure, normFigure, normHistogram, pcaFigure, registerFigure } from './figures.js';
@@ -241,13 +255,16 @@ export async function analyzeImages(
   const auto = 'automatic (bimodality of log norms, modes >= 3x apart; per image: mode ratio, verdict, rule)';
   const rule = threshold === 'auto' ? auto : `norm > ${threshold}`;
   const report = join(out, 'report.html');
-  await writeFileAtomic(report, renderReport({
-    title: opts.title ?? 'vitreg analyze: high-norm tokens',
-    models: models.map((m) => ({ label: m.label, weights: m.weights, description: describeEncoder(m.encoder) })),
-    images,
-    failed,
-    notes: [`threshold: ${rule}; norms: ${source}; input: ${input}`],
-  }));
+  await writeFileAtomic(
+    report,
+    renderReport({
+      title: opts.title ?? 'vitreg analyze: high-norm tokens',
+      models: models.map((m) => ({ label: m.label, weights: m.weights, description: describeEncoder(m.encoder) })),
+      images,
+      failed,
+      notes: [`threshold: ${rule}; norms: ${source}; input: ${input}`],
+    }),
+  );
   const summary = join(out, 'summary.json');
   await writeJsonAtomic(summary, {
     models: models.map((m) => ({ label: m.label, weights: m.weights, config: m.encoder.config, engine: m.encoder.description })),

@@ -51,7 +51,8 @@ export function normFigure(image: Canvas, a: TokenAnalysis, opts: FigureOptions 
   marked.draw(image, 0, 0);
   const ph = image.height / rows;
   const pw = image.width / cols;
-  for (const [r, c] of a.outliers.positions) marked.strokeRect(Math.round(c * pw), Math.round(r * ph), Math.round(pw), Math.round(ph), RED, 2);
+  for (const [r, c] of a.outliers.positions)
+    marked.strokeRect(Math.round(c * pw), Math.round(r * ph), Math.round(pw), Math.round(ph), RED, 2);
   const n = a.outliers.indices.length;
   return hstack([
     titled(marked, `INPUT, ${n} OUTLIER${n === 1 ? '' : 'S'}`),
@@ -61,7 +62,12 @@ export function normFigure(image: Canvas, a: TokenAnalysis, opts: FigureOptions 
 }
 
 /** A grid of labelled attention maps over a (shrunk) image: `cells[row][col]`. */
-export function mapGrid(image: Canvas, grid: [number, number], cells: { label: string; map: Float32Array }[][], opts: FigureOptions & { cellSize?: number } = {}): Canvas {
+export function mapGrid(
+  image: Canvas,
+  grid: [number, number],
+  cells: { label: string; map: Float32Array }[][],
+  opts: FigureOptions & { cellSize?: number } = {},
+): Canvas {
   const size = opts.cellSize ?? 160;
   const scale = size / Math.max(image.width, image.height);
   const w = Math.max(1, Math.round(image.width * scale));
@@ -70,7 +76,12 @@ export function mapGrid(image: Canvas, grid: [number, number], cells: { label: s
   return vstack(
     cells.map((row) =>
       hstack(
-        row.map((cell) => titled(blend(base, heatmap(cell.map, grid, w, h, { cmap: 'viridis', interpolation: opts.interpolation }), opts.alpha ?? 0.7), cell.label)),
+        row.map((cell) =>
+          titled(
+            blend(base, heatmap(cell.map, grid, w, h, { cmap: 'viridis', interpolation: opts.interpolation }), opts.alpha ?? 0.7),
+            cell.label,
+          ),
+        ),
         4,
       ),
     ),
@@ -81,14 +92,24 @@ export function mapGrid(image: Canvas, grid: [number, number], cells: { label: s
 /** CLS attention of the last block to the patches: mean over heads, then each head. */
 export function attentionFigure(image: Canvas, a: TokenAnalysis, opts: FigureOptions = {}): Canvas {
   if (!a.cls) throw new Error('attentionFigure: the analysis has no attention (forward with attention: "last")');
-  return mapGrid(image, a.grid, [[{ label: 'CLS MEAN', map: a.cls.map }, ...a.cls.heads.map((m, h) => ({ label: `HEAD ${h}`, map: m }))]], opts);
+  return mapGrid(
+    image,
+    a.grid,
+    [[{ label: 'CLS MEAN', map: a.cls.map }, ...a.cls.heads.map((m, h) => ({ label: `HEAD ${h}`, map: m }))]],
+    opts,
+  );
 }
 
 /** Register attention to the patches: one row per register, mean over heads then each head. */
 export function registerFigure(image: Canvas, a: TokenAnalysis, opts: FigureOptions = {}): Canvas {
   if (!a.cls) throw new Error('registerFigure: the analysis has no attention (forward with attention: "last")');
   if (a.registers.length === 0) throw new Error('registerFigure: the model has no register tokens');
-  return mapGrid(image, a.grid, a.registers.map((r) => [{ label: `REG ${r.index} MEAN`, map: r.map }, ...r.heads.map((m, h) => ({ label: `HEAD ${h}`, map: m }))]), opts);
+  return mapGrid(
+    image,
+    a.grid,
+    a.registers.map((r) => [{ label: `REG ${r.index} MEAN`, map: r.map }, ...r.heads.map((m, h) => ({ label: `HEAD ${h}`, map: m }))]),
+    opts,
+  );
 }
 
 /** The input next to its PCA colour map (per-patch colours from `pcaColors`, upsampled by nearest). */
@@ -96,7 +117,14 @@ export function pcaFigure(image: Canvas, grid: [number, number], colors: Uint8Ar
   const [rows, cols] = grid;
   if (colors.length !== rows * cols * 3) throw new Error(`pcaFigure: ${colors.length} bytes are not ${rows}x${cols} RGB colours`);
   const map = new Canvas(image.width, image.height, BLACK);
-  const idx = upsampleMap(Float32Array.from({ length: rows * cols }, (_, i) => i), rows, cols, image.height, image.width, 'nearest');
+  const idx = upsampleMap(
+    Float32Array.from({ length: rows * cols }, (_, i) => i),
+    rows,
+    cols,
+    image.height,
+    image.width,
+    'nearest',
+  );
   for (let i = 0; i < idx.length; i++) for (let k = 0; k < 3; k++) map.data[i * 3 + k] = colors[idx[i] * 3 + k];
   return hstack([titled(image, 'INPUT'), titled(map, 'PCA (RGB = PC 1-3)')]);
 }

@@ -12,7 +12,14 @@ import { applyColormap, colormap, type ColormapName } from './colormap.js';
 export type Interpolation = 'nearest' | 'bilinear';
 
 /** Resize a row-major [rows, cols] map to [height, width]. */
-export function upsampleMap(map: ArrayLike<number>, rows: number, cols: number, height: number, width: number, mode: Interpolation = 'nearest'): Float32Array {
+export function upsampleMap(
+  map: ArrayLike<number>,
+  rows: number,
+  cols: number,
+  height: number,
+  width: number,
+  mode: Interpolation = 'nearest',
+): Float32Array {
   if (map.length !== rows * cols) throw new Error(`upsampleMap: ${map.length} values do not fill a ${rows}x${cols} grid`);
   const out = new Float32Array(height * width);
   for (let y = 0; y < height; y++) {

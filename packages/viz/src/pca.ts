@@ -52,7 +52,12 @@ function orthonormalise(v: Float64Array[]): void {
 }
 
 /** Fit the top-k principal components of the rows of `blocks` (each [n_i x dim]). */
-export function fitPca(blocks: ArrayLike<number>[], dim: number, k = 3, opts: { masks?: (Uint8Array | null)[]; iterations?: number } = {}): Pca {
+export function fitPca(
+  blocks: ArrayLike<number>[],
+  dim: number,
+  k = 3,
+  opts: { masks?: (Uint8Array | null)[]; iterations?: number } = {},
+): Pca {
   const rows: Rows = { blocks, masks: opts.masks, dim };
   for (const b of blocks) if (b.length % dim !== 0) throw new Error(`fitPca: a block of ${b.length} values is not rows of ${dim}`);
   const mean = new Float64Array(dim);
@@ -66,7 +71,9 @@ export function fitPca(blocks: ArrayLike<number>[], dim: number, k = 3, opts: { 
   k = Math.min(k, dim);
   // Deterministic start: a fixed pseudo-random basis.
   let seed = 12345;
-  const v = Array.from({ length: k }, () => Float64Array.from({ length: dim }, () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32) - 0.5));
+  const v = Array.from({ length: k }, () =>
+    Float64Array.from({ length: dim }, () => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32 - 0.5),
+  );
   orthonormalise(v);
   const proj = new Float64Array(k);
   let variances = new Array(k).fill(0);

@@ -7,7 +7,12 @@ import { formatNumber } from './heatmap.js';
 
 /** Distinct line colours (matplotlib's tab10 order). */
 export const SERIES_COLORS: Rgb[] = [
-  [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75],
+  [31, 119, 180],
+  [255, 127, 14],
+  [44, 160, 44],
+  [214, 39, 40],
+  [148, 103, 189],
+  [140, 86, 75],
 ];
 
 /** About `count` "nice" tick values (1, 2, 5 x 10^k steps) covering [lo, hi]. */

@@ -84,7 +84,15 @@ export function reportNumbers(a: TokenAnalysis): Record<string, string | number 
   };
 }
 
-const SUMMARY_KEYS = ['outliers', 'outlier %', 'threshold', 'mode ratio (high/low)', 'max norm', 'first outlier layer', 'CLS attention on outliers %'];
+const SUMMARY_KEYS = [
+  'outliers',
+  'outlier %',
+  'threshold',
+  'mode ratio (high/low)',
+  'max norm',
+  'first outlier layer',
+  'CLS attention on outliers %',
+];
 
 const CSS = `
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; }
@@ -100,7 +108,13 @@ figure { margin: 8px 0; } figcaption { font-size: 12px; color: #555; } img { max
 export function renderReport(r: ReportInput): string {
   const e = escapeHtml;
   const out: string[] = [];
-  out.push('<!DOCTYPE html>', '<html lang="en"><head><meta charset="utf-8">', `<title>${e(r.title)}</title>`, `<style>${CSS}</style>`, '</head><body>');
+  out.push(
+    '<!DOCTYPE html>',
+    '<html lang="en"><head><meta charset="utf-8">',
+    `<title>${e(r.title)}</title>`,
+    `<style>${CSS}</style>`,
+    '</head><body>',
+  );
   out.push(`<h1>${e(r.title)}</h1>`);
   for (const m of r.models) out.push(`<p><b>Model ${e(m.label)}</b>: ${e(m.weights)}${m.description ? ` – ${e(m.description)}` : ''}</p>`);
   for (const n of r.notes ?? []) out.push(`<p>${e(n)}</p>`);
@@ -122,7 +136,9 @@ export function renderReport(r: ReportInput): string {
 
   for (const img of r.images) {
     out.push(`<h2 id="${e(encodeURIComponent(img.name))}">${e(img.name)}</h2>`, `<p>${e(img.source)}</p>`);
-    out.push(`<figure><img src="${e(href(img.input))}" alt="input ${e(img.name)}"><figcaption>input as the model saw it</figcaption></figure>`);
+    out.push(
+      `<figure><img src="${e(href(img.input))}" alt="input ${e(img.name)}"><figcaption>input as the model saw it</figcaption></figure>`,
+    );
     out.push('<div class="models">');
     img.results.forEach((res, k) => {
       out.push(`<div class="model"><h3>model ${e(r.models[k]?.label ?? String(k))}</h3><table>`);

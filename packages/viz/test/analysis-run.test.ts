@@ -30,7 +30,10 @@ test('two models on a tensor and image files: figures, stats, summary, report; a
       ...tensorInputs(batch, { file: 'x.safetensors', name: 'images' }),
       ...imageFileInputs([join(dir, 'shape.png'), join(dir, 'broken.png')], transform),
     ];
-    assert.deepEqual(inputs.map((i) => i.name), ['images-0', 'images-1', 'shape', 'broken']);
+    assert.deepEqual(
+      inputs.map((i) => i.name),
+      ['images-0', 'images-1', 'shape', 'broken'],
+    );
     assert.equal(inputs[1].source, 'x.safetensors:images[1]');
     const out = join(dir, 'out');
     const models = [
@@ -39,7 +42,10 @@ test('two models on a tensor and image files: figures, stats, summary, report; a
     ];
     const r = await analyzeImages(models, inputs, out, { transform, settings: { note: 1 }, progress: false });
     assert.equal(r.images, 3);
-    assert.deepEqual(r.failed.map((f) => f.path), [join(dir, 'broken.png')]);
+    assert.deepEqual(
+      r.failed.map((f) => f.path),
+      [join(dir, 'broken.png')],
+    );
     for (const name of ['images-0', 'images-1', 'shape']) {
       assert.ok(existsSync(join(out, name, 'input.png')));
       for (const sub of ['', 'b']) {
@@ -54,9 +60,16 @@ test('two models on a tensor and image files: figures, stats, summary, report; a
     const summary = JSON.parse(await readFile(r.summary, 'utf8'));
     assert.deepEqual(summary.settings, { note: 1, threshold: 'auto', source: 'postnorm', transform, pcaForeground: null });
     const engines = summary.models.map((m: { label: string; engine: string }) => [m.label, m.engine]);
-    assert.deepEqual(engines, [['A', 'tfjs wasm'], ['B', 'tfjs wasm']]);
+    assert.deepEqual(engines, [
+      ['A', 'tfjs wasm'],
+      ['B', 'tfjs wasm'],
+    ]);
     const perImage = summary.images.map((i: { name: string; models: unknown[] }) => [i.name, i.models.length]);
-    assert.deepEqual(perImage, [['images-0', 2], ['images-1', 2], ['shape', 2]]);
+    assert.deepEqual(perImage, [
+      ['images-0', 2],
+      ['images-1', 2],
+      ['shape', 2],
+    ]);
     assert.equal(summary.failed.length, 1);
     const html = await readFile(r.report, 'utf8');
     const links = [...html.matchAll(/src="([^"]+)"/g)].map((m) => decodeURIComponent(m[1]));

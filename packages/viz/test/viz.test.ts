@@ -5,7 +5,30 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { analyzeTokens, type TokenData } from '@vitreg/registers';
-import { applyColormap, attentionFigure, Canvas, canvasToPng, colormap, fitPca, histogramPlot, imageFromNormalized, layerFigure, linePlot, niceTicks, normFigure, normHistogram, pcaColors, pcaFigure, projectPca, registerFigure, renderReport, reportNumbers, savePng, textWidth, upsampleMap } from '../src/index.js';
+import {
+  applyColormap,
+  attentionFigure,
+  Canvas,
+  canvasToPng,
+  colormap,
+  fitPca,
+  histogramPlot,
+  imageFromNormalized,
+  layerFigure,
+  linePlot,
+  niceTicks,
+  normFigure,
+  normHistogram,
+  pcaColors,
+  pcaFigure,
+  projectPca,
+  registerFigure,
+  renderReport,
+  reportNumbers,
+  savePng,
+  textWidth,
+  upsampleMap,
+} from '../src/index.js';
 import { escapeHtml } from '../src/report.js';
 
 /** Decode a PNG and check its size and that it is not one flat colour. */
@@ -60,7 +83,17 @@ test('canvas: text, lines and rectangles draw where asked', () => {
 });
 
 test('plots render as non-trivial PNGs', async () => {
-  const lp = linePlot({ series: [{ label: 'A', values: [1, 10, 100, null, 50] }, { label: 'B', values: [2, 3, 4, 5, 6] }], logY: true, title: 'T', xLabel: 'BLOCK', yLabel: 'NORM', hline: { value: 20, label: 'T=20' } });
+  const lp = linePlot({
+    series: [
+      { label: 'A', values: [1, 10, 100, null, 50] },
+      { label: 'B', values: [2, 3, 4, 5, 6] },
+    ],
+    logY: true,
+    title: 'T',
+    xLabel: 'BLOCK',
+    yLabel: 'NORM',
+    hline: { value: 20, label: 'T=20' },
+  });
   await checkPng(await canvasToPng(lp), 480, 320, 'line plot');
   const hist = histogramPlot({ values: [1, 2, 2, 3, 3, 3, 100, 120], threshold: 50, width: 300, height: 200 });
   await checkPng(await canvasToPng(hist), 300, 200, 'histogram');
@@ -74,7 +107,7 @@ test('fitPca recovers planted directions; joint fit gives comparable colours', (
   // Rows = a * e0 * 10 + b * e1 * 3 + c * e2 + small noise, dim 6.
   const dim = 6;
   let s = 1;
-  const rnd = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32) - 0.5;
+  const rnd = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32 - 0.5;
   const make = (n: number) => {
     const b = new Float32Array(n * dim);
     for (let r = 0; r < n; r++) {
@@ -92,7 +125,12 @@ test('fitPca recovers planted directions; joint fit gives comparable colours', (
   const axes = pca.components.map((c) => Array.from(c).findIndex((v) => Math.abs(v) > 0.99));
   assert.deepEqual(axes, [1, 3, 4]);
   assert.ok(pca.variances[0] > pca.variances[1] && pca.variances[1] > pca.variances[2]);
-  close(pca.mean[1], (Array.from({ length: 100 }, (_, r) => x1[r * dim + 1]).reduce((a, b) => a + b) + Array.from({ length: 80 }, (_, r) => x2[r * dim + 1]).reduce((a, b) => a + b)) / 180);
+  close(
+    pca.mean[1],
+    (Array.from({ length: 100 }, (_, r) => x1[r * dim + 1]).reduce((a, b) => a + b) +
+      Array.from({ length: 80 }, (_, r) => x2[r * dim + 1]).reduce((a, b) => a + b)) /
+      180,
+  );
   const proj = projectPca(pca, x1);
   close(proj[0], (x1[1] - pca.mean[1]) * pca.components[0][1], 1e-2);
   const colours = pcaColors([x1, x2], dim);
@@ -190,8 +228,21 @@ test('analysis figures and the report', async () => {
     assert.match(String(numbers['outlier rule']), /high\/low mode ratio >= 3/);
     const html = renderReport({
       title: 'Analysis <test>',
-      models: [{ label: 'A', weights: 'a.safetensors' }, { label: 'B', weights: 'b & c.safetensors' }],
-      images: [{ name: 'cat 1', source: '/x/cat 1.png', input: 'cat 1/input.png', results: [{ figures: { 'norm map': 'cat 1/norms.png' }, numbers }, { figures: { 'norm map': 'cat 1/b/norms.png' }, numbers }] }],
+      models: [
+        { label: 'A', weights: 'a.safetensors' },
+        { label: 'B', weights: 'b & c.safetensors' },
+      ],
+      images: [
+        {
+          name: 'cat 1',
+          source: '/x/cat 1.png',
+          input: 'cat 1/input.png',
+          results: [
+            { figures: { 'norm map': 'cat 1/norms.png' }, numbers },
+            { figures: { 'norm map': 'cat 1/b/norms.png' }, numbers },
+          ],
+        },
+      ],
       failed: [{ path: 'bad.png', error: 'unsupported image format' }],
     });
     assert.match(html, /<title>Analysis &lt;test&gt;<\/title>/);

@@ -14,7 +14,15 @@ import type { Encoder } from '@vitreg/registers';
 import { analyzeImages, imageFileInputs, tensorInputs, type AnalysisInput } from '@vitreg/viz';
 import { choiceFlag, CliError, inputAsCliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
 import {
-  BACKEND_FLAGS, configFlag, ENGINE_FLAGS, engineUsage, engineFlags, imageFiles, loadEncoder, readTensorBatch, startBackend,
+  BACKEND_FLAGS,
+  configFlag,
+  ENGINE_FLAGS,
+  engineUsage,
+  engineFlags,
+  imageFiles,
+  loadEncoder,
+  readTensorBatch,
+  startBackend,
 } from '../inputs.js';
 import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrUsage } from '../ttr.js';
 
@@ -80,7 +88,7 @@ export const analyze: Command = {
     });
     if (!values.weights) throw new CliError('--weights FILE is required (see vitreg analyze --help)');
     if (!values.out) throw new CliError('--out DIR is required');
-    if ((positionals.length > 0) === (values.tensor !== undefined)) {
+    if (positionals.length > 0 === (values.tensor !== undefined)) {
       throw new CliError('give either image files / folders / globs, or --tensor FILE.safetensors[:NAME] (not both)');
     }
     if (values.tensor !== undefined && (values.size !== undefined || values['keep-aspect'])) {
@@ -105,11 +113,17 @@ export const analyze: Command = {
     const weights = kinds.map((kind) => (kind === 'B' ? values['weights-b']! : values.weights!));
     const models: Encoder[] = [];
     for (const [k, w] of weights.entries()) {
-      models.push(kinds[k] === 'A+TTR' ? await ttrEncoder(ttr!, models[0]) : await loadEncoder(w, { model: values.model, config }, engine, kinds[k] === 'B' ? 'weights-b' : 'weights'));
+      models.push(
+        kinds[k] === 'A+TTR'
+          ? await ttrEncoder(ttr!, models[0])
+          : await loadEncoder(w, { model: values.model, config }, engine, kinds[k] === 'B' ? 'weights-b' : 'weights'),
+      );
     }
     const patch = models[0].config.patch_size;
     if (models.some((m) => m.config.patch_size !== patch)) {
-      throw new CliError(`--weights-b: patch size ${models[models.length - 1].config.patch_size} differs from model A's ${patch}; A/B needs the same input grid`);
+      throw new CliError(
+        `--weights-b: patch size ${models[models.length - 1].config.patch_size} differs from model A's ${patch}; A/B needs the same input grid`,
+      );
     }
     let transform: ImageTransform;
     if (values['keep-aspect']) transform = { kind: 'keep-aspect', patchSize: patch, maxSide: values.size === undefined ? undefined : size };
@@ -132,7 +146,10 @@ export const analyze: Command = {
         inputs,
         out,
         {
-          threshold, source, pcaForeground: foreground, transform: values.tensor !== undefined ? 'tensor as is' : transform,
+          threshold,
+          source,
+          pcaForeground: foreground,
+          transform: values.tensor !== undefined ? 'tensor as is' : transform,
           settings: ttr ? { testTimeRegisters: ttr.path, ttrTopK: ttr.topK ?? null } : {},
         },
       );
@@ -143,7 +160,9 @@ export const analyze: Command = {
     for (const m of models) await m.dispose();
     log(`wrote ${join(out, 'report.html')} (${done} image${done === 1 ? '' : 's'})`);
     if (failed.length > 0) {
-      process.stderr.write(`vitreg analyze: skipped ${failed.length} unreadable input${failed.length === 1 ? '' : 's'}: ${failed.map((f) => `${f.path} (${f.error})`).join('; ')}\n`);
+      process.stderr.write(
+        `vitreg analyze: skipped ${failed.length} unreadable input${failed.length === 1 ? '' : 's'}: ${failed.map((f) => `${f.path} (${f.error})`).join('; ')}\n`,
+      );
       return 1;
     }
     return 0;

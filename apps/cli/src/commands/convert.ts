@@ -45,7 +45,8 @@ export const convert: Command = {
     const [input] = positionals;
     if (!existsSync(input)) throw new CliError(`${input} does not exist`);
     const to = values.to === undefined ? undefined : choiceFlag('to', values.to, NAMINGS, 'dinov2');
-    const dtype = choiceFlag('dtype', values.dtype?.toLowerCase(), ['f32', 'f16', 'bf16'] as const, 'f32').toUpperCase() as 'F32' | 'F16' | 'BF16';
+    const dtype = choiceFlag('dtype', values.dtype?.toLowerCase(), ['f32', 'f16', 'bf16'] as const, 'f32').toUpperCase() as
+      'F32' | 'F16' | 'BF16';
     if (!values.out) throw new CliError('--out OUT.safetensors is required');
     if (!values.out.endsWith('.safetensors')) throw new CliError(`--out: expected a .safetensors path, got ${values.out}`);
     let loaded;
@@ -62,6 +63,8 @@ export const convert: Command = {
       throw new CliError(`--to ${naming}: ${(err as Error).message}`);
     }
     await writeSafetensors(values.out, encoded.tensors, encoded.metadata);
-    process.stderr.write(`${input} (${loaded.naming}) -> ${values.out} (${naming}, ${dtype}, ${Object.keys(encoded.tensors).length} tensors)\n`);
+    process.stderr.write(
+      `${input} (${loaded.naming}) -> ${values.out} (${naming}, ${dtype}, ${Object.keys(encoded.tensors).length} tensors)\n`,
+    );
   },
 };

@@ -77,7 +77,16 @@ export const demo: Command = {
       const configPath = join(runDir, 'demo-config.json');
       await writeFileAtomic(configPath, JSON.stringify(config, null, 2) + '\n');
       const job = await runLocalJob({
-        nodes: 2, outDir: runDir, trainArgs: ['--config', configPath, '--resume', '--backend', values.backend ?? 'auto', ...(values.gpu === undefined ? [] : ['--gpu', values.gpu])],
+        nodes: 2,
+        outDir: runDir,
+        trainArgs: [
+          '--config',
+          configPath,
+          '--resume',
+          '--backend',
+          values.backend ?? 'auto',
+          ...(values.gpu === undefined ? [] : ['--gpu', values.gpu]),
+        ],
       });
       const result = job.result as { checkpoint?: string; num_classes?: number; val_accuracy?: number } | undefined;
       if (!job.finished || !result?.checkpoint) {
@@ -95,15 +104,42 @@ export const demo: Command = {
     const data = new SyntheticDataset({ seed: 1, count: images, size: 64, split: 'val' });
     for (let i = 0; i < images; i++) {
       const item = await data.get(i);
-      await writeFileAtomic(join(dir, `shape-${i}-${data.classNames[item.label]}.png`), await encodePng(item.image, item.width, item.height));
+      await writeFileAtomic(
+        join(dir, `shape-${i}-${data.classNames[item.label]}.png`),
+        await encodePng(item.image, item.width, item.height),
+      );
     }
 
     process.stderr.write('demo: analysing both models\n');
-    await runCommand('analyze', analyze, [dir, '--weights', weights[0], '--weights-b', weights[1], '--size', '64', '--out', join(out, 'analysis')]);
+    await runCommand('analyze', analyze, [
+      dir,
+      '--weights',
+      weights[0],
+      '--weights-b',
+      weights[1],
+      '--size',
+      '64',
+      '--out',
+      join(out, 'analysis'),
+    ]);
     process.stderr.write('demo: LOST object discovery\n');
     await runCommand('discover', discover, [
-      '--weights', weights[0], '--weights', weights[1], '--data', 'synthetic', '--count', String(4 * images),
-      '--synthetic-size', '64', '--size', '64', '--seed', '1', '--out', join(out, 'discover'),
+      '--weights',
+      weights[0],
+      '--weights',
+      weights[1],
+      '--data',
+      'synthetic',
+      '--count',
+      String(4 * images),
+      '--synthetic-size',
+      '64',
+      '--size',
+      '64',
+      '--seed',
+      '1',
+      '--out',
+      join(out, 'discover'),
     ]);
 
     const analysis = JSON.parse(await readFile(join(out, 'analysis', 'summary.json'), 'utf8'));
@@ -123,9 +159,13 @@ export const demo: Command = {
     const pct = (x: unknown) => (typeof x === 'number' ? `${(100 * x).toFixed(1)}%` : 'n/a');
     process.stdout.write('\nregisters  val accuracy  outlier patches  LOST CorLoc\n');
     for (const r of rows) {
-      process.stdout.write(`${String(r.registers).padStart(9)}  ${pct(r.val_accuracy).padStart(12)}  ${pct(r.outlier_fraction).padStart(15)}  ${pct(r.corloc).padStart(11)}\n`);
+      process.stdout.write(
+        `${String(r.registers).padStart(9)}  ${pct(r.val_accuracy).padStart(12)}  ${pct(r.outlier_fraction).padStart(15)}  ${pct(r.corloc).padStart(11)}\n`,
+      );
     }
-    process.stdout.write(`\n(chance accuracy ${pct(1 / data.numClasses)}; at this toy scale these numbers are noise: the paper's\n` +
-      ` artifacts grow in large ViTs after long training)\nreport: ${join(out, 'analysis', 'report.html')}\n`);
+    process.stdout.write(
+      `\n(chance accuracy ${pct(1 / data.numClasses)}; at this toy scale these numbers are noise: the paper's\n` +
+        ` artifacts grow in large ViTs after long training)\nreport: ${join(out, 'analysis', 'report.html')}\n`,
+    );
   },
 };

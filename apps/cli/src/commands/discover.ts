@@ -8,11 +8,26 @@ import { existsSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { BACKEND_NAMES, checkpointNames, CocoDataset, listImageFiles, SettingsMismatchError, VocDataset, type Dataset } from '@vitreg/core';
 import {
-  datasetSource, fileSource, runDiscovery, tensorSource, writeSweep, type DiscoverSource, type DiscoveryRunOptions, type InputGeometry,
+  datasetSource,
+  fileSource,
+  runDiscovery,
+  tensorSource,
+  writeSweep,
+  type DiscoverSource,
+  type DiscoveryRunOptions,
+  type InputGeometry,
 } from '@vitreg/probe';
 import { choiceFlag, CliError, inputAsCliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
 import {
-  BACKEND_FLAGS, configFlag, ENGINE_FLAGS, engineUsage, engineFlags, loadEncoder, readTensorBatch, startBackend, SYNTHETIC_FLAGS,
+  BACKEND_FLAGS,
+  configFlag,
+  ENGINE_FLAGS,
+  engineUsage,
+  engineFlags,
+  loadEncoder,
+  readTensorBatch,
+  startBackend,
+  SYNTHETIC_FLAGS,
   syntheticDataset,
 } from '../inputs.js';
 import type { Encoder } from '@vitreg/registers';
@@ -21,7 +36,10 @@ import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrUsage } from '../ttr.js'
 // ---------------------------------------------------------------------------------------------
 // Inputs of discover
 
-async function openDataset(data: string, values: { split?: string; images?: string; count?: string; 'synthetic-size'?: string; seed?: string }): Promise<Dataset> {
+async function openDataset(
+  data: string,
+  values: { split?: string; images?: string; count?: string; 'synthetic-size'?: string; seed?: string },
+): Promise<Dataset> {
   if (data === 'synthetic') return syntheticDataset(values, 'train', 100);
   if (!existsSync(data)) throw new CliError(`--data: ${data} does not exist`);
   try {
@@ -147,30 +165,42 @@ export const discover: Command = {
     const kPatches = intFlag('k-patches', values['k-patches'], 100);
     const batchSize = intFlag('batch-size', values['batch-size'], 1);
     if (values.size !== undefined && values['max-side'] !== undefined) throw new CliError('--size and --max-side exclude each other');
-    const geometry: InputGeometry = values.size !== undefined
-      ? { kind: 'square', size: intFlag('size', values.size, 224) }
-      : values['max-side'] !== undefined ? { kind: 'native', maxSide: intFlag('max-side', values['max-side'], 0) } : { kind: 'native' };
+    const geometry: InputGeometry =
+      values.size !== undefined
+        ? { kind: 'square', size: intFlag('size', values.size, 224) }
+        : values['max-side'] !== undefined
+          ? { kind: 'native', maxSide: intFlag('max-side', values['max-side'], 0) }
+          : { kind: 'native' };
     const config = configFlag(values.config);
     const ttr = ttrFlags(values);
     const engine = ttrEngine(engineFlags(values), ttr, weights, { onnx: true });
     await startBackend(values.backend, values.gpu);
-    const source = values.tensor !== undefined
-      ? await tensorInput(values.tensor, geometry)
-      : positionals.length > 0
-        ? await imageSource(positionals, geometry)
-        : datasetSource(await openDataset(values.data!, values), geometry);
+    const source =
+      values.tensor !== undefined
+        ? await tensorInput(values.tensor, geometry)
+        : positionals.length > 0
+          ? await imageSource(positionals, geometry)
+          : datasetSource(await openDataset(values.data!, values), geometry);
     if (source.names.length === 0) throw new CliError('no images to process');
     const rows: Record<string, string | number | null>[] = [];
     const dirs = checkpointNames(weights);
     for (const [i, w] of weights.entries()) {
-      const model = ttr ? await ttrEncoder(ttr, { weights: w, model: values.model, config, engine }) : await loadEncoder(w, { model: values.model, config }, engine);
+      const model = ttr
+        ? await ttrEncoder(ttr, { weights: w, model: values.model, config, engine })
+        : await loadEncoder(w, { model: values.model, config }, engine);
       try {
         if (geometry.kind === 'square' && geometry.size % model.config.patch_size !== 0) {
           throw new CliError(`--size ${geometry.size} is not a multiple of the patch size ${model.config.patch_size}`);
         }
         const out = weights.length > 1 ? join(values.out, dirs[i]) : values.out;
         const c = await discoverInto(model, source, out, { weights: w, features, kPatches, batchSize, pictures: values.pictures === true });
-        rows.push({ checkpoint: w, registers: model.config.num_register_tokens, corloc: c?.corloc ?? null, hits: c?.hits ?? null, images: source.names.length });
+        rows.push({
+          checkpoint: w,
+          registers: model.config.num_register_tokens,
+          corloc: c?.corloc ?? null,
+          hits: c?.hits ?? null,
+          images: source.names.length,
+        });
         if (c) process.stderr.write(`${w}: CorLoc ${(100 * c.corloc).toFixed(2)}% (${c.hits}/${c.images})\n`);
       } finally {
         await model.dispose();

@@ -49,10 +49,14 @@ export function parseSize(value: string | undefined): [number, number] {
 /** --outputs: names from ONNX_OUTPUTS, comma-separated. */
 export function parseOutputs(value: string | undefined): OnnxOutput[] | undefined {
   if (value === undefined) return undefined;
-  const names = value.split(',').map((s) => s.trim()).filter(Boolean);
+  const names = value
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   if (names.length === 0) throw new CliError('--outputs: expected a comma-separated list of output names');
   for (const n of names) {
-    if (!(ONNX_OUTPUTS as readonly string[]).includes(n)) throw new CliError(`--outputs: unknown output "${n}"; expected some of ${ONNX_OUTPUTS.join(', ')}`);
+    if (!(ONNX_OUTPUTS as readonly string[]).includes(n))
+      throw new CliError(`--outputs: unknown output "${n}"; expected some of ${ONNX_OUTPUTS.join(', ')}`);
   }
   return names as OnnxOutput[];
 }

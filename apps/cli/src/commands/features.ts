@@ -9,8 +9,19 @@ import { imageFileBatches, type ImageFileBatch } from '@vitreg/core';
 import { writeFeatureFile, type ImageBatch } from '@vitreg/registers';
 import { choiceFlag, CliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
 import {
-  BACKEND_FLAGS, configFlag, ENGINE_FLAGS, engineUsage, engineFlags, IMAGE_FLAGS, imageFiles, imageTransform, loadEncoder, MODEL_FLAGS, readTensorBatch,
-  resolveEngine, startBackend,
+  BACKEND_FLAGS,
+  configFlag,
+  ENGINE_FLAGS,
+  engineUsage,
+  engineFlags,
+  IMAGE_FLAGS,
+  imageFiles,
+  imageTransform,
+  loadEncoder,
+  MODEL_FLAGS,
+  readTensorBatch,
+  resolveEngine,
+  startBackend,
 } from '../inputs.js';
 import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrUsage } from '../ttr.js';
 
@@ -67,7 +78,8 @@ export const features: Command = {
     if (!values.out) throw new CliError('--out OUT.safetensors is required');
     if (!values.out.endsWith('.safetensors')) throw new CliError(`--out: expected a .safetensors path, got ${values.out}`);
     if (values.tensor !== undefined && positionals.length > 0) throw new CliError('give images or --tensor, not both');
-    if (values.tensor === undefined && positionals.length === 0) throw new CliError('no input: give IMAGE... or --tensor FILE.safetensors[:NAME]');
+    if (values.tensor === undefined && positionals.length === 0)
+      throw new CliError('no input: give IMAGE... or --tensor FILE.safetensors[:NAME]');
     const attention = choiceFlag('attention', values.attention, ['none', 'last', 'all'] as const, 'none');
     const layers = choiceFlag('layers', values.layers, ['none', 'all'] as const, 'none') === 'all';
     const batchSize = intFlag('batch-size', values['batch-size'], 8);
@@ -120,7 +132,9 @@ export const features: Command = {
     let grid: [number, number];
     try {
       ({ grid } = await writeFeatureFile(model, batches(), resolve(values.out), {
-        count, attention, layers,
+        count,
+        attention,
+        layers,
         metadata: (g) => ({
           vitreg_images: JSON.stringify(labels),
           vitreg_grid: JSON.stringify(g),

@@ -7,14 +7,35 @@ import { existsSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { BACKEND_NAMES, checkpointNames, ensureDir, SettingsMismatchError } from '@vitreg/core';
 import {
-  ALL_PROBE_TASKS, isDenseTask, openDenseSource, openProbeSource, runProbeTask, SWEEP_PLOT_METRICS, sweepColumns, TOKEN_CHOICES, writeSweep,
-  type AnyProbeTask, type DataPart, type DenseProbeReport, type DensePart, type ProbeModel, type ProbeReport, type ProbeTaskResult,
+  ALL_PROBE_TASKS,
+  isDenseTask,
+  openDenseSource,
+  openProbeSource,
+  runProbeTask,
+  SWEEP_PLOT_METRICS,
+  sweepColumns,
+  TOKEN_CHOICES,
+  writeSweep,
+  type AnyProbeTask,
+  type DataPart,
+  type DenseProbeReport,
+  type DensePart,
+  type ProbeModel,
+  type ProbeReport,
+  type ProbeTaskResult,
 } from '@vitreg/probe';
 import { TfjsEncoder, withTestTimeRegisters, type Encoder } from '@vitreg/registers';
 import { choiceFlag, CliError, inputAsCliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
 import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrNeurons, ttrUsage } from '../ttr.js';
 import {
-  BACKEND_FLAGS, configFlag, ENGINE_FLAGS, engineFlags, engineUsage, loadEncoder, startBackend, SYNTHETIC_FLAGS,
+  BACKEND_FLAGS,
+  configFlag,
+  ENGINE_FLAGS,
+  engineFlags,
+  engineUsage,
+  loadEncoder,
+  startBackend,
+  SYNTHETIC_FLAGS,
 } from '../inputs.js';
 
 const USAGE = `
@@ -131,7 +152,8 @@ function dataSources(values: string[], tasks: AnyProbeTask[]): Map<AnyProbeTask,
     if (src === undefined) throw new CliError(`--data: no data for task ${t}; give --data ${t}=SRC or one --data SRC for every task`);
     out.set(t, src);
   }
-  for (const k of named.keys()) if (!tasks.includes(k as AnyProbeTask)) throw new CliError(`--data ${k}=...: task ${k} is not in --task ${tasks.join(',')}`);
+  for (const k of named.keys())
+    if (!tasks.includes(k as AnyProbeTask)) throw new CliError(`--data ${k}=...: task ${k} is not in --task ${tasks.join(',')}`);
   return out;
 }
 
@@ -198,7 +220,12 @@ export const probe: Command = {
     if (!values.out) throw new CliError('--out DIR is required (see vitreg probe --help)');
     const tasks = parseTasks(values.task);
     const tokenTasks = tasks.filter((t) => !isDenseTask(t));
-    const token = choiceFlag('token', values.token, TOKEN_CHOICES, tokenTasks.includes('class') || tokenTasks.length === 0 ? 'cls' : 'normal');
+    const token = choiceFlag(
+      'token',
+      values.token,
+      TOKEN_CHOICES,
+      tokenTasks.includes('class') || tokenTasks.length === 0 ? 'cls' : 'normal',
+    );
     for (const t of tokenTasks) {
       if (t !== 'class' && token !== 'normal' && token !== 'outlier') {
         throw new CliError(`--token: task ${t} reads one patch token, expected normal or outlier, got ${token}`);
@@ -253,7 +280,8 @@ export const probe: Command = {
       let ttrOnnx: Encoder | undefined;
       let model: ProbeModel;
       try {
-        if (encoder instanceof TfjsEncoder) model = ttr ? withTestTimeRegisters(encoder.model, await ttrNeurons(ttr, encoder.model)) : encoder.model;
+        if (encoder instanceof TfjsEncoder)
+          model = ttr ? withTestTimeRegisters(encoder.model, await ttrNeurons(ttr, encoder.model)) : encoder.model;
         else model = ttr ? (ttrOnnx = await ttrEncoder(ttr, encoder)) : encoder;
       } catch (err) {
         await encoder.dispose();
@@ -268,8 +296,15 @@ export const probe: Command = {
           const file = join(out, tasks.length === 1 ? 'results.json' : `results-${task}.json`);
           const { train, test } = parts.get(task)!;
           const settings: Record<string, unknown> = {
-            weights: resolve(w), model: values.model ?? null, config: config ?? null, task, data: sources.get(task),
-            size: opts.size, seed: opts.seed, count: values.count ?? null, testCount: values['test-count'] ?? null,
+            weights: resolve(w),
+            model: values.model ?? null,
+            config: config ?? null,
+            task,
+            data: sources.get(task),
+            size: opts.size,
+            seed: opts.seed,
+            count: values.count ?? null,
+            testCount: values['test-count'] ?? null,
             syntheticSize: countFlags.syntheticSize,
             ...(ttr ? { testTimeRegisters: resolve(ttr.path), ttrTopK: ttr.topK ?? null } : {}),
           };

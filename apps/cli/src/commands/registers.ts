@@ -10,7 +10,15 @@ import { imageFileBatches, log, type ImageTransform } from '@vitreg/core';
 import { findRegisterNeurons, saveTestTimeRegisters, testTimeRegistersFile, TTR_PRESETS } from '@vitreg/registers';
 import { CliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
 import {
-  BACKEND_FLAGS, configFlag, IMAGE_FLAGS, imageFiles, imageTransform, loadModel, MODEL_FLAGS, readTensorBatch, startBackend,
+  BACKEND_FLAGS,
+  configFlag,
+  IMAGE_FLAGS,
+  imageFiles,
+  imageTransform,
+  loadModel,
+  MODEL_FLAGS,
+  readTensorBatch,
+  startBackend,
 } from '../inputs.js';
 
 const FIND_USAGE = `
@@ -31,7 +39,9 @@ selection, the settings and the model's fingerprint (it refuses to apply to anot
   --weights FILE      .safetensors or .pth (DINOv2, timm, HF, DINO, DeiT-III or CLIP names; OpenAI
                       CLIP: --model clip_vitb16 or --config '{"act_layer":"quick_gelu"}'); --model NAME
                       a named config, --config JSON|FILE.json config fields over the inferred ones
-  --preset NAME       the reference's settings: ${Object.entries(TTR_PRESETS).map(([k, v]) => `${k} (L ${v.layer}, N ${v.threshold}, H ${v.highestLayer}, K ${v.topK})`).join(',\n                      ')};
+  --preset NAME       the reference's settings: ${Object.entries(TTR_PRESETS)
+    .map(([k, v]) => `${k} (L ${v.layer}, N ${v.threshold}, H ${v.highestLayer}, K ${v.topK})`)
+    .join(',\n                      ')};
                       flags given override it
   --layer L           block whose output decides the outliers, negative from the end (default -1)
   --threshold T       auto (default: vitreg's bimodality rule on each image's token norms) or a
@@ -90,7 +100,8 @@ async function find(argv: string[]): Promise<number> {
   }
   if (!values.out) throw new CliError('--out neurons.json is required');
   if (!values.out.endsWith('.json')) throw new CliError(`--out: expected a .json path, got ${values.out}`);
-  if ((positionals.length > 0) === (values.tensor !== undefined)) throw new CliError('give either IMAGE... or --tensor FILE.safetensors[:NAME] (not both)');
+  if (positionals.length > 0 === (values.tensor !== undefined))
+    throw new CliError('give either IMAGE... or --tensor FILE.safetensors[:NAME] (not both)');
   let preset: (typeof TTR_PRESETS)[string] | undefined;
   if (values.preset !== undefined) {
     preset = TTR_PRESETS[values.preset];
@@ -103,7 +114,7 @@ async function find(argv: string[]): Promise<number> {
   };
   const layer = signedInt('layer', values.layer) ?? preset?.layer ?? -1;
   const highestLayer = signedInt('highest-layer', values['highest-layer']) ?? preset?.highestLayer ?? -1;
-  const topK = values['top-k'] !== undefined ? intFlag('top-k', values['top-k'], 50) : preset?.topK ?? 50;
+  const topK = values['top-k'] !== undefined ? intFlag('top-k', values['top-k'], 50) : (preset?.topK ?? 50);
   let threshold: number | 'auto' = preset?.threshold ?? 'auto';
   if (values.threshold !== undefined) {
     threshold = values.threshold === 'auto' ? 'auto' : numberFlag('threshold', values.threshold, 0);
@@ -127,7 +138,14 @@ async function find(argv: string[]): Promise<number> {
   }
   let result;
   try {
-    result = await findRegisterNeurons(model, images, { layer, threshold, highestLayer, topK, sparsity: values.sparsity ?? false, batchSize });
+    result = await findRegisterNeurons(model, images, {
+      layer,
+      threshold,
+      highestLayer,
+      topK,
+      sparsity: values.sparsity ?? false,
+      batchSize,
+    });
   } catch (err) {
     throw err instanceof CliError ? err : new CliError((err as Error).message);
   } finally {
@@ -135,10 +153,19 @@ async function find(argv: string[]): Promise<number> {
   }
   await saveTestTimeRegisters(resolve(values.out), await testTimeRegistersFile(model, result, values.weights));
   const s = result.settings;
-  log(`${count} image(s): ${result.images.used} with outliers at block ${s.layer < 0 ? model.config.depth + s.layer : s.layer} (threshold ${s.threshold}), ${result.images.skipped} skipped`);
-  process.stdout.write(`layer\tneuron\tscore\n${result.neurons.slice(0, 10).map((n) => `${n.layer}\t${n.neuron}\t${n.score.toPrecision(5)}`).join('\n')}\n`);
+  log(
+    `${count} image(s): ${result.images.used} with outliers at block ${s.layer < 0 ? model.config.depth + s.layer : s.layer} (threshold ${s.threshold}), ${result.images.skipped} skipped`,
+  );
+  process.stdout.write(
+    `layer\tneuron\tscore\n${result.neurons
+      .slice(0, 10)
+      .map((n) => `${n.layer}\t${n.neuron}\t${n.score.toPrecision(5)}`)
+      .join('\n')}\n`,
+  );
   if (result.neurons.length > 10) process.stdout.write(`... ${result.neurons.length - 10} more selected\n`);
-  log(`wrote ${values.out}: ${result.neurons.length} neurons selected (blocks <= ${s.highestLayer === -1 ? 'all' : s.highestLayer}), ranking of ${result.ranking.length}`);
+  log(
+    `wrote ${values.out}: ${result.neurons.length} neurons selected (blocks <= ${s.highestLayer === -1 ? 'all' : s.highestLayer}), ranking of ${result.ranking.length}`,
+  );
   model.dispose();
   return 0;
 }

@@ -3,7 +3,18 @@
  * (DINOv2: DINO + iBOT + KoLeo), from a preset or a JSON config, with exact resume.
  */
 import { join, resolve } from 'node:path';
-import { assertDataSource, MAX_WORKERS, openDataAsync, PRESET_ALIASES, PRESET_NAMES, PRESETS, resolveTrainConfig, train, trainThreads, type TrainConfig } from '@vitreg/trainer';
+import {
+  assertDataSource,
+  MAX_WORKERS,
+  openDataAsync,
+  PRESET_ALIASES,
+  PRESET_NAMES,
+  PRESETS,
+  resolveTrainConfig,
+  train,
+  trainThreads,
+  type TrainConfig,
+} from '@vitreg/trainer';
 import { CliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
 import { BACKEND_FLAGS, startBackend } from '../inputs.js';
 import { runLocalJob } from '@vitreg/worker';
@@ -100,7 +111,10 @@ export const trainCommand: Command = {
     let config: TrainConfig;
     try {
       config = resolveTrainConfig({
-        configFile: values.config, preset: values.preset, resumeDir: values.resume ? out : undefined, data: values.data,
+        configFile: values.config,
+        preset: values.preset,
+        resumeDir: values.resume ? out : undefined,
+        data: values.data,
         registers: values.registers === undefined ? undefined : intFlag('registers', values.registers, 0, 0),
         steps: values.steps === undefined ? undefined : intFlag('steps', values.steps, 1),
         seed: values.seed === undefined ? undefined : intFlag('seed', values.seed, 0, 0),
@@ -124,15 +138,29 @@ export const trainCommand: Command = {
       const minWorkers = intFlag('min-workers', values['min-workers'], 1);
       if (minWorkers > nodes) throw new CliError(`--min-workers: ${minWorkers} is more than --nodes ${nodes}`);
       const pass: [string, string | boolean | undefined][] = [
-        ['--config', values.config], ['--preset', values.preset], ['--data', values.data], ['--registers', values.registers],
-        ['--steps', values.steps], ['--seed', values.seed], ['--backend', values.backend], ['--gpu', values.gpu], ['--resume', values.resume], ['--no-progress', values['no-progress']],
+        ['--config', values.config],
+        ['--preset', values.preset],
+        ['--data', values.data],
+        ['--registers', values.registers],
+        ['--steps', values.steps],
+        ['--seed', values.seed],
+        ['--backend', values.backend],
+        ['--gpu', values.gpu],
+        ['--resume', values.resume],
+        ['--no-progress', values['no-progress']],
       ];
       const trainArgs = pass.flatMap(([flag, v]) => (v === undefined || v === false ? [] : v === true ? [flag] : [flag, v]));
       const r = await runLocalJob({ nodes, threads: workers, minWorkers, transport, outDir: out, trainArgs });
       const failed = r.workerCodes.map((code, i) => [i, code, r.workerSignals[i]] as const).filter(([, code]) => code !== 0);
-      for (const [i, code, signal] of failed) process.stderr.write(`vitreg train: worker-${i} ended with ${signal ?? `code ${code}`} (log: ${join(out, 'logs', `worker-${i}.log`)})\n`);
+      for (const [i, code, signal] of failed)
+        process.stderr.write(
+          `vitreg train: worker-${i} ended with ${signal ?? `code ${code}`} (log: ${join(out, 'logs', `worker-${i}.log`)})\n`,
+        );
       if (!r.finished) {
-        throw new CliError(`the job stopped before finishing (coordinator exit code ${r.coordinatorCode}; see ${join(out, 'logs')}); run again with --resume to continue from the last checkpoint`, 1);
+        throw new CliError(
+          `the job stopped before finishing (coordinator exit code ${r.coordinatorCode}; see ${join(out, 'logs')}); run again with --resume to continue from the last checkpoint`,
+          1,
+        );
       }
       process.stdout.write(JSON.stringify(r.result ?? { out }) + '\n');
       return 0;

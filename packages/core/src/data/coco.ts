@@ -41,13 +41,13 @@ export class CocoDataset implements Dataset {
     try {
       text = readFileSync(jsonPath, 'utf8');
     } catch (err) {
-      throw new Error(`COCO annotations ${jsonPath}: cannot read (${(err as Error).message})`);
+      throw new Error(`COCO annotations ${jsonPath}: cannot read (${(err as Error).message})`, { cause: err });
     }
     let json: unknown;
     try {
       json = JSON.parse(text);
     } catch (err) {
-      throw new Error(`COCO annotations ${jsonPath}: invalid JSON (${(err as Error).message})`);
+      throw new Error(`COCO annotations ${jsonPath}: invalid JSON (${(err as Error).message})`, { cause: err });
     }
     const fail = (field: string, expected: string): never => {
       throw new Error(`COCO annotations ${jsonPath}: field ${field} must be ${expected}`);

@@ -69,7 +69,7 @@ export async function readLabelPng(file: string): Promise<GrayImage<Uint8Array>>
   try {
     meta = await sharp(file, { failOn: 'error' }).metadata();
   } catch (err) {
-    throw new Error(`${file}: cannot read label image (missing, truncated or not an image): ${(err as Error).message}`);
+    throw new Error(`${file}: cannot read label image (missing, truncated or not an image): ${(err as Error).message}`, { cause: err });
   }
   if (meta.isPalette || meta.channels !== 1 || meta.depth !== 'uchar') {
     const what = meta.isPalette ? 'a palette image' : `${meta.channels} channel(s) of ${meta.depth}`;
@@ -91,7 +91,7 @@ export async function readUint16Png(file: string): Promise<GrayImage<Uint16Array
   try {
     meta = await sharp(file, { failOn: 'error' }).metadata();
   } catch (err) {
-    throw new Error(`${file}: cannot read depth image (missing, truncated or not an image): ${(err as Error).message}`);
+    throw new Error(`${file}: cannot read depth image (missing, truncated or not an image): ${(err as Error).message}`, { cause: err });
   }
   if (meta.channels !== 1 || meta.depth !== 'ushort') {
     throw new Error(`${file}: expected a 16-bit single-channel depth PNG, got ${meta.channels} channel(s) of ${meta.depth}`);
@@ -110,7 +110,10 @@ export async function readUint16Png(file: string): Promise<GrayImage<Uint16Array
 export async function encodeUint16Png(data: Uint16Array, width: number, height: number): Promise<Buffer> {
   if (data.length !== width * height) throw new Error(`encodeUint16Png: ${data.length} samples for ${width}x${height}`);
   // sharp takes the sample format from the typed array's type (Uint16Array: ushort).
-  return sharp(Uint16Array.from(data), { raw: { width, height, channels: 1 } }).toColourspace('grey16').png().toBuffer();
+  return sharp(Uint16Array.from(data), { raw: { width, height, channels: 1 } })
+    .toColourspace('grey16')
+    .png()
+    .toBuffer();
 }
 
 /** Encodes 8-bit single-channel samples (class indices) as a grayscale PNG. */

@@ -78,7 +78,7 @@ export function parseFileList(file: string, opts: { format?: FileListFormat } = 
   try {
     buf = readFileSync(file);
   } catch (err) {
-    throw new Error(`file list ${file}: cannot read it (${(err as Error).message})`);
+    throw new Error(`file list ${file}: cannot read it (${(err as Error).message})`, { cause: err });
   }
   let lines = 1;
   for (let i = buf.indexOf(LF); i >= 0; i = buf.indexOf(LF, i + 1)) lines++;
@@ -140,7 +140,17 @@ export function parseFileList(file: string, opts: { format?: FileListFormat } = 
     n++;
   }
   if (n === 0) throw new Error(`file list ${file}: no entries (expected lines ${expected})`);
-  return { file, format, buf, starts: starts.subarray(0, n), ends: ends.subarray(0, n), labels: labels.subarray(0, n), length: n, maxLabel, unquoted };
+  return {
+    file,
+    format,
+    buf,
+    starts: starts.subarray(0, n),
+    ends: ends.subarray(0, n),
+    labels: labels.subarray(0, n),
+    length: n,
+    maxLabel,
+    unquoted,
+  };
 }
 
 /** Class names from a classes file: one per line (trimmed), line k naming label k - 1; trailing blank lines are ignored. */
@@ -149,9 +159,12 @@ export function readClassNames(file: string): string[] {
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
-    throw new Error(`classes file ${file}: cannot read it (${(err as Error).message})`);
+    throw new Error(`classes file ${file}: cannot read it (${(err as Error).message})`, { cause: err });
   }
-  const lines = text.replace(/^\uFEFF/, '').split('\n').map((l) => l.trim());
+  const lines = text
+    .replace(/^\uFEFF/, '')
+    .split('\n')
+    .map((l) => l.trim());
   while (lines.length > 0 && lines[lines.length - 1] === '') lines.pop();
   if (lines.length === 0) throw new Error(`classes file ${file}: no class names (expected one per line)`);
   const seen = new Map<string, number>();
@@ -193,7 +206,9 @@ export class FileListDataset implements Dataset {
     }
     if (l.maxLabel >= names.length) {
       const i = l.labels.findIndex((x) => x >= names!.length);
-      throw new Error(`${l.file}:${lineAt(l.buf, l.starts[i]!)}: label ${l.labels[i]} is out of range for ${source} (expected 0..${names.length - 1})`);
+      throw new Error(
+        `${l.file}:${lineAt(l.buf, l.starts[i]!)}: label ${l.labels[i]} is out of range for ${source} (expected 0..${names.length - 1})`,
+      );
     }
     this.classNames = names;
   }
@@ -237,7 +252,7 @@ export class FileListDataset implements Dataset {
     try {
       image = await decodeImage(isAbsolute(id) ? id : join(this.root, id));
     } catch (err) {
-      throw new Error(`${this.file}:${this.lineOf(index)}: ${(err as Error).message}`);
+      throw new Error(`${this.file}:${this.lineOf(index)}: ${(err as Error).message}`, { cause: err });
     }
     return { image: image.data, width: image.width, height: image.height, label: this.list.labels[index]!, boxes: [], id };
   }

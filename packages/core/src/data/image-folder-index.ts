@@ -71,8 +71,7 @@ export function cacheIndexFile(root: string, cacheDir?: string): string {
   } catch {
     // a missing root is reported by the listing
   }
-  const dir =
-    cacheDir ?? join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'vitreg', 'image-folder-index');
+  const dir = cacheDir ?? join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'vitreg', 'image-folder-index');
   return join(dir, `${createHash('sha256').update(real).digest('hex').slice(0, 16)}.jsonl`);
 }
 
@@ -153,7 +152,8 @@ export function parseIndex(buf: Buffer, file: string, root: string, o: ResolvedO
   const h = nextLine();
   if (!isObject(h) || h.format !== INDEX_FORMAT) throw corrupt(root, file, 1, `expected a header with format "${INDEX_FORMAT}"`);
   if (h.version !== INDEX_VERSION) return new StaleIndex(`index version ${String(h.version)}, this vitreg writes ${INDEX_VERSION}`);
-  if (!Number.isInteger(h.classes) || (h.classes as number) < 1) throw corrupt(root, file, 1, 'header field classes must be a positive integer');
+  if (!Number.isInteger(h.classes) || (h.classes as number) < 1)
+    throw corrupt(root, file, 1, 'header field classes must be a positive integer');
   if (!Number.isInteger(h.files) || (h.files as number) < 1) throw corrupt(root, file, 1, 'header field files must be a positive integer');
   if (!Array.isArray(h.extensions) || typeof h.root !== 'string') throw corrupt(root, file, 1, 'header needs root and extensions');
   if (h.extensions.join(' ') !== o.extensions.join(' ')) {
@@ -184,7 +184,12 @@ export function parseIndex(buf: Buffer, file: string, root: string, o: ResolvedO
     files += c.count as number;
   }
   if (classes.length !== h.classes || files !== h.files) {
-    throw corrupt(root, file, lineNo, `the header promises ${String(h.classes)} classes and ${String(h.files)} files, found ${classes.length} and ${files}`);
+    throw corrupt(
+      root,
+      file,
+      lineNo,
+      `the header promises ${String(h.classes)} classes and ${String(h.files)} files, found ${classes.length} and ${files}`,
+    );
   }
   return classes;
 }
@@ -231,7 +236,7 @@ function writeAtomicSync(file: string, chunks: readonly Buffer[]): void {
   try {
     try {
       for (const chunk of chunks) {
-        for (let off = 0; off < chunk.length; ) off += writeSync(fd, chunk, off, chunk.length - off);
+        for (let off = 0; off < chunk.length;) off += writeSync(fd, chunk, off, chunk.length - off);
       }
       fsyncSync(fd);
     } finally {

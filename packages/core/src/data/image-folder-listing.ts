@@ -10,8 +10,15 @@ import { extname, join, resolve } from 'node:path';
 import { IMAGE_EXTENSIONS } from '../image-files.js';
 import { log as defaultLog } from '../log.js';
 import {
-  cacheIndexFile, IMAGE_FOLDER_INDEX_NAME, parseIndex, StaleIndex, writeIndex, writeIndexSync,
-  type ClassListing, type ImageFolderIndexCheck, type ResolvedOptions,
+  cacheIndexFile,
+  IMAGE_FOLDER_INDEX_NAME,
+  parseIndex,
+  StaleIndex,
+  writeIndex,
+  writeIndexSync,
+  type ClassListing,
+  type ImageFolderIndexCheck,
+  type ResolvedOptions,
 } from './image-folder-index.js';
 
 export interface ImageFolderOptions {
@@ -58,9 +65,7 @@ export interface Loaded {
 }
 
 function resolveOptions(root: string, opts: ImageFolderOptions): ResolvedOptions {
-  const extensions = [
-    ...new Set((opts.extensions ?? IMAGE_EXTENSIONS).map((e) => (e.startsWith('.') ? e : `.${e}`).toLowerCase())),
-  ].sort();
+  const extensions = [...new Set((opts.extensions ?? IMAGE_EXTENSIONS).map((e) => (e.startsWith('.') ? e : `.${e}`).toLowerCase()))].sort();
   const check = opts.indexCheck ?? 'mtimes';
   if (!['mtimes', 'classes', 'none'].includes(check)) {
     throw new Error(`image folder ${root}: indexCheck must be 'mtimes', 'classes' or 'none', got '${check}'`);
@@ -105,7 +110,9 @@ export function loadSync(root: string, opts: ImageFolderOptions): Loaded {
       const parsed = parseIndex(buf, file, root, o);
       if (!(parsed instanceof StaleIndex)) {
         const stale =
-          o.check === 'none' ? null : (checkClasses(parsed, classFolderNamesSync(root, rootEntries)) ?? checkMtimesSync(root, parsed, o.check));
+          o.check === 'none'
+            ? null
+            : (checkClasses(parsed, classFolderNamesSync(root, rootEntries)) ?? checkMtimesSync(root, parsed, o.check));
         if (!stale) return { classes: parsed, info: { file, source: 'read' } };
         if (reason === NO_INDEX) reason = `${file} is out of date (${stale})`;
       } else if (reason === NO_INDEX) reason = `${file} is out of date (${parsed.reason})`;
@@ -133,7 +140,9 @@ export async function loadAsync(root: string, opts: ImageFolderOptions): Promise
       const parsed = parseIndex(buf, file, root, o);
       if (!(parsed instanceof StaleIndex)) {
         const stale =
-          o.check === 'none' ? null : (checkClasses(parsed, await classFolderNames(root, rootEntries)) ?? (await checkMtimes(root, parsed, o)));
+          o.check === 'none'
+            ? null
+            : (checkClasses(parsed, await classFolderNames(root, rootEntries)) ?? (await checkMtimes(root, parsed, o)));
         if (!stale) return { classes: parsed, info: { file, source: 'read' } };
         if (reason === NO_INDEX) reason = `${file} is out of date (${stale})`;
       } else if (reason === NO_INDEX) reason = `${file} is out of date (${parsed.reason})`;
@@ -152,7 +161,7 @@ function readRootSync(root: string): Dirent[] {
   try {
     return readdirSync(root, { withFileTypes: true });
   } catch (err) {
-    throw new Error(`image folder ${root}: cannot read it (${(err as Error).message})`);
+    throw new Error(`image folder ${root}: cannot read it (${(err as Error).message})`, { cause: err });
   }
 }
 
@@ -160,7 +169,7 @@ async function readRoot(root: string): Promise<Dirent[]> {
   try {
     return await readdir(root, { withFileTypes: true });
   } catch (err) {
-    throw new Error(`image folder ${root}: cannot read it (${(err as Error).message})`);
+    throw new Error(`image folder ${root}: cannot read it (${(err as Error).message})`, { cause: err });
   }
 }
 
@@ -186,7 +195,14 @@ async function classFolderNames(root: string, entries: Dirent[]): Promise<string
   for (const e of entries) {
     if (e.name === IMAGE_FOLDER_INDEX_NAME) continue;
     if (e.isDirectory()) out.push(e.name);
-    else if (e.isSymbolicLink() && (await stat(join(root, e.name)).then((s) => s.isDirectory(), () => false))) out.push(e.name);
+    else if (
+      e.isSymbolicLink() &&
+      (await stat(join(root, e.name)).then(
+        (s) => s.isDirectory(),
+        () => false,
+      ))
+    )
+      out.push(e.name);
   }
   return out.sort();
 }
@@ -200,9 +216,7 @@ function classListing(root: string, name: string, mtimeMs: number, files: string
   const exts = new Set(extensions);
   const images = files.filter((f) => exts.has(extname(f).toLowerCase())).sort();
   if (images.length === 0) {
-    throw new Error(
-      `image folder ${root}: class folder ${join(root, name)} holds no images (extensions ${extensions.join(', ')})`,
-    );
+    throw new Error(`image folder ${root}: class folder ${join(root, name)} holds no images (extensions ${extensions.join(', ')})`);
   }
   return { name, mtimeMs, count: images.length, files: images.join('/') };
 }
@@ -224,7 +238,9 @@ function progressReporter(root: string, total: number, o: ResolvedOptions): { ti
         last = now;
         reported = true;
         const s = seconds();
-        o.log(`image folder ${root}: listed ${done}/${total} class folders, ${images} images, ${s.toFixed(0)} s (${(done / s).toFixed(0)} folders/s)`);
+        o.log(
+          `image folder ${root}: listed ${done}/${total} class folders, ${images} images, ${s.toFixed(0)} s (${(done / s).toFixed(0)} folders/s)`,
+        );
       }
     },
     done() {
@@ -323,7 +339,14 @@ function checkMtimesSync(root: string, index: ClassListing[], check: ImageFolder
 async function checkMtimes(root: string, index: ClassListing[], o: ResolvedOptions): Promise<string | null> {
   if (o.check !== 'mtimes') return null;
   const reasons = await mapLimit(index, o.concurrency, async (c) =>
-    mtimeReason(root, c, await stat(join(root, c.name)).then((s) => s.mtimeMs, () => null)),
+    mtimeReason(
+      root,
+      c,
+      await stat(join(root, c.name)).then(
+        (s) => s.mtimeMs,
+        () => null,
+      ),
+    ),
   );
   return reasons.find((r) => r !== null) ?? null;
 }

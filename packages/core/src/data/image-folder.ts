@@ -17,7 +17,6 @@ import { decodeImage } from '../image.js';
 import { loadAsync, loadSync, PRELOADED, type ImageFolderIndexInfo, type ImageFolderOptions } from './image-folder-listing.js';
 import { checkIndex, type Dataset, type DatasetItem } from './types.js';
 
-
 /** torchvision's ImageFolder over `root/<class>/<image>`, its listing cached in an index file (see the module comment). */
 export class ImageFolderDataset implements Dataset {
   readonly root: string;

@@ -73,7 +73,8 @@ export class NyuDepthDataset implements DenseDataset {
   constructor(root: string, opts: NyuOptions = {}) {
     this.root = root;
     this.split = opts.split ?? 'test';
-    if (this.split !== 'train' && this.split !== 'test') throw new Error(`NYU dataset ${root}: split must be train or test, got '${this.split}'`);
+    if (this.split !== 'train' && this.split !== 'test')
+      throw new Error(`NYU dataset ${root}: split must be train or test, got '${this.split}'`);
     this.depthScale = opts.depthScale ?? 1000;
     this.depthRange = opts.depthRange ?? [1e-3, 10];
     this.eigenCrop = opts.eigenCrop ?? 'auto';
@@ -86,7 +87,7 @@ export class NyuDepthDataset implements DenseDataset {
       try {
         text = readFileSync(splitFile, 'utf8');
       } catch (err) {
-        throw new Error(`NYU dataset ${root}: cannot read split file ${splitFile}: ${(err as Error).message}`);
+        throw new Error(`NYU dataset ${root}: cannot read split file ${splitFile}: ${(err as Error).message}`, { cause: err });
       }
       this.pairs = [];
       text.split(/\r?\n/).forEach((line, k) => {
@@ -110,7 +111,8 @@ export class NyuDepthDataset implements DenseDataset {
     }
     if (this.pairs.length === 0) throw new Error(`NYU dataset ${root}: ${this.source} lists no image / depth pair`);
     const missing = this.pairs.flatMap((p) => [p.image, p.depth]).filter((f) => !existsSync(f));
-    if (missing.length > 0) throw new Error(`NYU dataset ${root}: ${missing.length} file(s) listed in ${this.source} do not exist, e.g. ${missing[0]}`);
+    if (missing.length > 0)
+      throw new Error(`NYU dataset ${root}: ${missing.length} file(s) listed in ${this.source} do not exist, e.g. ${missing[0]}`);
     this.pairs.sort((a, b) => (a.image < b.image ? -1 : a.image > b.image ? 1 : 0));
   }
 
@@ -132,7 +134,9 @@ export class NyuDepthDataset implements DenseDataset {
     const pair = this.pairs[index];
     const [img, target] = await Promise.all([decodeImage(pair.image), this.target(index)]);
     if (img.width !== target.width || img.height !== target.height) {
-      throw new Error(`NYU dataset: ${pair.image} is ${img.width}x${img.height} but its depth map ${pair.depth} is ${target.width}x${target.height}`);
+      throw new Error(
+        `NYU dataset: ${pair.image} is ${img.width}x${img.height} but its depth map ${pair.depth} is ${target.width}x${target.height}`,
+      );
     }
     return { image: img.data, width: img.width, height: img.height, label: -1, boxes: [], id: relative(this.root, pair.image), target };
   }

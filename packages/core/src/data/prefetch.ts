@@ -68,11 +68,7 @@ export async function* batches<T>(
     throw new Error(`batches: batchSize must be a positive integer, got ${batchSize}`);
   }
   const keepLast = opts.keepLast ?? true;
-  const prefetcher = new Prefetcher(
-    indices,
-    async (index) => transform(await dataset.get(index), index),
-    opts.prefetch ?? 2 * batchSize,
-  );
+  const prefetcher = new Prefetcher(indices, async (index) => transform(await dataset.get(index), index), opts.prefetch ?? 2 * batchSize);
   let batch: T[] = [];
   for await (const value of prefetcher) {
     batch.push(value);
@@ -142,7 +138,10 @@ export class BatchPrefetcher {
   private background: Job[] = [];
   private running = 0;
 
-  constructor(readonly dataset: Dataset, opts: BatchPrefetcherOptions | number = {}) {
+  constructor(
+    readonly dataset: Dataset,
+    opts: BatchPrefetcherOptions | number = {},
+  ) {
     const o = typeof opts === 'number' ? { concurrency: opts } : opts;
     this.concurrency = o.concurrency ?? 256;
     this.maxBatches = o.maxBatches ?? 2;

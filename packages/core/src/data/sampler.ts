@@ -118,7 +118,8 @@ function checkPosition(who: string, p: number, what: string): void {
 function checkBatch(who: string, cursor: number, rank: number, worldSize: number, count: number): void {
   checkPosition(who, cursor, 'cursor');
   if (!Number.isInteger(worldSize) || worldSize < 1) throw new Error(`${who}: worldSize must be a positive integer, got ${worldSize}`);
-  if (!Number.isInteger(rank) || rank < 0 || rank >= worldSize) throw new Error(`${who}: rank must be an integer in [0, ${worldSize}), got ${rank}`);
+  if (!Number.isInteger(rank) || rank < 0 || rank >= worldSize)
+    throw new Error(`${who}: rank must be an integer in [0, ${worldSize}), got ${rank}`);
   if (!Number.isInteger(count) || count < 1) throw new Error(`${who}: count must be a positive integer, got ${count}`);
 }
 
@@ -182,7 +183,9 @@ export class RASampler implements CursorSampler {
     this.shuffle = this.orders.shuffle;
     this.epochLength = Math.floor(this.length / this.epochMultiple) * this.epochMultiple;
     if (this.epochLength === 0) {
-      throw new Error(`RASampler: length ${this.length} < epochMultiple ${this.epochMultiple} gives empty epochs (deit/samplers.py keeps len // 256 * 256 samples); lower epochMultiple`);
+      throw new Error(
+        `RASampler: length ${this.length} < epochMultiple ${this.epochMultiple} gives empty epochs (deit/samplers.py keeps len // 256 * 256 samples); lower epochMultiple`,
+      );
     }
   }
 

@@ -72,7 +72,8 @@ export class SyntheticDenseDataset implements DenseDataset {
     // SyntheticDataset.masks (visible coverage per shape, scene order) arrived with the prominent-shapes
     // generator; typed loosely so this file also builds against a synthetic.ts without it.
     const withMasks = this.shapes as SyntheticDataset & { masks?: (i: number) => Float32Array[] };
-    if (typeof withMasks.masks !== 'function') throw new Error('SyntheticDenseDataset: this SyntheticDataset has no masks(index) (update @vitreg/core)');
+    if (typeof withMasks.masks !== 'function')
+      throw new Error('SyntheticDenseDataset: this SyntheticDataset has no masks(index) (update @vitreg/core)');
     const masks = withMasks.masks(index);
     const depths = SyntheticDenseDataset.objectDepths(scene, size);
     const n = size * size;

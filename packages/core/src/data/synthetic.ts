@@ -101,8 +101,10 @@ function polygon(points: number[]): Inside {
   return (u, v) => {
     let inside = false;
     for (let i = 0, j = n - 1; i < n; j = i++) {
-      const xi = points[2 * i], yi = points[2 * i + 1];
-      const xj = points[2 * j], yj = points[2 * j + 1];
+      const xi = points[2 * i],
+        yi = points[2 * i + 1];
+      const xj = points[2 * j],
+        yj = points[2 * j + 1];
       if (yi > v !== yj > v && u < ((xj - xi) * (v - yi)) / (yj - yi) + xi) inside = !inside;
     }
     return inside;
@@ -154,8 +156,10 @@ const OUTLINE: Record<SyntheticShape, number[]> = {
  */
 function extent(shape: SyntheticShape, radius: number, angle: number): [number, number] {
   const pts = OUTLINE[shape];
-  const cos = Math.cos(angle), sin = Math.sin(angle);
-  let hx = 0, hy = 0;
+  const cos = Math.cos(angle),
+    sin = Math.sin(angle);
+  let hx = 0,
+    hy = 0;
   for (let k = 0; k < pts.length; k += 2) {
     hx = Math.max(hx, Math.abs(cos * pts[k] - sin * pts[k + 1]));
     hy = Math.max(hy, Math.abs(sin * pts[k] + cos * pts[k + 1]));
@@ -167,7 +171,8 @@ function extent(shape: SyntheticShape, radius: number, angle: number): [number, 
 
 /** Coverage in [0, 1] of object `o` at pixel (x, y), by 3x3 supersampling. */
 function coverage(o: SyntheticObject, inside: Inside, x: number, y: number): number {
-  const cos = Math.cos(o.angle), sin = Math.sin(o.angle);
+  const cos = Math.cos(o.angle),
+    sin = Math.sin(o.angle);
   let hits = 0;
   for (let sy = 0; sy < SUPERSAMPLE; sy++) {
     for (let sx = 0; sx < SUPERSAMPLE; sx++) {
@@ -184,20 +189,27 @@ function coverage(o: SyntheticObject, inside: Inside, x: number, y: number): num
 function frame(o: Pick<SyntheticObject, 'cx' | 'cy' | 'radius'>, size: number): [number, number, number, number] {
   const r = o.radius * Math.SQRT2 + 1;
   return [
-    Math.max(0, Math.floor(o.cx - r)), Math.max(0, Math.floor(o.cy - r)),
-    Math.min(size, Math.ceil(o.cx + r)), Math.min(size, Math.ceil(o.cy + r)),
+    Math.max(0, Math.floor(o.cx - r)),
+    Math.max(0, Math.floor(o.cy - r)),
+    Math.min(size, Math.ceil(o.cx + r)),
+    Math.min(size, Math.ceil(o.cy + r)),
   ];
 }
 
 function tightBox(o: SyntheticObject, size: number): Box {
   const inside = INSIDE[o.shape];
   const [x0, y0, x1, y1] = frame(o, size);
-  let bx0 = size, by0 = size, bx1 = 0, by1 = 0;
+  let bx0 = size,
+    by0 = size,
+    bx1 = 0,
+    by1 = 0;
   for (let y = y0; y < y1; y++) {
     for (let x = x0; x < x1; x++) {
       if (coverage(o, inside, x, y) >= 0.5) {
-        bx0 = Math.min(bx0, x); by0 = Math.min(by0, y);
-        bx1 = Math.max(bx1, x + 1); by1 = Math.max(by1, y + 1);
+        bx0 = Math.min(bx0, x);
+        by0 = Math.min(by0, y);
+        bx1 = Math.max(bx1, x + 1);
+        by1 = Math.max(by1, y + 1);
       }
     }
   }
@@ -280,7 +292,10 @@ export class SyntheticDataset implements Dataset {
     const background = backgrounds[rng.int(backgrounds.length)];
     const c0 = muted(colorInLuma(rng, 0, L.darkBackground - 1), this.saturation);
     // textures stay low-contrast: the second colour is near the first
-    const c1 = muted(c0.map((c) => Math.min(255, Math.max(0, c + rng.int(2 * L.backgroundSpread + 1) - L.backgroundSpread))) as Rgb, this.saturation);
+    const c1 = muted(
+      c0.map((c) => Math.min(255, Math.max(0, c + rng.int(2 * L.backgroundSpread + 1) - L.backgroundSpread))) as Rgb,
+      this.saturation,
+    );
     const objects: SyntheticObject[] = [];
 
     const place = (label: number, sideFraction: number, color: Rgb): SyntheticObject => {
@@ -289,7 +304,8 @@ export class SyntheticDataset implements Dataset {
       // the whole rotated shape (and its anti-aliased edge) stays inside the image
       const [hx, hy] = extent(SYNTHETIC_SHAPES[label], radius, angle);
       const at = (h: number): number => {
-        const lo = h + 0.5, hi = size - h - 0.5;
+        const lo = h + 0.5,
+          hi = size - h - 0.5;
         return hi > lo ? lo + rng.float() * (hi - lo) : size / 2;
       };
       const cx = at(hx);
@@ -388,7 +404,8 @@ function copyItem(it: DatasetItem): DatasetItem {
 function paintBackground(image: Uint8Array, size: number, scene: SyntheticScene, rng: Rng): void {
   const [c0, c1] = scene.colors;
   const angle = rng.float() * Math.PI;
-  const ca = Math.cos(angle), sa = Math.sin(angle);
+  const ca = Math.cos(angle),
+    sa = Math.sin(angle);
   const period = 4 + rng.int(9);
   // coarse grid of random values for the smooth noise texture
   const grid = 5;
@@ -407,11 +424,15 @@ function paintBackground(image: Uint8Array, size: number, scene: SyntheticScene,
           t = (Math.floor(x / period) + Math.floor(y / period)) % 2;
           break;
         case 'noise': {
-          const gx = (x / size) * grid, gy = (y / size) * grid;
-          const ix = Math.floor(gx), iy = Math.floor(gy);
-          const fx = gx - ix, fy = gy - iy;
+          const gx = (x / size) * grid,
+            gy = (y / size) * grid;
+          const ix = Math.floor(gx),
+            iy = Math.floor(gy);
+          const fx = gx - ix,
+            fy = gy - iy;
           const at = (i: number, j: number): number => coarse[j * (grid + 1) + i];
-          const smooth = (1 - fy) * ((1 - fx) * at(ix, iy) + fx * at(ix + 1, iy)) + fy * ((1 - fx) * at(ix, iy + 1) + fx * at(ix + 1, iy + 1));
+          const smooth =
+            (1 - fy) * ((1 - fx) * at(ix, iy) + fx * at(ix + 1, iy)) + fy * ((1 - fx) * at(ix, iy + 1) + fx * at(ix + 1, iy + 1));
           t = Math.min(1, Math.max(0, smooth + (rng.float() - 0.5) * 0.3));
           break;
         }

@@ -17,8 +17,26 @@ import { childNamed, childrenNamed, parseXml, type XmlElement } from './xml.js';
 
 /** The 20 Pascal VOC classes (alphabetical, the usual label order). */
 export const VOC_CLASSES = [
-  'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow',
-  'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor',
+  'aeroplane',
+  'bicycle',
+  'bird',
+  'boat',
+  'bottle',
+  'bus',
+  'car',
+  'cat',
+  'chair',
+  'cow',
+  'diningtable',
+  'dog',
+  'horse',
+  'motorbike',
+  'person',
+  'pottedplant',
+  'sheep',
+  'sofa',
+  'train',
+  'tvmonitor',
 ];
 
 export interface VocObject {
@@ -60,7 +78,10 @@ function missingSplit(listFile: string, annotations: string): string {
   const dir = dirname(listFile);
   let names: string[] | null = null;
   try {
-    names = readdirSync(dir).filter((f) => f.endsWith('.txt')).map((f) => basename(f, '.txt')).sort();
+    names = readdirSync(dir)
+      .filter((f) => f.endsWith('.txt'))
+      .map((f) => basename(f, '.txt'))
+      .sort();
   } catch {
     // the folder itself is missing
   }
@@ -101,8 +122,9 @@ export class VocDataset implements Dataset {
       text = readFileSync(listFile, 'utf8');
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      if (code !== 'ENOENT' && code !== 'ENOTDIR') throw new Error(`VOC dataset ${this.root}: cannot read split file ${listFile}: ${(err as Error).message}`, { cause: err });
-      throw new Error(`VOC dataset ${this.root}: ${missingSplit(listFile, annotations)}`);
+      if (code !== 'ENOENT' && code !== 'ENOTDIR')
+        throw new Error(`VOC dataset ${this.root}: cannot read split file ${listFile}: ${(err as Error).message}`, { cause: err });
+      throw new Error(`VOC dataset ${this.root}: ${missingSplit(listFile, annotations)}`, { cause: err });
     }
     this.ids = text
       .split(/\r?\n/)
@@ -128,7 +150,7 @@ export class VocDataset implements Dataset {
     try {
       text = await readFile(file, 'utf8');
     } catch (err) {
-      throw new Error(`VOC dataset: cannot read annotation ${file} (${(err as Error).message})`);
+      throw new Error(`VOC dataset: cannot read annotation ${file} (${(err as Error).message})`, { cause: err });
     }
     return parseVocAnnotation(text, file, id, this.classNames, this.includeDifficult);
   }

@@ -66,6 +66,10 @@ export class TrainGraph {
   private readonly scalars = new Map<number, Value>();
   /** False while the backward pass is appended: the rules' own ops are not recorded. */
   private recording = true;
+  /** While the backward pass is appended: the values that depend on the loss's gradient. */
+  private backward: Set<string> | null = null;
+  /** Nodes before this index are the forward pass (and the values the backward pass recomputes from it). */
+  private forwardEnd = 0;
   private scopes: string[] = [];
 
   // ---------------------------------------------------------------------------------------------
@@ -160,6 +164,7 @@ export class TrainGraph {
       attrs,
       opts.domain,
     );
+    this.place(ins, [n!]);
     return { name: n!, shape: [...shape], dtype: opts.dtype ?? 'float32', grad: false };
   }
 
@@ -179,7 +184,27 @@ export class TrainGraph {
       attrs,
       opts.domain,
     );
+    this.place(ins, outs);
     return outs.map((n, i) => ({ name: n, shape: [...shapes[i]!], dtype: 'float32' as const, grad: false }));
+  }
+
+  /**
+   * Orders the node just emitted for ONNX Runtime's scheduler, which runs the nodes in the post-order of a
+   * depth-first search from the graph's leaves that follows a node's inputs highest node index first.
+   * During the backward pass, a node that reads no gradient (a value recomputed from kept forward values:
+   * LayerNorm's x^, GELU's derivative, zeros) moves to the end of the forward nodes: with an index below
+   * every gradient node's, it runs just before its first consumer rather than in the forward pass, where
+   * its result would stay alive until the backward pass reached it.
+   */
+  private place(ins: Value[], outs: string[]): void {
+    const backward = this.backward;
+    if (!backward) return;
+    if (ins.some((v) => backward.has(v.name))) {
+      for (const o of outs) backward.add(o);
+      return;
+    }
+    const node = this.builder.nodes.pop()!;
+    this.builder.nodes.splice(this.forwardEnd++, 0, node);
   }
 
   /**
@@ -209,8 +234,11 @@ export class TrainGraph {
     if (loss.shape.length !== 0) throw new Error(`gradients: the loss must be a scalar, got shape [${loss.shape}]`);
     if (!this.recording) throw new Error('gradients: the backward pass is already appended');
     this.recording = false;
+    const dloss = seed ?? this.constant('dloss', [1], []);
+    this.backward = new Set([dloss.name]);
+    this.forwardEnd = this.builder.nodes.length;
     const pending = new Map<string, Value[]>();
-    pending.set(loss.name, [seed ?? this.scalar(1)]);
+    pending.set(loss.name, [dloss]);
     const total = (s: Value): Value | null => {
       const parts = pending.get(s.name);
       if (!parts || parts.length === 0) return null;
@@ -223,7 +251,7 @@ export class TrainGraph {
       const e = this.tape[i]!;
       const gs = e.outs.map(total);
       if (gs.every((g) => g === null)) continue;
-      const grads = e.vjp(gs);
+      const grads = this.scope(`grad(${e.outs[0]!.name})`, () => e.vjp(gs));
       e.ins.forEach((inp, k) => {
         const gi = grads[k];
         if (!gi || !inp.grad) return;
@@ -235,7 +263,9 @@ export class TrainGraph {
       });
       for (const o of e.outs) pending.delete(o.name);
     }
-    return wrt.map((w) => total(w));
+    const out = wrt.map((w) => total(w));
+    this.backward = null;
+    return out;
   }
 
   // ---------------------------------------------------------------------------------------------

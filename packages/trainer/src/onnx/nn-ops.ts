@@ -119,58 +119,120 @@ export function layerNorm(t: TrainGraph, x: Value, w: Value, bias: Value, eps: n
   })[0]!;
 }
 
-/**
- * Exact GELU x/2 (1 + erf(x / sqrt 2)), as torch.nn.GELU(), emitted as the pattern ONNX Runtime fuses
- * into one Gelu node (Div, Erf, Add, Mul, Mul; after MatMul + Add into BiasGelu where the pre-activation
- * has no other use). Only x is kept: the backward recomputes
- * GELU'(x) = (1 + erf(u)) / 2 + u exp(-u^2) / sqrt(pi), u = x / sqrt 2.
- */
-export function gelu(t: TrainGraph, x: Value): Value {
-  const s = x.shape;
-  const erf = t.emit('Erf', [t.emit('Div', [x, t.scalar(Math.SQRT2)], s)], s);
-  const y = t.emit('Mul', [t.emit('Mul', [x, t.emit('Add', [erf, t.scalar(1)], s)], s), t.scalar(0.5)], s);
-  return t.record1(y, [x], (g) => [t.emit('Mul', [g, geluDerivative(t, x)], s)]);
-}
-
-/** GELU'(x), recomputed from x (see `gelu`). */
-export function geluDerivative(t: TrainGraph, x: Value): Value {
+/** Φ(x) = (1 + erf(x / sqrt 2)) / 2 and x φ(x) = x exp(-x^2 / 2) / sqrt(2 pi), recomputed from x for GELU's backward. */
+function geluParts(t: TrainGraph, x: Value): { cdf: Value; xpdf: Value } {
   const s = x.shape;
   const u = t.emit('Mul', [x, t.scalar(Math.SQRT1_2)], s);
-  const half = t.emit('Mul', [t.emit('Add', [t.emit('Erf', [u], s), t.scalar(1)], s), t.scalar(0.5)], s);
+  const cdf = t.emit('Mul', [t.emit('Add', [t.emit('Erf', [u], s), t.scalar(1)], s), t.scalar(0.5)], s);
   const bump = t.emit('Exp', [t.emit('Neg', [t.emit('Mul', [u, u], s)], s)], s);
-  return t.emit('Add', [half, t.emit('Mul', [t.emit('Mul', [u, bump], s), t.scalar(1 / Math.sqrt(Math.PI))], s)], s);
+  return { cdf, xpdf: t.emit('Mul', [t.emit('Mul', [u, bump], s), t.scalar(1 / Math.sqrt(Math.PI))], s) };
+}
+
+/** Exact GELU as the pattern ONNX Runtime fuses into one Gelu node (Div, Erf, Add, Mul, Mul; BiasGelu after MatMul + Add). */
+function geluValue(t: TrainGraph, x: Value): Value {
+  const s = x.shape;
+  const erf = t.emit('Erf', [t.emit('Div', [x, t.scalar(Math.SQRT2)], s)], s);
+  return t.emit('Mul', [t.emit('Mul', [x, t.emit('Add', [erf, t.scalar(1)], s)], s), t.scalar(0.5)], s);
+}
+
+/**
+ * Exact GELU x Φ(x), as torch.nn.GELU(). Only x is kept: the backward recomputes
+ * GELU'(x) = Φ(x) + x φ(x) from it (see `activationLinear` for the MLP, which keeps less still).
+ */
+export function gelu(t: TrainGraph, x: Value): Value {
+  const y = geluValue(t, x);
+  return t.record1(y, [x], (g) => {
+    const { cdf, xpdf } = geluParts(t, x);
+    return [t.emit('Mul', [g, t.emit('Add', [cdf, xpdf], x.shape)], x.shape)];
+  });
 }
 
 /** QuickGELU x sigmoid(1.702 x) (OpenAI CLIP); the backward recomputes s = sigmoid(1.702 x): dx = g (s + 1.702 x s (1 - s)). */
 export function quickGelu(t: TrainGraph, x: Value): Value {
   const s = x.shape;
-  const k = t.scalar(1.702);
-  const y = t.emit('Mul', [x, t.emit('Sigmoid', [t.emit('Mul', [x, k], s)], s)], s);
-  return t.record1(y, [x], (g) => {
-    const sig = t.emit('Sigmoid', [t.emit('Mul', [x, k], s)], s);
-    const slope = t.emit('Mul', [t.emit('Mul', [t.emit('Mul', [x, k], s), sig], s), t.emit('Sub', [t.scalar(1), sig], s)], s);
-    return [t.emit('Mul', [g, t.emit('Add', [sig, slope], s)], s)];
-  });
+  const y = t.emit('Mul', [x, t.emit('Sigmoid', [t.emit('Mul', [x, t.scalar(1.702)], s)], s)], s);
+  return t.record1(y, [x], (g) => [t.emit('Mul', [g, quickGeluParts(t, x).slope], s)]);
+}
+
+function quickGeluParts(t: TrainGraph, x: Value): { value: Value; slope: Value } {
+  const s = x.shape;
+  const kx = t.emit('Mul', [x, t.scalar(1.702)], s);
+  const sig = t.emit('Sigmoid', [kx], s);
+  const slope = t.emit('Add', [sig, t.emit('Mul', [t.emit('Mul', [kx, sig], s), t.emit('Sub', [t.scalar(1), sig], s)], s)], s);
+  return { value: t.emit('Mul', [x, sig], s), slope };
+}
+
+/** SwiGLU's halves x1, x2 of x12 [..., 2h] (one Split node). */
+function halves(t: TrainGraph, x12: Value): [Value, Value] {
+  const h = x12.shape[x12.shape.length - 1]! / 2;
+  const s = [...x12.shape.slice(0, -1), h];
+  const [x1, x2] = t.emitMany('Split', [x12, t.int64([h, h])], [s, s], { axis: x12.shape.length - 1 });
+  return [x1!, x2!];
+}
+
+/** silu(x1) x2 of SwiGLU. */
+function swigluValue(t: TrainGraph, x1: Value, x2: Value): Value {
+  return t.emit('Mul', [t.emit('Mul', [x1, t.emit('Sigmoid', [x1], x1.shape)], x1.shape), x2], x1.shape);
+}
+
+/** SwiGLU's input gradient [dx1, dx2] concatenated, from the output gradient g: dx1 = g x2 s (1 + x1 (1 - s)), dx2 = g silu(x1). */
+function swigluInputGrad(t: TrainGraph, x12: Value, x1: Value, x2: Value, g: Value): Value {
+  const s = x1.shape;
+  const sig = t.emit('Sigmoid', [x1], s);
+  const silu = t.emit('Mul', [x1, sig], s);
+  const slope = t.emit('Mul', [sig, t.emit('Add', [t.scalar(1), t.emit('Mul', [x1, t.emit('Sub', [t.scalar(1), sig], s)], s)], s)], s);
+  const dx1 = t.emit('Mul', [t.emit('Mul', [g, x2], s), slope], s);
+  return t.emit('Concat', [dx1, t.emit('Mul', [g, silu], s)], x12.shape, { axis: x12.shape.length - 1 });
 }
 
 /**
  * SwiGLU's gate on the first linear layer's output x12 [..., 2h] (DINOv2's SwiGLUFFN: x1, x2 = chunk(2);
- * silu(x1) x2) -> [..., h]. Keeps x12 only: the backward recomputes s = sigmoid(x1):
- * dx1 = g x2 s (1 + x1 (1 - s)), dx2 = g x1 s.
+ * silu(x1) x2) -> [..., h]. The backward recomputes sigmoid(x1) from the kept halves.
  */
 export function swiglu(t: TrainGraph, x12: Value): Value {
-  const h = x12.shape[x12.shape.length - 1]! / 2;
-  const s = [...x12.shape.slice(0, -1), h];
-  const last = x12.shape.length - 1;
-  const [x1, x2] = t.emitMany('Split', [x12, t.int64([h, h])], [s, s], { axis: last });
-  const y = t.emit('Mul', [t.emit('Mul', [x1!, t.emit('Sigmoid', [x1!], s)], s), x2!], s);
-  return t.record1(y, [x12], (g) => {
-    const sig = t.emit('Sigmoid', [x1!], s);
-    const gs = t.emit('Mul', [g, sig], s);
-    const dx2 = t.emit('Mul', [gs, x1!], s);
-    const slope = t.emit('Add', [t.scalar(1), t.emit('Mul', [x1!, t.emit('Sub', [t.scalar(1), sig], s)], s)], s);
-    const dx1 = t.emit('Mul', [t.emit('Mul', [gs, x2!], s), slope], s);
-    return [t.emit('Concat', [dx1, dx2], x12.shape, { axis: last })];
+  const [x1, x2] = halves(t, x12);
+  return t.record1(swigluValue(t, x1, x2), [x12], (g) => [swigluInputGrad(t, x12, x1, x2, g)]);
+}
+
+export type Activation = 'gelu' | 'quick_gelu' | 'swiglu';
+
+/**
+ * An MLP's second layer on its activation: act(h) @ w [+ bias] (GELU, QuickGELU, or SwiGLU on h = x12),
+ * as ONE op that keeps only h, w and bias. The activation act(h), as big as h (4 D wide), is not kept
+ * for w's gradient but recomputed in the backward pass with the activation's derivative (PyTorch keeps
+ * both): dw = act(h)^T g, dbias = sum g, dh = (g w^T) act'(h).
+ */
+export function activationLinear(t: TrainGraph, h: Value, act: Activation, w: Value, bias?: Value | null): Value {
+  const [inDim, outDim] = w.shape as [number, number];
+  const rows = numel(h.shape.slice(0, -1));
+  const hs = act === 'swiglu' ? [...h.shape.slice(0, -1), inDim] : h.shape;
+  const parts = act === 'swiglu' ? halves(t, h) : null;
+  const a = parts ? swigluValue(t, parts[0], parts[1]) : act === 'gelu' ? geluValue(t, h) : quickGeluParts(t, h).value;
+  const mm = t.emit('MatMul', [a, w], [...hs.slice(0, -1), outDim]);
+  const y = bias ? t.emit('Add', [mm, bias], mm.shape) : mm;
+  const ins = bias ? [h, w, bias] : [h, w];
+  return t.record1(y, ins, (g) => {
+    const g2 = t.emit('Reshape', [g, t.int64([rows, outDim])], [rows, outDim]);
+    let value: Value;
+    let dh: Value | null = null;
+    const da = h.grad ? matmul(t, g, w, { transB: true }) : null;
+    if (act === 'gelu') {
+      const { cdf, xpdf } = geluParts(t, h);
+      value = t.emit('Mul', [h, cdf], h.shape);
+      if (da) dh = t.emit('Mul', [da, t.emit('Add', [cdf, xpdf], h.shape)], h.shape);
+    } else if (act === 'quick_gelu') {
+      const q = quickGeluParts(t, h);
+      value = q.value;
+      if (da) dh = t.emit('Mul', [da, q.slope], h.shape);
+    } else {
+      const [x1, x2] = parts!;
+      value = swigluValue(t, x1, x2);
+      if (da) dh = swigluInputGrad(t, h, x1, x2, da);
+    }
+    const a2 = t.emit('Reshape', [value, t.int64([rows, inDim])], [rows, inDim]);
+    const dw = w.grad ? matmul(t, a2, g2, { transA: true }) : null;
+    const db = bias?.grad ? t.emit('ReduceSum', [g2, t.int64([0])], [outDim], { keepdims: 0 }) : null;
+    return bias ? [dh, dw, db] : [dh, dw];
   });
 }
 

@@ -59,7 +59,9 @@ function maskTensors(batch: DinoBatch, P: number): MaskTensors | null {
   if (!masks || M === 0) return null;
   const rows = 2 * batch.size * P;
   const sel = new Float32Array(M * rows);
-  masks.indices.forEach((idx, r) => { sel[r * rows + idx] = 1; });
+  masks.indices.forEach((idx, r) => {
+    sel[r * rows + idx] = 1;
+  });
   return {
     mask: tf.tensor2d(masks.masks, [2 * batch.size, P]),
     select: tf.tensor2d(sel, [M, rows]),
@@ -111,7 +113,10 @@ async function teacherTargets(
   const logits = [raw.dinoProbs, ...(raw.ibotProbs ? [raw.ibotProbs] : [])];
   let targets: tf.Tensor2D[];
   try {
-    targets = await sinkhornKnopp(logits.map((l) => ({ logits: l, temperature: temp })), reduceSumOf(sync));
+    targets = await sinkhornKnopp(
+      logits.map((l) => ({ logits: l, temperature: temp })),
+      reduceSumOf(sync),
+    );
   } finally {
     tf.dispose(logits);
   }
