@@ -280,6 +280,28 @@ const cases: Record<string, Case> = {
       return tf.mul(tf.mul(x1!, tf.sigmoid(x1!)), x2!);
     },
   },
+  'activationLinear gelu (the activation recomputed in the backward)': {
+    inputs: { h: { shape: [2, 3, 6], scale: 2 }, w: { shape: [6, 4] }, b: { shape: [4] } },
+    graph: (t, x) => nn.activationLinear(t, x.h!, 'gelu', x.w!, x.b!),
+    tfjs: (x) => {
+      const a = tf.mul(tf.mul(x.h!, 0.5), tf.add(1, tf.erf(tf.mul(x.h!, Math.SQRT1_2))));
+      return tf.add(tf.reshape(tf.matMul(tf.reshape(a, [6, 6]), x.w!), [2, 3, 4]), x.b!);
+    },
+  },
+  'activationLinear quick_gelu without bias': {
+    inputs: { h: { shape: [5, 6], scale: 2 }, w: { shape: [6, 4] } },
+    graph: (t, x) => nn.activationLinear(t, x.h!, 'quick_gelu', x.w!),
+    tfjs: (x) => tf.matMul(tf.mul(x.h!, tf.sigmoid(tf.mul(x.h!, 1.702))), x.w!),
+  },
+  'activationLinear swiglu': {
+    inputs: { h: { shape: [2, 3, 8], scale: 2 }, w: { shape: [4, 5] }, b: { shape: [5] } },
+    graph: (t, x) => nn.activationLinear(t, x.h!, 'swiglu', x.w!, x.b!),
+    tfjs: (x) => {
+      const [x1, x2] = tf.split(x.h!, 2, -1);
+      const a = tf.mul(tf.mul(x1!, tf.sigmoid(x1!)), x2!);
+      return tf.add(tf.reshape(tf.matMul(tf.reshape(a, [6, 4]), x.w!), [2, 3, 5]), x.b!);
+    },
+  },
   'gatherRows with repeated indices': {
     inputs: { a: { shape: [5, 3] }, i: { shape: [6], ints: [4, 0, 4, 2, 0, 0] } },
     graph: (t, x) => nn.gatherRows(t, x.a!, x.i!),

@@ -118,6 +118,19 @@ export class TrainGraph {
     return { ...x, name };
   }
 
+  /**
+   * Moves the node that produces `x` (a sink such as a parameter's gradient) to the end of the node list.
+   * ONNX Runtime's scheduler starts from the leaf with the highest node index: gradients output in the
+   * forward pass's order of use (the last layer's last) then run layer by layer as the backward pass
+   * reaches them, instead of all at the end, where every layer's output gradient would have to wait.
+   */
+  sinkToEnd(x: Value): void {
+    const nodes = this.builder.nodes;
+    const i = nodes.findIndex((n) => (n.output as string[]).includes(x.name));
+    if (i < 0) return; // a graph input or constant
+    nodes.push(...nodes.splice(i, 1));
+  }
+
   /** Runs `fn` with node names prefixed by `scope` (readable names in profiles and errors). */
   scope<T>(scope: string, fn: () => T): T {
     this.scopes.push(scope);

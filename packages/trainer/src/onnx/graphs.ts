@@ -111,6 +111,7 @@ function finish(t: TrainGraph, params: ParamTable, loss: Value | null, kind: str
     const wrt = declared.filter((v) => v.grad);
     t.gradients(loss, wrt).forEach((g, i) => {
       if (!g) return;
+      t.sinkToEnd(g);
       t.output(g, `grad.${wrt[i]!.name}`);
       gradients.push(wrt[i]!.name);
     });

@@ -7,7 +7,7 @@
  */
 import type { DinoHeadConfig } from '../heads.js';
 import type { TrainGraph, Value } from './autodiff.js';
-import { gelu, l2Normalize, linear, matmul } from './nn-ops.js';
+import { activationLinear, l2Normalize, linear, matmul } from './nn-ops.js';
 import type { ParamFn } from './vit-graph.js';
 
 /** The names of a DinoHead's linear layers, as heads.ts names them (`mlp` for one layer, else `mlp.0`, `mlp.2`, ...). */
@@ -40,8 +40,9 @@ export function dinoHead(t: TrainGraph, cfg: DinoHeadConfig, p: ParamFn, x: Valu
   const layers = mlpLayers(cfg);
   let h = x;
   layers.forEach((name, i) => {
-    h = linear(t, h, p(`${name}.weight`), p(`${name}.bias`));
-    if (i < layers.length - 1) h = gelu(t, h);
+    // Layers after the first take GELU of the previous one's output, recomputed in the backward pass.
+    const [w, b] = [p(`${name}.weight`), p(`${name}.bias`)];
+    h = i === 0 ? linear(t, h, w, b) : activationLinear(t, h, 'gelu', w, b);
   });
   h = l2Normalize(t, h, 1e-12);
   const v = p('last_layer.weight_v');

@@ -3,7 +3,8 @@
  * products (MatMul, or com.microsoft.FusedMatMul for transposed operands and a scale, so no backward
  * rule transposes a big tensor), Softmax / LogSoftmax, LayerNormalization (its Mean and InvStdDev
  * outputs feed the backward), exact GELU (the forward pattern ONNX Runtime fuses into Gelu; the
- * derivative is recomputed from the kept input), QuickGELU, SwiGLU, row gathers (the backward scatters
+ * derivative is recomputed from the kept input), QuickGELU, SwiGLU, an MLP's activation + second layer
+ * as one op that recomputes the activation instead of keeping it, row gathers (the backward scatters
  * with ScatterND's add reduction) and L2 normalisation.
  */
 import { numel, type TrainGraph, type Value } from './autodiff.js';
@@ -119,13 +120,16 @@ export function layerNorm(t: TrainGraph, x: Value, w: Value, bias: Value, eps: n
   })[0]!;
 }
 
-/** Φ(x) = (1 + erf(x / sqrt 2)) / 2 and x φ(x) = x exp(-x^2 / 2) / sqrt(2 pi), recomputed from x for GELU's backward. */
-function geluParts(t: TrainGraph, x: Value): { cdf: Value; xpdf: Value } {
+/**
+ * 2 Φ(x) = 1 + erf(u) and 2 GELU'(x) = 2 Φ(x) + 2 x φ(x) = 1 + erf(u) + u exp(ln(2 / sqrt pi) - u^2), u = x / sqrt 2,
+ * recomputed from x for GELU's backward in 8 elementwise passes (the halves fold into the products' alpha).
+ */
+function geluParts(t: TrainGraph, x: Value): { cdf2: Value; slope2: Value } {
   const s = x.shape;
   const u = t.emit('Mul', [x, t.scalar(Math.SQRT1_2)], s);
-  const cdf = t.emit('Mul', [t.emit('Add', [t.emit('Erf', [u], s), t.scalar(1)], s), t.scalar(0.5)], s);
-  const bump = t.emit('Exp', [t.emit('Neg', [t.emit('Mul', [u, u], s)], s)], s);
-  return { cdf, xpdf: t.emit('Mul', [t.emit('Mul', [u, bump], s), t.scalar(1 / Math.sqrt(Math.PI))], s) };
+  const cdf2 = t.emit('Add', [t.emit('Erf', [u], s), t.scalar(1)], s);
+  const bump = t.emit('Exp', [t.emit('Sub', [t.scalar(Math.log(2 / Math.sqrt(Math.PI))), t.emit('Mul', [u, u], s)], s)], s);
+  return { cdf2, slope2: t.emit('Add', [cdf2, t.emit('Mul', [u, bump], s)], s) };
 }
 
 /** Exact GELU as the pattern ONNX Runtime fuses into one Gelu node (Div, Erf, Add, Mul, Mul; BiasGelu after MatMul + Add). */
@@ -136,22 +140,21 @@ function geluValue(t: TrainGraph, x: Value): Value {
 }
 
 /**
- * Exact GELU x Φ(x), as torch.nn.GELU(). Only x is kept: the backward recomputes
- * GELU'(x) = Φ(x) + x φ(x) from it (see `activationLinear` for the MLP, which keeps less still).
+ * Exact GELU x Φ(x), as torch.nn.GELU(). Only x is kept: the backward recomputes GELU'(x) from it
+ * (`geluParts`; see `activationLinear` for an MLP, which keeps less still).
  */
 export function gelu(t: TrainGraph, x: Value): Value {
   const y = geluValue(t, x);
-  return t.record1(y, [x], (g) => {
-    const { cdf, xpdf } = geluParts(t, x);
-    return [t.emit('Mul', [g, t.emit('Add', [cdf, xpdf], x.shape)], x.shape)];
-  });
+  return t.record1(y, [x], (g) => [t.emit('Mul', [t.emit('Mul', [g, t.scalar(0.5)], x.shape), geluParts(t, x).slope2], x.shape)]);
 }
 
 /** QuickGELU x sigmoid(1.702 x) (OpenAI CLIP); the backward recomputes s = sigmoid(1.702 x): dx = g (s + 1.702 x s (1 - s)). */
 export function quickGelu(t: TrainGraph, x: Value): Value {
-  const s = x.shape;
-  const y = t.emit('Mul', [x, t.emit('Sigmoid', [t.emit('Mul', [x, t.scalar(1.702)], s)], s)], s);
-  return t.record1(y, [x], (g) => [t.emit('Mul', [g, quickGeluParts(t, x).slope], s)]);
+  return t.record1(quickGeluValue(t, x), [x], (g) => [t.emit('Mul', [g, quickGeluParts(t, x).slope], x.shape)]);
+}
+
+function quickGeluValue(t: TrainGraph, x: Value): Value {
+  return t.emit('Mul', [x, t.emit('Sigmoid', [t.emit('Mul', [x, t.scalar(1.702)], x.shape)], x.shape)], x.shape);
 }
 
 function quickGeluParts(t: TrainGraph, x: Value): { value: Value; slope: Value } {
@@ -207,7 +210,7 @@ export function activationLinear(t: TrainGraph, h: Value, act: Activation, w: Va
   const rows = numel(h.shape.slice(0, -1));
   const hs = act === 'swiglu' ? [...h.shape.slice(0, -1), inDim] : h.shape;
   const parts = act === 'swiglu' ? halves(t, h) : null;
-  const a = parts ? swigluValue(t, parts[0], parts[1]) : act === 'gelu' ? geluValue(t, h) : quickGeluParts(t, h).value;
+  const a = parts ? swigluValue(t, parts[0], parts[1]) : act === 'gelu' ? geluValue(t, h) : quickGeluValue(t, h);
   const mm = t.emit('MatMul', [a, w], [...hs.slice(0, -1), outDim]);
   const y = bias ? t.emit('Add', [mm, bias], mm.shape) : mm;
   const ins = bias ? [h, w, bias] : [h, w];
@@ -215,11 +218,13 @@ export function activationLinear(t: TrainGraph, h: Value, act: Activation, w: Va
     const g2 = t.emit('Reshape', [g, t.int64([rows, outDim])], [rows, outDim]);
     let value: Value;
     let dh: Value | null = null;
-    const da = h.grad ? matmul(t, g, w, { transB: true }) : null;
+    // GELU: the recomputed value and derivative are both doubled (geluParts); the products halve them.
+    const half = act === 'gelu' ? 0.5 : 1;
+    const da = h.grad ? matmul(t, g, w, { transB: true, alpha: half }) : null;
     if (act === 'gelu') {
-      const { cdf, xpdf } = geluParts(t, h);
-      value = t.emit('Mul', [h, cdf], h.shape);
-      if (da) dh = t.emit('Mul', [da, t.emit('Add', [cdf, xpdf], h.shape)], h.shape);
+      const { cdf2, slope2 } = geluParts(t, h);
+      value = t.emit('Mul', [h, cdf2], h.shape);
+      if (da) dh = t.emit('Mul', [da, slope2], h.shape);
     } else if (act === 'quick_gelu') {
       const q = quickGeluParts(t, h);
       value = q.value;
@@ -230,7 +235,7 @@ export function activationLinear(t: TrainGraph, h: Value, act: Activation, w: Va
       if (da) dh = swigluInputGrad(t, h, x1, x2, da);
     }
     const a2 = t.emit('Reshape', [value, t.int64([rows, inDim])], [rows, inDim]);
-    const dw = w.grad ? matmul(t, a2, g2, { transA: true }) : null;
+    const dw = w.grad ? matmul(t, a2, g2, { transA: true, alpha: half }) : null;
     const db = bias?.grad ? t.emit('ReduceSum', [g2, t.int64([0])], [outDim], { keepdims: 0 }) : null;
     return bias ? [dh, dw, db] : [dh, dw];
   });

@@ -17,7 +17,7 @@
  */
 import { blockDropRate, posEmbedMatrices, posGrid, type ViTConfig } from '@vitreg/registers';
 import type { TrainGraph, Value } from './autodiff.js';
-import { gelu, layerNorm, linear, matmul, oneMinus, quickGelu, softmax, swiglu } from './nn-ops.js';
+import { activationLinear, layerNorm, linear, matmul, oneMinus, softmax } from './nn-ops.js';
 
 /** Parameters by model name (`cls_token`, `blocks.0.attn.qkv.weight`, ...), declared as graph inputs on first use. */
 export type ParamFn = (name: string) => Value;
@@ -70,33 +70,46 @@ function residual(t: TrainGraph, x: Value, branch: Value, gamma: Value | undefin
   return t.add(x, y);
 }
 
-/** One pre-norm block: x + ls1 attn(norm1(x)), then + ls2 ffn(norm2(x)). */
-function block(t: TrainGraph, vit: ViTConfig, p: ParamFn, opt: OptionalParamFn, i: number, x: Value, drop?: Value): Value {
+/**
+ * One pre-norm block: x + ls1 attn(norm1(x)), then + ls2 ffn(norm2(x)). With `clsOnly` (the last block
+ * when only CLS is used) only the CLS token's output [B, 1, D] is computed: its query against every
+ * token's key and value, then the projection and FFN of that one token (the same values and gradients;
+ * the other tokens' outputs would get none).
+ */
+function block(t: TrainGraph, vit: ViTConfig, p: ParamFn, opt: OptionalParamFn, i: number, x: Value, drop?: Value, clsOnly = false): Value {
   const [B, N, D] = x.shape as [number, number, number];
   const H = vit.num_heads;
   const hd = D / H;
   const b = `blocks.${i}.`;
   const eps = vit.norm_eps;
-  // Attention: [B, N, 3D] -> [3, B, H, N, hd] -> q, k, v [B, H, N, hd].
   const h1 = layerNorm(t, x, p(`${b}norm1.weight`), p(`${b}norm1.bias`), eps);
-  const qkv = linear(t, h1, p(`${b}attn.qkv.weight`), opt(`${b}attn.qkv.bias`));
-  const heads = t.transpose(t.reshape(qkv, [B, N, 3, H, hd]), [2, 0, 3, 1, 4]);
-  const [q, k, v] = t.split(heads, 0, [1, 1, 1]).map((s) => t.reshape(s, [B, H, N, hd])) as [Value, Value, Value];
+  const w = p(`${b}attn.qkv.weight`);
+  const bias = opt(`${b}attn.qkv.bias`);
+  const M = clsOnly ? 1 : N;
+  let q: Value, k: Value, v: Value;
+  if (clsOnly) {
+    // q of CLS only [B, H, 1, hd]; k, v of every token: [B, N, 2D] -> [2, B, H, N, hd].
+    const qb = bias ? t.slice(bias, 0, 0, D) : null;
+    q = t.transpose(t.reshape(linear(t, t.slice(h1, 1, 0, 1), t.slice(w, 1, 0, D), qb), [B, 1, H, hd]), [0, 2, 1, 3]);
+    const kv = linear(t, h1, t.slice(w, 1, D, 3 * D), bias ? t.slice(bias, 0, D, 3 * D) : null);
+    const heads = t.transpose(t.reshape(kv, [B, N, 2, H, hd]), [2, 0, 3, 1, 4]);
+    [k, v] = t.split(heads, 0, [1, 1]).map((s) => t.reshape(s, [B, H, N, hd])) as [Value, Value];
+    x = t.slice(x, 1, 0, 1);
+  } else {
+    // [B, N, 3D] -> [3, B, H, N, hd] -> q, k, v [B, H, N, hd].
+    const heads = t.transpose(t.reshape(linear(t, h1, w, bias), [B, N, 3, H, hd]), [2, 0, 3, 1, 4]);
+    [q, k, v] = t.split(heads, 0, [1, 1, 1]).map((s) => t.reshape(s, [B, H, N, hd])) as [Value, Value, Value];
+  }
   const attn = softmax(t, matmul(t, q, k, { transB: true, alpha: 1 / Math.sqrt(hd) }));
-  const merged = t.reshape(t.transpose(matmul(t, attn, v), [0, 2, 1, 3]), [B, N, D]);
+  const merged = t.reshape(t.transpose(matmul(t, attn, v), [0, 2, 1, 3]), [B, M, D]);
   const a = linear(t, merged, p(`${b}attn.proj.weight`), opt(`${b}attn.proj.bias`));
   x = residual(t, x, a, opt(`${b}ls1.gamma`), keepFactors(t, vit, drop, i, 0));
   // FFN: MLP (GELU / QuickGELU) or SwiGLU.
   const h2 = layerNorm(t, x, p(`${b}norm2.weight`), p(`${b}norm2.bias`), eps);
-  let f: Value;
-  if (vit.ffn_layer === 'swiglu') {
-    const x12 = linear(t, h2, p(`${b}mlp.w12.weight`), opt(`${b}mlp.w12.bias`));
-    f = linear(t, swiglu(t, x12), p(`${b}mlp.w3.weight`), opt(`${b}mlp.w3.bias`));
-  } else {
-    const h = linear(t, h2, p(`${b}mlp.fc1.weight`), opt(`${b}mlp.fc1.bias`));
-    const act = vit.act_layer === 'quick_gelu' ? quickGelu(t, h) : gelu(t, h);
-    f = linear(t, act, p(`${b}mlp.fc2.weight`), opt(`${b}mlp.fc2.bias`));
-  }
+  const [fc1, fc2] = vit.ffn_layer === 'swiglu' ? ['w12', 'w3'] : ['fc1', 'fc2'];
+  const act = vit.ffn_layer === 'swiglu' ? 'swiglu' : vit.act_layer;
+  const h = linear(t, h2, p(`${b}mlp.${fc1}.weight`), opt(`${b}mlp.${fc1}.bias`));
+  const f = activationLinear(t, h, act, p(`${b}mlp.${fc2}.weight`), opt(`${b}mlp.${fc2}.bias`));
   return residual(t, x, f, opt(`${b}ls2.gamma`), keepFactors(t, vit, drop, i, 1));
 }
 
@@ -149,8 +162,11 @@ export function vitForward(
   parts.push(t.add(x, patchPos));
   x = t.concat(parts, 1);
   if (vit.pre_norm) x = layerNorm(t, x, p('norm_pre.weight'), p('norm_pre.bias'), vit.norm_eps);
-  for (let i = 0; i < vit.depth; i++) x = t.scope(`blocks.${i}`, () => block(t, vit, p, opt, i, x, o.dropPath));
-  // Final norm: over the CLS token only when no patch token is needed (LayerNorm is per token).
+  // Without patch tokens the last block and the final norm compute the CLS token only.
+  for (let i = 0; i < vit.depth; i++) {
+    const clsOnly = !o.patches && i === vit.depth - 1;
+    x = t.scope(`blocks.${i}`, () => block(t, vit, p, opt, i, x, o.dropPath, clsOnly));
+  }
   const norm = (v: Value) => layerNorm(t, v, p('norm.weight'), p('norm.bias'), vit.norm_eps);
   if (!o.patches) return { cls: t.reshape(norm(t.slice(x, 1, 0, 1)), [B, D]) };
   if (!vit.final_norm_tokens) return { cls: t.reshape(norm(t.slice(x, 1, 0, 1)), [B, D]), patches: t.slice(x, 1, 1 + R, 1 + R + P) };
