@@ -323,3 +323,48 @@ for (const [name, c] of Object.entries(dinoCases)) {
     model.dispose();
   });
 }
+
+test('DINOv2 step without local crops: loss_dino_local is 0 and the global term alone is trained', async (t) => {
+  const o = await tryOrt();
+  if (!o) return t.skip(SKIP_NO_ORT);
+  const vit = micro({ drop_path_rate: 0 });
+  const w = randomWeights(parameterShapes(vit), 3);
+  const hw = randomWeights(Object.fromEntries(Object.entries(new DinoHead(HEAD, new Rng(0)).params).map(([k, v]) => [k, v.shape])), 4);
+  const trained = [
+    ...Object.keys(w)
+      .filter((k) => k !== 'mask_token')
+      .map((k) => `backbone.${k}`),
+    ...Object.keys(hw).map((k) => `dino_head.${k}`),
+  ];
+  const built = dinoStudentStepGraph(
+    vit,
+    { dino: HEAD },
+    {
+      batch: 2,
+      globalSize: 16,
+      localSize: 8,
+      nLocal: 0,
+      maskRows: 0,
+      ibot: 'none',
+      dinoWeight: 1,
+      koleoWeight: 0,
+      ibotWeight: 1,
+      studentTemp: 0.1,
+      trained,
+    },
+  );
+  assert.deepEqual(
+    built.inputs.filter((i) => !i.name.includes('.')).map((i) => i.name),
+    ['globals', 'dino_targets'],
+  );
+  const got = await runModel(o, built.bytes, built.inputs, {
+    ...prefixed('backbone.', w),
+    ...prefixed('dino_head.', hw),
+    globals: seeded(4 * 16 * 16 * 3, 1),
+    dino_targets: probs(4, HEAD.outDim, 2),
+  });
+  assert.equal(got.loss_dino_local![0], 0);
+  assert.ok(Math.abs(got.loss![0]! - got.loss_dino_global![0]!) < 1e-6);
+  assert.ok(!('loss_koleo' in got) && !('loss_ibot' in got));
+  assert.ok(built.gradients.length > 0 && !built.gradients.includes('backbone.mask_token'));
+});

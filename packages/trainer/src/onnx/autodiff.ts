@@ -127,7 +127,7 @@ export class TrainGraph {
   sinkToEnd(x: Value): void {
     const nodes = this.builder.nodes;
     const i = nodes.findIndex((n) => (n.output as string[]).includes(x.name));
-    if (i < 0) return; // a graph input or constant
+    if (i < 0 || (nodes[i]!.output as string[]).length !== 1) return; // a graph input, a constant, or a node with other consumers
     nodes.push(...nodes.splice(i, 1));
   }
 
