@@ -1,127 +1,404 @@
 /**
- * `npm run bench -- train-step [--batch 32] [--micro-batch 2] [--steps 1] [--model deit3_small_patch16_reg4] [--size 224] [--backend wasm] [--gpu N] [--workers 1]`
- * One supervised training step of the trainer as it runs in `vitreg train` (synthetic data, DeiT-III
- * augmentation, forward, backward, gradient sync, clipping, AdamW): ViT-S/16 with 4 registers at
- * 224 px, batch 32 by default, in micro-batches of 2 (gradients summed: a whole batch of 32 does not
- * fit the wasm backend's 4 GiB heap). One warm-up step, then `--steps` timed steps. Prints one JSON
- * line: images/s, seconds per step, memory, backend.
+ * `npm run bench -- train-step [--engine tfjs|onnxruntime|auto[,...]] [--threads N[,M]] [--objective supervised|dinov2]
+ *   [--preset NAME] [--batch N] [--model NAME] [--patch N] [--size 224] [--steps N] [--warmup N] [--micro-batch N]
+ *   [--precision fp32|bf16|fp16] [--device cpu|cuda|webgpu] [--backend wasm] [--torch auto|off|only]
+ *   [--torch-mode alternate|after] [--torch-drop-path full|subset] [--count-flops]`
  *
- * `--workers N` (N > 1): data-parallel over N worker threads (`trainThreads`, as `vitreg train
- * --workers N`); `--batch` is per worker, images/s counts the global batch (batch x N), and the step
- * time is rank 0's (from its metrics line, so it includes waiting for the gradient all-reduce).
- * Memory is then the peak RSS of the process (all threads).
+ * One training step of vitreg's trainer as `vitreg train` runs it (synthetic data, augmentation, the step
+ * engine's forward + backward, clipping, the optimiser, the EMA teacher), and beside it in the same run
+ * PyTorch's step of the same model (bench/reference: torch_vit.py for supervised, torch_dinov2_step.py for
+ * DINOv2, started with the same model, heads, losses and optimiser: _torch.ts). One JSON line per
+ * (engine, threads) case.
+ *
+ * - supervised (default): ViT-S/16 with 4 registers (deit3_small_patch16_reg4: LayerScale 1e-5, qkv bias,
+ *   drop path 0.1 per image) at 224 px, batch 32, cross-entropy with label smoothing 0.1, global clipping
+ *   at 3, AdamW with layer-wise lr decay.
+ * - dinov2: ViT-S/16 reg4 in DINOv2's layout (dinov2_vits14_reg at patch 16), DINOv2's default recipe:
+ *   2 global crops of 224 + 8 local of 96, DINO head (65536 prototypes) shared with iBOT, KoLeo, softmax
+ *   centering, drop path 0.3 (batch-subset rule), per-module clipping, AdamW, EMA teacher.
+ * - `--preset NAME`: a preset's model and recipe instead (e.g. dinov2-l14-reg4 at `--batch 2`), on the
+ *   synthetic shapes at its crop size.
+ *
+ * Timing: `--warmup` untimed steps (graph building, first allocations), then `--steps` timed ones. With
+ * `--torch-mode alternate` (default) the reference runs as a second process that takes one step after
+ * each of vitreg's (`vs_torch` is the median of the per-pair ratios, so drift on a shared machine cancels);
+ * `after` runs it once vitreg is done (the two peaks never overlap: the ViT-L case). `images_per_s` is
+ * the engine's time (computeStep + applyStep: what PyTorch's step does); `step_images_per_s` adds the
+ * loop's host work (decoding, augmentation, masks), which the reference does not do. `--threads` is ONNX
+ * Runtime's intra-op threads; for tfjs (one wasm thread) it is the number of worker threads of
+ * `trainThreads`, with the batch split between them (PyTorch then runs before and after). Peak RSS:
+ * VmHWM of this process and of the reference's. `--precision bf16|fp16`: PyTorch's CPU autocast (only on
+ * CPUs with AVX-512 BF16; the line says so otherwise) and the engine's mixed precision where it offers it.
  */
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import * as tf from '@tensorflow/tfjs-core';
-import { describeAdapter, getBackendName, initBackend, setupWebGpu, type BackendName } from '@vitreg/core';
-import { MAX_WORKERS, Trainer, trainThreads, validateTrainConfig, type TrainConfig } from '@vitreg/trainer';
+import { initBackend, type BackendName } from '@vitreg/core';
+import { modelConfig, Trainer, trainThreads, validateTrainConfig, type TrainConfig } from '@vitreg/trainer';
+import { loadEngine, timedEngine, type EngineTimes } from './_engines.js';
+import { dinoStepFlops, supervisedStepFlops } from './_flops.js';
+import { load1, machineInfo, mean, median, peakRssMb, round } from './_machine.js';
+import { dinoCase, supervisedCase, torchMissing, TorchStepper, type TorchCase, type TorchStepTime } from './_torch.js';
+
+type Values = Record<string, string | boolean | undefined>;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** The step's config: the objective's bench recipe (see the header) or a preset, on synthetic data. */
+function benchConfig(v: Values, batch: number, total: number, micro: number): TrainConfig {
+  const size = Number(v.size);
+  const data = { source: 'synthetic', train_size: batch * (total + 1), val_size: 1, synthetic_size: size };
+  const train = { steps: total, batch_size: batch, micro_batch_size: micro, eval_every: 0, checkpoint_every: 0 };
+  if (v.preset) {
+    const c = validateTrainConfig({ preset: v.preset as string }, `preset ${v.preset}`);
+    const gs = c.crops.global_crops_size;
+    return validateTrainConfig({
+      preset: v.preset as string,
+      data: { ...data, synthetic_size: gs },
+      train: { ...train, micro_batch_size: c.objective === 'supervised' ? micro : 0 },
+    });
+  }
+  const patch = v.patch ? { patch_size: Number(v.patch) } : {};
+  if (v.objective === 'dinov2') {
+    return validateTrainConfig({
+      objective: 'dino',
+      model: { arch: (v.model as string) ?? 'dinov2_vits14_reg', patch_size: 16, ...patch, img_size: size, drop_path_rate: 0.3 },
+      data,
+      train: { ...train, micro_batch_size: 0 },
+      optim: { warmup_steps: 1, freeze_last_layer_steps: 0 },
+      crops: { global_crops_size: size },
+    });
+  }
+  return validateTrainConfig({
+    objective: 'supervised',
+    model: {
+      arch: (v.model as string) ?? 'deit3_small_patch16_reg4',
+      ...patch,
+      img_size: size,
+      drop_path_rate: 0.1,
+      layerscale_init: 1e-5,
+    },
+    data,
+    train,
+    optim: { warmup_steps: 1 },
+    supervised: { bce_loss: false, mixup_alpha: 0, cutmix_alpha: 0, label_smoothing: 0.1 },
+    crops: { global_crops_size: size },
+  });
+}
+
+/** The reference of `config` (same model, heads, losses, optimiser) for one rank's batch. */
+function referenceCase(config: TrainConfig, v: Values, batch: number): TorchCase {
+  const vit = modelConfig(config);
+  const precision = v.precision as string;
+  if (config.objective === 'supervised') return supervisedCase(config, vit, { batch, classes: config.data.num_classes, precision });
+  return dinoCase(config, vit, { batch, precision, dropPathCompute: v['torch-drop-path'] as 'full' | 'subset' });
+}
+
+/** Analytic matrix-product GFLOPs of one step (bench/_flops.ts); `masked` = iBOT rows of the step. */
+function stepGflops(config: TrainConfig, batch: number, masked: number): number {
+  const vit = modelConfig(config);
+  if (config.objective === 'supervised')
+    return supervisedStepFlops(vit, batch, config.crops.global_crops_size, config.data.num_classes) / 1e9;
+  const d = config.dino;
+  const b = config.ibot;
+  const head = (h: { head_n_prototypes: number; head_hidden_dim: number; head_bottleneck_dim: number; head_nlayers: number }) => ({
+    inDim: vit.embed_dim,
+    outDim: h.head_n_prototypes,
+    hiddenDim: h.head_hidden_dim,
+    bottleneckDim: h.head_bottleneck_dim,
+    nlayers: h.head_nlayers,
+  });
+  const c = config.crops;
+  return (
+    dinoStepFlops(vit, {
+      batch,
+      globalSize: c.global_crops_size,
+      localSize: c.local_crops_size,
+      nLocal: c.local_crops_number,
+      masked,
+      dino: head(d),
+      ibot: b.loss_weight > 0 && b.separate_head ? head({ ...b, head_nlayers: d.head_nlayers }) : null,
+      ibotOn: b.loss_weight > 0,
+    }) / 1e9
+  );
+}
+
+function describe(config: TrainConfig, batch: number): Record<string, unknown> {
+  const vit = modelConfig(config);
+  const c = config.crops;
+  const base = {
+    objective: config.objective === 'dino' ? 'dinov2' : 'supervised',
+    model: config.model.arch,
+    patch: vit.patch_size,
+    dim: vit.embed_dim,
+    depth: vit.depth,
+    ffn: vit.ffn_layer,
+    registers: vit.num_register_tokens,
+    batch,
+  };
+  if (config.objective === 'supervised') return { ...base, size: c.global_crops_size };
+  return {
+    ...base,
+    crops: `2x${c.global_crops_size} + ${c.local_crops_number}x${c.local_crops_size}`,
+    prototypes: config.dino.head_n_prototypes,
+    ibot: config.ibot.loss_weight > 0 ? (config.ibot.separate_head ? 'separate' : 'shared') : 'off',
+    centering: config.train.centering,
+  };
+}
+
+const rate = (images: number, seconds: number[]) => round(images / mean(seconds));
+
+/** The reference's timings and ratio, from the paired steps. */
+function torchFields(torch: TorchStepper, times: TorchStepTime[], ours: number[], batch: number, peak: number, flops?: number) {
+  const ratios = times.map((t, i) => (ours[i] !== undefined ? t.seconds / ours[i]! : NaN)).filter((x) => Number.isFinite(x));
+  return {
+    torch: {
+      engine: torch.info.engine,
+      images_per_s: rate(
+        batch,
+        times.map((t) => t.seconds),
+      ),
+      cpu_images_per_s: rate(
+        batch,
+        times.map((t) => t.cpu_seconds),
+      ),
+      step_seconds_all: times.map((t) => round(t.seconds)),
+      peak_rss_mb: peak,
+      ...(flops !== undefined ? { matmul_gflops_per_step: round(flops, 1) } : {}),
+      ...(torch.info.drop_path_compute ? { drop_path_compute: torch.info.drop_path_compute } : {}),
+    },
+    ...(ratios.length ? { vs_torch: round(median(ratios)), vs_torch_all: ratios.map((r) => round(r)) } : {}),
+  };
+}
+
+interface RunCase {
+  engine: string;
+  threads: number;
+}
+
+async function runOne(v: Values, rc: RunCase): Promise<Record<string, unknown>> {
+  const batch = Number(v.batch ?? (v.preset ? 2 : 32));
+  const steps = Number(v.steps);
+  const warmup = Number(v.warmup);
+  const tfjs = rc.engine === 'tfjs';
+  const workers = tfjs ? rc.threads : 1;
+  if (batch % workers !== 0) throw new Error(`--batch ${batch} does not split over ${workers} tfjs worker threads`);
+  const micro = tfjs ? Number(v['micro-batch'] ?? 2) : Number(v['micro-batch'] ?? 0);
+  const config = benchConfig(v, batch / workers, warmup + steps, micro);
+  const head: Record<string, unknown> = {
+    case: 'train-step',
+    ...describe(config, batch),
+    threads: rc.threads,
+    precision: v.precision,
+    steps,
+    machine: machineInfo(),
+    load_1m_before: load1(),
+  };
+  const torchWanted = v.torch !== 'off';
+  const missing = torchWanted ? torchMissing() : null;
+  const mode = tfjs && workers > 1 ? 'around' : (v['torch-mode'] as string);
+  let torch: TorchStepper | undefined;
+  const torchTimes: TorchStepTime[] = [];
+  const torchStep = async () => {
+    await sleep(150); // let the other side's spinning threads settle
+    torchTimes.push(await torch!.step());
+  };
+  const startTorch = async () => {
+    torch = await TorchStepper.start(referenceCase(config, v, batch), rc.threads);
+    if (torch.info.skipped) {
+      head.torch = `skipped: ${torch.info.skipped}`;
+      torch = undefined;
+      return;
+    }
+    for (let i = 0; i < warmup; i++) await torch.step();
+  };
+  const endTorch = async (ours: number[], masked: number) => {
+    if (!torch) return {};
+    const flops = v['count-flops'] ? await torch.flops() : undefined;
+    const peak = await torch.end();
+    return { ...torchFields(torch, torchTimes, ours, batch, peak, flops), flops_check: flopsCheck(config, batch, masked, flops) };
+  };
+  try {
+    if (torchWanted && missing) head.torch = `skipped: ${missing}`;
+    if (v.torch === 'only') {
+      if (missing) return head;
+      await startTorch();
+      for (let i = 0; i < steps && torch; i++) await torchStep();
+      return { ...head, engine: 'pytorch only', ...(await endTorch([], Number(torch?.info.masked_patches ?? 0))), load_1m_after: load1() };
+    }
+    if (torchWanted && !missing && (mode === 'alternate' || mode === 'around')) await startTorch();
+    if (mode === 'around' && torch) for (let i = 0; i < Math.ceil(steps / 2); i++) await torchStep();
+    const ours =
+      tfjs && workers > 1
+        ? await runThreads(config, v, workers, steps, warmup)
+        : await runTrainer(config, v, rc, steps, warmup, torch && mode === 'alternate' ? torchStep : undefined);
+    if (mode === 'around' && torch) for (let i = 0; i < Math.floor(steps / 2); i++) await torchStep();
+    if (torchWanted && !missing && mode === 'after') {
+      await startTorch();
+      for (let i = 0; i < steps && torch; i++) await torchStep();
+    }
+    const masked = ours.masked;
+    const out = {
+      ...head,
+      engine: ours.engine,
+      ...ours.fields,
+      images_per_s: rate(batch, ours.engineSeconds),
+      ...(ours.engineCpu.length ? { cpu_images_per_s: rate(batch, ours.engineCpu) } : {}),
+      step_images_per_s: rate(batch, ours.stepSeconds),
+      engine_seconds_all: ours.engineSeconds.map((s) => round(s)),
+      peak_rss_mb: peakRssMb(),
+      gflops_per_step: round(stepGflops(config, batch, masked), 1),
+      gflops_per_s: round(stepGflops(config, batch, masked) / mean(ours.engineSeconds), 1),
+    };
+    // alternate: pairs step by step; around / after: the ratio of the means.
+    const pairs = mode === 'alternate' ? ours.engineSeconds : ours.engineSeconds.map(() => mean(ours.engineSeconds));
+    return { ...out, ...(await endTorch(pairs, masked)), load_1m_after: load1(), node: process.version };
+  } finally {
+    torch?.kill();
+  }
+}
+
+function flopsCheck(config: TrainConfig, batch: number, masked: number, torchGflops?: number): unknown {
+  if (torchGflops === undefined) return undefined;
+  const ours = stepGflops(config, batch, masked);
+  return { analytic_gflops: round(ours, 1), torch_profiler_gflops: round(torchGflops, 1), torch_over_analytic: round(torchGflops / ours) };
+}
+
+interface OurTimes {
+  engine: string;
+  engineSeconds: number[];
+  engineCpu: number[];
+  stepSeconds: number[];
+  masked: number;
+  fields: Record<string, unknown>;
+}
+
+/** One Trainer in this thread: warm-up, then timed steps (each followed by a reference step when given). */
+async function runTrainer(
+  config: TrainConfig,
+  v: Values,
+  rc: RunCase,
+  steps: number,
+  warmup: number,
+  between?: () => Promise<void>,
+): Promise<OurTimes> {
+  const times: EngineTimes = { seconds: 0, cpuSeconds: 0 };
+  const loaded = await loadEngine(rc.engine, {
+    threads: rc.threads,
+    device: v.device as string | undefined,
+    precision: v.precision as string,
+    backend: v.backend as BackendName,
+  });
+  if ('skipped' in loaded) throw new SkipCase(loaded.skipped);
+  const trainer = new Trainer(config, { engine: timedEngine(loaded.factory, times) });
+  const out: OurTimes = { engine: '', engineSeconds: [], engineCpu: [], stepSeconds: [], masked: 0, fields: {} };
+  try {
+    trainer.initTeacher();
+    const w0 = performance.now();
+    for (let i = 0; i < warmup; i++) await trainer.trainStep();
+    const warm = (performance.now() - w0) / 1000;
+    let last: Record<string, number> = {};
+    const masked: number[] = [];
+    for (let i = 0; i < steps; i++) {
+      times.seconds = 0;
+      times.cpuSeconds = 0;
+      const t0 = performance.now();
+      last = await trainer.trainStep();
+      out.stepSeconds.push((performance.now() - t0) / 1000);
+      out.engineSeconds.push(times.seconds);
+      out.engineCpu.push(times.cpuSeconds);
+      if (last.masked_patches !== undefined) masked.push(last.masked_patches);
+      if (between) await between();
+    }
+    out.masked = masked.length ? mean(masked) : 0;
+    out.engine = trainer.engine.name;
+    out.fields = {
+      ...loaded.describe,
+      warmup_seconds: round(warm, 1),
+      loss: round(last.loss!, 4),
+      ...(masked.length ? { masked_patches: round(out.masked, 1) } : {}),
+    };
+    return out;
+  } finally {
+    trainer.engine.dispose();
+  }
+}
+
+/** tfjs over `workers` threads (`trainThreads`): step times from rank 0's metrics, warm-up steps left out. */
+async function runThreads(config: TrainConfig, v: Values, workers: number, steps: number, warmup: number): Promise<OurTimes> {
+  const dir = await mkdtemp(join(tmpdir(), 'vitreg-bench-threads-'));
+  try {
+    await trainThreads(config, { outDir: dir, progress: false, workers, backend: v.backend as BackendName });
+    const lines = (await readFile(join(dir, 'metrics.jsonl'), 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, number>)
+      .filter((m) => m.step !== undefined && m.step > warmup && m.step_seconds !== undefined);
+    const s = lines.map((m) => m.step_seconds!);
+    return {
+      engine: `tfjs ${v.backend} x ${workers} threads`,
+      engineSeconds: s,
+      engineCpu: [],
+      stepSeconds: s,
+      masked: lines.length && lines[0]!.masked_patches !== undefined ? mean(lines.map((m) => m.masked_patches!)) : 0,
+      fields: { workers, loss: round(lines[lines.length - 1]!.loss!, 4), note: 'tfjs worker threads: step times are whole steps (rank 0)' },
+    };
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+class SkipCase extends Error {}
 
 export async function run(argv: string[]): Promise<void> {
   const { values } = parseArgs({
     args: argv,
     options: {
-      batch: { type: 'string', default: '32' },
-      'micro-batch': { type: 'string', default: '2' },
-      steps: { type: 'string', default: '1' },
-      model: { type: 'string', default: 'deit3_small_patch16_reg4' },
+      engine: { type: 'string', default: 'auto' },
+      threads: { type: 'string', default: '1' },
+      objective: { type: 'string', default: 'supervised' },
+      preset: { type: 'string' },
+      batch: { type: 'string' },
+      'micro-batch': { type: 'string' },
+      steps: { type: 'string', default: '2' },
+      warmup: { type: 'string', default: '1' },
+      model: { type: 'string' },
+      patch: { type: 'string' },
       size: { type: 'string', default: '224' },
+      precision: { type: 'string', default: 'fp32' },
+      device: { type: 'string' },
       backend: { type: 'string', default: 'wasm' },
       gpu: { type: 'string' },
-      workers: { type: 'string', default: '1' },
+      torch: { type: 'string', default: 'auto' },
+      'torch-mode': { type: 'string', default: 'alternate' },
+      'torch-drop-path': { type: 'string', default: 'full' },
+      'count-flops': { type: 'boolean', default: false },
     },
   });
-  const batch = Number(values.batch);
-  const steps = Number(values.steps);
-  const micro = Number(values['micro-batch']);
-  const size = Number(values.size);
-  const workers = Number(values.workers);
-  if (!Number.isInteger(workers) || workers < 1 || workers > MAX_WORKERS) {
-    throw new Error(`--workers: expected an integer from 1 to ${MAX_WORKERS}, got "${values.workers}"`);
-  }
-  const config = validateTrainConfig({
-    objective: 'supervised',
-    model: { arch: values.model!, img_size: size, drop_path_rate: 0.1, layerscale_init: 1e-5 },
-    data: { source: 'synthetic', train_size: batch * workers * (steps + 1), val_size: 1, synthetic_size: size },
-    train: { steps: steps + 1, batch_size: batch, micro_batch_size: micro },
-    optim: { warmup_steps: 1 },
-    crops: { global_crops_size: size },
-  });
-  const gpu = values.gpu === undefined ? undefined : Number(values.gpu);
-  if (gpu !== undefined) process.env.VITREG_GPU = String(gpu); // the training threads read it
-  if (workers > 1)
-    return runThreads(config, { batch, micro, steps, size, workers, model: values.model!, backend: values.backend as BackendName });
-  const info = await initBackend(values.backend as BackendName, { log: () => {}, gpu });
-  const trainer = new Trainer(config);
-  trainer.initTeacher();
-  await trainer.trainStep(); // warm-up: kernel compilation, first allocations
-  let seconds = 0;
-  let last: Record<string, number> = {};
-  for (let i = 0; i < steps; i++) {
-    const t0 = performance.now();
-    last = await trainer.trainStep();
-    seconds += (performance.now() - t0) / 1000;
-  }
-  const mem = tf.memory();
-  process.stdout.write(
-    JSON.stringify({
-      case: 'train-step',
-      model: values.model,
-      size,
-      batch,
-      micro_batch: micro,
-      workers: 1,
-      steps,
-      backend: getBackendName(),
-      ...(info.adapter ? { adapter: describeAdapter(info.adapter) } : {}),
-      images_per_s: Number(((batch * steps) / seconds).toFixed(3)),
-      step_seconds: Number((seconds / steps).toFixed(3)),
-      loss: Number(last.loss!.toFixed(4)),
-      rss_mb: Math.round(process.memoryUsage().rss / 2 ** 20),
-      tf_mb: Math.round(mem.numBytes / 2 ** 20),
-    }) + '\n',
-  );
-  trainer.dispose();
-}
-
-/** `--workers N`: one trainThreads run of steps + 1 steps; the first (warm-up) step is not timed. */
-async function runThreads(
-  config: TrainConfig,
-  o: { batch: number; micro: number; steps: number; size: number; workers: number; model: string; backend: BackendName },
-): Promise<void> {
-  const out = await mkdtemp(join(tmpdir(), 'vitreg-bench-threads-'));
-  try {
-    await trainThreads(config, { outDir: out, progress: false, workers: o.workers, backend: o.backend });
-    const lines = (await readFile(join(out, 'metrics.jsonl'), 'utf8'))
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l) as Record<string, number>);
-    const timed = lines.filter((m) => m.step! > 1 && m.step_seconds !== undefined);
-    const seconds = timed.reduce((a, m) => a + m.step_seconds!, 0);
-    const last = timed[timed.length - 1]!;
-    process.stdout.write(
-      JSON.stringify({
-        case: 'train-step',
-        model: o.model,
-        size: o.size,
-        batch: o.batch,
-        micro_batch: o.micro,
-        workers: o.workers,
-        global_batch: o.batch * o.workers,
-        steps: o.steps,
-        backend: o.backend,
-        ...(o.backend === 'webgpu' ? { adapter: describeAdapter(await setupWebGpu()) } : {}),
-        images_per_s: Number(((o.batch * o.workers * timed.length) / seconds).toFixed(3)),
-        step_seconds: Number((seconds / timed.length).toFixed(3)),
-        loss: Number(last.loss!.toFixed(4)),
-        // Peak RSS of the process, every thread included (the threads have exited by now).
-        max_rss_mb: Math.round(process.resourceUsage().maxRSS / 1024),
-        rank0_tf_mb: Math.round(last.tf_mb!),
-      }) + '\n',
-    );
-  } finally {
-    await rm(out, { recursive: true, force: true });
+  const v = values as Values;
+  if (!['supervised', 'dinov2'].includes(v.objective as string))
+    throw new Error(`--objective: expected supervised or dinov2, got "${v.objective}"`);
+  if (!['fp32', 'bf16', 'fp16'].includes(v.precision as string))
+    throw new Error(`--precision: expected fp32, bf16 or fp16, got "${v.precision}"`);
+  if (!['auto', 'off', 'only'].includes(v.torch as string)) throw new Error(`--torch: expected auto, off or only, got "${v.torch}"`);
+  if (!['alternate', 'after'].includes(v['torch-mode'] as string))
+    throw new Error(`--torch-mode: expected alternate or after, got "${v['torch-mode']}"`);
+  if (v.gpu !== undefined) process.env.VITREG_GPU = v.gpu as string; // the training threads read it
+  const engines = (v.engine as string).split(',');
+  const threads = (v.threads as string).split(',').map(Number);
+  for (const t of threads) if (!(Number.isInteger(t) && t >= 1)) throw new Error(`--threads: expected integers >= 1, got "${v.threads}"`);
+  for (const engine of v.torch === 'only' ? ['pytorch'] : engines) {
+    if (engine === 'tfjs')
+      await initBackend(v.backend as BackendName, { log: () => {}, gpu: v.gpu === undefined ? undefined : Number(v.gpu) });
+    for (const t of threads) {
+      let line: Record<string, unknown>;
+      try {
+        line = await runOne(v, { engine, threads: t });
+      } catch (err) {
+        if (!(err instanceof SkipCase)) throw err;
+        line = { case: 'train-step', engine, threads: t, objective: v.objective, precision: v.precision, skipped: err.message };
+      }
+      process.stdout.write(`${JSON.stringify(line)}\n`);
+    }
   }
 }

@@ -1,0 +1,98 @@
+/**
+ * The step engines a training bench can run (`--engine tfjs|onnxruntime|auto`), and a wrapper that times
+ * an engine's own work (computeStep + applyStep, wall and CPU seconds) apart from the loop's host work.
+ * A `_` file: not a bench case.
+ */
+import { initBackend, type BackendName } from '@vitreg/core';
+import * as trainer from '@vitreg/trainer';
+import type { EngineFactory, StepEngine } from '@vitreg/trainer';
+
+export interface EngineRequest {
+  /** ONNX Runtime intra-op threads. */
+  threads?: number;
+  /** ONNX Runtime execution provider: cpu (default), cuda, webgpu. */
+  device?: string;
+  /** fp32, or the engine's mixed precision (bf16 / fp16) where it offers one. */
+  precision?: string;
+  /** tfjs backend (default wasm). */
+  backend?: BackendName;
+}
+
+export type LoadedEngine = { factory: EngineFactory; describe: Record<string, unknown> } | { skipped: string };
+
+type OrtEngineFn = (opts: Record<string, unknown>) => EngineFactory;
+
+/** The ONNX Runtime engine's factory maker, when this build of @vitreg/trainer has one. */
+function ortEngineFn(): OrtEngineFn | undefined {
+  return (trainer as unknown as Record<string, unknown>).onnxRuntimeEngine as OrtEngineFn | undefined;
+}
+
+/** onnxruntime-node loads here (its native library), and the trainer has the engine. */
+async function ortLoads(): Promise<string | null> {
+  if (!ortEngineFn()) return '@vitreg/trainer has no onnxRuntimeEngine yet';
+  try {
+    await import('onnxruntime-node');
+    return null;
+  } catch (err) {
+    return `onnxruntime-node does not load: ${(err as Error).message.split('\n')[0]}`;
+  }
+}
+
+export async function loadEngine(name: string, r: EngineRequest): Promise<LoadedEngine> {
+  if (name === 'auto') {
+    const why = await ortLoads();
+    if (!why) return loadEngine('onnxruntime', r);
+    const tf = await loadEngine('tfjs', r);
+    return 'factory' in tf ? { ...tf, describe: { ...tf.describe, auto: `tfjs: ${why}` } } : tf;
+  }
+  if (name === 'tfjs') {
+    if (r.precision && r.precision !== 'fp32') return { skipped: `the tfjs engine trains in float32 only (asked ${r.precision})` };
+    const info = await initBackend(r.backend ?? 'wasm', { log: () => {} });
+    return { factory: trainer.tfjsEngine, describe: { backend: info.name } };
+  }
+  if (name === 'onnxruntime') {
+    const why = await ortLoads();
+    if (why) return { skipped: why };
+    const opts: Record<string, unknown> = { threads: r.threads, device: r.device ?? 'cpu' };
+    if (r.precision && r.precision !== 'fp32') opts.precision = r.precision;
+    try {
+      return { factory: ortEngineFn()!(opts), describe: { device: r.device ?? 'cpu' } };
+    } catch (err) {
+      return { skipped: `onnxRuntimeEngine(${JSON.stringify(opts)}): ${(err as Error).message}` };
+    }
+  }
+  throw new Error(`--engine: expected tfjs, onnxruntime or auto, got "${name}"`);
+}
+
+export interface EngineTimes {
+  /** Wall seconds in computeStep + applyStep since the caller last reset it. */
+  seconds: number;
+  /** CPU seconds of this process (every thread) in the same calls. */
+  cpuSeconds: number;
+}
+
+/** `factory` with computeStep and applyStep timed into `times` (added up; the caller resets it). */
+export function timedEngine(factory: EngineFactory, times: EngineTimes): EngineFactory {
+  return (ctx) => {
+    const engine = factory(ctx);
+    return new Proxy(engine, {
+      get(target, prop) {
+        const value = Reflect.get(target, prop, target) as unknown;
+        if (typeof value !== 'function') return value;
+        const fn = value as (...a: unknown[]) => unknown;
+        if (prop !== 'computeStep' && prop !== 'applyStep') return fn.bind(target);
+        return async (...args: unknown[]) => {
+          const c0 = process.cpuUsage();
+          const t0 = performance.now();
+          try {
+            return await fn.apply(target, args);
+          } finally {
+            const c = process.cpuUsage(c0);
+            times.seconds += (performance.now() - t0) / 1000;
+            times.cpuSeconds += (c.user + c.system) / 1e6;
+          }
+        };
+      },
+    }) as StepEngine;
+  };
+}
