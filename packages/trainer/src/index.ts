@@ -54,6 +54,10 @@ export {
 } from './losses.js';
 export { collateMasks, MaskingGenerator } from './masking.js';
 export { mixupCutmix, smoothOneHot } from './mixup.js';
+export { onnxRuntimeEngine, OnnxRuntimeEngine } from './onnx/engine.js';
+export type { OnnxRuntimeEngineOptions } from './onnx/engine.js';
+export { checkTrainEngineOptions, resolveTrainEngine } from './onnx/engine-select.js';
+export type { ResolvedTrainEngine, TrainEngineOptions } from './onnx/engine-select.js';
 export { AdamW, clipByGlobalNorm, clipPerModule, Lamb } from './optim.js';
 export type { ClipOptions } from './optim.js';
 export { isNoDecay, layerId, paramGroups, plainParams } from './param-groups.js';

@@ -1,0 +1,165 @@
+/**
+ * ONNX Runtime sessions of the training engine: onnxruntime-node loaded lazily (@vitreg/registers'
+ * `loadOnnxRuntime`), one session per graph shape (built once, cached by key: a run needs a handful, the
+ * iBOT row buckets of feeds.ts keep it so), execution providers by name as the forward encoder selects them
+ * (`cpu`, `cuda` = ONNX Runtime's CUDA 12 provider, `webgpu`), intra-op threads, and the runs themselves:
+ * inputs as tensors over the caller's arrays (views of the flat parameter buffers: no copy on the CPU),
+ * gradient outputs written by ONNX Runtime into preallocated tensors over the flat gradient buffer.
+ *
+ * What onnxruntime-node 1.30 does not allow: keeping tensors on a CUDA device between runs (its IO binding
+ * and `preferredOutputLocation` take WebGPU buffers only), so on `cuda` every run copies its inputs to the
+ * device and its outputs back; `transfers` counts those bytes. It also returns every output, preallocated
+ * or not, as a fresh copy in host memory (the binding copies after the run): the engine ignores those.
+ */
+import type { InferenceSession, Tensor } from 'onnxruntime-node';
+import { loadOnnxRuntime, type OnnxDevice } from '@vitreg/registers';
+import type { BuiltGraph } from './graphs.js';
+
+export type Ort = typeof import('onnxruntime-node');
+
+/** Where the sessions run. */
+export interface SessionSettings {
+  /** Execution provider (default cpu). */
+  device?: OnnxDevice;
+  /** Intra-op threads (default: ONNX Runtime's, one per physical core). */
+  threads?: number;
+  /** onnxruntime-node itself, already loaded (default: loaded on first use). */
+  ort?: Ort;
+}
+
+/** An input value: float32 (views of the flat buffers, images, targets) or int64 (iBOT row indices). */
+export type Feed = Float32Array | BigInt64Array;
+
+interface Entry {
+  session: InferenceSession;
+  graph: BuiltGraph;
+}
+
+function firstLine(err: unknown): string {
+  return String((err as Error)?.message ?? err)
+    .split('\n')[0]!
+    .trim();
+}
+
+/** One line naming the device and what to install when a provider is missing, else ONNX Runtime's message. */
+export function sessionError(err: unknown, device: OnnxDevice, what: string): Error {
+  const msg = firstLine(err);
+  if (device !== 'cpu' && /provider|cuda|webgpu|dawn|adapter|libcu|\.so/i.test(msg)) {
+    const how =
+      device === 'cuda'
+        ? "ONNX Runtime's CUDA 12 provider is not installed or finds no GPU (reinstall onnxruntime-node with its install script allowed: ONNXRUNTIME_NODE_INSTALL=cuda12)"
+        : 'no WebGPU adapter was found (a GPU driver Dawn can use, e.g. Vulkan, is needed)';
+    return new Error(`--device ${device}: not available here: ${how} (${msg})`, { cause: err });
+  }
+  return new Error(`onnxruntime engine: ${what}: ${msg}`, { cause: err });
+}
+
+/** The training engine's sessions (see the module comment). */
+export class GraphSessions {
+  readonly device: OnnxDevice;
+  readonly threads: number | undefined;
+  private ortModule: Promise<Ort>;
+  private readonly entries = new Map<string, Promise<Entry>>();
+  /** Host bytes handed to and taken from ONNX Runtime by the runs so far (device copies on cuda / webgpu). */
+  readonly transfers = { runs: 0, bytesIn: 0, bytesOut: 0 };
+
+  constructor(settings: SessionSettings = {}) {
+    this.device = settings.device ?? 'cpu';
+    this.threads = settings.threads;
+    this.ortModule = settings.ort ? Promise.resolve(settings.ort) : loadOnnxRuntime();
+    // A failure surfaces at the first use; no unhandled rejection before it.
+    this.ortModule.catch(() => {});
+  }
+
+  /** onnxruntime-node (throws one line when it does not load). */
+  ort(): Promise<Ort> {
+    return this.ortModule;
+  }
+
+  /** Sessions built so far. */
+  get count(): number {
+    return this.entries.size;
+  }
+
+  private options(): InferenceSession.SessionOptions {
+    return {
+      executionProviders: [this.device],
+      graphOptimizationLevel: 'all',
+      executionMode: 'sequential',
+      interOpNumThreads: 1,
+      ...(this.threads ? { intraOpNumThreads: this.threads } : {}),
+      logSeverityLevel: 3,
+    };
+  }
+
+  /** The session of graph `key`, built by `build` the first time. */
+  get(key: string, build: () => BuiltGraph): Promise<Entry> {
+    let entry = this.entries.get(key);
+    if (!entry) {
+      entry = (async () => {
+        const ort = await this.ortModule;
+        const graph = build();
+        try {
+          return { session: await ort.InferenceSession.create(graph.bytes, this.options()), graph };
+        } catch (err) {
+          throw sessionError(err, this.device, `the ${key} graph`);
+        }
+      })();
+      this.entries.set(key, entry);
+      entry.catch(() => this.entries.delete(key));
+    }
+    return entry;
+  }
+
+  /**
+   * Runs graph `key` on `feeds` (every graph input by name). `into` gives preallocated outputs (gradient
+   * views): ONNX Runtime writes them there. Returns the other outputs (losses, logits) by name.
+   */
+  async run(key: string, build: () => BuiltGraph, feeds: Record<string, Feed>, into: Record<string, Float32Array> = {}) {
+    const { session, graph } = await this.get(key, build);
+    const ort = await this.ortModule;
+    const inputs: Record<string, Tensor> = {};
+    let bytesIn = 0;
+    for (const i of graph.inputs) {
+      const v = feeds[i.name];
+      if (!v) throw new Error(`onnxruntime engine: no value for input "${i.name}" of the ${key} graph`);
+      const n = i.shape.reduce((a, b) => a * b, 1);
+      if (v.length !== n)
+        throw new Error(`onnxruntime engine: input "${i.name}" of the ${key} graph has ${v.length} values, expected ${n}`);
+      inputs[i.name] =
+        i.dtype === 'int64' ? new ort.Tensor('int64', v as BigInt64Array, i.shape) : new ort.Tensor('float32', v as Float32Array, i.shape);
+      bytesIn += v.byteLength;
+    }
+    // Every output is fetched (preallocated or null): onnxruntime-node names a subset's results by position.
+    const fetches: Record<string, Tensor | null> = {};
+    let bytesOut = 0;
+    for (const o of graph.outputs) {
+      const buf = into[o.name];
+      fetches[o.name] = buf ? new ort.Tensor('float32', buf, o.shape) : null;
+      bytesOut += o.shape.reduce((a, b) => a * b, 1) * 4;
+    }
+    let res: InferenceSession.ReturnType;
+    try {
+      res = await session.run(inputs, fetches);
+    } catch (err) {
+      throw new Error(`onnxruntime engine: the ${key} graph failed: ${firstLine(err)}`, { cause: err });
+    }
+    this.transfers.runs += 1;
+    this.transfers.bytesIn += bytesIn;
+    this.transfers.bytesOut += bytesOut;
+    const out: Record<string, Float32Array> = {};
+    for (const o of graph.outputs) if (!into[o.name]) out[o.name] = res[o.name]!.data as Float32Array;
+    return { outputs: out, graph };
+  }
+
+  /** Releases every session. */
+  async release(): Promise<void> {
+    const all = [...this.entries.values()];
+    this.entries.clear();
+    for (const e of all)
+      await e.then(
+        (x) => x.session.release(),
+        () => {},
+      );
+  }
+}
