@@ -31,7 +31,7 @@ import {
   type ViTConfig,
   type VisionTransformer,
 } from '@vitreg/registers';
-import { choiceFlag, CliError, intFlag } from './cli.js';
+import { choiceFlag, CliError, intFlag, type Flags, type FlagSpec } from './cli.js';
 
 /** parseArgs options of the model flags. */
 export const MODEL_FLAGS = {
@@ -46,6 +46,13 @@ export const BACKEND_FLAGS = {
   backend: { type: 'string' },
   gpu: { type: 'string' },
 } as const;
+
+/** Records the problems of --backend and --gpu, checked with the other flags before the backend starts. */
+export function checkBackendFlags(f: Flags<Record<string, FlagSpec>>): void {
+  const values = f.values as { backend?: string; gpu?: string };
+  f.check(() => choiceFlag('backend', values.backend, BACKEND_NAMES, 'auto'), 'auto');
+  if (values.gpu !== undefined) f.check(() => intFlag('gpu', values.gpu, 0, 0), 0);
+}
 
 /**
  * --backend: start the backend (auto by default) and return what was chosen. --gpu N: the WebGPU
@@ -90,6 +97,9 @@ export interface EngineSettings {
   device: OnnxDevice;
   threads?: number;
 }
+
+/** The engine settings without flags (what a bad flag falls back to while the others are checked). */
+export const DEFAULT_ENGINE: EngineSettings = { engine: 'auto', device: 'cpu' };
 
 /** --engine, --device, --threads, validated (the engine is resolved when the model loads). */
 export function engineFlags(values: { engine?: string; device?: string; threads?: string }): EngineSettings {

@@ -40,7 +40,13 @@ test('a bad --gpu is one line naming it, before any work', async () => {
       vitreg(['features', '--gpu', '-1', join(dir, 'a.png')]),
     ]);
     assert.equal(spaced.code, 2);
-    oneLine(spaced.stderr, 'features', "--gpu: a value starting with '-' needs the = form, e.g. --gpu=-1 (see vitreg features --help)");
+    // Every flag problem in one line (issue 23): a negative number is the flag's value, refused as such.
+    oneLine(
+      spaced.stderr,
+      'features',
+      '--out OUT.safetensors is required; --weights FILE is required (.safetensors, .pth or an .onnx from vitreg export); ' +
+        '--gpu: expected an integer >= 0, got "-1" (see vitreg features --help)',
+    );
     assert.equal(features.code, 2);
     oneLine(features.stderr, 'features', '--gpu: expected an integer >= 0, got "x"');
     assert.equal(analyze.code, 2);
@@ -62,9 +68,18 @@ test('--gpu N is accepted by features, discover, probe and train', async () => {
     vitreg(['probe', '--gpu', '0', '--weights', 'w.safetensors']),
     vitreg(['train', '--preset', 'tiny-supervised', '--registers', '2', '--gpu', '0', '--print-config']),
   ]);
-  oneLine(features.stderr, 'features', '--out OUT.safetensors is required');
-  oneLine(discover.stderr, 'discover', '--out DIR is required (see vitreg discover --help)');
-  oneLine(probe.stderr, 'probe', '--data DIR|synthetic is required (see vitreg probe --help)');
+  // Every missing flag in the one line (issue 23).
+  oneLine(
+    features.stderr,
+    'features',
+    '--out OUT.safetensors is required; --weights FILE is required (.safetensors, .pth or an .onnx from vitreg export) (see vitreg features --help)',
+  );
+  oneLine(
+    discover.stderr,
+    'discover',
+    '--out DIR is required; give exactly one input: --data SRC, image files, or --tensor FILE.safetensors[:NAME] (see vitreg discover --help)',
+  );
+  oneLine(probe.stderr, 'probe', '--data DIR|synthetic is required; --out DIR is required (see vitreg probe --help)');
   assert.equal(train.code, 0, train.stderr);
   assert.equal(JSON.parse(train.stdout).model.num_register_tokens, 2);
   // An unknown flag is still refused, so acceptance above is not parseArgs being lax.

@@ -12,10 +12,12 @@ import { join } from 'node:path';
 import { log, type ImageTransform } from '@vitreg/core';
 import type { Encoder } from '@vitreg/registers';
 import { analyzeImages, imageFileInputs, tensorInputs, type AnalysisInput } from '@vitreg/viz';
-import { choiceFlag, CliError, inputAsCliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
+import { CliError, inputAsCliError, parseFlags, type Command } from '../cli.js';
 import {
   BACKEND_FLAGS,
+  checkBackendFlags,
   configFlag,
+  DEFAULT_ENGINE,
   ENGINE_FLAGS,
   engineUsage,
   engineFlags,
@@ -70,7 +72,7 @@ export const analyze: Command = {
   summary: 'find and show high-norm artifact tokens: norm maps, attention, PCA, HTML report',
   usage: USAGE,
   async run(argv) {
-    const { values, positionals } = parseCommandArgs('analyze', argv, {
+    const f = parseFlags('analyze', argv, {
       weights: { type: 'string' },
       'weights-b': { type: 'string' },
       model: { type: 'string' },
@@ -86,31 +88,34 @@ export const analyze: Command = {
       ...ENGINE_FLAGS,
       ...TTR_FLAGS,
     });
-    if (!values.weights) throw new CliError('--weights FILE is required (see vitreg analyze --help)');
-    if (!values.out) throw new CliError('--out DIR is required');
+    const { values, positionals } = f;
+    const weightsA = f.require('weights', '--weights FILE is required (see vitreg analyze --help)');
+    const out = f.require('out', '--out DIR is required');
     if (positionals.length > 0 === (values.tensor !== undefined)) {
-      throw new CliError('give either image files / folders / globs, or --tensor FILE.safetensors[:NAME] (not both)');
+      f.fail('give either image files / folders / globs, or --tensor FILE.safetensors[:NAME] (not both)');
     }
     if (values.tensor !== undefined && (values.size !== undefined || values['keep-aspect'])) {
-      throw new CliError('--tensor: the tensor is fed as is; --size and --keep-aspect do not apply');
+      f.fail('--tensor: the tensor is fed as is; --size and --keep-aspect do not apply');
     }
     const thresholdValue = values.threshold ?? 'auto';
-    const threshold = thresholdValue === 'auto' ? 'auto' : numberFlag('threshold', thresholdValue, 0);
-    if (threshold !== 'auto' && threshold <= 0) throw new CliError(`--threshold: expected auto or a number > 0, got "${thresholdValue}"`);
-    const source = choiceFlag('source', values.source, ['postnorm', 'prenorm'] as const, 'postnorm');
-    const size = intFlag('size', values.size, 224);
-    const foreground = values['pca-foreground'] === undefined ? undefined : numberFlag('pca-foreground', values['pca-foreground'], 0.5);
+    const threshold = thresholdValue === 'auto' ? 'auto' : f.number('threshold', 1);
+    if (threshold !== 'auto' && threshold <= 0) f.fail(`--threshold: expected auto or a number > 0, got "${thresholdValue}"`);
+    const source = f.choice('source', ['postnorm', 'prenorm'] as const, 'postnorm');
+    const size = f.int('size', 224);
+    const foreground = values['pca-foreground'] === undefined ? undefined : f.number('pca-foreground', 0.5);
     if (foreground !== undefined && !(foreground > 0 && foreground < 1)) {
-      throw new CliError(`--pca-foreground: expected a number in (0, 1), got "${values['pca-foreground']}"`);
+      f.fail(`--pca-foreground: expected a number in (0, 1), got "${values['pca-foreground']}"`);
     }
-    const config = configFlag(values.config);
-    const ttr = ttrFlags(values);
-    const engine = ttrEngine(engineFlags(values), ttr, [values.weights, values['weights-b']], { onnx: true });
+    checkBackendFlags(f);
+    const config = f.check(() => configFlag(values.config), undefined);
+    const ttr = f.check(() => ttrFlags(values), null);
+    const engine = f.check(() => ttrEngine(engineFlags(values), ttr, [weightsA, values['weights-b']], { onnx: true }), DEFAULT_ENGINE);
+    f.done();
 
     await startBackend(values.backend, values.gpu);
     // Models: A, A with test-time registers (--test-time-registers), B (--weights-b).
     const kinds = ['A', ...(ttr ? ['A+TTR'] : []), ...(values['weights-b'] ? ['B'] : [])];
-    const weights = kinds.map((kind) => (kind === 'B' ? values['weights-b']! : values.weights!));
+    const weights = kinds.map((kind) => (kind === 'B' ? values['weights-b']! : weightsA));
     const models: Encoder[] = [];
     for (const [k, w] of weights.entries()) {
       models.push(
@@ -137,7 +142,6 @@ export const analyze: Command = {
       inputs = tensorInputs(t, { file: t.file, name: t.name });
     } else inputs = imageFileInputs(await imageFiles(positionals), transform);
 
-    const out = values.out;
     const subdirs: Record<string, string | undefined> = { A: undefined, 'A+TTR': 'ttr', B: 'b' };
     let result;
     try {

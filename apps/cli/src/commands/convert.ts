@@ -5,7 +5,7 @@
 import { existsSync } from 'node:fs';
 import { writeSafetensors } from '@vitreg/core';
 import { encodeStateDict, NAMINGS, readWeights } from '@vitreg/registers';
-import { choiceFlag, CliError, parseCommandArgs, type Command } from '../cli.js';
+import { choiceFlag, CliError, parseFlags, type Command } from '../cli.js';
 import { configFlag } from '../inputs.js';
 
 const usage = `
@@ -34,24 +34,28 @@ export const convert: Command = {
   summary: 'convert weights between the DINOv2, timm, Hugging Face, DINO, DeiT-III and CLIP namings and F32/F16/BF16',
   usage,
   async run(argv) {
-    const { values, positionals } = parseCommandArgs('convert', argv, {
+    const f = parseFlags('convert', argv, {
       to: { type: 'string' },
       dtype: { type: 'string' },
       out: { type: 'string' },
       model: { type: 'string' },
       config: { type: 'string' },
     });
-    if (positionals.length !== 1) throw new CliError(`expected one input file, got ${positionals.length}`);
-    const [input] = positionals;
+    const { values, positionals } = f;
+    if (positionals.length !== 1) f.fail(`expected one input file, got ${positionals.length}`);
+    const input = positionals[0] ?? '';
+    const to = values.to === undefined ? undefined : f.choice('to', NAMINGS, 'dinov2');
+    const dtype = f
+      .check(() => choiceFlag('dtype', values.dtype?.toLowerCase(), ['f32', 'f16', 'bf16'] as const, 'f32'), 'f32')
+      .toUpperCase() as 'F32' | 'F16' | 'BF16';
+    const out = f.require('out', '--out OUT.safetensors is required');
+    if (out && !out.endsWith('.safetensors')) f.fail(`--out: expected a .safetensors path, got ${out}`);
+    const config = f.check(() => configFlag(values.config), undefined);
+    f.done();
     if (!existsSync(input)) throw new CliError(`${input} does not exist`);
-    const to = values.to === undefined ? undefined : choiceFlag('to', values.to, NAMINGS, 'dinov2');
-    const dtype = choiceFlag('dtype', values.dtype?.toLowerCase(), ['f32', 'f16', 'bf16'] as const, 'f32').toUpperCase() as
-      'F32' | 'F16' | 'BF16';
-    if (!values.out) throw new CliError('--out OUT.safetensors is required');
-    if (!values.out.endsWith('.safetensors')) throw new CliError(`--out: expected a .safetensors path, got ${values.out}`);
     let loaded;
     try {
-      loaded = await readWeights(input, { model: values.model, config: configFlag(values.config) });
+      loaded = await readWeights(input, { model: values.model, config });
     } catch (err) {
       throw new CliError((err as Error).message);
     }
@@ -62,9 +66,7 @@ export const convert: Command = {
     } catch (err) {
       throw new CliError(`--to ${naming}: ${(err as Error).message}`);
     }
-    await writeSafetensors(values.out, encoded.tensors, encoded.metadata);
-    process.stderr.write(
-      `${input} (${loaded.naming}) -> ${values.out} (${naming}, ${dtype}, ${Object.keys(encoded.tensors).length} tensors)\n`,
-    );
+    await writeSafetensors(out, encoded.tensors, encoded.metadata);
+    process.stderr.write(`${input} (${loaded.naming}) -> ${out} (${naming}, ${dtype}, ${Object.keys(encoded.tensors).length} tensors)\n`);
   },
 };

@@ -10,8 +10,8 @@ import { join, resolve } from 'node:path';
 import { encodePng, ensureDir, SyntheticDataset, writeFileAtomic, writeJsonAtomic } from '@vitreg/core';
 import { validateTrainConfig } from '@vitreg/trainer';
 import { runLocalJob } from '@vitreg/worker';
-import { CliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
-import { BACKEND_FLAGS, startBackend } from '../inputs.js';
+import { CliError, parseFlags, type Command } from '../cli.js';
+import { BACKEND_FLAGS, checkBackendFlags, startBackend } from '../inputs.js';
 import { analyze } from './analyze.js';
 import { discover } from './discover.js';
 
@@ -48,15 +48,19 @@ export const demo: Command = {
   summary: 'train tiny ViTs with and without registers on built-in data, then analyse and run LOST',
   usage,
   async run(argv) {
-    const { values } = parseCommandArgs('demo', argv, {
+    const f = parseFlags('demo', argv, {
       out: { type: 'string' },
       steps: { type: 'string' },
       images: { type: 'string' },
       ...BACKEND_FLAGS,
     });
+    const { values } = f;
+    f.noPositionals();
     const out = resolve(values.out ?? join('runs', 'demo'));
-    const images = intFlag('images', values.images, 6);
-    const steps = values.steps === undefined ? undefined : intFlag('steps', values.steps, 1);
+    const images = f.int('images', 6);
+    const steps = f.optionalInt('steps', 1);
+    checkBackendFlags(f);
+    f.done();
     await startBackend(values.backend, values.gpu);
     await ensureDir(join(out, 'weights'));
 

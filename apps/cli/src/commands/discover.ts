@@ -17,10 +17,12 @@ import {
   type DiscoveryRunOptions,
   type InputGeometry,
 } from '@vitreg/probe';
-import { choiceFlag, CliError, inputAsCliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
+import { CliError, inputAsCliError, parseFlags, type Command } from '../cli.js';
 import {
   BACKEND_FLAGS,
+  checkBackendFlags,
   configFlag,
+  DEFAULT_ENGINE,
   ENGINE_FLAGS,
   engineUsage,
   engineFlags,
@@ -136,7 +138,7 @@ export const discover: Command = {
   summary: 'LOST object discovery and CorLoc on VOC, COCO, synthetic data or image files',
   usage: USAGE,
   async run(argv) {
-    const { values, positionals } = parseCommandArgs('discover', argv, {
+    const f = parseFlags('discover', argv, {
       weights: { type: 'string', multiple: true },
       model: { type: 'string' },
       config: { type: 'string' },
@@ -156,24 +158,28 @@ export const discover: Command = {
       ...TTR_FLAGS,
       out: { type: 'string' },
     });
+    const { values, positionals } = f;
     const weights = values.weights ?? [];
-    if (weights.length === 0) throw new CliError('--weights FILE is required (see vitreg discover --help)');
-    if (!values.out) throw new CliError('--out DIR is required (see vitreg discover --help)');
+    if (weights.length === 0) f.missing('weights', '--weights FILE is required (see vitreg discover --help)');
+    const outDir = f.require('out', '--out DIR is required (see vitreg discover --help)');
     const given = [values.data !== undefined, positionals.length > 0, values.tensor !== undefined].filter(Boolean).length;
-    if (given !== 1) throw new CliError('give exactly one input: --data SRC, image files, or --tensor FILE.safetensors[:NAME]');
-    const features = choiceFlag('features', values.features, ['keys', 'values'] as const, 'keys');
-    const kPatches = intFlag('k-patches', values['k-patches'], 100);
-    const batchSize = intFlag('batch-size', values['batch-size'], 1);
-    if (values.size !== undefined && values['max-side'] !== undefined) throw new CliError('--size and --max-side exclude each other');
+    if (given !== 1) f.fail('give exactly one input: --data SRC, image files, or --tensor FILE.safetensors[:NAME]');
+    const features = f.choice('features', ['keys', 'values'] as const, 'keys');
+    const kPatches = f.int('k-patches', 100);
+    const batchSize = f.int('batch-size', 1);
+    if (values.size !== undefined && values['max-side'] !== undefined) f.fail('--size and --max-side exclude each other');
     const geometry: InputGeometry =
       values.size !== undefined
-        ? { kind: 'square', size: intFlag('size', values.size, 224) }
+        ? { kind: 'square', size: f.int('size', 224) }
         : values['max-side'] !== undefined
-          ? { kind: 'native', maxSide: intFlag('max-side', values['max-side'], 0) }
+          ? { kind: 'native', maxSide: f.int('max-side', 0, 0) }
           : { kind: 'native' };
-    const config = configFlag(values.config);
-    const ttr = ttrFlags(values);
-    const engine = ttrEngine(engineFlags(values), ttr, weights, { onnx: true });
+    if (values.data === 'synthetic') f.check(() => syntheticDataset(values, 'train', 100), undefined);
+    checkBackendFlags(f);
+    const config = f.check(() => configFlag(values.config), undefined);
+    const ttr = f.check(() => ttrFlags(values), null);
+    const engine = f.check(() => ttrEngine(engineFlags(values), ttr, weights, { onnx: true }), DEFAULT_ENGINE);
+    f.done();
     await startBackend(values.backend, values.gpu);
     const source =
       values.tensor !== undefined
@@ -192,7 +198,7 @@ export const discover: Command = {
         if (geometry.kind === 'square' && geometry.size % model.config.patch_size !== 0) {
           throw new CliError(`--size ${geometry.size} is not a multiple of the patch size ${model.config.patch_size}`);
         }
-        const out = weights.length > 1 ? join(values.out, dirs[i]) : values.out;
+        const out = weights.length > 1 ? join(outDir, dirs[i]) : outDir;
         const c = await discoverInto(model, source, out, { weights: w, features, kPatches, batchSize, pictures: values.pictures === true });
         rows.push({
           checkpoint: w,
@@ -207,7 +213,7 @@ export const discover: Command = {
       }
     }
     if (weights.length > 1 && rows.some((r) => r.corloc !== null)) {
-      await writeSweep(values.out, rows, { x: 'registers', metrics: ['corloc'] });
+      await writeSweep(outDir, rows, { x: 'registers', metrics: ['corloc'] });
     }
   },
 };

@@ -5,7 +5,7 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { exportOnnx, ONNX_OUTPUTS, readWeights, type OnnxOutput } from '@vitreg/registers';
-import { choiceFlag, CliError, parseCommandArgs, type Command } from '../cli.js';
+import { CliError, parseFlags, type Command } from '../cli.js';
 import { configFlag, MODEL_FLAGS } from '../inputs.js';
 
 const usage = `
@@ -65,7 +65,7 @@ export const exportCommand: Command = {
   summary: 'export a checkpoint to ONNX (one input size) for onnxruntime and other runtimes',
   usage,
   async run(argv) {
-    const { values, positionals } = parseCommandArgs('export', argv, {
+    const f = parseFlags('export', argv, {
       ...MODEL_FLAGS,
       format: { type: 'string' },
       out: { type: 'string' },
@@ -75,21 +75,24 @@ export const exportCommand: Command = {
       'external-data': { type: 'string' },
       portable: { type: 'boolean' },
     });
-    if (positionals.length > 0) throw new CliError(`unexpected argument "${positionals[0]}" (see vitreg export --help)`);
-    choiceFlag('format', values.format, ['onnx'] as const, 'onnx');
-    if (values.backend !== undefined) throw new CliError('--backend does not apply to export (no model runs)');
-    if (!values.out) throw new CliError('--out MODEL.onnx is required');
-    if (!values.out.toLowerCase().endsWith('.onnx')) throw new CliError(`--out: expected a .onnx path, got ${values.out}`);
-    const [height, width] = parseSize(values.size);
-    const outputs = parseOutputs(values.outputs);
-    const dtype = choiceFlag('dtype', values.dtype, ['fp32', 'fp16'] as const, 'fp32');
-    const external = choiceFlag('external-data', values['external-data'], ['auto', 'yes', 'no'] as const, 'auto');
-    if (!values.weights) throw new CliError('--weights FILE is required (.safetensors or .pth)');
-    if (!existsSync(values.weights)) throw new CliError(`--weights: ${values.weights} does not exist`);
+    const { values } = f;
+    f.noPositionals();
+    f.choice('format', ['onnx'] as const, 'onnx');
+    if (values.backend !== undefined) f.fail('--backend does not apply to export (no model runs)');
+    const out = f.require('out', '--out MODEL.onnx is required');
+    if (out && !out.toLowerCase().endsWith('.onnx')) f.fail(`--out: expected a .onnx path, got ${out}`);
+    const [height, width] = f.check(() => parseSize(values.size), [224, 224]);
+    const outputs = f.check(() => parseOutputs(values.outputs), undefined);
+    const dtype = f.choice('dtype', ['fp32', 'fp16'] as const, 'fp32');
+    const external = f.choice('external-data', ['auto', 'yes', 'no'] as const, 'auto');
+    const weights = f.require('weights', '--weights FILE is required (.safetensors or .pth)');
+    const config = f.check(() => configFlag(values.config), undefined);
+    f.done();
+    if (!existsSync(weights)) throw new CliError(`--weights: ${weights} does not exist`);
     let files: string[];
     try {
-      const { config, stateDict } = await readWeights(values.weights, { model: values.model, config: configFlag(values.config) });
-      files = await exportOnnx(resolve(values.out), config, stateDict, {
+      const read = await readWeights(weights, { model: values.model, config });
+      files = await exportOnnx(resolve(out), read.config, read.stateDict, {
         height,
         width,
         outputs,

@@ -7,10 +7,12 @@
 import { resolve } from 'node:path';
 import { imageFileBatches, type ImageFileBatch } from '@vitreg/core';
 import { writeFeatureFile, type ImageBatch } from '@vitreg/registers';
-import { choiceFlag, CliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
+import { CliError, parseFlags, type Command } from '../cli.js';
 import {
   BACKEND_FLAGS,
+  checkBackendFlags,
   configFlag,
+  DEFAULT_ENGINE,
   ENGINE_FLAGS,
   engineUsage,
   engineFlags,
@@ -63,7 +65,7 @@ export const features: Command = {
   summary: 'run a backbone on images and write CLS, register, patch tokens (and attention) as safetensors',
   usage,
   async run(argv) {
-    const { values, positionals } = parseCommandArgs('features', argv, {
+    const f = parseFlags('features', argv, {
       ...MODEL_FLAGS,
       ...BACKEND_FLAGS,
       ...IMAGE_FLAGS,
@@ -75,24 +77,29 @@ export const features: Command = {
       layers: { type: 'string' },
       'batch-size': { type: 'string' },
     });
-    if (!values.out) throw new CliError('--out OUT.safetensors is required');
-    if (!values.out.endsWith('.safetensors')) throw new CliError(`--out: expected a .safetensors path, got ${values.out}`);
-    if (values.tensor !== undefined && positionals.length > 0) throw new CliError('give images or --tensor, not both');
-    if (values.tensor === undefined && positionals.length === 0)
-      throw new CliError('no input: give IMAGE... or --tensor FILE.safetensors[:NAME]');
-    const attention = choiceFlag('attention', values.attention, ['none', 'last', 'all'] as const, 'none');
-    const layers = choiceFlag('layers', values.layers, ['none', 'all'] as const, 'none') === 'all';
-    const batchSize = intFlag('batch-size', values['batch-size'], 8);
-    const ttr = ttrFlags(values);
-    const engine = ttrEngine(engineFlags(values), ttr, [values.weights], { onnx: true });
+    const { values, positionals } = f;
+    const outPath = f.require('out', '--out OUT.safetensors is required');
+    if (outPath && !outPath.endsWith('.safetensors')) f.fail(`--out: expected a .safetensors path, got ${outPath}`);
+    const weights = f.require('weights', '--weights FILE is required (.safetensors, .pth or an .onnx from vitreg export)');
+    if (values.tensor !== undefined && positionals.length > 0) f.fail('give images or --tensor, not both');
+    if (values.tensor === undefined && positionals.length === 0) f.fail('no input: give IMAGE... or --tensor FILE.safetensors[:NAME]');
+    const attention = f.choice('attention', ['none', 'last', 'all'] as const, 'none');
+    const layers = f.choice('layers', ['none', 'all'] as const, 'none') === 'all';
+    const batchSize = f.int('batch-size', 8);
+    checkBackendFlags(f);
+    if (values.tensor === undefined) f.check(() => imageTransform(values, 1), undefined);
+    const config = f.check(() => configFlag(values.config), undefined);
+    const ttr = f.check(() => ttrFlags(values), null);
+    const engine = f.check(() => ttrEngine(engineFlags(values), ttr, [weights], { onnx: true }), DEFAULT_ENGINE);
+    f.done();
 
     // tfjs runs only when it is the engine (or reads the weights for a test-time register's model
     // fingerprint): onnxruntime's outputs go straight to the file.
-    const tfjs = values.weights && (ttr !== undefined || (await resolveEngine(engine, values.weights)) === 'tfjs');
+    const tfjs = ttr !== null || (await resolveEngine(engine, weights)) === 'tfjs';
     const backend = tfjs ? (await startBackend(values.backend, values.gpu)).name : 'none';
     const model = ttr
-      ? await ttrEncoder(ttr, { weights: values.weights, model: values.model, config: configFlag(values.config), engine })
-      : await loadEncoder(values.weights, { model: values.model, config: configFlag(values.config) }, engine);
+      ? await ttrEncoder(ttr, { weights, model: values.model, config, engine })
+      : await loadEncoder(weights, { model: values.model, config }, engine);
     const p = model.config.patch_size;
 
     // Inputs: one tensor batch, or images decoded one at a time (all of one size: one output file).
@@ -131,7 +138,7 @@ export const features: Command = {
 
     let grid: [number, number];
     try {
-      ({ grid } = await writeFeatureFile(model, batches(), resolve(values.out), {
+      ({ grid } = await writeFeatureFile(model, batches(), resolve(outPath), {
         count,
         attention,
         layers,
@@ -139,7 +146,7 @@ export const features: Command = {
           vitreg_images: JSON.stringify(labels),
           vitreg_grid: JSON.stringify(g),
           vitreg_config: JSON.stringify(model.config),
-          vitreg_weights: values.weights!,
+          vitreg_weights: weights,
           vitreg_backend: backend,
           vitreg_engine: model.description,
           ...(ttr ? { vitreg_test_time_registers: ttr.path } : {}),
@@ -148,7 +155,7 @@ export const features: Command = {
     } catch (err) {
       throw err instanceof CliError ? err : new CliError((err as Error).message);
     }
-    process.stderr.write(`wrote ${count} image(s), grid ${grid[0]}x${grid[1]}, to ${values.out}\n`);
+    process.stderr.write(`wrote ${count} image(s), grid ${grid[0]}x${grid[1]}, to ${outPath}\n`);
     await model.dispose();
   },
 };

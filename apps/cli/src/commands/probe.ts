@@ -25,11 +25,13 @@ import {
   type ProbeTaskResult,
 } from '@vitreg/probe';
 import { TfjsEncoder, withTestTimeRegisters, type Encoder } from '@vitreg/registers';
-import { choiceFlag, CliError, inputAsCliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
+import { CliError, inputAsCliError, intFlag, parseFlags, type Command } from '../cli.js';
 import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrNeurons, ttrUsage } from '../ttr.js';
 import {
   BACKEND_FLAGS,
+  checkBackendFlags,
   configFlag,
+  DEFAULT_ENGINE,
   ENGINE_FLAGS,
   engineFlags,
   engineUsage,
@@ -190,7 +192,7 @@ export const probe: Command = {
   summary: 'linear probes (class, position, pixels, segmentation, depth) and k-NN on frozen features',
   usage: USAGE,
   async run(argv) {
-    const { values } = parseCommandArgs('probe', argv, {
+    const f = parseFlags('probe', argv, {
       weights: { type: 'string', multiple: true },
       model: { type: 'string' },
       config: { type: 'string' },
@@ -214,51 +216,53 @@ export const probe: Command = {
       ...TTR_FLAGS,
       out: { type: 'string' },
     });
+    const { values } = f;
+    f.noPositionals();
     const weights = values.weights ?? [];
-    if (weights.length === 0) throw new CliError('--weights FILE is required (see vitreg probe --help)');
-    if (!values.data?.length) throw new CliError('--data DIR|synthetic is required (see vitreg probe --help)');
-    if (!values.out) throw new CliError('--out DIR is required (see vitreg probe --help)');
-    const tasks = parseTasks(values.task);
-    const tokenTasks = tasks.filter((t) => !isDenseTask(t));
-    const token = choiceFlag(
-      'token',
-      values.token,
-      TOKEN_CHOICES,
-      tokenTasks.includes('class') || tokenTasks.length === 0 ? 'cls' : 'normal',
-    );
+    if (weights.length === 0) f.missing('weights', '--weights FILE is required (see vitreg probe --help)');
+    if (!values.data?.length) f.missing('data', '--data DIR|synthetic is required (see vitreg probe --help)');
+    const outDir = f.require('out', '--out DIR is required (see vitreg probe --help)');
+    const tasks = f.check(() => parseTasks(values.task), null);
+    const tokenTasks = (tasks ?? []).filter((t) => !isDenseTask(t));
+    const token = f.choice('token', TOKEN_CHOICES, tokenTasks.includes('class') || tokenTasks.length === 0 ? 'cls' : 'normal');
     for (const t of tokenTasks) {
       if (t !== 'class' && token !== 'normal' && token !== 'outlier') {
-        throw new CliError(`--token: task ${t} reads one patch token, expected normal or outlier, got ${token}`);
+        f.fail(`--token: task ${t} reads one patch token, expected normal or outlier, got ${token}`);
       }
     }
-    const threshold = values.threshold === undefined || values.threshold === 'auto' ? 'auto' : numberFlag('threshold', values.threshold, 0);
+    const threshold = values.threshold === undefined || values.threshold === 'auto' ? 'auto' : f.number('threshold', 0);
     const opts = {
       token,
       threshold,
-      register: intFlag('register', values.register, 0, 0),
-      size: intFlag('size', values.size, 224),
-      batchSize: intFlag('batch-size', values['batch-size'], 8),
-      seed: intFlag('seed', values.seed, 0, 0),
+      register: f.int('register', 0, 0),
+      size: f.int('size', 224),
+      batchSize: f.int('batch-size', 8),
+      seed: f.int('seed', 0, 0),
     } as const;
     const dense = {
-      layers: choiceFlag('layers', values.layers, ['1', '4'] as const, '1') === '4' ? (4 as const) : (1 as const),
-      depthHead: choiceFlag('depth-head', values['depth-head'], ['bins', 'regression'] as const, 'bins'),
-      headBatchSize: intFlag('head-batch-size', values['head-batch-size'], 4),
-      trainLabelSize: intFlag('train-label-size', values['train-label-size'], opts.size),
-      lr: values.lr === undefined ? undefined : numberFlag('lr', values.lr, 0),
+      layers: f.choice('layers', ['1', '4'] as const, '1') === '4' ? (4 as const) : (1 as const),
+      depthHead: f.choice('depth-head', ['bins', 'regression'] as const, 'bins'),
+      headBatchSize: f.int('head-batch-size', 4),
+      trainLabelSize: f.int('train-label-size', opts.size),
+      lr: values.lr === undefined ? undefined : f.number('lr', 0),
     };
-    const config = configFlag(values.config);
-    const ttr = ttrFlags(values);
-    // Features come from the engine --engine picks (auto: ONNX Runtime when it loads); heads train on tfjs.
-    const engine = ttrEngine(engineFlags(values), ttr, weights, { onnx: true });
-    // Every task's data, opened before any model runs (bad paths fail fast).
-    const sources = dataSources(values.data, tasks);
+    const steps = f.optionalInt('steps', 1);
     const countFlags = {
-      count: values.count === undefined ? undefined : intFlag('count', values.count, 200, 1),
-      testCount: values['test-count'] === undefined ? undefined : intFlag('test-count', values['test-count'], 50, 1),
-      syntheticSize: intFlag('synthetic-size', values['synthetic-size'], 224, 16),
+      count: f.optionalInt('count', 1),
+      testCount: f.optionalInt('test-count', 1),
+      syntheticSize: f.int('synthetic-size', 224, 16),
       seed: opts.seed,
     };
+    checkBackendFlags(f);
+    const config = f.check(() => configFlag(values.config), undefined);
+    const ttr = f.check(() => ttrFlags(values), null);
+    // Features come from the engine --engine picks (auto: ONNX Runtime when it loads); heads train on tfjs.
+    const engine = f.check(() => ttrEngine(engineFlags(values), ttr, weights, { onnx: true }), DEFAULT_ENGINE);
+    // Every task's data source, named before any model runs.
+    const sources = tasks && values.data?.length ? f.check(() => dataSources(values.data!, tasks), null) : null;
+    f.done();
+    if (!tasks || !sources) throw new CliError('unreachable: flags checked');
+    // Every task's data, opened before any model runs (bad paths fail fast).
     const parts = new Map<AnyProbeTask, { train: DataPart | DensePart; test: DataPart | DensePart }>();
     for (const t of tasks) {
       if (!isDenseTask(t)) parts.set(t, openData(sources.get(t)!, values));
@@ -289,7 +293,7 @@ export const probe: Command = {
       }
       if (i === 0) process.stderr.write(`probe features: ${ttrOnnx?.description ?? encoder.description}\n`);
       try {
-        const out = weights.length > 1 ? join(values.out, dirs[i]) : values.out;
+        const out = weights.length > 1 ? join(outDir, dirs[i]) : outDir;
         await ensureDir(out);
         const row: Record<string, string | number> = { checkpoint: w, registers: model.config.num_register_tokens };
         for (const task of tasks) {
@@ -308,8 +312,16 @@ export const probe: Command = {
             syntheticSize: countFlags.syntheticSize,
             ...(ttr ? { testTimeRegisters: resolve(ttr.path), ttrTopK: ttr.topK ?? null } : {}),
           };
-          const steps = intFlag('steps', values.steps, isDenseTask(task) ? 1000 : 300);
-          const { report, reused } = await probeTask(model, train, test, { task, file, weights: w, settings, ...opts, ...dense, steps });
+          const taskSteps = steps ?? (isDenseTask(task) ? 1000 : 300);
+          const { report, reused } = await probeTask(model, train, test, {
+            task,
+            file,
+            weights: w,
+            settings,
+            ...opts,
+            ...dense,
+            steps: taskSteps,
+          });
           if (reused) process.stderr.write(`${w}: ${task}: already done (${file})\n`);
           process.stderr.write(`${w}: ${isDenseTask(task) ? task : `${task}/${token}`}: ${headline(task, report)}\n`);
           Object.assign(row, sweepColumns(task, report));
@@ -320,6 +332,6 @@ export const probe: Command = {
         await encoder.dispose();
       }
     }
-    if (weights.length > 1) await writeSweep(values.out, rows, { x: 'registers', metrics: tasks.flatMap((t) => SWEEP_PLOT_METRICS[t]) });
+    if (weights.length > 1) await writeSweep(outDir, rows, { x: 'registers', metrics: tasks.flatMap((t) => SWEEP_PLOT_METRICS[t]) });
   },
 };

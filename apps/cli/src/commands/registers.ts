@@ -8,9 +8,10 @@ import { resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { imageFileBatches, log, type ImageTransform } from '@vitreg/core';
 import { findRegisterNeurons, saveTestTimeRegisters, testTimeRegistersFile, TTR_PRESETS } from '@vitreg/registers';
-import { CliError, intFlag, numberFlag, parseCommandArgs, type Command } from '../cli.js';
+import { CliError, parseFlags, type Command } from '../cli.js';
 import {
   BACKEND_FLAGS,
+  checkBackendFlags,
   configFlag,
   IMAGE_FLAGS,
   imageFiles,
@@ -69,18 +70,8 @@ async function* imageBatches(files: string[], transform: ImageTransform, batchSi
   }
 }
 
-/** `--layer -2` as `--layer=-2` (parseArgs takes a value starting with '-' only in the = form). */
-function joinNegative(argv: string[], flags: string[]): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    if (flags.includes(argv[i]) && /^-\d+$/.test(argv[i + 1] ?? '')) out.push(`${argv[i]}=${argv[++i]}`);
-    else out.push(argv[i]);
-  }
-  return out;
-}
-
 async function find(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommandArgs('registers find', joinNegative(argv, ['--layer', '--highest-layer']), {
+  const f = parseFlags('registers find', argv, {
     ...MODEL_FLAGS,
     ...IMAGE_FLAGS,
     ...BACKEND_FLAGS,
@@ -94,36 +85,45 @@ async function find(argv: string[]): Promise<number> {
     sparsity: { type: 'boolean' },
     'batch-size': { type: 'string' },
   });
+  const { values, positionals } = f;
   if (values.help) {
     process.stdout.write(FIND_USAGE.trimStart());
     return 0;
   }
-  if (!values.out) throw new CliError('--out neurons.json is required');
-  if (!values.out.endsWith('.json')) throw new CliError(`--out: expected a .json path, got ${values.out}`);
+  const out = f.require('out', '--out neurons.json is required');
+  if (out && !out.endsWith('.json')) f.fail(`--out: expected a .json path, got ${out}`);
   if (positionals.length > 0 === (values.tensor !== undefined))
-    throw new CliError('give either IMAGE... or --tensor FILE.safetensors[:NAME] (not both)');
+    f.fail('give either IMAGE... or --tensor FILE.safetensors[:NAME] (not both)');
   let preset: (typeof TTR_PRESETS)[string] | undefined;
   if (values.preset !== undefined) {
     preset = TTR_PRESETS[values.preset];
-    if (!preset) throw new CliError(`--preset: expected one of ${Object.keys(TTR_PRESETS).join(', ')}, got "${values.preset}"`);
+    if (!preset) f.fail(`--preset: expected one of ${Object.keys(TTR_PRESETS).join(', ')}, got "${values.preset}"`);
   }
   const signedInt = (name: string, v: string | undefined): number | undefined => {
     if (v === undefined) return undefined;
-    if (!/^-?\d+$/.test(v)) throw new CliError(`--${name}: expected an integer, got "${v}"`);
+    if (!/^-?\d+$/.test(v)) {
+      f.fail(`--${name}: expected an integer, got "${v}"`);
+      return undefined;
+    }
     return Number(v);
   };
   const layer = signedInt('layer', values.layer) ?? preset?.layer ?? -1;
   const highestLayer = signedInt('highest-layer', values['highest-layer']) ?? preset?.highestLayer ?? -1;
-  const topK = values['top-k'] !== undefined ? intFlag('top-k', values['top-k'], 50) : (preset?.topK ?? 50);
+  const topK = values['top-k'] !== undefined ? f.int('top-k', 50) : (preset?.topK ?? 50);
   let threshold: number | 'auto' = preset?.threshold ?? 'auto';
   if (values.threshold !== undefined) {
-    threshold = values.threshold === 'auto' ? 'auto' : numberFlag('threshold', values.threshold, 0);
-    if (threshold !== 'auto' && threshold < 0) throw new CliError(`--threshold: expected auto or a number >= 0, got "${values.threshold}"`);
+    threshold = values.threshold === 'auto' ? 'auto' : f.number('threshold', 0);
+    if (threshold !== 'auto' && threshold < 0) f.fail(`--threshold: expected auto or a number >= 0, got "${values.threshold}"`);
   }
-  const batchSize = intFlag('batch-size', values['batch-size'], 8);
+  const batchSize = f.int('batch-size', 8);
+  const weights = f.require('weights', '--weights FILE is required (.safetensors or .pth)');
+  if (values.tensor === undefined) f.check(() => imageTransform(values, 1), undefined);
+  checkBackendFlags(f);
+  const config = f.check(() => configFlag(values.config), undefined);
+  f.done();
 
-  await startBackend(values.backend, values.gpu as string | undefined);
-  const model = await loadModel(values.weights, { model: values.model, config: configFlag(values.config) });
+  await startBackend(values.backend, values.gpu);
+  const model = await loadModel(weights, { model: values.model, config });
   const p = model.config.patch_size;
   let images: tf.Tensor4D | AsyncIterable<tf.Tensor4D>;
   let count: number;
@@ -151,7 +151,7 @@ async function find(argv: string[]): Promise<number> {
   } finally {
     if (images instanceof tf.Tensor) images.dispose();
   }
-  await saveTestTimeRegisters(resolve(values.out), await testTimeRegistersFile(model, result, values.weights));
+  await saveTestTimeRegisters(resolve(out), await testTimeRegistersFile(model, result, weights));
   const s = result.settings;
   log(
     `${count} image(s): ${result.images.used} with outliers at block ${s.layer < 0 ? model.config.depth + s.layer : s.layer} (threshold ${s.threshold}), ${result.images.skipped} skipped`,
@@ -164,7 +164,7 @@ async function find(argv: string[]): Promise<number> {
   );
   if (result.neurons.length > 10) process.stdout.write(`... ${result.neurons.length - 10} more selected\n`);
   log(
-    `wrote ${values.out}: ${result.neurons.length} neurons selected (blocks <= ${s.highestLayer === -1 ? 'all' : s.highestLayer}), ranking of ${result.ranking.length}`,
+    `wrote ${out}: ${result.neurons.length} neurons selected (blocks <= ${s.highestLayer === -1 ? 'all' : s.highestLayer}), ranking of ${result.ranking.length}`,
   );
   model.dispose();
   return 0;

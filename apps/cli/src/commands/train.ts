@@ -15,8 +15,8 @@ import {
   trainThreads,
   type TrainConfig,
 } from '@vitreg/trainer';
-import { CliError, intFlag, parseCommandArgs, type Command } from '../cli.js';
-import { BACKEND_FLAGS, startBackend } from '../inputs.js';
+import { CliError, parseFlags, type Command } from '../cli.js';
+import { BACKEND_FLAGS, checkBackendFlags, startBackend } from '../inputs.js';
 import { runLocalJob } from '@vitreg/worker';
 
 const usage = `
@@ -80,7 +80,7 @@ export const trainCommand: Command = {
   summary: 'train a ViT with registers (supervised or DINOv2 self-supervised) with exact resume',
   usage,
   async run(argv) {
-    const { values, positionals } = parseCommandArgs('train', argv, {
+    const f = parseFlags('train', argv, {
       config: { type: 'string' },
       preset: { type: 'string' },
       data: { type: 'string' },
@@ -99,27 +99,43 @@ export const trainCommand: Command = {
       'rebuild-index': { type: 'boolean' },
       'no-progress': { type: 'boolean' },
     });
-    if (positionals.length > 0) throw new CliError(`unexpected argument "${positionals[0]}" (see vitreg train --help)`);
-    if (values['list-presets']) {
+    const { values } = f;
+    f.noPositionals();
+    if (values['list-presets'] && f.ok) {
       process.stdout.write(listPresets() + '\n');
       return 0;
     }
-    const workers = intFlag('workers', values.workers, 1);
-    if (values.gpu !== undefined) intFlag('gpu', values.gpu, 0, 0);
-    if (workers > MAX_WORKERS) throw new CliError(`--workers: expected an integer from 1 to ${MAX_WORKERS}, got "${values.workers}"`);
+    const workers = f.int('workers', 1);
+    if (workers > MAX_WORKERS) f.fail(`--workers: expected an integer from 1 to ${MAX_WORKERS}, got "${values.workers}"`);
+    checkBackendFlags(f);
+    const registers = f.optionalInt('registers', 0);
+    const steps = f.optionalInt('steps', 1);
+    const seed = f.optionalInt('seed', 0);
+    const nodes = f.optionalInt('nodes', 1);
+    const transport = values.transport === 'grpc' ? 'grpc' : 'tcp';
+    if (values.transport !== undefined && values.transport !== transport)
+      f.fail(`--transport: expected tcp or grpc, got "${values.transport}"`);
+    const minWorkers = f.int('min-workers', 1);
+    if (nodes !== undefined && minWorkers > nodes) f.fail(`--min-workers: ${minWorkers} is more than --nodes ${nodes}`);
     const out = resolve(values.out ?? join('runs', `train-${values.preset ?? 'config'}`));
-    let config: TrainConfig;
+    let config: TrainConfig | undefined;
     try {
       config = resolveTrainConfig({
         configFile: values.config,
         preset: values.preset,
         resumeDir: values.resume ? out : undefined,
         data: values.data,
-        registers: values.registers === undefined ? undefined : intFlag('registers', values.registers, 0, 0),
-        steps: values.steps === undefined ? undefined : intFlag('steps', values.steps, 1),
-        seed: values.seed === undefined ? undefined : intFlag('seed', values.seed, 0, 0),
+        registers,
+        steps,
+        seed,
         warn: (message) => process.stderr.write(`vitreg train: warning: ${message}\n`),
       });
+    } catch (err) {
+      f.fail((err as Error).message);
+    }
+    f.done();
+    if (!config) throw new CliError('unreachable: the config was checked');
+    try {
       if (values['print-config']) {
         process.stdout.write(JSON.stringify(config, null, 2) + '\n');
         return 0;
@@ -131,12 +147,7 @@ export const trainCommand: Command = {
       if (err instanceof CliError) throw err;
       throw new CliError((err as Error).message);
     }
-    if (values.nodes !== undefined) {
-      const nodes = intFlag('nodes', values.nodes, 1);
-      const transport = values.transport ?? 'tcp';
-      if (transport !== 'tcp' && transport !== 'grpc') throw new CliError(`--transport: expected tcp or grpc, got "${transport}"`);
-      const minWorkers = intFlag('min-workers', values['min-workers'], 1);
-      if (minWorkers > nodes) throw new CliError(`--min-workers: ${minWorkers} is more than --nodes ${nodes}`);
+    if (nodes !== undefined) {
       const pass: [string, string | boolean | undefined][] = [
         ['--config', values.config],
         ['--preset', values.preset],
