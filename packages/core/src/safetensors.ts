@@ -167,6 +167,49 @@ function checkTensorForWrite(path: string, name: string, t: HostTensor | undefin
   }
 }
 
+/**
+ * What a file is, from its first bytes, when they say so clearly (for "X is not a safetensors file: it
+ * is ..." and the .pth reader's equivalent); undefined when they do not. `size` is the whole file's.
+ */
+export function fileKind(head: Uint8Array, size: number): string | undefined {
+  const starts = (...bytes: number[]) => bytes.every((b, i) => head[i] === b);
+  if (size === 0) return 'empty';
+  if (starts(0x50, 0x4b, 0x03, 0x04)) return 'a zip archive (a PyTorch .pth checkpoint? name it .pth)';
+  if (head[0] === 0x80 && head.length > 1 && head[1]! >= 2 && head[1]! <= 5) return 'a Python pickle (a legacy torch.save file?)';
+  if (starts(0x89, 0x50, 0x4e, 0x47)) return 'a PNG image';
+  if (starts(0xff, 0xd8, 0xff)) return 'a JPEG image';
+  if (starts(0x47, 0x49, 0x46, 0x38)) return 'a GIF image';
+  if (starts(0x1f, 0x8b)) return 'gzip-compressed';
+  if (head.length >= 9 && head[8] === 0x7b) {
+    const n = Buffer.from(head.buffer, head.byteOffset, 8).readBigUInt64LE(0);
+    if (n >= 2n && 8n + n <= BigInt(size)) return 'a safetensors file';
+  }
+  if (head.length >= 3 && head[0] === 0x08 && head[1]! > 0 && head[1]! < 16 && head[2] === 0x12) return 'an ONNX model (name it .onnx)';
+  let text: string;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true }).decode(head.length === 64 ? trimPartialUtf8(head) : head);
+  } catch {
+    return undefined;
+  }
+  if (!/^[\t\n\r\x20-\x7e\u00a0-\uffff]+$/u.test(text)) return undefined;
+  const first = text.trim().split(/\r?\n/)[0]!.slice(0, 40);
+  return `text ("${first}${text.trim().length > first.length ? '...' : ''}")`;
+}
+
+/** `bytes` without an incomplete UTF-8 sequence at its end (a prefix cut from a longer file). */
+function trimPartialUtf8(bytes: Uint8Array): Uint8Array {
+  let end = bytes.length;
+  for (let k = 1; k <= 3 && end - k >= 0; k++) {
+    const b = bytes[end - k]!;
+    if ((b & 0xc0) !== 0x80) {
+      const need = b >= 0xf0 ? 4 : b >= 0xe0 ? 3 : b >= 0xc0 ? 2 : 1;
+      if (need > k) end -= k;
+      break;
+    }
+  }
+  return bytes.subarray(0, end);
+}
+
 async function readHeader(
   path: string,
   fh: FileHandle,
@@ -176,6 +219,13 @@ async function readHeader(
   const lenBytes = new Uint8Array(8);
   await readFully(fh, lenBytes, 0, path);
   const n = Buffer.from(lenBytes.buffer).readBigUInt64LE(0);
+  if (n > BigInt(MAX_HEADER_BYTES) || 8n + n > BigInt(size)) {
+    // Not a header length: say what the file is when its first bytes tell (text, an image, a zip...).
+    const head = new Uint8Array(Math.min(size, 64));
+    await readFully(fh, head, 0, path);
+    const kind = fileKind(head, size);
+    if (kind) throw new Error(`${path} is not a safetensors file: it is ${kind}`);
+  }
   if (n > BigInt(MAX_HEADER_BYTES))
     throw new Error(
       `${path}: header length ${n} is absurd (limit ${MAX_HEADER_BYTES} bytes; file is ${size} bytes): not a safetensors file or corrupt`,

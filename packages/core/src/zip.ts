@@ -6,6 +6,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import { inflateRawSync } from 'node:zlib';
 import { readFully } from './fs.js';
+import { fileKind } from './safetensors.js';
 
 interface ZipEntry {
   name: string;
@@ -47,7 +48,10 @@ export class ZipReader {
       const first = size > 0 ? (await at(0, 1)).getUint8(0) : -1;
       if (first === 0x80)
         throw new Error(`${path}: legacy (pre-1.6) torch.save format, not a zip archive; re-save it with a current PyTorch`);
-      throw new Error(`${path}: not a zip archive (torch.save checkpoints are zip files)`);
+      const head = new Uint8Array(Math.min(size, 64));
+      if (size > 0) await readFully(fh, head, 0, path);
+      const kind = fileKind(head, size);
+      throw new Error(`${path}: not a zip archive (torch.save checkpoints are zip files)${kind ? `: it is ${kind}` : ''}`);
     }
 
     // End of central directory: 22 bytes plus a comment of up to 65535, at the very end.
