@@ -90,8 +90,13 @@ export class BatchPreparer {
   ) {
     this.root = new Rng(config.train.seed);
     if (config.objective === 'dino' && config.ibot.loss_weight > 0) {
-      const grid = config.crops.global_crops_size / modelConfig(config).patch_size;
-      this.maskGen = new MaskingGenerator(grid, grid, { maxNumPatches: 0.5 * grid * grid });
+      const size = config.crops.global_crops_size;
+      const patch = modelConfig(config).patch_size;
+      const grid = size / patch;
+      // DINOv2's train.py: max_num_patches=0.5 * img_size // patch_size * img_size // patch_size, floored
+      // left to right (half the grid when it is even; 666 rather than 684.5 for 37 x 37 at 518 px).
+      const maxNumPatches = Math.floor((Math.floor((0.5 * size) / patch) * size) / patch);
+      this.maskGen = new MaskingGenerator(grid, grid, { maxNumPatches });
     }
   }
 
