@@ -4,8 +4,7 @@
  * A `_` file: not a bench case.
  */
 import { initBackend, type BackendName } from '@vitreg/core';
-import * as trainer from '@vitreg/trainer';
-import type { EngineFactory, StepEngine } from '@vitreg/trainer';
+import { onnxRuntimeEngine, tfjsEngine, type EngineFactory, type OnnxRuntimeEngineOptions, type StepEngine } from '@vitreg/trainer';
 
 export interface EngineRequest {
   /** ONNX Runtime intra-op threads. */
@@ -20,16 +19,8 @@ export interface EngineRequest {
 
 export type LoadedEngine = { factory: EngineFactory; describe: Record<string, unknown> } | { skipped: string };
 
-type OrtEngineFn = (opts: Record<string, unknown>) => EngineFactory;
-
-/** The ONNX Runtime engine's factory maker, when this build of @vitreg/trainer has one. */
-function ortEngineFn(): OrtEngineFn | undefined {
-  return (trainer as unknown as Record<string, unknown>).onnxRuntimeEngine as OrtEngineFn | undefined;
-}
-
-/** onnxruntime-node loads here (its native library), and the trainer has the engine. */
+/** Null when onnxruntime-node loads here (its native library), else why not. */
 async function ortLoads(): Promise<string | null> {
-  if (!ortEngineFn()) return '@vitreg/trainer has no onnxRuntimeEngine yet';
   try {
     await import('onnxruntime-node');
     return null;
@@ -48,15 +39,14 @@ export async function loadEngine(name: string, r: EngineRequest): Promise<Loaded
   if (name === 'tfjs') {
     if (r.precision && r.precision !== 'fp32') return { skipped: `the tfjs engine trains in float32 only (asked ${r.precision})` };
     const info = await initBackend(r.backend ?? 'wasm', { log: () => {} });
-    return { factory: trainer.tfjsEngine, describe: { backend: info.name } };
+    return { factory: tfjsEngine, describe: { backend: info.name } };
   }
   if (name === 'onnxruntime') {
     const why = await ortLoads();
     if (why) return { skipped: why };
-    const opts: Record<string, unknown> = { threads: r.threads, device: r.device ?? 'cpu' };
-    if (r.precision && r.precision !== 'fp32') opts.precision = r.precision;
+    const opts = { threads: r.threads, device: r.device ?? 'cpu', precision: r.precision ?? 'fp32' } as OnnxRuntimeEngineOptions;
     try {
-      return { factory: ortEngineFn()!(opts), describe: { device: r.device ?? 'cpu' } };
+      return { factory: onnxRuntimeEngine(opts), describe: { device: r.device ?? 'cpu' } };
     } catch (err) {
       return { skipped: `onnxRuntimeEngine(${JSON.stringify(opts)}): ${(err as Error).message}` };
     }

@@ -297,6 +297,12 @@ async function runTrainer(
     const w0 = performance.now();
     for (let i = 0; i < warmup; i++) await trainer.trainStep();
     const warm = (performance.now() - w0) / 1000;
+    const ort = trainer.engine as unknown as {
+      description?: string;
+      sessions?: { count: number; transfers: { bytesIn: number; bytesOut: number } };
+    };
+    const sessions0 = ort.sessions?.count ?? 0;
+    const bytes0 = ort.sessions ? ort.sessions.transfers.bytesIn + ort.sessions.transfers.bytesOut : 0;
     let last: Record<string, number> = {};
     const masked: number[] = [];
     for (let i = 0; i < steps; i++) {
@@ -311,9 +317,20 @@ async function runTrainer(
       if (between) await between();
     }
     out.masked = masked.length ? mean(masked) : 0;
-    out.engine = trainer.engine.name;
+    out.engine = ort.description ?? trainer.engine.name;
+    const ortFields = ort.sessions
+      ? {
+          // Sessions built inside the timed steps (a new iBOT row bucket): their build time is in the step.
+          sessions_built_in_timed_steps: ort.sessions.count - sessions0,
+          host_transfer_mb_per_step: round(
+            (ort.sessions.transfers.bytesIn + ort.sessions.transfers.bytesOut - bytes0) / steps / 2 ** 20,
+            1,
+          ),
+        }
+      : {};
     out.fields = {
       ...loaded.describe,
+      ...ortFields,
       warmup_seconds: round(warm, 1),
       loss: round(last.loss!, 4),
       ...(masked.length ? { masked_patches: round(out.masked, 1) } : {}),
@@ -387,9 +404,10 @@ export async function run(argv: string[]): Promise<void> {
   const engines = (v.engine as string).split(',');
   const threads = (v.threads as string).split(',').map(Number);
   for (const t of threads) if (!(Number.isInteger(t) && t >= 1)) throw new Error(`--threads: expected integers >= 1, got "${v.threads}"`);
+  // tfjs: the tfjs engine, and the ONNX Runtime engine's host-side DINO targets (engine-dino.ts).
+  if (v.torch !== 'only')
+    await initBackend(v.backend as BackendName, { log: () => {}, gpu: v.gpu === undefined ? undefined : Number(v.gpu) });
   for (const engine of v.torch === 'only' ? ['pytorch'] : engines) {
-    if (engine === 'tfjs')
-      await initBackend(v.backend as BackendName, { log: () => {}, gpu: v.gpu === undefined ? undefined : Number(v.gpu) });
     for (const t of threads) {
       let line: Record<string, unknown>;
       try {
