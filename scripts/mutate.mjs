@@ -1,0 +1,92 @@
+#!/usr/bin/env node
+// Mutation testing of one module, on demand (not in CI):
+//   npm run mutate -- packages/trainer/src/losses.ts [--tests a.test.ts,b.test.ts] [--lines 10-80,120-140] [--concurrency N]
+// Runs StrykerJS (stryker.config.mjs) on the module's lines of numerical code, each mutant checked by the
+// module's test files (node's test runner on the TypeScript sources). The table below names, for the
+// modules of the numerical core, the test files that check them and the line ranges worth mutating
+// (the numbers; not log lines or error messages); any other module gets the test files that import it.
+// Prints Stryker's table (killed, survived, timeout, score) and writes tmp/mutation/<module>.json.
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { basename, dirname, join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+
+/** module -> { tests, lines? (Stryker ranges; absent: the whole file) } */
+const modules = {
+  'packages/trainer/src/losses.ts': { tests: ['packages/trainer/test/losses.test.ts', 'packages/trainer/test/bce.test.ts'] },
+  'packages/trainer/src/centering.ts': {
+    tests: ['packages/trainer/test/recipe.test.ts', 'packages/trainer/test/sinkhorn-step.test.ts'],
+  },
+  'packages/trainer/src/optim.ts': { tests: ['packages/trainer/test/optim.test.ts', 'packages/trainer/test/recipe.test.ts'] },
+  'packages/trainer/src/schedules.ts': { tests: ['packages/trainer/test/schedules.test.ts', 'packages/trainer/test/recipe.test.ts'] },
+  'packages/trainer/src/param-groups.ts': { tests: ['packages/trainer/test/recipe.test.ts', 'packages/trainer/test/optim.test.ts'] },
+  'packages/trainer/src/masking.ts': { tests: ['packages/trainer/test/parts.test.ts', 'packages/trainer/test/masking.test.ts'] },
+  'packages/trainer/src/knn.ts': { tests: ['packages/trainer/test/knn.test.ts'] },
+  'packages/probe/src/lost.ts': { tests: ['packages/probe/test/lost.test.ts', 'packages/probe/test/lost-k.test.ts'] },
+  'packages/probe/src/dense-metrics.ts': {
+    tests: ['packages/probe/test/dense-heads.test.ts', 'packages/probe/test/dense-metrics.test.ts'],
+  },
+  'packages/probe/src/dense-segmentation.ts': { tests: ['packages/probe/test/dense-heads.test.ts'] },
+  'packages/probe/src/dense-depth.ts': { tests: ['packages/probe/test/dense-heads.test.ts'] },
+  'apps/worker/src/ring.ts': { tests: ['apps/worker/test/ring.test.ts'] },
+  'packages/core/src/data/sampler.ts': { tests: ['packages/core/test/data-sampler.test.ts'] },
+};
+
+function usage(msg) {
+  if (msg) process.stderr.write(`mutate: ${msg}\n`);
+  process.stderr.write(
+    'usage: npm run mutate -- <module.ts> [--tests a.test.ts,b.test.ts] [--lines 10-80,120-140] [--concurrency N]\n' +
+      `known modules: ${Object.keys(modules).join(', ')}\n`,
+  );
+  process.exit(2);
+}
+
+const args = process.argv.slice(2);
+const flags = {};
+const positional = [];
+for (let i = 0; i < args.length; i++) {
+  const a = args[i];
+  if (a.startsWith('--')) {
+    if (i + 1 >= args.length) usage(`${a} needs a value`);
+    flags[a.slice(2)] = args[++i];
+  } else positional.push(a);
+}
+if (positional.length !== 1) usage(positional.length ? 'one module at a time' : 'which module?');
+const module = relative(root, join(process.cwd(), positional[0]));
+if (!existsSync(join(root, module))) usage(`${module}: no such file`);
+for (const k of Object.keys(flags)) if (!['tests', 'lines', 'concurrency'].includes(k)) usage(`unknown flag --${k}`);
+
+/** Test files of the tree that import the module by its relative path (the fallback for modules not in the table). */
+function importers(mod) {
+  const name = basename(mod).replace(/\.ts$/, '.js');
+  const out = [];
+  for (const top of ['packages', 'apps']) {
+    for (const pkg of readdirSync(join(root, top))) {
+      const dir = join(root, top, pkg, 'test');
+      if (!existsSync(dir)) continue;
+      for (const f of readdirSync(dir)) {
+        if (f.endsWith('.test.ts') && readFileSync(join(dir, f), 'utf8').includes(`/${name}'`)) out.push(join(top, pkg, 'test', f));
+      }
+    }
+  }
+  return out;
+}
+
+const known = modules[module];
+const tests = (flags.tests ? flags.tests.split(',') : (known?.tests ?? importers(module))).filter((t) => existsSync(join(root, t)));
+if (tests.length === 0) usage(`no test files for ${module} (give --tests)`);
+const lines = flags.lines ?? known?.lines;
+const mutate = lines ? lines.split(',').map((r) => `${module}:${r}`) : [module];
+
+process.stderr.write(`mutate: ${mutate.join(', ')}\n  tests: ${tests.join(' ')}\n`);
+const env = {
+  ...process.env,
+  VITREG_MUTATE: mutate.join(','),
+  VITREG_MUTATE_TESTS: tests.join(' '),
+  VITREG_MUTATE_REPORT: join('tmp', 'mutation', module.replace(/[/.]/g, '_')),
+  ...(flags.concurrency ? { VITREG_MUTATE_CONCURRENCY: flags.concurrency } : {}),
+};
+const r = spawnSync(join(root, 'node_modules', '.bin', 'stryker'), ['run', 'stryker.config.mjs'], { cwd: root, env, stdio: 'inherit' });
+process.exit(r.status ?? 1);
