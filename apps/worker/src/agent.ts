@@ -16,7 +16,7 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { Membership } from '@vitreg/proto';
 import type { BackendName } from '@vitreg/core';
-import type { TrainConfig, TrainResult } from '@vitreg/trainer';
+import type { TrainConfig, TrainEngineOptions, TrainResult } from '@vitreg/trainer';
 import { DEFAULT_CHUNK_BYTES, EpochEnded } from './frames.js';
 import type { TlsFiles } from './links.js';
 import { DEFAULT_BUCKET_BYTES } from './ring.js';
@@ -52,6 +52,8 @@ export interface WorkerOptions {
   outDir: string;
   resume: boolean;
   backend: BackendName;
+  /** The step engine of every training thread (default: auto). */
+  engine?: TrainEngineOptions;
   progress: boolean;
   logSamples: boolean;
   checksum: boolean;
@@ -269,6 +271,7 @@ export class WorkerAgent {
         outDir: o.outDir,
         resume: o.resume,
         backend: o.backend,
+        engine: o.engine,
         thread: t,
         rank,
         worldSize: st.m.worldSize,

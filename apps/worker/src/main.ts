@@ -10,7 +10,7 @@ import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { BACKEND_NAMES, type BackendName } from '@vitreg/core';
-import { assertDataSource, openDataAsync, resolveTrainConfig } from '@vitreg/trainer';
+import { assertDataSource, checkTrainEngineOptions, openDataAsync, resolveTrainConfig, type TrainEngineOptions } from '@vitreg/trainer';
 import { startCoordinator, type CoordinatorHandle } from '@vitreg/coordinator';
 import { runWorker } from './agent.js';
 import { launchInfo, selectDevice } from './env.js';
@@ -24,7 +24,10 @@ gradients with its ring neighbours. The launcher starts one per GPU with the sam
 Training (as vitreg train): --preset NAME | --config FILE.json, --data DIR|FILE-LIST|synthetic,
   --rebuild-index, --registers N, --steps N, --seed N, --batch-size N (per rank), --out DIR (default
   runs/train-<preset>), --resume,
-  --backend auto|tensorflow-gpu|webgpu|tensorflow|wasm|cpu, --no-progress, --log-samples (per-rank files
+  --backend auto|tensorflow-gpu|webgpu|tensorflow|wasm|cpu, --engine auto|tfjs|onnxruntime (the step engine,
+  $VITREG_ENGINE; auto = onnxruntime where onnxruntime-node loads), --device cpu|cuda|webgpu (onnxruntime's execution
+  provider; cuda is the GPU of --local-rank / --gpu), --engine-threads N (onnxruntime's intra-op threads
+  per training thread), --no-progress, --log-samples (per-rank files
   list the (epoch, index) of every image trained on), --checksum (rank 0 prints a weights SHA-256)
 
 Cluster:
@@ -90,6 +93,9 @@ async function main(argv: string[]): Promise<number> {
         out: { type: 'string' },
         resume: { type: 'boolean' },
         backend: { type: 'string' },
+        engine: { type: 'string' },
+        device: { type: 'string' },
+        'engine-threads': { type: 'string' },
         'no-progress': { type: 'boolean' },
         'log-samples': { type: 'boolean' },
         checksum: { type: 'boolean' },
@@ -136,6 +142,16 @@ async function main(argv: string[]): Promise<number> {
   if (transport !== 'tcp' && transport !== 'grpc') throw new UsageError(`--transport: expected tcp or grpc, got "${transport}"`);
   const backend = (values.backend ?? process.env.VITREG_BACKEND ?? 'auto') as BackendName;
   if (!BACKEND_NAMES.includes(backend)) throw new UsageError(`--backend: expected one of ${BACKEND_NAMES.join(', ')}, got "${backend}"`);
+  const engine = {
+    engine: values.engine ?? process.env.VITREG_ENGINE,
+    device: values.device,
+    threads: int('--engine-threads', values['engine-threads'], 1),
+  } as TrainEngineOptions;
+  try {
+    checkTrainEngineOptions(engine);
+  } catch (e) {
+    throw new UsageError((e as Error).message.replace('--threads', '--engine-threads'));
+  }
   let token = values.token ?? process.env.VITREG_TOKEN;
   const tokenFile = values['token-file'] ?? process.env.VITREG_TOKEN_FILE;
   if (token === undefined && tokenFile) token = readFile('--token-file', tokenFile).toString('utf8').trim();
@@ -226,6 +242,7 @@ async function main(argv: string[]): Promise<number> {
       outDir: out,
       resume: values.resume ?? false,
       backend,
+      engine,
       progress: !values['no-progress'],
       logSamples: values['log-samples'] ?? false,
       checksum: values.checksum ?? false,

@@ -1,6 +1,6 @@
 /** Messages between a worker's agent (main thread) and its training threads. */
 import type { BackendName } from '@vitreg/core';
-import type { TrainConfig, TrainResult } from '@vitreg/trainer';
+import type { TrainConfig, TrainEngineOptions, TrainResult } from '@vitreg/trainer';
 
 /** workerData of a training thread. */
 export interface ThreadData {
@@ -8,6 +8,8 @@ export interface ThreadData {
   outDir: string;
   resume: boolean;
   backend: BackendName;
+  /** The step engine (--engine, --device, --engine-threads); each thread resolves its own. */
+  engine?: TrainEngineOptions;
   /** Index of the thread in its process. */
   thread: number;
   rank: number;

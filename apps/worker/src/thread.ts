@@ -5,7 +5,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { initBackend } from '@vitreg/core';
-import { train } from '@vitreg/trainer';
+import { resolveTrainEngine, train } from '@vitreg/trainer';
 import type { ThreadData, ThreadToAgent } from './messages.js';
 import { GrpcRingSync } from './ring-sync.js';
 
@@ -15,7 +15,10 @@ async function main(): Promise<void> {
   const log = (line: string) => parentPort!.postMessage({ kind: 'log', thread: d.thread, line } as ThreadToAgent);
   await initBackend(d.backend, d.rank === 0 ? {} : { log: () => {} });
   const sync = new GrpcRingSync(d.thread, d.rank, d.worldSize, d.membership);
+  // Each thread its own engine (an EngineFactory cannot cross threads); the first thread says which.
+  const engine = await resolveTrainEngine(d.engine, d.thread === 0 ? { log } : {});
   const result = await train(d.config, {
+    engine: engine.factory,
     outDir: d.outDir,
     resume: d.resume,
     sync,

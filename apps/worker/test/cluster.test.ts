@@ -50,7 +50,8 @@ async function job(name: string, o: Partial<LocalJobOptions> & { nodes: number; 
   const r = await runLocalJob({
     outDir,
     passThrough: false,
-    trainArgs: ['--config', o.config, '--backend', 'wasm', '--no-progress'],
+    // The tfjs engine, as these tests were written for (cluster-onnx.test.ts runs a job on onnxruntime).
+    trainArgs: ['--config', o.config, '--backend', 'wasm', '--engine', 'tfjs', '--no-progress'],
     workerArgs: ['--checksum', '--log-samples', ...(o.workerArgs ?? [])],
     heartbeatMs: 200,
     coordinatorTimeoutMs: 3000,
@@ -313,7 +314,7 @@ test('the coordinator killed: workers exit non-zero; the relaunched job resumes 
     nodes: 2,
     outDir,
     passThrough: false,
-    trainArgs: ['--config', config, '--backend', 'wasm', '--no-progress', '--resume'],
+    trainArgs: ['--config', config, '--backend', 'wasm', '--engine', 'tfjs', '--no-progress', '--resume'],
     workerArgs: ['--checksum'],
   });
   assert.ok(again.finished, JSON.stringify(again));

@@ -13,7 +13,7 @@
  */
 import type { InferenceSession, Tensor } from 'onnxruntime-node';
 import { loadOnnxRuntime, type OnnxDevice } from '@vitreg/registers';
-import type { BuiltGraph } from './graphs.js';
+import { TRAINING_SESSION_OPTIONS, type BuiltGraph } from './graphs.js';
 
 export type Ort = typeof import('onnxruntime-node');
 
@@ -81,11 +81,11 @@ export class GraphSessions {
     return this.entries.size;
   }
 
+  /** The graphs' session options (graphs.ts: no CPU arena, no memory pattern), the device and threads. */
   private options(): InferenceSession.SessionOptions {
     return {
+      ...TRAINING_SESSION_OPTIONS,
       executionProviders: [this.device],
-      graphOptimizationLevel: 'all',
-      executionMode: 'sequential',
       interOpNumThreads: 1,
       ...(this.threads ? { intraOpNumThreads: this.threads } : {}),
       logSeverityLevel: 3,
