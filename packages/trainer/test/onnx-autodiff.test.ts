@@ -1,110 +1,24 @@
 /**
- * Every VJP rule of the ONNX training graphs (src/onnx/autodiff.ts, nn-ops.ts, heads-graph.ts,
- * losses-graph.ts) against tfjs autodiff on the cpu backend (gradients registered by @tensorflow/tfjs):
- * for each op, loss = sum(op(inputs) r) with a fixed random r, on small random shapes with broadcasting;
- * the op's value and the gradient of every differentiable input must match. Runs on ONNX Runtime; skips
- * with one line where onnxruntime-node does not load.
+ * Every VJP rule of the ONNX training graphs' ops (src/onnx/autodiff.ts, nn-ops.ts) against tfjs autodiff
+ * on the cpu backend (gradients registered by @tensorflow/tfjs): for each op, loss = sum(op(inputs) r) with
+ * a fixed random r, on small random shapes with broadcasting; the op's value and the gradient of every
+ * differentiable input must match (onnx-helpers.ts `checkVjp`). The losses and heads: onnx-losses.test.ts.
+ * Runs on ONNX Runtime; skips with one line where onnxruntime-node does not load.
  */
 import assert from 'node:assert/strict';
 import { before, test } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
-import { Rng, ensureGradients } from '@vitreg/core';
-import { DinoHead } from '../src/heads.js';
-import { binaryCrossEntropyLoss, dinoGlobalLocalLoss, ibotMaskedLoss, koleoLoss, softTargetCrossEntropy } from '../src/losses.js';
-import { TrainGraph, type Value } from '../src/onnx/autodiff.js';
-import { dinoHead, dinoHeadShapes } from '../src/onnx/heads-graph.js';
-import { binaryCrossEntropy, dinoGlobalLocal, ibotMasked, koleo, softTargetCrossEntropy as ceGraph } from '../src/onnx/losses-graph.js';
+import { ensureGradients } from '@vitreg/core';
 import * as nn from '../src/onnx/nn-ops.js';
-import { closeness, runModel, seeded, SKIP_NO_ORT, tryOrt, type Feed } from './onnx-helpers.js';
+import { checkVjp, SKIP_NO_ORT, tryOrt, type VjpCase } from './onnx-helpers.js';
 
 before(async () => {
   await tf.setBackend('cpu');
   await ensureGradients();
 });
 
-interface Spec {
-  shape: number[];
-  /** Values in [offset - scale, offset + scale). */
-  scale?: number;
-  offset?: number;
-  /** Gets a gradient (default true). */
-  grad?: boolean;
-  /** Integer values (an int64 graph input, int32 in tfjs). */
-  ints?: number[];
-  /** Fixed values. */
-  values?: number[];
-}
-
-interface Case {
-  inputs: Record<string, Spec>;
-  graph: (t: TrainGraph, x: Record<string, Value>) => Value;
-  tfjs: (x: Record<string, tf.Tensor>) => tf.Tensor;
-  /** allclose tolerances (default atol 1e-5, rtol 1e-4). */
-  atol?: number;
-  rtol?: number;
-}
-
-const size = (s: number[]) => s.reduce((a, b) => a * b, 1);
-
-/** Builds and runs the case's graph and its tfjs twin; returns the names that disagree (empty when all agree). */
-async function check(c: Case, seed: number): Promise<string[]> {
-  const o = await tryOrt();
-  if (!o) return [];
-  const values: Record<string, Float32Array> = {};
-  Object.entries(c.inputs).forEach(([k, s], i) => {
-    values[k] = s.values
-      ? Float32Array.from(s.values)
-      : s.ints
-        ? Float32Array.from(s.ints)
-        : seeded(size(s.shape), seed * 31 + i, s.scale ?? 1, s.offset ?? 0);
-  });
-  const t = new TrainGraph();
-  const x: Record<string, Value> = {};
-  for (const [k, s] of Object.entries(c.inputs))
-    x[k] = t.input(k, s.shape, { grad: !s.ints && s.grad !== false, dtype: s.ints ? 'int64' : 'float32' });
-  const y = c.graph(t, x);
-  const r = t.input('r', y.shape);
-  values.r = seeded(size([...y.shape]), seed * 31 + 99);
-  const all = y.shape.map((_, i) => i);
-  const loss = all.length ? t.reduceSum(t.mul(y, r), all) : t.mul(y, r);
-  t.output(y, 'y');
-  const wrt = Object.values(x).filter((v) => v.grad);
-  t.gradients(loss, wrt).forEach((g, i) => t.output(g ?? t.zeros(wrt[i]!.shape), `grad.${wrt[i]!.name}`));
-  const feeds: Record<string, Feed> = {};
-  for (const i of t.inputs) feeds[i.name] = i.dtype === 'int64' ? BigInt64Array.from(values[i.name]!, (v) => BigInt(v)) : values[i.name]!;
-  const got = await runModel(o, t.encode(), t.inputs, feeds);
-
-  const names = Object.keys(c.inputs).filter((k) => x[k]!.grad);
-  const tensors = (vals: tf.Tensor[]) => {
-    const m: Record<string, tf.Tensor> = {};
-    let j = 0;
-    for (const [k, s] of Object.entries(c.inputs))
-      m[k] = s.ints ? tf.tensor(s.ints, s.shape, 'int32') : x[k]!.grad ? vals[j++]! : tf.tensor(values[k]!, s.shape);
-    return m;
-  };
-  const rT = tf.tensor(values.r, [...y.shape]);
-  const f = (...vals: tf.Tensor[]) => tf.sum(tf.mul(c.tfjs(tensors(vals)), rT));
-  const gradInputs = names.map((k) => tf.tensor(values[k]!, c.inputs[k]!.shape));
-  const yRef = c.tfjs(tensors(gradInputs)).dataSync();
-  const grads = names.length
-    ? tf
-        .grads(f)(gradInputs)
-        .map((g) => g.dataSync())
-    : [];
-  const bad: string[] = [];
-  const atol = c.atol ?? 1e-5;
-  const rtol = c.rtol ?? 1e-4;
-  const cmp = (what: string, a: Float32Array, e: ArrayLike<number>) => {
-    const r2 = closeness(a, e, atol, rtol);
-    if (!r2.ok) bad.push(`${what}: max abs ${r2.maxAbs.toExponential(2)}, worst ${r2.worst}`);
-  };
-  cmp('value', got.y!, yRef);
-  names.forEach((k, i) => cmp(`grad ${k}`, got[`grad.${k}`]!, grads[i]!));
-  return bad;
-}
-
-const cases: Record<string, Case> = {
+const cases: Record<string, VjpCase> = {
   'add broadcasting [2,3,4] + [4]': {
     inputs: { a: { shape: [2, 3, 4] }, b: { shape: [4] } },
     graph: (t, x) => t.add(x.a!, x.b!),
@@ -328,7 +242,7 @@ const cases: Record<string, Case> = {
 for (const [name, c] of Object.entries(cases)) {
   test(`VJP: ${name}`, async (t) => {
     if (!(await tryOrt())) return t.skip(SKIP_NO_ORT);
-    assert.deepEqual(await check(c, name.length), []);
+    assert.deepEqual(await checkVjp(c, name.length), []);
   });
 }
 
@@ -337,7 +251,7 @@ test('VJP: an attention block (LayerNorm, qkv, split heads, softmax(q k^T a) v, 
   if (!(await tryOrt())) return t.skip(SKIP_NO_ORT);
   const [B, N, D, H] = [2, 5, 8, 2];
   const hd = D / H;
-  const c: Case = {
+  const c: VjpCase = {
     inputs: {
       x: { shape: [B, N, D] },
       w: { shape: [D], offset: 1 },
@@ -361,141 +275,5 @@ test('VJP: an attention block (LayerNorm, qkv, split heads, softmax(q k^T a) v, 
       return tf.reshape(tf.transpose(tf.matMul(a, v!), [0, 2, 1, 3]), [B, N, D]);
     },
   };
-  assert.deepEqual(await check(c, 7), []);
-});
-
-// ---------------------------------------------------------------------------------------------
-// The losses and heads against the trainer's tfjs functions (losses.ts, heads.ts).
-
-test('VJP: soft-target cross-entropy and BCE as losses.ts', async (t) => {
-  if (!(await tryOrt())) return t.skip(SKIP_NO_ORT);
-  const targets = [0.7, 0.3, 0, 0, 0, 0.1, 0, 0.9, 0, 0, 0.25, 0.25, 0.25, 0.25, 0, 1, 0, 0, 0, 0];
-  for (const bce of [false, true]) {
-    const c: Case = {
-      inputs: { z: { shape: [4, 5], scale: 3 }, tg: { shape: [4, 5], values: targets, grad: false } },
-      graph: (g, x) => (bce ? binaryCrossEntropy(g, x.z!, x.tg!) : ceGraph(g, x.z!, x.tg!)),
-      tfjs: (x) =>
-        bce
-          ? binaryCrossEntropyLoss(x.z! as tf.Tensor2D, x.tg! as tf.Tensor2D)
-          : softTargetCrossEntropy(x.z! as tf.Tensor2D, x.tg! as tf.Tensor2D),
-    };
-    assert.deepEqual(await check(c, bce ? 3 : 4), [], bce ? 'BCE' : 'CE');
-  }
-});
-
-/** Rows of probabilities [n, k] (softmax of seeded values). */
-function probs(n: number, k: number, seed: number): number[] {
-  const v = seeded(n * k, seed, 2);
-  const out: number[] = [];
-  for (let r = 0; r < n; r++) {
-    const row = Array.from(v.subarray(r * k, (r + 1) * k));
-    const m = Math.max(...row);
-    const e = row.map((x) => Math.exp(x - m));
-    const s = e.reduce((a, b) => a + b, 0);
-    out.push(...e.map((x) => x / s));
-  }
-  return out;
-}
-
-test('VJP: DINO global + local loss as dinoGlobalLocalLoss (2 local crops, and none)', async (t) => {
-  if (!(await tryOrt())) return t.skip(SKIP_NO_ORT);
-  const [B, K] = [3, 6];
-  for (const nLocal of [2, 0]) {
-    const inputs: Record<string, Spec> = {
-      g: { shape: [2 * B, K], scale: 2 },
-      tp: { shape: [2 * B, K], values: probs(2 * B, K, 5), grad: false },
-    };
-    if (nLocal) inputs.l = { shape: [nLocal * B, K], scale: 2 };
-    const c: Case = {
-      inputs,
-      graph: (g, x) => {
-        const r = dinoGlobalLocal(g, x.g!, x.tp!, x.l ?? null, nLocal, 0.1);
-        return g.add(g.scale(r.global, 1), g.scale(r.local, 3));
-      },
-      tfjs: (x) => {
-        const locals = x.l ? (tf.split(x.l, nLocal) as tf.Tensor2D[]) : [];
-        const r = dinoGlobalLocalLoss(x.g! as tf.Tensor2D, x.tp! as tf.Tensor2D, locals, 0.1);
-        return tf.add(r.global, tf.mul(r.local, 3));
-      },
-    };
-    assert.deepEqual(await check(c, 11 + nLocal), [], `${nLocal} local crops`);
-  }
-});
-
-test('VJP: iBOT masked loss as ibotMaskedLoss, padding rows (weight 0) change nothing', async (t) => {
-  if (!(await tryOrt())) return t.skip(SKIP_NO_ORT);
-  const [M, K] = [5, 6];
-  const weights = [0.5, 0.5, 1 / 3, 1 / 3, 1 / 3];
-  const c: Case = {
-    inputs: {
-      s: { shape: [M, K], scale: 2 },
-      tp: { shape: [M, K], values: probs(M, K, 8), grad: false },
-      w: { shape: [M], values: weights, grad: false },
-    },
-    graph: (g, x) => ibotMasked(g, x.s!, x.tp!, x.w!, 4, 0.1),
-    tfjs: (x) => ibotMaskedLoss(x.s! as tf.Tensor2D, x.tp! as tf.Tensor2D, x.w! as tf.Tensor1D, 4, 0.1),
-  };
-  assert.deepEqual(await check(c, 21), []);
-  // Two padding rows (targets 0, weight 0): the same loss, and their rows' gradient is exactly 0.
-  const o = (await tryOrt())!;
-  const g = new TrainGraph();
-  const s = g.input('s', [M + 2, K], { grad: true });
-  const loss = ibotMasked(g, s, g.input('tp', [M + 2, K]), g.input('w', [M + 2]), 4, 0.1);
-  g.output(loss, 'loss');
-  g.output(g.gradients(loss, [s])[0]!, 'grad');
-  const sv = seeded((M + 2) * K, 21 * 31, 2);
-  const got = await runModel(o, g.encode(), g.inputs, {
-    s: sv,
-    tp: Float32Array.from([...probs(M, K, 8), ...new Array<number>(2 * K).fill(0)]),
-    w: Float32Array.from([...weights, 0, 0]),
-  });
-  const ref = ibotMaskedLoss(tf.tensor2d(sv.subarray(0, M * K), [M, K]), tf.tensor2d(probs(M, K, 8), [M, K]), tf.tensor1d(weights), 4, 0.1);
-  assert.ok(Math.abs(got.loss![0]! - ref.dataSync()[0]!) < 1e-6);
-  assert.deepEqual(Array.from(got.grad!.subarray(M * K)), new Array<number>(2 * K).fill(0));
-});
-
-test('VJP: KoLeo as koleoLoss (the neighbours get gradients too)', async (t) => {
-  if (!(await tryOrt())) return t.skip(SKIP_NO_ORT);
-  const c: Case = {
-    inputs: { x: { shape: [5, 4], scale: 2 } },
-    graph: (g, x) => koleo(g, x.x!),
-    tfjs: (x) => koleoLoss(x.x! as tf.Tensor2D),
-  };
-  assert.deepEqual(await check(c, 31), []);
-});
-
-test('VJP: DINO head (MLP, L2 normalisation, weight-normed last layer with a trained weight_g) as heads.ts', async (t) => {
-  const o = await tryOrt();
-  if (!o) return t.skip(SKIP_NO_ORT);
-  const cfg = { inDim: 6, outDim: 7, hiddenDim: 8, bottleneckDim: 5, nlayers: 3 };
-  const head = new DinoHead(cfg, new Rng(3));
-  head.params['last_layer.weight_g']!.assign(tf.tensor2d(seeded(7, 4, 0.5, 1), [1, 7]));
-  const shapes = dinoHeadShapes(cfg);
-  assert.deepEqual(Object.keys(shapes), Object.keys(head.params), 'parameter names and order as heads.ts');
-  for (const [k, v] of Object.entries(head.params)) assert.deepEqual(shapes[k], v.shape, k);
-  const g = new TrainGraph();
-  const p: Record<string, Value> = {};
-  for (const [k, s] of Object.entries(shapes)) p[k] = g.input(k, s, { grad: true });
-  const x = g.input('x', [4, 6], { grad: true });
-  const y = dinoHead(g, cfg, (n) => p[n]!, x);
-  const r = g.input('r', [4, 7]);
-  const loss = g.reduceSum(g.mul(y, r), [0, 1]);
-  g.output(y, 'y');
-  const wrt = [x, ...Object.values(p)];
-  g.gradients(loss, wrt).forEach((gr, i) => g.output(gr!, `grad.${wrt[i]!.name}`));
-  const xv = seeded(24, 5);
-  const rv = seeded(28, 6);
-  const feeds: Record<string, Feed> = { x: xv, r: rv };
-  for (const [k, v] of Object.entries(head.params)) feeds[k] = v.dataSync() as Float32Array;
-  const got = await runModel(o, g.encode(), g.inputs, feeds);
-  const xt = tf.variable(tf.tensor2d(xv, [4, 6]));
-  const { value, grads } = tf.variableGrads(() => tf.sum(tf.mul(head.forward(xt), tf.tensor2d(rv, [4, 7]))) as tf.Scalar);
-  const bad: string[] = [];
-  const yRef = head.forward(xt).dataSync();
-  if (!closeness(got.y!, yRef, 1e-5, 1e-4).ok) bad.push('value');
-  if (!closeness(got['grad.x']!, grads[xt.name]!.dataSync(), 1e-5, 1e-4).ok) bad.push('grad x');
-  for (const [k, v] of Object.entries(head.params))
-    if (!closeness(got[`grad.${k}`]!, grads[v.name]!.dataSync(), 1e-5, 1e-4).ok) bad.push(`grad ${k}`);
-  assert.deepEqual(bad, []);
-  assert.ok(Number.isFinite(value.dataSync()[0]!));
+  assert.deepEqual(await checkVjp(c, 7), []);
 });

@@ -21,7 +21,9 @@ import { forwardDropPathFactors } from '@vitreg/registers';
 import { maskRowBucket, padMaskRows, padRows, supervisedDropPath } from '../src/onnx/feeds.js';
 import { dinoStudentStepGraph, supervisedStepGraph, type BuiltGraph, type IbotHeadMode } from '../src/onnx/graphs.js';
 import { supervisedStep } from '../src/steps/supervised.js';
-import { closeness, runModel, seeded, SKIP_NO_ORT, tryOrt, type Feed } from './onnx-helpers.js';
+import { closeness, probRows, runModel, seeded, SKIP_NO_ORT, tryOrt, type Feed } from './onnx-helpers.js';
+
+const probF32 = (n: number, k: number, seed: number) => Float32Array.from(probRows(n, k, seed));
 
 before(async () => {
   await tf.setBackend('cpu');
@@ -201,19 +203,6 @@ const dinoCases: Record<string, DinoCase> = {
 const HEAD: DinoHeadConfig = { inDim: 16, outDim: 9, hiddenDim: 12, bottleneckDim: 6, nlayers: 3 };
 const IBOT: DinoHeadConfig = { inDim: 16, outDim: 7, hiddenDim: 10, bottleneckDim: 5, nlayers: 2 };
 
-/** Rows of probabilities [n, k] (softmax of seeded values). */
-function probs(n: number, k: number, seed: number): Float32Array {
-  const v = seeded(n * k, seed, 2);
-  for (let r = 0; r < n; r++) {
-    const row = v.subarray(r * k, (r + 1) * k);
-    const m = Math.max(...row);
-    let s = 0;
-    for (let j = 0; j < k; j++) s += row[j] = Math.exp(row[j]! - m);
-    for (let j = 0; j < k; j++) row[j] = row[j]! / s;
-  }
-  return v;
-}
-
 for (const [name, c] of Object.entries(dinoCases)) {
   test(`DINOv2 step = tfjs (steps/dino.ts' assembly): ${name}`, async (t) => {
     const o = await tryOrt();
@@ -246,8 +235,8 @@ for (const [name, c] of Object.entries(dinoCases)) {
     const Ki = c.ibot === 'separate' ? IBOT.outDim : HEAD.outDim;
     const globals = seeded(2 * B * c.globalSize ** 2 * 3, 3);
     const locals = c.nLocal ? seeded(c.nLocal * B * c.localSize ** 2 * 3, 4) : null;
-    const dinoT = probs(2 * B, HEAD.outDim, 5);
-    const ibotT = probs(M, Ki, 6);
+    const dinoT = probF32(2 * B, HEAD.outDim, 5);
+    const ibotT = probF32(M, Ki, 6);
     const gRngs = () => Array.from({ length: 2 * B }, (_, i) => new Rng(100 + i));
     const lRngs = () => Array.from({ length: c.nLocal * B }, (_, i) => new Rng(200 + i));
     const wts = c.weights;
@@ -361,7 +350,7 @@ test('DINOv2 step without local crops: loss_dino_local is 0 and the global term 
     ...prefixed('backbone.', w),
     ...prefixed('dino_head.', hw),
     globals: seeded(4 * 16 * 16 * 3, 1),
-    dino_targets: probs(4, HEAD.outDim, 2),
+    dino_targets: probF32(4, HEAD.outDim, 2),
   });
   assert.equal(got.loss_dino_local![0], 0);
   assert.ok(Math.abs(got.loss![0]! - got.loss_dino_global![0]!) < 1e-6);

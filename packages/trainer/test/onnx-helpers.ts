@@ -1,10 +1,12 @@
 /**
  * Shared pieces of the ONNX training-graph tests: loading onnxruntime-node (the tests skip with one line
- * where it does not load), running a built graph, seeded values, and allclose with the worst element named.
+ * where it does not load), running a built graph, seeded values, allclose with the worst element named,
+ * and `checkVjp`: an op's graph and its tfjs twin, value and input gradients compared.
  */
+import * as tf from '@tensorflow/tfjs-core';
 import type { InferenceSession, Tensor } from 'onnxruntime-node';
 import { loadOnnxRuntime } from '@vitreg/registers';
-import type { GraphIO } from '../src/onnx/autodiff.js';
+import { TrainGraph, type GraphIO, type Value } from '../src/onnx/autodiff.js';
 
 type Ort = typeof import('onnxruntime-node');
 
@@ -112,6 +114,101 @@ export async function readF32Safetensors(path: string): Promise<Record<string, {
     const [a, c] = e.data_offsets;
     const bytes = b.subarray(8 + n + a, 8 + n + c);
     out[k] = { shape: e.shape, data: new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length)) };
+  }
+  return out;
+}
+
+export interface Spec {
+  shape: number[];
+  /** Values in [offset - scale, offset + scale). */
+  scale?: number;
+  offset?: number;
+  /** Gets a gradient (default true). */
+  grad?: boolean;
+  /** Integer values (an int64 graph input, int32 in tfjs). */
+  ints?: number[];
+  /** Fixed values. */
+  values?: number[];
+}
+
+export interface VjpCase {
+  inputs: Record<string, Spec>;
+  graph: (t: TrainGraph, x: Record<string, Value>) => Value;
+  tfjs: (x: Record<string, tf.Tensor>) => tf.Tensor;
+  /** allclose tolerances (default atol 1e-5, rtol 1e-4). */
+  atol?: number;
+  rtol?: number;
+}
+
+const size = (s: number[]) => s.reduce((a, b) => a * b, 1);
+
+/** Builds and runs the case's graph and its tfjs twin; returns the names that disagree (empty when all agree). */
+export async function checkVjp(c: VjpCase, seed: number): Promise<string[]> {
+  const o = await tryOrt();
+  if (!o) return [];
+  const values: Record<string, Float32Array> = {};
+  Object.entries(c.inputs).forEach(([k, s], i) => {
+    values[k] = s.values
+      ? Float32Array.from(s.values)
+      : s.ints
+        ? Float32Array.from(s.ints)
+        : seeded(size(s.shape), seed * 31 + i, s.scale ?? 1, s.offset ?? 0);
+  });
+  const t = new TrainGraph();
+  const x: Record<string, Value> = {};
+  for (const [k, s] of Object.entries(c.inputs))
+    x[k] = t.input(k, s.shape, { grad: !s.ints && s.grad !== false, dtype: s.ints ? 'int64' : 'float32' });
+  const y = c.graph(t, x);
+  const r = t.input('r', y.shape);
+  values.r = seeded(size([...y.shape]), seed * 31 + 99);
+  const all = y.shape.map((_, i) => i);
+  const loss = all.length ? t.reduceSum(t.mul(y, r), all) : t.mul(y, r);
+  t.output(y, 'y');
+  const wrt = Object.values(x).filter((v) => v.grad);
+  t.gradients(loss, wrt).forEach((g, i) => t.output(g ?? t.zeros(wrt[i]!.shape), `grad.${wrt[i]!.name}`));
+  const feeds: Record<string, Feed> = {};
+  for (const i of t.inputs) feeds[i.name] = i.dtype === 'int64' ? BigInt64Array.from(values[i.name]!, (v) => BigInt(v)) : values[i.name]!;
+  const got = await runModel(o, t.encode(), t.inputs, feeds);
+
+  const names = Object.keys(c.inputs).filter((k) => x[k]!.grad);
+  const tensors = (vals: tf.Tensor[]) => {
+    const m: Record<string, tf.Tensor> = {};
+    let j = 0;
+    for (const [k, s] of Object.entries(c.inputs))
+      m[k] = s.ints ? tf.tensor(s.ints, s.shape, 'int32') : x[k]!.grad ? vals[j++]! : tf.tensor(values[k]!, s.shape);
+    return m;
+  };
+  const rT = tf.tensor(values.r, [...y.shape]);
+  const f = (...vals: tf.Tensor[]) => tf.sum(tf.mul(c.tfjs(tensors(vals)), rT));
+  const gradInputs = names.map((k) => tf.tensor(values[k]!, c.inputs[k]!.shape));
+  const yRef = c.tfjs(tensors(gradInputs)).dataSync();
+  const grads = names.length
+    ? tf
+        .grads(f)(gradInputs)
+        .map((g) => g.dataSync())
+    : [];
+  const bad: string[] = [];
+  const atol = c.atol ?? 1e-5;
+  const rtol = c.rtol ?? 1e-4;
+  const cmp = (what: string, a: Float32Array, e: ArrayLike<number>) => {
+    const r2 = closeness(a, e, atol, rtol);
+    if (!r2.ok) bad.push(`${what}: max abs ${r2.maxAbs.toExponential(2)}, worst ${r2.worst}`);
+  };
+  cmp('value', got.y!, yRef);
+  names.forEach((k, i) => cmp(`grad ${k}`, got[`grad.${k}`]!, grads[i]!));
+  return bad;
+}
+
+/** Rows of probabilities [n, k] (softmax of seeded values). */
+export function probRows(n: number, k: number, seed: number): number[] {
+  const v = seeded(n * k, seed, 2);
+  const out: number[] = [];
+  for (let r = 0; r < n; r++) {
+    const row = Array.from(v.subarray(r * k, (r + 1) * k));
+    const m = Math.max(...row);
+    const e = row.map((x) => Math.exp(x - m));
+    const s = e.reduce((a, b) => a + b, 0);
+    out.push(...e.map((x) => x / s));
   }
   return out;
 }
