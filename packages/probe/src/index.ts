@@ -25,6 +25,7 @@ export {
   degrees,
   expandSeed,
   lost,
+  LOST_K_PATCHES,
   lostFromAffinity,
   lowestDegreeOrder,
   scoreMask,
