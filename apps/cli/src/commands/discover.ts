@@ -10,6 +10,7 @@ import { BACKEND_NAMES, checkpointNames, CocoDataset, listImageFiles, SettingsMi
 import {
   datasetSource,
   fileSource,
+  LOST_K_PATCHES,
   runDiscovery,
   tensorSource,
   writeSweep,
@@ -124,7 +125,7 @@ Options:
                      or 'synthetic' (--count N, default 100; --synthetic-size N, default 224; --seed)
   --tensor SPEC      already-normalised NHWC float32 images from a safetensors file
   --features F       keys (default) | values
-  --k-patches N      LOST's k (default 100)
+  --k-patches N      LOST's k (default ${LOST_K_PATCHES})
   --pictures         draw the result on every image
   --batch-size N     images per forward pass (default 1; only equal-size images are batched)
   --backend B        ${BACKEND_NAMES.join(' | ')} (tfjs: the engine with --engine tfjs, and LOST itself)
@@ -165,7 +166,7 @@ export const discover: Command = {
     const given = [values.data !== undefined, positionals.length > 0, values.tensor !== undefined].filter(Boolean).length;
     if (given !== 1) f.fail('give exactly one input: --data SRC, image files, or --tensor FILE.safetensors[:NAME]');
     const features = f.choice('features', ['keys', 'values'] as const, 'keys');
-    const kPatches = f.int('k-patches', 100);
+    const kPatches = f.int('k-patches', LOST_K_PATCHES);
     const batchSize = f.int('batch-size', 1);
     if (values.size !== undefined && values['max-side'] !== undefined) f.fail('--size and --max-side exclude each other');
     const geometry: InputGeometry =
