@@ -22,6 +22,7 @@ import {
   type DenseFeatures,
 } from '../src/index.js';
 import { meanDepthScores } from '../src/dense-metrics.js';
+import { naiveDenseReport, naiveFeatures } from './dense-naive.js';
 
 await initBackend('wasm', { log: () => {} });
 await ensureGradients();
@@ -258,8 +259,24 @@ test('runDenseProbe on the synthetic dense set: report, baseline, resumable feat
   const r = fresh.report;
   assert.deepEqual([r.train, r.test, r.grid, r.blocks, r.featureDim, r.trainLabelSize, r.resumed], [10, 4, [4, 4], [3], 64, 32, 0]);
   assert.equal(r.segmentation!.classNames.length, 6);
-  assert.ok(r.segmentation!.miou >= 0 && r.segmentation!.miou <= 1);
-  assert.ok(r.baseline.miou! > 0 && r.baseline.accuracy! > 0.3, 'the background is the majority class');
+  // The scores recomputed naively (dense-naive.ts) from the head's tensors and the test images' features.
+  const want = await naiveDenseReport(
+    'segmentation',
+    fresh.tensors,
+    await naiveFeatures(model, test.dataset, 32, 'segmentation'),
+    [4, 4],
+    32,
+    train.dataset,
+    test.dataset,
+  );
+  for (const [k, got, w] of [
+    ['mIoU', r.segmentation!.miou, want.miou!],
+    ['pixel accuracy', r.segmentation!.accuracy, want.accuracy!],
+    ['baseline mIoU', r.baseline.miou!, want.baseline.miou!],
+    ['baseline accuracy', r.baseline.accuracy!, want.baseline.accuracy!],
+  ] as const)
+    assert.ok(Math.abs(got - w) < 1e-6, `${k}: ${got}, naive ${w}`);
+  assert.ok(r.baseline.accuracy! > 0.3, 'the background is the majority class');
   assert.deepEqual(Object.keys(fresh.tensors), [
     'bn.weight',
     'bn.bias',
@@ -288,7 +305,22 @@ test('runDenseProbe on the synthetic dense set: report, baseline, resumable feat
   const depth = await runDenseProbe(model, train, test, { task: 'depth', size: 32, steps: 10 });
   assert.equal(depth.report.featureDim, 128, 'patch and CLS channels');
   assert.equal(depth.report.depth!.images, 4);
-  assert.ok(depth.report.depth!.rmse > 0 && depth.report.baseline.rmse! > 0);
+  const wantDepth = await naiveDenseReport(
+    'depth',
+    depth.tensors,
+    await naiveFeatures(model, test.dataset, 32, 'depth'),
+    [4, 4],
+    32,
+    train.dataset,
+    test.dataset,
+  );
+  for (const [k, got, w] of [
+    ['RMSE', depth.report.depth!.rmse, wantDepth.rmse!],
+    ['abs rel', depth.report.depth!.absRel, wantDepth.absRel!],
+    ['delta1', depth.report.depth!.delta1, wantDepth.delta1!],
+    ['baseline RMSE', depth.report.baseline.rmse!, wantDepth.baseline.rmse!],
+  ] as const)
+    assert.ok(Math.abs(got - w) < 1e-4 * Math.max(1, w), `depth ${k}: ${got}, naive ${w}`);
   assert.deepEqual(depth.tensors['conv_depth.weight'].shape, [256, 128, 1, 1]);
 
   const classOnly = {
