@@ -54,13 +54,18 @@ export interface TorchCase {
 }
 
 /** torch_vit.py --case train-step: the supervised step of `config` (CE with label smoothing or BCE, clipping, AdamW). */
-export function supervisedCase(config: TrainConfig, vit: ViTConfig, o: { batch: number; classes: number; precision: string }): TorchCase {
+export function supervisedCase(
+  config: TrainConfig,
+  vit: ViTConfig,
+  o: { batch: number; classes: number; precision: string; device?: string },
+): TorchCase {
   const s = config.supervised;
   const opt = config.optim;
   const args = [
     ...['--case', 'train-step', '--batch', o.batch, '--size', config.crops.global_crops_size, '--classes', o.classes],
     ...['--label-smoothing', s.label_smoothing, '--clip-grad', opt.clip_grad, '--weight-decay', opt.weight_decay],
     ...['--layer-decay', opt.layerwise_decay, '--patch-lr-mult', opt.patch_embed_lr_mult, '--precision', o.precision],
+    ...['--device', o.device ?? 'cpu'],
   ].map(String);
   if (s.bce_loss) args.push('--bce');
   return { script: join(referenceDir, 'torch_vit.py'), args: [...args, ...modelArgs(vit)] };
@@ -70,7 +75,7 @@ export function supervisedCase(config: TrainConfig, vit: ViTConfig, o: { batch: 
 export function dinoCase(
   config: TrainConfig,
   vit: ViTConfig,
-  o: { batch: number; precision: string; dropPathCompute?: 'full' | 'subset' },
+  o: { batch: number; precision: string; dropPathCompute?: 'full' | 'subset'; device?: string },
 ): TorchCase {
   const d = config.dino;
   const b = config.ibot;
@@ -85,7 +90,7 @@ export function dinoCase(
     ...['--mask-ratio', b.mask_ratio_min_max[0], b.mask_ratio_min_max[1], '--clip-grad', config.optim.clip_grad],
     ...['--weight-decay', config.optim.weight_decay, '--layer-decay', config.optim.layerwise_decay],
     ...['--patch-lr-mult', config.optim.patch_embed_lr_mult, '--momentum', d.momentum_teacher, '--precision', o.precision],
-    ...['--drop-path-compute', o.dropPathCompute ?? 'full'],
+    ...['--drop-path-compute', o.dropPathCompute ?? 'full', '--device', o.device ?? 'cpu'],
   ].map(String);
   return { script: join(referenceDir, 'torch_dinov2_step.py'), args: [...args, ...modelArgs(vit)] };
 }
@@ -153,11 +158,11 @@ export class TorchStepper {
     return (await this.ask('flops')).matmul_gflops as number;
   }
 
-  /** Ends the script; its peak RSS in MB. */
-  async end(): Promise<number> {
+  /** Ends the script: its peak RSS (`peak_rss_mb`) and on CUDA its peak device memory (`peak_gpu_mb`), MB. */
+  async end(): Promise<{ peak_rss_mb: number; peak_gpu_mb?: number }> {
     const r = await this.ask('end');
     this.lines.close();
-    return r.peak_rss_mb as number;
+    return r as { peak_rss_mb: number; peak_gpu_mb?: number };
   }
 
   kill(): void {

@@ -1,6 +1,6 @@
 /**
  * `npm run bench -- train-step [--engine tfjs|onnxruntime|auto[,...]] [--threads N[,M]] [--objective supervised|dinov2]
- *   [--preset NAME] [--batch N] [--model NAME] [--patch N] [--size 224] [--steps N] [--warmup N] [--micro-batch N]
+ *   [--preset NAME] [--batch N] [--model NAME] [--patch N] [--size 224] [--local-size 96] [--local-crops 8] [--steps N] [--warmup N] [--micro-batch N]
  *   [--precision fp32|bf16|fp16] [--device cpu|cuda|webgpu] [--backend wasm] [--torch auto|off|only]
  *   [--torch-mode alternate|after] [--torch-drop-path full|subset] [--count-flops]`
  *
@@ -66,7 +66,11 @@ function benchConfig(v: Values, batch: number, total: number, micro: number): Tr
       data,
       train: { ...train, micro_batch_size: 0 },
       optim: { warmup_steps: 1, freeze_last_layer_steps: 0 },
-      crops: { global_crops_size: size },
+      crops: {
+        global_crops_size: size,
+        ...(v['local-size'] ? { local_crops_size: Number(v['local-size']) } : {}),
+        ...(v['local-crops'] ? { local_crops_number: Number(v['local-crops']) } : {}),
+      },
     });
   }
   return validateTrainConfig({
@@ -90,8 +94,10 @@ function benchConfig(v: Values, batch: number, total: number, micro: number): Tr
 function referenceCase(config: TrainConfig, v: Values, batch: number): TorchCase {
   const vit = modelConfig(config);
   const precision = v.precision as string;
-  if (config.objective === 'supervised') return supervisedCase(config, vit, { batch, classes: config.data.num_classes, precision });
-  return dinoCase(config, vit, { batch, precision, dropPathCompute: v['torch-drop-path'] as 'full' | 'subset' });
+  // PyTorch on the GPU beside a GPU engine, unless --torch-device says otherwise (it has no WebGPU).
+  const device = (v['torch-device'] as string | undefined) ?? (v.device === 'cuda' || v.device === 'webgpu' ? 'cuda' : 'cpu');
+  if (config.objective === 'supervised') return supervisedCase(config, vit, { batch, classes: config.data.num_classes, precision, device });
+  return dinoCase(config, vit, { batch, precision, dropPathCompute: v['torch-drop-path'] as 'full' | 'subset', device });
 }
 
 /** Analytic matrix-product GFLOPs of one step (bench/_flops.ts); `masked` = iBOT rows of the step. */
@@ -149,7 +155,14 @@ function describe(config: TrainConfig, batch: number): Record<string, unknown> {
 const rate = (images: number, seconds: number[]) => round(images / mean(seconds));
 
 /** The reference's timings and ratio, from the paired steps. */
-function torchFields(torch: TorchStepper, times: TorchStepTime[], ours: number[], batch: number, peak: number, flops?: number) {
+function torchFields(
+  torch: TorchStepper,
+  times: TorchStepTime[],
+  ours: number[],
+  batch: number,
+  peak: { peak_rss_mb: number; peak_gpu_mb?: number },
+  flops?: number,
+) {
   const ratios = times.map((t, i) => (ours[i] !== undefined ? t.seconds / ours[i]! : NaN)).filter((x) => Number.isFinite(x));
   return {
     torch: {
@@ -163,7 +176,7 @@ function torchFields(torch: TorchStepper, times: TorchStepTime[], ours: number[]
         times.map((t) => t.cpu_seconds),
       ),
       step_seconds_all: times.map((t) => round(t.seconds)),
-      peak_rss_mb: peak,
+      ...peak,
       ...(flops !== undefined ? { matmul_gflops_per_step: round(flops, 1) } : {}),
       ...(torch.info.drop_path_compute ? { drop_path_compute: torch.info.drop_path_compute } : {}),
     },
@@ -382,6 +395,8 @@ export async function run(argv: string[]): Promise<void> {
       model: { type: 'string' },
       patch: { type: 'string' },
       size: { type: 'string', default: '224' },
+      'local-size': { type: 'string' },
+      'local-crops': { type: 'string' },
       precision: { type: 'string', default: 'fp32' },
       device: { type: 'string' },
       backend: { type: 'string', default: 'wasm' },
@@ -389,6 +404,7 @@ export async function run(argv: string[]): Promise<void> {
       torch: { type: 'string', default: 'auto' },
       'torch-mode': { type: 'string', default: 'alternate' },
       'torch-drop-path': { type: 'string', default: 'full' },
+      'torch-device': { type: 'string' },
       'count-flops': { type: 'boolean', default: false },
     },
   });

@@ -34,8 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from torch_vit import (bf16_check, build_model, machine, model_args, param_groups, peak_rss_mb, profiled_flops,
-                       serve, set_lr_wd, timed_steps, timing_fields)
+from torch_vit import (bf16_check, build_model, device_info, device_memory, machine, model_args, param_groups,
+                       peak_rss_mb, profiled_flops, serve, set_lr_wd, timed_steps, timing_fields)
 
 
 class DINOHead(nn.Module):
@@ -72,7 +72,7 @@ def dino_loss(student_list, teacher_list, temp):
 
 def koleo_loss(x, eps=1e-8):
     """KoLeoLoss: -mean(log(||x_i - x_nn(i)|| + eps)) on L2-normalised rows."""
-    with torch.autocast("cpu", enabled=False):
+    with torch.autocast(x.device.type, enabled=False):
         x = F.normalize(x.float(), eps=eps, p=2, dim=-1)
         dots = torch.mm(x, x.t())
         n = x.shape[0]
@@ -150,18 +150,20 @@ def main():
     p.add_argument("--force-bf16", action="store_true")
     p.add_argument("--count-flops", action="store_true")
     p.add_argument("--serve", action="store_true", help="steps on request from stdin (torch_vit.serve)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     model_args(p)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
+    device = torch.device(a.device)
     B, G, L, nL = a.batch, a.size, a.local_size, a.local_crops
-    base = {"case": "torch-train-step-dinov2", "engine": f"pytorch {torch.__version__} cpu", "threads": a.threads,
+    base = {"case": "torch-train-step-dinov2", "engine": f"pytorch {torch.__version__} {device.type}", "threads": a.threads,
             "batch": B, "global_crops": 2, "global_size": G, "local_crops": nL, "local_size": L, "patch": a.patch,
             "dim": a.dim, "depth": a.depth, "ffn": a.ffn, "registers": a.registers, "precision": a.precision,
             "prototypes": a.prototypes, "ibot": a.ibot, "centering": a.centering, "drop_path": a.drop_path,
-            "drop_path_compute": a.drop_path_compute}
+            "drop_path_compute": a.drop_path_compute, "device": str(device), **device_info(device)}
     if a.precision == "bf16":
-        why = bf16_check(a.force_bf16)
+        why = bf16_check(a.force_bf16, device)
         if why:
             print(json.dumps({**base, "skipped": why, "machine": machine()}))
             return
@@ -175,6 +177,8 @@ def main():
     if a.ibot == "separate":
         student["ibot_head"] = DINOHead(a.dim, a.ibot_prototypes, a.ibot_hidden, a.ibot_bottleneck, a.head_layers)
         teacher["ibot_head"] = DINOHead(a.dim, a.ibot_prototypes, a.ibot_hidden, a.ibot_bottleneck, a.head_layers)
+    student.to(device)
+    teacher.to(device)
     teacher.load_state_dict(student.state_dict())
     for q in teacher.parameters():
         q.requires_grad = False
@@ -189,17 +193,18 @@ def main():
     student_params = [q for q in student.parameters()]
     teacher_params = [q for q in teacher.parameters()]
     k_ibot = a.ibot_prototypes if a.ibot == "separate" else a.prototypes
-    centers = {"dino": torch.zeros(1, a.prototypes), "ibot": torch.zeros(1, k_ibot)}
+    centers = {"dino": torch.zeros(1, a.prototypes, device=device), "ibot": torch.zeros(1, k_ibot, device=device)}
 
     gen = torch.Generator().manual_seed(0)
-    globals_ = torch.randn(2 * B, 3, G, G)
-    locals_ = torch.randn(nL * B, 3, L, L) if nL > 0 else None
+    globals_ = torch.randn(2 * B, 3, G, G, device=device)
+    locals_ = torch.randn(nL * B, 3, L, L, device=device) if nL > 0 else None
     n_patches = (G // a.patch) ** 2
     masks, mask_index, mask_weight = collate_masks(2 * B, n_patches, a.mask_ratio, a.mask_probability, gen)
+    masks, mask_index, mask_weight = masks.to(device), mask_index.to(device), mask_weight.to(device)
     M = mask_index.shape[0] if with_ibot else 0
     n_global_terms, n_local_terms = 2, max(nL * 2, 0)
     terms = n_global_terms + n_local_terms
-    autocast = {"device_type": "cpu", "dtype": torch.bfloat16, "enabled": a.precision == "bf16"}
+    autocast = {"device_type": device.type, "dtype": torch.bfloat16, "enabled": a.precision == "bf16"}
 
     def targets(logits, name):
         if a.centering == "sinkhorn_knopp":
@@ -255,9 +260,10 @@ def main():
 
     if a.serve:
         return serve(step, {**base, "masked_patches": int(M), "student_params": sum(q.numel() for q in student.parameters()),
-                            "machine": machine()})
-    times, cpu = timed_steps(step, a.warmup, a.iters)
+                            "machine": machine()}, device)
+    times, cpu = timed_steps(step, a.warmup, a.iters, device)
     out = {**base, **timing_fields(times, cpu, B), "masked_patches": int(M), "peak_rss_mb": peak_rss_mb(),
+           **device_memory(device),
            "student_params": sum(q.numel() for q in student.parameters()), "machine": machine()}
     if a.count_flops:
         out["matmul_gflops_per_step"] = round(profiled_flops(step) / 1e9, 2)

@@ -296,9 +296,28 @@ def machine():
             "avx512": sorted(f for f in flags if f.startswith("avx512")), "amx": sorted(f for f in flags if f.startswith("amx"))}
 
 
-def bf16_check(force):
+def sync(device):
+    """Waits for the device's queued work (CUDA), so that a step's time is its own."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_info(device):
+    if device.type != "cuda":
+        return {}
+    p = torch.cuda.get_device_properties(device)
+    return {"gpu": p.name, "gpu_memory_gb": round(p.total_memory / 2 ** 30, 1), "cuda": torch.version.cuda,
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32}
+
+
+def device_memory(device):
+    """Peak device memory of the run (CUDA), MB."""
+    return {"peak_gpu_mb": round(torch.cuda.max_memory_allocated(device) / 2 ** 20)} if device.type == "cuda" else {}
+
+
+def bf16_check(force, device=None):
     """None when autocast bf16 may run here, else why not."""
-    if "avx512_bf16" in cpu_flags() or force:
+    if (device is not None and device.type == "cuda") or "avx512_bf16" in cpu_flags() or force:
         return None
     return "this CPU has no AVX-512 BF16 (avx512_bf16 missing from /proc/cpuinfo): PyTorch's CPU autocast bf16 would run emulated, so no figure is given (--force-bf16 runs it anyway)"
 
@@ -307,14 +326,16 @@ def peak_rss_mb():
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def timed_steps(step, warmup, iters):
+def timed_steps(step, warmup, iters, device=torch.device("cpu")):
     for _ in range(warmup):
         step()
+    sync(device)
     times, cpu = [], []
     for _ in range(iters):
         c0 = time.process_time()
         t0 = time.perf_counter()
         step()
+        sync(device)
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     return times, cpu
@@ -331,7 +352,7 @@ def profiled_flops(step):
     return sum(e.flops for e in prof.key_averages() if e.key in MATMUL_OPS and e.flops)
 
 
-def serve(step, info):
+def serve(step, info, device=torch.device("cpu")):
     """`--serve`: the TypeScript bench drives the steps, so that they alternate with vitreg's. Prints a ready
     line with `info`, then answers each stdin line: `step` (one step: its wall and CPU seconds), `flops`
     (one profiled step's matrix-product FLOPs), `end` (the peak RSS, then exit)."""
@@ -340,15 +361,17 @@ def serve(step, info):
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "step":
+            sync(device)
             c0 = time.process_time()
             t0 = time.perf_counter()
             step()
+            sync(device)
             print(json.dumps({"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}), flush=True)
         elif cmd == "flops":
             print(json.dumps({"matmul_gflops": profiled_flops(step) / 1e9}), flush=True)
         elif cmd == "end":
             break
-    print(json.dumps({"peak_rss_mb": peak_rss_mb()}), flush=True)
+    print(json.dumps({"peak_rss_mb": peak_rss_mb(), **device_memory(device)}), flush=True)
 
 
 def timing_fields(times, cpu, images):
@@ -380,13 +403,15 @@ def main():
     p.add_argument("--force-bf16", action="store_true")
     p.add_argument("--count-flops", action="store_true")
     p.add_argument("--serve", action="store_true", help="steps on request from stdin (see serve)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--out", help="export-onnx: the .onnx file to write")
     model_args(p)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = build_model(a, a.classes if a.case == "train-step" else 1000)
-    x = torch.randn(a.batch, 3, a.size, a.size)
+    device = torch.device(a.device)
+    model = build_model(a, a.classes if a.case == "train-step" else 1000).to(device)
+    x = torch.randn(a.batch, 3, a.size, a.size, device=device)
     if a.case == "export-onnx":
         model.eval()
         torch.onnx.export(model, x, a.out, opset_version=17, input_names=["images"], output_names=["tokens"],
@@ -394,11 +419,11 @@ def main():
         print(json.dumps({"case": "torch-export-onnx", "engine": f"pytorch {torch.__version__}", "out": a.out,
                           "dim": a.dim, "depth": a.depth, "heads": a.heads, "size": a.size, "patch": a.patch}))
         return
-    base = {"case": f"torch-{a.case}", "engine": f"pytorch {torch.__version__} cpu", "threads": a.threads,
+    base = {"case": f"torch-{a.case}", "engine": f"pytorch {torch.__version__} {device.type}", "threads": a.threads,
             "batch": a.batch, "size": a.size, "patch": a.patch, "dim": a.dim, "depth": a.depth,
-            "registers": a.registers, "precision": a.precision}
+            "registers": a.registers, "precision": a.precision, "device": str(device), **device_info(device)}
     if a.precision == "bf16":
-        why = bf16_check(a.force_bf16)
+        why = bf16_check(a.force_bf16, device)
         if why:
             print(json.dumps({**base, "skipped": why, "machine": machine()}))
             return
@@ -406,7 +431,7 @@ def main():
         model.eval()
 
         def step():
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.precision == "bf16"):
                 model(x)
     else:
         model.train()
@@ -414,13 +439,13 @@ def main():
         opt = torch.optim.AdamW(groups, lr=a.lr, weight_decay=a.weight_decay)
         set_lr_wd(opt, a.lr, a.weight_decay)
         params = [q for q in model.parameters() if q.requires_grad]
-        y = torch.randint(0, a.classes, (a.batch,))
+        y = torch.randint(0, a.classes, (a.batch,), device=device)
         targets = F.one_hot(y, a.classes).float()
         smoothed = targets * (1 - a.label_smoothing) + a.label_smoothing / a.classes
 
         def step():
             opt.zero_grad(set_to_none=True)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.precision == "bf16"):
                 logits = model.head(model.features(x)[:, 0]).float()
             if a.bce:
                 loss = F.binary_cross_entropy_with_logits(logits, (targets > 0).float())
@@ -432,10 +457,10 @@ def main():
             opt.step()
             return loss
     if a.serve:
-        return serve(step, {**base, "params": sum(q.numel() for q in model.parameters()), "machine": machine()})
-    times, cpu = timed_steps(step, a.warmup, a.iters)
+        return serve(step, {**base, "params": sum(q.numel() for q in model.parameters()), "machine": machine()}, device)
+    times, cpu = timed_steps(step, a.warmup, a.iters, device)
     out = {**base, **timing_fields(times, cpu, a.batch), "seconds_per_batch": round(sum(times) / len(times), 3),
-           "peak_rss_mb": peak_rss_mb(), "params": sum(q.numel() for q in model.parameters()),
+           "peak_rss_mb": peak_rss_mb(), **device_memory(device), "params": sum(q.numel() for q in model.parameters()),
            "machine": machine()}
     if a.case == "train-step":
         out.update({"drop_path": a.drop_path, "ffn": a.ffn, "clip_grad": a.clip_grad,
