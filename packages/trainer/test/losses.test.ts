@@ -113,31 +113,47 @@ test('KoLeo: -mean log distance to the nearest other normalised vector', () => {
     [0, 2],
     [-1, -1],
   ];
-  const n = x.map((r) => {
-    const l = Math.hypot(...r);
-    return r.map((v) => v / l);
-  });
-  const expected =
-    -n.reduce((acc, a, i) => {
-      let best = -Infinity;
-      let bj = -1;
-      n.forEach((b, j) => {
-        if (j !== i) {
-          const d = a[0]! * b[0]! + a[1]! * b[1]!;
-          if (d > best) {
-            best = d;
-            bj = j;
+  const naive = (x: number[][]) => {
+    const n = x.map((r) => {
+      const l = Math.hypot(...r);
+      return r.map((v) => v / l);
+    });
+    return (
+      -n.reduce((acc, a, i) => {
+        let best = -Infinity;
+        let bj = -1;
+        n.forEach((b, j) => {
+          if (j !== i) {
+            const d = a[0]! * b[0]! + a[1]! * b[1]!;
+            if (d > best) {
+              best = d;
+              bj = j;
+            }
           }
-        }
-      });
-      const d = Math.hypot(a[0]! - n[bj]![0]! + 1e-8, a[1]! - n[bj]![1]! + 1e-8);
-      return acc + Math.log(d + 1e-8);
-    }, 0) / n.length;
+        });
+        const d = Math.hypot(a[0]! - n[bj]![0]! + 1e-8, a[1]! - n[bj]![1]! + 1e-8);
+        return acc + Math.log(d + 1e-8);
+      }, 0) / n.length
+    );
+  };
+  const expected = naive(x);
   assertClose(value(koleoLoss(tf.tensor2d(x))), expected, 1e-5);
-  // Spreading points apart lowers the loss, and the gradient exists without gather.
-  const g = tf.grad((v: tf.Tensor) => koleoLoss(v as tf.Tensor2D))(tf.tensor2d(x));
-  assert.equal(g.shape.join(), '4,2');
-  assert.ok(Array.from(g.dataSync()).every(Number.isFinite));
+  // The gradient (no gather kernel) equals central differences of the naive loss; a step against it spreads
+  // the points apart and lowers the loss (code-defaults.test.ts checks both against DINOv2's KoLeoLoss).
+  // Row 3 moved off the tie above (its two nearest rows at equal distance), where the loss has a kink.
+  const xg = x.map((r, i) => (i === 3 ? [-1, -1.3] : r));
+  const g = tf.grad((v: tf.Tensor) => koleoLoss(v as tf.Tensor2D))(tf.tensor2d(xg));
+  const grad = g.arraySync() as number[][];
+  g.dispose();
+  const h = 1e-5;
+  xg.forEach((row, i) =>
+    row.forEach((_, j) => {
+      const at = (d: number) => naive(xg.map((r, k) => r.map((v, l) => (k === i && l === j ? v + d : v))));
+      assertClose(grad[i]![j]!, (at(h) - at(-h)) / (2 * h), 1e-3, `d loss / d x[${i}][${j}]`);
+    }),
+  );
+  const stepped = xg.map((r, i) => r.map((v, j) => v - 0.05 * grad[i]![j]!));
+  assert.ok(naive(stepped) < naive(xg) - 1e-3, `a gradient step lowers the loss: ${naive(xg)} -> ${naive(stepped)}`);
 });
 
 test('centre: EMA with momentum 0.9 of the batch means', () => {
