@@ -15,9 +15,10 @@
  *   at 3, AdamW with layer-wise lr decay.
  * - dinov2: ViT-S/16 reg4 in DINOv2's layout (dinov2_vits14_reg at patch 16), DINOv2's default recipe:
  *   2 global crops of 224 + 8 local of 96, DINO head (65536 prototypes) shared with iBOT, KoLeo, softmax
- *   centering, drop path 0.3 (batch-subset rule), per-module clipping, AdamW, EMA teacher.
- * - `--preset NAME`: a preset's model and recipe instead (e.g. dinov2-l14-reg4 at `--batch 2`), on the
- *   synthetic shapes at its crop size.
+ *   centering, drop path 0.3 (batch-subset rule), per-module clipping, AdamW, EMA teacher; batch 8 by
+ *   default (vitreg's and PyTorch's processes are alive together: ~5 GB each at batch 8).
+ * - `--preset NAME`: a preset's model and recipe instead (e.g. dinov2-l14-reg4; batch 2 by default), on
+ *   the synthetic shapes at its crop size.
  *
  * Timing: `--warmup` untimed steps (graph building, first allocations), then `--steps` timed ones. With
  * `--torch-mode alternate` (default) the reference runs as a second process that takes one step after
@@ -190,7 +191,7 @@ interface RunCase {
 }
 
 async function runOne(v: Values, rc: RunCase): Promise<Record<string, unknown>> {
-  const batch = Number(v.batch ?? (v.preset ? 2 : 32));
+  const batch = Number(v.batch ?? (v.preset ? 2 : v.objective === 'dinov2' ? 8 : 32));
   const steps = Number(v.steps);
   const warmup = Number(v.warmup);
   const tfjs = rc.engine === 'tfjs';
