@@ -6,7 +6,8 @@
  * tensorflow (@tensorflow/tfjs-node, native CPU), wasm (@tensorflow/tfjs-backend-wasm, SIMD) and cpu
  * (@tensorflow/tfjs-backend-cpu, pure JS, slow). The native and GPU packages are optional: each is
  * loaded with a dynamic import, and one that is missing or fails to load is skipped with the reason
- * logged. A backend asked for by name that cannot be used is an error that says how to install it.
+ * logged (`verbose: false`: only the choice, `backend: wasm (auto)`). A backend asked for by name that
+ * cannot be used is an error that says how to install it.
  *
  * The environment variable VITREG_BACKEND, when set, replaces `auto`; VITREG_GPU picks the WebGPU
  * adapter when the `gpu` option is not given.
@@ -37,6 +38,11 @@ export interface BackendInfo {
 export interface InitBackendOptions {
   /** Where the one-line report goes. Default: `log` (stderr, `[vitreg]` prefix). */
   log?: (line: string) => void;
+  /**
+   * `auto`: also say why each backend before the chosen one was skipped (default true; the vitreg
+   * command passes false unless --verbose, for the short `backend: wasm (auto)`).
+   */
+  verbose?: boolean;
   /** webgpu: the adapter index (`--gpu N`); default VITREG_GPU, else 0. */
   gpu?: number;
   /** webgpu: WebGPU's default device limits instead of the adapter's maxima (tests of the limit errors). */
@@ -125,9 +131,12 @@ async function select(requested: BackendName, log: (line: string) => void, opts:
       continue;
     }
     current = { name: candidate.name, tfBackend: candidate.tfBackend, skipped, ...(adapter ? { adapter } : {}) };
-    const reasons = Object.entries(skipped)
-      .map(([n, why]) => `; ${n}: skipped (${why})`)
-      .join('');
+    const reasons =
+      opts.verbose === false
+        ? ''
+        : Object.entries(skipped)
+            .map(([n, why]) => `; ${n}: skipped (${why})`)
+            .join('');
     log(`backend: ${candidate.name} (auto${reasons})${adapter ? `; ${describeAdapter(adapter)}` : ''}`);
     return current;
   }

@@ -17,8 +17,13 @@ export interface ProgressStream {
 }
 
 export interface ProgressOptions {
-  /** Number of units the loop will process (>= 0). */
+  /** Number of units the loop will process (>= 0), counted from 0 even when `start` > 0. */
   total: number;
+  /**
+   * Units done before this loop started (a resumed run): the count starts there (`465/1200`), and the
+   * rate and ETA count only this session's units. Default 0.
+   */
+  start?: number;
   label: string;
   /** Unit name used in the rate, e.g. 'img' -> `3.40 img/s`. Default 'it'. */
   unit?: string;
@@ -42,7 +47,9 @@ export class Progress {
   private readonly intervalMs: number;
   private readonly now: () => number;
   private readonly start: number;
-  private count = 0;
+  private count: number;
+  /** The count at the start (Options.start). */
+  private readonly first: number;
   private info = '';
   private lastWrite: number;
   private lastDecile = 0;
@@ -53,6 +60,12 @@ export class Progress {
       throw new Error(`Progress '${opts.label}': total must be a finite number >= 0, got ${opts.total}`);
     }
     this.total = opts.total;
+    const start = opts.start ?? 0;
+    if (!Number.isFinite(start) || start < 0 || start > opts.total) {
+      throw new Error(`Progress '${opts.label}': start must be a number in [0, total], got ${opts.start}`);
+    }
+    this.count = start;
+    this.first = start;
     this.label = opts.label;
     this.unit = opts.unit ?? 'it';
     this.stream = opts.stream ?? process.stderr;
@@ -61,6 +74,7 @@ export class Progress {
     this.now = opts.now ?? (() => performance.now());
     this.start = this.now();
     this.lastWrite = this.start;
+    this.lastDecile = this.total > 0 ? Math.floor((10 * start) / this.total) : 0;
   }
 
   /** Units done so far. */
@@ -104,7 +118,7 @@ export class Progress {
 
   private rate(t: number): number {
     const seconds = (t - this.start) / 1000;
-    return seconds > 0 ? this.count / seconds : NaN;
+    return seconds > 0 ? (this.count - this.first) / seconds : NaN;
   }
 
   private rateText(t: number): string {
