@@ -13,7 +13,16 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fromFloat32, readSafetensors, syncDir, toFloat32, writeJsonAtomic, writeSafetensors } from '@vitreg/core';
+import {
+  firstDifference,
+  fromFloat32,
+  InputError,
+  readSafetensors,
+  syncDir,
+  toFloat32,
+  writeJsonAtomic,
+  writeSafetensors,
+} from '@vitreg/core';
 import { readWeights, saveWeights, type StateDict, type VisionTransformer } from '@vitreg/registers';
 import type { AdamWState } from './optim.js';
 import type { TrainConfig } from './config.js';
@@ -114,6 +123,42 @@ export async function listCheckpoints(runDir: string): Promise<{ step: number; d
     if (m && (await exists(join(root, name, 'state.json')))) out.push({ step: Number(m[1]), dir: join(root, name) });
   }
   return out.sort((a, b) => a.step - b.step);
+}
+
+/** A run folder holds checkpoints of a run with another config: the first differing field, both values. */
+export class RunMismatchError extends InputError {
+  constructor(
+    readonly runDir: string,
+    readonly checkpoint: string,
+    readonly field: string,
+    readonly there: string,
+    readonly here: string,
+  ) {
+    super(
+      `${runDir} holds the checkpoints of another run (${checkpoint}): field "${field}" is ${there} there and ${here} in this run's config`,
+    );
+    this.name = 'RunMismatchError';
+  }
+}
+
+/**
+ * Where a run of `config` in `runDir` continues: its newest checkpoint, or null when there is none.
+ * A newest checkpoint of another config is a RunMismatchError naming the first differing field.
+ */
+export async function resumePoint(runDir: string, config: TrainConfig): Promise<{ step: number; dir: string } | null> {
+  const all = await listCheckpoints(runDir);
+  const newest = all[all.length - 1];
+  if (!newest) return null;
+  const statePath = join(newest.dir, 'state.json');
+  let state: TrainState;
+  try {
+    state = JSON.parse(await readFile(statePath, 'utf8')) as TrainState;
+  } catch (err) {
+    throw new Error(`${statePath}: cannot read the training state (${(err as Error).message})`, { cause: err });
+  }
+  const diff = firstDifference(config, state.config);
+  if (diff) throw new RunMismatchError(runDir, newest.dir, diff.path || '(root)', diff.job, diff.here);
+  return newest;
 }
 
 /** Deletes all but the newest `keep` checkpoints. */

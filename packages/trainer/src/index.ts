@@ -14,7 +14,7 @@ export { hflip, randomResizedCrop, randomResizedCropBox, reflectPad, resizedCrop
 export { DINOV2_BLUR_AS_RUN, DINOV2_BLUR_AS_WRITTEN, evalTransform, multiCrop, supervisedAugment } from './augment.js';
 export { BatchPreparer, initRng, STREAMS } from './batch.js';
 export type { DinoBatch, PreparedBatch, SupervisedBatch } from './batch.js';
-export { listCheckpoints, loadCheckpoint, pruneCheckpoints, saveCheckpoint } from './checkpoint.js';
+export { listCheckpoints, loadCheckpoint, pruneCheckpoints, resumePoint, RunMismatchError, saveCheckpoint } from './checkpoint.js';
 export { isPaperPreset, PRESET_ALIASES, PRESET_NAMES, PRESETS } from './config-presets.js';
 export { presetConfig, resolveTrainConfig, validateTrainConfig } from './config-validate.js';
 export { assertDataSource, DEFAULT_CONFIG, mergeTrainConfig, modelConfig, scaledLr } from './config.js';
@@ -64,6 +64,18 @@ export { isNoDecay, layerId, paramGroups, plainParams } from './param-groups.js'
 export type { ParamSpec } from './param-groups.js';
 export { cosineAnnealingSchedule, cosineSchedule, polySchedule } from './schedules.js';
 export { checkState, loadTrainingState, saveTrainingState, weightsChecksum } from './state.js';
+export {
+  parseStopSignals,
+  SharedStop,
+  signalExitCode,
+  signalName,
+  signalNumber,
+  STOP_KEY,
+  STOP_SIGNALS,
+  stopCode,
+  stopOnSignals,
+} from './stop.js';
+export type { StopOnSignalsOptions, StopSignal } from './stop.js';
 export { flattenBuffers, LocalGradientSync, MembershipChanged, unflattenInto } from './sync.js';
 export type { GradientSync } from './sync.js';
 export { tfjsEngine, TfjsEngine } from './tfjs-engine.js';

@@ -30,21 +30,33 @@ import {
 } from '@vitreg/core';
 import type { ViTConfig } from '@vitreg/registers';
 import { BatchPreparer } from './batch.js';
-import { listCheckpoints, pruneCheckpoints, type TrainState } from './checkpoint.js';
+import { listCheckpoints, pruneCheckpoints, resumePoint, type TrainState } from './checkpoint.js';
 import { assertDataSource, modelConfig, scaledLr, type TrainConfig } from './config.js';
 import { openData, type TrainData } from './data.js';
 import type { EngineFactory, StepEngine, StepSettings } from './engine.js';
 import { evaluate, type EvalResult } from './evaluate.js';
 import { cosineSchedule, type Schedule } from './schedules.js';
 import { checkState, loadTrainingState, saveTrainingState } from './state.js';
+import { signalName, STOP_KEY, stopCode, type StopSignal } from './stop.js';
 import { isMembershipChanged, LocalGradientSync, type GradientSync } from './sync.js';
 import { tfjsEngine } from './tfjs-engine.js';
 
 export interface TrainOptions {
   /** Run folder: config.json, metrics.jsonl, checkpoints/, eval.json. */
   outDir: string;
-  /** Continue from the newest checkpoint in outDir (a fresh start when there is none). */
-  resume?: boolean;
+  /**
+   * Continue from the newest checkpoint in outDir. `true`: that checkpoint, whose config must equal this
+   * one; without one the run starts fresh and says so. `'auto'`: the same, but a folder whose newest
+   * checkpoint is of another config is a RunMismatchError naming the first differing field (before any
+   * work), and a fresh start is silent. `false` (default): start fresh.
+   */
+  resume?: boolean | 'auto';
+  /**
+   * Stop on request: once `stop` is aborted (an AbortSignal, or a SharedStop from stopOnSignals, which
+   * also reaches worker threads), the run ends after the step in progress with a checkpoint, and the
+   * result's `interrupted` says at which step. With several ranks every rank stops after the same step.
+   */
+  stop?: StopSignal | { flag: Int32Array };
   sync?: GradientSync;
   /** The step engine (default `tfjsEngine`); not available through trainThreads, whose threads run tfjs. */
   engine?: EngineFactory;
@@ -74,6 +86,8 @@ export interface TrainResult {
   checkpoint: string;
   /** With `checksum: true`: SHA-256 (hex) of this rank's student backbone and heads. */
   checksum?: string;
+  /** The run stopped on request (`stop`) after `step`, with a checkpoint of it; `signal` when a signal asked. */
+  interrupted?: { step: number; signal?: NodeJS.Signals };
 }
 
 /** What a state broadcast carries besides the tensors. */
@@ -95,6 +109,8 @@ export class Trainer {
   step = 0;
   /** Global position of the sampler: images the whole job consumed (the next step starts here). */
   cursor = 0;
+  /** After a step: the stop request its committed reports carried (a signal's number, -1, or 0: none). */
+  stopRequested = 0;
   /** The learning-rate schedule of each world size met (the rate follows the global batch). */
   private readonly lrSchedules = new Map<number, Schedule>();
   private readonly wd: Schedule;
@@ -200,7 +216,7 @@ export class Trainer {
    * ranks, images/s of the whole job, the slowest rank). Throws MembershipChanged, with nothing
    * changed, when a cluster's membership changed during the step.
    */
-  async trainStep(stepLog?: (line: Record<string, unknown>) => Promise<void>): Promise<Record<string, number>> {
+  async trainStep(stepLog?: (line: Record<string, unknown>) => Promise<void>, stop = 0): Promise<Record<string, number>> {
     const c = this.config;
     const t0 = performance.now();
     const step = this.step;
@@ -225,8 +241,11 @@ export class Trainer {
     own.allreduce_s = allreduceSeconds;
     const samples = refs.map((r) => (r.repeat === undefined ? [r.epoch, r.index] : [r.epoch, r.index, r.repeat]));
     await stepLog?.({ step: step + 1, epoch, ...own, samples });
+    // A stop this rank was asked for travels with its report, so that every rank stops after the same step.
+    const report = stop === 0 ? own : { ...own, [STOP_KEY]: stop };
     // Every rank got here: from now on the step changes the state.
-    const reports = await this.sync.commitStep(step + 1, own);
+    const reports = await this.sync.commitStep(step + 1, report);
+    this.stopRequested = reports.find((r) => r[STOP_KEY])?.[STOP_KEY] ?? 0;
     if (!Number.isFinite(computed.loss)) {
       throw new Error(`step ${step + 1}: the loss is ${computed.loss} (diverged); lower optim.lr or raise optim.warmup_steps`);
     }
@@ -344,21 +363,29 @@ export async function train(config: TrainConfig, opts: TrainOptions): Promise<Tr
   };
   try {
     const startRank0 = isRank0();
+    let restored = '';
     if (startRank0) {
-      const ckpts = opts.resume ? await listCheckpoints(out) : [];
-      if (ckpts.length > 0) {
-        await trainer.restore(ckpts[ckpts.length - 1]!.dir);
+      let from: { step: number; dir: string } | null = null;
+      if (opts.resume === 'auto') from = await resumePoint(out, c);
+      else if (opts.resume) from = (await listCheckpoints(out)).pop() ?? null;
+      if (from) {
+        await trainer.restore(from.dir);
         await truncateMetrics(metricsPath, trainer.step);
+        restored = from.dir;
+        log(`resuming from step ${trainer.step} of ${c.train.steps} (checkpoint ${from.dir})`);
       } else {
+        if (opts.resume === true) log(`no checkpoint to resume from in ${join(out, 'checkpoints')}: starting fresh`);
         trainer.initTeacher();
         await writeFileAtomic(metricsPath, '');
       }
       await writeJsonAtomic(join(out, 'config.json'), c);
     }
     await resync();
+    const first = trainer.step;
     const last = Math.min(c.train.steps, opts.stopAfter ?? c.train.steps);
+    // The bar counts absolute steps: a run resumed at 465 of 1200 shows 465/1200.
     const progress =
-      opts.progress === false || !startRank0 ? null : new Progress({ total: last - trainer.step, label: 'train', unit: 'step' });
+      opts.progress === false || !startRank0 ? null : new Progress({ total: last, start: trainer.step, label: 'train', unit: 'step' });
     // Several ranks: each appends its own line per step (written before the commit, so a step a rank
     // died in is there too: the committed steps are rank 0's metrics.jsonl lines).
     let rankPath: string | null = null;
@@ -380,7 +407,7 @@ export async function train(config: TrainConfig, opts: TrainOptions): Promise<Tr
             };
             await appendFile(rankPath!, JSON.stringify(entry) + '\n');
           };
-    let checkpoint = '';
+    let checkpoint = restored;
     let saved = false;
     const saveNow = async () => {
       saved = true;
@@ -389,10 +416,17 @@ export async function train(config: TrainConfig, opts: TrainOptions): Promise<Tr
       await pruneCheckpoints(out, c.train.keep_checkpoints);
       await sync.checkpointWritten?.(trainer.step, checkpoint);
     };
+    // A stop request: a signal's number, -1 without one, 0 for none. One rank alone may stop between
+    // steps; ranks of a job stop after the step whose committed reports carried a request.
+    let interrupted = 0;
     while (trainer.step < last) {
+      if (sync.worldSize === 1 && stopCode(opts.stop) !== 0) {
+        interrupted = stopCode(opts.stop);
+        break;
+      }
       let metrics: Record<string, number>;
       try {
-        metrics = await trainer.trainStep(stepLog);
+        metrics = await trainer.trainStep(stepLog, stopCode(opts.stop));
       } catch (err) {
         if (!isMembershipChanged(err)) throw err;
         log(`step ${trainer.step + 1} dropped: ${err.message}; re-syncing from rank 0`);
@@ -405,6 +439,11 @@ export async function train(config: TrainConfig, opts: TrainOptions): Promise<Tr
         await appendFile(metricsPath, JSON.stringify(round(metrics)) + '\n');
       }
       progress?.tick(1, `loss ${metrics.loss!.toFixed(4)}`);
+      if (trainer.stopRequested !== 0 || (sync.worldSize === 1 && stopCode(opts.stop) !== 0)) {
+        interrupted = trainer.stopRequested || stopCode(opts.stop);
+        await saveNow();
+        break;
+      }
       // Evaluation reads no Rng and no sync: only rank 0 spends the time.
       if (isRank0() && c.train.eval_every > 0 && step % c.train.eval_every === 0 && step < c.train.steps) {
         const ev = await trainer.evaluate();
@@ -414,14 +453,19 @@ export async function train(config: TrainConfig, opts: TrainOptions): Promise<Tr
       if (periodic || step === last) await saveNow();
     }
     progress?.done();
-    if (!saved) await saveNow();
+    // Stopped before a step of this session: the state is the restored checkpoint (or nothing yet).
+    if (!saved && !(interrupted !== 0 && trainer.step === first)) await saveNow();
     const result: TrainResult = { outDir: out, step: trainer.step, checkpoint };
+    if (interrupted !== 0) {
+      const signal = interrupted > 0 ? signalName(interrupted) : undefined;
+      result.interrupted = { step: trainer.step, ...(signal ? { signal } : {}) };
+    }
     if (opts.checksum) {
       result.checksum = trainer.checksum();
       const line = { final: true, step: trainer.step, rank: sync.rank, checksum: result.checksum };
       if (rankPath) await appendFile(rankPath, JSON.stringify(line) + '\n');
     }
-    if (last < c.train.steps || !isRank0()) return result;
+    if (interrupted !== 0 || last < c.train.steps || !isRank0()) return result;
     result.eval = await trainer.evaluate();
     await writeJsonAtomic(join(out, 'eval.json'), result.eval);
     return result;
