@@ -44,8 +44,14 @@ export interface CoordinatorHandle {
   /** host:port actually bound (host 127.0.0.1 when bound to 0.0.0.0, [::1] when bound to ::). */
   address: string;
   port: number;
-  /** Resolves when the job stops: finished (every member left finished) or not (too few workers, close()). */
+  /** Resolves when the job stops: finished (every member left finished) or not (too few workers, close(), interrupted). */
   done: Promise<JobOutcome>;
+  /**
+   * Stop on request (the coordinator's process got `code`, a signal's number): every worker stops after
+   * the next committed step with a checkpoint. False when there is nothing to stop (no step runs yet, or
+   * the job ended): then close() instead.
+   */
+  requestStop(code: number): boolean;
   close(): Promise<void>;
 }
 
@@ -170,5 +176,6 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
     return closed;
   };
 
-  return { address, port, done, close };
+  const requestStop = (code: number): boolean => job.epoch > 0 && job.requestStop(code, 'the coordinator');
+  return { address, port, done, requestStop, close };
 }

@@ -54,10 +54,12 @@ export interface JobStateOptions extends Pick<JobSettings, 'jobId' | 'minWorkers
   onFinish?: (outcome: JobOutcome) => void;
 }
 
-/** How a job ended: finished (every member left finished) or not (too few workers, shut down). */
+/** How a job ended: finished (every member left finished) or not (too few workers, shut down, interrupted). */
 export interface JobOutcome {
   finished: boolean;
   reason: string;
+  /** The job stopped on request (a stop signal) after this committed step, every worker with it. */
+  interrupted?: { step: number; signal?: string };
 }
 
 /** Where a watching worker's memberships go (a gRPC server stream has these two methods). */

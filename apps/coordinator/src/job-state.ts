@@ -10,6 +10,13 @@
  * checks heartbeats (`checkHeartbeats`) from its own timers. Memberships reach workers through the
  * sinks they watch with (`watch`): a gRPC server stream in the coordinator, an array in tests. Log
  * lines and events (`log`, `event`) are handed to the caller, who writes them where it wants.
+ *
+ * A stop on request (Ctrl-C, a scheduler's SIGTERM before a time limit or a preemption) becomes a
+ * job-wide checkpoint: a worker that got a stop signal says so in its next step report (the
+ * `stop_signal` value, @vitreg/trainer's STOP_KEY), or the coordinator's own process got one
+ * (`requestStop`); the next step committed carries the request in every rank's values, so every rank
+ * stops after that same step, rank 0 writes the checkpoint, and the workers leave; when all have, the
+ * job ends interrupted (`JobOutcome.interrupted`).
  */
 import type { CheckpointReport, JoinRequest, LeaveRequest, Membership, MetricsReport, StepCommit, StepReport } from '@vitreg/proto';
 import { checkJoin } from './admission.js';
@@ -24,6 +31,13 @@ import {
 } from './job-settings.js';
 import { deliver, memberList, ringOrder, ringText, type WorkerRecord as Worker } from './membership.js';
 import { StepBarrier } from './step-barrier.js';
+import { constants } from 'node:os';
+
+/** The step-report value of a stop request: @vitreg/trainer's STOP_KEY (a signal's number, or -1). */
+export const STOP_KEY = 'stop_signal';
+
+const signalName = (code: number): string | undefined =>
+  code > 0 ? Object.entries(constants.signals).find(([, n]) => n === code)?.[0] : undefined;
 
 /** The job state of a coordinator (see the module comment). */
 export class JobState {
@@ -46,6 +60,10 @@ export class JobState {
   private readonly barrier = new StepBarrier();
   private joinWindowOver = false;
   private result: JobOutcome | null = null;
+  /** A stop requested and not yet committed: the signal's number (-1: none named) and who asked. */
+  private stopRequest: { code: number; by: string } | null = null;
+  /** The step the job stops after (committed with the stop request), once there is one. */
+  private stopStep: number | null = null;
 
   constructor(opts: JobStateOptions) {
     this.settings = resolveJobSettings(opts);
@@ -73,6 +91,11 @@ export class JobState {
 
   get lastCheckpointStep(): number {
     return this.lastCheckpoint;
+  }
+
+  /** The step the job stops after on request, once committed (null otherwise). */
+  get stoppingAfter(): number | null {
+    return this.stopStep;
   }
 
   /** True once the job ended (finished, stopped, or shut down). */
@@ -222,9 +245,26 @@ export class JobState {
     }
     if (req.step <= this.committed)
       throw new Refusal('INVALID_ARGUMENT', `step ${req.step} is not after the committed step ${this.committed}`);
+    // A worker's stop signal comes with its report.
+    const asked = req.ranks.find((r) => r.values?.[STOP_KEY]);
+    if (asked) this.requestStop(asked.values[STOP_KEY]!, w.name);
     const withdraw = this.barrier.hold(w, req.step, req.ranks, reply, this.epochNumber);
     this.maybeCommit();
     return withdraw;
+  }
+
+  /**
+   * A stop on request (`code`: the signal's number, -1 when none): the next step committed carries it
+   * to every rank, which then stop after it with a checkpoint. The first request wins; false when the
+   * job has ended or already stops.
+   */
+  requestStop(code: number, by: string): boolean {
+    if (this.stopped || this.stopRequest || this.stopStep !== null) return false;
+    this.stopRequest = { code, by };
+    const sig = signalName(code);
+    this.log(`${by} asks to stop${sig ? ` (${sig})` : ''}: every worker stops after the next committed step, with a checkpoint`);
+    this.event('stop-request', { by, signal: sig ?? null });
+    return true;
   }
 
   /** Records a checkpoint of a committed step; returns the last checkpointed step. */
@@ -262,9 +302,10 @@ export class JobState {
       reply();
       return;
     }
-    if (req.finished && w.state === 'member') {
+    // After the step a stop was committed with, a member leaving is done (not a failure).
+    if ((req.finished || this.stopStep !== null) && w.state === 'member') {
       w.finished = true;
-      this.log(`${w.name} (${w.id}) finished${req.reason ? `: ${req.reason}` : ''}`);
+      this.log(`${w.name} (${w.id}) ${req.finished ? 'finished' : 'stopped'}${req.reason ? `: ${req.reason}` : ''}`);
       reply();
       this.maybeAllFinished();
       // Its barrier share is no longer needed: the others may now complete a held step.
@@ -321,9 +362,9 @@ export class JobState {
     }
   }
 
-  private finish(finished: boolean, reason: string): void {
+  private finish(finished: boolean, reason: string, interrupted?: JobOutcome['interrupted']): void {
     if (this.stopped) return;
-    this.result = { finished, reason };
+    this.result = { finished, reason, ...(interrupted ? { interrupted } : {}) };
     this.log(`job ${finished ? 'finished' : 'stopped'}: ${reason}`);
     this.event('finish', { finished, reason, committedStep: this.committed, lastCheckpointStep: this.lastCheckpoint });
     this.onFinish(this.result);
@@ -389,20 +430,36 @@ export class JobState {
 
   private maybeAllFinished(): void {
     if (this.stopped || this.epochNumber === 0 || this.members.length === 0) return;
-    if (this.members.every((m) => m.finished)) {
-      this.publish('every worker finished', [], true, true);
-      this.finish(true, 'every worker finished');
+    if (!this.members.every((m) => m.finished)) return;
+    if (this.stopStep !== null) {
+      const code = this.stopRequest?.code ?? -1;
+      const signal = signalName(code);
+      const reason = `interrupted at step ${this.stopStep}${signal ? ` (${signal} to ${this.stopRequest?.by})` : ''}; checkpoint of step ${this.lastCheckpoint}`;
+      this.publish(reason, [], true, false);
+      this.finish(false, reason, { step: this.stopStep, ...(signal ? { signal } : {}) });
+      return;
     }
+    this.publish('every worker finished', [], true, true);
+    this.finish(true, 'every worker finished');
   }
 
   /** Completes the barrier when every unfinished member of the epoch reported. */
   private maybeCommit(): void {
     const done = this.barrier.takeIfComplete(this.members.filter((m) => !m.finished));
     if (!done) return;
-    const { step, ranks } = done;
+    const { step } = done;
+    let ranks = done.ranks;
     this.committed = step;
     this.log(`step ${step} committed (epoch ${this.epochNumber}, ${ranks.length} ranks)`);
     this.event('commit', { step, epoch: this.epochNumber, ranks: ranks.map((r) => ({ rank: r.rank, values: r.values })) });
+    if (this.stopRequest && this.stopStep === null) {
+      // Every rank learns of the stop from this commit, so all stop after this same step.
+      const { code, by } = this.stopRequest;
+      ranks = ranks.map((r) => ({ ...r, values: { ...r.values, [STOP_KEY]: code } }));
+      this.stopStep = step;
+      this.log(`the job stops after step ${step} (asked by ${by}): rank 0 writes a checkpoint, then every worker leaves`);
+      this.event('stop', { step, by, signal: signalName(code) ?? null });
+    }
     for (const reply of done.replies) reply({ committed: true, epoch: this.epochNumber, ranks });
     this.admitPending();
   }

@@ -5,13 +5,16 @@
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { constants } from 'node:os';
 import { startCoordinator, type CoordinatorOptions } from './coordinator.js';
 
 const USAGE = `Usage: vitreg-coordinator [options]
 
 Runs the coordinator of one vitreg training job: admits workers, fixes the ring order, watches
 heartbeats, runs the step barrier, records checkpoints and metrics. Exits 0 when every worker
-finished, 1 when the job stopped (too few workers, a signal), 2 on a bad flag.
+finished, 1 when the job stopped (too few workers), 2 on a bad flag. SIGTERM or SIGINT: every worker
+stops after the next committed step with a checkpoint, then this exits 128 + the signal's number
+(as the workers do); a second signal (or one before training started) closes it at once.
 
 Options:
   --host HOST               bind address (default 0.0.0.0)
@@ -161,8 +164,18 @@ async function main(): Promise<number> {
     process.stderr.write(`[coordinator] ${why}: closing\n`);
     void handle.close();
   };
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGINT', () => stop('SIGINT'));
+  // The first signal asks the job to stop after its next step with a checkpoint; a second closes at once.
+  let asked = false;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (!asked && handle.requestStop(constants.signals[signal])) {
+      asked = true;
+      process.stderr.write(`[coordinator] ${signal}: the job stops after its next committed step (again: close at once)\n`);
+      return;
+    }
+    stop(signal);
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
   if (exitWithStdin) {
     process.stdin.on('end', () => stop('stdin closed'));
     process.stdin.on('close', () => stop('stdin closed'));
@@ -171,6 +184,7 @@ async function main(): Promise<number> {
   }
   const result = await handle.done;
   await handle.close();
+  if (result.interrupted) return 128 + (constants.signals[result.interrupted.signal as NodeJS.Signals] ?? -127);
   return result.finished ? 0 : 1;
 }
 
