@@ -50,8 +50,11 @@ export interface WorkerOptions {
   tls?: TlsFiles;
   config: TrainConfig;
   outDir: string;
-  resume: boolean;
+  /** true: --resume; 'auto': continue the same run's checkpoints when there are any (see train's `resume`). */
+  resume: boolean | 'auto';
   backend: BackendName;
+  /** The rank-0 thread's backend line says why the faster backends were skipped. */
+  verbose?: boolean;
   /** The step engine of every training thread (default: auto). */
   engine?: TrainEngineOptions;
   progress: boolean;
@@ -59,6 +62,11 @@ export interface WorkerOptions {
   checksum: boolean;
   /** A worker that cannot reach the coordinator for this long exits non-zero. */
   coordinatorTimeoutMs: number;
+  /**
+   * A stop request of this process (a SharedStop's flag, set by its signals): every training thread
+   * puts it into its next step report, and the job stops after that step with a checkpoint.
+   */
+  stopFlag?: Int32Array;
   chunkBytes?: number;
   bucketBytes?: number;
   /** Log lines (also appended to <outDir>/logs/<name>.log). */
@@ -67,6 +75,8 @@ export interface WorkerOptions {
 
 export interface WorkerResult {
   finished: boolean;
+  /** The job stopped on request after this step (a signal to a worker or the coordinator), with a checkpoint. */
+  interrupted?: { step: number; signal?: NodeJS.Signals };
   /** The result of the thread holding global rank 0 at the end (when this process had it). */
   result?: TrainResult;
   rank0: boolean;
@@ -87,6 +97,10 @@ export class WorkerAgent {
   private settle!: (r: WorkerResult | Error) => void;
   private readonly done: Promise<WorkerResult | Error>;
   private finished = false;
+  /** Leaving after an interrupted step: the job's closing membership is expected, not a failure. */
+  private leaving = false;
+  /** CommitCheckpoint calls in flight (Leave waits for them, so the record precedes the end). */
+  private checkpoints: Promise<unknown>[] = [];
 
   constructor(opts: WorkerOptions) {
     this.o = opts;
@@ -108,10 +122,12 @@ export class WorkerAgent {
       over,
       log,
       fail,
-      checkpoint: (step, path) =>
-        this.link?.commitCheckpoint(step, path).catch((err: Error & { details?: string }) => {
+      checkpoint: (step, path) => {
+        const call = this.link?.commitCheckpoint(step, path).catch((err: Error & { details?: string }) => {
           this.log(`CommitCheckpoint of step ${step} failed: ${err.details ?? err.message}`);
-        }),
+        });
+        if (call) this.checkpoints.push(call);
+      },
       collective: (t, m) => this.collectives.request(t, m),
       finished: (results) => void this.finish(results),
     });
@@ -203,8 +219,8 @@ export class WorkerAgent {
 
   private onMembership(m: Membership): void {
     if (m.stop) {
-      if (m.finished) {
-        if (!this.finished) this.log(`the job finished (${m.reason})`);
+      if (m.finished || this.leaving) {
+        if (!this.finished) this.log(`the job ${m.finished ? 'finished' : 'stopped'} (${m.reason})`);
         return;
       }
       this.fail(new Fatal(`the coordinator stopped the job: ${m.reason}`));
@@ -271,6 +287,7 @@ export class WorkerAgent {
         outDir: o.outDir,
         resume: o.resume,
         backend: o.backend,
+        verbose: o.verbose ?? false,
         engine: o.engine,
         thread: t,
         rank,
@@ -280,6 +297,7 @@ export class WorkerAgent {
         logSamples: o.logSamples,
         progress: o.progress && rank === 0,
         checksum: o.checksum,
+        stopFlag: o.stopFlag,
       };
     });
   }
@@ -287,15 +305,20 @@ export class WorkerAgent {
   private async finish(results: TrainResult[]): Promise<void> {
     const st = this.current;
     const rank0 = !!st && st.position === 0;
+    // Every thread stopped after the same step when the job was interrupted (their reports said so).
+    const interrupted = results[0]?.interrupted;
+    const how = interrupted ? `interrupted at step ${interrupted.step}${interrupted.signal ? ` (${interrupted.signal})` : ''}` : 'finished';
+    this.leaving = true;
+    await Promise.all(this.checkpoints);
     try {
-      await this.link!.leave('finished', true);
+      await this.link!.leave(how, !interrupted);
     } catch (err) {
       this.log(`Leave failed (the job had finished here): ${(err as Error & { details?: string }).details ?? (err as Error).message}`);
     }
     if (this.finished) return;
     this.finished = true;
-    this.log('finished');
-    this.settle({ finished: true, rank0, result: rank0 ? results[0] : undefined });
+    this.log(how);
+    this.settle({ finished: !interrupted, rank0, result: rank0 ? results[0] : undefined, ...(interrupted ? { interrupted } : {}) });
   }
 }
 

@@ -4,6 +4,11 @@
  * vitreg-worker), a fresh random job token, the run folder shared. Worker 0's stderr (progress) is
  * passed through; every process also logs to <out>/logs/. With --min-workers 1 (the default here)
  * the job goes on when a worker process dies.
+ *
+ * Signals: the processes run in process groups of their own, so a terminal's Ctrl-C reaches this
+ * process only; the first of `stopSignals` is passed on to every worker once (each asks the job for a
+ * checkpoint at the next committed step and stops, all after the same step), a second one too (the
+ * workers exit at once) and the coordinator is then stopped.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -38,6 +43,10 @@ export interface LocalJobOptions {
   token?: string;
   /** Called with each started process (tests kill them). */
   onSpawn?: (what: 'coordinator' | number, child: ChildProcess) => void;
+  /** Signals passed on to the workers (default SIGINT, SIGTERM, SIGUSR1; [] leaves this process's defaults). */
+  stopSignals?: readonly NodeJS.Signals[];
+  /** Called on the first of those signals. */
+  onStop?: (signal: NodeJS.Signals) => void;
 }
 
 export interface LocalJobResult {
@@ -108,7 +117,11 @@ export async function runLocalJob(o: LocalJobOptions): Promise<LocalJobResult> {
     ...(o.workerTimeoutMs ? ['--worker-timeout-ms', String(o.workerTimeoutMs)] : []),
     ...tlsArgs,
   ];
-  const coordinator = spawn(process.execPath, [...nodeArgs(coordinatorEntry()), ...coordArgs], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+  const coordinator = spawn(process.execPath, [...nodeArgs(coordinatorEntry()), ...coordArgs], {
+    env,
+    stdio: ['pipe', 'pipe', 'pipe'],
+    detached: true,
+  });
   o.onSpawn?.('coordinator', coordinator);
   coordinator.stderr!.pipe(createWriteStream(join(logs, 'coordinator.log'), { flags: 'a' }));
   const address = await new Promise<string>((resolve, reject) => {
@@ -150,7 +163,11 @@ export async function runLocalJob(o: LocalJobOptions): Promise<LocalJobResult> {
       ...tlsArgs,
       ...(o.workerArgs ?? []),
     ];
-    const w = spawn(process.execPath, args, { env, stdio: ['pipe', 'pipe', i === 0 && o.passThrough !== false ? 'inherit' : 'pipe'] });
+    const w = spawn(process.execPath, args, {
+      env,
+      stdio: ['pipe', 'pipe', i === 0 && o.passThrough !== false ? 'inherit' : 'pipe'],
+      detached: true,
+    });
     w.stdout!.on('data', (b: Buffer) => {
       outputs[i] += b.toString('utf8');
     });
@@ -165,11 +182,20 @@ export async function runLocalJob(o: LocalJobOptions): Promise<LocalJobResult> {
     const when = o.startWhen?.(i);
     return when ? when.then(() => start(i)) : start(i);
   });
+  const live = (p: ChildProcess) => p.exitCode === null && p.signalCode === null;
   const stop = () => {
-    for (const p of [...workers, coordinator]) if (p.exitCode === null) p.kill('SIGTERM');
+    for (const p of [...workers, coordinator]) if (live(p)) p.kill('SIGTERM');
   };
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
+  // The first signal: every worker gets it once; a second: again (they exit at once), and the coordinator stops.
+  let signals = 0;
+  const forward = (signal: NodeJS.Signals) => {
+    signals += 1;
+    if (signals === 1) o.onStop?.(signal);
+    for (const w of workers) if (w && live(w)) w.kill(signal);
+    if (signals > 1 && live(coordinator)) coordinator.kill('SIGTERM');
+  };
+  const stopSignals = o.stopSignals ?? (['SIGINT', 'SIGTERM', 'SIGUSR1'] as const);
+  for (const s of stopSignals) process.on(s, forward);
   try {
     const ends = await Promise.all(exits);
     // Workers are gone: the coordinator ends when its stdin closes (it may already have).
@@ -193,8 +219,7 @@ export async function runLocalJob(o: LocalJobOptions): Promise<LocalJobResult> {
       result,
     };
   } finally {
-    process.off('SIGINT', stop);
-    process.off('SIGTERM', stop);
+    for (const s of stopSignals) process.off(s, forward);
     stop();
   }
 }

@@ -3,7 +3,8 @@
  * vitreg-worker: one process of a cluster training job (one per GPU). The cluster's launcher starts
  * it (torchrun, srun, a Kubernetes Indexed Job) with the same arguments on every machine; see
  * USAGE. Exits 0 when the job finished, 1 when it stopped (lost coordinator, removed, a failure),
- * 2 on a bad flag.
+ * 2 on a bad flag, 128 + the signal's number when a stop signal (to this or another worker, or the
+ * coordinator) stopped the job after a step with a checkpoint.
  */
 import { appendFileSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
@@ -12,6 +13,7 @@ import { parseArgs } from 'node:util';
 import { BACKEND_NAMES, type BackendName } from '@vitreg/core';
 import { assertDataSource, checkTrainEngineOptions, openDataAsync, resolveTrainConfig, type TrainEngineOptions } from '@vitreg/trainer';
 import { startCoordinator, type CoordinatorHandle } from '@vitreg/coordinator';
+import { resumePoint, RunMismatchError, parseStopSignals, signalExitCode, STOP_SIGNALS, stopOnSignals } from '@vitreg/trainer';
 import { runWorker } from './agent.js';
 import { launchInfo, selectDevice } from './env.js';
 
@@ -53,6 +55,16 @@ Cluster:
   --join-timeout-ms MS --heartbeat-ms MS --worker-timeout-ms MS   a hosted coordinator's timings
   --coordinator-timeout-ms MS  exit non-zero after this long without the coordinator (default 30000)
   --tls-cert F --tls-key F [--tls-ca F]  TLS on every connection; with --tls-ca, mutual TLS
+  --stop-signals LIST       signals that stop the job cleanly (default INT,TERM,USR1; "none"): the
+                            first, to any worker, makes every worker stop after the next committed
+                            step with a checkpoint and exit 128 + its number (143 for SIGTERM),
+                            saying "interrupted at step N"; a second exits at once. The same
+                            command (or --resume) continues the run. Slurm: sbatch --signal=TERM@120;
+                            Kubernetes: terminationGracePeriodSeconds longer than a step
+  --verbose                 the backend line says why the faster backends were skipped
+
+Resume: a run folder holding checkpoints of the same config is continued (as with --resume); one of
+another config is refused, naming the first differing field.
 `;
 
 class UsageError extends Error {}
@@ -119,6 +131,8 @@ async function main(argv: string[]): Promise<number> {
         'heartbeat-ms': { type: 'string' },
         'worker-timeout-ms': { type: 'string' },
         'coordinator-timeout-ms': { type: 'string' },
+        'stop-signals': { type: 'string' },
+        verbose: { type: 'boolean' },
         'tls-cert': { type: 'string' },
         'tls-key': { type: 'string' },
         'tls-ca': { type: 'string' },
@@ -189,6 +203,27 @@ async function main(argv: string[]): Promise<number> {
     throw new UsageError((e as Error).message);
   }
 
+  let stopSignals: NodeJS.Signals[];
+  try {
+    stopSignals = parseStopSignals(values['stop-signals'] ?? STOP_SIGNALS.join(','));
+  } catch (e) {
+    throw new UsageError(`--stop-signals: ${(e as Error).message}`);
+  }
+  // The same command continues the same run; a folder of another run is refused before joining.
+  try {
+    await resumePoint(out, config);
+  } catch (e) {
+    if (!(e instanceof RunMismatchError)) throw e;
+    throw new UsageError(`${e.message}; continue that run with its own config, or give another --out`);
+  }
+  // A stop signal: every training thread reports it with its next step; the job stops after that step.
+  const signals = stopOnSignals(stopSignals, {
+    onFirst: (signal) =>
+      process.stderr.write(
+        `vitreg-worker: ${signal}: the job stops after its next committed step, with a checkpoint (again: exit at once)\n`,
+      ),
+  });
+
   // The coordinator: given, or hosted by launcher rank 0 on MASTER_PORT.
   let coordinator = values.coordinator;
   let hosted: CoordinatorHandle | null = null;
@@ -240,8 +275,10 @@ async function main(argv: string[]): Promise<number> {
       tls,
       config,
       outDir: out,
-      resume: values.resume ?? false,
+      resume: values.resume ? true : 'auto',
       backend,
+      verbose: values.verbose ?? false,
+      stopFlag: signals.stop.flag,
       engine,
       progress: !values['no-progress'],
       logSamples: values['log-samples'] ?? false,
@@ -255,12 +292,18 @@ async function main(argv: string[]): Promise<number> {
           out,
           step: res.step,
           checkpoint: res.checkpoint,
+          ...(res.interrupted ? { interrupted: res.interrupted } : {}),
           ...(res.checksum ? { checksum: res.checksum } : {}),
           ...res.eval,
         }) + '\n',
       );
     }
     if (hosted) await hosted.done;
+    if (r.interrupted) {
+      const line = `interrupted at step ${r.interrupted.step}; checkpoint written; run the same command to continue`;
+      process.stderr.write(`vitreg-worker: ${line}\n`);
+      return signalExitCode(r.interrupted.signal);
+    }
     return r.finished ? 0 : 1;
   } finally {
     await hosted?.close();

@@ -6,8 +6,10 @@ import type { TrainConfig, TrainEngineOptions, TrainResult } from '@vitreg/train
 export interface ThreadData {
   config: TrainConfig;
   outDir: string;
-  resume: boolean;
+  resume: boolean | 'auto';
   backend: BackendName;
+  /** The rank-0 thread's backend line with the reasons the faster backends were skipped. */
+  verbose?: boolean;
   /** The step engine (--engine, --device, --engine-threads); each thread resolves its own. */
   engine?: TrainEngineOptions;
   /** Index of the thread in its process. */
@@ -19,6 +21,8 @@ export interface ThreadData {
   logSamples: boolean;
   progress: boolean;
   checksum: boolean;
+  /** The process's stop request (shared memory; set by its signals): `train`'s `stop`. */
+  stopFlag?: Int32Array;
 }
 
 interface Collective {

@@ -13,7 +13,7 @@ const d = workerData as ThreadData;
 
 async function main(): Promise<void> {
   const log = (line: string) => parentPort!.postMessage({ kind: 'log', thread: d.thread, line } as ThreadToAgent);
-  await initBackend(d.backend, d.rank === 0 ? {} : { log: () => {} });
+  await initBackend(d.backend, d.rank === 0 ? { log, verbose: d.verbose ?? false } : { log: () => {} });
   const sync = new GrpcRingSync(d.thread, d.rank, d.worldSize, d.membership);
   // Each thread its own engine (an EngineFactory cannot cross threads); the first thread says which.
   const engine = await resolveTrainEngine(d.engine, d.thread === 0 ? { log } : {});
@@ -22,6 +22,7 @@ async function main(): Promise<void> {
     outDir: d.outDir,
     resume: d.resume,
     sync,
+    ...(d.stopFlag ? { stop: { flag: d.stopFlag } } : {}),
     progress: d.progress,
     checksum: d.checksum,
     rankName: d.rankName,
