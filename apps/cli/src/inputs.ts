@@ -41,10 +41,11 @@ export const MODEL_FLAGS = {
   backend: { type: 'string' },
 } as const;
 
-/** parseArgs options of --backend and --gpu, for the commands that start a backend. */
+/** The options of --backend, --gpu and --verbose, for the commands that start a backend. */
 export const BACKEND_FLAGS = {
   backend: { type: 'string' },
   gpu: { type: 'string' },
+  verbose: { type: 'boolean' },
 } as const;
 
 /** Records the problems of --backend and --gpu, checked with the other flags before the backend starts. */
@@ -55,14 +56,15 @@ export function checkBackendFlags(f: Flags<Record<string, FlagSpec>>): void {
 }
 
 /**
- * --backend: start the backend (auto by default) and return what was chosen. --gpu N: the WebGPU
+ * --backend: start the backend (auto by default) and return what was chosen; it logs one short line
+ * (`backend: wasm (auto)`), with --verbose also why the faster ones were skipped. --gpu N: the WebGPU
  * adapter (default $VITREG_GPU, else 0).
  */
-export async function startBackend(value: string | undefined, gpu?: string): Promise<BackendInfo> {
+export async function startBackend(value: string | undefined, gpu?: string, verbose = false): Promise<BackendInfo> {
   const name = choiceFlag('backend', value, BACKEND_NAMES, 'auto') as BackendName;
   const index = gpu === undefined ? undefined : intFlag('gpu', gpu, 0, 0);
   try {
-    return await initBackend(name, index === undefined ? {} : { gpu: index });
+    return await initBackend(name, { verbose, ...(index === undefined ? {} : { gpu: index }) });
   } catch (err) {
     throw new CliError(`--backend: ${(err as Error).message}`);
   }

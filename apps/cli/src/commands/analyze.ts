@@ -62,6 +62,7 @@ Options:
   --backend B           auto (default), tensorflow-gpu, webgpu, tensorflow, wasm or cpu (tfjs: the
                         engine with --engine tfjs, and the token analysis either way)
   --gpu N               the webgpu backend's adapter (default $VITREG_GPU, else 0)
+  --verbose             say why the faster backends were skipped (default: one line, e.g. backend: wasm (auto))
 ${engineUsage(24)}
 ${ttrUsage(24)}
                         model A with its test-time register is shown beside A (and B): its
@@ -112,7 +113,7 @@ export const analyze: Command = {
     const engine = f.check(() => ttrEngine(engineFlags(values), ttr, [weightsA, values['weights-b']], { onnx: true }), DEFAULT_ENGINE);
     f.done();
 
-    await startBackend(values.backend, values.gpu);
+    await startBackend(values.backend, values.gpu, values.verbose);
     // Models: A, A with test-time registers (--test-time-registers), B (--weights-b).
     const kinds = ['A', ...(ttr ? ['A+TTR'] : []), ...(values['weights-b'] ? ['B'] : [])];
     const weights = kinds.map((kind) => (kind === 'B' ? values['weights-b']! : weightsA));

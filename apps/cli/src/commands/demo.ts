@@ -35,6 +35,7 @@ and runs LOST object discovery on them. Writes into DIR (default runs/demo):
   --backend B   auto (default), tensorflow-gpu, webgpu, tensorflow, wasm or cpu
   --gpu N       the webgpu backend's adapter (default $VITREG_GPU, else 0); passed to the training
                 workers too (vitreg-worker --gpu N: CUDA device N and WebGPU adapter N)
+  --verbose     say why the faster backends were skipped (default: one line, e.g. backend: wasm (auto))
 Interrupted? Run it again: training resumes from its last checkpoint.
 `;
 
@@ -61,7 +62,7 @@ export const demo: Command = {
     const steps = f.optionalInt('steps', 1);
     checkBackendFlags(f);
     f.done();
-    await startBackend(values.backend, values.gpu);
+    await startBackend(values.backend, values.gpu, values.verbose);
     await ensureDir(join(out, 'weights'));
 
     const evals: Record<string, unknown>[] = [];

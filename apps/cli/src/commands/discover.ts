@@ -130,6 +130,7 @@ Options:
   --batch-size N     images per forward pass (default 1; only equal-size images are batched)
   --backend B        ${BACKEND_NAMES.join(' | ')} (tfjs: the engine with --engine tfjs, and LOST itself)
   --gpu N            the webgpu backend's adapter (default $VITREG_GPU, else 0)
+  --verbose          say why the faster backends were skipped (default: one line, e.g. backend: wasm (auto))
 ${engineUsage(21)}
 ${ttrUsage(21)}
   --out DIR          output folder
@@ -181,7 +182,7 @@ export const discover: Command = {
     const ttr = f.check(() => ttrFlags(values), null);
     const engine = f.check(() => ttrEngine(engineFlags(values), ttr, weights, { onnx: true }), DEFAULT_ENGINE);
     f.done();
-    await startBackend(values.backend, values.gpu);
+    await startBackend(values.backend, values.gpu, values.verbose);
     const source =
       values.tensor !== undefined
         ? await tensorInput(values.tensor, geometry)

@@ -56,6 +56,7 @@ __metadata__ holds the image list, the grid and the model config.
   --batch-size N    images per forward pass (default 8)
   --backend B       auto (default), tensorflow-gpu, webgpu, tensorflow, wasm or cpu (the tfjs engine)
   --gpu N           the webgpu backend's adapter (default $VITREG_GPU, else 0)
+  --verbose         say why the faster backends were skipped (default: one line, e.g. backend: wasm (auto))
 ${engineUsage(20)}
 ${ttrUsage(20)}
                     (registers then has R+1 rows: the trained ones, then the test-time one)
@@ -96,7 +97,7 @@ export const features: Command = {
     // tfjs runs only when it is the engine (or reads the weights for a test-time register's model
     // fingerprint): onnxruntime's outputs go straight to the file.
     const tfjs = ttr !== null || (await resolveEngine(engine, weights)) === 'tfjs';
-    const backend = tfjs ? (await startBackend(values.backend, values.gpu)).name : 'none';
+    const backend = tfjs ? (await startBackend(values.backend, values.gpu, values.verbose)).name : 'none';
     const model = ttr
       ? await ttrEncoder(ttr, { weights, model: values.model, config, engine })
       : await loadEncoder(weights, { model: values.model, config }, engine);

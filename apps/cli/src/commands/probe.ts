@@ -94,6 +94,7 @@ Options:
   --batch-size N     images per forward pass (default 8)
   --backend B        ${BACKEND_NAMES.join(' | ')}
   --gpu N            the webgpu backend's adapter (default $VITREG_GPU, else 0)
+  --verbose          say why the faster backends were skipped (default: one line, e.g. backend: wasm (auto))
 ${engineUsage(21)}
                      (feature extraction; heads and probes train on tfjs)
 ${ttrUsage(21)}
@@ -274,7 +275,7 @@ export const probe: Command = {
         }
       }
     }
-    await startBackend(values.backend, values.gpu);
+    await startBackend(values.backend, values.gpu, values.verbose);
     const rows: Record<string, string | number>[] = [];
     const dirs = checkpointNames(weights);
     for (const [i, w] of weights.entries()) {

@@ -57,6 +57,7 @@ selection, the settings and the model's fingerprint (it refuses to apply to anot
   --batch-size N      images per forward pass (default 8)
   --backend B         auto (default), tensorflow-gpu, webgpu, tensorflow, wasm or cpu
   --gpu N             the webgpu backend's adapter (default $VITREG_GPU, else 0)
+  --verbose           say why the faster backends were skipped (default: one line, e.g. backend: wasm (auto))
 
 Then: vitreg features|analyze|probe|discover ... --test-time-registers neurons.json [--ttr-top-k K]
 `;
@@ -122,7 +123,7 @@ async function find(argv: string[]): Promise<number> {
   const config = f.check(() => configFlag(values.config), undefined);
   f.done();
 
-  await startBackend(values.backend, values.gpu);
+  await startBackend(values.backend, values.gpu, values.verbose);
   const model = await loadModel(weights, { model: values.model, config });
   const p = model.config.patch_size;
   let images: tf.Tensor4D | AsyncIterable<tf.Tensor4D>;

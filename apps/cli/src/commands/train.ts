@@ -7,22 +7,28 @@ import {
   assertDataSource,
   MAX_WORKERS,
   openDataAsync,
+  parseStopSignals,
   PRESET_ALIASES,
   PRESET_NAMES,
   PRESETS,
   resolveTrainConfig,
+  signalExitCode,
+  STOP_SIGNALS,
+  stopOnSignals,
   train,
   trainThreads,
   type TrainConfig,
 } from '@vitreg/trainer';
 import { CliError, parseFlags, type Command } from '../cli.js';
 import { BACKEND_FLAGS, checkBackendFlags, startBackend } from '../inputs.js';
+import { interruptedLine, planRun, setAside, shown } from '../run-folder.js';
 import { runLocalJob } from '@vitreg/worker';
 
 const usage = `
 Usage: vitreg train (--preset NAME | --config FILE.json) [--data DIR|FILE|synthetic] [--registers N]
-                    [--steps N] [--out DIR] [--resume] [--seed N] [--workers N] [--nodes N]
+                    [--steps N] [--out DIR] [--resume | --restart] [--seed N] [--workers N] [--nodes N]
                     [--backend auto|tensorflow-gpu|webgpu|tensorflow|wasm|cpu] [--gpu N] [--no-progress]
+                    [--stop-signals INT,TERM,USR1]
        vitreg train --list-presets
        vitreg train (--preset NAME | --config FILE.json) [overrides] --print-config
        vitreg train --resume --out DIR          (continues with DIR/config.json)
@@ -53,7 +59,18 @@ Trains a Vision Transformer with N register tokens and writes the run folder DIR
   --print-config     print the resolved config (every field, after the preset, the file and the
                      flags) as JSON and exit, to diff it against another recipe
   --resume           continue from the newest checkpoint in --out, with the same weights, optimiser,
-                     data order and random numbers as if never stopped
+                     data order and random numbers as if never stopped. This is also what the same
+                     command does without --resume when --out holds checkpoints of the same config
+                     ("resuming from step N of M"); --resume alone (no --preset / --config) takes the
+                     config from DIR/config.json, and says so when there is no checkpoint yet. A folder
+                     holding another config's checkpoints is refused, naming the first differing field
+  --restart          start again from step 0 in --out; the previous run's checkpoints, metrics and
+                     config are moved to DIR/previous-<time>/ (not deleted)
+  --stop-signals L   signals that stop training cleanly (default INT,TERM,USR1; "none": the signals'
+                     defaults): the step in progress finishes, a checkpoint is written, the run exits
+                     with 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM) saying
+                     "interrupted at step N ...; run the same command to continue"; a second signal
+                     exits at once. With --nodes every worker stops after the same step
   --workers N        data-parallel training over N worker threads, 1-64 (default 1: in this thread);
                      use one per CPU core. train.batch_size is per worker: the global batch is
                      batch_size x N. A run may be resumed with another N.
@@ -67,8 +84,15 @@ Trains a Vision Transformer with N register tokens and writes the run folder DIR
                      passed to every worker process
   --gpu N            the webgpu backend's adapter (default $VITREG_GPU, else 0); with --nodes passed
                      to every worker process (vitreg-worker --gpu N: CUDA device N and WebGPU adapter N)
+  --verbose          say why the faster backends were skipped (default: one line, e.g. backend: wasm (auto))
 On a cluster, start vitreg-worker (same options) with the cluster's launcher: see deploy/.
 `;
+
+/** What the first stop signal prints: the run goes on to the end of its step, then stops. */
+function stoppingLine(signal: NodeJS.Signals, how = 'the step in progress finishes'): string {
+  const again = signal === 'SIGINT' ? 'Ctrl-C' : signal;
+  return `vitreg train: ${signal}: stopping (${how}, then a checkpoint is written; ${again} again exits at once)\n`;
+}
 
 function listPresets(): string {
   const width = Math.max(...PRESET_NAMES.map((n) => n.length));
@@ -98,6 +122,8 @@ export const trainCommand: Command = {
       'print-config': { type: 'boolean' },
       'rebuild-index': { type: 'boolean' },
       'no-progress': { type: 'boolean' },
+      restart: { type: 'boolean' },
+      'stop-signals': { type: 'string' },
     });
     const { values } = f;
     f.noPositionals();
@@ -117,6 +143,14 @@ export const trainCommand: Command = {
       f.fail(`--transport: expected tcp or grpc, got "${values.transport}"`);
     const minWorkers = f.int('min-workers', 1);
     if (nodes !== undefined && minWorkers > nodes) f.fail(`--min-workers: ${minWorkers} is more than --nodes ${nodes}`);
+    if (values.resume && values.restart) f.fail('--resume and --restart exclude each other');
+    const stopSignals = f.check(() => {
+      try {
+        return parseStopSignals(values['stop-signals'] ?? STOP_SIGNALS.join(','));
+      } catch (err) {
+        throw new CliError(`--stop-signals: ${(err as Error).message}`);
+      }
+    }, []);
     const out = resolve(values.out ?? join('runs', `train-${values.preset ?? 'config'}`));
     let config: TrainConfig | undefined;
     try {
@@ -147,6 +181,13 @@ export const trainCommand: Command = {
       if (err instanceof CliError) throw err;
       throw new CliError((err as Error).message);
     }
+    // Resume by default; another run's checkpoints are refused before any work.
+    const plan = await planRun(out, config, { resume: values.resume, restart: values.restart });
+    if (values.restart) {
+      const aside = await setAside(out);
+      if (aside) process.stderr.write(`vitreg train: --restart: the previous run's files are in ${shown(aside)}\n`);
+    }
+    const total = config.train.steps;
     if (nodes !== undefined) {
       const pass: [string, string | boolean | undefined][] = [
         ['--config', values.config],
@@ -157,11 +198,27 @@ export const trainCommand: Command = {
         ['--seed', values.seed],
         ['--backend', values.backend],
         ['--gpu', values.gpu],
-        ['--resume', values.resume],
+        ['--verbose', values.verbose],
+        // The workers continue the run the CLI found (the same config: checked above).
+        ['--resume', plan.resume === true || plan.from !== null],
         ['--no-progress', values['no-progress']],
       ];
       const trainArgs = pass.flatMap(([flag, v]) => (v === undefined || v === false ? [] : v === true ? [flag] : [flag, v]));
-      const r = await runLocalJob({ nodes, threads: workers, minWorkers, transport, outDir: out, trainArgs });
+      const r = await runLocalJob({
+        nodes,
+        threads: workers,
+        minWorkers,
+        transport,
+        outDir: out,
+        trainArgs,
+        stopSignals,
+        onStop: (signal) => process.stderr.write(stoppingLine(signal, 'every worker stops after the same step')),
+      });
+      const interrupted = r.result?.interrupted as { step: number; signal?: string } | undefined;
+      if (interrupted) {
+        process.stderr.write(`vitreg train: ${interruptedLine(interrupted.step, total, r.result?.checkpoint as string | undefined)}\n`);
+        return signalExitCode(interrupted.signal);
+      }
       const failed = r.workerCodes.map((code, i) => [i, code, r.workerSignals[i]] as const).filter(([, code]) => code !== 0);
       for (const [i, code, signal] of failed)
         process.stderr.write(
@@ -176,10 +233,19 @@ export const trainCommand: Command = {
       process.stdout.write(JSON.stringify(r.result ?? { out }) + '\n');
       return 0;
     }
-    await startBackend(values.backend, values.gpu);
-    const opts = { outDir: out, resume: values.resume ?? false, progress: !values['no-progress'] };
-    const result = workers === 1 ? await train(config, opts) : await trainThreads(config, { ...opts, workers });
-    process.stdout.write(JSON.stringify({ out, step: result.step, checkpoint: result.checkpoint, ...result.eval }) + '\n');
-    return 0;
+    await startBackend(values.backend, values.gpu, values.verbose);
+    const signals = stopOnSignals(stopSignals, { onFirst: (signal) => process.stderr.write(stoppingLine(signal)) });
+    try {
+      const opts = { outDir: out, resume: plan.resume, progress: !values['no-progress'], stop: signals.stop };
+      const result = workers === 1 ? await train(config, opts) : await trainThreads(config, { ...opts, workers });
+      if (result.interrupted) {
+        process.stderr.write(`vitreg train: ${interruptedLine(result.interrupted.step, total, result.checkpoint)}\n`);
+        return signalExitCode(result.interrupted.signal);
+      }
+      process.stdout.write(JSON.stringify({ out, step: result.step, checkpoint: result.checkpoint, ...result.eval }) + '\n');
+      return 0;
+    } finally {
+      signals.dispose();
+    }
   },
 };
