@@ -11,7 +11,7 @@
  * The runs skip with one line where onnxruntime-node does not load.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -183,6 +183,16 @@ for (const [name, preset, extra] of [
     assert.deepEqual(d.missing, []);
     assert.ok(d.weights <= 1e-4, `weights differ by ${d.weights} in ${d.worst}`);
     for (const [k, v] of Object.entries(m)) assert.ok(v <= 1e-3, `metric ${k} differs by ${v} (relative)`);
+    // The final evaluation through the engines' encode / classify / teacherProbs hooks.
+    const ea = JSON.parse(await readFile(join(dir, `${key}-tfjs`, 'eval.json'), 'utf8')) as Record<string, number>;
+    const eb = JSON.parse(await readFile(join(dir, `${key}-onnx`, 'eval.json'), 'utf8')) as Record<string, number>;
+    t.diagnostic(`eval: tfjs ${JSON.stringify(ea)}, onnxruntime ${JSON.stringify(eb)}`);
+    assert.deepEqual(Object.keys(eb), Object.keys(ea));
+    for (const [k, v] of Object.entries(ea)) {
+      // An accuracy may flip one of the 16 validation images whose features sit on a boundary.
+      const tol = k.endsWith('accuracy') ? 1 / 16 + 1e-9 : 1e-3 * Math.max(1, Math.abs(v));
+      assert.ok(Math.abs(eb[k]! - v) <= tol, `eval ${k}: onnxruntime ${eb[k]} vs tfjs ${v}`);
+    }
   });
 }
 
