@@ -23,8 +23,8 @@ export interface CoordinatorLinkOptions {
 export interface CoordinatorLinkEvents {
   /** True once the worker finished or failed: nothing is retried any more. */
   over(): boolean;
-  /** What a heartbeat reports: the epoch the worker is in and the step it reached. */
-  progress(): { epoch: number; step: number };
+  /** What a heartbeat reports: the epoch the worker is in, the step it reached, a ring neighbour it cannot reach ('' none). */
+  progress(): { epoch: number; step: number; unreachablePeer?: string };
   membership(m: Membership): void;
   /** A heartbeat's answer says this worker is no member of the job. */
   notMember(): void;
@@ -127,9 +127,13 @@ export class CoordinatorLink {
 
   private heartbeat(): void {
     if (!this.workerId || this.events.over()) return;
-    const { epoch, step } = this.events.progress();
+    const { epoch, step, unreachablePeer = '' } = this.events.progress();
     const timeoutMs = Math.max(2000, this.heartbeatMs * 3);
-    this.unary<object, { epoch: number; member: boolean }>('heartbeat', { workerId: this.workerId, epoch, step }, timeoutMs)
+    this.unary<object, { epoch: number; member: boolean }>(
+      'heartbeat',
+      { workerId: this.workerId, epoch, step, unreachablePeer },
+      timeoutMs,
+    )
       .then((r) => {
         if (!r.member) this.events.notMember();
       })

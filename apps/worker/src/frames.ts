@@ -5,7 +5,8 @@
  * A frame is one chunk of a collective, tagged like the protocol's `Chunk` message: membership epoch,
  * collective number (`op`), training step, ring phase, chunk index and byte offset. On a TCP link a
  * frame is a 32-byte little-endian header (magic "VRG1", epoch, op, step, phase, index, offset,
- * payload bytes) followed by the payload.
+ * payload bytes) followed by the payload. A header with the magic "VRGK" and nothing after it is a
+ * keepalive: a sign of life on an idle link, skipped by the parser.
  */
 
 export interface FrameHeader {
@@ -23,6 +24,7 @@ export interface Frame extends FrameHeader {
 }
 
 export const FRAME_MAGIC = 0x31475256; // "VRG1"
+export const KEEPALIVE_MAGIC = 0x4b475256; // "VRGK"
 export const HEADER_BYTES = 32;
 /** Default chunk: 1 MiB. */
 export const DEFAULT_CHUNK_BYTES = 1 << 20;
@@ -88,9 +90,18 @@ export function alignedCopy(bytes: Uint8Array): Uint8Array {
   return out;
 }
 
+/** The 32 bytes of a keepalive. */
+export function encodeKeepalive(): Buffer {
+  const b = Buffer.alloc(HEADER_BYTES);
+  b.writeUInt32LE(KEEPALIVE_MAGIC, 0);
+  return b;
+}
+
 /**
- * Cuts a TCP byte stream into frames. Payloads are read into buffers of their own (aligned); a bad
- * magic or a payload over `maxPayload` bytes is a ProtocolError.
+ * Cuts a TCP byte stream into frames. Payloads land in buffers of their own (aligned, from the
+ * pool); keepalives are skipped; a bad magic or a payload over `maxPayload` bytes is a
+ * ProtocolError. Two ways in: `push(bytes)` copies bytes read elsewhere; `target()` / `advance(n)`
+ * let the socket read straight into the next header or payload (no copy: see acceptTcpLink).
  */
 export class FrameParser {
   private header = Buffer.alloc(HEADER_BYTES);
@@ -105,37 +116,47 @@ export class FrameParser {
   push(chunk: Uint8Array): void {
     let pos = 0;
     while (pos < chunk.length) {
-      if (!this.current) {
-        const take = Math.min(HEADER_BYTES - this.headerFill, chunk.length - pos);
-        this.header.set(chunk.subarray(pos, pos + take), this.headerFill);
-        this.headerFill += take;
-        pos += take;
-        if (this.headerFill < HEADER_BYTES) return;
-        this.headerFill = 0;
-        const b = this.header;
-        if (b.readUInt32LE(0) !== FRAME_MAGIC)
-          throw new ProtocolError(`frame without the VRG1 magic (got 0x${b.readUInt32LE(0).toString(16)})`);
-        const length = b.readUInt32LE(28);
-        if (length > this.maxPayload) throw new ProtocolError(`frame of ${length} bytes, more than the ${this.maxPayload} allowed`);
-        const h = {
-          epoch: b.readUInt32LE(4),
-          op: b.readUInt32LE(8),
-          step: b.readUInt32LE(12),
-          phase: b.readUInt32LE(16),
-          index: b.readUInt32LE(20),
-          offset: b.readUInt32LE(24),
-        };
-        this.current = { h, data: takeBuffer(length), fill: 0 };
-        if (length === 0) this.emit();
-        continue;
-      }
-      const c = this.current;
-      const take = Math.min(c.data.length - c.fill, chunk.length - pos);
-      c.data.set(chunk.subarray(pos, pos + take), c.fill);
-      c.fill += take;
+      const t = this.target();
+      const take = Math.min(t.length, chunk.length - pos);
+      t.set(chunk.subarray(pos, pos + take));
       pos += take;
-      if (c.fill === c.data.length) this.emit();
+      this.advance(take);
     }
+  }
+
+  /** Where the next bytes of the stream belong: the rest of the header, or the rest of the payload. */
+  target(): Uint8Array {
+    const c = this.current;
+    return c ? c.data.subarray(c.fill) : this.header.subarray(this.headerFill);
+  }
+
+  /** `n` bytes were written at the start of `target()`. */
+  advance(n: number): void {
+    const c = this.current;
+    if (c) {
+      c.fill += n;
+      if (c.fill === c.data.length) this.emit();
+      return;
+    }
+    this.headerFill += n;
+    if (this.headerFill < HEADER_BYTES) return;
+    this.headerFill = 0;
+    const b = this.header;
+    const magic = b.readUInt32LE(0);
+    if (magic === KEEPALIVE_MAGIC) return;
+    if (magic !== FRAME_MAGIC) throw new ProtocolError(`frame without the VRG1 magic (got 0x${magic.toString(16)})`);
+    const length = b.readUInt32LE(28);
+    if (length > this.maxPayload) throw new ProtocolError(`frame of ${length} bytes, more than the ${this.maxPayload} allowed`);
+    const h = {
+      epoch: b.readUInt32LE(4),
+      op: b.readUInt32LE(8),
+      step: b.readUInt32LE(12),
+      phase: b.readUInt32LE(16),
+      index: b.readUInt32LE(20),
+      offset: b.readUInt32LE(24),
+    };
+    this.current = { h, data: takeBuffer(length), fill: 0 };
+    if (length === 0) this.emit();
   }
 
   private emit(): void {

@@ -2,13 +2,43 @@
  * Ring links between worker processes: a raw TCP/TLS link (negotiated through the Peer service's
  * OpenLink, authenticated by an HMAC of the job token over a one-time nonce: the hello), both its
  * sides, and the outgoing side of a gRPC PushChunks stream. Both carry the same frames. What a worker
- * checks before it accepts a link (the nonce, the epoch, each chunk) is in peer-server.ts.
+ * checks before it accepts a link (the nonce, the epoch, each chunk) is in peer-server.ts; the raw
+ * link's receiving side after the hello is incoming-link.ts.
+ *
+ * Speed: the sender writes header and payload in one writev, Nagle off; the receiver reads straight
+ * into the frame it is filling (incoming-link.ts). Liveness: with `liveness`, both sides send a sign of life at least every
+ * `intervalMs` (the sender a keepalive frame when it has nothing queued, the receiver one byte back)
+ * and declare the link down after `timeoutMs` without hearing anything, since a TCP connection across
+ * a broken network path stays open for many minutes without an error.
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import net from 'node:net';
 import tls from 'node:tls';
 import type * as grpc from '@grpc/grpc-js';
-import { encodeHeader, FrameParser, ProtocolError, type Frame, type FrameHeader, type Inbox, type OutLink } from './frames.js';
+import { encodeHeader, encodeKeepalive, ProtocolError, type FrameHeader, type OutLink } from './frames.js';
+
+/** Signs of life on a raw link (see the module comment). */
+export interface Liveness {
+  intervalMs: number;
+  timeoutMs: number;
+}
+
+/** The liveness of a job's ring links: the link timeout is the worker timeout; a sign of life every fifth of it, at most every second. */
+export function linkLiveness(timeoutMs: number): Liveness {
+  return { timeoutMs, intervalMs: Math.min(1000, Math.max(50, Math.floor(timeoutMs / 5))) };
+}
+
+/** A link declared down: broken, or silent for the liveness timeout. */
+export class LinkDown extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'LinkDown';
+  }
+}
+
+/** The byte a receiver answers a link with (accept), and the one it sends back as a sign of life. */
+export const ACCEPT = 1;
+export const ALIVE = 2;
 
 export const HELLO_MAGIC = 0x48475256; // "VRGH"
 
@@ -96,6 +126,7 @@ export async function connectTcpLink(
   hello: Buffer,
   tlsFiles: TlsFiles | undefined,
   timeoutMs: number,
+  liveness?: Liveness,
 ): Promise<TcpOutLink> {
   const socket: net.Socket = await new Promise((resolve, reject) => {
     const onErr = (err: Error) => reject(err);
@@ -127,7 +158,7 @@ export async function connectTcpLink(
   await new Promise<void>((resolve, reject) => {
     const onData = (b: Buffer) => {
       cleanup();
-      if (b[0] === 1) resolve();
+      if (b[0] === ACCEPT) resolve();
       else reject(new ProtocolError(`${host}:${port} refused the link`));
     };
     const onClose = () => {
@@ -148,54 +179,15 @@ export async function connectTcpLink(
     socket.on('error', onError);
   });
   socket.setTimeout(0);
-  return new TcpOutLink(socket);
-}
-
-export interface IncomingLinkOptions {
-  /** Largest frame payload accepted: a larger one is a ProtocolError. */
-  maxPayload: number;
-  /** The bytes that followed the hello (readHello's `rest`). */
-  rest?: Buffer;
-  /** Checks each frame before it is queued; throwing refuses it, as a protocol error. */
-  check?: (f: Frame) => void;
-  /** Told when the link broke the protocol; the link is then closed and the inbox failed with the error. */
-  onProtocolError?: (err: Error) => void;
-  /** The error the inbox fails with when the link closes (default: "the data link closed"). */
-  closedError?: () => Error;
-}
-
-/**
- * The receiving side of a raw link whose hello was read and accepted: sends the one-byte accept,
- * then queues every frame in `inbox`, pausing the socket while the inbox is over its limit.
- */
-export function acceptTcpLink(socket: net.Socket, inbox: Inbox, o: IncomingLinkOptions): void {
-  socket.write(Buffer.from([1]));
-  inbox.pause = () => socket.pause();
-  inbox.resume = () => socket.resume();
-  const parser = new FrameParser((f: Frame) => {
-    o.check?.(f);
-    inbox.push(f);
-  }, o.maxPayload);
-  const feed = (b: Buffer) => {
-    try {
-      parser.push(b);
-    } catch (err) {
-      o.onProtocolError?.(err as Error);
-      inbox.fail(err as Error);
-      socket.destroy();
-    }
-  };
-  socket.on('data', feed);
-  socket.on('close', () => inbox.fail(o.closedError?.() ?? new ProtocolError('the data link closed')));
-  socket.on('error', () => undefined);
-  if (o.rest?.length) feed(o.rest);
-  socket.resume();
+  return new TcpOutLink(socket, liveness, `${host}:${port}`);
 }
 
 /** What both outgoing links share: the first error sticks, and `ready()` waits out backpressure. */
 abstract class BackpressuredLink {
   protected error: Error | null = null;
   private drainWaiters: (() => void)[] = [];
+  private failureHandlers: ((err: Error) => void)[] = [];
+  private closing = false;
 
   /** True while the transport asks the sender to wait for 'drain'. */
   protected abstract needsDrain(): boolean;
@@ -207,8 +199,21 @@ abstract class BackpressuredLink {
   }
 
   protected failWith(err: Error): void {
+    const first = !this.error;
     this.error ??= err;
     this.wake();
+    if (first && !this.closing) for (const h of this.failureHandlers) h(err);
+  }
+
+  /** Told once when the link fails by itself (an error, the peer closing it, silence): not after close(). */
+  onFailure(handler: (err: Error) => void): void {
+    if (this.error && !this.closing) handler(this.error);
+    else this.failureHandlers.push(handler);
+  }
+
+  /** close() calls this first: what follows is no failure. */
+  protected closingNow(): void {
+    this.closing = true;
   }
 
   async ready(): Promise<void> {
@@ -219,13 +224,44 @@ abstract class BackpressuredLink {
 
 /** Frames as header + payload writes on a socket; completion from the write callbacks. */
 export class TcpOutLink extends BackpressuredLink implements OutLink {
-  constructor(readonly socket: net.Socket) {
+  private heard = Date.now();
+  private timer: NodeJS.Timeout | null = null;
+
+  constructor(
+    readonly socket: net.Socket,
+    liveness?: Liveness,
+    peer = `${socket.remoteAddress}:${socket.remotePort}`,
+  ) {
     super();
     socket.on('drain', () => this.wake());
     socket.on('error', (err) => this.failWith(err));
-    socket.on('close', () => this.failWith(new Error('ring link closed')));
-    // Nothing is read from an outgoing link after the accept byte.
-    socket.on('data', () => undefined);
+    socket.on('close', () => {
+      this.stopTimer();
+      this.failWith(new LinkDown(`the data link to ${peer} closed`));
+    });
+    // After the accept byte the receiver sends only signs of life.
+    socket.on('data', () => {
+      this.heard = Date.now();
+    });
+    if (liveness) {
+      const keepalive = encodeKeepalive();
+      this.timer = setInterval(() => {
+        const silent = Date.now() - this.heard;
+        if (silent > liveness.timeoutMs) {
+          this.failWith(new LinkDown(`no sign of life on the data link to ${peer} for ${silent} ms`));
+          socket.destroy();
+          return;
+        }
+        // Idle: a keepalive (never inside a frame: a frame's two writes happen in one tick).
+        if (socket.writableLength === 0 && !this.error) socket.write(keepalive);
+      }, liveness.intervalMs);
+      this.timer.unref();
+    }
+  }
+
+  private stopTimer(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
   }
 
   protected needsDrain(): boolean {
@@ -244,6 +280,8 @@ export class TcpOutLink extends BackpressuredLink implements OutLink {
   }
 
   close(): void {
+    this.closingNow();
+    this.stopTimer();
     this.failWith(new Error('ring link closed'));
     this.socket.destroy();
   }
@@ -287,6 +325,7 @@ export class GrpcOutLink extends BackpressuredLink implements OutLink {
   }
 
   close(): void {
+    this.closingNow();
     this.failWith(new Error('ring link closed'));
     this.call.end();
   }

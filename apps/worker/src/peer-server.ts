@@ -10,9 +10,10 @@ import tls from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import { METADATA_JOB, METADATA_TOKEN, PeerService, type Chunk, type PeerHandlers } from '@vitreg/proto';
 import { alignedCopy, ProtocolError } from './frames.js';
-import { acceptTcpLink, linkMac, macEquals, readHello, type TlsFiles } from './links.js';
+import { linkMac, macEquals, readHello, type Liveness, type TlsFiles } from './links.js';
+import { acceptTcpLink } from './incoming-link.js';
 import { tokenMatches } from './auth.js';
-import { predecessorId, type EpochState } from './epoch.js';
+import { linkDown, predecessorId, type EpochState } from './epoch.js';
 import { METADATA_LINK } from './grpc-client.js';
 import { Fatal } from './fatal.js';
 
@@ -25,6 +26,8 @@ export interface PeerServerOptions {
   peerPort: number;
   /** Largest chunk accepted. */
   chunkBytes: number;
+  /** Bytes of one value on the wire: chunk sizes are multiples of it (4: float32; 2: --grad-compression bf16). Default 4. */
+  valueBytes?: number;
 }
 
 /** What the peer server asks of its worker. */
@@ -34,6 +37,8 @@ export interface PeerServerHost {
   /** Resolves once the worker is in `epoch` or a later one; rejects after `timeoutMs`. */
   waitForEpoch(epoch: number, timeoutMs: number): Promise<void>;
   log(line: string): void;
+  /** Signs of life on incoming raw links (known once the worker joined). */
+  liveness?(): Liveness | undefined;
 }
 
 type Status = { code: grpc.status; details: string };
@@ -72,8 +77,9 @@ export class PeerServer {
    */
   private validateChunk(st: EpochState, c: { epoch: number; step: number; data: Uint8Array }, first: boolean): Status | null {
     if (c.epoch !== st.epoch) return failed(`chunk of membership epoch ${c.epoch}; this worker is in epoch ${st.epoch}`);
-    if (c.data.byteLength % 4 !== 0 || c.data.byteLength > this.o.chunkBytes) {
-      const details = `chunk of ${c.data.byteLength} bytes; expected a multiple of 4 up to ${this.o.chunkBytes}`;
+    const vb = this.o.valueBytes ?? 4;
+    if (c.data.byteLength % vb !== 0 || c.data.byteLength > this.o.chunkBytes) {
+      const details = `chunk of ${c.data.byteLength} bytes; expected a multiple of ${vb} up to ${this.o.chunkBytes}`;
       return { code: grpc.status.INVALID_ARGUMENT, details };
     }
     if (first && c.step !== st.m.committedStep)
@@ -169,7 +175,12 @@ export class PeerServer {
           st.inbox.push({ epoch, op, step, phase, index, offset, data: alignedCopy(c.data) });
         };
         call.on('data', onChunk);
-        call.on('error', () => st?.inbox.fail(new ProtocolError('the incoming gRPC link broke')));
+        call.on('error', () => {
+          if (!st) return;
+          const err = new ProtocolError('the incoming gRPC link broke');
+          st.inbox.fail(err);
+          linkDown(st, 'predecessor', err, (l) => this.host.log(l));
+        });
         call.on('end', () => {
           if (!ended) {
             ended = true;
@@ -232,9 +243,8 @@ export class PeerServer {
         throw new ProtocolError(`link for epoch ${hello.epoch}; this worker is in epoch ${st?.epoch}`);
       if (st.incoming) throw new ProtocolError(`epoch ${st.epoch} already has its incoming link`);
       st.incoming = true;
-      st.closers.push(() => socket.destroy());
       let first = true;
-      acceptTcpLink(socket, st.inbox, {
+      const link = acceptTcpLink(socket, st.inbox, {
         maxPayload: this.o.chunkBytes,
         rest,
         check: (f) => {
@@ -244,17 +254,32 @@ export class PeerServer {
         },
         onProtocolError: (err) => this.host.log(`data link from ${who} broke the protocol: ${err.message}; closing it`),
         closedError: () => st.aborted ?? new ProtocolError(`the data link from ${who} closed`),
+        liveness: this.host.liveness?.(),
+        onDown: (err) => linkDown(st, 'predecessor', err, (l) => this.host.log(l)),
       });
+      st.closers.push(() => link.destroy());
+      if (st.aborted) link.destroy();
     } catch (err) {
       this.host.log(`refused a data link from ${who}: ${(err as Error).message}`);
       socket.destroy();
     }
   }
 
-  /** Stops listening; the Peer service shuts down once its calls ended. */
+  /** Stops listening; the Peer service shuts down once its calls ended, or after 2 s (a peer across a broken network never answers). */
   async close(): Promise<void> {
     this.tcpServer?.close();
     const s = this.server;
-    if (s) await new Promise<void>((r) => s.tryShutdown(() => r()));
+    if (!s) return;
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(() => {
+        s.forceShutdown();
+        resolve();
+      }, 2000);
+      t.unref();
+      s.tryShutdown(() => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
   }
 }

@@ -11,11 +11,17 @@
  * (1 MiB) and the phases are pipelined chunk by chunk: chunk i of a phase leaves as soon as chunk i
  * of the previous phase arrived.
  *
+ * On a bf16 wire (`wire: 'bf16'`, DDP's bf16 compression hook) the chunks carry bfloat16, rounded to
+ * nearest even: half the bytes. Each hop adds its own float32 values to the bfloat16 partial sum it
+ * received and sends the result rounded again; the owner of a segment rounds the complete sum to
+ * bfloat16 in its own copy too before the all-gather passes it on, so every process still ends with
+ * bit-identical values (sums of bfloat16-representable floats).
+ *
  * Broadcast: position 0 sends its bytes (length first), every other position stores each chunk and
  * passes it on, pipelined the same way; the last position passes only the length frame back to
  * position 0, so that every link of an epoch starts with the same frame.
  */
-import { giveBack, ProtocolError, type Frame, type FrameHeader, type Inbox, type OutLink } from './frames.js';
+import { giveBack, ProtocolError, takeBuffer, type Frame, type FrameHeader, type Inbox, type OutLink } from './frames.js';
 
 export interface RingIO {
   /** To the successor (absent when P = 1). */
@@ -28,9 +34,15 @@ export interface RingIO {
   size: number;
 }
 
+/** How gradients travel: exact float32 (the default), or bfloat16 (half the bytes). */
+export type Wire = 'f32' | 'bf16';
+
 export interface RingOptions {
+  /** Bytes of a chunk on the wire (at most). */
   chunkBytes: number;
   bucketBytes: number;
+  /** The all-reduce's values on the wire (default f32). */
+  wire?: Wire;
 }
 
 export const DEFAULT_BUCKET_BYTES = 25 << 20;
@@ -94,6 +106,28 @@ function addInto(dst: Float32Array, off: number, src: Float32Array): void {
   for (let j = 0; j < n; j++) dst[off + j] += src[j]!;
 }
 
+/** The bfloat16 of float32 bits `u`, rounded to nearest even (NaN stays a quiet NaN, overflow goes to infinity). */
+export function bf16Bits(u: number): number {
+  return (u & 0x7fffffff) > 0x7f800000 ? ((u >>> 16) | 0x40) & 0xffff : (u + 0x7fff + ((u >>> 16) & 1)) >>> 16;
+}
+
+/** out[j] = bfloat16 of the float32 bits[start + j]. */
+function encodeBf16(bits: Uint32Array, start: number, out: Uint16Array): void {
+  const n = out.length;
+  for (let j = 0; j < n; j++) out[j] = bf16Bits(bits[start + j]!);
+}
+
+/** bits[start + j] = float32 bits of the bfloat16 src[j] (exact). */
+function decodeBf16(src: Uint16Array, bits: Uint32Array, start: number): void {
+  const n = src.length;
+  for (let j = 0; j < n; j++) bits[start + j] = src[j]! << 16;
+}
+
+/** bits[start .. end) rounded to bfloat16 precision in place. */
+function roundBf16(bits: Uint32Array, start: number, end: number): void {
+  for (let i = start; i < end; i++) bits[i] = bf16Bits(bits[i]!) << 16;
+}
+
 /**
  * Sums `data` over the ring's processes, in place (see the module comment). Chunks are sent as soon
  * as their data is ready, in every bucket at once (a bucket's first phase needs nothing received),
@@ -105,14 +139,20 @@ export async function ringAllReduce(io: RingIO, data: Float32Array, op: number, 
   const { out, inbox } = io;
   if (!out || !inbox) throw new Error('ringAllReduce: no link to the ring neighbours');
   const p = io.position;
-  const chunkFloats = Math.max(1, opts.chunkBytes >> 2);
+  const bf16 = opts.wire === 'bf16';
+  const vb = bf16 ? 2 : 4;
+  const chunkFloats = Math.max(1, Math.floor(opts.chunkBytes / vb));
   const bucketFloats = Math.max(P, opts.bucketBytes >> 2);
+  const bits = bf16 ? new Uint32Array(data.buffer, data.byteOffset, data.length) : null;
+  const scratch = bf16 ? new Float32Array(chunkFloats) : null;
   interface Stage {
     send: Range[];
     recv: Range[];
     sendBase: number;
     recvBase: number;
     reduce: boolean;
+    /** The last reduce-scatter phase: what it receives completes a segment (rounded on a bf16 wire). */
+    last: boolean;
     next: number;
     guard: number;
   }
@@ -135,6 +175,7 @@ export async function ringAllReduce(io: RingIO, data: Float32Array, op: number, 
         sendBase: send.start,
         recvBase: recv.start,
         reduce: rs,
+        last: k === P - 2,
         next: k < 2 * (P - 1) - 1 ? stages.length + 1 : -1,
         guard: rs ? -1 : first + s,
       });
@@ -170,9 +211,17 @@ export async function ringAllReduce(io: RingIO, data: Float32Array, op: number, 
       const st = stages[k]!;
       const r = st.send[i]!;
       await out.ready();
-      const h: FrameHeader = { epoch: io.epoch, op, step, phase: k, index: i, offset: 4 * (r.start - st.sendBase) };
-      out.send(h, bytesOf(data, r)).then(
-        () => sent[k]![i]!.resolve(),
+      const h: FrameHeader = { epoch: io.epoch, op, step, phase: k, index: i, offset: vb * (r.start - st.sendBase) };
+      let payload = bytesOf(data, r);
+      if (bits) {
+        payload = takeBuffer(2 * (r.end - r.start));
+        encodeBf16(bits, r.start, new Uint16Array(payload.buffer, payload.byteOffset, r.end - r.start));
+      }
+      out.send(h, payload).then(
+        () => {
+          if (bits) giveBack(payload);
+          sent[k]![i]!.resolve();
+        },
         (err: Error) => {
           failed ??= err;
           sent[k]![i]!.resolve();
@@ -191,19 +240,28 @@ export async function ringAllReduce(io: RingIO, data: Float32Array, op: number, 
           `all-reduce: unexpected chunk (epoch ${f.epoch}, op ${f.op}, step ${f.step}, phase ${f.phase}, chunk ${f.index}); expected epoch ${io.epoch}, op ${op}, step ${step}, a chunk of phases 0-${stages.length - 1} not yet received`,
         );
       }
-      const bytes = 4 * (r.end - r.start);
-      if (f.data.byteLength !== bytes || f.offset !== 4 * (r.start - st.recvBase)) {
+      const n = r.end - r.start;
+      const bytes = vb * n;
+      if (f.data.byteLength !== bytes || f.offset !== vb * (r.start - st.recvBase)) {
         throw new ProtocolError(
-          `all-reduce: chunk ${f.index} of phase ${f.phase} has ${f.data.byteLength} bytes at offset ${f.offset}, expected ${bytes} at ${4 * (r.start - st.recvBase)} (do all workers train the same model?)`,
+          `all-reduce: chunk ${f.index} of phase ${f.phase} has ${f.data.byteLength} bytes at offset ${f.offset}, expected ${bytes} at ${vb * (r.start - st.recvBase)} (do all workers train the same model and --grad-compression?)`,
         );
       }
       got[k]![f.index] = 1;
       remaining--;
-      const src = new Float32Array(f.data.buffer, f.data.byteOffset, r.end - r.start);
-      if (st.reduce) addInto(data, r.start, src);
-      else {
-        await sent[st.guard]![f.index]!.promise;
-        data.set(src, r.start);
+      if (!st.reduce) await sent[st.guard]![f.index]!.promise;
+      if (bits) {
+        const src = new Uint16Array(f.data.buffer, f.data.byteOffset, n);
+        if (st.reduce) {
+          const tmp = scratch!.subarray(0, n);
+          decodeBf16(src, new Uint32Array(tmp.buffer, tmp.byteOffset, n), 0);
+          addInto(data, r.start, tmp);
+          if (st.last) roundBf16(bits, r.start, r.end);
+        } else decodeBf16(src, bits, r.start);
+      } else {
+        const src = new Float32Array(f.data.buffer, f.data.byteOffset, n);
+        if (st.reduce) addInto(data, r.start, src);
+        else data.set(src, r.start);
       }
       giveBack(f.data);
       if (st.next >= 0) enqueue(st.next, f.index);
