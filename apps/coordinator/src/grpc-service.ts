@@ -88,7 +88,7 @@ export function coordinatorHandlers(ctx: ServiceContext): CoordinatorHandlers {
       (req, call, reply) => job.join(req, peerOf(call), reply),
     ),
 
-    heartbeat: unary('Heartbeat', nameOf, (req, _call, reply) => reply(job.heartbeat(req.workerId))),
+    heartbeat: unary('Heartbeat', nameOf, (req, _call, reply) => reply(job.heartbeat(req.workerId, req))),
 
     watchMembership: (call) => {
       const workerId = call.request?.workerId ?? '';

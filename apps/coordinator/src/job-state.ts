@@ -31,6 +31,7 @@ import {
 } from './job-settings.js';
 import { deliver, memberList, ringOrder, ringText, type WorkerRecord as Worker } from './membership.js';
 import { StepBarrier } from './step-barrier.js';
+import { BrokenLinks, removedFor } from './broken-links.js';
 import { constants } from 'node:os';
 
 /** The step-report value of a stop request: @vitreg/trainer's STOP_KEY (a signal's number, or -1). */
@@ -58,6 +59,7 @@ export class JobState {
   private committed = 0;
   private lastCheckpoint = 0;
   private readonly barrier = new StepBarrier();
+  private readonly brokenLinks = new BrokenLinks();
   private joinWindowOver = false;
   private result: JobOutcome | null = null;
   /** A stop requested and not yet committed: the signal's number (-1: none named) and who asked. */
@@ -179,12 +181,17 @@ export class JobState {
     this.maybeRendezvous();
   }
 
-  /** Records a sign of life; `member` is false for a worker that is no longer in the job. */
-  heartbeat(workerId: string): { epoch: number; member: boolean } {
+  /**
+   * Records a sign of life; `member` is false for a worker that is no longer in the job. `report`: the
+   * heartbeat's epoch and the ring neighbour the worker cannot reach, if any (broken-links.ts).
+   */
+  heartbeat(workerId: string, report?: { epoch: number; unreachablePeer: string }): { epoch: number; member: boolean } {
     const w = this.workerFor(workerId);
-    const live = w.state === 'member' || w.state === 'pending';
-    if (live) w.lastSeen = this.now();
-    return { epoch: this.epochNumber, member: live && !this.stopped };
+    if (w.state === 'member' || w.state === 'pending') {
+      w.lastSeen = this.now();
+      this.linkReport(w, report);
+    }
+    return { epoch: this.epochNumber, member: (w.state === 'member' || w.state === 'pending') && !this.stopped };
   }
 
   /** Removes every live, unfinished worker silent for workerTimeoutMs or longer (at `now`). */
@@ -325,6 +332,24 @@ export class JobState {
 
   // ---- the rules ----
 
+  /** A broken ring link (broken-links.ts): records `w`'s report; removes one of two workers once both showed life after a report. */
+  private linkReport(w: Worker, report?: { epoch: number; unreachablePeer: string }): void {
+    if (this.stopped) return;
+    const peer = report?.unreachablePeer ? this.workers.get(report.unreachablePeer) : undefined;
+    if (peer && report!.epoch === this.epochNumber && this.brokenLinks.report(this.members, w, peer, this.now())) {
+      this.log(`${w.name} reports its ring link with ${peer.name} down (epoch ${this.epochNumber}); waiting for a sign of life from both`);
+      this.event('link-down', { worker: w.id, name: w.name, peer: peer.id, peerName: peer.name, epoch: this.epochNumber });
+    }
+    const r = this.brokenLinks.takeConfirmed();
+    if (!r) return;
+    const gone = removedFor(this.members, r);
+    const other = gone === r.reporter ? r.peer : r.reporter;
+    this.remove(
+      gone,
+      `${gone.name} cannot reach its ring neighbour ${other.name}, both reach the coordinator: the later in ring order leaves`,
+    );
+  }
+
   private workerFor(id: string): Worker {
     const w = this.workers.get(id);
     if (!w) throw new Refusal('NOT_FOUND', `unknown worker id ${JSON.stringify(id)}`);
@@ -351,6 +376,7 @@ export class JobState {
     );
     this.event('membership', { epoch, reason, stop, finished, worldSize, committedStep, transport, members: ms });
     this.barrier.release(this.epochNumber);
+    this.brokenLinks.clear();
     const audience = new Set<Worker>([...this.members, ...gone, ...(stop ? this.pending : [])]);
     deliver(this.current, audience, stop ? [...audience] : gone);
     if (stop) {
