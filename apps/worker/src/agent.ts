@@ -18,9 +18,9 @@ import type { Membership } from '@vitreg/proto';
 import type { BackendName } from '@vitreg/core';
 import type { TrainConfig, TrainEngineOptions, TrainResult } from '@vitreg/trainer';
 import { DEFAULT_CHUNK_BYTES, EpochEnded } from './frames.js';
-import type { TlsFiles } from './links.js';
+import { linkLiveness, type TlsFiles } from './links.js';
 import { DEFAULT_BUCKET_BYTES } from './ring.js';
-import { connectSuccessor, endEpoch, openEpoch, type EpochState } from './epoch.js';
+import { connectSuccessor, endEpoch, openEpoch, watchIncoming, type EpochState } from './epoch.js';
 import { CoordinatorLink } from './coordinator-link.js';
 import { PeerServer } from './peer-server.js';
 import { Collectives } from './collectives.js';
@@ -69,6 +69,8 @@ export interface WorkerOptions {
   stopFlag?: Int32Array;
   chunkBytes?: number;
   bucketBytes?: number;
+  /** Gradients on the ring as bfloat16 ('bf16': half the bytes, rounded) or exact float32 ('none', the default). */
+  gradCompression?: 'none' | 'bf16';
   /** Log lines (also appended to <outDir>/logs/<name>.log). */
   log?: (line: string) => void;
 }
@@ -117,7 +119,12 @@ export class WorkerAgent {
     const chunkBytes = opts.chunkBytes ?? DEFAULT_CHUNK_BYTES;
     const bucketBytes = opts.bucketBytes ?? DEFAULT_BUCKET_BYTES;
     const { token, jobId, tls, bindHost, peerPort } = opts;
-    this.peers = new PeerServer({ token, jobId, tls, bindHost, peerPort, chunkBytes }, { current, waitForEpoch, log });
+    const bf16 = opts.gradCompression === 'bf16';
+    const liveness = () => (this.link ? linkLiveness(this.link.workerTimeoutMs) : undefined);
+    this.peers = new PeerServer(
+      { token, jobId, tls, bindHost, peerPort, chunkBytes, valueBytes: bf16 ? 2 : 4 },
+      { current, waitForEpoch, log, liveness },
+    );
     this.threads = new ThreadPool({
       over,
       log,
@@ -146,7 +153,7 @@ export class WorkerAgent {
         fail,
         log,
       },
-      { chunkBytes, bucketBytes },
+      { chunkBytes, bucketBytes, wire: bf16 ? 'bf16' : 'f32' },
     );
   }
 
@@ -167,7 +174,7 @@ export class WorkerAgent {
       await this.peers.start();
       const link = new CoordinatorLink(o, {
         over: () => this.finished,
-        progress: () => ({ epoch: this.current?.epoch ?? 0, step: this.step }),
+        progress: () => ({ epoch: this.current?.epoch ?? 0, step: this.step, unreachablePeer: this.current?.unreachable ?? '' }),
         membership: (m) => this.onMembership(m),
         notMember: () => {
           const why = 'the coordinator removed this worker from the job (it missed heartbeats or its connection dropped); exiting';
@@ -190,7 +197,8 @@ export class WorkerAgent {
           threads: o.threads,
           transports: ['tcp', 'grpc'],
         },
-        configJson: JSON.stringify(o.config),
+        // Every worker of a job must agree on the wire format too: the coordinator compares this.
+        configJson: JSON.stringify(o.gradCompression === 'bf16' ? { ...o.config, grad_compression: 'bf16' } : o.config),
       });
       const threads = `${o.threads} thread${o.threads > 1 ? 's' : ''}`;
       this.log(`joined job "${o.jobId}" at ${o.coordinator} as ${link.workerId} (${threads}, peer ${peerAddress})`);
@@ -246,7 +254,10 @@ export class WorkerAgent {
     this.step = Math.max(this.step, m.committedStep);
     if (m.members.length > 1) {
       const { token, tls } = this.o;
-      st.out = connectSuccessor(st, { workerId: link.workerId, token, metadata: link.metadata, tls, log: (l) => this.log(l) });
+      const log = (l: string) => this.log(l);
+      const liveness = linkLiveness(link.workerTimeoutMs);
+      st.out = connectSuccessor(st, { workerId: link.workerId, token, metadata: link.metadata, tls, log, liveness });
+      watchIncoming(st, liveness.timeoutMs, log);
       // An unhandled rejection here would end the process; the collectives see the error.
       st.out.catch(() => undefined);
     }

@@ -48,6 +48,9 @@ Cluster:
   --threads N               training threads (ranks) in this process, reduced in shared memory
                             before the ring (default 1)
   --transport tcp|grpc      data plane of a hosted coordinator's job (default tcp)
+  --grad-compression none|bf16  gradients on the ring as exact float32 (none, the default) or as
+                            bfloat16 rounded to nearest even (half the bytes, as DDP's bf16 hook);
+                            every worker of a job must give the same
   --advertise HOST          host the other workers reach this one at (default: this host's name,
                             127.0.0.1 when the coordinator is on loopback)
   --bind HOST               address the Peer service and data links listen on (default 0.0.0.0)
@@ -123,6 +126,7 @@ async function main(argv: string[]): Promise<number> {
         gpu: { type: 'string' },
         threads: { type: 'string' },
         transport: { type: 'string' },
+        'grad-compression': { type: 'string' },
         advertise: { type: 'string' },
         bind: { type: 'string' },
         'min-workers': { type: 'string' },
@@ -153,6 +157,9 @@ async function main(argv: string[]): Promise<number> {
   const gpu = int('--gpu', values.gpu);
   const threads = int('--threads', values.threads, 1) ?? 1;
   const transport = values.transport ?? 'tcp';
+  const gradCompression = values['grad-compression'] ?? 'none';
+  if (gradCompression !== 'none' && gradCompression !== 'bf16')
+    throw new UsageError(`--grad-compression: expected none or bf16, got "${gradCompression}"`);
   if (transport !== 'tcp' && transport !== 'grpc') throw new UsageError(`--transport: expected tcp or grpc, got "${transport}"`);
   const backend = (values.backend ?? process.env.VITREG_BACKEND ?? 'auto') as BackendName;
   if (!BACKEND_NAMES.includes(backend)) throw new UsageError(`--backend: expected one of ${BACKEND_NAMES.join(', ')}, got "${backend}"`);
@@ -269,6 +276,7 @@ async function main(argv: string[]): Promise<number> {
       device,
       threads,
       transport,
+      gradCompression,
       advertise: values.advertise ?? (loopback ? '127.0.0.1' : hostname()),
       bindHost: values.bind ?? (loopback ? '127.0.0.1' : '0.0.0.0'),
       peerPort: 0,
