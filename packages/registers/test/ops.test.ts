@@ -197,7 +197,8 @@ test('fused ops keep fewer tensors for the backward pass than the plain formulas
   };
   const fused = held(() => residual(x, geluLinear(layerNorm(x, g, g, 1e-6), w, g), g, keep));
   const unfused = held(() => plain.residual(x, plain.linear(plain.gelu(plain.layerNorm(x, g, g, 1e-6)), w, g), g, keep));
-  assert.ok(fused < unfused / 2, `fused keeps ${fused} bytes, plain ${unfused}`);
+  // The README's claim: over 4x fewer bytes than tfjs' autograd of the plain formulas (measured: 5.2x).
+  assert.ok(fused * 4 < unfused, `fused keeps ${fused} bytes, plain ${unfused} (${(unfused / fused).toFixed(2)}x)`);
 });
 
 test('matMul2d gradient equals the transposed products', async () => {
