@@ -16,6 +16,7 @@
 import { join } from 'node:path';
 import {
   ensureDir,
+  getBackendName,
   InputError,
   loadImage,
   Progress,
@@ -262,7 +263,11 @@ export async function analyzeImages(
       models: models.map((m) => ({ label: m.label, weights: m.weights, description: describeEncoder(m.encoder) })),
       images,
       failed,
-      notes: [`threshold: ${rule}; norms: ${source}; input: ${input}`],
+      notes: [
+        `threshold: ${rule}; norms: ${source}; input: ${input}`,
+        // Which engine did what: the models' forward passes (each model's line above), the rest on tfjs.
+        `forward passes: ${[...new Set(models.map((m) => m.encoder.description))].join('; ')}; token analysis and figures: tfjs ${getBackendName() ?? 'not started'}`,
+      ],
     }),
   );
   const summary = join(out, 'summary.json');

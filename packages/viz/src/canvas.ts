@@ -1,7 +1,8 @@
 /**
  * A tiny RGB raster: filled rectangles, lines, pasted images and text in a built-in 5x7 bitmap font
  * (digits, upper-case letters, common punctuation; lower case is drawn as upper case). Enough for
- * axes, ticks, labels and titles without a font library.
+ * axes, ticks, labels and titles without a font library. Each canvas also carries `info`, what a figure
+ * shows (colour bars, legend, series, axis ranges, the smallest text), so tests read figures as data.
  */
 
 export type Rgb = readonly [number, number, number];
@@ -70,12 +71,47 @@ const GLYPHS: Record<string, string> = {
 const GLYPH_W = 5;
 const GLYPH_H = 7;
 
+/** The text scale of figure labels: the 5x7 font at 2x (10x14 px), readable when a report shrinks a figure. */
+export const LABEL_SCALE = 2;
+
+/** What a figure shows, recorded while it is drawn (tests check figures through this, not pixels). */
+export interface FigureInfo {
+  /** Every colour bar: the quantity it maps (with its units), its value range and colour map. */
+  colorBars?: { label: string; min: number; max: number; cmap: string }[];
+  /** The series drawn (at least one point each), in order. */
+  series?: string[];
+  /** The legend's entries and its box [x, y, width, height] in canvas pixels. */
+  legend?: { labels: string[]; box: [number, number, number, number] };
+  /** The plot rectangle [x, y, width, height]: every data point is drawn inside it. */
+  plotBox?: [number, number, number, number];
+  /** The y axis: the range shown (data units), the labelled ticks, log or linear. */
+  yAxis?: { min: number; max: number; ticks: number[]; log: boolean };
+  /** Named panels [x, y, width, height] and the scale of their pixels to the input's. */
+  panels?: Record<string, { box: [number, number, number, number]; scale: number }>;
+  /** The smallest text scale drawn (1: the bare 5x7 font). */
+  textScale?: number;
+}
+
+/** `into` with `from`'s info added: lists concatenated, panels shifted by (dx, dy), the smaller text scale. */
+export function mergeInfo(into: FigureInfo, from: FigureInfo, dx = 0, dy = 0): void {
+  if (from.colorBars) into.colorBars = [...(into.colorBars ?? []), ...from.colorBars];
+  if (from.series) into.series = [...(into.series ?? []), ...from.series];
+  const shift = (b: [number, number, number, number]): [number, number, number, number] => [b[0] + dx, b[1] + dy, b[2], b[3]];
+  if (from.legend) into.legend = { labels: from.legend.labels, box: shift(from.legend.box) };
+  if (from.plotBox) into.plotBox = shift(from.plotBox);
+  if (from.yAxis) into.yAxis = from.yAxis;
+  for (const [k, p] of Object.entries(from.panels ?? {})) (into.panels ??= {})[k] = { box: shift(p.box), scale: p.scale };
+  if (from.textScale !== undefined) into.textScale = Math.min(into.textScale ?? Infinity, from.textScale);
+}
+
 function glyph(ch: string): string {
   return GLYPHS[ch] ?? GLYPHS[ch.toUpperCase()] ?? GLYPHS['?'];
 }
 
 export class Canvas {
   readonly data: Uint8Array;
+  /** What the figure on this canvas shows (see FigureInfo). */
+  readonly info: FigureInfo = {};
 
   constructor(
     readonly width: number,
@@ -142,8 +178,9 @@ export class Canvas {
     }
   }
 
-  /** Paste another canvas with its top-left corner at (x, y), clipped to this canvas. */
+  /** Paste another canvas with its top-left corner at (x, y), clipped to this canvas; its info comes along. */
   draw(src: Canvas, x: number, y: number): void {
+    mergeInfo(this.info, src.info, x, y);
     for (let yy = 0; yy < src.height; yy++) {
       const ty = y + yy;
       if (ty < 0 || ty >= this.height) continue;
@@ -159,7 +196,7 @@ export class Canvas {
     }
   }
 
-  /** This canvas resized to w x h by nearest neighbour. */
+  /** This canvas resized to w x h by nearest neighbour (pixels only, not info). */
   resized(w: number, h: number): Canvas {
     const out = new Canvas(w, h);
     for (let y = 0; y < h; y++) {
@@ -178,6 +215,7 @@ export class Canvas {
 
   /** Draw text with its top-left corner at (x, y); each font pixel becomes scale x scale pixels. */
   text(x: number, y: number, s: string, c: Rgb = BLACK, scale = 1): void {
+    if (s.trim()) this.info.textScale = Math.min(this.info.textScale ?? Infinity, scale);
     let cx = Math.round(x);
     for (const ch of s) {
       const g = glyph(ch);

@@ -6,7 +6,7 @@
  * high-norm tokens stay visible as such) or 'bilinear' (pixel-centre aligned, like
  * `F.interpolate(..., mode='bilinear', align_corners=False)`; smoother, for presentation).
  */
-import { BLACK, Canvas, textHeight, textWidth, WHITE } from './canvas.js';
+import { BLACK, Canvas, LABEL_SCALE, textHeight, textWidth, WHITE } from './canvas.js';
 import { applyColormap, colormap, type ColormapName } from './colormap.js';
 
 export type Interpolation = 'nearest' | 'bilinear';
@@ -91,31 +91,69 @@ export function formatNumber(v: number): string {
   return String(Number(v.toPrecision(3)));
 }
 
-/** A vertical colour bar `height` tall for values in [min, max], with labels at the ends and middle. */
+/**
+ * Labels for several values, each in as few digits as keep them apart (8 / 7.995 / 7.99 rather than
+ * 8 / 7.99 / 7.99); equal values get equal labels.
+ */
+export function formatDistinct(values: number[]): string[] {
+  const distinct = new Set(values).size;
+  let labels = values.map(formatNumber);
+  for (let p = 4; p <= 8 && new Set(labels).size < distinct; p++) {
+    labels = values.map((v) => {
+      const a = Math.abs(v);
+      if (v === 0) return '0';
+      if (a >= 1e5 || a < 1e-3)
+        return v
+          .toExponential(p - 1)
+          .replace('e+', 'E')
+          .replace('e', 'E');
+      return String(Number(v.toPrecision(p)));
+    });
+  }
+  return labels;
+}
+
+/**
+ * A vertical colour bar `height` tall for values in [min, max], with labels at the ends and middle and,
+ * above it, `label`: the quantity and its units (e.g. "L2 NORM", "ATTENTION WEIGHT"). Recorded in the
+ * canvas's info.colorBars.
+ */
 export function colorBar(min: number, max: number, height: number, cmap: ColormapName = 'viridis', label = ''): Canvas {
-  const labels = [max, (min + max) / 2, min].map(formatNumber);
-  const labelW = Math.max(...labels.map((l) => textWidth(l)));
-  const barW = 14;
-  const pad = 4;
-  const top = label ? textHeight() + 6 : 4;
-  const c = new Canvas(barW + pad * 3 + Math.max(labelW, textWidth(label) - barW - pad), height);
-  if (label) c.text(pad, 2, label, BLACK);
+  const s = LABEL_SCALE;
+  const labels = formatDistinct([max, (min + max) / 2, min]);
+  const labelW = Math.max(...labels.map((l) => textWidth(l, s)));
+  const barW = 16;
+  const pad = 5;
+  // The label may be wider than bar + numbers: it is split at spaces into lines that fit the numbers' width.
+  const words = label.split(' ').filter(Boolean);
+  const width = Math.max(barW + pad * 3 + labelW, Math.max(0, ...words.map((w) => textWidth(w, s))) + pad * 2);
+  const lines: string[] = [];
+  for (const w of words) {
+    const last = lines[lines.length - 1];
+    if (last !== undefined && textWidth(`${last} ${w}`, s) <= width - pad * 2) lines[lines.length - 1] = `${last} ${w}`;
+    else lines.push(w);
+  }
+  const lineH = textHeight(s) + 4;
+  const top = lines.length > 0 ? lines.length * lineH + 6 : 4;
+  const c = new Canvas(width, Math.max(height, top + 3 * textHeight(s) + 12));
+  lines.forEach((l, i) => c.text(pad, 2 + i * lineH, l, BLACK, s));
   const lut = colormap(cmap);
-  const h = height - top - 4;
+  const h = c.height - top - 4;
   for (let y = 0; y < h; y++) {
     const k = Math.round((1 - y / Math.max(1, h - 1)) * 255) * 3;
     c.fillRect(pad, top + y, barW, 1, [lut[k], lut[k + 1], lut[k + 2]]);
   }
   c.strokeRect(pad, top, barW, h, BLACK);
   const x = pad * 2 + barW;
-  c.text(x, top, labels[0]);
-  c.text(x, top + h / 2 - textHeight() / 2, labels[1]);
-  c.text(x, top + h - textHeight(), labels[2]);
+  c.text(x, top, labels[0], BLACK, s);
+  c.text(x, top + h / 2 - textHeight(s) / 2, labels[1], BLACK, s);
+  c.text(x, top + h - textHeight(s), labels[2], BLACK, s);
+  c.info.colorBars = [{ label, min, max, cmap }];
   return c;
 }
 
-/** A canvas of `src` with `title` above it on a white strip. */
-export function titled(src: Canvas, title: string, scale = 1): Canvas {
+/** A canvas of `src` with `title` above it on a white strip (the label scale by default). */
+export function titled(src: Canvas, title: string, scale = LABEL_SCALE): Canvas {
   const strip = textHeight(scale) + 6;
   const c = new Canvas(Math.max(src.width, textWidth(title, scale) + 6), src.height + strip, WHITE);
   c.text(3, 3, title, BLACK, scale);

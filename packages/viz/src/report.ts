@@ -98,9 +98,10 @@ const CSS = `
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; }
 h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 32px; border-top: 1px solid #ccc; padding-top: 12px; }
 table { border-collapse: collapse; margin: 8px 0; } td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
-th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
-.models { display: flex; gap: 24px; flex-wrap: wrap; align-items: flex-start; } .model { flex: 1 1 0; min-width: 320px; }
-figure { margin: 8px 0; } figcaption { font-size: 12px; color: #555; } img { max-width: 100%; image-rendering: pixelated; }
+th { background: #f3f3f3; font-weight: 600; font-size: 13px; } td:first-child, th:first-child { text-align: left; }
+td:first-child { white-space: nowrap; } .wide { overflow-x: auto; max-width: 100%; }
+.models { display: flex; gap: 24px; flex-wrap: wrap; align-items: flex-start; } .model { flex: 1 1 0; min-width: 480px; }
+figure { margin: 8px 0; } figcaption { font-size: 12px; color: #555; } img { max-width: 100%; }
 .failed { color: #a00; }
 `;
 
@@ -119,7 +120,8 @@ export function renderReport(r: ReportInput): string {
   for (const m of r.models) out.push(`<p><b>Model ${e(m.label)}</b>: ${e(m.weights)}${m.description ? ` – ${e(m.description)}` : ''}</p>`);
   for (const n of r.notes ?? []) out.push(`<p>${e(n)}</p>`);
 
-  out.push('<h2>Summary</h2>', '<table><tr><th rowspan="2">image</th>');
+  // The table scrolls sideways on a narrow window; image names stay on one line.
+  out.push('<h2>Summary</h2>', '<div class="wide"><table><tr><th rowspan="2">image</th>');
   for (const m of r.models) out.push(`<th colspan="${SUMMARY_KEYS.length}">model ${e(m.label)}</th>`);
   out.push('</tr><tr>');
   for (let i = 0; i < r.models.length; i++) for (const k of SUMMARY_KEYS) out.push(`<th>${e(k)}</th>`);
@@ -129,7 +131,7 @@ export function renderReport(r: ReportInput): string {
     for (const res of img.results) for (const k of SUMMARY_KEYS) out.push(`<td>${e(fmt(res.numbers[k] ?? null))}</td>`);
     out.push('</tr>');
   }
-  out.push('</table>');
+  out.push('</table></div>');
   if (r.failed && r.failed.length > 0) {
     out.push(`<p class="failed">${r.failed.length} input(s) could not be analysed, see the end of this page.</p>`);
   }

@@ -208,10 +208,11 @@ test('analysis figures and the report', async () => {
     }
     // The attention grid holds 1 + heads cells; the register grid one row per register.
     assert.ok(figs.attention.width > 3 * 100 && figs.registers.height > figs.attention.height * 1.8);
-    // Outlier patches are outlined in red on the input panel.
-    const ph = h / 4;
-    const x = Math.round(1 * ph);
-    const y = Math.round(1 * ph) + 13; // below the title strip
+    // Outlier patches are outlined in red on the input panel (upscaled, below its title: where info.panels says).
+    const panel = figs.norms.info.panels!.input!;
+    const ph = (h / 4) * panel.scale;
+    const x = panel.box[0] + Math.round(1 * ph);
+    const y = panel.box[1] + Math.round(1 * ph);
     const off = (y * figs.norms.width + x) * 3;
     assert.deepEqual([...figs.norms.data.subarray(off, off + 3)], [220, 40, 40]);
 
