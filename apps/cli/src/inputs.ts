@@ -57,14 +57,14 @@ export function checkBackendFlags(f: Flags<Record<string, FlagSpec>>): void {
 
 /**
  * --backend: start the backend (auto by default) and return what was chosen; it logs one short line
- * (`backend: wasm (auto)`), with --verbose also why the faster ones were skipped. --gpu N: the WebGPU
- * adapter (default $VITREG_GPU, else 0).
+ * (`backend: wasm (auto)`), with --verbose also why the faster ones were skipped (`quiet`: no line, the
+ * caller says it). --gpu N: the WebGPU adapter (default $VITREG_GPU, else 0).
  */
-export async function startBackend(value: string | undefined, gpu?: string, verbose = false): Promise<BackendInfo> {
+export async function startBackend(value: string | undefined, gpu?: string, verbose = false, quiet = false): Promise<BackendInfo> {
   const name = choiceFlag('backend', value, BACKEND_NAMES, 'auto') as BackendName;
   const index = gpu === undefined ? undefined : intFlag('gpu', gpu, 0, 0);
   try {
-    return await initBackend(name, { verbose, ...(index === undefined ? {} : { gpu: index }) });
+    return await initBackend(name, { verbose, ...(quiet ? { log: () => {} } : {}), ...(index === undefined ? {} : { gpu: index }) });
   } catch (err) {
     throw new CliError(`--backend: ${(err as Error).message}`);
   }

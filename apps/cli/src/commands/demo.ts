@@ -8,10 +8,10 @@
 import { copyFile, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { encodePng, ensureDir, SyntheticDataset, writeFileAtomic, writeJsonAtomic } from '@vitreg/core';
-import { validateTrainConfig } from '@vitreg/trainer';
+import { signalExitCode, validateTrainConfig } from '@vitreg/trainer';
 import { runLocalJob } from '@vitreg/worker';
 import { CliError, parseFlags, type Command } from '../cli.js';
-import { BACKEND_FLAGS, checkBackendFlags, startBackend } from '../inputs.js';
+import { BACKEND_FLAGS, checkBackendFlags, DEFAULT_ENGINE, resolveEngine, startBackend } from '../inputs.js';
 import { analyze } from './analyze.js';
 import { discover } from './discover.js';
 
@@ -62,7 +62,8 @@ export const demo: Command = {
     const steps = f.optionalInt('steps', 1);
     checkBackendFlags(f);
     f.done();
-    await startBackend(values.backend, values.gpu, values.verbose);
+    // The demo says which engine does what in its own lines (training: the workers say theirs).
+    const tfjs = await startBackend(values.backend, values.gpu, values.verbose, !values.verbose);
     await ensureDir(join(out, 'weights'));
 
     const evals: Record<string, unknown>[] = [];
@@ -71,7 +72,7 @@ export const demo: Command = {
     // multi-machine job); the preset's batch of 32 is split into 16 per worker.
     const preset = validateTrainConfig({ preset: 'tiny-supervised' });
     for (const registers of [0, 4]) {
-      process.stderr.write(`demo: training with ${registers} registers (2 worker processes)\n`);
+      process.stderr.write(`demo: training with ${registers} registers: a local cluster job of 2 worker processes\n`);
       const runDir = join(out, `train-reg${registers}`);
       await ensureDir(runDir);
       const config = validateTrainConfig({
@@ -84,16 +85,27 @@ export const demo: Command = {
       const job = await runLocalJob({
         nodes: 2,
         outDir: runDir,
+        onStop: (signal) =>
+          process.stderr.write(`demo: ${signal}: training stops after the same step on both workers, with a checkpoint (again: at once)\n`),
         trainArgs: [
           '--config',
           configPath,
-          '--resume',
+          // No --resume: the workers continue a run folder of the same config by themselves (quietly fresh otherwise).
           '--backend',
           values.backend ?? 'auto',
           ...(values.gpu === undefined ? [] : ['--gpu', values.gpu]),
+          ...(values.verbose ? ['--verbose'] : []),
         ],
       });
-      const result = job.result as { checkpoint?: string; num_classes?: number; val_accuracy?: number } | undefined;
+      const result = job.result as
+        { checkpoint?: string; num_classes?: number; val_accuracy?: number; interrupted?: { step: number; signal?: string } } | undefined;
+      if (result?.interrupted) {
+        const { step, signal } = result.interrupted;
+        process.stderr.write(
+          `demo: interrupted at step ${step} of training with ${registers} registers; checkpoint written; run the same command to continue\n`,
+        );
+        return signalExitCode(signal);
+      }
       if (!job.finished || !result?.checkpoint) {
         throw new Error(`training with ${registers} registers stopped (see ${join(runDir, 'logs')}); run the demo again to resume it`);
       }
@@ -115,7 +127,10 @@ export const demo: Command = {
       );
     }
 
-    process.stderr.write('demo: analysing both models\n');
+    // analyze and discover run the forward passes on the engine --engine auto picks, the rest on tfjs.
+    const forward = (await resolveEngine(DEFAULT_ENGINE, weights[0]!)) === 'onnxruntime' ? 'onnxruntime (cpu)' : `tfjs ${tfjs.name}`;
+    const engines = { forward, analysis: `tfjs ${tfjs.name}` };
+    process.stderr.write(`demo: analysing both models: forward passes on ${forward}; token analysis and figures on tfjs ${tfjs.name}\n`);
     await runCommand('analyze', analyze, [
       dir,
       '--weights',
@@ -127,7 +142,7 @@ export const demo: Command = {
       '--out',
       join(out, 'analysis'),
     ]);
-    process.stderr.write('demo: LOST object discovery\n');
+    process.stderr.write(`demo: LOST object discovery: forward passes on ${forward}; LOST on tfjs ${tfjs.name}\n`);
     await runCommand('discover', discover, [
       '--weights',
       weights[0],
@@ -160,7 +175,7 @@ export const demo: Command = {
         weights: weights[k],
       };
     });
-    await writeJsonAtomic(join(out, 'summary.json'), { models: rows, report: join(out, 'analysis', 'report.html') });
+    await writeJsonAtomic(join(out, 'summary.json'), { models: rows, engines, report: join(out, 'analysis', 'report.html') });
     const pct = (x: unknown) => (typeof x === 'number' ? `${(100 * x).toFixed(1)}%` : 'n/a');
     process.stdout.write('\nregisters  val accuracy  outlier patches  LOST CorLoc\n');
     for (const r of rows) {
@@ -170,7 +185,9 @@ export const demo: Command = {
     }
     process.stdout.write(
       `\n(chance accuracy ${pct(1 / data.numClasses)}; at this toy scale these numbers are noise: the paper's\n` +
-        ` artifacts grow in large ViTs after long training)\nreport: ${join(out, 'analysis', 'report.html')}\n`,
+        ` artifacts grow in large ViTs after long training)\n` +
+        `forward passes on ${forward}; token analysis, figures and LOST on tfjs ${tfjs.name}\n` +
+        `report: ${join(out, 'analysis', 'report.html')}\n`,
     );
   },
 };
