@@ -103,6 +103,9 @@ export class WorkerAgent {
   private leaving = false;
   /** CommitCheckpoint calls in flight (Leave waits for them, so the record precedes the end). */
   private checkpoints: Promise<unknown>[] = [];
+  /** Resolves with the job's closing membership (an interrupted worker waits for it before exiting). */
+  private jobEnded!: () => void;
+  private readonly ended = new Promise<void>((resolve) => (this.jobEnded = resolve));
 
   constructor(opts: WorkerOptions) {
     this.o = opts;
@@ -177,6 +180,7 @@ export class WorkerAgent {
         progress: () => ({ epoch: this.current?.epoch ?? 0, step: this.step, unreachablePeer: this.current?.unreachable ?? '' }),
         membership: (m) => this.onMembership(m),
         notMember: () => {
+          if (this.leaving) return; // the job ended after this worker left
           const why = 'the coordinator removed this worker from the job (it missed heartbeats or its connection dropped); exiting';
           if (this.everMember) this.fail(new Fatal(why));
         },
@@ -227,6 +231,7 @@ export class WorkerAgent {
 
   private onMembership(m: Membership): void {
     if (m.stop) {
+      this.jobEnded();
       if (m.finished || this.leaving) {
         if (!this.finished) this.log(`the job ${m.finished ? 'finished' : 'stopped'} (${m.reason})`);
         return;
@@ -325,6 +330,13 @@ export class WorkerAgent {
       await this.link!.leave(how, !interrupted);
     } catch (err) {
       this.log(`Leave failed (the job had finished here): ${(err as Error & { details?: string }).details ?? (err as Error).message}`);
+    }
+    // Interrupted: exit only once every worker left (rank 0 after its checkpoint), so that a launcher that
+    // stops a job when one process exits non-zero (srun --kill-on-bad-exit) cannot cut the checkpoint short.
+    if (interrupted) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([this.ended, new Promise((r) => (timer = setTimeout(r, this.o.coordinatorTimeoutMs)))]);
+      clearTimeout(timer);
     }
     if (this.finished) return;
     this.finished = true;
