@@ -17,11 +17,23 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const modules = {
   'packages/trainer/src/losses.ts': { tests: ['packages/trainer/test/losses.test.ts', 'packages/trainer/test/bce.test.ts'] },
   'packages/trainer/src/centering.ts': {
-    tests: ['packages/trainer/test/recipe.test.ts', 'packages/trainer/test/sinkhorn-step.test.ts'],
+    tests: [
+      'packages/trainer/test/centering.test.ts',
+      'packages/trainer/test/recipe.test.ts',
+      'packages/trainer/test/sinkhorn-step.test.ts',
+    ],
   },
   'packages/trainer/src/optim.ts': { tests: ['packages/trainer/test/optim.test.ts', 'packages/trainer/test/recipe.test.ts'] },
-  'packages/trainer/src/schedules.ts': { tests: ['packages/trainer/test/schedules.test.ts', 'packages/trainer/test/recipe.test.ts'] },
-  'packages/trainer/src/param-groups.ts': { tests: ['packages/trainer/test/recipe.test.ts', 'packages/trainer/test/optim.test.ts'] },
+  'packages/trainer/src/schedules.ts': {
+    tests: [
+      'packages/trainer/test/schedules.test.ts',
+      'packages/trainer/test/schedules-dinov2.test.ts',
+      'packages/trainer/test/recipe.test.ts',
+    ],
+  },
+  'packages/trainer/src/param-groups.ts': {
+    tests: ['packages/trainer/test/param-groups.test.ts', 'packages/trainer/test/recipe.test.ts', 'packages/trainer/test/optim.test.ts'],
+  },
   'packages/trainer/src/masking.ts': { tests: ['packages/trainer/test/parts.test.ts', 'packages/trainer/test/masking.test.ts'] },
   'packages/trainer/src/knn.ts': { tests: ['packages/trainer/test/knn.test.ts'] },
   'packages/probe/src/lost.ts': { tests: ['packages/probe/test/lost.test.ts', 'packages/probe/test/lost-k.test.ts'] },
