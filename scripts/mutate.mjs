@@ -15,7 +15,14 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 
 /** module -> { tests, lines? (Stryker ranges; absent: the whole file) } */
 const modules = {
-  'packages/trainer/src/losses.ts': { tests: ['packages/trainer/test/losses.test.ts', 'packages/trainer/test/bce.test.ts'] },
+  'packages/trainer/src/losses.ts': {
+    tests: [
+      'packages/trainer/test/losses.test.ts',
+      'packages/trainer/test/losses-edges.test.ts',
+      'packages/trainer/test/bce.test.ts',
+      'packages/trainer/test/code-defaults.test.ts',
+    ],
+  },
   'packages/trainer/src/centering.ts': {
     tests: [
       'packages/trainer/test/centering.test.ts',
