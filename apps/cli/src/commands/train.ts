@@ -12,15 +12,18 @@ import {
   PRESET_NAMES,
   PRESETS,
   resolveTrainConfig,
+  resolveTrainEngine,
   signalExitCode,
   STOP_SIGNALS,
   stopOnSignals,
   train,
   trainThreads,
+  type EngineFactory,
   type TrainConfig,
 } from '@vitreg/trainer';
+import type { EngineChoice, OnnxDevice } from '@vitreg/registers';
 import { CliError, parseFlags, type Command } from '../cli.js';
-import { BACKEND_FLAGS, checkBackendFlags, startBackend } from '../inputs.js';
+import { BACKEND_FLAGS, checkBackendFlags, DEFAULT_ENGINE, ENGINE_FLAGS, engineFlags, startBackend } from '../inputs.js';
 import { interruptedLine, planRun, setAside, shown } from '../run-folder.js';
 import { runLocalJob } from '@vitreg/worker';
 
@@ -28,7 +31,8 @@ const usage = `
 Usage: vitreg train (--preset NAME | --config FILE.json) [--data DIR|FILE|synthetic] [--registers N]
                     [--steps N] [--out DIR] [--resume | --restart] [--seed N] [--workers N] [--nodes N]
                     [--backend auto|tensorflow-gpu|webgpu|tensorflow|wasm|cpu] [--gpu N] [--no-progress]
-                    [--stop-signals INT,TERM,USR1]
+                    [--stop-signals INT,TERM,USR1] [--engine auto|tfjs|onnxruntime] [--device cpu|cuda|webgpu]
+                    [--threads N]
        vitreg train --list-presets
        vitreg train (--preset NAME | --config FILE.json) [overrides] --print-config
        vitreg train --resume --out DIR          (continues with DIR/config.json)
@@ -85,6 +89,12 @@ Trains a Vision Transformer with N register tokens and writes the run folder DIR
   --gpu N            the webgpu backend's adapter (default $VITREG_GPU, else 0); with --nodes passed
                      to every worker process (vitreg-worker --gpu N: CUDA device N and WebGPU adapter N)
   --verbose          say why the faster backends were skipped (default: one line, e.g. backend: wasm (auto))
+  --engine E         the step engine: auto (default: onnxruntime when onnxruntime-node loads, else
+                     tfjs), tfjs, or onnxruntime (vitreg's forward + backward graphs on ONNX Runtime;
+                     the same checkpoints either way); with --nodes passed to every worker process
+  --device D         onnxruntime's execution provider: cpu (default), cuda (CUDA 12) or webgpu
+  --threads N        onnxruntime's intra-op threads (default: one per physical core); with --nodes
+                     each worker process's (vitreg-worker --engine-threads N)
 On a cluster, start vitreg-worker (same options) with the cluster's launcher: see deploy/.
 `;
 
@@ -92,6 +102,15 @@ On a cluster, start vitreg-worker (same options) with the cluster's launcher: se
 function stoppingLine(signal: NodeJS.Signals, how = 'the step in progress finishes'): string {
   const again = signal === 'SIGINT' ? 'Ctrl-C' : signal;
   return `vitreg train: ${signal}: stopping (${how}, then a checkpoint is written; ${again} again exits at once)\n`;
+}
+
+/** The step engine of --engine / --device / --threads, said in one line. */
+async function trainEngine(s: { engine: EngineChoice; device: OnnxDevice; threads?: number }): Promise<EngineFactory> {
+  try {
+    return (await resolveTrainEngine(s, { log: (line) => process.stderr.write(`[vitreg] ${line}\n`) })).factory;
+  } catch (err) {
+    throw new CliError((err as Error).message);
+  }
 }
 
 function listPresets(): string {
@@ -124,6 +143,7 @@ export const trainCommand: Command = {
       'no-progress': { type: 'boolean' },
       restart: { type: 'boolean' },
       'stop-signals': { type: 'string' },
+      ...ENGINE_FLAGS,
     });
     const { values } = f;
     f.noPositionals();
@@ -151,6 +171,9 @@ export const trainCommand: Command = {
         throw new CliError(`--stop-signals: ${(err as Error).message}`);
       }
     }, []);
+    const engine = f.check(() => engineFlags(values), DEFAULT_ENGINE);
+    if (workers > 1 && nodes === undefined && values.engine === 'onnxruntime')
+      f.fail('--workers: training threads run the tfjs engine; with --engine onnxruntime use --threads N (its own threads) or --nodes');
     const out = resolve(values.out ?? join('runs', `train-${values.preset ?? 'config'}`));
     let config: TrainConfig | undefined;
     try {
@@ -199,6 +222,9 @@ export const trainCommand: Command = {
         ['--backend', values.backend],
         ['--gpu', values.gpu],
         ['--verbose', values.verbose],
+        ['--engine', values.engine],
+        ['--device', values.device],
+        ['--engine-threads', values.threads],
         // The workers continue the run the CLI found (the same config: checked above).
         ['--resume', plan.resume === true || plan.from !== null],
         ['--no-progress', values['no-progress']],
@@ -237,7 +263,9 @@ export const trainCommand: Command = {
     const signals = stopOnSignals(stopSignals, { onFirst: (signal) => process.stderr.write(stoppingLine(signal)) });
     try {
       const opts = { outDir: out, resume: plan.resume, progress: !values['no-progress'], stop: signals.stop };
-      const result = workers === 1 ? await train(config, opts) : await trainThreads(config, { ...opts, workers });
+      // Training threads run tfjs (a step engine cannot cross to a worker thread); one thread resolves --engine.
+      const chosen = workers === 1 ? await trainEngine(engine) : undefined;
+      const result = chosen ? await train(config, { ...opts, engine: chosen }) : await trainThreads(config, { ...opts, workers });
       if (result.interrupted) {
         process.stderr.write(`vitreg train: ${interruptedLine(result.interrupted.step, total, result.checkpoint)}\n`);
         return signalExitCode(result.interrupted.signal);
