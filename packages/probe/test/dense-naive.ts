@@ -51,10 +51,11 @@ export function naiveSegmentation(
   tensors: Record<string, HostTensor>,
   images: NaiveImage[],
   grid: [number, number],
-  inputSize: number,
+  inputSize: number | [number, number],
   labels: { width: number; height: number; segmentation: ArrayLike<number> }[],
 ): { miou: number; accuracy: number; iou: number[] } {
   const [gh, gw] = grid;
+  const [ih, iw] = typeof inputSize === 'number' ? [inputSize, inputSize] : inputSize;
   const w = values(tensors['conv_seg.weight'], 'conv_seg.weight');
   const b = values(tensors['conv_seg.bias'], 'conv_seg.bias');
   const [C, D] = tensors['conv_seg.weight']!.shape as number[];
@@ -78,7 +79,7 @@ export function naiveSegmentation(
       }
     }
     const { width: W, height: H, segmentation } = labels[i]!;
-    const up = bilinear(bilinear(logits, gh, gw, C!, inputSize, inputSize), inputSize, inputSize, C!, H, W);
+    const up = bilinear(bilinear(logits, gh, gw, C!, ih, iw), ih, iw, C!, H, W);
     for (let p = 0; p < H * W; p++) {
       const l = segmentation[p]!;
       if (l === 255) continue;
