@@ -11,12 +11,12 @@ import { encodePng, ensureDir, SyntheticDataset, writeFileAtomic, writeJsonAtomi
 import { signalExitCode, validateTrainConfig } from '@vitreg/trainer';
 import { runLocalJob } from '@vitreg/worker';
 import { CliError, parseFlags, type Command } from '../cli.js';
-import { BACKEND_FLAGS, checkBackendFlags, DEFAULT_ENGINE, resolveEngine, startBackend } from '../inputs.js';
+import { BACKEND_FLAGS, checkBackendFlags, DEFAULT_ENGINE, ENGINE_FLAGS, engineFlags, resolveEngine, startBackend } from '../inputs.js';
 import { analyze } from './analyze.js';
 import { discover } from './discover.js';
 
 const usage = `
-Usage: vitreg demo [--out DIR] [--steps N] [--images N] [--backend B] [--gpu N]
+Usage: vitreg demo [--out DIR] [--steps N] [--images N] [--backend B] [--gpu N] [--engine E] [--device D] [--threads N]
 
 Trains the tiny-supervised preset (ViT-micro/8 on 32 px synthetic shapes) twice, with 0 and with 4
 register tokens, each as a local cluster job of 2 worker processes (vitreg train --nodes 2: a
@@ -36,6 +36,10 @@ and runs LOST object discovery on them. Writes into DIR (default runs/demo):
   --gpu N       the webgpu backend's adapter (default $VITREG_GPU, else 0); passed to the training
                 workers too (vitreg-worker --gpu N: CUDA device N and WebGPU adapter N)
   --verbose     say why the faster backends were skipped (default: one line, e.g. backend: wasm (auto))
+  --engine E    auto (default: onnxruntime when onnxruntime-node loads), tfjs or onnxruntime: the training
+                workers' step engine and the forward passes of analyze and discover
+  --device D    onnxruntime's execution provider: cpu (default), cuda or webgpu
+  --threads N   onnxruntime's intra-op threads (the training workers' --engine-threads)
 Interrupted? Run it again: training resumes from its last checkpoint.
 `;
 
@@ -54,6 +58,7 @@ export const demo: Command = {
       steps: { type: 'string' },
       images: { type: 'string' },
       ...BACKEND_FLAGS,
+      ...ENGINE_FLAGS,
     });
     const { values } = f;
     f.noPositionals();
@@ -61,7 +66,13 @@ export const demo: Command = {
     const images = f.int('images', 6);
     const steps = f.optionalInt('steps', 1);
     checkBackendFlags(f);
+    const engine = f.check(() => engineFlags(values), DEFAULT_ENGINE);
     f.done();
+    const engineArgs = (threadsFlag: string) => [
+      ...(values.engine === undefined ? [] : ['--engine', values.engine]),
+      ...(values.device === undefined ? [] : ['--device', values.device]),
+      ...(values.threads === undefined ? [] : [threadsFlag, values.threads]),
+    ];
     // The demo says which engine does what in its own lines (training: the workers say theirs).
     const tfjs = await startBackend(values.backend, values.gpu, values.verbose, !values.verbose);
     await ensureDir(join(out, 'weights'));
@@ -95,6 +106,7 @@ export const demo: Command = {
           values.backend ?? 'auto',
           ...(values.gpu === undefined ? [] : ['--gpu', values.gpu]),
           ...(values.verbose ? ['--verbose'] : []),
+          ...engineArgs('--engine-threads'),
         ],
       });
       const result = job.result as
@@ -128,7 +140,7 @@ export const demo: Command = {
     }
 
     // analyze and discover run the forward passes on the engine --engine auto picks, the rest on tfjs.
-    const forward = (await resolveEngine(DEFAULT_ENGINE, weights[0]!)) === 'onnxruntime' ? 'onnxruntime (cpu)' : `tfjs ${tfjs.name}`;
+    const forward = (await resolveEngine(engine, weights[0]!)) === 'onnxruntime' ? `onnxruntime (${engine.device})` : `tfjs ${tfjs.name}`;
     const engines = { forward, analysis: `tfjs ${tfjs.name}` };
     process.stderr.write(`demo: analysing both models: forward passes on ${forward}; token analysis and figures on tfjs ${tfjs.name}\n`);
     await runCommand('analyze', analyze, [
@@ -141,6 +153,7 @@ export const demo: Command = {
       '64',
       '--out',
       join(out, 'analysis'),
+      ...engineArgs('--threads'),
     ]);
     process.stderr.write(`demo: LOST object discovery: forward passes on ${forward}; LOST on tfjs ${tfjs.name}\n`);
     await runCommand('discover', discover, [
@@ -160,6 +173,7 @@ export const demo: Command = {
       '1',
       '--out',
       join(out, 'discover'),
+      ...engineArgs('--threads'),
     ]);
 
     const analysis = JSON.parse(await readFile(join(out, 'analysis', 'summary.json'), 'utf8'));
