@@ -1,0 +1,59 @@
+/**
+ * Choosing the step engine (src/onnx/engine-select.ts), as `vitreg train`, the cluster worker and the demo
+ * do: bad options are one InputError naming the flag; auto is onnxruntime where onnxruntime-node loads
+ * (said in one line), tfjs when asked; a device without its provider fails at once, naming the device.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import type { EngineChoice, OnnxDevice } from '@vitreg/registers';
+import { onnxRuntimeEngine } from '../src/onnx/engine.js';
+import { checkTrainEngineOptions, resolveTrainEngine } from '../src/onnx/engine-select.js';
+import { tfjsEngine } from '../src/tfjs-engine.js';
+import { SKIP_NO_ORT, tryOrt } from './onnx-helpers.js';
+
+test('bad engine options are one InputError naming the flag', () => {
+  const cases: [Record<string, unknown>, RegExp][] = [
+    [{ engine: 'torch' }, /^--engine: expected one of auto, tfjs, onnxruntime, got "torch"$/],
+    [{ device: 'tpu' }, /^--device: expected one of cpu, cuda, webgpu, got "tpu"$/],
+    [{ threads: 0 }, /^--threads: expected an integer >= 1, got "0"$/],
+    [{ engine: 'tfjs', threads: 2 }, /^--threads applies to --engine onnxruntime/],
+    [{ engine: 'tfjs', device: 'cuda' }, /^--device applies to --engine onnxruntime/],
+  ];
+  for (const [o, re] of cases) {
+    assert.throws(
+      () => checkTrainEngineOptions(o as { engine?: EngineChoice; device?: OnnxDevice; threads?: number }),
+      (err: Error) => err.name === 'InputError' && re.test(err.message),
+      JSON.stringify(o),
+    );
+  }
+  checkTrainEngineOptions({});
+  checkTrainEngineOptions({ engine: 'tfjs', device: 'cpu' });
+  assert.throws(() => onnxRuntimeEngine({ precision: 'bf16' as 'fp32' }), /precision "bf16" is not available/);
+  assert.throws(() => onnxRuntimeEngine({ threads: 1.5 }), /threads must be an integer >= 1/);
+});
+
+test('auto picks onnxruntime where it loads and says so once; tfjs when asked', async (t) => {
+  const lines: string[] = [];
+  const tfjs = await resolveTrainEngine({ engine: 'tfjs' }, { log: (l) => lines.push(l) });
+  assert.equal(tfjs.name, 'tfjs');
+  assert.equal(tfjs.factory, tfjsEngine);
+  assert.deepEqual(lines, ['engine: tfjs']);
+  if (!(await tryOrt())) return t.skip(SKIP_NO_ORT);
+  lines.length = 0;
+  const auto = await resolveTrainEngine({ threads: 2 }, { log: (l) => lines.push(l) });
+  assert.equal(auto.name, 'onnxruntime');
+  assert.equal(lines.length, 1);
+  assert.match(lines[0]!, /^engine: onnxruntime \S* ?cpu, 2 threads$/);
+});
+
+test("--device cuda without ONNX Runtime's CUDA provider fails at once in one line naming the device", async (t) => {
+  if (!(await tryOrt())) return t.skip(SKIP_NO_ORT);
+  try {
+    const r = await resolveTrainEngine({ engine: 'onnxruntime', device: 'cuda' });
+    t.diagnostic(`a CUDA device is available here: ${r.description}`);
+  } catch (err) {
+    assert.equal((err as Error).name, 'InputError');
+    assert.match((err as Error).message, /^--device cuda: not available here: ONNX Runtime's CUDA 12 provider/);
+    assert.ok(!(err as Error).message.includes('\n'), 'one line');
+  }
+});
