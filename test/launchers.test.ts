@@ -8,140 +8,39 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
-import {
-  accessSync,
-  chmodSync,
-  constants,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readFileSync,
-  readdirSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
-import { randomBytes } from 'node:crypto';
-import { createServer } from 'node:net';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import {
+  cleanEnv,
+  freePort,
+  ROOT,
+  run,
+  RUN_TIMEOUT_MS,
+  sh,
+  sleep,
+  slurmSkipReason,
+  startCluster,
+  stopDaemons,
+  tail,
+  waitForJob,
+  which,
+  workerBin,
+  type Cluster,
+  type RunResult,
+} from './launcher-helpers.js';
 
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
-const WORKER_MAIN = join(ROOT, 'apps/worker/src/main.ts');
-const TSX = import.meta.resolve('tsx');
 /** A small job: 48 synthetic images, 4 steps of 4 images per rank, checkpoints at steps 2 and 4. */
 const SMALL_CONFIG = {
   preset: 'tiny-supervised',
   data: { train_size: 48, val_size: 16 },
   train: { steps: 4, batch_size: 4, eval_every: 0, checkpoint_every: 2 },
 };
-const RUN_TIMEOUT_MS = 240_000;
-
-/** Full path of an executable on PATH (or in the sbin folders, where Debian puts daemons), else null. */
-function which(cmd: string): string | null {
-  const dirs = [...(process.env.PATH ?? '').split(delimiter), '/usr/local/sbin', '/usr/sbin', '/sbin'];
-  for (const d of dirs) {
-    if (!d) continue;
-    const p = join(d, cmd);
-    try {
-      accessSync(p, constants.X_OK);
-      return p;
-    } catch {
-      /* next */
-    }
-  }
-  return null;
-}
-
-function missing(cmds: string[]): string[] {
-  return cmds.filter((c) => which(c) === null);
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '0.0.0.0', () => {
-      const port = (srv.address() as { port: number }).port;
-      srv.close(() => resolvePort(port));
-    });
-  });
-}
-
-interface RunResult {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs a command in its own process group; past the timeout the whole group is killed. */
-function run(cmd: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs = RUN_TIMEOUT_MS): Promise<RunResult> {
-  return new Promise((resolveRun, reject) => {
-    const child = spawn(cmd, args, { env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    const timer = setTimeout(() => {
-      stderr += `\n[test] ${cmd} timed out after ${timeoutMs} ms; killing its process group\n`;
-      try {
-        process.kill(-child.pid!, 'SIGKILL');
-      } catch {
-        /* gone */
-      }
-    }, timeoutMs);
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolveRun({ code, signal, stdout, stderr });
-    });
-  });
-}
-
-/** Output of a finished run, for assertion messages (noisy backend lines dropped, tail only). */
-function tail(r: RunResult, chars = 6000): string {
-  const text = `exit ${r.code}${r.signal ? ` (${r.signal})` : ''}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`;
-  const lines = text.split('\n').filter((l) => !/^The kernel '.*' for backend '.*' is already registered$/.test(l));
-  return lines.join('\n').slice(-chars);
-}
-
-/** A folder with an executable `vitreg-worker` that runs the worker from this clone's sources. */
-function workerBin(dir: string): string {
-  const bin = join(dir, 'bin');
-  mkdirSync(bin, { recursive: true });
-  const path = join(bin, 'vitreg-worker');
-  writeFileSync(
-    path,
-    `#!/bin/sh\nexec ${JSON.stringify(process.execPath)} --conditions=vitreg-source --import ${JSON.stringify(TSX)} ${JSON.stringify(WORKER_MAIN)} "$@"\n`,
-  );
-  chmodSync(path, 0o755);
-  return path;
-}
 
 function writeSmallConfig(dir: string): string {
   const path = join(dir, 'small.json');
   writeFileSync(path, JSON.stringify(SMALL_CONFIG));
   return path;
-}
-
-/** The environment of a launched job: no launcher variables inherited from the test's own. */
-function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (
-      /^(RANK|WORLD_SIZE|LOCAL_RANK|MASTER_ADDR|MASTER_PORT|JOB_COMPLETION_INDEX|VITREG_.*|SLURM_.*|TORCHELASTIC_.*|NODE_OPTIONS|NODE_TEST_CONTEXT)$/.test(
-        k,
-      )
-    )
-      continue;
-    env[k] = v;
-  }
-  return { ...env, ...extra };
 }
 
 /**
@@ -299,184 +198,7 @@ describe('torchrun', () => {
   );
 });
 
-// ---------------------------------------------------------------------------------------------
-// Slurm
-
-const SLURM_TOOLS = ['slurmctld', 'slurmd', 'srun', 'sbatch', 'sinfo', 'scontrol', 'munged'];
-function slurmSkipReason(): string | false {
-  const absent = missing(SLURM_TOOLS);
-  if (absent.length) {
-    return `${absent.join(', ')} not installed: apt-get install -y --no-install-recommends slurm-wlm munge (.ci/run does this)`;
-  }
-  if (process.getuid?.() !== 0) return 'a test Slurm cluster runs slurmd as root: run as root';
-  return false;
-}
 const slurmSkip = slurmSkipReason();
-
-interface Cluster {
-  dir: string;
-  conf: string;
-  env: NodeJS.ProcessEnv;
-  pidFiles: string[];
-}
-
-function sh(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): string {
-  return execFileSync(cmd, args, { env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 });
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return false;
-  }
-  // A daemon that exited but was not reaped (no init reaping in containers) is gone too.
-  try {
-    return !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  } catch {
-    return false;
-  }
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** Stops the daemons whose pid files exist (TERM, then KILL after 10 s). */
-async function stopDaemons(pidFiles: string[]): Promise<void> {
-  const pids: number[] = [];
-  for (const f of pidFiles) {
-    if (!existsSync(f)) continue;
-    const pid = Number(readFileSync(f, 'utf8').trim());
-    if (!Number.isInteger(pid) || pid <= 1) continue;
-    try {
-      process.kill(pid, 'SIGTERM');
-      pids.push(pid);
-    } catch {
-      /* already gone */
-    }
-  }
-  const deadline = Date.now() + 10_000;
-  while (pids.some(alive) && Date.now() < deadline) await sleep(100);
-  for (const pid of pids.filter(alive)) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      /* gone */
-    }
-  }
-}
-
-/**
- * A one-node Slurm cluster in a temporary folder (NOTES.md): its own munged (own key and socket, so
- * a system munged is neither needed nor touched), slurmctld and slurmd on free ports, state, spool,
- * logs and pid files under the folder, and two fake GPUs (gres) so --gpus-per-task works.
- */
-async function startCluster(): Promise<Cluster> {
-  const dir = mkdtempSync(join(tmpdir(), 'vitreg-slurm-'));
-  const pidFiles: string[] = [];
-  const cluster: Cluster = { dir, conf: join(dir, 'slurm.conf'), env: {}, pidFiles };
-  try {
-    // munge: the key in a private folder; the socket folder must be searchable by all (munged checks).
-    const keyDir = join(dir, 'munge-key');
-    const sockDir = join(dir, 'munge');
-    mkdirSync(keyDir, { mode: 0o700 });
-    mkdirSync(sockDir, { mode: 0o711 });
-    chmodSync(dir, 0o755);
-    const key = join(keyDir, 'munge.key');
-    writeFileSync(key, randomBytes(1024), { mode: 0o600 });
-    const socket = join(sockDir, 'munge.socket');
-    const mungePid = join(sockDir, 'munged.pid');
-    pidFiles.push(mungePid);
-    sh(which('munged')!, [
-      `--socket=${socket}`,
-      `--pid-file=${mungePid}`,
-      `--log-file=${join(sockDir, 'munged.log')}`,
-      `--seed-file=${join(keyDir, 'munged.seed')}`,
-      `--key-file=${key}`,
-    ]);
-
-    const host = sh('hostname', ['-s']).trim();
-    const [ctldPort, slurmdPort] = [await freePort(), await freePort()];
-    for (const d of ['state', 'spool', 'log', 'run', 'dev']) mkdirSync(join(dir, d));
-    for (const g of [0, 1]) writeFileSync(join(dir, 'dev', `nvidia${g}`), '');
-    const cpus = sh('nproc', []).trim();
-    writeFileSync(
-      cluster.conf,
-      [
-        'ClusterName=vitregtest',
-        `SlurmctldHost=${host}`,
-        `SlurmctldPort=${ctldPort}`,
-        `SlurmdPort=${slurmdPort}`,
-        'SlurmUser=root',
-        'SlurmdUser=root',
-        'AuthType=auth/munge',
-        `AuthInfo=socket=${socket}`,
-        'ProctrackType=proctrack/linuxproc',
-        'TaskPlugin=task/none',
-        'SelectType=select/cons_tres',
-        'SelectTypeParameters=CR_Core',
-        'MpiDefault=none',
-        'ReturnToService=2',
-        'GresTypes=gpu',
-        `StateSaveLocation=${join(dir, 'state')}`,
-        `SlurmdSpoolDir=${join(dir, 'spool')}`,
-        `SlurmctldLogFile=${join(dir, 'log/slurmctld.log')}`,
-        `SlurmdLogFile=${join(dir, 'log/slurmd.log')}`,
-        `SlurmctldPidFile=${join(dir, 'run/slurmctld.pid')}`,
-        `SlurmdPidFile=${join(dir, 'run/slurmd.pid')}`,
-        `NodeName=${host} CPUs=${cpus} Gres=gpu:2 State=UNKNOWN`,
-        `PartitionName=debug Nodes=${host} Default=YES MaxTime=INFINITE State=UP`,
-        '',
-      ].join('\n'),
-    );
-    writeFileSync(join(dir, 'gres.conf'), `AutoDetect=off\nNodeName=${host} Name=gpu File=${join(dir, 'dev')}/nvidia[0-1]\n`);
-    cluster.env = { ...process.env, SLURM_CONF: cluster.conf };
-    pidFiles.push(join(dir, 'run/slurmd.pid'), join(dir, 'run/slurmctld.pid'));
-    sh(which('slurmctld')!, ['-f', cluster.conf], cluster.env);
-    sh(which('slurmd')!, ['-f', cluster.conf], cluster.env);
-    const deadline = Date.now() + 60_000;
-    let state = '';
-    while (Date.now() < deadline) {
-      try {
-        state = sh(which('sinfo')!, ['-h', '-o', '%T'], cluster.env).trim();
-      } catch (e) {
-        state = String((e as { stderr?: string }).stderr ?? e);
-      }
-      if (state === 'idle') return cluster;
-      await sleep(250);
-    }
-    const logs = ['slurmctld.log', 'slurmd.log'].map((f) => {
-      const p = join(dir, 'log', f);
-      return existsSync(p) ? `--- ${f}\n${readFileSync(p, 'utf8').slice(-2000)}` : `--- ${f}: none`;
-    });
-    throw new Error(`the test Slurm node did not become idle in 60 s (sinfo: ${state})\n${logs.join('\n')}`);
-  } catch (e) {
-    await stopDaemons(pidFiles);
-    rmSync(dir, { recursive: true, force: true });
-    throw e;
-  }
-}
-
-const FINAL_JOB_STATES = /^(COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY|BOOT_FAIL|DEADLINE|PREEMPTED)$/;
-
-/** Waits for a batch job to end; its state and exit code from `scontrol show job` (exit code of the script). */
-async function waitForJob(
-  jobId: string,
-  env: NodeJS.ProcessEnv,
-  timeoutMs: number,
-): Promise<{ state: string; exitCode: number; line: string }> {
-  const deadline = Date.now() + timeoutMs;
-  let line = '';
-  while (Date.now() < deadline) {
-    line = sh(which('scontrol')!, ['show', 'job', '-o', jobId], env).trim();
-    const state = /\bJobState=(\S+)/.exec(line)?.[1] ?? '';
-    if (FINAL_JOB_STATES.test(state)) {
-      const exitCode = Number(/\bExitCode=(\d+):\d+/.exec(line)?.[1] ?? NaN);
-      return { state, exitCode, line };
-    }
-    await sleep(250);
-  }
-  throw new Error(`job ${jobId} did not end in ${timeoutMs} ms: ${line}`);
-}
 
 describe('slurm', { skip: slurmSkip }, () => {
   let cluster: Cluster | undefined;
@@ -574,6 +296,106 @@ describe('slurm', { skip: slurmSkip }, () => {
         checkRun(out, jobOut, result);
         // No token was in the environment (cleanEnv drops VITREG_*): the workers ran with the script's own.
         assert.match(readFileSync(join(out, 'logs/worker-0.log'), 'utf8'), /this worker is rank 0 of 2 processes/);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
+
+  test(
+    'scancel --signal=USR1 to the sbatch job: a job-wide checkpoint, the message, exit 138, requeued; the same job ends with the uninterrupted weights',
+    { timeout: 3 * RUN_TIMEOUT_MS + 30_000 },
+    async () => {
+      const c = cluster!;
+      const dir = mkdtempSync(join(tmpdir(), 'vitreg-sbatch-stop-'));
+      try {
+        const bin = workerBin(dir);
+        const config = join(dir, 'stop.json');
+        const steps = 40;
+        writeFileSync(
+          config,
+          JSON.stringify({
+            ...SMALL_CONFIG,
+            data: { train_size: 32, val_size: 8 },
+            train: { ...SMALL_CONFIG.train, steps, checkpoint_every: 0 },
+          }),
+        );
+        const PATH = `${dirname(bin)}${delimiter}${process.env.PATH ?? ''}`;
+        /** Submits the script into run folder `out` (its output appended over requeues); returns the job id. */
+        const submit = async (out: string): Promise<string> => {
+          const env = cleanEnv({ SLURM_CONF: c.conf, VITREG_RUN_DIR: out, PATH });
+          const args = ['--parsable', '--nodes=1', '--ntasks-per-node=2', '--cpus-per-task=1', '--gpus-per-task=1', '--overcommit'];
+          const s = await run(
+            which('sbatch')!,
+            [...args, '--time=10', '--open-mode=append', `--output=${join(dir, 'slurm-%j.out')}`, '--chdir', dir].concat([
+              join(ROOT, 'deploy/slurm/vitreg-train.sbatch'),
+              '--config',
+              config,
+              '--checksum',
+            ]),
+            env,
+            30_000,
+          );
+          assert.equal(s.code, 0, tail(s));
+          return s.stdout.trim().split(';')[0]!;
+        };
+        const env = cleanEnv({ SLURM_CONF: c.conf });
+        const output = (jobId: string) => {
+          const f = join(dir, `slurm-${jobId}.out`);
+          return existsSync(f) ? readFileSync(f, 'utf8') : '';
+        };
+        const checksums = (text: string) => [...text.matchAll(/"checksum":"([0-9a-f]{64})"/g)].map((m) => m[1]);
+
+        // The weights of an uninterrupted run of the script.
+        const straightId = await submit(join(dir, 'straight'));
+        const straight = await waitForJob(straightId, env, RUN_TIMEOUT_MS);
+        assert.equal(straight.state, 'COMPLETED', output(straightId));
+        const [want] = checksums(output(straightId));
+        assert.ok(want, output(straightId));
+
+        // The same job, signalled at a random step as Slurm does before a time limit (--signal=USR1@180).
+        const out = join(dir, 'run');
+        const jobId = await submit(out);
+        const at = 3 + Math.floor(Math.random() * 20);
+        const metrics = join(out, 'metrics.jsonl');
+        for (const t0 = Date.now(); ; await sleep(100)) {
+          if (existsSync(metrics) && readFileSync(metrics, 'utf8').trim().split('\n').filter(Boolean).length >= at) break;
+          assert.ok(Date.now() - t0 < RUN_TIMEOUT_MS, `no step ${at} in ${metrics}: ${output(jobId)}`);
+        }
+        const scancel = await run(which('scancel')!, ['--signal=USR1', jobId], env, 30_000);
+        assert.equal(scancel.code, 0, tail(scancel));
+        // Both workers stop after the same step with one checkpoint, exit 138, and the script requeues the
+        // job; Slurm holds a requeued job for a while: the test lets it start again at once.
+        let requeued = false;
+        const end = await (async () => {
+          for (const t0 = Date.now(); Date.now() - t0 < 2 * RUN_TIMEOUT_MS; await sleep(250)) {
+            const line = sh(which('scontrol')!, ['show', 'job', '-o', jobId], env).trim();
+            const state = /\bJobState=(\S+)/.exec(line)?.[1] ?? '';
+            if (!requeued && state === 'PENDING' && Number(/\bRestarts=(\d+)/.exec(line)?.[1]) >= 1) {
+              requeued = true;
+              sh(which('scontrol')!, ['update', `JobId=${jobId}`, 'StartTime=now'], env);
+            }
+            if (/^(COMPLETED|FAILED|CANCELLED|TIMEOUT)$/.test(state)) return { state, line };
+          }
+          throw new Error(`job ${jobId} did not end: ${output(jobId)}`);
+        })();
+        const text = output(jobId);
+        const lines = [
+          ...text.matchAll(/^vitreg-worker: interrupted at step (\d+); checkpoint written; run the same command to continue$/gm),
+        ];
+        assert.equal(lines.length, 2, `both workers say where they stopped:\n${text}`);
+        const n = Number(lines[0]![1]);
+        assert.equal(Number(lines[1]![1]), n, 'both after the same step');
+        assert.ok(n >= at && n < steps, `stopped at ${n}, signalled after ${at}`);
+        assert.match(
+          text,
+          new RegExp(`^vitreg-train: stopped with a checkpoint before the time limit; requeueing job ${jobId} to continue$`, 'm'),
+        );
+        assert.ok(requeued, 'the job was requeued');
+        // The requeued job continued from that checkpoint to the weights of the uninterrupted run.
+        assert.equal(end.state, 'COMPLETED', `${end.line}\n${text}`);
+        assert.equal(checksums(text).pop(), want, 'the same weights as the uninterrupted run');
+        assert.match(readFileSync(join(out, 'logs/worker-0.log'), 'utf8'), new RegExp(`resuming from step ${n} of ${steps}`));
       } finally {
         rmSync(dir, { recursive: true, force: true });
       }
