@@ -35,8 +35,10 @@ for (const ws of workspaces) {
     for (const f of [entry.import.default, entry.import.types, entry.require.default, entry.require.types]) {
       assert.ok(existsSync(join(ROOT, ws, f)), `${f} built`);
     }
+    // The sources ship too (the vitreg-source export condition and the source maps point at src/);
     // @vitreg/proto also ships its .proto files (PROTO_PATH points into vitreg/).
-    assert.deepEqual(pkg.files, pkg.name === '@vitreg/proto' ? ['dist', 'README.md', 'vitreg'] : ['dist', 'README.md']);
+    const files = ['dist', 'src', 'README.md', 'LICENSE'];
+    assert.deepEqual(pkg.files, pkg.name === '@vitreg/proto' ? [...files, 'vitreg'] : files);
     for (const dep of Object.keys(pkg.dependencies ?? {})) {
       if (dep.startsWith('@vitreg/'))
         assert.ok(
@@ -84,3 +86,37 @@ for (const ws of workspaces) {
     assert.deepEqual(missing, [], `${pkg.name}: imported but not in dependencies`);
   });
 }
+
+/** Every file path an exports map names, under any condition. */
+function exportTargets(node: unknown): string[] {
+  if (typeof node === 'string') return [node];
+  if (node && typeof node === 'object') return Object.values(node).flatMap(exportTargets);
+  return [];
+}
+
+const LICENSE = readFileSync(join(ROOT, 'LICENSE'), 'utf8');
+
+for (const ws of workspaces) {
+  const pkg = JSON.parse(readFileSync(join(ROOT, ws, 'package.json'), 'utf8'));
+  test(`${pkg.name} publishes what its exports name, its licence and where it comes from`, () => {
+    // Every export target, under every condition (vitreg-source included), is inside a published folder or file.
+    const published = (path: string) =>
+      (pkg.files as string[]).some((f) => path.replace(/^\.\//, '') === f || path.replace(/^\.\//, '').startsWith(`${f}/`));
+    for (const target of exportTargets(pkg.exports)) {
+      if (target === './package.json') continue;
+      assert.ok(published(target), `exports target ${target} is in files ${JSON.stringify(pkg.files)}`);
+    }
+    for (const bin of Object.values((pkg.bin ?? {}) as Record<string, string>)) assert.ok(published(bin), `bin ${bin} is published`);
+    assert.equal(pkg.license, 'Apache-2.0');
+    assert.equal(readFileSync(join(ROOT, ws, 'LICENSE'), 'utf8'), LICENSE, `${ws}/LICENSE is the repository's LICENSE`);
+    assert.equal(pkg.repository?.type, 'git');
+    assert.match(pkg.repository?.url ?? '', /^git\+https:\/\/.+\.git$/);
+    assert.equal(pkg.repository?.directory, ws, 'repository.directory: where the package lives in the repository');
+  });
+}
+
+test('the repository has the Apache-2.0 licence in full', () => {
+  assert.match(LICENSE, /^\s*Apache License\s+Version 2\.0, January 2004/);
+  assert.match(LICENSE, /END OF TERMS AND CONDITIONS/);
+  assert.ok(LICENSE.split('\n').length > 190, 'the full text, not a notice');
+});
