@@ -102,6 +102,7 @@ th { background: #f3f3f3; font-weight: 600; font-size: 13px; } td:first-child, t
 td:first-child { white-space: nowrap; } .wide { overflow-x: auto; max-width: 100%; }
 .models { display: flex; gap: 24px; flex-wrap: wrap; align-items: flex-start; } .model { flex: 1 1 0; min-width: 480px; }
 figure { margin: 8px 0; } figcaption { font-size: 12px; color: #555; } img { max-width: 100%; }
+figure.input img { min-width: 192px; image-rendering: pixelated; }
 .failed { color: #a00; }
 `;
 
@@ -139,7 +140,7 @@ export function renderReport(r: ReportInput): string {
   for (const img of r.images) {
     out.push(`<h2 id="${e(encodeURIComponent(img.name))}">${e(img.name)}</h2>`, `<p>${e(img.source)}</p>`);
     out.push(
-      `<figure><img src="${e(href(img.input))}" alt="input ${e(img.name)}"><figcaption>input as the model saw it</figcaption></figure>`,
+      `<figure class="input"><img src="${e(href(img.input))}" alt="input ${e(img.name)}"><figcaption>input as the model saw it</figcaption></figure>`,
     );
     out.push('<div class="models">');
     img.results.forEach((res, k) => {
