@@ -37,7 +37,7 @@ const modules = {
     tests: ['packages/trainer/test/param-groups.test.ts', 'packages/trainer/test/recipe.test.ts', 'packages/trainer/test/optim.test.ts'],
   },
   'packages/trainer/src/masking.ts': { tests: ['packages/trainer/test/parts.test.ts', 'packages/trainer/test/masking.test.ts'] },
-  'packages/trainer/src/knn.ts': { tests: ['packages/trainer/test/knn.test.ts'] },
+  'packages/trainer/src/knn.ts': { tests: ['packages/trainer/test/knn.test.ts', 'packages/trainer/test/knn-edges.test.ts'] },
   'packages/probe/src/lost.ts': { tests: ['packages/probe/test/lost.test.ts', 'packages/probe/test/lost-k.test.ts'] },
   'packages/probe/src/dense-metrics.ts': { tests: ['packages/probe/test/dense-heads.test.ts', 'packages/probe/test/dense-eval.test.ts'] },
   'packages/probe/src/dense-segmentation.ts': {
