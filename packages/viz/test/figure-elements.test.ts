@@ -131,7 +131,10 @@ test('report: image names stay on one line and the summary table scrolls instead
   });
   assert.match(html, /td:first-child \{ white-space: nowrap; \}/);
   assert.match(html, /<div class="wide"><table>/);
-  assert.doesNotMatch(html, /image-rendering: pixelated/, 'labels shrink smoothly when a figure is shown smaller');
+  // Figures shrink smoothly (labels stay legible); only the small input thumbnail keeps its pixels sharp.
+  assert.match(html, /\} img \{ max-width: 100%; \}/);
+  assert.equal(html.match(/image-rendering: pixelated/g)?.length, 1);
+  assert.match(html, /figure\.input img \{ min-width: 192px; image-rendering: pixelated; \}/);
 });
 
 test('labels of close values stay apart (a colour bar over 7.992..8.004, ticks of a narrow axis)', () => {
