@@ -4,8 +4,11 @@
  *  - `rank`: one ring member running the worker's real data plane from @vitreg/worker (connectTcpLink /
  *    acceptTcpLink / Inbox / ringAllReduce, or GrpcOutLink + a PushChunks server on PeerService as the
  *    worker's peer server serves it);
- *  - `sink` / `source`: the raw TCP ceiling (net, 1 MiB writes, one ack byte per round).
- * Talks to the parent over the IPC channel.
+ *  - `sink` / `source`: the raw TCP ceiling (net, 1 MiB writes, one ack byte per round);
+ *  - `stream`: the ring's traffic without the all-reduce: every process streams `floats * 4` bytes to
+ *    its successor while it receives as many from its predecessor (net, 1 MiB writes), per round.
+ * Listens at its host's address (cfg.host: 127.0.0.1, or a host of its own with --hosts). Talks to the
+ * parent over the IPC channel.
  */
 import net from 'node:net';
 import * as grpc from '@grpc/grpc-js';
@@ -47,13 +50,21 @@ const cfg = JSON.parse(process.argv[3]!) as {
   size: number;
   floats: number;
   transport: 'tcp' | 'grpc';
+  wire?: 'f32' | 'bf16';
   chunkBytes: number;
   bucketBytes: number;
   repeat: number;
+  /** The address this process listens at (its host's, with --hosts). */
+  host: string;
 };
 
-/** Rank r's value at index i: multiples of 1/8 in [-128, 128), so any sum of up to 2^13 ranks is exact in float32. */
+/**
+ * Rank r's value at index i: multiples of 1/8 in [-128, 128), so any sum of up to 2^13 ranks is exact
+ * in float32. On a bf16 wire, integers in [-32, 32): every partial sum of up to 4 ranks has at most 8
+ * significant bits, so it is exact in bfloat16 too and the check stays exact.
+ */
 export function valueOf(rank: number, i: number): number {
+  if (cfg.wire === 'bf16') return ((i * 31 + rank * 1237) % 64) - 32;
   return (((i * 31 + rank * 1237) % 2048) - 1024) / 8;
 }
 
@@ -84,7 +95,7 @@ async function rankMain(): Promise<void> {
         },
       );
     });
-    port = await new Promise<number>((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as net.AddressInfo).port)));
+    port = await new Promise<number>((resolve) => server.listen(0, cfg.host, () => resolve((server.address() as net.AddressInfo).port)));
     closeServer = () => server.close();
   } else {
     // The worker's pushChunks handler without the auth and epoch checks: aligned copy into the Inbox.
@@ -106,24 +117,24 @@ async function rankMain(): Promise<void> {
     const server = new grpc.Server({ 'grpc.max_receive_message_length': chunkBytes + 4096, 'grpc.max_send_message_length': 1 << 20 });
     server.addService(PeerService, handlers);
     port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
+      server.bindAsync(`${cfg.host}:0`, grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
     );
     closeServer = () => server.forceShutdown();
   }
   send({ type: 'port', port });
-  const { port: next } = (await recv()) as unknown as { port: number };
+  const { port: next, host: nextHost } = (await recv()) as unknown as { port: number; host: string };
   let out: OutLink;
   if (transport === 'tcp') {
     const nonce = Buffer.alloc(32, rank);
     out = await connectTcpLink(
-      '127.0.0.1',
+      nextHost,
       next,
       encodeHello(workerId, epoch, nonce, linkMac(token, nonce, epoch, workerId)),
       undefined,
       10_000,
     );
   } else {
-    const client = new PeerClient(`127.0.0.1:${next}`, grpc.credentials.createInsecure(), {
+    const client = new PeerClient(`${nextHost}:${next}`, grpc.credentials.createInsecure(), {
       'grpc.max_receive_message_length': 8 << 20,
       'grpc.max_send_message_length': 8 << 20,
     });
@@ -139,9 +150,15 @@ async function rankMain(): Promise<void> {
     if (m.type === 'exit') break;
     const iter = m.iter as number;
     for (let i = 0; i < floats; i++) data[i] = valueOf(rank, i);
+    // Every rank starts at the parent's 'go', sent once all filled their data (no rank's time
+    // includes waiting for a slower rank's preparation).
+    send({ type: 'ready', iter });
+    await recv();
     const t0 = performance.now();
-    await ringAllReduce({ out, inbox: ib, epoch, position: rank, size }, data, iter, iter, { chunkBytes, bucketBytes });
+    const cpu0 = process.cpuUsage();
+    await ringAllReduce({ out, inbox: ib, epoch, position: rank, size }, data, iter, iter, { chunkBytes, bucketBytes, wire: cfg.wire });
     const seconds = (performance.now() - t0) / 1000;
+    const cpu = process.cpuUsage(cpu0);
     // Every index against the closed form (exact: see valueOf).
     let bad = 0;
     let firstBad = -1;
@@ -152,7 +169,16 @@ async function rankMain(): Promise<void> {
         if (bad++ === 0) firstBad = i;
       }
     }
-    send({ type: 'done', iter, seconds, bad, firstBad, got: firstBad >= 0 ? data[firstBad] : null });
+    send({
+      type: 'done',
+      iter,
+      seconds,
+      cpu: (cpu.user + cpu.system) / 1e6,
+      cpuUser: cpu.user / 1e6,
+      bad,
+      firstBad,
+      got: firstBad >= 0 ? data[firstBad] : null,
+    });
   }
   out.close();
   closeServer();
@@ -174,7 +200,7 @@ async function sinkMain(): Promise<void> {
     socket.on('error', () => undefined);
   });
   const port = await new Promise<number>((resolve) =>
-    server.listen(0, '127.0.0.1', () => resolve((server.address() as net.AddressInfo).port)),
+    server.listen(0, cfg.host, () => resolve((server.address() as net.AddressInfo).port)),
   );
   send({ type: 'port', port });
   await recv();
@@ -186,7 +212,7 @@ async function sourceMain(): Promise<void> {
   const bytes = cfg.floats * 4;
   const { port } = (await recv()) as unknown as { port: number };
   const socket = await new Promise<net.Socket>((resolve, reject) => {
-    const s = net.connect({ host: '127.0.0.1', port }, () => resolve(s));
+    const s = net.connect({ host: cfg.host, port }, () => resolve(s));
     s.once('error', reject);
   });
   socket.setNoDelay(true);
@@ -212,7 +238,61 @@ async function sourceMain(): Promise<void> {
   process.exit(0);
 }
 
-const main = role === 'rank' ? rankMain : role === 'sink' ? sinkMain : sourceMain;
+/** Streams to the successor while receiving from the predecessor; reports each round's time until both ended. */
+async function streamMain(): Promise<void> {
+  const bytes = cfg.floats * 4;
+  let got = 0;
+  let received: (() => void) | null = null;
+  let incoming: net.Socket | null = null;
+  const server = net.createServer((socket) => {
+    incoming = socket;
+    socket.on('data', (b: Buffer) => {
+      got += b.length;
+      if (got >= bytes && received) {
+        got -= bytes;
+        const r = received;
+        received = null;
+        r();
+      }
+    });
+    socket.on('error', () => undefined);
+  });
+  const port = await new Promise<number>((resolve) =>
+    server.listen(0, cfg.host, () => resolve((server.address() as net.AddressInfo).port)),
+  );
+  send({ type: 'port', port });
+  const { port: next, host: nextHost } = (await recv()) as unknown as { port: number; host: string };
+  const socket = await new Promise<net.Socket>((resolve, reject) => {
+    const s = net.connect({ host: nextHost, port: next }, () => resolve(s));
+    s.once('error', reject);
+  });
+  socket.setNoDelay(true);
+  send({ type: 'linked' });
+  const buf = Buffer.alloc(1 << 20, 7);
+  for (;;) {
+    const m = await recv();
+    if (m.type === 'exit') break;
+    const done = new Promise<void>((r) => {
+      received = r;
+      if (got >= bytes) {
+        got -= bytes;
+        received = null;
+        r();
+      }
+    });
+    const t0 = performance.now();
+    for (let off = 0; off < bytes; off += buf.length) {
+      if (!socket.write(buf.subarray(0, Math.min(buf.length, bytes - off)))) await new Promise((r) => socket.once('drain', r));
+    }
+    await done;
+    send({ type: 'done', seconds: (performance.now() - t0) / 1000 });
+  }
+  socket.destroy();
+  (incoming as net.Socket | null)?.destroy();
+  server.close();
+}
+
+const main = role === 'rank' ? rankMain : role === 'sink' ? sinkMain : role === 'stream' ? streamMain : sourceMain;
 main().then(
   () => process.exit(0),
   (err: Error) => {

@@ -1,36 +1,57 @@
 /**
- * `npm run bench -- allreduce [--workers 2,4,8] [--mb 100] [--transport tcp|grpc|tcp,grpc] [--repeat 3]
- *   [--chunk-kb 1024] [--bucket-mb 25] [--cpu-prof DIR]`
- * Ring all-reduce between N processes on loopback with the worker's own data plane (@vitreg/worker:
+ * `npm run bench -- allreduce [--workers 2,4,8 | --hosts 2,3,4 --link-mbit 100,1000] [--mb 100]
+ *   [--transport tcp|grpc|tcp,grpc] [--wire f32|bf16] [--repeat 3] [--chunk-kb 1024] [--bucket-mb 25] [--cpu-prof DIR]`
+ * Ring all-reduce between N processes on loopback, or (--hosts) between N hosts of their own: network
+ * namespaces on a bridge whose links are capped at --link-mbit in both directions (test/netns.ts; root),
+ * one process per host, each at its own address. It uses the worker's own data plane (@vitreg/worker:
  * connectTcpLink + acceptTcpLink + Inbox, or GrpcOutLink + a PushChunks server on PeerService; ringAllReduce),
  * `mb` MiB of float32 per process, different values per rank. One warm-up all-reduce, then `repeat`
  * timed ones; every result is checked exactly against the closed-form sum (bench/_allreduce-rank.ts).
  * The ceiling `tcp_gbps` is measured in the same run: `mb` MiB copied between two processes over one
- * loopback socket (net, 1 MiB writes), median of `repeat`. One JSON line per (transport, N):
- * seconds (median; an all-reduce's time is its slowest rank's), algbw_gbps = bytes / seconds / 1e9,
- * bus_gbps = algbw * 2 (N - 1) / N (the bytes each link carries), ratio = bus / tcp. `cpus` is nproc:
- * N > cpus oversubscribes the CPU. --cpu-prof DIR writes a V8 CPU profile of rank 0.
+ * socket (net, 1 MiB writes), median of `repeat`: on loopback, or from host 0 to host 1 through the
+ * same capped links. One JSON line per (transport, N[, rate]): seconds (median; an all-reduce's time
+ * is its slowest rank's), algbw_gbps = bytes / seconds / 1e9, bus_gbps = algbw * 2 (N - 1) / N
+ * (nccl-tests' bus bandwidth: the bytes each link carries each way per second; GB/s), ratio = bus /
+ * tcp; with --hosts also link_gbps (the cap in GB/s), bus_over_link, tcp_over_link and tcp_ring_gbps:
+ * every host streaming the all-reduce's per-link bytes to its successor at once with plain sockets
+ * (the ring's traffic without the all-reduce: what this machine's kernel and cores carry). `cpus` is
+ * nproc: N > cpus oversubscribes the CPU. --cpu-prof DIR writes a V8 CPU profile of rank 0. `mb`
+ * defaults to 100 on loopback and to 0.2 x the link rate in Mbit/s with --hosts (20 MiB at 100
+ * Mbit/s: about 2 s per all-reduce). --wire bf16 sends bfloat16 (--grad-compression bf16); the check
+ * is then against the closed form rounded as the ring rounds (exact for these values).
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { availableParallelism, loadavg } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { Hosts, netnsUnavailable } from '../test/netns.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const script = join(here, '_allreduce-rank.ts');
 const usage =
-  'Usage: npm run bench -- allreduce [--workers 2,4,8] [--mb 100] [--transport tcp|grpc|tcp,grpc] [--repeat 3] [--chunk-kb 1024] [--bucket-mb 25] [--cpu-prof DIR]\n';
+  'Usage: npm run bench -- allreduce [--workers 2,4,8 | --hosts 2,3,4 --link-mbit 100,1000] [--mb 100] [--transport tcp|grpc|tcp,grpc]\n' +
+  '  [--wire f32|bf16] [--repeat 3] [--chunk-kb 1024] [--bucket-mb 25] [--cpu-prof DIR]\n';
 
 type Msg = Record<string, unknown> & { type: string };
+/** Starts one bench process (a rank, the sink or the source) with this argv and an IPC channel. */
+type Start = (args: string[], execArgv: string[]) => ChildProcess;
+
+const local: Start = (args, execArgv) => fork(script, args, { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+
+/** In host `i` of `hosts` (ip netns exec), the same process. */
+function inHost(hosts: Hosts, i: number): Start {
+  return (args, execArgv) =>
+    hosts.spawn(i, process.execPath, [...execArgv, script, ...args], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+}
 
 class Child {
   private queue: Msg[] = [];
   private waiters: ((m: Msg) => void)[] = [];
   private failure: Error | null = null;
   readonly proc: ChildProcess;
-  constructor(role: string, cfg: object, execArgv: string[]) {
-    this.proc = fork(script, [role, JSON.stringify(cfg)], { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  constructor(role: string, cfg: object, execArgv: string[], start: Start = local) {
+    this.proc = start([role, JSON.stringify(cfg)], execArgv);
     this.proc.on('message', (m: Msg) => {
       if (m.type === 'error') return this.fail(new Error(`${role}: ${m.message as string}`));
       const w = this.waiters.shift();
@@ -67,10 +88,11 @@ const median = (xs: number[]) => {
   return s.length % 2 ? s[(s.length - 1) >> 1]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 };
 
-async function tcpCeiling(floats: number, repeat: number): Promise<number[]> {
-  const cfg = { floats, repeat };
-  const sink = new Child('sink', cfg, process.execArgv);
-  const source = new Child('source', cfg, process.execArgv);
+/** The raw TCP stream: `floats * 4` bytes per round from the source to the sink (host 0 to host 1 with `hosts`). */
+async function tcpCeiling(floats: number, repeat: number, hosts?: Hosts): Promise<number[]> {
+  const cfg = { floats, repeat, host: hosts ? hosts.addresses[1] : '127.0.0.1' };
+  const sink = new Child('sink', cfg, process.execArgv, hosts ? inHost(hosts, 1) : local);
+  const source = new Child('source', cfg, process.execArgv, hosts ? inHost(hosts, 0) : local);
   try {
     const { port } = await sink.next();
     source.send({ type: 'connect', port });
@@ -83,34 +105,62 @@ async function tcpCeiling(floats: number, repeat: number): Promise<number[]> {
   }
 }
 
+/**
+ * The ring's traffic without the all-reduce (--hosts): every host streams `floats * 4` bytes to its
+ * successor while receiving as many, `repeat` rounds; a round's time is its slowest host's.
+ */
+async function tcpRing(hosts: Hosts, size: number, floats: number, repeat: number): Promise<number[]> {
+  const cfg = (i: number) => ({ floats, repeat, host: hosts.addresses[i] });
+  const ps = Array.from({ length: size }, (_, i) => new Child('stream', cfg(i), process.execArgv, inHost(hosts, i)));
+  try {
+    const ports = (await Promise.all(ps.map((c) => c.next()))).map((m) => m.port as number);
+    ps.forEach((c, i) => c.send({ type: 'connect', port: ports[(i + 1) % size]!, host: hosts.addresses[(i + 1) % size]! }));
+    await Promise.all(ps.map((c) => c.next()));
+    const times: number[] = [];
+    for (let round = 0; round <= repeat; round++) {
+      for (const c of ps) c.send({ type: 'go' });
+      const done = await Promise.all(ps.map((c) => c.next()));
+      if (round > 0) times.push(Math.max(...done.map((d) => d.seconds as number)));
+    }
+    for (const c of ps) c.send({ type: 'exit' });
+    await Promise.all(ps.map((c) => c.exited()));
+    return times;
+  } finally {
+    for (const c of ps) if (c.proc.exitCode === null) c.proc.kill();
+  }
+}
+
 async function ring(o: {
   size: number;
   floats: number;
   transport: 'tcp' | 'grpc';
+  wire: 'f32' | 'bf16';
   chunkBytes: number;
   bucketBytes: number;
   repeat: number;
   cpuProf?: string;
-}): Promise<{ times: number[]; perRank: number[][] }> {
+  hosts?: Hosts;
+}): Promise<{ times: number[]; perRank: number[][]; cpu: number[]; user: number[] }> {
   const ranks: Child[] = [];
+  const hostOf = (rank: number) => o.hosts?.addresses[rank] ?? '127.0.0.1';
   for (let rank = 0; rank < o.size; rank++) {
     const execArgv = rank === 0 && o.cpuProf ? [...process.execArgv, '--cpu-prof', `--cpu-prof-dir=${o.cpuProf}`] : process.execArgv;
-    ranks.push(
-      new Child(
-        'rank',
-        { rank, size: o.size, floats: o.floats, transport: o.transport, chunkBytes: o.chunkBytes, bucketBytes: o.bucketBytes },
-        execArgv,
-      ),
-    );
+    const { size, floats, transport, wire, chunkBytes, bucketBytes } = o;
+    const cfg = { rank, size, floats, transport, wire, chunkBytes, bucketBytes, host: hostOf(rank) };
+    ranks.push(new Child('rank', cfg, execArgv, o.hosts ? inHost(o.hosts, rank) : local));
   }
   try {
     const ports = (await Promise.all(ranks.map((c) => c.next()))).map((m) => m.port as number);
-    ranks.forEach((c, r) => c.send({ type: 'connect', port: ports[(r + 1) % o.size]! }));
+    ranks.forEach((c, r) => c.send({ type: 'connect', port: ports[(r + 1) % o.size]!, host: hostOf((r + 1) % o.size) }));
     await Promise.all(ranks.map((c) => c.next()));
     const times: number[] = [];
     const perRank: number[][] = [];
+    const cpu: number[] = [];
+    const user: number[] = [];
     for (let iter = 0; iter <= o.repeat; iter++) {
       for (const c of ranks) c.send({ type: 'run', iter });
+      await Promise.all(ranks.map((c) => c.next()));
+      for (const c of ranks) c.send({ type: 'go', iter });
       const done = await Promise.all(ranks.map((c) => c.next()));
       for (const [r, d] of done.entries()) {
         if ((d.bad as number) > 0)
@@ -122,15 +172,23 @@ async function ring(o: {
         const s = done.map((d) => d.seconds as number);
         perRank.push(s);
         times.push(Math.max(...s));
+        cpu.push(done.reduce((a, d) => a + (d.cpu as number), 0) / done.length);
+        user.push(done.reduce((a, d) => a + (d.cpuUser as number), 0) / done.length);
       }
     }
     for (const c of ranks) c.send({ type: 'exit' });
     await Promise.all(ranks.map((c) => c.exited()));
-    return { times, perRank };
+    return { times, perRank, cpu, user };
   } finally {
     for (const c of ranks) if (c.proc.exitCode === null) c.proc.kill();
   }
 }
+
+const list = (flag: string, text: string, min: number): number[] => {
+  const xs = text.split(',').map(Number);
+  for (const n of xs) if (!Number.isFinite(n) || n < min) throw new Error(`${flag}: numbers >= ${min}, got ${text}`);
+  return xs;
+};
 
 export async function run(argv: string[]): Promise<void> {
   if (argv.includes('--help') || argv.includes('-h')) {
@@ -141,63 +199,94 @@ export async function run(argv: string[]): Promise<void> {
     args: argv,
     options: {
       workers: { type: 'string', default: '2,4,8' },
-      mb: { type: 'string', default: '100' },
+      hosts: { type: 'string' },
+      'link-mbit': { type: 'string', default: '1000' },
+      mb: { type: 'string' },
       transport: { type: 'string', default: 'tcp' },
+      wire: { type: 'string', default: 'f32' },
       repeat: { type: 'string', default: '3' },
       'chunk-kb': { type: 'string', default: '1024' },
       'bucket-mb': { type: 'string', default: '25' },
       'cpu-prof': { type: 'string' },
     },
   });
-  const sizes = values.workers!.split(',').map(Number);
+  const onHosts = values.hosts !== undefined;
+  const sizes = list(onHosts ? '--hosts' : '--workers', onHosts ? values.hosts! : values.workers!, 2);
+  for (const n of sizes) if (!Number.isInteger(n)) throw new Error(`--workers/--hosts: integers >= 2, got ${n}`);
+  const rates = onHosts ? list('--link-mbit', values['link-mbit']!, 1) : [0];
   const transports = values.transport!.split(',') as ('tcp' | 'grpc')[];
   for (const t of transports) if (t !== 'tcp' && t !== 'grpc') throw new Error(`--transport ${t}: tcp or grpc`);
-  for (const n of sizes) if (!Number.isInteger(n) || n < 2) throw new Error(`--workers: integers >= 2, got ${values.workers}`);
-  const mb = Number(values.mb);
+  const wire = values.wire as 'f32' | 'bf16';
+  if (wire !== 'f32' && wire !== 'bf16') throw new Error(`--wire ${wire}: f32 or bf16`);
+  if (onHosts) {
+    const why = netnsUnavailable();
+    if (why) throw new Error(`--hosts: ${why}`);
+  }
   const repeat = Math.max(1, Number(values.repeat));
-  const floats = Math.floor((mb * 2 ** 20) / 4);
-  const bytes = floats * 4;
   const chunkBytes = Math.round(Number(values['chunk-kb']) * 1024);
   const bucketBytes = Math.round(Number(values['bucket-mb']) * 2 ** 20);
   const cpus = availableParallelism();
-  const tcpTimes = await tcpCeiling(floats, repeat);
-  const tcpGbps = bytes / median(tcpTimes) / 1e9;
-  for (const transport of transports) {
-    for (const size of sizes) {
-      const { times } = await ring({
-        size,
-        floats,
-        transport,
-        chunkBytes,
-        bucketBytes,
-        repeat,
-        cpuProf: values['cpu-prof'] ? resolve(values['cpu-prof']) : undefined,
-      });
-      const seconds = median(times);
-      const algbw = bytes / seconds / 1e9;
-      const bus = (algbw * 2 * (size - 1)) / size;
-      process.stdout.write(
-        JSON.stringify({
-          case: 'allreduce',
-          transport,
-          workers: size,
-          mb,
-          bytes,
-          chunk_bytes: chunkBytes,
-          bucket_bytes: bucketBytes,
-          seconds: +seconds.toFixed(4),
-          times: times.map((t) => +t.toFixed(4)),
-          algbw_gbps: +algbw.toFixed(4),
-          bus_gbps: +bus.toFixed(4),
-          tcp_gbps: +tcpGbps.toFixed(4),
-          tcp_times: tcpTimes.map((t) => +t.toFixed(4)),
-          ratio: +(bus / tcpGbps).toFixed(3),
-          cpus,
-          loadavg_1m: +loadavg()[0]!.toFixed(2),
-          oversubscribed: size > cpus,
-          checked: 'every index, exact',
-        }) + '\n',
-      );
+  for (const rate of rates) {
+    const mb = values.mb !== undefined ? Number(values.mb) : onHosts ? Math.max(1, Math.round(rate * 0.2)) : 100;
+    const floats = Math.floor((mb * 2 ** 20) / 4);
+    const bytes = floats * 4;
+    const hosts = onHosts ? Hosts.create({ hosts: Math.max(...sizes), linkMbit: rate }) : undefined;
+    try {
+      const tcpTimes = await tcpCeiling(floats, repeat, hosts);
+      const tcpGbps = bytes / median(tcpTimes) / 1e9;
+      for (const transport of transports) {
+        for (const size of sizes) {
+          const { times, cpu, user } = await ring({
+            size,
+            floats,
+            transport,
+            wire,
+            chunkBytes,
+            bucketBytes,
+            repeat,
+            hosts,
+            cpuProf: values['cpu-prof'] ? resolve(values['cpu-prof']) : undefined,
+          });
+          const seconds = median(times);
+          const algbw = bytes / seconds / 1e9;
+          const bus = (algbw * 2 * (size - 1)) / size;
+          const link = rate / 8000;
+          // The same per-link bytes as the all-reduce, streamed by every host at once.
+          const streamFloats = Math.round((floats * 2 * (size - 1)) / size);
+          const ringTcp = hosts ? (streamFloats * 4) / median(await tcpRing(hosts, size, streamFloats, repeat)) / 1e9 : 0;
+          process.stdout.write(
+            JSON.stringify({
+              case: 'allreduce',
+              transport,
+              wire,
+              ...(onHosts ? { hosts: size, link_mbit: rate } : { workers: size }),
+              mb,
+              bytes,
+              chunk_bytes: chunkBytes,
+              bucket_bytes: bucketBytes,
+              seconds: +seconds.toFixed(4),
+              times: times.map((t) => +t.toFixed(4)),
+              algbw_gbps: +algbw.toFixed(4),
+              bus_gbps: +bus.toFixed(4),
+              ...(onHosts ? { link_gbps: +link.toFixed(4), bus_over_link: +(bus / link).toFixed(3) } : {}),
+              tcp_gbps: +tcpGbps.toFixed(4),
+              ...(onHosts ? { tcp_over_link: +(tcpGbps / link).toFixed(3) } : {}),
+              tcp_times: tcpTimes.map((t) => +t.toFixed(4)),
+              ...(hosts ? { tcp_ring_gbps: +ringTcp.toFixed(4), bus_over_tcp_ring: +(bus / ringTcp).toFixed(3) } : {}),
+              ratio: +(bus / tcpGbps).toFixed(3),
+              // User + system CPU seconds of one rank's process per second of all-reduce (mean over ranks; the kernel's network work in softirq is not all counted).
+              rank_cpu_load: +(median(cpu) / seconds).toFixed(3),
+              rank_cpu_user: +(median(user) / seconds).toFixed(3),
+              cpus,
+              loadavg_1m: +loadavg()[0]!.toFixed(2),
+              oversubscribed: size > cpus,
+              checked: 'every index, exact',
+            }) + '\n',
+          );
+        }
+      }
+    } finally {
+      hosts?.destroy();
     }
   }
 }
