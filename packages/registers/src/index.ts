@@ -2,6 +2,10 @@
 export { analysisToJson, analyzeTokens, tokenDataFromOutput } from './analysis.js';
 export type { TokenAnalysis, TokenData } from './analysis.js';
 export { attentionToPatches, mapStats, meanMap } from './attention-maps.js';
+export { ClipModel, CLIP_MODEL_NAMES, getClipConfig, l2Normalize, LOGIT_SCALE_MAX, validateClipConfig } from './clip-model.js';
+export type { ClipConfig } from './clip-model.js';
+export { encodeClip, inferTextConfig, loadClip, saveClip } from './clip-weights.js';
+export type { ClipLoadOptions, ClipSaveOptions } from './clip-weights.js';
 export { CONFIG_FIELDS, ffnHiddenDim, getConfig, MODEL_NAMES, posGrid } from './config.js';
 export type { ViTConfig } from './config.js';
 export { disposeOutput, ENGINE_CHOICES, outputTensors, TfjsEncoder } from './encoder.js';
@@ -44,6 +48,8 @@ export {
   withTestTimeRegisters,
 } from './test-time-registers.js';
 export type { RegisterNeuron } from './test-time-registers.js';
+export { DEFAULT_TEXT_CONFIG, eotPositions, TextTransformer, textParameterShapes, validateTextConfig } from './text-tower.js';
+export type { TextConfig, TextOutput } from './text-tower.js';
 export { torchShapes } from './torch-layout.js';
 export { readRegisterNeurons, testTimeRegisterEncoder, TtrEncoder } from './ttr-encoder.js';
 export type { TestTimeRegisterSpec } from './ttr-encoder.js';
