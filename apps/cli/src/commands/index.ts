@@ -7,6 +7,7 @@ import { exportCommand } from './export.js';
 import { features } from './features.js';
 import { probe } from './probe.js';
 import { registersCommand } from './registers.js';
+import { sweepCommand } from './sweep.js';
 import { trainCommand } from './train.js';
 
 /** Every vitreg subcommand, in the order `vitreg --help` lists them. */
@@ -19,5 +20,6 @@ export const commands: Record<string, Command> = {
   probe,
   discover,
   registers: registersCommand,
+  sweep: sweepCommand,
   demo,
 };

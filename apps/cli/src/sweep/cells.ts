@@ -1,0 +1,281 @@
+/**
+ * The cells of a sweep: the cartesian product of its axes (first axis slowest, values in file order), each
+ * with a short name, its own folder <out>/cells/<index>-<name>/, the resolved training config and its hash;
+ * and the cell's markers, each written atomically (temp file + rename): cell.json (what the cell is),
+ * running.json, done.json, failed.json (attempts so far), and the state `status` reports.
+ *
+ * Folder of one cell: cell.json, config.json (the full resolved config `vitreg train --config` gets),
+ * train/ (the run folder: checkpoints, metrics.jsonl, eval.json), eval/<stage>/ (evaluation outputs),
+ * logs/<stage>.log, results.json (every measurement), done.json or failed.json.
+ */
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import { InputError, writeJsonAtomic } from '@vitreg/core';
+import { validateTrainConfig, type TrainConfig } from '@vitreg/trainer';
+import type { SweepSpec } from './spec.js';
+
+export interface Cell {
+  index: number;
+  /** <index>-<short axis values>, e.g. 03-reg2-seed1: the folder's name. */
+  name: string;
+  dir: string;
+  /** Axis path -> this cell's value. */
+  axes: Record<string, unknown>;
+  config: TrainConfig;
+  /** sha256 of the resolved config (canonical JSON), 16 hex digits. */
+  hash: string;
+  /** sha256 of what the cell evaluates and how it trains (train_args), 16 hex digits. */
+  evalHash: string;
+}
+
+/** JSON with object keys sorted (arrays kept in order): the same value always gives the same text. */
+export function canonicalJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
+  if (v !== null && typeof v === 'object')
+    return `{${Object.keys(v)
+      .filter((k) => (v as Record<string, unknown>)[k] !== undefined)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonicalJson((v as Record<string, unknown>)[k])}`)
+      .join(',')}}`;
+  return JSON.stringify(v);
+}
+
+export const shortHash = (v: unknown) => createHash('sha256').update(canonicalJson(v)).digest('hex').slice(0, 16);
+
+/** Axis short names: the last part of the path, with the common ones shortened. */
+const SHORT: Record<string, string> = {
+  num_register_tokens: 'reg',
+  seed: 'seed',
+  arch: '',
+  objective: '',
+  steps: 'steps',
+  batch_size: 'bs',
+};
+
+function shortName(axes: [string, unknown][]): string {
+  const part = ([path, v]: [string, unknown]) => {
+    const last = path.split('.').pop()!;
+    const key = last in SHORT ? SHORT[last]! : last.replace(/_/g, '').slice(0, 8);
+    return `${key}${String(v)}`.replace(/[^A-Za-z0-9.]+/g, '-').slice(0, 32);
+  };
+  return axes.map(part).join('-');
+}
+
+/** Sets `value` at dotted `path` in `obj` (a copy of each object on the way). */
+function setPath(obj: Record<string, unknown>, path: string, value: unknown): Record<string, unknown> {
+  const [head, ...rest] = path.split('.');
+  const out = { ...obj };
+  if (rest.length === 0) out[head!] = value;
+  else {
+    const inner = out[head!];
+    out[head!] = setPath(
+      inner !== null && typeof inner === 'object' && !Array.isArray(inner) ? (inner as Record<string, unknown>) : {},
+      rest.join('.'),
+      value,
+    );
+  }
+  return out;
+}
+
+function baseRaw(spec: SweepSpec): Record<string, unknown> {
+  if ('preset' in spec.base) return { preset: spec.base.preset };
+  const file = spec.base.file;
+  let v: unknown;
+  try {
+    v = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    throw new InputError(
+      `${spec.file}: field "base": ${e.code === 'ENOENT' ? `no such config file ${file}` : `${file} is not valid JSON (${e.message})`}`,
+    );
+  }
+  if (v === null || typeof v !== 'object' || Array.isArray(v))
+    throw new InputError(`${spec.file}: field "base": ${file} is not a JSON object`);
+  return v as Record<string, unknown>;
+}
+
+/**
+ * Every cell of `spec`, in a stable order: the cartesian product of the axes, the first axis slowest.
+ * Each cell's config is the base with `set` then the cell's axis values applied and validated; the
+ * problems of every cell are reported together (naming the sweep file and the field paths).
+ */
+export function expandCells(spec: SweepSpec): Cell[] {
+  const raw0 = baseRaw(spec);
+  let base = raw0;
+  for (const [k, v] of Object.entries(spec.set)) base = setPath(base, k, v);
+  const combos: [string, unknown][][] = [[]];
+  for (const [path, values] of spec.axes) {
+    const next: [string, unknown][][] = [];
+    for (const c of combos) for (const v of values) next.push([...c, [path, v]]);
+    combos.splice(0, combos.length, ...next);
+  }
+  const width = String(combos.length - 1).length;
+  const problems = new Set<string>();
+  const evalHash = shortHash({ evaluate: spec.evaluate, train_args: spec.train_args });
+  const cells: Cell[] = [];
+  combos.forEach((combo, index) => {
+    let raw = base;
+    for (const [path, v] of combo) raw = setPath(raw, path, v);
+    const label = combo.map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(', ');
+    let config: TrainConfig;
+    try {
+      config = validateTrainConfig(raw, 'config');
+    } catch (err) {
+      // The trainer names the field ("config: field "model.x" ..."); say which cell and which axes.
+      const msg = (err as Error).message.replace(/^config: /, '');
+      problems.add(`cell ${index} (${label}): ${msg}`);
+      return;
+    }
+    // A field the trainer ignored (a typo in a path it does not check) must not pass silently.
+    for (const [path] of [...combo, ...Object.entries(spec.set)]) {
+      let v: unknown = config;
+      for (const part of path.split('.')) v = v !== null && typeof v === 'object' ? (v as Record<string, unknown>)[part] : undefined;
+      if (v === undefined)
+        problems.add(`field "${combo.some(([p]) => p === path) ? 'axes' : 'set'}.${path}": not a field of the training config`);
+    }
+    const name = `${String(index).padStart(width, '0')}-${shortName(combo)}`;
+    cells.push({
+      index,
+      name,
+      dir: join(spec.out, 'cells', name),
+      axes: Object.fromEntries(combo),
+      config,
+      hash: shortHash(config),
+      evalHash,
+    });
+  });
+  if (problems.size)
+    throw new InputError(`${spec.file}: ${problems.size} problem${problems.size === 1 ? '' : 's'}: ${[...problems].join('; ')}`);
+  return cells;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Markers
+
+export interface DoneMarker {
+  hash: string;
+  eval_hash: string;
+  finished: string;
+  seconds: number;
+}
+export interface FailedMarker {
+  hash: string;
+  attempts: number;
+  error: string;
+  stage: string;
+  log: string;
+  at: string;
+}
+export interface RunningMarker {
+  pid: number;
+  host: string;
+  started: string;
+  attempt: number;
+  /** The scheduler's id of the task running it (Slurm job_task, pod name), when there is one. */
+  job?: string;
+}
+export interface CellMarker {
+  index: number;
+  name: string;
+  axes: Record<string, unknown>;
+  hash: string;
+  eval_hash: string;
+}
+
+export function readJson<T>(path: string): T | null {
+  try {
+    return JSON.parse(readFileSync(path, 'utf8')) as T;
+  } catch {
+    return null;
+  }
+}
+
+export const markerPath = (cell: Cell, kind: 'cell' | 'done' | 'failed' | 'running' | 'results') => join(cell.dir, `${kind}.json`);
+
+export async function writeMarker(cell: Cell, kind: 'cell' | 'done' | 'failed' | 'running' | 'results', value: unknown): Promise<void> {
+  await writeJsonAtomic(markerPath(cell, kind), value);
+}
+
+export async function removeMarker(cell: Cell, kind: 'done' | 'failed' | 'running'): Promise<void> {
+  await rm(markerPath(cell, kind), { force: true });
+}
+
+export type CellState = 'done' | 'running' | 'failed' | 'pending';
+
+export interface CellStatus {
+  cell: Cell;
+  state: CellState;
+  /** Failed attempts so far. */
+  attempts: number;
+  detail: string;
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  try {
+    return !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  } catch {
+    return true;
+  }
+}
+
+/**
+ * Refuses a cell folder that holds another config's cell (the sweep file changed under it), naming the
+ * cell and the way out.
+ */
+export function checkCellHash(cell: Cell, file: string): void {
+  const m = readJson<CellMarker>(markerPath(cell, 'cell'));
+  if (m && m.hash !== cell.hash) {
+    const there = readJson<TrainConfig>(join(cell.dir, 'config.json'));
+    const field = there ? firstDifference(there, cell.config) : null;
+    throw new InputError(
+      `${file}: cell ${cell.index} (${cell.name}) in ${cell.dir} was made with another config (hash ${m.hash}, now ${cell.hash}` +
+        `${field ? `; field "${field}" differs` : ''}): give the sweep another out folder, or move that cell folder away to run it again`,
+    );
+  }
+}
+
+/** The first dotted path where two JSON values differ (null when equal). */
+export function firstDifference(a: unknown, b: unknown, path = ''): string | null {
+  if (canonicalJson(a) === canonicalJson(b)) return null;
+  if (a && b && typeof a === 'object' && typeof b === 'object' && !Array.isArray(a) && !Array.isArray(b)) {
+    const keys = [...new Set([...Object.keys(a), ...Object.keys(b)])].sort();
+    for (const k of keys) {
+      const d = firstDifference((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k], path ? `${path}.${k}` : k);
+      if (d) return d;
+    }
+  }
+  return path || '(top)';
+}
+
+/** The cell's state from its markers alone (a running marker of a dead process on this host: not running). */
+export function cellStatus(cell: Cell, retries: number): CellStatus {
+  const done = readJson<DoneMarker>(markerPath(cell, 'done'));
+  const failed = readJson<FailedMarker>(markerPath(cell, 'failed'));
+  const attempts = failed && failed.hash === cell.hash ? failed.attempts : 0;
+  if (done && done.hash === cell.hash && done.eval_hash === cell.evalHash && existsSync(markerPath(cell, 'results')))
+    return { cell, state: 'done', attempts, detail: `${done.seconds.toFixed(0)} s` };
+  const running = readJson<RunningMarker>(markerPath(cell, 'running'));
+  if (running && (running.host !== hostname() || pidAlive(running.pid)))
+    return {
+      cell,
+      state: 'running',
+      attempts,
+      detail: `${running.job ?? `pid ${running.pid}`} on ${running.host} since ${running.started}`,
+    };
+  if (attempts > 0)
+    return {
+      cell,
+      state: attempts > retries ? 'failed' : 'pending',
+      attempts,
+      detail: `${attempts} failed attempt${attempts === 1 ? '' : 's'} (${failed!.stage}: ${failed!.error}; log ${failed!.log})`,
+    };
+  return { cell, state: 'pending', attempts, detail: done ? 'evaluation settings changed: evaluated again' : '' };
+}

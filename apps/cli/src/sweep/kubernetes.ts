@@ -1,0 +1,185 @@
+/**
+ * The Kubernetes plan of a sweep, as YAML (a small emitter of block-style YAML whose strings are JSON
+ * strings, so any YAML parser reads it):
+ *   - single-process cells: one Indexed Job (completionMode Indexed, completions N, parallelism K): the pod
+ *     of index I runs cell I (JOB_COMPLETION_INDEX), each index retried on its own (backoffLimitPerIndex:
+ *     the sweep's retries); a stop on request (exit 130 / 138 / 143 after a checkpoint) and a disruption
+ *     (eviction, preemption) are not counted (podFailurePolicy) and the replacement pod continues.
+ *   - multi-process cells: one Job per cell as in deploy/kubernetes: P pods (Indexed), a headless Service
+ *     through which every pod reaches pod 0's coordinator; rank 0 evaluates and writes the markers.
+ * The runs volume is mounted at the sweep's out folder, so the paths in sweep.json and the cells' files
+ * are the same in every pod.
+ */
+import type { SweepSpec } from './spec.js';
+
+type Y = string | number | boolean | null | undefined | Y[] | { [k: string]: Y };
+
+/** Block-style YAML of `v` (strings as JSON strings; undefined fields left out). */
+export function toYaml(v: Y, indent = ''): string {
+  const scalar = (x: Y) => (typeof x === 'string' ? JSON.stringify(x) : x === null || x === undefined ? 'null' : String(x));
+  if (Array.isArray(v)) {
+    if (v.length === 0) return '[]';
+    return v
+      .map((x) => {
+        if (x !== null && typeof x === 'object' && !(Array.isArray(x) && x.length === 0)) {
+          const inner = toYaml(x, indent + '  ');
+          return `${indent}- ${inner.slice(indent.length + 2)}`;
+        }
+        return `${indent}- ${scalar(x)}`;
+      })
+      .join('\n');
+  }
+  if (v !== null && typeof v === 'object') {
+    const entries = Object.entries(v).filter(([, x]) => x !== undefined);
+    if (entries.length === 0) return '{}';
+    return entries
+      .map(([k, x]) => {
+        const key = /^[A-Za-z_][A-Za-z0-9_.\-/]*$/.test(k) ? k : JSON.stringify(k);
+        if (x !== null && typeof x === 'object' && (Array.isArray(x) ? x.length > 0 : Object.keys(x).length > 0))
+          return `${indent}${key}:\n${toYaml(x, indent + '  ')}`;
+        return `${indent}${key}: ${Array.isArray(x) ? '[]' : x !== null && typeof x === 'object' ? '{}' : scalar(x)}`;
+      })
+      .join('\n');
+  }
+  return indent + scalar(v);
+}
+
+/** A Kubernetes name from parts: lower case, [a-z0-9-], at most 63 characters. */
+export function k8sName(...parts: string[]): string {
+  return parts
+    .join('-')
+    .toLowerCase()
+    .replace(/[^a-z0-9-]+/g, '-')
+    .replace(/^-+|-+$/g, '')
+    .slice(0, 63)
+    .replace(/-+$/, '');
+}
+
+const STOP_RULES = [
+  { action: 'Ignore', onExitCodes: { containerName: 'cell', operator: 'In', values: [130, 138, 143] } },
+  { action: 'Ignore', onPodConditions: [{ type: 'DisruptionTarget' }] },
+];
+
+function podSpec(spec: SweepSpec, args: string[], env: Y[], vitreg: string[]): Record<string, Y> {
+  const k = spec.kubernetes;
+  const r = spec.resources;
+  const volumes: Y[] = [{ name: 'runs', persistentVolumeClaim: { claimName: k.runs_claim } }];
+  const mounts: Y[] = [{ name: 'runs', mountPath: spec.out }];
+  if (k.data_claim) {
+    volumes.push({ name: 'data', persistentVolumeClaim: { claimName: k.data_claim, readOnly: true } });
+    mounts.push({ name: 'data', mountPath: k.data_mount, readOnly: true });
+  }
+  const limits: Record<string, Y> = {
+    cpu: String(r.cpus_per_process),
+    ...(r.memory ? { memory: r.memory.replace(/([KMGT])$/, '$1i') } : {}),
+  };
+  if (r.gpus_per_process > 0) limits['nvidia.com/gpu'] = r.gpus_per_process;
+  return {
+    restartPolicy: 'Never',
+    terminationGracePeriodSeconds: 300,
+    containers: [
+      {
+        name: 'cell',
+        image: k.image,
+        command: [vitreg[0]!],
+        args: [...vitreg.slice(1), ...args],
+        env,
+        resources: { limits },
+        volumeMounts: mounts,
+      },
+    ],
+    volumes,
+  };
+}
+
+/**
+ * The manifests of the sweep's N cells (a list of YAML documents, each { file, text, cells }): one Indexed
+ * Job for single-process cells, else a Service and a Job per cell. `vitreg` is the command in the image.
+ */
+export function kubernetesManifests(
+  spec: SweepSpec,
+  cells: { index: number; name: string }[],
+  sweepFile: string,
+  vitreg = 'vitreg',
+): { file: string; text: string; cells: number[] }[] {
+  const k = spec.kubernetes;
+  const cmd = vitreg.split(' ').filter(Boolean);
+  const meta = (name: string, extra: Record<string, Y> = {}) => ({
+    name,
+    ...(k.namespace ? { namespace: k.namespace } : {}),
+    labels: { app: 'vitreg-sweep', 'vitreg-sweep': spec.name, ...extra },
+  });
+  const n = cells.length;
+  const header = (what: string) =>
+    `# vitreg sweep "${spec.name}" (${spec.file}): ${what}. Written by vitreg sweep plan.\n# kubectl apply -f <this file>; status: vitreg sweep status SWEEP.json\n`;
+  if (spec.resources.processes === 1) {
+    const name = k8sName('vitreg-sweep', spec.name);
+    const job = {
+      apiVersion: 'batch/v1',
+      kind: 'Job',
+      metadata: meta(name),
+      spec: {
+        completionMode: 'Indexed',
+        completions: n,
+        parallelism: Math.min(spec.max_concurrent, n),
+        backoffLimitPerIndex: spec.retries,
+        maxFailedIndexes: n,
+        podFailurePolicy: { rules: STOP_RULES },
+        template: {
+          metadata: { labels: { app: 'vitreg-sweep', 'vitreg-sweep': spec.name } },
+          // The pod of index I runs cell I: run-cell reads JOB_COMPLETION_INDEX when --cell is not given.
+          spec: podSpec(spec, ['sweep', 'run-cell', sweepFile, '--launcher', 'local'], [], cmd),
+        },
+      },
+    };
+    return [
+      {
+        file: `${name}.yaml`,
+        text: header(`${n} cells as one Indexed Job, ${job.spec.parallelism} at once`) + toYaml(job) + '\n',
+        cells: cells.map((c) => c.index),
+      },
+    ];
+  }
+  const p = spec.resources.processes;
+  return cells.map((c) => {
+    const name = k8sName('vitreg-sweep', spec.name, String(c.index));
+    const service = {
+      apiVersion: 'v1',
+      kind: 'Service',
+      metadata: meta(name),
+      spec: {
+        clusterIP: 'None',
+        publishNotReadyAddresses: true,
+        selector: { 'job-name': name },
+        ports: [{ name: 'coordinator', port: 29500, targetPort: 29500 }],
+      },
+    };
+    const env: Y[] = [
+      { name: 'MASTER_ADDR', value: `${name}-0.${name}` },
+      { name: 'MASTER_PORT', value: '29500' },
+      { name: 'WORLD_SIZE', value: String(p) },
+      { name: 'VITREG_JOB_ID', value: name },
+      { name: 'VITREG_TOKEN', valueFrom: { secretKeyRef: { name: k.token_secret, key: 'token' } } },
+      { name: 'POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } },
+    ];
+    const pod = podSpec(spec, ['sweep', 'run-cell', sweepFile, '--cell', String(c.index), '--launcher', 'env'], env, cmd);
+    const job = {
+      apiVersion: 'batch/v1',
+      kind: 'Job',
+      metadata: meta(name, { 'vitreg-sweep-cell': String(c.index) }),
+      spec: {
+        completionMode: 'Indexed',
+        completions: p,
+        parallelism: p,
+        backoffLimit: 20,
+        podFailurePolicy: { rules: STOP_RULES },
+        template: { metadata: { labels: { app: 'vitreg-sweep', 'vitreg-sweep': spec.name } }, spec: { subdomain: name, ...pod } },
+      },
+    };
+    return {
+      file: `${name}.yaml`,
+      text: header(`cell ${c.index} (${c.name}), a ${p}-process cluster job`) + toYaml(service) + '\n---\n' + toYaml(job) + '\n',
+      cells: [c.index],
+    };
+  });
+}

@@ -1,0 +1,92 @@
+/**
+ * The Slurm plan of a sweep: one sbatch job array, one array task per cell (SLURM_ARRAY_TASK_ID = the
+ * cell's index), K at once (--array=0-(N-1)%K), a log per task (%A_%a), SIGUSR1 to the cell's job steps
+ * 3 minutes before the time limit (--signal=USR1@180: the training stops after a step with a checkpoint,
+ * exit 138) and --requeue (a preempted task is requeued by Slurm; a task stopped for its time limit
+ * requeues itself and continues from its checkpoint). Each task runs `vitreg sweep run-cell --launcher
+ * srun`, which starts the cell's training with srun: one process, or P vitreg-worker tasks (a cluster job:
+ * rank 0 hosts the coordinator on the allocation's first node), then evaluates on the batch node.
+ * And `sacct`'s view of a sweep's array job for `status`.
+ */
+import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
+import type { SweepSpec } from './spec.js';
+
+const q = (s: string) => (/^[A-Za-z0-9_./:=@%+-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
+
+/** The sbatch script of the sweep's N cells; `vitreg` is the command line of the vitreg command on the nodes. */
+export function slurmScript(spec: SweepSpec, n: number, sweepFile: string, vitreg: string): string {
+  const r = spec.resources;
+  const k = Math.min(spec.max_concurrent, n);
+  const logs = join(spec.out, 'logs', 'slurm');
+  const lines = [
+    '#!/bin/bash',
+    `# vitreg sweep "${spec.name}": ${n} cells as one Slurm job array, ${k} at once. Written by vitreg sweep plan`,
+    `# from ${spec.file}; submit with:  sbatch ${join(spec.out, 'plan', 'slurm', 'sweep.sbatch')}`,
+    '#',
+    '# Array task I runs cell I (the list: plan/cells.json). A cell already done is skipped; one stopped',
+    '# before the time limit (SIGUSR1, exit 138) writes a checkpoint and is requeued; VITREG_REQUEUE=0: never.',
+    '# Status: vitreg sweep status SWEEP.json (markers + sacct). Edit the #SBATCH lines for your cluster.',
+    `#SBATCH --job-name=vitreg-sweep-${spec.name}`,
+    `#SBATCH --array=0-${n - 1}%${k}`,
+    `#SBATCH --ntasks=${r.processes}`,
+    `#SBATCH --cpus-per-task=${r.cpus_per_process}`,
+    ...(r.gpus_per_process > 0 ? [`#SBATCH --gpus-per-task=${r.gpus_per_process}`] : []),
+    ...(r.memory ? [`#SBATCH --mem=${r.memory}`] : []),
+    `#SBATCH --time=${r.time}`,
+    '#SBATCH --signal=USR1@180',
+    '#SBATCH --requeue',
+    '#SBATCH --open-mode=append',
+    `#SBATCH --output=${logs}/%x-%A_%a.out`,
+    ...(spec.slurm.partition ? [`#SBATCH --partition=${spec.slurm.partition}`] : []),
+    ...(spec.slurm.account ? [`#SBATCH --account=${spec.slurm.account}`] : []),
+    ...spec.slurm.sbatch.map((s) => `#SBATCH ${s}`),
+    'set -uo pipefail',
+    ...spec.slurm.setup,
+    `echo "vitreg sweep ${spec.name}: array task \${SLURM_ARRAY_JOB_ID}_\${SLURM_ARRAY_TASK_ID} = cell \${SLURM_ARRAY_TASK_ID} on \${SLURM_JOB_NODELIST}"`,
+    'code=0',
+    `${vitreg} sweep run-cell ${q(sweepFile)} --cell "\${SLURM_ARRAY_TASK_ID}" --launcher srun || code=$?`,
+    'if ((code == 138)) && [[ "${VITREG_REQUEUE:-1}" == 1 ]]; then',
+    '  echo "vitreg sweep: cell ${SLURM_ARRAY_TASK_ID} stopped with a checkpoint before the time limit; requeueing"',
+    '  scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"',
+    'fi',
+    'exit "$code"',
+    '',
+  ];
+  return lines.join('\n');
+}
+
+/** One array task's state from sacct: cell index -> state (RUNNING, COMPLETED, FAILED, PENDING, ...). */
+export type SacctStates = Map<number, { state: string; job: string }>;
+
+/**
+ * The states of array job `jobId`'s tasks from `sacct` (null when sacct is absent or fails: accounting
+ * not set up, as on many small clusters; then the markers alone tell).
+ */
+export function sacctStates(jobId: string): SacctStates | null {
+  let text: string;
+  try {
+    text = execFileSync('sacct', ['-n', '-P', '-X', '-j', jobId, '-o', 'JobID,State'], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+      timeout: 15_000,
+    });
+  } catch {
+    return null;
+  }
+  const states: SacctStates = new Map();
+  for (const line of text.trim().split('\n')) {
+    const [job, state] = line.split('|');
+    if (!job || !state) continue;
+    // 123_4 (one task) or 123_[5-7%2] (tasks not started yet).
+    const one = /^\d+_(\d+)$/.exec(job);
+    if (one) states.set(Number(one[1]), { state: state.split(' ')[0]!, job });
+    const range = /^\d+_\[(.+?)(%\d+)?\]$/.exec(job);
+    if (range)
+      for (const part of range[1]!.split(',')) {
+        const [a, b] = part.split('-').map(Number);
+        for (let i = a!; i <= (b ?? a!); i++) states.set(i, { state: state.split(' ')[0]!, job: `${job.split('_')[0]}_${i}` });
+      }
+  }
+  return states;
+}
