@@ -12,6 +12,8 @@ export {
 } from './augment-colour.js';
 export { hflip, randomResizedCrop, randomResizedCropBox, reflectPad, resizedCrop, simpleRandomCrop } from './augment-geometry.js';
 export { DINOV2_BLUR_AS_RUN, DINOV2_BLUR_AS_WRITTEN, evalTransform, multiCrop, supervisedAugment } from './augment.js';
+export { allGather, clipLoss, contrastiveStep, sigLipLoss } from './clip-loss.js';
+export type { ContrastiveLoss, ContrastiveStep } from './clip-loss.js';
 export { BatchPreparer, initRng, STREAMS } from './batch.js';
 export type { DinoBatch, PreparedBatch, SupervisedBatch } from './batch.js';
 export { listCheckpoints, loadCheckpoint, pruneCheckpoints, resumePoint, RunMismatchError, saveCheckpoint } from './checkpoint.js';
