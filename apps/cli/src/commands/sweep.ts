@@ -21,7 +21,7 @@ Usage: vitreg sweep plan SWEEP.json [--out DIR] [--vitreg CMD]
        vitreg sweep run SWEEP.json [--out DIR] [--concurrency K] [--cells I,J,...] [--retry-failed]
        vitreg sweep status SWEEP.json [--out DIR] [--job SLURM_JOB_ID] [--json]
        vitreg sweep collect SWEEP.json [--out DIR] [--partial]
-       vitreg sweep run-cell SWEEP.json [--cell I] [--launcher local|srun|env] [--retry-failed]
+       vitreg sweep run-cell SWEEP.json [--cell I] [--launcher local|srun|env] [--index-map I,J,..] [--retry-failed]
 
 A sweep file names a base config (a preset or a config file), axes (any config field: the cells are
 their cartesian product, the first axis slowest), what each cell evaluates after training, and the
@@ -45,7 +45,8 @@ continues from its checkpoint; a cell whose config changed under the same folder
   run-cell   one cell (what the schedulers run): --cell I (default $SLURM_ARRAY_TASK_ID, else
              $JOB_COMPLETION_INDEX); --launcher local (default: vitreg train, --nodes P for P > 1),
              srun (inside a Slurm job: srun starts the training's P tasks) or env (one rank of a
-             cluster job the scheduler started, as in deploy/kubernetes; rank 0 evaluates)
+             cluster job the scheduler started, as in deploy/kubernetes; rank 0 evaluates);
+             --index-map I,J,...: index k of the scheduler runs the k-th listed cell
   --out DIR  the sweep's folder (default: the file's "out", else runs/sweep-<name> beside the file)
 Exit codes: 0 done; 1 a cell failed; 2 a bad sweep file or flag; 130 / 138 / 143 stopped by a signal.
 `;
@@ -96,6 +97,7 @@ export const sweepCommand: Command = {
       partial: { type: 'boolean' },
       cell: { type: 'string' },
       launcher: { type: 'string' },
+      'index-map': { type: 'string' },
     });
     const [action, file, ...extra] = f.positionals;
     if (action === undefined) f.fail(`expected an action: ${ACTIONS.join(', ')}`);
@@ -112,6 +114,7 @@ export const sweepCommand: Command = {
       ['partial', ['collect']],
       ['cell', ['run-cell']],
       ['launcher', ['run-cell']],
+      ['index-map', ['run-cell']],
     ];
     for (const [flag, actions] of onlyFor)
       if (f.values[flag as keyof typeof f.values] !== undefined && action && !actions.includes(action as Action))
@@ -123,6 +126,9 @@ export const sweepCommand: Command = {
       f.fail(
         `--cell: expected a cell index (or $SLURM_ARRAY_TASK_ID / $JOB_COMPLETION_INDEX), got ${cellFlag === undefined ? 'none' : `"${cellFlag}"`}`,
       );
+    const indexMap = f.values['index-map']?.split(',').map(Number);
+    if (indexMap?.some((i) => !Number.isInteger(i) || i < 0))
+      f.fail(`--index-map: expected cell indices like 0,1,3, got "${f.values['index-map']}"`);
     f.done();
     const { spec, cells } = load(file!, f.values.out);
     try {
@@ -161,9 +167,13 @@ export const sweepCommand: Command = {
           return r.code;
         }
         case 'run-cell': {
-          const index = Number(cellFlag);
+          // --index-map: the scheduler's index k runs the k-th listed cell (an Indexed Job of some cells).
+          const index = indexMap ? indexMap[Number(cellFlag)] : Number(cellFlag);
           const cell = cells.find((c) => c.index === index);
-          if (!cell) throw new CliError(`--cell ${index}: the sweep has cells 0-${cells.length - 1}`);
+          if (!cell)
+            throw new CliError(
+              `--cell ${cellFlag}${indexMap ? ` (--index-map: ${index ?? 'none'})` : ''}: the sweep has cells 0-${cells.length - 1}`,
+            );
           installStopHandlers((signal) => say(`${signal}: cell ${cell.name} stops after its step with a checkpoint`));
           const o = await runCell(spec, cell, { launcher, retryFailed: f.values['retry-failed'], log: say });
           say(o.message);

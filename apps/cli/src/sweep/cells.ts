@@ -15,7 +15,7 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { InputError, writeJsonAtomic } from '@vitreg/core';
 import { validateTrainConfig, type TrainConfig } from '@vitreg/trainer';
-import type { SweepSpec } from './spec.js';
+import type { CellResources, SweepSpec } from './spec.js';
 
 export interface Cell {
   index: number;
@@ -25,7 +25,9 @@ export interface Cell {
   /** Axis path -> this cell's value. */
   axes: Record<string, unknown>;
   config: TrainConfig;
-  /** sha256 of the resolved config (canonical JSON), 16 hex digits. */
+  /** The sweep's resources with the overrides that match this cell. */
+  resources: CellResources;
+  /** sha256 of the resolved config and the process and thread counts (canonical JSON), 16 hex digits. */
   hash: string;
   /** sha256 of what the cell evaluates and how it trains (train_args), 16 hex digits. */
   evalHash: string;
@@ -137,15 +139,13 @@ export function expandCells(spec: SweepSpec): Cell[] {
         problems.add(`field "${combo.some(([p]) => p === path) ? 'axes' : 'set'}.${path}": not a field of the training config`);
     }
     const name = `${String(index).padStart(width, '0')}-${shortName(combo)}`;
-    cells.push({
-      index,
-      name,
-      dir: join(spec.out, 'cells', name),
-      axes: Object.fromEntries(combo),
-      config,
-      hash: shortHash(config),
-      evalHash,
-    });
+    const axes = Object.fromEntries(combo);
+    const resources = { ...spec.resources };
+    for (const o of spec.overrides)
+      if (Object.entries(o.where).every(([k, v]) => JSON.stringify(axes[k]) === JSON.stringify(v))) Object.assign(resources, o.set);
+    // Processes and threads per process change the global batch: part of what the cell is.
+    const hash = shortHash({ config, processes: resources.processes, threads: resources.threads });
+    cells.push({ index, name, dir: join(spec.out, 'cells', name), axes, config, resources, hash, evalHash });
   });
   if (problems.size)
     throw new InputError(`${spec.file}: ${problems.size} problem${problems.size === 1 ? '' : 's'}: ${[...problems].join('; ')}`);
@@ -237,7 +237,7 @@ export function checkCellHash(cell: Cell, file: string): void {
     const field = there ? firstDifference(there, cell.config) : null;
     throw new InputError(
       `${file}: cell ${cell.index} (${cell.name}) in ${cell.dir} was made with another config (hash ${m.hash}, now ${cell.hash}` +
-        `${field ? `; field "${field}" differs` : ''}): give the sweep another out folder, or move that cell folder away to run it again`,
+        `${field ? `; field "${field}" differs` : '; the processes or threads per process differ'}): give the sweep another out folder, or move that cell folder away to run it again`,
     );
   }
 }

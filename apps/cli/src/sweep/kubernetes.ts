@@ -10,7 +10,8 @@
  * The runs volume is mounted at the sweep's out folder, so the paths in sweep.json and the cells' files
  * are the same in every pod.
  */
-import type { SweepSpec } from './spec.js';
+import type { Cell } from './cells.js';
+import type { CellResources, SweepSpec } from './spec.js';
 
 type Y = string | number | boolean | null | undefined | Y[] | { [k: string]: Y };
 
@@ -60,9 +61,8 @@ const STOP_RULES = [
   { action: 'Ignore', onPodConditions: [{ type: 'DisruptionTarget' }] },
 ];
 
-function podSpec(spec: SweepSpec, args: string[], env: Y[], vitreg: string[]): Record<string, Y> {
+function podSpec(spec: SweepSpec, r: CellResources, args: string[], env: Y[], vitreg: string[]): Record<string, Y> {
   const k = spec.kubernetes;
-  const r = spec.resources;
   const volumes: Y[] = [{ name: 'runs', persistentVolumeClaim: { claimName: k.runs_claim } }];
   const mounts: Y[] = [{ name: 'runs', mountPath: spec.out }];
   if (k.data_claim) {
@@ -93,12 +93,13 @@ function podSpec(spec: SweepSpec, args: string[], env: Y[], vitreg: string[]): R
 }
 
 /**
- * The manifests of the sweep's N cells (a list of YAML documents, each { file, text, cells }): one Indexed
- * Job for single-process cells, else a Service and a Job per cell. `vitreg` is the command in the image.
+ * The manifests of the sweep's cells (YAML documents, each { file, text, cells }): one Indexed Job for the
+ * single-process cells (index k runs the k-th of them: --index-map lists their cell indices), and a
+ * Service and a Job for each multi-process cell. `vitreg` is the command in the image.
  */
 export function kubernetesManifests(
   spec: SweepSpec,
-  cells: { index: number; name: string }[],
+  cells: Cell[],
   sweepFile: string,
   vitreg = 'vitreg',
 ): { file: string; text: string; cells: number[] }[] {
@@ -109,11 +110,19 @@ export function kubernetesManifests(
     ...(k.namespace ? { namespace: k.namespace } : {}),
     labels: { app: 'vitreg-sweep', 'vitreg-sweep': spec.name, ...extra },
   });
-  const n = cells.length;
   const header = (what: string) =>
     `# vitreg sweep "${spec.name}" (${spec.file}): ${what}. Written by vitreg sweep plan.\n# kubectl apply -f <this file>; status: vitreg sweep status SWEEP.json\n`;
-  if (spec.resources.processes === 1) {
+  const docs: { file: string; text: string; cells: number[] }[] = [];
+  const single = cells.filter((c) => c.resources.processes === 1);
+  if (single.length) {
+    const n = single.length;
     const name = k8sName('vitreg-sweep', spec.name);
+    const most = (key: 'cpus_per_process' | 'gpus_per_process') => Math.max(...single.map((c) => c.resources[key]));
+    const r = { ...spec.resources, cpus_per_process: most('cpus_per_process'), gpus_per_process: most('gpus_per_process') };
+    const map = single.map((c) => c.index).join(',');
+    const all = n === cells.length && single.every((c, i) => c.index === i);
+    // The pod of completion index k runs cell k (or the k-th of --index-map): run-cell reads JOB_COMPLETION_INDEX.
+    const args = ['sweep', 'run-cell', sweepFile, '--launcher', 'local', ...(all ? [] : ['--index-map', map])];
     const job = {
       apiVersion: 'batch/v1',
       kind: 'Job',
@@ -127,21 +136,15 @@ export function kubernetesManifests(
         podFailurePolicy: { rules: STOP_RULES },
         template: {
           metadata: { labels: { app: 'vitreg-sweep', 'vitreg-sweep': spec.name } },
-          // The pod of index I runs cell I: run-cell reads JOB_COMPLETION_INDEX when --cell is not given.
-          spec: podSpec(spec, ['sweep', 'run-cell', sweepFile, '--launcher', 'local'], [], cmd),
+          spec: podSpec(spec, r, args, [], cmd),
         },
       },
     };
-    return [
-      {
-        file: `${name}.yaml`,
-        text: header(`${n} cells as one Indexed Job, ${job.spec.parallelism} at once`) + toYaml(job) + '\n',
-        cells: cells.map((c) => c.index),
-      },
-    ];
+    const what = `${n} single-process cells as one Indexed Job, ${job.spec.parallelism} at once`;
+    docs.push({ file: `${name}.yaml`, text: header(what) + toYaml(job) + '\n', cells: single.map((c) => c.index) });
   }
-  const p = spec.resources.processes;
-  return cells.map((c) => {
+  for (const c of cells.filter((x) => x.resources.processes > 1)) {
+    const p = c.resources.processes;
     const name = k8sName('vitreg-sweep', spec.name, String(c.index));
     const service = {
       apiVersion: 'v1',
@@ -162,7 +165,7 @@ export function kubernetesManifests(
       { name: 'VITREG_TOKEN', valueFrom: { secretKeyRef: { name: k.token_secret, key: 'token' } } },
       { name: 'POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } },
     ];
-    const pod = podSpec(spec, ['sweep', 'run-cell', sweepFile, '--cell', String(c.index), '--launcher', 'env'], env, cmd);
+    const pod = podSpec(spec, c.resources, ['sweep', 'run-cell', sweepFile, '--cell', String(c.index), '--launcher', 'env'], env, cmd);
     const job = {
       apiVersion: 'batch/v1',
       kind: 'Job',
@@ -176,10 +179,11 @@ export function kubernetesManifests(
         template: { metadata: { labels: { app: 'vitreg-sweep', 'vitreg-sweep': spec.name } }, spec: { subdomain: name, ...pod } },
       },
     };
-    return {
+    docs.push({
       file: `${name}.yaml`,
       text: header(`cell ${c.index} (${c.name}), a ${p}-process cluster job`) + toYaml(service) + '\n---\n' + toYaml(job) + '\n',
       cells: [c.index],
-    };
-  });
+    });
+  }
+  return docs;
 }

@@ -25,7 +25,7 @@ export function sweepJson(spec: SweepSpec, base: string): Record<string, unknown
     set: spec.set,
     axes: Object.fromEntries(spec.axes),
     evaluate: spec.evaluate,
-    resources: spec.resources,
+    resources: { ...spec.resources, overrides: spec.overrides.map((o) => ({ where: o.where, ...o.set })) },
     max_concurrent: spec.max_concurrent,
     retries: spec.retries,
     train_args: spec.train_args,
@@ -61,7 +61,14 @@ export async function writePlan(spec: SweepSpec, cells: Cell[], opts: { vitreg?:
   }
   const sweep = join(out, 'sweep.json');
   await writeJsonAtomic(sweep, sweepJson(spec, base));
-  const list = cells.map((c) => ({ index: c.index, name: c.name, axes: c.axes, hash: c.hash, dir: c.dir }));
+  const list = cells.map((c) => ({
+    index: c.index,
+    name: c.name,
+    axes: c.axes,
+    hash: c.hash,
+    processes: c.resources.processes,
+    dir: c.dir,
+  }));
   const cellsFile = join(out, 'plan', 'cells.json');
   await writeJsonAtomic(cellsFile, { sweep: spec.name, count: cells.length, cells: list });
   for (const c of cells) {
@@ -70,7 +77,7 @@ export async function writePlan(spec: SweepSpec, cells: Cell[], opts: { vitreg?:
     if (!existsSync(join(c.dir, 'config.json'))) await writeJsonAtomic(join(c.dir, 'config.json'), c.config);
   }
   const slurm = join(out, 'plan', 'slurm', 'sweep.sbatch');
-  await writeFileAtomic(slurm, slurmScript(spec, cells.length, sweep, vitreg));
+  await writeFileAtomic(slurm, slurmScript(spec, cells, sweep, vitreg));
   const kubernetes: string[] = [];
   for (const m of kubernetesManifests(spec, cells, sweep, vitreg)) {
     const f = join(out, 'plan', 'kubernetes', m.file);

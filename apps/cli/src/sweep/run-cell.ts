@@ -63,7 +63,7 @@ function launcherRank(): number {
 }
 
 function trainCommand(spec: SweepSpec, cell: Cell, launcher: Launcher): { cmd: string[]; env: NodeJS.ProcessEnv } {
-  const { processes: p, threads: t } = spec.resources;
+  const { processes: p, threads: t } = cell.resources;
   const config = join(cell.dir, 'config.json');
   const out = join(cell.dir, 'train');
   const env = { ...process.env };

@@ -10,13 +10,22 @@
  */
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
+import type { Cell } from './cells.js';
 import type { SweepSpec } from './spec.js';
 
 const q = (s: string) => (/^[A-Za-z0-9_./:=@%+-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
 
 /** The sbatch script of the sweep's N cells; `vitreg` is the command line of the vitreg command on the nodes. */
-export function slurmScript(spec: SweepSpec, n: number, sweepFile: string, vitreg: string): string {
-  const r = spec.resources;
+export function slurmScript(spec: SweepSpec, cells: Cell[], sweepFile: string, vitreg: string): string {
+  const n = cells.length;
+  // One request for every task of the array: the largest cell's (srun then starts each cell's own count).
+  const most = (k: 'processes' | 'cpus_per_process' | 'gpus_per_process') => Math.max(...cells.map((c) => c.resources[k]));
+  const r = {
+    ...spec.resources,
+    processes: most('processes'),
+    cpus_per_process: most('cpus_per_process'),
+    gpus_per_process: most('gpus_per_process'),
+  };
   const k = Math.min(spec.max_concurrent, n);
   const logs = join(spec.out, 'logs', 'slurm');
   const lines = [

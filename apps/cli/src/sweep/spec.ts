@@ -56,6 +56,12 @@ export interface CellResources {
   memory?: string;
 }
 
+/** Resources of the cells whose axis values match `where` (later overrides win). */
+export interface ResourceOverride {
+  where: Record<string, unknown>;
+  set: Partial<Omit<CellResources, 'time' | 'memory'>>;
+}
+
 export interface SlurmOptions {
   partition?: string;
   account?: string;
@@ -89,6 +95,8 @@ export interface SweepSpec {
   axes: [string, unknown[]][];
   evaluate: SweepEvaluate;
   resources: CellResources;
+  /** resources.overrides: e.g. one cell (or a model size) as a multi-process cluster job. */
+  overrides: ResourceOverride[];
   /** Cells running at once (Slurm's %K, Kubernetes parallelism, `run`'s default). */
   max_concurrent: number;
   /** Attempts of a failing cell before `run` gives up on it. */
@@ -116,7 +124,8 @@ const TOP = [
   'kubernetes',
   'description',
 ];
-const RESOURCE_KEYS = ['processes', 'threads', 'gpus_per_process', 'cpus_per_process', 'time', 'memory'];
+const RESOURCE_KEYS = ['processes', 'threads', 'gpus_per_process', 'cpus_per_process', 'time', 'memory', 'overrides'];
+const OVERRIDE_KEYS = ['processes', 'threads', 'gpus_per_process', 'cpus_per_process'];
 const EVAL_KEYS = ['probe', 'dense', 'lost', 'outliers'];
 const PROBE_TASKS = ['class', 'position', 'pixels'];
 const DENSE_TASKS = ['segmentation', 'depth'];
@@ -308,6 +317,28 @@ export function loadSweep(file: string, opts: { out?: string } = {}): SweepSpec 
   if (resources.threads > resources.cpus_per_process && r.cpus_per_process !== undefined)
     p.add('resources.threads', `${resources.threads} threads per process but cpus_per_process is ${resources.cpus_per_process}`);
   if (r.cpus_per_process === undefined) resources.cpus_per_process = resources.threads;
+  const overrides: ResourceOverride[] = [];
+  if (r.overrides !== undefined && !Array.isArray(r.overrides))
+    p.add('resources.overrides', `expected a list of {"where": {axis: value}, "processes": N, ...}, got ${show(r.overrides)}`);
+  for (const [i, ov] of (Array.isArray(r.overrides) ? r.overrides : []).entries()) {
+    const path = `resources.overrides.${i}`;
+    if (!isObj(ov) || !isObj(ov.where)) {
+      p.add(path, `expected {"where": {axis: value}, "processes": N, ...}, got ${show(ov)}`);
+      continue;
+    }
+    unknownKeys(p, path, ov, ['where', ...OVERRIDE_KEYS]);
+    const axisValues = new Map(isObj(o.axes) ? Object.entries(o.axes) : []);
+    for (const [k, v] of Object.entries(ov.where)) {
+      const vals = axisValues.get(k);
+      if (!Array.isArray(vals)) p.add(`${path}.where.${k}`, 'not an axis of this sweep');
+      else if (!vals.some((x) => JSON.stringify(x) === JSON.stringify(v)))
+        p.add(`${path}.where.${k}`, `${show(v)} is not one of the axis values ${show(vals)}`);
+    }
+    const set: ResourceOverride['set'] = {};
+    for (const k of OVERRIDE_KEYS)
+      if (ov[k] !== undefined) set[k as keyof ResourceOverride['set']] = int(p, `${path}.${k}`, ov[k], 1, k === 'gpus_per_process' ? 0 : 1);
+    overrides.push({ where: ov.where, set });
+  }
 
   const sl = isObj(o.slurm) ? o.slurm : {};
   if (o.slurm !== undefined && !isObj(o.slurm)) p.add('slurm', `expected an object, got ${show(o.slurm)}`);
@@ -325,6 +356,7 @@ export function loadSweep(file: string, opts: { out?: string } = {}): SweepSpec 
     axes,
     evaluate,
     resources,
+    overrides,
     max_concurrent: int(p, 'max_concurrent', o.max_concurrent, 1, 1),
     retries: int(p, 'retries', o.retries, 2, 0),
     train_args: strings(p, 'train_args', o.train_args),
