@@ -4,8 +4,28 @@
  * plain values (`PyDict` for dicts); torch's tensor rebuild calls and storage persistent ids become
  * `TensorSpec` and `StorageRef` (pth-storage.ts). Any other opcode or global is refused with an error
  * naming it and its byte offset in data.pkl.
+ *
+ * Hostile pickles cost time and memory linear in data.pkl's size whatever their structure: MARKs are kept
+ * on a stack of their own (no scan of the value stack), and there are limits on the value stack's depth,
+ * the MARK nesting, the memo, the objects made and the work done on values that the memo lets a pickle
+ * reuse (`PICKLE_LIMITS`); each is refused with one error naming the file and the limit.
  */
+import { InputError } from './errors.js';
 import { STORAGE_DTYPES, StorageRef, TensorSpec } from './pth-storage.js';
+
+/** What one data.pkl may use; far above any state dict (a few values per tensor), far below a hostile file's wish. */
+export const PICKLE_LIMITS = {
+  /** Values on the stack at once (one per nesting level of an unfinished container). */
+  maxStack: 100_000,
+  /** MARKs open at once. */
+  maxMarks: 10_000,
+  /** Memo entries. */
+  maxMemo: 1_000_000,
+  /** Containers, strings, globals, storages and tensors made. */
+  maxObjects: 2_000_000,
+  /** Elements visited by calls and builders, per byte of data.pkl (plus a fixed 1M): reuse through the memo cannot multiply work. */
+  workPerByte: 8,
+};
 
 /** A Python dict (keys in insertion order, as pickled). */
 export class PyDict {
@@ -114,19 +134,27 @@ const MARK = Symbol('mark');
 export class Unpickler {
   private pos = 0;
   private stack: unknown[] = [];
+  /** Stack lengths at each open MARK (Python's metastack, without copying). */
+  private readonly marks: number[] = [];
   private readonly memo = new Map<number, unknown>();
   private readonly view: DataView;
+  private objects = 0;
+  private work = 0;
+  private readonly workBudget: number;
+  private readonly decoder = new TextDecoder('utf-8', { fatal: true });
 
   constructor(
     private readonly path: string,
     private readonly buf: Uint8Array,
   ) {
     this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+    this.workBudget = 1_000_000 + PICKLE_LIMITS.workPerByte * buf.byteLength;
   }
 
   load(): unknown {
     for (;;) {
       const at = this.pos;
+      this.charge(1, at);
       const op = this.u8();
       switch (op) {
         case 0x80: {
@@ -140,74 +168,77 @@ export class Unpickler {
           break; // FRAME: a length hint only
         case 0x2e: {
           // STOP
-          if (this.stack.length !== 1) throw this.error(`STOP with ${this.stack.length} values on the stack`, at);
+          if (this.stack.length !== 1 || this.marks.length)
+            throw this.error(`STOP with ${this.stack.length + this.marks.length} values on the stack`, at);
           return this.stack[0];
         }
         case 0x28:
-          this.stack.push(MARK);
+          if (this.marks.length >= PICKLE_LIMITS.maxMarks)
+            throw this.error(`more than ${PICKLE_LIMITS.maxMarks} MARKs open at once (limit for a state dict)`, at);
+          this.marks.push(this.stack.length);
           break;
         case 0x7d:
-          this.stack.push(new PyDict());
+          this.push(new PyDict());
           break;
         case 0x5d:
-          this.stack.push([]);
+          this.push([]);
           break;
         case 0x29:
-          this.stack.push(tuple([]));
+          this.push(tuple([]));
           break;
         case 0x74:
-          this.stack.push(tuple(this.popMark(at)));
+          this.push(tuple(this.popMark(at)));
           break;
         case 0x85:
-          this.stack.push(tuple(this.popN(1, at)));
+          this.push(tuple(this.popN(1, at)));
           break;
         case 0x86:
-          this.stack.push(tuple(this.popN(2, at)));
+          this.push(tuple(this.popN(2, at)));
           break;
         case 0x87:
-          this.stack.push(tuple(this.popN(3, at)));
+          this.push(tuple(this.popN(3, at)));
           break;
         case 0x4e:
-          this.stack.push(null);
+          this.push(null);
           break;
         case 0x88:
-          this.stack.push(true);
+          this.push(true);
           break;
         case 0x89:
-          this.stack.push(false);
+          this.push(false);
           break;
         case 0x4a:
-          this.stack.push(this.view.getInt32(this.advance(4), true));
+          this.push(this.view.getInt32(this.advance(4), true));
           break; // BININT
         case 0x4b:
-          this.stack.push(this.u8());
+          this.push(this.u8());
           break; // BININT1
         case 0x4d:
-          this.stack.push(this.view.getUint16(this.advance(2), true));
+          this.push(this.view.getUint16(this.advance(2), true));
           break; // BININT2
         case 0x8a:
-          this.stack.push(this.long(this.u8()));
+          this.push(this.long(this.u8()));
           break; // LONG1
         case 0x47:
-          this.stack.push(this.view.getFloat64(this.advance(8), false));
+          this.push(this.view.getFloat64(this.advance(8), false));
           break; // BINFLOAT (big-endian)
         case 0x58:
-          this.stack.push(this.utf8(this.view.getUint32(this.advance(4), true), at));
+          this.push(this.utf8(this.view.getUint32(this.advance(4), true), at));
           break; // BINUNICODE
         case 0x8c:
-          this.stack.push(this.utf8(this.u8(), at));
+          this.push(this.utf8(this.u8(), at));
           break; // SHORT_BINUNICODE
         case 0x8d:
-          this.stack.push(this.utf8(this.u64(at), at));
+          this.push(this.utf8(this.u64(at), at));
           break; // BINUNICODE8
         case 0x55:
-          this.stack.push(this.latin1(this.u8()));
+          this.push(this.latin1(this.u8()));
           break; // SHORT_BINSTRING
         case 0x54: {
           // BINSTRING
           const n = this.view.getInt32(this.advance(4), true);
           if (n < 0) throw this.error(`BINSTRING with negative length ${n}`, at);
-          this.stack.push(this.latin1(n));
+          this.push(this.latin1(n));
           break;
         }
         case 0x71:
@@ -241,46 +272,48 @@ export class Unpickler {
         }
         case 0x61: {
           // APPEND
-          const [value] = this.popN(1, at);
+          const value = this.pop1(at);
           this.listTarget(at).push(value);
+          this.charge(1, at);
           break;
         }
         case 0x65: {
           // APPENDS
           const items = this.popMark(at);
-          this.listTarget(at).push(...items);
+          const list = this.listTarget(at);
+          for (const v of items) list.push(v);
           break;
         }
         case 0x63: {
           // GLOBAL
           const module = this.line(at);
           const name = this.line(at);
-          this.stack.push(this.global(module, name, at));
+          this.push(this.global(module, name, at));
           break;
         }
         case 0x93: {
           // STACK_GLOBAL
           const [module, name] = this.popN(2, at);
           if (typeof module !== 'string' || typeof name !== 'string') throw this.error('STACK_GLOBAL expects two strings', at);
-          this.stack.push(this.global(module, name, at));
+          this.push(this.global(module, name, at));
           break;
         }
         case 0x52: {
           // REDUCE
           const [fn, args] = this.popN(2, at);
-          this.stack.push(this.call(fn, args, at));
+          this.push(this.call(fn, args, at));
           break;
         }
         case 0x51: {
           // BINPERSID
-          const [pid] = this.popN(1, at);
-          this.stack.push(this.persistent(pid, at));
+          const pid = this.pop1(at);
+          this.push(this.persistent(pid, at));
           break;
         }
         case 0x62: {
           // BUILD: only an OrderedDict's attribute state (e.g. `_metadata`), which is dropped
-          this.popN(1, at);
-          const target = this.stack[this.stack.length - 1];
+          this.pop1(at);
+          const target = this.top();
           if (!(target instanceof PyDict)) throw this.error(`refusing pickle opcode BUILD on ${describe(target)}`, at);
           break;
         }
@@ -294,11 +327,45 @@ export class Unpickler {
   }
 
   private error(msg: string, at: number): Error {
-    return new Error(`${this.path}: ${msg} at byte ${at} of data.pkl`);
+    return new InputError(`${this.path}: ${msg} at byte ${at} of data.pkl`);
+  }
+
+  /** Pushes a value made by the current opcode, counting it against the stack and object limits. */
+  private push(v: unknown, at: number = this.pos): void {
+    if (v !== null && (typeof v === 'object' || typeof v === 'string') && ++this.objects > PICKLE_LIMITS.maxObjects)
+      throw this.error(`more than ${PICKLE_LIMITS.maxObjects} objects (limit for a state dict)`, at);
+    this.pushRef(v, at);
+  }
+
+  /** Pushes a value that already exists (a memo get). */
+  private pushRef(v: unknown, at: number): void {
+    if (this.stack.length >= PICKLE_LIMITS.maxStack)
+      throw this.error(`stack deeper than ${PICKLE_LIMITS.maxStack} values (limit for a state dict; nested too deeply)`, at);
+    this.stack.push(v);
+  }
+
+  /** Counts `n` units of work against the budget that keeps the time linear in the pickle's size. */
+  private charge(n: number, at: number): void {
+    this.work += n;
+    if (this.work > this.workBudget)
+      throw this.error(
+        `pickle does more work than its ${this.buf.byteLength} bytes allow (over ${this.workBudget} steps: values reused over and over)`,
+        at,
+      );
+  }
+
+  /** Stack length at the innermost open MARK (0 without one). */
+  private floor(): number {
+    return this.marks.length ? this.marks[this.marks.length - 1]! : 0;
+  }
+
+  /** The top value, or MARK when the innermost MARK is on top (or the stack is empty). */
+  private top(): unknown {
+    return this.stack.length > this.floor() ? this.stack[this.stack.length - 1] : MARK;
   }
 
   private truncated(): Error {
-    return new Error(`${this.path}: data.pkl ends in the middle of an opcode (truncated pickle)`);
+    return new InputError(`${this.path}: data.pkl ends in the middle of an opcode (truncated pickle)`);
   }
 
   private advance(n: number): number {
@@ -326,7 +393,7 @@ export class Unpickler {
   private utf8(n: number, at: number): string {
     const b = this.bytes(n);
     try {
-      return new TextDecoder('utf-8', { fatal: true }).decode(b);
+      return this.decoder.decode(b);
     } catch {
       throw this.error('string is not valid UTF-8', at);
     }
@@ -339,9 +406,10 @@ export class Unpickler {
 
   /** A newline-terminated ASCII line (GLOBAL's arguments). */
   private line(at: number): string {
-    const end = this.buf.indexOf(0x0a, this.pos);
-    if (end < 0) throw this.truncated();
-    if (end - this.pos > 256) throw this.error('GLOBAL name longer than 256 bytes', at);
+    const near = this.buf.subarray(this.pos, this.pos + 257).indexOf(0x0a);
+    if (near < 0 && this.pos + 257 > this.buf.byteLength) throw this.truncated();
+    if (near < 0) throw this.error('GLOBAL name longer than 256 bytes', at);
+    const end = this.pos + near;
     const s = this.latin1(end - this.pos);
     this.pos = end + 1;
     return s;
@@ -356,38 +424,49 @@ export class Unpickler {
     return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
   }
 
+  private pop1(at: number): unknown {
+    if (this.stack.length - 1 < this.floor()) throw this.error('stack underflow', at);
+    return this.stack.pop();
+  }
+
   private popN(n: number, at: number): unknown[] {
-    const markAt = this.stack.lastIndexOf(MARK);
-    if (this.stack.length - n < markAt + 1) throw this.error('stack underflow', at);
-    return this.stack.splice(this.stack.length - n, n);
+    if (this.stack.length - n < this.floor()) throw this.error('stack underflow', at);
+    // Not splice: V8's splice costs time in the stack's length, which made deep pickles quadratic.
+    const out = new Array<unknown>(n);
+    for (let i = n - 1; i >= 0; i--) out[i] = this.stack.pop();
+    return out;
   }
 
   private popMark(at: number): unknown[] {
-    const markAt = this.stack.lastIndexOf(MARK);
-    if (markAt < 0) throw this.error('no MARK on the stack', at);
-    const items = this.stack.splice(markAt + 1);
-    this.stack.pop();
+    const markAt = this.marks.pop();
+    if (markAt === undefined) throw this.error('no MARK on the stack', at);
+    const items = this.stack.slice(markAt);
+    this.stack.length = markAt;
+    this.charge(items.length, at);
     return items;
   }
 
   private put(index: number, at: number): void {
-    if (this.stack.length === 0 || this.stack[this.stack.length - 1] === MARK) throw this.error('memo put with an empty stack', at);
-    this.memo.set(index, this.stack[this.stack.length - 1]);
+    const top = this.top();
+    if (top === MARK) throw this.error('memo put with an empty stack', at);
+    if (this.memo.size >= PICKLE_LIMITS.maxMemo && !this.memo.has(index))
+      throw this.error(`more than ${PICKLE_LIMITS.maxMemo} memo entries (limit for a state dict)`, at);
+    this.memo.set(index, top);
   }
 
   private get(index: number, at: number): void {
     if (!this.memo.has(index)) throw this.error(`memo key ${index} was never stored`, at);
-    this.stack.push(this.memo.get(index));
+    this.pushRef(this.memo.get(index), at);
   }
 
   private dictTarget(at: number): PyDict {
-    const target = this.stack[this.stack.length - 1];
+    const target = this.top();
     if (!(target instanceof PyDict)) throw this.error(`SETITEM(S) on ${describe(target)}, expected a dict`, at);
     return target;
   }
 
   private listTarget(at: number): unknown[] {
-    const target = this.stack[this.stack.length - 1];
+    const target = this.top();
     if (!isList(target)) throw this.error(`APPEND(S) on ${describe(target)}, expected a list`, at);
     return target;
   }
@@ -406,6 +485,7 @@ export class Unpickler {
       case 'collections.OrderedDict': {
         const dict = new PyDict();
         if (args.length === 0) return dict;
+        if (isList(args[0])) this.charge(args[0].length, at);
         if (args.length === 1 && isList(args[0]) && args[0].every((p) => isTuple(p) && p.length === 2)) {
           for (const p of args[0] as PyTuple[]) dict.map.set(p[0], p[1]);
           return dict;
@@ -416,6 +496,8 @@ export class Unpickler {
         const [storage, offset, size, stride] = args;
         if (args.length < 6 || args.length > 7) throw this.error(`_rebuild_tensor_v2 takes 6 or 7 arguments, got ${args.length}`, at);
         if (!(storage instanceof StorageRef)) throw this.error('_rebuild_tensor_v2: first argument is not a storage', at);
+        if (isTuple(size)) this.charge(size.length, at);
+        if (isTuple(stride)) this.charge(stride.length, at);
         if (!isIndex(offset))
           throw this.error(`_rebuild_tensor_v2: storage_offset must be a non-negative integer, got ${describe(offset)}`, at);
         if (!isTuple(size) || !size.every(isIndex))

@@ -3,6 +3,7 @@
  * dtype, zip entry key and element count), the strided tensor views over them, the torch storage
  * classes and their dtypes, and the copy of a strided view into contiguous bytes.
  */
+import { InputError } from './errors.js';
 import { DTYPE_SIZE, numel, type DType, type HostTensor } from './tensor.js';
 
 /** A storage named by a persistent id: its element dtype, its zip entry key and element count. */
@@ -38,8 +39,17 @@ export const STORAGE_DTYPES: Record<string, DType> = {
   'torch.BoolStorage': 'BOOL',
 };
 
-/** Copies a strided view out of its storage into contiguous bytes (no copy if already contiguous). */
-export function materialize(path: string, name: string, spec: TensorSpec, storage: Uint8Array): HostTensor {
+/**
+ * Copies a strided view out of its storage into contiguous bytes (no copy if already contiguous). A copy
+ * is taken from `copies.left` (bytes): one past it is refused before anything is allocated.
+ */
+export function materialize(
+  path: string,
+  name: string,
+  spec: TensorSpec,
+  storage: Uint8Array,
+  copies: { left: number } = { left: Infinity },
+): HostTensor {
   const { shape, stride, offset } = spec;
   const dtype = spec.storage.dtype;
   const size = DTYPE_SIZE[dtype];
@@ -48,7 +58,7 @@ export function materialize(path: string, name: string, spec: TensorSpec, storag
   let last = offset;
   for (let d = 0; d < shape.length; d++) last += (shape[d]! - 1) * stride[d]!;
   if (last >= spec.storage.numel) {
-    throw new Error(
+    throw new InputError(
       `${path}: tensor "${name}": view (offset ${offset}, shape [${shape.join(',')}], stride [${stride.join(',')}]) reaches element ${last} of a storage of ${spec.storage.numel}`,
     );
   }
@@ -58,6 +68,11 @@ export function materialize(path: string, name: string, spec: TensorSpec, storag
   }
   if (contiguous) return { dtype, shape, data: storage.subarray(offset * size, (offset + n) * size) };
 
+  if (n * size > copies.left)
+    throw new InputError(
+      `${path}: tensor "${name}": view (shape [${shape.join(',')}], stride [${stride.join(',')}]) would copy ${n * size} bytes out of a storage of ${storage.byteLength}, more than the file's size allows (repeated elements)`,
+    );
+  copies.left -= n * size;
   const data = new Uint8Array(n * size);
   const index = new Array<number>(shape.length).fill(0);
   let src = offset;

@@ -12,12 +12,29 @@
  *
  * This file reads the archive and collects the tensors; its parts: the zip container (zip.ts), the
  * pickle machine (pickle.ts) and the storages and strided views it rebuilds (pth-storage.ts).
+ *
+ * Limits against hostile files (each refused with an error naming the file): data.pkl at most
+ * `PTH_LIMITS.pickleBytes`; the pickle machine's own limits (pickle.ts); each storage entry exactly
+ * numel x dtype size (checked before it is read, zip.ts); at most `PTH_LIMITS.names` dict entries
+ * walked; views copied out of their storage (strides) may total at most the file's size plus
+ * `PTH_LIMITS.copyBytes` (a stride-0 view of a huge shape cannot allocate terabytes).
  */
+import { InputError } from './errors.js';
 import { openForReading } from './fs.js';
 import { describe, PyDict, Unpickler } from './pickle.js';
 import { materialize, TensorSpec } from './pth-storage.js';
 import { DTYPE_SIZE, swapBytes, type HostTensor } from './tensor.js';
 import { ZipReader } from './zip.js';
+
+/** Limits of readPth beyond the zip's and the pickle machine's. */
+export const PTH_LIMITS = {
+  /** Bytes of data.pkl (a state dict's pickle is a few hundred bytes per tensor). */
+  pickleBytes: 256 * 2 ** 20,
+  /** Dict entries walked while flattening nested dicts. */
+  names: 4_000_000,
+  /** Bytes that strided views may copy beyond the file's size. */
+  copyBytes: 256 * 2 ** 20,
+};
 
 /**
  * Reads a torch.save checkpoint into a flat record of tensors. Nested dicts are flattened with '.'
@@ -29,49 +46,51 @@ export async function readPth(path: string): Promise<Record<string, HostTensor>>
   try {
     const zip = await ZipReader.open(path, fh);
     const pkl = zip.names().find((n) => n === 'data.pkl' || /^[^/]+\/data\.pkl$/.test(n));
-    if (!pkl) throw new Error(`${path}: not a torch.save checkpoint: the zip archive has no <archive>/data.pkl entry`);
+    if (!pkl) throw new InputError(`${path}: not a torch.save checkpoint: the zip archive has no <archive>/data.pkl entry`);
     const prefix = pkl.slice(0, pkl.length - 'data.pkl'.length);
 
     let bigEndian = false;
     if (zip.has(`${prefix}byteorder`)) {
-      const order = new TextDecoder().decode(await zip.read(`${prefix}byteorder`)).trim();
+      const order = new TextDecoder().decode(await zip.read(`${prefix}byteorder`, { maxSize: 64 })).trim();
       if (order !== 'little' && order !== 'big')
-        throw new Error(`${path}: ${prefix}byteorder must be "little" or "big", got ${JSON.stringify(order)}`);
+        throw new InputError(`${path}: ${prefix}byteorder must be "little" or "big", got ${JSON.stringify(order)}`);
       bigEndian = order === 'big';
     }
 
-    const root = new Unpickler(path, await zip.read(pkl)).load();
+    const root = new Unpickler(path, await zip.read(pkl, { maxSize: PTH_LIMITS.pickleBytes })).load();
     const found: [string, TensorSpec][] = [];
-    if (root instanceof TensorSpec) throw new Error(`${path}: holds a single tensor, expected a dict of tensors (a state dict)`);
+    if (root instanceof TensorSpec) throw new InputError(`${path}: holds a single tensor, expected a dict of tensors (a state dict)`);
     if (!(root instanceof PyDict))
-      throw new Error(`${path}: top-level object is ${describe(root)}, expected a dict of tensors (a state dict)`);
-    collectTensors(root, '', found, new Set());
-    if (found.length === 0) throw new Error(`${path}: holds no tensors`);
+      throw new InputError(`${path}: top-level object is ${describe(root)}, expected a dict of tensors (a state dict)`);
+    collectTensors(path, root, '', found, new Set(), { left: PTH_LIMITS.names });
+    if (found.length === 0) throw new InputError(`${path}: holds no tensors`);
     const seen = new Set<string>();
     for (const [name] of found) {
-      if (seen.has(name)) throw new Error(`${path}: two tensors flatten to the same name "${name}"`);
+      if (seen.has(name)) throw new InputError(`${path}: two tensors flatten to the same name "${name}"`);
       seen.add(name);
     }
 
     // Load each storage once; tensors that cover a whole storage use its bytes without a copy.
     const storages = new Map<string, Uint8Array>();
+    const copies = { left: PTH_LIMITS.copyBytes + (await fh.stat()).size };
     const out: [string, HostTensor][] = [];
     for (const [name, spec] of found) {
       const s = spec.storage;
       let bytes = storages.get(s.key);
       if (!bytes) {
         const entry = `${prefix}data/${s.key}`;
-        if (!zip.has(entry)) throw new Error(`${path}: tensor "${name}": storage entry ${entry} is missing from the archive`);
-        bytes = await zip.read(entry);
+        if (!zip.has(entry)) throw new InputError(`${path}: tensor "${name}": storage entry ${entry} is missing from the archive`);
         const need = s.numel * DTYPE_SIZE[s.dtype];
-        if (bytes.byteLength !== need)
-          throw new Error(
-            `${path}: tensor "${name}": storage ${entry} holds ${bytes.byteLength} bytes, expected ${s.numel} x ${s.dtype} = ${need}`,
+        const declared = zip.sizeOf(entry);
+        if (declared !== need)
+          throw new InputError(
+            `${path}: tensor "${name}": storage ${entry} holds ${declared} bytes, expected ${s.numel} x ${s.dtype} = ${need}`,
           );
+        bytes = await zip.read(entry, { expectedSize: need, why: `tensor "${name}" (${s.numel} x ${s.dtype})` });
         if (bigEndian) bytes = swapBytes(bytes, DTYPE_SIZE[s.dtype]);
         storages.set(s.key, bytes);
       }
-      out.push([name, materialize(path, name, spec, bytes)]);
+      out.push([name, materialize(path, name, spec, bytes, copies)]);
     }
     return Object.fromEntries(out); // own properties even for a name like "__proto__"
   } finally {
@@ -80,12 +99,21 @@ export async function readPth(path: string): Promise<Record<string, HostTensor>>
 }
 
 /** Walks nested dicts collecting tensors under dotted names; cycles and other values are skipped. */
-function collectTensors(dict: PyDict, prefix: string, out: [string, TensorSpec][], open: Set<PyDict>): void {
+function collectTensors(
+  path: string,
+  dict: PyDict,
+  prefix: string,
+  out: [string, TensorSpec][],
+  open: Set<PyDict>,
+  budget: { left: number },
+): void {
   open.add(dict);
   for (const [key, value] of dict.map) {
+    if (--budget.left < 0)
+      throw new InputError(`${path}: more than ${PTH_LIMITS.names} names in its nested dicts (the same dicts reached over and over?)`);
     const name = prefix + String(key);
     if (value instanceof TensorSpec) out.push([name, value]);
-    else if (value instanceof PyDict && !open.has(value) && open.size < 64) collectTensors(value, name + '.', out, open);
+    else if (value instanceof PyDict && !open.has(value) && open.size < 64) collectTensors(path, value, name + '.', out, open, budget);
   }
   open.delete(dict);
 }

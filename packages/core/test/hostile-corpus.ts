@@ -1,0 +1,316 @@
+/**
+ * Builders of valid and hostile tensor files, shared by the hostile-file and fuzz tests and by
+ * `npm run bench -- hostile`: a torch.save-style zip writer (data descriptors, as torch writes them),
+ * a state-dict pickle writer, and the hostile corpus (deep pickles, deflate bombs, huge shapes,
+ * overlapping entries and offsets, truncated files). Not part of the library.
+ */
+import { deflateRawSync, constants as zc } from 'node:zlib';
+
+const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+
+export function crc32(b: Uint8Array): number {
+  let c = 0xffffffff;
+  for (let i = 0; i < b.length; i++) c = CRC_TABLE[(c ^ b[i]!) & 0xff]! ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+export interface ZipMember {
+  name: string;
+  data: Uint8Array;
+  /** Deflate the data (or store these bytes as its deflated form, with `size` declared). */
+  deflate?: boolean;
+  /** Already-compressed bytes to store as the deflated data (with `size` the declared size). */
+  compressed?: Uint8Array;
+  /** Declared uncompressed size (default: data's length). */
+  size?: number;
+}
+
+/** A zip as torch.save writes it: each entry with a data descriptor (flag 8), stored unless asked. */
+export function makeZip(members: ZipMember[], opts: { sameOffset?: boolean } = {}): Buffer {
+  const parts: Buffer[] = [];
+  const centrals: Buffer[] = [];
+  let offset = 0;
+  let firstOffset = 0;
+  for (const [i, m] of members.entries()) {
+    const name = Buffer.from(m.name);
+    const deflated = m.deflate || m.compressed !== undefined;
+    const body = m.compressed ? Buffer.from(m.compressed) : m.deflate ? deflateRawSync(m.data) : Buffer.from(m.data);
+    const size = m.size ?? m.data.length;
+    const crc = crc32(m.data);
+    const local = Buffer.alloc(30);
+    local.writeUInt32LE(0x04034b50, 0);
+    local.writeUInt16LE(20, 4);
+    local.writeUInt16LE(0x808, 6);
+    local.writeUInt16LE(deflated ? 8 : 0, 8);
+    local.writeUInt16LE(name.length, 26);
+    const desc = Buffer.alloc(16);
+    desc.writeUInt32LE(0x08074b50, 0);
+    desc.writeUInt32LE(crc, 4);
+    desc.writeUInt32LE(body.length, 8);
+    desc.writeUInt32LE(size, 12);
+    const at = opts.sameOffset && i > 0 ? firstOffset : offset;
+    if (i === 0) firstOffset = offset;
+    if (!(opts.sameOffset && i > 0)) {
+      parts.push(local, name, body, desc);
+      offset += 30 + name.length + body.length + 16;
+    }
+    const central = Buffer.alloc(46);
+    central.writeUInt32LE(0x02014b50, 0);
+    central.writeUInt16LE(20, 4);
+    central.writeUInt16LE(20, 6);
+    central.writeUInt16LE(0x808, 8);
+    central.writeUInt16LE(deflated ? 8 : 0, 10);
+    central.writeUInt32LE(crc, 16);
+    central.writeUInt32LE(body.length, 20);
+    central.writeUInt32LE(size, 24);
+    central.writeUInt16LE(name.length, 28);
+    central.writeUInt32LE(at, 42);
+    centrals.push(central, name);
+  }
+  const cd = Buffer.concat(centrals);
+  const eocd = Buffer.alloc(22);
+  eocd.writeUInt32LE(0x06054b50, 0);
+  eocd.writeUInt16LE(members.length, 8);
+  eocd.writeUInt16LE(members.length, 10);
+  eocd.writeUInt32LE(cd.length, 12);
+  eocd.writeUInt32LE(offset, 16);
+  return Buffer.concat([...parts, cd, eocd]);
+}
+
+/** Emits pickle opcodes (protocol 2, as torch.save writes them). */
+export class Pickle {
+  private readonly out: number[] = [0x80, 2];
+  raw(...bytes: number[]): this {
+    for (const b of bytes) this.out.push(b);
+    return this;
+  }
+  str(s: string): this {
+    const b = Buffer.from(s, 'utf8');
+    const n = Buffer.alloc(4);
+    n.writeUInt32LE(b.length);
+    return this.raw(0x58, ...n, ...b);
+  }
+  int(v: number): this {
+    if (v < 256) return this.raw(0x4b, v);
+    const n = Buffer.alloc(4);
+    n.writeInt32LE(v);
+    return this.raw(0x4a, ...n);
+  }
+  global(module: string, name: string): this {
+    return this.raw(0x63, ...Buffer.from(`${module}\n${name}\n`, 'latin1'));
+  }
+  tuple(items: number[]): this {
+    this.raw(0x28);
+    for (const v of items) this.int(v);
+    return this.raw(0x74);
+  }
+  bytes(): Buffer {
+    return Buffer.from(this.out);
+  }
+}
+
+export interface PthTensor {
+  name: string;
+  key: string;
+  numel: number;
+  offset?: number;
+  shape: number[];
+  stride: number[];
+}
+
+/** A state dict pickle `{name: _rebuild_tensor_v2(FloatStorage key, offset, shape, stride, False, OrderedDict())}`. */
+export function stateDictPickle(tensors: PthTensor[]): Buffer {
+  const p = new Pickle().raw(0x7d, 0x28);
+  for (const t of tensors) {
+    p.str(t.name).global('torch._utils', '_rebuild_tensor_v2').raw(0x28);
+    p.raw(0x28).str('storage').global('torch', 'FloatStorage').str(t.key).str('cpu').int(t.numel).raw(0x74, 0x51);
+    p.int(t.offset ?? 0)
+      .tuple(t.shape)
+      .tuple(t.stride)
+      .raw(0x89)
+      .global('collections', 'OrderedDict')
+      .raw(0x29, 0x52, 0x74, 0x52);
+  }
+  return p.raw(0x75, 0x2e).bytes();
+}
+
+/** A small valid checkpoint: w [2, 3] and b [3] (F32), in archive `ckpt`. */
+export function validPth(): Buffer {
+  const w = new Float32Array([1, 2, 3, 4, 5, 6]);
+  const b = new Float32Array([0.5, -1, 2]);
+  const pkl = stateDictPickle([
+    { name: 'w', key: '0', numel: 6, shape: [2, 3], stride: [3, 1] },
+    { name: 'b', key: '1', numel: 3, shape: [3], stride: [1] },
+  ]);
+  return makeZip([
+    { name: 'ckpt/data.pkl', data: pkl },
+    { name: 'ckpt/byteorder', data: Buffer.from('little') },
+    { name: 'ckpt/data/0', data: new Uint8Array(w.buffer) },
+    { name: 'ckpt/data/1', data: new Uint8Array(b.buffer) },
+    { name: 'ckpt/version', data: Buffer.from('3\n') },
+  ]);
+}
+
+/** A pickle `{"x": [[[...]]]}` nested `depth` deep (EMPTY_LIST x depth, APPEND x depth - 1). */
+export function deepListPickle(depth: number): Buffer {
+  const head = Buffer.from([0x80, 2, 0x7d, 0x8c, 1, 0x78]); // PROTO 2, EMPTY_DICT, SHORT_BINUNICODE "x"
+  return Buffer.concat([head, Buffer.alloc(depth, 0x5d), Buffer.alloc(depth - 1, 0x61), Buffer.from([0x73, 0x2e])]);
+}
+
+/** A pickle that reuses one memoized list of `pairs` pairs in `calls` OrderedDict(list) calls (quadratic work without a budget). */
+export function reusePickle(pairs: number, calls: number): Buffer {
+  const p = new Pickle().raw(0x7d, 0x8c, 1, 0x79, 0x5d, 0x28);
+  for (let i = 0; i < pairs; i++)
+    p.int(i % 256)
+      .int(0)
+      .raw(0x86);
+  p.raw(0x65, 0x71, 0, 0x73); // APPENDS, BINPUT 0, SETITEM: {"y": list}
+  p.raw(0x8c, 1, 0x67).global('collections', 'OrderedDict').raw(0x71, 1, 0x73); // {"g": OrderedDict}
+  // {"x": OrderedDict(list)} again and again: 8 bytes each, `pairs` steps each.
+  for (let i = 0; i < calls; i++) p.raw(0x8c, 1, 0x78, 0x68, 1, 0x68, 0, 0x85, 0x52, 0x73);
+  return p.raw(0x2e).bytes();
+}
+
+/** A .pth around any data.pkl bytes. */
+export function pthWithPickle(pkl: Uint8Array): Buffer {
+  return makeZip([{ name: 'ckpt/data.pkl', data: pkl }]);
+}
+
+/** Raw deflate bytes that inflate to `mib` MiB of zeros (blocks of 1 MiB repeated, then a final empty block). */
+export function deflateBomb(mib: number): Buffer {
+  const block = deflateRawSync(Buffer.alloc(2 ** 20), { finishFlush: zc.Z_SYNC_FLUSH });
+  return Buffer.concat([...Array.from({ length: mib }, () => block), Buffer.from([0x03, 0x00])]);
+}
+
+/** A checkpoint whose storage claims `mib` MiB and is a deflate bomb of that size (directory and pickle agree). */
+export function deflateBombPth(mib: number): Buffer {
+  const numel = (mib * 2 ** 20) / 4;
+  const pkl = stateDictPickle([{ name: 'w', key: '0', numel, shape: [numel], stride: [1] }]);
+  return makeZip([
+    { name: 'ckpt/data.pkl', data: pkl },
+    { name: 'ckpt/data/0', data: new Uint8Array(0), compressed: deflateBomb(mib), size: mib * 2 ** 20 },
+  ]);
+}
+
+/** A deflate bomb whose directory says 24 bytes (the tensor's size) but which inflates to `mib` MiB. */
+export function lyingBombPth(mib: number): Buffer {
+  const pkl = stateDictPickle([{ name: 'w', key: '0', numel: 6, shape: [6], stride: [1] }]);
+  return makeZip([
+    { name: 'ckpt/data.pkl', data: pkl },
+    { name: 'ckpt/data/0', data: new Uint8Array(24), compressed: deflateBomb(mib), size: 24 },
+  ]);
+}
+
+/** A stride-0 view of shape [2^20, 2^20] over a one-element storage (4 TiB if copied out). */
+export function hugeViewPth(): Buffer {
+  const pkl = stateDictPickle([{ name: 'w', key: '0', numel: 1, shape: [2 ** 20, 2 ** 20], stride: [0, 0] }]);
+  return makeZip([
+    { name: 'ckpt/data.pkl', data: pkl },
+    { name: 'ckpt/data/0', data: new Uint8Array(4) },
+  ]);
+}
+
+/** Two storages whose directory entries point at the same bytes. */
+export function overlappingPth(): Buffer {
+  const pkl = stateDictPickle([
+    { name: 'a', key: '0', numel: 1024, shape: [1024], stride: [1] },
+    { name: 'b', key: '1', numel: 1024, shape: [1024], stride: [1] },
+  ]);
+  return makeZip(
+    [
+      { name: 'ckpt/data/0', data: new Uint8Array(4096) },
+      { name: 'ckpt/data/1', data: new Uint8Array(4096) },
+      { name: 'ckpt/data.pkl', data: pkl },
+    ],
+    { sameOffset: true },
+  );
+}
+
+/** A safetensors file from a header object and a data buffer. */
+export function safetensorsBytes(header: unknown, data: Uint8Array): Buffer {
+  const json = Buffer.from(JSON.stringify(header));
+  const pad = (8 - (json.length % 8)) % 8;
+  const h = Buffer.concat([json, Buffer.alloc(pad, 0x20)]);
+  const n = Buffer.alloc(8);
+  n.writeBigUInt64LE(BigInt(h.length));
+  return Buffer.concat([n, h, data]);
+}
+
+/** A small valid safetensors file: w [2, 3] F32 and b [3] F16. */
+export function validSafetensors(): Buffer {
+  return safetensorsBytes(
+    {
+      __metadata__: { model: 'tiny' },
+      w: { dtype: 'F32', shape: [2, 3], data_offsets: [0, 24] },
+      b: { dtype: 'F16', shape: [3], data_offsets: [24, 30] },
+    },
+    new Uint8Array(30).fill(0x3c),
+  );
+}
+
+export interface HostileFile {
+  /** Short name of the case (also the file's stem). */
+  name: string;
+  /** File name extension, with the dot. */
+  ext: '.pth' | '.safetensors';
+  bytes: () => Buffer;
+}
+
+/** The hostile corpus of `npm run bench -- hostile` (each must be refused quickly and cheaply). */
+export function hostileCorpus(): HostileFile[] {
+  return [
+    ...[10_000, 50_000, 99_000].map((d): HostileFile => ({
+      name: `deep-list-${d}`,
+      ext: '.pth',
+      bytes: () => pthWithPickle(deepListPickle(d)),
+    })),
+    ...[200_000, 2_000_000].map((d): HostileFile => ({
+      name: `deep-list-${d}`,
+      ext: '.pth',
+      bytes: () => pthWithPickle(deepListPickle(d)),
+    })),
+    { name: 'reuse-ordereddict', ext: '.pth', bytes: () => pthWithPickle(reusePickle(1000, 100_000)) },
+    { name: 'deflate-bomb-1gib', ext: '.pth', bytes: () => deflateBombPth(1024) },
+    { name: 'lying-bomb-1gib', ext: '.pth', bytes: () => lyingBombPth(1024) },
+    { name: 'huge-view', ext: '.pth', bytes: hugeViewPth },
+    { name: 'overlapping-entries', ext: '.pth', bytes: overlappingPth },
+    { name: 'truncated-pth', ext: '.pth', bytes: () => validPth().subarray(0, 150) },
+    {
+      name: 'huge-shape',
+      ext: '.safetensors',
+      bytes: () => safetensorsBytes({ w: { dtype: 'F32', shape: [2 ** 30, 2 ** 30], data_offsets: [0, 16] } }, new Uint8Array(16)),
+    },
+    {
+      name: 'overlapping-offsets',
+      ext: '.safetensors',
+      bytes: () =>
+        safetensorsBytes(
+          { a: { dtype: 'F32', shape: [4], data_offsets: [0, 16] }, b: { dtype: 'F32', shape: [4], data_offsets: [8, 24] } },
+          new Uint8Array(24),
+        ),
+    },
+    {
+      name: 'header-length-past-end',
+      ext: '.safetensors',
+      bytes: () => {
+        const b = validSafetensors();
+        b.writeBigUInt64LE(99_000_000n, 0);
+        return b;
+      },
+    },
+    { name: 'truncated-safetensors', ext: '.safetensors', bytes: () => validSafetensors().subarray(0, 40) },
+    {
+      name: 'many-tensors-header',
+      ext: '.safetensors',
+      bytes: () => {
+        const header: Record<string, unknown> = {};
+        for (let i = 0; i < 300_000; i++) header[`t${i}`] = { dtype: 'F32', shape: [1], data_offsets: [4 * i, 4 * i + 4] };
+        return safetensorsBytes(header, new Uint8Array(4 * 300_000 - 4));
+      },
+    },
+  ];
+}
