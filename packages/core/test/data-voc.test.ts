@@ -183,3 +183,46 @@ test('parseXml decodes entities and CDATA', () => {
     ],
   );
 });
+
+test('VOC: a custom detection set names its own classes: every box is kept, each new name logged once; strictClasses refuses them', async (t) => {
+  const root = await vocTree();
+  t.after(() => rm(root, { recursive: true, force: true }));
+  const voc = join(root, 'VOC2007');
+  const custom = (names: string[]) =>
+    `<annotation><size><width>10</width><height>6</height></size>${names
+      .map((n) => `<object><name>${n}</name><bndbox><xmin>2</xmin><ymin>3</ymin><xmax>6</xmax><ymax>6</ymax></bndbox></object>`)
+      .join('')}</annotation>`;
+  await writeFile(join(voc, 'Annotations', '000001.xml'), custom(['forklift', 'dog', 'pallet']));
+  await writeFile(join(voc, 'Annotations', '000002.xml'), custom(['pallet', 'forklift']));
+  const lines: string[] = [];
+  const write = process.stderr.write.bind(process.stderr);
+  process.stderr.write = ((chunk: string) => (lines.push(String(chunk)), true)) as typeof process.stderr.write;
+  let first, second;
+  const ds = new VocDataset(voc, { split: '*' });
+  try {
+    first = await ds.get(0);
+    second = await ds.get(1);
+    await ds.annotation(0);
+  } finally {
+    process.stderr.write = write;
+  }
+  assert.equal(first.boxes?.length, 3);
+  assert.equal(second.boxes?.length, 2);
+  assert.deepEqual(second.boxes?.[0], [1, 2, 6, 6]);
+  assert.equal(first.label, -1);
+  assert.deepEqual(
+    (await ds.annotation(0)).objects.map((o) => [o.name, o.label]),
+    [
+      ['forklift', -1],
+      ['dog', VOC_CLASSES.indexOf('dog')],
+      ['pallet', -1],
+    ],
+  );
+  const logged = lines.filter((l) => l.includes('is not one of the 20 classes'));
+  assert.equal(logged.length, 2, lines.join(''));
+  assert.match(logged[0]!, /class 'forklift' is not one of the 20 classes; its boxes are used with label -1/);
+  assert.match(logged[1]!, /class 'pallet'/);
+  assert.deepEqual([...ds.otherClasses], ['forklift', 'pallet']);
+  const strict = new VocDataset(voc, { split: '*', strictClasses: true });
+  await assert.rejects(strict.get(0), /000001\.xml: field annotation\/object\[0\]\/name is 'forklift', not one of the classes/);
+});

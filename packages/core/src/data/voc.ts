@@ -12,6 +12,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { decodeImage } from '../image.js';
+import { log } from '../log.js';
 import { checkIndex, type Box, type Dataset, type DatasetItem } from './types.js';
 import { childNamed, childrenNamed, parseXml, type XmlElement } from './xml.js';
 
@@ -66,8 +67,14 @@ export interface VocOptions {
   split?: string;
   /** Keep objects marked difficult (default true, as LOST's CorLoc evaluation does). */
   includeDifficult?: boolean;
-  /** Class names (default VOC_CLASSES); an object with another name is an error. */
+  /** Class names (default VOC_CLASSES): an object's label is its name's index here. */
   classNames?: string[];
+  /**
+   * An object whose name is not in `classNames` is an error (`true`), or kept with label -1 and its name
+   * logged once (`false`, the default: custom detection sets name their own classes, and LOST uses every
+   * box whatever its name).
+   */
+  strictClasses?: boolean;
 }
 
 /** The `split` that takes every `Annotations/*.xml` instead of an `ImageSets/Main` list. */
@@ -97,6 +104,9 @@ export class VocDataset implements Dataset {
   readonly ids: string[];
   readonly classNames: string[];
   readonly includeDifficult: boolean;
+  readonly strictClasses: boolean;
+  /** Names met that are not in classNames (each logged once). */
+  readonly otherClasses = new Set<string>();
 
   constructor(root: string, opts: VocOptions = {}) {
     const yearDir = opts.year !== undefined ? join(root, `VOC${opts.year}`) : null;
@@ -104,6 +114,7 @@ export class VocDataset implements Dataset {
     this.split = opts.split ?? 'test';
     this.includeDifficult = opts.includeDifficult ?? true;
     this.classNames = opts.classNames ?? VOC_CLASSES;
+    this.strictClasses = opts.strictClasses ?? false;
     const annotations = join(this.root, 'Annotations');
     if (!existsSync(annotations)) {
       throw new Error(`VOC dataset ${this.root}: missing folder ${annotations}`);
@@ -152,7 +163,19 @@ export class VocDataset implements Dataset {
     } catch (err) {
       throw new Error(`VOC dataset: cannot read annotation ${file} (${(err as Error).message})`, { cause: err });
     }
-    return parseVocAnnotation(text, file, id, this.classNames, this.includeDifficult);
+    const other = this.strictClasses ? undefined : (name: string) => this.otherClass(name);
+    return parseVocAnnotation(text, file, id, this.classNames, this.includeDifficult, other);
+  }
+
+  /** Label -1 for a class outside classNames, its name logged the first time it is met. */
+  private otherClass(name: string): number {
+    if (!this.otherClasses.has(name)) {
+      this.otherClasses.add(name);
+      log(
+        `VOC dataset ${this.root}: class '${name}' is not one of the ${this.classNames.length} classes; its boxes are used with label -1 (as LOST uses every box)`,
+      );
+    }
+    return -1;
   }
 
   async get(index: number): Promise<DatasetItem> {
@@ -177,6 +200,8 @@ export function parseVocAnnotation(
   id: string,
   classNames: readonly string[] = VOC_CLASSES,
   includeDifficult = true,
+  /** The label of an object whose name is not in classNames (without it, such an object is an error). */
+  otherClass?: (name: string) => number,
 ): VocAnnotation {
   const root = parseXml(text, file);
   if (root.name !== 'annotation') throw new Error(`${file}: expected root element <annotation>, found <${root.name}>`);
@@ -199,8 +224,9 @@ export function parseVocAnnotation(
   childrenNamed(root, 'object').forEach((obj, k) => {
     const path = `annotation/object[${k}]`;
     const name = need(obj, 'name', path).text;
-    const label = classNames.indexOf(name);
-    if (label < 0) throw new Error(`${file}: field ${path}/name is '${name}', not one of the classes (${classNames.join(', ')})`);
+    let label = classNames.indexOf(name);
+    if (label < 0 && otherClass) label = otherClass(name);
+    else if (label < 0) throw new Error(`${file}: field ${path}/name is '${name}', not one of the classes (${classNames.join(', ')})`);
     const difficult = (childNamed(obj, 'difficult')?.text ?? '0') === '1';
     const truncated = (childNamed(obj, 'truncated')?.text ?? '0') === '1';
     const bb = need(obj, 'bndbox', path);
