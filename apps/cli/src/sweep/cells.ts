@@ -13,7 +13,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { InputError, writeJsonAtomic } from '@vitreg/core';
+import { ensureDir, InputError, writeJsonAtomic } from '@vitreg/core';
 import { validateTrainConfig, type TrainConfig } from '@vitreg/trainer';
 import type { CellResources, SweepSpec } from './spec.js';
 
@@ -116,19 +116,20 @@ export function expandCells(spec: SweepSpec): Cell[] {
   }
   const width = String(combos.length - 1).length;
   const problems = new Set<string>();
+  // The same refusal for several cells is said once, naming the cells.
+  const perCell = new Map<string, number[]>();
   const evalHash = shortHash({ evaluate: spec.evaluate, train_args: spec.train_args });
   const cells: Cell[] = [];
   combos.forEach((combo, index) => {
     let raw = base;
     for (const [path, v] of combo) raw = setPath(raw, path, v);
-    const label = combo.map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(', ');
     let config: TrainConfig;
     try {
       config = validateTrainConfig(raw, 'config');
     } catch (err) {
       // The trainer names the field ("config: field "model.x" ..."); say which cell and which axes.
       const msg = (err as Error).message.replace(/^config: /, '');
-      problems.add(`cell ${index} (${label}): ${msg}`);
+      perCell.set(msg, [...(perCell.get(msg) ?? []), index]);
       return;
     }
     // A field the trainer ignored (a typo in a path it does not check) must not pass silently.
@@ -147,6 +148,7 @@ export function expandCells(spec: SweepSpec): Cell[] {
     const hash = shortHash({ config, processes: resources.processes, threads: resources.threads });
     cells.push({ index, name, dir: join(spec.out, 'cells', name), axes, config, resources, hash, evalHash });
   });
+  for (const [msg, list] of perCell) problems.add(`${list.length === 1 ? 'cell' : 'cells'} ${list.join(', ')}: ${msg}`);
   if (problems.size)
     throw new InputError(`${spec.file}: ${problems.size} problem${problems.size === 1 ? '' : 's'}: ${[...problems].join('; ')}`);
   return cells;
@@ -196,6 +198,7 @@ export function readJson<T>(path: string): T | null {
 export const markerPath = (cell: Cell, kind: 'cell' | 'done' | 'failed' | 'running' | 'results') => join(cell.dir, `${kind}.json`);
 
 export async function writeMarker(cell: Cell, kind: 'cell' | 'done' | 'failed' | 'running' | 'results', value: unknown): Promise<void> {
+  await ensureDir(cell.dir);
   await writeJsonAtomic(markerPath(cell, kind), value);
 }
 

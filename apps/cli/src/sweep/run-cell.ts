@@ -19,7 +19,7 @@ import { randomBytes, createHash } from 'node:crypto';
 import { createReadStream, existsSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { writeJsonAtomic } from '@vitreg/core';
+import { ensureDir, writeJsonAtomic } from '@vitreg/core';
 import { checkCellHash, cellStatus, readJson, removeMarker, writeMarker, type Cell, type FailedMarker } from './cells.js';
 import { runLogged, setSignalForwarding, stopRequested, STOPPED_CODES, vitregCommand } from './child.js';
 import { evaluateCell, finalCheckpoint, StageError, trainMeasurements } from './evaluate.js';
@@ -126,6 +126,7 @@ export async function runCell(
     };
   const t0 = Date.now();
   if (lead) {
+    await ensureDir(cell.dir);
     await writeMarker(cell, 'cell', { index: cell.index, name: cell.name, axes: cell.axes, hash: cell.hash, eval_hash: cell.evalHash });
     await writeJsonAtomic(join(cell.dir, 'config.json'), cell.config);
     const job = process.env.SLURM_ARRAY_JOB_ID

@@ -1,0 +1,360 @@
+/**
+ * vitreg sweep without training (fast): the sweep file's check (every bad field named at once), the cells
+ * (order, names, hashes, overrides), the Slurm and Kubernetes plans parsed and every cell named once, a
+ * changed config refused, failing cells retried then reported (a stand-in vitreg that fails), status
+ * from markers and sacct, and collect on cells with hand-written results (CSV, figure data, --partial).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseAllDocuments } from 'yaml';
+import { expandCells, markerPath, writeMarker, type Cell } from '../src/sweep/cells.js';
+import { collectRows, writeTable } from '../src/sweep/collect.js';
+import { writeFigures } from '../src/sweep/figures.js';
+import { writePlan } from '../src/sweep/plan.js';
+import { runSweep } from '../src/sweep/run.js';
+import { loadSweep, type SweepSpec } from '../src/sweep/spec.js';
+import { sweepStatus } from '../src/sweep/status.js';
+import { vitreg } from './helpers.js';
+
+const TINY = {
+  name: 'unit',
+  base: 'tiny-supervised',
+  set: { 'train.steps': 4, 'data.train_size': 32 },
+  axes: { 'model.num_register_tokens': [0, 2], 'train.seed': [0, 1] },
+  evaluate: { outliers: { images: 'synthetic', count: 2, size: 32 } },
+  resources: { processes: 1, time: '00:10:00', overrides: [{ where: { 'model.num_register_tokens': 2, 'train.seed': 1 }, processes: 2 }] },
+  max_concurrent: 2,
+  retries: 1,
+};
+
+function sweepFile(dir: string, body: unknown, name = 'sweep.json'): string {
+  const f = join(dir, name);
+  writeFileSync(f, JSON.stringify(body, null, 1));
+  return f;
+}
+
+function withDir(fn: (dir: string) => Promise<void> | void) {
+  return async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vitreg-sweep-unit-'));
+    try {
+      await fn(dir);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  };
+}
+
+test(
+  'a bad sweep file: one error naming the file and every bad field',
+  withDir((dir) => {
+    const f = sweepFile(dir, {
+      name: 'bad name!',
+      base: 'no-such-preset',
+      axes: { 'model.num_register_tokens': [], 'train.seed': [1, 1] },
+      evaluate: { probe: { tasks: ['klass'] }, outlier: {} },
+      resources: { processes: 0, time: 'soon', gpus: 2 },
+      max_concurrent: 'two',
+    });
+    assert.throws(
+      () => loadSweep(f),
+      (err: Error) => {
+        assert.equal(err.name, 'InputError');
+        assert.ok(err.message.startsWith(`${f}: `), err.message);
+        for (const field of [
+          'name',
+          'base',
+          'axes.model.num_register_tokens',
+          'axes.train.seed',
+          'evaluate.probe.tasks',
+          'evaluate.outlier',
+          'resources.processes',
+          'resources.time',
+          'resources.gpus',
+          'max_concurrent',
+        ])
+          assert.ok(err.message.includes(`field "${field}"`), `${field} named in: ${err.message}`);
+        return true;
+      },
+    );
+    // Paths the training config does not have, and values it refuses: named per cell.
+    const g = sweepFile(
+      dir,
+      { ...TINY, set: {}, axes: { 'model.num_register_tokenz': [0, 2], 'train.steps': [4, -1] }, resources: {} },
+      'g.json',
+    );
+    assert.throws(
+      () => expandCells(loadSweep(g)),
+      (err: Error) =>
+        err.message.startsWith(`${g}: `) &&
+        /cells 0, 2: unknown field "model\.num_register_tokenz"/.test(err.message) &&
+        /cells 1, 3: field "train\.steps" must be an integer >= 1, got -1/.test(err.message),
+    );
+  }),
+);
+
+test(
+  'cells: the cartesian product in a stable order, names, hashes, resource overrides',
+  withDir((dir) => {
+    const spec = loadSweep(sweepFile(dir, TINY));
+    const cells = expandCells(spec);
+    assert.deepEqual(
+      cells.map((c) => c.name),
+      ['0-reg0-seed0', '1-reg0-seed1', '2-reg2-seed0', '3-reg2-seed1'],
+    );
+    assert.deepEqual(
+      cells.map((c) => [c.config.model.num_register_tokens, c.config.train.seed, c.config.train.steps]),
+      [
+        [0, 0, 4],
+        [0, 1, 4],
+        [2, 0, 4],
+        [2, 1, 4],
+      ],
+    );
+    assert.deepEqual(
+      cells.map((c) => c.resources.processes),
+      [1, 1, 1, 2],
+    );
+    assert.equal(new Set(cells.map((c) => c.hash)).size, 4);
+    assert.deepEqual(
+      expandCells(loadSweep(sweepFile(dir, TINY, 'again.json'))).map((c) => c.hash),
+      cells.map((c) => c.hash),
+      'the same file gives the same hashes',
+    );
+    assert.equal(cells[0]!.dir, join(dir, 'runs/sweep-unit/cells/0-reg0-seed0'), 'out defaults to runs/sweep-<name> beside the file');
+  }),
+);
+
+test(
+  'plan: a Slurm job array and Kubernetes manifests that parse and name every cell once; a changed config is refused',
+  withDir(async (dir) => {
+    const spec = loadSweep(sweepFile(dir, TINY));
+    const cells = expandCells(spec);
+    const files = await writePlan(spec, cells, { vitreg: '/opt/vitreg/bin/vitreg' });
+    const sbatch = readFileSync(files.slurm, 'utf8');
+    const directives = [...sbatch.matchAll(/^#SBATCH (\S+)$/gm)].map((m) => m[1]);
+    for (const d of ['--array=0-3%2', '--signal=USR1@180', '--requeue', '--ntasks=2', '--time=00:10:00'])
+      assert.ok(directives.includes(d), `${d} in ${directives}`);
+    assert.ok(directives.some((d) => /^--output=.*%A_%a\.out$/.test(d!)));
+    assert.match(sbatch, /\/opt\/vitreg\/bin\/vitreg sweep run-cell \S+sweep\.json --cell "\$\{SLURM_ARRAY_TASK_ID\}" --launcher srun/);
+    assert.match(sbatch, /scontrol requeue "\$\{SLURM_ARRAY_JOB_ID\}_\$\{SLURM_ARRAY_TASK_ID\}"/);
+    const sh = await import('node:child_process').then((cp) => cp.spawnSync('bash', ['-n', files.slurm]));
+    assert.equal(sh.status, 0, `bash -n: ${sh.stderr}`);
+
+    // Kubernetes: every cell is run by exactly one pod index or one per-cell Job.
+    const named: number[] = [];
+    const docs = files.kubernetes.flatMap((f) => parseAllDocuments(readFileSync(f, 'utf8')).map((d) => d.toJSON()));
+    for (const d of docs.filter((x) => x.kind === 'Job')) {
+      const c = d.spec.template.spec.containers[0];
+      const args: string[] = c.args;
+      assert.equal(d.spec.completionMode, 'Indexed');
+      assert.equal(c.command[0], '/opt/vitreg/bin/vitreg');
+      assert.deepEqual(d.spec.podFailurePolicy.rules[0].onExitCodes.values, [130, 138, 143]);
+      if (args.includes('--index-map')) {
+        const map = args[args.indexOf('--index-map') + 1]!.split(',').map(Number);
+        assert.equal(d.spec.completions, map.length);
+        assert.equal(d.spec.backoffLimitPerIndex, 1);
+        assert.equal(d.spec.parallelism, 2);
+        named.push(...map);
+      } else {
+        assert.ok(args.includes('--launcher') && args[args.indexOf('--launcher') + 1] === 'env');
+        const cell = Number(args[args.indexOf('--cell') + 1]);
+        assert.equal(d.spec.completions, 2, 'a 2-process cell: 2 pods');
+        const env = Object.fromEntries(c.env.map((e: { name: string; value?: string }) => [e.name, e.value]));
+        assert.equal(env.WORLD_SIZE, '2');
+        assert.ok(docs.some((s) => s.kind === 'Service' && s.metadata.name === d.spec.template.spec.subdomain));
+        named.push(cell);
+      }
+    }
+    assert.deepEqual(named.sort(), [0, 1, 2, 3], 'every cell named once');
+    // The self-contained sweep.json reads back to the same cells.
+    assert.deepEqual(
+      expandCells(loadSweep(files.sweep)).map((c) => [c.name, c.hash]),
+      cells.map((c) => [c.name, c.hash]),
+    );
+    // The file changed under the same out folder: refused, naming the cell and the field.
+    const changed = loadSweep(sweepFile(dir, { ...TINY, set: { ...TINY.set, 'train.steps': 6 } }));
+    await assert.rejects(writePlan(changed, expandCells(changed)), /cell 0 \(0-reg0-seed0\).*another config.*field "train\.steps" differs/);
+    const r = await vitreg(['sweep', 'run-cell', join(dir, 'sweep.json'), '--cell', '0']);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /another config/);
+  }),
+);
+
+test(
+  'a failing cell is tried again up to retries, then reported; status says failed',
+  withDir(async (dir) => {
+    const spec = loadSweep(sweepFile(dir, { ...TINY, resources: {}, axes: { 'train.seed': [0, 1] } }));
+    const cells = expandCells(spec);
+    const before = process.env.VITREG_SWEEP_CLI;
+    process.env.VITREG_SWEEP_CLI = '/bin/false';
+    try {
+      const lines: string[] = [];
+      const r = await runSweep(spec, cells, { concurrency: 2, log: (l) => lines.push(l) });
+      assert.equal(r.code, 1);
+      assert.deepEqual(
+        r.outcomes.map((o) => o.outcome),
+        ['exhausted', 'exhausted'],
+      );
+      for (const c of cells) {
+        const failed = JSON.parse(readFileSync(markerPath(c, 'failed'), 'utf8'));
+        assert.equal(failed.attempts, 2, 'retries 1: two attempts');
+        assert.equal(failed.stage, 'train');
+        assert.ok(!existsSync(markerPath(c, 'running')));
+      }
+      assert.equal(lines.filter((l) => / failed \(attempt \d\)/.test(l)).length, 4, lines.join('\n'));
+      assert.deepEqual(
+        sweepStatus(spec, cells).map((s) => s.state),
+        ['failed', 'failed'],
+      );
+      // Run again: not tried (reported); --retry-failed tries once more.
+      const again = await runSweep(spec, cells, { concurrency: 1 });
+      assert.deepEqual(
+        again.outcomes.map((o) => o.outcome),
+        ['exhausted', 'exhausted'],
+      );
+      assert.match(again.outcomes[0]!.message, /failed 2 times, not run again/);
+    } finally {
+      if (before === undefined) delete process.env.VITREG_SWEEP_CLI;
+      else process.env.VITREG_SWEEP_CLI = before;
+    }
+  }),
+);
+
+/** Marks a cell done with the given measurements and a norms file, as run-cell would. */
+async function fakeDone(spec: SweepSpec, c: Cell, m: Record<string, number>): Promise<void> {
+  mkdirSync(join(c.dir, 'eval', 'outliers'), { recursive: true });
+  writeFileSync(join(c.dir, 'eval', 'outliers', 'norms.json'), JSON.stringify({ values: [1, 2, 3, 40 + c.index], threshold: 20 }));
+  await writeMarker(c, 'cell', { index: c.index, name: c.name, axes: c.axes, hash: c.hash, eval_hash: c.evalHash });
+  await writeMarker(c, 'results', {
+    index: c.index,
+    name: c.name,
+    axes: c.axes,
+    hash: c.hash,
+    checkpoint: '',
+    weights_sha256: `sha-${c.index}`,
+    measurements: m,
+    seconds: 1,
+  });
+  await writeMarker(c, 'done', { hash: c.hash, eval_hash: c.evalHash, finished: '', seconds: 1 });
+  void spec;
+}
+
+test(
+  'collect: the CSV and the figure data equal the cells results; an incomplete sweep is refused unless --partial',
+  withDir(async (dir) => {
+    const spec = loadSweep(
+      sweepFile(dir, { ...TINY, axes: { 'model.arch': ['vit_micro_patch8_reg4', 'vit_micro_patch8'], ...TINY.axes }, resources: {} }),
+    );
+    const cells = expandCells(spec);
+    assert.equal(cells.length, 8);
+    const value = (c: Cell) => ({ 'class.accuracy': 0.5 + 0.01 * c.index, 'outliers.fraction': c.index / 100 });
+    for (const c of cells.slice(0, 7)) await fakeDone(spec, c, value(c));
+    // Cell 7 not done: refused, naming it.
+    assert.throws(() => collectRows(spec, cells), /1 of 8 cells are not done: 7-vit-micro-patch8-reg2-seed1 \(pending\).*--partial/);
+    const partial = collectRows(spec, cells, { partial: true });
+    assert.deepEqual(partial.figure.missing, ['7-vit-micro-patch8-reg2-seed1']);
+    await fakeDone(spec, cells[7]!, value(cells[7]!));
+    const c = collectRows(spec, cells);
+    const table = await writeTable(spec, c);
+    const figs = await writeFigures(spec, cells, c);
+    // CSV rows against each cell's own results.json.
+    const [head, ...lines] = readFileSync(table.csv, 'utf8').trim().split('\n');
+    const cols = head!.split(',');
+    assert.deepEqual(cols, [
+      'index',
+      'cell',
+      'status',
+      'model.arch',
+      'model.num_register_tokens',
+      'train.seed',
+      'class.accuracy',
+      'outliers.fraction',
+      'weights_sha256',
+    ]);
+    assert.equal(lines.length, 8);
+    for (const [i, line] of lines.entries()) {
+      const row = Object.fromEntries(line.split(',').map((v, k) => [cols[k], v]));
+      const own = JSON.parse(readFileSync(markerPath(cells[i]!, 'results'), 'utf8'));
+      assert.equal(row.cell, own.name);
+      assert.equal(Number(row['class.accuracy']), own.measurements['class.accuracy']);
+      assert.equal(Number(row['outliers.fraction']), own.measurements['outliers.fraction']);
+      assert.equal(row['model.num_register_tokens'], String(own.axes['model.num_register_tokens']));
+      assert.equal(row.weights_sha256, own.weights_sha256);
+    }
+    assert.equal(readFileSync(table.jsonl, 'utf8').trim().split('\n').length, 8);
+    // Figure data: x registers, a series per model, seeds pooled: mean and sample std of the two cells.
+    const fig = JSON.parse(readFileSync(figs.data, 'utf8'));
+    assert.equal(fig.x, 'model.num_register_tokens');
+    assert.deepEqual(fig.repeats, ['train.seed']);
+    assert.deepEqual(fig.groups, ['model.arch']);
+    const acc = fig.metrics['class.accuracy'];
+    assert.deepEqual(
+      acc.map((s: { label: string }) => s.label),
+      ['model.arch=vit_micro_patch8_reg4', 'model.arch=vit_micro_patch8'],
+    );
+    for (const s of acc)
+      for (const p of s.points) {
+        const vals = p.cells.map(
+          (name: string) =>
+            JSON.parse(
+              readFileSync(
+                markerPath(
+                  cells.find((x) => x.name === name)!,
+                  'results',
+                ),
+                'utf8',
+              ),
+            ).measurements['class.accuracy'],
+        );
+        assert.equal(p.n, 2);
+        assert.ok(Math.abs(p.mean - (vals[0] + vals[1]) / 2) < 1e-12);
+        assert.ok(Math.abs(p.std - Math.abs(vals[0] - vals[1]) / Math.SQRT2) < 1e-12);
+      }
+    for (const f of [...Object.values(figs.plots), figs.histograms!]) assert.ok(readFileSync(f).subarray(1, 4).toString() === 'PNG', f);
+    const html = readFileSync(figs.html, 'utf8');
+    assert.match(html, /All 8 cells done/);
+    assert.match(html, /figures\/class\.accuracy\.png/);
+    assert.match(html, /norm-histograms\.png/);
+  }),
+);
+
+test(
+  'status: markers, and sacct states of the array job where it answers',
+  withDir(async (dir) => {
+    const spec = loadSweep(sweepFile(dir, TINY));
+    const cells = expandCells(spec);
+    await fakeDone(spec, cells[0]!, { 'class.accuracy': 1 });
+    await writeMarker(cells[1]!, 'running', {
+      pid: process.pid,
+      host: (await import('node:os')).hostname(),
+      started: 'now',
+      attempt: 1,
+      job: 'slurm 77_1',
+    });
+    const sacct = (job: string) => {
+      assert.equal(job, '77', 'the array job from the running marker');
+      return new Map([
+        [2, { state: 'FAILED', job: '77_2' }],
+        [3, { state: 'PENDING', job: '77_3' }],
+      ]);
+    };
+    assert.deepEqual(
+      sweepStatus(spec, cells, { sacct }).map((r) => [r.state, r.scheduler ?? '']),
+      [
+        ['done', ''],
+        ['running', ''],
+        ['failed', '77_2 FAILED'],
+        ['pending', '77_3 PENDING'],
+      ],
+    );
+    const r = await vitreg(['sweep', 'status', join(dir, 'sweep.json'), '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(
+      JSON.parse(r.stdout).map((x: { state: string }) => x.state),
+      ['done', 'running', 'pending', 'pending'],
+    );
+  }),
+);
