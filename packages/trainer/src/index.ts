@@ -14,6 +14,15 @@ export { hflip, randomResizedCrop, randomResizedCropBox, reflectPad, resizedCrop
 export { DINOV2_BLUR_AS_RUN, DINOV2_BLUR_AS_WRITTEN, evalTransform, multiCrop, supervisedAugment } from './augment.js';
 export { allGather, clipLoss, contrastiveStep, sigLipLoss } from './clip-loss.js';
 export type { ContrastiveLoss, ContrastiveStep } from './clip-loss.js';
+export {
+  parseDelimited,
+  readCaptionTable,
+  readWebDataset,
+  syntheticCaption,
+  syntheticCaptionItem,
+  webDatasetShards,
+} from './data-captions.js';
+export type { CaptionEntry, WebDatasetSample } from './data-captions.js';
 export { BatchPreparer, initRng, STREAMS } from './batch.js';
 export type { DinoBatch, PreparedBatch, SupervisedBatch } from './batch.js';
 export { listCheckpoints, loadCheckpoint, pruneCheckpoints, resumePoint, RunMismatchError, saveCheckpoint } from './checkpoint.js';
@@ -78,6 +87,8 @@ export {
   stopOnSignals,
 } from './stop.js';
 export type { StopOnSignalsOptions, StopSignal } from './stop.js';
+export { clipStep } from './steps/clip.js';
+export type { ClipBatch, ClipStepResult } from './steps/clip.js';
 export { flattenBuffers, LocalGradientSync, MembershipChanged, unflattenInto } from './sync.js';
 export type { GradientSync } from './sync.js';
 export { tfjsEngine, TfjsEngine } from './tfjs-engine.js';

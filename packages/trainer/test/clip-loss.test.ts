@@ -10,7 +10,8 @@ import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initBackend } from '@vitreg/core';
-import { contrastiveStep, LocalGradientSync, type GradientSync } from '../src/index.ts';
+import { contrastiveStep, LocalGradientSync } from '../src/index.ts';
+import { pairSyncs } from './clip-helpers.ts';
 
 const FIX = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'clip-loss', 'clip_loss_reference.json');
 
@@ -20,33 +21,6 @@ interface RankRef {
   grad_text: number[][];
   grad_log_scale: number;
   grad_bias?: number;
-}
-
-/** In-process ranks: allReduce resolves once every rank passed its buffers, to their mean. */
-export function pairSyncs(W: number): GradientSync[] {
-  let pending: { bufs: Float32Array[][]; done: (() => void)[] } = { bufs: [], done: [] };
-  return Array.from({ length: W }, (_, rank) => ({
-    rank,
-    worldSize: W,
-    allReduce(buffers: Float32Array[]) {
-      return new Promise<void>((resolve) => {
-        pending.bufs[rank] = buffers;
-        pending.done.push(resolve);
-        if (pending.done.length === W) {
-          const { bufs, done } = pending;
-          pending = { bufs: [], done: [] };
-          for (let b = 0; b < buffers.length; b++) {
-            const mean = new Float32Array(buffers[b]!.length);
-            for (const r of bufs) r[b]!.forEach((v, i) => (mean[i]! += v / W));
-            for (const r of bufs) r[b]!.set(mean);
-          }
-          done.forEach((d) => d());
-        }
-      });
-    },
-    broadcast: async (state: Record<string, Float32Array>, meta?: unknown) => ({ state, meta }),
-    commitStep: async (_s: number, v: Record<string, number>) => [v],
-  }));
 }
 
 function close(actual: ArrayLike<number>, expected: ArrayLike<number>, what: string, atol = 1e-5, rtol = 1e-4): void {
