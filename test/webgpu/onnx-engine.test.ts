@@ -1,10 +1,10 @@
 /**
  * The ONNX Runtime step engine on its WebGPU execution provider (`--engine onnxruntime --device webgpu`):
  * 2 steps of the tiny presets (ViT-micro/8 with 4 registers, 32 px synthetic shapes, batch 8) end within
- * 1e-4 of the tfjs engine on wasm, every loss and metric within 1e-4 relative. On SwiftShader ONNX
- * Runtime's WebGPU provider runs the graphs' standard ops and places com.microsoft.FusedMatMul (which it
- * has no kernel for) on the CPU, copying around those nodes. Run by scripts/test-webgpu.sh; skips with
- * one line where onnxruntime-node does not load or finds no WebGPU adapter.
+ * 1e-4 of the tfjs engine on wasm, every loss and metric within 1e-4 relative. On WebGPU the engine builds
+ * its graphs with plain MatMul (GraphBuildOptions.plainMatMul): ONNX Runtime 1.30's WebGPU provider has no
+ * com.microsoft.FusedMatMul kernel and would place those nodes on the CPU with copies around them. Run by
+ * scripts/test-webgpu.sh; skips with one line where onnxruntime-node does not load or finds no WebGPU adapter.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';

@@ -184,6 +184,61 @@ for (const mode of ['shared', 'separate'] as const) {
   });
 }
 
+/** Whether the ModelProto has a node of type `op` (NodeProto.op_type, field 4, as the GraphBuilder writes it). */
+const hasOp = (b: BuiltGraph, op: string) =>
+  Buffer.from(b.bytes).includes(Buffer.concat([Buffer.from([0x22, op.length]), Buffer.from(op)]));
+
+test('plainMatMul + plainSum (the WebGPU build): no FusedMatMul or Sum node, and the supervised and DINOv2 steps keep PyTorch parity', async (t) => {
+  const o = await tryOrt();
+  if (!o) return t.skip(SKIP_NO_ORT);
+  const vit = meta.vit;
+  const plain = { plainMatMul: true, plainSum: true };
+  const fused = (b: BuiltGraph) => hasOp(b, 'FusedMatMul') || hasOp(b, 'Sum');
+  const common = { batch: 3, size: 16, numClasses: meta.num_classes, trained: supervisedTrained() };
+  const usual = supervisedStepGraph(vit, common);
+  assert.ok(hasOp(usual, 'FusedMatMul') && hasOp(usual, 'Sum') && hasOp(usual, 'MatMul'), 'the default build uses FusedMatMul and Sum');
+  const sup = supervisedStepGraph(vit, { ...common, ...plain });
+  assert.ok(!fused(sup), 'plain: a FusedMatMul or Sum node is left');
+  const got = await runModel(o, sup.bytes, sup.inputs, {
+    ...params('backbone.', 'head.'),
+    images: f('supervised/images'),
+    targets: f('supervised/targets'),
+    loss_scale: Float32Array.of(1),
+    drop_path: f('supervised_ce/drop_path'),
+  });
+  const ps = compare(got, gradsOf('supervised_ce'), sup);
+  report(t, 'supervised ce, plain ops', ps, supervisedTrained().length);
+  assert.deepEqual(ps.bad, []);
+  const rows = maskRowBucket(f('dino/mask_index').length);
+  const trained = Object.keys(params('backbone.', 'dino_head.'));
+  const dino = dinoStudentStepGraph(
+    vit,
+    { dino: meta.head },
+    {
+      batch: 3,
+      globalSize: 16,
+      localSize: 8,
+      nLocal: 2,
+      maskRows: rows,
+      ibot: 'shared',
+      dinoWeight: meta.weights.dino,
+      koleoWeight: meta.weights.koleo,
+      ibotWeight: meta.weights.ibot,
+      studentTemp: meta.student_temp,
+      trained,
+      ...plain,
+    },
+  );
+  assert.ok(!fused(dino), 'plain: a FusedMatMul or Sum node is left in the DINOv2 step');
+  const dgot = await runModel(o, dino.bytes, dino.inputs, dinoFeeds('shared', rows, meta.head.outDim));
+  const pd = compare(dgot, gradsOf('dino_shared'), dino);
+  report(t, 'DINOv2 shared iBOT head, plain ops', pd, trained.length);
+  assert.deepEqual(pd.bad, []);
+  assert.ok(closeness(dgot.loss_koleo!, f('dino_shared/loss_koleo'), 1e-5, 1e-5).ok);
+  const teacher = teacherGraph(vit, { dino: meta.head }, { batch: 3, size: 16, maskRows: rows, ibot: 'shared', ...plain });
+  assert.ok(!fused(teacher) && !fused(encodeGraph(vit, { batch: 2, size: 16, ...plain })));
+});
+
 test('PyTorch parity: teacher graph (eval, swapped CLS, gathered patches, shared / separate iBOT head) and encode graph', async (t) => {
   const o = await tryOrt();
   if (!o) return t.skip(SKIP_NO_ORT);

@@ -15,7 +15,7 @@
  */
 import { broadcastShapes, GraphCore, numel, sameShape, type Value } from './graph-core.js';
 
-export { broadcastShapes, numel, sameShape, type DType, type GraphIO, type Value, type Vjp } from './graph-core.js';
+export { broadcastShapes, numel, sameShape, type DType, type GraphBuildOptions, type GraphIO, type Value, type Vjp } from './graph-core.js';
 
 const ONNX_FLOAT = 1;
 

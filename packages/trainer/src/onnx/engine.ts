@@ -33,7 +33,15 @@ import { clipGradients, clipPerModule, emaUpdate, FlatOptimizer } from './engine
 import { initialStudent, ParamLayout } from './engine-params.js';
 import { GraphSessions, type Feed, type SessionSettings } from './engine-sessions.js';
 import { dinoDropPath, maskRowBucket, padMaskRows, padRows, supervisedDropPath } from './feeds.js';
-import { classifierGraph, dinoHeadGraph, dinoStudentStepGraph, encodeGraph, supervisedStepGraph, teacherGraph } from './graphs.js';
+import {
+  classifierGraph,
+  dinoHeadGraph,
+  dinoStudentStepGraph,
+  encodeGraph,
+  supervisedStepGraph,
+  teacherGraph,
+  type GraphBuildOptions,
+} from './graphs.js';
 
 /** How an ONNX Runtime engine runs (see engine-sessions.ts). */
 export interface OnnxRuntimeEngineOptions extends SessionSettings {
@@ -61,6 +69,8 @@ export class OnnxRuntimeEngine implements StepEngine {
   private readonly studentFeeds: Record<string, Float32Array> = {};
   private readonly teacherFeeds: Record<string, Float32Array> = {};
   private readonly gradViews: Float32Array[];
+  /** How the graphs are built for the device: on WebGPU plain MatMul and Add (ONNX Runtime 1.30's provider has no FusedMatMul or Sum kernel). */
+  private readonly build: GraphBuildOptions;
 
   constructor(
     readonly ctx: EngineContext,
@@ -90,6 +100,8 @@ export class OnnxRuntimeEngine implements StepEngine {
       eps: o.eps,
     });
     this.sessions = new GraphSessions(opts);
+    const webgpu = this.sessions.device === 'webgpu';
+    this.build = { plainMatMul: webgpu, plainSum: webgpu };
   }
 
   /** For logs: the device and threads. */
@@ -140,7 +152,14 @@ export class OnnxRuntimeEngine implements StepEngine {
       const n = Math.min(mb, B - start);
       const key = `supervised:${n}x${S}`;
       const build = () =>
-        supervisedStepGraph(vit, { batch: n, size: S, numClasses: C, bce: c.supervised.bce_loss, trained: this.trainedNames() });
+        supervisedStepGraph(vit, {
+          ...this.build,
+          batch: n,
+          size: S,
+          numClasses: C,
+          bce: c.supervised.bce_loss,
+          trained: this.trainedNames(),
+        });
       const { graph } = await this.sessions.get(key, build);
       const first = start === 0;
       if (!first) this.scratch ??= new Float32Array(this.grads.length);
@@ -196,7 +215,7 @@ export class OnnxRuntimeEngine implements StepEngine {
 
     // The teacher: raw head outputs of the unmasked global crops (eval mode).
     const tKey = `teacher:${B}x${S}:${rows}`;
-    const tBuild = () => teacherGraph(vit, headCfg, { batch: B, size: S, maskRows: rows, ibot: heads.ibotMode });
+    const tBuild = () => teacherGraph(vit, headCfg, { ...this.build, batch: B, size: S, maskRows: rows, ibot: heads.ibotMode });
     const tFeeds: Record<string, Feed> = { ...this.teacherFeeds, globals: batch.globals };
     if (padded) tFeeds.mask_index = padded.index;
     const teacherOut = (await this.sessions.run(tKey, tBuild, tFeeds)).outputs;
@@ -219,6 +238,7 @@ export class OnnxRuntimeEngine implements StepEngine {
     const sKey = `dino:${B}x${S}+${batch.localCrops}x${batch.localSize}:${rows}`;
     const sBuild = () =>
       dinoStudentStepGraph(vit, headCfg, {
+        ...this.build,
         batch: B,
         globalSize: S,
         localSize: batch.localSize,
@@ -311,14 +331,14 @@ export class OnnxRuntimeEngine implements StepEngine {
   async encode(model: 'student' | 'teacher', images: Float32Array, count: number, size: number): Promise<Float32Array> {
     if (model === 'teacher' && !this.teacher) throw new Error('onnxruntime engine: a supervised run has no teacher');
     const key = `encode:${count}x${size}`;
-    const build = () => encodeGraph(this.ctx.vit, { batch: count, size });
+    const build = () => encodeGraph(this.ctx.vit, { ...this.build, batch: count, size });
     const params = model === 'teacher' ? this.teacherFeeds : this.studentFeeds;
     return (await this.sessions.run(key, build, { ...params, images })).outputs.cls!;
   }
 
   async classify(features: Float32Array, count: number): Promise<Int32Array> {
     const C = this.layout.heads.classes!;
-    const build = () => classifierGraph(this.ctx.vit.embed_dim, C, count);
+    const build = () => classifierGraph(this.ctx.vit.embed_dim, C, count, this.build);
     const logits = (await this.sessions.run(`classify:${count}`, build, { ...this.studentFeeds, features })).outputs.logits!;
     const out = new Int32Array(count);
     for (let r = 0; r < count; r++) {
@@ -330,7 +350,7 @@ export class OnnxRuntimeEngine implements StepEngine {
   }
 
   async teacherProbs(features: Float32Array, count: number): Promise<Float32Array> {
-    const build = () => dinoHeadGraph(this.layout.heads.dino!, count, 'dino_head');
+    const build = () => dinoHeadGraph(this.layout.heads.dino!, count, 'dino_head', this.build);
     const logits = (await this.sessions.run(`teacher_head:${count}`, build, { ...this.teacherFeeds, features })).outputs.logits!;
     return centredProbs(logits, count, this.centers.dino!, this.ctx.config.dino.teacher_temp);
   }

@@ -49,8 +49,22 @@ export function broadcastShapes(a: readonly number[], b: readonly number[], what
   return out;
 }
 
+/** How a training graph is built (graphs.ts's builders take it through their options). */
+export interface GraphBuildOptions {
+  /**
+   * Products as plain `MatMul` (with `Transpose` of a transposed operand and a `Mul` by a scale) instead of
+   * `com.microsoft.FusedMatMul`: for execution providers without a FusedMatMul kernel (ONNX Runtime 1.30's
+   * WebGPU provider, which would run those nodes on the CPU with copies around them). Same values.
+   */
+  plainMatMul?: boolean;
+  /** Gradient branches added with a chain of `Add` nodes instead of one `Sum` (which that provider also lacks). Same values. */
+  plainSum?: boolean;
+}
+
 export class GraphCore {
   readonly builder = new GraphBuilder('float32');
+  readonly plainMatMul: boolean;
+  readonly plainSum: boolean;
   readonly inputs: GraphIO[] = [];
   readonly outputs: GraphIO[] = [];
   private readonly tape: TapeEntry[] = [];
@@ -62,6 +76,11 @@ export class GraphCore {
   /** Nodes before this index are the forward pass (and the values the backward pass recomputes from it). */
   private forwardEnd = 0;
   private scopes: string[] = [];
+
+  constructor(opts: GraphBuildOptions = {}) {
+    this.plainMatMul = !!opts.plainMatMul;
+    this.plainSum = !!opts.plainSum;
+  }
 
   // ---------------------------------------------------------------------------------------------
   // Values, inputs, outputs
@@ -247,7 +266,9 @@ export class GraphCore {
       const parts = pending.get(s.name);
       if (!parts || parts.length === 0) return null;
       if (parts.length === 1) return parts[0]!;
-      const sum = this.emit('Sum', parts, s.shape);
+      const sum = this.plainSum
+        ? parts.slice(1).reduce((acc, p) => this.emit('Add', [acc, p], s.shape), parts[0]!)
+        : this.emit('Sum', parts, s.shape);
       pending.set(s.name, [sum]);
       return sum;
     };

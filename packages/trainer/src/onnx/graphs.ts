@@ -30,16 +30,17 @@
  *   the DINO head when the iBOT head is shared). Centring / Sinkhorn-Knopp stay on the host.
  * - encodeGraph: `images` -> `cls` [B, D] (eval mode); classifierGraph / dinoHeadGraph: `features`
  *   [rows, D] -> `logits`.
+ * Every builder takes GraphBuildOptions (`plainMatMul`: no FusedMatMul, for the WebGPU provider).
  */
 import { parameterShapes, type ViTConfig } from '@vitreg/registers';
 import type { DinoHeadConfig } from '../heads.js';
-import { TrainGraph, type GraphIO, type Value } from './autodiff.js';
+import { TrainGraph, type GraphBuildOptions, type GraphIO, type Value } from './autodiff.js';
 import { classifierHead, classifierShapes, dinoHead, dinoHeadShapes } from './heads-graph.js';
 import { binaryCrossEntropy, dinoGlobalLocal, ibotMasked, koleo, softTargetCrossEntropy } from './losses-graph.js';
 import { gatherRows } from './nn-ops.js';
 import { vitForward, type ParamFn } from './vit-graph.js';
 
-export type { GraphIO } from './autodiff.js';
+export type { GraphBuildOptions, GraphIO } from './autodiff.js';
 
 /**
  * ONNX Runtime session options for these graphs (spread into InferenceSession.create's options). Without
@@ -140,7 +141,7 @@ function checkSize(vit: ViTConfig, size: number, what: string): void {
   }
 }
 
-export interface SupervisedGraphOptions {
+export interface SupervisedGraphOptions extends GraphBuildOptions {
   /** Images per run of the graph (the batch, or a micro-batch). */
   batch: number;
   /** Side of the square images. */
@@ -155,7 +156,7 @@ export interface SupervisedGraphOptions {
 /** One supervised step (steps/supervised.ts): the student in training mode, the classifier on CLS, CE or BCE. */
 export function supervisedStepGraph(vit: ViTConfig, o: SupervisedGraphOptions): BuiltGraph {
   checkSize(vit, o.size, 'image size');
-  const t = new TrainGraph();
+  const t = new TrainGraph(o);
   const params = paramTable(t, vit, o.trained, { head: classifierShapes(vit.embed_dim, o.numClasses) });
   const B = o.batch;
   const images = t.input('images', [B, o.size, o.size, 3]);
@@ -180,7 +181,7 @@ export interface DinoHeads {
 
 export type IbotHeadMode = 'none' | 'shared' | 'separate';
 
-export interface DinoStepGraphOptions {
+export interface DinoStepGraphOptions extends GraphBuildOptions {
   /** Images B (2B global crops, nLocal B local crops). */
   batch: number;
   globalSize: number;
@@ -210,7 +211,7 @@ function headShapes(heads: DinoHeads, ibot: IbotHeadMode): Record<string, Record
 export function dinoStudentStepGraph(vit: ViTConfig, heads: DinoHeads, o: DinoStepGraphOptions): BuiltGraph {
   checkSize(vit, o.globalSize, 'global crop size');
   if (o.nLocal > 0) checkSize(vit, o.localSize, 'local crop size');
-  const t = new TrainGraph();
+  const t = new TrainGraph(o);
   const params = paramTable(t, vit, o.trained, headShapes(heads, o.ibot));
   const B = o.batch;
   const gP = (o.globalSize / vit.patch_size) ** 2;
@@ -272,7 +273,7 @@ export function dinoStudentStepGraph(vit: ViTConfig, heads: DinoHeads, o: DinoSt
   return finish(t, params, total, 'dino_student');
 }
 
-export interface TeacherGraphOptions {
+export interface TeacherGraphOptions extends GraphBuildOptions {
   batch: number;
   /** Global crop size. */
   size: number;
@@ -283,7 +284,7 @@ export interface TeacherGraphOptions {
 /** The teacher's forward (eval mode, unmasked globals) -> raw head outputs; see the module comment. */
 export function teacherGraph(vit: ViTConfig, heads: DinoHeads, o: TeacherGraphOptions): BuiltGraph {
   checkSize(vit, o.size, 'global crop size');
-  const t = new TrainGraph();
+  const t = new TrainGraph(o);
   const params = paramTable(t, vit, [], headShapes(heads, o.ibot));
   const B = o.batch;
   const P = (o.size / vit.patch_size) ** 2;
@@ -308,9 +309,9 @@ export function teacherGraph(vit: ViTConfig, heads: DinoHeads, o: TeacherGraphOp
 }
 
 /** Evaluation: the CLS tokens [B, D] of NHWC `images` in eval mode. */
-export function encodeGraph(vit: ViTConfig, o: { batch: number; size: number }): BuiltGraph {
+export function encodeGraph(vit: ViTConfig, o: { batch: number; size: number } & GraphBuildOptions): BuiltGraph {
   checkSize(vit, o.size, 'image size');
-  const t = new TrainGraph();
+  const t = new TrainGraph(o);
   const params = paramTable(t, vit, [], {});
   const bb = params.scope('backbone.');
   const { cls } = vitForward(t, vit, bb.p, bb.opt, t.input('images', [o.batch, o.size, o.size, 3]));
@@ -319,16 +320,16 @@ export function encodeGraph(vit: ViTConfig, o: { batch: number; size: number }):
 }
 
 /** Evaluation: the classifier's logits [rows, C] on `features` [rows, D] (inputs `head.weight`, `head.bias`). */
-export function classifierGraph(dim: number, numClasses: number, rows: number): BuiltGraph {
-  const t = new TrainGraph();
+export function classifierGraph(dim: number, numClasses: number, rows: number, build: GraphBuildOptions = {}): BuiltGraph {
+  const t = new TrainGraph(build);
   const params = new ParamTable(t, new Map(Object.entries(classifierShapes(dim, numClasses)).map(([k, s]) => [`head.${k}`, s])), new Set());
   t.output(classifierHead(t, params.scope('head.').p, t.input('features', [rows, dim])), 'logits');
   return finish(t, params, null, 'classifier');
 }
 
 /** A DINO head's logits [rows, K] on `features` [rows, inDim] (inputs `<prefix>.<name>`; the teacher's DINO head for teacherProbs). */
-export function dinoHeadGraph(cfg: DinoHeadConfig, rows: number, prefix = 'dino_head'): BuiltGraph {
-  const t = new TrainGraph();
+export function dinoHeadGraph(cfg: DinoHeadConfig, rows: number, prefix = 'dino_head', build: GraphBuildOptions = {}): BuiltGraph {
+  const t = new TrainGraph(build);
   const params = new ParamTable(t, new Map(Object.entries(dinoHeadShapes(cfg)).map(([k, s]) => [`${prefix}.${k}`, s])), new Set());
   t.output(dinoHead(t, cfg, params.scope(`${prefix}.`).p, t.input('features', [rows, cfg.inDim])), 'logits');
   return finish(t, params, null, 'dino_head');

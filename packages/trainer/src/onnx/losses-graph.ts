@@ -3,7 +3,7 @@
  * supervised soft-target cross-entropy and BCE) as training-graph ops, formula for formula.
  */
 import type { TrainGraph, Value } from './autodiff.js';
-import { asFloat, gatherRows, l2Normalize, logSoftmax } from './nn-ops.js';
+import { asFloat, gatherRows, l2Normalize, logSoftmax, productNode } from './nn-ops.js';
 
 /** Soft-target cross-entropy: -mean_rows(sum(t log_softmax(z))). */
 export function softTargetCrossEntropy(t: TrainGraph, logits: Value, targets: Value): Value {
@@ -74,7 +74,7 @@ export function koleo(t: TrainGraph, x: Value, eps = 1e-8): Value {
   const n = x.shape[0]!;
   if (n < 2) throw new Error(`koleo: expected at least 2 rows, got ${n}`);
   const xn = l2Normalize(t, x, eps);
-  const dots = t.emit('FusedMatMul', [xn, xn], [n, n], { transB: 1, alpha: { float: 1 } }, { domain: 'com.microsoft' });
+  const dots = productNode(t, xn, xn, { transB: true }, [n, n]);
   const eye = new Float32Array(n * n);
   for (let i = 0; i < n; i++) eye[i * n + i] = 1;
   const e = t.constant('koleo_eye', eye, [n, n]);

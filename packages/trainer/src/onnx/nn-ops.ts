@@ -1,7 +1,7 @@
 /**
  * The layers' ops of the training graphs, each with its hand-written VJP (autodiff.ts's tape):
  * products (MatMul, or com.microsoft.FusedMatMul for transposed operands and a scale, so no backward
- * rule transposes a big tensor), Softmax / LogSoftmax, LayerNormalization (its Mean and InvStdDev
+ * rule transposes a big tensor; plain MatMul + Transpose + Mul with GraphBuildOptions.plainMatMul), Softmax / LogSoftmax, LayerNormalization (its Mean and InvStdDev
  * outputs feed the backward), exact GELU (the forward pattern ONNX Runtime fuses into Gelu; the
  * derivative is recomputed from the kept input), QuickGELU, SwiGLU, an MLP's activation + second layer
  * as one op that recomputes the activation instead of keeping it, row gathers (the backward scatters
@@ -36,16 +36,7 @@ export function matmul(t: TrainGraph, a: Value, b: Value, opts: MatMulOptions = 
   const [Kb, N] = tB ? [b.shape[rb - 1]!, b.shape[rb - 2]!] : [b.shape[rb - 2]!, b.shape[rb - 1]!];
   if (Ka !== Kb) throw new Error(`matmul: inner sizes ${Ka} and ${Kb} differ ([${a.shape}] x [${b.shape}])`);
   const shape = [...a.shape.slice(0, -2), M, N];
-  const y =
-    tA || tB || alpha !== 1
-      ? t.emit(
-          'FusedMatMul',
-          [a, b],
-          shape,
-          { transA: tA ? 1 : 0, transB: tB ? 1 : 0, alpha: { float: alpha } },
-          { domain: 'com.microsoft' },
-        )
-      : t.emit('MatMul', [a, b], shape);
+  const y = productNode(t, a, b, { transA: tA, transB: tB, alpha }, shape);
   return t.record1(y, [a, b], (g) => {
     let da: Value | null = null;
     let db: Value | null = null;
@@ -61,6 +52,34 @@ export function matmul(t: TrainGraph, a: Value, b: Value, opts: MatMulOptions = 
     }
     return [da, db];
   });
+}
+
+/**
+ * The product's node(s), not differentiated: MatMul, FusedMatMul for transposed operands or a scale, or with
+ * `t.plainMatMul` (GraphBuildOptions) MatMul after a Transpose of the last two axes of a transposed
+ * operand, then a Mul by the scale.
+ */
+export function productNode(t: TrainGraph, a: Value, b: Value, opts: MatMulOptions, shape: readonly number[]): Value {
+  const tA = !!opts.transA;
+  const tB = !!opts.transB;
+  const alpha = opts.alpha ?? 1;
+  if (!tA && !tB && alpha === 1) return t.emit('MatMul', [a, b], shape);
+  if (!t.plainMatMul) {
+    const attrs = { transA: tA ? 1 : 0, transB: tB ? 1 : 0, alpha: { float: alpha } };
+    return t.emit('FusedMatMul', [a, b], shape, attrs, { domain: 'com.microsoft' });
+  }
+  const swapLast = (x: Value): Value => {
+    const r = x.shape.length;
+    const perm = x.shape.map((_, i) => (i === r - 2 ? r - 1 : i === r - 1 ? r - 2 : i));
+    return t.emit(
+      'Transpose',
+      [x],
+      perm.map((p) => x.shape[p]!),
+      { perm },
+    );
+  };
+  const y = t.emit('MatMul', [tA ? swapLast(a) : a, tB ? swapLast(b) : b], shape);
+  return alpha === 1 ? y : t.emit('Mul', [y, t.scalar(alpha)], shape);
 }
 
 /** A linear layer in the model layout: x [..., in] @ w [in, out] (+ bias [out]). */
