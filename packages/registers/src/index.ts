@@ -14,7 +14,7 @@ export { featureTensors, writeFeatureFile } from './feature-file.js';
 export { inferConfig } from './infer-config.js';
 export { posEmbedMatrices } from './interpolate.js';
 export { firstOutlierLayer, layerSummaries } from './layer-summary.js';
-export { blockDropRate, dropPathFactors, forwardDropPathFactors, parameterShapes, VisionTransformer } from './model.js';
+export { blockDropRate, dropPathFactors, forwardDropPathFactors, initialParameters, parameterShapes, VisionTransformer } from './model.js';
 export type { ViTOutput } from './model.js';
 export { detectNaming, NAMINGS } from './namings.js';
 export { l2Norms, tokenNorms } from './norms.js';

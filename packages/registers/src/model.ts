@@ -237,6 +237,19 @@ function initialValue(name: string, shape: number[], c: ViTConfig, rng: Rng): Fl
   return out;
 }
 
+/**
+ * The initial weights of `new VisionTransformer(config, { seed })` on the host, as Float32Arrays by
+ * parameter name in `parameterShapes` order and layouts (drawn in that order from one generator seeded
+ * with `seed`, bit for bit the model's): for engines that keep their weights outside tfjs.
+ */
+export function initialParameters(config: ViTConfig, seed = 0): Record<string, Float32Array> {
+  const c = validateConfig(config as unknown as Record<string, unknown>);
+  const rng = new Rng(seed);
+  const out: Record<string, Float32Array> = {};
+  for (const [name, shape] of Object.entries(parameterShapes(c))) out[name] = initialValue(name, shape, c, rng);
+  return out;
+}
+
 /** Suffix that keeps tfjs variable names unique across models. */
 let nextId = 0;
 

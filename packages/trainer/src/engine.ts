@@ -70,7 +70,10 @@ export interface ComputedStep {
    * d loss / d parameter of this rank's batch: one buffer per entry of `StepEngine.parameters`, in that
    * order and of its size (zeros for a parameter the step did not reach). The loop all-reduces them in
    * place (the mean over the ranks) and hands them back to `applyStep`; the engine must not keep using
-   * them in between, and must hand out buffers it will not write to afterwards.
+   * them in between. They are valid until the engine's next `computeStep`, which may write into the same
+   * buffers (the ONNX Runtime engine hands out views of one flat gradient buffer, no copy): a caller that
+   * keeps a step's gradients across that call copies them first. The loop never does: it applies or
+   * drops a step before computing the next.
    */
   gradients: Float32Array[];
   /**

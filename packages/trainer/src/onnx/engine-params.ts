@@ -3,8 +3,9 @@
  * names, shapes and order as the tfjs engine: `backbone.<name>` in @vitreg/registers' `parameterShapes`
  * order, then the heads in heads.ts's order), where each lives in the flat buffers, each trained
  * parameter's optimiser multipliers (param-groups.ts's `paramGroups`, the one source of them), and the
- * initial values drawn on the host from `initRng(config)` exactly as the tfjs engine draws them (so both
- * engines start a run from the same weights without tfjs holding a copy).
+ * initial values drawn on the host from `initRng(config)` exactly as the tfjs engine draws them (the
+ * backbone through @vitreg/registers' `initialParameters`), so both engines start a run from the same
+ * weights without tfjs holding a copy.
  *
  * Layout: the student buffer holds every student tensor (`mask_token` included, trained or not), the
  * teacher buffer the same tensors in the same places; the gradient buffer (and the optimiser's two moment
@@ -12,7 +13,7 @@
  */
 import type * as tf from '@tensorflow/tfjs-core';
 import { Rng } from '@vitreg/core';
-import { parameterShapes, type ViTConfig } from '@vitreg/registers';
+import { initialParameters, parameterShapes, type ViTConfig } from '@vitreg/registers';
 import { initRng } from '../batch.js';
 import type { TrainConfig } from '../config.js';
 import type { EngineContext } from '../engine.js';
@@ -153,34 +154,6 @@ export class ParamLayout {
   }
 }
 
-/**
- * DINOv2's initialisation of a backbone tensor, drawn from `rng` as @vitreg/registers' model.ts
- * (`initialValue`, which is not exported) draws it; test/onnx-engine.test.ts checks the two agree bit for bit.
- */
-function initialBackboneValue(name: string, shape: number[], c: ViTConfig, rng: Rng): Float32Array {
-  const n = sizeOf(shape);
-  const out = new Float32Array(n);
-  const normal = (std: number) => {
-    for (let i = 0; i < n; i++) {
-      let v: number;
-      do v = rng.normal(0, std);
-      while (v < -2 || v > 2);
-      out[i] = v;
-    }
-  };
-  if (name === 'mask_token' || (name.endsWith('.bias') && !name.startsWith('patch_embed'))) return out;
-  if (name.endsWith('ls1.gamma') || name.endsWith('ls2.gamma')) return out.fill(c.layerscale_init ?? 1);
-  if (/(^|\.)norm(\d|_pre)?\.weight$/.test(name)) return out.fill(1);
-  if (name === 'cls_token' || name === 'register_tokens') normal(1e-6);
-  else if (name === 'proj') normal(c.embed_dim ** -0.5);
-  else if (name === 'pos_embed') normal(0.02);
-  else if (name.startsWith('patch_embed')) {
-    const bound = 1 / Math.sqrt(c.patch_size * c.patch_size * 3);
-    for (let i = 0; i < n; i++) out[i] = (rng.float() * 2 - 1) * bound;
-  } else normal(0.02);
-  return out;
-}
-
 /** heads.ts's trunc_normal_(std) draws (absolute bounds ±2). */
 function truncNormal(out: Float32Array, std: number, rng: Rng): void {
   for (let i = 0; i < out.length; i++) {
@@ -209,10 +182,7 @@ function initDinoHead(layout: ParamLayout, buf: Float32Array, prefix: string, cf
 export function initialStudent(layout: ParamLayout, config: TrainConfig, buf: Float32Array): void {
   const init = initRng(config);
   const vit = layout.ctx.vit;
-  const rng = new Rng(init.uint32());
-  for (const [name, shape] of Object.entries(parameterShapes(vit))) {
-    layout.view(buf, `backbone.${name}`).set(initialBackboneValue(name, shape, vit, rng));
-  }
+  for (const [name, values] of Object.entries(initialParameters(vit, init.uint32()))) layout.view(buf, `backbone.${name}`).set(values);
   const h = layout.heads;
   if (h.classes !== undefined) {
     truncNormal(layout.view(buf, 'head.weight'), 0.02, init.fork(1));
