@@ -12,8 +12,9 @@
  * with rank 0 writing and the others reading; `gather` collects one small JSON value per rank
  * (each rank's step report for `commitStep`, rank 0's layout for `broadcast`).
  *
- * `trainThreads(config, { workers })` starts `workers` worker threads, each running
- * `initBackend(<the main thread's backend>)` and `train(config, { sync })` with rank = its index.
+ * `trainThreads(config, { workers, engineOptions })` starts `workers` worker threads, each running
+ * `initBackend(<the main thread's backend>)`, resolving its own step engine from `engineOptions`
+ * (tfjs without them) and `train(config, { sync, engine })` with rank = its index.
  * `train.batch_size` is per thread: the global batch is batch_size x workers.
  */
 import { extname } from 'node:path';
@@ -21,6 +22,7 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { getBackendName, startThread, type BackendName } from '@vitreg/core';
 import type { TrainConfig } from './config.js';
+import type { TrainEngineOptions } from './onnx/engine-select.js';
 import { flattenBuffers, unflattenInto, type GradientSync } from './sync.js';
 import type { TrainOptions, TrainResult } from './loop.js';
 
@@ -204,6 +206,8 @@ export interface ThreadWorkerData {
   config: TrainConfig;
   opts: Omit<TrainOptions, 'sync' | 'engine'>;
   backend: BackendName;
+  /** The step engine's options, resolved by each thread (resolveTrainEngine); absent: the tfjs engine. */
+  engineOptions?: TrainEngineOptions;
   rank: number;
   worldSize: number;
   buffer: SharedArrayBuffer;
@@ -216,6 +220,12 @@ export interface ThreadsOptions extends Omit<TrainOptions, 'sync' | 'engine'> {
   backend?: BackendName;
   /** Floats per rank of the shared buffer (default DEFAULT_SLOT_FLOATS). */
   slotFloats?: number;
+  /**
+   * The step engine of every thread, as options (an EngineFactory cannot cross to a worker thread): each
+   * thread calls `resolveTrainEngine(engineOptions)` (rank 0 logs its line to stderr). Absent: tfjs.
+   * `threads` is then each training thread's ONNX Runtime intra-op threads.
+   */
+  engineOptions?: TrainEngineOptions;
 }
 
 export interface ThreadsResult extends TrainResult {
@@ -235,7 +245,7 @@ function startWorker(data: ThreadWorkerData): Worker {
  * first thread to fail stops the others and its error is thrown with its rank named.
  */
 export async function trainThreads(config: TrainConfig, opts: ThreadsOptions): Promise<ThreadsResult> {
-  const { workers, backend, slotFloats, ...trainOpts } = opts;
+  const { workers, backend, slotFloats, engineOptions, ...trainOpts } = opts;
   if (!Number.isInteger(workers) || workers < 1 || workers > MAX_WORKERS) {
     throw new Error(`trainThreads: workers must be an integer in [1, ${MAX_WORKERS}], got ${workers}`);
   }
@@ -244,7 +254,7 @@ export async function trainThreads(config: TrainConfig, opts: ThreadsOptions): P
   const threads: Worker[] = [];
   const results: Promise<TrainResult>[] = [];
   for (let rank = 0; rank < workers; rank++) {
-    const data: ThreadWorkerData = { config, opts: trainOpts, backend: backendName, rank, worldSize: workers, buffer };
+    const data: ThreadWorkerData = { config, opts: trainOpts, backend: backendName, engineOptions, rank, worldSize: workers, buffer };
     const w = startWorker(data);
     threads.push(w);
     results.push(

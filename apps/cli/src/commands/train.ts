@@ -77,7 +77,9 @@ Trains a Vision Transformer with N register tokens and writes the run folder DIR
                      exits at once. With --nodes every worker stops after the same step
   --workers N        data-parallel training over N worker threads, 1-64 (default 1: in this thread);
                      use one per CPU core. train.batch_size is per worker: the global batch is
-                     batch_size x N. A run may be resumed with another N.
+                     batch_size x N. A run may be resumed with another N. Each thread trains on
+                     --engine (--threads N: each thread's onnxruntime threads; one process with
+                     --threads N alone is usually faster: its threads share one copy of the weights)
   --nodes N          a local cluster job: a coordinator and N worker processes on this machine over
                      loopback (the code paths of a multi-machine job: gRPC, ring all-reduce, job
                      token); with --workers T each process runs T threads. Logs in DIR/logs/,
@@ -172,8 +174,6 @@ export const trainCommand: Command = {
       }
     }, []);
     const engine = f.check(() => engineFlags(values), DEFAULT_ENGINE);
-    if (workers > 1 && nodes === undefined && values.engine === 'onnxruntime')
-      f.fail('--workers: training threads run the tfjs engine; with --engine onnxruntime use --threads N (its own threads) or --nodes');
     const out = resolve(values.out ?? join('runs', `train-${values.preset ?? 'config'}`));
     let config: TrainConfig | undefined;
     try {
@@ -263,9 +263,11 @@ export const trainCommand: Command = {
     const signals = stopOnSignals(stopSignals, { onFirst: (signal) => process.stderr.write(stoppingLine(signal)) });
     try {
       const opts = { outDir: out, resume: plan.resume, progress: !values['no-progress'], stop: signals.stop };
-      // Training threads run tfjs (a step engine cannot cross to a worker thread); one thread resolves --engine.
-      const chosen = workers === 1 ? await trainEngine(engine) : undefined;
-      const result = chosen ? await train(config, { ...opts, engine: chosen }) : await trainThreads(config, { ...opts, workers });
+      // With --workers N every training thread resolves --engine itself (an engine cannot cross to a thread).
+      const result =
+        workers === 1
+          ? await train(config, { ...opts, engine: await trainEngine(engine) })
+          : await trainThreads(config, { ...opts, workers, engineOptions: engine });
       if (result.interrupted) {
         process.stderr.write(`vitreg train: ${interruptedLine(result.interrupted.step, total, result.checkpoint)}\n`);
         return signalExitCode(result.interrupted.signal);
