@@ -69,6 +69,26 @@ export { onnxRuntimeEngine, OnnxRuntimeEngine } from './onnx/engine.js';
 export type { OnnxRuntimeEngineOptions } from './onnx/engine.js';
 export { checkTrainEngineOptions, resolveTrainEngine } from './onnx/engine-select.js';
 export type { ResolvedTrainEngine, TrainEngineOptions } from './onnx/engine-select.js';
+export { dinoDropPath, maskRowBucket, padMaskRows, padRows, supervisedDropPath } from './onnx/feeds.js';
+export {
+  classifierGraph,
+  dinoHeadGraph,
+  dinoStudentStepGraph,
+  encodeGraph,
+  supervisedStepGraph,
+  teacherGraph,
+  TRAINING_SESSION_OPTIONS,
+} from './onnx/graphs.js';
+export type {
+  BuiltGraph,
+  DinoHeads,
+  DinoStepGraphOptions,
+  GraphBuildOptions,
+  GraphIO,
+  IbotHeadMode,
+  SupervisedGraphOptions,
+  TeacherGraphOptions,
+} from './onnx/graphs.js';
 export { AdamW, clipByGlobalNorm, clipPerModule, Lamb } from './optim.js';
 export type { ClipOptions } from './optim.js';
 export { isNoDecay, layerId, paramGroups, plainParams } from './param-groups.js';
