@@ -1,0 +1,140 @@
+/**
+ * vitreg sweep on a real one-node Slurm (munge, slurmctld, slurmd started in a temporary folder as
+ * test/launchers.test.ts does): a 2 x 2 sweep of tiny cells (registers 0 / 2 x seeds 0 / 1), the last
+ * cell a 2-process cluster job (resources.overrides), planned with `vitreg sweep plan` and submitted as
+ * the plan's one sbatch job array. Every array task runs its cell (srun starts `vitreg train`, or two
+ * vitreg-worker tasks for the 2-process cell), writes a %A_%a log, and the collected table equals the one
+ * of the same sweep run on this machine (`vitreg sweep run`), weights included. Skipped with one line where
+ * Slurm or munge is absent (CI installs them) or not root.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { delimiter, join } from 'node:path';
+import {
+  cleanEnv,
+  ROOT,
+  run,
+  sh,
+  sleep,
+  slurmSkipReason,
+  startCluster,
+  stopDaemons,
+  tail,
+  TSX,
+  which,
+  workerBin,
+  type Cluster,
+} from './launcher-helpers.js';
+
+const SWEEP = {
+  name: 'tiny-slurm',
+  base: 'tiny-supervised',
+  set: {
+    'data.train_size': 32,
+    'data.val_size': 8,
+    'train.steps': 4,
+    'train.batch_size': 4,
+    'train.eval_every': 0,
+    'train.checkpoint_every': 2,
+  },
+  axes: { 'model.num_register_tokens': [0, 2], 'train.seed': [0, 1] },
+  resources: {
+    processes: 1,
+    time: '00:10:00',
+    overrides: [{ where: { 'model.num_register_tokens': 2, 'train.seed': 1 }, processes: 2 }],
+  },
+  max_concurrent: 2,
+  retries: 0,
+};
+
+/** A folder with executables `vitreg` and `vitreg-worker` that run this clone's sources. */
+function bins(dir: string): string {
+  workerBin(dir);
+  const path = join(dir, 'bin', 'vitreg');
+  const main = join(ROOT, 'apps/cli/src/main.ts');
+  writeFileSync(
+    path,
+    `#!/bin/sh\nexec ${JSON.stringify(process.execPath)} --conditions=vitreg-source --import ${JSON.stringify(TSX)} ${JSON.stringify(main)} "$@"\n`,
+  );
+  chmodSync(path, 0o755);
+  return join(dir, 'bin');
+}
+
+const slurmSkip = slurmSkipReason();
+
+describe('vitreg sweep on slurm', { skip: slurmSkip }, () => {
+  let cluster: Cluster | undefined;
+  before(async () => {
+    cluster = await startCluster();
+  });
+  after(async () => {
+    if (!cluster) return;
+    await stopDaemons(cluster.pidFiles);
+    rmSync(cluster.dir, { recursive: true, force: true });
+  });
+
+  test("the plan's job array runs every cell (one a 2-process job) to the same table as a run here", { timeout: 900_000 }, async () => {
+    const c = cluster!;
+    const dir = mkdtempSync(join(tmpdir(), 'vitreg-sweep-slurm-'));
+    try {
+      const bin = bins(dir);
+      const file = join(dir, 'sweep.json');
+      writeFileSync(file, JSON.stringify(SWEEP));
+      const env = cleanEnv({ SLURM_CONF: c.conf, PATH: `${bin}${delimiter}${process.env.PATH ?? ''}` });
+      const vitreg = (args: string[]) => run(join(bin, 'vitreg'), args, env);
+
+      // The plan, submitted as it is (sized to this node on the command line).
+      const slurmOut = join(dir, 'slurm');
+      const plan = await vitreg(['sweep', 'plan', file, '--out', slurmOut, '--vitreg', join(bin, 'vitreg')]);
+      assert.equal(plan.code, 0, tail(plan));
+      const script = join(slurmOut, 'plan/slurm/sweep.sbatch');
+      mkdirSync(join(slurmOut, 'logs/slurm'), { recursive: true });
+      const submit = await run(which('sbatch')!, ['--parsable', '--overcommit', '--cpus-per-task=1', '--chdir', dir, script], env, 30_000);
+      assert.equal(submit.code, 0, tail(submit));
+      const jobId = submit.stdout.trim().split(';')[0]!;
+
+      // Meanwhile the same sweep here, 2 at once.
+      const localOut = join(dir, 'local');
+      const local = await vitreg(['sweep', 'run', file, '--out', localOut, '--concurrency', '2']);
+      assert.equal(local.code, 0, tail(local));
+
+      for (const t0 = Date.now(); ; await sleep(500)) {
+        const queued = sh(which('squeue')!, ['-h', '-j', jobId, '-o', '%i %T'], env).trim();
+        if (queued === '') break;
+        assert.ok(Date.now() - t0 < 600_000, `array job ${jobId} still queued: ${queued}`);
+      }
+      const logs = readdirSync(join(slurmOut, 'logs/slurm'));
+      const logText = logs.map((f) => `--- ${f}\n${readFileSync(join(slurmOut, 'logs/slurm', f), 'utf8')}`).join('\n');
+      assert.deepEqual(
+        logs.sort(),
+        [0, 1, 2, 3].map((i) => `vitreg-sweep-tiny-slurm-${jobId}_${i}.out`),
+        'a %A_%a log per array task',
+      );
+      const status = await vitreg(['sweep', 'status', file, '--out', slurmOut, '--json']);
+      assert.equal(status.code, 0, tail(status));
+      assert.deepEqual(
+        JSON.parse(status.stdout).map((r: { state: string }) => r.state),
+        ['done', 'done', 'done', 'done'],
+        logText,
+      );
+      // The 2-process cell ran as a cluster job: two ranks under srun.
+      const cell3 = join(slurmOut, 'cells/3-reg2-seed1/train');
+      for (const rank of [0, 1])
+        assert.match(readFileSync(join(cell3, 'logs', `worker-${rank}.log`), 'utf8'), /this worker is rank \d of 2 processes/);
+      assert.ok(existsSync(join(slurmOut, 'cells/0-reg0-seed0/logs/train.log')));
+
+      // Collected on both: the same table (measurements and weights).
+      for (const out of [slurmOut, localOut]) {
+        const col = await vitreg(['sweep', 'collect', file, '--out', out]);
+        assert.equal(col.code, 0, tail(col));
+      }
+      const table = (out: string) => readFileSync(join(out, 'results.csv'), 'utf8');
+      assert.equal(table(slurmOut), table(localOut), 'Slurm and this machine give the same results');
+      assert.equal(table(localOut).trim().split('\n').length, 5);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
