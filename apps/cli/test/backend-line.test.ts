@@ -1,11 +1,11 @@
 /**
- * The backend and engines said once, short (issue 23): `backend: wasm (auto)` (the reasons the faster
- * ones were skipped only with --verbose), and the demo says which engine did what, in its console and
- * in its report alike.
+ * The backend said once, short (issue 23): `backend: wasm (auto)` (the reasons the faster ones were
+ * skipped only with --verbose). That the demo says which engine did what, in its console and in its report
+ * alike, is checked on demo.test.ts's run (one demo run for both).
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { vitreg } from './helpers.ts';
@@ -37,25 +37,4 @@ test('one short backend line; --verbose adds why the faster backends were skippe
   const [long] = backendLines(verbose.stderr);
   // The first backend auto tries skips nothing; on this machine (no tfjs-node) wasm wins after three skips.
   if (!/tensorflow-gpu \(auto/.test(long!)) assert.match(long!, /^\[vitreg\] backend: [\w-]+ \(auto; tensorflow-gpu: skipped \(/);
-});
-
-test('the demo says once per part which engine did what, and its report says the same', async () => {
-  const out = join(dir, 'demo');
-  const r = await vitreg(['demo', '--steps', '2', '--images', '1', '--out', out]);
-  assert.equal(r.code, 0, r.stderr);
-  // No backend line of its own: each training job's rank 0 says its backend once, the demo the rest.
-  const lines = backendLines(r.stderr);
-  assert.equal(lines.length, 2, r.stderr);
-  for (const l of lines) assert.match(l, /^\[worker-0\] backend: [\w-]+ \(auto\)$/);
-  const m = /^demo: analysing both models: forward passes on (.+); token analysis and figures on tfjs (\S+)$/m.exec(r.stderr);
-  assert.ok(m, r.stderr);
-  assert.match(
-    r.stderr,
-    new RegExp(`^demo: LOST object discovery: forward passes on ${m[1]!.replace(/[()]/g, '\\$&')}; LOST on tfjs ${m[2]}$`, 'm'),
-  );
-  const summary = JSON.parse(await readFile(join(out, 'summary.json'), 'utf8'));
-  assert.deepEqual(summary.engines, { forward: m[1], analysis: `tfjs ${m[2]}` });
-  const html = await readFile(join(out, 'analysis', 'report.html'), 'utf8');
-  const engine = m[1]!.startsWith('onnxruntime') ? 'onnxruntime' : 'tfjs';
-  assert.match(html, new RegExp(`forward passes: ${engine}[^<]*; token analysis and figures: tfjs ${m[2]}`));
 });
