@@ -1,10 +1,12 @@
 /**
  * Sweeps: one probe or LOST run per checkpoint (e.g. models with 0, 1, 2, 4, 8, 16 registers), gathered
  * into one table (CSV + JSON) and one line chart (PNG): the shape of the paper's Tables 2-3 and Fig. 8.
+ * The chart has a title, axis labels with units (sweepUnit) and a legend naming each series' colour,
+ * drawn in a small 3x5 capital-letter font beside ./draw.ts's digits.
  */
 import { join } from 'node:path';
 import { encodePng, ensureDir, writeFileAtomic, writeJsonAtomic } from '@vitreg/core';
-import { lineChart, SERIES_COLORS } from './draw.js';
+import { canvas, fillRect, lineChart, SERIES_COLORS, text, type Canvas, type Rgb } from './draw.js';
 import type { DenseProbeReport } from './dense-run.js';
 import type { AnyProbeTask, ProbeReport } from './run.js';
 
@@ -59,14 +61,144 @@ export interface SweepFiles {
   png: string;
 }
 
+/** The unit of a sweep column, for axis labels and the legend. */
+export function sweepUnit(metric: string): string {
+  if (/(accuracy|top1|corloc|miou|delta1)$/.test(metric)) return 'fraction 0-1';
+  if (metric === 'rmse') return 'm';
+  if (metric === 'abs_rel') return 'relative';
+  if (metric === 'mean_distance') return 'patches';
+  if (metric === 'mse' || metric === 'l2') return 'normalised pixels';
+  if (metric === 'registers') return 'tokens';
+  return 'value';
+}
+
+/** Capital letters and punctuation, 3x5 like ./draw.ts's digits (row by row, 1 = ink). */
+const LETTERS: Record<string, string> = {
+  A: '010101111101101',
+  B: '110101110101110',
+  C: '011100100100011',
+  D: '110101101101110',
+  E: '111100110100111',
+  F: '111100110100100',
+  G: '011100101101011',
+  H: '101101111101101',
+  I: '111010010010111',
+  J: '001001001101010',
+  K: '101101110101101',
+  L: '100100100100111',
+  M: '101111111101101',
+  N: '110101101101101',
+  O: '010101101101010',
+  P: '110101110100100',
+  Q: '010101101110011',
+  R: '110101110101101',
+  S: '011100010001110',
+  T: '111010010010010',
+  U: '101101101101111',
+  V: '101101101101010',
+  W: '101101111111101',
+  X: '101101010101101',
+  Y: '101101010010010',
+  Z: '111001010100111',
+  '(': '010100100100010',
+  ')': '010001001001010',
+  ',': '000000000010100',
+  _: '000000000000111',
+  '/': '001001010100100',
+  ':': '000010000010000',
+  '%': '101001010100101',
+  '=': '000111000111000',
+};
+
+/** `s` in capitals at (x, y), `scale` pixels per font pixel (digits and . - + from ./draw.ts). */
+export function label(c: Canvas, s: string, x: number, y: number, color: Rgb, scale = 2): void {
+  for (const ch of s.toUpperCase()) {
+    const g = LETTERS[ch];
+    if (g) {
+      for (let k = 0; k < 15; k++)
+        if (g[k] === '1')
+          fillRect(
+            c,
+            x + (k % 3) * scale,
+            y + Math.floor(k / 3) * scale,
+            x + ((k % 3) + 1) * scale,
+            y + (Math.floor(k / 3) + 1) * scale,
+            color,
+          );
+    } else text(c, ch, x, y, color, scale);
+    x += 4 * scale;
+  }
+}
+
+const labelWidth = (s: string, scale = 2) => s.length * 4 * scale - scale;
+
+/** What the chart says: its title, axis labels and one legend entry per metric. */
+export interface SweepChartText {
+  title: string;
+  xLabel: string;
+  yLabel: string;
+  legend: string[];
+}
+
+/** The chart's words for metrics against column `x`: units in the axis labels, or per entry when they differ. */
+export function sweepChartText(x: string, metrics: string[], title?: string): SweepChartText {
+  const units = [...new Set(metrics.map(sweepUnit))];
+  return {
+    title: title ?? `${metrics.join(', ')} vs ${x}`,
+    xLabel: `${x} (${sweepUnit(x)})`,
+    yLabel: units.length === 1 ? `${metrics.join(', ')} (${units[0]})` : 'value (units in the legend)',
+    legend: metrics.map((m) => (units.length === 1 ? m : `${m} (${sweepUnit(m)})`)),
+  };
+}
+
+/** lineChart with a title above, the y label over the axis, the x label below and a legend under it. */
+export function sweepChart(series: { name: string; points: [number, number][] }[], words: SweepChartText, width = 640): Canvas {
+  const chart = lineChart(series, { width, height: 400 });
+  const s = 2;
+  const rowH = 5 * s + 8;
+  const titleH = 5 * 3 + 12;
+  const yLabelH = 5 * s + 8;
+  const xLabelH = 5 * s + 10;
+  // Legend entries flow left to right in rows that fit the width.
+  const rows: { text: string; color: Rgb }[][] = [[]];
+  let used = 8;
+  words.legend.forEach((t, i) => {
+    const w = 28 + labelWidth(t, s) + 18;
+    if (used + w > width - 8 && rows[rows.length - 1]!.length) {
+      rows.push([]);
+      used = 8;
+    }
+    rows[rows.length - 1]!.push({ text: t, color: SERIES_COLORS[i % SERIES_COLORS.length]! });
+    used += w;
+  });
+  const top = titleH + yLabelH;
+  const c = canvas(width, top + chart.height + xLabelH + rows.length * rowH + 6);
+  for (let y = 0; y < chart.height; y++) c.data.set(chart.data.subarray(y * width * 3, (y + 1) * width * 3), (top + y) * width * 3);
+  const black: Rgb = [0, 0, 0];
+  label(c, words.title, Math.max(4, (width - labelWidth(words.title, 3)) / 2), 6, black, 3);
+  label(c, words.yLabel, 6, titleH, black, s);
+  label(c, words.xLabel, 60 + (width - 80 - labelWidth(words.xLabel, s)) / 2, top + chart.height - 8, black, s);
+  rows.forEach((row, r) => {
+    let lx = 8;
+    const ly = top + chart.height + xLabelH + r * rowH;
+    for (const e of row) {
+      fillRect(c, lx, ly + 3, lx + 20, ly + 7, e.color);
+      label(c, e.text, lx + 28, ly, e.color, s);
+      lx += 28 + labelWidth(e.text, s) + 18;
+    }
+  });
+  return c;
+}
+
 /**
- * Write `<dir>/<name>.csv`, `.json` ({ x, metrics, colors, rows }) and `.png` (one line per metric
- * against column `x`; series colours in order of `metrics`, listed in the JSON).
+ * Write `<dir>/<name>.csv`, `.json` ({ x, metrics, colors, title, xLabel, yLabel, legend, rows }) and
+ * `.png` (one line per metric against column `x`, series colours in order of `metrics`; a title, axis
+ * labels with units and a legend). `title` defaults to "<metrics> vs <x>".
  */
 export async function writeSweep(
   dir: string,
   rows: SweepRow[],
-  opts: { x: string; metrics: string[]; name?: string },
+  opts: { x: string; metrics: string[]; name?: string; title?: string },
 ): Promise<SweepFiles> {
   if (rows.length === 0) throw new Error('sweep: no rows to write');
   for (const [i, r] of rows.entries()) {
@@ -77,12 +209,13 @@ export async function writeSweep(
   const files = { csv: join(dir, `${name}.csv`), json: join(dir, `${name}.json`), png: join(dir, `${name}.png`) };
   await writeFileAtomic(files.csv, toCsv(rows));
   const colors = Object.fromEntries(opts.metrics.map((m, i) => [m, SERIES_COLORS[i % SERIES_COLORS.length]]));
-  await writeJsonAtomic(files.json, { x: opts.x, metrics: opts.metrics, colors, rows });
+  const words = sweepChartText(opts.x, opts.metrics, opts.title);
+  await writeJsonAtomic(files.json, { x: opts.x, metrics: opts.metrics, colors, ...words, rows });
   const series = opts.metrics.map((m) => ({
     name: m,
     points: rows.map((r): [number, number] => [r[opts.x] as number, typeof r[m] === 'number' ? (r[m] as number) : NaN]),
   }));
-  const chart = lineChart(series);
+  const chart = sweepChart(series, words);
   await writeFileAtomic(files.png, await encodePng(chart.data, chart.width, chart.height));
   return files;
 }

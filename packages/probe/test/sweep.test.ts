@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { decodeImage } from '@vitreg/core';
 import { drawDiscovery, lineChart, writeSweep } from '../src/index.js';
 import { niceTicks, SERIES_COLORS } from '../src/draw.js';
-import { toCsv } from '../src/sweep.js';
+import { sweepChartText, toCsv } from '../src/sweep.js';
 import { type LostResult } from '../src/lost.js';
 
 test('toCsv quotes what needs quoting and unions the columns', () => {
@@ -36,11 +36,42 @@ test('writeSweep writes CSV, JSON and a PNG chart with every series drawn', asyn
       return n;
     };
     assert.ok(count(SERIES_COLORS[0]) > 100 && count(SERIES_COLORS[1]) > 100);
+    // A title, axis labels with units and a legend: in the JSON, and drawn (ink above the plot, legend
+    // swatches in each series' colour below it).
+    assert.equal(json.title, 'corloc, top1 vs registers');
+    assert.equal(json.xLabel, 'registers (tokens)');
+    assert.equal(json.yLabel, 'corloc, top1 (fraction 0-1)');
+    assert.deepEqual(json.legend, ['corloc', 'top1']);
+    const inkIn = (y0: number, y1: number, rgb: number[]) => {
+      let n = 0;
+      for (let y = y0; y < y1; y++)
+        for (let x = 0; x < png.width; x++) {
+          const i = (y * png.width + x) * 3;
+          if (png.data[i] === rgb[0] && png.data[i + 1] === rgb[1] && png.data[i + 2] === rgb[2]) n++;
+        }
+      return n;
+    };
+    assert.ok(inkIn(0, 24, [0, 0, 0]) > 200, 'a title');
+    assert.ok(inkIn(27, 45, [0, 0, 0]) > 100, 'a y axis label');
+    const below = png.height - 30;
+    assert.ok(
+      inkIn(below, png.height, SERIES_COLORS[0]) > 80 && inkIn(below, png.height, SERIES_COLORS[1]) > 80,
+      'a legend entry per series',
+    );
     await assert.rejects(writeSweep(dir, [{ registers: 'x' }], { x: 'registers', metrics: [] }), /numeric 'registers'/);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
   assert.throws(() => lineChart([{ name: 'a', points: [[0, NaN]] }]), /no finite points/);
+});
+
+test('sweep chart words: units in the axis labels, or per legend entry when the metrics differ', () => {
+  assert.deepEqual(sweepChartText('registers', ['accuracy', 'miou', 'rmse'], 'Table 2'), {
+    title: 'Table 2',
+    xLabel: 'registers (tokens)',
+    yLabel: 'value (units in the legend)',
+    legend: ['accuracy (fraction 0-1)', 'miou (fraction 0-1)', 'rmse (m)'],
+  });
 });
 
 test('drawDiscovery outlines the box in red and marks the seed', () => {
