@@ -40,6 +40,8 @@ export type { ImageTransform, RgbImage } from './image.js';
 export { firstDifference } from './json-diff.js';
 export { isQuiet, log, setQuiet } from './log.js';
 export { checkpointNames, stem, uniqueNames } from './names.js';
+export { backendBudget, checkMemoryFit, formatBytes, hostMemory, MEMORY_WAYS_OUT, totalNeed, WASM_HEAP_BYTES } from './memory-fit.js';
+export type { MemoryBudget, MemoryNeed } from './memory-fit.js';
 export { Progress } from './progress.js';
 export { readPth } from './pth.js';
 export {

@@ -6,6 +6,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { ViTConfig } from './config.js';
+import { checkVitFits } from './memory-need.js';
 import type { ForwardOptions, ViTOutput, VisionTransformer } from './model.js';
 
 export type EngineName = 'tfjs' | 'onnxruntime';
@@ -88,6 +89,8 @@ async function host(t: tf.Tensor): Promise<HostArray> {
 export class TfjsEncoder implements Encoder {
   readonly engine = 'tfjs' as const;
   readonly description: string;
+  /** The batch shape last checked to fit the backend (memory-need.ts). */
+  private fits = '';
   constructor(
     readonly model: VisionTransformer,
     private owns = true,
@@ -101,6 +104,10 @@ export class TfjsEncoder implements Encoder {
 
   async encode(images: ImageBatch, opts: EncodeOptions = {}): Promise<EncoderOutput> {
     checkImageBatch(images, this.config.patch_size);
+    const [B, H, W] = images.shape;
+    const fits = `${B}x${H}x${W}`;
+    if (this.fits !== fits) checkVitFits(this.config, { batch: B, imageSize: [H, W], what: 'the tfjs forward' });
+    this.fits = fits;
     const fopts: ForwardOptions = { attention: opts.attention ?? 'none', layers: opts.layers, keys: opts.keys, values: opts.values };
     const x = tf.tensor4d(images.data, images.shape);
     const out = this.model.forward(x, fopts);

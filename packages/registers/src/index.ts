@@ -17,6 +17,8 @@ export { firstOutlierLayer, layerSummaries } from './layer-summary.js';
 export { blockDropRate, dropPathFactors, forwardDropPathFactors, initialParameters, parameterShapes, VisionTransformer } from './model.js';
 export type { ViTOutput } from './model.js';
 export { detectNaming, NAMINGS } from './namings.js';
+export { activeBudget, checkVitFits, parameterCount, vitMemoryNeed } from './memory-need.js';
+export type { CropGroup, VitMemoryOptions } from './memory-need.js';
 export { l2Norms, tokenNorms } from './norms.js';
 export { loadOnnxRuntime, ONNX_DEVICES, OnnxEncoder, onnxRuntimeAvailable } from './onnx-encoder.js';
 export type { OnnxDevice, OnnxEncoderOptions } from './onnx-encoder.js';

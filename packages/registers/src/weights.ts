@@ -28,6 +28,7 @@ import { extname } from 'node:path';
 import { fromFloat32, readPth, readSafetensors, toFloat32, writeSafetensors, type HostTensor } from '@vitreg/core';
 import { getConfig, validateConfig, type ViTConfig } from './config.js';
 import { inferConfig } from './infer-config.js';
+import { checkVitFits } from './memory-need.js';
 import { parameterShapes, VisionTransformer } from './model.js';
 import { detectNaming, NAMINGS, renameStateDict, toDinov2Names, type Naming } from './namings.js';
 import { fitPosEmbed, type StateDict } from './state-dict.js';
@@ -147,6 +148,7 @@ export async function loadWeights(path: string, opts: LoadOptions = {}): Promise
 export function modelFromStateDict(sd: StateDict, config: ViTConfig, trainable = false): VisionTransformer {
   const fitted = fitPosEmbed(sd, config);
   checkStateDict(fitted, config, 'state dict');
+  checkVitFits(config, { what: 'the model' }); // before its weights are allocated on the backend
   const weights: Record<string, Float32Array> = {};
   for (const name of Object.keys(parameterShapes(config))) weights[name] = toModelLayout(name, fitted[name]);
   return new VisionTransformer(config, { weights, trainable });

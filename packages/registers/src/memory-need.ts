@@ -1,0 +1,112 @@
+/**
+ * What a VisionTransformer needs on a TensorFlow.js backend, estimated before anything is allocated, and
+ * the check against what the active backend has (@vitreg/core's memory-fit.ts): a model that cannot fit
+ * is refused with the numbers and the ways out instead of dying in the middle ("memory access out of
+ * bounds" on wasm).
+ *
+ * The estimate (float32 everywhere, as tfjs computes):
+ * - weights: 2 x the parameters (tfjs holds a second copy: `tf.memory()` reads 2.0x the parameter bytes
+ *   for dinov2_vits14_reg after construction);
+ * - forward activations at batch B with N tokens, H heads, width D, MLP width F, the peak of one block:
+ *   4 B H N^2 (scores, softmax and their per-head parts) + 6 B N F + 4 B N D floats. Checked on wasm:
+ *   dinov2_vits14_reg at 518 px, batch 2 is estimated at 626 MiB, the wasm heap grew to 714 MiB;
+ * - training: gradients 1x and optimiser state 2x the parameters (AdamW's and LAMB's two moments), a
+ *   DINO teacher's weights, and per block 3 B H N^2 + 4 B N F + 10 B N D floats kept for the backward, for
+ *   each kind of crop at its size.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { backendBudget, checkMemoryFit, getBackendName, type MemoryBudget, type MemoryNeed } from '@vitreg/core';
+import { ffnHiddenDim, type ViTConfig } from './config.js';
+import { parameterShapes } from './model.js';
+
+/** Images of one size in a batch: `count` images of `size` px (square) or [height, width]. */
+export interface CropGroup {
+  count: number;
+  size: number | [number, number];
+}
+
+export interface VitMemoryOptions {
+  /** Images per forward (default 1) at `imageSize` (default the config's img_size). */
+  batch?: number;
+  imageSize?: number | [number, number];
+  /** Training: gradients, optimiser state and the activations kept for the backward. */
+  training?: {
+    /** The crops of one forward / backward pass (default `batch` images at `imageSize`). */
+    crops?: CropGroup[];
+    /** Moments per parameter (AdamW and LAMB: 2). */
+    optimizerSlots?: number;
+    /** A teacher copy of the backbone (DINO), run forward on the first crop group. */
+    teacher?: boolean;
+  };
+}
+
+const F32 = 4;
+
+function tokens(c: ViTConfig, size: number | [number, number]): number {
+  const [h, w] = typeof size === 'number' ? [size, size] : size;
+  return 1 + c.num_register_tokens + Math.ceil(h / c.patch_size) * Math.ceil(w / c.patch_size);
+}
+
+/** Parameters of the backbone (the sum of `parameterShapes`). */
+export function parameterCount(c: ViTConfig): number {
+  let n = 0;
+  for (const shape of Object.values(parameterShapes(c))) n += shape.reduce((a, b) => a * b, 1);
+  return n;
+}
+
+/** Estimated bytes a model needs on a tfjs backend (see the module comment for the terms). */
+export function vitMemoryNeed(c: ViTConfig, opts: VitMemoryOptions = {}): MemoryNeed {
+  const batch = opts.batch ?? 1;
+  const size = opts.imageSize ?? c.img_size;
+  const P = parameterCount(c);
+  const D = c.embed_dim;
+  const H = c.num_heads;
+  const F = ffnHiddenDim(c);
+  const forwardPeak = (b: number, n: number) => (4 * b * H * n * n + 6 * b * n * F + 4 * b * n * D) * F32;
+  const largest = (b: number, n: number) => Math.max(b * H * n * n, b * n * F, F * D, b * n * D) * F32;
+  let weights = 2 * P * F32;
+  let largestTensor = 0;
+  if (!opts.training) {
+    const n = tokens(c, size);
+    return { weights, gradients: 0, optimizer: 0, activations: forwardPeak(batch, n), largestTensor: largest(batch, n) };
+  }
+  const t = opts.training;
+  const crops = t.crops ?? [{ count: batch, size }];
+  let activations = 0;
+  let peak = 0;
+  for (const g of crops) {
+    const n = tokens(c, g.size);
+    activations += c.depth * (3 * g.count * H * n * n + 4 * g.count * n * F + 10 * g.count * n * D) * F32;
+    peak = Math.max(peak, forwardPeak(g.count, n));
+    largestTensor = Math.max(largestTensor, largest(g.count, n));
+  }
+  if (t.teacher) weights += 2 * P * F32;
+  return { weights, gradients: P * F32, optimizer: (t.optimizerSlots ?? 2) * P * F32, activations: activations + peak, largestTensor };
+}
+
+/** The active tfjs backend's budget: vitreg's backend name (or tfjs's), WebGPU's device limits. */
+export function activeBudget(backend?: string): MemoryBudget {
+  const name = backend ?? getBackendName() ?? tf.getBackend();
+  const override = Number(process.env.VITREG_MEMORY_LIMIT);
+  if (override > 0) return { backend: name, total: override, totalSource: 'VITREG_MEMORY_LIMIT' };
+  let webgpuLimits: { maxBufferSize?: number; maxStorageBufferBindingSize?: number } | undefined;
+  if (name === 'webgpu') {
+    const device = (tf.backend() as unknown as { device?: { limits?: { maxBufferSize: number; maxStorageBufferBindingSize: number } } })
+      .device;
+    webgpuLimits = device?.limits;
+  }
+  return backendBudget(name, { webgpuLimits });
+}
+
+/**
+ * Refuses, with an InputError naming `what`, the estimate's parts, the backend's limit and the ways out,
+ * a model that cannot fit the active backend (or `backend`). `VITREG_MEMORY_LIMIT` (bytes) replaces the
+ * backend's figure. Returns the estimated bytes.
+ */
+export function checkVitFits(c: ViTConfig, opts: VitMemoryOptions & { what?: string; backend?: string } = {}): number {
+  const need = vitMemoryNeed(c, opts);
+  const what = `${opts.what ?? 'the model'} (${(parameterCount(c) / 1e6).toFixed(1)}M parameters, batch ${opts.batch ?? 1}${
+    opts.training ? ', training' : ''
+  })`;
+  return checkMemoryFit(what, need, activeBudget(opts.backend));
+}
