@@ -61,7 +61,11 @@ export async function decodeImage(file: string): Promise<RgbImage> {
     if (info.channels !== 3) throw new Error(`decoded to ${info.channels} channels, expected 3`);
     return { data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength), width: info.width, height: info.height };
   } catch (err) {
-    throw new Error(`${file}: cannot decode image (truncated or not an image): ${(err as Error).message}`, { cause: err });
+    // libvips repeats its warnings on further lines: keep the error one line.
+    const first = String((err as Error)?.message ?? err)
+      .split('\n')[0]!
+      .trim();
+    throw new Error(`${file}: cannot decode image (truncated or not an image): ${first}`, { cause: err });
   }
 }
 

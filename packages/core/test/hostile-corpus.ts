@@ -252,6 +252,38 @@ export function validSafetensors(): Buffer {
   );
 }
 
+const EXTREMES = [0, 1, 0x7f, 0xff, 0x7fffffff, 0x80000000, 0xffffffff, 0xfffffffe, 2 ** 20];
+
+/** One mutation of `base`, drawn from `rng` (a seeded generator): bytes flipped, a 4-byte field set to an extreme, cut short, junk inserted, or a chunk repeated. */
+export function mutate(base: Uint8Array, rng: { float(): number }): Buffer {
+  const b = Buffer.from(base);
+  const at = () => Math.floor(rng.float() * b.length);
+  switch (Math.floor(rng.float() * 5)) {
+    case 0: {
+      const n = 1 + Math.floor(rng.float() * 8);
+      for (let i = 0; i < n; i++) b[at()] = Math.floor(rng.float() * 256);
+      return b;
+    }
+    case 1: {
+      const p = Math.min(at(), b.length - 4);
+      b.writeUInt32LE(EXTREMES[Math.floor(rng.float() * EXTREMES.length)]!, Math.max(0, p));
+      return b;
+    }
+    case 2:
+      return b.subarray(0, at());
+    case 3: {
+      const p = at();
+      const junk = Buffer.from(Array.from({ length: 1 + Math.floor(rng.float() * 64) }, () => Math.floor(rng.float() * 256)));
+      return Buffer.concat([b.subarray(0, p), junk, b.subarray(p)]);
+    }
+    default: {
+      const p = at();
+      const len = Math.min(b.length - p, 1 + Math.floor(rng.float() * 256));
+      return Buffer.concat([b.subarray(0, p + len), b.subarray(p, p + len), b.subarray(p + len)]);
+    }
+  }
+}
+
 export interface HostileFile {
   /** Short name of the case (also the file's stem). */
   name: string;

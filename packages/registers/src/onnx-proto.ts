@@ -125,11 +125,15 @@ export async function readOnnxInfo(path: string): Promise<OnnxFileInfo> {
           const e = protobuf.Reader.create(body);
           let key = '';
           let value = '';
-          while (e.pos < e.len) {
-            const t = e.uint32();
-            if (t >>> 3 === 1) key = e.string();
-            else if (t >>> 3 === 2) value = e.string();
-            else e.skipType(t & 7);
+          try {
+            while (e.pos < e.len) {
+              const t = e.uint32();
+              if (t >>> 3 === 1) key = e.string();
+              else if (t >>> 3 === 2) value = e.string();
+              else e.skipType(t & 7);
+            }
+          } catch (err) {
+            throw bad(`bad metadata_props entry at byte ${start}: ${(err as Error).message}`);
           }
           info.metadata[key] = value;
         }
