@@ -38,3 +38,17 @@ export type { ProbeTaskResult } from './probe-task.js';
 export { ALL_PROBE_TASKS, runProbe } from './run.js';
 export type { AnyProbeTask, DataPart, ProbeModel, ProbeReport } from './run.js';
 export { SWEEP_PLOT_METRICS, sweepColumns, writeSweep } from './sweep.js';
+export {
+  buildZeroShotClassifier,
+  CLIP_MEAN,
+  CLIP_STD,
+  fillTemplate,
+  parseLines,
+  topKAccuracy,
+  zeroShotEval,
+  zeroShotLogits,
+} from './zeroshot.js';
+export type { ZeroShotResult } from './zeroshot.js';
+export { IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES } from './zeroshot-metadata.js';
+export { clipImageBatches, runZeroShot } from './zeroshot-run.js';
+export type { ZeroShotRunOptions } from './zeroshot-run.js';

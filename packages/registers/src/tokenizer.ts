@@ -162,7 +162,7 @@ export class ClipTokenizer {
       throw new Error(`tokenizer ${path}: not a valid gzip file (${(e as Error).message})`, { cause: e });
     }
     const lines = text.split('\n');
-    if (lines.length < 2 || !lines.slice(1, 20).some((l) => l.trim().split(/\s+/).length === 2)) {
+    if (lines.slice(1, 50).some((l) => l.trim() !== '' && l.trim().split(/\s+/).length !== 2)) {
       throw new Error(
         `tokenizer ${path}: not a BPE merges file (expected a header line, then merges "a b" one per line, as bpe_simple_vocab_16e6.txt.gz)`,
       );

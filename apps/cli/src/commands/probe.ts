@@ -26,6 +26,7 @@ import {
 } from '@vitreg/probe';
 import { TfjsEncoder, withTestTimeRegisters, type Encoder } from '@vitreg/registers';
 import { CliError, inputAsCliError, intFlag, parseFlags, type Command } from '../cli.js';
+import { ZEROSHOT_FLAGS, ZEROSHOT_USAGE, zeroShotSettings, zeroShotTask } from './probe-zeroshot.js';
 import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrNeurons, ttrUsage } from '../ttr.js';
 import {
   BACKEND_FLAGS,
@@ -58,6 +59,9 @@ Linear probes on frozen features (images resized to --size x --size):
   depth     DINOv2's linear depth head: patch tokens + CLS before the final norm, upsampled 4x, 1x1
             conv to 256 depth bins in [0.001, 10] m (--depth-head regression: one output), SigLoss,
             AdamW; RMSE, delta < 1.25 and abs rel at each depth map's size (NYU: Eigen crop)
+  zeroshot  zero-shot classification with a whole CLIP checkpoint (both towers; open_clip or OpenAI
+            names): class names x templates through the text tower, 100 x cosine, top-1 and top-5
+            (open_clip's zero-shot ImageNet evaluation; CLIP's mean and std; needs --tokenizer)
 Writes DIR/results.json (several tasks: DIR/results-<task>.json; dense tasks also head-<task>.safetensors
 with DINOv2's head names). Several --weights run a sweep: DIR/<checkpoint>/... and DIR/sweep.{csv,json,png}
 (one row per checkpoint, every task's metrics as columns, plotted against the number of registers; e.g.
@@ -76,7 +80,8 @@ Options:
                      folder (nyu_train.txt / nyu_test.txt, or train/ and test/ with rgb_<id>.jpg +
                      sync_depth_<id>.png in mm); ade20k:DIR / nyu:DIR name the layout. With ADE20k / NYU,
                      --count / --test-count take seeded random subsets. TASK=SRC gives one task its data.
-  --task T[,T...]    ${ALL_PROBE_TASKS.join(' | ')} (default class)
+  --task T[,T...]    ${ALL_PROBE_TASKS.join(' | ')} | zeroshot (default class)
+${ZEROSHOT_USAGE}
   --token T          ${TOKEN_CHOICES.join(' | ')} (default cls; position and pixels: normal | outlier)
   --register N       register read by --token register (default 0)
   --threshold X      outlier rule: auto (default) or a norm
@@ -123,25 +128,29 @@ function openData(
   }
 }
 
+/** A task of this command: the probe package's, or zero-shot classification (probe-zeroshot.ts). */
+type CliTask = AnyProbeTask | 'zeroshot';
+const CLI_TASKS: readonly string[] = [...ALL_PROBE_TASKS, 'zeroshot'];
+
 /** --task: one task, or several comma-separated (their columns side by side in a sweep). */
-function parseTasks(value: string | undefined): AnyProbeTask[] {
+function parseTasks(value: string | undefined): CliTask[] {
   const list = (value ?? 'class').split(',').map((t) => t.trim());
   for (const t of list) {
-    if (!(ALL_PROBE_TASKS as readonly string[]).includes(t)) {
-      throw new CliError(`--task: expected one of ${ALL_PROBE_TASKS.join(', ')} (or several, comma-separated), got "${t}"`);
+    if (!CLI_TASKS.includes(t)) {
+      throw new CliError(`--task: expected one of ${CLI_TASKS.join(', ')} (or several, comma-separated), got "${t}"`);
     }
   }
   if (new Set(list).size !== list.length) throw new CliError(`--task: "${value}" names a task twice`);
-  return list as AnyProbeTask[];
+  return list as CliTask[];
 }
 
 /** --data (repeatable): a plain SRC used by every task, or TASK=SRC for one task. */
-function dataSources(values: string[], tasks: AnyProbeTask[]): Map<AnyProbeTask, string> {
+function dataSources(values: string[], tasks: CliTask[]): Map<CliTask, string> {
   const named = new Map<string, string>();
   let plain: string | undefined;
   for (const v of values) {
     const m = /^([a-z]+)=(.+)$/.exec(v);
-    if (m && (ALL_PROBE_TASKS as readonly string[]).includes(m[1])) {
+    if (m && CLI_TASKS.includes(m[1])) {
       if (named.has(m[1])) throw new CliError(`--data: two sources for task ${m[1]}`);
       named.set(m[1], m[2]);
     } else {
@@ -149,14 +158,14 @@ function dataSources(values: string[], tasks: AnyProbeTask[]): Map<AnyProbeTask,
       plain = v;
     }
   }
-  const out = new Map<AnyProbeTask, string>();
+  const out = new Map<CliTask, string>();
   for (const t of tasks) {
     const src = named.get(t) ?? plain;
     if (src === undefined) throw new CliError(`--data: no data for task ${t}; give --data ${t}=SRC or one --data SRC for every task`);
     out.set(t, src);
   }
   for (const k of named.keys())
-    if (!tasks.includes(k as AnyProbeTask)) throw new CliError(`--data ${k}=...: task ${k} is not in --task ${tasks.join(',')}`);
+    if (!tasks.includes(k as CliTask)) throw new CliError(`--data ${k}=...: task ${k} is not in --task ${tasks.join(',')}`);
   return out;
 }
 
@@ -215,6 +224,7 @@ export const probe: Command = {
       ...BACKEND_FLAGS,
       ...ENGINE_FLAGS,
       ...TTR_FLAGS,
+      ...ZEROSHOT_FLAGS,
       out: { type: 'string' },
     });
     const { values } = f;
@@ -224,7 +234,9 @@ export const probe: Command = {
     if (!values.data?.length) f.missing('data', '--data DIR|synthetic is required (see vitreg probe --help)');
     const outDir = f.require('out', '--out DIR is required (see vitreg probe --help)');
     const tasks = f.check(() => parseTasks(values.task), null);
-    const tokenTasks = (tasks ?? []).filter((t) => !isDenseTask(t));
+    const probeTasks = (tasks ?? []).filter((t): t is AnyProbeTask => t !== 'zeroshot');
+    const zeroShot = tasks?.includes('zeroshot') ? f.check(() => zeroShotSettings(values), null) : null;
+    const tokenTasks = probeTasks.filter((t) => !isDenseTask(t));
     const token = f.choice('token', TOKEN_CHOICES, tokenTasks.includes('class') || tokenTasks.length === 0 ? 'cls' : 'normal');
     for (const t of tokenTasks) {
       if (t !== 'class' && token !== 'normal' && token !== 'outlier') {
@@ -264,9 +276,9 @@ export const probe: Command = {
     f.done();
     if (!tasks || !sources) throw new CliError('unreachable: flags checked');
     // Every task's data, opened before any model runs (bad paths fail fast).
-    const parts = new Map<AnyProbeTask, { train: DataPart | DensePart; test: DataPart | DensePart }>();
+    const parts = new Map<CliTask, { train: DataPart | DensePart; test: DataPart | DensePart }>();
     for (const t of tasks) {
-      if (!isDenseTask(t)) parts.set(t, openData(sources.get(t)!, values));
+      if (t === 'zeroshot' || !isDenseTask(t)) parts.set(t, openData(sources.get(t)!, values));
       else {
         try {
           parts.set(t, openDenseSource(sources.get(t)!, t, countFlags));
@@ -278,7 +290,22 @@ export const probe: Command = {
     await startBackend(values.backend, values.gpu, values.verbose);
     const rows: Record<string, string | number>[] = [];
     const dirs = checkpointNames(weights);
-    for (const [i, w] of weights.entries()) {
+    // Zero-shot first, with each checkpoint's whole CLIP model; its columns join the checkpoint's row.
+    const zeroShotRows: Record<string, string | number>[] = [];
+    for (const [i, w] of zeroShot ? weights.entries() : []) {
+      const out = weights.length > 1 ? join(outDir, dirs[i]) : outDir;
+      await ensureDir(out);
+      const r = await zeroShotTask(w, parts.get('zeroshot')!.test as DataPart, zeroShot!, {
+        file: join(out, tasks.length === 1 ? 'results.json' : 'results-zeroshot.json'),
+        size: opts.size,
+        batchSize: opts.batchSize,
+        quickGelu: (values.model ?? '').startsWith('clip_') || (config as { act_layer?: string } | undefined)?.act_layer === 'quick_gelu',
+        data: sources.get('zeroshot')!,
+      });
+      process.stderr.write(`${w}: zeroshot: top-1 ${pct(r.top1)}, top-5 ${pct(r.top5)}\n`);
+      zeroShotRows.push({ checkpoint: w, registers: r.registers, zeroshot_top1: r.top1, zeroshot_top5: r.top5 });
+    }
+    for (const [i, w] of probeTasks.length > 0 ? weights.entries() : []) {
       const encoder = await loadEncoder(w, { model: values.model, config }, engine);
       // With --test-time-registers: the model counts the test-time register among the registers (R + 1).
       // On tfjs the probes drive the VisionTransformer itself, on ONNX Runtime the Encoder.
@@ -296,8 +323,8 @@ export const probe: Command = {
       try {
         const out = weights.length > 1 ? join(outDir, dirs[i]) : outDir;
         await ensureDir(out);
-        const row: Record<string, string | number> = { checkpoint: w, registers: model.config.num_register_tokens };
-        for (const task of tasks) {
+        const row: Record<string, string | number> = { checkpoint: w, registers: model.config.num_register_tokens, ...zeroShotRows[i] };
+        for (const task of probeTasks) {
           const file = join(out, tasks.length === 1 ? 'results.json' : `results-${task}.json`);
           const { train, test } = parts.get(task)!;
           const settings: Record<string, unknown> = {
@@ -333,6 +360,8 @@ export const probe: Command = {
         await encoder.dispose();
       }
     }
-    if (weights.length > 1) await writeSweep(outDir, rows, { x: 'registers', metrics: tasks.flatMap((t) => SWEEP_PLOT_METRICS[t]) });
+    if (probeTasks.length === 0) rows.push(...zeroShotRows);
+    const plotted = [...(zeroShot ? ['zeroshot_top1'] : []), ...probeTasks.flatMap((t) => SWEEP_PLOT_METRICS[t])];
+    if (weights.length > 1) await writeSweep(outDir, rows, { x: 'registers', metrics: plotted });
   },
 };
