@@ -8,8 +8,10 @@
 import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
-import { initBackend, Rng, SyntheticDataset } from '@vitreg/core';
-import { ClipModel, ClipTokenizer, getConfig, l2Normalize, validateClipConfig } from '@vitreg/registers';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { initBackend, readSafetensors, Rng, SyntheticDataset, toFloat32 } from '@vitreg/core';
+import { ClipModel, ClipTokenizer, getConfig, l2Normalize, loadClip, validateClipConfig } from '@vitreg/registers';
 import {
   buildZeroShotClassifier,
   fillTemplate,
@@ -37,6 +39,31 @@ function tinyClip(): ClipModel {
 describe('zero-shot classification', () => {
   before(async () => {
     await initBackend('wasm', { log: () => {} });
+  });
+
+  test("the classifier and logits equal open_clip's build_zero_shot_classifier (fixture)", async () => {
+    const here = dirname(fileURLToPath(import.meta.url));
+    const dir = join(here, 'fixtures', 'zeroshot');
+    const { tensors, metadata } = await readSafetensors(join(dir, 'zeroshot.reference.safetensors'));
+    const classes = JSON.parse(metadata.classes!) as string[];
+    const templates = JSON.parse(metadata.templates!) as string[];
+    const model = await loadClip(join(dir, 'zeroshot_clip.safetensors'), { vision: { num_heads: 3 }, text: { heads: 2 } });
+    const tok = await ClipTokenizer.fromFile(join(here, '..', '..', 'registers', 'test', 'fixtures', 'clip-text', 'bpe_tiny.txt.gz'), {
+      contextLength: 24,
+    });
+    const W = buildZeroShotClassifier(model, tok, classes, templates);
+    const ref = toFloat32(tensors.classifier!); // [E, C]
+    const C = classes.length;
+    for (let c = 0; c < C; c++)
+      for (let e = 0; e < 16; e++) assert.ok(Math.abs(W[c * 16 + e]! - ref[e * C + c]!) < 1e-4, `classifier[${e}, ${c}]`);
+    const input = tensors.input_nhwc!;
+    const x = tf.tensor4d(toFloat32(input), input.shape as [number, number, number, number]);
+    const f = model.encodeImage(x);
+    const logits = zeroShotLogits(Float32Array.from(f.dataSync()), W, 4, 16);
+    const want = toFloat32(tensors.logits!);
+    logits.forEach((v, i) => assert.ok(Math.abs(v - want[i]!) <= 1e-3 + 1e-4 * Math.abs(want[i]!), `logits[${i}]: ${v} vs ${want[i]}`));
+    tf.dispose([x, f]);
+    model.dispose();
   });
 
   test('the classifier: normalised mean of normalised template embeddings, independent of class batching', () => {
