@@ -15,6 +15,7 @@ import { collectRows, writeTable } from '../src/sweep/collect.js';
 import { writeFigures } from '../src/sweep/figures.js';
 import { writePlan } from '../src/sweep/plan.js';
 import { runSweep } from '../src/sweep/run.js';
+import { runCell } from '../src/sweep/run-cell.js';
 import { loadSweep, type SweepSpec } from '../src/sweep/spec.js';
 import { sweepStatus } from '../src/sweep/status.js';
 import { vitreg } from './helpers.js';
@@ -217,6 +218,36 @@ test(
       );
       assert.match(again.outcomes[0]!.message, /failed 2 times, not run again/);
     } finally {
+      if (before === undefined) delete process.env.VITREG_SWEEP_CLI;
+      else process.env.VITREG_SWEEP_CLI = before;
+    }
+  }),
+);
+
+test(
+  "a cell running elsewhere is not started again here; under a scheduler a running marker is a predecessor's",
+  withDir(async (dir) => {
+    const spec = loadSweep(sweepFile(dir, { ...TINY, resources: {}, axes: { 'train.seed': [0] } }));
+    const [cell] = expandCells(spec);
+    const host = (await import('node:os')).hostname();
+    await writeMarker(cell!, 'running', { pid: process.pid, host, started: 'now', attempt: 1 });
+    const before = process.env.VITREG_SWEEP_CLI;
+    process.env.VITREG_SWEEP_CLI = '/bin/false';
+    try {
+      const r = await runSweep(spec, [cell!], { concurrency: 1 });
+      assert.deepEqual(
+        r.outcomes.map((o) => o.outcome),
+        ['busy'],
+      );
+      assert.equal(r.code, 1);
+      assert.match(r.outcomes[0]!.message, /already running \(pid \d+ on .*remove .*running\.json/);
+      // A replacement pod of an Indexed Job (same marker, a scheduler's index): it runs (and here fails).
+      process.env.JOB_COMPLETION_INDEX = '0';
+      const o = await runCell(spec, cell!, { launcher: 'local' });
+      assert.equal(o.outcome, 'failed');
+      assert.equal(JSON.parse(readFileSync(markerPath(cell!, 'failed'), 'utf8')).attempts, 1);
+    } finally {
+      delete process.env.JOB_COMPLETION_INDEX;
       if (before === undefined) delete process.env.VITREG_SWEEP_CLI;
       else process.env.VITREG_SWEEP_CLI = before;
     }

@@ -162,6 +162,7 @@ export const sweepCommand: Command = {
               skipped: count('skipped'),
               failed: count('failed') + count('exhausted'),
               interrupted: count('interrupted'),
+              ...(count('busy') ? { busy: count('busy') } : {}),
             }) + '\n',
           );
           return r.code;

@@ -83,12 +83,17 @@ export function runLogged(cmd: string[], log: string, opts: { env?: NodeJS.Proce
   const fd = openSync(log, 'a');
   writeSync(fd, `\n[sweep ${new Date().toISOString()}] ${cmd.map((a) => (/[\s"']/.test(a) ? JSON.stringify(a) : a)).join(' ')}\n`);
   return new Promise((resolveRun, reject) => {
+    let open = true;
+    const finish = () => {
+      if (open) closeSync(fd);
+      open = false;
+    };
     const child = spawn(cmd[0]!, cmd.slice(1), { env: opts.env ?? process.env, cwd: opts.cwd, stdio: ['ignore', 'pipe', 'pipe'] });
     active.add(child);
     let tail = '';
     let stdout = '';
     const keep = (d: Buffer) => {
-      writeSync(fd, d);
+      if (open) writeSync(fd, d);
       tail = (tail + d.toString('utf8')).slice(-4000);
     };
     child.stdout.on('data', (d: Buffer) => {
@@ -96,15 +101,16 @@ export function runLogged(cmd: string[], log: string, opts: { env?: NodeJS.Proce
       stdout += d.toString('utf8');
     });
     child.stderr.on('data', keep);
+    // 'error' (it could not start) may come alone or before 'close': the first one settles.
     child.on('error', (err) => {
       active.delete(child);
-      closeSync(fd);
+      finish();
       reject(new Error(`${cmd[0]}: ${err.message}`));
     });
     child.on('close', (code, signal) => {
       active.delete(child);
-      writeSync(fd, `[sweep] exit ${code ?? signal}\n`);
-      closeSync(fd);
+      if (open) writeSync(fd, `[sweep] exit ${code ?? signal}\n`);
+      finish();
       resolveRun({ code, signal, tail, stdout });
     });
   });

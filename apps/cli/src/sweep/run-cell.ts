@@ -30,8 +30,8 @@ export const LAUNCHERS: Launcher[] = ['local', 'srun', 'env'];
 
 export interface CellOutcome {
   cell: Cell;
-  /** done: finished now; skipped: done before; interrupted: stopped with a checkpoint; failed: this attempt failed; exhausted: failed too often before. */
-  outcome: 'done' | 'skipped' | 'interrupted' | 'failed' | 'exhausted';
+  /** done: finished now; skipped: done before; busy: running elsewhere; interrupted: stopped with a checkpoint; failed: this attempt failed; exhausted: failed too often before. */
+  outcome: 'done' | 'skipped' | 'busy' | 'interrupted' | 'failed' | 'exhausted';
   /** The exit code the run-cell command ends with. */
   code: number;
   message: string;
@@ -116,6 +116,16 @@ export async function runCell(
   const lead = launcher !== 'env' || launcherRank() === 0;
   checkCellHash(cell, spec.file);
   const status = cellStatus(cell, spec.retries);
+  // Under a scheduler (an array task, an indexed pod, srun) this is the one run of the cell: a running
+  // marker is a preempted predecessor's. Here, another live run of the same cell is left alone.
+  const scheduled = launcher !== 'local' || process.env.SLURM_ARRAY_TASK_ID !== undefined || process.env.JOB_COMPLETION_INDEX !== undefined;
+  if (status.state === 'running' && !scheduled)
+    return {
+      cell,
+      outcome: 'busy',
+      code: 1,
+      message: `cell ${cell.name}: already running (${status.detail}); not started again (if it is not, remove ${join(cell.dir, 'running.json')})`,
+    };
   if (status.state === 'done') return { cell, outcome: 'skipped', code: 0, message: `cell ${cell.name}: done before (same config)` };
   if (status.state === 'failed' && !opts.retryFailed)
     return {

@@ -48,6 +48,6 @@ export async function runSweep(
   };
   await Promise.all(Array.from({ length: Math.min(k, cells.length) }, slot));
   outcomes.sort((a, b) => a.cell.index - b.cell.index);
-  const bad = outcomes.some((o) => o.outcome === 'failed' || o.outcome === 'exhausted');
+  const bad = outcomes.some((o) => o.outcome === 'failed' || o.outcome === 'exhausted' || o.outcome === 'busy');
   return { outcomes, code: stopCode || (stopRequested() ? 130 : bad ? 1 : 0) };
 }

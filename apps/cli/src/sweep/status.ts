@@ -43,10 +43,12 @@ export function sweepStatus(
     const s = cellStatus(c, spec.retries);
     const row: StatusRow = { index: c.index, name: c.name, state: s.state, attempts: s.attempts, detail: s.detail };
     const task = sacct?.get(c.index);
+    // The scheduler knows better than a running marker (a task killed with its node leaves one behind).
     if (task && s.state !== 'done') {
       row.scheduler = `${task.job} ${task.state}`;
       if (task.state === 'RUNNING') row.state = 'running';
-      else if (FAILED.test(task.state) && s.state !== 'running') row.state = 'failed';
+      else if (/^(PENDING|REQUEUED|REQUEUE_HOLD|SUSPENDED)/.test(task.state)) row.state = s.state === 'failed' ? 'failed' : 'pending';
+      else if (FAILED.test(task.state)) row.state = 'failed';
     }
     return row;
   });
