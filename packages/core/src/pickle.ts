@@ -24,7 +24,7 @@ export const PICKLE_LIMITS = {
   /** Containers, strings, globals, storages and tensors made. */
   maxObjects: 2_000_000,
   /** Elements visited by calls and builders, per byte of data.pkl (plus a fixed 1M): reuse through the memo cannot multiply work. */
-  workPerByte: 8,
+  workPerByte: 3,
 };
 
 /** A Python dict (keys in insertion order, as pickled). */

@@ -1,0 +1,77 @@
+/**
+ * `npm run bench -- hostile [--only NAME,...]`: time and peak memory to refusal for a corpus of hostile
+ * tensor files (packages/core/test/hostile-corpus.ts: deep pickles at several sizes, a pickle reusing one
+ * list, deflate bombs, a huge stride-0 view, overlapping zip entries and safetensors offsets, huge shapes,
+ * truncated files, a 300,000-tensor header). Each file is read in a child process of its own, so its peak
+ * RSS is its own: one JSON line per file with the bytes, the milliseconds of the read, the child's peak
+ * RSS and its RSS before the read, and the error's first 140 characters. Goal: under 1 s and 200 MB each,
+ * time linear in size.
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { readPth, readSafetensors } from '@vitreg/core';
+import { hostileCorpus, validPth } from '../packages/core/test/hostile-corpus.js';
+
+const MAIN = fileURLToPath(new URL('./main.ts', import.meta.url));
+
+/** Child mode: read one file, print {ms, peakRssMB, rssBeforeMB, error}. */
+async function readOne(file: string): Promise<void> {
+  const rssBefore = process.memoryUsage().rss;
+  const t = performance.now();
+  let error: string | null = null;
+  try {
+    await (file.endsWith('.safetensors') ? readSafetensors(file) : readPth(file));
+  } catch (err) {
+    error = `${(err as Error).name}: ${(err as Error).message}`;
+  }
+  const ms = performance.now() - t;
+  const peak = process.resourceUsage().maxRSS * 1024;
+  process.stdout.write(
+    JSON.stringify({ ms: +ms.toFixed(1), peakRssMB: +(peak / 2 ** 20).toFixed(1), rssBeforeMB: +(rssBefore / 2 ** 20).toFixed(1), error }) +
+      '\n',
+  );
+}
+
+export async function run(argv: string[]): Promise<void> {
+  if (argv[0] === '--one') return readOne(argv[1]!);
+  const only = argv[0] === '--only' ? new Set(argv[1]!.split(',')) : null;
+  const dir = await mkdtemp(join(tmpdir(), 'vitreg-hostile-bench-'));
+  try {
+    const cases = [{ name: 'valid-pth (baseline)', ext: '.pth' as const, bytes: validPth }, ...hostileCorpus()];
+    for (const h of cases) {
+      if (only && !only.has(h.name)) continue;
+      const bytes = h.bytes();
+      const file = join(dir, `${h.name.replace(/[^\w-]/g, '_')}${h.ext}`);
+      await writeFile(file, bytes);
+      const child = spawnSync(process.execPath, [...process.execArgv, MAIN, 'hostile', '--one', file], {
+        encoding: 'utf8',
+        timeout: 120_000,
+      });
+      const line = child.stdout.trim().split('\n').pop() ?? '';
+      let r: { ms?: number; peakRssMB?: number; rssBeforeMB?: number; error?: string | null } = {};
+      try {
+        r = JSON.parse(line) as typeof r;
+      } catch {
+        r = { error: `child failed (status ${child.status}, signal ${child.signal}): ${child.stderr.slice(-300)}` };
+      }
+      const error = r.error ? r.error.replace(file, '<file>').slice(0, 140) : null;
+      process.stdout.write(
+        JSON.stringify({
+          case: 'hostile',
+          file: h.name,
+          bytes: bytes.length,
+          ms: r.ms,
+          peakRssMB: r.peakRssMB,
+          rssBeforeMB: r.rssBeforeMB,
+          refused: error !== null,
+          error,
+        }) + '\n',
+      );
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
