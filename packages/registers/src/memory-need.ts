@@ -26,6 +26,8 @@ export interface CropGroup {
 }
 
 export interface VitMemoryOptions {
+  /** The engine that holds the weights: tfjs keeps 2 copies, ONNX Runtime 1 (default 'tfjs'). */
+  engine?: 'tfjs' | 'onnxruntime';
   /** Images per forward (default 1) at `imageSize` (default the config's img_size). */
   batch?: number;
   imageSize?: number | [number, number];
@@ -64,7 +66,8 @@ export function vitMemoryNeed(c: ViTConfig, opts: VitMemoryOptions = {}): Memory
   const F = ffnHiddenDim(c);
   const forwardPeak = (b: number, n: number) => (4 * b * H * n * n + 6 * b * n * F + 4 * b * n * D) * F32;
   const largest = (b: number, n: number) => Math.max(b * H * n * n, b * n * F, F * D, b * n * D) * F32;
-  let weights = 2 * P * F32;
+  const copies = opts.engine === 'onnxruntime' ? 1 : 2;
+  let weights = copies * P * F32;
   let largestTensor = 0;
   if (!opts.training) {
     const n = tokens(c, size);
@@ -80,7 +83,7 @@ export function vitMemoryNeed(c: ViTConfig, opts: VitMemoryOptions = {}): Memory
     peak = Math.max(peak, forwardPeak(g.count, n));
     largestTensor = Math.max(largestTensor, largest(g.count, n));
   }
-  if (t.teacher) weights += 2 * P * F32;
+  if (t.teacher) weights += copies * P * F32;
   return { weights, gradients: P * F32, optimizer: (t.optimizerSlots ?? 2) * P * F32, activations: activations + peak, largestTensor };
 }
 
@@ -89,6 +92,8 @@ export function activeBudget(backend?: string): MemoryBudget {
   const name = backend ?? getBackendName() ?? tf.getBackend();
   const override = Number(process.env.VITREG_MEMORY_LIMIT);
   if (override > 0) return { backend: name, total: override, totalSource: 'VITREG_MEMORY_LIMIT' };
+  // ONNX Runtime on the CPU: the host's free memory (as tfjs-node's).
+  if (name === 'onnxruntime') return { ...backendBudget('cpu'), backend: name };
   let webgpuLimits: { maxBufferSize?: number; maxStorageBufferBindingSize?: number } | undefined;
   if (name === 'webgpu') {
     const device = (tf.backend() as unknown as { device?: { limits?: { maxBufferSize: number; maxStorageBufferBindingSize: number } } })
@@ -101,7 +106,8 @@ export function activeBudget(backend?: string): MemoryBudget {
 /**
  * Refuses, with an InputError naming `what`, the estimate's parts, the backend's limit and the ways out,
  * a model that cannot fit the active backend (or `backend`). `VITREG_MEMORY_LIMIT` (bytes) replaces the
- * backend's figure. Returns the estimated bytes.
+ * backend's figure. ONNX Runtime on the CPU: `{ backend: 'onnxruntime', engine: 'onnxruntime' }` checks
+ * the host's free memory with one copy of the weights. Returns the estimated bytes.
  */
 export function checkVitFits(c: ViTConfig, opts: VitMemoryOptions & { what?: string; backend?: string } = {}): number {
   const need = vitMemoryNeed(c, opts);

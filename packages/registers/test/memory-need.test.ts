@@ -67,3 +67,20 @@ test('the check runs where models are built from weights and before each new bat
   assert.throws(() => modelFromStateDict(sd, c), /the model \(0\.\d+M parameters, batch 1\) needs about .* more than VITREG_MEMORY_LIMIT/);
   await assert.rejects(enc.encode(images(64)), /the tfjs forward \(0\.\d+M parameters, batch 64\) needs about/);
 });
+
+test('ONNX Runtime: one copy of the weights against the host memory', () => {
+  const tfjs = vitMemoryNeed(l14, { batch: 1 });
+  const ort = vitMemoryNeed(l14, { batch: 1, engine: 'onnxruntime' });
+  assert.equal(ort.weights * 2, tfjs.weights);
+  const saved = process.env.VITREG_MEMORY_LIMIT;
+  process.env.VITREG_MEMORY_LIMIT = String(GiB);
+  try {
+    assert.throws(
+      () => checkVitFits(l14, { backend: 'onnxruntime', engine: 'onnxruntime' }),
+      /needs about [\d.]+ GiB \(weights 1\.13 GiB \+ activations .*\) on the onnxruntime backend, more than VITREG_MEMORY_LIMIT of 1\.00 GiB/,
+    );
+  } finally {
+    if (saved === undefined) delete process.env.VITREG_MEMORY_LIMIT;
+    else process.env.VITREG_MEMORY_LIMIT = saved;
+  }
+});
