@@ -3,7 +3,7 @@
  * images (PNG, JPEG) are mutated (bytes flipped, 4-byte fields set to extremes, cut short, chunks
  * inserted or repeated) and fed to their readers. Each must end in a valid result or a one-line error
  * that names the file (InputError or the reader's Error, never a TypeError/RangeError escaping), within
- * a time bound, writing nothing. Bounded: a fixed count per format and a few seconds in all.
+ * a time bound (2 s each) and a memory bound (RSS grows by under 400 MB), writing nothing. Bounded: a fixed count per format and a few seconds in all.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
@@ -34,6 +34,7 @@ function checkOutcome(kind: string, file: string, err: unknown, ms: number): voi
 
 async function fuzz(kind: string, base: Uint8Array, ext: string, count: number, read: (file: string) => Promise<unknown>): Promise<number> {
   const rng = new Rng(0x21 + kind.length);
+  const rss0 = process.memoryUsage().rss;
   let refused = 0;
   const deadline = performance.now() + 4000;
   for (let i = 0; i < count && performance.now() < deadline; i++) {
@@ -48,6 +49,8 @@ async function fuzz(kind: string, base: Uint8Array, ext: string, count: number, 
       refused++;
     }
     checkOutcome(kind, file, err, performance.now() - t);
+    const grew = process.memoryUsage().rss - rss0;
+    assert.ok(grew < 400 * 2 ** 20, `${kind} ${file}: RSS grew by ${(grew / 2 ** 20).toFixed(0)} MB`);
   }
   return refused;
 }
