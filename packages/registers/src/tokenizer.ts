@@ -104,6 +104,42 @@ function escapeRegExp(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
 
+/**
+ * The text of a merges file (bpe_simple_vocab_16e6.txt.gz's format) in which each of `words` (lower-case
+ * letters, as the cleaned text has them) is one token: byte-pair merges learnt on the word list (the most
+ * frequent pair first, ties in string order) until every word is one symbol, so applying them by rank
+ * rebuilds each word. For small closed vocabularies, such as the synthetic shapes' generated captions.
+ */
+export function wordMerges(words: readonly string[]): string {
+  const enc = bytesToUnicode();
+  let symbols = [...new Set(words)].map((w) => {
+    const chars = Array.from(new TextEncoder().encode(w), (b) => enc[b]!);
+    chars[chars.length - 1] += '</w>';
+    return chars;
+  });
+  const lines = ['#version: 0.2 (word merges written by vitreg)'];
+  for (;;) {
+    const counts = new Map<string, number>();
+    for (const w of symbols)
+      for (let i = 0; i + 1 < w.length; i++) counts.set(`${w[i]} ${w[i + 1]}`, (counts.get(`${w[i]} ${w[i + 1]}`) ?? 0) + 1);
+    if (counts.size === 0) break;
+    const best = [...counts].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1))[0]![0];
+    lines.push(best);
+    const [x, y] = best.split(' ') as [string, string];
+    symbols = symbols.map((w) => {
+      const out: string[] = [];
+      for (let i = 0; i < w.length; i++) {
+        if (i + 1 < w.length && w[i] === x && w[i + 1] === y) {
+          out.push(x + y);
+          i++;
+        } else out.push(w[i]!);
+      }
+      return out;
+    });
+  }
+  return lines.join('\n');
+}
+
 export interface ClipTokenizerOptions {
   /** Tokens per row of `tokenize` (open_clip: 77). */
   contextLength?: number;

@@ -11,7 +11,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ClipTokenizer, cleanText, fixText } from '../src/index.ts';
+import { ClipTokenizer, cleanText, fixText, wordMerges } from '../src/index.ts';
 
 const DIR = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'clip-text');
 
@@ -36,6 +36,14 @@ describe('CLIP tokenizer', () => {
       assert.deepEqual(Array.from(rows.subarray(i * 24, (i + 1) * 24)), ref.tokenize[i], `tokenize(${JSON.stringify(text)})`),
     );
     assert.equal(tok.decode(tok.encode('a photo of a dog')), 'a photo of a dog ');
+  });
+
+  test('wordMerges: every word of a closed vocabulary is one token', () => {
+    const words = 'a on dark background small large light bright circle square triangle striped checkered'.split(' ');
+    const tok = new ClipTokenizer(wordMerges(words));
+    for (const w of words) assert.equal(tok.encode(w).length, 1, w);
+    assert.equal(tok.encode('a small bright triangle on a dark striped background').length, 9);
+    assert.equal(tok.decode(tok.encode('large checkered circle')), 'large checkered circle ');
   });
 
   test('fixText does what ftfy.fix_text does to well-formed text', () => {
