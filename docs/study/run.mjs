@@ -80,6 +80,10 @@ function analysisRows(dir, sub) {
     neighbourCosNormal: +median(per.map((s) => s.redundancy.normalMean)).toFixed(3),
     clsOutlierMass: +median(per.map((s) => s.cls.outlierMass)).toFixed(3),
     clsEntropy: +median(per.map((s) => s.cls.entropy)).toFixed(3),
+    // the last block's output norm of CLS and of the registers (median over images): a sink that
+    // moved to them shows here rather than on patches
+    clsPrenorm: +median(per.map((s) => s.norms.cls.prenorm)).toPrecision(4),
+    registerPrenorm: per[0].norms.registers.prenorm.length ? +median(per.flatMap((s) => s.norms.registers.prenorm)).toPrecision(4) : null,
   };
 }
 
