@@ -76,7 +76,7 @@ export function metricPlot(
   const yLabel = `${clean(metric).toUpperCase()} (${unitOf(metric).toUpperCase()})`;
   c.text(4, 6 + TH + 8, yLabel, BLACK, S);
   const x0 = Math.max(48, ...tickLabels.map((l) => textWidth(l, S) + 14));
-  const y0 = 6 + 2 * TH + 18;
+  const y0 = 6 + 2 * TH + 26;
   const w = width - x0 - 20;
   const h = height - y0 - legendH - 2 * TH - 26;
   c.strokeRect(x0 - 1, y0 - 1, w + 2, h + 2, BLACK);
