@@ -2,7 +2,8 @@
  * `vitreg probe --task zeroshot`: a whole CLIP checkpoint (written by saveClip) and a BPE vocabulary file on
  * the synthetic shapes: results.json with top-1 / top-5, the one-line summary; beside the class probe
  * (results-zeroshot.json, results-class.json); the image tower of the same file serves the class probe; bad
- * flags fail with one line naming them.
+ * flags fail with one line naming them. Four CLI processes (each starts tsx and a backend): ~25 s on an idle
+ * core, most of it start-up.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -104,17 +105,4 @@ test('zeroshot flags: errors name them', async () => {
   );
   assert.notEqual(r2.code, 0);
   assert.match(r2.stderr, /5 classes, the class names 2/);
-  const r3 = vitreg(
-    'probe',
-    '--weights',
-    weights,
-    '--task',
-    'zeroshot',
-    '--tokenizer',
-    join(tmp, 'none.gz'),
-    ...data,
-    '--out',
-    join(tmp, 'z'),
-  );
-  assert.match(r3.stderr, /--tokenizer: .*none\.gz: cannot read/);
 });
