@@ -1,31 +1,35 @@
 /**
- * `npm run bench -- tiny-runs [--preset tiny-supervised|tiny-dino] [--backend wasm]`
- * The two CPU presets end to end, exactly as `vitreg train --preset NAME` runs them (synthetic shapes,
- * periodic evaluations and checkpoints included, into a temporary folder), one after the other in this
- * process. Prints one JSON line per preset: its final accuracy (tiny-supervised: validation accuracy of
- * the classifier; tiny-dino: k-NN accuracy of the teacher's CLS token), steps, wall seconds and CPU
- * seconds of this process (`process.cpuUsage`, user + system: what the run cost even when other
- * processes share the cores), the backend, the machine (CPU model, cores) and the 1-minute load average
- * before and after the run (a load above the core count means the wall time is inflated by others).
+ * `npm run bench -- tiny-runs [--preset tiny-supervised|tiny-dino] [--engine auto|tfjs|onnxruntime[,...]] [--threads N] [--backend wasm]`
+ * The two CPU presets end to end, exactly as `vitreg train --preset NAME [--engine E]` runs them
+ * (synthetic shapes, periodic evaluations and checkpoints included, into a temporary folder), one after
+ * the other in this process, on each engine asked (default `auto`: ONNX Runtime where onnxruntime-node
+ * loads, else tfjs, as `vitreg train` resolves it). Prints one JSON line per preset and engine: its final
+ * accuracy (tiny-supervised: validation accuracy of the classifier; tiny-dino: k-NN accuracy of the
+ * teacher's CLS token), steps, wall seconds and CPU seconds of this process (`process.cpuUsage`, user +
+ * system over every thread: what the run cost even when other processes share the cores), peak RSS, the
+ * engine, the machine (CPU model, vector extensions, cores) and the 1-minute load average before and
+ * after the run (a load above the core count means the wall time is inflated by others).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
-import { cpus, loadavg, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { getBackendName, initBackend, type BackendName } from '@vitreg/core';
-import { presetConfig, train } from '@vitreg/trainer';
+import type { EngineChoice } from '@vitreg/registers';
+import { presetConfig, resolveTrainEngine, train, type ResolvedTrainEngine } from '@vitreg/trainer';
+import { load1, machineInfo, peakRssMb } from './_machine.js';
 
 const PRESETS = ['tiny-supervised', 'tiny-dino'] as const;
 
 /** Trains one preset into a temporary folder; its accuracy, wall and CPU seconds. */
-async function runPreset(name: (typeof PRESETS)[number]): Promise<Record<string, unknown>> {
+async function runPreset(name: (typeof PRESETS)[number], engine: ResolvedTrainEngine): Promise<Record<string, unknown>> {
   const config = presetConfig(name);
   const out = await mkdtemp(join(tmpdir(), `bench-${name}-`));
   try {
-    const load = loadavg()[0]!;
+    const load = load1();
     const cpu0 = process.cpuUsage();
     const t0 = performance.now();
-    const res = await train(config, { outDir: out, progress: false });
+    const res = await train(config, { outDir: out, progress: false, engine: engine.factory });
     const wall = (performance.now() - t0) / 1000;
     const cpu = process.cpuUsage(cpu0);
     const ev = res.eval!;
@@ -33,6 +37,7 @@ async function runPreset(name: (typeof PRESETS)[number]): Promise<Record<string,
     return {
       case: 'tiny-runs',
       preset: name,
+      engine: engine.description,
       metric,
       accuracy: Number(ev[metric]!.toFixed(4)),
       chance: Number((1 / ev.num_classes).toFixed(4)),
@@ -44,10 +49,12 @@ async function runPreset(name: (typeof PRESETS)[number]): Promise<Record<string,
       ...(ev.teacher_entropy !== undefined
         ? { teacher_entropy: Number(ev.teacher_entropy.toFixed(3)), teacher_batch_entropy: Number(ev.teacher_batch_entropy!.toFixed(3)) }
         : {}),
+      // The process's peak so far: a later line includes the earlier runs' peaks.
+      peak_rss_mb: peakRssMb(),
       backend: getBackendName(),
-      machine: { cpu: cpus()[0]?.model.trim() ?? 'unknown', cores: cpus().length },
-      load_1m_before: Number(load.toFixed(2)),
-      load_1m_after: Number(loadavg()[0]!.toFixed(2)),
+      machine: machineInfo(),
+      load_1m_before: load,
+      load_1m_after: load1(),
       node: process.version,
     };
   } finally {
@@ -60,6 +67,8 @@ export async function run(argv: string[]): Promise<void> {
     args: argv,
     options: {
       preset: { type: 'string' },
+      engine: { type: 'string', default: 'auto' },
+      threads: { type: 'string' },
       backend: { type: 'string', default: 'wasm' },
     },
   });
@@ -67,6 +76,11 @@ export async function run(argv: string[]): Promise<void> {
   for (const p of chosen) {
     if (!(PRESETS as readonly string[]).includes(p)) throw new Error(`--preset: expected one of ${PRESETS.join(', ')}, got "${p}"`);
   }
+  const threads = values.threads === undefined ? undefined : Number(values.threads);
+  // tfjs: the tfjs engine, and the host side of the ONNX Runtime engine's DINO step.
   await initBackend(values.backend as BackendName, { log: () => {} });
-  for (const p of chosen) process.stdout.write(JSON.stringify(await runPreset(p as (typeof PRESETS)[number])) + '\n');
+  for (const e of values.engine!.split(',')) {
+    const engine = await resolveTrainEngine({ engine: e as EngineChoice, ...(e !== 'tfjs' && threads ? { threads } : {}) });
+    for (const p of chosen) process.stdout.write(JSON.stringify(await runPreset(p as (typeof PRESETS)[number], engine)) + '\n');
+  }
 }
