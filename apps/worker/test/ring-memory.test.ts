@@ -3,11 +3,11 @@
  * position's link hands a copy of each frame straight to its successor's inbox, so the ring's own
  * arithmetic is checked over many shapes in milliseconds. Sums against the naive sum (integers, exact
  * in float32 and on a bf16 wire), the bytes on the wire, broadcasts of every length around the chunk
- * size, and each refusal and timeout naming what was expected.
+ * size, and each refusal naming what was expected.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { CollectiveTimeout, Inbox, ProtocolError, type Frame, type FrameHeader } from '../src/frames.js';
+import { Inbox, ProtocolError, type Frame, type FrameHeader } from '../src/frames.js';
 import { ringAllReduce, ringBroadcast, type RingIO, type RingOptions } from '../src/ring.js';
 
 interface MemoryRing {
@@ -205,7 +205,7 @@ test('broadcast: every length around the chunk size reaches every position; the 
     }
 });
 
-test('refusals and timeouts name what was expected', async () => {
+test('refusals name what was expected', async () => {
   const opts = { chunkBytes: 8, bucketBytes: 1 << 20 };
   const lone = (position: number, frames: Frame[], extra: Partial<RingOptions> = {}) => {
     const inbox = new Inbox();
@@ -250,12 +250,6 @@ test('refusals and timeouts name what was expected', async () => {
   });
   t = lone(1, [frame({}, 8)], { wire: 'bf16' });
   await assert.rejects(ringAllReduce(t.io, new Float32Array(4), 0, 5, t.opts), /has 8 bytes at offset 0, expected 4 at 0/);
-  t = lone(1, [], { frameTimeoutMs: 30 });
-  await assert.rejects(ringAllReduce(t.io, new Float32Array(4), 0, 5, t.opts), (e: Error) => {
-    assert.ok(e instanceof CollectiveTimeout);
-    assert.equal(e.message, 'all-reduce 0 of step 5 (0 of 2 chunks received): no frame from the ring predecessor for 30 ms');
-    return true;
-  });
   // Broadcast: the length frame first, exactly; then chunks in order.
   t = lone(1, [frame({ step: 4 }, 8)]);
   await assert.rejects(ringBroadcast(t.io, null, 0, 5, t.opts), {
@@ -272,8 +266,4 @@ test('refusals and timeouts name what was expected', async () => {
     ringBroadcast(t.io, null, 0, 5, t.opts),
     (e: Error) => e instanceof ProtocolError && e.message === 'broadcast: bad length -1',
   );
-  t = lone(1, [], { frameTimeoutMs: 30 });
-  await assert.rejects(ringBroadcast(t.io, null, 0, 5, t.opts), {
-    message: 'broadcast 0 of step 5: no frame from the ring predecessor for 30 ms',
-  });
 });
