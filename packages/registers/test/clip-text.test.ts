@@ -155,7 +155,10 @@ describe('CLIP text tower gradients (wasm)', () => {
     const r = await ref('openclip');
     const B = r.ids.shape[0]!;
     const ids = Int32Array.from(r.ids.data);
-    const w = tf.tensor2d(Array.from({ length: B * 24 }, (_, i) => Math.sin(i)), [B, 24]);
+    const w = tf.tensor2d(
+      Array.from({ length: B * 24 }, (_, i) => Math.sin(i)),
+      [B, 24],
+    );
     const loss = () => tf.tidy(() => tf.sum(tf.mul(model.encodeText(ids, B), w)) as tf.Scalar);
     const { grads } = tf.variableGrads(loss, model.text.variables());
     const names = Object.keys(model.text.params);
@@ -185,7 +188,12 @@ describe('CLIP text tower gradients (wasm)', () => {
     // Ids no row uses get no gradient (the host scatter of the embedding's gradient).
     const gEmb = (await grads[model.text.params['token_embedding.weight']!.name]!.data()) as Float32Array;
     const used = new Set(ids);
-    for (let id = 0; id < 64; id++) if (!used.has(id)) assert.equal(gEmb.subarray(id * 32, id * 32 + 32).reduce((a, b) => a + Math.abs(b), 0), 0);
+    for (let id = 0; id < 64; id++)
+      if (!used.has(id))
+        assert.equal(
+          gEmb.subarray(id * 32, id * 32 + 32).reduce((a, b) => a + Math.abs(b), 0),
+          0,
+        );
     tf.dispose(Object.values(grads));
     w.dispose();
     model.dispose();
