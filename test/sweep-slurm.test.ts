@@ -4,7 +4,9 @@
  * cell a 2-process cluster job (resources.overrides), planned with `vitreg sweep plan` and submitted as
  * the plan's one sbatch job array. Every array task runs its cell (srun starts `vitreg train`, or two
  * vitreg-worker tasks for the 2-process cell), writes a %A_%a log, and the collected table equals the one
- * of the same sweep run on this machine (`vitreg sweep run`), weights included. Skipped with one line where
+ * of the same sweep run on this machine (`vitreg sweep run`), weights included. And an array task signalled
+ * as Slurm does before a time limit (scancel --signal=USR1) writes a checkpoint, requeues itself and
+ * continues to its done marker. Skipped with one line where
  * Slurm or munge is absent (CI installs them) or not root.
  */
 import { after, before, describe, test } from 'node:test';
@@ -137,4 +139,73 @@ describe('vitreg sweep on slurm', { skip: slurmSkip }, () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  test(
+    'scancel --signal=USR1 to an array task (as Slurm before the time limit): a checkpoint, exit 138, requeued, resumed, done',
+    { timeout: 600_000 },
+    async () => {
+      const c = cluster!;
+      const dir = mkdtempSync(join(tmpdir(), 'vitreg-sweep-slurm-stop-'));
+      try {
+        const bin = bins(dir);
+        const file = join(dir, 'sweep.json');
+        const steps = 40;
+        const sweep = {
+          ...SWEEP,
+          name: 'stop',
+          set: { ...SWEEP.set, 'train.steps': steps, 'train.checkpoint_every': 0 },
+          axes: { 'train.seed': [0] },
+          resources: { time: '00:10:00' },
+        };
+        writeFileSync(file, JSON.stringify(sweep));
+        const env = cleanEnv({ SLURM_CONF: c.conf, PATH: `${bin}${delimiter}${process.env.PATH ?? ''}` });
+        const out = join(dir, 'out');
+        const plan = await run(join(bin, 'vitreg'), ['sweep', 'plan', file, '--out', out, '--vitreg', join(bin, 'vitreg')], env);
+        assert.equal(plan.code, 0, tail(plan));
+        const submit = await run(
+          which('sbatch')!,
+          ['--parsable', '--overcommit', '--chdir', dir, join(out, 'plan/slurm/sweep.sbatch')],
+          env,
+          30_000,
+        );
+        assert.equal(submit.code, 0, tail(submit));
+        const task = `${submit.stdout.trim().split(';')[0]}_0`;
+        const metrics = join(out, 'cells/0-seed0/train/metrics.jsonl');
+        const at = 3;
+        for (
+          const t0 = Date.now();
+          !(existsSync(metrics) && readFileSync(metrics, 'utf8').trim().split('\n').length >= at);
+          await sleep(100)
+        )
+          assert.ok(Date.now() - t0 < 300_000, `no step ${at} in ${metrics}`);
+        const scancel = await run(which('scancel')!, ['--signal=USR1', task], env, 30_000);
+        assert.equal(scancel.code, 0, tail(scancel));
+        let requeued = false;
+        let line = '';
+        for (const t0 = Date.now(); ; await sleep(250)) {
+          line = sh(which('scontrol')!, ['show', 'job', '-o', task], env).trim();
+          const state = /\bJobState=(\S+)/.exec(line)?.[1] ?? '';
+          if (!requeued && state === 'PENDING' && Number(/\bRestarts=(\d+)/.exec(line)?.[1]) >= 1) {
+            requeued = true;
+            sh(which('scontrol')!, ['update', `JobId=${task}`, 'StartTime=now'], env);
+          }
+          if (/^(COMPLETED|FAILED|CANCELLED|TIMEOUT)$/.test(state)) break;
+          assert.ok(Date.now() - t0 < 400_000, `${task} did not end: ${line}`);
+        }
+        const log = readdirSync(join(out, 'logs/slurm'))
+          .map((f) => readFileSync(join(out, 'logs/slurm', f), 'utf8'))
+          .join('\n');
+        assert.ok(requeued, `the task was requeued\n${log}`);
+        assert.match(log, /cell 0 stopped with a checkpoint before the time limit; requeueing/);
+        assert.match(line, /JobState=COMPLETED/, log);
+        const train = readFileSync(join(out, 'cells/0-seed0/logs/train.log'), 'utf8');
+        const n = Number(/interrupted at step (\d+) of 40/.exec(train)?.[1]);
+        assert.ok(n >= at && n < steps, `stopped after step ${at}: ${n}\n${train}`);
+        assert.match(train, new RegExp(`resuming from step ${n} of ${steps}`));
+        assert.ok(existsSync(join(out, 'cells/0-seed0/done.json')), train);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
 });
