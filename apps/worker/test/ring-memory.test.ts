@@ -1,7 +1,7 @@
 /**
  * The ring collectives on an in-memory ring (issue 22, from mutation testing of ring.ts): every
- * position's link hands a copy of each frame straight to its successor's inbox, so the ring's own
- * arithmetic is checked over many shapes in milliseconds. Sums against the naive sum (integers, exact
+ * position's link hands a copy of each frame to its successor's inbox on a later turn (as a socket reads
+ * the bytes it was given), so the ring's own arithmetic is checked over many shapes in milliseconds. Sums against the naive sum (integers, exact
  * in float32 and on a bf16 wire), the bytes on the wire, broadcasts of every length around the chunk
  * size, and each refusal naming what was expected.
  */
@@ -27,13 +27,17 @@ function memoryRing(P: number, epoch = 1): MemoryRing {
     out: {
       ready: async () => undefined,
       close: () => undefined,
-      send: async (h: FrameHeader, data: Uint8Array) => {
-        sent[i] += data.byteLength;
-        headers[i]!.push({ ...h });
-        const frame: Frame = { ...h, data: data.slice() };
-        // Delivered on a later turn, as a socket would.
-        setImmediate(() => inboxes[(i + 1) % P]!.push(frame));
-      },
+      // As a socket's write: the bytes are read on a later turn (the caller must not change them until
+      // the send resolves), then delivered.
+      send: (h: FrameHeader, data: Uint8Array) =>
+        new Promise<void>((resolve) => {
+          sent[i] += data.byteLength;
+          headers[i]!.push({ ...h });
+          setImmediate(() => {
+            inboxes[(i + 1) % P]!.push({ ...h, data: data.slice() });
+            resolve();
+          });
+        }),
     },
     inbox,
     epoch,
