@@ -3,7 +3,9 @@
  * 6 steps of 4 images, the outlier analysis on 2 images), 2 at once. One cell is killed (SIGKILL to its
  * run-cell and training) after its step-2 checkpoint; the sweep run then resumes it and it ends with the
  * weights of an uninterrupted training of the same config. A second run runs nothing; collect's table and
- * figure data match the cells' own result files.
+ * figure data match the cells' own result files. And a 2-process cell started as Kubernetes starts it (two
+ * `run-cell --launcher env` processes with RANK 0 / 1): rank 0 evaluates and writes the markers.
+ * (About 30 CPU-seconds in all: 12 vitreg processes, each starting tfjs and ONNX Runtime.)
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -12,7 +14,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { MAIN, vitreg } from './helpers.js';
+import { MAIN, ROOT, vitreg } from './helpers.js';
 
 export const TINY_SWEEP = {
   name: 'tiny-run',
@@ -117,6 +119,76 @@ test(
       const norms = JSON.parse(readFileSync(join(cellDir(0), 'eval/outliers/norms.json'), 'utf8'));
       assert.equal(norms.values.length, 2 * 16, '2 images of 4 x 4 patches');
       assert.ok(existsSync(join(out, 'figures/norm-histograms.png')) && existsSync(join(out, 'report.html')));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);
+
+test(
+  'a multi-process cell as the scheduler starts it (launcher env, 2 ranks as 2 pods): rank 0 evaluates and marks it done',
+  { timeout: 300_000 },
+  async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vitreg-sweep-env-'));
+    try {
+      const file = join(dir, 'sweep.json');
+      const sweep = {
+        ...TINY_SWEEP,
+        name: 'env',
+        set: { ...TINY_SWEEP.set, 'train.steps': 4 },
+        axes: { 'train.seed': [0] },
+        evaluate: {},
+        resources: { processes: 2 },
+      };
+      writeFileSync(file, JSON.stringify(sweep));
+      const { createServer } = await import('node:net');
+      const port = await new Promise<number>((res) => {
+        const srv = createServer().listen(0, '127.0.0.1', () => {
+          const p = (srv.address() as { port: number }).port;
+          srv.close(() => res(p));
+        });
+      });
+      const worker = `${process.execPath} --conditions=vitreg-source --import tsx ${join(ROOT, 'apps/worker/src/main.ts')}`;
+      const rank = (r: number) =>
+        new Promise<{ code: number | null; err: string }>((res) => {
+          const env = {
+            ...process.env,
+            RANK: String(r),
+            WORLD_SIZE: '2',
+            MASTER_ADDR: '127.0.0.1',
+            MASTER_PORT: String(port),
+            VITREG_TOKEN: 'sweep-test',
+            VITREG_SWEEP_WORKER: worker,
+          };
+          const child = spawn(
+            process.execPath,
+            ['--conditions=vitreg-source', '--import', 'tsx', MAIN, 'sweep', 'run-cell', file, '--cell', '0', '--launcher', 'env'],
+            {
+              cwd: ROOT,
+              env,
+              stdio: ['ignore', 'ignore', 'pipe'],
+            },
+          );
+          let err = '';
+          child.stderr.on('data', (d) => (err += d));
+          child.on('close', (code) => res({ code, err }));
+        });
+      const [r0, r1] = await Promise.all([rank(0), rank(1)]);
+      assert.equal(r0.code, 0, r0.err);
+      assert.equal(r1.code, 0, r1.err);
+      assert.match(r1.err, /rank 1 finished its training/);
+      const cell = join(dir, 'runs/sweep-env/cells/0-seed0');
+      const metrics = readFileSync(join(cell, 'train/metrics.jsonl'), 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l));
+      assert.deepEqual(
+        metrics.map((m) => m.world_size),
+        [2, 2, 2, 2],
+      );
+      const results = JSON.parse(readFileSync(join(cell, 'results.json'), 'utf8'));
+      assert.equal(results.weights_sha256, sha256(join(cell, 'train/checkpoints/step-4/model.safetensors')));
+      assert.ok(existsSync(join(cell, 'done.json')));
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
