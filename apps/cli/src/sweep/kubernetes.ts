@@ -7,6 +7,7 @@
  *     (eviction, preemption) are not counted (podFailurePolicy) and the replacement pod continues.
  *   - multi-process cells: one Job per cell as in deploy/kubernetes: P pods (Indexed), a headless Service
  *     through which every pod reaches pod 0's coordinator; rank 0 evaluates and writes the markers.
+ * backoffLimitPerIndex needs Kubernetes 1.29 or later (beta there, on by default; GA in 1.33).
  * The runs volume is mounted at the sweep's out folder, so the paths in sweep.json and the cells' files
  * are the same in every pod.
  */

@@ -376,6 +376,13 @@ export function loadSweep(file: string, opts: { out?: string } = {}): SweepSpec 
       token_secret: str(p, 'kubernetes.token_secret', k8.token_secret, 'vitreg-train-token'),
     },
   };
+  const engine = spec.train_args[spec.train_args.indexOf('--engine') + 1];
+  const threaded = resources.threads > 1 || overrides.some((o) => (o.set.threads ?? 1) > 1);
+  if (spec.train_args.includes('--engine') && engine === 'onnxruntime' && threaded)
+    p.add(
+      'resources.threads',
+      'threads per process are tfjs training threads (vitreg train --workers); with --engine onnxruntime give ONNX Runtime threads as train_args ["--threads", "N"]',
+    );
   for (const flag of ['--out', '--config', '--preset', '--nodes', '--workers', '--resume', '--restart'])
     if (spec.train_args.includes(flag)) p.add('train_args', `${flag} is set by the sweep itself`);
   p.done();
