@@ -1,11 +1,15 @@
 #!/usr/bin/env node
 // Mutation testing of one module, on demand (not in CI):
 //   npm run mutate -- packages/trainer/src/losses.ts [--tests a.test.ts,b.test.ts] [--lines 10-80,120-140] [--concurrency N]
+//   npm run mutate -- packages/trainer/src/losses.ts --survivors tmp/mutation/packages_trainer_src_losses_ts.json
 // Runs StrykerJS (stryker.config.mjs) on the module's lines of numerical code, each mutant checked by the
 // module's test files (node's test runner on the TypeScript sources). The table below names, for the
 // modules of the numerical core, the test files that check them and the line ranges worth mutating
 // (the numbers; not log lines or error messages); any other module gets the test files that import it.
 // Prints Stryker's table (killed, survived, timeout, score) and writes tmp/mutation/<module>.json.
+// --survivors <report.json> re-checks only the mutants an earlier run left alive (each one's exact source range;
+// mutants nested inside such a range come along), for after tests were added: the report goes to
+// tmp/mutation/<module>-survivors.json and the combined score is printed at the end.
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { basename, dirname, join, relative } from 'node:path';
@@ -25,7 +29,11 @@ const modules = {
   },
   // sinkhorn-step.test.ts checks its wiring into the step too (slow: add it with --tests when the step changes).
   'packages/trainer/src/centering.ts': { tests: ['packages/trainer/test/centering.test.ts', 'packages/trainer/test/recipe.test.ts'] },
-  'packages/trainer/src/optim.ts': { tests: ['packages/trainer/test/optim.test.ts', 'packages/trainer/test/recipe.test.ts'] },
+  // The updates (AdamW, clipping, LAMB) and the state's layout; not the constructors' argument checks.
+  'packages/trainer/src/optim.ts': {
+    tests: ['packages/trainer/test/optim.test.ts', 'packages/trainer/test/recipe.test.ts'],
+    lines: '61-100,116-176,266-356',
+  },
   'packages/trainer/src/schedules.ts': {
     tests: [
       'packages/trainer/test/schedules.test.ts',
@@ -44,14 +52,17 @@ const modules = {
     tests: ['packages/probe/test/dense-heads.test.ts', 'packages/probe/test/dense-eval.test.ts'],
   },
   'packages/probe/src/dense-depth.ts': { tests: ['packages/probe/test/dense-heads.test.ts', 'packages/probe/test/dense-eval.test.ts'] },
-  'apps/worker/src/ring.ts': { tests: ['apps/worker/test/ring.test.ts'] },
-  'packages/core/src/data/sampler.ts': { tests: ['packages/core/test/data-sampler.test.ts'] },
+  'apps/worker/src/ring.ts': { tests: ['apps/worker/test/ring.test.ts', 'apps/worker/test/ring-memory.test.ts'] },
+  'packages/core/src/data/sampler.ts': {
+    tests: ['packages/core/test/data-sampler.test.ts', 'packages/core/test/data-sampler-edges.test.ts'],
+  },
 };
 
 function usage(msg) {
   if (msg) process.stderr.write(`mutate: ${msg}\n`);
   process.stderr.write(
     'usage: npm run mutate -- <module.ts> [--tests a.test.ts,b.test.ts] [--lines 10-80,120-140] [--concurrency N]\n' +
+      '                         [--survivors earlier-report.json]\n' +
       `known modules: ${Object.keys(modules).join(', ')}\n`,
   );
   process.exit(2);
@@ -70,7 +81,8 @@ for (let i = 0; i < args.length; i++) {
 if (positional.length !== 1) usage(positional.length ? 'one module at a time' : 'which module?');
 const module = relative(root, join(process.cwd(), positional[0]));
 if (!existsSync(join(root, module))) usage(`${module}: no such file`);
-for (const k of Object.keys(flags)) if (!['tests', 'lines', 'concurrency'].includes(k)) usage(`unknown flag --${k}`);
+for (const k of Object.keys(flags)) if (!['tests', 'lines', 'concurrency', 'survivors'].includes(k)) usage(`unknown flag --${k}`);
+if (flags.survivors && flags.lines) usage('--survivors and --lines: one or the other');
 
 /** Test files of the tree that import the module by its relative path (the fallback for modules not in the table). */
 function importers(mod) {
@@ -91,16 +103,66 @@ function importers(mod) {
 const known = modules[module];
 const tests = (flags.tests ? flags.tests.split(',') : (known?.tests ?? importers(module))).filter((t) => existsSync(join(root, t)));
 if (tests.length === 0) usage(`no test files for ${module} (give --tests)`);
-const lines = flags.lines ?? known?.lines;
-const mutate = lines ? lines.split(',').map((r) => `${module}:${r}`) : [module];
+/** An earlier report's mutants of the module: [key, status] (key: place, mutator and replacement). */
+function reportMutants(file) {
+  const j = JSON.parse(readFileSync(file, 'utf8'));
+  const entry = Object.entries(j.files).find(([f]) => relative(root, join(root, f)) === module);
+  if (!entry) usage(`${file} has no mutants of ${module}`);
+  return entry[1].mutants.map((m) => {
+    const { start, end } = m.location;
+    return { key: `${start.line}:${start.column}-${end.line}:${end.column} ${m.mutatorName} ${m.replacement}`, m };
+  });
+}
+const alive = (s) => s === 'Survived' || s === 'NoCoverage';
+let earlier;
+let mutate;
+if (flags.survivors) {
+  earlier = reportMutants(flags.survivors);
+  // Report columns count from 1, Stryker's ranges from 0.
+  const ranges = [
+    ...new Set(
+      earlier
+        .filter(({ m }) => alive(m.status))
+        .map(({ m }) => `${m.location.start.line}:${m.location.start.column - 1}-${m.location.end.line}:${m.location.end.column - 1}`),
+    ),
+  ];
+  if (ranges.length === 0) {
+    process.stderr.write(`mutate: ${flags.survivors} has no surviving mutants\n`);
+    process.exit(0);
+  }
+  mutate = ranges.map((r) => `${module}:${r}`);
+} else {
+  const lines = flags.lines ?? known?.lines;
+  mutate = lines ? lines.split(',').map((r) => `${module}:${r}`) : [module];
+}
 
-process.stderr.write(`mutate: ${mutate.join(', ')}\n  tests: ${tests.join(' ')}\n`);
+process.stderr.write(
+  `mutate: ${flags.survivors ? `${mutate.length} survivors' ranges of ${module}` : mutate.join(', ')}\n  tests: ${tests.join(' ')}\n`,
+);
+const reportBase = join('tmp', 'mutation', module.replace(/[/.]/g, '_') + (flags.survivors ? '-survivors' : ''));
 const env = {
   ...process.env,
   VITREG_MUTATE: mutate.join(','),
   VITREG_MUTATE_TESTS: tests.join(' '),
-  VITREG_MUTATE_REPORT: join('tmp', 'mutation', module.replace(/[/.]/g, '_')),
+  VITREG_MUTATE_REPORT: reportBase,
   ...(flags.concurrency ? { VITREG_MUTATE_CONCURRENCY: flags.concurrency } : {}),
 };
 const r = spawnSync(join(root, 'node_modules', '.bin', 'stryker'), ['run', 'stryker.config.mjs'], { cwd: root, env, stdio: 'inherit' });
+if (earlier && r.status === 0) {
+  // The earlier run's mutants, each survivor replaced by this run's verdict on it.
+  const now = new Map(reportMutants(join(root, `${reportBase}.json`)).map(({ key, m }) => [key, m.status]));
+  const count = {};
+  const left = [];
+  for (const { key, m } of earlier) {
+    const status = alive(m.status) ? (now.get(key) ?? m.status) : m.status;
+    count[status] = (count[status] ?? 0) + 1;
+    if (alive(status)) left.push(key);
+  }
+  const killed = (count.Killed ?? 0) + (count.Timeout ?? 0);
+  const valid = killed + (count.Survived ?? 0) + (count.NoCoverage ?? 0);
+  process.stdout.write(
+    `\nmutate: ${module} combined with ${flags.survivors}: ${JSON.stringify(count)}, score ${((100 * killed) / valid).toFixed(2)}%\n` +
+      left.map((k) => `  still alive: ${k}\n`).join(''),
+  );
+}
 process.exit(r.status ?? 1);
