@@ -42,9 +42,16 @@ export class BrokenLinks {
     return true;
   }
 
-  /** A report whose two workers both gave a sign of life after it arrived, if any (then forgotten). */
+  /**
+   * A report whose two workers both gave a sign of life after it arrived, if any (then forgotten).
+   * A report against a worker that itself reports another neighbour waits: a ring stalls downstream
+   * of the one worker that stopped sending (each waits for its predecessor), so the reports form a
+   * chain, and only its head names the culprit; removing it ends the others (a new membership).
+   */
   takeConfirmed(): LinkReport | undefined {
+    const reports = [...this.reports.values()];
     for (const [key, r] of this.reports) {
+      if (reports.some((o) => o.reporter === r.peer && o.peer !== r.reporter)) continue;
       if (r.reporter.lastSeen > r.since && r.peer.lastSeen > r.since) {
         this.reports.delete(key);
         return r;

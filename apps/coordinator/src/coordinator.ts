@@ -2,10 +2,12 @@
  * The coordinator of one vitreg training job as a gRPC server (proto/vitreg/cluster/v1): a JobState
  * (job-state.ts: rendezvous, membership epochs, heartbeats, the step barrier, checkpoints, metrics)
  * served through the Coordinator service (grpc-service.ts), with the timers that drive it (the join
- * window, the heartbeat check), the JSONL event log, the listener (plaintext, or TLS through
- * tls-listener.ts) and an orderly close.
+ * window, the heartbeat check), the JSONL event log, the listener (plaintext through
+ * guarded-listener.ts: bounded connections, a preface deadline; or TLS through tls-listener.ts), with
+ * bounded logging of refusals (log-limit.ts), and an orderly close.
  */
 import { appendFileSync } from 'node:fs';
+import type * as net from 'node:net';
 import type * as tls from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import { CoordinatorService } from '@vitreg/proto';
@@ -13,6 +15,8 @@ import type { JobOutcome } from './job-settings.js';
 import { JobState } from './job-state.js';
 import { coordinatorHandlers } from './grpc-service.js';
 import { listenTls } from './tls-listener.js';
+import { listenGuarded } from './guarded-listener.js';
+import { LogLimiter } from './log-limit.js';
 
 export interface CoordinatorOptions {
   /** Bind address, default '0.0.0.0'. */
@@ -38,6 +42,10 @@ export interface CoordinatorOptions {
   log?: (line: string) => void;
   /** JSONL event log, appended: {time, event, ...}. */
   eventsPath?: string;
+  /** Connections open at once (plaintext; default 4 x maxWorkers + 64): more are closed at once, with a log line. */
+  maxConnections?: number;
+  /** A new connection's HTTP/2 preface must arrive within this (plaintext; default 10000): else it is closed, with a log line. */
+  prefaceTimeoutMs?: number;
 }
 
 export interface CoordinatorHandle {
@@ -111,23 +119,28 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
   timers.liveness = setInterval(() => job.checkHeartbeats(), Math.max(5, Math.min(1000, Math.floor(workerTimeoutMs / 4))));
 
   const server = new grpc.Server(SERVER_OPTIONS);
-  const handlers = coordinatorHandlers({ job, token: opts.token, log, event });
+  // Refusals and bad connections: at most 20 lines of a kind per 10 s, the rest summed up.
+  const limiter = new LogLimiter(log);
+  const handlers = coordinatorHandlers({ job, token: opts.token, log, event, limiter });
   server.addService(CoordinatorService, handlers as unknown as grpc.UntypedServiceImplementation);
 
   let port: number;
   let tlsServer: tls.Server | null = null;
+  let netServer: net.Server | null = null;
   try {
     if (opts.tls) {
       ({ port, tlsServer } = await listenTls(server, host, opts.port ?? 0, opts.tls, (peer, why) => {
-        log(`refused TLS connection from ${peer}: ${why}`);
-        event('refused', { rpc: 'TLS', peer, message: why });
+        if (limiter.line('refused TLS connections', `refused TLS connection from ${peer}: ${why}`))
+          event('refused', { rpc: 'TLS', peer, message: why });
       }));
     } else {
-      const bindAddress = `${host.includes(':') ? `[${host}]` : host}:${opts.port ?? 0}`;
-      const creds = grpc.ServerCredentials.createInsecure();
-      port = await new Promise<number>((resolve, reject) =>
-        server.bindAsync(bindAddress, creds, (err, p) => (err ? reject(err) : resolve(p))),
-      );
+      ({ port, netServer } = await listenGuarded(server, host, opts.port ?? 0, {
+        maxConnections: opts.maxConnections ?? 4 * maxWorkers + 64,
+        prefaceMs: opts.prefaceTimeoutMs,
+        refused: (kind, peer, why) => {
+          if (limiter.line(kind, `closed a connection from ${peer}: ${why}`)) event('refused', { rpc: 'connection', peer, message: why });
+        },
+      }));
     }
   } catch (e) {
     stopTimers();
@@ -161,6 +174,8 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
       job.shutdown('coordinator closed');
       stopTimers();
       tlsServer?.close();
+      netServer?.close();
+      limiter.close();
       await new Promise<void>((resolve) => {
         const t = setTimeout(() => {
           server.forceShutdown();

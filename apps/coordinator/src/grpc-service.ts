@@ -8,6 +8,7 @@ import * as grpc from '@grpc/grpc-js';
 import { METADATA_JOB, METADATA_TOKEN, type CoordinatorHandlers } from '@vitreg/proto';
 import { Refusal } from './job-settings.js';
 import type { JobState } from './job-state.js';
+import type { LogLimiter } from './log-limit.js';
 
 const sha256 = (b: Buffer | string): Buffer => createHash('sha256').update(b).digest();
 
@@ -26,6 +27,8 @@ export interface ServiceContext {
   token: string;
   log: (line: string) => void;
   event: (name: string, fields: Record<string, unknown>) => void;
+  /** Bounds the refusal lines (and their events) of a flood: at most so many of one RPC per window. */
+  limiter?: LogLimiter;
 }
 
 /** The handlers of vitreg.cluster.v1.Coordinator for `job`. */
@@ -35,7 +38,9 @@ export function coordinatorHandlers(ctx: ServiceContext): CoordinatorHandlers {
   const jobId = job.settings.jobId;
 
   const refuse = (rpc: string, call: { getPeer(): string }, who: string, err: Refusal): void => {
-    log(`refused ${rpc} from ${peerOf(call)}${who ? ` (${who})` : ''}: ${err.message}`);
+    const line = `refused ${rpc} from ${peerOf(call)}${who ? ` (${who})` : ''}: ${err.message}`;
+    if (ctx.limiter && !ctx.limiter.line(`refused ${rpc} calls`, line)) return;
+    if (!ctx.limiter) log(line);
     event('refused', { rpc, peer: peerOf(call), who: who || undefined, code: err.code, message: err.message });
   };
 

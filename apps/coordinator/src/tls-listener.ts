@@ -30,6 +30,8 @@ export async function listenTls(
     rejectUnauthorized: false,
     ALPNProtocols: ['h2'],
     minVersion: 'TLSv1.2',
+    // A connection that never completes its handshake (half-open, or silent) is refused after 10 s, not Node's 120 s.
+    handshakeTimeout: 10_000,
     ciphers: process.env.GRPC_SSL_CIPHER_SUITES,
   });
   const peer = (s: { remoteAddress?: string; remotePort?: number }): string =>

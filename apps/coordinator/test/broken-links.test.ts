@@ -2,7 +2,8 @@
  * A broken ring link (src/broken-links.ts) through a JobState driven directly: a clock the test moves,
  * array sinks. Two ring neighbours that both still reach the coordinator: the later in ring order is
  * removed once both gave a sign of life after the report; a report about a worker that is really gone
- * does not remove the reporter; stale, foreign and non-neighbour reports change nothing.
+ * does not remove the reporter; stale, foreign and non-neighbour reports change nothing; of a chain of
+ * reports (a stalled ring) only the head is acted on.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -146,4 +147,20 @@ test('a removal for a broken link below --min-workers stops the job as any remov
   assert.equal(r.job.stopped, true);
   assert.equal(r.job.membership!.stop, true);
   assert.match(r.job.outcome!.reason, /w1 cannot reach its ring neighbour w0.*fewer than --min-workers 2/);
+});
+
+test('a stalled ring: reports that form a chain remove only its head, the worker that stopped sending, never a stalled neighbour', () => {
+  const r = ringOf(4);
+  r.advance(100);
+  // w3 heartbeats but sends nothing: w0 waits for it, and w1 for w0 (stalled behind it); w1's report may come first.
+  r.beat(1, 0);
+  r.beat(0, 3);
+  r.advance(100);
+  for (let i = 0; i < 4; i++) r.beat(i);
+  assert.equal(r.names(), 'w0 w1 w2', 'w3, the head of the chain w1 -> w0 -> w3, removed; w1 stays');
+  assert.match(r.job.membership!.reason, /w3 cannot reach its ring neighbour w0|w0 cannot reach its ring neighbour w3/);
+  // The new membership cleared w1's report: nothing else happens.
+  r.advance(100);
+  for (let i = 0; i < 3; i++) r.beat(i);
+  assert.equal(r.names(), 'w0 w1 w2');
 });

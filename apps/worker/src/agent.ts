@@ -63,6 +63,11 @@ export interface WorkerOptions {
   /** A worker that cannot reach the coordinator for this long exits non-zero. */
   coordinatorTimeoutMs: number;
   /**
+   * The longest a collective waits for its ring predecessor's next frame (default 600000, as
+   * PyTorch's NCCL timeout): past it the predecessor is reported unreachable, as a broken link.
+   */
+  collectiveTimeoutMs?: number;
+  /**
    * A stop request of this process (a SharedStop's flag, set by its signals): every training thread
    * puts it into its next step report, and the job stops after that step with a checkpoint.
    */
@@ -83,6 +88,9 @@ export interface WorkerResult {
   result?: TrainResult;
   rank0: boolean;
 }
+
+/** A collective's frame deadline unless --collective-timeout-ms says otherwise: PyTorch's NCCL default, 10 minutes. */
+export const DEFAULT_COLLECTIVE_TIMEOUT_MS = 600_000;
 
 export class WorkerAgent {
   private readonly o: WorkerOptions;
@@ -123,7 +131,8 @@ export class WorkerAgent {
     const bucketBytes = opts.bucketBytes ?? DEFAULT_BUCKET_BYTES;
     const { token, jobId, tls, bindHost, peerPort } = opts;
     const bf16 = opts.gradCompression === 'bf16';
-    const liveness = () => (this.link ? linkLiveness(this.link.workerTimeoutMs) : undefined);
+    const collectiveMs = opts.collectiveTimeoutMs ?? DEFAULT_COLLECTIVE_TIMEOUT_MS;
+    const liveness = () => (this.link ? linkLiveness(this.link.workerTimeoutMs, collectiveMs) : undefined);
     this.peers = new PeerServer(
       { token, jobId, tls, bindHost, peerPort, chunkBytes, valueBytes: bf16 ? 2 : 4 },
       { current, waitForEpoch, log, liveness },
@@ -156,7 +165,7 @@ export class WorkerAgent {
         fail,
         log,
       },
-      { chunkBytes, bucketBytes, wire: bf16 ? 'bf16' : 'f32' },
+      { chunkBytes, bucketBytes, wire: bf16 ? 'bf16' : 'f32', frameTimeoutMs: collectiveMs },
     );
   }
 
@@ -260,7 +269,7 @@ export class WorkerAgent {
     if (m.members.length > 1) {
       const { token, tls } = this.o;
       const log = (l: string) => this.log(l);
-      const liveness = linkLiveness(link.workerTimeoutMs);
+      const liveness = linkLiveness(link.workerTimeoutMs, this.o.collectiveTimeoutMs ?? DEFAULT_COLLECTIVE_TIMEOUT_MS);
       st.out = connectSuccessor(st, { workerId: link.workerId, token, metadata: link.metadata, tls, log, liveness });
       watchIncoming(st, liveness.timeoutMs, log);
       // An unhandled rejection here would end the process; the collectives see the error.

@@ -4,11 +4,13 @@
  * Each is hierarchical: the agent waits for the request of every thread of its process, combines them
  * in thread order (shared memory), runs the ring across processes (ring.ts) or asks the coordinator
  * (the commit), and hands the same result to every thread. A collective of an epoch that ended is
- * aborted: its threads get `aborted` and re-sync.
+ * aborted: its threads get `aborted` and re-sync. One that waited past the frame deadline for its
+ * predecessor (--collective-timeout-ms) reports that neighbour as unreachable, as a broken link.
  */
 import type { RankValues, StepCommit } from '@vitreg/proto';
 import { ringAllReduce, ringBroadcast, type RingOptions } from './ring.js';
-import { ringIO, type EpochState } from './epoch.js';
+import { linkDown, ringIO, type EpochState } from './epoch.js';
+import { CollectiveTimeout } from './frames.js';
 import { Fatal } from './fatal.js';
 import type { AgentToThread, ThreadToAgent } from './messages.js';
 
@@ -79,6 +81,8 @@ export class Collectives {
       // its worker timeout and publishes a new membership, which aborts this collective.
       if (!st.aborted && !(err instanceof Fatal)) {
         host.log(`${what}: ${err.message}; waiting for the coordinator's next membership`);
+        // A predecessor that keeps its link alive but sends nothing: reported like a broken link.
+        if (err instanceof CollectiveTimeout) linkDown(st, 'predecessor', err, (l) => host.log(l));
         await host.waitForEpoch(st.epoch + 1, host.membershipWaitMs()).catch(() => undefined);
       }
       if (st.aborted) {

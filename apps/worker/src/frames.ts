@@ -37,6 +37,17 @@ export class ProtocolError extends Error {
   }
 }
 
+/**
+ * A collective waited longer than its frame deadline for its ring predecessor's next frame (the
+ * predecessor heartbeats and keeps its link alive but sends nothing: a hung or hostile worker).
+ */
+export class CollectiveTimeout extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'CollectiveTimeout';
+  }
+}
+
 /** Raised in waiting collectives when the membership epoch they belong to ended. */
 export class EpochEnded extends Error {
   constructor(
@@ -124,6 +135,13 @@ export class FrameParser {
     }
   }
 
+  /** Bytes of the frame being read so far and its size (header included), or null between frames. */
+  partial(): { have: number; of: number } | null {
+    const c = this.current;
+    if (c) return { have: HEADER_BYTES + c.fill, of: HEADER_BYTES + c.data.length };
+    return this.headerFill > 0 ? { have: this.headerFill, of: HEADER_BYTES } : null;
+  }
+
   /** Where the next bytes of the stream belong: the rest of the header, or the rest of the payload. */
   target(): Uint8Array {
     const c = this.current;
@@ -202,7 +220,11 @@ export class Inbox {
     }
   }
 
-  next(): Promise<Frame> {
+  /**
+   * The next frame. With `timeoutMs`, rejects with `onTimeout()` when none arrived within it (the
+   * waiter is then withdrawn: a later frame stays queued).
+   */
+  next(timeoutMs?: number, onTimeout?: () => Error): Promise<Frame> {
     if (this.head < this.queue.length) {
       const f = this.queue[this.head]!;
       this.queue[this.head++] = undefined as unknown as Frame;
@@ -219,7 +241,26 @@ export class Inbox {
     }
     if (this.error) return Promise.reject(this.error);
     return new Promise((resolve, reject) => {
-      this.waiter = { resolve, reject };
+      if (timeoutMs === undefined || !Number.isFinite(timeoutMs)) {
+        this.waiter = { resolve, reject };
+        return;
+      }
+      const waiter = {
+        resolve: (f: Frame) => {
+          clearTimeout(timer);
+          resolve(f);
+        },
+        reject: (e: Error) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      };
+      const timer = setTimeout(() => {
+        if (this.waiter !== waiter) return;
+        this.waiter = null;
+        reject(onTimeout?.() ?? new CollectiveTimeout(`no frame within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.waiter = waiter;
     });
   }
 

@@ -4,6 +4,8 @@
  * TCP the socket reads straight into the frame it is filling (Node's `onread` with a buffer
  * function): no read buffer is allocated per read and no byte is copied on the way to the frame,
  * which halved the receiving process's CPU time per byte (bench/allreduce.ts, `rank_cpu_load`).
+ * With liveness, a frame once begun must arrive whole within the link timeout (paused time aside),
+ * so a sender that trickles bytes, each a sign of life, cannot hold a collective for ever.
  */
 import net from 'node:net';
 import tls from 'node:tls';
@@ -86,10 +88,16 @@ export function acceptTcpLink(socket: net.Socket, inbox: Inbox, o: IncomingLinkO
   let paused = false;
   let down = false;
   let timer: NodeJS.Timeout | null = null;
+  /** When the frame being read began (null between frames): a frame must arrive within the link timeout. */
+  let frameSince: number | null = null;
   const parser = new FrameParser((f: Frame) => {
+    frameSince = null;
     o.check?.(f);
     inbox.push(f);
   }, o.maxPayload);
+  const begun = () => {
+    if (frameSince === null && parser.partial()) frameSince = Date.now();
+  };
   const fail = (err: Error) => {
     o.onProtocolError?.(err);
     inbox.fail(err);
@@ -106,6 +114,7 @@ export function acceptTcpLink(socket: net.Socket, inbox: Inbox, o: IncomingLinkO
     heard = Date.now();
     try {
       parser.push(b);
+      begun();
     } catch (err) {
       fail(err as Error);
     }
@@ -119,6 +128,7 @@ export function acceptTcpLink(socket: net.Socket, inbox: Inbox, o: IncomingLinkO
           heard = Date.now();
           try {
             parser.advance(n);
+            begun();
           } catch (err) {
             fail(err as Error);
             return false;
@@ -134,6 +144,7 @@ export function acceptTcpLink(socket: net.Socket, inbox: Inbox, o: IncomingLinkO
   inbox.resume = () => {
     paused = false;
     heard = Date.now();
+    if (frameSince !== null) frameSince = heard;
     link.resume();
   };
   link.write(Buffer.from([ACCEPT]));
@@ -154,6 +165,18 @@ export function acceptTcpLink(socket: net.Socket, inbox: Inbox, o: IncomingLinkO
       const silent = Date.now() - heard;
       if (!paused && silent > live.timeoutMs) {
         const err = new LinkDown(`no sign of life on the data link from ${socket.remoteAddress}:${socket.remotePort} for ${silent} ms`);
+        inbox.fail(err);
+        end(err);
+        link.destroy();
+        return;
+      }
+      // A sender that trickles a frame (a slowloris: each byte a sign of life) gets the link timeout for the whole frame.
+      const part = parser.partial();
+      if (!paused && part && frameSince !== null && Date.now() - frameSince > live.timeoutMs) {
+        const err = new LinkDown(
+          `a frame from ${socket.remoteAddress}:${socket.remotePort} took over ${live.timeoutMs} ms (${part.have} of ${part.of} bytes arrived): a sender trickling bytes`,
+        );
+        o.onProtocolError?.(err);
         inbox.fail(err);
         end(err);
         link.destroy();

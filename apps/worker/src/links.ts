@@ -9,7 +9,8 @@
  * into the frame it is filling (incoming-link.ts). Liveness: with `liveness`, both sides send a sign of life at least every
  * `intervalMs` (the sender a keepalive frame when it has nothing queued, the receiver one byte back)
  * and declare the link down after `timeoutMs` without hearing anything, since a TCP connection across
- * a broken network path stays open for many minutes without an error.
+ * a broken network path stays open for many minutes without an error. The sender also declares it
+ * down when queued bytes could not leave for `stallMs` (a receiver that stops reading).
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import net from 'node:net';
@@ -21,11 +22,20 @@ import { encodeHeader, encodeKeepalive, ProtocolError, type FrameHeader, type Ou
 export interface Liveness {
   intervalMs: number;
   timeoutMs: number;
+  /**
+   * The longest queued bytes may wait to leave (a receiver that answers signs of life but stops
+   * reading); default `timeoutMs`. A worker uses its collective timeout: a receiver whose inbox is
+   * full pauses on purpose until it enters the collective, which a straggler may take long to do.
+   */
+  stallMs?: number;
 }
 
-/** The liveness of a job's ring links: the link timeout is the worker timeout; a sign of life every fifth of it, at most every second. */
-export function linkLiveness(timeoutMs: number): Liveness {
-  return { timeoutMs, intervalMs: Math.min(1000, Math.max(50, Math.floor(timeoutMs / 5))) };
+/**
+ * The liveness of a job's ring links: the link timeout is the worker timeout; a sign of life every
+ * fifth of it, at most every second; queued bytes may wait `stallMs` (default: the link timeout).
+ */
+export function linkLiveness(timeoutMs: number, stallMs?: number): Liveness {
+  return { timeoutMs, intervalMs: Math.min(1000, Math.max(50, Math.floor(timeoutMs / 5))), ...(stallMs ? { stallMs } : {}) };
 }
 
 /** A link declared down: broken, or silent for the liveness timeout. */
@@ -225,6 +235,8 @@ abstract class BackpressuredLink {
 /** Frames as header + payload writes on a socket; completion from the write callbacks. */
 export class TcpOutLink extends BackpressuredLink implements OutLink {
   private heard = Date.now();
+  /** The last time a write left this process's buffers (or the queue was empty when one began). */
+  private progress = Date.now();
   private timer: NodeJS.Timeout | null = null;
 
   constructor(
@@ -252,6 +264,15 @@ export class TcpOutLink extends BackpressuredLink implements OutLink {
           socket.destroy();
           return;
         }
+        // A receiver that answers signs of life but stops reading (a slowloris on the data plane):
+        // bytes wait here and none left for the timeout.
+        const stuck = Date.now() - this.progress;
+        if (socket.writableLength > 0 && stuck > (liveness.stallMs ?? liveness.timeoutMs)) {
+          const waiting = socket.writableLength;
+          this.failWith(new LinkDown(`the receiver at ${peer} stopped reading: ${waiting} bytes waited ${stuck} ms to leave`));
+          socket.destroy();
+          return;
+        }
         // Idle: a keepalive (never inside a frame: a frame's two writes happen in one tick).
         if (socket.writableLength === 0 && !this.error) socket.write(keepalive);
       }, liveness.intervalMs);
@@ -271,10 +292,15 @@ export class TcpOutLink extends BackpressuredLink implements OutLink {
   send(h: FrameHeader, data: Uint8Array): Promise<void> {
     if (this.error) return Promise.reject(this.error);
     return new Promise((resolve, reject) => {
+      if (this.socket.writableLength === 0) this.progress = Date.now();
       // Header and payload leave in one writev.
       this.socket.cork();
       this.socket.write(encodeHeader(h, data.byteLength));
-      this.socket.write(data, (err) => (err ? reject(err) : resolve()));
+      this.socket.write(data, (err) => {
+        this.progress = Date.now();
+        if (err) reject(err);
+        else resolve();
+      });
       this.socket.uncork();
     });
   }

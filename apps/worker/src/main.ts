@@ -57,6 +57,9 @@ Cluster:
   --min-workers N --max-workers N   a hosted coordinator's elastic bounds (default: --world-size)
   --join-timeout-ms MS --heartbeat-ms MS --worker-timeout-ms MS   a hosted coordinator's timings
   --coordinator-timeout-ms MS  exit non-zero after this long without the coordinator (default 30000)
+  --collective-timeout-ms MS  the longest a gradient all-reduce or state broadcast waits for the ring
+                            predecessor's next frame (default 600000, as PyTorch's NCCL timeout); past
+                            it that neighbour is reported unreachable and the coordinator removes one
   --tls-cert F --tls-key F [--tls-ca F]  TLS on every connection; with --tls-ca, mutual TLS
   --stop-signals LIST       signals that stop the job cleanly (default INT,TERM,USR1; "none"): the
                             first, to any worker, makes every worker stop after the next committed
@@ -135,6 +138,7 @@ async function main(argv: string[]): Promise<number> {
         'heartbeat-ms': { type: 'string' },
         'worker-timeout-ms': { type: 'string' },
         'coordinator-timeout-ms': { type: 'string' },
+        'collective-timeout-ms': { type: 'string' },
         'stop-signals': { type: 'string' },
         verbose: { type: 'boolean' },
         'tls-cert': { type: 'string' },
@@ -292,6 +296,7 @@ async function main(argv: string[]): Promise<number> {
       logSamples: values['log-samples'] ?? false,
       checksum: values.checksum ?? false,
       coordinatorTimeoutMs: int('--coordinator-timeout-ms', values['coordinator-timeout-ms'], 1) ?? 30_000,
+      collectiveTimeoutMs: int('--collective-timeout-ms', values['collective-timeout-ms'], 1),
     });
     if (r.rank0 && r.result) {
       const res = r.result;

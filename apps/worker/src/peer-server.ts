@@ -2,12 +2,16 @@
  * A worker's Peer service and data-link listener: OpenLink (its ring predecessor of the current epoch
  * asks for a link and gets a one-time nonce), the incoming side of both data planes (a PushChunks
  * stream, or a raw TCP/TLS link whose hello proves the job token with the nonce), and the checks every
- * incoming chunk passes before it reaches the epoch's inbox. Each refusal is one log line.
+ * incoming chunk passes before it reaches the epoch's inbox. Each refusal is one log line (at most 20
+ * of a kind per 10 s, then one line with the count: a flood cannot fill the disk). Raw links are
+ * bounded before their hello: at most MAX_PENDING_LINKS connections may be waiting for one (more are
+ * closed at once), and each has the hello deadline (10 s, or the link timeout if shorter).
  */
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import tls from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
+import { listenGuarded, LogLimiter } from '@vitreg/coordinator';
 import { METADATA_JOB, METADATA_TOKEN, PeerService, type Chunk, type PeerHandlers } from '@vitreg/proto';
 import { alignedCopy, ProtocolError } from './frames.js';
 import { linkMac, macEquals, readHello, type Liveness, type TlsFiles } from './links.js';
@@ -45,6 +49,9 @@ type Status = { code: grpc.status; details: string };
 
 const failed = (details: string): Status => ({ code: grpc.status.FAILED_PRECONDITION, details });
 
+/** Raw connections that may wait for their hello at once: a ring has one predecessor, so a few are plenty. */
+export const MAX_PENDING_LINKS = 16;
+
 export class PeerServer {
   /** The Peer service's port (known after start). */
   peerPort = 0;
@@ -52,12 +59,22 @@ export class PeerServer {
   tcpPort = 0;
   private server: grpc.Server | null = null;
   private tcpServer: net.Server | null = null;
+  private guard: net.Server | null = null;
   private nonces = new Map<string, { epoch: number; workerId: string; expires: number }>();
+  private pendingLinks = 0;
+  private readonly limiter: LogLimiter;
 
   constructor(
     private readonly o: PeerServerOptions,
     private readonly host: PeerServerHost,
-  ) {}
+  ) {
+    this.limiter = new LogLimiter((line) => host.log(line));
+  }
+
+  /** A refusal's log line, bounded per kind (see the module comment). */
+  private refusal(kind: string, line: string): void {
+    this.limiter.line(kind, line);
+  }
 
   private checkAuth(metadata: grpc.Metadata): Status | null {
     const token = metadata.get(METADATA_TOKEN)[0];
@@ -106,7 +123,7 @@ export class PeerServer {
       openLink: (call, callback) => {
         const bad = this.checkAuth(call.metadata);
         if (bad) {
-          this.host.log(`refused OpenLink from ${call.getPeer()}: ${bad.details}`);
+          this.refusal('refused OpenLink calls', `refused OpenLink from ${call.getPeer()}: ${bad.details}`);
           return callback(bad);
         }
         const { workerId, epoch } = call.request;
@@ -128,7 +145,7 @@ export class PeerServer {
       },
       pushChunks: (call, callback) => {
         const refuse = (e: Status) => {
-          this.host.log(`refused chunks from ${call.getPeer()}: ${grpc.status[e.code]}: ${e.details}`);
+          this.refusal('refused chunk streams', `refused chunks from ${call.getPeer()}: ${grpc.status[e.code]}: ${e.details}`);
           callback(e);
           call.destroy();
         };
@@ -204,16 +221,41 @@ export class PeerServer {
     const creds = o.tls
       ? grpc.ServerCredentials.createSsl(o.tls.ca ?? null, [{ private_key: o.tls.key, cert_chain: o.tls.cert }], !!o.tls.ca)
       : grpc.ServerCredentials.createInsecure();
-    this.peerPort = await new Promise<number>((resolve, reject) => {
-      server.bindAsync(`${o.bindHost}:${o.peerPort}`, creds, (err, port) =>
-        err
-          ? reject(new Fatal(`cannot serve the Peer service on ${o.bindHost}:${o.peerPort}: ${err.message}`, { cause: err }))
-          : resolve(port),
-      );
-    });
+    if (o.tls) {
+      this.peerPort = await new Promise<number>((resolve, reject) => {
+        server.bindAsync(`${o.bindHost}:${o.peerPort}`, creds, (err, port) =>
+          err
+            ? reject(new Fatal(`cannot serve the Peer service on ${o.bindHost}:${o.peerPort}: ${err.message}`, { cause: err }))
+            : resolve(port),
+        );
+      });
+    } else {
+      // Plaintext: behind the coordinator's guard (at most 64 connections, the HTTP/2 preface within 10 s or the link
+      // timeout if shorter, a line for each bad one).
+      try {
+        const g = await listenGuarded(server, o.bindHost, o.peerPort, {
+          maxConnections: 64,
+          prefaceMs: () => Math.min(10_000, this.host.liveness?.()?.timeoutMs ?? 10_000),
+          refused: (kind, peer, why) => this.refusal(`${kind} (Peer service)`, `closed a Peer service connection from ${peer}: ${why}`),
+        });
+        this.peerPort = g.port;
+        this.guard = g.netServer;
+      } catch (err) {
+        throw new Fatal(`cannot serve the Peer service on ${o.bindHost}:${o.peerPort}: ${(err as Error).message}`, { cause: err });
+      }
+    }
     this.server = server;
     // The raw data links: TLS with the same certificates when TLS is on.
     const onSocket = (socket: net.Socket) => {
+      if (this.pendingLinks >= MAX_PENDING_LINKS) {
+        socket.on('error', () => undefined);
+        this.refusal(
+          'data links over the limit',
+          `refused a data link from ${socket.remoteAddress}:${socket.remotePort}: ${this.pendingLinks} connections already wait for their hello (at most ${MAX_PENDING_LINKS})`,
+        );
+        socket.destroy();
+        return;
+      }
       this.acceptTcp(socket).catch(() => undefined);
     };
     const t = o.tls;
@@ -221,7 +263,7 @@ export class PeerServer {
       ? tls.createServer({ cert: t.cert, key: t.key, ca: t.ca, requestCert: !!t.ca, rejectUnauthorized: !!t.ca }, onSocket)
       : net.createServer(onSocket);
     tcp.on('tlsClientError', (err: Error, s: net.Socket) => {
-      this.host.log(`refused a data link from ${s.remoteAddress}: TLS: ${err.message}`);
+      this.refusal('refused data links', `refused a data link from ${s.remoteAddress}: TLS: ${err.message}`);
     });
     this.tcpPort = await new Promise<number>((resolve, reject) => {
       tcp.once('error', reject);
@@ -234,8 +276,15 @@ export class PeerServer {
   private async acceptTcp(socket: net.Socket): Promise<void> {
     socket.setNoDelay(true);
     const who = `${socket.remoteAddress}:${socket.remotePort}`;
+    this.pendingLinks++;
+    let pending = true;
+    const settled = () => {
+      if (pending) this.pendingLinks--;
+      pending = false;
+    };
     try {
-      const { hello, rest } = await readHello(socket, 10_000);
+      const helloMs = Math.min(10_000, this.host.liveness?.()?.timeoutMs ?? 10_000);
+      const { hello, rest } = await readHello(socket, helloMs).finally(settled);
       const proof = this.checkLinkProof(hello.epoch, hello.worker_id, hello.nonce, hello.mac);
       if (proof) throw new ProtocolError(proof);
       const st = this.host.current();
@@ -260,7 +309,8 @@ export class PeerServer {
       st.closers.push(() => link.destroy());
       if (st.aborted) link.destroy();
     } catch (err) {
-      this.host.log(`refused a data link from ${who}: ${(err as Error).message}`);
+      settled();
+      this.refusal('refused data links', `refused a data link from ${who}: ${(err as Error).message}`);
       socket.destroy();
     }
   }
@@ -268,6 +318,8 @@ export class PeerServer {
   /** Stops listening; the Peer service shuts down once its calls ended, or after 2 s (a peer across a broken network never answers). */
   async close(): Promise<void> {
     this.tcpServer?.close();
+    this.guard?.close();
+    this.limiter.close();
     const s = this.server;
     if (!s) return;
     await new Promise<void>((resolve) => {

@@ -21,7 +21,16 @@
  * passes it on, pipelined the same way; the last position passes only the length frame back to
  * position 0, so that every link of an epoch starts with the same frame.
  */
-import { giveBack, ProtocolError, takeBuffer, type Frame, type FrameHeader, type Inbox, type OutLink } from './frames.js';
+import {
+  CollectiveTimeout,
+  giveBack,
+  ProtocolError,
+  takeBuffer,
+  type Frame,
+  type FrameHeader,
+  type Inbox,
+  type OutLink,
+} from './frames.js';
 
 export interface RingIO {
   /** To the successor (absent when P = 1). */
@@ -43,6 +52,17 @@ export interface RingOptions {
   bucketBytes: number;
   /** The all-reduce's values on the wire (default f32). */
   wire?: Wire;
+  /**
+   * The longest a collective waits for its predecessor's next frame (default: no limit); past it the
+   * collective fails with a CollectiveTimeout (a predecessor that heartbeats but sends nothing).
+   */
+  frameTimeoutMs?: number;
+}
+
+/** The inbox's next frame of collective `what`, within the frame deadline of `opts`. */
+function nextFrame(inbox: Inbox, opts: RingOptions, what: () => string): Promise<Frame> {
+  const ms = opts.frameTimeoutMs;
+  return inbox.next(ms, () => new CollectiveTimeout(`${what()}: no frame from the ring predecessor for ${ms} ms`));
 }
 
 export const DEFAULT_BUCKET_BYTES = 25 << 20;
@@ -241,8 +261,9 @@ export async function ringAllReduce(io: RingIO, data: Float32Array, op: number, 
     }
   };
   const receiver = async () => {
+    const all = remaining;
     while (remaining > 0) {
-      const f = await inbox.next();
+      const f = await nextFrame(inbox, opts, () => `all-reduce ${op} of step ${step} (${all - remaining} of ${all} chunks received)`);
       const k = f.phase;
       const st = stages[k];
       const r = st?.recv[f.index];
@@ -303,6 +324,7 @@ export async function ringBroadcast(
   if (!out || !inbox) throw new Error('ringBroadcast: no link to the ring neighbours');
   const forward = io.position !== P - 1;
   const head = (phase: number, index: number, offset: number): FrameHeader => ({ epoch: io.epoch, op, step, phase, index, offset });
+  const next = () => nextFrame(inbox, opts, () => `broadcast ${op} of step ${step}`);
   const sends: Promise<void>[] = [];
   const send = async (h: FrameHeader, data: Uint8Array) => {
     await out.ready();
@@ -317,11 +339,11 @@ export async function ringBroadcast(
       await send(head(1, i, off), bytes.subarray(off, Math.min(bytes.byteLength, off + opts.chunkBytes)));
     }
     // The last position hands the length frame back: every link of the ring starts with it.
-    check(await inbox.next(), head(0, 0, 0), 8, 'broadcast');
+    check(await next(), head(0, 0, 0), 8, 'broadcast');
     await Promise.all(sends);
     return bytes;
   }
-  const first = await inbox.next();
+  const first = await next();
   check(first, head(0, 0, 0), 8, 'broadcast');
   const total = new DataView(first.data.buffer, first.data.byteOffset, 8).getFloat64(0, true);
   if (!Number.isSafeInteger(total) || total < 0) throw new ProtocolError(`broadcast: bad length ${total}`);
@@ -329,7 +351,7 @@ export async function ringBroadcast(
   const buf = new Uint8Array(total);
   for (let i = 0, off = 0; off < total; i++, off += opts.chunkBytes) {
     const n = Math.min(opts.chunkBytes, total - off);
-    const f = await inbox.next();
+    const f = await next();
     check(f, head(1, i, off), n, 'broadcast');
     buf.set(f.data, off);
     if (forward) await send(head(1, i, off), f.data);
