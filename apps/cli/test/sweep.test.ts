@@ -254,6 +254,29 @@ test(
   }),
 );
 
+test(
+  'changed evaluation settings: the done cell is evaluated again (old outputs removed), its training kept',
+  withDir(async (dir) => {
+    const spec = loadSweep(sweepFile(dir, { ...TINY, resources: {}, axes: { 'train.seed': [0] }, evaluate: {} }));
+    const [cell] = expandCells(spec);
+    const ckpt = join(cell!.dir, 'train/checkpoints/step-4');
+    mkdirSync(ckpt, { recursive: true });
+    mkdirSync(join(cell!.dir, 'eval/probe'), { recursive: true });
+    writeFileSync(join(ckpt, 'model.safetensors'), 'weights');
+    writeFileSync(join(cell!.dir, 'train/eval.json'), JSON.stringify({ step: 4, val_accuracy: 0.5 }));
+    await writeMarker(cell!, 'results', {});
+    await writeMarker(cell!, 'done', { hash: cell!.hash, eval_hash: 'an-older-one', finished: '', seconds: 1 });
+    assert.equal(sweepStatus(spec, [cell!])[0]!.state, 'pending');
+    const o = await runCell(spec, cell!, { launcher: 'local' });
+    assert.equal(o.outcome, 'done', o.message);
+    assert.ok(!existsSync(join(cell!.dir, 'eval/probe')), 'the old evaluation outputs are gone');
+    assert.equal(JSON.parse(readFileSync(markerPath(cell!, 'done'), 'utf8')).eval_hash, cell!.evalHash);
+    const results = JSON.parse(readFileSync(markerPath(cell!, 'results'), 'utf8'));
+    assert.equal(results.measurements['train.val_accuracy'], 0.5);
+    assert.ok(!existsSync(join(cell!.dir, 'logs/train.log')), 'the finished training was not started again');
+  }),
+);
+
 /** Marks a cell done with the given measurements and a norms file, as run-cell would. */
 async function fakeDone(spec: SweepSpec, c: Cell, m: Record<string, number>): Promise<void> {
   mkdirSync(join(c.dir, 'eval', 'outliers'), { recursive: true });

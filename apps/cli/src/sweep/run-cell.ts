@@ -17,10 +17,21 @@
  */
 import { randomBytes, createHash } from 'node:crypto';
 import { createReadStream, existsSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { ensureDir, writeJsonAtomic } from '@vitreg/core';
-import { checkCellHash, cellStatus, readJson, removeMarker, writeMarker, type Cell, type FailedMarker } from './cells.js';
+import {
+  checkCellHash,
+  cellStatus,
+  markerPath,
+  readJson,
+  removeMarker,
+  writeMarker,
+  type Cell,
+  type DoneMarker,
+  type FailedMarker,
+} from './cells.js';
 import { runLogged, setSignalForwarding, stopRequested, STOPPED_CODES, vitregCommand } from './child.js';
 import { evaluateCell, finalCheckpoint, StageError, trainMeasurements } from './evaluate.js';
 import type { SweepSpec } from './spec.js';
@@ -135,6 +146,14 @@ export async function runCell(
       message: `cell ${cell.name}: failed ${status.attempts} times, not run again (${status.detail}); --retry-failed runs it again`,
     };
   const t0 = Date.now();
+  // Evaluated before with other evaluation settings: the old outputs go (each stage refuses a folder of
+  // other settings); the training is kept.
+  const before = readJson<DoneMarker>(markerPath(cell, 'done'));
+  if (lead && before && before.hash === cell.hash && before.eval_hash !== cell.evalHash) {
+    await rm(join(cell.dir, 'eval'), { recursive: true, force: true });
+    await removeMarker(cell, 'done');
+    say(`cell ${cell.name}: the evaluation settings changed: evaluating again`);
+  }
   if (lead) {
     await ensureDir(cell.dir);
     await writeMarker(cell, 'cell', { index: cell.index, name: cell.name, axes: cell.axes, hash: cell.hash, eval_hash: cell.evalHash });
