@@ -52,7 +52,7 @@ export function captionSource(from: SyntheticDataset | CaptionEntry[]): CaptionS
 }
 
 /** 0..n-1 in a seeded random order (Fisher-Yates). */
-function shuffled(n: number, rng: Rng): number[] {
+export function shuffled(n: number, rng: Rng): number[] {
   const out = Array.from({ length: n }, (_, i) => i);
   for (let i = n - 1; i > 0; i--) {
     const j = rng.int(i + 1);
@@ -62,14 +62,14 @@ function shuffled(n: number, rng: Rng): number[] {
 }
 
 /** CLIP-normalised NHWC pixels of an RGB image already at size x size. */
-function normalized(img: RgbImage, out: Float32Array, offset: number): void {
+export function normalized(img: RgbImage, out: Float32Array, offset: number): void {
   for (let p = 0; p < img.width * img.height; p++) {
     for (let c = 0; c < 3; c++) out[offset + p * 3 + c] = (img.data[p * 3 + c]! / 255 - MEAN[c]!) / STD[c]!;
   }
 }
 
 /** open_clip's weight-decay rule: none for tensors of fewer than 2 dimensions, norms, biases, logit_scale (and embeddings here). */
-function clipParamSpecs(model: ClipModel): ParamSpec[] {
+export function clipParamSpecs(model: ClipModel): ParamSpec[] {
   const named: [string, tf.Variable][] = [
     ...Object.entries(model.visual.params).map(([k, v]) => [`visual.${k}`, v] as [string, tf.Variable]),
     ...Object.entries(model.text.params).map(([k, v]) => [`text.${k}`, v] as [string, tf.Variable]),

@@ -184,6 +184,59 @@ export const PRESETS: Record<string, PresetDef> = {
       crops: { global_crops_size: 224, global_crops_scale: [0.08, 1.0], eval_crop_ratio: 1.0 },
     },
   },
+  'tiny-clip': {
+    summary:
+      'ViT-micro/8 with 4 registers + a 1-block text tower, CLIP loss on 32 px synthetic shapes with generated captions (zero-shot top-1 on the val split)',
+    cpu: true,
+    config: {
+      objective: 'clip',
+      model: { arch: 'vit_micro_patch8_reg4', drop_path_rate: 0 },
+      train: { steps: 300, batch_size: 32, eval_every: 0, checkpoint_every: 100 },
+      optim: { base_lr: 2e-3, min_lr: 0, warmup_steps: 20, weight_decay: 0.2, weight_decay_end: 0.2, beta2: 0.98, eps: 1e-6, clip_grad: 0 },
+      clip: {
+        proj_dim: 32,
+        text_context_length: 16,
+        text_vocab_size: 0,
+        text_width: 64,
+        text_heads: 2,
+        text_layers: 1,
+        tokenizer: '',
+      },
+      // open_clip's RandomResizedCrop(scale=(0.9, 1.0)).
+      crops: { global_crops_size: 32, global_crops_scale: [0.9, 1] },
+    },
+  },
+  'openclip-b16-reg4': {
+    summary:
+      "OpenCLIP ViT-B/16 with 4 registers (open_clip's ViT-B-16 config, params.py defaults: AdamW beta2 0.98, eps 1e-6, wd 0.2, warm-up, cosine); image-caption pairs from --data TABLE.csv|.tsv",
+    paper: true,
+    config: {
+      objective: 'clip',
+      // open_clip's VisionTransformer: ln_pre, no LayerScale, no drop path, projection to 512.
+      model: { arch: 'openclip_vitb16', img_size: 224, num_register_tokens: 4, drop_path_rate: 0 },
+      // params.py: batch 64 per GPU, 32 epochs (steps here: set --steps to epochs x pairs / global batch), warmup 10000.
+      train: { steps: 100_000, batch_size: 64, eval_every: 0, checkpoint_every: 5000 },
+      optim: {
+        optimizer: 'adamw',
+        base_lr: 5e-4,
+        scaling_rule: 'none',
+        min_lr: 0,
+        warmup_steps: 10_000,
+        warmup_lr: 0,
+        weight_decay: 0.2,
+        weight_decay_end: 0.2,
+        beta1: 0.9,
+        beta2: 0.98,
+        eps: 1e-6,
+        clip_grad: 0,
+        layerwise_decay: 1.0,
+        patch_embed_lr_mult: 1.0,
+        freeze_last_layer_steps: 0,
+      },
+      clip: { loss: 'clip', proj_dim: 512 },
+      crops: { global_crops_size: 224, global_crops_scale: [0.9, 1.0], eval_crop_ratio: 1.0 },
+    },
+  },
 };
 /** The same recipe without registers (`num_register_tokens: 0`). */
 function withoutRegisters(name: string, summary: string): PresetDef {
@@ -192,6 +245,7 @@ function withoutRegisters(name: string, summary: string): PresetDef {
 }
 PRESETS['dinov2-l14'] = withoutRegisters('dinov2-l14-reg4', 'The same DINOv2 ViT-L/14 recipe without registers');
 PRESETS['deit3-b16-in1k'] = withoutRegisters('deit3-b16-in1k-reg4', 'The same DeiT-III ViT-B/16 ImageNet-1k recipe without registers');
+PRESETS['openclip-b16'] = withoutRegisters('openclip-b16-reg4', 'The same OpenCLIP ViT-B/16 recipe without registers');
 PRESETS['deit3-b16-in22k'] = withoutRegisters('deit3-b16-in22k-reg4', 'The same DeiT-III ViT-B/16 ImageNet-22k recipe without registers');
 /** Earlier names, kept: the ImageNet-1k recipe. */
 export const PRESET_ALIASES: Record<string, string> = { 'deit3-b16-reg4': 'deit3-b16-in1k-reg4', 'deit3-b16': 'deit3-b16-in1k' };

@@ -40,7 +40,9 @@ type Rule =
   | { kind: 'bool' }
   | { kind: 'range'; min: number; max: number }
   | { kind: 'enum'; values: readonly string[] }
-  | { kind: 'source' };
+  | { kind: 'source' }
+  | { kind: 'text' }
+  | { kind: 'numberOrNull' };
 
 const int = (min: number, max?: number): Rule => ({ kind: 'int', min, max });
 const num = (min?: number, max?: number, exclusiveMin = false): Rule => ({ kind: 'number', min, max, exclusiveMin });
@@ -51,6 +53,8 @@ const range = (min: number, max: number): Rule => ({ kind: 'range', min, max });
 const oneOf = (values: readonly string[]): Rule => ({ kind: 'enum', values });
 /** data.source: a string, '' meaning "not given yet" (a paper preset before --data). */
 const source: Rule = { kind: 'source' };
+/** Any string, '' included (clip.tokenizer, clip.csv_separator). */
+const text: Rule = { kind: 'text' };
 
 const RULES: { [S in Section]: Record<keyof TrainConfig[S], Rule | 'string'> } = {
   data: {
@@ -139,6 +143,23 @@ const RULES: { [S in Section]: Record<keyof TrainConfig[S], Rule | 'string'> } =
     local_crops_scale: range(0, 1),
     eval_crop_ratio: num(0, 1, true),
   },
+  clip: {
+    loss: oneOf(['clip', 'siglip']),
+    proj_dim: int(1),
+    text_context_length: int(2),
+    text_vocab_size: int(0),
+    text_width: int(1),
+    text_heads: int(1),
+    text_layers: int(1),
+    text_mlp_ratio: pos,
+    text_act_layer: oneOf(['gelu', 'quick_gelu']),
+    tokenizer: text,
+    csv_img_key: 'string',
+    csv_caption_key: 'string',
+    csv_separator: text,
+    init_logit_scale: num(),
+    init_logit_bias: { kind: 'numberOrNull' },
+  },
 };
 
 function describe(rule: Rule | 'string'): string {
@@ -147,6 +168,8 @@ function describe(rule: Rule | 'string'): string {
   if (rule.kind === 'range') return `a pair [min, max] with ${rule.min} <= min <= max <= ${rule.max}`;
   if (rule.kind === 'enum') return `one of ${rule.values.map((v) => JSON.stringify(v)).join(', ')}`;
   if (rule.kind === 'source') return '"synthetic", a folder or a file list (a string)';
+  if (rule.kind === 'text') return 'a string';
+  if (rule.kind === 'numberOrNull') return 'a number or null';
   const what = rule.kind === 'int' ? 'an integer' : 'a number';
   const lo = rule.min === undefined ? '' : `${rule.kind === 'number' && rule.exclusiveMin ? '>' : '>='} ${rule.min}`;
   const hi = rule.max === undefined ? '' : `<= ${rule.max}`;
@@ -158,7 +181,8 @@ function check(rule: Rule | 'string', v: unknown): boolean {
   if (rule === 'string') return typeof v === 'string' && v.length > 0;
   if (rule.kind === 'bool') return typeof v === 'boolean';
   if (rule.kind === 'enum') return typeof v === 'string' && rule.values.includes(v);
-  if (rule.kind === 'source') return typeof v === 'string';
+  if (rule.kind === 'source' || rule.kind === 'text') return typeof v === 'string';
+  if (rule.kind === 'numberOrNull') return v === null || (typeof v === 'number' && Number.isFinite(v));
   if (rule.kind === 'range') {
     return (
       Array.isArray(v) &&
@@ -265,6 +289,28 @@ export function validateTrainConfig(raw: unknown, source = 'config'): TrainConfi
       ],
     );
   }
+  if (cfg.objective === 'clip') {
+    const k = cfg.clip;
+    relations.push(
+      [
+        cfg.optim.optimizer === 'adamw',
+        `field "optim.optimizer" must be "adamw" for objective clip (open_clip's), got "${cfg.optim.optimizer}"`,
+      ],
+      [cfg.train.micro_batch_size === 0, `field "train.micro_batch_size" must be 0 for objective clip, got ${cfg.train.micro_batch_size}`],
+      [
+        k.text_width % k.text_heads === 0,
+        `field "clip.text_width" (${k.text_width}) must be a multiple of clip.text_heads (${k.text_heads})`,
+      ],
+      [
+        k.loss !== 'siglip' || k.init_logit_bias !== null,
+        'field "clip.init_logit_bias" must be a number for clip.loss "siglip" (SigLIP learns a bias; open_clip starts it at -10)',
+      ],
+      [
+        k.tokenizer !== '' || cfg.data.source === 'synthetic' || cfg.data.source === '',
+        `field "clip.tokenizer" must name CLIP's BPE vocabulary (--tokenizer FILE, bpe_simple_vocab_16e6.txt.gz) for data "${cfg.data.source}"; only the synthetic captions have a built-in word vocabulary`,
+      ],
+    );
+  }
   for (const [ok, message] of relations) if (!ok) throw new Error(`${source}: ${message}`);
   return cfg;
 }
@@ -282,6 +328,11 @@ export interface ConfigSources {
   steps?: number;
   seed?: number;
   batchSize?: number;
+  /** Objective clip: clip.tokenizer, clip.csv_img_key, clip.csv_caption_key, clip.csv_separator. */
+  tokenizer?: string;
+  csvImgKey?: string;
+  csvCaptionKey?: string;
+  csvSeparator?: string;
   /** Told when a paper recipe is set to train on the synthetic shapes. */
   warn?: (message: string) => void;
 }
@@ -336,6 +387,12 @@ export function resolveTrainConfig(src: ConfigSources): TrainConfig {
   if (src.seed !== undefined) train.seed = src.seed;
   if (src.batchSize !== undefined) train.batch_size = src.batchSize;
   if (Object.keys(train).length > 0) patched.train = train;
+  const clip: Record<string, unknown> = section('clip');
+  if (src.tokenizer !== undefined) clip.tokenizer = src.tokenizer;
+  if (src.csvImgKey !== undefined) clip.csv_img_key = src.csvImgKey;
+  if (src.csvCaptionKey !== undefined) clip.csv_caption_key = src.csvCaptionKey;
+  if (src.csvSeparator !== undefined) clip.csv_separator = src.csvSeparator;
+  if (Object.keys(clip).length > 0) patched.clip = clip;
   const cfg = validateTrainConfig(patched, source);
   const preset = typeof raw.preset === 'string' ? raw.preset : undefined;
   if (preset && isPaperPreset(preset) && cfg.data.source === 'synthetic') {

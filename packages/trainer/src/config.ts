@@ -10,8 +10,8 @@
 import { getConfig, type ViTConfig } from '@vitreg/registers';
 import type { WeightDecayRule } from './param-groups.js';
 
-export type Objective = 'supervised' | 'dino';
-export const OBJECTIVES: readonly Objective[] = ['supervised', 'dino'];
+export type Objective = 'supervised' | 'dino' | 'clip';
+export const OBJECTIVES: readonly Objective[] = ['supervised', 'dino', 'clip'];
 
 export interface TrainConfig {
   objective: Objective;
@@ -146,6 +146,34 @@ export interface TrainConfig {
     /** Evaluation: resize to global_crops_size / eval_crop_ratio, centre crop (0.875; DeiT-III: 1.0). */
     eval_crop_ratio: number;
   };
+  /**
+   * Text-supervised training (objective 'clip', open_clip's recipe; clip-loop.ts): the loss, the text tower
+   * (open_clip's CLIPTextCfg; the image tower is `model` with `proj_dim`), the tokenizer and the caption
+   * table's columns (open_clip's --csv-img-key / --csv-caption-key / --csv-separator), logit_scale / bias.
+   */
+  clip: {
+    /** 'clip' (open_clip's ClipLoss) or 'siglip' (SigLipLoss; needs init_logit_bias). */
+    loss: 'clip' | 'siglip';
+    /** Joint embedding width: both towers' projection. */
+    proj_dim: number;
+    text_context_length: number;
+    /** Rows of the token embedding; 0: the tokenizer's vocabulary size. */
+    text_vocab_size: number;
+    text_width: number;
+    text_heads: number;
+    text_layers: number;
+    text_mlp_ratio: number;
+    text_act_layer: 'gelu' | 'quick_gelu';
+    /** CLIP's BPE vocabulary (bpe_simple_vocab_16e6.txt.gz); '': the synthetic captions' word vocabulary (synthetic data only). */
+    tokenizer: string;
+    csv_img_key: string;
+    csv_caption_key: string;
+    /** '': tab, or ',' for a file ending in .csv. */
+    csv_separator: string;
+    init_logit_scale: number;
+    /** SigLIP's initial logit_bias (-10), or null (CLIP: none). */
+    init_logit_bias: number | null;
+  };
 }
 
 export type Centering = 'centering' | 'sinkhorn_knopp';
@@ -254,6 +282,24 @@ export const DEFAULT_CONFIG: TrainConfig = {
     local_crops_size: 96,
     local_crops_scale: [0.05, 0.32],
     eval_crop_ratio: 0.875,
+  },
+  // open_clip's ViT-B-16 text tower (CLIPTextCfg) and CLIP's initial temperature log(1 / 0.07).
+  clip: {
+    loss: 'clip',
+    proj_dim: 512,
+    text_context_length: 77,
+    text_vocab_size: 49408,
+    text_width: 512,
+    text_heads: 8,
+    text_layers: 12,
+    text_mlp_ratio: 4,
+    text_act_layer: 'gelu',
+    tokenizer: '',
+    csv_img_key: 'filepath',
+    csv_caption_key: 'title',
+    csv_separator: '',
+    init_logit_scale: Math.log(1 / 0.07),
+    init_logit_bias: null,
   },
 };
 

@@ -57,6 +57,9 @@ test('the presets tested here are every preset', () => {
     'deit3-b16-in22k-reg4',
     'dinov2-l14',
     'dinov2-l14-reg4',
+    'openclip-b16',
+    'openclip-b16-reg4',
+    'tiny-clip',
     'tiny-dino',
     'tiny-supervised',
   ]);

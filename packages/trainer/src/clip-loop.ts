@@ -1,0 +1,443 @@
+/**
+ * The `clip` objective's run (text-supervised, open_clip's recipe), which `train()` (loop.ts) dispatches to:
+ * a ClipModel of the config (image tower `model` + `clip.proj_dim`, text tower `clip.text_*`), the caption
+ * data (the synthetic shapes with generated captions, or a CSV / TSV table with open_clip's column keys),
+ * the step of clip-train.ts (RandomResizedCrop(crops.global_crops_scale) + CLIP's mean / std, `clipStep`
+ * across the ranks of the GradientSync, the gradients averaged, AdamW with open_clip's decay rule, warm-up +
+ * cosine learning rate, then logit_scale clamped to [0, log 100]), and the same run options as the generic
+ * loop: outDir (config.json, metrics.jsonl, eval.json), checkpoints (`checkpoints/step-N/`: model.safetensors
+ * is the whole two-tower model in open_clip's names (saveClip), optimizer.safetensors, state.json), resume
+ * (exact: the batch of a step depends only on the seed and the step), stop signals, progress, checksum.
+ * Each step's pairs are global positions of a seeded shuffle per epoch, and each image's crop is drawn from
+ * its global position, so W ranks x B pairs give the weights of 1 rank x W B (up to float rounding).
+ * Evaluation: zero-shot top-1 on the validation split (synthetic data: the shape names with the caption
+ * grammar's 16 prompts per class); a caption table has no labels, so no evaluation.
+ * Only the tfjs engine computes it: the ONNX Runtime engine has no text-tower graphs (`clipEngineOptions`).
+ */
+import { appendFile, mkdir, readFile, rename, rm } from 'node:fs/promises';
+import { existsSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import * as tf from '@tensorflow/tfjs-core';
+import {
+  fromFloat32,
+  InputError,
+  Progress,
+  readSafetensors,
+  Rng,
+  syncDir,
+  SYNTHETIC_SHAPES,
+  SyntheticDataset,
+  toFloat32,
+  writeFileAtomic,
+  writeJsonAtomic,
+  writeSafetensors,
+} from '@vitreg/core';
+import { ClipModel, ClipTokenizer, loadClip, saveClip, validateClipConfig, wordMerges, type ClipConfig } from '@vitreg/registers';
+import { listCheckpoints, pruneCheckpoints, resumePoint, type TrainState } from './checkpoint.js';
+import { assertDataSource, modelConfig, scaledLr, type TrainConfig } from './config.js';
+import { captionSource, clipParamSpecs, normalized, shuffled, zeroShotTop1, type CaptionSource } from './clip-train.js';
+import { readCaptionTable } from './data-captions.js';
+import type { TrainOptions, TrainResult } from './loop.js';
+import { AdamW } from './optim.js';
+import type { ParamSpec } from './param-groups.js';
+import { cosineSchedule, type Schedule } from './schedules.js';
+import { weightsChecksum } from './state.js';
+import { clipStep } from './steps/clip.js';
+import { signalName, STOP_KEY, stopCode } from './stop.js';
+import { LocalGradientSync, type GradientSync } from './sync.js';
+import { randomResizedCrop } from './augment-geometry.js';
+
+/** What `--engine onnxruntime` with objective clip says. */
+export const CLIP_ONNX_REFUSAL =
+  '--engine onnxruntime: the clip objective needs text-tower graphs the ONNX Runtime engine does not have yet; use --engine tfjs';
+
+/**
+ * The engine options of a run: unchanged for other objectives; for clip, onnxruntime (or a device other than
+ * cpu) is refused with CLIP_ONNX_REFUSAL, and auto becomes tfjs with a line to `log` saying why.
+ */
+export function clipEngineOptions<T extends { engine?: string; device?: string }>(
+  objective: string,
+  o: T,
+  log: (line: string) => void = () => {},
+): T {
+  if (objective !== 'clip') return o;
+  if (o.engine === 'onnxruntime') throw new InputError(CLIP_ONNX_REFUSAL);
+  if (o.device !== undefined && o.device !== 'cpu') throw new InputError(`--device ${o.device}: ${CLIP_ONNX_REFUSAL}`);
+  if ((o.engine ?? 'auto') === 'auto') log('engine: tfjs (engine auto: the clip objective has no ONNX Runtime graphs yet)');
+  return { ...o, engine: 'tfjs' };
+}
+
+/** Words of the synthetic captions (data-captions.ts syntheticCaption): each one token with the built-in vocabulary. */
+const CAPTION_WORDS = [...'a on dark background small large light bright shaded grainy striped checkered'.split(' '), ...SYNTHETIC_SHAPES];
+
+/** The caption grammar's 16 prompts of a synthetic class (its zero-shot classifier). */
+export function syntheticPrompts(shape: string): string[] {
+  const out: string[] = [];
+  for (const size of ['small', 'large'])
+    for (const light of ['light', 'bright'])
+      for (const tex of ['shaded', 'grainy', 'striped', 'checkered']) out.push(`a ${size} ${light} ${shape} on a dark ${tex} background`);
+  return out;
+}
+
+/** The tokenizer of a clip config: clip.tokenizer's file, or the synthetic captions' word vocabulary. */
+export async function clipTokenizer(c: TrainConfig): Promise<ClipTokenizer> {
+  const contextLength = c.clip.text_context_length;
+  if (c.clip.tokenizer === '') {
+    if (c.data.source !== 'synthetic')
+      throw new InputError(
+        `clip.tokenizer: data "${c.data.source}" needs CLIP's BPE vocabulary (--tokenizer FILE, bpe_simple_vocab_16e6.txt.gz)`,
+      );
+    return new ClipTokenizer(wordMerges(CAPTION_WORDS), { contextLength });
+  }
+  try {
+    return await ClipTokenizer.fromFile(c.clip.tokenizer, { contextLength });
+  } catch (err) {
+    throw new InputError(`clip.tokenizer (--tokenizer): ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** The ClipConfig of a training config (image tower at crops.global_crops_size; vocabulary 0: the tokenizer's). */
+export function clipModelConfig(c: TrainConfig, vocabSize: number): ClipConfig {
+  const vit = modelConfig(c);
+  const k = c.clip;
+  return validateClipConfig(
+    {
+      vision: { ...vit, img_size: c.crops.global_crops_size, proj_dim: k.proj_dim },
+      text: {
+        context_length: k.text_context_length,
+        vocab_size: k.text_vocab_size || vocabSize,
+        width: k.text_width,
+        heads: k.text_heads,
+        layers: k.text_layers,
+        mlp_ratio: k.text_mlp_ratio,
+        act_layer: k.text_act_layer,
+        proj_dim: k.proj_dim,
+      },
+      init_logit_scale: k.init_logit_scale,
+      init_logit_bias: k.init_logit_bias,
+    },
+    'config clip',
+  );
+}
+
+/** The caption data of a clip config: train pairs, labelled val pairs (synthetic only) and their class names. */
+export async function openCaptionData(c: TrainConfig): Promise<{ train: CaptionSource; val: CaptionSource | null; classNames: string[] }> {
+  assertDataSource(c);
+  const d = c.data;
+  if (d.source === 'synthetic') {
+    const common = { seed: d.synthetic_seed, size: d.synthetic_size, numClasses: d.num_classes };
+    const train = new SyntheticDataset({ ...common, count: d.train_size, split: 'train' });
+    const val = new SyntheticDataset({ ...common, count: d.val_size, split: 'val' });
+    return { train: captionSource(train), val: captionSource(val), classNames: train.classNames };
+  }
+  if ((existsSync(d.source) && statSync(d.source).isDirectory()) || d.source.endsWith('.tar'))
+    throw new InputError(
+      `data: ${d.source}: WebDataset shards (readWebDataset) are not wired into the clip objective yet; give a CSV / TSV table of (image path, caption) (--csv-img-key, --csv-caption-key)`,
+    );
+  const rows = await readCaptionTable(d.source, {
+    imgKey: c.clip.csv_img_key,
+    captionKey: c.clip.csv_caption_key,
+    separator: c.clip.csv_separator || undefined,
+  });
+  return { train: captionSource(rows), val: null, classNames: [] };
+}
+
+/** One rank of a clip run: model, tokenizer, data, optimiser, schedules, and the step between them. */
+class ClipRun {
+  step = 0;
+  private readonly params: ParamSpec[];
+  private readonly index: number[];
+  private readonly opt: AdamW;
+  private readonly lr: Schedule;
+  private readonly wd: Schedule;
+  private perm: { epoch: number; order: number[] } = { epoch: -1, order: [] };
+
+  constructor(
+    readonly c: TrainConfig,
+    readonly model: ClipModel,
+    readonly tokenizer: ClipTokenizer,
+    readonly data: { train: CaptionSource; val: CaptionSource | null; classNames: string[] },
+    readonly sync: GradientSync,
+  ) {
+    this.params = clipParamSpecs(model).filter((p) => p.variable.trainable);
+    const order = model.variables();
+    this.index = this.params.map((p) => order.indexOf(p.variable));
+    const o = c.optim;
+    this.opt = new AdamW(this.params, { beta1: o.beta1, beta2: o.beta2, eps: o.eps });
+    const T = c.train.steps;
+    this.lr = cosineSchedule({
+      base: scaledLr(c, sync.worldSize),
+      final: o.min_lr,
+      totalSteps: T,
+      warmupSteps: Math.min(o.warmup_steps, T),
+      startWarmupValue: o.warmup_lr,
+    });
+    this.wd = cosineSchedule({ base: o.weight_decay, final: o.weight_decay_end, totalSteps: T });
+    if (this.perEpoch() < 1)
+      throw new InputError(`data: ${data.train.length} pairs are fewer than one global batch of ${sync.worldSize * c.train.batch_size}`);
+  }
+
+  private perEpoch(): number {
+    return Math.floor(this.data.train.length / (this.sync.worldSize * this.c.train.batch_size));
+  }
+
+  /** This rank's loss and gradients of step `this.step` (nothing changed yet). */
+  async compute(): Promise<{ loss: number; grads: Float32Array[] }> {
+    const c = this.c;
+    const B = c.train.batch_size;
+    const W = this.sync.worldSize;
+    const S = c.crops.global_crops_size;
+    const epoch = Math.floor(this.step / this.perEpoch());
+    const k = this.step % this.perEpoch();
+    if (this.perm.epoch !== epoch) this.perm = { epoch, order: shuffled(this.data.train.length, new Rng(c.train.seed).fork(epoch + 1)) };
+    const first = (k * W + this.sync.rank) * B;
+    const ids = this.perm.order.slice(first, first + B);
+    const items = await Promise.all(ids.map((i) => this.data.train.get(i)));
+    const images = new Float32Array(B * S * S * 3);
+    const crops = new Rng(c.train.seed).fork(1_000_003);
+    items.forEach((it, b) =>
+      normalized(
+        randomResizedCrop(it.image, crops.fork(this.step * 100_003 + first + b), S, { scale: c.crops.global_crops_scale }),
+        images,
+        b * S * S * 3,
+      ),
+    );
+    const tokens = this.tokenizer.tokenize(
+      items.map((it) => it.caption),
+      c.clip.text_context_length,
+    );
+    const r = await clipStep(this.model, { images, ids: tokens, size: B, imageSize: S }, c.clip.loss, this.sync);
+    return { loss: r.loss, grads: this.index.map((i) => r.gradients[i]!) };
+  }
+
+  /** AdamW on the averaged gradients, then logit_scale's clamp; returns the learning rate. */
+  apply(grads: Float32Array[]): { lr: number; wd: number } {
+    const lr = this.lr(this.step);
+    const wd = this.wd(this.step);
+    const tensors = this.params.map((p, i) => tf.tensor(grads[i]!, p.variable.shape));
+    this.opt.apply(tensors, { lr, wd });
+    tf.dispose(tensors);
+    this.model.clampLogitScale();
+    this.step += 1;
+    return { lr, wd };
+  }
+
+  async evaluate(): Promise<{ step: number; zeroshot_top1?: number; note?: string }> {
+    if (!this.data.val) return { step: this.step, note: 'a caption table has no class labels: no zero-shot evaluation' };
+    const top1 = await zeroShotTop1(this.model, this.tokenizer, this.data.val, this.data.classNames, syntheticPrompts);
+    return { step: this.step, zeroshot_top1: top1 };
+  }
+
+  /** The model's weights and the optimiser's moments as named host arrays (for broadcasts and checksums). */
+  hostState(): Record<string, Float32Array> {
+    const out: Record<string, Float32Array> = {};
+    this.model.variables().forEach((v, i) => (out[`w${i}`] = v.dataSync() as Float32Array));
+    for (const [k, m] of Object.entries(this.opt.getState().moments)) out[`optimizer.${k}`] = m.data;
+    return out;
+  }
+
+  setHostState(s: Record<string, Float32Array>, adamStep: number): void {
+    this.model.variables().forEach((v, i) => v.assign(tf.tensor(s[`w${i}`]!, v.shape)));
+    const moments: Record<string, { shape: number[]; data: Float32Array }> = {};
+    for (const p of this.params)
+      for (const suffix of ['exp_avg', 'exp_avg_sq'])
+        moments[`${p.name}.${suffix}`] = { shape: [...p.variable.shape], data: s[`optimizer.${p.name}.${suffix}`]! };
+    this.opt.setState({ step: adamStep, moments });
+  }
+
+  checksum(): string {
+    const host: Record<string, Float32Array> = {};
+    this.model.variables().forEach((v, i) => (host[`w${i}`] = v.dataSync() as Float32Array));
+    return weightsChecksum(host);
+  }
+
+  /** Writes `checkpoints/step-N/` atomically (model.safetensors in open_clip's names, optimizer, state.json). */
+  async save(outDir: string): Promise<string> {
+    const root = join(outDir, 'checkpoints');
+    await mkdir(root, { recursive: true });
+    const final = join(root, `step-${this.step}`);
+    const tmp = join(root, `.step-${this.step}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+    await mkdir(tmp);
+    try {
+      await saveClip(this.model, join(tmp, 'model.safetensors'));
+      const st = this.opt.getState();
+      const enc: Record<string, ReturnType<typeof fromFloat32>> = {};
+      for (const [k, v] of Object.entries(st.moments)) enc[k] = fromFloat32(v.data, v.shape, 'F32');
+      await writeSafetensors(join(tmp, 'optimizer.safetensors'), enc, {
+        optimizer: 'AdamW',
+        adamw_step: String(st.step),
+        step: String(this.step),
+      });
+      const state: TrainState = {
+        step: this.step,
+        epoch: Math.floor(this.step / this.perEpoch()),
+        cursor: this.step * this.sync.worldSize * this.c.train.batch_size,
+        config: this.c,
+        world_size: this.sync.worldSize,
+      };
+      await writeJsonAtomic(join(tmp, 'state.json'), state);
+      await syncDir(tmp);
+      if (existsSync(final)) await rm(final, { recursive: true, force: true });
+      await rename(tmp, final);
+      await syncDir(root);
+    } catch (err) {
+      await rm(tmp, { recursive: true, force: true });
+      throw new Error(`checkpoint ${final}: cannot write: ${(err as Error).message}`, { cause: err });
+    }
+    return final;
+  }
+
+  /** Restores a checkpoint written by `save`. */
+  async restore(dir: string): Promise<void> {
+    const state = JSON.parse(await readFile(join(dir, 'state.json'), 'utf8')) as TrainState;
+    const loaded = await loadClip(join(dir, 'model.safetensors'));
+    const mine = this.model.variables();
+    const theirs = loaded.variables();
+    if (mine.length !== theirs.length)
+      throw new Error(`${dir}/model.safetensors: ${theirs.length} tensors, this run's model has ${mine.length}`);
+    mine.forEach((v, i) => {
+      if (v.shape.join() !== theirs[i]!.shape.join())
+        throw new Error(`${dir}/model.safetensors: tensor ${i} has shape [${theirs[i]!.shape}], this run's model [${v.shape}]`);
+      v.assign(theirs[i]!);
+    });
+    loaded.dispose();
+    const opt = await readSafetensors(join(dir, 'optimizer.safetensors'));
+    const moments: Record<string, { shape: number[]; data: Float32Array }> = {};
+    for (const [k, t] of Object.entries(opt.tensors)) moments[k] = { shape: t.shape, data: toFloat32(t) };
+    const adamStep = Number(opt.metadata.adamw_step);
+    if (!Number.isInteger(adamStep))
+      throw new Error(`${join(dir, 'optimizer.safetensors')}: __metadata__.adamw_step missing or not an integer`);
+    this.opt.setState({ step: adamStep, moments });
+    this.step = state.step;
+  }
+
+  adamStep(): number {
+    return this.opt.step;
+  }
+
+  dispose(): void {
+    this.opt.dispose();
+    this.model.dispose();
+  }
+}
+
+function round(m: Record<string, number>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [k, v] of Object.entries(m)) out[k] = Number.isInteger(v) ? v : Number(v.toPrecision(6));
+  return out;
+}
+
+/** `train()` for objective clip (see the module comment); the same options and result as the generic loop. */
+export async function trainClipObjective(c: TrainConfig, opts: TrainOptions): Promise<TrainResult> {
+  const out = opts.outDir;
+  await mkdir(out, { recursive: true });
+  const sync: GradientSync = opts.sync ?? new LocalGradientSync();
+  const isRank0 = sync.rank === 0;
+  const log = opts.log ?? ((line: string) => isRank0 && process.stderr.write(line + '\n'));
+  const tokenizer = await clipTokenizer(c);
+  const data = await openCaptionData(c);
+  const model = new ClipModel(clipModelConfig(c, tokenizer.vocabSize), { seed: c.train.seed });
+  const run = new ClipRun(c, model, tokenizer, data, sync);
+  const metricsPath = join(out, 'metrics.jsonl');
+  try {
+    let checkpoint = '';
+    if (isRank0) {
+      let from: { step: number; dir: string } | null = null;
+      if (opts.resume === 'auto') from = await resumePoint(out, c);
+      else if (opts.resume) from = (await listCheckpoints(out)).pop() ?? null;
+      if (from) {
+        await run.restore(from.dir);
+        const kept = (await readFile(metricsPath, 'utf8').catch(() => ''))
+          .split('\n')
+          .filter((l) => l.trim() && (JSON.parse(l) as { step: number }).step <= run.step);
+        await writeFileAtomic(metricsPath, kept.map((l) => l + '\n').join(''));
+        checkpoint = from.dir;
+        log(`resuming from step ${run.step} of ${c.train.steps} (checkpoint ${from.dir})`);
+      } else {
+        if (opts.resume === true) log(`no checkpoint to resume from in ${join(out, 'checkpoints')}: starting fresh`);
+        await writeFileAtomic(metricsPath, '');
+      }
+      await writeJsonAtomic(join(out, 'config.json'), c);
+    }
+    if (sync.worldSize > 1) {
+      const got = await sync.broadcast(isRank0 ? run.hostState() : {}, isRank0 ? { step: run.step, adam: run.adamStep() } : undefined);
+      if (!isRank0) {
+        const meta = got.meta as { step: number; adam: number };
+        run.setHostState(got.state, meta.adam);
+        run.step = meta.step;
+      }
+    }
+    const first = run.step;
+    const last = Math.min(c.train.steps, opts.stopAfter ?? c.train.steps);
+    const progress =
+      opts.progress === false || !isRank0 ? null : new Progress({ total: last, start: run.step, label: 'train', unit: 'step' });
+    let saved = false;
+    const saveNow = async () => {
+      saved = true;
+      if (!isRank0) return;
+      checkpoint = await run.save(out);
+      await pruneCheckpoints(out, c.train.keep_checkpoints);
+      await sync.checkpointWritten?.(run.step, checkpoint);
+    };
+    let interrupted = 0;
+    while (run.step < last) {
+      if (sync.worldSize === 1 && stopCode(opts.stop) !== 0) {
+        interrupted = stopCode(opts.stop);
+        break;
+      }
+      const t0 = performance.now();
+      const { loss, grads } = await run.compute();
+      await sync.allReduce(grads);
+      const stop = stopCode(opts.stop);
+      const reports = await sync.commitStep(run.step + 1, stop === 0 ? { loss } : { loss, [STOP_KEY]: stop });
+      const requested = reports.find((r) => r[STOP_KEY])?.[STOP_KEY] ?? 0;
+      if (!Number.isFinite(loss))
+        throw new Error(`step ${run.step + 1}: the loss is ${loss} (diverged); lower optim.base_lr or raise optim.warmup_steps`);
+      const { lr, wd } = run.apply(grads);
+      const step = run.step;
+      const seconds = (performance.now() - t0) / 1000;
+      const meanLoss = reports.reduce((a, r) => a + (r.loss ?? NaN), 0) / reports.length;
+      if (isRank0 && (step % c.train.log_every === 0 || step === last)) {
+        const scale = model.logitScale.dataSync()[0]!;
+        const line = {
+          step,
+          loss: meanLoss,
+          lr,
+          wd,
+          logit_scale: scale,
+          step_seconds: seconds,
+          pairs_per_s: (c.train.batch_size * sync.worldSize) / seconds,
+        };
+        await appendFile(metricsPath, JSON.stringify(round(line)) + '\n');
+      }
+      progress?.tick(1, `loss ${meanLoss.toFixed(4)}`);
+      if (requested !== 0 || (sync.worldSize === 1 && stopCode(opts.stop) !== 0)) {
+        interrupted = requested || stopCode(opts.stop);
+        await saveNow();
+        break;
+      }
+      if (isRank0 && c.train.eval_every > 0 && step % c.train.eval_every === 0 && step < c.train.steps) {
+        await appendFile(metricsPath, JSON.stringify({ step, eval: await run.evaluate() }) + '\n');
+      }
+      saved = false;
+      const periodic = c.train.checkpoint_every > 0 && step % c.train.checkpoint_every === 0;
+      if (periodic || step === last) await saveNow();
+    }
+    progress?.done();
+    if (!saved && !(interrupted !== 0 && run.step === first)) await saveNow();
+    const result: TrainResult = { outDir: out, step: run.step, checkpoint };
+    if (interrupted !== 0) {
+      const signal = interrupted > 0 ? signalName(interrupted) : undefined;
+      result.interrupted = { step: run.step, ...(signal ? { signal } : {}) };
+    }
+    if (opts.checksum) result.checksum = run.checksum();
+    if (interrupted !== 0 || last < c.train.steps || !isRank0) return result;
+    const ev = await run.evaluate();
+    result.eval = ev as unknown as TrainResult['eval'];
+    await writeJsonAtomic(join(out, 'eval.json'), ev);
+    return result;
+  } finally {
+    run.dispose();
+  }
+}
