@@ -93,10 +93,19 @@ export function axisRange(lo: number, hi: number, log: boolean): { lo: number; h
     const step = inner.length > 1 ? inner[1]! - inner[0]! : (hi - lo) / 4;
     const a = Number((Math.floor(lo / step + 1e-9) * step).toPrecision(12));
     const b = Number((Math.ceil(hi / step - 1e-9) * step).toPrecision(12));
-    return { lo: a, hi: b, ticks: niceTicks(a, b, 5) };
+    // Every step from a to b, so both ends are labelled ticks (niceTicks over the wider range could pick a coarser step).
+    const ticks = Array.from({ length: Math.round((b - a) / step) + 1 }, (_, i) => Number((a + i * step).toPrecision(12)));
+    return { lo: a, hi: b, ticks };
+  }
+  const decades = hi - lo;
+  // Under 0.6 of a decade a log axis is nearly linear: linear nice ticks in data units, the range out to
+  // the ones around the data (60..101 gets 60, 70, ..., 110, not a top tick at 200 that leaves the upper
+  // half of the plot empty).
+  if (decades < 0.6) {
+    const linear = axisRange(10 ** lo, 10 ** hi, false);
+    if (linear.lo > 0) return { lo: Math.log10(linear.lo), hi: Math.log10(linear.hi), ticks: linear.ticks };
   }
   // 1-2-5 steps (powers of ten alone over many decades), the range out to the ticks around it.
-  const decades = hi - lo;
   const mults = decades > 3 ? [1] : decades < 0.6 ? [1, 2, 3, 4, 5, 6, 7, 8, 9] : [1, 2, 5];
   const all: number[] = [];
   for (let k = Math.floor(lo) - 1; k <= Math.ceil(hi) + 1; k++) for (const m of mults) all.push(Number((m * 10 ** k).toPrecision(6)));

@@ -121,6 +121,21 @@ test('layer plot: the legend lists exactly the series drawn, clear of the plot, 
   assert.deepEqual(p.info.legend!.labels, ['A']);
   assert.deepEqual([p.info.yAxis!.min, p.info.yAxis!.max], [2, 14]);
   assert.deepEqual(axisRange(Math.log10(11), Math.log10(480), true).ticks, [10, 20, 50, 100, 200, 500]);
+  // Both ends of a linear axis are labelled ticks, at one step.
+  assert.deepEqual(axisRange(9.71, 10.7, false), { lo: 9.6, hi: 10.8, ticks: [9.6, 9.8, 10, 10.2, 10.4, 10.6, 10.8] });
+  // Under 0.6 of a decade a log axis takes linear steps: norms from 60 to 101 (the layers plot of a model with
+  // outliers, seen in a rendered report) run to 110, not to a tick at 200 over an empty upper half.
+  const narrow = axisRange(Math.log10(60), Math.log10(101), true);
+  assert.deepEqual(narrow.ticks, [60, 70, 80, 90, 100, 110]);
+  assert.ok(Math.abs(10 ** narrow.hi - 110) < 1e-9 && Math.abs(10 ** narrow.lo - 60) < 1e-9);
+  const layers = linePlot({
+    series: [
+      { label: 'MAX', values: [94, 101] },
+      { label: 'MEAN', values: [60, 66] },
+    ],
+    logY: true,
+  });
+  assert.deepEqual(layers.info.yAxis!.ticks, [60, 70, 80, 90, 100, 110]);
 });
 
 test('report: image names stay on one line and the summary table scrolls instead of squeezing them', () => {
