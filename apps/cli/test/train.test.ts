@@ -21,8 +21,11 @@ test('train --list-presets names the CPU presets and the paper recipes', async (
     'dinov2-l14-reg4',
     'deit3-b16-in1k-reg4',
     'deit3-b16-in22k-reg4',
+    'tiny-clip',
+    'openclip-b16-reg4',
     'dinov2-l14',
     'deit3-b16-in1k',
+    'openclip-b16',
     'deit3-b16-in22k',
     'deit3-b16-reg4',
     'deit3-b16',
@@ -43,7 +46,7 @@ test('train: bad configs and flags fail before any work, naming the field and th
 
     await writeFile(file, JSON.stringify({ objective: 'mae' }));
     r = await vitreg(['train', '--config', file]);
-    assert.match(lastLine(r.stderr), /field "objective" must be one of supervised, dino, got "mae"/);
+    assert.match(lastLine(r.stderr), /field "objective" must be one of supervised, dino, clip, got "mae"/);
 
     await writeFile(file, '{"objective": ');
     r = await vitreg(['train', '--config', file]);

@@ -234,7 +234,7 @@ test('a paper preset needs --data: no source by default, a warning for an explic
 test('bad configs name the field and the allowed values', () => {
   const bad: [unknown, RegExp][] = [
     [[], /expected a JSON object/],
-    [{ objective: 'mae' }, /field "objective" must be one of supervised, dino, got "mae"/],
+    [{ objective: 'mae' }, /field "objective" must be one of supervised, dino, clip, got "mae"/],
     [{ optimizer: {} }, /unknown field "optimizer"; expected one of objective, model, preset, data/],
     [{ optim: { base_lr: -1 } }, /field "optim.base_lr" must be a number >= 0, got -1/],
     [{ optim: { lr: 1e-3 } }, /field "optim.lr" is now optim.base_lr/],

@@ -5,7 +5,9 @@
 import { join, resolve } from 'node:path';
 import {
   assertDataSource,
+  clipEngineOptions,
   MAX_WORKERS,
+  openCaptionData,
   openDataAsync,
   parseStopSignals,
   PRESET_ALIASES,
@@ -32,7 +34,7 @@ Usage: vitreg train (--preset NAME | --config FILE.json) [--data DIR|FILE|synthe
                     [--steps N] [--out DIR] [--resume | --restart] [--seed N] [--workers N] [--nodes N]
                     [--backend auto|tensorflow-gpu|webgpu|tensorflow|wasm|cpu] [--gpu N] [--no-progress]
                     [--stop-signals INT,TERM,USR1] [--engine auto|tfjs|onnxruntime] [--device cpu|cuda|webgpu]
-                    [--threads N]
+                    [--threads N] [--tokenizer FILE] [--csv-img-key K] [--csv-caption-key K] [--csv-separator S]
        vitreg train --list-presets
        vitreg train (--preset NAME | --config FILE.json) [overrides] --print-config
        vitreg train --resume --out DIR          (continues with DIR/config.json)
@@ -57,6 +59,12 @@ Trains a Vision Transformer with N register tokens and writes the run folder DIR
                      val from the sibling val.txt); "synthetic": the built-in shapes (the CPU
                      presets' data; a paper preset warns). Folders are indexed once in
                      .vitreg-index.jsonl;  --rebuild-index lists them again
+                     Objective clip (tiny-clip, openclip-b16[-reg4]): "synthetic" (generated captions) or a
+                     CSV / TSV table of image paths and captions (open_clip's CsvDataset)
+  --tokenizer FILE   clip: CLIP's BPE vocabulary (bpe_simple_vocab_16e6.txt.gz; clip.tokenizer); the
+                     synthetic captions have a built-in word vocabulary
+  --csv-img-key K    clip: the table's image column (default filepath);  --csv-caption-key K: its
+                     caption column (default title);  --csv-separator S: tab unless the file ends in .csv
   --registers N      register tokens, 0-16 (model.num_register_tokens)
   --steps N          training steps (train.steps);  --seed N: train.seed
   --out DIR          run folder (default runs/train-<preset>)
@@ -145,6 +153,10 @@ export const trainCommand: Command = {
       'no-progress': { type: 'boolean' },
       restart: { type: 'boolean' },
       'stop-signals': { type: 'string' },
+      tokenizer: { type: 'string' },
+      'csv-img-key': { type: 'string' },
+      'csv-caption-key': { type: 'string' },
+      'csv-separator': { type: 'string' },
       ...ENGINE_FLAGS,
     });
     const { values } = f;
@@ -173,7 +185,7 @@ export const trainCommand: Command = {
         throw new CliError(`--stop-signals: ${(err as Error).message}`);
       }
     }, []);
-    const engine = f.check(() => engineFlags(values), DEFAULT_ENGINE);
+    const chosenEngine = f.check(() => engineFlags(values), DEFAULT_ENGINE);
     const out = resolve(values.out ?? join('runs', `train-${values.preset ?? 'config'}`));
     let config: TrainConfig | undefined;
     try {
@@ -185,6 +197,10 @@ export const trainCommand: Command = {
         registers,
         steps,
         seed,
+        tokenizer: values.tokenizer === undefined ? undefined : resolve(values.tokenizer),
+        csvImgKey: values['csv-img-key'],
+        csvCaptionKey: values['csv-caption-key'],
+        csvSeparator: values['csv-separator'] === '\\t' ? '\t' : values['csv-separator'],
         warn: (message) => process.stderr.write(`vitreg train: warning: ${message}\n`),
       });
     } catch (err) {
@@ -192,6 +208,12 @@ export const trainCommand: Command = {
     }
     f.done();
     if (!config) throw new CliError('unreachable: the config was checked');
+    let engine: typeof chosenEngine;
+    try {
+      engine = clipEngineOptions(config.objective, chosenEngine, (line) => process.stderr.write(`[vitreg] ${line}\n`));
+    } catch (err) {
+      throw new CliError((err as Error).message);
+    }
     try {
       if (values['print-config']) {
         process.stdout.write(JSON.stringify(config, null, 2) + '\n');
@@ -199,7 +221,8 @@ export const trainCommand: Command = {
       }
       assertDataSource(config);
       // Lists an image folder once (in parallel) and writes its index; the training reads the index.
-      await openDataAsync(config, { rebuildIndex: values['rebuild-index'] ?? false });
+      if (config.objective === 'clip') await openCaptionData(config);
+      else await openDataAsync(config, { rebuildIndex: values['rebuild-index'] ?? false });
     } catch (err) {
       if (err instanceof CliError) throw err;
       throw new CliError((err as Error).message);
@@ -222,7 +245,8 @@ export const trainCommand: Command = {
         ['--backend', values.backend],
         ['--gpu', values.gpu],
         ['--verbose', values.verbose],
-        ['--engine', values.engine],
+        // Objective clip runs on tfjs (clipEngineOptions refused onnxruntime above).
+        ['--engine', config.objective === 'clip' ? 'tfjs' : values.engine],
         ['--device', values.device],
         ['--engine-threads', values.threads],
         // The workers continue the run the CLI found (the same config: checked above).

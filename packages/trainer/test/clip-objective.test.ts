@@ -1,0 +1,117 @@
+/**
+ * Objective clip through `train()` (clip-loop.ts) on a shrunken tiny-clip: the config refusals name their
+ * field, --engine onnxruntime is refused with one line and auto becomes tfjs, a run writes a checkpoint
+ * holding the whole two-tower model (open_clip names), a run stopped after step 2 and resumed ends with the
+ * weights of an uninterrupted run, and 2 ranks of half the batch equal 1 rank of the whole (threads).
+ */
+import { before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { initBackend, readSafetensors, toFloat32 } from '@vitreg/core';
+import { CLIP_ONNX_REFUSAL, clipEngineOptions } from '../src/clip-loop.js';
+import { validateTrainConfig } from '../src/config-validate.js';
+import type { TrainConfig } from '../src/config.js';
+import { train } from '../src/loop.js';
+import { trainThreads } from '../src/threads.js';
+import type { EngineFactory } from '../src/engine.js';
+
+before(async () => {
+  await initBackend('wasm', { log: () => {} });
+});
+
+/** tiny-clip at test size: 48 pairs, 16 val images, batch 8, 4 steps. */
+function tinyClip(extra: Record<string, unknown> = {}): TrainConfig {
+  return validateTrainConfig({
+    preset: 'tiny-clip',
+    data: { train_size: 48, val_size: 16 },
+    train: { steps: 4, batch_size: 8, checkpoint_every: 2, log_every: 1 },
+    optim: { warmup_steps: 1 },
+    ...extra,
+  });
+}
+
+test('clip config: every bad field is named', () => {
+  const bad: [Record<string, unknown>, RegExp][] = [
+    [{ clip: { loss: 'infonce' } }, /field "clip\.loss" must be one of "clip", "siglip", got "infonce"/],
+    [{ clip: { text_heads: 3 } }, /field "clip\.text_width" \(64\) must be a multiple of clip\.text_heads \(3\)/],
+    [{ clip: { loss: 'siglip' } }, /field "clip\.init_logit_bias" must be a number for clip\.loss "siglip"/],
+    [{ clip: { init_logit_bias: 'x' } }, /field "clip\.init_logit_bias" must be a number or null, got "x"/],
+    [{ clip: { text_act_layer: 'relu' } }, /field "clip\.text_act_layer" must be one of "gelu", "quick_gelu"/],
+    [{ clip: { csv_img_key: '' } }, /field "clip\.csv_img_key" must be a string, got ""/],
+    [{ clip: { vocab: 3 } }, /unknown field "clip\.vocab"/],
+    [{ data: { source: 'pairs.csv' } }, /field "clip\.tokenizer" must name CLIP's BPE vocabulary/],
+    [{ optim: { optimizer: 'lamb' } }, /field "optim\.optimizer" must be "adamw" for objective clip/],
+  ];
+  for (const [fields, message] of bad) assert.throws(() => validateTrainConfig({ preset: 'tiny-clip', ...fields }), message);
+  // The paper presets need --data, and take open_clip's params.py defaults.
+  const p = validateTrainConfig({ preset: 'openclip-b16-reg4' });
+  assert.equal(p.data.source, '');
+  assert.deepEqual([p.optim.beta2, p.optim.eps, p.optim.weight_decay, p.model.num_register_tokens], [0.98, 1e-6, 0.2, 4]);
+  assert.equal(validateTrainConfig({ preset: 'openclip-b16' }).model.num_register_tokens, 0);
+});
+
+test('clip: --engine onnxruntime is refused in one line, auto becomes tfjs and says why', async () => {
+  assert.throws(() => clipEngineOptions('clip', { engine: 'onnxruntime' }), { message: CLIP_ONNX_REFUSAL });
+  const lines: string[] = [];
+  assert.deepEqual(
+    clipEngineOptions('clip', { engine: 'auto' }, (l) => lines.push(l)),
+    { engine: 'tfjs' },
+  );
+  assert.match(lines[0]!, /engine: tfjs \(engine auto: the clip objective has no ONNX Runtime graphs yet\)/);
+  assert.deepEqual(clipEngineOptions('dino', { engine: 'onnxruntime' }), { engine: 'onnxruntime' });
+  const other: EngineFactory = () => {
+    throw new Error('not reached');
+  };
+  await assert.rejects(train(tinyClip(), { outDir: join(tmpdir(), 'never'), engine: other, progress: false }), {
+    message: CLIP_ONNX_REFUSAL,
+  });
+});
+
+test('clip: checkpoints hold both towers; stopped after step 2 and resumed = uninterrupted; 2 threads = 1 rank', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'vitreg-clip-'));
+  try {
+    const c = tinyClip();
+    const whole = await train(c, { outDir: join(dir, 'whole'), progress: false, checksum: true });
+    assert.equal(whole.step, 4);
+    const ev = whole.eval as unknown as { zeroshot_top1: number };
+    assert.ok(ev.zeroshot_top1 >= 0 && ev.zeroshot_top1 <= 1);
+    const st = await readSafetensors(join(whole.checkpoint, 'model.safetensors'));
+    for (const k of ['token_embedding.weight', 'text_projection', 'logit_scale', 'visual.proj', 'visual.conv1.weight'])
+      assert.ok(k in st.tensors, `checkpoint has ${k}`);
+    const scale = toFloat32(st.tensors.logit_scale!)[0]!;
+    assert.ok(scale >= 0 && scale <= Math.log(100));
+    const lines = (await readFile(join(dir, 'whole', 'metrics.jsonl'), 'utf8')).trim().split('\n');
+    assert.equal(lines.length, 4);
+
+    const part = join(dir, 'part');
+    const first = await train(c, { outDir: part, progress: false, stopAfter: 2 });
+    assert.equal(first.step, 2);
+    const resumed = await train(c, { outDir: part, progress: false, resume: true, checksum: true });
+    assert.equal(resumed.step, 4);
+    assert.equal(resumed.checksum, whole.checksum, 'resumed weights equal the uninterrupted run');
+
+    // Data parallel: 2 threads x 4 pairs against 1 x 8 (the same global batch and crops), weights to float rounding.
+    const two = await trainThreads(tinyClip({ train: { steps: 2, batch_size: 4, checkpoint_every: 0 } }), {
+      outDir: join(dir, 'two'),
+      workers: 2,
+      progress: false,
+    });
+    const one = await train(tinyClip({ train: { steps: 2, batch_size: 8, checkpoint_every: 0 } }), {
+      outDir: join(dir, 'one'),
+      progress: false,
+    });
+    const a = (await readSafetensors(join(two.checkpoint, 'model.safetensors'))).tensors;
+    const b = (await readSafetensors(join(one.checkpoint, 'model.safetensors'))).tensors;
+    let worst = 0;
+    for (const k of Object.keys(b)) {
+      const x = toFloat32(a[k]!);
+      const y = toFloat32(b[k]!);
+      for (let i = 0; i < y.length; i++) worst = Math.max(worst, Math.abs(x[i]! - y[i]!));
+    }
+    assert.ok(worst < 1e-4, `2 ranks vs 1: largest weight difference ${worst}`);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
