@@ -43,3 +43,8 @@ test("mmcv's poly and cosine-annealing policies: the warm-up multiplies the sche
   assertClose(cos(1), (0.2 + 0.9 * (Math.cos(Math.PI / 10) + 1)) * 0.75);
   assert.equal(cos(5), 0.2 + 0.9 * (Math.cos(Math.PI / 2) + 1));
 });
+
+test('cosine schedule of 0 steps (a preset without a teacher-temperature warm-up): the final value at every step', () => {
+  const s = cosineSchedule({ base: 0.04, final: 0.07, totalSteps: 0, warmupSteps: 0, startWarmupValue: 0.04 });
+  assert.deepEqual([0, 1, 500].map(s), [0.07, 0.07, 0.07]);
+});
