@@ -115,3 +115,32 @@ test('clip: checkpoints hold both towers; stopped after step 2 and resumed = uni
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('openclip-b16-reg4 and openclip-b16 at tiny width: two steps through train(), a checkpoint with registers where the preset has them', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'vitreg-openclip-'));
+  try {
+    for (const preset of ['openclip-b16-reg4', 'openclip-b16']) {
+      const c = validateTrainConfig({
+        preset,
+        model: {
+          arch: 'openclip_vitb16',
+          embed_dim: 32,
+          depth: 1,
+          num_heads: 2,
+          img_size: 32,
+          num_register_tokens: preset.endsWith('reg4') ? 4 : 0,
+        },
+        data: { source: 'synthetic', train_size: 16, val_size: 8, synthetic_size: 32 },
+        train: { steps: 2, batch_size: 4, checkpoint_every: 0 },
+        clip: { proj_dim: 16, text_context_length: 16, text_vocab_size: 0, text_width: 32, text_heads: 2, text_layers: 1 },
+        crops: { global_crops_size: 32 },
+      });
+      const r = await train(c, { outDir: join(dir, preset), progress: false });
+      assert.equal(r.step, 2);
+      const st = (await readSafetensors(join(r.checkpoint, 'model.safetensors'))).tensors;
+      assert.equal('visual.register_tokens' in st || Object.keys(st).some((k) => k.includes('register')), preset.endsWith('reg4'));
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
