@@ -7,7 +7,7 @@ export { launchInfo, expandHostlist, selectDevice, DEFAULT_PORT } from './env.js
 export type { LaunchInfo } from './env.js';
 export { ringAllReduce, ringBroadcast, DEFAULT_BUCKET_BYTES } from './ring.js';
 export type { RingIO, RingOptions, Wire } from './ring.js';
-export { Inbox, FrameParser, alignedCopy, ProtocolError, DEFAULT_CHUNK_BYTES } from './frames.js';
+export { Inbox, FrameParser, alignedCopy, ProtocolError, CollectiveTimeout, DEFAULT_CHUNK_BYTES } from './frames.js';
 export type { Frame, FrameHeader, OutLink } from './frames.js';
 export { connectTcpLink, readHello, encodeHello, linkMac, linkLiveness, LinkDown, TcpOutLink, GrpcOutLink } from './links.js';
 export type { Hello, Liveness, TlsFiles } from './links.js';
