@@ -105,6 +105,9 @@ test('every preset validates; the register twins differ only in num_register_tok
     'deit3-b16-in22k-reg4',
     'dinov2-l14',
     'dinov2-l14-reg4',
+    'openclip-b16',
+    'openclip-b16-reg4',
+    'tiny-clip',
     'tiny-dino',
     'tiny-supervised',
   ]);
@@ -113,6 +116,7 @@ test('every preset validates; the register twins differ only in num_register_tok
     ['deit3-b16-in1k-reg4', 'deit3-b16-in1k'],
     ['deit3-b16-in22k-reg4', 'deit3-b16-in22k'],
     ['dinov2-l14-reg4', 'dinov2-l14'],
+    ['openclip-b16-reg4', 'openclip-b16'],
   ] as const) {
     const x = presetConfig(a);
     const y = presetConfig(b);
@@ -122,6 +126,7 @@ test('every preset validates; the register twins differ only in num_register_tok
   assert.deepEqual(PRESET_ALIASES, { 'deit3-b16-reg4': 'deit3-b16-in1k-reg4', 'deit3-b16': 'deit3-b16-in1k' });
   assert.deepEqual(presetConfig('deit3-b16-reg4'), presetConfig('deit3-b16-in1k-reg4'));
   assert.ok(isPaperPreset('deit3-b16') && isPaperPreset('dinov2-l14') && !isPaperPreset('tiny-dino'));
+  assert.ok(isPaperPreset('openclip-b16-reg4') && !isPaperPreset('tiny-clip'));
 });
 
 test('the DeiT-III presets hold the README_revenge.md ViT-B commands (ImageNet-1k: line 412, ImageNet-22k: line 1648)', () => {
