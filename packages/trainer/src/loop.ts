@@ -126,6 +126,7 @@ export class Trainer {
     opts: { sync?: GradientSync; engine?: EngineFactory } = {},
   ) {
     const c = config;
+    if (c.objective === 'clip') throw new Error('Trainer: objective clip has its own loop (train() runs it: clip-loop.ts)');
     this.sync = opts.sync ?? new LocalGradientSync();
     this.vit = modelConfig(c);
     assertDataSource(c);
