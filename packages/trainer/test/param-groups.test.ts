@@ -50,3 +50,26 @@ test('paramGroups: a head (depth 0) gets no layer decay; the default weight-deca
   );
   tf.dispose(Object.values(params));
 });
+
+test("paramGroups with weightDecayRule 'timm' applies timm's rule (cls_token and 1-d tensors undecayed), not DINOv2's", () => {
+  const v = (shape: number[]) => tf.variable(tf.zeros(shape));
+  const params = {
+    cls_token: v([1, 1, 4]),
+    'norm.weight': v([4]),
+    'blocks.0.attn.qkv.weight': v([4, 12]),
+    'blocks.0.norm1.w2d': v([4, 4]),
+  };
+  const wd = (rule: 'timm' | 'dinov2') => paramGroups('backbone', params, 1, { weightDecayRule: rule }).map((s) => [s.name, s.wdMult]);
+  assert.deepEqual(wd('timm'), [
+    ['backbone.cls_token', 0],
+    ['backbone.norm.weight', 0],
+    ['backbone.blocks.0.attn.qkv.weight', 1],
+    ['backbone.blocks.0.norm1.w2d', 1],
+  ]);
+  assert.deepEqual(wd('dinov2'), [
+    ['backbone.cls_token', 1],
+    ['backbone.norm.weight', 0],
+    ['backbone.blocks.0.attn.qkv.weight', 1],
+    ['backbone.blocks.0.norm1.w2d', 0],
+  ]);
+});
