@@ -47,3 +47,10 @@ test('k-NN ties: equal votes go to the lower class; topK keeps the lower index f
   assert.deepEqual(topK([0.5, 1, 1, 0.2, 1], 4), [1, 2, 4, 0]);
   assert.deepEqual(topK([3, 3, 3], 2), [0, 1]);
 });
+
+test('k-NN on one-dimensional features: rows normalise to their sign, neighbours share it', async () => {
+  await initBackend('wasm', { log: () => {} });
+  const r = knnClassify(rows([2, 3, -1, -5], [0, 0, 1, 1], 1), rows([4, -0.5], [0, 1], 1), { numClasses: 2, k: 2, temperature: 0.07 });
+  assert.deepEqual(Array.from(r.predictions), [0, 1]);
+  assert.equal(r.top1, 1);
+});
