@@ -109,10 +109,13 @@ export function activeBudget(backend?: string): MemoryBudget {
  * backend's figure. ONNX Runtime on the CPU: `{ backend: 'onnxruntime', engine: 'onnxruntime' }` checks
  * the host's free memory with one copy of the weights. Returns the estimated bytes.
  */
-export function checkVitFits(c: ViTConfig, opts: VitMemoryOptions & { what?: string; backend?: string } = {}): number {
+export function checkVitFits(
+  c: ViTConfig,
+  opts: VitMemoryOptions & { what?: string; backend?: string; waysOut?: readonly string[] } = {},
+): number {
   const need = vitMemoryNeed(c, opts);
   const what = `${opts.what ?? 'the model'} (${(parameterCount(c) / 1e6).toFixed(1)}M parameters, batch ${opts.batch ?? 1}${
     opts.training ? ', training' : ''
   })`;
-  return checkMemoryFit(what, need, activeBudget(opts.backend));
+  return checkMemoryFit(what, need, activeBudget(opts.backend), opts.waysOut);
 }

@@ -27,6 +27,7 @@ import type {
   StepSettings,
 } from '../engine.js';
 import { Center } from '../losses.js';
+import { checkTrainingFits } from '../memory-check.js';
 import type { GradientSync } from '../sync.js';
 import { centredProbs, dinoTargets } from './engine-dino.js';
 import { clipGradients, clipPerModule, emaUpdate, FlatOptimizer } from './engine-optim.js';
@@ -77,6 +78,8 @@ export class OnnxRuntimeEngine implements StepEngine {
     opts: OnnxRuntimeEngineOptions = {},
   ) {
     const c = ctx.config;
+    // Refuse a run the host cannot hold before allocating anything (the CPU device; a GPU's memory is unknown here).
+    checkTrainingFits(ctx, 'onnxruntime', opts.device ?? 'cpu');
     this.layout = new ParamLayout(ctx);
     const L = this.layout;
     this.student = new Float32Array(L.total);
