@@ -186,13 +186,24 @@ export const PRESETS: Record<string, PresetDef> = {
   },
   'tiny-clip': {
     summary:
-      'ViT-micro/8 with 4 registers + a 1-block text tower, CLIP loss on 32 px synthetic shapes with generated captions (zero-shot top-1 on the val split)',
+      'ViT-micro/8 with 4 registers + a 1-block text tower, CLIP loss on 32 px synthetic shapes with generated captions (about 2 CPU minutes, ~0.74 zero-shot top-1)',
     cpu: true,
     config: {
       objective: 'clip',
       model: { arch: 'vit_micro_patch8_reg4', drop_path_rate: 0 },
-      train: { steps: 300, batch_size: 32, eval_every: 0, checkpoint_every: 100 },
-      optim: { base_lr: 2e-3, min_lr: 0, warmup_steps: 20, weight_decay: 0.2, weight_decay_end: 0.2, beta2: 0.98, eps: 1e-6, clip_grad: 0 },
+      // Small batches, many steps: 80 distinct captions, so a large batch holds many false negatives (the same caption
+      // on other images); batch 8 for 2000 steps beat 16 x 1200 and 32 x 800 at the same CPU time (README figures).
+      train: { steps: 2000, batch_size: 8, eval_every: 0, checkpoint_every: 500 },
+      optim: {
+        base_lr: 2e-3,
+        min_lr: 0,
+        warmup_steps: 100,
+        weight_decay: 0.05,
+        weight_decay_end: 0.05,
+        beta2: 0.98,
+        eps: 1e-6,
+        clip_grad: 0,
+      },
       clip: {
         proj_dim: 32,
         text_context_length: 16,
