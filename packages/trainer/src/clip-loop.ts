@@ -359,6 +359,8 @@ export async function trainClipObjective(c: TrainConfig, opts: TrainOptions): Pr
         await writeFileAtomic(metricsPath, '');
       }
       await writeJsonAtomic(join(out, 'config.json'), c);
+      // The built-in word vocabulary as a merges file, for `vitreg probe --task zeroshot --tokenizer`.
+      if (c.clip.tokenizer === '') await writeFileAtomic(join(out, 'tokenizer.txt'), wordMerges(CAPTION_WORDS));
     }
     if (sync.worldSize > 1) {
       const got = await sync.broadcast(isRank0 ? run.hostState() : {}, isRank0 ? { step: run.step, adam: run.adamStep() } : undefined);
