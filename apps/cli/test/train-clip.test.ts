@@ -45,6 +45,8 @@ test('train --preset tiny-clip: checkpoints, resume to the same weights, the eng
     const out = JSON.parse(lastLine(a!.stdout)) as { step: number; zeroshot_top1: number };
     assert.equal(out.step, 4);
     assert.ok(out.zeroshot_top1 >= 0 && out.zeroshot_top1 <= 1);
+    // The built-in word vocabulary, for probe --task zeroshot --tokenizer.
+    assert.match(await readFile(join(dir, 'a', 'tokenizer.txt'), 'utf8'), /^#version: 0\.2/);
     // Run b loses its last checkpoint and resumes from step 2.
     await rm(join(dir, 'b', 'checkpoints', 'step-4'), { recursive: true });
     r = await vitreg(['train', '--config', cfg, '--out', join(dir, 'b'), '--no-progress', '--resume']);
