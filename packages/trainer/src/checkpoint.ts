@@ -25,7 +25,7 @@ import {
 } from '@vitreg/core';
 import { readWeights, saveWeights, type StateDict, type VisionTransformer } from '@vitreg/registers';
 import type { AdamWState } from './optim.js';
-import type { TrainConfig } from './config.js';
+import { completeSavedConfig, type TrainConfig } from './config.js';
 
 export interface TrainState {
   step: number;
@@ -156,7 +156,7 @@ export async function resumePoint(runDir: string, config: TrainConfig): Promise<
   } catch (err) {
     throw new Error(`${statePath}: cannot read the training state (${(err as Error).message})`, { cause: err });
   }
-  const diff = firstDifference(config, state.config);
+  const diff = firstDifference(config, completeSavedConfig(state.config));
   if (diff) throw new RunMismatchError(runDir, newest.dir, diff.path || '(root)', diff.job, diff.here);
   return newest;
 }

@@ -328,6 +328,34 @@ export function mergeTrainConfig(base: TrainConfig, over: PartialTrainConfig): T
 }
 
 /**
+ * The config a checkpoint or a run folder saved, completed with today's defaults for the sections and
+ * fields added since it was written (a run saved before the `clip` section existed has none), so that
+ * resuming compares what the run really set: a field it lacks counts as its default. The `model`
+ * section is left as saved (its fields depend on the architecture). Anything not an object is returned
+ * as it is.
+ */
+export function completeSavedConfig(saved: unknown): unknown {
+  if (saved === null || typeof saved !== 'object' || Array.isArray(saved)) return saved;
+  const out: Record<string, unknown> = { ...(saved as Record<string, unknown>) };
+  for (const [key, def] of Object.entries(DEFAULT_CONFIG as unknown as Record<string, unknown>)) {
+    if (key === 'model') continue;
+    const cur = out[key];
+    if (cur === undefined) out[key] = structuredClone(def);
+    else if (
+      def !== null &&
+      typeof def === 'object' &&
+      !Array.isArray(def) &&
+      cur !== null &&
+      typeof cur === 'object' &&
+      !Array.isArray(cur)
+    ) {
+      out[key] = { ...structuredClone(def as Record<string, unknown>), ...(cur as Record<string, unknown>) };
+    }
+  }
+  return out;
+}
+
+/**
  * Throws unless the config names its data: the defaults and the paper presets leave data.source empty,
  * so that a recipe for ImageNet never trains on the built-in shapes by accident.
  */

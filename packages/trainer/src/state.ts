@@ -11,7 +11,7 @@ import { createHash } from 'node:crypto';
 import { firstDifference } from '@vitreg/core';
 import { modelFromStateDict, parameterShapes, VisionTransformer, type StateDict, type ViTConfig } from '@vitreg/registers';
 import { loadCheckpoint, saveCheckpoint, type HostTensors, type TrainState } from './checkpoint.js';
-import type { TrainConfig } from './config.js';
+import { completeSavedConfig, type TrainConfig } from './config.js';
 import type { EngineState, StateLayout } from './engine.js';
 
 const BACKBONES = ['student', 'teacher'] as const;
@@ -110,7 +110,7 @@ export async function loadTrainingState(
   layout: StateLayout,
 ): Promise<{ state: EngineState; step: number; cursor: number }> {
   const ck = await loadCheckpoint(dir);
-  const diff = firstDifference(ck.state.config, config);
+  const diff = firstDifference(completeSavedConfig(ck.state.config), config);
   if (diff) {
     const field = diff.path || '(root)';
     const why = `field "${field}" of the checkpoint's config differs from this run's config; resume with the run's config.json`;

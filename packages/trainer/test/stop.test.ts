@@ -1,13 +1,13 @@
 /**
  * Stopping and resuming on purpose (issue 23): `train`'s `stop` ends a run after the step in progress
  * with a checkpoint and says so in `interrupted`; resuming ('auto') ends with the weights of an
- * uninterrupted run, byte for byte; a folder of another run is refused naming the field; several ranks
+ * uninterrupted run, byte for byte (also from a checkpoint saved before a config section existed); a folder of another run is refused naming the field; several ranks
  * (threads sharing a SharedStop) stop after the same step.
  */
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { validateTrainConfig } from '../src/config-validate.js';
@@ -54,6 +54,13 @@ test('a run stopped at a random step writes its checkpoint, says so, and the sam
     assert.equal(stopped.eval, undefined);
     assert.equal(stopped.checkpoint, join(out, 'checkpoints', `step-${at}`));
     assert.ok(existsSync(join(stopped.checkpoint, 'model.safetensors')));
+    // A checkpoint written before the config had its clip section (vitreg before OpenCLIP training)
+    // resumes the same: a section or field the saved config lacks counts as its default.
+    const statePath = join(stopped.checkpoint, 'state.json');
+    const saved = JSON.parse(await readFile(statePath, 'utf8')) as { config: Record<string, unknown> };
+    assert.ok(saved.config.clip, 'the checkpoint saves the clip section');
+    delete saved.config.clip;
+    await writeFile(statePath, JSON.stringify(saved));
     const lines: string[] = [];
     const resumed = await train(cfg, { outDir: out, progress: false, resume: 'auto', checksum: true, log: (l) => lines.push(l) });
     assert.deepEqual(lines, [`resuming from step ${at} of ${STEPS} (checkpoint ${stopped.checkpoint})`]);
