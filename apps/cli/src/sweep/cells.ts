@@ -13,7 +13,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { ensureDir, InputError, writeJsonAtomic } from '@vitreg/core';
+import { ensureDir, firstDifference, InputError, writeJsonAtomic } from '@vitreg/core';
 import { validateTrainConfig, type TrainConfig } from '@vitreg/trainer';
 import type { CellResources, SweepSpec } from './spec.js';
 
@@ -237,25 +237,13 @@ export function checkCellHash(cell: Cell, file: string): void {
   const m = readJson<CellMarker>(markerPath(cell, 'cell'));
   if (m && m.hash !== cell.hash) {
     const there = readJson<TrainConfig>(join(cell.dir, 'config.json'));
-    const field = there ? firstDifference(there, cell.config) : null;
+    const diff = there ? firstDifference(there, cell.config) : null;
+    const field = diff ? diff.path || '(top)' : null;
     throw new InputError(
       `${file}: cell ${cell.index} (${cell.name}) in ${cell.dir} was made with another config (hash ${m.hash}, now ${cell.hash}` +
         `${field ? `; field "${field}" differs` : '; the processes or threads per process differ'}): give the sweep another out folder, or move that cell folder away to run it again`,
     );
   }
-}
-
-/** The first dotted path where two JSON values differ (null when equal). */
-export function firstDifference(a: unknown, b: unknown, path = ''): string | null {
-  if (canonicalJson(a) === canonicalJson(b)) return null;
-  if (a && b && typeof a === 'object' && typeof b === 'object' && !Array.isArray(a) && !Array.isArray(b)) {
-    const keys = [...new Set([...Object.keys(a), ...Object.keys(b)])].sort();
-    for (const k of keys) {
-      const d = firstDifference((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k], path ? `${path}.${k}` : k);
-      if (d) return d;
-    }
-  }
-  return path || '(top)';
 }
 
 /** The cell's state from its markers alone (a running marker of a dead process on this host: not running). */
