@@ -62,10 +62,13 @@ function importedPackages(dir: string): Set<string> {
       if (e.isDirectory()) walk(p);
       else if (e.name.endsWith('.ts')) {
         const src = readFileSync(p, 'utf8');
-        for (const m of src.matchAll(/(?:from\s+|import\(\s*)['"]([^'"./][^'"]*)['"]/g)) {
-          if (m[1].startsWith('node:')) continue;
-          const parts = m[1].split('/');
-          names.add(m[1].startsWith('@') ? `${parts[0]}/${parts[1]}` : parts[0]);
+        // A specifier ends its import/export line (`from 'x';`), or is a dynamic import's argument: text such
+        // as `from "${x}") is not` inside a message is neither.
+        for (const m of src.matchAll(/from\s+['"]([^'"./][^'"]*)['"](?=\s*;?\s*$)|import\(\s*['"]([^'"./][^'"]*)['"]\s*\)/gm)) {
+          const spec = (m[1] ?? m[2])!;
+          if (spec.startsWith('node:')) continue;
+          const parts = spec.split('/');
+          names.add(spec.startsWith('@') ? `${parts[0]}/${parts[1]}` : parts[0]!);
         }
       }
     }

@@ -171,5 +171,5 @@ test('probe on ADE20k and NYU folders (official layouts), and dense errors', asy
     vitreg(['probe', ...flags, '--task', 'segmentation,depht', '--data', 'synthetic', '--out', join(tmp, 'bad')]),
   ]);
   assert.match(lastLine(noData.stderr), /--data: no data for task class; give --data class=SRC or one --data SRC for every task/);
-  assert.match(lastLine(badTask.stderr), /--task: expected one of class, position, pixels, segmentation, depth .* got "depht"/);
+  assert.match(lastLine(badTask.stderr), /--task: expected one of class, position, pixels, segmentation, depth, zeroshot .* got "depht"/);
 });
