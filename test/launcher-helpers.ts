@@ -156,7 +156,39 @@ export function alive(pid: number): boolean {
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** Stops the daemons whose pid files exist (TERM, then KILL after 10 s). */
+/**
+ * One test Slurm cluster at a time on this machine (test/launchers.test.ts and test/sweep-slurm.test.ts
+ * run side by side in the suite): two clusters of one host each requeueing jobs under load failed a
+ * requeued launch. A folder made atomically holds the owner's pid; a dead owner's lock is taken over.
+ */
+const SLURM_LOCK = join(tmpdir(), 'vitreg-test-slurm.lock');
+let slurmLockHeld = false;
+
+async function acquireSlurmLock(timeoutMs = 900_000): Promise<void> {
+  for (const t0 = Date.now(); ; await sleep(500)) {
+    try {
+      mkdirSync(SLURM_LOCK);
+      writeFileSync(join(SLURM_LOCK, 'pid'), String(process.pid));
+      slurmLockHeld = true;
+      process.once('exit', releaseSlurmLock);
+      return;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      const owner = Number(existsSync(join(SLURM_LOCK, 'pid')) ? readFileSync(join(SLURM_LOCK, 'pid'), 'utf8') : NaN);
+      if (Number.isInteger(owner) && owner > 1 && !alive(owner)) rmSync(SLURM_LOCK, { recursive: true, force: true });
+      else if (Date.now() - t0 > timeoutMs)
+        throw new Error(`${SLURM_LOCK}: another test's Slurm cluster (pid ${owner}) held it for ${timeoutMs / 1000} s`, { cause: e });
+    }
+  }
+}
+
+function releaseSlurmLock(): void {
+  if (!slurmLockHeld) return;
+  slurmLockHeld = false;
+  rmSync(SLURM_LOCK, { recursive: true, force: true });
+}
+
+/** Stops the daemons whose pid files exist (TERM, then KILL after 10 s); a cluster's also frees the Slurm lock. */
 export async function stopDaemons(pidFiles: string[]): Promise<void> {
   const pids: number[] = [];
   for (const f of pidFiles) {
@@ -179,6 +211,7 @@ export async function stopDaemons(pidFiles: string[]): Promise<void> {
       /* gone */
     }
   }
+  releaseSlurmLock();
 }
 
 /**
@@ -187,6 +220,7 @@ export async function stopDaemons(pidFiles: string[]): Promise<void> {
  * logs and pid files under the folder, and two fake GPUs (gres) so --gpus-per-task works.
  */
 export async function startCluster(): Promise<Cluster> {
+  await acquireSlurmLock();
   const dir = mkdtempSync(join(tmpdir(), 'vitreg-slurm-'));
   const pidFiles: string[] = [];
   const cluster: Cluster = { dir, conf: join(dir, 'slurm.conf'), env: {}, pidFiles };
@@ -270,6 +304,27 @@ export async function startCluster(): Promise<Cluster> {
     rmSync(dir, { recursive: true, force: true });
     throw e;
   }
+}
+
+/**
+ * Waits (at most 30 s) until no slurmstepd of job `jobId` (a number, an array task's own JobId) is left
+ * on this host: a job that requeued itself from its batch script is PENDING while that script still
+ * exits, and a requeued job started again before its old batch step is gone fails to launch (exit 1:0,
+ * run time 0; seen under load).
+ */
+export async function waitForStepsGone(jobId: string): Promise<void> {
+  const title = new RegExp(`^slurmstepd: \\[${jobId}\\.`);
+  const stepds = () => {
+    try {
+      return execFileSync('ps', ['-eo', 'args'], { encoding: 'utf8' })
+        .split('\n')
+        .filter((l) => title.test(l.trim()));
+    } catch {
+      return [];
+    }
+  };
+  for (const t0 = Date.now(); stepds().length > 0 && Date.now() - t0 < 30_000;) await sleep(200);
+  await sleep(1000);
 }
 
 export const FINAL_JOB_STATES = /^(COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY|BOOT_FAIL|DEADLINE|PREEMPTED)$/;

@@ -22,6 +22,7 @@ import {
   slurmSkipReason,
   startCluster,
   stopDaemons,
+  waitForStepsGone,
   tail,
   waitForJob,
   which,
@@ -373,6 +374,7 @@ describe('slurm', { skip: slurmSkip }, () => {
             const state = /\bJobState=(\S+)/.exec(line)?.[1] ?? '';
             if (!requeued && state === 'PENDING' && Number(/\bRestarts=(\d+)/.exec(line)?.[1]) >= 1) {
               requeued = true;
+              await waitForStepsGone(jobId);
               sh(which('scontrol')!, ['update', `JobId=${jobId}`, 'StartTime=now'], env);
             }
             if (/^(COMPLETED|FAILED|CANCELLED|TIMEOUT)$/.test(state)) return { state, line };

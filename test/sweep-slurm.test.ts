@@ -23,6 +23,7 @@ import {
   slurmSkipReason,
   startCluster,
   stopDaemons,
+  waitForStepsGone,
   tail,
   TSX,
   which,
@@ -187,6 +188,7 @@ describe('vitreg sweep on slurm', { skip: slurmSkip }, () => {
           const state = /\bJobState=(\S+)/.exec(line)?.[1] ?? '';
           if (!requeued && state === 'PENDING' && Number(/\bRestarts=(\d+)/.exec(line)?.[1]) >= 1) {
             requeued = true;
+            await waitForStepsGone(/\bJobId=(\d+)/.exec(line)![1]!);
             sh(which('scontrol')!, ['update', `JobId=${task}`, 'StartTime=now'], env);
           }
           if (/^(COMPLETED|FAILED|CANCELLED|TIMEOUT)$/.test(state)) break;
