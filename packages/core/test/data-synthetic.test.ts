@@ -288,3 +288,65 @@ test('bad options are rejected with the field named', () => {
   assert.throws(() => ds.generate(10), /index 10/);
   assert.throws(() => ds.masks(10), /index 10/);
 });
+
+test('flat background: every pixel off the shape is the one flat colour; small shapes leave most patches empty', () => {
+  const size = 48;
+  const ds = new SyntheticDataset({ seed: 3, count: 40, size, background: 'flat', objectSide: [0.2, 0.3] });
+  let emptyPatches = 0;
+  for (let i = 0; i < ds.length; i++) {
+    const scene = ds.scene(i);
+    const item = ds.generate(i);
+    assert.equal(scene.background, 'flat');
+    assert.equal(scene.objects.length, 1, `item ${i}: no distractors on a flat background`);
+    const o = scene.objects[0];
+    const side = (2 * o.radius) / size;
+    assert.ok(side >= 0.2 - 1e-9 && side <= 0.3 + 1e-9, `item ${i}: side ${side} outside [0.2, 0.3]`);
+    const flat = scene.colors[0];
+    const isFlat = (p: number): boolean =>
+      item.image[3 * p] === flat[0] && item.image[3 * p + 1] === flat[1] && item.image[3 * p + 2] === flat[2];
+    let off = 0;
+    for (let p = 0; p < size * size; p++) if (!isFlat(p)) off++;
+    // independent of the rasteriser: the pixels that differ from the flat colour are the shape's area
+    // (its geometry, in units of radius^2) up to its anti-aliased rim (at most its perimeter ~ 8 radius)
+    const area = AREA[o.shape] * o.radius * o.radius;
+    assert.ok(Math.abs(off - area) <= 8 * o.radius + 4, `item ${i} (${o.shape}): ${off} non-flat pixels, shape area ${area.toFixed(1)}`);
+    // and all of them lie within one pixel of the shape's box
+    const [x0, y0, x1, y1] = item.boxes[0];
+    for (let y = 0; y < size; y++) {
+      for (let x = 0; x < size; x++) {
+        if (x < x0 - 1 || x > x1 || y < y0 - 1 || y > y1)
+          assert.ok(isFlat(y * size + x), `item ${i}: pixel (${x}, ${y}) off the box is not flat`);
+      }
+    }
+    for (let py = 0; py < size; py += 8) {
+      for (let px = 0; px < size; px += 8) {
+        let all = true;
+        for (let y = py; y < py + 8 && all; y++) for (let x = px; x < px + 8 && all; x++) all = isFlat(y * size + x);
+        if (all) emptyPatches++;
+      }
+    }
+  }
+  // a shape of at most 0.3 x 48 = 14.4 px (its rotated frame under 20 px) touches at most 4 x 4 of the 36 patches
+  const share = emptyPatches / (ds.length * 36);
+  assert.ok(share >= 0.6, `share of 8 x 8 patches that are all background: ${share.toFixed(3)}`);
+});
+
+test('the textured default is unchanged by the new options, and objectSide alone keeps the textures', () => {
+  const a = new SyntheticDataset({ seed: 5, count: 8, size: 32 });
+  const b = new SyntheticDataset({ seed: 5, count: 8, size: 32, background: 'textured', objectSide: [0.55, 0.8] });
+  for (let i = 0; i < 8; i++) assert.deepEqual(b.generate(i), a.generate(i));
+  const small = new SyntheticDataset({ seed: 5, count: 30, size: 32, objectSide: [0.3, 0.3] });
+  for (let i = 0; i < 30; i++) {
+    const s = small.scene(i);
+    assert.notEqual(s.background, 'flat');
+    assert.ok(Math.abs((2 * s.objects[0].radius) / 32 - 0.3) < 1e-9);
+  }
+});
+
+test('bad background and objectSide options are rejected with the field named', () => {
+  assert.throws(() => new SyntheticDataset({ seed: 1, count: 10, background: 'plain' as 'flat' }), /background/);
+  assert.throws(() => new SyntheticDataset({ seed: 1, count: 10, objectSide: [0.3, 0.2] }), /objectSide/);
+  assert.throws(() => new SyntheticDataset({ seed: 1, count: 10, objectSide: [0.01, 0.2] }), /objectSide/);
+  assert.throws(() => new SyntheticDataset({ seed: 1, count: 10, objectSide: [0.2, 0.9] }), /objectSide/);
+  assert.throws(() => new SyntheticDataset({ seed: 1, count: 10, objectSide: [0.2] as unknown as [number, number] }), /objectSide/);
+});

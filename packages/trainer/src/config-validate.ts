@@ -64,6 +64,8 @@ const RULES: { [S in Section]: Record<keyof TrainConfig[S], Rule | 'string'> } =
     val_size: int(1),
     synthetic_size: int(16),
     synthetic_seed: int(0),
+    synthetic_background: oneOf(['textured', 'flat']),
+    synthetic_object_side: range(0.05, 0.8),
     val_fraction: num(0, 1, true),
   },
   train: {

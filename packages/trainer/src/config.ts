@@ -30,6 +30,14 @@ export interface TrainConfig {
     synthetic_size: number;
     /** Seed of the synthetic images (independent of train.seed). */
     synthetic_seed: number;
+    /**
+     * Synthetic backgrounds: 'textured' (the default) or 'flat' (one colour, no noise, no distractors: the
+     * information-free background the paper's high-norm tokens sit on); with `synthetic_object_side`
+     * (the main shape's side range as a fraction of the image side, within [0.05, 0.8]; default
+     * [0.55, 0.8]) small objects leave most patches empty.
+     */
+    synthetic_background: 'textured' | 'flat';
+    synthetic_object_side: [number, number];
     /** Image folder without a val/ sub-folder: fraction of the images held out for validation. */
     val_fraction: number;
   };
@@ -205,7 +213,17 @@ type Section = TrainConfigSection;
 export const DEFAULT_CONFIG: TrainConfig = {
   objective: 'dino',
   model: { arch: 'dinov2_vitl14', patch_size: 16, img_size: 224, drop_path_rate: 0.3, layerscale_init: 1e-5, drop_path_uniform: true },
-  data: { source: '', num_classes: 5, train_size: 2000, val_size: 500, synthetic_size: 256, synthetic_seed: 0, val_fraction: 0.1 },
+  data: {
+    source: '',
+    num_classes: 5,
+    train_size: 2000,
+    val_size: 500,
+    synthetic_size: 256,
+    synthetic_seed: 0,
+    synthetic_background: 'textured',
+    synthetic_object_side: [0.55, 0.8],
+    val_fraction: 0.1,
+  },
   train: {
     steps: 100 * EPOCH,
     batch_size: 64,

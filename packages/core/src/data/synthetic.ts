@@ -10,6 +10,11 @@
  * main shape. Colours are greys of random luminance unless `saturation` keeps some of their hue.
  * Every shape has a ground-truth box, the main one first, and a visible-coverage mask (`masks`).
  *
+ * `background: 'flat'` paints every background pixel in one colour (the dark first background colour,
+ * no texture, no pixel noise, no distractors), and `objectSide` sets the main shape's side range: with a
+ * small object (e.g. [0.2, 0.3]) most patches are then identical, information-free background, the
+ * redundant patches on which the paper's high-norm tokens sit. The textured default is unchanged.
+ *
  * Item `i` depends only on (seed, split, i): its generator is `Rng(seed).fork(split).fork(i)`, so
  * items can be generated in any order, and the train and val splits use different streams.
  * Rasterisation is plain JS with 3x3 supersampled (anti-aliased) edges.
@@ -20,7 +25,10 @@ import { checkIndex, type Box, type Dataset, type DatasetItem } from './types.js
 /** Shape names in label order; `numClasses` takes the first n. */
 export const SYNTHETIC_SHAPES = ['circle', 'square', 'triangle', 'cross', 'ring', 'star', 'diamond', 'hexagon'] as const;
 export type SyntheticShape = (typeof SYNTHETIC_SHAPES)[number];
-export type SyntheticBackground = 'gradient' | 'noise' | 'stripes' | 'checker';
+export type SyntheticBackground = 'gradient' | 'noise' | 'stripes' | 'checker' | 'flat';
+/** What a dataset's backgrounds look like: 'textured' (the four textures, the default) or 'flat'. */
+export type SyntheticBackgroundMode = 'textured' | 'flat';
+export const SYNTHETIC_BACKGROUND_MODES: readonly SyntheticBackgroundMode[] = ['textured', 'flat'];
 
 export interface SyntheticOptions {
   seed: number;
@@ -39,6 +47,16 @@ export interface SyntheticOptions {
    * with grey backgrounds under shapes at 0.35.
    */
   saturation?: number;
+  /**
+   * 'textured' (default): gradient, noise, stripes or checker with pixel noise, and distractors; 'flat':
+   * one colour per image (its first background colour), no noise, no distractors.
+   */
+  background?: SyntheticBackgroundMode;
+  /**
+   * Range of the main shape's side (of its square frame) as a fraction of the image side, within
+   * [0.05, 0.8] (default SYNTHETIC_LAYOUT.mainSide, [0.55, 0.8]).
+   */
+  objectSide?: readonly [number, number];
 }
 
 /** One shape of a scene: where it is, how it looks, and its box in pixels. */
@@ -255,6 +273,8 @@ export class SyntheticDataset implements Dataset {
   readonly numClasses: number;
   readonly split: 'train' | 'val';
   readonly saturation: number;
+  readonly background: SyntheticBackgroundMode;
+  readonly objectSide: readonly [number, number];
   readonly classNames: string[];
   private readonly cache = new Map<number, DatasetItem>();
   private cacheBytes = 0;
@@ -265,6 +285,8 @@ export class SyntheticDataset implements Dataset {
     this.numClasses = opts.numClasses ?? 5;
     this.split = opts.split ?? 'train';
     this.saturation = opts.saturation ?? 0;
+    this.background = opts.background ?? 'textured';
+    this.objectSide = opts.objectSide ?? SYNTHETIC_LAYOUT.mainSide;
     if (!Number.isSafeInteger(seed)) throw new Error(`SyntheticDataset: seed must be a safe integer, got ${seed}`);
     if (!Number.isInteger(count) || count < 1) throw new Error(`SyntheticDataset: count must be a positive integer, got ${count}`);
     if (!Number.isInteger(this.size) || this.size < 16) {
@@ -275,6 +297,16 @@ export class SyntheticDataset implements Dataset {
     }
     if (!(typeof this.saturation === 'number' && this.saturation >= 0 && this.saturation <= 1)) {
       throw new Error(`SyntheticDataset: saturation must be a number in [0, 1], got ${this.saturation}`);
+    }
+    if (!SYNTHETIC_BACKGROUND_MODES.includes(this.background)) {
+      throw new Error(`SyntheticDataset: background must be 'textured' or 'flat', got ${JSON.stringify(this.background)}`);
+    }
+    const side = this.objectSide;
+    if (
+      !(Array.isArray(side) && side.length === 2 && side.every((x) => typeof x === 'number' && Number.isFinite(x))) ||
+      !(side[0] >= 0.05 && side[0] <= side[1] && side[1] <= 0.8)
+    ) {
+      throw new Error(`SyntheticDataset: objectSide must be [min, max] with 0.05 <= min <= max <= 0.8, got ${JSON.stringify(side)}`);
     }
     if (!(this.split in SPLIT_STREAM)) throw new Error(`SyntheticDataset: split must be 'train' or 'val', got '${this.split}'`);
     this.seed = seed;
@@ -289,13 +321,17 @@ export class SyntheticDataset implements Dataset {
     const size = this.size;
     const L = SYNTHETIC_LAYOUT;
     const backgrounds: SyntheticBackground[] = ['gradient', 'noise', 'stripes', 'checker'];
-    const background = backgrounds[rng.int(backgrounds.length)];
+    const flat = this.background === 'flat';
+    // drawn in both modes, so a flat dataset's objects follow the same stream as a textured one's
+    const drawn = backgrounds[rng.int(backgrounds.length)];
+    const background: SyntheticBackground = flat ? 'flat' : drawn;
     const c0 = muted(colorInLuma(rng, 0, L.darkBackground - 1), this.saturation);
     // textures stay low-contrast: the second colour is near the first
-    const c1 = muted(
+    const spread = muted(
       c0.map((c) => Math.min(255, Math.max(0, c + rng.int(2 * L.backgroundSpread + 1) - L.backgroundSpread))) as Rgb,
       this.saturation,
     );
+    const c1: Rgb = flat ? [...c0] : spread;
     const objects: SyntheticObject[] = [];
 
     const place = (label: number, sideFraction: number, color: Rgb): SyntheticObject => {
@@ -318,10 +354,11 @@ export class SyntheticDataset implements Dataset {
     const label = rng.int(this.numClasses);
     // muting moves the luminance by at most 0.5 (rounding): draw with a margin of 1
     const mainColor = muted(colorInLuma(rng, Math.max(luma(c0), luma(c1)) + L.minLumaContrast + 1, 255), this.saturation);
-    const sideFrac = L.mainSide[0] + (L.mainSide[1] - L.mainSide[0]) * rng.float();
+    const [lo, hi] = this.objectSide;
+    const sideFrac = lo + (hi - lo) * rng.float();
     objects.push(place(label, sideFrac, mainColor));
-    // distractors: small and faint, beneath the main shape
-    const count = rng.float() < L.distractorProbability ? (rng.float() < 1 / 3 ? 2 : 1) : 0;
+    // distractors: small and faint, beneath the main shape (none on a flat background)
+    const count = flat ? 0 : rng.float() < L.distractorProbability ? (rng.float() < 1 / 3 ? 2 : 1) : 0;
     for (let k = 0; k < count; k++) {
       const target = muted(randomColor(rng), this.saturation);
       const color = c0.map((c, j) => Math.round(c + (target[j] - c) * L.distractorStrength)) as Rgb;
@@ -403,6 +440,10 @@ function copyItem(it: DatasetItem): DatasetItem {
 
 function paintBackground(image: Uint8Array, size: number, scene: SyntheticScene, rng: Rng): void {
   const [c0, c1] = scene.colors;
+  if (scene.background === 'flat') {
+    for (let p = 0; p < size * size * 3; p += 3) image.set(c0, p);
+    return;
+  }
   const angle = rng.float() * Math.PI;
   const ca = Math.cos(angle),
     sa = Math.sin(angle);
@@ -412,7 +453,7 @@ function paintBackground(image: Uint8Array, size: number, scene: SyntheticScene,
   const coarse = Float64Array.from({ length: (grid + 1) * (grid + 1) }, () => rng.float());
   for (let y = 0; y < size; y++) {
     for (let x = 0; x < size; x++) {
-      let t: number;
+      let t = 0;
       switch (scene.background) {
         case 'gradient':
           t = ((x - size / 2) * ca + (y - size / 2) * sa) / (size * Math.SQRT2) + 0.5;
