@@ -64,6 +64,9 @@ export {
   readCheckpoint,
   readWeights,
   saveWeights,
+  stateDictFromWeights,
   stateDictOf,
   stripPrefix,
+  weightsFromStateDict,
 } from './weights.js';
+export type { HostBackbone } from './weights.js';

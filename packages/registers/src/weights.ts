@@ -24,8 +24,9 @@
  * embedding [D, 3, p, p]; `norm_pre.*` for CLIP's ln_pre, `proj` [D, out] for CLIP's projection); only
  * `toModelLayout` / `fromModelLayout` know the model's own layouts.
  */
+import { endianness } from 'node:os';
 import { extname } from 'node:path';
-import { fromFloat32, readPth, readSafetensors, toFloat32, writeSafetensors, type HostTensor } from '@vitreg/core';
+import { fromFloat32, hostTensor, readPth, readSafetensors, toFloat32, writeSafetensors, type HostTensor } from '@vitreg/core';
 import { getConfig, validateConfig, type ViTConfig } from './config.js';
 import { inferConfig } from './infer-config.js';
 import { checkVitFits } from './memory-need.js';
@@ -86,9 +87,21 @@ function decode(tensors: Record<string, HostTensor>, file: string): StateDict {
     if (!['F32', 'F16', 'BF16', 'F64'].includes(t.dtype)) {
       throw new Error(`${file}: tensor "${k}" has dtype ${t.dtype}; expected F32, F16, BF16 or F64`);
     }
-    out[k] = { shape: [...t.shape], data: toFloat32(t) };
+    out[k] = { shape: [...t.shape], data: float32Of(t) };
   }
   return out;
+}
+
+/**
+ * A tensor's values as float32: F32 data that is 4-byte aligned is viewed in place (the reader hands
+ * out a fresh buffer per tensor, so nothing else writes to it; a large checkpoint is not held twice),
+ * anything else is decoded into a new array.
+ */
+function float32Of(t: HostTensor): Float32Array {
+  if (t.dtype === 'F32' && t.data.byteOffset % 4 === 0 && endianness() === 'LE' && t.data.byteLength % 4 === 0) {
+    return new Float32Array(t.data.buffer, t.data.byteOffset, t.data.byteLength / 4);
+  }
+  return toFloat32(t);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -144,23 +157,58 @@ export async function loadWeights(path: string, opts: LoadOptions = {}): Promise
   return modelFromStateDict(stateDict, config, opts.trainable ?? false);
 }
 
-/** A model from a DINOv2-named state dict in PyTorch layouts. */
-export function modelFromStateDict(sd: StateDict, config: ViTConfig, trainable = false): VisionTransformer {
+/**
+ * A backbone's weights on the host, without a model: the model's own names and layouts (what
+ * `VisionTransformer.weights()` returns), with its config. A training engine that keeps its parameters
+ * in host buffers saves and loads checkpoints through these, so no backend (wasm heap) holds them.
+ */
+export interface HostBackbone {
+  config: ViTConfig;
+  weights: Record<string, Float32Array>;
+}
+
+/**
+ * A DINOv2-named state dict in PyTorch layouts -> the model's weights (model names and layouts), on the
+ * host: what modelFromStateDict gives the model, without building one. pos_embed is fitted to the
+ * config; names and shapes are checked (one error listing every missing, unexpected or misshapen tensor).
+ */
+export function weightsFromStateDict(sd: StateDict, config: ViTConfig): Record<string, Float32Array> {
   const fitted = fitPosEmbed(sd, config);
   checkStateDict(fitted, config, 'state dict');
-  checkVitFits(config, { what: 'the model' }); // before its weights are allocated on the backend
   const weights: Record<string, Float32Array> = {};
   for (const name of Object.keys(parameterShapes(config))) weights[name] = toModelLayout(name, fitted[name]);
-  return new VisionTransformer(config, { weights, trainable });
+  return weights;
+}
+
+/**
+ * The model's weights (model names and layouts) -> a DINOv2-named state dict in PyTorch layouts, on the
+ * host: what stateDictOf gives for a model holding these weights. Values that keep their layout are
+ * shared with `weights`, not copied. A missing or mis-sized weight is an error naming it.
+ */
+export function stateDictFromWeights(weights: Record<string, Float32Array>, config: ViTConfig): StateDict {
+  const model = parameterShapes(config);
+  const out: StateDict = {};
+  for (const [name, shape] of Object.entries(torchShapes(config))) {
+    const data = weights[name];
+    const size = model[name]!.reduce((a, b) => a * b, 1);
+    if (!data || data.length !== size) {
+      throw new Error(`weights: missing or mis-sized tensor "${name}" (expected ${size} values, got ${data?.length ?? 'none'})`);
+    }
+    out[name] = { shape, data: fromModelLayout(name, data, config, shape) };
+  }
+  return out;
+}
+
+/** A model from a DINOv2-named state dict in PyTorch layouts. */
+export function modelFromStateDict(sd: StateDict, config: ViTConfig, trainable = false): VisionTransformer {
+  checkStateDict(fitPosEmbed(sd, config), config, 'state dict');
+  checkVitFits(config, { what: 'the model' }); // before its weights are allocated on the backend
+  return new VisionTransformer(config, { weights: weightsFromStateDict(sd, config), trainable });
 }
 
 /** The model's weights as a DINOv2-named state dict in PyTorch layouts. */
 export async function stateDictOf(model: VisionTransformer): Promise<StateDict> {
-  const shapes = torchShapes(model.config);
-  const host = await model.weights();
-  const out: StateDict = {};
-  for (const [name, shape] of Object.entries(shapes)) out[name] = { shape, data: fromModelLayout(name, host[name], model.config, shape) };
-  return out;
+  return stateDictFromWeights(await model.weights(), model.config);
 }
 
 export interface SaveOptions {
@@ -175,16 +223,34 @@ export function encodeStateDict(
   config: ViTConfig,
   opts: SaveOptions = {},
 ): { tensors: Record<string, HostTensor>; metadata: Record<string, string> } {
+  return encode(sd, config, opts, false);
+}
+
+/** encodeStateDict; with `share`, F32 tensors view the state dict's arrays (same bytes, no copy) instead of copying them. */
+function encode(
+  sd: StateDict,
+  config: ViTConfig,
+  opts: SaveOptions,
+  share: boolean,
+): { tensors: Record<string, HostTensor>; metadata: Record<string, string> } {
   const naming = opts.naming ?? 'dinov2';
   const dtype = opts.dtype ?? 'F32';
   const tensors: Record<string, HostTensor> = {};
-  for (const [k, v] of Object.entries(renameStateDict(sd, config, naming))) tensors[k] = fromFloat32(v.data, v.shape, dtype);
+  for (const [k, v] of Object.entries(renameStateDict(sd, config, naming))) {
+    tensors[k] = share && dtype === 'F32' ? hostTensor(v.data, v.shape) : fromFloat32(v.data, v.shape, dtype);
+  }
   const metadata = { format: 'pt', ...opts.metadata, [METADATA_CONFIG]: JSON.stringify(config), [METADATA_NAMING]: naming };
   return { tensors, metadata };
 }
 
-/** Saves the model as safetensors in any naming (see NAMINGS), F32/F16/BF16, config in __metadata__. */
-export async function saveWeights(model: VisionTransformer, path: string, opts: SaveOptions = {}): Promise<void> {
-  const { tensors, metadata } = encodeStateDict(await stateDictOf(model), model.config, opts);
+/**
+ * Saves the model as safetensors in any naming (see NAMINGS), F32/F16/BF16, config in __metadata__.
+ * `model` may also be a HostBackbone (weights in host arrays, no model built): the file is byte for byte
+ * the one a model holding those weights writes, and no backend memory is used.
+ */
+export async function saveWeights(model: VisionTransformer | HostBackbone, path: string, opts: SaveOptions = {}): Promise<void> {
+  const sd = model instanceof VisionTransformer ? await stateDictOf(model) : stateDictFromWeights(model.weights, model.config);
+  // The state dict is this call's own or the caller's arrays, written before we return: viewed, not copied.
+  const { tensors, metadata } = encode(sd, model.config, opts, true);
   await writeSafetensors(path, tensors, metadata);
 }

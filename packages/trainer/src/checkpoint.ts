@@ -1,7 +1,8 @@
 /**
  * Checkpoints: `<run>/checkpoints/step-N/` with
  *   model.safetensors      the student backbone (saveWeights: DINOv2 names, config in __metadata__,
- *                          so `vitreg features --weights` and loadWeights read it as is)
+ *                          so `vitreg features --weights` and loadWeights read it as is); given as a
+ *                          model or as host arrays (HostBackbone: no backend memory), the same bytes
  *   teacher.safetensors    the EMA teacher backbone (self-supervised runs)
  *   heads.safetensors      heads of student (`student.<head>.<param>`) and teacher, DINO/iBOT centres
  *   optimizer.safetensors  AdamW moments (`<param>.exp_avg`, `<param>.exp_avg_sq`), step in __metadata__
@@ -13,17 +14,8 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import {
-  firstDifference,
-  fromFloat32,
-  InputError,
-  readSafetensors,
-  syncDir,
-  toFloat32,
-  writeJsonAtomic,
-  writeSafetensors,
-} from '@vitreg/core';
-import { readWeights, saveWeights, type StateDict, type VisionTransformer } from '@vitreg/registers';
+import { firstDifference, hostTensor, InputError, SafetensorsReader, syncDir, writeJsonAtomic, writeSafetensors } from '@vitreg/core';
+import { readWeights, saveWeights, type HostBackbone, type StateDict, type VisionTransformer } from '@vitreg/registers';
 import type { AdamWState } from './optim.js';
 import { completeSavedConfig, type TrainConfig } from './config.js';
 
@@ -42,8 +34,9 @@ export interface TrainState {
 export type HostTensors = Record<string, { shape: number[]; data: Float32Array }>;
 
 export interface CheckpointContents {
-  student: VisionTransformer;
-  teacher?: VisionTransformer;
+  /** A model, or its weights in host arrays (model names and layouts); the file is the same. */
+  student: VisionTransformer | HostBackbone;
+  teacher?: VisionTransformer | HostBackbone;
   heads: HostTensors;
   optimizer: AdamWState;
   state: TrainState;
@@ -61,10 +54,23 @@ export interface LoadedCheckpoint {
 
 const STEP_DIR = /^step-(\d+)$/;
 
-function encode(tensors: HostTensors): Record<string, ReturnType<typeof fromFloat32>> {
-  const out: Record<string, ReturnType<typeof fromFloat32>> = {};
-  for (const [k, v] of Object.entries(tensors)) out[k] = fromFloat32(v.data, v.shape, 'F32');
+/** F32 safetensors tensors viewing the arrays' bytes (written before saveCheckpoint returns: no copy). */
+function encode(tensors: HostTensors): Record<string, ReturnType<typeof hostTensor>> {
+  const out: Record<string, ReturnType<typeof hostTensor>> = {};
+  for (const [k, v] of Object.entries(tensors)) out[k] = hostTensor(v.data, v.shape);
   return out;
+}
+
+/** Every tensor of a safetensors file as float32 (F32 tensors viewed in their fresh read buffers), plus its metadata. */
+async function readFloat32s(path: string): Promise<{ tensors: HostTensors; metadata: Record<string, string> }> {
+  const reader = await SafetensorsReader.open(path);
+  try {
+    const tensors: HostTensors = {};
+    for (const name of reader.names()) tensors[name] = { shape: reader.info(name).shape, data: await reader.readFloat32(name) };
+    return { tensors, metadata: { ...reader.metadata } };
+  } finally {
+    await reader.close();
+  }
 }
 
 /** Writes `<runDir>/checkpoints/step-<state.step>/` atomically and returns its path. */
@@ -186,13 +192,9 @@ export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
   const student = (await readWeights(join(dir, 'model.safetensors'))).stateDict;
   const teacherPath = join(dir, 'teacher.safetensors');
   const teacher = (await exists(teacherPath)) ? (await readWeights(teacherPath)).stateDict : undefined;
-  const heads: HostTensors = {};
-  for (const [k, t] of Object.entries((await readSafetensors(join(dir, 'heads.safetensors'))).tensors)) {
-    heads[k] = { shape: t.shape, data: toFloat32(t) };
-  }
-  const opt = await readSafetensors(join(dir, 'optimizer.safetensors'));
-  const moments: AdamWState['moments'] = {};
-  for (const [k, t] of Object.entries(opt.tensors)) moments[k] = { shape: t.shape, data: toFloat32(t) };
+  const heads = (await readFloat32s(join(dir, 'heads.safetensors'))).tensors;
+  const opt = await readFloat32s(join(dir, 'optimizer.safetensors'));
+  const moments: AdamWState['moments'] = opt.tensors;
   const adamStep = Number(opt.metadata.adamw_step);
   if (!Number.isInteger(adamStep))
     throw new Error(`${join(dir, 'optimizer.safetensors')}: __metadata__.adamw_step missing or not an integer`);

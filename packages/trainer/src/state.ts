@@ -2,14 +2,17 @@
  * The training state as named host tensors (a StepEngine's `exportState`, see engine.ts) and its two
  * destinations: a checkpoint folder (checkpoint.ts's files, unchanged whichever engine wrote the state)
  * and the other ranks (the state a `GradientSync.broadcast` carries), plus the weights checksum.
- *   model.safetensors / teacher.safetensors  <-  student.backbone.* / teacher.backbone.* (model layout
+ *   model.safetensors / teacher.safetensors  <-> student.backbone.* / teacher.backbone.* (model layout
  *                                                 here, DINOv2 names and PyTorch layouts in the file)
+ * Everything is converted on host arrays (HostBackbone, weightsFromStateDict): no tfjs tensor is made, so
+ * an engine that keeps a large model in host buffers (ONNX Runtime: dinov2-l14-reg4) saves and resumes
+ * without a backend's memory (the wasm heap's 4 GiB); the files are those a tfjs model writes.
  *   heads.safetensors                        <-> student.<head>.*, teacher.<head>.*, center.*
  *   optimizer.safetensors                    <-> optimizer.<parameter>.exp_avg(_sq), the optimiser's step
  */
 import { createHash } from 'node:crypto';
 import { firstDifference } from '@vitreg/core';
-import { modelFromStateDict, parameterShapes, VisionTransformer, type StateDict, type ViTConfig } from '@vitreg/registers';
+import { parameterShapes, weightsFromStateDict, type HostBackbone, type StateDict, type ViTConfig } from '@vitreg/registers';
 import { loadCheckpoint, saveCheckpoint, type HostTensors, type TrainState } from './checkpoint.js';
 import { completeSavedConfig, type TrainConfig } from './config.js';
 import type { EngineState, StateLayout } from './engine.js';
@@ -42,13 +45,13 @@ export function checkState(layout: StateLayout, tensors: Record<string, Float32A
   }
 }
 
-/** The `<which>.backbone.*` values of `state` as a model (a temporary one: the caller disposes it), or undefined when absent. */
-function backboneModel(
+/** The `<which>.backbone.*` values of `state` as host weights (the state's own arrays, not copies), or undefined when absent. */
+function backboneWeights(
   vit: ViTConfig,
   layout: StateLayout,
   state: EngineState,
   which: (typeof BACKBONES)[number],
-): VisionTransformer | undefined {
+): HostBackbone | undefined {
   const prefix = `${which}.backbone.`;
   const names = Object.keys(layout).filter((n) => n.startsWith(prefix));
   if (names.length === 0) return undefined;
@@ -57,7 +60,7 @@ function backboneModel(
   for (const name of Object.keys(parameterShapes(vit))) {
     if (!weights[name]) throw new Error(`training state: "${prefix}${name}" is missing`);
   }
-  return new VisionTransformer(vit, { weights, trainable: false });
+  return { config: vit, weights };
 }
 
 /** Writes `state` (laid out as `layout`) as the checkpoint of `train.step` under `runDir`; returns its folder. */
@@ -76,26 +79,15 @@ export async function saveTrainingState(
     if (name.startsWith('optimizer.')) moments[name.slice('optimizer.'.length)] = { shape: [...shape], data };
     else if (!BACKBONES.some((b) => name.startsWith(`${b}.backbone.`))) heads[name] = { shape: [...shape], data };
   }
-  const student = backboneModel(vit, layout, state, 'student');
+  const student = backboneWeights(vit, layout, state, 'student');
   if (!student) throw new Error('training state: no student.backbone.* tensors');
-  let teacher: VisionTransformer | undefined;
-  try {
-    teacher = backboneModel(vit, layout, state, 'teacher');
-    return await saveCheckpoint(runDir, { student, teacher, heads, optimizer: { step: state.optimizerStep, moments }, state: train });
-  } finally {
-    student.dispose();
-    teacher?.dispose();
-  }
+  const teacher = backboneWeights(vit, layout, state, 'teacher');
+  return saveCheckpoint(runDir, { student, teacher, heads, optimizer: { step: state.optimizerStep, moments }, state: train });
 }
 
-/** A backbone state dict (DINOv2 names, PyTorch layouts) as `<prefix>.backbone.*` values in model layout. */
-async function backboneValues(sd: StateDict, vit: ViTConfig, prefix: string, out: Record<string, Float32Array>): Promise<void> {
-  const m = modelFromStateDict(sd, vit);
-  try {
-    for (const [k, v] of Object.entries(await m.weights())) out[`${prefix}.backbone.${k}`] = v;
-  } finally {
-    m.dispose();
-  }
+/** A backbone state dict (DINOv2 names, PyTorch layouts) as `<prefix>.backbone.*` values in model layout, on the host. */
+function backboneValues(sd: StateDict, vit: ViTConfig, prefix: string, out: Record<string, Float32Array>): void {
+  for (const [k, v] of Object.entries(weightsFromStateDict(sd, vit))) out[`${prefix}.backbone.${k}`] = v;
 }
 
 /**
@@ -117,10 +109,10 @@ export async function loadTrainingState(
     throw new Error(`${dir}/state.json: ${why}`);
   }
   const tensors: Record<string, Float32Array> = {};
-  await backboneValues(ck.student, vit, 'student', tensors);
+  backboneValues(ck.student, vit, 'student', tensors);
   if (Object.keys(layout).some((n) => n.startsWith('teacher.backbone.'))) {
     if (!ck.teacher) throw new Error(`${dir}: teacher.safetensors is missing`);
-    await backboneValues(ck.teacher, vit, 'teacher', tensors);
+    backboneValues(ck.teacher, vit, 'teacher', tensors);
   }
   for (const [name, shape] of Object.entries(layout)) {
     if (BACKBONES.some((b) => name.startsWith(`${b}.backbone.`))) continue;
