@@ -12,7 +12,9 @@
  * its global position, so W ranks x B pairs give the weights of 1 rank x W B (up to float rounding).
  * Evaluation: zero-shot top-1 on the validation split (synthetic data: the shape names with the caption
  * grammar's 16 prompts per class); a caption table has no labels, so no evaluation.
- * Only the tfjs engine computes it: the ONNX Runtime engine has no text-tower graphs (`clipEngineOptions`).
+ * Engines: tfjs (steps/clip.ts on a tfjs ClipModel) or ONNX Runtime (onnx/clip-engine.ts: both towers'
+ * graphs, flat weight / gradient / AdamW buffers) when the run's engine factory is one that
+ * `resolveTrainEngine` made for onnxruntime; the ClipModel stays the record for checkpoints and evaluation.
  */
 import { appendFile, mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { existsSync, statSync } from 'node:fs';
@@ -39,33 +41,41 @@ import { assertDataSource, modelConfig, scaledLr, type TrainConfig } from './con
 import { captionSource, clipParamSpecs, normalized, shuffled, zeroShotTop1, type CaptionSource } from './clip-train.js';
 import { readCaptionTable } from './data-captions.js';
 import type { TrainOptions, TrainResult } from './loop.js';
-import { AdamW } from './optim.js';
+import { AdamW, type AdamWState } from './optim.js';
 import type { ParamSpec } from './param-groups.js';
 import { cosineSchedule, type Schedule } from './schedules.js';
 import { weightsChecksum } from './state.js';
 import { clipStep } from './steps/clip.js';
+import { OnnxClipEngine } from './onnx/clip-engine.js';
+import { onnxFactorySettings } from './onnx/clip-settings.js';
+import type { SessionSettings } from './onnx/engine-sessions.js';
 import { signalName, STOP_KEY, stopCode } from './stop.js';
+import { tfjsEngine } from './tfjs-engine.js';
 import { LocalGradientSync, type GradientSync } from './sync.js';
 import { randomResizedCrop } from './augment-geometry.js';
 
-/** What `--engine onnxruntime` with objective clip says. */
+/** What `train()` says for objective clip with an engine factory that is neither tfjs's nor one resolveTrainEngine made. */
 export const CLIP_ONNX_REFUSAL =
-  '--engine onnxruntime: the clip objective needs text-tower graphs the ONNX Runtime engine does not have yet; use --engine tfjs';
+  'objective clip: this engine factory is neither tfjsEngine nor an onnxruntime engine of resolveTrainEngine (the clip objective runs graphs of its own); pass one of those';
 
 /**
- * The engine options of a run: unchanged for other objectives; for clip, onnxruntime (or a device other than
- * cpu) is refused with CLIP_ONNX_REFUSAL, and auto becomes tfjs with a line to `log` saying why.
+ * The engine options of a run, unchanged: objective clip trains on every engine (tfjs, or ONNX Runtime on any
+ * device). Kept for the callers of the time when clip was tfjs only.
  */
 export function clipEngineOptions<T extends { engine?: string; device?: string }>(
-  objective: string,
+  _objective: string,
   o: T,
-  log: (line: string) => void = () => {},
+  _log: (line: string) => void = () => {},
 ): T {
-  if (objective !== 'clip') return o;
-  if (o.engine === 'onnxruntime') throw new InputError(CLIP_ONNX_REFUSAL);
-  if (o.device !== undefined && o.device !== 'cpu') throw new InputError(`--device ${o.device}: ${CLIP_ONNX_REFUSAL}`);
-  if ((o.engine ?? 'auto') === 'auto') log('engine: tfjs (engine auto: the clip objective has no ONNX Runtime graphs yet)');
-  return { ...o, engine: 'tfjs' };
+  return o;
+}
+
+/** The ONNX Runtime settings of a run's engine factory (null: tfjs); throws CLIP_ONNX_REFUSAL for an unknown factory. */
+export function clipEngineSettings(engine: TrainOptions['engine']): SessionSettings | null {
+  if (engine === undefined || engine === tfjsEngine) return null;
+  const settings = onnxFactorySettings(engine);
+  if (!settings) throw new InputError(CLIP_ONNX_REFUSAL);
+  return settings;
 }
 
 /** Words of the synthetic captions (data-captions.ts syntheticCaption): each one token with the built-in vocabulary. */
@@ -148,7 +158,10 @@ class ClipRun {
   step = 0;
   private readonly params: ParamSpec[];
   private readonly index: number[];
-  private readonly opt: AdamW;
+  /** tfjs: AdamW over the model's variables; null on ONNX Runtime (the engine's FlatOptimizer). */
+  private readonly opt: AdamW | null;
+  /** The optimiser state's owner (AdamW's getState / setState / step, or the ONNX Runtime engine's). */
+  private readonly state: { getState(): AdamWState; setState(s: AdamWState): void; readonly step: number };
   private readonly lr: Schedule;
   private readonly wd: Schedule;
   private perm: { epoch: number; order: number[] } = { epoch: -1, order: [] };
@@ -159,12 +172,15 @@ class ClipRun {
     readonly tokenizer: ClipTokenizer,
     readonly data: { train: CaptionSource; val: CaptionSource | null; classNames: string[] },
     readonly sync: GradientSync,
+    /** The ONNX Runtime step (null: tfjs). */
+    readonly engine: OnnxClipEngine | null = null,
   ) {
     this.params = clipParamSpecs(model).filter((p) => p.variable.trainable);
     const order = model.variables();
     this.index = this.params.map((p) => order.indexOf(p.variable));
     const o = c.optim;
-    this.opt = new AdamW(this.params, { beta1: o.beta1, beta2: o.beta2, eps: o.eps });
+    this.opt = engine ? null : new AdamW(this.params, { beta1: o.beta1, beta2: o.beta2, eps: o.eps });
+    this.state = engine ?? this.opt!;
     const T = c.train.steps;
     this.lr = cosineSchedule({
       base: scaledLr(c, sync.worldSize),
@@ -207,7 +223,9 @@ class ClipRun {
       items.map((it) => it.caption),
       c.clip.text_context_length,
     );
-    const r = await clipStep(this.model, { images, ids: tokens, size: B, imageSize: S }, c.clip.loss, this.sync);
+    const batch = { images, ids: tokens, size: B, imageSize: S };
+    if (this.engine) return this.engine.compute(batch, c.clip.loss, this.sync);
+    const r = await clipStep(this.model, batch, c.clip.loss, this.sync);
     return { loss: r.loss, grads: this.index.map((i) => r.gradients[i]!) };
   }
 
@@ -215,16 +233,20 @@ class ClipRun {
   apply(grads: Float32Array[]): { lr: number; wd: number } {
     const lr = this.lr(this.step);
     const wd = this.wd(this.step);
-    const tensors = this.params.map((p, i) => tf.tensor(grads[i]!, p.variable.shape));
-    this.opt.apply(tensors, { lr, wd });
-    tf.dispose(tensors);
-    this.model.clampLogitScale();
+    if (this.engine) this.engine.apply(grads, { lr, wd });
+    else {
+      const tensors = this.params.map((p, i) => tf.tensor(grads[i]!, p.variable.shape));
+      this.opt!.apply(tensors, { lr, wd });
+      tf.dispose(tensors);
+      this.model.clampLogitScale();
+    }
     this.step += 1;
     return { lr, wd };
   }
 
   async evaluate(): Promise<{ step: number; zeroshot_top1?: number; note?: string }> {
     if (!this.data.val) return { step: this.step, note: 'a caption table has no class labels: no zero-shot evaluation' };
+    this.engine?.pull();
     const top1 = await zeroShotTop1(this.model, this.tokenizer, this.data.val, this.data.classNames, syntheticPrompts);
     return { step: this.step, zeroshot_top1: top1 };
   }
@@ -232,8 +254,9 @@ class ClipRun {
   /** The model's weights and the optimiser's moments as named host arrays (for broadcasts and checksums). */
   hostState(): Record<string, Float32Array> {
     const out: Record<string, Float32Array> = {};
+    this.engine?.pull();
     this.model.variables().forEach((v, i) => (out[`w${i}`] = v.dataSync() as Float32Array));
-    for (const [k, m] of Object.entries(this.opt.getState().moments)) out[`optimizer.${k}`] = m.data;
+    for (const [k, m] of Object.entries(this.state.getState().moments)) out[`optimizer.${k}`] = m.data;
     return out;
   }
 
@@ -243,11 +266,13 @@ class ClipRun {
     for (const p of this.params)
       for (const suffix of ['exp_avg', 'exp_avg_sq'])
         moments[`${p.name}.${suffix}`] = { shape: [...p.variable.shape], data: s[`optimizer.${p.name}.${suffix}`]! };
-    this.opt.setState({ step: adamStep, moments });
+    this.state.setState({ step: adamStep, moments });
+    this.engine?.push();
   }
 
   checksum(): string {
     const host: Record<string, Float32Array> = {};
+    this.engine?.pull();
     this.model.variables().forEach((v, i) => (host[`w${i}`] = v.dataSync() as Float32Array));
     return weightsChecksum(host);
   }
@@ -260,8 +285,9 @@ class ClipRun {
     const tmp = join(root, `.step-${this.step}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
     await mkdir(tmp);
     try {
+      this.engine?.pull();
       await saveClip(this.model, join(tmp, 'model.safetensors'));
-      const st = this.opt.getState();
+      const st = this.state.getState();
       const enc: Record<string, ReturnType<typeof fromFloat32>> = {};
       for (const [k, v] of Object.entries(st.moments)) enc[k] = fromFloat32(v.data, v.shape, 'F32');
       await writeSafetensors(join(tmp, 'optimizer.safetensors'), enc, {
@@ -308,16 +334,23 @@ class ClipRun {
     const adamStep = Number(opt.metadata.adamw_step);
     if (!Number.isInteger(adamStep))
       throw new Error(`${join(dir, 'optimizer.safetensors')}: __metadata__.adamw_step missing or not an integer`);
-    this.opt.setState({ step: adamStep, moments });
+    this.state.setState({ step: adamStep, moments });
+    this.engine?.push();
     this.step = state.step;
   }
 
-  adamStep(): number {
-    return this.opt.step;
+  /** The current logit_scale (the log). */
+  logitScale(): number {
+    return this.engine ? this.engine.logitScale() : this.model.logitScale.dataSync()[0]!;
   }
 
-  dispose(): void {
-    this.opt.dispose();
+  adamStep(): number {
+    return this.state.step;
+  }
+
+  async dispose(): Promise<void> {
+    this.opt?.dispose();
+    await this.engine?.dispose();
     this.model.dispose();
   }
 }
@@ -338,7 +371,10 @@ export async function trainClipObjective(c: TrainConfig, opts: TrainOptions): Pr
   const tokenizer = await clipTokenizer(c);
   const data = await openCaptionData(c);
   const model = new ClipModel(clipModelConfig(c, tokenizer.vocabSize), { seed: c.train.seed });
-  const run = new ClipRun(c, model, tokenizer, data, sync);
+  const ort = clipEngineSettings(opts.engine);
+  const o = c.optim;
+  const engine = ort ? new OnnxClipEngine(model, { ...ort, beta1: o.beta1, beta2: o.beta2, eps: o.eps }) : null;
+  const run = new ClipRun(c, model, tokenizer, data, sync, engine);
   const metricsPath = join(out, 'metrics.jsonl');
   try {
     let checkpoint = '';
@@ -401,7 +437,7 @@ export async function trainClipObjective(c: TrainConfig, opts: TrainOptions): Pr
       const seconds = (performance.now() - t0) / 1000;
       const meanLoss = reports.reduce((a, r) => a + (r.loss ?? NaN), 0) / reports.length;
       if (isRank0 && (step % c.train.log_every === 0 || step === last)) {
-        const scale = model.logitScale.dataSync()[0]!;
+        const scale = run.logitScale();
         const line = {
           step,
           loss: meanLoss,
@@ -440,6 +476,6 @@ export async function trainClipObjective(c: TrainConfig, opts: TrainOptions): Pr
     await writeJsonAtomic(join(out, 'eval.json'), ev);
     return result;
   } finally {
-    run.dispose();
+    await run.dispose();
   }
 }

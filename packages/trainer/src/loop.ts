@@ -21,7 +21,6 @@ import { appendFile, mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   BatchPrefetcher,
-  InputError,
   DistributedSampler,
   Progress,
   RASampler,
@@ -41,7 +40,7 @@ import { checkState, loadTrainingState, saveTrainingState } from './state.js';
 import { signalName, STOP_KEY, stopCode, type StopSignal } from './stop.js';
 import { isMembershipChanged, LocalGradientSync, type GradientSync } from './sync.js';
 import { tfjsEngine } from './tfjs-engine.js';
-import { CLIP_ONNX_REFUSAL, trainClipObjective } from './clip-loop.js';
+import { trainClipObjective } from './clip-loop.js';
 
 export interface TrainOptions {
   /** Run folder: config.json, metrics.jsonl, checkpoints/, eval.json. */
@@ -342,11 +341,8 @@ async function truncateMetrics(path: string, step: number): Promise<void> {
  */
 export async function train(config: TrainConfig, opts: TrainOptions): Promise<TrainResult> {
   const c = config;
-  // Objective clip: its own loop (clip-loop.ts) on the tfjs engine, with the same options.
-  if (c.objective === 'clip') {
-    if (opts.engine !== undefined && opts.engine !== tfjsEngine) throw new InputError(CLIP_ONNX_REFUSAL);
-    return trainClipObjective(c, opts);
-  }
+  // Objective clip: its own loop (clip-loop.ts) on the tfjs or the ONNX Runtime engine, with the same options.
+  if (c.objective === 'clip') return trainClipObjective(c, opts);
   const out = opts.outDir;
   await mkdir(out, { recursive: true });
   const trainer = new Trainer(c, { sync: opts.sync, engine: opts.engine });
