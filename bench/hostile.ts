@@ -20,6 +20,7 @@ const MAIN = fileURLToPath(new URL('./main.ts', import.meta.url));
 /** Child mode: read one file, print {ms, peakRssMB, rssBeforeMB, error}. */
 async function readOne(file: string): Promise<void> {
   const rssBefore = process.memoryUsage().rss;
+  const cpu0 = process.cpuUsage();
   const t = performance.now();
   let error: string | null = null;
   try {
@@ -28,10 +29,16 @@ async function readOne(file: string): Promise<void> {
     error = `${(err as Error).name}: ${(err as Error).message}`;
   }
   const ms = performance.now() - t;
+  const cpu = process.cpuUsage(cpu0);
   const peak = process.resourceUsage().maxRSS * 1024;
   process.stdout.write(
-    JSON.stringify({ ms: +ms.toFixed(1), peakRssMB: +(peak / 2 ** 20).toFixed(1), rssBeforeMB: +(rssBefore / 2 ** 20).toFixed(1), error }) +
-      '\n',
+    JSON.stringify({
+      ms: +ms.toFixed(1),
+      cpuMs: +((cpu.user + cpu.system) / 1000).toFixed(1),
+      peakRssMB: +(peak / 2 ** 20).toFixed(1),
+      rssBeforeMB: +(rssBefore / 2 ** 20).toFixed(1),
+      error,
+    }) + '\n',
   );
 }
 
@@ -51,7 +58,7 @@ export async function run(argv: string[]): Promise<void> {
         timeout: 120_000,
       });
       const line = child.stdout.trim().split('\n').pop() ?? '';
-      let r: { ms?: number; peakRssMB?: number; rssBeforeMB?: number; error?: string | null } = {};
+      let r: { ms?: number; cpuMs?: number; peakRssMB?: number; rssBeforeMB?: number; error?: string | null } = {};
       try {
         r = JSON.parse(line) as typeof r;
       } catch {
@@ -64,6 +71,7 @@ export async function run(argv: string[]): Promise<void> {
           file: h.name,
           bytes: bytes.length,
           ms: r.ms,
+          cpuMs: r.cpuMs,
           peakRssMB: r.peakRssMB,
           rssBeforeMB: r.rssBeforeMB,
           refused: error !== null,

@@ -13,6 +13,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import { endianness } from 'node:os';
 import { openForReading, readFully, writeFileAtomic } from './fs.js';
+import { HeaderScan, SAFETENSORS_LIMITS } from './safetensors-header.js';
 import { DTYPE_SIZE, isDType, isShape, numel, toFloat32, type DType, type HostTensor } from './tensor.js';
 
 /** Dtype and shape of a stored tensor. */
@@ -27,8 +28,8 @@ interface Entry extends TensorInfo {
   end: number;
 }
 
-/** Headers longer than this are refused as corrupt (the reference implementation's limit). */
-const MAX_HEADER_BYTES = 100_000_000;
+/** Header bytes read and scanned at a time. */
+const HEADER_CHUNK = 2 ** 20;
 
 /** Lazily reads tensors from one safetensors file; call close() when done. */
 export class SafetensorsReader {
@@ -219,22 +220,22 @@ async function readHeader(
   const lenBytes = new Uint8Array(8);
   await readFully(fh, lenBytes, 0, path);
   const n = Buffer.from(lenBytes.buffer).readBigUInt64LE(0);
-  if (n > BigInt(MAX_HEADER_BYTES) || 8n + n > BigInt(size)) {
+  const maxHeader = SAFETENSORS_LIMITS.maxHeaderBytes;
+  if (n > BigInt(maxHeader) || 8n + n > BigInt(size)) {
     // Not a header length: say what the file is when its first bytes tell (text, an image, a zip...).
     const head = new Uint8Array(Math.min(size, 64));
     await readFully(fh, head, 0, path);
     const kind = fileKind(head, size);
     if (kind) throw new Error(`${path} is not a safetensors file: it is ${kind}`);
   }
-  if (n > BigInt(MAX_HEADER_BYTES))
+  if (n > BigInt(maxHeader))
     throw new Error(
-      `${path}: header length ${n} is absurd (limit ${MAX_HEADER_BYTES} bytes; file is ${size} bytes): not a safetensors file or corrupt`,
+      `${path}: header length ${n} is absurd (limit ${maxHeader} bytes; file is ${size} bytes): not a safetensors file or corrupt`,
     );
   const headerLen = Number(n);
   if (8 + headerLen > size)
     throw new Error(`${path}: header length ${headerLen} runs past the end of the file (${size} bytes): truncated or corrupt`);
-  const raw = new Uint8Array(headerLen);
-  await readFully(fh, raw, 8, path);
+  const raw = await readScannedHeader(path, fh, headerLen);
 
   let text: string;
   try {
@@ -255,7 +256,9 @@ async function readHeader(
   const bufferLen = size - 8 - headerLen;
   const metadata: Record<string, string> = {};
   const list: Entry[] = [];
-  for (const [name, value] of Object.entries(header as Record<string, unknown>)) {
+  const obj = header as Record<string, unknown>;
+  for (const name of Object.keys(obj)) {
+    const value = obj[name];
     if (name === '__metadata__') {
       if (typeof value !== 'object' || value === null || Array.isArray(value))
         throw new Error(`${path}: __metadata__ must be an object of strings, got ${describe(value)}`);
@@ -268,8 +271,12 @@ async function readHeader(
     list.push(parseEntry(path, name, value, bufferLen));
   }
 
-  // Sorted by position, each tensor must start exactly where the previous one ended.
-  const sorted = [...list].sort((a, b) => a.begin - b.begin || a.end - b.end);
+  // Sorted by position, each tensor must start exactly where the previous one ended (files written by
+  // the reference writer are in order already: checked in one pass before sorting a copy).
+  const before = (a: Entry, b: Entry) => a.begin - b.begin || a.end - b.end;
+  let inOrder = true;
+  for (let i = 1; i < list.length && inOrder; i++) inOrder = before(list[i - 1]!, list[i]!) <= 0;
+  const sorted = inOrder ? list : [...list].sort(before);
   let pos = 0;
   let prev: Entry | undefined;
   for (const e of sorted) {
@@ -287,6 +294,32 @@ async function readHeader(
       `${path}: the data buffer has ${bufferLen} bytes but its tensors cover only ${pos}: ${bufferLen - pos} trailing bytes belong to no tensor`,
     );
   return { entries: new Map(sorted.map((e) => [e.name, e])), metadata, dataStart: 8 + headerLen };
+}
+
+/**
+ * Reads the header's bytes in chunks, scanning each as it arrives (HeaderScan), and refuses a header
+ * over SAFETENSORS_LIMITS before JSON.parse: too deep or too many values at once; too many tensors
+ * after counting the rest of the header through one reused chunk (the error names the count).
+ */
+async function readScannedHeader(path: string, fh: FileHandle, headerLen: number): Promise<Uint8Array> {
+  const raw = new Uint8Array(headerLen);
+  const scan = new HeaderScan();
+  let scratch: Uint8Array | undefined;
+  for (let off = 0; off < headerLen;) {
+    const end = Math.min(headerLen, off + HEADER_CHUNK);
+    if (scan.overTensors) scratch ??= new Uint8Array(Math.min(HEADER_CHUNK, headerLen));
+    const part = scratch ? scratch.subarray(0, end - off) : raw.subarray(off, end);
+    await readFully(fh, part, 8 + off, path);
+    const refused = scan.scan(part, off);
+    if (refused) throw new Error(`${path}: header ${refused}`);
+    off = end;
+  }
+  const max = SAFETENSORS_LIMITS.maxTensors;
+  if (scan.tensors > max)
+    throw new Error(
+      `${path}: header declares ${scan.tensors} tensors, more than the limit of ${max} (the largest real checkpoints hold a few thousand): corrupt or hostile`,
+    );
+  return raw;
 }
 
 function parseEntry(path: string, name: string, value: unknown, bufferLen: number): Entry {

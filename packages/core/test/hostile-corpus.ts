@@ -240,6 +240,35 @@ export function safetensorsBytes(header: unknown, data: Uint8Array): Buffer {
   return Buffer.concat([n, h, data]);
 }
 
+/** A header of `n` one-element F32 tensors whose data is 4 bytes short: the last tensor runs past the end. */
+export function manyTensorsSafetensors(n: number): Buffer {
+  const header: Record<string, unknown> = {};
+  for (let i = 0; i < n; i++) header[`t${i}`] = { dtype: 'F32', shape: [1], data_offsets: [4 * i, 4 * i + 4] };
+  return safetensorsBytes(header, new Uint8Array(4 * n - 4));
+}
+
+/** A header `{"a": [[[[...]]]]}` nested `depth` deep (JSON.parse would make one array per level). */
+export function deepHeaderSafetensors(depth: number): Buffer {
+  return rawHeaderSafetensors(
+    Buffer.concat([Buffer.from('{"a":'), Buffer.alloc(depth, 0x5b), Buffer.alloc(depth, 0x5d), Buffer.from('}')]),
+  );
+}
+
+/** One tensor, whose data is missing, with an extra field holding `count` empty objects (JSON.parse would make each). */
+export function manyValuesSafetensors(count: number): Buffer {
+  const head = Buffer.from('{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":[');
+  const body = Buffer.alloc(3 * count - 1, '{},');
+  return rawHeaderSafetensors(Buffer.concat([head, body, Buffer.from(']}}')]));
+}
+
+/** A safetensors file whose header is these JSON bytes (padded to 8) and no data. */
+export function rawHeaderSafetensors(json: Buffer): Buffer {
+  const pad = (8 - (json.length % 8)) % 8;
+  const n = Buffer.alloc(8);
+  n.writeBigUInt64LE(BigInt(json.length + pad));
+  return Buffer.concat([n, json, Buffer.alloc(pad, 0x20)]);
+}
+
 /** A small valid safetensors file: w [2, 3] F32 and b [3] F16. */
 export function validSafetensors(): Buffer {
   return safetensorsBytes(
@@ -335,14 +364,16 @@ export function hostileCorpus(): HostileFile[] {
       },
     },
     { name: 'truncated-safetensors', ext: '.safetensors', bytes: () => validSafetensors().subarray(0, 40) },
-    {
-      name: 'many-tensors-header',
+    ...[5_000, 15_000, 45_000, 300_000].map((n): HostileFile => ({
+      name: `many-tensors-${n}`,
       ext: '.safetensors',
-      bytes: () => {
-        const header: Record<string, unknown> = {};
-        for (let i = 0; i < 300_000; i++) header[`t${i}`] = { dtype: 'F32', shape: [1], data_offsets: [4 * i, 4 * i + 4] };
-        return safetensorsBytes(header, new Uint8Array(4 * 300_000 - 4));
-      },
-    },
+      bytes: () => manyTensorsSafetensors(n),
+    })),
+    { name: 'deep-header', ext: '.safetensors', bytes: () => deepHeaderSafetensors(10_000_000) },
+    ...[450_000, 10_000_000].map((n): HostileFile => ({
+      name: `many-values-${n}`,
+      ext: '.safetensors',
+      bytes: () => manyValuesSafetensors(n),
+    })),
   ];
 }

@@ -155,7 +155,8 @@ test('zip records are cross-checked: sizes against the tensor, local headers and
 
 test('every file of the hostile corpus is refused within seconds (milliseconds for most), naming the file', async () => {
   for (const h of hostileCorpus()) {
-    if (h.name.startsWith('deep-list-2000000') || h.name === 'many-tensors-header') continue; // bench only (size)
+    if (['deep-list-2000000', 'many-tensors-45000', 'many-tensors-300000', 'many-values-450000', 'many-values-10000000'].includes(h.name))
+      continue; // bench only (size)
     const p = await file(`${h.name}${h.ext}`, h.bytes());
     const t = performance.now();
     const read = h.ext === '.pth' ? readPth(p) : readSafetensors(p);
