@@ -6,15 +6,19 @@
  * - WebDataset tar shards (`.tar` files, or a folder of them, read in name order): members grouped into
  *   samples by key (the member path up to the first dot of its file name), image from `jpg` / `jpeg` / `png` /
  *   `webp`, caption from `txt`, read as a stream (one sample in memory at a time; ustar, pax and GNU long
- *   names). Images come back undecoded.
+ *   names). Images come back undecoded. For training, `WebDatasetStream` is open_clip's webdataset pipeline
+ *   (training/data.py): per epoch the shard list shuffled with seed + epoch (detshuffle2), every W-th shard
+ *   from the rank's own (split_by_node), the samples through a shuffle buffer (5000, first pick at 1000), then
+ *   batches; the stream of a rank runs on over epochs, and its batch k depends only on (seed, rank, W, B, k), so
+ *   a resumed run gets the same batches (whole epochs skipped by a header-only count of each shard).
  * - The built-in synthetic shapes with generated captions ("a large bright triangle on a dark striped
  *   background"): shape, size, brightness and background texture of each image's main object, so a
  *   text tower can learn what the image tower sees.
  */
 import { createReadStream } from 'node:fs';
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { open, readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { SyntheticDataset, type DatasetItem } from '@vitreg/core';
+import { decodeImage, InputError, Rng, SyntheticDataset, type DatasetItem, type RgbImage } from '@vitreg/core';
 
 /** One CSV / TSV row: the image path and its caption. */
 export interface CaptionEntry {
@@ -136,6 +140,23 @@ function cstring(b: Uint8Array, at: number, len: number): string {
   return Buffer.from(b.subarray(at, end < 0 ? at + len : at + end)).toString('utf8');
 }
 
+/** A 512-byte tar header (ustar / GNU): member name, size, type flag; null for the zero block that ends the archive. */
+function parseHeader(header: Uint8Array, file: string): { name: string; size: number; type: string; padded: number } | null {
+  if (header.every((v) => v === 0)) return null;
+  if (Buffer.from(header).toString('latin1', 257, 262) !== 'ustar') throw new Error(`${file}: not a tar file (no ustar header)`);
+  const size = octal(header, 124, 12);
+  const prefix = cstring(header, 345, 155);
+  const name = cstring(header, 0, 100);
+  return { name: prefix ? `${prefix}/${name}` : name, size, type: String.fromCharCode(header[156]!), padded: Math.ceil(size / 512) * 512 };
+}
+
+/** The name a GNU long-name ('L') or pax ('x') member gives the next member, or null. */
+function longNameOf(type: string, data: Uint8Array): string | null {
+  if (type === 'L') return Buffer.from(data).toString('utf8').replace(/\0+$/, '');
+  const path = /(?:^|\n)\d+ path=([^\n]*)\n/.exec(Buffer.from(data).toString('utf8'));
+  return path ? path[1]! : null;
+}
+
 /** The regular-file members of one tar file as a stream: [path, bytes]. */
 async function* tarMembers(file: string): AsyncGenerator<[string, Uint8Array]> {
   let buf: Buffer = Buffer.alloc(0);
@@ -145,40 +166,35 @@ async function* tarMembers(file: string): AsyncGenerator<[string, Uint8Array]> {
     for await (const chunk of stream) yield chunk as Buffer;
   };
   const chunks = need();
-  const fill = async (n: number): Promise<boolean> => {
-    while (buf.length < n) {
-      const next = await chunks.next();
-      if (next.done) return false;
-      buf = buf.length === 0 ? next.value : Buffer.concat([buf, next.value]);
+  try {
+    const fill = async (n: number): Promise<boolean> => {
+      while (buf.length < n) {
+        const next = await chunks.next();
+        if (next.done) return false;
+        buf = buf.length === 0 ? next.value : Buffer.concat([buf, next.value]);
+      }
+      return true;
+    };
+    for (;;) {
+      if (!(await fill(512))) {
+        if (buf.length > 0)
+          throw new Error(`${file}: not a tar file, or truncated (${buf.length} bytes left where a 512-byte header belongs)`);
+        return;
+      }
+      const h = parseHeader(buf.subarray(0, 512), file);
+      if (!h) return;
+      const { name, size, type, padded } = h;
+      if (!(await fill(512 + padded))) throw new Error(`${file}: truncated member "${name}" (${size} bytes)`);
+      const data = new Uint8Array(buf.subarray(512, 512 + size));
+      buf = buf.subarray(512 + padded);
+      if (type === 'L' || type === 'x') longName = longNameOf(type, data) ?? longName;
+      else if (type === '0' || type === '\0') {
+        yield [longName ?? name, data];
+        longName = null;
+      } else longName = null;
     }
-    return true;
-  };
-  for (;;) {
-    if (!(await fill(512))) {
-      if (buf.length > 0)
-        throw new Error(`${file}: not a tar file, or truncated (${buf.length} bytes left where a 512-byte header belongs)`);
-      return;
-    }
-    const header = buf.subarray(0, 512);
-    if (header.every((v) => v === 0)) return;
-    if (header.toString('latin1', 257, 262) !== 'ustar') throw new Error(`${file}: not a tar file (no ustar header)`);
-    const size = octal(header, 124, 12);
-    const type = String.fromCharCode(header[156]!);
-    const prefix = cstring(header, 345, 155);
-    let name = cstring(header, 0, 100);
-    if (prefix) name = `${prefix}/${name}`;
-    const padded = Math.ceil(size / 512) * 512;
-    if (!(await fill(512 + padded))) throw new Error(`${file}: truncated member "${name}" (${size} bytes)`);
-    const data = new Uint8Array(buf.subarray(512, 512 + size));
-    buf = buf.subarray(512 + padded);
-    if (type === 'L') longName = Buffer.from(data).toString('utf8').replace(/\0+$/, '');
-    else if (type === 'x') {
-      const path = /(?:^|\n)\d+ path=([^\n]*)\n/.exec(Buffer.from(data).toString('utf8'));
-      if (path) longName = path[1]!;
-    } else if (type === '0' || type === '\0') {
-      yield [longName ?? name, data];
-      longName = null;
-    } else longName = null;
+  } finally {
+    stream.destroy();
   }
 }
 
@@ -189,12 +205,9 @@ function keyOf(path: string): [string, string] {
   return dot < 0 ? [path, ''] : [path.slice(0, dot), path.slice(dot + 1).toLowerCase()];
 }
 
-/**
- * The (image, caption) samples of WebDataset shards, streamed in shard and member order. A sample without an
- * image or a caption is an error naming its shard and key.
- */
-export async function* readWebDataset(source: string): AsyncGenerator<WebDatasetSample> {
-  for (const shard of await webDatasetShards(source)) {
+/** The (image, caption) samples of the given tar files in order; a sample without an image or a caption is an error naming its shard and key. */
+async function* readShards(shards: readonly string[]): AsyncGenerator<WebDatasetSample> {
+  for (const shard of shards) {
     let key: string | null = null;
     let parts = new Map<string, Uint8Array>();
     const flush = (): WebDatasetSample => {
@@ -218,12 +231,217 @@ export async function* readWebDataset(source: string): AsyncGenerator<WebDataset
   }
 }
 
+/**
+ * The (image, caption) samples of WebDataset shards, streamed in shard and member order. A sample without an
+ * image or a caption is an error naming its shard and key.
+ */
+export async function* readWebDataset(source: string): AsyncGenerator<WebDatasetSample> {
+  yield* readShards(await webDatasetShards(source));
+}
+
+/** The number of samples (distinct consecutive keys) of a tar file, from its headers alone (member data skipped). */
+export async function tarSampleCount(file: string): Promise<number> {
+  const fh = await open(file, 'r');
+  try {
+    const { size: total } = await fh.stat();
+    const header = new Uint8Array(512);
+    let pos = 0;
+    let count = 0;
+    let last: string | null = null;
+    let longName: string | null = null;
+    while (pos + 512 <= total) {
+      await fh.read(header, 0, 512, pos);
+      const h = parseHeader(header, file);
+      if (!h) break;
+      if (pos + 512 + h.size > total) throw new Error(`${file}: truncated member "${h.name}" (${h.size} bytes)`);
+      if (h.type === 'L' || h.type === 'x') {
+        const data = new Uint8Array(h.size);
+        await fh.read(data, 0, h.size, pos + 512);
+        longName = longNameOf(h.type, data) ?? longName;
+      } else if (h.type === '0' || h.type === '\0') {
+        const [k] = keyOf(longName ?? h.name);
+        if (k !== last) count++;
+        last = k;
+        longName = null;
+      } else longName = null;
+      pos += 512 + h.padded;
+    }
+    if (pos < total && pos + 512 > total)
+      throw new Error(`${file}: not a tar file, or truncated (${total - pos} bytes left where a 512-byte header belongs)`);
+    return count;
+  } finally {
+    await fh.close();
+  }
+}
+
+/** open_clip's sample shuffle buffer (training/data.py `_SAMPLE_SHUFFLE_SIZE`, `_SAMPLE_SHUFFLE_INITIAL`). */
+export const WDS_SHUFFLE = { size: 5000, initial: 1000 } as const;
+
+/** webdataset's `shuffle(bufsize, initial)`: fill to `initial`, then each new sample goes in and a random one comes out. */
+async function* shuffleBuffer<T>(src: AsyncIterable<T>, size: number, initial: number, rng: Rng): AsyncGenerator<T> {
+  const first = Math.min(initial, size);
+  const buf: T[] = [];
+  const pick = (): T => {
+    const k = rng.int(buf.length);
+    [buf[k], buf[buf.length - 1]] = [buf[buf.length - 1]!, buf[k]!];
+    return buf.pop()!;
+  };
+  const it = src[Symbol.asyncIterator]();
+  for (;;) {
+    const n = await it.next();
+    if (n.done) break;
+    buf.push(n.value);
+    if (buf.length < size) {
+      const m = await it.next();
+      if (!m.done) buf.push(m.value);
+    }
+    if (buf.length >= first) yield pick();
+  }
+  while (buf.length > 0) yield pick();
+}
+
+/**
+ * The shards rank `rank` of `worldSize` reads in epoch `epoch`: the list shuffled with (seed, epoch) (open_clip's
+ * detshuffle2 seeds Python's random with seed + epoch; this is vitreg's Rng, so the order differs from Python's),
+ * then every worldSize-th from position `rank` (webdataset's split_by_node).
+ */
+export function rankShards(shards: readonly string[], o: { seed: number; epoch: number; rank: number; worldSize: number }): string[] {
+  const order = new Rng(o.seed)
+    .fork(2_000_003)
+    .fork(o.epoch)
+    .shuffle([...shards]);
+  return order.filter((_, i) => i % o.worldSize === o.rank);
+}
+
+/** What `WebDatasetStream` is built from: the rank and world size, the per-rank batch, the seed, the shuffle buffer. */
+export interface WebDatasetStreamOptions {
+  rank: number;
+  worldSize: number;
+  batchSize: number;
+  seed: number;
+  /** Sample shuffle buffer: size and fill before the first pick (default WDS_SHUFFLE, open_clip's 5000 / 1000). */
+  shuffle?: { size: number; initial: number };
+}
+
+/** One decoded training pair of a stream (label -1: WebDataset captions have no class). */
+export interface StreamPair {
+  image: RgbImage;
+  caption: string;
+  label: number;
+  key: string;
+  shard: string;
+}
+
+/** An image's bytes decoded by sharp (as core's decodeImage does for a file), errors naming the shard and key. */
+async function decodeSample(s: WebDatasetSample): Promise<RgbImage> {
+  try {
+    // sharp reads a Buffer as it reads a path; core's decodeImage is typed for paths only.
+    return await decodeImage(Buffer.from(s.image.buffer, s.image.byteOffset, s.image.byteLength) as unknown as string);
+  } catch (err) {
+    const cause = (err as Error).cause as Error | undefined;
+    const why = String(cause?.message ?? (err as Error).message).split('\n')[0]!;
+    throw new Error(`${s.shard}: sample "${s.key}": cannot decode its ${s.imageExt} image (${why})`, { cause: err });
+  }
+}
+
+/**
+ * A rank's WebDataset training stream (open_clip's pipeline; see the module comment): `batch(k)` gives the k-th
+ * batch of `batchSize` decoded pairs. Calls in step order read on; any other step (a resume) starts over and skips
+ * to it: whole epochs by `tarSampleCount`, the rest through the shuffle buffer without decoding.
+ */
+export class WebDatasetStream {
+  private shards: string[] = [];
+  private samples: AsyncGenerator<WebDatasetSample> | null = null;
+  private nextStep = 0;
+  private readonly counts = new Map<string, number>();
+
+  private constructor(
+    readonly source: string,
+    readonly o: WebDatasetStreamOptions,
+  ) {}
+
+  /** Lists the shards (errors: no such folder, no .tar files, fewer shards than ranks as open_clip refuses). */
+  static async open(source: string, o: WebDatasetStreamOptions): Promise<WebDatasetStream> {
+    const s = new WebDatasetStream(source, o);
+    s.shards = await webDatasetShards(source);
+    if (s.shards.length < o.worldSize)
+      throw new InputError(
+        `${source}: ${s.shards.length} WebDataset shard(s) for ${o.worldSize} ranks; each rank reads whole shards (open_clip's split_by_node), so give at least one per rank`,
+      );
+    return s;
+  }
+
+  /** The shards of this stream's source, in name order. */
+  get shardList(): readonly string[] {
+    return this.shards;
+  }
+
+  /** This rank's samples from epoch `epoch` on, endless (an epoch with no samples is an error). */
+  private async *endless(epoch: number, skip: number): AsyncGenerator<WebDatasetSample> {
+    const { rank, worldSize, seed } = this.o;
+    const sh = this.o.shuffle ?? WDS_SHUFFLE;
+    for (let e = epoch; ; e++) {
+      const mine = rankShards(this.shards, { seed, epoch: e, rank, worldSize });
+      let n = 0;
+      const rng = new Rng(seed).fork(3_000_017).fork(e * 65_537 + rank);
+      for await (const s of shuffleBuffer(readShards(mine), sh.size, sh.initial, rng)) {
+        n++;
+        if (skip > 0) skip--;
+        else yield s;
+      }
+      if (n === 0) throw new Error(`${this.source}: rank ${rank}'s shards of epoch ${e} (${mine.join(', ')}) hold no samples`);
+    }
+  }
+
+  /** Positions the stream at sample `k` of this rank: whole epochs counted from the tar headers, the rest read. */
+  private async seek(step: number): Promise<void> {
+    await this.samples?.return(undefined);
+    let left = step * this.o.batchSize;
+    let epoch = 0;
+    for (;;) {
+      const mine = rankShards(this.shards, { seed: this.o.seed, epoch, rank: this.o.rank, worldSize: this.o.worldSize });
+      let n = 0;
+      for (const f of mine) {
+        if (!this.counts.has(f)) this.counts.set(f, await tarSampleCount(f));
+        n += this.counts.get(f)!;
+      }
+      if (n === 0 || left < n) break;
+      left -= n;
+      epoch++;
+    }
+    this.samples = this.endless(epoch, left);
+    this.nextStep = step;
+  }
+
+  /** The `batchSize` decoded pairs of step `step` for this rank. */
+  async batch(step: number): Promise<StreamPair[]> {
+    if (this.samples === null || step !== this.nextStep) await this.seek(step);
+    const raw: WebDatasetSample[] = [];
+    for (let i = 0; i < this.o.batchSize; i++) raw.push((await this.samples!.next()).value as WebDatasetSample);
+    this.nextStep = step + 1;
+    return Promise.all(raw.map(async (s) => ({ image: await decodeSample(s), caption: s.caption, label: -1, key: s.key, shard: s.shard })));
+  }
+
+  /** Stops reading (closes the open shard). */
+  async close(): Promise<void> {
+    await this.samples?.return(undefined);
+    this.samples = null;
+  }
+}
+
 /** Words of the synthetic scenes' captions: shape names are the class names. */
-const TEXTURES = { gradient: 'shaded', noise: 'grainy', stripes: 'striped', checker: 'checkered' } as const;
+const TEXTURES: Record<ReturnType<SyntheticDataset['scene']>['background'], string> = {
+  gradient: 'shaded',
+  noise: 'grainy',
+  stripes: 'striped',
+  checker: 'checkered',
+  flat: 'plain',
+};
 
 /**
  * The caption of a synthetic image: "a {small|large} {light|bright} {shape} on a dark {texture} background".
- * Size: the main shape's side against the middle of its range (0.55 to 0.8 of the image side); brightness:
+ * Size: the main shape's side against the middle of its range (default 0.55 to 0.8 of the image side; a flat
+ * background is "plain"); brightness:
  * its luminance against 200 (BT.601).
  */
 export function syntheticCaption(ds: SyntheticDataset, index: number): string {
@@ -232,7 +450,8 @@ export function syntheticCaption(ds: SyntheticDataset, index: number): string {
   const side = (2 * main.radius) / ds.size;
   const [r, g, b] = main.color;
   const luma = 0.299 * r + 0.587 * g + 0.114 * b;
-  return `a ${side < 0.675 ? 'small' : 'large'} ${luma < 200 ? 'light' : 'bright'} ${main.shape} on a dark ${TEXTURES[scene.background]} background`;
+  const middle = (ds.objectSide[0] + ds.objectSide[1]) / 2;
+  return `a ${side < middle ? 'small' : 'large'} ${luma < 200 ? 'light' : 'bright'} ${main.shape} on a dark ${TEXTURES[scene.background]} background`;
 }
 
 /** A synthetic item with its generated caption. */

@@ -20,12 +20,16 @@ export type { ContrastiveLoss, ContrastiveStep } from './clip-loss.js';
 export {
   parseDelimited,
   readCaptionTable,
+  rankShards,
   readWebDataset,
   syntheticCaption,
   syntheticCaptionItem,
+  tarSampleCount,
+  WDS_SHUFFLE,
+  WebDatasetStream,
   webDatasetShards,
 } from './data-captions.js';
-export type { CaptionEntry, WebDatasetSample } from './data-captions.js';
+export type { CaptionEntry, StreamPair, WebDatasetSample, WebDatasetStreamOptions } from './data-captions.js';
 export { BatchPreparer, initRng, STREAMS } from './batch.js';
 export type { DinoBatch, PreparedBatch, SupervisedBatch } from './batch.js';
 export { listCheckpoints, loadCheckpoint, pruneCheckpoints, resumePoint, RunMismatchError, saveCheckpoint } from './checkpoint.js';
