@@ -29,10 +29,10 @@ const modules = {
   },
   // sinkhorn-step.test.ts checks its wiring into the step too (slow: add it with --tests when the step changes).
   'packages/trainer/src/centering.ts': { tests: ['packages/trainer/test/centering.test.ts', 'packages/trainer/test/recipe.test.ts'] },
-  // The updates (AdamW, clipping, LAMB) and the state's layout; not the constructors' argument checks.
+  // The updates (AdamW, clipping, LAMB), the defaults and the state's layout; not the constructors' argument checks.
   'packages/trainer/src/optim.ts': {
     tests: ['packages/trainer/test/optim.test.ts', 'packages/trainer/test/recipe.test.ts'],
-    lines: '61-100,116-176,266-356',
+    lines: '44-46,61-100,116-176,235-242,266-356',
   },
   'packages/trainer/src/schedules.ts': {
     tests: [
@@ -47,7 +47,9 @@ const modules = {
   'packages/trainer/src/masking.ts': { tests: ['packages/trainer/test/parts.test.ts', 'packages/trainer/test/masking.test.ts'] },
   'packages/trainer/src/knn.ts': { tests: ['packages/trainer/test/knn.test.ts', 'packages/trainer/test/knn-edges.test.ts'] },
   'packages/probe/src/lost.ts': { tests: ['packages/probe/test/lost.test.ts', 'packages/probe/test/lost-k.test.ts'] },
-  'packages/probe/src/dense-metrics.ts': { tests: ['packages/probe/test/dense-heads.test.ts', 'packages/probe/test/dense-eval.test.ts'] },
+  'packages/probe/src/corloc.ts': { tests: ['packages/probe/test/corloc.test.ts'] },
+  // dense-heads.test.ts checks these functions against PyTorch too, but trains heads (slow): add it with --tests.
+  'packages/probe/src/dense-metrics.ts': { tests: ['packages/probe/test/dense-metrics.test.ts', 'packages/probe/test/dense-eval.test.ts'] },
   'packages/probe/src/dense-segmentation.ts': {
     tests: ['packages/probe/test/dense-heads.test.ts', 'packages/probe/test/dense-eval.test.ts'],
   },

@@ -40,4 +40,6 @@ test('CorLoc counts images with IoU >= 0.5 against any ground-truth box', () => 
     [5, 0, 15, 10],
   ] as Box[];
   assert.ok(Math.abs(boxIou(scaleBox(a, 2.24, 1.5), scaleBox(b, 2.24, 1.5)) - boxIou(a, b)) < 1e-12);
+  // each coordinate by its own axis' factor (x0, x1 by sx; y0, y1 by sy)
+  assert.deepEqual(scaleBox([10, 20, 30, 40], 2, 0.5), [20, 10, 60, 20]);
 });

@@ -57,26 +57,26 @@ export async function sinkhornKnopp(inputs: SinkhornInput[], reduceSum: ReduceSu
     owned.push(...first);
     const sums = inputs.map((_, i) => first[2 * i]!.dataSync()[0]!);
     const counts = inputs.map((_, i) => first[2 * i + 1]!.dataSync()[0]!);
-    const live = counts.map((n) => n > 0);
-    qs = qs.map((q, i) => (live[i] ? swap(q, tf.div(q, sums[i]!)) : q));
+    // An input with no rows on any rank needs no case of its own: its [K, 0] Q stays empty through every
+    // division (no element is ever 0 / 0) and the result is [0, K].
+    qs = qs.map((q, i) => swap(q, tf.div(q, sums[i]!)));
     for (let it = 0; it < iterations; it++) {
       const rows = await reduceAndDispose(
         reduceSum,
         qs.map((q) => tf.sum(q, 1, true)),
       );
       owned.push(...rows);
-      qs = qs.map((q, i) => {
-        if (!live[i]) return q;
-        return swap(
+      qs = qs.map((q, i) =>
+        swap(
           q,
           tf.tidy(() => {
             const byRow = tf.div(tf.div(q, rows[i]!), K[i]!);
             return tf.div(tf.div(byRow, tf.sum(byRow, 0, true)), counts[i]!);
           }),
-        );
-      });
+        ),
+      );
     }
-    return qs.map((q, i) => tf.tidy(() => (live[i] ? tf.transpose(tf.mul(q, counts[i]!)) : tf.zeros([0, K[i]!]))) as tf.Tensor2D);
+    return qs.map((q, i) => tf.tidy(() => tf.transpose(tf.mul(q, counts[i]!))) as tf.Tensor2D);
   } finally {
     tf.dispose([...qs, ...owned]);
   }

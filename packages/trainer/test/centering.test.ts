@@ -40,7 +40,12 @@ test('reduceSumOf: the sum over the ranks (the mean times the world size), shape
   assert.deepEqual(Array.from(sa!.dataSync()), [11, 22, 33, 44, 55, 66]);
   assert.deepEqual([...sb!.shape, ...sb!.dataSync()], [2]);
   assert.deepEqual(Array.from(a.dataSync()), [1, 2, 3, 4, 5, 6], 'the inputs are left as they were');
-  const one = await reduceSumOf(new LocalGradientSync())([a]);
+  // One rank: no host round trip (a collective here would only copy the values through the host).
+  const local = new LocalGradientSync();
+  let collectives = 0;
+  local.allReduce = async () => void collectives++;
+  const one = await reduceSumOf(local)([a]);
+  assert.equal(collectives, 0, 'one rank calls no collective');
   assert.notEqual(one[0], a, 'a new tensor');
   assert.deepEqual(Array.from(one[0]!.dataSync()), [1, 2, 3, 4, 5, 6]);
   tf.dispose([a, b, sa!, sb!, one[0]!]);
@@ -64,6 +69,7 @@ test('sinkhornKnopp: a positive integer number of iterations; an input with no r
     1,
   );
   assert.deepEqual(empty!.shape, [0, 5]);
+  assert.equal(empty!.dtype, 'float32');
   // One iteration by hand: Q = exp(x / t)^T / sum; rows / their sums / K; columns / their sums / N; times N.
   const e = [0.3, -1, 2, 0.5, 0.1, -0.2].map((v) => Math.exp(v / 0.1));
   const rowsum = [0, 1, 2].map((k) => e[k]! + e[3 + k]!);
