@@ -100,6 +100,13 @@ test('analyze: a folder and a glob, A/B models, a broken file skipped and named'
     assert.equal(summary.images[0].models[0].maxNorm, Math.max(...statsA.norms.patches.postnorm));
     assert.equal(summary.failed.length, 1);
     assert.match(summary.failed[0].path, /broken\.png$/);
+    // every block's automatic outlier share over both images pooled, per model, printed and in summary.json
+    for (const [k, label] of ['A', 'B'].entries()) {
+      const m = summary.layerOutliers[k];
+      assert.deepEqual([m.label, m.layers.length, m.layers[0].tokens], [label, 2, 2 * 16]);
+      const shares = m.layers.map((l: { share: number }) => `${(100 * l.share).toFixed(1)}%`).join(' ');
+      assert.ok(r.stderr.includes(`${label}: automatic outlier share per block (32 patch tokens pooled each): ${shares}`), r.stderr);
+    }
     const html = await readFile(join(out, 'report.html'), 'utf8');
     const links = [...html.matchAll(/src="([^"]+)"/g)].map((m) => decodeURIComponent(m[1]));
     assert.equal(links.length, 2 * 12, 'per image: input, 6 figures of A, 5 of B (no registers)');

@@ -13,7 +13,8 @@ export type { Encoder, EncoderOutput, EngineChoice, EngineName, ImageBatch } fro
 export { featureTensors, writeFeatureFile } from './feature-file.js';
 export { inferConfig } from './infer-config.js';
 export { posEmbedMatrices } from './interpolate.js';
-export { firstOutlierLayer, layerSummaries } from './layer-summary.js';
+export { firstOutlierLayer, layerOutlierShares, layerSummaries } from './layer-summary.js';
+export type { LayerOutlierShare, LayerSummary } from './layer-summary.js';
 export { blockDropRate, dropPathFactors, forwardDropPathFactors, initialParameters, parameterShapes, VisionTransformer } from './model.js';
 export type { ViTOutput } from './model.js';
 export { detectNaming, NAMINGS } from './namings.js';

@@ -1,6 +1,8 @@
 /**
  * Per-layer summaries of patch-token norms: mean, median, max and the outliers each block's output holds,
- * and the first layer where outliers appear (the paper: mid-network, around layer 15 of 40).
+ * and the first layer where outliers appear (the paper: mid-network, around layer 15 of 40); and the
+ * automatic outlier share of every block over many images pooled (`layerOutlierShares`), where a second
+ * mode of a few tokens per image shows even when one image's few dozen patches are too few to test.
  */
 import { detectOutliers, type OutlierOptions } from './outliers.js';
 
@@ -61,4 +63,60 @@ export function layerSummaries(patchNorms: ArrayLike<number>[], finalOutliers: n
 export function firstOutlierLayer(summaries: LayerSummary[]): number | null {
   const s = summaries.find((l) => l.outliers > 0);
   return s ? s.layer : null;
+}
+
+/** One block's patch-token norms over many images pooled, with the automatic rule's verdict. */
+export interface LayerOutlierShare {
+  /** Block index (0 = output of the first block). */
+  layer: number;
+  /** Patch tokens pooled (images x patches). */
+  tokens: number;
+  /** Tokens above the automatic threshold, and their share of `tokens`. */
+  outliers: number;
+  share: number;
+  /** The automatic threshold (null: no second mode by the rule). */
+  threshold: number | null;
+  median: number;
+  max: number;
+  /** The fitted modes' ratio, exp(mu_high - mu_low), whether or not the rule calls it bimodal (1 without a fit). */
+  modeRatio: number;
+  /** BIC(one Gaussian) - BIC(two) on the log norms: positive favours two modes. */
+  deltaBic: number;
+  /** Why the rule did or did not call the pooled norms bimodal. */
+  reason: string;
+}
+
+/**
+ * The automatic outlier rule (`detectOutliers` with threshold 'auto') on every block's patch-token norms,
+ * pooled over images: `perImage[i][l]` holds image i's patch norms after block l (every image the same
+ * number of blocks). Returns one entry per block, so a second mode that appears mid-network and fades
+ * by the output is seen where it is.
+ */
+export function layerOutlierShares(perImage: ArrayLike<number>[][], opts: OutlierOptions = {}): LayerOutlierShare[] {
+  if (perImage.length === 0) return [];
+  const depth = perImage[0].length;
+  perImage.forEach((layers, i) => {
+    if (layers.length !== depth) throw new Error(`layerOutlierShares: image ${i} has ${layers.length} blocks, image 0 has ${depth}`);
+  });
+  const out: LayerOutlierShare[] = [];
+  for (let l = 0; l < depth; l++) {
+    const pooled = Float64Array.from(perImage.flatMap((layers) => Array.from(layers[l])));
+    const det = detectOutliers(pooled, null, { ...opts, threshold: 'auto' });
+    const bm = det.bimodality!;
+    let max = -Infinity;
+    for (const v of pooled) max = Math.max(max, v);
+    out.push({
+      layer: l,
+      tokens: pooled.length,
+      outliers: det.indices.length,
+      share: det.fraction,
+      threshold: det.threshold,
+      median: pooled.length ? median(pooled) : 0,
+      max: pooled.length ? max : 0,
+      modeRatio: bm.ratio,
+      deltaBic: bm.deltaBic,
+      reason: bm.reason,
+    });
+  }
+  return out;
 }

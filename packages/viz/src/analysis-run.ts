@@ -9,6 +9,9 @@
  * PCA maps are fitted jointly over all images, per model, after the last image; that keeps every
  * image's patch features in memory (P x D x 4 bytes per image and model).
  *
+ * summary.json also holds, per model, `layerOutliers`: the automatic outlier rule on every block's patch
+ * norms pooled over all images (@vitreg/registers' layerOutlierShares), the share per block.
+ *
  * Layout of OUT: report.html, summary.json, and per image OUT/<name>/input.png and, per model, in
  * OUT/<name>/<subdir>/ (the first model: OUT/<name>/): norms, attention, registers (models with
  * registers), pca, histogram and layers .png, and stats.json.
@@ -30,9 +33,11 @@ import {
   analysisToJson,
   analyzeTokens,
   disposeOutput,
+  layerOutlierShares,
   outputTensors,
   tokenDataFromOutput,
   type Encoder,
+  type LayerOutlierShare,
   type TokenAnalysis,
 } from '@vitreg/registers';
 import type { Canvas } from './canvas.js';
@@ -115,6 +120,8 @@ export interface AnalyzeImagesResult {
   /** Paths of report.html and summary.json. */
   report: string;
   summary: string;
+  /** Per model (in `models` order), the automatic outlier share of every block over all images pooled. */
+  layerOutliers: LayerOutlierShare[][];
 }
 
 /** Forward one image through one model and analyse it; returns the analysis and the patch features. */
@@ -122,13 +129,15 @@ async function analyzeOne(
   model: Encoder,
   img: AnalysisImage,
   opts: Parameters<typeof analyzeTokens>[1],
-): Promise<{ analysis: TokenAnalysis; features: Float32Array }> {
+): Promise<{ analysis: TokenAnalysis; features: Float32Array; layerPatchNorms: Float32Array[] }> {
   const batch = { data: img.data, shape: [1, img.height, img.width, 3] as [number, number, number, number] };
   const encoded = await model.encode(batch, { attention: 'last', layers: true, embeddings: true });
   const out = outputTensors(encoded);
   try {
     const [data] = await tokenDataFromOutput(out);
-    return { analysis: analyzeTokens(data, opts), features: data.patches! };
+    const first = 1 + data.numRegisters;
+    const layerPatchNorms = (data.layerNorms ?? []).map((l) => l.slice(first));
+    return { analysis: analyzeTokens(data, opts), features: data.patches!, layerPatchNorms };
   } finally {
     disposeOutput(out);
   }
@@ -180,6 +189,8 @@ export async function analyzeImages(
   const failed: { path: string; error: string }[] = [];
   const done: { input: AnalysisInput; image: Canvas; grid: [number, number]; analyses: TokenAnalysis[] }[] = [];
   const features: Float32Array[][] = models.map(() => []);
+  // per model, per image, per block: the patch-token norms (for the pooled per-block outlier shares)
+  const layerNorms: Float32Array[][][] = models.map(() => []);
   const progress = opts.progress === false ? undefined : new Progress({ total: inputs.length, label: 'analyze', unit: 'img' });
   for (const input of inputs) {
     let img: AnalysisImage;
@@ -197,6 +208,7 @@ export async function analyzeImages(
       });
       analyses.push(r.analysis);
       features[k].push(r.features);
+      layerNorms[k].push(r.layerPatchNorms);
     }
     const image = imageFromNormalized(img.data, img.height, img.width);
     await ensureDir(join(out, input.name));
@@ -270,6 +282,8 @@ export async function analyzeImages(
       ],
     }),
   );
+  const layerOutliers = layerNorms.map((perImage) => layerOutlierShares(perImage));
+  const rnd = (x: number | null) => (x === null ? null : Number(x.toPrecision(5)));
   const summary = join(out, 'summary.json');
   await writeJsonAtomic(summary, {
     models: models.map((m) => ({ label: m.label, weights: m.weights, config: m.encoder.config, engine: m.encoder.description })),
@@ -281,7 +295,23 @@ export async function analyzeImages(
       models: d.analyses.map((a, k) => summaryOf(a, models[k].label)),
     })),
     failed,
+    layerOutliers: models.map((m, k) => ({
+      label: m.label,
+      rule: "auto, on every block's patch-token norms pooled over the images",
+      layers: layerOutliers[k].map((l) => ({
+        layer: l.layer,
+        tokens: l.tokens,
+        outliers: l.outliers,
+        share: rnd(l.share),
+        threshold: rnd(l.threshold),
+        median: rnd(l.median),
+        max: rnd(l.max),
+        modeRatio: rnd(l.modeRatio),
+        deltaBic: rnd(l.deltaBic),
+        reason: l.reason,
+      })),
+    })),
     seconds: Number(((performance.now() - started) / 1000).toFixed(2)),
   });
-  return { images: done.length, failed, report, summary };
+  return { images: done.length, failed, report, summary, layerOutliers };
 }

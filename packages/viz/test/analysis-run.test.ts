@@ -71,6 +71,25 @@ test('two models on a tensor and image files: figures, stats, summary, report; a
       ['shape', 2],
     ]);
     assert.equal(summary.failed.length, 1);
+    // every block's outlier share over the 3 images pooled, per model: its largest norm is the largest
+    // of the images' own per-block maxima (stats.json)
+    assert.deepEqual(
+      summary.layerOutliers.map((m: { label: string }) => m.label),
+      ['A', 'B'],
+    );
+    for (const [k, sub] of ['', 'b'].entries()) {
+      const depth = models[k].encoder.config.depth;
+      assert.equal(r.layerOutliers[k].length, depth);
+      const stats = await Promise.all(
+        ['images-0', 'images-1', 'shape'].map(async (n) => JSON.parse(await readFile(join(out, n, sub, 'stats.json'), 'utf8'))),
+      );
+      for (let l = 0; l < depth; l++) {
+        const pooled = summary.layerOutliers[k].layers[l];
+        assert.deepEqual([pooled.layer, pooled.tokens], [l, 3 * 16]);
+        assert.equal(pooled.share, pooled.outliers / pooled.tokens);
+        assert.equal(pooled.max, Math.max(...stats.map((st) => st.layers[l].max)));
+      }
+    }
     const html = await readFile(r.report, 'utf8');
     const links = [...html.matchAll(/src="([^"]+)"/g)].map((m) => decodeURIComponent(m[1]));
     assert.equal(links.length, 3 * 12, 'per image: input, 6 figures of A, 5 of B');

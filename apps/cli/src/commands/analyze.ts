@@ -34,7 +34,9 @@ Usage: vitreg analyze (IMAGE... | --tensor FILE.safetensors[:NAME]) --weights FI
 
 Finds high-norm outlier ("artifact") tokens and shows them: norm maps, CLS and register attention,
 PCA maps, norm histograms and per-layer curves, in OUT/report.html with numbers in OUT/summary.json
-and OUT/<image>/stats.json. Images are files, folders or glob patterns; an unreadable image is
+and OUT/<image>/stats.json. Besides each image's outliers (by --threshold and --source), it prints
+and writes (summary.json layerOutliers) the automatic rule's outlier share of every block, on the
+patch norms of all images pooled: artifacts that appear mid-network show where they are. Images are files, folders or glob patterns; an unreadable image is
 reported and skipped, and the command then exits with code 1 naming it.
 
 Options:
@@ -163,6 +165,10 @@ export const analyze: Command = {
     }
     const { images: done, failed } = result;
     for (const m of models) await m.dispose();
+    for (const [k, layers] of result.layerOutliers.entries()) {
+      const shares = layers.map((l) => `${(100 * l.share).toFixed(1)}%`).join(' ');
+      log(`${kinds[k]}: automatic outlier share per block (${layers[0]?.tokens ?? 0} patch tokens pooled each): ${shares}`);
+    }
     log(`wrote ${join(out, 'report.html')} (${done} image${done === 1 ? '' : 's'})`);
     if (failed.length > 0) {
       process.stderr.write(
