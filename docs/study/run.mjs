@@ -5,7 +5,9 @@
  * a time), then `vitreg analyze` (both models side by side, norms of the last block's output) and
  * `vitreg discover` (LOST CorLoc) on the probe images, and appends one row per model to
  * OUT/results.jsonl: CPU seconds of the training (user + system, /usr/bin/time), validation accuracy,
- * per-layer median and max patch norm (over the probe images), outlier share, CorLoc.
+ * per-layer median and max patch norm (over the probe images), outlier share, CorLoc, and per block the
+ * automatic rule's outlier share and fitted mode ratio over the probe images pooled (analyze's
+ * summary.json `layerOutliers`).
  * A cell whose row exists is skipped, so the same command continues an interrupted study.
  *
  *   node docs/study/run.mjs docs/study/cells.json /tmp/study [cell names...]
@@ -132,6 +134,7 @@ for (const cell of cells) {
     .slice(0, cell.analyzeCount ?? 16)
     .map((f) => join(probe, f));
   vitreg(['analyze', ...weightArgs, ...files, ...common], `${an}.log`);
+  const pooled = JSON.parse(readFileSync(join(an, 'summary.json'), 'utf8')).layerOutliers ?? [];
   for (const [i, run] of runs.entries()) {
     const row = {
       cell: cell.name,
@@ -144,6 +147,8 @@ for (const cell of cells) {
       knnAccuracy: run.summary.knn_accuracy ?? null,
       corloc: lost[run.r].corloc ?? lost[run.r],
       ...analysisRows(an, i === 0 ? '' : 'b'),
+      blockShares: pooled[i]?.layers.map((l) => l.share) ?? null,
+      blockModeRatios: pooled[i]?.layers.map((l) => l.modeRatio) ?? null,
       config: cell.config,
     };
     appendFileSync(results, JSON.stringify(row) + '\n');
