@@ -18,7 +18,7 @@ export default {
   coverageAnalysis: 'off',
   checkers: [],
   concurrency: Number(process.env.VITREG_MUTATE_CONCURRENCY ?? 2),
-  timeoutMS: 20000,
+  timeoutMS: Number(process.env.VITREG_MUTATE_TIMEOUT_MS ?? 20000),
   timeoutFactor: 2.5,
   reporters: ['clear-text', 'progress', 'json'],
   jsonReporter: { fileName: `${report}.json` },

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Mutation testing of one module, on demand (not in CI):
 //   npm run mutate -- packages/trainer/src/losses.ts [--tests a.test.ts,b.test.ts] [--lines 10-80,120-140] [--concurrency N]
-//   npm run mutate -- packages/trainer/src/losses.ts --survivors tmp/mutation/packages_trainer_src_losses_ts.json
+//   npm run mutate -- packages/trainer/src/losses.ts --survivors tmp/mutation/packages_trainer_src_losses_ts.json [--timeouts yes]
+//   [--timeout-ms N]: Stryker's timeoutMS (default 20000; a mutant's limit is its dry run's time x 2.5 + N)
 // Runs StrykerJS (stryker.config.mjs) on the module's lines of numerical code, each mutant checked by the
 // module's test files (node's test runner on the TypeScript sources). The table below names, for the
 // modules of the numerical core, the test files that check them and the line ranges worth mutating
@@ -9,7 +10,9 @@
 // Prints Stryker's table (killed, survived, timeout, score) and writes tmp/mutation/<module>.json.
 // --survivors <report.json> re-checks only the mutants an earlier run left alive (each one's exact source range;
 // mutants nested inside such a range come along), for after tests were added: the report goes to
-// tmp/mutation/<module>-survivors.json and the combined score is printed at the end.
+// tmp/mutation/<module>-survivors.json and the combined score is printed at the end. With --timeouts yes the
+// mutants that timed out are checked again too (on a loaded machine a slow test run can pass the limit, and a
+// timeout counts as killed: rerun them with a larger --timeout-ms to tell a hang from a slow run).
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { basename, dirname, join, relative } from 'node:path';
@@ -64,7 +67,7 @@ function usage(msg) {
   if (msg) process.stderr.write(`mutate: ${msg}\n`);
   process.stderr.write(
     'usage: npm run mutate -- <module.ts> [--tests a.test.ts,b.test.ts] [--lines 10-80,120-140] [--concurrency N]\n' +
-      '                         [--survivors earlier-report.json]\n' +
+      '                         [--survivors earlier-report.json [--timeouts yes]] [--timeout-ms N]\n' +
       `known modules: ${Object.keys(modules).join(', ')}\n`,
   );
   process.exit(2);
@@ -83,8 +86,10 @@ for (let i = 0; i < args.length; i++) {
 if (positional.length !== 1) usage(positional.length ? 'one module at a time' : 'which module?');
 const module = relative(root, join(process.cwd(), positional[0]));
 if (!existsSync(join(root, module))) usage(`${module}: no such file`);
-for (const k of Object.keys(flags)) if (!['tests', 'lines', 'concurrency', 'survivors'].includes(k)) usage(`unknown flag --${k}`);
+for (const k of Object.keys(flags))
+  if (!['tests', 'lines', 'concurrency', 'survivors', 'timeouts', 'timeout-ms'].includes(k)) usage(`unknown flag --${k}`);
 if (flags.survivors && flags.lines) usage('--survivors and --lines: one or the other');
+if (flags.timeouts && !flags.survivors) usage('--timeouts needs --survivors');
 
 /** Test files of the tree that import the module by its relative path (the fallback for modules not in the table). */
 function importers(mod) {
@@ -115,6 +120,7 @@ function reportMutants(file) {
     return { key: `${start.line}:${start.column}-${end.line}:${end.column} ${m.mutatorName} ${m.replacement}`, m };
   });
 }
+const recheck = (s) => s === 'Survived' || s === 'NoCoverage' || (flags.timeouts === 'yes' && s === 'Timeout');
 const alive = (s) => s === 'Survived' || s === 'NoCoverage';
 let earlier;
 let mutate;
@@ -124,12 +130,12 @@ if (flags.survivors) {
   const ranges = [
     ...new Set(
       earlier
-        .filter(({ m }) => alive(m.status))
+        .filter(({ m }) => recheck(m.status))
         .map(({ m }) => `${m.location.start.line}:${m.location.start.column - 1}-${m.location.end.line}:${m.location.end.column - 1}`),
     ),
   ];
   if (ranges.length === 0) {
-    process.stderr.write(`mutate: ${flags.survivors} has no surviving mutants\n`);
+    process.stderr.write(`mutate: ${flags.survivors} has no mutants to check again\n`);
     process.exit(0);
   }
   mutate = ranges.map((r) => `${module}:${r}`);
@@ -148,6 +154,7 @@ const env = {
   VITREG_MUTATE_TESTS: tests.join(' '),
   VITREG_MUTATE_REPORT: reportBase,
   ...(flags.concurrency ? { VITREG_MUTATE_CONCURRENCY: flags.concurrency } : {}),
+  ...(flags['timeout-ms'] ? { VITREG_MUTATE_TIMEOUT_MS: flags['timeout-ms'] } : {}),
 };
 const r = spawnSync(join(root, 'node_modules', '.bin', 'stryker'), ['run', 'stryker.config.mjs'], { cwd: root, env, stdio: 'inherit' });
 if (earlier && r.status === 0) {
@@ -156,7 +163,7 @@ if (earlier && r.status === 0) {
   const count = {};
   const left = [];
   for (const { key, m } of earlier) {
-    const status = alive(m.status) ? (now.get(key) ?? m.status) : m.status;
+    const status = recheck(m.status) ? (now.get(key) ?? m.status) : m.status;
     count[status] = (count[status] ?? 0) + 1;
     if (alive(status)) left.push(key);
   }
