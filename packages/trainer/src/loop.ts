@@ -17,7 +17,7 @@
  * no generator state: only the step and the cursor. The learning rate follows the global batch
  * (optim.scaling_rule) at every step.
  */
-import { appendFile, mkdir, readFile } from 'node:fs/promises';
+import { appendFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   BatchPrefetcher,
@@ -40,6 +40,7 @@ import { checkState, loadTrainingState, saveTrainingState } from './state.js';
 import { signalName, STOP_KEY, stopCode, type StopSignal } from './stop.js';
 import { isMembershipChanged, LocalGradientSync, type GradientSync } from './sync.js';
 import { tfjsEngine } from './tfjs-engine.js';
+import { restoreMetricsLine, truncateMetrics } from './metrics-file.js';
 import { trainClipObjective } from './clip-loop.js';
 
 export interface TrainOptions {
@@ -321,20 +322,6 @@ function round(metrics: Record<string, number>): Record<string, number> {
   return out;
 }
 
-/** Keeps the metric lines up to `step` (a resumed run rewrites what came after its checkpoint). */
-async function truncateMetrics(path: string, step: number): Promise<void> {
-  const text = await readFile(path, 'utf8').catch(() => '');
-  const kept = text.split('\n').filter((line) => {
-    if (!line.trim()) return false;
-    try {
-      return (JSON.parse(line) as { step?: number }).step! <= step;
-    } catch {
-      return false;
-    }
-  });
-  await writeFileAtomic(path, kept.map((l) => l + '\n').join(''));
-}
-
 /**
  * Trains `config` into `opts.outDir` (see the module comment); writes config.json, metrics.jsonl,
  * checkpoints/step-N/ and eval.json.
@@ -423,6 +410,10 @@ export async function train(config: TrainConfig, opts: TrainOptions): Promise<Tr
     // A stop request: a signal's number, -1 without one, 0 for none. One rank alone may stop between
     // steps; ranks of a job stop after the step whose committed reports carried a request.
     let interrupted = 0;
+    const logsStep = (step: number) => step % c.train.log_every === 0 || step === last;
+    // This rank's metrics of the last step it committed: should rank 0 die between a commit and the
+    // step's metrics line, the new rank 0 writes that line (restoreMetricsLine).
+    let committed: Record<string, number> | null = null;
     while (trainer.step < last) {
       if (sync.worldSize === 1 && stopCode(opts.stop) !== 0) {
         interrupted = stopCode(opts.stop);
@@ -435,11 +426,16 @@ export async function train(config: TrainConfig, opts: TrainOptions): Promise<Tr
         if (!isMembershipChanged(err)) throw err;
         log(`step ${trainer.step + 1} dropped: ${err.message}; re-syncing from rank 0`);
         await resync();
+        if (isRank0() && committed?.step === trainer.step && logsStep(trainer.step)) {
+          if (await restoreMetricsLine(metricsPath, round(committed)))
+            log(`step ${trainer.step}: its metrics line written by the new rank 0`);
+        }
         log(`continuing at step ${trainer.step + 1} as rank ${sync.rank} of ${sync.worldSize}`);
         continue;
       }
       const step = trainer.step;
-      if (isRank0() && (step % c.train.log_every === 0 || step === last)) {
+      committed = metrics;
+      if (isRank0() && logsStep(step)) {
         await appendFile(metricsPath, JSON.stringify(round(metrics)) + '\n');
       }
       progress?.tick(1, `loss ${metrics.loss!.toFixed(4)}`);
