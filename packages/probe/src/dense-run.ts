@@ -291,7 +291,7 @@ async function extract(
     let f;
     if (isEncoder(model)) f = await encodeDenseFeatures(model, imageBatch(inputs), opts.task, blocks);
     else {
-      const images = batchTensor(inputs);
+      const images = batchTensor(inputs, { model, outputs: { layers: !(blocks.length === 1 && blocks[0] === model.config.depth - 1) } });
       try {
         f = extractDenseFeatures(model, images, opts.task, blocks);
       } finally {

@@ -23,7 +23,7 @@ export interface DiscoverOptions {
 /** LOST on a batch of inputs of equal padded size; each box is clipped to its unpadded image. */
 export function discoverBatch(model: VisionTransformer, inputs: ModelInput[], opts: DiscoverOptions = {}): LostResult[] {
   const which = opts.features ?? 'keys';
-  const images = batchTensor(inputs);
+  const images = batchTensor(inputs, { model });
   const feats = tf.tidy(() => {
     const out = model.forward(images, which === 'keys' ? { keys: true } : { values: true });
     return { f: lostFeatures(out, which), grid: out.grid };

@@ -13,7 +13,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { normalizeRgb, resizeBicubic, type Box, type DatasetItem, type Rng } from '@vitreg/core';
-import { detectOutliers, type ViTOutput } from '@vitreg/registers';
+import { checkVitFits, detectOutliers, type ViTConfig, type ViTOutput } from '@vitreg/registers';
 
 export type InputGeometry = { kind: 'square'; size: number } | { kind: 'native'; maxSide?: number };
 
@@ -64,9 +64,21 @@ export function prepareInput(
   return { data, paddedHeight: ph, paddedWidth: pw, width: w, height: h, rgb, boxes, scale: [sx, sy] };
 }
 
-/** Stack inputs of equal padded size into an NHWC tensor. */
-export function batchTensor(inputs: ModelInput[]): tf.Tensor4D {
+/** The model a batch is for and what its forward returns besides the last block's tokens (batchTensor's memory check). */
+export interface BatchFit {
+  model: { config: ViTConfig };
+  outputs?: { attention?: 'none' | 'last' | 'all'; layers?: boolean };
+}
+
+/**
+ * Stack inputs of equal padded size into an NHWC tensor. With `fit`, first refuse a batch whose tfjs
+ * forward cannot fit the backend (checkVitFits: the weights, the activations at this batch and input
+ * size, the outputs asked for), with the numbers and the largest batch that fits, before anything of it
+ * is allocated (Encoders check their own batches).
+ */
+export function batchTensor(inputs: ModelInput[], fit?: BatchFit): tf.Tensor4D {
   const { paddedHeight: h, paddedWidth: w } = inputs[0];
+  if (fit) checkVitFits(fit.model.config, { batch: inputs.length, imageSize: [h, w], outputs: fit.outputs, what: 'the probe forward' });
   const data = new Float32Array(inputs.length * h * w * 3);
   inputs.forEach((inp, i) => {
     if (inp.paddedHeight !== h || inp.paddedWidth !== w) {

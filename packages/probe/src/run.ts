@@ -132,7 +132,7 @@ async function collect(model: ProbeModel, part: DataPart, opts: ProbeRunOptions,
       const t = <T extends tf.Tensor>(a: { data: Float32Array; shape: number[] }) => tf.tensor(a.data, a.shape, 'float32') as T;
       fwd = { cls: t<tf.Tensor2D>(o.cls), registers: t<tf.Tensor3D>(o.registers), patches: t<tf.Tensor3D>(o.patches) };
     } else {
-      const images = batchTensor(inputs);
+      const images = batchTensor(inputs, { model });
       fwd = tf.tidy(() => {
         const o = model.forward(images);
         return { cls: o.cls, registers: o.registers, patches: o.patches };

@@ -15,7 +15,15 @@
  *   each kind of crop at its size.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { backendBudget, checkMemoryFit, getBackendName, type MemoryBudget, type MemoryNeed } from '@vitreg/core';
+import {
+  backendBudget,
+  checkMemoryFit,
+  getBackendName,
+  MEMORY_WAYS_OUT,
+  totalNeed,
+  type MemoryBudget,
+  type MemoryNeed,
+} from '@vitreg/core';
 import { ffnHiddenDim, type ViTConfig } from './config.js';
 import { parameterShapes } from './model.js';
 
@@ -31,6 +39,11 @@ export interface VitMemoryOptions {
   /** Images per forward (default 1) at `imageSize` (default the config's img_size). */
   batch?: number;
   imageSize?: number | [number, number];
+  /**
+   * A forward's outputs beyond the last block's tokens, held with the activations: attention maps (the
+   * last block's or every block's, B H N^2 floats each) and every block's tokens (B N D floats each).
+   */
+  outputs?: { attention?: 'none' | 'last' | 'all'; layers?: boolean };
   /** Training: gradients, optimiser state and the activations kept for the backward. */
   training?: {
     /** The crops of one forward / backward pass (default `batch` images at `imageSize`). */
@@ -71,7 +84,10 @@ export function vitMemoryNeed(c: ViTConfig, opts: VitMemoryOptions = {}): Memory
   let largestTensor = 0;
   if (!opts.training) {
     const n = tokens(c, size);
-    return { weights, gradients: 0, optimizer: 0, activations: forwardPeak(batch, n), largestTensor: largest(batch, n) };
+    const o = opts.outputs ?? {};
+    const maps = o.attention === 'all' ? c.depth : o.attention === 'last' ? 1 : 0;
+    const outputs = (maps * batch * H * n * n + (o.layers ? c.depth * batch * n * D : 0)) * F32;
+    return { weights, gradients: 0, optimizer: 0, activations: forwardPeak(batch, n) + outputs, largestTensor: largest(batch, n) };
   }
   const t = opts.training;
   const crops = t.crops ?? [{ count: batch, size }];
@@ -85,6 +101,18 @@ export function vitMemoryNeed(c: ViTConfig, opts: VitMemoryOptions = {}): Memory
   }
   if (t.teacher) weights += copies * P * F32;
   return { weights, gradients: P * F32, optimizer: (t.optimizerSlots ?? 2) * P * F32, activations: activations + peak, largestTensor };
+}
+
+/**
+ * The largest batch whose forward fits `budgetBytes` (the need grows linearly with the batch past the
+ * weights), at least 0: for "a smaller batch (--batch N)" in a refusal.
+ */
+export function largestFittingBatch(c: ViTConfig, budgetBytes: number, opts: Omit<VitMemoryOptions, 'batch' | 'training'> = {}): number {
+  const one = vitMemoryNeed(c, { ...opts, batch: 1, training: undefined });
+  const two = vitMemoryNeed(c, { ...opts, batch: 2, training: undefined });
+  const perImage = two.activations - one.activations;
+  const fixed = one.weights + one.activations - perImage;
+  return perImage > 0 ? Math.max(0, Math.floor((budgetBytes - fixed) / perImage)) : 0;
 }
 
 /** The active tfjs backend's budget: vitreg's backend name (or tfjs's), WebGPU's device limits. */
@@ -117,5 +145,15 @@ export function checkVitFits(
   const what = `${opts.what ?? 'the model'} (${(parameterCount(c) / 1e6).toFixed(1)}M parameters, batch ${opts.batch ?? 1}${
     opts.training ? ', training' : ''
   })`;
-  return checkMemoryFit(what, need, activeBudget(opts.backend), opts.waysOut);
+  const budget = activeBudget(opts.backend);
+  let waysOut = opts.waysOut;
+  // A forward at a batch size: name the largest batch that fits in place of the general "a smaller batch".
+  if (!waysOut && !opts.training && opts.batch !== undefined && budget.total !== undefined && totalNeed(need) > budget.total) {
+    const fits = largestFittingBatch(c, budget.total, opts);
+    if (fits >= 1)
+      waysOut = MEMORY_WAYS_OUT.map((w) =>
+        w === 'a smaller batch or image size' ? `a smaller batch (--batch ${fits} fits) or image size` : w,
+      );
+  }
+  return checkMemoryFit(what, need, budget, waysOut);
 }

@@ -15,6 +15,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { InferenceSession, Tensor } from 'onnxruntime-node';
+import { checkMemoryFit } from '@vitreg/core';
 import { validateConfig, type ViTConfig } from './config.js';
 import { checkImageBatch, type EncodeOptions, type Encoder, type EncoderOutput, type HostArray, type ImageBatch } from './encoder.js';
 import {
@@ -26,6 +27,7 @@ import {
   resampledPatchPositions,
   type OnnxOutput,
 } from './onnx-export.js';
+import { activeBudget, largestFittingBatch, parameterCount, vitMemoryNeed } from './memory-need.js';
 import { ttrNeuronsByLayer } from './model.js';
 import { readOnnxInfo } from './onnx-proto.js';
 import { modelFingerprint } from './test-time-registers.js';
@@ -151,6 +153,8 @@ export class OnnxEncoder implements Encoder {
   private tempDirs: string[] = [];
   /** The config as exported (without the test-time register); `config` is what encode returns. */
   readonly config: ViTConfig;
+  /** The batch shape and outputs last checked against the memory budget. */
+  private fitted = '';
 
   private constructor(
     private ort: Ort,
@@ -323,6 +327,7 @@ export class OnnxEncoder implements Encoder {
     const c = this.config;
     checkImageBatch(images, c.patch_size);
     const [B, H, W] = images.shape;
+    this.checkBatchFits(B, H, W, opts);
     const wanted = wantedOutputs(opts, c);
     const entry = await this.sessionFor(H, W, wanted);
     const feeds: Record<string, Tensor> = { images: new this.ort.Tensor('float32', images.data, images.shape) };
@@ -365,6 +370,39 @@ export class OnnxEncoder implements Encoder {
     if (opts.keys) out.keys = get('keys');
     if (opts.values) out.values = get('values');
     return out;
+  }
+
+  /**
+   * Refuses, before ONNX Runtime allocates anything for it, a batch whose forward (one copy of the
+   * weights, the activations at this batch size and image size, the outputs asked for) is more than the
+   * process can have: the host's free memory or cgroup limit on the CPU (VITREG_MEMORY_LIMIT, in bytes,
+   * replaces it); not checked on cuda or webgpu, whose memory is the device's. The error names the
+   * largest batch that fits. Checked once per batch shape and outputs.
+   */
+  private checkBatchFits(B: number, H: number, W: number, opts: EncodeOptions): void {
+    const key = `${B}x${H}x${W}/${opts.attention ?? 'none'}/${opts.layers ? 'layers' : ''}`;
+    if (key === this.fitted) return;
+    const device = this.opts.device ?? 'cpu';
+    const budget = activeBudget(device === 'cpu' ? 'onnxruntime' : `onnxruntime-${device}`);
+    const mem = {
+      engine: 'onnxruntime' as const,
+      imageSize: [H, W] as [number, number],
+      outputs: { attention: opts.attention, layers: opts.layers },
+    };
+    const need = vitMemoryNeed(this.base, { ...mem, batch: B });
+    const fits = budget.total === undefined ? B : largestFittingBatch(this.base, budget.total, mem);
+    const waysOut = [
+      fits >= 1
+        ? `a smaller batch (--batch ${fits} fits)`
+        : budget.total !== undefined && need.weights >= budget.total
+          ? 'fp16 weights (vitreg export --dtype fp16: half the weight memory)'
+          : `smaller images (not one ${H}x${W} image fits)`,
+      ...(opts.attention === 'all' ? ["the last block's attention only (--attention last)"] : []),
+      'a machine (or cgroup) with more memory',
+    ];
+    const what = `the ONNX Runtime forward (${(parameterCount(this.base) / 1e6).toFixed(1)}M parameters, batch ${B} of ${H}x${W} images)`;
+    checkMemoryFit(what, need, budget, waysOut);
+    this.fitted = key;
   }
 
   async dispose(): Promise<void> {
