@@ -1,18 +1,19 @@
 /**
  * `npm run bench -- hostile [--only NAME,...]`: time and peak memory to refusal for a corpus of hostile
- * tensor files (packages/core/test/hostile-corpus.ts: deep pickles at several sizes, a pickle reusing one
- * list, deflate bombs, a huge stride-0 view, overlapping zip entries and safetensors offsets, huge shapes,
- * truncated files, a 300,000-tensor header). Each file is read in a child process of its own, so its peak
- * RSS is its own: one JSON line per file with the bytes, the milliseconds of the read, the child's peak
- * RSS and its RSS before the read, and the error's first 140 characters. Goal: under 1 s and 200 MB each,
- * time linear in size.
+ * files (packages/core/test/hostile-corpus.ts: deep pickles and a pickle reusing one list at several
+ * sizes, deflate bombs, a huge stride-0 view, overlapping zip entries and safetensors offsets, huge
+ * shapes, truncated files, safetensors headers of many tensors (3 sizes under the limit, one over), many
+ * values or deep nesting, PNG and JPEG decompression bombs). Each file is read in a child process of its
+ * own, so its peak RSS is its own: one JSON line per file with the bytes, the milliseconds and
+ * CPU-milliseconds of the read, the child's peak RSS and its RSS before the read, and the error's first
+ * 140 characters. Goal: under 1 s and 200 MB each, time linear in size.
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { readPth, readSafetensors } from '@vitreg/core';
+import { decodeImage, readPth, readSafetensors } from '@vitreg/core';
 import { hostileCorpus, validPth } from '../packages/core/test/hostile-corpus.js';
 
 const MAIN = fileURLToPath(new URL('./main.ts', import.meta.url));
@@ -24,7 +25,7 @@ async function readOne(file: string): Promise<void> {
   const t = performance.now();
   let error: string | null = null;
   try {
-    await (file.endsWith('.safetensors') ? readSafetensors(file) : readPth(file));
+    await (file.endsWith('.safetensors') ? readSafetensors(file) : /\.(png|jpg)$/.test(file) ? decodeImage(file) : readPth(file));
   } catch (err) {
     error = `${(err as Error).name}: ${(err as Error).message}`;
   }

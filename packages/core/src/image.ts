@@ -50,10 +50,26 @@ export interface TransformPlan {
   crop: { left: number; top: number; width: number; height: number };
 }
 
-/** Decode any image sharp reads into 8-bit RGB (see the module comment for the rules). */
+/**
+ * The most pixels (width x height) an input image may declare: 2^26, 8192 x 8192 (a 61-megapixel photo
+ * fits), decoded to at most 192 MiB of RGB. sharp's own default (16383 x 16383, 268 M pixels) would let a
+ * 427 KB PNG of zeros declaring 12000 x 12000 decode to 432 MB (3 s, 524 MB RSS here); images over the
+ * limit are refused from their header, before any pixel is decoded. `VITREG_MAX_IMAGE_PIXELS` (a
+ * positive integer) replaces it. Mutable, for tests.
+ */
+export const IMAGE_LIMITS = { maxPixels: 2 ** 26 };
+
+/** The pixel limit in force: VITREG_MAX_IMAGE_PIXELS, else IMAGE_LIMITS.maxPixels. */
+export function maxImagePixels(): number {
+  const env = Number(process.env.VITREG_MAX_IMAGE_PIXELS);
+  return Number.isSafeInteger(env) && env > 0 ? env : IMAGE_LIMITS.maxPixels;
+}
+
+/** Decode any image sharp reads into 8-bit RGB (see the module comment for the rules); refuses one over maxImagePixels(). */
 export async function decodeImage(file: string): Promise<RgbImage> {
+  const limit = maxImagePixels();
   try {
-    const { data, info } = await sharp(file, { failOn: 'error' })
+    const { data, info } = await sharp(file, { failOn: 'error', limitInputPixels: limit })
       .removeAlpha()
       .toColourspace('srgb')
       .raw({ depth: 'uchar' })
@@ -65,6 +81,17 @@ export async function decodeImage(file: string): Promise<RgbImage> {
     const first = String((err as Error)?.message ?? err)
       .split('\n')[0]!
       .trim();
+    if (/exceeds pixel limit/i.test(first)) {
+      // sharp refused it from the header: name its size (the header again, nothing decoded)
+      const meta = await sharp(file, { limitInputPixels: false })
+        .metadata()
+        .catch(() => undefined);
+      const size = meta?.width && meta.height ? `${meta.width}x${meta.height} (${meta.width * meta.height} pixels)` : 'over the limit';
+      throw new Error(
+        `${file}: image is ${size}, more than the limit of ${limit} pixels (a decompression bomb, or an image to shrink first; VITREG_MAX_IMAGE_PIXELS raises the limit)`,
+        { cause: err },
+      );
+    }
     throw new Error(`${file}: cannot decode image (truncated or not an image): ${first}`, { cause: err });
   }
 }

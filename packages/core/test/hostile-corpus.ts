@@ -313,11 +313,59 @@ export function mutate(base: Uint8Array, rng: { float(): number }): Buffer {
   }
 }
 
+/** A PNG chunk: length, type, data, CRC. */
+function pngChunk(type: string, data: Buffer): Buffer {
+  const len = Buffer.alloc(4);
+  len.writeUInt32BE(data.length);
+  const body = Buffer.concat([Buffer.from(type, 'latin1'), data]);
+  const crc = Buffer.alloc(4);
+  crc.writeUInt32BE(crc32(body));
+  return Buffer.concat([len, body, crc]);
+}
+
+/** A zlib stream of `n` zero bytes built from repeated 1 MiB deflate blocks (no `n`-byte buffer is made). */
+function zerosZlib(n: number): Buffer {
+  const MiB = 2 ** 20;
+  const block = deflateRawSync(Buffer.alloc(MiB), { finishFlush: zc.Z_SYNC_FLUSH });
+  const adler = Buffer.alloc(4);
+  adler.writeUInt32BE((((n % 65521) << 16) | 1) >>> 0); // Adler-32 of n zeros
+  const blocks: Buffer[] = Array.from({ length: Math.floor(n / MiB) }, () => block);
+  return Buffer.concat([Buffer.from([0x78, 0x9c]), ...blocks, deflateRawSync(Buffer.alloc(n % MiB)), adler]);
+}
+
+/** A valid `w` x `h` 8-bit RGB PNG of zeros: a decompression bomb (12000 x 12000 is 427 KB, 432 MB decoded). */
+export function pngBomb(w: number, h: number): Buffer {
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(w, 0);
+  ihdr.writeUInt32BE(h, 4);
+  ihdr[8] = 8; // bit depth
+  ihdr[9] = 2; // RGB
+  const signature = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+  return Buffer.concat([
+    signature,
+    pngChunk('IHDR', ihdr),
+    pngChunk('IDAT', zerosZlib(h * (1 + 3 * w))),
+    pngChunk('IEND', Buffer.alloc(0)),
+  ]);
+}
+
+/** An 8 x 8 baseline JPEG (sharp, quality 50); its SOF0 height and width are at bytes 145 and 147. */
+const JPEG_8X8 =
+  '/9j/2wBDABALDA4MChAODQ4SERATGCgaGBYWGDEjJR0oOjM9PDkzODdASFxOQERXRTc4UG1RV19iZ2hnPk1xeXBkeFxlZ2P/2wBDARESEhgVGC8aGi9jQjhCY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2P/wAARCAAIAAgDASIAAhEBAxEB/8QAFQABAQAAAAAAAAAAAAAAAAAAAAb/xAAUEAEAAAAAAAAAAAAAAAAAAAAA/8QAFAEBAAAAAAAAAAAAAAAAAAAAAv/EABQRAQAAAAAAAAAAAAAAAAAAAAD/2gAMAwEAAhEDEQA/AIgAwf/Z';
+
+/** A JPEG whose frame header declares `w` x `h` over the data of an 8 x 8 one. */
+export function jpegBomb(w: number, h: number): Buffer {
+  const b = Buffer.from(JPEG_8X8, 'base64');
+  b.writeUInt16BE(h, 145);
+  b.writeUInt16BE(w, 147);
+  return b;
+}
+
 export interface HostileFile {
   /** Short name of the case (also the file's stem). */
   name: string;
   /** File name extension, with the dot. */
-  ext: '.pth' | '.safetensors';
+  ext: '.pth' | '.safetensors' | '.png' | '.jpg';
   bytes: () => Buffer;
 }
 
@@ -334,7 +382,11 @@ export function hostileCorpus(): HostileFile[] {
       ext: '.pth',
       bytes: () => pthWithPickle(deepListPickle(d)),
     })),
-    { name: 'reuse-ordereddict', ext: '.pth', bytes: () => pthWithPickle(reusePickle(1000, 100_000)) },
+    ...[10_000, 30_000, 100_000].map((calls): HostileFile => ({
+      name: `reuse-ordereddict-${calls}`,
+      ext: '.pth',
+      bytes: () => pthWithPickle(reusePickle(1000, calls)),
+    })),
     { name: 'deflate-bomb-1gib', ext: '.pth', bytes: () => deflateBombPth(1024) },
     { name: 'lying-bomb-1gib', ext: '.pth', bytes: () => lyingBombPth(1024) },
     { name: 'huge-view', ext: '.pth', bytes: hugeViewPth },
@@ -370,6 +422,11 @@ export function hostileCorpus(): HostileFile[] {
       bytes: () => manyTensorsSafetensors(n),
     })),
     { name: 'deep-header', ext: '.safetensors', bytes: () => deepHeaderSafetensors(10_000_000) },
+    { name: 'png-bomb-12000', ext: '.png', bytes: () => pngBomb(12_000, 12_000) },
+    { name: 'png-bomb-30000', ext: '.png', bytes: () => pngBomb(30_000, 30_000) },
+    { name: 'jpeg-bomb-30000', ext: '.jpg', bytes: () => jpegBomb(30_000, 30_000) },
+    // at the limit (2^26 pixels): decoded, the cost the limit allows (bench only)
+    { name: 'png-8192-at-limit', ext: '.png', bytes: () => pngBomb(8192, 8192) },
     ...[450_000, 10_000_000].map((n): HostileFile => ({
       name: `many-values-${n}`,
       ext: '.safetensors',
