@@ -12,6 +12,7 @@ import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { BACKEND_NAMES, type BackendName } from '@vitreg/core';
 import { assertDataSource, checkTrainEngineOptions, openDataAsync, resolveTrainConfig, type TrainEngineOptions } from '@vitreg/trainer';
+import { clipTokenizer, openCaptionData } from '@vitreg/trainer';
 import { startCoordinator, type CoordinatorHandle } from '@vitreg/coordinator';
 import { resumePoint, RunMismatchError, parseStopSignals, signalExitCode, STOP_SIGNALS, stopOnSignals } from '@vitreg/trainer';
 import { runWorker } from './agent.js';
@@ -29,7 +30,8 @@ Training (as vitreg train): --preset NAME | --config FILE.json, --data DIR|FILE-
   --backend auto|tensorflow-gpu|webgpu|tensorflow|wasm|cpu, --engine auto|tfjs|onnxruntime (the step engine,
   $VITREG_ENGINE; auto = onnxruntime where onnxruntime-node loads), --device cpu|cuda|webgpu (onnxruntime's execution
   provider; cuda is the GPU of --local-rank / --gpu), --engine-threads N (onnxruntime's intra-op threads
-  per training thread), --no-progress, --log-samples (per-rank files
+  per training thread), --tokenizer FILE, --csv-img-key K, --csv-caption-key K, --csv-separator S (objective
+  clip, as vitreg train), --no-progress, --log-samples (per-rank files
   list the (epoch, index) of every image trained on), --checksum (rank 0 prints a weights SHA-256)
 
 Cluster:
@@ -114,6 +116,10 @@ async function main(argv: string[]): Promise<number> {
         engine: { type: 'string' },
         device: { type: 'string' },
         'engine-threads': { type: 'string' },
+        tokenizer: { type: 'string' },
+        'csv-img-key': { type: 'string' },
+        'csv-caption-key': { type: 'string' },
+        'csv-separator': { type: 'string' },
         'no-progress': { type: 'boolean' },
         'log-samples': { type: 'boolean' },
         checksum: { type: 'boolean' },
@@ -206,10 +212,16 @@ async function main(argv: string[]): Promise<number> {
       steps: int('--steps', values.steps, 1),
       seed: int('--seed', values.seed),
       batchSize: int('--batch-size', values['batch-size'], 2),
+      tokenizer: values.tokenizer === undefined ? undefined : resolve(values.tokenizer),
+      csvImgKey: values['csv-img-key'],
+      csvCaptionKey: values['csv-caption-key'],
+      csvSeparator: values['csv-separator'] === '\\t' ? '\t' : values['csv-separator'],
       warn: (message) => process.stderr.write(`vitreg-worker: warning: ${message}\n`),
     });
     assertDataSource(config);
-    await openDataAsync(config, { rebuildIndex: values['rebuild-index'] ?? false });
+    // Objective clip: a caption table or WebDataset shards (its tokenizer checked too), as vitreg train opens them.
+    if (config.objective === 'clip') await Promise.all([clipTokenizer(config), openCaptionData(config)]);
+    else await openDataAsync(config, { rebuildIndex: values['rebuild-index'] ?? false });
   } catch (e) {
     throw new UsageError((e as Error).message);
   }

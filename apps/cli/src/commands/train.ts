@@ -245,10 +245,14 @@ export const trainCommand: Command = {
         ['--backend', values.backend],
         ['--gpu', values.gpu],
         ['--verbose', values.verbose],
-        // Objective clip runs on tfjs (clipEngineOptions refused onnxruntime above).
-        ['--engine', config.objective === 'clip' ? 'tfjs' : values.engine],
+        ['--engine', values.engine],
         ['--device', values.device],
         ['--engine-threads', values.threads],
+        // Objective clip's caption flags (the tokenizer as an absolute path, as the config holds it).
+        ['--tokenizer', values.tokenizer === undefined ? undefined : resolve(values.tokenizer)],
+        ['--csv-img-key', values['csv-img-key']],
+        ['--csv-caption-key', values['csv-caption-key']],
+        ['--csv-separator', values['csv-separator']],
         // The workers continue the run the CLI found (the same config: checked above).
         ['--resume', plan.resume === true || plan.from !== null],
         ['--no-progress', values['no-progress']],
