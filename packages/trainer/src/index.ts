@@ -75,6 +75,11 @@ export { mixupCutmix, smoothOneHot } from './mixup.js';
 export { onnxRuntimeEngine, OnnxRuntimeEngine } from './onnx/engine.js';
 export type { OnnxRuntimeEngineOptions } from './onnx/engine.js';
 export { checkTrainEngineOptions, resolveTrainEngine } from './onnx/engine-select.js';
+export { OnnxClipEngine } from './onnx/clip-engine.js';
+export type { OnnxClipOptions } from './onnx/clip-engine.js';
+export { clipFeaturesGraph, clipLossStepGraph, clipTowersGraph } from './onnx/clip-graphs.js';
+export type { ClipGraphOptions } from './onnx/clip-graphs.js';
+export { registerOnnxFactory } from './onnx/clip-settings.js';
 export type { ResolvedTrainEngine, TrainEngineOptions } from './onnx/engine-select.js';
 export { dinoDropPath, maskRowBucket, padMaskRows, padRows, supervisedDropPath } from './onnx/feeds.js';
 export {

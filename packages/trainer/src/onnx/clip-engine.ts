@@ -131,7 +131,9 @@ export class OnnxClipEngine {
       feeds.drop_path = forwardDropPathFactors(vit, new Rng(batch.dropPathSeed), B);
     }
     for (const p of this.params) feeds[p.name] = this.view(this.weights, p.name);
-    const go: ClipGraphOptions = { batch: B, imageSize: S, textLength: L };
+    // WebGPU's provider has no FusedMatMul or Sum kernel (graphs.ts's GraphBuildOptions).
+    const plain = this.sessions.device === 'webgpu';
+    const go: ClipGraphOptions = { batch: B, imageSize: S, textLength: L, plainMatMul: plain, plainSum: plain };
     const into: Record<string, Float32Array> = {};
     this.grads.fill(0);
     const key = `${B}x${S}/${L}`;
