@@ -363,6 +363,8 @@ function round(m: Record<string, number>): Record<string, number> {
 
 /** `train()` for objective clip (see the module comment); the same options and result as the generic loop. */
 export async function trainClipObjective(c: TrainConfig, opts: TrainOptions): Promise<TrainResult> {
+  // An engine factory the clip loop cannot run is refused before anything is written.
+  const ort = clipEngineSettings(opts.engine);
   const out = opts.outDir;
   await mkdir(out, { recursive: true });
   const sync: GradientSync = opts.sync ?? new LocalGradientSync();
@@ -371,7 +373,6 @@ export async function trainClipObjective(c: TrainConfig, opts: TrainOptions): Pr
   const tokenizer = await clipTokenizer(c);
   const data = await openCaptionData(c);
   const model = new ClipModel(clipModelConfig(c, tokenizer.vocabSize), { seed: c.train.seed });
-  const ort = clipEngineSettings(opts.engine);
   const o = c.optim;
   const engine = ort ? new OnnxClipEngine(model, { ...ort, beta1: o.beta1, beta2: o.beta2, eps: o.eps }) : null;
   const run = new ClipRun(c, model, tokenizer, data, sync, engine);
