@@ -7,6 +7,7 @@
  * - one step of both towers (CLIP and SigLIP loss): loss and every parameter's gradient (logit_scale and
  *   logit_bias included) against steps/clip.ts's `clipStep`, on 1 rank (the loss in the graph) and on 2
  *   in-process ranks (features graph, host loss across the ranks, towers graph).
+ * - a token id outside the vocabulary is refused naming it.
  * Skipped with one line where onnxruntime-node does not load.
  */
 import assert from 'node:assert/strict';
@@ -178,3 +179,20 @@ for (const kind of ['clip', 'siglip'] as const) {
     await compareStep(t, kind, pairSyncs(2));
   });
 }
+
+test('clip engine: a token id outside the vocabulary is an error naming it (before any graph runs)', async (t) => {
+  if (!(await tryOrt())) return t.skip(SKIP_NO_ORT);
+  const model = tinyClip(null, 1);
+  const engine = new OnnxClipEngine(model, { threads: 1 });
+  try {
+    const ids = textIds();
+    ids[5] = 32;
+    await assert.rejects(engine.compute({ images: imageBatch(B, 1), ids, size: B, imageSize: 32 }, 'clip', new LocalGradientSync()), {
+      message: 'text ids: token id 32 is outside the vocabulary [0, 31]',
+    });
+    assert.equal(engine.sessions.count, 0);
+  } finally {
+    await engine.dispose();
+    model.dispose();
+  }
+});

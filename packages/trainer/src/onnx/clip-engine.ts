@@ -120,6 +120,9 @@ export class OnnxClipEngine {
     const B = batch.size;
     const S = batch.imageSize;
     const L0 = batch.ids.length / B;
+    const V = cfg.text.vocab_size;
+    for (const id of batch.ids)
+      if (!(id >= 0 && id < V)) throw new Error(`text ids: token id ${id} is outside the vocabulary [0, ${V - 1}]`);
     const L = textLength(batch.ids, B);
     const ids = new Int32Array(B * L);
     for (let b = 0; b < B; b++) ids.set(batch.ids.subarray(b * L0, b * L0 + L), b * L);
