@@ -15,6 +15,8 @@ export interface EngineRequest {
   precision?: string;
   /** tfjs backend (default wasm). */
   backend?: BackendName;
+  /** ONNX Runtime session options over the engine's own (SessionSettings.sessionOptions). */
+  sessionOptions?: Record<string, unknown>;
 }
 
 export type LoadedEngine = { factory: EngineFactory; describe: Record<string, unknown> } | { skipped: string };
@@ -44,7 +46,12 @@ export async function loadEngine(name: string, r: EngineRequest): Promise<Loaded
   if (name === 'onnxruntime') {
     const why = await ortLoads();
     if (why) return { skipped: why };
-    const opts = { threads: r.threads, device: r.device ?? 'cpu', precision: r.precision ?? 'fp32' } as OnnxRuntimeEngineOptions;
+    const opts = {
+      threads: r.threads,
+      device: r.device ?? 'cpu',
+      precision: r.precision ?? 'fp32',
+      ...(r.sessionOptions ? { sessionOptions: r.sessionOptions } : {}),
+    } as OnnxRuntimeEngineOptions;
     try {
       return { factory: onnxRuntimeEngine(opts), describe: { device: r.device ?? 'cpu' } };
     } catch (err) {
@@ -59,6 +66,8 @@ export interface EngineTimes {
   seconds: number;
   /** CPU seconds of this process (every thread) in the same calls. */
   cpuSeconds: number;
+  /** Of cpuSeconds, those in the kernel (page faults of fresh allocations, thread wake-ups). */
+  sysSeconds?: number;
 }
 
 /** `factory` with computeStep and applyStep timed into `times` (added up; the caller resets it). */
@@ -80,6 +89,7 @@ export function timedEngine(factory: EngineFactory, times: EngineTimes): EngineF
             const c = process.cpuUsage(c0);
             times.seconds += (performance.now() - t0) / 1000;
             times.cpuSeconds += (c.user + c.system) / 1e6;
+            if (times.sysSeconds !== undefined) times.sysSeconds += c.system / 1e6;
           }
         };
       },

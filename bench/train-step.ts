@@ -2,7 +2,7 @@
  * `npm run bench -- train-step [--engine tfjs|onnxruntime|auto[,...]] [--threads N[,M]] [--objective supervised|dinov2]
  *   [--preset NAME] [--batch N] [--model NAME] [--patch N] [--size 224] [--local-size 96] [--local-crops 8] [--steps N] [--warmup N] [--micro-batch N]
  *   [--precision fp32|bf16|fp16] [--device cpu|cuda|webgpu] [--backend wasm] [--torch auto|off|only]
- *   [--torch-mode alternate|after] [--torch-drop-path full|subset] [--count-flops]`
+ *   [--torch-mode alternate|after] [--torch-drop-path full|subset] [--count-flops] [--ort-options JSON]`
  *
  * One training step of vitreg's trainer as `vitreg train` runs it (synthetic data, augmentation, the step
  * engine's forward + backward, clipping, the optimiser, the EMA teacher), and beside it in the same run
@@ -30,6 +30,8 @@
  * `trainThreads`, with the batch split between them (PyTorch then runs before and after). Peak RSS:
  * VmHWM of this process and of the reference's. `--precision bf16|fp16`: PyTorch's CPU autocast (only on
  * CPUs with AVX-512 BF16; the line says so otherwise) and the engine's mixed precision where it offers it.
+ * `cpu_seconds_all` / `sys_seconds_all`: each timed step's CPU-seconds (all threads) and, of them, the
+ * kernel's. `--ort-options '{"enableCpuMemArena":true}'`: ONNX Runtime session options over the engine's.
  */
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -177,6 +179,7 @@ function torchFields(
         times.map((t) => t.cpu_seconds),
       ),
       step_seconds_all: times.map((t) => round(t.seconds)),
+      cpu_seconds_all: times.map((t) => round(t.cpu_seconds)),
       ...peak,
       ...(flops !== undefined ? { matmul_gflops_per_step: round(flops, 1) } : {}),
       ...(torch.info.drop_path_compute ? { drop_path_compute: torch.info.drop_path_compute } : {}),
@@ -257,7 +260,14 @@ async function runOne(v: Values, rc: RunCase): Promise<Record<string, unknown>> 
       engine: ours.engine,
       ...ours.fields,
       images_per_s: rate(batch, ours.engineSeconds),
-      ...(ours.engineCpu.length ? { cpu_images_per_s: rate(batch, ours.engineCpu) } : {}),
+      ...(ours.engineCpu.length
+        ? {
+            cpu_images_per_s: rate(batch, ours.engineCpu),
+            cpu_seconds_all: ours.engineCpu.map((s) => round(s)),
+            sys_seconds_all: ours.engineSys.map((s) => round(s)),
+          }
+        : {}),
+      ...(ortOptionsOf(v) ? { ort_options: ortOptionsOf(v) } : {}),
       step_images_per_s: rate(batch, ours.stepSeconds),
       engine_seconds_all: ours.engineSeconds.map((s) => round(s)),
       peak_rss_mb: peakRssMb(),
@@ -278,10 +288,17 @@ function flopsCheck(config: TrainConfig, batch: number, masked: number, torchGfl
   return { analytic_gflops: round(ours, 1), torch_profiler_gflops: round(torchGflops, 1), torch_over_analytic: round(torchGflops / ours) };
 }
 
+/** `--ort-options` as given (ONNX Runtime session options over the engine's own). */
+function ortOptionsOf(v: Values): string | undefined {
+  return v['ort-options'] as string | undefined;
+}
+
 interface OurTimes {
   engine: string;
   engineSeconds: number[];
   engineCpu: number[];
+  /** Of engineCpu, the kernel's seconds. */
+  engineSys: number[];
   stepSeconds: number[];
   masked: number;
   fields: Record<string, unknown>;
@@ -296,16 +313,24 @@ async function runTrainer(
   warmup: number,
   between?: () => Promise<void>,
 ): Promise<OurTimes> {
-  const times: EngineTimes = { seconds: 0, cpuSeconds: 0 };
+  const times: EngineTimes = { seconds: 0, cpuSeconds: 0, sysSeconds: 0 };
+  const ortOptions = v['ort-options'] as string | undefined;
+  let sessionOptions: Record<string, unknown> | undefined;
+  try {
+    sessionOptions = ortOptions ? (JSON.parse(ortOptions) as Record<string, unknown>) : undefined;
+  } catch {
+    throw new Error(`--ort-options: not JSON: ${ortOptions}`);
+  }
   const loaded = await loadEngine(rc.engine, {
     threads: rc.threads,
     device: v.device as string | undefined,
     precision: v.precision as string,
     backend: v.backend as BackendName,
+    sessionOptions,
   });
   if ('skipped' in loaded) throw new SkipCase(loaded.skipped);
   const trainer = new Trainer(config, { engine: timedEngine(loaded.factory, times) });
-  const out: OurTimes = { engine: '', engineSeconds: [], engineCpu: [], stepSeconds: [], masked: 0, fields: {} };
+  const out: OurTimes = { engine: '', engineSeconds: [], engineCpu: [], engineSys: [], stepSeconds: [], masked: 0, fields: {} };
   try {
     trainer.initTeacher();
     const w0 = performance.now();
@@ -322,11 +347,13 @@ async function runTrainer(
     for (let i = 0; i < steps; i++) {
       times.seconds = 0;
       times.cpuSeconds = 0;
+      times.sysSeconds = 0;
       const t0 = performance.now();
       last = await trainer.trainStep();
       out.stepSeconds.push((performance.now() - t0) / 1000);
       out.engineSeconds.push(times.seconds);
       out.engineCpu.push(times.cpuSeconds);
+      out.engineSys.push(times.sysSeconds ?? 0);
       if (last.masked_patches !== undefined) masked.push(last.masked_patches);
       if (between) await between();
     }
@@ -370,6 +397,7 @@ async function runThreads(config: TrainConfig, v: Values, workers: number, steps
       engine: `tfjs ${v.backend} x ${workers} threads`,
       engineSeconds: s,
       engineCpu: [],
+      engineSys: [],
       stepSeconds: s,
       masked: lines.length && lines[0]!.masked_patches !== undefined ? mean(lines.map((m) => m.masked_patches!)) : 0,
       fields: { workers, loss: round(lines[lines.length - 1]!.loss!, 4), note: 'tfjs worker threads: step times are whole steps (rank 0)' },
@@ -400,6 +428,7 @@ export async function run(argv: string[]): Promise<void> {
       'local-crops': { type: 'string' },
       precision: { type: 'string', default: 'fp32' },
       device: { type: 'string' },
+      'ort-options': { type: 'string' },
       backend: { type: 'string', default: 'wasm' },
       gpu: { type: 'string' },
       torch: { type: 'string', default: 'auto' },

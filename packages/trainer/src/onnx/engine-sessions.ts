@@ -25,6 +25,11 @@ export interface SessionSettings {
   threads?: number;
   /** onnxruntime-node itself, already loaded (default: loaded on first use). */
   ort?: Ort;
+  /**
+   * ONNX Runtime session options spread over the engine's own (TRAINING_SESSION_OPTIONS, the device, the
+   * threads), for measurements: e.g. `{ enableCpuMemArena: true }` (`npm run bench -- train-step --ort-options`).
+   */
+  sessionOptions?: InferenceSession.SessionOptions;
 }
 
 /** An input value: float32 (views of the flat buffers, images, targets) or int64 (iBOT row indices). */
@@ -58,6 +63,7 @@ export function sessionError(err: unknown, device: OnnxDevice, what: string): Er
 export class GraphSessions {
   readonly device: OnnxDevice;
   readonly threads: number | undefined;
+  private readonly extra: InferenceSession.SessionOptions;
   private ortModule: Promise<Ort>;
   private readonly entries = new Map<string, Promise<Entry>>();
   /** Host bytes handed to and taken from ONNX Runtime by the runs so far (device copies on cuda / webgpu). */
@@ -66,6 +72,7 @@ export class GraphSessions {
   constructor(settings: SessionSettings = {}) {
     this.device = settings.device ?? 'cpu';
     this.threads = settings.threads;
+    this.extra = settings.sessionOptions ?? {};
     this.ortModule = settings.ort ? Promise.resolve(settings.ort) : loadOnnxRuntime();
     // A failure surfaces at the first use; no unhandled rejection before it.
     this.ortModule.catch(() => {});
@@ -81,7 +88,7 @@ export class GraphSessions {
     return this.entries.size;
   }
 
-  /** The graphs' session options (graphs.ts: no CPU arena, no memory pattern), the device and threads. */
+  /** The graphs' session options (graphs.ts: no CPU arena, no memory pattern), the device and threads, then `sessionOptions`. */
   private options(): InferenceSession.SessionOptions {
     return {
       ...TRAINING_SESSION_OPTIONS,
@@ -89,6 +96,7 @@ export class GraphSessions {
       interOpNumThreads: 1,
       ...(this.threads ? { intraOpNumThreads: this.threads } : {}),
       logSeverityLevel: 3,
+      ...this.extra,
     };
   }
 
