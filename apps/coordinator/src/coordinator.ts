@@ -74,6 +74,16 @@ export const SERVER_OPTIONS: grpc.ServerOptions = {
   'grpc.http2.max_ping_strikes': 0,
 };
 
+/**
+ * SERVER_OPTIONS for a job whose worker timeout is `workerTimeoutMs`: a keepalive ping may wait that
+ * long (at least 5 s) for its answer. A worker's event loop busy for seconds on a loaded host leaves the
+ * ping unanswered; grpc-js would then close the connection, ending the worker's membership watch, which
+ * removes the worker: a tighter limit than the heartbeats the job gives a silent worker.
+ */
+export function serverOptions(workerTimeoutMs: number): grpc.ServerOptions {
+  return { ...SERVER_OPTIONS, 'grpc.keepalive_timeout_ms': Math.max(5_000, Math.round(workerTimeoutMs)) };
+}
+
 /** Appends {time, event, ...} lines to `path`; after a failed write, says so once and writes no more. */
 function eventWriter(path: string | undefined, log: (line: string) => void): (name: string, fields?: Record<string, unknown>) => void {
   let failed = false;
@@ -118,7 +128,7 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
   timers.join = setTimeout(() => job.closeJoinWindow(), joinTimeoutMs);
   timers.liveness = setInterval(() => job.checkHeartbeats(), Math.max(5, Math.min(1000, Math.floor(workerTimeoutMs / 4))));
 
-  const server = new grpc.Server(SERVER_OPTIONS);
+  const server = new grpc.Server(serverOptions(workerTimeoutMs));
   // Refusals and bad connections: at most 20 lines of a kind per 10 s, the rest summed up.
   const limiter = new LogLimiter(log);
   const handlers = coordinatorHandlers({ job, token: opts.token, log, event, limiter });

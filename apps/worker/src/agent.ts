@@ -10,9 +10,13 @@
  * deadline, left or joined), every collective of the old epoch is aborted (the threads get
  * MembershipChanged, drop the step and re-sync from the new rank 0), the old links are closed and
  * new ones opened to the new ring neighbours.
+ *
+ * The agent logs every time its event loop was held up for over 2 s (`the event loop was held up for
+ * N ms`): meanwhile no heartbeat left and no keepalive ping was answered, so on a loaded machine this is
+ * where a worker's silence comes from.
  */
 import { appendFileSync, mkdirSync } from 'node:fs';
-import { hostname } from 'node:os';
+import { hostname, loadavg } from 'node:os';
 import { join } from 'node:path';
 import type { Membership } from '@vitreg/proto';
 import type { BackendName } from '@vitreg/core';
@@ -114,6 +118,7 @@ export class WorkerAgent {
   /** Resolves with the job's closing membership (an interrupted worker waits for it before exiting). */
   private jobEnded!: () => void;
   private readonly ended = new Promise<void>((resolve) => (this.jobEnded = resolve));
+  private stallWatch: NodeJS.Timeout | null = null;
 
   constructor(opts: WorkerOptions) {
     this.o = opts;
@@ -182,6 +187,11 @@ export class WorkerAgent {
   /** Joins, trains in the threads, leaves; resolves when the job finished or this worker must exit. */
   async run(): Promise<WorkerResult> {
     const o = this.o;
+    this.stallWatch = watchStalls(2000, (ms) =>
+      this.log(
+        `the event loop was held up for ${ms} ms (load average ${loadavg()[0]!.toFixed(1)}): no heartbeat or keepalive answer meanwhile`,
+      ),
+    );
     try {
       await this.peers.start();
       const link = new CoordinatorLink(o, {
@@ -231,6 +241,7 @@ export class WorkerAgent {
   }
 
   private async shutdown(): Promise<void> {
+    if (this.stallWatch) clearInterval(this.stallWatch);
     this.link?.stop();
     this.endEpoch(new EpochEnded(-1, 'the worker is stopping'));
     await this.threads.terminate();
@@ -352,6 +363,19 @@ export class WorkerAgent {
     this.log(how);
     this.settle({ finished: !interrupted, rank0, result: rank0 ? results[0] : undefined, ...(interrupted ? { interrupted } : {}) });
   }
+}
+
+/** Calls `report(ms)` whenever a 250 ms timer fires over `overMs` late: the event loop was held up that long. */
+function watchStalls(overMs: number, report: (ms: number) => void): NodeJS.Timeout {
+  let last = performance.now();
+  const timer = setInterval(() => {
+    const now = performance.now();
+    const late = Math.round(now - last - 250);
+    last = now;
+    if (late > overMs) report(late);
+  }, 250);
+  timer.unref();
+  return timer;
 }
 
 /** Runs one worker process to its end (see WorkerAgent). */

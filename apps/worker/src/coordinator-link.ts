@@ -6,7 +6,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { CoordinatorClient, PROTOCOL_VERSION, type Capabilities, type Membership, type RankValues, type StepCommit } from '@vitreg/proto';
 import type { TlsFiles } from './links.js';
-import { CHANNEL_OPTIONS, clientCredentials, deadlineIn, jobMetadata } from './grpc-client.js';
+import { channelOptions, clientCredentials, deadlineIn, jobMetadata } from './grpc-client.js';
 import { Fatal } from './fatal.js';
 
 export interface CoordinatorLinkOptions {
@@ -59,7 +59,8 @@ export class CoordinatorLink {
     private readonly events: CoordinatorLinkEvents,
   ) {
     this.metadata = jobMetadata(o.token, o.jobId);
-    this.client = new CoordinatorClient(o.coordinator, clientCredentials(o.tls), CHANNEL_OPTIONS);
+    // A keepalive that gave up before the watchdog would drop the watch stream, and the coordinator removes a worker whose watch ends.
+    this.client = new CoordinatorClient(o.coordinator, clientCredentials(o.tls), channelOptions(o.coordinatorTimeoutMs));
   }
 
   private unary<Req, Res>(method: string, req: Req, timeoutMs: number): Promise<Res> {

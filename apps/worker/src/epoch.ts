@@ -13,7 +13,7 @@ import { PeerClient, type Member, type Membership } from '@vitreg/proto';
 import { Inbox, type EpochEnded, type OutLink } from './frames.js';
 import { connectTcpLink, encodeHello, GrpcOutLink, linkMac, type Liveness, type TlsFiles } from './links.js';
 import type { RingIO } from './ring.js';
-import { CHANNEL_OPTIONS, clientCredentials, deadlineIn, METADATA_LINK } from './grpc-client.js';
+import { channelOptions, clientCredentials, deadlineIn, METADATA_LINK } from './grpc-client.js';
 import { Fatal } from './fatal.js';
 
 export interface EpochState {
@@ -125,10 +125,10 @@ export interface LinkIdentity {
 export async function connectSuccessor(st: EpochState, me: LinkIdentity): Promise<OutLink> {
   const n = st.m.members.length;
   const next = st.m.members[(st.position + 1) % n]!;
-  const peer = new PeerClient(next.peerAddress, clientCredentials(me.tls), CHANNEL_OPTIONS);
+  const unreachableAfter = me.liveness?.timeoutMs ?? 30_000;
+  const peer = new PeerClient(next.peerAddress, clientCredentials(me.tls), channelOptions(unreachableAfter));
   st.closers.push(() => peer.close());
   const start = Date.now();
-  const unreachableAfter = me.liveness?.timeoutMs ?? 30_000;
   const deadline = start + Math.max(30_000, 2 * unreachableAfter);
   // One attempt lasts at most the unreachable time (a partitioned peer answers nothing at all).
   const attemptMs = Math.min(20_000, Math.max(2_000, unreachableAfter));

@@ -20,6 +20,17 @@ export const CHANNEL_OPTIONS: grpc.ChannelOptions = {
   'grpc.max_reconnect_backoff_ms': 2_000,
 };
 
+/**
+ * CHANNEL_OPTIONS whose keepalive ping may wait `timeoutMs` (at least 5 s) for its answer. A ping goes
+ * unanswered while the other process's event loop is busy, which on a loaded machine (a host's cores
+ * shared with its training threads and other jobs) lasts seconds; grpc-js then closes the connection and
+ * every call on it, a coordinator's membership watch included, which removes the worker. So no keepalive
+ * gives up sooner than the job's own limit for a silent peer (the coordinator timeout, a link's timeout).
+ */
+export function channelOptions(timeoutMs: number): grpc.ChannelOptions {
+  return { ...CHANNEL_OPTIONS, 'grpc.keepalive_timeout_ms': Math.max(5_000, Math.round(timeoutMs)) };
+}
+
 /** TLS credentials with the job's certificates (the peers' names are not checked: they are addresses), or none. */
 export function clientCredentials(t: TlsFiles | undefined): grpc.ChannelCredentials {
   if (!t) return grpc.credentials.createInsecure();
