@@ -6,7 +6,8 @@
  *    worker's peer server serves it);
  *  - `sink` / `source`: the raw TCP ceiling (net, 1 MiB writes, one ack byte per round);
  *  - `stream`: the ring's traffic without the all-reduce: every process streams `floats * 4` bytes to
- *    its successor while it receives as many from its predecessor (net, 1 MiB writes), per round.
+ *    its successor while it receives as many from its predecessor (net, 1 MiB writes), per round, and
+ *    reports the round's time and its own CPU seconds (user + system).
  * Listens at its host's address (cfg.host: 127.0.0.1, or a host of its own with --hosts). Talks to the
  * parent over the IPC channel.
  */
@@ -281,11 +282,13 @@ async function streamMain(): Promise<void> {
       }
     });
     const t0 = performance.now();
+    const cpu0 = process.cpuUsage();
     for (let off = 0; off < bytes; off += buf.length) {
       if (!socket.write(buf.subarray(0, Math.min(buf.length, bytes - off)))) await new Promise((r) => socket.once('drain', r));
     }
     await done;
-    send({ type: 'done', seconds: (performance.now() - t0) / 1000 });
+    const cpu = process.cpuUsage(cpu0);
+    send({ type: 'done', seconds: (performance.now() - t0) / 1000, cpu: (cpu.user + cpu.system) / 1e6 });
   }
   socket.destroy();
   (incoming as net.Socket | null)?.destroy();

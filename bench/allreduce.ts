@@ -14,7 +14,13 @@
  * (nccl-tests' bus bandwidth: the bytes each link carries each way per second; GB/s), ratio = bus /
  * tcp; with --hosts also link_gbps (the cap in GB/s), bus_over_link, tcp_over_link and tcp_ring_gbps:
  * every host streaming the all-reduce's per-link bytes to its successor at once with plain sockets
- * (the ring's traffic without the all-reduce: what this machine's kernel and cores carry). `cpus` is
+ * (the ring's traffic without the all-reduce: what this machine's kernel and cores carry), one round of
+ * it right after each all-reduce so that both meet the same load on a shared machine; bus_over_tcp_ring
+ * (medians) and bus_over_tcp_ring_paired (the median of each all-reduce over the round after it) are the
+ * fair figures where the plain ring itself falls short of the link. CPU per byte: rank_cpu_s_per_gb
+ * (a rank's user + system CPU seconds per GB it sent; it received as many) beside tcp_ring_cpu_s_per_gb
+ * (the same for a plain-socket host: the kernel's copies and TCP work alone; softirq time spent outside
+ * the process is not counted in either). `cpus` is
  * nproc: N > cpus oversubscribes the CPU. --cpu-prof DIR writes a V8 CPU profile of rank 0. `mb`
  * defaults to 100 on loopback and to 0.2 x the link rate in Mbit/s with --hosts (20 MiB at 100
  * Mbit/s: about 2 s per all-reduce). --wire bf16 sends bfloat16 (--grad-compression bf16); the check
@@ -105,42 +111,72 @@ async function tcpCeiling(floats: number, repeat: number, hosts?: Hosts): Promis
   }
 }
 
+/** Processes started for a measurement: one timed round at a time, then closed (or killed on a failure). */
+interface Rounds<R> {
+  round(iter: number): Promise<R>;
+  close(): Promise<void>;
+  kill(): void;
+}
+
+function closer(ps: Child[]): Pick<Rounds<unknown>, 'close' | 'kill'> {
+  return {
+    close: async () => {
+      for (const c of ps) c.send({ type: 'exit' });
+      await Promise.all(ps.map((c) => c.exited()));
+    },
+    kill: () => {
+      for (const c of ps) if (c.proc.exitCode === null) c.proc.kill();
+    },
+  };
+}
+
 /**
  * The ring's traffic without the all-reduce (--hosts): every host streams `floats * 4` bytes to its
- * successor while receiving as many, `repeat` rounds; a round's time is its slowest host's.
+ * successor while receiving as many; a round's time is its slowest host's, `cpu` the mean CPU seconds
+ * of a host's process.
  */
-async function tcpRing(hosts: Hosts, size: number, floats: number, repeat: number): Promise<number[]> {
-  const cfg = (i: number) => ({ floats, repeat, host: hosts.addresses[i] });
+async function streamRing(hosts: Hosts, size: number, floats: number): Promise<Rounds<{ seconds: number; cpu: number }>> {
+  const cfg = (i: number) => ({ floats, repeat: 0, host: hosts.addresses[i] });
   const ps = Array.from({ length: size }, (_, i) => new Child('stream', cfg(i), process.execArgv, inHost(hosts, i)));
+  const { close, kill } = closer(ps);
   try {
     const ports = (await Promise.all(ps.map((c) => c.next()))).map((m) => m.port as number);
     ps.forEach((c, i) => c.send({ type: 'connect', port: ports[(i + 1) % size]!, host: hosts.addresses[(i + 1) % size]! }));
     await Promise.all(ps.map((c) => c.next()));
-    const times: number[] = [];
-    for (let round = 0; round <= repeat; round++) {
+  } catch (e) {
+    kill();
+    throw e;
+  }
+  return {
+    round: async () => {
       for (const c of ps) c.send({ type: 'go' });
       const done = await Promise.all(ps.map((c) => c.next()));
-      if (round > 0) times.push(Math.max(...done.map((d) => d.seconds as number)));
-    }
-    for (const c of ps) c.send({ type: 'exit' });
-    await Promise.all(ps.map((c) => c.exited()));
-    return times;
-  } finally {
-    for (const c of ps) if (c.proc.exitCode === null) c.proc.kill();
-  }
+      return { seconds: Math.max(...done.map((d) => d.seconds as number)), cpu: done.reduce((a, d) => a + (d.cpu as number), 0) / size };
+    },
+    close,
+    kill,
+  };
 }
 
-async function ring(o: {
+interface RingRound {
+  /** The slowest rank's seconds. */
+  seconds: number;
+  perRank: number[];
+  /** Mean CPU seconds (user + system) of a rank, and of its user part. */
+  cpu: number;
+  user: number;
+}
+
+async function ringRanks(o: {
   size: number;
   floats: number;
   transport: 'tcp' | 'grpc';
   wire: 'f32' | 'bf16';
   chunkBytes: number;
   bucketBytes: number;
-  repeat: number;
   cpuProf?: string;
   hosts?: Hosts;
-}): Promise<{ times: number[]; perRank: number[][]; cpu: number[]; user: number[] }> {
+}): Promise<Rounds<RingRound>> {
   const ranks: Child[] = [];
   const hostOf = (rank: number) => o.hosts?.addresses[rank] ?? '127.0.0.1';
   for (let rank = 0; rank < o.size; rank++) {
@@ -149,15 +185,17 @@ async function ring(o: {
     const cfg = { rank, size, floats, transport, wire, chunkBytes, bucketBytes, host: hostOf(rank) };
     ranks.push(new Child('rank', cfg, execArgv, o.hosts ? inHost(o.hosts, rank) : local));
   }
+  const { close, kill } = closer(ranks);
   try {
     const ports = (await Promise.all(ranks.map((c) => c.next()))).map((m) => m.port as number);
     ranks.forEach((c, r) => c.send({ type: 'connect', port: ports[(r + 1) % o.size]!, host: hostOf((r + 1) % o.size) }));
     await Promise.all(ranks.map((c) => c.next()));
-    const times: number[] = [];
-    const perRank: number[][] = [];
-    const cpu: number[] = [];
-    const user: number[] = [];
-    for (let iter = 0; iter <= o.repeat; iter++) {
+  } catch (e) {
+    kill();
+    throw e;
+  }
+  return {
+    round: async (iter) => {
       for (const c of ranks) c.send({ type: 'run', iter });
       await Promise.all(ranks.map((c) => c.next()));
       for (const c of ranks) c.send({ type: 'go', iter });
@@ -168,19 +206,46 @@ async function ring(o: {
             `all-reduce ${iter}: rank ${r} has ${d.bad as number} wrong values (first at index ${d.firstBad as number}: ${d.got as number})`,
           );
       }
-      if (iter > 0) {
-        const s = done.map((d) => d.seconds as number);
-        perRank.push(s);
-        times.push(Math.max(...s));
-        cpu.push(done.reduce((a, d) => a + (d.cpu as number), 0) / done.length);
-        user.push(done.reduce((a, d) => a + (d.cpuUser as number), 0) / done.length);
-      }
+      const perRank = done.map((d) => d.seconds as number);
+      return {
+        seconds: Math.max(...perRank),
+        perRank,
+        cpu: done.reduce((a, d) => a + (d.cpu as number), 0) / done.length,
+        user: done.reduce((a, d) => a + (d.cpuUser as number), 0) / done.length,
+      };
+    },
+    close,
+    kill,
+  };
+}
+
+/**
+ * One warm-up and `repeat` timed all-reduces; with --hosts each followed by a round of the plain-socket
+ * ring carrying the same per-link bytes, so both see the same moment of this shared machine's load.
+ */
+async function measure(
+  o: Parameters<typeof ringRanks>[0] & { repeat: number },
+): Promise<{ ring: RingRound[]; stream: { seconds: number; cpu: number }[] }> {
+  const ranks = await ringRanks(o);
+  let streams: Rounds<{ seconds: number; cpu: number }> | null = null;
+  try {
+    // The same per-link bytes as the all-reduce, streamed by every host at once.
+    if (o.hosts) streams = await streamRing(o.hosts, o.size, Math.round((o.floats * 2 * (o.size - 1)) / o.size));
+    const ring: RingRound[] = [];
+    const stream: { seconds: number; cpu: number }[] = [];
+    for (let iter = 0; iter <= o.repeat; iter++) {
+      const r = await ranks.round(iter);
+      const t = streams ? await streams.round(iter) : null;
+      if (iter === 0) continue;
+      ring.push(r);
+      if (t) stream.push(t);
     }
-    for (const c of ranks) c.send({ type: 'exit' });
-    await Promise.all(ranks.map((c) => c.exited()));
-    return { times, perRank, cpu, user };
+    await ranks.close();
+    await streams?.close();
+    return { ring, stream };
   } finally {
-    for (const c of ranks) if (c.proc.exitCode === null) c.proc.kill();
+    ranks.kill();
+    streams?.kill();
   }
 }
 
@@ -236,7 +301,7 @@ export async function run(argv: string[]): Promise<void> {
       const tcpGbps = bytes / median(tcpTimes) / 1e9;
       for (const transport of transports) {
         for (const size of sizes) {
-          const { times, cpu, user } = await ring({
+          const m = await measure({
             size,
             floats,
             transport,
@@ -247,13 +312,19 @@ export async function run(argv: string[]): Promise<void> {
             hosts,
             cpuProf: values['cpu-prof'] ? resolve(values['cpu-prof']) : undefined,
           });
+          const times = m.ring.map((r) => r.seconds);
           const seconds = median(times);
           const algbw = bytes / seconds / 1e9;
           const bus = (algbw * 2 * (size - 1)) / size;
           const link = rate / 8000;
-          // The same per-link bytes as the all-reduce, streamed by every host at once.
-          const streamFloats = Math.round((floats * 2 * (size - 1)) / size);
-          const ringTcp = hosts ? (streamFloats * 4) / median(await tcpRing(hosts, size, streamFloats, repeat)) / 1e9 : 0;
+          // Bytes each process sends (and receives) per all-reduce: 2 (N - 1) / N of the buffer, halved on a bf16 wire.
+          const perLink = ((bytes * 2 * (size - 1)) / size) * (wire === 'bf16' ? 0.5 : 1);
+          const streamBytes = Math.round((floats * 2 * (size - 1)) / size) * 4;
+          const streamTimes = m.stream.map((t) => t.seconds);
+          const ringTcp = hosts ? streamBytes / median(streamTimes) / 1e9 : 0;
+          // Per round, the all-reduce's bus bandwidth over the plain ring's right after it; the median of those.
+          const busBytes = (bytes * 2 * (size - 1)) / size;
+          const pairs = m.stream.map((t, i) => busBytes / m.ring[i]!.seconds / (streamBytes / t.seconds));
           process.stdout.write(
             JSON.stringify({
               case: 'allreduce',
@@ -272,11 +343,21 @@ export async function run(argv: string[]): Promise<void> {
               tcp_gbps: +tcpGbps.toFixed(4),
               ...(onHosts ? { tcp_over_link: +(tcpGbps / link).toFixed(3) } : {}),
               tcp_times: tcpTimes.map((t) => +t.toFixed(4)),
-              ...(hosts ? { tcp_ring_gbps: +ringTcp.toFixed(4), bus_over_tcp_ring: +(bus / ringTcp).toFixed(3) } : {}),
+              ...(hosts
+                ? {
+                    tcp_ring_gbps: +ringTcp.toFixed(4),
+                    tcp_ring_times: streamTimes.map((t) => +t.toFixed(4)),
+                    bus_over_tcp_ring: +(bus / ringTcp).toFixed(3),
+                    bus_over_tcp_ring_paired: +median(pairs).toFixed(3),
+                    tcp_ring_cpu_s_per_gb: +(median(m.stream.map((t) => t.cpu)) / (streamBytes / 1e9)).toFixed(3),
+                  }
+                : {}),
               ratio: +(bus / tcpGbps).toFixed(3),
               // User + system CPU seconds of one rank's process per second of all-reduce (mean over ranks; the kernel's network work in softirq is not all counted).
-              rank_cpu_load: +(median(cpu) / seconds).toFixed(3),
-              rank_cpu_user: +(median(user) / seconds).toFixed(3),
+              rank_cpu_load: +(median(m.ring.map((r) => r.cpu)) / seconds).toFixed(3),
+              rank_cpu_user: +(median(m.ring.map((r) => r.user)) / seconds).toFixed(3),
+              // A rank's CPU seconds per GB it sent (it received as many and added or copied them).
+              rank_cpu_s_per_gb: +(median(m.ring.map((r) => r.cpu)) / (perLink / 1e9)).toFixed(3),
               cpus,
               loadavg_1m: +loadavg()[0]!.toFixed(2),
               oversubscribed: size > cpus,
