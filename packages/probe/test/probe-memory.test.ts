@@ -31,7 +31,7 @@ test('a batch that cannot fit is refused before its forward, naming the batch th
     assert.ok(err instanceof InputError);
     assert.match(
       err.message,
-      /^the probe forward \(0\.\d+M parameters, batch 8\) needs about [\d.]+ [KM]iB \(weights [\d.]+ [KM]iB \+ activations [\d.]+ [KM]iB\) on the wasm backend, more than VITREG_MEMORY_LIMIT of [\d.]+ [KM]iB; ways out: .*a smaller batch \(--batch 2 fits\) or image size/,
+      /^the probe forward \(0\.\d+M parameters, batch 8\) needs about [\d.]+ [KM]iB \(weights [\d.]+ [KM]iB \+ activations [\d.]+ [KM]iB\) on the wasm backend, more than VITREG_MEMORY_LIMIT of [\d.]+ [KM]iB; ways out: .*a smaller batch \(--batch-size 2 fits\) or image size/,
     );
     return true;
   });
@@ -41,7 +41,7 @@ test('a batch that cannot fit is refused before its forward, naming the batch th
   // LOST's forward, and the dense probe's per-block tokens (every block's tokens are outputs)
   const items = await Promise.all([0, 1, 2, 3].map((i) => train.dataset.get(i)));
   const inputs = items.map((it) => prepareInput(it, { kind: 'square', size: 32 }, c.patch_size));
-  assert.throws(() => discoverBatch(model, inputs), /the probe forward \(0\.\d+M parameters, batch 4\) .*--batch 2 fits/);
+  assert.throws(() => discoverBatch(model, inputs), /the probe forward \(0\.\d+M parameters, batch 4\) .*--batch-size 2 fits/);
   assert.equal(discoverBatch(model, inputs.slice(0, 2)).length, 2);
   batchTensor(inputs.slice(0, 2), { model }).dispose();
   assert.throws(() => batchTensor(inputs.slice(0, 2), { model, outputs: { layers: true, attention: 'all' } }), /batch 2\) needs about/);

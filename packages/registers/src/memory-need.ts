@@ -105,7 +105,7 @@ export function vitMemoryNeed(c: ViTConfig, opts: VitMemoryOptions = {}): Memory
 
 /**
  * The largest batch whose forward fits `budgetBytes` (the need grows linearly with the batch past the
- * weights), at least 0: for "a smaller batch (--batch N)" in a refusal.
+ * weights), at least 0: for "a smaller batch (--batch-size N)" in a refusal.
  */
 export function largestFittingBatch(c: ViTConfig, budgetBytes: number, opts: Omit<VitMemoryOptions, 'batch' | 'training'> = {}): number {
   const one = vitMemoryNeed(c, { ...opts, batch: 1, training: undefined });
@@ -152,7 +152,7 @@ export function checkVitFits(
     const fits = largestFittingBatch(c, budget.total, opts);
     if (fits >= 1)
       waysOut = MEMORY_WAYS_OUT.map((w) =>
-        w === 'a smaller batch or image size' ? `a smaller batch (--batch ${fits} fits) or image size` : w,
+        w === 'a smaller batch or image size' ? `a smaller batch (--batch-size ${fits} fits) or image size` : w,
       );
   }
   return checkMemoryFit(what, need, budget, waysOut);

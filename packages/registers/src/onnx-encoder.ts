@@ -393,7 +393,7 @@ export class OnnxEncoder implements Encoder {
     const fits = budget.total === undefined ? B : largestFittingBatch(this.base, budget.total, mem);
     const waysOut = [
       fits >= 1
-        ? `a smaller batch (--batch ${fits} fits)`
+        ? `a smaller batch (--batch-size ${fits} fits)`
         : budget.total !== undefined && need.weights >= budget.total
           ? 'fp16 weights (vitreg export --dtype fp16: half the weight memory)'
           : `smaller images (not one ${H}x${W} image fits)`,

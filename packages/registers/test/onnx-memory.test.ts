@@ -35,14 +35,14 @@ test('a batch that cannot fit is refused before it runs, naming the batch that f
     assert.ok(err instanceof InputError);
     assert.match(
       err.message,
-      /^the ONNX Runtime forward \(0\.\d+M parameters, batch 64 of 32x32 images\) needs about [\d.]+ [KM]iB \(weights [\d.]+ [KM]iB \+ activations [\d.]+ [KM]iB\) on the onnxruntime backend, more than VITREG_MEMORY_LIMIT of [\d.]+ [KM]iB; ways out: a smaller batch \(--batch 4 fits\)/,
+      /^the ONNX Runtime forward \(0\.\d+M parameters, batch 64 of 32x32 images\) needs about [\d.]+ [KM]iB \(weights [\d.]+ [KM]iB \+ activations [\d.]+ [KM]iB\) on the onnxruntime backend, more than VITREG_MEMORY_LIMIT of [\d.]+ [KM]iB; ways out: a smaller batch \(--batch-size 4 fits\)/,
     );
     return true;
   });
   const out = await enc.encode(images(4));
   assert.deepEqual(out.cls.shape, [4, c.embed_dim]);
   // every block's attention maps are outputs too: 4 images with attention 'all' do not fit
-  await assert.rejects(enc.encode(images(4), { attention: 'all' }), /batch 4 of 32x32 images.*--batch [0-3] fits\).*--attention last/);
+  await assert.rejects(enc.encode(images(4), { attention: 'all' }), /batch 4 of 32x32 images.*--batch-size [0-3] fits\).*--attention last/);
   // the weights fit, not one image: smaller images; the weights do not fit: fp16 weights
   process.env.VITREG_MEMORY_LIMIT = String(one.weights + 1000);
   await assert.rejects(enc.encode(images(2)), /ways out: smaller images \(not one 32x32 image fits\)/);
