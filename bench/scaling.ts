@@ -1,10 +1,10 @@
 /**
  * `npm run bench -- scaling [--nodes 1,2] [--steps 30] [--warmup 3] [--preset tiny-supervised | --config FILE.json]
  *   [--batch-size B] [--transport tcp|grpc] [--backend wasm] [--engine auto|tfjs|onnxruntime] [--grad-compression none|bf16]`
- * `npm run bench -- scaling --hosts N --link-mbit R[,R2] [...]`
+ * `npm run bench -- scaling --hosts N|N1,N2 --link-mbit R[,R2] [...]`
  * Data-parallel scaling through the real launcher paths, the same per-worker batch for every N. Without
  * --hosts: runLocalJob (a coordinator and N vitreg-worker processes over loopback) for each N of --nodes.
- * With --hosts: for each link rate and each n = 1..N, n hosts of their own (test/netns.ts: network
+ * With --hosts: for each link rate and each n = 1..N (or each n of a list), n hosts of their own (test/netns.ts: network
  * namespaces on a bridge, links capped at R Mbit/s both ways; root) each running one vitreg-worker as a
  * launcher would (RANK, WORLD_SIZE, MASTER_ADDR = host 0); the default model is then ViT-S/16 with 4
  * registers at 224 px (deit3_small_patch16_reg4, 22 M parameters: gradients large against its compute),
@@ -25,7 +25,7 @@ import { runLocalJob } from '@vitreg/worker';
 import { Hosts, netnsUnavailable } from '../test/netns.js';
 
 const usage =
-  'Usage: npm run bench -- scaling [--nodes 1,2 | --hosts N --link-mbit R[,R2]] [--steps 30] [--warmup 3] [--preset tiny-supervised | --config FILE.json]\n' +
+  'Usage: npm run bench -- scaling [--nodes 1,2 | --hosts N|N1,N2 --link-mbit R[,R2]] [--steps 30] [--warmup 3] [--preset tiny-supervised | --config FILE.json]\n' +
   '  [--batch-size B] [--transport tcp|grpc] [--backend wasm] [--engine auto|tfjs|onnxruntime] [--engine-threads N] [--grad-compression none|bf16] [--keep]\n';
 
 /** ViT-S/16 with 4 registers at 224 px on synthetic images: the --hosts default. */
@@ -148,8 +148,12 @@ export async function run(argv: string[]): Promise<void> {
   if (values.hosts !== undefined) {
     const why = netnsUnavailable();
     if (why) throw new Error(`--hosts: ${why}`);
-    const max = Number(values.hosts);
-    if (!Number.isInteger(max) || max < 1) throw new Error(`--hosts: an integer >= 1, got ${values.hosts}`);
+    // N: every host count 1..N; a list (3,4): those only.
+    const counts = values.hosts.includes(',')
+      ? values.hosts.split(',').map(Number)
+      : Array.from({ length: Number(values.hosts) }, (_, i) => i + 1);
+    if (!counts.length || counts.some((n) => !Number.isInteger(n) || n < 1))
+      throw new Error(`--hosts: an integer >= 1 or a list of them, got ${values.hosts}`);
     let config = values.config;
     const tmp = mkdtempSync(join(tmpdir(), 'vitreg-scaling-'));
     try {
@@ -176,7 +180,7 @@ export async function run(argv: string[]): Promise<void> {
       const compression = values['grad-compression']!;
       const workerArgs = ['--transport', values.transport!, '--grad-compression', compression];
       for (const mbit of values['link-mbit']!.split(',').map(Number)) {
-        for (let n = 1; n <= max; n++) {
+        for (const n of counts) {
           const r = await onHosts(n, mbit, trainArgs, workerArgs, warmup, values.keep!);
           const wire = compression === 'bf16' ? 2 : 4;
           const linkBound = n > 1 ? (((2 * (n - 1)) / n) * ((r.grad_mb * 2 ** 20 * wire) / 4)) / ((mbit * 1e6) / 8) : 0;
