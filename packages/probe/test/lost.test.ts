@@ -167,3 +167,22 @@ test('tfjs affinity equals the host one', async () => {
   assert.throws(() => lost(t, [4, 4], 8), /expected 16 patches/);
   t.dispose();
 });
+
+test('bad inputs are refused naming what is wrong; k = 1 and the last patch as seed are accepted', () => {
+  assert.throws(() => affinityHost(new Float32Array(5), 2, 3), /LOST: features has 5 values, expected 6 for shape \[2, 3\]/);
+  assert.throws(() => degrees(new Float32Array(8), 3), /LOST: affinity has 8 values, expected 9 for shape \[3, 3\]/);
+  assert.throws(() => seedComponent(new Uint8Array(5), 2, 3, 0), /LOST: mask has 5 values, expected 6 for shape \[2, 3\]/);
+  assert.throws(() => componentBox(new Uint8Array(7), 2, 3, 14), /LOST: component has 7 values, expected 6 for shape \[2, 3\]/);
+  for (const seed of [-1, 6, 1.5]) {
+    assert.throws(() => seedComponent(new Uint8Array(6), 2, 3, seed), new RegExp(`LOST: seed ${seed} is outside the 2x3 patch grid`));
+  }
+  // The last patch as seed, outside the mask: the seed patch alone (its masked neighbours are not joined).
+  assert.deepEqual(Array.from(seedComponent(Uint8Array.from([1, 1, 1, 1, 1, 0]), 2, 3, 5)), [0, 0, 0, 0, 0, 1]);
+  const A = affinityHost(Float32Array.from([1, 0, 1, 0, 0, 1]), 3, 2); // patches 0 and 1 alike, 2 apart
+  const order = lowestDegreeOrder(degrees(A, 3));
+  assert.deepEqual(Array.from(order), [2, 0, 1]);
+  assert.deepEqual(Array.from(expandSeed(A, 3, Int32Array.from([0, 1, 2]), 1)), [0], 'k = 1: the seed alone');
+  for (const k of [0, 1.5, NaN])
+    assert.throws(() => expandSeed(A, 3, order, k), new RegExp(`LOST: kPatches must be an integer >= 1, got ${k}`));
+  assert.throws(() => lostFromAffinity(A, [1, 3], 14, { kPatches: 0 }), /kPatches must be an integer >= 1, got 0/);
+});
