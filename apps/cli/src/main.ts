@@ -1,15 +1,15 @@
 #!/usr/bin/env node
 /**
- * The vitreg command. Each subcommand lives in ./commands/<name>.ts and is listed in ./commands/index.ts.
+ * The vitreg command. Each subcommand lives in ./commands/<name>.ts and is listed in ./commands/table.ts
+ * (its summary, and its module, imported only when the command runs, so that `vitreg --help` or one
+ * command does not load every package) and in ./commands/index.ts (all loaded, for the package's API).
  */
-import { InputError } from '@vitreg/core';
-import { CliError } from './cli.js';
-import { commands } from './commands/index.js';
+import { commandTable } from './commands/table.js';
 
 function help(): string {
   const lines = ['Usage: vitreg <command> [options]', '', 'Commands:'];
-  const width = Math.max(...Object.keys(commands).map((k) => k.length));
-  for (const [name, cmd] of Object.entries(commands)) lines.push(`  ${name.padEnd(width)}  ${cmd.summary}`);
+  const width = Math.max(...Object.keys(commandTable).map((k) => k.length));
+  for (const [name, cmd] of Object.entries(commandTable)) lines.push(`  ${name.padEnd(width)}  ${cmd.summary}`);
   lines.push('', 'Run `vitreg <command> --help` for the options of one command.');
   return lines.join('\n');
 }
@@ -24,11 +24,12 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write('0.1.0\n');
     return 0;
   }
-  const cmd = commands[name];
-  if (!cmd) {
-    process.stderr.write(`vitreg: unknown command "${name}"; expected one of ${Object.keys(commands).join(', ')}\n`);
+  const entry = Object.hasOwn(commandTable, name) ? commandTable[name] : undefined;
+  if (!entry) {
+    process.stderr.write(`vitreg: unknown command "${name}"; expected one of ${Object.keys(commandTable).join(', ')}\n`);
     return 2;
   }
+  const cmd = await entry.load();
   if (rest.includes('--help') || rest.includes('-h')) {
     process.stdout.write(cmd.usage.trim() + '\n');
     return 0;
@@ -37,6 +38,8 @@ export async function main(argv: string[]): Promise<number> {
     const code = await cmd.run(rest);
     return typeof code === 'number' ? code : 0;
   } catch (err) {
+    // Loaded with the command's module already.
+    const [{ InputError }, { CliError }] = await Promise.all([import('@vitreg/core'), import('./cli.js')]);
     // A usage error: a flag, or an input a package refused (commands turn those into CliErrors; any
     // InputError that gets here is one too).
     if (err instanceof CliError || err instanceof InputError) {
