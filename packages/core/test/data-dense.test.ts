@@ -59,6 +59,16 @@ test('label and depth PNGs read the samples PIL reads; palette, RGB and 8-bit de
   const u8 = Uint8Array.from([0, 1, 150, 255, 3, 7]);
   await writeFile(join(tmp, 'rt8.png'), await encodeLabelPng(u8, 2, 3));
   assert.deepEqual(Array.from((await readLabelPng(join(tmp, 'rt8.png'))).data), Array.from(u8));
+  // over the pixel limit: refused from the header, naming the file and its size (issue 21)
+  process.env.VITREG_MAX_IMAGE_PIXELS = '5';
+  try {
+    await assert.rejects(readLabelPng(join(tmp, 'rt8.png')), /rt8\.png: label image is 2x3 \(6 pixels\), more than the limit of 5 pixels/);
+    await assert.rejects(readUint16Png(join(tmp, 'rt16.png')), /rt16\.png: depth image is 3x2 \(6 pixels\), more than the limit of 5/);
+    process.env.VITREG_MAX_IMAGE_PIXELS = '6';
+    assert.equal((await readLabelPng(join(tmp, 'rt8.png'))).data.length, 6);
+  } finally {
+    delete process.env.VITREG_MAX_IMAGE_PIXELS;
+  }
 });
 
 test('reduce_zero_label as mmseg: 0 -> 255, v -> v - 1, 255 stays; 151..254 are errors', () => {

@@ -7,6 +7,7 @@
  */
 import sharp from 'sharp';
 import type { Dataset, DatasetItem } from './types.js';
+import { maxImagePixels } from '../image.js';
 
 /** The label value that segmentation ignores (mmseg's `ignore_index`). */
 export const IGNORE_LABEL = 255;
@@ -59,6 +60,18 @@ export interface GrayImage<T extends Uint8Array | Uint16Array> {
   height: number;
 }
 
+/** A label or depth PNG over decodeImage's pixel limit is refused from its header, before decoding (issue 21). */
+function checkPixels(file: string, meta: { width?: number; height?: number }, what: string): void {
+  const limit = maxImagePixels();
+  const pixels = (meta.width ?? 0) * (meta.height ?? 0);
+  if (pixels > limit) {
+    throw new Error(
+      `${file}: ${what} is ${meta.width}x${meta.height} (${pixels} pixels), more than the limit of ${limit} pixels ` +
+        '(a decompression bomb, or an image to shrink first; VITREG_MAX_IMAGE_PIXELS raises the limit)',
+    );
+  }
+}
+
 /**
  * Reads an 8-bit single-channel PNG's samples as stored (ADE20k's annotations, PIL mode 'L'). A
  * palette ('P') or RGB PNG is an error naming the file: a decoder expands palettes to colours, so the
@@ -71,6 +84,7 @@ export async function readLabelPng(file: string): Promise<GrayImage<Uint8Array>>
   } catch (err) {
     throw new Error(`${file}: cannot read label image (missing, truncated or not an image): ${(err as Error).message}`, { cause: err });
   }
+  checkPixels(file, meta, 'label image');
   if (meta.isPalette || meta.channels !== 1 || meta.depth !== 'uchar') {
     const what = meta.isPalette ? 'a palette image' : `${meta.channels} channel(s) of ${meta.depth}`;
     throw new Error(
@@ -93,6 +107,7 @@ export async function readUint16Png(file: string): Promise<GrayImage<Uint16Array
   } catch (err) {
     throw new Error(`${file}: cannot read depth image (missing, truncated or not an image): ${(err as Error).message}`, { cause: err });
   }
+  checkPixels(file, meta, 'depth image');
   if (meta.channels !== 1 || meta.depth !== 'ushort') {
     throw new Error(`${file}: expected a 16-bit single-channel depth PNG, got ${meta.channels} channel(s) of ${meta.depth}`);
   }
