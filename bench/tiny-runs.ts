@@ -1,11 +1,11 @@
 /**
- * `npm run bench -- tiny-runs [--preset tiny-supervised|tiny-dino] [--engine auto|tfjs|onnxruntime[,...]] [--threads N] [--backend wasm]`
- * The two CPU presets end to end, exactly as `vitreg train --preset NAME [--engine E]` runs them
+ * `npm run bench -- tiny-runs [--preset tiny-supervised|tiny-dino|tiny-clip] [--engine auto|tfjs|onnxruntime[,...]] [--threads N] [--backend wasm]`
+ * The three CPU presets end to end, exactly as `vitreg train --preset NAME [--engine E]` runs them
  * (synthetic shapes, periodic evaluations and checkpoints included, into a temporary folder), one after
  * the other in this process, on each engine asked (default `auto`: ONNX Runtime where onnxruntime-node
  * loads, else tfjs, as `vitreg train` resolves it). Prints one JSON line per preset and engine: its final
  * accuracy (tiny-supervised: validation accuracy of the classifier; tiny-dino: k-NN accuracy of the
- * teacher's CLS token), steps, wall seconds and CPU seconds of this process (`process.cpuUsage`, user +
+ * teacher's CLS token; tiny-clip: zero-shot top-1 on the 5 shapes with the caption grammar's prompts), steps, wall seconds and CPU seconds of this process (`process.cpuUsage`, user +
  * system over every thread: what the run cost even when other processes share the cores), peak RSS, the
  * engine, the machine (CPU model, vector extensions, cores) and the 1-minute load average before and
  * after the run (a load above the core count means the wall time is inflated by others).
@@ -19,7 +19,7 @@ import type { EngineChoice } from '@vitreg/registers';
 import { presetConfig, resolveTrainEngine, train, type ResolvedTrainEngine } from '@vitreg/trainer';
 import { load1, machineInfo, peakRssMb } from './_machine.js';
 
-const PRESETS = ['tiny-supervised', 'tiny-dino'] as const;
+const PRESETS = ['tiny-supervised', 'tiny-dino', 'tiny-clip'] as const;
 
 /** Trains one preset into a temporary folder; its accuracy, wall and CPU seconds. */
 async function runPreset(name: (typeof PRESETS)[number], engine: ResolvedTrainEngine): Promise<Record<string, unknown>> {
@@ -33,14 +33,14 @@ async function runPreset(name: (typeof PRESETS)[number], engine: ResolvedTrainEn
     const wall = (performance.now() - t0) / 1000;
     const cpu = process.cpuUsage(cpu0);
     const ev = res.eval!;
-    const metric = config.objective === 'supervised' ? 'val_accuracy' : 'knn_accuracy';
+    const metric = config.objective === 'supervised' ? 'val_accuracy' : config.objective === 'clip' ? 'zeroshot_top1' : 'knn_accuracy';
     return {
       case: 'tiny-runs',
       preset: name,
       engine: engine.description,
       metric,
-      accuracy: Number(ev[metric]!.toFixed(4)),
-      chance: Number((1 / ev.num_classes).toFixed(4)),
+      accuracy: Number((ev as unknown as Record<string, number>)[metric]!.toFixed(4)),
+      chance: Number((1 / config.data.num_classes).toFixed(4)),
       val_images: config.data.val_size,
       steps: res.step,
       batch: config.train.batch_size,
