@@ -15,6 +15,7 @@ export { DistributedSampler, RASampler } from './data/sampler.js';
 export type { CursorSampler, SampleRef } from './data/sampler.js';
 export { SYNTHETIC_DEPTH, SyntheticDenseDataset } from './data/synthetic-dense.js';
 export { SYNTHETIC_SHAPES, SyntheticDataset } from './data/synthetic.js';
+export type { SyntheticBackground, SyntheticBackgroundMode, SyntheticOptions, SyntheticScene } from './data/synthetic.js';
 export type { Box, Dataset, DatasetItem } from './data/types.js';
 export { ALL_ANNOTATIONS, VOC_CLASSES, VocDataset } from './data/voc.js';
 export { asInputError, InputError } from './errors.js';
