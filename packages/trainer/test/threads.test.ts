@@ -107,6 +107,10 @@ const tiny = {
   optim: { warmup_steps: 2 },
 };
 
+const weightsOf = async (checkpoint: string) => (await loadWeights(join(checkpoint, 'model.safetensors'))).params;
+/** The weights of `tiny` trained by 2 threads, kept from the first test for the W x B test (one run fewer). */
+let twoThreadWeights: ReturnType<typeof weightsOf> | undefined;
+
 test('2 threads: ranks end with identical weights, and a run stopped at N/2 and resumed equals N straight steps bit for bit', async () => {
   const root = await mkdtemp(join(tmpdir(), 'vitreg-threads-'));
   try {
@@ -114,6 +118,8 @@ test('2 threads: ranks end with identical weights, and a run stopped at N/2 and 
     const straight = join(root, 'straight');
     const resumed = join(root, 'resumed');
     const a = await trainThreads(cfg, { outDir: straight, progress: false, workers: 2, checksum: true });
+    twoThreadWeights = weightsOf(a.checkpoint);
+    await twoThreadWeights;
     assert.equal(a.step, 4);
     assert.ok(a.eval && a.eval.val_accuracy !== undefined);
     assert.equal(a.checksums!.length, 2);
@@ -201,14 +207,16 @@ test('trainThreads: workers outside 1-64 are refused', async () => {
 test('W threads x batch B train the weights of 1 thread x batch W*B (drop path, augmentation): max |diff| < 1e-6', async () => {
   const root = await mkdtemp(join(tmpdir(), 'vitreg-threads-eq-'));
   try {
-    const cfg = (batch: number) => validateTrainConfig({ ...tiny, train: { ...tiny.train, steps: 3, batch_size: batch } });
+    // `tiny` (4 steps, batch 3 per thread) at W x B = 6 images a step; 2 threads x 3 is the first test's run.
+    const cfg = (batch: number) => validateTrainConfig({ ...tiny, train: { ...tiny.train, batch_size: batch } });
     const weights = async (workers: number) => {
+      if (workers === 2 && twoThreadWeights) return twoThreadWeights;
       const out = join(root, `w${workers}`);
       const r =
         workers === 1
           ? await train(cfg(6), { outDir: out, progress: false })
           : await trainThreads(cfg(6 / workers), { outDir: out, progress: false, workers });
-      return (await loadWeights(join(r.checkpoint, 'model.safetensors'))).params;
+      return weightsOf(r.checkpoint);
     };
     const one = await weights(1);
     for (const W of [2, 3]) {
