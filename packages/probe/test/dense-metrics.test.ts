@@ -226,6 +226,7 @@ test('segmentation totals and scores equal mmseg counted class by class (ignore 
   assert.ok(Math.abs(v.miou - 1 / 6) < 1e-15);
   assert.equal(v.accuracy, 1 / 3);
   assert.equal(v.meanAccuracy, 1 / 3, 'class 1 is never labelled: left out of mAcc');
+  assert.throws(() => addSegmentation(segmentationTotals(2), [1], [1, 0]), /segmentation metrics: 1 predictions for 2 labels/);
   const none = segmentationScores(segmentationTotals(2));
   assert.ok(Number.isNaN(none.miou) && Number.isNaN(none.accuracy) && Number.isNaN(none.meanAccuracy), 'nothing labelled: NaN');
 });
