@@ -8,7 +8,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Inbox, ProtocolError, type Frame, type FrameHeader } from '../src/frames.js';
-import { ringAllReduce, ringBroadcast, type RingIO, type RingOptions } from '../src/ring.js';
+import { bf16Bits, ringAllReduce, ringBroadcast, type RingIO, type RingOptions } from '../src/ring.js';
 
 interface MemoryRing {
   io: RingIO[];
@@ -270,4 +270,54 @@ test('refusals name what was expected', async () => {
     ringBroadcast(t.io, null, 0, 5, t.opts),
     (e: Error) => e instanceof ProtocolError && e.message === 'broadcast: bad length -1',
   );
+});
+
+test('bf16Bits: ties to even, infinities kept, a NaN stays a (quiet) NaN, the largest floats overflow to infinity', () => {
+  const cases: [number, number][] = [
+    [0x3f808000, 0x3f80], // a tie, even: down
+    [0x3f818000, 0x3f82], // a tie, odd: up to even
+    [0x3f818001, 0x3f82],
+    [0x3f817fff, 0x3f81],
+    [0xbf818000, 0xbf82], // negative: the same on the magnitude
+    [0x7f800000, 0x7f80], // +infinity
+    [0xff800000, 0xff80], // -infinity
+    [0x7f800001, 0x7fc0], // a NaN whose payload lies in the dropped bits: still NaN, not infinity
+    [0x7fc00000, 0x7fc0],
+    [0x7f7fffff, 0x7f80], // the largest float rounds to infinity
+  ];
+  for (const [u, want] of cases) assert.equal(bf16Bits(u), want, `bf16Bits(0x${u.toString(16)})`);
+});
+
+test('bf16 wire, 2 positions, several chunks per segment: the owner adds the bfloat16 it received to its own float32 value, then rounds once', async () => {
+  const n = 37;
+  const ring = memoryRing(2);
+  const x = [0, 1].map((r) =>
+    Float32Array.from({ length: n }, (_, i) => Math.fround(Math.sin(3 * i + r + 1) * 2.7 + (r ? 0.013 : -0.007))),
+  );
+  const orig = x.map((a) => Float32Array.from(a));
+  // Segment 0 (floats 0-18) is completed by position 1, segment 1 (19-36) by position 0.
+  const want = Array.from({ length: n }, (_, i) => {
+    const [own, other] = i < 19 ? [orig[1]![i]!, orig[0]![i]!] : [orig[0]![i]!, orig[1]![i]!];
+    return bf16Nearest(Math.fround(own + bf16Nearest(other)));
+  });
+  await Promise.all(ring.io.map((io, r) => ringAllReduce(io, x[r]!, 0, 1, { chunkBytes: 6, bucketBytes: 1 << 20, wire: 'bf16' })));
+  for (let r = 0; r < 2; r++) for (let i = 0; i < n; i++) assert.equal(x[r]![i], want[i], `position ${r}, index ${i}`);
+});
+
+test('a position with a successor link but no inbox (or the reverse) is refused', async () => {
+  const ring = memoryRing(2);
+  const opts = { chunkBytes: 4, bucketBytes: 4 };
+  const x = new Float32Array(2);
+  await assert.rejects(ringAllReduce({ ...ring.io[0]!, inbox: undefined }, x, 0, 0, opts), {
+    message: 'ringAllReduce: no link to the ring neighbours',
+  });
+  await assert.rejects(ringAllReduce({ ...ring.io[0]!, out: undefined }, x, 0, 0, opts), {
+    message: 'ringAllReduce: no link to the ring neighbours',
+  });
+  await assert.rejects(ringBroadcast({ ...ring.io[1]!, inbox: undefined }, null, 0, 0, opts), {
+    message: 'ringBroadcast: no link to the ring neighbours',
+  });
+  await assert.rejects(ringBroadcast({ ...ring.io[1]!, out: undefined }, null, 0, 0, opts), {
+    message: 'ringBroadcast: no link to the ring neighbours',
+  });
 });
