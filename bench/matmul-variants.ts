@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- matmul-variants [--threads 1] [--rounds 5] [--rows 6432] [--in 384] [--out 1536] [--torch on|off]`
+ * `npm run bench -- matmul-variants [--threads 1] [--rounds 5] [--rows 6432] [--in 384] [--out 1536] [--torch on|off] [--only TEXT]`
  *
  * Where the ONNX Runtime engine's 1-thread gap to PyTorch lies (issue 16): the training step's largest
  * products (ViT-S/16 reg4 224 batch 32: 32 x 201 = 6432 token rows, the MLP's [384 -> 1536]) as one-op
@@ -11,6 +11,8 @@
  *   dX       G @ W^T                         FusedMatMul transB (the engine), Gemm transB, MatMul on W^T
  *   session  graph optimisation off, intra-op spinning off, CPU arena on (the engine: arena off, spinning
  *            on, all optimisations)
+ *   kernel   4 products in one run, each reduced to a scalar (no output to allocate and copy back)
+ * `--only TEXT`: the cases whose name contains TEXT.
  * CPU-seconds per product (process.cpuUsage around session.run: every thread of the process) and GFLOP per
  * CPU-second; ONNX Runtime's rounds run before and after PyTorch's (drift on a shared machine shows as a
  * difference of the two). One JSON line per case.
@@ -31,6 +33,8 @@ interface Case {
   bytes: Uint8Array;
   feeds: Record<string, { data: Float32Array; dims: number[] }>;
   options?: InferenceSession.SessionOptions;
+  /** Products per run (the times are divided by it). */
+  products?: number;
 }
 
 function random(n: number, seed: number): Float32Array {
@@ -144,6 +148,20 @@ function cases(rows: number, inDim: number, outDim: number): Case[] {
     dx('MatMul on W^T [out, in]', 'MatMul', [outDim, inDim], {}),
   );
   const engine = list[0]!;
+  // The kernel alone: 4 products in one run, each reduced to a scalar (no large output to allocate, copy
+  // and return), intermediates from the arena.
+  list.push({
+    name: 'MatMul x 4 -> ReduceSum, arena on (kernel alone, per product)',
+    product: 'forward',
+    bytes: model([['x', [rows, inDim]], ...[0, 1, 2, 3].map((i): [string, number[]] => [`w${i}`, [inDim, outDim]])], ['y', []], (g) => {
+      // Four weight inputs (the same values): four products, which ONNX Runtime cannot merge into one.
+      const sums = [0, 1, 2, 3].map((i) => g.op('ReduceSum', [g.op('MatMul', ['x', `w${i}`], `p${i}`)], `s${i}`, { keepdims: 0 }));
+      g.node('Sum', sums, '=y');
+    }),
+    feeds: { x: engine.feeds.x!, ...Object.fromEntries([0, 1, 2, 3].map((i) => [`w${i}`, engine.feeds.w!])) },
+    options: { enableCpuMemArena: true },
+    products: 4,
+  });
   list.push(
     { ...engine, name: 'MatMul (engine), graph optimisation disabled', options: { graphOptimizationLevel: 'disabled' } },
     { ...engine, name: 'MatMul (engine), intra-op spinning off', options: { extra: { session: { intra_op: { allow_spinning: '0' } } } } },
@@ -213,7 +231,7 @@ async function ortTimes(ort: Ort, list: Case[], threads: number, rounds: number)
       const t = process.cpuUsage();
       await s.run(feeds);
       const d = process.cpuUsage(t);
-      out.set(c.name, [...(out.get(c.name) ?? []), (d.user + d.system) / 1e6]);
+      out.set(c.name, [...(out.get(c.name) ?? []), (d.user + d.system) / 1e6 / (c.products ?? 1)]);
     }
   }
   for (const { s } of sessions) await s.release();
@@ -232,6 +250,7 @@ export async function run(argv: string[]): Promise<void> {
       in: { type: 'string', default: '384' },
       out: { type: 'string', default: '1536' },
       torch: { type: 'string', default: 'on' },
+      only: { type: 'string' },
     },
   });
   const threads = Number(values.threads);
@@ -240,16 +259,19 @@ export async function run(argv: string[]): Promise<void> {
   const ort = await loadOnnxRuntime();
   const list = cases(rows, inDim, outDim);
   const flop = 2 * rows * inDim * outDim;
-  const before = await ortTimes(ort, list, threads, rounds);
+  const only = values.only;
+  const chosen = only ? list.filter((c) => c.name.toLowerCase().includes(only.toLowerCase())) : list;
+  if (chosen.length === 0) throw new Error(`--only: no case name contains "${only}"`);
+  const before = await ortTimes(ort, chosen, threads, rounds);
   const torch = values.torch === 'on' ? torchTimes(threads, rows, inDim, outDim, rounds) : [];
-  const after = await ortTimes(ort, list, threads, rounds);
+  const after = await ortTimes(ort, chosen, threads, rounds);
   const torchOf = (product: string) => torch.find((t) => t.product === product)?.cpu_s;
   const load = loadavg()[0]!.toFixed(1);
   for (const t of torch) {
     const line = { case: 'matmul-variants', engine: 'pytorch', threads, product: t.product, name: t.name, cpu_s: +t.cpu_s.toFixed(4) };
     process.stdout.write(JSON.stringify({ ...line, gflop_per_cpu_s: +(flop / 1e9 / t.cpu_s).toFixed(1), load }) + '\n');
   }
-  for (const c of list) {
+  for (const c of chosen) {
     const a = median(before.get(c.name)!);
     const b = median(after.get(c.name)!);
     const cpu = (a + b) / 2;
