@@ -273,6 +273,9 @@ test('a worker stopped (SIGSTOP) past the deadline is removed, the job goes on; 
     nodes: 2,
     config,
     workerTimeoutMs: 1500,
+    // Stopped longer than its own coordinator timeout (steps 3 to 6 take over 3 s on loaded cores), the
+    // victim would give up on the coordinator as soon as it runs again, before the answer saying it was removed.
+    coordinatorTimeoutMs: 60_000,
     onSpawn: (w, c) => {
       if (w === 1) victim = c;
     },
