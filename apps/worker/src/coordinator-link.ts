@@ -1,7 +1,8 @@
 /**
  * A worker's link to its job's coordinator: Join (retried while the coordinator is not up yet), the
  * heartbeats, the membership watch (reopened when it breaks), the step commit, checkpoint records and
- * Leave, each with a deadline; and the watchdog that gives up on a coordinator silent for too long.
+ * Leave, each with a deadline; and the watchdog that gives up on a coordinator silent for too long
+ * (time this process itself was held up does not count: the coordinator's answers wait unread then).
  */
 import * as grpc from '@grpc/grpc-js';
 import { CoordinatorClient, PROTOCOL_VERSION, type Capabilities, type Membership, type RankValues, type StepCommit } from '@vitreg/proto';
@@ -111,9 +112,16 @@ export class CoordinatorLink {
   start(): void {
     this.openWatch();
     this.timers.push(setInterval(() => this.heartbeat(), this.heartbeatMs));
+    let tick = Date.now();
     this.timers.push(
       setInterval(() => {
-        const silent = Date.now() - this.lastContact;
+        const now = Date.now();
+        // Time this process itself was held up (a long stall on a loaded host, SIGSTOP) is not the
+        // coordinator's silence: what the coordinator sent meanwhile waits unread behind this timer.
+        const late = now - tick - 250;
+        tick = now;
+        if (late > 1000) this.lastContact = Math.min(now, this.lastContact + late);
+        const silent = now - this.lastContact;
         const limit = this.o.coordinatorTimeoutMs;
         if (silent > limit)
           this.events.fatal(
