@@ -136,7 +136,13 @@ export async function openCaptionData(c: TrainConfig): Promise<{ train: CaptionS
   assertDataSource(c);
   const d = c.data;
   if (d.source === 'synthetic') {
-    const common = { seed: d.synthetic_seed, size: d.synthetic_size, numClasses: d.num_classes };
+    const common = {
+      seed: d.synthetic_seed,
+      size: d.synthetic_size,
+      numClasses: d.num_classes,
+      background: d.synthetic_background,
+      objectSide: d.synthetic_object_side,
+    };
     const train = new SyntheticDataset({ ...common, count: d.train_size, split: 'train' });
     const val = new SyntheticDataset({ ...common, count: d.val_size, split: 'val' });
     return { train: captionSource(train), val: captionSource(val), classNames: train.classNames };

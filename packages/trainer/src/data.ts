@@ -129,7 +129,13 @@ function openLists(cfg: TrainConfig): TrainData {
 function assemble(cfg: TrainConfig, openFolder: (dir: string) => ImageFolderDataset): TrainData {
   const d = cfg.data;
   if (d.source === 'synthetic') {
-    const common = { seed: d.synthetic_seed, size: d.synthetic_size, numClasses: d.num_classes };
+    const common = {
+      seed: d.synthetic_seed,
+      size: d.synthetic_size,
+      numClasses: d.num_classes,
+      background: d.synthetic_background,
+      objectSide: d.synthetic_object_side,
+    };
     const train = new SyntheticDataset({ ...common, count: d.train_size, split: 'train' });
     const val = new SyntheticDataset({ ...common, count: d.val_size, split: 'val' });
     return { train, val, numClasses: train.numClasses, classNames: train.classNames };
