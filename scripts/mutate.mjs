@@ -34,7 +34,7 @@ const modules = {
   'packages/trainer/src/centering.ts': { tests: ['packages/trainer/test/centering.test.ts', 'packages/trainer/test/recipe.test.ts'] },
   // The updates (AdamW, clipping, LAMB), the defaults and the state's layout; not the constructors' argument checks.
   'packages/trainer/src/optim.ts': {
-    tests: ['packages/trainer/test/optim.test.ts', 'packages/trainer/test/recipe.test.ts'],
+    tests: ['packages/trainer/test/optim.test.ts', 'packages/trainer/test/optim-edges.test.ts', 'packages/trainer/test/recipe.test.ts'],
     lines: '44-46,61-100,116-176,235-242,266-356',
   },
   'packages/trainer/src/schedules.ts': {
