@@ -1,7 +1,8 @@
 /**
  * The `clip` objective's run (text-supervised, open_clip's recipe), which `train()` (loop.ts) dispatches to:
  * a ClipModel of the config (image tower `model` + `clip.proj_dim`, text tower `clip.text_*`), the caption
- * data (the synthetic shapes with generated captions, or a CSV / TSV table with open_clip's column keys),
+ * data (the synthetic shapes with generated captions, a CSV / TSV table with open_clip's column keys, or
+ * WebDataset tar shards streamed per rank as open_clip's pipeline reads them: data-captions.ts WebDatasetStream),
  * the step of clip-train.ts (RandomResizedCrop(crops.global_crops_scale) + CLIP's mean / std, `clipStep`
  * across the ranks of the GradientSync, the gradients averaged, AdamW with open_clip's decay rule, warm-up +
  * cosine learning rate, then logit_scale clamped to [0, log 100]), and the same run options as the generic
@@ -9,7 +10,9 @@
  * is the whole two-tower model in open_clip's names (saveClip), optimizer.safetensors, state.json), resume
  * (exact: the batch of a step depends only on the seed and the step), stop signals, progress, checksum.
  * Each step's pairs are global positions of a seeded shuffle per epoch, and each image's crop is drawn from
- * its global position, so W ranks x B pairs give the weights of 1 rank x W B (up to float rounding).
+ * its global position, so W ranks x B pairs give the weights of 1 rank x W B (up to float rounding). WebDataset
+ * shards: each rank its own stream (whole shards, as open_clip), batch k a function of (seed, rank, W, B, k), so
+ * resume stays exact but W ranks do not read the pairs 1 rank reads.
  * Evaluation: zero-shot top-1 on the validation split (synthetic data: the shape names with the caption
  * grammar's 16 prompts per class); a caption table has no labels, so no evaluation.
  * Engines: tfjs (steps/clip.ts on a tfjs ClipModel) or ONNX Runtime (onnx/clip-engine.ts: both towers'
@@ -27,6 +30,7 @@ import {
   Progress,
   readSafetensors,
   Rng,
+  type RgbImage,
   syncDir,
   SYNTHETIC_SHAPES,
   SyntheticDataset,
@@ -39,7 +43,7 @@ import { ClipModel, ClipTokenizer, loadClip, saveClip, validateClipConfig, wordM
 import { listCheckpoints, pruneCheckpoints, resumePoint, type TrainState } from './checkpoint.js';
 import { assertDataSource, modelConfig, scaledLr, type TrainConfig } from './config.js';
 import { captionSource, clipParamSpecs, normalized, shuffled, zeroShotTop1, type CaptionSource } from './clip-train.js';
-import { readCaptionTable } from './data-captions.js';
+import { readCaptionTable, WebDatasetStream } from './data-captions.js';
 import type { TrainOptions, TrainResult } from './loop.js';
 import { AdamW, type AdamWState } from './optim.js';
 import type { ParamSpec } from './param-groups.js';
@@ -131,8 +135,19 @@ export function clipModelConfig(c: TrainConfig, vocabSize: number): ClipConfig {
   );
 }
 
-/** The caption data of a clip config: train pairs, labelled val pairs (synthetic only) and their class names. */
-export async function openCaptionData(c: TrainConfig): Promise<{ train: CaptionSource; val: CaptionSource | null; classNames: string[] }> {
+/**
+ * The caption data of a clip config: train pairs, labelled val pairs (synthetic only) and their class names;
+ * `webdataset`: a folder of .tar shards or one .tar, streamed per rank by `WebDatasetStream` (`train` unused).
+ */
+export interface CaptionData {
+  train: CaptionSource;
+  val: CaptionSource | null;
+  classNames: string[];
+  webdataset?: string;
+}
+
+/** The caption data of a clip config (see CaptionData). */
+export async function openCaptionData(c: TrainConfig): Promise<CaptionData> {
   assertDataSource(c);
   const d = c.data;
   if (d.source === 'synthetic') {
@@ -147,10 +162,14 @@ export async function openCaptionData(c: TrainConfig): Promise<{ train: CaptionS
     const val = new SyntheticDataset({ ...common, count: d.val_size, split: 'val' });
     return { train: captionSource(train), val: captionSource(val), classNames: train.classNames };
   }
-  if ((existsSync(d.source) && statSync(d.source).isDirectory()) || d.source.endsWith('.tar'))
-    throw new InputError(
-      `data: ${d.source}: WebDataset shards (readWebDataset) are not wired into the clip objective yet; give a CSV / TSV table of (image path, caption) (--csv-img-key, --csv-caption-key)`,
-    );
+  if ((existsSync(d.source) && statSync(d.source).isDirectory()) || d.source.endsWith('.tar')) {
+    // Lists the shards now, so a wrong folder is refused before the model is built.
+    await WebDatasetStream.open(d.source, { rank: 0, worldSize: 1, batchSize: 1, seed: 0 });
+    const byIndex = async (): Promise<never> => {
+      throw new Error(`data: ${d.source}: WebDataset shards are read as a stream, not by index`);
+    };
+    return { train: { length: 0, get: byIndex }, val: null, classNames: [], webdataset: d.source };
+  }
   const rows = await readCaptionTable(d.source, {
     imgKey: c.clip.csv_img_key,
     captionKey: c.clip.csv_caption_key,
@@ -171,12 +190,14 @@ class ClipRun {
   private readonly lr: Schedule;
   private readonly wd: Schedule;
   private perm: { epoch: number; order: number[] } = { epoch: -1, order: [] };
+  /** WebDataset shards: this rank's stream (batch k of rank r), instead of positions in a shuffle of `data.train`. */
+  private stream: WebDatasetStream | null = null;
 
   constructor(
     readonly c: TrainConfig,
     readonly model: ClipModel,
     readonly tokenizer: ClipTokenizer,
-    readonly data: { train: CaptionSource; val: CaptionSource | null; classNames: string[] },
+    readonly data: CaptionData,
     readonly sync: GradientSync,
     /** The ONNX Runtime step (null: tfjs). */
     readonly engine: OnnxClipEngine | null = null,
@@ -196,11 +217,19 @@ class ClipRun {
       startWarmupValue: o.warmup_lr,
     });
     this.wd = cosineSchedule({ base: o.weight_decay, final: o.weight_decay_end, totalSteps: T });
-    if (this.perEpoch() < 1)
+    if (!data.webdataset && this.perEpoch() < 1)
       throw new InputError(`data: ${data.train.length} pairs are fewer than one global batch of ${sync.worldSize * c.train.batch_size}`);
   }
 
+  /** Opens this rank's WebDataset stream (data.webdataset only). */
+  async openStream(): Promise<void> {
+    const o = { rank: this.sync.rank, worldSize: this.sync.worldSize, batchSize: this.c.train.batch_size, seed: this.c.train.seed };
+    if (this.data.webdataset) this.stream = await WebDatasetStream.open(this.data.webdataset, o);
+  }
+
+  /** Steps in an epoch of `data.train` (a stream has no epochs the loop counts: Infinity). */
   private perEpoch(): number {
+    if (this.data.webdataset) return Number.POSITIVE_INFINITY;
     return Math.floor(this.data.train.length / (this.sync.worldSize * this.c.train.batch_size));
   }
 
@@ -212,10 +241,13 @@ class ClipRun {
     const S = c.crops.global_crops_size;
     const epoch = Math.floor(this.step / this.perEpoch());
     const k = this.step % this.perEpoch();
-    if (this.perm.epoch !== epoch) this.perm = { epoch, order: shuffled(this.data.train.length, new Rng(c.train.seed).fork(epoch + 1)) };
     const first = (k * W + this.sync.rank) * B;
-    const ids = this.perm.order.slice(first, first + B);
-    const items = await Promise.all(ids.map((i) => this.data.train.get(i)));
+    let items: { image: RgbImage; caption: string }[];
+    if (this.stream) items = await this.stream.batch(this.step);
+    else {
+      if (this.perm.epoch !== epoch) this.perm = { epoch, order: shuffled(this.data.train.length, new Rng(c.train.seed).fork(epoch + 1)) };
+      items = await Promise.all(this.perm.order.slice(first, first + B).map((i) => this.data.train.get(i)));
+    }
     const images = new Float32Array(B * S * S * 3);
     const crops = new Rng(c.train.seed).fork(1_000_003);
     items.forEach((it, b) =>
@@ -355,6 +387,7 @@ class ClipRun {
   }
 
   async dispose(): Promise<void> {
+    await this.stream?.close();
     this.opt?.dispose();
     await this.engine?.dispose();
     this.model.dispose();
@@ -382,6 +415,7 @@ export async function trainClipObjective(c: TrainConfig, opts: TrainOptions): Pr
   const o = c.optim;
   const engine = ort ? new OnnxClipEngine(model, { ...ort, beta1: o.beta1, beta2: o.beta2, eps: o.eps }) : null;
   const run = new ClipRun(c, model, tokenizer, data, sync, engine);
+  await run.openStream();
   const metricsPath = join(out, 'metrics.jsonl');
   try {
     let checkpoint = '';

@@ -59,8 +59,9 @@ Trains a Vision Transformer with N register tokens and writes the run folder DIR
                      val from the sibling val.txt); "synthetic": the built-in shapes (the CPU
                      presets' data; a paper preset warns). Folders are indexed once in
                      .vitreg-index.jsonl;  --rebuild-index lists them again
-                     Objective clip (tiny-clip, openclip-b16[-reg4]): "synthetic" (generated captions) or a
-                     CSV / TSV table of image paths and captions (open_clip's CsvDataset)
+                     Objective clip (tiny-clip, openclip-b16[-reg4]): "synthetic" (generated captions), a
+                     CSV / TSV table of image paths and captions (open_clip's CsvDataset), or a folder of
+                     WebDataset .tar shards (.jpg/.png + .txt per key; at least one shard per rank)
   --tokenizer FILE   clip: CLIP's BPE vocabulary (bpe_simple_vocab_16e6.txt.gz; clip.tokenizer); the
                      synthetic captions have a built-in word vocabulary
   --csv-img-key K    clip: the table's image column (default filepath);  --csv-caption-key K: its
