@@ -16,6 +16,7 @@ import type { TrainConfig } from '../src/config.js';
 import { train } from '../src/loop.js';
 import { trainThreads } from '../src/threads.js';
 import type { EngineFactory } from '../src/engine.js';
+import { onnxRuntimeEngine } from '../src/onnx/engine.js';
 
 before(async () => {
   await initBackend('wasm', { log: () => {} });
@@ -62,6 +63,15 @@ test('clip: every engine option passes (onnxruntime included); an engine factory
   await assert.rejects(train(tinyClip(), { outDir: join(tmpdir(), 'never'), engine: other, progress: false }), {
     message: CLIP_ONNX_REFUSAL,
   });
+  // a library user's own onnxRuntimeEngine(...) factory trains clip (it registers its settings)
+  const dir = await mkdtemp(join(tmpdir(), 'vitreg-clip-own-'));
+  try {
+    const own = tinyClip({ train: { steps: 1, batch_size: 8, checkpoint_every: 0, log_every: 1 } });
+    const r = await train(own, { outDir: dir, engine: onnxRuntimeEngine({ threads: 1 }), progress: false, log: () => {} });
+    assert.equal(r.step, 1);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
 
 test('clip: checkpoints hold both towers; stopped after step 2 and resumed = uninterrupted; 2 threads = 1 rank', async () => {

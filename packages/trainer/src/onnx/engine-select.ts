@@ -10,7 +10,6 @@ import { ENGINE_CHOICES, loadOnnxRuntime, ONNX_DEVICES, type EngineChoice, type 
 import type { EngineFactory } from '../engine.js';
 import { tfjsEngine } from '../tfjs-engine.js';
 import { TrainGraph } from './autodiff.js';
-import { registerOnnxFactory } from './clip-settings.js';
 import { onnxRuntimeEngine } from './engine.js';
 import { GraphSessions } from './engine-sessions.js';
 
@@ -104,8 +103,8 @@ export async function resolveTrainEngine(
       const threads = t ? `${t} thread${t === 1 ? '' : 's'}` : 'default threads';
       resolved = {
         name: 'onnxruntime',
-        // Registered so that objective clip (clip-loop.ts, its own loop) runs its graphs with the same settings.
-        factory: registerOnnxFactory(onnxRuntimeEngine({ ort, device, threads: o.threads }), { ort, device, threads: o.threads }),
+        // onnxRuntimeEngine registers its factory, so objective clip (clip-loop.ts) runs its graphs with these settings
+        factory: onnxRuntimeEngine({ ort, device, threads: o.threads }),
         description: `onnxruntime ${ort.env.versions?.common ?? ''} ${device}, ${threads}`.replace('  ', ' '),
       };
     }

@@ -34,6 +34,7 @@ import { clipGradients, clipPerModule, emaUpdate, FlatOptimizer } from './engine
 import { initialStudent, ParamLayout } from './engine-params.js';
 import { GraphSessions, type Feed, type SessionSettings } from './engine-sessions.js';
 import { dinoDropPath, maskRowBucket, padMaskRows, padRows, supervisedDropPath } from './feeds.js';
+import { registerOnnxFactory } from './clip-settings.js';
 import {
   classifierGraph,
   dinoHeadGraph,
@@ -435,5 +436,7 @@ export function onnxRuntimeEngine(options: OnnxRuntimeEngineOptions = {}): Engin
   if (options.threads !== undefined && !(Number.isInteger(options.threads) && options.threads >= 1)) {
     throw new Error(`onnxruntime engine: threads must be an integer >= 1, got ${options.threads}`);
   }
-  return (ctx) => new OnnxRuntimeEngine(ctx, options);
+  // registered, so the clip objective's own loop (clip-loop.ts) trains on a factory a user made too
+  const { precision: _precision, ...settings } = options;
+  return registerOnnxFactory((ctx) => new OnnxRuntimeEngine(ctx, options), settings);
 }
