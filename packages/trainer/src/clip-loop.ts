@@ -83,14 +83,22 @@ export function clipEngineSettings(engine: TrainOptions['engine']): SessionSetti
 }
 
 /** Words of the synthetic captions (data-captions.ts syntheticCaption): each one token with the built-in vocabulary. */
-const CAPTION_WORDS = [...'a on dark background small large light bright shaded grainy striped checkered'.split(' '), ...SYNTHETIC_SHAPES];
+const CAPTION_WORDS = [
+  ...'a on dark background small large light bright shaded grainy striped checkered'.split(' '),
+  ...SYNTHETIC_SHAPES,
+  'plain', // data.synthetic_background 'flat' (syntheticCaption)
+];
 
-/** The caption grammar's 16 prompts of a synthetic class (its zero-shot classifier). */
-export function syntheticPrompts(shape: string): string[] {
+/**
+ * The caption grammar's prompts of a synthetic class (its zero-shot classifier): 16 on the textured
+ * backgrounds, 4 on a flat one (data.synthetic_background, whose captions say "plain").
+ */
+export function syntheticPrompts(shape: string, background: 'textured' | 'flat' = 'textured'): string[] {
   const out: string[] = [];
+  const textures = background === 'flat' ? ['plain'] : ['shaded', 'grainy', 'striped', 'checkered'];
   for (const size of ['small', 'large'])
     for (const light of ['light', 'bright'])
-      for (const tex of ['shaded', 'grainy', 'striped', 'checkered']) out.push(`a ${size} ${light} ${shape} on a dark ${tex} background`);
+      for (const tex of textures) out.push(`a ${size} ${light} ${shape} on a dark ${tex} background`);
   return out;
 }
 
@@ -285,7 +293,9 @@ class ClipRun {
   async evaluate(): Promise<{ step: number; zeroshot_top1?: number; note?: string }> {
     if (!this.data.val) return { step: this.step, note: 'a caption table has no class labels: no zero-shot evaluation' };
     this.engine?.pull();
-    const top1 = await zeroShotTop1(this.model, this.tokenizer, this.data.val, this.data.classNames, syntheticPrompts);
+    const top1 = await zeroShotTop1(this.model, this.tokenizer, this.data.val, this.data.classNames, (shape) =>
+      syntheticPrompts(shape, this.c.data.synthetic_background),
+    );
     return { step: this.step, zeroshot_top1: top1 };
   }
 

@@ -62,3 +62,18 @@ test('the flat-background fields reach the generator: openData and openCaptionDa
   const caption = await (await openCaptionData(clipCfg)).train.get(1);
   assert.deepEqual(Array.from(caption.image.data), Array.from((await clipDirect.get(1)).image));
 });
+
+test("the zero-shot prompts cover the captions the generator writes, flat ('plain') and textured backgrounds", async () => {
+  const { SyntheticDataset } = await import('@vitreg/core');
+  const { syntheticCaption } = await import('../src/data-captions.js');
+  const { syntheticPrompts } = await import('../src/clip-loop.js');
+  for (const background of ['flat', 'textured'] as const) {
+    const ds = new SyntheticDataset({ seed: 3, size: 32, numClasses: 5, count: 24, split: 'val', background, objectSide: [0.2, 0.6] });
+    for (let i = 0; i < ds.length; i++) {
+      const caption = syntheticCaption(ds, i);
+      const shape = ds.classNames[(await ds.get(i)).label]!;
+      assert.ok(syntheticPrompts(shape, background).includes(caption), `${background} ${i}: "${caption}" is not a prompt of ${shape}`);
+      assert.equal(caption.includes(' plain '), background === 'flat', caption);
+    }
+  }
+});
