@@ -218,7 +218,22 @@ test('train --nodes 2: a local cluster job (coordinator + 2 worker processes) wr
       cfg,
       JSON.stringify({ preset: 'tiny-supervised', data: { train_size: 16, val_size: 8 }, train: { batch_size: 2, checkpoint_every: 0 } }),
     );
-    const r = await vitreg(['train', '--config', cfg, '--steps', '2', '--nodes', '2', '--out', out, '--backend', 'wasm', '--no-progress']);
+    const r = await vitreg([
+      'train',
+      '--config',
+      cfg,
+      '--steps',
+      '2',
+      '--nodes',
+      '2',
+      '--out',
+      out,
+      '--backend',
+      'wasm',
+      '--no-progress',
+      '--collective-timeout-ms',
+      '120000',
+    ]);
     assert.equal(r.code, 0, r.stderr);
     const summary = JSON.parse(r.stdout.trim().split('\n').pop()!) as Record<string, unknown>;
     assert.equal(summary.step, 2);
@@ -245,12 +260,27 @@ test('train --nodes 2: a local cluster job (coordinator + 2 worker processes) wr
     ]) {
       assert.ok(existsSync(join(out, f)), f);
     }
+    // --collective-timeout-ms reached every worker
+    for (const w of [0, 1]) assert.match(await readFile(join(out, `logs/worker-${w}.log`), 'utf8'), /collective timeout 120 s\)/);
     const bad = await vitreg(['train', '--config', cfg, '--nodes', '2', '--transport', 'udp', '--out', out]);
     assert.equal(bad.code, 2);
     assert.match(bad.stderr, /--transport: expected tcp or grpc, got "udp"/);
-    const many = await vitreg(['train', '--config', cfg, '--nodes', '2', '--min-workers', '3', '--out', out]);
+    const many = await vitreg([
+      'train',
+      '--config',
+      cfg,
+      '--nodes',
+      '2',
+      '--min-workers',
+      '3',
+      '--collective-timeout-ms',
+      '0',
+      '--out',
+      out,
+    ]);
     assert.equal(many.code, 2);
     assert.match(many.stderr, /--min-workers: 3 is more than --nodes 2/);
+    assert.match(many.stderr, /--collective-timeout-ms/);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -224,7 +224,8 @@ export class WorkerAgent {
         configJson: JSON.stringify(o.gradCompression === 'bf16' ? { ...o.config, grad_compression: 'bf16' } : o.config),
       });
       const threads = `${o.threads} thread${o.threads > 1 ? 's' : ''}`;
-      this.log(`joined job "${o.jobId}" at ${o.coordinator} as ${link.workerId} (${threads}, peer ${peerAddress})`);
+      const collective = `collective timeout ${(o.collectiveTimeoutMs ?? DEFAULT_COLLECTIVE_TIMEOUT_MS) / 1000} s`;
+      this.log(`joined job "${o.jobId}" at ${o.coordinator} as ${link.workerId} (${threads}, peer ${peerAddress}, ${collective})`);
       link.start();
       const r = await this.done;
       if (r instanceof Error) throw r;

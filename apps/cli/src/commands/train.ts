@@ -95,6 +95,8 @@ Trains a Vision Transformer with N register tokens and writes the run folder DIR
                      per-rank metrics in DIR/ranks/. The job goes on while --min-workers remain.
   --min-workers N    with --nodes: fewest worker processes the job continues with (default 1)
   --transport tcp|grpc  with --nodes: the ring's data plane (default tcp)
+  --collective-timeout-ms MS  with --nodes: the longest an all-reduce or state broadcast waits for the
+                     ring before that neighbour counts as unreachable (default 600000, NCCL's 10 minutes)
   --backend B        auto (default), tensorflow-gpu, webgpu, tensorflow, wasm or cpu; with --nodes
                      passed to every worker process
   --gpu N            the webgpu backend's adapter (default $VITREG_GPU, else 0); with --nodes passed
@@ -148,6 +150,7 @@ export const trainCommand: Command = {
       nodes: { type: 'string' },
       'min-workers': { type: 'string' },
       transport: { type: 'string' },
+      'collective-timeout-ms': { type: 'string' },
       'list-presets': { type: 'boolean' },
       'print-config': { type: 'boolean' },
       'rebuild-index': { type: 'boolean' },
@@ -177,6 +180,7 @@ export const trainCommand: Command = {
     if (values.transport !== undefined && values.transport !== transport)
       f.fail(`--transport: expected tcp or grpc, got "${values.transport}"`);
     const minWorkers = f.int('min-workers', 1);
+    const collectiveTimeoutMs = f.optionalInt('collective-timeout-ms', 1);
     if (nodes !== undefined && minWorkers > nodes) f.fail(`--min-workers: ${minWorkers} is more than --nodes ${nodes}`);
     if (values.resume && values.restart) f.fail('--resume and --restart exclude each other');
     const stopSignals = f.check(() => {
@@ -266,6 +270,7 @@ export const trainCommand: Command = {
         transport,
         outDir: out,
         trainArgs,
+        ...(collectiveTimeoutMs === undefined ? {} : { workerArgs: ['--collective-timeout-ms', String(collectiveTimeoutMs)] }),
         stopSignals,
         onStop: (signal) => process.stderr.write(stoppingLine(signal, 'every worker stops after the same step')),
       });
