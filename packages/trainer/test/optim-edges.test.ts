@@ -119,4 +119,9 @@ test('optimiser state: shapes kept, step and sizes checked with their messages; 
     () => new Lamb([p]).apply([tf.ones([2, 3])], { lr: 1, wd: 0 }),
     /gradient 0 \("blocks.0.w"\) has shape \[2,3\], expected \[2,2\]/,
   );
+  // a gradient of lower rank whose dimensions match the variable's first ones (it would broadcast)
+  assert.throws(
+    () => new Lamb([p]).apply([tf.ones([2])], { lr: 1, wd: 0 }),
+    /gradient 0 \("blocks.0.w"\) has shape \[2\], expected \[2,2\]/,
+  );
 });
