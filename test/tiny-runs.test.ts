@@ -5,7 +5,7 @@
  * (auto: ONNX Runtime where onnxruntime-node loads, else tfjs on wasm), and their final evaluation against
  * the README's numbers: `tiny-supervised` about 0.97 validation accuracy (at least 0.95) in 1200 steps,
  * `tiny-dino` about 0.74 k-NN accuracy of the teacher's CLS (at least 0.70) in 300 steps (tfjs: 0.97 and
- * 0.73), `tiny-clip` about 0.78 zero-shot top-1 on the 5 shapes (at least 0.72) in 2500 steps (onnxruntime, one seed); chance is 0.2. `npm run bench -- tiny-runs` prints the same runs' times.
+ * 0.73), `tiny-clip` about 0.9 zero-shot top-1 on the 5 shapes (at least 0.8, the issue's goal) in 9000 steps (onnxruntime, one seed); chance is 0.2. `npm run bench -- tiny-runs` prints the same runs' times.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -19,13 +19,13 @@ const on = process.env.VITREG_TINY_RUNS === '1';
 const CLAIMS = [
   { preset: 'tiny-supervised', metric: 'val_accuracy', claim: 0.97, atLeast: 0.95, steps: 1200 },
   { preset: 'tiny-dino', metric: 'knn_accuracy', claim: 0.74, atLeast: 0.7, steps: 300 },
-  { preset: 'tiny-clip', metric: 'zeroshot_top1', claim: 0.78, atLeast: 0.72, steps: 2500 },
+  { preset: 'tiny-clip', metric: 'zeroshot_top1', claim: 0.9, atLeast: 0.8, steps: 9000 },
 ] as const;
 
 for (const c of CLAIMS) {
   test(
     `${c.preset} reaches about ${c.claim} ${c.metric} (at least ${c.atLeast}) in ${c.steps} steps`,
-    { skip: on ? false : 'set VITREG_TINY_RUNS=1 (about 3 CPU minutes on onnxruntime, 6 on tfjs)' },
+    { skip: on ? false : 'set VITREG_TINY_RUNS=1 (about 5 CPU minutes on onnxruntime, 15 on tfjs)' },
     async () => {
       await initBackend('wasm', { log: () => {} });
       // The commands' default engine (auto: onnxruntime where onnxruntime-node loads, else tfjs).

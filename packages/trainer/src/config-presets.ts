@@ -186,15 +186,15 @@ export const PRESETS: Record<string, PresetDef> = {
   },
   'tiny-clip': {
     summary:
-      'ViT-micro/8 with 4 registers + a 1-block text tower, CLIP loss on 32 px synthetic shapes with generated captions (about 100 CPU-seconds on onnxruntime, ~0.78 zero-shot top-1)',
+      'ViT-micro/8 with 4 registers + a 1-block text tower, CLIP loss on 32 px synthetic shapes with generated captions (about 140 CPU-seconds on onnxruntime, ~0.9 zero-shot top-1)',
     cpu: true,
     config: {
       objective: 'clip',
       model: { arch: 'vit_micro_patch8_reg4', drop_path_rate: 0 },
-      // 80 distinct captions, so a large batch holds many false negatives (the same caption on other images): batch
-      // 16 for 2500 steps (0.784 in 100 CPU-s on onnxruntime) beat 8 x 2000 (0.712), 8 x 5000 (0.774 in 133) and
-      // 32 x 800 (trainer README figures); 3500 steps gave no more (0.786).
-      train: { steps: 2500, batch_size: 16, eval_every: 0, checkpoint_every: 500 },
+      // 80 distinct captions, so a large batch holds many false negatives (the same caption on other images):
+      // batch 8 for 9000 steps (0.896 in 137 CPU-s on onnxruntime at load 5) beat 16 x 2500 (0.784 in 100),
+      // 16 x 3500 (0.786), 8 x 5000 (0.774) and 8 x 2000 (0.712) (trainer README figures).
+      train: { steps: 9000, batch_size: 8, eval_every: 0, checkpoint_every: 1000 },
       optim: {
         base_lr: 2e-3,
         min_lr: 0,
