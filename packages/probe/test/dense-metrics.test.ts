@@ -24,6 +24,7 @@ import {
   segmentationTotals,
   type DepthScores,
 } from '../src/dense-metrics.js';
+import { bilinear } from './dense-naive-resize.js';
 
 /** A seeded stream of values in [0, 1) (no library: the test stays independent). */
 function stream(seed: number): () => number {
@@ -32,27 +33,6 @@ function stream(seed: number): () => number {
     s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
     return s / 2 ** 32;
   };
-}
-
-/** PyTorch's F.interpolate(mode='bilinear', align_corners=False) of an [h, w, c] map, in float64. */
-function naiveBilinear(x: ArrayLike<number>, h: number, w: number, c: number, H: number, W: number): number[] {
-  const src = (o: number, n: number, N: number): [number, number, number] => {
-    const s = Math.max(0, ((o + 0.5) * n) / N - 0.5);
-    const i0 = Math.min(Math.floor(s), n - 1);
-    return [i0, Math.min(i0 + 1, n - 1), s - i0];
-  };
-  const out: number[] = [];
-  for (let i = 0; i < H; i++) {
-    const [y0, y1, ly] = src(i, h, H);
-    for (let j = 0; j < W; j++) {
-      const [x0, x1, lx] = src(j, w, W);
-      for (let k = 0; k < c; k++) {
-        const at = (y: number, xx: number) => x[(y * w + xx) * c + k]!;
-        out.push((1 - ly) * ((1 - lx) * at(y0, x0) + lx * at(y0, x1)) + ly * ((1 - lx) * at(y1, x0) + lx * at(y1, x1)));
-      }
-    }
-  }
-  return out;
 }
 
 const close = (got: ArrayLike<number>, want: ArrayLike<number>, tol: number, what: string) => {
@@ -75,7 +55,7 @@ test('bilinear weights, matrices and resampleMap equal the PyTorch formula (up, 
     assert.equal(m.length, N * n);
     for (let col = 0; col < n; col++) {
       const unit = Array.from({ length: n }, (_, i) => (i === col ? 1 : 0));
-      const want = naiveBilinear(unit, n, 1, 1, N, 1);
+      const want = bilinear(unit, n, 1, 1, N, 1);
       close(
         Array.from({ length: N }, (_, o) => m[o * n + col]!),
         want,
@@ -105,10 +85,10 @@ test('bilinear weights, matrices and resampleMap equal the PyTorch formula (up, 
   const x = Float32Array.from({ length: 3 * 2 * 2 }, () => r() * 4 - 2);
   const out = resampleMap(x, 3, 2, 2, bilinearMatrix(5, 3), bilinearMatrix(4, 2));
   assert.ok(out instanceof Float32Array);
-  close(out, naiveBilinear(x, 3, 2, 2, 5, 4), 1e-6, 'resampleMap 3x2 -> 5x4');
+  close(out, bilinear(x, 3, 2, 2, 5, 4), 1e-6, 'resampleMap 3x2 -> 5x4');
   // Downsampling too (7 x 5 -> 3 x 2, one channel).
   const y = Float32Array.from({ length: 35 }, () => r());
-  close(resampleMap(y, 7, 5, 1, bilinearMatrix(3, 7), bilinearMatrix(2, 5)), naiveBilinear(y, 7, 5, 1, 3, 2), 1e-6, 'resampleMap down');
+  close(resampleMap(y, 7, 5, 1, bilinearMatrix(3, 7), bilinearMatrix(2, 5)), bilinear(y, 7, 5, 1, 3, 2), 1e-6, 'resampleMap down');
   assert.throws(() => resampleMap(x, 3, 3, 2, bilinearMatrix(5, 3), bilinearMatrix(4, 3)), /map holds 12 values, expected 3x3x2/);
   for (const [o, i] of [
     [0, 3],
@@ -129,8 +109,8 @@ test("chainedBilinearMatrix is each stage's resize in turn (mmseg's grid -> inpu
     const m = chainedBilinearMatrix(sizes);
     const last = sizes[sizes.length - 1]!;
     assert.equal(m.length, last * 3);
-    let want: number[] = x;
-    for (let k = 1; k < sizes.length; k++) want = naiveBilinear(want, sizes[k - 1]!, 1, 1, sizes[k]!, 1);
+    let want: ArrayLike<number> = x;
+    for (let k = 1; k < sizes.length; k++) want = bilinear(want, sizes[k - 1]!, 1, 1, sizes[k]!, 1);
     const got = Array.from({ length: last }, (_, i) => x.reduce((s, v, c) => s + m[i * 3 + c]! * v, 0));
     close(got, want, 1e-12, `chain ${sizes}`);
   }

@@ -33,7 +33,6 @@ import {
   type RgbImage,
   syncDir,
   SYNTHETIC_SHAPES,
-  SyntheticDataset,
   toFloat32,
   writeFileAtomic,
   writeJsonAtomic,
@@ -44,6 +43,7 @@ import { listCheckpoints, pruneCheckpoints, resumePoint, type TrainState } from 
 import { assertDataSource, modelConfig, scaledLr, type TrainConfig } from './config.js';
 import { captionSource, clipParamSpecs, normalized, shuffled, zeroShotTop1, type CaptionSource } from './clip-train.js';
 import { readCaptionTable, WebDatasetStream } from './data-captions.js';
+import { syntheticSplits } from './data.js';
 import type { TrainOptions, TrainResult } from './loop.js';
 import { AdamW, type AdamWState } from './optim.js';
 import type { ParamSpec } from './param-groups.js';
@@ -159,15 +159,7 @@ export async function openCaptionData(c: TrainConfig): Promise<CaptionData> {
   assertDataSource(c);
   const d = c.data;
   if (d.source === 'synthetic') {
-    const common = {
-      seed: d.synthetic_seed,
-      size: d.synthetic_size,
-      numClasses: d.num_classes,
-      background: d.synthetic_background,
-      objectSide: d.synthetic_object_side,
-    };
-    const train = new SyntheticDataset({ ...common, count: d.train_size, split: 'train' });
-    const val = new SyntheticDataset({ ...common, count: d.val_size, split: 'val' });
+    const { train, val } = syntheticSplits(c);
     return { train: captionSource(train), val: captionSource(val), classNames: train.classNames };
   }
   if ((existsSync(d.source) && statSync(d.source).isDirectory()) || d.source.endsWith('.tar')) {

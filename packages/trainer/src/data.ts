@@ -126,18 +126,26 @@ function openLists(cfg: TrainConfig): TrainData {
   return { train, val, numClasses: train.numClasses, classNames: train.classNames };
 }
 
+/** The built-in shapes of a config (`data.synthetic_*`, num_classes, train/val sizes): its train and val splits. */
+export function syntheticSplits(cfg: TrainConfig): { train: SyntheticDataset; val: SyntheticDataset } {
+  const d = cfg.data;
+  const common = {
+    seed: d.synthetic_seed,
+    size: d.synthetic_size,
+    numClasses: d.num_classes,
+    background: d.synthetic_background,
+    objectSide: d.synthetic_object_side,
+  };
+  return {
+    train: new SyntheticDataset({ ...common, count: d.train_size, split: 'train' }),
+    val: new SyntheticDataset({ ...common, count: d.val_size, split: 'val' }),
+  };
+}
+
 function assemble(cfg: TrainConfig, openFolder: (dir: string) => ImageFolderDataset): TrainData {
   const d = cfg.data;
   if (d.source === 'synthetic') {
-    const common = {
-      seed: d.synthetic_seed,
-      size: d.synthetic_size,
-      numClasses: d.num_classes,
-      background: d.synthetic_background,
-      objectSide: d.synthetic_object_side,
-    };
-    const train = new SyntheticDataset({ ...common, count: d.train_size, split: 'train' });
-    const val = new SyntheticDataset({ ...common, count: d.val_size, split: 'val' });
+    const { train, val } = syntheticSplits(cfg);
     return { train, val, numClasses: train.numClasses, classNames: train.classNames };
   }
   if (d.source === '') {

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { validateTrainConfig } from '../src/config-validate.js';
+import type { TrainConfig } from '../src/config.js';
 
 test('data.synthetic_background and data.synthetic_object_side: defaults, accepted values, errors naming the field', () => {
   const def = validateTrainConfig({ preset: 'tiny-supervised' });
@@ -22,45 +23,26 @@ test('the flat-background fields reach the generator: openData and openCaptionDa
   const { SyntheticDataset } = await import('@vitreg/core');
   const { openData } = await import('../src/data.js');
   const { openCaptionData } = await import('../src/clip-loop.js');
-  const cfg = validateTrainConfig({
-    preset: 'tiny-supervised',
-    data: { source: 'synthetic', synthetic_size: 32, synthetic_background: 'flat', synthetic_object_side: [0.2, 0.3] },
-  });
-  const direct = new SyntheticDataset({
-    seed: cfg.data.synthetic_seed,
-    size: 32,
-    numClasses: cfg.data.num_classes,
-    count: cfg.data.train_size,
-    split: 'train',
-    background: 'flat',
-    objectSide: [0.2, 0.3],
-  });
-  const textured = new SyntheticDataset({
-    seed: cfg.data.synthetic_seed,
-    size: 32,
-    numClasses: cfg.data.num_classes,
-    count: 4,
-    split: 'train',
-  });
-  const want = (await direct.get(1)).image;
-  assert.notDeepEqual(Array.from((await textured.get(1)).image), Array.from(want), 'the two backgrounds differ');
-  const got = (await openData(cfg).train.get(1)).image;
-  assert.deepEqual(Array.from(got), Array.from(want));
-  const clipCfg = validateTrainConfig({
-    preset: 'tiny-clip',
-    data: { source: 'synthetic', synthetic_size: 32, synthetic_background: 'flat', synthetic_object_side: [0.2, 0.3] },
-  });
-  const clipDirect = new SyntheticDataset({
-    seed: clipCfg.data.synthetic_seed,
-    size: 32,
-    numClasses: clipCfg.data.num_classes,
-    count: clipCfg.data.train_size,
-    split: 'train',
-    background: 'flat',
-    objectSide: [0.2, 0.3],
-  });
+  const data = { source: 'synthetic', synthetic_size: 32, synthetic_background: 'flat', synthetic_object_side: [0.2, 0.3] };
+  // Image 1 of the train split, made here from the fields by name (textured: without the two fields).
+  const image1 = async (c: TrainConfig, flat = true) =>
+    (
+      await new SyntheticDataset({
+        seed: c.data.synthetic_seed,
+        size: 32,
+        numClasses: c.data.num_classes,
+        count: c.data.train_size,
+        split: 'train',
+        ...(flat ? { background: 'flat', objectSide: [0.2, 0.3] } : {}),
+      }).get(1)
+    ).image;
+  const cfg = validateTrainConfig({ preset: 'tiny-supervised', data });
+  const want = await image1(cfg);
+  assert.notDeepEqual(Array.from(await image1(cfg, false)), Array.from(want), 'the two backgrounds differ');
+  assert.deepEqual(Array.from((await openData(cfg).train.get(1)).image), Array.from(want));
+  const clipCfg = validateTrainConfig({ preset: 'tiny-clip', data });
   const caption = await (await openCaptionData(clipCfg)).train.get(1);
-  assert.deepEqual(Array.from(caption.image.data), Array.from((await clipDirect.get(1)).image));
+  assert.deepEqual(Array.from(caption.image.data), Array.from(await image1(clipCfg)));
 });
 
 test("the zero-shot prompts cover the captions the generator writes, flat ('plain') and textured backgrounds", async () => {

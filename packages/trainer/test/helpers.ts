@@ -6,11 +6,19 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-wasm';
 import { ensureGradients } from '@vitreg/core';
 import { listCheckpoints } from '../src/checkpoint.js';
+import type { EngineFactory } from '../src/engine.js';
 
 export async function useWasm(): Promise<void> {
   if (tf.getBackend() !== 'wasm') await tf.setBackend('wasm');
   await tf.ready();
   await ensureGradients();
+}
+
+/** The engine the commands default to (auto: onnxruntime, 1 thread, where onnxruntime-node loads; else tfjs). */
+export async function defaultEngine(): Promise<EngineFactory> {
+  // imported here, so the files that only want useWasm do not load the engine modules
+  const { resolveTrainEngine } = await import('../src/onnx/engine-select.js');
+  return (await resolveTrainEngine({ engine: 'auto', threads: 1 }, { log: () => {} })).factory;
 }
 
 /** Plain-JS log-softmax of one row, the reference for the loss tests. */

@@ -6,11 +6,7 @@ import { join } from 'node:path';
 import { validateTrainConfig } from '../src/config-validate.js';
 import { loadCheckpoint } from '../src/checkpoint.js';
 import { train, Trainer } from '../src/loop.js';
-import { useWasm } from './helpers.js';
-import { resolveTrainEngine } from '../src/onnx/engine-select.js';
-
-/** auto, as the commands resolve it: onnxruntime where onnxruntime-node loads, else tfjs. */
-const defaultEngine = async () => (await resolveTrainEngine({ engine: 'auto', threads: 1 }, { log: () => {} })).factory;
+import { defaultEngine, useWasm } from './helpers.js';
 
 before(useWasm);
 
@@ -30,7 +26,7 @@ test('tiny DINO run: k-NN accuracy 0.5 and well above the untrained network, tea
     untrained.initTeacher();
     const before = (await untrained.evaluate()).knn_accuracy!;
     untrained.dispose();
-    // On the ONNX Runtime engine where it loads (the commands' default; half the CPU time of tfjs): its steps
+    // On the ONNX Runtime engine where it loads (the commands' default): its steps
     // equal the tfjs engine's within 1e-4 (onnx-engine tests), so the science checked here holds for both.
     const res = await train(cfg, { outDir: out, progress: false, engine: await defaultEngine() });
     const ev = res.eval!;

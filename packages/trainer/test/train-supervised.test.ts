@@ -5,11 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { validateTrainConfig } from '../src/config-validate.js';
 import { train } from '../src/loop.js';
-import { useWasm } from './helpers.js';
-import { resolveTrainEngine } from '../src/onnx/engine-select.js';
-
-/** auto, as the commands resolve it: onnxruntime where onnxruntime-node loads, else tfjs. */
-const defaultEngine = async () => (await resolveTrainEngine({ engine: 'auto', threads: 1 }, { log: () => {} })).factory;
+import { defaultEngine, useWasm } from './helpers.js';
 
 before(useWasm);
 
@@ -25,7 +21,7 @@ test('tiny supervised run on the synthetic shapes: a quarter of the preset reach
       train: { steps: 300, eval_every: 0, checkpoint_every: 0 },
     });
     // On the ONNX Runtime engine where it loads (the commands' default; its steps equal tfjs's within 1e-4:
-    // onnx-engine tests), so the science checked here holds for both engines at half the CPU time.
+    // onnx-engine tests), so the science checked here holds for both engines.
     const res = await train(cfg, { outDir: out, progress: false, engine: await defaultEngine() });
     const acc = res.eval!.val_accuracy!;
     assert.equal(res.eval!.num_classes, 5);

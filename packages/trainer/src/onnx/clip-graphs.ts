@@ -22,7 +22,7 @@
  */
 import { parameterShapes, textParameterShapes, type ClipConfig } from '@vitreg/registers';
 import { TrainGraph, type GraphBuildOptions, type Value } from './autodiff.js';
-import type { BuiltGraph } from './graphs.js';
+import { finishGraph, type BuiltGraph } from './graphs.js';
 import { l2Normalize, logSoftmax, matmul } from './nn-ops.js';
 import { textForward, type TextForwardOptions } from './text-graph.js';
 import { vitForward } from './vit-graph.js';
@@ -96,19 +96,7 @@ function towers(t: TrainGraph, cfg: ClipConfig, params: Params, o: ClipGraphOpti
 }
 
 function finish(t: TrainGraph, params: Params, loss: Value | null, kind: string): BuiltGraph {
-  const declared = [...params.declared.values()];
-  const gradients: string[] = [];
-  if (loss) {
-    const wrt = declared.filter((v) => v.grad);
-    t.gradients(loss, wrt).forEach((g, i) => {
-      if (!g) return;
-      t.sinkToEnd(g);
-      t.output(g, `grad.${wrt[i]!.name}`);
-      gradients.push(wrt[i]!.name);
-    });
-  }
-  const bytes = t.encode({ vitreg_graph: kind });
-  return { bytes, inputs: t.inputs, outputs: t.outputs, parameters: declared.map((v) => v.name), gradients, nodes: t.nodeCount };
+  return finishGraph(t, [...params.declared.values()], loss, kind);
 }
 
 /** Forward only: `image_features`, `text_features` [B, E], normalised (training mode: drop path when the tower has it). */

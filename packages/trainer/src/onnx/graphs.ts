@@ -118,9 +118,15 @@ function paramTable(
   return new ParamTable(t, shapes, new Set(trained));
 }
 
-/** Appends the backward pass of `loss`, the gradient outputs, and encodes the graph. */
 function finish(t: TrainGraph, params: ParamTable, loss: Value | null, kind: string): BuiltGraph {
-  const declared = params.declared();
+  return finishGraph(t, params.declared(), loss, kind);
+}
+
+/**
+ * Appends the backward pass of `loss` with respect to the `declared` parameters that take a gradient, their
+ * `grad.NAME` outputs, and encodes the graph (`kind` in its metadata). Also clip-graphs.ts's.
+ */
+export function finishGraph(t: TrainGraph, declared: Value[], loss: Value | null, kind: string): BuiltGraph {
   const gradients: string[] = [];
   if (loss) {
     const wrt = declared.filter((v) => v.grad);
