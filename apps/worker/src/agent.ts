@@ -353,7 +353,8 @@ export class WorkerAgent {
       this.log(`Leave failed (the job had finished here): ${(err as Error & { details?: string }).details ?? (err as Error).message}`);
     }
     // Interrupted: exit only once every worker left (rank 0 after its checkpoint), so that a launcher that
-    // stops a job when one process exits non-zero (srun --kill-on-bad-exit) cannot cut the checkpoint short.
+    // stops a job when one process exits non-zero (srun --kill-on-bad-exit=1) cannot cut the checkpoint short
+    // (vitreg's own scripts use --kill-on-bad-exit=0: the other processes still print their last lines).
     if (interrupted) {
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([this.ended, new Promise((r) => (timer = setTimeout(r, this.o.coordinatorTimeoutMs)))]);

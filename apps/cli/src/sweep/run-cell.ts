@@ -108,7 +108,8 @@ function trainCommand(spec: SweepSpec, cell: Cell, launcher: Launcher): { cmd: s
   const jobId = Number(process.env.SLURM_JOB_ID ?? process.pid);
   env.MASTER_PORT ??= String(20000 + (jobId % 20000));
   env.VITREG_TOKEN ??= randomBytes(16).toString('hex');
-  const srun = [process.env.VITREG_SWEEP_SRUN ?? 'srun', `--ntasks=${p}`, '--kill-on-bad-exit=1'];
+  // --kill-on-bad-exit=0: a stop ends every task with 138, and srun must not kill those still exiting.
+  const srun = [process.env.VITREG_SWEEP_SRUN ?? 'srun', `--ntasks=${p}`, '--kill-on-bad-exit=0'];
   return { cmd: [...srun, ...(p > 1 ? [...worker, ...workerArgs] : [...vitregCommand(), ...trainArgs])], env };
 }
 
