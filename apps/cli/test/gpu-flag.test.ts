@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { vitreg } from './helpers.ts';
+import { refusedInProcess, vitreg } from './helpers.ts';
 
 /** stderr is exactly one line, "vitreg <command>: <message>". */
 function oneLine(stderr: string, command: string, message: string): void {
@@ -19,8 +19,9 @@ function oneLine(stderr: string, command: string, message: string): void {
 test('a bad --gpu is one line naming it, before any work', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'vitreg-gpu-'));
   try {
+    // One process shows the line main prints; the others run in-process (the same message and exit code).
     const [features, analyze, train, spaced] = await Promise.all([
-      vitreg([
+      refusedInProcess([
         'features',
         '--gpu',
         'x',
@@ -34,8 +35,16 @@ test('a bad --gpu is one line naming it, before any work', async () => {
         '--out',
         join(dir, 'o.safetensors'),
       ]),
-      vitreg(['analyze', join(dir, 'a.png'), '--weights', join(dir, 'missing.safetensors'), '--out', join(dir, 'report'), '--gpu=-1']),
-      vitreg(['train', '--preset', 'tiny-supervised', '--nodes', '2', '--gpu', '1.5', '--out', join(dir, 'run')]),
+      refusedInProcess([
+        'analyze',
+        join(dir, 'a.png'),
+        '--weights',
+        join(dir, 'missing.safetensors'),
+        '--out',
+        join(dir, 'report'),
+        '--gpu=-1',
+      ]),
+      refusedInProcess(['train', '--preset', 'tiny-supervised', '--nodes', '2', '--gpu', '1.5', '--out', join(dir, 'run')]),
       // Node's parser refuses "--gpu -1" with its hint on a second line: the one line says it.
       vitreg(['features', '--gpu', '-1', join(dir, 'a.png')]),
     ]);
@@ -63,9 +72,9 @@ test('a bad --gpu is one line naming it, before any work', async () => {
 test('--gpu N is accepted by features, discover, probe and train', async () => {
   // Each run stops at the first check after parsing, so the flag got past parseArgs' strict mode.
   const [features, discover, probe, train] = await Promise.all([
-    vitreg(['features', '--gpu', '0', 'a.png']),
-    vitreg(['discover', '--gpu', '1', '--weights', 'w.safetensors']),
-    vitreg(['probe', '--gpu', '0', '--weights', 'w.safetensors']),
+    refusedInProcess(['features', '--gpu', '0', 'a.png']),
+    refusedInProcess(['discover', '--gpu', '1', '--weights', 'w.safetensors']),
+    refusedInProcess(['probe', '--gpu', '0', '--weights', 'w.safetensors']),
     vitreg(['train', '--preset', 'tiny-supervised', '--registers', '2', '--gpu', '0', '--print-config']),
   ]);
   // Every missing flag in the one line (issue 23).
@@ -83,7 +92,7 @@ test('--gpu N is accepted by features, discover, probe and train', async () => {
   assert.equal(train.code, 0, train.stderr);
   assert.equal(JSON.parse(train.stdout).model.num_register_tokens, 2);
   // An unknown flag is still refused, so acceptance above is not parseArgs being lax.
-  const unknown = await vitreg(['features', '--gpus', '0', 'a.png']);
+  const unknown = await refusedInProcess(['features', '--gpus', '0', 'a.png']);
   assert.equal(unknown.code, 2);
   assert.match(unknown.stderr, /Unknown option '--gpus'/);
 });

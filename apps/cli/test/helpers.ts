@@ -32,3 +32,27 @@ export function vitreg(args: string[], opts: { cwd?: string; env?: Record<string
 
 /** The last non-empty line of stderr, where a failing command says why. */
 export const lastLine = (s: string): string => s.trim().split('\n').pop() ?? '';
+
+/**
+ * `vitreg ...args` for a run that is refused before any work, in this process (a process of its own
+ * costs 1-1.5 CPU-seconds): the command's module from the table main uses, and the one stderr line and
+ * exit code main makes of its CliError or InputError. Output of a run that is not refused is not
+ * captured: use `vitreg` for those.
+ */
+export async function refusedInProcess(args: string[]): Promise<RunResult> {
+  const [{ commandTable }, { CliError }, { InputError }] = await Promise.all([
+    import('../src/commands/table.ts'),
+    import('../src/cli.ts'),
+    import('@vitreg/core'),
+  ]);
+  const [name, ...rest] = args;
+  const cmd = await commandTable[name!]!.load();
+  try {
+    await cmd.run(rest);
+  } catch (err) {
+    if (err instanceof CliError) return { code: err.exitCode, stdout: '', stderr: `vitreg ${name}: ${err.message}\n` };
+    if (err instanceof InputError) return { code: 2, stdout: '', stderr: `vitreg ${name}: ${err.message}\n` };
+    throw err;
+  }
+  throw new Error(`vitreg ${args.join(' ')} was not refused`);
+}
