@@ -14,7 +14,8 @@ npm run lint
 shopt -s nullglob
 files=(test/*.test.ts proto/test/*.test.ts packages/*/test/*.test.ts apps/*/test/*.test.ts)
 unit=0
-node --conditions=vitreg-source --import tsx --test --test-concurrency=2 "${files[@]}" || unit=$?
+# Two files at a time, the longest first (scripts/unit-tests.mjs says why).
+node --conditions=vitreg-source --import tsx scripts/unit-tests.mjs "${files[@]}" || unit=$?
 webgpu=0
 bash scripts/test-webgpu.sh || webgpu=$?
 if ((unit != 0 || webgpu != 0)); then
