@@ -29,9 +29,19 @@ const first = LONGEST.filter((f) => given.includes(f));
 const files = [...first, ...given.filter((f) => !first.includes(f))].map((f) => resolve(root, f));
 
 let failed = false;
+/** Seconds per file (the runner's `test:complete` of a whole file), for the list above. */
+const seconds = new Map();
 const stream = run({ files, concurrency: 2 });
+stream.on('test:complete', (ev) => {
+  if (ev.nesting === 0 && ev.file && resolve(root, ev.name) === ev.file) {
+    seconds.set(relative(root, ev.file), (ev.details?.duration_ms ?? 0) / 1000);
+  }
+});
 stream.on('test:fail', () => (failed = true));
-stream.on('end', () => {
+const out = stream.compose(tap);
+out.pipe(process.stdout, { end: false });
+out.on('end', () => {
+  const slowest = [...seconds].sort((a, b) => b[1] - a[1]).slice(0, 12);
+  process.stdout.write(`# slowest files: ${slowest.map(([f, s]) => `${f} ${s.toFixed(0)} s`).join(', ')}\n`);
   if (failed) process.exitCode = 1;
 });
-stream.compose(tap).pipe(process.stdout);
