@@ -58,6 +58,8 @@ export {
 export { Rng } from './rng.js';
 export { FeatureWriter } from './safetensors-stream.js';
 export { readSafetensors, SafetensorsReader, writeSafetensors } from './safetensors.js';
+export { float32TargetProblems, readFloat32Into, readSafetensorsInto } from './safetensors-read-into.js';
+export type { Float32Target } from './safetensors-read-into.js';
 export { DTYPE_SIZE, fromFloat32, hostTensor, numel, toFloat32 } from './tensor.js';
 export type { HostTensor } from './tensor.js';
 export { startThread } from './thread.js';

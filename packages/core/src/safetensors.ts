@@ -78,6 +78,17 @@ export class SafetensorsReader {
     return { dtype: e.dtype, shape: [...e.shape], data };
   }
 
+  /**
+   * Reads one tensor's stored bytes into `into`, which must be exactly as long (numel x the dtype's size),
+   * with positioned reads: no buffer of the reader's own (safetensors-read-into.ts fills float32 views).
+   */
+  async readBytesInto(name: string, into: Uint8Array): Promise<void> {
+    const e = this.entry(name);
+    if (into.byteLength !== e.end - e.begin)
+      throw new Error(`${this.path}: tensor "${name}" holds ${e.end - e.begin} bytes, the destination ${into.byteLength}`);
+    await readFully(this.fh, into, this.dataStart + e.begin, `${this.path}: tensor "${name}"`);
+  }
+
   /** Reads one tensor decoded to float32 (F32 data is used in place, not copied). */
   async readFloat32(name: string): Promise<Float32Array> {
     const t = await this.read(name);

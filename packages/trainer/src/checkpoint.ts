@@ -173,8 +173,8 @@ export async function pruneCheckpoints(runDir: string, keep: number): Promise<vo
   for (const c of all.slice(0, Math.max(0, all.length - keep))) await rm(c.dir, { recursive: true, force: true });
 }
 
-/** Reads a checkpoint folder written by saveCheckpoint; errors name the file. */
-export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
+/** The state.json of checkpoint folder `dir`, its fields checked; errors name the file and the field. */
+export async function readTrainState(dir: string): Promise<TrainState> {
   const statePath = join(dir, 'state.json');
   let state: TrainState;
   try {
@@ -189,14 +189,25 @@ export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
     if (!Number.isSafeInteger(state[key]) || state[key] < 0)
       throw new Error(`${statePath}: field "${key}" must be a non-negative integer, got ${JSON.stringify(state[key])}`);
   }
+  return state;
+}
+
+/** The optimiser's step count in optimizer.safetensors' `__metadata__.adamw_step`; errors name the file. */
+export function adamwStep(path: string, metadata: Record<string, string>): number {
+  const step = Number(metadata.adamw_step);
+  if (!Number.isInteger(step)) throw new Error(`${path}: __metadata__.adamw_step missing or not an integer`);
+  return step;
+}
+
+/** Reads a checkpoint folder written by saveCheckpoint; errors name the file. */
+export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
+  const state = await readTrainState(dir);
   const student = (await readWeights(join(dir, 'model.safetensors'))).stateDict;
   const teacherPath = join(dir, 'teacher.safetensors');
   const teacher = (await exists(teacherPath)) ? (await readWeights(teacherPath)).stateDict : undefined;
   const heads = (await readFloat32s(join(dir, 'heads.safetensors'))).tensors;
   const opt = await readFloat32s(join(dir, 'optimizer.safetensors'));
   const moments: AdamWState['moments'] = opt.tensors;
-  const adamStep = Number(opt.metadata.adamw_step);
-  if (!Number.isInteger(adamStep))
-    throw new Error(`${join(dir, 'optimizer.safetensors')}: __metadata__.adamw_step missing or not an integer`);
+  const adamStep = adamwStep(join(dir, 'optimizer.safetensors'), opt.metadata);
   return { dir, student, teacher, heads, optimizer: { step: adamStep, moments }, state };
 }

@@ -11,7 +11,7 @@
  * optimiser (AdamW or LAMB, as `optim.optimizer` says) and its moments. Its contract, call by call, is
  * in the comments below and in the README's "Step engines" section. The loop owns: the sampler and its
  * cursor, the step count, the schedules (StepSettings), metrics, checkpoints (through `exportState` /
- * `importState` and state.ts), evaluation (through the `encode` / `classify` / `teacherProbs` hooks
+ * `importState` or `stateTargets`, and state.ts), evaluation (through the `encode` / `classify` / `teacherProbs` hooks
  * and evaluate.ts) and every collective except those inside a step (Sinkhorn-Knopp's sums).
  */
 import type { ViTConfig } from '@vitreg/registers';
@@ -116,6 +116,17 @@ export interface EngineState {
   optimizerStep: number;
 }
 
+/**
+ * Where a checkpoint load writes an engine's state in place (`StepEngine.stateTargets`): one array per
+ * name of `stateLayout()`, of its size, that the engine reads its state from once `commit` is called.
+ */
+export interface StateTargets {
+  /** Arrays by state name: views of the engine's own buffers (or arrays it takes over in `commit`). */
+  tensors: Record<string, Float32Array>;
+  /** Every array holds the loaded values: take them, with the optimiser's step count. */
+  commit(optimizerStep: number): void;
+}
+
 /** What an engine is built from. */
 export interface EngineContext {
   config: TrainConfig;
@@ -198,6 +209,13 @@ export interface StepEngine {
   exportState(): EngineState;
   /** Replaces the state by `state` (every name of `stateLayout()` present with its size; others ignored). */
   importState(state: EngineState): void;
+  /**
+   * Optional: arrays a checkpoint load fills in place (state.ts's `restoreTrainingState`), so the state is
+   * held once, not read into new arrays and copied by `importState`. The loader checks the whole
+   * checkpoint before it writes the first value; an engine without it (tfjs: its state is tfjs tensors)
+   * gets the loaded state through `importState`.
+   */
+  stateTargets?(): StateTargets;
   /**
    * SHA-256 (hex) of the student's weights: `weightsChecksum` (state.ts) over `student.*` of the state,
    * names without the `student.` prefix, in export order. Equal on ranks that agree.

@@ -46,6 +46,7 @@ export type {
   EngineState,
   ParameterInfo,
   StateLayout,
+  StateTargets,
   StepEngine,
   StepSettings,
   StepUpdate,
@@ -106,7 +107,9 @@ export type { ClipOptions } from './optim.js';
 export { isNoDecay, layerId, paramGroups, plainParams } from './param-groups.js';
 export type { ParamSpec } from './param-groups.js';
 export { cosineAnnealingSchedule, cosineSchedule, polySchedule } from './schedules.js';
-export { checkState, loadTrainingState, saveTrainingState, weightsChecksum } from './state.js';
+export { checkState, loadTrainingState, restoreTrainingState, saveTrainingState, weightsChecksum } from './state.js';
+export { readTrainingStateInto } from './state-read.js';
+export type { ReadTrainingState } from './state-read.js';
 export {
   parseStopSignals,
   SharedStop,

@@ -36,7 +36,7 @@ import { openData, type TrainData } from './data.js';
 import type { EngineFactory, StepEngine, StepSettings } from './engine.js';
 import { evaluate, type EvalResult } from './evaluate.js';
 import { cosineSchedule, type Schedule } from './schedules.js';
-import { checkState, loadTrainingState, saveTrainingState } from './state.js';
+import { checkState, restoreTrainingState, saveTrainingState } from './state.js';
 import { signalName, STOP_KEY, stopCode, type StopSignal } from './stop.js';
 import { isMembershipChanged, LocalGradientSync, type GradientSync } from './sync.js';
 import { tfjsEngine } from './tfjs-engine.js';
@@ -305,8 +305,7 @@ export class Trainer {
 
   /** Restores everything saved by `save` from a checkpoint folder. */
   async restore(dir: string): Promise<void> {
-    const loaded = await loadTrainingState(dir, this.config, this.vit, this.engine.stateLayout());
-    this.engine.importState(loaded.state);
+    const loaded = await restoreTrainingState(dir, this.config, this.vit, this.engine);
     this.step = loaded.step;
     this.cursor = loaded.cursor;
   }

@@ -1,21 +1,22 @@
 /**
  * The training state as named host tensors (a StepEngine's `exportState`, see engine.ts) and its two
- * destinations: a checkpoint folder (checkpoint.ts's files, unchanged whichever engine wrote the state)
- * and the other ranks (the state a `GradientSync.broadcast` carries), plus the weights checksum.
+ * destinations: a checkpoint folder (checkpoint.ts's files, unchanged whichever engine wrote the state;
+ * read back by state-read.ts, into the engine's own buffers where it has them) and the other ranks (the
+ * state a `GradientSync.broadcast` carries), plus the weights checksum.
  *   model.safetensors / teacher.safetensors  <-> student.backbone.* / teacher.backbone.* (model layout
  *                                                 here, DINOv2 names and PyTorch layouts in the file)
- * Everything is converted on host arrays (HostBackbone, weightsFromStateDict): no tfjs tensor is made, so
+ * Everything is converted on host arrays (HostBackbone, state-read.ts): no tfjs tensor is made, so
  * an engine that keeps a large model in host buffers (ONNX Runtime: dinov2-l14-reg4) saves and resumes
  * without a backend's memory (the wasm heap's 4 GiB); the files are those a tfjs model writes.
  *   heads.safetensors                        <-> student.<head>.*, teacher.<head>.*, center.*
  *   optimizer.safetensors                    <-> optimizer.<parameter>.exp_avg(_sq), the optimiser's step
  */
 import { createHash } from 'node:crypto';
-import { firstDifference } from '@vitreg/core';
-import { parameterShapes, weightsFromStateDict, type HostBackbone, type StateDict, type ViTConfig } from '@vitreg/registers';
-import { loadCheckpoint, saveCheckpoint, type HostTensors, type TrainState } from './checkpoint.js';
-import { completeSavedConfig, type TrainConfig } from './config.js';
-import type { EngineState, StateLayout } from './engine.js';
+import { parameterShapes, type HostBackbone, type ViTConfig } from '@vitreg/registers';
+import { saveCheckpoint, type HostTensors, type TrainState } from './checkpoint.js';
+import type { TrainConfig } from './config.js';
+import type { EngineState, StateLayout, StepEngine } from './engine.js';
+import { readTrainingStateInto } from './state-read.js';
 
 const BACKBONES = ['student', 'teacher'] as const;
 
@@ -85,15 +86,11 @@ export async function saveTrainingState(
   return saveCheckpoint(runDir, { student, teacher, heads, optimizer: { step: state.optimizerStep, moments }, state: train });
 }
 
-/** A backbone state dict (DINOv2 names, PyTorch layouts) as `<prefix>.backbone.*` values in model layout, on the host. */
-function backboneValues(sd: StateDict, vit: ViTConfig, prefix: string, out: Record<string, Float32Array>): void {
-  for (const [k, v] of Object.entries(weightsFromStateDict(sd, vit))) out[`${prefix}.backbone.${k}`] = v;
-}
-
 /**
- * Reads the checkpoint folder `dir` of a run of `config` into a state laid out as `layout` (the names
- * the engine that resumes needs), with the step and cursor to continue from. Errors name the file
- * and the tensor; a checkpoint of another config is refused with the first differing field named.
+ * Reads the checkpoint folder `dir` of a run of `config` into a new state laid out as `layout` (the names
+ * the engine that resumes needs), with the step and cursor to continue from (state-read.ts: everything
+ * checked first; errors name the file and the tensor; a checkpoint of another config is refused with the
+ * first differing field named).
  */
 export async function loadTrainingState(
   dir: string,
@@ -101,34 +98,34 @@ export async function loadTrainingState(
   vit: ViTConfig,
   layout: StateLayout,
 ): Promise<{ state: EngineState; step: number; cursor: number }> {
-  const ck = await loadCheckpoint(dir);
-  const diff = firstDifference(completeSavedConfig(ck.state.config), config);
-  if (diff) {
-    const field = diff.path || '(root)';
-    const why = `field "${field}" of the checkpoint's config differs from this run's config; resume with the run's config.json`;
-    throw new Error(`${dir}/state.json: ${why}`);
-  }
   const tensors: Record<string, Float32Array> = {};
-  backboneValues(ck.student, vit, 'student', tensors);
-  if (Object.keys(layout).some((n) => n.startsWith('teacher.backbone.'))) {
-    if (!ck.teacher) throw new Error(`${dir}: teacher.safetensors is missing`);
-    backboneValues(ck.teacher, vit, 'teacher', tensors);
+  for (const [name, shape] of Object.entries(layout)) tensors[name] = new Float32Array(sizeOf(shape));
+  const read = await readTrainingStateInto(dir, config, vit, tensors);
+  return { state: { tensors, optimizerStep: read.optimizerStep }, step: read.step, cursor: read.cursor };
+}
+
+/**
+ * Restores `engine`'s whole state from checkpoint folder `dir` (what a resume does, whichever engine):
+ * into the engine's own arrays when it offers them (`stateTargets`: the state is held once), else read
+ * into new arrays and handed to `importState`. Returns the step and cursor to continue from.
+ */
+export async function restoreTrainingState(
+  dir: string,
+  config: TrainConfig,
+  vit: ViTConfig,
+  engine: StepEngine,
+): Promise<{ step: number; cursor: number }> {
+  const layout = engine.stateLayout();
+  const targets = engine.stateTargets?.();
+  if (!targets) {
+    const loaded = await loadTrainingState(dir, config, vit, layout);
+    engine.importState(loaded.state);
+    return { step: loaded.step, cursor: loaded.cursor };
   }
-  for (const [name, shape] of Object.entries(layout)) {
-    if (BACKBONES.some((b) => name.startsWith(`${b}.backbone.`))) continue;
-    const size = sizeOf(shape);
-    if (name.startsWith('optimizer.')) {
-      const key = name.slice('optimizer.'.length);
-      const t = ck.optimizer.moments[key];
-      if (!t) throw new Error(`optimizer state: missing tensor "${key}"`);
-      if (t.data.length !== size) throw new Error(`optimizer state: "${key}" has ${t.data.length} values, expected ${size}`);
-      tensors[name] = t.data;
-      continue;
-    }
-    const t = ck.heads[name];
-    if (!t || t.data.length !== size) throw new Error(`${dir}/heads.safetensors: missing or mis-sized tensor "${name}"`);
-    tensors[name] = t.data;
-  }
-  checkState(layout, tensors, dir);
-  return { state: { tensors, optimizerStep: ck.optimizer.step }, step: ck.state.step, cursor: ck.state.cursor };
+  checkState(layout, targets.tensors, `${engine.name} engine's state`);
+  const into: Record<string, Float32Array> = {};
+  for (const name of Object.keys(layout)) into[name] = targets.tensors[name]!;
+  const read = await readTrainingStateInto(dir, config, vit, into);
+  targets.commit(read.optimizerStep);
+  return { step: read.step, cursor: read.cursor };
 }

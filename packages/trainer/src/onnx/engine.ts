@@ -23,6 +23,7 @@ import type {
   EngineState,
   ParameterInfo,
   StateLayout,
+  StateTargets,
   StepEngine,
   StepSettings,
 } from '../engine.js';
@@ -410,6 +411,22 @@ export class OnnxRuntimeEngine implements StepEngine {
     for (const [dst, src] of writes) if (dst !== src) dst.set(src);
     for (const [ctr, v] of centres) ctr.value = Float32Array.from(v);
     this.optimizer.step = state.optimizerStep;
+  }
+
+  /** The engine's own views (exportState's) for a checkpoint load to fill in place; the centres in new arrays taken at commit. */
+  stateTargets(): StateTargets {
+    const { tensors } = this.exportState();
+    const centres = Object.entries(this.centers).map(([k, ctr]) => [ctr!, (tensors[`center.${k}`] = new Float32Array(ctr!.dim))] as const);
+    return {
+      tensors,
+      commit: (optimizerStep) => {
+        if (!Number.isInteger(optimizerStep) || optimizerStep < 0) {
+          throw new Error(`optimizer state: step must be a non-negative integer, got ${optimizerStep}`);
+        }
+        for (const [ctr, v] of centres) ctr.value = v;
+        this.optimizer.step = optimizerStep;
+      },
+    };
   }
 
   checksum(): string {
