@@ -57,6 +57,7 @@ export async function run(argv: string[]): Promise<void> {
       const child = spawnSync(process.execPath, [...process.execArgv, MAIN, 'hostile', '--one', file], {
         encoding: 'utf8',
         timeout: 120_000,
+        env: { ...process.env, ...h.env },
       });
       const line = child.stdout.trim().split('\n').pop() ?? '';
       let r: { ms?: number; cpuMs?: number; peakRssMB?: number; rssBeforeMB?: number; error?: string | null } = {};

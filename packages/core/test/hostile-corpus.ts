@@ -261,12 +261,39 @@ export function manyValuesSafetensors(count: number): Buffer {
   return rawHeaderSafetensors(Buffer.concat([head, body, Buffer.from(']}}')]));
 }
 
-/** A safetensors file whose header is these JSON bytes (padded to 8) and no data. */
-export function rawHeaderSafetensors(json: Buffer): Buffer {
+/** A safetensors file whose header is these JSON bytes (padded to 8) and `data` (none by default). */
+export function rawHeaderSafetensors(json: Buffer, data: Uint8Array = new Uint8Array(0)): Buffer {
   const pad = (8 - (json.length % 8)) % 8;
   const n = Buffer.alloc(8);
   n.writeBigUInt64LE(BigInt(json.length + pad));
-  return Buffer.concat([n, json, Buffer.alloc(pad, 0x20)]);
+  return Buffer.concat([n, json, Buffer.alloc(pad, 0x20), data]);
+}
+
+/**
+ * One F32 tensor `w` [1] over 4 bytes of data, with one `bytes`-long string of `a`s in its header: the
+ * value of `__metadata__`'s key `x`, or the tensor's name; `badOffset` makes the tensor end 4 bytes
+ * past the data (refused after the header is parsed).
+ */
+export function hugeStringSafetensors(where: 'metadata' | 'name', bytes: number, badOffset = false): Buffer {
+  const entry = `{"dtype":"F32","shape":[1],"data_offsets":[0,${badOffset ? 8 : 4}]}`;
+  const big = Buffer.alloc(bytes, 'a');
+  const json =
+    where === 'metadata'
+      ? [Buffer.from('{"__metadata__":{"x":"'), big, Buffer.from(`"},"w":${entry}}`)]
+      : [Buffer.from('{"'), big, Buffer.from(`":${entry}}`)];
+  return rawHeaderSafetensors(Buffer.concat(json), new Uint8Array(4));
+}
+
+/** `n` one-element F32 tensors whose names are `nameBytes` long (a few huge strings), all valid. */
+export function longNamesSafetensors(n: number, nameBytes: number): Buffer {
+  const parts: Buffer[] = [Buffer.from('{')];
+  for (let i = 0; i < n; i++) {
+    const id = `${i},`;
+    parts.push(Buffer.from(`${i ? ',' : ''}"`), Buffer.alloc(nameBytes - id.length, 'n'), Buffer.from(id));
+    parts.push(Buffer.from(`":{"dtype":"F32","shape":[1],"data_offsets":[${4 * i},${4 * i + 4}]}`));
+  }
+  parts.push(Buffer.from('}'));
+  return rawHeaderSafetensors(Buffer.concat(parts), new Uint8Array(4 * n));
 }
 
 /** A small valid safetensors file: w [2, 3] F32 and b [3] F16. */
@@ -367,6 +394,10 @@ export interface HostileFile {
   /** File name extension, with the dot. */
   ext: '.pth' | '.safetensors' | '.png' | '.jpg';
   bytes: () => Buffer;
+  /** Environment variables for the read (a raised limit). */
+  env?: Record<string, string>;
+  /** Too large for the test (100 MB), or accepted: `npm run bench -- hostile` only. */
+  benchOnly?: true;
 }
 
 /** The hostile corpus of `npm run bench -- hostile` (each must be refused quickly and cheaply). */
@@ -432,5 +463,22 @@ export function hostileCorpus(): HostileFile[] {
       ext: '.safetensors',
       bytes: () => manyValuesSafetensors(n),
     })),
+    // one huge string, or a few, in a header within the 100 MB limit (before: kept as bytes, text and parsed strings)
+    {
+      name: 'metadata-99mb-bad-offset',
+      ext: '.safetensors',
+      bytes: () => hugeStringSafetensors('metadata', 99_000_000, true),
+      benchOnly: true,
+    },
+    { name: 'name-90mb', ext: '.safetensors', bytes: () => hugeStringSafetensors('name', 90_000_000), benchOnly: true },
+    { name: 'metadata-99mb', ext: '.safetensors', bytes: () => hugeStringSafetensors('metadata', 99_000_000), benchOnly: true },
+    {
+      name: 'metadata-99mb-limit-raised',
+      ext: '.safetensors',
+      bytes: () => hugeStringSafetensors('metadata', 99_000_000),
+      env: { VITREG_SAFETENSORS_MAX_STRING_BYTES: '100000000' },
+      benchOnly: true,
+    },
+    { name: 'names-1500x64k', ext: '.safetensors', bytes: () => longNamesSafetensors(1500, 65_536), benchOnly: true },
   ];
 }
