@@ -1,7 +1,7 @@
 /**
  * A safetensors header counted before it is parsed (issue 21): a linear byte scan of its JSON, chunk by
- * chunk as the chunks are read, that allocates nothing per value and counts the top-level members (the
- * tensors), every JSON value and the nesting depth. A header within the 100 MB limit could otherwise
+ * chunk as the chunks are read (each chunk before safetensors-json.ts parses it), that allocates nothing
+ * per value and counts the top-level members (the tensors), every JSON value and the nesting depth. A header within the 100 MB limit could otherwise
  * declare over a million tensors: `JSON.parse` then builds several objects per tensor (300,000 tensors in
  * 21.8 MB took 1.2 s and 226 MB over the process's own 118 MB before the reader could refuse the file).
  * With the limits below the parse that follows is bounded (50,000 tensors: ~0.2 CPU-s, ~40 MB).
@@ -17,7 +17,34 @@ export const SAFETENSORS_LIMITS = {
   maxValues: 500_000,
   /** Nesting depth: a header needs 3 (the header, a tensor, its shape). */
   maxDepth: 64,
+  /**
+   * Bytes of one key anywhere, of one string outside `__metadata__`'s values (a tensor name, a dtype) and
+   * of one number, as written in the header: real names take under 300. Kept under V8's 16,383
+   * characters, past which a string is hashed by its length alone (1,500 names of 64 KiB took 13 s to key
+   * an object). `VITREG_SAFETENSORS_MAX_NAME_BYTES` raises it.
+   */
+  maxNameBytes: 8192,
+  /**
+   * Bytes of all the header's strings together (`__metadata__`'s keys and values, names, dtypes). Real
+   * headers hold a few KB of metadata (vitreg's configs, Hugging Face's `format`, diffusers' and timm's
+   * few fields; a kohya LoRA's dataset tag counts and thumbnail a few MB at most) and 5 MB of names at
+   * the 50,000-tensor limit; one 16 MiB string costs 16-32 MiB to build. `VITREG_SAFETENSORS_MAX_STRING_BYTES`
+   * raises it.
+   */
+  maxStringBytes: 16 * 2 ** 20,
 };
+
+/** The string limits in force: the environment's (a positive integer), else SAFETENSORS_LIMITS'. */
+export function safetensorsStringLimits(): { maxNameBytes: number; maxStringBytes: number } {
+  const env = (name: string, fallback: number) => {
+    const v = Number(process.env[name]);
+    return Number.isSafeInteger(v) && v > 0 ? v : fallback;
+  };
+  return {
+    maxNameBytes: env('VITREG_SAFETENSORS_MAX_NAME_BYTES', SAFETENSORS_LIMITS.maxNameBytes),
+    maxStringBytes: env('VITREG_SAFETENSORS_MAX_STRING_BYTES', SAFETENSORS_LIMITS.maxStringBytes),
+  };
+}
 
 const QUOTE = 0x22;
 const BACKSLASH = 0x5c;

@@ -13,7 +13,8 @@
 import type { FileHandle } from 'node:fs/promises';
 import { endianness } from 'node:os';
 import { openForReading, readFully, writeFileAtomic } from './fs.js';
-import { HeaderScan, SAFETENSORS_LIMITS } from './safetensors-header.js';
+import { HeaderScan, SAFETENSORS_LIMITS, safetensorsStringLimits } from './safetensors-header.js';
+import { HeaderJsonError, HeaderJsonParser, trimPartialUtf8 } from './safetensors-json.js';
 import { DTYPE_SIZE, isDType, isShape, numel, toFloat32, type DType, type HostTensor } from './tensor.js';
 
 /** Dtype and shape of a stored tensor. */
@@ -208,20 +209,6 @@ export function fileKind(head: Uint8Array, size: number): string | undefined {
   return `text ("${first}${text.trim().length > first.length ? '...' : ''}")`;
 }
 
-/** `bytes` without an incomplete UTF-8 sequence at its end (a prefix cut from a longer file). */
-function trimPartialUtf8(bytes: Uint8Array): Uint8Array {
-  let end = bytes.length;
-  for (let k = 1; k <= 3 && end - k >= 0; k++) {
-    const b = bytes[end - k]!;
-    if ((b & 0xc0) !== 0x80) {
-      const need = b >= 0xf0 ? 4 : b >= 0xe0 ? 3 : b >= 0xc0 ? 2 : 1;
-      if (need > k) end -= k;
-      break;
-    }
-  }
-  return bytes.subarray(0, end);
-}
-
 async function readHeader(
   path: string,
   fh: FileHandle,
@@ -246,20 +233,7 @@ async function readHeader(
   const headerLen = Number(n);
   if (8 + headerLen > size)
     throw new Error(`${path}: header length ${headerLen} runs past the end of the file (${size} bytes): truncated or corrupt`);
-  const raw = await readScannedHeader(path, fh, headerLen);
-
-  let text: string;
-  try {
-    text = new TextDecoder('utf-8', { fatal: true }).decode(raw);
-  } catch {
-    throw new Error(`${path}: header is not valid UTF-8`);
-  }
-  let header: unknown;
-  try {
-    header = JSON.parse(text);
-  } catch (err) {
-    throw new Error(`${path}: header is not valid JSON: ${(err as Error).message}`, { cause: err });
-  }
+  const header = await readScannedHeader(path, fh, headerLen);
   if (typeof header !== 'object' || header === null || Array.isArray(header)) {
     throw new Error(`${path}: header must be a JSON object, got ${describe(header)}`);
   }
@@ -308,21 +282,32 @@ async function readHeader(
 }
 
 /**
- * Reads the header's bytes in chunks, scanning each as it arrives (HeaderScan), and refuses a header
- * over SAFETENSORS_LIMITS before JSON.parse: too deep or too many values at once; too many tensors
- * after counting the rest of the header through one reused chunk (the error names the count).
+ * Reads the header's bytes in chunks through one reused buffer, scanning each as it arrives (HeaderScan)
+ * then parsing it (HeaderJsonParser: the value JSON.parse would give, never the bytes or the text whole),
+ * and refuses a header over SAFETENSORS_LIMITS within the chunk that passes a limit: too deep, too many
+ * values or strings too long at once; too many tensors after counting the rest of the header (the
+ * parse then stops; the error names the count).
  */
-async function readScannedHeader(path: string, fh: FileHandle, headerLen: number): Promise<Uint8Array> {
-  const raw = new Uint8Array(headerLen);
+async function readScannedHeader(path: string, fh: FileHandle, headerLen: number): Promise<unknown> {
+  const chunk = new Uint8Array(Math.min(HEADER_CHUNK, headerLen));
   const scan = new HeaderScan();
-  let scratch: Uint8Array | undefined;
+  let parser: HeaderJsonParser | undefined = new HeaderJsonParser(safetensorsStringLimits());
+  const parse = <T>(step: (p: HeaderJsonParser) => T): T => {
+    try {
+      return step(parser!);
+    } catch (err) {
+      if (err instanceof HeaderJsonError) throw new Error(`${path}: header ${err.message}`, { cause: err });
+      throw err;
+    }
+  };
   for (let off = 0; off < headerLen;) {
     const end = Math.min(headerLen, off + HEADER_CHUNK);
-    if (scan.overTensors) scratch ??= new Uint8Array(Math.min(HEADER_CHUNK, headerLen));
-    const part = scratch ? scratch.subarray(0, end - off) : raw.subarray(off, end);
+    const part = chunk.subarray(0, end - off);
     await readFully(fh, part, 8 + off, path);
     const refused = scan.scan(part, off);
     if (refused) throw new Error(`${path}: header ${refused}`);
+    if (scan.overTensors) parser = undefined;
+    else parse((p) => p.push(part));
     off = end;
   }
   const max = SAFETENSORS_LIMITS.maxTensors;
@@ -330,7 +315,7 @@ async function readScannedHeader(path: string, fh: FileHandle, headerLen: number
     throw new Error(
       `${path}: header declares ${scan.tensors} tensors, more than the limit of ${max} (the largest real checkpoints hold a few thousand): corrupt or hostile`,
     );
-  return raw;
+  return parse((p) => p.end());
 }
 
 function parseEntry(path: string, name: string, value: unknown, bufferLen: number): Entry {
