@@ -10,16 +10,23 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import '@tensorflow/tfjs-backend-wasm';
 import * as tf from '@tensorflow/tfjs-core';
 import { ensureGradients } from '@vitreg/core';
-import { loadWeights } from '@vitreg/registers';
 import { train, validateTrainConfig } from '@vitreg/trainer';
 import { Hosts, netnsUnavailable, type HostProcess } from './netns.js';
+import {
+  assertEpochsExact,
+  committedSamples,
+  jsonl,
+  maxDiff,
+  rankChecksums as checksums,
+  untilStep,
+  weights,
+} from '../apps/worker/test/run-files.js';
 
 const skip = netnsUnavailable() ?? false;
 if (skip) process.stdout.write(`# hosts.test.ts skipped: ${skip}\n`);
@@ -72,92 +79,11 @@ function said(p: HostProcess): string {
   return `host ${p.host}:\n${p.stderr().split('\n').slice(-25).join('\n')}`;
 }
 
-type Line = Record<string, number> & { samples?: [number, number][]; final?: boolean; checksum?: string };
-
-/** The lines of a JSONL file (a last line cut short by a killed writer is left out). */
-async function jsonl(path: string): Promise<Line[]> {
-  const lines = (await readFile(path, 'utf8')).split('\n');
-  const out: Line[] = [];
-  for (const [i, l] of lines.entries()) {
-    if (!l.trim()) continue;
-    try {
-      out.push(JSON.parse(l) as Line);
-    } catch (e) {
-      if (i < lines.length - 1) throw e;
-    }
-  }
-  return out;
-}
-
-/** Waits until rank 0's metrics.jsonl has a line for step >= `step`. */
-async function untilStep(out: string, step: number, timeoutMs = 120_000): Promise<void> {
-  const path = join(out, 'metrics.jsonl');
-  for (const t0 = Date.now(); ;) {
-    if (existsSync(path) && (await jsonl(path)).some((l) => l.step >= step)) return;
-    if (Date.now() - t0 > timeoutMs) throw new Error(`no step ${step} in ${path} within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 async function until(what: string, check: () => boolean, timeoutMs = 60_000): Promise<void> {
   for (const t0 = Date.now(); !check();) {
     if (Date.now() - t0 > timeoutMs) throw new Error(`${what}: not within ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 50));
   }
-}
-
-/** The last final checksum of each named rank. */
-async function checksums(out: string, names: string[]): Promise<string[]> {
-  const sums: string[] = [];
-  for (const n of names) {
-    const f = (await jsonl(join(out, 'ranks', `${n}.jsonl`))).filter((l) => l.final);
-    if (f.length) sums.push(f[f.length - 1]!.checksum!);
-  }
-  return sums;
-}
-
-/** Every committed step's images (a step counts with the membership rank 0 committed it in). */
-async function committedSamples(out: string): Promise<[number, number][]> {
-  const committed = new Map<number, number>();
-  for (const l of await jsonl(join(out, 'metrics.jsonl'))) if (l.membership !== undefined) committed.set(l.step, l.membership);
-  const seen: [number, number][] = [];
-  for (const f of await readdir(join(out, 'ranks'))) {
-    for (const l of await jsonl(join(out, 'ranks', f))) if (l.samples && committed.get(l.step) === l.membership) seen.push(...l.samples);
-  }
-  return seen;
-}
-
-/** Each image of every complete epoch exactly once, none twice in the last (partial) one. */
-function assertEpochsExact(samples: [number, number][], length: number): void {
-  const byEpoch = new Map<number, number[]>();
-  for (const [e, i] of samples) byEpoch.set(e, [...(byEpoch.get(e) ?? []), i]);
-  const last = Math.max(...byEpoch.keys());
-  for (const [e, idx] of byEpoch) {
-    assert.equal(new Set(idx).size, idx.length, `epoch ${e}: an image was trained on twice`);
-    if (e < last)
-      assert.deepEqual(
-        [...idx].sort((a, b) => a - b),
-        Array.from({ length }, (_, i) => i),
-        `epoch ${e}: images missing`,
-      );
-  }
-}
-
-async function weights(checkpoint: string): Promise<Record<string, Float32Array>> {
-  const m = await loadWeights(join(checkpoint, 'model.safetensors'));
-  const out: Record<string, Float32Array> = {};
-  for (const [k, v] of Object.entries(m.params)) out[k] = v.dataSync() as Float32Array;
-  m.dispose();
-  return out;
-}
-
-function maxDiff(a: Record<string, Float32Array>, b: Record<string, Float32Array>): number {
-  let d = 0;
-  for (const [k, x] of Object.entries(a)) {
-    const y = b[k]!;
-    for (let i = 0; i < x.length; i++) d = Math.max(d, Math.abs(x[i]! - y[i]!));
-  }
-  return d;
 }
 
 /** The result line rank 0 printed. */

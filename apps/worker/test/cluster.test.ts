@@ -12,11 +12,11 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import '@tensorflow/tfjs-backend-wasm';
 import * as tf from '@tensorflow/tfjs-core';
-import { loadWeights } from '@vitreg/registers';
 import { METADATA_JOB, METADATA_TOKEN, PeerClient } from '@vitreg/proto';
 import { ensureGradients } from '@vitreg/core';
 import { train, validateTrainConfig } from '@vitreg/trainer';
 import { runLocalJob, type LocalJobOptions } from '../src/local.js';
+import { assertEpochsExact, committedSamples, jsonl, maxDiff, rankChecksums, untilStep, weights } from './run-files.js';
 
 let root = '';
 before(async () => {
@@ -58,87 +58,6 @@ async function job(name: string, o: Partial<LocalJobOptions> & { nodes: number; 
     ...o,
   });
   return { ...r, outDir };
-}
-
-type Line = Record<string, number> & { samples?: [number, number][]; final?: boolean; checksum?: string };
-
-async function jsonl(path: string): Promise<Line[]> {
-  return (await readFile(path, 'utf8'))
-    .trim()
-    .split('\n')
-    .filter(Boolean)
-    .map((l) => JSON.parse(l) as Line);
-}
-
-/** Final weights checksums of every rank, from the per-rank files. */
-async function rankChecksums(outDir: string, names: string[]): Promise<string[]> {
-  const out: string[] = [];
-  for (const n of names) {
-    const f = (await jsonl(join(outDir, 'ranks', `${n}.jsonl`))).filter((l) => l.final);
-    if (f.length) out.push(f[f.length - 1]!.checksum!);
-  }
-  return out;
-}
-
-async function weights(checkpoint: string): Promise<Record<string, Float32Array>> {
-  const m = await loadWeights(join(checkpoint, 'model.safetensors'));
-  const out: Record<string, Float32Array> = {};
-  for (const [k, v] of Object.entries(m.params)) out[k] = v.dataSync() as Float32Array;
-  m.dispose();
-  return out;
-}
-
-function maxDiff(a: Record<string, Float32Array>, b: Record<string, Float32Array>): number {
-  let d = 0;
-  for (const [k, x] of Object.entries(a)) {
-    const y = b[k]!;
-    for (let i = 0; i < x.length; i++) d = Math.max(d, Math.abs(x[i]! - y[i]!));
-  }
-  return d;
-}
-
-/** Waits until rank 0's metrics.jsonl has a line for step >= `step`. */
-async function untilStep(outDir: string, step: number, timeoutMs = 60_000): Promise<void> {
-  const t0 = Date.now();
-  for (;;) {
-    const path = join(outDir, 'metrics.jsonl');
-    if (existsSync(path) && (await jsonl(path)).some((l) => l.step >= step)) return;
-    if (Date.now() - t0 > timeoutMs) throw new Error(`no step ${step} in ${path} within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-/**
- * Every committed step's images, from the per-rank files: a step counts when rank 0's metrics.jsonl
- * has it with the same membership (a step dropped by a membership change is logged but not counted).
- */
-async function committedSamples(outDir: string): Promise<[number, number][]> {
-  const committed = new Map<number, number>();
-  for (const l of await jsonl(join(outDir, 'metrics.jsonl'))) if (l.membership !== undefined) committed.set(l.step, l.membership);
-  const { readdir } = await import('node:fs/promises');
-  const seen: [number, number][] = [];
-  for (const f of await readdir(join(outDir, 'ranks'))) {
-    for (const l of await jsonl(join(outDir, 'ranks', f))) {
-      if (l.samples && committed.get(l.step) === l.membership) seen.push(...l.samples);
-    }
-  }
-  return seen;
-}
-
-/** Each image of every complete epoch exactly once, no image twice in the last (partial) one. */
-function assertEpochsExact(samples: [number, number][], length: number): void {
-  const byEpoch = new Map<number, number[]>();
-  for (const [e, i] of samples) byEpoch.set(e, [...(byEpoch.get(e) ?? []), i]);
-  const last = Math.max(...byEpoch.keys());
-  for (const [e, idx] of byEpoch) {
-    assert.equal(new Set(idx).size, idx.length, `epoch ${e}: an image was trained on twice`);
-    if (e < last)
-      assert.deepEqual(
-        [...idx].sort((a, b) => a - b),
-        Array.from({ length }, (_, i) => i),
-        `epoch ${e}: images missing`,
-      );
-  }
 }
 
 let straightTwo = ''; // checksum of the undisturbed 2-process run, shared by later tests
