@@ -77,8 +77,8 @@ export async function readSafetensorsInto(path: string, targets: readonly Float3
   const reader = await SafetensorsReader.open(path);
   try {
     const problems = float32TargetProblems(reader, targets);
-    if (problems.length > 0)
-      throw new Error(`${path}: cannot read ${problems.length === 1 ? 'a tensor' : `${problems.length} tensors`}: ${problems.join('; ')}`);
+    const n = problems.length;
+    if (n > 0) throw new Error(`${path}: cannot read the tensors asked for (${n} problem${n === 1 ? '' : 's'}): ${problems.join('; ')}`);
     const byName = new Map(targets.map((t) => [t.name, t]));
     for (const name of reader.names()) {
       const t = byName.get(name);
