@@ -41,6 +41,7 @@ import {
 import { ClipModel, ClipTokenizer, loadClip, saveClip, validateClipConfig, wordMerges, type ClipConfig } from '@vitreg/registers';
 import { listCheckpoints, pruneCheckpoints, resumePoint, type TrainState } from './checkpoint.js';
 import { assertDataSource, modelConfig, scaledLr, type TrainConfig } from './config.js';
+import { checkClipTrainingFits } from './memory-check.js';
 import { captionSource, clipParamSpecs, normalized, shuffled, zeroShotTop1, type CaptionSource } from './clip-train.js';
 import { readCaptionTable, WebDatasetStream } from './data-captions.js';
 import { syntheticSplits } from './data.js';
@@ -412,8 +413,11 @@ export async function trainClipObjective(c: TrainConfig, opts: TrainOptions): Pr
   const isRank0 = sync.rank === 0;
   const log = opts.log ?? ((line: string) => isRank0 && process.stderr.write(line + '\n'));
   const tokenizer = await clipTokenizer(c);
+  const clipConfig = clipModelConfig(c, tokenizer.vocabSize);
+  // A run the host cannot hold is refused before the data is opened and the model built (memory-check.ts).
+  if (ort) checkClipTrainingFits(clipConfig, c.train.batch_size, { worldSize: sync.worldSize, device: ort.device, arch: c.model.arch });
   const data = await openCaptionData(c);
-  const model = new ClipModel(clipModelConfig(c, tokenizer.vocabSize), { seed: c.train.seed });
+  const model = new ClipModel(clipConfig, { seed: c.train.seed });
   const o = c.optim;
   const engine = ort ? new OnnxClipEngine(model, { ...ort, beta1: o.beta1, beta2: o.beta2, eps: o.eps }) : null;
   const run = new ClipRun(c, model, tokenizer, data, sync, engine);
