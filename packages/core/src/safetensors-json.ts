@@ -87,6 +87,9 @@ const BOM_BYTES = [0xef, 0xbb, 0xbf];
 const LONG_RUN = 256;
 /** UTF-16 units buffered before they join the string being built. */
 const UNITS = 8192;
+/** The short-string cache: slots, and bytes per slot (a length, then up to CACHE_BYTES - 1 bytes). */
+const CACHE_SLOTS = 1024;
+const CACHE_BYTES = 32;
 
 /** Buffer's own decoders, which `toString` calls after checking its arguments (Node has had them since 0.x; not typed). */
 interface Slices {
@@ -125,13 +128,6 @@ export function trimPartialUtf8(bytes: Uint8Array): Uint8Array {
   return bytes.subarray(0, end);
 }
 
-interface Frame {
-  value: Record<string, unknown> | unknown[];
-  array: boolean;
-  /** An object's key whose value comes next. */
-  key: string;
-}
-
 /**
  * Parses one JSON text fed in chunks: `push` each chunk in order, then `end` returns the value. Throws
  * HeaderJsonError ("is not valid UTF-8", "is not valid JSON: ... at byte N", or a limit) at the first
@@ -141,9 +137,19 @@ export class HeaderJsonParser {
   private state = START;
   /** Header offset of the current chunk's first byte. */
   private base = 0;
-  private readonly frames: Frame[] = [];
-  /** Index in `frames` of `__metadata__`'s object (or array), -1 outside it. */
-  private metaFrame = -1;
+  /** Open containers, by depth: an object (filled as its members come), or null for an array. */
+  private readonly objects: (Record<string, unknown> | null)[] = [];
+  /** By depth: an object's key whose value comes next; an array's first element in `elements`. */
+  private readonly keys: string[] = [];
+  private readonly firsts: number[] = [];
+  /** The open arrays' elements (each array is made at its close, of its exact length). */
+  private readonly elements: unknown[] = [];
+  private depth = 0;
+  /** The depth of `__metadata__`'s object (or array) once open, -1 outside it. */
+  private metaDepth = -1;
+  /** Short plain strings seen before (keys repeat: dtype, shape, data_offsets), by a hash of their bytes. */
+  private readonly cacheStrings: (string | undefined)[] = new Array<string | undefined>(CACHE_SLOTS);
+  private readonly cacheBytes = new Uint8Array(CACHE_SLOTS * CACHE_BYTES);
   private result: unknown;
   /** UTF-8 validation: an incomplete sequence at the last chunk's end. */
   private readonly carry = new Uint8Array(4);
@@ -294,6 +300,31 @@ export class HeaderJsonParser {
             this.close();
             i++;
           } else if (b === 0x2d || (b >= 0x30 && b <= 0x39)) {
+            // an integer of up to 15 digits ended within this chunk: its value at once, exactly
+            let j = b === 0x2d ? i + 1 : i;
+            const digits = j;
+            let v = 0;
+            if (j < n && bytes[j] === 0x30) j++;
+            else
+              for (; j < n; j++) {
+                const d = bytes[j]!;
+                if (d < 0x30 || d > 0x39) break;
+                v = v * 10 + d - 0x30;
+              }
+            const c = j < n ? bytes[j]! : 0x30;
+            if (
+              j > digits &&
+              j - digits <= 15 &&
+              j - i <= this.limits.maxNameBytes &&
+              !(c >= 0x30 && c <= 0x39) &&
+              c !== 0x2e &&
+              c !== 0x65 &&
+              c !== 0x45
+            ) {
+              this.value(b === 0x2d ? -v : v);
+              i = j;
+              continue;
+            }
             this.state = NUMBER;
             this.ns = b === 0x2d ? N_MINUS : b === 0x30 ? N_ZERO : N_INT;
             this.numAt = this.base + i;
@@ -315,12 +346,12 @@ export class HeaderJsonParser {
           i++;
           continue;
         case AFTER: {
-          const top = this.frames[this.frames.length - 1]!;
-          if (b === 0x2c) this.state = top.array ? VALUE : KEY;
-          else if (b === (top.array ? 0x5d : 0x7d)) this.close();
+          const array = this.objects[this.depth - 1] === null;
+          if (b === 0x2c) this.state = array ? VALUE : KEY;
+          else if (b === (array ? 0x5d : 0x7d)) this.close();
           else
             throw this.syntax(
-              `Unexpected ${show(b)}, expected ',' or '${top.array ? ']' : '}'}' after ${top.array ? 'an array element' : 'a property value'}`,
+              `Unexpected ${show(b)}, expected ',' or '${array ? ']' : '}'}' after ${array ? 'an array element' : 'a property value'}`,
               i,
             );
           i++;
@@ -363,11 +394,17 @@ export class HeaderJsonParser {
   private beginValue(buf: Buffer, b: number, i: number): number {
     if (b === QUOTE) return this.beginString(buf, i, false);
     if (b === 0x7b || b === 0x5b) {
-      const parent = this.frames[this.frames.length - 1];
-      const array = b === 0x5b;
-      if (parent && this.frames.length === 1 && !parent.array && parent.key === '__metadata__') this.metaFrame = 1;
-      this.frames.push({ value: array ? [] : {}, array, key: '' });
-      this.state = array ? ARRAY_FIRST : OBJECT_FIRST;
+      const d = this.depth++;
+      if (d === 1 && this.objects[0] !== null && this.keys[0] === '__metadata__') this.metaDepth = 2;
+      if (b === 0x5b) {
+        this.objects[d] = null;
+        this.firsts[d] = this.elements.length;
+        this.state = ARRAY_FIRST;
+      } else {
+        this.objects[d] = {};
+        this.keys[d] = '';
+        this.state = OBJECT_FIRST;
+      }
       return i + 1;
     }
     const literal = LITERALS[b];
@@ -380,31 +417,41 @@ export class HeaderJsonParser {
 
   /** A completed value: the header's, an array element or an object member. */
   private value(v: unknown): void {
-    const top = this.frames[this.frames.length - 1];
-    this.state = AFTER;
-    if (!top) {
+    const d = this.depth - 1;
+    if (d < 0) {
       this.result = v;
       this.state = DONE;
-    } else if (top.array) (top.value as unknown[]).push(v);
-    else if (top.key === '__proto__')
-      Object.defineProperty(top.value, '__proto__', { value: v, enumerable: true, writable: true, configurable: true });
-    else (top.value as Record<string, unknown>)[top.key] = v;
+      return;
+    }
+    this.state = AFTER;
+    const object = this.objects[d];
+    if (object === null) this.elements.push(v);
+    else {
+      const key = this.keys[d]!;
+      if (key === '__proto__') Object.defineProperty(object, key, { value: v, enumerable: true, writable: true, configurable: true });
+      else object![key] = v;
+    }
   }
 
   private close(): void {
-    const frame = this.frames.pop()!;
-    if (this.frames.length === this.metaFrame) this.metaFrame = -1;
-    this.value(frame.value);
+    const d = --this.depth;
+    let v: unknown = this.objects[d];
+    if (v === null) {
+      const first = this.firsts[d]!;
+      v = this.elements.slice(first);
+      this.elements.length = first;
+    }
+    this.objects[d] = null;
+    if (d < this.metaDepth) this.metaDepth = -1;
+    this.value(v);
   }
 
   /** A string whose opening quote is at `i`: whole within this chunk and plain, it is decoded at once. */
   private beginString(buf: Buffer, i: number, key: boolean): number {
-    const depth = this.frames.length;
-    const top = this.frames[depth - 1];
     this.strKey = key;
     this.strAt = this.base + i;
     // __metadata__'s values are bounded by the total only
-    this.strMeta = this.metaFrame > 0 || (depth === 1 && !key && !top!.array && top!.key === '__metadata__');
+    this.strMeta = this.metaDepth > 0 || (this.depth === 1 && !key && this.objects[0] !== null && this.keys[0] === '__metadata__');
     this.strLimit = key || !this.strMeta ? this.limits.maxNameBytes : Infinity;
     this.strBytes = 0;
     let j = i + 1;
@@ -417,7 +464,7 @@ export class HeaderJsonParser {
     if (j < n && buf[j] === QUOTE) {
       this.strBytes = j - i - 1;
       this.checkString();
-      this.endString(utf8(buf, i + 1, j));
+      this.endString(this.strBytes < CACHE_BYTES ? this.cached(buf, i + 1, j) : utf8(buf, i + 1, j));
       return j + 1;
     }
     this.str = '';
@@ -473,10 +520,30 @@ export class HeaderJsonParser {
     return j + 1;
   }
 
+  /** The string of plain bytes [s, e) (under CACHE_BYTES), from the cache when it was seen before. */
+  private cached(buf: Buffer, s: number, e: number): string {
+    let h = e - s;
+    for (let k = s; k < e; k++) h = Math.imul(h ^ buf[k]!, 0x01000193);
+    const slot = (h >>> 0) % CACHE_SLOTS;
+    const at = slot * CACHE_BYTES;
+    const cache = this.cacheBytes;
+    const hit = this.cacheStrings[slot];
+    if (hit !== undefined && cache[at] === e - s) {
+      let k = s;
+      while (k < e && cache[at + 1 + k - s] === buf[k]) k++;
+      if (k === e) return hit;
+    }
+    const str = utf8(buf, s, e);
+    cache[at] = e - s;
+    cache.set(buf.subarray(s, e), at + 1);
+    this.cacheStrings[slot] = str;
+    return str;
+  }
+
   private endString(s: string): void {
     this.stringBytes += this.strBytes;
     if (this.strKey) {
-      this.frames[this.frames.length - 1]!.key = s;
+      this.keys[this.depth - 1] = s;
       this.state = COLON;
     } else this.value(s);
   }
@@ -504,7 +571,7 @@ export class HeaderJsonParser {
   private checkString(): void {
     const { maxNameBytes, maxStringBytes } = this.limits;
     if (this.strBytes > this.strLimit) {
-      const what = this.strKey && this.frames.length === 1 ? 'tensor name' : this.strKey ? 'key' : 'string';
+      const what = this.strKey && this.depth === 1 ? 'tensor name' : this.strKey ? 'key' : 'string';
       throw new HeaderJsonError(
         `${what} at byte ${this.strAt} is longer than ${maxNameBytes} bytes (real names take under 300; the limit for a key and a string outside __metadata__'s values; VITREG_SAFETENSORS_MAX_NAME_BYTES raises it): corrupt or hostile`,
       );
