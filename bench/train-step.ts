@@ -1,6 +1,6 @@
 /**
  * `npm run bench -- train-step [--engine tfjs|onnxruntime|auto[,...]] [--threads N[,M]] [--objective supervised|dinov2]
- *   [--preset NAME] [--batch N] [--model NAME] [--patch N] [--size 224] [--local-size 96] [--local-crops 8] [--steps N] [--warmup N] [--micro-batch N]
+ *   [--preset NAME] [--batch N] [--model NAME] [--patch N] [--size 224] [--local-size 96] [--local-crops 8] [--prototypes 65536] [--steps N] [--warmup N] [--micro-batch N]
  *   [--precision fp32|bf16|fp16] [--device cpu|cuda|webgpu] [--backend wasm] [--torch auto|off|only]
  *   [--torch-mode alternate|after] [--torch-drop-path full|subset] [--count-flops] [--ort-options JSON]`
  *
@@ -69,6 +69,8 @@ function benchConfig(v: Values, batch: number, total: number, micro: number): Tr
       data,
       train: { ...train, micro_batch_size: 0 },
       optim: { warmup_steps: 1, freeze_last_layer_steps: 0 },
+      // --prototypes: a smaller DINO / iBOT head (gpu-check.sh's dry run on SwiftShader's CPU Vulkan).
+      ...(v.prototypes ? { dino: { head_n_prototypes: Number(v.prototypes) }, ibot: { head_n_prototypes: Number(v.prototypes) } } : {}),
       crops: {
         global_crops_size: size,
         ...(v['local-size'] ? { local_crops_size: Number(v['local-size']) } : {}),
@@ -426,6 +428,7 @@ export async function run(argv: string[]): Promise<void> {
       size: { type: 'string', default: '224' },
       'local-size': { type: 'string' },
       'local-crops': { type: 'string' },
+      prototypes: { type: 'string' },
       precision: { type: 'string', default: 'fp32' },
       device: { type: 'string' },
       'ort-options': { type: 'string' },

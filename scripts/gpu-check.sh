@@ -177,7 +177,7 @@ if [ "$WEBGPU_OK" = 1 ]; then
   run_case engine-parity-webgpu 150 "${BENCH[@]}" engine-parity --device webgpu --preset tiny-supervised --steps $( [ "$DRY" = 1 ] && echo 2 || echo 10)
   run_case train-step-webgpu 150 "${BENCH[@]}" train-step --engine onnxruntime --device webgpu --torch off --steps 2 "${SMALL[@]}"
   run_case train-step-dinov2-webgpu 150 "${BENCH[@]}" train-step --objective dinov2 --engine onnxruntime --device webgpu --torch off --steps 2 \
-    $( [ "$DRY" = 1 ] && echo --model vit_micro_patch8_reg4 --patch 8 --size 32 --local-size 16 --batch 4)
+    $( [ "$DRY" = 1 ] && echo --model vit_micro_patch8_reg4 --patch 8 --size 32 --local-size 16 --batch 4 --prototypes 1024)
 fi
 
 # --- tfjs-node-gpu ---------------------------------------------------------------------------------
