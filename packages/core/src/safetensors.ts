@@ -282,14 +282,16 @@ async function readHeader(
 }
 
 /**
- * Reads the header's bytes in chunks through one reused buffer, scanning each as it arrives (HeaderScan)
- * then parsing it (HeaderJsonParser: the value JSON.parse would give, never the bytes or the text whole),
- * and refuses a header over SAFETENSORS_LIMITS within the chunk that passes a limit: too deep, too many
- * values or strings too long at once; too many tensors after counting the rest of the header (the
- * parse then stops; the error names the count).
+ * Reads the header's bytes in 1 MiB chunks, scanning each as it arrives (HeaderScan), then parsing it
+ * (HeaderJsonParser: the value JSON.parse would give, never the bytes or the text whole) once the scan
+ * is 8 MiB ahead or at the end: a header that size or less is counted whole before any of it is
+ * parsed, so one refused for its counts costs no parse (50,000 tensors take 3.5-8 MB). Refuses a header
+ * over SAFETENSORS_LIMITS within 8 MiB of the byte that passes a limit: too deep, too many values or
+ * strings too long; too many tensors after counting the rest of the header (the parse then stops; the
+ * error names the count).
  */
 async function readScannedHeader(path: string, fh: FileHandle, headerLen: number): Promise<unknown> {
-  const chunk = new Uint8Array(Math.min(HEADER_CHUNK, headerLen));
+  const scanAhead = 8 * HEADER_CHUNK;
   const scan = new HeaderScan();
   let parser: HeaderJsonParser | undefined = new HeaderJsonParser(safetensorsStringLimits());
   const parse = <T>(step: (p: HeaderJsonParser) => T): T => {
@@ -300,14 +302,31 @@ async function readScannedHeader(path: string, fh: FileHandle, headerLen: number
       throw err;
     }
   };
+  /** Chunks scanned, not yet parsed; a chunk's buffer once parsed, to read the next into. */
+  const ahead: Uint8Array[] = [];
+  let aheadBytes = 0;
+  let spare: Uint8Array | undefined;
   for (let off = 0; off < headerLen;) {
     const end = Math.min(headerLen, off + HEADER_CHUNK);
-    const part = chunk.subarray(0, end - off);
-    await readFully(fh, part, 8 + off, path);
-    const refused = scan.scan(part, off);
+    const chunk = spare && spare.length >= end - off ? spare.subarray(0, end - off) : new Uint8Array(end - off);
+    spare = undefined;
+    await readFully(fh, chunk, 8 + off, path);
+    const refused = scan.scan(chunk, off);
     if (refused) throw new Error(`${path}: header ${refused}`);
-    if (scan.overTensors) parser = undefined;
-    else parse((p) => p.push(part));
+    if (scan.overTensors) {
+      parser = undefined;
+      ahead.length = 0;
+      spare = chunk;
+    } else {
+      ahead.push(chunk);
+      aheadBytes += chunk.length;
+      while (aheadBytes > scanAhead) {
+        const first = ahead.shift()!;
+        aheadBytes -= first.length;
+        parse((p) => p.push(first));
+        spare = first;
+      }
+    }
     off = end;
   }
   const max = SAFETENSORS_LIMITS.maxTensors;
@@ -315,6 +334,7 @@ async function readScannedHeader(path: string, fh: FileHandle, headerLen: number
     throw new Error(
       `${path}: header declares ${scan.tensors} tensors, more than the limit of ${max} (the largest real checkpoints hold a few thousand): corrupt or hostile`,
     );
+  for (const chunk of ahead) parse((p) => p.push(chunk));
   return parse((p) => p.end());
 }
 
