@@ -4,7 +4,8 @@
  * numbers in every form, duplicate and `__proto__` keys, whitespace everywhere, long strings) fed in
  * chunks of 1, 2, 3, 7 and 65536 bytes give the same value, keys in the same order; mutated texts are
  * refused exactly when TextDecoder + JSON.parse (the reader's old path) refuses them. Then the string
- * limits, each with its own error, and the reader using the parser across its 1 MiB chunks.
+ * limits, each with its own error, and the reader using the parser across its 1 MiB chunks, 8 MiB
+ * behind its count.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -15,7 +16,7 @@ import { Rng } from '../src/rng.js';
 import { SAFETENSORS_LIMITS } from '../src/safetensors-header.js';
 import { HeaderJsonError, HeaderJsonParser, type HeaderJsonLimits } from '../src/safetensors-json.js';
 import { readSafetensors } from '../src/safetensors.js';
-import { rawHeaderSafetensors } from './hostile-corpus.js';
+import { manyTensorsSafetensors, rawHeaderSafetensors } from './hostile-corpus.js';
 
 const dir = await mkdtemp(join(tmpdir(), 'vitreg-st-json-'));
 after(() => rm(dir, { recursive: true, force: true }));
@@ -352,5 +353,23 @@ test('the reader parses across its 1 MiB chunks and applies the limits, raised b
     assert.equal(Object.keys((await readSafetensors(long)).tensors)[0]!.length, 100_000);
   } finally {
     delete process.env.VITREG_SAFETENSORS_MAX_NAME_BYTES;
+  }
+});
+
+test('the reader counts a header of up to 8 MiB whole before parsing it: too many tensors is the error even after a syntax error', async () => {
+  // 20,000 tensors in 1.4 MB, the first entry malformed, the limit passed in the second 1 MiB chunk:
+  // the count is refused before the parse sees the first
+  const bytes = manyTensorsSafetensors(20_000);
+  const at = bytes.indexOf('"shape":[1]');
+  bytes.write('"shape":[x]', at);
+  const p = join(dir, 'count-first.safetensors');
+  await writeFile(p, bytes);
+  await assert.rejects(readSafetensors(p), /count-first\.safetensors: header is not valid JSON: Unexpected 'x' at byte \d+/);
+  const saved = SAFETENSORS_LIMITS.maxTensors;
+  SAFETENSORS_LIMITS.maxTensors = 19_000;
+  try {
+    await assert.rejects(readSafetensors(p), /count-first\.safetensors: header declares 20000 tensors, more than the limit of 19000/);
+  } finally {
+    SAFETENSORS_LIMITS.maxTensors = saved;
   }
 });
