@@ -3,7 +3,9 @@
  * files (packages/core/test/hostile-corpus.ts: deep pickles and a pickle reusing one list at several
  * sizes, deflate bombs, a huge stride-0 view, overlapping zip entries and safetensors offsets, huge
  * shapes, truncated files, safetensors headers of many tensors (3 sizes under the limit, one over), many
- * values or deep nesting, PNG and JPEG decompression bombs). Each file is read in a child process of its
+ * values or deep nesting, or of one huge string or a few (a 99 MB `__metadata__` value, a 90 MB name,
+ * 1,500 names of 64 KiB; one with a limit raised through its `env`), PNG and JPEG decompression bombs;
+ * the bench-only ones too). Each file is read in a child process of its
  * own, so its peak RSS is its own: one JSON line per file with the bytes, the milliseconds and
  * CPU-milliseconds of the read, the child's peak RSS and its RSS before the read, and the error's first
  * 140 characters. Goal: under 1 s and 200 MB each, time linear in size.
