@@ -1,10 +1,11 @@
 /**
  * A safetensors header counted before it is parsed (issue 21): a linear byte scan of its JSON, chunk by
  * chunk as the chunks are read (each chunk before safetensors-json.ts parses it), that allocates nothing
- * per value and counts the top-level members (the tensors), every JSON value and the nesting depth. A header within the 100 MB limit could otherwise
- * declare over a million tensors: `JSON.parse` then builds several objects per tensor (300,000 tensors in
- * 21.8 MB took 1.2 s and 226 MB over the process's own 118 MB before the reader could refuse the file).
- * With the limits below the parse that follows is bounded (50,000 tensors: ~0.2 CPU-s, ~40 MB).
+ * per value and counts the top-level members (the tensors), every JSON value and the nesting depth. A
+ * header within the 100 MB limit could otherwise declare over a million tensors: `JSON.parse` then built
+ * several objects per tensor (300,000 tensors in 21.8 MB took 1.2 s and 226 MB over the process's own
+ * 118 MB before the reader could refuse the file). With the limits below the parse that follows is
+ * bounded (50,000 tensors: ~0.35 CPU-s, ~40 MB); the string limits bound what a huge string costs.
  */
 
 /** What one safetensors header may hold; mutable (tests lower them), like the pickle reader's limits. */
@@ -62,7 +63,7 @@ const METADATA = Buffer.from('__metadata__');
 /**
  * Counts a header's tensors, values and depth over successive chunks of its bytes. Exact for valid JSON
  * (a top-level key other than `__metadata__` is a tensor); on malformed JSON the counts are whatever the
- * bytes give, and `JSON.parse` reports the error afterwards.
+ * bytes give, and the parser (safetensors-json.ts) reports the error.
  */
 export class HeaderScan {
   /** Top-level keys other than `__metadata__`. */
