@@ -94,6 +94,15 @@ export class HeaderScan {
     const { maxValues, maxDepth } = SAFETENSORS_LIMITS;
     const n = bytes.length;
     for (let i = 0; i < n; i++) {
+      if (this.inString && !this.escape && !(this.isKey && this.depth === 1)) {
+        // a string's plain bytes change nothing: skip to its next quote or backslash
+        while (i < n) {
+          const c = bytes[i]!;
+          if (c === QUOTE || c === BACKSLASH) break;
+          i++;
+        }
+        if (i === n) break;
+      }
       const b = bytes[i]!;
       if (this.inString) {
         if (this.escape) this.escape = false;

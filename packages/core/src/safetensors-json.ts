@@ -12,6 +12,7 @@
  * machine over shared state (strings, numbers, containers, UTF-8 carry), hence one file over 450 lines.
  */
 import { isUtf8 } from 'node:buffer';
+import { endianness } from 'node:os';
 
 /** A header refused by the parser; the message completes "<file>: header ...". */
 export class HeaderJsonError extends Error {
@@ -77,7 +78,25 @@ function numberStep(ns: number, b: number): number {
   }
 }
 
-const SHORT_ESCAPES: Record<number, number> = { 0x22: 0x22, 0x5c: 0x5c, 0x2f: 0x2f, 0x62: 8, 0x66: 0xc, 0x6e: 0xa, 0x72: 0xd, 0x74: 9 };
+/** The character each short escape stands for, by the byte after the backslash (0: not one). */
+const SHORT_ESCAPES = new Uint8Array(256);
+for (const [b, u] of [
+  [0x22, 0x22],
+  [0x5c, 0x5c],
+  [0x2f, 0x2f],
+  [0x62, 8],
+  [0x66, 0xc],
+  [0x6e, 0xa],
+  [0x72, 0xd],
+  [0x74, 9],
+])
+  SHORT_ESCAPES[b!] = u!;
+/** Each byte's value as a hex digit, -1 for the others. */
+const HEX = new Int8Array(256).fill(-1);
+for (let b = 0; b < 256; b++) {
+  if (b >= 0x30 && b <= 0x39) HEX[b] = b - 0x30;
+  else if ((b | 0x20) >= 0x61 && (b | 0x20) <= 0x66) HEX[b] = (b | 0x20) - 0x61 + 10;
+}
 const LITERALS: Record<number, [Uint8Array, unknown]> = {
   0x74: [Buffer.from('true'), true],
   0x66: [Buffer.from('false'), false],
@@ -96,6 +115,7 @@ const CACHE_BYTES = 32;
 interface Slices {
   utf8Slice(start: number, end: number): string;
   latin1Slice(start: number, end: number): string;
+  ucs2Slice(start: number, end: number): string;
 }
 const hasSlices = typeof (Buffer.prototype as Partial<Slices>).utf8Slice === 'function';
 const utf8 = hasSlices
@@ -104,12 +124,14 @@ const utf8 = hasSlices
 const latin1 = hasSlices
   ? (b: Buffer, s: number, e: number) => (b as Buffer & Slices).latin1Slice(s, e)
   : (b: Buffer, s: number, e: number) => b.toString('latin1', s, e);
-
-function hexValue(b: number): number {
-  if (b >= 0x30 && b <= 0x39) return b - 0x30;
-  const l = b | 0x20;
-  return l >= 0x61 && l <= 0x66 ? l - 0x61 + 10 : -1;
-}
+/** UTF-16 code units as a string: little-endian bytes decoded, else (a big-endian host) one by one. */
+const fromUnits =
+  endianness() === 'LE'
+    ? (units: Uint16Array, n: number) => {
+        const b = Buffer.from(units.buffer, units.byteOffset, 2 * n);
+        return hasSlices ? (b as Buffer & Slices).ucs2Slice(0, 2 * n) : b.toString('utf16le');
+      }
+    : (units: Uint16Array, n: number) => String.fromCharCode.apply(null, units.subarray(0, n) as unknown as number[]);
 
 function show(b: number): string {
   return b > 0x20 && b < 0x7f ? `'${String.fromCharCode(b)}'` : `byte 0x${b.toString(16).padStart(2, '0')}`;
@@ -164,6 +186,9 @@ export class HeaderJsonParser {
   private str = '';
   private readonly units = new Uint16Array(UNITS);
   private nUnits = 0;
+  /** Whether a unit over 0xff is buffered (else the units are made a one-byte string through `latin`). */
+  private wide = false;
+  private readonly latin = Buffer.alloc(UNITS);
   /** A UTF-8 sequence cut by a chunk's end: its bits so far and the bytes it still needs. */
   private cp = 0;
   private need = 0;
@@ -229,8 +254,8 @@ export class HeaderJsonParser {
             this.hex = 0;
             this.hexDigits = 0;
           } else {
-            const u = SHORT_ESCAPES[b];
-            if (u === undefined) throw this.syntax(`Bad escaped character ${show(b)}`, i);
+            const u = SHORT_ESCAPES[b]!;
+            if (u === 0) throw this.syntax(`Bad escaped character ${show(b)}`, i);
             this.unit(u);
             this.state = STRING;
           }
@@ -238,7 +263,7 @@ export class HeaderJsonParser {
           continue;
         }
         case UNICODE: {
-          const h = hexValue(b);
+          const h = HEX[b]!;
           if (h < 0) throw this.syntax(`Bad Unicode escape ${show(b)}`, i);
           this.strBytes++;
           this.hex = this.hex * 16 + h;
@@ -291,7 +316,10 @@ export class HeaderJsonParser {
           continue;
       }
       if (b === 0x20 || b === 0x0a || b === 0x0d || b === 0x09) {
-        i++;
+        for (i++; i < n; i++) {
+          const c = bytes[i]!;
+          if (c !== 0x20 && c !== 0x0a && c !== 0x0d && c !== 0x09) break;
+        }
         continue;
       }
       switch (this.state) {
@@ -475,7 +503,11 @@ export class HeaderJsonParser {
     return i + 1;
   }
 
-  /** Inside a string from `i` (state STRING): one run of plain bytes and what ends it; returns the next index. */
+  /**
+   * Inside a string from `i` (state STRING): its runs of plain bytes and the escapes between them, up to
+   * its closing quote or the chunk's end (an escape cut by the end goes on in states ESCAPE, UNICODE);
+   * returns the next index.
+   */
   private stringRun(buf: Buffer, i: number): number {
     const n = buf.length;
     // the rest of a UTF-8 sequence cut by the last chunk's end
@@ -484,41 +516,62 @@ export class HeaderJsonParser {
       this.strBytes++;
       if (--this.need === 0) this.codePoint(this.cp);
     }
-    let j = i;
-    while (j < n) {
+    for (;;) {
+      let j = i;
+      while (j < n) {
+        const c = buf[j]!;
+        if (c === QUOTE || c === BACKSLASH || c < 0x20) break;
+        j++;
+      }
+      this.strBytes += j - i;
+      // at the chunk's end the run may stop inside a sequence: decode up to it, keep its bits
+      const end = j === n ? i + trimPartialUtf8(buf.subarray(i, j)).length : j;
+      if (end - i >= LONG_RUN) {
+        this.flushUnits();
+        this.str += utf8(buf, i, end);
+      } else if (end > i) {
+        const s = utf8(buf, i, end);
+        for (let k = 0; k < s.length; k++) this.unit(s.charCodeAt(k));
+      }
+      if (end < j) {
+        const lead = buf[end]!;
+        this.need = (lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : 2) - (j - end);
+        this.cp = lead & (lead >= 0xf0 ? 0x07 : lead >= 0xe0 ? 0x0f : 0x1f);
+        for (let k = end + 1; k < j; k++) this.cp = (this.cp << 6) | (buf[k]! & 0x3f);
+      }
+      if (j === n) return n;
       const c = buf[j]!;
-      if (c === QUOTE || c === BACKSLASH || c < 0x20) break;
-      j++;
-    }
-    this.strBytes += j - i;
-    // at the chunk's end the run may stop inside a sequence: decode up to it, keep its bits
-    const end = j === n ? i + trimPartialUtf8(buf.subarray(i, j)).length : j;
-    if (end - i >= LONG_RUN) {
-      this.flushUnits();
-      this.str += utf8(buf, i, end);
-    } else if (end > i) {
-      const s = utf8(buf, i, end);
-      for (let k = 0; k < s.length; k++) this.unit(s.charCodeAt(k));
-    }
-    if (end < j) {
-      const lead = buf[end]!;
-      this.need = (lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : 2) - (j - end);
-      this.cp = lead & (lead >= 0xf0 ? 0x07 : lead >= 0xe0 ? 0x0f : 0x1f);
-      for (let k = end + 1; k < j; k++) this.cp = (this.cp << 6) | (buf[k]! & 0x3f);
-    }
-    if (j === n) return n;
-    const c = buf[j]!;
-    if (c === QUOTE) {
-      this.checkString();
-      this.flushUnits();
-      const s = this.str;
-      this.str = '';
-      this.endString(s);
-    } else if (c === BACKSLASH) {
+      if (c === QUOTE) {
+        this.checkString();
+        this.flushUnits();
+        const s = this.str;
+        this.str = '';
+        this.endString(s);
+        return j + 1;
+      }
+      if (c !== BACKSLASH) throw this.syntax(`Bad control character ${show(c)} in string literal`, j);
+      // an escape within this chunk, decoded here
+      if (j + 1 < n && buf[j + 1] !== 0x75) {
+        const u = SHORT_ESCAPES[buf[j + 1]!]!;
+        if (u === 0) throw this.syntax(`Bad escaped character ${show(buf[j + 1]!)}`, j + 1);
+        this.unit(u);
+        this.strBytes += 2;
+        i = j + 2;
+        continue;
+      }
+      if (j + 5 < n) {
+        const u = (HEX[buf[j + 2]!]! << 12) | (HEX[buf[j + 3]!]! << 8) | (HEX[buf[j + 4]!]! << 4) | HEX[buf[j + 5]!]!;
+        if (u >= 0) {
+          this.unit(u);
+          this.strBytes += 6;
+          i = j + 6;
+          continue;
+        }
+      }
       this.strBytes++;
       this.state = ESCAPE;
-    } else throw this.syntax(`Bad control character ${show(c)} in string literal`, j);
-    return j + 1;
+      return j + 1;
+    }
   }
 
   /** The string of plain bytes [s, e) (under CACHE_BYTES), from the cache when it was seen before. */
@@ -552,6 +605,7 @@ export class HeaderJsonParser {
   private unit(u: number): void {
     if (this.nUnits === UNITS) this.flushUnits();
     this.units[this.nUnits++] = u;
+    if (u > 0xff) this.wide = true;
   }
 
   private codePoint(cp: number): void {
@@ -563,9 +617,15 @@ export class HeaderJsonParser {
   }
 
   private flushUnits(): void {
-    if (this.nUnits === 0) return;
-    this.str += String.fromCharCode.apply(null, this.units.subarray(0, this.nUnits) as unknown as number[]);
+    const n = this.nUnits;
+    if (n === 0) return;
+    if (this.wide) this.str += fromUnits(this.units, n);
+    else {
+      this.latin.set(this.units.subarray(0, n));
+      this.str += latin1(this.latin, 0, n);
+    }
     this.nUnits = 0;
+    this.wide = false;
   }
 
   /** Refuses the string being parsed once it or all strings pass their limit. */
