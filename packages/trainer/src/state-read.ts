@@ -57,7 +57,7 @@ const shapeText = (s: readonly number[]): string => `[${s.join(',')}]`;
 const sizeOf = (s: readonly number[]): number => s.reduce((a, b) => a * b, 1);
 
 /** The conversion of backbone tensor `name` (PyTorch shape `shape`) into the model's layout, or undefined when they agree. */
-export function modelLayoutConversion(name: string, shape: readonly number[]): Convert | undefined {
+function modelLayoutConversion(name: string, shape: readonly number[]): Convert | undefined {
   if (name === 'patch_embed.proj.weight') {
     const [D, C, p] = shape as [number, number, number];
     return (src, dst) => {
