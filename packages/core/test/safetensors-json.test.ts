@@ -307,6 +307,24 @@ test('string limits: one key or name, one string outside __metadata__ values, al
     assert.throws(at('{"a":1234567890123}', size), /number at byte 5 is longer than 12 bytes/);
     assert.doesNotThrow(at('{"a":-12345678901}', size));
   }
+  // a tensor's entry parsed at once (whole in its chunk, at most maxNameBytes) counts toward the total,
+  // and a longer one goes through the state machine, which holds each string to the limit
+  const lim64 = { maxNameBytes: 64, maxStringBytes: 100 };
+  const entries = `{"a":{"k":"${'x'.repeat(50)}"},"b":{"k":"${'y'.repeat(50)}"}}`;
+  for (const size of [7, 65536]) {
+    assert.throws(
+      () => parse(Buffer.from(entries), size, lim64),
+      /strings take more than 100 bytes \(the string at byte 73, outside __metadata__/,
+    );
+    assert.throws(
+      () => parse(Buffer.from(`{"w":{"dtype":"${'x'.repeat(70)}"}}`), size, lim64),
+      /string at byte 14 is longer than 64 bytes/,
+    );
+  }
+  assert.deepEqual(parse(Buffer.from(entries), 65536, { maxNameBytes: 64, maxStringBytes: 104 }), {
+    a: { k: 'x'.repeat(50) },
+    b: { k: 'y'.repeat(50) },
+  });
   // refused in the chunk that passes the limit, before the rest arrives
   const p = new HeaderJsonParser({ maxNameBytes: 12, maxStringBytes: 1000 });
   p.push(Buffer.from('{"__metadata__":{"x":"'));
