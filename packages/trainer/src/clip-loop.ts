@@ -15,12 +15,14 @@
  * resume stays exact but W ranks do not read the pairs 1 rank reads.
  * Evaluation: zero-shot top-1 on the validation split (synthetic data: the shape names with the caption
  * grammar's 16 prompts per class); a caption table has no labels, so no evaluation.
+ * Its parts before training (tokenizer, ClipConfig, caption data, engine settings) are clip-setup.ts's. Not
+ * elastic: a change of the job's workers ends the run with a message saying to --resume it.
  * Engines: tfjs (steps/clip.ts on a tfjs ClipModel) or ONNX Runtime (onnx/clip-engine.ts: both towers'
  * graphs, flat weight / gradient / AdamW buffers) when the run's engine factory is one that
  * `resolveTrainEngine` made for onnxruntime; the ClipModel stays the record for checkpoints and evaluation.
  */
 import { appendFile, mkdir, readFile, rename, rm } from 'node:fs/promises';
-import { existsSync, statSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import * as tf from '@tensorflow/tfjs-core';
@@ -32,19 +34,17 @@ import {
   Rng,
   type RgbImage,
   syncDir,
-  SYNTHETIC_SHAPES,
   toFloat32,
   writeFileAtomic,
   writeJsonAtomic,
   writeSafetensors,
 } from '@vitreg/core';
-import { ClipModel, ClipTokenizer, loadClip, saveClip, validateClipConfig, wordMerges, type ClipConfig } from '@vitreg/registers';
+import { ClipModel, ClipTokenizer, loadClip, saveClip, wordMerges } from '@vitreg/registers';
 import { listCheckpoints, pruneCheckpoints, resumePoint, type TrainState } from './checkpoint.js';
-import { assertDataSource, modelConfig, scaledLr, type TrainConfig } from './config.js';
+import { scaledLr, type TrainConfig } from './config.js';
 import { checkClipTrainingFits } from './memory-check.js';
-import { captionSource, clipParamSpecs, normalized, shuffled, zeroShotTop1, type CaptionSource } from './clip-train.js';
-import { readCaptionTable, WebDatasetStream } from './data-captions.js';
-import { syntheticSplits } from './data.js';
+import { clipParamSpecs, normalized, shuffled, zeroShotTop1 } from './clip-train.js';
+import { WebDatasetStream } from './data-captions.js';
 import type { TrainOptions, TrainResult } from './loop.js';
 import { AdamW, type AdamWState } from './optim.js';
 import type { ParamSpec } from './param-groups.js';
@@ -52,132 +52,18 @@ import { cosineSchedule, type Schedule } from './schedules.js';
 import { weightsChecksum } from './state.js';
 import { clipStep } from './steps/clip.js';
 import { OnnxClipEngine } from './onnx/clip-engine.js';
-import { onnxFactorySettings } from './onnx/clip-settings.js';
-import type { SessionSettings } from './onnx/engine-sessions.js';
 import { signalName, STOP_KEY, stopCode } from './stop.js';
-import { tfjsEngine } from './tfjs-engine.js';
-import { LocalGradientSync, type GradientSync } from './sync.js';
+import { isMembershipChanged, LocalGradientSync, type GradientSync } from './sync.js';
 import { randomResizedCrop } from './augment-geometry.js';
-
-/** What `train()` says for objective clip with an engine factory that is neither tfjs's nor one resolveTrainEngine made. */
-export const CLIP_ONNX_REFUSAL =
-  'objective clip: this engine factory is neither tfjsEngine nor an onnxruntime engine of resolveTrainEngine (the clip objective runs graphs of its own); pass one of those';
-
-/**
- * The engine options of a run, unchanged: objective clip trains on every engine (tfjs, or ONNX Runtime on any
- * device). Kept for the callers of the time when clip was tfjs only.
- */
-export function clipEngineOptions<T extends { engine?: string; device?: string }>(
-  _objective: string,
-  o: T,
-  _log: (line: string) => void = () => {},
-): T {
-  return o;
-}
-
-/** The ONNX Runtime settings of a run's engine factory (null: tfjs); throws CLIP_ONNX_REFUSAL for an unknown factory. */
-export function clipEngineSettings(engine: TrainOptions['engine']): SessionSettings | null {
-  if (engine === undefined || engine === tfjsEngine) return null;
-  const settings = onnxFactorySettings(engine);
-  if (!settings) throw new InputError(CLIP_ONNX_REFUSAL);
-  return settings;
-}
-
-/** Words of the synthetic captions (data-captions.ts syntheticCaption): each one token with the built-in vocabulary. */
-const CAPTION_WORDS = [
-  ...'a on dark background small large light bright shaded grainy striped checkered'.split(' '),
-  ...SYNTHETIC_SHAPES,
-  'plain', // data.synthetic_background 'flat' (syntheticCaption)
-];
-
-/**
- * The caption grammar's prompts of a synthetic class (its zero-shot classifier): 16 on the textured
- * backgrounds, 4 on a flat one (data.synthetic_background, whose captions say "plain").
- */
-export function syntheticPrompts(shape: string, background: 'textured' | 'flat' = 'textured'): string[] {
-  const out: string[] = [];
-  const textures = background === 'flat' ? ['plain'] : ['shaded', 'grainy', 'striped', 'checkered'];
-  for (const size of ['small', 'large'])
-    for (const light of ['light', 'bright'])
-      for (const tex of textures) out.push(`a ${size} ${light} ${shape} on a dark ${tex} background`);
-  return out;
-}
-
-/** The tokenizer of a clip config: clip.tokenizer's file, or the synthetic captions' word vocabulary. */
-export async function clipTokenizer(c: TrainConfig): Promise<ClipTokenizer> {
-  const contextLength = c.clip.text_context_length;
-  if (c.clip.tokenizer === '') {
-    if (c.data.source !== 'synthetic')
-      throw new InputError(
-        `clip.tokenizer: data "${c.data.source}" needs CLIP's BPE vocabulary (--tokenizer FILE, bpe_simple_vocab_16e6.txt.gz)`,
-      );
-    return new ClipTokenizer(wordMerges(CAPTION_WORDS), { contextLength });
-  }
-  try {
-    return await ClipTokenizer.fromFile(c.clip.tokenizer, { contextLength });
-  } catch (err) {
-    throw new InputError(`clip.tokenizer (--tokenizer): ${(err as Error).message}`, { cause: err });
-  }
-}
-
-/** The ClipConfig of a training config (image tower at crops.global_crops_size; vocabulary 0: the tokenizer's). */
-export function clipModelConfig(c: TrainConfig, vocabSize: number): ClipConfig {
-  const vit = modelConfig(c);
-  const k = c.clip;
-  return validateClipConfig(
-    {
-      vision: { ...vit, img_size: c.crops.global_crops_size, proj_dim: k.proj_dim },
-      text: {
-        context_length: k.text_context_length,
-        vocab_size: k.text_vocab_size || vocabSize,
-        width: k.text_width,
-        heads: k.text_heads,
-        layers: k.text_layers,
-        mlp_ratio: k.text_mlp_ratio,
-        act_layer: k.text_act_layer,
-        proj_dim: k.proj_dim,
-      },
-      init_logit_scale: k.init_logit_scale,
-      init_logit_bias: k.init_logit_bias,
-    },
-    'config clip',
-  );
-}
-
-/**
- * The caption data of a clip config: train pairs, labelled val pairs (synthetic only) and their class names;
- * `webdataset`: a folder of .tar shards or one .tar, streamed per rank by `WebDatasetStream` (`train` unused).
- */
-export interface CaptionData {
-  train: CaptionSource;
-  val: CaptionSource | null;
-  classNames: string[];
-  webdataset?: string;
-}
-
-/** The caption data of a clip config (see CaptionData). */
-export async function openCaptionData(c: TrainConfig): Promise<CaptionData> {
-  assertDataSource(c);
-  const d = c.data;
-  if (d.source === 'synthetic') {
-    const { train, val } = syntheticSplits(c);
-    return { train: captionSource(train), val: captionSource(val), classNames: train.classNames };
-  }
-  if ((existsSync(d.source) && statSync(d.source).isDirectory()) || d.source.endsWith('.tar')) {
-    // Lists the shards now, so a wrong folder is refused before the model is built.
-    await WebDatasetStream.open(d.source, { rank: 0, worldSize: 1, batchSize: 1, seed: 0 });
-    const byIndex = async (): Promise<never> => {
-      throw new Error(`data: ${d.source}: WebDataset shards are read as a stream, not by index`);
-    };
-    return { train: { length: 0, get: byIndex }, val: null, classNames: [], webdataset: d.source };
-  }
-  const rows = await readCaptionTable(d.source, {
-    imgKey: c.clip.csv_img_key,
-    captionKey: c.clip.csv_caption_key,
-    separator: c.clip.csv_separator || undefined,
-  });
-  return { train: captionSource(rows), val: null, classNames: [] };
-}
+import {
+  CAPTION_WORDS,
+  clipEngineSettings,
+  clipModelConfig,
+  clipTokenizer,
+  openCaptionData,
+  syntheticPrompts,
+  type CaptionData,
+} from './clip-setup.js';
 
 /** One rank of a clip run: model, tokenizer, data, optimiser, schedules, and the step between them. */
 class ClipRun {
@@ -522,6 +408,16 @@ export async function trainClipObjective(c: TrainConfig, opts: TrainOptions): Pr
     result.eval = ev as unknown as TrainResult['eval'];
     await writeJsonAtomic(join(out, 'eval.json'), ev);
     return result;
+  } catch (err) {
+    // Not elastic (its WebDataset shards are split by world size, as open_clip's): the job ends and resumes.
+    if (isMembershipChanged(err)) {
+      throw new Error(
+        `objective clip: the job's workers changed at step ${run.step + 1} (${err.message}); a clip job does not go on ` +
+          'with other workers: every worker stops, and the same command with --resume continues from the last checkpoint',
+        { cause: err },
+      );
+    }
+    throw err;
   } finally {
     await run.dispose();
   }

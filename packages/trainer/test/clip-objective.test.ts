@@ -10,7 +10,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { initBackend, readSafetensors, toFloat32 } from '@vitreg/core';
-import { CLIP_ONNX_REFUSAL, clipEngineOptions } from '../src/clip-loop.js';
+import { CLIP_ONNX_REFUSAL, clipEngineOptions } from '../src/clip-setup.js';
 import { validateTrainConfig } from '../src/config-validate.js';
 import type { TrainConfig } from '../src/config.js';
 import { train } from '../src/loop.js';

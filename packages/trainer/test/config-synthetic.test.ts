@@ -22,7 +22,7 @@ test('data.synthetic_background and data.synthetic_object_side: defaults, accept
 test('the flat-background fields reach the generator: openData and openCaptionData give the images SyntheticDataset makes with them', async () => {
   const { SyntheticDataset } = await import('@vitreg/core');
   const { openData } = await import('../src/data.js');
-  const { openCaptionData } = await import('../src/clip-loop.js');
+  const { openCaptionData } = await import('../src/clip-setup.js');
   const data = { source: 'synthetic', synthetic_size: 32, synthetic_background: 'flat', synthetic_object_side: [0.2, 0.3] };
   // Image 1 of the train split, made here from the fields by name (textured: without the two fields).
   const image1 = async (c: TrainConfig, flat = true) =>
@@ -48,7 +48,7 @@ test('the flat-background fields reach the generator: openData and openCaptionDa
 test("the zero-shot prompts cover the captions the generator writes, flat ('plain') and textured backgrounds", async () => {
   const { SyntheticDataset } = await import('@vitreg/core');
   const { syntheticCaption } = await import('../src/data-captions.js');
-  const { syntheticPrompts } = await import('../src/clip-loop.js');
+  const { syntheticPrompts } = await import('../src/clip-setup.js');
   for (const background of ['flat', 'textured'] as const) {
     const ds = new SyntheticDataset({ seed: 3, size: 32, numClasses: 5, count: 24, split: 'val', background, objectSide: [0.2, 0.6] });
     for (let i = 0; i < ds.length; i++) {

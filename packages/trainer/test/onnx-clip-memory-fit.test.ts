@@ -13,7 +13,7 @@ import { afterEach, before, test } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { InputError } from '@vitreg/core';
 import { ClipModel } from '@vitreg/registers';
-import { clipModelConfig, clipTokenizer } from '../src/clip-loop.js';
+import { clipModelConfig, clipTokenizer } from '../src/clip-setup.js';
 import { clipParamSpecs } from '../src/clip-train.js';
 import { validateTrainConfig } from '../src/config-validate.js';
 import { train } from '../src/loop.js';
