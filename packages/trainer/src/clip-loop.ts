@@ -2,7 +2,7 @@
  * The `clip` objective's run (text-supervised, open_clip's recipe), which `train()` (loop.ts) dispatches to:
  * a ClipModel of the config (image tower `model` + `clip.proj_dim`, text tower `clip.text_*`), the caption
  * data (the synthetic shapes with generated captions, a CSV / TSV table with open_clip's column keys, or
- * WebDataset tar shards streamed per rank as open_clip's pipeline reads them: data-captions.ts WebDatasetStream),
+ * WebDataset tar shards streamed per rank as open_clip's pipeline reads them: data-webdataset.ts WebDatasetStream),
  * the step of clip-train.ts (RandomResizedCrop(crops.global_crops_scale) + CLIP's mean / std, `clipStep`
  * across the ranks of the GradientSync, the gradients averaged, AdamW with open_clip's decay rule, warm-up +
  * cosine learning rate, then logit_scale clamped to [0, log 100]), and the same run options as the generic
@@ -44,7 +44,7 @@ import { listCheckpoints, pruneCheckpoints, resumePoint, type TrainState } from 
 import { scaledLr, type TrainConfig } from './config.js';
 import { checkClipTrainingFits } from './memory-check.js';
 import { clipParamSpecs, normalized, shuffled, zeroShotTop1 } from './clip-train.js';
-import { WebDatasetStream } from './data-captions.js';
+import { WebDatasetStream } from './data-webdataset.js';
 import type { TrainOptions, TrainResult } from './loop.js';
 import { AdamW, type AdamWState } from './optim.js';
 import type { ParamSpec } from './param-groups.js';

@@ -18,19 +18,10 @@ export { captionSource, trainClip, zeroShotTop1 } from './clip-train.js';
 export type { CaptionSource, ClipTrainOptions } from './clip-train.js';
 export { allGather, clipLoss, contrastiveStep, sigLipLoss } from './clip-loss.js';
 export type { ContrastiveLoss, ContrastiveStep } from './clip-loss.js';
-export {
-  parseDelimited,
-  readCaptionTable,
-  rankShards,
-  readWebDataset,
-  syntheticCaption,
-  syntheticCaptionItem,
-  tarSampleCount,
-  WDS_SHUFFLE,
-  WebDatasetStream,
-  webDatasetShards,
-} from './data-captions.js';
-export type { CaptionEntry, StreamPair, WebDatasetSample, WebDatasetStreamOptions } from './data-captions.js';
+export { parseDelimited, readCaptionTable, syntheticCaption, syntheticCaptionItem } from './data-captions.js';
+export type { CaptionEntry } from './data-captions.js';
+export { rankShards, readWebDataset, tarSampleCount, WDS_SHUFFLE, WebDatasetStream, webDatasetShards } from './data-webdataset.js';
+export type { StreamPair, WebDatasetSample, WebDatasetStreamOptions } from './data-webdataset.js';
 export { BatchPreparer, initRng, STREAMS } from './batch.js';
 export type { DinoBatch, PreparedBatch, SupervisedBatch } from './batch.js';
 export { listCheckpoints, loadCheckpoint, pruneCheckpoints, resumePoint, RunMismatchError, saveCheckpoint } from './checkpoint.js';

@@ -1,5 +1,5 @@
 /**
- * Objective clip on WebDataset shards (clip-loop.ts with data-captions.ts `WebDatasetStream`): `train()` of a
+ * Objective clip on WebDataset shards (clip-loop.ts with data-webdataset.ts `WebDatasetStream`): `train()` of a
  * tiny-clip config whose `data.source` is a folder of tar shards this test writes trains, writes checkpoints and
  * says that shards have no labels to evaluate; stopped after step 2 and resumed, it ends with the weights of the
  * uninterrupted run (the stream skips to step 2's batch); 2 threads read their own shards; the errors of a bad

@@ -1,5 +1,5 @@
 /**
- * WebDataset shards as a CLIP training stream (data-captions.ts `WebDatasetStream`): tiny plain tar shards
+ * WebDataset shards as a CLIP training stream (data-webdataset.ts `WebDatasetStream`): tiny plain tar shards
  * written here (`.png` + `.txt` per key), read as open_clip's pipeline reads them: every sample once per epoch
  * through the shuffle buffer, each rank its own whole shards (split_by_node) reshuffled every epoch, a batch
  * spanning two epochs, batch k the same when a stream starts at k (a resume, across an epoch boundary too),

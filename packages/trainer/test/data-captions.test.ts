@@ -1,5 +1,5 @@
 /**
- * Caption data (data-captions.ts): WebDataset shards written by Python's tarfile (GNU long names, PAX
+ * Caption data (data-captions.ts, data-webdataset.ts): WebDataset shards written by Python's tarfile (GNU long names, PAX
  * non-ASCII names, extra members) read as a stream, sample by sample; CSV / TSV with open_clip's keys and
  * quoting; the synthetic captions; the errors for bad input, each naming the file.
  */
