@@ -14,8 +14,12 @@ npm run lint
 shopt -s nullglob
 files=(test/*.test.ts proto/test/*.test.ts packages/*/test/*.test.ts apps/*/test/*.test.ts)
 unit=0
-# Two files at a time, the longest first (scripts/unit-tests.mjs says why).
-node --conditions=vitreg-source --import tsx scripts/unit-tests.mjs "${files[@]}" || unit=$?
+# Two files at a time, the longest first (scripts/unit-tests.mjs says why). The tests run from the
+# sources; the vitreg, vitreg-worker and vitreg-coordinator processes they start run the dist that nx
+# built above from the same sources (VITREG_CHILDREN_FROM_DIST, @vitreg/core's childNodeArgs): a process
+# from the sources cost about 0.7 CPU-seconds more to start (tsx's hooks over every module), and the
+# suite starts a few hundred.
+VITREG_CHILDREN_FROM_DIST=1 node --conditions=vitreg-source --import tsx scripts/unit-tests.mjs "${files[@]}" || unit=$?
 webgpu=0
 bash scripts/test-webgpu.sh || webgpu=$?
 if ((unit != 0 || webgpu != 0)); then

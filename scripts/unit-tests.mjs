@@ -11,16 +11,17 @@ import { relative, resolve } from 'node:path';
 import { run } from 'node:test';
 import { tap } from 'node:test/reporters';
 
-/** The longest files, longest first (seconds of one file on 2 busy cores, 2026-12-05). */
+/** The longest files, longest first (seconds of one file in `npm test` on 2 cores, 2026-12-05; the last TAP line lists them). */
 const LONGEST = [
-  'apps/worker/test/cluster.test.ts', // ~130 s: 13 local cluster jobs
+  'apps/worker/test/cluster.test.ts', // ~70 s: 13 local cluster jobs
   'test/launchers.test.ts', // ~65 s, most of it waiting on torchrun and Slurm
-  'test/hosts.test.ts', // ~70 s: jobs between network namespaces
-  'apps/cli/test/demo.test.ts', // ~50 s
-  'apps/cli/test/stop-resume.test.ts', // ~45 s
-  'apps/cli/test/sweep-run.test.ts', // ~40 s
-  'test/sweep-slurm.test.ts', // ~37 s, waiting on Slurm
-  'apps/cli/test/train.test.ts', // ~30 s
+  'test/hosts.test.ts', // ~50 s: jobs between network namespaces
+  'apps/cli/test/demo.test.ts', // ~35 s
+  'apps/cli/test/sweep-run.test.ts', // ~30 s
+  'test/sweep-slurm.test.ts', // ~30 s, waiting on Slurm
+  'packages/trainer/test/train-dino.test.ts', // ~27 s
+  'packages/trainer/test/threads.test.ts', // ~26 s
+  'apps/cli/test/stop-resume.test.ts', // ~24 s
 ];
 
 const root = resolve(import.meta.dirname, '..');

@@ -11,6 +11,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { childNodeArgs } from '@vitreg/core';
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const WORKER_MAIN = join(ROOT, 'apps/worker/src/main.ts');
 export const TSX = import.meta.resolve('tsx');
@@ -88,15 +89,19 @@ export function tail(r: RunResult, chars = 6000): string {
   return lines.join('\n').slice(-chars);
 }
 
+/** The shell words that start `entry` (a bin's src/main.ts): from the sources, or dist (VITREG_CHILDREN_FROM_DIST). */
+export function nodeCommand(entry: string): string {
+  return [process.execPath, ...childNodeArgs(entry, ['--conditions=vitreg-source', '--import', TSX])]
+    .map((a) => JSON.stringify(a))
+    .join(' ');
+}
+
 /** A folder with an executable `vitreg-worker` that runs the worker from this clone's sources. */
 export function workerBin(dir: string): string {
   const bin = join(dir, 'bin');
   mkdirSync(bin, { recursive: true });
   const path = join(bin, 'vitreg-worker');
-  writeFileSync(
-    path,
-    `#!/bin/sh\nexec ${JSON.stringify(process.execPath)} --conditions=vitreg-source --import ${JSON.stringify(TSX)} ${JSON.stringify(WORKER_MAIN)} "$@"\n`,
-  );
+  writeFileSync(path, `#!/bin/sh\nexec ${nodeCommand(WORKER_MAIN)} "$@"\n`);
   chmodSync(path, 0o755);
   return path;
 }

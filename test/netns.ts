@@ -26,6 +26,7 @@ import { execFileSync, spawn, type ChildProcess, type SpawnOptions } from 'node:
 import { randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { childNodeArgs } from '@vitreg/core';
 
 /** The /24 every topology uses inside its namespaces (hosts are .1, .2, ...). */
 export const SUBNET = '10.231.17';
@@ -287,8 +288,7 @@ export class Hosts {
       VITREG_TOKEN: o.token,
       ...o.env,
     });
-    const tsx = import.meta.resolve('tsx');
-    const nodeArgs = ['--conditions=vitreg-source', '--import', tsx, WORKER_MAIN];
+    const nodeArgs = childNodeArgs(WORKER_MAIN, ['--conditions=vitreg-source', '--import', import.meta.resolve('tsx')]);
     const address = this.addresses[i]!;
     const t0 = Date.now();
     const child = this.spawn(i, process.execPath, [...nodeArgs, ...args, '--advertise', address, '--bind', address], {

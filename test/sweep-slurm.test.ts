@@ -25,7 +25,7 @@ import {
   stopDaemons,
   waitForStepsGone,
   tail,
-  TSX,
+  nodeCommand,
   which,
   workerBin,
   type Cluster,
@@ -57,10 +57,7 @@ function bins(dir: string): string {
   workerBin(dir);
   const path = join(dir, 'bin', 'vitreg');
   const main = join(ROOT, 'apps/cli/src/main.ts');
-  writeFileSync(
-    path,
-    `#!/bin/sh\nexec ${JSON.stringify(process.execPath)} --conditions=vitreg-source --import ${JSON.stringify(TSX)} ${JSON.stringify(main)} "$@"\n`,
-  );
+  writeFileSync(path, `#!/bin/sh\nexec ${nodeCommand(main)} "$@"\n`);
   chmodSync(path, 0o755);
   return join(dir, 'bin');
 }

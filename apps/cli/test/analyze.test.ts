@@ -8,6 +8,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
 import { readSafetensors, toFloat32 } from '@vitreg/core';
+import { nodeArgsOf } from './helpers.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 const MAIN = join(ROOT, 'apps/cli/src/main.ts');
@@ -15,7 +16,7 @@ const FIX = join(ROOT, 'packages/registers/test/fixtures/dinov2-parity');
 const MODEL = ['--weights', join(FIX, 'reg4.dinov2.safetensors'), '--config', '{"num_heads":3}', '--backend', 'wasm'];
 
 function vitreg(args: string[]) {
-  const r = spawnSync(process.execPath, ['--conditions=vitreg-source', '--import', 'tsx', MAIN, 'analyze', ...args], {
+  const r = spawnSync(process.execPath, [...nodeArgsOf(MAIN), 'analyze', ...args], {
     cwd: ROOT,
     encoding: 'utf8',
     timeout: 120_000,

@@ -9,13 +9,14 @@ import { fileURLToPath } from 'node:url';
 import { decodeImage, encodePng, initBackend, SafetensorsReader, SyntheticDataset } from '@vitreg/core';
 import { getConfig, saveWeights, VisionTransformer } from '@vitreg/registers';
 import { affinityHost, lostFromAffinity } from '@vitreg/probe';
+import { nodeArgsOf } from './helpers.ts';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const main = resolve(here, '../src/main.ts');
 const fixtures = resolve(here, '../../../packages/registers/test/fixtures/dinov2-parity');
 
 function vitreg(...args: string[]) {
-  const r = spawnSync(process.execPath, ['--conditions=vitreg-source', '--import', 'tsx', main, ...args], { encoding: 'utf8' });
+  const r = spawnSync(process.execPath, [...nodeArgsOf(main), ...args], { encoding: 'utf8' });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 

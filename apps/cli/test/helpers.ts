@@ -2,10 +2,19 @@
 import { spawn } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { childNodeArgs } from '@vitreg/core';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 export const MAIN = join(ROOT, 'apps', 'cli', 'src', 'main.ts');
 export const FIXTURES = join(ROOT, 'packages', 'registers', 'test', 'fixtures', 'dinov2-parity');
+
+/**
+ * The node arguments that start a bin of this repository from the sources (tsx, the vitreg-source
+ * condition), or from its built dist where the unit suite asks for it (VITREG_CHILDREN_FROM_DIST).
+ */
+export function nodeArgsOf(entry: string = MAIN): string[] {
+  return childNodeArgs(entry, ['--conditions=vitreg-source', '--import', 'tsx']);
+}
 
 export interface RunResult {
   code: number | null;
@@ -16,7 +25,7 @@ export interface RunResult {
 /** `vitreg ...args` in a child process (async, so tests in one file can overlap their waits). */
 export function vitreg(args: string[], opts: { cwd?: string; env?: Record<string, string> } = {}): Promise<RunResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--conditions=vitreg-source', '--import', 'tsx', MAIN, ...args], {
+    const child = spawn(process.execPath, [...nodeArgsOf(MAIN), ...args], {
       cwd: opts.cwd ?? ROOT,
       env: { ...process.env, ...opts.env },
       stdio: ['ignore', 'pipe', 'pipe'],

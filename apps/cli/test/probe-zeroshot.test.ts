@@ -14,12 +14,13 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initBackend } from '@vitreg/core';
 import { ClipModel, getConfig, saveClip, validateClipConfig } from '@vitreg/registers';
+import { nodeArgsOf } from './helpers.ts';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const main = resolve(here, '../src/main.ts');
 
 function vitreg(...args: string[]) {
-  const r = spawnSync(process.execPath, ['--conditions=vitreg-source', '--import', 'tsx', main, ...args], { encoding: 'utf8' });
+  const r = spawnSync(process.execPath, [...nodeArgsOf(main), ...args], { encoding: 'utf8' });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 

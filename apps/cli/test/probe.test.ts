@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { decodeImage, encodePng, SyntheticDataset } from '@vitreg/core';
+import { nodeArgsOf } from './helpers.ts';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const main = resolve(here, '../src/main.ts');
@@ -14,7 +15,7 @@ const reg4 = join(fixtures, 'reg4.dinov2.safetensors');
 const reg0 = join(fixtures, 'reg0.dinov2.safetensors');
 
 function vitreg(...args: string[]) {
-  const r = spawnSync(process.execPath, ['--conditions=vitreg-source', '--import', 'tsx', main, ...args], { encoding: 'utf8' });
+  const r = spawnSync(process.execPath, [...nodeArgsOf(main), ...args], { encoding: 'utf8' });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 

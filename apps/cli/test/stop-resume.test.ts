@@ -13,7 +13,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { lastLine, MAIN, ROOT, vitreg, type RunResult } from './helpers.js';
+import { lastLine, MAIN, nodeArgsOf, ROOT, type RunResult, vitreg } from './helpers.js';
 
 let dir = '';
 let config = '';
@@ -41,7 +41,7 @@ after(async () => {
  */
 function interrupted(args: string[], out: string, atStep: number, signals: NodeJS.Signals[]): Promise<RunResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--conditions=vitreg-source', '--import', 'tsx', MAIN, ...args], {
+    const child = spawn(process.execPath, [...nodeArgsOf(MAIN), ...args], {
       cwd: ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
     });

@@ -14,7 +14,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { MAIN, ROOT, vitreg } from './helpers.js';
+import { MAIN, nodeArgsOf, ROOT, vitreg } from './helpers.js';
 
 export const TINY_SWEEP = {
   name: 'tiny-run',
@@ -54,14 +54,10 @@ test(
         );
 
       // Cell 3 alone, killed (its whole process group) once its step-2 checkpoint is written.
-      const child = spawn(
-        process.execPath,
-        ['--conditions=vitreg-source', '--import', 'tsx', MAIN, 'sweep', 'run-cell', file, '--cell', '3'],
-        {
-          detached: true,
-          stdio: 'ignore',
-        },
-      );
+      const child = spawn(process.execPath, [...nodeArgsOf(MAIN), 'sweep', 'run-cell', file, '--cell', '3'], {
+        detached: true,
+        stdio: 'ignore',
+      });
       const ckpt2 = join(out, 'cells/3-reg2-seed1/train/checkpoints/step-2/model.safetensors');
       for (const t0 = Date.now(); !existsSync(ckpt2); await sleep(50))
         assert.ok(Date.now() - t0 < 240_000, 'no step-2 checkpoint of cell 3');
@@ -148,7 +144,7 @@ test(
           srv.close(() => res(p));
         });
       });
-      const worker = `${process.execPath} --conditions=vitreg-source --import tsx ${join(ROOT, 'apps/worker/src/main.ts')}`;
+      const worker = [process.execPath, ...nodeArgsOf(join(ROOT, 'apps/worker/src/main.ts'))].join(' ');
       const rank = (r: number) =>
         new Promise<{ code: number | null; err: string }>((res) => {
           const env = {
@@ -160,15 +156,11 @@ test(
             VITREG_TOKEN: 'sweep-test',
             VITREG_SWEEP_WORKER: worker,
           };
-          const child = spawn(
-            process.execPath,
-            ['--conditions=vitreg-source', '--import', 'tsx', MAIN, 'sweep', 'run-cell', file, '--cell', '0', '--launcher', 'env'],
-            {
-              cwd: ROOT,
-              env,
-              stdio: ['ignore', 'ignore', 'pipe'],
-            },
-          );
+          const child = spawn(process.execPath, [...nodeArgsOf(MAIN), 'sweep', 'run-cell', file, '--cell', '0', '--launcher', 'env'], {
+            cwd: ROOT,
+            env,
+            stdio: ['ignore', 'ignore', 'pipe'],
+          });
           let err = '';
           child.stderr.on('data', (d) => (err += d));
           child.on('close', (code) => res({ code, err }));

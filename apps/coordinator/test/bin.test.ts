@@ -4,10 +4,12 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
+import { childNodeArgs } from '@vitreg/core';
 import { CoordinatorClient } from '@vitreg/proto';
 import { JOB, ROOT, TOKEN, joinAs, until } from './helpers.ts';
 
-const BIN = ['--conditions=vitreg-source', '--import', 'tsx', join('apps', 'coordinator', 'src', 'main.ts')];
+// From the sources, or from the built dist where the unit suite asks for it (VITREG_CHILDREN_FROM_DIST).
+const BIN = childNodeArgs(join(ROOT, 'apps', 'coordinator', 'src', 'main.ts'), ['--conditions=vitreg-source', '--import', 'tsx']);
 
 test('vitreg-coordinator: prints its address as one JSON line, serves, closes on SIGTERM with exit 1', async () => {
   const child = spawn(process.execPath, [...BIN, '--host', '127.0.0.1', '--port', '0', '--max-workers', '2', '--job-id', JOB], {

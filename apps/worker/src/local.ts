@@ -16,6 +16,7 @@ import { createWriteStream, mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { childNodeArgs } from '@vitreg/core';
 
 export interface LocalJobOptions {
   /** Worker processes. */
@@ -75,8 +76,9 @@ function coordinatorEntry(): string {
 }
 
 function nodeArgs(entry: string): string[] {
-  // From the sources the children need the same loader and export conditions as this process.
-  return entry.endsWith('.ts') ? [...process.execArgv, entry] : [entry];
+  // From the sources the children need the same loader and export conditions as this process (or the
+  // built packages: VITREG_CHILDREN_FROM_DIST, @vitreg/core's childNodeArgs).
+  return childNodeArgs(entry);
 }
 
 function exitOf(child: ChildProcess): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {

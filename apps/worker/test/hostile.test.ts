@@ -20,6 +20,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { startCoordinator } from '@vitreg/coordinator';
+import { childNodeArgs } from '@vitreg/core';
 import {
   CoordinatorClient,
   METADATA_JOB,
@@ -171,8 +172,7 @@ test('a running job survives a rogue member (slowloris receiver, silent sender),
     const child = spawn(
       process.execPath,
       [
-        ...process.execArgv,
-        WORKER_MAIN,
+        ...childNodeArgs(WORKER_MAIN),
         '--config',
         cfgPath,
         '--backend',

@@ -12,6 +12,7 @@ import { spawn } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { childNodeArgs } from '@vitreg/core';
 
 /** The command line that runs the vitreg command: $VITREG_SWEEP_CLI, else this installation's own main. */
 export function vitregCommand(): string[] {
@@ -31,7 +32,7 @@ export function vitregCommand(): string[] {
     } catch {
       /* resolved by node from the working folder */
     }
-    return [process.execPath, '--conditions=vitreg-source', '--import', tsx, main];
+    return [process.execPath, ...childNodeArgs(main, ['--conditions=vitreg-source', '--import', tsx])];
   }
   // The built command: dist/main.js beside the bundle this code is in.
   const main = join(dirname(here), 'main.js');
