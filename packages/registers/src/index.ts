@@ -55,7 +55,7 @@ export { DEFAULT_TEXT_CONFIG, eotPositions, TextTransformer, textParameterShapes
 export type { TextConfig, TextOutput } from './text-tower.js';
 export { bytesToUnicode, cleanText, ClipTokenizer, fixText, wordMerges } from './tokenizer.js';
 export type { ClipTokenizerOptions } from './tokenizer.js';
-export { torchShapes } from './torch-layout.js';
+export { hasOwnModelLayout, toModelLayout, torchShapes } from './torch-layout.js';
 export { readRegisterNeurons, testTimeRegisterEncoder, TtrEncoder } from './ttr-encoder.js';
 export type { TestTimeRegisterSpec } from './ttr-encoder.js';
 export {

@@ -35,9 +35,13 @@ export function withoutClassifier(sd: StateDict): StateDict {
   return out;
 }
 
-/** A row-major [rows, cols] matrix transposed to [cols, rows]. */
-export function transpose2d(data: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(data.length);
+/** A row-major [rows, cols] matrix transposed to [cols, rows] (into `out` when given). */
+export function transpose2d(
+  data: Float32Array,
+  rows: number,
+  cols: number,
+  out: Float32Array = new Float32Array(data.length),
+): Float32Array {
   for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = data[r * cols + c];
   return out;
 }

@@ -22,19 +22,28 @@ function isLinearWeight(name: string): boolean {
   return /\.(qkv|proj|fc1|fc2|w12|w3)\.weight$/.test(name) && !name.startsWith('patch_embed');
 }
 
-/** PyTorch layout -> model layout (Linear [out,in] -> [in,out]; conv [D,3,p,p] -> [p*p*3, D]). */
-export function toModelLayout(name: string, t: { shape: number[]; data: Float32Array }): Float32Array {
+/** Whether tensor `name`'s model layout differs from PyTorch's (toModelLayout moves its values). */
+export function hasOwnModelLayout(name: string): boolean {
+  return name === 'patch_embed.proj.weight' || isLinearWeight(name);
+}
+
+/**
+ * PyTorch layout -> model layout (Linear [out,in] -> [in,out]; conv [D,3,p,p] -> [p*p*3, D]), into `out`
+ * when given (a tensor whose layouts agree is then copied into it), else a new array (or `t.data` itself).
+ */
+export function toModelLayout(name: string, t: { shape: readonly number[]; data: Float32Array }, out?: Float32Array): Float32Array {
   if (name === 'patch_embed.proj.weight') {
-    const [D, C, p] = t.shape;
-    const out = new Float32Array(t.data.length);
+    const [D, C, p] = t.shape as [number, number, number];
+    out ??= new Float32Array(t.data.length);
     for (let d = 0; d < D; d++)
       for (let c = 0; c < C; c++)
         for (let kh = 0; kh < p; kh++)
-          for (let kw = 0; kw < p; kw++) out[((kh * p + kw) * C + c) * D + d] = t.data[((d * C + c) * p + kh) * p + kw];
+          for (let kw = 0; kw < p; kw++) out[((kh * p + kw) * C + c) * D + d] = t.data[((d * C + c) * p + kh) * p + kw]!;
     return out;
   }
-  if (isLinearWeight(name)) return transpose2d(t.data, t.shape[0], t.shape[1]);
-  return t.data;
+  if (isLinearWeight(name)) return transpose2d(t.data, t.shape[0]!, t.shape[1]!, out);
+  if (out) out.set(t.data);
+  return out ?? t.data;
 }
 
 /** Model layout -> PyTorch layout. */

@@ -25,15 +25,20 @@ import {
   type Float32Target,
   type HostTensor,
 } from '@vitreg/core';
-import { parameterShapes, readWeights, torchShapes, weightsFromStateDict, type ViTConfig } from '@vitreg/registers';
+import {
+  hasOwnModelLayout,
+  parameterShapes,
+  readWeights,
+  toModelLayout,
+  torchShapes,
+  weightsFromStateDict,
+  type ViTConfig,
+} from '@vitreg/registers';
 import { adamwStep, readTrainState } from './checkpoint.js';
 import { completeSavedConfig, type TrainConfig } from './config.js';
 
 /** The dtypes a backbone file may hold (readWeights' rule); heads and moments take any (toFloat32). */
 const BACKBONE_DTYPES: readonly HostTensor['dtype'][] = ['F32', 'F16', 'BF16', 'F64'];
-
-/** Linear weights, [out, in] in the file and [in, out] in the model (@vitreg/registers' torch-layout.ts). */
-const LINEAR_WEIGHT = /\.(qkv|proj|fc1|fc2|w12|w3)\.weight$/;
 
 /** From the file's layout (`src`) into the model's (`dst`). */
 type Convert = (src: Float32Array, dst: Float32Array) => void;
@@ -58,23 +63,7 @@ const sizeOf = (s: readonly number[]): number => s.reduce((a, b) => a * b, 1);
 
 /** The conversion of backbone tensor `name` (PyTorch shape `shape`) into the model's layout, or undefined when they agree. */
 function modelLayoutConversion(name: string, shape: readonly number[]): Convert | undefined {
-  if (name === 'patch_embed.proj.weight') {
-    const [D, C, p] = shape as [number, number, number];
-    return (src, dst) => {
-      for (let d = 0; d < D; d++)
-        for (let c = 0; c < C; c++)
-          for (let kh = 0; kh < p; kh++)
-            for (let kw = 0; kw < p; kw++) dst[((kh * p + kw) * C + c) * D + d] = src[((d * C + c) * p + kh) * p + kw]!;
-    };
-  }
-  if (!LINEAR_WEIGHT.test(name)) return undefined;
-  const [rows, cols] = shape as [number, number];
-  return (src, dst) => {
-    for (let r = 0; r < rows; r++) {
-      const at = r * cols;
-      for (let c = 0; c < cols; c++) dst[c * rows + r] = src[at + c]!;
-    }
-  };
+  return hasOwnModelLayout(name) ? (src, dst) => void toModelLayout(name, { shape, data: src }, dst) : undefined;
 }
 
 /** The checks and reads of one checkpoint, gathered before anything is written. */
