@@ -4,28 +4,18 @@ import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { encodePng, InputError, readSafetensors, SyntheticDataset } from '@vitreg/core';
+import { encodePng, readSafetensors, SyntheticDataset } from '@vitreg/core';
 import { validateTrainConfig } from '@vitreg/trainer';
-import { CliError } from '../src/cli.js';
-import { trainCommand } from '../src/commands/train.js';
-import { lastLine, vitreg } from './helpers.js';
+import { lastLine, refusedInProcess, vitreg } from './helpers.js';
 
 /**
  * `vitreg train ...args` run in-process, refused: the message main prints as its one stderr line
  * (`vitreg train: <message>`, exit code 2; the first case below checks that path in a process of its own).
  */
 async function refused(args: string[]): Promise<string> {
-  try {
-    await trainCommand.run(args);
-  } catch (err) {
-    if (err instanceof CliError) {
-      assert.equal(err.exitCode, 2, err.message);
-      return err.message;
-    }
-    if (err instanceof InputError) return err.message;
-    throw err;
-  }
-  return assert.fail(`vitreg train ${args.join(' ')} was not refused`);
+  const r = await refusedInProcess(['train', ...args]);
+  assert.equal(r.code, 2, r.stderr);
+  return r.stderr.replace(/^vitreg train: /, '').trimEnd();
 }
 
 test('train --list-presets names the CPU presets and the paper recipes', async () => {

@@ -22,18 +22,6 @@ import { tfjsEngine } from './tfjs-engine.js';
 export const CLIP_ONNX_REFUSAL =
   'objective clip: this engine factory is neither tfjsEngine nor an onnxruntime engine of resolveTrainEngine (the clip objective runs graphs of its own); pass one of those';
 
-/**
- * The engine options of a run, unchanged: objective clip trains on every engine (tfjs, or ONNX Runtime on any
- * device). Kept for the callers of the time when clip was tfjs only.
- */
-export function clipEngineOptions<T extends { engine?: string; device?: string }>(
-  _objective: string,
-  o: T,
-  _log: (line: string) => void = () => {},
-): T {
-  return o;
-}
-
 /** The ONNX Runtime settings of a run's engine factory (null: tfjs); throws CLIP_ONNX_REFUSAL for an unknown factory. */
 export function clipEngineSettings(engine: TrainOptions['engine']): SessionSettings | null {
   if (engine === undefined || engine === tfjsEngine) return null;

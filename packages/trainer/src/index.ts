@@ -13,7 +13,7 @@ export {
 export { hflip, randomResizedCrop, randomResizedCropBox, reflectPad, resizedCrop, simpleRandomCrop } from './augment-geometry.js';
 export { DINOV2_BLUR_AS_RUN, DINOV2_BLUR_AS_WRITTEN, evalTransform, multiCrop, supervisedAugment } from './augment.js';
 export { trainClipObjective } from './clip-loop.js';
-export { CLIP_ONNX_REFUSAL, clipEngineOptions, clipModelConfig, clipTokenizer, openCaptionData } from './clip-setup.js';
+export { CLIP_ONNX_REFUSAL, clipModelConfig, clipTokenizer, openCaptionData } from './clip-setup.js';
 export { captionSource, trainClip, zeroShotTop1 } from './clip-train.js';
 export type { CaptionSource, ClipTrainOptions } from './clip-train.js';
 export { allGather, clipLoss, contrastiveStep, sigLipLoss } from './clip-loss.js';

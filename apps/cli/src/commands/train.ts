@@ -5,7 +5,6 @@
 import { join, resolve } from 'node:path';
 import {
   assertDataSource,
-  clipEngineOptions,
   MAX_WORKERS,
   openCaptionData,
   openDataAsync,
@@ -190,7 +189,7 @@ export const trainCommand: Command = {
         throw new CliError(`--stop-signals: ${(err as Error).message}`);
       }
     }, []);
-    const chosenEngine = f.check(() => engineFlags(values), DEFAULT_ENGINE);
+    const engine = f.check(() => engineFlags(values), DEFAULT_ENGINE);
     const out = resolve(values.out ?? join('runs', `train-${values.preset ?? 'config'}`));
     let config: TrainConfig | undefined;
     try {
@@ -213,12 +212,6 @@ export const trainCommand: Command = {
     }
     f.done();
     if (!config) throw new CliError('unreachable: the config was checked');
-    let engine: typeof chosenEngine;
-    try {
-      engine = clipEngineOptions(config.objective, chosenEngine, (line) => process.stderr.write(`[vitreg] ${line}\n`));
-    } catch (err) {
-      throw new CliError((err as Error).message);
-    }
     try {
       if (values['print-config']) {
         process.stdout.write(JSON.stringify(config, null, 2) + '\n');
