@@ -20,9 +20,15 @@ export function torchMissing(): string | null {
   return probe.status === 0 ? null : `${python()} has no torch: apt-get install -y python3-torch libopenblas0-pthread`;
 }
 
-/** PyTorch's thread count does not bind Debian's OpenBLAS: pin both. */
+/**
+ * PyTorch's thread count does not bind Debian's OpenBLAS: pin both. PyTorch runs with glibc's malloc as
+ * it comes (the GLIBC_TUNABLES that vitreg's commands start with are not passed on; VITREG_TORCH_ENV_TUNABLES=1
+ * passes them, to measure what they do for PyTorch).
+ */
 export function torchEnv(threads: number): NodeJS.ProcessEnv {
-  return { ...process.env, OPENBLAS_NUM_THREADS: String(threads), OMP_NUM_THREADS: String(threads) };
+  const env: NodeJS.ProcessEnv = { ...process.env, OPENBLAS_NUM_THREADS: String(threads), OMP_NUM_THREADS: String(threads) };
+  if (process.env.VITREG_TORCH_ENV_TUNABLES !== '1') delete env.GLIBC_TUNABLES;
+  return env;
 }
 
 /** The model flags of torch_vit.py's `model_args` for a vitreg ViTConfig. */

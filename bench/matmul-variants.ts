@@ -23,6 +23,7 @@ import { parseArgs } from 'node:util';
 import type { InferenceSession } from 'onnxruntime-node';
 import { GraphBuilder, loadOnnxRuntime, type AttrValue } from '@vitreg/registers';
 import { encodeModel } from '../packages/registers/src/onnx-proto.js';
+import { torchEnv } from './_torch.js';
 
 type Ort = Awaited<ReturnType<typeof loadOnnxRuntime>>;
 
@@ -195,7 +196,7 @@ function torchTimes(
   outDim: number,
   rounds: number,
 ): { product: string; name: string; cpu_s: number }[] {
-  const env = { ...process.env, OMP_NUM_THREADS: String(threads), OPENBLAS_NUM_THREADS: String(threads) };
+  const env = torchEnv(threads);
   const r = spawnSync('/usr/bin/python3', ['-c', TORCH, String(threads), String(rows), String(inDim), String(outDim), String(rounds)], {
     env,
     encoding: 'utf8',

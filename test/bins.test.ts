@@ -7,9 +7,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, realpathSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { MALLOC_TUNABLES } from '@vitreg/core';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const workspaces: string[] = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).workspaces;
@@ -48,3 +50,39 @@ for (const { name, ws, target } of bins) {
     assert.ok(r.stdout.includes(name), `the usage names ${name}:\n${r.stdout}`);
   });
 }
+
+// The training bins start Node with @vitreg/core's MALLOC_TUNABLES (glibc keeps ONNX Runtime's freed
+// activations for the next step), through `env -S` on their first line, with a user's own GLIBC_TUNABLES
+// after them; the repository's npm scripts that train (vitreg, demo, bench) do the same in sh.
+const SHEBANG = `#!/usr/bin/env -S GLIBC_TUNABLES=${MALLOC_TUNABLES}:\${GLIBC_TUNABLES} node`;
+for (const { name, ws, target } of bins.filter((b) => b.name !== 'vitreg-coordinator')) {
+  const built = join(ROOT, ws, target);
+  const skip = existsSync(built) ? false : `${built.slice(ROOT.length + 1)} is not built (npx nx run-many -t build)`;
+  test(`${name} starts Node with MALLOC_TUNABLES ahead of the caller's GLIBC_TUNABLES`, { skip }, () => {
+    const first = readFileSync(built, 'utf8').split('\n')[0];
+    assert.equal(first, SHEBANG, `${built.slice(ROOT.length + 1)}'s first line`);
+    // The same first line, run by the system's env, gives Node these variables.
+    const dir = mkdtempSync(join(tmpdir(), 'vitreg-shebang-'));
+    try {
+      const script = join(dir, 'env.js');
+      writeFileSync(script, `${first}\nconsole.log(JSON.stringify(process.env.GLIBC_TUNABLES ?? null));\n`);
+      chmodSync(script, 0o755);
+      const env: NodeJS.ProcessEnv = { ...process.env, NODE_OPTIONS: '' };
+      delete env.GLIBC_TUNABLES;
+      const plain = spawnSync(script, [], { encoding: 'utf8', env });
+      assert.equal(plain.status, 0, plain.stderr);
+      assert.equal(JSON.parse(plain.stdout), `${MALLOC_TUNABLES}:`);
+      const own = spawnSync(script, [], { encoding: 'utf8', env: { ...env, GLIBC_TUNABLES: 'glibc.malloc.tcache_count=0' } });
+      assert.equal(JSON.parse(own.stdout), `${MALLOC_TUNABLES}:glibc.malloc.tcache_count=0`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+}
+
+test('the npm scripts that train start Node with MALLOC_TUNABLES', () => {
+  const scripts: Record<string, string> = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).scripts;
+  for (const name of ['vitreg', 'demo', 'bench']) {
+    assert.ok(scripts[name]?.startsWith(`GLIBC_TUNABLES=${MALLOC_TUNABLES}:$GLIBC_TUNABLES node `), `npm run ${name}: ${scripts[name]}`);
+  }
+});

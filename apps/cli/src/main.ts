@@ -1,8 +1,10 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776:${GLIBC_TUNABLES} node
 /**
  * The vitreg command. Each subcommand lives in ./commands/<name>.ts and is listed in ./commands/table.ts
  * (its summary, and its module, imported only when the command runs, so that `vitreg --help` or one
  * command does not load every package) and in ./commands/index.ts (all loaded, for the package's API).
+ * The first line starts Node with @vitreg/core's MALLOC_TUNABLES (glibc keeps the ONNX Runtime engine's
+ * freed activations for the next step instead of faulting them in again); test/bins.test.ts checks it.
  */
 import { commandTable } from './commands/table.js';
 

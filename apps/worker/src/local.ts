@@ -16,7 +16,7 @@ import { createWriteStream, mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { childNodeArgs } from '@vitreg/core';
+import { childNodeArgs, withMallocTunables } from '@vitreg/core';
 
 export interface LocalJobOptions {
   /** Worker processes. */
@@ -88,13 +88,23 @@ function exitOf(child: ChildProcess): Promise<{ code: number | null; signal: Nod
   });
 }
 
+/**
+ * The environment of a local job's processes: this one's, with the job's token, without a launcher's
+ * RANK / WORLD_SIZE, and with the bins' malloc settings (@vitreg/core's MALLOC_TUNABLES) also when this
+ * process runs from the sources or a user's script.
+ */
+export function localJobEnv(token: string, base: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  const env = withMallocTunables({ ...base, VITREG_TOKEN: token });
+  delete env.RANK;
+  delete env.WORLD_SIZE;
+  return env;
+}
+
 export async function runLocalJob(o: LocalJobOptions): Promise<LocalJobResult> {
   const logs = join(o.outDir, 'logs');
   mkdirSync(logs, { recursive: true });
   const token = o.token ?? randomBytes(32).toString('hex');
-  const env: NodeJS.ProcessEnv = { ...process.env, VITREG_TOKEN: token };
-  delete env.RANK;
-  delete env.WORLD_SIZE;
+  const env = localJobEnv(token);
   const jobId = `local-${randomBytes(4).toString('hex')}`;
   const tlsArgs = o.tls ? ['--tls-cert', o.tls.cert, '--tls-key', o.tls.key, ...(o.tls.ca ? ['--tls-ca', o.tls.ca] : [])] : [];
   const coordArgs = [

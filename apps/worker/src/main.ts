@@ -1,10 +1,11 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776:${GLIBC_TUNABLES} node
 /**
  * vitreg-worker: one process of a cluster training job (one per GPU). The cluster's launcher starts
  * it (torchrun, srun, a Kubernetes Indexed Job) with the same arguments on every machine; see
  * USAGE. Exits 0 when the job finished, 1 when it stopped (lost coordinator, removed, a failure),
  * 2 on a bad flag, 128 + the signal's number when a stop signal (to this or another worker, or the
- * coordinator) stopped the job after a step with a checkpoint.
+ * coordinator) stopped the job after a step with a checkpoint. The first line starts Node with
+ * @vitreg/core's MALLOC_TUNABLES, as the vitreg bin's does.
  */
 import { appendFileSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';

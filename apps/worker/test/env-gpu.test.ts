@@ -1,10 +1,12 @@
 /**
  * selectDevice's WebGPU adapter (VITREG_GPU): Vulkan ignores CUDA_VISIBLE_DEVICES, so the adapter
- * index is the chosen device's index; --gpu N sets both; a VITREG_GPU already set is kept.
+ * index is the chosen device's index; --gpu N sets both; a VITREG_GPU already set is kept. And the
+ * environment of a local job's processes (localJobEnv).
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { selectDevice } from '../src/env.js';
+import { localJobEnv } from '../src/local.js';
 
 test('LOCAL_RANK picks the CUDA device and the WebGPU adapter of the same index', () => {
   const bare: NodeJS.ProcessEnv = {};
@@ -37,4 +39,13 @@ test('--gpu N is the device outright: CUDA device N and WebGPU adapter N, whatev
   assert.equal(selectDevice(1, env, 2), 'cuda:2');
   assert.deepEqual(env, { CUDA_VISIBLE_DEVICES: '2', VITREG_GPU: '2' });
   assert.throws(() => selectDevice(0, {}, -1), /--gpu: expected a GPU index >= 0, got -1/);
+});
+
+test("a local job's processes get the token, no launcher rank, and the bins' malloc settings", () => {
+  const env = localJobEnv('t0k', { RANK: '3', WORLD_SIZE: '4', PATH: '/bin', GLIBC_TUNABLES: 'glibc.malloc.tcache_count=0' });
+  assert.deepEqual(env, {
+    PATH: '/bin',
+    VITREG_TOKEN: 't0k',
+    GLIBC_TUNABLES: 'glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776:glibc.malloc.tcache_count=0',
+  });
 });

@@ -20,7 +20,7 @@ import { createReadStream, existsSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { ensureDir, writeJsonAtomic } from '@vitreg/core';
+import { ensureDir, withMallocTunables, writeJsonAtomic } from '@vitreg/core';
 import {
   checkCellHash,
   cellStatus,
@@ -77,7 +77,8 @@ function trainCommand(spec: SweepSpec, cell: Cell, launcher: Launcher): { cmd: s
   const { processes: p, threads: t } = cell.resources;
   const config = join(cell.dir, 'config.json');
   const out = join(cell.dir, 'train');
-  const env = { ...process.env };
+  // The cell's node processes start with the bins' malloc settings also when `vitreg` runs from the sources.
+  const env = withMallocTunables({ ...process.env });
   const worker = (process.env.VITREG_SWEEP_WORKER ?? 'vitreg-worker').split(' ').filter(Boolean);
   const workerArgs = [
     '--config',
