@@ -2,12 +2,26 @@
  * The memory check a step engine makes before it allocates a model: the trained ViT, its gradients and
  * optimiser state, the DINO teacher and the activations of one forward/backward pass at the batch the
  * engine runs (crop groups from the config), against what the engine's memory holds (@vitreg/registers'
- * checkVitFits: the tfjs backend's budget, or the host's free memory for ONNX Runtime on the CPU); and
- * the same for the clip objective's two towers on ONNX Runtime (`checkClipTrainingFits`).
+ * checkVitFits: the tfjs backend's budget, or the host's free memory for ONNX Runtime on the CPU, where
+ * the estimate adds what that engine holds beside the backbone: onnxEngineExtraNeed); and the same for the
+ * clip objective's two towers on ONNX Runtime (`checkClipTrainingFits`).
  */
-import { activeBudget, checkVitFits, textParameterShapes, vitMemoryNeed, type ClipConfig, type CropGroup } from '@vitreg/registers';
+import {
+  activeBudget,
+  checkVitFits,
+  parameterCount,
+  textParameterShapes,
+  vitMemoryNeed,
+  type ClipConfig,
+  type CropGroup,
+} from '@vitreg/registers';
 import { checkMemoryFit, type MemoryNeed } from '@vitreg/core';
 import type { EngineContext } from './engine.js';
+import { classifierShapes, dinoHeadShapes } from './onnx/heads-graph.js';
+import { headConfigs } from './onnx/engine-params.js';
+import { maskRowBucket } from './onnx/feeds.js';
+
+const F32 = 4;
 
 /** What to do when a run does not fit the host on the ONNX Runtime engine (already native memory). */
 const ORT_WAYS_OUT = [
@@ -33,20 +47,75 @@ export function trainingCropGroups(ctx: EngineContext): { pass: number; crops: C
 }
 
 /**
+ * What the ONNX Runtime engine holds beyond the backbone's estimate (@vitreg/registers' vitMemoryNeed):
+ * - its heads' parameters (classifier, DINO head, a separate iBOT head) in each flat buffer: the student,
+ *   the EMA teacher, the gradients and AdamW's two moments;
+ * - their logits, three row x prototype arrays per head and pass (the logits, the log-softmax or the
+ *   Sinkhorn targets, the gradient or a temporary), at the most rows a step can have: every crop's CLS
+ *   and the teacher's two global ones for the DINO head; for iBOT the student's and the teacher's masked
+ *   patches, DINOv2's count of masked crops (2 x batch x mask_sample_probability) at the largest mask
+ *   ratio, padded to the engine's row bucket (feeds.ts);
+ * - the copy of every gradient that onnxruntime-node returns from a run beside the buffer it wrote them
+ *   into (engine-sessions.ts; freed by the next garbage collection).
+ */
+export function onnxEngineExtraNeed(ctx: EngineContext): MemoryNeed {
+  const c = ctx.config;
+  const heads = headConfigs(c, ctx.vit.embed_dim, ctx.numClasses);
+  const shapes: Record<string, number[]>[] = [];
+  if (heads.classes !== undefined) shapes.push(classifierShapes(ctx.vit.embed_dim, heads.classes));
+  if (heads.dino) shapes.push(dinoHeadShapes(heads.dino));
+  if (heads.ibot) shapes.push(dinoHeadShapes(heads.ibot));
+  let headParams = 0;
+  for (const group of shapes) for (const shape of Object.values(group)) headParams += shape.reduce((a, b) => a * b, 1);
+  const { pass, crops } = trainingCropGroups(ctx);
+  let logits = 0;
+  if (heads.dino) {
+    const cls = crops.reduce((a, g) => a + g.count, 0) + 2 * pass;
+    const patches = Math.floor(c.crops.global_crops_size / ctx.vit.patch_size) ** 2;
+    const b = c.ibot;
+    const maskedCrops = Math.ceil(2 * pass * b.mask_sample_probability);
+    const masked = heads.ibotMode === 'none' ? 0 : maskRowBucket(maskedCrops * Math.ceil(patches * b.mask_ratio_min_max[1]));
+    const ibotK = heads.ibot ? heads.ibot.outDim : heads.dino.outDim;
+    logits = 3 * (cls * heads.dino.outDim + 2 * masked * ibotK);
+  } else if (heads.classes !== undefined) logits = 3 * pass * heads.classes;
+  const backboneParams = parameterCount(ctx.vit);
+  const teacher = c.objective === 'dino' ? 2 : 1;
+  return {
+    weights: teacher * headParams * F32,
+    gradients: headParams * F32,
+    optimizer: 2 * headParams * F32,
+    activations: (logits + backboneParams + headParams) * F32,
+    largestTensor: 0,
+  };
+}
+
+/**
  * Refuses (an InputError with the estimate, the limit and the ways out) a training run that cannot fit:
- * `engine` 'tfjs' against the active tfjs backend, 'onnxruntime' against the host's free memory (on
- * `--device cpu`; a GPU's memory is not known before its session exists, so nothing is checked there).
+ * `engine` 'tfjs' against the active tfjs backend (the backbone's estimate), 'onnxruntime' against the
+ * host's free memory (the backbone's estimate and onnxEngineExtraNeed; on `--device cpu`: a GPU's memory
+ * is not known before its session exists, so nothing is checked there).
  */
 export function checkTrainingFits(ctx: EngineContext, engine: 'tfjs' | 'onnxruntime', device = 'cpu'): void {
   if (engine === 'onnxruntime' && device !== 'cpu') return;
   const { pass, crops } = trainingCropGroups(ctx);
   const dino = ctx.config.objective === 'dino';
-  checkVitFits(ctx.vit, {
-    batch: pass,
-    training: { crops, teacher: dino },
-    what: `training ${ctx.config.model.arch} on ${engine === 'tfjs' ? 'tfjs' : 'ONNX Runtime'}`,
-    ...(engine === 'onnxruntime' ? { engine: 'onnxruntime' as const, backend: 'onnxruntime', waysOut: ORT_WAYS_OUT } : {}),
-  });
+  const training = { crops, teacher: dino };
+  const what = `training ${ctx.config.model.arch} on ${engine === 'tfjs' ? 'tfjs' : 'ONNX Runtime'}`;
+  if (engine === 'tfjs') {
+    checkVitFits(ctx.vit, { batch: pass, training, what });
+    return;
+  }
+  const backbone = vitMemoryNeed(ctx.vit, { engine: 'onnxruntime', batch: pass, training });
+  const extra = onnxEngineExtraNeed(ctx);
+  const need: MemoryNeed = {
+    weights: backbone.weights + extra.weights,
+    gradients: backbone.gradients + extra.gradients,
+    optimizer: backbone.optimizer + extra.optimizer,
+    activations: backbone.activations + extra.activations,
+    largestTensor: backbone.largestTensor,
+  };
+  const params = ((backbone.gradients + extra.gradients) / F32 / 1e6).toFixed(1);
+  checkMemoryFit(`${what} (${params}M parameters, batch ${pass}, training)`, need, activeBudget('onnxruntime'), ORT_WAYS_OUT);
 }
 
 /** What to do when a clip run does not fit the host on the ONNX Runtime engine. */
@@ -56,8 +125,6 @@ const CLIP_ORT_WAYS_OUT = [
   'a GPU (--device cuda or webgpu)',
   'a machine with more memory',
 ];
-
-const F32 = 4;
 
 /**
  * What a clip run needs on the ONNX Runtime engine at `batch` pairs per rank over `worldSize` ranks:
