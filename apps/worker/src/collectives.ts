@@ -138,13 +138,22 @@ export class Collectives {
     }
   }
 
-  /** Global rank 0 (thread 0 of ring position 0) sends its state; every other thread gets it (one shared copy per process). */
+  /**
+   * Global rank 0 (thread 0 of ring position 0) sends its state; every other thread gets it: a process of
+   * one thread (one worker per GPU) is handed the received bytes themselves (transferred, no copy: a
+   * ViT-L state is 6 GiB), a process of several threads one shared copy.
+   */
   private async broadcast(st: EpochState, op: PendingOp): Promise<void> {
     const T = this.host.threads;
     const root = st.position === 0 ? (op.msgs[0] as Extract<Request, { kind: 'broadcast' }>).payload : null;
     if (st.position === 0 && !root) throw new Fatal('rank 0 sent no state to broadcast');
     const bytes = await ringBroadcast(await ringIO(st), root ?? null, op.seq, st.m.committedStep, this.ring);
     if (st.aborted) throw st.aborted;
+    const whole = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength && !(bytes.buffer instanceof SharedArrayBuffer);
+    if (T === 1 && st.position !== 0 && whole) {
+      this.host.post(0, { kind: 'result', seq: op.seq, payload: bytes }, [bytes.buffer as ArrayBuffer]);
+      return;
+    }
     let shared: Uint8Array | null = null;
     for (let t = 0; t < T; t++) {
       if (st.position === 0 && t === 0) {
