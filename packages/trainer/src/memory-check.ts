@@ -135,7 +135,8 @@ const CLIP_ORT_WAYS_OUT = [
  *   last end-of-text token: this is the bound) and the vit estimate's per-block formula;
  * - the contrastive loss: logits, probabilities and their gradient, B x (world size x B) each;
  * - the ClipModel's tfjs variables (the run's record for checkpoints and the zero-shot evaluation) hold
- *   the weights twice more (tf.memory() reads 2.0x the parameter bytes after `new ClipModel`).
+ *   the weights twice more (tf.memory() reads 2.0x the parameter bytes after `new ClipModel`);
+ * - the copy of every gradient that onnxruntime-node returns from a run (as onnxEngineExtraNeed).
  */
 export function clipTrainingNeed(clip: ClipConfig, batch: number, worldSize = 1): MemoryNeed {
   const image = vitMemoryNeed(clip.vision, {
@@ -156,7 +157,7 @@ export function clipTrainingNeed(clip: ClipConfig, batch: number, worldSize = 1)
     weights: 3 * params * F32,
     gradients: params * F32,
     optimizer: 2 * params * F32,
-    activations: image.activations + (kept + peak + logits) * F32,
+    activations: image.activations + (kept + peak + logits + params) * F32,
     largestTensor: Math.max(image.largestTensor, B * H * L * L * F32, t.vocab_size * D * F32),
   };
 }
