@@ -63,6 +63,6 @@ export type { Float32Target } from './safetensors-read-into.js';
 export { DTYPE_SIZE, fromFloat32, hostTensor, numel, toFloat32 } from './tensor.js';
 export type { HostTensor } from './tensor.js';
 export { startThread } from './thread.js';
-export { CHILDREN_FROM_DIST, childNodeArgs, distEntry, MALLOC_TUNABLES, withMallocTunables } from './node-entry.js';
+export { CHILDREN_FROM_DIST, childNodeArgs, distEntry, MALLOC_TUNABLES, mallocTunablesMissing, withMallocTunables } from './node-entry.js';
 export { adapterFlags, describeAdapter } from './webgpu-dawn.js';
 export { setupWebGpu } from './webgpu.js';

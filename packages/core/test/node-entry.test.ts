@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CHILDREN_FROM_DIST, childNodeArgs, distEntry, MALLOC_TUNABLES, withMallocTunables } from '../src/index.ts';
+import { CHILDREN_FROM_DIST, childNodeArgs, distEntry, MALLOC_TUNABLES, mallocTunablesMissing, withMallocTunables } from '../src/index.ts';
 
 test('childNodeArgs: a built file as is; a source with the source flags, or its dist with VITREG_CHILDREN_FROM_DIST=1', () => {
   const pkg = mkdtempSync(join(tmpdir(), 'vitreg-node-entry-'));
@@ -94,4 +94,11 @@ test('MALLOC_TUNABLES: a freed 64 MiB block is reused without faulting its pages
     after.faults * 10 < before.faults,
     `with MALLOC_TUNABLES the second block reuses the first one's pages (${after.faults} faults)`,
   );
+});
+
+test('mallocTunablesMissing: on glibc, true unless GLIBC_TUNABLES holds MALLOC_TUNABLES', { skip: process.platform !== 'linux' }, () => {
+  assert.equal(mallocTunablesMissing({}), glibc);
+  assert.equal(mallocTunablesMissing({ GLIBC_TUNABLES: 'glibc.malloc.tcache_count=0' }), glibc);
+  assert.equal(mallocTunablesMissing({ GLIBC_TUNABLES: `${MALLOC_TUNABLES}:` }), false);
+  assert.equal(mallocTunablesMissing({ GLIBC_TUNABLES: `${MALLOC_TUNABLES}:glibc.malloc.tcache_count=0` }), false);
 });

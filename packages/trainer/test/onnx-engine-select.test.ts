@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { MALLOC_TUNABLES, mallocTunablesMissing } from '@vitreg/core';
 import type { EngineChoice, OnnxDevice } from '@vitreg/registers';
 import { onnxRuntimeEngine } from '../src/onnx/engine.js';
 import { checkTrainEngineOptions, resolveTrainEngine } from '../src/onnx/engine-select.js';
@@ -40,10 +41,27 @@ test('auto picks onnxruntime where it loads and says so once; tfjs when asked', 
   assert.deepEqual(lines, ['engine: tfjs']);
   if (!(await tryOrt())) return t.skip(SKIP_NO_ORT);
   lines.length = 0;
+  const saved = process.env.GLIBC_TUNABLES;
+  t.after(() => (saved === undefined ? delete process.env.GLIBC_TUNABLES : (process.env.GLIBC_TUNABLES = saved)));
+  // Started as the bins start Node: the line names the engine only.
+  process.env.GLIBC_TUNABLES = `${MALLOC_TUNABLES}:`;
   const auto = await resolveTrainEngine({ threads: 2 }, { log: (l) => lines.push(l) });
   assert.equal(auto.name, 'onnxruntime');
   assert.equal(lines.length, 1);
   assert.match(lines[0]!, /^engine: onnxruntime \S* ?cpu, 2 threads$/);
+  // Started otherwise, on glibc: the same line says what the malloc defaults cost and how to avoid them.
+  delete process.env.GLIBC_TUNABLES;
+  lines.length = 0;
+  await resolveTrainEngine({ threads: 2 }, { log: (l) => lines.push(l) });
+  assert.equal(lines.length, 1);
+  if (mallocTunablesMissing()) {
+    assert.ok(
+      lines[0]!.endsWith(
+        `cpu, 2 threads (glibc's malloc at its defaults: CPU steps about 10% slower; start Node with GLIBC_TUNABLES=${MALLOC_TUNABLES}, as the vitreg bins do)`,
+      ),
+      lines[0],
+    );
+  } else assert.match(lines[0]!, /cpu, 2 threads$/);
 });
 
 test("--device cuda without ONNX Runtime's CUDA provider fails at once in one line naming the device", async (t) => {

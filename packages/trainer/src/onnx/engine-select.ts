@@ -5,7 +5,7 @@
  * worker process resolves them itself (each rank its own engine); the resolution loads onnxruntime-node
  * once, checks the device with a one-node session, and says what it chose in one line.
  */
-import { InputError } from '@vitreg/core';
+import { InputError, MALLOC_TUNABLES, mallocTunablesMissing } from '@vitreg/core';
 import { ENGINE_CHOICES, loadOnnxRuntime, ONNX_DEVICES, type EngineChoice, type OnnxDevice } from '@vitreg/registers';
 import type { EngineFactory } from '../engine.js';
 import { tfjsEngine } from '../tfjs-engine.js';
@@ -109,6 +109,11 @@ export async function resolveTrainEngine(
       };
     }
   }
-  opts.log?.(`engine: ${resolved.description}`);
+  // Outside the bins (a script of the user's, `node` on the built file), say what glibc's defaults cost.
+  const malloc =
+    resolved.name === 'onnxruntime' && device === 'cpu' && mallocTunablesMissing()
+      ? ` (glibc's malloc at its defaults: CPU steps about 10% slower; start Node with GLIBC_TUNABLES=${MALLOC_TUNABLES}, as the vitreg bins do)`
+      : '';
+  opts.log?.(`engine: ${resolved.description}${malloc}`);
   return resolved;
 }
