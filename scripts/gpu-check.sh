@@ -21,6 +21,9 @@
 # is installed: it checks the script, not a GPU. Exit status 0 unless the script itself is broken.
 set -u
 cd "$(dirname "$0")/.."
+# The benches run as `vitreg train` does: Node with @vitreg/core's MALLOC_TUNABLES (the bins' first line);
+# the PyTorch references without them (bench/_torch.ts).
+export GLIBC_TUNABLES="glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776${GLIBC_TUNABLES:+:$GLIBC_TUNABLES}"
 
 BUDGET=540
 DRY=0

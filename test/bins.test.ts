@@ -80,9 +80,14 @@ for (const { name, ws, target } of bins.filter((b) => b.name !== 'vitreg-coordin
   });
 }
 
-test('the npm scripts that train start Node with MALLOC_TUNABLES', () => {
+test('the npm scripts that train, and the GPU check, start Node with MALLOC_TUNABLES', () => {
   const scripts: Record<string, string> = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).scripts;
   for (const name of ['vitreg', 'demo', 'bench']) {
     assert.ok(scripts[name]?.startsWith(`GLIBC_TUNABLES=${MALLOC_TUNABLES}:$GLIBC_TUNABLES node `), `npm run ${name}: ${scripts[name]}`);
   }
+  const gpuCheck = readFileSync(join(ROOT, 'scripts', 'gpu-check.sh'), 'utf8');
+  assert.ok(
+    gpuCheck.includes(`\nexport GLIBC_TUNABLES="${MALLOC_TUNABLES}\${GLIBC_TUNABLES:+:$GLIBC_TUNABLES}"\n`),
+    'scripts/gpu-check.sh exports them',
+  );
 });
