@@ -58,7 +58,7 @@ export function withMallocTunables(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
 /**
  * Whether this process runs on glibc without MALLOC_TUNABLES in its GLIBC_TUNABLES (read at its start:
  * started by something other than the bins or withMallocTunables' environment), where the ONNX Runtime
- * engine's CPU steps take about 10 % longer. False on other C libraries and operating systems.
+ * engine's CPU steps took 6-23 % longer in the train-step bench (README). False on other C libraries and operating systems.
  */
 export function mallocTunablesMissing(env: NodeJS.ProcessEnv = process.env): boolean {
   if (process.platform !== 'linux') return false;

@@ -15,7 +15,7 @@ import {
   type ClipConfig,
   type CropGroup,
 } from '@vitreg/registers';
-import { checkMemoryFit, type MemoryNeed } from '@vitreg/core';
+import { checkMemoryFit, numel, type MemoryNeed } from '@vitreg/core';
 import type { EngineContext } from './engine.js';
 import { classifierShapes, dinoHeadShapes } from './onnx/heads-graph.js';
 import { headConfigs } from './onnx/engine-params.js';
@@ -66,7 +66,7 @@ export function onnxEngineExtraNeed(ctx: EngineContext): MemoryNeed {
   if (heads.dino) shapes.push(dinoHeadShapes(heads.dino));
   if (heads.ibot) shapes.push(dinoHeadShapes(heads.ibot));
   let headParams = 0;
-  for (const group of shapes) for (const shape of Object.values(group)) headParams += shape.reduce((a, b) => a * b, 1);
+  for (const group of shapes) for (const shape of Object.values(group)) headParams += numel(shape);
   const { pass, crops } = trainingCropGroups(ctx);
   let logits = 0;
   if (heads.dino) {
@@ -146,7 +146,7 @@ export function clipTrainingNeed(clip: ClipConfig, batch: number, worldSize = 1)
   });
   const t = clip.text;
   let textParams = 1 + (clip.init_logit_bias === null ? 0 : 1);
-  for (const shape of Object.values(textParameterShapes(t))) textParams += shape.reduce((a, b) => a * b, 1);
+  for (const shape of Object.values(textParameterShapes(t))) textParams += numel(shape);
   const imageParams = image.gradients / F32;
   const [B, L, D, H, F] = [batch, t.context_length, t.width, t.heads, Math.floor(t.width * t.mlp_ratio)];
   const kept = t.layers * (3 * B * H * L * L + 4 * B * L * F + 10 * B * L * D);

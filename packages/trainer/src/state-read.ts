@@ -59,7 +59,6 @@ export interface ReadTrainingState {
 }
 
 const shapeText = (s: readonly number[]): string => `[${s.join(',')}]`;
-const sizeOf = (s: readonly number[]): number => s.reduce((a, b) => a * b, 1);
 
 /** The conversion of backbone tensor `name` (PyTorch shape `shape`) into the model's layout, or undefined when they agree. */
 function modelLayoutConversion(name: string, shape: readonly number[]): Convert | undefined {
@@ -99,8 +98,8 @@ class Plan {
     const model = parameterShapes(vit);
     for (const [name, into] of Object.entries(targets)) {
       if (!model[name]) this.problems.push(`training state: "${prefix}${name}" is not a parameter of this run's backbone`);
-      else if (into.length !== sizeOf(model[name]))
-        this.problems.push(`training state: "${prefix}${name}" has ${into.length} values, expected ${sizeOf(model[name])}`);
+      else if (into.length !== numel(model[name]))
+        this.problems.push(`training state: "${prefix}${name}" has ${into.length} values, expected ${numel(model[name])}`);
     }
     const reader = await this.open(path);
     if (!reader) return;

@@ -12,6 +12,7 @@
  *   optimizer.safetensors                    <-> optimizer.<parameter>.exp_avg(_sq), the optimiser's step
  */
 import { createHash } from 'node:crypto';
+import { numel } from '@vitreg/core';
 import { parameterShapes, type HostBackbone, type ViTConfig } from '@vitreg/registers';
 import { saveCheckpoint, type HostTensors, type TrainState } from './checkpoint.js';
 import type { TrainConfig } from './config.js';
@@ -30,16 +31,11 @@ export function weightsChecksum(tensors: Record<string, Float32Array>): string {
   return h.digest('hex');
 }
 
-/** The number of values of a shape. */
-function sizeOf(shape: readonly number[]): number {
-  return shape.reduce((a, b) => a * b, 1);
-}
-
 /** Throws, naming `source` and the tensor, unless every name of `layout` is in `tensors` with its size. */
 export function checkState(layout: StateLayout, tensors: Record<string, Float32Array>, source: string): void {
   for (const [name, shape] of Object.entries(layout)) {
     const v = tensors[name];
-    const size = sizeOf(shape);
+    const size = numel(shape);
     if (!v || v.length !== size) {
       throw new Error(`${source}: missing or mis-sized tensor "${name}" (expected ${size} values, got ${v?.length ?? 'none'})`);
     }
@@ -99,7 +95,7 @@ export async function loadTrainingState(
   layout: StateLayout,
 ): Promise<{ state: EngineState; step: number; cursor: number }> {
   const tensors: Record<string, Float32Array> = {};
-  for (const [name, shape] of Object.entries(layout)) tensors[name] = new Float32Array(sizeOf(shape));
+  for (const [name, shape] of Object.entries(layout)) tensors[name] = new Float32Array(numel(shape));
   const read = await readTrainingStateInto(dir, config, vit, tensors);
   return { state: { tensors, optimizerStep: read.optimizerStep }, step: read.step, cursor: read.cursor };
 }

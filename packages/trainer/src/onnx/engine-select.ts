@@ -112,7 +112,7 @@ export async function resolveTrainEngine(
   // Outside the bins (a script of the user's, `node` on the built file), say what glibc's defaults cost.
   const malloc =
     resolved.name === 'onnxruntime' && device === 'cpu' && mallocTunablesMissing()
-      ? ` (glibc's malloc at its defaults: CPU steps about 10% slower; start Node with GLIBC_TUNABLES=${MALLOC_TUNABLES}, as the vitreg bins do)`
+      ? ` (glibc's malloc at its defaults: CPU steps 6-23% longer in the train-step bench; start Node with GLIBC_TUNABLES=${MALLOC_TUNABLES}, as the vitreg bins do)`
       : '';
   opts.log?.(`engine: ${resolved.description}${malloc}`);
   return resolved;
