@@ -17,6 +17,8 @@ export interface EngineRequest {
   backend?: BackendName;
   /** ONNX Runtime session options over the engine's own (SessionSettings.sessionOptions). */
   sessionOptions?: Record<string, unknown>;
+  /** WebGPU: the state on the device between runs (OnnxRuntimeEngineOptions.keepOnDevice; default the engine's). */
+  keepOnDevice?: boolean;
 }
 
 export type LoadedEngine = { factory: EngineFactory; describe: Record<string, unknown> } | { skipped: string };
@@ -51,9 +53,11 @@ export async function loadEngine(name: string, r: EngineRequest): Promise<Loaded
       device: r.device ?? 'cpu',
       precision: r.precision ?? 'fp32',
       ...(r.sessionOptions ? { sessionOptions: r.sessionOptions } : {}),
+      ...(r.keepOnDevice !== undefined ? { keepOnDevice: r.keepOnDevice } : {}),
     } as OnnxRuntimeEngineOptions;
     try {
-      return { factory: onnxRuntimeEngine(opts), describe: { device: r.device ?? 'cpu' } };
+      const keep = r.device === 'webgpu' ? { keep_on_device: r.keepOnDevice ?? true } : {};
+      return { factory: onnxRuntimeEngine(opts), describe: { device: r.device ?? 'cpu', ...keep } };
     } catch (err) {
       return { skipped: `onnxRuntimeEngine(${JSON.stringify(opts)}): ${(err as Error).message}` };
     }

@@ -2,7 +2,8 @@
  * `npm run bench -- train-step [--engine tfjs|onnxruntime|auto[,...]] [--threads N[,M]] [--objective supervised|dinov2]
  *   [--preset NAME] [--batch N] [--model NAME] [--patch N] [--size 224] [--local-size 96] [--local-crops 8] [--prototypes 65536] [--steps N] [--warmup N] [--micro-batch N]
  *   [--precision fp32|bf16|fp16] [--device cpu|cuda|webgpu] [--backend wasm] [--torch auto|off|only]
- *   [--torch-mode alternate|after] [--torch-drop-path full|subset] [--count-flops] [--ort-options JSON]`
+ *   [--torch-mode alternate|after] [--torch-drop-path full|subset] [--count-flops] [--ort-options JSON]
+ *   [--keep-on-device on|off]`
  *
  * One training step of vitreg's trainer as `vitreg train` runs it (synthetic data, augmentation, the step
  * engine's forward + backward, clipping, the optimiser, the EMA teacher), and beside it in the same run
@@ -32,6 +33,9 @@
  * CPUs with AVX-512 BF16; the line says so otherwise) and the engine's mixed precision where it offers it.
  * `cpu_seconds_all` / `sys_seconds_all`: each timed step's CPU-seconds (all threads) and, of them, the
  * kernel's. `--ort-options '{"enableCpuMemArena":true}'`: ONNX Runtime session options over the engine's.
+ * `--keep-on-device off` (webgpu): the state on the host, copied in and out each run, to measure what the
+ * copies cost against the default (`on`: parameters, optimiser state and gradients stay on the device);
+ * `host_transfer_mb_per_step` is what crossed between host and device per timed step.
  */
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -329,6 +333,7 @@ async function runTrainer(
     precision: v.precision as string,
     backend: v.backend as BackendName,
     sessionOptions,
+    ...keepOnDevice(v),
   });
   if ('skipped' in loaded) throw new SkipCase(loaded.skipped);
   const trainer = new Trainer(config, { engine: timedEngine(loaded.factory, times) });
@@ -411,6 +416,16 @@ async function runThreads(config: TrainConfig, v: Values, workers: number, steps
 
 class SkipCase extends Error {}
 
+/** `--keep-on-device on|off` (webgpu only). */
+function keepOnDevice(v: Values): { keepOnDevice?: boolean } {
+  const k = v['keep-on-device'] as string | undefined;
+  if (k === undefined) return {};
+  if (k !== 'on' && k !== 'off') throw new Error(`--keep-on-device: expected on or off, got "${k}"`);
+  if (v.device !== 'webgpu')
+    throw new Error(`--keep-on-device: only with --device webgpu (onnxruntime-node keeps no tensor on ${String(v.device ?? 'cpu')})`);
+  return { keepOnDevice: k === 'on' };
+}
+
 export async function run(argv: string[]): Promise<void> {
   const { values } = parseArgs({
     args: argv,
@@ -432,6 +447,7 @@ export async function run(argv: string[]): Promise<void> {
       precision: { type: 'string', default: 'fp32' },
       device: { type: 'string' },
       'ort-options': { type: 'string' },
+      'keep-on-device': { type: 'string' },
       backend: { type: 'string', default: 'wasm' },
       gpu: { type: 'string' },
       torch: { type: 'string', default: 'auto' },

@@ -10,7 +10,8 @@
 #                       ONNX Runtime's CPU engine: loss curves and the largest weight difference, within tolerance or not
 #   train-step          (cuda, webgpu) ViT-S/16 reg4 224 batch 32 supervised, and the DINOv2 step (2x224 + 8x96),
 #                       with PyTorch's same step on the GPU beside it where python3 has torch with CUDA (cuda only:
-#                       PyTorch has no WebGPU device)
+#                       PyTorch has no WebGPU device); on webgpu the supervised step also with the state on the
+#                       host (--keep-on-device off): the cost of copying parameters in and gradients out each run
 #   train-step bf16     PyTorch's autocast bf16 step on the GPU (the engine is float32 only: its line says so)
 #   tfjs-node-gpu       the tfjs engine on @tensorflow/tfjs-node-gpu (CUDA 11.2), when it loads
 #   gpu-memory          the peak of nvidia-smi's memory.used during each GPU case
@@ -179,6 +180,8 @@ fi
 if [ "$WEBGPU_OK" = 1 ]; then
   run_case engine-parity-webgpu 150 "${BENCH[@]}" engine-parity --device webgpu --preset tiny-supervised --steps $( [ "$DRY" = 1 ] && echo 2 || echo 10)
   run_case train-step-webgpu 150 "${BENCH[@]}" train-step --engine onnxruntime --device webgpu --torch off --steps 2 "${SMALL[@]}"
+  # The same step with the state on the host (copied in and out each run): what those copies cost.
+  run_case train-step-webgpu-host-state 120 "${BENCH[@]}" train-step --engine onnxruntime --device webgpu --keep-on-device off --torch off --steps 2 "${SMALL[@]}"
   run_case train-step-dinov2-webgpu 150 "${BENCH[@]}" train-step --objective dinov2 --engine onnxruntime --device webgpu --torch off --steps 2 \
     $( [ "$DRY" = 1 ] && echo --model vit_micro_patch8_reg4 --patch 8 --size 32 --local-size 16 --batch 4 --prototypes 1024)
 fi

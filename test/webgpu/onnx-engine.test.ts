@@ -13,32 +13,8 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { initBackend } from '@vitreg/core';
 import { onnxRuntimeAvailable } from '@vitreg/registers';
-import {
-  onnxRuntimeEngine,
-  resolveTrainEngine,
-  tfjsEngine,
-  train,
-  validateTrainConfig,
-  type EngineFactory,
-  type EngineState,
-} from '@vitreg/trainer';
-
-/** The engine's final state, kept when the loop disposes it. */
-function keeping(factory: EngineFactory, into: { state?: EngineState }): EngineFactory {
-  return (ctx) => {
-    const e = factory(ctx);
-    const dispose = e.dispose.bind(e);
-    e.dispose = () => {
-      const s = e.exportState();
-      into.state = {
-        optimizerStep: s.optimizerStep,
-        tensors: Object.fromEntries(Object.entries(s.tensors).map(([k, v]) => [k, v.slice()])),
-      };
-      dispose();
-    };
-    return e;
-  };
-}
+import { onnxRuntimeEngine, resolveTrainEngine, tfjsEngine, train, validateTrainConfig, type EngineState } from '@vitreg/trainer';
+import { keepingState } from '../../packages/trainer/test/onnx-engine-helpers.ts';
 
 const NOT_NUMBERS = /seconds|_s$|per_s|rss|tf_mb|tf_tensors/;
 
@@ -63,7 +39,7 @@ for (const preset of ['tiny-supervised', 'tiny-dino']) {
       const metrics: Record<string, number>[][] = [];
       for (const [i, factory] of [tfjsEngine, onnxRuntimeEngine({ device: 'webgpu' })].entries()) {
         const out = join(dir, String(i));
-        await train(config, { outDir: out, engine: keeping(factory, runs[i]!), progress: false });
+        await train(config, { outDir: out, engine: keepingState(factory, runs[i]!), progress: false });
         metrics.push(
           (await readFile(join(out, 'metrics.jsonl'), 'utf8'))
             .trim()

@@ -73,7 +73,9 @@ export interface ComputedStep {
    * them in between. They are valid until the engine's next `computeStep`, which may write into the same
    * buffers (the ONNX Runtime engine hands out views of one flat gradient buffer, no copy): a caller that
    * keeps a step's gradients across that call copies them first. The loop never does: it applies or
-   * drops a step before computing the next.
+   * drops a step before computing the next. Empty when the engine kept them on its device (the ONNX
+   * Runtime engine on WebGPU at world size 1 outside a cluster: there is nothing to average); `applyStep`
+   * then takes them from there.
    */
   gradients: Float32Array[];
   /**
@@ -209,6 +211,12 @@ export interface StepEngine {
   exportState(): EngineState;
   /** Replaces the state by `state` (every name of `stateLayout()` present with its size; others ignored). */
   importState(state: EngineState): void;
+  /**
+   * Optional: brings the host copy of the state up to date where the engine keeps it on a device (the ONNX
+   * Runtime engine on WebGPU). The loop awaits it before `exportState` and `checksum`, which then read the
+   * host; without it they throw on such an engine.
+   */
+  flush?(): Promise<void>;
   /**
    * Optional: arrays a checkpoint load fills in place (state.ts's `restoreTrainingState`), so the state is
    * held once, not read into new arrays and copied by `importState`. The loader checks the whole

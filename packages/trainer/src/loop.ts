@@ -202,6 +202,7 @@ export class Trainer {
     if (this.sync.worldSize === 1) return;
     let own: { state: Record<string, Float32Array>; meta?: StateMeta } = { state: {} };
     if (this.sync.rank === 0) {
+      await this.engine.flush?.();
       const s = this.engine.exportState();
       own = { state: s.tensors, meta: { step: this.step, cursor: this.cursor, adamw_step: s.optimizerStep } };
     }
@@ -295,11 +296,13 @@ export class Trainer {
 
   /** Writes a checkpoint (rank 0 does). */
   async save(outDir: string): Promise<string> {
+    await this.engine.flush?.();
     return saveTrainingState(outDir, this.vit, this.engine.stateLayout(), this.engine.exportState(), this.trainState());
   }
 
   /** SHA-256 of the student backbone and heads (see TrainResult.checksum). */
-  checksum(): string {
+  async checksum(): Promise<string> {
+    await this.engine.flush?.();
     return this.engine.checksum();
   }
 
@@ -460,7 +463,7 @@ export async function train(config: TrainConfig, opts: TrainOptions): Promise<Tr
       result.interrupted = { step: trainer.step, ...(signal ? { signal } : {}) };
     }
     if (opts.checksum) {
-      result.checksum = trainer.checksum();
+      result.checksum = await trainer.checksum();
       const line = { final: true, step: trainer.step, rank: sync.rank, checksum: result.checksum };
       if (rankPath) await appendFile(rankPath, JSON.stringify(line) + '\n');
     }

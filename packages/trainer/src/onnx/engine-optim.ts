@@ -9,7 +9,8 @@
  * Why host loops and not an ONNX graph: measured in the README ("Where the optimiser runs"): one AdamW step
  * over ViT-S/16's 22 M values takes ~0.1 s in these loops on one core, a few percent of a training step on
  * the CPU, and an ONNX graph doing the same cannot write in place and returns every output as a fresh copy
- * through onnxruntime-node, which costs more than the loop saves.
+ * through onnxruntime-node, which costs more than the loop saves. On WebGPU, where the outputs can stay on
+ * the device, engine-device.ts runs the same steps as graphs there (tested against these loops).
  */
 import type { AdamWOptions, LambOptions, StepHyperparams } from '../optim.js';
 import type { TrainedParam } from './engine-params.js';

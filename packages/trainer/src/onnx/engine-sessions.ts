@@ -6,10 +6,14 @@
  * inputs as tensors over the caller's arrays (views of the flat parameter buffers: no copy on the CPU),
  * gradient outputs written by ONNX Runtime into preallocated tensors over the flat gradient buffer.
  *
+ * On `webgpu` a run may also take device tensors as inputs (another run's outputs) and leave outputs on
+ * the device (`deviceOutputs`: ONNX Runtime's `preferredOutputLocation: 'gpu-buffer'`): the engine keeps its
+ * state there between runs (engine-device.ts).
+ *
  * What onnxruntime-node 1.30 does not allow: keeping tensors on a CUDA device between runs (its IO binding
  * and `preferredOutputLocation` take WebGPU buffers only), so on `cuda` every run copies its inputs to the
- * device and its outputs back; `transfers` counts those bytes. It also returns every output, preallocated
- * or not, as a fresh copy in host memory (the binding copies after the run): the engine ignores those.
+ * device and its outputs back; `transfers` counts those bytes. It also returns every host output,
+ * preallocated or not, as a fresh copy in host memory (the binding copies after the run): the engine ignores those.
  */
 import type { InferenceSession, Tensor } from 'onnxruntime-node';
 import { loadOnnxRuntime, type OnnxDevice } from '@vitreg/registers';
@@ -32,8 +36,14 @@ export interface SessionSettings {
   sessionOptions?: InferenceSession.SessionOptions;
 }
 
-/** An input value: float32 (views of the flat buffers, images, targets) or int64 (iBOT row indices). */
-export type Feed = Float32Array | BigInt64Array;
+/**
+ * An input value: float32 (views of the flat buffers, images, targets), int64 (iBOT row indices), or a
+ * tensor another run left on the WebGPU device.
+ */
+export type Feed = Float32Array | BigInt64Array | Tensor;
+
+/** A tensor a run left on the device (not a host array). */
+export const onDevice = (v: Feed): v is Tensor => !ArrayBuffer.isView(v);
 
 interface Entry {
   session: InferenceSession;
@@ -100,15 +110,26 @@ export class GraphSessions {
     };
   }
 
-  /** The session of graph `key`, built by `build` the first time. */
-  get(key: string, build: () => BuiltGraph): Promise<Entry> {
+  /**
+   * The session of graph `key`, built by `build` the first time. `deviceOutputs` (webgpu): outputs that stay
+   * on the device (a key names one set: the caller puts the choice in it).
+   */
+  get(key: string, build: () => BuiltGraph, deviceOutputs?: (graph: BuiltGraph) => string[]): Promise<Entry> {
     let entry = this.entries.get(key);
     if (!entry) {
       entry = (async () => {
         const ort = await this.ortModule;
         const graph = build();
+        const options = this.options();
+        const kept = deviceOutputs?.(graph) ?? [];
+        if (kept.length > 0) {
+          if (this.device !== 'webgpu')
+            throw new Error(`onnxruntime engine: outputs stay on the device on webgpu only, not ${this.device}`);
+          const on = new Set(kept);
+          options.preferredOutputLocation = Object.fromEntries(graph.outputs.map((o) => [o.name, on.has(o.name) ? 'gpu-buffer' : 'cpu']));
+        }
         try {
-          return { session: await ort.InferenceSession.create(graph.bytes, this.options()), graph };
+          return { session: await ort.InferenceSession.create(graph.bytes, options), graph };
         } catch (err) {
           throw sessionError(err, this.device, `the ${key} graph`);
         }
@@ -121,10 +142,17 @@ export class GraphSessions {
 
   /**
    * Runs graph `key` on `feeds` (every graph input by name). `into` gives preallocated outputs (gradient
-   * views): ONNX Runtime writes them there. Returns the other outputs (losses, logits) by name.
+   * views): ONNX Runtime writes them there. Returns the other host outputs (losses, logits) by name, and in
+   * `device` the outputs the session keeps on the device (`get`'s `deviceOutputs`; the caller disposes them).
    */
-  async run(key: string, build: () => BuiltGraph, feeds: Record<string, Feed>, into: Record<string, Float32Array> = {}) {
-    const { session, graph } = await this.get(key, build);
+  async run(
+    key: string,
+    build: () => BuiltGraph,
+    feeds: Record<string, Feed>,
+    into: Record<string, Float32Array> = {},
+    deviceOutputs?: (graph: BuiltGraph) => string[],
+  ) {
+    const { session, graph } = await this.get(key, build, deviceOutputs);
     const ort = await this.ortModule;
     const inputs: Record<string, Tensor> = {};
     let bytesIn = 0;
@@ -132,19 +160,24 @@ export class GraphSessions {
       const v = feeds[i.name];
       if (!v) throw new Error(`onnxruntime engine: no value for input "${i.name}" of the ${key} graph`);
       const n = i.shape.reduce((a, b) => a * b, 1);
-      if (v.length !== n)
-        throw new Error(`onnxruntime engine: input "${i.name}" of the ${key} graph has ${v.length} values, expected ${n}`);
+      const got = onDevice(v) ? v.size : v.length;
+      if (got !== n) throw new Error(`onnxruntime engine: input "${i.name}" of the ${key} graph has ${got} values, expected ${n}`);
+      if (onDevice(v)) {
+        inputs[i.name] = v;
+        continue;
+      }
       inputs[i.name] =
         i.dtype === 'int64' ? new ort.Tensor('int64', v as BigInt64Array, i.shape) : new ort.Tensor('float32', v as Float32Array, i.shape);
       bytesIn += v.byteLength;
     }
     // Every output is fetched (preallocated or null): onnxruntime-node names a subset's results by position.
+    const kept = new Set(deviceOutputs?.(graph) ?? []);
     const fetches: Record<string, Tensor | null> = {};
     let bytesOut = 0;
     for (const o of graph.outputs) {
       const buf = into[o.name];
       fetches[o.name] = buf ? new ort.Tensor('float32', buf, o.shape) : null;
-      bytesOut += o.shape.reduce((a, b) => a * b, 1) * 4;
+      if (!kept.has(o.name)) bytesOut += o.shape.reduce((a, b) => a * b, 1) * 4;
     }
     let res: InferenceSession.ReturnType;
     try {
@@ -156,8 +189,12 @@ export class GraphSessions {
     this.transfers.bytesIn += bytesIn;
     this.transfers.bytesOut += bytesOut;
     const out: Record<string, Float32Array> = {};
-    for (const o of graph.outputs) if (!into[o.name]) out[o.name] = res[o.name]!.data as Float32Array;
-    return { outputs: out, graph };
+    const device: Record<string, Tensor> = {};
+    for (const o of graph.outputs) {
+      if (kept.has(o.name)) device[o.name] = res[o.name]!;
+      else if (!into[o.name]) out[o.name] = res[o.name]!.data as Float32Array;
+    }
+    return { outputs: out, device, graph };
   }
 
   /** Releases every session. */

@@ -10,6 +10,7 @@
  *   views and the gradients written by ONNX Runtime straight into the flat gradient buffer;
  * - engine-dino.ts: the DINO targets on the host with the tfjs step's code (centring, Sinkhorn-Knopp);
  * - engine-optim.ts: clipping, AdamW / LAMB and the EMA teacher as float32 loops over the flat buffers;
+ * - engine-device.ts: on WebGPU, the same state kept on the device between runs, updated there by graphs;
  * - this file: the step (micro-batches, the DINO teacher -> targets -> student sequence), the evaluation
  *   hooks through the forward graphs, and the named state (the tfjs engine's names and layouts).
  */
@@ -31,6 +32,7 @@ import { Center } from '../losses.js';
 import { checkTrainingFits } from '../memory-check.js';
 import type { GradientSync } from '../sync.js';
 import { centredProbs, dinoTargets } from './engine-dino.js';
+import { clipGroups, DeviceState, optimizerFeeds, type OptimizerGraphSpec } from './engine-device.js';
 import { clipGradients, clipPerModule, emaUpdate, FlatOptimizer } from './engine-optim.js';
 import { initialStudent, ParamLayout } from './engine-params.js';
 import { GraphSessions, type Feed, type SessionSettings } from './engine-sessions.js';
@@ -43,6 +45,7 @@ import {
   encodeGraph,
   supervisedStepGraph,
   teacherGraph,
+  type BuiltGraph,
   type GraphBuildOptions,
 } from './graphs.js';
 
@@ -50,6 +53,12 @@ import {
 export interface OnnxRuntimeEngineOptions extends SessionSettings {
   /** Arithmetic of the graphs: float32 only for now (anything else is refused). */
   precision?: 'fp32';
+  /**
+   * WebGPU: keep the parameters, the EMA teacher and the optimiser state on the device between runs and
+   * update them there (engine-device.ts), and at world size 1 the gradients too (default true on webgpu;
+   * false: host buffers copied in and out each run, as on the other devices, to measure what that costs).
+   */
+  keepOnDevice?: boolean;
 }
 
 const f = Math.fround;
@@ -74,6 +83,8 @@ export class OnnxRuntimeEngine implements StepEngine {
   private readonly gradViews: Float32Array[];
   /** How the graphs are built for the device: on WebGPU plain MatMul and Add (ONNX Runtime 1.30's provider has no FusedMatMul or Sum kernel). */
   private readonly build: GraphBuildOptions;
+  /** WebGPU with `keepOnDevice`: the state on the device (the host buffers are then a copy brought up to date by `flush`). */
+  readonly device: DeviceState | null = null;
 
   constructor(
     readonly ctx: EngineContext,
@@ -107,16 +118,81 @@ export class OnnxRuntimeEngine implements StepEngine {
     this.sessions = new GraphSessions(opts);
     const webgpu = this.sessions.device === 'webgpu';
     this.build = { plainMatMul: webgpu, plainSum: webgpu };
+    if (opts.keepOnDevice && !webgpu) {
+      throw new Error(
+        `onnxruntime engine: keepOnDevice needs --device webgpu (onnxruntime-node keeps no tensor on ${this.sessions.device})`,
+      );
+    }
+    if (webgpu && opts.keepOnDevice !== false) {
+      const moments = (buf: Float32Array) => Object.fromEntries(L.trained.map((p) => [p.name, L.gradView(buf, p)]));
+      this.device = new DeviceState(
+        this.sessions,
+        L,
+        {
+          student: this.studentFeeds,
+          teacher: this.teacher ? this.teacherFeeds : null,
+          m: moments(this.optimizer.m),
+          v: moments(this.optimizer.v),
+        },
+        this.optimizerSpec(),
+      );
+    }
+  }
+
+  /** The clipping and optimiser of `applyStep` (see `clip`) as engine-device.ts's graph runs them. */
+  private optimizerSpec(): OptimizerGraphSpec {
+    const c = this.ctx.config;
+    const o = this.optimizer;
+    const clip = c.objective === 'dino' ? 'module' : !(c.optim.clip_grad > 0) && o.kind === 'lamb' ? 'none' : 'global';
+    return {
+      kind: o.kind,
+      clip,
+      maxNorm: c.optim.clip_grad,
+      beta1: o.beta1,
+      beta2: o.beta2,
+      eps: o.eps,
+      maxGradNorm: o.maxGradNorm,
+      gradAveraging: o.gradAveraging,
+      trustClip: o.trustClip,
+      alwaysAdapt: o.alwaysAdapt,
+      biasCorrection: o.biasCorrection,
+    };
+  }
+
+  /** The student's (or teacher's) tensors to feed a graph: the device's when it holds them. */
+  private async params(model: 'student' | 'teacher'): Promise<Record<string, Feed>> {
+    if (!this.device) return model === 'student' ? this.studentFeeds : this.teacherFeeds;
+    await this.device.upload();
+    return model === 'student' ? this.device.student : this.device.teacher;
+  }
+
+  /** The gradients stay on the device: WebGPU state on the device, one replica outside a cluster, one micro-batch. */
+  private keepGradients(sync: GradientSync, microBatches: number): boolean {
+    return this.device !== null && sync.worldSize === 1 && sync.membership === undefined && microBatches === 1;
+  }
+
+  /** Brings the host buffers up to date when the device holds newer state (before exportState, checksum). */
+  async flush(): Promise<void> {
+    await this.device?.download();
+  }
+
+  /** Refuses a host read of a state the device has changed since the last flush. */
+  private hostCurrent(what: string): void {
+    if (this.device?.hostStale)
+      throw new Error(`onnxruntime engine: ${what}: the state is newer on the WebGPU device; await engine.flush() first`);
   }
 
   /** For logs: the device and threads. */
   get description(): string {
     const t = this.sessions.threads;
-    return `onnxruntime ${this.sessions.device}, ${t ? `${t} thread${t === 1 ? '' : 's'}` : 'default threads'}`;
+    const where = this.device ? ', state on the device' : '';
+    return `onnxruntime ${this.sessions.device}, ${t ? `${t} thread${t === 1 ? '' : 's'}` : 'default threads'}${where}`;
   }
 
   initTeacher(): void {
+    this.hostCurrent('initTeacher');
     this.teacher?.set(this.student);
+    this.device?.hostChanged();
   }
 
   private trainedNames(): string[] {
@@ -139,11 +215,11 @@ export class OnnxRuntimeEngine implements StepEngine {
   }
 
   async computeStep(batch: PreparedBatch, settings: StepSettings, sync: GradientSync): Promise<ComputedStep> {
-    return batch.objective === 'supervised' ? this.supervisedStep(batch) : this.dinoStep(batch, settings, sync);
+    return batch.objective === 'supervised' ? this.supervisedStep(batch, sync) : this.dinoStep(batch, settings, sync);
   }
 
   /** steps/supervised.ts on the graphs: micro-batches of `train.micro_batch_size`, each loss weighted by its share. */
-  private async supervisedStep(batch: SupervisedBatch): Promise<ComputedStep> {
+  private async supervisedStep(batch: SupervisedBatch, sync: GradientSync): Promise<ComputedStep> {
     const c = this.ctx.config;
     const vit = this.ctx.vit;
     const B = batch.size;
@@ -152,10 +228,12 @@ export class OnnxRuntimeEngine implements StepEngine {
     const mb = c.train.micro_batch_size > 0 ? Math.min(c.train.micro_batch_size, B) : B;
     const part = c.supervised.bce_loss ? 'loss_bce' : 'loss_ce';
     const px = S * S * 3;
+    const keep = this.keepGradients(sync, Math.ceil(B / mb));
+    const student = await this.params('student');
     let loss = 0;
     for (let start = 0; start < B; start += mb) {
       const n = Math.min(mb, B - start);
-      const key = `supervised:${n}x${S}`;
+      const key = `supervised:${n}x${S}${keep ? ':grads-on-device' : ''}`;
       const build = () =>
         supervisedStepGraph(vit, {
           ...this.build,
@@ -165,18 +243,24 @@ export class OnnxRuntimeEngine implements StepEngine {
           bce: c.supervised.bce_loss,
           trained: this.trainedNames(),
         });
-      const { graph } = await this.sessions.get(key, build);
+      const { graph } = await this.sessions.get(key, build, keep ? gradientOutputs : undefined);
       const first = start === 0;
       if (!first) this.scratch ??= new Float32Array(this.grads.length);
       const target = first ? this.grads : this.scratch!;
       const feeds: Record<string, Feed> = {
-        ...this.studentFeeds,
+        ...student,
         images: batch.images.subarray(start * px, (start + n) * px),
         targets: batch.targets.subarray(start * C, (start + n) * C),
         loss_scale: Float32Array.of(n / B),
       };
       const drop = supervisedDropPath(vit, batch.dropPath.slice(start, start + n));
       if (drop) feeds.drop_path = drop;
+      if (keep) {
+        const run = await this.sessions.run(key, build, feeds, {}, gradientOutputs);
+        this.keptGradients(graph.gradients, run.device);
+        loss = f(loss + run.outputs.loss![0]!);
+        continue;
+      }
       const { outputs } = await this.sessions.run(key, build, feeds, this.gradOutputs(graph.gradients, target));
       if (first) this.zeroUnreached(graph.gradients);
       else this.addGradients(graph.gradients);
@@ -185,11 +269,18 @@ export class OnnxRuntimeEngine implements StepEngine {
     return {
       loss,
       parts: { [part]: loss },
-      gradients: this.gradViews,
+      gradients: keep ? [] : this.gradViews,
       means: [],
       metrics: {},
       update: { teacherMomentum: null, centres: [] },
     };
+  }
+
+  /** Keeps a step's device gradients (host zeros for the trained tensors the graph did not reach). */
+  private keptGradients(reached: readonly string[], device: Record<string, Feed>): void {
+    const grads: Record<string, Feed> = {};
+    for (const p of this.layout.trained) grads[p.name] = reached.includes(p.name) ? device[`grad.${p.name}`]! : new Float32Array(p.size);
+    this.device!.setGradients(grads);
   }
 
   /** grads += scratch over the tensors a micro-batch reached (float32, in micro-batch order as tf.add). */
@@ -221,7 +312,7 @@ export class OnnxRuntimeEngine implements StepEngine {
     // The teacher: raw head outputs of the unmasked global crops (eval mode).
     const tKey = `teacher:${B}x${S}:${rows}`;
     const tBuild = () => teacherGraph(vit, headCfg, { ...this.build, batch: B, size: S, maskRows: rows, ibot: heads.ibotMode });
-    const tFeeds: Record<string, Feed> = { ...this.teacherFeeds, globals: batch.globals };
+    const tFeeds: Record<string, Feed> = { ...(await this.params('teacher')), globals: batch.globals };
     if (padded) tFeeds.mask_index = padded.index;
     const teacherOut = (await this.sessions.run(tKey, tBuild, tFeeds)).outputs;
     const temp = settings.teacherTemp;
@@ -240,7 +331,8 @@ export class OnnxRuntimeEngine implements StepEngine {
     );
 
     // The student: DINO + KoLeo + iBOT and the gradients, into the flat gradient buffer.
-    const sKey = `dino:${B}x${S}+${batch.localCrops}x${batch.localSize}:${rows}`;
+    const keep = this.keepGradients(sync, 1);
+    const sKey = `dino:${B}x${S}+${batch.localCrops}x${batch.localSize}:${rows}${keep ? ':grads-on-device' : ''}`;
     const sBuild = () =>
       dinoStudentStepGraph(vit, headCfg, {
         ...this.build,
@@ -256,8 +348,8 @@ export class OnnxRuntimeEngine implements StepEngine {
         studentTemp: c.dino.student_temp,
         trained: this.trainedNames(),
       });
-    const { graph } = await this.sessions.get(sKey, sBuild);
-    const feeds: Record<string, Feed> = { ...this.studentFeeds, globals: batch.globals, dino_targets: targets.dino };
+    const { graph } = await this.sessions.get(sKey, sBuild, keep ? gradientOutputs : undefined);
+    const feeds: Record<string, Feed> = { ...(await this.params('student')), globals: batch.globals, dino_targets: targets.dino };
     if (batch.locals) feeds.locals = batch.locals;
     const drop = dinoDropPath(vit, batch);
     if (drop) {
@@ -270,14 +362,21 @@ export class OnnxRuntimeEngine implements StepEngine {
       feeds.mask_weight = padded.weight;
       feeds.ibot_targets = padRows(targets.ibot!, rows, Ki);
     }
-    const { outputs } = await this.sessions.run(sKey, sBuild, feeds, this.gradOutputs(graph.gradients, this.grads));
-    this.zeroUnreached(graph.gradients);
+    const { outputs, device } = await this.sessions.run(
+      sKey,
+      sBuild,
+      feeds,
+      keep ? {} : this.gradOutputs(graph.gradients, this.grads),
+      keep ? gradientOutputs : undefined,
+    );
+    if (keep) this.keptGradients(graph.gradients, device);
+    else this.zeroUnreached(graph.gradients);
     const parts: Record<string, number> = {};
     for (const o of graph.outputs) if (o.name.startsWith('loss_')) parts[o.name] = outputs[o.name]![0]!;
     return {
       loss: outputs.loss![0]!,
       parts,
-      gradients: this.gradViews,
+      gradients: keep ? [] : this.gradViews,
       means: targets.means,
       metrics: { teacher_temp: temp, teacher_entropy: targets.entropy.rows, teacher_batch_entropy: targets.entropy.batch },
       update: { teacherMomentum: settings.momentum, centres: targets.centres },
@@ -285,6 +384,7 @@ export class OnnxRuntimeEngine implements StepEngine {
   }
 
   async applyStep(step: ComputedStep, settings: StepSettings): Promise<AppliedStep> {
+    if (this.device) return this.applyOnDevice(step, settings);
     const L = this.layout;
     if (step.gradients.length !== L.trained.length) {
       throw new Error(`onnxruntime engine: ${step.gradients.length} gradients for ${L.trained.length} parameters`);
@@ -314,6 +414,54 @@ export class OnnxRuntimeEngine implements StepEngine {
     return { norms: typeof lambNorm === 'number' && !('grad_norm' in norms) ? { ...norms, grad_norm: lambNorm } : norms };
   }
 
+  /** applyStep with the state on the device: engine-device.ts's optimiser and EMA graphs, the centres on the host. */
+  private async applyOnDevice(step: ComputedStep, settings: StepSettings): Promise<AppliedStep> {
+    const L = this.layout;
+    const dev = this.device!;
+    let grads: Record<string, Feed>;
+    if (step.gradients.length === 0) {
+      if (!dev.grads) throw new Error('onnxruntime engine: no gradients on the device for this step (computeStep first)');
+      grads = dev.grads;
+    } else {
+      if (step.gradients.length !== L.trained.length) {
+        throw new Error(`onnxruntime engine: ${step.gradients.length} gradients for ${L.trained.length} parameters`);
+      }
+      grads = {};
+      step.gradients.forEach((g, i) => {
+        const p = L.trained[i]!;
+        if (g.length !== p.size) throw new Error(`onnxruntime engine: gradient of "${p.name}" has ${g.length} values, expected ${p.size}`);
+        grads[p.name] = g;
+      });
+    }
+    const spec = this.optimizerSpec();
+    const lrOf = (p: (typeof L.trained)[number]) => (p.isLastLayer ? (settings.lastLayerLr ?? settings.lr) : settings.lr) * p.lrMult;
+    const hp = optimizerFeeds(L.trained, spec, this.optimizer.step + 1, lrOf, (p) => settings.wd * p.wdMult);
+    const u = step.update;
+    const ema = u.teacherMomentum !== null && this.teacher ? u.teacherMomentum : null;
+    const values = await dev.update(grads, hp, ema);
+    this.optimizer.step += 1;
+    if (ema !== null) {
+      u.centres.forEach((name, i) => {
+        const ctr = this.centers[name as 'dino' | 'ibot'];
+        if (!ctr) throw new Error(`DINO update: no centre "${name}"`);
+        ctr.update(step.means[i]!);
+      });
+    }
+    // The norms as `clip` reports them; LAMB's own norm where no clipping stage ran.
+    const norms: Record<string, number> = {};
+    const groups = clipGroups(L.trained, spec.clip).map(([name]) => name);
+    if (spec.clip === 'module') {
+      let total = 0;
+      groups.forEach((m, i) => {
+        norms[`grad_norm_${m}`] = values[i]!;
+        total += values[i]! * values[i]!;
+      });
+      norms.grad_norm = Math.sqrt(total);
+    } else if (spec.clip === 'global') norms.grad_norm = values[0]!;
+    else if (spec.kind === 'lamb') norms.grad_norm = values[groups.length]!;
+    return { norms };
+  }
+
   /** The tfjs engine's clipping (see TfjsEngine.clip): per student module in DINO runs, else by the global norm. */
   private clip(): Record<string, number> {
     const c = this.ctx.config;
@@ -337,14 +485,13 @@ export class OnnxRuntimeEngine implements StepEngine {
     if (model === 'teacher' && !this.teacher) throw new Error('onnxruntime engine: a supervised run has no teacher');
     const key = `encode:${count}x${size}`;
     const build = () => encodeGraph(this.ctx.vit, { ...this.build, batch: count, size });
-    const params = model === 'teacher' ? this.teacherFeeds : this.studentFeeds;
-    return (await this.sessions.run(key, build, { ...params, images })).outputs.cls!;
+    return (await this.sessions.run(key, build, { ...(await this.params(model)), images })).outputs.cls!;
   }
 
   async classify(features: Float32Array, count: number): Promise<Int32Array> {
     const C = this.layout.heads.classes!;
     const build = () => classifierGraph(this.ctx.vit.embed_dim, C, count, this.build);
-    const logits = (await this.sessions.run(`classify:${count}`, build, { ...this.studentFeeds, features })).outputs.logits!;
+    const logits = (await this.sessions.run(`classify:${count}`, build, { ...(await this.params('student')), features })).outputs.logits!;
     const out = new Int32Array(count);
     for (let r = 0; r < count; r++) {
       let best = 0;
@@ -356,7 +503,8 @@ export class OnnxRuntimeEngine implements StepEngine {
 
   async teacherProbs(features: Float32Array, count: number): Promise<Float32Array> {
     const build = () => dinoHeadGraph(this.layout.heads.dino!, count, 'dino_head', this.build);
-    const logits = (await this.sessions.run(`teacher_head:${count}`, build, { ...this.teacherFeeds, features })).outputs.logits!;
+    const logits = (await this.sessions.run(`teacher_head:${count}`, build, { ...(await this.params('teacher')), features })).outputs
+      .logits!;
     return centredProbs(logits, count, this.centers.dino!, this.ctx.config.dino.teacher_temp);
   }
 
@@ -373,6 +521,12 @@ export class OnnxRuntimeEngine implements StepEngine {
   }
 
   exportState(): EngineState {
+    this.hostCurrent('exportState');
+    return this.hostState();
+  }
+
+  /** The state as views of the host buffers (current or not: see `flush`). */
+  private hostState(): EngineState {
     const L = this.layout;
     const tensors: Record<string, Float32Array> = {};
     for (const s of L.segments) tensors[`student.${s.name}`] = this.studentFeeds[s.name]!;
@@ -411,11 +565,13 @@ export class OnnxRuntimeEngine implements StepEngine {
     for (const [dst, src] of writes) if (dst !== src) dst.set(src);
     for (const [ctr, v] of centres) ctr.value = Float32Array.from(v);
     this.optimizer.step = state.optimizerStep;
+    this.device?.hostChanged();
   }
 
   /** The engine's own views (exportState's) for a checkpoint load to fill in place; the centres in new arrays taken at commit. */
   stateTargets(): StateTargets {
-    const { tensors } = this.exportState();
+    // The loader overwrites every value (or none): a device newer than the host does not matter here.
+    const { tensors } = this.hostState();
     const centres = Object.entries(this.centers).map(([k, ctr]) => [ctr!, (tensors[`center.${k}`] = new Float32Array(ctr!.dim))] as const);
     return {
       tensors,
@@ -425,11 +581,13 @@ export class OnnxRuntimeEngine implements StepEngine {
         }
         for (const [ctr, v] of centres) ctr.value = v;
         this.optimizer.step = optimizerStep;
+        this.device?.hostChanged();
       },
     };
   }
 
   checksum(): string {
+    this.hostCurrent('checksum');
     return weightsChecksum(this.studentFeeds);
   }
 
@@ -439,9 +597,13 @@ export class OnnxRuntimeEngine implements StepEngine {
   }
 
   dispose(): void {
+    this.device?.dispose();
     void this.sessions.release();
   }
 }
+
+/** The gradient outputs of a step graph (kept on the device with `keepGradients`). */
+const gradientOutputs = (g: BuiltGraph): string[] => g.gradients.map((n) => `grad.${n}`);
 
 /**
  * An EngineFactory of ONNX Runtime engines (`train(config, { engine: onnxRuntimeEngine({ device, threads }) })`):
