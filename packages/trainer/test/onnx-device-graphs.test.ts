@@ -23,7 +23,7 @@ import { clipGradients, clipPerModule, emaUpdate, FlatOptimizer } from '../src/o
 import type { TrainedParam } from '../src/onnx/engine-params.js';
 import { SKIP_NO_ORT, tryOrt } from './onnx-helpers.js';
 
-/** Five tensors in two modules, laid out as engine-params.ts lays out a run (student offsets = gradient offsets + 3). */
+/** Ten tensors in two modules, laid out as engine-params.ts lays out a run (student offsets = gradient offsets + 3). */
 function params(): TrainedParam[] {
   const specs: [string, number[], string, number, number, boolean][] = [
     ['backbone.cls_token', [1, 1, 4], 'backbone', 0.5, 0, false],
@@ -31,6 +31,14 @@ function params(): TrainedParam[] {
     ['backbone.norm.bias', [4], 'backbone', 1, 0, false],
     ['dino_head.mlp.weight', [3, 4], 'dino_head', 1, 1, false],
     ['dino_head.last_layer.weight_g', [1, 3], 'dino_head', 1, 1, true],
+    // Tensors sharing a module and multipliers with one above.
+    ['backbone.blocks.0.attn.proj.weight', [4, 4], 'backbone', 0.75, 1, false],
+    ['backbone.blocks.0.mlp.fc1.weight', [8, 4], 'backbone', 0.75, 1, false],
+    ['dino_head.mlp.2.weight', [2, 3], 'dino_head', 1, 1, false],
+    // The same module and learning rate, no weight decay.
+    ['backbone.blocks.0.norm1.weight', [4], 'backbone', 0.75, 0, false],
+    // The multipliers of dino_head.mlp.weight in another module (clipped apart).
+    ['backbone.pos_embed', [1, 2, 4], 'backbone', 1, 1, false],
   ];
   let off = 0;
   return specs.map(([name, shape, module, lrMult, wdMult, isLastLayer]) => {
