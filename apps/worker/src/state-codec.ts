@@ -19,6 +19,10 @@ export function encodeState(state: Record<string, Float32Array>, meta: unknown):
   return out;
 }
 
+/**
+ * The state and meta of `encodeState`'s bytes. The arrays are views of `bytes` where its values lie on a
+ * 4-byte boundary (the received payload: no second copy of the state while the engine imports it), else copies.
+ */
 export function decodeState(bytes: Uint8Array): { state: Record<string, Float32Array>; meta: unknown } {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const len = view.getUint32(0, true);
@@ -27,8 +31,9 @@ export function decodeState(bytes: Uint8Array): { state: Record<string, Float32A
   const head = 4 + len + ((4 - ((4 + len) % 4)) % 4);
   const state: Record<string, Float32Array> = {};
   let off = bytes.byteOffset + head;
+  const aligned = off % 4 === 0;
   names.forEach((k, i) => {
-    state[k] = new Float32Array(bytes.buffer.slice(off, off + 4 * sizes[i]!));
+    state[k] = aligned ? new Float32Array(bytes.buffer, off, sizes[i]!) : new Float32Array(bytes.buffer.slice(off, off + 4 * sizes[i]!));
     off += 4 * sizes[i]!;
   });
   return { state, meta };

@@ -153,4 +153,13 @@ test('broadcast state codec: names, shapes, meta and values survive', () => {
   assert.deepEqual(Object.keys(back.state), ['a', 'b.c']);
   assert.deepEqual(Array.from(back.state.a!), [1, 2, 3]);
   assert.deepEqual(Array.from(back.state['b.c']!), [-0.5]);
+  // The received payload is decoded in place (views, no second copy); at an odd offset, into copies.
+  const bytes = encodeState(state, null);
+  assert.equal(decodeState(bytes).state.a!.buffer, bytes.buffer);
+  const odd = new Uint8Array(bytes.length + 1);
+  odd.set(bytes, 1);
+  const copied = decodeState(odd.subarray(1));
+  assert.notEqual(copied.state.a!.buffer, odd.buffer);
+  assert.deepEqual(Array.from(copied.state.a!), [1, 2, 3]);
+  assert.deepEqual(Array.from(copied.state['b.c']!), [-0.5]);
 });
