@@ -123,7 +123,7 @@ export async function sinkhornStepCase(factory: EngineFactory, batch = 4): Promi
       state.tensors[name] = Float32Array.from(values, (v, i) => v + n[i]!);
     }
     for (const t of [one, ...two]) t.engine.importState({ tensors: { ...state.tensors }, optimizerStep: state.optimizerStep });
-    assert.equal(two[1]!.checksum(), one.checksum(), 'every run starts from the same weights');
+    assert.equal(await two[1]!.checksum(), await one.checksum(), 'every run starts from the same weights');
     await Promise.all(two.map((t) => t.syncState()));
     await one.trainStep();
     await Promise.all(two.map((t) => t.trainStep()));
