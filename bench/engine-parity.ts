@@ -31,6 +31,7 @@ async function trainRun(config: TrainConfig, factory: EngineFactory, description
     const t0 = performance.now();
     for (let i = 0; i < config.train.steps; i++) losses.push((await trainer.trainStep()).loss!);
     const seconds = (performance.now() - t0) / 1000;
+    await trainer.engine.flush?.(); // the state on a WebGPU device comes back to the host
     const state = trainer.engine.exportState().tensors;
     const weights = Object.fromEntries(Object.entries(state).filter(([k]) => k.startsWith('student.')));
     return { losses, weights, seconds, description };
