@@ -80,6 +80,11 @@ test('train: bad configs and flags fail before any work, naming the field and th
       await refused(['--preset', 'tiny-supervised', '--workers', '65']),
       /--workers: expected an integer from 1 to 64, got "65"/,
     );
+    // Training threads of one process cannot share ONNX Runtime's WebGPU provider.
+    assert.match(
+      await refused(['--preset', 'tiny-supervised', '--workers', '2', '--device', 'webgpu']),
+      /--workers 2 with --device webgpu: ONNX Runtime's WebGPU provider keeps one device context per process/,
+    );
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

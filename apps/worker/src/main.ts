@@ -12,7 +12,14 @@ import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { BACKEND_NAMES, type BackendName } from '@vitreg/core';
-import { assertDataSource, checkTrainEngineOptions, openDataAsync, resolveTrainConfig, type TrainEngineOptions } from '@vitreg/trainer';
+import {
+  assertDataSource,
+  checkThreadsOnDevice,
+  checkTrainEngineOptions,
+  openDataAsync,
+  resolveTrainConfig,
+  type TrainEngineOptions,
+} from '@vitreg/trainer';
 import { clipTokenizer, openCaptionData } from '@vitreg/trainer';
 import { startCoordinator, type CoordinatorHandle } from '@vitreg/coordinator';
 import { resumePoint, RunMismatchError, parseStopSignals, signalExitCode, STOP_SIGNALS, stopOnSignals } from '@vitreg/trainer';
@@ -183,6 +190,11 @@ async function main(argv: string[]): Promise<number> {
     checkTrainEngineOptions(engine);
   } catch (e) {
     throw new UsageError((e as Error).message.replace('--threads', '--engine-threads'));
+  }
+  try {
+    checkThreadsOnDevice(engine, threads, '--threads');
+  } catch (e) {
+    throw new UsageError((e as Error).message.replace('vitreg train --nodes N', 'one vitreg-worker per GPU'));
   }
   let token = values.token ?? process.env.VITREG_TOKEN;
   const tokenFile = values['token-file'] ?? process.env.VITREG_TOKEN_FILE;

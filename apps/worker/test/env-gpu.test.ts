@@ -1,12 +1,18 @@
 /**
  * selectDevice's WebGPU adapter (VITREG_GPU): Vulkan ignores CUDA_VISIBLE_DEVICES, so the adapter
  * index is the chosen device's index; --gpu N sets both; a VITREG_GPU already set is kept. And the
- * environment of a local job's processes (localJobEnv).
+ * environment of a local job's processes (localJobEnv); its refusal of several training threads on webgpu.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { dirname, join } from 'node:path';
 import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { childNodeArgs } from '@vitreg/core';
 import { selectDevice } from '../src/env.js';
 import { localJobEnv } from '../src/local.js';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
 test('LOCAL_RANK picks the CUDA device and the WebGPU adapter of the same index', () => {
   const bare: NodeJS.ProcessEnv = {};
@@ -48,4 +54,14 @@ test("a local job's processes get the token, no launcher rank, and the bins' mal
     VITREG_TOKEN: 't0k',
     GLIBC_TUNABLES: 'glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776:glibc.malloc.tcache_count=0',
   });
+});
+
+test('vitreg-worker refuses --threads N > 1 on --device webgpu (one WebGPU context per process), exit 2', () => {
+  const bin = childNodeArgs(join(ROOT, 'apps', 'worker', 'src', 'main.ts'), ['--conditions=vitreg-source', '--import', 'tsx']);
+  const r = spawnSync(process.execPath, [...bin, '--preset', 'tiny-supervised', '--device', 'webgpu', '--threads', '2'], {
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
+  assert.equal(r.status, 2, r.stderr);
+  assert.match(r.stderr, /--threads 2 with --device webgpu: ONNX Runtime's WebGPU provider keeps one device context per process/);
 });

@@ -67,7 +67,7 @@ export { collateMasks, MaskingGenerator } from './masking.js';
 export { mixupCutmix, smoothOneHot } from './mixup.js';
 export { onnxRuntimeEngine, OnnxRuntimeEngine } from './onnx/engine.js';
 export type { OnnxRuntimeEngineOptions } from './onnx/engine.js';
-export { checkTrainEngineOptions, resolveTrainEngine } from './onnx/engine-select.js';
+export { checkThreadsOnDevice, checkTrainEngineOptions, resolveTrainEngine } from './onnx/engine-select.js';
 export { OnnxClipEngine } from './onnx/clip-engine.js';
 export type { OnnxClipOptions } from './onnx/clip-engine.js';
 export { clipFeaturesGraph, clipLossStepGraph, clipTowersGraph } from './onnx/clip-graphs.js';

@@ -22,7 +22,7 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { getBackendName, startThread, type BackendName } from '@vitreg/core';
 import type { TrainConfig } from './config.js';
-import type { TrainEngineOptions } from './onnx/engine-select.js';
+import { checkThreadsOnDevice, type TrainEngineOptions } from './onnx/engine-select.js';
 import { flattenBuffers, unflattenInto, type GradientSync } from './sync.js';
 import type { TrainOptions, TrainResult } from './loop.js';
 
@@ -249,6 +249,7 @@ export async function trainThreads(config: TrainConfig, opts: ThreadsOptions): P
   if (!Number.isInteger(workers) || workers < 1 || workers > MAX_WORKERS) {
     throw new Error(`trainThreads: workers must be an integer in [1, ${MAX_WORKERS}], got ${workers}`);
   }
+  if (engineOptions) checkThreadsOnDevice(engineOptions, workers, 'trainThreads: workers');
   const buffer = SharedMemorySync.createBuffer(workers, slotFloats);
   const backendName: BackendName = backend ?? getBackendName() ?? 'auto';
   const threads: Worker[] = [];

@@ -1,14 +1,19 @@
 /**
  * Choosing the step engine (src/onnx/engine-select.ts), as `vitreg train`, the cluster worker and the demo
  * do: bad options are one InputError naming the flag; auto is onnxruntime where onnxruntime-node loads
- * (said in one line), tfjs when asked; a device without its provider fails at once, naming the device.
+ * (said in one line), tfjs when asked; a device without its provider fails at once, naming the device;
+ * several training threads of one process on ONNX Runtime's WebGPU provider are refused.
  */
 import assert from 'node:assert/strict';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import { MALLOC_TUNABLES, mallocTunablesMissing } from '@vitreg/core';
 import type { EngineChoice, OnnxDevice } from '@vitreg/registers';
 import { onnxRuntimeEngine } from '../src/onnx/engine.js';
-import { checkTrainEngineOptions, resolveTrainEngine } from '../src/onnx/engine-select.js';
+import { checkThreadsOnDevice, checkTrainEngineOptions, resolveTrainEngine } from '../src/onnx/engine-select.js';
+import { validateTrainConfig } from '../src/config-validate.js';
+import { trainThreads } from '../src/threads.js';
 import { tfjsEngine } from '../src/tfjs-engine.js';
 import { SKIP_NO_ORT, tryOrt } from './onnx-helpers.js';
 
@@ -74,4 +79,26 @@ test("--device cuda without ONNX Runtime's CUDA provider fails at once in one li
     assert.match((err as Error).message, /^--device cuda: not available here: ONNX Runtime's CUDA 12 provider/);
     assert.ok(!(err as Error).message.includes('\n'), 'one line');
   }
+});
+
+test('several training threads of one process on webgpu are refused, naming the flag; one thread, other devices and tfjs pass', async () => {
+  const refused = /^--workers 2 with --device webgpu: ONNX Runtime's WebGPU provider keeps one device context per process/;
+  assert.throws(
+    () => checkThreadsOnDevice({ device: 'webgpu' }, 2, '--workers'),
+    (err: Error) => err.name === 'InputError' && refused.test(err.message),
+  );
+  assert.throws(
+    () => checkThreadsOnDevice({ engine: 'onnxruntime', device: 'webgpu' }, 8, '--threads'),
+    /InputError: --threads 8 with --device webgpu/,
+  );
+  checkThreadsOnDevice({ device: 'webgpu' }, 1, '--workers');
+  checkThreadsOnDevice({ device: 'cuda' }, 4, '--workers');
+  checkThreadsOnDevice({ device: 'cpu' }, 4, '--workers');
+  checkThreadsOnDevice({ engine: 'tfjs' }, 4, '--workers');
+  // trainThreads refuses before it starts a thread (no GPU needed to see it).
+  const config = validateTrainConfig({ preset: 'tiny-supervised', train: { steps: 1 } });
+  await assert.rejects(
+    trainThreads(config, { outDir: join(tmpdir(), 'vitreg-never-written'), workers: 2, engineOptions: { device: 'webgpu' } }),
+    /^InputError: trainThreads: workers 2 with --device webgpu/,
+  );
 });

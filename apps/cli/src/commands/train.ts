@@ -5,6 +5,7 @@
 import { join, resolve } from 'node:path';
 import {
   assertDataSource,
+  checkThreadsOnDevice,
   MAX_WORKERS,
   openCaptionData,
   openDataAsync,
@@ -23,7 +24,7 @@ import {
   type TrainConfig,
 } from '@vitreg/trainer';
 import type { EngineChoice, OnnxDevice } from '@vitreg/registers';
-import { CliError, parseFlags, type Command } from '../cli.js';
+import { CliError, inputAsCliError, parseFlags, type Command } from '../cli.js';
 import { BACKEND_FLAGS, checkBackendFlags, DEFAULT_ENGINE, ENGINE_FLAGS, engineFlags, startBackend } from '../inputs.js';
 import { interruptedLine, planRun, setAside, shown } from '../run-folder.js';
 import { runLocalJob } from '@vitreg/worker';
@@ -190,6 +191,13 @@ export const trainCommand: Command = {
       }
     }, []);
     const engine = f.check(() => engineFlags(values), DEFAULT_ENGINE);
+    f.check(() => {
+      try {
+        checkThreadsOnDevice(engine, workers, '--workers');
+      } catch (err) {
+        throw inputAsCliError(err);
+      }
+    }, undefined);
     const out = resolve(values.out ?? join('runs', `train-${values.preset ?? 'config'}`));
     let config: TrainConfig | undefined;
     try {

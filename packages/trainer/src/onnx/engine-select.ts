@@ -46,6 +46,21 @@ export function checkTrainEngineOptions(o: TrainEngineOptions): void {
   }
 }
 
+/**
+ * Throws an InputError naming `flag` when `threads` training threads of one process would share ONNX
+ * Runtime's WebGPU provider: onnxruntime-node 1.30 keeps one WebGPU device context per process, and threads
+ * using it at once break it (measured through SwiftShader: two threads creating their first sessions together
+ * killed the process with SIGSEGV; two running sessions together failed WebGPU validation, "Command encoding
+ * already finished"). One process per GPU instead: `--nodes N` (a worker process each) or one process.
+ */
+export function checkThreadsOnDevice(o: TrainEngineOptions, threads: number, flag: string): void {
+  if (threads > 1 && o.device === 'webgpu' && o.engine !== 'tfjs') {
+    throw new InputError(
+      `${flag} ${threads} with --device webgpu: ONNX Runtime's WebGPU provider keeps one device context per process and fails when several training threads use it at once; train in one process, or one process per worker (vitreg train --nodes N)`,
+    );
+  }
+}
+
 /** Starts a one-node session on `device`, so that a missing provider fails now, in one line. */
 async function probeDevice(device: OnnxDevice, threads: number | undefined): Promise<void> {
   if (device === 'cpu') return;
