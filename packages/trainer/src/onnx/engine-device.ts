@@ -14,9 +14,9 @@
  *   `bc`, so one graph serves the whole run. The norms before clipping come back to the host (a few floats).
  * - `emaGraph`: the EMA teacher t <- m t + (1 - m) s over every tensor.
  * - `copyGraph`: Identity over a list of tensors, to the device (upload) or into host buffers (download).
- * Only Identity, Mul, Add, Sub, Div, Sqrt, ReduceSumSquare, Greater, Where, Max, Min and Gather: every one
- * has a kernel in ONNX Runtime's WebGPU provider (and on the CPU, where the tests check these graphs
- * against engine-optim.ts).
+ * Only Identity, Mul, Add, Sub, Div, Sqrt, ReduceSumSquare, Greater, Where, Max, Min, Gather, Unsqueeze and
+ * Concat: ONNX Runtime 1.30 places every node of these graphs on its WebGPU provider (its verbose session
+ * log), and runs them on the CPU too, where the tests check them against engine-optim.ts.
  */
 import type { Tensor } from 'onnxruntime-node';
 import { GraphBuilder } from '@vitreg/registers';
