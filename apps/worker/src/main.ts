@@ -56,7 +56,8 @@ Cluster:
                             ($VITREG_GPU: the chosen device's index) unless $VITREG_GPU is set
   --gpu N                   this process's GPU outright: CUDA device N and WebGPU adapter N
   --threads N               training threads (ranks) in this process, reduced in shared memory
-                            before the ring (default 1)
+                            before the ring (default 1; only 1 with --device webgpu: one WebGPU context
+                            per process)
   --transport tcp|grpc      data plane of a hosted coordinator's job (default tcp)
   --grad-compression none|bf16  gradients on the ring as exact float32 (none, the default) or as
                             bfloat16 rounded to nearest even (half the bytes, as DDP's bf16 hook);

@@ -88,7 +88,8 @@ Trains a Vision Transformer with N register tokens and writes the run folder DIR
                      use one per CPU core. train.batch_size is per worker: the global batch is
                      batch_size x N. A run may be resumed with another N. Each thread trains on
                      --engine (--threads N: each thread's onnxruntime threads; one process with
-                     --threads N alone is usually faster: its threads share one copy of the weights)
+                     --threads N alone is usually faster: its threads share one copy of the weights);
+                     not with --device webgpu (one WebGPU context per process: use --nodes N)
   --nodes N          a local cluster job: a coordinator and N worker processes on this machine over
                      loopback (the code paths of a multi-machine job: gRPC, ring all-reduce, job
                      token); with --workers T each process runs T threads. Logs in DIR/logs/,
