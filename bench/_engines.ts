@@ -72,6 +72,8 @@ export interface EngineTimes {
   cpuSeconds: number;
   /** Of cpuSeconds, those in the kernel (page faults of fresh allocations, thread wake-ups). */
   sysSeconds?: number;
+  /** Of seconds, those in applyStep (clipping, the optimiser, the EMA teacher). */
+  applySeconds?: number;
 }
 
 /** `factory` with computeStep and applyStep timed into `times` (added up; the caller resets it). */
@@ -91,7 +93,9 @@ export function timedEngine(factory: EngineFactory, times: EngineTimes): EngineF
             return await fn.apply(target, args);
           } finally {
             const c = process.cpuUsage(c0);
-            times.seconds += (performance.now() - t0) / 1000;
+            const s = (performance.now() - t0) / 1000;
+            times.seconds += s;
+            if (prop === 'applyStep' && times.applySeconds !== undefined) times.applySeconds += s;
             times.cpuSeconds += (c.user + c.system) / 1e6;
             if (times.sysSeconds !== undefined) times.sysSeconds += c.system / 1e6;
           }

@@ -25,7 +25,8 @@
  * `--torch-mode alternate` (default) the reference runs as a second process that takes one step after
  * each of vitreg's (`vs_torch` is the median of the per-pair ratios, so drift on a shared machine cancels);
  * `after` runs it once vitreg is done (the two peaks never overlap: the ViT-L case). `images_per_s` is
- * the engine's time (computeStep + applyStep: what PyTorch's step does); `step_images_per_s` adds the
+ * the engine's time (computeStep + applyStep: what PyTorch's step does; `apply_seconds_all`: applyStep's
+ * part of each step, the clipping, optimiser and EMA); `step_images_per_s` adds the
  * loop's host work (decoding, augmentation, masks), which the reference does not do. `--threads` is ONNX
  * Runtime's intra-op threads; for tfjs (one wasm thread) it is the number of worker threads of
  * `trainThreads`, with the batch split between them (PyTorch then runs before and after). Peak RSS:
@@ -276,6 +277,7 @@ async function runOne(v: Values, rc: RunCase): Promise<Record<string, unknown>> 
       ...(ortOptionsOf(v) ? { ort_options: ortOptionsOf(v) } : {}),
       step_images_per_s: rate(batch, ours.stepSeconds),
       engine_seconds_all: ours.engineSeconds.map((s) => round(s)),
+      ...(ours.applySeconds.length ? { apply_seconds_all: ours.applySeconds.map((s) => round(s)) } : {}),
       peak_rss_mb: peakRssMb(),
       gflops_per_step: round(stepGflops(config, batch, masked), 1),
       gflops_per_s: round(stepGflops(config, batch, masked) / mean(ours.engineSeconds), 1),
@@ -305,6 +307,8 @@ interface OurTimes {
   engineCpu: number[];
   /** Of engineCpu, the kernel's seconds. */
   engineSys: number[];
+  /** Of engineSeconds, applyStep's (clipping, optimiser, EMA). */
+  applySeconds: number[];
   stepSeconds: number[];
   masked: number;
   fields: Record<string, unknown>;
@@ -337,7 +341,16 @@ async function runTrainer(
   });
   if ('skipped' in loaded) throw new SkipCase(loaded.skipped);
   const trainer = new Trainer(config, { engine: timedEngine(loaded.factory, times) });
-  const out: OurTimes = { engine: '', engineSeconds: [], engineCpu: [], engineSys: [], stepSeconds: [], masked: 0, fields: {} };
+  const out: OurTimes = {
+    engine: '',
+    engineSeconds: [],
+    engineCpu: [],
+    engineSys: [],
+    applySeconds: [],
+    stepSeconds: [],
+    masked: 0,
+    fields: {},
+  };
   try {
     trainer.initTeacher();
     const w0 = performance.now();
@@ -355,12 +368,14 @@ async function runTrainer(
       times.seconds = 0;
       times.cpuSeconds = 0;
       times.sysSeconds = 0;
+      times.applySeconds = 0;
       const t0 = performance.now();
       last = await trainer.trainStep();
       out.stepSeconds.push((performance.now() - t0) / 1000);
       out.engineSeconds.push(times.seconds);
       out.engineCpu.push(times.cpuSeconds);
       out.engineSys.push(times.sysSeconds ?? 0);
+      out.applySeconds.push(times.applySeconds ?? 0);
       if (last.masked_patches !== undefined) masked.push(last.masked_patches);
       if (between) await between();
     }
@@ -405,6 +420,7 @@ async function runThreads(config: TrainConfig, v: Values, workers: number, steps
       engineSeconds: s,
       engineCpu: [],
       engineSys: [],
+      applySeconds: [],
       stepSeconds: s,
       masked: lines.length && lines[0]!.masked_patches !== undefined ? mean(lines.map((m) => m.masked_patches!)) : 0,
       fields: { workers, loss: round(lines[lines.length - 1]!.loss!, 4), note: 'tfjs worker threads: step times are whole steps (rank 0)' },

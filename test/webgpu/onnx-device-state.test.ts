@@ -20,16 +20,8 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { initBackend } from '@vitreg/core';
 import { onnxRuntimeAvailable } from '@vitreg/registers';
-import {
-  onnxRuntimeEngine,
-  OnnxRuntimeEngine,
-  resolveTrainEngine,
-  train,
-  validateTrainConfig,
-  type EngineFactory,
-  type EngineState,
-} from '@vitreg/trainer';
-import { keepingState, stateDiff } from '../../packages/trainer/test/onnx-engine-helpers.ts';
+import { onnxRuntimeEngine, OnnxRuntimeEngine, resolveTrainEngine, train, type EngineFactory, type EngineState } from '@vitreg/trainer';
+import { keepingState, stateDiff, tinyRun } from '../../packages/trainer/test/onnx-engine-helpers.ts';
 
 interface Capture {
   state?: EngineState;
@@ -76,6 +68,7 @@ function worstDiff(a: EngineState, b: EngineState): number {
   return Math.max(d.weights, d.moments);
 }
 
+/** Null when onnxruntime-node's WebGPU provider runs here (and the wasm backend is started), else why not. */
 async function available(): Promise<string | null> {
   if (!(await onnxRuntimeAvailable())) return 'onnxruntime-node does not load here';
   try {
@@ -83,6 +76,7 @@ async function available(): Promise<string | null> {
   } catch (err) {
     return `onnxruntime's WebGPU provider is not available: ${(err as Error).message.split('\n')[0]}`;
   }
+  await initBackend('wasm', { log: () => {} });
   return null;
 }
 
@@ -91,13 +85,7 @@ const empty = (): Capture => ({ steps: [], studentBytes: 0, gradBytes: 0, traine
 test('tiny-supervised on webgpu: state on the device equals state on the host; no parameter or gradient crosses per step', async (t) => {
   const skip = await available();
   if (skip) return t.skip(skip);
-  await initBackend('wasm', { log: () => {} });
-  const config = validateTrainConfig({
-    preset: 'tiny-supervised',
-    data: { source: 'synthetic', train_size: 32, val_size: 8 },
-    train: { steps: 2, batch_size: 8, eval_every: 0, checkpoint_every: 0, knn_train_size: 8 },
-    optim: { warmup_steps: 0 },
-  });
+  const config = tinyRun('tiny-supervised', { train: { steps: 2 }, optim: { warmup_steps: 0 } });
   const dir = await mkdtemp(join(tmpdir(), 'vitreg-webgpu-state-'));
   try {
     const [dev, host] = [empty(), empty()];
@@ -127,13 +115,7 @@ test('tiny-supervised on webgpu: state on the device equals state on the host; n
 test('tiny-dino on webgpu: no parameter or gradient crosses per step, and a run resumed from its checkpoint ends where it ends', async (t) => {
   const skip = await available();
   if (skip) return t.skip(skip);
-  await initBackend('wasm', { log: () => {} });
-  const config = validateTrainConfig({
-    preset: 'tiny-dino',
-    data: { source: 'synthetic', train_size: 32, val_size: 8 },
-    train: { steps: 2, batch_size: 8, eval_every: 0, checkpoint_every: 1, knn_train_size: 8 },
-    optim: { warmup_steps: 0 },
-  });
+  const config = tinyRun('tiny-dino', { train: { steps: 2, checkpoint_every: 1 }, optim: { warmup_steps: 0 } });
   const dir = await mkdtemp(join(tmpdir(), 'vitreg-webgpu-state-'));
   try {
     const [dev, resumed] = [empty(), empty()];

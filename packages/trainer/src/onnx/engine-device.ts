@@ -194,24 +194,10 @@ export function optimizerGraph(params: readonly TrainedParam[], spec: OptimizerG
       const u = g.op('Add', [u0, g.op('Mul', [n.w, hp(i, 1)], `uw_${i}`)], `u_${i}`);
       const wNorm = g.op('Sqrt', [sumSq(n.w)], `wn_${i}`);
       const uNorm = g.op('Sqrt', [sumSq(u)], `un_${i}`);
-      // ratio = |w| / |u| where the tensor adapts (hp col 2 > 0) and both norms are > 0, else 1
-      let ratio = g.op(
-        'Where',
-        [
-          g.op('Greater', [hp(i, 2), zero], `ad_${i}`),
-          g.op(
-            'Where',
-            [
-              g.op('Greater', [wNorm, zero], `wp_${i}`),
-              g.op('Where', [g.op('Greater', [uNorm, zero], `up_${i}`), g.op('Div', [wNorm, uNorm], `tr_${i}`), one], `r1_${i}`),
-              one,
-            ],
-            `r2_${i}`,
-          ),
-          one,
-        ],
-        `ratio_${i}`,
-      );
+      // ratio = |w| / |u| where the tensor adapts (hp col 2 > 0) and both norms are > 0, else 1: the three are
+      // never negative, so their minimum is > 0 exactly when each is.
+      const adapts = g.op('Greater', [g.op('Min', [hp(i, 2), wNorm, uNorm], `ad_${i}`), zero], `adapts_${i}`);
+      let ratio = g.op('Where', [adapts, g.op('Div', [wNorm, uNorm], `tr_${i}`), one], `ratio_${i}`);
       if (spec.trustClip) ratio = g.op('Min', [ratio, one], `rc_${i}`);
       const step = g.op('Mul', [g.op('Mul', [u, ratio], `ur_${i}`), hp(i, 0)], `ul_${i}`);
       g.node('Sub', [n.w, step], `=${n.newW}`);

@@ -70,6 +70,11 @@ export function emaUpdate(teacher: Float32Array, student: Float32Array, momentum
 
 export type FlatOptimizerKind = 'adamw' | 'lamb';
 
+/** Trained tensor `p`'s learning rate at `hp`: `lastLayerLr` for the DINO heads' last layer, times its multiplier. */
+export function learningRate(p: TrainedParam, hp: StepHyperparams): number {
+  return (p.isLastLayer ? (hp.lastLayerLr ?? hp.lr) : hp.lr) * p.lrMult;
+}
+
 /** AdamW or LAMB (optim.ts's formulas and defaults) over a parameter buffer, its gradients and two moment buffers. */
 export class FlatOptimizer {
   readonly beta1: number;
@@ -111,10 +116,6 @@ export class FlatOptimizer {
     return this.kind === 'lamb' ? this.lamb(w, g, hp) : this.adamw(w, g, hp);
   }
 
-  private lrOf(p: TrainedParam, hp: StepHyperparams): number {
-    return (p.isLastLayer ? (hp.lastLayerLr ?? hp.lr) : hp.lr) * p.lrMult;
-  }
-
   /**
    * optim.ts's AdamW.apply: m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2; w <- w (1 - lr wd);
    * w <- w - (m / (sqrt(v) / sqrt(1 - b2^t) + eps)) lr / (1 - b1^t).
@@ -130,7 +131,7 @@ export class FlatOptimizer {
     const eps = f(this.eps);
     const { m, v } = this;
     for (const p of this.params) {
-      const lr = this.lrOf(p, hp);
+      const lr = learningRate(p, hp);
       const wd = hp.wd * p.wdMult;
       const decay = lr * wd !== 0 ? f(1 - lr * wd) : 1;
       const step = f(lr / bc1);
@@ -168,7 +169,7 @@ export class FlatOptimizer {
     for (const p of this.params) {
       if (!this.scratch || this.scratch.length < p.size) this.scratch = new Float32Array(p.size);
       const u = this.scratch;
-      const lr = f(this.lrOf(p, hp));
+      const lr = f(learningRate(p, hp));
       const wd = hp.wd * p.wdMult;
       const fwd = f(wd);
       const d = p.offset - p.gradOffset;

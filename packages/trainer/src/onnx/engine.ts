@@ -16,6 +16,7 @@
  */
 import { weightsChecksum } from '../state.js';
 import type { PreparedBatch, DinoBatch, SupervisedBatch } from '../batch.js';
+import type { TrainConfig } from '../config.js';
 import type {
   AppliedStep,
   ComputedStep,
@@ -33,7 +34,7 @@ import { checkTrainingFits } from '../memory-check.js';
 import type { GradientSync } from '../sync.js';
 import { centredProbs, dinoTargets } from './engine-dino.js';
 import { clipGroups, DeviceState, optimizerFeeds, type OptimizerGraphSpec } from './engine-device.js';
-import { clipGradients, clipPerModule, emaUpdate, FlatOptimizer } from './engine-optim.js';
+import { clipGradients, clipPerModule, emaUpdate, FlatOptimizer, learningRate } from './engine-optim.js';
 import { initialStudent, ParamLayout } from './engine-params.js';
 import { GraphSessions, type Feed, type SessionSettings } from './engine-sessions.js';
 import { dinoDropPath, maskRowBucket, padMaskRows, padRows, supervisedDropPath } from './feeds.js';
@@ -85,6 +86,8 @@ export class OnnxRuntimeEngine implements StepEngine {
   private readonly build: GraphBuildOptions;
   /** WebGPU with `keepOnDevice`: the state on the device (the host buffers are then a copy brought up to date by `flush`). */
   readonly device: DeviceState | null = null;
+  /** applyStep's clipping and optimiser (the host loops and the device graph both follow it). */
+  private readonly spec: OptimizerGraphSpec;
 
   constructor(
     readonly ctx: EngineContext,
@@ -115,6 +118,7 @@ export class OnnxRuntimeEngine implements StepEngine {
       beta2: o.beta2,
       eps: o.eps,
     });
+    this.spec = optimizerSpec(c, this.optimizer);
     this.sessions = new GraphSessions(opts);
     const webgpu = this.sessions.device === 'webgpu';
     this.build = { plainMatMul: webgpu, plainSum: webgpu };
@@ -134,29 +138,9 @@ export class OnnxRuntimeEngine implements StepEngine {
           m: moments(this.optimizer.m),
           v: moments(this.optimizer.v),
         },
-        this.optimizerSpec(),
+        this.spec,
       );
     }
-  }
-
-  /** The clipping and optimiser of `applyStep` (see `clip`) as engine-device.ts's graph runs them. */
-  private optimizerSpec(): OptimizerGraphSpec {
-    const c = this.ctx.config;
-    const o = this.optimizer;
-    const clip = c.objective === 'dino' ? 'module' : !(c.optim.clip_grad > 0) && o.kind === 'lamb' ? 'none' : 'global';
-    return {
-      kind: o.kind,
-      clip,
-      maxNorm: c.optim.clip_grad,
-      beta1: o.beta1,
-      beta2: o.beta2,
-      eps: o.eps,
-      maxGradNorm: o.maxGradNorm,
-      gradAveraging: o.gradAveraging,
-      trustClip: o.trustClip,
-      alwaysAdapt: o.alwaysAdapt,
-      biasCorrection: o.biasCorrection,
-    };
   }
 
   /** The student's (or teacher's) tensors to feed a graph: the device's when it holds them. */
@@ -384,101 +368,86 @@ export class OnnxRuntimeEngine implements StepEngine {
   }
 
   async applyStep(step: ComputedStep, settings: StepSettings): Promise<AppliedStep> {
-    if (this.device) return this.applyOnDevice(step, settings);
     const L = this.layout;
-    if (step.gradients.length !== L.trained.length) {
+    const kept = step.gradients.length === 0 && this.device !== null;
+    if (!kept && step.gradients.length !== L.trained.length) {
       throw new Error(`onnxruntime engine: ${step.gradients.length} gradients for ${L.trained.length} parameters`);
     }
-    // The loop hands back the views it was given; anything else is copied in.
     step.gradients.forEach((g, i) => {
-      const own = this.gradViews[i]!;
-      if (g.length !== own.length)
-        throw new Error(`onnxruntime engine: gradient of "${L.trained[i]!.name}" has ${g.length} values, expected ${own.length}`);
-      if (g.buffer !== own.buffer || g.byteOffset !== own.byteOffset) own.set(g);
-    });
-    const norms = this.clip();
-    const lambNorm = this.optimizer.apply(this.student, this.grads, {
-      lr: settings.lr,
-      wd: settings.wd,
-      lastLayerLr: settings.lastLayerLr,
+      if (g.length !== L.trained[i]!.size)
+        throw new Error(`onnxruntime engine: gradient of "${L.trained[i]!.name}" has ${g.length} values, expected ${L.trained[i]!.size}`);
     });
     const u = step.update;
-    if (u.teacherMomentum !== null && this.teacher) {
-      emaUpdate(this.teacher, this.student, u.teacherMomentum);
+    const momentum = u.teacherMomentum !== null && this.teacher ? u.teacherMomentum : null;
+    const { groups, lamb } = this.device ? await this.applyOnDevice(step, settings, momentum) : this.applyOnHost(step, settings, momentum);
+    if (momentum !== null) {
       u.centres.forEach((name, i) => {
         const ctr = this.centers[name as 'dino' | 'ibot'];
         if (!ctr) throw new Error(`DINO update: no centre "${name}"`);
         ctr.update(step.means[i]!);
       });
     }
-    return { norms: typeof lambNorm === 'number' && !('grad_norm' in norms) ? { ...norms, grad_norm: lambNorm } : norms };
-  }
-
-  /** applyStep with the state on the device: engine-device.ts's optimiser and EMA graphs, the centres on the host. */
-  private async applyOnDevice(step: ComputedStep, settings: StepSettings): Promise<AppliedStep> {
-    const L = this.layout;
-    const dev = this.device!;
-    let grads: Record<string, Feed>;
-    if (step.gradients.length === 0) {
-      if (!dev.grads) throw new Error('onnxruntime engine: no gradients on the device for this step (computeStep first)');
-      grads = dev.grads;
-    } else {
-      if (step.gradients.length !== L.trained.length) {
-        throw new Error(`onnxruntime engine: ${step.gradients.length} gradients for ${L.trained.length} parameters`);
-      }
-      grads = {};
-      step.gradients.forEach((g, i) => {
-        const p = L.trained[i]!;
-        if (g.length !== p.size) throw new Error(`onnxruntime engine: gradient of "${p.name}" has ${g.length} values, expected ${p.size}`);
-        grads[p.name] = g;
-      });
-    }
-    const spec = this.optimizerSpec();
-    const lrOf = (p: (typeof L.trained)[number]) => (p.isLastLayer ? (settings.lastLayerLr ?? settings.lr) : settings.lr) * p.lrMult;
-    const hp = optimizerFeeds(L.trained, spec, this.optimizer.step + 1, lrOf, (p) => settings.wd * p.wdMult);
-    const u = step.update;
-    const ema = u.teacherMomentum !== null && this.teacher ? u.teacherMomentum : null;
-    const values = await dev.update(grads, hp, ema);
-    this.optimizer.step += 1;
-    if (ema !== null) {
-      u.centres.forEach((name, i) => {
-        const ctr = this.centers[name as 'dino' | 'ibot'];
-        if (!ctr) throw new Error(`DINO update: no centre "${name}"`);
-        ctr.update(step.means[i]!);
-      });
-    }
-    // The norms as `clip` reports them; LAMB's own norm where no clipping stage ran.
+    // As the tfjs engine reports them: each module's norm and their total, or the global norm; LAMB's own
+    // norm where no clipping stage ran.
     const norms: Record<string, number> = {};
-    const groups = clipGroups(L.trained, spec.clip).map(([name]) => name);
-    if (spec.clip === 'module') {
+    if (this.spec.clip === 'module') {
       let total = 0;
-      groups.forEach((m, i) => {
-        norms[`grad_norm_${m}`] = values[i]!;
-        total += values[i]! * values[i]!;
-      });
+      for (const [m, n] of groups) {
+        norms[`grad_norm_${m}`] = n;
+        total += n * n;
+      }
       norms.grad_norm = Math.sqrt(total);
-    } else if (spec.clip === 'global') norms.grad_norm = values[0]!;
-    else if (spec.kind === 'lamb') norms.grad_norm = values[groups.length]!;
+    } else if (this.spec.clip === 'global') norms.grad_norm = groups[0]![1];
+    else if (lamb !== undefined) norms.grad_norm = lamb;
     return { norms };
   }
 
-  /** The tfjs engine's clipping (see TfjsEngine.clip): per student module in DINO runs, else by the global norm. */
-  private clip(): Record<string, number> {
-    const c = this.ctx.config;
-    const o = c.optim;
+  /**
+   * The host loops (engine-optim.ts): the tfjs engine's clipping (see TfjsEngine.clip: per student module in
+   * DINO runs, else by the global norm), the optimiser, the EMA teacher. Returns the clip groups' norms and LAMB's.
+   */
+  private applyOnHost(step: ComputedStep, settings: StepSettings, momentum: number | null): { groups: [string, number][]; lamb?: number } {
+    // The loop hands back the views it was given; anything else is copied in.
+    step.gradients.forEach((g, i) => {
+      const own = this.gradViews[i]!;
+      if (g.buffer !== own.buffer || g.byteOffset !== own.byteOffset) own.set(g);
+    });
     const trained = this.layout.trained;
-    if (c.objective !== 'dino') {
-      if (!(o.clip_grad > 0) && o.optimizer === 'lamb') return {};
-      return { grad_norm: clipGradients(this.grads, trained, o.clip_grad) };
-    }
-    const norms: Record<string, number> = {};
-    let total = 0;
-    for (const [m, n] of Object.entries(clipPerModule(this.grads, trained, o.clip_grad))) {
-      norms[`grad_norm_${m}`] = n;
-      total += n * n;
-    }
-    norms.grad_norm = Math.sqrt(total);
-    return norms;
+    const max = this.spec.maxNorm;
+    const groups: [string, number][] =
+      this.spec.clip === 'none'
+        ? []
+        : this.spec.clip === 'global'
+          ? [['all', clipGradients(this.grads, trained, max)]]
+          : Object.entries(clipPerModule(this.grads, trained, max));
+    const lamb = this.optimizer.apply(this.student, this.grads, { lr: settings.lr, wd: settings.wd, lastLayerLr: settings.lastLayerLr });
+    if (momentum !== null) emaUpdate(this.teacher!, this.student, momentum);
+    return { groups, lamb };
+  }
+
+  /** The same on the device (engine-device.ts's optimiser and EMA graphs), with its gradients or the step's host ones. */
+  private async applyOnDevice(
+    step: ComputedStep,
+    settings: StepSettings,
+    momentum: number | null,
+  ): Promise<{ groups: [string, number][]; lamb?: number }> {
+    const L = this.layout;
+    const dev = this.device!;
+    let grads: Record<string, Feed>;
+    if (step.gradients.length > 0) grads = Object.fromEntries(step.gradients.map((g, i) => [L.trained[i]!.name, g]));
+    else if (dev.grads) grads = dev.grads;
+    else throw new Error('onnxruntime engine: no gradients on the device for this step (computeStep first)');
+    const hp = optimizerFeeds(
+      L.trained,
+      this.spec,
+      this.optimizer.step + 1,
+      (p) => learningRate(p, settings),
+      (p) => settings.wd * p.wdMult,
+    );
+    const values = await dev.update(grads, hp, momentum);
+    this.optimizer.step += 1;
+    const groups = clipGroups(L.trained, this.spec.clip).map(([name], i): [string, number] => [name, values[i]!]);
+    return { groups, lamb: this.spec.kind === 'lamb' ? values[groups.length] : undefined };
   }
 
   async encode(model: 'student' | 'teacher', images: Float32Array, count: number, size: number): Promise<Float32Array> {
@@ -600,6 +569,24 @@ export class OnnxRuntimeEngine implements StepEngine {
     this.device?.dispose();
     void this.sessions.release();
   }
+}
+
+/** The clipping and optimiser of `applyStep` (the tfjs engine's: per module in DINO runs, none before LAMB without clip_grad, else global). */
+function optimizerSpec(c: TrainConfig, o: FlatOptimizer): OptimizerGraphSpec {
+  const clip = c.objective === 'dino' ? 'module' : !(c.optim.clip_grad > 0) && o.kind === 'lamb' ? 'none' : 'global';
+  return {
+    kind: o.kind,
+    clip,
+    maxNorm: c.optim.clip_grad,
+    beta1: o.beta1,
+    beta2: o.beta2,
+    eps: o.eps,
+    maxGradNorm: o.maxGradNorm,
+    gradAveraging: o.gradAveraging,
+    trustClip: o.trustClip,
+    alwaysAdapt: o.alwaysAdapt,
+    biasCorrection: o.biasCorrection,
+  };
 }
 
 /** The gradient outputs of a step graph (kept on the device with `keepGradients`). */
