@@ -115,12 +115,20 @@ export class Collectives {
     return this.commit(st, op);
   }
 
-  /** Threads summed in thread order into the first one's buffer, the ring across processes, divided by the world size. */
+  /**
+   * Threads summed in thread order into the first one's buffer, the ring across processes, divided by the
+   * world size: in place, in each thread's own shared buffer (GrpcRingSync's stage), and a result without
+   * data.
+   */
   private async allReduce(st: EpochState, op: PendingOp): Promise<void> {
     const T = this.host.threads;
     const parts = op.msgs.map((m) => (m as Extract<Request, { kind: 'allReduce' }>).data);
     const n = parts[0]!.length;
-    for (const [t, p] of parts.entries()) if (p.length !== n) throw new Fatal(`thread ${t} all-reduces ${p.length} values, thread 0 ${n}`);
+    for (const [t, p] of parts.entries()) {
+      if (p.length !== n) throw new Fatal(`thread ${t} all-reduces ${p.length} values, thread 0 ${n}`);
+      if (!(p.buffer instanceof SharedArrayBuffer))
+        throw new Fatal(`thread ${t} sent an all-reduce buffer that is not a SharedArrayBuffer`);
+    }
     const acc = parts[0]!;
     for (let t = 1; t < T; t++) {
       const p = parts[t]!;
@@ -130,11 +138,9 @@ export class Collectives {
     if (st.aborted) throw st.aborted;
     const W = st.m.worldSize;
     for (let i = 0; i < n; i++) acc[i] = acc[i]! / W;
-    if (T === 1) this.host.post(0, { kind: 'result', seq: op.seq, data: acc }, [acc.buffer as ArrayBuffer]);
-    else {
-      const shared = new Float32Array(new SharedArrayBuffer(4 * n));
-      shared.set(acc);
-      for (let t = 0; t < T; t++) this.host.post(t, { kind: 'result', seq: op.seq, data: shared });
+    for (let t = 0; t < T; t++) {
+      if (t > 0) parts[t]!.set(acc);
+      this.host.post(t, { kind: 'result', seq: op.seq });
     }
   }
 

@@ -14,3 +14,4 @@ export type { Hello, Liveness, TlsFiles } from './links.js';
 export { acceptTcpLink } from './incoming-link.js';
 export type { IncomingLinkOptions } from './incoming-link.js';
 export { GrpcRingSync } from './ring-sync.js';
+export type { AgentToThread, ThreadToAgent } from './messages.js';

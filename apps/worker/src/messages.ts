@@ -34,6 +34,7 @@ interface Collective {
 }
 
 export type ThreadToAgent =
+  /** `data` is a view of a SharedArrayBuffer: the agent writes the means into it. */
   | (Collective & { kind: 'allReduce'; data: Float32Array })
   | (Collective & { kind: 'broadcast'; payload?: Uint8Array })
   | (Collective & { kind: 'commit'; values: Record<string, number> })
@@ -42,6 +43,6 @@ export type ThreadToAgent =
   | { kind: 'done'; thread: number; result: TrainResult };
 
 export type AgentToThread =
-  | { kind: 'result'; seq: number; data?: Float32Array; payload?: Uint8Array; reports?: Record<string, number>[] }
+  | { kind: 'result'; seq: number; payload?: Uint8Array; reports?: Record<string, number>[] }
   /** The collective was dropped: the membership changed (`next`: this thread's place in the new one, null while unknown). */
   | { kind: 'aborted'; seq: number; reason: string; next: { membership: number; rank: number; worldSize: number } | null };

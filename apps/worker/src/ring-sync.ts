@@ -4,8 +4,8 @@
  * it across the cluster; a collective the agent aborts (the membership changed) rejects with
  * MembershipChanged and gives the thread its place in the new epoch.
  */
-import { parentPort } from 'node:worker_threads';
-import { flattenBuffers, MembershipChanged, unflattenInto, type GradientSync } from '@vitreg/trainer';
+import { parentPort, type MessagePort } from 'node:worker_threads';
+import { contiguousView, MembershipChanged, unflattenInto, type GradientSync } from '@vitreg/trainer';
 import type { AgentToThread, ThreadToAgent } from './messages.js';
 import { decodeState, encodeState } from './state-codec.js';
 
@@ -24,11 +24,13 @@ export class GrpcRingSync implements GradientSync {
     rank: number,
     worldSize: number,
     membership: number,
+    /** The agent's end of the conversation (default: this worker thread's parent). */
+    private readonly port: MessagePort = parentPort!,
   ) {
     this.rank = rank;
     this.worldSize = worldSize;
     this.membership = membership;
-    parentPort!.on('message', (m: AgentToThread) => this.onMessage(m));
+    port.on('message', (m: AgentToThread) => this.onMessage(m));
   }
 
   private onMessage(m: AgentToThread): void {
@@ -53,18 +55,47 @@ export class GrpcRingSync implements GradientSync {
     const seq = this.seq++;
     return new Promise((resolve, reject) => {
       this.waiting.set(seq, { resolve, reject });
-      parentPort!.postMessage({ ...msg, thread: this.thread, seq, membership: this.membership, step } as ThreadToAgent, transfer);
+      this.port.postMessage({ ...msg, thread: this.thread, seq, membership: this.membership, step } as ThreadToAgent, transfer);
     });
   }
 
+  /** The shared buffer the agent reduces in place (kept: every step all-reduces the same length). */
+  private stage: Float32Array | null = null;
+  private staging = false;
+
   /**
-   * The mean of each buffer over every rank, written into the buffer: the buffers are copied into one
-   * array handed to the agent (transferred, not cloned), and the agent's result is copied back.
+   * The mean of each buffer over every rank, written into the buffer. The agent (on the process's main
+   * thread) reduces a SharedArrayBuffer in place: buffers that are already consecutive views of one are
+   * handed over as that one view (no copy); others are copied into this thread's shared stage, kept
+   * from step to step, and copied back (onnxruntime-node takes no tensor over a SharedArrayBuffer, so the
+   * engines' gradients take this path: one copy in, one out, nothing allocated).
    */
   async allReduce(buffers: Float32Array[]): Promise<void> {
-    const flat = flattenBuffers(buffers);
-    const r = await this.request({ kind: 'allReduce', data: flat }, this.nextStep, [flat.buffer]);
-    unflattenInto(r.data!, buffers);
+    const whole = contiguousView(buffers);
+    if (whole && whole.buffer instanceof SharedArrayBuffer) return this.reduceShared(whole);
+    const total = buffers.reduce((n, b) => n + b.length, 0);
+    const own = !this.staging;
+    if (own && (this.stage?.length ?? -1) < total) this.stage = null;
+    const stage = own && this.stage ? this.stage.subarray(0, total) : new Float32Array(new SharedArrayBuffer(4 * total));
+    if (own) {
+      this.stage ??= stage;
+      this.staging = true;
+    }
+    try {
+      let off = 0;
+      for (const b of buffers) {
+        stage.set(b, off);
+        off += b.length;
+      }
+      await this.reduceShared(stage);
+      unflattenInto(stage, buffers);
+    } finally {
+      if (own) this.staging = false;
+    }
+  }
+
+  private async reduceShared(data: Float32Array): Promise<void> {
+    await this.request({ kind: 'allReduce', data }, this.nextStep);
   }
 
   async broadcast(state: Record<string, Float32Array>, meta?: unknown): Promise<{ state: Record<string, Float32Array>; meta: unknown }> {
@@ -84,6 +115,6 @@ export class GrpcRingSync implements GradientSync {
   }
 
   async checkpointWritten(step: number, path: string): Promise<void> {
-    parentPort!.postMessage({ kind: 'checkpoint', thread: this.thread, step, path } as ThreadToAgent);
+    this.port.postMessage({ kind: 'checkpoint', thread: this.thread, step, path } as ThreadToAgent);
   }
 }

@@ -116,7 +116,7 @@ export {
 export type { StopOnSignalsOptions, StopSignal } from './stop.js';
 export { clipStep } from './steps/clip.js';
 export type { ClipBatch, ClipStepResult } from './steps/clip.js';
-export { flattenBuffers, LocalGradientSync, MembershipChanged, unflattenInto } from './sync.js';
+export { contiguousView, flattenBuffers, LocalGradientSync, MembershipChanged, unflattenInto } from './sync.js';
 export type { GradientSync } from './sync.js';
 export { tfjsEngine, TfjsEngine } from './tfjs-engine.js';
 export { MAX_WORKERS, SharedMemorySync, trainThreads } from './threads.js';

@@ -68,6 +68,23 @@ export class LocalGradientSync implements GradientSync {
   }
 }
 
+/**
+ * The one Float32Array that `buffers` are consecutive views of (same underlying buffer, each starting
+ * where the previous one ends), or null when they are not: a sync then reduces that view in place, with
+ * no copy (the ONNX Runtime engine's gradients and batch means are such views of one SharedArrayBuffer).
+ */
+export function contiguousView(buffers: readonly Float32Array[]): Float32Array | null {
+  const first = buffers[0];
+  if (!first) return null;
+  let end = first.byteOffset + first.byteLength;
+  for (let i = 1; i < buffers.length; i++) {
+    const b = buffers[i]!;
+    if (b.buffer !== first.buffer || b.byteOffset !== end) return null;
+    end += b.byteLength;
+  }
+  return new Float32Array(first.buffer, first.byteOffset, (end - first.byteOffset) / 4);
+}
+
 /** The values of `buffers`, one after the other, in one new Float32Array (what a sync sends). */
 export function flattenBuffers(buffers: readonly Float32Array[]): Float32Array<ArrayBuffer> {
   const flat = new Float32Array(buffers.reduce((n, b) => n + b.length, 0));

@@ -23,7 +23,7 @@ import { Worker } from 'node:worker_threads';
 import { getBackendName, startThread, type BackendName } from '@vitreg/core';
 import type { TrainConfig } from './config.js';
 import { checkThreadsOnDevice, type TrainEngineOptions } from './onnx/engine-select.js';
-import { flattenBuffers, unflattenInto, type GradientSync } from './sync.js';
+import { contiguousView, flattenBuffers, unflattenInto, type GradientSync } from './sync.js';
 import type { TrainOptions, TrainResult } from './loop.js';
 
 const COUNT = 0;
@@ -118,7 +118,9 @@ export class SharedMemorySync implements GradientSync {
 
   async allReduce(buffers: Float32Array[]): Promise<void> {
     if (this.worldSize === 1) return;
-    const flat = flattenBuffers(buffers);
+    // Consecutive views of one buffer (the ONNX Runtime engine's) are reduced in place; others through a copy.
+    const whole = contiguousView(buffers);
+    const flat = whole ?? flattenBuffers(buffers);
     const total = flat.length;
     this.agreeOnLength('allReduce', total);
     const own = this.slots[this.rank]!;
@@ -136,7 +138,7 @@ export class SharedMemorySync implements GradientSync {
       }
       this.barrier();
     }
-    unflattenInto(flat, buffers);
+    if (!whole) unflattenInto(flat, buffers);
   }
 
   async broadcast(state: Record<string, Float32Array>, meta?: unknown): Promise<{ state: Record<string, Float32Array>; meta: unknown }> {

@@ -3,7 +3,9 @@
  * onnxruntime` passes): every training thread resolves its own engine from the options, trains on ONNX
  * Runtime (its metrics count the engine's flat buffers, not tfjs tensors), and 2 threads x batch 3 train
  * the weights of 1 thread x batch 6 on the same engine; a device the threads cannot start fails naming
- * the rank and the device. Skipped with one line where onnxruntime-node does not load.
+ * the rank and the device. The engine hands a sync its gradients and the teacher's batch means as
+ * consecutive views of one buffer, which the syncs reduce as they are. Skipped with one line where
+ * onnxruntime-node does not load.
  */
 import { before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -16,6 +18,7 @@ import { train } from '../src/loop.js';
 import { onnxRuntimeEngine } from '../src/onnx/engine.js';
 import { resolveTrainEngine } from '../src/onnx/engine-select.js';
 import { trainThreads } from '../src/threads.js';
+import { contiguousView, LocalGradientSync } from '../src/sync.js';
 import { useWasm } from './helpers.js';
 import { SKIP_NO_ORT, tryOrt } from './onnx-helpers.js';
 
@@ -82,6 +85,44 @@ test('trainThreads: a device the threads cannot start fails naming the rank and 
       trainThreads(cfg, { outDir: root, progress: false, workers: 2, engineOptions: { engine: 'onnxruntime', device: 'cuda' } }),
       /training thread rank \d: --device cuda: not available/,
     );
+  } finally {
+    await rm(root, { recursive: true, force: true });
+  }
+});
+
+test('the onnxruntime engine hands the sync its gradients and batch means as consecutive views of one buffer', async (t) => {
+  if (!(await tryOrt())) return t.skip(SKIP_NO_ORT);
+  const root = await mkdtemp(join(tmpdir(), 'vitreg-onnx-views-'));
+  const seen: { buffers: number; values: number; view: Float32Array | null }[] = [];
+  class Recording extends LocalGradientSync {
+    override async allReduce(buffers: Float32Array[]): Promise<void> {
+      seen.push({ buffers: buffers.length, values: buffers.reduce((n, b) => n + b.length, 0), view: contiguousView(buffers) });
+    }
+  }
+  try {
+    // tiny-dino: DINO and iBOT centres, so each step all-reduces the gradients and two batch means.
+    const c = validateTrainConfig({
+      preset: 'tiny-dino',
+      data: { train_size: 8, val_size: 4 },
+      train: { steps: 2, batch_size: 4, eval_every: 0, checkpoint_every: 0, knn_train_size: 4 },
+    });
+    let parameters = 0;
+    await train(c, {
+      outDir: root,
+      progress: false,
+      sync: new Recording(),
+      engine: (ctx) => {
+        const e = onnxRuntimeEngine({ threads: 1 })(ctx);
+        parameters = e.parameters.length;
+        return e;
+      },
+    });
+    assert.equal(seen.length, 2);
+    for (const s of seen) {
+      assert.equal(s.buffers, parameters + 2, 'the gradients, then the DINO and iBOT means');
+      assert.ok(s.view, 'consecutive views of one buffer');
+      assert.equal(s.view.length, s.values);
+    }
   } finally {
     await rm(root, { recursive: true, force: true });
   }

@@ -72,8 +72,15 @@ export class OnnxRuntimeEngine implements StepEngine {
   readonly student: Float32Array;
   /** The EMA teacher (DINO), laid out as the student; null in supervised runs. */
   readonly teacher: Float32Array | null;
-  /** d loss / d p of the trained tensors (`layout.trained`); `ComputedStep.gradients` are views of it. */
+  /**
+   * d loss / d p of the trained tensors (`layout.trained`); `ComputedStep.gradients` are views of it. It is
+   * the head of one buffer whose tail holds the teacher's batch means (`ComputedStep.means`), so that a
+   * step's all-reduce list is one contiguous view (sync.ts `contiguousView`) a sync reduces as it is. Not a
+   * SharedArrayBuffer: onnxruntime-node refuses tensors over one ("Invalid argument").
+   */
   readonly grads: Float32Array;
+  /** The batch means of the DINO / iBOT centres, after `grads` in the same buffer. */
+  private readonly meanViews: { dino?: Float32Array; ibot?: Float32Array } = {};
   /** A micro-batch's gradients before they are added to `grads` (allocated with the first second micro-batch). */
   private scratch: Float32Array | null = null;
   readonly optimizer: FlatOptimizer;
@@ -101,7 +108,12 @@ export class OnnxRuntimeEngine implements StepEngine {
     this.student = new Float32Array(L.total);
     initialStudent(L, c, this.student);
     this.teacher = c.objective === 'dino' ? new Float32Array(L.total) : null;
-    this.grads = new Float32Array(L.gradTotal);
+    const dinoK = L.heads.dino?.outDim ?? 0;
+    const ibotK = L.heads.ibotMode !== 'none' ? (L.heads.ibot ?? L.heads.dino!).outDim : 0;
+    const store = new Float32Array(L.gradTotal + dinoK + ibotK);
+    this.grads = store.subarray(0, L.gradTotal);
+    if (dinoK) this.meanViews.dino = store.subarray(L.gradTotal, L.gradTotal + dinoK);
+    if (ibotK) this.meanViews.ibot = store.subarray(L.gradTotal + dinoK);
     for (const s of L.segments) {
       this.studentFeeds[s.name] = L.view(this.student, s.name);
       if (this.teacher) this.teacherFeeds[s.name] = L.view(this.teacher, s.name);
@@ -361,7 +373,11 @@ export class OnnxRuntimeEngine implements StepEngine {
       loss: outputs.loss![0]!,
       parts,
       gradients: keep ? [] : this.gradViews,
-      means: targets.means,
+      means: targets.means.map((m, i) => {
+        const view = this.meanViews[targets.centres[i] as 'dino' | 'ibot']!;
+        view.set(m);
+        return view;
+      }),
       metrics: { teacher_temp: temp, teacher_entropy: targets.entropy.rows, teacher_batch_entropy: targets.entropy.batch },
       update: { teacherMomentum: settings.momentum, centres: targets.centres },
     };
