@@ -51,7 +51,8 @@ export interface StepUpdate {
   teacherMomentum: number | null;
   /**
    * Names of the centres (`dino`, `ibot`) that fold in a batch mean: centre `centres[i]` takes
-   * `means[i]` of the ComputedStep, after the all-reduce (c <- 0.9 c + 0.1 mean, `Center.update`).
+   * `means[i]` of the ComputedStep, after the all-reduce (c <- 0.9 c + 0.1 mean over the ranks that had
+   * rows, `Center.updateFromRanks`).
    * Empty with Sinkhorn-Knopp centering and in supervised runs.
    */
   centres: string[];
@@ -80,7 +81,9 @@ export interface ComputedStep {
   gradients: Float32Array[];
   /**
    * Per-rank statistics averaged over the ranks with the gradients (in the same all-reduce), in
-   * `update.centres` order: DINO's teacher batch means for the centres. Empty when there are none.
+   * `update.centres` order: DINO's teacher batch means for the centres as losses.ts's `rankMean`s (the
+   * mean, then 1; zeros and 0 for a rank without rows: the iBOT centre where it masked no patch, so that
+   * every rank all-reduces the same lengths). Empty when there are none.
    */
   means: Float32Array[];
   /**

@@ -114,6 +114,18 @@ export function koleoLoss(x: tf.Tensor2D, eps = 1e-8): tf.Scalar {
  * Exponential moving average of the teacher's outputs (DINOv2 centering): after each step
  * center <- center * m + batchMean * (1 - m). Kept on the host so it checkpoints as is.
  */
+/**
+ * One rank's part of a centre's update, all-reduced with the gradients: the mean of its rows [N, dim]
+ * followed by 1, or, for a rank without rows (no masked patch for the iBOT centre), dim zeros followed by
+ * 0. Every rank sends the same length whatever it masked, and `Center.updateFromRanks` divides the
+ * averaged means by the averaged share: the mean over the ranks that had rows.
+ */
+export function rankMean(rows: tf.Tensor2D | null | undefined, dim: number): tf.Tensor1D {
+  return tf.tidy(() =>
+    rows && rows.shape[0] > 0 ? (tf.concat([tf.mean(rows, 0), tf.ones([1])]) as tf.Tensor1D) : (tf.zeros([dim + 1]) as tf.Tensor1D),
+  );
+}
+
 export class Center {
   value: Float32Array;
 
@@ -126,6 +138,19 @@ export class Center {
 
   tensor(): tf.Tensor1D {
     return tf.tensor1d(this.value);
+  }
+
+  /**
+   * Folds in `rankMean`s averaged over the ranks: the mean over the ranks that had rows (the last value is
+   * their share), nothing when no rank had any.
+   */
+  updateFromRanks(averaged: Float32Array): void {
+    if (averaged.length !== this.dim + 1) {
+      throw new Error(`Center.updateFromRanks: expected ${this.dim} values and a share, got ${averaged.length} values`);
+    }
+    const share = averaged[this.dim]!;
+    if (share === 0) return;
+    this.update(averaged.subarray(0, this.dim).map((v) => v / share));
   }
 
   /** Fold in the batch mean of the teacher outputs (already averaged over replicas). */

@@ -8,6 +8,7 @@ import {
   ibotMaskedLoss,
   koleoLoss,
   oneHotTargets,
+  rankMean,
   softTargetCrossEntropy,
   teacherSoftmaxCenter,
 } from '../src/losses.js';
@@ -165,4 +166,30 @@ test('centre: EMA with momentum 0.9 of the batch means', () => {
   assertClose(c.value[0]!, 0.19);
   assertClose(c.value[1]!, -0.18);
   assert.throws(() => c.update(new Float32Array(3)), /expected 2 values/);
+});
+
+test('rankMean: the mean of the rows then 1, or zeros then 0 for a rank without rows', () => {
+  const rows = tf.tensor2d([
+    [1, 2],
+    [3, 8],
+  ]);
+  const none = tf.zeros([0, 2]) as tf.Tensor2D;
+  assert.deepEqual([...rankMean(rows, 2).dataSync()], [2, 5, 1]);
+  assert.deepEqual([...rankMean(none, 2).dataSync()], [0, 0, 0]);
+  assert.deepEqual([...rankMean(undefined, 2).dataSync()], [0, 0, 0]);
+  tf.dispose([rows, none]);
+});
+
+test('centre from ranks: the mean over the ranks that had rows; no update when none had', () => {
+  // Rank 0's mean [1, -2], rank 1 without rows: averaged over 2 ranks [0.5, -1] with a share of 0.5.
+  const c = new Center(2, 0.9);
+  c.updateFromRanks(new Float32Array([0.5, -1, 0.5]));
+  assertClose(c.value[0]!, 0.1);
+  assertClose(c.value[1]!, -0.2);
+  // Three ranks with rows (means 1, 2, 6 for the first value): the plain mean over the ranks.
+  c.updateFromRanks(new Float32Array([3, 0, 1]));
+  assertClose(c.value[0]!, 0.9 * 0.1 + 0.1 * 3);
+  c.updateFromRanks(new Float32Array([0, 0, 0]));
+  assertClose(c.value[0]!, 0.39, 1e-6, 'no rank had rows: unchanged');
+  assert.throws(() => c.updateFromRanks(new Float32Array(2)), /expected 2 values and a share/);
 });

@@ -81,11 +81,14 @@ for (const [preset, extra] of [
   });
 }
 
-/** Random gradients (and DINO centre means) as a ComputedStep of `engine`'s parameters. */
+/**
+ * Random gradients (and DINO centre means: rankMeans averaged over the ranks, the iBOT one with a share of
+ * 0.5, as when half the ranks masked no patch) as a ComputedStep of `engine`'s parameters.
+ */
 function randomStep(engine: OnnxRuntimeEngine, rng: Rng, scale: number, dino: boolean): ComputedStep {
   const gradients = engine.parameters.map((p) => Float32Array.from({ length: p.size }, () => rng.normal(0, scale)));
-  const K = engine.layout.heads.dino?.outDim ?? 0;
-  const means = dino ? [0, 1].map(() => Float32Array.from({ length: K }, () => rng.normal(0, 1))) : [];
+  const averaged = (dim: number, share: number) => Float32Array.from({ length: dim + 1 }, (_, i) => (i < dim ? rng.normal(0, 1) : share));
+  const means = dino ? [averaged(engine.centers.dino!.dim, 1), averaged(engine.centers.ibot!.dim, 0.5)] : [];
   return {
     loss: 0,
     parts: {},

@@ -1,14 +1,14 @@
 /**
  * The DINOv2 step's host side on the ONNX Runtime engine: from the teacher graph's raw head outputs to
  * the student graph's targets, with the SAME code as the tfjs step (steps/dino.ts's teacherTargets):
- * the centred softmax (`teacherSoftmaxCenter`) with the centres' batch means (tf.mean of the raw outputs),
+ * the centred softmax (`teacherSoftmaxCenter`) with the centres' batch means (`rankMean` of the raw outputs),
  * or Sinkhorn-Knopp (`sinkhornKnopp` with its sums over every rank through the GradientSync), and the
  * teacher entropies. These are small tensors ([2B, K] and [masked patches, K']) on the current tfjs backend.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { reduceSumOf, sinkhornKnopp } from '../centering.js';
 import type { TrainConfig } from '../config.js';
-import { type Center, entropies, teacherSoftmaxCenter } from '../losses.js';
+import { type Center, entropies, rankMean, teacherSoftmaxCenter } from '../losses.js';
 import type { GradientSync } from '../sync.js';
 
 export interface TeacherOutputs {
@@ -26,7 +26,7 @@ export interface HostTargets {
   dino: Float32Array;
   /** `ibot_targets` of the M masked patches [M, K'] (null when this rank masked none). */
   ibot: Float32Array | null;
-  /** The teacher's batch means for the centres, in `centres` order. */
+  /** The teacher's batch means for the centres (`rankMean`s: the mean, then 1 or 0), in `centres` order. */
   means: Float32Array[];
   centres: string[];
   /** Mean row entropy of the DINO targets and entropy of their mean (nats). */
@@ -75,13 +75,14 @@ export async function dinoTargets(
     }
     const probs = tf.tidy(() => teacherSoftmaxCenter(dinoOut, centers.dino!.tensor(), temp)) as tf.Tensor2D;
     const ibotProbs = ibotOut ? tf.tidy(() => teacherSoftmaxCenter(ibotOut, centers.ibot!.tensor(), temp)) : null;
-    const means = [tf.mean(dinoOut, 0), ...(ibotOut ? [tf.mean(ibotOut, 0)] : [])];
+    // Every rank sends the iBOT centre's part, masked patches or not (rankMean: zeros and a share of 0).
+    const means = [rankMean(dinoOut, out.K), ...(centers.ibot ? [rankMean(ibotOut, centers.ibot.dim)] : [])];
     try {
       return {
         dino: values(probs),
         ibot: ibotProbs ? values(ibotProbs) : null,
         means: means.map(values),
-        centres: ibotOut ? ['dino', 'ibot'] : ['dino'],
+        centres: centers.ibot ? ['dino', 'ibot'] : ['dino'],
         entropy: entropies(probs),
       };
     } finally {

@@ -110,10 +110,11 @@ export class OnnxRuntimeEngine implements StepEngine {
     this.teacher = c.objective === 'dino' ? new Float32Array(L.total) : null;
     const dinoK = L.heads.dino?.outDim ?? 0;
     const ibotK = L.heads.ibotMode !== 'none' ? (L.heads.ibot ?? L.heads.dino!).outDim : 0;
-    const store = new Float32Array(L.gradTotal + dinoK + ibotK);
+    // The means are rankMeans: each centre's values and a share.
+    const store = new Float32Array(L.gradTotal + (dinoK ? dinoK + 1 : 0) + (ibotK ? ibotK + 1 : 0));
     this.grads = store.subarray(0, L.gradTotal);
-    if (dinoK) this.meanViews.dino = store.subarray(L.gradTotal, L.gradTotal + dinoK);
-    if (ibotK) this.meanViews.ibot = store.subarray(L.gradTotal + dinoK);
+    if (dinoK) this.meanViews.dino = store.subarray(L.gradTotal, L.gradTotal + dinoK + 1);
+    if (ibotK) this.meanViews.ibot = store.subarray(L.gradTotal + dinoK + 1);
     for (const s of L.segments) {
       this.studentFeeds[s.name] = L.view(this.student, s.name);
       if (this.teacher) this.teacherFeeds[s.name] = L.view(this.teacher, s.name);
@@ -400,7 +401,7 @@ export class OnnxRuntimeEngine implements StepEngine {
       u.centres.forEach((name, i) => {
         const ctr = this.centers[name as 'dino' | 'ibot'];
         if (!ctr) throw new Error(`DINO update: no centre "${name}"`);
-        ctr.update(step.means[i]!);
+        ctr.updateFromRanks(step.means[i]!);
       });
     }
     // As the tfjs engine reports them: each module's norm and their total, or the global norm; LAMB's own

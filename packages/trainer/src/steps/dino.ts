@@ -17,7 +17,7 @@ import { reduceSumOf, sinkhornKnopp } from '../centering.js';
 import type { TrainConfig } from '../config.js';
 import type { StepSettings, StepUpdate } from '../engine.js';
 import type { DinoHead } from '../heads.js';
-import { type Center, dinoGlobalLocalLoss, entropies, ibotMaskedLoss, koleoLoss, teacherSoftmaxCenter } from '../losses.js';
+import { type Center, dinoGlobalLocalLoss, entropies, ibotMaskedLoss, koleoLoss, rankMean, teacherSoftmaxCenter } from '../losses.js';
 import type { GradientSync } from '../sync.js';
 import type { StepRecord } from './record.js';
 
@@ -32,7 +32,10 @@ export interface DinoModels {
   centers: { dino?: Center; ibot?: Center };
 }
 
-/** The teacher's side of a step: targets, and the batch means for the centres (absent with Sinkhorn-Knopp). */
+/**
+ * The teacher's side of a step: targets, and the batch means for the centres as `rankMean`s (absent with
+ * Sinkhorn-Knopp; the iBOT one present whenever iBOT is on, masked patches or not).
+ */
 interface TeacherTargets {
   [key: string]: tf.Tensor | undefined;
   dinoProbs: tf.Tensor2D;
@@ -107,7 +110,8 @@ async function teacherTargets(
     }
     const dinoProbs = teacherSoftmaxCenter(dinoOut, m.centers.dino!.tensor(), temp) as tf.Tensor2D;
     const ibotProbs = ibotOut ? (teacherSoftmaxCenter(ibotOut, m.centers.ibot!.tensor(), temp) as tf.Tensor2D) : undefined;
-    return { dinoProbs, ibotProbs, dinoMean: tf.mean(dinoOut, 0), ibotMean: ibotOut ? tf.mean(ibotOut, 0) : undefined };
+    const ibotMean = m.centers.ibot ? rankMean(ibotOut, m.centers.ibot.dim) : undefined;
+    return { dinoProbs, ibotProbs, dinoMean: rankMean(dinoOut, m.centers.dino!.dim), ibotMean };
   });
   if (!sinkhorn) return raw;
   const logits = [raw.dinoProbs, ...(raw.ibotProbs ? [raw.ibotProbs] : [])];
@@ -213,7 +217,7 @@ export async function dinoStep(m: DinoModels, batch: DinoBatch, s: StepSettings,
 /**
  * The post-commit part of a DINO step: the EMA teacher t <- m t + (1 - m) s over the backbone and
  * heads (`student` and `teacher` named alike), then each centre of `update.centres` folds in its
- * batch mean `means[i]` (already averaged over the ranks).
+ * `rankMean` `means[i]` (already averaged over the ranks: `Center.updateFromRanks`).
  */
 export function applyTeacherUpdate(
   student: Record<string, tf.Variable>,
@@ -230,6 +234,6 @@ export function applyTeacherUpdate(
   update.centres.forEach((name, i) => {
     const ctr = centers[name];
     if (!ctr) throw new Error(`DINO update: no centre "${name}"`);
-    ctr.update(means[i]!);
+    ctr.updateFromRanks(means[i]!);
   });
 }
