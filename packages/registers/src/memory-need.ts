@@ -10,9 +10,18 @@
  * - forward activations at batch B with N tokens, H heads, width D, MLP width F, the peak of one block:
  *   4 B H N^2 (scores, softmax and their per-head parts) + 6 B N F + 4 B N D floats. Checked on wasm:
  *   dinov2_vits14_reg at 518 px, batch 2 is estimated at 626 MiB, the wasm heap grew to 714 MiB;
- * - training: gradients 1x and optimiser state 2x the parameters (AdamW's and LAMB's two moments), a
- *   DINO teacher's weights, and per block 3 B H N^2 + 4 B N F + 10 B N D floats kept for the backward, for
- *   each kind of crop at its size.
+ * - training: optimiser state 2x the parameters (AdamW's and LAMB's two moments), a DINO teacher's
+ *   weights, and the activations kept for the backward per block, for each kind of crop at its size:
+ *   - tfjs: gradients 3x the parameters (the backward's tensors, the update's made from the host copy and
+ *     the clipped ones) and 4 B H N^2 + (8 F + 10 D) B N floats per block (every intermediate of the
+ *     forward lives until the backward ends). Calibrated on wasm by the heap after one step (the heap only
+ *     grows), against this estimate plus the trainer's heads (@vitreg/trainer's tfjsHeadsNeed):
+ *     deit3_small_patch16_reg4 supervised at 224, batch 4 / 8 / 16: 1.27 / 2.02 / 3.47 GiB measured, 1.37 /
+ *     2.17 / 3.76 estimated (batch 24, 5.36: out of memory); deit3_base_patch16_reg4 batch 2: 2.89, 3.04;
+ *     dinov2_vits14_reg DINO at 224 with 8 local crops at 98 (small heads), batch 2 / 3: 2.52 / 3.32
+ *     measured, 2.52 / 3.42 estimated (batch 4, 4.31: out of memory); without local crops, batch 2 / 4:
+ *     1.65 / 2.62 measured, 1.85 / 2.96 estimated;
+ *   - onnxruntime: gradients 1x and 3 B H N^2 + 4 B N F + 10 B N D floats per block.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import {
@@ -93,14 +102,17 @@ export function vitMemoryNeed(c: ViTConfig, opts: VitMemoryOptions = {}): Memory
   const crops = t.crops ?? [{ count: batch, size }];
   let activations = 0;
   let peak = 0;
+  const tfjs = opts.engine !== 'onnxruntime';
   for (const g of crops) {
     const n = tokens(c, g.size);
-    activations += c.depth * (3 * g.count * H * n * n + 4 * g.count * n * F + 10 * g.count * n * D) * F32;
+    const kept = tfjs ? 4 * H * n * n + (8 * F + 10 * D) * n : 3 * H * n * n + (4 * F + 10 * D) * n;
+    activations += c.depth * g.count * kept * F32;
     peak = Math.max(peak, forwardPeak(g.count, n));
     largestTensor = Math.max(largestTensor, largest(g.count, n));
   }
   if (t.teacher) weights += copies * P * F32;
-  return { weights, gradients: P * F32, optimizer: (t.optimizerSlots ?? 2) * P * F32, activations: activations + peak, largestTensor };
+  const gradients = (tfjs ? 3 : 1) * P * F32;
+  return { weights, gradients, optimizer: (t.optimizerSlots ?? 2) * P * F32, activations: activations + peak, largestTensor };
 }
 
 /**

@@ -83,6 +83,17 @@ export interface MaskBatch {
 }
 
 /**
+ * The most patches `collateMasks` can mask over `nImages` crops of `numPatches` patches: each masked crop
+ * asks for at most trunc(numPatches x the top of its ratio slice) and the generator never exceeds the ask.
+ */
+export function maxMaskedPatches(nImages: number, numPatches: number, ratio: [number, number], probability: number): number {
+  const nMasked = Math.trunc(nImages * probability);
+  let total = 0;
+  for (let i = 0; i < nMasked; i++) total += Math.trunc(numPatches * (ratio[0] + ((ratio[1] - ratio[0]) * (i + 1)) / nMasked));
+  return total;
+}
+
+/**
  * Masks for `nImages` crops: int(nImages * probability) of them get a mask whose ratio is drawn
  * in consecutive slices of [ratioMin, ratioMax], the others none; then the list is shuffled.
  */

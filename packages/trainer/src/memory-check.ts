@@ -1,25 +1,18 @@
 /**
  * The memory check a step engine makes before it allocates a model: the trained ViT, its gradients and
  * optimiser state, the DINO teacher and the activations of one forward/backward pass at the batch the
- * engine runs (crop groups from the config), against what the engine's memory holds (@vitreg/registers'
- * checkVitFits: the tfjs backend's budget, or the host's free memory for ONNX Runtime on the CPU, where
- * the estimate adds what that engine holds beside the backbone: onnxEngineExtraNeed); and the same for the
+ * engine runs (crop groups from the config), against what the engine's memory holds (the tfjs backend's
+ * budget, or the host's free memory for ONNX Runtime on the CPU), with what each engine holds beside the
+ * backbone (its heads: tfjsHeadsNeed, onnxEngineExtraNeed); and the same for the
  * clip objective's two towers on ONNX Runtime (`checkClipTrainingFits`).
  */
-import {
-  activeBudget,
-  checkVitFits,
-  parameterCount,
-  textParameterShapes,
-  vitMemoryNeed,
-  type ClipConfig,
-  type CropGroup,
-} from '@vitreg/registers';
+import { activeBudget, parameterCount, textParameterShapes, vitMemoryNeed, type ClipConfig, type CropGroup } from '@vitreg/registers';
 import { checkMemoryFit, numel, type MemoryNeed } from '@vitreg/core';
 import type { EngineContext } from './engine.js';
 import { classifierShapes, dinoHeadShapes } from './onnx/heads-graph.js';
 import { headConfigs } from './onnx/engine-params.js';
 import { maskRowBucket } from './onnx/feeds.js';
+import { maxMaskedPatches } from './masking.js';
 
 const F32 = 4;
 
@@ -90,10 +83,57 @@ export function onnxEngineExtraNeed(ctx: EngineContext): MemoryNeed {
 }
 
 /**
+ * What the tfjs engine's heads hold beside the backbone's estimate (vitMemoryNeed with engine 'tfjs'):
+ * - their parameters as the backbone's: 2 copies of the weights (and of the EMA teacher's in DINO runs),
+ *   3 of the gradients, AdamW's two moments;
+ * - per DINO / iBOT head: 12 copies of its last layer (bottleneck x K: the weight-normalised weights of
+ *   each forward and their gradients, the update's temporaries of the largest tensor);
+ * - 16 floats per row and prototype of every row the heads see in a step (every crop's CLS and the
+ *   teacher's two global ones, the student's and the teacher's masked patches at the most
+ *   `collateMasks` can mask: `maxMaskedPatches`), and 10 per row and hidden unit (the MLP).
+ * Calibrated on wasm by the heap after one step (backbone and heads estimated together) of
+ * vit_micro_patch8_reg4 (depth 1) at 32 px with 8 local crops and DINOv2's head sizes (hidden 2048,
+ * bottleneck 256): K = 65536, one head shared with iBOT, batch 4 / 8 / 16: 1.88 / 2.17 / 2.88 GiB
+ * measured, 1.85 / 2.19 / 2.86 estimated; K = 16384, batch 8: 0.75, 0.69; K = 65536 with a separate
+ * iBOT head, batch 8: 3.46, 3.66. dinov2_vits14_reg at 224 with 8 local crops at 98: K = 16384, batch 2
+ * trains (3.48 GiB estimated), batch 3 runs out of the 4 GiB heap (4.54); K = 65536, batch 2 runs out
+ * (5.73). Before the heads were counted, all three passed the check and then died with "Aborted()".
+ */
+export function tfjsHeadsNeed(ctx: EngineContext): MemoryNeed {
+  const c = ctx.config;
+  const heads = headConfigs(c, ctx.vit.embed_dim, ctx.numClasses);
+  const { pass, crops } = trainingCropGroups(ctx);
+  const dinoHeads = [heads.dino, heads.ibot].filter((h): h is NonNullable<typeof h> => h !== undefined);
+  let headParams = 0;
+  if (heads.classes !== undefined)
+    for (const shape of Object.values(classifierShapes(ctx.vit.embed_dim, heads.classes))) headParams += numel(shape);
+  for (const h of dinoHeads) for (const shape of Object.values(dinoHeadShapes(h))) headParams += numel(shape);
+  let activations = 0;
+  if (heads.dino) {
+    const cls = crops.reduce((a, g) => a + g.count, 0) + 2 * pass;
+    const patches = Math.floor(c.crops.global_crops_size / ctx.vit.patch_size) ** 2;
+    const b = c.ibot;
+    const masked = heads.ibotMode === 'none' ? 0 : maxMaskedPatches(2 * pass, patches, b.mask_ratio_min_max, b.mask_sample_probability);
+    const ibot = heads.ibot ?? heads.dino;
+    activations += 16 * (cls * heads.dino.outDim + 2 * masked * ibot.outDim);
+    activations += 10 * (cls * heads.dino.hiddenDim + 2 * masked * ibot.hiddenDim);
+    for (const h of dinoHeads) activations += 12 * h.bottleneckDim * h.outDim;
+  } else if (heads.classes !== undefined) activations += 16 * pass * heads.classes;
+  const teacher = c.objective === 'dino' ? 2 : 1;
+  return {
+    weights: 2 * teacher * headParams * F32,
+    gradients: 3 * headParams * F32,
+    optimizer: 2 * headParams * F32,
+    activations: activations * F32,
+    largestTensor: 0,
+  };
+}
+
+/**
  * Refuses (an InputError with the estimate, the limit and the ways out) a training run that cannot fit:
- * `engine` 'tfjs' against the active tfjs backend (the backbone's estimate), 'onnxruntime' against the
- * host's free memory (the backbone's estimate and onnxEngineExtraNeed; on `--device cpu`: a GPU's memory
- * is not known before its session exists, so nothing is checked there).
+ * `engine` 'tfjs' against the active tfjs backend (the backbone's estimate and tfjsHeadsNeed),
+ * 'onnxruntime' against the host's free memory (the backbone's estimate and onnxEngineExtraNeed; on
+ * `--device cpu`: a GPU's memory is not known before its session exists, so nothing is checked there).
  */
 export function checkTrainingFits(ctx: EngineContext, engine: 'tfjs' | 'onnxruntime', device = 'cpu'): void {
   if (engine === 'onnxruntime' && device !== 'cpu') return;
@@ -101,12 +141,8 @@ export function checkTrainingFits(ctx: EngineContext, engine: 'tfjs' | 'onnxrunt
   const dino = ctx.config.objective === 'dino';
   const training = { crops, teacher: dino };
   const what = `training ${ctx.config.model.arch} on ${engine === 'tfjs' ? 'tfjs' : 'ONNX Runtime'}`;
-  if (engine === 'tfjs') {
-    checkVitFits(ctx.vit, { batch: pass, training, what });
-    return;
-  }
-  const backbone = vitMemoryNeed(ctx.vit, { engine: 'onnxruntime', batch: pass, training });
-  const extra = onnxEngineExtraNeed(ctx);
+  const backbone = vitMemoryNeed(ctx.vit, { engine, batch: pass, training });
+  const extra = engine === 'tfjs' ? tfjsHeadsNeed(ctx) : onnxEngineExtraNeed(ctx);
   const need: MemoryNeed = {
     weights: backbone.weights + extra.weights,
     gradients: backbone.gradients + extra.gradients,
@@ -114,8 +150,10 @@ export function checkTrainingFits(ctx: EngineContext, engine: 'tfjs' | 'onnxrunt
     activations: backbone.activations + extra.activations,
     largestTensor: backbone.largestTensor,
   };
-  const params = ((backbone.gradients + extra.gradients) / F32 / 1e6).toFixed(1);
-  checkMemoryFit(`${what} (${params}M parameters, batch ${pass}, training)`, need, activeBudget('onnxruntime'), ORT_WAYS_OUT);
+  const params = (((backbone.gradients + extra.gradients) / F32 / (engine === 'tfjs' ? 3 : 1)) * 1e-6).toFixed(1);
+  const label = `${what} (${params}M parameters, batch ${pass}, training)`;
+  if (engine === 'tfjs') checkMemoryFit(label, need, activeBudget());
+  else checkMemoryFit(label, need, activeBudget('onnxruntime'), ORT_WAYS_OUT);
 }
 
 /** What to do when a clip run does not fit the host on the ONNX Runtime engine. */

@@ -65,8 +65,10 @@ export class AdamW {
     this.step += 1;
     const bc1 = 1 - this.beta1 ** this.step;
     const bc2Sqrt = Math.sqrt(1 - this.beta2 ** this.step);
-    tf.tidy(() => {
-      this.params.forEach((p, i) => {
+    // One tidy per parameter: its temporaries (about ten copies of it) are freed before the next one's,
+    // so the update needs the largest tensor's ten copies, not the whole model's.
+    this.params.forEach((p, i) =>
+      tf.tidy(() => {
         const g = grads[i]!;
         const lr = (p.isLastLayer ? (hp.lastLayerLr ?? hp.lr) : hp.lr) * p.lrMult;
         const wd = hp.wd * p.wdMult;
@@ -79,8 +81,8 @@ export class AdamW {
         this.m[i]!.assign(m);
         this.v[i]!.assign(v);
         p.variable.assign(w);
-      });
-    });
+      }),
+    );
   }
 
   getState(): AdamWState {
@@ -95,6 +97,19 @@ export class AdamW {
 
   dispose(): void {
     for (const t of [...this.m, ...this.v]) t.dispose();
+  }
+}
+
+/**
+ * sqrt of the float32 sum (tf.addN) of every tensor's sum of squares, each square freed once summed: the
+ * norm of a model's gradients without a squared copy of all of them.
+ */
+export function globalNorm(tensors: readonly tf.Tensor[]): tf.Scalar {
+  const sums = tensors.map((g) => tf.tidy(() => tf.sum(tf.square(g))));
+  try {
+    return tf.tidy(() => tf.sqrt(tf.addN(sums)) as tf.Scalar);
+  } finally {
+    tf.dispose(sums);
   }
 }
 
@@ -129,7 +144,7 @@ export function clipByGlobalNorm(grads: tf.Tensor[], maxNorm: number, opts: Clip
     }
     norm = Math.sqrt(norm);
   } else {
-    const normT = tf.tidy(() => tf.sqrt(tf.addN(grads.map((g) => tf.sum(tf.square(g))))));
+    const normT = globalNorm(grads);
     norm = normT.dataSync()[0]!;
     normT.dispose();
   }
@@ -277,10 +292,11 @@ export class Lamb {
     const bc1 = this.biasCorrection ? 1 - this.beta1 ** this.step : 1;
     const bc2Sqrt = this.biasCorrection ? Math.sqrt(1 - this.beta2 ** this.step) : 1;
     const beta3 = this.gradAveraging ? 1 - this.beta1 : 1;
-    const normT = tf.tidy(() => tf.sqrt(tf.addN(grads.map((g) => tf.sum(tf.square(g))))));
-    tf.tidy(() => {
-      const clip = this.maxGradNorm === null ? null : tf.maximum(tf.div(normT, this.maxGradNorm), 1);
-      this.params.forEach((p, i) => {
+    const normT = globalNorm(grads);
+    const clip = this.maxGradNorm === null ? null : tf.tidy(() => tf.maximum(tf.div(normT, this.maxGradNorm!), 1));
+    // One tidy per parameter, as AdamW.apply.
+    this.params.forEach((p, i) =>
+      tf.tidy(() => {
         const g = clip ? tf.div(grads[i]!, clip) : grads[i]!;
         const lr = (p.isLastLayer ? (hp.lastLayerLr ?? hp.lr) : hp.lr) * p.lrMult;
         const wd = hp.wd * p.wdMult;
@@ -303,10 +319,10 @@ export class Lamb {
         this.m[i]!.assign(m);
         this.v[i]!.assign(v);
         p.variable.assign(tf.sub(p.variable, tf.mul(u, lr)));
-      });
-    });
+      }),
+    );
     const norm = normT.dataSync()[0]!;
-    normT.dispose();
+    tf.dispose([normT, ...(clip ? [clip] : [])]);
     return norm;
   }
 

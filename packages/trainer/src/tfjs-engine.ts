@@ -7,7 +7,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { ensureGradients } from '@vitreg/core';
-import { checkVitFits, VisionTransformer } from '@vitreg/registers';
+import { VisionTransformer } from '@vitreg/registers';
 import { initRng, type PreparedBatch } from './batch.js';
 import type {
   AppliedStep,
@@ -22,6 +22,7 @@ import type {
 } from './engine.js';
 import { ClassifierHead, DinoHead } from './heads.js';
 import { Center, teacherSoftmaxCenter } from './losses.js';
+import { checkTrainingFits } from './memory-check.js';
 import { AdamW, clipByGlobalNorm, clipPerModule, Lamb } from './optim.js';
 import { paramGroups, type ParamSpec } from './param-groups.js';
 import { weightsChecksum } from './state.js';
@@ -71,16 +72,7 @@ export class TfjsEngine implements StepEngine {
     const c = ctx.config;
     const init = initRng(c);
     // Refuse a run that cannot fit the backend before allocating anything (wasm: 4 GiB in all).
-    const cr = c.crops;
-    const pass = c.train.micro_batch_size > 0 && c.objective === 'supervised' ? c.train.micro_batch_size : c.train.batch_size;
-    const dino = c.objective === 'dino';
-    const crops = dino
-      ? [
-          { count: 2 * pass, size: cr.global_crops_size },
-          { count: cr.local_crops_number * pass, size: cr.local_crops_size },
-        ].filter((g) => g.count > 0)
-      : [{ count: pass, size: cr.global_crops_size }];
-    checkVitFits(ctx.vit, { batch: pass, training: { crops, teacher: dino }, what: `training ${c.model.arch} on tfjs` });
+    checkTrainingFits(ctx, 'tfjs');
     this.student = new VisionTransformer(ctx.vit, { seed: init.uint32() });
     const D = ctx.vit.embed_dim;
     const ibot = c.objective === 'dino' && c.ibot.loss_weight > 0;

@@ -228,9 +228,8 @@ export function applyTeacherUpdate(
 ): void {
   if (update.teacherMomentum === null) return;
   const mom = update.teacherMomentum;
-  tf.tidy(() => {
-    for (const [k, tv] of Object.entries(teacher)) tv.assign(tf.add(tf.mul(tv, mom), tf.mul(student[k]!, 1 - mom)));
-  });
+  // One tidy per tensor: the temporaries of one at a time.
+  for (const [k, tv] of Object.entries(teacher)) tf.tidy(() => tv.assign(tf.add(tf.mul(tv, mom), tf.mul(student[k]!, 1 - mom))));
   update.centres.forEach((name, i) => {
     const ctr = centers[name];
     if (!ctr) throw new Error(`DINO update: no centre "${name}"`);
