@@ -2,7 +2,8 @@
  * A cluster job on the ONNX Runtime step engine (`--engine onnxruntime` on every vitreg-worker): 2 worker
  * processes over loopback train the weights of 1 process with the same global batch, and every rank ends
  * identical (as cluster.test.ts checks for the tfjs engine); Sinkhorn-Knopp's sums over every rank run
- * inside the engine's step. Skips with one line where onnxruntime-node does not load.
+ * inside the engine's step, and EMA centring's batch means travel with the gradients. Skips with one line
+ * where onnxruntime-node does not load.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -85,50 +86,54 @@ test('onnxruntime engine: 2 worker processes train the weights of 1 process with
   assert.ok(d < 1e-6, `weights differ from 1 process by ${d}`);
 });
 
-test('onnxruntime engine: Sinkhorn-Knopp centering across 2 processes (its sums over both ranks inside the step, iBOT on a separate head): both ranks end identical', async (t) => {
-  if (!(await onnxRuntimeAvailable())) return t.skip('onnxruntime-node does not load here');
-  const heads = { head_n_prototypes: 32, head_hidden_dim: 32, head_bottleneck_dim: 16 };
-  const file = join(root, 'sk.json');
-  await writeFile(
-    file,
-    JSON.stringify({
-      preset: 'tiny-dino',
-      model: { arch: 'vit_micro_patch8_reg4' },
-      data: { train_size: 24, val_size: 8 },
-      train: { steps: 2, batch_size: 3, eval_every: 0, checkpoint_every: 0, knn_train_size: 8, centering: 'sinkhorn_knopp' },
-      dino: heads,
-      ibot: { ...heads, separate_head: true, mask_sample_probability: 1 },
-      crops: { local_crops_number: 2 },
-    }),
-  );
-  const outDir = join(root, 'sk');
-  const r = await runLocalJob({
-    nodes: 2,
-    outDir,
-    passThrough: false,
-    trainArgs: ['--config', file, '--backend', 'wasm', '--engine', 'onnxruntime', '--engine-threads', '1', '--no-progress'],
-    workerArgs: ['--checksum'],
-    heartbeatMs: 200,
-    coordinatorTimeoutMs: 3000,
+for (const [centering, what] of [
+  ['sinkhorn_knopp', 'Sinkhorn-Knopp centering across 2 processes (its sums over both ranks inside the step, iBOT on a separate head)'],
+  ['centering', 'EMA centring across 2 processes (the DINO and iBOT batch means all-reduced with the gradients)'],
+] as const)
+  test(`onnxruntime engine: ${what}: both ranks end identical`, async (t) => {
+    if (!(await onnxRuntimeAvailable())) return t.skip('onnxruntime-node does not load here');
+    const heads = { head_n_prototypes: 32, head_hidden_dim: 32, head_bottleneck_dim: 16 };
+    const file = join(root, `${centering}.json`);
+    await writeFile(
+      file,
+      JSON.stringify({
+        preset: 'tiny-dino',
+        model: { arch: 'vit_micro_patch8_reg4' },
+        data: { train_size: 24, val_size: 8 },
+        train: { steps: 2, batch_size: 3, eval_every: 0, checkpoint_every: 0, knn_train_size: 8, centering },
+        dino: heads,
+        ibot: { ...heads, separate_head: true, mask_sample_probability: 1 },
+        crops: { local_crops_number: 2 },
+      }),
+    );
+    const outDir = join(root, centering);
+    const r = await runLocalJob({
+      nodes: 2,
+      outDir,
+      passThrough: false,
+      trainArgs: ['--config', file, '--backend', 'wasm', '--engine', 'onnxruntime', '--engine-threads', '1', '--no-progress'],
+      workerArgs: ['--checksum'],
+      heartbeatMs: 200,
+      coordinatorTimeoutMs: 3000,
+    });
+    assert.ok(r.finished, JSON.stringify(r));
+    const sums = await Promise.all(
+      ['worker-0', 'worker-1'].map(async (n) => {
+        const lines = (await readFile(join(outDir, 'ranks', `${n}.jsonl`), 'utf8')).trim().split('\n');
+        return (JSON.parse(lines[lines.length - 1]!) as { checksum: string }).checksum;
+      }),
+    );
+    assert.equal(new Set(sums).size, 1, `ranks ended with different weights: ${sums.join(' ')}`);
+    const metrics = (await readFile(join(outDir, 'metrics.jsonl'), 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, number>);
+    assert.deepEqual(
+      metrics.map((m) => [m.step, m.world_size]),
+      [
+        [1, 2],
+        [2, 2],
+      ],
+    );
+    assert.ok(metrics.every((m) => Number.isFinite(m.loss_ibot) && Number.isFinite(m.loss_dino_global)));
   });
-  assert.ok(r.finished, JSON.stringify(r));
-  const sums = await Promise.all(
-    ['worker-0', 'worker-1'].map(async (n) => {
-      const lines = (await readFile(join(outDir, 'ranks', `${n}.jsonl`), 'utf8')).trim().split('\n');
-      return (JSON.parse(lines[lines.length - 1]!) as { checksum: string }).checksum;
-    }),
-  );
-  assert.equal(new Set(sums).size, 1, `ranks ended with different weights: ${sums.join(' ')}`);
-  const metrics = (await readFile(join(outDir, 'metrics.jsonl'), 'utf8'))
-    .trim()
-    .split('\n')
-    .map((l) => JSON.parse(l) as Record<string, number>);
-  assert.deepEqual(
-    metrics.map((m) => [m.step, m.world_size]),
-    [
-      [1, 2],
-      [2, 2],
-    ],
-  );
-  assert.ok(metrics.every((m) => Number.isFinite(m.loss_ibot) && Number.isFinite(m.loss_dino_global)));
-});
