@@ -111,10 +111,6 @@ export function koleoLoss(x: tf.Tensor2D, eps = 1e-8): tf.Scalar {
 }
 
 /**
- * Exponential moving average of the teacher's outputs (DINOv2 centering): after each step
- * center <- center * m + batchMean * (1 - m). Kept on the host so it checkpoints as is.
- */
-/**
  * One rank's part of a centre's update, all-reduced with the gradients: the mean of its rows [N, dim]
  * followed by 1, or, for a rank without rows (no masked patch for the iBOT centre), dim zeros followed by
  * 0. Every rank sends the same length whatever it masked, and `Center.updateFromRanks` divides the
@@ -126,6 +122,10 @@ export function rankMean(rows: tf.Tensor2D | null | undefined, dim: number): tf.
   );
 }
 
+/**
+ * Exponential moving average of the teacher's outputs (DINOv2 centering): after each step
+ * center <- center * m + batchMean * (1 - m). Kept on the host so it checkpoints as is.
+ */
 export class Center {
   value: Float32Array;
 
