@@ -5,7 +5,7 @@
  * rank 0's batch mean alone, the DINO centre the mean of both ranks'. Two Trainers in this process on an
  * in-memory 2-rank GradientSync (sinkhorn-step-case.ts), on each engine; rank 1's masks emptied before its
  * step. The expected centres are computed here from each rank's own batch means, taken before the
- * all-reduce.
+ * all-reduce; the rank's iBOT loss is 0 and the step's loss_ibot the mean over both ranks (it was NaN).
  */
 import { before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -31,7 +31,7 @@ const config = validateTrainConfig({
 });
 
 /** `factory`'s engine; on rank 1 every mask emptied before the step; each rank's means kept as computed. */
-function wrap(factory: EngineFactory, rank: number, means: Float32Array[][]): EngineFactory {
+function wrap(factory: EngineFactory, rank: number, means: Float32Array[][], parts: Record<string, number>[]): EngineFactory {
   return (ctx) => {
     const inner = factory(ctx);
     return new Proxy(inner, {
@@ -46,6 +46,7 @@ function wrap(factory: EngineFactory, rank: number, means: Float32Array[][]): En
             }
             const r: ComputedStep = await target.computeStep(batch, ...rest);
             means[rank] = r.means.map((m) => Float32Array.from(m));
+            parts[rank] = { ...r.parts };
             return r;
           };
         }
@@ -63,13 +64,21 @@ for (const [name, factory] of [
   test(`${name}: a rank that masked no patch leaves the iBOT centre to the ranks that did; the DINO centre takes both`, async (t) => {
     if (name === 'onnxruntime' && !(await tryOrt())) return t.skip(SKIP_NO_ORT);
     const means: Float32Array[][] = [];
+    const parts: Record<string, number>[] = [];
     const syncs = inMemoryRanks(2);
-    const ranks = syncs.map((sync, r) => new Trainer(config, { engine: wrap(factory, r, means), sync }));
+    const ranks = syncs.map((sync, r) => new Trainer(config, { engine: wrap(factory, r, means, parts), sync }));
     try {
       // As train() starts a fresh run: rank 0's teacher from its student, then every rank takes rank 0's state.
       ranks[0]!.initTeacher();
       await Promise.all(ranks.map((tr) => tr.syncState()));
-      await Promise.all(ranks.map((tr) => tr.trainStep()));
+      const metrics = await Promise.all(ranks.map((tr) => tr.trainStep()));
+      // The iBOT loss of a rank that masked nothing is 0, and the step's metric the mean over both ranks.
+      assert.equal(parts[1]!.loss_ibot, 0);
+      assert.ok(parts[0]!.loss_ibot! > 0);
+      assert.ok(
+        Math.abs(metrics[0]!.loss_ibot! - parts[0]!.loss_ibot! / 2) <= 1e-6 * parts[0]!.loss_ibot!,
+        `loss_ibot ${metrics[0]!.loss_ibot}`,
+      );
       const K = config.dino.head_n_prototypes;
       const [dino0, ibot0] = means[0]!;
       const [dino1, ibot1] = means[1]!;

@@ -370,6 +370,8 @@ export class OnnxRuntimeEngine implements StepEngine {
     else this.zeroUnreached(graph.gradients);
     const parts: Record<string, number> = {};
     for (const o of graph.outputs) if (o.name.startsWith('loss_')) parts[o.name] = outputs[o.name]![0]!;
+    // No masked patch on this rank (the graph has no iBOT term): its iBOT loss is 0, reported as every rank reports it.
+    if (heads.ibotMode !== 'none') parts.loss_ibot ??= 0;
     return {
       loss: outputs.loss![0]!,
       parts,

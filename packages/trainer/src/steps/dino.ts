@@ -196,6 +196,9 @@ export async function dinoStep(m: DinoModels, batch: DinoBatch, s: StepSettings,
         const ibot = ibotMaskedLoss(studentMasked, teacher.ibotProbs!, masks!.weights, 2 * B, c.dino.student_temp);
         parts.loss_ibot = ibot;
         total = tf.add(total, tf.mul(ibot, c.ibot.loss_weight));
+      } else if (c.ibot.loss_weight > 0) {
+        // No masked patch on this rank: its iBOT loss is 0 (an empty sum), reported as every rank reports it.
+        parts.loss_ibot = tf.scalar(0);
       }
       return { total, parts };
     };
