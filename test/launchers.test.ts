@@ -312,7 +312,8 @@ describe('slurm', { skip: slurmSkip }, () => {
       try {
         const bin = workerBin(dir);
         const config = join(dir, 'stop.json');
-        const steps = 40;
+        // Steps enough that the signal, sent after a step in 3-22, lands well before the job ends.
+        const steps = 60;
         writeFileSync(
           config,
           JSON.stringify({

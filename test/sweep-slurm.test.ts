@@ -147,7 +147,8 @@ describe('vitreg sweep on slurm', { skip: slurmSkip }, () => {
       try {
         const bin = bins(dir);
         const file = join(dir, 'sweep.json');
-        const steps = 40;
+        // Enough steps (about 25 ms each) that the signal, sent after step 3, lands before the cell ends.
+        const steps = 200;
         const sweep = {
           ...SWEEP,
           name: 'stop',
@@ -198,7 +199,7 @@ describe('vitreg sweep on slurm', { skip: slurmSkip }, () => {
         assert.match(log, /cell 0 stopped with a checkpoint before the time limit; requeueing/);
         assert.match(line, /JobState=COMPLETED/, log);
         const train = readFileSync(join(out, 'cells/0-seed0/logs/train.log'), 'utf8');
-        const n = Number(/interrupted at step (\d+) of 40/.exec(train)?.[1]);
+        const n = Number(new RegExp(`interrupted at step (\\d+) of ${steps}`).exec(train)?.[1]);
         assert.ok(n >= at && n < steps, `stopped after step ${at}: ${n}\n${train}`);
         assert.match(train, new RegExp(`resuming from step ${n} of ${steps}`));
         assert.ok(existsSync(join(out, 'cells/0-seed0/done.json')), train);
