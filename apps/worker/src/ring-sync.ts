@@ -5,7 +5,7 @@
  * MembershipChanged and gives the thread its place in the new epoch.
  */
 import { parentPort, type MessagePort } from 'node:worker_threads';
-import { contiguousView, MembershipChanged, unflattenInto, type GradientSync } from '@vitreg/trainer';
+import { MembershipChanged, unflattenInto, type GradientSync } from '@vitreg/trainer';
 import type { AgentToThread, ThreadToAgent } from './messages.js';
 import { decodeState, encodeState } from './state-codec.js';
 
@@ -64,38 +64,30 @@ export class GrpcRingSync implements GradientSync {
   private staging = false;
 
   /**
-   * The mean of each buffer over every rank, written into the buffer. The agent (on the process's main
-   * thread) reduces a SharedArrayBuffer in place: buffers that are already consecutive views of one are
-   * handed over as that one view (no copy); others are copied into this thread's shared stage, kept
-   * from step to step, and copied back (onnxruntime-node takes no tensor over a SharedArrayBuffer, so the
-   * engines' gradients take this path: one copy in, one out, nothing allocated).
+   * The mean of each buffer over every rank, written into the buffer: the buffers are copied into this
+   * thread's shared stage (a SharedArrayBuffer kept from step to step), which the agent on the process's
+   * main thread reduces in place, and the means copied back: one copy in, one out, nothing allocated.
+   * The engines' own buffers cannot be the stage: onnxruntime-node takes no tensor over a
+   * SharedArrayBuffer.
    */
   async allReduce(buffers: Float32Array[]): Promise<void> {
-    const whole = contiguousView(buffers);
-    if (whole && whole.buffer instanceof SharedArrayBuffer) return this.reduceShared(whole);
     const total = buffers.reduce((n, b) => n + b.length, 0);
+    // A second all-reduce while one is under way (none in the loop) gets a stage of its own.
     const own = !this.staging;
-    if (own && (this.stage?.length ?? -1) < total) this.stage = null;
-    const stage = own && this.stage ? this.stage.subarray(0, total) : new Float32Array(new SharedArrayBuffer(4 * total));
-    if (own) {
-      this.stage ??= stage;
-      this.staging = true;
-    }
+    if (own && (this.stage?.length ?? -1) < total) this.stage = new Float32Array(new SharedArrayBuffer(4 * total));
+    const stage = own ? this.stage!.subarray(0, total) : new Float32Array(new SharedArrayBuffer(4 * total));
+    if (own) this.staging = true;
     try {
       let off = 0;
       for (const b of buffers) {
         stage.set(b, off);
         off += b.length;
       }
-      await this.reduceShared(stage);
+      await this.request({ kind: 'allReduce', data: stage }, this.nextStep);
       unflattenInto(stage, buffers);
     } finally {
       if (own) this.staging = false;
     }
-  }
-
-  private async reduceShared(data: Float32Array): Promise<void> {
-    await this.request({ kind: 'allReduce', data }, this.nextStep);
   }
 
   async broadcast(state: Record<string, Float32Array>, meta?: unknown): Promise<{ state: Record<string, Float32Array>; meta: unknown }> {

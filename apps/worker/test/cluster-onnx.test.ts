@@ -36,6 +36,27 @@ const config = (batch: number) => ({
   optim: { warmup_steps: 2 },
 });
 
+/** A 2-process job of `file` on onnxruntime (1 thread each) in `outDir`, and every rank's final checksum. */
+async function twoProcesses(file: string, outDir: string) {
+  const r = await runLocalJob({
+    nodes: 2,
+    outDir,
+    passThrough: false,
+    trainArgs: ['--config', file, '--backend', 'wasm', '--engine', 'onnxruntime', '--engine-threads', '1', '--no-progress'],
+    workerArgs: ['--checksum'],
+    heartbeatMs: 200,
+    coordinatorTimeoutMs: 3000,
+  });
+  // The per-rank files' last lines.
+  const sums = await Promise.all(
+    ['worker-0', 'worker-1'].map(async (n) => {
+      const lines = (await readFile(join(outDir, 'ranks', `${n}.jsonl`), 'utf8')).trim().split('\n');
+      return (JSON.parse(lines[lines.length - 1]!) as { checksum: string }).checksum;
+    }),
+  );
+  return { r, sums };
+}
+
 test('onnxruntime engine: 2 worker processes train the weights of 1 process with the same global batch; both ranks end identical', async (t) => {
   if (!(await onnxRuntimeAvailable())) return t.skip('onnxruntime-node does not load here');
   // One process, batch 12, in this process; its final student weights kept as the engine leaves them.
@@ -53,25 +74,10 @@ test('onnxruntime engine: 2 worker processes train the weights of 1 process with
   const file = join(root, 'b6.json');
   await writeFile(file, JSON.stringify(config(6)));
   const outDir = join(root, 'two');
-  const r = await runLocalJob({
-    nodes: 2,
-    outDir,
-    passThrough: false,
-    trainArgs: ['--config', file, '--backend', 'wasm', '--engine', 'onnxruntime', '--engine-threads', '1', '--no-progress'],
-    workerArgs: ['--checksum'],
-    heartbeatMs: 200,
-    coordinatorTimeoutMs: 3000,
-  });
+  const { r, sums } = await twoProcesses(file, outDir);
   assert.ok(r.finished, `the job did not finish: ${JSON.stringify(r)}`);
   assert.deepEqual(r.workerCodes, [0, 0]);
   assert.match(await readFile(join(outDir, 'logs', 'worker-0.log'), 'utf8'), /engine: onnxruntime/);
-  // Every rank's final checksum (the per-rank files' last lines) is the same.
-  const sums = await Promise.all(
-    ['worker-0', 'worker-1'].map(async (n) => {
-      const lines = (await readFile(join(outDir, 'ranks', `${n}.jsonl`), 'utf8')).trim().split('\n');
-      return (JSON.parse(lines[lines.length - 1]!) as { checksum: string }).checksum;
-    }),
-  );
   assert.equal(new Set(sums).size, 1, `ranks ended with different weights: ${sums.join(' ')}`);
   // The job's checkpoint (model layout through loadWeights) against the single process's weights.
   const m = await loadWeights(join(String(r.result!.checkpoint), 'model.safetensors'));
@@ -88,7 +94,10 @@ test('onnxruntime engine: 2 worker processes train the weights of 1 process with
 
 for (const [centering, what] of [
   ['sinkhorn_knopp', 'Sinkhorn-Knopp centering across 2 processes (its sums over both ranks inside the step, iBOT on a separate head)'],
-  ['centering', 'EMA centring across 2 processes (the DINO and iBOT batch means all-reduced with the gradients)'],
+  [
+    'centering',
+    'EMA centring across 2 processes (the DINO and iBOT batch means travel with the gradients through the stage and the ring; the centres themselves are checked in ibot-centre-ranks.test.ts)',
+  ],
 ] as const)
   test(`onnxruntime engine: ${what}: both ranks end identical`, async (t) => {
     if (!(await onnxRuntimeAvailable())) return t.skip('onnxruntime-node does not load here');
@@ -107,22 +116,8 @@ for (const [centering, what] of [
       }),
     );
     const outDir = join(root, centering);
-    const r = await runLocalJob({
-      nodes: 2,
-      outDir,
-      passThrough: false,
-      trainArgs: ['--config', file, '--backend', 'wasm', '--engine', 'onnxruntime', '--engine-threads', '1', '--no-progress'],
-      workerArgs: ['--checksum'],
-      heartbeatMs: 200,
-      coordinatorTimeoutMs: 3000,
-    });
+    const { r, sums } = await twoProcesses(file, outDir);
     assert.ok(r.finished, JSON.stringify(r));
-    const sums = await Promise.all(
-      ['worker-0', 'worker-1'].map(async (n) => {
-        const lines = (await readFile(join(outDir, 'ranks', `${n}.jsonl`), 'utf8')).trim().split('\n');
-        return (JSON.parse(lines[lines.length - 1]!) as { checksum: string }).checksum;
-      }),
-    );
     assert.equal(new Set(sums).size, 1, `ranks ended with different weights: ${sums.join(' ')}`);
     const metrics = (await readFile(join(outDir, 'metrics.jsonl'), 'utf8'))
       .trim()

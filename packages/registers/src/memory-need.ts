@@ -15,7 +15,8 @@
  *   - tfjs: gradients 3x the parameters (the backward's tensors, the update's made from the host copy and
  *     the clipped ones) and 4 B H N^2 + (8 F + 10 D) B N floats per block (every intermediate of the
  *     forward lives until the backward ends). Calibrated on wasm by the heap after one step (the heap only
- *     grows), against this estimate plus the trainer's heads (@vitreg/trainer's tfjsHeadsNeed):
+ *     grows; `npm run bench -- tfjs-memory`), against this estimate plus the trainer's heads
+ *     (@vitreg/trainer's tfjsHeadsNeed):
  *     deit3_small_patch16_reg4 supervised at 224, batch 4 / 8 / 16: 1.27 / 2.02 / 3.47 GiB measured, 1.37 /
  *     2.17 / 3.76 estimated (batch 24, 5.36: out of memory); deit3_base_patch16_reg4 batch 2: 2.89, 3.04;
  *     dinov2_vits14_reg DINO at 224 with 8 local crops at 98 (small heads), batch 2 / 3: 2.52 / 3.32

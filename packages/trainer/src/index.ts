@@ -64,6 +64,7 @@ export {
   teacherSoftmaxCenter,
 } from './losses.js';
 export { collateMasks, MaskingGenerator } from './masking.js';
+export { checkTrainingFits } from './memory-check.js';
 export { mixupCutmix, smoothOneHot } from './mixup.js';
 export { onnxRuntimeEngine, OnnxRuntimeEngine } from './onnx/engine.js';
 export type { OnnxRuntimeEngineOptions } from './onnx/engine.js';

@@ -51,20 +51,30 @@ export function trainingCropGroups(ctx: EngineContext): { pass: number; crops: C
  * - the copy of every gradient that onnxruntime-node returns from a run beside the buffer it wrote them
  *   into (engine-sessions.ts; freed by the next garbage collection).
  */
-export function onnxEngineExtraNeed(ctx: EngineContext): MemoryNeed {
+/**
+ * The heads of a run (heads.ts's configs), their parameter count, and for DINO the rows of one step's
+ * heads: every crop's CLS and the teacher's two global ones; `patches` per global crop.
+ */
+function headsOfRun(ctx: EngineContext) {
   const c = ctx.config;
   const heads = headConfigs(c, ctx.vit.embed_dim, ctx.numClasses);
   const shapes: Record<string, number[]>[] = [];
   if (heads.classes !== undefined) shapes.push(classifierShapes(ctx.vit.embed_dim, heads.classes));
   if (heads.dino) shapes.push(dinoHeadShapes(heads.dino));
   if (heads.ibot) shapes.push(dinoHeadShapes(heads.ibot));
-  let headParams = 0;
-  for (const group of shapes) for (const shape of Object.values(group)) headParams += numel(shape);
+  let params = 0;
+  for (const group of shapes) for (const shape of Object.values(group)) params += numel(shape);
   const { pass, crops } = trainingCropGroups(ctx);
+  const cls = crops.reduce((a, g) => a + g.count, 0) + 2 * pass;
+  const patches = Math.floor(c.crops.global_crops_size / ctx.vit.patch_size) ** 2;
+  return { heads, params, pass, cls, patches, teacher: c.objective === 'dino' ? 2 : 1 };
+}
+
+export function onnxEngineExtraNeed(ctx: EngineContext): MemoryNeed {
+  const c = ctx.config;
+  const { heads, params: headParams, pass, cls, patches, teacher } = headsOfRun(ctx);
   let logits = 0;
   if (heads.dino) {
-    const cls = crops.reduce((a, g) => a + g.count, 0) + 2 * pass;
-    const patches = Math.floor(c.crops.global_crops_size / ctx.vit.patch_size) ** 2;
     const b = c.ibot;
     const maskedCrops = Math.ceil(2 * pass * b.mask_sample_probability);
     const masked = heads.ibotMode === 'none' ? 0 : maskRowBucket(maskedCrops * Math.ceil(patches * b.mask_ratio_min_max[1]));
@@ -72,7 +82,6 @@ export function onnxEngineExtraNeed(ctx: EngineContext): MemoryNeed {
     logits = 3 * (cls * heads.dino.outDim + 2 * masked * ibotK);
   } else if (heads.classes !== undefined) logits = 3 * pass * heads.classes;
   const backboneParams = parameterCount(ctx.vit);
-  const teacher = c.objective === 'dino' ? 2 : 1;
   return {
     weights: teacher * headParams * F32,
     gradients: headParams * F32,
@@ -91,35 +100,27 @@ export function onnxEngineExtraNeed(ctx: EngineContext): MemoryNeed {
  * - 16 floats per row and prototype of every row the heads see in a step (every crop's CLS and the
  *   teacher's two global ones, the student's and the teacher's masked patches at the most
  *   `collateMasks` can mask: `maxMaskedPatches`), and 10 per row and hidden unit (the MLP).
- * Calibrated on wasm by the heap after one step (backbone and heads estimated together) of
+ * Calibrated on wasm by the heap after one step (`npm run bench -- tfjs-memory`; backbone and heads
+ * estimated together) of
  * vit_micro_patch8_reg4 (depth 1) at 32 px with 8 local crops and DINOv2's head sizes (hidden 2048,
  * bottleneck 256): K = 65536, one head shared with iBOT, batch 4 / 8 / 16: 1.88 / 2.17 / 2.88 GiB
  * measured, 1.85 / 2.19 / 2.86 estimated; K = 16384, batch 8: 0.75, 0.69; K = 65536 with a separate
  * iBOT head, batch 8: 3.46, 3.66. dinov2_vits14_reg at 224 with 8 local crops at 98: K = 16384, batch 2
- * trains (3.48 GiB estimated), batch 3 runs out of the 4 GiB heap (4.54); K = 65536, batch 2 runs out
+ * trains (3.15 GiB of heap, 3.48 estimated), batch 3 runs out of the 4 GiB heap (4.54); K = 65536, batch 2 runs out
  * (5.73). Before the heads were counted, all three passed the check and then died with "Aborted()".
  */
 export function tfjsHeadsNeed(ctx: EngineContext): MemoryNeed {
   const c = ctx.config;
-  const heads = headConfigs(c, ctx.vit.embed_dim, ctx.numClasses);
-  const { pass, crops } = trainingCropGroups(ctx);
-  const dinoHeads = [heads.dino, heads.ibot].filter((h): h is NonNullable<typeof h> => h !== undefined);
-  let headParams = 0;
-  if (heads.classes !== undefined)
-    for (const shape of Object.values(classifierShapes(ctx.vit.embed_dim, heads.classes))) headParams += numel(shape);
-  for (const h of dinoHeads) for (const shape of Object.values(dinoHeadShapes(h))) headParams += numel(shape);
+  const { heads, params: headParams, pass, cls, patches, teacher } = headsOfRun(ctx);
   let activations = 0;
   if (heads.dino) {
-    const cls = crops.reduce((a, g) => a + g.count, 0) + 2 * pass;
-    const patches = Math.floor(c.crops.global_crops_size / ctx.vit.patch_size) ** 2;
     const b = c.ibot;
     const masked = heads.ibotMode === 'none' ? 0 : maxMaskedPatches(2 * pass, patches, b.mask_ratio_min_max, b.mask_sample_probability);
     const ibot = heads.ibot ?? heads.dino;
     activations += 16 * (cls * heads.dino.outDim + 2 * masked * ibot.outDim);
     activations += 10 * (cls * heads.dino.hiddenDim + 2 * masked * ibot.hiddenDim);
-    for (const h of dinoHeads) activations += 12 * h.bottleneckDim * h.outDim;
+    for (const h of [heads.dino, ...(heads.ibot ? [heads.ibot] : [])]) activations += 12 * h.bottleneckDim * h.outDim;
   } else if (heads.classes !== undefined) activations += 16 * pass * heads.classes;
-  const teacher = c.objective === 'dino' ? 2 : 1;
   return {
     weights: 2 * teacher * headParams * F32,
     gradients: 3 * headParams * F32,
@@ -134,9 +135,10 @@ export function tfjsHeadsNeed(ctx: EngineContext): MemoryNeed {
  * `engine` 'tfjs' against the active tfjs backend (the backbone's estimate and tfjsHeadsNeed),
  * 'onnxruntime' against the host's free memory (the backbone's estimate and onnxEngineExtraNeed; on
  * `--device cpu`: a GPU's memory is not known before its session exists, so nothing is checked there).
+ * Returns the estimate (bytes; 0 when not checked).
  */
-export function checkTrainingFits(ctx: EngineContext, engine: 'tfjs' | 'onnxruntime', device = 'cpu'): void {
-  if (engine === 'onnxruntime' && device !== 'cpu') return;
+export function checkTrainingFits(ctx: EngineContext, engine: 'tfjs' | 'onnxruntime', device = 'cpu'): number {
+  if (engine === 'onnxruntime' && device !== 'cpu') return 0;
   const { pass, crops } = trainingCropGroups(ctx);
   const dino = ctx.config.objective === 'dino';
   const training = { crops, teacher: dino };
@@ -152,8 +154,8 @@ export function checkTrainingFits(ctx: EngineContext, engine: 'tfjs' | 'onnxrunt
   };
   const params = (((backbone.gradients + extra.gradients) / F32 / (engine === 'tfjs' ? 3 : 1)) * 1e-6).toFixed(1);
   const label = `${what} (${params}M parameters, batch ${pass}, training)`;
-  if (engine === 'tfjs') checkMemoryFit(label, need, activeBudget());
-  else checkMemoryFit(label, need, activeBudget('onnxruntime'), ORT_WAYS_OUT);
+  if (engine === 'tfjs') return checkMemoryFit(label, need, activeBudget());
+  return checkMemoryFit(label, need, activeBudget('onnxruntime'), ORT_WAYS_OUT);
 }
 
 /** What to do when a clip run does not fit the host on the ONNX Runtime engine. */
