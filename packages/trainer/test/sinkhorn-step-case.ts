@@ -8,7 +8,7 @@
  * fails both checks. KoLeo (per rank in DINOv2 too), iBOT masks (drawn per rank) and drop path (DINOv2's
  * batch-subset rule) are off, so that nothing else differs between the two runs.
  *
- * Used by sinkhorn-step.test.ts (tfjs engine); another engine's tests call `sinkhornStepCase(factory)`.
+ * Used by sinkhorn-step.test.ts (tfjs engine) and sinkhorn-step-onnx.test.ts (onnxruntime engine).
  */
 import assert from 'node:assert/strict';
 import { Rng } from '@vitreg/core';
