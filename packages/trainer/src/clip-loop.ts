@@ -45,7 +45,7 @@ import { scaledLr, type TrainConfig } from './config.js';
 import { checkClipTrainingFits } from './memory-check.js';
 import { clipParamSpecs, normalized, shuffled, zeroShotTop1 } from './clip-train.js';
 import { WebDatasetStream } from './data-webdataset.js';
-import type { TrainOptions, TrainResult } from './loop.js';
+import type { TrainOptions, TrainResult } from './train-options.js';
 import { AdamW, type AdamWState } from './optim.js';
 import type { ParamSpec } from './param-groups.js';
 import { cosineSchedule, type Schedule } from './schedules.js';

@@ -13,7 +13,7 @@ import { captionSource, type CaptionSource } from './clip-train.js';
 import { readCaptionTable } from './data-captions.js';
 import { WebDatasetStream } from './data-webdataset.js';
 import { syntheticSplits } from './data.js';
-import type { TrainOptions } from './loop.js';
+import type { TrainOptions } from './train-options.js';
 import { onnxFactorySettings } from './onnx/clip-settings.js';
 import type { SessionSettings } from './onnx/engine-sessions.js';
 import { tfjsEngine } from './tfjs-engine.js';

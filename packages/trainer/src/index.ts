@@ -49,7 +49,7 @@ export { ClassifierHead, DinoHead } from './heads.js';
 export { knnClassify, l2NormalizeRows, topK } from './knn.js';
 export type { KnnOptions, KnnResult } from './knn.js';
 export { train, Trainer } from './loop.js';
-export type { TrainOptions, TrainResult } from './loop.js';
+export type { TrainOptions, TrainResult } from './train-options.js';
 export {
   bceWithLogits,
   binaryCrossEntropyLoss,
