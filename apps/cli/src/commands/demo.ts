@@ -199,7 +199,7 @@ export const demo: Command = {
     }
     process.stdout.write(
       `\n(chance accuracy ${pct(1 / data.numClasses)}; at this toy scale these numbers are noise: the paper's\n` +
-        ` artifacts grow in large ViTs after long training)\n` +
+        ` artifacts grow in large ViTs after long training; a search at small scale: docs/small-scale-study.md)\n` +
         `forward passes on ${forward}; token analysis, figures and LOST on tfjs ${tfjs.name}\n` +
         `report: ${join(out, 'analysis', 'report.html')}\n`,
     );
