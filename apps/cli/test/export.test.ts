@@ -7,8 +7,10 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { readSafetensors, toFloat32 } from '@vitreg/core';
 import { CliError } from '../src/cli.ts';
 import { commands } from '../src/commands/index.ts';
@@ -155,10 +157,6 @@ test('bad inputs: one CliError line each (run in-process; main prints it as the 
       /--model and --config do not apply to .*small\.onnx/,
     ],
     [
-      ['features', '--weights', W, '--config', HEADS, '--device', 'cuda', '--tensor', t98, '--out', x('f.safetensors')],
-      /--device cuda: not available here: /,
-    ],
-    [
       ['features', '--weights', W, '--config', HEADS, '--device', 'tpu', '--tensor', t98, '--out', x('f.safetensors')],
       /--device: expected one of cpu, cuda, webgpu/,
     ],
@@ -196,4 +194,30 @@ test('bad inputs: one CliError line each (run in-process; main prints it as the 
     r.stderr,
   );
   assert.match(lastLine(r.stderr), cases[7]![1]);
+});
+
+test('features --device cuda: one CliError line where the CUDA provider (or a GPU) is missing; where it runs, the reference outputs', async () => {
+  // onnxruntime-node's install script downloads the CUDA 12 provider next to its binding (denied in this
+  // repository's CI, allowed on a user's machine with ONNXRUNTIME_NODE_INSTALL=cuda12), as in
+  // packages/registers/test/onnx.test.ts.
+  const ortDir = dirname(createRequire(import.meta.url).resolve('onnxruntime-node/package.json'));
+  const provider = join(ortDir, 'bin', 'napi-v6', process.platform, process.arch, 'libonnxruntime_providers_cuda.so');
+  const out = join(dir, 'cuda.safetensors');
+  const args = ['--weights', W, '--config', HEADS, '--device', 'cuda', '--tensor', `${REF}:rect98x140.input_nhwc`, '--out', out];
+  try {
+    await commands.features!.run(args);
+  } catch (err) {
+    assert.ok(err instanceof CliError, (err as Error).stack);
+    assert.match(err.message, /^--device cuda: not available here: /);
+    assert.ok(!err.message.includes('\n'), err.message);
+    return;
+  }
+  assert.ok(existsSync(provider), `CUDA ran, so its provider is installed (${provider})`);
+  // CUDA may run the products in TF32: the reference outputs within 1e-2.
+  const [got, ref] = await Promise.all([readSafetensors(out), readSafetensors(REF)]);
+  assert.match(got.metadata.vitreg_engine!, /^onnxruntime \S+ cuda,/);
+  for (const name of ['cls', 'patches']) {
+    const err = allclose(toFloat32(got.tensors[name]!), toFloat32(ref.tensors[`rect98x140.${name}`]!), 1e-2, 1e-2);
+    assert.equal(err, null, `cuda ${name}: ${err}`);
+  }
 });
