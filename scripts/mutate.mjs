@@ -5,7 +5,7 @@
 //   [--timeout-ms N]: Stryker's timeoutMS (default 20000; a mutant's limit is its dry run's time x 2.5 + N)
 // Runs StrykerJS (stryker.config.mjs) on the module's lines of numerical code, each mutant checked by the
 // module's test files (node's test runner on the TypeScript sources). The table below names, for the
-// modules of the numerical core, the test files that check them and the line ranges worth mutating
+// modules of the numerical core, the test files that check them and the spans of lines worth mutating
 // (the numbers; not log lines or error messages); any other module gets the test files that import it.
 // Prints Stryker's table (killed, survived, timeout, score) and writes tmp/mutation/<module>.json.
 // --survivors <report.json> re-checks only the mutants an earlier run left alive (each one's exact source range;
@@ -20,7 +20,12 @@ import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 
-/** module -> { tests, lines? (Stryker ranges; absent: the whole file) } */
+/**
+ * module -> { tests, spans? } (spans absent: the whole file). Each span is [first, stop]: from the first line
+ * containing `first` (searched after the previous span) up to the line before the next one containing `stop`
+ * (null: the file's end), the blank and comment lines before it left out. Resolved to Stryker's line ranges on each run, so that
+ * lines added above a span move it along; a text not found is an error naming it.
+ */
 const modules = {
   'packages/trainer/src/losses.ts': {
     tests: [
@@ -32,10 +37,17 @@ const modules = {
   },
   // sinkhorn-step.test.ts checks its wiring into the step too (slow: add it with --tests when the step changes).
   'packages/trainer/src/centering.ts': { tests: ['packages/trainer/test/centering.test.ts', 'packages/trainer/test/recipe.test.ts'] },
-  // The updates (AdamW, clipping, LAMB), the defaults and the state's layout; not the constructors' argument checks.
+  // The updates (AdamW, globalNorm, clipping, LAMB), the defaults and the state's layout; not the constructors'
+  // argument checks. Spans between source lines (see above), not line numbers, which went stale once already.
   'packages/trainer/src/optim.ts': {
     tests: ['packages/trainer/test/optim.test.ts', 'packages/trainer/test/optim-edges.test.ts', 'packages/trainer/test/recipe.test.ts'],
-    lines: '44-46,61-100,116-176,235-242,266-356',
+    spans: [
+      ['this.beta1 = opts.beta1 ?? 0.9;', 'const names = new Set'], // AdamW's defaults
+      ['apply(grads: tf.Tensor[], hp: StepHyperparams): void {', 'export interface ClipOptions'], // AdamW's update, state, globalNorm
+      ['export function clipByGlobalNorm(', 'export interface LambOptions'], // clipByGlobalNorm, clipPerModule
+      ['this.beta1 = opts.beta1 ?? 0.9;', 'for (const [k, v] of ['], // Lamb's defaults
+      ['apply(grads: tf.Tensor[], hp: StepHyperparams): number {', null], // Lamb's update and state, the state's layout
+    ],
   },
   'packages/trainer/src/schedules.ts': {
     tests: [
@@ -47,7 +59,10 @@ const modules = {
   'packages/trainer/src/param-groups.ts': {
     tests: ['packages/trainer/test/param-groups.test.ts', 'packages/trainer/test/recipe.test.ts', 'packages/trainer/test/optim.test.ts'],
   },
-  'packages/trainer/src/masking.ts': { tests: ['packages/trainer/test/parts.test.ts', 'packages/trainer/test/masking.test.ts'] },
+  // memory-fit.test.ts checks maxMaskedPatches (the memory check's bound on the masked rows).
+  'packages/trainer/src/masking.ts': {
+    tests: ['packages/trainer/test/parts.test.ts', 'packages/trainer/test/masking.test.ts', 'packages/trainer/test/memory-fit.test.ts'],
+  },
   'packages/trainer/src/knn.ts': { tests: ['packages/trainer/test/knn.test.ts', 'packages/trainer/test/knn-edges.test.ts'] },
   'packages/probe/src/lost.ts': { tests: ['packages/probe/test/lost.test.ts', 'packages/probe/test/lost-k.test.ts'] },
   'packages/probe/src/corloc.ts': { tests: ['packages/probe/test/corloc.test.ts'] },
@@ -107,6 +122,24 @@ function importers(mod) {
   return out;
 }
 
+/** A module's spans as Stryker's line ranges ('a-b,c-d', 1-based), or an error naming the text not found. */
+function resolveSpans(mod, spans) {
+  const src = readFileSync(join(root, mod), 'utf8').split('\n');
+  let from = 0;
+  return spans
+    .map(([first, stop]) => {
+      const a = src.findIndex((l, i) => i >= from && l.includes(first));
+      if (a < 0) usage(`${mod}: no line containing "${first}" (after line ${from}): update its spans in scripts/mutate.mjs`);
+      let b = stop === null ? src.length : src.findIndex((l, i) => i > a && l.includes(stop));
+      if (b < 0) usage(`${mod}: no line containing "${stop}" after line ${a + 1}: update its spans in scripts/mutate.mjs`);
+      // Blank and comment lines before the stop line (its doc comment) are left out.
+      while (b - 1 > a && /^\s*(|\/\/.*|\/\*.*|\*.*)$/.test(src[b - 1])) b--;
+      from = b;
+      return `${a + 1}-${b}`;
+    })
+    .join(',');
+}
+
 const known = modules[module];
 const tests = (flags.tests ? flags.tests.split(',') : (known?.tests ?? importers(module))).filter((t) => existsSync(join(root, t)));
 if (tests.length === 0) usage(`no test files for ${module} (give --tests)`);
@@ -140,7 +173,7 @@ if (flags.survivors) {
   }
   mutate = ranges.map((r) => `${module}:${r}`);
 } else {
-  const lines = flags.lines ?? known?.lines;
+  const lines = flags.lines ?? (known?.spans ? resolveSpans(module, known.spans) : undefined);
   mutate = lines ? lines.split(',').map((r) => `${module}:${r}`) : [module];
 }
 
