@@ -6,7 +6,8 @@
  * vitreg-worker tasks for the 2-process cell), writes a %A_%a log, and the collected table equals the one
  * of the same sweep run on this machine (`vitreg sweep run`), weights included. And an array task signalled
  * as Slurm does before a time limit (scancel --signal=USR1) writes a checkpoint, requeues itself and
- * continues to its done marker. Skipped with one line where
+ * continues to its done marker. And a cell whose first training attempt fails (a stand-in srun that fails
+ * once) is run again inside its array task (retries) and ends done. Skipped with one line where
  * Slurm or munge is absent (CI installs them) or not root.
  */
 import { after, before, describe, test } from 'node:test';
@@ -133,6 +134,51 @@ describe('vitreg sweep on slurm', { skip: slurmSkip }, () => {
       const table = (out: string) => readFileSync(join(out, 'results.csv'), 'utf8');
       assert.equal(table(slurmOut), table(localOut), 'Slurm and this machine give the same results');
       assert.equal(table(localOut).trim().split('\n').length, 5);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('a failing cell is retried inside its array task (retries) and ends done', { timeout: 600_000 }, async () => {
+    const c = cluster!;
+    const dir = mkdtempSync(join(tmpdir(), 'vitreg-sweep-slurm-retry-'));
+    try {
+      const bin = bins(dir);
+      const file = join(dir, 'sweep.json');
+      writeFileSync(
+        file,
+        JSON.stringify({ ...SWEEP, name: 'retry', axes: { 'train.seed': [0] }, resources: { time: '00:10:00' }, retries: 1 }),
+      );
+      // The first srun of the task fails (as a crashed training would); the next one is the real srun.
+      const srun = join(bin, 'srun-once');
+      const mark = join(dir, 'failed-once');
+      writeFileSync(
+        srun,
+        `#!/bin/sh\nif [ ! -e ${mark} ]; then touch ${mark}; echo "stand-in srun: failing once" >&2; exit 1; fi\nexec ${which('srun')} "$@"\n`,
+      );
+      chmodSync(srun, 0o755);
+      const env = cleanEnv({ SLURM_CONF: c.conf, PATH: `${bin}${delimiter}${process.env.PATH ?? ''}`, VITREG_SWEEP_SRUN: srun });
+      const out = join(dir, 'out');
+      const plan = await run(join(bin, 'vitreg'), ['sweep', 'plan', file, '--out', out, '--vitreg', join(bin, 'vitreg')], env);
+      assert.equal(plan.code, 0, tail(plan));
+      const submit = await run(
+        which('sbatch')!,
+        ['--parsable', '--overcommit', '--chdir', dir, join(out, 'plan/slurm/sweep.sbatch')],
+        env,
+        30_000,
+      );
+      assert.equal(submit.code, 0, tail(submit));
+      const jobId = submit.stdout.trim().split(';')[0]!;
+      for (const t0 = Date.now(); sh(which('squeue')!, ['-h', '-j', jobId, '-o', '%i %T'], env).trim() !== ''; await sleep(500))
+        assert.ok(Date.now() - t0 < 400_000, `array job ${jobId} still queued`);
+      const log = readdirSync(join(out, 'logs/slurm'))
+        .map((f) => readFileSync(join(out, 'logs/slurm', f), 'utf8'))
+        .join('\n');
+      assert.match(log, /cell 0-seed0: train failed \(attempt 1\)/, log);
+      assert.match(log, /cell 0-seed0: done in/, log);
+      assert.match(readFileSync(join(out, 'cells/0-seed0/logs/train.log'), 'utf8'), /stand-in srun: failing once/);
+      assert.ok(existsSync(join(out, 'cells/0-seed0/done.json')), log);
+      assert.ok(!existsSync(join(out, 'cells/0-seed0/failed.json')), 'a cell done after a retry has no failed marker');
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -12,7 +12,7 @@ import { collectRows, writeTable } from '../sweep/collect.js';
 import { writeFigures } from '../sweep/figures.js';
 import { writePlan } from '../sweep/plan.js';
 import { runSweep } from '../sweep/run.js';
-import { LAUNCHERS, runCell, type Launcher } from '../sweep/run-cell.js';
+import { LAUNCHERS, runCell, runCellRetrying, type Launcher } from '../sweep/run-cell.js';
 import { loadSweep, type SweepSpec } from '../sweep/spec.js';
 import { formatStatus, sweepStatus } from '../sweep/status.js';
 
@@ -45,7 +45,8 @@ continues from its checkpoint; a cell whose config changed under the same folder
   run-cell   one cell (what the schedulers run): --cell I (default $SLURM_ARRAY_TASK_ID, else
              $JOB_COMPLETION_INDEX); --launcher local (default: vitreg train, --nodes P for P > 1),
              srun (inside a Slurm job: srun starts the training's P tasks) or env (one rank of a
-             cluster job the scheduler started, as in deploy/kubernetes; rank 0 evaluates);
+             cluster job the scheduler started, as in deploy/kubernetes; rank 0 evaluates); under
+             srun a failing cell is tried again at once up to the file's retries;
              --index-map I,J,...: index k of the scheduler runs the k-th listed cell
   --out DIR  the sweep's folder (default: the file's "out", else runs/sweep-<name> beside the file)
 Exit codes: 0 done; 1 a cell failed; 2 a bad sweep file or flag; 130 / 138 / 143 stopped by a signal.
@@ -176,9 +177,15 @@ export const sweepCommand: Command = {
               `--cell ${cellFlag}${indexMap ? ` (--index-map: ${index ?? 'none'})` : ''}: the sweep has cells 0-${cells.length - 1}`,
             );
           installStopHandlers((signal) => say(`${signal}: cell ${cell.name} stops after its step with a checkpoint`));
-          const o = await runCell(spec, cell, { launcher, retryFailed: f.values['retry-failed'], log: say });
-          say(o.message);
-          return o.code;
+          // A Slurm array task (srun) retries its failing cell in its allocation up to `retries`; elsewhere
+          // the scheduler retries (Kubernetes: a new pod per attempt) or `vitreg sweep run` does.
+          const opts = { launcher, retryFailed: f.values['retry-failed'], log: say };
+          if (launcher !== 'srun') {
+            const o = await runCell(spec, cell, opts);
+            say(o.message);
+            return o.code;
+          }
+          return (await runCellRetrying(spec, cell, { ...opts, onAttempt: (a) => say(a.message) })).code;
         }
         case 'status': {
           const rows = sweepStatus(spec, cells, { job: f.values.job });

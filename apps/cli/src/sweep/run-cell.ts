@@ -14,6 +14,10 @@
  *   srun   inside a Slurm allocation: srun --ntasks=P runs vitreg train (P = 1) or vitreg-worker (P > 1)
  *   env    one process of a cluster job started by the scheduler (Kubernetes: one pod per rank): this
  *          process runs vitreg-worker with the launcher's rank; rank 0 then evaluates and writes the markers
+ *
+ * Retries: runCellRetrying runs a failing cell again at once while its failed attempts are <= `retries`
+ * (`vitreg sweep run` for every cell, and `run-cell --launcher srun`: a Slurm array task retries its cell
+ * inside its own allocation). On Kubernetes the Job does it (backoffLimitPerIndex: a new pod per attempt).
  */
 import { randomBytes, createHash } from 'node:crypto';
 import { createReadStream, existsSync } from 'node:fs';
@@ -253,5 +257,24 @@ export async function runCell(
       };
     }
     return { cell, outcome: 'failed', code: 1, message: `cell ${cell.name}: ${e.message}` };
+  }
+}
+
+/**
+ * Runs the cell as runCell does, again while an attempt fails and its failed attempts are <= the sweep's
+ * `retries` (runCell then reports it "exhausted"); a stop ends it at once. `retryFailed` lets the first
+ * attempt run a cell that failed too often before. `onAttempt` sees every attempt's outcome.
+ */
+export async function runCellRetrying(
+  spec: SweepSpec,
+  cell: Cell,
+  opts: { launcher?: Launcher; retryFailed?: boolean; log?: (line: string) => void; onAttempt?: (o: CellOutcome) => void } = {},
+): Promise<CellOutcome> {
+  let retryFailed = opts.retryFailed ?? false;
+  for (;;) {
+    const o = await runCell(spec, cell, { launcher: opts.launcher, retryFailed, log: opts.log });
+    retryFailed = false;
+    opts.onAttempt?.(o);
+    if (o.outcome !== 'failed' || stopRequested()) return o;
   }
 }

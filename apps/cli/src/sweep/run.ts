@@ -5,7 +5,7 @@
  */
 import { installStopHandlers, stopRequested } from './child.js';
 import type { Cell } from './cells.js';
-import { runCell, type CellOutcome } from './run-cell.js';
+import { runCellRetrying, type CellOutcome } from './run-cell.js';
 import type { SweepSpec } from './spec.js';
 
 export interface RunSummary {
@@ -29,20 +29,17 @@ export async function runSweep(
   const slot = async () => {
     for (let cell = queue.shift(); cell; cell = queue.shift()) {
       if (stopRequested()) return;
-      let retryFailed = opts.retryFailed ?? false;
-      for (;;) {
-        const o = await runCell(spec, cell, { launcher: 'local', retryFailed, log: say });
-        retryFailed = false;
-        say(o.message);
-        if (o.outcome === 'interrupted') {
-          stopCode ||= o.code;
-          outcomes.push(o);
-          return;
-        }
-        // A failed attempt is tried again while attempts <= retries (runCell says "exhausted" after).
-        if (o.outcome === 'failed' && !stopRequested()) continue;
-        outcomes.push(o);
-        break;
+      // A failed attempt is tried again while attempts <= retries (runCell says "exhausted" after).
+      const o = await runCellRetrying(spec, cell, {
+        launcher: 'local',
+        retryFailed: opts.retryFailed,
+        log: say,
+        onAttempt: (a) => say(a.message),
+      });
+      outcomes.push(o);
+      if (o.outcome === 'interrupted') {
+        stopCode ||= o.code;
+        return;
       }
     }
   };

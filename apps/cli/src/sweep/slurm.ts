@@ -5,7 +5,9 @@
  * exit 138) and --requeue (a preempted task is requeued by Slurm; a task stopped for its time limit
  * requeues itself and continues from its checkpoint). Each task runs `vitreg sweep run-cell --launcher
  * srun`, which starts the cell's training with srun: one process, or P vitreg-worker tasks (a cluster job:
- * rank 0 hosts the coordinator on the allocation's first node), then evaluates on the batch node.
+ * rank 0 hosts the coordinator on the allocation's first node), then evaluates on the batch node; a
+ * failing cell is run again in the same allocation while its failed attempts are <= the sweep's
+ * `retries` (failed.json counts them), then the task ends FAILED.
  * And `sacct`'s view of a sweep's array job for `status`.
  */
 import { execFileSync } from 'node:child_process';
@@ -35,6 +37,7 @@ export function slurmScript(spec: SweepSpec, cells: Cell[], sweepFile: string, v
     '#',
     '# Array task I runs cell I (the list: plan/cells.json). A cell already done is skipped; one stopped',
     '# before the time limit (SIGUSR1, exit 138) writes a checkpoint and is requeued; VITREG_REQUEUE=0: never.',
+    `# A failing cell is run again in this allocation up to ${spec.retries} more time(s) (the sweep's retries), then reported.`,
     '# Status: vitreg sweep status SWEEP.json (markers + sacct). Edit the #SBATCH lines for your cluster.',
     `#SBATCH --job-name=vitreg-sweep-${spec.name}`,
     `#SBATCH --array=0-${n - 1}%${k}`,
