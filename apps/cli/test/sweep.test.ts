@@ -10,7 +10,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync, mkdirSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
-import { expandCells, markerPath, writeMarker, type Cell } from '../src/sweep/cells.js';
+import { expandCells, markerPath, weightArgs, writeMarker, type Cell } from '../src/sweep/cells.js';
 import { collectRows, writeTable } from '../src/sweep/collect.js';
 import { writeFigures } from '../src/sweep/figures.js';
 import { writePlan } from '../src/sweep/plan.js';
@@ -129,6 +129,34 @@ test(
 );
 
 test(
+  'train_args that change the weights (--engine) are in the cell hash; --threads and the like are not',
+  withDir(async (dir) => {
+    const hashes = (train_args: string[], name: string) =>
+      expandCells(loadSweep(sweepFile(dir, { ...TINY, resources: {}, train_args }, name))).map((c) => c.hash);
+    const none = hashes([], 'none.json');
+    const tfjs = hashes(['--engine', 'tfjs'], 'tfjs.json');
+    const ort = hashes(['--engine', 'onnxruntime', '--threads', '1'], 'ort.json');
+    assert.notDeepEqual(tfjs, none);
+    assert.notDeepEqual(ort, tfjs, 'another engine: other cells');
+    assert.deepEqual(hashes(['--engine=onnxruntime', '--threads=4', '--verbose'], 'ort4.json'), hashes(['--engine=onnxruntime'], 'o.json'));
+    assert.deepEqual(hashes(['--threads', '4', '--engine', 'onnxruntime', '--gpu', '1', '--no-progress'], 'ort5.json'), ort);
+    assert.deepEqual(hashes(['--threads', '2'], 'threads.json'), none, 'threads alone: the cells of no train_args');
+    assert.deepEqual(weightArgs(['--threads', '2', '--backend', 'wasm', '--rebuild-index', '--engine=tfjs']), [
+      '--backend',
+      'wasm',
+      '--engine=tfjs',
+    ]);
+    // A done cell planned again with another engine is refused, not reused.
+    const spec = loadSweep(sweepFile(dir, { ...TINY, resources: {}, train_args: ['--engine', 'tfjs'] }));
+    await writePlan(spec, expandCells(spec));
+    const other = loadSweep(sweepFile(dir, { ...TINY, resources: {}, train_args: ['--engine', 'onnxruntime'] }));
+    await assert.rejects(writePlan(other, expandCells(other)), /cell 0 \(0-reg0-seed0\).*another config.*train_args differ/);
+    const threads = loadSweep(sweepFile(dir, { ...TINY, resources: {}, train_args: ['--engine', 'tfjs', '--threads', '2'] }));
+    await writePlan(threads, expandCells(threads));
+  }),
+);
+
+test(
   'plan: a Slurm job array and Kubernetes manifests that parse and name every cell once; a changed config is refused',
   withDir(async (dir) => {
     const spec = loadSweep(sweepFile(dir, TINY));
@@ -220,6 +248,47 @@ test(
     } finally {
       if (before === undefined) delete process.env.VITREG_SWEEP_CLI;
       else process.env.VITREG_SWEEP_CLI = before;
+    }
+  }),
+);
+
+test(
+  'a Slurm array task (run-cell --launcher srun) retries its failing cell up to retries in its allocation, then fails',
+  withDir(async (dir) => {
+    const spec = loadSweep(sweepFile(dir, { ...TINY, resources: {}, axes: { 'train.seed': [0] }, retries: 2 }));
+    const [cell] = expandCells(spec);
+    // A stand-in srun that counts its calls and fails (as a training that crashes would).
+    const calls = join(dir, 'srun-calls');
+    const srun = join(dir, 'srun');
+    writeFileSync(srun, `#!/bin/sh\necho "$*" >> ${calls}\nexit 1\n`, { mode: 0o755 });
+    const saved = { srun: process.env.VITREG_SWEEP_SRUN, task: process.env.SLURM_ARRAY_TASK_ID };
+    process.env.VITREG_SWEEP_SRUN = srun;
+    process.env.SLURM_ARRAY_TASK_ID = '0';
+    try {
+      const { sweepCommand } = await import('../src/commands/sweep.js');
+      const code = await sweepCommand.run(['run-cell', join(dir, 'sweep.json'), '--launcher', 'srun']);
+      assert.equal(code, 1);
+      const lines = readFileSync(calls, 'utf8').trim().split('\n');
+      assert.equal(lines.length, 3, 'retries 2: three attempts in the one array task');
+      assert.match(lines[0]!, /^--ntasks=1 /);
+      const failed = JSON.parse(readFileSync(markerPath(cell!, 'failed'), 'utf8'));
+      assert.equal(failed.attempts, 3);
+      assert.equal(sweepStatus(spec, [cell!])[0]!.state, 'failed');
+      // A requeued task (or a new array) does not try it again; --retry-failed tries once more, then stops.
+      assert.equal(await sweepCommand.run(['run-cell', join(dir, 'sweep.json'), '--launcher', 'srun']), 1);
+      assert.equal(readFileSync(calls, 'utf8').trim().split('\n').length, 3);
+      assert.equal(await sweepCommand.run(['run-cell', join(dir, 'sweep.json'), '--launcher', 'srun', '--retry-failed']), 1);
+      assert.equal(readFileSync(calls, 'utf8').trim().split('\n').length, 4);
+      // The job array's script says so.
+      const files = await writePlan(spec, [cell!]);
+      assert.match(readFileSync(files.slurm, 'utf8'), /run again in this allocation up to 2 more time/);
+    } finally {
+      for (const [k, v] of [
+        ['VITREG_SWEEP_SRUN', saved.srun],
+        ['SLURM_ARRAY_TASK_ID', saved.task],
+      ] as const)
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
     }
   }),
 );

@@ -27,9 +27,12 @@ export interface Cell {
   config: TrainConfig;
   /** The sweep's resources with the overrides that match this cell. */
   resources: CellResources;
-  /** sha256 of the resolved config and the process and thread counts (canonical JSON), 16 hex digits. */
+  /**
+   * sha256 of the resolved config, the process and thread counts and the train_args that change the
+   * trained weights (weightArgs; canonical JSON), 16 hex digits.
+   */
   hash: string;
-  /** sha256 of what the cell evaluates and how it trains (train_args), 16 hex digits. */
+  /** sha256 of what the cell evaluates and all its train_args (a changed one evaluates it again), 16 hex digits. */
   evalHash: string;
 }
 
@@ -46,6 +49,36 @@ export function canonicalJson(v: unknown): string {
 }
 
 export const shortHash = (v: unknown) => createHash('sha256').update(canonicalJson(v)).digest('hex').slice(0, 16);
+
+/**
+ * `vitreg train` flags that do not change the trained weights: how many ONNX Runtime threads (the same
+ * numbers with any count), which GPU, the transport and timeout of the all-reduce, logging, stop signals,
+ * the data index's rebuild. Every other flag of train_args (--engine: tfjs and onnxruntime differ in the
+ * last digits; --backend, --device; the CLIP data flags; any flag not listed) is part of the cell's hash.
+ */
+const NEUTRAL_TRAIN_FLAGS = new Set([
+  '--threads',
+  '--gpu',
+  '--transport',
+  '--collective-timeout-ms',
+  '--stop-signals',
+  '--verbose',
+  '--no-progress',
+  '--rebuild-index',
+]);
+const VALUELESS_FLAGS = new Set(['--verbose', '--no-progress', '--rebuild-index']);
+
+/** The train_args that change the trained weights: `args` without NEUTRAL_TRAIN_FLAGS (and their values). */
+export function weightArgs(args: string[]): string[] {
+  const kept: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    const flag = a.split('=')[0]!;
+    if (!NEUTRAL_TRAIN_FLAGS.has(flag)) kept.push(a);
+    else if (!a.includes('=') && !VALUELESS_FLAGS.has(flag)) i++;
+  }
+  return kept;
+}
 
 /** Axis short names: the last part of the path, with the common ones shortened. */
 const SHORT: Record<string, string> = {
@@ -144,8 +177,15 @@ export function expandCells(spec: SweepSpec): Cell[] {
     const resources = { ...spec.resources };
     for (const o of spec.overrides)
       if (Object.entries(o.where).every(([k, v]) => JSON.stringify(axes[k]) === JSON.stringify(v))) Object.assign(resources, o.set);
-    // Processes and threads per process change the global batch: part of what the cell is.
-    const hash = shortHash({ config, processes: resources.processes, threads: resources.threads });
+    // Processes and threads per process change the global batch, --engine and the like the last digits:
+    // part of what the cell is. (No such train_args: the hash of the cells made before they counted.)
+    const trainArgs = weightArgs(spec.train_args);
+    const hash = shortHash({
+      config,
+      processes: resources.processes,
+      threads: resources.threads,
+      ...(trainArgs.length ? { train_args: trainArgs } : {}),
+    });
     cells.push({ index, name, dir: join(spec.out, 'cells', name), axes, config, resources, hash, evalHash });
   });
   for (const [msg, list] of perCell) problems.add(`${list.length === 1 ? 'cell' : 'cells'} ${list.join(', ')}: ${msg}`);
@@ -241,7 +281,7 @@ export function checkCellHash(cell: Cell, file: string): void {
     const field = diff ? diff.path || '(top)' : null;
     throw new InputError(
       `${file}: cell ${cell.index} (${cell.name}) in ${cell.dir} was made with another config (hash ${m.hash}, now ${cell.hash}` +
-        `${field ? `; field "${field}" differs` : '; the processes or threads per process differ'}): give the sweep another out folder, or move that cell folder away to run it again`,
+        `${field ? `; field "${field}" differs` : '; the processes, threads per process or weight-changing train_args differ'}): give the sweep another out folder, or move that cell folder away to run it again`,
     );
   }
 }
