@@ -21,7 +21,7 @@ import {
   SyntheticDenseDataset,
 } from '@vitreg/core';
 import { getConfig, VisionTransformer } from '@vitreg/registers';
-import { isDenseTask, openProbeSource, runProbe, runProbeTask, type ProbeReport } from '../src/index.js';
+import { isDenseTask, openProbeSource, runDenseProbe, runProbe, runProbeTask, type ProbeReport } from '../src/index.js';
 
 await initBackend('wasm', { log: () => {} });
 await ensureGradients();
@@ -81,7 +81,19 @@ test('a dense task: results, head-<task>.safetensors, the feature cache removed;
     assert.deepEqual(r.settings, { layers: 1, steps: 5, headBatchSize: 4, trainLabelSize: 32, lr: null });
     const saved = JSON.parse(await readFile(file, 'utf8'));
     assert.equal(saved.head, 'head-segmentation.safetensors');
-    assert.ok(saved.segmentation.miou >= 0);
+    // The numbers are runDenseProbe's on the same settings (its own tests check them: dense-probe.test.ts).
+    const direct = await runDenseProbe(model, train, test, {
+      task: 'segmentation',
+      size: 32,
+      layers: 1,
+      steps: 5,
+      batchSize: 8,
+      headBatchSize: 4,
+      trainLabelSize: 32,
+      seed: 0,
+    });
+    assert.deepEqual(saved.segmentation, JSON.parse(JSON.stringify(direct.report.segmentation)));
+    assert.deepEqual(saved.baseline, direct.report.baseline);
     const head = await readSafetensors(join(dir, 'head-segmentation.safetensors'));
     assert.deepEqual(head.tensors['conv_seg.weight']!.shape, [6, 64, 1, 1]);
     assert.ok(!existsSync(join(dir, 'cache-segmentation')), 'the feature cache is removed when done');
