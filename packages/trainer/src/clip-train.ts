@@ -6,9 +6,9 @@
  * - augmentation: open_clip's training transform, RandomResizedCrop(scale 0.9-1) to the image size, then
  *   OpenAI CLIP's mean and std; captions through the ClipTokenizer;
  * - step: `clipStep` (CLIP or SigLIP loss, features gathered across the ranks of `sync`), gradients averaged
- *   with `sync.allReduce` (DDP), AdamW (open_clip's params.py: beta2 0.98, eps 1e-6, weight decay 0.2 on
- *   weights of 2+ dimensions except embeddings and logit_scale, as open_clip's `exclude`), a linear warm-up and
- *   cosine learning rate, then logit_scale clamped to [0, log 100];
+ *   with `sync.allReduce` (DDP), AdamW (open_clip's params.py: beta2 0.98, eps 1e-6, weight decay 0.2 with
+ *   open_clip's no-decay rule, `clipParamSpecs`), a linear warm-up and cosine learning rate, then logit_scale
+ *   clamped to [0, log 100];
  * - `zeroShotTop1`: the accuracy of class prompts (mean of the normalised embeddings of every template).
  */
 import * as tf from '@tensorflow/tfjs-core';
@@ -68,7 +68,25 @@ export function normalized(img: RgbImage, out: Float32Array, offset: number): vo
   }
 }
 
-/** open_clip's weight-decay rule: none for tensors of fewer than 2 dimensions, norms, biases, logit_scale (and embeddings here). */
+/**
+ * The parameters open_clip's training leaves undecayed, by vitreg name: open_clip_train/optim.py's
+ * `make_wd_exclude` (since open_clip commit 8120efe, 2026-06-11) excludes tensors of at most 1 dimension in
+ * open_clip's layout (biases, LayerNorm gains, LayerScale gammas, `class_embedding`, `logit_scale`,
+ * `logit_bias`: all rank < 2 here except `visual.cls_token`, [1, 1, D]) and the names `CLIP.no_weight_decay()`
+ * declares: `positional_embedding`, `visual.positional_embedding`, `visual.class_embedding`. The token
+ * embedding and every projection decay. Two tensors have no open_clip counterpart: `visual.register_tokens`
+ * (`visual.register_embedding` in the files; not decayed, as open_clip's text towers declare their
+ * `reg_tokens`) and `visual.mask_token` (not used by CLIP, not saved).
+ */
+const CLIP_NO_DECAY = new Set([
+  'visual.cls_token',
+  'visual.pos_embed',
+  'visual.register_tokens',
+  'visual.mask_token',
+  'text.positional_embedding',
+]);
+
+/** Every parameter of the model in training order, with open_clip's weight-decay rule (`CLIP_NO_DECAY` above). */
 export function clipParamSpecs(model: ClipModel): ParamSpec[] {
   const named: [string, tf.Variable][] = [
     ...Object.entries(model.visual.params).map(([k, v]) => [`visual.${k}`, v] as [string, tf.Variable]),
@@ -80,7 +98,7 @@ export function clipParamSpecs(model: ClipModel): ParamSpec[] {
     name,
     variable,
     lrMult: 1,
-    wdMult: variable.rank < 2 || /(^|\.)(ln_|norm)|bias|logit_|embedding|pos_embed|cls_token|register_tokens|mask_token/.test(name) ? 0 : 1,
+    wdMult: variable.rank < 2 || CLIP_NO_DECAY.has(name) ? 0 : 1,
     isLastLayer: false,
   }));
 }
