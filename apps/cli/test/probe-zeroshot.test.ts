@@ -1,9 +1,10 @@
 /**
  * `vitreg probe --task zeroshot`: a whole CLIP checkpoint (written by saveClip) and a BPE vocabulary file on
  * the synthetic shapes: results.json with top-1 / top-5, the one-line summary; beside the class probe
- * (results-zeroshot.json, results-class.json); the image tower of the same file serves the class probe; bad
- * flags fail with one line naming them. Four CLI processes (each starts tsx and a backend): ~25 s on an idle
- * core, most of it start-up.
+ * (results-zeroshot.json, results-class.json); the image tower of the same file serves the class probe; Table
+ * 2b's command, two checkpoints (0 and 2 registers) with --task class,zeroshot: sweep.csv with registers, class
+ * accuracy and zeroshot_top1 / zeroshot_top5 equal to each checkpoint's own run; bad flags fail with one line
+ * naming them. Six CLI processes (each starts tsx and a backend): ~35 s on an idle core, most of it start-up.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -28,6 +29,7 @@ const tmp = await mkdtemp(join(tmpdir(), 'vitreg-zeroshot-'));
 test.after(() => rm(tmp, { recursive: true, force: true }));
 const vocab = join(tmp, 'bytes.txt');
 const weights = join(tmp, 'clip.safetensors');
+const weights0 = join(tmp, 'clip-reg0.safetensors');
 await writeFile(vocab, '#version: 0.2 (no merges: one token per byte; no final newline, which open_clip would read as an empty merge)');
 await initBackend('wasm', { log: () => {} });
 const model = new ClipModel(
@@ -39,9 +41,18 @@ const model = new ClipModel(
 );
 await saveClip(model, weights);
 model.dispose();
+const model0 = new ClipModel(
+  validateClipConfig({
+    vision: getConfig('vit_micro_patch8', { proj_dim: 16, num_register_tokens: 0, img_size: 32 }),
+    text: { context_length: 40, vocab_size: 514, width: 32, heads: 2, layers: 1, proj_dim: 16 },
+  }),
+  { seed: 2 },
+);
+await saveClip(model0, weights0);
+model0.dispose();
 const data = ['--data', 'synthetic', '--count', '8', '--test-count', '6', '--synthetic-size', '32', '--size', '32', '--backend', 'wasm'];
 
-test('zeroshot alone and beside the class probe', async () => {
+test('zeroshot alone, beside the class probe, and in a sweep of two checkpoints (Table 2b)', async () => {
   const out = join(tmp, 'zs');
   const r = vitreg(
     'probe',
@@ -82,6 +93,54 @@ test('zeroshot alone and beside the class probe', async () => {
   assert.equal(r2.code, 0, r2.stderr);
   assert.equal(JSON.parse(await readFile(join(both, 'results-zeroshot.json'), 'utf8')).templates, 80);
   assert.ok(JSON.parse(await readFile(join(both, 'results-class.json'), 'utf8')));
+
+  // Table 2b's command: two checkpoints, class and zeroshot; sweep.csv holds both tasks' columns per checkpoint.
+  const alone0 = join(tmp, 'zs0');
+  const r3 = vitreg('probe', '--weights', weights0, '--task', 'zeroshot', '--tokenizer', vocab, ...data, '--out', alone0);
+  assert.equal(r3.code, 0, r3.stderr);
+  const sweep = join(tmp, 'sweep');
+  const r4 = vitreg(
+    'probe',
+    '--weights',
+    weights0,
+    '--weights',
+    weights,
+    '--task',
+    'class,zeroshot',
+    '--tokenizer',
+    vocab,
+    '--steps',
+    '5',
+    ...data,
+    '--out',
+    sweep,
+  );
+  assert.equal(r4.code, 0, r4.stderr);
+  const [head, ...lines] = (await readFile(join(sweep, 'sweep.csv'), 'utf8')).trim().split('\n');
+  const cols = head!.split(',');
+  for (const c of ['checkpoint', 'registers', 'zeroshot_top1', 'zeroshot_top5', 'accuracy'])
+    assert.ok(cols.includes(c), `sweep.csv: no ${c} in ${head}`);
+  const rows = lines.map((l) => Object.fromEntries(l.split(',').map((v, i) => [cols[i], v])));
+  assert.deepEqual(
+    rows.map((r) => [r.checkpoint, Number(r.registers)]),
+    [
+      [weights0, 0],
+      [weights, 2],
+    ],
+  );
+  const single = [
+    JSON.parse(await readFile(join(alone0, 'results.json'), 'utf8')),
+    JSON.parse(await readFile(join(both, 'results-zeroshot.json'), 'utf8')),
+  ];
+  console.log(`# zero-shot top-1 of the two checkpoints alone: ${single.map((s) => s.top1).join(', ')}`);
+  rows.forEach((r, i) => {
+    assert.deepEqual(
+      [Number(r.zeroshot_top1), Number(r.zeroshot_top5)],
+      [single[i].top1, single[i].top5],
+      `${r.checkpoint}: sweep vs its own run`,
+    );
+    assert.ok(Number(r.accuracy) >= 0 && Number(r.accuracy) <= 1, `${r.checkpoint}: class accuracy ${r.accuracy}`);
+  });
 });
 
 test('zeroshot flags: errors name them', async () => {
