@@ -13,12 +13,13 @@ import { parseAllDocuments } from 'yaml';
 import { expandCells, markerPath, weightArgs, writeMarker, type Cell } from '../src/sweep/cells.js';
 import { collectRows, writeTable } from '../src/sweep/collect.js';
 import { writeFigures } from '../src/sweep/figures.js';
+import { podMemory } from '../src/sweep/kubernetes.js';
 import { writePlan } from '../src/sweep/plan.js';
 import { runSweep } from '../src/sweep/run.js';
 import { runCell } from '../src/sweep/run-cell.js';
 import { loadSweep, type SweepSpec } from '../src/sweep/spec.js';
 import { sweepStatus } from '../src/sweep/status.js';
-import { vitreg } from './helpers.js';
+import { ROOT, vitreg } from './helpers.js';
 
 const TINY = {
   name: 'unit',
@@ -209,6 +210,81 @@ test(
     const r = await vitreg(['sweep', 'run-cell', join(dir, 'sweep.json'), '--cell', '0']);
     assert.equal(r.code, 2, r.stderr);
     assert.match(r.stderr, /another config/);
+  }),
+);
+
+test(
+  "Fig. 8's plan: a pod asks memory per node / processes per node; 2 of the 6 per-cell Jobs start, release.sh starts the rest 2 at a time",
+  withDir(async (dir) => {
+    const spec = loadSweep(join(ROOT, 'sweeps/fig8-dinov2-l14.json'), { out: join(dir, 'out') });
+    const cells = expandCells(spec);
+    const files = await writePlan(spec, cells);
+    const sbatch = readFileSync(files.slurm, 'utf8');
+    for (const d of ['--ntasks=32', '--ntasks-per-node=8', '--mem=400G', '--array=0-5%2', '--gpus-per-task=1'])
+      assert.match(sbatch, new RegExp(`^#SBATCH ${d}$`, 'm'));
+    const jobs = files.kubernetes
+      .flatMap((f) => parseAllDocuments(readFileSync(f, 'utf8')).map((d) => d.toJSON()))
+      .filter((d) => d.kind === 'Job');
+    assert.equal(jobs.length, 6);
+    for (const [i, j] of jobs.entries()) {
+      const limits = j.spec.template.spec.containers[0].resources.limits;
+      assert.equal(limits.memory, '50Gi', '400G per node shared by 8 pods');
+      assert.equal(limits['nvidia.com/gpu'], 1);
+      assert.equal(j.spec.completions, 32);
+      assert.equal(j.spec.backoffLimit, 32 * 3, 'every pod of 3 attempts (retries 2) may fail');
+      assert.equal(j.spec.suspend, i >= 2, `job ${i}: the first 2 start, the others wait suspended`);
+    }
+    assert.equal(podMemory('3G', 2), '1536Mi');
+    assert.equal(podMemory('2048', 1), '2Gi');
+    // release.sh against a stand-in kubectl whose Jobs live in a state file: "cell name suspend conditions".
+    const release = files.release!;
+    assert.ok(release && existsSync(release));
+    const bin = join(dir, 'bin');
+    mkdirSync(bin);
+    const state = join(dir, 'jobs');
+    const calls = join(dir, 'calls');
+    writeFileSync(
+      join(bin, 'kubectl'),
+      `#!/bin/bash\necho "$*" >> ${calls}\ncase "$1" in\n  get) cat ${state} ;;\n  patch) sed -i "s/^\\([0-9]*\\) $3 true/\\1 $3 false/" ${state} ;;\nesac\n`,
+      { mode: 0o755 },
+    );
+    const names = jobs.map((j) => j.metadata.name as string);
+    const write = (conditions: string[]) =>
+      writeFileSync(state, jobs.map((j, i) => `${i} ${names[i]} ${j.spec.suspend} ${conditions[i] ?? ''}`).join('\n') + '\n');
+    const suspended = () =>
+      readFileSync(state, 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => l.split(' ')[2] === 'true');
+    const { spawnSync } = await import('node:child_process');
+    const runRelease = (...args: string[]) => {
+      const r = spawnSync('bash', [release, ...args], {
+        env: { ...process.env, PATH: `${bin}:${process.env.PATH}`, VITREG_RELEASE_SECONDS: '0' },
+        encoding: 'utf8',
+      });
+      assert.equal(r.status, 0, r.stderr);
+      return r.stdout;
+    };
+    write([]);
+    runRelease('--once');
+    assert.deepEqual(suspended(), [false, false, true, true, true, true], 'two run: none started');
+    assert.match(readFileSync(calls, 'utf8'), /^get jobs -l vitreg-sweep=fig8-dinov2-l14,vitreg-sweep-cell -o jsonpath=/);
+    write(['Complete']);
+    // (write() rewrites from the manifests: keep what was started.)
+    const keep = (started: number[], conditions: string[]) => {
+      write(conditions);
+      const lines = readFileSync(state, 'utf8').trim().split('\n');
+      writeFileSync(state, lines.map((l, i) => (started.includes(i) ? l.replace(' true', ' false') : l)).join('\n') + '\n');
+    };
+    assert.match(runRelease('--once'), new RegExp(`started ${names[2]} \\(1 of 2 were running\\)`));
+    assert.deepEqual(suspended(), [false, false, false, true, true, true], 'cell 0 done: cell 2 starts');
+    keep([2], ['Complete', 'Failed']);
+    runRelease('--once');
+    assert.deepEqual(suspended(), [false, false, false, false, true, true], 'cell 1 failed: cell 3 starts (not 4)');
+    keep([2, 3], ['Complete', 'Failed', 'Complete', 'Complete']);
+    assert.match(runRelease(), /every per-cell Job is started/);
+    assert.deepEqual(suspended(), [false, false, false, false, false, false]);
+    assert.equal(readFileSync(calls, 'utf8').match(/^patch job /gm)!.length, 4, 'each suspended Job started once');
   }),
 );
 

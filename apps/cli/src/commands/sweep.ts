@@ -32,7 +32,8 @@ continues from its checkpoint; a cell whose config changed under the same folder
 
   plan       writes OUT/sweep.json, OUT/plan/cells.json, the cells' configs, OUT/plan/slurm/sweep.sbatch
              (one job array: --array=0-(N-1)%K, --signal=USR1@180, --requeue; submit it with sbatch)
-             and OUT/plan/kubernetes/*.yaml (an Indexed Job; a Job per cell for multi-process cells);
+             and OUT/plan/kubernetes/*.yaml (an Indexed Job; a Job per cell for multi-process cells,
+             beyond K created suspended: OUT/plan/kubernetes/release.sh starts them K at a time);
              runs nothing. --vitreg CMD: how the nodes run vitreg (default "vitreg")
   run        runs the cells here, K at once (--concurrency, default the file's max_concurrent); a
              failing cell is tried again up to the file's retries; Ctrl-C stops every cell after a
@@ -143,6 +144,7 @@ export const sweepCommand: Command = {
               `  cells:      ${shown(files.cells)}`,
               `  Slurm:      sbatch ${shown(files.slurm)}`,
               ...files.kubernetes.map((k8) => `  Kubernetes: kubectl apply -f ${shown(k8)}`),
+              ...(files.release ? [`              then ${shown(files.release)} (starts the suspended per-cell Jobs, ${k} at a time)`] : []),
               `  here:       vitreg sweep run ${shown(files.sweep)}`,
             ].join('\n') + '\n',
           );

@@ -6,7 +6,12 @@
  *     the sweep's retries); a stop on request (exit 130 / 138 / 143 after a checkpoint) and a disruption
  *     (eviction, preemption) are not counted (podFailurePolicy) and the replacement pod continues.
  *   - multi-process cells: one Job per cell as in deploy/kubernetes: P pods (Indexed), a headless Service
- *     through which every pod reaches pod 0's coordinator; rank 0 evaluates and writes the markers.
+ *     through which every pod reaches pod 0's coordinator; rank 0 evaluates and writes the markers; a
+ *     failing cell's pods are replaced up to P x (retries + 1) times (backoffLimit). max_concurrent: the
+ *     first K of these Jobs start, the others are created suspended (spec.suspend) and release.sh, run
+ *     beside kubectl, resumes the next one whenever fewer than K run.
+ * Resources: `memory` is memory per node (Slurm's --mem); a pod is one process, so it asks memory /
+ * processes_per_node (default: all the cell's processes on one node).
  * backoffLimitPerIndex needs Kubernetes 1.29 or later (beta there, on by default; GA in 1.33).
  * The runs volume is mounted at the sweep's out folder, so the paths in sweep.json and the cells' files
  * are the same in every pod.
@@ -62,6 +67,19 @@ const STOP_RULES = [
   { action: 'Ignore', onPodConditions: [{ type: 'DisruptionTarget' }] },
 ];
 
+const MEBI: Record<string, number> = { K: 1 / 1024, M: 1, G: 1024, T: 1024 * 1024 };
+
+/**
+ * One pod's memory in Kubernetes units: the per-node `memory` (Slurm's --mem: "400G", "512M", "2048")
+ * shared by the node's `perNode` processes, rounded down to a MiB; e.g. ("400G", 8) -> "50Gi".
+ */
+export function podMemory(memory: string, perNode: number): string {
+  const m = /^(\d+)([KMGT]?)$/.exec(memory);
+  if (!m) throw new Error(`resources.memory: expected e.g. "32G", got "${memory}"`);
+  const mi = Math.floor((Number(m[1]) * MEBI[m[2] || 'M']!) / perNode);
+  return mi % 1024 === 0 ? `${mi / 1024}Gi` : `${mi}Mi`;
+}
+
 function podSpec(spec: SweepSpec, r: CellResources, args: string[], env: Y[], vitreg: string[]): Record<string, Y> {
   const k = spec.kubernetes;
   const volumes: Y[] = [{ name: 'runs', persistentVolumeClaim: { claimName: k.runs_claim } }];
@@ -72,7 +90,7 @@ function podSpec(spec: SweepSpec, r: CellResources, args: string[], env: Y[], vi
   }
   const limits: Record<string, Y> = {
     cpu: String(r.cpus_per_process),
-    ...(r.memory ? { memory: r.memory.replace(/([KMGT])$/, '$1i') } : {}),
+    ...(r.memory ? { memory: podMemory(r.memory, Math.min(r.processes, r.processes_per_node ?? r.processes)) } : {}),
   };
   if (r.gpus_per_process > 0) limits['nvidia.com/gpu'] = r.gpus_per_process;
   return {
@@ -144,7 +162,8 @@ export function kubernetesManifests(
     const what = `${n} single-process cells as one Indexed Job, ${job.spec.parallelism} at once`;
     docs.push({ file: `${name}.yaml`, text: header(what) + toYaml(job) + '\n', cells: single.map((c) => c.index) });
   }
-  for (const c of cells.filter((x) => x.resources.processes > 1)) {
+  const k8 = Math.min(spec.max_concurrent, cells.length);
+  for (const [m, c] of cells.filter((x) => x.resources.processes > 1).entries()) {
     const p = c.resources.processes;
     const name = k8sName('vitreg-sweep', spec.name, String(c.index));
     const service = {
@@ -175,16 +194,76 @@ export function kubernetesManifests(
         completionMode: 'Indexed',
         completions: p,
         parallelism: p,
-        backoffLimit: 20,
+        // Every attempt of the cell may fail all P pods; the run-cell of attempt retries + 2 exits at once.
+        backoffLimit: p * (spec.retries + 1),
+        // max_concurrent: the first K start, release.sh resumes the others K at a time.
+        suspend: m >= k8,
         podFailurePolicy: { rules: STOP_RULES },
         template: { metadata: { labels: { app: 'vitreg-sweep', 'vitreg-sweep': spec.name } }, spec: { subdomain: name, ...pod } },
       },
     };
     docs.push({
       file: `${name}.yaml`,
-      text: header(`cell ${c.index} (${c.name}), a ${p}-process cluster job`) + toYaml(service) + '\n---\n' + toYaml(job) + '\n',
+      text:
+        header(`cell ${c.index} (${c.name}), a ${p}-process cluster job${m >= k8 ? ', created suspended: release.sh starts it' : ''}`) +
+        toYaml(service) +
+        '\n---\n' +
+        toYaml(job) +
+        '\n',
       cells: [c.index],
     });
   }
   return docs;
+}
+
+/**
+ * release.sh of the plan (null when the multi-process cells' Jobs are at most max_concurrent K): a bash
+ * script, run beside kubectl after `kubectl apply -f plan/kubernetes/`, that every VITREG_RELEASE_SECONDS
+ * (default 60) counts the sweep's per-cell Jobs that run (not suspended, not Complete or Failed) and
+ * resumes the next suspended ones, in cell order, until K run; it ends when none is left suspended
+ * (`--once`: one pass).
+ */
+export function kubernetesRelease(spec: SweepSpec, cells: Cell[]): string | null {
+  const multi = cells.filter((c) => c.resources.processes > 1);
+  const k = Math.min(spec.max_concurrent, cells.length);
+  if (multi.length <= k) return null;
+  const ns = spec.kubernetes.namespace ? `(-n ${JSON.stringify(spec.kubernetes.namespace)})` : '()';
+  const jsonpath =
+    '{range .items[*]}{.metadata.labels.vitreg-sweep-cell} {.metadata.name} {.spec.suspend} {.status.conditions[?(@.status=="True")].type}{"\\n"}{end}';
+  return [
+    '#!/bin/bash',
+    `# vitreg sweep "${spec.name}" (${spec.file}): starts its ${multi.length} per-cell Jobs ${k} at a time. Written by vitreg sweep plan.`,
+    `# kubectl apply -f ${spec.out}/plan/kubernetes/ starts the first ${k}, the others are created suspended; then run`,
+    '# this script (it polls every $VITREG_RELEASE_SECONDS, default 60 s, and ends when none is left suspended;',
+    '# --once: one pass). A Job runs while it is neither suspended nor Complete / Failed.',
+    'set -euo pipefail',
+    `k=${k}`,
+    `ns=${ns}`,
+    `selector=${JSON.stringify(`vitreg-sweep=${spec.name},vitreg-sweep-cell`)}`,
+    'while :; do',
+    '  running=0',
+    '  suspended=()',
+    '  while read -r _cell name suspend conditions; do',
+    '    [[ -n "$name" ]] || continue',
+    '    if [[ "$suspend" == true ]]; then',
+    '      suspended+=("$name")',
+    '    elif [[ ! "${conditions:-}" =~ (^| )(Complete|Failed)( |$) ]]; then',
+    '      running=$((running + 1))',
+    '    fi',
+    `  done < <(kubectl get jobs "\${ns[@]}" -l "$selector" -o jsonpath='${jsonpath}' | sort -n)`,
+    '  free=$((k - running))',
+    '  ((free > 0)) || free=0',
+    '  for name in "${suspended[@]:0:free}"; do',
+    `    kubectl patch job "\${ns[@]}" "$name" --type=merge -p '{"spec":{"suspend":false}}' >/dev/null`,
+    `    echo "vitreg sweep ${spec.name}: started $name ($running of $k were running)"`,
+    '  done',
+    '  if ((${#suspended[@]} <= free)); then',
+    `    echo "vitreg sweep ${spec.name}: every per-cell Job is started"`,
+    '    exit 0',
+    '  fi',
+    '  [[ "${1:-}" != --once ]] || exit 0',
+    '  sleep "${VITREG_RELEASE_SECONDS:-60}"',
+    'done',
+    '',
+  ].join('\n');
 }

@@ -7,13 +7,14 @@
  *   cells/<index>-<name>/      cell.json and config.json of every cell (the resolved training config)
  *   plan/slurm/sweep.sbatch    one job array (see slurm.ts)
  *   plan/kubernetes/*.yaml     one Indexed Job, or a Service + Job per multi-process cell (see kubernetes.ts)
+ *   plan/kubernetes/release.sh starts the per-cell Jobs created suspended, K at a time (more than K of them)
  * The schedulers run `vitreg sweep run-cell <out>/sweep.json --cell I`.
  */
-import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { ensureDir, writeFileAtomic, writeJsonAtomic } from '@vitreg/core';
 import { checkCellHash, writeMarker, type Cell } from './cells.js';
-import { kubernetesManifests } from './kubernetes.js';
+import { kubernetesManifests, kubernetesRelease } from './kubernetes.js';
 import { slurmScript } from './slurm.js';
 import type { SweepSpec } from './spec.js';
 
@@ -40,6 +41,8 @@ export interface PlanFiles {
   cells: string;
   slurm: string;
   kubernetes: string[];
+  /** plan/kubernetes/release.sh, when the per-cell Jobs are more than max_concurrent. */
+  release: string | null;
 }
 
 /**
@@ -84,5 +87,14 @@ export async function writePlan(spec: SweepSpec, cells: Cell[], opts: { vitreg?:
     await writeFileAtomic(f, m.text);
     kubernetes.push(f);
   }
-  return { sweep, cells: cellsFile, slurm, kubernetes };
+  let release: string | null = join(out, 'plan', 'kubernetes', 'release.sh');
+  const script = kubernetesRelease(spec, cells);
+  if (script) {
+    await writeFileAtomic(release, script);
+    chmodSync(release, 0o755);
+  } else {
+    rmSync(release, { force: true });
+    release = null;
+  }
+  return { sweep, cells: cellsFile, slurm, kubernetes, release };
 }

@@ -42,6 +42,7 @@ export function slurmScript(spec: SweepSpec, cells: Cell[], sweepFile: string, v
     `#SBATCH --job-name=vitreg-sweep-${spec.name}`,
     `#SBATCH --array=0-${n - 1}%${k}`,
     `#SBATCH --ntasks=${r.processes}`,
+    ...(r.processes_per_node ? [`#SBATCH --ntasks-per-node=${r.processes_per_node}`] : []),
     `#SBATCH --cpus-per-task=${r.cpus_per_process}`,
     ...(r.gpus_per_process > 0 ? [`#SBATCH --gpus-per-task=${r.gpus_per_process}`] : []),
     ...(r.memory ? [`#SBATCH --mem=${r.memory}`] : []),

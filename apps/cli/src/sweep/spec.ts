@@ -52,14 +52,19 @@ export interface CellResources {
   cpus_per_process: number;
   /** Slurm's time limit, e.g. "04:00:00". */
   time: string;
-  /** Memory per node, e.g. "32G" (optional). */
+  /** Memory per node, e.g. "32G" (Slurm's --mem: a number and K, M (default), G or T; optional). */
   memory?: string;
+  /**
+   * Processes of a multi-process cell on one node (Slurm's --ntasks-per-node; optional, default: all of
+   * the cell's processes). A Kubernetes pod (one process) asks memory / processes_per_node.
+   */
+  processes_per_node?: number;
 }
 
 /** Resources of the cells whose axis values match `where` (later overrides win). */
 export interface ResourceOverride {
   where: Record<string, unknown>;
-  set: Partial<Omit<CellResources, 'time' | 'memory'>>;
+  set: Partial<Omit<CellResources, 'time' | 'memory' | 'processes_per_node'>>;
 }
 
 export interface SlurmOptions {
@@ -124,7 +129,7 @@ const TOP = [
   'kubernetes',
   'description',
 ];
-const RESOURCE_KEYS = ['processes', 'threads', 'gpus_per_process', 'cpus_per_process', 'time', 'memory', 'overrides'];
+const RESOURCE_KEYS = ['processes', 'threads', 'gpus_per_process', 'cpus_per_process', 'time', 'memory', 'processes_per_node', 'overrides'];
 const OVERRIDE_KEYS = ['processes', 'threads', 'gpus_per_process', 'cpus_per_process'];
 const EVAL_KEYS = ['probe', 'dense', 'lost', 'outliers'];
 const PROBE_TASKS = ['class', 'position', 'pixels'];
@@ -311,7 +316,15 @@ export function loadSweep(file: string, opts: { out?: string } = {}): SweepSpec 
     cpus_per_process: int(p, 'resources.cpus_per_process', r.cpus_per_process, 1, 1),
     time: str(p, 'resources.time', r.time, '04:00:00'),
     memory: str(p, 'resources.memory', r.memory),
+    ...(r.processes_per_node !== undefined
+      ? { processes_per_node: int(p, 'resources.processes_per_node', r.processes_per_node, 1, 1) }
+      : {}),
   };
+  if (resources.memory !== undefined && !/^\d+[KMGT]?$/.test(resources.memory))
+    p.add(
+      'resources.memory',
+      `expected Slurm's --mem form, a number and K, M (default), G or T (e.g. "32G"), got ${show(resources.memory)}`,
+    );
   if (!/^(\d+-)?\d+(:\d\d){0,2}$/.test(resources.time))
     p.add('resources.time', `expected Slurm's [D-]HH:MM:SS (or minutes), got ${show(resources.time)}`);
   if (resources.threads > resources.cpus_per_process && r.cpus_per_process !== undefined)
