@@ -1,8 +1,10 @@
 /**
  * vitreg sweep without training (fast): the sweep file's check (every bad field named at once), the cells
  * (order, names, hashes, overrides), the Slurm and Kubernetes plans parsed and every cell named once, a
- * changed config refused, failing cells retried then reported (a stand-in vitreg that fails), status
- * from markers and sacct, and collect on cells with hand-written results (CSV, figure data, --partial).
+ * changed config refused, failing cells retried then reported (a stand-in vitreg that fails; a Slurm
+ * array task with a stand-in srun), the train_args in the cell hash, the Fig. 8 plan's pod memory and
+ * release.sh (a stand-in kubectl), status from markers and sacct (a stand-in sacct's array-range lines),
+ * and collect on cells with hand-written results (CSV, figure data, --partial).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -18,6 +20,7 @@ import { writePlan } from '../src/sweep/plan.js';
 import { runSweep } from '../src/sweep/run.js';
 import { runCell } from '../src/sweep/run-cell.js';
 import { loadSweep, type SweepSpec } from '../src/sweep/spec.js';
+import { parseSacct, sacctStates } from '../src/sweep/slurm.js';
 import { sweepStatus } from '../src/sweep/status.js';
 import { ROOT, vitreg } from './helpers.js';
 
@@ -517,6 +520,51 @@ test(
     assert.match(html, /All 8 cells done/);
     assert.match(html, /figures\/class\.accuracy\.png/);
     assert.match(html, /norm-histograms\.png/);
+  }),
+);
+
+test(
+  "sacct's array-job lines: one task, pending ranges with a %K limit and lists, a CANCELLED by uid; no sacct: null",
+  withDir(async (dir) => {
+    const bin = join(dir, 'bin');
+    mkdirSync(bin);
+    const args = join(dir, 'args');
+    // What `sacct -n -P -X -j 77 -o JobID,State` prints for an 8-task array, 2 at once, partway through.
+    const out = ['77_0|COMPLETED', '77_1|CANCELLED by 0', '77_2|RUNNING', '77_3|FAILED', '77_[4-5%2]|PENDING', '77_[6,7]|PENDING', ''].join(
+      '\n',
+    );
+    writeFileSync(join(bin, 'sacct'), `#!/bin/sh\necho "$*" > ${args}\nprintf '%s\\n' '${out.trim().split('\n').join("' '")}'\n`, {
+      mode: 0o755,
+    });
+    const path = process.env.PATH;
+    try {
+      process.env.PATH = `${bin}:${path}`;
+      const states = sacctStates('77')!;
+      assert.equal(readFileSync(args, 'utf8').trim(), '-n -P -X -j 77 -o JobID,State');
+      assert.deepEqual(
+        [...states].sort((a, b) => a[0] - b[0]),
+        [
+          [0, { state: 'COMPLETED', job: '77_0' }],
+          [1, { state: 'CANCELLED', job: '77_1' }],
+          [2, { state: 'RUNNING', job: '77_2' }],
+          [3, { state: 'FAILED', job: '77_3' }],
+          [4, { state: 'PENDING', job: '77_4' }],
+          [5, { state: 'PENDING', job: '77_5' }],
+          [6, { state: 'PENDING', job: '77_6' }],
+          [7, { state: 'PENDING', job: '77_7' }],
+        ],
+      );
+      assert.deepEqual([...parseSacct('77_[10-12,15%4]|PENDING\n77_3.batch|COMPLETED\n\n').keys()], [10, 11, 12, 15]);
+      // sacct failing (accounting not set up) or absent: null, the markers alone tell.
+      writeFileSync(join(bin, 'sacct'), '#!/bin/sh\necho "sacct: error: Slurm accounting storage is disabled" >&2\nexit 1\n', {
+        mode: 0o755,
+      });
+      assert.equal(sacctStates('77'), null);
+      process.env.PATH = join(dir, 'nowhere');
+      assert.equal(sacctStates('77'), null);
+    } finally {
+      process.env.PATH = path;
+    }
   }),
 );
 

@@ -87,6 +87,15 @@ export function sacctStates(jobId: string): SacctStates | null {
   } catch {
     return null;
   }
+  return parseSacct(text);
+}
+
+/**
+ * `sacct -n -P -X -o JobID,State` lines of an array job as cell index -> state: "77_4|RUNNING" is task 4;
+ * "77_[5-7%2]|PENDING" and "77_[8,10-11]|PENDING" are tasks not started yet; "CANCELLED by 0" is
+ * CANCELLED; other lines (a header, steps, blank) are skipped.
+ */
+export function parseSacct(text: string): SacctStates {
   const states: SacctStates = new Map();
   for (const line of text.trim().split('\n')) {
     const [job, state] = line.split('|');
