@@ -4,8 +4,8 @@
  * (exit 1). Prints one JSON line on stdout once listening: {"coordinator":"HOST:PORT","job":"..."}.
  */
 import { readFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
 import { constants } from 'node:os';
+import { FlagError, Flags, intFlag } from '@vitreg/core';
 import { startCoordinator, type CoordinatorOptions } from './coordinator.js';
 
 const USAGE = `Usage: vitreg-coordinator [options]
@@ -36,101 +36,101 @@ Options:
   --help                    this text
 `;
 
-class UsageError extends Error {}
+/** The flags of vitreg-coordinator (see USAGE). */
+const OPTIONS = {
+  host: { type: 'string' },
+  port: { type: 'string' },
+  'job-id': { type: 'string' },
+  token: { type: 'string' },
+  'token-file': { type: 'string' },
+  'min-workers': { type: 'string' },
+  'max-workers': { type: 'string' },
+  'join-timeout-ms': { type: 'string' },
+  'heartbeat-ms': { type: 'string' },
+  'worker-timeout-ms': { type: 'string' },
+  transport: { type: 'string' },
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
+  'tls-ca': { type: 'string' },
+  events: { type: 'string' },
+  'exit-with-stdin': { type: 'boolean' },
+} as const;
 
-function integer(flag: string, text: string | undefined, min: number): number | undefined {
-  if (text === undefined) return undefined;
-  if (!/^\d+$/.test(text.trim()) || Number(text) < min)
-    throw new UsageError(`${flag}: expected an integer >= ${min}, got ${JSON.stringify(text)}`);
-  return Number(text);
-}
-
-function readFlagFile(flag: string, path: string): Buffer {
-  try {
-    return readFileSync(path);
-  } catch (e) {
-    throw new UsageError(`${flag}: cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-  }
-}
-
-/** Options from argv and the environment. */
+/**
+ * Options from argv and the environment. Every flag problem is recorded and thrown together as one
+ * FlagError (exit 2) before the coordinator starts.
+ */
 export function parseCommandLine(argv: string[], env: NodeJS.ProcessEnv): (CoordinatorOptions & { exitWithStdin: boolean }) | 'help' {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        host: { type: 'string' },
-        port: { type: 'string' },
-        'job-id': { type: 'string' },
-        token: { type: 'string' },
-        'token-file': { type: 'string' },
-        'min-workers': { type: 'string' },
-        'max-workers': { type: 'string' },
-        'join-timeout-ms': { type: 'string' },
-        'heartbeat-ms': { type: 'string' },
-        'worker-timeout-ms': { type: 'string' },
-        transport: { type: 'string' },
-        'tls-cert': { type: 'string' },
-        'tls-key': { type: 'string' },
-        'tls-ca': { type: 'string' },
-        events: { type: 'string' },
-        'exit-with-stdin': { type: 'boolean' },
-        help: { type: 'boolean' },
-      },
-    }));
-  } catch (e) {
-    throw new UsageError((e as Error).message.split('\n')[0]);
-  }
+  const f = new Flags('vitreg-coordinator', argv, OPTIONS);
+  const { values } = f;
   if (values.help) return 'help';
+  f.noPositionals();
+  const integer = (flag: string, text: string | undefined, min: number): number | undefined =>
+    text === undefined ? undefined : f.check(() => intFlag(flag, text, 0, min), NaN);
+  const readFlagFile = (flag: string, path: string): Buffer | undefined => {
+    try {
+      return readFileSync(path);
+    } catch (e) {
+      f.fail(`${flag}: cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      return undefined;
+    }
+  };
 
-  const port = integer('--port', values.port ?? env.MASTER_PORT ?? '29500', 0)!;
-  if (port > 65535) throw new UsageError(`--port: expected 0..65535, got ${port}`);
+  const port = integer('port', values.port ?? env.MASTER_PORT ?? '29500', 0)!;
+  if (port > 65535) f.fail(`--port: expected 0..65535, got ${port}`);
   const jobId = values['job-id'] ?? env.VITREG_JOB_ID ?? env.TORCHELASTIC_RUN_ID ?? env.SLURM_JOB_ID ?? 'vitreg';
-  if (!jobId) throw new UsageError('--job-id: must not be empty');
+  if (!jobId) f.fail('--job-id: must not be empty');
 
   let token: string | undefined;
+  let unread = false;
+  const readToken = (flag: string, path: string): string | undefined => {
+    const text = readFlagFile(flag, path)?.toString('utf8').trim();
+    unread = text === undefined;
+    return text;
+  };
   if (values.token !== undefined) token = values.token;
-  else if (values['token-file'] !== undefined) token = readFlagFile('--token-file', values['token-file']).toString('utf8').trim();
+  else if (values['token-file'] !== undefined) token = readToken('--token-file', values['token-file']);
   else if (env.VITREG_TOKEN) token = env.VITREG_TOKEN;
-  else if (env.VITREG_TOKEN_FILE) token = readFlagFile('$VITREG_TOKEN_FILE', env.VITREG_TOKEN_FILE).toString('utf8').trim();
-  if (!token)
-    throw new UsageError(
-      '--token: the job token is required (--token, --token-file, $VITREG_TOKEN or $VITREG_TOKEN_FILE) and must not be empty',
-    );
+  else if (env.VITREG_TOKEN_FILE) token = readToken('$VITREG_TOKEN_FILE', env.VITREG_TOKEN_FILE);
+  if (!token && !unread)
+    f.fail('--token: the job token is required (--token, --token-file, $VITREG_TOKEN or $VITREG_TOKEN_FILE) and must not be empty');
 
   const maxText = values['max-workers'] ?? env.WORLD_SIZE ?? env.SLURM_NTASKS;
-  if (maxText === undefined) throw new UsageError('--max-workers: required (or $WORLD_SIZE / $SLURM_NTASKS)');
-  const maxWorkers = integer(values['max-workers'] !== undefined ? '--max-workers' : '--max-workers (from the environment)', maxText, 1)!;
-  const minWorkers = integer('--min-workers', values['min-workers'], 1) ?? maxWorkers;
-  if (minWorkers > maxWorkers) throw new UsageError(`--min-workers: ${minWorkers} is more than --max-workers ${maxWorkers}`);
+  if (maxText === undefined) f.fail('--max-workers: required (or $WORLD_SIZE / $SLURM_NTASKS)');
+  const maxWorkers =
+    maxText === undefined
+      ? NaN
+      : integer(values['max-workers'] !== undefined ? 'max-workers' : 'max-workers (from the environment)', maxText, 1)!;
+  const minWorkers = integer('min-workers', values['min-workers'], 1) ?? maxWorkers;
+  if (minWorkers > maxWorkers) f.fail(`--min-workers: ${minWorkers} is more than --max-workers ${maxWorkers}`);
 
-  const transport = values.transport ?? 'tcp';
-  if (transport !== 'tcp' && transport !== 'grpc')
-    throw new UsageError(`--transport: expected tcp or grpc, got ${JSON.stringify(transport)}`);
+  const transport = (values.transport ?? 'tcp') as 'tcp' | 'grpc';
+  if (transport !== 'tcp' && transport !== 'grpc') f.fail(`--transport: expected tcp or grpc, got ${JSON.stringify(transport)}`);
 
   let tls: CoordinatorOptions['tls'];
   const cert = values['tls-cert'];
   const key = values['tls-key'];
   if ((cert === undefined) !== (key === undefined))
-    throw new UsageError(cert === undefined ? '--tls-cert: required with --tls-key' : '--tls-key: required with --tls-cert');
+    f.fail(cert === undefined ? '--tls-cert: required with --tls-key' : '--tls-key: required with --tls-cert');
   if (cert !== undefined && key !== undefined) {
-    tls = { cert: readFlagFile('--tls-cert', cert), key: readFlagFile('--tls-key', key) };
+    tls = { cert: readFlagFile('--tls-cert', cert)!, key: readFlagFile('--tls-key', key)! };
     if (values['tls-ca'] !== undefined) tls.ca = readFlagFile('--tls-ca', values['tls-ca']);
-  } else if (values['tls-ca'] !== undefined) throw new UsageError('--tls-ca: needs --tls-cert and --tls-key');
+  } else if (values['tls-ca'] !== undefined) f.fail('--tls-ca: needs --tls-cert and --tls-key');
 
+  const joinTimeoutMs = integer('join-timeout-ms', values['join-timeout-ms'], 0);
+  const heartbeatMs = integer('heartbeat-ms', values['heartbeat-ms'], 1);
+  const workerTimeoutMs = integer('worker-timeout-ms', values['worker-timeout-ms'], 1);
+  f.done();
   return {
     host: values.host ?? '0.0.0.0',
     port,
     jobId,
-    token,
+    token: token!,
     minWorkers,
     maxWorkers,
-    joinTimeoutMs: integer('--join-timeout-ms', values['join-timeout-ms'], 0),
-    heartbeatMs: integer('--heartbeat-ms', values['heartbeat-ms'], 1),
-    workerTimeoutMs: integer('--worker-timeout-ms', values['worker-timeout-ms'], 1),
+    joinTimeoutMs,
+    heartbeatMs,
+    workerTimeoutMs,
     transport,
     tls,
     eventsPath: values.events,
@@ -143,7 +143,7 @@ async function main(): Promise<number> {
   try {
     parsed = parseCommandLine(process.argv.slice(2), process.env);
   } catch (e) {
-    if (e instanceof UsageError) {
+    if (e instanceof FlagError) {
       process.stderr.write(`vitreg-coordinator: ${e.message}\n`);
       return 2;
     }

@@ -10,8 +10,7 @@
 import { appendFileSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
-import { parseArgs } from 'node:util';
-import { BACKEND_NAMES, type BackendName } from '@vitreg/core';
+import { BACKEND_NAMES, FlagError, Flags, type BackendName } from '@vitreg/core';
 import {
   assertDataSource,
   checkThreadsOnDevice,
@@ -84,155 +83,183 @@ Resume: a run folder holding checkpoints of the same config is continued (as wit
 another config is refused, naming the first differing field.
 `;
 
-class UsageError extends Error {}
+/** A bad flag or input: one line on stderr, exit 2 (@vitreg/core's FlagError, as Flags.done() throws). */
+class UsageError extends FlagError {}
 
 /** This worker's log file once known (a fatal error is written there too). */
 let logFile: string | null = null;
 
-function int(flag: string, text: string | undefined, min = 0): number | undefined {
-  if (text === undefined) return undefined;
-  if (!/^\d+$/.test(text.trim()) || Number(text) < min)
-    throw new UsageError(`${flag}: expected an integer >= ${min}, got ${JSON.stringify(text)}`);
-  return Number(text);
-}
-
-function readFile(flag: string, path: string): Buffer {
-  try {
-    return readFileSync(path);
-  } catch (e) {
-    throw new UsageError(`${flag}: cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-  }
-}
+/** The flags of vitreg-worker (see USAGE). */
+const OPTIONS = {
+  preset: { type: 'string' },
+  config: { type: 'string' },
+  data: { type: 'string' },
+  registers: { type: 'string' },
+  steps: { type: 'string' },
+  seed: { type: 'string' },
+  'batch-size': { type: 'string' },
+  out: { type: 'string' },
+  resume: { type: 'boolean' },
+  backend: { type: 'string' },
+  engine: { type: 'string' },
+  device: { type: 'string' },
+  'engine-threads': { type: 'string' },
+  tokenizer: { type: 'string' },
+  'csv-img-key': { type: 'string' },
+  'csv-caption-key': { type: 'string' },
+  'csv-separator': { type: 'string' },
+  'no-progress': { type: 'boolean' },
+  'log-samples': { type: 'boolean' },
+  checksum: { type: 'boolean' },
+  'rebuild-index': { type: 'boolean' },
+  coordinator: { type: 'string' },
+  token: { type: 'string' },
+  'token-file': { type: 'string' },
+  'job-id': { type: 'string' },
+  name: { type: 'string' },
+  rank: { type: 'string' },
+  'world-size': { type: 'string' },
+  'local-rank': { type: 'string' },
+  gpu: { type: 'string' },
+  threads: { type: 'string' },
+  transport: { type: 'string' },
+  'grad-compression': { type: 'string' },
+  advertise: { type: 'string' },
+  bind: { type: 'string' },
+  'min-workers': { type: 'string' },
+  'max-workers': { type: 'string' },
+  'join-timeout-ms': { type: 'string' },
+  'heartbeat-ms': { type: 'string' },
+  'worker-timeout-ms': { type: 'string' },
+  'coordinator-timeout-ms': { type: 'string' },
+  'collective-timeout-ms': { type: 'string' },
+  'stop-signals': { type: 'string' },
+  verbose: { type: 'boolean' },
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
+  'tls-ca': { type: 'string' },
+} as const;
 
 async function main(argv: string[]): Promise<number> {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        preset: { type: 'string' },
-        config: { type: 'string' },
-        data: { type: 'string' },
-        registers: { type: 'string' },
-        steps: { type: 'string' },
-        seed: { type: 'string' },
-        'batch-size': { type: 'string' },
-        out: { type: 'string' },
-        resume: { type: 'boolean' },
-        backend: { type: 'string' },
-        engine: { type: 'string' },
-        device: { type: 'string' },
-        'engine-threads': { type: 'string' },
-        tokenizer: { type: 'string' },
-        'csv-img-key': { type: 'string' },
-        'csv-caption-key': { type: 'string' },
-        'csv-separator': { type: 'string' },
-        'no-progress': { type: 'boolean' },
-        'log-samples': { type: 'boolean' },
-        checksum: { type: 'boolean' },
-        'rebuild-index': { type: 'boolean' },
-        coordinator: { type: 'string' },
-        token: { type: 'string' },
-        'token-file': { type: 'string' },
-        'job-id': { type: 'string' },
-        name: { type: 'string' },
-        rank: { type: 'string' },
-        'world-size': { type: 'string' },
-        'local-rank': { type: 'string' },
-        gpu: { type: 'string' },
-        threads: { type: 'string' },
-        transport: { type: 'string' },
-        'grad-compression': { type: 'string' },
-        advertise: { type: 'string' },
-        bind: { type: 'string' },
-        'min-workers': { type: 'string' },
-        'max-workers': { type: 'string' },
-        'join-timeout-ms': { type: 'string' },
-        'heartbeat-ms': { type: 'string' },
-        'worker-timeout-ms': { type: 'string' },
-        'coordinator-timeout-ms': { type: 'string' },
-        'collective-timeout-ms': { type: 'string' },
-        'stop-signals': { type: 'string' },
-        verbose: { type: 'boolean' },
-        'tls-cert': { type: 'string' },
-        'tls-key': { type: 'string' },
-        'tls-ca': { type: 'string' },
-        help: { type: 'boolean' },
-      },
-    }));
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
+  // Every flag problem is recorded and reported together (f.done()) before the data opens or the job is joined.
+  const f = new Flags('vitreg-worker', argv, OPTIONS);
+  const { values } = f;
   if (values.help) {
     process.stdout.write(USAGE);
     return 0;
   }
+  f.noPositionals();
+  /** fn(), or fallback with the message of what it threw recorded (as it would have been thrown alone). */
+  const record = <T>(fn: () => T, fallback: T, edit = (m: string) => m): T => {
+    try {
+      return fn();
+    } catch (e) {
+      f.fail(edit((e as Error).message));
+      return fallback;
+    }
+  };
+  const readFile = (flag: string, path: string): Buffer | undefined =>
+    record(
+      () => readFileSync(path),
+      undefined,
+      (m) => `${flag}: cannot read ${path}: ${/^(E[A-Z]+)/.exec(m)?.[1] ?? m}`,
+    );
   const env = launchInfo();
-  const rank = int('--rank', values.rank) ?? env.rank;
-  const worldSize = int('--world-size', values['world-size'], 1) ?? (env.worldSize || undefined);
-  const localRank = int('--local-rank', values['local-rank']) ?? env.localRank;
-  const gpu = int('--gpu', values.gpu);
-  const threads = int('--threads', values.threads, 1) ?? 1;
-  const transport = values.transport ?? 'tcp';
-  const gradCompression = values['grad-compression'] ?? 'none';
+  const rank = f.optionalInt('rank', 0) ?? env.rank;
+  const worldSize = f.optionalInt('world-size', 1) ?? (env.worldSize || undefined);
+  const localRank = f.optionalInt('local-rank', 0) ?? env.localRank;
+  const gpu = f.optionalInt('gpu', 0);
+  const threads = f.optionalInt('threads', 1) ?? 1;
+  const transport = (values.transport ?? 'tcp') as 'tcp' | 'grpc';
+  const gradCompression = (values['grad-compression'] ?? 'none') as 'none' | 'bf16';
   if (gradCompression !== 'none' && gradCompression !== 'bf16')
-    throw new UsageError(`--grad-compression: expected none or bf16, got "${gradCompression}"`);
-  if (transport !== 'tcp' && transport !== 'grpc') throw new UsageError(`--transport: expected tcp or grpc, got "${transport}"`);
+    f.fail(`--grad-compression: expected none or bf16, got "${gradCompression}"`);
+  if (transport !== 'tcp' && transport !== 'grpc') f.fail(`--transport: expected tcp or grpc, got "${transport}"`);
   const backend = (values.backend ?? process.env.VITREG_BACKEND ?? 'auto') as BackendName;
-  if (!BACKEND_NAMES.includes(backend)) throw new UsageError(`--backend: expected one of ${BACKEND_NAMES.join(', ')}, got "${backend}"`);
+  if (!BACKEND_NAMES.includes(backend)) f.fail(`--backend: expected one of ${BACKEND_NAMES.join(', ')}, got "${backend}"`);
   const engine = {
     engine: values.engine ?? process.env.VITREG_ENGINE,
     device: values.device,
-    threads: int('--engine-threads', values['engine-threads'], 1),
+    threads: f.optionalInt('engine-threads', 1),
   } as TrainEngineOptions;
-  try {
-    checkTrainEngineOptions(engine);
-  } catch (e) {
-    throw new UsageError((e as Error).message.replace('--threads', '--engine-threads'));
-  }
-  try {
-    checkThreadsOnDevice(engine, threads, '--threads');
-  } catch (e) {
-    throw new UsageError((e as Error).message.replace('vitreg train --nodes N', 'one vitreg-worker per GPU'));
-  }
+  const engineOk = record(
+    () => (checkTrainEngineOptions(engine), true),
+    false,
+    (m) => m.replace('--threads', '--engine-threads'),
+  );
+  if (engineOk)
+    record(
+      () => checkThreadsOnDevice(engine, threads, '--threads'),
+      undefined,
+      (m) => m.replace('vitreg train --nodes N', 'one vitreg-worker per GPU'),
+    );
   let token = values.token ?? process.env.VITREG_TOKEN;
   const tokenFile = values['token-file'] ?? process.env.VITREG_TOKEN_FILE;
-  if (token === undefined && tokenFile) token = readFile('--token-file', tokenFile).toString('utf8').trim();
-  if (!token)
-    throw new UsageError('no job token: give --token, --token-file, $VITREG_TOKEN or $VITREG_TOKEN_FILE (the same secret on every worker)');
+  let tokenUnread = false;
+  if (token === undefined && tokenFile) {
+    token = readFile('--token-file', tokenFile)?.toString('utf8').trim();
+    tokenUnread = token === undefined;
+  }
+  if (!token && !tokenUnread)
+    f.fail('no job token: give --token, --token-file, $VITREG_TOKEN or $VITREG_TOKEN_FILE (the same secret on every worker)');
   const jobId = values['job-id'] ?? process.env.VITREG_JOB_ID ?? (env.jobId || 'vitreg');
   const tlsCert = values['tls-cert'];
   const tlsKey = values['tls-key'];
-  if ((tlsCert === undefined) !== (tlsKey === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
-  if (values['tls-ca'] !== undefined && tlsCert === undefined) throw new UsageError('--tls-ca needs --tls-cert and --tls-key');
-  const tls = tlsCert
-    ? {
-        cert: readFile('--tls-cert', tlsCert),
-        key: readFile('--tls-key', tlsKey!),
-        ca: values['tls-ca'] ? readFile('--tls-ca', values['tls-ca']) : undefined,
-      }
-    : undefined;
+  if ((tlsCert === undefined) !== (tlsKey === undefined)) f.fail('--tls-cert and --tls-key go together');
+  if (values['tls-ca'] !== undefined && tlsCert === undefined) f.fail('--tls-ca needs --tls-cert and --tls-key');
+  const tls =
+    tlsCert && tlsKey
+      ? {
+          cert: readFile('--tls-cert', tlsCert)!,
+          key: readFile('--tls-key', tlsKey)!,
+          ca: values['tls-ca'] ? readFile('--tls-ca', values['tls-ca']) : undefined,
+        }
+      : undefined;
+  const stopSignals = record(
+    () => parseStopSignals(values['stop-signals'] ?? STOP_SIGNALS.join(',')),
+    [] as NodeJS.Signals[],
+    (m) => `--stop-signals: ${m}`,
+  );
+  const hostTimings = {
+    maxWorkers: f.optionalInt('max-workers', 1),
+    minWorkers: f.optionalInt('min-workers', 1),
+    joinTimeoutMs: f.optionalInt('join-timeout-ms', 1),
+    heartbeatMs: f.optionalInt('heartbeat-ms', 1),
+    workerTimeoutMs: f.optionalInt('worker-timeout-ms', 1),
+  };
+  const coordinatorTimeoutMs = f.optionalInt('coordinator-timeout-ms', 1) ?? 30_000;
+  const collectiveTimeoutMs = f.optionalInt('collective-timeout-ms', 1);
+  if (values.coordinator === undefined && !env.masterAddr && rank !== 0)
+    f.fail('no coordinator: give --coordinator HOST:PORT, or set MASTER_ADDR (and MASTER_PORT) as torchrun does');
+  if (values.coordinator === undefined && rank === 0 && !worldSize)
+    f.fail('the worker hosting the coordinator needs the job size: --world-size or $WORLD_SIZE / $SLURM_NTASKS');
+  f.path('config', 'file');
+  f.path('tokenizer', 'file');
+  f.path('data', 'any', (v) => v === 'synthetic');
   const out = resolve(values.out ?? `runs/train-${values.preset ?? 'config'}`);
-  let config;
+  const resolved = record(
+    () =>
+      resolveTrainConfig({
+        configFile: values.config,
+        preset: values.preset,
+        resumeDir: values.resume ? out : undefined,
+        data: values.data,
+        registers: f.optionalInt('registers', 0),
+        steps: f.optionalInt('steps', 1),
+        seed: f.optionalInt('seed', 0),
+        batchSize: f.optionalInt('batch-size', 2),
+        tokenizer: values.tokenizer === undefined ? undefined : resolve(values.tokenizer),
+        csvImgKey: values['csv-img-key'],
+        csvCaptionKey: values['csv-caption-key'],
+        csvSeparator: values['csv-separator'] === '\\t' ? '\t' : values['csv-separator'],
+        warn: (message) => process.stderr.write(`vitreg-worker: warning: ${message}\n`),
+      }),
+    undefined,
+  );
+  if (resolved) record(() => assertDataSource(resolved), undefined);
+  f.done();
+  const config = resolved!;
   try {
-    config = resolveTrainConfig({
-      configFile: values.config,
-      preset: values.preset,
-      resumeDir: values.resume ? out : undefined,
-      data: values.data,
-      registers: int('--registers', values.registers),
-      steps: int('--steps', values.steps, 1),
-      seed: int('--seed', values.seed),
-      batchSize: int('--batch-size', values['batch-size'], 2),
-      tokenizer: values.tokenizer === undefined ? undefined : resolve(values.tokenizer),
-      csvImgKey: values['csv-img-key'],
-      csvCaptionKey: values['csv-caption-key'],
-      csvSeparator: values['csv-separator'] === '\\t' ? '\t' : values['csv-separator'],
-      warn: (message) => process.stderr.write(`vitreg-worker: warning: ${message}\n`),
-    });
-    assertDataSource(config);
     // Objective clip: a caption table or WebDataset shards (its tokenizer checked too), as vitreg train opens them.
     if (config.objective === 'clip') await Promise.all([clipTokenizer(config), openCaptionData(config)]);
     else await openDataAsync(config, { rebuildIndex: values['rebuild-index'] ?? false });
@@ -240,12 +267,6 @@ async function main(argv: string[]): Promise<number> {
     throw new UsageError((e as Error).message);
   }
 
-  let stopSignals: NodeJS.Signals[];
-  try {
-    stopSignals = parseStopSignals(values['stop-signals'] ?? STOP_SIGNALS.join(','));
-  } catch (e) {
-    throw new UsageError(`--stop-signals: ${(e as Error).message}`);
-  }
   // The same command continues the same run; a folder of another run is refused before joining.
   try {
     await resumePoint(out, config);
@@ -266,26 +287,22 @@ async function main(argv: string[]): Promise<number> {
   let hosted: CoordinatorHandle | null = null;
   const log = (line: string) => process.stderr.write(line + '\n');
   if (coordinator === undefined) {
-    if (!env.masterAddr && rank !== 0)
-      throw new UsageError('no coordinator: give --coordinator HOST:PORT, or set MASTER_ADDR (and MASTER_PORT) as torchrun does');
     const addr = env.masterAddr || '127.0.0.1';
     coordinator = `${addr.includes(':') ? `[${addr}]` : addr}:${env.masterPort}`;
     if (rank === 0) {
-      if (!worldSize)
-        throw new UsageError('the worker hosting the coordinator needs the job size: --world-size or $WORLD_SIZE / $SLURM_NTASKS');
-      const maxWorkers = int('--max-workers', values['max-workers'], 1) ?? worldSize;
+      const maxWorkers = hostTimings.maxWorkers ?? worldSize!;
       hosted = await startCoordinator({
         host: values.bind ?? '0.0.0.0',
         port: env.masterPort,
         jobId,
-        token,
+        token: token!,
         transport,
         tls,
-        minWorkers: int('--min-workers', values['min-workers'], 1) ?? maxWorkers,
+        minWorkers: hostTimings.minWorkers ?? maxWorkers,
         maxWorkers,
-        joinTimeoutMs: int('--join-timeout-ms', values['join-timeout-ms'], 1),
-        heartbeatMs: int('--heartbeat-ms', values['heartbeat-ms'], 1),
-        workerTimeoutMs: int('--worker-timeout-ms', values['worker-timeout-ms'], 1),
+        joinTimeoutMs: hostTimings.joinTimeoutMs,
+        heartbeatMs: hostTimings.heartbeatMs,
+        workerTimeoutMs: hostTimings.workerTimeoutMs,
         log: (line) => log(`[coordinator] ${line}`),
       });
       log(`[coordinator] job "${jobId}" listening on port ${hosted.port} for ${maxWorkers} workers`);
@@ -298,7 +315,7 @@ async function main(argv: string[]): Promise<number> {
   try {
     const r = await runWorker({
       coordinator,
-      token,
+      token: token!,
       jobId,
       name,
       launcherRank: rank,
@@ -321,8 +338,8 @@ async function main(argv: string[]): Promise<number> {
       progress: !values['no-progress'],
       logSamples: values['log-samples'] ?? false,
       checksum: values.checksum ?? false,
-      coordinatorTimeoutMs: int('--coordinator-timeout-ms', values['coordinator-timeout-ms'], 1) ?? 30_000,
-      collectiveTimeoutMs: int('--collective-timeout-ms', values['collective-timeout-ms'], 1),
+      coordinatorTimeoutMs,
+      collectiveTimeoutMs,
     });
     if (r.rank0 && r.result) {
       const res = r.result;
@@ -364,7 +381,7 @@ main(process.argv.slice(2)).then(
         // stderr above is the record
       }
     }
-    if (process.env.VITREG_DEBUG && !(err instanceof UsageError)) process.stderr.write(`${err.stack ?? ''}\n`);
-    process.exit(err instanceof UsageError ? 2 : 1);
+    if (process.env.VITREG_DEBUG && !(err instanceof FlagError)) process.stderr.write(`${err.stack ?? ''}\n`);
+    process.exit(err instanceof FlagError ? 2 : 1);
   },
 );

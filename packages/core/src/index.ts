@@ -19,6 +19,8 @@ export type { SyntheticBackground, SyntheticBackgroundMode, SyntheticOptions, Sy
 export type { Box, Dataset, DatasetItem } from './data/types.js';
 export { ALL_ANNOTATIONS, VOC_CLASSES, VocDataset } from './data/voc.js';
 export { asInputError, InputError } from './errors.js';
+export { choiceFlag, FlagError, Flags, intFlag, numberFlag, pathProblem } from './flags.js';
+export type { FlagOptions, FlagSpec, FlagValues, ParsedArgs, WithHelp } from './flags.js';
 export { DIR_FSYNC_UNSUPPORTED, ensureDir, syncDir, writeFileAtomic, writeJsonAtomic } from './fs.js';
 export { ensureGradients } from './gradients.js';
 export { imageFileBatches } from './image-batches.js';
