@@ -13,8 +13,16 @@ export const PICKLE_LIMITS = {
   maxMemo: 1_000_000,
   /** Containers, strings, globals, storages and tensors made. */
   maxObjects: 2_000_000,
-  /** Elements visited by calls and builders, per byte of data.pkl (plus a fixed 1M): reuse through the memo cannot multiply work. */
+  /**
+   * Elements visited by calls and builders, per byte (plus a fixed 1M): reuse through the memo cannot multiply
+   * work. The bytes are data.pkl's, or the archive's where fewer (a deflated data.pkl, see Unpickler).
+   */
   workPerByte: 3,
+  /**
+   * Characters of a string dict key (real state-dict names take under 300). V8 hashes a string over 16,383
+   * characters by its length alone, so distinct longer keys all collide in a Map: 4,000 keys of 16.4 KB took 12 s.
+   */
+  maxKeyChars: 8192,
 };
 
 /** Every pickle opcode by byte, so refused ones can be named. */

@@ -8,7 +8,12 @@
  * Hostile pickles cost time and memory linear in data.pkl's size whatever their structure: MARKs are kept
  * on a stack of their own (no scan of the value stack), and there are limits on the value stack's depth,
  * the MARK nesting, the memo, the objects made and the work done on values that the memo lets a pickle
- * reuse (`PICKLE_LIMITS`); each is refused with one error naming the file and the limit.
+ * reuse (`PICKLE_LIMITS`); each is refused with one error naming the file and the limit. A string dict key
+ * may hold at most `maxKeyChars` characters (longer distinct keys all hash alike in V8, so a Map of them is
+ * quadratic). The work budget follows data.pkl's size, or the archive's where that is smaller: a deflated
+ * data.pkl (torch.save stores it) cannot buy work with bytes that are not in the file.
+ *
+ * Over 450 lines for one job: the opcode loop and the checks of each opcode's values belong together.
  */
 import { InputError } from './errors.js';
 import { OPCODE_NAMES, PICKLE_LIMITS } from './pickle-tables.js';
@@ -60,13 +65,23 @@ export class Unpickler {
   private readonly workBudget: number;
   private readonly decoder = new TextDecoder('utf-8', { fatal: true });
 
+  /**
+   * @param path the file, for errors
+   * @param buf data.pkl's bytes
+   * @param fileBytes the size of the file they came from (the archive): the work budget follows the smaller of it
+   *   and data.pkl's size, so a deflated data.pkl that inflates 500x buys no more work than its archive's bytes
+   */
   constructor(
     private readonly path: string,
     private readonly buf: Uint8Array,
+    fileBytes: number = buf.byteLength,
   ) {
     this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-    this.workBudget = 1_000_000 + PICKLE_LIMITS.workPerByte * buf.byteLength;
+    this.budgetBytes = Math.min(buf.byteLength, fileBytes);
+    this.workBudget = 1_000_000 + PICKLE_LIMITS.workPerByte * this.budgetBytes;
   }
+
+  private readonly budgetBytes: number;
 
   load(): unknown {
     for (;;) {
@@ -176,7 +191,7 @@ export class Unpickler {
         case 0x73: {
           // SETITEM
           const [key, value] = this.popN(2, at);
-          this.dictTarget(at).map.set(key, value);
+          this.dictTarget(at).map.set(this.key(key, at), value);
           break;
         }
         case 0x75: {
@@ -184,7 +199,7 @@ export class Unpickler {
           const items = this.popMark(at);
           if (items.length % 2) throw this.error('SETITEMS with an odd number of items', at);
           const dict = this.dictTarget(at);
-          for (let i = 0; i < items.length; i += 2) dict.map.set(items[i], items[i + 1]);
+          for (let i = 0; i < items.length; i += 2) dict.map.set(this.key(items[i], at), items[i + 1]);
           break;
         }
         case 0x61: {
@@ -266,9 +281,21 @@ export class Unpickler {
     this.work += n;
     if (this.work > this.workBudget)
       throw this.error(
-        `pickle does more work than its ${this.buf.byteLength} bytes allow (over ${this.workBudget} steps: values reused over and over)`,
+        this.budgetBytes < this.buf.byteLength
+          ? `pickle does more work than the archive's ${this.budgetBytes} bytes allow (over ${this.workBudget} steps; its data.pkl is deflated and inflates to ${this.buf.byteLength} bytes, where torch.save stores it): values reused over and over`
+          : `pickle does more work than its ${this.buf.byteLength} bytes allow (over ${this.workBudget} steps: values reused over and over)`,
         at,
       );
+  }
+
+  /** A dict key, checked: a string key may hold at most `maxKeyChars` characters. */
+  private key(k: unknown, at: number): unknown {
+    if (typeof k === 'string' && k.length > PICKLE_LIMITS.maxKeyChars)
+      throw this.error(
+        `dict key of ${k.length} characters (${describe(k)}), over the limit of ${PICKLE_LIMITS.maxKeyChars} (real state-dict names take under 300): corrupt or hostile`,
+        at,
+      );
+    return k;
   }
 
   /** Stack length at the innermost open MARK (0 without one). */
@@ -404,7 +431,7 @@ export class Unpickler {
         if (args.length === 0) return dict;
         if (isList(args[0])) this.charge(args[0].length, at);
         if (args.length === 1 && isList(args[0]) && args[0].every((p) => isTuple(p) && p.length === 2)) {
-          for (const p of args[0] as PyTuple[]) dict.map.set(p[0], p[1]);
+          for (const p of args[0] as PyTuple[]) dict.map.set(this.key(p[0], at), p[1]);
           return dict;
         }
         throw this.error('collections.OrderedDict called with unsupported arguments', at);

@@ -73,12 +73,47 @@ export function materialize(
       `${path}: tensor "${name}": view (shape [${shape.join(',')}], stride [${stride.join(',')}]) would copy ${n * size} bytes out of a storage of ${storage.byteLength}, more than the file's size allows (repeated elements)`,
     );
   copies.left -= n * size;
+  return { dtype, shape, data: copyView(storage, size, offset, shape, stride, n) };
+}
+
+/**
+ * The copy itself, by runs: adjacent dimensions that step evenly are merged first (so a transposed matrix
+ * copies rows, an expanded one repeats a run), then the innermost run is copied at once when its stride is
+ * 1 (TypedArray.set), repeated by doubling when it is 0, and element by element otherwise. Before, every
+ * element was one subarray and one set: a stride-0 view of 10^8 elements took 4.8 s and 404 MB.
+ */
+function copyView(storage: Uint8Array, size: number, offset: number, shape0: number[], stride0: number[], n: number): Uint8Array {
+  const shape: number[] = [];
+  const stride: number[] = [];
+  for (let d = 0; d < shape0.length; d++) {
+    if (shape0[d] === 1) continue;
+    const k = shape.length - 1;
+    if (k >= 0 && stride[k] === shape0[d]! * stride0[d]!) {
+      shape[k] = shape[k]! * shape0[d]!;
+      stride[k] = stride0[d]!;
+    } else {
+      shape.push(shape0[d]!);
+      stride.push(stride0[d]!);
+    }
+  }
+  if (shape.length === 0) return storage.slice(offset * size, (offset + 1) * size);
   const data = new Uint8Array(n * size);
+  const inner = shape.pop()!;
+  const step = stride.pop()!;
+  const run = inner * size;
+  const rows = n / inner;
   const index = new Array<number>(shape.length).fill(0);
   let src = offset;
-  for (let i = 0; i < n; i++) {
-    data.set(storage.subarray(src * size, (src + 1) * size), i * size);
-    // Advance the multi-index like an odometer, keeping `src` in step.
+  for (let r = 0, out = 0; r < rows; r++, out += run) {
+    const from = src * size;
+    if (step === 1) data.set(storage.subarray(from, from + run), out);
+    else if (step === 0) {
+      for (let b = 0; b < size; b++) data[out + b] = storage[from + b]!;
+      for (let have = size; have < run; have *= 2) data.copyWithin(out + have, out, out + Math.min(have, run - have));
+    } else {
+      for (let i = 0, s = from, o = out; i < inner; i++, s += step * size) for (let b = 0; b < size; b++) data[o++] = storage[s + b]!;
+    }
+    // Advance the outer multi-index like an odometer, keeping `src` in step.
     for (let d = shape.length - 1; d >= 0; d--) {
       if (++index[d]! < shape[d]!) {
         src += stride[d]!;
@@ -88,5 +123,5 @@ export function materialize(
       index[d] = 0;
     }
   }
-  return { dtype, shape, data };
+  return data;
 }

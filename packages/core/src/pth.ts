@@ -14,10 +14,13 @@
  * pickle machine (pickle.ts) and the storages and strided views it rebuilds (pth-storage.ts).
  *
  * Limits against hostile files (each refused with an error naming the file): data.pkl at most
- * `PTH_LIMITS.pickleBytes`; the pickle machine's own limits (pickle.ts); each storage entry exactly
- * numel x dtype size (checked before it is read, zip.ts); at most `PTH_LIMITS.names` dict entries
- * walked; views copied out of their storage (strides) may total at most the file's size plus
- * `PTH_LIMITS.copyBytes` (a stride-0 view of a huge shape cannot allocate terabytes).
+ * `PTH_LIMITS.pickleBytes`; the pickle machine's own limits (pickle.ts), its work budget following the
+ * archive's size when data.pkl is deflated; each storage entry exactly numel x dtype size (checked before it
+ * is read, zip.ts); at most `PTH_LIMITS.names` dict entries walked; names of at most `PTH_LIMITS.nameChars`
+ * characters, made only from string and integer keys (never by stringifying a tuple or other object: a key
+ * built of nested tuples reusing each other through the memo doubles in size per level); views copied out of
+ * their storage (strides) may total at most the file's size plus `PTH_LIMITS.copyBytes` (a stride-0 view of a
+ * huge shape cannot allocate terabytes; a real checkpoint's view holds at most its storage's elements).
  */
 import { InputError } from './errors.js';
 import { openForReading } from './fs.js';
@@ -32,8 +35,14 @@ export const PTH_LIMITS = {
   pickleBytes: 256 * 2 ** 20,
   /** Dict entries walked while flattening nested dicts. */
   names: 4_000_000,
-  /** Bytes that strided views may copy beyond the file's size. */
-  copyBytes: 256 * 2 ** 20,
+  /**
+   * Bytes that strided views may copy beyond the file's size. A real checkpoint's non-contiguous view (a
+   * transposed weight) copies at most its storage, which is in the file; only repeated elements (stride 0,
+   * overlapping strides) make more. Was 256 MiB: a 398-byte file made 404 MB.
+   */
+  copyBytes: 16 * 2 ** 20,
+  /** Characters of a flattened tensor name (as the pickle's `maxKeyChars`: V8 hashes longer strings by length alone). */
+  nameChars: 8192,
 };
 
 /**
@@ -57,7 +66,8 @@ export async function readPth(path: string): Promise<Record<string, HostTensor>>
       bigEndian = order === 'big';
     }
 
-    const root = new Unpickler(path, await zip.read(pkl, { maxSize: PTH_LIMITS.pickleBytes })).load();
+    const fileBytes = (await fh.stat()).size;
+    const root = new Unpickler(path, await zip.read(pkl, { maxSize: PTH_LIMITS.pickleBytes }), fileBytes).load();
     const found: [string, TensorSpec][] = [];
     if (root instanceof TensorSpec) throw new InputError(`${path}: holds a single tensor, expected a dict of tensors (a state dict)`);
     if (!(root instanceof PyDict))
@@ -72,7 +82,7 @@ export async function readPth(path: string): Promise<Record<string, HostTensor>>
 
     // Load each storage once; tensors that cover a whole storage use its bytes without a copy.
     const storages = new Map<string, Uint8Array>();
-    const copies = { left: PTH_LIMITS.copyBytes + (await fh.stat()).size };
+    const copies = { left: PTH_LIMITS.copyBytes + fileBytes };
     const out: [string, HostTensor][] = [];
     for (const [name, spec] of found) {
       const s = spec.storage;
@@ -98,7 +108,13 @@ export async function readPth(path: string): Promise<Record<string, HostTensor>>
   }
 }
 
-/** Walks nested dicts collecting tensors under dotted names; cycles and other values are skipped. */
+/**
+ * Walks nested dicts collecting tensors under dotted names; cycles and other values are skipped. Names come
+ * from string keys, and integer ones (an optimizer's `state` is keyed by parameter index: `optimizer.state.0.exp_avg`).
+ * A key of any other type (a tuple, None, a float...) names nothing: its entry is skipped if it is neither a tensor
+ * nor a dict, like any other non-tensor value, and refused otherwise (its tensors would be lost, and torch's own
+ * `load_state_dict` would not match such a key to a parameter either). Keys are never stringified as objects.
+ */
 function collectTensors(
   path: string,
   dict: PyDict,
@@ -111,9 +127,25 @@ function collectTensors(
   for (const [key, value] of dict.map) {
     if (--budget.left < 0)
       throw new InputError(`${path}: more than ${PTH_LIMITS.names} names in its nested dicts (the same dicts reached over and over?)`);
-    const name = prefix + String(key);
+    const holds = value instanceof TensorSpec || value instanceof PyDict;
+    let part: string;
+    if (typeof key === 'string') part = key;
+    else if ((typeof key === 'number' && Number.isInteger(key)) || typeof key === 'bigint') part = String(key);
+    else if (!holds) continue;
+    else
+      throw new InputError(
+        `${path}: the dict ${prefix ? `"${shorten(prefix.slice(0, -1))}"` : 'at the top level'} has a key that is ${describe(key)} over ${describe(value)}; tensor names are made from string (or integer) keys only, as in a state dict`,
+      );
+    if (prefix.length + part.length > PTH_LIMITS.nameChars)
+      throw new InputError(
+        `${path}: tensor name "${shorten(prefix + part)}" is longer than ${PTH_LIMITS.nameChars} characters (real names take under 300): corrupt or hostile`,
+      );
+    const name = prefix + part;
     if (value instanceof TensorSpec) out.push([name, value]);
     else if (value instanceof PyDict && !open.has(value) && open.size < 64) collectTensors(path, value, name + '.', out, open, budget);
   }
   open.delete(dict);
 }
+
+/** A name cut to 80 characters for an error. */
+const shorten = (s: string): string => (s.length > 80 ? `${s.slice(0, 77)}...` : s);

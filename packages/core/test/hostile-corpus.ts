@@ -2,7 +2,8 @@
  * Builders of valid and hostile tensor files, shared by the hostile-file and fuzz tests and by
  * `npm run bench -- hostile`: a torch.save-style zip writer (data descriptors, as torch writes them),
  * a state-dict pickle writer, and the hostile corpus (deep pickles, deflate bombs, huge shapes,
- * overlapping entries and offsets, truncated files). Not part of the library.
+ * overlapping entries and offsets, truncated files, tuple-key bombs, long keys, deflated pickles, stride-0
+ * views). Not part of the library.
  */
 import { deflateRawSync, constants as zc } from 'node:zlib';
 
@@ -122,19 +123,23 @@ export interface PthTensor {
   stride: number[];
 }
 
+/** Emits `_rebuild_tensor_v2(FloatStorage key, offset, shape, stride, False, OrderedDict())` (one value on the stack). */
+function pushTensor(p: Pickle, t: Omit<PthTensor, 'name'>): Pickle {
+  p.global('torch._utils', '_rebuild_tensor_v2').raw(0x28);
+  p.raw(0x28).str('storage').global('torch', 'FloatStorage').str(t.key).str('cpu').int(t.numel).raw(0x74, 0x51);
+  return p
+    .int(t.offset ?? 0)
+    .tuple(t.shape)
+    .tuple(t.stride)
+    .raw(0x89)
+    .global('collections', 'OrderedDict')
+    .raw(0x29, 0x52, 0x74, 0x52);
+}
+
 /** A state dict pickle `{name: _rebuild_tensor_v2(FloatStorage key, offset, shape, stride, False, OrderedDict())}`. */
 export function stateDictPickle(tensors: PthTensor[]): Buffer {
   const p = new Pickle().raw(0x7d, 0x28);
-  for (const t of tensors) {
-    p.str(t.name).global('torch._utils', '_rebuild_tensor_v2').raw(0x28);
-    p.raw(0x28).str('storage').global('torch', 'FloatStorage').str(t.key).str('cpu').int(t.numel).raw(0x74, 0x51);
-    p.int(t.offset ?? 0)
-      .tuple(t.shape)
-      .tuple(t.stride)
-      .raw(0x89)
-      .global('collections', 'OrderedDict')
-      .raw(0x29, 0x52, 0x74, 0x52);
-  }
+  for (const t of tensors) pushTensor(p.str(t.name), t);
   return p.raw(0x75, 0x2e).bytes();
 }
 
@@ -170,9 +175,72 @@ export function reusePickle(pairs: number, calls: number): Buffer {
       .raw(0x86);
   p.raw(0x65, 0x71, 0, 0x73); // APPENDS, BINPUT 0, SETITEM: {"y": list}
   p.raw(0x8c, 1, 0x67).global('collections', 'OrderedDict').raw(0x71, 1, 0x73); // {"g": OrderedDict}
-  // {"x": OrderedDict(list)} again and again: 8 bytes each, `pairs` steps each.
-  for (let i = 0; i < calls; i++) p.raw(0x8c, 1, 0x78, 0x68, 1, 0x68, 0, 0x85, 0x52, 0x73);
-  return p.raw(0x2e).bytes();
+  // {"x": OrderedDict(list)} again and again: 10 bytes each, `pairs` steps each.
+  const call = Buffer.from([0x8c, 1, 0x78, 0x68, 1, 0x68, 0, 0x85, 0x52, 0x73]);
+  return Buffer.concat([p.bytes(), calls ? Buffer.alloc(calls * call.length, call) : Buffer.alloc(0), Buffer.from([0x2e])]);
+}
+
+/** A .pth whose data.pkl (`pkl`) is deflated, as torch.save never writes it; `extra` members are stored. */
+export function deflatedPth(pkl: Uint8Array, extra: ZipMember[] = []): Buffer {
+  return makeZip([{ name: 'ckpt/data.pkl', data: pkl, deflate: true }, ...extra]);
+}
+
+/**
+ * A state dict of one tensor whose key is the tuple `(k0, k1, ..., k_depth)` of nested pairs, each two memo gets
+ * of the one below (`k1 = (k0, k0)`, `k2 = (k1, k1)`, ...): ~7 bytes per level, 2^depth leaves if stringified
+ * (`depth` at most 255: one-byte memo indexes).
+ */
+export function keyBombPth(depth: number): Buffer {
+  const p = new Pickle().raw(0x7d, 0x28, 0x4b, 1, 0x4b, 1, 0x86, 0x71, 0);
+  for (let i = 1; i <= depth; i++) p.raw(0x68, (i - 1) & 0xff, 0x68, (i - 1) & 0xff, 0x86, 0x71, i & 0xff);
+  pushTensor(p.raw(0x74), { key: '0', numel: 1, shape: [1], stride: [1] }).raw(0x73, 0x2e); // the key: (k0, k1, ..., k_depth)
+  return makeZip([
+    { name: 'ckpt/data.pkl', data: p.bytes() },
+    { name: 'ckpt/data/0', data: new Uint8Array(4) },
+  ]);
+}
+
+/** A pickle `{key_i: 1}` of `count` distinct string keys of `chars` characters (BINUNICODE), built as Buffers. */
+export function longKeysPickle(count: number, chars: number): Buffer {
+  const parts: Buffer[] = [Buffer.from([0x80, 2, 0x7d])];
+  const base = 'a'.repeat(Math.max(0, chars - 8));
+  for (let i = 0; i < count; i++) {
+    const s = Buffer.from(base + String(i).padStart(8, '0'));
+    const n = Buffer.alloc(4);
+    n.writeUInt32LE(s.length);
+    parts.push(Buffer.from([0x58]), n, s, Buffer.from([0x4b, 1, 0x73]));
+  }
+  parts.push(Buffer.from([0x2e]));
+  return Buffer.concat(parts);
+}
+
+/** A valid checkpoint of `count` one-element tensors (all views of one storage) under distinct names of `chars` characters. */
+export function longNamesPth(count: number, chars: number): Buffer {
+  const tensor = pushTensor(new Pickle(), { key: '0', numel: 1, shape: [1], stride: [1] })
+    .bytes()
+    .subarray(2);
+  const parts: Buffer[] = [Buffer.from([0x80, 2, 0x7d, 0x28])];
+  const base = 'n'.repeat(Math.max(0, chars - 8));
+  for (let i = 0; i < count; i++) {
+    const s = Buffer.from(base + String(i).padStart(8, '0'));
+    const n = Buffer.alloc(4);
+    n.writeUInt32LE(s.length);
+    parts.push(Buffer.from([0x58]), n, s, tensor);
+  }
+  parts.push(Buffer.from([0x75, 0x2e]));
+  return makeZip([
+    { name: 'ckpt/data.pkl', data: Buffer.concat(parts) },
+    { name: 'ckpt/data/0', data: new Uint8Array(4) },
+  ]);
+}
+
+/** A stride-0 view `w` of shape [n] over a one-element storage (n x 4 bytes if copied out of a 398-byte file). */
+export function stride0ViewPth(n: number): Buffer {
+  const pkl = stateDictPickle([{ name: 'w', key: '0', numel: 1, shape: [n], stride: [0] }]);
+  return makeZip([
+    { name: 'ckpt/data.pkl', data: pkl },
+    { name: 'ckpt/data/0', data: new Uint8Array(4) },
+  ]);
 }
 
 /** A .pth around any data.pkl bytes. */
@@ -418,9 +486,30 @@ export function hostileCorpus(): HostileFile[] {
       ext: '.pth',
       bytes: () => pthWithPickle(reusePickle(1000, calls)),
     })),
+    // a tuple key of nested pairs reusing each other through the memo (before: stringified, 2^depth; 170 bytes took 5 s)
+    ...[22, 250].map((d): HostileFile => ({ name: `key-bomb-${d}`, ext: '.pth', bytes: () => keyBombPth(d) })),
+    // distinct keys over 16,383 characters, which V8 hashes by length alone (before: 4,000 took 12 s / 355 MB)
+    { name: 'long-keys-4000x16400', ext: '.pth', bytes: () => pthWithPickle(longKeysPickle(4000, 16_400)), benchOnly: true },
+    { name: 'long-keys-deflated-4000x16400', ext: '.pth', bytes: () => deflatedPth(longKeysPickle(4000, 16_400)) },
+    // at the key limit (8,192 characters): read, time linear in the count (bench only)
+    ...[300, 3000].map((n): HostileFile => ({
+      name: `long-names-${n}x8192-at-limit`,
+      ext: '.pth',
+      bytes: () => longNamesPth(n, 8192),
+      benchOnly: true,
+    })),
+    // a deflated data.pkl reusing one list: 60 MB of pickle in a 118 KB file (before: the work budget followed the 60 MB, 8 s)
+    ...[600_000, 6_000_000].map((calls): HostileFile => ({
+      name: `reuse-deflated-${calls}`,
+      ext: '.pth',
+      bytes: () => deflatedPth(reusePickle(10_000, calls)),
+    })),
     { name: 'deflate-bomb-1gib', ext: '.pth', bytes: () => deflateBombPth(1024) },
     { name: 'lying-bomb-1gib', ext: '.pth', bytes: () => lyingBombPth(1024) },
     { name: 'huge-view', ext: '.pth', bytes: hugeViewPth },
+    // a stride-0 view of 10^8 elements in 398 bytes (before: copied, 4.8 s and 404 MB); one at the 16 MiB limit is read (bench only)
+    { name: 'stride0-view-1e8', ext: '.pth', bytes: () => stride0ViewPth(100_000_000) },
+    { name: 'stride0-view-4m-at-limit', ext: '.pth', bytes: () => stride0ViewPth(4_000_000), benchOnly: true },
     { name: 'overlapping-entries', ext: '.pth', bytes: overlappingPth },
     { name: 'truncated-pth', ext: '.pth', bytes: () => validPth().subarray(0, 150) },
     {
