@@ -292,6 +292,54 @@ test(
 );
 
 test(
+  'every shipped sweep file (sweeps/, docs/study/) plans: its cells, a job array and manifests naming each cell once',
+  withDir(async (dir) => {
+    const shipped: [string, number][] = [
+      ['sweeps/fig8-dinov2-l14.json', 6],
+      ['sweeps/tiny-registers.json', 6],
+      ['docs/study/flat.sweep.json', 2],
+      ['docs/study/study.sweep.json', 4],
+    ];
+    const { readdirSync } = await import('node:fs');
+    const found = [
+      ...readdirSync(join(ROOT, 'sweeps')).map((f) => `sweeps/${f}`),
+      ...readdirSync(join(ROOT, 'docs/study'))
+        .filter((f) => f.endsWith('.sweep.json'))
+        .map((f) => `docs/study/${f}`),
+    ];
+    assert.deepEqual(found.sort(), shipped.map(([f]) => f).sort(), 'a new sweep file gets a line here');
+    for (const [file, count] of shipped) {
+      const spec = loadSweep(join(ROOT, file), { out: join(dir, file) });
+      const cells = expandCells(spec);
+      assert.equal(cells.length, count, file);
+      const files = await writePlan(spec, cells);
+      assert.equal(JSON.parse(readFileSync(files.cells, 'utf8')).count, count, file);
+      assert.match(
+        readFileSync(files.slurm, 'utf8'),
+        new RegExp(`^#SBATCH --array=0-${count - 1}%${Math.min(spec.max_concurrent, count)}$`, 'm'),
+      );
+      const named = files.kubernetes.flatMap((f) =>
+        parseAllDocuments(readFileSync(f, 'utf8'))
+          .map((d) => d.toJSON())
+          .filter((d) => d.kind === 'Job')
+          .flatMap((d) => {
+            const args: string[] = d.spec.template.spec.containers[0].args;
+            if (args.includes('--cell')) return [Number(args[args.indexOf('--cell') + 1])];
+            return args.includes('--index-map')
+              ? args[args.indexOf('--index-map') + 1]!.split(',').map(Number)
+              : Array.from({ length: d.spec.completions }, (_, i) => i);
+          }),
+      );
+      assert.deepEqual(
+        named.sort((a, b) => a - b),
+        cells.map((c) => c.index),
+        `${file}: every cell named once`,
+      );
+    }
+  }),
+);
+
+test(
   'a failing cell is tried again up to retries, then reported; status says failed',
   withDir(async (dir) => {
     const spec = loadSweep(sweepFile(dir, { ...TINY, resources: {}, axes: { 'train.seed': [0, 1] } }));
