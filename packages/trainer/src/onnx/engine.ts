@@ -11,12 +11,12 @@
  * - engine-dino.ts: the DINO targets on the host with the tfjs step's code (centring, Sinkhorn-Knopp);
  * - engine-optim.ts: clipping, AdamW / LAMB and the EMA teacher as float32 loops over the flat buffers;
  * - engine-device.ts: on WebGPU, the same state kept on the device between runs, updated there by graphs;
- * - this file: the step (micro-batches, the DINO teacher -> targets -> student sequence), the evaluation
- *   hooks through the forward graphs, and the named state (the tfjs engine's names and layouts).
+ * - engine-state.ts: the host buffers and the named state (the tfjs engine's names and layouts);
+ * - engine-eval.ts: the evaluation hooks (encode, classify, teacherProbs) through the forward graphs;
+ * - this file: the step (micro-batches, the DINO teacher -> targets -> student sequence, then applyStep).
  */
 import { weightsChecksum } from '../state.js';
 import type { PreparedBatch, DinoBatch, SupervisedBatch } from '../batch.js';
-import type { TrainConfig } from '../config.js';
 import type {
   AppliedStep,
   ComputedStep,
@@ -29,26 +29,20 @@ import type {
   StepEngine,
   StepSettings,
 } from '../engine.js';
-import { Center } from '../losses.js';
+import type { Center } from '../losses.js';
 import { checkTrainingFits } from '../memory-check.js';
 import type { GradientSync } from '../sync.js';
-import { centredProbs, dinoTargets } from './engine-dino.js';
-import { clipGroups, DeviceState, optimizerFeeds, type OptimizerGraphSpec } from './engine-device.js';
-import { clipGradients, clipPerModule, emaUpdate, FlatOptimizer, learningRate } from './engine-optim.js';
-import { initialStudent, ParamLayout } from './engine-params.js';
+import { applyOnDevice, applyOnHost, optimizerSpec, reportedNorms } from './engine-apply.js';
+import { dinoTargets } from './engine-dino.js';
+import type { DeviceState, OptimizerGraphSpec } from './engine-device.js';
+import { classifyFeatures, encodeImages, teacherProbabilities, type EvalGraphs } from './engine-eval.js';
+import type { FlatOptimizer } from './engine-optim.js';
+import { ParamLayout } from './engine-params.js';
 import { GraphSessions, type Feed, type SessionSettings } from './engine-sessions.js';
+import { deviceState, hostBuffers, hostState, importState, stateLayout, stateTargets, type HostBuffers } from './engine-state.js';
 import { dinoDropPath, maskRowBucket, padMaskRows, padRows, supervisedDropPath } from './feeds.js';
 import { registerOnnxFactory } from './clip-settings.js';
-import {
-  classifierGraph,
-  dinoHeadGraph,
-  dinoStudentStepGraph,
-  encodeGraph,
-  supervisedStepGraph,
-  teacherGraph,
-  type BuiltGraph,
-  type GraphBuildOptions,
-} from './graphs.js';
+import { dinoStudentStepGraph, supervisedStepGraph, teacherGraph, type BuiltGraph, type GraphBuildOptions } from './graphs.js';
 
 /** How an ONNX Runtime engine runs (see engine-sessions.ts). */
 export interface OnnxRuntimeEngineOptions extends SessionSettings {
@@ -80,14 +74,16 @@ export class OnnxRuntimeEngine implements StepEngine {
    */
   readonly grads: Float32Array;
   /** The batch means of the DINO / iBOT centres, after `grads` in the same buffer. */
-  private readonly meanViews: { dino?: Float32Array; ibot?: Float32Array } = {};
+  private readonly meanViews: { dino?: Float32Array; ibot?: Float32Array };
   /** A micro-batch's gradients before they are added to `grads` (allocated with the first second micro-batch). */
   private scratch: Float32Array | null = null;
   readonly optimizer: FlatOptimizer;
-  readonly centers: { dino?: Center; ibot?: Center } = {};
+  readonly centers: { dino?: Center; ibot?: Center };
   readonly sessions: GraphSessions;
-  private readonly studentFeeds: Record<string, Float32Array> = {};
-  private readonly teacherFeeds: Record<string, Float32Array> = {};
+  private readonly studentFeeds: Record<string, Float32Array>;
+  private readonly teacherFeeds: Record<string, Float32Array>;
+  /** The host buffers as the named state (engine-state.ts) reads them. */
+  private readonly host: HostBuffers;
   private readonly gradViews: Float32Array[];
   /** How the graphs are built for the device: on WebGPU plain MatMul and Add (ONNX Runtime 1.30's provider has no FusedMatMul or Sum kernel). */
   private readonly build: GraphBuildOptions;
@@ -105,32 +101,11 @@ export class OnnxRuntimeEngine implements StepEngine {
     checkTrainingFits(ctx, 'onnxruntime', opts.device ?? 'cpu');
     this.layout = new ParamLayout(ctx);
     const L = this.layout;
-    this.student = new Float32Array(L.total);
-    initialStudent(L, c, this.student);
-    this.teacher = c.objective === 'dino' ? new Float32Array(L.total) : null;
-    const dinoK = L.heads.dino?.outDim ?? 0;
-    const ibotK = L.heads.ibotMode !== 'none' ? (L.heads.ibot ?? L.heads.dino!).outDim : 0;
-    // The means are rankMeans: each centre's values and a share.
-    const store = new Float32Array(L.gradTotal + (dinoK ? dinoK + 1 : 0) + (ibotK ? ibotK + 1 : 0));
-    this.grads = store.subarray(0, L.gradTotal);
-    if (dinoK) this.meanViews.dino = store.subarray(L.gradTotal, L.gradTotal + dinoK + 1);
-    if (ibotK) this.meanViews.ibot = store.subarray(L.gradTotal + dinoK + 1);
-    for (const s of L.segments) {
-      this.studentFeeds[s.name] = L.view(this.student, s.name);
-      if (this.teacher) this.teacherFeeds[s.name] = L.view(this.teacher, s.name);
-    }
-    this.gradViews = L.trained.map((p) => L.gradView(this.grads, p));
-    this.parameters = L.trained.map((p) => ({ name: p.name, shape: [...p.shape], size: p.size }));
-    if (L.heads.dino) this.centers.dino = new Center(L.heads.dino.outDim, c.dino.center_momentum);
-    if (L.heads.ibotMode !== 'none') {
-      this.centers.ibot = new Center((L.heads.ibot ?? L.heads.dino!).outDim, c.dino.center_momentum);
-    }
-    const o = c.optim;
-    this.optimizer = new FlatOptimizer(o.optimizer === 'lamb' ? 'lamb' : 'adamw', L.trained, L.gradTotal, {
-      beta1: o.beta1,
-      beta2: o.beta2,
-      eps: o.eps,
-    });
+    const h = hostBuffers(ctx, L);
+    this.host = h;
+    ({ student: this.student, teacher: this.teacher, grads: this.grads, meanViews: this.meanViews } = h);
+    ({ studentFeeds: this.studentFeeds, teacherFeeds: this.teacherFeeds, gradViews: this.gradViews } = h);
+    ({ parameters: this.parameters, centers: this.centers, optimizer: this.optimizer } = h);
     this.spec = optimizerSpec(c, this.optimizer);
     this.sessions = new GraphSessions(opts);
     const webgpu = this.sessions.device === 'webgpu';
@@ -141,18 +116,7 @@ export class OnnxRuntimeEngine implements StepEngine {
       );
     }
     if (webgpu && opts.keepOnDevice !== false) {
-      const moments = (buf: Float32Array) => Object.fromEntries(L.trained.map((p) => [p.name, L.gradView(buf, p)]));
-      this.device = new DeviceState(
-        this.sessions,
-        L,
-        {
-          student: this.studentFeeds,
-          teacher: this.teacher ? this.teacherFeeds : null,
-          m: moments(this.optimizer.m),
-          v: moments(this.optimizer.v),
-        },
-        this.spec,
-      );
+      this.device = deviceState(this.sessions, h, this.spec);
     }
   }
 
@@ -398,7 +362,9 @@ export class OnnxRuntimeEngine implements StepEngine {
     });
     const u = step.update;
     const momentum = u.teacherMomentum !== null && this.teacher ? u.teacherMomentum : null;
-    const { groups, lamb } = this.device ? await this.applyOnDevice(step, settings, momentum) : this.applyOnHost(step, settings, momentum);
+    const { groups, lamb } = this.device
+      ? await applyOnDevice(this.host, this.device, this.spec, step, settings, momentum)
+      : applyOnHost(this.host, this.spec, step, settings, momentum);
     if (momentum !== null) {
       u.centres.forEach((name, i) => {
         const ctr = this.centers[name as 'dino' | 'ibot'];
@@ -406,172 +372,42 @@ export class OnnxRuntimeEngine implements StepEngine {
         ctr.updateFromRanks(step.means[i]!);
       });
     }
-    // As the tfjs engine reports them: each module's norm and their total, or the global norm; LAMB's own
-    // norm where no clipping stage ran.
-    const norms: Record<string, number> = {};
-    if (this.spec.clip === 'module') {
-      let total = 0;
-      for (const [m, n] of groups) {
-        norms[`grad_norm_${m}`] = n;
-        total += n * n;
-      }
-      norms.grad_norm = Math.sqrt(total);
-    } else if (this.spec.clip === 'global') norms.grad_norm = groups[0]![1];
-    else if (lamb !== undefined) norms.grad_norm = lamb;
-    return { norms };
-  }
-
-  /**
-   * The host loops (engine-optim.ts): the tfjs engine's clipping (see TfjsEngine.clip: per student module in
-   * DINO runs, else by the global norm), the optimiser, the EMA teacher. Returns the clip groups' norms and LAMB's.
-   */
-  private applyOnHost(step: ComputedStep, settings: StepSettings, momentum: number | null): { groups: [string, number][]; lamb?: number } {
-    // The loop hands back the views it was given; anything else is copied in.
-    step.gradients.forEach((g, i) => {
-      const own = this.gradViews[i]!;
-      if (g.buffer !== own.buffer || g.byteOffset !== own.byteOffset) own.set(g);
-    });
-    const trained = this.layout.trained;
-    const max = this.spec.maxNorm;
-    const groups: [string, number][] =
-      this.spec.clip === 'none'
-        ? []
-        : this.spec.clip === 'global'
-          ? [['all', clipGradients(this.grads, trained, max)]]
-          : Object.entries(clipPerModule(this.grads, trained, max));
-    const lamb = this.optimizer.apply(this.student, this.grads, { lr: settings.lr, wd: settings.wd, lastLayerLr: settings.lastLayerLr });
-    if (momentum !== null) emaUpdate(this.teacher!, this.student, momentum);
-    return { groups, lamb };
-  }
-
-  /** The same on the device (engine-device.ts's optimiser and EMA graphs), with its gradients or the step's host ones. */
-  private async applyOnDevice(
-    step: ComputedStep,
-    settings: StepSettings,
-    momentum: number | null,
-  ): Promise<{ groups: [string, number][]; lamb?: number }> {
-    const L = this.layout;
-    const dev = this.device!;
-    let grads: Record<string, Feed>;
-    if (step.gradients.length > 0) grads = Object.fromEntries(step.gradients.map((g, i) => [L.trained[i]!.name, g]));
-    else if (dev.grads) grads = dev.grads;
-    else throw new Error('onnxruntime engine: no gradients on the device for this step (computeStep first)');
-    const hp = optimizerFeeds(
-      L.trained,
-      this.spec,
-      this.optimizer.step + 1,
-      (p) => learningRate(p, settings),
-      (p) => settings.wd * p.wdMult,
-    );
-    const values = await dev.update(grads, hp, momentum);
-    this.optimizer.step += 1;
-    const groups = clipGroups(L.trained, this.spec.clip).map(([name], i): [string, number] => [name, values[i]!]);
-    return { groups, lamb: this.spec.kind === 'lamb' ? values[groups.length] : undefined };
+    return { norms: reportedNorms(this.spec, groups, lamb) };
   }
 
   async encode(model: 'student' | 'teacher', images: Float32Array, count: number, size: number): Promise<Float32Array> {
     if (model === 'teacher' && !this.teacher) throw new Error('onnxruntime engine: a supervised run has no teacher');
-    const key = `encode:${count}x${size}`;
-    const build = () => encodeGraph(this.ctx.vit, { ...this.build, batch: count, size });
-    return (await this.sessions.run(key, build, { ...(await this.params(model)), images })).outputs.cls!;
+    return encodeImages(this.evalGraphs(), model, images, count, size);
   }
 
   async classify(features: Float32Array, count: number): Promise<Int32Array> {
-    const C = this.layout.heads.classes!;
-    const build = () => classifierGraph(this.ctx.vit.embed_dim, C, count, this.build);
-    const logits = (await this.sessions.run(`classify:${count}`, build, { ...(await this.params('student')), features })).outputs.logits!;
-    const out = new Int32Array(count);
-    for (let r = 0; r < count; r++) {
-      let best = 0;
-      for (let k = 1; k < C; k++) if (logits[r * C + k]! > logits[r * C + best]!) best = k;
-      out[r] = best;
-    }
-    return out;
+    return classifyFeatures(this.evalGraphs(), features, count);
   }
 
   async teacherProbs(features: Float32Array, count: number): Promise<Float32Array> {
-    const build = () => dinoHeadGraph(this.layout.heads.dino!, count, 'dino_head', this.build);
-    const logits = (await this.sessions.run(`teacher_head:${count}`, build, { ...(await this.params('teacher')), features })).outputs
-      .logits!;
-    return centredProbs(logits, count, this.centers.dino!, this.ctx.config.dino.teacher_temp);
+    return teacherProbabilities(this.evalGraphs(), features, count, this.centers.dino!, this.ctx.config.dino.teacher_temp);
+  }
+
+  private evalGraphs(): EvalGraphs {
+    return { sessions: this.sessions, vit: this.ctx.vit, heads: this.layout.heads, build: this.build, params: (m) => this.params(m) };
   }
 
   stateLayout(): StateLayout {
-    const out: StateLayout = {};
-    for (const s of this.layout.segments) out[`student.${s.name}`] = [...s.shape];
-    if (this.teacher) for (const s of this.layout.segments) out[`teacher.${s.name}`] = [...s.shape];
-    for (const [k, ctr] of Object.entries(this.centers)) if (ctr) out[`center.${k}`] = [ctr.dim];
-    for (const p of this.layout.trained) {
-      out[`optimizer.${p.name}.exp_avg`] = [...p.shape];
-      out[`optimizer.${p.name}.exp_avg_sq`] = [...p.shape];
-    }
-    return out;
+    return stateLayout(this.host);
   }
 
   exportState(): EngineState {
     this.hostCurrent('exportState');
-    return this.hostState();
-  }
-
-  /** The state as views of the host buffers (current or not: see `flush`). */
-  private hostState(): EngineState {
-    const L = this.layout;
-    const tensors: Record<string, Float32Array> = {};
-    for (const s of L.segments) tensors[`student.${s.name}`] = this.studentFeeds[s.name]!;
-    if (this.teacher) for (const s of L.segments) tensors[`teacher.${s.name}`] = this.teacherFeeds[s.name]!;
-    for (const [k, ctr] of Object.entries(this.centers)) if (ctr) tensors[`center.${k}`] = ctr.value;
-    for (const p of L.trained) {
-      tensors[`optimizer.${p.name}.exp_avg`] = L.gradView(this.optimizer.m, p);
-      tensors[`optimizer.${p.name}.exp_avg_sq`] = L.gradView(this.optimizer.v, p);
-    }
-    return { tensors, optimizerStep: this.optimizer.step };
+    return hostState(this.host);
   }
 
   importState(state: EngineState): void {
-    const take = (name: string, size: number): Float32Array => {
-      const v = state.tensors[name];
-      if (!v || v.length !== size) {
-        throw new Error(
-          `onnxruntime engine state: missing or mis-sized tensor "${name}" (expected ${size} values, got ${v?.length ?? 'none'})`,
-        );
-      }
-      return v;
-    };
-    if (!Number.isInteger(state.optimizerStep) || state.optimizerStep < 0) {
-      throw new Error(`optimizer state: step must be a non-negative integer, got ${state.optimizerStep}`);
-    }
-    // Every tensor is checked before anything is replaced.
-    const L = this.layout;
-    const writes: [Float32Array, Float32Array][] = [];
-    for (const s of L.segments) writes.push([this.studentFeeds[s.name]!, take(`student.${s.name}`, s.size)]);
-    if (this.teacher) for (const s of L.segments) writes.push([this.teacherFeeds[s.name]!, take(`teacher.${s.name}`, s.size)]);
-    for (const p of L.trained) {
-      writes.push([L.gradView(this.optimizer.m, p), take(`optimizer.${p.name}.exp_avg`, p.size)]);
-      writes.push([L.gradView(this.optimizer.v, p), take(`optimizer.${p.name}.exp_avg_sq`, p.size)]);
-    }
-    const centres = Object.entries(this.centers).map(([k, ctr]) => [ctr!, take(`center.${k}`, ctr!.dim)] as const);
-    for (const [dst, src] of writes) if (dst !== src) dst.set(src);
-    for (const [ctr, v] of centres) ctr.value = Float32Array.from(v);
-    this.optimizer.step = state.optimizerStep;
-    this.device?.hostChanged();
+    importState(this.host, state, () => this.device?.hostChanged());
   }
 
   /** The engine's own views (exportState's) for a checkpoint load to fill in place; the centres in new arrays taken at commit. */
   stateTargets(): StateTargets {
-    // The loader overwrites every value (or none): a device newer than the host does not matter here.
-    const { tensors } = this.hostState();
-    const centres = Object.entries(this.centers).map(([k, ctr]) => [ctr!, (tensors[`center.${k}`] = new Float32Array(ctr!.dim))] as const);
-    return {
-      tensors,
-      commit: (optimizerStep) => {
-        if (!Number.isInteger(optimizerStep) || optimizerStep < 0) {
-          throw new Error(`optimizer state: step must be a non-negative integer, got ${optimizerStep}`);
-        }
-        for (const [ctr, v] of centres) ctr.value = v;
-        this.optimizer.step = optimizerStep;
-        this.device?.hostChanged();
-      },
-    };
+    return stateTargets(this.host, () => this.device?.hostChanged());
   }
 
   checksum(): string {
@@ -588,24 +424,6 @@ export class OnnxRuntimeEngine implements StepEngine {
     this.device?.dispose();
     void this.sessions.release();
   }
-}
-
-/** The clipping and optimiser of `applyStep` (the tfjs engine's: per module in DINO runs, none before LAMB without clip_grad, else global). */
-function optimizerSpec(c: TrainConfig, o: FlatOptimizer): OptimizerGraphSpec {
-  const clip = c.objective === 'dino' ? 'module' : !(c.optim.clip_grad > 0) && o.kind === 'lamb' ? 'none' : 'global';
-  return {
-    kind: o.kind,
-    clip,
-    maxNorm: c.optim.clip_grad,
-    beta1: o.beta1,
-    beta2: o.beta2,
-    eps: o.eps,
-    maxGradNorm: o.maxGradNorm,
-    gradAveraging: o.gradAveraging,
-    trustClip: o.trustClip,
-    alwaysAdapt: o.alwaysAdapt,
-    biasCorrection: o.biasCorrection,
-  };
 }
 
 /** The gradient outputs of a step graph (kept on the device with `keepGradients`). */
