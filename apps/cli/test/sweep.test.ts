@@ -14,7 +14,8 @@ import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { expandCells, markerPath, weightArgs, writeMarker, type Cell } from '../src/sweep/cells.js';
 import { collectRows, writeTable } from '../src/sweep/collect.js';
-import { writeFigures } from '../src/sweep/figures.js';
+import { metricPlot, writeFigures } from '../src/sweep/figures.js';
+import { LABEL_SCALE } from '@vitreg/viz';
 import { podMemory } from '../src/sweep/kubernetes.js';
 import { writePlan } from '../src/sweep/plan.js';
 import { runSweep } from '../src/sweep/run.js';
@@ -615,6 +616,49 @@ test(
     }
   }),
 );
+
+test('a metric figure draws its title, y and x labels and a legend entry per series (ink where each goes)', () => {
+  const series = ['model.arch=vit_small', 'model.arch=vit_base'].map((label, k) => ({
+    label,
+    points: [0, 2, 4].map((x) => ({ x, mean: 0.5 + 0.1 * k + 0.01 * x, std: 0.02, n: 2, cells: [] })),
+  }));
+  const c = metricPlot('class.accuracy', series, 'model.num_register_tokens');
+  const th = 7 * LABEL_SCALE;
+  const [, y0, , h] = c.info.plotBox as number[];
+  const ink = (x0: number, x1: number, ya: number, yb: number, rgb: readonly number[]) => {
+    let n = 0;
+    for (let y = ya; y < yb; y++)
+      for (let x = x0; x < x1; x++) {
+        const i = (y * c.width + x) * 3;
+        if (c.data[i] === rgb[0] && c.data[i + 1] === rgb[1] && c.data[i + 2] === rgb[2]) n++;
+      }
+    return n;
+  };
+  const black = [0, 0, 0];
+  // The title (centred, first text row) and the y label (left, second row) lie above the plot box.
+  assert.ok(6 + 2 * th + 8 <= y0!, 'two text rows above the plot');
+  const title = ink(0, c.width, 6, 6 + th, black);
+  assert.ok(title > 300, `a title: ${title} black pixels`);
+  assert.ok(ink(0, 40, 6, 6 + th, black) === 0 && ink(c.width / 2 - 40, c.width / 2 + 40, 6, 6 + th, black) > 50, 'the title is centred');
+  const yLabel = ink(0, c.width, 6 + th + 8, 6 + 2 * th + 8, black);
+  assert.ok(yLabel > 200, `a y label: ${yLabel} black pixels`);
+  assert.ok(ink(4, 60, 6 + th + 8, 6 + 2 * th + 8, black) > 30, 'the y label starts at the left');
+  const xLabel = ink(0, c.width, y0! + h! + th + 16, y0! + h! + 2 * th + 16, black);
+  assert.ok(xLabel > 200, `an x label: ${xLabel} black pixels`);
+  // The legend: a row per series below the plot, a swatch and its words in the series' colour.
+  const legend = c.info.legend as { labels: string[]; box: number[] };
+  assert.deepEqual(legend.labels, ['model.arch=vit_small', 'model.arch=vit_base']);
+  const colors = [
+    [31, 119, 180],
+    [255, 127, 14],
+  ];
+  for (const [k, rgb] of colors.entries()) {
+    const y = legend.box[1]! + k * (th + 8);
+    assert.ok(y > y0! + h! + 2 * th + 16, 'the legend is below the x label');
+    assert.ok(ink(8, 28, y, y + th, rgb) >= 60, `series ${k}: a swatch`);
+    assert.ok(ink(34, c.width, y, y + th, rgb) > 200, `series ${k}: its label`);
+  }
+});
 
 test(
   'status: markers, and sacct states of the array job where it answers',
