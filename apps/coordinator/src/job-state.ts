@@ -17,6 +17,9 @@
  * (`requestStop`); the next step committed carries the request in every rank's values, so every rank
  * stops after that same step, rank 0 writes the checkpoint, and the workers leave; when all have, the
  * job ends interrupted (`JobOutcome.interrupted`).
+ *
+ * Over 450 lines: one job, one state machine; admission, membership epochs, the step barrier and the end
+ * of the job change the same membership and step state (as dynamic_rendezvous.py keeps them together).
  */
 import type { CheckpointReport, JoinRequest, LeaveRequest, Membership, MetricsReport, StepCommit, StepReport } from '@vitreg/proto';
 import { checkJoin } from './admission.js';

@@ -10,8 +10,9 @@
  * (`isUtf8`, a partial sequence at a chunk's end carried to the next) before they are parsed. As the
  * TextDecoder the reader used before did, one leading byte order mark is skipped. A tensor's entry that
  * lies whole in a chunk and within `maxNameBytes` is handed to JSON.parse (faster, above all before the
- * JIT has warmed up; malformed, it goes through the state machine, which names the fault). One job, one state
- * machine over shared state (strings, numbers, containers, UTF-8 carry), hence one file over 450 lines.
+ * JIT has warmed up; malformed, it goes through the state machine, which names the fault).
+ *
+ * Over 450 lines: one job, one state machine over shared state (strings, numbers, containers, UTF-8 carry).
  */
 import { isUtf8 } from 'node:buffer';
 import { endianness } from 'node:os';

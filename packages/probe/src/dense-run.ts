@@ -16,6 +16,9 @@
  * Resumable: with `cacheDir`, features (and training targets) are appended to files there after every
  * batch, with a JSON record of how many images are done (core's RowFiles); a rerun with the same
  * settings skips them. Opening the dense datasets from a spec is in dense-source.ts.
+ *
+ * Over 450 lines: one job, the probe's run (features with their resumable cache, the head's training,
+ * the scores), whose steps share the options and the report; the head and the datasets are apart.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { RowFiles, type DenseDataset, type DenseItem, type DenseTarget, type DenseTask, type HostTensor } from '@vitreg/core';

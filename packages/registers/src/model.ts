@@ -18,7 +18,7 @@
  * as a [p*p*3, D] matrix, so the forward pass is plain 2-D matMuls; weights.ts converts from and to every
  * family's names and PyTorch's layouts.
  *
- * One file on purpose, though a little over the ~450 lines a file otherwise keeps to: as nanoGPT's model.py,
+ * Over 450 lines: one file on purpose, as nanoGPT's model.py:
  * the model reads top to bottom in one place (its parameters' names, shapes and initialisation, the
  * forward pass, drop path, the test-time register edit): all of it is what the model computes. What
  * stands on its own is already apart: the ops (ops.ts), positional-embedding interpolation

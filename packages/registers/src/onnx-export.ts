@@ -13,6 +13,9 @@
  * as x * 0.5 * (1 + Erf(x / sqrt 2)) after MatMul + Add (fused to BiasGelu), MatMul + Add linears, and
  * attention as MatMul / Softmax / MatMul on [B, H, N, hd] (PyTorch's export of the same module).
  * LayerScale is folded into the preceding linear (W gamma, b gamma) when weights are stored as float32.
+ *
+ * Over 450 lines: one job, the export; buildOnnxGraph writes the whole graph in one pass that reads as model.ts's
+ * forward pass, and its checks, metadata and file writing are what that one graph needs.
  */
 import { mkdir, open, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';

@@ -18,6 +18,9 @@
  * Item `i` depends only on (seed, split, i): its generator is `Rng(seed).fork(split).fork(i)`, so
  * items can be generated in any order, and the train and val splits use different streams.
  * Rasterisation is plain JS with 3x3 supersampled (anti-aliased) edges.
+ *
+ * Over 450 lines: one job, the generator; the scene draw, the shape geometry and the painters share the
+ * scene's types and layout constants, and each part is small.
  */
 import { Rng } from '../rng.js';
 import { checkIndex, type Box, type Dataset, type DatasetItem } from './types.js';
