@@ -7,7 +7,8 @@
  * With --hosts: for each link rate and each n = 1..N (or each n of a list), n hosts of their own (test/netns.ts: network
  * namespaces on a bridge, links capped at R Mbit/s both ways; root) each running one vitreg-worker as a
  * launcher would (RANK, WORLD_SIZE, MASTER_ADDR = host 0); the default model is then ViT-S/16 with 4
- * registers at 224 px (deit3_small_patch16_reg4, 22 M parameters: gradients large against its compute),
+ * registers at 192 px (deit3_small_patch16_reg4, 22 M parameters: gradients large against its compute;
+ * 192 px are the deit3-b16-reg4 preset's crops, DeiT-III's pretraining size, which the runs use),
  * batch 4 per worker, synthetic data, 6 steps, one engine thread per worker (--engine-threads). Reads rank 0's <out>/metrics.jsonl and every rank's
  * ranks/*.jsonl, drops the first `warmup` steps and prints one JSON line per run: images_per_s (global)
  * and step_seconds as medians, allreduce_share = median(allreduce_s / step_seconds), compute_s (median
@@ -28,7 +29,7 @@ const usage =
   'Usage: npm run bench -- scaling [--nodes 1,2 | --hosts N|N1,N2 --link-mbit R[,R2]] [--steps 30] [--warmup 3] [--preset tiny-supervised | --config FILE.json]\n' +
   '  [--batch-size B] [--transport tcp|grpc] [--backend wasm] [--engine auto|tfjs|onnxruntime] [--engine-threads N] [--grad-compression none|bf16] [--keep]\n';
 
-/** ViT-S/16 with 4 registers at 224 px on synthetic images: the --hosts default. */
+/** ViT-S/16 with 4 registers at the deit3-b16-reg4 preset's 192 px crops on synthetic images: the --hosts default. */
 const VIT_S = {
   preset: 'deit3-b16-reg4',
   model: { arch: 'deit3_small_patch16_reg4', drop_path_rate: 0 },
