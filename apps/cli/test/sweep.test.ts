@@ -24,6 +24,7 @@ import { loadSweep, type SweepSpec } from '../src/sweep/spec.js';
 import { parseSacct, sacctStates } from '../src/sweep/slurm.js';
 import { sweepStatus } from '../src/sweep/status.js';
 import { ROOT, vitreg } from './helpers.js';
+import { toCsv } from '@vitreg/probe';
 
 const TINY = {
   name: 'unit',
@@ -536,6 +537,8 @@ test(
       assert.equal(row.weights_sha256, own.weights_sha256);
     }
     assert.equal(readFileSync(table.jsonl, 'utf8').trim().split('\n').length, 8);
+    // The CSV is @vitreg/probe's toCsv over the given columns, in their order.
+    assert.equal(toCsv([{ b: 1, a: 'x,y', d: 'left out' }], ['a', 'b', 'c']), 'a,b,c\n"x,y",1,\n');
     // Figure data: x registers, a series per model, seeds pooled: mean and sample std of the two cells.
     const fig = JSON.parse(readFileSync(figs.data, 'utf8'));
     assert.equal(fig.x, 'model.num_register_tokens');

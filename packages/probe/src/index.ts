@@ -37,7 +37,7 @@ export { isDenseTask, runProbeTask } from './probe-task.js';
 export type { ProbeTaskResult } from './probe-task.js';
 export { ALL_PROBE_TASKS, runProbe } from './run.js';
 export type { AnyProbeTask, DataPart, ProbeModel, ProbeReport } from './run.js';
-export { SWEEP_PLOT_METRICS, sweepColumns, writeSweep } from './sweep.js';
+export { SWEEP_PLOT_METRICS, sweepColumns, toCsv, writeSweep } from './sweep.js';
 export {
   buildZeroShotClassifier,
   CLIP_MEAN,

@@ -43,10 +43,14 @@ export const SWEEP_PLOT_METRICS: Record<AnyProbeTask, string[]> = {
 /** One row of a sweep table: the checkpoint, its x value (e.g. registers) and its metrics. */
 export type SweepRow = Record<string, string | number | boolean | null>;
 
-/** RFC 4180 CSV of `rows`; the columns are the union of the rows' keys in first-seen order. */
-export function toCsv(rows: SweepRow[]): string {
-  const cols: string[] = [];
-  for (const r of rows) for (const k of Object.keys(r)) if (!cols.includes(k)) cols.push(k);
+/**
+ * RFC 4180 CSV of `rows` (a header line, then one line per row, each ending in \n; a value holding a
+ * comma, quote or line break quoted; null and absent values empty). `columns`: the columns in order
+ * (default: the union of the rows' keys in first-seen order).
+ */
+export function toCsv(rows: SweepRow[], columns?: string[]): string {
+  const cols: string[] = columns ? [...columns] : [];
+  if (!columns) for (const r of rows) for (const k of Object.keys(r)) if (!cols.includes(k)) cols.push(k);
   const cell = (v: SweepRow[string] | undefined): string => {
     if (v === null || v === undefined) return '';
     const s = String(v);

@@ -10,6 +10,7 @@
  */
 import { basename, join } from 'node:path';
 import { InputError, writeFileAtomic } from '@vitreg/core';
+import { toCsv } from '@vitreg/probe';
 import { cellStatus, markerPath, readJson, type Cell } from './cells.js';
 import type { CellResult } from './run-cell.js';
 import type { SweepSpec } from './spec.js';
@@ -48,16 +49,6 @@ export interface Collected {
   measurements: string[];
   missing: { name: string; state: string }[];
   figure: FigureData;
-}
-
-/** RFC 4180 CSV of `rows` over `columns`. */
-export function toCsv(rows: Row[], columns: string[]): string {
-  const cell = (v: Row[string] | undefined): string => {
-    if (v === null || v === undefined) return '';
-    const s = String(v);
-    return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
-  };
-  return [columns.map(cell).join(','), ...rows.map((r) => columns.map((c) => cell(r[c])).join(','))].join('\n') + '\n';
 }
 
 /** The table of a sweep; throws (InputError) when cells are not done, unless `partial`. */
