@@ -8,7 +8,8 @@
  * (each must end before the next local header); a caller that knows an entry's size (the tensor
  * header's numel x dtype size) has it checked before anything is read; deflated entries are inflated
  * with a cap at their declared size, so the first byte past it stops the inflation, and an archive may
- * inflate to at most `ZIP_LIMITS.inflatedBytes` plus `inflatedPerByte` x its own size in all.
+ * inflate to at most `ZIP_LIMITS.inflatedBytes` plus `inflatedPerByte` x its own size in all, and one entry
+ * to at most 1 MiB plus `maxDeflateRatio` x its deflated size where its reader asks (pth.ts, for data.pkl).
  */
 import type { FileHandle } from 'node:fs/promises';
 import { inflateRawSync } from 'node:zlib';
@@ -44,6 +45,12 @@ export interface ZipReadOptions {
   maxSize?: number;
   /** What the expected size comes from, for the error (e.g. `tensor "w": 10 x F32`). */
   why?: string;
+  /**
+   * A deflated entry may hold at most 1 MiB plus this many times its deflated bytes (checked before
+   * inflating; the inflation stops at the declared size): for an entry that its writer stores, so that a
+   * small file cannot make its reader hold the archive's whole inflation budget.
+   */
+  maxDeflateRatio?: number;
 }
 
 const EOCD_SIG = 0x06054b50;
@@ -184,6 +191,10 @@ export class ZipReader {
       throw new InputError(`${where}: the directory says ${e.size} bytes, over the limit of ${opts.maxSize} for this entry`);
     if (e.method !== 0 && e.method !== 8)
       throw new InputError(`${where}: unsupported compression method ${e.method} (only stored and deflate)`);
+    if (e.method === 8 && opts.maxDeflateRatio !== undefined && e.size > 2 ** 20 + opts.maxDeflateRatio * e.compressedSize)
+      throw new InputError(
+        `${where}: ${e.compressedSize} deflated bytes would inflate to ${e.size}, over the limit of 1 MiB + ${opts.maxDeflateRatio} x its deflated size for this entry (${opts.why ?? 'its writer stores it'}): a deflate bomb or corrupt archive`,
+      );
     if (e.method === 0 && e.compressedSize !== e.size)
       throw new InputError(`${where}: stored entry with ${e.compressedSize} bytes of data and size ${e.size} (corrupt archive)`);
     if (e.localOffset + 30 > this.size) throw new InputError(`${where}: local header past the end of the file (truncated archive)`);
