@@ -4,7 +4,9 @@
  * run-cell and training) after its step-2 checkpoint; the sweep run then resumes it and it ends with the
  * weights of an uninterrupted training of the same config. A second run runs nothing; collect's table and
  * figure data match the cells' own result files. And a 2-process cell started as Kubernetes starts it (two
- * `run-cell --launcher env` processes with RANK 0 / 1): rank 0 evaluates and writes the markers.
+ * `run-cell --launcher env` processes with RANK 0 / 1): rank 0 evaluates and writes the markers. And one
+ * 2-step cell evaluated by a class probe, a segmentation head and LOST on tiny synthetic sets, its
+ * results.json checked against each stage's own files.
  * (About 30 CPU-seconds in all: 12 vitreg processes, each starting tfjs and ONNX Runtime.)
  */
 import { test } from 'node:test';
@@ -181,6 +183,52 @@ test(
       const results = JSON.parse(readFileSync(join(cell, 'results.json'), 'utf8'));
       assert.equal(results.weights_sha256, sha256(join(cell, 'train/checkpoints/step-4/model.safetensors')));
       assert.ok(existsSync(join(cell, 'done.json')));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);
+
+test(
+  'a cell evaluated by probe (class), dense (segmentation) and LOST: results.json holds what each stage wrote',
+  { timeout: 300_000 },
+  async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vitreg-sweep-eval-'));
+    try {
+      const file = join(dir, 'sweep.json');
+      const small = ['--synthetic-size', '32', '--size', '32', '--backend', 'wasm'];
+      writeFileSync(
+        file,
+        JSON.stringify({
+          ...TINY_SWEEP,
+          name: 'eval',
+          set: { ...TINY_SWEEP.set, 'train.steps': 2, 'train.checkpoint_every': 0 },
+          axes: { 'model.num_register_tokens': [2] },
+          evaluate: {
+            probe: { tasks: ['class'], data: 'synthetic', args: ['--count', '12', '--test-count', '6', '--steps', '20', ...small] },
+            dense: { tasks: ['segmentation'], data: 'synthetic', args: ['--count', '6', '--test-count', '3', '--steps', '20', ...small] },
+            lost: { data: 'synthetic', args: ['--count', '3', ...small] },
+          },
+        }),
+      );
+      const r = await vitreg(['sweep', 'run', file]);
+      assert.equal(r.code, 0, r.stderr);
+      const cell = join(dir, 'runs/sweep-eval/cells/0-reg2');
+      const m = JSON.parse(readFileSync(join(cell, 'results.json'), 'utf8')).measurements;
+      const probe = JSON.parse(readFileSync(join(cell, 'eval/probe/results.json'), 'utf8'));
+      assert.equal(probe.task, 'class');
+      assert.equal(m['class.accuracy'], probe.accuracy);
+      assert.equal(m['class.knn_top1'], probe.knn.top1);
+      const dense = JSON.parse(readFileSync(join(cell, 'eval/dense/results.json'), 'utf8'));
+      assert.equal(dense.task, 'segmentation');
+      assert.equal(m['segmentation.miou'], dense.segmentation.miou);
+      assert.equal(m['segmentation.pixel_accuracy'], dense.segmentation.accuracy);
+      const corloc = JSON.parse(readFileSync(join(cell, 'eval/lost/corloc.json'), 'utf8'));
+      assert.equal(typeof corloc.corloc, 'number');
+      assert.equal(m['lost.corloc'], corloc.corloc);
+      for (const k of ['class.accuracy', 'class.knn_top1', 'segmentation.miou', 'lost.corloc'])
+        assert.ok(m[k] >= 0 && m[k] <= 1, `${k} = ${m[k]}`);
+      for (const log of ['probe', 'dense', 'lost']) assert.ok(existsSync(join(cell, 'logs', `${log}.log`)), `logs/${log}.log`);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
