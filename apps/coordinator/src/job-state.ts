@@ -21,6 +21,7 @@
  * Over 450 lines: one job, one state machine; admission, membership epochs, the step barrier and the end
  * of the job change the same membership and step state (as dynamic_rendezvous.py keeps them together).
  */
+import { signalName } from '@vitreg/core';
 import type { CheckpointReport, JoinRequest, LeaveRequest, Membership, MetricsReport, StepCommit, StepReport } from '@vitreg/proto';
 import { checkJoin } from './admission.js';
 import {
@@ -35,13 +36,9 @@ import {
 import { deliver, memberList, ringOrder, ringText, type WorkerRecord as Worker } from './membership.js';
 import { StepBarrier } from './step-barrier.js';
 import { BrokenLinks, removedFor } from './broken-links.js';
-import { constants } from 'node:os';
 
 /** The step-report value of a stop request: @vitreg/trainer's STOP_KEY (a signal's number, or -1). */
 export const STOP_KEY = 'stop_signal';
-
-const signalName = (code: number): string | undefined =>
-  code > 0 ? Object.entries(constants.signals).find(([, n]) => n === code)?.[0] : undefined;
 
 /** The job state of a coordinator (see the module comment). */
 export class JobState {

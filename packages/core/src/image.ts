@@ -340,8 +340,8 @@ function positiveInt(v: number, what: string): void {
   if (!Number.isInteger(v) || v < 1) throw new Error(`${what} must be a positive integer, got ${v}`);
 }
 
-/** Python's round(): halves go to the even neighbour. */
-function roundHalfEven(x: number): number {
+/** Python's round(): halves go to the even neighbour (torchvision's crop and resize sizes round so). */
+export function roundHalfEven(x: number): number {
   const r = Math.round(x);
   return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
 }

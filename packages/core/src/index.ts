@@ -37,6 +37,7 @@ export {
   normalizeRgb,
   planTransform,
   resizeBicubic,
+  roundHalfEven,
   stackImages,
 } from './image.js';
 export type { ImageTransform, RgbImage } from './image.js';
@@ -58,6 +59,7 @@ export {
   stampSettings,
 } from './resumable.js';
 export { Rng } from './rng.js';
+export { signalName, signalNumber } from './signals.js';
 export { FeatureWriter } from './safetensors-stream.js';
 export { readSafetensors, SafetensorsReader, writeSafetensors } from './safetensors.js';
 export { float32TargetProblems, readFloat32Into, readSafetensorsInto } from './safetensors-read-into.js';

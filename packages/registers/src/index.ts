@@ -21,7 +21,7 @@ export { detectNaming, NAMINGS } from './namings.js';
 export { activeBudget, checkVitFits, parameterCount, vitMemoryNeed } from './memory-need.js';
 export type { CropGroup, VitMemoryOptions } from './memory-need.js';
 export { l2Norms, tokenNorms } from './norms.js';
-export { loadOnnxRuntime, ONNX_DEVICES, OnnxEncoder, onnxRuntimeAvailable } from './onnx-encoder.js';
+export { firstErrorLine, loadOnnxRuntime, ONNX_DEVICES, OnnxEncoder, onnxRuntimeAvailable, onnxSessionError } from './onnx-encoder.js';
 export type { OnnxDevice, OnnxEncoderOptions } from './onnx-encoder.js';
 export { exportOnnx, ONNX_OUTPUTS, onnxModelBytes } from './onnx-export.js';
 export type { OnnxOutput } from './onnx-export.js';

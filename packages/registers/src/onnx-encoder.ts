@@ -73,12 +73,12 @@ export async function loadOnnxRuntime(): Promise<Ort> {
       const mod = (await import(name)) as Ort & { default?: Ort };
       const ort = (mod.InferenceSession ? mod : mod.default) as Ort;
       if (!ort?.InferenceSession) throw new Error('no InferenceSession export');
-      ort.env.logLevel = 'fatal'; // its errors reach the caller as exceptions, worded by sessionError
+      ort.env.logLevel = 'fatal'; // its errors reach the caller as exceptions, worded by onnxSessionError
       return ort;
     } catch (err) {
       ortPromise = undefined;
       throw new Error(
-        `ONNX Runtime is not available: onnxruntime-node could not be loaded (${firstLine(err)}); install it with npm install onnxruntime-node (its install script is not needed for the CPU)`,
+        `ONNX Runtime is not available: onnxruntime-node could not be loaded (${firstErrorLine(err)}); install it with npm install onnxruntime-node (its install script is not needed for the CPU)`,
         { cause: err },
       );
     }
@@ -94,7 +94,8 @@ export async function onnxRuntimeAvailable(): Promise<boolean> {
   );
 }
 
-function firstLine(err: unknown): string {
+/** The first line of an error's message (ONNX Runtime's run on over several lines of native detail). */
+export function firstErrorLine(err: unknown): string {
   return String((err as Error)?.message ?? err)
     .split('\n')[0]!
     .trim();
@@ -112,17 +113,21 @@ function sessionOptions(device: OnnxDevice, threads: number | undefined): Infere
   };
 }
 
-/** Turns ONNX Runtime's session errors into one line naming the device or file. */
-function sessionError(err: unknown, device: OnnxDevice, what: string): Error {
-  const msg = firstLine(err);
+/**
+ * Turns an ONNX Runtime session error into one line: on cuda / webgpu a missing provider or adapter names
+ * the device and what to install; anything else is `<context>: <ONNX Runtime's first line>`. The
+ * encoder's and @vitreg/trainer's ONNX engine's sessions both word their errors so.
+ */
+export function onnxSessionError(err: unknown, device: OnnxDevice, context: string): Error {
+  const msg = firstErrorLine(err);
   if (device !== 'cpu' && /provider|cuda|webgpu|dawn|adapter|libcu|\.so/i.test(msg)) {
     const how =
       device === 'cuda'
         ? "ONNX Runtime's CUDA 12 provider is not installed or finds no GPU (reinstall onnxruntime-node with its install script allowed: ONNXRUNTIME_NODE_INSTALL=cuda12)"
         : 'no WebGPU adapter was found (a GPU driver Dawn can use, e.g. Vulkan, is needed)';
-    return new Error(`--device ${device}: not available here: ${how} (${msg})`);
+    return new Error(`--device ${device}: not available here: ${how} (${msg})`, { cause: err });
   }
-  return new Error(`${what}: ONNX Runtime cannot load it: ${msg}`);
+  return new Error(`${context}: ${msg}`, { cause: err });
 }
 
 /** Requested outputs of an encode call, in the exporter's names. */
@@ -201,13 +206,13 @@ export class OnnxEncoder implements Encoder {
       outputs = JSON.parse(meta[ONNX_METADATA.outputs]!);
       if (meta[ONNX_METADATA.testTimeRegisters]) ttr = JSON.parse(meta[ONNX_METADATA.testTimeRegisters]!);
     } catch (err) {
-      throw new Error(`${path}: bad vitreg metadata: ${firstLine(err)}`, { cause: err });
+      throw new Error(`${path}: bad vitreg metadata: ${firstErrorLine(err)}`, { cause: err });
     }
     const device = opts.device ?? 'cpu';
     const entry = ort.InferenceSession.create(path, sessionOptions(device, opts.threads)).then(
       (session) => ({ session, outputs: new Set(outputs), size }),
       (err) => {
-        throw sessionError(err, device, path);
+        throw onnxSessionError(err, device, `${path}: ONNX Runtime cannot load it`);
       },
     );
     if (opts.testTimeRegisters)
@@ -318,7 +323,7 @@ export class OnnxEncoder implements Encoder {
         session = await this.ort.InferenceSession.create(file, options);
       }
     } catch (err) {
-      throw sessionError(err, device, 'ONNX graph');
+      throw onnxSessionError(err, device, 'ONNX graph: ONNX Runtime cannot load it');
     }
     return { session, outputs: new Set(outputs), size: [h, w] };
   }
@@ -345,7 +350,7 @@ export class OnnxEncoder implements Encoder {
     try {
       res = await entry.session.run(feeds);
     } catch (err) {
-      throw new Error(`ONNX Runtime failed on a ${B}x${H}x${W} batch: ${firstLine(err)}`, { cause: err });
+      throw new Error(`ONNX Runtime failed on a ${B}x${H}x${W} batch: ${firstErrorLine(err)}`, { cause: err });
     }
     const get = (name: string): HostArray => {
       const t = res[name];

@@ -15,11 +15,8 @@ export function uniform(rng: Rng, lo: number, hi: number): number {
   return lo + (hi - lo) * rng.float();
 }
 
-/** Python's round(): halves go to the even neighbour. */
-export function roundHalfEven(x: number): number {
-  const r = Math.round(x);
-  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
-}
+/** Python's round() (halves to the even neighbour): @vitreg/core's, the one its image transforms use. */
+export { roundHalfEven } from '@vitreg/core';
 
 export const f32 = Math.fround;
 

@@ -11,7 +11,7 @@
  * - `stopOnSignals(['SIGINT', 'SIGTERM', 'SIGUSR1'])` wires process signals to a SharedStop: the first
  *   requests the stop, a second exits at once with 128 + its number (as shells report a signal).
  */
-import { constants } from 'node:os';
+import { signalName, signalNumber } from '@vitreg/core';
 
 /** What `train`'s `stop` option takes: an AbortSignal, or anything with `aborted` (and `reason`). */
 export interface StopSignal {
@@ -25,15 +25,8 @@ export const STOP_KEY = 'stop_signal';
 /** The signals `stopOnSignals` listens to by default. */
 export const STOP_SIGNALS: readonly NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGUSR1'];
 
-/** A signal's number (SIGINT 2, SIGTERM 15, SIGUSR1 10 on Linux). */
-export function signalNumber(name: string): number | undefined {
-  return (constants.signals as Record<string, number>)[name];
-}
-
-/** A signal's name from its number. */
-export function signalName(code: number): NodeJS.Signals | undefined {
-  return (Object.entries(constants.signals) as [NodeJS.Signals, number][]).find(([, n]) => n === code)?.[0];
-}
+/** A signal's number and name: @vitreg/core's (signals.ts), which the coordinator uses too. */
+export { signalName, signalNumber };
 
 /** The exit code a shell reports for a process ended by `signal`: 128 + its number (130 for SIGINT, 143 for SIGTERM). */
 export function signalExitCode(signal: string | undefined): number {

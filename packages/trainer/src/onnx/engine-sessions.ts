@@ -16,7 +16,7 @@
  * preallocated or not, as a fresh copy in host memory (the binding copies after the run): the engine ignores those.
  */
 import type { InferenceSession, Tensor } from 'onnxruntime-node';
-import { loadOnnxRuntime, type OnnxDevice } from '@vitreg/registers';
+import { firstErrorLine, loadOnnxRuntime, onnxSessionError, type OnnxDevice } from '@vitreg/registers';
 import { TRAINING_SESSION_OPTIONS, type BuiltGraph } from './graphs.js';
 
 export type Ort = typeof import('onnxruntime-node');
@@ -48,25 +48,6 @@ export const onDevice = (v: Feed): v is Tensor => !ArrayBuffer.isView(v);
 interface Entry {
   session: InferenceSession;
   graph: BuiltGraph;
-}
-
-function firstLine(err: unknown): string {
-  return String((err as Error)?.message ?? err)
-    .split('\n')[0]!
-    .trim();
-}
-
-/** One line naming the device and what to install when a provider is missing, else ONNX Runtime's message. */
-export function sessionError(err: unknown, device: OnnxDevice, what: string): Error {
-  const msg = firstLine(err);
-  if (device !== 'cpu' && /provider|cuda|webgpu|dawn|adapter|libcu|\.so/i.test(msg)) {
-    const how =
-      device === 'cuda'
-        ? "ONNX Runtime's CUDA 12 provider is not installed or finds no GPU (reinstall onnxruntime-node with its install script allowed: ONNXRUNTIME_NODE_INSTALL=cuda12)"
-        : 'no WebGPU adapter was found (a GPU driver Dawn can use, e.g. Vulkan, is needed)';
-    return new Error(`--device ${device}: not available here: ${how} (${msg})`, { cause: err });
-  }
-  return new Error(`onnxruntime engine: ${what}: ${msg}`, { cause: err });
 }
 
 /** The training engine's sessions (see the module comment). */
@@ -131,7 +112,7 @@ export class GraphSessions {
         try {
           return { session: await ort.InferenceSession.create(graph.bytes, options), graph };
         } catch (err) {
-          throw sessionError(err, this.device, `the ${key} graph`);
+          throw onnxSessionError(err, this.device, `onnxruntime engine: the ${key} graph`);
         }
       })();
       this.entries.set(key, entry);
@@ -183,7 +164,7 @@ export class GraphSessions {
     try {
       res = await session.run(inputs, fetches);
     } catch (err) {
-      throw new Error(`onnxruntime engine: the ${key} graph failed: ${firstLine(err)}`, { cause: err });
+      throw new Error(`onnxruntime engine: the ${key} graph failed: ${firstErrorLine(err)}`, { cause: err });
     }
     this.transfers.runs += 1;
     this.transfers.bytesIn += bytesIn;
