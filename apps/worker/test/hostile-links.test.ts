@@ -2,15 +2,19 @@
  * Hostile peers on the data plane, link by link (src/links.ts, src/incoming-link.ts, src/frames.ts,
  * src/ring.ts, src/peer-server.ts): a receiver that answers signs of life but stops reading (a
  * slowloris), a sender that trickles a frame a byte at a time, a predecessor that keeps its link alive
- * but sends no frame of a collective, and a flood of connections that never send their hello. Each is
+ * but sends no frame of a collective, a flood of connections that never send their hello, and malformed
+ * frames on an accepted link (bad magic, a payload over the chunk size, a chunk of another epoch). Each is
  * ended within its deadline with a log line or a named error. The same against a running job:
  * hostile.test.ts.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { CollectiveTimeout, encodeHeader, Inbox, type FrameHeader, type OutLink } from '../src/frames.js';
-import { LinkDown, TcpOutLink, type Liveness } from '../src/links.js';
+import * as grpc from '@grpc/grpc-js';
+import { METADATA_JOB, METADATA_TOKEN, PeerClient, type Membership } from '@vitreg/proto';
+import { openEpoch, type EpochState } from '../src/epoch.js';
+import { CollectiveTimeout, encodeHeader, Inbox, ProtocolError, type FrameHeader, type OutLink } from '../src/frames.js';
+import { encodeHello, LinkDown, linkMac, TcpOutLink, type Liveness } from '../src/links.js';
 import { acceptTcpLink } from '../src/incoming-link.js';
 import { ringAllReduce, ringBroadcast } from '../src/ring.js';
 import { MAX_PENDING_LINKS, PeerServer } from '../src/peer-server.js';
@@ -194,4 +198,84 @@ test(`connections that never send their hello: at most ${MAX_PENDING_LINKS} wait
     await peers.close();
   }
   assert.match(lines.join('\n'), /\.\.\. \d+ more data links over the limit in the last \d+ s/, 'the rest summed up in one line');
+});
+
+test('malformed frames on an accepted data link: the link is closed, "broke the protocol" is logged, the predecessor is reported unreachable', async () => {
+  const lines: string[] = [];
+  let st: EpochState | null = null;
+  const chunkBytes = 1024;
+  const peers = new PeerServer(
+    { token: 't', jobId: 'j', bindHost: '127.0.0.1', peerPort: 0, chunkBytes },
+    {
+      current: () => st,
+      waitForEpoch: () => Promise.resolve(),
+      log: (l) => lines.push(l),
+      liveness: () => ({ intervalMs: 100, timeoutMs: 5000 }),
+    },
+  );
+  await peers.start();
+  const client = new PeerClient(`127.0.0.1:${peers.peerPort}`, grpc.credentials.createInsecure());
+  const md = new grpc.Metadata();
+  md.set(METADATA_TOKEN, 't');
+  md.set(METADATA_JOB, 'j');
+  /** A fresh epoch with this worker ("me", w1) after its predecessor ("pred", w0), a link from w0 accepted into it, then `bytes` sent. */
+  const attempt = async (epoch: number, bytes: Buffer) => {
+    const m = {
+      epoch,
+      committedStep: 0,
+      transport: 'tcp',
+      members: [
+        { workerId: 'w0', name: 'pred', rank: 0, firstRank: 0, peerAddress: '127.0.0.1:1' },
+        { workerId: 'w1', name: 'me', rank: 1, firstRank: 1, peerAddress: `127.0.0.1:${peers.peerPort}` },
+      ],
+    } as unknown as Membership;
+    const epochState = openEpoch(m, m.members[1]!);
+    st = epochState;
+    const reply = await new Promise<{ port: number; nonce: Uint8Array }>((resolve, reject) =>
+      client.openLink({ workerId: 'w0', epoch }, md, (err, v) => (err ? reject(err) : resolve(v!))),
+    );
+    const sock = await new Promise<net.Socket>((resolve) => {
+      const s = net.connect(reply.port, '127.0.0.1', () => resolve(s));
+    });
+    sock.on('error', () => undefined);
+    const closed = new Promise<void>((r) => sock.on('close', () => r()));
+    sock.write(encodeHello('w0', epoch, reply.nonce, linkMac('t', reply.nonce, epoch, 'w0')));
+    await within(new Promise((r) => sock.once('data', r)), 3000, 'the accept byte');
+    assert.ok(epochState.incoming, 'the link was accepted');
+    const from = `127.0.0.1:${sock.localPort}`;
+    const inboxFailed = assert.rejects(epochState.inbox.next(5000), ProtocolError);
+    sock.write(bytes);
+    await within(closed, 3000, 'the link closed');
+    await inboxFailed;
+    return { from, st: epochState };
+  };
+  const h = (epoch: number): FrameHeader => ({ epoch, op: 0, step: 0, phase: 0, index: 0, offset: 0 });
+  try {
+    const cases: [Buffer, RegExp][] = [
+      [Buffer.alloc(64, 0xab), /broke the protocol: frame without the VRG1 magic \(got 0xabababab\); closing it/],
+      [
+        encodeHeader(h(2), chunkBytes + 4),
+        new RegExp(`broke the protocol: frame of ${chunkBytes + 4} bytes, more than the ${chunkBytes} allowed; closing it`),
+      ],
+      [
+        Buffer.concat([encodeHeader(h(9), 8), Buffer.alloc(8)]),
+        /broke the protocol: chunk of membership epoch 9; this worker is in epoch 3; closing it/,
+      ],
+    ];
+    for (const [i, [bytes, why]] of cases.entries()) {
+      const epoch = i + 1;
+      const { from, st: s } = await attempt(epoch, bytes);
+      const mine = lines.filter((l) => l.startsWith(`data link from ${from} broke the protocol: `));
+      assert.equal(mine.length, 1, `case ${epoch}: ${lines.join('\n')}`);
+      assert.match(mine[0]!, why);
+      assert.equal(s.unreachable, 'w0', `case ${epoch}: the predecessor is reported unreachable`);
+      assert.ok(
+        lines.some((l) => l.startsWith(`the data link with pred, this worker's ring predecessor in epoch ${epoch}, is down (`)),
+        `case ${epoch}: ${lines.join('\n')}`,
+      );
+    }
+  } finally {
+    client.close();
+    await peers.close();
+  }
 });
