@@ -4,8 +4,9 @@
  * vitreg-worker in each as a launcher would on its machine (RANK, WORLD_SIZE, MASTER_ADDR = host 0,
  * MASTER_PORT, --advertise/--bind its own address; rank 0 hosts the coordinator). Then: the weights
  * of 1 process; a host cut off and later back; the coordinator's host cut off and the job relaunched;
- * two hosts that reach the coordinator but not each other. Tiny models, few steps. Skipped with one
- * line where namespaces cannot be made (not root, no iproute2, no network namespaces).
+ * two hosts that reach the coordinator but not each other; last, destroy() leaves no namespace, veth or
+ * bridge of this run behind. Each test has a timeout, so a hang fails it. Tiny models, few steps. Skipped
+ * with one line where namespaces cannot be made (not root, no iproute2, no network namespaces).
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -17,7 +18,7 @@ import '@tensorflow/tfjs-backend-wasm';
 import * as tf from '@tensorflow/tfjs-core';
 import { ensureGradients } from '@vitreg/core';
 import { train, validateTrainConfig } from '@vitreg/trainer';
-import { Hosts, netnsUnavailable, type HostProcess } from './netns.js';
+import { Hosts, leftoversOf, netnsUnavailable, type HostProcess } from './netns.js';
 import {
   assertEpochsExact,
   committedSamples,
@@ -34,6 +35,11 @@ if (skip) process.stdout.write(`# hosts.test.ts skipped: ${skip}\n`);
 /** Timings of these jobs: heartbeats every 250 ms, a worker (and a ring link) silent for 2 s is out, the coordinator for 4 s. */
 const TIMING = ['--heartbeat-ms', '250', '--worker-timeout-ms', '2000', '--coordinator-timeout-ms', '4000'];
 const COORDINATOR_TIMEOUT_MS = 4000;
+/**
+ * Each test's limit, so that a hang fails that test cleanly (and `after` still removes the hosts): the
+ * slowest took 191 s at load average 20-40 on the 2 shared cores (37-123 s otherwise).
+ */
+const TEST_TIMEOUT_MS = 300_000;
 
 /** Supervised tiny run as in apps/worker/test/cluster.test.ts: 24 images, per-image drop path. */
 const base = {
@@ -99,36 +105,40 @@ function result(p: HostProcess): { checksum: string; checkpoint: string; step: n
 
 let straight = ''; // the uninterrupted 3-host run's checksum, shared by the relaunch test
 
-test('3 hosts of their own train the weights of 1 process with the same global batch; every rank ends identical', { skip }, async (t) => {
-  const out = join(root, 'straight');
-  const ps = job(await configFile('b4'), out);
-  const codes = await Promise.all(ps.map((p) => p.exit));
-  ps.forEach((p, i) => assert.equal(codes[i]!.code, 0, said(p)));
-  const sums = await checksums(out, ['worker-0', 'worker-1', 'worker-2']);
-  assert.equal(sums.length, 3);
-  assert.equal(new Set(sums).size, 1, `ranks ended with different weights: ${sums.join(' ')}`);
-  straight = result(ps[0]!).checksum;
-  assert.equal(straight, sums[0]);
-  // One process, global batch 12, in this process (the tfjs engine on wasm, as the workers).
-  await tf.setBackend('wasm');
-  await ensureGradients();
-  const one = await train(validateTrainConfig(JSON.parse(await readFile(await configFile('b12', { batch_size: 12 }), 'utf8'))), {
-    outDir: join(root, 'one'),
-    progress: false,
-  });
-  const d = maxDiff(await weights(one.checkpoint), await weights(result(ps[0]!).checkpoint));
-  t.diagnostic(`3 hosts vs 1 process: max |weight difference| ${d.toExponential(2)}`);
-  assert.ok(d < 1e-6, `3 hosts differ from 1 process by ${d}`);
-  const m = await jsonl(join(out, 'metrics.jsonl'));
-  assert.ok(m.every((l) => l.world_size === 3));
-  assertEpochsExact(await committedSamples(out), 24);
-  const log = await readFile(join(out, 'logs', 'worker-1.log'), 'utf8');
-  assert.match(log, /peer 10\.231\.17\.2:\d+/, 'worker 1 advertises its own host address');
-});
+test(
+  '3 hosts of their own train the weights of 1 process with the same global batch; every rank ends identical',
+  { skip, timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    const out = join(root, 'straight');
+    const ps = job(await configFile('b4'), out);
+    const codes = await Promise.all(ps.map((p) => p.exit));
+    ps.forEach((p, i) => assert.equal(codes[i]!.code, 0, said(p)));
+    const sums = await checksums(out, ['worker-0', 'worker-1', 'worker-2']);
+    assert.equal(sums.length, 3);
+    assert.equal(new Set(sums).size, 1, `ranks ended with different weights: ${sums.join(' ')}`);
+    straight = result(ps[0]!).checksum;
+    assert.equal(straight, sums[0]);
+    // One process, global batch 12, in this process (the tfjs engine on wasm, as the workers).
+    await tf.setBackend('wasm');
+    await ensureGradients();
+    const one = await train(validateTrainConfig(JSON.parse(await readFile(await configFile('b12', { batch_size: 12 }), 'utf8'))), {
+      outDir: join(root, 'one'),
+      progress: false,
+    });
+    const d = maxDiff(await weights(one.checkpoint), await weights(result(ps[0]!).checkpoint));
+    t.diagnostic(`3 hosts vs 1 process: max |weight difference| ${d.toExponential(2)}`);
+    assert.ok(d < 1e-6, `3 hosts differ from 1 process by ${d}`);
+    const m = await jsonl(join(out, 'metrics.jsonl'));
+    assert.ok(m.every((l) => l.world_size === 3));
+    assertEpochsExact(await committedSamples(out), 24);
+    const log = await readFile(join(out, 'logs', 'worker-1.log'), 'utf8');
+    assert.match(log, /peer 10\.231\.17\.2:\d+/, 'worker 1 advertises its own host address');
+  },
+);
 
 test(
   'a host cut off mid-run: the others go on (--min-workers 2), the cut-off worker exits non-zero within its timeout; the link back, a worker restarted there joins the running job; every committed image exactly once',
-  { skip },
+  { skip, timeout: TEST_TIMEOUT_MS },
   async (t) => {
     const out = join(root, 'cut');
     // More steps than the test waits for: it stops the job (SIGTERM: every worker stops after the same
@@ -197,7 +207,7 @@ test(
 
 test(
   "the coordinator's host cut off: every worker exits non-zero; the relaunched job resumes and ends with the uninterrupted run's weights",
-  { skip },
+  { skip, timeout: TEST_TIMEOUT_MS },
   async (t) => {
     assert.ok(straight, 'needs the uninterrupted run of the first test');
     const out = join(root, 'coordcut');
@@ -225,7 +235,7 @@ test(
 
 test(
   'two hosts that reach the coordinator but not each other (ring neighbours): the later in ring order is removed and the ring re-forms without it, no hang',
-  { skip },
+  { skip, timeout: TEST_TIMEOUT_MS },
   async (t) => {
     const out = join(root, 'partition');
     // The partition holds the ring up until it re-forms: 24 steps are enough for the job to go on after it.
@@ -261,3 +271,11 @@ test(
     assert.equal(sums[0], sums[1]);
   },
 );
+
+test('destroy() leaves no namespace, veth or bridge of this run (vitreg-<pid>-*, vrh<id>*, vrb<id>)', { skip, timeout: 60_000 }, () => {
+  const h = hosts!;
+  const links = [h.bridge, ...h.names.map((_, i) => `vrh${h.id}${i}`)].sort();
+  assert.deepEqual(leftoversOf(h), { namespaces: [...h.names].sort(), links }, 'before destroy()');
+  h.destroy();
+  assert.deepEqual(leftoversOf(h), { namespaces: [], links: [] }, 'after destroy()');
+});

@@ -105,6 +105,23 @@ function probe(): string | null {
 }
 
 /**
+ * What of hosts `h` is on the machine now, by name, sorted: namespaces `vitreg-<this pid>-<id>-*` and links
+ * `vrb<id>` / `vrh<id>*` (empty after `destroy()`).
+ */
+export function leftoversOf(h: Hosts): { namespaces: string[]; links: string[] } {
+  const prefix = `vitreg-${process.pid}-${h.id}-`;
+  const namespaces = sh('ip', ['netns', 'list'])
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/)[0] ?? '')
+    .filter((n) => n.startsWith(prefix));
+  const links = sh('ip', ['-o', 'link'])
+    .split('\n')
+    .map((l) => /^\d+:\s+([^:@]+)/.exec(l)?.[1] ?? '')
+    .filter((n) => n === `vrb${h.id}` || n.startsWith(`vrh${h.id}`));
+  return { namespaces: namespaces.sort(), links: links.sort() };
+}
+
+/**
  * Removes what runs whose owner process is gone left behind (killed with SIGKILL, so no hook ran):
  * their processes, namespaces and links.
  */
