@@ -36,8 +36,8 @@ if (skip) process.stdout.write(`# hosts.test.ts skipped: ${skip}\n`);
 const TIMING = ['--heartbeat-ms', '250', '--worker-timeout-ms', '2000', '--coordinator-timeout-ms', '4000'];
 const COORDINATOR_TIMEOUT_MS = 4000;
 /**
- * Each test's limit, so that a hang fails that test cleanly (and `after` still removes the hosts): the
- * slowest took 191 s at load average 20-40 on the 2 shared cores (37-123 s otherwise).
+ * Each test's limit, so that a hang fails that test cleanly (and `after` still removes the hosts): each
+ * took 37-191 s in runs on the 2 shared cores with other jobs (60-106 s at load average 20-37, 2026-12-05).
  */
 const TEST_TIMEOUT_MS = 300_000;
 
