@@ -240,6 +240,25 @@ test(
       assert.equal(j.spec.suspend, i >= 2, `job ${i}: the first 2 start, the others wait suspended`);
     }
     assert.equal(podMemory('3G', 2), '1536Mi');
+    // Cells of 2 processes by default, 1 by override: a single-process pod asks the whole 4G, a 2-process cell's pods 2Gi each.
+    const mixed = loadSweep(
+      sweepFile(dir, {
+        ...TINY,
+        resources: { processes: 2, memory: '4G', overrides: [{ where: { 'train.seed': 0 }, processes: 1 }] },
+      }),
+    );
+    const memories = (await writePlan(mixed, expandCells(mixed))).kubernetes
+      .flatMap((f) => parseAllDocuments(readFileSync(f, 'utf8')).map((d) => d.toJSON()))
+      .filter((d) => d.kind === 'Job')
+      .map((d) => [
+        d.spec.completions === 2 && !d.spec.template.spec.containers[0].args.includes('--index-map'),
+        d.spec.template.spec.containers[0].resources.limits.memory,
+      ]);
+    assert.deepEqual(memories, [
+      [false, '4Gi'],
+      [true, '2Gi'],
+      [true, '2Gi'],
+    ]);
     assert.equal(podMemory('2048', 1), '2Gi');
     // release.sh against a stand-in kubectl whose Jobs live in a state file: "cell name suspend conditions".
     const release = files.release!;

@@ -137,7 +137,7 @@ export function kubernetesManifests(
     const n = single.length;
     const name = k8sName('vitreg-sweep', spec.name);
     const most = (key: 'cpus_per_process' | 'gpus_per_process') => Math.max(...single.map((c) => c.resources[key]));
-    const r = { ...spec.resources, cpus_per_process: most('cpus_per_process'), gpus_per_process: most('gpus_per_process') };
+    const r = { ...spec.resources, processes: 1, cpus_per_process: most('cpus_per_process'), gpus_per_process: most('gpus_per_process') };
     const map = single.map((c) => c.index).join(',');
     const all = n === cells.length && single.every((c, i) => c.index === i);
     // The pod of completion index k runs cell k (or the k-th of --index-map): run-cell reads JOB_COMPLETION_INDEX.
@@ -235,7 +235,8 @@ export function kubernetesRelease(spec: SweepSpec, cells: Cell[]): string | null
     `# vitreg sweep "${spec.name}" (${spec.file}): starts its ${multi.length} per-cell Jobs ${k} at a time. Written by vitreg sweep plan.`,
     `# kubectl apply -f ${spec.out}/plan/kubernetes/ starts the first ${k}, the others are created suspended; then run`,
     '# this script (it polls every $VITREG_RELEASE_SECONDS, default 60 s, and ends when none is left suspended;',
-    '# --once: one pass). A Job runs while it is neither suspended nor Complete / Failed.',
+    '# --once: one pass). A Job runs while it is neither suspended nor Complete / Failed. Applying the files',
+    '# again suspends the Jobs past the first K again (their cells continue from their checkpoints): run this again.',
     'set -euo pipefail',
     `k=${k}`,
     `ns=${ns}`,
