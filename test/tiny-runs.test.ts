@@ -5,7 +5,10 @@
  * (auto: ONNX Runtime where onnxruntime-node loads, else tfjs on wasm), and their final evaluation against
  * the README's numbers: `tiny-supervised` about 0.97 validation accuracy (at least 0.95) in 1200 steps,
  * `tiny-dino` about 0.74 k-NN accuracy of the teacher's CLS (at least 0.70) in 300 steps (tfjs: 0.97 and
- * 0.73), `tiny-clip` about 0.9 zero-shot top-1 on the 5 shapes (at least 0.8, the issue's goal) in 9000 steps (onnxruntime, one seed); chance is 0.2. `npm run bench -- tiny-runs` prints the same runs' times.
+ * 0.73), `tiny-clip` about 0.9 zero-shot top-1 on the 5 shapes (at least 0.8, the issue's goal) in 9000 steps
+ * (onnxruntime, one seed); chance is 0.2. `npm run bench -- tiny-runs` prints the same runs' times. The
+ * regular suite checks that the clip objective learns on its own, at a lower bar:
+ * packages/trainer/test/clip-learns.test.ts (tiny-clip cut to 1000 steps, at least 0.5).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
