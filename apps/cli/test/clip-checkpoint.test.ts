@@ -2,8 +2,8 @@
  * `vitreg analyze`, `discover` and `export` on a whole CLIP checkpoint (both towers, open_clip's names, as
  * saveClip and `vitreg train --preset tiny-clip` write it): each reads the image tower of the file and gives what
  * the same tower saved alone (saveWeights) gives: analyze's token norms, discover's boxes, export's ONNX file.
- * A tiny model (ViT-micro/8 with 2 registers at 32 px, a 1-block text tower); four CLI processes at once
- * (~10 s on an idle core, most of it start-up).
+ * A tiny model (ViT-micro/8 with 2 registers at 32 px, a 1-block text tower); four CLI processes at once:
+ * 9 CPU-seconds, most of it start-up (31 s wall at load average 10-15 on the 2 shared cores).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';

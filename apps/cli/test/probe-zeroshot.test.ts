@@ -4,7 +4,8 @@
  * (results-zeroshot.json, results-class.json); the image tower of the same file serves the class probe; Table
  * 2b's command, two checkpoints (0 and 2 registers) with --task class,zeroshot: sweep.csv with registers, class
  * accuracy and zeroshot_top1 / zeroshot_top5 equal to each checkpoint's own run; bad flags fail with one line
- * naming them. Six CLI processes (each starts tsx and a backend): ~35 s on an idle core, most of it start-up.
+ * naming them. Six CLI processes (each starts tsx and a backend), most of it start-up: 16 CPU-seconds (63 s
+ * wall at load average 10 on the 2 shared cores, 2026-12-05).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
