@@ -53,7 +53,7 @@ export {
 export type { RegisterNeuron } from './test-time-registers.js';
 export { DEFAULT_TEXT_CONFIG, eotPositions, TextTransformer, textParameterShapes, validateTextConfig } from './text-tower.js';
 export type { TextConfig, TextOutput } from './text-tower.js';
-export { bytesToUnicode, cleanText, ClipTokenizer, fixText, wordMerges } from './tokenizer.js';
+export { cleanText, ClipTokenizer, fixText, wordMerges } from './tokenizer.js';
 export type { ClipTokenizerOptions } from './tokenizer.js';
 export { hasOwnModelLayout, toModelLayout, torchShapes } from './torch-layout.js';
 export { readRegisterNeurons, testTimeRegisterEncoder, TtrEncoder } from './ttr-encoder.js';
