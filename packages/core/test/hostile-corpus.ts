@@ -1,23 +1,34 @@
 /**
  * Builders of valid and hostile tensor files, shared by the hostile-file and fuzz tests and by
  * `npm run bench -- hostile`: a torch.save-style zip writer (data descriptors, as torch writes them),
- * a state-dict pickle writer, and the hostile corpus (deep pickles, deflate bombs, huge shapes,
+ * a state-dict pickle writer, the hostile .pth files, seeded mutation, and the hostile corpus of every
+ * format (safetensors and image builders in hostile-corpus-safetensors.ts and -images.ts, re-exported) (deep pickles, deflate bombs, huge shapes,
  * overlapping entries and offsets, truncated files, tuple-key bombs, long keys, deflated pickles, stride-0
  * views). Not part of the library.
  */
 import { deflateRawSync, constants as zc } from 'node:zlib';
+import { crc32, jpegBomb, pngBomb } from './hostile-corpus-images.js';
+import {
+  deepHeaderSafetensors,
+  hugeStringSafetensors,
+  longNamesSafetensors,
+  manyTensorsSafetensors,
+  manyValuesSafetensors,
+  safetensorsBytes,
+  validSafetensors,
+} from './hostile-corpus-safetensors.js';
 
-const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
-  let c = n;
-  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-  return c >>> 0;
-});
-
-export function crc32(b: Uint8Array): number {
-  let c = 0xffffffff;
-  for (let i = 0; i < b.length; i++) c = CRC_TABLE[(c ^ b[i]!) & 0xff]! ^ (c >>> 8);
-  return (c ^ 0xffffffff) >>> 0;
-}
+export { crc32, jpegBomb, pngBomb } from './hostile-corpus-images.js';
+export {
+  deepHeaderSafetensors,
+  hugeStringSafetensors,
+  longNamesSafetensors,
+  manyTensorsSafetensors,
+  manyValuesSafetensors,
+  rawHeaderSafetensors,
+  safetensorsBytes,
+  validSafetensors,
+} from './hostile-corpus-safetensors.js';
 
 export interface ZipMember {
   name: string;
@@ -298,84 +309,6 @@ export function overlappingPth(): Buffer {
   );
 }
 
-/** A safetensors file from a header object and a data buffer. */
-export function safetensorsBytes(header: unknown, data: Uint8Array): Buffer {
-  const json = Buffer.from(JSON.stringify(header));
-  const pad = (8 - (json.length % 8)) % 8;
-  const h = Buffer.concat([json, Buffer.alloc(pad, 0x20)]);
-  const n = Buffer.alloc(8);
-  n.writeBigUInt64LE(BigInt(h.length));
-  return Buffer.concat([n, h, data]);
-}
-
-/** A header of `n` one-element F32 tensors whose data is 4 bytes short: the last tensor runs past the end. */
-export function manyTensorsSafetensors(n: number): Buffer {
-  const header: Record<string, unknown> = {};
-  for (let i = 0; i < n; i++) header[`t${i}`] = { dtype: 'F32', shape: [1], data_offsets: [4 * i, 4 * i + 4] };
-  return safetensorsBytes(header, new Uint8Array(4 * n - 4));
-}
-
-/** A header `{"a": [[[[...]]]]}` nested `depth` deep (JSON.parse would make one array per level). */
-export function deepHeaderSafetensors(depth: number): Buffer {
-  return rawHeaderSafetensors(
-    Buffer.concat([Buffer.from('{"a":'), Buffer.alloc(depth, 0x5b), Buffer.alloc(depth, 0x5d), Buffer.from('}')]),
-  );
-}
-
-/** One tensor, whose data is missing, with an extra field holding `count` empty objects (JSON.parse would make each). */
-export function manyValuesSafetensors(count: number): Buffer {
-  const head = Buffer.from('{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":[');
-  const body = Buffer.alloc(3 * count - 1, '{},');
-  return rawHeaderSafetensors(Buffer.concat([head, body, Buffer.from(']}}')]));
-}
-
-/** A safetensors file whose header is these JSON bytes (padded to 8) and `data` (none by default). */
-export function rawHeaderSafetensors(json: Buffer, data: Uint8Array = new Uint8Array(0)): Buffer {
-  const pad = (8 - (json.length % 8)) % 8;
-  const n = Buffer.alloc(8);
-  n.writeBigUInt64LE(BigInt(json.length + pad));
-  return Buffer.concat([n, json, Buffer.alloc(pad, 0x20), data]);
-}
-
-/**
- * One F32 tensor `w` [1] over 4 bytes of data, with one `bytes`-long string of `a`s in its header: the
- * value of `__metadata__`'s key `x`, or the tensor's name; `badOffset` makes the tensor end 4 bytes
- * past the data (refused after the header is parsed).
- */
-export function hugeStringSafetensors(where: 'metadata' | 'name', bytes: number, badOffset = false): Buffer {
-  const entry = `{"dtype":"F32","shape":[1],"data_offsets":[0,${badOffset ? 8 : 4}]}`;
-  const big = Buffer.alloc(bytes, 'a');
-  const json =
-    where === 'metadata'
-      ? [Buffer.from('{"__metadata__":{"x":"'), big, Buffer.from(`"},"w":${entry}}`)]
-      : [Buffer.from('{"'), big, Buffer.from(`":${entry}}`)];
-  return rawHeaderSafetensors(Buffer.concat(json), new Uint8Array(4));
-}
-
-/** `n` one-element F32 tensors whose names are `nameBytes` long (a few huge strings), all valid. */
-export function longNamesSafetensors(n: number, nameBytes: number): Buffer {
-  const parts: Buffer[] = [Buffer.from('{')];
-  for (let i = 0; i < n; i++) {
-    const id = `${i},`;
-    parts.push(Buffer.from(`${i ? ',' : ''}"`), Buffer.alloc(nameBytes - id.length, 'n'), Buffer.from(id));
-    parts.push(Buffer.from(`":{"dtype":"F32","shape":[1],"data_offsets":[${4 * i},${4 * i + 4}]}`));
-  }
-  parts.push(Buffer.from('}'));
-  return rawHeaderSafetensors(Buffer.concat(parts), new Uint8Array(4 * n));
-}
-
-/** A small valid safetensors file: w [2, 3] F32 and b [3] F16. */
-export function validSafetensors(): Buffer {
-  return safetensorsBytes(
-    {
-      __metadata__: { model: 'tiny' },
-      w: { dtype: 'F32', shape: [2, 3], data_offsets: [0, 24] },
-      b: { dtype: 'F16', shape: [3], data_offsets: [24, 30] },
-    },
-    new Uint8Array(30).fill(0x3c),
-  );
-}
-
 const EXTREMES = [0, 1, 0x7f, 0xff, 0x7fffffff, 0x80000000, 0xffffffff, 0xfffffffe, 2 ** 20];
 
 /** One mutation of `base`, drawn from `rng` (a seeded generator): bytes flipped, a 4-byte field set to an extreme, cut short, junk inserted, or a chunk repeated. */
@@ -406,54 +339,6 @@ export function mutate(base: Uint8Array, rng: { float(): number }): Buffer {
       return Buffer.concat([b.subarray(0, p + len), b.subarray(p, p + len), b.subarray(p + len)]);
     }
   }
-}
-
-/** A PNG chunk: length, type, data, CRC. */
-function pngChunk(type: string, data: Buffer): Buffer {
-  const len = Buffer.alloc(4);
-  len.writeUInt32BE(data.length);
-  const body = Buffer.concat([Buffer.from(type, 'latin1'), data]);
-  const crc = Buffer.alloc(4);
-  crc.writeUInt32BE(crc32(body));
-  return Buffer.concat([len, body, crc]);
-}
-
-/** A zlib stream of `n` zero bytes built from repeated 1 MiB deflate blocks (no `n`-byte buffer is made). */
-function zerosZlib(n: number): Buffer {
-  const MiB = 2 ** 20;
-  const block = deflateRawSync(Buffer.alloc(MiB), { finishFlush: zc.Z_SYNC_FLUSH });
-  const adler = Buffer.alloc(4);
-  adler.writeUInt32BE((((n % 65521) << 16) | 1) >>> 0); // Adler-32 of n zeros
-  const blocks: Buffer[] = Array.from({ length: Math.floor(n / MiB) }, () => block);
-  return Buffer.concat([Buffer.from([0x78, 0x9c]), ...blocks, deflateRawSync(Buffer.alloc(n % MiB)), adler]);
-}
-
-/** A valid `w` x `h` 8-bit RGB PNG of zeros: a decompression bomb (12000 x 12000 is 427 KB, 432 MB decoded). */
-export function pngBomb(w: number, h: number): Buffer {
-  const ihdr = Buffer.alloc(13);
-  ihdr.writeUInt32BE(w, 0);
-  ihdr.writeUInt32BE(h, 4);
-  ihdr[8] = 8; // bit depth
-  ihdr[9] = 2; // RGB
-  const signature = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
-  return Buffer.concat([
-    signature,
-    pngChunk('IHDR', ihdr),
-    pngChunk('IDAT', zerosZlib(h * (1 + 3 * w))),
-    pngChunk('IEND', Buffer.alloc(0)),
-  ]);
-}
-
-/** An 8 x 8 baseline JPEG (sharp, quality 50); its SOF0 height and width are at bytes 145 and 147. */
-const JPEG_8X8 =
-  '/9j/2wBDABALDA4MChAODQ4SERATGCgaGBYWGDEjJR0oOjM9PDkzODdASFxOQERXRTc4UG1RV19iZ2hnPk1xeXBkeFxlZ2P/2wBDARESEhgVGC8aGi9jQjhCY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2P/wAARCAAIAAgDASIAAhEBAxEB/8QAFQABAQAAAAAAAAAAAAAAAAAAAAb/xAAUEAEAAAAAAAAAAAAAAAAAAAAA/8QAFAEBAAAAAAAAAAAAAAAAAAAAAv/EABQRAQAAAAAAAAAAAAAAAAAAAAD/2gAMAwEAAhEDEQA/AIgAwf/Z';
-
-/** A JPEG whose frame header declares `w` x `h` over the data of an 8 x 8 one. */
-export function jpegBomb(w: number, h: number): Buffer {
-  const b = Buffer.from(JPEG_8X8, 'base64');
-  b.writeUInt16BE(h, 145);
-  b.writeUInt16BE(w, 147);
-  return b;
 }
 
 export interface HostileFile {
