@@ -186,14 +186,15 @@ export const PRESETS: Record<string, PresetDef> = {
   },
   'tiny-clip': {
     summary:
-      'ViT-micro/8 with 4 registers + a 1-block text tower, CLIP loss on 32 px synthetic shapes with generated captions (about 140 CPU-seconds on onnxruntime, ~0.9 zero-shot top-1)',
+      'ViT-micro/8 with 4 registers + a 1-block text tower, CLIP loss on 32 px synthetic shapes with generated captions (0.90 zero-shot top-1 in 111 CPU-seconds on onnxruntime, one thread)',
     cpu: true,
     config: {
       objective: 'clip',
       model: { arch: 'vit_micro_patch8_reg4', drop_path_rate: 0 },
       // 80 distinct captions, so a large batch holds many false negatives (the same caption on other images):
-      // batch 8 for 9000 steps (0.896 in 137 CPU-s on onnxruntime at load 5) beat 16 x 2500 (0.784 in 100),
-      // 16 x 3500 (0.786), 8 x 5000 (0.774) and 8 x 2000 (0.712) (trainer README figures).
+      // batch 8 for 9000 steps beat 16 x 2500 (0.784 in 100 CPU-s), 16 x 3500 (0.786), 8 x 5000 (0.774) and
+      // 8 x 2000 (0.712) (trainer README, "Objective clip"). This preset: 0.900 in 111 CPU-s, `npm run bench --
+      // tiny-runs --preset tiny-clip --engine onnxruntime --threads 1`, 2026-12-05, open_clip's decay rule.
       train: { steps: 9000, batch_size: 8, eval_every: 0, checkpoint_every: 1000 },
       optim: {
         base_lr: 2e-3,
@@ -220,7 +221,7 @@ export const PRESETS: Record<string, PresetDef> = {
   },
   'openclip-b16-reg4': {
     summary:
-      "OpenCLIP ViT-B/16 with 4 registers (open_clip's ViT-B-16 config, params.py defaults: AdamW beta2 0.98, eps 1e-6, wd 0.2, warm-up, cosine); image-caption pairs from --data TABLE.csv|.tsv",
+      "OpenCLIP ViT-B/16 with 4 registers (open_clip's ViT-B-16 config, params.py defaults: AdamW beta2 0.98, eps 1e-6, wd 0.2, warm-up, cosine); image-caption pairs from --data TABLE.csv|.tsv or a folder of WebDataset .tar shards (.jpg + .txt)",
     paper: true,
     config: {
       objective: 'clip',
