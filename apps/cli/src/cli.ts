@@ -13,13 +13,17 @@
  *   f.path('weights', 'file');                                            // absent on disk / a folder: recorded
  *   f.done();                                                             // throws one CliError naming them all
  */
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { extname } from 'node:path';
 import {
   choiceFlag as coreChoiceFlag,
+  fileKind,
   FlagError,
   Flags as CoreFlags,
   InputError,
   intFlag as coreIntFlag,
   numberFlag as coreNumberFlag,
+  pathProblem,
   type FlagOptions,
 } from '@vitreg/core';
 
@@ -49,7 +53,45 @@ export interface Command {
 
 export type { FlagSpec, FlagValues, ParsedArgs } from '@vitreg/core';
 
-/** The flags of one vitreg command run (@vitreg/core's Flags): `done()` throws a CliError naming every problem. */
+/**
+ * What is wrong with `path` as a weights file: absent, a folder, or (from its first bytes) clearly a file
+ * of another kind than its extension says, in the readers' words ("README.md is not a safetensors file:
+ * it is text ("# vitreg...")"). An .onnx file's contents are left to its reader.
+ */
+export function weightsFileProblem(path: string): string | undefined {
+  const problem = pathProblem(path, 'file');
+  if (problem) return problem;
+  const ext = extname(path).toLowerCase();
+  if (ext === '.onnx') return undefined;
+  let kind: string | undefined;
+  try {
+    const fd = openSync(path, 'r');
+    try {
+      const head = new Uint8Array(64);
+      const n = readSync(fd, head, 0, 64, 0);
+      kind = fileKind(head.subarray(0, n), fstatSync(fd).size);
+    } finally {
+      closeSync(fd);
+    }
+  } catch (err) {
+    return `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`;
+  }
+  // A kind the first bytes do not tell, and a legacy torch.save pickle (its reader explains), are left to the readers.
+  if (kind === undefined) return undefined;
+  if (['.pth', '.pt', '.bin', '.ckpt'].includes(ext)) {
+    return kind.startsWith('a zip archive') || kind.startsWith('a Python pickle')
+      ? undefined
+      : `${path}: not a zip archive (torch.save checkpoints are zip files): it is ${kind}`;
+  }
+  return kind === 'a safetensors file' ? undefined : `${path} is not a safetensors file: it is ${kind}`;
+}
+
+/**
+ * The flags of one vitreg command run (@vitreg/core's Flags): `done()` also checks the path flags the
+ * model commands share, when given (--weights and --weights-b: weights files that exist and are of the
+ * kind their extension says; --tensor FILE.safetensors[:NAME] and --test-time-registers: files that
+ * exist), and throws a CliError naming every problem.
+ */
 export class Flags<O extends FlagOptions> extends CoreFlags<O> {
   constructor(
     readonly command: string,
@@ -61,6 +103,25 @@ export class Flags<O extends FlagOptions> extends CoreFlags<O> {
 
   protected override error(message: string): CliError {
     return new CliError(message);
+  }
+
+  override done(): void {
+    const values = this.values as Record<string, unknown>;
+    for (const name of ['weights', 'weights-b']) {
+      const v = values[name];
+      for (const p of typeof v === 'string' ? [v] : Array.isArray(v) ? (v as string[]) : []) {
+        const problem = weightsFileProblem(p);
+        if (problem) this.fail(`--${name}: ${problem}`);
+      }
+    }
+    const tensor = values.tensor;
+    if (typeof tensor === 'string') {
+      const file = /^(.*?\.safetensors)(?::.+)?$/.exec(tensor)?.[1];
+      const problem = file === undefined ? undefined : pathProblem(file, 'file');
+      if (problem) this.fail(`--tensor: ${problem}`);
+    }
+    this.path('test-time-registers' as keyof O & string, 'file');
+    super.done();
   }
 }
 

@@ -61,7 +61,7 @@ export {
 export { Rng } from './rng.js';
 export { signalName, signalNumber } from './signals.js';
 export { FeatureWriter } from './safetensors-stream.js';
-export { readSafetensors, SafetensorsReader, writeSafetensors } from './safetensors.js';
+export { fileKind, readSafetensors, SafetensorsReader, writeSafetensors } from './safetensors.js';
 export { float32TargetProblems, readFloat32Into, readSafetensorsInto } from './safetensors-read-into.js';
 export type { Float32Target } from './safetensors-read-into.js';
 export { DTYPE_SIZE, fromFloat32, hostTensor, numel, toFloat32 } from './tensor.js';

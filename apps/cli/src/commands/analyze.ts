@@ -113,6 +113,8 @@ export const analyze: Command = {
     const config = f.check(() => configFlag(values.config), undefined);
     const ttr = f.check(() => ttrFlags(values), null);
     const engine = f.check(() => ttrEngine(engineFlags(values), ttr, [weightsA, values['weights-b']], { onnx: true }), DEFAULT_ENGINE);
+    // done() checks the weights, --tensor and --test-time-registers files; the images are listed after the
+    // model loads (--size is checked against its patch size first).
     f.done();
 
     await startBackend(values.backend, values.gpu, values.verbose);

@@ -181,6 +181,10 @@ export const discover: Command = {
     const config = f.check(() => configFlag(values.config), undefined);
     const ttr = f.check(() => ttrFlags(values), null);
     const engine = f.check(() => ttrEngine(engineFlags(values), ttr, weights, { onnx: true }), DEFAULT_ENGINE);
+    // Input paths with the other flags (the weights files are checked by done()), before the backend starts.
+    f.path('data', 'any', (v) => v === 'synthetic');
+    f.path('images', 'folder');
+    f.inputs(positionals);
     f.done();
     await startBackend(values.backend, values.gpu, values.verbose);
     const source =

@@ -92,6 +92,7 @@ export const features: Command = {
     const config = f.check(() => configFlag(values.config), undefined);
     const ttr = f.check(() => ttrFlags(values), null);
     const engine = f.check(() => ttrEngine(engineFlags(values), ttr, [weights], { onnx: true }), DEFAULT_ENGINE);
+    f.inputs(positionals); // the weights, --tensor and --test-time-registers files are checked by done()
     f.done();
 
     // tfjs runs only when it is the engine (or reads the weights for a test-time register's model
