@@ -3,12 +3,16 @@
  * can run here, so the manifest is parsed and its wiring checked: an Indexed Job whose pods reach
  * pod 0 (the coordinator host) through a headless Service, with completions == parallelism ==
  * WORLD_SIZE, the token from a Secret and one GPU per pod. The batch script is checked with `bash -n`
- * and for its srun line (test/launchers.test.ts runs it under a real Slurm).
+ * and for its srun line (test/launchers.test.ts runs it under a real Slurm). Both files' stop settings
+ * (issue 23) are checked too: the manifest's grace period, restartPolicy Never and the podFailurePolicy
+ * that ignores stops on request (exit 130/138/143) and disruptions; the script's `--signal=USR1@S`,
+ * `--requeue` and its requeue on exit 138 (a script run with a faked srun and scontrol shows it).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { readFileSync, statSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseAllDocuments } from 'yaml';
@@ -147,4 +151,78 @@ test('deploy/slurm/vitreg-train.sbatch: valid bash, one task per GPU, a generate
   assert.match(sruns[0]!, /--out\s+"\$RUN_DIR"/);
   assert.match(sruns[0]!, /--resume/);
   assert.doesNotMatch(sruns[0]!, /--coordinator/, 'task 0 hosts the coordinator');
+});
+
+test('deploy/kubernetes/vitreg-train.yaml: stops on request and disruptions are not failures; a grace period for the checkpoint', () => {
+  const job = manifest().find((d) => d.kind === 'Job');
+  const pod = job.spec.template.spec;
+  assert.equal(pod.restartPolicy, 'Never', 'restartPolicy Never (podFailurePolicy requires it)');
+  const grace = pod.terminationGracePeriodSeconds;
+  assert.ok(Number.isInteger(grace) && grace >= 60, `terminationGracePeriodSeconds ${grace}: at least 60 s for one step and a checkpoint`);
+  const rules: Obj[] = job.spec.podFailurePolicy?.rules ?? [];
+  const byExit = rules.find((r) => r.onExitCodes);
+  assert.equal(byExit?.action, 'Ignore', 'exit codes of a stop on request: Ignore');
+  assert.equal(byExit.onExitCodes.operator, 'In');
+  assert.deepEqual(
+    [...byExit.onExitCodes.values].sort((a: number, b: number) => a - b),
+    [130, 138, 143],
+    'SIGINT, SIGUSR1, SIGTERM exits',
+  );
+  assert.equal(byExit.onExitCodes.containerName, pod.containers[0].name, 'the rule names the worker container');
+  const disruption = rules.find((r) => (r.onPodConditions ?? []).some((c: Obj) => c.type === 'DisruptionTarget'));
+  assert.equal(disruption?.action, 'Ignore', 'DisruptionTarget (eviction, preemption): Ignore');
+  // The 'Ignore' rules come before any rule that fails the job for the same codes.
+  assert.ok(rules.indexOf(byExit) < rules.findIndex((r) => r.action === 'FailJob') || !rules.some((r) => r.action === 'FailJob'));
+});
+
+test('deploy/slurm/vitreg-train.sbatch: USR1 before the time limit, --requeue, and a requeue when the workers exit 138', () => {
+  const text = readFileSync(SBATCH, 'utf8');
+  const directives = new Map([...text.matchAll(/^#SBATCH\s+--([a-z-]+)(?:=(\S+))?/gm)].map((m) => [m[1]!, m[2] ?? '']));
+  const signal = /^(?:B:)?USR1@(\d+)$/.exec(directives.get('signal') ?? '');
+  assert.ok(signal, `#SBATCH --signal=USR1@SECONDS, got ${directives.get('signal')}`);
+  assert.ok(Number(signal[1]) >= 60, 'USR1 at least 60 s before the limit: time for a step and a checkpoint');
+  assert.ok(directives.has('requeue'), '#SBATCH --requeue: a preempted job is requeued');
+  assert.ok(!directives.has('no-requeue'));
+  assert.match(text, /srun\b.*\|\| code=\$\?/, "srun's exit code kept");
+  // Run the script's tail with a fake srun (exiting 138, then 1) and scontrol that log their arguments.
+  const dir = mkdtempSync(join(tmpdir(), 'vitreg-sbatch-'));
+  try {
+    const log = join(dir, 'calls.log');
+    for (const [name, body] of [
+      ['srun', `echo "srun $*" >> ${log}; exit \${FAKE_SRUN_EXIT}`],
+      ['scontrol', `echo "scontrol $*" >> ${log}`],
+    ] as const) {
+      writeFileSync(join(dir, name), `#!/bin/bash\n${body}\n`);
+      chmodSync(join(dir, name), 0o755);
+    }
+    const run = (exit: number, extra: Record<string, string> = {}) => {
+      rmSync(log, { force: true });
+      const r = spawnSync('bash', [SBATCH, '--preset', 'tiny-supervised'], {
+        cwd: dir,
+        encoding: 'utf8',
+        env: {
+          PATH: `${dir}:${process.env.PATH}`,
+          HOME: dir,
+          SLURM_JOB_ID: '4242',
+          SLURM_JOB_NODELIST: 'node0',
+          SLURM_SUBMIT_DIR: dir,
+          SLURM_NTASKS: '2',
+          FAKE_SRUN_EXIT: String(exit),
+          ...extra,
+        },
+      });
+      return { code: r.status, calls: existsSync(log) ? readFileSync(log, 'utf8') : '', out: r.stdout + r.stderr };
+    };
+    const stopped = run(138);
+    assert.equal(stopped.code, 138, stopped.out);
+    assert.match(stopped.calls, /^srun .*vitreg-worker/m, stopped.out);
+    assert.match(stopped.calls, /^scontrol requeue 4242$/m, 'exit 138: the job is requeued');
+    const failed = run(1);
+    assert.equal(failed.code, 1, failed.out);
+    assert.doesNotMatch(failed.calls, /scontrol requeue/, 'another exit: no requeue');
+    const noRequeue = run(138, { VITREG_REQUEUE: '0' });
+    assert.doesNotMatch(noRequeue.calls, /scontrol requeue/, 'VITREG_REQUEUE=0: no requeue');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -21,7 +21,7 @@ test('discover --weights a --data b: both named in one line, exit 2, no backend 
   );
 });
 
-test('features/analyze/probe: a missing weights file, a missing image, a folder as --tensor, a wrong kind, in one message', async () => {
+test('features/analyze/probe: a missing weights file or image, a missing --tensor file, a folder as --weights, a wrong kind, in one message', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'vitreg-path-flags-'));
   try {
     const readme = join(dir, 'README.md');
