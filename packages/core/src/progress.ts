@@ -3,8 +3,8 @@
  *
  * On a terminal it redraws one bar in place: `label [=====>    ] 12/100 3.40 img/s ETA 0:25 info`.
  * Elsewhere (CI logs, files, pipes) it writes plain lines instead, at most one every `interval` seconds
- * or at each further 10% of the total, plus a final line from `done()`. Nothing is written while
- * `setQuiet(true)` is in effect.
+ * or at each further 10% of the total, plus a final line from `done()` (or `stop()`, for a loop that
+ * ended early: `stopped at N/M`). Nothing is written while `setQuiet(true)` is in effect.
  */
 import { isQuiet } from './log.js';
 
@@ -101,14 +101,28 @@ export class Progress {
 
   /** Finish: draw the final state (elapsed time and average rate) and end the line. Idempotent. */
   done(info?: string): void {
+    this.finish(false, info);
+  }
+
+  /**
+   * Finish a loop that stopped before its end (an interrupted training run): the final line says
+   * `stopped at N/M` (`train: stopped at 942/3000 in 1:02 (15.2 step/s)`) instead of `done N/M`.
+   * Idempotent; nothing after done() or stop().
+   */
+  stop(info?: string): void {
+    this.finish(true, info);
+  }
+
+  private finish(stopped: boolean, info?: string): void {
     if (this.finished) return;
     this.finished = true;
     if (info !== undefined) this.info = info;
     const t = this.now();
     const elapsed = (t - this.start) / 1000;
     const summary = `${this.count}/${this.total} in ${formatDuration(elapsed)} (${this.rateText(t)})${this.infoText()}`;
-    if (this.tty) this.write(`\r${this.fit(`${this.label} [${this.bar(this.barWidth())}] ${summary}`)}\x1b[K\n`, t);
-    else this.write(`${this.label}: done ${summary}\n`, t);
+    if (this.tty)
+      this.write(`\r${this.fit(`${this.label} [${this.bar(this.barWidth())}] ${stopped ? 'stopped at ' : ''}${summary}`)}\x1b[K\n`, t);
+    else this.write(`${this.label}: ${stopped ? 'stopped at' : 'done'} ${summary}\n`, t);
   }
 
   private write(text: string, t: number): void {
