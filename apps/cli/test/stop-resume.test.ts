@@ -2,9 +2,10 @@
  * vitreg train stopped and resumed as a user does it (issue 23): SIGINT at a random step of a
  * single-process run (exit 130, one line, a checkpoint) and SIGTERM to a `--nodes 2` cluster job (exit
  * 143, every worker after the same step); the same command again continues ("resuming from step N of
- * M") and ends with the weights of an uninterrupted run. Also: another run's folder is refused naming
- * the field and the ways out, --resume on an empty folder says it starts fresh, --restart moves the old
- * run aside, and a second Ctrl-C exits at once.
+ * M", its progress counting absolute steps) and ends with the weights of an uninterrupted run. Also:
+ * another run's folder is refused naming the field and the ways out, --resume on an empty folder says
+ * it starts fresh, --restart moves the old run aside, and a second Ctrl-C exits at once (a single
+ * process; for a `--nodes 2` job a todo test states it, which fails today: see its comment).
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -105,9 +106,14 @@ test('Ctrl-C (SIGINT) at a random step: a checkpoint, one line, exit 130; the sa
     /vitreg train: SIGINT: stopping \(the step in progress finishes, then a checkpoint is written; Ctrl-C again exits at once\)/,
   );
 
-  const again = await vitreg(train(out, '--no-progress'));
+  const again = await vitreg(train(out));
   assert.equal(again.code, 0, again.stderr);
   assert.match(again.stderr, new RegExp(`resuming from step ${n} of ${STEPS} \\(checkpoint ${join(out, 'checkpoints', `step-${n}`)}\\)`));
+  // Its progress counts absolute steps: the first line is past step n, of 40 (not k/(40 - n)).
+  const lines = again.stderr.split('\n').filter((l) => l.startsWith('train: '));
+  const first = /^train: (?:done )?(\d+)\/(\d+) /.exec(lines[0] ?? '');
+  assert.ok(first && Number(first[1]) > n && Number(first[2]) === STEPS, `first progress line after resuming at ${n}: ${lines[0]}`);
+  assert.match(lines.at(-1)!, new RegExp(`^train: done ${STEPS}/${STEPS} in `));
   assert.equal(JSON.parse(again.stdout.trim()).step, STEPS);
   const [a, b] = [await finalBytes(straight), await finalBytes(out)];
   a.forEach((x, i) => assert.ok(x.equals(b[i]!), `final checkpoint file ${i} differs from the uninterrupted run`));
@@ -155,3 +161,25 @@ test('SIGTERM to `vitreg train --nodes 2`: every worker stops after the same ste
   assert.match(again.stderr, new RegExp(`resuming from step ${m![1]} of ${STEPS}`));
   assert.equal(JSON.parse(again.stdout.trim().split('\n').pop()!).step, STEPS);
 });
+
+// todo: today the parent relays the second SIGINT to the workers (two signals this close may reach a worker
+// as one) and SIGTERM to the coordinator, then waits: it exits 143 after a job-wide checkpoint, or 1 ("the
+// job stopped before finishing") when the signals arrive apart. Needs runLocalJob (apps/worker/src/local.ts)
+// to kill the job's processes on a second signal and `vitreg train --nodes` to exit 128 + its number then.
+test(
+  'two Ctrl-C in quick succession to `vitreg train --nodes 2`: it exits at once (130), without the "interrupted" line',
+  {
+    todo: 'a second signal to vitreg train --nodes must end the job at once (apps/worker/src/local.ts, commands/train.ts)',
+  },
+  async () => {
+    const out = join(dir, 'cluster-twice');
+    const t0 = Date.now();
+    const r = await interrupted(train(out, '--nodes', '2', '--no-progress'), out, 2, ['SIGINT', 'SIGINT']);
+    assert.equal(r.code, 130, r.stderr);
+    assert.match(r.stderr, /vitreg train: SIGINT: stopping \(every worker stops after the same step/);
+    assert.doesNotMatch(r.stderr, /interrupted at step/);
+    assert.ok(Date.now() - t0 < 60_000, 'exited at once, not after the run');
+    const metrics = (await readFile(join(out, 'metrics.jsonl'), 'utf8')).trim().split('\n');
+    assert.ok(metrics.length < STEPS, `stopped before the end (${metrics.length} steps)`);
+  },
+);
