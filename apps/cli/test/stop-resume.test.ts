@@ -5,7 +5,7 @@
  * M", its progress counting absolute steps) and ends with the weights of an uninterrupted run. Also:
  * another run's folder is refused naming the field and the ways out, --resume on an empty folder says
  * it starts fresh, --restart moves the old run aside, and a second Ctrl-C exits at once (a single
- * process; for a `--nodes 2` job a todo test states it, which fails today: see its comment).
+ * process, and a `--nodes 2` job: every process of the job killed, exit 130).
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -101,6 +101,9 @@ test('Ctrl-C (SIGINT) at a random step: a checkpoint, one line, exit 130; the sa
   assert.ok(n >= at && n < STEPS, `stopped at ${n} after a signal at ${at}`);
   assert.equal(m[2], join(out, 'checkpoints', `step-${n}`));
   assert.ok(existsSync(join(out, 'checkpoints', `step-${n}`, 'model.safetensors')));
+  // Its progress ends "stopped at n/40", never "done".
+  assert.match(r.stderr, new RegExp(`^train: stopped at ${n}/${STEPS} in `, 'm'));
+  assert.doesNotMatch(r.stderr, /^train: done /m);
   assert.match(
     r.stderr,
     /vitreg train: SIGINT: stopping \(the step in progress finishes, then a checkpoint is written; Ctrl-C again exits at once\)/,
@@ -162,24 +165,15 @@ test('SIGTERM to `vitreg train --nodes 2`: every worker stops after the same ste
   assert.equal(JSON.parse(again.stdout.trim().split('\n').pop()!).step, STEPS);
 });
 
-// todo: today the parent relays the second SIGINT to the workers (two signals this close may reach a worker
-// as one) and SIGTERM to the coordinator, then waits: it exits 143 after a job-wide checkpoint, or 1 ("the
-// job stopped before finishing") when the signals arrive apart. Needs runLocalJob (apps/worker/src/local.ts)
-// to kill the job's processes on a second signal and `vitreg train --nodes` to exit 128 + its number then.
-test(
-  'two Ctrl-C in quick succession to `vitreg train --nodes 2`: it exits at once (130), without the "interrupted" line',
-  {
-    todo: 'a second signal to vitreg train --nodes must end the job at once (apps/worker/src/local.ts, commands/train.ts)',
-  },
-  async () => {
-    const out = join(dir, 'cluster-twice');
-    const t0 = Date.now();
-    const r = await interrupted(train(out, '--nodes', '2', '--no-progress'), out, 2, ['SIGINT', 'SIGINT']);
-    assert.equal(r.code, 130, r.stderr);
-    assert.match(r.stderr, /vitreg train: SIGINT: stopping \(every worker stops after the same step/);
-    assert.doesNotMatch(r.stderr, /interrupted at step/);
-    assert.ok(Date.now() - t0 < 60_000, 'exited at once, not after the run');
-    const metrics = (await readFile(join(out, 'metrics.jsonl'), 'utf8')).trim().split('\n');
-    assert.ok(metrics.length < STEPS, `stopped before the end (${metrics.length} steps)`);
-  },
-);
+// A second signal kills every process of the job (runLocalJob's onSecondSignal) and the command exits 128 + its number.
+test('two Ctrl-C in quick succession to `vitreg train --nodes 2`: it exits at once (130), without the "interrupted" line', async () => {
+  const out = join(dir, 'cluster-twice');
+  const t0 = Date.now();
+  const r = await interrupted(train(out, '--nodes', '2', '--no-progress'), out, 2, ['SIGINT', 'SIGINT']);
+  assert.equal(r.code, 130, r.stderr);
+  assert.match(r.stderr, /vitreg train: SIGINT: stopping \(every worker stops after the same step/);
+  assert.doesNotMatch(r.stderr, /interrupted at step/);
+  assert.ok(Date.now() - t0 < 60_000, 'exited at once, not after the run');
+  const metrics = (await readFile(join(out, 'metrics.jsonl'), 'utf8')).trim().split('\n');
+  assert.ok(metrics.length < STEPS, `stopped before the end (${metrics.length} steps)`);
+});

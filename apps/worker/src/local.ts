@@ -48,6 +48,8 @@ export interface LocalJobOptions {
   stopSignals?: readonly NodeJS.Signals[];
   /** Called on the first of those signals. */
   onStop?: (signal: NodeJS.Signals) => void;
+  /** Called on a second one, after every process of the job was killed (the caller exits at once). */
+  onSecondSignal?: (signal: NodeJS.Signals) => void;
 }
 
 export interface LocalJobResult {
@@ -198,13 +200,18 @@ export async function runLocalJob(o: LocalJobOptions): Promise<LocalJobResult> {
   const stop = () => {
     for (const p of [...workers, coordinator]) if (live(p)) p.kill('SIGTERM');
   };
-  // The first signal: every worker gets it once; a second: again (they exit at once), and the coordinator stops.
+  // The first signal: every worker gets it once and the job stops after the same step, with a checkpoint;
+  // a second: every process of the job is killed at once and the caller is told (it exits, as a shell expects).
   let signals = 0;
   const forward = (signal: NodeJS.Signals) => {
     signals += 1;
-    if (signals === 1) o.onStop?.(signal);
-    for (const w of workers) if (w && live(w)) w.kill(signal);
-    if (signals > 1 && live(coordinator)) coordinator.kill('SIGTERM');
+    if (signals === 1) {
+      o.onStop?.(signal);
+      for (const w of workers) if (w && live(w)) w.kill(signal);
+      return;
+    }
+    for (const p of [...workers, coordinator]) if (p && live(p)) p.kill('SIGKILL');
+    o.onSecondSignal?.(signal);
   };
   const stopSignals = o.stopSignals ?? (['SIGINT', 'SIGTERM', 'SIGUSR1'] as const);
   for (const s of stopSignals) process.on(s, forward);

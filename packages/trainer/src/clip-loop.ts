@@ -395,7 +395,8 @@ export async function trainClipObjective(c: TrainConfig, opts: TrainOptions): Pr
       const periodic = c.train.checkpoint_every > 0 && step % c.train.checkpoint_every === 0;
       if (periodic || step === last) await saveNow();
     }
-    progress?.done();
+    if (interrupted !== 0) progress?.stop();
+    else progress?.done();
     if (!saved && !(interrupted !== 0 && run.step === first)) await saveNow();
     const result: TrainResult = { outDir: out, step: run.step, checkpoint };
     if (interrupted !== 0) {

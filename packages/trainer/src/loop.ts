@@ -408,7 +408,8 @@ export async function train(config: TrainConfig, opts: TrainOptions): Promise<Tr
       const periodic = c.train.checkpoint_every > 0 && step % c.train.checkpoint_every === 0;
       if (periodic || step === last) await saveNow();
     }
-    progress?.done();
+    if (interrupted !== 0) progress?.stop();
+    else progress?.done();
     // Stopped before a step of this session: the state is the restored checkpoint (or nothing yet).
     if (!saved && !(interrupted !== 0 && trainer.step === first)) await saveNow();
     const result: TrainResult = { outDir: out, step: trainer.step, checkpoint };

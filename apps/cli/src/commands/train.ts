@@ -275,6 +275,7 @@ export const trainCommand: Command = {
         ...(collectiveTimeoutMs === undefined ? {} : { workerArgs: ['--collective-timeout-ms', String(collectiveTimeoutMs)] }),
         stopSignals,
         onStop: (signal) => process.stderr.write(stoppingLine(signal, 'every worker stops after the same step')),
+        onSecondSignal: (signal) => process.exit(signalExitCode(signal)),
       });
       const interrupted = r.result?.interrupted as { step: number; signal?: string } | undefined;
       if (interrupted) {
