@@ -57,3 +57,13 @@ test('features/analyze/probe: a missing weights file or image, a missing --tenso
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('convert and registers find: a missing input named with the other flag problems, in one message', async () => {
+  let r = await refusedInProcess(['convert', 'nope.pth', '--out', 'x.bin', '--dtype', 'f8']);
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /^vitreg convert: .*--dtype: .*; .*--out: expected a \.safetensors path, got x\.bin; nope\.pth does not exist/m);
+  r = await refusedInProcess(['registers', 'find', '--weights', 'w.safetensors', 'gone.png', '--out', 'n.json', '--top-k', 'x']);
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /--top-k: .*gone\.png: no such file or folder/);
+  assert.match(r.stderr, /--weights: w\.safetensors does not exist/);
+});

@@ -51,8 +51,8 @@ export const convert: Command = {
     const out = f.require('out', '--out OUT.safetensors is required');
     if (out && !out.endsWith('.safetensors')) f.fail(`--out: expected a .safetensors path, got ${out}`);
     const config = f.check(() => configFlag(values.config), undefined);
+    if (input && !existsSync(input)) f.fail(`${input} does not exist`);
     f.done();
-    if (!existsSync(input)) throw new CliError(`${input} does not exist`);
     let loaded;
     try {
       loaded = await readWeights(input, { model: values.model, config });

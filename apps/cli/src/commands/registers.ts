@@ -121,6 +121,7 @@ async function find(argv: string[]): Promise<number> {
   if (values.tensor === undefined) f.check(() => imageTransform(values, 1), undefined);
   checkBackendFlags(f);
   const config = f.check(() => configFlag(values.config), undefined);
+  f.inputs(positionals);
   f.done();
 
   await startBackend(values.backend, values.gpu, values.verbose);
