@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { lastLine, vitreg } from './helpers.js';
 
-test('train --preset tiny-clip: checkpoints, resume to the same weights, the engine and tokenizer refusals', async () => {
+test('train --preset tiny-clip: checkpoints, resume to the same weights, the tokenizer refusal', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'vitreg-train-clip-'));
   try {
     const cfg = join(dir, 'clip.json');
