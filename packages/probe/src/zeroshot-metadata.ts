@@ -1,10 +1,10 @@
 /**
  * Zero-shot ImageNet metadata, as open_clip's `zero_shot_metadata.py` (mlfoundations/open_clip at
  * 89fb801f1e6087880e951fc8354b8a2077b79c6d, from OpenAI's CLIP notebook): the 1000 ImageNet-1k class names
- * in label order, OpenAI's 80 prompt templates and open_clip's 2 simple ones; `{}` stands for the class name.
+ * in label order, OpenAI's 80 prompt templates and open_clip's 7 simple ones; `{}` stands for the class name.
  * Generated from that file (each template called with "{}"); data, hence longer than other modules.
  *
- * Over 450 lines: data (1000 class names and 82 templates), no logic.
+ * Over 450 lines: data (1000 class names and 87 templates), no logic.
  */
 
 /** OpenAI's 80 ImageNet prompt templates (`OPENAI_IMAGENET_TEMPLATES`). */

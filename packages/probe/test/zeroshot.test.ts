@@ -7,6 +7,7 @@
  */
 import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import * as tf from '@tensorflow/tfjs-core';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -19,6 +20,7 @@ import {
   OPENAI_IMAGENET_TEMPLATES,
   parseLines,
   runZeroShot,
+  SIMPLE_IMAGENET_TEMPLATES,
   topKAccuracy,
   zeroShotEval,
   zeroShotLogits,
@@ -158,5 +160,12 @@ describe('zero-shot classification', () => {
     assert.equal(IMAGENET_CLASSNAMES[999], 'toilet paper');
     assert.equal(OPENAI_IMAGENET_TEMPLATES.length, 80);
     assert.equal(OPENAI_IMAGENET_TEMPLATES[0], 'a bad photo of a {}.');
+    // Every entry: SHA-256 of the list joined by newlines, computed in Python from open_clip's
+    // src/open_clip/zero_shot_metadata.py (commits 830197e and 89fb801 hold the same lists; each template called with "{}").
+    const sha = (list: readonly string[]) => createHash('sha256').update(list.join('\n')).digest('hex');
+    assert.equal(sha(IMAGENET_CLASSNAMES), '571ae1c583b4be7da87519494c52bf405a46af05d5815627c7a0dee997068b60');
+    assert.equal(sha(OPENAI_IMAGENET_TEMPLATES), '4f976686fb651bb5803d4689dcd849f75efe0ef19a3c801355bc9a6f03c8a5af');
+    assert.equal(SIMPLE_IMAGENET_TEMPLATES.length, 7);
+    assert.equal(sha(SIMPLE_IMAGENET_TEMPLATES), '6ef3883987d224b7949da69fe0b615af152e1560eaac4c5c38555e50c882d415');
   });
 });
