@@ -17,9 +17,10 @@
  * grammar's 16 prompts per class); a caption table has no labels, so no evaluation.
  * Its parts before training (tokenizer, ClipConfig, caption data, engine settings) are clip-setup.ts's. Not
  * elastic: a change of the job's workers ends the run with a message saying to --resume it.
- * Engines: tfjs (steps/clip.ts on a tfjs ClipModel) or ONNX Runtime (onnx/clip-engine.ts: both towers'
- * graphs, flat weight / gradient / AdamW buffers) when the run's engine factory is one that
- * `resolveTrainEngine` made for onnxruntime; the ClipModel stays the record for checkpoints and evaluation.
+ * Engines: the step is a `ClipStepEngine`'s (clip-engine.ts), which clip-setup.ts's `clipStepEngine` picks for
+ * the run's engine factory: tfjs (clip-engine.ts TfjsClipEngine: steps/clip.ts on the ClipModel) or ONNX Runtime
+ * (onnx/clip-engine.ts OnnxClipEngine: both towers' graphs, flat weight / gradient / AdamW buffers); the loop
+ * never knows which. The ClipModel stays the record for checkpoints and evaluation (the engine's pull / push).
  */
 import { appendFile, mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
@@ -46,12 +47,10 @@ import { checkClipTrainingFits } from './memory-check.js';
 import { clipParamSpecs, normalized, shuffled, zeroShotTop1 } from './clip-train.js';
 import { WebDatasetStream } from './data-webdataset.js';
 import type { TrainOptions, TrainResult } from './train-options.js';
-import { AdamW, type AdamWState } from './optim.js';
+import type { ClipStepEngine } from './clip-engine.js';
 import type { ParamSpec } from './param-groups.js';
 import { cosineSchedule, type Schedule } from './schedules.js';
 import { weightsChecksum } from './state.js';
-import { clipStep } from './steps/clip.js';
-import { OnnxClipEngine } from './onnx/clip-engine.js';
 import { signalName, STOP_KEY, stopCode } from './stop.js';
 import { isMembershipChanged, LocalGradientSync, type GradientSync } from './sync.js';
 import { randomResizedCrop } from './augment-geometry.js';
@@ -59,21 +58,18 @@ import {
   CAPTION_WORDS,
   clipEngineSettings,
   clipModelConfig,
+  clipStepEngine,
   clipTokenizer,
   openCaptionData,
   syntheticPrompts,
   type CaptionData,
 } from './clip-setup.js';
 
-/** One rank of a clip run: model, tokenizer, data, optimiser, schedules, and the step between them. */
+/** One rank of a clip run: model, tokenizer, data, the step engine (and its optimiser), schedules, and the step between them. */
 class ClipRun {
   step = 0;
+  /** The trained parameters (names and shapes of the optimiser's moments in a broadcast state). */
   private readonly params: ParamSpec[];
-  private readonly index: number[];
-  /** tfjs: AdamW over the model's variables; null on ONNX Runtime (the engine's FlatOptimizer). */
-  private readonly opt: AdamW | null;
-  /** The optimiser state's owner (AdamW's getState / setState / step, or the ONNX Runtime engine's). */
-  private readonly state: { getState(): AdamWState; setState(s: AdamWState): void; readonly step: number };
   private readonly lr: Schedule;
   private readonly wd: Schedule;
   private perm: { epoch: number; order: number[] } = { epoch: -1, order: [] };
@@ -86,15 +82,11 @@ class ClipRun {
     readonly tokenizer: ClipTokenizer,
     readonly data: CaptionData,
     readonly sync: GradientSync,
-    /** The ONNX Runtime step (null: tfjs). */
-    readonly engine: OnnxClipEngine | null = null,
+    /** What computes and applies a step (and holds the optimiser's state): tfjs or ONNX Runtime. */
+    readonly engine: ClipStepEngine,
   ) {
     this.params = clipParamSpecs(model).filter((p) => p.variable.trainable);
-    const order = model.variables();
-    this.index = this.params.map((p) => order.indexOf(p.variable));
     const o = c.optim;
-    this.opt = engine ? null : new AdamW(this.params, { beta1: o.beta1, beta2: o.beta2, eps: o.eps });
-    this.state = engine ?? this.opt!;
     const T = c.train.steps;
     this.lr = cosineSchedule({
       base: scaledLr(c, sync.worldSize),
@@ -149,29 +141,21 @@ class ClipRun {
       c.clip.text_context_length,
     );
     const batch = { images, ids: tokens, size: B, imageSize: S };
-    if (this.engine) return this.engine.compute(batch, c.clip.loss, this.sync);
-    const r = await clipStep(this.model, batch, c.clip.loss, this.sync);
-    return { loss: r.loss, grads: this.index.map((i) => r.gradients[i]!) };
+    return this.engine.compute(batch, c.clip.loss, this.sync);
   }
 
   /** AdamW on the averaged gradients, then logit_scale's clamp; returns the learning rate. */
   apply(grads: Float32Array[]): { lr: number; wd: number } {
     const lr = this.lr(this.step);
     const wd = this.wd(this.step);
-    if (this.engine) this.engine.apply(grads, { lr, wd });
-    else {
-      const tensors = this.params.map((p, i) => tf.tensor(grads[i]!, p.variable.shape));
-      this.opt!.apply(tensors, { lr, wd });
-      tf.dispose(tensors);
-      this.model.clampLogitScale();
-    }
+    this.engine.apply(grads, { lr, wd });
     this.step += 1;
     return { lr, wd };
   }
 
   async evaluate(): Promise<{ step: number; zeroshot_top1?: number; note?: string }> {
     if (!this.data.val) return { step: this.step, note: 'a caption table has no class labels: no zero-shot evaluation' };
-    this.engine?.pull();
+    this.engine.pull();
     const top1 = await zeroShotTop1(this.model, this.tokenizer, this.data.val, this.data.classNames, (shape) =>
       syntheticPrompts(shape, this.c.data.synthetic_background),
     );
@@ -181,9 +165,9 @@ class ClipRun {
   /** The model's weights and the optimiser's moments as named host arrays (for broadcasts and checksums). */
   hostState(): Record<string, Float32Array> {
     const out: Record<string, Float32Array> = {};
-    this.engine?.pull();
+    this.engine.pull();
     this.model.variables().forEach((v, i) => (out[`w${i}`] = v.dataSync() as Float32Array));
-    for (const [k, m] of Object.entries(this.state.getState().moments)) out[`optimizer.${k}`] = m.data;
+    for (const [k, m] of Object.entries(this.engine.getState().moments)) out[`optimizer.${k}`] = m.data;
     return out;
   }
 
@@ -193,13 +177,13 @@ class ClipRun {
     for (const p of this.params)
       for (const suffix of ['exp_avg', 'exp_avg_sq'])
         moments[`${p.name}.${suffix}`] = { shape: [...p.variable.shape], data: s[`optimizer.${p.name}.${suffix}`]! };
-    this.state.setState({ step: adamStep, moments });
-    this.engine?.push();
+    this.engine.setState({ step: adamStep, moments });
+    this.engine.push();
   }
 
   checksum(): string {
     const host: Record<string, Float32Array> = {};
-    this.engine?.pull();
+    this.engine.pull();
     this.model.variables().forEach((v, i) => (host[`w${i}`] = v.dataSync() as Float32Array));
     return weightsChecksum(host);
   }
@@ -212,9 +196,9 @@ class ClipRun {
     const tmp = join(root, `.step-${this.step}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
     await mkdir(tmp);
     try {
-      this.engine?.pull();
+      this.engine.pull();
       await saveClip(this.model, join(tmp, 'model.safetensors'));
-      const st = this.state.getState();
+      const st = this.engine.getState();
       const enc: Record<string, ReturnType<typeof fromFloat32>> = {};
       for (const [k, v] of Object.entries(st.moments)) enc[k] = fromFloat32(v.data, v.shape, 'F32');
       await writeSafetensors(join(tmp, 'optimizer.safetensors'), enc, {
@@ -261,24 +245,23 @@ class ClipRun {
     const adamStep = Number(opt.metadata.adamw_step);
     if (!Number.isInteger(adamStep))
       throw new Error(`${join(dir, 'optimizer.safetensors')}: __metadata__.adamw_step missing or not an integer`);
-    this.state.setState({ step: adamStep, moments });
-    this.engine?.push();
+    this.engine.setState({ step: adamStep, moments });
+    this.engine.push();
     this.step = state.step;
   }
 
   /** The current logit_scale (the log). */
   logitScale(): number {
-    return this.engine ? this.engine.logitScale() : this.model.logitScale.dataSync()[0]!;
+    return this.engine.logitScale();
   }
 
   adamStep(): number {
-    return this.state.step;
+    return this.engine.step;
   }
 
   async dispose(): Promise<void> {
     await this.stream?.close();
-    this.opt?.dispose();
-    await this.engine?.dispose();
+    await this.engine.dispose();
     this.model.dispose();
   }
 }
@@ -304,8 +287,7 @@ export async function trainClipObjective(c: TrainConfig, opts: TrainOptions): Pr
   if (ort) checkClipTrainingFits(clipConfig, c.train.batch_size, { worldSize: sync.worldSize, device: ort.device, arch: c.model.arch });
   const data = await openCaptionData(c);
   const model = new ClipModel(clipConfig, { seed: c.train.seed });
-  const o = c.optim;
-  const engine = ort ? new OnnxClipEngine(model, { ...ort, beta1: o.beta1, beta2: o.beta2, eps: o.eps }) : null;
+  const engine = clipStepEngine(model, ort, c.optim);
   const run = new ClipRun(c, model, tokenizer, data, sync, engine);
   await run.openStream();
   const metricsPath = join(out, 'metrics.jsonl');

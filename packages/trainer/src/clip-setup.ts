@@ -1,19 +1,23 @@
 /**
  * What a `clip` run is made of before it trains (clip-loop.ts): the engine's settings (tfjs, or the
- * ONNX Runtime settings of a factory resolveTrainEngine made), the tokenizer (a BPE file, or the synthetic
+ * ONNX Runtime settings of a factory resolveTrainEngine made) and the step engine of those settings
+ * (`clipStepEngine`: clip-engine.ts's TfjsClipEngine or onnx/clip-engine.ts's OnnxClipEngine), the tokenizer (a BPE file, or the synthetic
  * captions' word vocabulary), the ClipConfig of a training config, and the caption data (the synthetic
  * shapes with their captions, a CSV / TSV table, or WebDataset shards); and the synthetic classes'
  * zero-shot prompts.
  */
 import { existsSync, statSync } from 'node:fs';
 import { InputError, SYNTHETIC_SHAPES } from '@vitreg/core';
-import { ClipTokenizer, validateClipConfig, wordMerges, type ClipConfig } from '@vitreg/registers';
+import { ClipTokenizer, validateClipConfig, wordMerges, type ClipConfig, type ClipModel } from '@vitreg/registers';
+import { TfjsClipEngine, type ClipStepEngine } from './clip-engine.js';
 import { assertDataSource, modelConfig, type TrainConfig } from './config.js';
 import { captionSource, type CaptionSource } from './clip-train.js';
 import { readCaptionTable } from './data-captions.js';
 import { WebDatasetStream } from './data-webdataset.js';
 import { syntheticSplits } from './data.js';
 import type { TrainOptions } from './train-options.js';
+import type { AdamWOptions } from './optim.js';
+import { OnnxClipEngine } from './onnx/clip-engine.js';
 import { onnxFactorySettings } from './onnx/clip-settings.js';
 import type { SessionSettings } from './onnx/engine-sessions.js';
 import { tfjsEngine } from './tfjs-engine.js';
@@ -28,6 +32,12 @@ export function clipEngineSettings(engine: TrainOptions['engine']): SessionSetti
   const settings = onnxFactorySettings(engine);
   if (!settings) throw new InputError(CLIP_ONNX_REFUSAL);
   return settings;
+}
+
+/** The step engine of a clip run: ONNX Runtime with `settings` (clipEngineSettings'), tfjs where they are null; AdamW with `optim`'s betas and eps. */
+export function clipStepEngine(model: ClipModel, settings: SessionSettings | null, optim: AdamWOptions): ClipStepEngine {
+  const adam: AdamWOptions = { beta1: optim.beta1, beta2: optim.beta2, eps: optim.eps };
+  return settings ? new OnnxClipEngine(model, { ...settings, ...adam }) : new TfjsClipEngine(model, adam);
 }
 
 /** Words of the synthetic captions (data-captions.ts syntheticCaption): each one token with the built-in vocabulary. */

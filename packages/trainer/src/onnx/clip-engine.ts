@@ -1,6 +1,7 @@
 /**
- * The `clip` objective's step on ONNX Runtime (clip-loop.ts runs it for `--engine onnxruntime`): the
- * weights of both towers, logit_scale and logit_bias in one flat Float32Array (clip-train.ts's
+ * The `clip` objective's step on ONNX Runtime, a `ClipStepEngine` (clip-engine.ts; clip-setup.ts's
+ * `clipStepEngine` builds it for `--engine onnxruntime` and clip-loop.ts runs it): the weights of both
+ * towers, logit_scale and logit_bias in one flat Float32Array (clip-train.ts's
  * `clipParamSpecs` order and names), their gradients and AdamW's two moments in flat buffers of the same
  * layout (engine-optim.ts's `FlatOptimizer`, with clipParamSpecs' weight-decay multipliers: open_clip's
  * rule, as the tfjs clip loop), and the graphs of clip-graphs.ts in sessions cached by shape
@@ -23,6 +24,7 @@ import { eotPositions, forwardDropPathFactors, LOGIT_SCALE_MAX, type ClipModel }
 import { clipParamSpecs } from '../clip-train.js';
 import { contrastiveStep, type ContrastiveLoss } from '../clip-loss.js';
 import type { AdamWState, StepHyperparams } from '../optim.js';
+import type { ClipStepEngine } from '../clip-engine.js';
 import type { ClipBatch } from '../steps/clip.js';
 import type { GradientSync } from '../sync.js';
 import { clipFeaturesGraph, clipLossStepGraph, clipTowersGraph, type ClipGraphOptions } from './clip-graphs.js';
@@ -47,7 +49,7 @@ export function textLength(ids: Int32Array, batch: number): number {
 }
 
 /** The clip step on ONNX Runtime (see the module comment). */
-export class OnnxClipEngine {
+export class OnnxClipEngine implements ClipStepEngine {
   /** Every tensor, trained in this order (the gradient and moment buffers have the same layout). */
   readonly params: TrainedParam[];
   readonly weights: Float32Array;
