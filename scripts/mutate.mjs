@@ -40,7 +40,12 @@ const modules = {
   // The updates (AdamW, globalNorm, clipping, LAMB), the defaults and the state's layout; not the constructors'
   // argument checks. Spans between source lines (see above), not line numbers, which went stale once already.
   'packages/trainer/src/optim.ts': {
-    tests: ['packages/trainer/test/optim.test.ts', 'packages/trainer/test/optim-edges.test.ts', 'packages/trainer/test/recipe.test.ts'],
+    tests: [
+      'packages/trainer/test/optim.test.ts',
+      'packages/trainer/test/optim-edges.test.ts',
+      'packages/trainer/test/optim-leaks.test.ts',
+      'packages/trainer/test/recipe.test.ts',
+    ],
     spans: [
       ['this.beta1 = opts.beta1 ?? 0.9;', 'const names = new Set'], // AdamW's defaults
       ['apply(grads: tf.Tensor[], hp: StepHyperparams): void {', 'export interface ClipOptions'], // AdamW's update, state, globalNorm
