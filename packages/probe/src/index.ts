@@ -33,8 +33,10 @@ export {
   seedScores,
 } from './lost.js';
 export { openProbeSource } from './probe-source.js';
+export { runProbeSweep } from './probe-sweep.js';
+export type { ProbeSweepOptions, ProbeSweepResult, SweepTask } from './probe-sweep.js';
 export { isDenseTask, runProbeTask } from './probe-task.js';
-export type { ProbeTaskResult } from './probe-task.js';
+export type { ProbeTaskOptions, ProbeTaskResult } from './probe-task.js';
 export { ALL_PROBE_TASKS, runProbe } from './run.js';
 export type { AnyProbeTask, DataPart, ProbeModel, ProbeReport } from './run.js';
 export { SWEEP_PLOT_METRICS, sweepColumns, toCsv, writeSweep } from './sweep.js';
@@ -50,5 +52,5 @@ export {
 } from './zeroshot.js';
 export type { ZeroShotResult } from './zeroshot.js';
 export { IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES } from './zeroshot-metadata.js';
-export { clipImageBatches, runZeroShot } from './zeroshot-run.js';
-export type { ZeroShotRunOptions } from './zeroshot-run.js';
+export { clipImageBatches, runZeroShot, runZeroShotTask, ZeroShotInputError } from './zeroshot-run.js';
+export type { ZeroShotRunOptions, ZeroShotTaskOptions, ZeroShotTaskReport } from './zeroshot-run.js';

@@ -4,29 +4,26 @@
  * or several checkpoints; resumable, and several tasks side by side in a sweep (the paper's Table 2).
  */
 import { existsSync, statSync } from 'node:fs';
-import { join, resolve } from 'node:path';
-import { BACKEND_NAMES, checkpointNames, ensureDir, SettingsMismatchError } from '@vitreg/core';
+import { resolve } from 'node:path';
+import { BACKEND_NAMES, SettingsMismatchError } from '@vitreg/core';
 import {
   ALL_PROBE_TASKS,
   isDenseTask,
   openDenseSource,
   openProbeSource,
-  runProbeTask,
-  SWEEP_PLOT_METRICS,
-  sweepColumns,
+  runProbeSweep,
   TOKEN_CHOICES,
-  writeSweep,
   type AnyProbeTask,
   type DataPart,
   type DenseProbeReport,
   type DensePart,
   type ProbeModel,
   type ProbeReport,
-  type ProbeTaskResult,
+  type SweepTask,
 } from '@vitreg/probe';
 import { TfjsEncoder, withTestTimeRegisters, type Encoder } from '@vitreg/registers';
 import { CliError, inputAsCliError, intFlag, parseFlags, type Command } from '../cli.js';
-import { ZEROSHOT_FLAGS, ZEROSHOT_USAGE, zeroShotSettings, zeroShotTask } from './probe-zeroshot.js';
+import { ZEROSHOT_FLAGS, ZEROSHOT_USAGE, zeroShotCliError, zeroShotSettings } from './probe-zeroshot.js';
 import { TTR_FLAGS, ttrEncoder, ttrEngine, ttrFlags, ttrNeurons, ttrUsage } from '../ttr.js';
 import {
   BACKEND_FLAGS,
@@ -129,7 +126,7 @@ function openData(
 }
 
 /** A task of this command: the probe package's, or zero-shot classification (probe-zeroshot.ts). */
-type CliTask = AnyProbeTask | 'zeroshot';
+type CliTask = SweepTask;
 const CLI_TASKS: readonly string[] = [...ALL_PROBE_TASKS, 'zeroshot'];
 
 /** --task: one task, or several comma-separated (their columns side by side in a sweep). */
@@ -167,16 +164,6 @@ function dataSources(values: string[], tasks: CliTask[]): Map<CliTask, string> {
   for (const k of named.keys())
     if (!tasks.includes(k as CliTask)) throw new CliError(`--data ${k}=...: task ${k} is not in --task ${tasks.join(',')}`);
   return out;
-}
-
-/** runProbeTask with its errors as one line: a results file of other settings in --out, bad input. */
-async function probeTask(...args: Parameters<typeof runProbeTask>): Promise<ProbeTaskResult> {
-  try {
-    return await runProbeTask(...args);
-  } catch (err) {
-    if (err instanceof SettingsMismatchError) throw new CliError(`--out: ${err.message}; use another --out or delete it`);
-    throw inputAsCliError(err);
-  }
 }
 
 const pct = (v: number | undefined) => `${(100 * (v ?? NaN)).toFixed(2)}%`;
@@ -288,80 +275,64 @@ export const probe: Command = {
       }
     }
     await startBackend(values.backend, values.gpu, values.verbose);
-    const rows: Record<string, string | number>[] = [];
-    const dirs = checkpointNames(weights);
-    // Zero-shot first, with each checkpoint's whole CLIP model; its columns join the checkpoint's row.
-    const zeroShotRows: Record<string, string | number>[] = [];
-    for (const [i, w] of zeroShot ? weights.entries() : []) {
-      const out = weights.length > 1 ? join(outDir, dirs[i]) : outDir;
-      await ensureDir(out);
-      const r = await zeroShotTask(w, parts.get('zeroshot')!.test as DataPart, zeroShot!, {
-        file: join(out, tasks.length === 1 ? 'results.json' : 'results-zeroshot.json'),
-        size: opts.size,
-        batchSize: opts.batchSize,
-        quickGelu: (values.model ?? '').startsWith('clip_') || (config as { act_layer?: string } | undefined)?.act_layer === 'quick_gelu',
-        data: sources.get('zeroshot')!,
-      });
-      process.stderr.write(`${w}: zeroshot: top-1 ${pct(r.top1)}, top-5 ${pct(r.top5)}\n`);
-      zeroShotRows.push({ checkpoint: w, registers: r.registers, zeroshot_top1: r.top1, zeroshot_top5: r.top5 });
-    }
-    for (const [i, w] of probeTasks.length > 0 ? weights.entries() : []) {
-      const encoder = await loadEncoder(w, { model: values.model, config }, engine);
-      // With --test-time-registers: the model counts the test-time register among the registers (R + 1).
-      // On tfjs the probes drive the VisionTransformer itself, on ONNX Runtime the Encoder.
-      let ttrOnnx: Encoder | undefined;
-      let model: ProbeModel;
-      try {
-        if (encoder instanceof TfjsEncoder)
-          model = ttr ? withTestTimeRegisters(encoder.model, await ttrNeurons(ttr, encoder.model)) : encoder.model;
-        else model = ttr ? (ttrOnnx = await ttrEncoder(ttr, encoder)) : encoder;
-      } catch (err) {
-        await encoder.dispose();
-        throw err;
-      }
-      if (i === 0) process.stderr.write(`probe features: ${ttrOnnx?.description ?? encoder.description}\n`);
-      try {
-        const out = weights.length > 1 ? join(outDir, dirs[i]) : outDir;
-        await ensureDir(out);
-        const row: Record<string, string | number> = { checkpoint: w, registers: model.config.num_register_tokens, ...zeroShotRows[i] };
-        for (const task of probeTasks) {
-          const file = join(out, tasks.length === 1 ? 'results.json' : `results-${task}.json`);
-          const { train, test } = parts.get(task)!;
-          const settings: Record<string, unknown> = {
-            weights: resolve(w),
-            model: values.model ?? null,
-            config: config ?? null,
-            task,
-            data: sources.get(task),
-            size: opts.size,
-            seed: opts.seed,
-            count: values.count ?? null,
-            testCount: values['test-count'] ?? null,
-            syntheticSize: countFlags.syntheticSize,
-            ...(ttr ? { testTimeRegisters: resolve(ttr.path), ttrTopK: ttr.topK ?? null } : {}),
+    const quickGelu =
+      (values.model ?? '').startsWith('clip_') || (config as { act_layer?: string } | undefined)?.act_layer === 'quick_gelu';
+    try {
+      await runProbeSweep({
+        weights,
+        outDir,
+        tasks,
+        parts,
+        data: sources,
+        // With --test-time-registers: the model counts the test-time register among the registers (R + 1).
+        // On tfjs the probes drive the VisionTransformer itself, on ONNX Runtime the Encoder.
+        async openModel(w, i) {
+          const encoder = await loadEncoder(w, { model: values.model, config }, engine);
+          let ttrOnnx: Encoder | undefined;
+          let model: ProbeModel;
+          try {
+            if (encoder instanceof TfjsEncoder)
+              model = ttr ? withTestTimeRegisters(encoder.model, await ttrNeurons(ttr, encoder.model)) : encoder.model;
+            else model = ttr ? (ttrOnnx = await ttrEncoder(ttr, encoder)) : encoder;
+          } catch (err) {
+            await encoder.dispose();
+            throw err;
+          }
+          if (i === 0) process.stderr.write(`probe features: ${ttrOnnx?.description ?? encoder.description}\n`);
+          return {
+            model,
+            async dispose() {
+              await ttrOnnx?.dispose();
+              await encoder.dispose();
+            },
           };
-          const taskSteps = steps ?? (isDenseTask(task) ? 1000 : 300);
-          const { report, reused } = await probeTask(model, train, test, {
-            task,
-            file,
-            weights: w,
-            settings,
-            ...opts,
-            ...dense,
-            steps: taskSteps,
-          });
-          if (reused) process.stderr.write(`${w}: ${task}: already done (${file})\n`);
-          process.stderr.write(`${w}: ${isDenseTask(task) ? task : `${task}/${token}`}: ${headline(task, report)}\n`);
-          Object.assign(row, sweepColumns(task, report));
-        }
-        rows.push(row);
-      } finally {
-        await ttrOnnx?.dispose();
-        await encoder.dispose();
-      }
+        },
+        settings: (w, task) => ({
+          weights: resolve(w),
+          model: values.model ?? null,
+          config: config ?? null,
+          task,
+          data: sources.get(task),
+          size: opts.size,
+          seed: opts.seed,
+          count: values.count ?? null,
+          testCount: values['test-count'] ?? null,
+          syntheticSize: countFlags.syntheticSize,
+          ...(ttr && task !== 'zeroshot' ? { testTimeRegisters: resolve(ttr.path), ttrTopK: ttr.topK ?? null } : {}),
+        }),
+        probe: { ...opts, ...dense, steps },
+        ...(zeroShot ? { zeroShot: { ...zeroShot, quickGelu } } : {}),
+        onResult(r) {
+          if (r.reused) process.stderr.write(`${r.weights}: ${r.task}: already done (${r.file})\n`);
+          if (r.task === 'zeroshot')
+            process.stderr.write(`${r.weights}: zeroshot: top-1 ${pct(r.report.top1)}, top-5 ${pct(r.report.top5)}\n`);
+          else
+            process.stderr.write(`${r.weights}: ${isDenseTask(r.task) ? r.task : `${r.task}/${token}`}: ${headline(r.task, r.report)}\n`);
+        },
+      });
+    } catch (err) {
+      if (err instanceof SettingsMismatchError) throw new CliError(`--out: ${err.message}; use another --out or delete it`);
+      throw inputAsCliError(zeroShotCliError(err));
     }
-    if (probeTasks.length === 0) rows.push(...zeroShotRows);
-    const plotted = [...(zeroShot ? ['zeroshot_top1'] : []), ...probeTasks.flatMap((t) => SWEEP_PLOT_METRICS[t])];
-    if (weights.length > 1) await writeSweep(outDir, rows, { x: 'registers', metrics: plotted });
   },
 };
