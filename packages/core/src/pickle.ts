@@ -13,7 +13,7 @@
  * quadratic). The work budget follows data.pkl's size, or the archive's where that is smaller: a deflated
  * data.pkl (torch.save stores it) cannot buy work with bytes that are not in the file.
  *
- * Over 450 lines for one job: the opcode loop and the checks of each opcode's values belong together.
+ * Over 450 lines: one job, the opcode loop and the checks of each opcode's values belong together.
  */
 import { InputError } from './errors.js';
 import { OPCODE_NAMES, PICKLE_LIMITS } from './pickle-tables.js';
