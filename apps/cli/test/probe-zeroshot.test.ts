@@ -1,11 +1,11 @@
 /**
  * `vitreg probe --task zeroshot`: a whole CLIP checkpoint (written by saveClip) and a BPE vocabulary file on
- * the synthetic shapes: results.json with top-1 / top-5, the one-line summary; beside the class probe
- * (results-zeroshot.json, results-class.json); the image tower of the same file serves the class probe; Table
- * 2b's command, two checkpoints (0 and 2 registers) with --task class,zeroshot: sweep.csv with registers, class
- * accuracy and zeroshot_top1 / zeroshot_top5 equal to each checkpoint's own run; bad flags fail with one line
- * naming them. Six CLI processes (each starts tsx and a backend), most of it start-up: 16 CPU-seconds (63 s
- * wall at load average 10 on the 2 shared cores, 2026-12-05).
+ * the synthetic shapes: results.json with top-1 / top-5, the one-line summary, and the same command again
+ * reusing it; beside the class probe (results-zeroshot.json, results-class.json); the image tower of the
+ * same file serves the class probe; Table 2b's command, two checkpoints (0 and 2 registers) with --task
+ * class,zeroshot: sweep.csv with registers, class accuracy and zeroshot_top1 / zeroshot_top5 equal to each
+ * checkpoint's own run; bad flags fail with one line naming them. Seven CLI processes (each starts tsx and a
+ * backend), most of it start-up: 18 CPU-seconds (28 s wall at load average 11 on the 2 shared cores, 2026-12-05).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -75,6 +75,25 @@ test('zeroshot alone, beside the class probe, and in a sweep of two checkpoints 
   assert.equal(res.task, 'zeroshot');
   assert.deepEqual([res.count, res.classes, res.templates], [6, 5, 7]);
   assert.ok(res.top1 >= 0 && res.top1 <= res.top5 && res.top5 <= 1);
+  // The same command again: the finished result is reused (runZeroShotTask's settings match), the file as it was.
+  const before = await readFile(join(out, 'results.json'), 'utf8');
+  const again = vitreg(
+    'probe',
+    '--weights',
+    weights,
+    '--task',
+    'zeroshot',
+    '--tokenizer',
+    vocab,
+    '--templates',
+    'simple',
+    ...data,
+    '--out',
+    out,
+  );
+  assert.equal(again.code, 0, again.stderr);
+  assert.match(again.stderr, /zeroshot: already done \(.*results\.json\)\n.*zeroshot: top-1 \d+\.\d\d%, top-5/);
+  assert.equal(await readFile(join(out, 'results.json'), 'utf8'), before);
 
   const both = join(tmp, 'both');
   const r2 = vitreg(
