@@ -12,7 +12,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync, mkdirSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
-import { expandCells, markerPath, weightArgs, writeMarker, type Cell } from '../src/sweep/cells.js';
+import { expandCells, markerPath, sameTraining, shortHash, weightArgs, writeMarker, type Cell } from '../src/sweep/cells.js';
 import { collectRows, writeTable } from '../src/sweep/collect.js';
 import { metricPlot, writeFigures } from '../src/sweep/figures.js';
 import { LABEL_SCALE } from '@vitreg/viz';
@@ -159,6 +159,21 @@ test(
     await assert.rejects(writePlan(other, expandCells(other)), /cell 0 \(0-reg0-seed0\).*another config.*train_args differ/);
     const threads = loadSweep(sweepFile(dir, { ...TINY, resources: {}, train_args: ['--engine', 'tfjs', '--threads', '2'] }));
     await writePlan(threads, expandCells(threads));
+    // Cells an older vitreg made (its hash left train_args out) stay done when their eval_hash, which covers
+    // every train_arg, is this sweep's; with another eval_hash (other train_args, or evaluation) they are not.
+    const old = expandCells(spec);
+    const legacy = shortHash({ config: old[0]!.config, processes: old[0]!.resources.processes, threads: old[0]!.resources.threads });
+    assert.equal(old[0]!.legacyHash, legacy);
+    const marker = (c: Cell, evalHash: string) => ({ index: c.index, name: c.name, axes: c.axes, hash: legacy, eval_hash: evalHash });
+    await writeMarker(old[0]!, 'cell', marker(old[0]!, old[0]!.evalHash));
+    await writeMarker(old[0]!, 'done', { hash: legacy, eval_hash: old[0]!.evalHash, finished: 'then', seconds: 1 });
+    await writeMarker(old[0]!, 'results', {});
+    assert.ok(sameTraining({ hash: legacy, eval_hash: old[0]!.evalHash }, old[0]!));
+    await writePlan(spec, old);
+    assert.equal(sweepStatus(spec, old)[0]!.state, 'done');
+    await writeMarker(old[0]!, 'cell', marker(old[0]!, 'another'));
+    await assert.rejects(writePlan(spec, old), /cell 0 \(0-reg0-seed0\).*another config/);
+    assert.ok(!sameTraining({ hash: legacy, eval_hash: 'another' }, old[0]!));
   }),
 );
 
@@ -309,6 +324,18 @@ test(
     assert.match(runRelease(), /every per-cell Job is started/);
     assert.deepEqual(suspended(), [false, false, false, false, false, false]);
     assert.equal(readFileSync(calls, 'utf8').match(/^patch job /gm)!.length, 4, 'each suspended Job started once');
+    // kubectl failing (credentials, context, API) is not "every Job is started": --once exits 1, nothing patched.
+    write([]);
+    writeFileSync(join(bin, 'kubectl'), `#!/bin/bash\necho "$*" >> ${calls}\n[[ "$1" == get ]] && exit 1\nexit 0\n`, { mode: 0o755 });
+    const failed = spawnSync('bash', [release, '--once'], {
+      env: { ...process.env, PATH: `${bin}:${process.env.PATH}`, VITREG_RELEASE_SECONDS: '0' },
+      encoding: 'utf8',
+    });
+    assert.equal(failed.status, 1, failed.stdout + failed.stderr);
+    assert.match(failed.stderr, /kubectl get jobs failed; nothing started this round/);
+    assert.doesNotMatch(failed.stdout, /every per-cell Job is started/);
+    assert.equal(readFileSync(calls, 'utf8').match(/^patch job /gm)!.length, 4, 'nothing patched');
+    assert.throws(() => podMemory('100K', 1), /under 1 MiB per pod/);
   }),
 );
 

@@ -32,6 +32,12 @@ export interface Cell {
    * trained weights (weightArgs; canonical JSON), 16 hex digits.
    */
   hash: string;
+  /**
+   * With weight-changing train_args: the hash vitreg gave the cell before they counted (config, processes,
+   * threads only). A marker of that hash is the same cell when its eval_hash (which covers every
+   * train_arg) equals this cell's: see sameTraining.
+   */
+  legacyHash?: string;
   /** sha256 of what the cell evaluates and all its train_args (a changed one evaluates it again), 16 hex digits. */
   evalHash: string;
 }
@@ -180,13 +186,10 @@ export function expandCells(spec: SweepSpec): Cell[] {
     // Processes and threads per process change the global batch, --engine and the like the last digits:
     // part of what the cell is. (No such train_args: the hash of the cells made before they counted.)
     const trainArgs = weightArgs(spec.train_args);
-    const hash = shortHash({
-      config,
-      processes: resources.processes,
-      threads: resources.threads,
-      ...(trainArgs.length ? { train_args: trainArgs } : {}),
-    });
-    cells.push({ index, name, dir: join(spec.out, 'cells', name), axes, config, resources, hash, evalHash });
+    const counts = { config, processes: resources.processes, threads: resources.threads };
+    const hash = shortHash({ ...counts, ...(trainArgs.length ? { train_args: trainArgs } : {}) });
+    const legacy = trainArgs.length ? { legacyHash: shortHash(counts) } : {};
+    cells.push({ index, name, dir: join(spec.out, 'cells', name), axes, config, resources, hash, ...legacy, evalHash });
   });
   for (const [msg, list] of perCell) problems.add(`${list.length === 1 ? 'cell' : 'cells'} ${list.join(', ')}: ${msg}`);
   if (problems.size)
@@ -273,9 +276,18 @@ function pidAlive(pid: number): boolean {
  * Refuses a cell folder that holds another config's cell (the sweep file changed under it), naming the
  * cell and the way out.
  */
+/**
+ * A marker (cell.json, done.json) describes this cell's training: its hash is the cell's, or the hash of
+ * an older vitreg that left train_args out (legacyHash) and its eval_hash, which covers every train_arg,
+ * is this cell's, so the train_args were these.
+ */
+export function sameTraining(m: { hash: string; eval_hash?: string }, cell: Cell): boolean {
+  return m.hash === cell.hash || (cell.legacyHash !== undefined && m.hash === cell.legacyHash && m.eval_hash === cell.evalHash);
+}
+
 export function checkCellHash(cell: Cell, file: string): void {
   const m = readJson<CellMarker>(markerPath(cell, 'cell'));
-  if (m && m.hash !== cell.hash) {
+  if (m && !sameTraining(m, cell)) {
     const there = readJson<TrainConfig>(join(cell.dir, 'config.json'));
     const diff = there ? firstDifference(there, cell.config) : null;
     const field = diff ? diff.path || '(top)' : null;
@@ -291,7 +303,7 @@ export function cellStatus(cell: Cell, retries: number): CellStatus {
   const done = readJson<DoneMarker>(markerPath(cell, 'done'));
   const failed = readJson<FailedMarker>(markerPath(cell, 'failed'));
   const attempts = failed && failed.hash === cell.hash ? failed.attempts : 0;
-  if (done && done.hash === cell.hash && done.eval_hash === cell.evalHash && existsSync(markerPath(cell, 'results')))
+  if (done && sameTraining(done, cell) && done.eval_hash === cell.evalHash && existsSync(markerPath(cell, 'results')))
     return { cell, state: 'done', attempts, detail: `${done.seconds.toFixed(0)} s` };
   const running = readJson<RunningMarker>(markerPath(cell, 'running'));
   if (running && (running.host !== hostname() || pidAlive(running.pid)))

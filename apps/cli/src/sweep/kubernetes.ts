@@ -77,6 +77,7 @@ export function podMemory(memory: string, perNode: number): string {
   const m = /^(\d+)([KMGT]?)$/.exec(memory);
   if (!m) throw new Error(`resources.memory: expected e.g. "32G", got "${memory}"`);
   const mi = Math.floor((Number(m[1]) * MEBI[m[2] || 'M']!) / perNode);
+  if (mi < 1) throw new Error(`resources.memory: "${memory}" over ${perNode} process(es) per node is under 1 MiB per pod`);
   return mi % 1024 === 0 ? `${mi / 1024}Gi` : `${mi}Mi`;
 }
 
@@ -244,6 +245,13 @@ export function kubernetesRelease(spec: SweepSpec, cells: Cell[]): string | null
     'while :; do',
     '  running=0',
     '  suspended=()',
+    // kubectl's output first, its exit status checked (a failure inside <(...) would read as "no Jobs").
+    `  if ! jobs=$(kubectl get jobs "\${ns[@]}" -l "$selector" -o jsonpath='${jsonpath}'); then`,
+    `    echo "vitreg sweep ${spec.name}: kubectl get jobs failed; nothing started this round" >&2`,
+    '    [[ "${1:-}" != --once ]] || exit 1',
+    '    sleep "${VITREG_RELEASE_SECONDS:-60}"',
+    '    continue',
+    '  fi',
     '  while read -r _cell name suspend conditions; do',
     '    [[ -n "$name" ]] || continue',
     '    if [[ "$suspend" == true ]]; then',
@@ -251,10 +259,11 @@ export function kubernetesRelease(spec: SweepSpec, cells: Cell[]): string | null
     '    elif [[ ! "${conditions:-}" =~ (^| )(Complete|Failed)( |$) ]]; then',
     '      running=$((running + 1))',
     '    fi',
-    `  done < <(kubectl get jobs "\${ns[@]}" -l "$selector" -o jsonpath='${jsonpath}' | sort -n)`,
+    '  done < <(printf \'%s\' "$jobs" | sort -n)',
     '  free=$((k - running))',
     '  ((free > 0)) || free=0',
-    '  for name in "${suspended[@]:0:free}"; do',
+    // ${a[@]+...}: an empty array under set -u on bash <= 4.3
+    '  for name in ${suspended[@]+"${suspended[@]:0:free}"}; do',
     `    kubectl patch job "\${ns[@]}" "$name" --type=merge -p '{"spec":{"suspend":false}}' >/dev/null`,
     `    echo "vitreg sweep ${spec.name}: started $name ($running of $k were running)"`,
     '  done',
