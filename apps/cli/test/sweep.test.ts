@@ -159,6 +159,11 @@ test(
     await assert.rejects(writePlan(other, expandCells(other)), /cell 0 \(0-reg0-seed0\).*another config.*train_args differ/);
     const threads = loadSweep(sweepFile(dir, { ...TINY, resources: {}, train_args: ['--engine', 'tfjs', '--threads', '2'] }));
     await writePlan(threads, expandCells(threads));
+    // In a multi-process cell --threads would be vitreg-worker's data-parallel threads: refused, naming the cells.
+    assert.throws(
+      () => expandCells(loadSweep(sweepFile(dir, { ...TINY, resources: { processes: 2 }, train_args: ['--threads=2'] }, 'p2.json'))),
+      /cells 0, 1, 2, 3: train_args: --threads \/ --workers change the global batch of a multi-process cell/,
+    );
     // Cells an older vitreg made (its hash left train_args out) stay done when their eval_hash, which covers
     // every train_arg, is this sweep's; with another eval_hash (other train_args, or evaluation) they are not.
     const old = expandCells(spec);

@@ -183,6 +183,15 @@ export function expandCells(spec: SweepSpec): Cell[] {
     const resources = { ...spec.resources };
     for (const o of spec.overrides)
       if (Object.entries(o.where).every(([k, v]) => JSON.stringify(axes[k]) === JSON.stringify(v))) Object.assign(resources, o.set);
+    // A multi-process cell's train_args go to vitreg-worker, whose --threads / --workers are data-parallel
+    // threads (the global batch), not the engine's: resources.threads says that, --engine-threads the other.
+    if (resources.processes > 1 && spec.train_args.some((a) => /^--(threads|workers)(=|$)/.test(a))) {
+      const msg =
+        'train_args: --threads / --workers change the global batch of a multi-process cell (vitreg-worker): ' +
+        'set resources.threads, or give --engine-threads N for ONNX Runtime threads';
+      perCell.set(msg, [...(perCell.get(msg) ?? []), index]);
+      return;
+    }
     // Processes and threads per process change the global batch, --engine and the like the last digits:
     // part of what the cell is. (No such train_args: the hash of the cells made before they counted.)
     const trainArgs = weightArgs(spec.train_args);
