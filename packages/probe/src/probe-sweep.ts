@@ -62,7 +62,16 @@ export async function runProbeSweep(o: ProbeSweepOptions): Promise<{ rows: Recor
   const probeTasks = tasks.filter((t): t is AnyProbeTask => t !== 'zeroshot');
   const zeroShot = tasks.includes('zeroshot');
   if (zeroShot && !o.zeroShot) throw new Error('runProbeSweep: task zeroshot needs the zeroShot options (tokenizer)');
-  const settingsOf = o.settings ?? ((w: string, task: SweepTask) => ({ weights: resolve(w), task, data: o.data.get(task) }));
+  // The default settings hold what changes a result besides the task's own options (which it adds).
+  const settingsOf =
+    o.settings ??
+    ((w: string, task: SweepTask) => ({
+      weights: resolve(w),
+      task,
+      data: o.data.get(task),
+      size: o.probe?.size ?? 224,
+      seed: o.probe?.seed ?? 0,
+    }));
   const dirs = checkpointNames([...weights]);
   const outOf = (i: number) => (weights.length > 1 ? join(outDir, dirs[i]!) : outDir);
   const fileOf = (out: string, task: SweepTask) => join(out, tasks.length === 1 ? 'results.json' : `results-${task}.json`);

@@ -146,7 +146,7 @@ export async function runZeroShotTask(
   const templateSource = o.templates ?? 'openai';
   const quickGelu = o.quickGelu ?? false;
   const size = o.size ?? 224;
-  const settings = { ...o.settings, tokenizer: resolve(o.tokenizer), classes, templates: templateSource, quickGelu };
+  const settings = { ...o.settings, tokenizer: resolve(o.tokenizer), classes, templates: templateSource, quickGelu, size };
   const prev = await readFinishedResult<ZeroShotTaskReport>(o.file, settings);
   if (prev) return { report: prev, reused: true, settings };
   let model;

@@ -101,6 +101,8 @@ test('runProbeSweep: zero-shot and class over two checkpoints, the sweep files, 
     weights: weights[0],
     task: 'zeroshot',
     data: 'synthetic',
+    size: 32,
+    seed: 0,
     tokenizer: vocab,
     classes: null,
     templates: 'simple',
@@ -129,6 +131,8 @@ test('runZeroShotTask: other settings refused; a missing checkpoint and a tokeni
     assert.match(err.message, /templates "simple", not "openai"/);
     return true;
   });
+  // Another input size is another result (its settings record the size), not "already done".
+  await assert.rejects(runZeroShotTask(weights[0]!, testPart, { ...o, templates: 'simple', size: 48 }), SettingsMismatchError);
   const missing = join(tmp, 'none.safetensors');
   await assert.rejects(runZeroShotTask(missing, testPart, { ...o, file: join(out, 'a.json') }), (err: Error) => {
     assert.ok(err instanceof ZeroShotInputError && err.input === 'weights', String(err));
