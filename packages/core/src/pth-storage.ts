@@ -70,7 +70,7 @@ export function materialize(
 
   if (n * size > copies.left)
     throw new InputError(
-      `${path}: tensor "${name}": view (shape [${shape.join(',')}], stride [${stride.join(',')}]) would copy ${n * size} bytes out of a storage of ${storage.byteLength}, more than the file's size allows (repeated elements)`,
+      `${path}: tensor "${name}": view (shape [${shape.join(',')}], stride [${stride.join(',')}]) would copy ${n * size} bytes out of a storage of ${storage.byteLength}, more than the file's size allows: its strided views together may copy at most the file's size + PTH_LIMITS.copyBytes (views that repeat elements, or several views of one storage)`,
     );
   copies.left -= n * size;
   return { dtype, shape, data: copyView(storage, size, offset, shape, stride, n) };
