@@ -54,12 +54,22 @@ test('a bad --gpu is one line naming it, before any work', async () => {
       spaced.stderr,
       'features',
       '--out OUT.safetensors is required; --weights FILE is required (.safetensors, .pth or an .onnx from vitreg export); ' +
-        '--gpu: expected an integer >= 0, got "-1" (see vitreg features --help)',
+        `--gpu: expected an integer >= 0, got "-1"; ${join(dir, 'a.png')}: no such file or folder (see vitreg features --help)`,
     );
     assert.equal(features.code, 2);
-    oneLine(features.stderr, 'features', '--gpu: expected an integer >= 0, got "x"');
+    // The missing files are named with it (issue 23: every problem in the one line).
+    oneLine(
+      features.stderr,
+      'features',
+      `--gpu: expected an integer >= 0, got "x"; ${join(dir, 'a.png')}: no such file or folder; ` +
+        `--weights: ${join(dir, 'missing.safetensors')} does not exist (see vitreg features --help)`,
+    );
     assert.equal(analyze.code, 2);
-    oneLine(analyze.stderr, 'analyze', '--gpu: expected an integer >= 0, got "-1"');
+    oneLine(
+      analyze.stderr,
+      'analyze',
+      `--gpu: expected an integer >= 0, got "-1"; --weights: ${join(dir, 'missing.safetensors')} does not exist (see vitreg analyze --help)`,
+    );
     assert.equal(train.code, 2);
     oneLine(train.stderr, 'train', '--gpu: expected an integer >= 0, got "1.5"');
     // Nothing was written: the error came before the outputs (and, for train, before the job).
@@ -81,14 +91,18 @@ test('--gpu N is accepted by features, discover, probe and train', async () => {
   oneLine(
     features.stderr,
     'features',
-    '--out OUT.safetensors is required; --weights FILE is required (.safetensors, .pth or an .onnx from vitreg export) (see vitreg features --help)',
+    '--out OUT.safetensors is required; --weights FILE is required (.safetensors, .pth or an .onnx from vitreg export); a.png: no such file or folder (see vitreg features --help)',
   );
   oneLine(
     discover.stderr,
     'discover',
-    '--out DIR is required; give exactly one input: --data SRC, image files, or --tensor FILE.safetensors[:NAME] (see vitreg discover --help)',
+    '--out DIR is required; give exactly one input: --data SRC, image files, or --tensor FILE.safetensors[:NAME]; --weights: w.safetensors does not exist (see vitreg discover --help)',
   );
-  oneLine(probe.stderr, 'probe', '--data DIR|synthetic is required; --out DIR is required (see vitreg probe --help)');
+  oneLine(
+    probe.stderr,
+    'probe',
+    '--data DIR|synthetic is required; --out DIR is required; --weights: w.safetensors does not exist (see vitreg probe --help)',
+  );
   assert.equal(train.code, 0, train.stderr);
   assert.equal(JSON.parse(train.stdout).model.num_register_tokens, 2);
   // An unknown flag is still refused, so acceptance above is not parseArgs being lax.
