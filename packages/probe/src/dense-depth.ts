@@ -154,13 +154,11 @@ export function trainDepthHead(
   const seed = opts.seed ?? 0;
   const rng = new Rng(seed).fork(2);
   const bound = 1 / Math.sqrt(Cin); // PyTorch's Conv2d default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-  const weight = tf.variable(
-    tf.tensor2d(
-      Float32Array.from({ length: Cin * K }, () => (2 * rng.float() - 1) * bound),
-      [Cin, K],
-    ),
-  );
-  const bias = tf.variable(tf.tensor1d(Float32Array.from({ length: K }, () => (2 * rng.float() - 1) * bound)));
+  // In tidies: a variable made from a tensor keeps it alive; the head's dispose must free both.
+  const weightInit = Float32Array.from({ length: Cin * K }, () => (2 * rng.float() - 1) * bound);
+  const weight = tf.tidy(() => tf.variable(tf.tensor2d(weightInit, [Cin, K])));
+  const biasInit = Float32Array.from({ length: K }, () => (2 * rng.float() - 1) * bound);
+  const bias = tf.tidy(() => tf.variable(tf.tensor1d(biasInit)));
   const u = head.upsample;
   const [my4, mx4] = [f32matrix(bilinearMatrix(u * gh, gh), u * gh, gh), f32matrix(bilinearMatrix(u * gw, gw), u * gw, gw)];
   const [myL, mxL] = [f32matrix(bilinearMatrix(H, u * gh), H, u * gh), f32matrix(bilinearMatrix(W, u * gw), W, u * gw)];

@@ -121,15 +121,12 @@ export function trainSegmentationHead(
   const rng = new Rng(seed).fork(1);
   const eps = 1e-5,
     momentum = 0.1;
-  const gamma = tf.variable(tf.ones([D])) as tf.Variable<tf.Rank.R1>;
-  const beta = tf.variable(tf.zeros([D])) as tf.Variable<tf.Rank.R1>;
-  const weight = tf.variable(
-    tf.tensor2d(
-      Float32Array.from({ length: D * C }, () => rng.normal(0, 0.01)),
-      [D, C],
-    ),
-  ); // conv_seg.weight^T
-  const bias = tf.variable(tf.zeros([C])) as tf.Variable<tf.Rank.R1>;
+  // In tidies: a variable made from a tensor keeps it alive; the head's dispose must free both.
+  const gamma = tf.tidy(() => tf.variable(tf.ones([D]))) as tf.Variable<tf.Rank.R1>;
+  const beta = tf.tidy(() => tf.variable(tf.zeros([D]))) as tf.Variable<tf.Rank.R1>;
+  const weightInit = Float32Array.from({ length: D * C }, () => rng.normal(0, 0.01));
+  const weight = tf.tidy(() => tf.variable(tf.tensor2d(weightInit, [D, C]))); // conv_seg.weight^T
+  const bias = tf.tidy(() => tf.variable(tf.zeros([C]))) as tf.Variable<tf.Rank.R1>;
   const runningMean = new Float64Array(D);
   const runningVar = new Float64Array(D).fill(1);
   const my = f32matrix(bilinearMatrix(H, gh), H, gh);

@@ -103,11 +103,11 @@ export class ClipModel {
     const trainable = opts.trainable ?? true;
     this.visual = opts.visual ?? new VisionTransformer(this.config.vision, { seed: opts.seed, trainable });
     this.text = opts.text ?? new TextTransformer(this.config.text, { seed: (opts.seed ?? 0) + 1, trainable });
-    this.logitScale = tf.variable(tf.scalar(opts.logitScale ?? this.config.init_logit_scale), trainable);
+    this.logitScale = tf.tidy(() => tf.variable(tf.scalar(opts.logitScale ?? this.config.init_logit_scale), trainable));
     const bias = opts.logitBias ?? this.config.init_logit_bias;
     if (opts.logitBias !== undefined && this.config.init_logit_bias === null)
       throw new Error('ClipModel: a logit_bias was given but the config has none (init_logit_bias null)');
-    this.logitBias = bias === null ? null : tf.variable(tf.scalar(bias), trainable);
+    this.logitBias = bias === null ? null : tf.tidy(() => tf.variable(tf.scalar(bias), trainable));
   }
 
   /** Image features [B, proj_dim] (unnormalised), the image tower's `pooled`. */

@@ -271,7 +271,10 @@ export class VisionTransformer {
       const values = given ?? initialValue(name, shape, this.config, rng);
       const n = shape.reduce((a, b) => a * b, 1);
       if (values.length !== n) throw new Error(`parameter ${name}: expected ${n} values for shape [${shape}], got ${values.length}`);
-      this.params[name] = tf.variable(tf.tensor(values, shape, 'float32'), opts.trainable ?? true, `vitreg/${name}/${nextId++}`);
+      // In a tidy: tf.variable(t) shares t's data and keeps t alive; disposing the model must free both.
+      this.params[name] = tf.tidy(() =>
+        tf.variable(tf.tensor(values, shape, 'float32'), opts.trainable ?? true, `vitreg/${name}/${nextId++}`),
+      );
     }
   }
 

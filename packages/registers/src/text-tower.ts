@@ -209,7 +209,10 @@ export class TextTransformer {
       const values = opts.weights?.[name] ?? initialTextValue(name, shape, this.config, rng);
       const n = shape.reduce((a, b) => a * b, 1);
       if (values.length !== n) throw new Error(`text parameter ${name}: expected ${n} values for shape [${shape}], got ${values.length}`);
-      this.params[name] = tf.variable(tf.tensor(values, shape, 'float32'), opts.trainable ?? true, `vitreg/text/${name}/${nextId++}`);
+      // In a tidy: the initial tensor is freed (a variable made from it would keep it alive).
+      this.params[name] = tf.tidy(() =>
+        tf.variable(tf.tensor(values, shape, 'float32'), opts.trainable ?? true, `vitreg/text/${name}/${nextId++}`),
+      );
     }
   }
 

@@ -287,11 +287,20 @@ export async function trainClipObjective(c: TrainConfig, opts: TrainOptions): Pr
   if (ort) checkClipTrainingFits(clipConfig, c.train.batch_size, { worldSize: sync.worldSize, device: ort.device, arch: c.model.arch });
   const data = await openCaptionData(c);
   const model = new ClipModel(clipConfig, { seed: c.train.seed });
-  const engine = clipStepEngine(model, ort, c.optim);
-  const run = new ClipRun(c, model, tokenizer, data, sync, engine);
-  await run.openStream();
+  // A refusal while building (too few pairs for a batch, an engine that does not start) leaves nothing behind.
+  let run: ClipRun;
+  let engine: ClipStepEngine | undefined;
+  try {
+    engine = clipStepEngine(model, ort, c.optim);
+    run = new ClipRun(c, model, tokenizer, data, sync, engine);
+  } catch (err) {
+    await engine?.dispose();
+    model.dispose();
+    throw err;
+  }
   const metricsPath = join(out, 'metrics.jsonl');
   try {
+    await run.openStream();
     let checkpoint = '';
     if (isRank0) {
       let from: { step: number; dir: string } | null = null;

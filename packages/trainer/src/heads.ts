@@ -31,7 +31,7 @@ function truncNormal(n: number, std: number, rng: Rng): Float32Array {
 }
 
 function variable(values: Float32Array, shape: number[]): tf.Variable {
-  return tf.variable(tf.tensor(values, shape, 'float32'), true);
+  return tf.tidy(() => tf.variable(tf.tensor(values, shape, 'float32'), true)); // (the initial tensor freed)
 }
 
 export class DinoHead {

@@ -49,8 +49,9 @@ export class AdamW {
       if (names.has(p.name)) throw new Error(`AdamW: parameter "${p.name}" listed twice`);
       names.add(p.name);
     }
-    this.m = params.map((p) => tf.variable(tf.zerosLike(p.variable), false));
-    this.v = params.map((p) => tf.variable(tf.zerosLike(p.variable), false));
+    // In a tidy: a variable made from a tensor keeps that tensor alive; dispose() must free the moments whole.
+    this.m = params.map((p) => tf.tidy(() => tf.variable(tf.zerosLike(p.variable), false)));
+    this.v = params.map((p) => tf.tidy(() => tf.variable(tf.zerosLike(p.variable), false)));
   }
 
   /**
@@ -270,8 +271,9 @@ export class Lamb {
       if (names.has(p.name)) throw new Error(`Lamb: parameter "${p.name}" listed twice`);
       names.add(p.name);
     }
-    this.m = params.map((p) => tf.variable(tf.zerosLike(p.variable), false));
-    this.v = params.map((p) => tf.variable(tf.zerosLike(p.variable), false));
+    // In a tidy: a variable made from a tensor keeps that tensor alive; dispose() must free the moments whole.
+    this.m = params.map((p) => tf.tidy(() => tf.variable(tf.zerosLike(p.variable), false)));
+    this.v = params.map((p) => tf.tidy(() => tf.variable(tf.zerosLike(p.variable), false)));
   }
 
   /**

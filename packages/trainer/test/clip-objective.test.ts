@@ -146,3 +146,18 @@ test('openclip-b16-reg4 and openclip-b16 at tiny width: two steps through train(
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('clip: a run refused while it is built (fewer pairs than a batch) leaves no tensor behind', async () => {
+  const tf = await import('@tensorflow/tfjs-core');
+  const out = await mkdtemp(join(tmpdir(), 'vitreg-clip-few-'));
+  try {
+    const before = tf.memory().numTensors;
+    await assert.rejects(
+      train(tinyClip({ data: { train_size: 4, val_size: 16 } }), { outDir: out, progress: false }),
+      /data: 4 pairs are fewer than one global batch of 8/,
+    );
+    assert.equal(tf.memory().numTensors, before, 'the model and the engine were disposed');
+  } finally {
+    await rm(out, { recursive: true, force: true });
+  }
+});

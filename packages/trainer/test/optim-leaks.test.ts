@@ -61,3 +61,15 @@ test('AdamW.apply and Lamb.apply (with and without its clipping) leave the tenso
     tf.dispose([...grads, ...params.map((p) => p.variable)]);
   }
 });
+
+test('AdamW and Lamb: built and disposed, their moments leave no tensor or byte behind', () => {
+  const p = [spec('a', [1, 2, 3]), spec('b', [4])];
+  for (const make of [() => new AdamW(p), () => new Lamb(p)]) {
+    const before = tf.memory();
+    const opt = make();
+    assert.equal(tf.memory().numTensors, before.numTensors + 4, 'm and v of both parameters');
+    opt.dispose();
+    assert.deepEqual([tf.memory().numTensors, tf.memory().numBytes], [before.numTensors, before.numBytes]);
+  }
+  for (const s of p) s.variable.dispose();
+});
