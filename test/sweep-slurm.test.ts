@@ -63,6 +63,20 @@ function bins(dir: string): string {
   return join(dir, 'bin');
 }
 
+/** `vitreg sweep plan FILE --out OUT`, then the plan's sbatch job array submitted; returns the array's job id. */
+async function planAndSubmit(bin: string, dir: string, file: string, out: string, env: NodeJS.ProcessEnv): Promise<string> {
+  const plan = await run(join(bin, 'vitreg'), ['sweep', 'plan', file, '--out', out, '--vitreg', join(bin, 'vitreg')], env);
+  assert.equal(plan.code, 0, tail(plan));
+  const submit = await run(
+    which('sbatch')!,
+    ['--parsable', '--overcommit', '--chdir', dir, join(out, 'plan/slurm/sweep.sbatch')],
+    env,
+    30_000,
+  );
+  assert.equal(submit.code, 0, tail(submit));
+  return submit.stdout.trim().split(';')[0]!;
+}
+
 const slurmSkip = slurmSkipReason();
 
 describe('vitreg sweep on slurm', { skip: slurmSkip }, () => {
@@ -159,16 +173,7 @@ describe('vitreg sweep on slurm', { skip: slurmSkip }, () => {
       chmodSync(srun, 0o755);
       const env = cleanEnv({ SLURM_CONF: c.conf, PATH: `${bin}${delimiter}${process.env.PATH ?? ''}`, VITREG_SWEEP_SRUN: srun });
       const out = join(dir, 'out');
-      const plan = await run(join(bin, 'vitreg'), ['sweep', 'plan', file, '--out', out, '--vitreg', join(bin, 'vitreg')], env);
-      assert.equal(plan.code, 0, tail(plan));
-      const submit = await run(
-        which('sbatch')!,
-        ['--parsable', '--overcommit', '--chdir', dir, join(out, 'plan/slurm/sweep.sbatch')],
-        env,
-        30_000,
-      );
-      assert.equal(submit.code, 0, tail(submit));
-      const jobId = submit.stdout.trim().split(';')[0]!;
+      const jobId = await planAndSubmit(bin, dir, file, out, env);
       for (const t0 = Date.now(); sh(which('squeue')!, ['-h', '-j', jobId, '-o', '%i %T'], env).trim() !== ''; await sleep(500))
         assert.ok(Date.now() - t0 < 400_000, `array job ${jobId} still queued`);
       const log = readdirSync(join(out, 'logs/slurm'))
@@ -205,16 +210,7 @@ describe('vitreg sweep on slurm', { skip: slurmSkip }, () => {
         writeFileSync(file, JSON.stringify(sweep));
         const env = cleanEnv({ SLURM_CONF: c.conf, PATH: `${bin}${delimiter}${process.env.PATH ?? ''}` });
         const out = join(dir, 'out');
-        const plan = await run(join(bin, 'vitreg'), ['sweep', 'plan', file, '--out', out, '--vitreg', join(bin, 'vitreg')], env);
-        assert.equal(plan.code, 0, tail(plan));
-        const submit = await run(
-          which('sbatch')!,
-          ['--parsable', '--overcommit', '--chdir', dir, join(out, 'plan/slurm/sweep.sbatch')],
-          env,
-          30_000,
-        );
-        assert.equal(submit.code, 0, tail(submit));
-        const task = `${submit.stdout.trim().split(';')[0]}_0`;
+        const task = `${await planAndSubmit(bin, dir, file, out, env)}_0`;
         const metrics = join(out, 'cells/0-seed0/train/metrics.jsonl');
         const at = 3;
         for (

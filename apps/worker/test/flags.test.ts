@@ -11,29 +11,12 @@ import { childNodeArgs } from '@vitreg/core';
 
 const ROOT = join(import.meta.dirname, '..', '..', '..');
 const BIN = childNodeArgs(join(ROOT, 'apps', 'worker', 'src', 'main.ts'), ['--conditions=vitreg-source', '--import', 'tsx']);
+const worker = (args: string[], env: NodeJS.ProcessEnv) =>
+  spawnSync(process.execPath, [...BIN, ...args], { cwd: ROOT, encoding: 'utf8', timeout: 60_000, env });
 
 test('vitreg-worker --steps -3 --threads x: both named in one line, exit 2, nothing started', () => {
-  const r = spawnSync(
-    process.execPath,
-    [
-      ...BIN,
-      '--preset',
-      'tiny-supervised',
-      '--data',
-      'synthetic',
-      '--steps',
-      '-3',
-      '--threads',
-      'x',
-      '--token',
-      't',
-      '--rank',
-      '0',
-      '--world-size',
-      '1',
-    ],
-    { cwd: ROOT, encoding: 'utf8', timeout: 60_000, env: { ...process.env, MASTER_PORT: '1' } },
-  );
+  const args = ['--preset', 'tiny-supervised', '--data', 'synthetic', '--steps', '-3', '--threads', 'x', '--token', 't'];
+  const r = worker([...args, '--rank', '0', '--world-size', '1'], { ...process.env, MASTER_PORT: '1' });
   assert.equal(r.status, 2, r.stderr);
   assert.equal(r.stdout, '');
   assert.equal(
@@ -45,22 +28,9 @@ test('vitreg-worker --steps -3 --threads x: both named in one line, exit 2, noth
 test('vitreg-worker: an unknown flag, a missing path and an unreadable token file together', () => {
   const env = { ...process.env };
   for (const k of ['VITREG_TOKEN', 'VITREG_TOKEN_FILE', 'MASTER_ADDR']) delete env[k];
-  const r = spawnSync(
-    process.execPath,
-    [
-      ...BIN,
-      '--preset',
-      'tiny-supervised',
-      '--data',
-      '/nonexistent/images',
-      '--token-file',
-      '/nonexistent/token',
-      '--stepz',
-      '3',
-      '--rank',
-      '1',
-    ],
-    { cwd: ROOT, encoding: 'utf8', timeout: 60_000, env },
+  const r = worker(
+    ['--preset', 'tiny-supervised', '--data', '/nonexistent/images', '--token-file', '/nonexistent/token', '--stepz', '3', '--rank', '1'],
+    env,
   );
   assert.equal(r.status, 2, r.stderr);
   const lines = r.stderr.trim().split('\n');

@@ -2,7 +2,7 @@
  * A stop signal to one worker of a running cluster job (issue 23): the coordinator turns it into a
  * job-wide checkpoint at the next committed step, every worker exits with 128 + the signal's number
  * saying where it stopped, and the same job started again continues it to the weights of an
- * uninterrupted run (checksums).
+ * uninterrupted run (checksums). SIGTERM to the coordinator process does the same for the whole job.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -50,6 +50,27 @@ async function untilStep(outDir: string, step: number): Promise<void> {
   throw new Error(`no step ${step} in ${path}`);
 }
 
+/**
+ * A job stopped by SIGTERM after step `at`: every worker and the coordinator exited 143, rank 0 wrote the
+ * checkpoint of the step it stopped after, and every worker's log says so. Returns that step.
+ */
+async function assertStopped(r: Awaited<ReturnType<typeof runLocalJob>>, outDir: string, at: number, steps: number): Promise<number> {
+  assert.equal(r.finished, false);
+  assert.deepEqual(r.workerCodes, [143, 143], JSON.stringify(r));
+  assert.equal(r.coordinatorCode, 143);
+  const interrupted = r.result!.interrupted as { step: number; signal: string };
+  assert.equal(interrupted.signal, 'SIGTERM');
+  const n = interrupted.step;
+  assert.ok(n >= at && n < steps, `stopped at ${n}, signalled after ${at}`);
+  assert.equal(r.result!.checkpoint, join(outDir, 'checkpoints', `step-${n}`));
+  assert.ok(existsSync(join(outDir, 'checkpoints', `step-${n}`, 'model.safetensors')));
+  for (const w of [0, 1]) {
+    const log = await readFile(join(outDir, 'logs', `worker-${w}.log`), 'utf8');
+    assert.match(log, new RegExp(`interrupted at step ${n} \\(SIGTERM\\)`), `worker-${w}.log`);
+  }
+  return n;
+}
+
 test('SIGTERM to one worker: every worker stops after the same step with one checkpoint and exits 143; the same job again ends as an uninterrupted one', async () => {
   const config = join(root, 'job.json');
   await writeFile(config, JSON.stringify(CONFIG));
@@ -63,20 +84,7 @@ test('SIGTERM to one worker: every worker stops after the same step with one che
   const at = 2 + Math.floor(Math.random() * (STEPS / 2));
   await untilStep(outDir, at);
   children[1]!.kill('SIGTERM');
-  const r = await running;
-  assert.equal(r.finished, false);
-  assert.deepEqual(r.workerCodes, [143, 143], JSON.stringify(r));
-  assert.equal(r.coordinatorCode, 143);
-  const interrupted = r.result!.interrupted as { step: number; signal: string };
-  assert.equal(interrupted.signal, 'SIGTERM');
-  const n = interrupted.step;
-  assert.ok(n >= at && n < STEPS, `stopped at ${n}, signalled after ${at}`);
-  assert.equal(r.result!.checkpoint, join(outDir, 'checkpoints', `step-${n}`));
-  assert.ok(existsSync(join(outDir, 'checkpoints', `step-${n}`, 'model.safetensors')));
-  for (const w of [0, 1]) {
-    const log = await readFile(join(outDir, 'logs', `worker-${w}.log`), 'utf8');
-    assert.match(log, new RegExp(`interrupted at step ${n} \\(SIGTERM\\)`), `worker-${w}.log`);
-  }
+  const n = await assertStopped(await running, outDir, at, STEPS);
   const coord = await readFile(join(outDir, 'logs', 'coordinator.log'), 'utf8');
   assert.match(coord, /worker-1 asks to stop \(SIGTERM\)/);
   assert.match(coord, new RegExp(`job stopped: interrupted at step ${n} \\(SIGTERM to worker-1\\); checkpoint of step ${n}`));
@@ -87,4 +95,18 @@ test('SIGTERM to one worker: every worker stops after the same step with one che
   assert.equal(again.result!.step, STEPS);
   assert.equal(again.result!.checksum, want);
   assert.match(await readFile(join(outDir, 'logs', 'worker-0.log'), 'utf8'), new RegExp(`resuming from step ${n} of ${STEPS}`));
+});
+
+// What a scheduler does to the process that hosts the coordinator: it asks every worker to stop after the
+// next committed step. 200 steps, so the job cannot end before the signal lands.
+test('SIGTERM to the coordinator: every worker stops after the same step with a checkpoint; all exit 143', async () => {
+  const config = join(root, 'long.json');
+  await writeFile(config, JSON.stringify({ ...CONFIG, train: { ...CONFIG.train, steps: 200 } }));
+  const outDir = join(root, 'coordinator-stopped');
+  let coordinator: ChildProcess | undefined;
+  const running = job(outDir, config, { onSpawn: (what, child) => void (what === 'coordinator' && (coordinator = child)) });
+  const at = 2 + Math.floor(Math.random() * 4);
+  await untilStep(outDir, at);
+  coordinator!.kill('SIGTERM');
+  await assertStopped(await running, outDir, at, 200);
 });
